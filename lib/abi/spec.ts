@@ -1,0 +1,471 @@
+// The one hand-written description of everything that crosses a boundary:
+// host <-> guest (guest-physical layout, hypercalls, parameter block, result
+// records) and TypeScript <-> VMM (config and report structs passed over FFI).
+//
+// `deno task abi` generates guest/include/abi.h from this file (with a
+// _Static_assert on every offset and size); `deno task abi:check` fails when
+// the committed header is stale. TypeScript reads records through
+// lib/abi/records.ts, which derives its accessors from the same tables.
+//
+// Every struct lists its fields in order with explicit offsets and sizes; the
+// generator refuses gaps, overlaps and misaligned fields so that C and TS
+// cannot disagree about padding. All integers are little-endian.
+
+export const ABI_VERSION = 1;
+export const PARAMS_MAGIC = 0x52415453; // "STAR"
+
+/** Guest-physical memory map. Guest virtual == guest physical (identity). */
+export const layout = {
+  /** Page 0 is never mapped: a NULL dereference in the guest faults. */
+  PML4: 0x1000,
+  PDPT: 0x2000,
+  /** Four page directories cover 4 GiB of 2 MiB pages. */
+  PD: 0x3000,
+  /** One 4 KiB page table for the first 2 MiB, so page 0 can stay unmapped. */
+  PT0: 0x7000,
+  GDT: 0x8000,
+  /** Everything below SYS_END belongs to the VMM; hypercalls never touch it. */
+  SYS_END: 0x100000,
+  /** Host writes the parameter block here before the run. */
+  PARAMS: 0x100000,
+  /** Hypercall argument block: guest fills it, then does `out` to HC_PORT. */
+  HCALL: 0x101000,
+  /** FS.base points here; compiler stack-protector canary lives at +0x28. */
+  TLS: 0x102000,
+  STACK_BOTTOM: 0x110000,
+  STACK_TOP: 0x200000,
+  /** Flat guest binary is loaded here; entry point is its first byte. */
+  CODE: 0x200000,
+  CODE_END: 0x400000,
+  /** Staging area for result records before HC_RESULT flushes them. */
+  RESULT: 0x400000,
+  RESULT_END: 0x600000,
+  /** Bump-allocated heap: HEAP .. ram_size. */
+  HEAP: 0x600000,
+} as const;
+
+export const limits = {
+  /** Largest flat guest binary we embed (issue: each <= 384 KiB). */
+  GUEST_BINARY_MAX: 384 * 1024,
+  RAM_MIN: 16 * 1024 * 1024,
+  RAM_DEFAULT: 64 * 1024 * 1024,
+  /** Hard ceiling; raising it needs an explicit flag. */
+  RAM_MAX: 1024 * 1024 * 1024,
+  MAX_INPUTS: 16,
+  /** One READ/WRITE hypercall moves at most this much. */
+  IO_MAX: 16 * 1024 * 1024,
+  /** One result record is at most this big (header included). */
+  RECORD_MAX: 4096,
+  /** Image-embedded names (backing file, data file) are at most this long. */
+  NAME_MAX: 1024,
+  /** Longest backing chain instar follows. */
+  CHAIN_MAX: 16,
+} as const;
+
+/** I/O port the guest writes to for a hypercall. */
+export const HC_PORT = 0x0cf8 + 0x100;
+
+/** Hypercall numbers (hcall.nr). Arguments in hcall.a0..a3, result in hcall.ret. */
+export const hypercalls = {
+  /** a0=input index, a1=file offset, a2=length, a3=guest address -> bytes read.
+   * The whole range must lie inside the input (guests zero-fill past EOF). */
+  READ: 1,
+  /** a0=output index (0), a1=file offset, a2=length, a3=guest address -> length.
+   * offset+length must not pass the output cap the host set from its plan. */
+  WRITE: 2,
+  /** a0=guest address, a1=length: append result records to the host buffer. */
+  RESULT: 3,
+  /** a0=done, a1=total: progress for the host to draw. */
+  PROGRESS: 4,
+  /** a0=guest address, a1=length: debug text, kept up to the log cap. */
+  LOG: 5,
+  /** a0=guest status (GUEST_OK / GUEST_ERROR): the run ends. */
+  DONE: 6,
+} as const;
+
+/** Negative hcall.ret values. The run usually ends instead (bad hypercall). */
+export const hcErrors = { EINVAL: -22, EIO: -5 } as const;
+
+/** How a guest says it finished (DONE a0). */
+export const guestStatus = { OK: 0, ERROR: 1 } as const;
+
+/** Operations; one guest binary each. params.op must match the binary. */
+export const ops = { INFO: 1, CHECK: 2, MAP: 3, TEST: 99 } as const;
+
+/** Formats the host asks for or the guest detects. */
+export const formats = { AUTO: 0, RAW: 1, QCOW2: 2 } as const;
+
+/** Run outcomes reported by the VMM (vmm_report.status). */
+export const runStatus = {
+  DONE: 0,
+  GUEST_FAULT: 1, // triple fault / shutdown / hlt: the guest crashed
+  TIMEOUT: 2, // watchdog fired
+  BAD_HYPERCALL: 3, // unknown nr, bad range, wrong state (detail = nr)
+  OUTPUT_CAP: 4, // WRITE past the output cap
+  RESULT_CAP: 5, // result records over the result cap
+  HOST_ERROR: 6, // an ioctl or pread/pwrite failed (errno in report.err)
+  UNEXPECTED_EXIT: 7, // an exit reason the VMM does not serve (detail = reason)
+  SETUP_ERROR: 8, // the VM could not be created or configured
+} as const;
+
+/** Result record types. */
+export const records = {
+  ERROR: 1,
+  PROBE: 2,
+  QCOW2_INFO: 3,
+  NAME: 4,
+  CHECK: 5,
+  CHECK_MSG: 6,
+  MAP_EXTENT: 7,
+  RAW_INFO: 8,
+} as const;
+
+/** NAME record kinds. */
+export const nameKinds = { BACKING_FILE: 1, BACKING_FORMAT: 2, DATA_FILE: 3 } as const;
+
+/** MAP_EXTENT flags (qemu's BDRV_BLOCK_* meaning, as qemu-img map prints them). */
+export const mapFlags = {
+  DATA: 1,
+  ZERO: 2,
+  PRESENT: 4, // "allocated" in qemu's map JSON
+  OFFSET_VALID: 8,
+  COMPRESSED: 16,
+} as const;
+
+/** RAW_INFO.partition */
+export const partitionKinds = { NONE: 0, MBR: 1, GPT: 2 } as const;
+
+/** PROBE.signature: another format's magic found where raw was expected. */
+export const signatures = {
+  NONE: 0,
+  QCOW2: 1,
+  QCOW1: 2,
+  VMDK: 3,
+  VPC: 4,
+  VHDX: 5,
+  LUKS: 6,
+  VDI: 7,
+  QED: 8,
+  PARALLELS: 9,
+  DMG: 10,
+  BOCHS: 11,
+  CLOOP: 12,
+  ELF: 13,
+} as const;
+
+/** QCOW2_INFO.flags */
+export const qcow2InfoFlags = {
+  HAS_BACKING: 1,
+  HAS_BACKING_FORMAT: 2,
+  HAS_DATA_FILE: 4,
+  HAS_BITMAPS_EXT: 8,
+  HAS_FEATURE_TABLE: 16,
+  DATA_FILE_RAW: 32,
+} as const;
+
+/** ERROR record codes: what went wrong inside the guest. TS turns each into
+ * qemu-img's message (lib/formats/<fmt>/errors.ts); a0..a2 are parameters. */
+export const guestErrors = {
+  IO: 1, // a read failed
+  NOT_FORMAT: 2, // magic does not match the format asked for
+  TRUNCATED: 3, // header shorter than it must be
+  UNSUPPORTED_VERSION: 4, // a0 = version
+  BAD_CLUSTER_BITS: 5, // a0 = cluster_bits
+  BAD_HEADER_LENGTH: 6, // a0 = header_length
+  BAD_REFCOUNT_ORDER: 7, // a0 = refcount_order
+  UNKNOWN_INCOMPAT: 8, // a0 = unknown incompatible bits
+  BAD_L1_SIZE: 9, // a0 = l1_size
+  BAD_L1_OFFSET: 10,
+  BAD_REFTABLE: 11,
+  BAD_SNAPSHOT_TABLE: 12,
+  BAD_EXTENSION: 13, // a0 = extension type
+  NAME_TOO_LONG: 14,
+  BAD_BACKING_OFFSET: 15,
+  ENCRYPTED: 16, // a0 = crypt_method
+  CORRUPT: 17, // image has the corrupt bit set (refused for writing ops)
+  BAD_COMPRESSION_TYPE: 18, // a0 = type
+  VIRTUAL_SIZE_TOO_LARGE: 19,
+  OUT_OF_MEMORY: 20, // guest heap exhausted
+  BAD_PARAMS: 21, // the host's parameter block is wrong
+  BAD_L2: 22, // a0 = offset
+  DATA_FILE_REQUIRED: 23,
+  INTERNAL: 24,
+  BAD_IMAGE_SIZE: 25,
+} as const;
+
+export type FieldType = "u8" | "u16" | "u32" | "u64" | "i64" | "bytes";
+export interface Field {
+  name: string;
+  type: FieldType;
+  offset: number;
+  /** Element count for arrays (u64[16]) or byte length for "bytes". */
+  count?: number;
+  /** Comment carried into the C header. */
+  doc?: string;
+}
+export interface StructSpec {
+  name: string;
+  size: number;
+  doc: string;
+  fields: Field[];
+}
+
+/** Every result record starts with this header; size includes it, multiple of 8. */
+export const recordHeader: StructSpec = {
+  name: "rec_header",
+  size: 8,
+  doc: "Header of every result record",
+  fields: [
+    { name: "type", type: "u32", offset: 0 },
+    { name: "size", type: "u32", offset: 4, doc: "total bytes incl. header, multiple of 8" },
+  ],
+};
+
+export const structs: StructSpec[] = [
+  {
+    name: "params",
+    size: 512,
+    doc: "Host -> guest parameter block at layout.PARAMS",
+    fields: [
+      { name: "magic", type: "u32", offset: 0 },
+      { name: "abi_version", type: "u32", offset: 4 },
+      { name: "op", type: "u32", offset: 8 },
+      { name: "flags", type: "u32", offset: 12 },
+      { name: "n_inputs", type: "u32", offset: 16 },
+      { name: "reserved0", type: "u32", offset: 20 },
+      { name: "ram_size", type: "u64", offset: 24 },
+      { name: "input_size", type: "u64", offset: 32, count: 16, doc: "bytes, per input" },
+      { name: "input_format", type: "u32", offset: 160, count: 16, doc: "formats.*" },
+      { name: "output_cap", type: "u64", offset: 224 },
+      { name: "arg", type: "u64", offset: 232, count: 8, doc: "op-specific arguments" },
+      { name: "reserved", type: "bytes", offset: 296, count: 216 },
+    ],
+  },
+  {
+    name: "hcall",
+    size: 64,
+    doc: "Hypercall argument block at layout.HCALL",
+    fields: [
+      { name: "nr", type: "u64", offset: 0 },
+      { name: "a0", type: "u64", offset: 8 },
+      { name: "a1", type: "u64", offset: 16 },
+      { name: "a2", type: "u64", offset: 24 },
+      { name: "a3", type: "u64", offset: 32 },
+      { name: "ret", type: "i64", offset: 40 },
+      { name: "reserved", type: "u64", offset: 48, count: 2 },
+    ],
+  },
+  {
+    name: "rec_error",
+    size: 40,
+    doc: "records.ERROR",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "code", type: "u32", offset: 8, doc: "guestErrors.*" },
+      { name: "input", type: "u32", offset: 12, doc: "which input the error is about" },
+      { name: "a0", type: "u64", offset: 16 },
+      { name: "a1", type: "u64", offset: 24 },
+      { name: "a2", type: "u64", offset: 32 },
+    ],
+  },
+  {
+    name: "rec_probe",
+    size: 24,
+    doc: "records.PROBE: what the guest found at the start of an input",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "format", type: "u32", offset: 12, doc: "formats.*" },
+      { name: "signature", type: "u32", offset: 16, doc: "signatures.*" },
+      { name: "reserved", type: "u32", offset: 20 },
+    ],
+  },
+  {
+    name: "rec_qcow2_info",
+    size: 120,
+    doc: "records.QCOW2_INFO: decoded qcow2 header",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "version", type: "u32", offset: 12 },
+      { name: "virtual_size", type: "u64", offset: 16 },
+      { name: "cluster_bits", type: "u32", offset: 24 },
+      { name: "refcount_order", type: "u32", offset: 28 },
+      { name: "compression_type", type: "u32", offset: 32 },
+      { name: "flags", type: "u32", offset: 36, doc: "qcow2InfoFlags.*" },
+      { name: "incompatible_features", type: "u64", offset: 40 },
+      { name: "compatible_features", type: "u64", offset: 48 },
+      { name: "autoclear_features", type: "u64", offset: 56 },
+      { name: "l1_table_offset", type: "u64", offset: 64 },
+      { name: "refcount_table_offset", type: "u64", offset: 72 },
+      { name: "l1_size", type: "u32", offset: 80 },
+      { name: "refcount_table_clusters", type: "u32", offset: 84 },
+      { name: "nb_snapshots", type: "u32", offset: 88 },
+      { name: "header_length", type: "u32", offset: 92 },
+      { name: "snapshots_offset", type: "u64", offset: 96 },
+      { name: "crypt_method", type: "u32", offset: 104 },
+      { name: "nb_bitmaps", type: "u32", offset: 108 },
+      { name: "reserved", type: "u64", offset: 112 },
+    ],
+  },
+  {
+    name: "rec_name",
+    size: 1040,
+    doc: "records.NAME: a name stored in an image (never opened by the guest)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "kind", type: "u16", offset: 12, doc: "nameKinds.*" },
+      { name: "len", type: "u16", offset: 14, doc: "<= limits.NAME_MAX" },
+      { name: "bytes", type: "bytes", offset: 16, count: 1024 },
+    ],
+  },
+  {
+    name: "rec_raw_info",
+    size: 16,
+    doc: "records.RAW_INFO",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "partition", type: "u32", offset: 12, doc: "partitionKinds.*" },
+    ],
+  },
+  {
+    name: "rec_check",
+    size: 104,
+    doc: "records.CHECK: qemu's BdrvCheckResult plus the image-end offset",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "flags", type: "u32", offset: 12 },
+      { name: "corruptions", type: "u64", offset: 16 },
+      { name: "leaks", type: "u64", offset: 24 },
+      { name: "check_errors", type: "u64", offset: 32 },
+      { name: "corruptions_fixed", type: "u64", offset: 40 },
+      { name: "leaks_fixed", type: "u64", offset: 48 },
+      { name: "image_end_offset", type: "u64", offset: 56 },
+      { name: "total_clusters", type: "u64", offset: 64 },
+      { name: "allocated_clusters", type: "u64", offset: 72 },
+      { name: "fragmented_clusters", type: "u64", offset: 80 },
+      { name: "compressed_clusters", type: "u64", offset: 88 },
+      { name: "reserved", type: "u64", offset: 96 },
+    ],
+  },
+  {
+    name: "rec_check_msg",
+    size: 48,
+    doc: "records.CHECK_MSG: one diagnostic line (stderr); text from lib/abi/check_messages.ts",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "code", type: "u32", offset: 8 },
+      { name: "input", type: "u32", offset: 12 },
+      { name: "a", type: "u64", offset: 16, count: 4 },
+    ],
+  },
+  {
+    name: "rec_map_extent",
+    size: 40,
+    doc: "records.MAP_EXTENT: one merged qemu-img map entry",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "start", type: "u64", offset: 8 },
+      { name: "length", type: "u64", offset: 16 },
+      { name: "offset", type: "u64", offset: 24, doc: "host offset, if OFFSET_VALID" },
+      { name: "flags", type: "u32", offset: 32, doc: "mapFlags.*" },
+      { name: "depth", type: "u32", offset: 36, doc: "chain depth; input index of the layer" },
+    ],
+  },
+  // --- Host-only structs: TypeScript <-> VMM over FFI (never seen by a guest) ---
+  {
+    name: "vmm_config",
+    size: 64,
+    doc: "TS -> vmm_create()",
+    fields: [
+      { name: "abi_version", type: "u32", offset: 0 },
+      { name: "flags", type: "u32", offset: 4, doc: "VMM_F_* (bit 0: no seccomp, tests only)" },
+      { name: "ram_bytes", type: "u64", offset: 8 },
+      { name: "timeout_ms", type: "u64", offset: 16 },
+      { name: "output_cap", type: "u64", offset: 24 },
+      { name: "result_cap", type: "u64", offset: 32 },
+      { name: "log_cap", type: "u64", offset: 40 },
+      { name: "reserved", type: "u64", offset: 48, count: 2 },
+    ],
+  },
+  {
+    name: "vmm_report",
+    size: 96,
+    doc: "vmm_run() -> TS: how the run ended",
+    fields: [
+      { name: "status", type: "u32", offset: 0, doc: "runStatus.*" },
+      { name: "detail", type: "u32", offset: 4, doc: "hypercall nr / exit reason" },
+      { name: "err", type: "i64", offset: 8, doc: "errno for HOST_ERROR" },
+      { name: "guest_status", type: "u64", offset: 16 },
+      { name: "result_len", type: "u64", offset: 24 },
+      { name: "log_len", type: "u64", offset: 32 },
+      { name: "bytes_read", type: "u64", offset: 40 },
+      { name: "bytes_written", type: "u64", offset: 48 },
+      { name: "exits", type: "u64", offset: 56 },
+      { name: "elapsed_ns", type: "u64", offset: 64 },
+      { name: "setup_ns", type: "u64", offset: 72 },
+      { name: "reserved", type: "u64", offset: 80, count: 2 },
+    ],
+  },
+  {
+    name: "vmm_progress",
+    size: 16,
+    doc: "Live progress the VMM updates during a run; TS polls it",
+    fields: [
+      { name: "done", type: "u64", offset: 0 },
+      { name: "total", type: "u64", offset: 8 },
+    ],
+  },
+  {
+    name: "vmm_input_info",
+    size: 32,
+    doc: "vmm_attach_input() -> TS: what was opened (for policy re-checks)",
+    fields: [
+      { name: "size", type: "u64", offset: 0 },
+      { name: "dev", type: "u64", offset: 8 },
+      { name: "ino", type: "u64", offset: 16 },
+      { name: "index", type: "u32", offset: 24 },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+];
+
+/** Record struct for each record type (the generic decoder checks sizes). */
+export const recordStructs: Record<number, string> = {
+  [records.ERROR]: "rec_error",
+  [records.PROBE]: "rec_probe",
+  [records.QCOW2_INFO]: "rec_qcow2_info",
+  [records.NAME]: "rec_name",
+  [records.CHECK]: "rec_check",
+  [records.CHECK_MSG]: "rec_check_msg",
+  [records.MAP_EXTENT]: "rec_map_extent",
+  [records.RAW_INFO]: "rec_raw_info",
+};
+
+/** VMM attach flags. */
+export const attachFlags = { NOFOLLOW: 1, WRITABLE: 2, CREATE: 4 } as const;
+/** vmm_config.flags */
+export const vmmFlags = { NO_SECCOMP: 1 } as const;
+
+/** Enum groups emitted into the C header as #defines with these prefixes. */
+export const enums: Record<string, Record<string, number>> = {
+  HC_: hypercalls,
+  GUEST_: guestStatus,
+  OP_: ops,
+  FMT_: formats,
+  RUN_: runStatus,
+  REC_: records,
+  NAME_: nameKinds,
+  MAP_: mapFlags,
+  PART_: partitionKinds,
+  SIG_: signatures,
+  Q2F_: qcow2InfoFlags,
+  GERR_: guestErrors,
+  ATTACH_: attachFlags,
+  VMM_F_: vmmFlags,
+  LAYOUT_: layout,
+  LIMIT_: limits,
+};
