@@ -14,6 +14,10 @@
 #define HC_PROGRESS 4
 #define HC_LOG 5
 #define HC_DONE 6
+#define HC_SEEK 7
+
+#define SEEK_KIND_DATA 0
+#define SEEK_KIND_HOLE 1
 
 #define GUEST_OK 0
 #define GUEST_ERROR 1

@@ -81,7 +81,14 @@ export const hypercalls = {
   LOG: 5,
   /** a0=guest status (GUEST_OK / GUEST_ERROR): the run ends. */
   DONE: 6,
+  /** a0=input index, a1=offset, a2=SEEK_KIND_* -> next data/hole offset at or
+   * after a1 (the input size when there is none). Host filesystem metadata
+   * (lseek SEEK_DATA/SEEK_HOLE), not image bytes: qemu's map and block status
+   * report holes in the underlying file as zero. */
+  SEEK: 7,
 } as const;
+
+export const seekKinds = { DATA: 0, HOLE: 1 } as const;
 
 /** Negative hcall.ret values. The run usually ends instead (bad hypercall). */
 export const hcErrors = { EINVAL: -22, EIO: -5 } as const;
@@ -453,6 +460,7 @@ export const vmmFlags = { NO_SECCOMP: 1 } as const;
 /** Enum groups emitted into the C header as #defines with these prefixes. */
 export const enums: Record<string, Record<string, number>> = {
   HC_: hypercalls,
+  SEEK_KIND_: seekKinds,
   GUEST_: guestStatus,
   OP_: ops,
   FMT_: formats,
