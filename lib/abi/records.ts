@@ -78,7 +78,7 @@ export function writeStruct(spec: StructSpec, values: Record<string, FieldValue>
     const vals = (f.count === undefined ? [v] : v) as (number | bigint)[];
     if (vals.length > n) throw new Error(`${spec.name}.${f.name}: too many elements`);
     vals.forEach((x, i) => {
-      const at = f.offset + i * { u8: 1, u16: 2, u32: 4, u64: 8, i64: 8 }[f.type];
+      const at = f.offset + i * ({ u8: 1, u16: 2, u32: 4, u64: 8, i64: 8 } as Record<string, number>)[f.type];
       switch (f.type) {
         case "u8":
           view.setUint8(at, Number(x));

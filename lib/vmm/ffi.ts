@@ -1,0 +1,70 @@
+// The only Deno.dlopen in instar. The VMM shared library travels inside
+// lib/embedded (base64); at first use it is written to a fresh private
+// directory (mode 0700, under INSTAR_RUNTIME_DIR if set, else TMPDIR),
+// dlopen'd, and the directory removed at once. The library is cached for
+// the life of the process.
+import { vmmSo } from "../embedded/index.ts";
+
+const symbols = {
+  vmm_create: { parameters: ["buffer"], result: "pointer" },
+  vmm_load: { parameters: ["pointer", "buffer", "u64"], result: "i32" },
+  vmm_set_params: { parameters: ["pointer", "buffer", "u64"], result: "i32" },
+  vmm_attach_input: { parameters: ["pointer", "buffer", "u32", "buffer"], result: "i32" },
+  vmm_attach_output: { parameters: ["pointer", "buffer", "u32"], result: "i32" },
+  // One nonblocking call per guest run: all hypercalls are served in C on
+  // a VMM-owned thread, so the JS event loop stays free to draw progress.
+  vmm_run: { parameters: ["pointer", "buffer"], result: "i32", nonblocking: true },
+  vmm_result: { parameters: ["pointer", "buffer"], result: "pointer" },
+  vmm_log: { parameters: ["pointer", "buffer"], result: "pointer" },
+  vmm_progress: { parameters: ["pointer"], result: "pointer" },
+  vmm_destroy: { parameters: ["pointer"], result: "void" },
+  vmm_last_errno: { parameters: [], result: "i32" },
+  vmm_strerror: { parameters: ["i32"], result: "pointer" },
+} as const;
+
+export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];
+
+let cached: VmmLib | undefined;
+
+async function privateDir(): Promise<string> {
+  const base = Deno.env.get("INSTAR_RUNTIME_DIR");
+  const dir = await Deno.makeTempDir(base ? { dir: base, prefix: "instar-" } : { prefix: "instar-" });
+  await Deno.chmod(dir, 0o700);
+  return dir;
+}
+
+/** Loads the embedded VMM library once per process. */
+export async function vmmLib(): Promise<VmmLib> {
+  if (cached) return cached;
+  const so = Uint8Array.fromBase64(vmmSo);
+  const dir = await privateDir();
+  try {
+    const path = `${dir}/libinstar_vmm.so`;
+    await Deno.writeFile(path, so, { mode: 0o500, createNew: true });
+    try {
+      cached = Deno.dlopen(path, symbols).symbols;
+    } catch (e) {
+      throw new Error(
+        `Could not load the VMM library: ${(e as Error).message} (on a noexec mount, set INSTAR_RUNTIME_DIR)`,
+      );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  return cached;
+}
+
+/** glibc's text for an errno value, as qemu-img prints it. */
+export function strerror(lib: VmmLib, errno: number): string {
+  const p = lib.vmm_strerror(errno);
+  return p === null ? `Unknown error ${errno}` : Deno.UnsafePointerView.getCString(p);
+}
+
+/** A NUL-terminated copy of a path for the C side. */
+export function cString(s: string): Uint8Array {
+  const enc = new TextEncoder().encode(s);
+  if (enc.includes(0)) throw new Error("Path contains a NUL byte");
+  const out = new Uint8Array(enc.length + 1);
+  out.set(enc);
+  return out;
+}

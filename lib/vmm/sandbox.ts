@@ -1,0 +1,264 @@
+// Runs one guest operation in a fresh single-use VM and hands back its
+// re-validated results. Every byte that comes back from the guest is
+// untrusted: the record stream goes through decodeRecords (type, size and
+// count checks), and anything but a clean RUN_DONE becomes a SandboxError.
+// The VM is destroyed in a finally block, and no pointer view outlives it:
+// results and log are copied out first.
+import { decodeRecords, readStruct, RecordError, structSpec, writeStruct } from "../abi/records.ts";
+import type { Rec } from "../abi/records.ts";
+import { ABI_VERSION, attachFlags, limits, PARAMS_MAGIC, runStatus, vmmFlags } from "../abi/spec.ts";
+import { guests } from "../embedded/index.ts";
+import { cString, strerror, vmmLib } from "./ffi.ts";
+
+export interface GuestInput {
+  path: string;
+  format: number; // formats.*
+  nofollow?: boolean;
+}
+
+export interface RunRequest {
+  op: string; // embedded guest name ("info", "check", "map", ...)
+  binary?: Uint8Array; // tests only: run this flat binary instead of an embedded one
+  opCode: number; // ops.* written into params.op
+  inputs: GuestInput[];
+  args?: bigint[]; // params.arg[0..7]
+  flags?: number; // params.flags
+  ramBytes?: number; // default limits.RAM_DEFAULT
+  timeoutMs?: number; // default 30000
+  resultCap?: number; // default 64 MiB
+  output?: { path: string; cap: bigint };
+  onProgress?: (done: bigint, total: bigint) => void;
+  noSeccomp?: boolean; // tests only
+}
+
+export interface RunResult {
+  status: number;
+  detail: number;
+  err: bigint;
+  guestStatus: bigint;
+  records: Rec[]; // decodeRecords() of the result stream
+  inputs: { size: bigint; dev: bigint; ino: bigint }[];
+  log: string;
+  exits: bigint;
+  elapsedNs: bigint;
+  setupNs: bigint;
+}
+
+/** SandboxError.status when the run finished but its result stream was malformed. */
+export const BAD_RECORDS = -1;
+
+/** A guest run that did not end cleanly (status runStatus.* or BAD_RECORDS). */
+export class SandboxError extends Error {
+  status: number;
+  detail: number;
+  constructor(message: string, status: number, detail: number) {
+    super(message);
+    this.name = "SandboxError";
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+const DEFAULT_TIMEOUT_MS = 30000;
+const DEFAULT_RESULT_CAP = 64 * 1024 * 1024;
+const LOG_CAP = 64 * 1024;
+const PROGRESS_POLL_MS = 100;
+
+const binaries = new Map<string, Uint8Array>();
+
+function guestBinary(op: string): Uint8Array {
+  let bin = binaries.get(op);
+  if (!bin) {
+    const b64 = Object.hasOwn(guests, op) ? guests[op] : undefined;
+    if (b64 === undefined) throw new Error(`No embedded guest named ${op}`);
+    bin = Uint8Array.fromBase64(b64);
+    binaries.set(op, bin);
+  }
+  return bin;
+}
+
+function statusMessage(
+  status: number,
+  detail: number,
+  err: bigint,
+  timeoutMs: number,
+  errText: string,
+): string {
+  switch (status) {
+    case runStatus.GUEST_FAULT:
+      return "guest crashed";
+    case runStatus.TIMEOUT:
+      return `guest timed out after ${timeoutMs} ms`;
+    case runStatus.BAD_HYPERCALL:
+      return `guest made a bad hypercall (nr ${detail})`;
+    case runStatus.OUTPUT_CAP:
+      return "guest wrote past the output cap";
+    case runStatus.RESULT_CAP:
+      return "guest results exceeded the result cap";
+    case runStatus.HOST_ERROR:
+      return `host error during the guest run: ${errText} (${err})`;
+    case runStatus.UNEXPECTED_EXIT:
+      return `guest stopped with an unexpected exit (reason ${detail})`;
+    case runStatus.SETUP_ERROR:
+      return `guest could not be set up: ${errText}`;
+    default:
+      return `guest run ended with unknown status ${status}`;
+  }
+}
+
+function checkRequest(req: RunRequest, ram: number, timeoutMs: number, resultCap: number): void {
+  if (req.inputs.length > limits.MAX_INPUTS) {
+    throw new Error(`Too many inputs: ${req.inputs.length} > ${limits.MAX_INPUTS}`);
+  }
+  if ((req.args?.length ?? 0) > 8) throw new Error("At most 8 guest arguments");
+  if (!Number.isSafeInteger(ram) || ram < limits.RAM_MIN || ram > limits.RAM_MAX || ram % (2 * 1024 * 1024)) {
+    throw new Error(`Guest RAM ${ram} must be a multiple of 2 MiB in [${limits.RAM_MIN}, ${limits.RAM_MAX}]`);
+  }
+  if (!Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) throw new Error(`Bad guest timeout ${timeoutMs}`);
+  if (!Number.isSafeInteger(resultCap) || resultCap < 0 || resultCap > 1024 * 1024 * 1024) {
+    throw new Error(`Bad result cap ${resultCap}`);
+  }
+}
+
+/** Runs one guest operation; see the module comment. */
+export async function runGuest(req: RunRequest): Promise<RunResult> {
+  const ram = req.ramBytes ?? limits.RAM_DEFAULT;
+  const timeoutMs = req.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const resultCap = req.resultCap ?? DEFAULT_RESULT_CAP;
+  checkRequest(req, ram, timeoutMs, resultCap);
+  const binary = req.binary ?? guestBinary(req.op);
+  const lib = await vmmLib();
+
+  const cfg = writeStruct(structSpec("vmm_config"), {
+    abi_version: ABI_VERSION,
+    flags: req.noSeccomp ? vmmFlags.NO_SECCOMP : 0,
+    ram_bytes: BigInt(ram),
+    timeout_ms: BigInt(timeoutMs),
+    output_cap: req.output?.cap ?? 0n,
+    result_cap: BigInt(resultCap),
+    log_cap: BigInt(LOG_CAP),
+  });
+  const vm = lib.vmm_create(cfg);
+  if (vm === null) {
+    const e = lib.vmm_last_errno();
+    throw new SandboxError(`guest could not be set up: ${strerror(lib, e)}`, runStatus.SETUP_ERROR, e);
+  }
+  let poll: ReturnType<typeof setInterval> | undefined;
+  try {
+    let rc = lib.vmm_load(vm, binary, BigInt(binary.length));
+    if (rc !== 0) {
+      throw new SandboxError(`guest could not be loaded: ${strerror(lib, -rc)}`, runStatus.SETUP_ERROR, -rc);
+    }
+
+    const inputs: RunResult["inputs"] = [];
+    const infoSpec = structSpec("vmm_input_info");
+    for (const input of req.inputs) {
+      const info = new Uint8Array(infoSpec.size);
+      rc = lib.vmm_attach_input(vm, cString(input.path), input.nofollow ? attachFlags.NOFOLLOW : 0, info);
+      if (rc !== 0) throw Object.assign(new Error(strerror(lib, -rc)), { errno: -rc, path: input.path });
+      const f = readStruct(new DataView(info.buffer), 0, infoSpec);
+      inputs.push({ size: f.size as bigint, dev: f.dev as bigint, ino: f.ino as bigint });
+    }
+    if (req.output) {
+      rc = lib.vmm_attach_output(vm, cString(req.output.path), attachFlags.WRITABLE | attachFlags.CREATE);
+      if (rc !== 0) throw Object.assign(new Error(strerror(lib, -rc)), { errno: -rc, path: req.output.path });
+    }
+
+    const sizes = inputs.map((i) => i.size);
+    const formats = req.inputs.map((i) => i.format);
+    const params = writeStruct(structSpec("params"), {
+      magic: PARAMS_MAGIC,
+      abi_version: ABI_VERSION,
+      op: req.opCode,
+      flags: req.flags ?? 0,
+      n_inputs: req.inputs.length,
+      ram_size: BigInt(ram),
+      input_size: sizes,
+      input_format: formats,
+      output_cap: req.output?.cap ?? 0n,
+      arg: req.args ?? [],
+    });
+    rc = lib.vmm_set_params(vm, params, BigInt(params.length));
+    if (rc !== 0) {
+      throw new SandboxError(`guest could not be set up: ${strerror(lib, -rc)}`, runStatus.SETUP_ERROR, -rc);
+    }
+
+    const progress = req.onProgress ? lib.vmm_progress(vm) : null;
+    let last = [-1n, -1n];
+    const pollProgress = () => {
+      if (!progress || !req.onProgress) return;
+      const view = new Deno.UnsafePointerView(progress);
+      const done = view.getBigUint64(0);
+      const total = view.getBigUint64(8);
+      if (done !== last[0] || total !== last[1]) {
+        last = [done, total];
+        req.onProgress(done, total);
+      }
+    };
+    if (progress) poll = setInterval(pollProgress, PROGRESS_POLL_MS);
+
+    const repSpec = structSpec("vmm_report");
+    const repBuf = new Uint8Array(repSpec.size);
+    rc = await lib.vmm_run(vm, repBuf);
+    if (poll !== undefined) {
+      clearInterval(poll);
+      poll = undefined;
+      pollProgress();
+    }
+    if (rc !== 0) {
+      throw new SandboxError(`guest could not be run: ${strerror(lib, -rc)}`, runStatus.SETUP_ERROR, -rc);
+    }
+    const rep = readStruct(new DataView(repBuf.buffer), 0, repSpec);
+    const status = rep.status as number;
+    const detail = rep.detail as number;
+    const err = rep.err as bigint;
+    if (status !== runStatus.DONE) {
+      const errText = err > 0n && err < 4096n ? strerror(lib, Number(err)) : "unknown error";
+      throw new SandboxError(statusMessage(status, detail, err, timeoutMs, errText), status, detail);
+    }
+
+    // Copy results and log out of VMM memory before vmm_destroy frees it.
+    const stream = copyOut(lib.vmm_result(vm, lenBuf()), lastLen, resultCap);
+    const logBytes = copyOut(lib.vmm_log(vm, lenBuf()), lastLen, LOG_CAP);
+    let records: Rec[];
+    try {
+      records = decodeRecords(stream);
+    } catch (e) {
+      if (e instanceof RecordError) {
+        throw new SandboxError(`guest produced malformed results: ${e.message}`, BAD_RECORDS, 0);
+      }
+      throw e;
+    }
+    return {
+      status,
+      detail,
+      err,
+      guestStatus: rep.guest_status as bigint,
+      records,
+      inputs,
+      log: new TextDecoder().decode(logBytes),
+      exits: rep.exits as bigint,
+      elapsedNs: rep.elapsed_ns as bigint,
+      setupNs: rep.setup_ns as bigint,
+    };
+  } finally {
+    if (poll !== undefined) clearInterval(poll);
+    lib.vmm_destroy(vm);
+  }
+}
+
+// vmm_result / vmm_log write the length into an 8-byte buffer.
+const lastLen = new BigUint64Array(1);
+function lenBuf(): Uint8Array {
+  lastLen[0] = 0n;
+  return new Uint8Array(lastLen.buffer);
+}
+
+function copyOut(ptr: Deno.PointerValue, len: BigUint64Array, cap: number): Uint8Array {
+  const n = len[0];
+  if (n > BigInt(cap)) {
+    throw new SandboxError(`VMM reported ${n} bytes, over the cap ${cap}`, runStatus.HOST_ERROR, 0);
+  }
+  if (ptr === null || n === 0n) return new Uint8Array(0);
+  return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, Number(n))).slice();
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and tests need, only those missing.
+# As root: apt-get update once, then install. Otherwise: list what is
+# missing and exit 1.
+set -euo pipefail
+want=(gcc make binutils libc6-dev zlib1g-dev libzstd-dev qemu-utils)
+missing=()
+for p in "${want[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "instar: missing Debian packages: ${missing[*]} (install them as root, e.g. apt-get install ${missing[*]})" >&2
+  exit 1
+fi
+echo "instar: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
