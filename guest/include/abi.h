@@ -49,10 +49,16 @@
 #define REC_CHECK_MSG 6
 #define REC_MAP_EXTENT 7
 #define REC_RAW_INFO 8
+#define REC_SNAPSHOT 9
+#define REC_BITMAP 10
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
 #define NAME_DATA_FILE 3
+#define NAME_INCOMPAT_FEATURE 4
+#define NAME_SNAPSHOT_ID 5
+#define NAME_SNAPSHOT_NAME 6
+#define NAME_BITMAP_NAME 7
 
 #define MAP_DATA 1
 #define MAP_ZERO 2
@@ -111,6 +117,7 @@
 #define GERR_DATA_FILE_REQUIRED 23
 #define GERR_INTERNAL 24
 #define GERR_BAD_IMAGE_SIZE 25
+#define GERR_BAD_BITMAP 26
 
 #define ATTACH_NOFOLLOW 1
 #define ATTACH_WRITABLE 2
@@ -146,6 +153,42 @@
 #define LIMIT_CHAIN_MAX 16
 
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
+#define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
+#define CMSG_REFCOUNT_OVERFLOW 3 /* ERROR: overflow cluster offset=0x%x\n */
+#define CMSG_REFCOUNT_OVERFLOW_HINT 4 /* Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing\n */
+#define CMSG_L2_RESERVED_BITS 5 /* ERROR found l2 entry with reserved bits set: %x\n */
+#define CMSG_COMPRESSED_COPIED 6 /* ERROR: coffset=0x%x: copied flag must never be set for compressed clusters\n */
+#define CMSG_COMPRESSED_DATA_FILE 7 /* ERROR compressed cluster %d with data file, entry=0x%x\n */
+#define CMSG_COMPRESSED_BITMAP 8 /* ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=0x%x\n */
+#define CMSG_SUBCLUSTER_BITMAP_CORRUPT 9 /* ERROR offset=%x: Allocated cluster has corrupted subcluster allocation bitmap\n */
+#define CMSG_PREALLOC_UNALIGNED 10 /* ERROR offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.\n */
+#define CMSG_DATA_UNALIGNED 11 /* ERROR offset=%x: Data cluster is not properly aligned; L2 entry corrupted.\n */
+#define CMSG_UNALLOCATED_BITMAP 12 /* ERROR: Unallocated cluster has non-zero subcluster allocation map\n */
+#define CMSG_L1_RESERVED_BITS 13 /* ERROR found L1 entry with reserved bits set: %x\n */
+#define CMSG_L2_TABLE_UNALIGNED 14 /* ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted\n */
+#define CMSG_SNAPSHOTS_WITH_DATA_FILE 15 /* ERROR %d snapshots in image with data file\n */
+#define CMSG_REFTABLE_RESERVED_BITS 16 /* ERROR refcount table entry %d has reserved bits set\n */
+#define CMSG_REFBLOCK_UNALIGNED 17 /* ERROR refcount block %d is not cluster aligned; refcount table entry corrupted\n */
+#define CMSG_REFBLOCK_OUTSIDE 18 /* ERROR refcount block %d is outside image\n */
+#define CMSG_REFBLOCK_REFCOUNT 19 /* ERROR refcount block %d refcount=%u\n */
+#define CMSG_REFCOUNT_EIO 20 /* Can't get refcount for cluster %d: Input/output error\n */
+#define CMSG_OFLAG_COPIED_L2 21 /* ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%u\n */
+#define CMSG_OFLAG_COPIED_DATA 22 /* ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%u\n */
+#define CMSG_SNAPSHOT_L1_UNALIGNED 23 /* ERROR snapshot %N (%N) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted\n */
+#define CMSG_SNAPSHOT_L1_TOO_LARGE 24 /* ERROR snapshot %N (%N) l1_size=%#x: L1 table is too large; snapshot table entry corrupted\n */
+#define CMSG_SNAPSHOT_TABLE_TOO_LARGE 25 /* ERROR snapshot table too large\n */
+#define CMSG_SNAPSHOT_TABLE_OFFSET_INVALID 26 /* ERROR snapshot table offset invalid\n */
+#define CMSG_SNAPSHOT_OVERHANG_HINT 27 /* You can force-remove all %u overhanging snapshots with qemu-img check -r all\n */
+#define CMSG_SNAPSHOT_EXTRA_TOO_LARGE 28 /* ERROR failed to read the snapshot table: Too much extra metadata in snapshot table entry %d\n */
+#define CMSG_SNAPSHOT_EXTRA_HINT 29 /* You can force-remove this extra metadata with qemu-img check -r all\n */
+#define CMSG_SNAPSHOT_TABLE_TOO_BIG 30 /* ERROR failed to read the snapshot table: Snapshot table is too big\n */
+#define CMSG_SNAPSHOT_INCOMPLETE 31 /* ERROR snapshot table entry %d is incomplete\n */
+#define CMSG_CORRUPT_REFBLOCK_UNALIGNED 32 /* qcow2: Image is corrupt: Refblock offset %#x unaligned (reftable index: %#x); further non-fatal corruption events will be suppressed\n */
+#define CMSG_BITMAPS_WARNING 33 /* warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent\n */
+#define CMSG_BITMAPS_V2_WARNING 34 /* warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent\n */
+#define CMSG_BITMAPS_LEAK_HINT 35 /* Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix. */
+#define CMSG_L1_READ_EIO 36 /* ERROR: I/O error in check_refcounts_l1\n */
+#define CMSG_SNAPSHOT_READ_EIO 37 /* ERROR failed to read the snapshot table: Failed to read snapshot table: Input/output error\n */
 
 /* Header of every result record */
 struct rec_header {
@@ -169,7 +212,8 @@ struct params {
     uint32_t input_format[16]; /* formats.* */
     uint64_t output_cap;
     uint64_t arg[8]; /* op-specific arguments */
-    uint8_t reserved[216];
+    uint64_t input_alloc[16]; /* allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown */
+    uint8_t reserved[88];
 };
 _Static_assert(sizeof(struct params) == 512, "params size");
 _Static_assert(offsetof(struct params, magic) == 0, "params.magic");
@@ -183,7 +227,8 @@ _Static_assert(offsetof(struct params, input_size) == 32, "params.input_size");
 _Static_assert(offsetof(struct params, input_format) == 160, "params.input_format");
 _Static_assert(offsetof(struct params, output_cap) == 224, "params.output_cap");
 _Static_assert(offsetof(struct params, arg) == 232, "params.arg");
-_Static_assert(offsetof(struct params, reserved) == 296, "params.reserved");
+_Static_assert(offsetof(struct params, input_alloc) == 296, "params.input_alloc");
+_Static_assert(offsetof(struct params, reserved) == 424, "params.reserved");
 
 /* Hypercall argument block at layout.HCALL */
 struct hcall {
@@ -309,11 +354,59 @@ _Static_assert(offsetof(struct rec_raw_info, hdr) == 0, "rec_raw_info.hdr");
 _Static_assert(offsetof(struct rec_raw_info, input) == 8, "rec_raw_info.input");
 _Static_assert(offsetof(struct rec_raw_info, partition) == 12, "rec_raw_info.partition");
 
+/* records.SNAPSHOT: one internal snapshot, as qemu's info lists it (id/name cut like qemu: 127/255) */
+struct rec_snapshot {
+    uint8_t hdr[8];
+    uint32_t input;
+    uint32_t index;
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size;
+    uint64_t icount; /* UINT64_MAX when the image does not record it */
+    uint16_t id_len; /* <= 127 */
+    uint16_t name_len; /* <= 255 */
+    uint32_t reserved;
+    uint8_t id[128];
+    uint8_t name[256];
+};
+_Static_assert(sizeof(struct rec_snapshot) == 440, "rec_snapshot size");
+_Static_assert(offsetof(struct rec_snapshot, hdr) == 0, "rec_snapshot.hdr");
+_Static_assert(offsetof(struct rec_snapshot, input) == 8, "rec_snapshot.input");
+_Static_assert(offsetof(struct rec_snapshot, index) == 12, "rec_snapshot.index");
+_Static_assert(offsetof(struct rec_snapshot, date_sec) == 16, "rec_snapshot.date_sec");
+_Static_assert(offsetof(struct rec_snapshot, date_nsec) == 20, "rec_snapshot.date_nsec");
+_Static_assert(offsetof(struct rec_snapshot, vm_clock_nsec) == 24, "rec_snapshot.vm_clock_nsec");
+_Static_assert(offsetof(struct rec_snapshot, vm_state_size) == 32, "rec_snapshot.vm_state_size");
+_Static_assert(offsetof(struct rec_snapshot, icount) == 40, "rec_snapshot.icount");
+_Static_assert(offsetof(struct rec_snapshot, id_len) == 48, "rec_snapshot.id_len");
+_Static_assert(offsetof(struct rec_snapshot, name_len) == 50, "rec_snapshot.name_len");
+_Static_assert(offsetof(struct rec_snapshot, reserved) == 52, "rec_snapshot.reserved");
+_Static_assert(offsetof(struct rec_snapshot, id) == 56, "rec_snapshot.id");
+_Static_assert(offsetof(struct rec_snapshot, name) == 184, "rec_snapshot.name");
+
+/* records.BITMAP: one persistent dirty bitmap (qcow2 format-specific info) */
+struct rec_bitmap {
+    uint8_t hdr[8];
+    uint32_t input;
+    uint32_t flags; /* bit 0 in-use, bit 1 auto (qcow2 BME flags) */
+    uint32_t granularity_bits;
+    uint32_t name_len; /* <= 1023 */
+    uint8_t name[1024];
+};
+_Static_assert(sizeof(struct rec_bitmap) == 1048, "rec_bitmap size");
+_Static_assert(offsetof(struct rec_bitmap, hdr) == 0, "rec_bitmap.hdr");
+_Static_assert(offsetof(struct rec_bitmap, input) == 8, "rec_bitmap.input");
+_Static_assert(offsetof(struct rec_bitmap, flags) == 12, "rec_bitmap.flags");
+_Static_assert(offsetof(struct rec_bitmap, granularity_bits) == 16, "rec_bitmap.granularity_bits");
+_Static_assert(offsetof(struct rec_bitmap, name_len) == 20, "rec_bitmap.name_len");
+_Static_assert(offsetof(struct rec_bitmap, name) == 24, "rec_bitmap.name");
+
 /* records.CHECK: qemu's BdrvCheckResult plus the image-end offset */
 struct rec_check {
     uint8_t hdr[8];
     uint32_t input;
-    uint32_t flags;
+    uint32_t flags; /* 0, or the errno of a check qemu ends early ("Check failed: <strerror>", exit 1) */
     uint64_t corruptions;
     uint64_t leaks;
     uint64_t check_errors;

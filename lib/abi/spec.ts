@@ -125,10 +125,24 @@ export const records = {
   CHECK_MSG: 6,
   MAP_EXTENT: 7,
   RAW_INFO: 8,
+  SNAPSHOT: 9,
+  BITMAP: 10,
 } as const;
 
-/** NAME record kinds. */
-export const nameKinds = { BACKING_FILE: 1, BACKING_FORMAT: 2, DATA_FILE: 3 } as const;
+/** NAME record kinds. INCOMPAT_FEATURE: a feature-table name qemu prints in
+ * "Unsupported qcow2 feature(s): ..." (sent before that ERROR record, table order).
+ * SNAPSHOT_ID / SNAPSHOT_NAME: sent right before the CHECK_MSG whose text
+ * names a snapshot (%N in lib/abi/check_messages.ts), cut at NAME_MAX bytes. */
+export const nameKinds = {
+  BACKING_FILE: 1,
+  BACKING_FORMAT: 2,
+  DATA_FILE: 3,
+  INCOMPAT_FEATURE: 4,
+  SNAPSHOT_ID: 5,
+  SNAPSHOT_NAME: 6,
+  /** The bitmap a BAD_BITMAP error is about (sent right before it). */
+  BITMAP_NAME: 7,
+} as const;
 
 /** MAP_EXTENT flags (qemu's BDRV_BLOCK_* meaning, as qemu-img map prints them). */
 export const mapFlags = {
@@ -198,6 +212,7 @@ export const guestErrors = {
   DATA_FILE_REQUIRED: 23,
   INTERNAL: 24,
   BAD_IMAGE_SIZE: 25,
+  BAD_BITMAP: 26, // a0 = what qemu's bitmap loading refused (see guest/qcow2/qcow2.h QBM_*)
 } as const;
 
 export type FieldType = "u8" | "u16" | "u32" | "u64" | "i64" | "bytes";
@@ -245,7 +260,14 @@ export const structs: StructSpec[] = [
       { name: "input_format", type: "u32", offset: 160, count: 16, doc: "formats.*" },
       { name: "output_cap", type: "u64", offset: 224 },
       { name: "arg", type: "u64", offset: 232, count: 8, doc: "op-specific arguments" },
-      { name: "reserved", type: "bytes", offset: 296, count: 216 },
+      {
+        name: "input_alloc",
+        type: "u64",
+        offset: 296,
+        count: 16,
+        doc: "allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown",
+      },
+      { name: "reserved", type: "bytes", offset: 424, count: 88 },
     ],
   },
   {
@@ -338,13 +360,51 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_snapshot",
+    size: 440,
+    doc: "records.SNAPSHOT: one internal snapshot, as qemu's info lists it (id/name cut like qemu: 127/255)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "index", type: "u32", offset: 12 },
+      { name: "date_sec", type: "u32", offset: 16 },
+      { name: "date_nsec", type: "u32", offset: 20 },
+      { name: "vm_clock_nsec", type: "u64", offset: 24 },
+      { name: "vm_state_size", type: "u64", offset: 32 },
+      { name: "icount", type: "u64", offset: 40, doc: "UINT64_MAX when the image does not record it" },
+      { name: "id_len", type: "u16", offset: 48, doc: "<= 127" },
+      { name: "name_len", type: "u16", offset: 50, doc: "<= 255" },
+      { name: "reserved", type: "u32", offset: 52 },
+      { name: "id", type: "bytes", offset: 56, count: 128 },
+      { name: "name", type: "bytes", offset: 184, count: 256 },
+    ],
+  },
+  {
+    name: "rec_bitmap",
+    size: 1048,
+    doc: "records.BITMAP: one persistent dirty bitmap (qcow2 format-specific info)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "flags", type: "u32", offset: 12, doc: "bit 0 in-use, bit 1 auto (qcow2 BME flags)" },
+      { name: "granularity_bits", type: "u32", offset: 16 },
+      { name: "name_len", type: "u32", offset: 20, doc: "<= 1023" },
+      { name: "name", type: "bytes", offset: 24, count: 1024 },
+    ],
+  },
+  {
     name: "rec_check",
     size: 104,
     doc: "records.CHECK: qemu's BdrvCheckResult plus the image-end offset",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
       { name: "input", type: "u32", offset: 8 },
-      { name: "flags", type: "u32", offset: 12 },
+      {
+        name: "flags",
+        type: "u32",
+        offset: 12,
+        doc: '0, or the errno of a check qemu ends early ("Check failed: <strerror>", exit 1)',
+      },
       { name: "corruptions", type: "u64", offset: 16 },
       { name: "leaks", type: "u64", offset: 24 },
       { name: "check_errors", type: "u64", offset: 32 },
@@ -450,6 +510,8 @@ export const recordStructs: Record<number, string> = {
   [records.CHECK_MSG]: "rec_check_msg",
   [records.MAP_EXTENT]: "rec_map_extent",
   [records.RAW_INFO]: "rec_raw_info",
+  [records.SNAPSHOT]: "rec_snapshot",
+  [records.BITMAP]: "rec_bitmap",
 };
 
 /** VMM attach flags. */

@@ -174,6 +174,8 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       n_inputs: req.inputs.length,
       ram_size: BigInt(ram),
       input_size: sizes,
+      // Allocated bytes (st_blocks * 512): qcow2 map's metadata-preallocation test uses it like qemu.
+      input_alloc: req.inputs.map((i) => BigInt((Deno.statSync(i.path).blocks ?? 0) * 512)),
       input_format: formats,
       output_cap: req.output?.cap ?? 0n,
       arg: req.args ?? [],

@@ -1,0 +1,215 @@
+/*
+ * Hosted implementation of guest/include/rt.h (INSTAR_HOSTED): the same
+ * parsers and operation programs run as ordinary Linux programs over files,
+ * for tests and fuzz targets. It mirrors the guest runtime's limits (heap =
+ * ram_size - LAYOUT_HEAP, records <= LIMIT_RECORD_MAX, I/O bounded by the
+ * input size) so a program that fits here fits in the VM.
+ *
+ * usage: <op> [--arg N]... [--ram BYTES] FMT:PATH [FMT:PATH...]
+ *   FMT is raw, qcow2 or auto; the record stream goes to stdout (binary).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "rt.h"
+
+#ifndef HOST_OP
+#define HOST_OP 0
+#endif
+
+static struct params g_params;
+static int g_fds[LIMIT_MAX_INPUTS];
+static uint8_t *g_heap;
+static uint64_t g_heap_size, g_heap_used, g_last_alloc, g_heap_peak;
+static uint8_t g_out[1 << 16];
+/* Hypercall statistics (INSTAR_HOST_STATS=1 prints them): each READ, SEEK
+ * and result flush would be one VM exit in the guest. */
+static uint64_t g_reads, g_read_bytes, g_seeks, g_flushes;
+static size_t g_out_len;
+
+const struct params *rt_params(void) { return &g_params; }
+
+int64_t hc_read(uint32_t input, uint64_t off, uint64_t len, void *buf)
+{
+    uint64_t end;
+    if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) ||
+        end > g_params.input_size[input]) {
+        fprintf(stderr, "hosted rt: READ outside input %u: off=%llu len=%llu\n", input,
+                (unsigned long long)off, (unsigned long long)len);
+        exit(70); /* the VMM would end the run: make it loud */
+    }
+    g_reads++;
+    g_read_bytes += len;
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = pread(g_fds[input], (uint8_t *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -5;
+        done += (uint64_t)n;
+    }
+    return (int64_t)len;
+}
+
+int64_t hc_write(uint64_t off, uint64_t len, const void *buf)
+{
+    (void)off; (void)buf;
+    return (int64_t)len;
+}
+
+int64_t hc_seek(uint32_t input, uint64_t off, uint32_t kind)
+{
+    if (input >= g_params.n_inputs) exit(70);
+    uint64_t size = g_params.input_size[input];
+    g_seeks++;
+    if (off >= size) return (int64_t)size;
+    off_t r = lseek(g_fds[input], (off_t)off, kind == SEEK_KIND_DATA ? SEEK_DATA : SEEK_HOLE);
+    if (r < 0 || (uint64_t)r > size) return (int64_t)size;
+    return r;
+}
+
+void hc_progress(uint64_t done, uint64_t total) { (void)done; (void)total; }
+
+void hc_log(const char *s)
+{
+    if (getenv("INSTAR_DEBUG")) fprintf(stderr, "guest: %s\n", s);
+}
+
+void rt_flush(void)
+{
+    if (g_out_len) g_flushes++;
+    if (g_out_len && fwrite(g_out, 1, g_out_len, stdout) != g_out_len) exit(71);
+    g_out_len = 0;
+}
+
+_Noreturn void hc_done(uint64_t status)
+{
+    rt_flush();
+    fflush(stdout);
+    if (status != GUEST_OK) fprintf(stderr, "guest status %llu\n", (unsigned long long)status);
+    if (getenv("INSTAR_HOST_STATS"))
+        fprintf(stderr, "reads %llu (%llu bytes) seeks %llu flushes %llu heap %llu\n", (unsigned long long)g_reads,
+                (unsigned long long)g_read_bytes, (unsigned long long)g_seeks, (unsigned long long)g_flushes,
+                (unsigned long long)g_heap_peak);
+    exit(0);
+}
+
+int rt_emit(const void *rec, uint32_t size)
+{
+    if (size < 8 || size % 8 || size > LIMIT_RECORD_MAX) return -1;
+    if (g_out_len + size > sizeof g_out) rt_flush();
+    memcpy(g_out + g_out_len, rec, size);
+    /* The header's size field must match what was passed. */
+    uint32_t hs = size;
+    memcpy(g_out + g_out_len + 4, &hs, 4);
+    g_out_len += size;
+    return 0;
+}
+
+int rt_error(uint32_t input, uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+    struct rec_error e;
+    memset(&e, 0, sizeof e);
+    uint32_t t = REC_ERROR, s = sizeof e;
+    memcpy(e.hdr, &t, 4);
+    memcpy(e.hdr + 4, &s, 4);
+    e.code = code;
+    e.input = input;
+    e.a0 = a0;
+    e.a1 = a1;
+    e.a2 = a2;
+    rt_emit(&e, sizeof e);
+    return -1;
+}
+
+void *rt_alloc(uint64_t size)
+{
+    uint64_t rounded, end;
+    if (__builtin_add_overflow(size, 15, &rounded)) return NULL;
+    rounded &= ~(uint64_t)15;
+    if (__builtin_add_overflow(g_heap_used, rounded, &end) || end > g_heap_size) return NULL;
+    void *p = g_heap + g_heap_used;
+    g_last_alloc = g_heap_used;
+    g_heap_used = end;
+    if (end > g_heap_peak) g_heap_peak = end;
+    return p;
+}
+
+void *rt_calloc(uint64_t n, uint64_t size)
+{
+    uint64_t total;
+    if (__builtin_mul_overflow(n, size, &total)) return NULL;
+    void *p = rt_alloc(total);
+    if (p) memset(p, 0, total);
+    return p;
+}
+
+void rt_free(void *p)
+{
+    if (p && (uint8_t *)p == g_heap + g_last_alloc) g_heap_used = g_last_alloc;
+}
+
+uint64_t rt_heap_mark(void) { return g_heap_used; }
+void rt_heap_release(uint64_t mark)
+{
+    if (mark <= g_heap_used) g_heap_used = mark;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || !*s || *end) return -1;
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    uint32_t nargs = 0;
+    uint64_t ram = LIMIT_RAM_DEFAULT;
+    g_params.magic = PARAMS_MAGIC;
+    g_params.abi_version = ABI_VERSION;
+    g_params.op = HOST_OP;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--arg") && i + 1 < argc) {
+            if (nargs >= 8 || parse_u64(argv[++i], &g_params.arg[nargs++])) goto usage;
+        } else if (!strcmp(argv[i], "--ram") && i + 1 < argc) {
+            if (parse_u64(argv[++i], &ram) || ram < LIMIT_RAM_MIN || ram > LIMIT_RAM_MAX) goto usage;
+        } else {
+            const char *colon = strchr(argv[i], ':');
+            if (!colon || g_params.n_inputs >= LIMIT_MAX_INPUTS) goto usage;
+            size_t fl = (size_t)(colon - argv[i]);
+            uint32_t fmt;
+            if (fl == 3 && !strncmp(argv[i], "raw", 3)) fmt = FMT_RAW;
+            else if (fl == 5 && !strncmp(argv[i], "qcow2", 5)) fmt = FMT_QCOW2;
+            else if (fl == 4 && !strncmp(argv[i], "auto", 4)) fmt = FMT_AUTO;
+            else goto usage;
+            int fd = open(colon + 1, O_RDONLY | O_CLOEXEC);
+            struct stat st;
+            if (fd < 0 || fstat(fd, &st) < 0) {
+                perror(colon + 1);
+                return 1;
+            }
+            uint32_t k = g_params.n_inputs++;
+            g_fds[k] = fd;
+            g_params.input_size[k] = (uint64_t)st.st_size;
+            g_params.input_alloc[k] = (uint64_t)st.st_blocks * 512;
+            g_params.input_format[k] = fmt;
+        }
+    }
+    if (g_params.n_inputs == 0) goto usage;
+    g_params.ram_size = ram;
+    g_heap_size = ram - LAYOUT_HEAP;
+    g_heap = malloc(g_heap_size);
+    if (!g_heap) return 1;
+    hc_done(op_main() == 0 ? GUEST_OK : GUEST_ERROR);
+usage:
+    fprintf(stderr, "usage: %s [--arg N]... [--ram BYTES] raw|qcow2|auto:PATH...\n", argv[0]);
+    return 2;
+}

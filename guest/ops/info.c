@@ -1,0 +1,23 @@
+/*
+ * info: probe input 0, then describe it. qcow2 -> QCOW2_INFO + NAME records
+ * (backing file and format, data file: reported, never opened), then one
+ * SNAPSHOT record per internal snapshot and one BITMAP per bitmap; raw ->
+ * RAW_INFO (the host computes the virtual size from the file size).
+ */
+#include "../qcow2/qcow2.h"
+#include "../probe/probe.h"
+
+int op_main(void)
+{
+    const struct params *p = rt_params();
+    if (p->n_inputs < 1 || p->input_format[0] > FMT_QCOW2) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    static struct reader r;
+    reader_from_input(&r, 0);
+    int fmt = probe_input(&r, p->input_format[0]);
+    if (fmt < 0) return -1;
+    if (fmt == FMT_RAW) return raw_emit_info(&r);
+    static struct qcow2 q;
+    if (qcow2_open(&q, &r, QCOW2_OPEN_NO_IO)) return -1;
+    if (qcow2_emit_info(&q) || qcow2_emit_snapshots(&q) || qcow2_emit_bitmaps(&q)) return -1;
+    return 0;
+}
