@@ -5,8 +5,10 @@
  * ram_size - LAYOUT_HEAP, records <= LIMIT_RECORD_MAX, I/O bounded by the
  * input size) so a program that fits here fits in the VM.
  *
- * usage: <op> [--arg N]... [--ram BYTES] FMT:PATH [FMT:PATH...]
+ * usage: <op> [--arg N]... [--ram BYTES] [-o PATH [--cap BYTES]] FMT:PATH [FMT:PATH...]
  *   FMT is raw, qcow2 or auto; the record stream goes to stdout (binary).
+ *   -o attaches output 0 (created, truncated) for hc_write, bounded by the
+ *   cap like the VMM bounds it (default: 1 TiB).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,6 +26,7 @@
 
 static struct params g_params;
 static int g_fds[LIMIT_MAX_INPUTS];
+static int g_out_fd = -1;
 static uint8_t *g_heap;
 static uint64_t g_heap_size, g_heap_used, g_last_alloc, g_heap_peak;
 static uint8_t g_out[1 << 16];
@@ -57,7 +60,20 @@ int64_t hc_read(uint32_t input, uint64_t off, uint64_t len, void *buf)
 
 int64_t hc_write(uint64_t off, uint64_t len, const void *buf)
 {
-    (void)off; (void)buf;
+    uint64_t end;
+    if (g_out_fd < 0) return (int64_t)len; /* no output attached: discard, as before */
+    if (__builtin_add_overflow(off, len, &end) || end > g_params.output_cap) {
+        fprintf(stderr, "hosted rt: WRITE past the output cap: off=%llu len=%llu\n", (unsigned long long)off,
+                (unsigned long long)len);
+        exit(70); /* the VMM would end the run */
+    }
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(g_out_fd, (const uint8_t *)buf + done, len - done, (off_t)(off + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -5;
+        done += (uint64_t)n;
+    }
     return (int64_t)len;
 }
 
@@ -179,6 +195,15 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arg") && i + 1 < argc) {
             if (nargs >= 8 || parse_u64(argv[++i], &g_params.arg[nargs++])) goto usage;
+        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
+            g_out_fd = open(argv[++i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+            if (g_out_fd < 0) {
+                perror(argv[i]);
+                return 1;
+            }
+            if (!g_params.output_cap) g_params.output_cap = 1ull << 40;
+        } else if (!strcmp(argv[i], "--cap") && i + 1 < argc) {
+            if (parse_u64(argv[++i], &g_params.output_cap)) goto usage;
         } else if (!strcmp(argv[i], "--ram") && i + 1 < argc) {
             if (parse_u64(argv[++i], &ram) || ram < LIMIT_RAM_MIN || ram > LIMIT_RAM_MAX) goto usage;
         } else {
@@ -210,6 +235,6 @@ int main(int argc, char **argv)
     if (!g_heap) return 1;
     hc_done(op_main() == 0 ? GUEST_OK : GUEST_ERROR);
 usage:
-    fprintf(stderr, "usage: %s [--arg N]... [--ram BYTES] raw|qcow2|auto:PATH...\n", argv[0]);
+    fprintf(stderr, "usage: %s [--arg N]... [--ram BYTES] [-o PATH [--cap BYTES]] raw|qcow2|auto:PATH...\n", argv[0]);
     return 2;
 }

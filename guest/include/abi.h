@@ -25,6 +25,7 @@
 #define OP_INFO 1
 #define OP_CHECK 2
 #define OP_MAP 3
+#define OP_FLATTEN 4
 #define OP_TEST 99
 
 #define FMT_AUTO 0

@@ -97,7 +97,7 @@ export const hcErrors = { EINVAL: -22, EIO: -5 } as const;
 export const guestStatus = { OK: 0, ERROR: 1 } as const;
 
 /** Operations; one guest binary each. params.op must match the binary. */
-export const ops = { INFO: 1, CHECK: 2, MAP: 3, TEST: 99 } as const;
+export const ops = { INFO: 1, CHECK: 2, MAP: 3, FLATTEN: 4, TEST: 99 } as const;
 
 /** Formats the host asks for or the guest detects. */
 export const formats = { AUTO: 0, RAW: 1, QCOW2: 2 } as const;
