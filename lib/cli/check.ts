@@ -1,0 +1,128 @@
+// instar check [-f fmt] [--output human|json] [-q] [-U] FILE
+// Exit codes as qemu-img: 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 no checks.
+import { ops, records } from "../abi/spec.ts";
+import { getopt } from "./getopt.ts";
+import { CliError, usageError } from "./messages.ts";
+import {
+  expectOneFile, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+} from "./common.ts";
+import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
+import { makePolicy } from "../chain/policy.ts";
+import { runGuest } from "./guest.ts";
+import { formatCheckMessage } from "../formats/qcow2/check_text.ts";
+import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
+import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { HelpRequested } from "./info.ts";
+
+const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
+
+export async function checkCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  let fmt: string | undefined;
+  let output: string | undefined;
+  let quiet = false;
+  let cache = "writeback";
+  const o = newInstarOptions(base);
+  const operands = getopt(argv, ":hf:r:T:qU", [
+    { name: "help", hasArg: false, id: "h" },
+    { name: "format", hasArg: true, id: "f" },
+    { name: "repair", hasArg: true, id: "r" },
+    { name: "output", hasArg: true, id: "output" },
+    { name: "object", hasArg: true, id: "object" },
+    { name: "image-opts", hasArg: false, id: "image-opts" },
+    { name: "force-share", hasArg: false, id: "U" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "f":
+        fmt = value;
+        break;
+      case "r":
+        if (value !== "leaks" && value !== "all") {
+          throw usageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${value}`);
+        }
+        throw new CliError(["Repairing images (-r) is not supported by instar; it never writes to its input"]);
+      case "output":
+        output = value;
+        break;
+      case "T":
+        cache = value!;
+        break;
+      case "q":
+        quiet = true;
+        break;
+      case "object":
+      case "image-opts":
+        throw new CliError([`--${id} is not supported by instar`]);
+    }
+  });
+  const filename = expectOneFile(operands);
+  const format = outputFormat(output);
+  if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`]);
+
+  let top;
+  try {
+    top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    // qemu-img opens the whole chain (a missing backing file fails the check).
+    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+  } catch (e) {
+    if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)]);
+    throw e;
+  }
+  if (top.format !== "qcow2") throw new CliError(["This image format does not support checks"], false, 63);
+
+  let result;
+  try {
+    result = await runGuest({
+      op: "check",
+      opCode: ops.CHECK,
+      inputs: [{ path: top.openPath, format: top.formatCode }],
+    });
+  } catch (e) {
+    throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  const recs = result.records;
+  for (const r of recs) {
+    if (r.type === records.CHECK_MSG) {
+      io.err(formatCheckMessage(r.fields.code as number, r.fields.a as bigint[]));
+    }
+  }
+  const err = recs.find((r) => r.type === records.ERROR);
+  if (err) {
+    const f = err.fields;
+    const msg = qcow2ErrorMessage({ code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
+    throw new CliError([`Could not open '${filename}': ${msg}`]);
+  }
+  const checks = recs.filter((r) => r.type === records.CHECK);
+  if (checks.length !== 1) throw new CliError(["Check failed: sandbox failure: no check result"]);
+  const c = checks[0].fields;
+  const n = (k: string) => c[k] as bigint;
+  const facts: CheckFacts = {
+    filename,
+    format: top.format,
+    checkErrors: n("check_errors"),
+    corruptions: n("corruptions"),
+    leaks: n("leaks"),
+    corruptionsFixed: n("corruptions_fixed"),
+    leaksFixed: n("leaks_fixed"),
+    imageEndOffset: n("image_end_offset"),
+    totalClusters: n("total_clusters"),
+    allocatedClusters: n("allocated_clusters"),
+    fragmentedClusters: n("fragmented_clusters"),
+    compressedClusters: n("compressed_clusters"),
+  };
+  // Counters are printed as int64 by qemu; anything larger is a lying guest.
+  for (const [k, v] of Object.entries(facts)) {
+    if (typeof v === "bigint" && v >= 1n << 63n) throw new CliError([`Check failed: sandbox failure: ${k} out of range`]);
+  }
+  if (!quiet) io.out(format === "json" ? checkJson(facts) : checkHuman(facts));
+  if (facts.checkErrors !== 0n) {
+    io.err("instar: Check failed\n");
+    return 1;
+  }
+  if (facts.corruptions !== 0n) return 2;
+  if (facts.leaks !== 0n) return 3;
+  return 0;
+}

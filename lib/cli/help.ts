@@ -1,0 +1,31 @@
+import { INSTAR_VERSION } from "./version.ts";
+
+export function versionText(): string {
+  return `instar version ${INSTAR_VERSION} (qemu-img compatible)\n` +
+    "Parses every image inside a KVM sandbox.\n";
+}
+
+export function helpText(): string {
+  return versionText() +
+    `usage: instar [standard options] command [command options]
+Safe, qemu-img compatible disk image utility
+
+    '-h', '--help'       display this help and exit
+    '-V', '--version'    output version information and exit
+
+Command syntax:
+  check [-f fmt] [--output=ofmt] [-q] [-U] filename
+  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+  map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
+
+instar options (accepted by every command):
+  --qemu-version X.Y   print output the way qemu-img X.Y does (default: the
+                       installed qemu-img's version, else the newest known)
+  --unsafe-quirks      read files that look like raw disks without a partition
+                       table, or carry another format's signature, as raw
+  --backing-dir DIR    also allow backing files inside DIR (repeatable; by
+                       default only the top image's directory is allowed)
+
+Supported formats: qcow2 raw
+`;
+}

@@ -1,0 +1,241 @@
+// Opening an image the way qemu-img does, but through the sandbox: host-side
+// checks that need no image bytes (exists, regular file, readable, size,
+// st_blocks), then one guest "info" run that probes and decodes the header.
+// Also walks backing chains under lib/chain/policy.ts.
+import { formats, guestErrors, nameKinds, ops, records, signatures } from "../abi/spec.ts";
+import { nameBytes, type Rec } from "../abi/records.ts";
+import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { GuestResultError, type Qcow2Model, qcow2Model } from "../formats/qcow2/model.ts";
+import { type RawModel, rawModel, rawVirtualSize } from "../formats/raw/model.ts";
+import { checkBacking, type ChainPolicy, fileKey, fullBackingFilename, PolicyError } from "../chain/policy.ts";
+import { runGuest } from "./guest.ts";
+
+/** qemu block drivers instar knows by name but does not read (yet). */
+const KNOWN_DRIVERS = [
+  "blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress", "copy-before-write", "copy-on-read",
+  "dmg", "file", "ftp", "ftps", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs",
+  "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qed", "quorum", "rbd", "replication",
+  "snapshot-access", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
+];
+
+/** Why an image could not be opened, in the pieces qemu assembles its message from. */
+export class OpenError extends Error {
+  /** @param filename the image being opened
+   *  @param inner the reason, as qemu words it after "Could not open 'f': "
+   *  @param depth how many backing links below the top image it happened */
+  constructor(readonly filename: string, readonly inner: string, readonly depth = 0, readonly bare = false) {
+    super(inner);
+    this.name = "OpenError";
+  }
+}
+
+export interface OpenedImage {
+  /** Name qemu prints for this image. */
+  filename: string;
+  /** Path handed to the sandbox. */
+  openPath: string;
+  format: "qcow2" | "raw";
+  formatCode: number;
+  fileSize: bigint;
+  /** st_blocks * 512 (qemu's bdrv_get_allocated_file_size for files). */
+  actualSize: bigint;
+  virtualSize: bigint;
+  qcow2?: Qcow2Model;
+  raw?: RawModel;
+  dev: bigint;
+  ino: bigint;
+}
+
+export interface OpenOptions {
+  /** -f (or the backing format named by the overlay). */
+  format?: string;
+  /** The raw format was asked for explicitly (allows unpartitioned raw). */
+  unsafeQuirks?: boolean;
+  openPath?: string;
+  nofollow?: boolean;
+}
+
+const ERRNO_TEXT: Record<string, string> = {
+  NotFound: "No such file or directory",
+  PermissionDenied: "Permission denied",
+  NotADirectory: "Not a directory",
+  FilesystemLoop: "Too many levels of symbolic links",
+  InvalidData: "Invalid argument",
+};
+
+/** strerror()-style text for a Deno file-system error. */
+export function errnoText(e: unknown): string {
+  if (e instanceof Error) {
+    for (const [name, text] of Object.entries(ERRNO_TEXT)) {
+      const cls = (Deno.errors as Record<string, unknown>)[name];
+      if (typeof cls === "function" && e instanceof (cls as new () => Error)) return text;
+    }
+    const m = /^(.*?) \(os error \d+\)/.exec(e.message);
+    if (m) return m[1].replace(/:.*$/, "");
+    return e.message;
+  }
+  return String(e);
+}
+
+/** Maps -f to a guest format code; throws OpenError as qemu words it. */
+export function formatCode(filename: string, fmt: string | undefined): number {
+  if (fmt === undefined) return formats.AUTO;
+  if (fmt === "qcow2") return formats.QCOW2;
+  if (fmt === "raw") return formats.RAW;
+  if (KNOWN_DRIVERS.includes(fmt)) throw new OpenError(filename, `Format '${fmt}' is not supported by instar`);
+  throw new OpenError(filename, `Unknown driver '${fmt}'`);
+}
+
+const SIGNATURE_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(signatures).map(([k, v]) => [v, k.toLowerCase()]),
+);
+
+function guestError(recs: Rec[]): Rec | undefined {
+  return recs.find((r) => r.type === records.ERROR);
+}
+
+/** Host-side checks, as qemu's file driver reports them. */
+async function hostCheck(filename: string, path: string): Promise<Deno.FileInfo> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(path);
+  } catch (e) {
+    throw new OpenError(filename, `Could not open '${filename}': ${errnoText(e)}`);
+  }
+  if (!st.isFile) throw new OpenError(filename, `'file' driver requires '${filename}' to be a regular file`);
+  try {
+    (await Deno.open(path, { read: true })).close();
+  } catch (e) {
+    throw new OpenError(filename, `Could not open '${filename}': ${errnoText(e)}`);
+  }
+  return st;
+}
+
+/** Opens one image (no backing files). */
+export async function openImage(filename: string, opts: OpenOptions = {}): Promise<OpenedImage> {
+  const requested = formatCode(filename, opts.format);
+  const path = opts.openPath ?? filename;
+  const st = await hostCheck(filename, path);
+  let result;
+  try {
+    result = await runGuest({
+      op: "info",
+      opCode: ops.INFO,
+      inputs: [{ path, format: requested, nofollow: opts.nofollow }],
+    });
+  } catch (e) {
+    throw new OpenError(filename, `Sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const recs = result.records;
+  const input = result.inputs[0];
+  if (!input || input.dev !== BigInt(st.dev) || input.ino !== BigInt(st.ino ?? 0)) {
+    throw new OpenError(filename, "File changed while it was being opened");
+  }
+  const probe = recs.find((r) => r.type === records.PROBE && r.fields.input === 0);
+  const probed = probe ? probe.fields.format as number : requested;
+  const err = guestError(recs);
+  if (err) {
+    const features = recs
+      .filter((r) => r.type === records.NAME && r.fields.kind === nameKinds.INCOMPAT_FEATURE)
+      .map((r) => new TextDecoder().decode(nameBytes(r)));
+    const f = err.fields;
+    const code = f.code as number;
+    const msg = probed === formats.RAW && code === guestErrors.IO
+      ? "Could not read image: Input/output error"
+      : qcow2ErrorMessage({ code, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint }, features);
+    throw new OpenError(filename, msg);
+  }
+  if (result.guestStatus !== 0n) throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");
+  try {
+    if (probed === formats.QCOW2) {
+      const q = qcow2Model(recs, 0);
+      return {
+        filename, openPath: path, format: "qcow2", formatCode: formats.QCOW2, fileSize: input.size,
+        actualSize: BigInt(st.blocks ?? 0) * 512n, virtualSize: q.virtualSize, qcow2: q, dev: input.dev,
+        ino: input.ino,
+      };
+    }
+    if (probed !== formats.RAW) throw new GuestResultError(`probed format ${probed} out of range`);
+    const raw = rawModel(recs, 0);
+    const signature = probe ? probe.fields.signature as number : signatures.NONE;
+    if (!opts.unsafeQuirks && requested !== formats.RAW) {
+      if (signature !== signatures.NONE) {
+        throw new OpenError(
+          filename,
+          `Refusing to read a file with a ${SIGNATURE_NAMES[signature] ?? "foreign"} signature as raw ` +
+            "(use -f raw or --unsafe-quirks to read it anyway)",
+        );
+      }
+      if (raw.partition === "none") {
+        throw new OpenError(
+          filename,
+          "Refusing to guess the raw format for a file without a partition table " +
+            "(use -f raw or --unsafe-quirks to read it anyway)",
+        );
+      }
+    }
+    return {
+      filename, openPath: path, format: "raw", formatCode: formats.RAW, fileSize: input.size,
+      actualSize: BigInt(st.blocks ?? 0) * 512n, virtualSize: rawVirtualSize(input.size), raw, dev: input.dev,
+      ino: input.ino,
+    };
+  } catch (e) {
+    if (e instanceof GuestResultError) throw new OpenError(filename, `Sandbox failure: ${e.message}`);
+    throw e;
+  }
+}
+
+export function backingName(img: OpenedImage): string | undefined {
+  const b = img.qcow2?.backingFile;
+  if (!b) return undefined;
+  try {
+    return new TextDecoder("utf-8", { fatal: true }).decode(b);
+  } catch {
+    throw new PolicyError("Refusing a backing file name that is not valid UTF-8");
+  }
+}
+
+/**
+ * Opens the backing chain below `top` (top first). Each name is checked by the
+ * policy before it is opened; errors carry their depth for qemu's nesting.
+ */
+export async function openChain(
+  top: OpenedImage,
+  policy: ChainPolicy,
+  unsafeQuirks: boolean,
+): Promise<OpenedImage[]> {
+  const chain = [top];
+  const seen = new Set([fileKey(top.dev, top.ino)]);
+  for (;;) {
+    const cur = chain[chain.length - 1];
+    const depth = chain.length;
+    let name: string | undefined;
+    try {
+      name = backingName(cur);
+      if (name === undefined) return chain;
+      const link = await checkBacking(policy, cur.filename, name, chain.length - 1, seen);
+      const fmt = cur.qcow2?.backingFormat;
+      const img = await openImage(link.filename, {
+        format: fmt,
+        unsafeQuirks,
+        openPath: link.realPath,
+        nofollow: true,
+      });
+      seen.add(fileKey(img.dev, img.ino));
+      chain.push(img);
+    } catch (e) {
+      if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth, e.bare);
+      if (e instanceof PolicyError) throw new OpenError(name ?? "", e.message, depth, true);
+      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
+        const full = fullBackingFilename(cur.filename, name ?? "") ?? name ?? "";
+        throw new OpenError(full, `Could not open '${full}': ${errnoText(e)}`, depth);
+      }
+      throw e;
+    }
+  }
+}
+
+/** qemu-img's message for an OpenError met while opening `top` with its chain. */
+export function chainOpenMessage(top: string, e: OpenError): string {
+  return `Could not open '${top}': ${"Could not open backing file: ".repeat(e.depth)}${e.inner}`;
+}

@@ -1,0 +1,93 @@
+// instar info [-f fmt] [--output human|json] [--backing-chain] [-U] FILE
+import { getopt } from "./getopt.ts";
+import { CliError } from "./messages.ts";
+import {
+  expectOneFile, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  profileOf,
+} from "./common.ts";
+import { backingName, openChain, OpenError, type OpenedImage, openImage } from "./image.ts";
+import { fullBackingFilename, makePolicy } from "../chain/policy.ts";
+import { type ImageFacts, infoHuman, infoJson } from "../output/image_info.ts";
+import { helpText } from "./help.ts";
+
+export function imageFacts(img: OpenedImage): ImageFacts {
+  const q = img.qcow2;
+  const backing = q?.backingFile ? new TextDecoder().decode(q.backingFile) : undefined;
+  return {
+    filename: img.filename,
+    format: img.format,
+    virtualSize: img.virtualSize,
+    actualSize: img.actualSize,
+    fileSize: img.fileSize,
+    clusterSize: q?.clusterSize,
+    dirty: q?.dirty ?? false,
+    backingFilename: backing,
+    fullBackingFilename: backing === undefined ? undefined : fullBackingFilename(img.filename, backing),
+    backingFormat: q?.backingFormat,
+    qcow2: q,
+  };
+}
+
+export async function infoCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  let fmt: string | undefined;
+  let output: string | undefined;
+  let chain = false;
+  const o = newInstarOptions(base);
+  const operands = getopt(argv, ":f:hU", [
+    { name: "help", hasArg: false, id: "h" },
+    { name: "format", hasArg: true, id: "f" },
+    { name: "output", hasArg: true, id: "output" },
+    { name: "backing-chain", hasArg: false, id: "backing-chain" },
+    { name: "object", hasArg: true, id: "object" },
+    { name: "image-opts", hasArg: false, id: "image-opts" },
+    { name: "force-share", hasArg: false, id: "U" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "f":
+        fmt = value;
+        break;
+      case "output":
+        output = value;
+        break;
+      case "backing-chain":
+        chain = true;
+        break;
+      case "object":
+      case "image-opts":
+        throw new CliError([`--${id} is not supported by instar`]);
+    }
+  });
+  const filename = expectOneFile(operands);
+  const format = outputFormat(output);
+  const profile = await profileOf(o);
+
+  let list: OpenedImage[];
+  try {
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    list = [top];
+    if (chain && backingName(top) !== undefined) {
+      // qemu-img opens each image of the chain on its own and names it in errors.
+      if (backingName(top)!.length > 0 && fullBackingFilename(filename, backingName(top)!) === null) {
+        throw new CliError([
+          `Could not determine absolute backing filename, but backing filename '${backingName(top)}' present`,
+        ]);
+      }
+      list = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    }
+  } catch (e) {
+    if (e instanceof OpenError) {
+      throw new CliError([e.bare ? e.inner : `Could not open '${e.filename}': ${e.inner}`]);
+    }
+    throw e;
+  }
+  const facts = list.map(imageFacts);
+  io.out(format === "json" ? infoJson(facts, chain, profile) : infoHuman(facts, profile));
+  return 0;
+}
+
+export class HelpRequested extends Error {}
+export { helpText };

@@ -1,0 +1,126 @@
+// instar map [-f fmt] [--output human|json] [--start-offset N] [--max-length N] [-U] FILE
+import { mapFlags, ops, records } from "../abi/spec.ts";
+import { getopt } from "./getopt.ts";
+import { CliError } from "./messages.ts";
+import {
+  expectOneFile, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  profileOf,
+} from "./common.ts";
+import { cvtnum } from "./options.ts";
+import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
+import { makePolicy } from "../chain/policy.ts";
+import { runGuest } from "./guest.ts";
+import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
+import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { HelpRequested } from "./info.ts";
+
+const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
+
+export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  let fmt: string | undefined;
+  let output: string | undefined;
+  let start = 0n;
+  let maxLength = -1n;
+  const o = newInstarOptions(base);
+  const operands = getopt(argv, ":f:s:l:hU", [
+    { name: "help", hasArg: false, id: "h" },
+    { name: "format", hasArg: true, id: "f" },
+    { name: "output", hasArg: true, id: "output" },
+    { name: "object", hasArg: true, id: "object" },
+    { name: "image-opts", hasArg: false, id: "image-opts" },
+    { name: "force-share", hasArg: false, id: "U" },
+    { name: "start-offset", hasArg: true, id: "s" },
+    { name: "max-length", hasArg: true, id: "l" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "f":
+        fmt = value;
+        break;
+      case "output":
+        output = value;
+        break;
+      case "s":
+        start = cvtnum("start offset", value!);
+        break;
+      case "l":
+        maxLength = cvtnum("max length", value!);
+        break;
+      case "object":
+      case "image-opts":
+        throw new CliError([`--${id} is not supported by instar`]);
+    }
+  });
+  const filename = expectOneFile(operands);
+  const format = outputFormat(output);
+  const profile = await profileOf(o);
+
+  let chain;
+  try {
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+  } catch (e) {
+    if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)]);
+    throw e;
+  }
+  const length = chain[0].virtualSize;
+  // img_map: the loop ends at min(start + max_length, length).
+  const end = maxLength === -1n ? length : (start + maxLength < length ? start + maxLength : length);
+
+  let extents: MapExtent[] = [];
+  if (start < end) {
+    let result;
+    try {
+      result = await runGuest({
+        op: "map",
+        opCode: ops.MAP,
+        inputs: chain.map((img) => ({ path: img.openPath, format: img.formatCode, nofollow: img !== chain[0] })),
+        args: [start, maxLength === -1n ? (1n << 64n) - 1n : maxLength],
+      });
+    } catch (e) {
+      throw new CliError([`Could not read file metadata: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+    }
+    const err = result.records.find((r) => r.type === records.ERROR);
+    if (err) {
+      const f = err.fields;
+      const msg = qcow2ErrorMessage({ code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
+      throw new CliError([`Could not read file metadata: ${msg}`]);
+    }
+    extents = result.records.filter((r) => r.type === records.MAP_EXTENT).map((r) => ({
+      start: r.fields.start as bigint,
+      length: r.fields.length as bigint,
+      offset: r.fields.offset as bigint,
+      flags: r.fields.flags as number,
+      depth: r.fields.depth as number,
+    }));
+    validateExtents(extents, start, end, chain.length);
+  }
+  if (extents.length === 0) extents = [{ start, length: 0n, offset: 0n, flags: 0, depth: 0 }];
+
+  if (format === "json") {
+    io.out(mapJson(extents, profile));
+    return 0;
+  }
+  const { text, error } = mapHuman(extents, chain.map((img) => img.filename));
+  io.out(text);
+  if (error) {
+    io.err("instar: File contains external, encrypted or compressed clusters.\n");
+    return 1;
+  }
+  return 0;
+}
+
+/** The guest's extents must tile [start, end) exactly, in order, with sane fields. */
+function validateExtents(extents: MapExtent[], start: bigint, end: bigint, layers: number) {
+  let at = start;
+  for (const e of extents) {
+    const bad = e.start !== at || e.length === 0n || e.start + e.length > end || e.depth >= layers ||
+      (e.flags & ~ALL_FLAGS) !== 0 || e.offset >= 1n << 63n;
+    if (bad) throw new CliError(["Could not read file metadata: sandbox failure: inconsistent map extents"]);
+    at += e.length;
+  }
+  if (at !== end) throw new CliError(["Could not read file metadata: sandbox failure: map extents do not cover the image"]);
+}

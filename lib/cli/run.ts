@@ -1,0 +1,82 @@
+// Entry point: qemu-img's main() argument handling, then one subcommand.
+// Returns the exit status; everything the user sees goes through `io`.
+import { getopt } from "./getopt.ts";
+import { CliError, formatError, usageError } from "./messages.ts";
+import { INSTAR_LONGS, instarOption, type Io, newInstarOptions } from "./common.ts";
+import { HelpRequested, infoCommand } from "./info.ts";
+import { checkCommand } from "./check.ts";
+import { mapCommand } from "./map.ts";
+import { helpText, versionText } from "./help.ts";
+
+const COMMANDS: Record<string, typeof infoCommand> = {
+  check: checkCommand,
+  info: infoCommand,
+  map: mapCommand,
+};
+
+/** qemu-img commands instar does not implement yet. */
+const LATER = [
+  "amend", "bench", "bitmap", "commit", "compare", "convert", "create", "dd", "measure", "rebase", "resize",
+  "snapshot",
+];
+
+function writeAll(file: { writeSync(p: Uint8Array): number }, text: string) {
+  const bytes = new TextEncoder().encode(text);
+  let at = 0;
+  while (at < bytes.length) at += file.writeSync(bytes.subarray(at));
+}
+
+export const stdio: Io = {
+  out: (t) => writeAll(Deno.stdout, t),
+  err: (t) => writeAll(Deno.stderr, t),
+};
+
+export async function run(args: string[], io: Io = stdio): Promise<number> {
+  try {
+    if (args.length < 1) throw usageError("Not enough arguments");
+    const argv = ["instar", ...args];
+    const o = newInstarOptions();
+    let early: "help" | "version" | undefined;
+    const rest = getopt(argv, "+:hVT:", [
+      { name: "help", hasArg: false, id: "h" },
+      { name: "version", hasArg: false, id: "V" },
+      { name: "trace", hasArg: true, id: "T" },
+      ...INSTAR_LONGS,
+    ], ({ id, value }) => {
+      if (early || instarOption(o, id, value)) return;
+      if (id === "h") early = "help";
+      if (id === "V") early = "version";
+    }, true);
+    if (early === "help") {
+      io.out(helpText());
+      return 0;
+    }
+    if (early === "version") {
+      io.out(versionText());
+      return 0;
+    }
+    if (rest.length < 1) return 0;
+    const [cmd] = rest;
+    const handler = COMMANDS[cmd];
+    if (!handler) {
+      if (LATER.includes(cmd)) throw new CliError([`Command '${cmd}' is not implemented by instar yet`]);
+      throw usageError(`Command not found: ${cmd}`);
+    }
+    try {
+      return await handler(rest, io, o);
+    } catch (e) {
+      if (e instanceof HelpRequested) {
+        io.out(helpText());
+        return 0;
+      }
+      throw e;
+    }
+  } catch (e) {
+    if (e instanceof CliError) {
+      io.err(formatError(e));
+      return e.code;
+    }
+    io.err(`instar: Internal error: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,117 @@
+// `qemu-img info` output: the ImageInfo QDict (keys inserted in QAPI schema
+// order, so the hash order matches qemu's), its JSON form and the human form
+// of block/qapi.c bdrv_image_info_dump.
+import { dumpHuman, QDict, type QValue, toJsonPretty } from "./qdict.ts";
+import { sizeToStr } from "./size.ts";
+import type { Qcow2Model } from "../formats/qcow2/model.ts";
+import { hasChildren, hasDirtyFlagAndPresent, type Profile } from "../cli/version.ts";
+
+/** Everything info prints about one image, already decided by the caller. */
+export interface ImageFacts {
+  filename: string;
+  format: string;
+  virtualSize: bigint;
+  actualSize: bigint | null;
+  fileSize: bigint;
+  clusterSize?: bigint;
+  dirty: boolean;
+  backingFilename?: string;
+  fullBackingFilename?: string | null;
+  backingFormat?: string;
+  qcow2?: Qcow2Model;
+}
+
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+/** ImageInfoSpecificQCow2 as a QDict (fields in schema order). */
+export function qcow2SpecificData(q: Qcow2Model): QDict {
+  const d = new QDict();
+  if (q.version === 2) {
+    d.put("compat", "0.10");
+    d.put("refcount-bits", BigInt(q.refcountBits));
+    d.put("compression-type", q.compressionType);
+    return d;
+  }
+  d.put("compat", "1.1");
+  if (q.dataFile) d.put("data-file", text(q.dataFile));
+  if (q.hasDataFileBit) d.put("data-file-raw", q.dataFileRaw);
+  d.put("extended-l2", q.extendedL2);
+  d.put("lazy-refcounts", q.lazyRefcounts);
+  d.put("corrupt", q.corrupt);
+  d.put("refcount-bits", BigInt(q.refcountBits));
+  d.put("compression-type", q.compressionType);
+  return d;
+}
+
+function fileChildInfo(f: ImageFacts, profile: Profile): QDict {
+  const d = new QDict();
+  d.put("filename", f.filename);
+  d.put("format", "file");
+  if (hasDirtyFlagAndPresent(profile)) d.put("dirty-flag", false);
+  if (f.actualSize !== null) d.put("actual-size", f.actualSize);
+  d.put("virtual-size", f.fileSize);
+  d.put("format-specific", new QDict().put("type", "file").put("data", new QDict()));
+  d.put("children", []);
+  return d;
+}
+
+export function imageInfoDict(f: ImageFacts, profile: Profile): QDict {
+  const d = new QDict();
+  d.put("filename", f.filename);
+  d.put("format", f.format);
+  if (hasDirtyFlagAndPresent(profile)) d.put("dirty-flag", f.dirty);
+  if (f.actualSize !== null) d.put("actual-size", f.actualSize);
+  d.put("virtual-size", f.virtualSize);
+  if (f.clusterSize !== undefined) d.put("cluster-size", f.clusterSize);
+  if (f.backingFilename !== undefined) {
+    d.put("backing-filename", f.backingFilename);
+    if (f.fullBackingFilename) d.put("full-backing-filename", f.fullBackingFilename);
+    if (f.backingFormat) d.put("backing-filename-format", f.backingFormat);
+  }
+  if (f.qcow2) {
+    d.put("format-specific", new QDict().put("type", "qcow2").put("data", qcow2SpecificData(f.qcow2)));
+  }
+  if (hasChildren(profile)) {
+    const child = new QDict().put("name", "file").put("info", fileChildInfo(f, profile));
+    d.put("children", [child]);
+  }
+  return d;
+}
+
+export function infoJson(list: ImageFacts[], chain: boolean, profile: Profile): string {
+  const v: QValue = chain ? list.map((f) => imageInfoDict(f, profile)) : imageInfoDict(list[0], profile);
+  return toJsonPretty(v) + "\n";
+}
+
+export function infoHumanOne(f: ImageFacts, profile: Profile): string {
+  let out = `image: ${f.filename}\n` +
+    `file format: ${f.format}\n` +
+    `virtual size: ${sizeToStr(f.virtualSize)} (${f.virtualSize} bytes)\n` +
+    `disk size: ${f.actualSize === null ? "unavailable" : sizeToStr(f.actualSize)}\n`;
+  if (f.clusterSize !== undefined) out += `cluster_size: ${f.clusterSize}\n`;
+  if (f.dirty) out += "cleanly shut down: no\n";
+  if (f.backingFilename !== undefined) {
+    out += `backing file: ${f.backingFilename}`;
+    if (!f.fullBackingFilename) out += " (cannot determine actual path)";
+    else if (f.fullBackingFilename !== f.backingFilename) out += ` (actual path: ${f.fullBackingFilename})`;
+    out += "\n";
+    if (f.backingFormat) out += `backing file format: ${f.backingFormat}\n`;
+  }
+  if (f.qcow2) {
+    out += "Format specific information:\n";
+    out += dumpHuman(qcow2SpecificData(f.qcow2), 1);
+  }
+  if (hasChildren(profile)) {
+    out += "Child node '/file':\n";
+    out += `    filename: ${f.filename}\n`;
+    out += "    protocol type: file\n";
+    out += `    file length: ${sizeToStr(f.fileSize)} (${f.fileSize} bytes)\n`;
+    out += `    disk size: ${f.actualSize === null ? "unavailable" : sizeToStr(f.actualSize)}\n`;
+  }
+  return out;
+}
+
+/** dump_human_image_info_list: images separated by a blank line. */
+export function infoHuman(list: ImageFacts[], profile: Profile): string {
+  return list.map((f) => infoHumanOne(f, profile)).join("\n");
+}

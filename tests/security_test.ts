@@ -1,0 +1,306 @@
+// The qcow2 and raw rows of docs/security.md's attack table, end to end
+// through the CLI: each hostile image is built here (qemu-img made, then
+// patched where qemu-img would refuse to make it) and the test asserts a clean
+// error or correct result, the documented exit code, no byte of a host file
+// outside the attached inputs in the output, and bounded time.
+import assert from "node:assert/strict";
+import { asInstar, built, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
+
+const ready = built() && haveQemuImg();
+const SECRET = "instar-secret-4f1c2a9e-do-not-leak";
+
+async function tmp(): Promise<string> {
+  return await Deno.makeTempDir({ prefix: "instar-sec-" });
+}
+
+/** Overwrites bytes of a file at `at` (big-endian fields, as qcow2 stores them). */
+async function patch(path: string, at: number, bytes: number[]): Promise<void> {
+  const f = await Deno.open(path, { write: true });
+  try {
+    await f.seek(at, Deno.SeekMode.Start);
+    await f.write(new Uint8Array(bytes));
+  } finally {
+    f.close();
+  }
+}
+const be32 = (v: number) => [(v >>> 24) & 255, (v >>> 16) & 255, (v >>> 8) & 255, v & 255];
+const be64 = (v: bigint) => [...be32(Number(v >> 32n)), ...be32(Number(v & 0xffffffffn))];
+
+function noLeak(o: { stdout: string; stderr: string }) {
+  assert.ok(!o.stdout.includes(SECRET) && !o.stderr.includes(SECRET), "host file content leaked");
+}
+
+async function timed<T>(limitMs: number, f: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  const r = await f();
+  const ms = performance.now() - t0;
+  assert.ok(ms < limitMs, `took ${ms.toFixed(0)} ms, limit ${limitMs} ms`);
+  return r;
+}
+
+Deno.test({
+  name: "format confusion: raw files carrying other formats' headers",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    try {
+      // A raw disk whose first sector is another format's header: without -f
+      // instar must not silently treat it as that format or as raw.
+      const vmdk = new Uint8Array(1 << 20);
+      vmdk.set(new TextEncoder().encode("KDMV"), 0);
+      await Deno.writeFile(`${d}/vmdk-head.img`, vmdk);
+      const vhd = new Uint8Array(1 << 20);
+      vhd.set(new TextEncoder().encode("conectix"), 0);
+      await Deno.writeFile(`${d}/vhd-head.img`, vhd);
+      const plain = new Uint8Array(1 << 20).fill(7);
+      await Deno.writeFile(`${d}/plain.img`, plain);
+      for (const name of ["vmdk-head.img", "vhd-head.img", "plain.img"]) {
+        await t.step(`${name} without -f is refused`, async () => {
+          const r = await instar(["info", name], d);
+          assert.equal(r.code, 1, r.stderr);
+          assert.match(r.stderr, /^instar: /);
+          assert.equal(r.stdout, "");
+        });
+        await t.step(`${name} with -f raw is read as raw, like qemu-img`, async () => {
+          const [q, i] = await Promise.all([qemuImg(["info", "-f", "raw", name], d), instar(["info", "-f", "raw", name], d)]);
+          assert.deepEqual(i, asInstar(q));
+        });
+      }
+      await t.step("a qcow2 file read with -f raw is raw (-f is always honoured)", async () => {
+        await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "1M");
+        const [q, i] = await Promise.all([qemuImg(["info", "-f", "raw", "q.qcow2"], d), instar(["info", "-f", "raw", "q.qcow2"], d)]);
+        assert.deepEqual(i, asInstar(q));
+      });
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "backing files naming host paths are reported, never opened",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    const outside = await tmp();
+    try {
+      await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(64));
+      await Deno.symlink(`${outside}/secret.raw`, `${d}/link.raw`);
+      const names: Record<string, string> = {
+        "abs.qcow2": `${outside}/secret.raw`,
+        "dotdot.qcow2": `../${outside.split("/").pop()}/secret.raw`,
+        "symlink.qcow2": "link.raw",
+        "passwd.qcow2": "/etc/passwd",
+        "json.qcow2": `json:{"driver":"raw","file":{"driver":"file","filename":"${outside}/secret.raw"}}`,
+        "nbd.qcow2": "nbd://127.0.0.1:10809/x",
+        "http.qcow2": "http://127.0.0.1/x",
+        "file.qcow2": `file:${outside}/secret.raw`,
+      };
+      for (const [img, backing] of Object.entries(names)) {
+        await sh(d, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", backing, "-F", "raw", img, "1M");
+      }
+      for (const img of Object.keys(names)) {
+        await t.step(`${img}: info prints the name like qemu-img and opens nothing`, async () => {
+          const [q, i] = await Promise.all([qemuImg(["info", img], d), instar(["info", img], d)]);
+          assert.deepEqual(i, asInstar(q));
+        });
+        for (const cmd of [["info", "--backing-chain"], ["map"], ["map", "--output=json"], ["check"]]) {
+          await t.step(`${img}: ${cmd.join(" ")} refuses the backing file`, async () => {
+            const r = await instar([...cmd, img], d);
+            assert.equal(r.code, 1, `exit ${r.code}: ${r.stdout}${r.stderr}`);
+            assert.match(r.stderr, /instar: /);
+            noLeak(r);
+          });
+        }
+      }
+      await t.step("a FIFO named as backing file is never opened by info", async () => {
+        await sh(d, "mkfifo", "fifo");
+        await sh(d, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", "fifo", "-F", "raw", "fifo.qcow2", "1M");
+        const r = await timed(10000, () => instar(["info", "fifo.qcow2"], d));
+        assert.equal(r.code, 0, r.stderr);
+      });
+    } finally {
+      await Deno.remove(d, { recursive: true });
+      await Deno.remove(outside, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "circular and deep chains",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    try {
+      const mk = (img: string, backing: string) =>
+        sh(d, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", backing, "-F", "qcow2", img, "1M");
+      await mk("self.qcow2", "./self.qcow2"); // qemu-img refuses the exact same name
+      await mk("a2.qcow2", "b2.qcow2");
+      await mk("b2.qcow2", "a2.qcow2");
+      await mk("a3.qcow2", "b3.qcow2");
+      await mk("b3.qcow2", "c3.qcow2");
+      await mk("c3.qcow2", "a3.qcow2");
+      for (const img of ["self.qcow2", "a2.qcow2", "a3.qcow2"]) {
+        await t.step(`${img}: cycle refused`, async () => {
+          for (const cmd of [["info", "--backing-chain"], ["map"]]) {
+            const r = await timed(10000, () => instar([...cmd, img], d));
+            assert.equal(r.code, 1, r.stdout + r.stderr);
+            assert.match(r.stderr, /^instar: /m);
+          }
+        });
+      }
+      // chain of 16 images (top + 15 backing files) is fine, 17 is refused.
+      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "c0.qcow2", "1M");
+      for (let i = 1; i <= 16; i++) {
+        await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-b", `c${i - 1}.qcow2`, "-F", "qcow2", `c${i}.qcow2`, "1M");
+      }
+      await t.step("16 images deep: same output as qemu-img", async () => {
+        const [q, i] = await Promise.all([
+          qemuImg(["info", "--backing-chain", "c15.qcow2"], d),
+          instar(["info", "--backing-chain", "c15.qcow2"], d),
+        ]);
+        assert.deepEqual(i, asInstar(q));
+      });
+      await t.step("17 images deep: refused", async () => {
+        const r = await instar(["info", "--backing-chain", "c16.qcow2"], d);
+        assert.equal(r.code, 1);
+        assert.match(r.stderr, /^instar: /m);
+      });
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "integer overflow and bounds: malformed qcow2 headers fail cleanly like qemu-img",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    try {
+      const cases: [string, number, number[]][] = [
+        ["cluster_bits 0", 20, be32(0)],
+        ["cluster_bits 8", 20, be32(8)],
+        ["cluster_bits 22", 20, be32(22)],
+        ["cluster_bits 63", 20, be32(63)],
+        ["cluster_bits 2^32-1", 20, be32(0xffffffff)],
+        ["l1_size huge", 36, be32(0x7fffffff)],
+        ["l1_size 2^32-1", 36, be32(0xffffffff)],
+        ["l1 offset unaligned", 40, be64(0x10001n)],
+        ["l1 offset past 2^63", 40, be64(0xffffffffffff0000n)],
+        ["refcount_order 7", 96, be32(7)],
+        ["refcount_order 255", 96, be32(255)],
+        ["refcount table clusters huge", 56, be32(0xffffffff)],
+        ["refcount table offset unaligned", 48, be64(0x123n)],
+        ["virtual size 2^63", 24, be64(0x8000000000000000n)],
+        ["virtual size 2^64-1", 24, be64(0xffffffffffffffffn)],
+        ["header_length 0", 100, be32(0)],
+        ["header_length huge", 100, be32(0xffffffff)],
+        ["version 1", 4, be32(1)],
+        ["version 4", 4, be32(4)],
+        ["unknown incompatible bit", 72, be64(1n << 40n)],
+                ["backing name offset past EOF", 8, [...be64(0xfffffffff0n), ...be32(10)]],
+        ["backing name size huge", 8, [...be64(0x200n), ...be32(0xffffffff)]],
+        ["backing name size 1024", 8, [...be64(0x200n), ...be32(1024)]],
+        ["snapshots count huge", 60, be32(0xffffffff)],
+        ["encrypted (aes)", 32, be32(1)],
+      ];
+      // version 1 turns the file into a qcow (v1) image and crypt_method 1 into
+      // an AES-encrypted qcow2: neither is parsed yet (docs/quirks.md).
+      const refusedOnPurpose = new Set(["version 1", "encrypted (aes)"]);
+      // Known gap: qemu's check mode tolerates a bad snapshot table and
+      // reports it as check diagnostics; instar still refuses at open.
+      const checkModeGap = new Set(["snapshots count huge"]);
+      let n = 0;
+      for (const [label, at, bytes] of cases) {
+        await t.step(label, async () => {
+          const img = `h${n++}.qcow2`;
+          await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", img, "64M");
+          await patch(`${d}/${img}`, at, bytes);
+          for (const args of [["info", img], ["check", img], ["map", img], ["info", "--output=json", img]]) {
+            const [q, i] = await Promise.all([qemuImg(args, d), timed(10000, () => instar(args, d))]);
+            if (refusedOnPurpose.has(label) || (checkModeGap.has(label) && args[0] === "check")) {
+              // Formats and features instar does not read yet: a clear refusal.
+              assert.equal(i.code, 1, `${args.join(" ")}: ${i.stdout}${i.stderr}`);
+              assert.match(i.stderr, /^instar: Could not open /);
+            } else if (q.code !== 0) {
+              // qemu-img refuses the image: instar refuses it with the same words.
+              assert.deepEqual(i, asInstar(q), args.join(" "));
+            } else {
+              assert.ok(i.code === 0 || i.code === 1, `exit ${i.code}`);
+              assert.ok(!i.stderr.includes("    at "), `stack trace: ${i.stderr}`);
+            }
+          }
+        });
+      }
+      await t.step("truncated headers", async () => {
+        const full = new Uint8Array(await Deno.readFile(`${d}/h0.qcow2`)).slice(0, 104);
+        full.set(be32(16), 20);
+        for (const len of [4, 8, 20, 71, 72, 103]) {
+          const img = `trunc${len}.qcow2`;
+          await Deno.writeFile(`${d}/${img}`, full.slice(0, len));
+          const args = ["info", "-f", "qcow2", img];
+          const [q, i] = await Promise.all([qemuImg(args, d), instar(args, d)]);
+          assert.deepEqual(i, asInstar(q), `length ${len}`);
+        }
+      });
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "resource exhaustion: an empty 1 PiB qcow2 is inspected in well under a second",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    try {
+      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "big.qcow2", "1P");
+      for (const args of [["info", "big.qcow2"], ["check", "big.qcow2"], ["map", "--output=json", "big.qcow2"]]) {
+        await t.step(args.join(" "), async () => {
+          // Warm-up excludes Deno's own first-start compile cost.
+          await instar(args, d);
+          const t0 = performance.now();
+          const i = await instar(args, d);
+          const ms = performance.now() - t0;
+          const q = await qemuImg(args, d);
+          assert.deepEqual(i, asInstar(q));
+          assert.ok(ms < 1000, `${args.join(" ")} took ${ms.toFixed(0)} ms`);
+        });
+      }
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "external data file naming a host file is never opened by map or info",
+  ignore: !ready,
+  async fn() {
+    const d = await tmp();
+    const outside = await tmp();
+    try {
+      await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(20000));
+      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-o",
+        `data_file=${outside}/secret.raw,data_file_raw=on,preallocation=metadata`, "df.qcow2", "1M");
+      const want = new Map<string, Awaited<ReturnType<typeof qemuImg>>>();
+      for (const cmd of ["map", "info"]) want.set(cmd, await qemuImg([cmd, "--output=json", "df.qcow2"], d));
+      // Swap the data file for a FIFO: opening it would block, so finishing
+      // at all proves instar never opened it (map needs only the L2 tables).
+      await Deno.remove(`${outside}/secret.raw`);
+      await sh(outside, "mkfifo", "secret.raw");
+      for (const cmd of ["map", "info"]) {
+        const r = await timed(10000, () => instar([cmd, "--output=json", "df.qcow2"], d));
+        noLeak(r);
+        const q = want.get(cmd)!;
+        // info's actual-size is the overlay's own; identical otherwise.
+        assert.deepEqual(r, asInstar(q), cmd);
+      }
+    } finally {
+      await Deno.remove(d, { recursive: true });
+      await Deno.remove(outside, { recursive: true });
+    }
+  },
+});
