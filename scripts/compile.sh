@@ -12,4 +12,4 @@ if [[ -n "${DENORT_BIN:-}" && ! -x "$DENORT_BIN" ]]; then
   exit 1
 fi
 exec scripts/deno.sh compile --allow-read --allow-write --allow-ffi --allow-env --allow-run=qemu-img \
-  --output build/instar main.ts
+  --include lib/vmm/sandbox.ts --output build/instar main.ts

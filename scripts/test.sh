@@ -9,7 +9,7 @@ bash scripts/deps.sh || exit 1
 bash scripts/build.sh || { echo "0 passed, 1 failed"; exit 1; }
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-scripts/deno.sh test -A --no-check=remote "$@" tests/ lib/ 2>&1 | tee "$log"
+NO_COLOR=1 scripts/deno.sh test -A --no-check=remote "$@" tests/ lib/ 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 # deno prints e.g. "ok | 12 passed (40 steps) | 0 failed (3s)".
 summary="$(grep -E '^(ok|FAILED) \| [0-9]+ passed' "$log" | tail -1)"
