@@ -304,3 +304,24 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "images with internal snapshots: check matches qemu-img, info refuses instead of printing less",
+  ignore: !ready,
+  async fn() {
+    const d = await tmp();
+    try {
+      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "snap.qcow2", "8M");
+      await sh(d, "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", "snap.qcow2");
+      await sh(d, "qemu-img", "snapshot", "-c", "s1", "snap.qcow2");
+      const [q, i] = await Promise.all([qemuImg(["check", "snap.qcow2"], d), instar(["check", "snap.qcow2"], d)]);
+      assert.deepEqual(i, asInstar(q));
+      const r = await instar(["info", "snap.qcow2"], d);
+      assert.equal(r.code, 1);
+      assert.equal(r.stdout, "");
+      assert.match(r.stderr, /^instar: Could not open 'snap.qcow2': instar cannot print internal snapshots/);
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});
