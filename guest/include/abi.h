@@ -28,6 +28,8 @@
 #define OP_FLATTEN 4
 #define OP_TEST 99
 
+#define INFO_F_CHECK_MODE 1
+
 #define FMT_AUTO 0
 #define FMT_RAW 1
 #define FMT_QCOW2 2

@@ -99,6 +99,11 @@ export const guestStatus = { OK: 0, ERROR: 1 } as const;
 /** Operations; one guest binary each. params.op must match the binary. */
 export const ops = { INFO: 1, CHECK: 2, MAP: 3, FLATTEN: 4, TEST: 99 } as const;
 
+/** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
+ * (BDRV_O_CHECK): problems check reports as diagnostics (snapshot table,
+ * missing refcount table) do not fail the open. */
+export const infoFlags = { CHECK_MODE: 1 } as const;
+
 /** Formats the host asks for or the guest detects. */
 export const formats = { AUTO: 0, RAW: 1, QCOW2: 2 } as const;
 
@@ -525,6 +530,7 @@ export const enums: Record<string, Record<string, number>> = {
   SEEK_KIND_: seekKinds,
   GUEST_: guestStatus,
   OP_: ops,
+  INFO_F_: infoFlags,
   FMT_: formats,
   RUN_: runStatus,
   REC_: records,

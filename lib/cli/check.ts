@@ -1,6 +1,7 @@
 // instar check [-f fmt] [--output human|json] [-q] [-U] FILE
 // Exit codes as qemu-img: 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 no checks.
-import { ops, records } from "../abi/spec.ts";
+import { nameKinds, ops, records } from "../abi/spec.ts";
+import { nameBytes } from "../abi/records.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -9,7 +10,7 @@ import {
 import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "./guest.ts";
-import { formatCheckMessage } from "../formats/qcow2/check_text.ts";
+import { formatCheckMessage } from "../abi/check_messages.ts";
 import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { HelpRequested } from "./info.ts";
@@ -64,7 +65,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
 
   let top;
   try {
-    top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, checkMode: true });
     // qemu-img opens the whole chain (a missing backing file fails the check).
     await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
@@ -84,9 +85,19 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
   }
   const recs = result.records;
+  let pendingNames: string[] = [];
   for (const r of recs) {
+    // Snapshot ids/names a diagnostic quotes arrive as NAME records just before it.
+    if (r.type === records.NAME && (r.fields.kind === nameKinds.SNAPSHOT_ID || r.fields.kind === nameKinds.SNAPSHOT_NAME)) {
+      pendingNames.push(new TextDecoder().decode(nameBytes(r)));
+    }
     if (r.type === records.CHECK_MSG) {
-      io.err(formatCheckMessage(r.fields.code as number, r.fields.a as bigint[]));
+      try {
+        io.err(formatCheckMessage(r.fields.code as number, r.fields.a as bigint[], "instar", pendingNames));
+      } catch (e) {
+        throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+      }
+      pendingNames = [];
     }
   }
   const err = recs.find((r) => r.type === records.ERROR);
@@ -98,6 +109,10 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const checks = recs.filter((r) => r.type === records.CHECK);
   if (checks.length !== 1) throw new CliError(["Check failed: sandbox failure: no check result"]);
   const c = checks[0].fields;
+  // A non-zero CHECK.flags is the errno of a check qemu ends early
+  // (bdrv_check returned an error): qemu prints no summary, only this.
+  const errno = c.flags as number;
+  if (errno !== 0) throw new CliError([`Check failed: ${CHECK_ERRNO_TEXT[errno] ?? `Unknown error ${errno}`}`]);
   const n = (k: string) => c[k] as bigint;
   const facts: CheckFacts = {
     filename,
@@ -126,3 +141,15 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   if (facts.leaks !== 0n) return 3;
   return 0;
 }
+
+/** strerror() of the errnos the check guest can report (Linux numbering). */
+const CHECK_ERRNO_TEXT: Record<number, string> = {
+  5: "Input/output error",
+  12: "Cannot allocate memory",
+  22: "Invalid argument",
+  27: "File too large",
+  28: "No space left on device",
+  75: "Value too large for defined data type",
+  84: "Invalid or incomplete multibyte or wide character",
+  95: "Operation not supported",
+};

@@ -2,7 +2,7 @@
 // checks that need no image bytes (exists, regular file, readable, size,
 // st_blocks), then one guest "info" run that probes and decodes the header.
 // Also walks backing chains under lib/chain/policy.ts.
-import { formats, guestErrors, nameKinds, ops, records, signatures } from "../abi/spec.ts";
+import { formats, guestErrors, infoFlags, nameKinds, ops, records, signatures } from "../abi/spec.ts";
 import { nameBytes, type Rec } from "../abi/records.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError, type Qcow2Model, qcow2Model } from "../formats/qcow2/model.ts";
@@ -53,6 +53,8 @@ export interface OpenOptions {
   unsafeQuirks?: boolean;
   openPath?: string;
   nofollow?: boolean;
+  /** Open as qemu-img check does (BDRV_O_CHECK): see infoFlags.CHECK_MODE. */
+  checkMode?: boolean;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -122,6 +124,7 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
       op: "info",
       opCode: ops.INFO,
       inputs: [{ path, format: requested, nofollow: opts.nofollow }],
+      flags: opts.checkMode ? infoFlags.CHECK_MODE : 0,
     });
   } catch (e) {
     throw new OpenError(filename, `Sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
