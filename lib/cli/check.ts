@@ -5,7 +5,8 @@ import { nameBytes } from "../abi/records.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
-  expectOneFile, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  expectOneFile, IMAGE_LONGS_HEAD, IMAGE_LONGS_TAIL, imageCommandOption, type ImageCommandOptions,
+  INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
 } from "./common.ts";
 import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -13,52 +14,36 @@ import { runGuest } from "./guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
 import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
-import { HelpRequested } from "./info.ts";
 
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
 export async function checkCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
-  let fmt: string | undefined;
-  let output: string | undefined;
   let quiet = false;
   let cache = "writeback";
+  const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":hf:r:T:qU", [
-    { name: "help", hasArg: false, id: "h" },
-    { name: "format", hasArg: true, id: "f" },
+    ...IMAGE_LONGS_HEAD,
     { name: "repair", hasArg: true, id: "r" },
-    { name: "output", hasArg: true, id: "output" },
-    { name: "object", hasArg: true, id: "object" },
-    { name: "image-opts", hasArg: false, id: "image-opts" },
-    { name: "force-share", hasArg: false, id: "U" },
+    ...IMAGE_LONGS_TAIL,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
+    if (instarOption(o, id, value) || imageCommandOption(s, id, value)) return;
     switch (id) {
-      case "h":
-        throw new HelpRequested();
-      case "f":
-        fmt = value;
-        break;
       case "r":
         if (value !== "leaks" && value !== "all") {
           throw usageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${value}`);
         }
         throw new CliError(["Repairing images (-r) is not supported by instar; it never writes to its input"]);
-      case "output":
-        output = value;
-        break;
       case "T":
         cache = value!;
         break;
       case "q":
         quiet = true;
         break;
-      case "object":
-      case "image-opts":
-        throw new CliError([`--${id} is not supported by instar`]);
     }
   });
+  const { fmt, output } = s;
   const filename = expectOneFile(operands);
   const format = outputFormat(output);
   if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`]);

@@ -61,3 +61,47 @@ export function expectOneFile(operands: string[]): string {
   if (operands.length !== 1) throw usageError("Expecting one image file name");
   return operands[0];
 }
+
+/** -h/--help anywhere on a subcommand's line: run.ts prints the help text. */
+export class HelpRequested extends Error {}
+
+/** What every image subcommand (info, check, map) parses the same way. */
+export interface ImageCommandOptions {
+  fmt?: string;
+  output?: string;
+}
+
+/** Long options every image subcommand shares, before its own ones (qemu-img's table order,
+ * which glibc's getopt uses when it lists an ambiguous prefix's possibilities). */
+export const IMAGE_LONGS_HEAD: LongOption[] = [
+  { name: "help", hasArg: false, id: "h" },
+  { name: "format", hasArg: true, id: "f" },
+];
+/** ... and after them. */
+export const IMAGE_LONGS_TAIL: LongOption[] = [
+  { name: "output", hasArg: true, id: "output" },
+  { name: "object", hasArg: true, id: "object" },
+  { name: "image-opts", hasArg: false, id: "image-opts" },
+  { name: "force-share", hasArg: false, id: "U" },
+];
+
+/** Handles -h, -f, --output, --object, --image-opts and -U (a no-op: instar
+ * opens read-only and takes no locks); false for the subcommand's own options. */
+export function imageCommandOption(s: ImageCommandOptions, id: string, value?: string): boolean {
+  switch (id) {
+    case "h":
+      throw new HelpRequested();
+    case "f":
+      s.fmt = value;
+      return true;
+    case "output":
+      s.output = value;
+      return true;
+    case "object":
+    case "image-opts":
+      throw new CliError([`--${id} is not supported by instar`]);
+    case "U":
+      return true;
+  }
+  return false;
+}

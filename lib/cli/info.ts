@@ -2,7 +2,8 @@
 import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
 import {
-  expectOneFile, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  expectOneFile, HelpRequested, IMAGE_LONGS_HEAD, IMAGE_LONGS_TAIL, imageCommandOption, type ImageCommandOptions,
+  INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
   profileOf,
 } from "./common.ts";
 import { backingName, openChain, OpenError, type OpenedImage, openImage } from "./image.ts";
@@ -29,38 +30,21 @@ export function imageFacts(img: OpenedImage): ImageFacts {
 }
 
 export async function infoCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
-  let fmt: string | undefined;
-  let output: string | undefined;
   let chain = false;
+  const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":f:hU", [
-    { name: "help", hasArg: false, id: "h" },
-    { name: "format", hasArg: true, id: "f" },
-    { name: "output", hasArg: true, id: "output" },
+    ...IMAGE_LONGS_HEAD,
+    // qemu-img lists --backing-chain between --output and --object.
+    IMAGE_LONGS_TAIL[0],
     { name: "backing-chain", hasArg: false, id: "backing-chain" },
-    { name: "object", hasArg: true, id: "object" },
-    { name: "image-opts", hasArg: false, id: "image-opts" },
-    { name: "force-share", hasArg: false, id: "U" },
+    ...IMAGE_LONGS_TAIL.slice(1),
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
-    switch (id) {
-      case "h":
-        throw new HelpRequested();
-      case "f":
-        fmt = value;
-        break;
-      case "output":
-        output = value;
-        break;
-      case "backing-chain":
-        chain = true;
-        break;
-      case "object":
-      case "image-opts":
-        throw new CliError([`--${id} is not supported by instar`]);
-    }
+    if (instarOption(o, id, value) || imageCommandOption(s, id, value)) return;
+    if (id === "backing-chain") chain = true;
   });
+  const { fmt, output } = s;
   const filename = expectOneFile(operands);
   const format = outputFormat(output);
   const profile = await profileOf(o);
@@ -100,5 +84,4 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
   return 0;
 }
 
-export class HelpRequested extends Error {}
-export { helpText };
+export { HelpRequested, helpText };

@@ -3,7 +3,8 @@ import { mapFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
 import {
-  expectOneFile, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  expectOneFile, IMAGE_LONGS_HEAD, IMAGE_LONGS_TAIL, imageCommandOption, type ImageCommandOptions,
+  INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
   profileOf,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
@@ -12,48 +13,32 @@ import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "./guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
-import { HelpRequested } from "./info.ts";
 
 const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
 
 export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
-  let fmt: string | undefined;
-  let output: string | undefined;
   let start = 0n;
   let maxLength = -1n;
+  const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":f:s:l:hU", [
-    { name: "help", hasArg: false, id: "h" },
-    { name: "format", hasArg: true, id: "f" },
-    { name: "output", hasArg: true, id: "output" },
-    { name: "object", hasArg: true, id: "object" },
-    { name: "image-opts", hasArg: false, id: "image-opts" },
-    { name: "force-share", hasArg: false, id: "U" },
+    ...IMAGE_LONGS_HEAD,
+    ...IMAGE_LONGS_TAIL,
     { name: "start-offset", hasArg: true, id: "s" },
     { name: "max-length", hasArg: true, id: "l" },
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
+    if (instarOption(o, id, value) || imageCommandOption(s, id, value)) return;
     switch (id) {
-      case "h":
-        throw new HelpRequested();
-      case "f":
-        fmt = value;
-        break;
-      case "output":
-        output = value;
-        break;
       case "s":
         start = cvtnum("start offset", value!);
         break;
       case "l":
         maxLength = cvtnum("max length", value!);
         break;
-      case "object":
-      case "image-opts":
-        throw new CliError([`--${id} is not supported by instar`]);
     }
   });
+  const { fmt, output } = s;
   const filename = expectOneFile(operands);
   const format = outputFormat(output);
   const profile = await profileOf(o);
