@@ -6,6 +6,7 @@
  * arg[0] = start offset, arg[1] = max length (UINT64_MAX: to the end).
  */
 #include "../qcow2/map.h"
+#include "../qcow2/layer.h"
 #include "../probe/probe.h"
 #include "records.h"
 
@@ -202,25 +203,8 @@ static int detect_prealloc(struct layer *l)
 static int open_layer(uint32_t i, uint32_t requested)
 {
     struct layer *l = &layers[i];
-    reader_from_input(&l->r, i);
-    int fmt = requested;
-    if (i == 0) {
-        fmt = probe_input(&l->r, requested);
-        if (fmt < 0) return -1;
-    } else if (requested == FMT_AUTO) {
-        return rt_error(i, GERR_BAD_PARAMS, 1, 0, 0); /* the host names backing formats */
-    }
-    l->fmt = (uint32_t)fmt;
-    if (fmt == FMT_RAW) {
-        /* total_sectors rounds the file size up to whole sectors */
-        uint64_t sz = l->r.size;
-        l->length = sz + ((512 - (sz & 511)) & 511);
-        if (l->length < sz) return rt_error(i, GERR_BAD_IMAGE_SIZE, sz, 0, 0);
-        return 0;
-    }
-    if (qcow2_open(&l->q, &l->r, 0)) return -1;
-    l->length = l->q.size & ~511ull; /* total_sectors = size / 512 */
-    if (qcow2_mapper_init(&l->m, &l->q)) return -1;
+    if (chain_layer_open(i, requested, &l->r, &l->fmt, &l->length, &l->q, &l->m)) return -1;
+    if (l->fmt == FMT_RAW) return 0;
     /* With an external data file the recursion would look at that file,
      * which map does not attach: leave it out. */
     if (!l->q.has_data_file) {

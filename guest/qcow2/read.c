@@ -7,34 +7,14 @@
  */
 #include "read.h"
 #include "bytes.h"
-#include "../probe/probe.h"
+#include "layer.h"
 
 static int open_layer(struct qread_chain *c, uint32_t i, uint32_t requested)
 {
     struct qread_layer *l = &c->layers[i];
-    reader_from_input(&l->r, i);
-    int fmt = requested;
-    if (i == 0) {
-        fmt = probe_input(&l->r, requested);
-        if (fmt < 0) return -1;
-    } else if (requested == FMT_AUTO) {
-        return rt_error(i, GERR_BAD_PARAMS, 1, 0, 0); /* the host names backing formats */
-    }
-    l->fmt = (uint32_t)fmt;
     l->data = &l->r;
-    if (fmt == FMT_RAW) {
-        /* qemu's raw size is the file size rounded up to whole sectors; the
-         * tail reads as zeroes (reader_read zero-fills past the end). */
-        uint64_t sz = l->r.size;
-        l->length = sz + ((512 - (sz & 511)) & 511);
-        if (l->length < sz) return rt_error(i, GERR_BAD_IMAGE_SIZE, sz, 0, 0);
-        return 0;
-    }
-    if (qcow2_open(&l->q, &l->r, 0)) return -1;
-    /* bdrv_getlength: whole sectors (total_sectors = size / 512). */
-    l->length = l->q.size & ~511ull;
-    if (qcow2_mapper_init(&l->m, &l->q)) return -1;
-    l->dec.type = l->q.compression_type;
+    if (chain_layer_open(i, requested, &l->r, &l->fmt, &l->length, &l->q, &l->m)) return -1;
+    if (l->fmt == FMT_QCOW2) l->dec.type = l->q.compression_type;
     return 0;
 }
 
