@@ -250,6 +250,21 @@ static int fd_size(int fd, struct stat *st, uint64_t *size)
     return -1;
 }
 
+/* Opens a path TypeScript chose and checks it is a file the VMM serves
+ * (fd_size: regular file or block device). Returns the fd or -errno. */
+static int open_regular(const char *path, int oflags, struct stat *st, uint64_t *size)
+{
+    int fd = open(path, oflags, 0644);
+    if (fd < 0)
+        return -errno;
+    if (fd_size(fd, st, size) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
 VMM_EXPORT int vmm_attach_input(void *handle, const char *path, uint32_t flags,
                                 struct vmm_input_info *out)
 {
@@ -263,16 +278,11 @@ VMM_EXPORT int vmm_attach_input(void *handle, const char *path, uint32_t flags,
     int oflags = O_RDONLY | O_CLOEXEC | O_NOCTTY;
     if (flags & ATTACH_NOFOLLOW)
         oflags |= O_NOFOLLOW;
-    int fd = open(path, oflags);
-    if (fd < 0)
-        return fail_errno(errno);
     struct stat st;
     uint64_t size;
-    if (fd_size(fd, &st, &size) < 0) {
-        int e = errno;
-        close(fd);
-        return fail_errno(e);
-    }
+    int fd = open_regular(path, oflags, &st, &size);
+    if (fd < 0)
+        return fail_errno(-fd);
     uint32_t idx = vm->n_inputs++;
     vm->inputs[idx].fd = fd;
     vm->inputs[idx].size = size;
@@ -298,16 +308,11 @@ VMM_EXPORT int vmm_attach_output(void *handle, const char *path, uint32_t flags)
         oflags |= O_NOFOLLOW;
     if (flags & ATTACH_CREATE)
         oflags |= O_CREAT;
-    int fd = open(path, oflags, 0644);
-    if (fd < 0)
-        return fail_errno(errno);
     struct stat st;
     uint64_t size;
-    if (fd_size(fd, &st, &size) < 0) {
-        int e = errno;
-        close(fd);
-        return fail_errno(e);
-    }
+    int fd = open_regular(path, oflags, &st, &size);
+    if (fd < 0)
+        return fail_errno(-fd);
     vm->out_fd = fd;
     return 0;
 }
