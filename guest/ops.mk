@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map flatten
+GUEST_OPS := info check map flatten convert convert_zlib convert_zstd compare
 info_SRCS := ops/info.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 info_LIBS :=
 check_SRCS := ops/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
@@ -10,3 +10,12 @@ map_SRCS := ops/map.c qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c pr
 map_LIBS :=
 flatten_SRCS := ops/flatten.c qcow2/read.c qcow2/layer.c qcow2/compress.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 flatten_LIBS := z zstd
+convert_SRCS := ops/convert.c qcow2/read.c qcow2/layer.c qcow2/compress.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+convert_LIBS := z zstd
+convert_zlib_SRCS := ops/convert_zlib.c $(filter-out ops/convert.c,$(convert_SRCS))
+convert_zlib_LIBS := z zstd
+convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c $(filter-out ops/convert.c,$(convert_SRCS))
+# zstd_min: libzstd.a trimmed to fit 384 KiB (guest/compress/zstd_trim.c).
+convert_zstd_LIBS := z zstd_min
+compare_SRCS := ops/compare.c qcow2/read.c qcow2/layer.c qcow2/compress.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+compare_LIBS := z zstd

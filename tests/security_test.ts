@@ -324,3 +324,56 @@ Deno.test({
     }
   },
 });
+
+/** True when any file in `dir` contains the secret (convert outputs, temporary files). */
+async function leakedInto(dir: string): Promise<boolean> {
+  const needle = new TextEncoder().encode(SECRET.slice(0, 16));
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.isFile) continue;
+    const b = await Deno.readFile(`${dir}/${e.name}`);
+    outer: for (let i = b.indexOf(needle[0]); i >= 0 && i <= b.length - needle.length; i = b.indexOf(needle[0], i + 1)) {
+      for (let j = 1; j < needle.length; j++) if (b[i + j] !== needle[j]) continue outer;
+      return true;
+    }
+  }
+  return false;
+}
+
+Deno.test({
+  name: "convert: data files, json: and out-of-tree backing names are refused; no host byte reaches the output",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    const outside = await tmp();
+    try {
+      await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(20000));
+      // The CVE-2024-32498 shape: a raw external data file with metadata
+      // preallocation maps every guest cluster onto the host file.
+      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-o",
+        `data_file=${outside}/secret.raw,data_file_raw=on,preallocation=metadata`, "df.qcow2", "1M");
+      await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(20000));
+      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b",
+        `json:{"driver":"raw","file":{"driver":"file","filename":"${outside}/secret.raw"}}`, "-F", "raw", "json.qcow2", "1M");
+      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", `${outside}/secret.raw`, "-F", "raw", "abs.qcow2", "1M");
+      for (const [img, why] of [
+        ["df.qcow2", /Refusing to read an external data file/],
+        ["json.qcow2", /json:/],
+        ["abs.qcow2", /outside/],
+      ] as [string, RegExp][]) {
+        for (const fmt of ["raw", "qcow2"]) {
+          await t.step(`${img} -O ${fmt}`, async () => {
+            const r = await timed(10000, () => instar(["convert", "-O", fmt, img, `out.${fmt}`], d));
+            noLeak(r);
+            assert.equal(r.code, 1, r.stderr);
+            assert.match(r.stderr, why);
+            assert.ok(!(await leakedInto(d)), "a host file's bytes reached the output directory");
+            await assert.rejects(Deno.stat(`${d}/out.${fmt}`), Deno.errors.NotFound);
+          });
+        }
+      }
+    } finally {
+      await Deno.remove(d, { recursive: true });
+      await Deno.remove(outside, { recursive: true });
+    }
+  },
+});

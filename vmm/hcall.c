@@ -32,65 +32,110 @@ static uint8_t *guest_buf(struct vm *vm, uint64_t gpa, uint64_t len)
     return mem_at(vm, gpa, len, MEM_GUEST);
 }
 
-static int hc_read(struct vm *vm, struct hcall *h)
+/* One checked read segment: [off, off+len) of input `in` into guest
+ * [gpa, gpa+len). Returns 1, or 0 after ending the run. */
+static int read_seg(struct vm *vm, uint64_t nr, uint64_t in, uint64_t off, uint64_t len, uint64_t gpa)
 {
     uint64_t end;
-    if (h->a0 >= vm->n_inputs || h->a2 > LIMIT_IO_MAX ||
-        __builtin_add_overflow(h->a1, h->a2, &end) || end > vm->inputs[h->a0].size)
-        return bad(vm, h->nr);
-    uint8_t *dst = guest_buf(vm, h->a3, h->a2);
+    if (in >= vm->n_inputs || len > LIMIT_IO_MAX || __builtin_add_overflow(off, len, &end) ||
+        end > vm->inputs[in].size)
+        return bad(vm, nr);
+    uint8_t *dst = guest_buf(vm, gpa, len);
     if (!dst)
-        return bad(vm, h->nr);
-    int fd = vm->inputs[h->a0].fd;
+        return bad(vm, nr);
+    int fd = vm->inputs[in].fd;
     uint64_t done = 0;
-    while (done < h->a2) {
-        ssize_t n = pread(fd, dst + done, h->a2 - done, (off_t)(h->a1 + done));
+    while (done < len) {
+        ssize_t n = pread(fd, dst + done, len - done, (off_t)(off + done));
         if (n < 0) {
             if (errno == EINTR && !vm->kicked)
                 continue;
             if (errno == EINTR)
                 return end_run(vm, RUN_TIMEOUT, 0, 0);
-            return end_run(vm, RUN_HOST_ERROR, HC_READ, errno);
+            return end_run(vm, RUN_HOST_ERROR, (uint32_t)nr, errno);
         }
         if (n == 0) {
             /* The file shrank after it was attached: the rest reads as
              * zeroes, as past-EOF reads do in qemu's file driver. */
-            memset(dst + done, 0, h->a2 - done);
+            memset(dst + done, 0, len - done);
             break;
         }
         done += (uint64_t)n;
     }
-    vm->report.bytes_read += h->a2;
+    vm->report.bytes_read += len;
+    return 1;
+}
+
+/* One checked write segment to output `out` (only 0 exists). */
+static int write_seg(struct vm *vm, uint64_t nr, uint64_t out, uint64_t off, uint64_t len, uint64_t gpa)
+{
+    uint64_t end;
+    if (vm->out_fd < 0 || out != 0 || len > LIMIT_IO_MAX)
+        return bad(vm, nr);
+    if (__builtin_add_overflow(off, len, &end) || end > vm->cfg.output_cap)
+        return end_run(vm, RUN_OUTPUT_CAP, (uint32_t)nr, 0);
+    const uint8_t *src = guest_buf(vm, gpa, len);
+    if (!src)
+        return bad(vm, nr);
+    uint64_t done = 0;
+    while (done < len) {
+        ssize_t n = pwrite(vm->out_fd, src + done, len - done, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR && !vm->kicked)
+                continue;
+            if (errno == EINTR)
+                return end_run(vm, RUN_TIMEOUT, 0, 0);
+            return end_run(vm, RUN_HOST_ERROR, (uint32_t)nr, errno);
+        }
+        if (n == 0)
+            return end_run(vm, RUN_HOST_ERROR, (uint32_t)nr, EIO);
+        done += (uint64_t)n;
+    }
+    vm->report.bytes_written += len;
+    return 1;
+}
+
+static int hc_read(struct vm *vm, struct hcall *h)
+{
+    if (!read_seg(vm, h->nr, h->a0, h->a1, h->a2, h->a3))
+        return 0;
     h->ret = (int64_t)h->a2;
     return 1;
 }
 
 static int hc_write(struct vm *vm, struct hcall *h)
 {
-    uint64_t end;
-    if (vm->out_fd < 0 || h->a0 != 0 || h->a2 > LIMIT_IO_MAX)
+    if (!write_seg(vm, h->nr, h->a0, h->a1, h->a2, h->a3))
+        return 0;
+    h->ret = (int64_t)h->a2;
+    return 1;
+}
+
+/* READV / WRITEV: the segment array is copied out of guest memory first so
+ * the guest cannot change a segment between its check and its use; the
+ * summed length is bounded like one READ/WRITE. */
+static int hc_vector(struct vm *vm, struct hcall *h, int writing)
+{
+    struct io_seg *segs = vm->segs; /* per VM: two VMs may run at once */
+    uint64_t bytes;
+    if (h->a2 == 0 || h->a2 > LIMIT_IO_SEGS_MAX)
         return bad(vm, h->nr);
-    if (__builtin_add_overflow(h->a1, h->a2, &end) || end > vm->cfg.output_cap)
-        return end_run(vm, RUN_OUTPUT_CAP, HC_WRITE, 0);
-    const uint8_t *src = guest_buf(vm, h->a3, h->a2);
+    const uint8_t *src = guest_buf(vm, h->a1, h->a2 * sizeof(struct io_seg));
     if (!src)
         return bad(vm, h->nr);
-    uint64_t done = 0;
-    while (done < h->a2) {
-        ssize_t n = pwrite(vm->out_fd, src + done, h->a2 - done, (off_t)(h->a1 + done));
-        if (n < 0) {
-            if (errno == EINTR && !vm->kicked)
-                continue;
-            if (errno == EINTR)
-                return end_run(vm, RUN_TIMEOUT, 0, 0);
-            return end_run(vm, RUN_HOST_ERROR, HC_WRITE, errno);
-        }
-        if (n == 0)
-            return end_run(vm, RUN_HOST_ERROR, HC_WRITE, EIO);
-        done += (uint64_t)n;
+    memcpy(segs, src, h->a2 * sizeof(struct io_seg));
+    uint64_t total = 0;
+    for (uint64_t i = 0; i < h->a2; i++)
+        if (__builtin_add_overflow(total, segs[i].len, &total) || total > LIMIT_IO_MAX)
+            return bad(vm, h->nr);
+    for (uint64_t i = 0; i < h->a2; i++) {
+        int go = writing ? write_seg(vm, h->nr, h->a0, segs[i].off, segs[i].len, segs[i].addr)
+                         : read_seg(vm, h->nr, h->a0, segs[i].off, segs[i].len, segs[i].addr);
+        if (!go)
+            return 0;
     }
-    vm->report.bytes_written += h->a2;
-    h->ret = (int64_t)h->a2;
+    bytes = total;
+    h->ret = (int64_t)bytes;
     return 1;
 }
 
@@ -147,6 +192,44 @@ static int hc_seek(struct vm *vm, struct hcall *h)
     return 1;
 }
 
+/* EXTENTS: the data extents of an input's host file inside [a1, a1+a2),
+ * found with SEEK_DATA/SEEK_HOLE; at most LIMIT_EXTENTS_MAX per call. A
+ * filesystem that cannot tell reports the whole range as data. */
+static int hc_extents(struct vm *vm, struct hcall *h)
+{
+    uint64_t end;
+    if (h->a0 >= vm->n_inputs || __builtin_add_overflow(h->a1, h->a2, &end) || end > vm->inputs[h->a0].size)
+        return bad(vm, h->nr);
+    uint8_t *dst = guest_buf(vm, h->a3, LIMIT_EXTENTS_MAX * sizeof(struct extent));
+    if (!dst)
+        return bad(vm, h->nr);
+    int fd = vm->inputs[h->a0].fd;
+    uint64_t pos = h->a1;
+    int64_t n = 0;
+    while (pos < end && n < LIMIT_EXTENTS_MAX) {
+        off_t d = lseek(fd, (off_t)pos, SEEK_DATA);
+        uint64_t data;
+        if (d < 0)
+            data = errno == ENXIO ? end : pos;
+        else
+            data = (uint64_t)d;
+        if (data >= end)
+            break;
+        off_t ho = lseek(fd, (off_t)data, SEEK_HOLE);
+        uint64_t hole = ho < 0 ? end : (uint64_t)ho;
+        if (hole > end)
+            hole = end;
+        if (hole <= data) /* the file changed under us: call the rest data */
+            hole = end;
+        struct extent e = { .off = data, .len = hole - data };
+        memcpy(dst + (uint64_t)n * sizeof e, &e, sizeof e);
+        n++;
+        pos = hole;
+    }
+    h->ret = n;
+    return 1;
+}
+
 int hcall_serve(struct vm *vm)
 {
     struct hcall *slot = mem_at(vm, LAYOUT_HCALL, sizeof(struct hcall), MEM_GUEST);
@@ -181,6 +264,15 @@ int hcall_serve(struct vm *vm)
         return end_run(vm, RUN_DONE, 0, 0);
     case HC_SEEK:
         go = hc_seek(vm, &h);
+        break;
+    case HC_READV:
+        go = hc_vector(vm, &h, 0);
+        break;
+    case HC_WRITEV:
+        go = hc_vector(vm, &h, 1);
+        break;
+    case HC_EXTENTS:
+        go = hc_extents(vm, &h);
         break;
     default:
         return bad(vm, h.nr);

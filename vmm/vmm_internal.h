@@ -43,6 +43,9 @@ struct vm {
     uint64_t log_cap;
     uint64_t log_len;
 
+    /* READV/WRITEV copy the guest's segment list here before checking it. */
+    struct io_seg segs[LIMIT_IO_SEGS_MAX];
+
     struct vmm_progress progress;
     struct vmm_report report;
 

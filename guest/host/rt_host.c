@@ -88,6 +88,57 @@ int64_t hc_seek(uint32_t input, uint64_t off, uint32_t kind)
     return r;
 }
 
+/* The vectored calls loop over the single-range ones: the same checks (the
+ * hosted build exits loudly where the VMM would end the run). */
+int64_t hc_readv(uint32_t input, const struct io_seg *segs, uint32_t n)
+{
+    uint64_t total = 0;
+    if (n == 0 || n > LIMIT_IO_SEGS_MAX) exit(70);
+    for (uint32_t i = 0; i < n; i++) {
+        if (__builtin_add_overflow(total, segs[i].len, &total) || total > LIMIT_IO_MAX) exit(70);
+        int64_t r = hc_read(input, segs[i].off, segs[i].len, (void *)(uintptr_t)segs[i].addr);
+        if (r < 0) return r;
+        g_reads--; /* one exit for the whole vector */
+    }
+    g_reads++;
+    return (int64_t)total;
+}
+
+int64_t hc_writev(const struct io_seg *segs, uint32_t n)
+{
+    uint64_t total = 0;
+    if (n == 0 || n > LIMIT_IO_SEGS_MAX) exit(70);
+    for (uint32_t i = 0; i < n; i++) {
+        if (__builtin_add_overflow(total, segs[i].len, &total) || total > LIMIT_IO_MAX) exit(70);
+        int64_t r = hc_write(segs[i].off, segs[i].len, (const void *)(uintptr_t)segs[i].addr);
+        if (r < 0) return r;
+    }
+    return (int64_t)total;
+}
+
+int64_t hc_extents(uint32_t input, uint64_t off, uint64_t len, struct extent *out)
+{
+    uint64_t end;
+    if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) || end > g_params.input_size[input])
+        exit(70);
+    g_seeks++;
+    int64_t n = 0;
+    uint64_t pos = off;
+    while (pos < end && n < LIMIT_EXTENTS_MAX) {
+        off_t d = lseek(g_fds[input], (off_t)pos, SEEK_DATA);
+        uint64_t data = d < 0 ? (errno == ENXIO ? end : pos) : (uint64_t)d;
+        if (data >= end) break;
+        off_t h = lseek(g_fds[input], (off_t)data, SEEK_HOLE);
+        uint64_t hole = h < 0 || (uint64_t)h > end ? end : (uint64_t)h;
+        if (hole <= data) hole = end;
+        out[n].off = data;
+        out[n].len = hole - data;
+        n++;
+        pos = hole;
+    }
+    return n;
+}
+
 void hc_progress(uint64_t done, uint64_t total) { (void)done; (void)total; }
 
 void hc_log(const char *s)

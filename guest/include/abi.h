@@ -15,6 +15,9 @@
 #define HC_LOG 5
 #define HC_DONE 6
 #define HC_SEEK 7
+#define HC_READV 8
+#define HC_WRITEV 9
+#define HC_EXTENTS 10
 
 #define SEEK_KIND_DATA 0
 #define SEEK_KIND_HOLE 1
@@ -26,7 +29,21 @@
 #define OP_CHECK 2
 #define OP_MAP 3
 #define OP_FLATTEN 4
+#define OP_CONVERT 5
+#define OP_COMPARE 6
+#define OP_RESIZE_SCAN 7
 #define OP_TEST 99
+
+#define CONV_QCOW2 1
+#define CONV_COMPRESS 2
+#define CONV_ZSTD 4
+
+#define CMP_IDENTICAL 0
+#define CMP_MISMATCH 1
+#define CMP_SIZE_MISMATCH_STRICT 2
+#define CMP_STATUS_MISMATCH_STRICT 3
+#define CMP_STATUS_FAILED 4
+#define CMP_READ_FAILED 5
 
 #define INFO_F_CHECK_MODE 1
 
@@ -54,6 +71,16 @@
 #define REC_RAW_INFO 8
 #define REC_SNAPSHOT 9
 #define REC_BITMAP 10
+#define REC_DATA_RUN 11
+#define REC_COMPRESSED_RUN 12
+#define REC_CONVERT_DONE 13
+#define REC_COMPARE 14
+#define REC_RESIZE_L1 20
+#define REC_RESIZE_REFTABLE 21
+#define REC_RESIZE_REFRUN 22
+#define REC_RESIZE_FREE 23
+#define REC_RESIZE_ZERO 24
+#define REC_RESIZE_SUMMARY 25
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -94,6 +121,9 @@
 #define Q2F_HAS_BITMAPS_EXT 8
 #define Q2F_HAS_FEATURE_TABLE 16
 #define Q2F_DATA_FILE_RAW 32
+
+#define RESIZE_F_TOO_BIG 1
+#define RESIZE_F_SHRINK 2
 
 #define GERR_IO 1
 #define GERR_NOT_FORMAT 2
@@ -151,6 +181,9 @@
 #define LIMIT_RAM_MAX 0x40000000ull
 #define LIMIT_MAX_INPUTS 16
 #define LIMIT_IO_MAX 0x1000000ull
+#define LIMIT_IO_SEGS_MAX 1024
+#define LIMIT_EXTENTS_MAX 256
+#define LIMIT_COMPRESSED_RUN_MAX 32
 #define LIMIT_RECORD_MAX 4096
 #define LIMIT_NAME_MAX 1024
 #define LIMIT_CHAIN_MAX 16
@@ -251,6 +284,26 @@ _Static_assert(offsetof(struct hcall, a2) == 24, "hcall.a2");
 _Static_assert(offsetof(struct hcall, a3) == 32, "hcall.a3");
 _Static_assert(offsetof(struct hcall, ret) == 40, "hcall.ret");
 _Static_assert(offsetof(struct hcall, reserved) == 48, "hcall.reserved");
+
+/* One segment of a READV/WRITEV: file offset, length, guest address */
+struct io_seg {
+    uint64_t off;
+    uint64_t len;
+    uint64_t addr;
+};
+_Static_assert(sizeof(struct io_seg) == 24, "io_seg size");
+_Static_assert(offsetof(struct io_seg, off) == 0, "io_seg.off");
+_Static_assert(offsetof(struct io_seg, len) == 8, "io_seg.len");
+_Static_assert(offsetof(struct io_seg, addr) == 16, "io_seg.addr");
+
+/* One data extent of a host file (EXTENTS) */
+struct extent {
+    uint64_t off;
+    uint64_t len;
+};
+_Static_assert(sizeof(struct extent) == 16, "extent size");
+_Static_assert(offsetof(struct extent, off) == 0, "extent.off");
+_Static_assert(offsetof(struct extent, len) == 8, "extent.len");
 
 /* records.ERROR */
 struct rec_error {
@@ -467,6 +520,126 @@ _Static_assert(offsetof(struct rec_map_extent, length) == 16, "rec_map_extent.le
 _Static_assert(offsetof(struct rec_map_extent, offset) == 24, "rec_map_extent.offset");
 _Static_assert(offsetof(struct rec_map_extent, flags) == 32, "rec_map_extent.flags");
 _Static_assert(offsetof(struct rec_map_extent, depth) == 36, "rec_map_extent.depth");
+
+/* records.DATA_RUN: guest clusters [guest_cluster, +count) written uncompressed at host_offset, +cluster, ... */
+struct rec_data_run {
+    uint8_t hdr[8];
+    uint64_t guest_cluster;
+    uint64_t count;
+    uint64_t host_offset;
+};
+_Static_assert(sizeof(struct rec_data_run) == 32, "rec_data_run size");
+_Static_assert(offsetof(struct rec_data_run, hdr) == 0, "rec_data_run.hdr");
+_Static_assert(offsetof(struct rec_data_run, guest_cluster) == 8, "rec_data_run.guest_cluster");
+_Static_assert(offsetof(struct rec_data_run, count) == 16, "rec_data_run.count");
+_Static_assert(offsetof(struct rec_data_run, host_offset) == 24, "rec_data_run.host_offset");
+
+/* records.COMPRESSED_RUN: n consecutive guest clusters from guest_cluster, compressed and stored back to back from host_offset; len[i] bytes each */
+struct rec_compressed_run {
+    uint8_t hdr[8];
+    uint64_t guest_cluster;
+    uint64_t host_offset;
+    uint32_t n; /* <= limits.COMPRESSED_RUN_MAX */
+    uint32_t reserved;
+    uint32_t len[32];
+};
+_Static_assert(sizeof(struct rec_compressed_run) == 160, "rec_compressed_run size");
+_Static_assert(offsetof(struct rec_compressed_run, hdr) == 0, "rec_compressed_run.hdr");
+_Static_assert(offsetof(struct rec_compressed_run, guest_cluster) == 8, "rec_compressed_run.guest_cluster");
+_Static_assert(offsetof(struct rec_compressed_run, host_offset) == 16, "rec_compressed_run.host_offset");
+_Static_assert(offsetof(struct rec_compressed_run, n) == 24, "rec_compressed_run.n");
+_Static_assert(offsetof(struct rec_compressed_run, reserved) == 28, "rec_compressed_run.reserved");
+_Static_assert(offsetof(struct rec_compressed_run, len) == 32, "rec_compressed_run.len");
+
+/* records.CONVERT_DONE: the guest finished its range */
+struct rec_convert_done {
+    uint8_t hdr[8];
+    uint64_t data_end; /* first output byte after the data written */
+    uint64_t clusters; /* qcow2 output: clusters stored uncompressed */
+    uint64_t compressed; /* qcow2 output: clusters stored compressed */
+    uint64_t bytes_written;
+    uint64_t reserved;
+};
+_Static_assert(sizeof(struct rec_convert_done) == 48, "rec_convert_done size");
+_Static_assert(offsetof(struct rec_convert_done, hdr) == 0, "rec_convert_done.hdr");
+_Static_assert(offsetof(struct rec_convert_done, data_end) == 8, "rec_convert_done.data_end");
+_Static_assert(offsetof(struct rec_convert_done, clusters) == 16, "rec_convert_done.clusters");
+_Static_assert(offsetof(struct rec_convert_done, compressed) == 24, "rec_convert_done.compressed");
+_Static_assert(offsetof(struct rec_convert_done, bytes_written) == 32, "rec_convert_done.bytes_written");
+_Static_assert(offsetof(struct rec_convert_done, reserved) == 40, "rec_convert_done.reserved");
+
+/* records.COMPARE: how a comparison ended */
+struct rec_compare {
+    uint8_t hdr[8];
+    uint32_t result; /* compareResults.* */
+    uint32_t image; /* 0 = first image, 1 = second (failures) */
+    uint64_t offset;
+    uint32_t size_differs; /* 1: print qemu's size-mismatch warning */
+    uint32_t reserved2;
+};
+_Static_assert(sizeof(struct rec_compare) == 32, "rec_compare size");
+_Static_assert(offsetof(struct rec_compare, hdr) == 0, "rec_compare.hdr");
+_Static_assert(offsetof(struct rec_compare, result) == 8, "rec_compare.result");
+_Static_assert(offsetof(struct rec_compare, image) == 12, "rec_compare.image");
+_Static_assert(offsetof(struct rec_compare, offset) == 16, "rec_compare.offset");
+_Static_assert(offsetof(struct rec_compare, size_differs) == 24, "rec_compare.size_differs");
+_Static_assert(offsetof(struct rec_compare, reserved2) == 28, "rec_compare.reserved2");
+
+/* records.RESIZE_L1 / RESIZE_REFTABLE: one non-zero table entry (raw value) */
+struct rec_resize_pair {
+    uint8_t hdr[8];
+    uint64_t index;
+    uint64_t value;
+};
+_Static_assert(sizeof(struct rec_resize_pair) == 24, "rec_resize_pair size");
+_Static_assert(offsetof(struct rec_resize_pair, hdr) == 0, "rec_resize_pair.hdr");
+_Static_assert(offsetof(struct rec_resize_pair, index) == 8, "rec_resize_pair.index");
+_Static_assert(offsetof(struct rec_resize_pair, value) == 16, "rec_resize_pair.value");
+
+/* records.RESIZE_REFRUN: clusters [start, start+count) have refcount `refcount` (non-zero), ascending */
+struct rec_resize_run {
+    uint8_t hdr[8];
+    uint64_t start;
+    uint64_t count;
+    uint64_t refcount;
+};
+_Static_assert(sizeof(struct rec_resize_run) == 32, "rec_resize_run size");
+_Static_assert(offsetof(struct rec_resize_run, hdr) == 0, "rec_resize_run.hdr");
+_Static_assert(offsetof(struct rec_resize_run, start) == 8, "rec_resize_run.start");
+_Static_assert(offsetof(struct rec_resize_run, count) == 16, "rec_resize_run.count");
+_Static_assert(offsetof(struct rec_resize_run, refcount) == 24, "rec_resize_run.refcount");
+
+/* records.RESIZE_FREE (host clusters [start, start+count) each lose one reference) / RESIZE_ZERO (file bytes [start, start+count) of L2 entries to clear) */
+struct rec_resize_range {
+    uint8_t hdr[8];
+    uint64_t start;
+    uint64_t count;
+};
+_Static_assert(sizeof(struct rec_resize_range) == 24, "rec_resize_range size");
+_Static_assert(offsetof(struct rec_resize_range, hdr) == 0, "rec_resize_range.hdr");
+_Static_assert(offsetof(struct rec_resize_range, start) == 8, "rec_resize_range.start");
+_Static_assert(offsetof(struct rec_resize_range, count) == 16, "rec_resize_range.count");
+
+/* records.RESIZE_SUMMARY: last record of a resize scan, with the count of each record kind */
+struct rec_resize_summary {
+    uint8_t hdr[8];
+    uint32_t flags; /* resizeFlags.* */
+    uint32_t reserved;
+    uint64_t n_l1;
+    uint64_t n_reftable;
+    uint64_t n_runs;
+    uint64_t n_free;
+    uint64_t n_zero;
+};
+_Static_assert(sizeof(struct rec_resize_summary) == 56, "rec_resize_summary size");
+_Static_assert(offsetof(struct rec_resize_summary, hdr) == 0, "rec_resize_summary.hdr");
+_Static_assert(offsetof(struct rec_resize_summary, flags) == 8, "rec_resize_summary.flags");
+_Static_assert(offsetof(struct rec_resize_summary, reserved) == 12, "rec_resize_summary.reserved");
+_Static_assert(offsetof(struct rec_resize_summary, n_l1) == 16, "rec_resize_summary.n_l1");
+_Static_assert(offsetof(struct rec_resize_summary, n_reftable) == 24, "rec_resize_summary.n_reftable");
+_Static_assert(offsetof(struct rec_resize_summary, n_runs) == 32, "rec_resize_summary.n_runs");
+_Static_assert(offsetof(struct rec_resize_summary, n_free) == 40, "rec_resize_summary.n_free");
+_Static_assert(offsetof(struct rec_resize_summary, n_zero) == 48, "rec_resize_summary.n_zero");
 
 /* TS -> vmm_create() */
 struct vmm_config {

@@ -21,6 +21,9 @@ struct reader {
     void *ctx;
     uint64_t size;
     uint32_t input; /* input index, for ERROR records */
+    /* Set by reader_from_input: reads may be batched into READV (a flag,
+     * because the static inline read function has one address per file). */
+    bool from_input;
     /* Reads [off, off+len) which lies inside [0, size); 0 on success. */
     int (*read)(void *ctx, uint64_t off, void *buf, uint64_t len);
 };
@@ -51,6 +54,7 @@ static inline void reader_from_input(struct reader *r, uint32_t input)
     r->ctx = (void *)(uintptr_t)input;
     r->size = rt_params()->input_size[input];
     r->input = input;
+    r->from_input = true;
     r->read = reader_input_read;
 }
 
@@ -66,6 +70,7 @@ static inline void reader_from_mem(struct reader *r, const void *p, uint64_t siz
     r->ctx = (void *)p;
     r->size = size;
     r->input = 0;
+    r->from_input = false;
     r->read = reader_mem_read;
 }
 

@@ -34,6 +34,17 @@ int64_t hc_write(uint64_t off, uint64_t len, const void *buf);
  * holes as zeroes (raw map, preallocated qcow2 clusters). */
 int64_t hc_seek(uint32_t input, uint64_t off, uint32_t kind);
 
+/* Many reads of one input / writes to output 0 in one exit: n <= LIMIT_IO_SEGS_MAX
+ * segments, summed length <= LIMIT_IO_MAX, each checked like hc_read/hc_write.
+ * Returns the total length or a negative value. */
+int64_t hc_readv(uint32_t input, const struct io_seg *segs, uint32_t n);
+int64_t hc_writev(const struct io_seg *segs, uint32_t n);
+
+/* The data extents of the input's host file inside [off, off+len) (which must
+ * lie inside the input), up to LIMIT_EXTENTS_MAX into out; returns how many.
+ * LIMIT_EXTENTS_MAX means there may be more after the last one. */
+int64_t hc_extents(uint32_t input, uint64_t off, uint64_t len, struct extent *out);
+
 void hc_progress(uint64_t done, uint64_t total);
 
 /* Debug text; the host shows it only with INSTAR_DEBUG set. */

@@ -79,3 +79,18 @@ _Noreturn void hc_done(uint64_t status)
         __asm__ volatile("ud2");
     }
 }
+
+int64_t hc_readv(uint32_t input, const struct io_seg *segs, uint32_t n)
+{
+    return hcall(HC_READV, input, (uint64_t)(uintptr_t)segs, n, 0);
+}
+
+int64_t hc_writev(const struct io_seg *segs, uint32_t n)
+{
+    return hcall(HC_WRITEV, 0, (uint64_t)(uintptr_t)segs, n, 0);
+}
+
+int64_t hc_extents(uint32_t input, uint64_t off, uint64_t len, struct extent *out)
+{
+    return hcall(HC_EXTENTS, input, off, len, (uint64_t)(uintptr_t)out);
+}

@@ -54,6 +54,12 @@ export const limits = {
   MAX_INPUTS: 16,
   /** One READ/WRITE hypercall moves at most this much. */
   IO_MAX: 16 * 1024 * 1024,
+  /** Segments in one READV/WRITEV. */
+  IO_SEGS_MAX: 1024,
+  /** Extents returned by one EXTENTS call. */
+  EXTENTS_MAX: 256,
+  /** Clusters one COMPRESSED_RUN record describes at most. */
+  COMPRESSED_RUN_MAX: 32,
   /** One result record is at most this big (header included). */
   RECORD_MAX: 4096,
   /** Image-embedded names (backing file, data file) are at most this long. */
@@ -86,6 +92,19 @@ export const hypercalls = {
    * (lseek SEEK_DATA/SEEK_HOLE), not image bytes: qemu's map and block status
    * report holes in the underlying file as zero. */
   SEEK: 7,
+  /** a0=input index, a1=guest address of an io_seg array, a2=count (<= IO_SEGS_MAX)
+   * -> total bytes read. Each segment is checked like READ; the summed length is at
+   * most IO_MAX. One exit for many scattered reads (qcow2 clusters). */
+  READV: 8,
+  /** a0=output index (0), a1=guest address of an io_seg array, a2=count -> total
+   * bytes written. Each segment is checked like WRITE (output cap). */
+  WRITEV: 9,
+  /** a0=input index, a1=offset, a2=length, a3=guest address of an extent array of
+   * EXTENTS_MAX entries -> number of data extents of the host file inside
+   * [a1, a1+a2), in order, clipped to that range (lseek SEEK_DATA/SEEK_HOLE;
+   * filesystem metadata, not image bytes). Fewer than EXTENTS_MAX means complete;
+   * EXTENTS_MAX means ask again from the last extent's end. */
+  EXTENTS: 10,
 } as const;
 
 export const seekKinds = { DATA: 0, HOLE: 1 } as const;
@@ -97,7 +116,8 @@ export const hcErrors = { EINVAL: -22, EIO: -5 } as const;
 export const guestStatus = { OK: 0, ERROR: 1 } as const;
 
 /** Operations; one guest binary each. params.op must match the binary. */
-export const ops = { INFO: 1, CHECK: 2, MAP: 3, FLATTEN: 4, TEST: 99 } as const;
+// 5 and 6 belong to convert/compare, 7 to resize's metadata scan (session 2).
+export const ops = { INFO: 1, CHECK: 2, MAP: 3, FLATTEN: 4, CONVERT: 5, COMPARE: 6, RESIZE_SCAN: 7, TEST: 99 } as const;
 
 /** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
  * (BDRV_O_CHECK): problems check reports as diagnostics (snapshot table,
@@ -132,6 +152,33 @@ export const records = {
   RAW_INFO: 8,
   SNAPSHOT: 9,
   BITMAP: 10,
+  DATA_RUN: 11,
+  COMPRESSED_RUN: 12,
+  CONVERT_DONE: 13,
+  COMPARE: 14,
+  // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/ops/resize_scan.c.
+  RESIZE_L1: 20,
+  RESIZE_REFTABLE: 21,
+  RESIZE_REFRUN: 22,
+  RESIZE_FREE: 23,
+  RESIZE_ZERO: 24,
+  RESIZE_SUMMARY: 25,
+} as const;
+
+/** RESIZE_SUMMARY.flags: TOO_BIG means a bound was hit and the scan stopped
+ * (the host refuses to resize); SHRINK means the L2 walk for a shrink ran. */
+export const resizeFlags = { TOO_BIG: 1, SHRINK: 2 } as const;
+
+/** params.arg[1] bits for ops.CONVERT. */
+export const convertFlags = { QCOW2: 1, COMPRESS: 2, ZSTD: 4 } as const;
+/** COMPARE record outcomes (qemu-img compare's cases). */
+export const compareResults = {
+  IDENTICAL: 0,
+  MISMATCH: 1, // content differs at `offset`
+  SIZE_MISMATCH_STRICT: 2, // -s and the sizes differ
+  STATUS_MISMATCH_STRICT: 3, // -s and the block status differs at `offset`
+  STATUS_FAILED: 4, // block status of `image` failed (qemu: exit 3)
+  READ_FAILED: 5, // reading `offset` of `image` failed (qemu: exit 4)
 } as const;
 
 /** NAME record kinds. INCOMPAT_FEATURE: a feature-table name qemu prints in
@@ -287,6 +334,25 @@ export const structs: StructSpec[] = [
       { name: "a3", type: "u64", offset: 32 },
       { name: "ret", type: "i64", offset: 40 },
       { name: "reserved", type: "u64", offset: 48, count: 2 },
+    ],
+  },
+  {
+    name: "io_seg",
+    size: 24,
+    doc: "One segment of a READV/WRITEV: file offset, length, guest address",
+    fields: [
+      { name: "off", type: "u64", offset: 0 },
+      { name: "len", type: "u64", offset: 8 },
+      { name: "addr", type: "u64", offset: 16 },
+    ],
+  },
+  {
+    name: "extent",
+    size: 16,
+    doc: "One data extent of a host file (EXTENTS)",
+    fields: [
+      { name: "off", type: "u64", offset: 0 },
+      { name: "len", type: "u64", offset: 8 },
     ],
   },
   {
@@ -447,6 +513,103 @@ export const structs: StructSpec[] = [
       { name: "depth", type: "u32", offset: 36, doc: "chain depth; input index of the layer" },
     ],
   },
+  {
+    name: "rec_data_run",
+    size: 32,
+    doc: "records.DATA_RUN: guest clusters [guest_cluster, +count) written uncompressed at host_offset, +cluster, ...",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "guest_cluster", type: "u64", offset: 8 },
+      { name: "count", type: "u64", offset: 16 },
+      { name: "host_offset", type: "u64", offset: 24 },
+    ],
+  },
+  {
+    name: "rec_compressed_run",
+    size: 160,
+    doc: "records.COMPRESSED_RUN: n consecutive guest clusters from guest_cluster, compressed and stored back to back from host_offset; len[i] bytes each",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "guest_cluster", type: "u64", offset: 8 },
+      { name: "host_offset", type: "u64", offset: 16 },
+      { name: "n", type: "u32", offset: 24, doc: "<= limits.COMPRESSED_RUN_MAX" },
+      { name: "reserved", type: "u32", offset: 28 },
+      { name: "len", type: "u32", offset: 32, count: 32 },
+    ],
+  },
+  {
+    name: "rec_convert_done",
+    size: 48,
+    doc: "records.CONVERT_DONE: the guest finished its range",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "data_end", type: "u64", offset: 8, doc: "first output byte after the data written" },
+      { name: "clusters", type: "u64", offset: 16, doc: "qcow2 output: clusters stored uncompressed" },
+      { name: "compressed", type: "u64", offset: 24, doc: "qcow2 output: clusters stored compressed" },
+      { name: "bytes_written", type: "u64", offset: 32 },
+      { name: "reserved", type: "u64", offset: 40 },
+    ],
+  },
+  {
+    name: "rec_compare",
+    size: 32,
+    doc: "records.COMPARE: how a comparison ended",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "result", type: "u32", offset: 8, doc: "compareResults.*" },
+      { name: "image", type: "u32", offset: 12, doc: "0 = first image, 1 = second (failures)" },
+      { name: "offset", type: "u64", offset: 16 },
+      { name: "size_differs", type: "u32", offset: 24, doc: "1: print qemu's size-mismatch warning" },
+      { name: "reserved2", type: "u32", offset: 28 },
+    ],
+  },
+  {
+    name: "rec_resize_pair",
+    size: 24,
+    doc: "records.RESIZE_L1 / RESIZE_REFTABLE: one non-zero table entry (raw value)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "index", type: "u64", offset: 8 },
+      { name: "value", type: "u64", offset: 16 },
+    ],
+  },
+  {
+    name: "rec_resize_run",
+    size: 32,
+    doc: "records.RESIZE_REFRUN: clusters [start, start+count) have refcount `refcount` (non-zero), ascending",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "start", type: "u64", offset: 8 },
+      { name: "count", type: "u64", offset: 16 },
+      { name: "refcount", type: "u64", offset: 24 },
+    ],
+  },
+  {
+    name: "rec_resize_range",
+    size: 24,
+    doc: "records.RESIZE_FREE (host clusters [start, start+count) each lose one reference) / " +
+      "RESIZE_ZERO (file bytes [start, start+count) of L2 entries to clear)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "start", type: "u64", offset: 8 },
+      { name: "count", type: "u64", offset: 16 },
+    ],
+  },
+  {
+    name: "rec_resize_summary",
+    size: 56,
+    doc: "records.RESIZE_SUMMARY: last record of a resize scan, with the count of each record kind",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "flags", type: "u32", offset: 8, doc: "resizeFlags.*" },
+      { name: "reserved", type: "u32", offset: 12 },
+      { name: "n_l1", type: "u64", offset: 16 },
+      { name: "n_reftable", type: "u64", offset: 24 },
+      { name: "n_runs", type: "u64", offset: 32 },
+      { name: "n_free", type: "u64", offset: 40 },
+      { name: "n_zero", type: "u64", offset: 48 },
+    ],
+  },
   // --- Host-only structs: TypeScript <-> VMM over FFI (never seen by a guest) ---
   {
     name: "vmm_config",
@@ -517,6 +680,16 @@ export const recordStructs: Record<number, string> = {
   [records.RAW_INFO]: "rec_raw_info",
   [records.SNAPSHOT]: "rec_snapshot",
   [records.BITMAP]: "rec_bitmap",
+  [records.RESIZE_L1]: "rec_resize_pair",
+  [records.RESIZE_REFTABLE]: "rec_resize_pair",
+  [records.RESIZE_REFRUN]: "rec_resize_run",
+  [records.RESIZE_FREE]: "rec_resize_range",
+  [records.RESIZE_ZERO]: "rec_resize_range",
+  [records.RESIZE_SUMMARY]: "rec_resize_summary",
+  [records.DATA_RUN]: "rec_data_run",
+  [records.COMPRESSED_RUN]: "rec_compressed_run",
+  [records.CONVERT_DONE]: "rec_convert_done",
+  [records.COMPARE]: "rec_compare",
 };
 
 /** VMM attach flags. */
@@ -530,6 +703,8 @@ export const enums: Record<string, Record<string, number>> = {
   SEEK_KIND_: seekKinds,
   GUEST_: guestStatus,
   OP_: ops,
+  CONV_: convertFlags,
+  CMP_: compareResults,
   INFO_F_: infoFlags,
   FMT_: formats,
   RUN_: runStatus,
@@ -539,6 +714,7 @@ export const enums: Record<string, Record<string, number>> = {
   PART_: partitionKinds,
   SIG_: signatures,
   Q2F_: qcow2InfoFlags,
+  RESIZE_F_: resizeFlags,
   GERR_: guestErrors,
   ATTACH_: attachFlags,
   VMM_F_: vmmFlags,

@@ -18,6 +18,8 @@ export interface RunRequest {
   ramBytes?: number;
   timeoutMs?: number;
   resultCap?: number;
+  output?: { path: string; cap: bigint };
+  onProgress?: (done: bigint, total: bigint) => void;
 }
 export interface RunResult {
   status: number;
@@ -34,6 +36,7 @@ export interface RunResult {
 
 interface SandboxModule {
   runGuest(req: RunRequest): Promise<RunResult>;
+  copyRange(src: string, srcOff: bigint, dst: string, dstOff: bigint, len: bigint): Promise<void>;
   SandboxError: new (...a: never[]) => Error;
 }
 
@@ -47,4 +50,8 @@ function sandbox(): Promise<SandboxModule> {
 
 export async function runGuest(req: RunRequest): Promise<RunResult> {
   return (await sandbox()).runGuest(req);
+}
+
+export async function copyRange(src: string, srcOff: bigint, dst: string, dstOff: bigint, len: bigint): Promise<void> {
+  return (await sandbox()).copyRange(src, srcOff, dst, dstOff, len);
 }

@@ -6,17 +6,21 @@ import { INSTAR_LONGS, instarOption, type Io, newInstarOptions } from "./common.
 import { HelpRequested, infoCommand } from "./info.ts";
 import { checkCommand } from "./check.ts";
 import { mapCommand } from "./map.ts";
+import { compareCommand } from "./compare.ts";
+import { convertCommand } from "./convert.ts";
 import { helpText, versionText } from "./help.ts";
 
 const COMMANDS: Record<string, typeof infoCommand> = {
   check: checkCommand,
+  compare: compareCommand,
+  convert: convertCommand,
   info: infoCommand,
   map: mapCommand,
 };
 
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
-  "amend", "bench", "bitmap", "commit", "compare", "convert", "create", "dd", "measure", "rebase", "resize",
+  "amend", "bench", "bitmap", "commit", "create", "dd", "measure", "rebase", "resize",
   "snapshot",
 ];
 

@@ -264,3 +264,14 @@ function copyOut(ptr: Deno.PointerValue, len: BigUint64Array, cap: number): Uint
   if (ptr === null || n === 0n) return new Uint8Array(0);
   return new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(ptr, Number(n))).slice();
 }
+
+/**
+ * Copies [srcOff, srcOff+len) of one regular file into another at dstOff,
+ * inside the VMM library (copy_file_range): convert -c joins the halves two
+ * guests wrote without the bytes entering the JavaScript heap.
+ */
+export async function copyRange(src: string, srcOff: bigint, dst: string, dstOff: bigint, len: bigint): Promise<void> {
+  const lib = await vmmLib();
+  const rc = await lib.vmm_copy_range(cString(src), srcOff, cString(dst), dstOff, len);
+  if (rc !== 0) throw new Error(`Could not copy between output files: ${strerror(lib, -rc)}`);
+}

@@ -1,0 +1,387 @@
+/*
+ * convert: reads the virtual disk of input 0 (backing chain in inputs 1..,
+ * external data file at arg[0] if any) and writes it to output 0, as
+ * `qemu-img convert` does, over the guest range [arg[5], arg[6]).
+ *
+ *   arg[0] input index of the top layer's data file, 0 = none
+ *   arg[1] CONV_* flags: QCOW2 output, COMPRESS (-c), ZSTD (else zlib)
+ *   arg[2] min_sparse in bytes (-S; 0 = write everything, fully allocated)
+ *   arg[3] qcow2: the output offset where this guest's data starts
+ *   arg[4] qcow2: cluster_bits of the output
+ *   arg[5], arg[6] the guest byte range (cluster-aligned start; end 0 = the
+ *          whole disk), so two guests can each take half (-c on two cores)
+ *
+ * Raw output: bytes go to the same offsets; the host has already sized the
+ * file, so ranges that read as zeroes are simply not written (sparse).
+ * qcow2 output: only data clusters are written, packed from arg[3] on in
+ * guest order; compressed streams are packed byte by byte. The guest
+ * reports where each cluster went (DATA_RUN, COMPRESSED_RUN) and the host's
+ * planner (lib/formats/qcow2/output_plan.ts) writes all metadata: this
+ * program never builds a table.
+ */
+#include "../qcow2/read.h"
+#include "records.h"
+/* Each guest binary must stay under 384 KiB, and Debian's static libzstd
+ * brings its whole compressor (~400 KiB) with ZSTD_compressStream2. So the
+ * compressors live in their own programs built from this file:
+ * convert_zlib.c (CONVERT_ZLIB) and convert_zstd.c (CONVERT_ZSTD); plain
+ * `convert` only decompresses input. */
+#ifdef CONVERT_ZLIB
+#include <zlib.h>
+#endif
+#ifdef CONVERT_ZSTD
+#include <zstd.h>
+#endif
+
+#define CHUNK (8ull << 20) /* 8 MiB per READV/WRITEV pair: few exits per GiB */
+
+static struct qread_chain chain;
+static struct io_seg wsegs[LIMIT_IO_SEGS_MAX];
+static uint32_t n_wsegs;
+static uint64_t wbytes, total_written;
+
+/* Zero test on 64-bit words, four at a time; the byte loop only sees a tail
+ * shorter than 32 bytes. */
+static bool all_zero(const uint8_t *buf, uint64_t len)
+{
+    uint64_t i = 0;
+    for (; i + 32 <= len; i += 32) {
+        uint64_t a, b, c, d;
+        __builtin_memcpy(&a, buf + i, 8);
+        __builtin_memcpy(&b, buf + i + 8, 8);
+        __builtin_memcpy(&c, buf + i + 16, 8);
+        __builtin_memcpy(&d, buf + i + 24, 8);
+        if (a | b | c | d) return false;
+    }
+    for (; i < len; i++)
+        if (buf[i]) return false;
+    return true;
+}
+
+static int flush_writes(void)
+{
+    if (!n_wsegs) return 0;
+    int64_t r = hc_writev(wsegs, n_wsegs);
+    if (r < 0 || (uint64_t)r != wbytes) return rt_error(0, GERR_IO, 0, wbytes, 2);
+    total_written += wbytes;
+    n_wsegs = 0;
+    wbytes = 0;
+    return 0;
+}
+
+/* Queues a write; the buffer must stay untouched until flush_writes. */
+static int queue_write(uint64_t off, const uint8_t *buf, uint64_t len)
+{
+    if (len == 0) return 0;
+    if (n_wsegs == LIMIT_IO_SEGS_MAX || wbytes + len > LIMIT_IO_MAX) {
+        if (flush_writes()) return -1;
+    }
+    struct io_seg *last = n_wsegs ? &wsegs[n_wsegs - 1] : 0;
+    if (last && last->off + last->len == off && last->addr + last->len == (uint64_t)(uintptr_t)buf) {
+        last->len += len;
+    } else {
+        wsegs[n_wsegs++] = (struct io_seg){.off = off, .len = len, .addr = (uint64_t)(uintptr_t)buf};
+    }
+    wbytes += len;
+    return 0;
+}
+
+/* ---- raw output ---- */
+
+/* Writes the non-zero min_sparse blocks of buf (guest offset off). Zero
+ * blocks are skipped: the target reads them as zeroes already. */
+static int raw_emit(uint64_t off, const uint8_t *buf, uint64_t n, uint64_t min_sparse)
+{
+    if (!min_sparse) return queue_write(off, buf, n);
+    uint64_t b = 0;
+    while (b < n) {
+        /* Blocks aligned to min_sparse in guest offsets, as qemu aligns. */
+        uint64_t k = min_sparse - ((off + b) % min_sparse);
+        if (k > n - b) k = n - b;
+        if (all_zero(buf + b, k)) {
+            b += k;
+            continue;
+        }
+        if (queue_write(off + b, buf + b, k)) return -1;
+        b += k;
+    }
+    return 0;
+}
+
+static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_t *buf, uint8_t *zeroes)
+{
+    for (uint64_t off = start; off < end;) {
+        uint64_t n = end - off < CHUNK ? end - off : CHUNK;
+        /* Read every stored run of this chunk (one READV), then write. */
+        uint64_t runs[2 * 256];
+        uint32_t n_runs = 0;
+        for (uint64_t at = off; at < off + n;) {
+            uint64_t k = 0;
+            int st = qread_status(&chain, at, off + n - at, &k);
+            if (st < 0) return -1;
+            if (st & QRS_DATA) {
+                if (qread_read(&chain, at, k, buf + (at - off))) return -1;
+                /* Remember the run; full table: flush and emit what we have. */
+                if (n_runs == 256) {
+                    if (qread_flush(&chain)) return -1;
+                    for (uint32_t r = 0; r < n_runs; r++)
+                        if (raw_emit(runs[2 * r], buf + (runs[2 * r] - off), runs[2 * r + 1], min_sparse)) return -1;
+                    n_runs = 0;
+                }
+                runs[2 * n_runs] = at;
+                runs[2 * n_runs + 1] = k;
+                n_runs++;
+            } else if (!min_sparse) {
+                /* -S 0: the output is fully allocated, zeroes included. */
+                for (uint64_t z = 0; z < k;) {
+                    uint64_t w = k - z < CHUNK ? k - z : CHUNK;
+                    if (queue_write(at + z, zeroes, w)) return -1;
+                    z += w;
+                }
+            }
+            at += k;
+        }
+        if (qread_flush(&chain)) return -1;
+        for (uint32_t r = 0; r < n_runs; r++)
+            if (raw_emit(runs[2 * r], buf + (runs[2 * r] - off), runs[2 * r + 1], min_sparse)) return -1;
+        if (flush_writes()) return -1;
+        off += n;
+        hc_progress(off - start, end - start);
+    }
+    return 0;
+}
+
+/* ---- qcow2 output ---- */
+
+static uint64_t data_end;       /* next free output byte */
+static uint64_t n_clusters, n_compressed;
+static struct rec_data_run run; /* the run being built (count 0 = none) */
+static struct rec_compressed_run crun;
+
+/* Fills the little-endian record header (abi rec_header) and emits. */
+static int emit_rec(void *rec, uint32_t type, uint32_t size)
+{
+    uint8_t *h = rec;
+    for (int i = 0; i < 4; i++) {
+        h[i] = (uint8_t)(type >> (8 * i));
+        h[4 + i] = (uint8_t)(size >> (8 * i));
+    }
+    return rt_emit(rec, size);
+}
+
+static int emit_run(void)
+{
+    if (!run.count) return 0;
+    if (emit_rec(&run, REC_DATA_RUN, sizeof run)) return -1;
+    run.count = 0;
+    return 0;
+}
+
+static int emit_crun(void)
+{
+    if (!crun.n) return 0;
+    if (emit_rec(&crun, REC_COMPRESSED_RUN, sizeof crun)) return -1;
+    crun.n = 0;
+    memset(crun.len, 0, sizeof crun.len);
+    return 0;
+}
+
+/* A cluster stored uncompressed at the next cluster-aligned offset. */
+static int store_cluster(uint64_t gc, const uint8_t *buf, uint64_t csize)
+{
+    if (emit_crun()) return -1;
+    uint64_t host = (data_end + csize - 1) & ~(csize - 1);
+    if (host < data_end) return rt_error(0, GERR_BAD_PARAMS, 6, data_end, 0);
+    if (queue_write(host, buf, csize)) return -1;
+    if (run.count && run.guest_cluster + run.count == gc && run.host_offset + run.count * csize == host) {
+        run.count++;
+    } else {
+        if (emit_run()) return -1;
+        run.guest_cluster = gc;
+        run.count = 1;
+        run.host_offset = host;
+    }
+    data_end = host + csize;
+    n_clusters++;
+    return 0;
+}
+
+/* A compressed stream stored right after the previous data. */
+static int store_compressed(uint64_t gc, const uint8_t *buf, uint64_t len)
+{
+    if (emit_run()) return -1;
+    if (queue_write(data_end, buf, len)) return -1;
+    bool follows = crun.n && crun.n < LIMIT_COMPRESSED_RUN_MAX && crun.guest_cluster + crun.n == gc;
+    if (follows) {
+        uint64_t at = crun.host_offset;
+        for (uint32_t i = 0; i < crun.n; i++) at += crun.len[i];
+        follows = at == data_end;
+    }
+    if (!follows) {
+        if (emit_crun()) return -1;
+        crun.guest_cluster = gc;
+        crun.host_offset = data_end;
+    }
+    crun.len[crun.n++] = (uint32_t)len;
+    data_end += len;
+    n_compressed++;
+    return 0;
+}
+
+/* Compressors, created once and reset per cluster (the bump heap never
+ * frees, so init/end per cluster would exhaust it). Both are configured as
+ * qemu's qcow2_zlib_compress / qcow2_zstd_compress: raw deflate, default
+ * level, 4 KiB window; zstd default level, one frame per cluster. */
+#ifdef CONVERT_ZLIB
+static z_stream zs;
+static bool zs_ready;
+#endif
+#ifdef CONVERT_ZSTD
+static ZSTD_CCtx *zc;
+#endif
+
+/* Returns the compressed length, 0 when it does not fit in cap (store the
+ * cluster uncompressed, as qemu does on -ENOMEM), -1 on error. */
+static int64_t compress_cluster(bool zstd, uint8_t *dst, uint64_t cap, const uint8_t *src, uint64_t len)
+{
+#ifdef CONVERT_ZSTD
+    if (zstd) {
+        if (!zc) {
+            zc = ZSTD_createCCtx();
+            if (!zc) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 1);
+        } else {
+            ZSTD_CCtx_reset(zc, ZSTD_reset_session_only);
+        }
+        ZSTD_outBuffer out = {.dst = dst, .size = (size_t)cap, .pos = 0};
+        ZSTD_inBuffer in = {.src = src, .size = (size_t)len, .pos = 0};
+        size_t r = ZSTD_compressStream2(zc, &out, &in, ZSTD_e_end);
+        if (r == 0) return (int64_t)out.pos;
+        if (!ZSTD_isError(r)) return 0; /* more output pending: it does not fit */
+        return rt_error(0, GERR_INTERNAL, 7, r, 0);
+    }
+#endif
+#ifdef CONVERT_ZLIB
+    if (!zstd) {
+    if (!zs_ready) {
+        if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+            return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 2);
+        zs_ready = true;
+    } else if (deflateReset(&zs) != Z_OK) {
+        return rt_error(0, GERR_INTERNAL, 8, 0, 0);
+    }
+    zs.next_in = (Bytef *)src;
+    zs.avail_in = (uInt)len;
+    zs.next_out = dst;
+    zs.avail_out = (uInt)cap;
+    int r = deflate(&zs, Z_FINISH);
+    if (r == Z_STREAM_END) return (int64_t)(cap - zs.avail_out);
+    if (r == Z_OK || r == Z_BUF_ERROR) return 0;
+    return rt_error(0, GERR_INTERNAL, 9, (uint64_t)(int64_t)r, 0);
+    }
+#endif
+    (void)dst, (void)cap, (void)src, (void)len;
+    /* This program was built without the codec the host asked for. */
+    return rt_error(0, GERR_BAD_PARAMS, 5, 6, zstd);
+}
+
+static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t min_sparse, uint32_t cbits,
+                         uint8_t *buf, uint8_t *zbuf)
+{
+    uint64_t csize = 1ull << cbits;
+    bool compress = flags & CONV_COMPRESS;
+    bool zstd = flags & CONV_ZSTD;
+    /* Compressed output needs every cluster's whole bytes before it can be
+     * written, so reads go a chunk at a time and clusters are handled in
+     * order inside it. */
+    uint64_t chunk = CHUNK > csize ? CHUNK : csize;
+    uint8_t *cout = zbuf;
+    uint64_t zused = 0;
+    for (uint64_t off = start; off < end;) {
+        uint64_t n = end - off < chunk ? end - off : chunk;
+        uint64_t padded = (n + csize - 1) & ~(csize - 1);
+        /* Which clusters hold data: status runs, read in one batch. */
+        bool any = false;
+        for (uint64_t at = off; at < off + n;) {
+            uint64_t k = 0;
+            int st = qread_status(&chain, at, off + n - at, &k);
+            if (st < 0) return -1;
+            if (st & QRS_DATA) {
+                if (qread_read(&chain, at, k, buf + (at - off))) return -1;
+                any = true;
+            } else {
+                memset(buf + (at - off), 0, k);
+            }
+            at += k;
+        }
+        if (qread_flush(&chain)) return -1;
+        /* The last cluster of a disk whose size is not cluster-aligned is
+         * padded with zeroes (qemu pads the last compressed write too). */
+        if (padded > n) memset(buf + n, 0, padded - n);
+        zused = 0;
+        for (uint64_t c = 0; c < padded; c += csize) {
+            uint64_t gc = (off + c) >> cbits;
+            const uint8_t *cl = buf + c;
+            bool zero = (!any || all_zero(cl, csize));
+            if (zero && min_sparse) continue;
+            if (compress && !zero) {
+                /* qemu's bound: cluster_size - 1 bytes, else store it plain. */
+                int64_t len = compress_cluster(zstd, cout + zused, csize - 1, cl, csize);
+                if (len < 0) return -1;
+                if (len > 0) {
+                    if (store_compressed(gc, cout + zused, (uint64_t)len)) return -1;
+                    zused += (uint64_t)len;
+                    continue;
+                }
+            }
+            if (store_cluster(gc, cl, csize)) return -1;
+        }
+        if (flush_writes()) return -1;
+        off += n;
+        hc_progress(off - start, end - start);
+    }
+    if (emit_run() || emit_crun()) return -1;
+    return 0;
+}
+
+int op_main(void)
+{
+    const struct params *p = rt_params();
+    uint64_t data_input = p->arg[0];
+    uint32_t flags = (uint32_t)p->arg[1];
+    uint64_t min_sparse = p->arg[2];
+    if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
+    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD)) return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
+    if (min_sparse % 512 || min_sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 1, 0);
+    chain.batch = true;
+    chain.defer = true;
+    if (qread_open(&chain, (uint32_t)data_input)) return -1;
+    uint64_t size = chain.size;
+    uint64_t start = p->arg[5], end = p->arg[6] ? p->arg[6] : size;
+    if (start > end || end > size) return rt_error(0, GERR_BAD_PARAMS, 5, 2, 0);
+
+    uint8_t *buf = rt_alloc(CHUNK);
+    uint8_t *zbuf = rt_alloc(CHUNK);
+    if (!buf || !zbuf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
+    memset(zbuf, 0, CHUNK);
+
+    if (!(flags & CONV_QCOW2)) {
+        if (flags & CONV_COMPRESS) return rt_error(0, GERR_BAD_PARAMS, 5, 3, 0);
+        if (end > p->output_cap) return rt_error(0, GERR_BAD_PARAMS, 4, end, p->output_cap);
+        if (convert_raw(start, end, min_sparse, buf, zbuf)) return -1;
+        data_end = end;
+    } else {
+        uint64_t cbits = p->arg[4];
+        if (cbits < 9 || cbits > 21) return rt_error(0, GERR_BAD_PARAMS, 5, 4, 0);
+        uint64_t csize = 1ull << cbits;
+        if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
+        data_end = p->arg[3];
+        if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) return -1;
+    }
+    struct rec_convert_done d;
+    rec_init(&d, REC_CONVERT_DONE, sizeof d);
+    d.data_end = data_end;
+    d.clusters = n_clusters;
+    d.compressed = n_compressed;
+    d.bytes_written = total_written;
+    return emit_rec(&d, REC_CONVERT_DONE, sizeof d);
+}

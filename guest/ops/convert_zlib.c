@@ -1,0 +1,3 @@
+/* convert with the zlib compressor (see convert.c). */
+#define CONVERT_ZLIB 1
+#include "convert.c"

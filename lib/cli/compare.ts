@@ -1,0 +1,156 @@
+// instar compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] FILE1 FILE2
+// Exit codes as qemu-img: 0 identical, 1 different, 2 an image could not be
+// opened, 3 a block-status failure, 4 a read failure. The comparison runs in
+// one guest over both chains (guest/ops/compare.c); this file only opens the
+// images, hands them over and words the outcome the way img_compare does.
+import { compareResults, limits, ops, records } from "../abi/spec.ts";
+import { getopt } from "./getopt.ts";
+import { CliError, usageError } from "./messages.ts";
+import { HelpRequested, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
+import { chainOpenMessage, openChain, OpenError, type OpenedImage, openImage } from "./image.ts";
+import { makePolicy } from "../chain/policy.ts";
+import { runGuest } from "./guest.ts";
+import { Progress, type ProgressMode } from "./progress.ts";
+
+const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
+
+async function openForCompare(filename: string, fmt: string | undefined, o: InstarOptions): Promise<OpenedImage[]> {
+  try {
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+  } catch (e) {
+    // img_open failures: exit 2.
+    if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)], false, 2);
+    throw e;
+  }
+}
+
+export async function compareCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  let fmt1: string | undefined, fmt2: string | undefined;
+  let cache = "writeback";
+  let progressMode: ProgressMode = "off";
+  let quiet = false, strict = false;
+  const o = newInstarOptions(base);
+  const operands = getopt(argv, ":hf:F:T:pqsU", [
+    { name: "help", hasArg: false, id: "h" },
+    { name: "object", hasArg: true, id: "object" },
+    { name: "image-opts", hasArg: false, id: "image-opts" },
+    { name: "force-share", hasArg: false, id: "U" },
+    { name: "progress", hasArg: true, id: "progress" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "f":
+        fmt1 = value;
+        break;
+      case "F":
+        fmt2 = value;
+        break;
+      case "T":
+        cache = value!;
+        break;
+      case "p":
+        progressMode = "line";
+        break;
+      case "progress":
+        if (value !== "json") throw usageError(`Invalid --progress '${value}' (expected json)`);
+        progressMode = "json";
+        break;
+      case "q":
+        quiet = true;
+        break;
+      case "s":
+        strict = true;
+        break;
+      case "U":
+        break;
+      case "object":
+      case "image-opts":
+        throw new CliError([`--${id} is not supported by instar`], false, 2);
+    }
+  });
+  // "Progress is not shown in Quiet mode"
+  if (quiet) progressMode = "off";
+  if (operands.length !== 2) throw usageError("Expecting two image file names");
+  const [filename1, filename2] = operands;
+  const say = (t: string) => {
+    if (!quiet) io.out(t);
+  };
+  const progress = new Progress(progressMode, 2.0, io);
+  try {
+    if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`], false, 2);
+    const chain1 = await openForCompare(filename1, fmt1, o);
+    const chain2 = await openForCompare(filename2, fmt2, o);
+    progress.set(0);
+    if (chain1.length + chain2.length > limits.MAX_INPUTS) {
+      throw new CliError([
+        `The two backing chains have ${chain1.length + chain2.length} images; instar compares at most ` +
+        `${limits.MAX_INPUTS} in one sandbox`,
+      ], false, 2);
+    }
+    const inputs = [...chain1, ...chain2].map((img, i) => ({
+      path: img.openPath,
+      format: img.formatCode,
+      nofollow: i !== 0 && i !== chain1.length,
+    }));
+    let result;
+    try {
+      result = await runGuest({
+        op: "compare",
+        opCode: ops.COMPARE,
+        inputs,
+        args: [BigInt(chain1.length), strict ? 1n : 0n],
+        timeoutMs: 24 * 3600 * 1000,
+        onProgress: (done, total) => progress.bytes(done, total),
+      });
+    } catch (e) {
+      throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`], false, 4);
+    }
+    const recs = result.records.filter((r) => r.type === records.COMPARE);
+    if (recs.length !== 1) throw new CliError(["Sandbox failure: the comparison reported no outcome"], false, 4);
+    const f = recs[0].fields;
+    const outcome = f.result as number;
+    const offset = f.offset as bigint;
+    const image = f.image as number;
+    const sizeDiffers = f.size_differs === 1;
+    const size1 = chain1[0].virtualSize, size2 = chain2[0].virtualSize;
+    if (sizeDiffers !== (size1 !== size2) || image > 1 || offset >= (1n << 63n)) {
+      throw new CliError(["Sandbox failure: inconsistent comparison result"], false, 4);
+    }
+    const minSize = size1 < size2 ? size1 : size2;
+    const names = [filename1, filename2];
+    // img_compare prints the size warning when its walk passes the shorter
+    // image's end, i.e. before anything found there.
+    const warnAt = (pos: bigint) => {
+      if (sizeDiffers && pos >= minSize) say("Warning: Image size mismatch!\n");
+    };
+    switch (outcome) {
+      case compareResults.IDENTICAL:
+        warnAt(minSize);
+        say("Images are identical.\n");
+        return 0;
+      case compareResults.MISMATCH:
+        warnAt(offset);
+        say(`Content mismatch at offset ${offset}!\n`);
+        return 1;
+      case compareResults.SIZE_MISMATCH_STRICT:
+        say("Strict mode: Image size mismatch!\n");
+        return 1;
+      case compareResults.STATUS_MISMATCH_STRICT:
+        say(`Strict mode: Offset ${offset} block status mismatch!\n`);
+        return 1;
+      case compareResults.STATUS_FAILED:
+        warnAt(offset);
+        throw new CliError([`Sector allocation test failed for ${names[image]}`], false, 3);
+      case compareResults.READ_FAILED:
+        warnAt(offset);
+        throw new CliError([`Error while reading offset ${offset} of ${names[image]}: Input/output error`], false, 4);
+    }
+    throw new CliError([`Sandbox failure: unknown comparison outcome ${outcome}`], false, 4);
+  } finally {
+    progress.end();
+  }
+}

@@ -1,0 +1,343 @@
+// instar convert [-f fmt] [-O raw|qcow2] [-o options] [-c] [-p] [-S size] [-q] [-U] IN OUT
+//
+// qemu-img's img_convert: the same options, checks, messages and exit
+// codes for what instar supports. Differences by design: the output is
+// written under a temporary name in the target's directory and renamed
+// into place only when complete (removed on failure or SIGINT/SIGTERM), so
+// the target name never holds a half-written image; sources are read only
+// inside the sandbox (lib/convert/pipeline.ts).
+import { getopt } from "./getopt.ts";
+import { CliError, usageError } from "./messages.ts";
+import { HelpRequested, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
+import { cvtnum } from "./options.ts";
+import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
+import { makePolicy } from "../chain/policy.ts";
+import { Progress, type ProgressMode } from "./progress.ts";
+import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
+import { outputOptions, type OutputSpec } from "../convert/output_options.ts";
+import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+
+const MAX_BUF_SECTORS = 32768n;
+const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
+/** Formats qemu-img knows that instar cannot write (yet). */
+const OTHER_FORMATS = [
+  "vmdk", "vpc", "vhdx", "vdi", "qed", "qcow", "luks", "parallels", "bochs", "cloop", "dmg", "vvfat",
+];
+
+interface ConvertArgs {
+  fmt?: string;
+  outFmt: string;
+  outBase?: string;
+  backingFmt?: string;
+  compress: boolean;
+  options?: string;
+  minSparse: bigint;
+  explicitSparse: boolean;
+  copyRange: boolean;
+  progress: ProgressMode;
+  quiet: boolean;
+  skipCreate: boolean;
+  salvage: boolean;
+  targetIsZero: boolean;
+  bitmaps: boolean;
+  skipBroken: boolean;
+  snapshot?: string;
+  cache: string;
+  srcCache: string;
+  tgtImageOpts: boolean;
+}
+
+function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands: string[] } {
+  const a: ConvertArgs = {
+    outFmt: "", compress: false, minSparse: 8n * 512n, explicitSparse: false, copyRange: false,
+    progress: "off", quiet: false, skipCreate: false, salvage: false, targetIsZero: false, bitmaps: false,
+    skipBroken: false, cache: "unsafe", srcCache: "writeback", tgtImageOpts: false,
+  };
+  let outFmtSet = false;
+  const operands = getopt(argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
+    { name: "help", hasArg: false, id: "h" },
+    { name: "object", hasArg: true, id: "object" },
+    { name: "image-opts", hasArg: false, id: "image-opts" },
+    { name: "force-share", hasArg: false, id: "U" },
+    { name: "target-image-opts", hasArg: false, id: "target-image-opts" },
+    { name: "salvage", hasArg: false, id: "salvage" },
+    { name: "target-is-zero", hasArg: false, id: "target-is-zero" },
+    { name: "bitmaps", hasArg: false, id: "bitmaps" },
+    { name: "skip-broken-bitmaps", hasArg: false, id: "skip-broken" },
+    { name: "progress", hasArg: true, id: "progress" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "f":
+        a.fmt = value;
+        break;
+      case "O":
+        a.outFmt = value!;
+        outFmtSet = true;
+        break;
+      case "B":
+        a.outBase = value;
+        break;
+      case "C":
+        a.copyRange = true;
+        break;
+      case "c":
+        a.compress = true;
+        break;
+      case "F":
+        a.backingFmt = value;
+        break;
+      case "o":
+        // accumulate_options: repeated -o join with a comma.
+        a.options = a.options === undefined ? value : `${a.options},${value}`;
+        break;
+      case "l":
+        a.snapshot = value;
+        break;
+      case "S": {
+        const v = cvtnum("buffer size for sparse output", value!);
+        if (v % 512n !== 0n || v / 512n > MAX_BUF_SECTORS) {
+          throw new CliError([
+            "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. " +
+            "Select 0 to disable sparse detection (fully allocates output).",
+          ]);
+        }
+        a.minSparse = v;
+        a.explicitSparse = true;
+        break;
+      }
+      case "p":
+        a.progress = "line";
+        break;
+      case "progress":
+        if (value !== "json") throw usageError(`Invalid --progress '${value}' (expected json)`);
+        a.progress = "json";
+        break;
+      case "t":
+        a.cache = value!;
+        break;
+      case "T":
+        a.srcCache = value!;
+        break;
+      case "q":
+        a.quiet = true;
+        break;
+      case "n":
+        a.skipCreate = true;
+        break;
+      case "m": {
+        const n = /^[+-]?(0x[0-9a-f]+|0[0-7]*|[1-9][0-9]*)$/i.test(value!) ? Number(value) : NaN;
+        if (!(n >= 1 && n <= 16)) {
+          throw new CliError(["Invalid number of coroutines. Allowed number of coroutines is between 1 and 16"]);
+        }
+        break;
+      }
+      case "W":
+      case "U":
+        break;
+      case "r":
+        cvtnum("rate limit", value!);
+        break;
+      case "object":
+      case "image-opts":
+        throw new CliError([`--${id} is not supported by instar`]);
+      case "salvage":
+        a.salvage = true;
+        break;
+      case "target-image-opts":
+        a.tgtImageOpts = true;
+        break;
+      case "target-is-zero":
+        a.targetIsZero = true;
+        break;
+      case "bitmaps":
+        a.bitmaps = true;
+        break;
+      case "skip-broken":
+        a.skipBroken = true;
+        break;
+    }
+  });
+  if (!outFmtSet && !a.tgtImageOpts) a.outFmt = "raw";
+  return { a, operands };
+}
+
+/** The checks img_convert makes before opening anything, in its order. */
+function checkCombinations(a: ConvertArgs, srcNum: number) {
+  if (a.skipBroken && !a.bitmaps) throw new CliError(["Use of --skip-broken-bitmaps requires --bitmaps"]);
+  if (a.compress && a.copyRange) throw new CliError(["Cannot enable copy offloading when -c is used"]);
+  if (a.explicitSparse && a.copyRange) throw new CliError(["Cannot enable copy offloading when -S is used"]);
+  if (a.copyRange && a.salvage) throw new CliError(["Cannot use copy offloading in salvaging mode"]);
+  if (a.tgtImageOpts && !a.skipCreate) throw new CliError(["--target-image-opts requires use of -n flag"]);
+  if (a.skipCreate && a.options !== undefined) throw new CliError(["-o has no effect when skipping image creation"]);
+  if (a.targetIsZero && !a.skipCreate) throw new CliError(["--target-is-zero requires use of -n flag"]);
+  if (a.options !== undefined && /(^|,)(help|\?)(,|$)/.test(a.options)) {
+    throw new CliError(["Printing the option help (-o help) is not supported by instar"]);
+  }
+  if (srcNum < 1) throw new CliError(["Must specify image file name"]);
+  if (!CACHE_MODES.includes(a.srcCache)) throw new CliError([`Invalid source cache option: ${a.srcCache}`]);
+}
+
+/** Features qemu-img has that instar refuses, with a clear reason. */
+function checkSupported(a: ConvertArgs, srcNum: number) {
+  const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
+  if (srcNum > 1) throw no("Concatenating several source images");
+  if (a.skipCreate) throw no("Writing into an existing image (-n)");
+  if (a.snapshot !== undefined) throw no("Converting a snapshot (-l)");
+  if (a.salvage) throw no("--salvage");
+  if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
+  if (a.outBase !== undefined) throw no("A backing file for the target (-B)");
+}
+
+/** A fresh temporary name beside the target (same filesystem, so rename is atomic). */
+function tempBeside(target: string, tag: string): string {
+  const slash = target.lastIndexOf("/");
+  const dir = slash >= 0 ? target.slice(0, slash + 1) : "";
+  const base = slash >= 0 ? target.slice(slash + 1) : target;
+  const rand = crypto.getRandomValues(new Uint32Array(2)).join("");
+  return `${dir}.${base}.instar-${tag}-${rand}`;
+}
+
+/** Removes the temporary files on failure, exit or interrupt. */
+class TempFiles {
+  paths: string[] = [];
+  #handler = () => {
+    this.removeAll();
+    Deno.exit(130);
+  };
+  #term = () => {
+    this.removeAll();
+    Deno.exit(143);
+  };
+  constructor() {
+    Deno.addSignalListener("SIGINT", this.#handler);
+    Deno.addSignalListener("SIGTERM", this.#term);
+  }
+  async create(target: string, tag: string): Promise<string> {
+    for (;;) {
+      const p = tempBeside(target, tag);
+      try {
+        const f = await Deno.open(p, { write: true, createNew: true, mode: 0o644 });
+        f.close();
+        this.paths.push(p);
+        return p;
+      } catch (e) {
+        if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+      }
+    }
+  }
+  removeAll() {
+    for (const p of this.paths) {
+      try {
+        Deno.removeSync(p);
+      } catch { /* already gone */ }
+    }
+    this.paths = [];
+  }
+  dispose() {
+    Deno.removeSignalListener("SIGINT", this.#handler);
+    Deno.removeSignalListener("SIGTERM", this.#term);
+  }
+}
+
+function guestFailureMessage(e: GuestFailure): string {
+  const f = e.record.fields;
+  const msg = qcow2ErrorMessage({ code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
+  return `error while reading the source image: ${msg}`;
+}
+
+export async function convertCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  const o = newInstarOptions(base);
+  const { a, operands } = parseArgs(argv, o);
+  const srcNum = operands.length - 1;
+  const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
+  checkCombinations(a, srcNum);
+  if (a.quiet) a.progress = "off";
+  const progress = new Progress(a.progress, 1.0, io);
+  progress.set(0);
+  const temps = new TempFiles();
+  try {
+    checkSupported(a, srcNum);
+    const source = operands[0];
+    let chain;
+    try {
+      const top = await openImage(source, { format: a.fmt, unsafeQuirks: o.unsafeQuirks });
+      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks);
+    } catch (e) {
+      if (e instanceof OpenError) throw new CliError([chainOpenMessage(source, e)]);
+      throw e;
+    }
+    if (chain[0].qcow2?.dataFile !== undefined || chain[0].qcow2?.hasDataFileBit) {
+      throw new CliError([
+        `Could not open '${source}': Refusing to read an external data file named by the image ` +
+        "(instar convert never opens files an image names outside its backing chain)",
+      ]);
+    }
+    // blk_nb_sectors: whole sectors, rounded up.
+    const size = (chain[0].virtualSize + 511n) / 512n * 512n;
+
+    if (!["raw", "qcow2"].includes(a.outFmt)) {
+      if (OTHER_FORMATS.includes(a.outFmt)) {
+        throw new CliError([`Writing the ${a.outFmt} format is not supported by instar convert yet`]);
+      }
+      throw new CliError([`Unknown file format '${a.outFmt}'`]);
+    }
+    const spec: OutputSpec = outputOptions(a.outFmt as "raw" | "qcow2", a.options ?? "", outFilename!);
+    if (a.compress) {
+      if (a.outFmt !== "qcow2") throw new CliError(["Compression not supported for this file format"]);
+      if (spec.preallocation !== "off") {
+        throw new CliError(["Compression and preallocation not supported at the same time"]);
+      }
+    }
+    if (spec.preallocation !== "off") {
+      throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
+    }
+    if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+
+    const out = await temps.create(outFilename!, "out");
+    const job = {
+      layers: chain.map((img, i) => ({ path: img.openPath, formatCode: img.formatCode, nofollow: i !== 0 })),
+      size,
+      minSparse: a.minSparse,
+      // The guest's 100% is left to the end (see below).
+      onProgress: (done: bigint, total: bigint) => {
+        if (done < total || a.progress === "json") progress.bytes(done, total);
+      },
+    };
+    let written: bigint;
+    try {
+      if (a.outFmt === "raw") {
+        written = await convertToRaw(job, out);
+      } else {
+        const side = a.compress ? await temps.create(outFilename!, "half") : out;
+        written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out, side);
+      }
+    } catch (e) {
+      if (e instanceof PlanRefused) {
+        throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
+      }
+      if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
+      if (e instanceof CliError) throw e;
+      throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+    }
+    // Keep an existing target's permissions, as qemu's O_TRUNC open would.
+    try {
+      const st = await Deno.stat(outFilename!);
+      if (st.mode !== null && st.isFile) await Deno.chmod(out, st.mode & 0o7777);
+    } catch { /* no target yet */ }
+    await Deno.rename(out, outFilename!);
+    temps.paths = temps.paths.filter((p) => p !== out);
+    // qemu prints 100% when the last data is copied (only if there was
+    // any) and once more when it finishes.
+    if (written > 0n) progress.set(100);
+    progress.set(100);
+    return 0;
+  } finally {
+    temps.removeAll();
+    temps.dispose();
+    progress.end();
+  }
+}

@@ -1,0 +1,51 @@
+// Applies a FilePlan to a file: the one place planner output touches disk
+// (create, convert's qcow2 output, resize). The plan is checked against the
+// shared invariants first, so a faulty planner cannot write outside the
+// file it describes or overlap its own patches.
+import { type FilePlan, planViolation } from "./plan.ts";
+
+const ZERO_CHUNK = 1 << 20;
+
+async function writeAll(f: Deno.FsFile, offset: bigint, bytes: Uint8Array): Promise<void> {
+  await f.seek(offset, Deno.SeekMode.Start);
+  let done = 0;
+  while (done < bytes.length) done += await f.write(bytes.subarray(done));
+}
+
+/**
+ * Writes `plan` into the file at `path` (created if missing, never
+ * truncated first): write patches verbatim, zero patches as zeroes, then the
+ * file length is set to plan.fileSize. Throws when the plan breaks an
+ * invariant (a planner bug) or on I/O errors.
+ */
+export async function applyPlan(path: string, plan: FilePlan): Promise<void> {
+  const violation = planViolation(plan);
+  if (violation !== undefined) throw new Error(`Refusing a faulty plan: ${violation}`);
+  const f = await Deno.open(path, { read: true, write: true, create: true });
+  try {
+    let oldSize = BigInt((await f.stat()).size);
+    // Shrink first, so bytes past the new end never need zeroing.
+    if (oldSize > plan.fileSize) {
+      await f.truncate(Number(plan.fileSize));
+      oldSize = plan.fileSize;
+    }
+    for (const p of plan.patches) {
+      if (p.kind === "write") {
+        await writeAll(f, p.offset, p.bytes);
+      } else {
+        // Past the old end the final truncate leaves zeroes (a hole); only
+        // the part inside the old file needs explicit zeroes.
+        const end = p.offset + p.length < oldSize ? p.offset + p.length : oldSize;
+        const zeros = new Uint8Array(ZERO_CHUNK);
+        for (let at = p.offset; at < end;) {
+          const n = end - at < BigInt(ZERO_CHUNK) ? Number(end - at) : ZERO_CHUNK;
+          await writeAll(f, at, zeros.subarray(0, n));
+          at += BigInt(n);
+        }
+      }
+    }
+    await f.truncate(Number(plan.fileSize));
+  } finally {
+    f.close();
+  }
+}

@@ -1,0 +1,57 @@
+// `deno task bench`: the data-path benchmark of docs/bench.md. Makes a raw
+// image (default 2 GiB) of 64 KiB chunks, half random and half holes
+// (scripts/gen_bench_image.ts), then times instar and qemu-img alternately
+// on the same files, in the same run, and prints medians and ratios.
+// Usage: deno task bench [--size-mib N] [--runs N] [--dir DIR]
+import { parseArgs } from "node:util";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: { "size-mib": { type: "string", default: "2048" }, runs: { type: "string", default: "3" }, dir: { type: "string" } },
+});
+const runs = Number(values.runs);
+const repo = new URL("..", import.meta.url).pathname;
+const dir = values.dir ?? await Deno.makeTempDir({ prefix: "instar-bench-" });
+const deno = Deno.execPath();
+
+async function run(cmd: string, args: string[]): Promise<number> {
+  const t0 = performance.now();
+  const r = await new Deno.Command(cmd, { args, cwd: dir, stdout: "null", stderr: "piped" }).output();
+  const ms = performance.now() - t0;
+  if (r.code > 1 || (r.code === 1 && args[0] !== "compare")) {
+    throw new Error(`${cmd} ${args.join(" ")} failed: ${new TextDecoder().decode(r.stderr)}`);
+  }
+  return ms;
+}
+const qemu = (args: string[]) => run("qemu-img", args);
+const instar = (args: string[]) => run(deno, ["run", "-A", `${repo}main.ts`, ...args]);
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+console.error(`making the ${values["size-mib"]} MiB half-random image in ${dir}`);
+await run(deno, ["run", "-A", `${repo}scripts/gen_bench_image.ts`, "half.raw", values["size-mib"]!]);
+await qemu(["convert", "-f", "raw", "-O", "qcow2", "half.raw", "half.qcow2"]);
+
+const rows: [string, string[], string][] = [
+  ["raw → qcow2", ["convert", "-f", "raw", "-O", "qcow2", "half.raw", "out.qcow2"], "out.qcow2"],
+  ["qcow2 → raw", ["convert", "-O", "raw", "half.qcow2", "out.raw"], "out.raw"],
+  ["compare raw vs qcow2", ["compare", "-f", "raw", "-F", "qcow2", "half.raw", "half.qcow2"], ""],
+  ["convert -c (zlib)", ["convert", "-f", "raw", "-c", "-O", "qcow2", "half.raw", "out.qcow2"], "out.qcow2"],
+  ["convert -c (zstd)", ["convert", "-f", "raw", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "half.raw", "out.qcow2"], "out.qcow2"],
+];
+const lines = ["| operation | instar (median ms) | qemu-img (median ms) | ratio |", "|---|---|---|---|"];
+for (const [name, args, out] of rows) {
+  const mine: number[] = [], theirs: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    // Alternate, and remove the output first (untimed): unlinking a 1 GiB
+    // file is kernel work neither tool should be charged for.
+    for (const who of i % 2 ? ["qemu", "instar"] : ["instar", "qemu"]) {
+      if (out) await Deno.remove(`${dir}/${out}`).catch(() => {});
+      (who === "instar" ? mine : theirs).push(await (who === "instar" ? instar(args) : qemu(args)));
+    }
+  }
+  const [m, q] = [median(mine), median(theirs)];
+  lines.push(`| ${name} | ${m.toFixed(0)} | ${q.toFixed(0)} | ${(m / q).toFixed(2)} |`);
+  console.error(lines[lines.length - 1]);
+}
+console.log(lines.join("\n"));
+if (!values.dir) await Deno.remove(dir, { recursive: true });
