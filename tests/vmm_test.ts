@@ -180,6 +180,15 @@ Deno.test("vmm: hostile hypercalls end the run with a typed status", async (t) =
       ["READ whose file range wraps", 10, runStatus.BAD_HYPERCALL],
       ["WRITE with no output attached", 11, runStatus.BAD_HYPERCALL],
       ["WRITE whose file range wraps", 11, runStatus.OUTPUT_CAP, { output: { path: out, cap: 65536n } }],
+      ["READV with its segment list in the page tables", 12, runStatus.BAD_HYPERCALL],
+      ["READV of zero segments", 13, runStatus.BAD_HYPERCALL],
+      ["READV with a segment past the input's end", 14, runStatus.BAD_HYPERCALL],
+      ["READV whose lengths add up past LIMIT_IO_MAX", 15, runStatus.BAD_HYPERCALL],
+      ["WRITEV past the output cap", 16, runStatus.OUTPUT_CAP, { output: { path: out, cap: 65536n } }],
+      ["READV into the page tables", 17, runStatus.BAD_HYPERCALL],
+      ["EXTENTS into a buffer past guest RAM", 18, runStatus.BAD_HYPERCALL],
+      ["EXTENTS of a range past the input's end", 19, runStatus.BAD_HYPERCALL],
+      ["READV of more than LIMIT_IO_SEGS_MAX segments", 20, runStatus.BAD_HYPERCALL],
     ];
     const nr: Record<number, number> = {
       0: 1,
@@ -193,6 +202,14 @@ Deno.test("vmm: hostile hypercalls end the run with a typed status", async (t) =
       9: 7,
       10: 1,
       11: 2,
+      12: 8,
+      13: 8,
+      14: 8,
+      15: 8,
+      17: 8,
+      18: 10,
+      19: 10,
+      20: 8,
     };
     for (const [what, variant, status, extra] of cases) {
       await t.step(what, async () => {
