@@ -1,7 +1,9 @@
 /*
  * compare: `qemu-img compare` of two chains. Inputs [0, arg[0]) are the
  * first image and its backing chain, inputs [arg[0], n) the second.
- * arg[1] bit 0: strict (-s).
+ * arg[1] bit 0: strict (-s). arg[2], arg[3]: the byte range to walk (end 0 =
+ * to the end), so two guests can each take half; the host keeps the first
+ * range's outcome unless it is "identical".
  *
  * qemu's img_compare walks both images by block status and reports the
  * first 512-byte sector whose contents differ, treating anything past the
@@ -67,9 +69,11 @@ int op_main(void)
 
     uint8_t *buf[2] = {rt_alloc(CHUNK), rt_alloc(CHUNK)};
     if (!buf[0] || !buf[1]) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
+    uint64_t from = p->arg[2], to = p->arg[3] ? p->arg[3] : base;
+    if (from > to || to > base) return rt_error(0, GERR_BAD_PARAMS, 8, from, to);
 
-    for (uint64_t off = 0; off < base;) {
-        uint64_t n = base - off < CHUNK ? base - off : CHUNK;
+    for (uint64_t off = from; off < to;) {
+        uint64_t n = to - off < CHUNK ? to - off : CHUNK;
         bool data = false;
         uint64_t status_mismatch = UINT64_MAX;
         /* Walk both chains' status runs in step. Each side's run is asked
@@ -121,7 +125,7 @@ int op_main(void)
         }
         if (status_mismatch != UINT64_MAX) return finish(CMP_STATUS_MISMATCH_STRICT, 0, status_mismatch, differs);
         off += n;
-        hc_progress(off, base);
+        hc_progress(off - from, to - from);
     }
     return finish(CMP_IDENTICAL, 0, 0, differs);
 }

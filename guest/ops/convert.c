@@ -9,7 +9,11 @@
  *   arg[3] qcow2: the output offset where this guest's data starts
  *   arg[4] qcow2: cluster_bits of the output
  *   arg[5], arg[6] the guest byte range (cluster-aligned start; end 0 = the
- *          whole disk), so two guests can each take half (-c on two cores)
+ *          whole disk), so two guests can each take half (two cores)
+ *
+ * With CONV_COUNT nothing is written: the guest counts the output clusters
+ * of its range that may hold data, so the host can start a second guest's
+ * qcow2 data right behind the first one's worst case.
  *
  * Raw output: bytes go to the same offsets; the host has already sized the
  * file, so ranges that read as zeroes are simply not written (sparse).
@@ -343,6 +347,32 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     return 0;
 }
 
+/* Clusters of [start, end) that status says may hold data (all of them
+ * with -S 0): an upper bound on what convert_qcow2 writes for the range. */
+static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t min_sparse, uint64_t *count)
+{
+    uint64_t csize = 1ull << cbits;
+    uint64_t n = 0, last = UINT64_MAX;
+    if (!min_sparse) {
+        *count = ((end - start) + csize - 1) >> cbits;
+        return 0;
+    }
+    for (uint64_t at = start; at < end;) {
+        uint64_t k = 0;
+        int st = qread_status(&chain, at, end - at, &k);
+        if (st < 0) return -1;
+        if (st & QRS_DATA) {
+            uint64_t first = at >> cbits, lastc = (at + k - 1) >> cbits;
+            if (first == last) first++; /* already counted with the previous run */
+            if (lastc >= first) n += lastc - first + 1;
+            last = lastc;
+        }
+        at += k;
+    }
+    *count = n;
+    return 0;
+}
+
 int op_main(void)
 {
     const struct params *p = rt_params();
@@ -350,7 +380,8 @@ int op_main(void)
     uint32_t flags = (uint32_t)p->arg[1];
     uint64_t min_sparse = p->arg[2];
     if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
-    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD)) return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
+    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT))
+        return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
     if (min_sparse % 512 || min_sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 1, 0);
     chain.batch = true;
     chain.defer = true;
@@ -375,7 +406,11 @@ int op_main(void)
         uint64_t csize = 1ull << cbits;
         if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
-        if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) return -1;
+        if (flags & CONV_COUNT) {
+            if (count_clusters(start, end, (uint32_t)cbits, min_sparse, &n_clusters)) return -1;
+        } else if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) {
+            return -1;
+        }
     }
     struct rec_convert_done d;
     rec_init(&d, REC_CONVERT_DONE, sizeof d);

@@ -170,7 +170,14 @@ export const records = {
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2 } as const;
 
 /** params.arg[1] bits for ops.CONVERT. */
-export const convertFlags = { QCOW2: 1, COMPRESS: 2, ZSTD: 4 } as const;
+export const convertFlags = {
+  QCOW2: 1,
+  COMPRESS: 2,
+  ZSTD: 4,
+  /** Write nothing: report in CONVERT_DONE.clusters how many output clusters of the range
+   * may hold data (so a second guest can start writing right behind the first). */
+  COUNT: 8,
+} as const;
 /** COMPARE record outcomes (qemu-img compare's cases). */
 export const compareResults = {
   IDENTICAL: 0,

@@ -96,21 +96,41 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
       format: img.formatCode,
       nofollow: i !== 0 && i !== chain1.length,
     }));
-    let result;
+    // Two guests, one per core, each walking half of the disk; the first
+    // half's outcome stands unless it found the halves identical.
+    // INSTAR_GUESTS=1|2 forces the choice.
+    const base = chain1[0].virtualSize > chain2[0].virtualSize ? chain1[0].virtualSize : chain2[0].virtualSize;
+    const forced = Deno.env.get("INSTAR_GUESTS");
+    const split = forced === "2" || (forced !== "1" && base >= 64n << 20n);
+    const mid = split ? (base / 2n) & ~((1n << 20n) - 1n) : base;
+    const ranges = split && mid > 0n ? [[0n, mid], [mid, base]] : [[0n, base]];
+    const done = ranges.map(() => 0n), totals = ranges.map(() => 0n);
+    let results;
     try {
-      result = await runGuest({
-        op: "compare",
-        opCode: ops.COMPARE,
-        inputs,
-        args: [BigInt(chain1.length), strict ? 1n : 0n],
-        timeoutMs: 24 * 3600 * 1000,
-        onProgress: (done, total) => progress.bytes(done, total),
-      });
+      results = await Promise.all(ranges.map(([from, to], i) =>
+        runGuest({
+          op: "compare",
+          opCode: ops.COMPARE,
+          inputs,
+          args: [BigInt(chain1.length), strict ? 1n : 0n, from, to],
+          timeoutMs: 24 * 3600 * 1000,
+          ramBytes: 64 * 1024 * 1024,
+          onProgress: (d, t) => {
+            done[i] = d;
+            totals[i] = t;
+            progress.bytes(done.reduce((a, b) => a + b, 0n), totals.reduce((a, b) => a + b, 0n));
+          },
+        })
+      ));
     } catch (e) {
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`], false, 4);
     }
-    const recs = result.records.filter((r) => r.type === records.COMPARE);
-    if (recs.length !== 1) throw new CliError(["Sandbox failure: the comparison reported no outcome"], false, 4);
+    const outcomes = results.map((r) => r.records.filter((x) => x.type === records.COMPARE));
+    if (outcomes.some((o) => o.length !== 1)) {
+      throw new CliError(["Sandbox failure: the comparison reported no outcome"], false, 4);
+    }
+    const first = outcomes[0][0];
+    const recs = [first.fields.result === compareResults.IDENTICAL && outcomes.length > 1 ? outcomes[1][0] : first];
     const f = recs[0].fields;
     const outcome = f.result as number;
     const offset = f.offset as bigint;

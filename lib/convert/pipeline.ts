@@ -64,28 +64,64 @@ function doneRecord(recs: Rec[]) {
   return done[0].fields;
 }
 
-/** Raw output: the file is sized first, the guest writes the data. Returns the bytes written. */
+/**
+ * How many guests share the work: two (one per core) for anything big
+ * enough to pay for a second VM. Copying is bound by the kernel's page
+ * cache copies, which two cores do in parallel as qemu's I/O threads do.
+ * INSTAR_GUESTS=1|2 forces the choice (tests check both give the same bytes).
+ */
+function guestCount(size: bigint, clusters: bigint): number {
+  const forced = Deno.env.get("INSTAR_GUESTS");
+  if (clusters < 2n) return 1;
+  if (forced === "1" || forced === "2") return Number(forced);
+  return size >= SPLIT_MIN ? 2 : 1;
+}
+
+/** Splits [0, size) at a multiple of `align` near the middle. */
+function middle(size: bigint, align: bigint): bigint {
+  const mid = (size / 2n / align) * align;
+  return mid > 0n ? mid : size;
+}
+
+/** Sums the progress of parallel guests into one callback. */
+function progressOf(job: ConvertJob, n: number) {
+  const done = new Array(n).fill(0n), totals = new Array(n).fill(0n);
+  return (i: number) => (d: bigint, t: bigint) => {
+    done[i] = d;
+    totals[i] = t;
+    job.onProgress?.(done.reduce((a, b) => a + b, 0n), totals.reduce((a, b) => a + b, 0n));
+  };
+}
+
+/** Raw output: the file is sized first, the guests write the data in place. Returns the bytes written. */
 export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bigint> {
   await Deno.truncate(outPath, Number(job.size));
-  const result = await runGuest({
-    op: "convert",
-    opCode: ops.CONVERT,
-    inputs: inputs(job),
-    args: [0n, 0n, job.minSparse, 0n, 0n, 0n, job.size],
-    ramBytes: RAM,
-    timeoutMs: TIMEOUT_MS,
-    output: { path: outPath, cap: job.size },
-    onProgress: job.onProgress,
-  });
-  debugRun("convert raw", result);
-  failOnError(result.records);
-  return doneRecord(result.records).bytes_written as bigint;
+  const n = guestCount(job.size, job.size / (1n << 20n));
+  const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
+  const report = progressOf(job, n);
+  const ranges = n === 2 ? [[0n, mid], [mid, job.size]] : [[0n, job.size]];
+  const results = await Promise.all(ranges.map(([from, to], i) =>
+    runGuest({
+      op: "convert",
+      opCode: ops.CONVERT,
+      inputs: inputs(job),
+      args: [0n, 0n, job.minSparse, 0n, 0n, from, to],
+      ramBytes: RAM,
+      timeoutMs: TIMEOUT_MS,
+      output: { path: outPath, cap: job.size },
+      onProgress: report(i),
+    })
+  ));
+  results.forEach((r, i) => debugRun(`convert raw part ${i}`, r));
+  for (const r of results) failOnError(r.records);
+  return results.reduce((t, r) => t + (doneRecord(r.records).bytes_written as bigint), 0n);
 }
 
 interface Part {
   runs: DataRun[];
   compressed: CompressedCluster[];
   dataEnd: bigint;
+  written: bigint;
 }
 
 /** Reads DATA_RUN / COMPRESSED_RUN records into planner inputs (the planner validates them). */
@@ -111,7 +147,8 @@ function collect(recs: Rec[], shift: bigint): Part {
       }
     }
   }
-  return { runs, compressed, dataEnd: (doneRecord(recs).data_end as bigint) + shift };
+  const done = doneRecord(recs);
+  return { runs, compressed, dataEnd: (done.data_end as bigint) + shift, written: done.bytes_written as bigint };
 }
 
 export interface Qcow2Target {
@@ -147,59 +184,66 @@ export async function convertToQcow2(
     }
   }
   const clusters = (job.size + cs - 1n) / cs;
-  // Each guest writes at most one cluster per guest cluster, plus alignment.
-  const capFor = (start: bigint, count: bigint) => start + (count + 1n) * cs;
-
-  // Compression is CPU-bound: two guests, one per core, each compressing half
-  // of the clusters into its own file; the second half is then appended.
-  // INSTAR_COMPRESS_GUESTS=1|2 forces the choice (tests check both give the same content).
-  const forced = Deno.env.get("INSTAR_COMPRESS_GUESTS");
-  const split = target.compress && clusters >= 2n &&
-    (forced === "2" || (forced !== "1" && job.size >= SPLIT_MIN));
-  const mid = split ? clusters / 2n : clusters;
-  const progress = [0n, 0n];
-  const totals = [0n, 0n];
-  const report = (i: number) => (done: bigint, total: bigint) => {
-    progress[i] = done;
-    totals[i] = total;
-    job.onProgress?.(progress[0] + progress[1], totals[0] + totals[1]);
-  };
-  const run = (from: bigint, to: bigint, start: bigint, path: string, i: number) =>
+  const n = guestCount(job.size, clusters);
+  const mid = n === 2 ? middle(job.size, cs) : job.size;
+  const report = progressOf(job, n);
+  const guest = (extra: bigint, from: bigint, to: bigint, start: bigint, cap: bigint, path: string, i: number) =>
     runGuest({
       op,
       opCode: ops.CONVERT,
       inputs: inputs(job),
-      args: [0n, flags, job.minSparse, start, cbits, from, to],
+      args: [0n, flags | extra, job.minSparse, start, cbits, from, to],
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,
-      output: { path, cap: capFor(start, (to - from + cs - 1n) / cs) },
-      onProgress: report(i),
+      output: { path, cap },
+      onProgress: i >= 0 ? report(i) : undefined,
     });
-  const midByte = mid * cs < job.size ? mid * cs : job.size;
-  const results = await Promise.all([
-    run(0n, midByte, dataStart, outPath, 0),
-    ...(split ? [run(midByte, job.size, 0n, sidePath, 1)] : []),
-  ]);
-  results.forEach((r, i) => debugRun(`convert qcow2 part ${i}`, r));
-  for (const r of results) failOnError(r.records);
-  const first = collect(results[0].records, 0n);
-  const parts = [first];
-  let dataEnd = first.dataEnd;
-  if (split) {
-    const side = collect(results[1].records, 0n);
+  const clustersIn = (from: bigint, to: bigint) => (to - from + cs - 1n) / cs;
+  let parts: Part[];
+  if (n === 1) {
+    const r = await guest(0n, 0n, job.size, dataStart, dataStart + (clusters + 1n) * cs, outPath, 0);
+    debugRun("convert qcow2", r);
+    failOnError(r.records);
+    parts = [collect(r.records, 0n)];
+  } else if (target.compress) {
+    // Compressed sizes are unknown up front: each guest compresses its half
+    // into its own file, and the second half is appended behind the first.
+    const rs = await Promise.all([
+      guest(0n, 0n, mid, dataStart, dataStart + (clustersIn(0n, mid) + 1n) * cs, outPath, 0),
+      guest(0n, mid, job.size, 0n, (clustersIn(mid, job.size) + 1n) * cs, sidePath, 1),
+    ]);
+    rs.forEach((r, i) => debugRun(`convert qcow2 -c part ${i}`, r));
+    for (const r of rs) failOnError(r.records);
+    const first = collect(rs[0].records, 0n);
+    const sideEnd = doneRecord(rs[1].records).data_end as bigint;
     const shift = alignUp(first.dataEnd, cs);
-    if (side.dataEnd > 0n) await copyRange(sidePath, 0n, outPath, shift, side.dataEnd);
-    parts.push(collect(results[1].records, shift));
-    dataEnd = side.dataEnd > 0n ? shift + side.dataEnd : first.dataEnd;
+    if (sideEnd > 0n) await copyRange(sidePath, 0n, outPath, shift, sideEnd);
+    parts = [first, collect(rs[1].records, shift)];
+    if (sideEnd === 0n) parts[1].dataEnd = first.dataEnd;
+  } else {
+    // Plain clusters: count the first half's data clusters (status only,
+    // no data read), so the second guest writes right behind the first
+    // half's worst case, into the same file. Each guest's output cap is
+    // its own window, so neither can write into the other's.
+    const c = await guest(BigInt(convertFlags.COUNT), 0n, mid, dataStart, dataStart, outPath, -1);
+    failOnError(c.records);
+    const countA = doneRecord(c.records).clusters as bigint;
+    if (countA > clustersIn(0n, mid)) throw new Error("the guest counted more clusters than its range has");
+    const startB = dataStart + countA * cs;
+    const rs = await Promise.all([
+      guest(0n, 0n, mid, dataStart, startB, outPath, 0),
+      guest(0n, mid, job.size, startB, startB + clustersIn(mid, job.size) * cs, outPath, 1),
+    ]);
+    rs.forEach((r, i) => debugRun(`convert qcow2 part ${i}`, r));
+    for (const r of rs) failOnError(r.records);
+    parts = [collect(rs[0].records, 0n), collect(rs[1].records, 0n)];
   }
-  const plan = qcow2OutputFinish(
-    o,
-    job.size,
-    dataEnd,
-    parts.flatMap((p) => p.runs),
-    parts.flatMap((p) => p.compressed),
-  );
+  const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
+  const t0 = performance.now();
+  const plan = qcow2OutputFinish(o, job.size, dataEnd, parts.flatMap((p) => p.runs), parts.flatMap((p) => p.compressed));
   if (!plan.ok) throw new PlanRefused(plan.error.message);
+  const t1 = performance.now();
   await applyPlan(outPath, plan.value);
-  return results.reduce((n, r) => n + (doneRecord(r.records).bytes_written as bigint), 0n);
+  if (DEBUG) console.error(`instar: qcow2 metadata planned in ${(t1 - t0).toFixed(1)} ms, written in ${(performance.now() - t1).toFixed(1)} ms`);
+  return parts.reduce((t, p) => t + p.written, 0n);
 }
