@@ -210,6 +210,8 @@ Deno.test({ name: "convert: qcow2 variants to raw and qcow2, compared with qemu-
         ["convert", "e.qcow2"],
         ["convert", "missing.qcow2", "x"],
         ["convert", "-c", "-C", "e.qcow2", "x"],
+        ["convert", "-O", "qcow2", "e.qcow2", "nodir/x"],
+        ["convert", "e.qcow2", "."],
       ];
       for (const args of cases) {
         const [q, i] = [await qemuImg(args, dir), await instar(args, dir)];

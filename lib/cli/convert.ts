@@ -10,7 +10,7 @@ import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import { HelpRequested, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
+import { chainOpenMessage, errnoText, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
@@ -276,8 +276,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         "(instar convert never opens files an image names outside its backing chain)",
       ]);
     }
-    // blk_nb_sectors: whole sectors, rounded up.
-    const size = (chain[0].virtualSize + 511n) / 512n * 512n;
+    // bdrv_getlength: qcow2 keeps whole sectors of its size (rounded down,
+    // total_sectors = size / 512), a raw file is rounded up to a sector.
+    const v = chain[0].virtualSize;
+    const size = chain[0].format === "qcow2" ? v / 512n * 512n : (v + 511n) / 512n * 512n;
 
     if (!["raw", "qcow2"].includes(a.outFmt)) {
       if (OTHER_FORMATS.includes(a.outFmt)) {
@@ -297,7 +299,17 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
 
-    const out = await temps.create(outFilename!, "out");
+    // bdrv_create's failure, as qemu words it for the target.
+    const cannotCreate = (why: string) =>
+      new CliError([`${outFilename}: error while converting ${a.outFmt}: Could not create '${outFilename}': ${why}`]);
+    const existing = await Deno.stat(outFilename!).catch(() => undefined);
+    if (existing?.isDirectory) throw cannotCreate("Is a directory");
+    let out: string;
+    try {
+      out = await temps.create(outFilename!, "out");
+    } catch (e) {
+      throw cannotCreate(errnoText(e));
+    }
     const job = {
       layers: chain.map((img, i) => ({ path: img.openPath, formatCode: img.formatCode, nofollow: i !== 0 })),
       size,
@@ -328,7 +340,11 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       const st = await Deno.stat(outFilename!);
       if (st.mode !== null && st.isFile) await Deno.chmod(out, st.mode & 0o7777);
     } catch { /* no target yet */ }
-    await Deno.rename(out, outFilename!);
+    try {
+      await Deno.rename(out, outFilename!);
+    } catch (e) {
+      throw cannotCreate(errnoText(e));
+    }
     temps.paths = temps.paths.filter((p) => p !== out);
     // qemu prints 100% when the last data is copied (only if there was
     // any) and once more when it finishes.
