@@ -25,6 +25,7 @@
  */
 #include "../qcow2/read.h"
 #include "records.h"
+#include "zero.h"
 /* Each guest binary must stay under 384 KiB, and Debian's static libzstd
  * brings its whole compressor (~400 KiB) with ZSTD_compressStream2. So the
  * compressors live in their own programs built from this file:
@@ -43,24 +44,6 @@ static struct qread_chain chain;
 static struct io_seg wsegs[LIMIT_IO_SEGS_MAX];
 static uint32_t n_wsegs;
 static uint64_t wbytes, total_written;
-
-/* Zero test on 64-bit words, four at a time; the byte loop only sees a tail
- * shorter than 32 bytes. */
-static bool all_zero(const uint8_t *buf, uint64_t len)
-{
-    uint64_t i = 0;
-    for (; i + 32 <= len; i += 32) {
-        uint64_t a, b, c, d;
-        __builtin_memcpy(&a, buf + i, 8);
-        __builtin_memcpy(&b, buf + i + 8, 8);
-        __builtin_memcpy(&c, buf + i + 16, 8);
-        __builtin_memcpy(&d, buf + i + 24, 8);
-        if (a | b | c | d) return false;
-    }
-    for (; i < len; i++)
-        if (buf[i]) return false;
-    return true;
-}
 
 static int flush_writes(void)
 {
@@ -102,7 +85,7 @@ static int raw_emit(uint64_t off, const uint8_t *buf, uint64_t n, uint64_t min_s
         /* Blocks aligned to min_sparse in guest offsets, as qemu aligns. */
         uint64_t k = min_sparse - ((off + b) % min_sparse);
         if (k > n - b) k = n - b;
-        if (all_zero(buf + b, k)) {
+        if (buf_is_zero(buf + b, k)) {
             b += k;
             continue;
         }
@@ -325,7 +308,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
         for (uint64_t c = 0; c < padded; c += csize) {
             uint64_t gc = (off + c) >> cbits;
             const uint8_t *cl = buf + c;
-            bool zero = (!any || all_zero(cl, csize));
+            bool zero = (!any || buf_is_zero(cl, csize));
             if (zero && min_sparse) continue;
             if (compress && !zero) {
                 /* qemu's bound: cluster_size - 1 bytes, else store it plain. */

@@ -8,6 +8,7 @@
  */
 #include "../qcow2/read.h"
 #include "records.h"
+#include "zero.h"
 
 #define CHUNK (2ull << 20)
 /* Zero runs shorter than this are written out, as qemu-img convert's
@@ -15,24 +16,6 @@
 #define SPARSE_BLOCK 4096ull
 
 static struct qread_chain chain;
-
-/* Zero test on 64-bit words, four at a time, with a byte loop only for a
- * tail shorter than 32 bytes (the virtual size's last sector). */
-static bool all_zero(const uint8_t *buf, uint64_t len)
-{
-    uint64_t i = 0;
-    for (; i + 32 <= len; i += 32) {
-        uint64_t a, b, c, d;
-        __builtin_memcpy(&a, buf + i, 8);
-        __builtin_memcpy(&b, buf + i + 8, 8);
-        __builtin_memcpy(&c, buf + i + 16, 8);
-        __builtin_memcpy(&d, buf + i + 24, 8);
-        if (a | b | c | d) return false;
-    }
-    for (; i < len; i++)
-        if (buf[i]) return false;
-    return true;
-}
 
 int op_main(void)
 {
@@ -54,7 +37,7 @@ int op_main(void)
             uint64_t b = 0;
             while (b < n) {
                 uint64_t k = n - b < SPARSE_BLOCK ? n - b : SPARSE_BLOCK;
-                if (all_zero(buf + b, k)) {
+                if (buf_is_zero(buf + b, k)) {
                     b += k;
                     continue;
                 }
@@ -62,7 +45,7 @@ int op_main(void)
                 do {
                     b += k;
                     k = n - b < SPARSE_BLOCK ? n - b : SPARSE_BLOCK;
-                } while (b < n && !all_zero(buf + b, k));
+                } while (b < n && !buf_is_zero(buf + b, k));
                 uint64_t w = b - start;
                 if (hc_write(off + start, w, buf + start) != (int64_t)w) return rt_error(0, GERR_IO, off, n, 2);
                 if (b == n) wrote_end = true;
