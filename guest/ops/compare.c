@@ -73,6 +73,36 @@ int op_main(void)
     if (from > to || to > base) return rt_error(0, GERR_BAD_PARAMS, 8, from, to);
 
     for (uint64_t off = from; off < to;) {
+        /* Where both sides read as zeroes (and -s sees the same status),
+         * skip to the nearer run end at once: work follows the data. */
+        {
+            int bits[2];
+            uint64_t end[2];
+            for (int s = 0; s < 2; s++) {
+                if (off >= size[s]) {
+                    bits[s] = -2;
+                    end[s] = to;
+                    continue;
+                }
+                if (off < run[s].start || off >= run[s].end) {
+                    uint64_t len = 0;
+                    int st = qread_status(&chains[s], off, size[s] - off, &len);
+                    if (st < 0) return finish(CMP_STATUS_FAILED, (uint32_t)s, off, differs);
+                    run[s] = (struct run){.start = off, .end = off + len, .bits = st};
+                }
+                bits[s] = run[s].bits;
+                end[s] = run[s].end;
+            }
+            bool zero = (bits[0] == -2 || !(bits[0] & QRS_DATA)) && (bits[1] == -2 || !(bits[1] & QRS_DATA));
+            bool same = !strict || bits[0] == bits[1] || bits[0] == -2 || bits[1] == -2;
+            uint64_t stop = end[0] < end[1] ? end[0] : end[1];
+            if (stop > to) stop = to;
+            if (zero && same && stop - off >= CHUNK) {
+                off = stop;
+                hc_progress(off - from, to - from);
+                continue;
+            }
+        }
         uint64_t n = to - off < CHUNK ? to - off : CHUNK;
         bool data = false;
         uint64_t status_mismatch = UINT64_MAX;

@@ -98,6 +98,18 @@ static int raw_emit(uint64_t off, const uint8_t *buf, uint64_t n, uint64_t min_s
 static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_t *buf, uint8_t *zeroes)
 {
     for (uint64_t off = start; off < end;) {
+        /* A run that reads as zeroes is skipped whole: work follows the
+         * data, not the virtual size (a 1 PiB disk is mostly one run). */
+        if (min_sparse) {
+            uint64_t k = 0;
+            int st = qread_status(&chain, off, end - off, &k);
+            if (st < 0) return -1;
+            if (!(st & QRS_DATA) && k >= CHUNK) {
+                off += k;
+                hc_progress(off - start, end - start);
+                continue;
+            }
+        }
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         /* Read every stored run of this chunk (one READV), then write. */
         uint64_t runs[2 * 256];
@@ -284,6 +296,18 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     uint8_t *cout = zbuf;
     uint64_t zused = 0;
     for (uint64_t off = start; off < end;) {
+        /* Whole clusters inside a run that reads as zeroes are skipped
+         * without a chunk loop (off stays cluster-aligned). */
+        if (min_sparse) {
+            uint64_t k = 0;
+            int st = qread_status(&chain, off, end - off, &k);
+            if (st < 0) return -1;
+            if (!(st & QRS_DATA) && k >= chunk) {
+                off += k & ~(csize - 1);
+                hc_progress(off - start, end - start);
+                continue;
+            }
+        }
         uint64_t n = end - off < chunk ? end - off : chunk;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);
         /* Which clusters hold data: status runs, read in one batch. */
