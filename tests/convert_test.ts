@@ -161,6 +161,21 @@ Deno.test({ name: "convert: qcow2 variants to raw and qcow2, compared with qemu-
       }
     });
 
+    await t.step("-c with 1-, 2- and 4-bit refcounts: no host cluster shared past its refcount", async () => {
+      // Smallest reproducer: streams of ~22 bytes would pack 187 into one
+      // 4 KiB host cluster, more than a narrow refcount can count.
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "pat.qcow2", "8M");
+      await qemuIo(dir, "pat.qcow2", "qcow2", "write -P 0x61 0 4M");
+      const want = await flatSha(dir, "pat.qcow2");
+      for (const bits of [1, 2, 4]) {
+        const out = `narrow${bits}.qcow2`;
+        const r = await instar(["convert", "-c", "-O", "qcow2", "-o", `refcount_bits=${bits},cluster_size=4k`, "pat.qcow2", out], dir);
+        assertEquals(r, { stdout: "", stderr: "", code: 0 });
+        await checkClean(dir, out);
+        assertEquals(await flatSha(dir, out), want);
+      }
+    });
+
     await t.step("one guest or two: identical content", async () => {
       const run = async (guests: string, args: string[]) => {
         const r = await new Deno.Command(Deno.execPath(), {

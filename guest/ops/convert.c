@@ -8,6 +8,9 @@
  *   arg[2] min_sparse in bytes (-S; 0 = write everything, fully allocated)
  *   arg[3] qcow2: the output offset where this guest's data starts
  *   arg[4] qcow2: cluster_bits of the output
+ *   arg[7] qcow2 -c: the largest refcount the output's refcount width holds
+ *          (0 = no limit); compressed streams sharing a host cluster each
+ *          count one, so a full cluster is left for a fresh one
  *   arg[5], arg[6] the guest byte range (cluster-aligned start; end 0 = the
  *          whole disk), so two guests can each take half (two cores)
  *
@@ -205,10 +208,28 @@ static int store_cluster(uint64_t gc, const uint8_t *buf, uint64_t csize)
     return 0;
 }
 
-/* A compressed stream stored right after the previous data. */
-static int store_compressed(uint64_t gc, const uint8_t *buf, uint64_t len)
+/* The host cluster the last compressed stream ended in, and how many
+ * streams touch it: its refcount in the finished image. */
+static uint64_t share_cluster = UINT64_MAX, share_refs, max_refs;
+
+/* A compressed stream stored right after the previous data, unless the host
+ * cluster there already carries as many streams as its refcount can count
+ * (1-, 2- and 4-bit refcounts): then from the next cluster, as qemu's
+ * allocator moves on when a refcount would overflow. */
+static int store_compressed(uint64_t gc, const uint8_t *buf, uint64_t len, uint32_t cbits)
 {
     if (emit_run()) return -1;
+    uint64_t csize = 1ull << cbits;
+    if (max_refs && (data_end >> cbits) == share_cluster && share_refs >= max_refs && (data_end & (csize - 1)))
+        data_end = (data_end + csize - 1) & ~(csize - 1);
+    uint64_t first = data_end >> cbits, last = (data_end + len - 1) >> cbits;
+    if (first == share_cluster) {
+        share_refs++;
+    } else {
+        share_refs = 1;
+    }
+    if (last != first) share_refs = 1; /* the stream's last cluster is a new one */
+    share_cluster = last;
     if (queue_write(data_end, buf, len)) return -1;
     bool follows = crun.n && crun.n < LIMIT_COMPRESSED_RUN_MAX && crun.guest_cluster + crun.n == gc;
     if (follows) {
@@ -339,7 +360,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
                 int64_t len = compress_cluster(zstd, cout + zused, csize - 1, cl, csize);
                 if (len < 0) return -1;
                 if (len > 0) {
-                    if (store_compressed(gc, cout + zused, (uint64_t)len)) return -1;
+                    if (store_compressed(gc, cout + zused, (uint64_t)len, cbits)) return -1;
                     zused += (uint64_t)len;
                     continue;
                 }
@@ -413,6 +434,7 @@ int op_main(void)
         uint64_t csize = 1ull << cbits;
         if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
+        max_refs = p->arg[7];
         if (flags & CONV_COUNT) {
             if (count_clusters(start, end, (uint32_t)cbits, min_sparse, &n_clusters)) return -1;
         } else if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) {

@@ -184,6 +184,9 @@ export async function convertToQcow2(
     }
   }
   const clusters = (job.size + cs - 1n) / cs;
+  // Compressed streams sharing a host cluster each hold a reference; narrow
+  // refcounts cap how many may share one (64-bit: no practical cap).
+  const maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
   const n = guestCount(job.size, clusters);
   const mid = n === 2 ? middle(job.size, cs) : job.size;
   const report = progressOf(job, n);
@@ -192,7 +195,7 @@ export async function convertToQcow2(
       op,
       opCode: ops.CONVERT,
       inputs: inputs(job),
-      args: [0n, flags | extra, job.minSparse, start, cbits, from, to],
+      args: [0n, flags | extra, job.minSparse, start, cbits, from, to, maxRefs],
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,
       output: { path, cap },
