@@ -7,6 +7,8 @@ import { HelpRequested, infoCommand } from "./info.ts";
 import { checkCommand } from "./check.ts";
 import { mapCommand } from "./map.ts";
 import { compareCommand } from "./compare.ts";
+import { createCommand } from "./create.ts";
+import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { helpText, versionText } from "./help.ts";
 
@@ -14,13 +16,15 @@ const COMMANDS: Record<string, typeof infoCommand> = {
   check: checkCommand,
   compare: compareCommand,
   convert: convertCommand,
+  create: createCommand,
   info: infoCommand,
   map: mapCommand,
+  measure: measureCommand,
 };
 
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
-  "amend", "bench", "bitmap", "commit", "create", "dd", "measure", "rebase", "resize",
+  "amend", "bench", "bitmap", "commit", "dd", "rebase", "resize",
   "snapshot",
 ];
 

@@ -284,6 +284,21 @@ Deno.test({
           assertEquals(info(path), info(ref));
         });
       }
+      await t.step("backing file and format in the header (convert -B)", async () => {
+        const o = { ...DEFAULTS, backingFile: new TextEncoder().encode("base.raw"), backingFormat: "raw" };
+        const pro = qcow2OutputPrologue(o, 1048576n);
+        assert(pro.ok);
+        const path = `${dir}/backed.qcow2`;
+        await Deno.writeFile(path, new Uint8Array(0));
+        // check opens the backing file, so it must exist.
+        assertEquals(run("qemu-img", ["create", "-q", "-f", "raw", `${dir}/base.raw`, "1M"]).code, 0);
+        const plan = qcow2OutputFinish(o, 1048576n, pro.value.dataStart, [], []);
+        assert(plan.ok);
+        await applyPlan(path, plan.value);
+        const info = JSON.parse(run("qemu-img", ["info", "--output=json", path]).stdout);
+        assertEquals([info["backing-filename"], info["backing-filename-format"]], ["base.raw", "raw"]);
+        checkClean(path);
+      });
       await t.step("sparse 1 PiB image with clusters far apart", async () => {
         const cs = 65536n;
         const far = [0n, 1n, 8191n, 8192n, (1n << 50n) / cs - 1n, 123456789n];

@@ -1,0 +1,348 @@
+// instar create [-f fmt] [-o k=v,...] [-b BACKING [-F FMT]] [-u] [-q] FILE [SIZE]
+// qemu-img's img_create and bdrv_img_create: option handling, the backing
+// file check (through the sandbox: the backing image is opened by the info
+// guest, never parsed here), the "Formatting ..." line, then the format's
+// create step. The bytes come from the pure planners in lib/formats/.
+import { getopt } from "./getopt.ts";
+import { CliError, usageError } from "./messages.ts";
+import {
+  HelpRequested,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+} from "./common.ts";
+import { cvtnum } from "./options.ts";
+import { errnoText, openChain, OpenError, openImage } from "./image.ts";
+import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
+import {
+  accumulateOptions,
+  appendDescs,
+  FILE_CREATE_OPTS,
+  hasHelpOption,
+  type OptDesc,
+  optGet,
+  optionHelp,
+  optSet,
+  optSetNumber,
+  type ParsedOpts,
+  parseOptions,
+  printOptions,
+} from "../formats/options.ts";
+import { QCOW2_CREATE_OPTS, QCOW2_OWN, qcow2CreateOptions } from "../formats/qcow2/options.ts";
+import { qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";
+import { rawCreatePlan } from "../formats/raw/create_plan.ts";
+import { applyPlan } from "../formats/apply_plan.ts";
+import { MAX_PATCHES } from "../formats/plan.ts";
+
+export const RAW_CREATE_OPTS: OptDesc[] = appendDescs(
+  [{ name: "size", type: "size", help: "Virtual disk size" }],
+  FILE_CREATE_OPTS,
+);
+
+/** Formats qemu-img knows that instar does not create (yet). */
+const OTHER_FORMATS = [
+  "bochs",
+  "cloop",
+  "dmg",
+  "luks",
+  "parallels",
+  "qcow",
+  "qed",
+  "vdi",
+  "vhdx",
+  "vmdk",
+  "vpc",
+  "vvfat",
+];
+
+const U64_MAX = (1n << 64n) - 1n;
+
+/** An error bdrv_img_create reports: "FILE: message" (plus unprefixed hint text). */
+function fileError(filename: string, message: string, hint = ""): CliError {
+  // Planner messages may carry qemu's hint lines after the first line.
+  const nl = message.indexOf("\n");
+  if (nl >= 0) {
+    hint = message.slice(nl + 1) + "\n" + hint;
+    message = message.slice(0, nl);
+  }
+  const e = new CliError([`${filename}: ${message}`]);
+  (e as CliError & { hint?: string }).hint = hint;
+  return e;
+}
+
+/** Creates (or empties) the file as file-posix's create does. */
+async function createFile(filename: string): Promise<void> {
+  try {
+    const f = await Deno.open(filename, { write: true, create: true, truncate: true });
+    f.close();
+  } catch (e) {
+    throw fileError(filename, `Could not create '${filename}': ${errnoText(e)}`);
+  }
+}
+
+/** Grows the file to `size` (ftruncate), with qemu's wording for failures. */
+async function resizeFile(filename: string, size: bigint, fmt: string, hint: string): Promise<void> {
+  try {
+    await Deno.truncate(filename, Number(size));
+  } catch (e) {
+    const text = errnoText(e);
+    if (/File too large/.test(text)) {
+      throw fileError(filename, `The image size is too large for file format '${fmt}'${hint}`);
+    }
+    throw fileError(filename, `Could not resize file: ${text}`);
+  }
+}
+
+/** Writes real zeroes over [0, size): preallocation=full (and falloc, see raw/create_plan.ts). */
+async function allocate(filename: string, offset: bigint, length: bigint): Promise<void> {
+  const f = await Deno.open(filename, { write: true });
+  try {
+    const chunk = new Uint8Array(1 << 20);
+    const end = offset + length;
+    await f.seek(offset, Deno.SeekMode.Start);
+    for (let at = offset; at < end;) {
+      const n = end - at < BigInt(chunk.length) ? Number(end - at) : chunk.length;
+      let done = 0;
+      while (done < n) done += await f.write(chunk.subarray(done, n));
+      at += BigInt(n);
+    }
+  } finally {
+    f.close();
+  }
+}
+
+export async function createCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  let fmt = "raw";
+  let baseFmt: string | undefined;
+  let baseFilename: string | undefined;
+  let options: string | undefined;
+  let quiet = false;
+  let noBacking = false;
+  const o = newInstarOptions(base);
+  const operands = getopt(argv, ":F:b:f:ho:qu", [
+    { name: "help", hasArg: false, id: "h" },
+    { name: "object", hasArg: true, id: "object" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "F":
+        baseFmt = value;
+        break;
+      case "b":
+        baseFilename = value;
+        break;
+      case "f":
+        fmt = value!;
+        break;
+      case "o": {
+        const next = accumulateOptions(options, value!);
+        if (next === undefined) throw new CliError([`Invalid option list: ${value}`]);
+        options = next;
+        break;
+      }
+      case "q":
+        quiet = true;
+        break;
+      case "u":
+        noBacking = true;
+        break;
+      case "object":
+        throw new CliError(["--object is not supported by instar"]);
+    }
+  });
+  const args = operands;
+  if (options !== undefined && hasHelpOption(options)) return blockOptionHelp(io, operands[0], fmt);
+  if (args.length < 1) throw usageError("Expecting image file name");
+  const filename = args[0];
+  let imgSize = U64_MAX;
+  if (args.length > 1) imgSize = cvtnum("image size", args[1]);
+  if (args.length > 2) throw usageError(`Unexpected argument: ${args[2]}`);
+
+  try {
+    return await imgCreate(io, {
+      filename,
+      fmt,
+      baseFilename,
+      baseFmt,
+      options,
+      imgSize,
+      noBacking,
+      quiet,
+      backingDirs: o.backingDirs,
+      unsafeQuirks: o.unsafeQuirks,
+    });
+  } catch (e) {
+    const hint = (e as { hint?: string }).hint;
+    if (e instanceof CliError && hint) {
+      // error_reportf_err prints the hint after the message, unprefixed.
+      io.err(e.lines.map((l) => `instar: ${l}\n`).join("") + hint);
+      return 1;
+    }
+    throw e;
+  }
+}
+
+/** qemu-img's print_block_option_help. */
+function blockOptionHelp(io: Io, filename: string | undefined, fmt: string): number {
+  let own: OptDesc[];
+  if (fmt === "qcow2") own = QCOW2_OWN;
+  else if (fmt === "raw") own = [RAW_CREATE_OPTS[0]];
+  else if (OTHER_FORMATS.includes(fmt)) {
+    throw new CliError([`Creating '${fmt}' images is not supported by instar yet`]);
+  } else throw new CliError([`Unknown file format '${fmt}'`]);
+  if (filename !== undefined) {
+    io.out("Supported options:\n" + optionHelp(appendDescs(own, FILE_CREATE_OPTS)));
+  } else {
+    io.out(
+      `Supported ${fmt} options:\n` + optionHelp(own) +
+        "\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n",
+    );
+  }
+  return 0;
+}
+
+interface CreateRequest {
+  filename: string;
+  fmt: string;
+  baseFilename?: string;
+  baseFmt?: string;
+  options?: string;
+  imgSize: bigint;
+  noBacking: boolean;
+  quiet: boolean;
+  backingDirs: string[];
+  unsafeQuirks: boolean;
+}
+
+/** bdrv_img_create. */
+async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
+  const { filename, fmt } = r;
+  let descs: OptDesc[];
+  if (fmt === "qcow2") descs = QCOW2_CREATE_OPTS;
+  else if (fmt === "raw") descs = RAW_CREATE_OPTS;
+  else if (OTHER_FORMATS.includes(fmt)) {
+    throw fileError(filename, `Creating '${fmt}' images is not supported by instar yet`);
+  } else throw fileError(filename, `Unknown file format '${fmt}'`);
+
+  const parsed = parseOptions(r.options ?? "", descs);
+  if (!parsed.ok) throw fileError(filename, parsed.error.message);
+  const opts = parsed.value;
+  if (!optGet(opts, "size")) optSetNumber(opts, "size", r.imgSize);
+  else if (r.imgSize !== U64_MAX) throw fileError(filename, "The image size must be specified only once");
+  if (r.baseFilename !== undefined) {
+    if (!descs.some((d) => d.name === "backing_file")) {
+      throw fileError(filename, `Backing file not supported for file format '${fmt}'`);
+    }
+    optSet(opts, "backing_file", r.baseFilename);
+  }
+  if (r.baseFmt !== undefined) {
+    if (!descs.some((d) => d.name === "backing_fmt")) {
+      throw fileError(filename, `Backing file format not supported for file format '${fmt}'`);
+    }
+    optSet(opts, "backing_fmt", r.baseFmt);
+  }
+  const backingFile = optGet(opts, "backing_file")?.str;
+  if (backingFile !== undefined) {
+    if (backingFile === filename) {
+      throw fileError(
+        filename,
+        "Error: Trying to create an image with the same filename as the backing file",
+      );
+    }
+    if (backingFile === "") throw fileError(filename, "Expected backing file name, got empty string");
+  }
+  const backingFmt = optGet(opts, "backing_fmt")?.str;
+  let size = BigInt.asIntN(64, optGet(opts, "size")!.num!);
+  if (backingFile !== undefined && !r.noBacking) {
+    const full = fullBackingFilename(filename, backingFile);
+    if (full === null) {
+      throw fileError(filename, `Cannot use relative backing file names for '${filename}'`);
+    }
+    let img;
+    try {
+      // Only the size and format are needed; the guest reads the header.
+      // qemu also opens the backing image's own chain (without I/O), so a
+      // broken chain fails here too; instar walks it under its chain policy.
+      img = await openImage(full, { format: backingFmt, unsafeQuirks: true });
+      await openChain(img, await makePolicy(full, r.backingDirs), r.unsafeQuirks);
+    } catch (e) {
+      if (e instanceof OpenError) {
+        const inner = "Could not open backing file: ".repeat(e.depth) + e.inner;
+        throw fileError(filename, inner, "Could not open backing image.\n");
+      }
+      if (e instanceof PolicyError) throw fileError(filename, e.message, "Could not open backing image.\n");
+      throw e;
+    }
+    if (backingFmt === undefined) {
+      throw fileError(
+        filename,
+        "Backing file specified without backing format",
+        `Detected format of ${img.format}.`,
+      );
+    }
+    if (size === -1n) {
+      size = img.virtualSize;
+      optSetNumber(opts, "size", size);
+    }
+  } else if (backingFile !== undefined && backingFmt === undefined) {
+    throw fileError(filename, "Backing file specified without backing format");
+  }
+  if (size === -1n) throw fileError(filename, "Image creation needs a size parameter");
+
+  if (!r.quiet) io.out(`Formatting '${filename}', fmt=${fmt} ${printOptions(opts)}\n`);
+  if (fmt === "raw") await createRaw(filename, opts);
+  else await createQcow2(filename, opts);
+  return 0;
+}
+
+async function createRaw(filename: string, opts: ParsedOpts): Promise<void> {
+  const size = optGet(opts, "size")!.num!;
+  const prealloc = optGet(opts, "preallocation")?.str ?? "off";
+  const known = ["off", "metadata", "falloc", "full"].includes(prealloc);
+  // An unknown mode fails before the file is touched; metadata after.
+  if (known) await createFile(filename);
+  const plan = rawCreatePlan(BigInt.asIntN(64, size), prealloc);
+  if (!plan.ok) throw fileError(filename, plan.error.message);
+  if (plan.value.allocate) await allocate(filename, 0n, plan.value.fileSize);
+  await resizeFile(filename, plan.value.fileSize, "raw", "");
+}
+
+async function createQcow2(filename: string, opts: ParsedOpts): Promise<void> {
+  // qcow2_co_create_opts creates the protocol-level file (empty) before
+  // checking its own options, and deletes it again when creation fails.
+  await createFile(filename);
+  try {
+    const typed = qcow2CreateOptions(opts);
+    if (!typed.ok) throw fileError(filename, typed.error.message);
+    const plan = qcow2CreatePlan(typed.value);
+    if (!plan.ok) throw fileError(filename, plan.error.message);
+    try {
+      // Preallocated metadata can scatter L2 tables between data clusters:
+      // more patches than one plan may hold, so apply them in plans of at
+      // most MAX_PATCHES (each checked on its own, all for the same size).
+      const { patches, fileSize } = plan.value;
+      for (let i = 0; i === 0 || i < patches.length; i += MAX_PATCHES) {
+        await applyPlan(filename, { patches: patches.slice(i, i + MAX_PATCHES), fileSize });
+      }
+      const range = plan.value.allocate;
+      if (range) await allocate(filename, range.offset, range.length);
+    } catch (e) {
+      const text = errnoText(e);
+      if (/File too large/.test(text)) {
+        throw fileError(
+          filename,
+          "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+        );
+      }
+      throw fileError(filename, `Could not write qcow2 image: ${text}`);
+    }
+  } catch (e) {
+    await Deno.remove(filename).catch(() => {});
+    throw e;
+  }
+}

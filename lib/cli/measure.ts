@@ -1,0 +1,277 @@
+// instar measure [-O raw|qcow2] [-o ...] [--output human|json] (--size SIZE | [-f fmt] INPUT)
+// qemu-img's img_measure. With --size the numbers are pure arithmetic
+// (lib/formats/*/measure.ts). With INPUT the image is opened through the
+// sandbox and the map guest reports its allocation (bdrv_block_status_above
+// semantics); those extents are folded into qcow2_measure's summary here.
+import { mapFlags, ops, records } from "../abi/spec.ts";
+import { getopt } from "./getopt.ts";
+import { CliError } from "./messages.ts";
+import {
+  HelpRequested,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+} from "./common.ts";
+import { cvtnum } from "./options.ts";
+import { chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { makePolicy } from "../chain/policy.ts";
+import { runGuest } from "./guest.ts";
+import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { accumulateOptions, optSetNumber, parseOptions } from "../formats/options.ts";
+import { QCOW2_CREATE_OPTS } from "../formats/qcow2/options.ts";
+import {
+  type AllocationExtent,
+  type MeasureInput,
+  type MeasureResult,
+  qcow2Measure,
+} from "../formats/qcow2/measure.ts";
+import { rawMeasure } from "../formats/raw/measure.ts";
+import { RAW_CREATE_OPTS } from "./create.ts";
+import { QDict, toJsonPretty } from "../output/qdict.ts";
+
+const OTHER_FORMATS = [
+  "bochs",
+  "cloop",
+  "dmg",
+  "luks",
+  "parallels",
+  "qcow",
+  "qed",
+  "vdi",
+  "vhdx",
+  "vmdk",
+  "vpc",
+  "vvfat",
+];
+const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID |
+  mapFlags.COMPRESSED;
+
+/** The input's allocation from the map guest, checked to tile [0, virtual size). */
+async function allocationOf(chain: OpenedImage[]): Promise<AllocationExtent[]> {
+  const size = chain[0].virtualSize;
+  if (size === 0n) return [];
+  let result;
+  try {
+    result = await runGuest({
+      op: "map",
+      opCode: ops.MAP,
+      inputs: chain.map((img) => ({
+        path: img.openPath,
+        format: img.formatCode,
+        nofollow: img !== chain[0],
+      })),
+      args: [0n, (1n << 64n) - 1n],
+    });
+  } catch (e) {
+    throw new CliError([
+      `Unable to get block status: sandbox failure: ${e instanceof Error ? e.message : String(e)}`,
+    ]);
+  }
+  const err = result.records.find((r) => r.type === records.ERROR);
+  if (err) {
+    const f = err.fields;
+    const msg = qcow2ErrorMessage({
+      code: f.code as number,
+      a0: f.a0 as bigint,
+      a1: f.a1 as bigint,
+      a2: f.a2 as bigint,
+    });
+    throw new CliError([`Unable to get block status: ${msg}`]);
+  }
+  const extents: AllocationExtent[] = [];
+  let at = 0n;
+  for (const r of result.records) {
+    if (r.type !== records.MAP_EXTENT) continue;
+    const start = r.fields.start as bigint;
+    const length = r.fields.length as bigint;
+    const flags = r.fields.flags as number;
+    const depth = r.fields.depth as number;
+    // Untrusted: the extents must tile the image in order.
+    if (
+      start !== at || length === 0n || start + length > size || depth >= chain.length ||
+      (flags & ~ALL_FLAGS) !== 0
+    ) {
+      throw new CliError(["Unable to get block status: sandbox failure: inconsistent map extents"]);
+    }
+    extents.push({
+      start,
+      length,
+      data: (flags & mapFlags.DATA) !== 0,
+      zero: (flags & mapFlags.ZERO) !== 0,
+      allocated: (flags & mapFlags.PRESENT) !== 0,
+    });
+    at += length;
+  }
+  if (at !== size) {
+    throw new CliError(["Unable to get block status: sandbox failure: map extents do not cover the image"]);
+  }
+  return extents;
+}
+
+/**
+ * Runs the option parser; its usage errors become glibc's own words under
+ * the subcommand's name, followed by qemu-img's help (HelpRequested).
+ */
+function glibcReported(io: Io, spec: string, parse: () => string[]): string[] {
+  try {
+    return parse();
+  } catch (e) {
+    if (!(e instanceof CliError) || !e.tryHelp) throw e;
+    const text = e.lines[0];
+    let m = /^unrecognized option '(.*)'$/.exec(text);
+    if (m) {
+      const a = m[1];
+      if (a.startsWith("--")) io.err(`measure: unrecognized option '${a}'\n`);
+      else {
+        const c = [...a.slice(1)].find((ch) => ch === ":" || !spec.includes(ch)) ?? a.slice(1, 2);
+        io.err(`measure: invalid option -- '${c}'\n`);
+      }
+      throw new HelpRequested();
+    }
+    m = /^missing argument for option '(.*)'$/.exec(text);
+    if (m) {
+      const a = m[1];
+      io.err(
+        a.startsWith("--")
+          ? `measure: option '${a}' requires an argument\n`
+          : `measure: option requires an argument -- '${a.slice(-1)}'\n`,
+      );
+      throw new HelpRequested();
+    }
+    throw e;
+  }
+}
+
+export function measureHuman(m: MeasureResult): string {
+  let out = `required size: ${m.required}\nfully allocated size: ${m.fullyAllocated}\n`;
+  if (m.bitmaps !== undefined) out += `bitmaps size: ${m.bitmaps}\n`;
+  return out;
+}
+
+export function measureJson(m: MeasureResult): string {
+  const d = new QDict();
+  d.put("required", m.required);
+  d.put("fully-allocated", m.fullyAllocated);
+  if (m.bitmaps !== undefined) d.put("bitmaps", m.bitmaps);
+  return toJsonPretty(d) + "\n";
+}
+
+export async function measureCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  let output = "human" as "human" | "json";
+  let fmt: string | undefined;
+  let outFmt = "raw";
+  let options: string | undefined;
+  let imgSize: bigint | undefined;
+  let snapshot = false;
+  const o = newInstarOptions(base);
+  // img_measure's getopt string has no leading ':', so glibc reports a bad
+  // option itself ("measure: ...") and qemu-img then prints its help (exit 0).
+  const operands = glibcReported(io, "hf:O:o:l:U", () =>
+    getopt(argv, "hf:O:o:l:U", [
+      { name: "help", hasArg: false, id: "h" },
+      { name: "image-opts", hasArg: false, id: "image-opts" },
+      { name: "object", hasArg: true, id: "object" },
+      { name: "output", hasArg: true, id: "output" },
+      { name: "size", hasArg: true, id: "size" },
+      { name: "force-share", hasArg: false, id: "U" },
+      ...INSTAR_LONGS,
+    ], ({ id, value }) => {
+      if (instarOption(o, id, value)) return;
+      switch (id) {
+        case "h":
+          throw new HelpRequested();
+        case "f":
+          fmt = value;
+          break;
+        case "O":
+          outFmt = value!;
+          break;
+        case "o": {
+          const next = accumulateOptions(options, value!);
+          if (next === undefined) throw new CliError([`Invalid option list: ${value}`]);
+          options = next;
+          break;
+        }
+        case "l":
+          snapshot = true;
+          break;
+        case "U":
+          break;
+        case "object":
+        case "image-opts":
+          throw new CliError([`--${id} is not supported by instar`]);
+        case "output":
+          if (value === "json") output = "json";
+          else if (value === "human") output = "human";
+          else throw new CliError(["--output must be used with human or json as argument."]);
+          break;
+        case "size":
+          imgSize = cvtnum("image size", value!);
+          break;
+      }
+    }));
+  const files = operands;
+  if (files.length > 1) throw new CliError(["At most one filename argument is allowed."]);
+  const filename = files[0];
+  if (filename === undefined && (fmt !== undefined || snapshot)) {
+    throw new CliError(["--image-opts, -f, and -l require a filename argument."]);
+  }
+  if (filename !== undefined && imgSize !== undefined) {
+    throw new CliError(["--size N cannot be used together with a filename."]);
+  }
+  if (filename === undefined && imgSize === undefined) {
+    throw new CliError(["Either --size N or one filename must be specified."]);
+  }
+
+  let chain: OpenedImage[] | undefined;
+  if (filename !== undefined) {
+    try {
+      const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    } catch (e) {
+      if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)]);
+      throw e;
+    }
+    if (snapshot) throw new CliError(["Failed to load snapshot: instar cannot load internal snapshots"]);
+  }
+
+  let descs;
+  if (outFmt === "qcow2") descs = QCOW2_CREATE_OPTS;
+  else if (outFmt === "raw") descs = RAW_CREATE_OPTS;
+  else if (OTHER_FORMATS.includes(outFmt)) {
+    throw new CliError([`Measuring for '${outFmt}' is not supported by instar yet`]);
+  } else throw new CliError([`Unknown file format '${outFmt}'`]);
+
+  const parsed = parseOptions(options ?? "", descs);
+  if (!parsed.ok) {
+    // error_report_err: the message, its hint lines unprefixed, then one more error line.
+    const [first, ...hint] = parsed.error.message.split("\n");
+    io.err(
+      `instar: ${first}\n` + hint.map((l) => `${l}\n`).join("") +
+        `instar: Invalid options for file format '${outFmt}'\n`,
+    );
+    return 1;
+  }
+  const opts = parsed.value;
+  if (imgSize !== undefined) optSetNumber(opts, "size", imgSize);
+
+  let input: MeasureInput | undefined;
+  if (chain) {
+    const top = chain[0];
+    if (top.qcow2 && top.qcow2.nbBitmaps > 0) {
+      throw new CliError(["instar cannot measure images with persistent bitmaps yet"]);
+    }
+    // The allocation scan is only needed for a qcow2 target.
+    input = {
+      virtualSize: top.virtualSize,
+      extents: outFmt === "qcow2" ? await allocationOf(chain) : [],
+      supportsBitmaps: top.format === "qcow2",
+    };
+  }
+  const m = outFmt === "qcow2" ? qcow2Measure(opts, input) : rawMeasure(opts, input?.virtualSize);
+  if (!m.ok) throw new CliError(m.error.message.split("\n"));
+  io.out(output === "json" ? measureJson(m.value) : measureHuman(m.value));
+  return 0;
+}

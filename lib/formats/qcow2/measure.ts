@@ -1,0 +1,134 @@
+// qemu-img measure -O qcow2 (block/qcow2.c qcow2_measure and
+// qcow2_calc_prealloc_size): the size a qcow2 image needs for a virtual
+// size (fully allocated) and for the data an input image holds (required).
+// Pure: the input's allocation comes in as extents the guest reported.
+import { optGet, type ParsedOpts } from "../options.ts";
+import { alignUp, fail, ok, type PlanResult } from "../plan.ts";
+import { MAX_L1_BYTES, refcountMetadataSize } from "./encode.ts";
+
+export interface MeasureResult {
+  required: bigint;
+  fullyAllocated: bigint;
+  /** Present when qemu prints it (v3 target and a qcow2 input). */
+  bitmaps?: bigint;
+}
+
+/** One run of the input as bdrv_block_status_above sees it. */
+export interface AllocationExtent {
+  start: bigint;
+  length: bigint;
+  data: boolean;
+  zero: boolean;
+  /** BDRV_BLOCK_ALLOCATED (map's "present"). */
+  allocated: boolean;
+}
+
+export interface MeasureInput {
+  virtualSize: bigint;
+  /** Extents covering [0, virtualSize) in order. */
+  extents: AllocationExtent[];
+  /** The input format keeps persistent bitmaps (qcow2); they number zero here. */
+  supportsBitmaps: boolean;
+}
+
+/** qcow2_calc_prealloc_size: every byte of a fully allocated image with its metadata. */
+export function qcow2PreallocSize(
+  totalSize: bigint,
+  clusterSize: bigint,
+  refcountBits: number,
+  extendedL2: boolean,
+): bigint {
+  const aligned = alignUp(totalSize, clusterSize);
+  const l2e = extendedL2 ? 16n : 8n;
+  let meta = clusterSize; // header
+  const nl2e = alignUp(aligned / clusterSize, clusterSize / l2e);
+  meta += nl2e * l2e;
+  const nl1e = alignUp((nl2e * l2e) / clusterSize, clusterSize / 8n);
+  meta += nl1e * 8n;
+  meta += refcountMetadataSize((meta + aligned) / clusterSize, clusterSize, refcountBits);
+  return meta + aligned;
+}
+
+/**
+ * Bytes of guest data a copy must store: zero runs are skipped, allocated
+ * data rounds out to whole clusters (the loop in qcow2_measure, where each
+ * data run moves the cursor to the end of its last cluster).
+ */
+export function requiredData(input: MeasureInput, clusterSize: bigint): bigint {
+  let required = 0n;
+  let k = 0;
+  // Seed 000: only [0, virtualSize) is walked. An image may carry L2
+  // entries past the virtual size; they mean nothing to the guest, and
+  // qemu's block-status loop never reaches them, so they are not counted
+  // (required data never exceeds the virtual size rounded to clusters).
+  for (let offset = 0n; offset < input.virtualSize;) {
+    while (k < input.extents.length && input.extents[k].start + input.extents[k].length <= offset) k++;
+    const e = input.extents[k];
+    // The extents tile the image; a gap would be a caller bug, so stop.
+    if (!e || e.start > offset) break;
+    let pnum = e.start + e.length - offset;
+    if (!e.zero && e.data && e.allocated) {
+      pnum = alignUp(offset + pnum, clusterSize) - offset;
+      required += (offset % clusterSize) + pnum;
+    }
+    offset += pnum;
+  }
+  return required;
+}
+
+/** qcow2_measure with the create options already parsed (-o). */
+export function qcow2Measure(o: ParsedOpts, input?: MeasureInput): PlanResult<MeasureResult> {
+  const extendedL2 = optGet(o, "extended_l2")?.bool ?? false;
+  const cs = optGet(o, "cluster_size")?.num ?? 65536n;
+  if (cs < 512n || cs > 2097152n || (cs & (cs - 1n)) !== 0n) {
+    return fail("invalid_option", "Cluster size must be a power of two between 512 and 2048k");
+  }
+  if (extendedL2 && cs < 16384n) {
+    return fail(
+      "invalid_option",
+      "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+    );
+  }
+  const compat = optGet(o, "compat")?.str;
+  let version = 3;
+  if (compat === "0.10") version = 2;
+  else if (compat !== undefined && compat !== "1.1") {
+    return fail("invalid_option", `Invalid compatibility level: '${compat}'`);
+  }
+  const bits = optGet(o, "refcount_bits")?.num ?? 16n;
+  if (bits > 64n || bits === 0n || (bits & (bits - 1n)) !== 0n) {
+    return fail("invalid_option", "Refcount width must be a power of two and may not exceed 64 bits");
+  }
+  if (version < 3 && bits !== 16n) {
+    return fail(
+      "invalid_option",
+      "Different refcount widths than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
+    );
+  }
+  const prealloc = optGet(o, "preallocation")?.str;
+  if (prealloc !== undefined && !["off", "metadata", "falloc", "full"].includes(prealloc)) {
+    return fail("invalid_option", `invalid parameter value: ${prealloc}`);
+  }
+  const hasBacking = optGet(o, "backing_file") !== undefined;
+  const encFormat = optGet(o, "encrypt.format")?.str;
+  if (encFormat === "luks") {
+    return fail("unsupported", "Measuring LUKS-encrypted qcow2 targets is not supported by instar");
+  }
+
+  let virtualSize = alignUp(optGet(o, "size")?.num ?? 0n, cs);
+  const l2e = extendedL2 ? 16n : 8n;
+  const l2Tables = (virtualSize / cs + cs / l2e - 1n) / (cs / l2e);
+  if (l2Tables * 8n > MAX_L1_BYTES) {
+    return fail("invalid_size", "The image size is too large (try using a larger cluster size)");
+  }
+  let required = 0n;
+  if (input) {
+    virtualSize = alignUp(input.virtualSize, cs);
+    required = hasBacking ? virtualSize : requiredData(input, cs);
+  }
+  if (prealloc === "full" || prealloc === "falloc") required = virtualSize;
+  const fullyAllocated = qcow2PreallocSize(virtualSize, cs, Number(bits), extendedL2);
+  const result: MeasureResult = { required: fullyAllocated - virtualSize + required, fullyAllocated };
+  if (version >= 3 && input?.supportsBitmaps) result.bitmaps = 0n;
+  return ok(result);
+}
