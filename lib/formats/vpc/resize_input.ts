@@ -1,0 +1,106 @@
+// Seed 003's 32-byte fuzz-input header for the resize planners, decoded
+// into the typed summaries the vpc, vhdx and vmdk planners take. Bytes past
+// the header are the "existing state" pool: the fields a real guest scan
+// would extract (sequence numbers, table capacities, offsets) come from it,
+// so a fuzzer can reach every edge, including values no real image has.
+//
+//   0     format selector (mod 6): 0 raw, 1 qcow2 grow, 2 qcow2 shrink,
+//         3 vmdk, 4 vhd, 5 vhdx  (raw and qcow2 belong to other planners)
+//   1     flags: bit 0 allow shrink, bits 4-5 preallocation mode
+//   2     refcount_bits selector (qcow2 only)
+//   3     subformat selector (vmdk: sparse/stream; vhd: dynamic/fixed)
+//   4..8  u32 LE cluster / grain / block size
+//   8..16 u64 LE current virtual size
+//  16..24 u64 LE new virtual size
+//  24..32 u64 LE current file size
+//  32..   pool, read as consecutive u64 LE values (missing bytes read as 0)
+import type { VpcResizeSummary } from "./resize_plan.ts";
+import type { VhdxResizeSummary } from "../vhdx/resize_plan.ts";
+import type { VmdkResizeSummary } from "../vmdk/resize_plan.ts";
+
+export interface ResizeRequest {
+  newSize: bigint;
+  shrink: boolean;
+  /** Plan although qemu-img 7.2 refuses to resize this format (fuzzing, future commands). */
+  beyondQemu?: boolean;
+}
+
+export type DecodedResize =
+  | { format: "vpc"; summary: VpcResizeSummary; request: ResizeRequest }
+  | { format: "vhdx"; summary: VhdxResizeSummary; request: ResizeRequest }
+  | { format: "vmdk"; summary: VmdkResizeSummary; request: ResizeRequest }
+  | { format: "other"; selector: number };
+
+export const RESIZE_INPUT_HEADER = 32;
+
+/** Decodes a fuzz input; null when it is shorter than the 32-byte header. */
+export function decodeResizeInput(bytes: Uint8Array): DecodedResize | null {
+  if (bytes.length < RESIZE_INPUT_HEADER) return null;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const selector = bytes[0] % 6;
+  const flags = bytes[1];
+  const sub = bytes[3];
+  const unit = BigInt(dv.getUint32(4, true));
+  const current = dv.getBigUint64(8, true);
+  const newSize = dv.getBigUint64(16, true);
+  const fileSize = dv.getBigUint64(24, true);
+  const pool = (i: number): bigint => {
+    const at = RESIZE_INPUT_HEADER + 8 * i;
+    if (at + 8 > bytes.length) return 0n;
+    return dv.getBigUint64(at, true);
+  };
+  const request: ResizeRequest = { newSize, shrink: (flags & 1) === 1, beyondQemu: true };
+  switch (selector) {
+    case 3:
+      return {
+        format: "vmdk",
+        request,
+        summary: {
+          subformat: sub % 2 === 0 ? "monolithicSparse" : "streamOptimized",
+          capacity: current / 512n,
+          granularity: unit & 0xffffn,
+          numGtesPerGt: pool(0) & 0xffffffffn,
+          gdEntries: pool(1) & 0xffffffffn,
+          descriptorOffset: pool(2),
+          descriptorSectors: pool(3) & 0xffffn,
+          // A minimal descriptor: the extent line and a head count from the pool.
+          descriptor: `RW ${current / 512n} SPARSE "fuzz.vmdk"\nddb.geometry.cylinders = "0"\n` +
+            `ddb.geometry.heads = "${pool(4) & 0x1ffn}"\n`,
+          fileSize,
+        },
+      };
+    case 4:
+      return {
+        format: "vpc",
+        request,
+        summary: {
+          subformat: sub % 2 === 0 ? "dynamic" : "fixed",
+          currentSize: current,
+          fileSize,
+          maxTableEntries: pool(0) & 0xffffffffn,
+          batOffset: pool(1),
+          footer: new Uint8Array(512),
+          dynHeader: new Uint8Array(1024),
+        },
+      };
+    case 5:
+      return {
+        format: "vhdx",
+        request,
+        summary: {
+          sequenceNumber: pool(0),
+          activeHeader: (pool(1) & 1n) === 0n ? 1 : 2,
+          header: new Uint8Array(4096),
+          blockSize: unit,
+          virtualSize: current,
+          batOffset: pool(2),
+          batLength: pool(3) & 0xffffffffn,
+          virtualSizeItemOffset: pool(4),
+          logGuidZero: (flags & 2) === 0,
+          fileSize,
+        },
+      };
+    default:
+      return { format: "other", selector };
+  }
+}

@@ -1,0 +1,100 @@
+// Resize planner for VHD. qemu-img 7.2 cannot resize vpc images ("Image
+// format driver does not support resize"), so by default this returns that
+// refusal. With `beyondQemu` it plans what needs no data movement:
+//   fixed: the footer moves to the new end (the old one is zeroed when it
+//     becomes part of the data area);
+//   dynamic: growth within the BAT's existing sectors (qemu pads the BAT
+//     to whole 0xFF sectors, so up to 128 entries per sector fit), with
+//     both footer copies and the dynamic header rewritten. Shrinking a
+//     dynamic image would strand allocated blocks and is refused.
+// The new size keeps the image's sizing rule: CHS-rounded for images
+// qemu made without force_size ("qemu" creator), exact otherwise.
+import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
+import { VPC_BLOCK_SIZE, VPC_FOOTER_SIZE, vpcChecksum, vpcRoundedSize } from "./create_plan.ts";
+import type { ResizeRequest } from "./resize_input.ts";
+
+export const VPC_RESIZE_REFUSAL = "Image format driver does not support resize";
+
+/** What the guest extracts from an existing VHD for resizing. */
+export interface VpcResizeSummary {
+  subformat: "dynamic" | "fixed";
+  /** The footer's current_size. */
+  currentSize: bigint;
+  fileSize: bigint;
+  /** Dynamic: the header's max_table_entries. */
+  maxTableEntries: bigint;
+  /** Dynamic: the header's table_offset. */
+  batOffset: bigint;
+  /** The 512-byte footer, as read. */
+  footer: Uint8Array;
+  /** Dynamic: the 1024-byte dynamic disk header, as read. */
+  dynHeader: Uint8Array;
+}
+
+export function planVpcResize(s: VpcResizeSummary, req: ResizeRequest): PlanResult<FilePlan> {
+  if (!req.beyondQemu) return fail("unsupported", VPC_RESIZE_REFUSAL);
+  if (s.footer.length !== VPC_FOOTER_SIZE) return fail("invalid_option", "VHD footer must be 512 bytes");
+  if (s.currentSize < 0n || s.fileSize < BigInt(VPC_FOOTER_SIZE) || s.fileSize > (1n << 63n) - 1n) {
+    return fail("invalid_size", "VHD sizes out of range");
+  }
+  const creator = String.fromCharCode(...s.footer.subarray(28, 32));
+  const rounded = vpcRoundedSize(req.newSize, creator !== "qemu");
+  if (!rounded.ok) return rounded;
+  const { size, cylinders, heads, spc } = rounded.value;
+  if (size === 0n) return fail("invalid_size", "New image size must be positive");
+  if (size < s.currentSize && !req.shrink) {
+    return fail("invalid_size", "Use the --shrink option to perform a shrink operation.");
+  }
+  const footer = s.footer.slice();
+  const dv = new DataView(footer.buffer);
+  dv.setBigUint64(48, size); // current size (the original size stays)
+  dv.setUint16(56, cylinders);
+  footer[58] = heads;
+  footer[59] = spc;
+  dv.setUint32(64, 0);
+  dv.setUint32(64, vpcChecksum(footer));
+
+  if (s.subformat === "fixed") {
+    // The footer sits right after the data; the file is exactly data + footer.
+    if (s.fileSize !== s.currentSize + 512n) {
+      return fail("invalid_option", "Fixed VHD file size does not match its footer");
+    }
+    const patches: Patch[] = [];
+    // The old footer becomes data when growing: it must read as zeroes.
+    if (size > s.currentSize) patches.push({ kind: "zero", offset: s.currentSize, length: 512n });
+    patches.push({ kind: "write", offset: size, bytes: footer });
+    return ok({ patches, fileSize: size + 512n });
+  }
+
+  if (s.dynHeader.length !== 1024) return fail("invalid_option", "VHD dynamic header must be 1024 bytes");
+  if (size < s.currentSize) return fail("unsupported", "Shrinking a dynamic VHD is not supported");
+  const entries = (size + VPC_BLOCK_SIZE - 1n) / VPC_BLOCK_SIZE;
+  const batSectorsEntries = ((s.maxTableEntries * 4n + 511n) / 512n) * 128n;
+  if (entries > batSectorsEntries) return fail("unsupported", "The VHD BAT has no room for the new size");
+  // The BAT must lie between the dynamic header and the trailing footer.
+  const batEnd = s.batOffset + batSectorsEntries * 4n;
+  if (s.batOffset < 1536n || batEnd > s.fileSize - 512n) {
+    return fail("invalid_option", "VHD BAT out of range");
+  }
+  const hdr = s.dynHeader.slice();
+  const hv = new DataView(hdr.buffer);
+  const oldEntries = s.maxTableEntries;
+  hv.setUint32(28, Number(entries > oldEntries ? entries : oldEntries));
+  hv.setUint32(36, 0);
+  hv.setUint32(36, vpcChecksum(hdr));
+  const patches: Patch[] = [
+    { kind: "write", offset: 0n, bytes: footer },
+    { kind: "write", offset: 512n, bytes: hdr },
+  ];
+  // New entries are marked unallocated explicitly: the padding qemu wrote
+  // is 0xFF, but another writer's need not be.
+  if (entries > oldEntries) {
+    patches.push({
+      kind: "write",
+      offset: s.batOffset + oldEntries * 4n,
+      bytes: new Uint8Array(Number((entries - oldEntries) * 4n)).fill(0xff),
+    });
+  }
+  patches.push({ kind: "write", offset: s.fileSize - 512n, bytes: footer.slice() });
+  return ok({ patches, fileSize: s.fileSize });
+}
