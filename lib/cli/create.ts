@@ -35,6 +35,12 @@ import { qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";
 import { rawCreatePlan } from "../formats/raw/create_plan.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import { MAX_PATCHES } from "../formats/plan.ts";
+import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "../formats/vpc/options.ts";
+import { VHDX_CREATE_OPTS, VHDX_OWN, vhdxCreateOptions, vhdxEntropy } from "../formats/vhdx/options.ts";
+import { VMDK_CREATE_OPTS, VMDK_OWN, vmdkCreateOptions, vmdkEntropy } from "../formats/vmdk/options.ts";
+import { planVpcCreate } from "../formats/vpc/create_plan.ts";
+import { planVhdxCreate } from "../formats/vhdx/create_plan.ts";
+import { planVmdkCreate } from "../formats/vmdk/create_plan.ts";
 
 export const RAW_CREATE_OPTS: OptDesc[] = appendDescs(
   [{ name: "size", type: "size", help: "Virtual disk size" }],
@@ -51,9 +57,6 @@ const OTHER_FORMATS = [
   "qcow",
   "qed",
   "vdi",
-  "vhdx",
-  "vmdk",
-  "vpc",
   "vvfat",
 ];
 
@@ -192,6 +195,9 @@ function blockOptionHelp(io: Io, filename: string | undefined, fmt: string): num
   let own: OptDesc[];
   if (fmt === "qcow2") own = QCOW2_OWN;
   else if (fmt === "raw") own = [RAW_CREATE_OPTS[0]];
+  else if (fmt === "vpc") own = VPC_OWN;
+  else if (fmt === "vhdx") own = VHDX_OWN;
+  else if (fmt === "vmdk") own = VMDK_OWN;
   else if (OTHER_FORMATS.includes(fmt)) {
     throw new CliError([`Creating '${fmt}' images is not supported by instar yet`]);
   } else throw new CliError([`Unknown file format '${fmt}'`]);
@@ -225,6 +231,9 @@ async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
   let descs: OptDesc[];
   if (fmt === "qcow2") descs = QCOW2_CREATE_OPTS;
   else if (fmt === "raw") descs = RAW_CREATE_OPTS;
+  else if (fmt === "vpc") descs = VPC_CREATE_OPTS;
+  else if (fmt === "vhdx") descs = VHDX_CREATE_OPTS;
+  else if (fmt === "vmdk") descs = VMDK_CREATE_OPTS;
   else if (OTHER_FORMATS.includes(fmt)) {
     throw fileError(filename, `Creating '${fmt}' images is not supported by instar yet`);
   } else throw fileError(filename, `Unknown file format '${fmt}'`);
@@ -296,8 +305,23 @@ async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
 
   if (!r.quiet) io.out(`Formatting '${filename}', fmt=${fmt} ${printOptions(opts)}\n`);
   if (fmt === "raw") await createRaw(filename, opts);
-  else await createQcow2(filename, opts);
+  else if (fmt === "qcow2") await createQcow2(filename, opts);
+  else await createVirtualDisk(fmt as "vpc" | "vhdx" | "vmdk", filename, opts);
   return 0;
+}
+
+/** vpc, vhdx and vmdk: one plan each (lib/formats/<fmt>/create_plan.ts). */
+async function createVirtualDisk(fmt: "vpc" | "vhdx" | "vmdk", filename: string, opts: ParsedOpts): Promise<void> {
+  // vpc and vhdx create (empty) the file before their own checks; vmdk checks first.
+  if (fmt !== "vmdk") await createFile(filename);
+  const plan = fmt === "vpc"
+    ? planVpcCreate(vpcCreateOptions(opts), vpcEntropy())
+    : fmt === "vhdx"
+    ? planVhdxCreate(vhdxCreateOptions(opts), vhdxEntropy())
+    : planVmdkCreate(vmdkCreateOptions(opts, filename), vmdkEntropy());
+  if (!plan.ok) throw fileError(filename, plan.error.message);
+  if (fmt === "vmdk") await createFile(filename);
+  await applyPlan(filename, plan.value);
 }
 
 async function createRaw(filename: string, opts: ParsedOpts): Promise<void> {

@@ -4,7 +4,7 @@
 import { appendDescs, FILE_CREATE_OPTS, type OptDesc, optGet, type ParsedOpts } from "../options.ts";
 import type { VhdxCreateOptions, VhdxEntropy } from "./create_plan.ts";
 
-const VHDX_OWN: OptDesc[] = [
+export const VHDX_OWN: OptDesc[] = [
   { name: "size", type: "size", help: "Virtual disk size; max of 64TB." },
   { name: "log_size", type: "size", help: "Log size; min 1MB.", def: "1048576" },
   {

@@ -4,7 +4,7 @@
 import { appendDescs, FILE_CREATE_OPTS, type OptDesc, optGet, type ParsedOpts } from "../options.ts";
 import type { VmdkCreateOptions, VmdkEntropy } from "./create_plan.ts";
 
-const VMDK_OWN: OptDesc[] = [
+export const VMDK_OWN: OptDesc[] = [
   { name: "size", type: "size", help: "Virtual disk size" },
   {
     name: "adapter_type",

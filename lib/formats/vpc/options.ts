@@ -4,7 +4,7 @@
 import { appendDescs, FILE_CREATE_OPTS, type OptDesc, optGet, type ParsedOpts } from "../options.ts";
 import type { VpcCreateOptions, VpcEntropy } from "./create_plan.ts";
 
-const VPC_OWN: OptDesc[] = [
+export const VPC_OWN: OptDesc[] = [
   { name: "size", type: "size", help: "Virtual disk size" },
   {
     name: "subformat",
