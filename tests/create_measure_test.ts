@@ -438,3 +438,17 @@ Deno.test({
     }
   },
 });
+
+Deno.test({ name: "measure: a compat=0.10 input has no bitmaps line (found by fuzz:diff)", ignore: !haveQemu || !built() }, async () => {
+  const dir = await Deno.makeTempDir({ prefix: "instar-measure-v2-" });
+  try {
+    const q0 = await qemuImg(["create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "4M"], dir);
+    assertEquals(q0.code, 0, q0.stderr);
+    for (const out of ["human", "json"]) {
+      const args = ["measure", `--output=${out}`, "-O", "qcow2", "v2.qcow2"];
+      assertEquals(await instar(args, dir), asInstar(await qemuImg(args, dir)));
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

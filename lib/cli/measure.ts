@@ -267,7 +267,8 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
     input = {
       virtualSize: top.virtualSize,
       extents: outFmt === "qcow2" ? await allocationOf(chain) : [],
-      supportsBitmaps: top.format === "qcow2",
+      // qcow2_supports_persistent_dirty_bitmap: only v3 images keep bitmaps.
+      supportsBitmaps: top.format === "qcow2" && top.qcow2?.version === 3,
     };
   }
   const m = outFmt === "qcow2" ? qcow2Measure(opts, input) : rawMeasure(opts, input?.virtualSize);

@@ -60,6 +60,10 @@ interface DiskWrite {
  * cluster's count, the "first free cluster" hint that only moves forward
  * unless a count drops to zero, and the writes that reach the file.
  */
+/** Clusters one preallocating create plan may lay out (see qcow2CreatePlan):
+ * 512 GiB at the default 64 KiB cluster size. */
+const MAX_PREALLOC_CLUSTERS = 1n << 23n;
+
 class Allocator {
   reftable: bigint[];
   reftableCluster = 1n;
@@ -317,6 +321,18 @@ export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePl
     return fail(
       "invalid_size",
       "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+    );
+  }
+  // Preallocation replays qemu's allocator cluster by cluster, so its time
+  // and memory grow with the cluster count (a JavaScript Map of count
+  // arrays, at most 2^24 keys). Past MAX_PREALLOC_CLUSTERS refuse up front
+  // with a typed error instead of failing deep in the arithmetic or taking
+  // minutes (found by the create_emitters fuzzer).
+  if (o.preallocation !== "off" && (size + cs - 1n) / cs > MAX_PREALLOC_CLUSTERS) {
+    return fail(
+      "unsupported",
+      `Preallocating more than ${MAX_PREALLOC_CLUSTERS} clusters is beyond instar's create planner ` +
+        "(try a larger cluster size)",
     );
   }
   const a = new Allocator(cs, o.refcountBits);
