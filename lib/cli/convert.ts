@@ -324,8 +324,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (a.outFmt === "raw") {
         written = await convertToRaw(job, out);
       } else {
-        const side = a.compress ? await temps.create(outFilename!, "half") : out;
-        written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out, side);
+        written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
       }
     } catch (e) {
       if (e instanceof PlanRefused) {

@@ -36,7 +36,7 @@ export interface RunResult {
 
 interface SandboxModule {
   runGuest(req: RunRequest): Promise<RunResult>;
-  copyRange(src: string, srcOff: bigint, dst: string, dstOff: bigint, len: bigint): Promise<void>;
+  collapseRange(path: string, off: bigint, len: bigint): Promise<boolean>;
   SandboxError: new (...a: never[]) => Error;
 }
 
@@ -52,6 +52,6 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
   return (await sandbox()).runGuest(req);
 }
 
-export async function copyRange(src: string, srcOff: bigint, dst: string, dstOff: bigint, len: bigint): Promise<void> {
-  return (await sandbox()).copyRange(src, srcOff, dst, dstOff, len);
+export async function collapseRange(path: string, off: bigint, len: bigint): Promise<boolean> {
+  return (await sandbox()).collapseRange(path, off, len);
 }

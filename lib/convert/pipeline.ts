@@ -6,7 +6,7 @@
 // joining two guests' halves is a copy inside the VMM library.
 import { convertFlags, limits, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { copyRange, runGuest } from "../cli/guest.ts";
+import { collapseRange, runGuest } from "../cli/guest.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import {
   type CompressedCluster,
@@ -160,12 +160,7 @@ export interface Qcow2Target {
 export class PlanRefused extends Error {}
 
 /** qcow2 output: guests write the data, the planner the metadata. Returns the data bytes written. */
-export async function convertToQcow2(
-  job: ConvertJob,
-  target: Qcow2Target,
-  outPath: string,
-  sidePath: string,
-): Promise<bigint> {
+export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPath: string): Promise<bigint> {
   const o = target.options;
   const pro = qcow2OutputPrologue(o, job.size);
   if (!pro.ok) throw new PlanRefused(pro.error.message);
@@ -208,38 +203,35 @@ export async function convertToQcow2(
     debugRun("convert qcow2", r);
     failOnError(r.records);
     parts = [collect(r.records, 0n)];
-  } else if (target.compress) {
-    // Compressed sizes are unknown up front: each guest compresses its half
-    // into its own file, and the second half is appended behind the first.
-    const rs = await Promise.all([
-      guest(0n, 0n, mid, dataStart, dataStart + (clustersIn(0n, mid) + 1n) * cs, outPath, 0),
-      guest(0n, mid, job.size, 0n, (clustersIn(mid, job.size) + 1n) * cs, sidePath, 1),
-    ]);
-    rs.forEach((r, i) => debugRun(`convert qcow2 -c part ${i}`, r));
-    for (const r of rs) failOnError(r.records);
-    const first = collect(rs[0].records, 0n);
-    const sideEnd = doneRecord(rs[1].records).data_end as bigint;
-    const shift = alignUp(first.dataEnd, cs);
-    if (sideEnd > 0n) await copyRange(sidePath, 0n, outPath, shift, sideEnd);
-    parts = [first, collect(rs[1].records, shift)];
-    if (sideEnd === 0n) parts[1].dataEnd = first.dataEnd;
   } else {
-    // Plain clusters: count the first half's data clusters (status only,
-    // no data read), so the second guest writes right behind the first
-    // half's worst case, into the same file. Each guest's output cap is
-    // its own window, so neither can write into the other's.
+    // Two guests into one file. A status-only pass (CONV_COUNT) counts the
+    // first half's data clusters; the second guest starts behind the first
+    // half's worst case: one cluster per data cluster, or two with
+    // compression (a stream stays under a cluster, plus at most a cluster
+    // of padding before the next plain cluster or a fresh shared cluster).
+    // Each guest's output cap is its own window. The gap the first half
+    // leaves is then collapsed (a metadata operation on ext4/xfs), or
+    // kept as a hole where the filesystem cannot.
     const c = await guest(BigInt(convertFlags.COUNT), 0n, mid, dataStart, dataStart, outPath, -1);
     failOnError(c.records);
     const countA = doneRecord(c.records).clusters as bigint;
     if (countA > clustersIn(0n, mid)) throw new Error("the guest counted more clusters than its range has");
-    const startB = dataStart + countA * cs;
+    const per = target.compress ? 2n * cs : cs;
+    const align = cs > 4096n ? cs : 4096n; // collapse needs filesystem blocks
+    const startB = alignUp(dataStart + countA * per, align);
     const rs = await Promise.all([
       guest(0n, 0n, mid, dataStart, startB, outPath, 0),
-      guest(0n, mid, job.size, startB, startB + clustersIn(mid, job.size) * cs, outPath, 1),
+      guest(0n, mid, job.size, startB, startB + clustersIn(mid, job.size) * per + cs, outPath, 1),
     ]);
     rs.forEach((r, i) => debugRun(`convert qcow2 part ${i}`, r));
     for (const r of rs) failOnError(r.records);
-    parts = [collect(rs[0].records, 0n), collect(rs[1].records, 0n)];
+    const first = collect(rs[0].records, 0n);
+    const endB = doneRecord(rs[1].records).data_end as bigint;
+    const gapStart = alignUp(first.dataEnd, align);
+    const gap = endB > startB ? startB - gapStart : 0n;
+    const collapsed = gap > 0n && await collapseRange(outPath, gapStart, gap);
+    parts = [first, collect(rs[1].records, collapsed ? -gap : 0n)];
+    if (endB <= startB) parts[1].dataEnd = first.dataEnd;
   }
   const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
   const t0 = performance.now();

@@ -20,7 +20,7 @@ const symbols = {
   vmm_destroy: { parameters: ["pointer"], result: "void" },
   vmm_last_errno: { parameters: [], result: "i32" },
   vmm_strerror: { parameters: ["i32"], result: "pointer" },
-  vmm_copy_range: { parameters: ["buffer", "u64", "buffer", "u64", "u64"], result: "i32", nonblocking: true },
+  vmm_collapse_range: { parameters: ["buffer", "u64", "u64"], result: "i32" },
 } as const;
 
 export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];

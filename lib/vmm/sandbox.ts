@@ -266,12 +266,11 @@ function copyOut(ptr: Deno.PointerValue, len: BigUint64Array, cap: number): Uint
 }
 
 /**
- * Copies [srcOff, srcOff+len) of one regular file into another at dstOff,
- * inside the VMM library (copy_file_range): convert -c joins the halves two
- * guests wrote without the bytes entering the JavaScript heap.
+ * Removes [off, off+len) from a file, moving the rest down (fallocate
+ * COLLAPSE_RANGE). Returns false when the filesystem cannot (the caller
+ * keeps the range as a hole).
  */
-export async function copyRange(src: string, srcOff: bigint, dst: string, dstOff: bigint, len: bigint): Promise<void> {
+export async function collapseRange(path: string, off: bigint, len: bigint): Promise<boolean> {
   const lib = await vmmLib();
-  const rc = await lib.vmm_copy_range(cString(src), srcOff, cString(dst), dstOff, len);
-  if (rc !== 0) throw new Error(`Could not copy between output files: ${strerror(lib, -rc)}`);
+  return lib.vmm_collapse_range(cString(path), off, len) === 0;
 }

@@ -1,0 +1,36 @@
+/*
+ * Host-side file plumbing for operations split across guests. Only regular
+ * files, only the paths the host names; no guest is involved.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "vmm_internal.h"
+
+/*
+ * Removes [off, off+len) from a regular file, moving what follows down
+ * (fallocate FALLOC_FL_COLLAPSE_RANGE: a metadata operation on ext4/xfs).
+ * Two convert guests write into one file with a worst-case gap between
+ * their halves; collapsing the gap beats copying the second half. The
+ * caller falls back to leaving the gap (a hole) when this fails.
+ */
+VMM_EXPORT int vmm_collapse_range(const char *path, uint64_t off, uint64_t len)
+{
+    uint64_t end;
+    if (!path || __builtin_add_overflow(off, len, &end) || end > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode))
+        rc = -EINVAL;
+    else if (fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, (off_t)off, (off_t)len))
+        rc = -errno;
+    close(fd);
+    return rc;
+}
