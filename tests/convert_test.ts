@@ -252,6 +252,14 @@ Deno.test({ name: "convert: qcow2 variants to raw and qcow2, compared with qemu-
       assertEquals(lines[lines.length - 1], { done: 6291456, total: 6291456 });
     });
 
+    await t.step("a symlinked target is written through, as qemu-img does", async () => {
+      await Deno.writeTextFile(`${dir}/real.raw`, "old");
+      await Deno.symlink("real.raw", `${dir}/link.raw`);
+      assertEquals((await instar(["convert", "-O", "raw", "v3.qcow2", "link.raw"], dir)).code, 0);
+      assert((await Deno.lstat(`${dir}/link.raw`)).isSymlink, "the link itself was replaced");
+      assertEquals(await sha256(`${dir}/real.raw`), await flatSha(dir, "v3.qcow2"));
+    });
+
     await t.step("a source that fails mid-read leaves no target and no temporary file", async () => {
       // A compressed cluster whose stream is garbage: qemu fails the read with EIO.
       await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "g.qcow2", "1M");

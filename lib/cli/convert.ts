@@ -304,9 +304,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       new CliError([`${outFilename}: error while converting ${a.outFmt}: Could not create '${outFilename}': ${why}`]);
     const existing = await Deno.stat(outFilename!).catch(() => undefined);
     if (existing?.isDirectory) throw cannotCreate("Is a directory");
+    // qemu writes through a symlink to the file it names; so does the
+    // rename, by replacing the link's target rather than the link.
+    const target = (await Deno.lstat(outFilename!).catch(() => undefined))?.isSymlink
+      ? await Deno.realPath(outFilename!)
+      : outFilename!;
     let out: string;
     try {
-      out = await temps.create(outFilename!, "out");
+      out = await temps.create(target, "out");
     } catch (e) {
       throw cannotCreate(errnoText(e));
     }
@@ -336,11 +341,11 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     // Keep an existing target's permissions, as qemu's O_TRUNC open would.
     try {
-      const st = await Deno.stat(outFilename!);
+      const st = await Deno.stat(target);
       if (st.mode !== null && st.isFile) await Deno.chmod(out, st.mode & 0o7777);
     } catch { /* no target yet */ }
     try {
-      await Deno.rename(out, outFilename!);
+      await Deno.rename(out, target);
     } catch (e) {
       throw cannotCreate(errnoText(e));
     }
