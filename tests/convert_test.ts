@@ -226,6 +226,11 @@ Deno.test({ name: "convert: qcow2 variants to raw and qcow2, compared with qemu-
         ["convert", "missing.qcow2", "x"],
         ["convert", "-c", "-C", "e.qcow2", "x"],
         ["convert", "-O", "qcow2", "e.qcow2", "nodir/x"],
+        ["convert", "-O", "qcow2", "-o", ",foo", "e.qcow2", "x"],
+        ["convert", "-O", "qcow2", "-o", "help", "e.qcow2", "x"],
+        ["convert", "-O", "raw", "-o", "help"],
+        ["convert", "-O", "raw", "-o", "preallocation=xyz", "e.qcow2", "x"],
+        ["convert", "-T", "bogus", "e.qcow2", "x"],
         ["convert", "e.qcow2", "."],
       ];
       for (const args of cases) {

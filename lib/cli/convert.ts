@@ -15,6 +15,8 @@ import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
 import { outputOptions, type OutputSpec } from "../convert/output_options.ts";
+import { blockOptionHelp } from "./create.ts";
+import { accumulateOptions, hasHelpOption } from "../formats/options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 
 const MAX_BUF_SECTORS = 32768n;
@@ -90,10 +92,13 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
       case "F":
         a.backingFmt = value;
         break;
-      case "o":
+      case "o": {
         // accumulate_options: repeated -o join with a comma.
-        a.options = a.options === undefined ? value : `${a.options},${value}`;
+        const acc = accumulateOptions(a.options, value!);
+        if (acc === undefined) throw new CliError([`Invalid option list: ${value}`]);
+        a.options = acc;
         break;
+      }
       case "l":
         a.snapshot = value;
         break;
@@ -174,11 +179,6 @@ function checkCombinations(a: ConvertArgs, srcNum: number) {
   if (a.tgtImageOpts && !a.skipCreate) throw new CliError(["--target-image-opts requires use of -n flag"]);
   if (a.skipCreate && a.options !== undefined) throw new CliError(["-o has no effect when skipping image creation"]);
   if (a.targetIsZero && !a.skipCreate) throw new CliError(["--target-is-zero requires use of -n flag"]);
-  if (a.options !== undefined && /(^|,)(help|\?)(,|$)/.test(a.options)) {
-    throw new CliError(["Printing the option help (-o help) is not supported by instar"]);
-  }
-  if (srcNum < 1) throw new CliError(["Must specify image file name"]);
-  if (!CACHE_MODES.includes(a.srcCache)) throw new CliError([`Invalid source cache option: ${a.srcCache}`]);
 }
 
 /** Features qemu-img has that instar refuses, with a clear reason. */
@@ -255,6 +255,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const srcNum = operands.length - 1;
   const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
   checkCombinations(a, srcNum);
+  // print_block_option_help, as create prints it (before anything is opened).
+  if (a.options !== undefined && hasHelpOption(a.options)) return blockOptionHelp(io, outFilename, a.outFmt);
+  if (srcNum < 1) throw new CliError(["Must specify image file name"]);
+  if (!CACHE_MODES.includes(a.srcCache)) throw new CliError([`Invalid source cache option: ${a.srcCache}`]);
   if (a.quiet) a.progress = "off";
   const progress = new Progress(a.progress, 1.0, io);
   progress.set(0);
@@ -287,7 +291,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       throw new CliError([`Unknown file format '${a.outFmt}'`]);
     }
-    const spec: OutputSpec = outputOptions(a.outFmt as "raw" | "qcow2", a.options ?? "", outFilename!);
+    const spec: OutputSpec = outputOptions(a.outFmt as "raw" | "qcow2", a.options ?? "", outFilename!, size);
     if (a.compress) {
       if (a.outFmt !== "qcow2") throw new CliError(["Compression not supported for this file format"]);
       if (spec.preallocation !== "off") {

@@ -33,6 +33,7 @@ import {
 import { QCOW2_CREATE_OPTS, QCOW2_OWN, qcow2CreateOptions } from "../formats/qcow2/options.ts";
 import { qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";
 import { rawCreatePlan } from "../formats/raw/create_plan.ts";
+import { RAW_CREATE_OPTS } from "../formats/raw/options.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import { MAX_PATCHES } from "../formats/plan.ts";
 import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "../formats/vpc/options.ts";
@@ -42,10 +43,6 @@ import { planVpcCreate } from "../formats/vpc/create_plan.ts";
 import { planVhdxCreate } from "../formats/vhdx/create_plan.ts";
 import { planVmdkCreate } from "../formats/vmdk/create_plan.ts";
 
-export const RAW_CREATE_OPTS: OptDesc[] = appendDescs(
-  [{ name: "size", type: "size", help: "Virtual disk size" }],
-  FILE_CREATE_OPTS,
-);
 
 /** Formats qemu-img knows that instar does not create (yet). */
 const OTHER_FORMATS = [
@@ -191,7 +188,7 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
 }
 
 /** qemu-img's print_block_option_help. */
-function blockOptionHelp(io: Io, filename: string | undefined, fmt: string): number {
+export function blockOptionHelp(io: Io, filename: string | undefined, fmt: string): number {
   let own: OptDesc[];
   if (fmt === "qcow2") own = QCOW2_OWN;
   else if (fmt === "raw") own = [RAW_CREATE_OPTS[0]];

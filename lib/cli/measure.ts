@@ -28,7 +28,7 @@ import {
   qcow2Measure,
 } from "../formats/qcow2/measure.ts";
 import { rawMeasure } from "../formats/raw/measure.ts";
-import { RAW_CREATE_OPTS } from "./create.ts";
+import { RAW_CREATE_OPTS } from "../formats/raw/options.ts";
 import { QDict, toJsonPretty } from "../output/qdict.ts";
 
 const OTHER_FORMATS = [
