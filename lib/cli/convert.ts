@@ -171,7 +171,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
 }
 
 /** The checks img_convert makes before opening anything, in its order. */
-function checkCombinations(a: ConvertArgs, srcNum: number) {
+function checkCombinations(a: ConvertArgs) {
   if (a.skipBroken && !a.bitmaps) throw new CliError(["Use of --skip-broken-bitmaps requires --bitmaps"]);
   if (a.compress && a.copyRange) throw new CliError(["Cannot enable copy offloading when -c is used"]);
   if (a.explicitSparse && a.copyRange) throw new CliError(["Cannot enable copy offloading when -S is used"]);
@@ -254,7 +254,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const { a, operands } = parseArgs(argv, o);
   const srcNum = operands.length - 1;
   const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
-  checkCombinations(a, srcNum);
+  checkCombinations(a);
   // print_block_option_help, as create prints it (before anything is opened).
   if (a.options !== undefined && hasHelpOption(a.options)) return blockOptionHelp(io, outFilename, a.outFmt);
   if (srcNum < 1) throw new CliError(["Must specify image file name"]);
