@@ -125,6 +125,7 @@
 
 #define RESIZE_F_TOO_BIG 1
 #define RESIZE_F_SHRINK 2
+#define RESIZE_F_BUSY_TAIL 4
 
 #define GERR_IO 1
 #define GERR_NOT_FORMAT 2

@@ -166,8 +166,10 @@ export const records = {
 } as const;
 
 /** RESIZE_SUMMARY.flags: TOO_BIG means a bound was hit and the scan stopped
- * (the host refuses to resize); SHRINK means the L2 walk for a shrink ran. */
-export const resizeFlags = { TOO_BIG: 1, SHRINK: 2 } as const;
+ * (the host refuses to resize); SHRINK means the L2 walk for a shrink ran;
+ * BUSY_TAIL (grow with params.arg[1] bit 0) means the guest range being added
+ * already has non-zero L2 entries or a shared L2 table (no preallocation then). */
+export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
 
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {

@@ -10,6 +10,7 @@ import { compareCommand } from "./compare.ts";
 import { createCommand } from "./create.ts";
 import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
+import { resizeCommand } from "./resize.ts";
 import { helpText, versionText } from "./help.ts";
 
 const COMMANDS: Record<string, typeof infoCommand> = {
@@ -20,11 +21,12 @@ const COMMANDS: Record<string, typeof infoCommand> = {
   info: infoCommand,
   map: mapCommand,
   measure: measureCommand,
+  resize: resizeCommand,
 };
 
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
-  "amend", "bench", "bitmap", "commit", "dd", "rebase", "resize",
+  "amend", "bench", "bitmap", "commit", "dd", "rebase",
   "snapshot",
 ];
 
