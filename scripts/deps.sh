@@ -3,7 +3,8 @@
 # As root: apt-get update once, then install. Otherwise: list what is
 # missing and exit 1.
 set -euo pipefail
-want=(gcc make binutils libc6-dev zlib1g-dev libzstd-dev qemu-utils)
+want=(gcc make binutils libc6-dev zlib1g-dev libzstd-dev qemu-utils
+  clang libclang-rt-dev) # clang + its ASan/libFuzzer runtimes: fuzz/ (the fuzz targets)
 missing=()
 for p in "${want[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -1,0 +1,390 @@
+// `deno task fuzz:diff`: the differential fuzzer. Random operations on images
+// qemu-img and qemu-io make, run through both instar and qemu-img, compared:
+//   info     stdout/stderr/exit code (human and JSON)
+//   check    stdout/stderr/exit code (JSON: the counters)
+//   measure  stdout/stderr/exit code (raw and qcow2 targets: the numbers);
+//            vpc/vhdx/vmdk targets (qemu-img cannot measure them): the
+//            size of qemu-img's conversion lies in [required, fully
+//            allocated] of instar's measure (seed 004)
+//   convert  exit code and messages, then SHA-256 of both outputs flattened
+//            to raw by qemu-img (-O raw and -O qcow2, with and without -c)
+//   create   stdout/stderr/exit code, then `qemu-img info` of both outputs
+//   resize   stdout/stderr/exit code, then `qemu-img info` and `check` of
+//            both outputs (qcow2 and raw, grow and shrink, refcount widths
+//            1..64)
+// Pickers stay away from the divergences docs/quirks.md documents (raw
+// inputs always get -f raw, no backing or data files, no snapshots/bitmaps
+// for info, convert targets raw/qcow2 only, no target preallocation).
+// Every divergence is written as JSON (seed, iteration, picks, command
+// lines, both outcomes) to the report directory.
+//
+//   deno task fuzz:diff [--iterations N] [--seed S] [--only I] [--out DIR] [--ops a,b]
+//
+// Iteration i draws from Rng(seed, i) alone, so `--seed S --only I` replays
+// one iteration exactly.
+import { parseArgs } from "node:util";
+import { Rng } from "../engine/rng.ts";
+
+const REPO = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
+const dec = new TextDecoder();
+
+interface Outcome {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function run(cmd: string, args: string[], cwd: string): Promise<Outcome> {
+  const o = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped", stdin: "null" })
+    .output();
+  return { code: o.code, stdout: dec.decode(o.stdout), stderr: dec.decode(o.stderr) };
+}
+
+const qemu = (args: string[], cwd: string) => run("qemu-img", args, cwd);
+const instar = (args: string[], cwd: string) =>
+  run(Deno.execPath(), ["run", "-A", `${REPO}/main.ts`, ...args], cwd);
+
+async function must(cmd: string, args: string[], cwd: string): Promise<Outcome> {
+  const o = await run(cmd, args, cwd);
+  if (o.code !== 0) throw new Error(`Setup failed: ${cmd} ${args.join(" ")}: ${o.stderr}`);
+  return o;
+}
+
+/** qemu-img's outcome with its name where instar prints its own. */
+function asInstar(o: Outcome): Outcome {
+  return { ...o, stderr: o.stderr.replaceAll("qemu-img", "instar") };
+}
+
+function same(a: Outcome, b: Outcome): boolean {
+  return a.code === b.code && a.stdout === b.stdout && a.stderr === b.stderr;
+}
+
+interface Divergence {
+  kind: string;
+  commands: string[];
+  qemu: unknown;
+  instar: unknown;
+}
+
+interface Ctx {
+  rng: Rng;
+  dir: string;
+  picks: Record<string, unknown>;
+  divergences: Divergence[];
+}
+
+function pick<T>(c: Ctx, name: string, items: readonly T[]): T {
+  const v = c.rng.pick(items);
+  c.picks[name] = v;
+  return v;
+}
+
+/** Compares one command line run by both tools in the same directory. */
+async function compareCmd(c: Ctx, kind: string, args: string[]): Promise<{ q: Outcome; i: Outcome }> {
+  const [q, i] = [await qemu(args, c.dir), await instar(args, c.dir)];
+  if (!same(asInstar(q), i)) {
+    c.divergences.push({
+      kind,
+      commands: [`qemu-img ${args.join(" ")}`, `instar ${args.join(" ")}`],
+      qemu: q,
+      instar: i,
+    });
+  }
+  return { q, i };
+}
+
+const SIZES = ["64K", "1M", "1536K", "3M", "16M"];
+const CLUSTERS = [512, 1024, 4096, 16384, 65536, 2097152];
+const RC_BITS = [1, 2, 4, 8, 16, 32, 64];
+
+/** qcow2 create options (-o) from the pickers; compat 0.10 only with 16-bit refcounts. */
+function qcow2Opts(c: Ctx, prefix: string): string {
+  const cs = pick(c, `${prefix}cluster_size`, CLUSTERS);
+  const v2 = pick(c, `${prefix}compat`, ["1.1", "1.1", "1.1", "0.10"]) === "0.10";
+  const opts = [`cluster_size=${cs}`];
+  if (v2) {
+    opts.push("compat=0.10");
+  } else {
+    opts.push(`refcount_bits=${pick(c, `${prefix}refcount_bits`, RC_BITS)}`);
+    if (cs >= 16384 && pick(c, `${prefix}extended_l2`, [false, false, true])) opts.push("extended_l2=on");
+    if (pick(c, `${prefix}lazy_refcounts`, [false, true])) opts.push("lazy_refcounts=on");
+    if (pick(c, `${prefix}compression_type`, ["zlib", "zlib", "zstd"]) === "zstd") {
+      opts.push("compression_type=zstd");
+    }
+  }
+  return opts.join(",");
+}
+
+/** An input image made by qemu-img + qemu-io: { name, fmt, size in bytes }. */
+async function makeImage(c: Ctx, name: string, fmts: readonly string[] = ["qcow2", "raw"]) {
+  const fmt = pick(c, "image_format", fmts);
+  const size = pick(c, "image_size", SIZES);
+  const file = `${name}.${fmt}`;
+  const args = ["create", "-q", "-f", fmt];
+  if (fmt === "qcow2") args.push("-o", qcow2Opts(c, "image_"));
+  await must("qemu-img", [...args, file, size], c.dir);
+  const bytes = Number(
+    (await must("qemu-img", ["info", "--output=json", "-f", fmt, file], c.dir)).stdout.match(
+      /"virtual-size": (\d+)/,
+    )![1],
+  );
+  const cmds: string[] = [];
+  const writes = c.rng.below(5);
+  for (let k = 0; k < writes; k++) {
+    const kind = c.rng.below(fmt === "qcow2" ? 4 : 2);
+    const len = 512 * (1 + c.rng.below(256));
+    const off = 512 * c.rng.below(Math.max(1, (bytes - len) / 512));
+    if (off + len > bytes) continue;
+    if (kind === 0 || kind === 3) cmds.push(`write -P ${c.rng.below(256)} ${off} ${len}`);
+    else if (kind === 1) cmds.push(`write -z ${off} ${len}`);
+    else {
+      // Compressed writes must be exactly one whole cluster.
+      const cs = Number(c.picks.image_cluster_size ?? 65536);
+      const at = Math.floor(off / cs) * cs;
+      if (at + cs <= bytes) cmds.push(`write -c -P ${c.rng.below(256)} ${at} ${cs}`);
+    }
+  }
+  c.picks.qemu_io = cmds;
+  if (cmds.length) await must("qemu-io", ["-f", fmt, ...cmds.flatMap((x) => ["-c", x]), file], c.dir);
+  return { file, fmt, bytes };
+}
+
+async function sha256(path: string): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(path)));
+  return [...d].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** qemu-img info JSON without what legitimately differs between two files. */
+async function infoOf(c: Ctx, file: string, fmt: string): Promise<unknown> {
+  const o = await qemu(["info", "--output=json", "-f", fmt, file], c.dir);
+  // Both tools' images get the same name in errors, so errors compare.
+  if (o.code !== 0) return { error: o.stderr.replaceAll(file, "IMAGE") };
+  const j = JSON.parse(o.stdout);
+  delete j.filename;
+  delete j["actual-size"];
+  const data = j["format-specific"]?.data;
+  if (data) {
+    delete data["data-file"];
+    // vmdk: the CID is random in both tools, the extent named after its file.
+    delete data.cid;
+    for (const e of data.extents ?? []) delete e.filename;
+  }
+  return j;
+}
+
+/**
+ * Seed 004 for formats qemu-img cannot measure (vpc, vhdx, vmdk): when
+ * instar's measure gives numbers, the image qemu-img converts to that format
+ * must take between "required" and "fully allocated" bytes.
+ */
+async function measureBounds(c: Ctx, target: string) {
+  const img = await makeImage(c, "in");
+  const sub = target === "vmdk"
+    ? pick(c, "subformat", ["monolithicSparse", "streamOptimized"])
+    : pick(c, "subformat", ["dynamic", "fixed"]);
+  const args = ["measure", "--output=json", "-O", target, "-o", `subformat=${sub}`, "-f", img.fmt, img.file];
+  const i = await instar(args, c.dir);
+  if (i.code !== 0) return; // not measurable by instar (yet): qemu-img cannot either
+  const m = JSON.parse(i.stdout);
+  const conv = ["convert", "-f", img.fmt, "-O", target, "-o", `subformat=${sub}`, img.file, `q.${target}`];
+  await must("qemu-img", conv, c.dir);
+  const size = BigInt(Deno.statSync(`${c.dir}/q.${target}`).size);
+  const required = BigInt(m.required), full = BigInt(m["fully-allocated"]);
+  c.picks.converted_size = Number(size);
+  if (size < required || size > full) {
+    c.divergences.push({
+      kind: "measure_bounds",
+      commands: [`instar ${args.join(" ")}`, `qemu-img ${conv.join(" ")}`],
+      qemu: { convertedSize: Number(size) },
+      instar: m,
+    });
+  }
+}
+
+const OPS: Record<string, (c: Ctx) => Promise<void>> = {
+  async info(c) {
+    const img = await makeImage(c, "in");
+    const out = pick(c, "output", ["human", "json"]);
+    await compareCmd(c, "info", ["info", `--output=${out}`, "-f", img.fmt, img.file]);
+  },
+  async check(c) {
+    const img = await makeImage(c, "in", ["qcow2"]);
+    const out = pick(c, "output", ["human", "json"]);
+    await compareCmd(c, "check", ["check", `--output=${out}`, "-f", "qcow2", img.file]);
+  },
+  async measure(c) {
+    const target = pick(c, "target", ["raw", "qcow2", "qcow2", "vpc", "vhdx", "vmdk"]);
+    if (target !== "raw" && target !== "qcow2") return await measureBounds(c, target);
+    const args = ["measure", "-O", target];
+    if (target === "qcow2") {
+      args.push("-o", qcow2Opts(c, "target_"));
+      const pre = pick(c, "preallocation", ["off", "off", "metadata", "falloc", "full"]);
+      if (pre !== "off") args.push("-o", `preallocation=${pre}`);
+    }
+    if (pick(c, "from", ["image", "size"]) === "size") {
+      args.push("--size", pick(c, "size", ["0", "1M", "1G", "1T", "100T"]));
+    } else {
+      const img = await makeImage(c, "in");
+      args.push("-f", img.fmt, img.file);
+    }
+    if (pick(c, "output", ["human", "json"]) === "json") args.splice(1, 0, "--output=json");
+    await compareCmd(c, "measure", args);
+  },
+  async convert(c) {
+    const img = await makeImage(c, "in");
+    const target = pick(c, "target", ["raw", "qcow2"]);
+    const base = ["convert", "-f", img.fmt, "-O", target];
+    if (target === "qcow2") {
+      base.push("-o", qcow2Opts(c, "target_"));
+      if (pick(c, "compress", [false, true])) base.push("-c");
+    }
+    const qa = [...base, img.file, `q.${target}`], ia = [...base, img.file, `i.${target}`];
+    const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
+    const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+    if (!same(asInstar(q), { ...i })) {
+      c.divergences.push({ kind: "convert_outcome", commands, qemu: q, instar: i });
+      return;
+    }
+    if (q.code !== 0) return;
+    const hashes: string[] = [];
+    for (const f of [`q.${target}`, `i.${target}`]) {
+      await must("qemu-img", ["convert", "-f", target, "-O", "raw", f, `${f}.flat`], c.dir);
+      hashes.push(await sha256(`${c.dir}/${f}.flat`));
+    }
+    if (hashes[0] !== hashes[1]) {
+      c.divergences.push({ kind: "convert_data", commands, qemu: hashes[0], instar: hashes[1] });
+    }
+  },
+  async create(c) {
+    const fmt = pick(c, "format", ["raw", "qcow2", "qcow2", "vpc", "vhdx", "vmdk"]);
+    const size = pick(c, "size", ["0", "512", "1M", "1536K", "64M", "1G", "2040G", "3T"]);
+    const args = ["create", "-f", fmt];
+    if (fmt === "qcow2") args.push("-o", qcow2Opts(c, ""));
+    if (fmt === "vpc") args.push("-o", `subformat=${pick(c, "subformat", ["dynamic", "fixed"])}`);
+    if (fmt === "vhdx") args.push("-o", `subformat=${pick(c, "subformat", ["dynamic", "fixed"])}`);
+    if (fmt === "vmdk") {
+      args.push("-o", `subformat=${pick(c, "subformat", ["monolithicSparse", "streamOptimized"])}`);
+    }
+    // Fixed images of terabytes would fill the disk.
+    if (/subformat=fixed/.test(args.join(" ")) && /G|T/.test(size)) return;
+    const qa = [...args, `q.${fmt}`, size], ia = [...args, `i.${fmt}`, size];
+    const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
+    const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+    const norm = (o: Outcome, f: string) => ({
+      ...o,
+      stdout: o.stdout.replaceAll(f, "OUT"),
+      stderr: o.stderr.replaceAll(f, "OUT"),
+    });
+    if (!same(norm(asInstar(q), `q.${fmt}`), norm(i, `i.${fmt}`))) {
+      c.divergences.push({ kind: "create_outcome", commands, qemu: q, instar: i });
+      return;
+    }
+    if (q.code !== 0) return;
+    const [qi, ii] = [await infoOf(c, `q.${fmt}`, fmt), await infoOf(c, `i.${fmt}`, fmt)];
+    if (JSON.stringify(qi) !== JSON.stringify(ii)) {
+      c.divergences.push({ kind: "create_info", commands, qemu: qi, instar: ii });
+    }
+  },
+  async resize(c) {
+    const img = await makeImage(c, "in");
+    await must("cp", ["--sparse=always", img.file, `q.${img.fmt}`], c.dir);
+    await must("cp", ["--sparse=always", img.file, `i.${img.fmt}`], c.dir);
+    const delta = pick(c, "delta", [
+      "+512",
+      "+64K",
+      "+1M",
+      "+15M",
+      "+1G",
+      "-512",
+      "-64K",
+      "-1M",
+      "4M",
+      "100M",
+    ]);
+    const args = ["resize", "-f", img.fmt];
+    let shrink = delta.startsWith("-");
+    if (!delta.startsWith("+") && !delta.startsWith("-")) {
+      const abs = Number(delta.slice(0, -1)) * (1 << 20);
+      shrink = abs < img.bytes;
+    }
+    if (shrink && pick(c, "shrink_flag", [true, true, false])) args.push("--shrink");
+    if (img.fmt === "raw") {
+      const pre = pick(c, "preallocation", ["", "", "off", "falloc", "full"]);
+      if (pre) args.push(`--preallocation=${pre}`);
+    }
+    const qa = [...args, `q.${img.fmt}`, delta], ia = [...args, `i.${img.fmt}`, delta];
+    const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
+    const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+    if (!same(asInstar(q), i)) {
+      c.divergences.push({ kind: "resize_outcome", commands, qemu: q, instar: i });
+      return;
+    }
+    const [qi, ii] = [await infoOf(c, `q.${img.fmt}`, img.fmt), await infoOf(c, `i.${img.fmt}`, img.fmt)];
+    if (JSON.stringify(qi) !== JSON.stringify(ii)) {
+      c.divergences.push({ kind: "resize_info", commands, qemu: qi, instar: ii });
+    }
+    if (img.fmt === "qcow2") {
+      const qc = await qemu(["check", "--output=json", "-f", "qcow2", `q.qcow2`], c.dir);
+      const ic = await qemu(["check", "--output=json", "-f", "qcow2", `i.qcow2`], c.dir);
+      const strip = (o: Outcome) => ({ ...o, stdout: o.stdout.replace(/"filename": "[^"]*",?/, "") });
+      if (!same(strip(qc), strip(ic))) {
+        c.divergences.push({ kind: "resize_check", commands, qemu: qc, instar: ic });
+      }
+    }
+  },
+};
+
+export async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      iterations: { type: "string", default: "100" },
+      seed: { type: "string", default: "1" },
+      only: { type: "string" },
+      out: { type: "string" },
+      ops: { type: "string" },
+    },
+  });
+  const seed = Number(values.seed), n = Number(values.iterations);
+  const ops = values.ops ? values.ops.split(",") : Object.keys(OPS);
+  for (const o of ops) if (!OPS[o]) throw new Error(`Unknown operation ${o}`);
+  const out = values.out ?? `fuzz-diff-${seed}`;
+  await Deno.mkdir(out, { recursive: true });
+  const first = values.only !== undefined ? Number(values.only) : 0;
+  const last = values.only !== undefined ? first + 1 : n;
+  let found = 0;
+  for (let it = first; it < last; it++) {
+    const rng = new Rng((Math.imul(seed, 0x9e3779b1) ^ Math.imul(it + 1, 0x85ebca6b)) >>> 0);
+    const op = rng.pick(ops);
+    const dir = await Deno.makeTempDir({ prefix: "instar-diff-" });
+    const c: Ctx = { rng, dir, picks: { op }, divergences: [] };
+    let error: string | undefined;
+    try {
+      await OPS[op](c);
+    } catch (e) {
+      error = String((e as Error)?.message ?? e);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+    console.log(
+      `iteration ${it} seed ${seed}: ${JSON.stringify(c.picks)}${error ? ` setup error: ${error}` : ""}`,
+    );
+    for (const d of c.divergences) {
+      const path = `${out}/divergence-${seed}-${it}-${d.kind}.json`;
+      await Deno.writeTextFile(
+        path,
+        JSON.stringify({ seed, iteration: it, picks: c.picks, ...d }, null, 2) + "\n",
+      );
+      console.log(`  DIVERGENCE ${d.kind}: ${path}`);
+      found++;
+    }
+  }
+  console.log(`${last - first} iterations, ${found} divergences (reports in ${out}/)`);
+  return found ? 1 : 0;
+}
+
+if (import.meta.main) {
+  const cwd = Deno.env.get("INIT_CWD");
+  if (cwd) Deno.chdir(cwd);
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# Seed corpora for the C fuzz targets, from images qemu-img and qemu-io make
+# (small cluster sizes keep each image a few KiB, so mutations hit
+# metadata rather than data):
+#   fuzz/corpus/<target>/<sha1>   (generated, not committed)
+# usage: fuzz/make_corpus.sh [OUT_DIR]     (default fuzz/corpus)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=${1:-$ROOT/fuzz/corpus}
+command -v qemu-img >/dev/null || { echo "make_corpus.sh: qemu-img not found (scripts/deps.sh)" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+mkdir -p imgs
+
+q() { qemu-img "$@" >/dev/null; }
+io() { qemu-io "$@" >/dev/null; }
+
+# qcow2 images: every header feature qemu-img can write, with some data,
+# zero and compressed clusters, and small clusters so tables stay small.
+n=0
+mk() { # mk NAME SIZE OPTIONS [qemu-io commands...]
+  local name=$1 size=$2 opts=$3; shift 3
+  q create -f qcow2 ${opts:+-o "$opts"} "imgs/$name.qcow2" "$size"
+  local cmds=()
+  for c in "$@"; do cmds+=(-c "$c"); done
+  if [[ ${#cmds[@]} -gt 0 ]]; then io -f qcow2 "${cmds[@]}" "imgs/$name.qcow2"; fi
+  n=$((n + 1))
+}
+mk empty512 64K cluster_size=512
+mk data512 64K cluster_size=512 "write -P 0x11 0 4k" "write -z 8k 1k" "write -P 0x22 32k 512"
+mk comp512 64K cluster_size=512 "write -c -P 0x33 0 512" "write -c 4k 512" "write -P 1 8k 512"
+mk zstd512 64K cluster_size=512,compression_type=zstd "write -c -P 0x44 0 512" "write -c -P 0x45 1k 512"
+mk v2 64K cluster_size=512,compat=0.10 "write -P 5 0 1k" "write -z 2k 512"
+mk rc1 64K cluster_size=512,refcount_bits=1 "write -P 6 0 1k"
+mk rc2 64K cluster_size=512,refcount_bits=2 "write -P 6 0 1k"
+mk rc4 64K cluster_size=512,refcount_bits=4 "write -P 6 0 1k"
+mk rc8 64K cluster_size=512,refcount_bits=8 "write -P 6 0 1k"
+mk rc32 64K cluster_size=512,refcount_bits=32 "write -P 6 0 1k"
+mk rc64 64K cluster_size=512,refcount_bits=64 "write -P 6 0 1k"
+mk lazy 64K cluster_size=512,lazy_refcounts=on "write -P 7 0 1k"
+mk extl2 256K cluster_size=16K,extended_l2=on "write -P 8 0 2k" "write -z 4k 1k" "write -P 9 32k 16k"
+mk big1k 1M cluster_size=1024 "write -P 1 0 1k" "write -P 2 512k 2k" "write -z 768k 1k"
+head -c 65536 /dev/zero > imgs/base.raw
+mk backing 64K cluster_size=512,backing_file=base.raw,backing_fmt=raw "write -P 3 0 512"
+q create -f qcow2 -o cluster_size=512,data_file=imgs/ext.data imgs/datafile.qcow2 64K
+q create -f qcow2 -o cluster_size=512,data_file=imgs/ext2.data,data_file_raw=on imgs/datafile_raw.qcow2 64K
+mk snap 64K cluster_size=512 "write -P 1 0 1k"
+q snapshot -c first imgs/snap.qcow2
+io -f qcow2 -c "write -P 2 0 512" imgs/snap.qcow2
+q snapshot -c second imgs/snap.qcow2
+mk bitmap 64K cluster_size=512 "write -P 1 0 1k"
+q bitmap --add imgs/bitmap.qcow2 b0
+q bitmap --add --granularity 512 imgs/bitmap.qcow2 b1
+# qemu benchmarks PBKDF iterations from CPU time and can fail on a busy
+# machine ("Unable to get accurate CPU usage"); a short iter-time and a
+# retry keep the seed, and a seed corpus may go without it if both fail.
+for try in 1 2 3; do
+  qemu-img create -q -f qcow2 -o cluster_size=512,encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
+    --object secret,id=s0,data=pw imgs/luks.qcow2 64K && break
+done || true
+q create -f qcow2 -o cluster_size=512,preallocation=metadata imgs/prealloc.qcow2 16K
+q create -f qcow2 imgs/default64k.qcow2 1M
+
+# Raw inputs for probing/partition detection: an empty file, zeroes, an
+# MBR, a protective MBR + GPT header, other formats' heads.
+python3 - <<'PY'
+import struct
+def mbr(entries, sig=True):
+    b = bytearray(1024)
+    for i, (status, typ, lba, count) in enumerate(entries):
+        e = 446 + 16 * i
+        b[e] = status; b[e + 4] = typ
+        b[e + 8:e + 16] = struct.pack('<II', lba, count)
+    if sig: b[510:512] = b'\x55\xaa'
+    return b
+open('imgs/zero.raw', 'wb').write(bytes(2048))
+open('imgs/mbr.raw', 'wb').write(mbr([(0x80, 0x83, 2048, 4096)]))
+g = mbr([(0, 0xee, 1, 0xffffffff)]); g[512:520] = b'EFI PART'
+open('imgs/gpt.raw', 'wb').write(g)
+open('imgs/nosig.raw', 'wb').write(mbr([(0, 0x83, 1, 1)], sig=False))
+open('imgs/badstatus.raw', 'wb').write(mbr([(0x12, 0x83, 1, 1)]))
+t = bytearray(2048); t[1536:1544] = b'conectix'
+open('imgs/vpc_tail.raw', 'wb').write(t)
+t = bytearray(2048); t[1536:1540] = b'koly'
+open('imgs/dmg_tail.raw', 'wb').write(t)
+PY
+for f in vmdk vpc vhdx; do q create -f $f imgs/fmt.$f 1M; head -c 4096 imgs/fmt.$f > imgs/head_$f.raw; done
+: > imgs/empty.raw
+
+# Compressed clusters for qcow2_decompress: each compressed L2 entry of
+# the images above, as "type, cluster_bits selector, descriptor, stream".
+mkdir -p dec
+python3 - <<'PY'
+import glob, struct
+for path in glob.glob('imgs/*.qcow2'):
+    d = open(path, 'rb').read()
+    if d[:4] != b'QFI\xfb': continue
+    ver, = struct.unpack('>I', d[4:8])
+    cb, = struct.unpack('>I', d[20:24])
+    l1_size, = struct.unpack('>I', d[36:40]); l1_off, = struct.unpack('>Q', d[40:48])
+    hl = struct.unpack('>I', d[100:104])[0] if ver == 3 else 72
+    ctype = d[104] if hl > 104 else 0
+    incompat = struct.unpack('>Q', d[72:80])[0] if ver == 3 else 0
+    ent = 16 if incompat & 16 else 8
+    shift = 62 - (cb - 8); mask = (1 << (cb - 8)) - 1
+    for i in range(l1_size):
+        l2 = struct.unpack('>Q', d[l1_off + 8 * i:l1_off + 8 * i + 8])[0] & 0x00fffffffffffe00
+        if not l2: continue
+        for j in range((1 << cb) // ent):
+            e, = struct.unpack('>Q', d[l2 + ent * j:l2 + ent * j + 8])
+            if not e & (1 << 62): continue
+            off = e & ((1 << shift) - 1); n = (((e >> shift) & mask) + 1) * 512 - (off & 511)
+            blob = bytes([ctype, cb - 9]) + struct.pack('>Q', e) + d[off:off + n]
+            open('dec/%s_%d_%d' % (path.split('/')[-1], i, j), 'wb').write(blob)
+PY
+# And a few made by the zstd tool and zlib (raw deflate, 4 KiB window).
+head -c 512 /dev/urandom > rnd; for t in rnd; do
+  printf '\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00' > dec/zstd_cli; zstd -q -c rnd >> dec/zstd_cli; done
+python3 -c "
+import zlib
+c = zlib.compressobj(6, zlib.DEFLATED, -12)
+open('dec/zlib_py', 'wb').write(bytes([0, 0]) + bytes(8) + c.compress(b'instar' * 100) + c.flush())
+"
+
+# The LUKS payload area is 2 MiB of nothing useful to the parsers.
+[ -f imgs/luks.qcow2 ] && truncate -s 64K imgs/luks.qcow2
+
+put() { # put TARGET FILE...
+  local dir=$OUT/$1; shift
+  mkdir -p "$dir"
+  for f in "$@"; do cp "$f" "$dir/$(sha1sum "$f" | cut -d' ' -f1)"; done
+}
+put qcow2_header imgs/*.qcow2
+put qcow2_l1l2 imgs/*.qcow2
+put qcow2_read imgs/*.qcow2 imgs/*.raw
+put qcow2_refcount imgs/*.qcow2 imgs/*.raw
+put raw_partition imgs/*.raw imgs/*.qcow2
+put qcow2_decompress dec/*
+# measure_scan: a format byte and a target cluster_bits byte (7: 64 KiB) first.
+mkdir -p scan
+for f in imgs/*.qcow2; do { printf '\x00\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
+for f in imgs/*.raw; do { printf '\x01\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
+put measure_scan scan/*
+for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan; do
+  echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
+done

@@ -1,0 +1,195 @@
+/*
+ * guest/include/rt.h over a memory buffer, for the fuzz targets (see
+ * fuzz_rt.h). What the VMM would treat as the guest misbehaving (a READ
+ * outside the input, a WRITE with no output attached, a malformed record)
+ * aborts here: for a fuzz target that is a finding, not an error path.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "rt.h"
+#include "fuzz_rt.h"
+
+/* The guest heap is guest RAM minus the fixed layout below LAYOUT_HEAP; the
+ * same budget here makes "out of memory" happen where it would in the VM. */
+#define FUZZ_HEAP_BYTES (LIMIT_RAM_DEFAULT - LAYOUT_HEAP)
+
+static struct params g_params;
+static const uint8_t *g_data;
+static uint64_t g_records;
+
+struct alloc {
+    void *p;
+    uint64_t size;
+};
+static struct alloc *g_allocs;
+static uint64_t g_n_allocs, g_cap_allocs, g_heap_used;
+
+_Noreturn void fuzz_rt_fail(const char *what, uint64_t a, uint64_t b)
+{
+    fprintf(stderr, "==%d== ERROR: instar fuzz runtime: %s (%llu, %llu)\n", (int)getpid(), what,
+            (unsigned long long)a, (unsigned long long)b);
+    abort();
+}
+
+const struct params *rt_params(void) { return &g_params; }
+
+void fuzz_rt_begin(const uint8_t *data, size_t size, uint32_t format)
+{
+    memset(&g_params, 0, sizeof g_params);
+    g_params.magic = PARAMS_MAGIC;
+    g_params.abi_version = ABI_VERSION;
+    g_params.n_inputs = 1;
+    g_params.ram_size = LIMIT_RAM_DEFAULT;
+    g_params.input_size[0] = size;
+    g_params.input_format[0] = format;
+    /* A memory buffer has no holes: every byte counts as allocated. */
+    g_params.input_alloc[0] = (size + 511) & ~511ull;
+    g_data = data;
+    g_records = 0;
+    fuzz_rt_end();
+}
+
+uint64_t fuzz_rt_records(void) { return g_records; }
+
+void rt_heap_release(uint64_t mark)
+{
+    while (g_n_allocs > mark) {
+        struct alloc *a = &g_allocs[--g_n_allocs];
+        g_heap_used -= a->size;
+        free(a->p);
+    }
+}
+
+void fuzz_rt_end(void) { rt_heap_release(0); }
+
+uint64_t rt_heap_mark(void) { return g_n_allocs; }
+
+void *rt_alloc(uint64_t size)
+{
+    uint64_t used;
+    if (__builtin_add_overflow(g_heap_used, size, &used) || used > FUZZ_HEAP_BYTES) return NULL;
+    if (g_n_allocs == g_cap_allocs) {
+        uint64_t cap = g_cap_allocs ? g_cap_allocs * 2 : 64;
+        struct alloc *n = realloc(g_allocs, cap * sizeof *n);
+        if (!n) return NULL;
+        g_allocs = n;
+        g_cap_allocs = cap;
+    }
+    /* malloc(0) may return NULL; the guest allocator never does. */
+    void *p = malloc(size ? size : 1);
+    if (!p) return NULL;
+    g_allocs[g_n_allocs++] = (struct alloc){p, size};
+    g_heap_used = used;
+    return p;
+}
+
+void *rt_calloc(uint64_t n, uint64_t size)
+{
+    uint64_t total;
+    if (__builtin_mul_overflow(n, size, &total)) return NULL;
+    void *p = rt_alloc(total);
+    if (p) memset(p, 0, total);
+    return p;
+}
+
+void rt_free(void *p)
+{
+    if (p && g_n_allocs && g_allocs[g_n_allocs - 1].p == p) rt_heap_release(g_n_allocs - 1);
+}
+
+int64_t hc_read(uint32_t input, uint64_t off, uint64_t len, void *buf)
+{
+    uint64_t end;
+    if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) || end > g_params.input_size[input])
+        fuzz_rt_fail("READ outside the input", off, len);
+    memcpy(buf, g_data + off, len);
+    return (int64_t)len;
+}
+
+int64_t hc_readv(uint32_t input, const struct io_seg *segs, uint32_t n)
+{
+    uint64_t total = 0;
+    if (n == 0 || n > LIMIT_IO_SEGS_MAX) fuzz_rt_fail("READV segment count", n, 0);
+    for (uint32_t i = 0; i < n; i++) {
+        if (__builtin_add_overflow(total, segs[i].len, &total) || total > LIMIT_IO_MAX)
+            fuzz_rt_fail("READV too long", total, segs[i].len);
+        hc_read(input, segs[i].off, segs[i].len, (void *)(uintptr_t)segs[i].addr);
+    }
+    return (int64_t)total;
+}
+
+/* No output is attached in a fuzz run: the VMM would refuse any write. */
+int64_t hc_write(uint64_t off, uint64_t len, const void *buf)
+{
+    (void)buf;
+    fuzz_rt_fail("WRITE with no output attached", off, len);
+}
+
+int64_t hc_writev(const struct io_seg *segs, uint32_t n)
+{
+    (void)segs;
+    fuzz_rt_fail("WRITEV with no output attached", n, 0);
+}
+
+/* A memory buffer is all data: the next hole is its end. */
+int64_t hc_seek(uint32_t input, uint64_t off, uint32_t kind)
+{
+    if (input >= g_params.n_inputs) fuzz_rt_fail("SEEK on a missing input", input, 0);
+    uint64_t size = g_params.input_size[input];
+    if (off >= size) return (int64_t)size;
+    return kind == SEEK_KIND_DATA ? (int64_t)off : (int64_t)size;
+}
+
+int64_t hc_extents(uint32_t input, uint64_t off, uint64_t len, struct extent *out)
+{
+    uint64_t end;
+    if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) || end > g_params.input_size[input])
+        fuzz_rt_fail("EXTENTS outside the input", off, len);
+    if (len == 0) return 0;
+    out[0].off = off;
+    out[0].len = len;
+    return 1;
+}
+
+void hc_progress(uint64_t done, uint64_t total)
+{
+    (void)done;
+    (void)total;
+}
+
+void hc_log(const char *s) { (void)s; }
+
+_Noreturn void hc_done(uint64_t status) { fuzz_rt_fail("hc_done called by a parser", status, 0); }
+
+/* Records go nowhere, but their shape is what the VMM checks before the
+ * host reads them, so a malformed one is a finding. */
+int rt_emit(const void *rec, uint32_t size)
+{
+    if (size < 8 || size % 8 || size > LIMIT_RECORD_MAX) fuzz_rt_fail("malformed record", size, 0);
+    /* Touch every byte so ASan sees a record built from a short buffer. */
+    volatile uint8_t sink = 0;
+    for (uint32_t i = 0; i < size; i++) sink ^= ((const uint8_t *)rec)[i];
+    (void)sink;
+    g_records++;
+    return 0;
+}
+
+void rt_flush(void) {}
+
+int rt_error(uint32_t input, uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2)
+{
+    struct rec_error e;
+    memset(&e, 0, sizeof e);
+    uint32_t t = REC_ERROR, s = sizeof e;
+    memcpy(e.hdr, &t, 4);
+    memcpy(e.hdr + 4, &s, 4);
+    e.code = code;
+    e.input = input;
+    e.a0 = a0;
+    e.a1 = a1;
+    e.a2 = a2;
+    rt_emit(&e, sizeof e);
+    return -1;
+}
