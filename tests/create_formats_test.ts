@@ -58,3 +58,20 @@ Deno.test({ name: "create: vpc, vhdx and vmdk images equal qemu-img's", ignore: 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test({ name: "create --preallocation MODE is -o preallocation=MODE", ignore: !ready }, async () => {
+  const dir = await Deno.makeTempDir({ prefix: "instar-create-prealloc-" });
+  try {
+    for (const [fmt, mode] of [["qcow2", "metadata"], ["qcow2", "full"], ["raw", "falloc"]]) {
+      const q = await qemuImg(["create", "-f", fmt, "-o", `preallocation=${mode}`, `q.${fmt}`, "3M"], dir);
+      const i = await instar(["create", "-f", fmt, `--preallocation=${mode}`, `i.${fmt}`, "3M"], dir);
+      assertEquals(i.code, 0, i.stderr);
+      assertEquals(i.stdout, q.stdout.replaceAll(`q.${fmt}`, `i.${fmt}`));
+      const [a, b] = [await Deno.readFile(`${dir}/q.${fmt}`), await Deno.readFile(`${dir}/i.${fmt}`)];
+      assertEquals(a.length, b.length);
+      assertEquals(a.every((x, k) => x === b[k]), true, `${fmt} ${mode}: bytes differ`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -124,12 +124,21 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
   const operands = getopt(argv, ":F:b:f:ho:qu", [
     { name: "help", hasArg: false, id: "h" },
     { name: "object", hasArg: true, id: "object" },
+    { name: "preallocation", hasArg: true, id: "preallocation" },
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value)) return;
     switch (id) {
       case "h":
         throw new HelpRequested();
+      case "preallocation": {
+        // instar's spelling of -o preallocation=MODE (qemu-img create has
+        // only the -o form); the same option, with the same checks.
+        const next = accumulateOptions(options, `preallocation=${value!.replaceAll(",", ",,")}`);
+        if (next === undefined) throw new CliError([`Invalid option list: preallocation=${value}`]);
+        options = next;
+        break;
+      }
       case "F":
         baseFmt = value;
         break;
