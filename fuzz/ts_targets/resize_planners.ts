@@ -26,16 +26,52 @@
 //   - the plan writes the new size into the header (offset 24, big-endian);
 //   - a refusal is a typed PlanError (any throw is a finding).
 import type * as QcowResize from "../../lib/formats/qcow2/resize_plan.ts";
+import type * as ResizeInput from "../../lib/formats/vpc/resize_input.ts";
+import type * as VpcResize from "../../lib/formats/vpc/resize_plan.ts";
+import type * as VhdxResize from "../../lib/formats/vhdx/resize_plan.ts";
+import type * as VmdkResize from "../../lib/formats/vmdk/resize_plan.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
 
 const qcow = await optional<typeof QcowResize>("../../lib/formats/qcow2/resize_plan.ts");
+const input = await optional<typeof ResizeInput>("../../lib/formats/vpc/resize_input.ts");
+const vpc = await optional<typeof VpcResize>("../../lib/formats/vpc/resize_plan.ts");
+const vhdx = await optional<typeof VhdxResize>("../../lib/formats/vhdx/resize_plan.ts");
+const vmdk = await optional<typeof VmdkResize>("../../lib/formats/vmdk/resize_plan.ts");
 
 type Planner = (d: Uint8Array, cov: Cov) => void;
 const planners: Planner[] = [];
 if (qcow) {
   planners.push((d, cov) => runQcow2(d, cov, false));
   planners.push((d, cov) => runQcow2(d, cov, true));
+}
+if (input && vpc && vhdx && vmdk) {
+  // Seed 003's own layout (lib/formats/vpc/resize_input.ts): byte 0 picks
+  // vmdk (3), vhd (4) or vhdx (5); the decoder asks for plans beyond
+  // qemu-img's refusal so the planners' arithmetic is reached.
+  for (const sel of [3, 4, 5]) planners.push((d, cov) => runOther(d, cov, sel));
+}
+
+const U64 = 1n << 64n;
+
+function runOther(d: Uint8Array, cov: Cov, selector: number) {
+  const bytes = d.slice();
+  bytes[0] = selector;
+  const dec = input!.decodeResizeInput(bytes);
+  if (!dec || dec.format === "other") return;
+  cov.hit(`${dec.format}:${dec.request.shrink ? "shrink" : "grow"}:${sizeClass(dec.request.newSize)}`);
+  const r = dec.format === "vpc"
+    ? vpc!.planVpcResize(dec.summary, dec.request)
+    : dec.format === "vhdx"
+    ? vhdx!.planVhdxResize(dec.summary, dec.request)
+    : vmdk!.planVmdkResize(dec.summary, dec.request);
+  // Seed 002 bug B: a VHDX sequence number within 2 of 2^64 is refused up
+  // front (the two header rewrites add 1 and 2), never wrapped.
+  if (dec.format === "vhdx" && dec.summary.sequenceNumber >= U64 - 2n) {
+    invariant(!r.ok, () => `VHDX sequence number ${dec.summary.sequenceNumber} was accepted`);
+  }
+  if (!checkResult(r, `${dec.format}-resize`, cov)) return;
+  checkPlan(r.value, `${dec.format} resize`, cov);
 }
 
 function decodeScan(d: Uint8Array, cov: Cov): QcowResize.Qcow2ResizeScan {
@@ -148,7 +184,7 @@ function runQcow2(d: Uint8Array, cov: Cov, shrink: boolean) {
 }
 
 export const target: TsTarget = {
-  description: `resize planners (${planners.length ? "qcow2 grow/shrink" : "none present yet"})`,
+  description: `resize planners (${planners.length ? "qcow2 grow/shrink, vmdk, vhd, vhdx" : "none present yet"})`,
   run(data, cov) {
     if (!planners.length || data.length < 32) return;
     planners[data[0] % planners.length](data, cov);
