@@ -42,10 +42,12 @@ const lines = ["| operation | instar (median ms) | qemu-img (median ms) | ratio 
 for (const [name, args, out] of rows) {
   const mine: number[] = [], theirs: number[] = [];
   for (let i = 0; i < runs; i++) {
-    // Alternate, and remove the output first (untimed): unlinking a 1 GiB
-    // file is kernel work neither tool should be charged for.
+    // Alternate, and remove the output first and sync (untimed): unlinking
+    // a 1 GiB file and writing back the previous run's dirty pages are
+    // kernel work neither tool should be charged for.
     for (const who of i % 2 ? ["qemu", "instar"] : ["instar", "qemu"]) {
       if (out) await Deno.remove(`${dir}/${out}`).catch(() => {});
+      await new Deno.Command("sync").output();
       (who === "instar" ? mine : theirs).push(await (who === "instar" ? instar(args) : qemu(args)));
     }
   }
