@@ -98,20 +98,30 @@ static int raw_emit(uint64_t off, const uint8_t *buf, uint64_t n, uint64_t min_s
     return 0;
 }
 
+/*
+ * When the run at *off reads as zeroes and covers at least min_len bytes,
+ * advances *off past it (whole multiples of align) and returns 1: work then
+ * follows the data, not the virtual size (a 1 PiB disk is mostly one run).
+ * Returns 0 to process a chunk normally, -1 on error.
+ */
+static int skip_zero_run(uint64_t *off, uint64_t start, uint64_t end, uint64_t min_len, uint64_t align)
+{
+    uint64_t k = 0;
+    int st = qread_status(&chain, *off, end - *off, &k);
+    if (st < 0) return -1;
+    if ((st & QRS_DATA) || k < min_len) return 0;
+    *off += k & ~(align - 1);
+    hc_progress(*off - start, end - start);
+    return 1;
+}
+
 static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_t *buf, uint8_t *zeroes)
 {
     for (uint64_t off = start; off < end;) {
-        /* A run that reads as zeroes is skipped whole: work follows the
-         * data, not the virtual size (a 1 PiB disk is mostly one run). */
         if (min_sparse) {
-            uint64_t k = 0;
-            int st = qread_status(&chain, off, end - off, &k);
-            if (st < 0) return -1;
-            if (!(st & QRS_DATA) && k >= CHUNK) {
-                off += k;
-                hc_progress(off - start, end - start);
-                continue;
-            }
+            int skipped = skip_zero_run(&off, start, end, CHUNK, 1);
+            if (skipped < 0) return -1;
+            if (skipped) continue;
         }
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         /* Read every stored run of this chunk (one READV), then write. */
@@ -163,11 +173,7 @@ static struct rec_compressed_run crun;
 /* Fills the little-endian record header (abi rec_header) and emits. */
 static int emit_rec(void *rec, uint32_t type, uint32_t size)
 {
-    uint8_t *h = rec;
-    for (int i = 0; i < 4; i++) {
-        h[i] = (uint8_t)(type >> (8 * i));
-        h[4 + i] = (uint8_t)(size >> (8 * i));
-    }
+    rec_set_header(rec, type, size);
     return rt_emit(rec, size);
 }
 
@@ -317,17 +323,11 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     uint8_t *cout = zbuf;
     uint64_t zused = 0;
     for (uint64_t off = start; off < end;) {
-        /* Whole clusters inside a run that reads as zeroes are skipped
-         * without a chunk loop (off stays cluster-aligned). */
+        /* Whole clusters only: off stays cluster-aligned. */
         if (min_sparse) {
-            uint64_t k = 0;
-            int st = qread_status(&chain, off, end - off, &k);
-            if (st < 0) return -1;
-            if (!(st & QRS_DATA) && k >= chunk) {
-                off += k & ~(csize - 1);
-                hc_progress(off - start, end - start);
-                continue;
-            }
+            int skipped = skip_zero_run(&off, start, end, chunk, csize);
+            if (skipped < 0) return -1;
+            if (skipped) continue;
         }
         uint64_t n = end - off < chunk ? end - off : chunk;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);

@@ -3,15 +3,20 @@
 #define INSTAR_OPS_RECORDS_H
 #include "rt.h"
 
-static inline void rec_init(void *rec, uint32_t type, uint32_t size)
+/* Little-endian header: type then size (abi rec_header). */
+static inline void rec_set_header(void *rec, uint32_t type, uint32_t size)
 {
-    memset(rec, 0, size);
     uint8_t *h = rec;
-    /* Little-endian header: type then size (abi rec_header). */
     for (int i = 0; i < 4; i++) {
         h[i] = (uint8_t)(type >> (8 * i));
         h[4 + i] = (uint8_t)(size >> (8 * i));
     }
+}
+
+static inline void rec_init(void *rec, uint32_t type, uint32_t size)
+{
+    memset(rec, 0, size);
+    rec_set_header(rec, type, size);
 }
 
 static inline int emit_name(uint32_t input, uint16_t kind, const uint8_t *bytes, uint16_t len)

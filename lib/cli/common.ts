@@ -3,6 +3,7 @@
 import { CliError, usageError } from "./messages.ts";
 import type { LongOption } from "./getopt.ts";
 import { detectProfile, parseProfile, type Profile } from "./version.ts";
+import { accumulateOptions } from "../formats/options.ts";
 
 export interface Io {
   out(text: string): void;
@@ -104,4 +105,11 @@ export function imageCommandOption(s: ImageCommandOptions, id: string, value?: s
       return true;
   }
   return false;
+}
+
+/** qemu-img's accumulate_options: repeated -o join with a comma; an invalid list is refused in its words. */
+export function addOptionList(prev: string | undefined, arg: string): string {
+  const next = accumulateOptions(prev, arg);
+  if (next === undefined) throw new CliError([`Invalid option list: ${arg}`]);
+  return next;
 }

@@ -8,7 +8,15 @@
 // inside the sandbox (lib/convert/pipeline.ts).
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
-import { HelpRequested, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
+import {
+  addOptionList,
+  HelpRequested,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+} from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { chainOpenMessage, errnoText, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -16,7 +24,7 @@ import { Progress, type ProgressMode } from "./progress.ts";
 import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
 import { outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { blockOptionHelp } from "./create.ts";
-import { accumulateOptions, hasHelpOption } from "../formats/options.ts";
+import { hasHelpOption } from "../formats/options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 
 const MAX_BUF_SECTORS = 32768n;
@@ -92,13 +100,9 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
       case "F":
         a.backingFmt = value;
         break;
-      case "o": {
-        // accumulate_options: repeated -o join with a comma.
-        const acc = accumulateOptions(a.options, value!);
-        if (acc === undefined) throw new CliError([`Invalid option list: ${value}`]);
-        a.options = acc;
+      case "o":
+        a.options = addOptionList(a.options, value!);
         break;
-      }
       case "l":
         a.snapshot = value;
         break;

@@ -6,6 +6,7 @@
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
+  addOptionList,
   HelpRequested,
   INSTAR_LONGS,
   instarOption,
@@ -17,7 +18,6 @@ import { cvtnum } from "./options.ts";
 import { errnoText, openChain, OpenError, openImage } from "./image.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import {
-  accumulateOptions,
   appendDescs,
   FILE_CREATE_OPTS,
   hasHelpOption,
@@ -134,9 +134,7 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
       case "preallocation": {
         // instar's spelling of -o preallocation=MODE (qemu-img create has
         // only the -o form); the same option, with the same checks.
-        const next = accumulateOptions(options, `preallocation=${value!.replaceAll(",", ",,")}`);
-        if (next === undefined) throw new CliError([`Invalid option list: preallocation=${value}`]);
-        options = next;
+        options = addOptionList(options, `preallocation=${value!.replaceAll(",", ",,")}`);
         break;
       }
       case "F":
@@ -148,12 +146,9 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
       case "f":
         fmt = value!;
         break;
-      case "o": {
-        const next = accumulateOptions(options, value!);
-        if (next === undefined) throw new CliError([`Invalid option list: ${value}`]);
-        options = next;
+      case "o":
+        options = addOptionList(options, value!);
         break;
-      }
       case "q":
         quiet = true;
         break;

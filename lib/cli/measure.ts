@@ -7,6 +7,7 @@ import { mapFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
 import {
+  addOptionList,
   HelpRequested,
   INSTAR_LONGS,
   instarOption,
@@ -19,7 +20,7 @@ import { chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } f
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "./guest.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
-import { accumulateOptions, optSetNumber, parseOptions } from "../formats/options.ts";
+import { optSetNumber, parseOptions } from "../formats/options.ts";
 import { QCOW2_CREATE_OPTS } from "../formats/qcow2/options.ts";
 import {
   type AllocationExtent,
@@ -191,12 +192,9 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
         case "O":
           outFmt = value!;
           break;
-        case "o": {
-          const next = accumulateOptions(options, value!);
-          if (next === undefined) throw new CliError([`Invalid option list: ${value}`]);
-          options = next;
+        case "o":
+          options = addOptionList(options, value!);
           break;
-        }
         case "l":
           snapshot = true;
           break;
