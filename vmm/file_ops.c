@@ -34,3 +34,28 @@ VMM_EXPORT int vmm_collapse_range(const char *path, uint64_t off, uint64_t len)
     close(fd);
     return rc;
 }
+
+/*
+ * Allocates [off, off+len) of a regular file with posix_fallocate, as
+ * qemu's file-posix does for preallocation=falloc (the range reads as
+ * zeroes and its blocks are reserved; the file grows to off+len). The file
+ * must still be the one the caller stat()ed (dev, ino): the path is opened
+ * again here. Returns 0 or -errno.
+ */
+VMM_EXPORT int vmm_preallocate(const char *path, uint64_t off, uint64_t len, uint64_t dev, uint64_t ino)
+{
+    uint64_t end;
+    if (!path || len == 0 || __builtin_add_overflow(off, len, &end) || end > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
+        rc = -ESTALE;
+    else
+        rc = -posix_fallocate(fd, (off_t)off, (off_t)len); /* returns the error, sets no errno */
+    close(fd);
+    return rc;
+}

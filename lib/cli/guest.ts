@@ -37,6 +37,7 @@ export interface RunResult {
 interface SandboxModule {
   runGuest(req: RunRequest): Promise<RunResult>;
   collapseRange(path: string, off: bigint, len: bigint): Promise<boolean>;
+  preallocate(path: string, off: bigint, len: bigint, dev: bigint, ino: bigint): Promise<string | undefined>;
   SandboxError: new (...a: never[]) => Error;
 }
 
@@ -54,4 +55,15 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
 
 export async function collapseRange(path: string, off: bigint, len: bigint): Promise<boolean> {
   return (await sandbox()).collapseRange(path, off, len);
+}
+
+/** posix_fallocate through the VMM library (undefined, or why not); see lib/vmm/sandbox.ts. */
+export async function preallocate(
+  path: string,
+  off: bigint,
+  len: bigint,
+  dev: bigint,
+  ino: bigint,
+): Promise<string | undefined> {
+  return (await sandbox()).preallocate(path, off, len, dev, ino);
 }

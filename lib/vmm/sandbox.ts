@@ -274,3 +274,20 @@ export async function collapseRange(path: string, off: bigint, len: bigint): Pro
   const lib = await vmmLib();
   return lib.vmm_collapse_range(cString(path), off, len) === 0;
 }
+
+/**
+ * posix_fallocate over [off, off+len) of the file at `path`, which must
+ * still be (dev, ino): preallocation=falloc. Returns undefined, or the
+ * strerror() text of the failure.
+ */
+export async function preallocate(
+  path: string,
+  off: bigint,
+  len: bigint,
+  dev: bigint,
+  ino: bigint,
+): Promise<string | undefined> {
+  const lib = await vmmLib();
+  const rc = lib.vmm_preallocate(cString(path), off, len, dev, ino);
+  return rc === 0 ? undefined : strerror(lib, -rc);
+}
