@@ -165,7 +165,15 @@ function runQcow2(d: Uint8Array, cov: Cov, shrink: boolean) {
   let newSize = new Bytes(d).u64(16);
   if (shrink && scan.virtualSize > 0n) newSize = (newSize % scan.virtualSize) & ~511n;
   cov.hit(`qcow2:${shrink ? "shrink" : "grow"}:${sizeClass(newSize)}`);
-  const r = qcow!.planQcow2Resize(scan, { newSize });
+  // Byte 1's bits 2..3 (unused by the scan) pick the preallocation mode of a grow.
+  const preallocation = shrink ? "off" : (["off", "metadata", "falloc", "full"] as const)[(d[1] >> 2) & 3];
+  cov.hit(`qcow2:prealloc:${preallocation}`);
+  // A preallocating plan holds every cluster it adds in memory (up to the
+  // planner's 2^24 cap): keep most such grows small so executions stay fast.
+  if (preallocation !== "off" && (d[1] & 0x40) === 0) {
+    newSize = ((scan.virtualSize + 511n) & ~511n) + ((newSize % (64n << 20n)) & ~511n);
+  }
+  const r = qcow!.planQcow2Resize(scan, { newSize, preallocation });
   if (!checkResult(r, `qcow2-${shrink ? "shrink" : "grow"}`, cov)) return;
   invariant(bad === undefined, () => `plan accepted a scan scanViolation refuses: ${bad}`);
   let sizeWritten = false;

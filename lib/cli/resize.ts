@@ -21,7 +21,7 @@ import {
 } from "./common.ts";
 import { chainOpenMessage, errnoText, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { runGuest } from "./guest.ts";
+import { preallocate, runGuest } from "./guest.ts";
 import { SizeError, strtosz } from "./options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError, qcow2Model } from "../formats/qcow2/model.ts";
@@ -134,7 +134,7 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
   if (img.format === "raw") {
     const plan = planRawResize({ fileSize: img.fileSize, newSize: total, preallocation: prealloc });
     if (!plan.ok) throw new CliError([plan.error.message]);
-    await applySteps(img, [plan.value], "Could not resize file");
+    await applySteps(img, [plan.value], "Could not resize file", prealloc);
   } else {
     await resizeQcow2(img, total, prealloc);
   }
@@ -145,9 +145,6 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
 /** qcow2_co_truncate's own refusals, then the scan, the plan and the writes. */
 async function resizeQcow2(img: OpenedImage, total: bigint, prealloc: Prealloc): Promise<void> {
   const q = img.qcow2!;
-  if (prealloc === "falloc" || prealloc === "full") {
-    throw new CliError([`Preallocation mode '${prealloc}' is not supported by instar resize of qcow2 yet`]);
-  }
   if (total % 512n !== 0n) throw new CliError(["The new size must be a multiple of 512"]);
   if (q.nbSnapshots > 0 && q.version < 3) throw new CliError(["Can't resize a v2 image which has snapshots"]);
   // Cases qemu handles that instar refuses before writing (docs/resize.md).
@@ -176,7 +173,8 @@ async function resizeQcow2(img: OpenedImage, total: bigint, prealloc: Prealloc):
       op: "resize_scan",
       opCode: ops.RESIZE_SCAN,
       inputs: [{ path: img.openPath, format: formats.QCOW2 }],
-      args: [total, prealloc === "metadata" ? 1n : 0n],
+      // Preallocation links the new range: the guest checks nothing maps it yet.
+      args: [total, prealloc !== "off" ? 1n : 0n],
       resultCap: 64 * 1024 * 1024,
     });
   } catch (e) {
@@ -207,17 +205,19 @@ async function resizeQcow2(img: OpenedImage, total: bigint, prealloc: Prealloc):
     throw e;
   }
   if (busyTail) throw refuse("instar does not preallocate over clusters the image already maps past its end");
-  const plan = planQcow2Resize(scan, {
-    newSize: total,
-    preallocation: prealloc === "metadata" ? "metadata" : "off",
-  });
+  const plan = planQcow2Resize(scan, { newSize: total, preallocation: prealloc });
   if (!plan.ok) {
-    if (plan.error.message.startsWith("Failed to grow the L1 table")) {
+    // qemu's own failures keep qemu-img's words; instar's refusals name the file.
+    if (
+      /^Failed to (grow the L1 table|resize refcount structures|resize underlying file)/.test(
+        plan.error.message,
+      )
+    ) {
       throw new CliError([plan.error.message]);
     }
     throw refuse(plan.error.message);
   }
-  await applySteps(img, plan.value.steps, "Could not resize image");
+  await applySteps(img, plan.value.steps, "Could not resize image", prealloc);
 }
 
 const hex = (v: bigint) => `0x${v.toString(16)}`;
@@ -300,8 +300,16 @@ export function decodeScan(recs: Rec[], fileSize: bigint): Qcow2ResizeScan {
  * Applies planned steps in order, each followed by fdatasync, after checking
  * that the file is still the one that was read (same device, inode and
  * length). Patches are the planner's own bytes; no image byte passes here.
+ * A zero patch is an area the preallocation mode allocates: past the end of
+ * the file with falloc it is posix_fallocate()d, as qemu's file-posix does;
+ * otherwise zeroes are written (full writes them in qemu too).
  */
-async function applySteps(img: OpenedImage, steps: FilePlan[], what: string): Promise<void> {
+async function applySteps(
+  img: OpenedImage,
+  steps: FilePlan[],
+  what: string,
+  prealloc: Prealloc,
+): Promise<void> {
   for (const s of steps) {
     const v = planViolation(s);
     if (v) throw new CliError([`${what}: plan refused: ${v}`]);
@@ -325,8 +333,10 @@ async function applySteps(img: OpenedImage, steps: FilePlan[], what: string): Pr
           await file.seek(p.offset, Deno.SeekMode.Start);
           let at = 0;
           while (at < p.bytes.length) at += await file.write(p.bytes.subarray(at));
+        } else if (prealloc === "falloc" && p.length > 0n && p.offset >= BigInt((await file.stat()).size)) {
+          const why = await preallocate(img.openPath, p.offset, p.length, img.dev, img.ino);
+          if (why !== undefined) throw new CliError([`${what}: Could not preallocate new data: ${why}`]);
         } else {
-          // Zero patches come only from planners that write whole zeroes here.
           await file.seek(p.offset, Deno.SeekMode.Start);
           const zero = new Uint8Array(Number(p.length < 1n << 20n ? p.length : 1n << 20n));
           for (let left = p.length; left > 0n;) {

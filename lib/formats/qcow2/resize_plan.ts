@@ -2,36 +2,43 @@
 // resize_scan extracted (header facts, active L1 entries, refcount table,
 // refcounts as runs, and for a shrink the clusters the discard frees and the
 // L2 entry ranges it clears) plus the new size, to the writes that perform
-// qemu 7.2's qcow2_co_truncate (preallocation=off).
+// qemu 7.2's qcow2_co_truncate with preallocation off, metadata, falloc or
+// full.
 //
 // To leave the same layout qemu-img leaves, the planner replays qemu's
-// allocator on an in-memory refcount model: first-fit cluster search from a
-// free-cluster index (alloc_clusters_noref), refcount updates that hook up
-// new self-describing refcount blocks and restart the search
-// (update_refcount / alloc_refcount_block, the -EAGAIN dance), the L1 growth
-// of qcow2_grow_l1_table, the discard/L1 shrink/refcount-table shrink of a
-// shrink and the final cut of the file after the last used cluster
-// (qcow2_get_last_cluster). Growing the refcount table itself
-// (qcow2_refcount_area) is not replayed: such a resize is refused before
-// anything is written.
+// allocator on the shared refcount model (refcounts.ts: first fit from the
+// free-cluster hint, refcount blocks hooked up with the -EAGAIN restart, the
+// refcount table grown by qcow2_refcount_area), the L1 growth of
+// qcow2_grow_l1_table, preallocate_co (metadata), the refcount area, data
+// run and L2 linking of the falloc/full branch, and for a shrink the
+// discard, L1 shrink, refcount-table shrink and the final cut of the file
+// after the last used cluster (qcow2_get_last_cluster).
 //
-// Every refcount width 1..64 goes through encode.ts's setRefcount, which
-// packs sub-byte widths LSB-first (seed 002 bug C); the header is patched in
-// place (size, L1 fields) so refcount_order and everything else stay as
-// they are.
+// Every refcount width 1..64 is encoded as on disk by the model, sub-byte
+// widths LSB-first (seed 002 bug C); the header is patched in place (size,
+// L1 fields, refcount table fields) so refcount_order and everything else
+// stay as they are.
 //
 // The result is a list of steps, each a FilePlan that planViolation accepts,
-// applied in order with a flush after each. The order keeps the image
-// consistent after a crash between any two steps (at worst it leaks
-// clusters, which `qemu-img check -r leaks` repairs); see docs/resize.md.
-import { fail, type FilePlan, ok, type Patch, type PlanResult, planViolation } from "../plan.ts";
-import { refcountMax, setRefcount } from "./encode.ts";
+// applied in order with a flush after each. Like qemu's own syncs, the order
+// keeps the image consistent after a crash between any two steps (at worst
+// it leaks clusters, which `qemu-img check -r leaks` repairs): new clusters
+// are written before anything points at them, references are switched
+// before the clusters they replace are freed; see docs/resize.md.
+import {
+  fail,
+  type FilePlan,
+  MAX_PATCHES,
+  ok,
+  type Patch,
+  type PlanResult,
+  planViolation,
+  type WritePatch,
+} from "../plan.ts";
+import { refcountMax } from "./encode.ts";
+import { MAX_CLUSTER_OFFSET, RefcountError, RefcountModel, type RefRun } from "./refcounts.ts";
 
-export interface RefRun {
-  start: bigint; // first cluster index
-  count: bigint;
-  refcount: bigint; // > 0
-}
+export type { RefRun } from "./refcounts.ts";
 
 export interface ByteRange {
   start: bigint;
@@ -65,31 +72,40 @@ export interface Qcow2ResizeScan {
   hasBacking?: boolean;
 }
 
+export type Qcow2Prealloc = "off" | "metadata" | "falloc" | "full";
+
 export interface Qcow2ResizeOptions {
   newSize: bigint;
-  /** "metadata" needs a scan made with the grow-range check (guest arg[1] bit 0)
-   * that found the new range free (no RESIZE_F_BUSY_TAIL). */
-  preallocation?: "off" | "metadata";
+  /** Anything but "off" needs a scan made with the grow-range check (guest
+   * arg[1] bit 0) that found the new range free (no RESIZE_F_BUSY_TAIL). */
+  preallocation?: Qcow2Prealloc;
 }
 
 export interface ResizeSteps {
+  /** Applied in order, each followed by a flush. A zero patch is the data
+   * area falloc/full allocate: the applier allocates it (posix_fallocate)
+   * or writes zeroes, as the mode says. */
   steps: FilePlan[];
 }
 
 const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
 const COPIED = 1n << 63n;
 const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
-/** qemu's QCOW_MAX_CLUSTER_OFFSET: host offsets fit bits 9..55. */
-const MAX_CLUSTER_OFFSET = (1n << 56n) - 1n;
 const INT64_MAX = (1n << 63n) - 1n;
 const INT_MAX = 2147483647n;
 const MAX_L1_ENTRIES = (32n << 20n) / 8n;
 /** Header field offsets (qcow2 spec). */
 const HDR_SIZE = 24n;
 const HDR_L1_SIZE = 36n;
-
-/** qemu's -EAGAIN from alloc_refcount_block: restart the cluster search. */
-class Again {}
+const HDR_REFTABLE = 48n;
+/**
+ * The most clusters one preallocating resize lays out. The model keeps the
+ * counts of every block it touches and the new L2 tables in memory (about
+ * 10 bytes per cluster at 16-bit refcounts): 2^24 clusters is 1 TiB at the
+ * default cluster size. Past it the planner refuses with a typed error
+ * rather than run out of memory.
+ */
+export const MAX_PREALLOC_CLUSTERS = 1n << 24n;
 
 /** A refusal met while replaying qemu's steps (the image or request is unsupported). */
 export class ResizeRefusal extends Error {
@@ -108,252 +124,37 @@ function be64(v: bigint): Uint8Array {
   return b;
 }
 
-/**
- * The refcount structures in memory: the guest's runs as the base, changes in
- * an overlay, the refcount table as a sparse map. get() answers what qemu's
- * qcow2_get_refcount answers (0 for clusters no refcount block describes).
- */
-class Refcounts {
-  readonly cb: bigint;
-  readonly cs: bigint;
-  readonly rbBits: bigint;
-  readonly perBlock: bigint;
-  readonly max: bigint;
-  readonly bits: number;
-  readonly tableEntries: bigint;
-  /** table index -> refcount block offset (no entry: none). */
-  readonly table = new Map<bigint, bigint>();
-  /** Blocks allocated by this resize: their base is all zero. */
-  readonly fresh = new Set<bigint>();
-  readonly overlay = new Map<bigint, bigint>();
-  /** table index -> clusters changed in that block. */
-  readonly overlayByBlock = new Map<bigint, Set<bigint>>();
-  readonly dirty = new Set<bigint>();
-  freeIndex = 0n;
-
-  constructor(readonly scan: Qcow2ResizeScan) {
-    this.cb = BigInt(scan.clusterBits);
-    this.cs = 1n << this.cb;
-    this.bits = 1 << scan.refcountOrder;
-    this.rbBits = this.cb + 3n - BigInt(scan.refcountOrder);
-    this.perBlock = 1n << this.rbBits;
-    this.max = refcountMax(this.bits);
-    this.tableEntries = BigInt(scan.reftableClusters) << (this.cb - 3n);
-    for (const [i, v] of scan.reftable) this.table.set(BigInt(i), v & REFT_OFFSET_MASK);
-  }
-
-  private base(c: bigint): bigint {
-    const runs = this.scan.runs;
-    let lo = 0, hi = runs.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >> 1;
-      const r = runs[mid];
-      if (c < r.start) hi = mid - 1;
-      else if (c >= r.start + r.count) lo = mid + 1;
-      else return r.refcount;
-    }
-    return 0n;
-  }
-
-  present(t: bigint): boolean {
-    return this.table.has(t);
-  }
-
-  get(c: bigint): bigint {
-    const t = c >> this.rbBits;
-    if (!this.table.has(t)) return 0n;
-    const o = this.overlay.get(c);
-    if (o !== undefined) return o;
-    return this.fresh.has(t) ? 0n : this.base(c);
-  }
-
-  set(c: bigint, v: bigint) {
-    const t = c >> this.rbBits;
-    this.overlay.set(c, v);
-    let s = this.overlayByBlock.get(t);
-    if (!s) this.overlayByBlock.set(t, s = new Set());
-    s.add(c);
-    this.dirty.add(t);
-  }
-
-  /** alloc_clusters_noref: first run of n clusters with refcount 0 from freeIndex. */
-  allocNoref(n: bigint, max: bigint): bigint {
-    for (let i = 0n; i < n; i++) {
-      const idx = this.freeIndex++;
-      if (this.get(idx) !== 0n) i = -1n;
-    }
-    if (this.freeIndex > 0n && this.freeIndex - 1n > (max >> this.cb)) {
-      throw new ResizeRefusal("overflow", "File too large");
-    }
-    return this.freeIndex - n;
-  }
-
-  /** qcow2_alloc_clusters: first fit, retried while a refcount block was hooked up. */
-  allocClusters(n: bigint): bigint {
-    for (;;) {
-      const at = this.allocNoref(n, MAX_CLUSTER_OFFSET);
-      try {
-        this.update(at, n, 1n);
-        return at;
-      } catch (e) {
-        if (!(e instanceof Again)) throw e;
-      }
-    }
-  }
-
-  /** qcow2_alloc_clusters_at: as many of the n clusters from `at` as are free; how many. */
-  allocAt(at: bigint, n: bigint): bigint {
-    for (;;) {
-      let i = 0n;
-      while (i < n && this.get(at + i) === 0n) i++;
-      try {
-        this.update(at, i, 1n);
-        return i;
-      } catch (e) {
-        if (!(e instanceof Again)) throw e;
-      }
-    }
-  }
-
-  /** update_refcount over clusters [start, start+n) by +1 or -1. */
-  update(start: bigint, n: bigint, addend: 1n | -1n) {
-    let oldTable = -1n;
-    for (let c = start; c < start + n; c++) {
-      const t = c >> this.rbBits;
-      // A cluster without a refcount block has refcount 0: dropping a
-      // reference to it is an underflow (an inconsistent scan), not a
-      // reason to allocate a block and retry (the fuzzer's Again escape).
-      if (addend < 0n && !this.table.has(t)) {
-        if (c > start) this.update(start, c - start, 1n);
-        throw new ResizeRefusal(
-          "unsupported",
-          `Refcount of cluster ${c} would leave the range 0..${this.max}; ` +
-            "the image is inconsistent (qemu-img check reports it)",
-        );
-      }
-      if (t !== oldTable) {
-        try {
-          this.allocRefcountBlock(c);
-        } catch (e) {
-          if (e instanceof Again && this.freeIndex > start) this.freeIndex = start;
-          // qemu undoes the clusters it already changed, then fails.
-          if (c > start) this.update(start, c - start, addend === 1n ? -1n : 1n);
-          throw e;
-        }
-      }
-      oldTable = t;
-      const v = this.get(c) + addend;
-      if (v < 0n || v > this.max) {
-        if (c > start) this.update(start, c - start, addend === 1n ? -1n : 1n);
-        throw new ResizeRefusal(
-          "unsupported",
-          `Refcount of cluster ${c} would leave the range 0..${this.max}; ` +
-            "the image is inconsistent (qemu-img check reports it)",
-        );
-      }
-      if (v === 0n && c < this.freeIndex) this.freeIndex = c;
-      this.set(c, v);
-    }
-  }
-
-  /** alloc_refcount_block for cluster c, without refcount-table growth. */
-  private allocRefcountBlock(c: bigint) {
-    const t = c >> this.rbBits;
-    if (this.table.has(t)) return;
-    const block = this.allocNoref(1n, INT64_MAX);
-    if (block === 0n) {
-      throw new ResizeRefusal("unsupported", "Preventing invalid allocation of refcount block at offset 0");
-    }
-    if (block >> this.rbBits === t) {
-      // The block describes itself.
-      this.table.set(t, block << this.cb);
-      this.fresh.add(t);
-      this.set(block, 1n);
-    } else {
-      this.update(block, 1n, 1n);
-      this.table.set(t, block << this.cb);
-      this.fresh.add(t);
-      this.dirty.add(t);
-    }
-    if (t >= this.tableEntries) {
-      throw new ResizeRefusal(
-        "unsupported",
-        "Resizing this image needs a larger refcount table, which instar does not support yet",
-      );
-    }
-    throw new Again();
-  }
-
-  /** Entries of block t in ascending order of cluster (non-zero only). */
-  *entries(t: bigint): Generator<[bigint, bigint]> {
-    const lo = t << this.rbBits, hi = lo + this.perBlock;
-    const changed = this.overlayByBlock.get(t) ?? new Set<bigint>();
-    if (!this.fresh.has(t)) {
-      const runs = this.scan.runs;
-      let a = 0, b = runs.length;
-      while (a < b) {
-        const m = (a + b) >> 1;
-        if (runs[m].start + runs[m].count <= lo) a = m + 1;
-        else b = m;
-      }
-      for (let i = a; i < runs.length && runs[i].start < hi; i++) {
-        const r = runs[i];
-        const s = r.start > lo ? r.start : lo;
-        const e = r.start + r.count < hi ? r.start + r.count : hi;
-        for (let c = s; c < e; c++) if (!changed.has(c)) yield [c, r.refcount];
-      }
-    }
-    for (const c of changed) {
-      const v = this.overlay.get(c)!;
-      if (v !== 0n) yield [c, v];
-    }
-  }
-
-  encode(t: bigint): Uint8Array {
-    const b = new Uint8Array(Number(this.cs));
-    const lo = t << this.rbBits;
-    for (const [c, v] of this.entries(t)) setRefcount(b, Number(c - lo), v, this.bits);
-    return b;
-  }
-
-  /** Whether block t holds no reference apart from (optionally) its own. */
-  unused(t: bigint): boolean {
-    const own = this.table.get(t)! >> this.cb;
-    for (const [c] of this.entries(t)) if (c !== own || own >> this.rbBits !== t) return false;
-    return true;
-  }
-
-  /** Patches writing the dirty blocks `which` selects (all by default); they
-   * leave the dirty set, the others stay in it. Dropped blocks are not written. */
-  flush(which: (t: bigint) => boolean = () => true): Patch[] {
-    const out: Patch[] = [];
-    for (const t of [...this.dirty].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
-      if (!which(t)) continue;
-      this.dirty.delete(t);
-      if (!this.table.has(t)) continue;
-      out.push({ kind: "write", offset: this.table.get(t)!, bytes: this.encode(t) });
-    }
-    return out;
-  }
-}
-
 /** Merges writes that touch end to end into one (fewer syscalls, fewer patches). */
 function coalesce(patches: Patch[]): Patch[] {
   const sorted = [...patches].sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0));
   const out: Patch[] = [];
-  for (const p of sorted) {
-    const last = out[out.length - 1];
-    if (
-      last && last.kind === "write" && p.kind === "write" &&
-      last.offset + BigInt(last.bytes.length) === p.offset
-    ) {
-      const b = new Uint8Array(last.bytes.length + p.bytes.length);
-      b.set(last.bytes);
-      b.set(p.bytes, last.bytes.length);
-      out[out.length - 1] = { kind: "write", offset: last.offset, bytes: b };
-    } else {
-      out.push(p);
+  // Runs of touching writes are gathered first and joined once: joining as
+  // they come copies the run again for every write (quadratic).
+  for (let i = 0; i < sorted.length;) {
+    const p = sorted[i];
+    let j = i + 1;
+    if (p.kind === "write") {
+      let end = p.offset + BigInt(p.bytes.length);
+      while (j < sorted.length) {
+        const q = sorted[j];
+        if (q.kind !== "write" || q.offset !== end) break;
+        end += BigInt(q.bytes.length);
+        j++;
+      }
     }
+    if (j === i + 1) {
+      out.push(p);
+    } else {
+      const run = sorted.slice(i, j) as WritePatch[];
+      const b = new Uint8Array(run.reduce((n, w) => n + w.bytes.length, 0));
+      let at = 0;
+      for (const w of run) {
+        b.set(w.bytes, at);
+        at += w.bytes.length;
+      }
+      out.push({ kind: "write", offset: p.offset, bytes: b });
+    }
+    i = j;
   }
   return out;
 }
@@ -362,6 +163,77 @@ function patchEnd(p: Patch): bigint {
   return p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.length);
 }
 
+/** The steps so far and the file length they leave. */
+class StepLog {
+  readonly steps: FilePlan[] = [];
+  constructor(public size: bigint) {}
+
+  /**
+   * One step: the patches, then the file is at least as long as they reach
+   * (or exactly `size`). More than MAX_PATCHES become several steps: every
+   * step's patches are independent of one another (they may land in any
+   * order on a crash), so any split of them keeps that true.
+   */
+  push(patches: Patch[], size?: bigint) {
+    if (patches.length === 0 && (size === undefined || size === this.size)) return;
+    const merged = coalesce(patches);
+    this.size = size ?? fileEnd(this.size, merged);
+    for (let i = 0; i === 0 || i < merged.length; i += MAX_PATCHES) {
+      this.steps.push({ patches: merged.slice(i, i + MAX_PATCHES), fileSize: this.size });
+    }
+  }
+}
+
+/** The model started from the scan; a moved refcount table becomes two steps of `log`. */
+function modelOf(scan: Qcow2ResizeScan, log: StepLog): RefcountModel {
+  const table = new Map<bigint, bigint>();
+  for (const [i, v] of scan.reftable) table.set(BigInt(i), v & REFT_OFFSET_MASK);
+  const rc = new RefcountModel({
+    clusterBits: scan.clusterBits,
+    refcountOrder: scan.refcountOrder,
+    tableOffset: scan.reftableOffset,
+    tableClusters: BigInt(scan.reftableClusters),
+    table,
+    runs: scan.runs,
+  });
+  rc.listener = {
+    // qcow2_refcount_area: the blocks and the new table are synced before
+    // the header names the table; the old one is freed after.
+    tableMoved: (move) => {
+      log.push([...blockPatches(rc), { kind: "write", offset: rc.tableOffset, bytes: rc.tableBytes() }]);
+      // Blocks hooked into the old table since the last step: qemu wrote
+      // their entries there at once, so the abandoned table holds them too.
+      log.push(move.oldHookups.map((t) => ({
+        kind: "write" as const,
+        offset: move.oldOffset + t * 8n,
+        bytes: be64(move.oldEntries.get(t)!),
+      })));
+      const f = new Uint8Array(12);
+      new DataView(f.buffer).setBigUint64(0, rc.tableOffset);
+      new DataView(f.buffer).setUint32(8, Number(rc.tableClusters));
+      log.push([{ kind: "write", offset: HDR_REFTABLE, bytes: f }]);
+    },
+  };
+  return rc;
+}
+
+/** The dirty refcount blocks, as writes (they stop being dirty). */
+function blockPatches(rc: RefcountModel): Patch[] {
+  return rc.takeDirty().map((t) => ({
+    kind: "write" as const,
+    offset: rc.table.get(t)!,
+    bytes: rc.blockBytes(t),
+  }));
+}
+
+/** Entries of new blocks written into the current refcount table. */
+function hookupPatches(rc: RefcountModel): Patch[] {
+  return rc.takeHookups().map((t) => ({
+    kind: "write" as const,
+    offset: rc.tableOffset + t * 8n,
+    bytes: be64(rc.table.get(t)!),
+  }));
+}
 /** Validates the scan against the bounds of its own header; a message when it is inconsistent. */
 export function scanViolation(s: Qcow2ResizeScan): string | undefined {
   if (s.clusterBits < 9 || s.clusterBits > 21) return `cluster_bits ${s.clusterBits} out of range`;
@@ -413,9 +285,9 @@ export function sizeToL1(size: bigint, clusterBits: number, extendedL2: boolean)
 }
 
 /**
- * Plans `qemu-img resize` of a qcow2 image with preallocation=off. The
- * caller has checked everything qemu-img checks before truncating (size
- * positive, multiple of 512, --shrink given when shrinking).
+ * Plans `qemu-img resize` of a qcow2 image. The caller has checked
+ * everything qemu-img checks before truncating (size positive, multiple of
+ * 512, --shrink given when shrinking).
  */
 export function planQcow2Resize(scan: Qcow2ResizeScan, opts: Qcow2ResizeOptions): PlanResult<ResizeSteps> {
   const bad = scanViolation(scan);
@@ -439,6 +311,15 @@ export function planQcow2Resize(scan: Qcow2ResizeScan, opts: Qcow2ResizeOptions)
     return ok({ steps });
   } catch (e) {
     if (e instanceof ResizeRefusal) return fail(e.kind, e.message);
+    if (e instanceof RefcountError) {
+      if (e.kind === "too_big") return fail("overflow", e.message);
+      return fail(
+        "unsupported",
+        e.kind === "range"
+          ? `${e.message}; the image is inconsistent (qemu-img check reports it)`
+          : e.message,
+      );
+    }
     if (e instanceof RangeError) return fail("overflow", e.message);
     throw e;
   }
@@ -458,57 +339,183 @@ function fileEnd(size: bigint, patches: Patch[]): bigint {
   return end;
 }
 
-/** qcow2_co_truncate, growing (or keeping the size): qcow2_grow_l1_table, then the size. */
-function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: "off" | "metadata"): FilePlan[] {
-  const rc = new Refcounts(scan);
+/** Runs `f`; qemu's EFBIG from the model becomes qemu-img's message for the stage. */
+function stage<T>(what: string, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof RefcountError && e.kind === "too_big") {
+      throw new ResizeRefusal("overflow", `${what}: ${e.message}`);
+    }
+    throw e;
+  }
+}
+
+/** qcow2_co_truncate, growing (or keeping the size): qcow2_grow_l1_table, preallocation, the size. */
+function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): FilePlan[] {
+  const log = new StepLog(scan.fileSize);
+  const rc = modelOf(scan, log);
   const newL1 = sizeToL1(newSize, scan.clusterBits, scan.extendedL2);
-  let size = scan.fileSize;
-  const steps: FilePlan[] = [];
   let l1Off = scan.l1Offset;
   let l1Size = BigInt(scan.l1Size);
+  const oldLen = roundUp512(scan.virtualSize);
+  if (prealloc !== "off") {
+    const cs = rc.cs;
+    const clusters = (newSize + cs - 1n) / cs - oldLen / cs;
+    if (clusters > MAX_PREALLOC_CLUSTERS) {
+      throw new ResizeRefusal(
+        "unsupported",
+        `Preallocating more than ${MAX_PREALLOC_CLUSTERS} clusters is beyond instar's resize planner ` +
+          "(try a larger cluster size)",
+      );
+    }
+  }
   if (newL1 > BigInt(scan.l1Size)) {
     if (newL1 > INT_MAX / 8n || newL1 > MAX_L1_ENTRIES) {
       throw new ResizeRefusal("overflow", "Failed to grow the L1 table: File too large");
     }
     const bytes = newL1 * 8n;
     const n = (bytes + rc.cs - 1n) >> rc.cb;
-    l1Off = rc.allocClusters(n) << rc.cb;
+    l1Off = stage("Failed to grow the L1 table", () => rc.alloc(n)) << rc.cb;
     l1Size = newL1;
     const table = new Uint8Array(Number(bytes));
     const dv = new DataView(table.buffer);
     for (const [i, v] of scan.l1) dv.setBigUint64(i * 8, v, false);
-    // Step 1: new clusters only (new refcount blocks, the new L1 table).
-    const fresh = new Set([...rc.fresh]);
-    const freshBlocks = rc.flush((t) => fresh.has(t));
-    const step1 = coalesce([...freshBlocks, { kind: "write", offset: l1Off, bytes: table }]);
-    size = fileEnd(size, step1);
-    steps.push({ patches: step1, fileSize: size });
-    // Step 2: existing refcount blocks and the table entries of new ones.
-    const step2: Patch[] = rc.flush();
-    for (const t of fresh) {
-      step2.push({ kind: "write", offset: scan.reftableOffset + t * 8n, bytes: be64(rc.table.get(t)!) });
-    }
-    steps.push({ patches: coalesce(step2), fileSize: size });
-    // Step 3: switch the header to the new table.
+    // Step 1: the refcount blocks, the new L1 table in clusters nothing references yet.
+    log.push([...blockPatches(rc), { kind: "write", offset: l1Off, bytes: table }]);
+    // Step 2: entries of new refcount blocks in the table.
+    log.push(hookupPatches(rc));
+    // Step 3: switch the header to the new L1 table.
     const l1Fields = new Uint8Array(12);
     const hv = new DataView(l1Fields.buffer);
     hv.setUint32(0, Number(newL1), false);
     hv.setBigUint64(4, l1Off, false);
-    steps.push({ patches: [{ kind: "write", offset: HDR_L1_SIZE, bytes: l1Fields }], fileSize: size });
+    log.push([{ kind: "write", offset: HDR_L1_SIZE, bytes: l1Fields }]);
     // Step 4: free the old table (qcow2_free_clusters, no discard).
     const oldBytes = BigInt(scan.l1Size) * 8n;
     if (oldBytes > 0n) {
       const first = scan.l1Offset >> rc.cb;
       const last = (scan.l1Offset + oldBytes - 1n) >> rc.cb;
       rc.update(first, last - first + 1n, -1n);
-      steps.push({ patches: coalesce(rc.flush()), fileSize: size });
+      log.push(blockPatches(rc));
     }
   }
-  if (prealloc === "metadata") {
-    size = preallocMetadata(rc, scan, l1Off, l1Size, roundUp512(scan.virtualSize), newSize, size, steps);
+  if (prealloc !== "off") {
+    const l2 = new L2Linker(rc, scan, l1Off, l1Size);
+    if (prealloc === "metadata") preallocMetadata(rc, log, l2, scan, oldLen, newSize);
+    else preallocData(rc, log, l2, scan, oldLen, newSize);
   }
-  steps.push({ patches: [sizePatch(newSize)], fileSize: size });
-  return steps;
+  log.push([sizePatch(newSize)]);
+  return log.steps;
+}
+
+/**
+ * The L1 and L2 tables as preallocation changes them: get_cluster_table
+ * (l2_allocate for a missing table, first fit, zero-filled) and the entries
+ * qcow2_alloc_cluster_link_l2 sets (host offset | COPIED; with extended L2
+ * entries the bitmap stays clear, as for qemu's preallocated links).
+ */
+class L2Linker {
+  private readonly l1: Map<bigint, bigint>;
+  private readonly l1Changed = new Set<bigint>();
+  /** Per L1 index: the table's offset, whether it is new, its entries
+   * encoded as on disk and the range of entries set (lo..hi). */
+  private readonly tables = new Map<
+    bigint,
+    { offset: bigint; fresh: boolean; bytes: Uint8Array; dv: DataView; lo: number; hi: number }
+  >();
+  readonly perL2: bigint;
+  private readonly entryBytes: number;
+
+  constructor(
+    private readonly rc: RefcountModel,
+    private readonly scan: Qcow2ResizeScan,
+    private readonly l1Off: bigint,
+    private readonly l1Size: bigint,
+  ) {
+    this.l1 = new Map([...scan.l1].map(([i, v]) => [BigInt(i), v]));
+    this.entryBytes = scan.extendedL2 ? 16 : 8;
+    this.perL2 = rc.cs / BigInt(this.entryBytes);
+  }
+
+  /** get_cluster_table for L1 index idx. */
+  table(idx: bigint) {
+    let t = this.tables.get(idx);
+    if (t) return t;
+    if (idx >= this.l1Size) throw new ResizeRefusal("unsupported", "Preallocation past the L1 table");
+    const e = this.l1.get(idx) ?? 0n;
+    const off = e & L1E_OFFSET_MASK;
+    let offset: bigint, fresh: boolean;
+    if (off) {
+      // A shared L2 table would be copied on write by qemu; instar refuses.
+      if (!(e & COPIED)) {
+        throw new ResizeRefusal("unsupported", "instar does not preallocate into a shared L2 table");
+      }
+      [offset, fresh] = [off, false];
+    } else {
+      offset = this.rc.alloc(1n) << this.rc.cb;
+      this.l1.set(idx, offset | COPIED);
+      this.l1Changed.add(idx);
+      fresh = true;
+    }
+    const bytes = new Uint8Array(Number(this.rc.cs));
+    t = { offset, fresh, bytes, dv: new DataView(bytes.buffer), lo: Number(this.perL2), hi: 0 };
+    this.tables.set(idx, t);
+    return t;
+  }
+
+  /** Links n guest clusters from `guest` (within one L2 table) to host clusters from `host`. */
+  link(guest: bigint, host: bigint, n: bigint) {
+    const t = this.table(guest / this.perL2);
+    const l2i = Number(guest % this.perL2);
+    for (let i = 0; i < Number(n); i++) {
+      t.dv.setBigUint64((l2i + i) * this.entryBytes, ((host + BigInt(i)) << this.rc.cb) | COPIED);
+    }
+    if (l2i < t.lo) t.lo = l2i;
+    if (l2i + Number(n) > t.hi) t.hi = l2i + Number(n);
+  }
+
+  /**
+   * The steps that make the links live, after the allocations: (A) refcount
+   * blocks, new L2 tables and `extra` (data the preallocation writes) in
+   * clusters nothing references yet, the file at least `end` long; (B) the
+   * entries of new refcount blocks; (C) existing L2 tables' new entries and
+   * the L1 entries as qemu writes them (qcow2_write_l1_entry: the 512-byte
+   * sector holding the entry).
+   */
+  emit(log: StepLog, extra: Patch[], end: bigint) {
+    const rc = this.rc;
+    const stepA: Patch[] = [...blockPatches(rc), ...extra];
+    const stepC: Patch[] = [];
+    const eb = this.entryBytes;
+    for (const t of this.tables.values()) {
+      if (t.fresh) {
+        stepA.push({ kind: "write", offset: t.offset, bytes: t.bytes });
+      } else if (t.hi > t.lo) {
+        // Entries in the grow range of an existing table were all zero (the
+        // guest's check), so the run from the first to the last linked
+        // entry only puts the new values over zeroes.
+        stepC.push({
+          kind: "write",
+          offset: t.offset + BigInt(t.lo * eb),
+          bytes: t.bytes.slice(t.lo * eb, t.hi * eb),
+        });
+      }
+    }
+    const a = fileEnd(log.size, stepA);
+    log.push(stepA, a > end ? a : end);
+    log.push(hookupPatches(rc));
+    const sectors = new Set([...this.l1Changed].map((i) => i >> 6n));
+    for (const sct of sectors) {
+      const first = sct << 6n;
+      const count = this.l1Size - first < 64n ? this.l1Size - first : 64n;
+      const b = new Uint8Array(Number(count * 8n));
+      const dv = new DataView(b.buffer);
+      for (let i = 0n; i < count; i++) dv.setBigUint64(Number(i) * 8, this.l1.get(first + i) ?? 0n, false);
+      stepC.push({ kind: "write", offset: this.l1Off + first * 8n, bytes: b });
+    }
+    log.push(stepC);
+  }
 }
 
 /** qemu's BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to whole sectors. */
@@ -522,51 +529,22 @@ const REQUEST_MAX_BYTES = (INT_MAX >> 9n) << 9n;
  * the call's first run, then qcow2_alloc_clusters_at right after the previous
  * run, which ends the call when that cluster is taken). The L2 entries are
  * linked with COPIED; the file is extended to the end of the last run.
- * Appends its steps; returns the file size.
  */
 function preallocMetadata(
-  rc: Refcounts,
+  rc: RefcountModel,
+  log: StepLog,
+  l2: L2Linker,
   scan: Qcow2ResizeScan,
-  l1Off: bigint,
-  l1Size: bigint,
   oldLen: bigint,
   newLen: bigint,
-  size: bigint,
-  steps: FilePlan[],
-): bigint {
+) {
   if (scan.extendedL2) {
     throw new ResizeRefusal("unsupported", "instar does not preallocate images with extended L2 entries yet");
   }
   const cs = rc.cs, cb = rc.cb;
-  const l2Bits = cb - 3n;
-  const perL2 = 1n << l2Bits;
+  const perL2 = l2.perL2;
   const callMax = (INT_MAX >> cb) << cb;
   const capClusters = REQUEST_MAX_BYTES >> cb;
-  const l1 = new Map<bigint, bigint>([...scan.l1].map(([i, v]) => [BigInt(i), v]));
-  const l1Changed = new Set<bigint>();
-  const tables = new Map<bigint, { offset: bigint; fresh: boolean; entries: Map<bigint, bigint> }>();
-  const freshBefore = new Set(rc.fresh);
-  const table = (idx: bigint) => {
-    let t = tables.get(idx);
-    if (t) return t;
-    if (idx >= l1Size) throw new ResizeRefusal("unsupported", "Preallocation past the L1 table");
-    const e = l1.get(idx) ?? 0n;
-    const off = e & L1E_OFFSET_MASK;
-    if (off) {
-      // A shared L2 table would be copied on write by qemu; instar refuses.
-      if (!(e & COPIED)) {
-        throw new ResizeRefusal("unsupported", "instar does not preallocate into a shared L2 table");
-      }
-      t = { offset: off, fresh: false, entries: new Map() };
-    } else {
-      const at = rc.allocClusters(1n) << cb;
-      l1.set(idx, at | COPIED);
-      l1Changed.add(idx);
-      t = { offset: at, fresh: true, entries: new Map() };
-    }
-    tables.set(idx, t);
-    return t;
-  };
   let offset = oldLen;
   let lastHost = 0n, lastBytes = 0n, firstCluster = -1n;
   while (offset < newLen) {
@@ -575,22 +553,22 @@ function preallocMetadata(
     let clusterOff = -1n, hostOff = -1n;
     while (remaining > 0n) {
       const gc = start >> cb;
-      const t = table(gc >> l2Bits); // handle_copied's get_cluster_table
+      l2.table(gc / perL2); // handle_copied's get_cluster_table
       const inCl = start & (cs - 1n);
-      const l2i = gc & (perL2 - 1n);
+      const l2i = gc % perL2;
       let n = (inCl + remaining + cs - 1n) >> cb;
       if (n > perL2 - l2i) n = perL2 - l2i;
       if (n > capClusters) n = capClusters;
       let host: bigint;
       if (clusterOff < 0n) {
-        host = rc.allocClusters(n) << cb;
+        host = rc.alloc(n) << cb;
       } else {
         const got = rc.allocAt(clusterOff >> cb, n);
         if (got === 0n) break;
         n = got;
         host = (clusterOff >> cb) << cb;
       }
-      for (let i = 0n; i < n; i++) t.entries.set(l2i + i, (host + (i << cb)) | COPIED);
+      l2.link(gc, host >> cb, n);
       const avail = (n << cb) - inCl;
       const cur = remaining < avail ? remaining : avail;
       if (clusterOff < 0n) clusterOff = host + inCl;
@@ -622,48 +600,81 @@ function preallocMetadata(
     const lastCluster = ((lastHost + lastBytes - 1n) >> cb) << cb;
     cow.push({ kind: "write", offset: lastCluster + tail, bytes: new Uint8Array(Number(cs - tail)) });
   }
-  // Step A: new clusters only: new refcount blocks, new L2 tables.
-  const freshNow = new Set([...rc.fresh].filter((t) => !freshBefore.has(t)));
-  const stepA: Patch[] = rc.flush((t) => freshNow.has(t));
-  const stepC: Patch[] = [];
-  for (const t of tables.values()) {
-    if (t.fresh) {
-      const b = new Uint8Array(Number(cs));
-      const dv = new DataView(b.buffer);
-      for (const [i, v] of t.entries) dv.setBigUint64(Number(i) * 8, v, false);
-      stepA.push({ kind: "write", offset: t.offset, bytes: b });
-    } else if (t.entries.size) {
-      const idx = [...t.entries.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-      const lo = idx[0], hi = idx[idx.length - 1] + 1n;
-      const b = new Uint8Array(Number((hi - lo) * 8n));
-      const dv = new DataView(b.buffer);
-      for (const [i, v] of t.entries) dv.setBigUint64(Number(i - lo) * 8, v, false);
-      stepC.push({ kind: "write", offset: t.offset + lo * 8n, bytes: b });
-    }
+  l2.emit(log, cow, lastHost + lastBytes);
+}
+
+/**
+ * qcow2_co_truncate's falloc/full branch: new refcount structures at the
+ * end of the used clusters covering themselves, the data clusters and their
+ * L2 tables (qcow2_refcount_area, which also moves the refcount table); the
+ * data clusters right after them (qcow2_alloc_clusters_at); the file grown
+ * over them with the mode's allocation; then every new guest cluster from
+ * the one holding the old end linked to its data cluster, L2 tables
+ * allocated as linking needs them.
+ */
+function preallocData(
+  rc: RefcountModel,
+  log: StepLog,
+  l2: L2Linker,
+  scan: Qcow2ResizeScan,
+  oldLen: bigint,
+  newLen: bigint,
+) {
+  const cs = rc.cs, cb = rc.cb;
+  // qcow2_get_last_cluster over the file as it now is.
+  const last = rc.lastUsed((log.size + cs - 1n) >> cb);
+  const oldFile = last >= 0n ? last + 1n : (log.size + cs - 1n) >> cb;
+  const firstGuest = oldLen >> cb;
+  const nbData = ((newLen + cs - 1n) >> cb) - firstGuest;
+  // One L2 table more than the data needs, for an unaligned head or tail.
+  const nbL2 = (nbData + l2.perL2 - 1n) / l2.perL2 + 1n;
+  const start = stage(
+    "Failed to resize refcount structures",
+    () => rc.refcountArea(oldFile, nbData + nbL2, true),
+  );
+  if (rc.allocAt(start, nbData) !== nbData) {
+    throw new ResizeRefusal("unsupported", "Failed to allocate data clusters");
   }
-  stepA.push(...cow);
-  let end = fileEnd(size, stepA);
-  if (lastHost + lastBytes > end) end = lastHost + lastBytes;
-  steps.push({ patches: coalesce(stepA), fileSize: end });
-  // Step B: the other refcount blocks, table entries of new blocks.
-  const stepB: Patch[] = rc.flush();
-  for (const t of freshNow) {
-    stepB.push({ kind: "write", offset: scan.reftableOffset + t * 8n, bytes: be64(rc.table.get(t)!) });
+  const newFileSize = (start + nbData) << cb;
+  // file-posix refuses to preallocate a file down to a shorter length
+  // (unreferenced clusters past the last used one); qemu fails there after
+  // writing the refcount area, instar before writing anything.
+  if (log.size > newFileSize) {
+    throw new ResizeRefusal(
+      "unsupported",
+      "Failed to resize underlying file: Cannot use preallocation for shrinking files",
+    );
   }
-  steps.push({ patches: coalesce(stepB), fileSize: end });
-  // Step C: link into live tables: existing L2 tails, L1 entries as qemu writes
-  // them (qcow2_write_l1_entry: the 512-byte sector holding the entry).
-  const sectors = new Set([...l1Changed].map((i) => i >> 6n));
-  for (const sct of sectors) {
-    const first = sct << 6n;
-    const count = l1Size - first < 64n ? l1Size - first : 64n;
-    const b = new Uint8Array(Number(count * 8n));
-    const dv = new DataView(b.buffer);
-    for (let i = 0n; i < count; i++) dv.setBigUint64(Number(i) * 8, l1.get(first + i) ?? 0n, false);
-    stepC.push({ kind: "write", offset: l1Off + first * 8n, bytes: b });
+  // The data area is allocated from the current end of the file; any
+  // unreferenced bytes already there become data as they are, as in qemu.
+  const extra: Patch[] = [];
+  const from = log.size > start << cb ? log.size : start << cb;
+  if (newFileSize > from) extra.push({ kind: "zero", offset: from, length: newFileSize - from });
+  // The first new cluster holds the old end: qemu copies the head of it
+  // (perform_cow) from the guest view, which is zeroes without a backing
+  // file (the guest checked the cluster is unallocated); with one it would
+  // be the backing image's data: refused.
+  const head = oldLen & (cs - 1n);
+  if (head && scan.hasBacking) {
+    throw new ResizeRefusal(
+      "unsupported",
+      "instar does not preallocate a partial cluster of an image with a backing file",
+    );
   }
-  steps.push({ patches: coalesce(stepC), fileSize: end });
-  return end;
+  if (head && start << cb < from) {
+    const end = (start << cb) + head < from ? (start << cb) + head : from;
+    extra.push({ kind: "write", offset: start << cb, bytes: new Uint8Array(Number(end - (start << cb))) });
+  }
+  let guest = firstGuest, host = start;
+  for (let left = nbData; left > 0n;) {
+    let n = l2.perL2 - guest % l2.perL2;
+    if (n > left) n = left;
+    l2.link(guest, host, n);
+    guest += n;
+    host += n;
+    left -= n;
+  }
+  l2.emit(log, extra, newFileSize);
 }
 
 /**
@@ -672,7 +683,8 @@ function preallocMetadata(
  * used cluster, then write the size.
  */
 function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
-  const rc = new Refcounts(scan);
+  const log = new StepLog(scan.fileSize);
+  const rc = modelOf(scan, log);
   const cs = rc.cs;
   const newL1 = sizeToL1(newSize, scan.clusterBits, scan.extendedL2);
   const entryBytes = scan.extendedL2 ? 16n : 8n;
@@ -710,13 +722,13 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
     if (off) rc.update(off >> rc.cb, 1n, -1n);
   }
   // qcow2_shrink_reftable: drop blocks with no reference but their own.
-  const dropped = new Set<bigint>();
-  for (const t of [...rc.table.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
-    if (rc.unused(t)) dropped.add(t);
-  }
+  const dropped = [...rc.table.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).filter((t) =>
+    rc.unused(t)
+  );
   const reftable = new Uint8Array(Number(rc.tableEntries * 8n));
   const tv = new DataView(reftable.buffer);
-  for (const [i, v] of scan.reftable) if (!dropped.has(BigInt(i))) tv.setBigUint64(i * 8, v, false);
+  const droppedSet = new Set(dropped);
+  for (const [i, v] of scan.reftable) if (!droppedSet.has(BigInt(i))) tv.setBigUint64(i * 8, v, false);
   for (const t of dropped) {
     // qcow2_discard_refcount_block: the block's own entry must be exactly 1.
     const off = rc.table.get(t)!;
@@ -728,38 +740,20 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
       );
     }
     rc.set(c, 0n);
-    rc.table.delete(t);
+    rc.drop(t);
   }
-  const step2 = [...rc.flush(), { kind: "write" as const, offset: scan.reftableOffset, bytes: reftable }];
+  const step2 = [...blockPatches(rc), {
+    kind: "write" as const,
+    offset: scan.reftableOffset,
+    bytes: reftable,
+  }];
   // qcow2_get_last_cluster over the old file length.
-  const fileClusters = (scan.fileSize + cs - 1n) >> rc.cb;
-  const last = lastUsedCluster(rc, fileClusters);
+  const last = rc.lastUsed((scan.fileSize + cs - 1n) >> rc.cb);
   if (last < 0n) throw new ResizeRefusal("unsupported", "There are no references in the refcount table");
   let size = scan.fileSize;
   if ((last + 1n) * cs < size) size = (last + 1n) * cs;
-  const steps: FilePlan[] = [];
-  const sz1 = fileEnd(scan.fileSize, step1);
-  steps.push({ patches: coalesce(step1), fileSize: sz1 });
-  steps.push({ patches: coalesce(step2), fileSize: fileEnd(sz1, step2) });
-  steps.push({ patches: [sizePatch(newSize)], fileSize: size });
-  return steps;
-}
-
-/** The last cluster below `limit` with a non-zero refcount, or -1. */
-function lastUsedCluster(rc: Refcounts, limit: bigint): bigint {
-  let best = -1n;
-  for (const [c, v] of rc.overlay) {
-    if (v !== 0n && c < limit && c > best && rc.present(c >> rc.rbBits)) best = c;
-  }
-  const runs = rc.scan.runs;
-  for (let i = runs.length - 1; i >= 0; i--) {
-    const r = runs[i];
-    if (r.start + r.count - 1n <= best) break;
-    let c = r.start + r.count - 1n;
-    if (c >= limit) c = limit - 1n;
-    for (; c >= r.start && c > best; c--) {
-      if (rc.get(c) !== 0n) return c;
-    }
-  }
-  return best;
+  log.push(step1);
+  log.push(step2);
+  log.push([sizePatch(newSize)], size);
+  return log.steps;
 }

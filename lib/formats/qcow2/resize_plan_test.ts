@@ -143,12 +143,75 @@ Deno.test("preallocation=metadata maps the new range: L2 table, data clusters, L
   assertEquals(steps[steps.length - 1].fileSize, 9n * cs);
 });
 
-Deno.test("a grow that needs a larger refcount table is refused, not guessed", () => {
+Deno.test("a grow that outgrows the refcount table moves it (qcow2_refcount_area)", () => {
+  // 512-byte clusters, 64-bit refcounts: the one-cluster table has 64
+  // entries for 64 clusters each, so 4096 clusters fill it.
   const scan = freshScan(9, 6, 1n << 20n);
-  scan.runs = [{ start: 0n, count: 64n, refcount: 1n }];
-  const r = planQcow2Resize(scan, { newSize: 1n << 40n });
+  // Blocks at clusters 4..67, every cluster the table can count in use.
+  scan.reftable = new Map(Array.from({ length: 64 }, (_, i) => [i, BigInt(4 + i) * 512n]));
+  scan.runs = [{ start: 0n, count: 4096n, refcount: 1n }];
+  scan.fileSize = 4096n * 512n;
+  const r = planQcow2Resize(scan, { newSize: 1n << 30n });
+  assert(r.ok, r.ok ? "" : r.error.message);
+  const steps = r.value.steps;
+  for (const s of steps) assertEquals(planViolation(s), undefined);
+  const img = applied(steps, scan.fileSize);
+  const dv = new DataView(img.buffer);
+  for (let i = 0; i < 64; i++) dv.setBigUint64(512 + i * 8, BigInt(4 + i) * 512n); // the table as it was
+
+  // The header names a new, larger table past everything used so far.
+  const tableOffset = dv.getBigUint64(48), tableClusters = dv.getUint32(56);
+  assert(tableOffset >= 4096n * 512n && tableClusters > 1, `${tableOffset} ${tableClusters}`);
+  // It keeps every old entry; the old table's cluster is free, the new one counted.
+  for (let i = 0; i < 64; i++) {
+    assertEquals(dv.getBigUint64(Number(tableOffset) + i * 8), BigInt(4 + i) * 512n);
+  }
+  assertEquals(refcountIn(img, tableOffset, 9, 64, 1), 0n);
+  for (let c = 0n; c < BigInt(tableClusters); c++) {
+    assertEquals(refcountIn(img, tableOffset, 9, 64, Number((tableOffset >> 9n) + c)), 1n);
+  }
+  // The new L1 table is counted through the new table.
+  const l1 = dv.getBigUint64(40);
+  assertEquals(refcountIn(img, tableOffset, 9, 64, Number(l1 >> 9n)), 1n);
+});
+
+Deno.test("preallocation=falloc: refcount area, then the data run linked in order", () => {
+  const cs = 65536n;
+  const scan = freshScan(16, 4, 64n << 20n); // one L1 entry, unused
+  const r = planQcow2Resize(scan, { newSize: 128n << 20n, preallocation: "falloc" });
+  assert(r.ok, r.ok ? "" : r.error.message);
+  const steps = r.value.steps;
+  for (const s of steps) assertEquals(planViolation(s), undefined);
+  // One zero patch: the data run, which the applier allocates.
+  const zeros = steps.flatMap((s) => s.patches).filter((p) => p.kind === "zero");
+  assertEquals(zeros.length, 1);
+  assertEquals(zeros[0].length, 1024n * cs);
+  const img = applied(steps, scan.fileSize);
+  const dv = new DataView(img.buffer);
+  const tableOffset = dv.getBigUint64(48);
+  // The table moved (qcow2_refcount_area always writes a new one) to just
+  // before the data, which ends the file; the L2 table took the old
+  // table's cluster, freed by then (first fit).
+  assertEquals(tableOffset + cs, zeros[0].offset);
+  assertEquals(BigInt(img.length), zeros[0].offset + zeros[0].length);
+  const l2 = dv.getBigUint64(Number(scan.l1Offset)) & 0x00fffffffffffe00n;
+  assertEquals(l2, cs);
+  // The new 64 MiB are guest clusters 1024.., entries 1024.. of that table.
+  for (let i = 0; i < 1024; i++) {
+    assertEquals(dv.getBigUint64(Number(l2) + (1024 + i) * 8), (zeros[0].offset + BigInt(i) * cs) | (1n << 63n));
+  }
+  for (let c = 0; c < 1029; c++) assertEquals(refcountIn(img, tableOffset, 16, 16, c), 1n);
+});
+
+Deno.test("preallocation over unreferenced bytes longer than the result fails as qemu words it", () => {
+  const scan = freshScan(16, 4, 64n << 20n);
+  scan.fileSize = 1n << 30n; // 1 GiB of bytes no refcount counts
+  const r = planQcow2Resize(scan, { newSize: (64n << 20n) + 65536n, preallocation: "full" });
   assert(!r.ok);
-  assert(/refcount table|L1/.test(r.error.message), r.error.message);
+  assertEquals(
+    r.error.message,
+    "Failed to resize underlying file: Cannot use preallocation for shrinking files",
+  );
 });
 
 Deno.test("an L1 table past qemu's limit fails as qemu words it", () => {
@@ -282,7 +345,10 @@ Deno.test("random scans: the planner returns a value or an error, and every plan
     const newSize = BigInt(r(1 << 22)) * 512n + (r(2) ? vs : 0n);
     let res;
     try {
-      res = planQcow2Resize(s, { newSize, preallocation: r(3) === 0 ? "metadata" : "off" });
+      res = planQcow2Resize(s, {
+        newSize,
+        preallocation: (["off", "off", "metadata", "falloc", "full"] as const)[r(5)],
+      });
     } catch (e) {
       throw new Error(`iteration ${iter} threw: ${e}`);
     }
