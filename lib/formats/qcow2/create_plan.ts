@@ -8,17 +8,8 @@
 // it adds refcount blocks, so this planner replays the allocator on a model
 // of the refcounts (the Allocator class) instead of computing a layout.
 import { alignUp, fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
-import {
-  encodeHeader,
-  l1EntriesFor,
-  l1Entry,
-  l2Entry,
-  MAX_L1_BYTES,
-  putL2,
-  refcountMax,
-  refcountMetadata,
-  setRefcount,
-} from "./encode.ts";
+import { encodeHeader, l1EntriesFor, l1Entry, l2Entry, MAX_L1_BYTES, putL2 } from "./encode.ts";
+import { RefcountError, RefcountModel } from "./refcounts.ts";
 
 export type Prealloc = "off" | "metadata" | "falloc" | "full";
 
@@ -36,15 +27,8 @@ export interface Qcow2CreateOptions {
   backingFormat?: string;
 }
 
-/** Why the allocator could not go on (qemu: EFBIG or a case not replayed). */
-class AllocError extends Error {
-  constructor(message: string, readonly tooBig = false) {
-    super(message);
-  }
-}
-
-/** qemu's limit on the refcount table, compared with entry counts as qemu does. */
-const MAX_REFTABLE = 8n * 1024n * 1024n;
+/** A layout this planner does not replay. */
+class AllocError extends Error {}
 
 /** A write qemu makes to the image file, in order: later ones win. */
 interface DiskWrite {
@@ -55,197 +39,67 @@ interface DiskWrite {
   bytes: () => Uint8Array;
 }
 
-/**
- * qemu's refcount bookkeeping for a fresh image: the refcount table, every
- * cluster's count, the "first free cluster" hint that only moves forward
- * unless a count drops to zero, and the writes that reach the file.
- */
 /** Clusters one preallocating create plan may lay out (see qcow2CreatePlan):
  * 512 GiB at the default 64 KiB cluster size. */
 const MAX_PREALLOC_CLUSTERS = 1n << 23n;
 
+/**
+ * qemu's refcount bookkeeping for a fresh image (the shared model in
+ * refcounts.ts, started where qcow2_co_create starts: a one-cluster table
+ * at cluster 1 whose first entry names the empty block at cluster 2) and
+ * the writes that reach the file. Tables and blocks are written whole when
+ * made and then changed in place, so each write's bytes are taken at the
+ * end: a table's as it stood when it was replaced, a block's final counts.
+ */
 class Allocator {
-  reftable: bigint[];
-  reftableCluster = 1n;
-  reftableClusters = 1n;
-  /** Counts per refcount-block index (a fresh image never counts past 255). */
-  readonly counts = new Map<number, Uint8Array>();
-  free = 0n;
-  readonly blockBits: bigint;
-  readonly perBlock: bigint;
-  readonly max: bigint;
+  readonly m: RefcountModel;
   readonly writes: DiskWrite[] = [];
 
-  constructor(readonly clusterSize: bigint, readonly refcountBits: number) {
-    const clusterBits = clusterSize.toString(2).length - 1;
-    this.blockBits = BigInt(clusterBits + 3 - Math.log2(refcountBits));
-    this.perBlock = 1n << this.blockBits;
-    this.max = refcountMax(refcountBits);
-    // qcow2_co_create's starting point: a one-cluster table at cluster 1
-    // whose first entry names the (empty) block at cluster 2.
-    this.reftable = new Array(Number(clusterSize / 8n)).fill(0n);
-    this.reftable[0] = 2n;
-    // Tables are written whole when made and then entry by entry, so the
-    // file ends up with each table array's last state.
-    const initial = this.reftable;
-    this.writes.push({ cluster: 1n, bytes: () => this.tableBytes(initial) });
-    this.writeBlock(2n, 0n);
+  constructor(readonly clusterSize: bigint, refcountBits: number) {
+    const cs = clusterSize;
+    this.m = new RefcountModel({
+      clusterBits: cs.toString(2).length - 1,
+      refcountOrder: Math.log2(refcountBits),
+      tableOffset: cs,
+      tableClusters: 1n,
+      table: new Map([[0n, 2n * cs]]),
+      runs: [],
+      created: [0n],
+    });
+    const m = this.m;
+    const initial = m.table;
+    this.writes.push({ cluster: 1n, bytes: () => m.tableBytes(initial, 1n) });
+    this.writes.push({ cluster: 2n, bytes: () => m.blockBytes(0n) });
+    m.listener = {
+      blockCreated: (t) => this.writes.push({ cluster: m.table.get(t)! / cs, bytes: () => m.blockBytes(t) }),
+      tableMoved: () => {
+        const [entries, clusters] = [m.table, m.tableClusters];
+        this.writes.push({ cluster: m.tableOffset / cs, bytes: () => m.tableBytes(entries, clusters) });
+      },
+    };
   }
 
-  /** The refcount block for table index t lives at `cluster`; its final contents reach the file. */
-  private writeBlock(cluster: bigint, t: bigint) {
-    this.writes.push({ cluster, bytes: () => this.blockBytes(t) });
+  get reftableCluster(): bigint {
+    return this.m.tableOffset / this.clusterSize;
   }
 
-  blockBytes(t: bigint): Uint8Array {
-    const bytes = new Uint8Array(Number(this.clusterSize));
-    const counts = this.counts.get(Number(t));
-    if (counts) {
-      for (let i = 0; i < counts.length; i++) {
-        if (counts[i] !== 0) setRefcount(bytes, i, BigInt(counts[i]), this.refcountBits);
-      }
-    }
-    return bytes;
+  get reftableClusters(): bigint {
+    return this.m.tableClusters;
   }
 
-  tableBytes(table: bigint[]): Uint8Array {
-    const bytes = new Uint8Array(table.length * 8);
-    const dv = new DataView(bytes.buffer);
-    table.forEach((b, i) => b !== 0n && dv.setBigUint64(i * 8, b * this.clusterSize, false));
-    return bytes;
-  }
-
-  refcount(cluster: bigint): bigint {
-    const t = cluster >> this.blockBits;
-    if (t >= BigInt(this.reftable.length) || this.reftable[Number(t)] === 0n) return 0n;
-    return BigInt(this.count(cluster));
-  }
-
-  private count(cluster: bigint): number {
-    return this.counts.get(Number(cluster >> this.blockBits))?.[Number(cluster & (this.perBlock - 1n))] ?? 0;
-  }
-
-  private setCount(cluster: bigint, v: bigint) {
-    if (v > 255n) throw new AllocError("refcount above 255");
-    const t = Number(cluster >> this.blockBits);
-    let counts = this.counts.get(t);
-    if (!counts) {
-      counts = new Uint8Array(Number(this.perBlock));
-      this.counts.set(t, counts);
-    }
-    counts[Number(cluster & (this.perBlock - 1n))] = Number(v);
-  }
-
-  /** First-fit search for n free clusters from the hint (alloc_clusters_noref). */
-  allocNoref(n: bigint): bigint {
-    for (let i = 0n; i < n; i++) {
-      const c = this.free++;
-      if (this.refcount(c) !== 0n) i = -1n;
-    }
-    return this.free - n;
-  }
-
-  /** Makes sure the block counting `cluster` exists; "again" when one had to be made (alloc_refcount_block). */
-  private ensureBlock(cluster: bigint): "ok" | "again" {
-    const t = cluster >> this.blockBits;
-    if (t < BigInt(this.reftable.length) && this.reftable[Number(t)] !== 0n) return "ok";
-    const block = this.allocNoref(1n);
-    if (block >> this.blockBits === t) {
-      // The new block counts itself.
-      this.setCount(block, 1n);
-    } else if (this.update(block, 1n, 1n) === "again") {
-      return "again";
-    }
-    if (t < BigInt(this.reftable.length)) {
-      this.reftable[Number(t)] = block;
-      this.writeBlock(block, t);
-      return "again";
-    }
-    // The table is full: new blocks and a bigger table go past everything
-    // counted so far (qcow2_refcount_area with no extra clusters).
-    const used = ((cluster + 1n > block + 1n ? cluster + 1n : block + 1n) + this.perBlock - 1n) /
-      this.perBlock;
-    this.writeBlock(block, t);
-    this.refcountArea(used * this.perBlock, t, block);
-    return "again";
-  }
-
-  /**
-   * qcow2_refcount_area(start, additional, exact, index, block): refcount
-   * blocks and a new table from cluster `start` on, covering `additional`
-   * more clusters; returns the first cluster after them.
-   */
-  refcountArea(start: bigint, newIndex: bigint, newBlock: bigint, extra = 0n, exact = false): bigint {
-    const total = refcountMetadata(start + extra, this.clusterSize, this.refcountBits, !exact).blocks;
-    if (total > MAX_REFTABLE) throw new AllocError("refcount table too large", true);
-    const areaIndex = start / this.perBlock;
-    const perTableCluster = this.clusterSize / 8n;
-    let tableSize = exact ? total : total + (total + 1n) / 2n;
-    tableSize = ((tableSize + perTableCluster - 1n) / perTableCluster) * perTableCluster;
-    const tableClusters = tableSize / perTableCluster;
-    if (tableSize > MAX_REFTABLE) throw new AllocError("refcount table too large", true);
-    let maxIndex = this.reftable.length - 1;
-    while (maxIndex > 0 && this.reftable[maxIndex] === 0n) maxIndex--;
-    const table: bigint[] = new Array(Number(tableSize)).fill(0n);
-    const keep = tableSize > BigInt(maxIndex) ? maxIndex + 1 : Number(tableSize);
-    for (let i = 0; i < keep; i++) table[i] = this.reftable[i];
-    if (newBlock !== 0n) table[Number(newIndex)] = newBlock;
-    let additional = 0n;
-    for (let i = areaIndex; i < total; i++) if (table[Number(i)] === 0n) additional++;
-    const tableStart = start + additional;
-    const end = tableStart + tableClusters;
-    let at = start;
-    for (let i = areaIndex; i < total; i++) {
-      if (table[Number(i)] === 0n) {
-        table[Number(i)] = at;
-        this.writeBlock(at, i);
-        at++;
-      }
-      const first = i * this.perBlock;
-      if (first < end) {
-        const from = first < start ? start - first : 0n;
-        const to = end - first < this.perBlock ? end - first : this.perBlock;
-        for (let j = from; j < to; j++) this.setCount(first + j, 1n);
-      }
-    }
-    const oldCluster = this.reftableCluster;
-    const oldClusters = this.reftableClusters;
-    this.reftable = table;
-    this.reftableCluster = tableStart;
-    this.reftableClusters = tableClusters;
-    this.writes.push({ cluster: tableStart, bytes: () => this.tableBytes(table) });
-    // The old table's clusters are freed (their bytes stay in the file).
-    this.update(oldCluster, oldClusters, -1n);
-    return end;
-  }
-
-  /** Adds `addend` to n clusters from `first` (update_refcount); undoes its work on "again". */
-  update(first: bigint, n: bigint, addend: bigint): "ok" | "again" {
-    let oldTable = -1n;
-    for (let c = first; c < first + n; c++) {
-      const t = c >> this.blockBits;
-      if (t !== oldTable && this.ensureBlock(c) === "again") {
-        if (this.free > first) this.free = first;
-        if (c > first) this.update(first, c - first, -addend);
-        return "again";
-      }
-      oldTable = t;
-      const v = BigInt(this.count(c)) + addend;
-      if (v < 0n || v > this.max) throw new AllocError("refcount overflow");
-      if (v === 0n && c < this.free) this.free = c;
-      this.setCount(c, v);
-    }
-    return "ok";
+  /** qcow2_refcount_area(start, extra, exact) with no new block; the first cluster after it. */
+  refcountArea(start: bigint, extra: bigint, exact: boolean): bigint {
+    return this.m.refcountArea(start, extra, exact);
   }
 
   /** qcow2_alloc_clusters_at: up to n free clusters from `first` on; returns how many it took. */
   allocAt(first: bigint, n: bigint): bigint {
-    if (n === 0n) return 0n;
-    for (;;) {
-      let i = 0n;
-      while (i < n && this.refcount(first + i) === 0n) i++;
-      if (this.update(first, i, 1n) === "ok") return i;
-    }
+    return this.m.allocAt(first, n);
+  }
+
+  /** qcow2_alloc_clusters: clusters for `bytes` (first fit). */
+  alloc(bytes: bigint): bigint {
+    return this.m.alloc((bytes + this.clusterSize - 1n) / this.clusterSize);
   }
 
   /** The furthest byte any write reaches so far (the file length). */
@@ -256,15 +110,6 @@ class Allocator {
       if (e > end) end = e;
     }
     return end;
-  }
-
-  /** qcow2_alloc_clusters: clusters for `bytes`, retried until no new block got in the way. */
-  alloc(bytes: bigint): bigint {
-    const n = (bytes + this.clusterSize - 1n) / this.clusterSize;
-    for (;;) {
-      const at = this.allocNoref(n);
-      if (this.update(at, n, 1n) === "ok") return at;
-    }
   }
 }
 
@@ -323,11 +168,12 @@ export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePl
       "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
     );
   }
-  // Preallocation replays qemu's allocator cluster by cluster, so its time
-  // and memory grow with the cluster count (a JavaScript Map of count
-  // arrays, at most 2^24 keys). Past MAX_PREALLOC_CLUSTERS refuse up front
-  // with a typed error instead of failing deep in the arithmetic or taking
-  // minutes (found by the create_emitters fuzzer).
+  // Preallocation replays qemu's allocator over every cluster, so its time
+  // and memory grow with the cluster count (the refcount blocks, one
+  // Float64Array per L2 table and the composed writes are all in memory).
+  // Past MAX_PREALLOC_CLUSTERS refuse up front with a typed error instead of
+  // failing deep in the arithmetic or taking minutes (found by the
+  // create_emitters fuzzer).
   if (o.preallocation !== "off" && (size + cs - 1n) / cs > MAX_PREALLOC_CLUSTERS) {
     return fail(
       "unsupported",
@@ -345,13 +191,13 @@ export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePl
     if (size > 0n && o.preallocation === "metadata") minEnd = preallocateMetadata(img, size);
     if (o.preallocation === "falloc" || o.preallocation === "full") allocate = preallocateData(img, size);
   } catch (e) {
-    if (e instanceof AllocError) {
-      if (e.tooBig) {
-        return fail(
-          "invalid_size",
-          "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
-        );
-      }
+    if (e instanceof RefcountError && e.kind === "too_big") {
+      return fail(
+        "invalid_size",
+        "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+      );
+    }
+    if (e instanceof AllocError || e instanceof RefcountError) {
       return fail("unsupported", `This image layout (${e.message}) is not supported by instar create yet`);
     }
     throw e;
@@ -540,12 +386,11 @@ function preallocateMetadata(img: Tables, size: bigint): bigint {
 function preallocateData(img: Tables, size: bigint): { offset: bigint; length: bigint } {
   const { a, cs } = img;
   const fileEnd = a.fileEnd();
-  let last = (fileEnd + cs - 1n) / cs - 1n;
-  while (last >= 0n && a.refcount(last) === 0n) last--;
+  const last = a.m.lastUsed((fileEnd + cs - 1n) / cs);
   const oldEnd = last >= 0n ? last + 1n : (fileEnd + cs - 1n) / cs;
   const nbData = (size + cs - 1n) / cs;
   const nbL2 = (nbData + img.perL2 - 1n) / img.perL2 + 1n;
-  const start = a.refcountArea(oldEnd, 0n, 0n, nbData + nbL2, true);
+  const start = a.refcountArea(oldEnd, nbData + nbL2, true);
   if (a.allocAt(start, nbData) !== nbData) throw new AllocError("data clusters not contiguous");
   let host = start;
   let guest = 0n;
