@@ -16,6 +16,7 @@ import {
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { errnoText, openChain, OpenError, openImage } from "./image.ts";
+import { preallocate } from "./guest.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import {
   appendDescs,
@@ -95,8 +96,19 @@ async function resizeFile(filename: string, size: bigint, fmt: string, hint: str
   }
 }
 
-/** Writes real zeroes over [0, size): preallocation=full (and falloc, see raw/create_plan.ts). */
-async function allocate(filename: string, offset: bigint, length: bigint): Promise<void> {
+/**
+ * Allocates [offset, offset+length) as zeroes: posix_fallocate for
+ * preallocation=falloc (as qemu's file-posix does, through the VMM library),
+ * real zeroes written for full.
+ */
+async function allocate(filename: string, offset: bigint, length: bigint, mode: string): Promise<void> {
+  if (length <= 0n) return;
+  if (mode === "falloc") {
+    const st = await Deno.stat(filename);
+    const why = await preallocate(filename, offset, length, BigInt(st.dev), BigInt(st.ino ?? 0));
+    if (why !== undefined) throw new Error(`Could not preallocate new data: ${why}`);
+    return;
+  }
   const f = await Deno.open(filename, { write: true });
   try {
     const chunk = new Uint8Array(1 << 20);
@@ -333,7 +345,7 @@ async function createRaw(filename: string, opts: ParsedOpts): Promise<void> {
   if (known) await createFile(filename);
   const plan = rawCreatePlan(BigInt.asIntN(64, size), prealloc);
   if (!plan.ok) throw fileError(filename, plan.error.message);
-  if (plan.value.allocate) await allocate(filename, 0n, plan.value.fileSize);
+  if (plan.value.allocate) await allocate(filename, 0n, plan.value.fileSize, prealloc);
   await resizeFile(filename, plan.value.fileSize, "raw", "");
 }
 
@@ -355,7 +367,7 @@ async function createQcow2(filename: string, opts: ParsedOpts): Promise<void> {
         await applyPlan(filename, { patches: patches.slice(i, i + MAX_PATCHES), fileSize });
       }
       const range = plan.value.allocate;
-      if (range) await allocate(filename, range.offset, range.length);
+      if (range) await allocate(filename, range.offset, range.length, typed.value.preallocation);
     } catch (e) {
       const text = errnoText(e);
       if (/File too large/.test(text)) {
