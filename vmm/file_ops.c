@@ -1,6 +1,7 @@
 /*
- * Host-side file plumbing for operations split across guests. Only regular
- * files, only the paths the host names; no guest is involved.
+ * Host-side file plumbing: range operations on files the host opened (splitting a
+ * convert across guests, preallocation). Only regular files, only the paths the
+ * host names; no guest is involved.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -11,6 +12,26 @@
 #include "vmm_internal.h"
 
 /*
+ * Opens `path` read-write for a range operation on [off, off+len): the range
+ * must fit an off_t, the path must not be a symlink and must name a regular
+ * file. Returns the fd, or -errno; *st receives its fstat().
+ */
+static int open_range(const char *path, uint64_t off, uint64_t len, struct stat *st)
+{
+    uint64_t end;
+    if (!path || __builtin_add_overflow(off, len, &end) || end > (uint64_t)INT64_MAX)
+        return -EINVAL;
+    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, st) || !S_ISREG(st->st_mode)) {
+        close(fd);
+        return -EINVAL;
+    }
+    return fd;
+}
+
+/*
  * Removes [off, off+len) from a regular file, moving what follows down
  * (fallocate FALLOC_FL_COLLAPSE_RANGE: a metadata operation on ext4/xfs).
  * Two convert guests write into one file with a worst-case gap between
@@ -19,18 +40,11 @@
  */
 VMM_EXPORT int vmm_collapse_range(const char *path, uint64_t off, uint64_t len)
 {
-    uint64_t end;
-    if (!path || __builtin_add_overflow(off, len, &end) || end > (uint64_t)INT64_MAX)
-        return -EINVAL;
-    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return -errno;
     struct stat st;
-    int rc = 0;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode))
-        rc = -EINVAL;
-    else if (fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, (off_t)off, (off_t)len))
-        rc = -errno;
+    int fd = open_range(path, off, len, &st);
+    if (fd < 0)
+        return fd;
+    int rc = fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, (off_t)off, (off_t)len) ? -errno : 0;
     close(fd);
     return rc;
 }
@@ -44,15 +58,14 @@ VMM_EXPORT int vmm_collapse_range(const char *path, uint64_t off, uint64_t len)
  */
 VMM_EXPORT int vmm_preallocate(const char *path, uint64_t off, uint64_t len, uint64_t dev, uint64_t ino)
 {
-    uint64_t end;
-    if (!path || len == 0 || __builtin_add_overflow(off, len, &end) || end > (uint64_t)INT64_MAX)
+    if (len == 0)
         return -EINVAL;
-    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return -errno;
     struct stat st;
-    int rc = 0;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode) || (uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
+    int fd = open_range(path, off, len, &st);
+    if (fd < 0)
+        return fd;
+    int rc;
+    if ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
         rc = -ESTALE;
     else
         rc = -posix_fallocate(fd, (off_t)off, (off_t)len); /* returns the error, sets no errno */
