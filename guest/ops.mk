@@ -1,15 +1,13 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map flatten convert convert_zlib convert_zstd compare resize_scan
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan
 info_SRCS := ops/info.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 info_LIBS :=
 check_SRCS := ops/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 check_LIBS :=
 map_SRCS := ops/map.c qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 map_LIBS :=
-flatten_SRCS := ops/flatten.c qcow2/read.c qcow2/layer.c qcow2/compress.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
-flatten_LIBS := z zstd
 convert_SRCS := ops/convert.c qcow2/read.c qcow2/layer.c qcow2/compress.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 convert_LIBS := z zstd
 convert_zlib_SRCS := ops/convert_zlib.c $(filter-out ops/convert.c,$(convert_SRCS))

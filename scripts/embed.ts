@@ -43,11 +43,12 @@ const so = await Deno.readFile(path(values.so!));
 await writeIfChanged(new URL("vmm_so.ts", outDir), `${header}export default "${base64(so)}";\n`);
 
 const guestDir = path(values.guests!.replace(/\/?$/, "/"));
-const ops: string[] = [];
-for await (const e of Deno.readDir(guestDir)) {
-  if (e.isFile && e.name.endsWith(".bin")) ops.push(e.name.slice(0, -4));
-}
-ops.sort();
+// The operations are the ones guest/ops.mk lists, not whatever .bin files
+// the build directory holds: a retired op's stale binary must not ship.
+const opsMk = await Deno.readTextFile(new URL("../guest/ops.mk", import.meta.url));
+const listed = /^GUEST_OPS\s*:=\s*(.*)$/m.exec(opsMk);
+if (!listed) throw new Error("guest/ops.mk has no GUEST_OPS line");
+const ops = listed[1].trim().split(/\s+/).sort();
 if (ops.length === 0) throw new Error(`No guest binaries in ${guestDir.pathname}`);
 for (const op of ops) {
   if (!/^[a-z][a-z0-9_]*$/.test(op)) throw new Error(`Guest name ${op} is not a valid identifier`);

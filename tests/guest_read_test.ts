@@ -1,7 +1,7 @@
-// The qcow2 read path (guest/qcow2/read.c, compress.c) through the flatten
-// operation: for images qemu-img/qemu-io make here, the raw disk flatten
-// writes must hash like `qemu-img convert -O raw` of the same image, and
-// stay sparse. Runs the hosted build (guest/host), an ASan/UBSan hosted
+// The qcow2 read path (guest/qcow2/read.c, compress.c) through the convert
+// operation with raw output: for images qemu-img/qemu-io make here, the raw
+// disk it writes must hash like `qemu-img convert -O raw` of the same image,
+// and stay sparse. Runs the hosted build (guest/host), an ASan/UBSan hosted
 // build for hostile images, and, when KVM and the VMM are available, the
 // freestanding guest in the VM.
 import assert from "node:assert/strict";
@@ -47,7 +47,7 @@ function buildAsan(): boolean {
     `OUT=${ASAN}`,
     "CC=clang",
     "CFLAGS=-O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer",
-    `${ASAN}/flatten`,
+    `${ASAN}/convert`,
   ]);
   asanBuilt = r.code === 0;
   return asanBuilt;
@@ -62,13 +62,38 @@ interface Flat {
   errors: Rec[];
 }
 
-/** Runs the hosted flatten; inputs are "fmt:path". Exits 0 unless it crashed. */
-function flatten(out: string, inputs: string[], args: bigint[] = [], bin = `${HOST}/flatten`): Flat {
+/**
+ * convert's arguments for a whole-disk raw copy: the top layer's data-file
+ * input (0 = none), raw output, qemu-img's default min_sparse (4 KiB).
+ */
+function rawArgs(dataInput = 0n): bigint[] {
+  return [dataInput, 0n, 4096n];
+}
+
+/**
+ * Raw convert writes only what is not zero into an output the host sized
+ * (lib/convert/pipeline.ts): give the file the disk's length afterwards, as
+ * the pipeline does before (the runners open the output truncated).
+ */
+function sizeOutput(out: string, size: bigint) {
+  assert.ok(Deno.statSync(out).size <= Number(size), `${out} was written past the disk's end`);
+  Deno.truncateSync(out, Number(size));
+}
+
+/** Runs the hosted convert to raw; inputs are "fmt:path". Exits 0 unless it crashed. */
+function readRaw(
+  out: string,
+  inputs: string[],
+  size: bigint,
+  dataInput = 0n,
+  bin = `${HOST}/convert`,
+): Flat {
   build();
   const a: string[] = [];
-  for (const x of args) a.push("--arg", x.toString());
+  for (const x of rawArgs(dataInput)) a.push("--arg", x.toString());
   const r = sh(bin, [...a, "-o", out, ...inputs]);
   assert.equal(r.code, 0, `${bin} crashed or failed: ${r.stderr}`);
+  sizeOutput(out, size);
   const recs = decodeRecords(r.stdout);
   return { recs, errors: recs.filter((x) => x.type === records.ERROR) };
 }
@@ -89,31 +114,33 @@ const canRunVm = (() => {
 })();
 
 let guestBin: Uint8Array | undefined;
-async function flattenVm(
+async function readRawVm(
   out: string,
   inputs: { path: string; format: number }[],
   size: bigint,
-  args: bigint[] = [],
+  dataInput = 0n,
 ) {
   const { runGuest } = await import("../lib/vmm/sandbox.ts");
   if (!guestBin) {
     ok("make", ["-s", "-C", `${ROOT}guest`, "ops"]);
-    guestBin = Deno.readFileSync(`${ROOT}build/guest/flatten.bin`);
-    assert.ok(guestBin.length <= 384 * 1024, `flatten.bin is ${guestBin.length} bytes`);
+    guestBin = Deno.readFileSync(`${ROOT}build/guest/convert.bin`);
+    assert.ok(guestBin.length <= 384 * 1024, `convert.bin is ${guestBin.length} bytes`);
   }
   try {
     Deno.removeSync(out);
   } catch { /* absent */ }
-  if (Deno.env.get("INSTAR_TEST_VERBOSE")) console.log(`VM flatten ${inputs[0].path}`);
-  return await runGuest({
-    op: "flatten",
+  if (Deno.env.get("INSTAR_TEST_VERBOSE")) console.log(`VM convert ${inputs[0].path}`);
+  const r = await runGuest({
+    op: "convert",
     binary: guestBin,
-    opCode: ops.FLATTEN,
+    opCode: ops.CONVERT,
     inputs,
-    args,
+    args: rawArgs(dataInput),
     output: { path: out, cap: size },
     timeoutMs: 120000,
   });
+  sizeOutput(out, size);
+  return r;
 }
 
 function virtualSize(path: string): bigint {
@@ -124,7 +151,8 @@ interface Case {
   name: string;
   top: string;
   chain: { path: string; format: number }[];
-  args?: bigint[];
+  /** Input index of the top layer's external data file. */
+  dataInput?: bigint;
   sparse?: boolean; // mostly empty: output must use few blocks
 }
 
@@ -242,7 +270,7 @@ function makeCases(d: string): Case[] {
       name: `data-file-raw-${rawFlag}`,
       top: p,
       chain: [q(p), { path: df, format: formats.RAW }],
-      args: [1n],
+      dataInput: 1n,
     });
   }
   return cases;
@@ -251,7 +279,7 @@ function makeCases(d: string): Case[] {
 const fmtName: Record<number, string> = { [formats.RAW]: "raw", [formats.QCOW2]: "qcow2" };
 
 Deno.test({
-  name: "flatten matches qemu-img convert -O raw for every qcow2 variant",
+  name: "the read path matches qemu-img convert -O raw for every qcow2 variant",
   sanitizeResources: false,
   fn: async (t) => {
     const d = Deno.makeTempDirSync({ prefix: "instar-read-" });
@@ -260,16 +288,18 @@ Deno.test({
       await t.step(c.name, async () => {
         const ref = `${d}/${c.name}.ref`, out = `${d}/${c.name}.out`;
         assert.ok(reference(c.top, "qcow2", ref), `qemu-img convert ${c.name}`);
-        const f = flatten(out, c.chain.map((x) => `${fmtName[x.format]}:${x.path}`), c.args);
+        const size = virtualSize(c.top);
+        const f = readRaw(out, c.chain.map((x) => `${fmtName[x.format]}:${x.path}`), size, c.dataInput);
         assert.deepEqual(f.errors, []);
         assert.equal(Deno.statSync(out).size, Deno.statSync(ref).size);
         assert.equal(sha(out), sha(ref));
         if (buildAsan()) {
-          const a = flatten(
+          const a = readRaw(
             out,
             c.chain.map((x) => `${fmtName[x.format]}:${x.path}`),
-            c.args,
-            `${ASAN}/flatten`,
+            size,
+            c.dataInput,
+            `${ASAN}/convert`,
           );
           assert.deepEqual(a.errors, []);
           assert.equal(sha(out), sha(ref), "ASan build");
@@ -282,7 +312,7 @@ Deno.test({
         }
         if (canRunVm) {
           const vout = `${d}/${c.name}.vm`;
-          const r = await flattenVm(vout, c.chain, virtualSize(c.top), c.args);
+          const r = await readRawVm(vout, c.chain, size, c.dataInput);
           assert.equal(r.status, 0, `${c.name}: VM status ${r.status} ${r.log}`);
           assert.deepEqual(r.records.filter((x) => x.type === records.ERROR), []);
           assert.equal(sha(vout), sha(ref));
@@ -417,9 +447,9 @@ Deno.test({
           if (Deno.env.get("INSTAR_TEST_VERBOSE")) {
             console.log(`${name} ${type}: qemu-img ${qemuOk ? "reads it" : "fails"}`);
           }
-          const bins = [`${HOST}/flatten`, ...(asan ? [`${ASAN}/flatten`] : [])];
+          const bins = [`${HOST}/convert`, ...(asan ? [`${ASAN}/convert`] : [])];
           for (const bin of bins) {
-            const f = flatten(out, [`qcow2:${p}`], [], bin);
+            const f = readRaw(out, [`qcow2:${p}`], 1n << 20n, 0n, bin);
             if (qemuOk) {
               assert.deepEqual(f.errors, [], `${bin}: qemu-img reads this image`);
               assert.equal(sha(out), sha(ref));
@@ -429,7 +459,7 @@ Deno.test({
             }
           }
           if (canRunVm) {
-            const r = await flattenVm(`${d}/vm.raw`, [{ path: p, format: formats.QCOW2 }], 1n << 20n);
+            const r = await readRawVm(`${d}/vm.raw`, [{ path: p, format: formats.QCOW2 }], 1n << 20n);
             assert.equal(r.status, 0, `VM status ${r.status}`);
             const errs = r.records.filter((x) => x.type === records.ERROR);
             if (qemuOk) {

@@ -28,7 +28,6 @@
 #define OP_INFO 1
 #define OP_CHECK 2
 #define OP_MAP 3
-#define OP_FLATTEN 4
 #define OP_CONVERT 5
 #define OP_COMPARE 6
 #define OP_RESIZE_SCAN 7

@@ -1,4 +1,4 @@
-/* Zero detection for the data path (convert, flatten): 64-bit words, four
+/* Zero detection for the data path (convert): 64-bit words, four
  * at a time, so the compiler can keep it in registers and vectorise it; a
  * byte loop only for a tail shorter than 32 bytes (a last partial sector). */
 #ifndef INSTAR_ZERO_H

@@ -116,8 +116,10 @@ export const hcErrors = { EINVAL: -22, EIO: -5 } as const;
 export const guestStatus = { OK: 0, ERROR: 1 } as const;
 
 /** Operations; one guest binary each. params.op must match the binary. */
-// 5 and 6 belong to convert/compare, 7 to resize's metadata scan (session 2).
-export const ops = { INFO: 1, CHECK: 2, MAP: 3, FLATTEN: 4, CONVERT: 5, COMPARE: 6, RESIZE_SCAN: 7, TEST: 99 } as const;
+// 5 and 6 belong to convert/compare, 7 to resize's metadata scan. 4 was
+// flatten (the read path's first test op, replaced by convert to raw); it
+// stays unused so an old binary can never be mistaken for another op.
+export const ops = { INFO: 1, CHECK: 2, MAP: 3, CONVERT: 5, COMPARE: 6, RESIZE_SCAN: 7, TEST: 99 } as const;
 
 /** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
  * (BDRV_O_CHECK): problems check reports as diagnostics (snapshot table,
