@@ -177,22 +177,6 @@ int rt_emit(const void *rec, uint32_t size)
     return 0;
 }
 
-int rt_error(uint32_t input, uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2)
-{
-    struct rec_error e;
-    memset(&e, 0, sizeof e);
-    uint32_t t = REC_ERROR, s = sizeof e;
-    memcpy(e.hdr, &t, 4);
-    memcpy(e.hdr + 4, &s, 4);
-    e.code = code;
-    e.input = input;
-    e.a0 = a0;
-    e.a1 = a1;
-    e.a2 = a2;
-    rt_emit(&e, sizeof e);
-    return -1;
-}
-
 void *rt_alloc(uint64_t size)
 {
     uint64_t rounded, end;

@@ -34,18 +34,3 @@ int rt_emit(const void *rec, uint32_t size)
     staged += size;
     return 0;
 }
-
-int rt_error(uint32_t input, uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2)
-{
-    struct rec_error r;
-    memset(&r, 0, sizeof r);
-    struct rec_header h = { .type = REC_ERROR, .size = sizeof r };
-    memcpy(r.hdr, &h, sizeof h);
-    r.code = code;
-    r.input = input;
-    r.a0 = a0;
-    r.a1 = a1;
-    r.a2 = a2;
-    rt_emit(&r, sizeof r);
-    return -1;
-}
