@@ -126,9 +126,22 @@ function runQcow2Create(d: Uint8Array, cov: Cov) {
   cov.hit(`qcow2-create:size:${sizeClass(c.size)}`);
   const r = qcowCreate!.qcow2CreatePlan(o);
   if (!checkResult(r, "qcow2-create", cov)) return;
-  checkPlan(r.value, "qcow2-create", cov);
+  // Each step is a plan of its own; together they must not overlap either.
+  for (const step of r.value.steps) {
+    invariant(step.fileSize === r.value.fileSize, `qcow2-create: step file size ${step.fileSize}`);
+    checkPlan(step, "qcow2-create", cov);
+  }
+  const whole: FilePlan = { patches: r.value.steps.flatMap((s) => s.patches), fileSize: r.value.fileSize };
+  const spans = whole.patches.map((
+    p,
+  ) => [p.offset, p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.length)])
+    .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  for (let i = 1; i < spans.length; i++) {
+    invariant(spans[i - 1][1] <= spans[i][0], `qcow2-create: steps overlap at ${spans[i][0]}`);
+  }
+  cov.hit(`qcow2-create:steps:${sizeClass(BigInt(r.value.steps.length))}`);
   reparseQcow2(
-    r.value,
+    whole,
     { version: o.version, clusterSize: o.clusterSize, size: o.size, refcountBits: o.refcountBits },
     "qcow2-create",
     cov,

@@ -36,14 +36,12 @@ import { qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";
 import { rawCreatePlan } from "../formats/raw/create_plan.ts";
 import { RAW_CREATE_OPTS } from "../formats/raw/options.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
-import { MAX_PATCHES } from "../formats/plan.ts";
 import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "../formats/vpc/options.ts";
 import { VHDX_CREATE_OPTS, VHDX_OWN, vhdxCreateOptions, vhdxEntropy } from "../formats/vhdx/options.ts";
 import { VMDK_CREATE_OPTS, VMDK_OWN, vmdkCreateOptions, vmdkEntropy } from "../formats/vmdk/options.ts";
 import { planVpcCreate } from "../formats/vpc/create_plan.ts";
 import { planVhdxCreate } from "../formats/vhdx/create_plan.ts";
 import { planVmdkCreate } from "../formats/vmdk/create_plan.ts";
-
 
 /** Formats qemu-img knows that instar does not create (yet). */
 const OTHER_FORMATS = [
@@ -324,7 +322,11 @@ async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
 }
 
 /** vpc, vhdx and vmdk: one plan each (lib/formats/<fmt>/create_plan.ts). */
-async function createVirtualDisk(fmt: "vpc" | "vhdx" | "vmdk", filename: string, opts: ParsedOpts): Promise<void> {
+async function createVirtualDisk(
+  fmt: "vpc" | "vhdx" | "vmdk",
+  filename: string,
+  opts: ParsedOpts,
+): Promise<void> {
   // vpc and vhdx create (empty) the file before their own checks; vmdk checks first.
   if (fmt !== "vmdk") await createFile(filename);
   const plan = fmt === "vpc"
@@ -359,13 +361,7 @@ async function createQcow2(filename: string, opts: ParsedOpts): Promise<void> {
     const plan = qcow2CreatePlan(typed.value);
     if (!plan.ok) throw fileError(filename, plan.error.message);
     try {
-      // Preallocated metadata can scatter L2 tables between data clusters:
-      // more patches than one plan may hold, so apply them in plans of at
-      // most MAX_PATCHES (each checked on its own, all for the same size).
-      const { patches, fileSize } = plan.value;
-      for (let i = 0; i === 0 || i < patches.length; i += MAX_PATCHES) {
-        await applyPlan(filename, { patches: patches.slice(i, i + MAX_PATCHES), fileSize });
-      }
+      for (const step of plan.value.steps) await applyPlan(filename, step);
       const range = plan.value.allocate;
       if (range) await allocate(filename, range.offset, range.length, typed.value.preallocation);
     } catch (e) {

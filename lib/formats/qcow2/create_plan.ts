@@ -7,7 +7,7 @@
 // lands therefore depends on that allocator's first-fit search and on when
 // it adds refcount blocks, so this planner replays the allocator on a model
 // of the refcounts (the Allocator class) instead of computing a layout.
-import { alignUp, fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
+import { alignUp, fail, type FilePlan, MAX_PATCHES, ok, type Patch, type PlanResult } from "../plan.ts";
 import { encodeHeader, l1EntriesFor, l1Entry, l2Entry, MAX_L1_BYTES, putL2 } from "./encode.ts";
 import { RefcountError, RefcountModel } from "./refcounts.ts";
 
@@ -151,8 +151,17 @@ export function validateCreate(o: Qcow2CreateOptions): string | undefined {
  * (kind invalid_option / invalid_size) or, for layouts this planner does
  * not replay, kind "unsupported".
  */
-/** A create plan; `allocate` is a range qemu allocates as zeroes (falloc/full). */
-export type Qcow2CreatePlan = FilePlan & { allocate?: { offset: bigint; length: bigint } };
+/**
+ * A create plan: steps applied in order, each within MAX_PATCHES and all for
+ * the same file size (preallocated metadata scatters one L2 table per 64
+ * clusters at 512-byte clusters: 10^5 separate writes, more than one plan
+ * holds); `allocate` is a range qemu allocates as zeroes (falloc/full).
+ */
+export interface Qcow2CreatePlan {
+  steps: FilePlan[];
+  fileSize: bigint;
+  allocate?: { offset: bigint; length: bigint };
+}
 
 export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePlan> {
   const size = alignUp(o.size, 512n);
@@ -228,11 +237,14 @@ export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePl
   }
   a.writes.unshift({ cluster: 0n, bytes: () => header.value });
   const plan = composeWrites(a.writes, cs);
-  if (minEnd > plan.fileSize) plan.fileSize = minEnd;
-  if (allocate && allocate.offset + allocate.length > plan.fileSize) {
-    plan.fileSize = allocate.offset + allocate.length;
+  let fileSize = plan.fileSize;
+  if (minEnd > fileSize) fileSize = minEnd;
+  if (allocate && allocate.offset + allocate.length > fileSize) fileSize = allocate.offset + allocate.length;
+  const steps: FilePlan[] = [];
+  for (let i = 0; i === 0 || i < plan.patches.length; i += MAX_PATCHES) {
+    steps.push({ patches: plan.patches.slice(i, i + MAX_PATCHES), fileSize });
   }
-  return ok({ ...plan, allocate });
+  return ok({ steps, fileSize, allocate });
 }
 
 /** BDRV_REQUEST_MAX_BYTES: the most one request (and one allocation) covers. */
