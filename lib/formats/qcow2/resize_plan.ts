@@ -401,9 +401,9 @@ function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): 
     }
   }
   if (prealloc !== "off") {
-    const l2 = new L2Linker(rc, scan, l1Off, l1Size);
-    if (prealloc === "metadata") preallocMetadata(rc, log, l2, scan, oldLen, newSize);
-    else preallocData(rc, log, l2, scan, oldLen, newSize);
+    const g: Grow = { rc, log, l2: new L2Linker(rc, scan, l1Off, l1Size), scan, oldLen, newLen: newSize };
+    if (prealloc === "metadata") preallocMetadata(g);
+    else preallocData(g);
   }
   log.push([sizePatch(newSize)]);
   return log.steps;
@@ -518,6 +518,17 @@ class L2Linker {
   }
 }
 
+/** What a preallocating grow works on: the model, the steps, the tables, the old and new sizes. */
+interface Grow {
+  rc: RefcountModel;
+  log: StepLog;
+  l2: L2Linker;
+  scan: Qcow2ResizeScan;
+  /** The old virtual size rounded up to 512, and the new size. */
+  oldLen: bigint;
+  newLen: bigint;
+}
+
 /** qemu's BDRV_REQUEST_MAX_BYTES: INT_MAX rounded down to whole sectors. */
 const REQUEST_MAX_BYTES = (INT_MAX >> 9n) << 9n;
 
@@ -530,14 +541,7 @@ const REQUEST_MAX_BYTES = (INT_MAX >> 9n) << 9n;
  * run, which ends the call when that cluster is taken). The L2 entries are
  * linked with COPIED; the file is extended to the end of the last run.
  */
-function preallocMetadata(
-  rc: RefcountModel,
-  log: StepLog,
-  l2: L2Linker,
-  scan: Qcow2ResizeScan,
-  oldLen: bigint,
-  newLen: bigint,
-) {
+function preallocMetadata({ rc, log, l2, scan, oldLen, newLen }: Grow) {
   if (scan.extendedL2) {
     throw new ResizeRefusal("unsupported", "instar does not preallocate images with extended L2 entries yet");
   }
@@ -612,14 +616,7 @@ function preallocMetadata(
  * the one holding the old end linked to its data cluster, L2 tables
  * allocated as linking needs them.
  */
-function preallocData(
-  rc: RefcountModel,
-  log: StepLog,
-  l2: L2Linker,
-  scan: Qcow2ResizeScan,
-  oldLen: bigint,
-  newLen: bigint,
-) {
+function preallocData({ rc, log, l2, scan, oldLen, newLen }: Grow) {
   const cs = rc.cs, cb = rc.cb;
   // qcow2_get_last_cluster over the file as it now is.
   const last = rc.lastUsed((log.size + cs - 1n) >> cb);
