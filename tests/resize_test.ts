@@ -3,9 +3,9 @@
 // qemu-img and one by instar, and the test asserts: identical stdout/stderr
 // (our name for qemu-img's) and exit code; `qemu-img check` clean on instar's
 // copy and equal (JSON) to the check of qemu's copy; `qemu-img info
-// --output=json` equal apart from actual-size (docs/quirks.md, "resize");
+// --output=json` equal apart from actual-size (disk usage);
 // `qemu-img map` equal; and the guest data, flattened with `qemu-img convert
-// -O raw`, bit-identical to qemu's. Grows must even be byte-identical files.
+// -O raw`, bit-identical to qemu's; and the files byte-identical.
 // Needs the built VMM and guests; skipped only when they are missing.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instar, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
@@ -54,6 +54,13 @@ interface Case {
   size: string;
   io?: string[]; // qemu-io commands run on the image first
   prep?: (path: string) => Promise<void>; // then this, on both copies
+  /**
+   * The image has free clusters before a shrink (old refcount tables left
+   * behind when qemu moved the table). qemu's discard parks temporary L2
+   * tables in such clusters and zeroes them; instar leaves their old bytes.
+   * Both are free clusters, so only the byte comparison is skipped.
+   */
+  freeHoles?: boolean;
   resize: string[]; // resize options; the size is the last element
 }
 
@@ -124,9 +131,9 @@ async function compare(dir: string, c: Case, name: string): Promise<void> {
   assertEquals((await qemuImg(["compare", "-f", "qcow2", "-F", "qcow2", q, i], dir)).code, 0);
   await Deno.remove(`${q}.raw`);
   await Deno.remove(`${i}.raw`);
-  // Growing frees nothing, so there is no discard (hole punching) to differ:
-  // the files must be byte-identical.
-  if (!opts.includes("--shrink")) assertEquals(await sha256(i), await sha256(q));
+  // The files must be byte-identical: a shrink's freed clusters are
+  // discarded (holes punched) as qemu discards them.
+  if (!(c.freeHoles && opts.includes("--shrink"))) assertEquals(await sha256(i), await sha256(q));
 }
 
 const DATA = [
@@ -155,7 +162,13 @@ Deno.test({
             : [["--shrink", "22M"]];
           for (const resize of [["+10G"], ...shrinks]) {
             const name = `rb${rb}-cs${cs}-${resize.join("")}`;
-            await t.step(name, () => compare(dir, { create, size: "64M", io: DATA, resize }, name));
+            // 64-bit refcounts in 512-byte clusters: qemu-io's writes moved
+            // the refcount table, leaving the old ones free.
+            const freeHoles = rb === 64 && cs === "512";
+            await t.step(
+              name,
+              () => compare(dir, { create, size: "64M", io: DATA, resize, freeHoles }, name),
+            );
           }
         }
       }

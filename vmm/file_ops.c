@@ -72,3 +72,26 @@ VMM_EXPORT int vmm_preallocate(const char *path, uint64_t off, uint64_t len, uin
     close(fd);
     return rc;
 }
+
+/*
+ * Punches [off, off+len) out of a regular file, keeping its size (fallocate
+ * PUNCH_HOLE | KEEP_SIZE): what qemu's file-posix does for a discard, which
+ * qcow2 sends for clusters a shrink frees. Same identity check as above.
+ * Returns 0 or -errno.
+ */
+VMM_EXPORT int vmm_punch_hole(const char *path, uint64_t off, uint64_t len, uint64_t dev, uint64_t ino)
+{
+    if (len == 0)
+        return -EINVAL;
+    struct stat st;
+    int fd = open_range(path, off, len, &st);
+    if (fd < 0)
+        return fd;
+    int rc;
+    if ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
+        rc = -ESTALE;
+    else
+        rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) ? -errno : 0;
+    close(fd);
+    return rc;
+}

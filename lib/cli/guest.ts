@@ -37,7 +37,14 @@ export interface RunResult {
 interface SandboxModule {
   runGuest(req: RunRequest): Promise<RunResult>;
   collapseRange(path: string, off: bigint, len: bigint): Promise<boolean>;
-  preallocate(path: string, off: bigint, len: bigint, dev: bigint, ino: bigint): Promise<string | undefined>;
+  fileRange(
+    op: "allocate" | "punch",
+    path: string,
+    off: bigint,
+    len: bigint,
+    dev: bigint,
+    ino: bigint,
+  ): Promise<string | undefined>;
   SandboxError: new (...a: never[]) => Error;
 }
 
@@ -65,5 +72,16 @@ export async function preallocate(
   dev: bigint,
   ino: bigint,
 ): Promise<string | undefined> {
-  return (await sandbox()).preallocate(path, off, len, dev, ino);
+  return (await sandbox()).fileRange("allocate", path, off, len, dev, ino);
+}
+
+/** A hole punched, the size kept (qemu's discard); undefined, or why not. */
+export async function punchHole(
+  path: string,
+  off: bigint,
+  len: bigint,
+  dev: bigint,
+  ino: bigint,
+): Promise<string | undefined> {
+  return (await sandbox()).fileRange("punch", path, off, len, dev, ino);
 }

@@ -21,7 +21,7 @@ import {
 } from "./common.ts";
 import { chainOpenMessage, errnoText, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { preallocate, runGuest } from "./guest.ts";
+import { preallocate, punchHole, runGuest } from "./guest.ts";
 import { SizeError, strtosz } from "./options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError, qcow2Model } from "../formats/qcow2/model.ts";
@@ -300,9 +300,10 @@ export function decodeScan(recs: Rec[], fileSize: bigint): Qcow2ResizeScan {
  * Applies planned steps in order, each followed by fdatasync, after checking
  * that the file is still the one that was read (same device, inode and
  * length). Patches are the planner's own bytes; no image byte passes here.
- * A zero patch is an area the preallocation mode allocates: past the end of
- * the file with falloc it is posix_fallocate()d, as qemu's file-posix does;
- * otherwise zeroes are written (full writes them in qemu too).
+ * A zero patch inside the file is a discard (a hole punched, as qemu's
+ * file-posix does for the clusters a shrink frees); past the end it is an
+ * area the preallocation mode allocates: posix_fallocate()d with falloc,
+ * zeroes written otherwise (full writes them in qemu too).
  */
 async function applySteps(
   img: OpenedImage,
@@ -333,17 +334,30 @@ async function applySteps(
           await file.seek(p.offset, Deno.SeekMode.Start);
           let at = 0;
           while (at < p.bytes.length) at += await file.write(p.bytes.subarray(at));
-        } else if (prealloc === "falloc" && p.length > 0n && p.offset >= BigInt((await file.stat()).size)) {
-          const why = await preallocate(img.openPath, p.offset, p.length, img.dev, img.ino);
-          if (why !== undefined) throw new CliError([`${what}: Could not preallocate new data: ${why}`]);
-        } else {
-          await file.seek(p.offset, Deno.SeekMode.Start);
-          const zero = new Uint8Array(Number(p.length < 1n << 20n ? p.length : 1n << 20n));
-          for (let left = p.length; left > 0n;) {
-            const n = left < BigInt(zero.length) ? Number(left) : zero.length;
-            let at = 0;
-            while (at < n) at += await file.write(zero.subarray(at, n));
-            left -= BigInt(n);
+        } else if (p.length > 0n) {
+          const eof = BigInt((await file.stat()).size);
+          // Inside the file: clusters a shrink freed, which qemu discards
+          // (a hole punched). Like qemu's discard this is best effort: the
+          // clusters are free either way, so a filesystem that cannot punch
+          // keeps the old bytes.
+          if (p.offset < eof) {
+            const end = p.offset + p.length < eof ? p.offset + p.length : eof;
+            await punchHole(img.openPath, p.offset, end - p.offset, img.dev, img.ino);
+          }
+          // Past the end: an area preallocation allocates.
+          const from = p.offset > eof ? p.offset : eof, to = p.offset + p.length;
+          if (from < to && prealloc === "falloc") {
+            const why = await preallocate(img.openPath, from, to - from, img.dev, img.ino);
+            if (why !== undefined) throw new CliError([`${what}: Could not preallocate new data: ${why}`]);
+          } else if (from < to) {
+            await file.seek(from, Deno.SeekMode.Start);
+            const zero = new Uint8Array(Number(to - from < 1n << 20n ? to - from : 1n << 20n));
+            for (let left = to - from; left > 0n;) {
+              const n = left < BigInt(zero.length) ? Number(left) : zero.length;
+              let at = 0;
+              while (at < n) at += await file.write(zero.subarray(at, n));
+              left -= BigInt(n);
+            }
           }
         }
       }

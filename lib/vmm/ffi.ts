@@ -22,6 +22,7 @@ const symbols = {
   vmm_strerror: { parameters: ["i32"], result: "pointer" },
   vmm_collapse_range: { parameters: ["buffer", "u64", "u64"], result: "i32" },
   vmm_preallocate: { parameters: ["buffer", "u64", "u64", "u64", "u64"], result: "i32" },
+  vmm_punch_hole: { parameters: ["buffer", "u64", "u64", "u64", "u64"], result: "i32" },
 } as const;
 
 export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];

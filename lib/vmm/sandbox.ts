@@ -276,11 +276,13 @@ export async function collapseRange(path: string, off: bigint, len: bigint): Pro
 }
 
 /**
- * posix_fallocate over [off, off+len) of the file at `path`, which must
- * still be (dev, ino): preallocation=falloc. Returns undefined, or the
+ * A range operation on the file at `path`, which must still be (dev, ino):
+ * "allocate" is posix_fallocate (preallocation=falloc), "punch" a hole
+ * that keeps the size (qemu's discard). Returns undefined, or the
  * strerror() text of the failure.
  */
-export async function preallocate(
+export async function fileRange(
+  op: "allocate" | "punch",
   path: string,
   off: bigint,
   len: bigint,
@@ -288,6 +290,7 @@ export async function preallocate(
   ino: bigint,
 ): Promise<string | undefined> {
   const lib = await vmmLib();
-  const rc = lib.vmm_preallocate(cString(path), off, len, dev, ino);
+  const f = op === "allocate" ? lib.vmm_preallocate : lib.vmm_punch_hole;
+  const rc = f(cString(path), off, len, dev, ino);
   return rc === 0 ? undefined : strerror(lib, -rc);
 }

@@ -129,6 +129,12 @@ export class RefcountModel {
   readonly created: Set<bigint>;
   /** qemu's free_cluster_index. */
   freeIndex = 0n;
+  /**
+   * When set, the clusters a decrement takes to zero, as [start, end) runs
+   * in the order they were freed: qemu discards those when the free's
+   * discard type passes through (a shrink's QCOW2_DISCARD_ALWAYS).
+   */
+  freed?: [bigint, bigint][];
   listener: RefcountListener = {};
   private readonly runs: RefRun[];
   private readonly blocks = new Map<bigint, Block>();
@@ -321,6 +327,7 @@ export class RefcountModel {
       const segEnd = end < lo + this.perBlock ? end : lo + this.perBlock;
       const i0 = Number(c - lo), i1 = Number(segEnd - lo);
       let bad = -1, firstZero = -1;
+      const freed = addend < 0n ? this.freed : undefined;
       if (this.read) {
         const add = Number(addend), max = Number(this.max);
         for (let i = i0; i < i1; i++) {
@@ -329,7 +336,10 @@ export class RefcountModel {
             bad = i;
             break;
           }
-          if (v === 0 && firstZero < 0) firstZero = i;
+          if (v === 0) {
+            if (firstZero < 0) firstZero = i;
+            if (freed) this.noteFreed(lo + BigInt(i));
+          }
           this.write!(b.bytes, b.dv, i, v);
         }
       } else {
@@ -339,7 +349,10 @@ export class RefcountModel {
             bad = i;
             break;
           }
-          if (v === 0n && firstZero < 0) firstZero = i;
+          if (v === 0n) {
+            if (firstZero < 0) firstZero = i;
+            if (freed) this.noteFreed(lo + BigInt(i));
+          }
           b.dv.setBigUint64(i * 8, v);
         }
       }
@@ -354,6 +367,14 @@ export class RefcountModel {
       }
       c = segEnd;
     }
+  }
+
+  /** Adds cluster c to the freed runs (merged with the last run when it follows it). */
+  noteFreed(c: bigint) {
+    const runs = this.freed!;
+    const last = runs[runs.length - 1];
+    if (last && last[1] === c) last[1] = c + 1n;
+    else runs.push([c, c + 1n]);
   }
 
   /** alloc_refcount_block for cluster c: nothing when its block exists, else place one and throw Again. */

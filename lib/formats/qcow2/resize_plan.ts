@@ -713,6 +713,10 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
     });
   }
   // Refcounts: the discard's frees, then the L2 tables past the new L1 size.
+  // Both free with QCOW2_DISCARD_ALWAYS, so every cluster that reaches
+  // refcount 0 is discarded (a hole punched), and so is every dropped
+  // refcount block (qcow2_discard_refcount_block).
+  rc.freed = [];
   for (const f of scan.frees) rc.update(f.start, f.count, -1n);
   for (let i = scan.l1Size - 1; BigInt(i) >= newL1; i--) {
     const off = (scan.l1.get(i) ?? 0n) & L1E_OFFSET_MASK;
@@ -737,6 +741,7 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
       );
     }
     rc.set(c, 0n);
+    rc.noteFreed(c);
     rc.drop(t);
   }
   const step2 = [...blockPatches(rc), {
@@ -749,8 +754,30 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   if (last < 0n) throw new ResizeRefusal("unsupported", "There are no references in the refcount table");
   let size = scan.fileSize;
   if ((last + 1n) * cs < size) size = (last + 1n) * cs;
+  // The discards, once nothing references those clusters: zero patches
+  // inside the file, which the applier punches as holes. Only the part the
+  // final cut keeps matters.
+  const punches: Patch[] = [];
+  for (const [a, b] of mergeRuns(rc.freed)) {
+    const from = a * cs, to = b * cs < size ? b * cs : size;
+    if (from < to) punches.push({ kind: "zero", offset: from, length: to - from });
+  }
   log.push(step1);
   log.push(step2);
+  log.push(punches);
   log.push([sizePatch(newSize)], size);
   return log.steps;
+}
+
+/** [start, end) runs sorted and merged where they touch or overlap. */
+function mergeRuns(runs: [bigint, bigint][]): [bigint, bigint][] {
+  const sorted = runs.map(([a, b]): [bigint, bigint] => [a, b])
+    .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  const out: [bigint, bigint][] = [];
+  for (const r of sorted) {
+    const last = out[out.length - 1];
+    if (last && r[0] <= last[1]) last[1] = r[1] > last[1] ? r[1] : last[1];
+    else out.push(r);
+  }
+  return out;
 }

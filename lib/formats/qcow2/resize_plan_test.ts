@@ -198,7 +198,10 @@ Deno.test("preallocation=falloc: refcount area, then the data run linked in orde
   assertEquals(l2, cs);
   // The new 64 MiB are guest clusters 1024.., entries 1024.. of that table.
   for (let i = 0; i < 1024; i++) {
-    assertEquals(dv.getBigUint64(Number(l2) + (1024 + i) * 8), (zeros[0].offset + BigInt(i) * cs) | (1n << 63n));
+    assertEquals(
+      dv.getBigUint64(Number(l2) + (1024 + i) * 8),
+      (zeros[0].offset + BigInt(i) * cs) | (1n << 63n),
+    );
   }
   for (let c = 0; c < 1029; c++) assertEquals(refcountIn(img, tableOffset, 16, 16, c), 1n);
 });
@@ -288,6 +291,23 @@ Deno.test("shrink frees L2 tables past the new L1 size and zeroes the L1 tail", 
   assertEquals(l1Tail[0].bytes.length, 31 * 8);
   assert(l1Tail[0].bytes.every((b) => b === 0));
   assertEquals(steps[steps.length - 1].fileSize, 5n * cs);
+});
+
+Deno.test("shrink discards what it frees: zero patches over the freed clusters the file keeps", () => {
+  const cs = 512n;
+  const scan = freshScan(9, 4, 1n << 20n);
+  scan.l1Size = 32;
+  // L2 tables at 4 (kept) and 5 (past the new end), data at 6 (freed) and 7 (kept).
+  scan.l1 = new Map([[0, (4n * cs) | (1n << 63n)], [31, (5n * cs) | (1n << 63n)]]);
+  scan.runs = [{ start: 0n, count: 8n, refcount: 1n }];
+  scan.fileSize = 8n * cs;
+  scan.frees = [{ start: 6n, count: 1n }];
+  const r = planQcow2Resize(scan, { newSize: 32768n });
+  assert(r.ok);
+  const zeros = r.value.steps.flatMap((s) => s.patches).filter((p) => p.kind === "zero");
+  // qemu discards with QCOW2_DISCARD_ALWAYS: both clusters become a hole.
+  assertEquals(zeros, [{ kind: "zero", offset: 5n * cs, length: 2n * cs }]);
+  assertEquals(r.value.steps[r.value.steps.length - 1].fileSize, 8n * cs);
 });
 
 Deno.test("a free that would take a refcount below zero is refused before writing", () => {
