@@ -11,6 +11,9 @@
 
 #include "vmm_internal.h"
 
+/* vmm_file_range operations. */
+enum { VMM_RANGE_ALLOCATE = 0, VMM_RANGE_PUNCH = 1 };
+
 /*
  * Opens `path` read-write for a range operation on [off, off+len): the range
  * must fit an off_t, the path must not be a symlink and must name a regular
@@ -50,38 +53,19 @@ VMM_EXPORT int vmm_collapse_range(const char *path, uint64_t off, uint64_t len)
 }
 
 /*
- * Allocates [off, off+len) of a regular file with posix_fallocate, as
- * qemu's file-posix does for preallocation=falloc (the range reads as
- * zeroes and its blocks are reserved; the file grows to off+len). The file
- * must still be the one the caller stat()ed (dev, ino): the path is opened
- * again here. Returns 0 or -errno.
- */
-VMM_EXPORT int vmm_preallocate(const char *path, uint64_t off, uint64_t len, uint64_t dev, uint64_t ino)
-{
-    if (len == 0)
-        return -EINVAL;
-    struct stat st;
-    int fd = open_range(path, off, len, &st);
-    if (fd < 0)
-        return fd;
-    int rc;
-    if ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
-        rc = -ESTALE;
-    else
-        rc = -posix_fallocate(fd, (off_t)off, (off_t)len); /* returns the error, sets no errno */
-    close(fd);
-    return rc;
-}
-
-/*
- * Punches [off, off+len) out of a regular file, keeping its size (fallocate
- * PUNCH_HOLE | KEEP_SIZE): what qemu's file-posix does for a discard, which
- * qcow2 sends for clusters a shrink frees. Same identity check as above.
+ * A range operation on a regular file the caller stat()ed (dev, ino): the
+ * path is opened again here, so a different file there is refused (ESTALE).
+ *   VMM_RANGE_ALLOCATE: posix_fallocate, as qemu's file-posix does for
+ *     preallocation=falloc (the range reads as zeroes, its blocks are
+ *     reserved, the file grows to off+len);
+ *   VMM_RANGE_PUNCH: a hole punched, the size kept (fallocate PUNCH_HOLE |
+ *     KEEP_SIZE), what file-posix does for the discards of a qcow2 shrink.
  * Returns 0 or -errno.
  */
-VMM_EXPORT int vmm_punch_hole(const char *path, uint64_t off, uint64_t len, uint64_t dev, uint64_t ino)
+VMM_EXPORT int vmm_file_range(const char *path, uint32_t op, uint64_t off, uint64_t len, uint64_t dev,
+                              uint64_t ino)
 {
-    if (len == 0)
+    if (len == 0 || (op != VMM_RANGE_ALLOCATE && op != VMM_RANGE_PUNCH))
         return -EINVAL;
     struct stat st;
     int fd = open_range(path, off, len, &st);
@@ -90,6 +74,8 @@ VMM_EXPORT int vmm_punch_hole(const char *path, uint64_t off, uint64_t len, uint
     int rc;
     if ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino)
         rc = -ESTALE;
+    else if (op == VMM_RANGE_ALLOCATE)
+        rc = -posix_fallocate(fd, (off_t)off, (off_t)len); /* returns the error, sets no errno */
     else
         rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) ? -errno : 0;
     close(fd);

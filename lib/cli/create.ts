@@ -16,7 +16,7 @@ import {
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { errnoText, openChain, OpenError, openImage } from "./image.ts";
-import { preallocate } from "./guest.ts";
+import { fileRange } from "./guest.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import {
   appendDescs,
@@ -103,7 +103,7 @@ async function allocate(filename: string, offset: bigint, length: bigint, mode: 
   if (length <= 0n) return;
   if (mode === "falloc") {
     const st = await Deno.stat(filename);
-    const why = await preallocate(filename, offset, length, BigInt(st.dev), BigInt(st.ino ?? 0));
+    const why = await fileRange("allocate", filename, offset, length, BigInt(st.dev), BigInt(st.ino ?? 0));
     if (why !== undefined) throw new Error(`Could not preallocate new data: ${why}`);
     return;
   }

@@ -64,24 +64,18 @@ export async function collapseRange(path: string, off: bigint, len: bigint): Pro
   return (await sandbox()).collapseRange(path, off, len);
 }
 
-/** posix_fallocate through the VMM library (undefined, or why not); see lib/vmm/sandbox.ts. */
-export async function preallocate(
+/**
+ * A range operation through the VMM library on a file that must still be
+ * (dev, ino): "allocate" (posix_fallocate) or "punch" (a hole, the size
+ * kept). Undefined, or why not; see lib/vmm/sandbox.ts.
+ */
+export async function fileRange(
+  op: "allocate" | "punch",
   path: string,
   off: bigint,
   len: bigint,
   dev: bigint,
   ino: bigint,
 ): Promise<string | undefined> {
-  return (await sandbox()).fileRange("allocate", path, off, len, dev, ino);
-}
-
-/** A hole punched, the size kept (qemu's discard); undefined, or why not. */
-export async function punchHole(
-  path: string,
-  off: bigint,
-  len: bigint,
-  dev: bigint,
-  ino: bigint,
-): Promise<string | undefined> {
-  return (await sandbox()).fileRange("punch", path, off, len, dev, ino);
+  return (await sandbox()).fileRange(op, path, off, len, dev, ino);
 }

@@ -21,7 +21,7 @@ import {
 } from "./common.ts";
 import { chainOpenMessage, errnoText, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { preallocate, punchHole, runGuest } from "./guest.ts";
+import { fileRange, runGuest } from "./guest.ts";
 import { SizeError, strtosz } from "./options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError, qcow2Model } from "../formats/qcow2/model.ts";
@@ -342,12 +342,12 @@ async function applySteps(
           // keeps the old bytes.
           if (p.offset < eof) {
             const end = p.offset + p.length < eof ? p.offset + p.length : eof;
-            await punchHole(img.openPath, p.offset, end - p.offset, img.dev, img.ino);
+            await fileRange("punch", img.openPath, p.offset, end - p.offset, img.dev, img.ino);
           }
           // Past the end: an area preallocation allocates.
           const from = p.offset > eof ? p.offset : eof, to = p.offset + p.length;
           if (from < to && prealloc === "falloc") {
-            const why = await preallocate(img.openPath, from, to - from, img.dev, img.ino);
+            const why = await fileRange("allocate", img.openPath, from, to - from, img.dev, img.ino);
             if (why !== undefined) throw new CliError([`${what}: Could not preallocate new data: ${why}`]);
           } else if (from < to) {
             await file.seek(from, Deno.SeekMode.Start);

@@ -21,8 +21,7 @@ const symbols = {
   vmm_last_errno: { parameters: [], result: "i32" },
   vmm_strerror: { parameters: ["i32"], result: "pointer" },
   vmm_collapse_range: { parameters: ["buffer", "u64", "u64"], result: "i32" },
-  vmm_preallocate: { parameters: ["buffer", "u64", "u64", "u64", "u64"], result: "i32" },
-  vmm_punch_hole: { parameters: ["buffer", "u64", "u64", "u64", "u64"], result: "i32" },
+  vmm_file_range: { parameters: ["buffer", "u32", "u64", "u64", "u64", "u64"], result: "i32" },
 } as const;
 
 export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];

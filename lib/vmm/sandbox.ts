@@ -290,7 +290,7 @@ export async function fileRange(
   ino: bigint,
 ): Promise<string | undefined> {
   const lib = await vmmLib();
-  const f = op === "allocate" ? lib.vmm_preallocate : lib.vmm_punch_hole;
-  const rc = f(cString(path), off, len, dev, ino);
+  // vmm/file_ops.c: VMM_RANGE_ALLOCATE = 0, VMM_RANGE_PUNCH = 1.
+  const rc = lib.vmm_file_range(cString(path), op === "allocate" ? 0 : 1, off, len, dev, ino);
   return rc === 0 ? undefined : strerror(lib, -rc);
 }
