@@ -225,6 +225,9 @@ Deno.test({
           "cluster_size=4k,refcount_bits=1",
           "cluster_size=2M",
           "compat=0.10",
+          // Copy-on-write of the partial last cluster stops at a subcluster.
+          "extended_l2=on",
+          "extended_l2=on,cluster_size=2M",
         ]
       ) {
         for (const size of ["+100M", "70000128"]) {
@@ -237,6 +240,17 @@ Deno.test({
               resize: ["--preallocation=metadata", size],
             }, name));
         }
+      }
+      // An old size inside a cluster (and a subcluster): the head is copied too.
+      for (const opts of ["cluster_size=64k", "extended_l2=on,cluster_size=2M"]) {
+        const name = `prealloc-head-${opts}`;
+        await t.step(name, () =>
+          compare(dir, {
+            create: ["-f", "qcow2", "-o", opts],
+            size: "70001152",
+            io,
+            resize: ["--preallocation=metadata", "80001536"],
+          }, name));
       }
     } finally {
       await Deno.remove(dir, { recursive: true });

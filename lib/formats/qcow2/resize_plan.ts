@@ -542,9 +542,6 @@ const REQUEST_MAX_BYTES = (INT_MAX >> 9n) << 9n;
  * linked with COPIED; the file is extended to the end of the last run.
  */
 function preallocMetadata({ rc, log, l2, scan, oldLen, newLen }: Grow) {
-  if (scan.extendedL2) {
-    throw new ResizeRefusal("unsupported", "instar does not preallocate images with extended L2 entries yet");
-  }
   const cs = rc.cs, cb = rc.cb;
   const perL2 = l2.perL2;
   const callMax = (INT_MAX >> cb) << cb;
@@ -597,12 +594,21 @@ function preallocMetadata({ rc, log, l2, scan, oldLen, newLen }: Grow) {
       "instar does not preallocate a partial cluster of an image with a backing file",
     );
   }
-  if (head && firstCluster >= 0n) {
-    cow.push({ kind: "write", offset: firstCluster, bytes: new Uint8Array(Number(head)) });
+  // With extended L2 entries the copy-on-write covers only the subclusters
+  // the request touches (qemu's calculate_l2_meta), so the parts are cut
+  // at subcluster boundaries; without, the unit is the whole cluster.
+  const unit = scan.extendedL2 ? cs / 32n : cs;
+  const headFrom = head - head % unit, tailTo = tail === 0n ? 0n : ((tail + unit - 1n) / unit) * unit;
+  if (head > headFrom && firstCluster >= 0n) {
+    cow.push({
+      kind: "write",
+      offset: firstCluster + headFrom,
+      bytes: new Uint8Array(Number(head - headFrom)),
+    });
   }
-  if (tail) {
+  if (tailTo > tail) {
     const lastCluster = ((lastHost + lastBytes - 1n) >> cb) << cb;
-    cow.push({ kind: "write", offset: lastCluster + tail, bytes: new Uint8Array(Number(cs - tail)) });
+    cow.push({ kind: "write", offset: lastCluster + tail, bytes: new Uint8Array(Number(tailTo - tail)) });
   }
   l2.emit(log, cow, lastHost + lastBytes);
 }
