@@ -13,26 +13,10 @@ import {
   infoJson,
   parseSize,
   qemuImgSync,
+  readAt,
 } from "../vpc/apply_for_tests.ts";
 
 const ready = haveQemuImg();
-
-function readAt(path: string, off: number, len: number): Uint8Array {
-  const f = Deno.openSync(path);
-  try {
-    f.seekSync(off, Deno.SeekMode.Start);
-    const b = new Uint8Array(len);
-    let got = 0;
-    while (got < len) {
-      const n = f.readSync(b.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    return b.subarray(0, got);
-  } finally {
-    f.close();
-  }
-}
 
 function bytesOf(_dir: string, size: string): bigint {
   return parseSize(size);

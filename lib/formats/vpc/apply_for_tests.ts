@@ -140,3 +140,21 @@ export function measureViolation(
   if (m.required + m.fullyAllocated > (1n << 64n) - 1n) return "required + fully overflows u64";
   return undefined;
 }
+
+/** Up to `len` bytes of the file at `off` (fewer at its end). */
+export function readAt(path: string, off: number, len: number): Uint8Array {
+  const f = Deno.openSync(path);
+  try {
+    f.seekSync(off, Deno.SeekMode.Start);
+    const b = new Uint8Array(len);
+    let got = 0;
+    while (got < len) {
+      const n = f.readSync(b.subarray(got));
+      if (n === null) break;
+      got += n;
+    }
+    return b.subarray(0, got);
+  } finally {
+    f.close();
+  }
+}

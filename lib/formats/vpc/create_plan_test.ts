@@ -22,6 +22,7 @@ import {
   infoJson,
   parseSize,
   qemuImgSync,
+  readAt,
 } from "./apply_for_tests.ts";
 
 const ready = haveQemuImg();
@@ -29,24 +30,6 @@ const ready = haveQemuImg();
 function entropyFrom(footer: Uint8Array) {
   const dv = new DataView(footer.buffer, footer.byteOffset);
   return { unixSeconds: BigInt(dv.getUint32(24)) + VPC_TIMESTAMP_BASE, uuid: footer.slice(68, 84) };
-}
-
-/** Reads `len` bytes at `off` of a (possibly huge, sparse) file. */
-function readAt(path: string, off: number, len: number): Uint8Array {
-  const f = Deno.openSync(path);
-  try {
-    f.seekSync(off, Deno.SeekMode.Start);
-    const b = new Uint8Array(len);
-    let got = 0;
-    while (got < len) {
-      const n = f.readSync(b.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    return b.subarray(0, got);
-  } finally {
-    f.close();
-  }
 }
 
 const SIZES = [
