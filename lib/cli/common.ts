@@ -24,7 +24,11 @@ export const INSTAR_LONGS: LongOption[] = [
 ];
 
 export function newInstarOptions(base?: InstarOptions): InstarOptions {
-  return { qemuVersion: base?.qemuVersion, unsafeQuirks: base?.unsafeQuirks ?? false, backingDirs: [...(base?.backingDirs ?? [])] };
+  return {
+    qemuVersion: base?.qemuVersion,
+    unsafeQuirks: base?.unsafeQuirks ?? false,
+    backingDirs: [...(base?.backingDirs ?? [])],
+  };
 }
 
 /** Handles one of instar's own options; false if `id` is not one. */
@@ -84,6 +88,14 @@ export const IMAGE_LONGS_TAIL: LongOption[] = [
   { name: "object", hasArg: true, id: "object" },
   { name: "image-opts", hasArg: false, id: "image-opts" },
   { name: "force-share", hasArg: false, id: "U" },
+];
+
+/** The first long options of convert, compare and resize, in qemu-img's order
+ * (create and measure order theirs differently, so they list their own). */
+export const DATA_LONGS_HEAD: LongOption[] = [
+  { name: "help", hasArg: false, id: "h" },
+  { name: "object", hasArg: true, id: "object" },
+  { name: "image-opts", hasArg: false, id: "image-opts" },
 ];
 
 /** Handles -h, -f, --output, --object, --image-opts and -U (a no-op: instar

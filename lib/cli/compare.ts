@@ -6,15 +6,27 @@
 import { compareResults, limits, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
-import { HelpRequested, INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
-import { chainOpenMessage, openChain, OpenError, type OpenedImage, openImage } from "./image.ts";
+import {
+  DATA_LONGS_HEAD,
+  HelpRequested,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+} from "./common.ts";
+import { chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "./guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
-async function openForCompare(filename: string, fmt: string | undefined, o: InstarOptions): Promise<OpenedImage[]> {
+async function openForCompare(
+  filename: string,
+  fmt: string | undefined,
+  o: InstarOptions,
+): Promise<OpenedImage[]> {
   try {
     const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
     return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
@@ -32,9 +44,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   let quiet = false, strict = false;
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":hf:F:T:pqsU", [
-    { name: "help", hasArg: false, id: "h" },
-    { name: "object", hasArg: true, id: "object" },
-    { name: "image-opts", hasArg: false, id: "image-opts" },
+    ...DATA_LONGS_HEAD,
     { name: "force-share", hasArg: false, id: "U" },
     { name: "progress", hasArg: true, id: "progress" },
     ...INSTAR_LONGS,
@@ -86,10 +96,14 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const chain2 = await openForCompare(filename2, fmt2, o);
     progress.set(0);
     if (chain1.length + chain2.length > limits.MAX_INPUTS) {
-      throw new CliError([
-        `The two backing chains have ${chain1.length + chain2.length} images; instar compares at most ` +
-        `${limits.MAX_INPUTS} in one sandbox`,
-      ], false, 2);
+      throw new CliError(
+        [
+          `The two backing chains have ${chain1.length + chain2.length} images; instar compares at most ` +
+          `${limits.MAX_INPUTS} in one sandbox`,
+        ],
+        false,
+        2,
+      );
     }
     const inputs = [...chain1, ...chain2].map((img, i) => ({
       path: img.openPath,
@@ -99,7 +113,9 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     // Two guests, one per core, each walking half of the disk; the first
     // half's outcome stands unless it found the halves identical.
     // INSTAR_GUESTS=1|2 forces the choice.
-    const base = chain1[0].virtualSize > chain2[0].virtualSize ? chain1[0].virtualSize : chain2[0].virtualSize;
+    const base = chain1[0].virtualSize > chain2[0].virtualSize
+      ? chain1[0].virtualSize
+      : chain2[0].virtualSize;
     const forced = Deno.env.get("INSTAR_GUESTS");
     const split = forced === "2" || (forced !== "1" && base >= 64n << 20n);
     const mid = split ? (base / 2n) & ~((1n << 20n) - 1n) : base;
@@ -130,7 +146,9 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
       throw new CliError(["Sandbox failure: the comparison reported no outcome"], false, 4);
     }
     const first = outcomes[0][0];
-    const recs = [first.fields.result === compareResults.IDENTICAL && outcomes.length > 1 ? outcomes[1][0] : first];
+    const recs = [
+      first.fields.result === compareResults.IDENTICAL && outcomes.length > 1 ? outcomes[1][0] : first,
+    ];
     const f = recs[0].fields;
     const outcome = f.result as number;
     const offset = f.offset as bigint;
@@ -167,7 +185,11 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
         throw new CliError([`Sector allocation test failed for ${names[image]}`], false, 3);
       case compareResults.READ_FAILED:
         warnAt(offset);
-        throw new CliError([`Error while reading offset ${offset} of ${names[image]}: Input/output error`], false, 4);
+        throw new CliError(
+          [`Error while reading offset ${offset} of ${names[image]}: Input/output error`],
+          false,
+          4,
+        );
     }
     throw new CliError([`Sandbox failure: unknown comparison outcome ${outcome}`], false, 4);
   } finally {

@@ -10,6 +10,7 @@ import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
   addOptionList,
+  DATA_LONGS_HEAD,
   HelpRequested,
   INSTAR_LONGS,
   instarOption,
@@ -31,7 +32,18 @@ const MAX_BUF_SECTORS = 32768n;
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 /** Formats qemu-img knows that instar cannot write (yet). */
 const OTHER_FORMATS = [
-  "vmdk", "vpc", "vhdx", "vdi", "qed", "qcow", "luks", "parallels", "bochs", "cloop", "dmg", "vvfat",
+  "vmdk",
+  "vpc",
+  "vhdx",
+  "vdi",
+  "qed",
+  "qcow",
+  "luks",
+  "parallels",
+  "bochs",
+  "cloop",
+  "dmg",
+  "vvfat",
 ];
 
 interface ConvertArgs {
@@ -59,15 +71,25 @@ interface ConvertArgs {
 
 function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands: string[] } {
   const a: ConvertArgs = {
-    outFmt: "", compress: false, minSparse: 8n * 512n, explicitSparse: false, copyRange: false,
-    progress: "off", quiet: false, skipCreate: false, salvage: false, targetIsZero: false, bitmaps: false,
-    skipBroken: false, cache: "unsafe", srcCache: "writeback", tgtImageOpts: false,
+    outFmt: "",
+    compress: false,
+    minSparse: 8n * 512n,
+    explicitSparse: false,
+    copyRange: false,
+    progress: "off",
+    quiet: false,
+    skipCreate: false,
+    salvage: false,
+    targetIsZero: false,
+    bitmaps: false,
+    skipBroken: false,
+    cache: "unsafe",
+    srcCache: "writeback",
+    tgtImageOpts: false,
   };
   let outFmtSet = false;
   const operands = getopt(argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
-    { name: "help", hasArg: false, id: "h" },
-    { name: "object", hasArg: true, id: "object" },
-    { name: "image-opts", hasArg: false, id: "image-opts" },
+    ...DATA_LONGS_HEAD,
     { name: "force-share", hasArg: false, id: "U" },
     { name: "target-image-opts", hasArg: false, id: "target-image-opts" },
     { name: "salvage", hasArg: false, id: "salvage" },
@@ -140,7 +162,9 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
       case "m": {
         const n = /^[+-]?(0x[0-9a-f]+|0[0-7]*|[1-9][0-9]*)$/i.test(value!) ? Number(value) : NaN;
         if (!(n >= 1 && n <= 16)) {
-          throw new CliError(["Invalid number of coroutines. Allowed number of coroutines is between 1 and 16"]);
+          throw new CliError([
+            "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16",
+          ]);
         }
         break;
       }
@@ -181,7 +205,9 @@ function checkCombinations(a: ConvertArgs) {
   if (a.explicitSparse && a.copyRange) throw new CliError(["Cannot enable copy offloading when -S is used"]);
   if (a.copyRange && a.salvage) throw new CliError(["Cannot use copy offloading in salvaging mode"]);
   if (a.tgtImageOpts && !a.skipCreate) throw new CliError(["--target-image-opts requires use of -n flag"]);
-  if (a.skipCreate && a.options !== undefined) throw new CliError(["-o has no effect when skipping image creation"]);
+  if (a.skipCreate && a.options !== undefined) {
+    throw new CliError(["-o has no effect when skipping image creation"]);
+  }
   if (a.targetIsZero && !a.skipCreate) throw new CliError(["--target-is-zero requires use of -n flag"]);
 }
 
@@ -249,7 +275,12 @@ class TempFiles {
 
 function guestFailureMessage(e: GuestFailure): string {
   const f = e.record.fields;
-  const msg = qcow2ErrorMessage({ code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
+  const msg = qcow2ErrorMessage({
+    code: f.code as number,
+    a0: f.a0 as bigint,
+    a1: f.a1 as bigint,
+    a2: f.a2 as bigint,
+  });
   return `error while reading the source image: ${msg}`;
 }
 
@@ -309,7 +340,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
 
     // bdrv_create's failure, as qemu words it for the target.
     const cannotCreate = (why: string) =>
-      new CliError([`${outFilename}: error while converting ${a.outFmt}: Could not create '${outFilename}': ${why}`]);
+      new CliError([
+        `${outFilename}: error while converting ${a.outFmt}: Could not create '${outFilename}': ${why}`,
+      ]);
     const existing = await Deno.stat(outFilename!).catch(() => undefined);
     if (existing?.isDirectory) throw cannotCreate("Is a directory");
     // qemu writes through a symlink to the file it names; so does the

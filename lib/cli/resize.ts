@@ -12,6 +12,7 @@ import type { Rec } from "../abi/records.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
+  DATA_LONGS_HEAD,
   HelpRequested,
   INSTAR_LONGS,
   instarOption,
@@ -44,9 +45,7 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
   let shrink = false;
   let prealloc: Prealloc = "off";
   const operands = getopt(argv.slice(0, -1), ":f:hq", [
-    { name: "help", hasArg: false, id: "h" },
-    { name: "object", hasArg: true, id: "object" },
-    { name: "image-opts", hasArg: false, id: "image-opts" },
+    ...DATA_LONGS_HEAD,
     { name: "preallocation", hasArg: true, id: "preallocation" },
     { name: "shrink", hasArg: false, id: "shrink" },
     ...INSTAR_LONGS,
