@@ -39,7 +39,7 @@ for t in "${targets[@]}"; do
   read -r -a libs <<<"$(sed -n 's/^ \* FUZZ_LIBS: *//p' "$src")"
   srcs=("$src")
   for g in "${gsrcs[@]}"; do srcs+=("$GUEST/$g"); done
-  deps=("${srcs[@]}" "$ROOT/fuzz/shim/rt_fuzz.c" "$GUEST/rt/error.c" "$ROOT/fuzz/shim/fuzz_rt.h" "$ROOT/fuzz/build.sh" "$GUEST"/include/*.h "$GUEST"/*/*.h)
+  deps=("${srcs[@]}" "$ROOT/fuzz/shim/rt_fuzz.c" "$GUEST/rt/common.c" "$ROOT/fuzz/shim/fuzz_rt.h" "$ROOT/fuzz/build.sh" "$GUEST"/include/*.h "$GUEST"/*/*.h)
   largs=()
   for l in "${libs[@]}"; do largs+=("-l$l"); done
   if [[ $libfuzzer -eq 0 ]] && newer "$OUT/$t" "${deps[@]}" "$ROOT/fuzz/runner/runner.c"; then
@@ -48,13 +48,13 @@ for t in "${targets[@]}"; do
     # the target and the guest code count.
     $CC $COMMON $SAN -c "$ROOT/fuzz/runner/runner.c" -o "$tmp/runner.o"
     $CC $COMMON $SAN -c "$ROOT/fuzz/shim/rt_fuzz.c" -o "$tmp/rt_fuzz.o"
-    $CC $COMMON $SAN -c "$GUEST/rt/error.c" -o "$tmp/rt_error.o"
-    $CC $COMMON $SAN $COV "${srcs[@]}" "$tmp/runner.o" "$tmp/rt_fuzz.o" "$tmp/rt_error.o" "${largs[@]}" -o "$OUT/$t.tmp$$"
+    $CC $COMMON $SAN -c "$GUEST/rt/common.c" -o "$tmp/rt_common.o"
+    $CC $COMMON $SAN $COV "${srcs[@]}" "$tmp/runner.o" "$tmp/rt_fuzz.o" "$tmp/rt_common.o" "${largs[@]}" -o "$OUT/$t.tmp$$"
     mv "$OUT/$t.tmp$$" "$OUT/$t" # atomic: a concurrent run may be starting this binary
     rm -rf "$tmp"
   fi
   if [[ $libfuzzer -eq 1 ]] && newer "$OUT/$t.libfuzzer" "${deps[@]}"; then
-    $CC $COMMON $SAN -fsanitize=fuzzer "${srcs[@]}" "$ROOT/fuzz/shim/rt_fuzz.c" "$GUEST/rt/error.c" "${largs[@]}" -o "$OUT/$t.libfuzzer.tmp$$"
+    $CC $COMMON $SAN -fsanitize=fuzzer "${srcs[@]}" "$ROOT/fuzz/shim/rt_fuzz.c" "$GUEST/rt/common.c" "${largs[@]}" -o "$OUT/$t.libfuzzer.tmp$$"
     mv "$OUT/$t.libfuzzer.tmp$$" "$OUT/$t.libfuzzer"
   fi
 done

@@ -85,15 +85,6 @@ void *rt_alloc(uint64_t size)
     return p;
 }
 
-void *rt_calloc(uint64_t n, uint64_t size)
-{
-    uint64_t total;
-    if (__builtin_mul_overflow(n, size, &total)) return NULL;
-    void *p = rt_alloc(total);
-    if (p) memset(p, 0, total);
-    return p;
-}
-
 void rt_free(void *p)
 {
     if (p && g_n_allocs && g_allocs[g_n_allocs - 1].p == p) rt_heap_release(g_n_allocs - 1);

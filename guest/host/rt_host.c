@@ -190,15 +190,6 @@ void *rt_alloc(uint64_t size)
     return p;
 }
 
-void *rt_calloc(uint64_t n, uint64_t size)
-{
-    uint64_t total;
-    if (__builtin_mul_overflow(n, size, &total)) return NULL;
-    void *p = rt_alloc(total);
-    if (p) memset(p, 0, total);
-    return p;
-}
-
 void rt_free(void *p)
 {
     if (p && (uint8_t *)p == g_heap + g_last_alloc) g_heap_used = g_last_alloc;

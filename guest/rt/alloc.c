@@ -31,18 +31,6 @@ void *rt_alloc(uint64_t size)
     return (void *)(uintptr_t)start;
 }
 
-void *rt_calloc(uint64_t n, uint64_t size)
-{
-    uint64_t total;
-    if (__builtin_mul_overflow(n, size, &total))
-        return 0;
-    void *p = rt_alloc(total);
-    /* Fresh heap memory may have been used and released before. */
-    if (p)
-        memset(p, 0, total);
-    return p;
-}
-
 void rt_free(void *p)
 {
     if (p && (uint64_t)(uintptr_t)p == last_block) {
