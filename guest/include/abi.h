@@ -50,6 +50,8 @@
 #define FMT_AUTO 0
 #define FMT_RAW 1
 #define FMT_QCOW2 2
+#define FMT_VPC 3
+#define FMT_VHDX 4
 
 #define RUN_DONE 0
 #define RUN_GUEST_FAULT 1
@@ -75,6 +77,7 @@
 #define REC_COMPRESSED_RUN 12
 #define REC_CONVERT_DONE 13
 #define REC_COMPARE 14
+#define REC_IMAGE_INFO 15
 #define REC_RESIZE_L1 20
 #define REC_RESIZE_REFTABLE 21
 #define REC_RESIZE_REFRUN 22
@@ -99,6 +102,14 @@
 #define PART_NONE 0
 #define PART_MBR 1
 #define PART_GPT 2
+
+#define IMGF_DIRTY 1
+#define IMGF_HAS_PARENT 2
+#define IMGF_BAD_CHECKSUM 4
+
+#define SUBFMT_FIXED 2
+#define SUBFMT_DYNAMIC 3
+#define SUBFMT_DIFFERENCING 4
 
 #define SIG_NONE 0
 #define SIG_QCOW2 1
@@ -152,6 +163,7 @@
 #define GERR_INTERNAL 24
 #define GERR_BAD_IMAGE_SIZE 25
 #define GERR_BAD_BITMAP 26
+#define GERR_FORMAT 27
 
 #define ATTACH_NOFOLLOW 1
 #define ATTACH_WRITABLE 2
@@ -399,6 +411,27 @@ _Static_assert(offsetof(struct rec_name, input) == 8, "rec_name.input");
 _Static_assert(offsetof(struct rec_name, kind) == 12, "rec_name.kind");
 _Static_assert(offsetof(struct rec_name, len) == 14, "rec_name.len");
 _Static_assert(offsetof(struct rec_name, bytes) == 16, "rec_name.bytes");
+
+/* records.IMAGE_INFO: a vpc/vhdx layer's header facts, as qemu's open derives them */
+struct rec_image_info {
+    uint8_t hdr[8];
+    uint32_t input;
+    uint32_t format; /* formats.* */
+    uint64_t virtual_size; /* bytes, as qemu's total_sectors * 512 */
+    uint64_t cluster_size; /* what info prints as cluster_size (block size) */
+    uint32_t flags; /* imageInfoFlags.* */
+    uint32_t subformat; /* imageSubformats.* */
+    uint64_t extra[4]; /* format-specific values (guest/<fmt>/<fmt>.h) */
+};
+_Static_assert(sizeof(struct rec_image_info) == 72, "rec_image_info size");
+_Static_assert(offsetof(struct rec_image_info, hdr) == 0, "rec_image_info.hdr");
+_Static_assert(offsetof(struct rec_image_info, input) == 8, "rec_image_info.input");
+_Static_assert(offsetof(struct rec_image_info, format) == 12, "rec_image_info.format");
+_Static_assert(offsetof(struct rec_image_info, virtual_size) == 16, "rec_image_info.virtual_size");
+_Static_assert(offsetof(struct rec_image_info, cluster_size) == 24, "rec_image_info.cluster_size");
+_Static_assert(offsetof(struct rec_image_info, flags) == 32, "rec_image_info.flags");
+_Static_assert(offsetof(struct rec_image_info, subformat) == 36, "rec_image_info.subformat");
+_Static_assert(offsetof(struct rec_image_info, extra) == 40, "rec_image_info.extra");
 
 /* records.RAW_INFO */
 struct rec_raw_info {

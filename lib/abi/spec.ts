@@ -127,7 +127,7 @@ export const ops = { INFO: 1, CHECK: 2, MAP: 3, CONVERT: 5, COMPARE: 6, RESIZE_S
 export const infoFlags = { CHECK_MODE: 1 } as const;
 
 /** Formats the host asks for or the guest detects. */
-export const formats = { AUTO: 0, RAW: 1, QCOW2: 2 } as const;
+export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4 } as const;
 
 /** Run outcomes reported by the VMM (vmm_report.status). */
 export const runStatus = {
@@ -158,6 +158,8 @@ export const records = {
   COMPRESSED_RUN: 12,
   CONVERT_DONE: 13,
   COMPARE: 14,
+  /** Header facts of a vpc/vhdx layer (rec_image_info). */
+  IMAGE_INFO: 15,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/ops/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
@@ -215,6 +217,19 @@ export const mapFlags = {
   OFFSET_VALID: 8,
   COMPRESSED: 16,
 } as const;
+
+/** IMAGE_INFO.flags */
+export const imageInfoFlags = {
+  /** qemu's dirty flag (vhdx: a log that needs replay). */
+  DIRTY: 1,
+  /** A differencing disk: a parent locator (NAME records follow). */
+  HAS_PARENT: 2,
+  /** vpc: the footer checksum did not match (qemu warns and goes on). */
+  BAD_CHECKSUM: 4,
+} as const;
+
+/** IMAGE_INFO.subformat: the disk type as the image states it. */
+export const imageSubformats = { FIXED: 2, DYNAMIC: 3, DIFFERENCING: 4 } as const;
 
 /** RAW_INFO.partition */
 export const partitionKinds = { NONE: 0, MBR: 1, GPT: 2 } as const;
@@ -276,6 +291,9 @@ export const guestErrors = {
   INTERNAL: 24,
   BAD_IMAGE_SIZE: 25,
   BAD_BITMAP: 26, // a0 = what qemu's bitmap loading refused (see guest/qcow2/qcow2.h QBM_*)
+  /** A format's own open/read refusal: a0 = that format's message number
+   * (guest/<fmt>/<fmt>.h, texts in lib/formats/<fmt>/errors.ts), a1/a2 its values. */
+  FORMAT: 27,
 } as const;
 
 export type FieldType = "u8" | "u16" | "u32" | "u64" | "i64" | "bytes";
@@ -429,6 +447,21 @@ export const structs: StructSpec[] = [
       { name: "kind", type: "u16", offset: 12, doc: "nameKinds.*" },
       { name: "len", type: "u16", offset: 14, doc: "<= limits.NAME_MAX" },
       { name: "bytes", type: "bytes", offset: 16, count: 1024 },
+    ],
+  },
+  {
+    name: "rec_image_info",
+    size: 72,
+    doc: "records.IMAGE_INFO: a vpc/vhdx layer's header facts, as qemu's open derives them",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "format", type: "u32", offset: 12, doc: "formats.*" },
+      { name: "virtual_size", type: "u64", offset: 16, doc: "bytes, as qemu's total_sectors * 512" },
+      { name: "cluster_size", type: "u64", offset: 24, doc: "what info prints as cluster_size (block size)" },
+      { name: "flags", type: "u32", offset: 32, doc: "imageInfoFlags.*" },
+      { name: "subformat", type: "u32", offset: 36, doc: "imageSubformats.*" },
+      { name: "extra", type: "u64", offset: 40, count: 4, doc: "format-specific values (guest/<fmt>/<fmt>.h)" },
     ],
   },
   {
@@ -701,6 +734,7 @@ export const recordStructs: Record<number, string> = {
   [records.COMPRESSED_RUN]: "rec_compressed_run",
   [records.CONVERT_DONE]: "rec_convert_done",
   [records.COMPARE]: "rec_compare",
+  [records.IMAGE_INFO]: "rec_image_info",
 };
 
 /** VMM attach flags. */
@@ -723,6 +757,8 @@ export const enums: Record<string, Record<string, number>> = {
   NAME_: nameKinds,
   MAP_: mapFlags,
   PART_: partitionKinds,
+  IMGF_: imageInfoFlags,
+  SUBFMT_: imageSubformats,
   SIG_: signatures,
   Q2F_: qcow2InfoFlags,
   RESIZE_F_: resizeFlags,
