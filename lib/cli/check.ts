@@ -10,7 +10,7 @@ import {
 } from "./common.ts";
 import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { runGuest } from "./guest.ts";
+import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
 import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
@@ -57,7 +57,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)]);
     throw e;
   }
-  if (top.format !== "qcow2") throw new CliError(["This image format does not support checks"], false, 63);
+  if (!top.driver.check) throw new CliError(["This image format does not support checks"], false, 63);
 
   let result;
   try {

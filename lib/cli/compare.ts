@@ -17,7 +17,7 @@ import {
 } from "./common.ts";
 import { chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { runGuest } from "./guest.ts";
+import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];

@@ -23,29 +23,14 @@ import { chainOpenMessage, errnoText, openChain, OpenError, openImage } from "./
 import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
-import { outputOptions, type OutputSpec } from "../convert/output_options.ts";
+import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
+import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 
 const MAX_BUF_SECTORS = 32768n;
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
-/** Formats qemu-img knows that instar cannot write (yet). */
-const OTHER_FORMATS = [
-  "vmdk",
-  "vpc",
-  "vhdx",
-  "vdi",
-  "qed",
-  "qcow",
-  "luks",
-  "parallels",
-  "bochs",
-  "cloop",
-  "dmg",
-  "vvfat",
-];
-
 interface ConvertArgs {
   fmt?: string;
   outFmt: string;
@@ -309,26 +294,26 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (e instanceof OpenError) throw new CliError([chainOpenMessage(source, e)]);
       throw e;
     }
-    if (chain[0].qcow2?.dataFile !== undefined || chain[0].qcow2?.hasDataFileBit) {
+    if (chain[0].namesDataFile) {
       throw new CliError([
         `Could not open '${source}': Refusing to read an external data file named by the image ` +
         "(instar convert never opens files an image names outside its backing chain)",
       ]);
     }
-    // bdrv_getlength: qcow2 keeps whole sectors of its size (rounded down,
-    // total_sectors = size / 512), a raw file is rounded up to a sector.
-    const v = chain[0].virtualSize;
-    const size = chain[0].format === "qcow2" ? v / 512n * 512n : (v + 511n) / 512n * 512n;
+    // bdrv_getlength of the source (the driver's rounding of its size).
+    const size = chain[0].length;
 
-    if (!["raw", "qcow2"].includes(a.outFmt)) {
-      if (OTHER_FORMATS.includes(a.outFmt)) {
-        throw new CliError([`Writing the ${a.outFmt} format is not supported by instar convert yet`]);
-      }
-      throw new CliError([`Unknown file format '${a.outFmt}'`]);
+    const outDriver = driverFor(a.outFmt);
+    if (!outDriver) throw new CliError([`Unknown file format '${a.outFmt}'`]);
+    let spec: OutputSpec;
+    try {
+      spec = outputOptions(outDriver, a.options ?? "", outFilename!, size);
+    } catch (e) {
+      if (e instanceof OutputOptionError) throw new CliError([e.message]);
+      throw e;
     }
-    const spec: OutputSpec = outputOptions(a.outFmt as "raw" | "qcow2", a.options ?? "", outFilename!, size);
     if (a.compress) {
-      if (a.outFmt !== "qcow2") throw new CliError(["Compression not supported for this file format"]);
+      if (spec.writer !== "qcow2") throw new CliError(["Compression not supported for this file format"]);
       if (spec.preallocation !== "off") {
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
@@ -367,7 +352,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     };
     let written: bigint;
     try {
-      if (a.outFmt === "raw") {
+      if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
       } else {
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);

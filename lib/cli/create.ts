@@ -16,45 +16,22 @@ import {
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { errnoText, openChain, OpenError, openImage } from "./image.ts";
-import { fileRange } from "./guest.ts";
+import { fileRange } from "../vmm/guest.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import {
   appendDescs,
   FILE_CREATE_OPTS,
   hasHelpOption,
-  type OptDesc,
   optGet,
   optionHelp,
   optSet,
   optSetNumber,
-  type ParsedOpts,
   parseOptions,
   printOptions,
 } from "../formats/options.ts";
-import { QCOW2_CREATE_OPTS, QCOW2_OWN, qcow2CreateOptions } from "../formats/qcow2/options.ts";
-import { qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";
-import { rawCreatePlan } from "../formats/raw/create_plan.ts";
-import { RAW_CREATE_OPTS } from "../formats/raw/options.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
-import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "../formats/vpc/options.ts";
-import { VHDX_CREATE_OPTS, VHDX_OWN, vhdxCreateOptions, vhdxEntropy } from "../formats/vhdx/options.ts";
-import { VMDK_CREATE_OPTS, VMDK_OWN, vmdkCreateOptions, vmdkEntropy } from "../formats/vmdk/options.ts";
-import { planVpcCreate } from "../formats/vpc/create_plan.ts";
-import { planVhdxCreate } from "../formats/vhdx/create_plan.ts";
-import { planVmdkCreate } from "../formats/vmdk/create_plan.ts";
-
-/** Formats qemu-img knows that instar does not create (yet). */
-const OTHER_FORMATS = [
-  "bochs",
-  "cloop",
-  "dmg",
-  "luks",
-  "parallels",
-  "qcow",
-  "qed",
-  "vdi",
-  "vvfat",
-];
+import { driverFor } from "../formats/mod.ts";
+import { type CreateHost, CreateError } from "../formats/types.ts";
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -203,15 +180,12 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
 
 /** qemu-img's print_block_option_help. */
 export function blockOptionHelp(io: Io, filename: string | undefined, fmt: string): number {
-  let own: OptDesc[];
-  if (fmt === "qcow2") own = QCOW2_OWN;
-  else if (fmt === "raw") own = [RAW_CREATE_OPTS[0]];
-  else if (fmt === "vpc") own = VPC_OWN;
-  else if (fmt === "vhdx") own = VHDX_OWN;
-  else if (fmt === "vmdk") own = VMDK_OWN;
-  else if (OTHER_FORMATS.includes(fmt)) {
-    throw new CliError([`Creating '${fmt}' images is not supported by instar yet`]);
-  } else throw new CliError([`Unknown file format '${fmt}'`]);
+  const create = driverFor(fmt)?.create;
+  if (!create) {
+    if (driverFor(fmt)) throw new CliError([`Creating '${fmt}' images is not supported by instar yet`]);
+    throw new CliError([`Unknown file format '${fmt}'`]);
+  }
+  const own = create.own;
   if (filename !== undefined) {
     io.out("Supported options:\n" + optionHelp(appendDescs(own, FILE_CREATE_OPTS)));
   } else {
@@ -239,16 +213,13 @@ interface CreateRequest {
 /** bdrv_img_create. */
 async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
   const { filename, fmt } = r;
-  let descs: OptDesc[];
-  if (fmt === "qcow2") descs = QCOW2_CREATE_OPTS;
-  else if (fmt === "raw") descs = RAW_CREATE_OPTS;
-  else if (fmt === "vpc") descs = VPC_CREATE_OPTS;
-  else if (fmt === "vhdx") descs = VHDX_CREATE_OPTS;
-  else if (fmt === "vmdk") descs = VMDK_CREATE_OPTS;
-  else if (OTHER_FORMATS.includes(fmt)) {
-    throw fileError(filename, `Creating '${fmt}' images is not supported by instar yet`);
-  } else throw fileError(filename, `Unknown file format '${fmt}'`);
-
+  const driver = driverFor(fmt);
+  const create = driver?.create;
+  if (!create) {
+    if (driver) throw fileError(filename, `Creating '${fmt}' images is not supported by instar yet`);
+    throw fileError(filename, `Unknown file format '${fmt}'`);
+  }
+  const descs = create.options;
   const parsed = parseOptions(r.options ?? "", descs);
   if (!parsed.ok) throw fileError(filename, parsed.error.message);
   const opts = parsed.value;
@@ -315,67 +286,23 @@ async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
   if (size === -1n) throw fileError(filename, "Image creation needs a size parameter");
 
   if (!r.quiet) io.out(`Formatting '${filename}', fmt=${fmt} ${printOptions(opts)}\n`);
-  if (fmt === "raw") await createRaw(filename, opts);
-  else if (fmt === "qcow2") await createQcow2(filename, opts);
-  else await createVirtualDisk(fmt as "vpc" | "vhdx" | "vmdk", filename, opts);
+  try {
+    await create.run(filename, opts, createHost(filename, fmt));
+  } catch (e) {
+    if (e instanceof CreateError) throw fileError(filename, e.message, e.hint);
+    throw e;
+  }
   return 0;
 }
 
-/** vpc, vhdx and vmdk: one plan each (lib/formats/<fmt>/create_plan.ts). */
-async function createVirtualDisk(
-  fmt: "vpc" | "vhdx" | "vmdk",
-  filename: string,
-  opts: ParsedOpts,
-): Promise<void> {
-  // vpc and vhdx create (empty) the file before their own checks; vmdk checks first.
-  if (fmt !== "vmdk") await createFile(filename);
-  const plan = fmt === "vpc"
-    ? planVpcCreate(vpcCreateOptions(opts), vpcEntropy())
-    : fmt === "vhdx"
-    ? planVhdxCreate(vhdxCreateOptions(opts), vhdxEntropy())
-    : planVmdkCreate(vmdkCreateOptions(opts, filename), vmdkEntropy());
-  if (!plan.ok) throw fileError(filename, plan.error.message);
-  if (fmt === "vmdk") await createFile(filename);
-  await applyPlan(filename, plan.value);
-}
-
-async function createRaw(filename: string, opts: ParsedOpts): Promise<void> {
-  const size = optGet(opts, "size")!.num!;
-  const prealloc = optGet(opts, "preallocation")?.str ?? "off";
-  const known = ["off", "metadata", "falloc", "full"].includes(prealloc);
-  // An unknown mode fails before the file is touched; metadata after.
-  if (known) await createFile(filename);
-  const plan = rawCreatePlan(BigInt.asIntN(64, size), prealloc);
-  if (!plan.ok) throw fileError(filename, plan.error.message);
-  if (plan.value.allocate) await allocate(filename, 0n, plan.value.fileSize, prealloc);
-  await resizeFile(filename, plan.value.fileSize, "raw", "");
-}
-
-async function createQcow2(filename: string, opts: ParsedOpts): Promise<void> {
-  // qcow2_co_create_opts creates the protocol-level file (empty) before
-  // checking its own options, and deletes it again when creation fails.
-  await createFile(filename);
-  try {
-    const typed = qcow2CreateOptions(opts);
-    if (!typed.ok) throw fileError(filename, typed.error.message);
-    const plan = qcow2CreatePlan(typed.value);
-    if (!plan.ok) throw fileError(filename, plan.error.message);
-    try {
-      for (const step of plan.value.steps) await applyPlan(filename, step);
-      const range = plan.value.allocate;
-      if (range) await allocate(filename, range.offset, range.length, typed.value.preallocation);
-    } catch (e) {
-      const text = errnoText(e);
-      if (/File too large/.test(text)) {
-        throw fileError(
-          filename,
-          "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
-        );
-      }
-      throw fileError(filename, `Could not write qcow2 image: ${text}`);
-    }
-  } catch (e) {
-    await Deno.remove(filename).catch(() => {});
-    throw e;
-  }
+/** The file operations a format's create step runs, with qemu's wording for failures. */
+function createHost(filename: string, fmt: string): CreateHost {
+  return {
+    createFile: () => createFile(filename),
+    resizeFile: (size, hint) => resizeFile(filename, size, fmt, hint),
+    allocate: (offset, length, mode) => allocate(filename, offset, length, mode),
+    applyPlan: (plan) => applyPlan(filename, plan),
+    remove: () => Deno.remove(filename).catch(() => {}),
+    describe: errnoText,
+  };
 }

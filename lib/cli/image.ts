@@ -2,21 +2,14 @@
 // checks that need no image bytes (exists, regular file, readable, size,
 // st_blocks), then one guest "info" run that probes and decodes the header.
 // Also walks backing chains under lib/chain/policy.ts.
-import { formats, guestErrors, infoFlags, nameKinds, ops, records, signatures } from "../abi/spec.ts";
+import { formats, infoFlags, nameKinds, ops, records, signatures } from "../abi/spec.ts";
 import { nameBytes, type Rec } from "../abi/records.ts";
-import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
-import { GuestResultError, type Qcow2Model, qcow2Model } from "../formats/qcow2/model.ts";
-import { type RawModel, rawModel, rawVirtualSize } from "../formats/raw/model.ts";
+import { GuestResultError, type Qcow2Model } from "../formats/qcow2/model.ts";
+import type { RawModel } from "../formats/raw/model.ts";
+import type { ImageInfoModel } from "../formats/image_info_model.ts";
+import { driverFor, driverForCode, type FormatDriver, isQemuDriver } from "../formats/mod.ts";
 import { checkBacking, type ChainPolicy, fileKey, fullBackingFilename, PolicyError } from "../chain/policy.ts";
-import { runGuest } from "./guest.ts";
-
-/** qemu block drivers instar knows by name but does not read (yet). */
-const KNOWN_DRIVERS = [
-  "blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress", "copy-before-write", "copy-on-read",
-  "dmg", "file", "ftp", "ftps", "host_cdrom", "host_device", "http", "https", "iscsi", "luks", "nbd", "nfs",
-  "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qed", "quorum", "rbd", "replication",
-  "snapshot-access", "ssh", "throttle", "vdi", "vhdx", "vmdk", "vpc", "vvfat",
-];
+import { runGuest } from "../vmm/guest.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -34,14 +27,25 @@ export interface OpenedImage {
   filename: string;
   /** Path handed to the sandbox. */
   openPath: string;
-  format: "qcow2" | "raw";
+  /** The format driver (lib/formats/mod.ts) and its name. */
+  driver: FormatDriver;
+  format: string;
   formatCode: number;
   fileSize: bigint;
   /** st_blocks * 512 (qemu's bdrv_get_allocated_file_size for files). */
   actualSize: bigint;
   virtualSize: bigint;
+  /** qemu's bdrv_getlength: what a reader of the image sees. */
+  length: bigint;
+  clusterSize?: bigint;
+  dirty: boolean;
+  backingFile?: Uint8Array;
+  backingFormat?: string;
+  /** The image names a file outside its backing chain (qcow2 external data file). */
+  namesDataFile: boolean;
   qcow2?: Qcow2Model;
   raw?: RawModel;
+  image?: ImageInfoModel;
   dev: bigint;
   ino: bigint;
 }
@@ -82,9 +86,9 @@ export function errnoText(e: unknown): string {
 /** Maps -f to a guest format code; throws OpenError as qemu words it. */
 export function formatCode(filename: string, fmt: string | undefined): number {
   if (fmt === undefined) return formats.AUTO;
-  if (fmt === "qcow2") return formats.QCOW2;
-  if (fmt === "raw") return formats.RAW;
-  if (KNOWN_DRIVERS.includes(fmt)) throw new OpenError(filename, `Format '${fmt}' is not supported by instar`);
+  const code = driverFor(fmt)?.code;
+  if (code !== undefined) return code;
+  if (isQemuDriver(fmt)) throw new OpenError(filename, `Format '${fmt}' is not supported by instar`);
   throw new OpenError(filename, `Unknown driver '${fmt}'`);
 }
 
@@ -136,51 +140,43 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
   }
   const probe = recs.find((r) => r.type === records.PROBE && r.fields.input === 0);
   const probed = probe ? probe.fields.format as number : requested;
+  const driver = driverForCode(probed);
   const err = guestError(recs);
   if (err) {
     const features = recs
       .filter((r) => r.type === records.NAME && r.fields.kind === nameKinds.INCOMPAT_FEATURE)
       .map((r) => new TextDecoder().decode(nameBytes(r)));
     const f = err.fields;
-    const code = f.code as number;
-    const msg = probed === formats.RAW && code === guestErrors.IO
-      ? "Could not read image: Input/output error"
-      : qcow2ErrorMessage({ code, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint }, features);
-    throw new OpenError(filename, msg);
+    const fields = { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint };
+    const text = driver?.openError ?? driverForCode(formats.QCOW2)!.openError!;
+    throw new OpenError(filename, text(fields, features));
   }
   if (result.guestStatus !== 0n) throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");
   try {
-    if (probed === formats.QCOW2) {
-      const q = qcow2Model(recs, 0);
-      return {
-        filename, openPath: path, format: "qcow2", formatCode: formats.QCOW2, fileSize: input.size,
-        actualSize: BigInt(st.blocks ?? 0) * 512n, virtualSize: q.virtualSize, qcow2: q, dev: input.dev,
-        ino: input.ino,
-      };
-    }
-    if (probed !== formats.RAW) throw new GuestResultError(`probed format ${probed} out of range`);
-    const raw = rawModel(recs, 0);
-    const signature = probe ? probe.fields.signature as number : signatures.NONE;
-    if (!opts.unsafeQuirks && requested !== formats.RAW) {
-      if (signature !== signatures.NONE) {
-        throw new OpenError(
-          filename,
-          `Refusing to read a file with a ${SIGNATURE_NAMES[signature] ?? "foreign"} signature as raw ` +
-            "(use -f raw or --unsafe-quirks to read it anyway)",
-        );
-      }
-      if (raw.partition === "none") {
-        throw new OpenError(
-          filename,
-          "Refusing to guess the raw format for a file without a partition table " +
-            "(use -f raw or --unsafe-quirks to read it anyway)",
-        );
+    if (!driver?.decode) throw new GuestResultError(`probed format ${probed} out of range`);
+    const d = driver.decode(recs, 0, input.size);
+    if (driver.code === formats.RAW) {
+      const signature = probe ? probe.fields.signature as number : signatures.NONE;
+      if (!opts.unsafeQuirks && requested !== formats.RAW) {
+        if (signature !== signatures.NONE) {
+          throw new OpenError(
+            filename,
+            `Refusing to read a file with a ${SIGNATURE_NAMES[signature] ?? "foreign"} signature as raw ` +
+              "(use -f raw or --unsafe-quirks to read it anyway)",
+          );
+        }
+        if (d.raw?.partition === "none") {
+          throw new OpenError(
+            filename,
+            "Refusing to guess the raw format for a file without a partition table " +
+              "(use -f raw or --unsafe-quirks to read it anyway)",
+          );
+        }
       }
     }
     return {
-      filename, openPath: path, format: "raw", formatCode: formats.RAW, fileSize: input.size,
-      actualSize: BigInt(st.blocks ?? 0) * 512n, virtualSize: rawVirtualSize(input.size), raw, dev: input.dev,
-      ino: input.ino,
+      filename, openPath: path, driver, format: driver.name, formatCode: probed, fileSize: input.size,
+      actualSize: BigInt(st.blocks ?? 0) * 512n, ...d, dev: input.dev, ino: input.ino,
     };
   } catch (e) {
     if (e instanceof GuestResultError) throw new OpenError(filename, `Sandbox failure: ${e.message}`);
@@ -189,7 +185,7 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
 }
 
 export function backingName(img: OpenedImage): string | undefined {
-  const b = img.qcow2?.backingFile;
+  const b = img.backingFile;
   if (!b) return undefined;
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(b);
@@ -217,7 +213,7 @@ export async function openChain(
       name = backingName(cur);
       if (name === undefined) return chain;
       const link = await checkBacking(policy, cur.filename, name, chain.length - 1, seen);
-      const fmt = cur.qcow2?.backingFormat;
+      const fmt = cur.backingFormat;
       const img = await openImage(link.filename, {
         format: fmt,
         unsafeQuirks,

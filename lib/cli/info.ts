@@ -12,20 +12,19 @@ import { type ImageFacts, infoHuman, infoJson } from "../output/image_info.ts";
 import { helpText } from "./help.ts";
 
 export function imageFacts(img: OpenedImage): ImageFacts {
-  const q = img.qcow2;
-  const backing = q?.backingFile ? new TextDecoder().decode(q.backingFile) : undefined;
+  const backing = img.backingFile ? new TextDecoder().decode(img.backingFile) : undefined;
   return {
     filename: img.filename,
     format: img.format,
     virtualSize: img.virtualSize,
     actualSize: img.actualSize,
     fileSize: img.fileSize,
-    clusterSize: q?.clusterSize,
-    dirty: q?.dirty ?? false,
+    clusterSize: img.clusterSize,
+    dirty: img.dirty,
     backingFilename: backing,
     fullBackingFilename: backing === undefined ? undefined : fullBackingFilename(img.filename, backing),
-    backingFormat: q?.backingFormat,
-    qcow2: q,
+    backingFormat: img.backingFormat,
+    qcow2: img.qcow2,
   };
 }
 

@@ -10,7 +10,7 @@ import {
 import { cvtnum } from "./options.ts";
 import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { runGuest } from "./guest.ts";
+import { runGuest } from "../vmm/guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 

@@ -18,37 +18,13 @@ import {
 import { cvtnum } from "./options.ts";
 import { chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { runGuest } from "./guest.ts";
+import { runGuest } from "../vmm/guest.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { optSetNumber, parseOptions } from "../formats/options.ts";
-import { QCOW2_CREATE_OPTS } from "../formats/qcow2/options.ts";
-import {
-  type AllocationExtent,
-  type MeasureInput,
-  type MeasureResult,
-  qcow2Measure,
-} from "../formats/qcow2/measure.ts";
-import { rawMeasure } from "../formats/raw/measure.ts";
-import { VPC_CREATE_OPTS, vpcCreateOptions } from "../formats/vpc/options.ts";
-import { VHDX_CREATE_OPTS, vhdxCreateOptions } from "../formats/vhdx/options.ts";
-import { VMDK_CREATE_OPTS, vmdkCreateOptions } from "../formats/vmdk/options.ts";
-import { vpcMeasure } from "../formats/vpc/measure.ts";
-import { vhdxMeasure } from "../formats/vhdx/measure.ts";
-import { vmdkMeasure } from "../formats/vmdk/measure.ts";
-import { RAW_CREATE_OPTS } from "../formats/raw/options.ts";
+import { driverFor } from "../formats/mod.ts";
+import type { AllocationExtent, MeasureInput, MeasureResult } from "../formats/types.ts";
 import { QDict, toJsonPretty } from "../output/qdict.ts";
 
-const OTHER_FORMATS = [
-  "bochs",
-  "cloop",
-  "dmg",
-  "luks",
-  "parallels",
-  "qcow",
-  "qed",
-  "vdi",
-  "vvfat",
-];
 const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID |
   mapFlags.COMPRESSED;
 
@@ -76,12 +52,13 @@ async function allocationOf(chain: OpenedImage[]): Promise<AllocationExtent[]> {
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err) {
     const f = err.fields;
-    const msg = qcow2ErrorMessage({
+    const text = chain[f.input as number]?.driver.openError ?? qcow2ErrorMessage;
+    const msg = text({
       code: f.code as number,
       a0: f.a0 as bigint,
       a1: f.a1 as bigint,
       a2: f.a2 as bigint,
-    });
+    }, []);
     throw new CliError([`Unable to get block status: ${msg}`]);
   }
   const extents: AllocationExtent[] = [];
@@ -238,16 +215,12 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
     if (snapshot) throw new CliError(["Failed to load snapshot: instar cannot load internal snapshots"]);
   }
 
-  let descs;
-  if (outFmt === "qcow2") descs = QCOW2_CREATE_OPTS;
-  else if (outFmt === "raw") descs = RAW_CREATE_OPTS;
-  else if (outFmt === "vpc") descs = VPC_CREATE_OPTS;
-  else if (outFmt === "vhdx") descs = VHDX_CREATE_OPTS;
-  else if (outFmt === "vmdk") descs = VMDK_CREATE_OPTS;
-  else if (OTHER_FORMATS.includes(outFmt)) {
+  const driver = driverFor(outFmt);
+  if (!driver) throw new CliError([`Unknown file format '${outFmt}'`]);
+  if (!driver.measure || !driver.create) {
     throw new CliError([`Measuring for '${outFmt}' is not supported by instar yet`]);
-  } else throw new CliError([`Unknown file format '${outFmt}'`]);
-
+  }
+  const descs = driver.create.options;
   const parsed = parseOptions(options ?? "", descs);
   if (!parsed.ok) {
     // error_report_err: the message, its hint lines unprefixed, then one more error line.
@@ -272,28 +245,13 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
       virtualSize: top.virtualSize,
       extents: outFmt !== "raw" ? await allocationOf(chain) : [],
       // qcow2_supports_persistent_dirty_bitmap: only v3 images keep bitmaps.
-      supportsBitmaps: top.format === "qcow2" && top.qcow2?.version === 3,
+      supportsBitmaps: top.qcow2?.version === 3,
     };
   }
-  if (outFmt === "vpc" || outFmt === "vhdx" || outFmt === "vmdk") {
-    // qemu-img has no measure for these ("Block driver ... does not support
-    // size measurement"); instar's calculators (lib/formats/<fmt>/measure.ts)
-    // give the numbers its create planners imply. Output as for raw.
-    if (input) optSetNumber(opts, "size", input.virtualSize);
-    const alloc = input && {
-      virtualSize: input.virtualSize,
-      allocatedBytes: input.extents.filter((e) => e.data && !e.zero).reduce((n, e) => n + e.length, 0n),
-    };
-    const est = outFmt === "vpc"
-      ? vpcMeasure(vpcCreateOptions(opts), alloc)
-      : outFmt === "vhdx"
-      ? vhdxMeasure(vhdxCreateOptions(opts), alloc)
-      : vmdkMeasure(vmdkCreateOptions(opts, "measure.vmdk"), alloc);
-    if (!est.ok) throw new CliError(est.error.message.split("\n"));
-    io.out(output === "json" ? measureJson(est.value) : measureHuman(est.value));
-    return 0;
-  }
-  const m = outFmt === "qcow2" ? qcow2Measure(opts, input) : rawMeasure(opts, input?.virtualSize);
+  // vpc, vhdx and vmdk: qemu-img has no measure for these ("Block driver
+  // ... does not support size measurement"); their drivers give the numbers
+  // instar's create planners imply, printed as for raw.
+  const m = driver.measure(opts, input);
   if (!m.ok) throw new CliError(m.error.message.split("\n"));
   io.out(output === "json" ? measureJson(m.value) : measureHuman(m.value));
   return 0;

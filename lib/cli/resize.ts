@@ -22,7 +22,7 @@ import {
 } from "./common.ts";
 import { chainOpenMessage, errnoText, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { fileRange, runGuest } from "./guest.ts";
+import { fileRange, runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError, qcow2Model } from "../formats/qcow2/model.ts";
@@ -104,7 +104,7 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
     if (e instanceof OpenError) throw new CliError([e.bare ? e.inner : chainOpenMessage(filename, e)]);
     throw e;
   }
-  if (img.format === "raw" && fmt === undefined) {
+  if (img.raw && fmt === undefined) {
     // qemu's raw driver warns on a probed read-write open.
     io.err(
       `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
@@ -130,12 +130,14 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
   // bdrv_co_truncate's request check, before the format driver sees it.
   if (total > BDRV_MAX_LENGTH) throw new CliError([`offset(${total}) exceeds maximum(${BDRV_MAX_LENGTH})`]);
 
-  if (img.format === "raw") {
+  if (img.raw) {
     const plan = planRawResize({ fileSize: img.fileSize, newSize: total, preallocation: prealloc });
     if (!plan.ok) throw new CliError([plan.error.message]);
     await applySteps(img, [plan.value], "Could not resize file", prealloc);
-  } else {
+  } else if (img.qcow2) {
     await resizeQcow2(img, total, prealloc);
+  } else {
+    throw new CliError(["Image format driver does not support resize"]);
   }
   if (!quiet) io.out("Image resized.\n");
   return 0;

@@ -1,31 +1,13 @@
-// Output profiles: qemu-img changed its output across versions, so instar
-// prints the shape of the installed qemu-img (detected once per process),
-// of the version forced with --qemu-version X.Y, or of the newest known one.
+// instar's version and the output profile it prints: the shape of the
+// installed qemu-img (detected once per process), of the version forced
+// with --qemu-version X.Y, or of the newest known one (lib/output/profile.ts).
+import type { Profile } from "../output/profile.ts";
 
 export const INSTAR_VERSION = "0.1.0";
 /** The newest profile instar knows; used when no qemu-img is installed. */
 export const NEWEST = { major: 10, minor: 0 };
 
-export interface Profile {
-  major: number;
-  minor: number;
-}
-
-export function atLeast(p: Profile, major: number, minor: number): boolean {
-  return p.major > major || (p.major === major && p.minor >= minor);
-}
-
-/** ≥ 6.1: "dirty-flag" in info JSON; "present" in map JSON. */
-export const hasDirtyFlagAndPresent = (p: Profile) => atLeast(p, 6, 1);
-/** ≥ 8.0: info "children" (JSON) and the "Child node '/file':" section (human). */
-export const hasChildren = (p: Profile) => atLeast(p, 8, 0);
-/** ≥ 8.2: map JSON "compressed". */
-export const hasMapCompressed = (p: Profile) => atLeast(p, 8, 2);
-
-export function parseProfile(text: string): Profile | null {
-  const m = /^(\d{1,3})\.(\d{1,3})(?:\.\d+)?$/.exec(text);
-  return m ? { major: Number(m[1]), minor: Number(m[2]) } : null;
-}
+export { atLeast, hasChildren, hasDirtyFlagAndPresent, hasMapCompressed, parseProfile, type Profile } from "../output/profile.ts";
 
 let detected: Promise<Profile> | undefined;
 

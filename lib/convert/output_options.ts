@@ -1,49 +1,36 @@
 // `-o` for convert's target: the same QemuOpts parsing and option lists as
-// `create` (lib/formats/options.ts, lib/formats/<fmt>/options.ts), so both
-// commands accept and refuse exactly what qemu-img does. Parse errors are
-// reported as they are (qemu_opts_do_parse runs before bdrv_create); errors
-// about an option's meaning get bdrv_create's "<file>: error while
-// converting <fmt>: " prefix.
-import { CliError } from "../cli/messages.ts";
-import { optGet, optSetNumber, parseOptions } from "../formats/options.ts";
-import { QCOW2_CREATE_OPTS, qcow2CreateOptions } from "../formats/qcow2/options.ts";
-import { RAW_CREATE_OPTS } from "../formats/raw/options.ts";
-import type { Qcow2OutputOptions } from "../formats/qcow2/output_plan.ts";
+// `create` (the target driver's create options), so both commands accept
+// and refuse exactly what qemu-img does; the driver then reads the values
+// (lib/formats/<fmt>/driver.ts convertTarget). Parse errors are reported as
+// they are (qemu_opts_do_parse runs before bdrv_create); errors about an
+// option's meaning get bdrv_create's "<file>: error while converting <fmt>: "
+// prefix.
+import { optSetNumber, parseOptions } from "../formats/options.ts";
+import type { FormatDriver, OutputSpec } from "../formats/types.ts";
 
-export interface OutputSpec {
-  preallocation: "off" | "metadata" | "falloc" | "full";
-  qcow2?: Qcow2OutputOptions;
+export type { OutputSpec };
+
+/** A refusal of convert's `-o`, worded as qemu-img prints it (after its prefix). */
+export class OutputOptionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "OutputOptionError";
+  }
 }
 
-/** Parses `-o` for a raw or qcow2 target of `size` bytes. Throws CliError with qemu's text. */
-export function outputOptions(fmt: "raw" | "qcow2", text: string, outFile: string, size: bigint): OutputSpec {
-  const parsed = parseOptions(text, fmt === "qcow2" ? QCOW2_CREATE_OPTS : RAW_CREATE_OPTS);
-  if (!parsed.ok) throw new CliError([parsed.error.message]);
+/** Parses `-o` for a target of `size` bytes in `driver`'s format. */
+export function outputOptions(driver: FormatDriver, text: string, outFile: string, size: bigint): OutputSpec {
+  const target = driver.convertTarget;
+  if (!target || !driver.create) throw new OutputOptionError(`Writing the ${driver.name} format is not supported by instar convert yet`);
+  const parsed = parseOptions(text, driver.create.options);
+  if (!parsed.ok) throw new OutputOptionError(parsed.error.message);
   const opts = parsed.value;
   // img_convert sets the size from the source after parsing -o.
   optSetNumber(opts, "size", size);
-  const late = (msg: string) => new CliError([`${outFile}: error while converting ${fmt}: ${msg}`]);
-  if (fmt === "raw") {
-    const prealloc = optGet(opts, "preallocation")?.str ?? "off";
-    if (!["off", "falloc", "full"].includes(prealloc)) throw late(`invalid parameter value: ${prealloc}`);
-    return { preallocation: prealloc as OutputSpec["preallocation"] };
+  const spec = target.spec(opts);
+  if (!spec.ok) {
+    if (spec.error.kind === "unsupported") throw new OutputOptionError(spec.error.message);
+    throw new OutputOptionError(`${outFile}: error while converting ${driver.name}: ${spec.error.message}`);
   }
-  if (optGet(opts, "backing_file") !== undefined || optGet(opts, "backing_fmt") !== undefined) {
-    throw new CliError(["A backing file for the target (-o backing_file) is not supported by instar convert"]);
-  }
-  const typed = qcow2CreateOptions(opts);
-  if (!typed.ok) throw late(typed.error.message);
-  const t = typed.value;
-  return {
-    preallocation: t.preallocation,
-    qcow2: {
-      clusterSize: t.clusterSize,
-      // Out-of-range widths reach the planner, which words qemu's refusal.
-      refcountBits: t.refcountBits,
-      compat: t.version === 2 ? "0.10" : "1.1",
-      extendedL2: t.extendedL2,
-      lazyRefcounts: t.lazyRefcounts,
-      compressionType: t.compressionType,
-    },
-  };
+  return spec.value;
 }

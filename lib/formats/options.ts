@@ -4,7 +4,7 @@
 // name=off, later items overriding earlier ones, and each value checked
 // against its declared type as soon as it is read. Also qemu-img's checks on
 // one -o argument and the "Formatting ..." rendering (qemu_opts_print).
-import { SizeError, strtosz } from "../cli/options.ts";
+import { SizeError, strtosz } from "./size.ts";
 import { fail, ok, type PlanResult } from "./plan.ts";
 
 export type OptType = "string" | "bool" | "number" | "size";

@@ -4,7 +4,7 @@
 import { dumpHuman, QDict, type QValue, toJsonPretty } from "./qdict.ts";
 import { sizeToStr } from "./size.ts";
 import type { Qcow2Model } from "../formats/qcow2/model.ts";
-import { hasChildren, hasDirtyFlagAndPresent, type Profile } from "../cli/version.ts";
+import { hasChildren, hasDirtyFlagAndPresent, type Profile } from "./profile.ts";
 
 /** Everything info prints about one image, already decided by the caller. */
 export interface ImageFacts {

@@ -2,7 +2,7 @@
 // merged extents the way img_map's loop does for JSON; the human form only
 // prints data extents, and fails on data without a host offset.
 import { mapFlags } from "../abi/spec.ts";
-import { hasDirtyFlagAndPresent, hasMapCompressed, type Profile } from "../cli/version.ts";
+import { hasDirtyFlagAndPresent, hasMapCompressed, type Profile } from "./profile.ts";
 
 export interface MapExtent {
   start: bigint;

@@ -13,12 +13,8 @@ function tableMessage(a0: bigint, a1: bigint): string {
   return a0 === 1n ? `${name} too large` : `${name} offset invalid`;
 }
 
-export interface GuestErrorFields {
-  code: number;
-  a0: bigint;
-  a1: bigint;
-  a2: bigint;
-}
+export type { GuestErrorFields } from "../types.ts";
+import type { GuestErrorFields } from "../types.ts";
 
 /**
  * qemu's message for a qcow2 open failure. `features` are the feature-table

@@ -6,30 +6,8 @@ import { optGet, type ParsedOpts } from "../options.ts";
 import { alignUp, fail, ok, type PlanResult } from "../plan.ts";
 import { MAX_L1_BYTES, refcountMetadataSize } from "./encode.ts";
 
-export interface MeasureResult {
-  required: bigint;
-  fullyAllocated: bigint;
-  /** Present when qemu prints it (v3 target and a qcow2 input). */
-  bitmaps?: bigint;
-}
-
-/** One run of the input as bdrv_block_status_above sees it. */
-export interface AllocationExtent {
-  start: bigint;
-  length: bigint;
-  data: boolean;
-  zero: boolean;
-  /** BDRV_BLOCK_ALLOCATED (map's "present"). */
-  allocated: boolean;
-}
-
-export interface MeasureInput {
-  virtualSize: bigint;
-  /** Extents covering [0, virtualSize) in order. */
-  extents: AllocationExtent[];
-  /** The input format keeps persistent bitmaps (qcow2); they number zero here. */
-  supportsBitmaps: boolean;
-}
+export type { AllocationExtent, MeasureInput, MeasureResult } from "../types.ts";
+import type { MeasureInput, MeasureResult } from "../types.ts";
 
 /** qcow2_calc_prealloc_size: every byte of a fully allocated image with its metadata. */
 export function qcow2PreallocSize(

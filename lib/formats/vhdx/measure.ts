@@ -6,7 +6,7 @@
 // per allocated block (qemu appends blocks at MiB-aligned file ends).
 import { fail, ok, type PlanResult } from "../plan.ts";
 import { type VhdxCreateOptions, vhdxLayout } from "./create_plan.ts";
-import type { AllocationSummary, SizeEstimate } from "../vpc/measure.ts";
+import type { AllocationSummary, SizeEstimate } from "../types.ts";
 
 export type { AllocationSummary, SizeEstimate };
 

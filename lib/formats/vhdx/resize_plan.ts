@@ -11,7 +11,7 @@
 import { fail, type FilePlan, ok, type Patch, type PlanResult, U64_MAX } from "../plan.ts";
 import { storeCrc32c } from "./crc32c.ts";
 import { MiB, VHDX_BLOCK_SIZE_MAX, VHDX_MAX_IMAGE_SIZE } from "./create_plan.ts";
-import type { ResizeRequest } from "../vpc/resize_input.ts";
+import type { ResizeRequest } from "../types.ts";
 
 export const VHDX_RESIZE_REFUSAL = "Image format driver does not support resize";
 

@@ -10,7 +10,7 @@
 //   end-of-stream marker qemu appends when it closes the image.
 import { fail, ok, type PlanResult } from "../plan.ts";
 import { vmdkChoices, type VmdkCreateOptions, vmdkLayout } from "./create_plan.ts";
-import type { AllocationSummary, SizeEstimate } from "../vpc/measure.ts";
+import type { AllocationSummary, SizeEstimate } from "../types.ts";
 
 export type { AllocationSummary, SizeEstimate };
 

@@ -7,7 +7,7 @@
 // size and cylinder count are rewritten. streamOptimized images are
 // append-only and refused; shrinking would strand grains and is refused.
 import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
-import type { ResizeRequest } from "../vpc/resize_input.ts";
+import type { ResizeRequest } from "../types.ts";
 
 export const VMDK_RESIZE_REFUSAL = "Image format driver does not support resize";
 

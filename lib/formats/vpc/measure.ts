@@ -13,17 +13,8 @@ import {
   vpcRoundedSize,
 } from "./create_plan.ts";
 
-/** What a scan of the source reports. */
-export interface AllocationSummary {
-  /** Bytes of guest data the source holds (never above virtualSize; clamped if it is). */
-  allocatedBytes: bigint;
-  virtualSize: bigint;
-}
-
-export interface SizeEstimate {
-  required: bigint;
-  fullyAllocated: bigint;
-}
+export type { AllocationSummary, SizeEstimate } from "../types.ts";
+import type { AllocationSummary, SizeEstimate } from "../types.ts";
 
 /** Bytes one allocated dynamic-VHD block adds: the sector bitmap, then the data. */
 export const VPC_BLOCK_COST = VPC_BLOCK_SIZE + 512n;

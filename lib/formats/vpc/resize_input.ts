@@ -18,12 +18,8 @@ import type { VpcResizeSummary } from "./resize_plan.ts";
 import type { VhdxResizeSummary } from "../vhdx/resize_plan.ts";
 import type { VmdkResizeSummary } from "../vmdk/resize_plan.ts";
 
-export interface ResizeRequest {
-  newSize: bigint;
-  shrink: boolean;
-  /** Plan although qemu-img 7.2 refuses to resize this format (fuzzing, future commands). */
-  beyondQemu?: boolean;
-}
+export type { ResizeRequest } from "../types.ts";
+import type { ResizeRequest } from "../types.ts";
 
 export type DecodedResize =
   | { format: "vpc"; summary: VpcResizeSummary; request: ResizeRequest }

@@ -11,7 +11,7 @@
 // qemu made without force_size ("qemu" creator), exact otherwise.
 import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
 import { VPC_BLOCK_SIZE, VPC_FOOTER_SIZE, vpcChecksum, vpcRoundedSize } from "./create_plan.ts";
-import type { ResizeRequest } from "./resize_input.ts";
+import type { ResizeRequest } from "../types.ts";
 
 export const VPC_RESIZE_REFUSAL = "Image format driver does not support resize";
 

@@ -1,0 +1,153 @@
+// Shapes every format driver and every command share: what a driver is
+// (lib/formats/mod.ts holds the table of them), what opening an image
+// yields, what measure and resize take. Commands talk to formats only
+// through these; lib/formats never imports lib/cli.
+import type { Rec } from "../abi/records.ts";
+import type { OptDesc, ParsedOpts } from "./options.ts";
+import type { FilePlan, PlanResult } from "./plan.ts";
+import type { Qcow2Model } from "./qcow2/model.ts";
+import type { RawModel } from "./raw/model.ts";
+import type { ImageInfoModel } from "./image_info_model.ts";
+import type { Qcow2OutputOptions } from "./qcow2/output_plan.ts";
+
+/** qemu's preallocation modes (PreallocMode), in its order. */
+export const PREALLOC_MODES = ["off", "metadata", "falloc", "full"] as const;
+export type Prealloc = typeof PREALLOC_MODES[number];
+
+/** One ERROR record's fields, as a driver turns them into qemu's words. */
+export interface GuestErrorFields {
+  code: number;
+  a0: bigint;
+  a1: bigint;
+  a2: bigint;
+}
+
+/** measure's result; `bitmaps` is present when qemu prints it. */
+export interface MeasureResult {
+  required: bigint;
+  fullyAllocated: bigint;
+  bitmaps?: bigint;
+}
+
+/** One run of an input as bdrv_block_status_above sees it. */
+export interface AllocationExtent {
+  start: bigint;
+  length: bigint;
+  data: boolean;
+  zero: boolean;
+  /** BDRV_BLOCK_ALLOCATED (map's "present"). */
+  allocated: boolean;
+}
+
+/** An input image as measure sees it. */
+export interface MeasureInput {
+  virtualSize: bigint;
+  /** Extents covering [0, virtualSize) in order. */
+  extents: AllocationExtent[];
+  /** The input format keeps persistent bitmaps (qcow2 v3); they number zero here. */
+  supportsBitmaps: boolean;
+}
+
+/** What a scan of a source reports to the vpc/vhdx/vmdk size calculators. */
+export interface AllocationSummary {
+  /** Bytes of guest data the source holds (never above virtualSize; clamped if it is). */
+  allocatedBytes: bigint;
+  virtualSize: bigint;
+}
+
+/** The vpc/vhdx/vmdk calculators' answer. */
+export interface SizeEstimate {
+  required: bigint;
+  fullyAllocated: bigint;
+}
+
+/** A resize as the vpc/vhdx/vmdk planners take it. */
+export interface ResizeRequest {
+  newSize: bigint;
+  shrink: boolean;
+  /** Plan although qemu-img 7.2 refuses to resize this format (fuzzing, future commands). */
+  beyondQemu?: boolean;
+}
+
+/** What a driver decodes from the info guest's records about one input. */
+export interface DecodedImage {
+  virtualSize: bigint;
+  /** qemu's bdrv_getlength: the bytes a reader of the image sees. */
+  length: bigint;
+  /** What `info` prints as cluster_size, when it prints one. */
+  clusterSize?: bigint;
+  dirty: boolean;
+  backingFile?: Uint8Array;
+  backingFormat?: string;
+  /** The image names a file outside its backing chain (qcow2 external data file). */
+  namesDataFile: boolean;
+  qcow2?: Qcow2Model;
+  raw?: RawModel;
+  image?: ImageInfoModel;
+}
+
+/** Host file operations a create step needs; the command supplies them. */
+export interface CreateHost {
+  /** Creates or empties the file (file-posix's create). */
+  createFile(): Promise<void>;
+  /** ftruncate to `size`; `hint` is appended to qemu's "too large" message. */
+  resizeFile(size: bigint, hint: string): Promise<void>;
+  /** Allocates a range as zeroes (posix_fallocate for falloc, written zeroes for full). */
+  allocate(offset: bigint, length: bigint, mode: string): Promise<void>;
+  applyPlan(plan: FilePlan): Promise<void>;
+  /** Removes the file again (qcow2's create deletes it on failure). */
+  remove(): Promise<void>;
+  /** strerror()-style text of an error one of these threw. */
+  describe(e: unknown): string;
+}
+
+/** A create step's refusal, in qemu's words (the command prefixes the file name). */
+export class CreateError extends Error {
+  constructor(message: string, readonly hint = "") {
+    super(message);
+    this.name = "CreateError";
+  }
+}
+
+/** A format's create support: qemu's create_opts and its .bdrv_co_create_opts. */
+export interface CreateSupport {
+  /** Every -o option create accepts, the file driver's included (qemu's order). */
+  options: OptDesc[];
+  /** What `-o help` lists without a file name (the format's own options). */
+  own: OptDesc[];
+  run(filename: string, opts: ParsedOpts, host: CreateHost): Promise<void>;
+}
+
+/** One format instar knows by name. Only `name` is required: the rest is what instar does with it. */
+export interface FormatDriver {
+  /** qemu's driver name (-f, -O). */
+  readonly name: string;
+  /** formats.* when instar's guests read this format. */
+  readonly code?: number;
+  /** Decodes the info guest's records for `input` (throws GuestResultError on nonsense). */
+  readonly decode?: (recs: Rec[], input: number, fileSize: bigint) => DecodedImage;
+  /** qemu's text for an open failure the guest reported. */
+  readonly openError?: (e: GuestErrorFields, features: string[]) => string;
+  /** `qemu-img check` has a check for this format (else "does not support checks", exit 63). */
+  readonly check?: boolean;
+  readonly create?: CreateSupport;
+  /** measure -O this format: qemu's numbers (raw, qcow2) or instar's estimate (the others). */
+  readonly measure?: (opts: ParsedOpts, input?: MeasureInput) => PlanResult<MeasureResult>;
+  /** convert can write this format: the target's `-o` values checked and typed. */
+  readonly convertTarget?: ConvertTarget;
+}
+
+/** What convert's guest pipeline needs to know about its target. */
+export interface OutputSpec {
+  /** Which writer the pipeline runs (lib/convert/pipeline.ts). */
+  writer: "raw" | "qcow2";
+  preallocation: Prealloc;
+  qcow2?: Qcow2OutputOptions;
+}
+
+/** A target format's reading of convert's `-o`. Errors of kind "unsupported"
+ * are instar's own refusals; the others are reported as qemu's bdrv_create
+ * reports them ("<file>: error while converting <fmt>: ..."). */
+export interface ConvertTarget {
+  spec(opts: ParsedOpts): PlanResult<OutputSpec>;
+}
