@@ -1,5 +1,6 @@
 // Shared helpers for the CLI tests: run qemu-img / qemu-io / instar in a
 // directory and compare what they print.
+import { CLI_ENTRY, KVM } from "./support/kvm.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 
 export const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
@@ -28,8 +29,10 @@ export function qemuImg(args: string[], cwd: string): Promise<Outcome> {
   return exec("qemu-img", args, cwd);
 }
 
+export { CLI_ENTRY, KVM };
+
 export function instar(args: string[], cwd: string): Promise<Outcome> {
-  return exec(DENO, ["run", "-A", `${REPO}/main.ts`, ...args], cwd);
+  return exec(DENO, ["run", "-A", CLI_ENTRY, ...args], cwd);
 }
 
 /** qemu-img's output with its name replaced by ours ("qemu-img:" prefix and the --help hint). */

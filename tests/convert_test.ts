@@ -4,6 +4,7 @@
 // as qemu-img's own output for the same command (except the sizes, whose
 // layout differs by design: docs/convert.md), errors print qemu's words,
 // and nothing half-written is ever left under the target name.
+import { CLI_ENTRY } from "./support/kvm.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
 
@@ -179,7 +180,7 @@ Deno.test({ name: "convert: qcow2 variants to raw and qcow2, compared with qemu-
     await t.step("one guest or two: identical content", async () => {
       const run = async (guests: string, args: string[]) => {
         const r = await new Deno.Command(Deno.execPath(), {
-          args: ["run", "-A", `${new URL("..", import.meta.url).pathname}main.ts`, ...args],
+          args: ["run", "-A", CLI_ENTRY, ...args],
           cwd: dir,
           env: { INSTAR_GUESTS: guests },
           stdout: "piped",
@@ -287,7 +288,7 @@ Deno.test({ name: "convert: qcow2 variants to raw and qcow2, compared with qemu-
       await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "big.raw", "3G");
       await qemuIo(dir, "big.raw", "raw", "write -P 9 0 512M", "write -P 8 2G 512M");
       const child = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `${new URL("..", import.meta.url).pathname}main.ts`, "convert", "-f", "raw", "-c", "-O", "qcow2", "big.raw", "int.qcow2"],
+        args: ["run", "-A", CLI_ENTRY, "convert", "-f", "raw", "-c", "-O", "qcow2", "big.raw", "int.qcow2"],
         cwd: dir,
         stdout: "null",
         stderr: "null",

@@ -8,6 +8,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instar, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { run } from "../lib/cli/run.ts";
+import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+
+await useHostedGuestsWithoutKvm();
 
 /** instar in this process (pure commands only: no files, no sandbox), as an Outcome. */
 async function instarHere(args: string[]): Promise<Outcome> {

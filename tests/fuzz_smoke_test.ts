@@ -6,6 +6,7 @@
 // a C target built from a scratch copy of the guest sources with a bug put
 // back in. C targets need clang with ASan and libFuzzer (scripts/deps.sh
 // installs them): without clang this test fails, it does not skip.
+import { CLI_ENTRY } from "./support/kvm.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { DENO, REPO } from "./cli_helpers.ts";
 import { listTargets } from "../fuzz/engine/targets.ts";
@@ -199,6 +200,7 @@ Deno.test("fuzz:diff replays a run exactly from its seed", async () => {
       const o = await new Deno.Command(DENO, {
         args: ["run", "-A", `${REPO}/fuzz/diff/main.ts`, "--seed", "7", "--out", `${dir}/reports`, ...extra],
         cwd: dir,
+        env: { INSTAR_DIFF_CLI: CLI_ENTRY },
         stdout: "piped",
         stderr: "piped",
       }).output();

@@ -10,6 +10,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instar, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { run } from "../lib/cli/run.ts";
+import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+
+await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
 

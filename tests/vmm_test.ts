@@ -16,6 +16,9 @@ import {
   runStatus,
 } from "../lib/abi/spec.ts";
 import { BAD_RECORDS, runGuest, SandboxError } from "../lib/vmm/sandbox.ts";
+import { KVM, noteKvm } from "./support/kvm.ts";
+
+noteKvm();
 import type { RunRequest, RunResult } from "../lib/vmm/sandbox.ts";
 
 const root = new URL("../", import.meta.url);
@@ -91,7 +94,7 @@ async function checkEcho(path: string): Promise<RunResult> {
   return r;
 }
 
-Deno.test("vmm: a well-behaved guest reads, seeks, writes, logs and reports", async (t) => {
+Deno.test({ name: "vmm: a well-behaved guest reads, seeks, writes, logs and reports", ignore: !KVM }, async (t) => {
   const dir = await Deno.makeTempDir();
   try {
     const img = await makeImage(dir);
@@ -161,7 +164,7 @@ Deno.test("vmm: a well-behaved guest reads, seeks, writes, logs and reports", as
   }
 });
 
-Deno.test("vmm: hostile hypercalls end the run with a typed status", async (t) => {
+Deno.test({ name: "vmm: hostile hypercalls end the run with a typed status", ignore: !KVM }, async (t) => {
   const dir = await Deno.makeTempDir();
   try {
     const img = await makeImage(dir);
@@ -236,7 +239,7 @@ Deno.test("vmm: hostile hypercalls end the run with a typed status", async (t) =
   }
 });
 
-Deno.test("vmm: crashes, stray exits and hlt are guest failures", async (t) => {
+Deno.test({ name: "vmm: crashes, stray exits and hlt are guest failures", ignore: !KVM }, async (t) => {
   const dir = await Deno.makeTempDir();
   try {
     const img = await makeImage(dir);
@@ -276,7 +279,7 @@ Deno.test("vmm: crashes, stray exits and hlt are guest failures", async (t) => {
   }
 });
 
-Deno.test("vmm: an infinite loop is stopped by the watchdog on time", async () => {
+Deno.test({ name: "vmm: an infinite loop is stopped by the watchdog on time", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();
   try {
     const img = await makeImage(dir);
@@ -294,7 +297,7 @@ Deno.test("vmm: an infinite loop is stopped by the watchdog on time", async () =
   }
 });
 
-Deno.test("vmm: a guest may touch all of its RAM and no more", async () => {
+Deno.test({ name: "vmm: a guest may touch all of its RAM and no more", ignore: !KVM }, async () => {
   for (const mib of [16, 64, 256]) {
     const ram = mib * 1024 * 1024;
     const r = await run("touch_ram", undefined, { ramBytes: ram });
@@ -305,7 +308,7 @@ Deno.test("vmm: a guest may touch all of its RAM and no more", async () => {
   }
 });
 
-Deno.test("vmm: floods of progress, log and result hypercalls stay bounded", async () => {
+Deno.test({ name: "vmm: floods of progress, log and result hypercalls stay bounded", ignore: !KVM }, async () => {
   const n = 20000;
   const logs = 200; // 200 x 4 KiB, over the 64 KiB log cap
   const t0 = performance.now();
@@ -320,7 +323,7 @@ Deno.test("vmm: floods of progress, log and result hypercalls stay bounded", asy
   console.log(`flood: ${r.exits} exits in ${ms.toFixed(1)} ms, ${perSec.toFixed(0)} exits/s`);
 });
 
-Deno.test("vmm: malformed result streams are refused", async (t) => {
+Deno.test({ name: "vmm: malformed result streams are refused", ignore: !KVM }, async (t) => {
   for (
     const [what, variant] of [["huge record size", 0], ["wrong record size", 1], ["unknown type", 2], [
       "truncated header",
@@ -351,7 +354,7 @@ Deno.test("vmm: malformed result streams are refused", async (t) => {
   });
 });
 
-Deno.test("vmm: embedded guests run on a qemu-img image", async () => {
+Deno.test({ name: "vmm: embedded guests run on a qemu-img image", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();
   try {
     const img = `${dir}/a.qcow2`;
@@ -367,7 +370,7 @@ Deno.test("vmm: embedded guests run on a qemu-img image", async () => {
   }
 });
 
-Deno.test("vmm: the library loads from INSTAR_RUNTIME_DIR and leaves nothing behind", async () => {
+Deno.test({ name: "vmm: the library loads from INSTAR_RUNTIME_DIR and leaves nothing behind", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();
   try {
     const code = `import { vmmLib } from ${JSON.stringify(new URL("lib/vmm/ffi.ts", root).href)};
@@ -385,7 +388,7 @@ await vmmLib(); console.log("loaded");`;
   }
 });
 
-Deno.test("vmm: READ moves every byte of a large input, and its throughput", async () => {
+Deno.test({ name: "vmm: READ moves every byte of a large input, and its throughput", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();
   try {
     const img = `${dir}/big.raw`;
@@ -423,7 +426,7 @@ Deno.test("vmm: READ moves every byte of a large input, and its throughput", asy
   }
 });
 
-Deno.test("vmm: concurrent runs in one process do not disturb each other", async () => {
+Deno.test({ name: "vmm: concurrent runs in one process do not disturb each other", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();
   try {
     const img = await makeImage(dir);
@@ -444,7 +447,7 @@ Deno.test("vmm: concurrent runs in one process do not disturb each other", async
   }
 });
 
-Deno.test("vmm: create-to-done time of a trivial guest", async () => {
+Deno.test({ name: "vmm: create-to-done time of a trivial guest", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();
   try {
     const img = await makeImage(dir);

@@ -5,10 +5,13 @@
  * ram_size - LAYOUT_HEAP, records <= LIMIT_RECORD_MAX, I/O bounded by the
  * input size) so a program that fits here fits in the VM.
  *
- * usage: <op> [--arg N]... [--ram BYTES] [-o PATH [--cap BYTES]] FMT:PATH [FMT:PATH...]
- *   FMT is raw, qcow2 or auto; the record stream goes to stdout (binary).
+ * usage: <op> [--arg N]... [--flags N] [--ram BYTES] [-o|-O PATH [--cap BYTES]] FMT:PATH [FMT:PATH...]
+ *   FMT is raw, qcow2, vpc, vhdx, auto or a formats.* number; the record
+ *   stream goes to stdout (binary).
  *   -o attaches output 0 (created, truncated) for hc_write, bounded by the
- *   cap like the VMM bounds it (default: 1 TiB).
+ *   cap like the VMM bounds it (default: 1 TiB); -O attaches it as the VMM
+ *   does (created if missing, never truncated: the host may have written
+ *   metadata first).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -139,7 +142,14 @@ int64_t hc_extents(uint32_t input, uint64_t off, uint64_t len, struct extent *ou
     return n;
 }
 
-void hc_progress(uint64_t done, uint64_t total) { (void)done; (void)total; }
+/* With INSTAR_HOST_PROGRESS set, progress goes to stderr as "progress D T"
+ * lines (tests/support/hosted_runner.ts replays them as the VMM's polls). */
+void hc_progress(uint64_t done, uint64_t total)
+{
+    static int want = -1;
+    if (want < 0) want = getenv("INSTAR_HOST_PROGRESS") != NULL;
+    if (want) fprintf(stderr, "progress %llu %llu\n", (unsigned long long)done, (unsigned long long)total);
+}
 
 void hc_log(const char *s)
 {
@@ -221,8 +231,13 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--arg") && i + 1 < argc) {
             if (nargs >= 8 || parse_u64(argv[++i], &g_params.arg[nargs++])) goto usage;
-        } else if (!strcmp(argv[i], "-o") && i + 1 < argc) {
-            g_out_fd = open(argv[++i], O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        } else if (!strcmp(argv[i], "--flags") && i + 1 < argc) {
+            uint64_t f;
+            if (parse_u64(argv[++i], &f) || f > UINT32_MAX) goto usage;
+            g_params.flags = (uint32_t)f;
+        } else if ((!strcmp(argv[i], "-o") || !strcmp(argv[i], "-O")) && i + 1 < argc) {
+            int trunc = argv[i][1] == 'o' ? O_TRUNC : 0;
+            g_out_fd = open(argv[++i], O_WRONLY | O_CREAT | trunc | O_CLOEXEC, 0644);
             if (g_out_fd < 0) {
                 perror(argv[i]);
                 return 1;
@@ -240,6 +255,9 @@ int main(int argc, char **argv)
             if (fl == 3 && !strncmp(argv[i], "raw", 3)) fmt = FMT_RAW;
             else if (fl == 5 && !strncmp(argv[i], "qcow2", 5)) fmt = FMT_QCOW2;
             else if (fl == 4 && !strncmp(argv[i], "auto", 4)) fmt = FMT_AUTO;
+            else if (fl == 3 && !strncmp(argv[i], "vpc", 3)) fmt = FMT_VPC;
+            else if (fl == 4 && !strncmp(argv[i], "vhdx", 4)) fmt = FMT_VHDX;
+            else if (fl == 1 && argv[i][0] >= '0' && argv[i][0] <= '9') fmt = (uint32_t)(argv[i][0] - '0');
             else goto usage;
             int fd = open(colon + 1, O_RDONLY | O_CLOEXEC);
             struct stat st;
@@ -261,6 +279,6 @@ int main(int argc, char **argv)
     if (!g_heap) return 1;
     hc_done(op_main() == 0 ? GUEST_OK : GUEST_ERROR);
 usage:
-    fprintf(stderr, "usage: %s [--arg N]... [--ram BYTES] [-o PATH [--cap BYTES]] raw|qcow2|auto:PATH...\n", argv[0]);
+    fprintf(stderr, "usage: %s [--arg N]... [--flags N] [--ram BYTES] [-o|-O PATH [--cap BYTES]] FMT:PATH...\n", argv[0]);
     return 2;
 }

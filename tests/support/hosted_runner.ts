@@ -1,0 +1,81 @@
+// A stand-in for lib/vmm/sandbox.ts runGuest for machines without a usable
+// /dev/kvm (tests only): runs the same operation program's hosted build
+// (build/host/<op>, guest/host/rt_host.c) over the same inputs, output and
+// parameters, and returns its records the way the VMM would. What it cannot
+// stand in for (the VMM's isolation, caps and watchdog) is what
+// tests/vmm_test.ts covers where KVM exists.
+import { decodeRecords, RecordError } from "../../lib/abi/records.ts";
+import { runStatus } from "../../lib/abi/spec.ts";
+import type { RunRequest, RunResult } from "../../lib/vmm/guest.ts";
+
+const ROOT = new URL("../..", import.meta.url).pathname;
+const HOST = `${ROOT}build/host`;
+
+/** The embedded guest name -> the hosted program built from the same sources. */
+function program(op: string): string {
+  return `${HOST}/${op}`;
+}
+
+export class HostedRunError extends Error {
+  constructor(message: string, readonly status: number, readonly detail = 0) {
+    super(message);
+    this.name = "SandboxError";
+  }
+}
+
+export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
+  const args: string[] = [];
+  for (const a of req.args ?? []) args.push("--arg", BigInt.asUintN(64, a).toString());
+  if (req.flags) args.push("--flags", String(req.flags));
+  if (req.ramBytes) args.push("--ram", String(req.ramBytes));
+  if (req.output) args.push("-O", req.output.path, "--cap", req.output.cap.toString());
+  const inputs: RunResult["inputs"] = [];
+  for (const i of req.inputs) {
+    const st = i.nofollow ? Deno.lstatSync(i.path) : Deno.statSync(i.path);
+    if (st.isSymlink) throw Object.assign(new Error("Too many levels of symbolic links"), { errno: 40, path: i.path });
+    inputs.push({ size: BigInt(st.size), dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) });
+    args.push(`${i.format}:${i.path}`);
+  }
+  const env = req.onProgress ? { INSTAR_HOST_PROGRESS: "1" } : undefined;
+  const child = new Deno.Command(program(req.op), { args, env, stdout: "piped", stderr: "piped" }).spawn();
+  const timeoutMs = req.timeoutMs ?? 30000;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, timeoutMs);
+  const out = await child.output();
+  clearTimeout(timer);
+  const stderr = new TextDecoder().decode(out.stderr);
+  if (timedOut) throw new HostedRunError(`guest timed out after ${timeoutMs} ms`, runStatus.TIMEOUT);
+  if (out.signal) throw new HostedRunError(`guest crashed (hosted: ${out.signal})`, runStatus.GUEST_FAULT);
+  if (out.code === 70) throw new HostedRunError(`guest made a bad hypercall (hosted: ${stderr.trim()})`, runStatus.BAD_HYPERCALL);
+  if (out.code !== 0) throw new HostedRunError(`hosted guest exited ${out.code}: ${stderr.trim()}`, runStatus.HOST_ERROR);
+  let records;
+  try {
+    records = decodeRecords(out.stdout);
+  } catch (e) {
+    if (e instanceof RecordError) throw new HostedRunError(`guest produced malformed results: ${e.message}`, -1);
+    throw e;
+  }
+  // The VMM's poll sees some of the guest's progress calls; a replay of all
+  // of them, in order, is one of the sequences it could have seen.
+  if (req.onProgress) {
+    for (const p of stderr.matchAll(/^progress (\d+) (\d+)$/gm)) req.onProgress(BigInt(p[1]), BigInt(p[2]));
+  }
+  const m = /guest status (\d+)/.exec(stderr);
+  return {
+    status: runStatus.DONE,
+    detail: 0,
+    err: 0n,
+    guestStatus: m ? BigInt(m[1]) : 0n,
+    records,
+    inputs,
+    log: "",
+    exits: 0n,
+    elapsedNs: 0n,
+    setupNs: 0n,
+  };
+}
