@@ -6,7 +6,7 @@
  * input size) so a program that fits here fits in the VM.
  *
  * usage: <op> [--arg N]... [--ram BYTES] [-o PATH [--cap BYTES]] FMT:PATH [FMT:PATH...]
- *   FMT is raw, qcow2 or auto; the record stream goes to stdout (binary).
+ *   FMT is raw, qcow2, auto, vpc or vhdx; the record stream goes to stdout (binary).
  *   -o attaches output 0 (created, truncated) for hc_write, bounded by the
  *   cap like the VMM bounds it (default: 1 TiB).
  */
@@ -240,6 +240,8 @@ int main(int argc, char **argv)
             if (fl == 3 && !strncmp(argv[i], "raw", 3)) fmt = FMT_RAW;
             else if (fl == 5 && !strncmp(argv[i], "qcow2", 5)) fmt = FMT_QCOW2;
             else if (fl == 4 && !strncmp(argv[i], "auto", 4)) fmt = FMT_AUTO;
+            else if (fl == 3 && !strncmp(argv[i], "vpc", 3)) fmt = FMT_VPC;
+            else if (fl == 4 && !strncmp(argv[i], "vhdx", 4)) fmt = FMT_VHDX;
             else goto usage;
             int fd = open(colon + 1, O_RDONLY | O_CLOEXEC);
             struct stat st;
@@ -261,6 +263,6 @@ int main(int argc, char **argv)
     if (!g_heap) return 1;
     hc_done(op_main() == 0 ? GUEST_OK : GUEST_ERROR);
 usage:
-    fprintf(stderr, "usage: %s [--arg N]... [--ram BYTES] [-o PATH [--cap BYTES]] raw|qcow2|auto:PATH...\n", argv[0]);
+    fprintf(stderr, "usage: %s [--arg N]... [--ram BYTES] [-o PATH [--cap BYTES]] raw|qcow2|auto|vpc|vhdx:PATH...\n", argv[0]);
     return 2;
 }
