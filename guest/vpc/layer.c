@@ -22,6 +22,7 @@ static int vpc_layer_open(struct layer *l)
     if (!v) return rt_error(l->r.input, GERR_OUT_OF_MEMORY, 0, 0, 0);
     if (vpc_open(v, &l->r)) return -1;
     l->state = v;
+    l->fmt = FMT_VPC;
     l->length = vpc_length(v);
     l->has_backing = false;
     l->data = &l->r;
