@@ -151,6 +151,15 @@ Deno.test("vpc info and map match qemu-img on images qemu-img and qemu-io made",
         compareMap(p);
       });
     }
+    await t.step("max-size vpc (2040 GiB, force_size): info and map fast", () => {
+      const p = `${d}/max.vhd`;
+      img("create", "-q", "-f", "vpc", "-o", "force_size=on", p, "2040G");
+      io(p, "write -P 1 1T 4k", "write -P 2 2039G 4k");
+      const t0 = performance.now();
+      compareInfo(p);
+      compareMap(p);
+      assert.ok(performance.now() - t0 < 5000);
+    });
     await t.step("convert -O vpc from raw with data", () => {
       const raw = `${d}/src.raw`;
       img("create", "-q", "-f", "raw", raw, "20M");
