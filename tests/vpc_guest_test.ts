@@ -290,7 +290,7 @@ Deno.test("hostile vpc images: qemu's error, as an ERROR record, fast", async (t
     });
     await t.step("a 256 MiB BAT in a sparse file is scanned in bounded memory", () => {
       // max_table_entries 2^26 whose table lies inside a (sparse) file: qemu
-      // reads 256 MiB; the guest scans it through a 256 KiB window.
+      // reads 256 MiB; the guest scans it through a 1 MiB window.
       const empty = `${d}/e.vhd`;
       img("create", "-q", "-f", "vpc", empty, "64M");
       // the footer copy after the BAT would read as entries far past EOF

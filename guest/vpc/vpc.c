@@ -34,9 +34,9 @@ static bool creator_uses_current_size(uint32_t app)
 /* Loads the BAT window holding entry idx (< max_table_entries). */
 static int load_window(struct vpc *v, uint64_t idx)
 {
-    uint64_t first = idx - idx % VPC_BAT_WINDOW;
+    uint64_t first = idx - idx % v->win_cap;
     uint64_t n = v->max_table_entries - first;
-    if (n > VPC_BAT_WINDOW) n = VPC_BAT_WINDOW;
+    if (n > v->win_cap) n = v->win_cap;
     /* bat_offset + 4 * max_table_entries was checked at open */
     uint64_t off = v->bat_offset + first * 4;
     uint8_t *raw = (uint8_t *)v->win;
@@ -90,7 +90,8 @@ static int open_dynamic(struct vpc *v, uint64_t data_offset)
      * file fails without reading it (qemu reads it first, to the same end). */
     uint64_t fdbo = (table_end + 511) & ~511ull;
     if (fdbo > v->file_len) return fail(v, VPCE_TRUNCATED, fdbo, v->file_len);
-    v->win = rt_alloc((uint64_t)VPC_BAT_WINDOW * 4);
+    v->win_cap = mte < VPC_BAT_WINDOW ? (mte ? mte : 1) : VPC_BAT_WINDOW;
+    v->win = rt_alloc((uint64_t)v->win_cap * 4);
     if (!v->win) return rt_error(v->r->input, GERR_OUT_OF_MEMORY, 0, 0, 0);
     v->win_n = 0;
     /* The BAT lies inside the file: the scan is bounded by the file size. */

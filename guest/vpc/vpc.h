@@ -21,7 +21,7 @@
  *     geometry is 65535x16x255; more than 0xff000000 sectors is EFBIG;
  *   - sector bitmaps are ignored: an allocated block is read whole.
  * Every image-derived number is bounded before use; the BAT is never held
- * whole in memory (it is scanned and looked up through a bounded window).
+ * whole in memory (it is scanned and looked up through a 1 MiB window).
  */
 #ifndef INSTAR_VPC_H
 #define INSTAR_VPC_H
@@ -40,8 +40,9 @@
 #define VPC_BAT_UNALLOCATED 0xffffffffu
 /* qemu's BDRV_REQUEST_MAX_BYTES: a longer BAT read fails with -EIO. */
 #define VPC_REQUEST_MAX_BYTES 0x7ffffe00ull
-/* BAT entries per window (lookups and the open-time scan): 256 KiB. */
-#define VPC_BAT_WINDOW 65536u
+/* BAT entries per window (lookups and the open-time scan): at most 1 MiB,
+ * one hypercall's worth; smaller when the whole BAT is smaller. */
+#define VPC_BAT_WINDOW 262144u
 
 /*
  * ERROR records: code GERR_FORMAT, a0 = one of these, a1/a2 as noted. The
@@ -97,6 +98,7 @@ struct vpc {
     uint32_t *win;
     uint64_t win_first;
     uint32_t win_n;
+    uint32_t win_cap;        /* entries the window holds */
 };
 
 /* Block status bits (qemu's BDRV_BLOCK_*). */
