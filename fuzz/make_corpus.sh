@@ -126,6 +126,25 @@ open('dec/zlib_py', 'wb').write(bytes([0, 0]) + bytes(8) + c.compress(b'instar' 
 # The LUKS payload area is 2 MiB of nothing useful to the parsers.
 [ -f imgs/luks.qcow2 ] && truncate -s 64K imgs/luks.qcow2
 
+# vpc: dynamic (2 MiB blocks, no data), force_size, fixed, and dynamic
+# images whose block size is patched to 4 KiB before qemu-io writes (qemu
+# allocates blocks of the header's size), so data blocks stay small.
+mkdir -p vhd
+q create -f vpc vhd/dyn.vhd 64M
+q create -f vpc -o force_size=on vhd/force.vhd 65M
+q create -f vpc -o subformat=fixed vhd/fixed.vhd 16K
+for bs in 512 4096; do
+  q create -f vpc "vhd/small$bs.vhd" 32K
+  # dynamic header at 512: max_table_entries (+28) 128, block_size (+32)
+  python3 -c "
+import struct, sys
+p = sys.argv[1]; b = bytearray(open(p, 'rb').read())
+struct.pack_into('>II', b, 512 + 28, 128, int(sys.argv[2]))
+open(p, 'wb').write(b)
+" "vhd/small$bs.vhd" "$bs"
+  io -f vpc -c "write -P 0x5a 0 1k" -c "write -P 0xa5 8k 512" -c "write -z 16k 512" "vhd/small$bs.vhd"
+done
+
 put() { # put TARGET FILE...
   local dir=$OUT/$1; shift
   mkdir -p "$dir"
@@ -137,11 +156,12 @@ put qcow2_read imgs/*.qcow2 imgs/*.raw
 put qcow2_refcount imgs/*.qcow2 imgs/*.raw
 put raw_partition imgs/*.raw imgs/*.qcow2
 put qcow2_decompress dec/*
+put vpc vhd/*
 # measure_scan: a format byte and a target cluster_bits byte (7: 64 KiB) first.
 mkdir -p scan
 for f in imgs/*.qcow2; do { printf '\x00\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
 for f in imgs/*.raw; do { printf '\x01\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
 put measure_scan scan/*
-for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan; do
+for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done

@@ -2,7 +2,7 @@
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
 GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan
-info_SRCS := ops/info.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+info_SRCS := ops/info.c vpc/vpc.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 info_LIBS :=
 check_SRCS := ops/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 check_LIBS :=

@@ -6,13 +6,19 @@
  */
 #include "../qcow2/qcow2.h"
 #include "../probe/probe.h"
+#include "../vpc/vpc.h"
 
 int op_main(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs < 1 || p->input_format[0] > FMT_QCOW2) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    if (p->n_inputs < 1 || (p->input_format[0] > FMT_QCOW2 && p->input_format[0] != FMT_VPC))
+        return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
     static struct reader r;
     reader_from_input(&r, 0);
+    if (p->input_format[0] == FMT_VPC) {
+        static struct vpc v;
+        return vpc_open(&v, &r) || vpc_emit_info(&v) ? -1 : 0;
+    }
     int fmt = probe_input(&r, p->input_format[0]);
     if (fmt < 0) return -1;
     if (fmt == FMT_RAW) return raw_emit_info(&r);
