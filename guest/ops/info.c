@@ -2,7 +2,8 @@
  * info: probe input 0, then describe it. qcow2 -> QCOW2_INFO + NAME records
  * (backing file and format, data file: reported, never opened), then one
  * SNAPSHOT record per internal snapshot and one BITMAP per bitmap; raw ->
- * RAW_INFO (the host computes the virtual size from the file size).
+ * RAW_INFO (the host computes the virtual size from the file size); vpc
+ * (and each format like it) -> one IMAGE_INFO record.
  */
 #include "../qcow2/qcow2.h"
 #include "../probe/probe.h"
@@ -11,17 +12,17 @@
 int op_main(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs < 1 || (p->input_format[0] > FMT_QCOW2 && p->input_format[0] != FMT_VPC))
-        return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    if (p->n_inputs < 1 || p->input_format[0] > FMT_VHDX) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
     static struct reader r;
     reader_from_input(&r, 0);
-    if (p->input_format[0] == FMT_VPC) {
-        static struct vpc v;
-        return vpc_open(&v, &r) || vpc_emit_info(&v) ? -1 : 0;
-    }
     int fmt = probe_input(&r, p->input_format[0]);
     if (fmt < 0) return -1;
     if (fmt == FMT_RAW) return raw_emit_info(&r);
+    if (fmt == FMT_VPC) {
+        static struct vpc v;
+        return vpc_open(&v, &r) || vpc_emit_info(&v) ? -1 : 0;
+    }
+    if (fmt != FMT_QCOW2) return rt_error(0, GERR_FORMAT, 0, 0, 0); /* linked without that parser */
     static struct qcow2 q;
     /* `check` opens its image through this op first; in check mode qemu
      * leaves snapshot-table and refcount-table problems to the check itself. */

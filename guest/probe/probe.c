@@ -1,7 +1,9 @@
 /*
  * Format probing the way qemu 7.2 does it for the formats instar opens:
  * qemu reads 2048 bytes (zero-padded past EOF) and picks qcow2 when the
- * magic is QFI\xfb and the version is at least 2; everything else is raw.
+ * magic is QFI\xfb and the version is at least 2, vpc for "conectix" and
+ * vhdx for "vhdxfile" at offset 0 (each driver scores 100); everything else
+ * is raw (a fixed VHD, whose footer is only at the end, included).
  * On top, we look for every other format's signature at the start (and the
  * footer-based ones in the last 512 bytes) so that the host can refuse a
  * file that another program would read as a different format.
@@ -55,7 +57,10 @@ int probe_input(const struct reader *r, uint32_t requested)
     uint32_t format = requested;
     if (format == FMT_AUTO) {
         /* qemu treats an empty file as raw without probing; zeros give raw too. */
-        format = (r->size && be32(b) == 0x514649fbu && be32(b + 4) >= 2) ? FMT_QCOW2 : FMT_RAW;
+        format = FMT_RAW;
+        if (r->size && be32(b) == 0x514649fbu && be32(b + 4) >= 2) format = FMT_QCOW2;
+        else if (r->size && starts(b, "conectix", 8)) format = FMT_VPC;
+        else if (r->size && starts(b, "vhdxfile", 8)) format = FMT_VHDX;
     }
     uint32_t sig = r->size ? head_signature(b, format) : SIG_NONE;
     if (sig == SIG_NONE && tail_signature(r, &sig)) return rt_error(r->input, GERR_IO, r->size - 512, 0, 0);

@@ -149,7 +149,7 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
     const f = err.fields;
     const fields = { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint };
     const text = driver?.openError ?? driverForCode(formats.QCOW2)!.openError!;
-    throw new OpenError(filename, text(fields, features));
+    throw new OpenError(filename, text(fields, features, filename));
   }
   if (result.guestStatus !== 0n) throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");
   try {

@@ -58,7 +58,7 @@ async function allocationOf(chain: OpenedImage[]): Promise<AllocationExtent[]> {
       a0: f.a0 as bigint,
       a1: f.a1 as bigint,
       a2: f.a2 as bigint,
-    }, []);
+    }, [], chain[f.input as number]?.filename ?? "");
     throw new CliError([`Unable to get block status: ${msg}`]);
   }
   const extents: AllocationExtent[] = [];

@@ -1,6 +1,12 @@
-// The vpc (VHD) row of the format table: create through the pure planner,
-// instar's size estimate for measure -O vpc.
-import type { FormatDriver } from "../types.ts";
+// The vpc (VHD) row of the format table: decode of the guest's IMAGE_INFO
+// (guest/vpc), qemu's open-error texts, create through the pure planner,
+// instar's size estimate for measure -O vpc. qemu 7.2 has no check for vpc.
+import { formats } from "../../abi/spec.ts";
+import type { DecodedImage, FormatDriver } from "../types.ts";
+import { imageInfoModel } from "../image_info_model.ts";
+import { qcow2ErrorMessage } from "../qcow2/errors.ts";
+import { vpcErrorText } from "./errors.ts";
+import { guestErrors } from "../../abi/spec.ts";
 import { CreateError } from "../types.ts";
 import { estimateMeasure } from "../estimate.ts";
 import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "./options.ts";
@@ -9,6 +15,23 @@ import { vpcMeasure } from "./measure.ts";
 
 export const vpcDriver: FormatDriver = {
   name: "vpc",
+  code: formats.VPC,
+  decode(recs, input): DecodedImage {
+    const image = imageInfoModel(recs, input, formats.VPC);
+    return {
+      virtualSize: image.virtualSize,
+      length: image.virtualSize,
+      // 0: a fixed disk, for which qemu-img prints no cluster_size.
+      clusterSize: image.clusterSize === 0n ? undefined : image.clusterSize,
+      dirty: false,
+      namesDataFile: false,
+      image,
+    };
+  },
+  openError(e, features, filename) {
+    const text = e.code === guestErrors.FORMAT ? vpcErrorText(e.a0, e.a1, e.a2, filename) : undefined;
+    return text ?? qcow2ErrorMessage(e, features);
+  },
   create: {
     options: VPC_CREATE_OPTS,
     own: VPC_OWN,
