@@ -240,6 +240,7 @@ int main(int argc, char **argv)
             if (fl == 3 && !strncmp(argv[i], "raw", 3)) fmt = FMT_RAW;
             else if (fl == 5 && !strncmp(argv[i], "qcow2", 5)) fmt = FMT_QCOW2;
             else if (fl == 4 && !strncmp(argv[i], "auto", 4)) fmt = FMT_AUTO;
+            else if (fl == 4 && !strncmp(argv[i], "vhdx", 4)) fmt = FMT_VHDX;
             else goto usage;
             int fd = open(colon + 1, O_RDONLY | O_CLOEXEC);
             struct stat st;

@@ -6,13 +6,20 @@
  */
 #include "../qcow2/qcow2.h"
 #include "../probe/probe.h"
+#include "../vhdx/vhdx.h"
 
 int op_main(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs < 1 || p->input_format[0] > FMT_QCOW2) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    if (p->n_inputs < 1 || (p->input_format[0] > FMT_QCOW2 && p->input_format[0] != FMT_VHDX))
+        return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
     static struct reader r;
     reader_from_input(&r, 0);
+    if (p->input_format[0] == FMT_VHDX) {
+        static struct vhdx v;
+        uint32_t mode = (p->flags & INFO_F_CHECK_MODE) ? VHDX_OPEN_CHECK : 0;
+        return vhdx_open(&v, &r, mode) || vhdx_emit_info(&v) ? -1 : 0;
+    }
     int fmt = probe_input(&r, p->input_format[0]);
     if (fmt < 0) return -1;
     if (fmt == FMT_RAW) return raw_emit_info(&r);
