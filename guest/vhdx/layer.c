@@ -17,7 +17,7 @@
 #include "../chain/layer.h"
 #include "vhdx_int.h"
 
-#define RUN_BLOCKS (1u << 16)
+#define RUN_BLOCKS (1u << 12)
 
 static int vhdx_layer_open(struct layer *l)
 {

@@ -15,7 +15,7 @@
 
 #define LOG_SECTOR 4096u
 #define LOG_MIN_SIZE (1024u * 1024u)
-#define LOG_WINDOW (256u * 1024u)
+#define LOG_WINDOW (64u * 1024u)
 
 struct logr {
     struct vhdx *v;

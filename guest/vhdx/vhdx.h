@@ -94,7 +94,7 @@ enum vhdx_notsup {
 #define VHDX_BAT_OFFSET_MASK 0xfffffffffff00000ull
 
 #define VHDX_MAX_REGIONS 2048 /* the log + 2047 region-table entries */
-#define VHDX_BAT_WINDOW (1u << 20) /* bytes of BAT held at once */
+#define VHDX_BAT_WINDOW (64u << 10) /* bytes of BAT held at once */
 
 /* vhdx_open flags */
 #define VHDX_OPEN_CHECK 1u /* BDRV_O_CHECK: skip vhdx_check_bat_entries */
