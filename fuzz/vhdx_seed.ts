@@ -5,7 +5,7 @@
 const MD_GUID = "06a27c8b90479a4bb8fe575f050f886e";
 const BAT_GUID = "6677c22d23f600429d64115e9bfd4a08";
 
-export function vhdxSeed(img: Uint8Array, flags = 0): Uint8Array {
+export function vhdxSeed(img: Uint8Array, flags = 0): Uint8Array<ArrayBuffer> {
   const dv = new DataView(img.buffer, img.byteOffset, img.byteLength);
   const at = (off: number, n: number) => {
     const out = new Uint8Array(n);

@@ -33,9 +33,24 @@ function build(): void {
   ok("make", ["-s", "-C", `${ROOT}guest/host`]);
   const g = `${ROOT}guest`;
   ok("cc", [
-    "-std=gnu11", "-O2", "-g", "-Wall", "-Wextra", "-DINSTAR_HOSTED", "-DHOST_OP=OP_CONVERT",
-    `-I${g}/include`, `-I${g}`, "-o", READER, `${ROOT}tests/vhdx_read_main.c`, `${g}/vhdx/layer.c`,
-    `${g}/vhdx/vhdx.c`, `${g}/vhdx/log.c`, `${g}/vhdx/crc32c.c`, `${g}/host/rt_host.c`, `${g}/rt/common.c`,
+    "-std=gnu11",
+    "-O2",
+    "-g",
+    "-Wall",
+    "-Wextra",
+    "-DINSTAR_HOSTED",
+    "-DHOST_OP=OP_CONVERT",
+    `-I${g}/include`,
+    `-I${g}`,
+    "-o",
+    READER,
+    `${ROOT}tests/vhdx_read_main.c`,
+    `${g}/vhdx/layer.c`,
+    `${g}/vhdx/vhdx.c`,
+    `${g}/vhdx/log.c`,
+    `${g}/vhdx/crc32c.c`,
+    `${g}/host/rt_host.c`,
+    `${g}/rt/common.c`,
   ]);
   built = true;
 }
@@ -61,7 +76,8 @@ function tmp(): string {
 }
 
 const img = (...a: string[]) => ok("qemu-img", a);
-const io = (file: string, ...cmds: string[]) => ok("qemu-io", ["-f", "vhdx", ...cmds.flatMap((c) => ["-c", c]), file]);
+const io = (file: string, ...cmds: string[]) =>
+  ok("qemu-io", ["-f", "vhdx", ...cmds.flatMap((c) => ["-c", c]), file]);
 
 /** CHECK_MSG lines as qemu-img prints them, in order. */
 function msgText(recs: Rec[]): string {
@@ -76,7 +92,9 @@ function openFailureText(run: Run, path: string): string {
   const e = errs[0].fields;
   assert.equal(e.code, guestErrors.FORMAT);
   return msgText(run.recs) +
-    `qemu-img: Could not open '${path}': ${vhdxErrorText(e.a0 as bigint, e.a1 as bigint, e.a2 as bigint, path)}\n`;
+    `qemu-img: Could not open '${path}': ${
+      vhdxErrorText(e.a0 as bigint, e.a1 as bigint, e.a2 as bigint, path)
+    }\n`;
 }
 
 function compareInfo(path: string, subformat: number, logSize?: number): void {
@@ -99,7 +117,9 @@ function compareInfo(path: string, subformat: number, logSize?: number): void {
 
 function compareCheck(path: string): void {
   const human = sh("qemu-img", ["check", "-f", "vhdx", path]);
-  const js = JSON.parse(new TextDecoder().decode(sh("qemu-img", ["check", "-f", "vhdx", "--output=json", path]).stdout));
+  const js = JSON.parse(
+    new TextDecoder().decode(sh("qemu-img", ["check", "-f", "vhdx", "--output=json", path]).stdout),
+  );
   const run = hosted("check", path);
   assert.ok(run.ok);
   const c = run.recs.filter((r) => r.type === records.CHECK);
@@ -125,11 +145,18 @@ function compareRead(dir: string, path: string, cap = 0): void {
   } catch { /* absent */ }
   const r = sh(READER, ["--arg", String(cap), "-o", mine, `vhdx:${path}`]);
   const recs = decodeRecords(r.stdout);
-  assert.ok(r.code === 0 && recs.length === 0, r.stderr + JSON.stringify(recs, (_k, v) => typeof v === "bigint" ? v.toString() : v));
+  assert.ok(
+    r.code === 0 && recs.length === 0,
+    r.stderr + JSON.stringify(recs, (_k, v) => typeof v === "bigint" ? v.toString() : v),
+  );
   img("convert", "-f", "vhdx", "-O", "raw", path, ref);
   const size = Deno.statSync(ref).size;
   Deno.truncateSync(mine, size);
-  assert.equal(sh("cmp", [mine, ref]).code, 0, `${path}: bytes read through the layer differ from qemu-img convert`);
+  assert.equal(
+    sh("cmp", [mine, ref]).code,
+    0,
+    `${path}: bytes read through the layer differ from qemu-img convert`,
+  );
 }
 
 const CASES: { name: string; make: (dir: string) => string; sub: number; log?: number }[] = [
@@ -138,7 +165,14 @@ const CASES: { name: string; make: (dir: string) => string; sub: number; log?: n
     make: (d) => {
       const p = `${d}/a.vhdx`;
       img("create", "-f", "vhdx", "-o", "block_size=1M", p, "64M");
-      io(p, "write -P 0xab 0 1M", "write -P 0xcd 3M 512k", "write -z 8M 2M", "write -P 0x11 33M 64k", "write -P 0x22 63M 1M");
+      io(
+        p,
+        "write -P 0xab 0 1M",
+        "write -P 0xcd 3M 512k",
+        "write -z 8M 2M",
+        "write -P 0x11 33M 64k",
+        "write -P 0x22 63M 1M",
+      );
       return p;
     },
     sub: imageSubformats.DYNAMIC,
@@ -256,14 +290,20 @@ class Image {
       const e = this.region(i);
       const hex = [...this.b.subarray(e, e + 16)].map((x) => x.toString(16).padStart(2, "0")).join("");
       if (hex === BAT_GUID) {
-        return { entry: e, offset: Number(this.dv.getBigUint64(e + 16, true)), length: this.dv.getUint32(e + 24, true) };
+        return {
+          entry: e,
+          offset: Number(this.dv.getBigUint64(e + 16, true)),
+          length: this.dv.getUint32(e + 24, true),
+        };
       }
     }
     throw new Error("no BAT region");
   }
   metadataOffset(): number {
     const bat = this.batRegion();
-    for (let i = 0; i < 2; i++) if (this.region(i) !== bat.entry) return Number(this.dv.getBigUint64(this.region(i) + 16, true));
+    for (let i = 0; i < 2; i++) {
+      if (this.region(i) !== bat.entry) return Number(this.dv.getBigUint64(this.region(i) + 16, true));
+    }
     throw new Error("no metadata");
   }
   save(path: string): string {
@@ -481,6 +521,46 @@ Deno.test("vhdx: reads of BAT states qemu fails on are errors", () => {
     assert.equal(e.fields.a0, BigInt(vhdxErrors.READ_STATE));
     assert.equal(e.fields.a1, 8n * BigInt(MiB));
     assert.equal(e.fields.a2, 7n);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("vhdx: info and check in the KVM guest agree with the hosted build", async () => {
+  const { runGuest, SandboxError } = await import("../lib/vmm/sandbox.ts");
+  const { ops, runStatus } = await import("../lib/abi/spec.ts");
+  try {
+    await runGuest({
+      op: "info",
+      opCode: ops.INFO,
+      inputs: [{ path: `${ROOT}README.md`, format: formats.RAW }],
+    });
+  } catch (e) {
+    if (e instanceof SandboxError && e.status === runStatus.SETUP_ERROR) {
+      console.log(`skipped: no KVM guest on this machine right now (${e.message})`);
+      return;
+    }
+    throw e;
+  }
+  const dir = tmp();
+  try {
+    const p = `${dir}/vm.vhdx`;
+    img("create", "-f", "vhdx", "-o", "block_size=1M", p, "40M");
+    io(p, "write -P 0x5 2M 1M");
+    const bad = new Image(p);
+    bad.dv.setBigUint64(bad.batRegion().offset, BigInt(100 * MiB) | 6n, true);
+    const q = bad.save(`${dir}/bad.vhdx`);
+    const big = `${dir}/big.vhdx`;
+    img("create", "-f", "vhdx", big, "64T");
+    for (const path of [p, q, big]) {
+      for (const [op, opCode] of [["info", ops.INFO], ["check", ops.CHECK]] as const) {
+        const r = await runGuest({ op, opCode, inputs: [{ path, format: formats.VHDX }], timeoutMs: 10000 });
+        const mine = hosted(op, path).recs;
+        const strip = (recs: Rec[]) =>
+          JSON.stringify(recs, (_k, v) => typeof v === "bigint" ? v.toString() : v);
+        assert.equal(strip(r.records), strip(mine), `${op} ${path}`);
+      }
+    }
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }

@@ -183,13 +183,15 @@ export const checkMessages: CheckMessage[] = [
   {
     name: "VHDX_BAT_START_PAST_EOF",
     code: 62,
-    text: "VHDX BAT entry %u start offset %u points after end of file (%d). Image has probably been truncated.\n",
+    text:
+      "VHDX BAT entry %u start offset %u points after end of file (%d). Image has probably been truncated.\n",
     prefix: true,
   },
   {
     name: "VHDX_BAT_END_PAST_EOF",
     code: 63,
-    text: "VHDX BAT entry %u end offset %u points after end of file (%d). Image has probably been truncated.\n",
+    text:
+      "VHDX BAT entry %u end offset %u points after end of file (%d). Image has probably been truncated.\n",
     prefix: true,
   },
 ];
