@@ -565,3 +565,30 @@ Deno.test("vhdx: info and check in the KVM guest agree with the hosted build", a
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("vhdx: every readable BAT state reads as qemu-img reads it", () => {
+  const dir = tmp();
+  try {
+    const base = `${dir}/base.vhdx`;
+    img("create", "-f", "vhdx", "-o", "block_size=1M", base, "16M");
+    io(base, "write -P 0x71 0 4M");
+    const im = new Image(base);
+    const bat = im.batRegion().offset;
+    const e = (i: number) => im.dv.getBigUint64(bat + 8 * i, true);
+    // blocks 0..3 are FULLY_PRESENT with data: give 1, 2, 3 the states
+    // UNDEFINED, UNMAPPED and UNMAPPED_v095 with their offsets left in place
+    im.dv.setBigUint64(bat + 8, (e(1) & ~7n) | 1n, true);
+    im.dv.setBigUint64(bat + 16, (e(2) & ~7n) | 3n, true);
+    im.dv.setBigUint64(bat + 24, (e(3) & ~7n) | 5n, true);
+    // block 5: FULLY_PRESENT at file offset 0 (qemu reads the file's start)
+    im.dv.setBigUint64(bat + 40, 6n, true);
+    // block 6: FULLY_PRESENT, the same data block as block 0
+    im.dv.setBigUint64(bat + 48, e(0), true);
+    const p = im.save(`${dir}/states.vhdx`);
+    compareInfo(p, imageSubformats.DYNAMIC);
+    compareCheck(p);
+    compareRead(dir, p);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
