@@ -312,6 +312,34 @@ class Image {
   }
 }
 
+const FILE_PARAMS = "3767a1ca36fa434db3b633f0aa44e76b";
+const VIRTUAL_SIZE = "2442a52f1bcd7648b2115dbed83bf4b8";
+const LOGICAL_SECTOR = "1dbf41816fa90947ba47f233a8faab5f";
+
+/** Rewrites the metadata item with GUID `guid` (hex as stored) in place. */
+function setMetadataItem(im: Image, guid: string, f: (dv: DataView, at: number) => void): void {
+  const m = im.metadataOffset();
+  for (let i = 0; i < im.dv.getUint16(m + 10, true); i++) {
+    const e = m + 32 + 32 * i;
+    const hex = [...im.b.subarray(e, e + 16)].map((x) => x.toString(16).padStart(2, "0")).join("");
+    if (hex === guid) return f(im.dv, m + im.dv.getUint32(e + 16, true));
+  }
+  throw new Error(`no metadata item ${guid}`);
+}
+
+/** Appends a parent locator metadata entry (type VHDX, no key/value pairs). */
+function addParentLocator(im: Image): void {
+  const m = im.metadataOffset();
+  const n = im.dv.getUint16(m + 10, true);
+  const e = m + 32 + 32 * n;
+  const guid = [0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3, 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c];
+  im.b.set(guid, e);
+  im.dv.setUint32(e + 16, 0x20000, true);
+  im.dv.setUint32(e + 20, 20, true);
+  im.dv.setUint32(e + 24, 4 | 2, true); // required, virtual-disk metadata
+  im.dv.setUint16(m + 10, n + 1, true);
+}
+
 function setLogGuid(im: Image): void {
   for (const h of [H1, H2]) im.b.fill(0x42, h + 48, h + 64);
   im.headers();
@@ -421,6 +449,49 @@ const HOSTILE: { name: string; patch: (im: Image) => void; expect: number }[] = 
     expect: vhdxErrors.INVAL,
   },
   { name: "log needing replay", patch: (im) => logEntry(im, { crcOk: true }), expect: vhdxErrors.LOG_REPLAY },
+  {
+    name: "virtual size 2^63 + 256 MiB with one BAT entry",
+    patch: (im) => {
+      setMetadataItem(im, FILE_PARAMS, (dv, at) => dv.setUint32(at, 256 * MiB, true));
+      setMetadataItem(im, VIRTUAL_SIZE, (dv, at) => dv.setBigUint64(at, (1n << 63n) + BigInt(256 * MiB), true));
+      im.dv.setBigUint64(im.batRegion().offset, 0n, true); // no data block to run past EOF
+    },
+    expect: vhdxErrors.TOO_LARGE,
+  },
+  {
+    name: "virtual size 0",
+    patch: (im) => setMetadataItem(im, VIRTUAL_SIZE, (dv, at) => dv.setBigUint64(at, 0n, true)),
+    expect: vhdxErrors.INVAL,
+  },
+  {
+    name: "has_parent without a parent locator",
+    patch: (im) => setMetadataItem(im, FILE_PARAMS, (dv, at) => dv.setUint32(at + 4, 2, true)),
+    expect: vhdxErrors.INVAL,
+  },
+  {
+    name: "differencing: has_parent and a parent locator",
+    patch: (im) => {
+      addParentLocator(im);
+      setMetadataItem(im, FILE_PARAMS, (dv, at) => dv.setUint32(at + 4, 2, true));
+    },
+    expect: vhdxErrors.NOTSUP,
+  },
+  { name: "a parent locator without has_parent", patch: (im) => addParentLocator(im), expect: vhdxErrors.NOTSUP },
+  {
+    name: "logical sector size 4096",
+    patch: (im) => setMetadataItem(im, LOGICAL_SECTOR, (dv, at) => dv.setUint32(at, 4096, true)),
+    expect: vhdxErrors.NOTSUP,
+  },
+  {
+    name: "block size 3 MiB",
+    patch: (im) => setMetadataItem(im, FILE_PARAMS, (dv, at) => dv.setUint32(at, 3 * MiB, true)),
+    expect: vhdxErrors.INVAL,
+  },
+  {
+    name: "log version 1",
+    patch: (im) => (im.dv.setUint16(H1 + 64, 1, true), im.dv.setUint16(H2 + 64, 1, true), im.headers()),
+    expect: vhdxErrors.INVAL,
+  },
 ];
 
 Deno.test("vhdx: hostile images fail as qemu-img 7.2 fails, fast", () => {

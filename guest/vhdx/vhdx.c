@@ -440,6 +440,8 @@ int vhdx_open(struct vhdx *v, const struct reader *r, uint32_t flags)
         if (st < 0) return -1;
         if (st > 0) return vhdx_fail(v, VHDX_E_INVAL, VHDX_INVAL_BAT_ENTRY, 0);
     }
+    /* the block layer's refresh_total_sectors, right after the driver's open */
+    if (v->total_sectors > (uint64_t)INT64_MAX / 512) return vhdx_fail(v, VHDX_E_TOO_LARGE, v->total_sectors, 0);
     return 0;
 }
 

@@ -49,6 +49,10 @@ enum vhdx_error {
     /* instar's own: a read would index the BAT past its region (qemu reads
      * past its heap buffer there). a1 = guest offset, a2 = BAT index */
     VHDX_E_BAT_RANGE = 8,
+    /* bdrv_open_driver after a successful vhdx_open: total_sectors * 512
+     * does not fit int64 (virtual disk size >= 2^63): "Could not refresh
+     * total sector count: File too large". a1 = total_sectors */
+    VHDX_E_TOO_LARGE = 9,
 };
 
 enum vhdx_inval {

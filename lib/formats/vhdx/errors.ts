@@ -19,6 +19,7 @@ export const vhdxErrors = {
   LOG_LOOP: 6,
   READ_STATE: 7,
   BAT_RANGE: 8,
+  TOO_LARGE: 9,
 } as const;
 
 /**
@@ -45,6 +46,8 @@ export function vhdxErrorText(code: number | bigint, a1: bigint, _a2: bigint, fi
     case vhdxErrors.LOG_LOOP:
       // qemu 7.2's log search never ends (or runs for hours) on this log.
       return `VHDX log search does not terminate (${a1} log sectors visited); refusing the image`;
+    case vhdxErrors.TOO_LARGE:
+      return "Could not refresh total sector count: File too large";
     case vhdxErrors.READ_STATE:
     case vhdxErrors.BAT_RANGE:
       return "Input/output error";
