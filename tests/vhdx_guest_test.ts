@@ -332,7 +332,24 @@ function addParentLocator(im: Image): void {
   const m = im.metadataOffset();
   const n = im.dv.getUint16(m + 10, true);
   const e = m + 32 + 32 * n;
-  const guid = [0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3, 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8, 0x48, 0x34, 0xab, 0x0c];
+  const guid = [
+    0x2d,
+    0x5f,
+    0xd3,
+    0xa8,
+    0x0b,
+    0xb3,
+    0x4d,
+    0x45,
+    0xab,
+    0xf7,
+    0xd3,
+    0xd8,
+    0x48,
+    0x34,
+    0xab,
+    0x0c,
+  ];
   im.b.set(guid, e);
   im.dv.setUint32(e + 16, 0x20000, true);
   im.dv.setUint32(e + 20, 20, true);
@@ -360,6 +377,49 @@ function logEntry(im: Image, opts: { crcOk: boolean; length?: number }): void {
   dv.setBigUint64(56, BigInt(im.b.length), true);
   storeCrc32c(e, 4);
   if (!opts.crcOk) e[4] ^= 1;
+}
+
+/** A log entry with descriptors ("desc" ones get a data sector) written at
+ * `pos` inside the log, wrapping at its end as qemu's circular reader does. */
+function logEntryAt(
+  im: Image,
+  pos: number,
+  seq: bigint,
+  descs: { sig: string; zeroLen?: bigint; off: bigint; seq?: bigint }[],
+) {
+  setLogGuid(im);
+  const logOff = Number(im.dv.getBigUint64(H1 + 72, true));
+  const logLen = im.dv.getUint32(H1 + 68, true);
+  const dc = descs.length + 2;
+  const ds = Math.floor(dc / 128) + (dc % 128 ? 1 : 0);
+  const nData = descs.filter((d) => d.sig === "desc").length;
+  const e = new Uint8Array(4096 * (ds + nData));
+  const dv = new DataView(e.buffer);
+  e.set(new TextEncoder().encode("loge"), 0);
+  dv.setUint32(8, e.length, true);
+  dv.setBigUint64(16, seq, true);
+  dv.setUint32(24, descs.length, true);
+  e.fill(0x42, 32, 48);
+  dv.setBigUint64(48, BigInt(im.b.length), true);
+  dv.setBigUint64(56, BigInt(im.b.length), true);
+  let data = ds;
+  descs.forEach((d, i) => {
+    const at = 64 + 32 * i;
+    e.set(new TextEncoder().encode(d.sig), at);
+    dv.setBigUint64(at + 8, d.zeroLen ?? 0n, true);
+    dv.setBigUint64(at + 16, d.off, true);
+    dv.setBigUint64(at + 24, d.seq ?? seq, true);
+    if (d.sig === "desc") {
+      e.set(new TextEncoder().encode("data"), 4096 * data);
+      dv.setUint32(4096 * data + 4092, Number(seq), true);
+      data++;
+    }
+  });
+  storeCrc32c(e, 4);
+  for (let k = 0; k < e.length; k += 4096) {
+    const o = logOff + ((pos + k) % logLen);
+    im.b.set(e.subarray(k, k + 4096), o);
+  }
 }
 
 const HOSTILE: { name: string; patch: (im: Image) => void; expect: number }[] = [
@@ -450,10 +510,39 @@ const HOSTILE: { name: string; patch: (im: Image) => void; expect: number }[] = 
   },
   { name: "log needing replay", patch: (im) => logEntry(im, { crcOk: true }), expect: vhdxErrors.LOG_REPLAY },
   {
+    name: "log entry with a data descriptor, wrapping the log's end",
+    patch: (im) => logEntryAt(im, MiB - 4096, 3n, [{ sig: "desc", off: 300n * 4096n }]),
+    expect: vhdxErrors.LOG_REPLAY,
+  },
+  {
+    name: "log sequence 1, 2 then 7",
+    patch: (im) => (logEntryAt(im, 0, 1n, []), logEntryAt(im, 4096, 2n, []), logEntryAt(im, 8192, 7n, [])),
+    expect: vhdxErrors.LOG_REPLAY,
+  },
+  {
+    name: "log entry with a misaligned descriptor",
+    patch: (im) => logEntryAt(im, 0, 1n, [{ sig: "desc", off: 4097n }]),
+    expect: vhdxErrors.INVAL,
+  },
+  {
+    name: "log zero descriptor of a length not a multiple of 4 KiB",
+    patch: (im) => logEntryAt(im, 0, 5n, [{ sig: "zero", zeroLen: 100n, off: 300n * 4096n }]),
+    expect: vhdxErrors.INVAL,
+  },
+  {
+    name: "log descriptor with another sequence number",
+    patch: (im) => logEntryAt(im, 0, 5n, [{ sig: "zero", zeroLen: 8192n, off: 300n * 4096n, seq: 6n }]),
+    expect: vhdxErrors.INVAL,
+  },
+  {
     name: "virtual size 2^63 + 256 MiB with one BAT entry",
     patch: (im) => {
       setMetadataItem(im, FILE_PARAMS, (dv, at) => dv.setUint32(at, 256 * MiB, true));
-      setMetadataItem(im, VIRTUAL_SIZE, (dv, at) => dv.setBigUint64(at, (1n << 63n) + BigInt(256 * MiB), true));
+      setMetadataItem(
+        im,
+        VIRTUAL_SIZE,
+        (dv, at) => dv.setBigUint64(at, (1n << 63n) + BigInt(256 * MiB), true),
+      );
       im.dv.setBigUint64(im.batRegion().offset, 0n, true); // no data block to run past EOF
     },
     expect: vhdxErrors.TOO_LARGE,
@@ -476,7 +565,11 @@ const HOSTILE: { name: string; patch: (im: Image) => void; expect: number }[] = 
     },
     expect: vhdxErrors.NOTSUP,
   },
-  { name: "a parent locator without has_parent", patch: (im) => addParentLocator(im), expect: vhdxErrors.NOTSUP },
+  {
+    name: "a parent locator without has_parent",
+    patch: (im) => addParentLocator(im),
+    expect: vhdxErrors.NOTSUP,
+  },
   {
     name: "logical sector size 4096",
     patch: (im) => setMetadataItem(im, LOGICAL_SECTOR, (dv, at) => dv.setUint32(at, 4096, true)),
