@@ -10,7 +10,6 @@
 #include "chain/layer.h"
 #include "vhdx/vhdx.h"
 
-extern const struct layer_ops vhdx_layer_ops;
 
 int op_main(void)
 {

@@ -40,7 +40,6 @@
 
 #define CHECK(cond) do { if (!(cond)) fuzz_rt_fail("invariant: " #cond, 0, 0); } while (0)
 
-extern const struct layer_ops vhdx_layer_ops;
 
 #define MAX_SEGS 16
 struct seg {

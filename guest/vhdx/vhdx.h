@@ -168,6 +168,10 @@ int vhdx_check_bat(struct vhdx *v, uint64_t *errcnt);
  */
 int vhdx_emit_info(const struct vhdx *v);
 
+/* The chain layer (guest/vhdx/layer.c, guest/chain/layer.h). */
+struct layer_ops;
+extern const struct layer_ops vhdx_layer_ops;
+
 /* qemu 7.2 vhdx_co_check without repair: CHECK_MSG lines + one CHECK record.
  * Opens input 0 itself (in check mode). 0 or -1 after an ERROR record. */
 int vhdx_check(const struct reader *r);
