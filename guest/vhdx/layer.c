@@ -9,7 +9,8 @@
  *     offset 0 for any position in the block (vhdx_block_translate adds no
  *     block offset then), so the run maps to host 0;
  *   state 4 and PARTIALLY_PRESENT -> qemu's read fails with -EIO: ERROR
- *     (GERR_FORMAT, VHDX_E_READ_STATE).
+ *     (GERR_FORMAT, VHDX_E_READ_STATE, pos, state); so does a FULLY_PRESENT
+ *     block whose file range passes BDRV_MAX_LENGTH (a2 = VHDX_READ_PAST_MAX).
  * Differencing images never open (qemu 7.2 refuses them), so there is no
  * backing layer. Runs of equal state over consecutive blocks are merged
  * (contiguous host offsets for data), at most RUN_BLOCKS blocks per call.
@@ -77,6 +78,10 @@ static int vhdx_layer_block_status(struct layer *l, uint64_t pos, uint64_t bytes
     uint64_t off = e & VHDX_BAT_OFFSET_MASK;
     uint64_t h = off ? off + in : 0;
     uint64_t run = bs - in;
+    /* qemu's file read of this block's part fails past BDRV_MAX_LENGTH */
+    uint64_t first = run < bytes ? run : bytes;
+    if ((cls & LS_OFFSET_VALID) && (h > READER_MAX_END || first > READER_MAX_END - h))
+        return vhdx_fail(v, VHDX_E_READ_STATE, pos, VHDX_READ_PAST_MAX);
     if (run >= bytes) {
         *len = bytes;
         if (cls & LS_OFFSET_VALID) *host = h;
@@ -91,7 +96,7 @@ static int vhdx_layer_block_status(struct layer *l, uint64_t pos, uint64_t bytes
         if (state_class(e2) != cls) break;
         if (cls & LS_OFFSET_VALID) {
             uint64_t o2 = e2 & VHDX_BAT_OFFSET_MASK;
-            if (!off || o2 != h + run) break;
+            if (!off || o2 != h + run || o2 > READER_MAX_END - bs) break;
         }
         run += bs;
     }

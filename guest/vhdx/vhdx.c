@@ -94,11 +94,12 @@ static void region_register(struct vhdx *v, uint64_t start, uint64_t length)
 
 /* vhdx_region_check: newest region first, as qemu's QLIST_INSERT_HEAD list.
  * Returns true (and sends qemu's message) on an overlap. */
-static bool region_overlaps_slow(const struct vhdx *v, uint64_t start, uint64_t length)
+static bool region_overlaps_slow(struct vhdx *v, uint64_t start, uint64_t length)
 {
     uint64_t end = start + length;
     for (uint32_t k = v->n_regions; k-- > 0;) {
         const struct vhdx_region *r = &v->regions[k];
+        v->region_work++;
         if (!(start >= r->end || end <= r->start)) {
             emit_check_msg(v->input, CMSG_VHDX_REGION_OVERLAP, start, end, r->start, r->end);
             return true;
@@ -126,7 +127,7 @@ static void regions_index(struct vhdx *v)
         v->max_end[i] = i == 0 || v->sorted[i].end > v->max_end[i - 1] ? v->sorted[i].end : v->max_end[i - 1];
 }
 
-static bool region_overlaps(const struct vhdx *v, uint64_t start, uint64_t length)
+static bool region_overlaps(struct vhdx *v, uint64_t start, uint64_t length)
 {
     uint64_t end = start + length;
     /* overlap with r  <=>  r.start < end && r.end > start */
@@ -395,6 +396,7 @@ int vhdx_check_bat(struct vhdx *v, uint64_t *errcnt)
         }
         if (payblocks) {
             payblocks--;
+            if (v->region_work > VHDX_REGION_WORK) return vhdx_fail(v, VHDX_E_CHECK_WORK, i, 0);
             if (region_overlaps(v, offset, bs)) {
                 bad = true;
                 if (!errcnt) break;

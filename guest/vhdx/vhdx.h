@@ -53,7 +53,17 @@ enum vhdx_error {
      * does not fit int64 (virtual disk size >= 2^63): "Could not refresh
      * total sector count: File too large". a1 = total_sectors */
     VHDX_E_TOO_LARGE = 9,
+    /* instar's own: check's region-overlap tests would exceed
+     * VHDX_REGION_WORK comparisons (qemu walks every region for every
+     * payload entry; 2047 regions and a BAT of overlapping entries take it
+     * minutes). a1 = BAT entry reached */
+    VHDX_E_CHECK_WORK = 10,
 };
+
+#define VHDX_REGION_WORK (1ull << 27)
+/* VHDX_E_READ_STATE's a2 for a FULLY_PRESENT block whose file range reaches
+ * past BDRV_MAX_LENGTH: qemu's read of it fails with -EIO too. */
+#define VHDX_READ_PAST_MAX 8
 
 enum vhdx_inval {
     VHDX_INVAL_SIGNATURE = 1,      /* file identifier is not "vhdxfile" */
@@ -138,6 +148,7 @@ struct vhdx {
      * answer in O(log n) (qemu's linear walk only runs when one overlaps). */
     struct vhdx_region sorted[VHDX_MAX_REGIONS];
     uint64_t max_end[VHDX_MAX_REGIONS];
+    uint64_t region_work; /* comparisons spent by region_overlaps_slow */
     /* BAT window: entries [win_first, win_first + win_n) in win. */
     uint8_t *win;
     uint64_t win_first;

@@ -20,6 +20,7 @@ export const vhdxErrors = {
   READ_STATE: 7,
   BAT_RANGE: 8,
   TOO_LARGE: 9,
+  CHECK_WORK: 10,
 } as const;
 
 /**
@@ -48,6 +49,8 @@ export function vhdxErrorText(code: number | bigint, a1: bigint, _a2: bigint, fi
       return `VHDX log search does not terminate (${a1} log sectors visited); refusing the image`;
     case vhdxErrors.TOO_LARGE:
       return "Could not refresh total sector count: File too large";
+    case vhdxErrors.CHECK_WORK:
+      return `VHDX region overlap checks exceed instar's work bound (at BAT entry ${a1}); refusing the image`;
     case vhdxErrors.READ_STATE:
     case vhdxErrors.BAT_RANGE:
       return "Input/output error";
