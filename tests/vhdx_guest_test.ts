@@ -203,7 +203,7 @@ const CASES: { name: string; make: (dir: string) => string; sub: number; log?: n
     name: "dynamic, 256 MiB blocks",
     make: (d) => {
       const p = `${d}/e.vhdx`;
-      img("create", "-f", "vhdx", "-o", "block_size=256M", p, "520M");
+      img("create", "-f", "vhdx", "-o", "block_size=256M", p, "300M");
       io(p, "write -P 0x99 255M 2M");
       return p;
     },
