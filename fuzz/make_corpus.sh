@@ -165,3 +165,14 @@ put measure_scan scan/*
 for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done
+
+# vhdx: images qemu-img makes, in fuzz/targets/vhdx.c's compact form.
+mkdir -p vhdx
+q create -f vhdx -o block_size=1M vhdx/dyn1m.vhdx 64M
+io -f vhdx -c "write -P 0x11 0 1M" -c "write -z 8M 1M" -c "write -P 0x22 63M 4k" vhdx/dyn1m.vhdx
+q create -f vhdx -o block_size=32M,log_size=2M vhdx/dyn32m.vhdx 1G
+io -f vhdx -c "write -P 0x33 40M 1M" vhdx/dyn32m.vhdx
+q create -f vhdx -o subformat=fixed,block_size=1M vhdx/fixed.vhdx 8M
+q create -f vhdx vhdx/big.vhdx 64T
+"$ROOT/scripts/deno.sh" run -A "$ROOT/fuzz/vhdx_seed.ts" "$OUT/vhdx" vhdx/*.vhdx
+echo "vhdx: $(ls "$OUT/vhdx" | wc -l) inputs in $OUT/vhdx"

@@ -2,9 +2,10 @@
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
 GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan
-info_SRCS := ops/info.c vpc/vpc.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+VHDX_SRCS := vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c
+info_SRCS := ops/info.c vpc/vpc.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS)
 info_LIBS :=
-check_SRCS := ops/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+check_SRCS := ops/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS)
 check_LIBS :=
 map_SRCS := ops/map.c qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 map_LIBS :=

@@ -238,6 +238,10 @@
 #define CMSG_BITMAPS_LEAK_HINT 35 /* Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix. */
 #define CMSG_L1_READ_EIO 36 /* ERROR: I/O error in check_refcounts_l1\n */
 #define CMSG_SNAPSHOT_READ_EIO 37 /* ERROR failed to read the snapshot table: Failed to read snapshot table: Input/output error\n */
+#define CMSG_VHDX_REGION_OVERLAP 60 /* VHDX region %u-%u overlaps with region %u-%u\n */
+#define CMSG_VHDX_BAT_OFFSET_OVERFLOW 61 /* VHDX BAT entry %u offset overflow.\n */
+#define CMSG_VHDX_BAT_START_PAST_EOF 62 /* VHDX BAT entry %u start offset %u points after end of file (%d). Image has probably been truncated.\n */
+#define CMSG_VHDX_BAT_END_PAST_EOF 63 /* VHDX BAT entry %u end offset %u points after end of file (%d). Image has probably been truncated.\n */
 
 /* Header of every result record */
 struct rec_header {

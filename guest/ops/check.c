@@ -12,6 +12,7 @@
  */
 #include "../qcow2/qcow2.h"
 #include "../probe/probe.h"
+#include "../vhdx/vhdx.h"
 #include "bytes.h"
 #include "records.h"
 
@@ -527,9 +528,11 @@ static int emit_result(struct checker *c)
 int op_main(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs < 1 || p->input_format[0] > FMT_QCOW2) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    if (p->n_inputs < 1 || (p->input_format[0] > FMT_QCOW2 && p->input_format[0] != FMT_VHDX))
+        return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
     static struct reader r;
     reader_from_input(&r, 0);
+    if (p->input_format[0] == FMT_VHDX) return vhdx_check(&r);
     int fmt = probe_input(&r, p->input_format[0]);
     if (fmt < 0) return -1;
     if (fmt == FMT_RAW) return raw_emit_info(&r);

@@ -8,6 +8,7 @@
 #include "../qcow2/qcow2.h"
 #include "../probe/probe.h"
 #include "../vpc/vpc.h"
+#include "../vhdx/vhdx.h"
 
 int op_main(void)
 {
@@ -21,6 +22,11 @@ int op_main(void)
     if (fmt == FMT_VPC) {
         static struct vpc v;
         return vpc_open(&v, &r) || vpc_emit_info(&v) ? -1 : 0;
+    }
+    if (fmt == FMT_VHDX) {
+        static struct vhdx v;
+        uint32_t mode = (p->flags & INFO_F_CHECK_MODE) ? VHDX_OPEN_CHECK : 0;
+        return vhdx_open(&v, &r, mode) || vhdx_emit_info(&v) ? -1 : 0;
     }
     if (fmt != FMT_QCOW2) return rt_error(0, GERR_FORMAT, 0, 0, 0); /* linked without that parser */
     static struct qcow2 q;

@@ -171,6 +171,29 @@ export const checkMessages: CheckMessage[] = [
     text: "ERROR failed to read the snapshot table: Failed to read snapshot table: Input/output error\n",
     prefix: true,
   },
+  // vhdx (qemu 7.2 block/vhdx.c vhdx_region_check, vhdx_check_bat_entries):
+  // printed while opening (then the open fails) and by check.
+  {
+    name: "VHDX_REGION_OVERLAP",
+    code: 60,
+    text: "VHDX region %u-%u overlaps with region %u-%u\n",
+    prefix: true,
+  },
+  { name: "VHDX_BAT_OFFSET_OVERFLOW", code: 61, text: "VHDX BAT entry %u offset overflow.\n", prefix: true },
+  {
+    name: "VHDX_BAT_START_PAST_EOF",
+    code: 62,
+    text:
+      "VHDX BAT entry %u start offset %u points after end of file (%d). Image has probably been truncated.\n",
+    prefix: true,
+  },
+  {
+    name: "VHDX_BAT_END_PAST_EOF",
+    code: 63,
+    text:
+      "VHDX BAT entry %u end offset %u points after end of file (%d). Image has probably been truncated.\n",
+    prefix: true,
+  },
 ];
 
 const byCode = new Map<number, CheckMessage>(checkMessages.map((m) => [m.code, m]));
