@@ -8,7 +8,7 @@ import {
   expectOneFile, IMAGE_LONGS_HEAD, IMAGE_LONGS_TAIL, imageCommandOption, type ImageCommandOptions,
   INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
 } from "./common.ts";
-import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
+import { openFailure, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
@@ -54,7 +54,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     // qemu-img opens the whole chain (a missing backing file fails the check).
     await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
-    if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)]);
+    if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
   if (!top.driver.check) throw new CliError(["This image format does not support checks"], false, 63);

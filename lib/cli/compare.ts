@@ -15,7 +15,7 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { openFailure, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
@@ -32,7 +32,7 @@ async function openForCompare(
     return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
     // img_open failures: exit 2.
-    if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)], false, 2);
+    if (e instanceof OpenError) throw openFailure(filename, e, 2);
     throw e;
   }
 }

@@ -19,7 +19,7 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { chainOpenMessage, errnoText, openChain, OpenError, openImage } from "./image.ts";
+import { openFailure, errnoText, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
@@ -291,7 +291,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       const top = await openImage(source, { format: a.fmt, unsafeQuirks: o.unsafeQuirks });
       chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks);
     } catch (e) {
-      if (e instanceof OpenError) throw new CliError([chainOpenMessage(source, e)]);
+      if (e instanceof OpenError) throw openFailure(source, e);
       throw e;
     }
     if (chain[0].namesDataFile) {

@@ -10,13 +10,22 @@ import type { ImageInfoModel } from "../formats/image_info_model.ts";
 import { driverFor, driverForCode, type FormatDriver, isQemuDriver } from "../formats/mod.ts";
 import { checkBacking, type ChainPolicy, fileKey, fullBackingFilename, PolicyError } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
+import { CliError } from "./messages.ts";
+import { formatCheckMessage } from "../abi/check_messages.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
   /** @param filename the image being opened
    *  @param inner the reason, as qemu words it after "Could not open 'f': "
    *  @param depth how many backing links below the top image it happened */
-  constructor(readonly filename: string, readonly inner: string, readonly depth = 0, readonly bare = false) {
+  constructor(
+    readonly filename: string,
+    readonly inner: string,
+    readonly depth = 0,
+    readonly bare = false,
+    /** Lines qemu's driver printed (error_report) before its open failed. */
+    readonly preface: string[] = [],
+  ) {
     super(inner);
     this.name = "OpenError";
   }
@@ -149,7 +158,24 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
     const f = err.fields;
     const fields = { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint };
     const text = driver?.openError ?? driverForCode(formats.QCOW2)!.openError!;
-    throw new OpenError(filename, text(fields, features, filename));
+    // Diagnostics the driver printed while opening (vhdx's region and BAT
+    // checks), in order, before the error itself.
+    const preface: string[] = [];
+    let names: string[] = [];
+    for (const r of recs) {
+      if (r.type === records.NAME && (r.fields.kind === nameKinds.SNAPSHOT_ID || r.fields.kind === nameKinds.SNAPSHOT_NAME)) {
+        names.push(new TextDecoder().decode(nameBytes(r)));
+      } else if (r.type === records.CHECK_MSG && r.fields.input === 0) {
+        try {
+          const line = formatCheckMessage(r.fields.code as number, r.fields.args as bigint[], "", names);
+          preface.push(line.replace(/^: /, "").replace(/\n$/, ""));
+        } catch {
+          throw new OpenError(filename, "Sandbox failure: unknown diagnostic from the guest");
+        }
+        names = [];
+      }
+    }
+    throw new OpenError(filename, text(fields, features, filename), 0, false, preface);
   }
   if (result.guestStatus !== 0n) throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");
   try {
@@ -223,7 +249,7 @@ export async function openChain(
       seen.add(fileKey(img.dev, img.ino));
       chain.push(img);
     } catch (e) {
-      if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth, e.bare);
+      if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth, e.bare, e.preface);
       if (e instanceof PolicyError) throw new OpenError(name ?? "", e.message, depth, true);
       if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
         const full = fullBackingFilename(cur.filename, name ?? "") ?? name ?? "";
@@ -232,6 +258,12 @@ export async function openChain(
       throw e;
     }
   }
+}
+
+/** The CliError for an OpenError met while opening `top` with its chain:
+ * the driver's own diagnostics first, then qemu-img's message. */
+export function openFailure(top: string, e: OpenError, code = 1): CliError {
+  return new CliError([...e.preface, e.bare ? e.inner : chainOpenMessage(top, e)], false, code);
 }
 
 /** qemu-img's message for an OpenError met while opening `top` with its chain. */

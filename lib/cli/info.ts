@@ -63,7 +63,7 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
     }
   } catch (e) {
     if (e instanceof OpenError) {
-      throw new CliError([e.bare ? e.inner : `Could not open '${e.filename}': ${e.inner}`]);
+      throw new CliError([...e.preface, e.bare ? e.inner : `Could not open '${e.filename}': ${e.inner}`]);
     }
     throw e;
   }

@@ -8,7 +8,7 @@ import {
   profileOf,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { chainOpenMessage, openChain, OpenError, openImage } from "./image.ts";
+import { openFailure, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
@@ -48,7 +48,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
     const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
     chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
-    if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)]);
+    if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
   const length = chain[0].virtualSize;

@@ -16,7 +16,7 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { openFailure, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
@@ -209,7 +209,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
       const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
       chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
     } catch (e) {
-      if (e instanceof OpenError) throw new CliError([chainOpenMessage(filename, e)]);
+      if (e instanceof OpenError) throw openFailure(filename, e);
       throw e;
     }
     if (snapshot) throw new CliError(["Failed to load snapshot: instar cannot load internal snapshots"]);

@@ -20,7 +20,7 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { chainOpenMessage, errnoText, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { openFailure, errnoText, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { fileRange, runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";
@@ -101,7 +101,7 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
     // qemu-img opens the backing chain too: a missing backing file fails the resize.
     await openChain(img, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
-    if (e instanceof OpenError) throw new CliError([e.bare ? e.inner : chainOpenMessage(filename, e)]);
+    if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
   if (img.raw && fmt === undefined) {

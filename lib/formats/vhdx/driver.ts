@@ -1,6 +1,12 @@
-// The vhdx row of the format table: create through the pure planner,
-// instar's size estimate for measure -O vhdx.
-import type { FormatDriver } from "../types.ts";
+// The vhdx row of the format table: decode of the guest's IMAGE_INFO
+// (guest/vhdx), qemu's open-error texts, qemu's check (BAT entries past the
+// end of the file), create through the pure planner, instar's size estimate
+// for measure -O vhdx.
+import { formats, guestErrors } from "../../abi/spec.ts";
+import type { DecodedImage, FormatDriver } from "../types.ts";
+import { imageInfoModel } from "../image_info_model.ts";
+import { qcow2ErrorMessage } from "../qcow2/errors.ts";
+import { vhdxErrorText } from "./errors.ts";
 import { CreateError } from "../types.ts";
 import { estimateMeasure } from "../estimate.ts";
 import { VHDX_CREATE_OPTS, VHDX_OWN, vhdxCreateOptions, vhdxEntropy } from "./options.ts";
@@ -9,6 +15,25 @@ import { vhdxMeasure } from "./measure.ts";
 
 export const vhdxDriver: FormatDriver = {
   name: "vhdx",
+  code: formats.VHDX,
+  decode(recs, input): DecodedImage {
+    const image = imageInfoModel(recs, input, formats.VHDX);
+    return {
+      virtualSize: image.virtualSize,
+      length: image.virtualSize,
+      clusterSize: image.clusterSize,
+      // A log that needs replay fails the open instead (qemu 7.2).
+      dirty: false,
+      namesDataFile: false,
+      image,
+    };
+  },
+  openError(e, features, filename) {
+    if (e.code !== guestErrors.FORMAT) return qcow2ErrorMessage(e, features);
+    // qemu's hint names qemu-img; instar names itself wherever it prints qemu's words.
+    return vhdxErrorText(e.a0, e.a1, e.a2, filename).replace("\nqemu-img check", "\ninstar check");
+  },
+  check: true,
   create: {
     options: VHDX_CREATE_OPTS,
     own: VHDX_OWN,
