@@ -8,8 +8,9 @@
 #include "extents.h"
 #include "chain.h"
 
-/* Fetches the data extents of the file from off on. */
-static int fetch(struct file_extents *x, const struct reader *r, uint64_t off)
+/* Fetches the data extents of the file from off on (once per window: cold,
+ * compiled for size). */
+static __attribute__((cold)) int fetch(struct file_extents *x, const struct reader *r, uint64_t off)
 {
     uint64_t fsize = r->size;
     /* A window of 64 GiB keeps each answer short for sparse files. */

@@ -16,14 +16,11 @@ extern const struct layer_ops raw_layer_ops __attribute__((weak));
 extern const struct layer_ops qcow2_layer_ops __attribute__((weak));
 
 static const struct layer_ops *const table[] = {
-    &raw_layer_ops,
-    &qcow2_layer_ops,
+    [FMT_RAW] = &raw_layer_ops,
+    [FMT_QCOW2] = &qcow2_layer_ops,
 };
 
 const struct layer_ops *chain_format_ops(uint32_t fmt)
 {
-    for (uint32_t i = 0; i < sizeof table / sizeof table[0]; i++) {
-        if (table[i] && table[i]->format == fmt) return table[i];
-    }
-    return NULL;
+    return fmt < sizeof table / sizeof table[0] ? table[fmt] : NULL;
 }

@@ -11,7 +11,8 @@
 
 /* Opens input `input` as layer l with the format the host asked for (l is
  * zeroed but for want_recurse). */
-static int layer_open(struct layer *l, uint32_t input, uint32_t requested)
+/* Opening runs once per layer: cold, i.e. compiled for size. */
+static __attribute__((cold)) int layer_open(struct layer *l, uint32_t input, uint32_t requested)
 {
     reader_from_input(&l->r, input);
     int f = (int)requested;
@@ -29,7 +30,7 @@ static int layer_open(struct layer *l, uint32_t input, uint32_t requested)
     return ops->open(l);
 }
 
-int chain_open_range(struct chain *c, uint32_t first, uint32_t count, uint32_t data_input, uint32_t flags)
+__attribute__((cold)) int chain_open_range(struct chain *c, uint32_t first, uint32_t count, uint32_t data_input, uint32_t flags)
 {
     const struct params *p = rt_params();
     uint32_t end;

@@ -19,7 +19,7 @@ int qcow2_detect_prealloc(struct qcow2_layer *s, const struct reader *r) __attri
  * take disjoint ranges). */
 static struct qcow2_layer states[LIMIT_MAX_INPUTS];
 
-static int qcow2_layer_open(struct layer *l)
+static __attribute__((cold)) int qcow2_layer_open(struct layer *l)
 {
     uint32_t i = l->r.input;
     if (i >= LIMIT_MAX_INPUTS) return rt_error(i, GERR_BAD_PARAMS, 0, 0, 0);
