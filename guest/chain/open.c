@@ -10,20 +10,24 @@
 #include "../probe/probe.h"
 
 /* Opens input `input` as layer l with the format the host asked for (l is
- * zeroed but for want_recurse). */
-/* Opening runs once per layer: cold, i.e. compiled for size. */
+ * zeroed but for want_recurse). A format this program has no driver for is
+ * refused before anything is read; input 0 is probed (a PROBE record), lower
+ * layers need a named format. Opening runs once per layer: cold, i.e.
+ * compiled for size. */
 static __attribute__((cold)) int layer_open(struct layer *l, uint32_t input, uint32_t requested)
 {
+    const struct layer_ops *ops = chain_format_ops(requested);
+    if (requested != FMT_AUTO && !ops) return rt_error(input, GERR_BAD_PARAMS, 0, 0, 0);
     reader_from_input(&l->r, input);
     int f = (int)requested;
     if (input == 0) {
         f = probe_input(&l->r, requested);
         if (f < 0) return -1;
+        ops = chain_format_ops((uint32_t)f);
+        if (!ops) return rt_error(input, GERR_BAD_PARAMS, 0, 0, 0);
     } else if (requested == FMT_AUTO) {
         return rt_error(input, GERR_BAD_PARAMS, 1, 0, 0); /* the host names backing formats */
     }
-    const struct layer_ops *ops = chain_format_ops((uint32_t)f);
-    if (!ops) return rt_error(input, GERR_BAD_PARAMS, 0, 0, 0);
     l->ops = ops;
     l->fmt = (uint32_t)f;
     l->data = &l->r;
@@ -40,12 +44,10 @@ __attribute__((cold)) int chain_open_range(struct chain *c, uint32_t first, uint
     c->n = 0;
     for (uint32_t i = first; i < end; i++) {
         if (data_input && i == data_input) break;
-        uint32_t fmt = p->input_format[i];
-        if (fmt != FMT_AUTO && !chain_format_ops(fmt)) return rt_error(i, GERR_BAD_PARAMS, 0, 0, 0);
         struct chain_layer *cl = &c->layers[i - first];
         memset(cl, 0, sizeof *cl);
         cl->l.want_recurse = (flags & CHAIN_F_MAP) != 0;
-        if (layer_open(&cl->l, i, fmt)) return -1;
+        if (layer_open(&cl->l, i, p->input_format[i])) return -1;
         c->n = i - first + 1;
         if (cl->l.data_file && !(flags & CHAIN_F_MAP)) {
             /* Only the top layer's data file can be attached. */
@@ -60,7 +62,7 @@ __attribute__((cold)) int chain_open_range(struct chain *c, uint32_t first, uint
     return 0;
 }
 
-int chain_open(struct chain *c, uint32_t data_input)
+__attribute__((cold)) int chain_open(struct chain *c, uint32_t data_input)
 {
     return chain_open_range(c, 0, rt_params()->n_inputs, data_input, 0);
 }

@@ -60,15 +60,16 @@ static int load_compressed(struct qcow2_layer *s, uint64_t pos)
 int qcow2_layer_read(struct layer *l, uint64_t pos, uint64_t len, uint8_t *buf)
 {
     struct qcow2_layer *s = l->state;
-    uint64_t csize = s->q.cluster_size, end;
-    if (__builtin_add_overflow(pos, len, &end)) return rt_error(l->r.input, GERR_INTERNAL, pos, len, 0);
-    for (uint64_t at = pos; at < end;) {
+    uint64_t csize = s->q.cluster_size;
+    /* pos + len <= l->length (a block_status run): done never wraps. */
+    for (uint64_t done = 0; done < len;) {
+        uint64_t at = pos + done;
         uint64_t in = at & (csize - 1);
         uint64_t k = csize - in;
-        if (k > end - at) k = end - at;
+        if (k > len - done) k = len - done;
         if (load_compressed(s, at)) return -1;
-        memcpy(buf + (at - pos), s->cluster + in, k);
-        at += k;
+        memcpy(buf + done, s->cluster + in, k);
+        done += k;
     }
     return 0;
 }

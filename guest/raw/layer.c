@@ -5,7 +5,7 @@
  */
 #include "../chain/layer.h"
 
-static int raw_open(struct layer *l)
+static __attribute__((cold)) int raw_open(struct layer *l)
 {
     uint64_t sz = l->r.size;
     l->length = sz + ((512 - (sz & 511)) & 511);
