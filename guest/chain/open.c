@@ -34,7 +34,8 @@ static __attribute__((cold)) int layer_open(struct layer *l, uint32_t input, uin
     return ops->open(l);
 }
 
-__attribute__((cold)) int chain_open_range(struct chain *c, uint32_t first, uint32_t count, uint32_t data_input, uint32_t flags)
+__attribute__((cold)) int chain_open_range(struct chain *c, uint32_t first, uint32_t count, uint32_t data_input,
+                                           uint32_t flags)
 {
     const struct params *p = rt_params();
     uint32_t end;

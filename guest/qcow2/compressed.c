@@ -52,7 +52,8 @@ static int load_compressed(struct qcow2_layer *s, uint64_t pos)
     if (reader_read(q->r, off, s->cbuf, len)) return rt_error(input, GERR_IO, off, len, 0);
     /* qemu fails such a read with -EIO: "Input/output error". a1 = 1 marks
      * a decompression failure for diagnostics. */
-    if (qcow2_decompress(&s->dec, s->cluster, q->cluster_size, s->cbuf, len)) return rt_error(input, GERR_IO, off, 1, e);
+    if (qcow2_decompress(&s->dec, s->cluster, q->cluster_size, s->cbuf, len))
+        return rt_error(input, GERR_IO, off, 1, e);
     s->cluster_l2e = e;
     return 0;
 }
