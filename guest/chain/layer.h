@@ -82,8 +82,9 @@ struct layer {
     /* Set by the caller before open: answer LS_RECURSE where qemu would
      * (only map asks; qcow2 then pays for its preallocation detection). */
     bool want_recurse;
-    /* qemu's driver has no block_status: map, measure and compare -s see
-     * DATA|ALLOCATED without an offset over the whole layer. */
+    /* qemu's driver has no block_status: map, measure and compare -s (and
+     * convert's chain_status) see DATA|ALLOCATED without an offset over the
+     * whole layer; chain_read still reads through the precise block_status. */
     bool qemu_all_data;
 };
 
