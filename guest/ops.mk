@@ -2,21 +2,29 @@
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
 GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan
+# The format-independent chain (guest/chain/) and the formats it opens
+# (each format's layer.c fills one row of guest/chain/formats.c).
+CHAIN_SRCS := chain/open.c chain/formats.c
+VPC_SRCS := vpc/vpc.c
 VHDX_SRCS := vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c
-info_SRCS := ops/info.c vpc/vpc.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS)
+FORMAT_SRCS := qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c raw/layer.c probe/probe.c raw/partition.c \
+               $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c
+# Reading a chain (convert, compare): also qcow2's compressed clusters.
+READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c qcow2/compressed.c qcow2/compress.c $(FORMAT_SRCS)
+info_SRCS := ops/info.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS)
 info_LIBS :=
-check_SRCS := ops/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS)
+check_SRCS := ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS)
 check_LIBS :=
-map_SRCS := ops/map.c qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+map_SRCS := ops/map.c $(CHAIN_SRCS) chain/map_status.c qcow2/prealloc.c $(FORMAT_SRCS)
 map_LIBS :=
-convert_SRCS := ops/convert.c qcow2/read.c qcow2/layer.c qcow2/compress.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+convert_SRCS := ops/convert.c $(READ_SRCS)
 convert_LIBS := z zstd
 convert_zlib_SRCS := ops/convert_zlib.c $(filter-out ops/convert.c,$(convert_SRCS))
 convert_zlib_LIBS := z zstd
 convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c $(filter-out ops/convert.c,$(convert_SRCS))
 # zstd_min: libzstd.a trimmed to fit 384 KiB (guest/compress/zstd_trim.c).
 convert_zstd_LIBS := z zstd_min
-resize_scan_SRCS := ops/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 resize_scan_LIBS :=
-compare_SRCS := ops/compare.c qcow2/read.c qcow2/layer.c qcow2/compress.c qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+compare_SRCS := ops/compare.c $(READ_SRCS)
 compare_LIBS := z zstd

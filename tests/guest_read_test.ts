@@ -1,4 +1,4 @@
-// The qcow2 read path (guest/qcow2/read.c, compress.c) through the convert
+// The read path (guest/chain/ over qcow2/raw layer_ops, qcow2/compressed.c) through the convert
 // operation with raw output: for images qemu-img/qemu-io make here, the raw
 // disk it writes must hash like `qemu-img convert -O raw` of the same image,
 // and stay sparse. Runs the hosted build (guest/host), an ASan/UBSan hosted

@@ -1,8 +1,9 @@
 /*
  * Fuzz target qcow2_refcount: the whole `check` operation program
- * (guest/ops/check.c op_main): the refcount walk over the active and
- * snapshot L1/L2 tables, bitmaps, refcount table and blocks, the refcount
- * comparison and the OFLAG_COPIED pass, exactly as the guest runs it, with
+ * (guest/ops/check.c op_main, which runs guest/qcow2/check.c): the
+ * refcount walk over the active and snapshot L1/L2 tables, bitmaps,
+ * refcount table and blocks, the refcount comparison and the OFLAG_COPIED
+ * pass, exactly as the guest runs it, with
  * the fuzz input attached as input 0 (format probed, like `check` without -f).
  *
  * Input: the image file's bytes.
@@ -11,7 +12,7 @@
  * record or, for raw input, RAW_INFO). ASan/UBSan and the fuzz runtime's
  * checks (no read outside the input, well-formed records) apply throughout.
  *
- * FUZZ_SOURCES: ops/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+ * FUZZ_SOURCES: ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
  */
 #include "fuzz_rt.h"
 #include "rt.h"

@@ -13,13 +13,13 @@
  * outcome goes to the host as one COMPARE record (lib/cli/compare.ts prints
  * qemu's words for it).
  */
-#include "../qcow2/read.h"
+#include "../chain/chain.h"
 #include "records.h"
 
 #define CHUNK (8ull << 20) /* 8 MiB per READV/WRITEV pair: few exits per GiB */
 #define SECTOR 512ull
 
-static struct qread_chain chains[2];
+static struct chain chains[2];
 static struct run {
     uint64_t start, end;
     int bits;
@@ -60,8 +60,8 @@ int op_main(void)
     for (int s = 0; s < 2; s++) chains[s].batch = chains[s].defer = true;
     /* An open failure is reported through the ERROR record alone: the host
      * opened both images first and only reaches here for the data path. */
-    if (qread_open_range(&chains[0], 0, (uint32_t)na, 0)) return -1;
-    if (qread_open_range(&chains[1], (uint32_t)na, p->n_inputs - (uint32_t)na, 0)) return -1;
+    if (chain_open_range(&chains[0], 0, (uint32_t)na, 0, 0)) return -1;
+    if (chain_open_range(&chains[1], (uint32_t)na, p->n_inputs - (uint32_t)na, 0, 0)) return -1;
     uint64_t size[2] = {chains[0].size, chains[1].size};
     uint64_t base = size[0] > size[1] ? size[0] : size[1];
     bool differs = size[0] != size[1];
@@ -86,14 +86,14 @@ int op_main(void)
                 }
                 if (off < run[s].start || off >= run[s].end) {
                     uint64_t len = 0;
-                    int st = qread_status(&chains[s], off, size[s] - off, &len);
+                    int st = chain_status(&chains[s], off, size[s] - off, &len);
                     if (st < 0) return finish(CMP_STATUS_FAILED, (uint32_t)s, off, differs);
                     run[s] = (struct run){.start = off, .end = off + len, .bits = st};
                 }
                 bits[s] = run[s].bits;
                 end[s] = run[s].end;
             }
-            bool zero = (bits[0] == -2 || !(bits[0] & QRS_DATA)) && (bits[1] == -2 || !(bits[1] & QRS_DATA));
+            bool zero = (bits[0] == -2 || !(bits[0] & CS_DATA)) && (bits[1] == -2 || !(bits[1] & CS_DATA));
             bool same = !strict || bits[0] == bits[1] || bits[0] == -2 || bits[1] == -2;
             uint64_t stop = end[0] < end[1] ? end[0] : end[1];
             if (stop > to) stop = to;
@@ -120,7 +120,7 @@ int op_main(void)
                 }
                 if (at < run[s].start || at >= run[s].end) {
                     uint64_t len = 0;
-                    int st = qread_status(&chains[s], at, size[s] - at, &len);
+                    int st = chain_status(&chains[s], at, size[s] - at, &len);
                     if (st < 0) return finish(CMP_STATUS_FAILED, (uint32_t)s, at, differs);
                     run[s] = (struct run){.start = at, .end = at + len, .bits = st};
                 }
@@ -134,8 +134,8 @@ int op_main(void)
                 status_mismatch = at;
             for (int s = 0; s < 2; s++) {
                 uint8_t *dst = buf[s] + (at - off);
-                if (cls[s] > 0 && (cls[s] & QRS_DATA)) {
-                    if (qread_read(&chains[s], at, step, dst)) return finish(CMP_READ_FAILED, (uint32_t)s, at, differs);
+                if (cls[s] > 0 && (cls[s] & CS_DATA)) {
+                    if (chain_read(&chains[s], at, step, dst)) return finish(CMP_READ_FAILED, (uint32_t)s, at, differs);
                     data = true;
                 } else {
                     memset(dst, 0, step);
@@ -144,7 +144,7 @@ int op_main(void)
             at += step;
         }
         for (int s = 0; s < 2; s++)
-            if (qread_flush(&chains[s])) return finish(CMP_READ_FAILED, (uint32_t)s, off, differs);
+            if (chain_flush(&chains[s])) return finish(CMP_READ_FAILED, (uint32_t)s, off, differs);
         if (data) {
             uint64_t d = first_diff(buf[0], buf[1], n);
             if (d < n) {

@@ -26,7 +26,7 @@
  * planner (lib/formats/qcow2/output_plan.ts) writes all metadata: this
  * program never builds a table.
  */
-#include "../qcow2/read.h"
+#include "../chain/chain.h"
 #include "records.h"
 #include "zero.h"
 /* Each guest binary must stay under 384 KiB, and Debian's static libzstd
@@ -43,7 +43,7 @@
 
 #define CHUNK (8ull << 20) /* 8 MiB per READV/WRITEV pair: few exits per GiB */
 
-static struct qread_chain chain;
+static struct chain chain;
 static struct io_seg wsegs[LIMIT_IO_SEGS_MAX];
 static uint32_t n_wsegs;
 static uint64_t wbytes, total_written;
@@ -107,9 +107,9 @@ static int raw_emit(uint64_t off, const uint8_t *buf, uint64_t n, uint64_t min_s
 static int skip_zero_run(uint64_t *off, uint64_t start, uint64_t end, uint64_t min_len, uint64_t align)
 {
     uint64_t k = 0;
-    int st = qread_status(&chain, *off, end - *off, &k);
+    int st = chain_status(&chain, *off, end - *off, &k);
     if (st < 0) return -1;
-    if ((st & QRS_DATA) || k < min_len) return 0;
+    if ((st & CS_DATA) || k < min_len) return 0;
     *off += k & ~(align - 1);
     hc_progress(*off - start, end - start);
     return 1;
@@ -129,13 +129,13 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
         uint32_t n_runs = 0;
         for (uint64_t at = off; at < off + n;) {
             uint64_t k = 0;
-            int st = qread_status(&chain, at, off + n - at, &k);
+            int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & QRS_DATA) {
-                if (qread_read(&chain, at, k, buf + (at - off))) return -1;
+            if (st & CS_DATA) {
+                if (chain_read(&chain, at, k, buf + (at - off))) return -1;
                 /* Remember the run; full table: flush and emit what we have. */
                 if (n_runs == 256) {
-                    if (qread_flush(&chain)) return -1;
+                    if (chain_flush(&chain)) return -1;
                     for (uint32_t r = 0; r < n_runs; r++)
                         if (raw_emit(runs[2 * r], buf + (runs[2 * r] - off), runs[2 * r + 1], min_sparse)) return -1;
                     n_runs = 0;
@@ -153,7 +153,7 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
             }
             at += k;
         }
-        if (qread_flush(&chain)) return -1;
+        if (chain_flush(&chain)) return -1;
         for (uint32_t r = 0; r < n_runs; r++)
             if (raw_emit(runs[2 * r], buf + (runs[2 * r] - off), runs[2 * r + 1], min_sparse)) return -1;
         if (flush_writes()) return -1;
@@ -335,17 +335,17 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
         bool any = false;
         for (uint64_t at = off; at < off + n;) {
             uint64_t k = 0;
-            int st = qread_status(&chain, at, off + n - at, &k);
+            int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & QRS_DATA) {
-                if (qread_read(&chain, at, k, buf + (at - off))) return -1;
+            if (st & CS_DATA) {
+                if (chain_read(&chain, at, k, buf + (at - off))) return -1;
                 any = true;
             } else {
                 memset(buf + (at - off), 0, k);
             }
             at += k;
         }
-        if (qread_flush(&chain)) return -1;
+        if (chain_flush(&chain)) return -1;
         /* The last cluster of a disk whose size is not cluster-aligned is
          * padded with zeroes (qemu pads the last compressed write too). */
         if (padded > n) memset(buf + n, 0, padded - n);
@@ -387,9 +387,9 @@ static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t
     }
     for (uint64_t at = start; at < end;) {
         uint64_t k = 0;
-        int st = qread_status(&chain, at, end - at, &k);
+        int st = chain_status(&chain, at, end - at, &k);
         if (st < 0) return -1;
-        if (st & QRS_DATA) {
+        if (st & CS_DATA) {
             uint64_t first = at >> cbits, lastc = (at + k - 1) >> cbits;
             if (first == last) first++; /* already counted with the previous run */
             if (lastc >= first) n += lastc - first + 1;
@@ -413,7 +413,7 @@ int op_main(void)
     if (min_sparse % 512 || min_sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 1, 0);
     chain.batch = true;
     chain.defer = true;
-    if (qread_open(&chain, (uint32_t)data_input)) return -1;
+    if (chain_open(&chain, (uint32_t)data_input)) return -1;
     uint64_t size = chain.size;
     uint64_t start = p->arg[5], end = p->arg[6] ? p->arg[6] : size;
     if (start > end || end > size) return rt_error(0, GERR_BAD_PARAMS, 5, 2, 0);

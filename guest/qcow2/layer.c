@@ -1,28 +1,65 @@
+/*
+ * qcow2's layer_ops: open (header, bdrv_getlength in whole sectors, the
+ * mapper, and for map the metadata-preallocation verdict), block_status
+ * (qcow2_block_status, plus LS_RECURSE on preallocated images' data runs
+ * as qcow2_co_block_status adds BDRV_BLOCK_RECURSE), read (compressed
+ * clusters).
+ *
+ * The read op and the preallocation detection are weak references: a
+ * program links compressed.c and prealloc.c only if it reads (convert,
+ * compare) or maps (map), which keeps zlib/zstd out of map and the
+ * detection out of convert.
+ */
 #include "layer.h"
-#include "../probe/probe.h"
 
-int chain_layer_open(uint32_t i, uint32_t requested, struct reader *r, uint32_t *fmt, uint64_t *length,
-                     struct qcow2 *q, struct qcow2_mapper *m)
+int qcow2_layer_read(struct layer *l, uint64_t pos, uint64_t len, uint8_t *buf) __attribute__((weak));
+int qcow2_detect_prealloc(struct qcow2_layer *s, const struct reader *r) __attribute__((weak));
+
+/* One state per input: chains never share an input (compare's two chains
+ * take disjoint ranges). */
+static struct qcow2_layer states[LIMIT_MAX_INPUTS];
+
+static __attribute__((cold)) int qcow2_layer_open(struct layer *l)
 {
-    reader_from_input(r, i);
-    int f = (int)requested;
-    if (i == 0) {
-        f = probe_input(r, requested);
-        if (f < 0) return -1;
-    } else if (requested == FMT_AUTO) {
-        return rt_error(i, GERR_BAD_PARAMS, 1, 0, 0); /* the host names backing formats */
-    }
-    *fmt = (uint32_t)f;
-    if (f == FMT_RAW) {
-        /* qemu's raw size is the file size rounded up to whole sectors; the
-         * tail reads as zeroes (reader_read zero-fills past the end). */
-        uint64_t sz = r->size;
-        *length = sz + ((512 - (sz & 511)) & 511);
-        if (*length < sz) return rt_error(i, GERR_BAD_IMAGE_SIZE, sz, 0, 0);
-        return 0;
-    }
-    if (qcow2_open(q, r, 0)) return -1;
+    uint32_t i = l->r.input;
+    if (i >= LIMIT_MAX_INPUTS) return rt_error(i, GERR_BAD_PARAMS, 0, 0, 0);
+    struct qcow2_layer *s = &states[i];
+    memset(s, 0, sizeof *s);
+    l->state = s;
+    if (qcow2_open(&s->q, &l->r, 0)) return -1;
     /* bdrv_getlength: whole sectors (total_sectors = size / 512). */
-    *length = q->size & ~511ull;
-    return qcow2_mapper_init(m, q);
+    l->length = s->q.size & ~511ull;
+    if (qcow2_mapper_init(&s->m, &s->q)) return -1;
+    l->has_backing = (s->q.flags & Q2F_HAS_BACKING) != 0;
+    l->data_file = s->q.has_data_file;
+    s->dec.type = s->q.compression_type;
+    /* With an external data file the recursion would look at that file,
+     * which map does not attach: leave it out. */
+    if (l->want_recurse && !s->q.has_data_file) {
+        if (!qcow2_detect_prealloc) return rt_error(i, GERR_INTERNAL, 0, 0, 3);
+        int pr = qcow2_detect_prealloc(s, &l->r);
+        if (pr < 0) return -1;
+        s->prealloc = pr == 1;
+    }
+    return 0;
 }
+
+static int qcow2_layer_status(struct layer *l, uint64_t pos, uint64_t bytes, uint64_t *len, uint64_t *host)
+{
+    struct qcow2_layer *s = l->state;
+    int st = qcow2_block_status(&s->m, pos, bytes, len, host);
+    if (st > 0 && s->prealloc && (st & QST_DATA) && !(st & QST_ZERO)) st |= LS_RECURSE;
+    return st;
+}
+
+/* qcow2_block_status answers in LS_* bits. */
+_Static_assert(QST_DATA == LS_DATA && QST_ZERO == LS_ZERO && QST_OFFSET_VALID == LS_OFFSET_VALID &&
+                   QST_COMPRESSED == LS_COMPRESSED,
+               "QST_* and LS_* bits");
+
+const struct layer_ops qcow2_layer_ops = {
+    .format = FMT_QCOW2,
+    .open = qcow2_layer_open,
+    .block_status = qcow2_layer_status,
+    .read = qcow2_layer_read,
+};

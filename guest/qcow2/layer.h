@@ -1,19 +1,32 @@
 /*
- * Opening one layer of a backing chain, shared by the operations that walk
- * a chain (map, the read path): input i is a layer, input 0 is probed when
- * the host did not name its format, lower layers must be named by the host
- * (it resolved them through its allowlist), and each layer's readable
- * length is what qemu's bdrv_getlength gives.
+ * qcow2 as a chain layer (guest/chain/layer.h): the state behind l->state
+ * and the pieces of qcow2_layer_ops that live in their own files, so a
+ * program links only what it uses (map never decompresses; only map
+ * detects metadata preallocation).
  */
 #ifndef INSTAR_QCOW2_LAYER_H
 #define INSTAR_QCOW2_LAYER_H
-#include "qcow2.h"
+#include "../chain/layer.h"
 #include "map.h"
+#include "compress.h"
 
-/* Opens input i with the format the host asked for. On success sets *fmt,
- * *length and, for qcow2 layers, q and m. Emits an ERROR record and returns
- * -1 on failure. */
-int chain_layer_open(uint32_t i, uint32_t requested, struct reader *r, uint32_t *fmt, uint64_t *length,
-                     struct qcow2 *q, struct qcow2_mapper *m);
+struct qcow2_layer {
+    struct qcow2 q;
+    struct qcow2_mapper m;
+    bool prealloc; /* qcow2_detect_metadata_preallocation's verdict (map only) */
+    /* compressed.c: the read op's cluster buffers */
+    struct qcow2_decompressor dec;
+    uint8_t *cbuf;        /* compressed bytes of one cluster (<= 2 clusters) */
+    uint8_t *cluster;     /* the last decompressed cluster ... */
+    uint64_t cluster_l2e; /* ... and the descriptor it came from; 0 = none */
+};
 
+extern const struct layer_ops qcow2_layer_ops;
+
+/* The read op for LS_COMPRESSED runs (compressed.c). */
+int qcow2_layer_read(struct layer *l, uint64_t pos, uint64_t len, uint8_t *buf);
+
+/* qcow2_detect_metadata_preallocation (prealloc.c): 1 when the image counts
+ * as metadata-preallocated, 0 when not, -1 after an ERROR record. */
+int qcow2_detect_prealloc(struct qcow2_layer *s, const struct reader *r);
 #endif

@@ -5,8 +5,8 @@
  *   fixed (footer type 2): the whole request is DATA at the same offset in
  *     the file; qemu adds BDRV_BLOCK_RECURSE, so io.c asks the file whether
  *     the range is a hole (map then prints "zero": true, "data": true) and
- *     reads past the file's end as zeroes. layer.h has no RECURSE bit yet:
- *     LS_RECURSE is set when the header defines it.
+ *     reads past the file's end as zeroes (LS_RECURSE, answered when the
+ *     caller asked for it: map).
  *   dynamic/differencing: an allocated block is DATA at its file offset, one
  *     block at most (a sector bitmap sits between blocks, and qemu ignores
  *     the bitmap: the whole block is read); runs of unallocated blocks are
@@ -38,9 +38,7 @@ static int vpc_layer_block_status(struct layer *l, uint64_t pos, uint64_t bytes,
     if (st & VPC_ST_DATA) ls |= LS_DATA;
     if (st & VPC_ST_ZERO) ls |= LS_ZERO;
     if (st & VPC_ST_OFFSET_VALID) ls |= LS_OFFSET_VALID;
-#ifdef LS_RECURSE
-    if (st & VPC_ST_RECURSE) ls |= LS_RECURSE;
-#endif
+    if ((st & VPC_ST_RECURSE) && l->want_recurse) ls |= LS_RECURSE;
     return ls;
 }
 

@@ -160,7 +160,7 @@ export const records = {
   COMPARE: 14,
   /** Header facts of a vpc/vhdx layer (rec_image_info). */
   IMAGE_INFO: 15,
-  // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/ops/resize_scan.c.
+  // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
   RESIZE_REFRUN: 22,

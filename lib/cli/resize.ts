@@ -33,7 +33,7 @@ import { type FilePlan, planViolation } from "../formats/plan.ts";
 const PREALLOC_MODES = ["off", "metadata", "falloc", "full"] as const;
 type Prealloc = typeof PREALLOC_MODES[number];
 
-/** Records of one kind the guest may send (guest/ops/resize_scan.c RESIZE_MAX_EACH). */
+/** Records of one kind the guest may send (guest/qcow2/resize_scan.c RESIZE_MAX_EACH). */
 const RESIZE_MAX_EACH = 256 * 1024;
 
 export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {

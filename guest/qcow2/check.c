@@ -1,0 +1,561 @@
+/*
+ * qcow2's check: qemu 7.2's qcow2_co_check_locked without repair (check_refcounts
+ * over the active and snapshot L1/L2 tables, the refcount structures and
+ * check_oflag_copied), emitting one CHECK_MSG per stderr line qemu prints,
+ * in qemu's order, then one CHECK record with the counters.
+ *
+ * qemu keeps one in-memory refcount per cluster of the image file. We keep
+ * the same counts in a sparse array of 4096-cluster chunks allocated on first
+ * use, so memory follows what the metadata references, not the file or the
+ * virtual size. guest/ops/check.c probes the input and calls this.
+ */
+#include "check.h"
+#include "bytes.h"
+#include "../ops/records.h"
+
+#define CHUNK_BITS 12
+#define CHUNK (1ull << CHUNK_BITS)
+
+struct checker {
+    struct qcow2 *q;
+    struct rec_check res;
+    uint64_t file_len;
+    uint64_t nb_clusters;   /* grows like qemu's refcount array */
+    uint64_t dir_len;       /* chunk directory entries */
+    void **dir;
+    bool wide;              /* u32 counters (refcount widths 32/64), else u16 */
+    uint64_t cmax;          /* largest count we can hold: min(refcount_max, counter max) */
+    struct cluster_cache l2c;
+    struct cluster_cache rbc;
+    uint64_t snapshots_size;
+};
+
+static struct checker C;
+
+/* Functions below return 0, -1 after an internal failure (ERROR record
+ * emitted), or 1 when qemu's check itself fails at this point (CHECK.flags
+ * holds the errno; the summary is not printed). */
+#define TRY(x) do { int try_r_ = (x); if (try_r_) return try_r_; } while (0)
+static uint32_t g_input;
+
+static void msg(uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a3)
+{
+    emit_check_msg(g_input, code, a0, a1, a2, a3);
+}
+
+static uint64_t count_get(const struct checker *c, uint64_t k)
+{
+    uint64_t ci = k >> CHUNK_BITS;
+    if (ci >= c->dir_len || !c->dir[ci]) return 0;
+    return c->wide ? ((uint32_t *)c->dir[ci])[k & (CHUNK - 1)] : ((uint16_t *)c->dir[ci])[k & (CHUNK - 1)];
+}
+
+/* 0, or -1 when out of memory (ERROR emitted). */
+static int count_set(struct checker *c, uint64_t k, uint64_t v)
+{
+    uint64_t ci = k >> CHUNK_BITS;
+    if (ci >= c->dir_len) return rt_error(g_input, GERR_INTERNAL, k, 0, 0);
+    if (!c->dir[ci]) {
+        c->dir[ci] = rt_calloc(CHUNK, c->wide ? 4 : 2);
+        if (!c->dir[ci]) return rt_error(g_input, GERR_OUT_OF_MEMORY, k, 0, 0);
+    }
+    if (c->wide) ((uint32_t *)c->dir[ci])[k & (CHUNK - 1)] = (uint32_t)v;
+    else ((uint16_t *)c->dir[ci])[k & (CHUNK - 1)] = (uint16_t)v;
+    return 0;
+}
+
+/* qcow2_inc_refcounts_imrt. Returns -1 only on internal failure. */
+static int inc_refs(struct checker *c, uint64_t offset, uint64_t size)
+{
+    const struct qcow2 *q = c->q;
+    if ((int64_t)size <= 0) return 0;
+    /* qemu computes offset + size - file_len in int64 */
+    if ((int64_t)(offset + size - c->file_len) >= (int64_t)q->cluster_size) {
+        msg(CMSG_REGION_PAST_EOF, offset, size, 0, 0);
+        c->res.corruptions++;
+        return 0;
+    }
+    /* A negative int64 offset slips past that test in qemu and asks for a
+     * refcount array of 2^54+ entries, which fails with -ENOMEM. */
+    if ((int64_t)offset < 0) {
+        c->res.check_errors++;
+        c->res.flags = 12; /* ENOMEM */
+        return 1;
+    }
+    uint64_t mask = ~(q->cluster_size - 1);
+    uint64_t first = offset & mask, last = (offset + size - 1) & mask;
+    for (uint64_t co = first;; co += q->cluster_size) {
+        uint64_t k = co >> q->cluster_bits;
+        if (k >= c->nb_clusters) c->nb_clusters = k + 1;
+        uint64_t rc = count_get(c, k);
+        if (rc == q->refcount_max || rc == c->cmax) {
+            msg(CMSG_REFCOUNT_OVERFLOW, co, 0, 0, 0);
+            msg(CMSG_REFCOUNT_OVERFLOW_HINT, 0, 0, 0, 0);
+            c->res.corruptions++;
+        } else if (count_set(c, k, rc + 1)) {
+            return -1;
+        }
+        if (co == last) break;
+    }
+    return 0;
+}
+
+static int check_l2(struct checker *c, uint64_t l2_offset, bool frag)
+{
+    const struct qcow2 *q = c->q;
+    const uint8_t *l2 = cluster_cache_get(&c->l2c, l2_offset);
+    if (!l2) return rt_error(g_input, GERR_IO, l2_offset, 0, 0);
+    uint64_t next_contig = 0;
+    for (uint64_t i = 0; i < q->l2_entries; i++) {
+        /* The cache slot stays valid: nothing else uses l2c inside this loop. */
+        uint64_t e = be64(l2 + i * q->l2_entry_bytes);
+        uint64_t bm = q->extl2 ? be64(l2 + i * q->l2_entry_bytes + 8) : 0;
+        enum qcow2_cluster_type t = qcow2_cluster_type(q, e);
+        if (t != QCT_COMPRESSED && (e & QCOW2_L2E_STD_RESERVED_MASK)) {
+            msg(CMSG_L2_RESERVED_BITS, e, 0, 0, 0);
+            c->res.corruptions++;
+        }
+        switch (t) {
+        case QCT_COMPRESSED: {
+            if (e & QCOW2_OFLAG_COPIED) {
+                msg(CMSG_COMPRESSED_COPIED, e & q->cluster_offset_mask, 0, 0, 0);
+                e &= ~QCOW2_OFLAG_COPIED;
+                c->res.corruptions++;
+            }
+            if (q->has_data_file) {
+                msg(CMSG_COMPRESSED_DATA_FILE, i, e, 0, 0);
+                c->res.corruptions++;
+                break;
+            }
+            if (bm) {
+                msg(CMSG_COMPRESSED_BITMAP, i, e, 0, 0);
+                c->res.corruptions++;
+                break;
+            }
+            uint64_t coff, clen;
+            qcow2_compressed_range(q, e, &coff, &clen);
+            TRY(inc_refs(c, coff, clen));
+            if (frag) {
+                c->res.allocated_clusters++;
+                c->res.compressed_clusters++;
+                c->res.fragmented_clusters++;
+            }
+            break;
+        }
+        case QCT_ZERO_ALLOC:
+        case QCT_NORMAL: {
+            uint64_t off = e & QCOW2_L2E_OFFSET_MASK;
+            if ((bm >> 32) & bm) {
+                c->res.corruptions++;
+                msg(CMSG_SUBCLUSTER_BITMAP_CORRUPT, off, 0, 0, 0);
+            }
+            if (off & (q->cluster_size - 1)) {
+                c->res.corruptions++;
+                bool data = q->extl2 ? (bm & QCOW2_BITMAP_ALL_ALLOC) != 0 : !(e & QCOW2_OFLAG_ZERO);
+                msg(data ? CMSG_DATA_UNALIGNED : CMSG_PREALLOC_UNALIGNED, off, 0, 0, 0);
+            }
+            if (frag) {
+                c->res.allocated_clusters++;
+                if (next_contig && off != next_contig) c->res.fragmented_clusters++;
+                next_contig = off + q->cluster_size;
+            }
+            if (!q->has_data_file) TRY(inc_refs(c, off, q->cluster_size));
+            break;
+        }
+        case QCT_ZERO_PLAIN:
+            break;
+        case QCT_UNALLOCATED:
+            if (bm & QCOW2_BITMAP_ALL_ALLOC) {
+                c->res.corruptions++;
+                msg(CMSG_UNALLOCATED_BITMAP, 0, 0, 0, 0);
+            }
+            break;
+        }
+    }
+    return 0;
+}
+
+/* Returns 0, -1 on internal failure, 1 when qemu's check ends with an error. */
+static int check_l1(struct checker *c, uint64_t l1_offset, uint64_t l1_size, bool frag)
+{
+    const struct qcow2 *q = c->q;
+    if (!l1_size) return 0;
+    TRY(inc_refs(c, l1_offset, l1_size * 8));
+    /* qemu reads the whole table at once; past its maximum request end that
+     * read fails (snapshot L1 offsets are any aligned 64-bit value). */
+    uint64_t l1_end;
+    if (__builtin_add_overflow(l1_offset, l1_size * 8, &l1_end) || l1_end > READER_MAX_END) {
+        msg(CMSG_L1_READ_EIO, 0, 0, 0, 0);
+        c->res.check_errors++;
+        c->res.flags = 5; /* EIO */
+        return 1;
+    }
+    uint64_t mark = rt_heap_mark();
+    struct table_window w;
+    if (table_window_init(&w, q->r, l1_offset, l1_size)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    for (uint64_t i = 0; i < l1_size; i++) {
+        uint64_t e;
+        if (table_window_get(&w, i, &e)) return rt_error(g_input, GERR_IO, l1_offset, 0, 0);
+        if (!e) continue;
+        if (e & QCOW2_L1E_RESERVED_MASK) {
+            msg(CMSG_L1_RESERVED_BITS, e, 0, 0, 0);
+            c->res.corruptions++;
+        }
+        uint64_t l2 = e & QCOW2_L1E_OFFSET_MASK;
+        TRY(inc_refs(c, l2, q->cluster_size));
+        if (l2 & (q->cluster_size - 1)) {
+            msg(CMSG_L2_TABLE_UNALIGNED, l2, 0, 0, 0);
+            c->res.corruptions++;
+        }
+        TRY(check_l2(c, l2, frag));
+    }
+    rt_heap_release(mark);
+    return 0;
+}
+
+/* qcow2_check_read_snapshot_table without repair: validates the table
+ * pointer and walks it. On failure qemu's check ends with ret < 0. */
+static struct qcow2_snapshot *g_snaps;
+
+static int read_snapshot_table(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t n = q->nb_snapshots, off = q->snapshots_offset;
+    if (n > QCOW2_MAX_SNAPSHOTS) {
+        msg(CMSG_SNAPSHOT_TABLE_TOO_LARGE, 0, 0, 0, 0);
+        msg(CMSG_SNAPSHOT_OVERHANG_HINT, n - QCOW2_MAX_SNAPSHOTS, 0, 0, 0);
+        c->res.check_errors++;
+        c->res.flags = 27; /* EFBIG */
+        return -1;
+    }
+    if ((uint64_t)INT64_MAX - n * QCOW2_SNAPSHOT_HEADER_SIZE < off || (off & (q->cluster_size - 1))) {
+        msg(CMSG_SNAPSHOT_TABLE_OFFSET_INVALID, 0, 0, 0, 0);
+        c->res.check_errors++;
+        c->res.flags = 22; /* EINVAL */
+        return -1;
+    }
+    if (!n) return 0;
+    g_snaps = rt_alloc(n * sizeof *g_snaps);
+    if (!g_snaps) return rt_error(g_input, GERR_OUT_OF_MEMORY, n, 0, 0);
+    uint64_t a1 = 0, a2 = 0;
+    int k = qcow2_read_snapshots(q, g_snaps, &c->snapshots_size, &a1, &a2);
+    if (k < 0) return rt_error(g_input, GERR_IO, off, 0, 0);
+    if (k == QSNAP_READ_FAILED) {
+        msg(CMSG_SNAPSHOT_READ_EIO, 0, 0, 0, 0);
+        c->res.check_errors++;
+        c->res.flags = 5; /* EIO */
+        return -1;
+    }
+    if (k == QSNAP_EXTRA_TOO_LARGE) {
+        msg(CMSG_SNAPSHOT_EXTRA_TOO_LARGE, a1, 0, 0, 0);
+        msg(CMSG_SNAPSHOT_EXTRA_HINT, 0, 0, 0, 0);
+    } else if (k == QSNAP_TOO_BIG) {
+        msg(CMSG_SNAPSHOT_TABLE_TOO_BIG, 0, 0, 0, 0);
+        msg(CMSG_SNAPSHOT_OVERHANG_HINT, a1, 0, 0, 0);
+    }
+    if (k) {
+        c->res.check_errors++;
+        c->res.flags = 27; /* EFBIG */
+        return -1;
+    }
+    /* v3 snapshot entries need at least 16 bytes of extra data. */
+    for (uint64_t i = 0; q->version >= 3 && i < n; i++) {
+        if (g_snaps[i].extra_size < 16) {
+            c->res.corruptions++;
+            msg(CMSG_SNAPSHOT_INCOMPLETE, i, 0, 0, 0);
+        }
+    }
+    return 0;
+}
+
+/* Sends a snapshot string as a NAME record: C-string semantics (up to the
+ * first NUL), cut at NAME_MAX bytes. */
+static int emit_snapshot_string(uint16_t kind, uint64_t off, uint16_t len)
+{
+    static uint8_t b[LIMIT_NAME_MAX];
+    uint16_t n = len > LIMIT_NAME_MAX ? LIMIT_NAME_MAX : len;
+    if (reader_read(C.q->r, off, b, n)) return rt_error(g_input, GERR_IO, off, 0, 0);
+    uint16_t k = 0;
+    while (k < n && b[k]) k++;
+    return emit_name(g_input, kind, b, k);
+}
+
+static int snapshot_msg(const struct qcow2_snapshot *s, uint32_t code, uint64_t a0)
+{
+    if (emit_snapshot_string(NAME_SNAPSHOT_ID, s->id_offset, s->id_len) ||
+        emit_snapshot_string(NAME_SNAPSHOT_NAME, s->name_offset, s->name_len))
+        return -1;
+    msg(code, a0, 0, 0, 0);
+    return 0;
+}
+
+/* The snapshot part of calculate_refcounts. */
+static int check_snapshots(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t n = q->nb_snapshots;
+    if (q->has_data_file && n) {
+        msg(CMSG_SNAPSHOTS_WITH_DATA_FILE, n, 0, 0, 0);
+        c->res.corruptions++;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        const struct qcow2_snapshot *s = &g_snaps[i];
+        if (s->l1_offset & (q->cluster_size - 1)) {
+            if (snapshot_msg(s, CMSG_SNAPSHOT_L1_UNALIGNED, s->l1_offset)) return -1;
+            c->res.corruptions++;
+            continue;
+        }
+        if (s->l1_size > QCOW2_MAX_L1_SIZE / 8) {
+            if (snapshot_msg(s, CMSG_SNAPSHOT_L1_TOO_LARGE, s->l1_size)) return -1;
+            c->res.corruptions++;
+            continue;
+        }
+        int r = check_l1(c, s->l1_offset, s->l1_size, false);
+        if (r) return r;
+    }
+    return 0;
+}
+
+/* qcow2_check_bitmaps_refcounts: the bitmap directory, each bitmap table
+ * and the clusters it points to. A directory or table qemu cannot load makes
+ * its check fail with -EINVAL after counting one corruption. Returns 1 for
+ * that case, -1 on internal failure. */
+static int check_bitmaps(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    if (!q->nb_bitmaps) return 0;
+    TRY(inc_refs(c, q->bitmap_dir_offset, q->bitmap_dir_size));
+    uint64_t at = q->bitmap_dir_offset, end = q->bitmap_dir_offset + q->bitmap_dir_size;
+    uint64_t len = q->size & ~511ull, count = 0;
+    /* bitmap_list_load: validate the whole directory before using any entry. */
+    if (q->bitmap_dir_size == 0) goto broken;
+    while (at < end) {
+        uint8_t e[24];
+        if (end - at < 24 || ++count > q->nb_bitmaps) goto broken;
+        if (reader_read(q->r, at, e, 24)) return rt_error(g_input, GERR_IO, at, 0, 0);
+        uint64_t toff = be64(e);
+        uint32_t tsize = be32(e + 8), flags = be32(e + 12), nlen = be16(e + 18), extra = be32(e + 20);
+        uint8_t type = e[16], gran = e[17];
+        uint64_t esize = (24ull + nlen + extra + 7) & ~7ull;
+        if (esize > end - at || extra != 0) goto broken;
+        if (tsize == 0 || toff == 0 || (toff & (q->cluster_size - 1)) || tsize > 0x8000000u || gran > 31 || gran < 9 ||
+            (flags & 0xfffffffcu) || nlen > 1023 || type != 1)
+            goto broken;
+        uint64_t phys = (uint64_t)tsize * q->cluster_size;
+        if (phys > 0x20000000ull) goto broken;
+        if (!(flags & 1) && len > ((phys * 8) << gran)) goto broken;
+        at += esize;
+    }
+    if (count != q->nb_bitmaps) goto broken;
+    for (at = q->bitmap_dir_offset; at < end;) {
+        uint8_t e[24];
+        if (reader_read(q->r, at, e, 24)) return rt_error(g_input, GERR_IO, at, 0, 0);
+        uint64_t toff = be64(e), tsize = be32(e + 8);
+        at += (24ull + be16(e + 18) + be32(e + 20) + 7) & ~7ull;
+        TRY(inc_refs(c, toff, tsize * 8));
+        uint64_t tend;
+        if (__builtin_add_overflow(toff, tsize * 8, &tend) || tend > READER_MAX_END) {
+            /* bitmap_table_load's read fails: one corruption, check fails with -EIO */
+            c->res.corruptions++;
+            c->res.flags = 5;
+            return 1;
+        }
+        uint64_t mark = rt_heap_mark();
+        struct table_window w;
+        if (table_window_init(&w, q->r, toff, tsize)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
+        /* bitmap_table_load refuses the whole table on one bad entry. */
+        for (uint64_t i = 0; i < tsize; i++) {
+            uint64_t v;
+            if (table_window_get(&w, i, &v)) return rt_error(g_input, GERR_IO, toff, 0, 0);
+            uint64_t o = v & 0x00fffffffffffe00ull;
+            if ((v & 0xff000000000001feull) || (o && ((v & 1) || (o & (q->cluster_size - 1))))) goto broken;
+        }
+        for (uint64_t i = 0; i < tsize; i++) {
+            uint64_t v;
+            if (table_window_get(&w, i, &v)) return rt_error(g_input, GERR_IO, toff, 0, 0);
+            uint64_t o = v & 0x00fffffffffffe00ull;
+            if (o) TRY(inc_refs(c, o, q->cluster_size));
+        }
+        rt_heap_release(mark);
+    }
+    return 0;
+broken:
+    c->res.corruptions++;
+    c->res.flags = 22; /* EINVAL */
+    return 1;
+}
+
+static int check_refblocks(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    for (uint64_t i = 0; i < q->reftable_entries; i++) {
+        uint64_t e = q->reftable[i];
+        uint64_t off = e & QCOW2_REFT_OFFSET_MASK, cl = off >> q->cluster_bits;
+        if (e & QCOW2_REFT_RESERVED_MASK) {
+            msg(CMSG_REFTABLE_RESERVED_BITS, i, 0, 0, 0);
+            c->res.corruptions++;
+            continue;
+        }
+        if (off & (q->cluster_size - 1)) {
+            msg(CMSG_REFBLOCK_UNALIGNED, i, 0, 0, 0);
+            c->res.corruptions++;
+            continue;
+        }
+        if (cl >= c->nb_clusters) {
+            c->res.corruptions++;
+            msg(CMSG_REFBLOCK_OUTSIDE, i, 0, 0, 0);
+            continue;
+        }
+        if (off) {
+            TRY(inc_refs(c, off, q->cluster_size));
+            uint64_t rc = count_get(c, cl);
+            if (rc != 1) {
+                msg(CMSG_REFBLOCK_REFCOUNT, i, rc, 0, 0);
+                c->res.corruptions++;
+            }
+        }
+    }
+    return 0;
+}
+
+/* qcow2_get_refcount with qemu's side effect: the first unaligned refblock
+ * offset is reported once as a (non-fatal, read-only) corruption event. */
+static bool g_signaled;
+static int get_refcount(struct checker *c, uint64_t cluster, uint64_t *rc)
+{
+    int r = qcow2_get_refcount(c->q, &c->rbc, cluster, rc);
+    if (r == -1 && !g_signaled) {
+        uint64_t idx = cluster >> c->q->refblock_bits;
+        msg(CMSG_CORRUPT_REFBLOCK_UNALIGNED, c->q->reftable[idx] & QCOW2_REFT_OFFSET_MASK, idx, 0, 0);
+        g_signaled = true;
+    }
+    return r;
+}
+
+/* compare_refcounts; returns the highest cluster in use. */
+static uint64_t compare_refcounts(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t highest = 0;
+    uint64_t rb_entries = 1ull << q->refblock_bits;
+    for (uint64_t i = 0; i < c->nb_clusters;) {
+        uint64_t rti = i >> q->refblock_bits;
+        uint64_t rte = rti < q->reftable_entries ? q->reftable[rti] & QCOW2_REFT_OFFSET_MASK : 0;
+        uint64_t ci = i >> CHUNK_BITS;
+        if (!rte && (ci >= c->dir_len || !c->dir[ci])) {
+            /* Both sides are zero up to the next refblock or chunk boundary. */
+            uint64_t a = (rti + 1) * rb_entries, b = (ci + 1) << CHUNK_BITS;
+            i = a < b ? a : b;
+            continue;
+        }
+        uint64_t r1;
+        int rc = get_refcount(c, i, &r1);
+        if (rc < 0) {
+            msg(CMSG_REFCOUNT_EIO, i, 0, 0, 0);
+            c->res.check_errors++;
+            i++;
+            continue;
+        }
+        uint64_t r2 = count_get(c, i);
+        if (r1 || r2) highest = i;
+        if (r1 != r2) {
+            msg(CMSG_REFCOUNT_MISMATCH, r1 < r2 ? 0 : 1, i, r1, r2);
+            if (r1 < r2) c->res.corruptions++;
+            else c->res.leaks++;
+        }
+        i++;
+    }
+    return highest;
+}
+
+static int check_oflag_copied(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    struct table_window w;
+    uint64_t mark = rt_heap_mark();
+    if (table_window_init(&w, q->r, q->l1_offset, q->l1_size)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    for (uint64_t i = 0; i < q->l1_size; i++) {
+        uint64_t l1e, rc;
+        if (table_window_get(&w, i, &l1e)) return rt_error(g_input, GERR_IO, q->l1_offset, 0, 0);
+        uint64_t l2 = l1e & QCOW2_L1E_OFFSET_MASK;
+        if (!l2) continue;
+        if (get_refcount(c, l2 >> q->cluster_bits, &rc) < 0) continue;
+        if ((rc == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
+            c->res.corruptions++;
+            msg(CMSG_OFLAG_COPIED_L2, i, l1e, rc, 0);
+        }
+        const uint8_t *t = cluster_cache_get(&c->l2c, l2);
+        if (!t) return rt_error(g_input, GERR_IO, l2, 0, 0);
+        for (uint64_t j = 0; j < q->l2_entries; j++) {
+            uint64_t e = be64(t + j * q->l2_entry_bytes);
+            enum qcow2_cluster_type ty = qcow2_cluster_type(q, e);
+            if (ty != QCT_NORMAL && ty != QCT_ZERO_ALLOC) continue;
+            if (q->has_data_file) rc = 1;
+            else if (get_refcount(c, (e & QCOW2_L2E_OFFSET_MASK) >> q->cluster_bits, &rc) < 0)
+                continue;
+            if ((rc == 1) != ((e & QCOW2_OFLAG_COPIED) != 0)) {
+                c->res.corruptions++;
+                msg(CMSG_OFLAG_COPIED_DATA, e, rc, 0, 0);
+            }
+        }
+    }
+    rt_heap_release(mark);
+    return 0;
+}
+
+/* calculate_refcounts: every reference the metadata makes, then the refblocks. */
+static int calculate_refcounts(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    TRY(inc_refs(c, 0, q->cluster_size));
+    TRY(check_l1(c, q->l1_offset, q->l1_size, true));
+    TRY(check_snapshots(c));
+    TRY(inc_refs(c, q->snapshots_offset, c->snapshots_size));
+    TRY(inc_refs(c, q->reftable_offset, q->reftable_entries * 8));
+    TRY(check_bitmaps(c));
+    return check_refblocks(c);
+}
+
+static int emit_result(struct checker *c)
+{
+    c->res.input = g_input;
+    return rt_emit(&c->res, sizeof c->res);
+}
+
+int qcow2_check(const struct reader *r)
+{
+    static struct qcow2 q;
+    if (qcow2_open(&q, r, QCOW2_OPEN_CHECK)) return -1;
+    if (qcow2_load_reftable(&q)) return -1;
+
+    struct checker *c = &C;
+    c->q = &q;
+    rec_init(&c->res, REC_CHECK, sizeof c->res);
+    if (read_snapshot_table(c)) return c->res.flags ? emit_result(c) : -1;
+    /* bdrv_getlength of the file: whole sectors (rounded up). */
+    c->file_len = r->size + ((512 - (r->size & 511)) & 511);
+    c->nb_clusters = (c->file_len + q.cluster_size - 1) >> q.cluster_bits;
+    if (c->nb_clusters > 0x7fffffffull) {
+        c->res.check_errors++;
+        c->res.flags = 27; /* EFBIG: "Check failed: File too large" */
+        return emit_result(c);
+    }
+    /* total_sectors * 512 in clusters; size <= INT64_MAX was checked at open */
+    c->res.total_clusters = ((q.size & ~511ull) + q.cluster_size - 1) >> q.cluster_bits;
+    c->wide = q.refcount_order >= 5;
+    c->cmax = c->wide ? UINT32_MAX : UINT16_MAX;
+    /* Ranges may reach at most one cluster past the end of the file. */
+    c->dir_len = ((c->nb_clusters + 1) >> CHUNK_BITS) + 1;
+    c->dir = rt_calloc(c->dir_len, sizeof(void *));
+    if (!c->dir) return rt_error(g_input, GERR_OUT_OF_MEMORY, c->dir_len, 0, 0);
+    uint32_t slots = q.cluster_size >= (1u << 20) ? 2 : 8;
+    if (cluster_cache_init(&c->l2c, r, q.cluster_size, 2) || cluster_cache_init(&c->rbc, r, q.cluster_size, slots))
+        return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
+
+    int st = calculate_refcounts(c);
+    if (st) return st > 0 ? emit_result(c) : -1;
+    uint64_t highest = compare_refcounts(c);
+    if (check_oflag_copied(c)) return -1;
+    c->res.image_end_offset = (highest + 1) << q.cluster_bits;
+    return emit_result(c);
+}
