@@ -157,16 +157,7 @@ put qcow2_refcount imgs/*.qcow2 imgs/*.raw
 put raw_partition imgs/*.raw imgs/*.qcow2
 put qcow2_decompress dec/*
 put vpc vhd/*
-# measure_scan: a format byte and a target cluster_bits byte (7: 64 KiB) first.
-mkdir -p scan
-for f in imgs/*.qcow2; do { printf '\x00\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
-for f in imgs/*.raw; do { printf '\x01\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
-put measure_scan scan/*
-for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc; do
-  echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
-done
-
-# vhdx: images qemu-img makes, in fuzz/targets/vhdx.c's compact form.
+# vhdx: images qemu-img makes, in fuzz/shim/vhdx_sparse.h's compact form.
 mkdir -p vhdx
 q create -f vhdx -o block_size=1M vhdx/dyn1m.vhdx 64M
 io -f vhdx -c "write -P 0x11 0 1M" -c "write -z 8M 1M" -c "write -P 0x22 63M 4k" vhdx/dyn1m.vhdx
@@ -174,5 +165,17 @@ q create -f vhdx -o block_size=32M,log_size=2M vhdx/dyn32m.vhdx 1G
 io -f vhdx -c "write -P 0x33 40M 1M" vhdx/dyn32m.vhdx
 q create -f vhdx -o subformat=fixed,block_size=1M vhdx/fixed.vhdx 8M
 q create -f vhdx vhdx/big.vhdx 64T
-"$ROOT/scripts/deno.sh" run -A "$ROOT/fuzz/vhdx_seed.ts" "$OUT/vhdx" vhdx/*.vhdx
-echo "vhdx: $(ls "$OUT/vhdx" | wc -l) inputs in $OUT/vhdx"
+"$ROOT/scripts/deno.sh" run -A "$ROOT/fuzz/vhdx_seed.ts" vhdxc vhdx/*.vhdx
+put vhdx vhdxc/*
+
+# measure_scan: a format byte (0 qcow2, 1 raw, 2 vpc, 3 vhdx) and a target
+# cluster_bits byte (7: 64 KiB) first.
+mkdir -p scan
+for f in imgs/*.qcow2; do { printf '\x00\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
+for f in imgs/*.raw; do { printf '\x01\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
+for f in vhd/*; do { printf '\x02\x07'; cat "$f"; } > "scan/vpc_$(basename "$f")"; done
+for f in vhdxc/*; do { printf '\x03\x07'; cat "$f"; } > "scan/vhdx_$(basename "$f")"; done
+put measure_scan scan/*
+for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx; do
+  echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
+done

@@ -13,6 +13,12 @@
 /* Attaches data[0, size) as input 0 with the given FMT_* and resets the
  * heap; op programs then see it through rt_params()/hc_read. */
 void fuzz_rt_begin(const uint8_t *data, size_t size, uint32_t format);
+/* The same with input 0 read through r (size r->size): a target that
+ * expands a compact input into a sparse virtual file (fuzz/shim/vhdx_sparse.h)
+ * lets op code and the chain opener read it with hc_read. r must stay valid
+ * until the next fuzz_rt_begin*. */
+struct reader;
+void fuzz_rt_begin_reader(const struct reader *r, uint32_t format);
 /* Frees every allocation made since fuzz_rt_begin. */
 void fuzz_rt_end(void);
 /* Records emitted since fuzz_rt_begin (checked for shape, then dropped). */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "rt.h"
+#include "reader.h"
 #include "fuzz_rt.h"
 
 /* The guest heap is guest RAM minus the fixed layout below LAYOUT_HEAP; the
@@ -17,6 +18,7 @@
 
 static struct params g_params;
 static const uint8_t *g_data;
+static const struct reader *g_reader; /* input 0 through a reader (fuzz_rt_begin_reader) */
 static uint64_t g_records;
 
 struct alloc {
@@ -47,8 +49,15 @@ void fuzz_rt_begin(const uint8_t *data, size_t size, uint32_t format)
     /* A memory buffer has no holes: every byte counts as allocated. */
     g_params.input_alloc[0] = (size + 511) & ~511ull;
     g_data = data;
+    g_reader = NULL;
     g_records = 0;
     fuzz_rt_end();
+}
+
+void fuzz_rt_begin_reader(const struct reader *r, uint32_t format)
+{
+    fuzz_rt_begin(NULL, r->size, format);
+    g_reader = r;
 }
 
 uint64_t fuzz_rt_records(void) { return g_records; }
@@ -95,6 +104,10 @@ int64_t hc_read(uint32_t input, uint64_t off, uint64_t len, void *buf)
     uint64_t end;
     if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) || end > g_params.input_size[input])
         fuzz_rt_fail("READ outside the input", off, len);
+    if (g_reader) {
+        if (g_reader->read(g_reader->ctx, off, buf, len)) return -1;
+        return (int64_t)len;
+    }
     memcpy(buf, g_data + off, len);
     return (int64_t)len;
 }
