@@ -1,20 +1,30 @@
 // `deno task fuzz:diff`: the differential fuzzer. Random operations on images
 // qemu-img and qemu-io make, run through both instar and qemu-img, compared:
+// Inputs are qcow2, raw, vpc (dynamic, fixed, force_size) and vhdx
+// (dynamic, fixed, block sizes 1M..32M, log sizes), made by qemu-img create
+// or by qemu-img convert from raw, then written by qemu-io.
 //   info     stdout/stderr/exit code (human and JSON)
-//   check    stdout/stderr/exit code (JSON: the counters)
+//   check    stdout/stderr/exit code (JSON: the counters); qcow2, vpc, vhdx
+//   map      stdout/stderr/exit code (human and JSON)
+//   compare  stdout/stderr/exit code of two images (the second converted
+//            from the first, maybe then written, or made separately; -s)
 //   measure  stdout/stderr/exit code (raw and qcow2 targets: the numbers);
 //            vpc/vhdx/vmdk targets (qemu-img cannot measure them): the
-//            size of qemu-img's conversion lies in [required, fully
-//            allocated] of instar's measure (seed 004)
+//            size of instar's own conversion lies in [required - 64 KiB,
+//            fully allocated + 64 KiB] of instar's measure (seed 004)
 //   convert  exit code and messages, then SHA-256 of both outputs flattened
-//            to raw by qemu-img (-O raw and -O qcow2, with and without -c)
+//            to raw by qemu-img (-O raw, qcow2 with and without -c, vpc,
+//            vhdx: skipped while instar refuses them as "not supported")
 //   create   stdout/stderr/exit code, then `qemu-img info` of both outputs
-//   resize   stdout/stderr/exit code, then `qemu-img info` and `check` of
-//            both outputs (qcow2 and raw, grow and shrink, refcount widths
-//            1..64)
+//   resize   qcow2 and raw: stdout/stderr/exit code, then `qemu-img info`
+//            and `check` of both outputs (grow and shrink, refcount widths
+//            1..64); vpc and vhdx (qemu-img cannot resize them): instar
+//            only, qemu-img must read the result and the data below the
+//            old size must be unchanged (skipped while instar refuses with
+//            "does not support resize")
 // Pickers stay away from the divergences docs/quirks.md documents (raw
 // inputs always get -f raw, no backing or data files, no snapshots/bitmaps
-// for info, convert targets raw/qcow2 only, no target preallocation).
+// for info, no target preallocation).
 // Every divergence is written as JSON (seed, iteration, picks, command
 // lines, both outcomes) to the report directory.
 //
@@ -118,19 +128,22 @@ function qcow2Opts(c: Ctx, prefix: string): string {
   return opts.join(",");
 }
 
-/** An input image made by qemu-img + qemu-io: { name, fmt, size in bytes }. */
-async function makeImage(c: Ctx, name: string, fmts: readonly string[] = ["qcow2", "raw"]) {
-  const fmt = pick(c, "image_format", fmts);
-  const size = pick(c, "image_size", SIZES);
-  const file = `${name}.${fmt}`;
-  const args = ["create", "-q", "-f", fmt];
-  if (fmt === "qcow2") args.push("-o", qcow2Opts(c, "image_"));
-  await must("qemu-img", [...args, file, size], c.dir);
-  const bytes = Number(
-    (await must("qemu-img", ["info", "--output=json", "-f", fmt, file], c.dir)).stdout.match(
-      /"virtual-size": (\d+)/,
-    )![1],
-  );
+const ALL_FMTS = ["qcow2", "raw", "vpc", "vhdx"] as const;
+
+/** Create options (-o) for a vpc or vhdx image. */
+function vhdOpts(c: Ctx, fmt: string, prefix: string): string {
+  const opts = [`subformat=${pick(c, `${prefix}subformat`, ["dynamic", "dynamic", "fixed"])}`];
+  if (fmt === "vpc") {
+    if (pick(c, `${prefix}force_size`, [false, false, true])) opts.push("force_size=on");
+  } else {
+    opts.push(`block_size=${pick(c, `${prefix}block_size`, ["1M", "8M", "32M"])}`);
+    if (pick(c, `${prefix}log_size`, ["", "", "2M"])) opts.push("log_size=2M");
+  }
+  return opts.join(",");
+}
+
+/** qemu-io writes over a `bytes`-byte image of format fmt (compressed only for qcow2). */
+function ioWrites(c: Ctx, fmt: string, bytes: number, clusterPick: string): string[] {
   const cmds: string[] = [];
   const writes = c.rng.below(5);
   for (let k = 0; k < writes; k++) {
@@ -142,19 +155,68 @@ async function makeImage(c: Ctx, name: string, fmts: readonly string[] = ["qcow2
     else if (kind === 1) cmds.push(`write -z ${off} ${len}`);
     else {
       // Compressed writes must be exactly one whole cluster.
-      const cs = Number(c.picks.image_cluster_size ?? 65536);
+      const cs = Number(c.picks[clusterPick] ?? 65536);
       const at = Math.floor(off / cs) * cs;
       if (at + cs <= bytes) cmds.push(`write -c -P ${c.rng.below(256)} ${at} ${cs}`);
     }
   }
-  c.picks.qemu_io = cmds;
+  return cmds;
+}
+
+async function virtualSize(c: Ctx, fmt: string, file: string): Promise<number> {
+  return Number(
+    (await must("qemu-img", ["info", "--output=json", "-f", fmt, file], c.dir)).stdout.match(
+      /"virtual-size": (\d+)/,
+    )![1],
+  );
+}
+
+/**
+ * An input image made by qemu-img + qemu-io: { name, fmt, size in bytes }.
+ * vpc and vhdx images are made by `create` or by `convert` from a raw file
+ * qemu-io wrote (pick `${prefix}via`), then written by qemu-io.
+ */
+async function makeImage(c: Ctx, name: string, fmts: readonly string[] = ["qcow2", "raw"], prefix = "image_") {
+  const fmt = pick(c, `${prefix}format`, fmts);
+  const size = pick(c, `${prefix}size`, SIZES);
+  const file = `${name}.${fmt}`;
+  const args = ["create", "-q", "-f", fmt];
+  if (fmt === "qcow2") args.push("-o", qcow2Opts(c, prefix));
+  if (fmt === "vpc" || fmt === "vhdx") {
+    const opts = vhdOpts(c, fmt, prefix);
+    if (pick(c, `${prefix}via`, ["create", "create", "convert"]) === "convert") {
+      await must("qemu-img", ["create", "-q", "-f", "raw", `${name}.src`, size], c.dir);
+      const pre = ioWrites(c, "raw", await virtualSize(c, "raw", `${name}.src`), `${prefix}cluster_size`);
+      c.picks[`${prefix}qemu_io_src`] = pre;
+      if (pre.length) await must("qemu-io", ["-f", "raw", ...pre.flatMap((x) => ["-c", x]), `${name}.src`], c.dir);
+      await must("qemu-img", ["convert", "-f", "raw", "-O", fmt, "-o", opts, `${name}.src`, file], c.dir);
+      await Deno.remove(`${c.dir}/${name}.src`);
+    } else {
+      await must("qemu-img", [...args, "-o", opts, file, size], c.dir);
+    }
+  } else {
+    await must("qemu-img", [...args, file, size], c.dir);
+  }
+  const bytes = await virtualSize(c, fmt, file);
+  const cmds = ioWrites(c, fmt, bytes, `${prefix}cluster_size`);
+  c.picks[prefix === "image_" ? "qemu_io" : `${prefix}qemu_io`] = cmds;
   if (cmds.length) await must("qemu-io", ["-f", fmt, ...cmds.flatMap((x) => ["-c", x]), file], c.dir);
   return { file, fmt, bytes };
 }
 
-async function sha256(path: string): Promise<string> {
-  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(path)));
+/** SHA-256 of file flattened to raw by qemu-img (its first `limit` bytes when given). */
+async function flatHash(c: Ctx, file: string, fmt: string, limit?: number): Promise<string> {
+  await must("qemu-img", ["convert", "-f", fmt, "-O", "raw", file, `${file}.flat`], c.dir);
+  let data = await Deno.readFile(`${c.dir}/${file}.flat`);
+  await Deno.remove(`${c.dir}/${file}.flat`);
+  if (limit !== undefined) data = data.subarray(0, limit);
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
   return [...d].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** instar's refusal of an operation it does not implement yet (the test skips it). */
+function notSupported(o: Outcome): boolean {
+  return o.code !== 0 && /not supported|does not support/.test(o.stderr);
 }
 
 /** qemu-img info JSON without what legitimately differs between two files. */
@@ -177,11 +239,12 @@ async function infoOf(c: Ctx, file: string, fmt: string): Promise<unknown> {
 
 /**
  * Seed 004 for formats qemu-img cannot measure (vpc, vhdx, vmdk): when
- * instar's measure gives numbers, the image qemu-img converts to that format
- * must take between "required" and "fully allocated" bytes.
+ * instar's measure gives numbers, the image instar converts to that format
+ * must take between "required" and "fully allocated" bytes, give or take
+ * one 64 KiB cluster.
  */
 async function measureBounds(c: Ctx, target: string) {
-  const img = await makeImage(c, "in");
+  const img = await makeImage(c, "in", ALL_FMTS);
   const sub = target === "vmdk"
     ? pick(c, "subformat", ["monolithicSparse", "streamOptimized"])
     : pick(c, "subformat", ["dynamic", "fixed"]);
@@ -192,13 +255,23 @@ async function measureBounds(c: Ctx, target: string) {
   // Seed 004's oracle is instar's own convert output: qemu-img convert
   // follows its own strategy (it writes zeroes first and then reallocates
   // vhdx blocks, skips all-zero data, compresses streamOptimized grains),
-  // so its file size is no bound for instar's numbers. instar convert does
-  // not write vmdk/vpc/vhdx yet; until it does, the bound is not checked
-  // here (the calculators are unit-tested against the create planners).
+  // so its file size is no bound for instar's numbers. While instar
+  // convert refuses a target as "not supported", the bound is skipped (the
+  // calculators are unit-tested against the create planners); any other
+  // failure of the convert whose size was measured is a report.
   const conv = ["convert", "-f", img.fmt, "-O", target, "-o", `subformat=${sub}`, img.file, `i.${target}`];
   const ic = await instar(conv, c.dir);
-  if (ic.code !== 0) {
+  if (notSupported(ic)) {
     c.picks.bound = "skipped: instar convert cannot write this target yet";
+    return;
+  }
+  if (ic.code !== 0) {
+    c.divergences.push({
+      kind: "measure_convert_failed",
+      commands: [`instar ${args.join(" ")}`, `instar ${conv.join(" ")}`],
+      qemu: {},
+      instar: { measure: m, convert: ic },
+    });
     return;
   }
   const size = BigInt(Deno.statSync(`${c.dir}/i.${target}`).size);
@@ -218,14 +291,40 @@ async function measureBounds(c: Ctx, target: string) {
 
 const OPS: Record<string, (c: Ctx) => Promise<void>> = {
   async info(c) {
-    const img = await makeImage(c, "in");
+    const img = await makeImage(c, "in", ALL_FMTS);
     const out = pick(c, "output", ["human", "json"]);
     await compareCmd(c, "info", ["info", `--output=${out}`, "-f", img.fmt, img.file]);
   },
   async check(c) {
-    const img = await makeImage(c, "in", ["qcow2"]);
+    const img = await makeImage(c, "in", ["qcow2", "qcow2", "vpc", "vhdx"]);
     const out = pick(c, "output", ["human", "json"]);
-    await compareCmd(c, "check", ["check", `--output=${out}`, "-f", "qcow2", img.file]);
+    await compareCmd(c, "check", ["check", `--output=${out}`, "-f", img.fmt, img.file]);
+  },
+  async map(c) {
+    const img = await makeImage(c, "in", ALL_FMTS);
+    const out = pick(c, "output", ["human", "json"]);
+    await compareCmd(c, "map", ["map", `--output=${out}`, "-f", img.fmt, img.file]);
+  },
+  async compare(c) {
+    const a = await makeImage(c, "a", ALL_FMTS);
+    let b;
+    if (pick(c, "second", ["convert", "convert", "separate"]) === "convert") {
+      // The same content in another format, maybe written afterwards.
+      const fmt = pick(c, "b_format", ALL_FMTS);
+      const file = `b.${fmt}`;
+      const opts = fmt === "vpc" || fmt === "vhdx" ? ["-o", vhdOpts(c, fmt, "b_")] : [];
+      await must("qemu-img", ["convert", "-f", a.fmt, "-O", fmt, ...opts, a.file, file], c.dir);
+      const bytes = await virtualSize(c, fmt, file);
+      const cmds = ioWrites(c, fmt, bytes, "b_cluster_size").slice(0, c.rng.below(2));
+      c.picks.b_qemu_io = cmds;
+      if (cmds.length) await must("qemu-io", ["-f", fmt, ...cmds.flatMap((x) => ["-c", x]), file], c.dir);
+      b = { file, fmt, bytes };
+    } else {
+      b = await makeImage(c, "b", ALL_FMTS, "b_");
+    }
+    const args = ["compare", "-f", a.fmt, "-F", b.fmt];
+    if (pick(c, "strict", [false, false, true])) args.push("-s");
+    await compareCmd(c, "compare", [...args, a.file, b.file]);
   },
   async measure(c) {
     const target = pick(c, "target", ["raw", "qcow2", "qcow2", "vpc", "vhdx", "vmdk"]);
@@ -239,33 +338,34 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
     if (pick(c, "from", ["image", "size"]) === "size") {
       args.push("--size", pick(c, "size", ["0", "1M", "1G", "1T", "100T"]));
     } else {
-      const img = await makeImage(c, "in");
+      const img = await makeImage(c, "in", ALL_FMTS);
       args.push("-f", img.fmt, img.file);
     }
     if (pick(c, "output", ["human", "json"]) === "json") args.splice(1, 0, "--output=json");
     await compareCmd(c, "measure", args);
   },
   async convert(c) {
-    const img = await makeImage(c, "in");
-    const target = pick(c, "target", ["raw", "qcow2"]);
+    const img = await makeImage(c, "in", ALL_FMTS);
+    const target = pick(c, "target", ["raw", "qcow2", "qcow2", "vpc", "vhdx"]);
     const base = ["convert", "-f", img.fmt, "-O", target];
     if (target === "qcow2") {
       base.push("-o", qcow2Opts(c, "target_"));
       if (pick(c, "compress", [false, true])) base.push("-c");
     }
+    if (target === "vpc" || target === "vhdx") base.push("-o", vhdOpts(c, target, "target_"));
     const qa = [...base, img.file, `q.${target}`], ia = [...base, img.file, `i.${target}`];
     const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
     const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+    if ((target === "vpc" || target === "vhdx") && q.code === 0 && notSupported(i)) {
+      c.picks.skipped = "instar convert cannot write this target yet";
+      return;
+    }
     if (!same(asInstar(q), { ...i })) {
       c.divergences.push({ kind: "convert_outcome", commands, qemu: q, instar: i });
       return;
     }
     if (q.code !== 0) return;
-    const hashes: string[] = [];
-    for (const f of [`q.${target}`, `i.${target}`]) {
-      await must("qemu-img", ["convert", "-f", target, "-O", "raw", f, `${f}.flat`], c.dir);
-      hashes.push(await sha256(`${c.dir}/${f}.flat`));
-    }
+    const hashes = [await flatHash(c, `q.${target}`, target), await flatHash(c, `i.${target}`, target)];
     if (hashes[0] !== hashes[1]) {
       c.divergences.push({ kind: "convert_data", commands, qemu: hashes[0], instar: hashes[1] });
     }
@@ -301,21 +401,11 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
     }
   },
   async resize(c) {
-    const img = await makeImage(c, "in");
+    const img = await makeImage(c, "in", ["qcow2", "qcow2", "raw", "raw", "vpc", "vhdx"]);
+    if (img.fmt === "vpc" || img.fmt === "vhdx") return await resizeVhd(c, img);
     await must("cp", ["--sparse=always", img.file, `q.${img.fmt}`], c.dir);
     await must("cp", ["--sparse=always", img.file, `i.${img.fmt}`], c.dir);
-    const delta = pick(c, "delta", [
-      "+512",
-      "+64K",
-      "+1M",
-      "+15M",
-      "+1G",
-      "-512",
-      "-64K",
-      "-1M",
-      "4M",
-      "100M",
-    ]);
+    const delta = pick(c, "delta", RESIZE_DELTAS);
     const args = ["resize", "-f", img.fmt];
     let shrink = delta.startsWith("-");
     if (!delta.startsWith("+") && !delta.startsWith("-")) {
@@ -348,6 +438,64 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
     }
   },
 };
+
+const RESIZE_DELTAS = ["+512", "+64K", "+1M", "+15M", "+1G", "-512", "-64K", "-1M", "4M", "100M"];
+
+/**
+ * Resize of vpc/vhdx, which qemu-img cannot do: instar alone. When instar
+ * resizes, qemu-img must read the result (info; check for vhdx) and the
+ * data below the smaller of the two sizes must be what it was. instar's
+ * "does not support resize" refusal (the format's resize not there yet) is
+ * skipped; its other refusals (e.g. a shrink without --shrink) are logged,
+ * and a failure that is not a one-line error is a report.
+ */
+async function resizeVhd(c: Ctx, img: { file: string; fmt: string; bytes: number }) {
+  const delta = pick(c, "delta", RESIZE_DELTAS);
+  const args = ["resize", "-f", img.fmt];
+  let target: number;
+  if (delta.startsWith("+") || delta.startsWith("-")) {
+    const unit = { K: 1024, M: 1 << 20, G: 1 << 30 }[delta.slice(-1)] ?? 1;
+    const n = Number(/\d+/.exec(delta)![0]) * unit;
+    target = delta.startsWith("+") ? img.bytes + n : img.bytes - n;
+  } else {
+    target = Number(delta.slice(0, -1)) * (1 << 20);
+  }
+  if (target < img.bytes && pick(c, "shrink_flag", [true, true, false])) args.push("--shrink");
+  const ia = [...args, img.file, delta];
+  const before = await flatHash(c, img.file, img.fmt, Math.min(img.bytes, Math.max(target, 0)));
+  const i = await instar(ia, c.dir);
+  const commands = [`instar ${ia.join(" ")}`];
+  if (notSupported(i)) {
+    c.picks.skipped = "instar cannot resize this format yet";
+    return;
+  }
+  if (i.code !== 0) {
+    c.picks.refused = i.stderr.trim();
+    if (i.code !== 1 || !/^instar: .+\n$/.test(i.stderr)) {
+      c.divergences.push({ kind: "resize_vhd_error", commands, qemu: {}, instar: i });
+    }
+    return;
+  }
+  const info = await qemu(["info", "--output=json", "-f", img.fmt, img.file], c.dir);
+  const readable = info.code === 0 &&
+    (img.fmt !== "vhdx" || (await qemu(["check", "-f", "vhdx", img.file], c.dir)).code === 0);
+  if (!readable) {
+    c.divergences.push({ kind: "resize_vhd_unreadable", commands, qemu: info, instar: i });
+    return;
+  }
+  const size = Number(JSON.parse(info.stdout)["virtual-size"]);
+  c.picks.new_size = size;
+  const after = await flatHash(c, img.file, img.fmt, Math.min(img.bytes, Math.max(target, 0)));
+  // A vpc size is rounded to its CHS geometry: never below the size asked for.
+  if (before !== after || size < target) {
+    c.divergences.push({
+      kind: "resize_vhd_data",
+      commands,
+      qemu: { before, newSize: size, target },
+      instar: { after, outcome: i },
+    });
+  }
+}
 
 export async function main(argv: string[]): Promise<number> {
   const { values } = parseArgs({
