@@ -43,12 +43,19 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "qcow2_decompress",
       "raw_partition",
       "measure_scan",
+      "vpc",
+      "vhdx",
       "measure_calc",
       "create_emitters",
       "resize_planners",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);
+  }
+  const list = await fuzz(["--list"], REPO);
+  assertEquals(list.code, 0, list.text);
+  for (const want of ["measure_scan", "vpc", "vhdx"]) {
+    assert(new RegExp(`^${want} +c `, "m").test(list.text), list.text);
   }
   const clang = await new Deno.Command("clang", { args: ["--version"], stdout: "null", stderr: "null" })
     .output()
@@ -59,6 +66,9 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
     const mk = await new Deno.Command("bash", { args: [`${REPO}/fuzz/make_corpus.sh`, `${dir}/corpus`] })
       .output();
     assertEquals(mk.code, 0, dec.decode(mk.stderr));
+    // measure_scan's seeds cover every selector (0 qcow2, 1 raw, 2 vpc, 3 vhdx).
+    const selectors = new Set(files(`${dir}/corpus/measure_scan`).map((f) => Deno.readFileSync(f)[0]));
+    assertEquals([...selectors].sort(), [0, 1, 2, 3]);
     for (const info of targets) {
       await t.step(`${info.name}: a short run finds nothing`, async () => {
         const corpus = `${dir}/corpus/${info.name}`;
@@ -148,6 +158,57 @@ Deno.test("fuzz engine speaks libFuzzer's dialect on a planted bug", async () =>
   }
 });
 
+Deno.test("measure_scan's vpc and vhdx selectors reach the map guest's chain walk", async () => {
+  // A scratch copy of guest/ whose map_chain_status reports a run one
+  // sector longer than asked (past the virtual size at the last run): the
+  // vpc (selector 2) and vhdx (selector 3) inputs trip the tiling invariant,
+  // a qcow2 input (selector 0, its own walk) does not, and the real guest
+  // code runs all three cleanly.
+  const dir = await Deno.makeTempDir({ prefix: "instar-fuzz-scan-" });
+  try {
+    const cp = await new Deno.Command("cp", { args: ["-r", `${REPO}/guest`, `${dir}/guest`] }).output();
+    assert(cp.success);
+    const path = `${dir}/guest/chain/map_status.c`;
+    const src = Deno.readTextFileSync(path);
+    const line = "e->length = bytes;";
+    assert(src.includes(line), "the line this test changes is gone from guest/chain/map_status.c");
+    Deno.writeTextFileSync(path, src.replace(line, "e->length = bytes + 512;"));
+    const env = { FUZZ_GUEST_DIR: `${dir}/guest`, FUZZ_OUT: `${dir}/out` };
+    const mk = await new Deno.Command("bash", {
+      args: [
+        "-c",
+        "qemu-img create -q -f vpc img.vpc 1M && qemu-io -f vpc -c 'write -P 7 4096 4096' img.vpc >/dev/null && " +
+        "qemu-img create -q -f vhdx -o block_size=1M img.vhdx 8M && " +
+        "qemu-io -f vhdx -c 'write -P 7 0 4096' img.vhdx >/dev/null && " +
+        "qemu-img create -q -f qcow2 -o cluster_size=1024 img.qcow2 64K",
+      ],
+      cwd: dir,
+    }).output();
+    assertEquals(mk.code, 0, dec.decode(mk.stderr));
+    const { vhdxSeed } = await import("../fuzz/vhdx_seed.ts");
+    const input = (sel: number, body: Uint8Array) => {
+      const out = new Uint8Array(2 + body.length);
+      out.set([sel, 7]);
+      out.set(body, 2);
+      return out;
+    };
+    Deno.writeFileSync(`${dir}/vpc.in`, input(2, Deno.readFileSync(`${dir}/img.vpc`)));
+    Deno.writeFileSync(`${dir}/vhdx.in`, input(3, vhdxSeed(Deno.readFileSync(`${dir}/img.vhdx`))));
+    Deno.writeFileSync(`${dir}/qcow2.in`, input(0, Deno.readFileSync(`${dir}/img.qcow2`)));
+    for (const f of ["vpc.in", "vhdx.in"]) {
+      const r = await fuzz(["measure_scan", f], dir, env);
+      assertEquals(r.code, 77, r.text);
+      assert(r.text.includes("invariant: e.start == pos && e.length > 0 && e.length <= size - pos"), r.text);
+    }
+    const q = await fuzz(["measure_scan", "qcow2.in"], dir, env);
+    assertEquals(q.code, 0, q.text);
+    const clean = await fuzz(["measure_scan", "vpc.in", "vhdx.in", "qcow2.in"], dir);
+    assertEquals(clean.code, 0, clean.text);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("fuzz engine pieces: dictionary syntax, flags, seeded mutation", async () => {
   const { parseDict } = await import("../fuzz/engine/dict.ts");
   const { parseFlags } = await import("../fuzz/engine/flags.ts");
@@ -196,6 +257,7 @@ Deno.test("fuzz engine pieces: dictionary syntax, flags, seeded mutation", async
 Deno.test("fuzz:diff replays a run exactly from its seed", async () => {
   const dir = await Deno.makeTempDir({ prefix: "instar-fuzz-diff-" });
   try {
+    let text = "";
     const runDiff = async (extra: string[]) => {
       const o = await new Deno.Command(DENO, {
         args: ["run", "-A", `${REPO}/fuzz/diff/main.ts`, "--seed", "7", "--out", `${dir}/reports`, ...extra],
@@ -204,7 +266,7 @@ Deno.test("fuzz:diff replays a run exactly from its seed", async () => {
         stdout: "piped",
         stderr: "piped",
       }).output();
-      const text = dec.decode(o.stdout);
+      text = dec.decode(o.stdout);
       assert(o.code === 0 || o.code === 1, dec.decode(o.stderr));
       assert(/\d+ iterations, \d+ divergences/.test(text), text);
       return text.split("\n").filter((l) => l.startsWith("iteration "));
@@ -213,6 +275,20 @@ Deno.test("fuzz:diff replays a run exactly from its seed", async () => {
     assertEquals(all.length, 3);
     // Iteration 2 alone draws the same picks as in the full run.
     assertEquals(await runDiff(["--only", "2", "--ops", "measure,info"]), [all[2]]);
+    // vpc and vhdx inputs (qemu-img create and convert, qemu-io writes)
+    // through info, check, map and compare agree with qemu-img.
+    const vhd = await runDiff([
+      "--iterations",
+      "6",
+      "--ops",
+      "info,map,check,compare",
+      "--formats",
+      "vpc,vhdx",
+    ]);
+    assertEquals(vhd.length, 6);
+    assert(vhd.some((l) => l.includes('"image_format":"vpc"')), vhd.join("\n"));
+    assert(vhd.some((l) => l.includes('"image_format":"vhdx"')), vhd.join("\n"));
+    assert(text.includes("6 iterations, 0 divergences"), text);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -29,6 +29,7 @@
 // lines, both outcomes) to the report directory.
 //
 //   deno task fuzz:diff [--iterations N] [--seed S] [--only I] [--out DIR] [--ops a,b]
+//                       [--formats qcow2,raw,vpc,vhdx]   (input formats; default all)
 //
 // Iteration i draws from Rng(seed, i) alone, so `--seed S --only I` replays
 // one iteration exactly.
@@ -54,8 +55,7 @@ const qemu = (args: string[], cwd: string) => run("qemu-img", args, cwd);
 /** The CLI to compare; tests on a machine without /dev/kvm point it at
  * tests/support/hosted_main.ts (INSTAR_DIFF_CLI), everything else runs main.ts. */
 const CLI = Deno.env.get("INSTAR_DIFF_CLI") ?? `${REPO}/main.ts`;
-const instar = (args: string[], cwd: string) =>
-  run(Deno.execPath(), ["run", "-A", CLI, ...args], cwd);
+const instar = (args: string[], cwd: string) => run(Deno.execPath(), ["run", "-A", CLI, ...args], cwd);
 
 async function must(cmd: string, args: string[], cwd: string): Promise<Outcome> {
   const o = await run(cmd, args, cwd);
@@ -84,6 +84,8 @@ interface Ctx {
   dir: string;
   picks: Record<string, unknown>;
   divergences: Divergence[];
+  /** --formats: the input formats makeImage may pick (all when unset). */
+  formats?: string[];
 }
 
 function pick<T>(c: Ctx, name: string, items: readonly T[]): T {
@@ -176,8 +178,14 @@ async function virtualSize(c: Ctx, fmt: string, file: string): Promise<number> {
  * vpc and vhdx images are made by `create` or by `convert` from a raw file
  * qemu-io wrote (pick `${prefix}via`), then written by qemu-io.
  */
-async function makeImage(c: Ctx, name: string, fmts: readonly string[] = ["qcow2", "raw"], prefix = "image_") {
-  const fmt = pick(c, `${prefix}format`, fmts);
+async function makeImage(
+  c: Ctx,
+  name: string,
+  fmts: readonly string[] = ["qcow2", "raw"],
+  prefix = "image_",
+) {
+  const allowed = fmts.filter((f) => !c.formats || c.formats.includes(f));
+  const fmt = pick(c, `${prefix}format`, allowed.length ? allowed : fmts);
   const size = pick(c, `${prefix}size`, SIZES);
   const file = `${name}.${fmt}`;
   const args = ["create", "-q", "-f", fmt];
@@ -188,7 +196,9 @@ async function makeImage(c: Ctx, name: string, fmts: readonly string[] = ["qcow2
       await must("qemu-img", ["create", "-q", "-f", "raw", `${name}.src`, size], c.dir);
       const pre = ioWrites(c, "raw", await virtualSize(c, "raw", `${name}.src`), `${prefix}cluster_size`);
       c.picks[`${prefix}qemu_io_src`] = pre;
-      if (pre.length) await must("qemu-io", ["-f", "raw", ...pre.flatMap((x) => ["-c", x]), `${name}.src`], c.dir);
+      if (pre.length) {
+        await must("qemu-io", ["-f", "raw", ...pre.flatMap((x) => ["-c", x]), `${name}.src`], c.dir);
+      }
       await must("qemu-img", ["convert", "-f", "raw", "-O", fmt, "-o", opts, `${name}.src`, file], c.dir);
       await Deno.remove(`${c.dir}/${name}.src`);
     } else {
@@ -506,6 +516,7 @@ export async function main(argv: string[]): Promise<number> {
       only: { type: "string" },
       out: { type: "string" },
       ops: { type: "string" },
+      formats: { type: "string" },
     },
   });
   const seed = Number(values.seed), n = Number(values.iterations);
@@ -520,7 +531,7 @@ export async function main(argv: string[]): Promise<number> {
     const rng = new Rng((Math.imul(seed, 0x9e3779b1) ^ Math.imul(it + 1, 0x85ebca6b)) >>> 0);
     const op = rng.pick(ops);
     const dir = await Deno.makeTempDir({ prefix: "instar-diff-" });
-    const c: Ctx = { rng, dir, picks: { op }, divergences: [] };
+    const c: Ctx = { rng, dir, picks: { op }, divergences: [], formats: values.formats?.split(",") };
     let error: string | undefined;
     try {
       await OPS[op](c);
