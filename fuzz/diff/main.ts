@@ -148,18 +148,32 @@ function vhdOpts(c: Ctx, fmt: string, prefix: string): string {
 function ioWrites(c: Ctx, fmt: string, bytes: number, clusterPick: string): string[] {
   const cmds: string[] = [];
   const writes = c.rng.below(5);
+  // qcow2 clusters written so far: qemu refuses a compressed write into an
+  // allocated cluster, so those are left out (the draws stay the same).
+  const cs = Number(c.picks[clusterPick] ?? 65536);
+  const touched = new Set<number>();
+  const touch = (off: number, len: number) => {
+    for (let k = Math.floor(off / cs); k <= Math.floor((off + len - 1) / cs); k++) touched.add(k);
+  };
   for (let k = 0; k < writes; k++) {
     const kind = c.rng.below(fmt === "qcow2" ? 4 : 2);
     const len = 512 * (1 + c.rng.below(256));
     const off = 512 * c.rng.below(Math.max(1, (bytes - len) / 512));
     if (off + len > bytes) continue;
-    if (kind === 0 || kind === 3) cmds.push(`write -P ${c.rng.below(256)} ${off} ${len}`);
-    else if (kind === 1) cmds.push(`write -z ${off} ${len}`);
-    else {
+    if (kind === 0 || kind === 3) {
+      cmds.push(`write -P ${c.rng.below(256)} ${off} ${len}`);
+      touch(off, len);
+    } else if (kind === 1) {
+      cmds.push(`write -z ${off} ${len}`);
+      touch(off, len);
+    } else {
       // Compressed writes must be exactly one whole cluster.
-      const cs = Number(c.picks[clusterPick] ?? 65536);
       const at = Math.floor(off / cs) * cs;
-      if (at + cs <= bytes) cmds.push(`write -c -P ${c.rng.below(256)} ${at} ${cs}`);
+      if (at + cs <= bytes) {
+        const pattern = c.rng.below(256);
+        if (!touched.has(at / cs)) cmds.push(`write -c -P ${pattern} ${at} ${cs}`);
+        touch(at, cs);
+      }
     }
   }
   return cmds;
@@ -457,7 +471,8 @@ const RESIZE_DELTAS = ["+512", "+64K", "+1M", "+15M", "+1G", "-512", "-64K", "-1
  * data below the smaller of the two sizes must be what it was. instar's
  * "does not support resize" refusal (the format's resize not there yet) is
  * skipped; its other refusals (e.g. a shrink without --shrink) are logged,
- * and a failure that is not a one-line error is a report.
+ * and a failure that is not such a refusal (another exit code, a stack
+ * trace) is a report.
  */
 async function resizeVhd(c: Ctx, img: { file: string; fmt: string; bytes: number }) {
   const delta = pick(c, "delta", RESIZE_DELTAS);
@@ -481,7 +496,9 @@ async function resizeVhd(c: Ctx, img: { file: string; fmt: string; bytes: number
   }
   if (i.code !== 0) {
     c.picks.refused = i.stderr.trim();
-    if (i.code !== 1 || !/^instar: .+\n$/.test(i.stderr)) {
+    // A refusal is exit code 1 and instar's own messages (qemu's shrink
+    // refusal is two lines), never a stack trace.
+    if (i.code !== 1 || !/^instar: /.test(i.stderr) || /^\s+at /m.test(i.stderr)) {
       c.divergences.push({ kind: "resize_vhd_error", commands, qemu: {}, instar: i });
     }
     return;
