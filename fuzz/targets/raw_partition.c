@@ -6,8 +6,9 @@
  *
  * Input: the image file's bytes.
  * Invariants (abort = finding):
- *   - probing with FMT_AUTO gives FMT_RAW or FMT_QCOW2 (or -1 only on an
- *     I/O error, which a memory buffer never has);
+ *   - probing with FMT_AUTO gives FMT_RAW, FMT_QCOW2, FMT_VPC or FMT_VHDX
+ *     (or -1 only on an I/O error, which a memory buffer never has); vpc
+ *     only with "conectix" and vhdx only with "vhdxfile" at byte 0;
  *   - probing with an explicit format returns that format;
  *   - raw_partition_kind returns PART_NONE, PART_MBR or PART_GPT, and
  *     PART_GPT only with "EFI PART" at byte 512.
@@ -26,7 +27,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     reader_from_mem(&r, data, size);
     fuzz_rt_begin(data, size, FMT_AUTO);
     int f = probe_input(&r, FMT_AUTO);
-    CHECK(f == FMT_RAW || f == FMT_QCOW2, (uint64_t)f, size);
+    CHECK(f == FMT_RAW || f == FMT_QCOW2 || f == FMT_VPC || f == FMT_VHDX, (uint64_t)f, size);
+    if (f == FMT_VPC) CHECK(size >= 8 && memcmp(data, "conectix", 8) == 0, size, 0);
+    if (f == FMT_VHDX) CHECK(size >= 8 && memcmp(data, "vhdxfile", 8) == 0, size, 0);
     CHECK(probe_input(&r, FMT_RAW) == FMT_RAW, size, 0);
     CHECK(probe_input(&r, FMT_QCOW2) == FMT_QCOW2, size, 0);
     int k = raw_partition_kind(&r);
