@@ -22,8 +22,10 @@
  * (arg[4] 9..28). A block gets an output slot the first time it has bytes
  * to write (a non-zero min_sparse piece; every block with -S 0): slots are
  * packed from arg[3] on in guest order, each 2^arg[4] + arg[7] bytes, the
- * block's data arg[7] bytes into its slot (vpc: its sector bitmap comes
- * first, which the host writes). Zero pieces of a block with a slot are not
+ * block's data arg[7] bytes into its slot (arg[7] <= 4096). The guest fills
+ * that prefix with 0xFF bytes: VHD's sector bitmap with every sector
+ * present, as qemu's vpc writes it for a new block (one host patch per
+ * block would not fit a plan's patch limit). Zero pieces of a block with a slot are not
  * written: the slot lies past everything written before, so it reads as
  * zeroes. DATA_RUN records report block -> slot (host_offset + i * stride);
  * the host's planners (lib/formats/{vpc,vhdx}/output_plan.ts) write all
@@ -104,6 +106,7 @@ static int emit_run(void);
 #ifdef CONVERT_BLOCKS
 static uint32_t blk_bits;       /* 0 = raw output */
 static uint64_t blk_doff, blk_cur = UINT64_MAX, blk_slot, n_blocks;
+static uint8_t blk_ones[4096];
 
 /* Gives block `blk` the next slot (blocks come in guest order). */
 static int block_slot(uint64_t blk)
@@ -120,6 +123,7 @@ static int block_slot(uint64_t blk)
         run.count = 1;
         run.host_offset = slot;
     }
+    if (blk_doff && queue_write(slot, blk_ones, blk_doff)) return -1;
     data_end = slot + stride;
     blk_cur = blk;
     blk_slot = slot;
@@ -493,9 +497,10 @@ int op_main(void)
     if (flags & CONV_BLOCK) {
 #ifdef CONVERT_BLOCKS
         if (flags & ~(uint32_t)CONV_BLOCK) return rt_error(0, GERR_BAD_PARAMS, 5, 7, 0);
-        if (p->arg[4] < 9 || p->arg[4] > 28 || p->arg[7] > (1ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 8, 0);
+        if (p->arg[4] < 9 || p->arg[4] > 28 || p->arg[7] > sizeof blk_ones) return rt_error(0, GERR_BAD_PARAMS, 5, 8, 0);
         blk_bits = (uint32_t)p->arg[4];
         blk_doff = p->arg[7];
+        memset(blk_ones, 0xff, sizeof blk_ones);
         if (start & ((1ull << blk_bits) - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
         if (convert_raw(start, end, min_sparse, buf, zbuf) || emit_run()) return -1;

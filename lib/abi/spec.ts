@@ -185,7 +185,7 @@ export const convertFlags = {
   COUNT: 8,
   /** Block output (vpc/vhdx dynamic): the guest range is cut into 2^arg[4]-byte blocks; each
    * block holding a non-zero byte gets the next slot from arg[3] on (slot stride
-   * 2^arg[4] + arg[7], its data arg[7] bytes into the slot); DATA_RUN records say which
+   * 2^arg[4] + arg[7], its data arg[7] <= 4096 bytes in, after 0xFF bytes); DATA_RUN records say which
    * block went to which slot (guest_cluster = block, host_offset = slot, +stride ...). */
   BLOCK: 16,
 } as const;
