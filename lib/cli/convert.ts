@@ -22,7 +22,7 @@ import { cvtnum } from "./options.ts";
 import { openFailure, errnoText, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
-import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
+import { convertToBlocks, convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
@@ -354,6 +354,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     try {
       if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
+      } else if (spec.writer === "blocks") {
+        written = await convertToBlocks(job, spec.blocks!, out);
       } else {
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
       }

@@ -16,6 +16,7 @@ import {
   qcow2OutputPrologue,
 } from "../formats/qcow2/output_plan.ts";
 import { alignUp } from "../formats/plan.ts";
+import type { BlockOutput, BlockRun } from "../formats/types.ts";
 
 export interface SourceLayer {
   path: string;
@@ -241,4 +242,68 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
   await applyPlan(outPath, plan.value);
   if (DEBUG) console.error(`instar: qcow2 metadata planned in ${(t1 - t0).toFixed(1)} ms, written in ${(performance.now() - t1).toFixed(1)} ms`);
   return parts.reduce((t, p) => t + p.written, 0n);
+}
+
+/**
+ * Block output (vpc, vhdx): the guest writes the data, in place after the
+ * metadata ("inplace", fixed subformats: one or two guests as for raw) or
+ * packed into slots ("slots", dynamic: one guest, which hands out slots in
+ * guest order), and the target driver's planner writes all metadata from
+ * what the guest reports. Returns the data bytes written.
+ */
+export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: string): Promise<bigint> {
+  let dataEnd: bigint, runs: BlockRun[] = [], written = 0n;
+  if (b.placement === "inplace") {
+    const n = guestCount(job.size, job.size / (1n << 20n));
+    const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
+    const report = progressOf(job, n);
+    const ranges = n === 2 ? [[0n, mid], [mid, job.size]] : [[0n, job.size]];
+    const results = await Promise.all(ranges.map(([from, to], i) =>
+      runGuest({
+        op: "convert",
+        opCode: ops.CONVERT,
+        inputs: inputs(job),
+        args: [0n, 0n, job.minSparse, b.dataStart, 0n, from, to],
+        ramBytes: RAM,
+        timeoutMs: TIMEOUT_MS,
+        output: { path: outPath, cap: b.cap },
+        onProgress: report(i),
+      })
+    ));
+    results.forEach((r, i) => debugRun(`convert in place part ${i}`, r));
+    for (const r of results) failOnError(r.records);
+    dataEnd = 0n;
+    for (const r of results) {
+      const d = doneRecord(r.records);
+      written += d.bytes_written as bigint;
+      if ((d.data_end as bigint) > dataEnd) dataEnd = d.data_end as bigint;
+    }
+  } else {
+    const bits = BigInt(b.blockSize.toString(2).length - 1);
+    if (1n << bits !== b.blockSize) throw new Error("block size is not a power of two");
+    const r = await runGuest({
+      op: "convert",
+      opCode: ops.CONVERT,
+      inputs: inputs(job),
+      args: [0n, BigInt(convertFlags.BLOCK), job.minSparse, b.dataStart, bits, 0n, job.size, b.slotPrefix],
+      ramBytes: RAM,
+      timeoutMs: TIMEOUT_MS,
+      output: { path: outPath, cap: b.cap },
+      onProgress: progressOf(job, 1)(0),
+    });
+    debugRun("convert blocks", r);
+    failOnError(r.records);
+    for (const rec of r.records) {
+      if (rec.type !== records.DATA_RUN) continue;
+      const f = rec.fields;
+      runs.push({ block: f.guest_cluster as bigint, count: f.count as bigint, slot: f.host_offset as bigint });
+    }
+    const d = doneRecord(r.records);
+    dataEnd = d.data_end as bigint;
+    written = d.bytes_written as bigint;
+  }
+  const plan = b.finish(dataEnd, runs);
+  if (!plan.ok) throw new PlanRefused(plan.error.message);
+  await applyPlan(outPath, plan.value);
+  return written;
 }

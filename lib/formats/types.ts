@@ -137,12 +137,40 @@ export interface FormatDriver {
   readonly convertTarget?: ConvertTarget;
 }
 
+/** Guest blocks [block, block+count) were written to slots slot, slot+stride, ... (a DATA_RUN). */
+export interface BlockRun {
+  block: bigint;
+  count: bigint;
+  slot: bigint;
+}
+
+/**
+ * A target whose data the guest writes in fixed-size blocks (vpc, vhdx):
+ * "slots" packs the blocks that hold data from dataStart on in guest order,
+ * each in a slot of slotPrefix + blockSize bytes (the guest fills the
+ * prefix with 0xFF bytes); "inplace" writes guest byte x at dataStart + x.
+ * The driver's planner then writes all metadata from what the guest reports.
+ */
+export interface BlockOutput {
+  placement: "slots" | "inplace";
+  /** A power of two, 512 B .. 256 MiB. */
+  blockSize: bigint;
+  /** Bytes before each block's data in its slot (<= 4096). */
+  slotPrefix: bigint;
+  dataStart: bigint;
+  /** The guest's output cap: the fully allocated image's size (the measure calculator's bound). */
+  cap: bigint;
+  /** The metadata plan for data written up to dataEnd; `runs` come from the guest and are validated. */
+  finish(dataEnd: bigint, runs: BlockRun[]): PlanResult<FilePlan>;
+}
+
 /** What convert's guest pipeline needs to know about its target. */
 export interface OutputSpec {
   /** Which writer the pipeline runs (lib/convert/pipeline.ts). */
-  writer: "raw" | "qcow2";
+  writer: "raw" | "qcow2" | "blocks";
   preallocation: Prealloc;
   qcow2?: Qcow2OutputOptions;
+  blocks?: BlockOutput;
 }
 
 /** A target format's reading of convert's `-o`. Errors of kind "unsupported"
