@@ -141,7 +141,11 @@ static int out_write(uint64_t off, const uint8_t *buf, uint64_t len)
         while (len) {
             uint64_t blk = off >> blk_bits, in = off & (bsize - 1);
             uint64_t k = bsize - in < len ? bsize - in : len;
-            if (blk != blk_cur && block_slot(blk)) return -1;
+            if (blk != blk_cur) {
+                /* Writes come in guest order: a block is never revisited. */
+                if (blk_cur != UINT64_MAX && blk < blk_cur) return rt_error(0, GERR_INTERNAL, 10, blk, blk_cur);
+                if (block_slot(blk)) return -1;
+            }
             if (queue_write(blk_slot + blk_doff + in, buf, k)) return -1;
             off += k, buf += k, len -= k;
         }
@@ -188,7 +192,7 @@ static int skip_zero_run(uint64_t *off, uint64_t start, uint64_t end, uint64_t m
     return 1;
 }
 
-static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_t *buf, uint8_t *zeroes)
+static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_t *buf)
 {
     for (uint64_t off = start; off < end;) {
         if (min_sparse) {
@@ -204,8 +208,15 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
             uint64_t k = 0;
             int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & CS_DATA) {
-                if (chain_read(&chain, at, k, buf + (at - off))) return -1;
+            /* -S 0: the output is fully allocated, zeroes included; they
+             * are emitted in guest order with the data (block output hands
+             * out slots in the order blocks are first written). */
+            if ((st & CS_DATA) || !min_sparse) {
+                if (!(st & CS_DATA)) {
+                    memset(buf + (at - off), 0, k);
+                } else if (chain_read(&chain, at, k, buf + (at - off))) {
+                    return -1;
+                }
                 /* Remember the run; full table: flush and emit what we have. */
                 if (n_runs == 256) {
                     if (chain_flush(&chain)) return -1;
@@ -216,13 +227,6 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
                 runs[2 * n_runs] = at;
                 runs[2 * n_runs + 1] = k;
                 n_runs++;
-            } else if (!min_sparse) {
-                /* -S 0: the output is fully allocated, zeroes included. */
-                for (uint64_t z = 0; z < k;) {
-                    uint64_t w = k - z < CHUNK ? k - z : CHUNK;
-                    if (out_write(at + z, zeroes, w)) return -1;
-                    z += w;
-                }
             }
             at += k;
         }
@@ -503,7 +507,7 @@ int op_main(void)
         memset(blk_ones, 0xff, sizeof blk_ones);
         if (start & ((1ull << blk_bits) - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
-        if (convert_raw(start, end, min_sparse, buf, zbuf) || emit_run()) return -1;
+        if (convert_raw(start, end, min_sparse, buf) || emit_run()) return -1;
         n_clusters = n_blocks;
 #else
         return rt_error(0, GERR_BAD_PARAMS, 5, 7, 0);
@@ -513,7 +517,7 @@ int op_main(void)
         out_base = p->arg[3];
         if (out_base + end < out_base || out_base + end > p->output_cap)
             return rt_error(0, GERR_BAD_PARAMS, 4, out_base + end, p->output_cap);
-        if (convert_raw(start, end, min_sparse, buf, zbuf)) return -1;
+        if (convert_raw(start, end, min_sparse, buf)) return -1;
         data_end = out_base + end;
     } else {
         uint64_t cbits = p->arg[4];

@@ -56,6 +56,7 @@ function debugRun(what: string, r: { exits: bigint; elapsedNs: bigint; setupNs: 
 
 function failOnError(recs: Rec[]) {
   const err = recs.find((r) => r.type === records.ERROR);
+  if (err && DEBUG) console.error(`instar: guest error ${JSON.stringify(err.fields, (_k, v) => typeof v === "bigint" ? String(v) : v)}`);
   if (err) throw new GuestFailure(err);
 }
 
