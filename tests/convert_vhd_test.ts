@@ -185,6 +185,17 @@ Deno.test({ name: "convert -O vpc|vhdx: -S 0, -S 64k, --progress=json and qemu's
           const [q, i] = await Promise.all([qemuImg(a, dir), instar(a, dir)]);
           assertEquals(i, asInstar(q));
         }
+        if (fmt === "vpc") {
+          // Above 2040 GiB: vpc_co_create's words (create words it differently).
+          const f = await Deno.open(`${dir}/big.raw`, { create: true, write: true });
+          await f.truncate(2041 * 1024 * 1024 * 1024);
+          f.close();
+          for (const o of ["subformat=dynamic", "subformat=fixed"]) {
+            const a = ["convert", "-f", "raw", "-O", "vpc", "-o", o, "big.raw", "big.vpc"];
+            const [q, i] = [await qemuImg(a, dir), await instar(a, dir)];
+            assertEquals(i, asInstar(q));
+          }
+        }
         // preallocation is accepted and changes nothing, as in qemu.
         const r = await instar(["convert", "-f", "raw", "-O", fmt, "-o", "preallocation=full", "s.raw", `f.${fmt}`], dir);
         assertEquals(r, { stdout: "", stderr: "", code: 0 });

@@ -27,10 +27,16 @@ import {
 } from "./create_plan.ts";
 import { VPC_BLOCK_COST } from "./measure.ts";
 
+const VPC_TOO_LARGE_CREATE = "The image size is too large for file format 'vpc'";
+
 /** The block output for a VHD of `opts` (its size is the source's), or qemu's refusal. */
 export function vpcOutput(opts: VpcCreateOptions, entropy: VpcEntropy): PlanResult<BlockOutput> {
   const plan = planVpcCreate(opts, entropy);
-  if (!plan.ok) return plan;
+  if (!plan.ok) {
+    // qemu-img create words vpc's -EFBIG itself; convert prints vpc_co_create's own text.
+    if (plan.error.message === VPC_TOO_LARGE_CREATE) return fail(plan.error.kind, "Disk size is too large, max size is 2040 GiB");
+    return plan;
+  }
   const p = plan.value;
   const size = p.virtualSize;
   const dynamic = p.subformat === "dynamic";
