@@ -9,7 +9,7 @@
 // [required - 64 KiB, fully allocated + 64 KiB] of `instar measure -O`
 // (seed 004's bound). Refusals print qemu's words.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, exec, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
+import { asInstar, built, CLI_ENTRY, DENO, exec, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
 
 const haveVhdiinfo = (() => {
   try {
@@ -167,6 +167,29 @@ Deno.test({ name: "convert -O vpc|vhdx: -S 0, -S 64k, --progress=json and qemu's
           const map = async (f: string) => (await qemuImg(["map", "--output=json", "-f", fmt, f], dir)).stdout.replace(/"offset": \d+/g, "");
           assertEquals(await map(out), await map(`q${out}`));
         }
+      });
+      await t.step(`${fmt}: one guest or two: the same content, a valid image`, async () => {
+        const shas = [];
+        for (const g of ["1", "2"]) {
+          for (const sub of ["dynamic", "fixed"]) {
+            const out = `g${g}${sub}.${fmt}`;
+            const o = fmt === "vhdx" ? `subformat=${sub},block_size=1M` : `subformat=${sub}`;
+            const r = await new Deno.Command(DENO, {
+              args: ["run", "-A", CLI_ENTRY, "convert", "-f", "raw", "-O", fmt, "-o", o, "s.raw", out],
+              cwd: dir,
+              env: { INSTAR_GUESTS: g },
+              stdout: "piped",
+              stderr: "piped",
+            }).output();
+            assertEquals(r.code, 0, new TextDecoder().decode(r.stderr));
+            const cmp = await qemuImg(["compare", "-f", "raw", "-F", fmt, "s.raw", out], dir);
+            assertEquals(cmp.code, 0, cmp.stdout);
+            if (fmt === "vhdx") assertEquals((await qemuImg(["check", out], dir)).code, 0);
+            shas.push(await flatSha(dir, out, fmt));
+          }
+        }
+        assertEquals(shas[0], shas[2]);
+        assertEquals(shas[1], shas[3]);
       });
       await t.step(`${fmt}: --progress=json ends at 100`, async () => {
         const r = await instar(["convert", "--progress=json", "-f", "raw", "-O", fmt, "s.raw", `p.${fmt}`], dir);

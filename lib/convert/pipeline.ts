@@ -248,8 +248,8 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
 /**
  * Block output (vpc, vhdx): the guest writes the data, in place after the
  * metadata ("inplace", fixed subformats: one or two guests as for raw) or
- * packed into slots ("slots", dynamic: one guest, which hands out slots in
- * guest order), and the target driver's planner writes all metadata from
+ * packed into slots ("slots", dynamic: one guest, or two each handing out
+ * slots in guest order in its own window), and the target driver's planner writes all metadata from
  * what the guest reports. Returns the data bytes written.
  */
 export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: string): Promise<bigint> {
@@ -282,26 +282,70 @@ export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: 
   } else {
     const bits = BigInt(b.blockSize.toString(2).length - 1);
     if (1n << bits !== b.blockSize) throw new Error("block size is not a power of two");
-    const r = await runGuest({
-      op: "convert",
-      opCode: ops.CONVERT,
-      inputs: inputs(job),
-      args: [0n, BigInt(convertFlags.BLOCK), job.minSparse, b.dataStart, bits, 0n, job.size, b.slotPrefix],
-      ramBytes: RAM,
-      timeoutMs: TIMEOUT_MS,
-      output: { path: outPath, cap: b.cap },
-      onProgress: progressOf(job, 1)(0),
-    });
-    debugRun("convert blocks", r);
-    failOnError(r.records);
-    for (const rec of r.records) {
-      if (rec.type !== records.DATA_RUN) continue;
-      const f = rec.fields;
-      runs.push({ block: f.guest_cluster as bigint, count: f.count as bigint, slot: f.host_offset as bigint });
+    const stride = b.blockSize + b.slotPrefix;
+    const blocksIn = (from: bigint, to: bigint) => (to - from + b.blockSize - 1n) / b.blockSize;
+    const n = guestCount(job.size, blocksIn(0n, job.size));
+    const mid = n === 2 ? middle(job.size, b.blockSize) : job.size;
+    const report = progressOf(job, n);
+    const guest = (from: bigint, to: bigint, start: bigint, cap: bigint, i: number) =>
+      runGuest({
+        op: "convert",
+        opCode: ops.CONVERT,
+        inputs: inputs(job),
+        args: [0n, BigInt(convertFlags.BLOCK), job.minSparse, start, bits, from, to, b.slotPrefix],
+        ramBytes: RAM,
+        timeoutMs: TIMEOUT_MS,
+        output: { path: outPath, cap },
+        onProgress: report(i),
+      });
+    const blockRuns = (recs: Rec[], shift: bigint) => {
+      const out: BlockRun[] = [];
+      for (const rec of recs) {
+        if (rec.type !== records.DATA_RUN) continue;
+        const f = rec.fields;
+        out.push({ block: f.guest_cluster as bigint, count: f.count as bigint, slot: (f.host_offset as bigint) + shift });
+      }
+      return out;
+    };
+    if (n === 1 || mid >= job.size) {
+      const r = await guest(0n, job.size, b.dataStart, b.cap, 0);
+      debugRun("convert blocks", r);
+      failOnError(r.records);
+      runs = blockRuns(r.records, 0n);
+      const d = doneRecord(r.records);
+      dataEnd = d.data_end as bigint;
+      written = d.bytes_written as bigint;
+    } else {
+      // Two guests into one file, as for qcow2: the second starts behind the
+      // first half's worst case (every block allocated), on a filesystem
+      // block; each is confined to its window by its output cap. The gap
+      // the first half leaves is collapsed where the filesystem can (else a
+      // hole). Slots stay aligned: VHDX blocks are whole MiB, so the gap is
+      // too; VHD slots only need whole sectors.
+      const fsAlign = 4096n;
+      const startB = alignUp(b.dataStart + blocksIn(0n, mid) * stride, fsAlign);
+      const capB = startB + blocksIn(mid, job.size) * stride;
+      const rs = await Promise.all([
+        guest(0n, mid, b.dataStart, b.dataStart + blocksIn(0n, mid) * stride, 0),
+        guest(mid, job.size, startB, capB, 1),
+      ]);
+      rs.forEach((r, i) => debugRun(`convert blocks part ${i}`, r));
+      for (const r of rs) failOnError(r.records);
+      const [dA, dB] = rs.map((r) => doneRecord(r.records));
+      const endA = dA.data_end as bigint, endB = dB.data_end as bigint;
+      written = (dA.bytes_written as bigint) + (dB.bytes_written as bigint);
+      runs = blockRuns(rs[0].records, 0n);
+      if (endB > startB) {
+        const gapStart = alignUp(endA, fsAlign);
+        const gap = startB - gapStart;
+        const collapsed = gap > 0n && await collapseRange(outPath, gapStart, gap);
+        const shift = collapsed ? -gap : 0n;
+        runs.push(...blockRuns(rs[1].records, shift));
+        dataEnd = endB + shift;
+      } else {
+        dataEnd = endA;
+      }
     }
-    const d = doneRecord(r.records);
-    dataEnd = d.data_end as bigint;
-    written = d.bytes_written as bigint;
   }
   const plan = b.finish(dataEnd, runs);
   if (!plan.ok) throw new PlanRefused(plan.error.message);

@@ -8,22 +8,30 @@ import type { BlockRun } from "./types.ts";
 
 const cmp = (a: bigint, b: bigint) => (a < b ? -1 : a > b ? 1 : 0);
 
-/** Validates `runs` for `blocks` blocks in slots of `stride` bytes packed from dataStart to dataEnd. */
+/**
+ * Validates `runs` for `blocks` blocks in slots of `stride` bytes written
+ * between dataStart and dataEnd. Slots start on `align` boundaries; one
+ * guest packs them back to back, two guests leave up to one `align` of
+ * padding (to a 4 KiB filesystem block) between their halves (convert's
+ * two-guest split), so dataEnd may pass the packed worst case by that much.
+ */
 export function checkBlockRuns(
   runs: readonly BlockRun[],
   blocks: bigint,
   dataStart: bigint,
   dataEnd: bigint,
   stride: bigint,
+  align: bigint,
 ): PlanResult<BlockRun[]> {
   const bad = (m: string) => fail("invalid_size", m);
-  if (dataEnd < dataStart || dataEnd > dataStart + blocks * stride || (dataEnd - dataStart) % stride !== 0n) {
-    return bad(`Data end ${dataEnd} is not a slot boundary of [${dataStart}, ${dataStart + blocks * stride}]`);
+  const most = dataStart + blocks * stride + (align > 4096n ? align : 4096n);
+  if (dataEnd < dataStart || dataEnd > most || dataEnd % align !== 0n) {
+    return bad(`Data end ${dataEnd} lies outside [${dataStart}, ${most}] or off a ${align}-byte boundary`);
   }
   for (const r of runs) {
     if (r.count <= 0n) return bad(`Block run at ${r.block} has no blocks`);
     if (r.block < 0n || r.block + r.count > blocks) return bad(`Block run at ${r.block} passes the image end`);
-    if (r.slot < dataStart || (r.slot - dataStart) % stride !== 0n || r.slot + r.count * stride > dataEnd) {
+    if (r.slot < dataStart || r.slot % align !== 0n || r.slot + r.count * stride > dataEnd) {
       return bad(`Block run at ${r.block} has slot ${r.slot} outside the written data`);
     }
   }

@@ -18,21 +18,21 @@ const vhdxEntropy = {
 
 Deno.test("checkBlockRuns refuses what a hostile guest could report", () => {
   const S = 100n, stride = 10n;
-  const good = [{ block: 0n, count: 2n, slot: 100n }, { block: 5n, count: 1n, slot: 120n }];
-  assert(checkBlockRuns(good, 8n, S, 130n, stride).ok);
+  const good = [{ block: 0n, count: 2n, slot: 100n }, { block: 5n, count: 1n, slot: 125n }];
+  assert(checkBlockRuns(good, 8n, S, 135n, stride, 5n).ok);
   const bad: [string, { block: bigint; count: bigint; slot: bigint }[], bigint][] = [
     ["empty run", [{ block: 0n, count: 0n, slot: 100n }], 110n],
     ["block past the end", [{ block: 7n, count: 2n, slot: 100n }], 120n],
     ["negative block", [{ block: -1n, count: 1n, slot: 100n }], 110n],
     ["slot before the data", [{ block: 0n, count: 1n, slot: 90n }], 110n],
-    ["misaligned slot", [{ block: 0n, count: 1n, slot: 105n }], 120n],
+    ["misaligned slot", [{ block: 0n, count: 1n, slot: 102n }], 120n],
     ["slot past the data end", [{ block: 0n, count: 2n, slot: 100n }], 110n],
     ["block twice", [{ block: 0n, count: 2n, slot: 100n }, { block: 1n, count: 1n, slot: 120n }], 130n],
     ["slot twice", [{ block: 0n, count: 1n, slot: 100n }, { block: 3n, count: 1n, slot: 100n }], 110n],
-    ["data end off a slot boundary", [], 105n],
-    ["data end past every slot", [], 100n + 9n * stride],
+    ["data end off a boundary", [], 103n],
+    ["data end past every slot", [], 100n + 8n * stride + 4100n],
   ];
-  for (const [what, runs, end] of bad) assert(!checkBlockRuns(runs, 8n, S, end, stride).ok, what);
+  for (const [what, runs, end] of bad) assert(!checkBlockRuns(runs, 8n, S, end, stride, 5n).ok, what);
 });
 
 Deno.test("vpc dynamic output: BAT points at the slots, footer after the data", () => {

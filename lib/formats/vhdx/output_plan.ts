@@ -55,7 +55,8 @@ export function vhdxOutput(opts: VhdxCreateOptions, entropy: VhdxEntropy): PlanR
     dataStart: l.dataStart,
     cap: l.dataStart + l.dataBlocks * l.blockSize,
     finish(dataEnd: bigint, runs: BlockRun[]): PlanResult<FilePlan> {
-      const checked = checkBlockRuns(runs, l.dataBlocks, l.dataStart, dataEnd, l.blockSize);
+      // Payload blocks must start on MiB boundaries.
+      const checked = checkBlockRuns(runs, l.dataBlocks, l.dataStart, dataEnd, l.blockSize, 1n << 20n);
       if (!checked.ok) return checked;
       const slots = new Map<number, bigint>();
       for (const r of checked.value) {

@@ -75,7 +75,7 @@ export function vpcOutput(opts: VpcCreateOptions, entropy: VpcEntropy): PlanResu
     dataStart,
     cap: dataStart + entries * stride,
     finish(dataEnd: bigint, runs: BlockRun[]): PlanResult<FilePlan> {
-      const checked = checkBlockRuns(runs, entries, dataStart, dataEnd, stride);
+      const checked = checkBlockRuns(runs, entries, dataStart, dataEnd, stride, 512n);
       if (!checked.ok) return checked;
       // BAT entries are 32-bit sector numbers: below 2040 GiB of disk the
       // slots stay under 2^32 sectors; checked anyway.
