@@ -22,7 +22,13 @@ import { cvtnum } from "./options.ts";
 import { openFailure, errnoText, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
-import { convertToBlocks, convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
+import {
+  convertToBlocks,
+  convertToQcow2,
+  convertToRaw,
+  GuestFailure,
+  PlanRefused,
+} from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";

@@ -51,12 +51,22 @@ function inputs(job: ConvertJob) {
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;
 
 function debugRun(what: string, r: { exits: bigint; elapsedNs: bigint; setupNs: bigint }) {
-  if (DEBUG) console.error(`instar: ${what}: ${r.exits} exits, ${Number(r.elapsedNs) / 1e6} ms in the guest, setup ${Number(r.setupNs) / 1e6} ms`);
+  if (DEBUG) {
+    console.error(
+      `instar: ${what}: ${r.exits} exits, ${Number(r.elapsedNs) / 1e6} ms in the guest, setup ${
+        Number(r.setupNs) / 1e6
+      } ms`,
+    );
+  }
 }
 
 function failOnError(recs: Rec[]) {
   const err = recs.find((r) => r.type === records.ERROR);
-  if (err && DEBUG) console.error(`instar: guest error ${JSON.stringify(err.fields, (_k, v) => typeof v === "bigint" ? String(v) : v)}`);
+  if (err && DEBUG) {
+    console.error(
+      `instar: guest error ${JSON.stringify(err.fields, (_k, v) => typeof v === "bigint" ? String(v) : v)}`,
+    );
+  }
   if (err) throw new GuestFailure(err);
 }
 
@@ -144,13 +154,22 @@ function collect(recs: Rec[], shift: bigint): Part {
       const lens = f.len as number[];
       let at = (f.host_offset as bigint) + shift;
       for (let i = 0; i < n; i++) {
-        compressed.push({ guestCluster: (f.guest_cluster as bigint) + BigInt(i), hostOffset: at, length: BigInt(lens[i]) });
+        compressed.push({
+          guestCluster: (f.guest_cluster as bigint) + BigInt(i),
+          hostOffset: at,
+          length: BigInt(lens[i]),
+        });
         at += BigInt(lens[i]);
       }
     }
   }
   const done = doneRecord(recs);
-  return { runs, compressed, dataEnd: (done.data_end as bigint) + shift, written: done.bytes_written as bigint };
+  return {
+    runs,
+    compressed,
+    dataEnd: (done.data_end as bigint) + shift,
+    written: done.bytes_written as bigint,
+  };
 }
 
 export interface Qcow2Target {
@@ -187,7 +206,15 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
   const n = guestCount(job.size, clusters);
   const mid = n === 2 ? middle(job.size, cs) : job.size;
   const report = progressOf(job, n);
-  const guest = (extra: bigint, from: bigint, to: bigint, start: bigint, cap: bigint, path: string, i: number) =>
+  const guest = (
+    extra: bigint,
+    from: bigint,
+    to: bigint,
+    start: bigint,
+    cap: bigint,
+    path: string,
+    i: number,
+  ) =>
     runGuest({
       op,
       opCode: ops.CONVERT,
@@ -237,11 +264,23 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
   }
   const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
   const t0 = performance.now();
-  const plan = qcow2OutputFinish(o, job.size, dataEnd, parts.flatMap((p) => p.runs), parts.flatMap((p) => p.compressed));
+  const plan = qcow2OutputFinish(
+    o,
+    job.size,
+    dataEnd,
+    parts.flatMap((p) => p.runs),
+    parts.flatMap((p) => p.compressed),
+  );
   if (!plan.ok) throw new PlanRefused(plan.error.message);
   const t1 = performance.now();
   await applyPlan(outPath, plan.value);
-  if (DEBUG) console.error(`instar: qcow2 metadata planned in ${(t1 - t0).toFixed(1)} ms, written in ${(performance.now() - t1).toFixed(1)} ms`);
+  if (DEBUG) {
+    console.error(
+      `instar: qcow2 metadata planned in ${(t1 - t0).toFixed(1)} ms, written in ${
+        (performance.now() - t1).toFixed(1)
+      } ms`,
+    );
+  }
   return parts.reduce((t, p) => t + p.written, 0n);
 }
 
@@ -303,7 +342,11 @@ export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: 
       for (const rec of recs) {
         if (rec.type !== records.DATA_RUN) continue;
         const f = rec.fields;
-        out.push({ block: f.guest_cluster as bigint, count: f.count as bigint, slot: (f.host_offset as bigint) + shift });
+        out.push({
+          block: f.guest_cluster as bigint,
+          count: f.count as bigint,
+          slot: (f.host_offset as bigint) + shift,
+        });
       }
       return out;
     };

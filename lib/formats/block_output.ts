@@ -30,18 +30,24 @@ export function checkBlockRuns(
   }
   for (const r of runs) {
     if (r.count <= 0n) return bad(`Block run at ${r.block} has no blocks`);
-    if (r.block < 0n || r.block + r.count > blocks) return bad(`Block run at ${r.block} passes the image end`);
+    if (r.block < 0n || r.block + r.count > blocks) {
+      return bad(`Block run at ${r.block} passes the image end`);
+    }
     if (r.slot < dataStart || r.slot % align !== 0n || r.slot + r.count * stride > dataEnd) {
       return bad(`Block run at ${r.block} has slot ${r.slot} outside the written data`);
     }
   }
   const byBlock = [...runs].sort((a, b) => cmp(a.block, b.block));
   for (let i = 1; i < byBlock.length; i++) {
-    if (byBlock[i].block < byBlock[i - 1].block + byBlock[i - 1].count) return bad(`Block ${byBlock[i].block} is mapped twice`);
+    if (byBlock[i].block < byBlock[i - 1].block + byBlock[i - 1].count) {
+      return bad(`Block ${byBlock[i].block} is mapped twice`);
+    }
   }
   const bySlot = [...runs].sort((a, b) => cmp(a.slot, b.slot));
   for (let i = 1; i < bySlot.length; i++) {
-    if (bySlot[i].slot < bySlot[i - 1].slot + bySlot[i - 1].count * stride) return bad(`Slot ${bySlot[i].slot} is used twice`);
+    if (bySlot[i].slot < bySlot[i - 1].slot + bySlot[i - 1].count * stride) {
+      return bad(`Slot ${bySlot[i].slot} is used twice`);
+    }
   }
   return ok(byBlock);
 }

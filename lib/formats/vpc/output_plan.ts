@@ -34,7 +34,9 @@ export function vpcOutput(opts: VpcCreateOptions, entropy: VpcEntropy): PlanResu
   const plan = planVpcCreate(opts, entropy);
   if (!plan.ok) {
     // qemu-img create words vpc's -EFBIG itself; convert prints vpc_co_create's own text.
-    if (plan.error.message === VPC_TOO_LARGE_CREATE) return fail(plan.error.kind, "Disk size is too large, max size is 2040 GiB");
+    if (plan.error.message === VPC_TOO_LARGE_CREATE) {
+      return fail(plan.error.kind, "Disk size is too large, max size is 2040 GiB");
+    }
     return plan;
   }
   const p = plan.value;
@@ -60,7 +62,10 @@ export function vpcOutput(opts: VpcCreateOptions, entropy: VpcEntropy): PlanResu
         if (runs.length > 0 || dataEnd < 0n || dataEnd > size) {
           return fail("invalid_size", `Data end ${dataEnd} passes the disk size ${size}`);
         }
-        return ok({ patches: [{ kind: "write", offset: size, bytes: footer }], fileSize: size + BigInt(VPC_FOOTER_SIZE) });
+        return ok({
+          patches: [{ kind: "write", offset: size, bytes: footer }],
+          fileSize: size + BigInt(VPC_FOOTER_SIZE),
+        });
       },
     });
   }
