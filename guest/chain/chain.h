@@ -61,7 +61,7 @@ int chain_flush(struct chain *c);
 
 /* chain_status bits, qemu's BDRV_BLOCK_* meaning as
  * bdrv_block_status_above(bs, NULL) reports them. */
-#define CS_DATA 1u
+#define CS_DATA 1u /* with CS_ZERO (a hole under a recursed data run): reads as zeroes */
 #define CS_ZERO 2u
 #define CS_ALLOCATED 4u
 #define CS_OFFSET_VALID 8u

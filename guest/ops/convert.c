@@ -109,7 +109,7 @@ static int skip_zero_run(uint64_t *off, uint64_t start, uint64_t end, uint64_t m
     uint64_t k = 0;
     int st = chain_status(&chain, *off, end - *off, &k);
     if (st < 0) return -1;
-    if ((st & CS_DATA) || k < min_len) return 0;
+    if (((st & CS_DATA) && !(st & CS_ZERO)) || k < min_len) return 0;
     *off += k & ~(align - 1);
     hc_progress(*off - start, end - start);
     return 1;
@@ -131,7 +131,7 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
             uint64_t k = 0;
             int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & CS_DATA) {
+            if ((st & CS_DATA) && !(st & CS_ZERO)) {
                 if (chain_read(&chain, at, k, buf + (at - off))) return -1;
                 /* Remember the run; full table: flush and emit what we have. */
                 if (n_runs == 256) {
@@ -337,7 +337,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
             uint64_t k = 0;
             int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & CS_DATA) {
+            if ((st & CS_DATA) && !(st & CS_ZERO)) {
                 if (chain_read(&chain, at, k, buf + (at - off))) return -1;
                 any = true;
             } else {
@@ -389,7 +389,7 @@ static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t
         uint64_t k = 0;
         int st = chain_status(&chain, at, end - at, &k);
         if (st < 0) return -1;
-        if (st & CS_DATA) {
+        if ((st & CS_DATA) && !(st & CS_ZERO)) {
             uint64_t first = at >> cbits, lastc = (at + k - 1) >> cbits;
             if (first == last) first++; /* already counted with the previous run */
             if (lastc >= first) n += lastc - first + 1;
