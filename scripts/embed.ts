@@ -2,6 +2,8 @@
 //   lib/embedded/vmm_so.ts        export default "<base64 of libinstar_vmm.so>"
 //   lib/embedded/guest_<op>.ts    export default "<base64 of build/guest/<op>.bin>"
 //   lib/embedded/index.ts         vmmSo and guests (op name -> base64)
+//   lib/embedded/client.ts        export default "<base64 of build/instar-client>" (imported
+//                                 only by `instar install-client`, so other commands never parse it)
 // Nothing is read from the repository at run time: the sandbox gets its
 // binaries only from these modules. Fails when a guest binary is larger
 // than limits.GUEST_BINARY_MAX.
@@ -13,6 +15,7 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     so: { type: "string", default: "build/libinstar_vmm.so" },
+    client: { type: "string", default: "build/instar-client" },
     guests: { type: "string", default: "build/guest" },
     out: { type: "string", default: "lib/embedded" },
   },
@@ -41,6 +44,9 @@ await Deno.mkdir(outDir, { recursive: true });
 
 const so = await Deno.readFile(path(values.so!));
 await writeIfChanged(new URL("vmm_so.ts", outDir), `${header}export default "${base64(so)}";\n`);
+
+const client = await Deno.readFile(path(values.client!));
+await writeIfChanged(new URL("client.ts", outDir), `${header}export default "${base64(client)}";\n`);
 
 const guestDir = path(values.guests!.replace(/\/?$/, "/"));
 // The operations are the ones guest/ops.mk lists, not whatever .bin files
@@ -79,4 +85,4 @@ const index = [
   "",
 ].join("\n");
 await writeIfChanged(new URL("index.ts", outDir), index);
-console.log(`embedded libinstar_vmm.so (${so.length} bytes) and ${ops.length} guests: ${ops.join(" ")}`);
+console.log(`embedded libinstar_vmm.so (${so.length} bytes), instar-client (${client.length} bytes) and ${ops.length} guests: ${ops.join(" ")}`);
