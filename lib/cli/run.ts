@@ -12,6 +12,14 @@ import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
 import { helpText, versionText } from "./help.ts";
+import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
+
+/** instar's own commands (not qemu-img's), loaded only when used. */
+const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
+  serve: async () => (await import("../service/serve.ts")).serveCommand,
+  "install-client": async () => (await import("../service/install.ts")).installClientCommand,
+  config: async () => (await import("../config/command.ts")).configCommand,
+};
 
 const COMMANDS: Record<string, typeof infoCommand> = {
   check: checkCommand,
@@ -41,7 +49,15 @@ export const stdio: Io = {
   err: (t) => writeAll(Deno.stderr, t),
 };
 
+/** Runs one command line with io's host context (see lib/host/context.ts).
+ * A cancelled command exits 130 (SIGINT) or 143 (SIGTERM) and prints nothing more. */
 export async function run(args: string[], io: Io = stdio): Promise<number> {
+  const ctx: HostContext = { ...io.context };
+  const code = await withHostContext(ctx, () => runCommand(args, io));
+  return ctx.signal?.aborted ? cancelStatus(ctx.signal) : code;
+}
+
+async function runCommand(args: string[], io: Io): Promise<number> {
   try {
     if (args.length < 1) throw usageError("Not enough arguments");
     const argv = ["instar", ...args];
@@ -67,7 +83,11 @@ export async function run(args: string[], io: Io = stdio): Promise<number> {
     }
     if (rest.length < 1) return 0;
     const [cmd] = rest;
-    const handler = COMMANDS[cmd];
+    const handler = Object.hasOwn(COMMANDS, cmd)
+      ? COMMANDS[cmd]
+      : Object.hasOwn(INSTAR_COMMANDS, cmd)
+      ? await INSTAR_COMMANDS[cmd]()
+      : undefined;
     if (!handler) {
       if (LATER.includes(cmd)) throw new CliError([`Command '${cmd}' is not implemented by instar yet`]);
       throw usageError(`Command not found: ${cmd}`);
@@ -82,6 +102,7 @@ export async function run(args: string[], io: Io = stdio): Promise<number> {
       throw e;
     }
   } catch (e) {
+    if (hostContext().signal?.aborted) return 1; // run() turns it into 130/143
     if (e instanceof CliError) {
       io.err(formatError(e));
       return e.code;

@@ -22,6 +22,18 @@ const symbols = {
   vmm_strerror: { parameters: ["i32"], result: "pointer" },
   vmm_collapse_range: { parameters: ["buffer", "u64", "u64"], result: "i32" },
   vmm_file_range: { parameters: ["buffer", "u32", "u64", "u64", "u64", "u64"], result: "i32" },
+  // Cancels a pending vmm_run from the JS thread (a client's SIGINT).
+  vmm_cancel: { parameters: ["pointer"], result: "void" },
+  // The socket side of `instar serve` (vmm/serve.c, docs/service.md). The calls
+  // that wait for a peer or a full pipe are nonblocking.
+  vmm_serve_listen: { parameters: ["buffer"], result: "i32" },
+  vmm_serve_accept: { parameters: ["i32", "buffer", "u32", "buffer"], result: "i32", nonblocking: true },
+  vmm_conn_wait: { parameters: ["i32"], result: "i32", nonblocking: true },
+  vmm_conn_reply: { parameters: ["i32", "i32", "buffer"], result: "i32" },
+  vmm_conn_end: { parameters: ["i32"], result: "i32" },
+  vmm_fd_write: { parameters: ["i32", "buffer", "u64"], result: "i32", nonblocking: true },
+  vmm_fd_close: { parameters: ["i32"], result: "i32" },
+  vmm_fd_is_listener: { parameters: ["i32"], result: "i32" },
 } as const;
 
 export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];

@@ -111,7 +111,9 @@ static void no_service(const char *path, int argc, char **argv)
         for (size_t i = 0; i < sizeof prefix; i++)
             prefix[i] = v[i];
         prefix[sizeof prefix - 1] = 0;
-        if (strcmp(prefix, CLI_MARKER) == 0 || prefix[0] == 0) {
+        /* Still the marker (not installed by install-client) or empty. No
+         * second copy of the marker may exist in the binary, so no strcmp. */
+        if (prefix[0] == '@' || prefix[0] == 0) {
             fprintf(stderr, "instar: no instar service at %s and no direct CLI known; start it with `instar serve` "
                             "or set INSTAR_CLI\n", path);
             exit(1);
