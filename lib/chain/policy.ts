@@ -4,6 +4,7 @@
 // chain is at most limits.CHAIN_MAX images long, and no file may appear twice
 // (compared by device and inode, so links and "a/../a" spellings are caught).
 import { limits } from "../abi/spec.ts";
+import { hostPath } from "../host/context.ts";
 
 export class PolicyError extends Error {
   constructor(message: string) {
@@ -41,11 +42,11 @@ export interface ChainPolicy {
 /** Default policy: the top image's own directory plus any --backing-dir. */
 export async function makePolicy(topPath: string, extraDirs: string[] = []): Promise<ChainPolicy> {
   const dirs: string[] = [];
-  const topReal = await Deno.realPath(topPath);
+  const topReal = await Deno.realPath(hostPath(topPath));
   dirs.push(topReal.slice(0, topReal.lastIndexOf("/")) || "/");
   for (const d of extraDirs) {
     try {
-      dirs.push(await Deno.realPath(d));
+      dirs.push(await Deno.realPath(hostPath(d)));
     } catch {
       throw new PolicyError(`Backing directory '${d}' does not exist`);
     }
@@ -89,7 +90,7 @@ export async function checkBacking(
   }
   const filename = fullBackingFilename(overlay, name);
   if (filename === null) throw new PolicyError(`Cannot use relative backing file names for '${overlay}'`);
-  const realPath = await Deno.realPath(filename);
+  const realPath = await Deno.realPath(hostPath(filename));
   if (!insideDirs(realPath, policy.allowDirs)) {
     throw new PolicyError(
       `Refusing backing file '${name}': '${realPath}' is outside the allowed directories (see --backing-dir)`,

@@ -42,6 +42,7 @@ import { VMDK_CREATE_OPTS, VMDK_OWN, vmdkCreateOptions, vmdkEntropy } from "../f
 import { planVpcCreate } from "../formats/vpc/create_plan.ts";
 import { planVhdxCreate } from "../formats/vhdx/create_plan.ts";
 import { planVmdkCreate } from "../formats/vmdk/create_plan.ts";
+import { hostPath } from "../host/context.ts";
 
 /** Formats qemu-img knows that instar does not create (yet). */
 const OTHER_FORMATS = [
@@ -74,7 +75,7 @@ function fileError(filename: string, message: string, hint = ""): CliError {
 /** Creates (or empties) the file as file-posix's create does. */
 async function createFile(filename: string): Promise<void> {
   try {
-    const f = await Deno.open(filename, { write: true, create: true, truncate: true });
+    const f = await Deno.open(hostPath(filename), { write: true, create: true, truncate: true });
     f.close();
   } catch (e) {
     throw fileError(filename, `Could not create '${filename}': ${errnoText(e)}`);
@@ -84,7 +85,7 @@ async function createFile(filename: string): Promise<void> {
 /** Grows the file to `size` (ftruncate), with qemu's wording for failures. */
 async function resizeFile(filename: string, size: bigint, fmt: string, hint: string): Promise<void> {
   try {
-    await Deno.truncate(filename, Number(size));
+    await Deno.truncate(hostPath(filename), Number(size));
   } catch (e) {
     const text = errnoText(e);
     if (/File too large/.test(text)) {
@@ -102,12 +103,12 @@ async function resizeFile(filename: string, size: bigint, fmt: string, hint: str
 async function allocate(filename: string, offset: bigint, length: bigint, mode: string): Promise<void> {
   if (length <= 0n) return;
   if (mode === "falloc") {
-    const st = await Deno.stat(filename);
+    const st = await Deno.stat(hostPath(filename));
     const why = await fileRange("allocate", filename, offset, length, BigInt(st.dev), BigInt(st.ino ?? 0));
     if (why !== undefined) throw new Error(`Could not preallocate new data: ${why}`);
     return;
   }
-  const f = await Deno.open(filename, { write: true });
+  const f = await Deno.open(hostPath(filename), { write: true });
   try {
     const chunk = new Uint8Array(1 << 20);
     const end = offset + length;
@@ -375,7 +376,7 @@ async function createQcow2(filename: string, opts: ParsedOpts): Promise<void> {
       throw fileError(filename, `Could not write qcow2 image: ${text}`);
     }
   } catch (e) {
-    await Deno.remove(filename).catch(() => {});
+    await Deno.remove(hostPath(filename)).catch(() => {});
     throw e;
   }
 }

@@ -9,6 +9,7 @@ import { GuestResultError, type Qcow2Model, qcow2Model } from "../formats/qcow2/
 import { type RawModel, rawModel, rawVirtualSize } from "../formats/raw/model.ts";
 import { checkBacking, type ChainPolicy, fileKey, fullBackingFilename, PolicyError } from "../chain/policy.ts";
 import { runGuest } from "./guest.ts";
+import { hostPath } from "../host/context.ts";
 
 /** qemu block drivers instar knows by name but does not read (yet). */
 const KNOWN_DRIVERS = [
@@ -116,7 +117,7 @@ async function hostCheck(filename: string, path: string): Promise<Deno.FileInfo>
 /** Opens one image (no backing files). */
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<OpenedImage> {
   const requested = formatCode(filename, opts.format);
-  const path = opts.openPath ?? filename;
+  const path = hostPath(opts.openPath ?? filename);
   const st = await hostCheck(filename, path);
   let result;
   try {
