@@ -1,12 +1,14 @@
-import { INSTAR_VERSION } from "./version.ts";
+import { fullVersion, INSTAR_VERSION, NEWEST, type Profile } from "./version.ts";
 
-export function versionText(): string {
-  return `instar version ${INSTAR_VERSION} (qemu-img compatible)\n` +
+/** `instar --version`: callers that parse `qemu-img version ([0-9.]*)` (cinder) find the
+ * version of the qemu-img whose output instar reproduces. */
+export function versionText(profile: Profile = NEWEST): string {
+  return `instar version ${INSTAR_VERSION} (qemu-img version ${fullVersion(profile)} compatible)\n` +
     "Parses every image inside a KVM sandbox.\n";
 }
 
-export function helpText(): string {
-  return versionText() +
+export function helpText(profile?: Profile): string {
+  return versionText(profile) +
     `usage: instar [standard options] command [command options]
 Safe, qemu-img compatible disk image utility
 

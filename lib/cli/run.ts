@@ -2,7 +2,7 @@
 // Returns the exit status; everything the user sees goes through `io`.
 import { getopt } from "./getopt.ts";
 import { CliError, formatError, usageError } from "./messages.ts";
-import { INSTAR_LONGS, instarOption, type Io, newInstarOptions } from "./common.ts";
+import { INSTAR_LONGS, instarOption, type Io, newInstarOptions, profileOf } from "./common.ts";
 import { HelpRequested, infoCommand } from "./info.ts";
 import { checkCommand } from "./check.ts";
 import { mapCommand } from "./map.ts";
@@ -78,7 +78,7 @@ async function runCommand(args: string[], io: Io): Promise<number> {
       return 0;
     }
     if (early === "version") {
-      io.out(versionText());
+      io.out(versionText(await profileOf(o)));
       return 0;
     }
     if (rest.length < 1) return 0;

@@ -9,6 +9,13 @@ export const NEWEST = { major: 10, minor: 0 };
 export interface Profile {
   major: number;
   minor: number;
+  /** The full version qemu-img printed ("7.2.22"), when detected. */
+  full?: string;
+}
+
+/** "X.Y.Z" of a profile, for `--version` ("10.0.0" for a bare X.Y). */
+export function fullVersion(p: Profile): string {
+  return p.full ?? `${p.major}.${p.minor}.0`;
 }
 
 export function atLeast(p: Profile, major: number, minor: number): boolean {
@@ -23,8 +30,8 @@ export const hasChildren = (p: Profile) => atLeast(p, 8, 0);
 export const hasMapCompressed = (p: Profile) => atLeast(p, 8, 2);
 
 export function parseProfile(text: string): Profile | null {
-  const m = /^(\d{1,3})\.(\d{1,3})(?:\.\d+)?$/.exec(text);
-  return m ? { major: Number(m[1]), minor: Number(m[2]) } : null;
+  const m = /^(\d{1,3})\.(\d{1,3})(\.\d+)?$/.exec(text);
+  return m ? { major: Number(m[1]), minor: Number(m[2]), ...(m[3] ? { full: text } : {}) } : null;
 }
 
 let detected: Promise<Profile> | undefined;
@@ -35,8 +42,8 @@ export function detectProfile(): Promise<Profile> {
     try {
       const out = await new Deno.Command("qemu-img", { args: ["--version"], stdout: "piped", stderr: "null" })
         .output();
-      const m = /qemu-img version (\d+)\.(\d+)/.exec(new TextDecoder().decode(out.stdout));
-      if (out.success && m) return { major: Number(m[1]), minor: Number(m[2]) };
+      const m = /qemu-img version ((\d+)\.(\d+)(?:\.\d+)?)/.exec(new TextDecoder().decode(out.stdout));
+      if (out.success && m) return { major: Number(m[2]), minor: Number(m[3]), full: m[1] };
     } catch {
       // Not installed, or no permission to run it: use the newest profile.
     }
