@@ -39,6 +39,7 @@ char g_cli[4096] __attribute__((used)) = CLI_MARKER;
 
 static int g_sock = -1;
 static volatile sig_atomic_t g_cancelled;
+static int g_send_failed;
 
 static void die(const char *msg)
 {
@@ -154,6 +155,8 @@ static void read_full(int fd, void *p, size_t len)
         ssize_t r = recv(fd, (char *)p + at, len - at, 0);
         if (r < 0 && errno == EINTR)
             continue;
+        if (r <= 0 && g_send_failed)
+            die("cannot send the request to the instar service");
         if (r <= 0) {
             fprintf(stderr, "instar: the instar service closed the connection before the command finished "
                             "(it stopped or crashed); the command's outcome is unknown\n");
@@ -239,21 +242,27 @@ int main(int argc, char **argv)
     c->cmsg_type = SCM_RIGHTS;
     c->cmsg_len = CMSG_LEN(sizeof fds);
     memcpy(CMSG_DATA(c), fds, sizeof fds);
+    /* A service that refuses us (another uid) replies and closes before
+     * reading: a failed send still reads that reply. */
+    int send_failed = 0;
     ssize_t w;
     do
         w = sendmsg(s, &mh, MSG_NOSIGNAL);
     while (w < 0 && errno == EINTR);
     if (w < 0)
-        die("cannot send the request to the instar service");
-    size_t at = (size_t)w;
+        send_failed = 1;
+    size_t at = w < 0 ? len : (size_t)w;
     while (at < len) {
         w = send(s, buf + at, len - at, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
-        if (w <= 0)
-            die("cannot send the request to the instar service");
+        if (w <= 0) {
+            send_failed = 1;
+            break;
+        }
         at += (size_t)w;
     }
+    g_send_failed = send_failed;
     free(buf);
 
     /* From here a SIGINT/SIGTERM is a cancel the service acts on. */

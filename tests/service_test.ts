@@ -1,0 +1,295 @@
+// The thin client and `instar serve` (docs/service.md): under
+// `prlimit --as=1G --cpu=30` the client prints the same bytes and exits
+// with the same codes as the direct CLI; other uids are refused; 8 clients
+// at once get right answers; with no service the client execs the direct
+// CLI when it can and prints one line when it cannot; a cancel mid-convert
+// leaves no target; a service that dies mid-request gives a clear error.
+// Every test starts its own service on a temporary socket and stops it.
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { built, DENO, exec, haveQemuImg, instar, type Outcome, REPO, sh } from "./cli_helpers.ts";
+
+const ready = built() && haveQemuImg();
+const kvm = (() => {
+  try {
+    return Deno.statSync("/dev/kvm") !== null;
+  } catch {
+    return false;
+  }
+})();
+const haveTool = (t: string) => {
+  try {
+    return new Deno.Command(t, { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+};
+const LIMITS = ["--as=1073741824", "--cpu=30"];
+
+interface Service {
+  socket: string;
+  child: Deno.ChildProcess;
+  log: () => string;
+  stop: () => Promise<void>;
+}
+
+/** Starts `instar serve` on `socket` (cwd "/", so relative paths must come from the client). */
+async function startService(socket: string): Promise<Service> {
+  const child = new Deno.Command(DENO, {
+    args: ["run", "-A", `${REPO}/main.ts`, "serve", "--socket", socket],
+    cwd: "/",
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let log = "";
+  const reader = (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of child.stderr) log += dec.decode(chunk);
+  })();
+  for (let i = 0; i < 300 && !log.includes("listening"); i++) await new Promise((r) => setTimeout(r, 50));
+  assert(log.includes("listening"), `the service did not start: ${log}`);
+  let stopped = false;
+  return {
+    socket,
+    child,
+    log: () => log,
+    stop: async () => {
+      if (!stopped) {
+        stopped = true;
+        try {
+          child.kill("SIGTERM");
+        } catch { /* already gone */ }
+      }
+      await child.status;
+      await reader;
+    },
+  };
+}
+
+async function installClient(dir: string): Promise<string> {
+  const r = await instar(["install-client", `${dir}/bin`, "--name", "qemu-img"], dir);
+  assertEquals(r.code, 0, r.stderr);
+  return `${dir}/bin/qemu-img`;
+}
+
+/** Runs the client under prlimit with INSTAR_SOCKET = socket. */
+function client(bin: string, socket: string, args: string[], cwd: string, limits = LIMITS): Promise<Outcome> {
+  return execEnv("prlimit", [...limits, bin, ...args], cwd, { INSTAR_SOCKET: socket });
+}
+
+async function execEnv(cmd: string, args: string[], cwd: string, env: Record<string, string>): Promise<Outcome> {
+  const out = await new Deno.Command(cmd, { args, cwd, env, stdout: "piped", stderr: "piped" }).output();
+  const dec = new TextDecoder();
+  return { stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr), code: out.code };
+}
+
+/** Two identical directories of qemu-img-made images: one for the direct CLI, one for the client. */
+async function images(root: string): Promise<[string, string]> {
+  const dirs: [string, string] = [`${root}/direct`, `${root}/client`];
+  for (const d of dirs) {
+    await Deno.mkdir(d, { recursive: true });
+    await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", "64M");
+    await sh(d, "qemu-io", "-f", "qcow2", "-c", "write -P 7 0 1M", "-c", "write -P 9 10M 64k", "a.qcow2");
+    await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "b.qcow2", "64M");
+    await sh(d, "qemu-io", "-f", "qcow2", "-c", "write -P 7 0 1M", "b.qcow2");
+    await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "r.qcow2", "16M");
+  }
+  return dirs;
+}
+
+async function tempDir(): Promise<string> {
+  const d = await Deno.makeTempDir({ prefix: "instar-svc-" });
+  await Deno.chmod(d, 0o755);
+  return d;
+}
+
+Deno.test({ name: "service: the client under prlimit --as=1G --cpu=30 prints what the direct CLI prints", ignore: !ready }, async (t) => {
+  const root = await tempDir();
+  const svc = await startService(`${root}/s.sock`);
+  try {
+    const bin = await installClient(root);
+    const [direct, viaClient] = await images(root);
+    const cases: string[][] = [
+      ["info", "a.qcow2"],
+      ["info", "--output=json", "a.qcow2"],
+      ["check", "a.qcow2"],
+      ["check", "--output=json", "a.qcow2"],
+      ["map", "a.qcow2"],
+      ["map", "--output=json", "a.qcow2"],
+      ["convert", "-O", "raw", "a.qcow2", "out.raw"],
+      ["convert", "-O", "qcow2", "-c", "a.qcow2", "out.qcow2"],
+      ["compare", "a.qcow2", "b.qcow2"],
+      ["measure", "-O", "qcow2", "a.qcow2"],
+      ["measure", "-O", "qcow2", "--size", "2G"],
+      ["create", "-f", "qcow2", "new.qcow2", "1G"],
+      ["create", "-f", "qcow2", "-b", "a.qcow2", "-F", "qcow2", "over.qcow2"],
+      ["resize", "r.qcow2", "+16M"],
+      ["info", "missing.qcow2"],
+      ["frobnicate"],
+      [],
+    ];
+    for (const args of cases) {
+      await t.step(args.join(" ") || "(no arguments)", async () => {
+        const want = await instar(args, direct);
+        const got = await client(bin, svc.socket, args, viaClient);
+        assertEquals(got, want);
+      });
+    }
+    await t.step("the files the commands wrote are the same", async () => {
+      for (const f of ["out.raw", "out.qcow2", "new.qcow2", "over.qcow2", "r.qcow2"]) {
+        const a = await Deno.readFile(`${direct}/${f}`).catch(() => undefined);
+        const b = await Deno.readFile(`${viaClient}/${f}`).catch(() => undefined);
+        assertEquals(a === undefined, b === undefined, f);
+        if (a && b && f !== "out.qcow2") assertEquals(a.length, b.length, f);
+      }
+    });
+    await t.step("--version names the qemu-img version the output follows", async () => {
+      const q = await exec("qemu-img", ["--version"], root);
+      const qv = /qemu-img version ([0-9.]*)/.exec(q.stdout)![1];
+      const got = await client(bin, svc.socket, ["--version"], viaClient);
+      assertEquals(got.code, 0);
+      assertEquals(/qemu-img version ([0-9.]*)/.exec(got.stdout)?.[1], qv);
+      assertEquals(got, await instar(["--version"], direct));
+    });
+  } finally {
+    await svc.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test({ name: "service: limits, peers, concurrency and the no-service fallback", ignore: !ready }, async (t) => {
+  const root = await tempDir();
+  const svc = await startService(`${root}/s.sock`);
+  try {
+    const bin = await installClient(root);
+    const [direct, viaClient] = await images(root);
+
+    await t.step("a guest larger than the client's RLIMIT_AS is refused, no output file", async () => {
+      const r = await client(bin, svc.socket, ["convert", "-O", "raw", "a.qcow2", "small.raw"], viaClient, [
+        "--as=33554432",
+      ]);
+      assertEquals(r.code, 1);
+      assert(/address-space limit \(RLIMIT_AS 32 MiB\)/.test(r.stderr), r.stderr);
+      assertEquals(r.stdout, "");
+      assert(!(await exists(`${viaClient}/small.raw`)));
+      assertEquals((await Array.fromAsync(Deno.readDir(viaClient))).filter((e) => e.name.includes(".instar-")), []);
+    });
+
+    await t.step("8 clients at once all get right answers", async () => {
+      const args = kvm ? ["info", "--output=json", "a.qcow2"] : ["measure", "-O", "qcow2", "--size", "3G"];
+      const want = await instar(args, direct);
+      const got = await Promise.all(Array.from({ length: 8 }, () => client(bin, svc.socket, args, viaClient)));
+      for (const g of got) assertEquals(g, want);
+    });
+
+    await t.step({ name: "a peer of another uid is refused", ignore: Deno.uid() !== 0 || !haveTool("setpriv"), fn: async () => {
+      await Deno.chmod(svc.socket, 0o666); // let it connect, so SO_PEERCRED decides
+      const r = await execEnv("setpriv", [
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--clear-groups",
+        bin,
+        "measure",
+        "--size",
+        "1G",
+      ], "/", { INSTAR_SOCKET: svc.socket });
+      assertEquals(r.code, 1);
+      assertEquals(r.stdout, "");
+      assert(/serves only its own user/.test(r.stderr), r.stderr);
+      await Deno.chmod(svc.socket, 0o600);
+      assert(/refused a peer with uid/.test(svc.log()), svc.log());
+    } });
+
+    await t.step("no service under --as=1G: one line, exit 1", async () => {
+      const r = await client(bin, `${root}/none.sock`, ["info", "a.qcow2"], viaClient);
+      assertEquals(r.code, 1);
+      assertEquals(r.stdout, "");
+      assertEquals(r.stderr.split("\n").length, 2, r.stderr);
+      assert(/no instar service at .*none\.sock.*instar serve/.test(r.stderr), r.stderr);
+    });
+
+    await t.step("no service and no limit: the client execs the direct CLI", async () => {
+      const args = ["measure", "-O", "qcow2", "--size", "5G"];
+      const r = await execEnv(bin, args, viaClient, { INSTAR_SOCKET: `${root}/none.sock` });
+      assertEquals(r, await instar(args, direct));
+    });
+
+    await t.step("the service keeps serving after all that", async () => {
+      const args = ["measure", "-O", "qcow2", "--size", "1G"];
+      assertEquals(await client(bin, svc.socket, args, viaClient), await instar(args, direct));
+    });
+  } finally {
+    await svc.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await Deno.lstat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({ name: "service: SIGINT to the client mid-convert leaves no target file", ignore: !ready || !kvm }, async () => {
+  const root = await tempDir();
+  const svc = await startService(`${root}/s.sock`);
+  try {
+    const bin = await installClient(root);
+    await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "big.qcow2", "2G");
+    await sh(root, "qemu-io", "-f", "qcow2", "-c", "write -P 3 0 1536M", "big.qcow2");
+    const child = new Deno.Command("prlimit", {
+      args: [...LIMITS, bin, "convert", "-O", "qcow2", "-c", "big.qcow2", "t.qcow2"],
+      cwd: root,
+      env: { INSTAR_SOCKET: svc.socket },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    // Wait for the temporary output to appear: the guest is running.
+    for (let i = 0; i < 200; i++) {
+      const names = (await Array.fromAsync(Deno.readDir(root))).map((e) => e.name);
+      if (names.some((n) => n.includes(".instar-"))) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    // prlimit execs the client, so the child's pid is the client's.
+    Deno.kill(child.pid, "SIGINT");
+    const st = await child.output();
+    assertEquals(st.code, 130, new TextDecoder().decode(st.stderr));
+    const names = (await Array.fromAsync(Deno.readDir(root))).map((e) => e.name);
+    assert(!names.includes("t.qcow2"), names.join(" "));
+    assertEquals(names.filter((n) => n.includes(".instar-")), []);
+  } finally {
+    await svc.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test({ name: "service: killing the service mid-request gives the client a clear error", ignore: !ready }, async () => {
+  const root = await tempDir();
+  const svc = await startService(`${root}/s.sock`);
+  try {
+    const bin = await installClient(root);
+    // A request that takes a while without any guest: 4 GiB of zeroes written.
+    const child = new Deno.Command("prlimit", {
+      args: [...LIMITS, bin, "create", "-f", "raw", "-o", "preallocation=full", "big.raw", "4G"],
+      cwd: root,
+      env: { INSTAR_SOCKET: svc.socket },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    for (let i = 0; i < 200 && !(await exists(`${root}/big.raw`)); i++) await new Promise((r) => setTimeout(r, 20));
+    svc.child.kill("SIGKILL");
+    const st = await child.output();
+    assertEquals(st.code, 1);
+    const err = new TextDecoder().decode(st.stderr);
+    assert(/service closed the connection before the command finished/.test(err), err);
+  } finally {
+    await svc.stop();
+    await Deno.remove(root, { recursive: true });
+  }
+});
