@@ -20,13 +20,19 @@ Command syntax:
   info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
   map [-f fmt] [--output=ofmt] [--start-offset=offset] [--max-length=len] [-U] filename
 
+instar's own commands:
+  serve [--socket PATH] [--jobs N]           the service the thin client talks to
+  install-client DIR [--name NAME]           write the thin client (e.g. as qemu-img)
+  config                                     print the effective backing-file policy
+
 instar options (accepted by every command):
   --qemu-version X.Y   print output the way qemu-img X.Y does (default: the
                        installed qemu-img's version, else the newest known)
   --unsafe-quirks      read files that look like raw disks without a partition
                        table, or carry another format's signature, as raw
   --backing-dir DIR    also allow backing files inside DIR (repeatable; by
-                       default only the top image's directory is allowed)
+                       default only the top image's directory is allowed;
+                       see also /etc/instar/instar.toml, INSTAR_BACKING_DIRS)
 
 Supported formats: qcow2 raw
 `;
