@@ -218,6 +218,11 @@ Deno.test({ name: "service: limits, peers, concurrency and the no-service fallba
       assertEquals(r, await instar(args, direct));
     });
 
+    await t.step("serve and install-client are refused through the service", async () => {
+      const r = await client(bin, svc.socket, ["serve", "--socket", `${root}/x.sock`], viaClient);
+      assertEquals(r, { stdout: "", stderr: "instar: 'serve' cannot run through the instar service\n", code: 1 });
+    });
+
     await t.step("the service keeps serving after all that", async () => {
       const args = ["measure", "-O", "qcow2", "--size", "1G"];
       assertEquals(await client(bin, svc.socket, args, viaClient), await instar(args, direct));
@@ -295,3 +300,43 @@ Deno.test({ name: "service: killing the service mid-request gives the client a c
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test({ name: "service: the caller's limits and cancel bound hostile guests", ignore: !ready || !kvm }, async (t) => {
+  const { runGuest, GuestLimitError, SandboxError } = await import("../lib/vmm/sandbox.ts");
+  const { Cancelled, withHostContext } = await import("../lib/host/context.ts");
+  const { ops } = await import("../lib/abi/spec.ts");
+  const guest = (name: string) => Deno.readFileSync(`${REPO}/build/test-guests/${name}.bin`);
+  const loop = () => runGuest({ op: "loop", binary: guest("loop"), opCode: ops.TEST, inputs: [], timeoutMs: 30000 });
+  await t.step("RLIMIT_CPU 1 s stops a looping guest after a second", async () => {
+    const t0 = performance.now();
+    await rejectsWith(withHostContext({ caps: { timeoutMs: 1000 } }, loop), SandboxError, /timed out after 1000 ms/);
+    const took = performance.now() - t0;
+    assert(took >= 1000 && took < 1500, `${took} ms`);
+  });
+  await t.step("a guest larger than RLIMIT_AS is not started", async () => {
+    await rejectsWith(
+      withHostContext({ caps: { ramBytes: 32 << 20, ramSource: "address-space limit (RLIMIT_AS 32 MiB)" } }, () =>
+        runGuest({ op: "touch_ram", binary: guest("touch_ram"), opCode: ops.TEST, inputs: [], ramBytes: 64 << 20 })),
+      GuestLimitError,
+      /needs 64 MiB of memory, more than the caller's address-space limit \(RLIMIT_AS 32 MiB\)/,
+    );
+  });
+  await t.step("a cancel stops a running guest at once", async () => {
+    const ac = new AbortController();
+    setTimeout(() => ac.abort("SIGINT"), 200);
+    const t0 = performance.now();
+    await rejectsWith(withHostContext({ signal: ac.signal }, loop), Cancelled, /cancelled/);
+    assert(performance.now() - t0 < 1000);
+  });
+});
+
+async function rejectsWith(p: Promise<unknown>, cls: new (...a: any[]) => Error, re: RegExp) {
+  try {
+    await p;
+  } catch (e) {
+    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
+    assert(re.test((e as Error).message), (e as Error).message);
+    return;
+  }
+  assert(false, "expected a rejection");
+}

@@ -86,7 +86,9 @@ async function runCommand(args: string[], io: Io): Promise<number> {
     const handler = Object.hasOwn(COMMANDS, cmd)
       ? COMMANDS[cmd]
       : Object.hasOwn(INSTAR_COMMANDS, cmd)
-      ? await INSTAR_COMMANDS[cmd]()
+      ? (hostContext().service && cmd !== "config"
+        ? () => Promise.reject(new CliError([`'${cmd}' cannot run through the instar service`]))
+        : await INSTAR_COMMANDS[cmd]())
       : undefined;
     if (!handler) {
       if (LATER.includes(cmd)) throw new CliError([`Command '${cmd}' is not implemented by instar yet`]);

@@ -27,6 +27,8 @@ export interface HostContext {
   caps?: GuestCaps;
   /** Aborted with reason "SIGINT" or "SIGTERM" when the caller cancels. */
   signal?: AbortSignal;
+  /** Set for requests `instar serve` runs (commands like serve refuse to run there). */
+  service?: boolean;
 }
 
 const store = new AsyncLocalStorage<HostContext>();

@@ -24,8 +24,6 @@ Serves instar's thin client (instar install-client) for this user.
   --jobs N       run at most N requests at a time (default: the core count)
 `;
 const REQ_BUF = 1 << 20;
-/** Commands that make no sense inside the service. */
-const LOCAL_ONLY = ["serve", "install-client"];
 
 /** Output of one request, written to the client's descriptors in order by
  * nonblocking FFI writes (a caller's full pipe must not stall the service). */
@@ -104,7 +102,7 @@ export function requestContext(req: Request, signal: AbortSignal): HostContext {
   if (req.rlimitCpu !== undefined) {
     caps.timeoutMs = req.rlimitCpu > 1_000_000_000n ? 1e12 : Math.max(1, Number(req.rlimitCpu) * 1000);
   }
-  return { cwd: req.cwd, env: req.env, caps, signal };
+  return { cwd: req.cwd, env: req.env, caps, signal, service: true };
 }
 
 async function serveOne(lib: VmmLib, conn: number, fds: number[], req: Request, slots: Slots, log: Io) {
@@ -125,10 +123,7 @@ async function serveOne(lib: VmmLib, conn: number, fds: number[], req: Request, 
   let code = 1;
   await slots.take();
   try {
-    if (req.args.length > 0 && LOCAL_ONLY.includes(req.args.find((a) => !a.startsWith("-")) ?? "")) {
-      io.err(`instar: '${req.args.join(" ")}' cannot run through the service\n`);
-      code = 1;
-    } else if (!ac.signal.aborted) {
+    if (!ac.signal.aborted) {
       code = await run(req.args, io);
     }
   } catch (e) {
