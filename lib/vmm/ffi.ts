@@ -3,7 +3,7 @@
 // directory (mode 0700, under INSTAR_RUNTIME_DIR if set, else TMPDIR),
 // dlopen'd, and the directory removed at once. The library is cached for
 // the life of the process.
-import { vmmSo } from "../embedded/index.ts";
+import { loadVmmSo } from "../embedded/lazy.ts";
 
 const symbols = {
   vmm_create: { parameters: ["buffer"], result: "pointer" },
@@ -47,10 +47,17 @@ async function privateDir(): Promise<string> {
   return dir;
 }
 
-/** Loads the embedded VMM library once per process. */
-export async function vmmLib(): Promise<VmmLib> {
-  if (cached) return cached;
-  const so = Uint8Array.fromBase64(vmmSo);
+let loading: Promise<VmmLib> | undefined;
+
+/** Loads the embedded VMM library once per process (concurrent first callers share one load). */
+export function vmmLib(): Promise<VmmLib> {
+  if (cached) return Promise.resolve(cached);
+  loading ??= load().finally(() => loading = undefined);
+  return loading;
+}
+
+async function load(): Promise<VmmLib> {
+  const so = Uint8Array.fromBase64(await loadVmmSo());
   const dir = await privateDir();
   try {
     const path = `${dir}/libinstar_vmm.so`;

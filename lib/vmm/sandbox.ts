@@ -7,7 +7,7 @@
 import { decodeRecords, readStruct, RecordError, structSpec, writeStruct } from "../abi/records.ts";
 import type { Rec } from "../abi/records.ts";
 import { ABI_VERSION, attachFlags, limits, PARAMS_MAGIC, runStatus, vmmFlags } from "../abi/spec.ts";
-import { guests } from "../embedded/index.ts";
+import { loadGuest } from "../embedded/lazy.ts";
 import { cString, strerror, vmmLib } from "./ffi.ts";
 import { Cancelled, cancelSignal, guestCaps, hostPath } from "../host/context.ts";
 
@@ -67,10 +67,10 @@ const PROGRESS_POLL_MS = 100;
 
 const binaries = new Map<string, Uint8Array>();
 
-function guestBinary(op: string): Uint8Array {
+async function guestBinary(op: string): Promise<Uint8Array> {
   let bin = binaries.get(op);
   if (!bin) {
-    const b64 = Object.hasOwn(guests, op) ? guests[op] : undefined;
+    const b64 = await loadGuest(op);
     if (b64 === undefined) throw new Error(`No embedded guest named ${op}`);
     bin = Uint8Array.fromBase64(b64);
     binaries.set(op, bin);
@@ -148,7 +148,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
   }
   const signal = cancelSignal();
   if (signal?.aborted) throw new Cancelled();
-  const binary = req.binary ?? guestBinary(req.op);
+  const binary = req.binary ?? await guestBinary(req.op);
   const lib = await vmmLib();
 
   const cfg = writeStruct(structSpec("vmm_config"), {
