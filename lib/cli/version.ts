@@ -36,18 +36,70 @@ export function parseProfile(text: string): Profile | null {
 
 let detected: Promise<Profile> | undefined;
 
-/** `qemu-img --version` of the installed qemu-img, once per process. */
+/** The qemu-img a bare `qemu-img` command would run (PATH search). */
+function findQemuImg(): { path: string; key: string } | undefined {
+  for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (!dir.startsWith("/")) continue;
+    const path = `${dir}/qemu-img`;
+    try {
+      const st = Deno.statSync(path);
+      if (st.isFile && ((st.mode ?? 0o111) & 0o111)) {
+        return { path, key: `${path}\0${st.size}\0${st.mtime?.getTime() ?? 0}\0${st.ino ?? 0}` };
+      }
+    } catch { /* not here */ }
+  }
+  return undefined;
+}
+
+/** Where the detected version is cached between runs of the direct CLI. */
+function cacheFile(): string | undefined {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  if (xdg?.startsWith("/")) return `${xdg}/instar/qemu-img-version.json`;
+  const home = Deno.env.get("HOME");
+  return home?.startsWith("/") ? `${home}/.cache/instar/qemu-img-version.json` : undefined;
+}
+
+function profileOfVersion(v: string): Profile | null {
+  const m = /^(\d+)\.(\d+)(?:\.\d+)?$/.exec(v);
+  return m ? { major: Number(m[1]), minor: Number(m[2]), full: v } : null;
+}
+
+/** `qemu-img --version` of the installed qemu-img, once per process; the answer is
+ * cached on disk keyed by the binary's path, size, mtime and inode, so the direct CLI
+ * spawns qemu-img only after it changed. */
 export function detectProfile(): Promise<Profile> {
   detected ??= (async () => {
+    const bin = findQemuImg();
+    if (!bin) return NEWEST;
+    const cache = cacheFile();
+    if (cache) {
+      try {
+        const c = JSON.parse(await Deno.readTextFile(cache));
+        const p = c?.key === bin.key && typeof c.version === "string" ? profileOfVersion(c.version) : null;
+        if (p) return p;
+      } catch { /* no cache yet, or unreadable: ask qemu-img */ }
+    }
     try {
-      const out = await new Deno.Command("qemu-img", { args: ["--version"], stdout: "piped", stderr: "null" })
+      const out = await new Deno.Command(bin.path, { args: ["--version"], stdout: "piped", stderr: "null" })
         .output();
       const m = /qemu-img version ((\d+)\.(\d+)(?:\.\d+)?)/.exec(new TextDecoder().decode(out.stdout));
-      if (out.success && m) return { major: Number(m[2]), minor: Number(m[3]), full: m[1] };
+      if (out.success && m) {
+        if (cache) await writeCache(cache, { key: bin.key, version: m[1] });
+        return { major: Number(m[2]), minor: Number(m[3]), full: m[1] };
+      }
     } catch {
-      // Not installed, or no permission to run it: use the newest profile.
+      // Not runnable, or no permission to run it: use the newest profile.
     }
     return NEWEST;
   })();
   return detected;
+}
+
+async function writeCache(path: string, value: unknown): Promise<void> {
+  try {
+    await Deno.mkdir(path.slice(0, path.lastIndexOf("/")), { recursive: true, mode: 0o700 });
+    const tmp = `${path}.${crypto.getRandomValues(new Uint32Array(1))[0]}.tmp`;
+    await Deno.writeTextFile(tmp, JSON.stringify(value) + "\n", { mode: 0o600 });
+    await Deno.rename(tmp, path);
+  } catch { /* a read-only home: detect again next time */ }
 }
