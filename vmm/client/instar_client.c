@@ -169,6 +169,11 @@ static void read_full(int fd, void *p, size_t len)
 int main(int argc, char **argv)
 {
     extern char **environ;
+    /* Closed standard descriptors travel as /dev/null (and the socket must
+     * not land on one of them). */
+    for (int fd = 0; fd < 3; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
+            return 1;
     signal(SIGPIPE, SIG_IGN);
     char pbuf[PATH_MAX];
     const char *path = socket_path(pbuf, sizeof pbuf);
@@ -190,11 +195,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "instar: cannot connect to the instar service at %s: %s\n", path, strerror(e));
         return 1;
     }
-
-    /* Closed standard descriptors travel as /dev/null. */
-    for (int fd = 0; fd < 3; fd++)
-        if (fcntl(fd, F_GETFD) < 0 && open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY) != fd)
-            die("cannot open /dev/null");
 
     size_t cap = 4096, len = sizeof(struct instar_req_head);
     char *buf = malloc(cap);
