@@ -340,3 +340,82 @@ async function rejectsWith(p: Promise<unknown>, cls: new (...a: any[]) => Error,
   }
   assert(false, "expected a rejection");
 }
+
+Deno.test({ name: "service: systemd socket activation, graceful stop, stale and live sockets", ignore: !ready }, async (t) => {
+  const root = await tempDir();
+  try {
+    const bin = await installClient(root);
+    const args = ["measure", "-O", "qcow2", "--size", "7G"];
+    const want = await instar(args, root);
+
+    await t.step({
+      name: "a socket passed by systemd (LISTEN_FDS) is served",
+      ignore: !haveTool("systemd-socket-activate"),
+      fn: async () => {
+        const socket = `${root}/act.sock`;
+        const act = new Deno.Command("systemd-socket-activate", {
+          args: ["-l", socket, DENO, "run", "-A", `${REPO}/main.ts`, "serve"],
+          cwd: "/",
+          stdin: "null",
+          stdout: "null",
+          stderr: "piped",
+        }).spawn();
+        try {
+          for (let i = 0; i < 200 && !(await exists(socket)); i++) await new Promise((r) => setTimeout(r, 25));
+          assertEquals(await client(bin, socket, args, root), want);
+          assertEquals(await client(bin, socket, args, root), want);
+        } finally {
+          act.kill("SIGTERM");
+          const out = await act.output();
+          const log = new TextDecoder().decode(out.stderr);
+          assert(/listening on the socket systemd passed \(fd 3\)/.test(log), log);
+        }
+      },
+    });
+
+    await t.step("SIGTERM lets the request in flight finish, then removes the socket", async () => {
+      const svc = await startService(`${root}/g.sock`);
+      try {
+        const child = new Deno.Command("prlimit", {
+          args: [...LIMITS, bin, "create", "-q", "-f", "raw", "-o", "preallocation=full", "full.raw", "1G"],
+          cwd: root,
+          env: { INSTAR_SOCKET: svc.socket },
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        for (let i = 0; i < 400 && !(await exists(`${root}/full.raw`)); i++) await new Promise((r) => setTimeout(r, 10));
+        svc.child.kill("SIGTERM");
+        const out = await child.output();
+        assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+        assertEquals((await Deno.stat(`${root}/full.raw`)).size, 1 << 30);
+        assertEquals((await svc.child.status).code, 0);
+        assert(!(await exists(svc.socket)), "the socket file is left behind");
+      } finally {
+        await svc.stop();
+      }
+    });
+
+    await t.step("a stale socket is replaced; a live one is not taken over", async () => {
+      const svc = await startService(`${root}/k.sock`);
+      svc.child.kill("SIGKILL");
+      await svc.stop();
+      assert(await exists(`${root}/k.sock`));
+      const second = await startService(`${root}/k.sock`);
+      try {
+        assertEquals(await client(bin, second.socket, args, root), want);
+        const third = await new Deno.Command(DENO, {
+          args: ["run", "-A", `${REPO}/main.ts`, "serve", "--socket", second.socket],
+          stdout: "null",
+          stderr: "piped",
+        }).output();
+        assertEquals(third.code, 1);
+        assert(/another instar service is already listening there/.test(new TextDecoder().decode(third.stderr)));
+        assertEquals(await client(bin, second.socket, args, root), want);
+      } finally {
+        await second.stop();
+      }
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});

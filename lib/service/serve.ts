@@ -199,9 +199,19 @@ export async function serveCommand(argv: string[], io: Io, _base?: InstarOptions
   const jobs = a.jobs ?? navigator.hardwareConcurrency ?? 1;
   const slots = new Slots(jobs);
   io.err(`instar serve: listening on ${where} (uid ${Deno.uid()}, ${jobs} requests at a time)\n`);
-  // SIGTERM/SIGINT to the service: stop accepting; the socket file is left
-  // for the next service (vmm_serve_listen replaces a stale one).
-  const stop = () => Deno.exit(0);
+  // SIGTERM/SIGINT to the service: requests in flight finish (up to 30 s), then
+  // it exits; our own socket file goes with it, so clients fall back at once.
+  let inFlight = 0;
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) Deno.exit(1); // a second signal: now
+    stopping = true;
+    const until = Date.now() + 30_000;
+    while (inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+    if (ownPath) await Deno.remove(ownPath).catch(() => {});
+    Deno.exit(0);
+  };
+  const ownPath = where.startsWith("/") ? where : undefined;
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
 
@@ -229,6 +239,9 @@ export async function serveCommand(argv: string[], io: Io, _base?: InstarOptions
       for (const fd of [...fds, conn]) lib.vmm_fd_close(fd);
       continue;
     }
-    serveOne(lib, conn, fds, req, slots, io).catch((e) => io.err(`instar serve: ${e}\n`));
+    inFlight++;
+    serveOne(lib, conn, fds, req, slots, io)
+      .catch((e) => io.err(`instar serve: ${e}\n`))
+      .finally(() => inFlight--);
   }
 }
