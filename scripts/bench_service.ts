@@ -73,8 +73,14 @@ try {
     ["qemu-img", "qemu-img", []],
     ["direct CLI", DENO, ["run", "-A", `${REPO}/main.ts`]],
   ];
-  console.log(`instar client/service bench: ${RUNS} runs per cell (median), ${navigator.hardwareConcurrency} cores`);
-  if (!kvmOk) console.log("WARNING: instar info failed here (no working /dev/kvm?): info/check rows time the error path");
+  console.log(
+    `instar client/service bench: ${RUNS} runs per cell (median), ${navigator.hardwareConcurrency} cores`,
+  );
+  if (!kvmOk) {
+    console.log(
+      "WARNING: instar info failed here (no working /dev/kvm?): info/check rows time the error path",
+    );
+  }
   console.log("| op | qemu-img ms | client ms | client / qemu-img | direct CLI ms | direct / qemu-img |");
   console.log("|---|---|---|---|---|---|");
   for (const op of ops) {

@@ -22,7 +22,16 @@ const kvm = (() => {
 /** A tree with a nova instance disk, its _base, a Proxmox clone and a victim outside. */
 async function tree(): Promise<string> {
   const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "instar-cfg-" }));
-  for (const d of ["nova/instances/uuid1", "nova/instances/_base", "pve/images/100", "pve/images/101", "etc", "home"]) {
+  for (
+    const d of [
+      "nova/instances/uuid1",
+      "nova/instances/_base",
+      "pve/images/100",
+      "pve/images/101",
+      "etc",
+      "home",
+    ]
+  ) {
     await Deno.mkdir(`${root}/${d}`, { recursive: true });
   }
   for (const f of ["nova/instances/_base/abc123", "pve/images/100/base-100-disk-0.qcow2", "etc/secret"]) {
@@ -38,7 +47,13 @@ function withEnv<T>(env: Record<string, string>, fn: () => Promise<T>): Promise<
   return withHostContext({ env }, fn);
 }
 
-async function allowed(root: string, env: Record<string, string>, top: string, name: string, cli: string[] = []) {
+async function allowed(
+  root: string,
+  env: Record<string, string>,
+  top: string,
+  name: string,
+  cli: string[] = [],
+) {
   return await withEnv(env, async () => {
     const policy = await makePolicy(`${root}/${top}`, cli);
     return await checkBacking(policy, `${root}/${top}`, name, 0, new Set());
@@ -57,16 +72,22 @@ Deno.test("config: nova _base and Proxmox clones through config files and INSTAR
       await rejects(allowed(root, none, pve, "../100/base-100-disk-0.qcow2"), PolicyError);
     });
     await t.step("the system file allows _base", async () => {
-      await Deno.writeTextFile(`${root}/etc/sys.toml`, `[backing]\ndirs = ["${root}/nova/instances/_base"]\n`);
+      await Deno.writeTextFile(
+        `${root}/etc/sys.toml`,
+        `[backing]\ndirs = ["${root}/nova/instances/_base"]\n`,
+      );
       const env = { ...none, INSTAR_SYSTEM_CONFIG: `${root}/etc/sys.toml` };
       const link = await allowed(root, env, nova, base);
       assertEquals(link.realPath, base);
       await rejects(allowed(root, env, nova, `${root}/etc/secret`), /outside the allowed directories/);
-      await rejects(allowed(root, env, nova, "json:{\"file.filename\":\"/etc/passwd\"}"), /json: and protocol/);
+      await rejects(allowed(root, env, nova, 'json:{"file.filename":"/etc/passwd"}'), /json: and protocol/);
     });
     await t.step("the user file ($XDG_CONFIG_HOME) allows a Proxmox linked clone", async () => {
       await Deno.mkdir(`${root}/xdg/instar`, { recursive: true });
-      await Deno.writeTextFile(`${root}/xdg/instar/instar.toml`, `[backing]\ndirs = ["${root}/pve/images/100"]\n`);
+      await Deno.writeTextFile(
+        `${root}/xdg/instar/instar.toml`,
+        `[backing]\ndirs = ["${root}/pve/images/100"]\n`,
+      );
       const env = { ...none, XDG_CONFIG_HOME: `${root}/xdg` };
       const link = await allowed(root, env, pve, "../100/base-100-disk-0.qcow2");
       assertEquals(link.filename, `${root}/pve/images/101/../100/base-100-disk-0.qcow2`);
@@ -74,7 +95,10 @@ Deno.test("config: nova _base and Proxmox clones through config files and INSTAR
     });
     await t.step("~/.config/instar/instar.toml when XDG_CONFIG_HOME is unset", async () => {
       await Deno.mkdir(`${root}/home/.config/instar`, { recursive: true });
-      await Deno.writeTextFile(`${root}/home/.config/instar/instar.toml`, `[backing]\ndirs = ["${root}/nova/instances/_base"]\n`);
+      await Deno.writeTextFile(
+        `${root}/home/.config/instar/instar.toml`,
+        `[backing]\ndirs = ["${root}/nova/instances/_base"]\n`,
+      );
       await allowed(root, none, nova, base);
       await Deno.remove(`${root}/home/.config`, { recursive: true });
     });
@@ -92,11 +116,14 @@ Deno.test("config: nova _base and Proxmox clones through config files and INSTAR
       // ... and the default follows the sibling (the leak the empty policy exists for).
       await allowed(root, none, nova, "victim.raw");
     });
-    await t.step("a missing configured directory is skipped, a missing --backing-dir is an error", async () => {
-      const env = { ...none, INSTAR_BACKING_DIRS: `${root}/nowhere` };
-      await allowed(root, env, nova, "victim.raw");
-      await rejects(allowed(root, none, nova, "victim.raw", [`${root}/nowhere`]), /does not exist/);
-    });
+    await t.step(
+      "a missing configured directory is skipped, a missing --backing-dir is an error",
+      async () => {
+        const env = { ...none, INSTAR_BACKING_DIRS: `${root}/nowhere` };
+        await allowed(root, env, nova, "victim.raw");
+        await rejects(allowed(root, none, nova, "victim.raw", [`${root}/nowhere`]), /does not exist/);
+      },
+    );
     await t.step("a malformed file is a clear error", async () => {
       await Deno.writeTextFile(`${root}/etc/bad.toml`, `[backing]\ndirs = "not a list"\n`);
       const env = { ...none, INSTAR_SYSTEM_CONFIG: `${root}/etc/bad.toml` };
@@ -153,7 +180,19 @@ Deno.test({
     await Deno.mkdir(`${root}/instances/_base`, { recursive: true });
     await Deno.mkdir(`${root}/instances/uuid1`, { recursive: true });
     await sh(root, "qemu-img", "create", "-q", "-f", "raw", "instances/_base/abc", "16M");
-    await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "-b", `${root}/instances/_base/abc`, "-F", "raw", "instances/uuid1/disk");
+    await sh(
+      root,
+      "qemu-img",
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      `${root}/instances/_base/abc`,
+      "-F",
+      "raw",
+      "instances/uuid1/disk",
+    );
     const refused = await instar(["info", "--backing-chain", "instances/uuid1/disk"], root);
     assert(refused.code !== 0, refused.stdout);
     const env = { INSTAR_BACKING_DIRS: `${root}/instances/_base` };

@@ -79,7 +79,12 @@ function client(bin: string, socket: string, args: string[], cwd: string, limits
   return execEnv("prlimit", [...limits, bin, ...args], cwd, { INSTAR_SOCKET: socket });
 }
 
-async function execEnv(cmd: string, args: string[], cwd: string, env: Record<string, string>): Promise<Outcome> {
+async function execEnv(
+  cmd: string,
+  args: string[],
+  cwd: string,
+  env: Record<string, string>,
+): Promise<Outcome> {
   const out = await new Deno.Command(cmd, { args, cwd, env, stdout: "piped", stderr: "piped" }).output();
   const dec = new TextDecoder();
   return { stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr), code: out.code };
@@ -105,7 +110,10 @@ async function tempDir(): Promise<string> {
   return d;
 }
 
-Deno.test({ name: "service: the client under prlimit --as=1G --cpu=30 prints what the direct CLI prints", ignore: !ready }, async (t) => {
+Deno.test({
+  name: "service: the client under prlimit --as=1G --cpu=30 prints what the direct CLI prints",
+  ignore: !ready,
+}, async (t) => {
   const root = await tempDir();
   const svc = await startService(`${root}/s.sock`);
   try {
@@ -159,79 +167,100 @@ Deno.test({ name: "service: the client under prlimit --as=1G --cpu=30 prints wha
   }
 });
 
-Deno.test({ name: "service: limits, peers, concurrency and the no-service fallback", ignore: !ready }, async (t) => {
-  const root = await tempDir();
-  const svc = await startService(`${root}/s.sock`);
-  try {
-    const bin = await installClient(root);
-    const [direct, viaClient] = await images(root);
+Deno.test(
+  { name: "service: limits, peers, concurrency and the no-service fallback", ignore: !ready },
+  async (t) => {
+    const root = await tempDir();
+    const svc = await startService(`${root}/s.sock`);
+    try {
+      const bin = await installClient(root);
+      const [direct, viaClient] = await images(root);
 
-    await t.step("a guest larger than the client's RLIMIT_AS is refused, no output file", async () => {
-      const r = await client(bin, svc.socket, ["convert", "-O", "raw", "a.qcow2", "small.raw"], viaClient, [
-        "--as=33554432",
-      ]);
-      assertEquals(r.code, 1);
-      assert(/address-space limit \(RLIMIT_AS 32 MiB\)/.test(r.stderr), r.stderr);
-      assertEquals(r.stdout, "");
-      assert(!(await exists(`${viaClient}/small.raw`)));
-      assertEquals((await Array.fromAsync(Deno.readDir(viaClient))).filter((e) => e.name.includes(".instar-")), []);
-    });
+      await t.step("a guest larger than the client's RLIMIT_AS is refused, no output file", async () => {
+        const r = await client(bin, svc.socket, ["convert", "-O", "raw", "a.qcow2", "small.raw"], viaClient, [
+          "--as=33554432",
+        ]);
+        assertEquals(r.code, 1);
+        assert(/address-space limit \(RLIMIT_AS 32 MiB\)/.test(r.stderr), r.stderr);
+        assertEquals(r.stdout, "");
+        assert(!(await exists(`${viaClient}/small.raw`)));
+        assertEquals(
+          (await Array.fromAsync(Deno.readDir(viaClient))).filter((e) => e.name.includes(".instar-")),
+          [],
+        );
+      });
 
-    await t.step("8 clients at once all get right answers", async () => {
-      const args = kvm ? ["info", "--output=json", "a.qcow2"] : ["measure", "-O", "qcow2", "--size", "3G"];
-      const want = await instar(args, direct);
-      const got = await Promise.all(Array.from({ length: 8 }, () => client(bin, svc.socket, args, viaClient)));
-      for (const g of got) assertEquals(g, want);
-    });
+      await t.step("8 clients at once all get right answers", async () => {
+        const args = kvm ? ["info", "--output=json", "a.qcow2"] : ["measure", "-O", "qcow2", "--size", "3G"];
+        const want = await instar(args, direct);
+        const got = await Promise.all(
+          Array.from({ length: 8 }, () => client(bin, svc.socket, args, viaClient)),
+        );
+        for (const g of got) assertEquals(g, want);
+      });
 
-    await t.step({ name: "a peer of another uid is refused", ignore: Deno.uid() !== 0 || !haveTool("setpriv"), fn: async () => {
-      await Deno.chmod(svc.socket, 0o666); // let it connect, so SO_PEERCRED decides
-      const r = await execEnv("setpriv", [
-        "--reuid",
-        "nobody",
-        "--regid",
-        "nogroup",
-        "--clear-groups",
-        bin,
-        "measure",
-        "--size",
-        "1G",
-      ], "/", { INSTAR_SOCKET: svc.socket });
-      assertEquals(r.code, 1);
-      assertEquals(r.stdout, "");
-      assert(/serves only its own user/.test(r.stderr), r.stderr);
-      await Deno.chmod(svc.socket, 0o600);
-      assert(/refused a peer with uid/.test(svc.log()), svc.log());
-    } });
+      await t.step({
+        name: "a peer of another uid is refused",
+        ignore: Deno.uid() !== 0 || !haveTool("setpriv"),
+        fn: async () => {
+          await Deno.chmod(svc.socket, 0o666); // let it connect, so SO_PEERCRED decides
+          const r = await execEnv(
+            "setpriv",
+            [
+              "--reuid",
+              "nobody",
+              "--regid",
+              "nogroup",
+              "--clear-groups",
+              bin,
+              "measure",
+              "--size",
+              "1G",
+            ],
+            "/",
+            { INSTAR_SOCKET: svc.socket },
+          );
+          assertEquals(r.code, 1);
+          assertEquals(r.stdout, "");
+          assert(/serves only its own user/.test(r.stderr), r.stderr);
+          await Deno.chmod(svc.socket, 0o600);
+          assert(/refused a peer with uid/.test(svc.log()), svc.log());
+        },
+      });
 
-    await t.step("no service under --as=1G: one line, exit 1", async () => {
-      const r = await client(bin, `${root}/none.sock`, ["info", "a.qcow2"], viaClient);
-      assertEquals(r.code, 1);
-      assertEquals(r.stdout, "");
-      assertEquals(r.stderr.split("\n").length, 2, r.stderr);
-      assert(/no instar service at .*none\.sock.*instar serve/.test(r.stderr), r.stderr);
-    });
+      await t.step("no service under --as=1G: one line, exit 1", async () => {
+        const r = await client(bin, `${root}/none.sock`, ["info", "a.qcow2"], viaClient);
+        assertEquals(r.code, 1);
+        assertEquals(r.stdout, "");
+        assertEquals(r.stderr.split("\n").length, 2, r.stderr);
+        assert(/no instar service at .*none\.sock.*instar serve/.test(r.stderr), r.stderr);
+      });
 
-    await t.step("no service and no limit: the client execs the direct CLI", async () => {
-      const args = ["measure", "-O", "qcow2", "--size", "5G"];
-      const r = await execEnv(bin, args, viaClient, { INSTAR_SOCKET: `${root}/none.sock` });
-      assertEquals(r, await instar(args, direct));
-    });
+      await t.step("no service and no limit: the client execs the direct CLI", async () => {
+        const args = ["measure", "-O", "qcow2", "--size", "5G"];
+        const r = await execEnv(bin, args, viaClient, { INSTAR_SOCKET: `${root}/none.sock` });
+        assertEquals(r, await instar(args, direct));
+      });
 
-    await t.step("serve and install-client are refused through the service", async () => {
-      const r = await client(bin, svc.socket, ["serve", "--socket", `${root}/x.sock`], viaClient);
-      assertEquals(r, { stdout: "", stderr: "instar: 'serve' cannot run through the instar service\n", code: 1 });
-    });
+      await t.step("serve and install-client are refused through the service", async () => {
+        const r = await client(bin, svc.socket, ["serve", "--socket", `${root}/x.sock`], viaClient);
+        assertEquals(r, {
+          stdout: "",
+          stderr: "instar: 'serve' cannot run through the instar service\n",
+          code: 1,
+        });
+      });
 
-    await t.step("the service keeps serving after all that", async () => {
-      const args = ["measure", "-O", "qcow2", "--size", "1G"];
-      assertEquals(await client(bin, svc.socket, args, viaClient), await instar(args, direct));
-    });
-  } finally {
-    await svc.stop();
-    await Deno.remove(root, { recursive: true });
-  }
-});
+      await t.step("the service keeps serving after all that", async () => {
+        const args = ["measure", "-O", "qcow2", "--size", "1G"];
+        assertEquals(await client(bin, svc.socket, args, viaClient), await instar(args, direct));
+      });
+    } finally {
+      await svc.stop();
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -242,93 +271,118 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-Deno.test({ name: "service: SIGINT to the client mid-convert leaves no target file", ignore: !ready || !kvm }, async () => {
-  const root = await tempDir();
-  const svc = await startService(`${root}/s.sock`);
-  try {
-    const bin = await installClient(root);
-    await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "big.qcow2", "2G");
-    await sh(root, "qemu-io", "-f", "qcow2", "-c", "write -P 3 0 1536M", "big.qcow2");
-    const child = new Deno.Command("prlimit", {
-      args: [...LIMITS, bin, "convert", "-O", "qcow2", "-c", "big.qcow2", "t.qcow2"],
-      cwd: root,
-      env: { INSTAR_SOCKET: svc.socket },
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    // Wait for the temporary output to appear: the guest is running.
-    for (let i = 0; i < 200; i++) {
+Deno.test(
+  { name: "service: SIGINT to the client mid-convert leaves no target file", ignore: !ready || !kvm },
+  async () => {
+    const root = await tempDir();
+    const svc = await startService(`${root}/s.sock`);
+    try {
+      const bin = await installClient(root);
+      await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "big.qcow2", "2G");
+      await sh(root, "qemu-io", "-f", "qcow2", "-c", "write -P 3 0 1536M", "big.qcow2");
+      const child = new Deno.Command("prlimit", {
+        args: [...LIMITS, bin, "convert", "-O", "qcow2", "-c", "big.qcow2", "t.qcow2"],
+        cwd: root,
+        env: { INSTAR_SOCKET: svc.socket },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      // Wait for the temporary output to appear: the guest is running.
+      for (let i = 0; i < 200; i++) {
+        const names = (await Array.fromAsync(Deno.readDir(root))).map((e) => e.name);
+        if (names.some((n) => n.includes(".instar-"))) break;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      await new Promise((r) => setTimeout(r, 200));
+      // prlimit execs the client, so the child's pid is the client's.
+      Deno.kill(child.pid, "SIGINT");
+      const st = await child.output();
+      assertEquals(st.code, 130, new TextDecoder().decode(st.stderr));
       const names = (await Array.fromAsync(Deno.readDir(root))).map((e) => e.name);
-      if (names.some((n) => n.includes(".instar-"))) break;
-      await new Promise((r) => setTimeout(r, 20));
+      assert(!names.includes("t.qcow2"), names.join(" "));
+      assertEquals(names.filter((n) => n.includes(".instar-")), []);
+    } finally {
+      await svc.stop();
+      await Deno.remove(root, { recursive: true });
     }
-    await new Promise((r) => setTimeout(r, 200));
-    // prlimit execs the client, so the child's pid is the client's.
-    Deno.kill(child.pid, "SIGINT");
-    const st = await child.output();
-    assertEquals(st.code, 130, new TextDecoder().decode(st.stderr));
-    const names = (await Array.fromAsync(Deno.readDir(root))).map((e) => e.name);
-    assert(!names.includes("t.qcow2"), names.join(" "));
-    assertEquals(names.filter((n) => n.includes(".instar-")), []);
-  } finally {
-    await svc.stop();
-    await Deno.remove(root, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test({ name: "service: killing the service mid-request gives the client a clear error", ignore: !ready }, async () => {
-  const root = await tempDir();
-  const svc = await startService(`${root}/s.sock`);
-  try {
-    const bin = await installClient(root);
-    // A request that takes a while without any guest: 4 GiB of zeroes written.
-    const child = new Deno.Command("prlimit", {
-      args: [...LIMITS, bin, "create", "-f", "raw", "-o", "preallocation=full", "big.raw", "4G"],
-      cwd: root,
-      env: { INSTAR_SOCKET: svc.socket },
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    for (let i = 0; i < 200 && !(await exists(`${root}/big.raw`)); i++) await new Promise((r) => setTimeout(r, 20));
-    svc.child.kill("SIGKILL");
-    const st = await child.output();
-    assertEquals(st.code, 1);
-    const err = new TextDecoder().decode(st.stderr);
-    assert(/service closed the connection before the command finished/.test(err), err);
-  } finally {
-    await svc.stop();
-    await Deno.remove(root, { recursive: true });
-  }
-});
+Deno.test(
+  { name: "service: killing the service mid-request gives the client a clear error", ignore: !ready },
+  async () => {
+    const root = await tempDir();
+    const svc = await startService(`${root}/s.sock`);
+    try {
+      const bin = await installClient(root);
+      // A request that takes a while without any guest: 4 GiB of zeroes written.
+      const child = new Deno.Command("prlimit", {
+        args: [...LIMITS, bin, "create", "-f", "raw", "-o", "preallocation=full", "big.raw", "4G"],
+        cwd: root,
+        env: { INSTAR_SOCKET: svc.socket },
+        stdout: "null",
+        stderr: "piped",
+      }).spawn();
+      for (let i = 0; i < 200 && !(await exists(`${root}/big.raw`)); i++) {
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      svc.child.kill("SIGKILL");
+      const st = await child.output();
+      assertEquals(st.code, 1);
+      const err = new TextDecoder().decode(st.stderr);
+      assert(/service closed the connection before the command finished/.test(err), err);
+    } finally {
+      await svc.stop();
+      await Deno.remove(root, { recursive: true });
+    }
+  },
+);
 
-Deno.test({ name: "service: the caller's limits and cancel bound hostile guests", ignore: !ready || !kvm }, async (t) => {
-  const { runGuest, GuestLimitError, SandboxError } = await import("../lib/vmm/sandbox.ts");
-  const { Cancelled, withHostContext } = await import("../lib/host/context.ts");
-  const { ops } = await import("../lib/abi/spec.ts");
-  const guest = (name: string) => Deno.readFileSync(`${REPO}/build/test-guests/${name}.bin`);
-  const loop = () => runGuest({ op: "loop", binary: guest("loop"), opCode: ops.TEST, inputs: [], timeoutMs: 30000 });
-  await t.step("RLIMIT_CPU 1 s stops a looping guest after a second", async () => {
-    const t0 = performance.now();
-    await rejectsWith(withHostContext({ caps: { timeoutMs: 1000 } }, loop), SandboxError, /timed out after 1000 ms/);
-    const took = performance.now() - t0;
-    assert(took >= 1000 && took < 1500, `${took} ms`);
-  });
-  await t.step("a guest larger than RLIMIT_AS is not started", async () => {
-    await rejectsWith(
-      withHostContext({ caps: { ramBytes: 32 << 20, ramSource: "address-space limit (RLIMIT_AS 32 MiB)" } }, () =>
-        runGuest({ op: "touch_ram", binary: guest("touch_ram"), opCode: ops.TEST, inputs: [], ramBytes: 64 << 20 })),
-      GuestLimitError,
-      /needs 64 MiB of memory, more than the caller's address-space limit \(RLIMIT_AS 32 MiB\)/,
-    );
-  });
-  await t.step("a cancel stops a running guest at once", async () => {
-    const ac = new AbortController();
-    setTimeout(() => ac.abort("SIGINT"), 200);
-    const t0 = performance.now();
-    await rejectsWith(withHostContext({ signal: ac.signal }, loop), Cancelled, /cancelled/);
-    assert(performance.now() - t0 < 1000);
-  });
-});
+Deno.test(
+  { name: "service: the caller's limits and cancel bound hostile guests", ignore: !ready || !kvm },
+  async (t) => {
+    const { runGuest, GuestLimitError, SandboxError } = await import("../lib/vmm/sandbox.ts");
+    const { Cancelled, withHostContext } = await import("../lib/host/context.ts");
+    const { ops } = await import("../lib/abi/spec.ts");
+    const guest = (name: string) => Deno.readFileSync(`${REPO}/build/test-guests/${name}.bin`);
+    const loop = () =>
+      runGuest({ op: "loop", binary: guest("loop"), opCode: ops.TEST, inputs: [], timeoutMs: 30000 });
+    await t.step("RLIMIT_CPU 1 s stops a looping guest after a second", async () => {
+      const t0 = performance.now();
+      await rejectsWith(
+        withHostContext({ caps: { timeoutMs: 1000 } }, loop),
+        SandboxError,
+        /timed out after 1000 ms/,
+      );
+      const took = performance.now() - t0;
+      assert(took >= 1000 && took < 1500, `${took} ms`);
+    });
+    await t.step("a guest larger than RLIMIT_AS is not started", async () => {
+      await rejectsWith(
+        withHostContext(
+          { caps: { ramBytes: 32 << 20, ramSource: "address-space limit (RLIMIT_AS 32 MiB)" } },
+          () =>
+            runGuest({
+              op: "touch_ram",
+              binary: guest("touch_ram"),
+              opCode: ops.TEST,
+              inputs: [],
+              ramBytes: 64 << 20,
+            }),
+        ),
+        GuestLimitError,
+        /needs 64 MiB of memory, more than the caller's address-space limit \(RLIMIT_AS 32 MiB\)/,
+      );
+    });
+    await t.step("a cancel stops a running guest at once", async () => {
+      const ac = new AbortController();
+      setTimeout(() => ac.abort("SIGINT"), 200);
+      const t0 = performance.now();
+      await rejectsWith(withHostContext({ signal: ac.signal }, loop), Cancelled, /cancelled/);
+      assert(performance.now() - t0 < 1000);
+    });
+  },
+);
 
 async function rejectsWith(p: Promise<unknown>, cls: new (...a: any[]) => Error, re: RegExp) {
   try {
@@ -341,7 +395,10 @@ async function rejectsWith(p: Promise<unknown>, cls: new (...a: any[]) => Error,
   assert(false, "expected a rejection");
 }
 
-Deno.test({ name: "service: systemd socket activation, graceful stop, stale and live sockets", ignore: !ready }, async (t) => {
+Deno.test({
+  name: "service: systemd socket activation, graceful stop, stale and live sockets",
+  ignore: !ready,
+}, async (t) => {
   const root = await tempDir();
   try {
     const bin = await installClient(root);
@@ -361,7 +418,9 @@ Deno.test({ name: "service: systemd socket activation, graceful stop, stale and 
           stderr: "piped",
         }).spawn();
         try {
-          for (let i = 0; i < 200 && !(await exists(socket)); i++) await new Promise((r) => setTimeout(r, 25));
+          for (let i = 0; i < 200 && !(await exists(socket)); i++) {
+            await new Promise((r) => setTimeout(r, 25));
+          }
           assertEquals(await client(bin, socket, args, root), want);
           assertEquals(await client(bin, socket, args, root), want);
         } finally {
@@ -383,7 +442,9 @@ Deno.test({ name: "service: systemd socket activation, graceful stop, stale and 
           stdout: "piped",
           stderr: "piped",
         }).spawn();
-        for (let i = 0; i < 400 && !(await exists(`${root}/full.raw`)); i++) await new Promise((r) => setTimeout(r, 10));
+        for (let i = 0; i < 400 && !(await exists(`${root}/full.raw`)); i++) {
+          await new Promise((r) => setTimeout(r, 10));
+        }
         svc.child.kill("SIGTERM");
         const out = await child.output();
         assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
@@ -409,7 +470,9 @@ Deno.test({ name: "service: systemd socket activation, graceful stop, stale and 
           stderr: "piped",
         }).output();
         assertEquals(third.code, 1);
-        assert(/another instar service is already listening there/.test(new TextDecoder().decode(third.stderr)));
+        assert(
+          /another instar service is already listening there/.test(new TextDecoder().decode(third.stderr)),
+        );
         assertEquals(await client(bin, second.socket, args, root), want);
       } finally {
         await second.stop();

@@ -9,10 +9,15 @@ import { ConfigError, describePolicy, effectivePolicy } from "./config.ts";
 export async function configCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
   let help = false;
-  const operands = getopt(argv, ":h", [{ name: "help", hasArg: false, id: "h" }, ...INSTAR_LONGS], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
-    if (id === "h") help = true;
-  });
+  const operands = getopt(
+    argv,
+    ":h",
+    [{ name: "help", hasArg: false, id: "h" }, ...INSTAR_LONGS],
+    ({ id, value }) => {
+      if (instarOption(o, id, value)) return;
+      if (id === "h") help = true;
+    },
+  );
   if (help) {
     io.out("usage: instar config [--backing-dir DIR]...\nPrints the effective backing-file policy.\n");
     return 0;

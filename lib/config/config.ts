@@ -54,11 +54,16 @@ export function userConfigPath(): string | undefined {
 type Toml = Record<string, unknown>;
 
 async function parseToml(text: string, path: string): Promise<Toml> {
+  // Inline and pinned (deno.lock holds its hash): instar runs as `deno run /path/main.ts`
+  // from any directory, where an import map in deno.json would not be found.
+  // deno-lint-ignore no-import-prefix
   const { parse } = await import("npm:smol-toml@1.9.1");
   try {
     return parse(text) as Toml;
   } catch (e) {
-    throw new ConfigError(`Invalid config file '${path}': ${e instanceof Error ? e.message.split("\n")[0] : e}`);
+    throw new ConfigError(
+      `Invalid config file '${path}': ${e instanceof Error ? e.message.split("\n")[0] : e}`,
+    );
   }
 }
 

@@ -19,7 +19,9 @@ export function thisCli(): string[] {
   const base = exe.slice(exe.lastIndexOf("/") + 1);
   if (!base.startsWith("deno")) return [exe]; // `deno compile`d instar
   const main = new URL("../../main.ts", import.meta.url);
-  if (main.protocol !== "file:") throw new CliError(["Cannot record a direct CLI for a remote module; use --cli"]);
+  if (main.protocol !== "file:") {
+    throw new CliError(["Cannot record a direct CLI for a remote module; use --cli"]);
+  }
   return [exe, "run", "-A", decodeURIComponent(main.pathname)];
 }
 
@@ -81,7 +83,9 @@ export async function installClientCommand(argv: string[], io: Io, _base?: Insta
     await Deno.rename(tmp, target);
   } catch (e) {
     await Deno.remove(tmp).catch(() => {});
-    throw new CliError([`Could not install the client as '${target}': ${e instanceof Error ? e.message : e}`]);
+    throw new CliError([
+      `Could not install the client as '${target}': ${e instanceof Error ? e.message : e}`,
+    ]);
   }
   io.out(`installed ${target}\n`);
   return 0;

@@ -12,7 +12,7 @@ import { CliError, usageError } from "../cli/messages.ts";
 import { type InstarOptions, type Io } from "../cli/common.ts";
 import { run } from "../cli/run.ts";
 import type { HostContext } from "../host/context.ts";
-import { cString, strerror, vmmLib, type VmmLib } from "../vmm/ffi.ts";
+import { cString, strerror, type VmmLib, vmmLib } from "../vmm/ffi.ts";
 import { decodeRequest, ProtocolError, type Request, socketPath } from "./protocol.ts";
 
 const enc = new TextEncoder();
@@ -96,7 +96,9 @@ const MiB = 1024n * 1024n;
 export function requestContext(req: Request, signal: AbortSignal): HostContext {
   const caps: HostContext["caps"] = {};
   if (req.rlimitAs !== undefined) {
-    caps.ramBytes = req.rlimitAs > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(req.rlimitAs);
+    caps.ramBytes = req.rlimitAs > BigInt(Number.MAX_SAFE_INTEGER)
+      ? Number.MAX_SAFE_INTEGER
+      : Number(req.rlimitAs);
     caps.ramSource = `address-space limit (RLIMIT_AS ${req.rlimitAs / MiB} MiB)`;
   }
   if (req.rlimitCpu !== undefined) {
@@ -139,7 +141,9 @@ async function serveOne(lib: VmmLib, conn: number, fds: number[], req: Request, 
   await waiting;
   for (const fd of fds) lib.vmm_fd_close(fd);
   lib.vmm_fd_close(conn);
-  if (ac.signal.aborted) log.err(`instar serve: request cancelled (${ac.signal.reason}): ${req.args[0] ?? ""}\n`);
+  if (ac.signal.aborted) {
+    log.err(`instar serve: request cancelled (${ac.signal.reason}): ${req.args[0] ?? ""}\n`);
+  }
 }
 
 interface ServeArgs {
@@ -174,7 +178,9 @@ async function listen(lib: VmmLib, a: ServeArgs): Promise<{ fd: number; where: s
   if (a.socket === undefined && pid === String(Deno.pid) && n >= 1) {
     // sd_listen_fds: the first passed descriptor is 3; unset the variables so children do not see them.
     for (const v of ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]) Deno.env.delete(v);
-    if (!lib.vmm_fd_is_listener(3)) throw new CliError(["LISTEN_FDS is set but fd 3 is not a listening Unix stream socket"]);
+    if (!lib.vmm_fd_is_listener(3)) {
+      throw new CliError(["LISTEN_FDS is set but fd 3 is not a listening Unix stream socket"]);
+    }
     return { fd: 3, where: "the socket systemd passed (fd 3)" };
   }
   const path = a.socket ?? socketPath();

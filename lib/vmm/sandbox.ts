@@ -176,13 +176,22 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
     const infoSpec = structSpec("vmm_input_info");
     for (const input of req.inputs) {
       const info = new Uint8Array(infoSpec.size);
-      rc = lib.vmm_attach_input(vm, cString(hostPath(input.path)), input.nofollow ? attachFlags.NOFOLLOW : 0, info);
+      rc = lib.vmm_attach_input(
+        vm,
+        cString(hostPath(input.path)),
+        input.nofollow ? attachFlags.NOFOLLOW : 0,
+        info,
+      );
       if (rc !== 0) throw Object.assign(new Error(strerror(lib, -rc)), { errno: -rc, path: input.path });
       const f = readStruct(new DataView(info.buffer), 0, infoSpec);
       inputs.push({ size: f.size as bigint, dev: f.dev as bigint, ino: f.ino as bigint });
     }
     if (req.output) {
-      rc = lib.vmm_attach_output(vm, cString(hostPath(req.output.path)), attachFlags.WRITABLE | attachFlags.CREATE);
+      rc = lib.vmm_attach_output(
+        vm,
+        cString(hostPath(req.output.path)),
+        attachFlags.WRITABLE | attachFlags.CREATE,
+      );
       if (rc !== 0) throw Object.assign(new Error(strerror(lib, -rc)), { errno: -rc, path: req.output.path });
     }
 
