@@ -242,6 +242,20 @@ Deno.test(
         assertEquals(r, await instar(args, direct));
       });
 
+      await t.step("installed as qemu-img first in PATH, the client is not taken for qemu-img", async () => {
+        const path = `${root}/bin:${Deno.env.get("PATH")}`;
+        const q = await exec("qemu-img", ["--version"], root);
+        const qv = /qemu-img version ([0-9.]*)/.exec(q.stdout)![1];
+        for (const socket of [svc.socket, `${root}/none.sock`]) {
+          const r = await execEnv("timeout", ["60", "qemu-img", "--version"], viaClient, {
+            PATH: path,
+            INSTAR_SOCKET: socket,
+          });
+          assertEquals(r.code, 0, r.stderr);
+          assertEquals(/qemu-img version ([0-9.]*) compatible/.exec(r.stdout)?.[1], qv, r.stdout);
+        }
+      });
+
       await t.step("serve and install-client are refused through the service", async () => {
         const r = await client(bin, svc.socket, ["serve", "--socket", `${root}/x.sock`], viaClient);
         assertEquals(r, {

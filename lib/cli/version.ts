@@ -36,7 +36,24 @@ export function parseProfile(text: string): Profile | null {
 
 let detected: Promise<Profile> | undefined;
 
-/** The qemu-img a bare `qemu-img` command would run (PATH search). */
+const CLIENT_MAGIC = new TextEncoder().encode("INSTAR\x01\n");
+
+/** Whether `path` is instar's own thin client installed as qemu-img (a small binary
+ * carrying the protocol magic): asking it for its version would ask instar. */
+function isInstarClient(path: string, size: number): boolean {
+  if (size > 1 << 20) return false; // the client is ~20 KB, qemu-img megabytes
+  try {
+    const bytes = Deno.readFileSync(path);
+    const first = CLIENT_MAGIC[0];
+    for (let i = bytes.indexOf(first); i >= 0; i = bytes.indexOf(first, i + 1)) {
+      if (CLIENT_MAGIC.every((b, j) => bytes[i + j] === b)) return true;
+    }
+  } catch { /* unreadable: not ours to judge, let the spawn decide */ }
+  return false;
+}
+
+/** The qemu-img a bare `qemu-img` command would run (PATH search), skipping
+ * instar's client installed under that name. */
 function findQemuImg(): { path: string; key: string } | undefined {
   for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
     if (!dir.startsWith("/")) continue;
@@ -44,6 +61,7 @@ function findQemuImg(): { path: string; key: string } | undefined {
     try {
       const st = Deno.statSync(path);
       if (st.isFile && ((st.mode ?? 0o111) & 0o111)) {
+        if (isInstarClient(path, st.size)) continue;
         return { path, key: `${path}\0${st.size}\0${st.mtime?.getTime() ?? 0}\0${st.ino ?? 0}` };
       }
     } catch { /* not here */ }

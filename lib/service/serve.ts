@@ -111,11 +111,6 @@ async function serveOne(lib: VmmLib, conn: number, fds: number[], req: Request, 
   const [, outFd, errFd] = fds;
   const ac = new AbortController();
   let finished = false;
-  // 'I' / 'T' from the client's SIGINT / SIGTERM; 0 when it hung up (or we shut down).
-  const waiting = lib.vmm_conn_wait(conn).then((b) => {
-    if (finished) return;
-    ac.abort(b === 84 ? "SIGTERM" : b === 73 ? "SIGINT" : "SIGHUP");
-  });
   const w = new FdWriter(lib);
   const io: Io = {
     out: (t) => w.write(outFd, t),
@@ -123,7 +118,14 @@ async function serveOne(lib: VmmLib, conn: number, fds: number[], req: Request, 
     context: requestContext(req, ac.signal),
   };
   let code = 1;
+  // The cancel watch starts with the request's turn: a waiting request holds no
+  // thread of Deno's blocking pool (which vmm_run needs), however many wait.
   await slots.take();
+  // 'I' / 'T' from the client's SIGINT / SIGTERM; 0 when it hung up (or we shut down).
+  const waiting = lib.vmm_conn_wait(conn).then((b) => {
+    if (finished) return;
+    ac.abort(b === 84 ? "SIGTERM" : b === 73 ? "SIGINT" : "SIGHUP");
+  });
   try {
     if (!ac.signal.aborted) {
       code = await run(req.args, io);
