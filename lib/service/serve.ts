@@ -223,6 +223,16 @@ export async function serveCommand(argv: string[], io: Io, _base?: InstarOptions
   Deno.addSignalListener("SIGTERM", stop);
   Deno.addSignalListener("SIGINT", stop);
 
+  // One request's stray rejection or timer exception must not end the others.
+  globalThis.addEventListener("unhandledrejection", (e) => {
+    e.preventDefault();
+    io.err(`instar serve: unhandled rejection in a request: ${e.reason}\n`);
+  });
+  globalThis.addEventListener("error", (e) => {
+    e.preventDefault();
+    io.err(`instar serve: uncaught exception in a request: ${e.message}\n`);
+  });
+
   const buf = new Uint8Array(REQ_BUF);
   const meta = new BigInt64Array(7);
   const metaBytes = new Uint8Array(meta.buffer);
