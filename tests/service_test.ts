@@ -199,6 +199,19 @@ Deno.test(
         for (const g of got) assertEquals(g, want);
       });
 
+      await t.step("8 clients at once from 8 working directories each get their own", async () => {
+        const dirs = Array.from({ length: 8 }, (_, i) => `${root}/cwd${i}`);
+        for (const d of dirs) await Deno.mkdir(d);
+        const got = await Promise.all(
+          dirs.map((d, i) => client(bin, svc.socket, ["create", "-q", "-f", "raw", "n.raw", `${i + 1}M`], d)),
+        );
+        for (const [i, g] of got.entries()) {
+          assertEquals(g, { stdout: "", stderr: "", code: 0 });
+          assertEquals((await Deno.stat(`${dirs[i]}/n.raw`)).size, (i + 1) << 20);
+        }
+        assert(!(await exists("/n.raw")), "a request used the service's working directory");
+      });
+
       await t.step({
         name: "a peer of another uid is refused",
         ignore: Deno.uid() !== 0 || !haveTool("setpriv"),

@@ -5,9 +5,12 @@
 // never read those from the process: every path a command opens goes
 // through hostPath(), every environment entry through hostEnv(), and the
 // sandbox takes its caps from guestCaps() and its cancel from cancelSignal().
-// The context follows the command across awaits (AsyncLocalStorage), so
-// concurrent requests never see each other's (no process-wide Deno.chdir).
-import { AsyncLocalStorage } from "node:async_hooks";
+// In the service the context follows each command across awaits
+// (AsyncLocalStorage, enabled by enableConcurrentContexts()), so concurrent
+// requests never see each other's (no process-wide Deno.chdir). The direct
+// CLI runs one command per process and skips node:async_hooks (~9 ms of
+// start-up): its context is a plain module variable.
+import type { AsyncLocalStorage } from "node:async_hooks";
 
 /** The caller's limits applied to guests (from the client's RLIMIT_AS/RLIMIT_CPU). */
 export interface GuestCaps {
@@ -31,16 +34,31 @@ export interface HostContext {
   service?: boolean;
 }
 
-const store = new AsyncLocalStorage<HostContext>();
-const processContext: HostContext = {};
+let store: AsyncLocalStorage<HostContext> | undefined;
+let current: HostContext = {};
 
-/** Runs fn with ctx as the host context of everything it awaits. */
-export function withHostContext<T>(ctx: HostContext, fn: () => Promise<T>): Promise<T> {
-  return store.run(ctx, fn);
+/** Called once by `instar serve` before it runs requests concurrently. */
+export async function enableConcurrentContexts(): Promise<void> {
+  if (store) return;
+  const { AsyncLocalStorage } = await import("node:async_hooks");
+  store = new AsyncLocalStorage<HostContext>();
+}
+
+/** Runs fn with ctx as the host context of everything it awaits. Without
+ * enableConcurrentContexts(), calls must not overlap (the direct CLI, tests). */
+export async function withHostContext<T>(ctx: HostContext, fn: () => Promise<T>): Promise<T> {
+  if (store) return await store.run(ctx, fn);
+  const prev = current;
+  current = ctx;
+  try {
+    return await fn();
+  } finally {
+    current = prev;
+  }
 }
 
 export function hostContext(): HostContext {
-  return store.getStore() ?? processContext;
+  return store?.getStore() ?? current;
 }
 
 /** The path to hand to the OS for a path the user (or a backing chain) named. */
@@ -76,14 +94,14 @@ export function cancelStatus(signal: AbortSignal): number {
  * Returns the signal and a dispose function.
  */
 export function trapSignals(): { signal: AbortSignal; dispose: () => void } {
-  const ctx = store.getStore();
-  if (ctx?.signal) return { signal: ctx.signal, dispose: () => {} };
+  const ctx = hostContext();
+  if (ctx.signal) return { signal: ctx.signal, dispose: () => {} };
   const ac = new AbortController();
   const int = () => ac.abort("SIGINT");
   const term = () => ac.abort("SIGTERM");
   Deno.addSignalListener("SIGINT", int);
   Deno.addSignalListener("SIGTERM", term);
-  if (ctx) ctx.signal = ac.signal;
+  ctx.signal = ac.signal;
   return {
     signal: ac.signal,
     dispose: () => {

@@ -11,7 +11,7 @@ import { getopt } from "../cli/getopt.ts";
 import { CliError, usageError } from "../cli/messages.ts";
 import { type InstarOptions, type Io } from "../cli/common.ts";
 import { run } from "../cli/run.ts";
-import type { HostContext } from "../host/context.ts";
+import { enableConcurrentContexts, type HostContext } from "../host/context.ts";
 import { cString, strerror, type VmmLib, vmmLib } from "../vmm/ffi.ts";
 import { decodeRequest, ProtocolError, type Request, socketPath } from "./protocol.ts";
 
@@ -202,6 +202,7 @@ export async function serveCommand(argv: string[], io: Io, _base?: InstarOptions
     io.out(SERVE_HELP);
     return 0;
   }
+  await enableConcurrentContexts();
   const lib = await vmmLib();
   const { fd: lfd, where } = await listen(lib, a);
   const jobs = a.jobs ?? navigator.hardwareConcurrency ?? 1;
