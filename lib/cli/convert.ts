@@ -238,7 +238,9 @@ function tempBeside(target: string, tag: string): string {
 class TempFiles {
   paths: string[] = [];
   #trap = trapSignals();
-  #onCancel = () => this.removeAll();
+  // The list is kept: a step already under way may create a file again, and the
+  // final removeAll() takes it too.
+  #onCancel = () => this.#remove();
   constructor() {
     this.#trap.signal.addEventListener("abort", this.#onCancel);
   }
@@ -259,12 +261,15 @@ class TempFiles {
       }
     }
   }
-  removeAll() {
+  #remove() {
     for (const p of this.paths) {
       try {
         Deno.removeSync(hostPath(p));
       } catch { /* already gone */ }
     }
+  }
+  removeAll() {
+    this.#remove();
     this.paths = [];
   }
   dispose() {
