@@ -269,6 +269,22 @@ Deno.test(
         }
       });
 
+      await t.step("a silent or malformed connection delays no one", async () => {
+        const silent = await Deno.connect({ transport: "unix", path: svc.socket });
+        const args = ["measure", "-O", "qcow2", "--size", "2G"];
+        const t0 = performance.now();
+        assertEquals(await client(bin, svc.socket, args, viaClient), await instar(args, direct));
+        assert(performance.now() - t0 < 3000, "a silent connection held up the next request");
+        const bad = await Deno.connect({ transport: "unix", path: svc.socket });
+        await bad.write(new TextEncoder().encode("GET / HTTP/1.0\r\n\r\n".padEnd(40, " ")));
+        const reply = new Uint8Array(4096);
+        const n = await bad.read(reply);
+        const text = new TextDecoder().decode(reply.subarray(16, n ?? 16));
+        assert(/malformed request/.test(text), text);
+        bad.close();
+        silent.close();
+      });
+
       await t.step("serve and install-client are refused through the service", async () => {
         const r = await client(bin, svc.socket, ["serve", "--socket", `${root}/x.sock`], viaClient);
         assertEquals(r, {

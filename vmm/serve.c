@@ -125,16 +125,15 @@ static int read_full(int conn, uint8_t *p, size_t len)
 }
 
 /*
- * Accepts one connection on `lfd` and reads its request into buf[0..cap).
- * meta receives: [0] the connection fd, [1] request length, [2] peer uid,
- * [3] peer pid, [4..6] the passed stdin/stdout/stderr fds.
- * A peer whose uid is not ours gets a refusal frame and is closed:
- * -EACCES (meta[2] says who). A malformed request: -EPROTO. Otherwise the
- * connection fd. Blocks until a client connects (call it nonblocking).
+ * Accepts one connection on `lfd` and checks its peer: meta receives [0] the
+ * connection fd, [2] peer uid, [3] peer pid. A peer whose uid is not ours
+ * gets a refusal frame and is closed: -EACCES (meta[2] says who).
+ * Otherwise the connection fd; vmm_serve_read reads the request. Blocks
+ * until a client connects (call it nonblocking).
  */
-VMM_EXPORT int vmm_serve_accept(int lfd, uint8_t *buf, uint32_t cap, int64_t *meta)
+VMM_EXPORT int vmm_serve_accept(int lfd, int64_t *meta)
 {
-    if (!buf || !meta || cap < sizeof(struct instar_req_head))
+    if (!meta)
         return -EINVAL;
     int conn;
     do
@@ -162,7 +161,21 @@ VMM_EXPORT int vmm_serve_accept(int lfd, uint8_t *buf, uint32_t cap, int64_t *me
         close(conn);
         return -EACCES;
     }
+    return conn;
+}
 
+/*
+ * Reads the request on an accepted connection into buf[0..cap) (waiting at
+ * most 5 s for it: SO_RCVTIMEO). meta receives [1] the request length and
+ * [4..6] the passed stdin/stdout/stderr fds. Returns 0; a malformed or
+ * late request gets a final frame, the connection is closed and -EPROTO
+ * returned. Call it nonblocking: a slow client then delays only itself.
+ */
+VMM_EXPORT int vmm_serve_read(int conn, uint8_t *buf, uint32_t cap, int64_t *meta)
+{
+    if (!buf || !meta || cap < sizeof(struct instar_req_head))
+        return -EINVAL;
+    struct timeval tv = { .tv_sec = 5, .tv_usec = 0 };
     struct instar_req_head head;
     int fds[3] = { -1, -1, -1 };
     union {
@@ -230,7 +243,7 @@ VMM_EXPORT int vmm_serve_accept(int lfd, uint8_t *buf, uint32_t cap, int64_t *me
     meta[4] = fds[0];
     meta[5] = fds[1];
     meta[6] = fds[2];
-    return conn;
+    return 0;
 }
 
 /*

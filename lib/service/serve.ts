@@ -234,33 +234,43 @@ export async function serveCommand(argv: string[], io: Io, _base?: InstarOptions
     io.err(`instar serve: uncaught exception in a request: ${e.message}\n`);
   });
 
-  const buf = new Uint8Array(REQ_BUF);
+  // Accept, check the peer (in C), then read and serve each connection on its
+  // own: a client slow to send its request delays only itself.
   const meta = new BigInt64Array(7);
-  const metaBytes = new Uint8Array(meta.buffer);
   for (;;) {
-    const conn = await lib.vmm_serve_accept(lfd, buf, REQ_BUF, metaBytes);
+    const conn = await lib.vmm_serve_accept(lfd, new Uint8Array(meta.buffer));
     if (conn < 0) {
       if (conn === -13) io.err(`instar serve: refused a peer with uid ${meta[2]} (pid ${meta[3]})\n`);
-      else if (conn === -71) io.err(`instar serve: malformed request from pid ${meta[3]}\n`);
       else {
         io.err(`instar serve: accept failed: ${strerror(lib, -conn)}\n`);
         await new Promise((r) => setTimeout(r, 100));
       }
       continue;
     }
-    const fds = [Number(meta[4]), Number(meta[5]), Number(meta[6])];
-    let req: Request;
-    try {
-      req = decodeRequest(buf.slice(0, Number(meta[1])));
-    } catch (e) {
-      const why = e instanceof ProtocolError ? e.message : String(e);
-      lib.vmm_conn_reply(conn, 1, cString(`instar: malformed request: ${why}\n`));
-      for (const fd of [...fds, conn]) lib.vmm_fd_close(fd);
-      continue;
-    }
     inFlight++;
-    serveOne(lib, conn, fds, req, slots, io)
+    handleConnection(lib, conn, Number(meta[3]), slots, io)
       .catch((e) => io.err(`instar serve: ${e}\n`))
       .finally(() => inFlight--);
   }
+}
+
+async function handleConnection(lib: VmmLib, conn: number, pid: number, slots: Slots, io: Io) {
+  const buf = new Uint8Array(REQ_BUF);
+  const meta = new BigInt64Array(7);
+  const rc = await lib.vmm_serve_read(conn, buf, REQ_BUF, new Uint8Array(meta.buffer));
+  if (rc < 0) { // the library replied and closed the connection
+    io.err(`instar serve: malformed or late request from pid ${pid}\n`);
+    return;
+  }
+  const fds = [Number(meta[4]), Number(meta[5]), Number(meta[6])];
+  let req: Request;
+  try {
+    req = decodeRequest(buf.slice(0, Number(meta[1])));
+  } catch (e) {
+    const why = e instanceof ProtocolError ? e.message : String(e);
+    lib.vmm_conn_reply(conn, 1, cString(`instar: malformed request: ${why}\n`));
+    for (const fd of [...fds, conn]) lib.vmm_fd_close(fd);
+    return;
+  }
+  await serveOne(lib, conn, fds, req, slots, io);
 }

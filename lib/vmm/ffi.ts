@@ -27,7 +27,8 @@ const symbols = {
   // The socket side of `instar serve` (vmm/serve.c, docs/service.md). The calls
   // that wait for a peer or a full pipe are nonblocking.
   vmm_serve_listen: { parameters: ["buffer"], result: "i32" },
-  vmm_serve_accept: { parameters: ["i32", "buffer", "u32", "buffer"], result: "i32", nonblocking: true },
+  vmm_serve_accept: { parameters: ["i32", "buffer"], result: "i32", nonblocking: true },
+  vmm_serve_read: { parameters: ["i32", "buffer", "u32", "buffer"], result: "i32", nonblocking: true },
   vmm_conn_wait: { parameters: ["i32"], result: "i32", nonblocking: true },
   vmm_conn_reply: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   vmm_conn_end: { parameters: ["i32"], result: "i32" },
