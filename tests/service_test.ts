@@ -255,6 +255,22 @@ Deno.test(
         assertEquals(r, await instar(args, direct));
       });
 
+      await t.step(
+        "the direct CLI the client execs: --cli at install time, INSTAR_CLI at run time",
+        async () => {
+          const r0 = await instar(["install-client", `${root}/echo`, "--cli", "/bin/echo"], root);
+          assertEquals(r0.code, 0, r0.stderr);
+          const none = { INSTAR_SOCKET: `${root}/none.sock` };
+          assertEquals(await execEnv(`${root}/echo/instar`, ["info", "x y"], root, none), {
+            stdout: "info x y\n",
+            stderr: "",
+            code: 0,
+          });
+          const r1 = await execEnv(bin, ["a", "b"], root, { ...none, INSTAR_CLI: "/bin/echo" });
+          assertEquals(r1, { stdout: "a b\n", stderr: "", code: 0 });
+        },
+      );
+
       await t.step("installed as qemu-img first in PATH, the client is not taken for qemu-img", async () => {
         const path = `${root}/bin:${Deno.env.get("PATH")}`;
         const q = await exec("qemu-img", ["--version"], root);
