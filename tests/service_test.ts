@@ -416,6 +416,17 @@ Deno.test(
       const took = performance.now() - t0;
       assert(took >= 1000 && took < 1500, `${took} ms`);
     });
+    await t.step("the request's deadline covers all its guests", async () => {
+      const caps = {
+        timeoutMs: 60000,
+        deadline: performance.now() + 800,
+        cpuSource: "CPU-time limit (RLIMIT_CPU 1 s)",
+      };
+      await withHostContext({ caps }, async () => {
+        await rejectsWith(loop(), SandboxError, /timed out after \d+ ms/);
+        await rejectsWith(loop(), GuestLimitError, /CPU-time limit \(RLIMIT_CPU 1 s\) is used up/);
+      });
+    });
     await t.step("a guest larger than RLIMIT_AS is not started", async () => {
       await rejectsWith(
         withHostContext(
@@ -540,4 +551,16 @@ Deno.test({
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test({ name: "service: a request whose time is used up starts no more guests", ignore: !ready }, async () => {
+  const { runGuest, GuestLimitError } = await import("../lib/vmm/sandbox.ts");
+  const { withHostContext } = await import("../lib/host/context.ts");
+  const { ops } = await import("../lib/abi/spec.ts");
+  const caps = { deadline: performance.now() - 1, cpuSource: "CPU-time limit (RLIMIT_CPU 1 s)" };
+  await rejectsWith(
+    withHostContext({ caps }, () => runGuest({ op: "info", opCode: ops.INFO, inputs: [] })),
+    GuestLimitError,
+    /^the caller's CPU-time limit \(RLIMIT_CPU 1 s\) is used up$/,
+  );
 });

@@ -18,6 +18,11 @@ export interface GuestCaps {
   ramBytes?: number;
   /** Guest watchdog at most this (ms). */
   timeoutMs?: number;
+  /** performance.now() by which the whole request's guests must be done (its
+   * RLIMIT_CPU spent as wall-clock time, however many guests it runs). */
+  deadline?: number;
+  /** The CPU-time limit in words, for messages ("RLIMIT_CPU 30 s"). */
+  cpuSource?: string;
   /** Where the caps come from, for messages ("RLIMIT_AS 1024 MiB"). */
   ramSource?: string;
 }

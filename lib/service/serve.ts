@@ -103,6 +103,8 @@ export function requestContext(req: Request, signal: AbortSignal): HostContext {
   }
   if (req.rlimitCpu !== undefined) {
     caps.timeoutMs = req.rlimitCpu > 1_000_000_000n ? 1e12 : Math.max(1, Number(req.rlimitCpu) * 1000);
+    caps.deadline = performance.now() + caps.timeoutMs;
+    caps.cpuSource = `CPU-time limit (RLIMIT_CPU ${req.rlimitCpu} s)`;
   }
   return { cwd: req.cwd, env: req.env, caps, signal, service: true };
 }

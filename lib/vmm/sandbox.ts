@@ -138,6 +138,11 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
   const caps = guestCaps();
   let timeoutMs = req.timeoutMs ?? DEFAULT_TIMEOUT_MS;
   if (caps.timeoutMs !== undefined) timeoutMs = Math.max(1, Math.min(timeoutMs, caps.timeoutMs));
+  if (caps.deadline !== undefined) {
+    const left = Math.floor(caps.deadline - performance.now());
+    if (left <= 0) throw new GuestLimitError(`the caller's ${caps.cpuSource ?? "time limit"} is used up`);
+    timeoutMs = Math.min(timeoutMs, left);
+  }
   const resultCap = req.resultCap ?? DEFAULT_RESULT_CAP;
   checkRequest(req, ram, timeoutMs, resultCap);
   if (caps.ramBytes !== undefined && ram > caps.ramBytes) {
