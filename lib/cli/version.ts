@@ -54,15 +54,19 @@ function isInstarClient(path: string, size: number): boolean {
 
 /** The qemu-img a bare `qemu-img` command would run (PATH search), skipping
  * instar's client installed under that name. */
-function findQemuImg(): { path: string; key: string } | undefined {
+function findQemuImg(): { path: string; key: string; first: boolean } | undefined {
+  let first = true;
   for (const dir of (Deno.env.get("PATH") ?? "").split(":")) {
     if (!dir.startsWith("/")) continue;
     const path = `${dir}/qemu-img`;
     try {
       const st = Deno.statSync(path);
       if (st.isFile && ((st.mode ?? 0o111) & 0o111)) {
-        if (isInstarClient(path, st.size)) continue;
-        return { path, key: `${path}\0${st.size}\0${st.mtime?.getTime() ?? 0}\0${st.ino ?? 0}` };
+        if (isInstarClient(path, st.size)) {
+          first = false;
+          continue;
+        }
+        return { path, key: `${path}\0${st.size}\0${st.mtime?.getTime() ?? 0}\0${st.ino ?? 0}`, first };
       }
     } catch { /* not here */ }
   }
@@ -98,7 +102,9 @@ export function detectProfile(): Promise<Profile> {
       } catch { /* no cache yet, or unreadable: ask qemu-img */ }
     }
     try {
-      const out = await new Deno.Command(bin.path, { args: ["--version"], stdout: "piped", stderr: "null" })
+      // By name when PATH finds it anyway (what `--allow-run=qemu-img` permits), else by path.
+      const cmd = bin.first ? "qemu-img" : bin.path;
+      const out = await new Deno.Command(cmd, { args: ["--version"], stdout: "piped", stderr: "null" })
         .output();
       const m = /qemu-img version ((\d+)\.(\d+)(?:\.\d+)?)/.exec(new TextDecoder().decode(out.stdout));
       if (out.success && m) {
