@@ -123,6 +123,9 @@ async function serveOne(lib: VmmLib, conn: number, fds: number[], req: Request, 
   // The cancel watch starts with the request's turn: a waiting request holds no
   // thread of Deno's blocking pool (which vmm_run needs), however many wait.
   await slots.take();
+  // The CPU-time deadline starts with the turn: waiting in the queue costs the caller nothing.
+  const caps = io.context!.caps!;
+  if (caps.timeoutMs !== undefined) caps.deadline = performance.now() + caps.timeoutMs;
   // 'I' / 'T' from the client's SIGINT / SIGTERM; 0 when it hung up (or we shut down).
   const waiting = lib.vmm_conn_wait(conn).then((b) => {
     if (finished) return;
