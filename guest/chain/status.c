@@ -19,7 +19,7 @@ static int layer_status(struct chain *c, uint32_t i, uint64_t off, uint64_t len,
         return CS_ZERO | CS_ALLOCATED;
     }
     if (len > l->length - off) len = l->length - off;
-    if (l->qemu_all_data) {
+    if (l->qemu_all_data && !c->precise) {
         /* io.c without bdrv_co_block_status: the whole request is data. */
         *n = len;
         return CS_DATA | CS_ALLOCATED | (off + len == l->length ? CS_EOF : 0);

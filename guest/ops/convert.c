@@ -414,6 +414,7 @@ int op_main(void)
     chain.batch = true;
     chain.defer = true;
     if (chain_open(&chain, (uint32_t)data_input)) return -1;
+    chain.precise = true; /* skip what reads as zeroes without reading it (chain.h) */
     uint64_t size = chain.size;
     uint64_t start = p->arg[5], end = p->arg[6] ? p->arg[6] : size;
     if (start > end || end > size) return rt_error(0, GERR_BAD_PARAMS, 5, 2, 0);
