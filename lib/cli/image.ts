@@ -168,7 +168,7 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
         names.push(new TextDecoder().decode(nameBytes(r)));
       } else if (r.type === records.CHECK_MSG && r.fields.input === 0) {
         try {
-          const line = formatCheckMessage(r.fields.code as number, r.fields.args as bigint[], "", names);
+          const line = formatCheckMessage(r.fields.code as number, r.fields.a as bigint[], "", names);
           preface.push(line.replace(/^: /, "").replace(/\n$/, ""));
         } catch {
           throw new OpenError(filename, "Sandbox failure: unknown diagnostic from the guest");
