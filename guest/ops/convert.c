@@ -186,7 +186,7 @@ static int skip_zero_run(uint64_t *off, uint64_t start, uint64_t end, uint64_t m
     uint64_t k = 0;
     int st = chain_status(&chain, *off, end - *off, &k);
     if (st < 0) return -1;
-    if ((st & CS_DATA) || k < min_len) return 0;
+    if (((st & CS_DATA) && !(st & CS_ZERO)) || k < min_len) return 0;
     *off += k & ~(align - 1);
     hc_progress(*off - start, end - start);
     return 1;
@@ -211,8 +211,9 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
             /* -S 0: the output is fully allocated, zeroes included; they
              * are emitted in guest order with the data (block output hands
              * out slots in the order blocks are first written). */
-            if ((st & CS_DATA) || !min_sparse) {
-                if (!(st & CS_DATA)) {
+            bool data = (st & CS_DATA) && !(st & CS_ZERO);
+            if (data || !min_sparse) {
+                if (!data) {
                     memset(buf + (at - off), 0, k);
                 } else if (chain_read(&chain, at, k, buf + (at - off))) {
                     return -1;
@@ -412,7 +413,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
             uint64_t k = 0;
             int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & CS_DATA) {
+            if ((st & CS_DATA) && !(st & CS_ZERO)) {
                 if (chain_read(&chain, at, k, buf + (at - off))) return -1;
                 any = true;
             } else {
@@ -464,7 +465,7 @@ static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t
         uint64_t k = 0;
         int st = chain_status(&chain, at, end - at, &k);
         if (st < 0) return -1;
-        if (st & CS_DATA) {
+        if ((st & CS_DATA) && !(st & CS_ZERO)) {
             uint64_t first = at >> cbits, lastc = (at + k - 1) >> cbits;
             if (first == last) first++; /* already counted with the previous run */
             if (lastc >= first) n += lastc - first + 1;
@@ -489,6 +490,7 @@ int op_main(void)
     chain.batch = true;
     chain.defer = true;
     if (chain_open(&chain, (uint32_t)data_input)) return -1;
+    chain.precise = true; /* skip what reads as zeroes without reading it (chain.h) */
     uint64_t size = chain.size;
     uint64_t start = p->arg[5], end = p->arg[6] ? p->arg[6] : size;
     if (start > end || end > size) return rt_error(0, GERR_BAD_PARAMS, 5, 2, 0);

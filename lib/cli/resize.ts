@@ -29,6 +29,7 @@ import { GuestResultError, qcow2Model } from "../formats/qcow2/model.ts";
 import { planQcow2Resize, type Qcow2ResizeScan } from "../formats/qcow2/resize_plan.ts";
 import { BDRV_MAX_LENGTH, planRawResize } from "../formats/raw/resize_plan.ts";
 import { type FilePlan, planViolation } from "../formats/plan.ts";
+import { hostPath } from "../host/context.ts";
 
 const PREALLOC_MODES = ["off", "metadata", "falloc", "full"] as const;
 type Prealloc = typeof PREALLOC_MODES[number];
@@ -318,7 +319,7 @@ async function applySteps(
   }
   let file: Deno.FsFile;
   try {
-    file = await Deno.open(img.openPath, { read: true, write: true });
+    file = await Deno.open(hostPath(img.openPath), { read: true, write: true });
   } catch (e) {
     throw new CliError([
       `Could not open '${img.filename}': Could not open '${img.filename}': ${errnoText(e)}`,

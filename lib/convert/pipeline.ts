@@ -17,6 +17,7 @@ import {
 } from "../formats/qcow2/output_plan.ts";
 import { alignUp } from "../formats/plan.ts";
 import type { BlockOutput, BlockRun } from "../formats/types.ts";
+import { hostEnv, hostPath } from "../host/context.ts";
 
 export interface SourceLayer {
   path: string;
@@ -83,7 +84,7 @@ function doneRecord(recs: Rec[]) {
  * INSTAR_GUESTS=1|2 forces the choice (tests check both give the same bytes).
  */
 function guestCount(size: bigint, clusters: bigint): number {
-  const forced = Deno.env.get("INSTAR_GUESTS");
+  const forced = hostEnv("INSTAR_GUESTS");
   if (clusters < 2n) return 1;
   if (forced === "1" || forced === "2") return Number(forced);
   return size >= SPLIT_MIN ? 2 : 1;
@@ -107,7 +108,7 @@ function progressOf(job: ConvertJob, n: number) {
 
 /** Raw output: the file is sized first, the guests write the data in place. Returns the bytes written. */
 export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bigint> {
-  await Deno.truncate(outPath, Number(job.size));
+  await Deno.truncate(hostPath(outPath), Number(job.size));
   const n = guestCount(job.size, job.size / (1n << 20n));
   const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
   const report = progressOf(job, n);
