@@ -263,8 +263,9 @@ export async function openChain(
 
 /** The CliError for an OpenError met while opening `top` with its chain:
  * the driver's own diagnostics first, then qemu-img's message. */
-export function openFailure(top: string, e: OpenError, code = 1): CliError {
-  return new CliError([...e.preface, e.bare ? e.inner : chainOpenMessage(top, e)], false, code);
+export function openFailure(top: string, e: OpenError, code = 1, bareAlone = false): CliError {
+  // resize prints a policy refusal on its own (bare); the others nest it like qemu's errors.
+  return new CliError([...e.preface, bareAlone && e.bare ? e.inner : chainOpenMessage(top, e)], false, code);
 }
 
 /** qemu-img's message for an OpenError met while opening `top` with its chain. */

@@ -102,7 +102,7 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
     // qemu-img opens the backing chain too: a missing backing file fails the resize.
     await openChain(img, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
+    if (e instanceof OpenError) throw openFailure(filename, e, 1, true);
     throw e;
   }
   if (img.raw && fmt === undefined) {
