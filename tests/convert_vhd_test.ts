@@ -286,3 +286,78 @@ Deno.test(
     }
   },
 );
+
+// The convert guest's block mode on its own (the hosted Linux build of the
+// same program): the parameters it refuses, the cap it keeps, and the slots
+// and records it produces, which the planners then check.
+const HOSTED_CONVERT = `${new URL("..", import.meta.url).pathname}build/host/convert`;
+const haveHosted = (() => {
+  try {
+    return Deno.statSync(HOSTED_CONVERT).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test(
+  { name: "convert guest block mode: refusals, cap, slots", ignore: !haveHosted || !haveQemuImg() },
+  async () => {
+    const { decodeRecords } = await import("../lib/abi/records.ts");
+    const { convertFlags, guestErrors, records } = await import("../lib/abi/spec.ts");
+    const dir = await Deno.makeTempDir({ prefix: "instar-convert-blocks-" });
+    try {
+      await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "s.raw", "5M");
+      await qemuIo(dir, "s.raw", "raw", "write -P 0x11 1M 4k", "write -P 0x22 3M 1k");
+      const BLOCK = BigInt(convertFlags.BLOCK);
+      const run = async (args: bigint[], cap = 1n << 30n) => {
+        const a = args.flatMap((x) => ["--arg", x.toString()]);
+        const r = await new Deno.Command(HOSTED_CONVERT, {
+          args: [...a, "-o", `${dir}/out`, "--cap", cap.toString(), `raw:${dir}/s.raw`],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        return decodeRecords(r.stdout);
+      };
+      const error = (recs: Awaited<ReturnType<typeof run>>) =>
+        recs.find((r) => r.type === records.ERROR)?.fields;
+      // arg: data input, flags, min_sparse, start, block bits, from, to, slot prefix
+      const base = [0n, BLOCK, 4096n, 8192n, 20n, 0n, 0n, 512n];
+      const bad: [string, bigint[]][] = [
+        ["block bits 29", base.with(4, 29n)],
+        ["block bits 8", base.with(4, 8n)],
+        ["a prefix over 4096", base.with(7, 4097n)],
+        ["BLOCK with QCOW2", base.with(1, BLOCK | BigInt(convertFlags.QCOW2))],
+        ["BLOCK with COMPRESS", base.with(1, BLOCK | BigInt(convertFlags.COMPRESS))],
+        ["a range start off a block", base.with(5, 4096n)],
+      ];
+      for (const [what, args] of bad) {
+        assertEquals(
+          error(await run(args))?.code,
+          guestErrors.BAD_PARAMS,
+          what,
+        );
+      }
+      // Two blocks hold data (1 and 3): the second slot passes a cap of one slot.
+      const stride = (1n << 20n) + 512n;
+      assertEquals(error(await run(base, 8192n + stride))?.code, guestErrors.BAD_PARAMS);
+      const recs = await run(base, 8192n + 5n * stride);
+      assertEquals(error(recs), undefined);
+      const runs = recs.filter((r) => r.type === records.DATA_RUN).map((
+        r,
+      ) => [r.fields.guest_cluster, r.fields.count, r.fields.host_offset]);
+      assertEquals(runs, [[1n, 1n, 8192n], [3n, 1n, 8192n + stride]]);
+      const done = recs.find((r) => r.type === records.CONVERT_DONE)!.fields;
+      assertEquals(done.data_end, 8192n + 2n * stride);
+      const out = await Deno.readFile(`${dir}/out`);
+      assert(out.subarray(8192, 8192 + 512).every((b) => b === 0xff), "slot prefix is all ones");
+      assert(out.subarray(8192 + 512, 8192 + 512 + 4096).every((b) => b === 0x11));
+      assert(
+        out.subarray(8192 + Number(stride) + 512, 8192 + Number(stride) + 512 + 1024).every((b) =>
+          b === 0x22
+        ),
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
