@@ -5,7 +5,8 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { checkBlockRuns } from "./block_output.ts";
 import { vpcOutput } from "./vpc/output_plan.ts";
 import { vhdxOutput } from "./vhdx/output_plan.ts";
-import { planViolation } from "./plan.ts";
+import { type FilePlan, type PlanResult, planViolation } from "./plan.ts";
+import type { BlockOutput } from "./types.ts";
 
 const MiB = 1n << 20n;
 const vpcEntropy = { unixSeconds: 1_700_000_000n, uuid: new Uint8Array(16).fill(7) };
@@ -87,4 +88,32 @@ Deno.test("vhdx dynamic output: FULLY_PRESENT at the slots, ZERO or NOT_PRESENT 
     assertEquals(v.getBigUint64(0, true), zero ? 2n : 0n);
     assert(!b.finish(b.dataStart + MiB, [{ block: 20n, count: 1n, slot: b.dataStart }]).ok);
   }
+});
+
+Deno.test("random guest reports: a refusal or a plan that keeps the plan invariants", () => {
+  let seed = 42;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const vpc = vpcOutput({ size: 40n * MiB }, vpcEntropy);
+  const vhdx = vhdxOutput({ size: 40n * MiB, blockSize: 2n * MiB }, vhdxEntropy);
+  assert(vpc.ok && vhdx.ok);
+  let plans = 0;
+  for (let i = 0; i < 2000; i++) {
+    const b: BlockOutput = i % 2 ? vpc.value : vhdx.value;
+    const stride = b.blockSize + b.slotPrefix;
+    const runs = Array.from({ length: rnd(4) }, () => ({
+      block: BigInt(rnd(24) - 2),
+      count: BigInt(rnd(4)),
+      slot: b.dataStart + BigInt(rnd(22)) * stride + BigInt(rnd(3) === 0 ? rnd(4096) : 0),
+    }));
+    const end = b.dataStart + BigInt(rnd(22)) * stride + BigInt(rnd(3) === 0 ? 512 * rnd(16) : 0);
+    const plan: PlanResult<FilePlan> = b.finish(end, runs);
+    if (!plan.ok) continue;
+    plans++;
+    assertEquals(planViolation(plan.value), undefined);
+    assert(plan.value.fileSize >= end);
+  }
+  assert(plans > 100, `only ${plans} of the random reports were accepted`);
 });
