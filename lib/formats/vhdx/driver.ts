@@ -12,6 +12,7 @@ import { estimateMeasure } from "../estimate.ts";
 import { VHDX_CREATE_OPTS, VHDX_OWN, vhdxCreateOptions, vhdxEntropy } from "./options.ts";
 import { planVhdxCreate } from "./create_plan.ts";
 import { vhdxMeasure } from "./measure.ts";
+import { vhdxResize } from "./resize.ts";
 
 export const vhdxDriver: FormatDriver = {
   name: "vhdx",
@@ -46,4 +47,5 @@ export const vhdxDriver: FormatDriver = {
     },
   },
   measure: estimateMeasure((opts, alloc) => vhdxMeasure(vhdxCreateOptions(opts), alloc)),
+  resize: vhdxResize,
 };

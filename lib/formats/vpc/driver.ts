@@ -12,6 +12,7 @@ import { estimateMeasure } from "../estimate.ts";
 import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "./options.ts";
 import { planVpcCreate } from "./create_plan.ts";
 import { vpcMeasure } from "./measure.ts";
+import { vpcResize } from "./resize.ts";
 
 export const vpcDriver: FormatDriver = {
   name: "vpc",
@@ -44,4 +45,5 @@ export const vpcDriver: FormatDriver = {
     },
   },
   measure: estimateMeasure((opts, alloc) => vpcMeasure(vpcCreateOptions(opts), alloc)),
+  resize: vpcResize,
 };
