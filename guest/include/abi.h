@@ -776,7 +776,7 @@ struct rec_resize_meta {
     uint64_t bat_capacity; /* vpc: max_table_entries; vhdx: BAT region bytes */
     uint64_t sequence; /* vhdx: the active header's sequence number */
     uint64_t item_offset; /* vhdx: file offset of the virtual disk size item */
-    uint64_t alloc_end; /* vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest payload block whose BAT state is not NOT_PRESENT (0: none) */
+    uint64_t alloc_end; /* vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none) */
     uint64_t n_bytes; /* bytes sent in RESIZE_BYTES records before this one */
 };
 _Static_assert(sizeof(struct rec_resize_meta) == 88, "rec_resize_meta size");

@@ -9,8 +9,9 @@
  *   RESIZE_META   last: the active header's sequence number and slot, the
  *                 log GUID's zeroness, block size, virtual disk size, the
  *                 BAT region, the virtual disk size item's file offset, and
- *                 1 + the highest payload block whose BAT state is not
- *                 NOT_PRESENT (a shrink may only cut blocks that hold nothing)
+ *                 1 + the highest payload block whose BAT state is
+ *                 FULLY_PRESENT or PARTIALLY_PRESENT (a shrink may only cut
+ *                 blocks qemu reads as zeroes: NOT_PRESENT, ZERO, UNMAPPED...)
  *
  * The sequence number is sent as the header holds it, 2^64 - 1 included:
  * the host refuses numbers it cannot increment twice (seed 002).
@@ -65,7 +66,9 @@ int vhdx_resize_scan(const struct reader *r)
         uint64_t idx = k + (k >> v.chunk_ratio_bits), e;
         if (idx >= v.bat_length / 8) continue;
         if (vhdx_bat_get(&v, idx, &e)) return -1;
-        if ((e & VHDX_BAT_STATE_MASK) != VHDX_PAYLOAD_NOT_PRESENT) {
+        /* only these states have payload qemu reads (the others read as zero) */
+        uint64_t st = e & VHDX_BAT_STATE_MASK;
+        if (st == VHDX_PAYLOAD_FULLY_PRESENT || st == VHDX_PAYLOAD_PARTIALLY_PRESENT) {
             m.alloc_end = k + 1;
             break;
         }

@@ -750,7 +750,7 @@ export const structs: StructSpec[] = [
         type: "u64",
         offset: 72,
         doc: "vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest " +
-          "payload block whose BAT state is not NOT_PRESENT (0: none)",
+          "payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none)",
       },
       { name: "n_bytes", type: "u64", offset: 80, doc: "bytes sent in RESIZE_BYTES records before this one" },
     ],

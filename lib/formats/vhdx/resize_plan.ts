@@ -33,8 +33,8 @@ export interface VhdxResizeSummary {
   /** The header's log GUID is zero: no log entries to replay first. */
   logGuidZero: boolean;
   fileSize: bigint;
-  /** 1 + the highest payload block whose BAT state is not NOT_PRESENT (0:
-   * none). Known only from a scan of the BAT; when absent, only shrinks
+  /** 1 + the highest payload block with data (BAT state FULLY_ or
+   * PARTIALLY_PRESENT; 0: none). Known only from a scan of the BAT; when absent, only shrinks
    * inside the last block are planned. */
   allocatedBlocks?: bigint;
 }
