@@ -41,6 +41,19 @@ async function sha256(path: string): Promise<string> {
   return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+async function digest(b: Uint8Array): Promise<string> {
+  const d = await crypto.subtle.digest("SHA-256", b.slice());
+  return Array.from(new Uint8Array(d), (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+function isZero(b: Uint8Array): boolean {
+  const words = Math.floor(b.length / 8);
+  const w = new BigUint64Array(b.buffer.slice(b.byteOffset, b.byteOffset + words * 8));
+  for (let i = 0; i < w.length; i++) if (w[i] !== 0n) return false;
+  for (let i = words * 8; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
 async function info(path: string, fmt: string, dir: string): Promise<Record<string, unknown>> {
   const o = await qemuImg(["info", "-f", fmt, "--output=json", path], dir);
   assertEquals(o.code, 0, o.stderr);
@@ -84,7 +97,7 @@ interface Case {
 const CASES: Case[] = [
   { name: "vpc dynamic grow", fmt: "vpc", create: [], size: "10M", writes: [[0, 3 * MiB], [9 * MiB, MiB]], to: "110M" },
   // CHS rounding: neither size is a whole cylinder count
-  { name: "vpc dynamic odd grow", fmt: "vpc", create: [], size: "1000001k", writes: [[0, MiB]], to: "1040001k" },
+  { name: "vpc dynamic odd grow", fmt: "vpc", create: [], size: "100001k", writes: [[0, MiB], [96 * MiB, MiB]], to: "150001k" },
   { name: "vpc dynamic odd grow 2", fmt: "vpc", create: [], size: "33333k", writes: [[30 * MiB, MiB]], to: "77777k" },
   {
     name: "vpc dynamic force_size grow",
@@ -134,7 +147,7 @@ const CASES: Case[] = [
     create: ["-o", `block_size=${bs}`],
     size: "100M",
     writes: [[0, 2 * MiB], [99 * MiB, MiB]],
-    to: "1G",
+    to: "300M",
   })),
   {
     name: "vhdx log_size=4M odd grow",
@@ -200,8 +213,8 @@ Deno.test({ name: "resize of vpc and vhdx images qemu-img made", ignore: !ready 
         const after = await flat(file, c.fmt, dir, "after.raw");
         assertEquals(BigInt(after.length), got);
         const keep = Number(oldSize < got ? oldSize : got);
-        assert(before.subarray(0, keep).every((b, i) => b === after[i]), "data below the old size changed");
-        if (got > oldSize) assert(after.subarray(Number(oldSize)).every((b) => b === 0), "grown range not zero");
+        assertEquals(await digest(after.subarray(0, keep)), await digest(before.subarray(0, keep)), "data below the old size changed");
+        if (got > oldSize) assert(isZero(after.subarray(Number(oldSize))), "grown range not zero");
       } finally {
         await Deno.remove(dir, { recursive: true });
       }
