@@ -179,18 +179,6 @@ export const records = {
  * already has non-zero L2 entries or a shared L2 table (no preallocation then). */
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
 
-/** RESIZE_META.flags (guest/vpc/resize_scan.c, guest/vhdx/resize_scan.c). */
-export const resizeMetaFlags = {
-  /** vpc: the footer was read at offset 0 and the dynamic header and BAT with it. */
-  VPC_DYNAMIC: 1,
-  /** vhdx: the active header's log GUID is zero (no log to replay). */
-  VHDX_LOG_GUID_ZERO: 2,
-  /** vhdx: the active header is the second (at 128 KiB). */
-  VHDX_HEADER2: 4,
-} as const;
-
-/** RESIZE_BYTES.what: which metadata structure the bytes are part of. */
-export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3 } as const;
 
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {
@@ -800,6 +788,19 @@ export const recordStructs: Record<number, string> = {
 export const attachFlags = { NOFOLLOW: 1, WRITABLE: 2, CREATE: 4 } as const;
 /** vmm_config.flags */
 export const vmmFlags = { NO_SECCOMP: 1 } as const;
+
+/** RESIZE_META.flags (guest/vpc/resize_scan.c, guest/vhdx/resize_scan.c). */
+export const resizeMetaFlags = {
+  /** vpc: the footer was read at offset 0 and the dynamic header and BAT with it. */
+  VPC_DYNAMIC: 1,
+  /** vhdx: the active header's log GUID is zero (no log to replay). */
+  VHDX_LOG_GUID_ZERO: 2,
+  /** vhdx: the active header is the second (at 128 KiB). */
+  VHDX_HEADER2: 4,
+} as const;
+
+/** RESIZE_BYTES.what: which metadata structure the bytes are part of. */
+export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3 } as const;
 
 /** Enum groups emitted into the C header as #defines with these prefixes. */
 export const enums: Record<string, Record<string, number>> = {
