@@ -135,6 +135,8 @@ export interface FormatDriver {
   readonly measure?: (opts: ParsedOpts, input?: MeasureInput) => PlanResult<MeasureResult>;
   /** convert can write this format: the target's `-o` values checked and typed. */
   readonly convertTarget?: ConvertTarget;
+  /** resize can change this format's virtual size (else qemu's "does not support resize"). */
+  readonly resize?: ResizeSupport;
 }
 
 /** Guest blocks [block, block+count) were written to slots slot, slot+stride, ... (a DATA_RUN). */
@@ -178,4 +180,52 @@ export interface OutputSpec {
  * reports them ("<file>: error while converting <fmt>: ..."). */
 export interface ConvertTarget {
   spec(opts: ParsedOpts): PlanResult<OutputSpec>;
+}
+
+/** What resize asks of a format driver, after the command's own checks
+ * (qemu-img's img_resize: size parsed, sign applied, shrink/preallocation
+ * rules, BDRV_MAX_LENGTH). */
+export interface ResizeJob {
+  /** The name qemu prints for the image. */
+  filename: string;
+  /** The image as opened (the driver's decoded model is on it). */
+  image: DecodedImage & { fileSize: bigint };
+  /** The new virtual size in bytes (> 0, <= BDRV_MAX_LENGTH). */
+  newSize: bigint;
+  shrink: boolean;
+  preallocation: Prealloc;
+}
+
+/** A guest resize_scan run's outcome, the input's identity already checked. */
+export interface ResizeScanResult {
+  records: Rec[];
+  /** The input's size as the guest saw it. */
+  fileSize: bigint;
+  guestStatus: bigint;
+}
+
+/**
+ * What the resize command supplies to a driver: the sandboxed scan, the
+ * plan applier and qemu's error shapes. lib/formats does no host I/O of its
+ * own; every write goes through applySteps, which re-checks the file's
+ * identity and each plan's invariants before the first byte.
+ */
+export interface ResizeHost {
+  /** Runs the resize_scan guest on the image as format `code` with args. */
+  scan(code: number, args: bigint[]): Promise<ResizeScanResult>;
+  /**
+   * Applies the steps in order, each followed by fdatasync. Zero patches
+   * inside the file: "discard" punches a hole (best effort, as qemu's
+   * discard), "write" writes zeroes (the bytes must read as zero).
+   */
+  applySteps(steps: FilePlan[], what: string, zeroInside: "discard" | "write"): Promise<void>;
+  /** An error printed as these lines (qemu's own words). */
+  fail(lines: string[]): Error;
+  /** "Could not resize 'FILE': why" (instar's refusals). */
+  refuse(why: string): Error;
+}
+
+/** A format's resize: its truncate, from the checks to the last write. */
+export interface ResizeSupport {
+  run(job: ResizeJob, host: ResizeHost): Promise<void>;
 }

@@ -14,6 +14,7 @@ import { planVhdxCreate } from "./create_plan.ts";
 import { vhdxMeasure } from "./measure.ts";
 import { vhdxOutput } from "./output_plan.ts";
 import { fileLayerPreallocation } from "../options.ts";
+import { vhdxResize } from "./resize.ts";
 
 export const vhdxDriver: FormatDriver = {
   name: "vhdx",
@@ -59,4 +60,5 @@ export const vhdxDriver: FormatDriver = {
       return { ok: true, value: { writer: "blocks", preallocation: "off", blocks: blocks.value } };
     },
   },
+  resize: vhdxResize,
 };

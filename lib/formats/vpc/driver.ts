@@ -14,6 +14,7 @@ import { planVpcCreate } from "./create_plan.ts";
 import { vpcMeasure } from "./measure.ts";
 import { vpcOutput } from "./output_plan.ts";
 import { fileLayerPreallocation } from "../options.ts";
+import { vpcResize } from "./resize.ts";
 
 export const vpcDriver: FormatDriver = {
   name: "vpc",
@@ -57,4 +58,5 @@ export const vpcDriver: FormatDriver = {
       return { ok: true, value: { writer: "blocks", preallocation: "off", blocks: blocks.value } };
     },
   },
+  resize: vpcResize,
 };
