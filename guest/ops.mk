@@ -24,7 +24,8 @@ convert_zlib_LIBS := z zstd
 convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c $(filter-out ops/convert.c,$(convert_SRCS))
 # zstd_min: libzstd.a trimmed to fit 384 KiB (guest/compress/zstd_trim.c).
 convert_zstd_LIBS := z zstd_min
-resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c \
+                    vpc/resize_scan.c $(VPC_SRCS) vhdx/resize_scan.c $(VHDX_SRCS)
 resize_scan_LIBS :=
 compare_SRCS := ops/compare.c $(READ_SRCS)
 compare_LIBS := z zstd

@@ -2,12 +2,21 @@
 // image (default 2 GiB) of 64 KiB chunks, half random and half holes
 // (scripts/gen_bench_image.ts), then times instar and qemu-img alternately
 // on the same files, in the same run, and prints medians and ratios.
-// Usage: deno task bench [--size-mib N] [--runs N] [--dir DIR]
+// The VHD and VHDX rows (issue 11) use copies qemu-img makes of the same
+// image. --cli runs another entry point (tests/support/hosted_main.ts on a
+// machine without /dev/kvm: a smoke run of this script, not product numbers).
+// Usage: deno task bench [--size-mib N] [--runs N] [--dir DIR] [--only TEXT] [--cli PATH]
 import { parseArgs } from "node:util";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { "size-mib": { type: "string", default: "2048" }, runs: { type: "string", default: "3" }, dir: { type: "string" } },
+  options: {
+    "size-mib": { type: "string", default: "2048" },
+    runs: { type: "string", default: "3" },
+    dir: { type: "string" },
+    only: { type: "string" },
+    cli: { type: "string" },
+  },
 });
 const runs = Number(values.runs);
 const repo = new URL("..", import.meta.url).pathname;
@@ -24,12 +33,15 @@ async function run(cmd: string, args: string[]): Promise<number> {
   return ms;
 }
 const qemu = (args: string[]) => run("qemu-img", args);
-const instar = (args: string[]) => run(deno, ["run", "-A", `${repo}main.ts`, ...args]);
+const cli = values.cli ?? `${repo}main.ts`;
+const instar = (args: string[]) => run(deno, ["run", "-A", cli, ...args]);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 console.error(`making the ${values["size-mib"]} MiB half-random image in ${dir}`);
 await run(deno, ["run", "-A", `${repo}scripts/gen_bench_image.ts`, "half.raw", values["size-mib"]!]);
 await qemu(["convert", "-f", "raw", "-O", "qcow2", "half.raw", "half.qcow2"]);
+await qemu(["convert", "-f", "raw", "-O", "vhdx", "half.raw", "half.vhdx"]);
+await qemu(["convert", "-f", "raw", "-O", "vpc", "half.raw", "half.vhd"]);
 
 const rows: [string, string[], string][] = [
   ["raw → qcow2", ["convert", "-f", "raw", "-O", "qcow2", "half.raw", "out.qcow2"], "out.qcow2"],
@@ -37,7 +49,11 @@ const rows: [string, string[], string][] = [
   ["compare raw vs qcow2", ["compare", "-f", "raw", "-F", "qcow2", "half.raw", "half.qcow2"], ""],
   ["convert -c (zlib)", ["convert", "-f", "raw", "-c", "-O", "qcow2", "half.raw", "out.qcow2"], "out.qcow2"],
   ["convert -c (zstd)", ["convert", "-f", "raw", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "half.raw", "out.qcow2"], "out.qcow2"],
-];
+  ["vhdx → raw", ["convert", "-f", "vhdx", "-O", "raw", "half.vhdx", "out.raw"], "out.raw"],
+  ["raw → vhdx", ["convert", "-f", "raw", "-O", "vhdx", "half.raw", "out.vhdx"], "out.vhdx"],
+  ["vpc → qcow2", ["convert", "-f", "vpc", "-O", "qcow2", "half.vhd", "out.qcow2"], "out.qcow2"],
+  ["info half.vhdx", ["info", "half.vhdx"], ""],
+].filter(([name]) => values.only === undefined || (name as string).includes(values.only)) as [string, string[], string][];
 const lines = ["| operation | instar (median ms) | qemu-img (median ms) | ratio |", "|---|---|---|---|"];
 for (const [name, args, out] of rows) {
   const mine: number[] = [], theirs: number[] = [];

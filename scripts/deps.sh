@@ -4,6 +4,7 @@
 # missing and exit 1.
 set -euo pipefail
 want=(gcc make binutils libc6-dev zlib1g-dev libzstd-dev qemu-utils
+  libvhdi-utils # vhdiinfo: an independent VHD/VHDX reader for tests/convert_vhd_test.ts
   clang libclang-rt-dev) # clang + its ASan/libFuzzer runtimes: fuzz/ (the fuzz targets)
 missing=()
 for p in "${want[@]}"; do

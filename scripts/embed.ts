@@ -1,7 +1,12 @@
 // Writes the generated modules that carry every binary instar runs:
 //   lib/embedded/vmm_so.ts        export default "<base64 of libinstar_vmm.so>"
 //   lib/embedded/guest_<op>.ts    export default "<base64 of build/guest/<op>.bin>"
-//   lib/embedded/index.ts         vmmSo and guests (op name -> base64)
+//   lib/embedded/index.ts         vmmSo and guests (op name -> base64), all loaded at once
+//   lib/embedded/lazy.ts          loadVmmSo() and loadGuest(op): each module imported only
+//                                 when first used (what lib/vmm loads, so a command parses
+//                                 only the binaries it runs; ~2 MB of base64 otherwise)
+//   lib/embedded/client.ts        export default "<base64 of build/instar-client>" (imported
+//                                 only by `instar install-client`, so other commands never parse it)
 // Nothing is read from the repository at run time: the sandbox gets its
 // binaries only from these modules. Fails when a guest binary is larger
 // than limits.GUEST_BINARY_MAX.
@@ -13,6 +18,7 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     so: { type: "string", default: "build/libinstar_vmm.so" },
+    client: { type: "string", default: "build/instar-client" },
     guests: { type: "string", default: "build/guest" },
     out: { type: "string", default: "lib/embedded" },
   },
@@ -41,6 +47,9 @@ await Deno.mkdir(outDir, { recursive: true });
 
 const so = await Deno.readFile(path(values.so!));
 await writeIfChanged(new URL("vmm_so.ts", outDir), `${header}export default "${base64(so)}";\n`);
+
+const client = await Deno.readFile(path(values.client!));
+await writeIfChanged(new URL("client.ts", outDir), `${header}export default "${base64(client)}";\n`);
 
 const guestDir = path(values.guests!.replace(/\/?$/, "/"));
 // The operations are the ones guest/ops.mk lists, not whatever .bin files
@@ -79,4 +88,26 @@ const index = [
   "",
 ].join("\n");
 await writeIfChanged(new URL("index.ts", outDir), index);
-console.log(`embedded libinstar_vmm.so (${so.length} bytes) and ${ops.length} guests: ${ops.join(" ")}`);
+
+// Literal import() specifiers, so `deno compile` still bundles every module.
+const lazy = [
+  header,
+  "/** libinstar_vmm.so, base64, imported on first use. */",
+  "export async function loadVmmSo(): Promise<string> {",
+  "  return (await import(\"./vmm_so.ts\")).default;",
+  "}",
+  "",
+  "/** The names of the embedded guests. */",
+  `export const guestNames: readonly string[] = ${JSON.stringify(ops)};`,
+  "",
+  "/** One guest's flat binary, base64, imported on first use; undefined for an unknown name. */",
+  "export async function loadGuest(op: string): Promise<string | undefined> {",
+  "  switch (op) {",
+  ...ops.map((op) => `    case "${op}":\n      return (await import("./guest_${op}.ts")).default;`),
+  "  }",
+  "  return undefined;",
+  "}",
+  "",
+].join("\n");
+await writeIfChanged(new URL("lazy.ts", outDir), lazy);
+console.log(`embedded libinstar_vmm.so (${so.length} bytes), instar-client (${client.length} bytes) and ${ops.length} guests: ${ops.join(" ")}`);

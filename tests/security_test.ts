@@ -400,3 +400,110 @@ Deno.test({
     }
   },
 });
+
+/** Rewrites a VHDX region-table copy (64 KiB at `at`) through `edit`, then its CRC-32C. */
+async function vhdxRegionEdit(path: string, at: number, edit: (dv: DataView) => void): Promise<void> {
+  const { storeCrc32c } = await import("../lib/formats/vhdx/crc32c.ts");
+  const b = await Deno.readFile(path);
+  const t = b.subarray(at, at + 65536);
+  edit(new DataView(t.buffer, t.byteOffset, t.byteLength));
+  storeCrc32c(t, 4);
+  await Deno.writeFile(path, b);
+}
+
+/** Rewrites a VHD's dynamic header (1 KiB at 512) through `edit`, then its checksum. */
+async function vpcDynEdit(path: string, edit: (dv: DataView) => void): Promise<void> {
+  const b = await Deno.readFile(path);
+  const h = b.subarray(512, 1536);
+  const dv = new DataView(h.buffer, h.byteOffset, h.byteLength);
+  edit(dv);
+  dv.setUint32(36, 0);
+  let sum = 0;
+  for (const x of h) sum = (sum + x) >>> 0;
+  dv.setUint32(36, ~sum >>> 0);
+  await Deno.writeFile(path, b);
+}
+
+Deno.test({
+  name: "hostile VHD and VHDX headers: qemu-img's error and exit code, in bounded time",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    try {
+      // qemu-img create -f vhdx 64M: headers at 64 KiB and 128 KiB, region
+      // tables at 192 KiB and 256 KiB (entry 0 the BAT at 2 MiB, entry 1 the
+      // metadata at 3 MiB), the metadata table's entry count at 3 MiB + 10.
+      const RT = [192 * 1024, 256 * 1024];
+      const entry = (i: number) => 16 + 32 * i;
+      const cases: [string, "vpc" | "vhdx", (p: string) => Promise<void>][] = [
+        ["both VHDX headers invalid", "vhdx", async (p) => {
+          await patch(p, 64 * 1024 + 8, [1, 2, 3]);
+          await patch(p, 128 * 1024 + 8, [1, 2, 3]);
+        }],
+        ["region table CRC mismatch (first copy)", "vhdx", (p) => patch(p, RT[0] + 20, [0x55])],
+        ["region table CRC mismatch (both copies)", "vhdx", async (p) => {
+          await patch(p, RT[0] + 20, [0x55]);
+          await patch(p, RT[1] + 20, [0x55]);
+        }],
+        ["overlapping regions", "vhdx", async (p) => {
+          for (const at of RT) await vhdxRegionEdit(p, at, (dv) => dv.setBigUint64(entry(0) + 16, 3n << 20n, true));
+        }],
+        ["BAT past EOF", "vhdx", async (p) => {
+          for (const at of RT) await vhdxRegionEdit(p, at, (dv) => dv.setBigUint64(entry(0) + 16, 1n << 40n, true));
+        }],
+        ["BAT region of 4 GiB", "vhdx", async (p) => {
+          for (const at of RT) await vhdxRegionEdit(p, at, (dv) => dv.setUint32(entry(0) + 24, 0xfff00000, true));
+        }],
+        ["huge metadata table", "vhdx", (p) => patch(p, (3 << 20) + 10, [0xff, 0xff])],
+        ["VHD BAT past EOF", "vpc", (p) => vpcDynEdit(p, (dv) => dv.setBigUint64(16, 1n << 50n))],
+        ["VHD BAT entries near 2^32", "vpc", (p) => vpcDynEdit(p, (dv) => dv.setUint32(28, 0xfffffff0))],
+        ["VHD block size 0", "vpc", (p) => vpcDynEdit(p, (dv) => dv.setUint32(32, 0))],
+      ];
+      let n = 0;
+      for (const [label, fmt, damage] of cases) {
+        await t.step(label, async () => {
+          const img = `h${n++}.${fmt === "vpc" ? "vhd" : "vhdx"}`;
+          await sh(d, "qemu-img", "create", "-q", "-f", fmt, img, "64M");
+          await damage(`${d}/${img}`);
+          for (const args of [["info", img], ["check", img], ["map", "--output=json", img], ["convert", "-O", "raw", img, "o.raw"]]) {
+            // qemu-img gets longer: some of these take it seconds.
+            const [q, i] = await Promise.all([qemuImg(args, d), timed(10000, () => instar(args, d))]);
+            assert.deepEqual(i, asInstar(q), args.join(" "));
+            assert.ok(!i.stderr.includes("    at "), `stack trace: ${i.stderr}`);
+          }
+        });
+      }
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "a 64 TiB VHDX and a 2040 GiB VHD: info, map, check, measure and convert work in proportion to their data",
+  ignore: !ready,
+  async fn() {
+    const d = await tmp();
+    try {
+      await sh(d, "qemu-img", "create", "-q", "-f", "vhdx", "big.vhdx", "64T");
+      await sh(d, "qemu-io", "-f", "vhdx", "-c", "write -P 7 1T 1M", "big.vhdx");
+      await sh(d, "qemu-img", "create", "-q", "-f", "vpc", "-o", "force_size=on", "big.vhd", "2040G");
+      await sh(d, "qemu-io", "-f", "vpc", "-c", "write -P 8 1000G 1M", "big.vhd");
+      for (const img of ["big.vhdx", "big.vhd"]) {
+        for (const args of [["info", img], ["map", "--output=json", img], ["check", img], ["measure", "-O", "qcow2", img]]) {
+          const [q, i] = await Promise.all([qemuImg(args, d), timed(10000, () => instar(args, d))]);
+          assert.deepEqual(i, asInstar(q), args.join(" "));
+        }
+        // qemu-img reads every byte of the VHDX here (hours); instar follows the blocks.
+        const r = await timed(15000, () => instar(["convert", "-O", "qcow2", img, "out.qcow2"], d));
+        assert.deepEqual(r, { stdout: "", stderr: "", code: 0 });
+        const m = await qemuImg(["map", "--output=json", "out.qcow2"], d);
+        const data = JSON.parse(m.stdout).filter((e: { data: boolean }) => e.data);
+        assert.equal(data.length, 1, m.stdout);
+        assert.equal(data[0].length, 1048576);
+      }
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});

@@ -37,12 +37,12 @@ async function makeImages(dir: string): Promise<[string, string[]][]> {
   return out;
 }
 
-Deno.test({ name: "vhd/vhdx: info and check print what qemu-img prints", ignore: !ready }, async (t) => {
+Deno.test({ name: "vhd/vhdx: info, check and map print what qemu-img prints", ignore: !ready }, async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "instar-vhd-" });
   try {
     for (const [name, fmt] of await makeImages(dir)) {
       for (const out of ["human", "json"]) {
-        for (const cmd of ["info", "check"]) {
+        for (const cmd of ["info", "check", "map"]) {
           // Probed (dynamic disks carry their magic at offset 0) and with -f.
           const forms = name.startsWith("fixed.vhd") && !name.endsWith("x") ? [fmt] : [[], fmt];
           for (const f of forms) {
@@ -53,6 +53,60 @@ Deno.test({ name: "vhd/vhdx: info and check print what qemu-img prints", ignore:
         }
       }
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function sha256(path: string): Promise<string> {
+  const h = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
+  return Array.from(new Uint8Array(h), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+Deno.test({ name: "vhd/vhdx: convert, compare and measure read them as qemu-img does", ignore: !ready }, async (t) => {
+  const dir = await Deno.makeTempDir({ prefix: "instar-vhd-conv-" });
+  try {
+    const images = await makeImages(dir);
+    // A qcow2 overlay on a vhdx and on a vpc: chains below qcow2 overlays.
+    for (const [base, fmt] of [["b8.vhdx", "vhdx"], ["dyn.vhd", "vpc"]]) {
+      const top = `over-${base}.qcow2`;
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", fmt, top);
+      await sh(dir, "qemu-io", "-f", "qcow2", "-c", "write -P 13 2M 128k", top);
+      images.push([top, ["-f", "qcow2"]]);
+    }
+    for (const [name, fmt] of images) {
+      await t.step(`convert -O raw ${name}`, async () => {
+        await sh(dir, "qemu-img", "convert", ...fmt, "-O", "raw", name, `${name}.q.raw`);
+        const i = await instar(["convert", ...fmt, "-O", "raw", name, `${name}.i.raw`], dir);
+        assertEquals(i.code, 0, i.stderr);
+        assertEquals(await sha256(`${dir}/${name}.i.raw`), await sha256(`${dir}/${name}.q.raw`));
+      });
+      for (const extra of [[], ["-c"]]) {
+        await t.step(`convert -O qcow2 ${extra.join(" ")} ${name}`, async () => {
+          const out = `${name}${extra.length ? ".c" : ""}.i.qcow2`;
+          const i = await instar(["convert", ...fmt, "-O", "qcow2", ...extra, name, out], dir);
+          assertEquals(i.code, 0, i.stderr);
+          const c = await qemuImg(["compare", "-f", "raw", "-F", "qcow2", `${name}.q.raw`, out], dir);
+          assertEquals(c.stdout, "Images are identical.\n");
+          assertEquals((await qemuImg(["check", out], dir)).code, 0);
+        });
+      }
+      await t.step(`compare ${name} against its raw copy, and -s`, async () => {
+        await assertSame(["compare", ...fmt, "-F", "raw", name, `${name}.q.raw`], dir);
+        await assertSame(["compare", "-s", ...fmt, "-F", "raw", name, `${name}.q.raw`], dir);
+      });
+      for (const target of ["qcow2", "raw"]) {
+        await t.step(`measure -O ${target} ${name}`, async () => {
+          await assertSame(["measure", "-O", target, ...fmt, name], dir);
+          await assertSame(["measure", "--output=json", "-O", target, ...fmt, name], dir);
+        });
+      }
+    }
+    await t.step("compare across formats", async () => {
+      await assertSame(["compare", "dyn.vhd", "b1.vhdx"], dir);
+      await assertSame(["compare", "conv.vpc", "conv.vhdx"], dir);
+      await assertSame(["compare", "-s", "conv.vpc", "conv.vhdx"], dir);
+    });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

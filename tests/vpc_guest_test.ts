@@ -52,7 +52,11 @@ function info(path: string): { recs: Rec[]; ms: number } {
   const ms = performance.now() - t0;
   // exit 0 = GUEST_OK, 1 = GUEST_ERROR (an ERROR record); anything else is a crash
   assert.ok(r.code === 0 || r.code === 1, `info exited ${r.code}: ${r.stderr}`);
-  return { recs: decodeRecords(r.stdout), ms };
+  // The info program probes first (a PROBE record saying vpc), then describes.
+  const all = decodeRecords(r.stdout);
+  const probe = all.filter((x) => x.type === records.PROBE);
+  assert.ok(probe.length === 1 && probe[0].fields.format === formats.VPC, JSON.stringify(all, big));
+  return { recs: all.filter((x) => x.type !== records.PROBE), ms };
 }
 
 function compareInfo(path: string): void {

@@ -30,6 +30,12 @@ struct chain {
      * caller reading many runs of one chunk pays one exit for all of them;
      * the buffers must not be used before the flush. */
     bool defer;
+    /* precise: chain_status answers with the layers' precise runs even
+     * where qemu's driver reports all data (qemu_all_data). convert sets
+     * it: qemu reads those runs and finds zeroes, so what it writes is the
+     * same, but a 64 TiB sparse VHDX then costs its allocated blocks, not
+     * 64 TiB of zeroes. compare keeps qemu's view (-s compares it). */
+    bool precise;
     struct io_seg segs[LIMIT_IO_SEGS_MAX];
     uint32_t n_segs;
     uint32_t seg_input;
@@ -61,7 +67,7 @@ int chain_flush(struct chain *c);
 
 /* chain_status bits, qemu's BDRV_BLOCK_* meaning as
  * bdrv_block_status_above(bs, NULL) reports them. */
-#define CS_DATA 1u
+#define CS_DATA 1u /* with CS_ZERO (a hole under a recursed data run): reads as zeroes */
 #define CS_ZERO 2u
 #define CS_ALLOCATED 4u
 #define CS_OFFSET_VALID 8u

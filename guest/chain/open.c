@@ -47,7 +47,10 @@ __attribute__((cold)) int chain_open_range(struct chain *c, uint32_t first, uint
         if (data_input && i == data_input) break;
         struct chain_layer *cl = &c->layers[i - first];
         memset(cl, 0, sizeof *cl);
-        cl->l.want_recurse = (flags & CHAIN_F_MAP) != 0;
+        /* qemu's block status recurses into the file (BDRV_BLOCK_RECURSE)
+         * whenever want_zero is set: map, and convert's and compare's
+         * bdrv_block_status_above. A fixed VHD's holes depend on it. */
+        cl->l.want_recurse = true;
         if (layer_open(&cl->l, i, p->input_format[i])) return -1;
         c->n = i - first + 1;
         if (cl->l.data_file && !(flags & CHAIN_F_MAP)) {

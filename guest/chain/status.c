@@ -19,7 +19,7 @@ static int layer_status(struct chain *c, uint32_t i, uint64_t off, uint64_t len,
         return CS_ZERO | CS_ALLOCATED;
     }
     if (len > l->length - off) len = l->length - off;
-    if (l->qemu_all_data) {
+    if (l->qemu_all_data && !c->precise) {
         /* io.c without bdrv_co_block_status: the whole request is data. */
         *n = len;
         return CS_DATA | CS_ALLOCATED | (off + len == l->length ? CS_EOF : 0);
@@ -36,11 +36,27 @@ static int layer_status(struct chain *c, uint32_t i, uint64_t off, uint64_t len,
         return r;
     }
     uint32_t ov = (st & LS_OFFSET_VALID) ? CS_OFFSET_VALID : 0;
+    /* BDRV_BLOCK_RECURSE on a data run (a fixed VHD): io.c asks the file
+     * whether [host, host+k) is a hole; past the file's end it reads as
+     * zeroes, so the whole run is zero there. */
+    if ((st & LS_RECURSE) && (st & LS_DATA) && (st & LS_OFFSET_VALID) && !(st & LS_ZERO)) {
+        uint64_t fn = 0;
+        int fst = file_extents_status(&cl->ext, l->data, host, k, &fn);
+        if (fst < 0) return -1;
+        if (fn == 0 || fn > k) return rt_error(l->r.input, GERR_INTERNAL, off, fn, 3);
+        if (host >= l->data->size) {
+            st |= LS_ZERO;
+        } else {
+            k = fn;
+            if (fst & CS_ZERO) st |= LS_ZERO;
+        }
+    }
     /* Each layer's own answer carries EOF when its run reaches that
      * layer's end (bdrv_co_block_status). */
     uint32_t eof = off + k == l->length ? CS_EOF : 0;
     *n = k;
-    if (st & LS_ZERO) return CS_ZERO | CS_ALLOCATED | ov | eof;
+    /* A recursed hole stays DATA as well (qemu only adds ZERO): -s sees both. */
+    if (st & LS_ZERO) return CS_ZERO | CS_ALLOCATED | ov | eof | ((st & LS_RECURSE) && (st & LS_DATA) ? CS_DATA : 0);
     if (st & (LS_DATA | LS_COMPRESSED)) return CS_DATA | CS_ALLOCATED | ov | eof;
     /* Unallocated here: the layer below decides; without one, qemu calls
      * it zero (not allocated). An allocated answer from below loses its

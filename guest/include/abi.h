@@ -37,6 +37,7 @@
 #define CONV_COMPRESS 2
 #define CONV_ZSTD 4
 #define CONV_COUNT 8
+#define CONV_BLOCK 16
 
 #define CMP_IDENTICAL 0
 #define CMP_MISMATCH 1
@@ -84,6 +85,8 @@
 #define REC_RESIZE_FREE 23
 #define REC_RESIZE_ZERO 24
 #define REC_RESIZE_SUMMARY 25
+#define REC_RESIZE_META 26
+#define REC_RESIZE_BYTES 27
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -200,6 +203,14 @@
 #define LIMIT_RECORD_MAX 4096
 #define LIMIT_NAME_MAX 1024
 #define LIMIT_CHAIN_MAX 16
+
+#define RESIZE_M_VPC_DYNAMIC 1
+#define RESIZE_M_VHDX_LOG_GUID_ZERO 2
+#define RESIZE_M_VHDX_HEADER2 4
+
+#define RESIZE_BLOB_VPC_FOOTER 1
+#define RESIZE_BLOB_VPC_DYNHEADER 2
+#define RESIZE_BLOB_VHDX_HEADER 3
 
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
 #define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
@@ -752,5 +763,51 @@ _Static_assert(offsetof(struct vmm_input_info, dev) == 8, "vmm_input_info.dev");
 _Static_assert(offsetof(struct vmm_input_info, ino) == 16, "vmm_input_info.ino");
 _Static_assert(offsetof(struct vmm_input_info, index) == 24, "vmm_input_info.index");
 _Static_assert(offsetof(struct vmm_input_info, reserved) == 28, "vmm_input_info.reserved");
+
+/* records.RESIZE_META: last record of a vpc/vhdx resize scan (every value from the image; the host bounds each before use) */
+struct rec_resize_meta {
+    uint8_t hdr[8];
+    uint32_t format; /* formats.VPC / VHDX */
+    uint32_t flags; /* resizeMetaFlags.* */
+    uint32_t subformat; /* vpc: the footer's disk type; vhdx: file parameter bits */
+    uint32_t reserved;
+    uint64_t virtual_size; /* vpc: footer current_size; vhdx: virtual disk size item */
+    uint64_t block_size;
+    uint64_t bat_offset; /* file offset of the BAT (vhdx: of its region) */
+    uint64_t bat_capacity; /* vpc: max_table_entries; vhdx: BAT region bytes */
+    uint64_t sequence; /* vhdx: the active header's sequence number */
+    uint64_t item_offset; /* vhdx: file offset of the virtual disk size item */
+    uint64_t alloc_end; /* vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none) */
+    uint64_t n_bytes; /* bytes sent in RESIZE_BYTES records before this one */
+};
+_Static_assert(sizeof(struct rec_resize_meta) == 88, "rec_resize_meta size");
+_Static_assert(offsetof(struct rec_resize_meta, hdr) == 0, "rec_resize_meta.hdr");
+_Static_assert(offsetof(struct rec_resize_meta, format) == 8, "rec_resize_meta.format");
+_Static_assert(offsetof(struct rec_resize_meta, flags) == 12, "rec_resize_meta.flags");
+_Static_assert(offsetof(struct rec_resize_meta, subformat) == 16, "rec_resize_meta.subformat");
+_Static_assert(offsetof(struct rec_resize_meta, reserved) == 20, "rec_resize_meta.reserved");
+_Static_assert(offsetof(struct rec_resize_meta, virtual_size) == 24, "rec_resize_meta.virtual_size");
+_Static_assert(offsetof(struct rec_resize_meta, block_size) == 32, "rec_resize_meta.block_size");
+_Static_assert(offsetof(struct rec_resize_meta, bat_offset) == 40, "rec_resize_meta.bat_offset");
+_Static_assert(offsetof(struct rec_resize_meta, bat_capacity) == 48, "rec_resize_meta.bat_capacity");
+_Static_assert(offsetof(struct rec_resize_meta, sequence) == 56, "rec_resize_meta.sequence");
+_Static_assert(offsetof(struct rec_resize_meta, item_offset) == 64, "rec_resize_meta.item_offset");
+_Static_assert(offsetof(struct rec_resize_meta, alloc_end) == 72, "rec_resize_meta.alloc_end");
+_Static_assert(offsetof(struct rec_resize_meta, n_bytes) == 80, "rec_resize_meta.n_bytes");
+
+/* records.RESIZE_BYTES: bytes [offset, offset+length) of one metadata structure, as read */
+struct rec_resize_bytes {
+    uint8_t hdr[8];
+    uint32_t what; /* resizeBlobs.* */
+    uint32_t length; /* <= 1024 */
+    uint64_t offset; /* within the structure */
+    uint8_t bytes[1024];
+};
+_Static_assert(sizeof(struct rec_resize_bytes) == 1048, "rec_resize_bytes size");
+_Static_assert(offsetof(struct rec_resize_bytes, hdr) == 0, "rec_resize_bytes.hdr");
+_Static_assert(offsetof(struct rec_resize_bytes, what) == 8, "rec_resize_bytes.what");
+_Static_assert(offsetof(struct rec_resize_bytes, length) == 12, "rec_resize_bytes.length");
+_Static_assert(offsetof(struct rec_resize_bytes, offset) == 16, "rec_resize_bytes.offset");
+_Static_assert(offsetof(struct rec_resize_bytes, bytes) == 24, "rec_resize_bytes.bytes");
 
 #endif

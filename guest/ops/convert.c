@@ -14,6 +14,23 @@
  *   arg[5], arg[6] the guest byte range (cluster-aligned start; end 0 = the
  *          whole disk), so two guests can each take half (two cores)
  *
+ * Raw output with arg[3] != 0 writes guest byte x at arg[3] + x (a fixed
+ * VHDX's payload follows its metadata).
+ *
+ * Block output (CONV_BLOCK, vpc/vhdx dynamic; plain `convert` only, as
+ * neither format compresses): the disk is cut into blocks of 2^arg[4] bytes
+ * (arg[4] 9..28). A block gets an output slot the first time it has bytes
+ * to write (a non-zero min_sparse piece; every block with -S 0): slots are
+ * packed from arg[3] on in guest order, each 2^arg[4] + arg[7] bytes, the
+ * block's data arg[7] bytes into its slot (arg[7] <= 4096). The guest fills
+ * that prefix with 0xFF bytes: VHD's sector bitmap with every sector
+ * present, as qemu's vpc writes it for a new block (one host patch per
+ * block would not fit a plan's patch limit). Zero pieces of a block with a slot are not
+ * written: the slot lies past everything written before, so it reads as
+ * zeroes. DATA_RUN records report block -> slot (host_offset + i * stride);
+ * the host's planners (lib/formats/{vpc,vhdx}/output_plan.ts) write all
+ * metadata.
+ *
  * With CONV_COUNT nothing is written: the guest counts the output clusters
  * of its range that may hold data, so the host can start a second guest's
  * qcow2 data right behind the first one's worst case.
@@ -39,6 +56,10 @@
 #endif
 #ifdef CONVERT_ZSTD
 #include <zstd.h>
+#endif
+
+#if !defined(CONVERT_ZLIB) && !defined(CONVERT_ZSTD)
+#define CONVERT_BLOCKS 1 /* block output: the compressing programs never need it */
 #endif
 
 #define CHUNK (8ull << 20) /* 8 MiB per READV/WRITEV pair: few exits per GiB */
@@ -76,13 +97,69 @@ static int queue_write(uint64_t off, const uint8_t *buf, uint64_t len)
     return 0;
 }
 
-/* ---- raw output ---- */
+/* ---- raw and block output ---- */
+
+static uint64_t out_base;       /* raw: output offset of guest byte 0 */
+static uint64_t data_end;       /* next free output byte (qcow2, block) */
+static struct rec_data_run run; /* the run being built (count 0 = none) */
+static int emit_run(void);
+#ifdef CONVERT_BLOCKS
+static uint32_t blk_bits;       /* 0 = raw output */
+static uint64_t blk_doff, blk_cur = UINT64_MAX, blk_slot, n_blocks;
+static uint8_t blk_ones[4096];
+
+/* Gives block `blk` the next slot (blocks come in guest order). */
+static int block_slot(uint64_t blk)
+{
+    uint64_t stride = (1ull << blk_bits) + blk_doff;
+    uint64_t slot = data_end;
+    if (slot + stride < slot || slot + stride > rt_params()->output_cap)
+        return rt_error(0, GERR_BAD_PARAMS, 4, slot + stride, rt_params()->output_cap);
+    if (run.count && run.guest_cluster + run.count == blk && run.host_offset + run.count * stride == slot) {
+        run.count++;
+    } else {
+        if (emit_run()) return -1;
+        run.guest_cluster = blk;
+        run.count = 1;
+        run.host_offset = slot;
+    }
+    if (blk_doff && queue_write(slot, blk_ones, blk_doff)) return -1;
+    data_end = slot + stride;
+    blk_cur = blk;
+    blk_slot = slot;
+    n_blocks++;
+    return 0;
+}
+#endif
+
+/* Writes guest bytes [off, off+len): in place (raw) or into their blocks' slots. */
+static int out_write(uint64_t off, const uint8_t *buf, uint64_t len)
+{
+#ifdef CONVERT_BLOCKS
+    if (blk_bits) {
+        uint64_t bsize = 1ull << blk_bits;
+        while (len) {
+            uint64_t blk = off >> blk_bits, in = off & (bsize - 1);
+            uint64_t k = bsize - in < len ? bsize - in : len;
+            if (blk != blk_cur) {
+                /* Writes come in guest order: a block is never revisited. */
+                if (blk_cur != UINT64_MAX && blk < blk_cur) return rt_error(0, GERR_INTERNAL, 10, blk, blk_cur);
+                if (block_slot(blk)) return -1;
+            }
+            if (queue_write(blk_slot + blk_doff + in, buf, k)) return -1;
+            off += k, buf += k, len -= k;
+        }
+        return 0;
+    }
+#endif
+    return queue_write(out_base + off, buf, len);
+}
 
 /* Writes the non-zero min_sparse blocks of buf (guest offset off). Zero
  * blocks are skipped: the target reads them as zeroes already. */
 static int raw_emit(uint64_t off, const uint8_t *buf, uint64_t n, uint64_t min_sparse)
 {
-    if (!min_sparse) return queue_write(off, buf, n);
+    if (!min_sparse) return out_write(off, buf, n);
     uint64_t b = 0;
     while (b < n) {
         /* Blocks aligned to min_sparse in guest offsets, as qemu aligns. */
@@ -92,7 +169,7 @@ static int raw_emit(uint64_t off, const uint8_t *buf, uint64_t n, uint64_t min_s
             b += k;
             continue;
         }
-        if (queue_write(off + b, buf + b, k)) return -1;
+        if (out_write(off + b, buf + b, k)) return -1;
         b += k;
     }
     return 0;
@@ -109,13 +186,13 @@ static int skip_zero_run(uint64_t *off, uint64_t start, uint64_t end, uint64_t m
     uint64_t k = 0;
     int st = chain_status(&chain, *off, end - *off, &k);
     if (st < 0) return -1;
-    if ((st & CS_DATA) || k < min_len) return 0;
+    if (((st & CS_DATA) && !(st & CS_ZERO)) || k < min_len) return 0;
     *off += k & ~(align - 1);
     hc_progress(*off - start, end - start);
     return 1;
 }
 
-static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_t *buf, uint8_t *zeroes)
+static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_t *buf)
 {
     for (uint64_t off = start; off < end;) {
         if (min_sparse) {
@@ -131,8 +208,16 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
             uint64_t k = 0;
             int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & CS_DATA) {
-                if (chain_read(&chain, at, k, buf + (at - off))) return -1;
+            /* -S 0: the output is fully allocated, zeroes included; they
+             * are emitted in guest order with the data (block output hands
+             * out slots in the order blocks are first written). */
+            bool data = (st & CS_DATA) && !(st & CS_ZERO);
+            if (data || !min_sparse) {
+                if (!data) {
+                    memset(buf + (at - off), 0, k);
+                } else if (chain_read(&chain, at, k, buf + (at - off))) {
+                    return -1;
+                }
                 /* Remember the run; full table: flush and emit what we have. */
                 if (n_runs == 256) {
                     if (chain_flush(&chain)) return -1;
@@ -143,13 +228,6 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
                 runs[2 * n_runs] = at;
                 runs[2 * n_runs + 1] = k;
                 n_runs++;
-            } else if (!min_sparse) {
-                /* -S 0: the output is fully allocated, zeroes included. */
-                for (uint64_t z = 0; z < k;) {
-                    uint64_t w = k - z < CHUNK ? k - z : CHUNK;
-                    if (queue_write(at + z, zeroes, w)) return -1;
-                    z += w;
-                }
             }
             at += k;
         }
@@ -165,9 +243,7 @@ static int convert_raw(uint64_t start, uint64_t end, uint64_t min_sparse, uint8_
 
 /* ---- qcow2 output ---- */
 
-static uint64_t data_end;       /* next free output byte */
 static uint64_t n_clusters, n_compressed;
-static struct rec_data_run run; /* the run being built (count 0 = none) */
 static struct rec_compressed_run crun;
 
 /* Fills the little-endian record header (abi rec_header) and emits. */
@@ -337,7 +413,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
             uint64_t k = 0;
             int st = chain_status(&chain, at, off + n - at, &k);
             if (st < 0) return -1;
-            if (st & CS_DATA) {
+            if ((st & CS_DATA) && !(st & CS_ZERO)) {
                 if (chain_read(&chain, at, k, buf + (at - off))) return -1;
                 any = true;
             } else {
@@ -389,7 +465,7 @@ static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t
         uint64_t k = 0;
         int st = chain_status(&chain, at, end - at, &k);
         if (st < 0) return -1;
-        if (st & CS_DATA) {
+        if ((st & CS_DATA) && !(st & CS_ZERO)) {
             uint64_t first = at >> cbits, lastc = (at + k - 1) >> cbits;
             if (first == last) first++; /* already counted with the previous run */
             if (lastc >= first) n += lastc - first + 1;
@@ -408,12 +484,13 @@ int op_main(void)
     uint32_t flags = (uint32_t)p->arg[1];
     uint64_t min_sparse = p->arg[2];
     if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
-    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT))
+    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK))
         return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
     if (min_sparse % 512 || min_sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 1, 0);
     chain.batch = true;
     chain.defer = true;
     if (chain_open(&chain, (uint32_t)data_input)) return -1;
+    chain.precise = true; /* skip what reads as zeroes without reading it (chain.h) */
     uint64_t size = chain.size;
     uint64_t start = p->arg[5], end = p->arg[6] ? p->arg[6] : size;
     if (start > end || end > size) return rt_error(0, GERR_BAD_PARAMS, 5, 2, 0);
@@ -423,11 +500,27 @@ int op_main(void)
     if (!buf || !zbuf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
     memset(zbuf, 0, CHUNK);
 
-    if (!(flags & CONV_QCOW2)) {
+    if (flags & CONV_BLOCK) {
+#ifdef CONVERT_BLOCKS
+        if (flags & ~(uint32_t)CONV_BLOCK) return rt_error(0, GERR_BAD_PARAMS, 5, 7, 0);
+        if (p->arg[4] < 9 || p->arg[4] > 28 || p->arg[7] > sizeof blk_ones) return rt_error(0, GERR_BAD_PARAMS, 5, 8, 0);
+        blk_bits = (uint32_t)p->arg[4];
+        blk_doff = p->arg[7];
+        memset(blk_ones, 0xff, sizeof blk_ones);
+        if (start & ((1ull << blk_bits) - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
+        data_end = p->arg[3];
+        if (convert_raw(start, end, min_sparse, buf) || emit_run()) return -1;
+        n_clusters = n_blocks;
+#else
+        return rt_error(0, GERR_BAD_PARAMS, 5, 7, 0);
+#endif
+    } else if (!(flags & CONV_QCOW2)) {
         if (flags & CONV_COMPRESS) return rt_error(0, GERR_BAD_PARAMS, 5, 3, 0);
-        if (end > p->output_cap) return rt_error(0, GERR_BAD_PARAMS, 4, end, p->output_cap);
-        if (convert_raw(start, end, min_sparse, buf, zbuf)) return -1;
-        data_end = end;
+        out_base = p->arg[3];
+        if (out_base + end < out_base || out_base + end > p->output_cap)
+            return rt_error(0, GERR_BAD_PARAMS, 4, out_base + end, p->output_cap);
+        if (convert_raw(start, end, min_sparse, buf)) return -1;
+        data_end = out_base + end;
     } else {
         uint64_t cbits = p->arg[4];
         if (cbits < 9 || cbits > 21) return rt_error(0, GERR_BAD_PARAMS, 5, 4, 0);

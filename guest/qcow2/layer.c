@@ -34,9 +34,10 @@ static __attribute__((cold)) int qcow2_layer_open(struct layer *l)
     l->data_file = s->q.has_data_file;
     s->dec.type = s->q.compression_type;
     /* With an external data file the recursion would look at that file,
-     * which map does not attach: leave it out. */
-    if (l->want_recurse && !s->q.has_data_file) {
-        if (!qcow2_detect_prealloc) return rt_error(i, GERR_INTERNAL, 0, 0, 3);
+     * which map does not attach: leave it out. Programs that do not link
+     * the detection (convert, compare) do not recurse into qcow2 files:
+     * their reads and zero skipping do not depend on it. */
+    if (l->want_recurse && !s->q.has_data_file && qcow2_detect_prealloc) {
         int pr = qcow2_detect_prealloc(s, &l->r);
         if (pr < 0) return -1;
         s->prealloc = pr == 1;

@@ -298,6 +298,7 @@ static int parse_metadata(struct vhdx *v)
     }
     if (read_md(v, item_off[1], p, 8)) goto out;
     v->virtual_disk_size = le64(p);
+    v->vsize_item_offset = v->metadata_offset + item_off[1];
     if (read_md(v, item_off[3], p, 4)) goto out;
     v->logical_sector_size = le32(p);
     if (read_md(v, item_off[4], p, 4)) goto out;

@@ -133,6 +133,7 @@ struct vhdx {
     uint32_t block_size;
     uint32_t params_bits;          /* file parameters: 1 leave_blocks_allocated, 2 has_parent */
     uint64_t virtual_disk_size;
+    uint64_t vsize_item_offset;    /* file offset of the virtual disk size item */
     uint32_t logical_sector_size;
     uint32_t physical_sector_size;
     uint32_t sectors_per_block_bits;

@@ -196,3 +196,9 @@ int vpc_emit_info(const struct vpc *v)
     i.extra[3] = v->dynamic ? v->max_table_entries : 0;
     return rt_emit(&i, sizeof i);
 }
+
+int64_t vpc_bat_get(struct vpc *v, uint64_t idx)
+{
+    if (!v->dynamic) return rt_error(v->r->input, GERR_INTERNAL, 0, 0, 0);
+    return bat_entry(v, idx);
+}

@@ -123,4 +123,8 @@ int vpc_block_status(struct vpc *v, uint64_t pos, uint64_t bytes, uint64_t *len,
 /* Emits one IMAGE_INFO record. */
 int vpc_emit_info(const struct vpc *v);
 
+/* The BAT entry of block idx of a dynamic disk: VPC_BAT_UNALLOCATED past
+ * the table, else a sector number; -1 after an ERROR record. */
+int64_t vpc_bat_get(struct vpc *v, uint64_t idx);
+
 #endif

@@ -167,6 +167,10 @@ export const records = {
   RESIZE_FREE: 23,
   RESIZE_ZERO: 24,
   RESIZE_SUMMARY: 25,
+  /** vpc/vhdx resize scan: the header facts the planner needs (rec_resize_meta), last. */
+  RESIZE_META: 26,
+  /** vpc/vhdx resize scan: metadata bytes the planner rewrites (rec_resize_bytes). */
+  RESIZE_BYTES: 27,
 } as const;
 
 /** RESIZE_SUMMARY.flags: TOO_BIG means a bound was hit and the scan stopped
@@ -174,6 +178,7 @@ export const records = {
  * BUSY_TAIL (grow with params.arg[1] bit 0) means the guest range being added
  * already has non-zero L2 entries or a shared L2 table (no preallocation then). */
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
+
 
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {
@@ -183,6 +188,11 @@ export const convertFlags = {
   /** Write nothing: report in CONVERT_DONE.clusters how many output clusters of the range
    * may hold data (so a second guest can start writing right behind the first). */
   COUNT: 8,
+  /** Block output (vpc/vhdx dynamic): the guest range is cut into 2^arg[4]-byte blocks; each
+   * block holding a non-zero byte gets the next slot from arg[3] on (slot stride
+   * 2^arg[4] + arg[7], its data arg[7] <= 4096 bytes in, after 0xFF bytes); DATA_RUN records say which
+   * block went to which slot (guest_cluster = block, host_offset = slot, +stride ...). */
+  BLOCK: 16,
 } as const;
 /** COMPARE record outcomes (qemu-img compare's cases). */
 export const compareResults = {
@@ -710,6 +720,46 @@ export const structs: StructSpec[] = [
       { name: "reserved", type: "u32", offset: 28 },
     ],
   },
+  // --- resize scan records of vpc/vhdx (guest -> host), appended here to keep the tables' order ---
+  {
+    name: "rec_resize_meta",
+    size: 88,
+    doc: "records.RESIZE_META: last record of a vpc/vhdx resize scan (every value from the image; " +
+      "the host bounds each before use)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "format", type: "u32", offset: 8, doc: "formats.VPC / VHDX" },
+      { name: "flags", type: "u32", offset: 12, doc: "resizeMetaFlags.*" },
+      { name: "subformat", type: "u32", offset: 16, doc: "vpc: the footer's disk type; vhdx: file parameter bits" },
+      { name: "reserved", type: "u32", offset: 20 },
+      { name: "virtual_size", type: "u64", offset: 24, doc: "vpc: footer current_size; vhdx: virtual disk size item" },
+      { name: "block_size", type: "u64", offset: 32 },
+      { name: "bat_offset", type: "u64", offset: 40, doc: "file offset of the BAT (vhdx: of its region)" },
+      { name: "bat_capacity", type: "u64", offset: 48, doc: "vpc: max_table_entries; vhdx: BAT region bytes" },
+      { name: "sequence", type: "u64", offset: 56, doc: "vhdx: the active header's sequence number" },
+      { name: "item_offset", type: "u64", offset: 64, doc: "vhdx: file offset of the virtual disk size item" },
+      {
+        name: "alloc_end",
+        type: "u64",
+        offset: 72,
+        doc: "vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest " +
+          "payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none)",
+      },
+      { name: "n_bytes", type: "u64", offset: 80, doc: "bytes sent in RESIZE_BYTES records before this one" },
+    ],
+  },
+  {
+    name: "rec_resize_bytes",
+    size: 1048,
+    doc: "records.RESIZE_BYTES: bytes [offset, offset+length) of one metadata structure, as read",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "what", type: "u32", offset: 8, doc: "resizeBlobs.*" },
+      { name: "length", type: "u32", offset: 12, doc: "<= 1024" },
+      { name: "offset", type: "u64", offset: 16, doc: "within the structure" },
+      { name: "bytes", type: "bytes", offset: 24, count: 1024 },
+    ],
+  },
 ];
 
 /** Record struct for each record type (the generic decoder checks sizes). */
@@ -735,12 +785,27 @@ export const recordStructs: Record<number, string> = {
   [records.CONVERT_DONE]: "rec_convert_done",
   [records.COMPARE]: "rec_compare",
   [records.IMAGE_INFO]: "rec_image_info",
+  [records.RESIZE_META]: "rec_resize_meta",
+  [records.RESIZE_BYTES]: "rec_resize_bytes",
 };
 
 /** VMM attach flags. */
 export const attachFlags = { NOFOLLOW: 1, WRITABLE: 2, CREATE: 4 } as const;
 /** vmm_config.flags */
 export const vmmFlags = { NO_SECCOMP: 1 } as const;
+
+/** RESIZE_META.flags (guest/vpc/resize_scan.c, guest/vhdx/resize_scan.c). */
+export const resizeMetaFlags = {
+  /** vpc: the footer was read at offset 0 and the dynamic header and BAT with it. */
+  VPC_DYNAMIC: 1,
+  /** vhdx: the active header's log GUID is zero (no log to replay). */
+  VHDX_LOG_GUID_ZERO: 2,
+  /** vhdx: the active header is the second (at 128 KiB). */
+  VHDX_HEADER2: 4,
+} as const;
+
+/** RESIZE_BYTES.what: which metadata structure the bytes are part of. */
+export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3 } as const;
 
 /** Enum groups emitted into the C header as #defines with these prefixes. */
 export const enums: Record<string, Record<string, number>> = {
@@ -767,4 +832,6 @@ export const enums: Record<string, Record<string, number>> = {
   VMM_F_: vmmFlags,
   LAYOUT_: layout,
   LIMIT_: limits,
+  RESIZE_M_: resizeMetaFlags,
+  RESIZE_BLOB_: resizeBlobs,
 };

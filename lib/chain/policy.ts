@@ -4,6 +4,8 @@
 // chain is at most limits.CHAIN_MAX images long, and no file may appear twice
 // (compared by device and inode, so links and "a/../a" spellings are caught).
 import { limits } from "../abi/spec.ts";
+import { hostPath } from "../host/context.ts";
+import { ConfigError, effectivePolicy } from "../config/config.ts";
 
 export class PolicyError extends Error {
   constructor(message: string) {
@@ -38,16 +40,31 @@ export interface ChainPolicy {
   maxImages: number;
 }
 
-/** Default policy: the top image's own directory plus any --backing-dir. */
+/**
+ * The policy for a chain under `topPath`: the top image's own directory
+ * (unless a config file says image_dir = false), then the directories of
+ * the system and user config files, INSTAR_BACKING_DIRS and --backing-dir
+ * (lib/config/config.ts). A configured directory that does not exist is
+ * skipped; a missing --backing-dir is an error.
+ */
 export async function makePolicy(topPath: string, extraDirs: string[] = []): Promise<ChainPolicy> {
+  let eff;
+  try {
+    eff = await effectivePolicy(extraDirs);
+  } catch (e) {
+    if (e instanceof ConfigError) throw new PolicyError(e.message);
+    throw e;
+  }
   const dirs: string[] = [];
-  const topReal = await Deno.realPath(topPath);
-  dirs.push(topReal.slice(0, topReal.lastIndexOf("/")) || "/");
-  for (const d of extraDirs) {
+  if (eff.imageDir) {
+    const topReal = await Deno.realPath(hostPath(topPath));
+    dirs.push(topReal.slice(0, topReal.lastIndexOf("/")) || "/");
+  }
+  for (const { dir, source } of eff.dirs) {
     try {
-      dirs.push(await Deno.realPath(d));
+      dirs.push(await Deno.realPath(hostPath(dir)));
     } catch {
-      throw new PolicyError(`Backing directory '${d}' does not exist`);
+      if (source === "--backing-dir") throw new PolicyError(`Backing directory '${dir}' does not exist`);
     }
   }
   return { allowDirs: dirs, maxImages: limits.CHAIN_MAX };
@@ -89,10 +106,12 @@ export async function checkBacking(
   }
   const filename = fullBackingFilename(overlay, name);
   if (filename === null) throw new PolicyError(`Cannot use relative backing file names for '${overlay}'`);
-  const realPath = await Deno.realPath(filename);
+  const realPath = await Deno.realPath(hostPath(filename));
   if (!insideDirs(realPath, policy.allowDirs)) {
     throw new PolicyError(
-      `Refusing backing file '${name}': '${realPath}' is outside the allowed directories (see --backing-dir)`,
+      policy.allowDirs.length === 0
+        ? `Refusing backing file '${name}': the backing-file policy is empty (see instar config)`
+        : `Refusing backing file '${name}': '${realPath}' is outside the allowed directories (see --backing-dir and instar config)`,
     );
   }
   const st = await Deno.stat(realPath);

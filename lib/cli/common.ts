@@ -4,10 +4,14 @@ import { CliError, usageError } from "./messages.ts";
 import type { LongOption } from "./getopt.ts";
 import { detectProfile, parseProfile, type Profile } from "./version.ts";
 import { accumulateOptions } from "../formats/options.ts";
+import type { HostContext } from "../host/context.ts";
 
 export interface Io {
   out(text: string): void;
   err(text: string): void;
+  /** The request's working directory, environment, limits and cancel
+   * (`instar serve`); absent in the direct CLI: the process's own. */
+  context?: HostContext;
 }
 
 /** Options instar adds to qemu-img's syntax (accepted by every subcommand). */

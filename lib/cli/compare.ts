@@ -19,6 +19,7 @@ import { openFailure, openChain, type OpenedImage, OpenError, openImage } from "
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
+import { hostEnv } from "../host/context.ts";
 
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
@@ -116,7 +117,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const base = chain1[0].virtualSize > chain2[0].virtualSize
       ? chain1[0].virtualSize
       : chain2[0].virtualSize;
-    const forced = Deno.env.get("INSTAR_GUESTS");
+    const forced = hostEnv("INSTAR_GUESTS");
     const split = forced === "2" || (forced !== "1" && base >= 64n << 20n);
     const mid = split ? (base / 2n) & ~((1n << 20n) - 1n) : base;
     const ranges = split && mid > 0n ? [[0n, mid], [mid, base]] : [[0n, base]];

@@ -22,12 +22,19 @@ import { cvtnum } from "./options.ts";
 import { openFailure, errnoText, openChain, OpenError, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
-import { convertToQcow2, convertToRaw, GuestFailure, PlanRefused } from "../convert/pipeline.ts";
+import {
+  convertToBlocks,
+  convertToQcow2,
+  convertToRaw,
+  GuestFailure,
+  PlanRefused,
+} from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { Cancelled, hostPath, trapSignals } from "../host/context.ts";
 
 const MAX_BUF_SECTORS = 32768n;
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
@@ -216,26 +223,27 @@ function tempBeside(target: string, tag: string): string {
   return `${dir}.${base}.instar-${tag}-${rand}`;
 }
 
-/** Removes the temporary files on failure, exit or interrupt. */
+/** Removes the temporary files on failure, exit or cancel (SIGINT/SIGTERM to the
+ * direct CLI, a cancel from the service's client): the guest is stopped and the
+ * command returns 130/143 through run(), with nothing left under the target name. */
 class TempFiles {
   paths: string[] = [];
-  #handler = () => {
-    this.removeAll();
-    Deno.exit(130);
-  };
-  #term = () => {
-    this.removeAll();
-    Deno.exit(143);
-  };
+  #trap = trapSignals();
+  // The list is kept: a step already under way may create a file again, and the
+  // final removeAll() takes it too.
+  #onCancel = () => this.#remove();
   constructor() {
-    Deno.addSignalListener("SIGINT", this.#handler);
-    Deno.addSignalListener("SIGTERM", this.#term);
+    this.#trap.signal.addEventListener("abort", this.#onCancel);
+  }
+  /** Throws when the command was cancelled (checked before the rename). */
+  checkCancelled() {
+    if (this.#trap.signal.aborted) throw new Cancelled();
   }
   async create(target: string, tag: string): Promise<string> {
     for (;;) {
       const p = tempBeside(target, tag);
       try {
-        const f = await Deno.open(p, { write: true, createNew: true, mode: 0o644 });
+        const f = await Deno.open(hostPath(p), { write: true, createNew: true, mode: 0o644 });
         f.close();
         this.paths.push(p);
         return p;
@@ -244,17 +252,20 @@ class TempFiles {
       }
     }
   }
-  removeAll() {
+  #remove() {
     for (const p of this.paths) {
       try {
-        Deno.removeSync(p);
+        Deno.removeSync(hostPath(p));
       } catch { /* already gone */ }
     }
+  }
+  removeAll() {
+    this.#remove();
     this.paths = [];
   }
   dispose() {
-    Deno.removeSignalListener("SIGINT", this.#handler);
-    Deno.removeSignalListener("SIGTERM", this.#term);
+    this.#trap.signal.removeEventListener("abort", this.#onCancel);
+    this.#trap.dispose();
   }
 }
 
@@ -328,12 +339,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       new CliError([
         `${outFilename}: error while converting ${a.outFmt}: Could not create '${outFilename}': ${why}`,
       ]);
-    const existing = await Deno.stat(outFilename!).catch(() => undefined);
+    const existing = await Deno.stat(hostPath(outFilename!)).catch(() => undefined);
     if (existing?.isDirectory) throw cannotCreate("Is a directory");
     // qemu writes through a symlink to the file it names; so does the
     // rename, by replacing the link's target rather than the link.
-    const target = (await Deno.lstat(outFilename!).catch(() => undefined))?.isSymlink
-      ? await Deno.realPath(outFilename!)
+    const target = (await Deno.lstat(hostPath(outFilename!)).catch(() => undefined))?.isSymlink
+      ? await Deno.realPath(hostPath(outFilename!))
       : outFilename!;
     let out: string;
     try {
@@ -354,6 +365,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     try {
       if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
+      } else if (spec.writer === "blocks") {
+        written = await convertToBlocks(job, spec.blocks!, out);
       } else {
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
       }
@@ -367,11 +380,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     // Keep an existing target's permissions, as qemu's O_TRUNC open would.
     try {
-      const st = await Deno.stat(target);
-      if (st.mode !== null && st.isFile) await Deno.chmod(out, st.mode & 0o7777);
+      const st = await Deno.stat(hostPath(target));
+      if (st.mode !== null && st.isFile) await Deno.chmod(hostPath(out), st.mode & 0o7777);
     } catch { /* no target yet */ }
+    temps.checkCancelled();
     try {
-      await Deno.rename(out, target);
+      await Deno.rename(hostPath(out), hostPath(target));
     } catch (e) {
       throw cannotCreate(errnoText(e));
     }

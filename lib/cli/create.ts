@@ -32,6 +32,7 @@ import {
 import { applyPlan } from "../formats/apply_plan.ts";
 import { driverFor } from "../formats/mod.ts";
 import { type CreateHost, CreateError } from "../formats/types.ts";
+import { hostPath } from "../host/context.ts";
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -51,7 +52,7 @@ function fileError(filename: string, message: string, hint = ""): CliError {
 /** Creates (or empties) the file as file-posix's create does. */
 async function createFile(filename: string): Promise<void> {
   try {
-    const f = await Deno.open(filename, { write: true, create: true, truncate: true });
+    const f = await Deno.open(hostPath(filename), { write: true, create: true, truncate: true });
     f.close();
   } catch (e) {
     throw fileError(filename, `Could not create '${filename}': ${errnoText(e)}`);
@@ -61,7 +62,7 @@ async function createFile(filename: string): Promise<void> {
 /** Grows the file to `size` (ftruncate), with qemu's wording for failures. */
 async function resizeFile(filename: string, size: bigint, fmt: string, hint: string): Promise<void> {
   try {
-    await Deno.truncate(filename, Number(size));
+    await Deno.truncate(hostPath(filename), Number(size));
   } catch (e) {
     const text = errnoText(e);
     if (/File too large/.test(text)) {
@@ -79,12 +80,12 @@ async function resizeFile(filename: string, size: bigint, fmt: string, hint: str
 async function allocate(filename: string, offset: bigint, length: bigint, mode: string): Promise<void> {
   if (length <= 0n) return;
   if (mode === "falloc") {
-    const st = await Deno.stat(filename);
+    const st = await Deno.stat(hostPath(filename));
     const why = await fileRange("allocate", filename, offset, length, BigInt(st.dev), BigInt(st.ino ?? 0));
     if (why !== undefined) throw new Error(`Could not preallocate new data: ${why}`);
     return;
   }
-  const f = await Deno.open(filename, { write: true });
+  const f = await Deno.open(hostPath(filename), { write: true });
   try {
     const chunk = new Uint8Array(1 << 20);
     const end = offset + length;
@@ -302,7 +303,7 @@ function createHost(filename: string, fmt: string): CreateHost {
     resizeFile: (size, hint) => resizeFile(filename, size, fmt, hint),
     allocate: (offset, length, mode) => allocate(filename, offset, length, mode),
     applyPlan: (plan) => applyPlan(filename, plan),
-    remove: () => Deno.remove(filename).catch(() => {}),
+    remove: () => Deno.remove(hostPath(filename)).catch(() => {}),
     describe: errnoText,
   };
 }

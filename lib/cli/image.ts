@@ -12,6 +12,7 @@ import { checkBacking, type ChainPolicy, fileKey, fullBackingFilename, PolicyErr
 import { runGuest } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
+import { hostPath } from "../host/context.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -129,7 +130,7 @@ async function hostCheck(filename: string, path: string): Promise<Deno.FileInfo>
 /** Opens one image (no backing files). */
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<OpenedImage> {
   const requested = formatCode(filename, opts.format);
-  const path = opts.openPath ?? filename;
+  const path = hostPath(opts.openPath ?? filename);
   const st = await hostCheck(filename, path);
   let result;
   try {
@@ -167,7 +168,7 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
         names.push(new TextDecoder().decode(nameBytes(r)));
       } else if (r.type === records.CHECK_MSG && r.fields.input === 0) {
         try {
-          const line = formatCheckMessage(r.fields.code as number, r.fields.args as bigint[], "", names);
+          const line = formatCheckMessage(r.fields.code as number, r.fields.a as bigint[], "", names);
           preface.push(line.replace(/^: /, "").replace(/\n$/, ""));
         } catch {
           throw new OpenError(filename, "Sandbox failure: unknown diagnostic from the guest");
@@ -262,8 +263,9 @@ export async function openChain(
 
 /** The CliError for an OpenError met while opening `top` with its chain:
  * the driver's own diagnostics first, then qemu-img's message. */
-export function openFailure(top: string, e: OpenError, code = 1): CliError {
-  return new CliError([...e.preface, e.bare ? e.inner : chainOpenMessage(top, e)], false, code);
+export function openFailure(top: string, e: OpenError, code = 1, bareAlone = false): CliError {
+  // resize prints a policy refusal on its own (bare); the others nest it like qemu's errors.
+  return new CliError([...e.preface, bareAlone && e.bare ? e.inner : chainOpenMessage(top, e)], false, code);
 }
 
 /** qemu-img's message for an OpenError met while opening `top` with its chain. */

@@ -2,7 +2,7 @@
 // Returns the exit status; everything the user sees goes through `io`.
 import { getopt } from "./getopt.ts";
 import { CliError, formatError, usageError } from "./messages.ts";
-import { INSTAR_LONGS, instarOption, type Io, newInstarOptions } from "./common.ts";
+import { INSTAR_LONGS, instarOption, type Io, newInstarOptions, profileOf } from "./common.ts";
 import { HelpRequested, infoCommand } from "./info.ts";
 import { checkCommand } from "./check.ts";
 import { mapCommand } from "./map.ts";
@@ -12,6 +12,14 @@ import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
 import { helpText, versionText } from "./help.ts";
+import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
+
+/** instar's own commands (not qemu-img's), loaded only when used. */
+const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
+  serve: async () => (await import("../service/serve.ts")).serveCommand,
+  "install-client": async () => (await import("../service/install.ts")).installClientCommand,
+  config: async () => (await import("../config/command.ts")).configCommand,
+};
 
 const COMMANDS: Record<string, typeof infoCommand> = {
   check: checkCommand,
@@ -41,7 +49,15 @@ export const stdio: Io = {
   err: (t) => writeAll(Deno.stderr, t),
 };
 
+/** Runs one command line with io's host context (see lib/host/context.ts).
+ * A cancelled command exits 130 (SIGINT) or 143 (SIGTERM) and prints nothing more. */
 export async function run(args: string[], io: Io = stdio): Promise<number> {
+  const ctx: HostContext = { ...io.context };
+  const code = await withHostContext(ctx, () => runCommand(args, io));
+  return ctx.signal?.aborted ? cancelStatus(ctx.signal) : code;
+}
+
+async function runCommand(args: string[], io: Io): Promise<number> {
   try {
     if (args.length < 1) throw usageError("Not enough arguments");
     const argv = ["instar", ...args];
@@ -62,12 +78,18 @@ export async function run(args: string[], io: Io = stdio): Promise<number> {
       return 0;
     }
     if (early === "version") {
-      io.out(versionText());
+      io.out(versionText(await profileOf(o)));
       return 0;
     }
     if (rest.length < 1) return 0;
     const [cmd] = rest;
-    const handler = COMMANDS[cmd];
+    const handler = Object.hasOwn(COMMANDS, cmd)
+      ? COMMANDS[cmd]
+      : Object.hasOwn(INSTAR_COMMANDS, cmd)
+      ? (hostContext().service && cmd !== "config"
+        ? () => Promise.reject(new CliError([`'${cmd}' cannot run through the instar service`]))
+        : await INSTAR_COMMANDS[cmd]())
+      : undefined;
     if (!handler) {
       if (LATER.includes(cmd)) throw new CliError([`Command '${cmd}' is not implemented by instar yet`]);
       throw usageError(`Command not found: ${cmd}`);
@@ -82,6 +104,7 @@ export async function run(args: string[], io: Io = stdio): Promise<number> {
       throw e;
     }
   } catch (e) {
+    if (hostContext().signal?.aborted) return 1; // run() turns it into 130/143
     if (e instanceof CliError) {
       io.err(formatError(e));
       return e.code;

@@ -16,6 +16,8 @@ import {
   qcow2OutputPrologue,
 } from "../formats/qcow2/output_plan.ts";
 import { alignUp } from "../formats/plan.ts";
+import type { BlockOutput, BlockRun } from "../formats/types.ts";
+import { hostEnv, hostPath } from "../host/context.ts";
 
 export interface SourceLayer {
   path: string;
@@ -50,11 +52,22 @@ function inputs(job: ConvertJob) {
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;
 
 function debugRun(what: string, r: { exits: bigint; elapsedNs: bigint; setupNs: bigint }) {
-  if (DEBUG) console.error(`instar: ${what}: ${r.exits} exits, ${Number(r.elapsedNs) / 1e6} ms in the guest, setup ${Number(r.setupNs) / 1e6} ms`);
+  if (DEBUG) {
+    console.error(
+      `instar: ${what}: ${r.exits} exits, ${Number(r.elapsedNs) / 1e6} ms in the guest, setup ${
+        Number(r.setupNs) / 1e6
+      } ms`,
+    );
+  }
 }
 
 function failOnError(recs: Rec[]) {
   const err = recs.find((r) => r.type === records.ERROR);
+  if (err && DEBUG) {
+    console.error(
+      `instar: guest error ${JSON.stringify(err.fields, (_k, v) => typeof v === "bigint" ? String(v) : v)}`,
+    );
+  }
   if (err) throw new GuestFailure(err);
 }
 
@@ -71,7 +84,7 @@ function doneRecord(recs: Rec[]) {
  * INSTAR_GUESTS=1|2 forces the choice (tests check both give the same bytes).
  */
 function guestCount(size: bigint, clusters: bigint): number {
-  const forced = Deno.env.get("INSTAR_GUESTS");
+  const forced = hostEnv("INSTAR_GUESTS");
   if (clusters < 2n) return 1;
   if (forced === "1" || forced === "2") return Number(forced);
   return size >= SPLIT_MIN ? 2 : 1;
@@ -95,7 +108,7 @@ function progressOf(job: ConvertJob, n: number) {
 
 /** Raw output: the file is sized first, the guests write the data in place. Returns the bytes written. */
 export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bigint> {
-  await Deno.truncate(outPath, Number(job.size));
+  await Deno.truncate(hostPath(outPath), Number(job.size));
   const n = guestCount(job.size, job.size / (1n << 20n));
   const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
   const report = progressOf(job, n);
@@ -142,13 +155,22 @@ function collect(recs: Rec[], shift: bigint): Part {
       const lens = f.len as number[];
       let at = (f.host_offset as bigint) + shift;
       for (let i = 0; i < n; i++) {
-        compressed.push({ guestCluster: (f.guest_cluster as bigint) + BigInt(i), hostOffset: at, length: BigInt(lens[i]) });
+        compressed.push({
+          guestCluster: (f.guest_cluster as bigint) + BigInt(i),
+          hostOffset: at,
+          length: BigInt(lens[i]),
+        });
         at += BigInt(lens[i]);
       }
     }
   }
   const done = doneRecord(recs);
-  return { runs, compressed, dataEnd: (done.data_end as bigint) + shift, written: done.bytes_written as bigint };
+  return {
+    runs,
+    compressed,
+    dataEnd: (done.data_end as bigint) + shift,
+    written: done.bytes_written as bigint,
+  };
 }
 
 export interface Qcow2Target {
@@ -185,7 +207,15 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
   const n = guestCount(job.size, clusters);
   const mid = n === 2 ? middle(job.size, cs) : job.size;
   const report = progressOf(job, n);
-  const guest = (extra: bigint, from: bigint, to: bigint, start: bigint, cap: bigint, path: string, i: number) =>
+  const guest = (
+    extra: bigint,
+    from: bigint,
+    to: bigint,
+    start: bigint,
+    cap: bigint,
+    path: string,
+    i: number,
+  ) =>
     runGuest({
       op,
       opCode: ops.CONVERT,
@@ -235,10 +265,134 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
   }
   const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
   const t0 = performance.now();
-  const plan = qcow2OutputFinish(o, job.size, dataEnd, parts.flatMap((p) => p.runs), parts.flatMap((p) => p.compressed));
+  const plan = qcow2OutputFinish(
+    o,
+    job.size,
+    dataEnd,
+    parts.flatMap((p) => p.runs),
+    parts.flatMap((p) => p.compressed),
+  );
   if (!plan.ok) throw new PlanRefused(plan.error.message);
   const t1 = performance.now();
   await applyPlan(outPath, plan.value);
-  if (DEBUG) console.error(`instar: qcow2 metadata planned in ${(t1 - t0).toFixed(1)} ms, written in ${(performance.now() - t1).toFixed(1)} ms`);
+  if (DEBUG) {
+    console.error(
+      `instar: qcow2 metadata planned in ${(t1 - t0).toFixed(1)} ms, written in ${
+        (performance.now() - t1).toFixed(1)
+      } ms`,
+    );
+  }
   return parts.reduce((t, p) => t + p.written, 0n);
+}
+
+/**
+ * Block output (vpc, vhdx): the guest writes the data, in place after the
+ * metadata ("inplace", fixed subformats: one or two guests as for raw) or
+ * packed into slots ("slots", dynamic: one guest, or two each handing out
+ * slots in guest order in its own window), and the target driver's planner writes all metadata from
+ * what the guest reports. Returns the data bytes written.
+ */
+export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: string): Promise<bigint> {
+  let dataEnd: bigint, runs: BlockRun[] = [], written = 0n;
+  if (b.placement === "inplace") {
+    const n = guestCount(job.size, job.size / (1n << 20n));
+    const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
+    const report = progressOf(job, n);
+    const ranges = n === 2 ? [[0n, mid], [mid, job.size]] : [[0n, job.size]];
+    const results = await Promise.all(ranges.map(([from, to], i) =>
+      runGuest({
+        op: "convert",
+        opCode: ops.CONVERT,
+        inputs: inputs(job),
+        args: [0n, 0n, job.minSparse, b.dataStart, 0n, from, to],
+        ramBytes: RAM,
+        timeoutMs: TIMEOUT_MS,
+        output: { path: outPath, cap: b.cap },
+        onProgress: report(i),
+      })
+    ));
+    results.forEach((r, i) => debugRun(`convert in place part ${i}`, r));
+    for (const r of results) failOnError(r.records);
+    dataEnd = 0n;
+    for (const r of results) {
+      const d = doneRecord(r.records);
+      written += d.bytes_written as bigint;
+      if ((d.data_end as bigint) > dataEnd) dataEnd = d.data_end as bigint;
+    }
+  } else {
+    const bits = BigInt(b.blockSize.toString(2).length - 1);
+    if (1n << bits !== b.blockSize) throw new Error("block size is not a power of two");
+    const stride = b.blockSize + b.slotPrefix;
+    const blocksIn = (from: bigint, to: bigint) => (to - from + b.blockSize - 1n) / b.blockSize;
+    const n = guestCount(job.size, blocksIn(0n, job.size));
+    const mid = n === 2 ? middle(job.size, b.blockSize) : job.size;
+    const report = progressOf(job, n);
+    const guest = (from: bigint, to: bigint, start: bigint, cap: bigint, i: number) =>
+      runGuest({
+        op: "convert",
+        opCode: ops.CONVERT,
+        inputs: inputs(job),
+        args: [0n, BigInt(convertFlags.BLOCK), job.minSparse, start, bits, from, to, b.slotPrefix],
+        ramBytes: RAM,
+        timeoutMs: TIMEOUT_MS,
+        output: { path: outPath, cap },
+        onProgress: report(i),
+      });
+    const blockRuns = (recs: Rec[], shift: bigint) => {
+      const out: BlockRun[] = [];
+      for (const rec of recs) {
+        if (rec.type !== records.DATA_RUN) continue;
+        const f = rec.fields;
+        out.push({
+          block: f.guest_cluster as bigint,
+          count: f.count as bigint,
+          slot: (f.host_offset as bigint) + shift,
+        });
+      }
+      return out;
+    };
+    if (n === 1 || mid >= job.size) {
+      const r = await guest(0n, job.size, b.dataStart, b.cap, 0);
+      debugRun("convert blocks", r);
+      failOnError(r.records);
+      runs = blockRuns(r.records, 0n);
+      const d = doneRecord(r.records);
+      dataEnd = d.data_end as bigint;
+      written = d.bytes_written as bigint;
+    } else {
+      // Two guests into one file, as for qcow2: the second starts behind the
+      // first half's worst case (every block allocated), on a filesystem
+      // block; each is confined to its window by its output cap. The gap
+      // the first half leaves is collapsed where the filesystem can (else a
+      // hole). Slots stay aligned: VHDX blocks are whole MiB, so the gap is
+      // too; VHD slots only need whole sectors.
+      const fsAlign = 4096n;
+      const startB = alignUp(b.dataStart + blocksIn(0n, mid) * stride, fsAlign);
+      const capB = startB + blocksIn(mid, job.size) * stride;
+      const rs = await Promise.all([
+        guest(0n, mid, b.dataStart, b.dataStart + blocksIn(0n, mid) * stride, 0),
+        guest(mid, job.size, startB, capB, 1),
+      ]);
+      rs.forEach((r, i) => debugRun(`convert blocks part ${i}`, r));
+      for (const r of rs) failOnError(r.records);
+      const [dA, dB] = rs.map((r) => doneRecord(r.records));
+      const endA = dA.data_end as bigint, endB = dB.data_end as bigint;
+      written = (dA.bytes_written as bigint) + (dB.bytes_written as bigint);
+      runs = blockRuns(rs[0].records, 0n);
+      if (endB > startB) {
+        const gapStart = alignUp(endA, fsAlign);
+        const gap = startB - gapStart;
+        const collapsed = gap > 0n && await collapseRange(outPath, gapStart, gap);
+        const shift = collapsed ? -gap : 0n;
+        runs.push(...blockRuns(rs[1].records, shift));
+        dataEnd = endB + shift;
+      } else {
+        dataEnd = endA;
+      }
+    }
+  }
+  const plan = b.finish(dataEnd, runs);
+  if (!plan.ok) throw new PlanRefused(plan.error.message);
+  await applyPlan(outPath, plan.value);
+  return written;
 }

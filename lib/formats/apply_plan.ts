@@ -3,6 +3,7 @@
 // shared invariants first, so a faulty planner cannot write outside the
 // file it describes or overlap its own patches.
 import { type FilePlan, planViolation } from "./plan.ts";
+import { hostPath } from "../host/context.ts";
 
 const ZERO_CHUNK = 1 << 20;
 
@@ -21,7 +22,7 @@ async function writeAll(f: Deno.FsFile, offset: bigint, bytes: Uint8Array): Prom
 export async function applyPlan(path: string, plan: FilePlan): Promise<void> {
   const violation = planViolation(plan);
   if (violation !== undefined) throw new Error(`Refusing a faulty plan: ${violation}`);
-  const f = await Deno.open(path, { read: true, write: true, create: true });
+  const f = await Deno.open(hostPath(path), { read: true, write: true, create: true });
   try {
     let oldSize = BigInt((await f.stat()).size);
     // Shrink first, so bytes past the new end never need zeroing.

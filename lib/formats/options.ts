@@ -239,3 +239,10 @@ export function optionHelp(descs: OptDesc[]): string {
   lines.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
   return lines.map((l) => `${l}\n`).join("");
 }
+
+/** The file layer's `preallocation` as qemu checks it when a format creates its file (off, falloc, full). */
+export function fileLayerPreallocation(o: ParsedOpts): PlanResult<string> {
+  const v = optGet(o, "preallocation")?.str ?? "off";
+  if (!["off", "falloc", "full"].includes(v)) return fail("invalid_option", `invalid parameter value: ${v}`);
+  return ok(v);
+}

@@ -135,14 +135,44 @@ export interface FormatDriver {
   readonly measure?: (opts: ParsedOpts, input?: MeasureInput) => PlanResult<MeasureResult>;
   /** convert can write this format: the target's `-o` values checked and typed. */
   readonly convertTarget?: ConvertTarget;
+  /** resize can change this format's virtual size (else qemu's "does not support resize"). */
+  readonly resize?: ResizeSupport;
+}
+
+/** Guest blocks [block, block+count) were written to slots slot, slot+stride, ... (a DATA_RUN). */
+export interface BlockRun {
+  block: bigint;
+  count: bigint;
+  slot: bigint;
+}
+
+/**
+ * A target whose data the guest writes in fixed-size blocks (vpc, vhdx):
+ * "slots" packs the blocks that hold data from dataStart on in guest order,
+ * each in a slot of slotPrefix + blockSize bytes (the guest fills the
+ * prefix with 0xFF bytes); "inplace" writes guest byte x at dataStart + x.
+ * The driver's planner then writes all metadata from what the guest reports.
+ */
+export interface BlockOutput {
+  placement: "slots" | "inplace";
+  /** A power of two, 512 B .. 256 MiB. */
+  blockSize: bigint;
+  /** Bytes before each block's data in its slot (<= 4096). */
+  slotPrefix: bigint;
+  dataStart: bigint;
+  /** The guest's output cap: the fully allocated image's size (the measure calculator's bound). */
+  cap: bigint;
+  /** The metadata plan for data written up to dataEnd; `runs` come from the guest and are validated. */
+  finish(dataEnd: bigint, runs: BlockRun[]): PlanResult<FilePlan>;
 }
 
 /** What convert's guest pipeline needs to know about its target. */
 export interface OutputSpec {
   /** Which writer the pipeline runs (lib/convert/pipeline.ts). */
-  writer: "raw" | "qcow2";
+  writer: "raw" | "qcow2" | "blocks";
   preallocation: Prealloc;
   qcow2?: Qcow2OutputOptions;
+  blocks?: BlockOutput;
 }
 
 /** A target format's reading of convert's `-o`. Errors of kind "unsupported"
@@ -150,4 +180,52 @@ export interface OutputSpec {
  * reports them ("<file>: error while converting <fmt>: ..."). */
 export interface ConvertTarget {
   spec(opts: ParsedOpts): PlanResult<OutputSpec>;
+}
+
+/** What resize asks of a format driver, after the command's own checks
+ * (qemu-img's img_resize: size parsed, sign applied, shrink/preallocation
+ * rules, BDRV_MAX_LENGTH). */
+export interface ResizeJob {
+  /** The name qemu prints for the image. */
+  filename: string;
+  /** The image as opened (the driver's decoded model is on it). */
+  image: DecodedImage & { fileSize: bigint };
+  /** The new virtual size in bytes (> 0, <= BDRV_MAX_LENGTH). */
+  newSize: bigint;
+  shrink: boolean;
+  preallocation: Prealloc;
+}
+
+/** A guest resize_scan run's outcome, the input's identity already checked. */
+export interface ResizeScanResult {
+  records: Rec[];
+  /** The input's size as the guest saw it. */
+  fileSize: bigint;
+  guestStatus: bigint;
+}
+
+/**
+ * What the resize command supplies to a driver: the sandboxed scan, the
+ * plan applier and qemu's error shapes. lib/formats does no host I/O of its
+ * own; every write goes through applySteps, which re-checks the file's
+ * identity and each plan's invariants before the first byte.
+ */
+export interface ResizeHost {
+  /** Runs the resize_scan guest on the image as format `code` with args. */
+  scan(code: number, args: bigint[]): Promise<ResizeScanResult>;
+  /**
+   * Applies the steps in order, each followed by fdatasync. Zero patches
+   * inside the file: "discard" punches a hole (best effort, as qemu's
+   * discard), "write" writes zeroes (the bytes must read as zero).
+   */
+  applySteps(steps: FilePlan[], what: string, zeroInside: "discard" | "write"): Promise<void>;
+  /** An error printed as these lines (qemu's own words). */
+  fail(lines: string[]): Error;
+  /** "Could not resize 'FILE': why" (instar's refusals). */
+  refuse(why: string): Error;
+}
+
+/** A format's resize: its truncate, from the checks to the last write. */
+export interface ResizeSupport {
+  run(job: ResizeJob, host: ResizeHost): Promise<void>;
 }

@@ -4,6 +4,13 @@
 export interface Profile {
   major: number;
   minor: number;
+  /** The full version qemu-img printed ("7.2.22"), when detected. */
+  full?: string;
+}
+
+/** "X.Y.Z" of a profile, for `--version` ("10.0.0" for a bare X.Y). */
+export function fullVersion(p: Profile): string {
+  return p.full ?? `${p.major}.${p.minor}.0`;
 }
 
 export function atLeast(p: Profile, major: number, minor: number): boolean {
@@ -18,6 +25,6 @@ export const hasChildren = (p: Profile) => atLeast(p, 8, 0);
 export const hasMapCompressed = (p: Profile) => atLeast(p, 8, 2);
 
 export function parseProfile(text: string): Profile | null {
-  const m = /^(\d{1,3})\.(\d{1,3})(?:\.\d+)?$/.exec(text);
-  return m ? { major: Number(m[1]), minor: Number(m[2]) } : null;
+  const m = /^(\d{1,3})\.(\d{1,3})(\.\d+)?$/.exec(text);
+  return m ? { major: Number(m[1]), minor: Number(m[2]), ...(m[3] ? { full: text } : {}) } : null;
 }

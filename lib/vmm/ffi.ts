@@ -3,7 +3,7 @@
 // directory (mode 0700, under INSTAR_RUNTIME_DIR if set, else TMPDIR),
 // dlopen'd, and the directory removed at once. The library is cached for
 // the life of the process.
-import { vmmSo } from "../embedded/index.ts";
+import { loadVmmSo } from "../embedded/lazy.ts";
 
 const symbols = {
   vmm_create: { parameters: ["buffer"], result: "pointer" },
@@ -22,6 +22,19 @@ const symbols = {
   vmm_strerror: { parameters: ["i32"], result: "pointer" },
   vmm_collapse_range: { parameters: ["buffer", "u64", "u64"], result: "i32" },
   vmm_file_range: { parameters: ["buffer", "u32", "u64", "u64", "u64", "u64"], result: "i32" },
+  // Cancels a pending vmm_run from the JS thread (a client's SIGINT).
+  vmm_cancel: { parameters: ["pointer"], result: "void" },
+  // The socket side of `instar serve` (vmm/serve.c, docs/service.md). The calls
+  // that wait for a peer or a full pipe are nonblocking.
+  vmm_serve_listen: { parameters: ["buffer"], result: "i32" },
+  vmm_serve_accept: { parameters: ["i32", "buffer"], result: "i32", nonblocking: true },
+  vmm_serve_read: { parameters: ["i32", "buffer", "u32", "buffer"], result: "i32", nonblocking: true },
+  vmm_conn_wait: { parameters: ["i32"], result: "i32", nonblocking: true },
+  vmm_conn_reply: { parameters: ["i32", "i32", "buffer"], result: "i32" },
+  vmm_conn_end: { parameters: ["i32"], result: "i32" },
+  vmm_fd_write: { parameters: ["i32", "buffer", "u64"], result: "i32", nonblocking: true },
+  vmm_fd_close: { parameters: ["i32"], result: "i32" },
+  vmm_fd_is_listener: { parameters: ["i32"], result: "i32" },
 } as const;
 
 export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];
@@ -35,10 +48,17 @@ async function privateDir(): Promise<string> {
   return dir;
 }
 
-/** Loads the embedded VMM library once per process. */
-export async function vmmLib(): Promise<VmmLib> {
-  if (cached) return cached;
-  const so = Uint8Array.fromBase64(vmmSo);
+let loading: Promise<VmmLib> | undefined;
+
+/** Loads the embedded VMM library once per process (concurrent first callers share one load). */
+export function vmmLib(): Promise<VmmLib> {
+  if (cached) return Promise.resolve(cached);
+  loading ??= load().finally(() => loading = undefined);
+  return loading;
+}
+
+async function load(): Promise<VmmLib> {
+  const so = Uint8Array.fromBase64(await loadVmmSo());
   const dir = await privateDir();
   try {
     const path = `${dir}/libinstar_vmm.so`;

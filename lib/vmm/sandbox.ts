@@ -7,8 +7,9 @@
 import { decodeRecords, readStruct, RecordError, structSpec, writeStruct } from "../abi/records.ts";
 import type { Rec } from "../abi/records.ts";
 import { ABI_VERSION, attachFlags, limits, PARAMS_MAGIC, runStatus, vmmFlags } from "../abi/spec.ts";
-import { guests } from "../embedded/index.ts";
+import { loadGuest } from "../embedded/lazy.ts";
 import { cString, strerror, vmmLib } from "./ffi.ts";
+import { Cancelled, cancelSignal, guestCaps, hostPath } from "../host/context.ts";
 
 export interface GuestInput {
   path: string;
@@ -66,10 +67,10 @@ const PROGRESS_POLL_MS = 100;
 
 const binaries = new Map<string, Uint8Array>();
 
-function guestBinary(op: string): Uint8Array {
+async function guestBinary(op: string): Promise<Uint8Array> {
   let bin = binaries.get(op);
   if (!bin) {
-    const b64 = Object.hasOwn(guests, op) ? guests[op] : undefined;
+    const b64 = await loadGuest(op);
     if (b64 === undefined) throw new Error(`No embedded guest named ${op}`);
     bin = Uint8Array.fromBase64(b64);
     binaries.set(op, bin);
@@ -120,13 +121,39 @@ function checkRequest(req: RunRequest, ram: number, timeoutMs: number, resultCap
   }
 }
 
-/** Runs one guest operation; see the module comment. */
+/** A guest that would not fit in the caller's limits (the service's clients). */
+export class GuestLimitError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "GuestLimitError";
+  }
+}
+
+const MiB = 1024 * 1024;
+
+/** Runs one guest operation; see the module comment. Paths resolve against the
+ * request's working directory; the caller's limits cap RAM and watchdog. */
 export async function runGuest(req: RunRequest): Promise<RunResult> {
   const ram = req.ramBytes ?? limits.RAM_DEFAULT;
-  const timeoutMs = req.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const caps = guestCaps();
+  let timeoutMs = req.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  if (caps.timeoutMs !== undefined) timeoutMs = Math.max(1, Math.min(timeoutMs, caps.timeoutMs));
+  if (caps.deadline !== undefined) {
+    const left = Math.floor(caps.deadline - performance.now());
+    if (left <= 0) throw new GuestLimitError(`the caller's ${caps.cpuSource ?? "time limit"} is used up`);
+    timeoutMs = Math.min(timeoutMs, left);
+  }
   const resultCap = req.resultCap ?? DEFAULT_RESULT_CAP;
   checkRequest(req, ram, timeoutMs, resultCap);
-  const binary = req.binary ?? guestBinary(req.op);
+  if (caps.ramBytes !== undefined && ram > caps.ramBytes) {
+    throw new GuestLimitError(
+      `the ${req.op} guest needs ${Math.ceil(ram / MiB)} MiB of memory, more than the caller's ` +
+        `${caps.ramSource ?? "limit"} allows`,
+    );
+  }
+  const signal = cancelSignal();
+  if (signal?.aborted) throw new Cancelled();
+  const binary = req.binary ?? await guestBinary(req.op);
   const lib = await vmmLib();
 
   const cfg = writeStruct(structSpec("vmm_config"), {
@@ -154,13 +181,22 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
     const infoSpec = structSpec("vmm_input_info");
     for (const input of req.inputs) {
       const info = new Uint8Array(infoSpec.size);
-      rc = lib.vmm_attach_input(vm, cString(input.path), input.nofollow ? attachFlags.NOFOLLOW : 0, info);
+      rc = lib.vmm_attach_input(
+        vm,
+        cString(hostPath(input.path)),
+        input.nofollow ? attachFlags.NOFOLLOW : 0,
+        info,
+      );
       if (rc !== 0) throw Object.assign(new Error(strerror(lib, -rc)), { errno: -rc, path: input.path });
       const f = readStruct(new DataView(info.buffer), 0, infoSpec);
       inputs.push({ size: f.size as bigint, dev: f.dev as bigint, ino: f.ino as bigint });
     }
     if (req.output) {
-      rc = lib.vmm_attach_output(vm, cString(req.output.path), attachFlags.WRITABLE | attachFlags.CREATE);
+      rc = lib.vmm_attach_output(
+        vm,
+        cString(hostPath(req.output.path)),
+        attachFlags.WRITABLE | attachFlags.CREATE,
+      );
       if (rc !== 0) throw Object.assign(new Error(strerror(lib, -rc)), { errno: -rc, path: req.output.path });
     }
 
@@ -175,7 +211,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       ram_size: BigInt(ram),
       input_size: sizes,
       // Allocated bytes (st_blocks * 512): qcow2 map's metadata-preallocation test uses it like qemu.
-      input_alloc: req.inputs.map((i) => BigInt((Deno.statSync(i.path).blocks ?? 0) * 512)),
+      input_alloc: req.inputs.map((i) => BigInt((Deno.statSync(hostPath(i.path)).blocks ?? 0) * 512)),
       input_format: formats,
       output_cap: req.output?.cap ?? 0n,
       arg: req.args ?? [],
@@ -201,7 +237,14 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
 
     const repSpec = structSpec("vmm_report");
     const repBuf = new Uint8Array(repSpec.size);
-    rc = await lib.vmm_run(vm, repBuf);
+    const cancel = () => lib.vmm_cancel(vm);
+    signal?.addEventListener("abort", cancel);
+    try {
+      rc = await lib.vmm_run(vm, repBuf);
+    } finally {
+      signal?.removeEventListener("abort", cancel);
+    }
+    if (signal?.aborted) throw new Cancelled();
     if (poll !== undefined) {
       clearInterval(poll);
       poll = undefined;
@@ -272,7 +315,7 @@ function copyOut(ptr: Deno.PointerValue, len: BigUint64Array, cap: number): Uint
  */
 export async function collapseRange(path: string, off: bigint, len: bigint): Promise<boolean> {
   const lib = await vmmLib();
-  return lib.vmm_collapse_range(cString(path), off, len) === 0;
+  return lib.vmm_collapse_range(cString(hostPath(path)), off, len) === 0;
 }
 
 /**
@@ -291,6 +334,6 @@ export async function fileRange(
 ): Promise<string | undefined> {
   const lib = await vmmLib();
   // vmm/file_ops.c: VMM_RANGE_ALLOCATE = 0, VMM_RANGE_PUNCH = 1.
-  const rc = lib.vmm_file_range(cString(path), op === "allocate" ? 0 : 1, off, len, dev, ino);
+  const rc = lib.vmm_file_range(cString(hostPath(path)), op === "allocate" ? 0 : 1, off, len, dev, ino);
   return rc === 0 ? undefined : strerror(lib, -rc);
 }

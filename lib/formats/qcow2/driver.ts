@@ -11,6 +11,7 @@ import { qcow2Model } from "./model.ts";
 import { QCOW2_CREATE_OPTS, QCOW2_OWN, qcow2CreateOptions } from "./options.ts";
 import { qcow2CreatePlan } from "./create_plan.ts";
 import { qcow2Measure } from "./measure.ts";
+import { qcow2Resize } from "./resize.ts";
 
 async function createQcow2(_filename: string, opts: ParsedOpts, host: CreateHost): Promise<void> {
   await host.createFile();
@@ -82,4 +83,5 @@ export const qcow2Driver: FormatDriver = {
       });
     },
   },
+  resize: qcow2Resize,
 };

@@ -11,6 +11,7 @@ import { rawModel, rawVirtualSize } from "./model.ts";
 import { RAW_CREATE_OPTS } from "./options.ts";
 import { rawCreatePlan } from "./create_plan.ts";
 import { rawMeasure } from "./measure.ts";
+import { rawResize } from "./resize.ts";
 
 async function createRaw(_filename: string, opts: ParsedOpts, host: CreateHost): Promise<void> {
   const size = optGet(opts, "size")!.num!;
@@ -44,4 +45,5 @@ export const rawDriver: FormatDriver = {
       return ok({ writer: "raw", preallocation: prealloc as Prealloc });
     },
   },
+  resize: rawResize,
 };

@@ -12,6 +12,9 @@ import { estimateMeasure } from "../estimate.ts";
 import { VHDX_CREATE_OPTS, VHDX_OWN, vhdxCreateOptions, vhdxEntropy } from "./options.ts";
 import { planVhdxCreate } from "./create_plan.ts";
 import { vhdxMeasure } from "./measure.ts";
+import { vhdxOutput } from "./output_plan.ts";
+import { fileLayerPreallocation } from "../options.ts";
+import { vhdxResize } from "./resize.ts";
 
 export const vhdxDriver: FormatDriver = {
   name: "vhdx",
@@ -46,4 +49,16 @@ export const vhdxDriver: FormatDriver = {
     },
   },
   measure: estimateMeasure((opts, alloc) => vhdxMeasure(vhdxCreateOptions(opts), alloc)),
+  convertTarget: {
+    spec(opts) {
+      // qemu creates the file (protocol layer, size 0) before the format's
+      // checks: its preallocation is checked first and then has no effect.
+      const prealloc = fileLayerPreallocation(opts);
+      if (!prealloc.ok) return prealloc;
+      const blocks = vhdxOutput(vhdxCreateOptions(opts), vhdxEntropy());
+      if (!blocks.ok) return blocks;
+      return { ok: true, value: { writer: "blocks", preallocation: "off", blocks: blocks.value } };
+    },
+  },
+  resize: vhdxResize,
 };

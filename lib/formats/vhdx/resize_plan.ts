@@ -33,6 +33,10 @@ export interface VhdxResizeSummary {
   /** The header's log GUID is zero: no log entries to replay first. */
   logGuidZero: boolean;
   fileSize: bigint;
+  /** 1 + the highest payload block with data (BAT state FULLY_ or
+   * PARTIALLY_PRESENT; 0: none). Known only from a scan of the BAT; when absent, only shrinks
+   * inside the last block are planned. */
+  allocatedBlocks?: bigint;
 }
 
 function log2(n: bigint): bigint {
@@ -75,10 +79,17 @@ export function planVhdxResize(s: VhdxResizeSummary, req: ResizeRequest): PlanRe
   if (size < s.virtualSize && !req.shrink) {
     return fail("invalid_size", "Use the --shrink option to perform a shrink operation.");
   }
-  // Shrinking would strand allocated payload blocks this summary cannot
-  // see; only shrinks inside the last block are planned.
-  if (size < s.virtualSize && (size + bs - 1n) / bs !== (s.virtualSize + bs - 1n) / bs) {
-    return fail("unsupported", "Shrinking a VHDX image across blocks is not supported");
+  // Shrinking must not strand allocated payload blocks: without a BAT
+  // scan only shrinks inside the last block are planned, with one only
+  // shrinks that cut blocks holding nothing.
+  const newBlocks = (size + bs - 1n) / bs;
+  if (size < s.virtualSize && newBlocks !== (s.virtualSize + bs - 1n) / bs) {
+    if (s.allocatedBlocks === undefined) {
+      return fail("unsupported", "Shrinking a VHDX image across blocks is not supported");
+    }
+    if (s.allocatedBlocks > newBlocks) {
+      return fail("unsupported", "Shrinking a VHDX image over allocated blocks is not supported");
+    }
   }
   const fileSize = s.fileSize;
   // The header section (1 MiB) must be there for the header writes.
@@ -107,10 +118,17 @@ export function planVhdxResize(s: VhdxResizeSummary, req: ResizeRequest): PlanRe
   };
   const active = s.activeHeader === 1 ? 64n * 1024n : 128n * 1024n;
   const inactive = s.activeHeader === 1 ? 128n * 1024n : 64n * 1024n;
-  const patches: Patch[] = [
+  const patches: Patch[] = [];
+  // Growing: the entries the new size adds are made NOT_PRESENT (zero)
+  // explicitly, whatever another writer left in the region past the old ones.
+  const oldEntries = batEntriesFor(s.virtualSize, bs), newEntries = batEntriesFor(size, bs);
+  if (newEntries > oldEntries) {
+    patches.push({ kind: "zero", offset: s.batOffset + oldEntries * 8n, length: (newEntries - oldEntries) * 8n });
+  }
+  patches.push(
     { kind: "write", offset: inactive, bytes: header(s.sequenceNumber + 1n) },
     { kind: "write", offset: active, bytes: header(s.sequenceNumber + 2n) },
     { kind: "write", offset: item, bytes: sizeItem },
-  ];
+  );
   return ok({ patches, fileSize });
 }

@@ -12,6 +12,9 @@ import { estimateMeasure } from "../estimate.ts";
 import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "./options.ts";
 import { planVpcCreate } from "./create_plan.ts";
 import { vpcMeasure } from "./measure.ts";
+import { vpcOutput } from "./output_plan.ts";
+import { fileLayerPreallocation } from "../options.ts";
+import { vpcResize } from "./resize.ts";
 
 export const vpcDriver: FormatDriver = {
   name: "vpc",
@@ -44,4 +47,16 @@ export const vpcDriver: FormatDriver = {
     },
   },
   measure: estimateMeasure((opts, alloc) => vpcMeasure(vpcCreateOptions(opts), alloc)),
+  convertTarget: {
+    spec(opts) {
+      // qemu creates the file (protocol layer, size 0) before the format's
+      // checks: its preallocation is checked first and then has no effect.
+      const prealloc = fileLayerPreallocation(opts);
+      if (!prealloc.ok) return prealloc;
+      const blocks = vpcOutput(vpcCreateOptions(opts), vpcEntropy());
+      if (!blocks.ok) return blocks;
+      return { ok: true, value: { writer: "blocks", preallocation: "off", blocks: blocks.value } };
+    },
+  },
+  resize: vpcResize,
 };

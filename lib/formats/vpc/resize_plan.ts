@@ -29,6 +29,11 @@ export interface VpcResizeSummary {
   footer: Uint8Array;
   /** Dynamic: the 1024-byte dynamic disk header, as read. */
   dynHeader: Uint8Array;
+  /** Dynamic: the header's block size (qemu's 2 MiB when absent). */
+  blockSize?: bigint;
+  /** Dynamic: 1 + the highest allocated BAT index (0: none). Known only
+   * from a scan of the BAT; when absent, dynamic images are not shrunk. */
+  allocatedBlocks?: bigint;
 }
 
 export function planVpcResize(s: VpcResizeSummary, req: ResizeRequest): PlanResult<FilePlan> {
@@ -67,8 +72,19 @@ export function planVpcResize(s: VpcResizeSummary, req: ResizeRequest): PlanResu
   }
 
   if (s.dynHeader.length !== 1024) return fail("invalid_option", "VHD dynamic header must be 1024 bytes");
-  if (size < s.currentSize) return fail("unsupported", "Shrinking a dynamic VHD is not supported");
-  const entries = (size + VPC_BLOCK_SIZE - 1n) / VPC_BLOCK_SIZE;
+  const bs = s.blockSize ?? VPC_BLOCK_SIZE;
+  if (bs < 512n || bs > 1n << 31n || (bs & (bs - 1n)) !== 0n) {
+    return fail("invalid_option", "VHD block size out of range");
+  }
+  const entries = (size + bs - 1n) / bs;
+  // A shrink may only cut blocks that hold nothing: the BAT keeps its
+  // length, the entries past the new end stay unallocated.
+  if (size < s.currentSize) {
+    if (s.allocatedBlocks === undefined) return fail("unsupported", "Shrinking a dynamic VHD is not supported");
+    if (s.allocatedBlocks > entries) {
+      return fail("unsupported", "Shrinking a dynamic VHD over allocated blocks is not supported");
+    }
+  }
   const batSectorsEntries = ((s.maxTableEntries * 4n + 511n) / 512n) * 128n;
   if (entries > batSectorsEntries) return fail("unsupported", "The VHD BAT has no room for the new size");
   // The BAT must lie between the dynamic header and the trailing footer.
