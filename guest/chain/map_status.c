@@ -58,7 +58,7 @@ static int layer_status(struct chain *c, uint32_t i, uint64_t pos, uint64_t byte
 {
     struct layer *l = &c->layers[i].l;
     if (bytes > l->length - pos) bytes = l->length - pos;
-    if (l->qemu_all_data) {
+    if (l->qemu_all_data && !c->precise) {
         /* io.c without bdrv_co_block_status: data, no offset. */
         *len = bytes;
         *map = 0;

@@ -48,6 +48,8 @@
 
 #define INFO_F_CHECK_MODE 1
 
+#define MAPOP_F_PRECISE 1
+
 #define FMT_AUTO 0
 #define FMT_RAW 1
 #define FMT_QCOW2 2

@@ -36,6 +36,7 @@ int op_main(void)
 {
     const struct params *p = rt_params();
     if (chain_open_range(&chain, 0, p->n_inputs, 0, CHAIN_F_MAP)) return -1;
+    chain.precise = (p->flags & MAPOP_F_PRECISE) != 0; /* measure's estimates of instar's convert */
     uint64_t length = chain.size;
     uint64_t start = p->arg[0], max = p->arg[1];
     uint64_t end;

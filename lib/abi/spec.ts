@@ -126,6 +126,11 @@ export const ops = { INFO: 1, CHECK: 2, MAP: 3, CONVERT: 5, COMPARE: 6, RESIZE_S
  * missing refcount table) do not fail the open. */
 export const infoFlags = { CHECK_MODE: 1 } as const;
 
+/** params.flags for ops.MAP. PRECISE: report the layers' precise runs even
+ * where qemu's driver reports all data (vhdx): the allocation instar's own
+ * convert sees, for measure's vpc/vhdx/vmdk estimates of that convert. */
+export const mapOpFlags = { PRECISE: 1 } as const;
+
 /** Formats the host asks for or the guest detects. */
 export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4 } as const;
 
@@ -816,6 +821,7 @@ export const enums: Record<string, Record<string, number>> = {
   CONV_: convertFlags,
   CMP_: compareResults,
   INFO_F_: infoFlags,
+  MAPOP_F_: mapOpFlags,
   FMT_: formats,
   RUN_: runStatus,
   REC_: records,

@@ -3,7 +3,7 @@
 // (lib/formats/*/measure.ts). With INPUT the image is opened through the
 // sandbox and the map guest reports its allocation (bdrv_block_status_above
 // semantics); those extents are folded into qcow2_measure's summary here.
-import { mapFlags, ops, records } from "../abi/spec.ts";
+import { mapFlags, mapOpFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
 import {
@@ -29,7 +29,7 @@ const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OF
   mapFlags.COMPRESSED;
 
 /** The input's allocation from the map guest, checked to tile [0, virtual size). */
-async function allocationOf(chain: OpenedImage[]): Promise<AllocationExtent[]> {
+async function allocationOf(chain: OpenedImage[], precise: boolean): Promise<AllocationExtent[]> {
   const size = chain[0].virtualSize;
   if (size === 0n) return [];
   let result;
@@ -43,6 +43,7 @@ async function allocationOf(chain: OpenedImage[]): Promise<AllocationExtent[]> {
         nofollow: img !== chain[0],
       })),
       args: [0n, (1n << 64n) - 1n],
+      flags: precise ? mapOpFlags.PRECISE : 0,
     });
   } catch (e) {
     throw new CliError([
@@ -243,7 +244,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
     // The allocation scan is needed for every target but raw.
     input = {
       virtualSize: top.virtualSize,
-      extents: outFmt !== "raw" ? await allocationOf(chain) : [],
+      extents: outFmt !== "raw" ? await allocationOf(chain, driver.measureEstimate === true) : [],
       // qcow2_supports_persistent_dirty_bitmap: only v3 images keep bitmaps.
       supportsBitmaps: top.qcow2?.version === 3,
     };

@@ -133,6 +133,9 @@ export interface FormatDriver {
   readonly create?: CreateSupport;
   /** measure -O this format: qemu's numbers (raw, qcow2) or instar's estimate (the others). */
   readonly measure?: (opts: ParsedOpts, input?: MeasureInput) => PlanResult<MeasureResult>;
+  /** measure is instar's estimate of its own convert: it takes the input's allocation as that
+   * convert sees it (precise runs), not qemu's view (a VHDX is all data to qemu). */
+  readonly measureEstimate?: boolean;
   /** convert can write this format: the target's `-o` values checked and typed. */
   readonly convertTarget?: ConvertTarget;
   /** resize can change this format's virtual size (else qemu's "does not support resize"). */

@@ -48,6 +48,7 @@ export const vhdxDriver: FormatDriver = {
       await host.applyPlan(plan.value);
     },
   },
+  measureEstimate: true,
   measure: estimateMeasure((opts, alloc) => vhdxMeasure(vhdxCreateOptions(opts), alloc)),
   convertTarget: {
     spec(opts) {

@@ -20,5 +20,6 @@ export const vmdkDriver: FormatDriver = {
       await host.applyPlan(plan.value);
     },
   },
+  measureEstimate: true,
   measure: estimateMeasure((opts, alloc) => vmdkMeasure(vmdkCreateOptions(opts, "measure.vmdk"), alloc)),
 };

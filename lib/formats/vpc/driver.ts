@@ -46,6 +46,7 @@ export const vpcDriver: FormatDriver = {
       await host.applyPlan(plan.value);
     },
   },
+  measureEstimate: true,
   measure: estimateMeasure((opts, alloc) => vpcMeasure(vpcCreateOptions(opts), alloc)),
   convertTarget: {
     spec(opts) {
