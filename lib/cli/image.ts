@@ -4,9 +4,8 @@
 // Also walks backing chains under lib/chain/policy.ts.
 import { formats, infoFlags, nameKinds, ops, records, signatures } from "../abi/spec.ts";
 import { nameBytes, type Rec } from "../abi/records.ts";
-import { GuestResultError, type Qcow2Model } from "../formats/qcow2/model.ts";
-import type { RawModel } from "../formats/raw/model.ts";
-import type { ImageInfoModel } from "../formats/image_info_model.ts";
+import { GuestResultError } from "../formats/qcow2/model.ts";
+import type { DecodedImage } from "../formats/types.ts";
 import { driverFor, driverForCode, type FormatDriver, isQemuDriver } from "../formats/mod.ts";
 import { checkBacking, type ChainPolicy, fileKey, fullBackingFilename, PolicyError } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
@@ -32,7 +31,8 @@ export class OpenError extends Error {
   }
 }
 
-export interface OpenedImage {
+/** An opened image: what its driver decoded (lib/formats/types.ts) plus the host's facts. */
+export interface OpenedImage extends DecodedImage {
   /** Name qemu prints for this image. */
   filename: string;
   /** Path handed to the sandbox. */
@@ -44,18 +44,6 @@ export interface OpenedImage {
   fileSize: bigint;
   /** st_blocks * 512 (qemu's bdrv_get_allocated_file_size for files). */
   actualSize: bigint;
-  virtualSize: bigint;
-  /** qemu's bdrv_getlength: what a reader of the image sees. */
-  length: bigint;
-  clusterSize?: bigint;
-  dirty: boolean;
-  backingFile?: Uint8Array;
-  backingFormat?: string;
-  /** The image names a file outside its backing chain (qcow2 external data file). */
-  namesDataFile: boolean;
-  qcow2?: Qcow2Model;
-  raw?: RawModel;
-  image?: ImageInfoModel;
   dev: bigint;
   ino: bigint;
 }

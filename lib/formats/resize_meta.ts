@@ -6,6 +6,8 @@
 import { records, resizeBlobs } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
 import { GuestResultError } from "./qcow2/model.ts";
+import type { FilePlan, PlanResult } from "./plan.ts";
+import type { ResizeHost, ResizeJob, ResizeRequest, ResizeScanResult } from "./types.ts";
 
 /** The expected length of each blob kind. */
 const BLOB_SIZE: Record<number, number> = {
@@ -75,4 +77,44 @@ export function decodeResizeMeta(recs: Rec[], format: number): ResizeMeta {
     allocEnd: m.alloc_end as bigint,
     blobs,
   };
+}
+
+const SHRINK_HINT = "Use the --shrink option to perform a shrink operation.";
+
+/**
+ * The common tail of vpc's and vhdx's resize after the scan ran without an
+ * ERROR record: the scan's records into the planner's summary (`summarize`
+ * returns a refusal text for what it will not resize), then the pure plan,
+ * with qemu's --shrink hint and warning for a shrink without --shrink.
+ * Throws the host's errors; nothing has been written when it throws.
+ */
+export function planFromScan<S>(
+  result: ResizeScanResult,
+  host: ResizeHost,
+  job: ResizeJob,
+  format: number,
+  summarize: (m: ResizeMeta, fileSize: bigint) => S | string,
+  plan: (s: S, req: ResizeRequest) => PlanResult<FilePlan>,
+): { summary: S; plan: FilePlan } {
+  if (result.guestStatus !== 0n) throw host.refuse("sandbox failure: guest reported an error without a reason");
+  let s: S | string;
+  try {
+    s = summarize(decodeResizeMeta(result.records, format), result.fileSize);
+  } catch (e) {
+    if (e instanceof GuestResultError) throw host.refuse(`sandbox failure: ${e.message}`);
+    throw e;
+  }
+  if (typeof s === "string") throw host.refuse(s);
+  const p = plan(s, { newSize: job.newSize, shrink: job.shrink, beyondQemu: true });
+  if (!p.ok) {
+    if (p.error.message === SHRINK_HINT) {
+      throw host.fail([
+        SHRINK_HINT,
+        "warning: Shrinking an image will delete all data beyond the shrunken image's end. " +
+        "Before performing such an operation, make sure there is no important data there.",
+      ]);
+    }
+    throw host.refuse(p.error.message);
+  }
+  return { summary: s, plan: p.value };
 }

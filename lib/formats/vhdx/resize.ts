@@ -8,13 +8,10 @@
 // active one, then the virtual disk size item.
 import { formats, guestErrors, records, resizeBlobs, resizeMetaFlags } from "../../abi/spec.ts";
 import type { ResizeHost, ResizeJob, ResizeSupport } from "../types.ts";
-import { decodeResizeMeta, type ResizeMeta } from "../resize_meta.ts";
-import { GuestResultError } from "../qcow2/model.ts";
+import { planFromScan, type ResizeMeta } from "../resize_meta.ts";
 import { vhdxErrorText } from "./errors.ts";
 import { planVhdxResize, type VhdxResizeSummary } from "./resize_plan.ts";
 import { vhdxErrors } from "./errors.ts";
-
-const SHRINK_HINT = "Use the --shrink option to perform a shrink operation.";
 
 /** The scan's records as the planner's input (values bounded by the planner too). */
 export function vhdxResizeSummary(m: ResizeMeta, fileSize: bigint): VhdxResizeSummary | string {
@@ -57,28 +54,9 @@ export const vhdxResize: ResizeSupport = {
       }
       throw host.refuse("metadata check failed");
     }
-    if (result.guestStatus !== 0n) throw host.refuse("sandbox failure: guest reported an error without a reason");
-    let s: VhdxResizeSummary | string;
-    try {
-      s = vhdxResizeSummary(decodeResizeMeta(result.records, formats.VHDX), result.fileSize);
-    } catch (e) {
-      if (e instanceof GuestResultError) throw host.refuse(`sandbox failure: ${e.message}`);
-      throw e;
-    }
-    if (typeof s === "string") throw host.refuse(s);
-    const plan = planVhdxResize(s, { newSize: job.newSize, shrink: job.shrink, beyondQemu: true });
-    if (!plan.ok) {
-      if (plan.error.message === SHRINK_HINT) {
-        throw host.fail([
-          SHRINK_HINT,
-          "warning: Shrinking an image will delete all data beyond the shrunken image's end. " +
-          "Before performing such an operation, make sure there is no important data there.",
-        ]);
-      }
-      throw host.refuse(plan.error.message);
-    }
+    const { plan } = planFromScan(result, host, job, formats.VHDX, vhdxResizeSummary, planVhdxResize);
     // One step per patch: each is synced before the next starts.
-    const steps = plan.value.patches.map((p) => ({ patches: [p], fileSize: plan.value.fileSize }));
+    const steps = plan.patches.map((p) => ({ patches: [p], fileSize: plan.fileSize }));
     await host.applySteps(steps, "Could not resize image", "write");
   },
 };

@@ -6,12 +6,9 @@
 import { formats, guestErrors, records, resizeBlobs, resizeMetaFlags } from "../../abi/spec.ts";
 import type { FilePlan } from "../plan.ts";
 import type { ResizeHost, ResizeJob, ResizeSupport } from "../types.ts";
-import { decodeResizeMeta, type ResizeMeta } from "../resize_meta.ts";
-import { GuestResultError } from "../qcow2/model.ts";
+import { planFromScan, type ResizeMeta } from "../resize_meta.ts";
 import { vpcErrorText } from "./errors.ts";
 import { planVpcResize, type VpcResizeSummary } from "./resize_plan.ts";
-
-const SHRINK_HINT = "Use the --shrink option to perform a shrink operation.";
 
 /** The scan's records as the planner's input (values bounded by the planner too). */
 export function vpcResizeSummary(m: ResizeMeta, fileSize: bigint): VpcResizeSummary | string {
@@ -72,26 +69,7 @@ export const vpcResize: ResizeSupport = {
       if (text !== undefined) throw host.fail([`Could not open '${job.filename}': ${text}`]);
       throw host.refuse("metadata check failed");
     }
-    if (result.guestStatus !== 0n) throw host.refuse("sandbox failure: guest reported an error without a reason");
-    let s: VpcResizeSummary | string;
-    try {
-      s = vpcResizeSummary(decodeResizeMeta(result.records, formats.VPC), result.fileSize);
-    } catch (e) {
-      if (e instanceof GuestResultError) throw host.refuse(`sandbox failure: ${e.message}`);
-      throw e;
-    }
-    if (typeof s === "string") throw host.refuse(s);
-    const plan = planVpcResize(s, { newSize: job.newSize, shrink: job.shrink, beyondQemu: true });
-    if (!plan.ok) {
-      if (plan.error.message === SHRINK_HINT) {
-        throw host.fail([
-          SHRINK_HINT,
-          "warning: Shrinking an image will delete all data beyond the shrunken image's end. " +
-          "Before performing such an operation, make sure there is no important data there.",
-        ]);
-      }
-      throw host.refuse(plan.error.message);
-    }
-    await host.applySteps(vpcSteps(plan.value, s), "Could not resize image", "write");
+    const { summary: s, plan } = planFromScan(result, host, job, formats.VPC, vpcResizeSummary, planVpcResize);
+    await host.applySteps(vpcSteps(plan, s), "Could not resize image", "write");
   },
 };
