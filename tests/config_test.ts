@@ -7,17 +7,8 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert/strict";
 import { checkBacking, makePolicy, PolicyError } from "../lib/chain/policy.ts";
 import { withHostContext } from "../lib/host/context.ts";
-import { built, haveQemuImg, instar, REPO, sh } from "./cli_helpers.ts";
+import { built, CLI_ENTRY, haveQemuImg, instar, REPO, sh } from "./cli_helpers.ts";
 
-/** A working KVM (the node can exist without the module behind it). */
-const kvm = (() => {
-  try {
-    Deno.openSync("/dev/kvm", { read: true, write: true }).close();
-    return true;
-  } catch {
-    return false;
-  }
-})();
 
 /** A tree with a nova instance disk, its _base, a Proxmox clone and a victim outside. */
 async function tree(): Promise<string> {
@@ -173,7 +164,7 @@ Deno.test("config: `instar config` prints the merged policy", async () => {
 
 Deno.test({
   name: "config: a qemu-img-made nova chain opens through INSTAR_BACKING_DIRS",
-  ignore: !built() || !haveQemuImg() || !kvm,
+  ignore: !built() || !haveQemuImg(),
 }, async () => {
   const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "instar-cfg-" }));
   try {
@@ -197,7 +188,7 @@ Deno.test({
     assert(refused.code !== 0, refused.stdout);
     const env = { INSTAR_BACKING_DIRS: `${root}/instances/_base` };
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", `${REPO}/main.ts`, "info", "--backing-chain", "instances/uuid1/disk"],
+      args: ["run", "-A", CLI_ENTRY, "info", "--backing-chain", "instances/uuid1/disk"],
       cwd: root,
       env,
       stdout: "piped",

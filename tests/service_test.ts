@@ -6,7 +6,7 @@
 // leaves no target; a service that dies mid-request gives a clear error.
 // Every test starts its own service on a temporary socket and stops it.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { built, DENO, exec, haveQemuImg, instar, type Outcome, REPO, sh } from "./cli_helpers.ts";
+import { built, CLI_ENTRY, DENO, exec, haveQemuImg, instar, type Outcome, REPO, sh } from "./cli_helpers.ts";
 
 const ready = built() && haveQemuImg();
 /** A working KVM (the node can exist without the module behind it). */
@@ -37,7 +37,7 @@ interface Service {
 /** Starts `instar serve` on `socket` (cwd "/", so relative paths must come from the client). */
 async function startService(socket: string): Promise<Service> {
   const child = new Deno.Command(DENO, {
-    args: ["run", "-A", `${REPO}/main.ts`, "serve", "--socket", socket],
+    args: ["run", "-A", CLI_ENTRY, "serve", "--socket", socket],
     cwd: "/",
     stdin: "null",
     stdout: "null",
@@ -331,7 +331,7 @@ async function exists(p: string): Promise<boolean> {
 }
 
 Deno.test(
-  { name: "service: SIGINT to the client mid-convert leaves no target file", ignore: !ready || !kvm },
+  { name: "service: SIGINT to the client mid-convert leaves no target file", ignore: !ready },
   async () => {
     const root = await tempDir();
     const svc = await startService(`${root}/s.sock`);
@@ -481,7 +481,7 @@ Deno.test({
       fn: async () => {
         const socket = `${root}/act.sock`;
         const act = new Deno.Command("systemd-socket-activate", {
-          args: ["-l", socket, DENO, "run", "-A", `${REPO}/main.ts`, "serve"],
+          args: ["-l", socket, DENO, "run", "-A", CLI_ENTRY, "serve"],
           cwd: "/",
           stdin: "null",
           stdout: "null",
@@ -535,7 +535,7 @@ Deno.test({
       try {
         assertEquals(await client(bin, second.socket, args, root), want);
         const third = await new Deno.Command(DENO, {
-          args: ["run", "-A", `${REPO}/main.ts`, "serve", "--socket", second.socket],
+          args: ["run", "-A", CLI_ENTRY, "serve", "--socket", second.socket],
           stdout: "null",
           stderr: "piped",
         }).output();

@@ -131,9 +131,10 @@ export class GuestLimitError extends Error {
 
 const MiB = 1024 * 1024;
 
-/** Runs one guest operation; see the module comment. Paths resolve against the
- * request's working directory; the caller's limits cap RAM and watchdog. */
-export async function runGuest(req: RunRequest): Promise<RunResult> {
+/** The RAM and watchdog a request gets under the caller's limits (the
+ * service's clients): GuestLimitError when it cannot fit, Cancelled when the
+ * request was cancelled. Shared with the tests' hosted stand-in. */
+export function requestLimits(req: RunRequest): { ram: number; timeoutMs: number; resultCap: number } {
   const ram = req.ramBytes ?? limits.RAM_DEFAULT;
   const caps = guestCaps();
   let timeoutMs = req.timeoutMs ?? DEFAULT_TIMEOUT_MS;
@@ -153,6 +154,14 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
   }
   const signal = cancelSignal();
   if (signal?.aborted) throw new Cancelled();
+  return { ram, timeoutMs, resultCap };
+}
+
+/** Runs one guest operation; see the module comment. Paths resolve against the
+ * request's working directory; the caller's limits cap RAM and watchdog. */
+export async function runGuest(req: RunRequest): Promise<RunResult> {
+  const { ram, timeoutMs, resultCap } = requestLimits(req);
+  const signal = cancelSignal();
   const binary = req.binary ?? await guestBinary(req.op);
   const lib = await vmmLib();
 

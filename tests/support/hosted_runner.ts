@@ -7,6 +7,9 @@
 import { decodeRecords, RecordError } from "../../lib/abi/records.ts";
 import { runStatus } from "../../lib/abi/spec.ts";
 import type { RunRequest, RunResult } from "../../lib/vmm/guest.ts";
+import { Cancelled, cancelSignal, hostPath } from "../../lib/host/context.ts";
+import { requestLimits } from "../../lib/vmm/sandbox.ts";
+
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const HOST = `${ROOT}build/host`;
@@ -24,21 +27,25 @@ export class HostedRunError extends Error {
 }
 
 export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
+  // The caller's limits and cancel apply as in the VM (the service's requests).
+  const { ram, timeoutMs } = requestLimits(req);
   const args: string[] = [];
   for (const a of req.args ?? []) args.push("--arg", BigInt.asUintN(64, a).toString());
   if (req.flags) args.push("--flags", String(req.flags));
-  if (req.ramBytes) args.push("--ram", String(req.ramBytes));
-  if (req.output) args.push("-O", req.output.path, "--cap", req.output.cap.toString());
+  args.push("--ram", String(ram));
+  // Paths resolve against the request's working directory (the service's
+  // requests carry their own), as lib/vmm/sandbox.ts resolves them.
+  if (req.output) args.push("-O", hostPath(req.output.path), "--cap", req.output.cap.toString());
   const inputs: RunResult["inputs"] = [];
   for (const i of req.inputs) {
-    const st = i.nofollow ? Deno.lstatSync(i.path) : Deno.statSync(i.path);
+    const path = hostPath(i.path);
+    const st = i.nofollow ? Deno.lstatSync(path) : Deno.statSync(path);
     if (st.isSymlink) throw Object.assign(new Error("Too many levels of symbolic links"), { errno: 40, path: i.path });
     inputs.push({ size: BigInt(st.size), dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) });
-    args.push(`${i.format}:${i.path}`);
+    args.push(`${i.format}:${path}`);
   }
   const env = req.onProgress ? { INSTAR_HOST_PROGRESS: "1" } : undefined;
   const child = new Deno.Command(program(req.op), { args, env, stdout: "piped", stderr: "piped" }).spawn();
-  const timeoutMs = req.timeoutMs ?? 30000;
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;
@@ -46,8 +53,17 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
       child.kill("SIGKILL");
     } catch { /* gone */ }
   }, timeoutMs);
+  const signal = cancelSignal();
+  const cancel = () => {
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  };
+  signal?.addEventListener("abort", cancel);
   const out = await child.output();
   clearTimeout(timer);
+  signal?.removeEventListener("abort", cancel);
+  if (signal?.aborted) throw new Cancelled();
   const stderr = new TextDecoder().decode(out.stderr);
   if (timedOut) throw new HostedRunError(`guest timed out after ${timeoutMs} ms`, runStatus.TIMEOUT);
   if (out.signal) throw new HostedRunError(`guest crashed (hosted: ${out.signal})`, runStatus.GUEST_FAULT);
