@@ -1,1 +1,2 @@
-import { run } from "./lib/cli/run.ts"; Deno.exit(await run(Deno.args));
+import { run } from "./lib/cli/run.ts";
+Deno.exit(await run(Deno.args));

@@ -48,12 +48,27 @@ const rows: [string, string[], string][] = [
   ["qcow2 → raw", ["convert", "-O", "raw", "half.qcow2", "out.raw"], "out.raw"],
   ["compare raw vs qcow2", ["compare", "-f", "raw", "-F", "qcow2", "half.raw", "half.qcow2"], ""],
   ["convert -c (zlib)", ["convert", "-f", "raw", "-c", "-O", "qcow2", "half.raw", "out.qcow2"], "out.qcow2"],
-  ["convert -c (zstd)", ["convert", "-f", "raw", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "half.raw", "out.qcow2"], "out.qcow2"],
+  ["convert -c (zstd)", [
+    "convert",
+    "-f",
+    "raw",
+    "-c",
+    "-O",
+    "qcow2",
+    "-o",
+    "compression_type=zstd",
+    "half.raw",
+    "out.qcow2",
+  ], "out.qcow2"],
   ["vhdx → raw", ["convert", "-f", "vhdx", "-O", "raw", "half.vhdx", "out.raw"], "out.raw"],
   ["raw → vhdx", ["convert", "-f", "raw", "-O", "vhdx", "half.raw", "out.vhdx"], "out.vhdx"],
   ["vpc → qcow2", ["convert", "-f", "vpc", "-O", "qcow2", "half.vhd", "out.qcow2"], "out.qcow2"],
   ["info half.vhdx", ["info", "half.vhdx"], ""],
-].filter(([name]) => values.only === undefined || (name as string).includes(values.only)) as [string, string[], string][];
+].filter(([name]) => values.only === undefined || (name as string).includes(values.only)) as [
+  string,
+  string[],
+  string,
+][];
 const lines = ["| operation | instar (median ms) | qemu-img (median ms) | ratio |", "|---|---|---|---|"];
 for (const [name, args, out] of rows) {
   const mine: number[] = [], theirs: number[] = [];

@@ -62,9 +62,18 @@ const dir = await Deno.makeTempDir({ prefix: "instar-bench-" });
 try {
   await sh(["qemu-img", "create", "-q", "-f", "qcow2", `${dir}/s.qcow2`, "64M"]);
   await sh([
-    "qemu-io", "-f", "qcow2",
-    "-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 4M 512k",
-    "-c", "write -z 8M 1M", "-c", "write -P 0x11 32M 64k", `${dir}/s.qcow2`,
+    "qemu-io",
+    "-f",
+    "qcow2",
+    "-c",
+    "write -P 0xab 0 1M",
+    "-c",
+    "write -P 0xcd 4M 512k",
+    "-c",
+    "write -z 8M 1M",
+    "-c",
+    "write -P 0x11 32M 64k",
+    `${dir}/s.qcow2`,
   ]);
   await sh(["qemu-img", "create", "-q", "-f", "qcow2", `${dir}/big.qcow2`, "2G"]);
   const cmds: string[] = [];

@@ -94,7 +94,7 @@ const lazy = [
   header,
   "/** libinstar_vmm.so, base64, imported on first use. */",
   "export async function loadVmmSo(): Promise<string> {",
-  "  return (await import(\"./vmm_so.ts\")).default;",
+  '  return (await import("./vmm_so.ts")).default;',
   "}",
   "",
   "/** The names of the embedded guests. */",
@@ -110,4 +110,8 @@ const lazy = [
   "",
 ].join("\n");
 await writeIfChanged(new URL("lazy.ts", outDir), lazy);
-console.log(`embedded libinstar_vmm.so (${so.length} bytes), instar-client (${client.length} bytes) and ${ops.length} guests: ${ops.join(" ")}`);
+console.log(
+  `embedded libinstar_vmm.so (${so.length} bytes), instar-client (${client.length} bytes) and ${ops.length} guests: ${
+    ops.join(" ")
+  }`,
+);

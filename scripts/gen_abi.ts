@@ -56,7 +56,9 @@ export function generate(): string {
     }
   }
   out.push("");
-  for (const m of checkMessages) out.push(`#define CMSG_${m.name} ${m.code} /* ${JSON.stringify(m.text).slice(1, -1)} */`);
+  for (const m of checkMessages) {
+    out.push(`#define CMSG_${m.name} ${m.code} /* ${JSON.stringify(m.text).slice(1, -1)} */`);
+  }
   for (const s of [recordHeader, ...structs]) {
     validateStruct(s);
     out.push("");
@@ -70,7 +72,9 @@ export function generate(): string {
     out.push("};");
     out.push(`_Static_assert(sizeof(struct ${s.name}) == ${s.size}, "${s.name} size");`);
     for (const f of s.fields) {
-      out.push(`_Static_assert(offsetof(struct ${s.name}, ${f.name}) == ${f.offset}, "${s.name}.${f.name}");`);
+      out.push(
+        `_Static_assert(offsetof(struct ${s.name}, ${f.name}) == ${f.offset}, "${s.name}.${f.name}");`,
+      );
     }
   }
   out.push("");

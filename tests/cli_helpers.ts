@@ -49,7 +49,15 @@ export async function assertSame(args: string[], cwd: string): Promise<Outcome> 
 
 /** True when the VMM and guest binaries have been built (`deno task build`). */
 export function built(): boolean {
-  for (const p of ["build/libinstar_vmm.so", "build/guest/info.bin", "build/guest/check.bin", "build/guest/map.bin", "lib/embedded/index.ts"]) {
+  for (
+    const p of [
+      "build/libinstar_vmm.so",
+      "build/guest/info.bin",
+      "build/guest/check.bin",
+      "build/guest/map.bin",
+      "lib/embedded/index.ts",
+    ]
+  ) {
     try {
       Deno.statSync(`${REPO}/${p}`);
     } catch {
@@ -61,7 +69,8 @@ export function built(): boolean {
 
 export function haveQemuImg(): boolean {
   try {
-    return new Deno.Command("qemu-img", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+    return new Deno.Command("qemu-img", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+      .success;
   } catch {
     return false;
   }

@@ -17,10 +17,28 @@ Deno.test({ name: "compare: the same outcome as qemu-img compare", ignore: !read
   try {
     const size = 4 * 1024 * 1024;
     await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "a.qcow2", `${size}`);
-    await qemuIo(dir, "a.qcow2", "qcow2", "write -P 0x11 0 64k", "write -P 0x22 1M 128k", `write -P 0x33 ${size - 4096} 4k`);
+    await qemuIo(
+      dir,
+      "a.qcow2",
+      "qcow2",
+      "write -P 0x11 0 64k",
+      "write -P 0x22 1M 128k",
+      `write -P 0x33 ${size - 4096} 4k`,
+    );
     await sh(dir, "qemu-img", "convert", "-O", "raw", "a.qcow2", "a.raw");
     await sh(dir, "qemu-img", "convert", "-c", "-O", "qcow2", "a.qcow2", "ac.qcow2");
-    await sh(dir, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "a.qcow2", "az.qcow2");
+    await sh(
+      dir,
+      "qemu-img",
+      "convert",
+      "-c",
+      "-O",
+      "qcow2",
+      "-o",
+      "compression_type=zstd",
+      "a.qcow2",
+      "az.qcow2",
+    );
     // One byte changed: at the very first byte, the very last, and inside
     // the compressed cluster holding 1M..1M+64k.
     const mutate = async (name: string, at: number) => {
@@ -40,9 +58,24 @@ Deno.test({ name: "compare: the same outcome as qemu-img compare", ignore: !read
     await sh(dir, "qemu-img", "convert", "-O", "qcow2", "top.qcow2", "topflat.qcow2");
     // Different sizes: identical prefix, then zeroes or data past the shorter end.
     await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "long.qcow2", `${size * 2}`);
-    await qemuIo(dir, "long.qcow2", "qcow2", "write -P 0x11 0 64k", "write -P 0x22 1M 128k", `write -P 0x33 ${size - 4096} 4k`);
+    await qemuIo(
+      dir,
+      "long.qcow2",
+      "qcow2",
+      "write -P 0x11 0 64k",
+      "write -P 0x22 1M 128k",
+      `write -P 0x33 ${size - 4096} 4k`,
+    );
     await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "longdata.qcow2", `${size * 2}`);
-    await qemuIo(dir, "longdata.qcow2", "qcow2", "write -P 0x11 0 64k", "write -P 0x22 1M 128k", `write -P 0x33 ${size - 4096} 4k`, `write -P 0x55 ${size + 8192} 512`);
+    await qemuIo(
+      dir,
+      "longdata.qcow2",
+      "qcow2",
+      "write -P 0x11 0 64k",
+      "write -P 0x22 1M 128k",
+      `write -P 0x33 ${size - 4096} 4k`,
+      `write -P 0x55 ${size + 8192} 512`,
+    );
 
     const cases: string[][] = [
       ["a.qcow2", "a.qcow2"],
@@ -82,7 +115,10 @@ Deno.test({ name: "compare: the same outcome as qemu-img compare", ignore: !read
       const [q, i] = [await qemuImg(args, dir), await instar(args, dir)];
       assertEquals(i.code, q.code);
       assert(i.stdout.startsWith("    (0.00/100%)\r"), JSON.stringify(i.stdout));
-      assert(q.stdout.endsWith("Content mismatch at offset 4194303!\n\n") || q.stdout.includes("mismatch"), q.stdout);
+      assert(
+        q.stdout.endsWith("Content mismatch at offset 4194303!\n\n") || q.stdout.includes("mismatch"),
+        q.stdout,
+      );
       const tail = (s: string) => s.slice(s.lastIndexOf("\r") + 1);
       assertEquals(tail(i.stdout), tail(q.stdout));
     });

@@ -57,7 +57,11 @@ Deno.test({ name: "compat: qcow2 images made by qemu-img", ignore: !ready }, asy
         ["-o", `refcount_bits=${bits}`],
         [["write -P 8 0 256k", "write -P 9 2M 64k"]],
       ]),
-      ["extl2.qcow2", ["-o", "extended_l2=on,cluster_size=64k"], [["write -P 10 0 4k", "write -P 11 70k 8k", "write -z 200k 2k"]]],
+      ["extl2.qcow2", ["-o", "extended_l2=on,cluster_size=64k"], [[
+        "write -P 10 0 4k",
+        "write -P 11 70k 8k",
+        "write -z 200k 2k",
+      ]]],
       ["lazy.qcow2", ["-o", "lazy_refcounts=on"], [["write -P 12 0 64k"]]],
       ["zero.qcow2", [], [["write -P 13 0 1M", "write -z 128k 256k", "write -z 4M 1M"]]],
       ["zstd-empty.qcow2", ["-o", "compression_type=zstd"], [["write -P 14 0 64k"]]],
@@ -72,7 +76,18 @@ Deno.test({ name: "compat: qcow2 images made by qemu-img", ignore: !ready }, asy
     await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "src.qcow2", "4M");
     await qemuIo(dir, "src.qcow2", "write -P 0x21 0 1M", "write -P 0x22 2M 512k");
     await sh(dir, "qemu-img", "convert", "-c", "-O", "qcow2", "src.qcow2", "zlib.qcow2");
-    await sh(dir, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type=zstd", "src.qcow2", "zstd.qcow2");
+    await sh(
+      dir,
+      "qemu-img",
+      "convert",
+      "-c",
+      "-O",
+      "qcow2",
+      "-o",
+      "compression_type=zstd",
+      "src.qcow2",
+      "zstd.qcow2",
+    );
     await allForms(t, dir, "zlib.qcow2");
     await allForms(t, dir, "zstd.qcow2");
 
@@ -82,7 +97,14 @@ Deno.test({ name: "compat: qcow2 images made by qemu-img", ignore: !ready }, asy
 
     // The reference image of compat.md.
     await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "64M");
-    await qemuIo(dir, "s.qcow2", "write -P 0xab 0 1M", "write -P 0xcd 4M 512k", "write -z 8M 1M", "write -P 0x11 32M 64k");
+    await qemuIo(
+      dir,
+      "s.qcow2",
+      "write -P 0xab 0 1M",
+      "write -P 0xcd 4M 512k",
+      "write -z 8M 1M",
+      "write -P 0x11 32M 64k",
+    );
     await allForms(t, dir, "s.qcow2");
 
     // Overlay with a backing file, also in a subdirectory (relative names).
@@ -98,7 +120,19 @@ Deno.test({ name: "compat: qcow2 images made by qemu-img", ignore: !ready }, asy
       });
     }
     await Deno.mkdir(`${dir}/sub`);
-    await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "../base.qcow2", "-F", "qcow2", "sub/o2.qcow2");
+    await sh(
+      dir,
+      "qemu-img",
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      "../base.qcow2",
+      "-F",
+      "qcow2",
+      "sub/o2.qcow2",
+    );
     await t.step("backing file in the parent directory is refused unless allowed", async () => {
       const r = await instar(["map", "sub/o2.qcow2"], dir);
       assertEquals(r.code, 1);
@@ -107,7 +141,10 @@ Deno.test({ name: "compat: qcow2 images made by qemu-img", ignore: !ready }, asy
       assertEquals(ok.code, 0);
     });
     await t.step("map --start-offset/--max-length", async () => {
-      await assertSame(["map", "--output=json", "--start-offset", "1M", "--max-length", "3M", "over.qcow2"], dir);
+      await assertSame(
+        ["map", "--output=json", "--start-offset", "1M", "--max-length", "3M", "over.qcow2"],
+        dir,
+      );
       await assertSame(["map", "-s", "512", "-l", "1k", "s.qcow2"], dir);
       await assertSame(["map", "--output=json", "-s", "1G", "s.qcow2"], dir);
     });
@@ -188,9 +225,51 @@ Deno.test({ name: "compat: error cases", ignore: !ready }, async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "instar-compat-" });
   try {
     await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "r.img", "1M");
-    await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "missing.qcow2", "-F", "qcow2", "m.qcow2", "1M");
-    await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "m.qcow2", "-F", "qcow2", "mm.qcow2", "1M");
-    await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", "r.img", "-F", "qcow2", "wrongfmt.qcow2", "1M");
+    await sh(
+      dir,
+      "qemu-img",
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-u",
+      "-b",
+      "missing.qcow2",
+      "-F",
+      "qcow2",
+      "m.qcow2",
+      "1M",
+    );
+    await sh(
+      dir,
+      "qemu-img",
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-u",
+      "-b",
+      "m.qcow2",
+      "-F",
+      "qcow2",
+      "mm.qcow2",
+      "1M",
+    );
+    await sh(
+      dir,
+      "qemu-img",
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-u",
+      "-b",
+      "r.img",
+      "-F",
+      "qcow2",
+      "wrongfmt.qcow2",
+      "1M",
+    );
     await Deno.mkdir(`${dir}/adir`);
     const cases = [
       [],

@@ -9,7 +9,6 @@ import { checkBacking, makePolicy, PolicyError } from "../lib/chain/policy.ts";
 import { withHostContext } from "../lib/host/context.ts";
 import { built, CLI_ENTRY, haveQemuImg, instar, REPO, sh } from "./cli_helpers.ts";
 
-
 /** A tree with a nova instance disk, its _base, a Proxmox clone and a victim outside. */
 async function tree(): Promise<string> {
   const root = await Deno.realPath(await Deno.makeTempDir({ prefix: "instar-cfg-" }));

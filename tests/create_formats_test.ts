@@ -46,7 +46,10 @@ Deno.test({ name: "create: vpc, vhdx and vmdk images equal qemu-img's", ignore: 
         if (q.code === 0) {
           assertEquals(await info(dir, `i.${fmt}`), await info(dir, `q.${fmt}`));
           if (fmt !== "vpc") {
-            const [qc, ic] = [await qemuImg(["check", `q.${fmt}`], dir), await qemuImg(["check", `i.${fmt}`], dir)];
+            const [qc, ic] = [
+              await qemuImg(["check", `q.${fmt}`], dir),
+              await qemuImg(["check", `i.${fmt}`], dir),
+            ];
             assertEquals(ic.code, qc.code);
             assertEquals(ic.stdout.replaceAll(`i.${fmt}`, "F"), qc.stdout.replaceAll(`q.${fmt}`, "F"));
           }
@@ -76,20 +79,38 @@ Deno.test({ name: "create --preallocation MODE is -o preallocation=MODE", ignore
   }
 });
 
-Deno.test({ name: "measure -O vpc|vhdx|vmdk: qemu-img's conversion lies within the numbers (seed 004)", ignore: !ready }, async () => {
+Deno.test({
+  name: "measure -O vpc|vhdx|vmdk: qemu-img's conversion lies within the numbers (seed 004)",
+  ignore: !ready,
+}, async () => {
   const dir = await Deno.makeTempDir({ prefix: "instar-measure-fmt-" });
   try {
     const mk = await qemuImg(["create", "-q", "-f", "qcow2", "in.qcow2", "64M"], dir);
     assertEquals(mk.code, 0, mk.stderr);
     for (const cmd of ["write -P 1 0 3M", "write -P 2 40M 1M", "write -z 10M 2M"]) {
-      const r = await new Deno.Command("qemu-io", { args: ["-f", "qcow2", "-c", cmd, "in.qcow2"], cwd: dir, stdout: "null" }).output();
+      const r = await new Deno.Command("qemu-io", {
+        args: ["-f", "qcow2", "-c", cmd, "in.qcow2"],
+        cwd: dir,
+        stdout: "null",
+      }).output();
       assertEquals(r.code, 0);
     }
-    for (const [fmt, sub] of [["vpc", "dynamic"], ["vpc", "fixed"], ["vhdx", "dynamic"], ["vmdk", "monolithicSparse"], ["vmdk", "streamOptimized"]]) {
-      const m = await instar(["measure", "--output=json", "-O", fmt, "-o", `subformat=${sub}`, "in.qcow2"], dir);
+    for (
+      const [fmt, sub] of [["vpc", "dynamic"], ["vpc", "fixed"], ["vhdx", "dynamic"], [
+        "vmdk",
+        "monolithicSparse",
+      ], ["vmdk", "streamOptimized"]]
+    ) {
+      const m = await instar(
+        ["measure", "--output=json", "-O", fmt, "-o", `subformat=${sub}`, "in.qcow2"],
+        dir,
+      );
       assertEquals(m.code, 0, m.stderr);
       const { required, "fully-allocated": full } = JSON.parse(m.stdout);
-      const c = await qemuImg(["convert", "-O", fmt, "-o", `subformat=${sub}`, "in.qcow2", `out.${fmt}`], dir);
+      const c = await qemuImg(
+        ["convert", "-O", fmt, "-o", `subformat=${sub}`, "in.qcow2", `out.${fmt}`],
+        dir,
+      );
       assertEquals(c.code, 0, c.stderr);
       const size = (await Deno.stat(`${dir}/out.${fmt}`)).size;
       // streamOptimized compresses every grain: "required" is then an upper bound.

@@ -442,7 +442,10 @@ Deno.test({
   },
 });
 
-Deno.test({ name: "measure: a compat=0.10 input has no bitmaps line (found by fuzz:diff)", ignore: !haveQemu || !built() }, async () => {
+Deno.test({
+  name: "measure: a compat=0.10 input has no bitmaps line (found by fuzz:diff)",
+  ignore: !haveQemu || !built(),
+}, async () => {
   const dir = await Deno.makeTempDir({ prefix: "instar-measure-v2-" });
   try {
     const q0 = await qemuImg(["create", "-q", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "4M"], dir);

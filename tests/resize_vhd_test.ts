@@ -95,10 +95,31 @@ interface Case {
 }
 
 const CASES: Case[] = [
-  { name: "vpc dynamic grow", fmt: "vpc", create: [], size: "10M", writes: [[0, 3 * MiB], [9 * MiB, MiB]], to: "110M" },
+  {
+    name: "vpc dynamic grow",
+    fmt: "vpc",
+    create: [],
+    size: "10M",
+    writes: [[0, 3 * MiB], [9 * MiB, MiB]],
+    to: "110M",
+  },
   // CHS rounding: neither size is a whole cylinder count
-  { name: "vpc dynamic odd grow", fmt: "vpc", create: [], size: "100001k", writes: [[0, MiB], [96 * MiB, MiB]], to: "150001k" },
-  { name: "vpc dynamic odd grow 2", fmt: "vpc", create: [], size: "33333k", writes: [[30 * MiB, MiB]], to: "77777k" },
+  {
+    name: "vpc dynamic odd grow",
+    fmt: "vpc",
+    create: [],
+    size: "100001k",
+    writes: [[0, MiB], [96 * MiB, MiB]],
+    to: "150001k",
+  },
+  {
+    name: "vpc dynamic odd grow 2",
+    fmt: "vpc",
+    create: [],
+    size: "33333k",
+    writes: [[30 * MiB, MiB]],
+    to: "77777k",
+  },
   {
     name: "vpc dynamic force_size grow",
     fmt: "vpc",
@@ -213,7 +234,11 @@ Deno.test({ name: "resize of vpc and vhdx images qemu-img made", ignore: !ready 
         const after = await flat(file, c.fmt, dir, "after.raw");
         assertEquals(BigInt(after.length), got);
         const keep = Number(oldSize < got ? oldSize : got);
-        assertEquals(await digest(after.subarray(0, keep)), await digest(before.subarray(0, keep)), "data below the old size changed");
+        assertEquals(
+          await digest(after.subarray(0, keep)),
+          await digest(before.subarray(0, keep)),
+          "data below the old size changed",
+        );
         if (got > oldSize) assert(isZero(after.subarray(Number(oldSize))), "grown range not zero");
       } finally {
         await Deno.remove(dir, { recursive: true });
@@ -292,7 +317,8 @@ const REFUSALS: Refusal[] = [
     size: "100M",
     writes: [[60 * MiB, MiB]],
     args: ["--shrink", "50M"],
-    stderr: /^instar: Could not resize 'img': Shrinking a VHDX image over allocated blocks is not supported\n$/,
+    stderr:
+      /^instar: Could not resize 'img': Shrinking a VHDX image over allocated blocks is not supported\n$/,
   },
   {
     name: "vpc dynamic: shrink over an allocated block",
@@ -301,7 +327,8 @@ const REFUSALS: Refusal[] = [
     size: "100M",
     writes: [[60 * MiB, MiB]],
     args: ["--shrink", "50M"],
-    stderr: /^instar: Could not resize 'img': Shrinking a dynamic VHD over allocated blocks is not supported\n$/,
+    stderr:
+      /^instar: Could not resize 'img': Shrinking a dynamic VHD over allocated blocks is not supported\n$/,
   },
   ...(["vpc", "vhdx"] as const).map((fmt): Refusal => ({
     name: `${fmt}: shrink without --shrink (qemu's words)`,
@@ -317,7 +344,9 @@ const REFUSALS: Refusal[] = [
     create: [],
     size: "10M",
     args: ["--preallocation=full", "20M"],
-    stderr: new RegExp(`^instar: Could not resize 'img': instar does not preallocate when resizing ${fmt} images\n$`),
+    stderr: new RegExp(
+      `^instar: Could not resize 'img': instar does not preallocate when resizing ${fmt} images\n$`,
+    ),
   })),
 ];
 

@@ -62,13 +62,19 @@ Deno.test({
           assert.equal(r.stdout, "");
         });
         await t.step(`${name} with -f raw is read as raw, like qemu-img`, async () => {
-          const [q, i] = await Promise.all([qemuImg(["info", "-f", "raw", name], d), instar(["info", "-f", "raw", name], d)]);
+          const [q, i] = await Promise.all([
+            qemuImg(["info", "-f", "raw", name], d),
+            instar(["info", "-f", "raw", name], d),
+          ]);
           assert.deepEqual(i, asInstar(q));
         });
       }
       await t.step("a qcow2 file read with -f raw is raw (-f is always honoured)", async () => {
         await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "1M");
-        const [q, i] = await Promise.all([qemuImg(["info", "-f", "raw", "q.qcow2"], d), instar(["info", "-f", "raw", "q.qcow2"], d)]);
+        const [q, i] = await Promise.all([
+          qemuImg(["info", "-f", "raw", "q.qcow2"], d),
+          instar(["info", "-f", "raw", "q.qcow2"], d),
+        ]);
         assert.deepEqual(i, asInstar(q));
       });
     } finally {
@@ -115,7 +121,21 @@ Deno.test({
       }
       await t.step("a FIFO named as backing file is never opened by info", async () => {
         await sh(d, "mkfifo", "fifo");
-        await sh(d, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", "fifo", "-F", "raw", "fifo.qcow2", "1M");
+        await sh(
+          d,
+          "qemu-img",
+          "create",
+          "-q",
+          "-u",
+          "-f",
+          "qcow2",
+          "-b",
+          "fifo",
+          "-F",
+          "raw",
+          "fifo.qcow2",
+          "1M",
+        );
         const r = await timed(10000, () => instar(["info", "fifo.qcow2"], d));
         assert.equal(r.code, 0, r.stderr);
       });
@@ -152,7 +172,20 @@ Deno.test({
       // chain of 16 images (top + 15 backing files) is fine, 17 is refused.
       await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "c0.qcow2", "1M");
       for (let i = 1; i <= 16; i++) {
-        await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-b", `c${i - 1}.qcow2`, "-F", "qcow2", `c${i}.qcow2`, "1M");
+        await sh(
+          d,
+          "qemu-img",
+          "create",
+          "-q",
+          "-f",
+          "qcow2",
+          "-b",
+          `c${i - 1}.qcow2`,
+          "-F",
+          "qcow2",
+          `c${i}.qcow2`,
+          "1M",
+        );
       }
       await t.step("16 images deep: same output as qemu-img", async () => {
         const [q, i] = await Promise.all([
@@ -199,7 +232,7 @@ Deno.test({
         ["version 1", 4, be32(1)],
         ["version 4", 4, be32(4)],
         ["unknown incompatible bit", 72, be64(1n << 40n)],
-                ["backing name offset past EOF", 8, [...be64(0xfffffffff0n), ...be32(10)]],
+        ["backing name offset past EOF", 8, [...be64(0xfffffffff0n), ...be32(10)]],
         ["backing name size huge", 8, [...be64(0x200n), ...be32(0xffffffff)]],
         ["backing name size 1024", 8, [...be64(0x200n), ...be32(1024)]],
         ["snapshots count huge", 60, be32(0xffffffff)],
@@ -224,7 +257,11 @@ Deno.test({
             } else if (q.code !== 0) {
               // qemu-img refuses the image: instar refuses it with the same words
               // (hints such as "qemu-img check -r all" are qemu's own text).
-              assert.deepEqual(i, { ...q, stderr: q.stderr.replace(/^qemu-img:/gm, "instar:") }, args.join(" "));
+              assert.deepEqual(
+                i,
+                { ...q, stderr: q.stderr.replace(/^qemu-img:/gm, "instar:") },
+                args.join(" "),
+              );
             } else {
               assert.ok(i.code === 0 || i.code === 1, `exit ${i.code}`);
               assert.ok(!i.stderr.includes("    at "), `stack trace: ${i.stderr}`);
@@ -256,7 +293,9 @@ Deno.test({
     const d = await tmp();
     try {
       await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "big.qcow2", "1P");
-      for (const args of [["info", "big.qcow2"], ["check", "big.qcow2"], ["map", "--output=json", "big.qcow2"]]) {
+      for (
+        const args of [["info", "big.qcow2"], ["check", "big.qcow2"], ["map", "--output=json", "big.qcow2"]]
+      ) {
         await t.step(args.join(" "), async () => {
           // Warm-up excludes Deno's own first-start compile cost.
           await instar(args, d);
@@ -282,8 +321,18 @@ Deno.test({
     const outside = await tmp();
     try {
       await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(20000));
-      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-o",
-        `data_file=${outside}/secret.raw,data_file_raw=on,preallocation=metadata`, "df.qcow2", "1M");
+      await sh(
+        d,
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        `data_file=${outside}/secret.raw,data_file_raw=on,preallocation=metadata`,
+        "df.qcow2",
+        "1M",
+      );
       const want = new Map<string, Awaited<ReturnType<typeof qemuImg>>>();
       for (const cmd of ["map", "info"]) want.set(cmd, await qemuImg([cmd, "--output=json", "df.qcow2"], d));
       // Swap the data file for a FIFO: opening it would block, so finishing
@@ -313,7 +362,10 @@ Deno.test({
       await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "snap.qcow2", "8M");
       await sh(d, "qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 64k", "snap.qcow2");
       await sh(d, "qemu-img", "snapshot", "-c", "s1", "snap.qcow2");
-      const [q, i] = await Promise.all([qemuImg(["check", "snap.qcow2"], d), instar(["check", "snap.qcow2"], d)]);
+      const [q, i] = await Promise.all([
+        qemuImg(["check", "snap.qcow2"], d),
+        instar(["check", "snap.qcow2"], d),
+      ]);
       assert.deepEqual(i, asInstar(q));
       const r = await instar(["info", "snap.qcow2"], d);
       assert.equal(r.code, 1);
@@ -331,7 +383,11 @@ async function leakedInto(dir: string): Promise<boolean> {
   for await (const e of Deno.readDir(dir)) {
     if (!e.isFile) continue;
     const b = await Deno.readFile(`${dir}/${e.name}`);
-    outer: for (let i = b.indexOf(needle[0]); i >= 0 && i <= b.length - needle.length; i = b.indexOf(needle[0], i + 1)) {
+    outer: for (
+      let i = b.indexOf(needle[0]);
+      i >= 0 && i <= b.length - needle.length;
+      i = b.indexOf(needle[0], i + 1)
+    ) {
       for (let j = 1; j < needle.length; j++) if (b[i + j] !== needle[j]) continue outer;
       return true;
     }
@@ -340,7 +396,8 @@ async function leakedInto(dir: string): Promise<boolean> {
 }
 
 Deno.test({
-  name: "convert: data files, json: and out-of-tree backing names are refused; no host byte reaches the output",
+  name:
+    "convert: data files, json: and out-of-tree backing names are refused; no host byte reaches the output",
   ignore: !ready,
   async fn(t) {
     const d = await tmp();
@@ -349,17 +406,56 @@ Deno.test({
       await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(20000));
       // The CVE-2024-32498 shape: a raw external data file with metadata
       // preallocation maps every guest cluster onto the host file.
-      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-o",
-        `data_file=${outside}/secret.raw,data_file_raw=on,preallocation=metadata`, "df.qcow2", "1M");
+      await sh(
+        d,
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        `data_file=${outside}/secret.raw,data_file_raw=on,preallocation=metadata`,
+        "df.qcow2",
+        "1M",
+      );
       await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(20000));
-      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b",
-        `json:{"driver":"raw","file":{"driver":"file","filename":"${outside}/secret.raw"}}`, "-F", "raw", "json.qcow2", "1M");
-      await sh(d, "qemu-img", "create", "-q", "-f", "qcow2", "-u", "-b", `${outside}/secret.raw`, "-F", "raw", "abs.qcow2", "1M");
-      for (const [img, why] of [
-        ["df.qcow2", /Refusing to read an external data file/],
-        ["json.qcow2", /json:/],
-        ["abs.qcow2", /outside/],
-      ] as [string, RegExp][]) {
+      await sh(
+        d,
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        `json:{"driver":"raw","file":{"driver":"file","filename":"${outside}/secret.raw"}}`,
+        "-F",
+        "raw",
+        "json.qcow2",
+        "1M",
+      );
+      await sh(
+        d,
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-u",
+        "-b",
+        `${outside}/secret.raw`,
+        "-F",
+        "raw",
+        "abs.qcow2",
+        "1M",
+      );
+      for (
+        const [img, why] of [
+          ["df.qcow2", /Refusing to read an external data file/],
+          ["json.qcow2", /json:/],
+          ["abs.qcow2", /outside/],
+        ] as [string, RegExp][]
+      ) {
         for (const fmt of ["raw", "qcow2"]) {
           await t.step(`${img} -O ${fmt}`, async () => {
             const r = await timed(10000, () => instar(["convert", "-O", fmt, img, `out.${fmt}`], d));
@@ -446,13 +542,19 @@ Deno.test({
           await patch(p, RT[1] + 20, [0x55]);
         }],
         ["overlapping regions", "vhdx", async (p) => {
-          for (const at of RT) await vhdxRegionEdit(p, at, (dv) => dv.setBigUint64(entry(0) + 16, 3n << 20n, true));
+          for (const at of RT) {
+            await vhdxRegionEdit(p, at, (dv) => dv.setBigUint64(entry(0) + 16, 3n << 20n, true));
+          }
         }],
         ["BAT past EOF", "vhdx", async (p) => {
-          for (const at of RT) await vhdxRegionEdit(p, at, (dv) => dv.setBigUint64(entry(0) + 16, 1n << 40n, true));
+          for (const at of RT) {
+            await vhdxRegionEdit(p, at, (dv) => dv.setBigUint64(entry(0) + 16, 1n << 40n, true));
+          }
         }],
         ["BAT region of 4 GiB", "vhdx", async (p) => {
-          for (const at of RT) await vhdxRegionEdit(p, at, (dv) => dv.setUint32(entry(0) + 24, 0xfff00000, true));
+          for (const at of RT) {
+            await vhdxRegionEdit(p, at, (dv) => dv.setUint32(entry(0) + 24, 0xfff00000, true));
+          }
         }],
         ["huge metadata table", "vhdx", (p) => patch(p, (3 << 20) + 10, [0xff, 0xff])],
         ["VHD BAT past EOF", "vpc", (p) => vpcDynEdit(p, (dv) => dv.setBigUint64(16, 1n << 50n))],
@@ -465,7 +567,15 @@ Deno.test({
           const img = `h${n++}.${fmt === "vpc" ? "vhd" : "vhdx"}`;
           await sh(d, "qemu-img", "create", "-q", "-f", fmt, img, "64M");
           await damage(`${d}/${img}`);
-          for (const args of [["info", img], ["check", img], ["map", "--output=json", img], ["convert", "-O", "raw", img, "o.raw"]]) {
+          for (
+            const args of [["info", img], ["check", img], ["map", "--output=json", img], [
+              "convert",
+              "-O",
+              "raw",
+              img,
+              "o.raw",
+            ]]
+          ) {
             // qemu-img gets longer: some of these take it seconds.
             const [q, i] = await Promise.all([qemuImg(args, d), timed(10000, () => instar(args, d))]);
             assert.deepEqual(i, asInstar(q), args.join(" "));
@@ -480,7 +590,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "a 64 TiB VHDX and a 2040 GiB VHD: info, map, check, measure and convert work in proportion to their data",
+  name:
+    "a 64 TiB VHDX and a 2040 GiB VHD: info, map, check, measure and convert work in proportion to their data",
   ignore: !ready,
   async fn() {
     const d = await tmp();
@@ -490,7 +601,14 @@ Deno.test({
       await sh(d, "qemu-img", "create", "-q", "-f", "vpc", "-o", "force_size=on", "big.vhd", "2040G");
       await sh(d, "qemu-io", "-f", "vpc", "-c", "write -P 8 1000G 1M", "big.vhd");
       for (const img of ["big.vhdx", "big.vhd"]) {
-        for (const args of [["info", img], ["map", "--output=json", img], ["check", img], ["measure", "-O", "qcow2", img]]) {
+        for (
+          const args of [["info", img], ["map", "--output=json", img], ["check", img], [
+            "measure",
+            "-O",
+            "qcow2",
+            img,
+          ]]
+        ) {
           const [q, i] = await Promise.all([qemuImg(args, d), timed(10000, () => instar(args, d))]);
           assert.deepEqual(i, asInstar(q), args.join(" "));
         }

@@ -553,14 +553,17 @@ Deno.test({
   }
 });
 
-Deno.test({ name: "service: a request whose time is used up starts no more guests", ignore: !ready }, async () => {
-  const { runGuest, GuestLimitError } = await import("../lib/vmm/sandbox.ts");
-  const { withHostContext } = await import("../lib/host/context.ts");
-  const { ops } = await import("../lib/abi/spec.ts");
-  const caps = { deadline: performance.now() - 1, cpuSource: "CPU-time limit (RLIMIT_CPU 1 s)" };
-  await rejectsWith(
-    withHostContext({ caps }, () => runGuest({ op: "info", opCode: ops.INFO, inputs: [] })),
-    GuestLimitError,
-    /^the caller's CPU-time limit \(RLIMIT_CPU 1 s\) is used up$/,
-  );
-});
+Deno.test(
+  { name: "service: a request whose time is used up starts no more guests", ignore: !ready },
+  async () => {
+    const { runGuest, GuestLimitError } = await import("../lib/vmm/sandbox.ts");
+    const { withHostContext } = await import("../lib/host/context.ts");
+    const { ops } = await import("../lib/abi/spec.ts");
+    const caps = { deadline: performance.now() - 1, cpuSource: "CPU-time limit (RLIMIT_CPU 1 s)" };
+    await rejectsWith(
+      withHostContext({ caps }, () => runGuest({ op: "info", opCode: ops.INFO, inputs: [] })),
+      GuestLimitError,
+      /^the caller's CPU-time limit \(RLIMIT_CPU 1 s\) is used up$/,
+    );
+  },
+);

@@ -63,54 +63,57 @@ async function sha256(path: string): Promise<string> {
   return Array.from(new Uint8Array(h), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-Deno.test({ name: "vhd/vhdx: convert, compare and measure read them as qemu-img does", ignore: !ready }, async (t) => {
-  const dir = await Deno.makeTempDir({ prefix: "instar-vhd-conv-" });
-  try {
-    const images = await makeImages(dir);
-    // A qcow2 overlay on a vhdx and on a vpc: chains below qcow2 overlays.
-    for (const [base, fmt] of [["b8.vhdx", "vhdx"], ["dyn.vhd", "vpc"]]) {
-      const top = `over-${base}.qcow2`;
-      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", fmt, top);
-      await sh(dir, "qemu-io", "-f", "qcow2", "-c", "write -P 13 2M 128k", top);
-      images.push([top, ["-f", "qcow2"]]);
-    }
-    for (const [name, fmt] of images) {
-      await t.step(`convert -O raw ${name}`, async () => {
-        await sh(dir, "qemu-img", "convert", ...fmt, "-O", "raw", name, `${name}.q.raw`);
-        const i = await instar(["convert", ...fmt, "-O", "raw", name, `${name}.i.raw`], dir);
-        assertEquals(i.code, 0, i.stderr);
-        assertEquals(await sha256(`${dir}/${name}.i.raw`), await sha256(`${dir}/${name}.q.raw`));
-      });
-      for (const extra of [[], ["-c"]]) {
-        await t.step(`convert -O qcow2 ${extra.join(" ")} ${name}`, async () => {
-          const out = `${name}${extra.length ? ".c" : ""}.i.qcow2`;
-          const i = await instar(["convert", ...fmt, "-O", "qcow2", ...extra, name, out], dir);
+Deno.test(
+  { name: "vhd/vhdx: convert, compare and measure read them as qemu-img does", ignore: !ready },
+  async (t) => {
+    const dir = await Deno.makeTempDir({ prefix: "instar-vhd-conv-" });
+    try {
+      const images = await makeImages(dir);
+      // A qcow2 overlay on a vhdx and on a vpc: chains below qcow2 overlays.
+      for (const [base, fmt] of [["b8.vhdx", "vhdx"], ["dyn.vhd", "vpc"]]) {
+        const top = `over-${base}.qcow2`;
+        await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", fmt, top);
+        await sh(dir, "qemu-io", "-f", "qcow2", "-c", "write -P 13 2M 128k", top);
+        images.push([top, ["-f", "qcow2"]]);
+      }
+      for (const [name, fmt] of images) {
+        await t.step(`convert -O raw ${name}`, async () => {
+          await sh(dir, "qemu-img", "convert", ...fmt, "-O", "raw", name, `${name}.q.raw`);
+          const i = await instar(["convert", ...fmt, "-O", "raw", name, `${name}.i.raw`], dir);
           assertEquals(i.code, 0, i.stderr);
-          const c = await qemuImg(["compare", "-f", "raw", "-F", "qcow2", `${name}.q.raw`, out], dir);
-          assertEquals(c.stdout, "Images are identical.\n");
-          assertEquals((await qemuImg(["check", out], dir)).code, 0);
+          assertEquals(await sha256(`${dir}/${name}.i.raw`), await sha256(`${dir}/${name}.q.raw`));
         });
+        for (const extra of [[], ["-c"]]) {
+          await t.step(`convert -O qcow2 ${extra.join(" ")} ${name}`, async () => {
+            const out = `${name}${extra.length ? ".c" : ""}.i.qcow2`;
+            const i = await instar(["convert", ...fmt, "-O", "qcow2", ...extra, name, out], dir);
+            assertEquals(i.code, 0, i.stderr);
+            const c = await qemuImg(["compare", "-f", "raw", "-F", "qcow2", `${name}.q.raw`, out], dir);
+            assertEquals(c.stdout, "Images are identical.\n");
+            assertEquals((await qemuImg(["check", out], dir)).code, 0);
+          });
+        }
+        await t.step(`compare ${name} against its raw copy, and -s`, async () => {
+          await assertSame(["compare", ...fmt, "-F", "raw", name, `${name}.q.raw`], dir);
+          await assertSame(["compare", "-s", ...fmt, "-F", "raw", name, `${name}.q.raw`], dir);
+        });
+        for (const target of ["qcow2", "raw"]) {
+          await t.step(`measure -O ${target} ${name}`, async () => {
+            await assertSame(["measure", "-O", target, ...fmt, name], dir);
+            await assertSame(["measure", "--output=json", "-O", target, ...fmt, name], dir);
+          });
+        }
       }
-      await t.step(`compare ${name} against its raw copy, and -s`, async () => {
-        await assertSame(["compare", ...fmt, "-F", "raw", name, `${name}.q.raw`], dir);
-        await assertSame(["compare", "-s", ...fmt, "-F", "raw", name, `${name}.q.raw`], dir);
+      await t.step("compare across formats", async () => {
+        await assertSame(["compare", "dyn.vhd", "b1.vhdx"], dir);
+        await assertSame(["compare", "conv.vpc", "conv.vhdx"], dir);
+        await assertSame(["compare", "-s", "conv.vpc", "conv.vhdx"], dir);
       });
-      for (const target of ["qcow2", "raw"]) {
-        await t.step(`measure -O ${target} ${name}`, async () => {
-          await assertSame(["measure", "-O", target, ...fmt, name], dir);
-          await assertSame(["measure", "--output=json", "-O", target, ...fmt, name], dir);
-        });
-      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
-    await t.step("compare across formats", async () => {
-      await assertSame(["compare", "dyn.vhd", "b1.vhdx"], dir);
-      await assertSame(["compare", "conv.vpc", "conv.vhdx"], dir);
-      await assertSame(["compare", "-s", "conv.vpc", "conv.vhdx"], dir);
-    });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  },
+);
 
 Deno.test({ name: "vhd/vhdx: hostile headers fail as qemu-img fails, fast", ignore: !ready }, async (t) => {
   const dir = await Deno.makeTempDir({ prefix: "instar-vhd-bad-" });
@@ -136,7 +139,18 @@ Deno.test({ name: "vhd/vhdx: hostile headers fail as qemu-img fails, fast", igno
     patch("hdrs.vhdx", "hdrs.vhdx", 128 * 1024 + 4, [0xde, 0xad]);
     patch("x.vhdx", "region.vhdx", 192 * 1024 + 4, [0xde, 0xad]);
     patch("x.vhdx", "region2.vhdx", 256 * 1024 + 4, [0xde, 0xad]);
-    for (const name of ["sum.vhd", "sums.vhd", "dynmagic.vhd", "bs0.vhd", "bat.vhd", "hdrs.vhdx", "region.vhdx", "region2.vhdx"]) {
+    for (
+      const name of [
+        "sum.vhd",
+        "sums.vhd",
+        "dynmagic.vhd",
+        "bs0.vhd",
+        "bat.vhd",
+        "hdrs.vhdx",
+        "region.vhdx",
+        "region2.vhdx",
+      ]
+    ) {
       for (const cmd of ["info", "check", "map"]) {
         await t.step(`${cmd} ${name}`, async () => {
           const t0 = performance.now();

@@ -94,75 +94,81 @@ async function checkEcho(path: string): Promise<RunResult> {
   return r;
 }
 
-Deno.test({ name: "vmm: a well-behaved guest reads, seeks, writes, logs and reports", ignore: !KVM }, async (t) => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const img = await makeImage(dir);
-    await t.step("records carry the input's bytes and size", async () => {
-      const r = await checkEcho(img);
-      assert.equal(r.log, "echo guest says hello");
-      const st = await Deno.stat(img);
-      assert.equal(r.inputs[0].ino, BigInt(st.ino!));
-      assert.equal(r.inputs[0].dev, BigInt(st.dev));
-      assert.ok(r.exits >= 6n);
-    });
-    await t.step("SEEK agrees with qemu-img map on host-file holes", async () => {
-      const map = JSON.parse(await sh("qemu-img", "map", "--output=json", "-f", "raw", img)) as {
-        start: number;
-        length: number;
-        data: boolean;
-      }[];
-      const r = await run("echo", img, { args: [0n, 8192n] });
-      const ext = r.records[1].fields;
-      const here = map.find((e) => e.start <= 8192 && 8192 < e.start + e.length)!;
-      const nextData = map.find((e) => e.data && e.start + e.length > 8192)!;
-      assert.equal(ext.start, BigInt(Math.max(nextData.start, 8192)));
-      assert.equal(ext.length, here.data ? BigInt(here.start + here.length) : 8192n);
-      assert.equal(ext.offset, BigInt(ops.TEST));
-    });
-    await t.step("WRITE lands at the requested offset of the attached output", async () => {
-      const out = `${dir}/out.bin`;
-      const r = await run("echo", img, { args: [4096n, 0n], output: { path: out, cap: 1n << 20n } });
-      assert.equal(r.status, runStatus.DONE);
-      const file = await Deno.readFile(img);
-      const got = await Deno.readFile(out);
-      assert.equal(got.length, 4096 + 16);
-      assert.deepEqual(got.subarray(4096, 4104), file.subarray(0, 8));
-      assert.deepEqual(got.subarray(4104), file.subarray(file.length - 8));
-    });
-    await t.step("progress reaches the callback", async () => {
-      const seen: [bigint, bigint][] = [];
-      await run("echo", img, { args: [0n, 0n], onProgress: (d, n) => seen.push([d, n]) });
-      assert.deepEqual(seen.at(-1), [3n, 4n]);
-    });
-    await t.step("inputs that cannot be opened throw the errno text", async () => {
-      await assert.rejects(run("echo", `${dir}/missing`), { message: "No such file or directory" });
-      await assert.rejects(run("echo", dir), { message: "Is a directory" });
-      await Deno.symlink(img, `${dir}/link`);
-      await assert.rejects(
-        runGuest({
-          op: "echo",
-          binary: testGuest("echo"),
-          opCode: ops.TEST,
-          inputs: [{ path: `${dir}/link`, format: formats.RAW, nofollow: true }],
-        }),
-        { message: "Too many levels of symbolic links" },
-      );
-      // Without nofollow the same link opens.
-      await checkEcho(`${dir}/link`);
-    });
-    await t.step("request limits are enforced before any VM exists", async () => {
-      const many = Array.from({ length: limits.MAX_INPUTS + 1 }, () => ({ path: img, format: formats.RAW }));
-      await assert.rejects(
-        runGuest({ op: "echo", binary: testGuest("echo"), opCode: ops.TEST, inputs: many }),
-      );
-      await assert.rejects(run("echo", img, { ramBytes: limits.RAM_MAX + 2 * 1024 * 1024 }));
-      await assert.rejects(run("echo", img, { ramBytes: limits.RAM_MIN + 4096 }));
-    });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+Deno.test(
+  { name: "vmm: a well-behaved guest reads, seeks, writes, logs and reports", ignore: !KVM },
+  async (t) => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const img = await makeImage(dir);
+      await t.step("records carry the input's bytes and size", async () => {
+        const r = await checkEcho(img);
+        assert.equal(r.log, "echo guest says hello");
+        const st = await Deno.stat(img);
+        assert.equal(r.inputs[0].ino, BigInt(st.ino!));
+        assert.equal(r.inputs[0].dev, BigInt(st.dev));
+        assert.ok(r.exits >= 6n);
+      });
+      await t.step("SEEK agrees with qemu-img map on host-file holes", async () => {
+        const map = JSON.parse(await sh("qemu-img", "map", "--output=json", "-f", "raw", img)) as {
+          start: number;
+          length: number;
+          data: boolean;
+        }[];
+        const r = await run("echo", img, { args: [0n, 8192n] });
+        const ext = r.records[1].fields;
+        const here = map.find((e) => e.start <= 8192 && 8192 < e.start + e.length)!;
+        const nextData = map.find((e) => e.data && e.start + e.length > 8192)!;
+        assert.equal(ext.start, BigInt(Math.max(nextData.start, 8192)));
+        assert.equal(ext.length, here.data ? BigInt(here.start + here.length) : 8192n);
+        assert.equal(ext.offset, BigInt(ops.TEST));
+      });
+      await t.step("WRITE lands at the requested offset of the attached output", async () => {
+        const out = `${dir}/out.bin`;
+        const r = await run("echo", img, { args: [4096n, 0n], output: { path: out, cap: 1n << 20n } });
+        assert.equal(r.status, runStatus.DONE);
+        const file = await Deno.readFile(img);
+        const got = await Deno.readFile(out);
+        assert.equal(got.length, 4096 + 16);
+        assert.deepEqual(got.subarray(4096, 4104), file.subarray(0, 8));
+        assert.deepEqual(got.subarray(4104), file.subarray(file.length - 8));
+      });
+      await t.step("progress reaches the callback", async () => {
+        const seen: [bigint, bigint][] = [];
+        await run("echo", img, { args: [0n, 0n], onProgress: (d, n) => seen.push([d, n]) });
+        assert.deepEqual(seen.at(-1), [3n, 4n]);
+      });
+      await t.step("inputs that cannot be opened throw the errno text", async () => {
+        await assert.rejects(run("echo", `${dir}/missing`), { message: "No such file or directory" });
+        await assert.rejects(run("echo", dir), { message: "Is a directory" });
+        await Deno.symlink(img, `${dir}/link`);
+        await assert.rejects(
+          runGuest({
+            op: "echo",
+            binary: testGuest("echo"),
+            opCode: ops.TEST,
+            inputs: [{ path: `${dir}/link`, format: formats.RAW, nofollow: true }],
+          }),
+          { message: "Too many levels of symbolic links" },
+        );
+        // Without nofollow the same link opens.
+        await checkEcho(`${dir}/link`);
+      });
+      await t.step("request limits are enforced before any VM exists", async () => {
+        const many = Array.from(
+          { length: limits.MAX_INPUTS + 1 },
+          () => ({ path: img, format: formats.RAW }),
+        );
+        await assert.rejects(
+          runGuest({ op: "echo", binary: testGuest("echo"), opCode: ops.TEST, inputs: many }),
+        );
+        await assert.rejects(run("echo", img, { ramBytes: limits.RAM_MAX + 2 * 1024 * 1024 }));
+        await assert.rejects(run("echo", img, { ramBytes: limits.RAM_MIN + 4096 }));
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
 
 Deno.test({ name: "vmm: hostile hypercalls end the run with a typed status", ignore: !KVM }, async (t) => {
   const dir = await Deno.makeTempDir();
@@ -308,20 +314,23 @@ Deno.test({ name: "vmm: a guest may touch all of its RAM and no more", ignore: !
   }
 });
 
-Deno.test({ name: "vmm: floods of progress, log and result hypercalls stay bounded", ignore: !KVM }, async () => {
-  const n = 20000;
-  const logs = 200; // 200 x 4 KiB, over the 64 KiB log cap
-  const t0 = performance.now();
-  const r = await run("flood", undefined, { args: [BigInt(n), BigInt(logs), BigInt(n)], timeoutMs: 20000 });
-  const ms = performance.now() - t0;
-  assert.equal(r.status, runStatus.DONE);
-  assert.equal(r.log.length, 64 * 1024);
-  assert.equal(r.records.length, n);
-  assert.equal(r.records[n - 1].fields.input, n - 1);
-  assert.ok(r.exits >= BigInt(2 * n + logs));
-  const perSec = Number(r.exits) / (Number(r.elapsedNs) / 1e9);
-  console.log(`flood: ${r.exits} exits in ${ms.toFixed(1)} ms, ${perSec.toFixed(0)} exits/s`);
-});
+Deno.test(
+  { name: "vmm: floods of progress, log and result hypercalls stay bounded", ignore: !KVM },
+  async () => {
+    const n = 20000;
+    const logs = 200; // 200 x 4 KiB, over the 64 KiB log cap
+    const t0 = performance.now();
+    const r = await run("flood", undefined, { args: [BigInt(n), BigInt(logs), BigInt(n)], timeoutMs: 20000 });
+    const ms = performance.now() - t0;
+    assert.equal(r.status, runStatus.DONE);
+    assert.equal(r.log.length, 64 * 1024);
+    assert.equal(r.records.length, n);
+    assert.equal(r.records[n - 1].fields.input, n - 1);
+    assert.ok(r.exits >= BigInt(2 * n + logs));
+    const perSec = Number(r.exits) / (Number(r.elapsedNs) / 1e9);
+    console.log(`flood: ${r.exits} exits in ${ms.toFixed(1)} ms, ${perSec.toFixed(0)} exits/s`);
+  },
+);
 
 Deno.test({ name: "vmm: malformed result streams are refused", ignore: !KVM }, async (t) => {
   for (
@@ -370,82 +379,95 @@ Deno.test({ name: "vmm: embedded guests run on a qemu-img image", ignore: !KVM }
   }
 });
 
-Deno.test({ name: "vmm: the library loads from INSTAR_RUNTIME_DIR and leaves nothing behind", ignore: !KVM }, async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const code = `import { vmmLib } from ${JSON.stringify(new URL("lib/vmm/ffi.ts", root).href)};
+Deno.test(
+  { name: "vmm: the library loads from INSTAR_RUNTIME_DIR and leaves nothing behind", ignore: !KVM },
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const code = `import { vmmLib } from ${JSON.stringify(new URL("lib/vmm/ffi.ts", root).href)};
 await vmmLib(); console.log("loaded");`;
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: ["eval", "--no-config", code],
-      env: { INSTAR_RUNTIME_DIR: dir },
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    assert.equal(new TextDecoder().decode(out.stdout).trim(), "loaded", new TextDecoder().decode(out.stderr));
-    assert.deepEqual([...Deno.readDirSync(dir)], []);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test({ name: "vmm: READ moves every byte of a large input, and its throughput", ignore: !KVM }, async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const img = `${dir}/big.raw`;
-    const mib = 256;
-    await sh("qemu-img", "create", "-q", "-f", "raw", img, `${mib}M`);
-    await sh(
-      "qemu-io",
-      "-f",
-      "raw",
-      "-c",
-      `write -P 0x11 0 ${mib / 2}M`,
-      "-c",
-      `write -P 0xe7 ${mib / 2}M 1M`,
-      "-c",
-      "write -P 0x42 3M 5",
-      img,
-    );
-    const file = await Deno.readFile(img);
-    const words = new BigUint64Array(file.buffer, file.byteOffset, file.length / 8);
-    let want = 0n;
-    for (let i = 0; i < words.length; i++) want = (want + words[i] * BigInt(i + 1)) & 0xffffffffffffffffn;
-    for (const chunk of [1 << 20, 4 << 20, 16 << 20, 24 << 20]) {
-      const r = await run("read_all", img, { args: [BigInt(chunk)], ramBytes: 128 << 20 });
-      assert.equal(r.records[0].fields.code, guestErrors.INTERNAL, "no error record");
-      assert.equal(r.records[0].fields.a0, want, `checksum with ${chunk}-byte chunks`);
-      assert.equal(r.records[0].fields.a1, BigInt(file.length));
-      const gbs = file.length / Number(r.elapsedNs);
-      console.log(
-        `READ ${mib} MiB from the page cache in ${chunk >> 20} MiB hypercalls: ` +
-          `${gbs.toFixed(2)} GB/s, ${r.exits} exits`,
+      const out = await new Deno.Command(Deno.execPath(), {
+        args: ["eval", "--no-config", code],
+        env: { INSTAR_RUNTIME_DIR: dir },
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assert.equal(
+        new TextDecoder().decode(out.stdout).trim(),
+        "loaded",
+        new TextDecoder().decode(out.stderr),
       );
+      assert.deepEqual([...Deno.readDirSync(dir)], []);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test({ name: "vmm: concurrent runs in one process do not disturb each other", ignore: !KVM }, async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    const img = await makeImage(dir);
-    const t0 = performance.now();
-    const [looped, ...rest] = await Promise.allSettled([
-      run("loop", img, { timeoutMs: 400 }),
-      checkEcho(img),
-      run("crash", img, { args: [1n] }),
-      checkEcho(img),
-    ]);
-    assert.ok(looped.status === "rejected" && looped.reason.status === runStatus.TIMEOUT);
-    assert.equal(rest[0].status, "fulfilled");
-    assert.ok(rest[1].status === "rejected" && rest[1].reason.status === runStatus.GUEST_FAULT);
-    assert.equal(rest[2].status, "fulfilled");
-    assert.ok(performance.now() - t0 < 400 + 200);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+Deno.test(
+  { name: "vmm: READ moves every byte of a large input, and its throughput", ignore: !KVM },
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const img = `${dir}/big.raw`;
+      const mib = 256;
+      await sh("qemu-img", "create", "-q", "-f", "raw", img, `${mib}M`);
+      await sh(
+        "qemu-io",
+        "-f",
+        "raw",
+        "-c",
+        `write -P 0x11 0 ${mib / 2}M`,
+        "-c",
+        `write -P 0xe7 ${mib / 2}M 1M`,
+        "-c",
+        "write -P 0x42 3M 5",
+        img,
+      );
+      const file = await Deno.readFile(img);
+      const words = new BigUint64Array(file.buffer, file.byteOffset, file.length / 8);
+      let want = 0n;
+      for (let i = 0; i < words.length; i++) want = (want + words[i] * BigInt(i + 1)) & 0xffffffffffffffffn;
+      for (const chunk of [1 << 20, 4 << 20, 16 << 20, 24 << 20]) {
+        const r = await run("read_all", img, { args: [BigInt(chunk)], ramBytes: 128 << 20 });
+        assert.equal(r.records[0].fields.code, guestErrors.INTERNAL, "no error record");
+        assert.equal(r.records[0].fields.a0, want, `checksum with ${chunk}-byte chunks`);
+        assert.equal(r.records[0].fields.a1, BigInt(file.length));
+        const gbs = file.length / Number(r.elapsedNs);
+        console.log(
+          `READ ${mib} MiB from the page cache in ${chunk >> 20} MiB hypercalls: ` +
+            `${gbs.toFixed(2)} GB/s, ${r.exits} exits`,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test(
+  { name: "vmm: concurrent runs in one process do not disturb each other", ignore: !KVM },
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const img = await makeImage(dir);
+      const t0 = performance.now();
+      const [looped, ...rest] = await Promise.allSettled([
+        run("loop", img, { timeoutMs: 400 }),
+        checkEcho(img),
+        run("crash", img, { args: [1n] }),
+        checkEcho(img),
+      ]);
+      assert.ok(looped.status === "rejected" && looped.reason.status === runStatus.TIMEOUT);
+      assert.equal(rest[0].status, "fulfilled");
+      assert.ok(rest[1].status === "rejected" && rest[1].reason.status === runStatus.GUEST_FAULT);
+      assert.equal(rest[2].status, "fulfilled");
+      assert.ok(performance.now() - t0 < 400 + 200);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
 
 Deno.test({ name: "vmm: create-to-done time of a trivial guest", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();

@@ -30,15 +30,30 @@ function build(): void {
   ok("make", ["-s", "-C", `${ROOT}guest/host`]);
   const g = `${ROOT}guest`;
   ok("cc", [
-    "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-DINSTAR_HOSTED", "-DHOST_OP=OP_MAP", `-I${g}/include`, `-I${g}`,
-    "-O1", "-g", "-o", `${HOST}/vpc_walk`, `${ROOT}tests/support/vpc_walk.c`, `${g}/vpc/vpc.c`,
-    `${g}/vpc/layer.c`, `${g}/host/rt_host.c`, `${g}/rt/common.c`,
+    "-std=gnu11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-DINSTAR_HOSTED",
+    "-DHOST_OP=OP_MAP",
+    `-I${g}/include`,
+    `-I${g}`,
+    "-O1",
+    "-g",
+    "-o",
+    `${HOST}/vpc_walk`,
+    `${ROOT}tests/support/vpc_walk.c`,
+    `${g}/vpc/vpc.c`,
+    `${g}/vpc/layer.c`,
+    `${g}/host/rt_host.c`,
+    `${g}/rt/common.c`,
   ]);
   built = true;
 }
 
 const img = (...a: string[]) => ok("qemu-img", a);
-const io = (file: string, ...cmds: string[]) => ok("qemu-io", ["-f", "vpc", ...cmds.flatMap((c) => ["-c", c]), file]);
+const io = (file: string, ...cmds: string[]) =>
+  ok("qemu-io", ["-f", "vpc", ...cmds.flatMap((c) => ["-c", c]), file]);
 
 function tmp(): string {
   return Deno.makeTempDirSync({ prefix: "instar-vpc-" });

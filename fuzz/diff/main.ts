@@ -311,7 +311,11 @@ async function measureBounds(c: Ctx, target: string) {
     const m = /^(\d+)([KMG]?)$/.exec(String(t ?? ""));
     return m ? BigInt(m[1]) << BigInt({ "": 0, K: 10, M: 20, G: 30 }[m[2]]!) : 0n;
   };
-  const sourceBlock = img.fmt === "vhdx" ? unit(c.picks.image_block_size) || 32n << 20n : img.fmt === "vpc" ? 2n << 20n : 0n;
+  const sourceBlock = img.fmt === "vhdx"
+    ? unit(c.picks.image_block_size) || 32n << 20n
+    : img.fmt === "vpc"
+    ? 2n << 20n
+    : 0n;
   const targetBlock = target === "vpc" ? (2n << 20n) + 512n : target === "vhdx" ? 32n << 20n : 1n << 20n;
   const low = sourceBlock > 0n ? sourceBlock + targetBlock : cushion;
   c.picks.converted_size = Number(size);

@@ -192,7 +192,9 @@ function runQcow2(d: Uint8Array, cov: Cov, shrink: boolean) {
 }
 
 export const target: TsTarget = {
-  description: `resize planners (${planners.length ? "qcow2 grow/shrink, vmdk, vhd, vhdx" : "none present yet"})`,
+  description: `resize planners (${
+    planners.length ? "qcow2 grow/shrink, vmdk, vhd, vhdx" : "none present yet"
+  })`,
   run(data, cov) {
     if (!planners.length || data.length < 32) return;
     planners[data[0] % planners.length](data, cov);

@@ -184,7 +184,6 @@ export const records = {
  * already has non-zero L2 entries or a shared L2 table (no preallocation then). */
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
 
-
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {
   QCOW2: 1,
@@ -476,7 +475,13 @@ export const structs: StructSpec[] = [
       { name: "cluster_size", type: "u64", offset: 24, doc: "what info prints as cluster_size (block size)" },
       { name: "flags", type: "u32", offset: 32, doc: "imageInfoFlags.*" },
       { name: "subformat", type: "u32", offset: 36, doc: "imageSubformats.*" },
-      { name: "extra", type: "u64", offset: 40, count: 4, doc: "format-specific values (guest/<fmt>/<fmt>.h)" },
+      {
+        name: "extra",
+        type: "u64",
+        offset: 40,
+        count: 4,
+        doc: "format-specific values (guest/<fmt>/<fmt>.h)",
+      },
     ],
   },
   {
@@ -575,7 +580,8 @@ export const structs: StructSpec[] = [
   {
     name: "rec_data_run",
     size: 32,
-    doc: "records.DATA_RUN: guest clusters [guest_cluster, +count) written uncompressed at host_offset, +cluster, ...",
+    doc:
+      "records.DATA_RUN: guest clusters [guest_cluster, +count) written uncompressed at host_offset, +cluster, ...",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
       { name: "guest_cluster", type: "u64", offset: 8 },
@@ -586,7 +592,8 @@ export const structs: StructSpec[] = [
   {
     name: "rec_compressed_run",
     size: 160,
-    doc: "records.COMPRESSED_RUN: n consecutive guest clusters from guest_cluster, compressed and stored back to back from host_offset; len[i] bytes each",
+    doc:
+      "records.COMPRESSED_RUN: n consecutive guest clusters from guest_cluster, compressed and stored back to back from host_offset; len[i] bytes each",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
       { name: "guest_cluster", type: "u64", offset: 8 },
@@ -635,7 +642,8 @@ export const structs: StructSpec[] = [
   {
     name: "rec_resize_run",
     size: 32,
-    doc: "records.RESIZE_REFRUN: clusters [start, start+count) have refcount `refcount` (non-zero), ascending",
+    doc:
+      "records.RESIZE_REFRUN: clusters [start, start+count) have refcount `refcount` (non-zero), ascending",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
       { name: "start", type: "u64", offset: 8 },
@@ -735,14 +743,34 @@ export const structs: StructSpec[] = [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
       { name: "format", type: "u32", offset: 8, doc: "formats.VPC / VHDX" },
       { name: "flags", type: "u32", offset: 12, doc: "resizeMetaFlags.*" },
-      { name: "subformat", type: "u32", offset: 16, doc: "vpc: the footer's disk type; vhdx: file parameter bits" },
+      {
+        name: "subformat",
+        type: "u32",
+        offset: 16,
+        doc: "vpc: the footer's disk type; vhdx: file parameter bits",
+      },
       { name: "reserved", type: "u32", offset: 20 },
-      { name: "virtual_size", type: "u64", offset: 24, doc: "vpc: footer current_size; vhdx: virtual disk size item" },
+      {
+        name: "virtual_size",
+        type: "u64",
+        offset: 24,
+        doc: "vpc: footer current_size; vhdx: virtual disk size item",
+      },
       { name: "block_size", type: "u64", offset: 32 },
       { name: "bat_offset", type: "u64", offset: 40, doc: "file offset of the BAT (vhdx: of its region)" },
-      { name: "bat_capacity", type: "u64", offset: 48, doc: "vpc: max_table_entries; vhdx: BAT region bytes" },
+      {
+        name: "bat_capacity",
+        type: "u64",
+        offset: 48,
+        doc: "vpc: max_table_entries; vhdx: BAT region bytes",
+      },
       { name: "sequence", type: "u64", offset: 56, doc: "vhdx: the active header's sequence number" },
-      { name: "item_offset", type: "u64", offset: 64, doc: "vhdx: file offset of the virtual disk size item" },
+      {
+        name: "item_offset",
+        type: "u64",
+        offset: 64,
+        doc: "vhdx: file offset of the virtual disk size item",
+      },
       {
         name: "alloc_end",
         type: "u64",

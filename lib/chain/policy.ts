@@ -102,7 +102,9 @@ export async function checkBacking(
     throw new PolicyError(`Refusing backing file '${name}': json: and protocol names are never opened`);
   }
   if (index + 1 >= policy.maxImages) {
-    throw new PolicyError(`Refusing backing file '${name}': backing chain longer than ${policy.maxImages} images`);
+    throw new PolicyError(
+      `Refusing backing file '${name}': backing chain longer than ${policy.maxImages} images`,
+    );
   }
   const filename = fullBackingFilename(overlay, name);
   if (filename === null) throw new PolicyError(`Cannot use relative backing file names for '${overlay}'`);

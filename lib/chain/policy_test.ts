@@ -1,8 +1,17 @@
 import assert from "node:assert/strict";
-import { checkBacking, fileKey, fullBackingFilename, hasProtocol, makePolicy, PolicyError } from "./policy.ts";
+import {
+  checkBacking,
+  fileKey,
+  fullBackingFilename,
+  hasProtocol,
+  makePolicy,
+  PolicyError,
+} from "./policy.ts";
 
 Deno.test("protocol detection follows qemu's path_has_protocol", () => {
-  for (const p of ["json:{}", "nbd://h/x", "http://h/x", "file:/etc/passwd", "a:b/c"]) assert.ok(hasProtocol(p), p);
+  for (const p of ["json:{}", "nbd://h/x", "http://h/x", "file:/etc/passwd", "a:b/c"]) {
+    assert.ok(hasProtocol(p), p);
+  }
   for (const p of ["/abs/a:b", "rel/a:b", "plain.qcow2", "./x:y"]) assert.ok(!hasProtocol(p), p);
 });
 
@@ -23,7 +32,16 @@ Deno.test("checkBacking refuses before anything is opened", async (t) => {
     await Deno.symlink(`${out}/secret`, `${d}/escape`);
     const policy = await makePolicy(`${d}/top.qcow2`);
     const top = `${d}/top.qcow2`;
-    for (const name of ["json:{\"file\":\"x\"}", "nbd://127.0.0.1/x", "file:b.raw", `${out}/secret`, "escape", `../${out.split("/").pop()}/secret`]) {
+    for (
+      const name of [
+        'json:{"file":"x"}',
+        "nbd://127.0.0.1/x",
+        "file:b.raw",
+        `${out}/secret`,
+        "escape",
+        `../${out.split("/").pop()}/secret`,
+      ]
+    ) {
       await t.step(name, async () => {
         await assert.rejects(checkBacking(policy, top, name, 0, new Set()), PolicyError);
       });

@@ -5,10 +5,19 @@ import { nameBytes } from "../abi/records.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
-  expectOneFile, IMAGE_LONGS_HEAD, IMAGE_LONGS_TAIL, imageCommandOption, type ImageCommandOptions,
-  INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  expectOneFile,
+  IMAGE_LONGS_HEAD,
+  IMAGE_LONGS_TAIL,
+  imageCommandOption,
+  type ImageCommandOptions,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+  outputFormat,
 } from "./common.ts";
-import { openFailure, openChain, OpenError, openImage } from "./image.ts";
+import { openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
@@ -34,7 +43,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
         if (value !== "leaks" && value !== "all") {
           throw usageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${value}`);
         }
-        throw new CliError(["Repairing images (-r) is not supported by instar; it never writes to its input"]);
+        throw new CliError([
+          "Repairing images (-r) is not supported by instar; it never writes to its input",
+        ]);
       case "T":
         cache = value!;
         break;
@@ -73,7 +84,10 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   let pendingNames: string[] = [];
   for (const r of recs) {
     // Snapshot ids/names a diagnostic quotes arrive as NAME records just before it.
-    if (r.type === records.NAME && (r.fields.kind === nameKinds.SNAPSHOT_ID || r.fields.kind === nameKinds.SNAPSHOT_NAME)) {
+    if (
+      r.type === records.NAME &&
+      (r.fields.kind === nameKinds.SNAPSHOT_ID || r.fields.kind === nameKinds.SNAPSHOT_NAME)
+    ) {
       pendingNames.push(new TextDecoder().decode(nameBytes(r)));
     }
     if (r.type === records.CHECK_MSG) {
@@ -88,7 +102,12 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const err = recs.find((r) => r.type === records.ERROR);
   if (err) {
     const f = err.fields;
-    const msg = qcow2ErrorMessage({ code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
+    const msg = qcow2ErrorMessage({
+      code: f.code as number,
+      a0: f.a0 as bigint,
+      a1: f.a1 as bigint,
+      a2: f.a2 as bigint,
+    });
     throw new CliError([`Could not open '${filename}': ${msg}`]);
   }
   const checks = recs.filter((r) => r.type === records.CHECK);
@@ -97,7 +116,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // A non-zero CHECK.flags is the errno of a check qemu ends early
   // (bdrv_check returned an error): qemu prints no summary, only this.
   const errno = c.flags as number;
-  if (errno !== 0) throw new CliError([`Check failed: ${CHECK_ERRNO_TEXT[errno] ?? `Unknown error ${errno}`}`]);
+  if (errno !== 0) {
+    throw new CliError([`Check failed: ${CHECK_ERRNO_TEXT[errno] ?? `Unknown error ${errno}`}`]);
+  }
   const n = (k: string) => c[k] as bigint;
   const facts: CheckFacts = {
     filename,
@@ -115,7 +136,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   };
   // Counters are printed as int64 by qemu; anything larger is a lying guest.
   for (const [k, v] of Object.entries(facts)) {
-    if (typeof v === "bigint" && v >= 1n << 63n) throw new CliError([`Check failed: sandbox failure: ${k} out of range`]);
+    if (typeof v === "bigint" && v >= 1n << 63n) {
+      throw new CliError([`Check failed: sandbox failure: ${k} out of range`]);
+    }
   }
   if (!quiet) io.out(format === "json" ? checkJson(facts) : checkHuman(facts));
   if (facts.checkErrors !== 0n) {

@@ -15,7 +15,7 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { openFailure, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";

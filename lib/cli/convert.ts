@@ -19,7 +19,7 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { openFailure, errnoText, openChain, OpenError, openImage } from "./image.ts";
+import { errnoText, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {

@@ -31,7 +31,7 @@ import {
 } from "../formats/options.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import { driverFor } from "../formats/mod.ts";
-import { type CreateHost, CreateError } from "../formats/types.ts";
+import { CreateError, type CreateHost } from "../formats/types.ts";
 import { hostPath } from "../host/context.ts";
 
 const U64_MAX = (1n << 64n) - 1n;

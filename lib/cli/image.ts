@@ -7,7 +7,13 @@ import { nameBytes, type Rec } from "../abi/records.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import type { DecodedImage } from "../formats/types.ts";
 import { driverFor, driverForCode, type FormatDriver, isQemuDriver } from "../formats/mod.ts";
-import { checkBacking, type ChainPolicy, fileKey, fullBackingFilename, PolicyError } from "../chain/policy.ts";
+import {
+  type ChainPolicy,
+  checkBacking,
+  fileKey,
+  fullBackingFilename,
+  PolicyError,
+} from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
@@ -152,7 +158,10 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
     const preface: string[] = [];
     let names: string[] = [];
     for (const r of recs) {
-      if (r.type === records.NAME && (r.fields.kind === nameKinds.SNAPSHOT_ID || r.fields.kind === nameKinds.SNAPSHOT_NAME)) {
+      if (
+        r.type === records.NAME &&
+        (r.fields.kind === nameKinds.SNAPSHOT_ID || r.fields.kind === nameKinds.SNAPSHOT_NAME)
+      ) {
         names.push(new TextDecoder().decode(nameBytes(r)));
       } else if (r.type === records.CHECK_MSG && r.fields.input === 0) {
         try {
@@ -166,7 +175,9 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
     }
     throw new OpenError(filename, text(fields, features, filename), 0, false, preface);
   }
-  if (result.guestStatus !== 0n) throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");
+  if (result.guestStatus !== 0n) {
+    throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");
+  }
   try {
     if (!driver?.decode) throw new GuestResultError(`probed format ${probed} out of range`);
     const d = driver.decode(recs, 0, input.size);
@@ -190,8 +201,16 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
       }
     }
     return {
-      filename, openPath: path, driver, format: driver.name, formatCode: probed, fileSize: input.size,
-      actualSize: BigInt(st.blocks ?? 0) * 512n, ...d, dev: input.dev, ino: input.ino,
+      filename,
+      openPath: path,
+      driver,
+      format: driver.name,
+      formatCode: probed,
+      fileSize: input.size,
+      actualSize: BigInt(st.blocks ?? 0) * 512n,
+      ...d,
+      dev: input.dev,
+      ino: input.ino,
     };
   } catch (e) {
     if (e instanceof GuestResultError) throw new OpenError(filename, `Sandbox failure: ${e.message}`);

@@ -2,11 +2,21 @@
 import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
 import {
-  expectOneFile, HelpRequested, IMAGE_LONGS_HEAD, IMAGE_LONGS_TAIL, imageCommandOption, type ImageCommandOptions,
-  INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  expectOneFile,
+  HelpRequested,
+  IMAGE_LONGS_HEAD,
+  IMAGE_LONGS_TAIL,
+  imageCommandOption,
+  type ImageCommandOptions,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+  outputFormat,
   profileOf,
 } from "./common.ts";
-import { backingName, openChain, OpenError, type OpenedImage, openImage } from "./image.ts";
+import { backingName, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { fullBackingFilename, makePolicy } from "../chain/policy.ts";
 import { type ImageFacts, infoHuman, infoJson } from "../output/image_info.ts";
 import { helpText } from "./help.ts";

@@ -3,18 +3,28 @@ import { mapFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
 import {
-  expectOneFile, IMAGE_LONGS_HEAD, IMAGE_LONGS_TAIL, imageCommandOption, type ImageCommandOptions,
-  INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions, outputFormat,
+  expectOneFile,
+  IMAGE_LONGS_HEAD,
+  IMAGE_LONGS_TAIL,
+  imageCommandOption,
+  type ImageCommandOptions,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+  outputFormat,
   profileOf,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { openFailure, openChain, OpenError, openImage } from "./image.ts";
+import { openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 
-const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
+const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID |
+  mapFlags.COMPRESSED;
 
 export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let start = 0n;
@@ -62,16 +72,27 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
       result = await runGuest({
         op: "map",
         opCode: ops.MAP,
-        inputs: chain.map((img) => ({ path: img.openPath, format: img.formatCode, nofollow: img !== chain[0] })),
+        inputs: chain.map((img) => ({
+          path: img.openPath,
+          format: img.formatCode,
+          nofollow: img !== chain[0],
+        })),
         args: [start, maxLength === -1n ? (1n << 64n) - 1n : maxLength],
       });
     } catch (e) {
-      throw new CliError([`Could not read file metadata: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+      throw new CliError([
+        `Could not read file metadata: sandbox failure: ${e instanceof Error ? e.message : String(e)}`,
+      ]);
     }
     const err = result.records.find((r) => r.type === records.ERROR);
     if (err) {
       const f = err.fields;
-      const msg = qcow2ErrorMessage({ code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
+      const msg = qcow2ErrorMessage({
+        code: f.code as number,
+        a0: f.a0 as bigint,
+        a1: f.a1 as bigint,
+        a2: f.a2 as bigint,
+      });
       throw new CliError([`Could not read file metadata: ${msg}`]);
     }
     extents = result.records.filter((r) => r.type === records.MAP_EXTENT).map((r) => ({
@@ -107,5 +128,7 @@ function validateExtents(extents: MapExtent[], start: bigint, end: bigint, layer
     if (bad) throw new CliError(["Could not read file metadata: sandbox failure: inconsistent map extents"]);
     at += e.length;
   }
-  if (at !== end) throw new CliError(["Could not read file metadata: sandbox failure: map extents do not cover the image"]);
+  if (at !== end) {
+    throw new CliError(["Could not read file metadata: sandbox failure: map extents do not cover the image"]);
+  }
 }

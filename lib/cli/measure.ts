@@ -16,7 +16,7 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { openFailure, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
@@ -54,12 +54,16 @@ async function allocationOf(chain: OpenedImage[], precise: boolean): Promise<All
   if (err) {
     const f = err.fields;
     const text = chain[f.input as number]?.driver.openError ?? qcow2ErrorMessage;
-    const msg = text({
-      code: f.code as number,
-      a0: f.a0 as bigint,
-      a1: f.a1 as bigint,
-      a2: f.a2 as bigint,
-    }, [], chain[f.input as number]?.filename ?? "");
+    const msg = text(
+      {
+        code: f.code as number,
+        a0: f.a0 as bigint,
+        a1: f.a1 as bigint,
+        a2: f.a2 as bigint,
+      },
+      [],
+      chain[f.input as number]?.filename ?? "",
+    );
     throw new CliError([`Unable to get block status: ${msg}`]);
   }
   const extents: AllocationExtent[] = [];

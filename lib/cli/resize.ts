@@ -21,7 +21,7 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { openFailure, errnoText, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { errnoText, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { fileRange, runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";

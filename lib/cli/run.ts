@@ -34,7 +34,12 @@ const COMMANDS: Record<string, typeof infoCommand> = {
 
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
-  "amend", "bench", "bitmap", "commit", "dd", "rebase",
+  "amend",
+  "bench",
+  "bitmap",
+  "commit",
+  "dd",
+  "rebase",
   "snapshot",
 ];
 

@@ -7,7 +7,15 @@ export const INSTAR_VERSION = "0.1.0";
 /** The newest profile instar knows; used when no qemu-img is installed. */
 export const NEWEST = { major: 10, minor: 0 };
 
-export { atLeast, hasChildren, hasDirtyFlagAndPresent, hasMapCompressed, parseProfile, type Profile, fullVersion } from "../output/profile.ts";
+export {
+  atLeast,
+  fullVersion,
+  hasChildren,
+  hasDirtyFlagAndPresent,
+  hasMapCompressed,
+  parseProfile,
+  type Profile,
+} from "../output/profile.ts";
 
 let detected: Promise<Profile> | undefined;
 

@@ -21,7 +21,9 @@ export class OutputOptionError extends Error {
 /** Parses `-o` for a target of `size` bytes in `driver`'s format. */
 export function outputOptions(driver: FormatDriver, text: string, outFile: string, size: bigint): OutputSpec {
   const target = driver.convertTarget;
-  if (!target || !driver.create) throw new OutputOptionError(`Writing the ${driver.name} format is not supported by instar convert yet`);
+  if (!target || !driver.create) {
+    throw new OutputOptionError(`Writing the ${driver.name} format is not supported by instar convert yet`);
+  }
   const parsed = parseOptions(text, driver.create.options);
   if (!parsed.ok) throw new OutputOptionError(parsed.error.message);
   const opts = parsed.value;

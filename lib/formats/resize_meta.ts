@@ -42,7 +42,9 @@ export function decodeResizeMeta(recs: Rec[], format: number): ResizeMeta {
   let total = 0n;
   for (const r of recs) {
     if (r.type !== records.RESIZE_BYTES) continue;
-    const what = r.fields.what as number, length = r.fields.length as number, offset = r.fields.offset as bigint;
+    const what = r.fields.what as number,
+      length = r.fields.length as number,
+      offset = r.fields.offset as bigint;
     const size = BLOB_SIZE[what];
     if (size === undefined) throw new GuestResultError("resize scan sent an unknown structure");
     if (length > 1024 || offset > BigInt(size) || offset + BigInt(length) > BigInt(size)) {
@@ -96,7 +98,9 @@ export function planFromScan<S>(
   summarize: (m: ResizeMeta, fileSize: bigint) => S | string,
   plan: (s: S, req: ResizeRequest) => PlanResult<FilePlan>,
 ): { summary: S; plan: FilePlan } {
-  if (result.guestStatus !== 0n) throw host.refuse("sandbox failure: guest reported an error without a reason");
+  if (result.guestStatus !== 0n) {
+    throw host.refuse("sandbox failure: guest reported an error without a reason");
+  }
   let s: S | string;
   try {
     s = summarize(decodeResizeMeta(result.records, format), result.fileSize);

@@ -28,9 +28,19 @@ function meta(f: Record<string, number | bigint>): Rec {
   return {
     type: records.RESIZE_META,
     fields: {
-      format: formats.VHDX, flags: resizeMetaFlags.VHDX_LOG_GUID_ZERO, subformat: 0, reserved: 0,
-      virtual_size: 100n * MiB, block_size: 32n * MiB, bat_offset: 3n * MiB, bat_capacity: MiB,
-      sequence: 7n, item_offset: 2n * MiB + 65536n, alloc_end: 1n, n_bytes: 4096n, ...f,
+      format: formats.VHDX,
+      flags: resizeMetaFlags.VHDX_LOG_GUID_ZERO,
+      subformat: 0,
+      reserved: 0,
+      virtual_size: 100n * MiB,
+      block_size: 32n * MiB,
+      bat_offset: 3n * MiB,
+      bat_capacity: MiB,
+      sequence: 7n,
+      item_offset: 2n * MiB + 65536n,
+      alloc_end: 1n,
+      n_bytes: 4096n,
+      ...f,
     },
   };
 }
@@ -54,7 +64,10 @@ Deno.test("decodeResizeMeta: a complete vhdx stream", () => {
   assertEquals(p.value.patches[0], { kind: "zero", offset: 3n * MiB + 4n * 8n, length: 3n * 8n });
   // shrink across blocks: allowed above the data, refused over it
   assert(planVhdxResize(s, { newSize: 40n * MiB, shrink: true, beyondQemu: true }).ok);
-  const over = vhdxResizeSummary(decodeResizeMeta([...recs.slice(0, 4), meta({ alloc_end: 3n })], formats.VHDX), 8n * MiB);
+  const over = vhdxResizeSummary(
+    decodeResizeMeta([...recs.slice(0, 4), meta({ alloc_end: 3n })], formats.VHDX),
+    8n * MiB,
+  );
   assert(typeof over !== "string");
   assert(!planVhdxResize(over, { newSize: 40n * MiB, shrink: true, beyondQemu: true }).ok);
 });
@@ -69,8 +82,14 @@ Deno.test("decodeResizeMeta refuses cut, repeated, oversized and mismatched stre
     [...hdr, hdr[0], meta({ n_bytes: 5120n })], // repeated bytes
     [...hdr, meta({ n_bytes: 4095n })],
     [...hdr, meta({ format: formats.VPC })],
-    [{ type: records.RESIZE_BYTES, fields: { what: 9, length: 8, offset: 0n, bytes: new Uint8Array(1024) } }, meta({ n_bytes: 8n })],
-    [{ type: records.RESIZE_BYTES, fields: { what: resizeBlobs.VHDX_HEADER, length: 1024, offset: 3584n, bytes: new Uint8Array(1024) } }, meta({ n_bytes: 1024n })],
+    [
+      { type: records.RESIZE_BYTES, fields: { what: 9, length: 8, offset: 0n, bytes: new Uint8Array(1024) } },
+      meta({ n_bytes: 8n }),
+    ],
+    [{
+      type: records.RESIZE_BYTES,
+      fields: { what: resizeBlobs.VHDX_HEADER, length: 1024, offset: 3584n, bytes: new Uint8Array(1024) },
+    }, meta({ n_bytes: 1024n })],
   ];
   for (const recs of bad) throws(() => decodeResizeMeta(recs, formats.VHDX));
   // a header whose sequence number is not the one reported
@@ -89,12 +108,21 @@ Deno.test("vpc summary: differencing and mismatched layouts refused; dynamic shr
     ...bytesRecs(resizeBlobs.VPC_FOOTER, footer),
     ...bytesRecs(resizeBlobs.VPC_DYNHEADER, new Uint8Array(1024)),
     meta({
-      format: formats.VPC, flags: resizeMetaFlags.VPC_DYNAMIC, subformat: 3, virtual_size: 100n * MiB,
-      block_size: 2n * MiB, bat_offset: 1536n, bat_capacity: 50n, sequence: 0n, item_offset: 0n, n_bytes: 1536n,
+      format: formats.VPC,
+      flags: resizeMetaFlags.VPC_DYNAMIC,
+      subformat: 3,
+      virtual_size: 100n * MiB,
+      block_size: 2n * MiB,
+      bat_offset: 1536n,
+      bat_capacity: 50n,
+      sequence: 0n,
+      item_offset: 0n,
+      n_bytes: 1536n,
       ...f,
     }),
   ];
-  const sum = (f: Record<string, number | bigint>) => vpcResizeSummary(decodeResizeMeta(recs(f), formats.VPC), 4n * MiB);
+  const sum = (f: Record<string, number | bigint>) =>
+    vpcResizeSummary(decodeResizeMeta(recs(f), formats.VPC), 4n * MiB);
   assertEquals(typeof sum({ subformat: 4 }), "string");
   assertEquals(typeof sum({ subformat: 2 }), "string");
   assertEquals(typeof sum({ alloc_end: 51n }), "string");

@@ -1,7 +1,15 @@
 // Size strings as qemu parses them (util/cutils.c do_strtosz): decimal or
 // 0x-hex integers, an optional B/K/M/G/T/P/E suffix (binary units), decimal
 // fractions with a suffix. Shared by the CLI (cvtnum) and -o size values.
-const UNITS: Record<string, bigint> = { B: 1n, K: 1n << 10n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n, P: 1n << 50n, E: 1n << 60n };
+const UNITS: Record<string, bigint> = {
+  B: 1n,
+  K: 1n << 10n,
+  M: 1n << 20n,
+  G: 1n << 30n,
+  T: 1n << 40n,
+  P: 1n << 50n,
+  E: 1n << 60n,
+};
 const U64_MAX = (1n << 64n) - 1n;
 export const INT64_MAX = (1n << 63n) - 1n;
 

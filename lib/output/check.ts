@@ -60,7 +60,10 @@ export function checkHuman(c: CheckFacts): string {
     if (c.checkErrors !== 0n) out += `\n${c.checkErrors} internal errors have occurred during the check.\n`;
   }
   if (c.totalClusters !== 0n && c.allocatedClusters !== 0n) {
-    out += `${c.allocatedClusters}/${c.totalClusters} = ${percent(c.allocatedClusters, c.totalClusters)}% allocated, ` +
+    out +=
+      `${c.allocatedClusters}/${c.totalClusters} = ${
+        percent(c.allocatedClusters, c.totalClusters)
+      }% allocated, ` +
       `${percent(c.fragmentedClusters, c.allocatedClusters)}% fragmented, ` +
       `${percent(c.compressedClusters, c.allocatedClusters)}% compressed clusters\n`;
   }

@@ -35,7 +35,9 @@ export function formatG(num: bigint, den: bigint, precision = 6): string {
   while (ge(x + 1)) x++;
   // Round to `precision` significant digits.
   const shift = x - precision + 1;
-  let digits = shift >= 0 ? divRoundHalfEven(num, den * pow10(shift)) : divRoundHalfEven(num * pow10(-shift), den);
+  let digits = shift >= 0
+    ? divRoundHalfEven(num, den * pow10(shift))
+    : divRoundHalfEven(num * pow10(-shift), den);
   if (digits >= 10n ** p) {
     x++;
     digits = digits / 10n;

@@ -10,7 +10,6 @@ import type { RunRequest, RunResult } from "../../lib/vmm/guest.ts";
 import { Cancelled, cancelSignal, hostPath } from "../../lib/host/context.ts";
 import { requestLimits } from "../../lib/vmm/sandbox.ts";
 
-
 const ROOT = new URL("../..", import.meta.url).pathname;
 const HOST = `${ROOT}build/host`;
 
@@ -40,7 +39,9 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
   for (const i of req.inputs) {
     const path = hostPath(i.path);
     const st = i.nofollow ? Deno.lstatSync(path) : Deno.statSync(path);
-    if (st.isSymlink) throw Object.assign(new Error("Too many levels of symbolic links"), { errno: 40, path: i.path });
+    if (st.isSymlink) {
+      throw Object.assign(new Error("Too many levels of symbolic links"), { errno: 40, path: i.path });
+    }
     inputs.push({ size: BigInt(st.size), dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) });
     args.push(`${i.format}:${path}`);
   }
@@ -67,13 +68,22 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
   const stderr = new TextDecoder().decode(out.stderr);
   if (timedOut) throw new HostedRunError(`guest timed out after ${timeoutMs} ms`, runStatus.TIMEOUT);
   if (out.signal) throw new HostedRunError(`guest crashed (hosted: ${out.signal})`, runStatus.GUEST_FAULT);
-  if (out.code === 70) throw new HostedRunError(`guest made a bad hypercall (hosted: ${stderr.trim()})`, runStatus.BAD_HYPERCALL);
-  if (out.code !== 0) throw new HostedRunError(`hosted guest exited ${out.code}: ${stderr.trim()}`, runStatus.HOST_ERROR);
+  if (out.code === 70) {
+    throw new HostedRunError(
+      `guest made a bad hypercall (hosted: ${stderr.trim()})`,
+      runStatus.BAD_HYPERCALL,
+    );
+  }
+  if (out.code !== 0) {
+    throw new HostedRunError(`hosted guest exited ${out.code}: ${stderr.trim()}`, runStatus.HOST_ERROR);
+  }
   let records;
   try {
     records = decodeRecords(out.stdout);
   } catch (e) {
-    if (e instanceof RecordError) throw new HostedRunError(`guest produced malformed results: ${e.message}`, -1);
+    if (e instanceof RecordError) {
+      throw new HostedRunError(`guest produced malformed results: ${e.message}`, -1);
+    }
     throw e;
   }
   // The VMM's poll sees some of the guest's progress calls; a replay of all

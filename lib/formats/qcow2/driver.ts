@@ -28,7 +28,9 @@ async function createQcow2(_filename: string, opts: ParsedOpts, host: CreateHost
       if (e instanceof CreateError) throw e;
       const text = host.describe(e);
       if (/File too large/.test(text)) {
-        throw new CreateError("The image size is too large for file format 'qcow2' (try using a larger cluster size)");
+        throw new CreateError(
+          "The image size is too large for file format 'qcow2' (try using a larger cluster size)",
+        );
       }
       throw new CreateError(`Could not write qcow2 image: ${text}`);
     }
@@ -62,7 +64,10 @@ export const qcow2Driver: FormatDriver = {
   convertTarget: {
     spec(opts) {
       if (optGet(opts, "backing_file") !== undefined || optGet(opts, "backing_fmt") !== undefined) {
-        return fail("unsupported", "A backing file for the target (-o backing_file) is not supported by instar convert");
+        return fail(
+          "unsupported",
+          "A backing file for the target (-o backing_file) is not supported by instar convert",
+        );
       }
       const typed = qcow2CreateOptions(opts);
       // Every refusal of the options themselves gets bdrv_create's prefix.

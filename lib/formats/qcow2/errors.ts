@@ -4,7 +4,11 @@
 import { guestErrors as G, nameKinds } from "../../abi/spec.ts";
 import { qcow2OpenErrorText } from "../../abi/check_messages.ts";
 
-const TABLES: Record<number, string> = { 1: "Reference count table", 2: "Snapshot table", 3: "Active L1 table" };
+const TABLES: Record<number, string> = {
+  1: "Reference count table",
+  2: "Snapshot table",
+  3: "Active L1 table",
+};
 const MAX_BITMAPS = 65535;
 const MAX_BITMAP_DIRECTORY_SIZE = 64 * 65535;
 
@@ -37,7 +41,9 @@ export function qcow2ErrorMessage(e: GuestErrorFields, features: string[] = []):
     case G.UNSUPPORTED_VERSION:
       return `Unsupported qcow2 version ${a0}`;
     case G.BAD_CLUSTER_BITS:
-      return a1 === 1n ? `Unsupported subcluster size: ${(1n << a0) / 32n}` : `Unsupported cluster size: 2^${a0}`;
+      return a1 === 1n
+        ? `Unsupported subcluster size: ${(1n << a0) / 32n}`
+        : `Unsupported cluster size: 2^${a0}`;
     case G.BAD_HEADER_LENGTH:
       return a1 === 1n ? "qcow2 header too short" : "qcow2 header exceeds cluster size";
     case G.BAD_REFCOUNT_ORDER:

@@ -47,7 +47,9 @@ export function qcow2Model(recs: Rec[], input: number): Qcow2Model {
   const flags = f.flags as number;
   const incompat = f.incompatible_features as bigint;
   if (version !== 2 && version !== 3) throw new GuestResultError(`qcow2 version ${version} out of range`);
-  if (clusterBits < 9 || clusterBits > 21) throw new GuestResultError(`cluster_bits ${clusterBits} out of range`);
+  if (clusterBits < 9 || clusterBits > 21) {
+    throw new GuestResultError(`cluster_bits ${clusterBits} out of range`);
+  }
   if (refcountOrder > 6) throw new GuestResultError(`refcount_order ${refcountOrder} out of range`);
   if (virtualSize > (1n << 63n) - 1n) throw new GuestResultError("virtual size out of range");
   if (compression > 1) throw new GuestResultError(`compression type ${compression} out of range`);
@@ -65,7 +67,9 @@ export function qcow2Model(recs: Rec[], input: number): Qcow2Model {
   if ((flags & qcow2InfoFlags.HAS_BACKING) !== 0 !== (backingFile !== undefined)) {
     throw new GuestResultError("backing file flag and name records disagree");
   }
-  if (backingFile && backingFile.length > limits.NAME_MAX) throw new GuestResultError("backing name too long");
+  if (backingFile && backingFile.length > limits.NAME_MAX) {
+    throw new GuestResultError("backing name too long");
+  }
 
   return {
     version,

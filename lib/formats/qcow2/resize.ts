@@ -19,14 +19,20 @@ export const qcow2Resize: ResizeSupport = {
     if (total % 512n !== 0n) throw host.fail(["The new size must be a multiple of 512"]);
     if (q.nbSnapshots > 0 && q.version < 3) throw host.fail(["Can't resize a v2 image which has snapshots"]);
     // Cases qemu handles that instar refuses before writing (docs/resize.md).
-    if (q.corrupt) throw host.fail([`Could not open '${job.filename}': qcow2: Image is corrupt; cannot be opened read/write`]);
+    if (q.corrupt) {
+      throw host.fail([
+        `Could not open '${job.filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+      ]);
+    }
     if (q.dirty) {
       throw host.refuse(
         "the image has the dirty bit set (run qemu-img check -r all first); instar does not repair refcounts",
       );
     }
     if (q.hasDataFileBit) throw host.refuse("instar does not resize images with an external data file");
-    if (q.nbBitmaps > 0 || q.hasBitmapsExt) throw host.refuse("instar does not resize images with persistent bitmaps");
+    if (q.nbBitmaps > 0 || q.hasBitmapsExt) {
+      throw host.refuse("instar does not resize images with persistent bitmaps");
+    }
     if (q.nbSnapshots > 0 && total < q.virtualSize) {
       throw host.refuse("instar does not shrink images with internal snapshots");
     }
@@ -43,17 +49,22 @@ export const qcow2Resize: ResizeSupport = {
       const msg = qcow2ErrorMessage({ code, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
       throw host.fail([`Could not open '${job.filename}': ${msg}`]);
     }
-    if (result.guestStatus !== 0n) throw host.refuse("sandbox failure: guest reported an error without a reason");
+    if (result.guestStatus !== 0n) {
+      throw host.refuse("sandbox failure: guest reported an error without a reason");
+    }
     let scan: Qcow2ResizeScan;
     const summary = result.records.find((r) => r.type === records.RESIZE_SUMMARY);
-    const busyTail = summary !== undefined && ((summary.fields.flags as number) & resizeFlags.BUSY_TAIL) !== 0;
+    const busyTail = summary !== undefined &&
+      ((summary.fields.flags as number) & resizeFlags.BUSY_TAIL) !== 0;
     try {
       scan = decodeScan(result.records, result.fileSize);
     } catch (e) {
       if (e instanceof GuestResultError) throw host.refuse(`sandbox failure: ${e.message}`);
       throw e;
     }
-    if (busyTail) throw host.refuse("instar does not preallocate over clusters the image already maps past its end");
+    if (busyTail) {
+      throw host.refuse("instar does not preallocate over clusters the image already maps past its end");
+    }
     const plan = planQcow2Resize(scan, { newSize: total, preallocation: prealloc });
     if (!plan.ok) {
       // qemu's own failures keep qemu-img's words; instar's refusals name the file.

@@ -41,7 +41,9 @@ export const rawDriver: FormatDriver = {
   convertTarget: {
     spec(opts) {
       const prealloc = optGet(opts, "preallocation")?.str ?? "off";
-      if (!["off", "falloc", "full"].includes(prealloc)) return fail("invalid_option", `invalid parameter value: ${prealloc}`);
+      if (!["off", "falloc", "full"].includes(prealloc)) {
+        return fail("invalid_option", `invalid parameter value: ${prealloc}`);
+      }
       return ok({ writer: "raw", preallocation: prealloc as Prealloc });
     },
   },

@@ -22,7 +22,9 @@ export function vhdxResizeSummary(m: ResizeMeta, fileSize: bigint): VhdxResizeSu
     return "sandbox failure: header sequence number mismatch";
   }
   const bs = m.blockSize;
-  if (bs === 0n || m.allocEnd > (m.virtualSize + bs - 1n) / bs) return "sandbox failure: BAT facts out of range";
+  if (bs === 0n || m.allocEnd > (m.virtualSize + bs - 1n) / bs) {
+    return "sandbox failure: BAT facts out of range";
+  }
   return {
     sequenceNumber: m.sequence,
     activeHeader: (m.flags & resizeMetaFlags.VHDX_HEADER2) !== 0 ? 2 : 1,
@@ -40,7 +42,9 @@ export function vhdxResizeSummary(m: ResizeMeta, fileSize: bigint): VhdxResizeSu
 
 export const vhdxResize: ResizeSupport = {
   async run(job: ResizeJob, host: ResizeHost) {
-    if (job.preallocation !== "off") throw host.refuse("instar does not preallocate when resizing vhdx images");
+    if (job.preallocation !== "off") {
+      throw host.refuse("instar does not preallocate when resizing vhdx images");
+    }
     const result = await host.scan(formats.VHDX, [job.newSize, 0n]);
     const err = result.records.find((r) => r.type === records.ERROR);
     if (err) {

@@ -123,7 +123,11 @@ export function planVhdxResize(s: VhdxResizeSummary, req: ResizeRequest): PlanRe
   // explicitly, whatever another writer left in the region past the old ones.
   const oldEntries = batEntriesFor(s.virtualSize, bs), newEntries = batEntriesFor(size, bs);
   if (newEntries > oldEntries) {
-    patches.push({ kind: "zero", offset: s.batOffset + oldEntries * 8n, length: (newEntries - oldEntries) * 8n });
+    patches.push({
+      kind: "zero",
+      offset: s.batOffset + oldEntries * 8n,
+      length: (newEntries - oldEntries) * 8n,
+    });
   }
   patches.push(
     { kind: "write", offset: inactive, bytes: header(s.sequenceNumber + 1n) },

@@ -25,7 +25,12 @@ export const vpcErrors = {
  * record's a1/a2; `filename` as qemu-img names the image. undefined for a
  * code the guest does not send.
  */
-export function vpcErrorText(code: number | bigint, a1: bigint, _a2: bigint, filename: string): string | undefined {
+export function vpcErrorText(
+  code: number | bigint,
+  a1: bigint,
+  _a2: bigint,
+  filename: string,
+): string | undefined {
   switch (Number(code)) {
     case vpcErrors.READ_FOOTER:
       return "Unable to read VHD header";

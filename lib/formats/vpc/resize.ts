@@ -21,7 +21,9 @@ export function vpcResizeSummary(m: ResizeMeta, fileSize: bigint): VpcResizeSumm
   }
   const dynHeader = m.blobs.get(resizeBlobs.VPC_DYNHEADER) ?? new Uint8Array(0);
   if (dynamic && dynHeader.length !== 1024) return "sandbox failure: the scan sent no dynamic header";
-  if (m.batCapacity > 0xffffffffn || m.allocEnd > m.batCapacity) return "sandbox failure: BAT facts out of range";
+  if (m.batCapacity > 0xffffffffn || m.allocEnd > m.batCapacity) {
+    return "sandbox failure: BAT facts out of range";
+  }
   return {
     subformat: dynamic ? "dynamic" : "fixed",
     currentSize: m.virtualSize,
@@ -58,7 +60,9 @@ export function vpcSteps(plan: FilePlan, s: VpcResizeSummary): FilePlan[] {
 
 export const vpcResize: ResizeSupport = {
   async run(job: ResizeJob, host: ResizeHost) {
-    if (job.preallocation !== "off") throw host.refuse("instar does not preallocate when resizing vpc images");
+    if (job.preallocation !== "off") {
+      throw host.refuse("instar does not preallocate when resizing vpc images");
+    }
     const result = await host.scan(formats.VPC, [job.newSize, 0n]);
     const err = result.records.find((r) => r.type === records.ERROR);
     if (err) {
@@ -69,7 +73,14 @@ export const vpcResize: ResizeSupport = {
       if (text !== undefined) throw host.fail([`Could not open '${job.filename}': ${text}`]);
       throw host.refuse("metadata check failed");
     }
-    const { summary: s, plan } = planFromScan(result, host, job, formats.VPC, vpcResizeSummary, planVpcResize);
+    const { summary: s, plan } = planFromScan(
+      result,
+      host,
+      job,
+      formats.VPC,
+      vpcResizeSummary,
+      planVpcResize,
+    );
     await host.applySteps(vpcSteps(plan, s), "Could not resize image", "write");
   },
 };

@@ -80,7 +80,9 @@ export function planVpcResize(s: VpcResizeSummary, req: ResizeRequest): PlanResu
   // A shrink may only cut blocks that hold nothing: the BAT keeps its
   // length, the entries past the new end stay unallocated.
   if (size < s.currentSize) {
-    if (s.allocatedBlocks === undefined) return fail("unsupported", "Shrinking a dynamic VHD is not supported");
+    if (s.allocatedBlocks === undefined) {
+      return fail("unsupported", "Shrinking a dynamic VHD is not supported");
+    }
     if (s.allocatedBlocks > entries) {
       return fail("unsupported", "Shrinking a dynamic VHD over allocated blocks is not supported");
     }
