@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fuzz_rt.h"
+#include "vpc_checksum.h"
 #include "qcow2/qcow2.h"
 #include "qcow2/map.h"
 #include "probe/probe.h"
@@ -113,22 +114,6 @@ static void scan_chain(uint64_t tcs)
         CHECK(allocated <= size, allocated, size);
         CHECK(units <= cap / tcs, units, cap);
     }
-}
-
-/* The VHD footer at base, its checksum recomputed (bytes past `size` read
- * as zero, as vpc_open reads them); fuzz/targets/vpc.c does the same. */
-static void fix_vpc_checksum(uint8_t *d, size_t size, size_t base)
-{
-    uint8_t *f = d + base;
-    if (base + 68 > size || memcmp(f, "conectix", 8)) return;
-    uint32_t sum = 0;
-    for (size_t i = 0; i < 512 && base + i < size; i++)
-        if (i < 64 || i >= 68) sum += f[i];
-    sum = ~sum;
-    f[64] = (uint8_t)(sum >> 24);
-    f[65] = (uint8_t)(sum >> 16);
-    f[66] = (uint8_t)(sum >> 8);
-    f[67] = (uint8_t)sum;
 }
 
 static void scan_vpc(const uint8_t *img, size_t n, uint64_t tcs)

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fuzz_rt.h"
+#include "vpc_checksum.h"
 #include "chain/layer.h"
 #include "vpc/vpc.h"
 
@@ -92,21 +93,6 @@ static void run(const uint8_t *data, size_t size)
     fuzz_rt_end();
 }
 
-/* The footer at base (its bytes past `size` read as zero, as vpc_open reads them). */
-static void fix_checksum(uint8_t *d, size_t size, size_t base)
-{
-    uint8_t *f = d + base;
-    if (base + 68 > size || memcmp(f, "conectix", 8)) return;
-    uint32_t sum = 0;
-    for (size_t i = 0; i < 512 && base + i < size; i++)
-        if (i < 64 || i >= 68) sum += f[i];
-    sum = ~sum;
-    f[64] = (uint8_t)(sum >> 24);
-    f[65] = (uint8_t)(sum >> 16);
-    f[66] = (uint8_t)(sum >> 8);
-    f[67] = (uint8_t)sum;
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     run(data, size);
@@ -114,8 +100,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t *copy = malloc(size);
     if (!copy) return 0;
     memcpy(copy, data, size);
-    fix_checksum(copy, size, 0);
-    fix_checksum(copy, size, ((size + 511) & ~(size_t)511) - 512);
+    fix_vpc_checksum(copy, size, 0);
+    fix_vpc_checksum(copy, size, ((size + 511) & ~(size_t)511) - 512);
     run(copy, size);
     free(copy);
     return 0;
