@@ -15,6 +15,15 @@ export const KVM: boolean = (() => {
 
 const REPO = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 
+// Without KVM the CLI tests need the hosted programs (build/host/<op>):
+// built once here, in the test process, before any test spawns the CLI
+// (scripts/build.sh builds only what the product embeds).
+if (!KVM) {
+  const r = new Deno.Command("make", { args: ["-s", "-C", `${REPO}/guest/host`], stdout: "null", stderr: "piped" })
+    .outputSync();
+  if (!r.success) throw new Error(`make -C guest/host failed: ${new TextDecoder().decode(r.stderr)}`);
+}
+
 /** The module a test spawns as the instar CLI on this machine. */
 export const CLI_ENTRY = KVM ? `${REPO}/main.ts` : `${REPO}/tests/support/hosted_main.ts`;
 
