@@ -213,6 +213,7 @@
 #define RESIZE_BLOB_VPC_FOOTER 1
 #define RESIZE_BLOB_VPC_DYNHEADER 2
 #define RESIZE_BLOB_VHDX_HEADER 3
+#define RESIZE_BLOB_VHDX_REGION_TABLE 4
 
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
 #define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
@@ -772,7 +773,7 @@ struct rec_resize_meta {
     uint32_t format; /* formats.VPC / VHDX */
     uint32_t flags; /* resizeMetaFlags.* */
     uint32_t subformat; /* vpc: the footer's disk type; vhdx: file parameter bits */
-    uint32_t reserved;
+    uint32_t bat_entry; /* vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob) */
     uint64_t virtual_size; /* vpc: footer current_size; vhdx: virtual disk size item */
     uint64_t block_size;
     uint64_t bat_offset; /* file offset of the BAT (vhdx: of its region) */
@@ -787,7 +788,7 @@ _Static_assert(offsetof(struct rec_resize_meta, hdr) == 0, "rec_resize_meta.hdr"
 _Static_assert(offsetof(struct rec_resize_meta, format) == 8, "rec_resize_meta.format");
 _Static_assert(offsetof(struct rec_resize_meta, flags) == 12, "rec_resize_meta.flags");
 _Static_assert(offsetof(struct rec_resize_meta, subformat) == 16, "rec_resize_meta.subformat");
-_Static_assert(offsetof(struct rec_resize_meta, reserved) == 20, "rec_resize_meta.reserved");
+_Static_assert(offsetof(struct rec_resize_meta, bat_entry) == 20, "rec_resize_meta.bat_entry");
 _Static_assert(offsetof(struct rec_resize_meta, virtual_size) == 24, "rec_resize_meta.virtual_size");
 _Static_assert(offsetof(struct rec_resize_meta, block_size) == 32, "rec_resize_meta.block_size");
 _Static_assert(offsetof(struct rec_resize_meta, bat_offset) == 40, "rec_resize_meta.bat_offset");

@@ -749,7 +749,12 @@ export const structs: StructSpec[] = [
         offset: 16,
         doc: "vpc: the footer's disk type; vhdx: file parameter bits",
       },
-      { name: "reserved", type: "u32", offset: 20 },
+      {
+        name: "bat_entry",
+        type: "u32",
+        offset: 20,
+        doc: "vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob)",
+      },
       {
         name: "virtual_size",
         type: "u64",
@@ -838,7 +843,7 @@ export const resizeMetaFlags = {
 } as const;
 
 /** RESIZE_BYTES.what: which metadata structure the bytes are part of. */
-export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3 } as const;
+export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3, VHDX_REGION_TABLE: 4 } as const;
 
 /** Enum groups emitted into the C header as #defines with these prefixes. */
 export const enums: Record<string, Record<string, number>> = {

@@ -27,6 +27,7 @@ import { fileRange, runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";
 import { BDRV_MAX_LENGTH } from "../formats/raw/resize_plan.ts";
 import { type FilePlan, planViolation } from "../formats/plan.ts";
+import { copyRange } from "../formats/apply_plan.ts";
 import { hostPath } from "../host/context.ts";
 import { type Prealloc, PREALLOC_MODES, type ResizeHost } from "../formats/types.ts";
 
@@ -166,7 +167,8 @@ function resizeHost(img: OpenedImage, prealloc: Prealloc): ResizeHost {
 /**
  * Applies planned steps in order, each followed by fdatasync, after checking
  * that the file is still the one that was read (same device, inode and
- * length). Patches are the planner's own bytes; no image byte passes here.
+ * length). Patches are the planner's own bytes; the only image bytes that
+ * pass here are copy patches, moved verbatim and never interpreted.
  * A zero patch inside the file is a discard (a hole punched, as qemu's
  * file-posix does for the clusters a shrink frees); past the end it is an
  * area the preallocation mode allocates: posix_fallocate()d with falloc,
@@ -202,6 +204,9 @@ async function applySteps(
           await file.seek(p.offset, Deno.SeekMode.Start);
           let at = 0;
           while (at < p.bytes.length) at += await file.write(p.bytes.subarray(at));
+        } else if (p.kind === "copy") {
+          // A structure the image holds, moved verbatim (a VHD/VHDX BAT).
+          await copyRange(file, p.from, p.offset, p.length);
         } else if (p.length > 0n) {
           const eof = BigInt((await file.stat()).size);
           // Inside the file: clusters a shrink freed, which qemu discards
