@@ -50,6 +50,9 @@
 
 #define MAPOP_F_PRECISE 1
 
+#define CHECKOP_F_REPAIR_LEAKS 1
+#define CHECKOP_F_REPAIR_ALL 2
+
 #define FMT_AUTO 0
 #define FMT_RAW 1
 #define FMT_QCOW2 2
@@ -81,6 +84,7 @@
 #define REC_CONVERT_DONE 13
 #define REC_COMPARE 14
 #define REC_IMAGE_INFO 15
+#define REC_REPAIR_REFCOUNT 19
 #define REC_RESIZE_L1 20
 #define REC_RESIZE_REFTABLE 21
 #define REC_RESIZE_REFRUN 22
@@ -660,6 +664,21 @@ _Static_assert(offsetof(struct rec_resize_run, hdr) == 0, "rec_resize_run.hdr");
 _Static_assert(offsetof(struct rec_resize_run, start) == 8, "rec_resize_run.start");
 _Static_assert(offsetof(struct rec_resize_run, count) == 16, "rec_resize_run.count");
 _Static_assert(offsetof(struct rec_resize_run, refcount) == 24, "rec_resize_run.refcount");
+
+/* records.REPAIR_REFCOUNT: check -r rewrites the refcount of `cluster` (to the reference count its REFCOUNT_MISMATCH message gives); the entry lives in the refblock at file offset `refblock` */
+struct rec_repair_refcount {
+    uint8_t hdr[8];
+    uint64_t cluster;
+    uint64_t refblock;
+    uint32_t old_byte; /* refcount widths below 8 bits: the byte holding the entry, as read (others 0) */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_repair_refcount) == 32, "rec_repair_refcount size");
+_Static_assert(offsetof(struct rec_repair_refcount, hdr) == 0, "rec_repair_refcount.hdr");
+_Static_assert(offsetof(struct rec_repair_refcount, cluster) == 8, "rec_repair_refcount.cluster");
+_Static_assert(offsetof(struct rec_repair_refcount, refblock) == 16, "rec_repair_refcount.refblock");
+_Static_assert(offsetof(struct rec_repair_refcount, old_byte) == 24, "rec_repair_refcount.old_byte");
+_Static_assert(offsetof(struct rec_repair_refcount, reserved) == 28, "rec_repair_refcount.reserved");
 
 /* records.RESIZE_FREE (host clusters [start, start+count) each lose one reference) / RESIZE_ZERO (file bytes [start, start+count) of L2 entries to clear) */
 struct rec_resize_range {

@@ -131,6 +131,12 @@ export const infoFlags = { CHECK_MODE: 1 } as const;
  * convert sees, for measure's vpc/vhdx/vmdk estimates of that convert. */
 export const mapOpFlags = { PRECISE: 1 } as const;
 
+/** params.flags for ops.CHECK: qemu-img check -r leaks / -r all. The guest
+ * sends a REPAIR_REFCOUNT record for each refcount the repair rewrites,
+ * counts those as fixed, and checks OFLAG_COPIED against the refcounts the
+ * image will have after the repair (as qemu's check does after its fixes). */
+export const checkOpFlags = { REPAIR_LEAKS: 1, REPAIR_ALL: 2 } as const;
+
 /** Formats the host asks for or the guest detects. */
 export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4 } as const;
 
@@ -165,6 +171,8 @@ export const records = {
   COMPARE: 14,
   /** Header facts of a vpc/vhdx layer (rec_image_info). */
   IMAGE_INFO: 15,
+  /** check -r: a refcount entry the repair rewrites (rec_repair_refcount). */
+  REPAIR_REFCOUNT: 19,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
@@ -652,6 +660,24 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_repair_refcount",
+    size: 32,
+    doc: "records.REPAIR_REFCOUNT: check -r rewrites the refcount of `cluster` (to the reference count " +
+      "its REFCOUNT_MISMATCH message gives); the entry lives in the refblock at file offset `refblock`",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "cluster", type: "u64", offset: 8 },
+      { name: "refblock", type: "u64", offset: 16 },
+      {
+        name: "old_byte",
+        type: "u32",
+        offset: 24,
+        doc: "refcount widths below 8 bits: the byte holding the entry, as read (others 0)",
+      },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+  {
     name: "rec_resize_range",
     size: 24,
     doc: "records.RESIZE_FREE (host clusters [start, start+count) each lose one reference) / " +
@@ -823,6 +849,7 @@ export const recordStructs: Record<number, string> = {
   [records.CONVERT_DONE]: "rec_convert_done",
   [records.COMPARE]: "rec_compare",
   [records.IMAGE_INFO]: "rec_image_info",
+  [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
 };
@@ -855,6 +882,7 @@ export const enums: Record<string, Record<string, number>> = {
   CMP_: compareResults,
   INFO_F_: infoFlags,
   MAPOP_F_: mapOpFlags,
+  CHECKOP_F_: checkOpFlags,
   FMT_: formats,
   RUN_: runStatus,
   REC_: records,
