@@ -10,6 +10,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { asInstar, built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { run } from "../lib/cli/run.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { setIncompat, setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -27,53 +28,6 @@ async function instarIn(args: string[], cwd: string): Promise<Outcome> {
   }
 }
 
-/** Sets the refcount of `cluster` in the qcow2 at `path` (growing the file to hold the cluster). */
-function setRefcount(path: string, cluster: number, value: bigint): void {
-  const f = Deno.openSync(path, { read: true, write: true });
-  try {
-    const h = new Uint8Array(104);
-    f.readSync(h);
-    const dv = new DataView(h.buffer);
-    const cs = 1 << dv.getUint32(20);
-    const version = dv.getUint32(4);
-    const bits = 1 << (version >= 3 ? dv.getUint32(96) : 4);
-    const per = (cs * 8) / bits;
-    const e = new Uint8Array(8);
-    f.seekSync(Number(dv.getBigUint64(48)) + 8 * Math.floor(cluster / per), Deno.SeekMode.Start);
-    f.readSync(e);
-    const block = Number(new DataView(e.buffer).getBigUint64(0));
-    assert(block !== 0, "no refcount block for that cluster");
-    if (f.statSync().size < (cluster + 1) * cs) f.truncateSync((cluster + 1) * cs);
-    const bit = (cluster % per) * bits;
-    const b = new Uint8Array(Math.max(1, bits / 8));
-    f.seekSync(block + Math.floor(bit / 8), Deno.SeekMode.Start);
-    f.readSync(b);
-    if (bits >= 8) {
-      for (let i = b.length - 1, v = value; i >= 0; i--, v >>= 8n) b[i] = Number(v & 0xffn);
-    } else {
-      const shift = bit % 8, mask = ((1 << bits) - 1) << shift;
-      b[0] = (b[0] & ~mask) | ((Number(value) << shift) & mask);
-    }
-    f.seekSync(block + Math.floor(bit / 8), Deno.SeekMode.Start);
-    f.writeSync(b);
-  } finally {
-    f.close();
-  }
-}
-
-/** Sets the incompatible-features bits of a version 3 header. */
-function setIncompat(path: string, bits: bigint): void {
-  const f = Deno.openSync(path, { write: true });
-  try {
-    const b = new Uint8Array(8);
-    new DataView(b.buffer).setBigUint64(0, bits);
-    f.seekSync(72, Deno.SeekMode.Start);
-    f.writeSync(b);
-  } finally {
-    f.close();
-  }
-}
-
 interface Case {
   name: string;
   create: string[];
@@ -81,6 +35,7 @@ interface Case {
   /** [cluster, refcount] edits */
   edits: [number, bigint][];
   dirty?: boolean;
+  corrupt?: boolean;
   args: string[];
 }
 
@@ -126,8 +81,26 @@ const CASES: Case[] = [
     dirty: true,
     args: ["-r", "leaks"],
   })),
-  // a zero refcount needs a rebuild: -r leaks fails as qemu does, writing nothing
+  // a zero refcount needs a rebuild: -r leaks fails as qemu does, writing
+  // nothing but the cleared dirty bit (qemu's close of the image)
   { name: "-r leaks on a zero refcount", create: [], edits: [[40, 1n], [5, 0n]], args: ["-r", "leaks"] },
+  {
+    name: "-r leaks on a zero refcount, dirty bit",
+    create: ["-o", "lazy_refcounts=on"],
+    edits: [[5, 0n]],
+    dirty: true,
+    args: ["-r", "leaks"],
+  },
+  // dirty and corrupt bits with a corruption left: the dirty bit goes, the corrupt bit stays
+  {
+    name: "dirty and corrupt bits, a corruption -r leaks leaves",
+    create: [],
+    snapshot: true,
+    edits: [[6, 1n], [40, 1n]],
+    dirty: true,
+    corrupt: true,
+    args: ["-r", "leaks"],
+  },
 ];
 
 async function makeImage(dir: string, c: Case): Promise<void> {
@@ -135,7 +108,7 @@ async function makeImage(dir: string, c: Case): Promise<void> {
   await sh(dir, "qemu-io", "-c", "write -P 1 0 1M", "img.qcow2");
   if (c.snapshot) await sh(dir, "qemu-img", "snapshot", "-c", "s1", "img.qcow2");
   for (const [cluster, v] of c.edits) setRefcount(`${dir}/img.qcow2`, cluster, v);
-  if (c.dirty) setIncompat(`${dir}/img.qcow2`, 1n);
+  if (c.dirty || c.corrupt) setIncompat(`${dir}/img.qcow2`, (c.dirty ? 1n : 0n) | (c.corrupt ? 2n : 0n));
 }
 
 Deno.test({ name: "check -r repairs as qemu-img repairs, byte for byte", ignore: !ready }, async (t) => {

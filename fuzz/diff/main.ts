@@ -16,6 +16,11 @@
 //            to raw by qemu-img (-O raw, qcow2 with and without -c, vpc,
 //            vhdx: skipped while instar refuses them as "not supported")
 //   create   stdout/stderr/exit code, then `qemu-img info` of both outputs
+//   repair   check -r leaks|all of a qcow2 whose refcounts were edited here
+//            (leaks, refcounts too low or high, zero; the dirty bit): two
+//            copies, one repaired by each tool: stdout/stderr/exit code and
+//            the repaired files byte for byte (skipped where instar refuses
+//            a repair beyond refcounts, docs/check.md)
 //   resize   qcow2 and raw: stdout/stderr/exit code, then `qemu-img info`
 //            and `check` of both outputs (grow and shrink, refcount widths
 //            1..64); vpc and vhdx (qemu-img cannot resize them): instar
@@ -35,6 +40,7 @@
 // one iteration exactly.
 import { parseArgs } from "node:util";
 import { Rng } from "../engine/rng.ts";
+import { setIncompat, setRefcount } from "../../tests/support/qcow2_edit.ts";
 
 const REPO = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 const dec = new TextDecoder();
@@ -329,7 +335,52 @@ async function measureBounds(c: Ctx, target: string) {
   }
 }
 
+async function sha256File(path: string): Promise<string> {
+  const d = new Uint8Array(await crypto.subtle.digest("SHA-256", await Deno.readFile(path)));
+  return [...d].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 const OPS: Record<string, (c: Ctx) => Promise<void>> = {
+  async repair(c) {
+    const img = await makeImage(c, "in", ["qcow2"]);
+    const path = `${c.dir}/${img.file}`;
+    const cs = Number(c.picks.image_cluster_size);
+    const v2 = c.picks.image_compat === "0.10";
+    const bits = v2 ? 16 : Number(c.picks.image_refcount_bits);
+    const clusters = Math.ceil(Deno.statSync(path).size / cs);
+    const edits: [number, number][] = [];
+    for (let n = 1 + c.rng.below(4); n > 0; n--) {
+      const cluster = c.rng.below(clusters + 4);
+      const value = Math.min(c.rng.below(4), 2 ** Math.min(bits, 8) - 1);
+      try {
+        setRefcount(path, cluster, BigInt(value));
+        edits.push([cluster, value]);
+      } catch { /* no refcount block covers that cluster */ }
+    }
+    c.picks.refcount_edits = edits;
+    if (!v2 && pick(c, "dirty", [false, false, true])) setIncompat(path, 1n);
+    const mode = pick(c, "repair", ["leaks", "all"]);
+    const out = pick(c, "output", ["human", "json"]);
+    const args = ["check", "-r", mode, `--output=${out}`, "-f", "qcow2", img.file];
+    for (const d of ["q", "i"]) {
+      await Deno.mkdir(`${c.dir}/${d}`);
+      await Deno.copyFile(path, `${c.dir}/${d}/${img.file}`);
+    }
+    const q = await qemu(args, `${c.dir}/q`), i = await instar(args, `${c.dir}/i`);
+    if (i.code === 1 && /^instar: Could not repair '.*': .*; nothing was written\n$/.test(i.stderr)) {
+      c.picks.instar_refused = true;
+      return;
+    }
+    const [qh, ih] = [await sha256File(`${c.dir}/q/${img.file}`), await sha256File(`${c.dir}/i/${img.file}`)];
+    if (!same(asInstar(q), i) || qh !== ih) {
+      c.divergences.push({
+        kind: "repair",
+        commands: [`qemu-img ${args.join(" ")}`, `instar ${args.join(" ")}`],
+        qemu: { ...q, sha256: qh },
+        instar: { ...i, sha256: ih },
+      });
+    }
+  },
   async info(c) {
     const img = await makeImage(c, "in", ALL_FMTS);
     const out = pick(c, "output", ["human", "json"]);

@@ -104,20 +104,23 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     throw new CliError([`Could not repair '${filename}': ${d.why}; nothing was written`]);
   }
   for (const t of d.lines) io.err(t);
-  if (d.kind === "rebuild_error") throw new CliError(["Check failed: Input/output error"]);
-  // qcow2_mark_clean / qcow2_mark_consistent: after a check that leaves no
-  // corruption (only the incompatible_features field changes: qemu rewrites
-  // the header with the same bytes otherwise).
-  const clean = f.checkErrors === 0n && f.corruptions === 0n && q !== undefined && q.version === 3;
+  // The header's incompatible bits: qemu's read-write open and close of
+  // the image clears the dirty bit however the check ends (qcow2_inactivate
+  // calls qcow2_mark_clean), and a check that leaves no corruption clears
+  // the corrupt bit too (qcow2_mark_consistent). qemu rewrites the header
+  // then; only the incompatible_features field differs.
+  const failed = d.kind === "rebuild_error";
+  const clean = !failed && f.checkErrors === 0n && f.corruptions === 0n;
   const plan = planQcow2Repair({
     clusterBits: q!.clusterBits,
     refcountBits: q!.refcountBits,
     fileSize: top.fileSize,
-    fixes: d.fixes,
-    header: clean ? { incompatible: q!.incompatibleFeatures, clear: 3n } : undefined,
+    fixes: d.kind === "repair" ? d.fixes : [],
+    header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
   });
   if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
   await applySteps(top, plan.value, "Check failed", "off", "discard");
+  if (failed) throw new CliError(["Check failed: Input/output error"]);
   if (f.leaksFixed === 0n && f.corruptionsFixed === 0n) {
     return report(f, top.format, filename, format, quiet, io);
   }

@@ -1,9 +1,10 @@
 // Plans the writes of qemu-img check -r for qcow2: compare_refcounts with
 // fix (qcow2-refcount.c) sets each repaired refcount to the reference count
 // calculate_refcounts found, a refcount that drops to zero discards its
-// cluster (update_refcount with QCOW2_DISCARD_ALWAYS), and a repair that
-// leaves no corruption clears the dirty and corrupt bits (qcow2_mark_clean,
-// qcow2_mark_consistent). Pure: the guest reported where each entry lives
+// cluster (update_refcount with QCOW2_DISCARD_ALWAYS), the dirty bit is
+// cleared (qcow2_mark_clean when the read-write image is closed), and a
+// repair that leaves no corruption clears the corrupt bit too
+// (qcow2_mark_consistent). Pure: the guest reported where each entry lives
 // (REPAIR_REFCOUNT), the host bounds it here.
 //
 // Crash order, one synced step each: (1) the refcount entries; (2) the
