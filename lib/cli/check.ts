@@ -17,7 +17,7 @@ import {
   newInstarOptions,
   outputFormat,
 } from "./common.ts";
-import { openChain, OpenError, openFailure, openImage } from "./image.ts";
+import { chainInputs, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
@@ -61,7 +61,12 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
 
   let top;
   try {
-    top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, checkMode: true });
+    top = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      checkMode: true,
+      backingDirs: o.backingDirs,
+    });
     // qemu-img opens the whole chain (a missing backing file fails the check).
     await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
@@ -75,7 +80,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     result = await runGuest({
       op: "check",
       opCode: ops.CHECK,
-      inputs: [{ path: top.openPath, format: top.formatCode }],
+      inputs: chainInputs([top]),
     });
   } catch (e) {
     throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
