@@ -15,7 +15,8 @@ READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c qcow2/com
              $(FORMAT_SRCS)
 info_SRCS := ops/info.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
 info_LIBS :=
-check_SRCS := ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS)
+check_SRCS := ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS) \
+              $(VMDK_SRCS) vmdk/check.c
 check_LIBS :=
 map_SRCS := ops/map.c $(CHAIN_SRCS) chain/map_status.c qcow2/prealloc.c $(FORMAT_SRCS)
 map_LIBS :=

@@ -264,6 +264,9 @@
 #define CMSG_VHDX_BAT_OFFSET_OVERFLOW 61 /* VHDX BAT entry %u offset overflow.\n */
 #define CMSG_VHDX_BAT_START_PAST_EOF 62 /* VHDX BAT entry %u start offset %u points after end of file (%d). Image has probably been truncated.\n */
 #define CMSG_VHDX_BAT_END_PAST_EOF 63 /* VHDX BAT entry %u end offset %u points after end of file (%d). Image has probably been truncated.\n */
+#define CMSG_VMDK_NO_EXTENT 70 /* ERROR: could not find extent for sector %d\n */
+#define CMSG_VMDK_NO_CLUSTER 71 /* ERROR: could not get cluster_offset for sector %d\n */
+#define CMSG_VMDK_PAST_EOF 72 /* ERROR: cluster offset for sector %d points after EOF\n */
 
 /* Header of every result record */
 struct rec_header {

@@ -124,6 +124,10 @@ int vmdk_fail(const struct vmdk *v, uint32_t code, uint64_t a1, uint64_t a2);
 /* Emits a NAME(ERROR_TEXT) then the error; returns -1. */
 int vmdk_fail_text(const struct vmdk *v, uint32_t code, const char *s, uint64_t len);
 
+/* qemu's vmdk_co_check over the image on r (extent files from the next inputs):
+ * CHECK_MSG + CHECK records. */
+int vmdk_check(const struct reader *r);
+
 /* The descriptor parser (desc.c), over a NUL-terminated buffer. */
 struct vmdk_desc_extent {
     char access[11], type[11];

@@ -157,6 +157,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
 
 /** strerror() of the errnos the check guest can report (Linux numbering). */
 const CHECK_ERRNO_TEXT: Record<number, string> = {
+  1: "Operation not permitted",
   5: "Input/output error",
   12: "Cannot allocate memory",
   22: "Invalid argument",

@@ -356,6 +356,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     } catch (e) {
       throw cannotCreate(errnoText(e));
     }
+    // convert_zstd is linked without the vmdk reader (384 KiB; docs/quirks.md).
+    if (a.compress && spec.qcow2?.compressionType === "zstd" && chain.some((img) => img.vmdk)) {
+      throw new CliError([
+        `Could not open '${source}': instar cannot convert a vmdk source with compression_type=zstd`,
+      ]);
+    }
     const job = {
       layers: chainInputs(chain).map((x) => ({ path: x.path, formatCode: x.format, nofollow: x.nofollow })),
       size,

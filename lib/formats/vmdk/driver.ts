@@ -33,6 +33,7 @@ export const vmdkDriver: FormatDriver = {
       vmdk: m.vmdk,
     };
   },
+  check: true,
   openError(e, quoted, filename) {
     if (e.code !== guestErrors.FORMAT) return qcow2ErrorMessage(e, []);
     return vmdkErrorText(e.a0, e.a1, quoted[quoted.length - 1], filename);
