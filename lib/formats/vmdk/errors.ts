@@ -6,7 +6,7 @@ export function vmdkErrorText(
   a0: bigint,
   a1: bigint,
   quoted: string | undefined,
-  extentName: string,
+  filename: string,
 ): string {
   switch (Number(a0)) {
     case 1:
@@ -38,9 +38,9 @@ export function vmdkErrorText(
     case 14:
       return "L1 size too big";
     case 15:
-      return `Could not read l1 table from extent '${extentName}': Input/output error`;
+      return `Could not read l1 table from extent '${filename}': Input/output error`;
     case 16:
-      return "Invalid argument";
+      return `Could not open '${filename}': Invalid argument`;
     case 17:
       return "Input/output error";
     case 18:
