@@ -48,14 +48,14 @@ enum vmdk_error {
     VMDK_E_TRUNCATED = 12,      /* "File truncated, expecting at least %ld bytes" (a1) */
     VMDK_E_GRANULARITY = 13,    /* "Invalid granularity, image may be corrupt" */
     VMDK_E_L1_SIZE = 14,        /* "L1 size too big" */
-    VMDK_E_L1_READ = 15,        /* "Could not read l1 table from extent '%s': Input/output error" (a1 = extent) */
+    VMDK_E_L1_READ = 15,        /* "Could not read l1 [backup ]table from extent (a1 = extent, a2 = 1: backup)" */
     VMDK_E_INVAL = 16,          /* "Invalid argument" (-EINVAL without a message: CID, parent hint) */
     VMDK_E_READ = 17,           /* a read of the disk failed as qemu's does: a1 = errno (EIO, EINVAL) */
     VMDK_E_TOO_MANY = 18,       /* instar: more than VMDK_MAX_FILES extent files (a1 = count) */
     VMDK_E_NESTED = 19,         /* instar: an extent that is itself a descriptor */
     VMDK_E_SESPARSE = 20,       /* instar: SESPARSE extents are not read */
     VMDK_E_GRAIN_CAP = 21,      /* instar: compressed grain above VMDK_COMPRESSED_GRAIN_MAX (a1 bytes) */
-    VMDK_E_TOO_LARGE = 22,      /* instar: total size past INT64_MAX */
+    VMDK_E_TOO_LARGE = 22,      /* "Could not refresh total sector count: File too large" */
     VMDK_E_NO_FILE = 23,        /* the host attached fewer extent files than the descriptor names */
 };
 

@@ -5,6 +5,7 @@
 export function vmdkErrorText(
   a0: bigint,
   a1: bigint,
+  a2: bigint,
   quoted: string | undefined,
   filename: string,
 ): string {
@@ -38,7 +39,9 @@ export function vmdkErrorText(
     case 14:
       return "L1 size too big";
     case 15:
-      return `Could not read l1 table from extent '${filename}': Input/output error`;
+      return `Could not read l1 ${
+        a2 === 1n ? "backup " : ""
+      }table from extent '${filename}': Input/output error`;
     case 16:
       return `Could not open '${filename}': Invalid argument`;
     case 17:
@@ -52,7 +55,7 @@ export function vmdkErrorText(
     case 21:
       return `Compressed grains of ${a1} bytes are not supported by instar`;
     case 22:
-      return "Image is too large";
+      return "Could not refresh total sector count: File too large";
     case 23:
       return "Sandbox failure: an extent file was not attached";
     default:
