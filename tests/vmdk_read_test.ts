@@ -218,6 +218,30 @@ Deno.test(
           });
         }
       }
+      await t.step("probing: qemu's vmdk_probe decides, the raw gate refuses the rest", async () => {
+        // comments, blank lines of spaces (CRLF too), then version=1: vmdk
+        Deno.writeTextFileSync(
+          `${dir}/crlf.vmdk`,
+          '#c\n   \n  \r\nversion=1\r\nCID=1\nparentCID=ffffffff\ncreateType="monolithicFlat"\n' +
+            '# x\nRW 2048 FLAT "d-flat.vmdk" 0\n',
+        );
+        await assertSame(["info", "crlf.vmdk"], dir);
+        await assertSame(["info", "--output=json", "crlf.vmdk"], dir);
+        // version=4: qemu probes raw; instar refuses the raw file with a vmdk signature
+        Deno.writeTextFileSync(
+          `${dir}/v4.vmdk`,
+          '# Disk DescriptorFile\nversion=4\ncreateType="monolithicFlat"\nRW 2048 FLAT "d-flat.vmdk" 0\n',
+        );
+        assertEquals(
+          JSON.parse((await qemuImg(["info", "--output=json", "v4.vmdk"], dir)).stdout).format,
+          "raw",
+        );
+        const i = await instar(["info", "v4.vmdk"], dir);
+        assertEquals(i.code, 1);
+        assert(/Refusing to read a file with a vmdk signature as raw/.test(i.stderr), i.stderr);
+        // -f vmdk on a file that is no vmdk at all
+        await assertSame(["info", "-f", "vmdk", "d-flat.vmdk"], dir);
+      });
       // A compressed grain whose marker says more than two grains, and one
       // that inflates past its grain: qemu's read fails (EINVAL), instar's
       // too; neither prints disk bytes.

@@ -8,7 +8,8 @@
  * vpc/vhdx layer_ops; vhdx answers qemu_all_data there, as qemu 7.2's
  * driver has no block_status).
  *
- * Input: byte 0 = format selector (mod 4: 0 qcow2, 1 raw, 2 vpc, 3 vhdx)
+ * Input: byte 0 = format selector (mod 5: 0 qcow2, 1 raw, 2 vpc, 3 vhdx,
+ * 4 vmdk: a hosted sparse file, the map walk over vmdk_layer_ops)
  * and byte 1 = target cluster_bits selector (9 + b % 13); the rest is the
  * image: the file's bytes for qcow2, raw and vpc (vpc runs twice: as given
  * and with its footer checksums recomputed, as fuzz/targets/vpc.c), the
@@ -26,7 +27,7 @@
  *     DATA|PRESENT run without an offset.
  * The walk stops after 4096 runs (the rest takes the same paths).
  *
- * FUZZ_SOURCES: qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c chain/open.c chain/formats.c chain/map_status.c vpc/vpc.c vpc/layer.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vhdx/layer.c
+ * FUZZ_SOURCES: qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c chain/open.c chain/formats.c chain/map_status.c vpc/vpc.c vpc/layer.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vhdx/layer.c vmdk/vmdk.c vmdk/desc.c vmdk/layer.c
  */
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +134,13 @@ static void scan_vpc(const uint8_t *img, size_t n, uint64_t tcs)
     free(copy);
 }
 
+static void scan_vmdk(const uint8_t *img, size_t n, uint64_t tcs)
+{
+    fuzz_rt_begin(img, n, FMT_VMDK);
+    scan_chain(tcs);
+    fuzz_rt_end();
+}
+
 static void scan_vhdx(const uint8_t *img, size_t n, uint64_t tcs)
 {
     static struct vhdx_sparse f;
@@ -146,7 +154,7 @@ static void scan_vhdx(const uint8_t *img, size_t n, uint64_t tcs)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2) return 0;
-    uint32_t fmt = data[0] % 4, tbits = 9 + data[1] % 13;
+    uint32_t fmt = data[0] % 5, tbits = 9 + data[1] % 13;
     uint64_t tcs = 1ull << tbits;
     const uint8_t *img = data + 2;
     size_t n = size - 2;
@@ -162,6 +170,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     case 2: scan_vpc(img, n, tcs); break;
     case 3: scan_vhdx(img, n, tcs); break;
+    case 4: scan_vmdk(img, n, tcs); break;
     }
     return 0;
 }
