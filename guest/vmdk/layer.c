@@ -44,7 +44,13 @@ static int grain_status(struct layer *l, struct vmdk_extent *e, uint64_t pos, ui
     uint64_t in = (pos - (e->end_sector - e->sectors) * 512) % cbytes;
     *glen = cbytes - in;
     switch (r) {
-    case VMDK_UNALLOC: return 0;
+    case VMDK_UNALLOC:
+        if (e->gd_empty) {
+            /* no grain table: the whole table's span is unallocated */
+            uint64_t span = (uint64_t)e->l1_entry_sectors * 512;
+            *glen = span - (pos - (e->end_sector - e->sectors) * 512) % span;
+        }
+        return 0;
     case VMDK_ZEROED: return (int)LS_ZERO;
     case VMDK_OK:
         if (e->compressed) return (int)(LS_DATA | LS_COMPRESSED);
@@ -77,6 +83,8 @@ static int vmdk_layer_block_status(struct layer *l, uint64_t pos, uint64_t bytes
         if ((st & LS_OFFSET_VALID) && h2 != h + run) break;
         run += g2;
     }
+    /* a partial last grain never reaches into the next extent */
+    if (run > ext_end - pos) run = ext_end - pos;
     *len = run < bytes ? run : bytes;
     if (st & LS_OFFSET_VALID) *host = h;
     return st;

@@ -50,6 +50,9 @@ static int add_extent(struct vmdk *v, struct vmdk_extent *e, bool flat, uint64_t
     e->l2_size = l2_size;
     e->l1_entry_sectors = (uint32_t)(l2_size * cluster_sectors);
     e->cluster_sectors = flat ? sectors : cluster_sectors;
+    /* VMDK3 headers reach here unchecked: qemu divides by zero on the first
+     * lookup (granularity 0, or 4096 * granularity wrapping to 0) */
+    if (!flat && e->l1_entry_sectors == 0) return vmdk_fail(v, VMDK_E_L1_ENTRY, 1, 0);
     if (!flat) {
         /* bdrv_pread of the L1 (and backup) table: qemu's request checks */
         uint64_t bytes = (uint64_t)l1_size * 4, t;
@@ -279,7 +282,9 @@ int vmdk_cluster(struct vmdk *v, struct vmdk_extent *e, uint64_t offset, uint64_
     uint32_t l1_index = (uint32_t)((offset >> 9) / e->l1_entry_sectors);
     if (l1_index >= e->l1_size) return VMDK_ERROR;
     uint32_t l2_offset;
+    e->gd_empty = false;
     if (gd_entry(e, l1_index, &l2_offset)) return VMDK_ERROR;
+    e->gd_empty = !l2_offset;
     if (!l2_offset) return VMDK_UNALLOC;
     if (e->l2_cached != (uint64_t)l2_offset + 1) {
         if (reader_read(e->r, (uint64_t)l2_offset * 512, e->l2, (uint64_t)e->l2_size * 4)) return VMDK_ERROR;

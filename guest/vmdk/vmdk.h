@@ -79,6 +79,7 @@ struct vmdk_extent {
     uint32_t *l2;
     uint64_t l2_cached;       /* sector offset of the cached table + 1; 0 none */
     uint64_t gd_base;         /* first grain directory index in the window + 1; 0 none */
+    bool gd_empty;            /* the last lookup found no grain table (GD entry 0) */
 };
 
 struct vmdk {
