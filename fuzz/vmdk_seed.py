@@ -3,7 +3,7 @@
 # a monolithicSparse file with 4 KiB grains, a redundant grain directory and
 # a zeroed-grain GTE (12 KiB), and a streamOptimized file with two
 # compressed grains, grain-table / grain-directory / footer / end-of-stream
-# markers and its GD found from the footer (5.5 KiB). qemu-img 7.2 opens,
+# markers and its GD found from the footer (5.5 KiB), and a VMDK3 (COWD) file. qemu-img 7.2 opens,
 # maps and checks both cleanly.
 # usage: /usr/bin/python3 fuzz/vmdk_seed.py OUT_DIR
 import os, sys
@@ -42,3 +42,12 @@ s += marker(3, 1)
 s += header(1 | (1 << 16) | (1 << 17), 256, 8, 1, 1, 32, 0, gd_sector, 2, 1)
 s += marker(0, 0)
 open(os.path.join(out, 'stream_small.vmdk'), 'wb').write(s)
+# VMDK3 (COWD): descriptor (CID) at 0x200, GD at sector 2, a 4096-entry GT, two 4 KiB grains
+h = b'COWD' + struct.pack('<10I', 1, 3, 1024, 8, 2, 1, 0, 0, 0, 0)
+c = bytearray(h.ljust(512, b'\0'))
+c += b'CID=abcdef01\nparentCID=ffffffff\n'.ljust(512, b'\0')
+c += struct.pack('<I', 3).ljust(512, b'\0')
+g = [0] * 4096; g[0] = 35; g[3] = 43
+c += b''.join(struct.pack('<I', x) for x in g)
+c += bytes([0x5a]) * 4096 + bytes([0xa5]) * 4096
+open(os.path.join(out, 'cowd_small.vmdk'), 'wb').write(c)

@@ -218,6 +218,27 @@ Deno.test(
           });
         }
       }
+      await t.step("a VMDK3 (COWD) sparse file reads as in qemu-img", async () => {
+        // header, descriptor (CID) at 0x200, grain directory, one 4096-entry grain table, two 4 KiB grains
+        const b = new Uint8Array(35 * 512 + 8192);
+        const dv = new DataView(b.buffer);
+        b.set(new TextEncoder().encode("COWD"), 0);
+        [1, 3, 1024, 8, 2, 1].forEach((v, i) => dv.setUint32(4 + 4 * i, v, true));
+        b.set(new TextEncoder().encode("CID=abcdef01\nparentCID=ffffffff\n"), 512);
+        dv.setUint32(1024, 3, true);
+        dv.setUint32(1536, 35, true);
+        dv.setUint32(1536 + 12, 43, true);
+        b.fill(0x5a, 35 * 512, 43 * 512);
+        b.fill(0xa5, 43 * 512);
+        Deno.writeFileSync(`${dir}/cowd.vmdk`, b);
+        for (const args of [["info"], ["info", "--output=json"], ["map", "--output=json"], ["check"]]) {
+          await assertSame([...args, "cowd.vmdk"], dir);
+        }
+        await sh(dir, "qemu-img", "convert", "-O", "raw", "cowd.vmdk", "cowd.q.raw");
+        const i = await instar(["convert", "-O", "raw", "cowd.vmdk", "cowd.i.raw"], dir);
+        assertEquals(i.code, 0, i.stderr);
+        assertEquals(Deno.readFileSync(`${dir}/cowd.i.raw`), Deno.readFileSync(`${dir}/cowd.q.raw`));
+      });
       await t.step("probing: qemu's vmdk_probe decides, the raw gate refuses the rest", async () => {
         // comments, blank lines of spaces (CRLF too), then version=1: vmdk
         Deno.writeTextFileSync(

@@ -3,7 +3,7 @@
  * "COWD"; guest/vmdk/vmdk.c): the header (or the footer when gd_offset is
  * GD_AT_END), the grain directory and grain tables through their windows,
  * zeroed-grain GTEs; info's records, qemu's check walk (on small disks) and
- * 256 block_status calls of vmdk_layer_ops.
+ * 64 block_status calls of vmdk_layer_ops (each merges up to 4096 grains).
  *
  * Input: the sparse file's bytes.
  * Invariants (abort = finding), after a successful open:
@@ -32,7 +32,7 @@ static void walk(struct layer *l)
     CHECK(l->length == v->total_sectors * 512, l->length, v->total_sectors);
     CHECK(v->total_sectors <= ((1ull << 63) - 1) / 512, v->total_sectors, 0);
     uint64_t pos = 0;
-    for (int calls = 0; calls < 256 && pos < l->length; calls++) {
+    for (int calls = 0; calls < 64 && pos < l->length; calls++) {
         uint64_t bytes = l->length - pos, len = 0, host = 0;
         if (calls & 1) bytes = bytes > 300000 ? 300000 : bytes;
         int st = l->ops->block_status(l, pos, bytes, &len, &host);
