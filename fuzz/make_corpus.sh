@@ -168,14 +168,33 @@ q create -f vhdx vhdx/big.vhdx 64T
 "$ROOT/scripts/deno.sh" run -A "$ROOT/fuzz/vhdx_seed.ts" vhdxc vhdx/*.vhdx
 put vhdx vhdxc/*
 
-# measure_scan: a format byte (0 qcow2, 1 raw, 2 vpc, 3 vhdx) and a target
+# vmdk: every subformat qemu-img writes in one file, with data, zeroed
+# grains and compressed grains; descriptors of the multi-file subformats.
+mkdir -p vmdk vmdkd
+q create -f vmdk vmdk/sparse.vmdk 1M
+io -f vmdk -c "write -P 0x11 0 64k" -c "write -P 0x22 512k 4k" vmdk/sparse.vmdk
+q create -f vmdk -o zeroed_grain=on,compat6=on vmdk/zeroed.vmdk 1M
+io -f vmdk -c "write -P 0x33 64k 64k" -c "write -z 128k 128k" vmdk/zeroed.vmdk
+q convert -O vmdk -o subformat=streamOptimized vmdk/sparse.vmdk vmdk/stream.vmdk
+/usr/bin/python3 "$ROOT/fuzz/vmdk_seed.py" vmdk # small hand-made sparse and stream files
+for s in monolithicFlat twoGbMaxExtentSparse twoGbMaxExtentFlat; do
+  q create -f vmdk -o subformat=$s vmdkd/$s.vmdk 3G
+done
+# the descriptors only (their extent files are gigabytes of holes)
+put vmdk_desc vmdkd/monolithicFlat.vmdk vmdkd/twoGbMaxExtentSparse.vmdk vmdkd/twoGbMaxExtentFlat.vmdk
+put vmdk_sparse vmdk/*
+put vmdk_stream vmdk/stream.vmdk vmdk/stream_small.vmdk vmdk/sparse_small.vmdk
+
+# measure_scan: a format byte (0 qcow2, 1 raw, 2 vpc, 3 vhdx, 4 vmdk) and a target
 # cluster_bits byte (7: 64 KiB) first.
 mkdir -p scan
 for f in imgs/*.qcow2; do { printf '\x00\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
 for f in imgs/*.raw; do { printf '\x01\x07'; cat "$f"; } > "scan/$(basename "$f")"; done
 for f in vhd/*; do { printf '\x02\x07'; cat "$f"; } > "scan/vpc_$(basename "$f")"; done
 for f in vhdxc/*; do { printf '\x03\x07'; cat "$f"; } > "scan/vhdx_$(basename "$f")"; done
+for f in vmdk/*; do { printf '\x04\x07'; cat "$f"; } > "scan/vmdk_$(basename "$f")"; done
 put measure_scan scan/*
-for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx; do
+for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx \
+  vmdk_desc vmdk_sparse vmdk_stream; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done

@@ -7,13 +7,16 @@ GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_sca
 CHAIN_SRCS := chain/open.c chain/formats.c
 VPC_SRCS := vpc/vpc.c
 VHDX_SRCS := vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c
+VMDK_SRCS := vmdk/vmdk.c vmdk/desc.c
 FORMAT_SRCS := qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c raw/layer.c probe/probe.c raw/partition.c \
-               $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c
+               $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c $(VMDK_SRCS) vmdk/layer.c
 # Reading a chain (convert, compare): also qcow2's compressed clusters.
-READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c qcow2/compressed.c qcow2/compress.c $(FORMAT_SRCS)
-info_SRCS := ops/info.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS)
+READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c qcow2/compressed.c qcow2/compress.c vmdk/grain.c \
+             $(FORMAT_SRCS)
+info_SRCS := ops/info.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
 info_LIBS :=
-check_SRCS := ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS)
+check_SRCS := ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS) \
+              $(VMDK_SRCS) vmdk/check.c
 check_LIBS :=
 map_SRCS := ops/map.c $(CHAIN_SRCS) chain/map_status.c qcow2/prealloc.c $(FORMAT_SRCS)
 map_LIBS :=
@@ -21,7 +24,10 @@ convert_SRCS := ops/convert.c $(READ_SRCS)
 convert_LIBS := z zstd
 convert_zlib_SRCS := ops/convert_zlib.c $(filter-out ops/convert.c,$(convert_SRCS))
 convert_zlib_LIBS := z zstd
-convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c $(filter-out ops/convert.c,$(convert_SRCS))
+# convert_zstd reads no vmdk source: with it the program passes 384 KiB
+# (docs/quirks.md); the host refuses that combination before running it.
+convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c \
+                     $(filter-out ops/convert.c $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c,$(convert_SRCS))
 # zstd_min: libzstd.a trimmed to fit 384 KiB (guest/compress/zstd_trim.c).
 convert_zstd_LIBS := z zstd_min
 resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c \

@@ -45,6 +45,9 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "measure_scan",
       "vpc",
       "vhdx",
+      "vmdk_desc",
+      "vmdk_sparse",
+      "vmdk_stream",
       "measure_calc",
       "create_emitters",
       "resize_planners",
@@ -67,9 +70,9 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
     const mk = await new Deno.Command("bash", { args: [`${REPO}/fuzz/make_corpus.sh`, `${dir}/corpus`] })
       .output();
     assertEquals(mk.code, 0, dec.decode(mk.stderr));
-    // measure_scan's seeds cover every selector (0 qcow2, 1 raw, 2 vpc, 3 vhdx).
+    // measure_scan's seeds cover every selector (0 qcow2, 1 raw, 2 vpc, 3 vhdx, 4 vmdk).
     const selectors = new Set(files(`${dir}/corpus/measure_scan`).map((f) => Deno.readFileSync(f)[0]));
-    assertEquals([...selectors].sort(), [0, 1, 2, 3]);
+    assertEquals([...selectors].sort(), [0, 1, 2, 3, 4]);
     for (const info of targets) {
       await t.step(`${info.name}: a short run finds nothing`, async () => {
         const corpus = `${dir}/corpus/${info.name}`;

@@ -625,3 +625,124 @@ Deno.test({
     }
   },
 });
+
+/** A monolithicFlat descriptor naming `extent` (its text only: no file is made). */
+function flatDescriptor(extent: string, sectors = 2048): string {
+  return '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\n\n' +
+    `RW ${sectors} FLAT "${extent}" 0\n\nddb.adapterType = "ide"\n`;
+}
+
+Deno.test({
+  name: "vmdk extents naming host paths are refused before anything is opened",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    const outside = await tmp();
+    try {
+      await Deno.writeTextFile(`${outside}/secret.raw`, SECRET.repeat(64 * 1024 / SECRET.length + 1));
+      await Deno.symlink(`${outside}/secret.raw`, `${d}/link-flat.vmdk`);
+      await sh(d, "mkfifo", "fifo-flat.vmdk");
+      const cases: Record<string, string> = {
+        "abs.vmdk": `${outside}/secret.raw`,
+        "dotdot.vmdk": `../${outside.split("/").pop()}/secret.raw`,
+        "symlink.vmdk": "link-flat.vmdk",
+        "self.vmdk": "self.vmdk",
+        "devzero.vmdk": "/dev/zero",
+        "fifo.vmdk": "fifo-flat.vmdk",
+        "json.vmdk": `json:{"driver":"file","filename":"${outside}/secret.raw"}`,
+        "proto.vmdk": "nbd://127.0.0.1:10809/x",
+      };
+      for (const [img, extent] of Object.entries(cases)) {
+        await Deno.writeTextFile(`${d}/${img}`, flatDescriptor(extent));
+        for (const cmd of [["info"], ["map", "--output=json"], ["check"], ["convert", "-O", "raw"]]) {
+          await t.step(`${img}: ${cmd.join(" ")} refuses the extent`, async () => {
+            const args = cmd[0] === "convert" ? [...cmd, img, "out.raw"] : [...cmd, img];
+            const r = await timed(10000, () => instar(args, d));
+            assert.equal(r.code, 1, `exit ${r.code}: ${r.stdout}${r.stderr}`);
+            assert.match(r.stderr, /^instar: Could not open '.*vmdk': /);
+            assert.equal(r.stderr.split("\n").length, 2, r.stderr);
+            assert.equal(r.stdout, "");
+            noLeak(r);
+            assert.ok(!(await Deno.stat(`${d}/out.raw`).catch(() => null)), "convert left an output file");
+          });
+        }
+      }
+      await t.step("10,000 extents: refused over the cap, in bounded time", async () => {
+        const lines = Array.from({ length: 10000 }, (_, i) => `RW 1 FLAT "e${i}.raw" 0`).join("\n");
+        await Deno.writeTextFile(
+          `${d}/many.vmdk`,
+          flatDescriptor("x").replace(/RW 2048 FLAT "x" 0/, lines),
+        );
+        const r = await timed(10000, () => instar(["info", "many.vmdk"], d));
+        assert.equal(r.code, 1, r.stderr);
+        assert.match(r.stderr, /names \d+ extents; instar opens at most 15 extent files$/m);
+      });
+    } finally {
+      await Deno.remove(d, { recursive: true });
+      await Deno.remove(outside, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "vmdk sparse headers: tables past EOF and near 2^32, a grain inflating past its size",
+  ignore: !ready,
+  async fn(t) {
+    const d = await tmp();
+    try {
+      await sh(d, "qemu-img", "create", "-q", "-f", "vmdk", "s.vmdk", "64M");
+      await sh(d, "qemu-io", "-f", "vmdk", "-c", "write -P 5 1M 64k", "s.vmdk");
+      const le = (v: bigint, n: number) =>
+        Array.from({ length: n }, (_, i) => Number((v >> BigInt(8 * i)) & 255n));
+      const cases: [string, number, number[]][] = [
+        ["gd past EOF", 4 + 52, le(0x100000n, 8)],
+        ["rgd past 2^63", 4 + 44, le(0x7fffffffffffffffn, 8)],
+        ["capacity near 2^32 grain tables", 4 + 8, le(0xffffffffn * 128n * 512n, 8)],
+        ["capacity 2^64-1", 4 + 8, le(0xffffffffffffffffn, 8)],
+        ["grain table entries 512, granularity 2^32", 4 + 16, le(1n << 32n, 8)],
+      ];
+      let n = 0;
+      for (const [label, at, bytes] of cases) {
+        await t.step(label, async () => {
+          const img = `h${n++}.vmdk`;
+          await Deno.copyFile(`${d}/s.vmdk`, `${d}/${img}`);
+          await patch(`${d}/${img}`, at, bytes);
+          for (const args of [["info", img], ["map", "--output=json", img], ["check", img]]) {
+            const [q, i] = await Promise.all([qemuImg(args, d), timed(10000, () => instar(args, d))]);
+            assert.deepEqual(i, asInstar(q), args.join(" "));
+          }
+        });
+      }
+      await t.step("a compressed grain that inflates past the grain size fails the read", async () => {
+        const { deflateSync } = await import("node:zlib");
+        await sh(
+          d,
+          "qemu-img",
+          "convert",
+          "-O",
+          "vmdk",
+          "-o",
+          "subformat=streamOptimized",
+          "s.vmdk",
+          "so.vmdk",
+        );
+        const b = await Deno.readFile(`${d}/so.vmdk`);
+        const dv = new DataView(b.buffer);
+        const grain = Number(dv.getBigUint64(4 + 60, true)) * 512; // the first grain's marker
+        const bomb = new Uint8Array(deflateSync(new Uint8Array(1 << 20).fill(0x41)));
+        assert.ok(bomb.length < 60000);
+        dv.setUint32(grain + 8, bomb.length, true);
+        b.set(bomb, grain + 12);
+        await Deno.writeFile(`${d}/bomb.vmdk`, b);
+        const q = await qemuImg(["convert", "-O", "raw", "bomb.vmdk", "q.raw"], d);
+        const i = await timed(10000, () => instar(["convert", "-O", "raw", "bomb.vmdk", "i.raw"], d));
+        assert.ok(q.code !== 0, q.stderr);
+        assert.equal(i.code, 1, i.stderr);
+        assert.match(i.stderr, /^instar: error while reading/);
+        assert.ok(!(await Deno.stat(`${d}/i.raw`).catch(() => null)), "convert left an output file");
+      });
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});

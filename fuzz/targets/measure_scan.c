@@ -8,7 +8,8 @@
  * vpc/vhdx layer_ops; vhdx answers qemu_all_data there, as qemu 7.2's
  * driver has no block_status).
  *
- * Input: byte 0 = format selector (mod 4: 0 qcow2, 1 raw, 2 vpc, 3 vhdx)
+ * Input: byte 0 = format selector (mod 5: 0 qcow2, 1 raw, 2 vpc, 3 vhdx,
+ * 4 vmdk: a hosted sparse file, the map walk over vmdk_layer_ops)
  * and byte 1 = target cluster_bits selector (9 + b % 13); the rest is the
  * image: the file's bytes for qcow2, raw and vpc (vpc runs twice: as given
  * and with its footer checksums recomputed, as fuzz/targets/vpc.c), the
@@ -22,11 +23,12 @@
  *   - every run lies inside [0, virtual_size), the runs tile it (each
  *     starts where the last ended) and the walk advances; vpc/vhdx runs
  *     come from the top layer with known MAP_* bits, PRESENT exactly when
- *     DATA or ZERO (there is no backing layer), and a vhdx layer is one
+ *     DATA or ZERO (there is no backing layer; an unallocated vmdk grain is
+ *     exactly ZERO without PRESENT), and a vhdx layer is one
  *     DATA|PRESENT run without an offset.
  * The walk stops after 4096 runs (the rest takes the same paths).
  *
- * FUZZ_SOURCES: qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c chain/open.c chain/formats.c chain/map_status.c vpc/vpc.c vpc/layer.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vhdx/layer.c
+ * FUZZ_SOURCES: qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c chain/open.c chain/formats.c chain/map_status.c vpc/vpc.c vpc/layer.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vhdx/layer.c vmdk/vmdk.c vmdk/desc.c vmdk/layer.c
  */
 #include <stdlib.h>
 #include <string.h>
@@ -86,7 +88,7 @@ static void scan_qcow2(const uint8_t *img, size_t n, uint64_t tcs)
 /* The map guest's walk (guest/ops/map.c without the merging) over the chain
  * fuzz_rt_begin* attached as input 0, folded as lib/cli/measure.ts folds
  * MAP_EXTENT records: data runs that are not zero count. */
-static void scan_chain(uint64_t tcs)
+static void scan_chain(uint64_t tcs, bool unallocated)
 {
     static struct chain c;
     if (chain_open_range(&c, 0, 1, 0, CHAIN_F_MAP) != 0) return;
@@ -100,7 +102,10 @@ static void scan_chain(uint64_t tcs)
         CHECK(e.depth == 0, e.depth, pos);
         CHECK((e.flags & ~(uint32_t)(MAP_DATA | MAP_ZERO | MAP_PRESENT | MAP_OFFSET_VALID | MAP_COMPRESSED)) == 0,
               e.flags, pos);
-        CHECK(!(e.flags & MAP_PRESENT) == !(e.flags & (MAP_DATA | MAP_ZERO)), e.flags, pos);
+        /* vpc/vhdx answer every run (PRESENT exactly with DATA or ZERO); a vmdk
+         * grain can be unallocated: no backing layer, so it reads as zero */
+        if (unallocated && !(e.flags & MAP_PRESENT)) CHECK(e.flags == MAP_ZERO, e.flags, pos);
+        else CHECK(!(e.flags & MAP_PRESENT) == !(e.flags & (MAP_DATA | MAP_ZERO)), e.flags, pos);
         if (l->qemu_all_data) CHECK(e.flags == (MAP_DATA | MAP_PRESENT) && e.length == size - pos, e.flags, e.length);
         if ((e.flags & MAP_DATA) && !(e.flags & MAP_ZERO)) {
             allocated += e.length;
@@ -119,7 +124,7 @@ static void scan_chain(uint64_t tcs)
 static void scan_vpc(const uint8_t *img, size_t n, uint64_t tcs)
 {
     fuzz_rt_begin(img, n, FMT_VPC);
-    scan_chain(tcs);
+    scan_chain(tcs, false);
     fuzz_rt_end();
     if (n < 512) return;
     uint8_t *copy = malloc(n);
@@ -128,9 +133,16 @@ static void scan_vpc(const uint8_t *img, size_t n, uint64_t tcs)
     fix_vpc_checksum(copy, n, 0);
     fix_vpc_checksum(copy, n, ((n + 511) & ~(size_t)511) - 512);
     fuzz_rt_begin(copy, n, FMT_VPC);
-    scan_chain(tcs);
+    scan_chain(tcs, false);
     fuzz_rt_end();
     free(copy);
+}
+
+static void scan_vmdk(const uint8_t *img, size_t n, uint64_t tcs)
+{
+    fuzz_rt_begin(img, n, FMT_VMDK);
+    scan_chain(tcs, true);
+    fuzz_rt_end();
 }
 
 static void scan_vhdx(const uint8_t *img, size_t n, uint64_t tcs)
@@ -139,14 +151,14 @@ static void scan_vhdx(const uint8_t *img, size_t n, uint64_t tcs)
     static struct reader r;
     vhdx_sparse_expand(img, n, &f, &r);
     fuzz_rt_begin_reader(&r, FMT_VHDX);
-    scan_chain(tcs);
+    scan_chain(tcs, false);
     fuzz_rt_end();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2) return 0;
-    uint32_t fmt = data[0] % 4, tbits = 9 + data[1] % 13;
+    uint32_t fmt = data[0] % 5, tbits = 9 + data[1] % 13;
     uint64_t tcs = 1ull << tbits;
     const uint8_t *img = data + 2;
     size_t n = size - 2;
@@ -162,6 +174,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     case 2: scan_vpc(img, n, tcs); break;
     case 3: scan_vhdx(img, n, tcs); break;
+    case 4: scan_vmdk(img, n, tcs); break;
     }
     return 0;
 }

@@ -6,7 +6,8 @@
  *
  * Input: the image file's bytes.
  * Invariants (abort = finding):
- *   - probing with FMT_AUTO gives FMT_RAW, FMT_QCOW2, FMT_VPC or FMT_VHDX
+ *   - probing with FMT_AUTO gives FMT_RAW, FMT_QCOW2, FMT_VPC, FMT_VHDX or
+ *     FMT_VMDK (vmdk only with "KDMV"/"COWD" at 0 or a line "version=1..3")
  *     (or -1 only on an I/O error, which a memory buffer never has); vpc
  *     only with "conectix" and vhdx only with "vhdxfile" at byte 0;
  *   - probing with an explicit format returns that format;
@@ -15,6 +16,7 @@
  *
  * FUZZ_SOURCES: probe/probe.c raw/partition.c
  */
+#define _GNU_SOURCE /* memmem */
 #include <string.h>
 #include "fuzz_rt.h"
 #include "probe/probe.h"
@@ -27,7 +29,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     reader_from_mem(&r, data, size);
     fuzz_rt_begin(data, size, FMT_AUTO);
     int f = probe_input(&r, FMT_AUTO);
-    CHECK(f == FMT_RAW || f == FMT_QCOW2 || f == FMT_VPC || f == FMT_VHDX, (uint64_t)f, size);
+    CHECK(f == FMT_RAW || f == FMT_QCOW2 || f == FMT_VPC || f == FMT_VHDX || f == FMT_VMDK, (uint64_t)f, size);
+    if (f == FMT_VMDK)
+        CHECK(size >= 4 && (memcmp(data, "KDMV", 4) == 0 || memcmp(data, "COWD", 4) == 0 ||
+                            memmem(data, size, "version=", 8) != NULL),
+              size, 0);
     if (f == FMT_VPC) CHECK(size >= 8 && memcmp(data, "conectix", 8) == 0, size, 0);
     if (f == FMT_VHDX) CHECK(size >= 8 && memcmp(data, "vhdxfile", 8) == 0, size, 0);
     CHECK(probe_input(&r, FMT_RAW) == FMT_RAW, size, 0);

@@ -27,6 +27,7 @@ static __attribute__((cold)) int fetch(struct file_extents *x, const struct read
         at = e;
     }
     x->n = (uint32_t)k;
+    x->input = r->input;
     x->from = off;
     x->to = k == LIMIT_EXTENTS_MAX ? at : to;
     return 0;
@@ -40,7 +41,7 @@ int file_extents_status(struct file_extents *x, const struct reader *r, uint64_t
         return CS_ZERO | CS_ALLOCATED | CS_OFFSET_VALID;
     }
     if (len > fsize - off) len = fsize - off;
-    if (off < x->from || off >= x->to) {
+    if (off < x->from || off >= x->to || x->input != r->input) {
         if (fetch(x, r, off)) return -1;
     }
     /* First extent ending after off (binary search: they are ordered). */

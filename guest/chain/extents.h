@@ -8,6 +8,7 @@
 struct file_extents {
     struct extent ext[LIMIT_EXTENTS_MAX];
     uint32_t n;
+    uint32_t input; /* the file the window belongs to (a vmdk layer has several) */
     uint64_t from, to;
 };
 

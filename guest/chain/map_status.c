@@ -54,7 +54,8 @@ static int file_status(const struct reader *r, uint64_t pos, uint64_t bytes, uin
 
 /* One layer's bdrv_co_block_status: MAP_* flags incl. PRESENT (qemu's
  * ALLOCATED), *map the offset when MAP_OFFSET_VALID. */
-static int layer_status(struct chain *c, uint32_t i, uint64_t pos, uint64_t bytes, uint64_t *len, uint64_t *map)
+static int layer_status(struct chain *c, uint32_t i, uint64_t pos, uint64_t bytes, uint64_t *len, uint64_t *map,
+                        uint32_t *input)
 {
     struct layer *l = &c->layers[i].l;
     if (bytes > l->length - pos) bytes = l->length - pos;
@@ -69,6 +70,7 @@ static int layer_status(struct chain *c, uint32_t i, uint64_t pos, uint64_t byte
     if (st < 0) return -1;
     if (*len == 0 || *len > bytes) return rt_error(l->r.input, GERR_INTERNAL, pos, *len, 2);
     *map = host;
+    *input = l->data->input; /* block_status may point l->data at another file */
     bool eof;
     if ((st & LS_RAW) && (st & LS_OFFSET_VALID)) {
         /* BDRV_BLOCK_RAW: the file's own answer at host. */
@@ -104,9 +106,10 @@ int map_chain_status(struct chain *c, uint64_t pos, uint64_t bytes, struct map_e
 {
     uint32_t depth = 0;
     uint64_t map = 0;
+    uint32_t input = 0;
     int st;
     for (;;) {
-        st = layer_status(c, depth, pos, bytes, &bytes, &map);
+        st = layer_status(c, depth, pos, bytes, &bytes, &map, &input);
         if (st < 0) return -1;
         if (st & (MAP_DATA | MAP_ZERO)) break;
         if (depth + 1 >= c->n) { st = 0; break; }
@@ -117,5 +120,6 @@ int map_chain_status(struct chain *c, uint64_t pos, uint64_t bytes, struct map_e
     e->flags = (uint32_t)st;
     e->offset = (st & MAP_OFFSET_VALID) ? map : 0;
     e->depth = depth;
+    e->input = (st & MAP_OFFSET_VALID) ? input : 0;
     return 0;
 }

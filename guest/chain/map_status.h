@@ -7,6 +7,7 @@
 struct map_entry {
     uint64_t start, length, offset;
     uint32_t flags, depth; /* MAP_*; the layer that answered */
+    uint32_t input;        /* the file offset points into (a layer may span files: vmdk) */
 };
 
 /*

@@ -58,6 +58,7 @@
 #define FMT_QCOW2 2
 #define FMT_VPC 3
 #define FMT_VHDX 4
+#define FMT_VMDK 5
 
 #define RUN_DONE 0
 #define RUN_GUEST_FAULT 1
@@ -84,6 +85,7 @@
 #define REC_CONVERT_DONE 13
 #define REC_COMPARE 14
 #define REC_IMAGE_INFO 15
+#define REC_VMDK_EXTENT 16
 #define REC_REPAIR_REFCOUNT 19
 #define REC_RESIZE_L1 20
 #define REC_RESIZE_REFTABLE 21
@@ -101,6 +103,8 @@
 #define NAME_SNAPSHOT_ID 5
 #define NAME_SNAPSHOT_NAME 6
 #define NAME_BITMAP_NAME 7
+#define NAME_VMDK_CREATE_TYPE 8
+#define NAME_ERROR_TEXT 9
 
 #define MAP_DATA 1
 #define MAP_ZERO 2
@@ -119,6 +123,11 @@
 #define SUBFMT_FIXED 2
 #define SUBFMT_DYNAMIC 3
 #define SUBFMT_DIFFERENCING 4
+
+#define VMDKX_FLAT 1
+#define VMDKX_COMPRESSED 2
+#define VMDKX_HOSTED 4
+#define VMDKX_OPENED 8
 
 #define SIG_NONE 0
 #define SIG_QCOW2 1
@@ -260,6 +269,9 @@
 #define CMSG_VHDX_BAT_OFFSET_OVERFLOW 61 /* VHDX BAT entry %u offset overflow.\n */
 #define CMSG_VHDX_BAT_START_PAST_EOF 62 /* VHDX BAT entry %u start offset %u points after end of file (%d). Image has probably been truncated.\n */
 #define CMSG_VHDX_BAT_END_PAST_EOF 63 /* VHDX BAT entry %u end offset %u points after end of file (%d). Image has probably been truncated.\n */
+#define CMSG_VMDK_NO_EXTENT 70 /* ERROR: could not find extent for sector %d\n */
+#define CMSG_VMDK_NO_CLUSTER 71 /* ERROR: could not get cluster_offset for sector %d\n */
+#define CMSG_VMDK_PAST_EOF 72 /* ERROR: cluster offset for sector %d points after EOF\n */
 
 /* Header of every result record */
 struct rec_header {
@@ -455,6 +467,37 @@ _Static_assert(offsetof(struct rec_image_info, flags) == 32, "rec_image_info.fla
 _Static_assert(offsetof(struct rec_image_info, subformat) == 36, "rec_image_info.subformat");
 _Static_assert(offsetof(struct rec_image_info, extra) == 40, "rec_image_info.extra");
 
+/* records.VMDK_EXTENT: one extent as qemu's vmdk_get_extent_info reports it (guest/vmdk/vmdk.h) */
+struct rec_vmdk_extent {
+    uint8_t hdr[8];
+    uint32_t input; /* the image's input */
+    uint32_t index; /* extent number, descriptor order */
+    uint64_t sectors; /* extent size in 512-byte sectors */
+    uint64_t cluster_size; /* grain size in bytes (sparse extents) */
+    uint64_t flat_offset; /* FLAT: the descriptor's offset in sectors */
+    uint32_t flags; /* vmdkExtentFlags.* */
+    uint32_t file_input; /* input holding the extent, when OPENED */
+    uint16_t type_len; /* <= 10 */
+    uint16_t name_len; /* <= 511 */
+    uint32_t reserved;
+    uint8_t type[16]; /* the descriptor's type word; empty when HOSTED */
+    uint8_t name[512]; /* file name as the descriptor writes it */
+};
+_Static_assert(sizeof(struct rec_vmdk_extent) == 584, "rec_vmdk_extent size");
+_Static_assert(offsetof(struct rec_vmdk_extent, hdr) == 0, "rec_vmdk_extent.hdr");
+_Static_assert(offsetof(struct rec_vmdk_extent, input) == 8, "rec_vmdk_extent.input");
+_Static_assert(offsetof(struct rec_vmdk_extent, index) == 12, "rec_vmdk_extent.index");
+_Static_assert(offsetof(struct rec_vmdk_extent, sectors) == 16, "rec_vmdk_extent.sectors");
+_Static_assert(offsetof(struct rec_vmdk_extent, cluster_size) == 24, "rec_vmdk_extent.cluster_size");
+_Static_assert(offsetof(struct rec_vmdk_extent, flat_offset) == 32, "rec_vmdk_extent.flat_offset");
+_Static_assert(offsetof(struct rec_vmdk_extent, flags) == 40, "rec_vmdk_extent.flags");
+_Static_assert(offsetof(struct rec_vmdk_extent, file_input) == 44, "rec_vmdk_extent.file_input");
+_Static_assert(offsetof(struct rec_vmdk_extent, type_len) == 48, "rec_vmdk_extent.type_len");
+_Static_assert(offsetof(struct rec_vmdk_extent, name_len) == 50, "rec_vmdk_extent.name_len");
+_Static_assert(offsetof(struct rec_vmdk_extent, reserved) == 52, "rec_vmdk_extent.reserved");
+_Static_assert(offsetof(struct rec_vmdk_extent, type) == 56, "rec_vmdk_extent.type");
+_Static_assert(offsetof(struct rec_vmdk_extent, name) == 72, "rec_vmdk_extent.name");
+
 /* records.RAW_INFO */
 struct rec_raw_info {
     uint8_t hdr[8];
@@ -568,14 +611,18 @@ struct rec_map_extent {
     uint64_t offset; /* host offset, if OFFSET_VALID */
     uint32_t flags; /* mapFlags.* */
     uint32_t depth; /* chain depth; input index of the layer */
+    uint32_t input; /* input index of the file `offset` points into (a vmdk extent's; else the layer's) */
+    uint32_t reserved;
 };
-_Static_assert(sizeof(struct rec_map_extent) == 40, "rec_map_extent size");
+_Static_assert(sizeof(struct rec_map_extent) == 48, "rec_map_extent size");
 _Static_assert(offsetof(struct rec_map_extent, hdr) == 0, "rec_map_extent.hdr");
 _Static_assert(offsetof(struct rec_map_extent, start) == 8, "rec_map_extent.start");
 _Static_assert(offsetof(struct rec_map_extent, length) == 16, "rec_map_extent.length");
 _Static_assert(offsetof(struct rec_map_extent, offset) == 24, "rec_map_extent.offset");
 _Static_assert(offsetof(struct rec_map_extent, flags) == 32, "rec_map_extent.flags");
 _Static_assert(offsetof(struct rec_map_extent, depth) == 36, "rec_map_extent.depth");
+_Static_assert(offsetof(struct rec_map_extent, input) == 40, "rec_map_extent.input");
+_Static_assert(offsetof(struct rec_map_extent, reserved) == 44, "rec_map_extent.reserved");
 
 /* records.DATA_RUN: guest clusters [guest_cluster, +count) written uncompressed at host_offset, +cluster, ... */
 struct rec_data_run {

@@ -93,7 +93,10 @@ int op_main(void)
                 bits[s] = run[s].bits;
                 end[s] = run[s].end;
             }
-            bool zero = (bits[0] == -2 || !(bits[0] & CS_DATA)) && (bits[1] == -2 || !(bits[1] & CS_DATA));
+            /* CS_ZERO reads as zeroes even with CS_DATA (a recursed hole of a
+             * flat vmdk extent or a fixed VHD): img_compare skips those too */
+            bool zero = (bits[0] == -2 || !(bits[0] & CS_DATA) || (bits[0] & CS_ZERO)) &&
+                        (bits[1] == -2 || !(bits[1] & CS_DATA) || (bits[1] & CS_ZERO));
             bool same = !strict || bits[0] == bits[1] || bits[0] == -2 || bits[1] == -2;
             uint64_t stop = end[0] < end[1] ? end[0] : end[1];
             if (stop > to) stop = to;
@@ -134,7 +137,7 @@ int op_main(void)
                 status_mismatch = at;
             for (int s = 0; s < 2; s++) {
                 uint8_t *dst = buf[s] + (at - off);
-                if (cls[s] > 0 && (cls[s] & CS_DATA)) {
+                if (cls[s] > 0 && (cls[s] & CS_DATA) && !(cls[s] & CS_ZERO)) {
                     if (chain_read(&chains[s], at, step, dst)) return finish(CMP_READ_FAILED, (uint32_t)s, at, differs);
                     data = true;
                 } else {

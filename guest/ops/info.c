@@ -3,17 +3,19 @@
  * (backing file and format, data file: reported, never opened), then one
  * SNAPSHOT record per internal snapshot and one BITMAP per bitmap; raw ->
  * RAW_INFO (the host computes the virtual size from the file size); vpc
- * (and each format like it) -> one IMAGE_INFO record.
+ * (and each format like it) -> one IMAGE_INFO record; vmdk -> IMAGE_INFO,
+ * its create type and parent hint (NAME) and one VMDK_EXTENT per extent.
  */
 #include "../qcow2/qcow2.h"
 #include "../probe/probe.h"
 #include "../vpc/vpc.h"
 #include "../vhdx/vhdx.h"
+#include "../vmdk/vmdk.h"
 
 int op_main(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs < 1 || p->input_format[0] > FMT_VHDX) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    if (p->n_inputs < 1 || p->input_format[0] > FMT_VMDK) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
     static struct reader r;
     reader_from_input(&r, 0);
     int fmt = probe_input(&r, p->input_format[0]);
@@ -27,6 +29,13 @@ int op_main(void)
         static struct vhdx v;
         uint32_t mode = (p->flags & INFO_F_CHECK_MODE) ? VHDX_OPEN_CHECK : 0;
         return vhdx_open(&v, &r, mode) || vhdx_emit_info(&v) ? -1 : 0;
+    }
+    if (fmt == FMT_VMDK) {
+        /* extent files, when the image names any, are the inputs after 0; a
+         * first run with input 0 alone reports their names (VMDK_OPEN_SCAN) */
+        static struct vmdk v;
+        uint32_t mode = p->n_inputs == 1 ? VMDK_OPEN_SCAN : 0;
+        return vmdk_open(&v, &r, mode) || vmdk_emit_info(&v) ? -1 : 0;
     }
     if (fmt != FMT_QCOW2) return rt_error(0, GERR_FORMAT, 0, 0, 0); /* linked without that parser */
     static struct qcow2 q;

@@ -16,7 +16,7 @@ static bool mergeable(const struct map_entry *c, const struct map_entry *n)
     if (c->length == 0) return false;
     uint32_t mask = MAP_DATA | MAP_ZERO | MAP_PRESENT | MAP_OFFSET_VALID | MAP_COMPRESSED;
     if ((c->flags & mask) != (n->flags & mask) || c->depth != n->depth) return false;
-    if ((c->flags & MAP_OFFSET_VALID) && c->offset + c->length != n->offset) return false;
+    if ((c->flags & MAP_OFFSET_VALID) && (c->offset + c->length != n->offset || c->input != n->input)) return false;
     return true;
 }
 
@@ -29,6 +29,7 @@ static int emit(const struct map_entry *e)
     r.offset = e->offset;
     r.flags = e->flags;
     r.depth = e->depth;
+    r.input = e->input;
     return rt_emit(&r, sizeof r);
 }
 

@@ -1,8 +1,9 @@
 /*
  * Format probing the way qemu 7.2 does it for the formats instar opens:
  * qemu reads 2048 bytes (zero-padded past EOF) and picks qcow2 when the
- * magic is QFI\xfb and the version is at least 2, vpc for "conectix" and
- * vhdx for "vhdxfile" at offset 0 (each driver scores 100); everything else
+ * magic is QFI\xfb and the version is at least 2, vpc for "conectix",
+ * vhdx for "vhdxfile" at offset 0, vmdk for "KDMV"/"COWD" or a text
+ * descriptor vmdk_probe accepts (each driver scores 100); everything else
  * is raw (a fixed VHD, whose footer is only at the end, included).
  * On top, we look for every other format's signature at the start (and the
  * footer-based ones in the last 512 bytes) so that the host can refuse a
@@ -12,11 +13,40 @@
 #include "bytes.h"
 #include "../ops/records.h"
 
+
 #define PROBE_BYTES 2048
 
 static bool starts(const uint8_t *b, const char *magic, uint32_t n)
 {
     return memcmp(b, magic, n) == 0;
+}
+
+/* qemu's vmdk_probe for a text descriptor: comment lines and blank lines
+ * of spaces, then "version=1|2|3" and a line end. */
+static bool vmdk_probe_text(const uint8_t *b, uint32_t size)
+{
+    const char *p = (const char *)b, *end = p + size;
+    while (p < end) {
+        if (*p == '#') {
+            while (p < end && *p != '\n') p++;
+            p++;
+            continue;
+        }
+        if (*p == ' ') {
+            while (p < end && *p == ' ') p++;
+            if (p < end && *p == '\r') p++;
+            if (p == end || *p != '\n') return false;
+            p++;
+            continue;
+        }
+        if (end - p >= 10 && memcmp(p, "version=", 8) == 0 && p[8] >= '1' && p[8] <= '3' && p[9] == '\n')
+            return true;
+        if (end - p >= 11 && memcmp(p, "version=", 8) == 0 && p[8] >= '1' && p[8] <= '3' && p[9] == '\r' &&
+            p[10] == '\n')
+            return true;
+        return false;
+    }
+    return false;
 }
 
 static uint32_t head_signature(const uint8_t *b, uint32_t format)
@@ -25,7 +55,8 @@ static uint32_t head_signature(const uint8_t *b, uint32_t format)
         if (be32(b + 4) < 2) return SIG_QCOW1;
         if (format != FMT_QCOW2) return SIG_QCOW2;
     }
-    if (starts(b, "KDMV", 4) || starts(b, "COWD", 4) || starts(b, "# Disk DescriptorFile", 21)) return SIG_VMDK;
+    if (format != FMT_VMDK && (starts(b, "KDMV", 4) || starts(b, "COWD", 4) || starts(b, "# Disk DescriptorFile", 21)))
+        return SIG_VMDK;
     if (starts(b, "conectix", 8)) return SIG_VPC;
     if (starts(b, "vhdxfile", 8)) return SIG_VHDX;
     if (starts(b, "LUKS\xba\xbe", 6)) return SIG_LUKS;
@@ -61,6 +92,8 @@ int probe_input(const struct reader *r, uint32_t requested)
         if (r->size && be32(b) == 0x514649fbu && be32(b + 4) >= 2) format = FMT_QCOW2;
         else if (r->size && starts(b, "conectix", 8)) format = FMT_VPC;
         else if (r->size && starts(b, "vhdxfile", 8)) format = FMT_VHDX;
+        else if (r->size && (starts(b, "KDMV", 4) || starts(b, "COWD", 4) || vmdk_probe_text(b, sizeof b)))
+            format = FMT_VMDK;
     }
     uint32_t sig = r->size ? head_signature(b, format) : SIG_NONE;
     if (sig == SIG_NONE && tail_signature(r, &sig)) return rt_error(r->input, GERR_IO, r->size - 512, 0, 0);

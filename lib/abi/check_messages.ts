@@ -195,6 +195,10 @@ export const checkMessages: CheckMessage[] = [
       "VHDX BAT entry %u end offset %u points after end of file (%d). Image has probably been truncated.\n",
     prefix: true,
   },
+  // vmdk_co_check (fprintf to stderr: no program prefix)
+  { name: "VMDK_NO_EXTENT", code: 70, text: "ERROR: could not find extent for sector %d\n" },
+  { name: "VMDK_NO_CLUSTER", code: 71, text: "ERROR: could not get cluster_offset for sector %d\n" },
+  { name: "VMDK_PAST_EOF", code: 72, text: "ERROR: cluster offset for sector %d points after EOF\n" },
 ];
 
 const byCode = new Map<number, CheckMessage>(checkMessages.map((m) => [m.code, m]));

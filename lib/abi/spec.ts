@@ -138,7 +138,7 @@ export const mapOpFlags = { PRECISE: 1 } as const;
 export const checkOpFlags = { REPAIR_LEAKS: 1, REPAIR_ALL: 2 } as const;
 
 /** Formats the host asks for or the guest detects. */
-export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4 } as const;
+export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4, VMDK: 5 } as const;
 
 /** Run outcomes reported by the VMM (vmm_report.status). */
 export const runStatus = {
@@ -169,8 +169,10 @@ export const records = {
   COMPRESSED_RUN: 12,
   CONVERT_DONE: 13,
   COMPARE: 14,
-  /** Header facts of a vpc/vhdx layer (rec_image_info). */
+  /** Header facts of a vpc/vhdx/vmdk layer (rec_image_info). */
   IMAGE_INFO: 15,
+  /** One extent of a vmdk image (rec_vmdk_extent), descriptor order. */
+  VMDK_EXTENT: 16,
   /** check -r: a refcount entry the repair rewrites (rec_repair_refcount). */
   REPAIR_REFCOUNT: 19,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
@@ -229,6 +231,11 @@ export const nameKinds = {
   SNAPSHOT_NAME: 6,
   /** The bitmap a BAD_BITMAP error is about (sent right before it). */
   BITMAP_NAME: 7,
+  /** vmdk: the createType qemu's info prints (descriptor text, or the sparse header's kind). */
+  VMDK_CREATE_TYPE: 8,
+  /** Text an ERROR record quotes (vmdk's "Unsupported image type '%s'", an invalid extent line),
+   * sent right before it. */
+  ERROR_TEXT: 9,
 } as const;
 
 /** MAP_EXTENT flags (qemu's BDRV_BLOCK_* meaning, as qemu-img map prints them). */
@@ -252,6 +259,18 @@ export const imageInfoFlags = {
 
 /** IMAGE_INFO.subformat: the disk type as the image states it. */
 export const imageSubformats = { FIXED: 2, DYNAMIC: 3, DIFFERENCING: 4 } as const;
+
+/** VMDK_EXTENT.flags */
+export const vmdkExtentFlags = {
+  /** FLAT or VMFS: the extent file is the disk's bytes from flat_offset on. */
+  FLAT: 1,
+  /** Grains are deflated (streamOptimized). */
+  COMPRESSED: 2,
+  /** The extent is the image file itself (a sparse file opened directly). */
+  HOSTED: 4,
+  /** The extent's file was attached and its header read (sectors, cluster_size are final). */
+  OPENED: 8,
+} as const;
 
 /** RAW_INFO.partition */
 export const partitionKinds = { NONE: 0, MBR: 1, GPT: 2 } as const;
@@ -493,6 +512,32 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_vmdk_extent",
+    size: 584,
+    doc: "records.VMDK_EXTENT: one extent as qemu's vmdk_get_extent_info reports it (guest/vmdk/vmdk.h)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8, doc: "the image's input" },
+      { name: "index", type: "u32", offset: 12, doc: "extent number, descriptor order" },
+      { name: "sectors", type: "u64", offset: 16, doc: "extent size in 512-byte sectors" },
+      { name: "cluster_size", type: "u64", offset: 24, doc: "grain size in bytes (sparse extents)" },
+      { name: "flat_offset", type: "u64", offset: 32, doc: "FLAT: the descriptor's offset in sectors" },
+      { name: "flags", type: "u32", offset: 40, doc: "vmdkExtentFlags.*" },
+      { name: "file_input", type: "u32", offset: 44, doc: "input holding the extent, when OPENED" },
+      { name: "type_len", type: "u16", offset: 48, doc: "<= 10" },
+      { name: "name_len", type: "u16", offset: 50, doc: "<= 511" },
+      { name: "reserved", type: "u32", offset: 52 },
+      {
+        name: "type",
+        type: "bytes",
+        offset: 56,
+        count: 16,
+        doc: "the descriptor's type word; empty when HOSTED",
+      },
+      { name: "name", type: "bytes", offset: 72, count: 512, doc: "file name as the descriptor writes it" },
+    ],
+  },
+  {
     name: "rec_raw_info",
     size: 16,
     doc: "records.RAW_INFO",
@@ -574,7 +619,7 @@ export const structs: StructSpec[] = [
   },
   {
     name: "rec_map_extent",
-    size: 40,
+    size: 48,
     doc: "records.MAP_EXTENT: one merged qemu-img map entry",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
@@ -583,6 +628,13 @@ export const structs: StructSpec[] = [
       { name: "offset", type: "u64", offset: 24, doc: "host offset, if OFFSET_VALID" },
       { name: "flags", type: "u32", offset: 32, doc: "mapFlags.*" },
       { name: "depth", type: "u32", offset: 36, doc: "chain depth; input index of the layer" },
+      {
+        name: "input",
+        type: "u32",
+        offset: 40,
+        doc: "input index of the file `offset` points into (a vmdk extent's; else the layer's)",
+      },
+      { name: "reserved", type: "u32", offset: 44 },
     ],
   },
   {
@@ -849,6 +901,7 @@ export const recordStructs: Record<number, string> = {
   [records.CONVERT_DONE]: "rec_convert_done",
   [records.COMPARE]: "rec_compare",
   [records.IMAGE_INFO]: "rec_image_info",
+  [records.VMDK_EXTENT]: "rec_vmdk_extent",
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
@@ -891,6 +944,7 @@ export const enums: Record<string, Record<string, number>> = {
   PART_: partitionKinds,
   IMGF_: imageInfoFlags,
   SUBFMT_: imageSubformats,
+  VMDKX_: vmdkExtentFlags,
   SIG_: signatures,
   Q2F_: qcow2InfoFlags,
   RESIZE_F_: resizeFlags,

@@ -21,7 +21,7 @@ import {
   newInstarOptions,
   outputFormat,
 } from "./common.ts";
-import { openChain, OpenError, openFailure, openImage } from "./image.ts";
+import { chainInputs, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
@@ -68,7 +68,12 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
 
   let top;
   try {
-    top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, checkMode: true });
+    top = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      checkMode: true,
+      backingDirs: o.backingDirs,
+    });
     // qemu-img opens the whole chain (a missing backing file fails the check).
     await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
@@ -87,7 +92,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     ]);
   }
 
-  const first = await runCheck(top.openPath, top.formatCode, filename, repair);
+  const first = await runCheck(chainInputs([top]), filename, repair);
   const f = ended(first, io);
   if (!repair) {
     for (const t of first.texts) io.err(t);
@@ -131,7 +136,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
         "Double checking the fixed image now...\n",
     );
   }
-  const again = await runCheck(top.openPath, top.formatCode, filename, undefined);
+  const again = await runCheck(chainInputs([top]), filename, undefined);
   const g = ended(again, io);
   for (const t of again.texts) io.err(t);
   return report(
@@ -159,8 +164,7 @@ function ended(run: CheckRun, io: Io): CheckFacts {
 
 /** One run of the check guest; throws qemu's errors for a failed check. */
 async function runCheck(
-  path: string,
-  formatCode: number,
+  inputs: ReturnType<typeof chainInputs>,
   filename: string,
   repair: RepairMode | undefined,
 ): Promise<CheckRun> {
@@ -169,7 +173,7 @@ async function runCheck(
     result = await runGuest({
       op: "check",
       opCode: ops.CHECK,
-      inputs: [{ path, format: formatCode }],
+      inputs,
       flags: repair === "all" ? checkOpFlags.REPAIR_ALL : repair === "leaks" ? checkOpFlags.REPAIR_LEAKS : 0,
     });
   } catch (e) {
@@ -264,6 +268,7 @@ function report(
 
 /** strerror() of the errnos the check guest can report (Linux numbering). */
 const CHECK_ERRNO_TEXT: Record<number, string> = {
+  1: "Operation not permitted",
   5: "Input/output error",
   12: "Cannot allocate memory",
   22: "Invalid argument",

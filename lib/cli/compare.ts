@@ -15,7 +15,7 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
@@ -29,7 +29,11 @@ async function openForCompare(
   o: InstarOptions,
 ): Promise<OpenedImage[]> {
   try {
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    const top = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      backingDirs: o.backingDirs,
+    });
     return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
     // img_open failures: exit 2.
@@ -96,21 +100,18 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const chain1 = await openForCompare(filename1, fmt1, o);
     const chain2 = await openForCompare(filename2, fmt2, o);
     progress.set(0);
-    if (chain1.length + chain2.length > limits.MAX_INPUTS) {
+    const inputs1 = chainInputs(chain1);
+    const inputs = [...inputs1, ...chainInputs(chain2)];
+    if (inputs.length > limits.MAX_INPUTS) {
       throw new CliError(
         [
-          `The two backing chains have ${chain1.length + chain2.length} images; instar compares at most ` +
+          `The two backing chains have ${inputs.length} files; instar compares at most ` +
           `${limits.MAX_INPUTS} in one sandbox`,
         ],
         false,
         2,
       );
     }
-    const inputs = [...chain1, ...chain2].map((img, i) => ({
-      path: img.openPath,
-      format: img.formatCode,
-      nofollow: i !== 0 && i !== chain1.length,
-    }));
     // Two guests, one per core, each walking half of the disk; the first
     // half's outcome stands unless it found the halves identical.
     // INSTAR_GUESTS=1|2 forces the choice.
@@ -129,7 +130,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
           op: "compare",
           opCode: ops.COMPARE,
           inputs,
-          args: [BigInt(chain1.length), strict ? 1n : 0n, from, to],
+          args: [BigInt(inputs1.length), strict ? 1n : 0n, from, to],
           timeoutMs: 24 * 3600 * 1000,
           ramBytes: 64 * 1024 * 1024,
           onProgress: (d, t) => {

@@ -18,6 +18,8 @@ import { runGuest } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
 import { hostPath } from "../host/context.ts";
+import { type ExtentFile, resolveExtents } from "./extents.ts";
+export { chainInputs, inputFilenames } from "./extents.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -52,6 +54,8 @@ export interface OpenedImage extends DecodedImage {
   actualSize: bigint;
   dev: bigint;
   ino: bigint;
+  /** vmdk: the extent files the allowlist let through, attached after the image (descriptor order). */
+  extentFiles?: ExtentFile[];
 }
 
 export interface OpenOptions {
@@ -63,6 +67,8 @@ export interface OpenOptions {
   nofollow?: boolean;
   /** Open as qemu-img check does (BDRV_O_CHECK): see infoFlags.CHECK_MODE. */
   checkMode?: boolean;
+  /** --backing-dir: more directories vmdk extent files may live in. */
+  backingDirs?: string[];
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -121,17 +127,43 @@ async function hostCheck(filename: string, path: string): Promise<Deno.FileInfo>
   return st;
 }
 
-/** Opens one image (no backing files). */
+/** Opens one image (no backing files); a vmdk descriptor's extent files
+ * are checked by the allowlist and attached (lib/cli/extents.ts). */
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<OpenedImage> {
   const requested = formatCode(filename, opts.format);
   const path = hostPath(opts.openPath ?? filename);
   const st = await hostCheck(filename, path);
+  const img = await openImageOnce(filename, path, st, requested, opts, []);
+  if (!img.vmdk || img.vmdk.filesNeeded === 0) return img;
+  // The guest named the extent files: the allowlist decides, then a second
+  // run reads each extent's header from the attached files.
+  const files = await resolveExtents(img, opts.backingDirs ?? []);
+  const full = await openImageOnce(filename, path, st, requested, opts, files);
+  if (!full.vmdk || full.vmdk.filesNeeded !== 0 || full.vmdk.extents.length !== files.length) {
+    throw new OpenError(filename, "Sandbox failure: the vmdk extents changed between runs");
+  }
+  full.extentFiles = files;
+  full.actualSize += files.reduce((sum, f) => sum + f.actualSize, 0n);
+  return full;
+}
+
+async function openImageOnce(
+  filename: string,
+  path: string,
+  st: Deno.FileInfo,
+  requested: number,
+  opts: OpenOptions,
+  extents: ExtentFile[],
+): Promise<OpenedImage> {
   let result;
   try {
     result = await runGuest({
       op: "info",
       opCode: ops.INFO,
-      inputs: [{ path, format: requested, nofollow: opts.nofollow }],
+      inputs: [
+        { path, format: requested, nofollow: opts.nofollow },
+        ...extents.map((x) => ({ path: x.path, format: formats.RAW, nofollow: true })),
+      ],
       flags: opts.checkMode ? infoFlags.CHECK_MODE : 0,
     });
   } catch (e) {
@@ -142,13 +174,22 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
   if (!input || input.dev !== BigInt(st.dev) || input.ino !== BigInt(st.ino ?? 0)) {
     throw new OpenError(filename, "File changed while it was being opened");
   }
+  extents.forEach((x, i) => {
+    const got = result.inputs[i + 1];
+    if (!got || got.dev !== x.dev || got.ino !== x.ino) {
+      throw new OpenError(filename, `File '${x.filename}' changed while it was being opened`);
+    }
+  });
   const probe = recs.find((r) => r.type === records.PROBE && r.fields.input === 0);
   const probed = probe ? probe.fields.format as number : requested;
   const driver = driverForCode(probed);
   const err = guestError(recs);
   if (err) {
     const features = recs
-      .filter((r) => r.type === records.NAME && r.fields.kind === nameKinds.INCOMPAT_FEATURE)
+      .filter((r) =>
+        r.type === records.NAME &&
+        (r.fields.kind === nameKinds.INCOMPAT_FEATURE || r.fields.kind === nameKinds.ERROR_TEXT)
+      )
       .map((r) => new TextDecoder().decode(nameBytes(r)));
     const f = err.fields;
     const fields = { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint };
@@ -246,6 +287,10 @@ export async function openChain(
     try {
       name = backingName(cur);
       if (name === undefined) return chain;
+      if (cur.vmdk) {
+        // parentFileNameHint: reported by info, never followed
+        throw new PolicyError(`Refusing to follow VMDK parent '${name}': instar does not open VMDK parents`);
+      }
       const link = await checkBacking(policy, cur.filename, name, chain.length - 1, seen);
       const fmt = cur.backingFormat;
       const img = await openImage(link.filename, {

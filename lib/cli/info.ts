@@ -18,7 +18,7 @@ import {
 } from "./common.ts";
 import { backingName, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { fullBackingFilename, makePolicy } from "../chain/policy.ts";
-import { type ImageFacts, infoHuman, infoJson } from "../output/image_info.ts";
+import { type ImageFacts, infoHuman, infoJson, type VmdkFacts } from "../output/image_info.ts";
 import { helpText } from "./help.ts";
 
 export function imageFacts(img: OpenedImage): ImageFacts {
@@ -35,6 +35,26 @@ export function imageFacts(img: OpenedImage): ImageFacts {
     fullBackingFilename: backing === undefined ? undefined : fullBackingFilename(img.filename, backing),
     backingFormat: img.backingFormat,
     qcow2: img.qcow2,
+    vmdk: vmdkFacts(img),
+  };
+}
+
+/** The vmdk block of info: each extent named as qemu opened it. */
+function vmdkFacts(img: OpenedImage): VmdkFacts | undefined {
+  if (!img.vmdk) return undefined;
+  const files = img.extentFiles ?? [];
+  let k = 0;
+  return {
+    createType: img.vmdk.createType,
+    cid: img.vmdk.cid,
+    parentCid: img.vmdk.parentCid,
+    extents: img.vmdk.extents.map((x) => ({
+      filename: x.hosted ? img.filename : files[k++]?.filename ?? "",
+      format: x.type,
+      virtualSize: x.virtualSize,
+      clusterSize: x.clusterSize,
+      compressed: x.compressed,
+    })),
   };
 }
 
@@ -60,7 +80,11 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
 
   let list: OpenedImage[];
   try {
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    const top = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      backingDirs: o.backingDirs,
+    });
     list = [top];
     if (chain && backingName(top) !== undefined) {
       // qemu-img opens each image of the chain on its own and names it in errors.

@@ -17,7 +17,7 @@ import {
   profileOf,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { openChain, OpenError, openFailure, openImage } from "./image.ts";
+import { chainInputs, inputFilenames, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
@@ -55,7 +55,11 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
 
   let chain;
   try {
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    const top = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      backingDirs: o.backingDirs,
+    });
     chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
@@ -72,11 +76,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
       result = await runGuest({
         op: "map",
         opCode: ops.MAP,
-        inputs: chain.map((img) => ({
-          path: img.openPath,
-          format: img.formatCode,
-          nofollow: img !== chain[0],
-        })),
+        inputs: chainInputs(chain),
         args: [start, maxLength === -1n ? (1n << 64n) - 1n : maxLength],
       });
     } catch (e) {
@@ -101,16 +101,17 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
       offset: r.fields.offset as bigint,
       flags: r.fields.flags as number,
       depth: r.fields.depth as number,
+      input: r.fields.input as number,
     }));
-    validateExtents(extents, start, end, chain.length);
+    validateExtents(extents, start, end, chain.length, chainInputs(chain).length);
   }
-  if (extents.length === 0) extents = [{ start, length: 0n, offset: 0n, flags: 0, depth: 0 }];
+  if (extents.length === 0) extents = [{ start, length: 0n, offset: 0n, flags: 0, depth: 0, input: 0 }];
 
   if (format === "json") {
     io.out(mapJson(extents, profile));
     return 0;
   }
-  const { text, error } = mapHuman(extents, chain.map((img) => img.filename));
+  const { text, error } = mapHuman(extents, inputFilenames(chain));
   io.out(text);
   if (error) {
     io.err("instar: File contains external, encrypted or compressed clusters.\n");
@@ -120,10 +121,11 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
 }
 
 /** The guest's extents must tile [start, end) exactly, in order, with sane fields. */
-function validateExtents(extents: MapExtent[], start: bigint, end: bigint, layers: number) {
+function validateExtents(extents: MapExtent[], start: bigint, end: bigint, layers: number, inputs: number) {
   let at = start;
   for (const e of extents) {
     const bad = e.start !== at || e.length === 0n || e.start + e.length > end || e.depth >= layers ||
+      e.input >= inputs ||
       (e.flags & ~ALL_FLAGS) !== 0 || e.offset >= 1n << 63n;
     if (bad) throw new CliError(["Could not read file metadata: sandbox failure: inconsistent map extents"]);
     at += e.length;

@@ -16,7 +16,7 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
@@ -37,11 +37,7 @@ async function allocationOf(chain: OpenedImage[], precise: boolean): Promise<All
     result = await runGuest({
       op: "map",
       opCode: ops.MAP,
-      inputs: chain.map((img) => ({
-        path: img.openPath,
-        format: img.formatCode,
-        nofollow: img !== chain[0],
-      })),
+      inputs: chainInputs(chain),
       args: [0n, (1n << 64n) - 1n],
       flags: precise ? mapOpFlags.PRECISE : 0,
     });
@@ -211,7 +207,11 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let chain: OpenedImage[] | undefined;
   if (filename !== undefined) {
     try {
-      const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+      const top = await openImage(filename, {
+        format: fmt,
+        unsafeQuirks: o.unsafeQuirks,
+        backingDirs: o.backingDirs,
+      });
       chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(filename, e);

@@ -8,6 +8,7 @@ import type { FilePlan, PlanResult } from "./plan.ts";
 import type { Qcow2Model } from "./qcow2/model.ts";
 import type { RawModel } from "./raw/model.ts";
 import type { ImageInfoModel } from "./image_info_model.ts";
+import type { VmdkModel } from "./vmdk/model.ts";
 import type { Qcow2OutputOptions } from "./qcow2/output_plan.ts";
 
 /** qemu's preallocation modes (PreallocMode), in its order. */
@@ -84,6 +85,8 @@ export interface DecodedImage {
   qcow2?: Qcow2Model;
   raw?: RawModel;
   image?: ImageInfoModel;
+  /** vmdk: create type, CIDs and the extents (whose files the host attaches). */
+  vmdk?: VmdkModel;
 }
 
 /** Host file operations a create step needs; the command supplies them. */

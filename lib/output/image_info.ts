@@ -19,6 +19,42 @@ export interface ImageFacts {
   fullBackingFilename?: string | null;
   backingFormat?: string;
   qcow2?: Qcow2Model;
+  vmdk?: VmdkFacts;
+}
+
+/** ImageInfoSpecificVmdk as info prints it (filenames already resolved). */
+export interface VmdkFacts {
+  createType: string;
+  cid: bigint;
+  parentCid: bigint;
+  extents: {
+    filename: string;
+    format: string;
+    virtualSize: bigint;
+    clusterSize?: bigint;
+    compressed: boolean;
+  }[];
+}
+
+/** ImageInfoSpecificVmdk as a QDict (fields in schema order). */
+export function vmdkSpecificData(v: VmdkFacts): QDict {
+  const d = new QDict();
+  d.put("create-type", v.createType);
+  d.put("cid", v.cid);
+  d.put("parent-cid", v.parentCid);
+  d.put(
+    "extents",
+    v.extents.map((x) => {
+      const e = new QDict();
+      e.put("filename", x.filename);
+      e.put("format", x.format);
+      e.put("virtual-size", x.virtualSize);
+      if (x.clusterSize !== undefined) e.put("cluster-size", x.clusterSize);
+      if (x.compressed) e.put("compressed", true);
+      return e;
+    }),
+  );
+  return d;
 }
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -71,6 +107,9 @@ export function imageInfoDict(f: ImageFacts, profile: Profile): QDict {
   if (f.qcow2) {
     d.put("format-specific", new QDict().put("type", "qcow2").put("data", qcow2SpecificData(f.qcow2)));
   }
+  if (f.vmdk) {
+    d.put("format-specific", new QDict().put("type", "vmdk").put("data", vmdkSpecificData(f.vmdk)));
+  }
   if (hasChildren(profile)) {
     const child = new QDict().put("name", "file").put("info", fileChildInfo(f, profile));
     d.put("children", [child]);
@@ -100,6 +139,10 @@ export function infoHumanOne(f: ImageFacts, profile: Profile): string {
   if (f.qcow2) {
     out += "Format specific information:\n";
     out += dumpHuman(qcow2SpecificData(f.qcow2), 1);
+  }
+  if (f.vmdk) {
+    out += "Format specific information:\n";
+    out += dumpHuman(vmdkSpecificData(f.vmdk), 1);
   }
   if (hasChildren(profile)) {
     out += "Child node '/file':\n";

@@ -10,6 +10,8 @@ export interface MapExtent {
   offset: bigint;
   flags: number;
   depth: number;
+  /** The input the offset points into (chainInputs order: a vmdk layer spans several files). */
+  input: number;
 }
 
 const has = (e: MapExtent, f: number) => (e.flags & f) !== 0;
@@ -51,7 +53,7 @@ export function mapHuman(extents: MapExtent[], filenames: string[]): { text: str
     if (dataAsDumped && !hasOffset) return { text, error: true };
     if (data && !zero) {
       text += `${hex16(e.start)}${hex16(e.length)}${hex16(hasOffset ? e.offset : 0n)}${
-        hasOffset ? filenames[e.depth] ?? "" : ""
+        hasOffset ? filenames[e.input] ?? "" : ""
       }\n`;
     }
   }

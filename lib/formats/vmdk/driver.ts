@@ -1,6 +1,12 @@
-// The vmdk row of the format table: create through the pure planner,
-// instar's size estimate for measure -O vmdk.
-import type { FormatDriver } from "../types.ts";
+// The vmdk row of the format table: decode of the guest's records
+// (guest/vmdk, lib/formats/vmdk/model.ts), qemu's open-error texts, create
+// through the pure planner, instar's size estimate for measure -O vmdk.
+import { formats, guestErrors, nameKinds, records } from "../../abi/spec.ts";
+import { nameBytes } from "../../abi/records.ts";
+import type { DecodedImage, FormatDriver } from "../types.ts";
+import { qcow2ErrorMessage } from "../qcow2/errors.ts";
+import { vmdkModel } from "./model.ts";
+import { vmdkErrorText } from "./errors.ts";
 import { CreateError } from "../types.ts";
 import { estimateMeasure } from "../estimate.ts";
 import { VMDK_CREATE_OPTS, VMDK_OWN, vmdkCreateOptions, vmdkEntropy } from "./options.ts";
@@ -9,6 +15,29 @@ import { vmdkMeasure } from "./measure.ts";
 
 export const vmdkDriver: FormatDriver = {
   name: "vmdk",
+  code: formats.VMDK,
+  decode(recs, input): DecodedImage {
+    const m = vmdkModel(recs, input);
+    const hint = recs.find((r) =>
+      r.type === records.NAME && r.fields.input === input && r.fields.kind === nameKinds.BACKING_FILE
+    );
+    return {
+      virtualSize: m.virtualSize,
+      length: m.virtualSize,
+      clusterSize: m.clusterSize > 0n ? m.clusterSize : undefined,
+      dirty: false,
+      // parentFileNameHint: info prints it (qemu's backing format is vmdk); it is never followed
+      backingFile: hint ? nameBytes(hint) : undefined,
+      backingFormat: hint ? "vmdk" : undefined,
+      namesDataFile: false,
+      vmdk: m.vmdk,
+    };
+  },
+  check: true,
+  openError(e, quoted, filename) {
+    if (e.code !== guestErrors.FORMAT) return qcow2ErrorMessage(e, []);
+    return vmdkErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1], filename);
+  },
   create: {
     options: VMDK_CREATE_OPTS,
     own: VMDK_OWN,
