@@ -311,6 +311,19 @@ Deno.test(
           assertEquals(await files(a), []);
         }
       });
+      await t.step("an empty source: qemu-img's refusal (it cannot open what it writes)", async () => {
+        await Deno.writeFile(`${dir}/empty.raw`, new Uint8Array());
+        await Deno.mkdir(`${dir}/empty.a`);
+        await Deno.mkdir(`${dir}/empty.b`);
+        for (const sub of SUBFORMATS) {
+          const args = ["convert", "-f", "raw", "-O", "vmdk", "-o", `subformat=${sub}`, "../empty.raw", "t.vmdk"];
+          const [q, i] = [await qemuImg(args, `${dir}/empty.b`), await instar(args, `${dir}/empty.a`)];
+          // qemu-img aborts on the flat ones (an assertion): instar refuses them the same way.
+          if (!sub.endsWith("Flat")) assertEquals(i, asInstar(q));
+          else assertEquals([i.code, i.stderr], [1, `instar: Could not open 't.vmdk': Unsupported image type '${sub}'\n`]);
+          assertEquals(await files(`${dir}/empty.a`), []);
+        }
+      });
       await t.step("a failing source leaves no file of a multi-file target", async () => {
         // A compressed cluster whose stream is garbage fails the read (as in qemu).
         await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "g.qcow2", "1M");

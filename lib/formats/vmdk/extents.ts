@@ -36,11 +36,13 @@ export function decomposeFilename(filename: string): { path: string; prefix: str
 export function vmdkExtentFiles(filename: string, sub: VmdkSubformat, size: bigint): VmdkExtentFile[] {
   const { path, prefix, postfix } = decomposeFilename(filename);
   const flat = sub === "monolithicFlat" || sub === "twoGbMaxExtentFlat";
-  if (sub === "monolithicFlat") {
+  // qemu creates extents while it has bytes left: none for an empty disk.
+  if (sub === "monolithicFlat" && size > 0n) {
     const name = `${prefix}-flat${postfix}`;
     return [{ path: path + name, name, from: 0n, to: size, flat }];
   }
   const files: VmdkExtentFile[] = [];
+  if (sub === "monolithicFlat") return files;
   for (let at = 0n, i = 1; at < size; at += VMDK_SPLIT_SIZE, i++) {
     const name = `${prefix}-${flat ? "f" : "s"}${String(i).padStart(3, "0")}${postfix}`;
     const to = size - at < VMDK_SPLIT_SIZE ? size : at + VMDK_SPLIT_SIZE;

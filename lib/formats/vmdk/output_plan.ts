@@ -212,6 +212,11 @@ export function vmdkOutput(opts: VmdkCreateOptions, entropy: VmdkEntropy): PlanR
   const c = vmdkChoices(opts);
   if (!c.ok) return c;
   const { subformat, zeroedGrain } = c.value;
+  if (vmdkLayout(opts.size, subformat).virtualSize === 0n) {
+    // qemu-img writes a VMDK of an empty disk that it cannot open again (the
+    // sparse ones fail with these words, the others abort): refused up front.
+    return fail("unsupported", `Could not open '${opts.filename}': Unsupported image type '${subformat}'`);
+  }
   if (subformat === "monolithicSparse" || subformat === "streamOptimized") {
     const plan = planVmdkCreate(opts, entropy);
     if (!plan.ok) return plan;
