@@ -316,11 +316,24 @@ Deno.test(
         await Deno.mkdir(`${dir}/empty.a`);
         await Deno.mkdir(`${dir}/empty.b`);
         for (const sub of SUBFORMATS) {
-          const args = ["convert", "-f", "raw", "-O", "vmdk", "-o", `subformat=${sub}`, "../empty.raw", "t.vmdk"];
+          const args = [
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            `subformat=${sub}`,
+            "../empty.raw",
+            "t.vmdk",
+          ];
           const [q, i] = [await qemuImg(args, `${dir}/empty.b`), await instar(args, `${dir}/empty.a`)];
           // qemu-img aborts on the flat ones (an assertion): instar refuses them the same way.
           if (!sub.endsWith("Flat")) assertEquals(i, asInstar(q));
-          else assertEquals([i.code, i.stderr], [1, `instar: Could not open 't.vmdk': Unsupported image type '${sub}'\n`]);
+          else {assertEquals([i.code, i.stderr], [
+              1,
+              `instar: Could not open 't.vmdk': Unsupported image type '${sub}'\n`,
+            ]);}
           assertEquals(await files(`${dir}/empty.a`), []);
         }
       });
