@@ -429,3 +429,99 @@ Deno.test(
     }
   },
 );
+
+// The zlib convert guest's streamOptimized mode on its own (the hosted
+// build of the same program): the parameters it refuses and the markers,
+// streams and records it produces, which the planner then checks.
+const HOSTED = `${new URL("..", import.meta.url).pathname}build/host`;
+const haveHosted = (() => {
+  try {
+    return Deno.statSync(`${HOSTED}/convert_zlib`).isFile;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test(
+  {
+    name: "convert guest streamOptimized mode: refusals, markers, records",
+    ignore: !haveHosted || !haveQemuImg(),
+  },
+  async () => {
+    const { decodeRecords } = await import("../lib/abi/records.ts");
+    const { convertFlags, guestErrors, records } = await import("../lib/abi/spec.ts");
+    const { inflateSync } = await import("node:zlib");
+    const dir = await Deno.makeTempDir({ prefix: "instar-convert-vmdk-guest-" });
+    try {
+      // 200 KiB + 512: grain 3 holds 8.5 KiB.
+      await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "s.raw", String(200 * 1024 + 512));
+      await qemuIo(dir, "s.raw", "raw", "write -P 0x11 4k 4k", "write -P 0x22 200k 512");
+      const run = async (prog: string, args: bigint[], cap = 1n << 30n) => {
+        const a = args.flatMap((x) => ["--arg", x.toString()]);
+        const r = await new Deno.Command(`${HOSTED}/${prog}`, {
+          args: [...a, "-o", `${dir}/out`, "--cap", cap.toString(), `raw:${dir}/s.raw`],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        return decodeRecords(r.stdout);
+      };
+      const error = (recs: Awaited<ReturnType<typeof run>>) =>
+        recs.find((r) => r.type === records.ERROR)?.fields;
+      const F = convertFlags;
+      const VMDK = BigInt(F.QCOW2 | F.COMPRESS | F.VMDK);
+      // arg: data input, flags, min_sparse, start, grain bits, from, to, max refs
+      const base = [0n, VMDK, 4096n, 65536n, 16n, 0n, 0n, 0n];
+      const bad: [string, string, bigint[]][] = [
+        ["plain convert", "convert", base],
+        ["without COMPRESS", "convert_zlib", base.with(1, BigInt(F.QCOW2 | F.VMDK))],
+        ["with ZSTD", "convert_zlib", base.with(1, VMDK | BigInt(F.ZSTD))],
+        ["with BLOCK", "convert_zlib", base.with(1, VMDK | BigInt(F.BLOCK))],
+        ["grains of 128 KiB", "convert_zlib", base.with(4, 17n)],
+      ];
+      for (const [what, prog, args] of bad) {
+        assertEquals(error(await run(prog, args))?.code, guestErrors.BAD_PARAMS, what);
+      }
+      const recs = await run("convert_zlib", base);
+      assertEquals(error(recs), undefined);
+      // Grain 0 (data at 4 KiB) and grain 3 (data in the disk's last sector), one sector each, packed.
+      const packed = recs.filter((r) => r.type === records.COMPRESSED_RUN).flatMap((r) =>
+        (r.fields.len as number[]).slice(0, r.fields.n as number).map((len, i) => [
+          (r.fields.guest_cluster as bigint) + BigInt(i),
+          r.fields.host_offset,
+          len,
+        ])
+      );
+      assertEquals(packed, [[0n, 65536n, 512], [3n, 66048n, 512]]);
+      assert(!recs.some((r) => r.type === records.DATA_RUN), "no grain is stored plain");
+      const out = await Deno.readFile(`${dir}/out`);
+      const dv = new DataView(out.buffer);
+      const grain = (at: number) => {
+        const size = dv.getUint32(at + 8, true);
+        return {
+          lba: dv.getBigUint64(at, true),
+          data: new Uint8Array(inflateSync(out.subarray(at + 12, at + 12 + size))),
+        };
+      };
+      const g0 = grain(65536), g1 = grain(65536 + 512);
+      assertEquals([g0.lba, g0.data.length], [0n, 65536]);
+      assert(g0.data.subarray(4096, 8192).every((b) => b === 0x11) && g0.data[0] === 0);
+      // The last grain holds only the disk's bytes, compressed alone.
+      assertEquals([g1.lba, g1.data.length], [384n, 8704]);
+      assert(
+        g1.data.subarray(8192).every((b) => b === 0x22) && g1.data.subarray(0, 8192).every((b) => b === 0),
+      );
+      // -S 0: every grain, zeroes included.
+      const all = await run("convert_zlib", base.with(2, 0n));
+      const n = all.filter((r) => r.type === records.COMPRESSED_RUN).reduce(
+        (t, r) => t + (r.fields.n as number),
+        0,
+      );
+      assertEquals(n, 4);
+      // A cap one sector short ends the run (the VMM's output cap; the hosted build exits): no end record.
+      const capped = await run("convert_zlib", base, 65536n + 512n);
+      assert(!capped.some((r) => r.type === records.CONVERT_DONE), "a write past the cap must end the run");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
