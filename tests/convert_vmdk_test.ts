@@ -204,7 +204,11 @@ Deno.test(
     try {
       const sources = await makeSources(dir);
       for (const src of sources) {
-        const cases = SUBFORMATS.map((s) => `subformat=${s}`);
+        // Every subformat from raw and the chain; from the others one per writer.
+        const subs = src.name === "raw" || src.name === "chain"
+          ? SUBFORMATS
+          : ["monolithicSparse", "streamOptimized", "twoGbMaxExtentFlat"];
+        const cases = subs.map((s) => `subformat=${s}`);
         if (src.name === "raw") cases.push(...OPTIONS);
         for (const opts of cases) {
           await t.step(`${src.name} -> ${opts}`, async () => {
@@ -394,7 +398,7 @@ Deno.test(
       });
       await t.step("SIGINT leaves nothing of a multi-file target", async () => {
         await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "int.raw", "3G");
-        await qemuIo(dir, "int.raw", "raw", "write -P 9 0 256M", "write -P 8 2G 256M");
+        await qemuIo(dir, "int.raw", "raw", "write -P 9 0 64M", "write -P 8 2G 64M");
         await Deno.mkdir(`${dir}/int`);
         const child = new Deno.Command(DENO, {
           args: [
