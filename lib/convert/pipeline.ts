@@ -193,6 +193,8 @@ interface Packing {
   perCluster: bigint;
   /** A lone guest's output cap: this many bytes per cluster of the disk (plus one cluster). */
   capPerCluster: bigint;
+  /** Where the second guest's data may start (a multiple of 4 KiB: collapse needs filesystem blocks). */
+  align: bigint;
 }
 
 /**
@@ -240,7 +242,7 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
   failOnError(c.records);
   const countA = doneRecord(c.records).clusters as bigint;
   if (countA > clustersIn(0n, mid)) throw new Error("the guest counted more clusters than its range has");
-  const align = cs > 4096n ? cs : 4096n; // collapse needs filesystem blocks
+  const align = k.align;
   const startB = alignUp(k.dataStart + countA * k.perCluster, align);
   const rs = await Promise.all([
     guest(0n, 0n, mid, k.dataStart, startB, 0),
@@ -289,6 +291,8 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
     maxRefs,
     perCluster: target.compress ? 2n * cs : cs,
     capPerCluster: cs,
+    // Plain clusters sit on cluster boundaries.
+    align: cs > 4096n ? cs : 4096n,
   }, outPath);
   const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
   const t0 = performance.now();
@@ -451,6 +455,8 @@ export async function convertToStream(job: ConvertJob, s: StreamOutput, outPath:
     maxRefs: 0n,
     perCluster: s.grainMax,
     capPerCluster: s.grainMax,
+    // Markers sit on sectors: at most 4 KiB of zeroes between the halves.
+    align: 4096n,
   }, outPath);
   const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), s.dataStart);
   const grains = parts.flatMap((p) => p.compressed).map((c) => ({
