@@ -338,6 +338,9 @@ async function measureBounds(c: Ctx, target: string) {
     ? unit(c.picks.image_block_size) || 32n << 20n
     : img.fmt === "vpc"
     ? 2n << 20n
+    : img.fmt === "qcow2" && BigInt(Number(c.picks.image_cluster_size ?? 0)) > 65536n
+    // A qcow2 cluster above a VMDK grain: a little data allocates the whole cluster.
+    ? BigInt(Number(c.picks.image_cluster_size))
     : 0n;
   const targetBlock = target === "vpc" ? (2n << 20n) + 512n : target === "vhdx" ? 32n << 20n : 1n << 20n;
   const low = sourceBlock > 0n ? sourceBlock + targetBlock : cushion;
