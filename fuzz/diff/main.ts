@@ -339,11 +339,17 @@ async function measureBounds(c: Ctx, target: string) {
     : img.fmt === "vpc"
     ? 2n << 20n
     : img.fmt === "qcow2" && BigInt(Number(c.picks.image_cluster_size ?? 0)) > 65536n
-    // A qcow2 cluster above a VMDK grain: a little data allocates the whole cluster.
+    // A qcow2 cluster above a 64 KiB grain: a little data allocates the whole cluster.
     ? BigInt(Number(c.picks.image_cluster_size))
     : 0n;
   const targetBlock = target === "vpc" ? (2n << 20n) + 512n : target === "vhdx" ? 32n << 20n : 1n << 20n;
-  const low = sourceBlock > 0n ? sourceBlock + targetBlock : cushion;
+  let low = sourceBlock > 0n ? sourceBlock + targetBlock : cushion;
+  if (target === "vmdk" && sourceBlock > 65536n) {
+    // Every partly written source block measures whole while convert writes
+    // only its non-zero 64 KiB grains: no lower bound (docs/quirks.md).
+    low = required;
+    c.picks.bound = "upper only: source blocks coarser than a VMDK grain";
+  }
   c.picks.converted_size = Number(size);
   if (size + (low > cushion ? low : cushion) < required || size > full + cushion) {
     c.divergences.push({
