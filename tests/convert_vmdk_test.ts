@@ -316,6 +316,26 @@ Deno.test(
           assertEquals(await files(a), []);
         }
       });
+      await t.step("an extent name that is a directory: qemu-img's words, no file left", async () => {
+        for (const side of ["dir.a", "dir.b"]) {
+          await Deno.mkdir(`${dir}/${side}/t-flat.vmdk`, { recursive: true });
+        }
+        const args = [
+          "convert",
+          "-f",
+          "raw",
+          "-O",
+          "vmdk",
+          "-o",
+          "subformat=monolithicFlat",
+          "../src.raw",
+          "t.vmdk",
+        ];
+        const [q, i] = [await qemuImg(args, `${dir}/dir.b`), await instar(args, `${dir}/dir.a`)];
+        assertEquals(i, asInstar(q));
+        assert(q.code !== 0);
+        assertEquals(await files(`${dir}/dir.a`), ["t-flat.vmdk"]);
+      });
       await t.step("an empty source: qemu-img's refusal (it cannot open what it writes)", async () => {
         await Deno.writeFile(`${dir}/empty.raw`, new Uint8Array());
         await Deno.mkdir(`${dir}/empty.a`);
