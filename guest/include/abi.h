@@ -38,6 +38,7 @@
 #define CONV_ZSTD 4
 #define CONV_COUNT 8
 #define CONV_BLOCK 16
+#define CONV_VMDK 32
 
 #define CMP_IDENTICAL 0
 #define CMP_MISMATCH 1

@@ -207,6 +207,12 @@ export const convertFlags = {
    * 2^arg[4] + arg[7], its data arg[7] <= 4096 bytes in, after 0xFF bytes); DATA_RUN records say which
    * block went to which slot (guest_cluster = block, host_offset = slot, +stride ...). */
   BLOCK: 16,
+  /** With QCOW2|COMPRESS (convert_zlib only): streamOptimized VMDK grains. Each grain with data
+   * (every grain with -S 0) is deflated as qemu's vmdk does (zlib format, default level),
+   * behind a 12-byte marker {lba u64, size u32}, padded to a sector; COMPRESSED_RUN len[i] is
+   * the padded length (a multiple of 512). The last grain of a disk that ends inside it is
+   * compressed up to the disk's end (in whole sectors), as qemu does. */
+  VMDK: 32,
 } as const;
 /** COMPARE record outcomes (qemu-img compare's cases). */
 export const compareResults = {
