@@ -10,6 +10,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instar, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { run } from "../lib/cli/run.ts";
+import { sweep } from "./support/full.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -153,27 +154,30 @@ Deno.test({
   async fn(t) {
     const dir = await Deno.makeTempDir({ prefix: "instar-resize-" });
     try {
+      const cases: [number, string, string[]][] = [];
       for (const rb of [1, 2, 4, 8, 16, 32, 64]) {
         // 512-byte clusters (refcount blocks allocated during the grow) for
         // every other width keeps the file under a minute.
         for (const cs of [1, 4, 16, 64].includes(rb) ? ["512", "64k"] : ["64k"]) {
-          const create = ["-f", "qcow2", "-o", `refcount_bits=${rb},cluster_size=${cs}`];
           // Shrinking to 1 MiB drops refcount blocks and cuts the file: the
           // extremes of the width range are enough for that path.
           const shrinks = rb === 1 || rb === 64
             ? [["--shrink", "22M"], ["--shrink", "1M"]]
             : [["--shrink", "22M"]];
-          for (const resize of [["+10G"], ...shrinks]) {
-            const name = `rb${rb}-cs${cs}-${resize.join("")}`;
-            // 64-bit refcounts in 512-byte clusters: qemu-io's writes moved
-            // the refcount table, leaving the old ones free.
-            const freeHoles = rb === 64 && cs === "512";
-            await t.step(
-              name,
-              () => compare(dir, { create, size: "64M", io: DATA, resize, freeHoles }, name),
-            );
-          }
+          for (const resize of [["+10G"], ...shrinks]) cases.push([rb, cs, resize]);
         }
+      }
+      // 22 cases; the default run takes 8, each width and both cluster sizes among them.
+      for (const [rb, cs, resize] of sweep(cases, 3)) {
+        const create = ["-f", "qcow2", "-o", `refcount_bits=${rb},cluster_size=${cs}`];
+        const name = `rb${rb}-cs${cs}-${resize.join("")}`;
+        // 64-bit refcounts in 512-byte clusters: qemu-io's writes moved
+        // the refcount table, leaving the old ones free.
+        const freeHoles = rb === 64 && cs === "512";
+        await t.step(
+          name,
+          () => compare(dir, { create, size: "64M", io: DATA, resize, freeHoles }, name),
+        );
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
@@ -196,18 +200,23 @@ Deno.test({
         ["lazy", ["-o", "lazy_refcounts=on"]],
         ["backing", ["-b", "base.qcow2", "-F", "qcow2"]],
       ];
-      for (const [tag, opts] of variants) {
-        for (const resize of [["+7G"], ["--shrink", "33M"], ["--shrink", "-512"], ["64M"]]) {
-          const name = `${tag}-${resize.join("")}`;
-          // qemu-io writes compressed data in whole clusters only.
-          const io = tag.endsWith("2M")
-            ? DATA.map((c) => c.replace("-c -P 0x11 30M 64k", "-c -P 0x11 30M 2M"))
-            : DATA;
-          await t.step(
-            name,
-            () => compare(dir, { create: ["-f", "qcow2", ...opts], size: "64M", io, resize }, name),
-          );
-        }
+      const resizes = [["+7G"], ["--shrink", "33M"], ["--shrink", "-512"], ["64M"]];
+      // 24 cases; the default run takes every variant with one or two of the resizes.
+      for (
+        const [tag, opts, resize] of sweep(
+          variants.flatMap(([t, o]) => resizes.map((r) => [t, o, r] as const)),
+          3,
+        )
+      ) {
+        const name = `${tag}-${resize.join("")}`;
+        // qemu-io writes compressed data in whole clusters only.
+        const io = tag.endsWith("2M")
+          ? DATA.map((c) => c.replace("-c -P 0x11 30M 64k", "-c -P 0x11 30M 2M"))
+          : DATA;
+        await t.step(
+          name,
+          () => compare(dir, { create: ["-f", "qcow2", ...opts], size: "64M", io, resize }, name),
+        );
       }
     } finally {
       await Deno.remove(dir, { recursive: true });
@@ -222,27 +231,24 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "instar-resize-" });
     try {
       const io = ["write -P 0xab 0 1M", "write -P 0xcd 20M 3M"];
-      for (
-        const opts of [
-          "cluster_size=64k",
-          "cluster_size=4k,refcount_bits=1",
-          "cluster_size=2M",
-          "compat=0.10",
-          // Copy-on-write of the partial last cluster stops at a subcluster.
-          "extended_l2=on",
-          "extended_l2=on,cluster_size=2M",
-        ]
-      ) {
-        for (const size of ["+100M", "70000128"]) {
-          const name = `prealloc-${opts}-${size}`;
-          await t.step(name, () =>
-            compare(dir, {
-              create: ["-f", "qcow2", "-o", opts],
-              size: "64M",
-              io,
-              resize: ["--preallocation=metadata", size],
-            }, name));
-        }
+      const layouts = [
+        "cluster_size=64k",
+        "cluster_size=4k,refcount_bits=1",
+        "cluster_size=2M",
+        "compat=0.10",
+        // Copy-on-write of the partial last cluster stops at a subcluster.
+        "extended_l2=on",
+        "extended_l2=on,cluster_size=2M",
+      ];
+      for (const [opts, size] of sweep(layouts.flatMap((o) => ["+100M", "70000128"].map((z) => [o, z])), 3)) {
+        const name = `prealloc-${opts}-${size}`;
+        await t.step(name, () =>
+          compare(dir, {
+            create: ["-f", "qcow2", "-o", opts],
+            size: "64M",
+            io,
+            resize: ["--preallocation=metadata", size],
+          }, name));
       }
       // An old size inside a cluster (and a subcluster): the head is copied too.
       for (const opts of ["cluster_size=64k", "extended_l2=on,cluster_size=2M"]) {
@@ -282,7 +288,7 @@ Deno.test({
         ["lazy_refcounts=on", [], "100M", ["--preallocation=falloc", "+100M"]],
         ["cluster_size=64k", ["-b", "base.qcow2", "-F", "qcow2"], "64M", ["--preallocation=falloc", "+100M"]],
       ];
-      for (const [o, extra, size, resize] of cases) {
+      for (const [o, extra, size, resize] of sweep(cases, 2)) {
         const name = `data-${o}-${extra.length ? "backing-" : ""}${size}-${resize.join("")}`;
         await t.step(
           name,
@@ -330,7 +336,7 @@ Deno.test({
         ["cluster_size=512,refcount_bits=64", ["--preallocation=falloc", "256M"]],
         ["cluster_size=1k,refcount_bits=8", ["--preallocation=full", "+200M"]],
       ];
-      for (const [o, resize] of cases) {
+      for (const [o, resize] of sweep(cases, 2)) {
         const name = `reftable-${o}-${resize.join("")}`;
         await t.step(
           name,
