@@ -129,6 +129,7 @@ static int read_extensions(struct qcow2 *q, uint64_t start, uint64_t end, bool f
             break;
         }
         default:
+            q->flags |= Q2F_UNKNOWN_EXT;
             break;
         }
         off += ((uint64_t)len + 7) & ~7ull;

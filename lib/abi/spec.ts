@@ -307,6 +307,8 @@ export const qcow2InfoFlags = {
   HAS_BITMAPS_EXT: 8,
   HAS_FEATURE_TABLE: 16,
   DATA_FILE_RAW: 32,
+  /** A header extension qemu does not know (it keeps such extensions when it rewrites the header). */
+  UNKNOWN_EXT: 64,
 } as const;
 
 /** ERROR record codes: what went wrong inside the guest. TS turns each into

@@ -11,6 +11,7 @@ import { createCommand } from "./create.ts";
 import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
+import { rebaseCommand } from "./rebase.ts";
 import { helpText, versionText } from "./help.ts";
 import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
@@ -29,6 +30,7 @@ const COMMANDS: Record<string, typeof infoCommand> = {
   info: infoCommand,
   map: mapCommand,
   measure: measureCommand,
+  rebase: rebaseCommand,
   resize: resizeCommand,
 };
 
@@ -39,7 +41,6 @@ const LATER = [
   "bitmap",
   "commit",
   "dd",
-  "rebase",
   "snapshot",
 ];
 

@@ -25,6 +25,19 @@ export interface Qcow2Model {
   nbSnapshots: number;
   nbBitmaps: number;
   hasBitmapsExt: boolean;
+  /** Header fields a rewrite of the header keeps (rebase -u). */
+  layout: {
+    l1TableOffset: bigint;
+    l1Size: number;
+    refcountTableOffset: bigint;
+    refcountTableClusters: number;
+    snapshotsOffset: bigint;
+    compatibleFeatures: bigint;
+    autoclearFeatures: bigint;
+    cryptMethod: number;
+    /** The header has an extension qemu does not know. */
+    unknownExtension: boolean;
+  };
 }
 
 export class GuestResultError extends Error {
@@ -95,5 +108,16 @@ export function qcow2Model(recs: Rec[], input: number): Qcow2Model {
     nbSnapshots: f.nb_snapshots as number,
     nbBitmaps: f.nb_bitmaps as number,
     hasBitmapsExt: (flags & qcow2InfoFlags.HAS_BITMAPS_EXT) !== 0,
+    layout: {
+      l1TableOffset: f.l1_table_offset as bigint,
+      l1Size: f.l1_size as number,
+      refcountTableOffset: f.refcount_table_offset as bigint,
+      refcountTableClusters: f.refcount_table_clusters as number,
+      snapshotsOffset: f.snapshots_offset as bigint,
+      compatibleFeatures: f.compatible_features as bigint,
+      autoclearFeatures: f.autoclear_features as bigint,
+      cryptMethod: f.crypt_method as number,
+      unknownExtension: (flags & qcow2InfoFlags.UNKNOWN_EXT) !== 0,
+    },
   };
 }

@@ -1,0 +1,122 @@
+// instar rebase [-f fmt] [-t cache] [-T src_cache] [-p] [-q] [-U] -u [-b backing_file [-F backing_fmt]] FILE
+// The unsafe mode only (-u: the backing file name and format in the header
+// change, no data moves; nova and cinder use it). qemu-img opens the image
+// read-write without its backing chain; so does this, through the guest,
+// and lib/formats/qcow2/rebase_plan.ts rebuilds the header cluster, which
+// lib/cli/apply_steps.ts writes. Safe mode (copying the clusters that
+// differ between the old and the new backing file) is refused for now.
+import { getopt } from "./getopt.ts";
+import { CliError, usageError } from "./messages.ts";
+import {
+  DATA_LONGS_HEAD,
+  HelpRequested,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+} from "./common.ts";
+import { OpenError, openFailure, openImage } from "./image.ts";
+import { applySteps } from "./apply_steps.ts";
+import { FORMATS } from "../formats/mod.ts";
+import { planQcow2Rebase } from "../formats/qcow2/rebase_plan.ts";
+
+const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
+
+export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  const o = newInstarOptions(base);
+  let fmt: string | undefined, backing: string | undefined, backingFmt: string | undefined;
+  let unsafe = false, progress = false, quiet = false;
+  let cache = "writeback", srcCache = "writeback";
+  const operands = getopt(argv, ":hf:F:b:upt:T:qU", [
+    ...DATA_LONGS_HEAD,
+    { name: "force-share", hasArg: false, id: "U" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "f":
+        fmt = value;
+        break;
+      case "F":
+        backingFmt = value;
+        break;
+      case "b":
+        backing = value;
+        break;
+      case "u":
+        unsafe = true;
+        break;
+      case "p":
+        progress = true;
+        break;
+      case "t":
+        cache = value!;
+        break;
+      case "T":
+        srcCache = value!;
+        break;
+      case "q":
+        quiet = true;
+        break;
+      case "object":
+      case "image-opts":
+        throw new CliError([`--${id} is not supported by instar`]);
+    }
+  });
+  if (quiet) progress = false;
+  if (operands.length !== 1) throw usageError("Expecting one image file name");
+  if (!unsafe && backing === undefined) {
+    throw usageError("Must specify backing file (-b) or use unsafe mode (-u)");
+  }
+  const filename = operands[0];
+  if (backingFmt !== undefined && !FORMATS.some((d) => d.name === backingFmt)) {
+    throw new CliError([`Invalid format name: '${backingFmt}'`]);
+  }
+  if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid cache option: ${cache}`]);
+  if (!CACHE_MODES.includes(srcCache)) throw new CliError([`Invalid source cache option: ${srcCache}`]);
+  if (!unsafe) {
+    throw new CliError([
+      "instar rebases only in unsafe mode (-u) for now: a safe rebase copies data between backing files",
+    ]);
+  }
+
+  let img;
+  try {
+    // -u: qemu opens the image without its backing chain (BDRV_O_NO_BACKING).
+    img = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+  } catch (e) {
+    if (e instanceof OpenError) throw openFailure(filename, e);
+    throw e;
+  }
+  const name = backing ?? "";
+  const changeFailed = (why: string) =>
+    new CliError([`Could not change the backing file to '${name}': ${why}`]);
+  if (name !== "" && backingFmt === undefined) throw changeFailed("backing format must be specified");
+  const q = img.qcow2;
+  // Drivers without bdrv_change_backing_file (raw, vpc, vhdx, ...).
+  if (img.format !== "qcow2" || !q) throw changeFailed("Operation not supported");
+  if (q.corrupt) {
+    throw new CliError([
+      `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+    ]);
+  }
+  const write = (pct: string) => progress && io.out(`    (${pct}/100%)\r`);
+  write("0.00");
+  const plan = planQcow2Rebase(q, {
+    backingFile: name === "" ? undefined : new TextEncoder().encode(name),
+    backingFormat: name === "" ? undefined : backingFmt,
+  }, img.fileSize);
+  if (!plan.ok) {
+    if (plan.error.kind === "unsupported") {
+      throw new CliError([`Could not rebase '${filename}': ${plan.error.message}; nothing was written`]);
+    }
+    throw changeFailed(plan.error.message);
+  }
+  await applySteps(img, [plan.value], `Could not change the backing file to '${name}'`, "off", "write");
+  write("100.00");
+  if (progress) io.out("\n");
+  return 0;
+}

@@ -1,0 +1,75 @@
+// Plans qemu-img rebase -u of a qcow2 image: qcow2_change_backing_file sets
+// the new backing name and format and qcow2_update_header rewrites the whole
+// header cluster (the header fields, then the extensions in qemu's order,
+// then the backing file name). The header is rebuilt from the guest's
+// QCOW2_INFO (lib/formats/qcow2/model.ts) with encodeHeader, the encoder
+// create uses; images whose header holds what that encoder does not write
+// (unknown extensions, an external data file, bitmaps, encryption, autoclear
+// bits) are refused here rather than rewritten without them. Pure.
+//
+// Crash safety: one write of the header cluster, as qemu does; a torn write
+// would tear qemu's too.
+import { fail, type FilePlan, ok, type PlanResult } from "../plan.ts";
+import { encodeHeader } from "./encode.ts";
+import type { Qcow2Model } from "./model.ts";
+
+/** qcow2_change_backing_file's limit on the name (bytes, as qemu's strlen). */
+const BACKING_NAME_MAX = 1023;
+
+export interface RebaseRequest {
+  /** The new backing file name; undefined or empty removes the backing file. */
+  backingFile?: Uint8Array;
+  backingFormat?: string;
+}
+
+/** Why instar does not rewrite this header (undefined: it does). */
+export function rebaseRefusal(m: Qcow2Model): string | undefined {
+  const l = m.layout;
+  if (l.unknownExtension) return "the header has an extension instar does not know";
+  if (l.cryptMethod !== 0) return "instar does not rewrite the header of an encrypted image";
+  if (m.dataFile !== undefined || m.hasDataFileBit) {
+    return "instar does not rewrite the header of an image with a data file";
+  }
+  if (m.hasBitmapsExt || m.nbBitmaps > 0) {
+    return "instar does not rewrite the header of an image with bitmaps";
+  }
+  if (l.autoclearFeatures !== 0n) return "instar does not rewrite a header with autoclear feature bits set";
+  if ((l.compatibleFeatures & ~1n) !== 0n) {
+    return "instar does not rewrite a header with unknown compatible feature bits";
+  }
+  if (m.dirty) return "the image is dirty (qemu would repair it on opening it read-write)";
+  return undefined;
+}
+
+/** The new header cluster, or qemu's error for the change (its errno text). */
+export function planQcow2Rebase(m: Qcow2Model, req: RebaseRequest, fileSize: bigint): PlanResult<FilePlan> {
+  const name = req.backingFile !== undefined && req.backingFile.length > 0 ? req.backingFile : undefined;
+  if (name && name.length > BACKING_NAME_MAX) return fail("invalid_option", "Invalid argument");
+  if (!name && req.backingFormat !== undefined) return fail("invalid_option", "Invalid argument");
+  const why = rebaseRefusal(m);
+  if (why) return fail("unsupported", why);
+  const l = m.layout;
+  const header = encodeHeader({
+    version: m.version,
+    clusterBits: m.clusterBits,
+    virtualSize: m.virtualSize,
+    l1Size: l.l1Size,
+    l1TableOffset: l.l1TableOffset,
+    refcountTableOffset: l.refcountTableOffset,
+    refcountTableClusters: l.refcountTableClusters,
+    refcountOrder: Math.log2(m.refcountBits),
+    compressionType: m.compressionType,
+    extendedL2: m.extendedL2,
+    lazyRefcounts: m.lazyRefcounts,
+    extraIncompatible: m.corrupt ? 2n : 0n,
+    nbSnapshots: m.nbSnapshots,
+    snapshotsOffset: l.snapshotsOffset,
+    backingFile: name,
+    backingFormat: name ? req.backingFormat : undefined,
+  });
+  if (!header.ok) return header;
+  if (fileSize < BigInt(header.value.length)) {
+    return fail("invalid_size", "the file is shorter than its header cluster");
+  }
+  return ok({ patches: [{ kind: "write", offset: 0n, bytes: header.value }], fileSize });
+}
