@@ -12,6 +12,7 @@ import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
 import { rebaseCommand } from "./rebase.ts";
+import { amendCommand } from "./amend.ts";
 import { helpText, versionText } from "./help.ts";
 import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
@@ -23,6 +24,7 @@ const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
 };
 
 const COMMANDS: Record<string, typeof infoCommand> = {
+  amend: amendCommand,
   check: checkCommand,
   compare: compareCommand,
   convert: convertCommand,
@@ -36,7 +38,6 @@ const COMMANDS: Record<string, typeof infoCommand> = {
 
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
-  "amend",
   "bench",
   "bitmap",
   "commit",

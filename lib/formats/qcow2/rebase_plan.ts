@@ -1,4 +1,5 @@
-// Plans qemu-img rebase -u of a qcow2 image: qcow2_change_backing_file sets
+// Plans qemu-img rebase -u of a qcow2 image (and amend's header changes,
+// lib/formats/qcow2/amend.ts): qcow2_change_backing_file sets
 // the new backing name and format and qcow2_update_header rewrites the whole
 // header cluster (the header fields, then the extensions in qemu's order,
 // then the backing file name). The header is rebuilt from the guest's
@@ -46,11 +47,29 @@ export function planQcow2Rebase(m: Qcow2Model, req: RebaseRequest, fileSize: big
   const name = req.backingFile !== undefined && req.backingFile.length > 0 ? req.backingFile : undefined;
   if (name && name.length > BACKING_NAME_MAX) return fail("invalid_option", "Invalid argument");
   if (!name && req.backingFormat !== undefined) return fail("invalid_option", "Invalid argument");
+  return planHeaderRewrite(m, {
+    version: m.version,
+    lazyRefcounts: m.lazyRefcounts,
+    backingFile: name,
+    backingFormat: name ? req.backingFormat : undefined,
+  }, fileSize);
+}
+
+/** What a header rewrite may change (qcow2_update_header after rebase or amend). */
+export interface HeaderChange {
+  version: 2 | 3;
+  lazyRefcounts: boolean;
+  backingFile?: Uint8Array;
+  backingFormat?: string;
+}
+
+/** The whole header cluster qcow2_update_header writes for `m` with `c` applied. */
+export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigint): PlanResult<FilePlan> {
   const why = rebaseRefusal(m);
   if (why) return fail("unsupported", why);
   const l = m.layout;
   const header = encodeHeader({
-    version: m.version,
+    version: c.version,
     clusterBits: m.clusterBits,
     virtualSize: m.virtualSize,
     l1Size: l.l1Size,
@@ -60,16 +79,14 @@ export function planQcow2Rebase(m: Qcow2Model, req: RebaseRequest, fileSize: big
     refcountOrder: Math.log2(m.refcountBits),
     compressionType: m.compressionType,
     extendedL2: m.extendedL2,
-    lazyRefcounts: m.lazyRefcounts,
+    lazyRefcounts: c.lazyRefcounts,
     extraIncompatible: m.corrupt ? 2n : 0n,
     nbSnapshots: m.nbSnapshots,
     snapshotsOffset: l.snapshotsOffset,
-    backingFile: name,
-    backingFormat: name ? req.backingFormat : undefined,
+    backingFile: c.backingFile,
+    backingFormat: c.backingFile ? c.backingFormat : undefined,
   });
   if (!header.ok) return header;
-  if (fileSize < BigInt(header.value.length)) {
-    return fail("invalid_size", "the file is shorter than its header cluster");
-  }
+  if (fileSize < BigInt(header.value.length)) return fail("invalid_size", "the file is shorter than its header cluster");
   return ok({ patches: [{ kind: "write", offset: 0n, bytes: header.value }], fileSize });
 }

@@ -1,0 +1,120 @@
+// instar amend [-p] [-q] [-f fmt] [-t cache] [--force] -o options FILE
+// qemu-img amend for qcow2 (other formats: qemu's refusal). The image is
+// opened through the guest (without its backing chain, as qemu's amend does
+// not need it), lib/formats/qcow2/amend.ts decides as qcow2_amend_options
+// does and plans the header rewrite, lib/cli/apply_steps.ts writes it.
+import { getopt } from "./getopt.ts";
+import { CliError, usageError } from "./messages.ts";
+import {
+  DATA_LONGS_HEAD,
+  HelpRequested,
+  INSTAR_LONGS,
+  instarOption,
+  type InstarOptions,
+  type Io,
+  newInstarOptions,
+} from "./common.ts";
+import { OpenError, openFailure, openImage } from "./image.ts";
+import { applySteps } from "./apply_steps.ts";
+import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
+import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
+import { FORMATS } from "../formats/mod.ts";
+
+const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
+
+function amendHelp(fmt: string): CliError | string {
+  if (fmt !== "qcow2") {
+    if (!FORMATS.some((d) => d.name === fmt)) return new CliError([`Unknown file format '${fmt}'`]);
+    return new CliError([`Format driver '${fmt}' does not support option amendment`]);
+  }
+  return `Amend options for 'qcow2':\n${optionHelp(QCOW2_AMEND_OPTS)}`;
+}
+
+export async function amendCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  const o = newInstarOptions(base);
+  let fmt: string | undefined, options: string | undefined;
+  let progress = false, quiet = false, cache = "writeback";
+  const operands = getopt(argv, ":ho:f:t:pqU", [
+    ...DATA_LONGS_HEAD,
+    { name: "force", hasArg: false, id: "force" },
+    ...INSTAR_LONGS,
+  ], ({ id, value }) => {
+    if (instarOption(o, id, value)) return;
+    switch (id) {
+      case "h":
+        throw new HelpRequested();
+      case "o": {
+        const next = accumulateOptions(options, value!);
+        if (next === undefined) throw new CliError([`Invalid option list: ${value}`]);
+        options = next;
+        break;
+      }
+      case "f":
+        fmt = value;
+        break;
+      case "t":
+        cache = value!;
+        break;
+      case "p":
+        progress = true;
+        break;
+      case "q":
+        quiet = true;
+        break;
+      case "object":
+      case "image-opts":
+        throw new CliError([`--${id} is not supported by instar`]);
+    }
+  });
+  if (options === undefined) throw usageError("Must specify options (-o)");
+  if (quiet) progress = false;
+  if (fmt && hasHelpOption(options)) {
+    const h = amendHelp(fmt);
+    if (h instanceof CliError) throw h;
+    io.out(h);
+    return 0;
+  }
+  if (operands.length !== 1) throw new CliError(["Expecting one image file name"]);
+  const filename = operands[0];
+  if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid cache option: ${cache}`]);
+
+  let img;
+  try {
+    img = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+  } catch (e) {
+    if (e instanceof OpenError) throw openFailure(filename, e);
+    throw e;
+  }
+  if (hasHelpOption(options)) {
+    const h = amendHelp(img.format);
+    if (h instanceof CliError) throw h;
+    io.out(h);
+    return 0;
+  }
+  const q = img.qcow2;
+  if (img.format !== "qcow2" || !q) {
+    throw new CliError([`Format driver '${img.format}' does not support option amendment`]);
+  }
+  if (q.corrupt) {
+    throw new CliError([
+      `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+    ]);
+  }
+  const parsed = parseAmendOptions(options);
+  if (!parsed.ok) throw new CliError([parsed.error.message]);
+  // qemu-img prints the progress around bdrv_amend_options, whatever it returns.
+  const show = (pct: string) => progress && io.out(`    (${pct}/100%)\r`);
+  show("0.00");
+  const r = planQcow2Amend(q, parsed.value, img.fileSize);
+  try {
+    if (r.kind === "error") throw new CliError([r.lines.join("\n")]);
+    if (r.kind === "refuse") {
+      throw new CliError([`Could not amend '${filename}': ${r.why}; nothing was written`]);
+    }
+    if (r.plan) await applySteps(img, [r.plan], "Error while amending options", "off", "write");
+  } finally {
+    show("100.00");
+    if (progress) io.out("\n");
+  }
+  return 0;
+}
