@@ -6,25 +6,12 @@
 // out yet (a downgrade, a refcount width change, a new size) is refused with
 // the file unchanged.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
+import { built, haveQemuImg, instarHere, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-async function instarIn(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
 
 /** qemu-img's output as instar prints it: only error_report's program-name prefix differs. */
 function prefixAsInstar(o: Outcome): Outcome {
@@ -86,7 +73,7 @@ Deno.test({ name: "amend does what qemu-img amend does, byte for byte", ignore: 
           await Deno.copyFile(`${qd}/o.qcow2`, `${id}/o.qcow2`);
           const cmd = ["amend", ...args, "o.qcow2"];
           const q = await qemuImg(cmd, qd);
-          assertEquals(await instarIn(cmd, id), prefixAsInstar(q), `instar ${cmd.join(" ")}`);
+          assertEquals(await instarHere(cmd, id), prefixAsInstar(q), `instar ${cmd.join(" ")}`);
           assertEquals(
             await Deno.readFile(`${id}/o.qcow2`),
             await Deno.readFile(`${qd}/o.qcow2`),
@@ -109,7 +96,7 @@ Deno.test(
         await t.step(o, async () => {
           await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "img", "64M");
           const before = await Deno.readFile(`${root}/img`);
-          const r = await instarIn(["amend", "-o", o, "img"], root);
+          const r = await instarHere(["amend", "-o", o, "img"], root);
           assertEquals(r.code, 1, r.stderr);
           assert(/^instar: Could not amend 'img': .*; nothing was written\n$/.test(r.stderr), r.stderr);
           assertEquals(await Deno.readFile(`${root}/img`), before, "the image changed");

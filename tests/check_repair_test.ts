@@ -7,26 +7,13 @@
 // instar refuses a repair qemu-img makes (rebuilding refcount structures),
 // it must say so and leave the file unchanged.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
+import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { setIncompat, setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-async function instarIn(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
 
 interface Case {
   name: string;
@@ -123,7 +110,7 @@ Deno.test({ name: "check -r repairs as qemu-img repairs, byte for byte", ignore:
         await Deno.copyFile(`${qd}/img.qcow2`, `${id}/img.qcow2`);
         const args = ["check", ...c.args, "img.qcow2"];
         const q = await qemuImg(args, qd);
-        const i = await instarIn(args, id);
+        const i = await instarHere(args, id);
         assertEquals(i, asInstar(q), `instar ${args.join(" ")}`);
         const [qb, ib] = [await Deno.readFile(`${qd}/img.qcow2`), await Deno.readFile(`${id}/img.qcow2`)];
         assert(qb.length === ib.length && qb.every((b, k) => b === ib[k]), "the repaired files differ");
@@ -157,7 +144,7 @@ Deno.test(
         try {
           await c.make(dir);
           const before = await Deno.readFile(`${dir}/img.qcow2`);
-          const r = await instarIn(["check", ...c.args, "img.qcow2"], dir);
+          const r = await instarHere(["check", ...c.args, "img.qcow2"], dir);
           assertEquals(r.code, 1, r.stderr);
           assert(/^instar: Could not repair 'img.qcow2': .*\n$/.test(r.stderr), r.stderr);
           assertEquals(await Deno.readFile(`${dir}/img.qcow2`), before, "the image changed");

@@ -2,6 +2,7 @@
 // directory and compare what they print.
 import { CLI_ENTRY, KVM } from "./support/kvm.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { run } from "../lib/cli/run.ts";
 
 export const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 export const DENO = Deno.execPath();
@@ -33,6 +34,18 @@ export { CLI_ENTRY, KVM };
 
 export function instar(args: string[], cwd: string): Promise<Outcome> {
   return exec(DENO, ["run", "-A", CLI_ENTRY, ...args], cwd);
+}
+
+/**
+ * Runs instar in this process (test files that call it set up hosted guests
+ * with useHostedGuestsWithoutKvm) in `cwd`, given through the host context
+ * as the service gives a client's directory: never Deno.chdir, which is
+ * process-wide while deno test runs test files in parallel threads.
+ */
+export async function instarHere(args: string[], cwd: string): Promise<Outcome> {
+  let stdout = "", stderr = "";
+  const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t), context: { cwd } });
+  return { stdout, stderr, code };
 }
 
 /** qemu-img's output with its name replaced by ours ("qemu-img:" prefix and the --help hint). */

@@ -6,25 +6,12 @@
 // instar does not rewrite (bitmaps, an external data file) are refused with
 // the file unchanged; safe mode is refused for now.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
+import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-async function instarIn(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
 
 const LAYOUTS = [[], ["-o", "compat=0.10"], ["-o", "cluster_size=4096"], [
   "-o",
@@ -84,7 +71,7 @@ Deno.test(
               await Deno.copyFile(`${qd}/o.qcow2`, `${id}/o.qcow2`);
               const cmd = ["rebase", ...args, "o.qcow2"];
               const q = await qemuImg(cmd, qd);
-              const i = await instarIn(cmd, id);
+              const i = await instarHere(cmd, id);
               assertEquals(i, asInstar(q), `instar ${cmd.join(" ")}`);
               assertEquals(
                 await Deno.readFile(`${id}/o.qcow2`),
@@ -99,12 +86,12 @@ Deno.test(
         for (const fmt of ["raw", "vpc", "vhdx"]) {
           await sh(root, "qemu-img", "create", "-q", "-f", fmt, `x.${fmt}`, "1M");
           const cmd = ["rebase", "-u", "-b", "b", "-F", "raw", "-f", fmt, `x.${fmt}`];
-          assertEquals(await instarIn(cmd, root), asInstar(await qemuImg(cmd, root)));
+          assertEquals(await instarHere(cmd, root), asInstar(await qemuImg(cmd, root)));
         }
         const missing = ["rebase", "-u", "-b", "b", "-F", "raw", "nonexistent.qcow2"];
-        assertEquals(await instarIn(missing, root), asInstar(await qemuImg(missing, root)));
+        assertEquals(await instarHere(missing, root), asInstar(await qemuImg(missing, root)));
         const safeNoB = ["rebase", "o.qcow2"];
-        assertEquals(await instarIn(safeNoB, root), asInstar(await qemuImg(safeNoB, root)));
+        assertEquals(await instarHere(safeNoB, root), asInstar(await qemuImg(safeNoB, root)));
       });
     } finally {
       await Deno.remove(root, { recursive: true });
@@ -141,7 +128,7 @@ Deno.test(
             await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", ...make, "img", "8M");
           }
           const before = await Deno.readFile(`${root}/img`);
-          const r = await instarIn(["rebase", ...args, "img"], root);
+          const r = await instarHere(["rebase", ...args, "img"], root);
           assertEquals(r.code, 1, r.stderr);
           assert(want.test(r.stderr), r.stderr);
           assertEquals(await Deno.readFile(`${root}/img`), before, "the image changed");

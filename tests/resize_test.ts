@@ -8,8 +8,7 @@
 // -O raw`, bit-identical to qemu's; and the files byte-identical.
 // Needs the built VMM and guests; skipped only when they are missing.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, exec, haveQemuImg, instar, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
+import { asInstar, built, exec, haveQemuImg, instar, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { sweep } from "./support/full.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
@@ -18,17 +17,6 @@ await useHostedGuestsWithoutKvm();
 const ready = built() && haveQemuImg();
 
 /** instar in this process (the CLI is a function; spawning costs ~0.3 s a run). */
-async function instarHere(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
 
 /** SHA-256 of the first `limit` bytes of a file (all of it by default). */
 async function sha256(path: string, limit = Infinity): Promise<string> {

@@ -16,8 +16,7 @@
 // over allocated blocks or without --shrink, preallocation) exit 1 with the
 // file's bytes unchanged.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
+import { built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { vpcRoundedSize } from "../lib/formats/vpc/create_plan.ts";
 import { storeCrc32c } from "../lib/formats/vhdx/crc32c.ts";
@@ -26,18 +25,6 @@ await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
 const MiB = 1024 * 1024;
-
-async function instarHere(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
 
 async function sha256(path: string): Promise<string> {
   const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));

@@ -6,6 +6,7 @@
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
+  CACHE_MODES,
   DATA_LONGS_HEAD,
   HelpRequested,
   INSTAR_LONGS,
@@ -19,8 +20,6 @@ import { applySteps } from "./apply_steps.ts";
 import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
 import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
 import { FORMATS } from "../formats/mod.ts";
-
-const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
 function amendHelp(fmt: string): CliError | string {
   if (fmt !== "qcow2") {

@@ -9,6 +9,7 @@ import { nameBytes } from "../abi/records.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
+  CACHE_MODES,
   expectOneFile,
   IMAGE_LONGS_HEAD,
   IMAGE_LONGS_TAIL,
@@ -30,8 +31,6 @@ import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
 import { applySteps } from "./apply_steps.ts";
-
-const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
 export async function checkCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let quiet = false;

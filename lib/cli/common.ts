@@ -57,6 +57,9 @@ export async function profileOf(o: InstarOptions): Promise<Profile> {
   return await detectProfile();
 }
 
+/** The -t/-T cache modes qemu-img accepts (bdrv_parse_cache_mode); instar's I/O ignores them. */
+export const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
+
 export type OutputFormat = "human" | "json";
 
 /** qemu-img's --output check (after the file name check, before opening). */

@@ -7,6 +7,7 @@ import { compareResults, limits, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
+  CACHE_MODES,
   DATA_LONGS_HEAD,
   HelpRequested,
   INSTAR_LONGS,
@@ -20,8 +21,6 @@ import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import { hostEnv } from "../host/context.ts";
-
-const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
 async function openForCompare(
   filename: string,

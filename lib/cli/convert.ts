@@ -10,6 +10,7 @@ import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
   addOptionList,
+  CACHE_MODES,
   DATA_LONGS_HEAD,
   HelpRequested,
   INSTAR_LONGS,
@@ -39,7 +40,6 @@ import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Cancelled, hostPath, trapSignals } from "../host/context.ts";
 
 const MAX_BUF_SECTORS = 32768n;
-const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 interface ConvertArgs {
   fmt?: string;
   outFmt: string;

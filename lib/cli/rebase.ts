@@ -8,6 +8,7 @@
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
+  CACHE_MODES,
   DATA_LONGS_HEAD,
   HelpRequested,
   INSTAR_LONGS,
@@ -20,8 +21,6 @@ import { OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import { FORMATS } from "../formats/mod.ts";
 import { planQcow2Rebase } from "../formats/qcow2/rebase_plan.ts";
-
-const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
 export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
