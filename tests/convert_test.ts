@@ -452,3 +452,24 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  { name: "convert onto a device node is refused and leaves the node in place", ignore: !ready },
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "instar-convert-dev-" });
+    try {
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "src.qcow2", "1M");
+      // A character device like /dev/null, made here (as root) so that a
+      // regression replaces a node of this test's own, never one in /dev.
+      const mk = await new Deno.Command("mknod", { args: [`${dir}/dev`, "c", "1", "3"], stderr: "null" })
+        .output();
+      if (!mk.success) return; // not root: nothing to test here
+      const r = await instar(["convert", "-O", "raw", "src.qcow2", "dev"], dir);
+      assertEquals(r.code, 1, r.stderr);
+      assertEquals(r.stderr, "instar: Converting onto a device is not supported by instar yet: 'dev'\n");
+      assert(Deno.statSync(`${dir}/dev`).isCharDevice, "the device node was replaced");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

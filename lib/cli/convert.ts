@@ -355,6 +355,11 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     for (const name of names) {
       const existing = await Deno.stat(hostPath(name)).catch(() => undefined);
       if (existing?.isDirectory) throw cannotCreateAt(name, "Is a directory");
+      // qemu writes into an existing device (host_device); the temporary-name
+      // output would replace the device node with a regular file instead.
+      if (existing?.isBlockDevice || existing?.isCharDevice) {
+        throw new CliError([`Converting onto a device is not supported by instar yet: '${name}'`]);
+      }
       // qemu writes through a symlink to the file it names; so does the
       // rename, by replacing the link's target rather than the link.
       targets.push(
