@@ -3,7 +3,10 @@
 // (scripts/gen_bench_image.ts), then times instar and qemu-img alternately
 // on the same files, in the same run, and prints medians and ratios.
 // The VHD and VHDX rows (issue 11) use copies qemu-img makes of the same
-// image. --cli runs another entry point (tests/support/hosted_main.ts on a
+// image; the VMDK rows (issue 13) write monolithicSparse and streamOptimized
+// (two cores) and read a monolithicSparse copy qemu-img makes (a row whose
+// command instar cannot run yet prints "failed" and the rest go on).
+// --cli runs another entry point (tests/support/hosted_main.ts on a
 // machine without /dev/kvm: a smoke run of this script, not product numbers).
 // Usage: deno task bench [--size-mib N] [--runs N] [--dir DIR] [--only TEXT] [--cli PATH]
 import { parseArgs } from "node:util";
@@ -42,6 +45,7 @@ await run(deno, ["run", "-A", `${repo}scripts/gen_bench_image.ts`, "half.raw", v
 await qemu(["convert", "-f", "raw", "-O", "qcow2", "half.raw", "half.qcow2"]);
 await qemu(["convert", "-f", "raw", "-O", "vhdx", "half.raw", "half.vhdx"]);
 await qemu(["convert", "-f", "raw", "-O", "vpc", "half.raw", "half.vhd"]);
+await qemu(["convert", "-f", "raw", "-O", "vmdk", "half.raw", "half.vmdk"]);
 
 const rows: [string, string[], string][] = [
   ["raw → qcow2", ["convert", "-f", "raw", "-O", "qcow2", "half.raw", "out.qcow2"], "out.qcow2"],
@@ -64,6 +68,19 @@ const rows: [string, string[], string][] = [
   ["raw → vhdx", ["convert", "-f", "raw", "-O", "vhdx", "half.raw", "out.vhdx"], "out.vhdx"],
   ["vpc → qcow2", ["convert", "-f", "vpc", "-O", "qcow2", "half.vhd", "out.qcow2"], "out.qcow2"],
   ["info half.vhdx", ["info", "half.vhdx"], ""],
+  ["raw → vmdk", ["convert", "-f", "raw", "-O", "vmdk", "half.raw", "out.vmdk"], "out.vmdk"],
+  ["raw → vmdk streamOptimized", [
+    "convert",
+    "-f",
+    "raw",
+    "-O",
+    "vmdk",
+    "-o",
+    "subformat=streamOptimized",
+    "half.raw",
+    "out.vmdk",
+  ], "out.vmdk"],
+  ["vmdk → raw", ["convert", "-f", "vmdk", "-O", "raw", "half.vmdk", "out.raw"], "out.raw"],
 ].filter(([name]) => values.only === undefined || (name as string).includes(values.only)) as [
   string,
   string[],
@@ -72,15 +89,21 @@ const rows: [string, string[], string][] = [
 const lines = ["| operation | instar (median ms) | qemu-img (median ms) | ratio |", "|---|---|---|---|"];
 for (const [name, args, out] of rows) {
   const mine: number[] = [], theirs: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    // Alternate, and remove the output first and sync (untimed): unlinking
-    // a 1 GiB file and writing back the previous run's dirty pages are
-    // kernel work neither tool should be charged for.
-    for (const who of i % 2 ? ["qemu", "instar"] : ["instar", "qemu"]) {
-      if (out) await Deno.remove(`${dir}/${out}`).catch(() => {});
-      await new Deno.Command("sync").output();
-      (who === "instar" ? mine : theirs).push(await (who === "instar" ? instar(args) : qemu(args)));
+  try {
+    for (let i = 0; i < runs; i++) {
+      // Alternate, and remove the output first and sync (untimed): unlinking
+      // a 1 GiB file and writing back the previous run's dirty pages are
+      // kernel work neither tool should be charged for.
+      for (const who of i % 2 ? ["qemu", "instar"] : ["instar", "qemu"]) {
+        if (out) await Deno.remove(`${dir}/${out}`).catch(() => {});
+        await new Deno.Command("sync").output();
+        (who === "instar" ? mine : theirs).push(await (who === "instar" ? instar(args) : qemu(args)));
+      }
     }
+  } catch (e) {
+    lines.push(`| ${name} | failed | | ${(e instanceof Error ? e.message : String(e)).split("\n")[0]} |`);
+    console.error(lines[lines.length - 1]);
+    continue;
   }
   const [m, q] = [median(mine), median(theirs)];
   lines.push(`| ${name} | ${m.toFixed(0)} | ${q.toFixed(0)} | ${(m / q).toFixed(2)} |`);

@@ -51,6 +51,7 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "measure_calc",
       "create_emitters",
       "resize_planners",
+      "repair_planner",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);

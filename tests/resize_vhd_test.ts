@@ -9,7 +9,10 @@
 //   - the guest data below the old size (below the new size on a shrink),
 //     flattened with `qemu-img convert -O raw`, is unchanged, and a grown
 //     range reads as zeroes.
-// Refusals (no room in the BAT, a header sequence number near 2^64, a shrink
+// Grows past the BAT's room move the BAT to the end of the file; qemu-io
+// then reads the old data and writes and reads blocks past the old size
+// (allocated after the moved BAT), and libvhdi's vhdiinfo reads the new
+// size. Refusals (a header sequence number near 2^64, a shrink
 // over allocated blocks or without --shrink, preallocation) exit 1 with the
 // file's bytes unchanged.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
@@ -79,8 +82,8 @@ async function vpcSizeFromFooter(file: string, fixed: boolean): Promise<bigint> 
 
 /** A size in qemu's suffix notation, as bytes. */
 function bytesOf(s: string): bigint {
-  const m = /^(\d+)([kMG]?)$/.exec(s)!;
-  return BigInt(m[1]) * ({ "": 1n, k: 1024n, M: 1n << 20n, G: 1n << 30n }[m[2]] as bigint);
+  const m = /^(\d+)([kMGT]?)$/.exec(s)!;
+  return BigInt(m[1]) * ({ "": 1n, k: 1024n, M: 1n << 20n, G: 1n << 30n, T: 1n << 40n }[m[2]] as bigint);
 }
 
 interface Case {
@@ -277,20 +280,12 @@ async function setVhdxSequence(path: string, slot: 1 | 2, seq: bigint): Promise<
 
 const REFUSALS: Refusal[] = [
   {
-    name: "vpc dynamic: the BAT has no room for the new size",
-    fmt: "vpc",
-    create: [],
-    size: "10M",
-    args: ["10G"],
-    stderr: /^instar: Could not resize 'img': The VHD BAT has no room for the new size\n$/,
-  },
-  {
-    name: "vhdx: the BAT region has no room for the new size",
+    name: "vhdx: past qemu's 64 TiB limit",
     fmt: "vhdx",
     create: ["-o", "block_size=1M"],
     size: "8M",
-    args: ["60T"],
-    stderr: /^instar: Could not resize 'img': The VHDX BAT region has no room for the new size\n$/,
+    args: ["65T"],
+    stderr: /^instar: Could not resize 'img': Image size too large; max of 64TB\n$/,
   },
   ...[(1n << 64n) - 1n, (1n << 64n) - 2n].map((seq): Refusal => ({
     name: `vhdx: header sequence number ${seq} (seed 002's guard)`,
@@ -367,6 +362,80 @@ Deno.test({ name: "resize of vpc and vhdx refuses cleanly, writing nothing", ign
         assertEquals(r.stdout, "");
         assert(c.stderr.test(r.stderr), r.stderr);
         assertEquals(await sha256(`${dir}/img`), hash, "the image changed");
+      } finally {
+        await Deno.remove(dir, { recursive: true });
+      }
+    });
+  }
+});
+
+/** qemu-io's output for `cmds` on `file`, which must report no failed verification. */
+async function qemuIo(dir: string, fmt: string, file: string, cmds: string[]): Promise<void> {
+  const o = await new Deno.Command("qemu-io", {
+    args: ["-f", fmt, ...cmds.flatMap((c) => ["-c", c]), file],
+    cwd: dir,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(o.stdout) + new TextDecoder().decode(o.stderr);
+  assertEquals(o.code, 0, text);
+  assert(!/fail|error/i.test(text), text);
+}
+
+const BAT_MOVES: { name: string; fmt: "vpc" | "vhdx"; create: string[]; size: string; to: string }[] = [
+  // qemu pads a VHD BAT to whole sectors: 128 entries of 2 MiB, 256 MiB
+  { name: "vpc dynamic 10M -> 10G", fmt: "vpc", create: [], size: "10M", to: "10G" },
+  // a VHDX BAT region is 1 MiB: 128 GiB of 1 MiB blocks, ~4 TiB of 32 MiB ones
+  {
+    name: "vhdx block_size=1M 8M -> 200G",
+    fmt: "vhdx",
+    create: ["-o", "block_size=1M"],
+    size: "8M",
+    to: "200G",
+  },
+  { name: "vhdx block_size=32M 100M -> 10T", fmt: "vhdx", create: [], size: "100M", to: "10T" },
+];
+
+Deno.test({ name: "resize of vpc and vhdx moves a BAT that has no room", ignore: !ready }, async (t) => {
+  for (const c of BAT_MOVES) {
+    await t.step(c.name, async () => {
+      const dir = await Deno.makeTempDir({ prefix: "instar-resize-vhd-" });
+      try {
+        await sh(dir, "qemu-img", "create", "-q", "-f", c.fmt, ...c.create, "img", c.size);
+        await qemuIo(dir, c.fmt, "img", ["write -P 0x5a 0 3M", "write -P 0x5b 5M 1M"]);
+        const r = await instarHere(["resize", "-f", c.fmt, "img", c.to], dir);
+        assertEquals(r, { stdout: "Image resized.\n", stderr: "", code: 0 });
+        const size = BigInt((await info("img", c.fmt, dir))["virtual-size"] as number);
+        let want = bytesOf(c.to);
+        if (c.fmt === "vpc") {
+          const rounded = vpcRoundedSize(want, false);
+          assert(rounded.ok);
+          want = rounded.value.size;
+        }
+        assertEquals(size, want);
+        const far = (size / 2n / (1n << 20n)) * (1n << 20n);
+        await qemuIo(dir, c.fmt, "img", [
+          "read -P 0x5a 0 3M",
+          "read -P 0x5b 5M 1M",
+          `read -P 0 ${bytesOf(c.size)} 1M`,
+          `write -P 0x77 ${far} 3M`,
+          "write -P 0x78 4M 1M",
+        ]);
+        await qemuIo(dir, c.fmt, "img", [
+          "read -P 0x5a 0 3M",
+          "read -P 0x78 4M 1M",
+          "read -P 0x5b 5M 1M",
+          `read -P 0x77 ${far} 3M`,
+          `read -P 0 ${far + 3n * (1n << 20n)} 1M`,
+        ]);
+        if (c.fmt === "vhdx") {
+          const chk = await qemuImg(["check", "-f", "vhdx", "img"], dir);
+          assertEquals(chk.code, 0, chk.stdout + chk.stderr);
+        }
+        // an independent reader sees the new size
+        const vi = await new Deno.Command("vhdiinfo", { args: ["img"], cwd: dir, stdout: "piped" }).output();
+        const media = /Media size\s*:.*\((\d+) bytes\)/.exec(new TextDecoder().decode(vi.stdout));
+        assertEquals(media?.[1], String(size));
       } finally {
         await Deno.remove(dir, { recursive: true });
       }

@@ -55,7 +55,7 @@ for (const f of FORMATS) {
       ? { virtualSize: size, allocatedBytes: (input as { allocated: bigint }).allocated }
       : undefined;
     if (f === "vmdk") {
-      return fn({ size, filename: "t.vmdk", subformat: VMDK_SUB[b.u8(4) % 3] }, summary);
+      return fn({ size, filename: "t.vmdk", subformat: VMDK_SUB[b.u8(4) % VMDK_SUB.length] }, summary);
     }
     if (f === "vpc") {
       return fn({ size, subformat: VPC_SUB[b.u8(5) % 2], forceSize: (b.u8(2) & 8) !== 0 }, summary);
@@ -67,7 +67,13 @@ for (const f of FORMATS) {
 
 const RC = [1n, 2n, 4n, 8n, 16n, 32n, 64n, 0xffn];
 const PREALLOC = ["off", "metadata", "falloc", "full"];
-const VMDK_SUB = ["monolithicSparse", "streamOptimized", "monolithicFlat"];
+const VMDK_SUB = [
+  "monolithicSparse",
+  "streamOptimized",
+  "monolithicFlat",
+  "twoGbMaxExtentSparse",
+  "twoGbMaxExtentFlat",
+];
 const VPC_SUB = ["dynamic", "fixed"];
 
 function num(name: string, v: bigint): OptValue {
@@ -99,7 +105,7 @@ function run(d: Uint8Array, cov: Cov) {
     if (b.u64(34) !== 0n) items.push(str("encrypt.format", "luks"));
   }
   if (fmt === "vmdk") {
-    items.push(str("subformat", VMDK_SUB[b.u8(4) % 3]), num("grain_size", BigInt(b.u32(26))));
+    items.push(str("subformat", VMDK_SUB[b.u8(4) % VMDK_SUB.length]), num("grain_size", BigInt(b.u32(26))));
   }
   if (fmt === "vpc") items.push(str("subformat", VPC_SUB[b.u8(5) % 2]));
   if (fmt === "vhdx") items.push(num("block_size", BigInt(b.u32(30))));

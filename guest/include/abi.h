@@ -38,6 +38,7 @@
 #define CONV_ZSTD 4
 #define CONV_COUNT 8
 #define CONV_BLOCK 16
+#define CONV_VMDK 32
 
 #define CMP_IDENTICAL 0
 #define CMP_MISMATCH 1
@@ -49,6 +50,9 @@
 #define INFO_F_CHECK_MODE 1
 
 #define MAPOP_F_PRECISE 1
+
+#define CHECKOP_F_REPAIR_LEAKS 1
+#define CHECKOP_F_REPAIR_ALL 2
 
 #define FMT_AUTO 0
 #define FMT_RAW 1
@@ -83,6 +87,7 @@
 #define REC_COMPARE 14
 #define REC_IMAGE_INFO 15
 #define REC_VMDK_EXTENT 16
+#define REC_REPAIR_REFCOUNT 19
 #define REC_RESIZE_L1 20
 #define REC_RESIZE_REFTABLE 21
 #define REC_RESIZE_REFRUN 22
@@ -222,6 +227,7 @@
 #define RESIZE_BLOB_VPC_FOOTER 1
 #define RESIZE_BLOB_VPC_DYNHEADER 2
 #define RESIZE_BLOB_VHDX_HEADER 3
+#define RESIZE_BLOB_VHDX_REGION_TABLE 4
 
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
 #define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
@@ -707,6 +713,21 @@ _Static_assert(offsetof(struct rec_resize_run, start) == 8, "rec_resize_run.star
 _Static_assert(offsetof(struct rec_resize_run, count) == 16, "rec_resize_run.count");
 _Static_assert(offsetof(struct rec_resize_run, refcount) == 24, "rec_resize_run.refcount");
 
+/* records.REPAIR_REFCOUNT: check -r rewrites the refcount of `cluster` (to the reference count its REFCOUNT_MISMATCH message gives); the entry lives in the refblock at file offset `refblock` */
+struct rec_repair_refcount {
+    uint8_t hdr[8];
+    uint64_t cluster;
+    uint64_t refblock;
+    uint32_t old_byte; /* refcount widths below 8 bits: the byte holding the entry, as read (others 0) */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_repair_refcount) == 32, "rec_repair_refcount size");
+_Static_assert(offsetof(struct rec_repair_refcount, hdr) == 0, "rec_repair_refcount.hdr");
+_Static_assert(offsetof(struct rec_repair_refcount, cluster) == 8, "rec_repair_refcount.cluster");
+_Static_assert(offsetof(struct rec_repair_refcount, refblock) == 16, "rec_repair_refcount.refblock");
+_Static_assert(offsetof(struct rec_repair_refcount, old_byte) == 24, "rec_repair_refcount.old_byte");
+_Static_assert(offsetof(struct rec_repair_refcount, reserved) == 28, "rec_repair_refcount.reserved");
+
 /* records.RESIZE_FREE (host clusters [start, start+count) each lose one reference) / RESIZE_ZERO (file bytes [start, start+count) of L2 entries to clear) */
 struct rec_resize_range {
     uint8_t hdr[8];
@@ -819,7 +840,7 @@ struct rec_resize_meta {
     uint32_t format; /* formats.VPC / VHDX */
     uint32_t flags; /* resizeMetaFlags.* */
     uint32_t subformat; /* vpc: the footer's disk type; vhdx: file parameter bits */
-    uint32_t reserved;
+    uint32_t bat_entry; /* vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob) */
     uint64_t virtual_size; /* vpc: footer current_size; vhdx: virtual disk size item */
     uint64_t block_size;
     uint64_t bat_offset; /* file offset of the BAT (vhdx: of its region) */
@@ -834,7 +855,7 @@ _Static_assert(offsetof(struct rec_resize_meta, hdr) == 0, "rec_resize_meta.hdr"
 _Static_assert(offsetof(struct rec_resize_meta, format) == 8, "rec_resize_meta.format");
 _Static_assert(offsetof(struct rec_resize_meta, flags) == 12, "rec_resize_meta.flags");
 _Static_assert(offsetof(struct rec_resize_meta, subformat) == 16, "rec_resize_meta.subformat");
-_Static_assert(offsetof(struct rec_resize_meta, reserved) == 20, "rec_resize_meta.reserved");
+_Static_assert(offsetof(struct rec_resize_meta, bat_entry) == 20, "rec_resize_meta.bat_entry");
 _Static_assert(offsetof(struct rec_resize_meta, virtual_size) == 24, "rec_resize_meta.virtual_size");
 _Static_assert(offsetof(struct rec_resize_meta, block_size) == 32, "rec_resize_meta.block_size");
 _Static_assert(offsetof(struct rec_resize_meta, bat_offset) == 40, "rec_resize_meta.bat_offset");

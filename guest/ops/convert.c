@@ -14,8 +14,17 @@
  *   arg[5], arg[6] the guest byte range (cluster-aligned start; end 0 = the
  *          whole disk), so two guests can each take half (two cores)
  *
- * Raw output with arg[3] != 0 writes guest byte x at arg[3] + x (a fixed
- * VHDX's payload follows its metadata).
+ * Raw output writes guest byte x at arg[3] + (x - arg[4]) (a fixed VHDX's
+ * payload follows its metadata; a flat VMDK extent file holds the guest
+ * range from arg[4] on); arg[4] <= arg[5].
+ *
+ * streamOptimized VMDK output (CONV_VMDK with QCOW2|COMPRESS, convert_zlib
+ * only): as qcow2 -c with 64 KiB clusters (arg[4] = 16), but each grain
+ * with data (every grain with -S 0) is compressed as qemu's vmdk compresses
+ * it (zlib's compress(): zlib format, default level) behind a 12-byte
+ * marker {lba, size}, padded to a sector, never stored plain; the last
+ * grain of a disk ending inside it is compressed up to the disk's end.
+ * COMPRESSED_RUN len[i] is the padded length.
  *
  * Block output (CONV_BLOCK, vpc/vhdx dynamic; plain `convert` only, as
  * neither format compresses): the disk is cut into blocks of 2^arg[4] bytes
@@ -99,7 +108,8 @@ static int queue_write(uint64_t off, const uint8_t *buf, uint64_t len)
 
 /* ---- raw and block output ---- */
 
-static uint64_t out_base;       /* raw: output offset of guest byte 0 */
+static uint64_t out_base;       /* raw: output offset of guest byte out_origin */
+static uint64_t out_origin;
 static uint64_t data_end;       /* next free output byte (qcow2, block) */
 static struct rec_data_run run; /* the run being built (count 0 = none) */
 static int emit_run(void);
@@ -152,7 +162,7 @@ static int out_write(uint64_t off, const uint8_t *buf, uint64_t len)
         return 0;
     }
 #endif
-    return queue_write(out_base + off, buf, len);
+    return queue_write(out_base + (off - out_origin), buf, len);
 }
 
 /* Writes the non-zero min_sparse blocks of buf (guest offset off). Zero
@@ -386,12 +396,51 @@ static int64_t compress_cluster(bool zstd, uint8_t *dst, uint64_t cap, const uin
     return rt_error(0, GERR_BAD_PARAMS, 5, 6, zstd);
 }
 
+#ifdef CONVERT_ZLIB
+/* streamOptimized VMDK grains: qemu's vmdk_write_extent calls zlib's
+ * compress(), i.e. deflateInit (default level, 32 KiB window, memLevel 8)
+ * and one deflate(Z_FINISH), after a packed marker {lba u64, size u32}. */
+static z_stream vz;
+static bool vz_ready;
+#define VMDK_MARKER 12u
+#define VMDK_GRAIN_MAX (((VMDK_MARKER + 65569u) + 511u) & ~511u) /* marker + compressBound(64 KiB) */
+
+/* Packs one grain at dst: marker, stream, zero padding to a sector. Returns
+ * the padded length, -1 on error. */
+static int64_t vmdk_grain(uint8_t *dst, const uint8_t *src, uint64_t len, uint64_t lba)
+{
+    if (!vz_ready) {
+        if (deflateInit2(&vz, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+            return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 3);
+        vz_ready = true;
+    } else if (deflateReset(&vz) != Z_OK) {
+        return rt_error(0, GERR_INTERNAL, 8, 1, 0);
+    }
+    vz.next_in = (Bytef *)src;
+    vz.avail_in = (uInt)len;
+    vz.next_out = dst + VMDK_MARKER;
+    vz.avail_out = VMDK_GRAIN_MAX - VMDK_MARKER;
+    int r = deflate(&vz, Z_FINISH);
+    if (r != Z_STREAM_END) return rt_error(0, GERR_INTERNAL, 9, (uint64_t)(int64_t)r, 1);
+    uint32_t clen = (uint32_t)(VMDK_GRAIN_MAX - VMDK_MARKER - vz.avail_out);
+    for (int i = 0; i < 8; i++) dst[i] = (uint8_t)(lba >> (8 * i));
+    for (int i = 0; i < 4; i++) dst[8 + i] = (uint8_t)(clen >> (8 * i));
+    uint64_t padded = (VMDK_MARKER + clen + 511u) & ~511ull;
+    memset(dst + VMDK_MARKER + clen, 0, padded - VMDK_MARKER - clen);
+    return (int64_t)padded;
+}
+#endif
+
 static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t min_sparse, uint32_t cbits,
                          uint8_t *buf, uint8_t *zbuf)
 {
     uint64_t csize = 1ull << cbits;
     bool compress = flags & CONV_COMPRESS;
     bool zstd = flags & CONV_ZSTD;
+    bool vmdk = flags & CONV_VMDK;
+    /* The disk's end in whole sectors: where a stream grain's bytes stop. */
+    uint64_t disk_end = (chain.size + 511) & ~511ull;
+    (void)vmdk, (void)disk_end;
     /* Compressed output needs every cluster's whole bytes before it can be
      * written, so reads go a chunk at a time and clusters are handled in
      * order inside it. */
@@ -431,6 +480,20 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
             const uint8_t *cl = buf + c;
             bool zero = (!any || buf_is_zero(cl, csize));
             if (zero && min_sparse) continue;
+#ifdef CONVERT_ZLIB
+            if (vmdk) {
+                /* Marker and stream of up to VMDK_GRAIN_MAX bytes: make room first. */
+                if (zused + VMDK_GRAIN_MAX > CHUNK) {
+                    if (flush_writes()) return -1;
+                    zused = 0;
+                }
+                uint64_t at = off + c, len = disk_end - at < csize ? disk_end - at : csize;
+                int64_t plen = vmdk_grain(cout + zused, cl, len, at >> 9);
+                if (plen < 0 || store_compressed(gc, cout + zused, (uint64_t)plen, cbits)) return -1;
+                zused += (uint64_t)plen;
+                continue;
+            }
+#endif
             if (compress && !zero) {
                 /* qemu's bound: cluster_size - 1 bytes, else store it plain. */
                 int64_t len = compress_cluster(zstd, cout + zused, csize - 1, cl, csize);
@@ -484,8 +547,18 @@ int op_main(void)
     uint32_t flags = (uint32_t)p->arg[1];
     uint64_t min_sparse = p->arg[2];
     if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
-    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK))
+    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK))
         return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
+    if (flags & CONV_VMDK) {
+#ifdef CONVERT_ZLIB
+        /* 64 KiB grains, zlib, never with ZSTD or BLOCK. */
+        if ((flags & (CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_BLOCK)) != (CONV_QCOW2 | CONV_COMPRESS) ||
+            p->arg[4] != 16)
+            return rt_error(0, GERR_BAD_PARAMS, 5, 9, 0);
+#else
+        return rt_error(0, GERR_BAD_PARAMS, 5, 9, 1);
+#endif
+    }
     if (min_sparse % 512 || min_sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 1, 0);
     chain.batch = true;
     chain.defer = true;
@@ -517,10 +590,13 @@ int op_main(void)
     } else if (!(flags & CONV_QCOW2)) {
         if (flags & CONV_COMPRESS) return rt_error(0, GERR_BAD_PARAMS, 5, 3, 0);
         out_base = p->arg[3];
-        if (out_base + end < out_base || out_base + end > p->output_cap)
-            return rt_error(0, GERR_BAD_PARAMS, 4, out_base + end, p->output_cap);
+        out_origin = p->arg[4];
+        if (out_origin > start) return rt_error(0, GERR_BAD_PARAMS, 5, 10, 0);
+        uint64_t span = end - out_origin;
+        if (out_base + span < out_base || out_base + span > p->output_cap)
+            return rt_error(0, GERR_BAD_PARAMS, 4, out_base + span, p->output_cap);
         if (convert_raw(start, end, min_sparse, buf)) return -1;
-        data_end = out_base + end;
+        data_end = out_base + span;
     } else {
         uint64_t cbits = p->arg[4];
         if (cbits < 9 || cbits > 21) return rt_error(0, GERR_BAD_PARAMS, 5, 4, 0);

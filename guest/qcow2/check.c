@@ -1,8 +1,15 @@
 /*
- * qcow2's check: qemu 7.2's qcow2_co_check_locked without repair (check_refcounts
- * over the active and snapshot L1/L2 tables, the refcount structures and
+ * qcow2's check: qemu 7.2's qcow2_co_check_locked (check_refcounts over the
+ * active and snapshot L1/L2 tables, the refcount structures and
  * check_oflag_copied), emitting one CHECK_MSG per stderr line qemu prints,
  * in qemu's order, then one CHECK record with the counters.
+ *
+ * Repair (params.flags CHECKOP_F_REPAIR_*) never writes here: the guest
+ * sends a REPAIR_REFCOUNT record for each refcount compare_refcounts would
+ * fix (leaks with -r leaks, any mismatch over a non-zero refcount with
+ * -r all), counts them as fixed, and checks OFLAG_COPIED against the
+ * refcounts after those fixes; the host plans and applies the writes
+ * (lib/formats/qcow2/repair_plan.ts) and runs the check again.
  *
  * qemu keeps one in-memory refcount per cluster of the image file. We keep
  * the same counts in a sparse array of 4096-cluster chunks allocated on first
@@ -28,6 +35,7 @@ struct checker {
     struct cluster_cache l2c;
     struct cluster_cache rbc;
     uint64_t snapshots_size;
+    uint32_t repair;        /* CHECKOP_F_REPAIR_* */
 };
 
 static struct checker C;
@@ -432,6 +440,49 @@ static int get_refcount(struct checker *c, uint64_t cluster, uint64_t *rc)
     return r;
 }
 
+/* compare_refcounts with qemu's fix rule: a zero refcount needs a rebuild
+ * (never fixed entry by entry), leaks are fixed by -r leaks and -r all,
+ * refcounts below the references by -r all. */
+static bool repairs(const struct checker *c, uint64_t r1, uint64_t r2)
+{
+    if (r1 == 0 || r1 == r2) return false;
+    if (r1 > r2) return (c->repair & (CHECKOP_F_REPAIR_LEAKS | CHECKOP_F_REPAIR_ALL)) != 0;
+    return (c->repair & CHECKOP_F_REPAIR_ALL) != 0;
+}
+
+/* REPAIR_REFCOUNT for `cluster`, whose refblock exists (its refcount is not
+ * zero). 0, or -1 when the refblock cannot be read again. */
+static int emit_repair(struct checker *c, uint64_t cluster)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t idx = cluster >> q->refblock_bits;
+    if (idx >= q->reftable_entries) return -1;
+    uint64_t block = q->reftable[idx] & QCOW2_REFT_OFFSET_MASK;
+    if (!block || (block & (q->cluster_size - 1))) return -1;
+    struct rec_repair_refcount rec;
+    rec_init(&rec, REC_REPAIR_REFCOUNT, sizeof rec);
+    rec.cluster = cluster;
+    rec.refblock = block;
+    if (q->refcount_order < 3) {
+        const uint8_t *b = cluster_cache_get(&c->rbc, block);
+        if (!b) return -1;
+        uint64_t bit = (cluster & ((1ull << q->refblock_bits) - 1)) << q->refcount_order;
+        rec.old_byte = b[bit >> 3];
+    }
+    return rt_emit(&rec, sizeof rec) ? -1 : 0;
+}
+
+/* The refcount check_oflag_copied sees: after a repair, the one the repair
+ * leaves (qemu checks the flags after compare_refcounts fixed them). */
+static int oflag_refcount(struct checker *c, uint64_t cluster, uint64_t *rc)
+{
+    int r = get_refcount(c, cluster, rc);
+    if (r < 0 || !c->repair) return r;
+    uint64_t r2 = count_get(c, cluster);
+    if (*rc != r2 && repairs(c, *rc, r2)) *rc = r2;
+    return 0;
+}
+
 /* compare_refcounts; returns the highest cluster in use. */
 static uint64_t compare_refcounts(struct checker *c)
 {
@@ -460,8 +511,15 @@ static uint64_t compare_refcounts(struct checker *c)
         if (r1 || r2) highest = i;
         if (r1 != r2) {
             msg(CMSG_REFCOUNT_MISMATCH, r1 < r2 ? 0 : 1, i, r1, r2);
-            if (r1 < r2) c->res.corruptions++;
-            else c->res.leaks++;
+            if (repairs(c, r1, r2)) {
+                if (emit_repair(c, i) < 0) c->res.check_errors++;
+                else if (r1 < r2) c->res.corruptions_fixed++;
+                else c->res.leaks_fixed++;
+            } else if (r1 < r2) {
+                c->res.corruptions++;
+            } else {
+                c->res.leaks++;
+            }
         }
         i++;
     }
@@ -479,7 +537,7 @@ static int check_oflag_copied(struct checker *c)
         if (table_window_get(&w, i, &l1e)) return rt_error(g_input, GERR_IO, q->l1_offset, 0, 0);
         uint64_t l2 = l1e & QCOW2_L1E_OFFSET_MASK;
         if (!l2) continue;
-        if (get_refcount(c, l2 >> q->cluster_bits, &rc) < 0) continue;
+        if (oflag_refcount(c, l2 >> q->cluster_bits, &rc) < 0) continue;
         if ((rc == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
             c->res.corruptions++;
             msg(CMSG_OFLAG_COPIED_L2, i, l1e, rc, 0);
@@ -491,7 +549,7 @@ static int check_oflag_copied(struct checker *c)
             enum qcow2_cluster_type ty = qcow2_cluster_type(q, e);
             if (ty != QCT_NORMAL && ty != QCT_ZERO_ALLOC) continue;
             if (q->has_data_file) rc = 1;
-            else if (get_refcount(c, (e & QCOW2_L2E_OFFSET_MASK) >> q->cluster_bits, &rc) < 0)
+            else if (oflag_refcount(c, (e & QCOW2_L2E_OFFSET_MASK) >> q->cluster_bits, &rc) < 0)
                 continue;
             if ((rc == 1) != ((e & QCOW2_OFLAG_COPIED) != 0)) {
                 c->res.corruptions++;
@@ -530,6 +588,7 @@ int qcow2_check(const struct reader *r)
 
     struct checker *c = &C;
     c->q = &q;
+    c->repair = rt_params()->flags & (CHECKOP_F_REPAIR_LEAKS | CHECKOP_F_REPAIR_ALL);
     rec_init(&c->res, REC_CHECK, sizeof c->res);
     if (read_snapshot_table(c)) return c->res.flags ? emit_result(c) : -1;
     /* bdrv_getlength of the file: whole sectors (rounded up). */

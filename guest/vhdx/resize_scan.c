@@ -5,7 +5,9 @@
  *
  *   RESIZE_BYTES  the active header's 4 KiB as read (VHDX_HEADER), which the
  *                 planner rewrites into both slots with the next sequence
- *                 numbers
+ *                 numbers; the 64 KiB region table as read (open checked
+ *                 its CRC), in which the planner repoints the BAT entry
+ *                 (bat_entry) when the BAT must move
  *   RESIZE_META   last: the active header's sequence number and slot, the
  *                 log GUID's zeroness, block size, virtual disk size, the
  *                 BAT region, the virtual disk size item's file offset, and
@@ -22,6 +24,25 @@
 #include "../ops/records.h"
 
 #define HEADER_SIZE 4096u
+#define REGION_TABLE_AT 0x30000u
+#define REGION_TABLE_SIZE 0x10000u
+
+/* Sends [off, off+len) of the file as RESIZE_BYTES records of kind `what`. */
+static int send_blob(const struct reader *r, uint32_t what, uint64_t off, uint32_t len)
+{
+    static struct rec_resize_bytes b;
+    for (uint32_t at = 0; at < len; at += sizeof b.bytes) {
+        memset(&b, 0, sizeof b);
+        rec_init(&b, REC_RESIZE_BYTES, sizeof b);
+        b.what = what;
+        b.length = sizeof b.bytes;
+        b.offset = at;
+        if (reader_read(r, off + at, b.bytes, sizeof b.bytes))
+            return rt_error(r->input, GERR_IO, off + at, sizeof b.bytes, 0);
+        if (rt_emit(&b, sizeof b)) return -1;
+    }
+    return 0;
+}
 
 int vhdx_resize_scan(const struct reader *r)
 {
@@ -43,20 +64,12 @@ int vhdx_resize_scan(const struct reader *r)
     if (zero) m.flags |= RESIZE_M_VHDX_LOG_GUID_ZERO;
     if (v.curr_header == 1) m.flags |= RESIZE_M_VHDX_HEADER2;
 
-    static uint8_t h[HEADER_SIZE];
+    m.bat_entry = v.bat_rt_index;
+
     uint64_t hoff = v.curr_header == 1 ? 0x20000u : 0x10000u;
-    if (reader_read(r, hoff, h, sizeof h)) return rt_error(r->input, GERR_IO, hoff, sizeof h, 0);
-    static struct rec_resize_bytes b;
-    for (uint32_t at = 0; at < HEADER_SIZE; at += sizeof b.bytes) {
-        memset(&b, 0, sizeof b);
-        rec_init(&b, REC_RESIZE_BYTES, sizeof b);
-        b.what = RESIZE_BLOB_VHDX_HEADER;
-        b.length = sizeof b.bytes;
-        b.offset = at;
-        memcpy(b.bytes, h + at, sizeof b.bytes);
-        if (rt_emit(&b, sizeof b)) return -1;
-    }
-    m.n_bytes = HEADER_SIZE;
+    if (send_blob(r, RESIZE_BLOB_VHDX_HEADER, hoff, HEADER_SIZE)) return -1;
+    if (send_blob(r, RESIZE_BLOB_VHDX_REGION_TABLE, REGION_TABLE_AT, REGION_TABLE_SIZE)) return -1;
+    m.n_bytes = HEADER_SIZE + REGION_TABLE_SIZE;
 
     /* Payload block k is BAT entry k + k / chunk_ratio; open checked that
      * bat_entries fit the BAT region, and the window bounds memory. */

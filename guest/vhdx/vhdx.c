@@ -212,6 +212,7 @@ static int open_region_tables(struct vhdx *v)
             bat_found = true;
             v->bat_offset = off;
             v->bat_length = len;
+            v->bat_rt_index = i;
             continue;
         }
         if (!memcmp(e, metadata_guid, 16)) {

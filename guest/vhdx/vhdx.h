@@ -128,6 +128,7 @@ struct vhdx {
     uint32_t log_length;
     uint64_t bat_offset;
     uint32_t bat_length;
+    uint32_t bat_rt_index;         /* the BAT's entry in the region table */
     uint64_t metadata_offset;
     uint32_t metadata_length;
     uint32_t block_size;

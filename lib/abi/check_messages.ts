@@ -26,7 +26,8 @@ export const checkMessages: CheckMessage[] = [
     name: "REFCOUNT_MISMATCH",
     code: 1,
     text: "%S cluster %d refcount=%u reference=%u\n",
-    words: ["ERROR", "Leaked"],
+    // 2: the line check -r prints for a mismatch it repairs (the host's, never the guest's)
+    words: ["ERROR", "Leaked", "Repairing"],
   },
   {
     name: "REGION_PAST_EOF",

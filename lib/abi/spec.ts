@@ -131,6 +131,12 @@ export const infoFlags = { CHECK_MODE: 1 } as const;
  * convert sees, for measure's vpc/vhdx/vmdk estimates of that convert. */
 export const mapOpFlags = { PRECISE: 1 } as const;
 
+/** params.flags for ops.CHECK: qemu-img check -r leaks / -r all. The guest
+ * sends a REPAIR_REFCOUNT record for each refcount the repair rewrites,
+ * counts those as fixed, and checks OFLAG_COPIED against the refcounts the
+ * image will have after the repair (as qemu's check does after its fixes). */
+export const checkOpFlags = { REPAIR_LEAKS: 1, REPAIR_ALL: 2 } as const;
+
 /** Formats the host asks for or the guest detects. */
 export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4, VMDK: 5 } as const;
 
@@ -167,6 +173,8 @@ export const records = {
   IMAGE_INFO: 15,
   /** One extent of a vmdk image (rec_vmdk_extent), descriptor order. */
   VMDK_EXTENT: 16,
+  /** check -r: a refcount entry the repair rewrites (rec_repair_refcount). */
+  REPAIR_REFCOUNT: 19,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
@@ -199,6 +207,12 @@ export const convertFlags = {
    * 2^arg[4] + arg[7], its data arg[7] <= 4096 bytes in, after 0xFF bytes); DATA_RUN records say which
    * block went to which slot (guest_cluster = block, host_offset = slot, +stride ...). */
   BLOCK: 16,
+  /** With QCOW2|COMPRESS (convert_zlib only): streamOptimized VMDK grains. Each grain with data
+   * (every grain with -S 0) is deflated as qemu's vmdk does (zlib format, default level),
+   * behind a 12-byte marker {lba u64, size u32}, padded to a sector; COMPRESSED_RUN len[i] is
+   * the padded length (a multiple of 512). The last grain of a disk that ends inside it is
+   * compressed up to the disk's end (in whole sectors), as qemu does. */
+  VMDK: 32,
 } as const;
 /** COMPARE record outcomes (qemu-img compare's cases). */
 export const compareResults = {
@@ -704,6 +718,24 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_repair_refcount",
+    size: 32,
+    doc: "records.REPAIR_REFCOUNT: check -r rewrites the refcount of `cluster` (to the reference count " +
+      "its REFCOUNT_MISMATCH message gives); the entry lives in the refblock at file offset `refblock`",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "cluster", type: "u64", offset: 8 },
+      { name: "refblock", type: "u64", offset: 16 },
+      {
+        name: "old_byte",
+        type: "u32",
+        offset: 24,
+        doc: "refcount widths below 8 bits: the byte holding the entry, as read (others 0)",
+      },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+  {
     name: "rec_resize_range",
     size: 24,
     doc: "records.RESIZE_FREE (host clusters [start, start+count) each lose one reference) / " +
@@ -801,7 +833,12 @@ export const structs: StructSpec[] = [
         offset: 16,
         doc: "vpc: the footer's disk type; vhdx: file parameter bits",
       },
-      { name: "reserved", type: "u32", offset: 20 },
+      {
+        name: "bat_entry",
+        type: "u32",
+        offset: 20,
+        doc: "vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob)",
+      },
       {
         name: "virtual_size",
         type: "u64",
@@ -871,6 +908,7 @@ export const recordStructs: Record<number, string> = {
   [records.COMPARE]: "rec_compare",
   [records.IMAGE_INFO]: "rec_image_info",
   [records.VMDK_EXTENT]: "rec_vmdk_extent",
+  [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
 };
@@ -891,7 +929,7 @@ export const resizeMetaFlags = {
 } as const;
 
 /** RESIZE_BYTES.what: which metadata structure the bytes are part of. */
-export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3 } as const;
+export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3, VHDX_REGION_TABLE: 4 } as const;
 
 /** Enum groups emitted into the C header as #defines with these prefixes. */
 export const enums: Record<string, Record<string, number>> = {
@@ -903,6 +941,7 @@ export const enums: Record<string, Record<string, number>> = {
   CMP_: compareResults,
   INFO_F_: infoFlags,
   MAPOP_F_: mapOpFlags,
+  CHECKOP_F_: checkOpFlags,
   FMT_: formats,
   RUN_: runStatus,
   REC_: records,

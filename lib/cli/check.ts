@@ -1,6 +1,10 @@
-// instar check [-f fmt] [--output human|json] [-q] [-U] FILE
+// instar check [-f fmt] [--output human|json] [-r leaks|all] [-q] [-U] FILE
 // Exit codes as qemu-img: 0 clean, 1 check failed, 2 corruptions, 3 leaks, 63 no checks.
-import { nameKinds, ops, records } from "../abi/spec.ts";
+// -r (qcow2 only): the check guest reports what qemu's repair would fix,
+// lib/formats/qcow2/repair.ts decides as qemu does, repair_plan.ts plans the
+// writes, apply_steps.ts applies them, and the check runs again.
+import { checkOpFlags, nameKinds, ops, records } from "../abi/spec.ts";
+import type { Rec } from "../abi/records.ts";
 import { nameBytes } from "../abi/records.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
@@ -23,12 +27,16 @@ import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
 import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
+import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
+import { applySteps } from "./apply_steps.ts";
 
 const CACHE_MODES = ["none", "off", "writeback", "unsafe", "directsync", "writethrough"];
 
 export async function checkCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let quiet = false;
   let cache = "writeback";
+  let repair: RepairMode | undefined;
   const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":hf:r:T:qU", [
@@ -43,9 +51,8 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
         if (value !== "leaks" && value !== "all") {
           throw usageError(`Unknown option value for -r (expecting 'leaks' or 'all'): ${value}`);
         }
-        throw new CliError([
-          "Repairing images (-r) is not supported by instar; it never writes to its input",
-        ]);
+        repair = value;
+        break;
       case "T":
         cache = value!;
         break;
@@ -75,17 +82,105 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   }
   if (!top.driver.check) throw new CliError(["This image format does not support checks"], false, 63);
 
+  if (repair && top.format !== "qcow2") {
+    throw new CliError([`Could not repair '${filename}': instar repairs only qcow2 images`]);
+  }
+  const q = top.qcow2;
+  if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt || q.dataFile !== undefined || q.hasDataFileBit)) {
+    throw new CliError([
+      `Could not repair '${filename}': instar does not repair images with persistent bitmaps or a data file`,
+    ]);
+  }
+
+  const first = await runCheck(chainInputs([top]), filename, repair);
+  const f = ended(first, io);
+  if (!repair) {
+    for (const t of first.texts) io.err(t);
+    return report(f, top.format, filename, format, quiet, io);
+  }
+
+  let d;
+  try {
+    d = decideRepair(repair, first.recs, first.texts, f);
+  } catch (e) {
+    throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  if (d.kind === "refuse") {
+    throw new CliError([`Could not repair '${filename}': ${d.why}; nothing was written`]);
+  }
+  for (const t of d.lines) io.err(t);
+  // The header's incompatible bits: qemu's read-write open and close of
+  // the image clears the dirty bit however the check ends (qcow2_inactivate
+  // calls qcow2_mark_clean), and a check that leaves no corruption clears
+  // the corrupt bit too (qcow2_mark_consistent). qemu rewrites the header
+  // then; only the incompatible_features field differs.
+  const failed = d.kind === "rebuild_error";
+  const clean = !failed && f.checkErrors === 0n && f.corruptions === 0n;
+  const plan = planQcow2Repair({
+    clusterBits: q!.clusterBits,
+    refcountBits: q!.refcountBits,
+    fileSize: top.fileSize,
+    fixes: d.kind === "repair" ? d.fixes : [],
+    header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
+  });
+  if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
+  await applySteps(top, plan.value, "Check failed", "off", "discard");
+  if (failed) throw new CliError(["Check failed: Input/output error"]);
+  if (f.leaksFixed === 0n && f.corruptionsFixed === 0n) {
+    return report(f, top.format, filename, format, quiet, io);
+  }
+  if (format === "human" && !quiet) {
+    io.out(
+      "The following inconsistencies were found and repaired:\n\n" +
+        `    ${f.leaksFixed} leaked clusters\n    ${f.corruptionsFixed} corruptions\n\n` +
+        "Double checking the fixed image now...\n",
+    );
+  }
+  const again = await runCheck(chainInputs([top]), filename, undefined);
+  const g = ended(again, io);
+  for (const t of again.texts) io.err(t);
+  return report(
+    { ...g, leaksFixed: f.leaksFixed, corruptionsFixed: f.corruptionsFixed },
+    top.format,
+    filename,
+    format,
+    quiet,
+    io,
+  );
+}
+
+type CheckRun = {
+  recs: Rec[];
+  /** The stderr text of each CHECK_MSG, in order. */
+  texts: string[];
+} & ({ facts: CheckFacts; fail?: undefined } | { facts: undefined; fail: CliError });
+
+/** A run that ended in qemu's error: its diagnostics, then the error. */
+function ended(run: CheckRun, io: Io): CheckFacts {
+  if (run.facts) return run.facts;
+  for (const t of run.texts) io.err(t);
+  throw run.fail;
+}
+
+/** One run of the check guest; throws qemu's errors for a failed check. */
+async function runCheck(
+  inputs: ReturnType<typeof chainInputs>,
+  filename: string,
+  repair: RepairMode | undefined,
+): Promise<CheckRun> {
   let result;
   try {
     result = await runGuest({
       op: "check",
       opCode: ops.CHECK,
-      inputs: chainInputs([top]),
+      inputs,
+      flags: repair === "all" ? checkOpFlags.REPAIR_ALL : repair === "leaks" ? checkOpFlags.REPAIR_LEAKS : 0,
     });
   } catch (e) {
     throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
   }
   const recs = result.records;
+  const texts: string[] = [];
   let pendingNames: string[] = [];
   for (const r of recs) {
     // Snapshot ids/names a diagnostic quotes arrive as NAME records just before it.
@@ -97,7 +192,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     }
     if (r.type === records.CHECK_MSG) {
       try {
-        io.err(formatCheckMessage(r.fields.code as number, r.fields.a as bigint[], "instar", pendingNames));
+        texts.push(
+          formatCheckMessage(r.fields.code as number, r.fields.a as bigint[], "instar", pendingNames),
+        );
       } catch (e) {
         throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
       }
@@ -113,7 +210,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
       a1: f.a1 as bigint,
       a2: f.a2 as bigint,
     });
-    throw new CliError([`Could not open '${filename}': ${msg}`]);
+    return { recs, texts, facts: undefined, fail: new CliError([`Could not open '${filename}': ${msg}`]) };
   }
   const checks = recs.filter((r) => r.type === records.CHECK);
   if (checks.length !== 1) throw new CliError(["Check failed: sandbox failure: no check result"]);
@@ -122,12 +219,13 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // (bdrv_check returned an error): qemu prints no summary, only this.
   const errno = c.flags as number;
   if (errno !== 0) {
-    throw new CliError([`Check failed: ${CHECK_ERRNO_TEXT[errno] ?? `Unknown error ${errno}`}`]);
+    const why = CHECK_ERRNO_TEXT[errno] ?? `Unknown error ${errno}`;
+    return { recs, texts, facts: undefined, fail: new CliError([`Check failed: ${why}`]) };
   }
   const n = (k: string) => c[k] as bigint;
   const facts: CheckFacts = {
     filename,
-    format: top.format,
+    format: "",
     checkErrors: n("check_errors"),
     corruptions: n("corruptions"),
     leaks: n("leaks"),
@@ -145,13 +243,26 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
       throw new CliError([`Check failed: sandbox failure: ${k} out of range`]);
     }
   }
-  if (!quiet) io.out(format === "json" ? checkJson(facts) : checkHuman(facts));
-  if (facts.checkErrors !== 0n) {
+  return { recs, texts, facts };
+}
+
+/** Prints a check's summary; returns qemu-img's exit code for it. */
+function report(
+  facts: CheckFacts,
+  fmt: string,
+  filename: string,
+  format: string,
+  quiet: boolean,
+  io: Io,
+): number {
+  const f = { ...facts, filename, format: fmt };
+  if (!quiet) io.out(format === "json" ? checkJson(f) : checkHuman(f));
+  if (f.checkErrors !== 0n) {
     io.err("instar: Check failed\n");
     return 1;
   }
-  if (facts.corruptions !== 0n) return 2;
-  if (facts.leaks !== 0n) return 3;
+  if (f.corruptions !== 0n) return 2;
+  if (f.leaks !== 0n) return 3;
   return 0;
 }
 

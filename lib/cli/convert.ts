@@ -24,8 +24,10 @@ import { makePolicy } from "../chain/policy.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
   convertToBlocks,
+  convertToExtents,
   convertToQcow2,
   convertToRaw,
+  convertToStream,
   GuestFailure,
   PlanRefused,
 } from "../convert/pipeline.ts";
@@ -328,7 +330,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       throw e;
     }
     if (a.compress) {
-      if (spec.writer !== "qcow2") throw new CliError(["Compression not supported for this file format"]);
+      if (spec.writer !== "qcow2" && !spec.compress?.accepted) {
+        const c = spec.compress;
+        throw new CliError([c && !c.accepted ? c.message : "Compression not supported for this file format"]);
+      }
       if (spec.preallocation !== "off") {
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
@@ -338,23 +343,25 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
 
+    // Every file the target consists of: the extents of a multi-file VMDK,
+    // then the target name itself (its descriptor, or the whole image).
+    const names = [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
     // bdrv_create's failure, as qemu words it for the target.
-    const cannotCreate = (why: string) =>
+    const cannotCreateAt = (name: string, why: string) =>
       new CliError([
-        `${outFilename}: error while converting ${a.outFmt}: Could not create '${outFilename}': ${why}`,
+        `${outFilename}: error while converting ${a.outFmt}: Could not create '${name}': ${why}`,
       ]);
-    const existing = await Deno.stat(hostPath(outFilename!)).catch(() => undefined);
-    if (existing?.isDirectory) throw cannotCreate("Is a directory");
-    // qemu writes through a symlink to the file it names; so does the
-    // rename, by replacing the link's target rather than the link.
-    const target = (await Deno.lstat(hostPath(outFilename!)).catch(() => undefined))?.isSymlink
-      ? await Deno.realPath(hostPath(outFilename!))
-      : outFilename!;
-    let out: string;
-    try {
-      out = await temps.create(target, "out");
-    } catch (e) {
-      throw cannotCreate(errnoText(e));
+    const targets: string[] = [];
+    for (const name of names) {
+      const existing = await Deno.stat(hostPath(name)).catch(() => undefined);
+      if (existing?.isDirectory) throw cannotCreateAt(name, "Is a directory");
+      // qemu writes through a symlink to the file it names; so does the
+      // rename, by replacing the link's target rather than the link.
+      targets.push(
+        (await Deno.lstat(hostPath(name)).catch(() => undefined))?.isSymlink
+          ? await Deno.realPath(hostPath(name))
+          : name,
+      );
     }
     // convert_zstd is linked without the vmdk reader (384 KiB; docs/quirks.md).
     if (a.compress && spec.qcow2?.compressionType === "zstd" && chain.some((img) => img.vmdk)) {
@@ -362,6 +369,15 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         `Could not open '${source}': instar cannot convert a vmdk source with compression_type=zstd`,
       ]);
     }
+    const outs: string[] = [];
+    for (const [i, t] of targets.entries()) {
+      try {
+        outs.push(await temps.create(t, "out"));
+      } catch (e) {
+        throw cannotCreateAt(names[i], errnoText(e));
+      }
+    }
+    const out = outs[outs.length - 1];
     const job = {
       layers: chainInputs(chain).map((x) => ({ path: x.path, formatCode: x.format, nofollow: x.nofollow })),
       size,
@@ -377,6 +393,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToRaw(job, out);
       } else if (spec.writer === "blocks") {
         written = await convertToBlocks(job, spec.blocks!, out);
+      } else if (spec.writer === "stream") {
+        written = await convertToStream(job, spec.stream!, out);
+      } else if (spec.writer === "extents") {
+        written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
       } else {
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
       }
@@ -389,17 +409,26 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
     }
     // Keep an existing target's permissions, as qemu's O_TRUNC open would.
-    try {
-      const st = await Deno.stat(hostPath(target));
-      if (st.mode !== null && st.isFile) await Deno.chmod(hostPath(out), st.mode & 0o7777);
-    } catch { /* no target yet */ }
-    temps.checkCancelled();
-    try {
-      await Deno.rename(hostPath(out), hostPath(target));
-    } catch (e) {
-      throw cannotCreate(errnoText(e));
+    for (const [i, t] of targets.entries()) {
+      try {
+        const st = await Deno.stat(hostPath(t));
+        if (st.mode !== null && st.isFile) await Deno.chmod(hostPath(outs[i]), st.mode & 0o7777);
+      } catch { /* no target yet */ }
     }
-    temps.paths = temps.paths.filter((p) => p !== out);
+    temps.checkCancelled();
+    // Extents first, the target name last: the name appears only once every
+    // file it needs is complete. A failed rename takes back the ones done.
+    const renamed: string[] = [];
+    for (const [i, t] of targets.entries()) {
+      try {
+        await Deno.rename(hostPath(outs[i]), hostPath(t));
+      } catch (e) {
+        for (const r of renamed) await Deno.remove(hostPath(r)).catch(() => {});
+        throw cannotCreateAt(names[i], errnoText(e));
+      }
+      renamed.push(t);
+      temps.paths = temps.paths.filter((p) => p !== outs[i]);
+    }
     // qemu prints 100% when the last data is copied (only if there was
     // any) and once more when it finishes.
     if (written > 0n) progress.set(100);

@@ -29,7 +29,7 @@ export function outputOptions(driver: FormatDriver, text: string, outFile: strin
   const opts = parsed.value;
   // img_convert sets the size from the source after parsing -o.
   optSetNumber(opts, "size", size);
-  const spec = target.spec(opts);
+  const spec = target.spec(opts, outFile);
   if (!spec.ok) {
     if (spec.error.kind === "unsupported") throw new OutputOptionError(spec.error.message);
     throw new OutputOptionError(`${outFile}: error while converting ${driver.name}: ${spec.error.message}`);

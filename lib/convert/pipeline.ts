@@ -16,7 +16,7 @@ import {
   qcow2OutputPrologue,
 } from "../formats/qcow2/output_plan.ts";
 import { alignUp } from "../formats/plan.ts";
-import type { BlockOutput, BlockRun } from "../formats/types.ts";
+import type { BlockOutput, BlockRun, ExtentsOutput, StreamOutput } from "../formats/types.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
 
 export interface SourceLayer {
@@ -181,6 +181,85 @@ export interface Qcow2Target {
 /** Thrown with qemu's words when the planner refuses (options, size). */
 export class PlanRefused extends Error {}
 
+interface Packing {
+  op: string;
+  flags: bigint;
+  /** Output cluster (grain) size. */
+  clusterSize: bigint;
+  dataStart: bigint;
+  /** arg[7]: qcow2's refcount limit for shared compressed clusters (0 = none). */
+  maxRefs: bigint;
+  /** Where a second guest starts: this many bytes per data cluster of the first half. */
+  perCluster: bigint;
+  /** A lone guest's output cap: this many bytes per cluster of the disk (plus one cluster). */
+  capPerCluster: bigint;
+  /** Where the second guest's data may start (a multiple of 4 KiB: collapse needs filesystem blocks). */
+  align: bigint;
+}
+
+/**
+ * Guests that pack output clusters (qcow2, streamOptimized VMDK) from
+ * dataStart on in guest order and report where each went. One guest, or
+ * two into one file: a status-only pass (CONV_COUNT) counts the first
+ * half's data clusters, the second guest starts behind the first half's
+ * worst case, each is confined to its window by its output cap, and the
+ * gap the first half leaves is collapsed (a metadata operation on
+ * ext4/xfs) or kept as a hole where the filesystem cannot.
+ */
+async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promise<Part[]> {
+  const cs = k.clusterSize;
+  const cbits = BigInt(cs.toString(2).length - 1);
+  const clusters = (job.size + cs - 1n) / cs;
+  const n = guestCount(job.size, clusters);
+  const mid = n === 2 ? middle(job.size, cs) : job.size;
+  const report = progressOf(job, n);
+  const guest = (
+    extra: bigint,
+    from: bigint,
+    to: bigint,
+    start: bigint,
+    cap: bigint,
+    i: number,
+  ) =>
+    runGuest({
+      op: k.op,
+      opCode: ops.CONVERT,
+      inputs: inputs(job),
+      args: [0n, k.flags | extra, job.minSparse, start, cbits, from, to, k.maxRefs],
+      ramBytes: RAM,
+      timeoutMs: TIMEOUT_MS,
+      output: { path: outPath, cap },
+      onProgress: i >= 0 ? report(i) : undefined,
+    });
+  const clustersIn = (from: bigint, to: bigint) => (to - from + cs - 1n) / cs;
+  if (n === 1) {
+    const r = await guest(0n, 0n, job.size, k.dataStart, k.dataStart + clusters * k.capPerCluster + cs, 0);
+    debugRun(`${k.op} packed`, r);
+    failOnError(r.records);
+    return [collect(r.records, 0n)];
+  }
+  const c = await guest(BigInt(convertFlags.COUNT), 0n, mid, k.dataStart, k.dataStart, -1);
+  failOnError(c.records);
+  const countA = doneRecord(c.records).clusters as bigint;
+  if (countA > clustersIn(0n, mid)) throw new Error("the guest counted more clusters than its range has");
+  const align = k.align;
+  const startB = alignUp(k.dataStart + countA * k.perCluster, align);
+  const rs = await Promise.all([
+    guest(0n, 0n, mid, k.dataStart, startB, 0),
+    guest(0n, mid, job.size, startB, startB + clustersIn(mid, job.size) * k.perCluster + cs, 1),
+  ]);
+  rs.forEach((r, i) => debugRun(`${k.op} packed part ${i}`, r));
+  for (const r of rs) failOnError(r.records);
+  const first = collect(rs[0].records, 0n);
+  const endB = doneRecord(rs[1].records).data_end as bigint;
+  const gapStart = alignUp(first.dataEnd, align);
+  const gap = endB > startB ? startB - gapStart : 0n;
+  const collapsed = gap > 0n && await collapseRange(outPath, gapStart, gap);
+  const parts = [first, collect(rs[1].records, collapsed ? -gap : 0n)];
+  if (endB <= startB) parts[1].dataEnd = first.dataEnd;
+  return parts;
+}
+
 /** qcow2 output: guests write the data, the planner the metadata. Returns the data bytes written. */
 export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPath: string): Promise<bigint> {
   const o = target.options;
@@ -188,7 +267,6 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
   if (!pro.ok) throw new PlanRefused(pro.error.message);
   const dataStart = pro.value.dataStart;
   const cs = o.clusterSize;
-  const cbits = BigInt(cs.toString(2).length - 1);
   let flags = BigInt(convertFlags.QCOW2);
   let op = "convert";
   if (target.compress) {
@@ -200,69 +278,22 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
       op = "convert_zlib";
     }
   }
-  const clusters = (job.size + cs - 1n) / cs;
   // Compressed streams sharing a host cluster each hold a reference; narrow
   // refcounts cap how many may share one (64-bit: no practical cap).
   const maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
-  const n = guestCount(job.size, clusters);
-  const mid = n === 2 ? middle(job.size, cs) : job.size;
-  const report = progressOf(job, n);
-  const guest = (
-    extra: bigint,
-    from: bigint,
-    to: bigint,
-    start: bigint,
-    cap: bigint,
-    path: string,
-    i: number,
-  ) =>
-    runGuest({
-      op,
-      opCode: ops.CONVERT,
-      inputs: inputs(job),
-      args: [0n, flags | extra, job.minSparse, start, cbits, from, to, maxRefs],
-      ramBytes: RAM,
-      timeoutMs: TIMEOUT_MS,
-      output: { path, cap },
-      onProgress: i >= 0 ? report(i) : undefined,
-    });
-  const clustersIn = (from: bigint, to: bigint) => (to - from + cs - 1n) / cs;
-  let parts: Part[];
-  if (n === 1) {
-    const r = await guest(0n, 0n, job.size, dataStart, dataStart + (clusters + 1n) * cs, outPath, 0);
-    debugRun("convert qcow2", r);
-    failOnError(r.records);
-    parts = [collect(r.records, 0n)];
-  } else {
-    // Two guests into one file. A status-only pass (CONV_COUNT) counts the
-    // first half's data clusters; the second guest starts behind the first
-    // half's worst case: one cluster per data cluster, or two with
-    // compression (a stream stays under a cluster, plus at most a cluster
-    // of padding before the next plain cluster or a fresh shared cluster).
-    // Each guest's output cap is its own window. The gap the first half
-    // leaves is then collapsed (a metadata operation on ext4/xfs), or
-    // kept as a hole where the filesystem cannot.
-    const c = await guest(BigInt(convertFlags.COUNT), 0n, mid, dataStart, dataStart, outPath, -1);
-    failOnError(c.records);
-    const countA = doneRecord(c.records).clusters as bigint;
-    if (countA > clustersIn(0n, mid)) throw new Error("the guest counted more clusters than its range has");
-    const per = target.compress ? 2n * cs : cs;
-    const align = cs > 4096n ? cs : 4096n; // collapse needs filesystem blocks
-    const startB = alignUp(dataStart + countA * per, align);
-    const rs = await Promise.all([
-      guest(0n, 0n, mid, dataStart, startB, outPath, 0),
-      guest(0n, mid, job.size, startB, startB + clustersIn(mid, job.size) * per + cs, outPath, 1),
-    ]);
-    rs.forEach((r, i) => debugRun(`convert qcow2 part ${i}`, r));
-    for (const r of rs) failOnError(r.records);
-    const first = collect(rs[0].records, 0n);
-    const endB = doneRecord(rs[1].records).data_end as bigint;
-    const gapStart = alignUp(first.dataEnd, align);
-    const gap = endB > startB ? startB - gapStart : 0n;
-    const collapsed = gap > 0n && await collapseRange(outPath, gapStart, gap);
-    parts = [first, collect(rs[1].records, collapsed ? -gap : 0n)];
-    if (endB <= startB) parts[1].dataEnd = first.dataEnd;
-  }
+  // A compressed stream stays under a cluster, plus at most a cluster of
+  // padding before the next plain cluster or a fresh shared cluster.
+  const parts = await packedParts(job, {
+    op,
+    flags,
+    clusterSize: cs,
+    dataStart,
+    maxRefs,
+    perCluster: target.compress ? 2n * cs : cs,
+    capPerCluster: cs,
+    // Plain clusters sit on cluster boundaries.
+    align: cs > 4096n ? cs : 4096n,
+  }, outPath);
   const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
   const t0 = performance.now();
   const plan = qcow2OutputFinish(
@@ -286,25 +317,35 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
 }
 
 /**
- * Block output (vpc, vhdx): the guest writes the data, in place after the
- * metadata ("inplace", fixed subformats: one or two guests as for raw) or
- * packed into slots ("slots", dynamic: one guest, or two each handing out
- * slots in guest order in its own window), and the target driver's planner writes all metadata from
- * what the guest reports. Returns the data bytes written.
+ * Block output (vpc, vhdx, sparse and flat VMDK extents): the guest writes
+ * the data, in place after the metadata ("inplace", fixed subformats: one
+ * or two guests as for raw) or packed into slots ("slots", dynamic: one
+ * guest, or two each handing out slots in guest order in its own window),
+ * and the target driver's planner writes all metadata from what the guest
+ * reports. `range` limits the file to guest bytes [from, to) (a VMDK
+ * extent): the file's byte or block 0 is the range's first. Returns the
+ * data bytes written.
  */
-export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: string): Promise<bigint> {
+export async function convertToBlocks(
+  job: ConvertJob,
+  b: BlockOutput,
+  outPath: string,
+  range: { from: bigint; to: bigint } = { from: 0n, to: job.size },
+): Promise<bigint> {
+  const { from: lo, to: hi } = range;
   let dataEnd: bigint, runs: BlockRun[] = [], written = 0n;
   if (b.placement === "inplace") {
-    const n = guestCount(job.size, job.size / (1n << 20n));
-    const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
+    const n = guestCount(hi - lo, (hi - lo) / (1n << 20n));
+    const mid = n === 2 ? lo + middle(hi - lo, 1n << 20n) : hi;
     const report = progressOf(job, n);
-    const ranges = n === 2 ? [[0n, mid], [mid, job.size]] : [[0n, job.size]];
+    const ranges = n === 2 ? [[lo, mid], [mid, hi]] : [[lo, hi]];
     const results = await Promise.all(ranges.map(([from, to], i) =>
       runGuest({
         op: "convert",
         opCode: ops.CONVERT,
         inputs: inputs(job),
-        args: [0n, 0n, job.minSparse, b.dataStart, 0n, from, to],
+        // arg[4]: the guest byte written at dataStart (raw mode's origin).
+        args: [0n, 0n, job.minSparse, b.dataStart, lo, from, to],
         ramBytes: RAM,
         timeoutMs: TIMEOUT_MS,
         output: { path: outPath, cap: b.cap },
@@ -322,10 +363,11 @@ export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: 
   } else {
     const bits = BigInt(b.blockSize.toString(2).length - 1);
     if (1n << bits !== b.blockSize) throw new Error("block size is not a power of two");
+    if (lo % b.blockSize !== 0n) throw new Error("an extent does not start on a block");
     const stride = b.blockSize + b.slotPrefix;
     const blocksIn = (from: bigint, to: bigint) => (to - from + b.blockSize - 1n) / b.blockSize;
-    const n = guestCount(job.size, blocksIn(0n, job.size));
-    const mid = n === 2 ? middle(job.size, b.blockSize) : job.size;
+    const n = guestCount(hi - lo, blocksIn(lo, hi));
+    const mid = n === 2 ? lo + middle(hi - lo, b.blockSize) : hi;
     const report = progressOf(job, n);
     const guest = (from: bigint, to: bigint, start: bigint, cap: bigint, i: number) =>
       runGuest({
@@ -338,21 +380,22 @@ export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: 
         output: { path: outPath, cap },
         onProgress: report(i),
       });
+    const first = lo / b.blockSize;
     const blockRuns = (recs: Rec[], shift: bigint) => {
       const out: BlockRun[] = [];
       for (const rec of recs) {
         if (rec.type !== records.DATA_RUN) continue;
         const f = rec.fields;
         out.push({
-          block: f.guest_cluster as bigint,
+          block: (f.guest_cluster as bigint) - first,
           count: f.count as bigint,
           slot: (f.host_offset as bigint) + shift,
         });
       }
       return out;
     };
-    if (n === 1 || mid >= job.size) {
-      const r = await guest(0n, job.size, b.dataStart, b.cap, 0);
+    if (n === 1 || mid >= hi) {
+      const r = await guest(lo, hi, b.dataStart, b.cap, 0);
       debugRun("convert blocks", r);
       failOnError(r.records);
       runs = blockRuns(r.records, 0n);
@@ -367,11 +410,11 @@ export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: 
       // hole). Slots stay aligned: VHDX blocks are whole MiB, so the gap is
       // too; VHD slots only need whole sectors.
       const fsAlign = 4096n;
-      const startB = alignUp(b.dataStart + blocksIn(0n, mid) * stride, fsAlign);
-      const capB = startB + blocksIn(mid, job.size) * stride;
+      const startB = alignUp(b.dataStart + blocksIn(lo, mid) * stride, fsAlign);
+      const capB = startB + blocksIn(mid, hi) * stride;
       const rs = await Promise.all([
-        guest(0n, mid, b.dataStart, b.dataStart + blocksIn(0n, mid) * stride, 0),
-        guest(mid, job.size, startB, capB, 1),
+        guest(lo, mid, b.dataStart, b.dataStart + blocksIn(lo, mid) * stride, 0),
+        guest(mid, hi, startB, capB, 1),
       ]);
       rs.forEach((r, i) => debugRun(`convert blocks part ${i}`, r));
       for (const r of rs) failOnError(r.records);
@@ -394,5 +437,57 @@ export async function convertToBlocks(job: ConvertJob, b: BlockOutput, outPath: 
   const plan = b.finish(dataEnd, runs);
   if (!plan.ok) throw new PlanRefused(plan.error.message);
   await applyPlan(outPath, plan.value);
+  return written;
+}
+
+/**
+ * Stream output (streamOptimized VMDK): the zlib guests deflate each grain
+ * that holds data behind its marker and pack them in guest order (one
+ * guest, or two on both cores as for `-c`); the planner points the grain
+ * tables at them. Returns the data bytes written.
+ */
+export async function convertToStream(job: ConvertJob, s: StreamOutput, outPath: string): Promise<bigint> {
+  const parts = await packedParts(job, {
+    op: "convert_zlib",
+    flags: BigInt(convertFlags.QCOW2 | convertFlags.COMPRESS | convertFlags.VMDK),
+    clusterSize: s.grainSize,
+    dataStart: s.dataStart,
+    maxRefs: 0n,
+    perCluster: s.grainMax,
+    capPerCluster: s.grainMax,
+    // Markers sit on sectors: at most 4 KiB of zeroes between the halves.
+    align: 4096n,
+  }, outPath);
+  const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), s.dataStart);
+  const grains = parts.flatMap((p) => p.compressed).map((c) => ({
+    grain: c.guestCluster,
+    offset: c.hostOffset,
+    length: c.length,
+  }));
+  if (parts.some((p) => p.runs.length > 0)) throw new Error("the guest stored a grain uncompressed");
+  const plan = s.finish(dataEnd, grains);
+  if (!plan.ok) throw new PlanRefused(plan.error.message);
+  await applyPlan(outPath, plan.value);
+  return parts.reduce((t, p) => t + p.written, 0n);
+}
+
+/**
+ * Multi-file output (VMDK monolithicFlat, twoGbMaxExtent*): each extent
+ * file is written like a block target holding its guest range, then the
+ * descriptor file. `files` maps each extent (and then the descriptor, last)
+ * to the temporary path it is written under. Returns the data bytes written.
+ */
+export async function convertToExtents(
+  job: ConvertJob,
+  x: ExtentsOutput,
+  files: (i: number) => Promise<string>,
+): Promise<bigint> {
+  let written = 0n;
+  for (const [i, e] of x.extents.entries()) {
+    // Progress over the whole disk: this extent's share after the ones before.
+    const part = { ...job, onProgress: (d: bigint) => job.onProgress?.(e.from + d, job.size) };
+    written += await convertToBlocks(part, e.blocks, await files(i), { from: e.from, to: e.to });
+  }
+  await applyPlan(await files(x.extents.length), x.descriptor(written > 0n));
   return written;
 }

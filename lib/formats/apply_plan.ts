@@ -14,8 +14,30 @@ async function writeAll(f: Deno.FsFile, offset: bigint, bytes: Uint8Array): Prom
 }
 
 /**
+ * Copies [from, from+length) of `f` to `to` in 1 MiB pieces (a copy patch:
+ * planViolation guarantees the ranges do not overlap). A source that ends
+ * before `length` bytes is an error, never zeroes.
+ */
+export async function copyRange(f: Deno.FsFile, from: bigint, to: bigint, length: bigint): Promise<void> {
+  const buf = new Uint8Array(Number(length < BigInt(ZERO_CHUNK) ? length : BigInt(ZERO_CHUNK)));
+  for (let done = 0n; done < length;) {
+    const n = length - done < BigInt(buf.length) ? Number(length - done) : buf.length;
+    await f.seek(from + done, Deno.SeekMode.Start);
+    let got = 0;
+    while (got < n) {
+      const r = await f.read(buf.subarray(got, n));
+      if (r === null || r === 0) throw new Error(`the file ends inside the range copied from ${from}`);
+      got += r;
+    }
+    await writeAll(f, to + done, buf.subarray(0, n));
+    done += BigInt(n);
+  }
+}
+
+/**
  * Writes `plan` into the file at `path` (created if missing, never
- * truncated first): write patches verbatim, zero patches as zeroes, then the
+ * truncated first): write patches verbatim, zero patches as zeroes, copy patches from the
+ * file itself, then the
  * file length is set to plan.fileSize. Throws when the plan breaks an
  * invariant (a planner bug) or on I/O errors.
  */
@@ -33,6 +55,8 @@ export async function applyPlan(path: string, plan: FilePlan): Promise<void> {
     for (const p of plan.patches) {
       if (p.kind === "write") {
         await writeAll(f, p.offset, p.bytes);
+      } else if (p.kind === "copy") {
+        await copyRange(f, p.from, p.offset, p.length);
       } else {
         // Past the old end the final truncate leaves zeroes (a hole); only
         // the part inside the old file needs explicit zeroes.

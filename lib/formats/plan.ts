@@ -36,7 +36,20 @@ export interface ZeroPatch {
   length: bigint;
 }
 
-export type Patch = WritePatch | ZeroPatch;
+/**
+ * Copy [from, from+length) of the file, as it was before the plan, to
+ * offset: a structure the image already holds (a VHD or VHDX BAT) moved
+ * verbatim to a place with room for it. The bytes are never interpreted on
+ * the host; the guest checked them when it scanned the image.
+ */
+export interface CopyPatch {
+  kind: "copy";
+  offset: bigint;
+  from: bigint;
+  length: bigint;
+}
+
+export type Patch = WritePatch | ZeroPatch | CopyPatch;
 
 /** A planner's output: patches to apply, then the file is set to fileSize. */
 export interface FilePlan {
@@ -67,11 +80,22 @@ export function planViolation(plan: FilePlan): string | undefined {
   let prevEnd = 0n;
   for (const p of sorted) {
     if (p.offset < 0n) return `patch at negative offset ${p.offset}`;
-    if (p.kind === "zero" && p.length < 0n) return `zero patch of negative length at ${p.offset}`;
+    if (p.kind !== "write" && p.length < 0n) return `${p.kind} patch of negative length at ${p.offset}`;
     const end = patchEnd(p);
     if (end > plan.fileSize) return `patch [${p.offset}, ${end}) passes the file size ${plan.fileSize}`;
     if (p.offset < prevEnd) return `patch at ${p.offset} overlaps one ending at ${prevEnd}`;
     prevEnd = end;
+  }
+  // A copy reads the file as it was before the plan: no patch of the plan
+  // may write into its source, whatever order the patches are applied in.
+  for (const c of plan.patches) {
+    if (c.kind !== "copy") continue;
+    if (c.from < 0n) return `copy from negative offset ${c.from}`;
+    for (const p of plan.patches) {
+      if (p.offset < c.from + c.length && c.from < patchEnd(p)) {
+        return `patch at ${p.offset} writes into the source of the copy from ${c.from}`;
+      }
+    }
   }
   return undefined;
 }

@@ -14,6 +14,7 @@ const BLOB_SIZE: Record<number, number> = {
   [resizeBlobs.VPC_FOOTER]: 512,
   [resizeBlobs.VPC_DYNHEADER]: 1024,
   [resizeBlobs.VHDX_HEADER]: 4096,
+  [resizeBlobs.VHDX_REGION_TABLE]: 65536,
 };
 
 export interface ResizeMeta {
@@ -27,6 +28,8 @@ export interface ResizeMeta {
   sequence: bigint;
   itemOffset: bigint;
   allocEnd: bigint;
+  /** vhdx: the BAT's entry index in the region table. */
+  batEntry: number;
   /** Each blob sent, complete (every byte covered exactly once). */
   blobs: Map<number, Uint8Array>;
 }
@@ -77,6 +80,7 @@ export function decodeResizeMeta(recs: Rec[], format: number): ResizeMeta {
     sequence: m.sequence as bigint,
     itemOffset: m.item_offset as bigint,
     allocEnd: m.alloc_end as bigint,
+    batEntry: m.bat_entry as number,
     blobs,
   };
 }

@@ -172,20 +172,67 @@ export interface BlockOutput {
   finish(dataEnd: bigint, runs: BlockRun[]): PlanResult<FilePlan>;
 }
 
+/** A grain the guest deflated and packed (streamOptimized VMDK): its
+ * marker and stream start at `offset` and take `length` bytes (whole sectors). */
+export interface PackedGrain {
+  grain: bigint;
+  offset: bigint;
+  length: bigint;
+}
+
+/**
+ * A target whose grains the guest compresses one by one and packs from
+ * dataStart on in guest order (streamOptimized VMDK: a 12-byte marker, the
+ * zlib stream, padding to a sector). The planner writes the metadata.
+ */
+export interface StreamOutput {
+  /** Bytes per grain (64 KiB). */
+  grainSize: bigint;
+  dataStart: bigint;
+  /** The most bytes one packed grain takes (marker, incompressible stream, padding). */
+  grainMax: bigint;
+  /** The metadata plan for grains packed up to dataEnd (untrusted: the planner validates them). */
+  finish(dataEnd: bigint, grains: PackedGrain[]): PlanResult<FilePlan>;
+}
+
+/** One file of a multi-file target (VMDK extents): it holds guest bytes [from, to). */
+export interface ExtentOutput {
+  /** The file's path as the user's target name implies it (written under a temporary name first). */
+  path: string;
+  from: bigint;
+  to: bigint;
+  /** Its layout; block numbers and offsets are relative to the extent. */
+  blocks: BlockOutput;
+}
+
+/** A target made of a descriptor file (the target name) and extent files. */
+export interface ExtentsOutput {
+  extents: ExtentOutput[];
+  /** The descriptor file's plan, once the data is written (`written`: any data byte was). */
+  descriptor(written: boolean): FilePlan;
+}
+
 /** What convert's guest pipeline needs to know about its target. */
 export interface OutputSpec {
   /** Which writer the pipeline runs (lib/convert/pipeline.ts). */
-  writer: "raw" | "qcow2" | "blocks";
+  writer: "raw" | "qcow2" | "blocks" | "stream" | "extents";
   preallocation: Prealloc;
   qcow2?: Qcow2OutputOptions;
   blocks?: BlockOutput;
+  stream?: StreamOutput;
+  extents?: ExtentsOutput;
+  /** `-c` for a writer other than qcow2: accepted (the output is the same, or
+   * compressed anyway) or refused with qemu's words; unset: qemu's
+   * "Compression not supported for this file format". */
+  compress?: { accepted: true } | { accepted: false; message: string };
 }
 
 /** A target format's reading of convert's `-o`. Errors of kind "unsupported"
  * are instar's own refusals; the others are reported as qemu's bdrv_create
  * reports them ("<file>: error while converting <fmt>: ..."). */
 export interface ConvertTarget {
-  spec(opts: ParsedOpts): PlanResult<OutputSpec>;
+  /** `target`: the output file name as given (vmdk names its extents after it). */
+  spec(opts: ParsedOpts, target: string): PlanResult<OutputSpec>;
 }
 
 /** What resize asks of a format driver, after the command's own checks

@@ -13,6 +13,8 @@ export interface Qcow2Model {
   compressionType: "zlib" | "zstd";
   dirty: boolean;
   corrupt: boolean;
+  /** The header's incompatible_features field as stored. */
+  incompatibleFeatures: bigint;
   extendedL2: boolean;
   lazyRefcounts: boolean;
   hasDataFileBit: boolean;
@@ -80,6 +82,7 @@ export function qcow2Model(recs: Rec[], input: number): Qcow2Model {
     compressionType: compression === 1 ? "zstd" : "zlib",
     dirty: (incompat & INCOMPAT.DIRTY) !== 0n,
     corrupt: (incompat & INCOMPAT.CORRUPT) !== 0n,
+    incompatibleFeatures: incompat,
     extendedL2: (incompat & INCOMPAT.EXTL2) !== 0n,
     lazyRefcounts: ((f.compatible_features as bigint) & 1n) !== 0n,
     hasDataFileBit: (incompat & INCOMPAT.DATA_FILE) !== 0n,

@@ -2,10 +2,11 @@
 // support resize"; instar's own). The guest's scan (guest/vhdx/resize_scan.c)
 // sends the active header, its sequence number and the BAT and metadata
 // facts; the pure planner (resize_plan.ts) refuses what it cannot do in
-// place (a sequence number it cannot increment twice, a BAT region without
-// room, a shrink over allocated blocks) and plans the writes, each applied
-// and synced in the spec's order: new BAT entries, the inactive header, the
-// active one, then the virtual disk size item.
+// place (a sequence number it cannot increment twice, a shrink over
+// allocated blocks) and plans the writes, each applied and synced in the
+// spec's order: new BAT entries (or a moved BAT region and the region
+// table pointing at it), the inactive header, the active one, then the
+// virtual disk size item.
 import { formats, guestErrors, records, resizeBlobs, resizeMetaFlags } from "../../abi/spec.ts";
 import type { ResizeHost, ResizeJob, ResizeSupport } from "../types.ts";
 import { planFromScan, type ResizeMeta } from "../resize_meta.ts";
@@ -16,7 +17,8 @@ import { vhdxErrors } from "./errors.ts";
 /** The scan's records as the planner's input (values bounded by the planner too). */
 export function vhdxResizeSummary(m: ResizeMeta, fileSize: bigint): VhdxResizeSummary | string {
   const header = m.blobs.get(resizeBlobs.VHDX_HEADER);
-  if (!header || m.blobs.size !== 1) return "sandbox failure: the scan sent no header";
+  const regionTable = m.blobs.get(resizeBlobs.VHDX_REGION_TABLE);
+  if (!header || !regionTable || m.blobs.size !== 2) return "sandbox failure: the scan sent no header";
   // The header the guest chose must carry the sequence number it reported.
   if (new DataView(header.buffer, header.byteOffset).getBigUint64(8, true) !== m.sequence) {
     return "sandbox failure: header sequence number mismatch";
@@ -37,6 +39,8 @@ export function vhdxResizeSummary(m: ResizeMeta, fileSize: bigint): VhdxResizeSu
     logGuidZero: (m.flags & resizeMetaFlags.VHDX_LOG_GUID_ZERO) !== 0,
     fileSize,
     allocatedBlocks: m.allocEnd,
+    regionTable,
+    batEntry: m.batEntry,
   };
 }
 

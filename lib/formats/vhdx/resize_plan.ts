@@ -1,10 +1,12 @@
 // Resize planner for VHDX. qemu-img 7.2 cannot resize VHDX ("Image format
 // driver does not support resize"), so by default this returns that
 // refusal, after the input checks. With `beyondQemu` it plans the change
-// the VHDX spec allows without moving anything: a new virtual-disk-size
-// metadata item, BAT entries that fit in the existing BAT region, and both
-// headers rewritten with sequence numbers n+1 and n+2 (the spec's update
-// order: the inactive header first, then the other).
+// the VHDX spec allows without moving a payload block: a new
+// virtual-disk-size metadata item, BAT entries in the existing BAT region
+// or, when it has no room, in a new region at the end of the file (the old
+// entries copied verbatim, the region table repointed, primary then
+// backup), and both headers rewritten with sequence numbers n+1 and n+2
+// (the spec's update order: the inactive header first, then the other).
 //
 // Every field of the summary comes from an untrusted image (through the
 // guest) and is checked here before use.
@@ -33,6 +35,10 @@ export interface VhdxResizeSummary {
   /** The header's log GUID is zero: no log entries to replay first. */
   logGuidZero: boolean;
   fileSize: bigint;
+  /** The 64 KiB region table as read (its CRC checked by the guest) and
+   * the BAT's entry index in it: needed only to move the BAT. */
+  regionTable?: Uint8Array;
+  batEntry?: number;
   /** 1 + the highest payload block with data (BAT state FULLY_ or
    * PARTIALLY_PRESENT; 0: none). Known only from a scan of the BAT; when absent, only shrinks
    * inside the last block are planned. */
@@ -98,12 +104,8 @@ export function planVhdxResize(s: VhdxResizeSummary, req: ResizeRequest): PlanRe
   if (s.batOffset < MiB || s.batLength > 0xffffffffn || batEnd > fileSize) {
     return fail("invalid_option", "VHDX BAT region out of range");
   }
-  // New BAT entries must fit the existing region: moving the BAT (and the
-  // metadata behind it) is not planned. The region is zero beyond the
-  // current entries (NOT_PRESENT), which is what new blocks need.
-  if (batEntriesFor(size, bs) * 8n > s.batLength) {
-    return fail("unsupported", "The VHDX BAT region has no room for the new size");
-  }
+  const oldEntries = batEntriesFor(s.virtualSize, bs), newEntries = batEntriesFor(size, bs);
+  if (oldEntries * 8n > s.batLength) return fail("invalid_option", "VHDX BAT region too small");
   const item = s.virtualSizeItemOffset;
   if (item < MiB || item + 8n > fileSize || (item + 8n > s.batOffset && item < batEnd)) {
     return fail("invalid_option", "VHDX metadata item out of range");
@@ -119,10 +121,15 @@ export function planVhdxResize(s: VhdxResizeSummary, req: ResizeRequest): PlanRe
   const active = s.activeHeader === 1 ? 64n * 1024n : 128n * 1024n;
   const inactive = s.activeHeader === 1 ? 128n * 1024n : 64n * 1024n;
   const patches: Patch[] = [];
-  // Growing: the entries the new size adds are made NOT_PRESENT (zero)
-  // explicitly, whatever another writer left in the region past the old ones.
-  const oldEntries = batEntriesFor(s.virtualSize, bs), newEntries = batEntriesFor(size, bs);
-  if (newEntries > oldEntries) {
+  let newFileSize = fileSize;
+  if (newEntries * 8n > s.batLength) {
+    const moved = moveBat(s, oldEntries, newEntries);
+    if (!moved.ok) return moved;
+    patches.push(...moved.value.patches);
+    newFileSize = moved.value.fileSize;
+  } else if (newEntries > oldEntries) {
+    // Growing: the entries the new size adds are made NOT_PRESENT (zero)
+    // explicitly, whatever another writer left in the region past the old ones.
     patches.push({
       kind: "zero",
       offset: s.batOffset + oldEntries * 8n,
@@ -134,5 +141,50 @@ export function planVhdxResize(s: VhdxResizeSummary, req: ResizeRequest): PlanRe
     { kind: "write", offset: active, bytes: header(s.sequenceNumber + 2n) },
     { kind: "write", offset: item, bytes: sizeItem },
   );
-  return ok({ patches, fileSize });
+  return ok({ patches, fileSize: newFileSize });
+}
+
+const REGION_TABLE = 192n * 1024n, REGION_TABLE2 = 256n * 1024n, REGION_TABLE_SIZE = 65536;
+
+/**
+ * The BAT region has no room for the new size: a new region at the end of
+ * the file (1 MiB aligned, as the spec requires and qemu checks), the old
+ * entries copied into it verbatim (the rest of it is past the old end and
+ * reads as zero: NOT_PRESENT), then the region table's BAT entry repointed
+ * and its CRC-32C recomputed, in the primary copy (which qemu reads) and
+ * the backup. qemu allocates new payload blocks at the end of the file, so
+ * the old region is simply left unused.
+ */
+function moveBat(s: VhdxResizeSummary, oldEntries: bigint, newEntries: bigint): PlanResult<FilePlan> {
+  const rt = s.regionTable, idx = s.batEntry;
+  if (!rt || idx === undefined) {
+    return fail("unsupported", "The VHDX BAT region has no room for the new size");
+  }
+  // Only the table's first 4 KiB change (header and entries 0..125).
+  if (rt.length !== REGION_TABLE_SIZE || idx < 0 || idx > 125) {
+    return fail("unsupported", "The VHDX BAT region has no room for the new size");
+  }
+  const newOffset = (s.fileSize + MiB - 1n) / MiB * MiB;
+  const newLength = (newEntries * 8n + MiB - 1n) / MiB * MiB;
+  if (newLength > 0xffffffffn || newOffset + newLength > (1n << 63n) - 1n) {
+    return fail("invalid_size", "The VHDX BAT region would be too large");
+  }
+  const table = rt.slice();
+  const dv = new DataView(table.buffer);
+  const at = 16 + 32 * idx;
+  // The entry the guest named must be the BAT region it reported.
+  if (dv.getBigUint64(at + 16, true) !== s.batOffset || BigInt(dv.getUint32(at + 24, true)) !== s.batLength) {
+    return fail("invalid_option", "VHDX region table does not match the BAT region");
+  }
+  dv.setBigUint64(at + 16, newOffset, true);
+  dv.setUint32(at + 24, Number(newLength), true);
+  storeCrc32c(table, 4);
+  return ok({
+    patches: [
+      { kind: "copy", offset: newOffset, from: s.batOffset, length: oldEntries * 8n },
+      { kind: "write", offset: REGION_TABLE, bytes: table.slice(0, 4096) },
+      { kind: "write", offset: REGION_TABLE2, bytes: table },
+    ],
+    fileSize: newOffset + newLength,
+  });
 }

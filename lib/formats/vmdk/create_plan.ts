@@ -1,6 +1,8 @@
 // Create planner for VMDK (monolithicSparse and streamOptimized), byte-
 // identical to qemu-img 7.2 `create -f vmdk` except the descriptor's CID,
-// which qemu draws at random and the caller passes in.
+// which qemu draws at random and the caller passes in. The option checks,
+// the sparse layout and the descriptor serve convert's writer too
+// (output_plan.ts), which also writes the multi-file subformats.
 //
 // The layout arithmetic follows qemu's C types on purpose, including its
 // 32-bit wraps: from 2^47 bytes (128 TiB) on, qemu's 32-bit grain count
@@ -10,7 +12,12 @@
 // refusing what qemu-img accepts.
 import { fail, type FilePlan, ok, type PlanResult, type WritePatch } from "../plan.ts";
 
-export type VmdkSubformat = "monolithicSparse" | "streamOptimized";
+export type VmdkSubformat =
+  | "monolithicSparse"
+  | "streamOptimized"
+  | "monolithicFlat"
+  | "twoGbMaxExtentSparse"
+  | "twoGbMaxExtentFlat";
 export type VmdkAdapterType = "ide" | "buslogic" | "lsilogic" | "legacyESX";
 
 const ADAPTERS: readonly string[] = ["ide", "buslogic", "lsilogic", "legacyESX"];
@@ -151,6 +158,8 @@ function basename(path: string): string {
   return trimmed.slice(trimmed.lastIndexOf("/") + 1);
 }
 
+/** The descriptor text. `extents` replaces the one embedded SPARSE line
+ * (multi-file subformats: qemu's extent lines, in order). */
 export function vmdkDescriptor(
   l: VmdkLayout,
   filename: string,
@@ -158,6 +167,7 @@ export function vmdkDescriptor(
   hw: string,
   adapter: VmdkAdapterType,
   tools: string,
+  extents?: string[],
 ): string {
   const heads = adapter === "ide" ? 16n : 255n;
   // qemu holds the size in an int64: a request rounded up to 2^63 is
@@ -173,7 +183,7 @@ export function vmdkDescriptor(
     `createType="${l.subformat}"\n` +
     "\n" +
     "# Extent description\n" +
-    `RW ${sectors} SPARSE "${basename(filename)}"\n` +
+    (extents ? extents.join("") : `RW ${sectors} SPARSE "${basename(filename)}"\n`) +
     "\n" +
     "# The Disk Data Base\n" +
     "#DDB\n" +
@@ -209,16 +219,15 @@ export function vmdkChoices(o: VmdkCreateOptions): PlanResult<VmdkChoices> {
     if (hw !== undefined) return fail("invalid_option", "compat6 cannot be enabled with hwversion set");
     hw = "6";
   }
-  if (sub !== "monolithicSparse" && sub !== "streamOptimized") {
-    // Split and flat subformats write several files; instar does not create them.
-    return fail("unsupported", `subformat '${sub}' is not supported by instar`);
+  if (o.zeroedGrain && (sub === "monolithicFlat" || sub === "twoGbMaxExtentFlat")) {
+    return fail("invalid_option", "Flat image can't enable zeroed grain");
   }
   if (o.backingFile !== undefined) {
     // qemu would open the backing file to read its CID: instar plans no I/O.
     return fail("unsupported", "Creating a vmdk image with a backing file is not supported by instar");
   }
   return ok({
-    subformat: sub,
+    subformat: sub as VmdkSubformat,
     adapter: adapter as VmdkAdapterType,
     hwversion: hw ?? "4",
     toolsversion: o.toolsversion ?? "2147483647",
@@ -230,6 +239,11 @@ export function planVmdkCreate(o: VmdkCreateOptions, entropy: VmdkEntropy): Plan
   const c = vmdkChoices(o);
   if (!c.ok) return c;
   const { subformat, adapter, hwversion, toolsversion, zeroedGrain } = c.value;
+  if (subformat !== "monolithicSparse" && subformat !== "streamOptimized") {
+    // Split and flat subformats write several files: convert writes them
+    // (output_plan.ts), create does not.
+    return fail("unsupported", `subformat '${subformat}' is not supported by instar`);
+  }
   const l = vmdkLayout(o.size, subformat);
   const descriptor = vmdkDescriptor(l, o.filename, entropy.cid, hwversion, adapter, toolsversion);
   const desc = new TextEncoder().encode(descriptor);

@@ -1,6 +1,7 @@
 // The vmdk row of the format table: decode of the guest's records
 // (guest/vmdk, lib/formats/vmdk/model.ts), qemu's open-error texts, create
-// through the pure planner, instar's size estimate for measure -O vmdk.
+// through the pure planner, instar's size estimate for measure -O vmdk,
+// convert -O vmdk through the output planner (output_plan.ts).
 import { formats, guestErrors, nameKinds, records } from "../../abi/spec.ts";
 import { nameBytes } from "../../abi/records.ts";
 import type { DecodedImage, FormatDriver } from "../types.ts";
@@ -12,6 +13,9 @@ import { estimateMeasure } from "../estimate.ts";
 import { VMDK_CREATE_OPTS, VMDK_OWN, vmdkCreateOptions, vmdkEntropy } from "./options.ts";
 import { planVmdkCreate } from "./create_plan.ts";
 import { vmdkMeasure } from "./measure.ts";
+import { vmdkOutput } from "./output_plan.ts";
+import { fail } from "../plan.ts";
+import { optGet } from "../options.ts";
 
 export const vmdkDriver: FormatDriver = {
   name: "vmdk",
@@ -51,4 +55,18 @@ export const vmdkDriver: FormatDriver = {
   },
   measureEstimate: true,
   measure: estimateMeasure((opts, alloc) => vmdkMeasure(vmdkCreateOptions(opts, "measure.vmdk"), alloc)),
+  convertTarget: {
+    spec(opts, target) {
+      const out = vmdkOutput(vmdkCreateOptions(opts, target), vmdkEntropy());
+      if (!out.ok) return out;
+      // The file layer's preallocation, checked after vmdk's own options
+      // when qemu creates the first file; it changes no content.
+      const prealloc = optGet(opts, "preallocation")?.str ?? "off";
+      if (prealloc === "metadata") return fail("invalid_option", "Unsupported preallocation mode: metadata");
+      if (!["off", "falloc", "full"].includes(prealloc)) {
+        return fail("invalid_option", `invalid parameter value: ${prealloc}`);
+      }
+      return out;
+    },
+  },
 };

@@ -16,6 +16,8 @@ export function applyPlan(path: string, plan: FilePlan): void {
         f.seekSync(Number(p.offset), Deno.SeekMode.Start);
         let done = 0;
         while (done < p.bytes.length) done += f.writeSync(p.bytes.subarray(done));
+      } else if (p.kind === "copy") {
+        throw new Error("a create plan has no copy patches");
       } else {
         // The vpc/vhdx/vmdk planners use zero patches only where qemu writes
         // explicit zeroes, so write them: the allocation (actual-size) then

@@ -50,12 +50,18 @@ export function vpcSteps(plan: FilePlan, s: VpcResizeSummary): FilePlan[] {
     const inside = plan.patches.filter((p) => p.offset < oldEnd);
     return [{ patches: past, fileSize: plan.fileSize }, { patches: inside, fileSize: plan.fileSize }];
   }
-  // Dynamic: BAT entries, the dynamic header and the trailing footer copy
-  // first (a larger max_table_entries is harmless with the old size), the
+  // Dynamic: first what lies past the old end (a moved BAT and the new
+  // trailing footer), synced before anything points at it; then the BAT
+  // entries, the dynamic header and the trailing footer copy inside the old
+  // file (a larger max_table_entries is harmless with the old size); the
   // footer at offset 0 (what qemu opens) last.
+  const past = plan.patches.filter((p) => p.offset >= oldEnd);
+  const rest = plan.patches.filter((p) => p.offset !== 0n && p.offset < oldEnd);
   const head = plan.patches.filter((p) => p.offset === 0n);
-  const rest = plan.patches.filter((p) => p.offset !== 0n);
-  return [{ patches: rest, fileSize: plan.fileSize }, { patches: head, fileSize: plan.fileSize }];
+  return [past, rest, head].filter((ps) => ps.length > 0).map((patches) => ({
+    patches,
+    fileSize: plan.fileSize,
+  }));
 }
 
 export const vpcResize: ResizeSupport = {

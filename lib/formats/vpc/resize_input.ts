@@ -6,7 +6,9 @@
 //
 //   0     format selector (mod 6): 0 raw, 1 qcow2 grow, 2 qcow2 shrink,
 //         3 vmdk, 4 vhd, 5 vhdx  (raw and qcow2 belong to other planners)
-//   1     flags: bit 0 allow shrink, bits 4-5 preallocation mode
+//   1     flags: bit 0 allow shrink, bit 1 vhdx log GUID set, bit 2 vhdx
+//         region table present (its BAT entry pool(5) mod 4, pointing at the
+//         BAT unless bit 3), bits 4-5 preallocation mode
 //   2     refcount_bits selector (qcow2 only)
 //   3     subformat selector (vmdk: sparse/stream; vhd: dynamic/fixed)
 //   4..8  u32 LE cluster / grain / block size
@@ -94,9 +96,21 @@ export function decodeResizeInput(bytes: Uint8Array): DecodedResize | null {
           virtualSizeItemOffset: pool(4),
           logGuidZero: (flags & 2) === 0,
           fileSize,
+          ...((flags & 4) !== 0 ? fuzzRegionTable(pool(5), pool(2), pool(3), (flags & 8) !== 0) : {}),
         },
       };
     default:
       return { format: "other", selector };
   }
+}
+
+/** A region table whose entry `sel` mod 4 names the BAT region (or, with
+ * `mismatch`, a region one MiB off): what moving the BAT needs. */
+function fuzzRegionTable(sel: bigint, offset: bigint, length: bigint, mismatch: boolean) {
+  const regionTable = new Uint8Array(65536);
+  const batEntry = Number(sel & 3n);
+  const dv = new DataView(regionTable.buffer);
+  dv.setBigUint64(16 + 32 * batEntry + 16, (offset + (mismatch ? 1n << 20n : 0n)) & ((1n << 64n) - 1n), true);
+  dv.setUint32(16 + 32 * batEntry + 24, Number(length & 0xffffffffn), true);
+  return { regionTable, batEntry };
 }

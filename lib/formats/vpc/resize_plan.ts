@@ -1,12 +1,13 @@
 // Resize planner for VHD. qemu-img 7.2 cannot resize vpc images ("Image
 // format driver does not support resize"), so by default this returns that
-// refusal. With `beyondQemu` it plans what needs no data movement:
+// refusal. With `beyondQemu` it plans what moves no data block:
 //   fixed: the footer moves to the new end (the old one is zeroed when it
 //     becomes part of the data area);
 //   dynamic: growth within the BAT's existing sectors (qemu pads the BAT
-//     to whole 0xFF sectors, so up to 128 entries per sector fit), with
-//     both footer copies and the dynamic header rewritten. Shrinking a
-//     dynamic image would strand allocated blocks and is refused.
+//     to whole 0xFF sectors, so up to 128 entries per sector fit), or, past
+//     them, the BAT copied verbatim to the end of the file; both footer
+//     copies and the dynamic header rewritten. Shrinking over allocated
+//     blocks would strand them and is refused.
 // The new size keeps the image's sizing rule: CHS-rounded for images
 // qemu made without force_size ("qemu" creator), exact otherwise.
 import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
@@ -52,7 +53,10 @@ export function planVpcResize(s: VpcResizeSummary, req: ResizeRequest): PlanResu
   }
   const footer = s.footer.slice();
   const dv = new DataView(footer.buffer);
-  dv.setBigUint64(48, size); // current size (the original size stays)
+  dv.setBigUint64(48, size); // current size: what qemu reads
+  // The original size too: the spec calls it informational, but libvhdi
+  // (vhdiinfo) reports it as the media size.
+  dv.setBigUint64(40, size);
   dv.setUint16(56, cylinders);
   footer[58] = heads;
   footer[59] = spc;
@@ -88,7 +92,6 @@ export function planVpcResize(s: VpcResizeSummary, req: ResizeRequest): PlanResu
     }
   }
   const batSectorsEntries = ((s.maxTableEntries * 4n + 511n) / 512n) * 128n;
-  if (entries > batSectorsEntries) return fail("unsupported", "The VHD BAT has no room for the new size");
   // The BAT must lie between the dynamic header and the trailing footer.
   const batEnd = s.batOffset + batSectorsEntries * 4n;
   if (s.batOffset < 1536n || batEnd > s.fileSize - 512n) {
@@ -98,21 +101,40 @@ export function planVpcResize(s: VpcResizeSummary, req: ResizeRequest): PlanResu
   const hv = new DataView(hdr.buffer);
   const oldEntries = s.maxTableEntries;
   hv.setUint32(28, Number(entries > oldEntries ? entries : oldEntries));
-  hv.setUint32(36, 0);
-  hv.setUint32(36, vpcChecksum(hdr));
-  const patches: Patch[] = [
-    { kind: "write", offset: 0n, bytes: footer },
-    { kind: "write", offset: 512n, bytes: hdr },
-  ];
-  // New entries are marked unallocated explicitly: the padding qemu wrote
-  // is 0xFF, but another writer's need not be.
-  if (entries > oldEntries) {
+  const patches: Patch[] = [{ kind: "write", offset: 0n, bytes: footer }];
+  let fileSize = s.fileSize;
+  if (entries > batSectorsEntries) {
+    // No room: the BAT moves to the end of the file (past the old trailing
+    // footer, which may follow data qemu still reads), padded to whole 0xFF
+    // sectors as qemu writes it. qemu's vpc_open starts allocating after
+    // the later of the BAT and the last block, so the old BAT's sectors are
+    // simply left unused.
+    const newBat = (s.fileSize + 511n) / 512n * 512n;
+    const padded = (entries * 4n + 511n) / 512n * 512n;
+    hv.setBigUint64(16, newBat); // table_offset
+    patches.push(
+      { kind: "copy", offset: newBat, from: s.batOffset, length: oldEntries * 4n },
+      {
+        kind: "write",
+        offset: newBat + oldEntries * 4n,
+        bytes: new Uint8Array(Number(padded - oldEntries * 4n)).fill(0xff),
+      },
+    );
+    fileSize = newBat + padded + 512n;
+  } else if (entries > oldEntries) {
+    // New entries are marked unallocated explicitly: the padding qemu wrote
+    // is 0xFF, but another writer's need not be.
     patches.push({
       kind: "write",
       offset: s.batOffset + oldEntries * 4n,
       bytes: new Uint8Array(Number((entries - oldEntries) * 4n)).fill(0xff),
     });
   }
-  patches.push({ kind: "write", offset: s.fileSize - 512n, bytes: footer.slice() });
-  return ok({ patches, fileSize: s.fileSize });
+  hv.setUint32(36, 0);
+  hv.setUint32(36, vpcChecksum(hdr));
+  patches.push(
+    { kind: "write", offset: 512n, bytes: hdr },
+    { kind: "write", offset: fileSize - 512n, bytes: footer.slice() },
+  );
+  return ok({ patches, fileSize });
 }

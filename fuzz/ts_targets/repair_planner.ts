@@ -1,0 +1,105 @@
+// Fuzz target repair_planner: check -r's refcount repair planner
+// (lib/formats/qcow2/repair_plan.ts) on what a hostile guest could report.
+//
+// Input:
+//   0      cluster_bits = 9 + (b % 13)
+//   1      refcount width = 2^(b % 8) (2^7 = 128: invalid)
+//   2      flags: bit 0 header present, bit 1 clear the dirty bit, bit 2 the corrupt bit
+//   3-10   file size (u64 LE)          11-18 incompatible features (u64 LE)
+//   19..   fixes, 25 bytes each: cluster (u64 LE), refcount block offset (u64 LE),
+//          old byte (u8), refcount now (u32 LE), refcount after (u32 LE)
+//
+// Invariants on every plan (seed 003's list, and the repair's own):
+//   1. every step passes checkPlan (inside the file, no overlap, bounded);
+//   2. entry writes lie inside a refcount block some fix named, and for
+//      widths of 8 bits and more hold exactly the new refcount;
+//   3. discards cover only clusters whose new refcount is zero, never a
+//      refcount block written;
+//   4. the header write, if any, is the last step and only the
+//      incompatible_features field, with only dirty/corrupt bits cleared.
+import { type FilePlan } from "../../lib/formats/plan.ts";
+import type * as RepairPlan from "../../lib/formats/qcow2/repair_plan.ts";
+import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
+import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
+
+const mod = await optional<typeof RepairPlan>("../../lib/formats/qcow2/repair_plan.ts");
+
+function run(d: Uint8Array, cov: Cov): void {
+  if (!mod) return;
+  const b = new Bytes(d);
+  const clusterBits = 9 + (b.u8(0) % 13);
+  const refcountBits = 1 << (b.u8(1) % 8);
+  const flags = b.u8(2);
+  const fileSize = b.u64(3) & ((1n << 63n) - 1n);
+  const incompatible = b.u64(11);
+  const fixes: RepairPlan.RefcountFix[] = [];
+  for (let at = 19; at + 25 <= d.length && fixes.length < 512; at += 25) {
+    fixes.push({
+      cluster: b.u64(at),
+      refblock: b.u64(at + 8),
+      oldByte: b.u8(at + 16),
+      from: BigInt(b.u32(at + 17)),
+      to: BigInt(b.u32(at + 21)),
+    });
+  }
+  const clear = ((flags & 2) !== 0 ? 1n : 0n) | ((flags & 4) !== 0 ? 2n : 0n);
+  const header = (flags & 1) !== 0 ? { incompatible, clear } : undefined;
+  cov.hit(`repair:bits:${refcountBits}:cb:${clusterBits}:fixes:${sizeClass(BigInt(fixes.length))}`);
+  const r = mod.planQcow2Repair({ clusterBits, refcountBits, fileSize, fixes, header });
+  if (!checkResult(r, "repair", cov)) return;
+  const steps: FilePlan[] = r.value;
+  const cs = 1n << BigInt(clusterBits);
+  const blocks = new Set(fixes.map((f) => f.refblock));
+  const freed = new Set(fixes.filter((f) => f.to === 0n).map((f) => f.cluster));
+  for (const [i, s] of steps.entries()) {
+    checkPlan(s, "repair", cov);
+    for (const p of s.patches) {
+      const len = p.kind === "write" ? BigInt(p.bytes.length) : p.length;
+      if (p.kind === "write" && p.offset === 72n && len === 8n && header) {
+        invariant(i === steps.length - 1, "repair: header write is not the last step");
+        const v = new DataView(p.bytes.buffer, p.bytes.byteOffset).getBigUint64(0);
+        invariant(v === (incompatible & ~clear), `repair: header features ${v}`);
+        cov.hit("repair:header");
+        continue;
+      }
+      if (p.kind === "write") {
+        const block = p.offset / cs * cs;
+        invariant(
+          blocks.has(block) && p.offset + len <= block + cs,
+          `repair: write at ${p.offset} off a block`,
+        );
+        cov.hit("repair:entries");
+      } else if (p.kind === "zero") {
+        for (let c = p.offset / cs; c * cs < p.offset + len; c++) {
+          invariant(freed.has(c), `repair: discard of cluster ${c} not freed`);
+          invariant(!blocks.has(c * cs), `repair: discard of refcount block ${c}`);
+        }
+        cov.hit("repair:discard");
+      } else {
+        invariant(false, `repair: unexpected ${p.kind} patch`);
+      }
+    }
+  }
+  if (refcountBits >= 8) {
+    // Each fix's entry, read back from the planned writes, holds its new refcount.
+    for (const f of fixes) {
+      const perBlock = (cs * 8n) / BigInt(refcountBits);
+      const at = f.refblock + (f.cluster % perBlock) * BigInt(refcountBits / 8);
+      const w = steps.flatMap((s) => s.patches).find((p) =>
+        p.kind === "write" && p.offset <= at && at < p.offset + BigInt(p.bytes.length)
+      );
+      invariant(w !== undefined && w.kind === "write", `repair: no write for cluster ${f.cluster}`);
+      let v = 0n;
+      for (let k = 0; k < refcountBits / 8; k++) v = (v << 8n) | BigInt(w.bytes[Number(at - w.offset) + k]);
+      invariant(v === f.to, `repair: cluster ${f.cluster} gets ${v}, not ${f.to}`);
+    }
+  }
+}
+
+export const target: TsTarget = {
+  description: mod ? "check -r refcount repair planner" : "none present yet",
+  run(data, cov) {
+    if (data.length < 19) return;
+    run(data, cov);
+  },
+};

@@ -1,0 +1,117 @@
+// qemu-img check -r for qcow2, decided from the check guest's records (run
+// with checkOpFlags.REPAIR_*): which of qemu 7.2's paths the repair takes
+// (qcow2_check_refcounts with fix), the stderr lines its first check prints,
+// and the refcount fixes to plan. qemu's paths:
+//   - a mismatch over a zero refcount needs a rebuild of the refcount
+//     structures: with -r leaks qemu prints "ERROR need to rebuild refcount
+//     structures" and fails with EIO (nothing written), with -r all it
+//     rebuilds them (instar refuses that, nothing written);
+//   - otherwise each mismatch is printed a second time by the fixing pass
+//     ("Repairing cluster ..." for those it fixes: leaks, and with -r all
+//     refcounts below their references), then OFLAG_COPIED is checked
+//     against the fixed refcounts;
+//   - instar refuses (nothing written) what qemu would repair beyond
+//     refcounts: OFLAG_COPIED flags, L1/L2 entries, refcount blocks and
+//     the snapshot table with -r all; with -r leaks, OFLAG_COPIED once no
+//     other error is left (qemu's check_oflag_copied then repairs "if that
+//     seems safe"), and broken refcount tables or blocks.
+import { records } from "../../abi/spec.ts";
+import type { Rec } from "../../abi/records.ts";
+import { checkMessages, formatCheckMessage } from "../../abi/check_messages.ts";
+import type { RefcountFix } from "./repair_plan.ts";
+
+export type RepairMode = "leaks" | "all";
+
+const code = (name: string) => checkMessages.find((m) => m.name === name)!.code;
+const MISMATCH = code("REFCOUNT_MISMATCH");
+const OFLAG = new Set([code("OFLAG_COPIED_L2"), code("OFLAG_COPIED_DATA")]);
+/** Refcount-structure errors that may make qemu rebuild the structures. */
+const STRUCTURE = new Set(
+  ["REFTABLE_RESERVED_BITS", "REFBLOCK_UNALIGNED", "REFBLOCK_OUTSIDE", "REFBLOCK_REFCOUNT"].map(code),
+);
+
+export type RepairDecision =
+  /** Print `lines` (the first check's stderr), then fail as qemu does: EIO. */
+  | { kind: "rebuild_error"; lines: string[] }
+  /** Nothing written; `why` is instar's refusal. */
+  | { kind: "refuse"; why: string }
+  /** Print `lines`; apply `fixes` (maybe none). */
+  | { kind: "repair"; lines: string[]; fixes: RefcountFix[] };
+
+interface Mismatch {
+  cluster: bigint;
+  r1: bigint;
+  r2: bigint;
+}
+
+/**
+ * `recs`: the repair-mode check's records; `texts[i]`: the printed text of
+ * the i-th CHECK_MSG (the caller formatted them, names included);
+ * `counts`: its CHECK record (leaks and corruptions are those left unfixed).
+ */
+export function decideRepair(
+  mode: RepairMode,
+  recs: Rec[],
+  texts: string[],
+  counts: { checkErrors: bigint; corruptions: bigint; leaks: bigint },
+): RepairDecision {
+  const msgs = recs.filter((r) => r.type === records.CHECK_MSG);
+  if (msgs.length !== texts.length) throw new Error("check messages and their texts disagree");
+  const mismatches = new Map<bigint, Mismatch>();
+  let lastMismatch = -1, oflags = 0;
+  for (const [i, m] of msgs.entries()) {
+    const c = m.fields.code as number, a = m.fields.a as bigint[];
+    if (c === MISMATCH) {
+      if (mismatches.has(a[1]) || a[2] === a[3]) throw new Error("check sent a repeated or empty mismatch");
+      mismatches.set(a[1], { cluster: a[1], r1: a[2], r2: a[3] });
+      lastMismatch = i;
+    } else if (OFLAG.has(c)) {
+      if (i < lastMismatch) throw new Error("check sent OFLAG_COPIED before the refcounts");
+      oflags++;
+    } else if (STRUCTURE.has(c)) {
+      return { kind: "refuse", why: "instar does not repair refcount tables or blocks" };
+    } else if (mode === "all") {
+      return { kind: "refuse", why: "instar repairs only refcounts and leaked clusters" };
+    }
+  }
+  if (counts.checkErrors !== 0n) return { kind: "refuse", why: "the check itself failed" };
+  const compareEnd = lastMismatch + 1;
+  if ([...mismatches.values()].some((m) => m.r1 === 0n)) {
+    if (mode === "all") return { kind: "refuse", why: "instar does not rebuild refcount structures" };
+    return {
+      kind: "rebuild_error",
+      lines: [...texts.slice(0, compareEnd).filter((_, i) => !OFLAG.has(msgs[i].fields.code as number))]
+        .concat("ERROR need to rebuild refcount structures\n"),
+    };
+  }
+  const fixable = (m: Mismatch) => m.r1 > m.r2 || mode === "all";
+  if (oflags > 0) {
+    const unfixedCorruptions = counts.corruptions - BigInt(oflags);
+    if (mode === "all" || (unfixedCorruptions === 0n && counts.leaks === 0n)) {
+      return { kind: "refuse", why: "instar does not repair OFLAG_COPIED flags" };
+    }
+  }
+  // The fixing pass prints every mismatch again, in the same order.
+  const second = [...mismatches.values()].map((m) =>
+    formatCheckMessage(MISMATCH, [fixable(m) ? 2n : m.r1 < m.r2 ? 0n : 1n, m.cluster, m.r1, m.r2])
+  );
+  const lines = [...texts.slice(0, compareEnd), ...second, ...texts.slice(compareEnd)];
+  const fixes: RefcountFix[] = [];
+  for (const r of recs.filter((r) => r.type === records.REPAIR_REFCOUNT)) {
+    const m = mismatches.get(r.fields.cluster as bigint);
+    if (!m || !fixable(m) || fixes.some((f) => f.cluster === m.cluster)) {
+      throw new Error("check sent a repair without its mismatch");
+    }
+    fixes.push({
+      cluster: m.cluster,
+      refblock: r.fields.refblock as bigint,
+      oldByte: r.fields.old_byte as number,
+      from: m.r1,
+      to: m.r2,
+    });
+  }
+  if (fixes.length !== [...mismatches.values()].filter(fixable).length) {
+    throw new Error("check sent fewer repairs than mismatches it fixes");
+  }
+  return { kind: "repair", lines, fixes };
+}
