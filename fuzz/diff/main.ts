@@ -394,6 +394,13 @@ async function measureBounds(c: Ctx, target: string) {
     low = required;
     c.picks.bound = "upper only: source blocks coarser than a VMDK grain";
   }
+  const ioCmds = (c.picks.qemu_io as string[] | undefined) ?? [];
+  if (img.fmt === "vmdk" && !c.picks.image_zeroed_grain && ioCmds.some((x) => x.startsWith("write -z"))) {
+    // qemu-io's write -z without zeroed grains stores grains of zeroes:
+    // measure counts them as data, convert skips them (as for a vhdx source).
+    low = required;
+    c.picks.bound = "upper only: vmdk grains written with zeroes";
+  }
   c.picks.converted_size = Number(size);
   if (size + (low > cushion ? low : cushion) < required || size > full + cushion) {
     c.divergences.push({
