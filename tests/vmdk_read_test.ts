@@ -218,6 +218,16 @@ Deno.test(
           });
         }
       }
+      await t.step("parentFileNameHint: info prints it as qemu-img does, nothing follows it", async () => {
+        await sh(dir, "qemu-img", "create", "-q", "-f", "vmdk", "-b", "s.vmdk", "-F", "vmdk", "child.vmdk");
+        await assertSame(["info", "child.vmdk"], dir);
+        await assertSame(["info", "--output=json", "child.vmdk"], dir);
+        for (const cmd of [["map"], ["convert", "-O", "raw", "child.vmdk", "child.raw"]]) {
+          const i = await instar(cmd[0] === "map" ? [...cmd, "child.vmdk"] : cmd, dir);
+          assertEquals(i.code, 1);
+          assert(/Refusing to follow VMDK parent 's.vmdk'/.test(i.stderr), i.stderr);
+        }
+      });
       await t.step("a VMDK3 (COWD) sparse file reads as in qemu-img", async () => {
         // header, descriptor (CID) at 0x200, grain directory, one 4096-entry grain table, two 4 KiB grains
         const b = new Uint8Array(35 * 512 + 8192);

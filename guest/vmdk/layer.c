@@ -85,6 +85,16 @@ static int vmdk_layer_block_status(struct layer *l, uint64_t pos, uint64_t bytes
     }
     /* a partial last grain never reaches into the next extent */
     if (run > ext_end - pos) run = ext_end - pos;
+    /* qemu answers one grain per call, so only the disk's last grain's run
+     * reaches the end and carries EOF (compare -s compares that bit): a
+     * merged run stops before the last grain */
+    uint64_t cbytes = e->cluster_sectors * 512, base = (e->end_sector - e->sectors) * 512;
+    uint64_t first = cbytes - (pos - base) % cbytes;
+    if (first > ext_end - pos) first = ext_end - pos;
+    if (pos + run >= l->length && run > first) {
+        uint64_t last = base + (l->length - 1 - base) / cbytes * cbytes; /* the last grain's start */
+        run = last > pos + first ? last - pos : first;
+    }
     *len = run < bytes ? run : bytes;
     if (st & LS_OFFSET_VALID) *host = h;
     return st;

@@ -371,7 +371,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // convert_zstd is linked without the vmdk reader (384 KiB; docs/quirks.md).
     if (a.compress && spec.qcow2?.compressionType === "zstd" && chain.some((img) => img.vmdk)) {
       throw new CliError([
-        `Could not open '${source}': instar cannot convert a vmdk source with compression_type=zstd`,
+        `Could not open '${source}': reading a vmdk source for compression_type=zstd output is not supported by instar`,
       ]);
     }
     const outs: string[] = [];

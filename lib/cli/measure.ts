@@ -49,7 +49,9 @@ async function allocationOf(chain: OpenedImage[], precise: boolean): Promise<All
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err) {
     const f = err.fields;
-    const text = chain[f.input as number]?.driver.openError ?? qcow2ErrorMessage;
+    // inputs are chainInputs(chain): each image, then its vmdk extent files
+    const owner = chain.flatMap((img) => [img, ...(img.extentFiles ?? []).map(() => img)])[f.input as number];
+    const text = owner?.driver.openError ?? qcow2ErrorMessage;
     const msg = text(
       {
         code: f.code as number,
@@ -58,7 +60,7 @@ async function allocationOf(chain: OpenedImage[], precise: boolean): Promise<All
         a2: f.a2 as bigint,
       },
       [],
-      chain[f.input as number]?.filename ?? "",
+      owner?.filename ?? "",
     );
     throw new CliError([`Unable to get block status: ${msg}`]);
   }
