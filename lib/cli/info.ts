@@ -77,19 +77,18 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
     }
     throw e;
   }
-  // qemu-img lists internal snapshots and persistent bitmaps in info. The
-  // guest reports them (SNAPSHOT/BITMAP records) but the printers for those
-  // sections are not written yet: refuse rather than print output that
-  // silently differs from qemu-img's.
+  // The info guest lists every snapshot and bitmap the header counts.
   for (const img of list) {
-    if (img.qcow2 && (img.qcow2.nbSnapshots > 0 || img.qcow2.nbBitmaps > 0)) {
+    const q = img.qcow2;
+    if (q && ((q.nbSnapshots > 0 && !q.snapshots) || (q.nbBitmaps > 0 && !q.bitmaps))) {
       throw new CliError([
-        `Could not open '${img.filename}': instar cannot print internal snapshots or persistent bitmaps yet`,
+        `Could not open '${img.filename}': Sandbox failure: snapshots or bitmaps not listed`,
       ]);
     }
   }
   const facts = list.map(imageFacts);
-  io.out(format === "json" ? infoJson(facts, chain, profile) : infoHuman(facts, profile));
+  if (format === "json") infoJson(facts, chain, profile, io.out);
+  else infoHuman(facts, profile, io.out);
   return 0;
 }
 

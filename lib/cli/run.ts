@@ -11,6 +11,7 @@ import { createCommand } from "./create.ts";
 import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
+import { snapshotCommand } from "./snapshot.ts";
 import { helpText, versionText } from "./help.ts";
 import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
@@ -30,6 +31,7 @@ const COMMANDS: Record<string, typeof infoCommand> = {
   map: mapCommand,
   measure: measureCommand,
   resize: resizeCommand,
+  snapshot: snapshotCommand,
 };
 
 /** qemu-img commands instar does not implement yet. */
@@ -40,7 +42,6 @@ const LATER = [
   "commit",
   "dd",
   "rebase",
-  "snapshot",
 ];
 
 function writeAll(file: { writeSync(p: Uint8Array): number }, text: string) {
