@@ -279,7 +279,8 @@ struct params {
     uint64_t output_cap;
     uint64_t arg[8]; /* op-specific arguments */
     uint64_t input_alloc[16]; /* allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown */
-    uint8_t reserved[88];
+    uint32_t input_snapshot[16]; /* 0: read the active layer; k + 1: read qcow2 internal snapshot k instead (convert/measure -l) */
+    uint8_t reserved[24];
 };
 _Static_assert(sizeof(struct params) == 512, "params size");
 _Static_assert(offsetof(struct params, magic) == 0, "params.magic");
@@ -294,7 +295,8 @@ _Static_assert(offsetof(struct params, input_format) == 160, "params.input_forma
 _Static_assert(offsetof(struct params, output_cap) == 224, "params.output_cap");
 _Static_assert(offsetof(struct params, arg) == 232, "params.arg");
 _Static_assert(offsetof(struct params, input_alloc) == 296, "params.input_alloc");
-_Static_assert(offsetof(struct params, reserved) == 424, "params.reserved");
+_Static_assert(offsetof(struct params, input_snapshot) == 424, "params.input_snapshot");
+_Static_assert(offsetof(struct params, reserved) == 488, "params.reserved");
 
 /* Hypercall argument block at layout.HCALL */
 struct hcall {

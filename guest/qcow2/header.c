@@ -14,7 +14,7 @@ static int fail(const struct qcow2 *q, uint32_t code, uint64_t a0, uint64_t a1, 
 }
 
 /* qemu's qcow2_validate_table: "<name> too large" / "<name> offset invalid".
- * which: 1 = reftable, 2 = snapshot table, 3 = active L1 (ERROR a1). */
+ * which: 1 = reftable, 2 = snapshot table, 3 = active L1, 4 = a snapshot's L1 (ERROR a1). */
 static int validate_table(const struct qcow2 *q, uint32_t code, uint64_t which, uint64_t offset,
                           uint64_t entries, uint64_t entry_len, uint64_t max_bytes)
 {
@@ -449,6 +449,39 @@ int qcow2_read_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, uin
                          uint64_t *arg1, uint64_t *arg2)
 {
     return walk_snapshots(q, list, NULL, NULL, table_size, arg1, arg2);
+}
+
+struct snapshot_pick {
+    uint64_t index;
+    uint64_t l1_offset;
+    uint32_t l1_size;
+};
+
+static int pick_visit(void *ctx, uint64_t i, const struct qcow2_snapshot *s, const uint8_t *id, const uint8_t *name)
+{
+    (void)id;
+    (void)name;
+    struct snapshot_pick *p = ctx;
+    if (i == p->index) {
+        p->l1_offset = s->l1_offset;
+        p->l1_size = s->l1_size;
+    }
+    return 0;
+}
+
+int qcow2_use_snapshot(struct qcow2 *q, uint64_t index)
+{
+    if (index >= q->nb_snapshots) return fail(q, GERR_BAD_PARAMS, 3, index, 0);
+    struct snapshot_pick p = {.index = index};
+    uint64_t size, a1, a2;
+    int k = walk_snapshots(q, NULL, pick_visit, &p, &size, &a1, &a2);
+    if (k) return k < 0 ? fail(q, GERR_IO, q->snapshots_offset, 0, 0) : fail(q, GERR_BAD_SNAPSHOT_TABLE, (uint64_t)k, a1, a2);
+    /* qcow2_snapshot_load_tmp: qcow2_validate_table(..., "Snapshot L1 table"). */
+    if (validate_table(q, GERR_BAD_L1_SIZE, 4, p.l1_offset, p.l1_size, 8, QCOW2_MAX_L1_SIZE)) return -1;
+    if (p.l1_size && p.l1_offset + (uint64_t)p.l1_size * 8 > READER_MAX_END) return fail(q, GERR_BAD_L1_OFFSET, 2, 0, 0);
+    q->l1_offset = p.l1_offset;
+    q->l1_size = p.l1_size;
+    return 0;
 }
 
 /* Packs snapshots into SNAPSHOT records, flushing each when the next entry does not fit. */

@@ -181,6 +181,10 @@ int qcow2_read_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, uin
  * one pass over the table, BITMAP records for
  * every persistent bitmap (both validated by qcow2_open already). */
 int qcow2_emit_snapshots(const struct qcow2 *q);
+/* qcow2_snapshot_load_tmp: reads snapshot `index` (0-based) instead of the
+ * active layer: its L1 table, validated as qemu does, replaces q's. The
+ * virtual size stays the image's. */
+int qcow2_use_snapshot(struct qcow2 *q, uint64_t index);
 int qcow2_emit_bitmaps(const struct qcow2 *q);
 
 /* Reads the whole refcount table (<= 8 MiB) into q->reftable. */

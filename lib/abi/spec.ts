@@ -362,7 +362,14 @@ export const structs: StructSpec[] = [
         count: 16,
         doc: "allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown",
       },
-      { name: "reserved", type: "bytes", offset: 424, count: 88 },
+      {
+        name: "input_snapshot",
+        type: "u32",
+        offset: 424,
+        count: 16,
+        doc: "0: read the active layer; k + 1: read qcow2 internal snapshot k instead (convert/measure -l)",
+      },
+      { name: "reserved", type: "bytes", offset: 488, count: 24 },
     ],
   },
   {

@@ -7,7 +7,8 @@
 // the target name never holds a half-written image; sources are read only
 // inside the sandbox (lib/convert/pipeline.ts).
 import { getopt } from "./getopt.ts";
-import { CliError, usageError } from "./messages.ts";
+import { CliError, PROGRAM, usageError } from "./messages.ts";
+import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
 import {
   addOptionList,
   DATA_LONGS_HEAD,
@@ -55,7 +56,9 @@ interface ConvertArgs {
   targetIsZero: boolean;
   bitmaps: boolean;
   skipBroken: boolean;
-  snapshot?: string;
+  snapshot?: SnapshotParam;
+  /** qemu's warnings while parsing -l, printed before anything else happens. */
+  warnings: string[];
   cache: string;
   srcCache: string;
   tgtImageOpts: boolean;
@@ -75,6 +78,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     targetIsZero: false,
     bitmaps: false,
     skipBroken: false,
+    warnings: [],
     cache: "unsafe",
     srcCache: "writeback",
     tgtImageOpts: false,
@@ -117,9 +121,12 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
       case "o":
         a.options = addOptionList(a.options, value!);
         break;
-      case "l":
-        a.snapshot = value;
+      case "l": {
+        const { param, warnings } = parseSnapshotParam(value!);
+        a.snapshot = param;
+        a.warnings.push(...warnings);
         break;
+      }
       case "S": {
         const v = cvtnum("buffer size for sparse output", value!);
         if (v % 512n !== 0n || v / 512n > MAX_BUF_SECTORS) {
@@ -208,7 +215,6 @@ function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
   if (a.skipCreate) throw no("Writing into an existing image (-n)");
-  if (a.snapshot !== undefined) throw no("Converting a snapshot (-l)");
   if (a.salvage) throw no("--salvage");
   if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
   if (a.outBase !== undefined) throw no("A backing file for the target (-B)");
@@ -283,6 +289,7 @@ function guestFailureMessage(e: GuestFailure): string {
 export async function convertCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
   const { a, operands } = parseArgs(argv, o);
+  for (const w of a.warnings) io.err(`${PROGRAM}: ${w}\n`);
   const srcNum = operands.length - 1;
   const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
   checkCombinations(a);
@@ -311,6 +318,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         "(instar convert never opens files an image names outside its backing chain)",
       ]);
     }
+    // -l: the guest reads the snapshot's L1 table; the size stays the image's.
+    const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
     const size = chain[0].length;
 
@@ -353,7 +362,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       throw cannotCreate(errnoText(e));
     }
     const job = {
-      layers: chain.map((img, i) => ({ path: img.openPath, formatCode: img.formatCode, nofollow: i !== 0 })),
+      layers: chain.map((img, i) => ({
+        path: img.openPath,
+        formatCode: img.formatCode,
+        nofollow: i !== 0,
+        snapshot: i === 0 ? snapshot : 0,
+      })),
       size,
       minSparse: a.minSparse,
       // The guest's 100% is left to the end (see below).

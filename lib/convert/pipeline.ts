@@ -23,6 +23,8 @@ export interface SourceLayer {
   path: string;
   formatCode: number;
   nofollow: boolean;
+  /** k + 1: read qcow2 internal snapshot k (convert -l); 0 or absent: the active layer. */
+  snapshot?: number;
 }
 
 export interface ConvertJob {
@@ -46,7 +48,12 @@ const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 const RAM = 128 * 1024 * 1024;
 
 function inputs(job: ConvertJob) {
-  return job.layers.map((l) => ({ path: l.path, format: l.formatCode, nofollow: l.nofollow }));
+  return job.layers.map((l) => ({
+    path: l.path,
+    format: l.formatCode,
+    nofollow: l.nofollow,
+    snapshot: l.snapshot,
+  }));
 }
 
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;

@@ -15,6 +15,7 @@ export interface GuestInput {
   path: string;
   format: number; // formats.*
   nofollow?: boolean;
+  snapshot?: number; // params.input_snapshot: k + 1 reads qcow2 internal snapshot k
 }
 
 export interface RunRequest {
@@ -222,6 +223,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       // Allocated bytes (st_blocks * 512): qcow2 map's metadata-preallocation test uses it like qemu.
       input_alloc: req.inputs.map((i) => BigInt((Deno.statSync(hostPath(i.path)).blocks ?? 0) * 512)),
       input_format: formats,
+      input_snapshot: req.inputs.map((i) => i.snapshot ?? 0),
       output_cap: req.output?.cap ?? 0n,
       arg: req.args ?? [],
     });

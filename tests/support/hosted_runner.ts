@@ -43,6 +43,7 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
       throw Object.assign(new Error("Too many levels of symbolic links"), { errno: 40, path: i.path });
     }
     inputs.push({ size: BigInt(st.size), dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) });
+    if (i.snapshot) args.push("--snapshot", String(i.snapshot));
     args.push(`${i.format}:${path}`);
   }
   const env = req.onProgress ? { INSTAR_HOST_PROGRESS: "1" } : undefined;
