@@ -16,6 +16,7 @@ import {
   type Io,
   newInstarOptions,
   outputFormat,
+  readLock,
 } from "./common.ts";
 import { openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -61,9 +62,10 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
 
   let top;
   try {
-    top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, checkMode: true });
+    const lock = readLock(s.forceShare);
+    top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, checkMode: true, lock });
     // qemu-img opens the whole chain (a missing backing file fails the check).
-    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;

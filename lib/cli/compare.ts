@@ -14,6 +14,7 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  readLock,
 } from "./common.ts";
 import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -27,10 +28,12 @@ async function openForCompare(
   filename: string,
   fmt: string | undefined,
   o: InstarOptions,
+  forceShareAll: boolean,
 ): Promise<OpenedImage[]> {
   try {
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
-    return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    const lock = readLock(forceShareAll);
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock });
+    return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     // img_open failures: exit 2.
     if (e instanceof OpenError) throw openFailure(filename, e, 2);
@@ -42,7 +45,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   let fmt1: string | undefined, fmt2: string | undefined;
   let cache = "writeback";
   let progressMode: ProgressMode = "off";
-  let quiet = false, strict = false;
+  let quiet = false, strict = false, forceShareAll = false;
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":hf:F:T:pqsU", [
     ...DATA_LONGS_HEAD,
@@ -77,6 +80,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
         strict = true;
         break;
       case "U":
+        forceShareAll = true;
         break;
       case "object":
       case "image-opts":
@@ -93,8 +97,8 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   const progress = new Progress(progressMode, 2.0, io);
   try {
     if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`], false, 2);
-    const chain1 = await openForCompare(filename1, fmt1, o);
-    const chain2 = await openForCompare(filename2, fmt2, o);
+    const chain1 = await openForCompare(filename1, fmt1, o, forceShareAll);
+    const chain2 = await openForCompare(filename2, fmt2, o, forceShareAll);
     progress.set(0);
     if (chain1.length + chain2.length > limits.MAX_INPUTS) {
       throw new CliError(

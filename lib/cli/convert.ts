@@ -9,6 +9,7 @@
 import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
+import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import {
   addOptionList,
   DATA_LONGS_HEAD,
@@ -18,6 +19,7 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { errnoText, openChain, OpenError, openFailure, openImage } from "./image.ts";
@@ -57,6 +59,8 @@ interface ConvertArgs {
   bitmaps: boolean;
   skipBroken: boolean;
   snapshot?: SnapshotParam;
+  /** -U: the source's locks share everything. */
+  forceShare: boolean;
   /** qemu's warnings while parsing -l, printed before anything else happens. */
   warnings: string[];
   cache: string;
@@ -79,6 +83,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     bitmaps: false,
     skipBroken: false,
     warnings: [],
+    forceShare: false,
     cache: "unsafe",
     srcCache: "writeback",
     tgtImageOpts: false,
@@ -168,7 +173,9 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
         break;
       }
       case "W":
+        break;
       case "U":
+        a.forceShare = true;
         break;
       case "r":
         cvtnum("rate limit", value!);
@@ -306,8 +313,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const source = operands[0];
     let chain;
     try {
-      const top = await openImage(source, { format: a.fmt, unsafeQuirks: o.unsafeQuirks });
-      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks);
+      const lock = readLock(a.forceShare);
+      const top = await openImage(source, { format: a.fmt, unsafeQuirks: o.unsafeQuirks, lock });
+      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(source, e);
       throw e;
@@ -355,6 +363,25 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const target = (await Deno.lstat(hostPath(outFilename!)).catch(() => undefined))?.isSymlink
       ? await Deno.realPath(hostPath(outFilename!))
       : outFilename!;
+    // raw_co_create's lock on the file qemu would truncate: a running VM's
+    // image, or one of this command's own inputs (their locks conflict).
+    if (existing) {
+      let held;
+      try {
+        held = await takeLock(target, LOCKS.create, outFilename!);
+      } catch (e) {
+        if (e instanceof LockError) {
+          throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
+        }
+        throw cannotCreate(errnoText(e));
+      }
+      // With -U the inputs share everything and qemu would go ahead: refuse anyway.
+      if (chain.some((img) => img.dev === held.dev && img.ino === held.ino)) {
+        throw new CliError([
+          `${outFilename}: error while converting ${a.outFmt}: Refusing to overwrite an image this command reads`,
+        ]);
+      }
+    }
     let out: string;
     try {
       out = await temps.create(target, "out");

@@ -18,6 +18,7 @@ import { runGuest } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
 import { hostPath } from "../host/context.ts";
+import { LockError, type LockMode, takeLock } from "../vmm/image_lock.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -63,6 +64,8 @@ export interface OpenOptions {
   nofollow?: boolean;
   /** Open as qemu-img check does (BDRV_O_CHECK): see infoFlags.CHECK_MODE. */
   checkMode?: boolean;
+  /** QEMU's image lock to take before the image is read (lib/vmm/image_lock.ts). */
+  lock?: LockMode;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -121,11 +124,32 @@ async function hostCheck(filename: string, path: string): Promise<Deno.FileInfo>
   return st;
 }
 
+/** Takes the command's lock on the file qemu's file node would lock, before anything is read. */
+async function lockImage(
+  filename: string,
+  path: string,
+  st: Deno.FileInfo,
+  mode: LockMode,
+  nofollow?: boolean,
+) {
+  let held;
+  try {
+    held = await takeLock(path, mode, filename, nofollow);
+  } catch (e) {
+    if (e instanceof LockError) throw new OpenError(filename, e.message);
+    throw new OpenError(filename, `Could not open '${filename}': ${errnoText(e)}`);
+  }
+  if (held.dev !== BigInt(st.dev) || held.ino !== BigInt(st.ino ?? 0)) {
+    throw new OpenError(filename, "File changed while it was being opened");
+  }
+}
+
 /** Opens one image (no backing files). */
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<OpenedImage> {
   const requested = formatCode(filename, opts.format);
   const path = hostPath(opts.openPath ?? filename);
   const st = await hostCheck(filename, path);
+  if (opts.lock) await lockImage(filename, path, st, opts.lock, opts.nofollow);
   let result;
   try {
     result = await runGuest({
@@ -236,6 +260,8 @@ export async function openChain(
   top: OpenedImage,
   policy: ChainPolicy,
   unsafeQuirks: boolean,
+  /** The lock each backing file takes (qemu opens them read-only: LOCKS.read). */
+  lock?: LockMode,
 ): Promise<OpenedImage[]> {
   const chain = [top];
   const seen = new Set([fileKey(top.dev, top.ino)]);
@@ -253,6 +279,7 @@ export async function openChain(
         unsafeQuirks,
         openPath: link.realPath,
         nofollow: true,
+        lock,
       });
       seen.add(fileKey(img.dev, img.ino));
       chain.push(img);

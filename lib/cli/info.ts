@@ -15,7 +15,9 @@ import {
   newInstarOptions,
   outputFormat,
   profileOf,
+  readLock,
 } from "./common.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
 import { backingName, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { fullBackingFilename, makePolicy } from "../chain/policy.ts";
 import { type ImageFacts, infoHuman, infoJson } from "../output/image_info.ts";
@@ -60,7 +62,8 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
 
   let list: OpenedImage[];
   try {
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    const lock = readLock(s.forceShare, LOCKS.info);
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock });
     list = [top];
     if (chain && backingName(top) !== undefined) {
       // qemu-img opens each image of the chain on its own and names it in errors.
@@ -69,7 +72,7 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
           `Could not determine absolute backing filename, but backing filename '${backingName(top)}' present`,
         ]);
       }
-      list = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+      list = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     }
   } catch (e) {
     if (e instanceof OpenError) {

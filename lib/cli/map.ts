@@ -15,6 +15,7 @@ import {
   newInstarOptions,
   outputFormat,
   profileOf,
+  readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { openChain, OpenError, openFailure, openImage } from "./image.ts";
@@ -55,8 +56,9 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
 
   let chain;
   try {
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
-    chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    const lock = readLock(s.forceShare);
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock });
+    chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;

@@ -14,6 +14,7 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
@@ -157,6 +158,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let options: string | undefined;
   let imgSize: bigint | undefined;
   let snapshot: SnapshotParam | undefined;
+  let forceShareAll = false;
   const warnings: string[] = [];
   const o = newInstarOptions(base);
   // img_measure's getopt string has no leading ':', so glibc reports a bad
@@ -191,6 +193,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
           break;
         }
         case "U":
+          forceShareAll = true;
           break;
         case "object":
         case "image-opts":
@@ -223,8 +226,9 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let snapshotNo = 0;
   if (filename !== undefined) {
     try {
-      const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
-      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+      const lock = readLock(forceShareAll);
+      const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock });
+      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(filename, e);
       throw e;

@@ -58,8 +58,14 @@ export const stdio: Io = {
 /** Runs one command line with io's host context (see lib/host/context.ts).
  * A cancelled command exits 130 (SIGINT) or 143 (SIGTERM) and prints nothing more. */
 export async function run(args: string[], io: Io = stdio): Promise<number> {
-  const ctx: HostContext = { ...io.context };
-  const code = await withHostContext(ctx, () => runCommand(args, io));
+  const ctx: HostContext = { ...io.context, locks: [] };
+  const code = await withHostContext(ctx, async () => {
+    try {
+      return await runCommand(args, io);
+    } finally {
+      for (const l of ctx.locks ?? []) l.release();
+    }
+  });
   return ctx.signal?.aborted ? cancelStatus(ctx.signal) : code;
 }
 

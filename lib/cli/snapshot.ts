@@ -14,10 +14,12 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  readLock,
 } from "./common.ts";
 import { openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { snapshotTable } from "../output/snapshots.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
 
 type Action = "l" | "a" | "c" | "d";
 
@@ -56,12 +58,13 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
   });
   if (operands.length !== 1) throw usageError("Expecting one image file name");
   const filename = operands[0];
-  void forceShare;
 
   let top;
   try {
-    top = await openImage(filename, { unsafeQuirks: o.unsafeQuirks });
-    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    // -l opens read-only; no action (and -c/-a/-d) read-write, as img_snapshot does.
+    const lock = action === "l" ? readLock(forceShare) : LOCKS.write;
+    top = await openImage(filename, { unsafeQuirks: o.unsafeQuirks, lock });
+    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, readLock(forceShare));
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
