@@ -735,7 +735,7 @@ struct vmm_report {
     uint64_t exits;
     uint64_t elapsed_ns;
     uint64_t setup_ns;
-    uint64_t reserved[2];
+    uint64_t reserved[2]; /* GUEST_FAULT: rip, rsp; HOST_ERROR of a WRITE/WRITEV: [0] = the output offset that failed */
 };
 _Static_assert(sizeof(struct vmm_report) == 96, "vmm_report size");
 _Static_assert(offsetof(struct vmm_report, status) == 0, "vmm_report.status");

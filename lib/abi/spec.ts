@@ -725,7 +725,13 @@ export const structs: StructSpec[] = [
       { name: "exits", type: "u64", offset: 56 },
       { name: "elapsed_ns", type: "u64", offset: 64 },
       { name: "setup_ns", type: "u64", offset: 72 },
-      { name: "reserved", type: "u64", offset: 80, count: 2 },
+      {
+        name: "reserved",
+        type: "u64",
+        offset: 80,
+        count: 2,
+        doc: "GUEST_FAULT: rip, rsp; HOST_ERROR of a WRITE/WRITEV: [0] = the output offset that failed",
+      },
     ],
   },
   {

@@ -5,6 +5,7 @@
 // images, hands them over and words the outcome the way img_compare does.
 import { compareResults, limits, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
+import { refuseDataFile } from "./data_file.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
   DATA_LONGS_HEAD,
@@ -99,6 +100,8 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`], false, 2);
     const chain1 = await openForCompare(filename1, fmt1, o, forceShareAll);
     const chain2 = await openForCompare(filename2, fmt2, o, forceShareAll);
+    refuseDataFile(chain1, filename1, "compare", 2);
+    refuseDataFile(chain2, filename2, "compare", 2);
     progress.set(0);
     if (chain1.length + chain2.length > limits.MAX_INPUTS) {
       throw new CliError(

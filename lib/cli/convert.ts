@@ -10,6 +10,8 @@ import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
+import { WriteError } from "../formats/apply_plan.ts";
+import { refuseDataFile } from "./data_file.ts";
 import {
   addOptionList,
   DATA_LONGS_HEAD,
@@ -320,12 +322,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (e instanceof OpenError) throw openFailure(source, e);
       throw e;
     }
-    if (chain[0].namesDataFile) {
-      throw new CliError([
-        `Could not open '${source}': Refusing to read an external data file named by the image ` +
-        "(instar convert never opens files an image names outside its backing chain)",
-      ]);
-    }
+    refuseDataFile(chain, source, "convert");
     // -l: the guest reads the snapshot's L1 table; the size stays the image's.
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
@@ -417,6 +414,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
       if (e instanceof CliError) throw e;
+      // An output write the host refused (a full disk): qemu-img's words.
+      const w = (e as { write?: { offset: bigint; text: string } }).write;
+      if (w) throw new CliError([`error while writing at byte ${w.offset}: ${w.text}`]);
+      if (e instanceof WriteError) {
+        throw new CliError([`error while writing at byte ${e.offset}: ${errnoText(e.reason)}`]);
+      }
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
     }
     // Keep an existing target's permissions, as qemu's O_TRUNC open would.

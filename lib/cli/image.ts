@@ -286,7 +286,11 @@ export async function openChain(
     } catch (e) {
       if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth, e.bare, e.preface);
       if (e instanceof PolicyError) throw new OpenError(name ?? "", e.message, depth, true);
-      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
+      // Errors of the host's own path handling (realpath of a name too long ...) in qemu's words.
+      if (
+        e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied ||
+        (e instanceof Error && /\(os error \d+\)/.test(e.message))
+      ) {
         const full = fullBackingFilename(cur.filename, name ?? "") ?? name ?? "";
         throw new OpenError(full, `Could not open '${full}': ${errnoText(e)}`, depth);
       }

@@ -1,6 +1,7 @@
 // instar map [-f fmt] [--output human|json] [--start-offset N] [--max-length N] [-U] FILE
 import { mapFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
+import { refuseDataFile } from "./data_file.ts";
 import { CliError } from "./messages.ts";
 import {
   expectOneFile,
@@ -63,6 +64,8 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
+  // qemu-img map names the data file in its File column: instar does not open it.
+  refuseDataFile(chain, filename, "map");
   const length = chain[0].virtualSize;
   // img_map: the loop ends at min(start + max_length, length).
   const end = maxLength === -1n ? length : (start + maxLength < length ? start + maxLength : length);
