@@ -11,6 +11,7 @@ import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { WriteError } from "../formats/apply_plan.ts";
+import { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { refuseDataFile } from "./data_file.ts";
 import {
   addOptionList,
@@ -243,6 +244,8 @@ function tempBeside(target: string, tag: string): string {
  * command returns 130/143 through run(), with nothing left under the target name. */
 class TempFiles {
   paths: string[] = [];
+  /** Unnamed outputs (O_TMPFILE) by the path they are written through. */
+  #unnamed = new Map<string, UnnamedFile>();
   #trap = trapSignals();
   // The list is kept: a step already under way may create a file again, and the
   // final removeAll() takes it too.
@@ -267,12 +270,42 @@ class TempFiles {
       }
     }
   }
+  /** The output's file: unnamed (O_TMPFILE) beside the target where the file
+   * system allows, so a killed convert leaves nothing; else a named temporary. */
+  async createOutput(target: string): Promise<string> {
+    const slash = target.lastIndexOf("/");
+    const u = await UnnamedFile.create(slash >= 0 ? target.slice(0, slash + 1) : ".");
+    if (!u) return await this.create(target, "out");
+    this.#unnamed.set(u.path, u);
+    return u.path;
+  }
+  /** Puts the finished output in place of `target` (linkat, or rename of the named temporary). */
+  async commit(out: string, target: string): Promise<void> {
+    const u = this.#unnamed.get(out);
+    if (!u) {
+      await Deno.rename(hostPath(out), hostPath(target));
+      this.paths = this.paths.filter((p) => p !== out);
+      return;
+    }
+    // No target yet: the name appears complete, at once. Else link beside it and rename over it.
+    if (!u.link(target)) {
+      let tmp;
+      do tmp = tempBeside(target, "out"); while (!u.link(tmp));
+      this.paths.push(tmp);
+      await Deno.rename(hostPath(tmp), hostPath(target));
+      this.paths = this.paths.filter((p) => p !== tmp);
+    }
+    u.close();
+    this.#unnamed.delete(out);
+  }
   #remove() {
     for (const p of this.paths) {
       try {
         Deno.removeSync(hostPath(p));
       } catch { /* already gone */ }
     }
+    for (const u of this.#unnamed.values()) u.close();
+    this.#unnamed.clear();
   }
   removeAll() {
     this.#remove();
@@ -381,7 +414,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     let out: string;
     try {
-      out = await temps.create(target, "out");
+      out = await temps.createOutput(target);
     } catch (e) {
       throw cannotCreate(errnoText(e));
     }
@@ -429,11 +462,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     } catch { /* no target yet */ }
     temps.checkCancelled();
     try {
-      await Deno.rename(hostPath(out), hostPath(target));
+      await temps.commit(out, target);
     } catch (e) {
       throw cannotCreate(errnoText(e));
     }
-    temps.paths = temps.paths.filter((p) => p !== out);
     // qemu prints 100% when the last data is copied (only if there was
     // any) and once more when it finishes.
     if (written > 0n) progress.set(100);

@@ -115,7 +115,13 @@ function progressOf(job: ConvertJob, n: number) {
 
 /** Raw output: the file is sized first, the guests write the data in place. Returns the bytes written. */
 export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bigint> {
-  await Deno.truncate(hostPath(outPath), Number(job.size));
+  // Through an open file: an unnamed output's /proc path is a link Deno.truncate would not follow.
+  const f = await Deno.open(hostPath(outPath), { write: true });
+  try {
+    await f.truncate(Number(job.size));
+  } finally {
+    f.close();
+  }
   const n = guestCount(job.size, job.size / (1n << 20n));
   const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
   const report = progressOf(job, n);

@@ -38,6 +38,9 @@ const symbols = {
   // QEMU's image locks (vmm/lock.c, lib/vmm/image_lock.ts).
   vmm_lock_open: { parameters: ["buffer", "u32", "buffer"], result: "i32" },
   vmm_lock_apply: { parameters: ["i32", "u32", "u32", "buffer"], result: "i32" },
+  // Unnamed convert outputs (vmm/file_ops.c, lib/cli/output_file.ts).
+  vmm_tmpfile_open: { parameters: ["buffer"], result: "i32" },
+  vmm_tmpfile_link: { parameters: ["i32", "buffer"], result: "i32" },
 } as const;
 
 export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];
