@@ -162,6 +162,8 @@ Deno.test({
           ["snapshot", "-l", "-U", "-q", "s.qcow2"],
           ["snapshot", "--force-share", "-l", "s.qcow2"],
           ["snapshot", "s.qcow2"],
+          ["snapshot", "-U", "s.qcow2"],
+          ["snapshot", "-U", "-a", "first", "missing.qcow2"],
         ]
       ) {
         await assertSame(args, dir);

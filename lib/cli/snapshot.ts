@@ -59,6 +59,12 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
   if (operands.length !== 1) throw usageError("Expecting one image file name");
   const filename = operands[0];
 
+  // bdrv_open refuses BDRV_O_FORCE_SHARE on a read-write open before it looks at the file.
+  if (forceShare && action !== "l") {
+    throw new CliError([
+      `Could not open '${filename}': force-share=on can only be used with read-only images`,
+    ]);
+  }
   let top;
   try {
     // -l opens read-only; no action (and -c/-a/-d) read-write, as img_snapshot does.
