@@ -60,7 +60,14 @@ async function snapshotImage(dir: string, name: string, opts: string[] = []): Pr
   await sh(dir, "qemu-img", "snapshot", "-c", "schnappschüss", name);
 }
 
-const FORMS = [["info"], ["info", "--output=json"], ["snapshot", "-l"]];
+const FORMS = [
+  ["info"],
+  ["info", "--output=json"],
+  ["snapshot", "-l"],
+  // measure adds the persistent bitmaps' size for the target's cluster size.
+  ["measure", "-O", "qcow2"],
+  ["measure", "--output=json", "-O", "qcow2", "-o", "cluster_size=4k"],
+];
 
 Deno.test({
   name: "info and snapshot -l of qcow2 images with snapshots and bitmaps",

@@ -259,8 +259,8 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let input: MeasureInput | undefined;
   if (chain) {
     const top = chain[0];
-    if (top.qcow2 && top.qcow2.nbBitmaps > 0) {
-      throw new CliError(["instar cannot measure images with persistent bitmaps yet"]);
+    if (top.qcow2 && top.qcow2.nbBitmaps > 0 && !top.qcow2.bitmaps) {
+      throw new CliError([`Could not open '${filename}': Sandbox failure: bitmaps not listed`]);
     }
     // The allocation scan is needed for every target but raw.
     input = {
@@ -268,6 +268,8 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
       extents: outFmt !== "raw" ? await allocationOf(chain, driver.measureEstimate === true, snapshotNo) : [],
       // qcow2_supports_persistent_dirty_bitmap: only v3 images keep bitmaps.
       supportsBitmaps: top.qcow2?.version === 3,
+      // qemu counts every persistent bitmap (bdrv_dirty_bitmap_size: the image's length).
+      bitmaps: top.qcow2?.bitmaps?.map((b) => ({ granularity: b.granularity, nameLength: b.name.length })),
     };
   }
   // vpc, vhdx and vmdk: qemu-img has no measure for these ("Block driver
