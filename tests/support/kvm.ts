@@ -19,11 +19,7 @@ const REPO = new URL("../..", import.meta.url).pathname.replace(/\/$/, "");
 // built once here, in the test process, before any test spawns the CLI
 // (scripts/build.sh builds only what the product embeds).
 if (!KVM) {
-  const r = new Deno.Command("make", {
-    args: ["-s", "-C", `${REPO}/guest/host`],
-    stdout: "null",
-    stderr: "piped",
-  })
+  const r = new Deno.Command("make", { args: ["-s", "-C", `${REPO}/guest/host`], stdout: "null", stderr: "piped" })
     .outputSync();
   if (!r.success) throw new Error(`make -C guest/host failed: ${new TextDecoder().decode(r.stderr)}`);
 }
