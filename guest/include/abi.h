@@ -47,6 +47,7 @@
 #define CMP_READ_FAILED 5
 
 #define INFO_F_CHECK_MODE 1
+#define INFO_F_NO_LISTS 2
 
 #define MAPOP_F_PRECISE 1
 

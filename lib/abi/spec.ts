@@ -124,7 +124,11 @@ export const ops = { INFO: 1, CHECK: 2, MAP: 3, CONVERT: 5, COMPARE: 6, RESIZE_S
 /** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
  * (BDRV_O_CHECK): problems check reports as diagnostics (snapshot table,
  * missing refcount table) do not fail the open. */
-export const infoFlags = { CHECK_MODE: 1 } as const;
+export const infoFlags = {
+  CHECK_MODE: 1,
+  /** Leave out the SNAPSHOT and BITMAP lists (commands that print neither: map, compare, resize). */
+  NO_LISTS: 2,
+} as const;
 
 /** params.flags for ops.MAP. PRECISE: report the layers' precise runs even
  * where qemu's driver reports all data (vhdx): the allocation instar's own

@@ -33,7 +33,7 @@ async function openForCompare(
 ): Promise<OpenedImage[]> {
   try {
     const lock = readLock(forceShareAll);
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock });
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock, noLists: true });
     return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     // img_open failures: exit 2.

@@ -349,7 +349,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     let chain;
     try {
       const lock = readLock(a.forceShare);
-      const top = await openImage(source, { format: a.fmt, unsafeQuirks: o.unsafeQuirks, lock });
+      // The snapshot list is needed only to pick the one -l names.
+      const noLists = a.snapshot === undefined;
+      const top = await openImage(source, { format: a.fmt, unsafeQuirks: o.unsafeQuirks, lock, noLists });
       chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(source, e);

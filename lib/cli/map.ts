@@ -58,7 +58,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
   let chain;
   try {
     const lock = readLock(s.forceShare);
-    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock });
+    const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock, noLists: true });
     chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);

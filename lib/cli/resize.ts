@@ -93,7 +93,12 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
   let img: OpenedImage;
   try {
     // qemu-img resize opens read-write: it takes the write locks; backing files are read.
-    img = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock: LOCKS.write });
+    img = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      lock: LOCKS.write,
+      noLists: true,
+    });
     // qemu-img opens the backing chain too: a missing backing file fails the resize.
     await openChain(img, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, LOCKS.read);
   } catch (e) {
