@@ -16,6 +16,7 @@ import {
   signatures,
 } from "../lib/abi/spec.ts";
 import { formatCheckMessage, qcow2MapErrorText, qcow2OpenErrorText } from "../lib/abi/check_messages.ts";
+import { qcow2Snapshots } from "../lib/formats/qcow2/snapshots.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const HOST = `${ROOT}build/host`;
@@ -111,21 +112,23 @@ function compareInfo(path: string, fmt = "auto"): void {
   assert.equal(((i.flags as number) & qcow2InfoFlags.HAS_BACKING) !== 0, q["backing-filename"] !== undefined);
   const text = (b: FieldValue, n: FieldValue) =>
     new TextDecoder().decode((b as Uint8Array).subarray(0, Number(n)));
-  const snaps = recs.filter((r) => r.type === records.SNAPSHOT).map((r) => {
-    const f = r.fields;
-    const clock = f.vm_clock_nsec as bigint;
-    const e: Record<string, unknown> = {
-      id: text(f.id, f.id_len),
-      name: text(f.name, f.name_len),
-      "date-sec": f.date_sec,
-      "date-nsec": f.date_nsec,
-      "vm-clock-sec": Number(clock / 1000000000n),
-      "vm-clock-nsec": Number(clock % 1000000000n),
-      "vm-state-size": Number(f.vm_state_size),
-    };
-    if (f.icount !== U64_MAX) e.icount = Number(f.icount);
-    return e;
-  });
+  const nb = Number(i.nb_snapshots);
+  const snaps = nb
+    ? [...qcow2Snapshots(recs, 0, nb)].map((f) => {
+      const clock = f.vmClockNsec;
+      const e: Record<string, unknown> = {
+        id: new TextDecoder().decode(f.id),
+        name: new TextDecoder().decode(f.name),
+        "date-sec": f.dateSec,
+        "date-nsec": f.dateNsec,
+        "vm-clock-sec": Number(clock / 1000000000n),
+        "vm-clock-nsec": Number(clock % 1000000000n),
+        "vm-state-size": Number(f.vmStateSize),
+      };
+      if (f.icount !== undefined) e.icount = Number(f.icount);
+      return e;
+    })
+    : [];
   const sortKeys = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).sort());
   assert.deepEqual(snaps.map(sortKeys), (q.snapshots ?? []).map(sortKeys));
   const bitmaps = recs.filter((r) => r.type === records.BITMAP).map((r) => {

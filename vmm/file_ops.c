@@ -7,6 +7,8 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <sys/stat.h>
+#include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "vmm_internal.h"
@@ -19,12 +21,25 @@ enum { VMM_RANGE_ALLOCATE = 0, VMM_RANGE_PUNCH = 1 };
  * must fit an off_t, the path must not be a symlink and must name a regular
  * file. Returns the fd, or -errno; *st receives its fstat().
  */
+/* "/proc/<this process>/fd/<n>": an unnamed output from vmm_tmpfile_open, reached through its magic link. */
+static int own_fd_path(const char *path)
+{
+    char prefix[48];
+    int n = snprintf(prefix, sizeof prefix, "/proc/%ld/fd/", (long)getpid());
+    if (n <= 0 || (size_t)n >= sizeof prefix || strncmp(path, prefix, (size_t)n) != 0 || !path[n])
+        return 0;
+    for (const char *p = path + n; *p; p++)
+        if (*p < '0' || *p > '9')
+            return 0;
+    return 1;
+}
+
 static int open_range(const char *path, uint64_t off, uint64_t len, struct stat *st)
 {
     uint64_t end;
     if (!path || __builtin_add_overflow(off, len, &end) || end > (uint64_t)INT64_MAX)
         return -EINVAL;
-    int fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(path, O_RDWR | O_CLOEXEC | (own_fd_path(path) ? 0 : O_NOFOLLOW));
     if (fd < 0)
         return -errno;
     if (fstat(fd, st) || !S_ISREG(st->st_mode)) {
@@ -80,4 +95,29 @@ VMM_EXPORT int vmm_file_range(const char *path, uint32_t op, uint64_t off, uint6
         rc = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) ? -errno : 0;
     close(fd);
     return rc;
+}
+
+/*
+ * An unnamed output file in directory `dir` (open O_TMPFILE): a convert
+ * killed before it finishes leaves nothing behind. The host writes it through
+ * /proc/<pid>/fd/<fd> and links it into place when done. Returns the fd, or
+ * -errno when the file system cannot (the caller falls back to a named
+ * temporary file).
+ */
+VMM_EXPORT int vmm_tmpfile_open(const char *dir)
+{
+    if (!dir)
+        return -EINVAL;
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0644);
+    return fd < 0 ? -errno : fd;
+}
+
+/* Gives the unnamed file `fd` the name `path` (which must not exist): linkat through /proc. */
+VMM_EXPORT int vmm_tmpfile_link(int fd, const char *path)
+{
+    char self[48];
+    if (fd < 0 || !path)
+        return -EINVAL;
+    snprintf(self, sizeof self, "/proc/self/fd/%d", fd);
+    return linkat(AT_FDCWD, self, AT_FDCWD, path, AT_SYMLINK_FOLLOW) ? -errno : 0;
 }

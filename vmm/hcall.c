@@ -85,10 +85,14 @@ static int write_seg(struct vm *vm, uint64_t nr, uint64_t out, uint64_t off, uin
                 continue;
             if (errno == EINTR)
                 return end_run(vm, RUN_TIMEOUT, 0, 0);
+            /* The output offset that failed: qemu-img's "error while writing at byte N". */
+            vm->report.reserved[0] = off + done;
             return end_run(vm, RUN_HOST_ERROR, (uint32_t)nr, errno);
         }
-        if (n == 0)
+        if (n == 0) {
+            vm->report.reserved[0] = off + done;
             return end_run(vm, RUN_HOST_ERROR, (uint32_t)nr, EIO);
+        }
         done += (uint64_t)n;
     }
     vm->report.bytes_written += len;

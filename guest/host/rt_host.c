@@ -5,7 +5,7 @@
  * ram_size - LAYOUT_HEAP, records <= LIMIT_RECORD_MAX, I/O bounded by the
  * input size) so a program that fits here fits in the VM.
  *
- * usage: <op> [--arg N]... [--flags N] [--ram BYTES] [-o|-O PATH [--cap BYTES]] FMT:PATH [FMT:PATH...]
+ * usage: <op> [--arg N]... [--flags N] [--ram BYTES] [-o|-O PATH [--cap BYTES]] [--snapshot K] FMT:PATH [...]
  *   FMT is raw, qcow2, vpc, vhdx, auto or a formats.* number; the record
  *   stream goes to stdout (binary).
  *   -o attaches output 0 (created, truncated) for hc_write, bounded by the
@@ -74,7 +74,12 @@ int64_t hc_write(uint64_t off, uint64_t len, const void *buf)
     while (done < len) {
         ssize_t n = pwrite(g_out_fd, (const uint8_t *)buf + done, len - done, (off_t)(off + done));
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return -5;
+        if (n <= 0) {
+            /* The VMM ends the run with HOST_ERROR (errno, failing offset): so does this build. */
+            int e = n < 0 ? errno : EIO;
+            fprintf(stderr, "hosted rt: write error %d at %llu: %s\n", e, (unsigned long long)(off + done), strerror(e));
+            exit(71);
+        }
         done += (uint64_t)n;
     }
     return (int64_t)len;
@@ -223,7 +228,7 @@ static int parse_u64(const char *s, uint64_t *out)
 
 int main(int argc, char **argv)
 {
-    uint32_t nargs = 0;
+    uint32_t nargs = 0, snapshot = 0;
     uint64_t ram = LIMIT_RAM_DEFAULT;
     g_params.magic = PARAMS_MAGIC;
     g_params.abi_version = ABI_VERSION;
@@ -245,6 +250,10 @@ int main(int argc, char **argv)
             if (!g_params.output_cap) g_params.output_cap = 1ull << 40;
         } else if (!strcmp(argv[i], "--cap") && i + 1 < argc) {
             if (parse_u64(argv[++i], &g_params.output_cap)) goto usage;
+        } else if (!strcmp(argv[i], "--snapshot") && i + 1 < argc) {
+            uint64_t v;
+            if (parse_u64(argv[++i], &v) || v > UINT32_MAX) goto usage;
+            snapshot = (uint32_t)v; /* params.input_snapshot of the next input */
         } else if (!strcmp(argv[i], "--ram") && i + 1 < argc) {
             if (parse_u64(argv[++i], &ram) || ram < LIMIT_RAM_MIN || ram > LIMIT_RAM_MAX) goto usage;
         } else {
@@ -270,6 +279,8 @@ int main(int argc, char **argv)
             g_params.input_size[k] = (uint64_t)st.st_size;
             g_params.input_alloc[k] = (uint64_t)st.st_blocks * 512;
             g_params.input_format[k] = fmt;
+            g_params.input_snapshot[k] = snapshot;
+            snapshot = 0;
         }
     }
     if (g_params.n_inputs == 0) goto usage;

@@ -48,6 +48,7 @@
 #define CMP_READ_FAILED 5
 
 #define INFO_F_CHECK_MODE 1
+#define INFO_F_NO_LISTS 2
 
 #define MAPOP_F_PRECISE 1
 
@@ -298,7 +299,8 @@ struct params {
     uint64_t output_cap;
     uint64_t arg[8]; /* op-specific arguments */
     uint64_t input_alloc[16]; /* allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown */
-    uint8_t reserved[88];
+    uint32_t input_snapshot[16]; /* 0: read the active layer; k + 1: read qcow2 internal snapshot k instead (convert/measure -l) */
+    uint8_t reserved[24];
 };
 _Static_assert(sizeof(struct params) == 512, "params size");
 _Static_assert(offsetof(struct params, magic) == 0, "params.magic");
@@ -313,7 +315,8 @@ _Static_assert(offsetof(struct params, input_format) == 160, "params.input_forma
 _Static_assert(offsetof(struct params, output_cap) == 224, "params.output_cap");
 _Static_assert(offsetof(struct params, arg) == 232, "params.arg");
 _Static_assert(offsetof(struct params, input_alloc) == 296, "params.input_alloc");
-_Static_assert(offsetof(struct params, reserved) == 424, "params.reserved");
+_Static_assert(offsetof(struct params, input_snapshot) == 424, "params.input_snapshot");
+_Static_assert(offsetof(struct params, reserved) == 488, "params.reserved");
 
 /* Hypercall argument block at layout.HCALL */
 struct hcall {
@@ -511,11 +514,25 @@ _Static_assert(offsetof(struct rec_raw_info, hdr) == 0, "rec_raw_info.hdr");
 _Static_assert(offsetof(struct rec_raw_info, input) == 8, "rec_raw_info.input");
 _Static_assert(offsetof(struct rec_raw_info, partition) == 12, "rec_raw_info.partition");
 
-/* records.SNAPSHOT: one internal snapshot, as qemu's info lists it (id/name cut like qemu: 127/255) */
+/* records.SNAPSHOT: internal snapshots [first, first+count) packed into data (snapshotEntry each, then id_len id bytes and name_len name bytes, padded to 8; id/name cut like qemu: 127/255) */
 struct rec_snapshot {
     uint8_t hdr[8];
     uint32_t input;
-    uint32_t index;
+    uint32_t first; /* table index of the first entry */
+    uint32_t count; /* >= 1 */
+    uint32_t used; /* bytes of data the entries fill */
+    uint8_t data[4072];
+};
+_Static_assert(sizeof(struct rec_snapshot) == 4096, "rec_snapshot size");
+_Static_assert(offsetof(struct rec_snapshot, hdr) == 0, "rec_snapshot.hdr");
+_Static_assert(offsetof(struct rec_snapshot, input) == 8, "rec_snapshot.input");
+_Static_assert(offsetof(struct rec_snapshot, first) == 12, "rec_snapshot.first");
+_Static_assert(offsetof(struct rec_snapshot, count) == 16, "rec_snapshot.count");
+_Static_assert(offsetof(struct rec_snapshot, used) == 20, "rec_snapshot.used");
+_Static_assert(offsetof(struct rec_snapshot, data) == 24, "rec_snapshot.data");
+
+/* One snapshot inside rec_snapshot.data (8-aligned), its id and name bytes right after it */
+struct snapshot_entry {
     uint32_t date_sec;
     uint32_t date_nsec;
     uint64_t vm_clock_nsec;
@@ -524,23 +541,16 @@ struct rec_snapshot {
     uint16_t id_len; /* <= 127 */
     uint16_t name_len; /* <= 255 */
     uint32_t reserved;
-    uint8_t id[128];
-    uint8_t name[256];
 };
-_Static_assert(sizeof(struct rec_snapshot) == 440, "rec_snapshot size");
-_Static_assert(offsetof(struct rec_snapshot, hdr) == 0, "rec_snapshot.hdr");
-_Static_assert(offsetof(struct rec_snapshot, input) == 8, "rec_snapshot.input");
-_Static_assert(offsetof(struct rec_snapshot, index) == 12, "rec_snapshot.index");
-_Static_assert(offsetof(struct rec_snapshot, date_sec) == 16, "rec_snapshot.date_sec");
-_Static_assert(offsetof(struct rec_snapshot, date_nsec) == 20, "rec_snapshot.date_nsec");
-_Static_assert(offsetof(struct rec_snapshot, vm_clock_nsec) == 24, "rec_snapshot.vm_clock_nsec");
-_Static_assert(offsetof(struct rec_snapshot, vm_state_size) == 32, "rec_snapshot.vm_state_size");
-_Static_assert(offsetof(struct rec_snapshot, icount) == 40, "rec_snapshot.icount");
-_Static_assert(offsetof(struct rec_snapshot, id_len) == 48, "rec_snapshot.id_len");
-_Static_assert(offsetof(struct rec_snapshot, name_len) == 50, "rec_snapshot.name_len");
-_Static_assert(offsetof(struct rec_snapshot, reserved) == 52, "rec_snapshot.reserved");
-_Static_assert(offsetof(struct rec_snapshot, id) == 56, "rec_snapshot.id");
-_Static_assert(offsetof(struct rec_snapshot, name) == 184, "rec_snapshot.name");
+_Static_assert(sizeof(struct snapshot_entry) == 40, "snapshot_entry size");
+_Static_assert(offsetof(struct snapshot_entry, date_sec) == 0, "snapshot_entry.date_sec");
+_Static_assert(offsetof(struct snapshot_entry, date_nsec) == 4, "snapshot_entry.date_nsec");
+_Static_assert(offsetof(struct snapshot_entry, vm_clock_nsec) == 8, "snapshot_entry.vm_clock_nsec");
+_Static_assert(offsetof(struct snapshot_entry, vm_state_size) == 16, "snapshot_entry.vm_state_size");
+_Static_assert(offsetof(struct snapshot_entry, icount) == 24, "snapshot_entry.icount");
+_Static_assert(offsetof(struct snapshot_entry, id_len) == 32, "snapshot_entry.id_len");
+_Static_assert(offsetof(struct snapshot_entry, name_len) == 34, "snapshot_entry.name_len");
+_Static_assert(offsetof(struct snapshot_entry, reserved) == 36, "snapshot_entry.reserved");
 
 /* records.BITMAP: one persistent dirty bitmap (qcow2 format-specific info) */
 struct rec_bitmap {
@@ -795,7 +805,7 @@ struct vmm_report {
     uint64_t exits;
     uint64_t elapsed_ns;
     uint64_t setup_ns;
-    uint64_t reserved[2];
+    uint64_t reserved[2]; /* GUEST_FAULT: rip, rsp; HOST_ERROR of a WRITE/WRITEV: [0] = the output offset that failed */
 };
 _Static_assert(sizeof(struct vmm_report) == 96, "vmm_report size");
 _Static_assert(offsetof(struct vmm_report, status) == 0, "vmm_report.status");

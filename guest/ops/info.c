@@ -46,7 +46,7 @@ int op_main(void)
     if (qcow2_emit_info(&q)) return -1;
     /* In check mode the snapshot table was not read (it may be the very thing
      * check reports), and check does not print snapshots or bitmaps. */
-    if (mode & QCOW2_OPEN_CHECK) return 0;
+    if ((mode & QCOW2_OPEN_CHECK) || (p->flags & INFO_F_NO_LISTS)) return 0;
     if (qcow2_emit_snapshots(&q) || qcow2_emit_bitmaps(&q)) return -1;
     return 0;
 }

@@ -14,7 +14,7 @@ static int fail(const struct qcow2 *q, uint32_t code, uint64_t a0, uint64_t a1, 
 }
 
 /* qemu's qcow2_validate_table: "<name> too large" / "<name> offset invalid".
- * which: 1 = reftable, 2 = snapshot table, 3 = active L1 (ERROR a1). */
+ * which: 1 = reftable, 2 = snapshot table, 3 = active L1, 4 = a snapshot's L1 (ERROR a1). */
 static int validate_table(const struct qcow2 *q, uint32_t code, uint64_t which, uint64_t offset,
                           uint64_t entries, uint64_t entry_len, uint64_t max_bytes)
 {
@@ -366,88 +366,189 @@ int qcow2_open(struct qcow2 *q, const struct reader *r, uint32_t mode)
     return 0;
 }
 
-int qcow2_read_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, uint64_t *table_size,
-                         uint64_t *arg1, uint64_t *arg2)
+/* Receives each snapshot of a walk with its id and name (cut at 127/255 bytes, not NUL-cut). */
+typedef int (*snapshot_visit)(void *ctx, uint64_t i, const struct qcow2_snapshot *s, const uint8_t *id,
+                              const uint8_t *name);
+
+/*
+ * One sequential pass over the snapshot table through a 1 MiB window (each
+ * read in the VM is an exit: 65,536 snapshots must not cost 65,536 reads).
+ * Fills list[i] when list is set, calls visit when it is set.
+ */
+static int walk_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, snapshot_visit visit, void *ctx,
+                          uint64_t *table_size, uint64_t *arg1, uint64_t *arg2)
 {
     uint64_t n = q->nb_snapshots, start = q->snapshots_offset, at = start;
     *table_size = 0;
+    uint64_t mark = rt_heap_mark();
+    struct byte_window w;
+    if (byte_window_init(&w, q->r)) w.buf = NULL; /* no memory: read entry by entry */
+    int ret = 0;
     /* The caller validated n <= 65536 and start + 40 * n <= INT64_MAX, and
      * each entry adds at most 40 + 1024 + 2 * 65535 + 7 bytes before the size
      * check below stops the walk, so `at` cannot overflow. */
     for (uint64_t i = 0; i < n; i++) {
         uint8_t h[QCOW2_SNAPSHOT_HEADER_SIZE];
         at = (at + 7) & ~7ull;
-        if (at + sizeof h > READER_MAX_END) return QSNAP_READ_FAILED;
-        if (reader_read(q->r, at, h, sizeof h)) return -1;
+        if (at + sizeof h > READER_MAX_END) { ret = QSNAP_READ_FAILED; break; }
+        if (byte_window_read(&w, at, h, sizeof h)) { ret = -1; break; }
         uint32_t id_len = be16(h + 12), name_len = be16(h + 14), extra = be32(h + 36);
         if (extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) {
             *arg1 = i;
             *arg2 = extra;
-            return QSNAP_EXTRA_TOO_LARGE;
+            ret = QSNAP_EXTRA_TOO_LARGE;
+            break;
         }
         uint64_t id_at = at + QCOW2_SNAPSHOT_HEADER_SIZE + extra;
         at = id_at + id_len + name_len;
-        if (at > READER_MAX_END) return QSNAP_READ_FAILED; /* one of qemu's reads fails */
+        if (at > READER_MAX_END) { ret = QSNAP_READ_FAILED; break; } /* one of qemu's reads fails */
         if (at - start > 1024ull * QCOW2_MAX_SNAPSHOTS || at - start > 0x7fffffffull) {
             *arg1 = n - i;
             *arg2 = 0;
-            return QSNAP_TOO_BIG;
+            ret = QSNAP_TOO_BIG;
+            break;
         }
-        if (list) {
-            list[i].l1_offset = be64(h);
-            list[i].l1_size = be32(h + 8);
-            list[i].extra_size = extra;
-            list[i].id_offset = id_at;
-            list[i].id_len = (uint16_t)id_len;
-            list[i].name_offset = id_at + id_len;
-            list[i].name_len = (uint16_t)name_len;
-            list[i].date_sec = be32(h + 16);
-            list[i].date_nsec = be32(h + 20);
-            list[i].vm_clock_nsec = be64(h + 24);
-            list[i].vm_state_size = be32(h + 32);
-            /* Known extra data: vm_state_size_large, disk_size, icount. */
-            uint8_t x[24];
-            uint32_t xn = extra < 24 ? extra : 24;
-            if (reader_read(q->r, id_at - extra, x, xn)) return -1;
-            if (extra >= 8) list[i].vm_state_size = be64(x);
-            list[i].icount = extra >= 24 ? be64(x + 16) : UINT64_MAX;
+        if (!list && !visit) continue;
+        struct qcow2_snapshot s;
+        s.l1_offset = be64(h);
+        s.l1_size = be32(h + 8);
+        s.extra_size = extra;
+        s.id_offset = id_at;
+        s.id_len = (uint16_t)id_len;
+        s.name_offset = id_at + id_len;
+        s.name_len = (uint16_t)name_len;
+        s.date_sec = be32(h + 16);
+        s.date_nsec = be32(h + 20);
+        s.vm_clock_nsec = be64(h + 24);
+        s.vm_state_size = be32(h + 32);
+        /* Known extra data: vm_state_size_large, disk_size, icount. */
+        uint8_t x[24];
+        uint32_t xn = extra < 24 ? extra : 24;
+        if (byte_window_read(&w, id_at - extra, x, xn)) { ret = -1; break; }
+        if (extra >= 8) s.vm_state_size = be64(x);
+        s.icount = extra >= 24 ? be64(x + 16) : UINT64_MAX;
+        if (list) list[i] = s;
+        if (visit) {
+            /* qemu copies id and name into 128- and 256-byte buffers (pstrcpy). */
+            uint8_t id[127], name[255];
+            uint32_t n1 = id_len < 127 ? id_len : 127, n2 = name_len < 255 ? name_len : 255;
+            if (byte_window_read(&w, s.id_offset, id, n1) || byte_window_read(&w, s.name_offset, name, n2)) {
+                ret = -1;
+                break;
+            }
+            s.id_len = (uint16_t)n1;
+            s.name_len = (uint16_t)n2;
+            if (visit(ctx, i, &s, id, name)) { ret = -2; break; }
         }
     }
-    *table_size = at - start;
+    rt_heap_release(mark);
+    if (ret == 0) *table_size = at - start;
+    return ret;
+}
+
+int qcow2_read_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, uint64_t *table_size,
+                         uint64_t *arg1, uint64_t *arg2)
+{
+    return walk_snapshots(q, list, NULL, NULL, table_size, arg1, arg2);
+}
+
+struct snapshot_pick {
+    uint64_t index;
+    uint64_t l1_offset;
+    uint32_t l1_size;
+};
+
+static int pick_visit(void *ctx, uint64_t i, const struct qcow2_snapshot *s, const uint8_t *id, const uint8_t *name)
+{
+    (void)id;
+    (void)name;
+    struct snapshot_pick *p = ctx;
+    if (i == p->index) {
+        p->l1_offset = s->l1_offset;
+        p->l1_size = s->l1_size;
+    }
+    return 0;
+}
+
+int qcow2_use_snapshot(struct qcow2 *q, uint64_t index)
+{
+    if (index >= q->nb_snapshots) return fail(q, GERR_BAD_PARAMS, 3, index, 0);
+    struct snapshot_pick p = {.index = index};
+    uint64_t size, a1, a2;
+    int k = walk_snapshots(q, NULL, pick_visit, &p, &size, &a1, &a2);
+    if (k) return k < 0 ? fail(q, GERR_IO, q->snapshots_offset, 0, 0) : fail(q, GERR_BAD_SNAPSHOT_TABLE, (uint64_t)k, a1, a2);
+    /* qcow2_snapshot_load_tmp: qcow2_validate_table(..., "Snapshot L1 table"). */
+    if (validate_table(q, GERR_BAD_L1_SIZE, 4, p.l1_offset, p.l1_size, 8, QCOW2_MAX_L1_SIZE)) return -1;
+    if (p.l1_size && p.l1_offset + (uint64_t)p.l1_size * 8 > READER_MAX_END) return fail(q, GERR_BAD_L1_OFFSET, 2, 0, 0);
+    q->l1_offset = p.l1_offset;
+    q->l1_size = p.l1_size;
+    return 0;
+}
+
+/* Packs snapshots into SNAPSHOT records, flushing each when the next entry does not fit. */
+struct snapshot_batch {
+    struct rec_snapshot rec;
+    uint32_t input;
+};
+
+static int batch_flush(struct snapshot_batch *b)
+{
+    if (!b->rec.count) return 0;
+    int r = rt_emit(&b->rec, sizeof b->rec);
+    b->rec.count = 0;
+    b->rec.used = 0;
+    return r;
+}
+
+static uint16_t cut_at_nul(const uint8_t *s, uint16_t n)
+{
+    uint16_t k = 0;
+    while (k < n && s[k]) k++;
+    return k;
+}
+
+static int batch_add(void *ctx, uint64_t i, const struct qcow2_snapshot *s, const uint8_t *id, const uint8_t *name)
+{
+    struct snapshot_batch *b = ctx;
+    uint16_t n1 = cut_at_nul(id, s->id_len), n2 = cut_at_nul(name, s->name_len);
+    uint32_t need = (uint32_t)((sizeof(struct snapshot_entry) + n1 + n2 + 7) & ~7ull); /* <= 424 */
+    if (b->rec.used + need > sizeof b->rec.data && batch_flush(b)) return -1;
+    if (!b->rec.count) {
+        rec_init(&b->rec, REC_SNAPSHOT, sizeof b->rec);
+        b->rec.input = b->input;
+        b->rec.first = (uint32_t)i;
+    }
+    uint8_t *p = b->rec.data + b->rec.used;
+    memset(p, 0, need);
+    struct snapshot_entry e = {
+        .date_sec = s->date_sec,
+        .date_nsec = s->date_nsec,
+        .vm_clock_nsec = s->vm_clock_nsec,
+        .vm_state_size = s->vm_state_size,
+        .icount = s->icount,
+        .id_len = n1,
+        .name_len = n2,
+    };
+    memcpy(p, &e, sizeof e);
+    memcpy(p + sizeof e, id, n1);
+    memcpy(p + sizeof e + n1, name, n2);
+    b->rec.used += need;
+    b->rec.count++;
     return 0;
 }
 
 int qcow2_emit_snapshots(const struct qcow2 *q)
 {
-    uint64_t n = q->nb_snapshots;
-    if (!n) return 0;
-    uint64_t mark = rt_heap_mark(), size, a1, a2;
-    struct qcow2_snapshot *list = rt_alloc(n * sizeof *list);
-    if (!list) return fail(q, GERR_OUT_OF_MEMORY, n, 0, 0);
-    int k = qcow2_read_snapshots(q, list, &size, &a1, &a2);
+    if (!q->nb_snapshots) return 0;
+    static struct snapshot_batch b;
+    b.input = q->r->input;
+    b.rec.count = 0;
+    b.rec.used = 0;
+    uint64_t size, a1, a2;
+    int k = walk_snapshots(q, NULL, batch_add, &b, &size, &a1, &a2);
+    if (k == -2) return -1; /* rt_emit failed */
     if (k) return k < 0 ? fail(q, GERR_IO, q->snapshots_offset, 0, 0) : fail(q, GERR_BAD_SNAPSHOT_TABLE, (uint64_t)k, a1, a2);
-    static struct rec_snapshot rs;
-    for (uint64_t i = 0; i < n; i++) {
-        const struct qcow2_snapshot *s = &list[i];
-        rec_init(&rs, REC_SNAPSHOT, sizeof rs);
-        rs.input = q->r->input;
-        rs.index = (uint32_t)i;
-        rs.date_sec = s->date_sec;
-        rs.date_nsec = s->date_nsec;
-        rs.vm_clock_nsec = s->vm_clock_nsec;
-        rs.vm_state_size = s->vm_state_size;
-        rs.icount = s->icount;
-        /* qemu copies id and name into 128- and 256-byte buffers (pstrcpy). */
-        uint8_t b[256];
-        uint32_t n1 = s->id_len < 127 ? s->id_len : 127, n2 = s->name_len < 255 ? s->name_len : 255;
-        if (reader_read(q->r, s->id_offset, b, n1)) return fail(q, GERR_IO, s->id_offset, 0, 0);
-        rs.id_len = cstr_copy(rs.id, b, n1);
-        if (reader_read(q->r, s->name_offset, b, n2)) return fail(q, GERR_IO, s->name_offset, 0, 0);
-        rs.name_len = cstr_copy(rs.name, b, n2);
-        if (rt_emit(&rs, sizeof rs)) return -1;
-    }
-    rt_heap_release(mark);
-    return 0;
+    return batch_flush(&b);
 }
 
 int qcow2_emit_bitmaps(const struct qcow2 *q)

@@ -27,6 +27,9 @@ static __attribute__((cold)) int qcow2_layer_open(struct layer *l)
     memset(s, 0, sizeof *s);
     l->state = s;
     if (qcow2_open(&s->q, &l->r, 0)) return -1;
+    /* convert/measure -l: the host picked a snapshot by id or name. */
+    uint32_t sn = rt_params()->input_snapshot[i];
+    if (sn && qcow2_use_snapshot(&s->q, sn - 1ull)) return -1;
     /* bdrv_getlength: whole sectors (total_sectors = size / 512). */
     l->length = s->q.size & ~511ull;
     if (qcow2_mapper_init(&s->m, &s->q)) return -1;

@@ -177,9 +177,14 @@ struct qcow2_snapshot {
 int qcow2_read_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, uint64_t *table_size,
                          uint64_t *arg1, uint64_t *arg2);
 
-/* info: SNAPSHOT records for every internal snapshot, BITMAP records for
+/* info: SNAPSHOT records (packed batches) for every internal snapshot, in
+ * one pass over the table, BITMAP records for
  * every persistent bitmap (both validated by qcow2_open already). */
 int qcow2_emit_snapshots(const struct qcow2 *q);
+/* qcow2_snapshot_load_tmp: reads snapshot `index` (0-based) instead of the
+ * active layer: its L1 table, validated as qemu does, replaces q's. The
+ * virtual size stays the image's. */
+int qcow2_use_snapshot(struct qcow2 *q, uint64_t index);
 int qcow2_emit_bitmaps(const struct qcow2 *q);
 
 /* Reads the whole refcount table (<= 8 MiB) into q->reftable. */
@@ -209,6 +214,20 @@ int table_window_init_sized(struct table_window *w, const struct reader *r, uint
                             uint64_t bytes);
 /* Entry i (< entries) into *v; -1 on read failure. */
 int table_window_get(struct table_window *w, uint64_t i, uint64_t *v);
+
+/*
+ * A 1 MiB read window over arbitrary bytes (the snapshot table): sequential
+ * small reads cost one read per MiB. With buf NULL (no memory) every read
+ * goes to the reader.
+ */
+struct byte_window {
+    const struct reader *r;
+    uint64_t start, len, cap;
+    uint8_t *buf;
+};
+int byte_window_init(struct byte_window *w, const struct reader *r);
+/* Like reader_read: 0, or -1 on overflow or a failed read. */
+int byte_window_read(struct byte_window *w, uint64_t off, void *dst, uint64_t n);
 
 /*
  * A small cache of whole clusters (L2 tables, refcount blocks), sized from

@@ -42,6 +42,31 @@ int table_window_get(struct table_window *w, uint64_t i, uint64_t *v)
     return 0;
 }
 
+int byte_window_init(struct byte_window *w, const struct reader *r)
+{
+    w->r = r;
+    w->start = w->len = 0;
+    w->cap = WINDOW_BYTES;
+    w->buf = rt_alloc(WINDOW_BYTES);
+    return w->buf ? 0 : -1;
+}
+
+int byte_window_read(struct byte_window *w, uint64_t off, void *dst, uint64_t n)
+{
+    uint64_t end;
+    if (__builtin_add_overflow(off, n, &end) || end > READER_MAX_END) return -1;
+    if (!w->buf || n > w->cap) return reader_read(w->r, off, dst, n);
+    if (off < w->start || end > w->start + w->len) {
+        /* Refill from off; never ask past qemu's maximum request end. */
+        uint64_t len = READER_MAX_END - off < w->cap ? READER_MAX_END - off : w->cap;
+        if (reader_read(w->r, off, w->buf, len)) return -1;
+        w->start = off;
+        w->len = len;
+    }
+    memcpy(dst, w->buf + (off - w->start), n);
+    return 0;
+}
+
 int cluster_cache_init(struct cluster_cache *c, const struct reader *r, uint64_t cluster_size, uint32_t slots)
 {
     c->r = r;

@@ -254,7 +254,7 @@ export interface GuestError {
   a2: bigint;
 }
 
-const TABLE_NAMES = ["", "Reference count table", "Snapshot table", "Active L1 table"];
+const TABLE_NAMES = ["", "Reference count table", "Snapshot table", "Active L1 table", "Snapshot L1 table"];
 
 /**
  * The message qemu-img 7.2 prints after "Could not open 'FILE': " for a qcow2

@@ -124,7 +124,11 @@ export const ops = { INFO: 1, CHECK: 2, MAP: 3, CONVERT: 5, COMPARE: 6, RESIZE_S
 /** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
  * (BDRV_O_CHECK): problems check reports as diagnostics (snapshot table,
  * missing refcount table) do not fail the open. */
-export const infoFlags = { CHECK_MODE: 1 } as const;
+export const infoFlags = {
+  CHECK_MODE: 1,
+  /** Leave out the SNAPSHOT and BITMAP lists (commands that print neither: map, compare, resize). */
+  NO_LISTS: 2,
+} as const;
 
 /** params.flags for ops.MAP. PRECISE: report the layers' precise runs even
  * where qemu's driver reports all data (vhdx): the allocation instar's own
@@ -397,7 +401,14 @@ export const structs: StructSpec[] = [
         count: 16,
         doc: "allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown",
       },
-      { name: "reserved", type: "bytes", offset: 424, count: 88 },
+      {
+        name: "input_snapshot",
+        type: "u32",
+        offset: 424,
+        count: 16,
+        doc: "0: read the active layer; k + 1: read qcow2 internal snapshot k instead (convert/measure -l)",
+      },
+      { name: "reserved", type: "bytes", offset: 488, count: 24 },
     ],
   },
   {
@@ -557,22 +568,31 @@ export const structs: StructSpec[] = [
   },
   {
     name: "rec_snapshot",
-    size: 440,
-    doc: "records.SNAPSHOT: one internal snapshot, as qemu's info lists it (id/name cut like qemu: 127/255)",
+    size: 4096,
+    doc: "records.SNAPSHOT: internal snapshots [first, first+count) packed into data (snapshotEntry each, " +
+      "then id_len id bytes and name_len name bytes, padded to 8; id/name cut like qemu: 127/255)",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
       { name: "input", type: "u32", offset: 8 },
-      { name: "index", type: "u32", offset: 12 },
-      { name: "date_sec", type: "u32", offset: 16 },
-      { name: "date_nsec", type: "u32", offset: 20 },
-      { name: "vm_clock_nsec", type: "u64", offset: 24 },
-      { name: "vm_state_size", type: "u64", offset: 32 },
-      { name: "icount", type: "u64", offset: 40, doc: "UINT64_MAX when the image does not record it" },
-      { name: "id_len", type: "u16", offset: 48, doc: "<= 127" },
-      { name: "name_len", type: "u16", offset: 50, doc: "<= 255" },
-      { name: "reserved", type: "u32", offset: 52 },
-      { name: "id", type: "bytes", offset: 56, count: 128 },
-      { name: "name", type: "bytes", offset: 184, count: 256 },
+      { name: "first", type: "u32", offset: 12, doc: "table index of the first entry" },
+      { name: "count", type: "u32", offset: 16, doc: ">= 1" },
+      { name: "used", type: "u32", offset: 20, doc: "bytes of data the entries fill" },
+      { name: "data", type: "bytes", offset: 24, count: 4072 },
+    ],
+  },
+  {
+    name: "snapshot_entry",
+    size: 40,
+    doc: "One snapshot inside rec_snapshot.data (8-aligned), its id and name bytes right after it",
+    fields: [
+      { name: "date_sec", type: "u32", offset: 0 },
+      { name: "date_nsec", type: "u32", offset: 4 },
+      { name: "vm_clock_nsec", type: "u64", offset: 8 },
+      { name: "vm_state_size", type: "u64", offset: 16 },
+      { name: "icount", type: "u64", offset: 24, doc: "UINT64_MAX when the image does not record it" },
+      { name: "id_len", type: "u16", offset: 32, doc: "<= 127" },
+      { name: "name_len", type: "u16", offset: 34, doc: "<= 255" },
+      { name: "reserved", type: "u32", offset: 36 },
     ],
   },
   {
@@ -795,7 +815,13 @@ export const structs: StructSpec[] = [
       { name: "exits", type: "u64", offset: 56 },
       { name: "elapsed_ns", type: "u64", offset: 64 },
       { name: "setup_ns", type: "u64", offset: 72 },
-      { name: "reserved", type: "u64", offset: 80, count: 2 },
+      {
+        name: "reserved",
+        type: "u64",
+        offset: 80,
+        count: 2,
+        doc: "GUEST_FAULT: rip, rsp; HOST_ERROR of a WRITE/WRITEV: [0] = the output offset that failed",
+      },
     ],
   },
   {

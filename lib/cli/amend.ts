@@ -17,6 +17,7 @@ import {
 } from "./common.ts";
 import { OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
 import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
 import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
 import { FORMATS } from "../formats/mod.ts";
@@ -79,7 +80,13 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
 
   let img;
   try {
-    img = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    // A read-write open: qemu's write locks (a running VM holds them).
+    img = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      lock: LOCKS.write,
+      noLists: true,
+    });
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;

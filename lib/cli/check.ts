@@ -21,6 +21,7 @@ import {
   type Io,
   newInstarOptions,
   outputFormat,
+  readLock,
 } from "./common.ts";
 import { chainInputs, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -31,6 +32,7 @@ import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
 import { applySteps } from "./apply_steps.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
 
 export async function checkCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let quiet = false;
@@ -67,14 +69,17 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
 
   let top;
   try {
+    // check -r opens the image read-write: qemu's write locks.
+    const lock = repair ? LOCKS.write : readLock(s.forceShare);
     top = await openImage(filename, {
       format: fmt,
       unsafeQuirks: o.unsafeQuirks,
       checkMode: true,
       backingDirs: o.backingDirs,
+      lock,
     });
     // qemu-img opens the whole chain (a missing backing file fails the check).
-    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;

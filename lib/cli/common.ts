@@ -5,6 +5,7 @@ import type { LongOption } from "./getopt.ts";
 import { detectProfile, parseProfile, type Profile } from "./version.ts";
 import { accumulateOptions } from "../formats/options.ts";
 import type { HostContext } from "../host/context.ts";
+import { forceShare, type LockMode, LOCKS } from "../vmm/image_lock.ts";
 
 export interface Io {
   out(text: string): void;
@@ -81,6 +82,13 @@ export class HelpRequested extends Error {}
 export interface ImageCommandOptions {
   fmt?: string;
   output?: string;
+  /** -U / --force-share: share every permission (qemu's BDRV_O_FORCE_SHARE). */
+  forceShare?: boolean;
+}
+
+/** The lock a read-only command takes on each image of its chain (-U shares everything). */
+export function readLock(forceShareAll: boolean | undefined, mode: LockMode = LOCKS.read): LockMode {
+  return forceShareAll ? forceShare(mode) : mode;
 }
 
 /** Long options every image subcommand shares, before its own ones (qemu-img's table order,
@@ -105,8 +113,8 @@ export const DATA_LONGS_HEAD: LongOption[] = [
   { name: "image-opts", hasArg: false, id: "image-opts" },
 ];
 
-/** Handles -h, -f, --output, --object, --image-opts and -U (a no-op: instar
- * opens read-only and takes no locks); false for the subcommand's own options. */
+/** Handles -h, -f, --output, --object, --image-opts and -U (QEMU's locks are
+ * then taken sharing everything); false for the subcommand's own options. */
 export function imageCommandOption(s: ImageCommandOptions, id: string, value?: string): boolean {
   switch (id) {
     case "h":
@@ -121,6 +129,7 @@ export function imageCommandOption(s: ImageCommandOptions, id: string, value?: s
     case "image-opts":
       throw new CliError([`--${id} is not supported by instar`]);
     case "U":
+      s.forceShare = true;
       return true;
   }
   return false;

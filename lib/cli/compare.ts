@@ -5,6 +5,7 @@
 // images, hands them over and words the outcome the way img_compare does.
 import { compareResults, limits, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
+import { refuseDataFile } from "./data_file.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
   CACHE_MODES,
@@ -15,6 +16,7 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  readLock,
 } from "./common.ts";
 import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -26,14 +28,18 @@ async function openForCompare(
   filename: string,
   fmt: string | undefined,
   o: InstarOptions,
+  forceShareAll: boolean,
 ): Promise<OpenedImage[]> {
   try {
+    const lock = readLock(forceShareAll);
     const top = await openImage(filename, {
       format: fmt,
       unsafeQuirks: o.unsafeQuirks,
       backingDirs: o.backingDirs,
+      lock,
+      noLists: true,
     });
-    return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     // img_open failures: exit 2.
     if (e instanceof OpenError) throw openFailure(filename, e, 2);
@@ -45,7 +51,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   let fmt1: string | undefined, fmt2: string | undefined;
   let cache = "writeback";
   let progressMode: ProgressMode = "off";
-  let quiet = false, strict = false;
+  let quiet = false, strict = false, forceShareAll = false;
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":hf:F:T:pqsU", [
     ...DATA_LONGS_HEAD,
@@ -80,6 +86,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
         strict = true;
         break;
       case "U":
+        forceShareAll = true;
         break;
       case "object":
       case "image-opts":
@@ -96,8 +103,10 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   const progress = new Progress(progressMode, 2.0, io);
   try {
     if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`], false, 2);
-    const chain1 = await openForCompare(filename1, fmt1, o);
-    const chain2 = await openForCompare(filename2, fmt2, o);
+    const chain1 = await openForCompare(filename1, fmt1, o, forceShareAll);
+    const chain2 = await openForCompare(filename2, fmt2, o, forceShareAll);
+    refuseDataFile(chain1, filename1, "compare", 2);
+    refuseDataFile(chain2, filename2, "compare", 2);
     progress.set(0);
     const inputs1 = chainInputs(chain1);
     const inputs = [...inputs1, ...chainInputs(chain2)];

@@ -7,7 +7,12 @@
 // the target name never holds a half-written image; sources are read only
 // inside the sandbox (lib/convert/pipeline.ts).
 import { getopt } from "./getopt.ts";
-import { CliError, usageError } from "./messages.ts";
+import { CliError, PROGRAM, usageError } from "./messages.ts";
+import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
+import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
+import { WriteError } from "../formats/apply_plan.ts";
+import { UnnamedFile } from "../vmm/unnamed_file.ts";
+import { refuseDataFile } from "./data_file.ts";
 import {
   addOptionList,
   CACHE_MODES,
@@ -18,6 +23,7 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { chainInputs, errnoText, openChain, OpenError, openFailure, openImage } from "./image.ts";
@@ -57,7 +63,11 @@ interface ConvertArgs {
   targetIsZero: boolean;
   bitmaps: boolean;
   skipBroken: boolean;
-  snapshot?: string;
+  snapshot?: SnapshotParam;
+  /** -U: the source's locks share everything. */
+  forceShare: boolean;
+  /** qemu's warnings while parsing -l, printed before anything else happens. */
+  warnings: string[];
   cache: string;
   srcCache: string;
   tgtImageOpts: boolean;
@@ -77,6 +87,8 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     targetIsZero: false,
     bitmaps: false,
     skipBroken: false,
+    warnings: [],
+    forceShare: false,
     cache: "unsafe",
     srcCache: "writeback",
     tgtImageOpts: false,
@@ -119,9 +131,12 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
       case "o":
         a.options = addOptionList(a.options, value!);
         break;
-      case "l":
-        a.snapshot = value;
+      case "l": {
+        const { param, warnings } = parseSnapshotParam(value!);
+        a.snapshot = param;
+        a.warnings.push(...warnings);
         break;
+      }
       case "S": {
         const v = cvtnum("buffer size for sparse output", value!);
         if (v % 512n !== 0n || v / 512n > MAX_BUF_SECTORS) {
@@ -163,7 +178,9 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
         break;
       }
       case "W":
+        break;
       case "U":
+        a.forceShare = true;
         break;
       case "r":
         cvtnum("rate limit", value!);
@@ -210,7 +227,6 @@ function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
   if (a.skipCreate) throw no("Writing into an existing image (-n)");
-  if (a.snapshot !== undefined) throw no("Converting a snapshot (-l)");
   if (a.salvage) throw no("--salvage");
   if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
   if (a.outBase !== undefined) throw no("A backing file for the target (-B)");
@@ -230,6 +246,8 @@ function tempBeside(target: string, tag: string): string {
  * command returns 130/143 through run(), with nothing left under the target name. */
 class TempFiles {
   paths: string[] = [];
+  /** Unnamed outputs (O_TMPFILE) by the path they are written through. */
+  #unnamed = new Map<string, UnnamedFile>();
   #trap = trapSignals();
   // The list is kept: a step already under way may create a file again, and the
   // final removeAll() takes it too.
@@ -254,12 +272,42 @@ class TempFiles {
       }
     }
   }
+  /** The output's file: unnamed (O_TMPFILE) beside the target where the file
+   * system allows, so a killed convert leaves nothing; else a named temporary. */
+  async createOutput(target: string): Promise<string> {
+    const slash = target.lastIndexOf("/");
+    const u = await UnnamedFile.create(slash >= 0 ? target.slice(0, slash + 1) : ".");
+    if (!u) return await this.create(target, "out");
+    this.#unnamed.set(u.path, u);
+    return u.path;
+  }
+  /** Puts the finished output in place of `target` (linkat, or rename of the named temporary). */
+  async commit(out: string, target: string): Promise<void> {
+    const u = this.#unnamed.get(out);
+    if (!u) {
+      await Deno.rename(hostPath(out), hostPath(target));
+      this.paths = this.paths.filter((p) => p !== out);
+      return;
+    }
+    // No target yet: the name appears complete, at once. Else link beside it and rename over it.
+    if (!u.link(target)) {
+      let tmp;
+      do tmp = tempBeside(target, "out"); while (!u.link(tmp));
+      this.paths.push(tmp);
+      await Deno.rename(hostPath(tmp), hostPath(target));
+      this.paths = this.paths.filter((p) => p !== tmp);
+    }
+    u.close();
+    this.#unnamed.delete(out);
+  }
   #remove() {
     for (const p of this.paths) {
       try {
         Deno.removeSync(hostPath(p));
       } catch { /* already gone */ }
     }
+    for (const u of this.#unnamed.values()) u.close();
+    this.#unnamed.clear();
   }
   removeAll() {
     this.#remove();
@@ -285,6 +333,7 @@ function guestFailureMessage(e: GuestFailure): string {
 export async function convertCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
   const { a, operands } = parseArgs(argv, o);
+  for (const w of a.warnings) io.err(`${PROGRAM}: ${w}\n`);
   const srcNum = operands.length - 1;
   const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
   checkCombinations(a);
@@ -301,22 +350,24 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const source = operands[0];
     let chain;
     try {
+      const lock = readLock(a.forceShare);
+      // The snapshot list is needed only to pick the one -l names.
+      const noLists = a.snapshot === undefined;
       const top = await openImage(source, {
         format: a.fmt,
         unsafeQuirks: o.unsafeQuirks,
         backingDirs: o.backingDirs,
+        lock,
+        noLists,
       });
-      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks);
+      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(source, e);
       throw e;
     }
-    if (chain[0].namesDataFile) {
-      throw new CliError([
-        `Could not open '${source}': Refusing to read an external data file named by the image ` +
-        "(instar convert never opens files an image names outside its backing chain)",
-      ]);
-    }
+    refuseDataFile(chain, source, "convert");
+    // -l: the guest reads the snapshot's L1 table; the size stays the image's.
+    const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
     const size = chain[0].length;
 
@@ -362,11 +413,29 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       // qemu writes through a symlink to the file it names; so does the
       // rename, by replacing the link's target rather than the link.
-      targets.push(
-        (await Deno.lstat(hostPath(name)).catch(() => undefined))?.isSymlink
-          ? await Deno.realPath(hostPath(name))
-          : name,
-      );
+      const target = (await Deno.lstat(hostPath(name)).catch(() => undefined))?.isSymlink
+        ? await Deno.realPath(hostPath(name))
+        : name;
+      // raw_co_create's lock on the file qemu would truncate: a running VM's
+      // image, or one of this command's own inputs (their locks conflict).
+      if (existing) {
+        let held;
+        try {
+          held = await takeLock(target, LOCKS.create, name);
+        } catch (e) {
+          if (e instanceof LockError) {
+            throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
+          }
+          throw cannotCreateAt(name, errnoText(e));
+        }
+        // With -U the inputs share everything and qemu would go ahead: refuse anyway.
+        if (chain.some((img) => img.dev === held.dev && img.ino === held.ino)) {
+          throw new CliError([
+            `${outFilename}: error while converting ${a.outFmt}: Refusing to overwrite an image this command reads`,
+          ]);
+        }
+      }
+      targets.push(target);
     }
     // convert_zstd is linked without the vmdk reader (384 KiB; docs/quirks.md).
     if (a.compress && spec.qcow2?.compressionType === "zstd" && chain.some((img) => img.vmdk)) {
@@ -377,14 +446,19 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const outs: string[] = [];
     for (const [i, t] of targets.entries()) {
       try {
-        outs.push(await temps.create(t, "out"));
+        outs.push(await temps.createOutput(t));
       } catch (e) {
         throw cannotCreateAt(names[i], errnoText(e));
       }
     }
     const out = outs[outs.length - 1];
     const job = {
-      layers: chainInputs(chain).map((x) => ({ path: x.path, formatCode: x.format, nofollow: x.nofollow })),
+      layers: chainInputs(chain).map((x, i) => ({
+        path: x.path,
+        formatCode: x.format,
+        nofollow: x.nofollow,
+        snapshot: i === 0 ? snapshot : 0,
+      })),
       size,
       minSparse: a.minSparse,
       // The guest's 100% is left to the end (see below).
@@ -411,6 +485,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
       if (e instanceof CliError) throw e;
+      // An output write the host refused (a full disk): qemu-img's words.
+      const w = (e as { write?: { offset: bigint; text: string } }).write;
+      if (w) throw new CliError([`error while writing at byte ${w.offset}: ${w.text}`]);
+      if (e instanceof WriteError) {
+        throw new CliError([`error while writing at byte ${e.offset}: ${errnoText(e.reason)}`]);
+      }
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
     }
     // Keep an existing target's permissions, as qemu's O_TRUNC open would.
@@ -422,17 +502,16 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     temps.checkCancelled();
     // Extents first, the target name last: the name appears only once every
-    // file it needs is complete. A failed rename takes back the ones done.
-    const renamed: string[] = [];
+    // file it needs is complete. A failed commit takes back the ones done.
+    const committed: string[] = [];
     for (const [i, t] of targets.entries()) {
       try {
-        await Deno.rename(hostPath(outs[i]), hostPath(t));
+        await temps.commit(outs[i], t);
       } catch (e) {
-        for (const r of renamed) await Deno.remove(hostPath(r)).catch(() => {});
+        for (const r of committed) await Deno.remove(hostPath(r)).catch(() => {});
         throw cannotCreateAt(names[i], errnoText(e));
       }
-      renamed.push(t);
-      temps.paths = temps.paths.filter((p) => p !== outs[i]);
+      committed.push(t);
     }
     // qemu prints 100% when the last data is copied (only if there was
     // any) and once more when it finishes.

@@ -32,6 +32,7 @@ import {
 import { applyPlan } from "../formats/apply_plan.ts";
 import { driverFor } from "../formats/mod.ts";
 import { CreateError, type CreateHost } from "../formats/types.ts";
+import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { hostPath } from "../host/context.ts";
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -49,13 +50,26 @@ function fileError(filename: string, message: string, hint = ""): CliError {
   return e;
 }
 
-/** Creates (or empties) the file as file-posix's create does. */
+/** Creates (or empties) the file as file-posix's raw_co_create does: opened
+ * without truncation, QEMU's create lock taken (a running VM's image is
+ * refused in qemu's words), then truncated. */
 async function createFile(filename: string): Promise<void> {
   try {
-    const f = await Deno.open(hostPath(filename), { write: true, create: true, truncate: true });
+    const f = await Deno.open(hostPath(filename), { write: true, create: true });
     f.close();
   } catch (e) {
     throw fileError(filename, `Could not create '${filename}': ${errnoText(e)}`);
+  }
+  try {
+    await takeLock(filename, LOCKS.create, filename);
+  } catch (e) {
+    if (e instanceof LockError) throw fileError(filename, e.message);
+    throw fileError(filename, `Could not create '${filename}': ${errnoText(e)}`);
+  }
+  try {
+    await Deno.truncate(hostPath(filename), 0);
+  } catch (e) {
+    throw fileError(filename, `Could not resize file: ${errnoText(e)}`);
   }
 }
 

@@ -20,6 +20,7 @@ import { formatCheckMessage } from "../abi/check_messages.ts";
 import { hostPath } from "../host/context.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
+import { LockError, type LockMode, takeLock } from "../vmm/image_lock.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -69,6 +70,10 @@ export interface OpenOptions {
   checkMode?: boolean;
   /** --backing-dir: more directories vmdk extent files may live in. */
   backingDirs?: string[];
+  /** QEMU's image lock to take before the image is read (lib/vmm/image_lock.ts). */
+  lock?: LockMode;
+  /** Leave out the snapshot and bitmap lists (infoFlags.NO_LISTS): 65,536 snapshots cost memory. */
+  noLists?: boolean;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -127,12 +132,33 @@ async function hostCheck(filename: string, path: string): Promise<Deno.FileInfo>
   return st;
 }
 
+/** Takes the command's lock on the file qemu's file node would lock, before anything is read. */
+async function lockImage(
+  filename: string,
+  path: string,
+  st: Deno.FileInfo,
+  mode: LockMode,
+  nofollow?: boolean,
+) {
+  let held;
+  try {
+    held = await takeLock(path, mode, filename, nofollow);
+  } catch (e) {
+    if (e instanceof LockError) throw new OpenError(filename, e.message);
+    throw new OpenError(filename, `Could not open '${filename}': ${errnoText(e)}`);
+  }
+  if (held.dev !== BigInt(st.dev) || held.ino !== BigInt(st.ino ?? 0)) {
+    throw new OpenError(filename, "File changed while it was being opened");
+  }
+}
+
 /** Opens one image (no backing files); a vmdk descriptor's extent files
  * are checked by the allowlist and attached (lib/cli/extents.ts). */
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<OpenedImage> {
   const requested = formatCode(filename, opts.format);
   const path = hostPath(opts.openPath ?? filename);
   const st = await hostCheck(filename, path);
+  if (opts.lock) await lockImage(filename, path, st, opts.lock, opts.nofollow);
   const img = await openImageOnce(filename, path, st, requested, opts, []);
   if (!img.vmdk || img.vmdk.filesNeeded === 0) return img;
   // The guest named the extent files: the allowlist decides, then a second
@@ -164,7 +190,7 @@ async function openImageOnce(
         { path, format: requested, nofollow: opts.nofollow },
         ...extents.map((x) => ({ path: x.path, format: formats.RAW, nofollow: true })),
       ],
-      flags: opts.checkMode ? infoFlags.CHECK_MODE : 0,
+      flags: (opts.checkMode ? infoFlags.CHECK_MODE : 0) | (opts.noLists ? infoFlags.NO_LISTS : 0),
     });
   } catch (e) {
     throw new OpenError(filename, `Sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
@@ -277,6 +303,8 @@ export async function openChain(
   top: OpenedImage,
   policy: ChainPolicy,
   unsafeQuirks: boolean,
+  /** The lock each backing file takes (qemu opens them read-only: LOCKS.read). */
+  lock?: LockMode,
 ): Promise<OpenedImage[]> {
   const chain = [top];
   const seen = new Set([fileKey(top.dev, top.ino)]);
@@ -298,13 +326,18 @@ export async function openChain(
         unsafeQuirks,
         openPath: link.realPath,
         nofollow: true,
+        lock,
       });
       seen.add(fileKey(img.dev, img.ino));
       chain.push(img);
     } catch (e) {
       if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth, e.bare, e.preface);
       if (e instanceof PolicyError) throw new OpenError(name ?? "", e.message, depth, true);
-      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied) {
+      // Errors of the host's own path handling (realpath of a name too long ...) in qemu's words.
+      if (
+        e instanceof Deno.errors.NotFound || e instanceof Deno.errors.PermissionDenied ||
+        (e instanceof Error && /\(os error \d+\)/.test(e.message))
+      ) {
         const full = fullBackingFilename(cur.filename, name ?? "") ?? name ?? "";
         throw new OpenError(full, `Could not open '${full}': ${errnoText(e)}`, depth);
       }

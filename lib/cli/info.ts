@@ -15,7 +15,9 @@ import {
   newInstarOptions,
   outputFormat,
   profileOf,
+  readLock,
 } from "./common.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
 import { backingName, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
 import { fullBackingFilename, makePolicy } from "../chain/policy.ts";
 import { type ImageFacts, infoHuman, infoJson, type VmdkFacts } from "../output/image_info.ts";
@@ -80,10 +82,12 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
 
   let list: OpenedImage[];
   try {
+    const lock = readLock(s.forceShare, LOCKS.info);
     const top = await openImage(filename, {
       format: fmt,
       unsafeQuirks: o.unsafeQuirks,
       backingDirs: o.backingDirs,
+      lock,
     });
     list = [top];
     if (chain && backingName(top) !== undefined) {
@@ -93,7 +97,7 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
           `Could not determine absolute backing filename, but backing filename '${backingName(top)}' present`,
         ]);
       }
-      list = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+      list = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     }
   } catch (e) {
     if (e instanceof OpenError) {
@@ -101,19 +105,18 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
     }
     throw e;
   }
-  // qemu-img lists internal snapshots and persistent bitmaps in info. The
-  // guest reports them (SNAPSHOT/BITMAP records) but the printers for those
-  // sections are not written yet: refuse rather than print output that
-  // silently differs from qemu-img's.
+  // The info guest lists every snapshot and bitmap the header counts.
   for (const img of list) {
-    if (img.qcow2 && (img.qcow2.nbSnapshots > 0 || img.qcow2.nbBitmaps > 0)) {
+    const q = img.qcow2;
+    if (q && ((q.nbSnapshots > 0 && !q.snapshots) || (q.nbBitmaps > 0 && !q.bitmaps))) {
       throw new CliError([
-        `Could not open '${img.filename}': instar cannot print internal snapshots or persistent bitmaps yet`,
+        `Could not open '${img.filename}': Sandbox failure: snapshots or bitmaps not listed`,
       ]);
     }
   }
   const facts = list.map(imageFacts);
-  io.out(format === "json" ? infoJson(facts, chain, profile) : infoHuman(facts, profile));
+  if (format === "json") infoJson(facts, chain, profile, io.out);
+  else infoHuman(facts, profile, io.out);
   return 0;
 }
 

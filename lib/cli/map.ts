@@ -1,6 +1,7 @@
 // instar map [-f fmt] [--output human|json] [--start-offset N] [--max-length N] [-U] FILE
 import { mapFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
+import { refuseDataFile } from "./data_file.ts";
 import { CliError } from "./messages.ts";
 import {
   expectOneFile,
@@ -15,6 +16,7 @@ import {
   newInstarOptions,
   outputFormat,
   profileOf,
+  readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { chainInputs, inputFilenames, openChain, OpenError, openFailure, openImage } from "./image.ts";
@@ -55,16 +57,21 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
 
   let chain;
   try {
+    const lock = readLock(s.forceShare);
     const top = await openImage(filename, {
       format: fmt,
       unsafeQuirks: o.unsafeQuirks,
       backingDirs: o.backingDirs,
+      lock,
+      noLists: true,
     });
-    chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
+  // qemu-img map names the data file in its File column: instar does not open it.
+  refuseDataFile(chain, filename, "map");
   const length = chain[0].virtualSize;
   // img_map: the loop ends at min(start + max_length, length).
   const end = maxLength === -1n ? length : (start + maxLength < length ? start + maxLength : length);

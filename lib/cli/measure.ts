@@ -14,10 +14,12 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
+import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { optSetNumber, parseOptions } from "../formats/options.ts";
@@ -29,7 +31,11 @@ const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OF
   mapFlags.COMPRESSED;
 
 /** The input's allocation from the map guest, checked to tile [0, virtual size). */
-async function allocationOf(chain: OpenedImage[], precise: boolean): Promise<AllocationExtent[]> {
+async function allocationOf(
+  chain: OpenedImage[],
+  precise: boolean,
+  snapshot = 0,
+): Promise<AllocationExtent[]> {
   const size = chain[0].virtualSize;
   if (size === 0n) return [];
   let result;
@@ -37,7 +43,7 @@ async function allocationOf(chain: OpenedImage[], precise: boolean): Promise<All
     result = await runGuest({
       op: "map",
       opCode: ops.MAP,
-      inputs: chainInputs(chain),
+      inputs: chainInputs(chain).map((x, i) => (i === 0 ? { ...x, snapshot } : x)),
       args: [0n, (1n << 64n) - 1n],
       flags: precise ? mapOpFlags.PRECISE : 0,
     });
@@ -148,7 +154,9 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let outFmt = "raw";
   let options: string | undefined;
   let imgSize: bigint | undefined;
-  let snapshot = false;
+  let snapshot: SnapshotParam | undefined;
+  let forceShareAll = false;
+  const warnings: string[] = [];
   const o = newInstarOptions(base);
   // img_measure's getopt string has no leading ':', so glibc reports a bad
   // option itself ("measure: ...") and qemu-img then prints its help (exit 0).
@@ -175,10 +183,14 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
         case "o":
           options = addOptionList(options, value!);
           break;
-        case "l":
-          snapshot = true;
+        case "l": {
+          const p = parseSnapshotParam(value!);
+          snapshot = p.param;
+          warnings.push(...p.warnings);
           break;
+        }
         case "U":
+          forceShareAll = true;
           break;
         case "object":
         case "image-opts":
@@ -193,10 +205,11 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
           break;
       }
     }));
+  for (const w of warnings) io.err(`instar: ${w}\n`);
   const files = operands;
   if (files.length > 1) throw new CliError(["At most one filename argument is allowed."]);
   const filename = files[0];
-  if (filename === undefined && (fmt !== undefined || snapshot)) {
+  if (filename === undefined && (fmt !== undefined || snapshot !== undefined)) {
     throw new CliError(["--image-opts, -f, and -l require a filename argument."]);
   }
   if (filename !== undefined && imgSize !== undefined) {
@@ -207,19 +220,23 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   }
 
   let chain: OpenedImage[] | undefined;
+  let snapshotNo = 0;
   if (filename !== undefined) {
     try {
+      const lock = readLock(forceShareAll);
       const top = await openImage(filename, {
         format: fmt,
         unsafeQuirks: o.unsafeQuirks,
         backingDirs: o.backingDirs,
+        lock,
       });
-      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(filename, e);
       throw e;
     }
-    if (snapshot) throw new CliError(["Failed to load snapshot: instar cannot load internal snapshots"]);
+    // bdrv_snapshot_load_tmp: the map guest then reads the snapshot's L1 table.
+    if (snapshot !== undefined) snapshotNo = loadSnapshot(chain[0], snapshot);
   }
 
   const driver = driverFor(outFmt);
@@ -244,15 +261,17 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let input: MeasureInput | undefined;
   if (chain) {
     const top = chain[0];
-    if (top.qcow2 && top.qcow2.nbBitmaps > 0) {
-      throw new CliError(["instar cannot measure images with persistent bitmaps yet"]);
+    if (top.qcow2 && top.qcow2.nbBitmaps > 0 && !top.qcow2.bitmaps) {
+      throw new CliError([`Could not open '${filename}': Sandbox failure: bitmaps not listed`]);
     }
     // The allocation scan is needed for every target but raw.
     input = {
       virtualSize: top.virtualSize,
-      extents: outFmt !== "raw" ? await allocationOf(chain, driver.measureEstimate === true) : [],
+      extents: outFmt !== "raw" ? await allocationOf(chain, driver.measureEstimate === true, snapshotNo) : [],
       // qcow2_supports_persistent_dirty_bitmap: only v3 images keep bitmaps.
       supportsBitmaps: top.qcow2?.version === 3,
+      // qemu counts every persistent bitmap (bdrv_dirty_bitmap_size: the image's length).
+      bitmaps: top.qcow2?.bitmaps?.map((b) => ({ granularity: b.granularity, nameLength: b.name.length })),
     };
   }
   // vpc, vhdx and vmdk: qemu-img has no measure for these ("Block driver

@@ -27,6 +27,7 @@ import { runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";
 import { BDRV_MAX_LENGTH } from "../formats/raw/resize_plan.ts";
 import { applySteps } from "./apply_steps.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
 import { type Prealloc, PREALLOC_MODES, type ResizeHost } from "../formats/types.ts";
 
 export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
@@ -90,9 +91,15 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
 
   let img: OpenedImage;
   try {
-    img = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks });
+    // qemu-img resize opens read-write: it takes the write locks; backing files are read.
+    img = await openImage(filename, {
+      format: fmt,
+      unsafeQuirks: o.unsafeQuirks,
+      lock: LOCKS.write,
+      noLists: true,
+    });
     // qemu-img opens the backing chain too: a missing backing file fails the resize.
-    await openChain(img, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    await openChain(img, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, LOCKS.read);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e, 1, true);
     throw e;

@@ -13,6 +13,7 @@ import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
 import { rebaseCommand } from "./rebase.ts";
 import { amendCommand } from "./amend.ts";
+import { snapshotCommand } from "./snapshot.ts";
 import { helpText, versionText } from "./help.ts";
 import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
@@ -34,6 +35,7 @@ const COMMANDS: Record<string, typeof infoCommand> = {
   measure: measureCommand,
   rebase: rebaseCommand,
   resize: resizeCommand,
+  snapshot: snapshotCommand,
 };
 
 /** qemu-img commands instar does not implement yet. */
@@ -42,7 +44,6 @@ const LATER = [
   "bitmap",
   "commit",
   "dd",
-  "snapshot",
 ];
 
 function writeAll(file: { writeSync(p: Uint8Array): number }, text: string) {
@@ -59,8 +60,14 @@ export const stdio: Io = {
 /** Runs one command line with io's host context (see lib/host/context.ts).
  * A cancelled command exits 130 (SIGINT) or 143 (SIGTERM) and prints nothing more. */
 export async function run(args: string[], io: Io = stdio): Promise<number> {
-  const ctx: HostContext = { ...io.context };
-  const code = await withHostContext(ctx, () => runCommand(args, io));
+  const ctx: HostContext = { ...io.context, locks: [] };
+  const code = await withHostContext(ctx, async () => {
+    try {
+      return await runCommand(args, io);
+    } finally {
+      for (const l of ctx.locks ?? []) l.release();
+    }
+  });
   return ctx.signal?.aborted ? cancelStatus(ctx.signal) : code;
 }
 

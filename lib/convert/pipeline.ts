@@ -23,6 +23,8 @@ export interface SourceLayer {
   path: string;
   formatCode: number;
   nofollow: boolean;
+  /** k + 1: read qcow2 internal snapshot k (convert -l); 0 or absent: the active layer. */
+  snapshot?: number;
 }
 
 export interface ConvertJob {
@@ -46,7 +48,12 @@ const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 const RAM = 128 * 1024 * 1024;
 
 function inputs(job: ConvertJob) {
-  return job.layers.map((l) => ({ path: l.path, format: l.formatCode, nofollow: l.nofollow }));
+  return job.layers.map((l) => ({
+    path: l.path,
+    format: l.formatCode,
+    nofollow: l.nofollow,
+    snapshot: l.snapshot,
+  }));
 }
 
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;
@@ -108,7 +115,13 @@ function progressOf(job: ConvertJob, n: number) {
 
 /** Raw output: the file is sized first, the guests write the data in place. Returns the bytes written. */
 export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bigint> {
-  await Deno.truncate(hostPath(outPath), Number(job.size));
+  // Through an open file: an unnamed output's /proc path is a link Deno.truncate would not follow.
+  const f = await Deno.open(hostPath(outPath), { write: true });
+  try {
+    await f.truncate(Number(job.size));
+  } finally {
+    f.close();
+  }
   const n = guestCount(job.size, job.size / (1n << 20n));
   const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
   const report = progressOf(job, n);

@@ -7,10 +7,22 @@ import { hostPath } from "../host/context.ts";
 
 const ZERO_CHUNK = 1 << 20;
 
+/** A write that failed at `offset` (qemu-img: "error while writing at byte N: ..."). */
+export class WriteError extends Error {
+  constructor(readonly offset: bigint, readonly reason: unknown) {
+    super(reason instanceof Error ? reason.message : String(reason));
+    this.name = "WriteError";
+  }
+}
+
 async function writeAll(f: Deno.FsFile, offset: bigint, bytes: Uint8Array): Promise<void> {
   await f.seek(offset, Deno.SeekMode.Start);
   let done = 0;
-  while (done < bytes.length) done += await f.write(bytes.subarray(done));
+  try {
+    while (done < bytes.length) done += await f.write(bytes.subarray(done));
+  } catch (e) {
+    throw new WriteError(offset + BigInt(done), e);
+  }
 }
 
 /**

@@ -47,6 +47,8 @@ export interface MeasureInput {
   extents: AllocationExtent[];
   /** The input format keeps persistent bitmaps (qcow2 v3); they number zero here. */
   supportsBitmaps: boolean;
+  /** Its persistent dirty bitmaps (qcow2): granularity and name length in bytes. */
+  bitmaps?: { granularity: bigint; nameLength: number }[];
 }
 
 /** What a scan of a source reports to the vpc/vhdx/vmdk size calculators. */

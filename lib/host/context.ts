@@ -37,6 +37,8 @@ export interface HostContext {
   signal?: AbortSignal;
   /** Set for requests `instar serve` runs (commands like serve refuse to run there). */
   service?: boolean;
+  /** Image locks the command holds (lib/vmm/image_lock.ts); run() releases them at its end. */
+  locks?: { release(): void }[];
 }
 
 let store: AsyncLocalStorage<HostContext> | undefined;

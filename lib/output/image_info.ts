@@ -1,10 +1,11 @@
 // `qemu-img info` output: the ImageInfo QDict (keys inserted in QAPI schema
 // order, so the hash order matches qemu's), its JSON form and the human form
 // of block/qapi.c bdrv_image_info_dump.
-import { dumpHuman, QDict, type QValue, toJsonPretty } from "./qdict.ts";
+import { ChunkWriter, dumpHuman, QDict, QLazyList, type QValue, writeJsonPretty } from "./qdict.ts";
 import { sizeToStr } from "./size.ts";
 import type { Qcow2Model } from "../formats/qcow2/model.ts";
 import { hasChildren, hasDirtyFlagAndPresent, type Profile } from "./profile.ts";
+import { bitmapInfoDict, snapshotInfoDict, snapshotInfoJson, writeSnapshotTable } from "./snapshots.ts";
 
 /** Everything info prints about one image, already decided by the caller. */
 export interface ImageFacts {
@@ -75,6 +76,8 @@ export function qcow2SpecificData(q: Qcow2Model): QDict {
   d.put("lazy-refcounts", q.lazyRefcounts);
   d.put("corrupt", q.corrupt);
   d.put("refcount-bits", BigInt(q.refcountBits));
+  // qcow2_get_specific_info lists bitmaps only when there are any.
+  if (q.bitmaps?.length) d.put("bitmaps", q.bitmaps.map(bitmapInfoDict));
   d.put("compression-type", q.compressionType);
   return d;
 }
@@ -104,6 +107,17 @@ export function imageInfoDict(f: ImageFacts, profile: Profile): QDict {
     if (f.fullBackingFilename) d.put("full-backing-filename", f.fullBackingFilename);
     if (f.backingFormat) d.put("backing-filename-format", f.backingFormat);
   }
+  const sn = f.qcow2?.snapshots;
+  if (sn?.length) {
+    d.put(
+      "snapshots",
+      new QLazyList(
+        sn.length,
+        (i) => snapshotInfoDict(sn.at(i)),
+        (i, depth) => snapshotInfoJson(sn.at(i), depth),
+      ),
+    );
+  }
   if (f.qcow2) {
     d.put("format-specific", new QDict().put("type", "qcow2").put("data", qcow2SpecificData(f.qcow2)));
   }
@@ -117,12 +131,22 @@ export function imageInfoDict(f: ImageFacts, profile: Profile): QDict {
   return d;
 }
 
-export function infoJson(list: ImageFacts[], chain: boolean, profile: Profile): string {
+/** info's JSON; with `sink` it is handed on in chunks and "" returned. */
+export function infoJson(
+  list: ImageFacts[],
+  chain: boolean,
+  profile: Profile,
+  sink?: (chunk: string) => void,
+): string {
   const v: QValue = chain ? list.map((f) => imageInfoDict(f, profile)) : imageInfoDict(list[0], profile);
-  return toJsonPretty(v) + "\n";
+  const w = new ChunkWriter(sink);
+  writeJsonPretty(v, w);
+  w.push("\n");
+  w.flush();
+  return w.text();
 }
 
-export function infoHumanOne(f: ImageFacts, profile: Profile): string {
+function infoHumanOne(f: ImageFacts, profile: Profile, w: ChunkWriter): void {
   let out = `image: ${f.filename}\n` +
     `file format: ${f.format}\n` +
     `virtual size: ${sizeToStr(f.virtualSize)} (${f.virtualSize} bytes)\n` +
@@ -135,6 +159,11 @@ export function infoHumanOne(f: ImageFacts, profile: Profile): string {
     else if (f.fullBackingFilename !== f.backingFilename) out += ` (actual path: ${f.fullBackingFilename})`;
     out += "\n";
     if (f.backingFormat) out += `backing file format: ${f.backingFormat}\n`;
+  }
+  if (f.qcow2?.snapshots?.length) {
+    w.push(out);
+    writeSnapshotTable(f.qcow2.snapshots, w);
+    out = "";
   }
   if (f.qcow2) {
     out += "Format specific information:\n";
@@ -151,10 +180,17 @@ export function infoHumanOne(f: ImageFacts, profile: Profile): string {
     out += `    file length: ${sizeToStr(f.fileSize)} (${f.fileSize} bytes)\n`;
     out += `    disk size: ${f.actualSize === null ? "unavailable" : sizeToStr(f.actualSize)}\n`;
   }
-  return out;
+  w.push(out);
 }
 
-/** dump_human_image_info_list: images separated by a blank line. */
-export function infoHuman(list: ImageFacts[], profile: Profile): string {
-  return list.map((f) => infoHumanOne(f, profile)).join("\n");
+/** dump_human_image_info_list: images separated by a blank line. With `sink` the
+ * text is handed on in chunks and "" returned. */
+export function infoHuman(list: ImageFacts[], profile: Profile, sink?: (chunk: string) => void): string {
+  const w = new ChunkWriter(sink);
+  list.forEach((f, i) => {
+    if (i) w.push("\n");
+    infoHumanOne(f, profile, w);
+  });
+  w.flush();
+  return w.text();
 }

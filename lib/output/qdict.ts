@@ -4,12 +4,38 @@
 // key comes first. The order is therefore a function of the keys and of the
 // insertion order, which is why callers insert keys in QAPI schema order.
 
-export type QValue = string | bigint | boolean | QDict | QValue[];
+/** Uint8Array: a C string qemu holds as bytes (printed as quoted_str prints them). */
+export type QValue = string | Uint8Array | bigint | boolean | QDict | QValue[] | QLazyList;
+
+/** A QList whose items are built one at a time while printing (65,536 snapshots).
+ * `json`, when given, prints item i at `depth` exactly as toJsonPretty would print item(i). */
+export class QLazyList {
+  constructor(
+    readonly length: number,
+    readonly item: (i: number) => QValue,
+    readonly json?: (i: number, depth: number) => string,
+  ) {}
+}
+
+function listItems(v: QValue[] | QLazyList): Iterable<QValue> {
+  if (Array.isArray(v)) return v;
+  return (function* () {
+    for (let i = 0; i < v.length; i++) yield v.item(i);
+  })();
+}
 
 const BUCKETS = 512;
 
+const hashes = new Map<string, number>();
+
 /** qemu's tdb_hash (qobject/qdict.c), in uint32 arithmetic. */
 export function tdbHash(key: string): number {
+  let h = hashes.get(key);
+  if (h === undefined) hashes.set(key, h = tdbHashOf(key));
+  return h;
+}
+
+function tdbHashOf(key: string): number {
   const bytes = new TextEncoder().encode(key);
   let v = Math.imul(0x238f13af, bytes.length) >>> 0;
   for (let i = 0; i < bytes.length; i++) {
@@ -118,32 +144,72 @@ export function quoteJson(str: string | Uint8Array): string {
   return out + '"';
 }
 
+/** Collects output pieces; with a sink, hands them on in flat chunks of about 1 MiB
+ * (65,536 snapshots must not become one huge rope or string). */
+export class ChunkWriter {
+  #parts: string[] = [];
+  #size = 0;
+  constructor(readonly sink?: (chunk: string) => void) {}
+
+  push(...pieces: string[]): void {
+    for (const p of pieces) {
+      this.#parts.push(p);
+      this.#size += p.length;
+    }
+    if (this.sink && this.#size >= 1 << 20) this.flush();
+  }
+
+  /** Hands everything collected to the sink (no-op without one). */
+  flush(): void {
+    if (!this.sink || !this.#parts.length) return;
+    this.sink(this.#parts.join(""));
+    this.#parts = [];
+    this.#size = 0;
+  }
+
+  /** Everything collected, as one string (without a sink). */
+  text(): string {
+    return this.#parts.join("");
+  }
+}
+
 /** qobject_to_json_pretty(obj, true): 4-space indent, no trailing newline. */
 export function toJsonPretty(value: QValue): string {
-  let out = "";
-  const write = (v: QValue, depth: number) => {
-    if (typeof v === "string") out += quoteJson(v);
-    else if (typeof v === "bigint") out += v.toString();
-    else if (typeof v === "boolean") out += v ? "true" : "false";
-    else if (v instanceof QDict) {
-      out += "{";
-      const entries = v.entries();
-      entries.forEach(([k, x], i) => {
-        out += (i ? "," : "") + "\n" + " ".repeat((depth + 1) * 4) + quoteJson(k) + ": ";
+  const w = new ChunkWriter();
+  writeJsonPretty(value, w);
+  return w.text();
+}
+
+/** toJsonPretty into a writer. */
+export function writeJsonPretty(value: QValue, w: ChunkWriter): void {
+  const write = (v: QValue, depth: number): void => {
+    if (typeof v === "string" || v instanceof Uint8Array) return w.push(quoteJson(v));
+    if (typeof v === "bigint") return w.push(v.toString());
+    if (typeof v === "boolean") return w.push(v ? "true" : "false");
+    const inner = "\n" + " ".repeat((depth + 1) * 4);
+    if (v instanceof QDict) {
+      w.push("{");
+      let i = 0;
+      for (const [k, x] of v.entries()) {
+        w.push(i++ ? "," : "", inner, quoteJson(k), ": ");
         write(x, depth + 1);
-      });
-      out += "\n" + " ".repeat(depth * 4) + "}";
+      }
+      w.push("\n", " ".repeat(depth * 4), "}");
     } else {
-      out += "[";
-      v.forEach((x, i) => {
-        out += (i ? "," : "") + "\n" + " ".repeat((depth + 1) * 4);
-        write(x, depth + 1);
-      });
-      out += "\n" + " ".repeat(depth * 4) + "]";
+      w.push("[");
+      let i = 0;
+      if (v instanceof QLazyList && v.json) {
+        for (; i < v.length; i++) w.push(i ? "," : "", inner, v.json(i, depth + 1));
+      } else {
+        for (const x of listItems(v)) {
+          w.push(i++ ? "," : "", inner);
+          write(x, depth + 1);
+        }
+      }
+      w.push("\n", " ".repeat(depth * 4), "]");
     }
   };
   write(value, 0);
-  return out;
 }
 
 /**
@@ -152,9 +218,15 @@ export function toJsonPretty(value: QValue): string {
  */
 export function dumpHuman(value: QValue, indent: number): string {
   let out = "";
-  const composite = (v: QValue) => v instanceof QDict || Array.isArray(v);
+  const composite = (v: QValue) => v instanceof QDict || Array.isArray(v) || v instanceof QLazyList;
   const scalar = (v: QValue) =>
-    typeof v === "boolean" ? (v ? "true" : "false") : typeof v === "bigint" ? v.toString() : v as string;
+    typeof v === "boolean"
+      ? (v ? "true" : "false")
+      : typeof v === "bigint"
+      ? v.toString()
+      : v instanceof Uint8Array
+      ? new TextDecoder().decode(v)
+      : v as string;
   const obj = (v: QValue, ind: number) => {
     if (v instanceof QDict) {
       for (const [k, x] of v.entries()) {
@@ -162,12 +234,13 @@ export function dumpHuman(value: QValue, indent: number): string {
         if (composite(x)) obj(x, ind + 1);
         else out += scalar(x) + "\n";
       }
-    } else if (Array.isArray(v)) {
-      v.forEach((x, i) => {
-        out += `${" ".repeat(ind * 4)}[${i}]:${composite(x) ? "\n" : " "}`;
+    } else if (Array.isArray(v) || v instanceof QLazyList) {
+      let i = 0;
+      for (const x of listItems(v)) {
+        out += `${" ".repeat(ind * 4)}[${i++}]:${composite(x) ? "\n" : " "}`;
         if (composite(x)) obj(x, ind + 1);
         else out += scalar(x) + "\n";
-      });
+      }
     } else {
       out += scalar(v);
     }

@@ -35,6 +35,12 @@ const symbols = {
   vmm_fd_write: { parameters: ["i32", "buffer", "u64"], result: "i32", nonblocking: true },
   vmm_fd_close: { parameters: ["i32"], result: "i32" },
   vmm_fd_is_listener: { parameters: ["i32"], result: "i32" },
+  // QEMU's image locks (vmm/lock.c, lib/vmm/image_lock.ts).
+  vmm_lock_open: { parameters: ["buffer", "u32", "buffer"], result: "i32" },
+  vmm_lock_apply: { parameters: ["i32", "u32", "u32", "buffer"], result: "i32" },
+  // Unnamed convert outputs (vmm/file_ops.c, lib/cli/output_file.ts).
+  vmm_tmpfile_open: { parameters: ["buffer"], result: "i32" },
+  vmm_tmpfile_link: { parameters: ["i32", "buffer"], result: "i32" },
 } as const;
 
 export type VmmLib = Deno.DynamicLibrary<typeof symbols>["symbols"];

@@ -8,6 +8,8 @@ export interface GuestInput {
   path: string;
   format: number;
   nofollow?: boolean;
+  /** params.input_snapshot: 0 (or absent) the active layer, k + 1 qcow2 internal snapshot k. */
+  snapshot?: number;
 }
 export interface RunRequest {
   op: string;

@@ -6,7 +6,15 @@
 // results and log are copied out first.
 import { decodeRecords, readStruct, RecordError, structSpec, writeStruct } from "../abi/records.ts";
 import type { Rec } from "../abi/records.ts";
-import { ABI_VERSION, attachFlags, limits, PARAMS_MAGIC, runStatus, vmmFlags } from "../abi/spec.ts";
+import {
+  ABI_VERSION,
+  attachFlags,
+  hypercalls,
+  limits,
+  PARAMS_MAGIC,
+  runStatus,
+  vmmFlags,
+} from "../abi/spec.ts";
 import { loadGuest } from "../embedded/lazy.ts";
 import { cString, strerror, vmmLib } from "./ffi.ts";
 import { Cancelled, cancelSignal, guestCaps, hostPath } from "../host/context.ts";
@@ -15,6 +23,7 @@ export interface GuestInput {
   path: string;
   format: number; // formats.*
   nofollow?: boolean;
+  snapshot?: number; // params.input_snapshot: k + 1 reads qcow2 internal snapshot k
 }
 
 export interface RunRequest {
@@ -52,6 +61,8 @@ export const BAD_RECORDS = -1;
 export class SandboxError extends Error {
   status: number;
   detail: number;
+  /** HOST_ERROR of an output write: errno, its text and the output offset that failed. */
+  write?: { errno: number; text: string; offset: bigint };
   constructor(message: string, status: number, detail: number) {
     super(message);
     this.name = "SandboxError";
@@ -222,6 +233,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       // Allocated bytes (st_blocks * 512): qcow2 map's metadata-preallocation test uses it like qemu.
       input_alloc: req.inputs.map((i) => BigInt((Deno.statSync(hostPath(i.path)).blocks ?? 0) * 512)),
       input_format: formats,
+      input_snapshot: req.inputs.map((i) => i.snapshot ?? 0),
       output_cap: req.output?.cap ?? 0n,
       arg: req.args ?? [],
     });
@@ -268,7 +280,11 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
     const err = rep.err as bigint;
     if (status !== runStatus.DONE) {
       const errText = err > 0n && err < 4096n ? strerror(lib, Number(err)) : "unknown error";
-      throw new SandboxError(statusMessage(status, detail, err, timeoutMs, errText), status, detail);
+      const e = new SandboxError(statusMessage(status, detail, err, timeoutMs, errText), status, detail);
+      if (status === runStatus.HOST_ERROR && (detail === hypercalls.WRITE || detail === hypercalls.WRITEV)) {
+        e.write = { errno: Number(err), text: errText, offset: (rep.reserved as bigint[])[0] };
+      }
+      throw e;
     }
 
     // Copy results and log out of VMM memory before vmm_destroy frees it.

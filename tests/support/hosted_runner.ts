@@ -19,6 +19,7 @@ function program(op: string): string {
 }
 
 export class HostedRunError extends Error {
+  write?: { errno: number; text: string; offset: bigint };
   constructor(message: string, readonly status: number, readonly detail = 0) {
     super(message);
     this.name = "SandboxError";
@@ -43,6 +44,7 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
       throw Object.assign(new Error("Too many levels of symbolic links"), { errno: 40, path: i.path });
     }
     inputs.push({ size: BigInt(st.size), dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) });
+    if (i.snapshot) args.push("--snapshot", String(i.snapshot));
     args.push(`${i.format}:${path}`);
   }
   const env = req.onProgress ? { INSTAR_HOST_PROGRESS: "1" } : undefined;
@@ -73,6 +75,13 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
       `guest made a bad hypercall (hosted: ${stderr.trim()})`,
       runStatus.BAD_HYPERCALL,
     );
+  }
+  const w = /hosted rt: write error (\d+) at (\d+): (.*)/.exec(stderr);
+  if (out.code === 71 && w) {
+    // The VMM's HOST_ERROR of an output write, with the same details.
+    const e = new HostedRunError(`host error during the guest run: ${w[3]} (${w[1]})`, runStatus.HOST_ERROR);
+    e.write = { errno: Number(w[1]), text: w[3], offset: BigInt(w[2]) };
+    throw e;
   }
   if (out.code !== 0) {
     throw new HostedRunError(`hosted guest exited ${out.code}: ${stderr.trim()}`, runStatus.HOST_ERROR);

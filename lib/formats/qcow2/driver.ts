@@ -1,13 +1,14 @@
 // The qcow2 row of the format table: decode of the info guest's records,
 // qemu's open-error texts, create (qcow2_co_create_opts: the file is made
 // empty first and removed again when creation fails), measure, convert.
-import { formats } from "../../abi/spec.ts";
+import { formats, records } from "../../abi/spec.ts";
 import type { CreateHost, DecodedImage, FormatDriver } from "../types.ts";
 import { CreateError } from "../types.ts";
 import { optGet, type ParsedOpts } from "../options.ts";
 import { fail, ok } from "../plan.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
 import { qcow2Model } from "./model.ts";
+import { qcow2Bitmaps, qcow2Snapshots } from "./snapshots.ts";
 import { QCOW2_CREATE_OPTS, QCOW2_OWN, qcow2CreateOptions } from "./options.ts";
 import { qcow2CreatePlan } from "./create_plan.ts";
 import { qcow2Measure } from "./measure.ts";
@@ -45,6 +46,12 @@ export const qcow2Driver: FormatDriver = {
   code: formats.QCOW2,
   decode(recs, input): DecodedImage {
     const q = qcow2Model(recs, input);
+    // The lists come only from an info run outside check mode; none at all means not listed.
+    const listed = (type: number) => recs.some((r) => r.type === type && r.fields.input === input);
+    if (q.nbSnapshots > 0 && listed(records.SNAPSHOT)) {
+      q.snapshots = qcow2Snapshots(recs, input, q.nbSnapshots);
+    }
+    if (q.nbBitmaps > 0 && listed(records.BITMAP)) q.bitmaps = qcow2Bitmaps(recs, input, q.nbBitmaps);
     return {
       virtualSize: q.virtualSize,
       // bdrv_getlength: qcow2 keeps whole sectors (total_sectors = size / 512).

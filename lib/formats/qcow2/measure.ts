@@ -55,6 +55,28 @@ export function requiredData(input: MeasureInput, clusterSize: bigint): bigint {
 }
 
 /** qcow2_measure with the create options already parsed (-o). */
+/**
+ * qcow2_get_persistent_dirty_bitmap_size: each bitmap fully allocated in
+ * clusters of the target, its table, and the directory entries, for a source
+ * of `length` bytes.
+ */
+export function bitmapsSize(
+  bitmaps: { granularity: bigint; nameLength: number }[],
+  length: bigint,
+  clusterSize: bigint,
+): bigint {
+  let size = 0n;
+  let dir = 0n;
+  for (const b of bitmaps) {
+    const bits = (length + b.granularity - 1n) / b.granularity;
+    const bytes = alignUp(bits, 64n) / 8n;
+    const clusters = (bytes + clusterSize - 1n) / clusterSize;
+    size += clusters * clusterSize + alignUp(clusters * 8n, clusterSize);
+    dir += alignUp(24n + BigInt(b.nameLength), 8n);
+  }
+  return size + alignUp(dir, clusterSize);
+}
+
 export function qcow2Measure(o: ParsedOpts, input?: MeasureInput): PlanResult<MeasureResult> {
   const extendedL2 = optGet(o, "extended_l2")?.bool ?? false;
   const cs = optGet(o, "cluster_size")?.num ?? 65536n;
@@ -107,6 +129,8 @@ export function qcow2Measure(o: ParsedOpts, input?: MeasureInput): PlanResult<Me
   if (prealloc === "full" || prealloc === "falloc") required = virtualSize;
   const fullyAllocated = qcow2PreallocSize(virtualSize, cs, Number(bits), extendedL2);
   const result: MeasureResult = { required: fullyAllocated - virtualSize + required, fullyAllocated };
-  if (version >= 3 && input?.supportsBitmaps) result.bitmaps = 0n;
+  if (version >= 3 && input?.supportsBitmaps) {
+    result.bitmaps = bitmapsSize(input.bitmaps ?? [], input.virtualSize, cs);
+  }
   return ok(result);
 }

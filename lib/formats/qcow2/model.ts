@@ -3,6 +3,7 @@
 // the bounds qemu itself enforces before the model is used.
 import { limits, nameKinds, qcow2InfoFlags, records } from "../../abi/spec.ts";
 import { nameBytes, type Rec } from "../../abi/records.ts";
+import type { Qcow2Bitmap, SnapshotList } from "./snapshots.ts";
 
 export interface Qcow2Model {
   version: 2 | 3;
@@ -38,6 +39,9 @@ export interface Qcow2Model {
     /** The header has an extension qemu does not know. */
     unknownExtension: boolean;
   };
+  /** Present when the guest listed them (info; not in check mode): lib/formats/qcow2/snapshots.ts. */
+  snapshots?: SnapshotList;
+  bitmaps?: Qcow2Bitmap[];
 }
 
 export class GuestResultError extends Error {

@@ -87,6 +87,8 @@ export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigi
     backingFormat: c.backingFile ? c.backingFormat : undefined,
   });
   if (!header.ok) return header;
-  if (fileSize < BigInt(header.value.length)) return fail("invalid_size", "the file is shorter than its header cluster");
+  if (fileSize < BigInt(header.value.length)) {
+    return fail("invalid_size", "the file is shorter than its header cluster");
+  }
   return ok({ patches: [{ kind: "write", offset: 0n, bytes: header.value }], fileSize });
 }
