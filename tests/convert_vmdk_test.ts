@@ -70,6 +70,17 @@ async function infoJson(dir: string, file: string): Promise<Record<string, unkno
   return j;
 }
 
+/** The process holds a file under `prefix` open (a named temporary or an unnamed O_TMPFILE output). */
+async function writing(pid: number, prefix: string): Promise<boolean> {
+  try {
+    for await (const e of Deno.readDir(`/proc/${pid}/fd`)) {
+      const target = await Deno.readLink(`/proc/${pid}/fd/${e.name}`).catch(() => "");
+      if (target.startsWith(prefix)) return true;
+    }
+  } catch { /* the process is gone */ }
+  return false;
+}
+
 async function temps(dir: string): Promise<string[]> {
   const out = [];
   for await (const e of Deno.readDir(dir)) {
@@ -439,7 +450,9 @@ Deno.test(
           stdout: "null",
           stderr: "null",
         }).spawn();
-        for (let i = 0; i < 400 && (await temps(`${dir}/int`)).length === 0; i++) {
+        // The outputs are unnamed (O_TMPFILE) where the file system allows:
+        // wait for the child to hold a file in the target directory open.
+        for (let i = 0; i < 400 && !(await writing(child.pid, `${dir}/int/`)); i++) {
           await new Promise((r) => setTimeout(r, 25));
         }
         child.kill("SIGINT");

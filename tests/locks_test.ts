@@ -6,8 +6,7 @@
 // its inputs is refused (directly, through a symlink, as a backing file, and
 // with -U, where qemu-img would overwrite its own input).
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
+import { asInstar, built, haveQemuImg, instarHere, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { type HostContext, withHostContext } from "../lib/host/context.ts";
 import { type LockMode, LOCKS, takeLock } from "../lib/vmm/image_lock.ts";
@@ -16,17 +15,7 @@ await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
 
-async function instar(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
+const instar = instarHere;
 
 async function assertSame(args: string[], cwd: string): Promise<Outcome> {
   const q = await qemuImg(args, cwd);

@@ -10,11 +10,11 @@ import {
   CLI_ENTRY,
   haveQemuImg,
   instar as instarCli,
+  instarHere,
   type Outcome,
   qemuImg,
   sh,
 } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -22,17 +22,7 @@ await useHostedGuestsWithoutKvm();
 const ready = built() && haveQemuImg();
 
 /** instar in this process (spawning costs ~0.3 s a run); stdout and stderr as bytes-decoded text. */
-async function instar(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
+const instar = instarHere;
 
 /** Asserts instar prints exactly what qemu-img prints for `args`. */
 async function assertSame(args: string[], cwd: string): Promise<Outcome> {
