@@ -1,11 +1,13 @@
 // Resize planner for VMDK. qemu-img 7.2 cannot resize vmdk images ("Image
 // format driver does not support resize"), so by default this returns that
-// refusal. With `beyondQemu` it plans a monolithicSparse resize that needs
-// no new tables: the new capacity must stay within what the existing grain
-// directory covers (qemu allocates grain tables for the whole capacity at
-// create time), and the header's capacity plus the descriptor's extent
-// size and cylinder count are rewritten. streamOptimized images are
-// append-only and refused; shrinking would strand grains and is refused.
+// refusal. With `beyondQemu` it plans a monolithicSparse or streamOptimized
+// (qemu's: grain directory in the header) resize that needs no new tables:
+// the new capacity must stay within what the existing grain directory
+// covers (qemu allocates grain tables for the whole capacity at create time
+// and never allocates one later), and the header's capacity plus the
+// descriptor's extent size and cylinder count are rewritten. A shrink needs
+// `allocatedGrains` (from the scan) and may only cut grains without data; a
+// streamOptimized grow is refused when a partial last grain holds data.
 import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
 import type { ResizeRequest } from "../types.ts";
 
@@ -27,6 +29,8 @@ export interface VmdkResizeSummary {
   /** The descriptor text, as read (untrusted). */
   descriptor: string;
   fileSize: bigint;
+  /** 1 + the highest grain holding data (0: none); a shrink is refused without it. */
+  allocatedGrains?: bigint;
 }
 
 /** The descriptor with the extent size and cylinder count for `sectors`. */
@@ -46,9 +50,6 @@ export function resizedDescriptor(text: string, sectors: bigint): string | undef
 
 export function planVmdkResize(s: VmdkResizeSummary, req: ResizeRequest): PlanResult<FilePlan> {
   if (!req.beyondQemu) return fail("unsupported", VMDK_RESIZE_REFUSAL);
-  if (s.subformat !== "monolithicSparse") {
-    return fail("unsupported", "Resizing a streamOptimized VMDK is not supported");
-  }
   const size = req.newSize;
   if (size <= 0n || size % 512n !== 0n) {
     return fail("invalid_size", "New VMDK size must be a positive multiple of 512");
@@ -57,11 +58,29 @@ export function planVmdkResize(s: VmdkResizeSummary, req: ResizeRequest): PlanRe
   if (sectors < s.capacity && !req.shrink) {
     return fail("invalid_size", "Use the --shrink option to perform a shrink operation.");
   }
-  if (sectors < s.capacity) return fail("unsupported", "Shrinking a VMDK is not supported");
   if (
-    s.granularity === 0n || s.granularity > 0xffffn || s.numGtesPerGt === 0n || s.numGtesPerGt > 0xffffffffn
+    s.granularity === 0n || s.granularity > 0x200000n || s.numGtesPerGt === 0n || s.numGtesPerGt > 0xffffffffn
   ) {
     return fail("invalid_option", "VMDK grain geometry out of range");
+  }
+  if (sectors < s.capacity) {
+    // A grain starting at or past the new end must hold no data.
+    const alloc = s.allocatedGrains;
+    if (alloc === undefined) return fail("unsupported", "Shrinking a VMDK is not supported");
+    if (alloc > 0n && (alloc - 1n) * s.granularity >= sectors) {
+      return fail("unsupported", "Cannot shrink: VMDK grains past the new end hold data");
+    }
+  }
+  if (sectors > s.capacity && s.subformat === "streamOptimized" && s.capacity % s.granularity !== 0n) {
+    // qemu compresses a partial last grain short (only the bytes below the
+    // capacity): past them its read fails, so that grain must hold no data.
+    const last = (s.capacity + s.granularity - 1n) / s.granularity;
+    if (s.allocatedGrains === undefined || s.allocatedGrains >= last) {
+      return fail(
+        "unsupported",
+        "Cannot grow: the partial last grain of the streamOptimized VMDK holds data",
+      );
+    }
   }
   // The grain tables already there bound the new capacity.
   const covered = s.gdEntries * s.numGtesPerGt * s.granularity;
