@@ -5,14 +5,15 @@
 // (guest/vmdk/resize_scan.c) sends the header sector, the embedded
 // descriptor and the grain facts, checked here against the header bytes;
 // the pure planner (resize_plan.ts) rewrites the header's capacity and the
-// descriptor's extent size and cylinder count. No table or grain moves: a
-// grow stays within the grain tables qemu allocated at create time, a
-// shrink cuts only grains without data.
+// descriptor's extent size and cylinder count. No grain moves: a grow past
+// the grain tables qemu allocated at create time builds new directories and
+// tables at the end of the file; a shrink cuts only grains without data.
 //
-// Crash order (each step synced): the descriptor first, then the header's
-// capacity, the one field qemu reads the size from. An interruption between
-// the two leaves the old size for qemu (the descriptor's extent size is
-// what libvmdk reports; qemu ignores it for a sparse file).
+// Crash order (vmdkSteps, each step synced): new tables past the old end,
+// the descriptor, the header's directory offsets, its capacity (the one
+// field qemu reads the size from) last. An interruption leaves qemu the
+// old size or the new one (the descriptor's extent size is what libvmdk
+// reports; qemu ignores it for a sparse file).
 import { formats, guestErrors, nameKinds, records, resizeBlobs, resizeMetaFlags } from "../../abi/spec.ts";
 import { nameBytes } from "../../abi/records.ts";
 import type { FilePlan } from "../plan.ts";
@@ -47,7 +48,8 @@ export function vmdkResizeSummary(m: ResizeMeta, fileSize: bigint): VmdkResizeSu
     descriptorOffset = dv.getBigUint64(28, true),
     descriptorSectors = dv.getBigUint64(36, true),
     gtes = BigInt(dv.getUint32(44, true)),
-    gd = dv.getBigUint64(56, true);
+    gd = dv.getBigUint64(56, true),
+    rgd = (dv.getUint32(8, true) & 2) !== 0 ? dv.getBigUint64(48, true) : 0n;
   // The meta record must restate the header sent (the guest opened that header).
   if (
     dv.getUint32(0) !== KDMV || gd === GD_AT_END || capacity * 512n !== m.virtualSize ||
@@ -85,14 +87,26 @@ export function vmdkResizeSummary(m: ResizeMeta, fileSize: bigint): VmdkResizeSu
     descriptor: new TextDecoder().decode(text),
     fileSize,
     allocatedGrains: m.allocEnd,
+    gdOffset: gd,
+    rgdOffset: rgd,
   };
 }
 
-/** Crash order: the descriptor, then the header's capacity (what qemu reads). */
-export function vmdkSteps(plan: FilePlan): FilePlan[] {
-  const desc = plan.patches.filter((p) => p.offset >= 512n);
-  const head = plan.patches.filter((p) => p.offset < 512n);
-  return [desc, head].filter((ps) => ps.length > 0).map((patches) => ({ patches, fileSize: plan.fileSize }));
+/**
+ * Crash order, each step synced: what lies past the old end (new
+ * directories and grain tables, which nothing names yet), the descriptor,
+ * the header's directory offsets (the new directories begin with the old
+ * entries: right for the old capacity too), the header's capacity last.
+ */
+export function vmdkSteps(plan: FilePlan, oldEnd: bigint): FilePlan[] {
+  const past = plan.patches.filter((p) => p.offset >= oldEnd);
+  const desc = plan.patches.filter((p) => p.offset >= 512n && p.offset < oldEnd);
+  const dirs = plan.patches.filter((p) => p.offset === 48n || p.offset === 56n);
+  const cap = plan.patches.filter((p) => p.offset === 12n);
+  return [past, desc, dirs, cap].filter((ps) => ps.length > 0).map((patches) => ({
+    patches,
+    fileSize: plan.fileSize,
+  }));
 }
 
 export const vmdkResize: ResizeSupport = {
@@ -114,7 +128,14 @@ export const vmdkResize: ResizeSupport = {
       }
       throw host.refuse("metadata check failed");
     }
-    const { plan } = planFromScan(result, host, job, formats.VMDK, vmdkResizeSummary, planVmdkResize);
-    await host.applySteps(vmdkSteps(plan), "Could not resize image", "write");
+    const { summary, plan } = planFromScan(
+      result,
+      host,
+      job,
+      formats.VMDK,
+      vmdkResizeSummary,
+      planVmdkResize,
+    );
+    await host.applySteps(vmdkSteps(plan, summary.fileSize), "Could not resize image", "write");
   },
 };
