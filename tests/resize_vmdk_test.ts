@@ -13,8 +13,9 @@
 // A grow past the grain tables qemu allocated builds new grain directories
 // and tables at the end of the file. Refusals (a shrink over grains with
 // data or without --shrink, a streamOptimized grow over a short last grain,
-// flat and split images, preallocation, a size that is not whole sectors)
-// exit 1 with the files' bytes unchanged.
+// a grow over grain table entries past the old size, flat and split images,
+// preallocation, a size that is not whole sectors) exit 1 with the files'
+// bytes unchanged.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { run } from "../lib/cli/run.ts";
@@ -283,8 +284,19 @@ interface Refusal {
   create?: string[];
   size: string;
   writes?: [number, number][];
+  prep?: (path: string) => Promise<void>;
   args: string[];
   stderr: RegExp;
+}
+
+/** Sets entry `index` of the grain table the first directory entry names to `value`. */
+async function setGrainEntry(path: string, index: number, value: number): Promise<void> {
+  const b = await Deno.readFile(path);
+  const dv = new DataView(b.buffer);
+  const gd = Number(dv.getBigUint64(56, true)) * 512;
+  const gt = dv.getUint32(gd, true) * 512;
+  dv.setUint32(gt + index * 4, value, true);
+  await Deno.writeFile(path, b);
 }
 
 const REFUSALS: Refusal[] = [
@@ -313,6 +325,17 @@ const REFUSALS: Refusal[] = [
     args: ["9999k"],
     stderr:
       /^instar: Could not resize 'img': Cannot grow: the partial last grain of the streamOptimized VMDK holds data\n$/,
+  },
+  {
+    // qemu never reads an entry past the capacity (check is clean); a grow would expose it
+    name: "monolithicSparse: grow over a grain table entry past the old size",
+    kind: "sparse",
+    size: "4M",
+    writes: [[0, MiB]],
+    prep: (p) => setGrainEntry(p, 100, 128),
+    args: ["8M"],
+    stderr:
+      /^instar: Could not resize 'img': Cannot grow: the VMDK grain table has entries past the old size\n$/,
   },
   {
     name: "monolithicSparse: shrink without --shrink (qemu's words)",
@@ -352,6 +375,11 @@ Deno.test({ name: "resize of vmdk refuses cleanly, writing nothing", ignore: !re
       try {
         if (c.create) await sh(dir, "qemu-img", "create", "-q", "-f", "vmdk", ...c.create, "img", c.size);
         else await makeImage(dir, c.kind, c.size, c.writes ?? []);
+        if (c.prep) {
+          await c.prep(`${dir}/img`);
+          const chk = await qemuImg(["check", "-f", "vmdk", "img"], dir);
+          assertEquals(chk.code, 0, chk.stdout + chk.stderr);
+        }
         const files = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
         const hashes = await Promise.all(files.map(async (f) => digest(await Deno.readFile(`${dir}/${f}`))));
         const size = c.args[c.args.length - 1];

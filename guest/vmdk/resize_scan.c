@@ -10,8 +10,10 @@
  *   RESIZE_META   last: the open's facts (extents, kind, hosted, compressed,
  *                 GD at end, parent, zeroed-grain flag), capacity, grain
  *                 size, grain directory offset and entries, entries per
- *                 grain table, and 1 + the highest grain holding data (a
- *                 shrink may only cut grains without data)
+ *                 grain table, 1 + the highest grain holding data (a
+ *                 shrink may only cut grains without data), and whether the
+ *                 last grain table holds data entries past the capacity (a
+ *                 grow would expose them: refused)
  *
  * Only a single hosted VMDK4 sparse extent (monolithicSparse,
  * streamOptimized) gets bytes and a grain walk; for anything else the meta
@@ -73,6 +75,25 @@ static int alloc_end(struct vmdk *v, struct vmdk_extent *e, uint64_t *end)
     return 0;
 }
 
+/* Whether the capacity's last grain table has an entry past the last grain
+ * that is data (neither 0 nor, with the zeroed-grain flag, 1): qemu never
+ * reads those, a grow would expose them. */
+static int tail_dirty(struct vmdk *v, struct vmdk_extent *e, bool *dirty)
+{
+    *dirty = false;
+    uint64_t gs = e->cluster_sectors, per_gt = e->l2_size;
+    uint64_t grains = e->sectors / gs + (e->sectors % gs != 0);
+    if (grains == 0) return 0;
+    uint64_t t = (grains - 1) / per_gt, first = t * per_gt, co = 0;
+    if (vmdk_cluster(v, e, first * gs * 512, &co) == VMDK_ERROR) return vmdk_fail(v, VMDK_E_IO, t, 0);
+    if (e->gd_empty) return 0;
+    for (uint64_t k = grains - first; k < per_gt; k++) {
+        uint32_t cs = le32((const uint8_t *)(e->l2 + k));
+        if (cs != 0 && !(e->has_zero_grain && cs == 1)) *dirty = true;
+    }
+    return 0;
+}
+
 int vmdk_resize_scan(const struct reader *r)
 {
     static struct vmdk v;
@@ -110,6 +131,10 @@ int vmdk_resize_scan(const struct reader *r)
     m.bat_offset = e->l1_offset;
     m.bat_capacity = e->l1_size;
     m.sequence = e->l2_size;
-    if (!(m.flags & RESIZE_M_VMDK_GD_AT_END) && alloc_end(&v, e, &m.alloc_end)) return -1;
+    if (!(m.flags & RESIZE_M_VMDK_GD_AT_END)) {
+        bool dirty;
+        if (alloc_end(&v, e, &m.alloc_end) || tail_dirty(&v, e, &dirty)) return -1;
+        if (dirty) m.flags |= RESIZE_M_VMDK_TAIL_DIRTY;
+    }
     return rt_emit(&m, sizeof m);
 }

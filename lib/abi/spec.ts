@@ -978,6 +978,8 @@ export const resizeMetaFlags = {
   VMDK_PARENT: 128,
   /** vmdk: the header's zeroed-grain flag (grain table entry 1 reads as zeroes). */
   VMDK_ZERO_GRAIN: 256,
+  /** vmdk: the last grain table has data entries past the capacity's last grain (qemu never reads them). */
+  VMDK_TAIL_DIRTY: 512,
 } as const;
 
 /** RESIZE_BYTES.what: which metadata structure the bytes are part of. */

@@ -89,6 +89,7 @@ export function vmdkResizeSummary(m: ResizeMeta, fileSize: bigint): VmdkResizeSu
     allocatedGrains: m.allocEnd,
     gdOffset: gd,
     rgdOffset: rgd,
+    staleTail: (m.flags & resizeMetaFlags.VMDK_TAIL_DIRTY) !== 0,
   };
 }
 

@@ -41,6 +41,11 @@ export interface VmdkResizeSummary {
    */
   gdOffset?: bigint;
   rgdOffset?: bigint;
+  /**
+   * The last grain table has entries past the capacity that are data (qemu
+   * never reads them; after a grow it would): a grow is refused.
+   */
+  staleTail?: boolean;
 }
 
 /** qemu's vmdk_open_vmdk4 bound on grain directory entries ("L1 size too big"). */
@@ -83,6 +88,9 @@ export function planVmdkResize(s: VmdkResizeSummary, req: ResizeRequest): PlanRe
     if (alloc > 0n && (alloc - 1n) * s.granularity >= sectors) {
       return fail("unsupported", "Cannot shrink: VMDK grains past the new end hold data");
     }
+  }
+  if (sectors > s.capacity && s.staleTail) {
+    return fail("unsupported", "Cannot grow: the VMDK grain table has entries past the old size");
   }
   if (sectors > s.capacity && s.subformat === "streamOptimized" && s.capacity % s.granularity !== 0n) {
     // qemu compresses a partial last grain short (only the bytes below the

@@ -11,7 +11,8 @@
 //         BAT unless bit 3), bits 4-5 preallocation mode
 //   2     refcount_bits selector (qcow2 only)
 //   3     subformat selector (vmdk: bit 0 sparse/stream, bit 1 directory
-//         offsets pool(5), pool(6), bit 2 allocated grains pool(7); vhd:
+//         offsets pool(5), pool(6), bit 2 allocated grains pool(7), bit 3
+//         stale grain table tail; vhd:
 //         dynamic/fixed)
 //   4..8  u32 LE cluster / grain / block size
 //   8..16 u64 LE current virtual size
@@ -71,6 +72,7 @@ export function decodeResizeInput(bytes: Uint8Array): DecodedResize | null {
           // sub bit 2: the allocated-grain bound (shrinks)
           ...(sub & 2 ? { gdOffset: pool(5) & 0xffffffffn, rgdOffset: pool(6) & 0xffffffffn } : {}),
           ...(sub & 4 ? { allocatedGrains: pool(7) & 0xffffffffn } : {}),
+          ...(sub & 8 ? { staleTail: true } : {}),
         },
       };
     case 4:
