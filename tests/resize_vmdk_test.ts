@@ -17,8 +17,7 @@
 // preallocation, a size that is not whole sectors) exit 1 with the files'
 // bytes unchanged.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { built, haveQemuImg, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
+import { built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -33,18 +32,6 @@ const haveVmdkinfo = (() => {
 })();
 const ready = built() && haveQemuImg();
 const MiB = 1024 * 1024;
-
-async function instarHere(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const old = Deno.cwd();
-  Deno.chdir(cwd);
-  try {
-    const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t) });
-    return { stdout, stderr, code };
-  } finally {
-    Deno.chdir(old);
-  }
-}
 
 async function digest(b: Uint8Array): Promise<string> {
   const d = await crypto.subtle.digest("SHA-256", b.slice());
