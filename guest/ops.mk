@@ -31,7 +31,7 @@ convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c \
 # zstd_min: libzstd.a trimmed to fit 384 KiB (guest/compress/zstd_trim.c).
 convert_zstd_LIBS := z zstd_min
 resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c \
-                    vpc/resize_scan.c $(VPC_SRCS) vhdx/resize_scan.c $(VHDX_SRCS)
+                    vpc/resize_scan.c $(VPC_SRCS) vhdx/resize_scan.c $(VHDX_SRCS) vmdk/resize_scan.c $(VMDK_SRCS)
 resize_scan_LIBS :=
 compare_SRCS := ops/compare.c $(READ_SRCS)
 compare_LIBS := z zstd

@@ -225,11 +225,20 @@
 #define RESIZE_M_VPC_DYNAMIC 1
 #define RESIZE_M_VHDX_LOG_GUID_ZERO 2
 #define RESIZE_M_VHDX_HEADER2 4
+#define RESIZE_M_VMDK_DESCRIPTOR 8
+#define RESIZE_M_VMDK_HOSTED 16
+#define RESIZE_M_VMDK_COMPRESSED 32
+#define RESIZE_M_VMDK_GD_AT_END 64
+#define RESIZE_M_VMDK_PARENT 128
+#define RESIZE_M_VMDK_ZERO_GRAIN 256
+#define RESIZE_M_VMDK_TAIL_DIRTY 512
 
 #define RESIZE_BLOB_VPC_FOOTER 1
 #define RESIZE_BLOB_VPC_DYNHEADER 2
 #define RESIZE_BLOB_VHDX_HEADER 3
 #define RESIZE_BLOB_VHDX_REGION_TABLE 4
+#define RESIZE_BLOB_VMDK_HEADER 5
+#define RESIZE_BLOB_VMDK_DESCRIPTOR 6
 
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
 #define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
@@ -845,20 +854,20 @@ _Static_assert(offsetof(struct vmm_input_info, ino) == 16, "vmm_input_info.ino")
 _Static_assert(offsetof(struct vmm_input_info, index) == 24, "vmm_input_info.index");
 _Static_assert(offsetof(struct vmm_input_info, reserved) == 28, "vmm_input_info.reserved");
 
-/* records.RESIZE_META: last record of a vpc/vhdx resize scan (every value from the image; the host bounds each before use) */
+/* records.RESIZE_META: last record of a vpc/vhdx/vmdk resize scan (every value from the image; the host bounds each before use) */
 struct rec_resize_meta {
     uint8_t hdr[8];
-    uint32_t format; /* formats.VPC / VHDX */
+    uint32_t format; /* formats.VPC / VHDX / VMDK */
     uint32_t flags; /* resizeMetaFlags.* */
-    uint32_t subformat; /* vpc: the footer's disk type; vhdx: file parameter bits */
-    uint32_t bat_entry; /* vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob) */
-    uint64_t virtual_size; /* vpc: footer current_size; vhdx: virtual disk size item */
-    uint64_t block_size;
-    uint64_t bat_offset; /* file offset of the BAT (vhdx: of its region) */
-    uint64_t bat_capacity; /* vpc: max_table_entries; vhdx: BAT region bytes */
-    uint64_t sequence; /* vhdx: the active header's sequence number */
+    uint32_t subformat; /* vpc: the footer's disk type; vhdx: file parameter bits; vmdk: the first extent's kind (1 VMDK4 sparse, 2 VMDK3, 3 flat; 0 none) */
+    uint32_t bat_entry; /* vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob); vmdk: extents */
+    uint64_t virtual_size; /* vpc: footer current_size; vhdx: virtual disk size item; vmdk: capacity in bytes */
+    uint64_t block_size; /* vmdk: sectors per grain */
+    uint64_t bat_offset; /* file offset of the BAT (vhdx: of its region; vmdk: of the grain directory) */
+    uint64_t bat_capacity; /* vpc: max_table_entries; vhdx: BAT region bytes; vmdk: grain directory entries read */
+    uint64_t sequence; /* vhdx: the active header's sequence number; vmdk: grain table entries per table */
     uint64_t item_offset; /* vhdx: file offset of the virtual disk size item */
-    uint64_t alloc_end; /* vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none) */
+    uint64_t alloc_end; /* vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none); vmdk: 1 + the highest grain whose table entry is neither 0 nor (zeroed-grain flag) 1 */
     uint64_t n_bytes; /* bytes sent in RESIZE_BYTES records before this one */
 };
 _Static_assert(sizeof(struct rec_resize_meta) == 88, "rec_resize_meta size");

@@ -849,39 +849,50 @@ export const structs: StructSpec[] = [
   {
     name: "rec_resize_meta",
     size: 88,
-    doc: "records.RESIZE_META: last record of a vpc/vhdx resize scan (every value from the image; " +
+    doc: "records.RESIZE_META: last record of a vpc/vhdx/vmdk resize scan (every value from the image; " +
       "the host bounds each before use)",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
-      { name: "format", type: "u32", offset: 8, doc: "formats.VPC / VHDX" },
+      { name: "format", type: "u32", offset: 8, doc: "formats.VPC / VHDX / VMDK" },
       { name: "flags", type: "u32", offset: 12, doc: "resizeMetaFlags.*" },
       {
         name: "subformat",
         type: "u32",
         offset: 16,
-        doc: "vpc: the footer's disk type; vhdx: file parameter bits",
+        doc: "vpc: the footer's disk type; vhdx: file parameter bits; vmdk: the first extent's kind " +
+          "(1 VMDK4 sparse, 2 VMDK3, 3 flat; 0 none)",
       },
       {
         name: "bat_entry",
         type: "u32",
         offset: 20,
-        doc: "vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob)",
+        doc: "vhdx: the BAT's entry index in the region table (VHDX_REGION_TABLE blob); vmdk: extents",
       },
       {
         name: "virtual_size",
         type: "u64",
         offset: 24,
-        doc: "vpc: footer current_size; vhdx: virtual disk size item",
+        doc: "vpc: footer current_size; vhdx: virtual disk size item; vmdk: capacity in bytes",
       },
-      { name: "block_size", type: "u64", offset: 32 },
-      { name: "bat_offset", type: "u64", offset: 40, doc: "file offset of the BAT (vhdx: of its region)" },
+      { name: "block_size", type: "u64", offset: 32, doc: "vmdk: sectors per grain" },
+      {
+        name: "bat_offset",
+        type: "u64",
+        offset: 40,
+        doc: "file offset of the BAT (vhdx: of its region; vmdk: of the grain directory)",
+      },
       {
         name: "bat_capacity",
         type: "u64",
         offset: 48,
-        doc: "vpc: max_table_entries; vhdx: BAT region bytes",
+        doc: "vpc: max_table_entries; vhdx: BAT region bytes; vmdk: grain directory entries read",
       },
-      { name: "sequence", type: "u64", offset: 56, doc: "vhdx: the active header's sequence number" },
+      {
+        name: "sequence",
+        type: "u64",
+        offset: 56,
+        doc: "vhdx: the active header's sequence number; vmdk: grain table entries per table",
+      },
       {
         name: "item_offset",
         type: "u64",
@@ -893,7 +904,8 @@ export const structs: StructSpec[] = [
         type: "u64",
         offset: 72,
         doc: "vpc dynamic: 1 + the highest allocated BAT index (0: none); vhdx: 1 + the highest " +
-          "payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none)",
+          "payload block whose BAT state is FULLY_ or PARTIALLY_PRESENT (0: none); vmdk: 1 + the highest " +
+          "grain whose table entry is neither 0 nor (zeroed-grain flag) 1",
       },
       { name: "n_bytes", type: "u64", offset: 80, doc: "bytes sent in RESIZE_BYTES records before this one" },
     ],
@@ -954,10 +966,33 @@ export const resizeMetaFlags = {
   VHDX_LOG_GUID_ZERO: 2,
   /** vhdx: the active header is the second (at 128 KiB). */
   VHDX_HEADER2: 4,
+  /** vmdk: opened from a text descriptor (extent files), not a sparse file. */
+  VMDK_DESCRIPTOR: 8,
+  /** vmdk: the first extent is the image file itself (a sparse header at offset 0). */
+  VMDK_HOSTED: 16,
+  /** vmdk: compressed grains (streamOptimized). */
+  VMDK_COMPRESSED: 32,
+  /** vmdk: the header's grain directory offset is GD_AT_END (read from the footer). */
+  VMDK_GD_AT_END: 64,
+  /** vmdk: the descriptor names a parent (parentFileNameHint). */
+  VMDK_PARENT: 128,
+  /** vmdk: the header's zeroed-grain flag (grain table entry 1 reads as zeroes). */
+  VMDK_ZERO_GRAIN: 256,
+  /** vmdk: the last grain table has data entries past the capacity's last grain (qemu never reads them). */
+  VMDK_TAIL_DIRTY: 512,
 } as const;
 
 /** RESIZE_BYTES.what: which metadata structure the bytes are part of. */
-export const resizeBlobs = { VPC_FOOTER: 1, VPC_DYNHEADER: 2, VHDX_HEADER: 3, VHDX_REGION_TABLE: 4 } as const;
+export const resizeBlobs = {
+  VPC_FOOTER: 1,
+  VPC_DYNHEADER: 2,
+  VHDX_HEADER: 3,
+  VHDX_REGION_TABLE: 4,
+  /** vmdk: the sparse header's sector (offset 0) as read. */
+  VMDK_HEADER: 5,
+  /** vmdk: the embedded descriptor's sectors (at most 20), zero-padded to 10 KiB. */
+  VMDK_DESCRIPTOR: 6,
+} as const;
 
 /** Enum groups emitted into the C header as #defines with these prefixes. */
 export const enums: Record<string, Record<string, number>> = {

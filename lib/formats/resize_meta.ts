@@ -1,5 +1,5 @@
-// Decoding of a vpc/vhdx resize scan (guest/vpc/resize_scan.c,
-// guest/vhdx/resize_scan.c): RESIZE_BYTES records reassembled into the
+// Decoding of a vpc/vhdx/vmdk resize scan (guest/vpc/resize_scan.c,
+// guest/vhdx/resize_scan.c, guest/vmdk/resize_scan.c): RESIZE_BYTES records reassembled into the
 // metadata structures they carry, and the one RESIZE_META record that must
 // end the stream. Every value is the image's: lengths, offsets and counts
 // are checked here, the planners check the rest.
@@ -15,6 +15,8 @@ const BLOB_SIZE: Record<number, number> = {
   [resizeBlobs.VPC_DYNHEADER]: 1024,
   [resizeBlobs.VHDX_HEADER]: 4096,
   [resizeBlobs.VHDX_REGION_TABLE]: 65536,
+  [resizeBlobs.VMDK_HEADER]: 512,
+  [resizeBlobs.VMDK_DESCRIPTOR]: 10240,
 };
 
 export interface ResizeMeta {
@@ -88,7 +90,7 @@ export function decodeResizeMeta(recs: Rec[], format: number): ResizeMeta {
 const SHRINK_HINT = "Use the --shrink option to perform a shrink operation.";
 
 /**
- * The common tail of vpc's and vhdx's resize after the scan ran without an
+ * The common tail of vpc's, vhdx's and vmdk's resize after the scan ran without an
  * ERROR record: the scan's records into the planner's summary (`summarize`
  * returns a refusal text for what it will not resize), then the pure plan,
  * with qemu's --shrink hint and warning for a shrink without --shrink.

@@ -14,6 +14,7 @@ import { VMDK_CREATE_OPTS, VMDK_OWN, vmdkCreateOptions, vmdkEntropy } from "./op
 import { planVmdkCreate } from "./create_plan.ts";
 import { vmdkMeasure } from "./measure.ts";
 import { vmdkOutput } from "./output_plan.ts";
+import { vmdkResize } from "./resize.ts";
 import { fail } from "../plan.ts";
 import { optGet } from "../options.ts";
 
@@ -53,6 +54,7 @@ export const vmdkDriver: FormatDriver = {
       await host.applyPlan(plan.value);
     },
   },
+  resize: vmdkResize,
   measureEstimate: true,
   measure: estimateMeasure((opts, alloc) => vmdkMeasure(vmdkCreateOptions(opts, "measure.vmdk"), alloc)),
   convertTarget: {

@@ -10,7 +10,10 @@
 //         region table present (its BAT entry pool(5) mod 4, pointing at the
 //         BAT unless bit 3), bits 4-5 preallocation mode
 //   2     refcount_bits selector (qcow2 only)
-//   3     subformat selector (vmdk: sparse/stream; vhd: dynamic/fixed)
+//   3     subformat selector (vmdk: bit 0 sparse/stream, bit 1 directory
+//         offsets pool(5), pool(6), bit 2 allocated grains pool(7), bit 3
+//         stale grain table tail; vhd:
+//         dynamic/fixed)
 //   4..8  u32 LE cluster / grain / block size
 //   8..16 u64 LE current virtual size
 //  16..24 u64 LE new virtual size
@@ -65,6 +68,11 @@ export function decodeResizeInput(bytes: Uint8Array): DecodedResize | null {
           descriptor: `RW ${current / 512n} SPARSE "fuzz.vmdk"\nddb.geometry.cylinders = "0"\n` +
             `ddb.geometry.heads = "${pool(4) & 0x1ffn}"\n`,
           fileSize,
+          // sub bit 1: the directories' offsets (grows past the tables build new ones);
+          // sub bit 2: the allocated-grain bound (shrinks)
+          ...(sub & 2 ? { gdOffset: pool(5) & 0xffffffffn, rgdOffset: pool(6) & 0xffffffffn } : {}),
+          ...(sub & 4 ? { allocatedGrains: pool(7) & 0xffffffffn } : {}),
+          ...(sub & 8 ? { staleTail: true } : {}),
         },
       };
     case 4:
