@@ -16,6 +16,7 @@ import {
   sh,
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { FULL_TESTS } from "./support/full.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -213,14 +214,18 @@ async function manySnapshots(src: string, dst: string, n: number): Promise<void>
   await Deno.writeFile(dst, out);
 }
 
+// 65,536 snapshots take qemu-img itself over a minute to list here: the
+// default run lists 8,192 and leaves the timing to INSTAR_FULL_TESTS=1.
+const MANY = FULL_TESTS ? 65536 : 8192;
+
 Deno.test({
-  name: "65,536 snapshots: listed byte for byte, in less time than qemu-img",
+  name: `${MANY} snapshots: listed byte for byte${FULL_TESTS ? ", in less time than qemu-img" : ""}`,
   ignore: !ready,
   fn: () =>
     withDir(async (dir) => {
       await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "one.qcow2", "64M");
       await sh(dir, "qemu-img", "snapshot", "-c", "s", "one.qcow2");
-      await manySnapshots(`${dir}/one.qcow2`, `${dir}/many.qcow2`, 65536);
+      await manySnapshots(`${dir}/one.qcow2`, `${dir}/many.qcow2`, MANY);
       let t = performance.now();
       const q = await qemuImg(["snapshot", "-l", "many.qcow2"], dir);
       const tq = performance.now() - t;
@@ -228,10 +233,10 @@ Deno.test({
       const i = await instarCli(["snapshot", "-l", "many.qcow2"], dir);
       const ti = performance.now() - t;
       assertEquals(q.code, 0);
-      assertEquals(q.stdout.split("\n").length, 65536 + 3);
+      assertEquals(q.stdout.split("\n").length, MANY + 3);
       assertEquals(i, q);
       // Measured through the hosted guest build here when /dev/kvm is not usable.
-      assert(ti <= tq, `instar ${ti.toFixed(0)} ms, qemu-img ${tq.toFixed(0)} ms`);
+      if (FULL_TESTS) assert(ti <= tq, `instar ${ti.toFixed(0)} ms, qemu-img ${tq.toFixed(0)} ms`);
     }),
 });
 
