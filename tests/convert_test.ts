@@ -473,3 +473,72 @@ Deno.test(
     }
   },
 );
+
+/** A loop device over a new file of `bytes` filled with 0xaa, as a node in `dir` (root only; undefined elsewhere). */
+async function loopDevice(
+  dir: string,
+  name: string,
+  bytes: number,
+): Promise<{ node: string; detach: () => Promise<void> } | undefined> {
+  await Deno.writeFile(`${dir}/${name}.img`, new Uint8Array(bytes).fill(0xaa));
+  const lo = await new Deno.Command("losetup", {
+    args: ["-f", "--show", `${dir}/${name}.img`],
+    stdout: "piped",
+    stderr: "null",
+  })
+    .output().catch(() => undefined);
+  if (!lo?.success) return undefined;
+  const dev = new TextDecoder().decode(lo.stdout).trim();
+  const detach = async () => {
+    await new Deno.Command("losetup", { args: ["-d", dev] }).output();
+  };
+  // A node of the test's own for the same device: a regression that replaced
+  // the target with a file would replace this one, never one in /dev.
+  const st = await new Deno.Command("stat", { args: ["-c", "%t %T", dev], stdout: "piped" }).output();
+  const [maj, min] = new TextDecoder().decode(st.stdout).trim().split(" ").map((h) =>
+    String(parseInt(h, 16))
+  );
+  const mk = await new Deno.Command("mknod", { args: [`${dir}/${name}`, "b", maj, min] }).output();
+  if (!mk.success) {
+    await detach();
+    return undefined;
+  }
+  return { node: `${dir}/${name}`, detach };
+}
+
+Deno.test(
+  { name: "convert -O raw onto a block device writes into it, as qemu-img does", ignore: !ready },
+  async (t) => {
+    const dir = await Deno.makeTempDir({ prefix: "instar-convert-blk-" });
+    const detach: (() => Promise<void>)[] = [];
+    try {
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "src.qcow2", "8M");
+      await sh(dir, "qemu-io", "-c", "write -P 5 1M 1M", "-c", "write -z 3M 64k", "src.qcow2");
+      await sh(dir, "qemu-img", "convert", "-O", "raw", "src.qcow2", "want.raw");
+      const big = await loopDevice(dir, "big", 16 << 20);
+      if (!big) return; // no loop devices here (not root, or none left)
+      detach.push(big.detach);
+      await t.step("the image is written, the rest of the device kept, the node left in place", async () => {
+        const r = await instar(["convert", "-O", "raw", "src.qcow2", "big"], dir);
+        assertEquals(r, { stdout: "", stderr: "", code: 0 });
+        assert(Deno.statSync(big.node).isBlockDevice, "the device node was replaced");
+        const got = await Deno.readFile(big.node);
+        const want = await Deno.readFile(`${dir}/want.raw`);
+        assertEquals(got.subarray(0, want.length), want);
+        assert(got.subarray(want.length).every((b) => b === 0xaa), "the device past the image changed");
+      });
+      const small = await loopDevice(dir, "small", 1 << 20);
+      if (!small) return;
+      detach.push(small.detach);
+      await t.step("a device smaller than the image: qemu-img's error", async () => {
+        const q = await qemuImg(["convert", "-O", "raw", "src.qcow2", "small"], dir);
+        const i = await instar(["convert", "-O", "raw", "src.qcow2", "small"], dir);
+        assertEquals(i, asInstar(q));
+        assert(Deno.statSync(small.node).isBlockDevice);
+      });
+    } finally {
+      for (const d of detach) await d();
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

@@ -403,14 +403,17 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         `${outFilename}: error while converting ${a.outFmt}: Could not create '${name}': ${why}`,
       ]);
     const targets: string[] = [];
+    let device = false;
     for (const name of names) {
       const existing = await Deno.stat(hostPath(name)).catch(() => undefined);
       if (existing?.isDirectory) throw cannotCreateAt(name, "Is a directory");
-      // qemu writes into an existing device (host_device); the temporary-name
-      // output would replace the device node with a regular file instead.
-      if (existing?.isBlockDevice || existing?.isCharDevice) {
+      // qemu writes into an existing block device (host_device: cinder and
+      // os-brick copy volumes so); a temporary-name output would replace the
+      // device node with a regular file instead. Raw output only, for now.
+      if (existing?.isCharDevice || (existing?.isBlockDevice && (spec.writer !== "raw" || names.length !== 1))) {
         throw new CliError([`Converting onto a device is not supported by instar yet: '${name}'`]);
       }
+      if (existing?.isBlockDevice) device = true;
       // qemu writes through a symlink to the file it names; so does the
       // rename, by replacing the link's target rather than the link.
       const target = (await Deno.lstat(hostPath(name)).catch(() => undefined))?.isSymlink
@@ -444,7 +447,22 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       ]);
     }
     const outs: string[] = [];
-    for (const [i, t] of targets.entries()) {
+    if (device) {
+      // Written in place (no temporary): the device must hold the image.
+      const t = targets[0];
+      let devSize: bigint;
+      try {
+        using f = await Deno.open(hostPath(t), { read: true });
+        devSize = BigInt(await f.seek(0, Deno.SeekMode.End));
+      } catch (e) {
+        throw cannotCreateAt(names[0], errnoText(e));
+      }
+      if (devSize < size) {
+        throw new CliError([`${outFilename}: error while converting ${a.outFmt}: Cannot grow device files`]);
+      }
+      outs.push(t);
+    }
+    for (const [i, t] of (device ? [] : targets).entries()) {
       try {
         outs.push(await temps.createOutput(t));
       } catch (e) {
@@ -461,6 +479,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       })),
       size,
       minSparse: a.minSparse,
+      device,
       // The guest's 100% is left to the end (see below).
       onProgress: (done: bigint, total: bigint) => {
         if (done < total || a.progress === "json") progress.bytes(done, total);
@@ -494,7 +513,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
     }
     // Keep an existing target's permissions, as qemu's O_TRUNC open would.
-    for (const [i, t] of targets.entries()) {
+    for (const [i, t] of (device ? [] : targets).entries()) {
       try {
         const st = await Deno.stat(hostPath(t));
         if (st.mode !== null && st.isFile) await Deno.chmod(hostPath(outs[i]), st.mode & 0o7777);
@@ -504,7 +523,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // Extents first, the target name last: the name appears only once every
     // file it needs is complete. A failed commit takes back the ones done.
     const committed: string[] = [];
-    for (const [i, t] of targets.entries()) {
+    for (const [i, t] of (device ? [] : targets).entries()) {
       try {
         await temps.commit(outs[i], t);
       } catch (e) {

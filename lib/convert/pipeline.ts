@@ -33,6 +33,10 @@ export interface ConvertJob {
   size: bigint;
   minSparse: bigint;
   onProgress?: (done: bigint, total: bigint) => void;
+  /** The raw output is an existing block device (qemu's host_device): it is
+   * not sized, and the range the image covers is zeroed before the guests
+   * write, since a device does not read as zeroes where nothing is written. */
+  device?: boolean;
 }
 
 /** A failure the guest reported (an ERROR record); the CLI words it. */
@@ -113,12 +117,26 @@ function progressOf(job: ConvertJob, n: number) {
   };
 }
 
+/** Writes zeroes over [0, size) of `f` (1 MiB at a time) and syncs them. */
+async function zeroFill(f: Deno.FsFile, size: bigint): Promise<void> {
+  const zero = new Uint8Array(1 << 20);
+  await f.seek(0, Deno.SeekMode.Start);
+  for (let left = size; left > 0n;) {
+    const n = left < BigInt(zero.length) ? Number(left) : zero.length;
+    let at = 0;
+    while (at < n) at += await f.write(zero.subarray(at, n));
+    left -= BigInt(n);
+  }
+  await f.syncData();
+}
+
 /** Raw output: the file is sized first, the guests write the data in place. Returns the bytes written. */
 export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bigint> {
   // Through an open file: an unnamed output's /proc path is a link Deno.truncate would not follow.
   const f = await Deno.open(hostPath(outPath), { write: true });
   try {
-    await f.truncate(Number(job.size));
+    if (job.device) await zeroFill(f, job.size);
+    else await f.truncate(Number(job.size));
   } finally {
     f.close();
   }
