@@ -542,3 +542,45 @@ Deno.test(
     }
   },
 );
+
+Deno.test(
+  { name: "convert -n -O raw writes into the existing file as qemu-img does", ignore: !ready },
+  async (t) => {
+    const dir = await Deno.makeTempDir({ prefix: "instar-convert-n-" });
+    try {
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "src.qcow2", "8M");
+      await sh(dir, "qemu-io", "-c", "write -P 5 1M 1M", "-c", "write -z 3M 64k", "src.qcow2");
+      // An existing target longer than the image, with bytes everywhere.
+      const old = crypto.getRandomValues(new Uint8Array(12 << 20).subarray(0, 65536));
+      const fill = new Uint8Array(12 << 20);
+      for (let at = 0; at < fill.length; at += old.length) fill.set(old, at);
+      const cases = [
+        ["-n", "-O", "raw", "src.qcow2", "t.raw"],
+        ["-n", "--target-is-zero", "-O", "raw", "src.qcow2", "t.raw"],
+        ["-n", "-O", "raw", "src.qcow2", "missing.raw"],
+        ["-n", "-O", "raw", "src.qcow2", "small.raw"],
+        ["-n", "-O", "raw", "-o", "preallocation=full", "src.qcow2", "t.raw"],
+      ];
+      for (const args of cases) {
+        await t.step(args.join(" "), async () => {
+          for (const d of ["q", "i"]) {
+            await Deno.mkdir(`${dir}/${d}`, { recursive: true });
+            await Deno.copyFile(`${dir}/src.qcow2`, `${dir}/${d}/src.qcow2`);
+            await Deno.writeFile(`${dir}/${d}/t.raw`, fill);
+            await Deno.writeFile(`${dir}/${d}/small.raw`, new Uint8Array(1 << 20));
+          }
+          const q = await qemuImg(["convert", ...args], `${dir}/q`);
+          const i = await instar(["convert", ...args], `${dir}/i`);
+          assertEquals(i, asInstar(q));
+          assertEquals(await Deno.readFile(`${dir}/i/t.raw`), await Deno.readFile(`${dir}/q/t.raw`));
+          // qemu punches holes where the image reads as zeroes; so does instar
+          assertEquals(Deno.statSync(`${dir}/i/t.raw`).blocks, Deno.statSync(`${dir}/q/t.raw`).blocks);
+          await Deno.remove(`${dir}/q`, { recursive: true });
+          await Deno.remove(`${dir}/i`, { recursive: true });
+        });
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

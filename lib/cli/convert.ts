@@ -28,6 +28,7 @@ import {
 import { cvtnum } from "./options.ts";
 import { chainInputs, errnoText, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
+import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
   convertToBlocks,
@@ -226,7 +227,7 @@ function checkCombinations(a: ConvertArgs) {
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
-  if (a.skipCreate) throw no("Writing into an existing image (-n)");
+  if (a.skipCreate && a.outFmt !== "raw") throw no("Writing into an existing image other than raw (-n)");
   if (a.salvage) throw no("--salvage");
   if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
   if (a.outBase !== undefined) throw no("A backing file for the target (-B)");
@@ -414,6 +415,11 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw new CliError([`Converting onto a device is not supported by instar yet: '${name}'`]);
       }
       if (existing?.isBlockDevice) device = true;
+      // -n: qemu opens the target it did not create (after the sources).
+      if (a.skipCreate && !existing) {
+        const why = await Deno.stat(hostPath(name)).then(() => "", (e) => errnoText(e));
+        throw new CliError([`Could not open '${name}': Could not open '${name}': ${why}`]);
+      }
       // qemu writes through a symlink to the file it names; so does the
       // rename, by replacing the link's target rather than the link.
       const target = (await Deno.lstat(hostPath(name)).catch(() => undefined))?.isSymlink
@@ -447,22 +453,39 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       ]);
     }
     const outs: string[] = [];
-    if (device) {
-      // Written in place (no temporary): the device must hold the image.
+    // A device, or -n: written in place, no temporary name.
+    const inPlace = device || a.skipCreate;
+    let inPlaceMode: "zero" | "keep" | undefined;
+    if (inPlace) {
       const t = targets[0];
-      let devSize: bigint;
+      let st: Deno.FileInfo, outSize: bigint;
       try {
         using f = await Deno.open(hostPath(t), { read: true });
-        devSize = BigInt(await f.seek(0, Deno.SeekMode.End));
+        st = await f.stat();
+        outSize = BigInt(await f.seek(0, Deno.SeekMode.End));
       } catch (e) {
         throw cannotCreateAt(names[0], errnoText(e));
       }
-      if (devSize < size) {
-        throw new CliError([`${outFilename}: error while converting ${a.outFmt}: Cannot grow device files`]);
+      if (outSize < size) {
+        throw new CliError([
+          a.skipCreate
+            ? "output file is smaller than input file"
+            : `${outFilename}: error while converting ${a.outFmt}: Cannot grow device files`,
+        ]);
+      }
+      // What the image reads as zeroes must read as zeroes in the target:
+      // a file gets holes (qemu's write-zeroes with unmap punches them), a
+      // device zeroes written; --target-is-zero says it already does.
+      inPlaceMode = "keep";
+      if (!a.targetIsZero && !device && size > 0n) {
+        const why = await fileRange("punch", t, 0n, size, BigInt(st.dev), BigInt(st.ino ?? 0));
+        if (why !== undefined) inPlaceMode = "zero";
+      } else if (!a.targetIsZero) {
+        inPlaceMode = "zero";
       }
       outs.push(t);
     }
-    for (const [i, t] of (device ? [] : targets).entries()) {
+    for (const [i, t] of (inPlace ? [] : targets).entries()) {
       try {
         outs.push(await temps.createOutput(t));
       } catch (e) {
@@ -479,7 +502,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       })),
       size,
       minSparse: a.minSparse,
-      device,
+      inPlace: inPlaceMode,
       // The guest's 100% is left to the end (see below).
       onProgress: (done: bigint, total: bigint) => {
         if (done < total || a.progress === "json") progress.bytes(done, total);
@@ -513,7 +536,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
     }
     // Keep an existing target's permissions, as qemu's O_TRUNC open would.
-    for (const [i, t] of (device ? [] : targets).entries()) {
+    for (const [i, t] of (inPlace ? [] : targets).entries()) {
       try {
         const st = await Deno.stat(hostPath(t));
         if (st.mode !== null && st.isFile) await Deno.chmod(hostPath(outs[i]), st.mode & 0o7777);
@@ -523,7 +546,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // Extents first, the target name last: the name appears only once every
     // file it needs is complete. A failed commit takes back the ones done.
     const committed: string[] = [];
-    for (const [i, t] of (device ? [] : targets).entries()) {
+    for (const [i, t] of (inPlace ? [] : targets).entries()) {
       try {
         await temps.commit(outs[i], t);
       } catch (e) {

@@ -33,10 +33,11 @@ export interface ConvertJob {
   size: bigint;
   minSparse: bigint;
   onProgress?: (done: bigint, total: bigint) => void;
-  /** The raw output is an existing block device (qemu's host_device): it is
-   * not sized, and the range the image covers is zeroed before the guests
-   * write, since a device does not read as zeroes where nothing is written. */
-  device?: boolean;
+  /** The raw output exists and is written in place (a block device, or -n):
+   * it is not sized; "zero" writes zeroes over the range the image covers
+   * first (the guests write nothing where the image reads as zeroes), "keep"
+   * leaves it (the caller punched it, or --target-is-zero). */
+  inPlace?: "zero" | "keep";
 }
 
 /** A failure the guest reported (an ERROR record); the CLI words it. */
@@ -135,8 +136,8 @@ export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bi
   // Through an open file: an unnamed output's /proc path is a link Deno.truncate would not follow.
   const f = await Deno.open(hostPath(outPath), { write: true });
   try {
-    if (job.device) await zeroFill(f, job.size);
-    else await f.truncate(Number(job.size));
+    if (job.inPlace === "zero") await zeroFill(f, job.size);
+    else if (!job.inPlace) await f.truncate(Number(job.size));
   } finally {
     f.close();
   }
