@@ -411,7 +411,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       // qemu writes into an existing block device (host_device: cinder and
       // os-brick copy volumes so); a temporary-name output would replace the
       // device node with a regular file instead. Raw output only, for now.
-      if (existing?.isCharDevice || (existing?.isBlockDevice && (spec.writer !== "raw" || names.length !== 1))) {
+      if (
+        existing?.isCharDevice || (existing?.isBlockDevice && (spec.writer !== "raw" || names.length !== 1))
+      ) {
         throw new CliError([`Converting onto a device is not supported by instar yet: '${name}'`]);
       }
       if (existing?.isBlockDevice) device = true;
