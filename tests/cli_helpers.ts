@@ -48,6 +48,23 @@ export async function instarHere(args: string[], cwd: string): Promise<Outcome> 
   return { stdout, stderr, code };
 }
 
+/** Asserts instar run in this process (instarHere) prints exactly what qemu-img prints for `args`. */
+export async function assertSameHere(args: string[], cwd: string): Promise<Outcome> {
+  const q = await qemuImg(args, cwd);
+  assertEquals(await instarHere(args, cwd), asInstar(q), `instar ${args.join(" ")}`);
+  return q;
+}
+
+/** Runs `fn` in a new temporary directory, removed afterwards. */
+export async function withTempDir(prefix: string, fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 /** qemu-img's output with its name replaced by ours ("qemu-img:" prefix and the --help hint). */
 export function asInstar(o: Outcome): Outcome {
   return { ...o, stderr: o.stderr.replaceAll("qemu-img", "instar") };

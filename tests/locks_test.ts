@@ -6,7 +6,16 @@
 // its inputs is refused (directly, through a symlink, as a backing file, and
 // with -U, where qemu-img would overwrite its own input).
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
+import {
+  assertSameHere,
+  built,
+  haveQemuImg,
+  instarHere,
+  type Outcome,
+  qemuImg,
+  sh,
+  withTempDir,
+} from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { type HostContext, withHostContext } from "../lib/host/context.ts";
 import { type LockMode, LOCKS, takeLock } from "../lib/vmm/image_lock.ts";
@@ -17,20 +26,9 @@ const ready = built() && haveQemuImg();
 
 const instar = instarHere;
 
-async function assertSame(args: string[], cwd: string): Promise<Outcome> {
-  const q = await qemuImg(args, cwd);
-  assertEquals(await instar(args, cwd), asInstar(q), `instar ${args.join(" ")}`);
-  return q;
-}
+const assertSame = assertSameHere;
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "instar-locks-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>) => withTempDir("instar-locks-", fn);
 
 /** The OFD lock ranges the kernel lists for a file, sorted ("start-end"). */
 async function lockBytes(path: string): Promise<string[]> {

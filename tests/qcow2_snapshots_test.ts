@@ -5,15 +5,15 @@
 // byte for byte, faster than qemu-img lists it.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
-  asInstar,
+  assertSameHere,
   built,
   CLI_ENTRY,
   haveQemuImg,
   instar as instarCli,
   instarHere,
-  type Outcome,
   qemuImg,
   sh,
+  withTempDir,
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { FULL_TESTS } from "./support/full.ts";
@@ -25,21 +25,9 @@ const ready = built() && haveQemuImg();
 /** instar in this process (spawning costs ~0.3 s a run); stdout and stderr as bytes-decoded text. */
 const instar = instarHere;
 
-/** Asserts instar prints exactly what qemu-img prints for `args`. */
-async function assertSame(args: string[], cwd: string): Promise<Outcome> {
-  const q = await qemuImg(args, cwd);
-  assertEquals(await instar(args, cwd), asInstar(q), `instar ${args.join(" ")}`);
-  return q;
-}
+const assertSame = assertSameHere;
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "instar-snap-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>) => withTempDir("instar-snap-", fn);
 
 /** A qcow2 with data, snapshots (a long and a non-ASCII name among them) and bitmaps. */
 async function snapshotImage(dir: string, name: string, opts: string[] = []): Promise<void> {

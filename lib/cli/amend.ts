@@ -15,9 +15,8 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { OpenError, openFailure, openImage } from "./image.ts";
+import { openForWrite } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
-import { LOCKS } from "../vmm/image_lock.ts";
 import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
 import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
 import { FORMATS } from "../formats/mod.ts";
@@ -78,19 +77,8 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
   const filename = operands[0];
   if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid cache option: ${cache}`]);
 
-  let img;
-  try {
-    // A read-write open: qemu's write locks (a running VM holds them).
-    img = await openImage(filename, {
-      format: fmt,
-      unsafeQuirks: o.unsafeQuirks,
-      lock: LOCKS.write,
-      noLists: true,
-    });
-  } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
-    throw e;
-  }
+  // -u / amend: qemu opens the image read-write, without its backing chain.
+  const img = await openForWrite(filename, fmt, o.unsafeQuirks);
   if (hasHelpOption(options)) {
     const h = amendHelp(img.format);
     if (h instanceof CliError) throw h;

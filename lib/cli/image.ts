@@ -20,7 +20,7 @@ import { formatCheckMessage } from "../abi/check_messages.ts";
 import { hostPath } from "../host/context.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
-import { LockError, type LockMode, takeLock } from "../vmm/image_lock.ts";
+import { LockError, type LockMode, LOCKS, takeLock } from "../vmm/image_lock.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -356,4 +356,19 @@ export function openFailure(top: string, e: OpenError, code = 1, bareAlone = fal
 /** qemu-img's message for an OpenError met while opening `top` with its chain. */
 export function chainOpenMessage(top: string, e: OpenError): string {
   return `Could not open '${top}': ${"Could not open backing file: ".repeat(e.depth)}${e.inner}`;
+}
+
+/**
+ * Opens an image the way qemu's in-place commands (rebase -u, amend) do:
+ * read-write (qemu's write locks, so a running VM's image is refused),
+ * without its backing chain and without the snapshot lists; qemu's open
+ * errors as CliErrors.
+ */
+export async function openForWrite(filename: string, fmt: string | undefined, unsafeQuirks: boolean) {
+  try {
+    return await openImage(filename, { format: fmt, unsafeQuirks, lock: LOCKS.write, noLists: true });
+  } catch (e) {
+    if (e instanceof OpenError) throw openFailure(filename, e);
+    throw e;
+  }
 }

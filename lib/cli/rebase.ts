@@ -17,9 +17,8 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { OpenError, openFailure, openImage } from "./image.ts";
+import { openForWrite } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
-import { LOCKS } from "../vmm/image_lock.ts";
 import { FORMATS } from "../formats/mod.ts";
 import { planQcow2Rebase } from "../formats/qcow2/rebase_plan.ts";
 
@@ -83,20 +82,8 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
     ]);
   }
 
-  let img;
-  try {
-    // -u: qemu opens the image without its backing chain (BDRV_O_NO_BACKING).
-    // A read-write open: qemu's write locks (a running VM holds them).
-    img = await openImage(filename, {
-      format: fmt,
-      unsafeQuirks: o.unsafeQuirks,
-      lock: LOCKS.write,
-      noLists: true,
-    });
-  } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
-    throw e;
-  }
+  // -u / amend: qemu opens the image read-write, without its backing chain.
+  const img = await openForWrite(filename, fmt, o.unsafeQuirks);
   const name = backing ?? "";
   const changeFailed = (why: string) =>
     new CliError([`Could not change the backing file to '${name}': ${why}`]);
