@@ -3,6 +3,7 @@
 // -r (qcow2 only): the check guest reports what qemu's repair would fix,
 // lib/formats/qcow2/repair.ts decides as qemu does, repair_plan.ts plans the
 // writes, apply_steps.ts applies them, and the check runs again.
+import { imageRef } from "./image_ref.ts";
 import { checkOpFlags, nameKinds, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
 import { nameBytes } from "../abi/records.ts";
@@ -62,8 +63,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
         break;
     }
   });
-  const { fmt, output } = s;
-  const filename = expectOneFile(operands);
+  const { output } = s;
+  const ref = imageRef(expectOneFile(operands), s.fmt, o.imageOpts, io.err);
+  const filename = ref.filename;
   const format = outputFormat(output);
   if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`]);
 
@@ -72,7 +74,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     // check -r opens the image read-write: qemu's write locks.
     const lock = repair ? LOCKS.write : readLock(s.forceShare);
     top = await openImage(filename, {
-      format: fmt,
+      format: ref.format,
       unsafeQuirks: o.unsafeQuirks,
       checkMode: true,
       backingDirs: o.backingDirs,
@@ -81,7 +83,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     // qemu-img opens the whole chain (a missing backing file fails the check).
     await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
+    if (e instanceof OpenError) throw openFailure(ref.display, e);
     throw e;
   }
   if (!top.driver.check) throw new CliError(["This image format does not support checks"], false, 63);

@@ -6,6 +6,8 @@ import { detectProfile, parseProfile, type Profile } from "./version.ts";
 import { accumulateOptions } from "../formats/options.ts";
 import type { HostContext } from "../host/context.ts";
 import { forceShare, type LockMode, LOCKS } from "../vmm/image_lock.ts";
+import { ObjectError, SecretStore } from "../secrets/objects.ts";
+import { hostPath } from "../host/context.ts";
 
 export interface Io {
   out(text: string): void;
@@ -20,6 +22,10 @@ export interface InstarOptions {
   qemuVersion?: string;
   unsafeQuirks: boolean;
   backingDirs: string[];
+  /** --object secret,...: the secrets the command line defined (every command shares them). */
+  secrets: SecretStore;
+  /** --image-opts: image operands are QemuOpts strings (lib/cli/image_ref.ts). */
+  imageOpts: boolean;
 }
 
 export const INSTAR_LONGS: LongOption[] = [
@@ -33,12 +39,31 @@ export function newInstarOptions(base?: InstarOptions): InstarOptions {
     qemuVersion: base?.qemuVersion,
     unsafeQuirks: base?.unsafeQuirks ?? false,
     backingDirs: [...(base?.backingDirs ?? [])],
+    secrets: base?.secrets ?? new SecretStore(),
+    imageOpts: base?.imageOpts ?? false,
   };
 }
 
-/** Handles one of instar's own options; false if `id` is not one. */
+/** --object: qemu-img creates the object when getopt meets it (errors exit with `code`). */
+export function objectOption(o: InstarOptions, value: string, code = 1): void {
+  try {
+    o.secrets.add(value, (path) => Deno.readFileSync(hostPath(path)));
+  } catch (e) {
+    if (e instanceof ObjectError) throw new CliError(e.lines, false, code);
+    throw e;
+  }
+}
+
+/** Handles one of instar's own options and the ones every command shares
+ * (--object, --image-opts); false if `id` is not one. */
 export function instarOption(o: InstarOptions, id: string, value?: string): boolean {
   switch (id) {
+    case "object":
+      objectOption(o, value!);
+      return true;
+    case "image-opts":
+      o.imageOpts = true;
+      return true;
     case "qemu-version":
       if (!parseProfile(value!)) throw usageError(`Invalid --qemu-version '${value}' (expected X.Y)`);
       o.qemuVersion = value;
@@ -113,7 +138,7 @@ export const DATA_LONGS_HEAD: LongOption[] = [
   { name: "image-opts", hasArg: false, id: "image-opts" },
 ];
 
-/** Handles -h, -f, --output, --object, --image-opts and -U (QEMU's locks are
+/** Handles -h, -f, --output and -U (QEMU's locks are
  * then taken sharing everything); false for the subcommand's own options. */
 export function imageCommandOption(s: ImageCommandOptions, id: string, value?: string): boolean {
   switch (id) {
@@ -125,9 +150,6 @@ export function imageCommandOption(s: ImageCommandOptions, id: string, value?: s
     case "output":
       s.output = value;
       return true;
-    case "object":
-    case "image-opts":
-      throw new CliError([`--${id} is not supported by instar`]);
     case "U":
       s.forceShare = true;
       return true;

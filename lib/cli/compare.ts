@@ -3,6 +3,7 @@
 // opened, 3 a block-status failure, 4 a read failure. The comparison runs in
 // one guest over both chains (guest/ops/compare.c); this file only opens the
 // images, hands them over and words the outcome the way img_compare does.
+import { type ImageRef, imageRef } from "./image_ref.ts";
 import { compareResults, limits, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { refuseDataFile } from "./data_file.ts";
@@ -16,6 +17,7 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
+  objectOption,
   readLock,
 } from "./common.ts";
 import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
@@ -25,11 +27,11 @@ import { Progress, type ProgressMode } from "./progress.ts";
 import { hostEnv } from "../host/context.ts";
 
 async function openForCompare(
-  filename: string,
-  fmt: string | undefined,
+  ref: ImageRef,
   o: InstarOptions,
   forceShareAll: boolean,
 ): Promise<OpenedImage[]> {
+  const { filename, format: fmt } = ref;
   try {
     const lock = readLock(forceShareAll);
     const top = await openImage(filename, {
@@ -42,7 +44,7 @@ async function openForCompare(
     return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
     // img_open failures: exit 2.
-    if (e instanceof OpenError) throw openFailure(filename, e, 2);
+    if (e instanceof OpenError) throw openFailure(ref.display, e, 2);
     throw e;
   }
 }
@@ -59,6 +61,8 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     { name: "progress", hasArg: true, id: "progress" },
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
+    // qemu-img compare exits 2 when an --object fails.
+    if (id === "object") return objectOption(o, value!, 2);
     if (instarOption(o, id, value)) return;
     switch (id) {
       case "h":
@@ -88,9 +92,6 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
       case "U":
         forceShareAll = true;
         break;
-      case "object":
-      case "image-opts":
-        throw new CliError([`--${id} is not supported by instar`], false, 2);
     }
   });
   // "Progress is not shown in Quiet mode"
@@ -103,8 +104,9 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   const progress = new Progress(progressMode, 2.0, io);
   try {
     if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`], false, 2);
-    const chain1 = await openForCompare(filename1, fmt1, o, forceShareAll);
-    const chain2 = await openForCompare(filename2, fmt2, o, forceShareAll);
+    // qemu opens the first image (options parsed, file opened) before it looks at the second.
+    const chain1 = await openForCompare(imageRef(filename1, fmt1, o.imageOpts, io.err, 2), o, forceShareAll);
+    const chain2 = await openForCompare(imageRef(filename2, fmt2, o.imageOpts, io.err, 2), o, forceShareAll);
     refuseDataFile(chain1, filename1, "compare", 2);
     refuseDataFile(chain2, filename2, "compare", 2);
     progress.set(0);

@@ -6,6 +6,7 @@
 // into place only when complete (removed on failure or SIGINT/SIGTERM), so
 // the target name never holds a half-written image; sources are read only
 // inside the sandbox (lib/convert/pipeline.ts).
+import { imageRef } from "./image_ref.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
@@ -186,9 +187,6 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
       case "r":
         cvtnum("rate limit", value!);
         break;
-      case "object":
-      case "image-opts":
-        throw new CliError([`--${id} is not supported by instar`]);
       case "salvage":
         a.salvage = true;
         break;
@@ -348,14 +346,15 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const temps = new TempFiles();
   try {
     checkSupported(a, srcNum);
-    const source = operands[0];
+    const ref = imageRef(operands[0], a.fmt, o.imageOpts, io.err);
+    const source = ref.filename;
     let chain;
     try {
       const lock = readLock(a.forceShare);
       // The snapshot list is needed only to pick the one -l names.
       const noLists = a.snapshot === undefined;
       const top = await openImage(source, {
-        format: a.fmt,
+        format: ref.format,
         unsafeQuirks: o.unsafeQuirks,
         backingDirs: o.backingDirs,
         lock,
@@ -363,7 +362,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       });
       chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
     } catch (e) {
-      if (e instanceof OpenError) throw openFailure(source, e);
+      if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;
     }
     refuseDataFile(chain, source, "convert");

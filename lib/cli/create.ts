@@ -157,8 +157,6 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
       case "u":
         noBacking = true;
         break;
-      case "object":
-        throw new CliError(["--object is not supported by instar"]);
     }
   });
   const args = operands;

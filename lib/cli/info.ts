@@ -22,6 +22,7 @@ import { backingName, openChain, type OpenedImage, OpenError, openImage } from "
 import { fullBackingFilename, makePolicy } from "../chain/policy.ts";
 import { type ImageFacts, infoHuman, infoJson, type VmdkFacts } from "../output/image_info.ts";
 import { helpText } from "./help.ts";
+import { imageRef } from "./image_ref.ts";
 
 export function imageFacts(img: OpenedImage): ImageFacts {
   const backing = img.backingFile ? new TextDecoder().decode(img.backingFile) : undefined;
@@ -76,15 +77,17 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
     if (id === "backing-chain") chain = true;
   });
   const { fmt, output } = s;
-  const filename = expectOneFile(operands);
+  const operand = expectOneFile(operands);
   const format = outputFormat(output);
   const profile = await profileOf(o);
+  const ref = imageRef(operand, fmt, o.imageOpts, io.err);
+  const filename = ref.filename;
 
   let list: OpenedImage[];
   try {
     const lock = readLock(s.forceShare, LOCKS.info);
     const top = await openImage(filename, {
-      format: fmt,
+      format: ref.format,
       unsafeQuirks: o.unsafeQuirks,
       backingDirs: o.backingDirs,
       lock,
@@ -101,7 +104,8 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
     }
   } catch (e) {
     if (e instanceof OpenError) {
-      throw new CliError([...e.preface, e.bare ? e.inner : `Could not open '${e.filename}': ${e.inner}`]);
+      const name = e.depth === 0 && e.filename === filename ? ref.display : e.filename;
+      throw new CliError([...e.preface, e.bare ? e.inner : `Could not open '${name}': ${e.inner}`]);
     }
     throw e;
   }
@@ -115,6 +119,7 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
     }
   }
   const facts = list.map(imageFacts);
+  facts[0].filename = ref.nodeName;
   if (format === "json") infoJson(facts, chain, profile, io.out);
   else infoHuman(facts, profile, io.out);
   return 0;

@@ -1,4 +1,5 @@
 // instar map [-f fmt] [--output human|json] [--start-offset N] [--max-length N] [-U] FILE
+import { imageRef } from "./image_ref.ts";
 import { mapFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { refuseDataFile } from "./data_file.ts";
@@ -50,8 +51,9 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
         break;
     }
   });
-  const { fmt, output } = s;
-  const filename = expectOneFile(operands);
+  const { output } = s;
+  const ref = imageRef(expectOneFile(operands), s.fmt, o.imageOpts, io.err);
+  const filename = ref.filename;
   const format = outputFormat(output);
   const profile = await profileOf(o);
 
@@ -59,7 +61,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
   try {
     const lock = readLock(s.forceShare);
     const top = await openImage(filename, {
-      format: fmt,
+      format: ref.format,
       unsafeQuirks: o.unsafeQuirks,
       backingDirs: o.backingDirs,
       lock,
@@ -67,7 +69,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
     });
     chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
+    if (e instanceof OpenError) throw openFailure(ref.display, e);
     throw e;
   }
   // qemu-img map names the data file in its File column: instar does not open it.

@@ -54,9 +54,6 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
       case "q":
         quiet = true;
         break;
-      case "object":
-      case "image-opts":
-        throw new CliError([`--${id} is not supported by instar`]);
       case "preallocation":
         if (!(PREALLOC_MODES as readonly string[]).includes(value!)) {
           throw new CliError([`Invalid preallocation mode '${value}'`]);
@@ -68,6 +65,8 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
         break;
     }
   });
+  // --image-opts: only the reading commands take it so far (docs/encryption.md).
+  if (o.imageOpts) throw new CliError(["--image-opts is not supported by instar resize yet"]);
   if (operands.length !== 1) throw usageError("Expecting image file name and size");
   const filename = operands[0];
 

@@ -4,6 +4,7 @@ import { getopt } from "./getopt.ts";
 import { CliError, formatError, usageError } from "./messages.ts";
 import { INSTAR_LONGS, instarOption, type Io, newInstarOptions, profileOf } from "./common.ts";
 import { HelpRequested, infoCommand } from "./info.ts";
+import { ObjectHelp } from "../secrets/objects.ts";
 import { checkCommand } from "./check.ts";
 import { mapCommand } from "./map.ts";
 import { compareCommand } from "./compare.ts";
@@ -111,11 +112,17 @@ async function runCommand(args: string[], io: Io): Promise<number> {
     try {
       return await handler(rest, io, o);
     } catch (e) {
+      if (e instanceof ObjectHelp) {
+        io.out(e.text);
+        return 0;
+      }
       if (e instanceof HelpRequested) {
         io.out(helpText());
         return 0;
       }
       throw e;
+    } finally {
+      o.secrets.wipe();
     }
   } catch (e) {
     if (hostContext().signal?.aborted) return 1; // run() turns it into 130/143

@@ -1,0 +1,271 @@
+// qemu-img's --object, for the one object type an image tool needs: the
+// `secret` (crypto/secret.c) that carries a LUKS passphrase. Parsed with
+// qemu's keyval rules (lib/cli/qemu_opts.ts), checked in qemu's order with
+// qemu's words; every other object type is refused as qemu-img 7.2 refuses
+// it, or (types qemu-img would create) with instar's own message. The
+// secret's bytes stay in this store: they are never put into a message, a
+// log line, a file or a child's argv; lib/vmm hands them to the one guest
+// run that needs them (params.secret, docs/abi.md).
+import { type Keyval, OptsError, parseKeyval } from "../cli/qemu_opts.ts";
+
+/** An --object refusal in qemu's words (one line each). */
+export class ObjectError extends Error {
+  constructor(readonly lines: string[]) {
+    super(lines.join("\n"));
+    this.name = "ObjectError";
+  }
+}
+
+/** `--object help` / `--object secret,help`: qemu prints this and exits 0. */
+export class ObjectHelp extends Error {
+  constructor(readonly text: string) {
+    super("help");
+    this.name = "ObjectHelp";
+  }
+}
+
+/** qemu-img 7.2's ObjectType enum (qapi/qom.json as built for Debian). */
+const OBJECT_TYPES = [
+  "authz-list",
+  "authz-listfile",
+  "authz-pam",
+  "authz-simple",
+  "can-bus",
+  "can-host-socketcan",
+  "colo-compare",
+  "cryptodev-backend",
+  "cryptodev-backend-builtin",
+  "cryptodev-vhost-user",
+  "dbus-vmstate",
+  "filter-buffer",
+  "filter-dump",
+  "filter-mirror",
+  "filter-redirector",
+  "filter-replay",
+  "filter-rewriter",
+  "input-barrier",
+  "input-linux",
+  "iothread",
+  "main-loop",
+  "memory-backend-epc",
+  "memory-backend-file",
+  "memory-backend-memfd",
+  "memory-backend-ram",
+  "pef-guest",
+  "pr-manager-helper",
+  "qtest",
+  "rng-builtin",
+  "rng-egd",
+  "rng-random",
+  "secret",
+  "secret_keyring",
+  "sev-guest",
+  "thread-context",
+  "s390-pv-guest",
+  "throttle-group",
+  "tls-creds-anon",
+  "tls-creds-psk",
+  "tls-creds-x509",
+  "tls-cipher-suites",
+  "x-remote-object",
+  "x-vfio-user-server",
+];
+
+/** Types whose QAPI members are all optional and that qemu-img was not built with. */
+const NOT_IN_QEMU_IMG = [
+  "can-bus",
+  "cryptodev-backend",
+  "cryptodev-backend-builtin",
+  "iothread",
+  "pef-guest",
+  "rng-builtin",
+  "rng-random",
+  "s390-pv-guest",
+];
+
+const USER_CREATABLE = [
+  "authz-list",
+  "authz-list-file",
+  "authz-simple",
+  "main-loop",
+  "pr-manager-helper",
+  "secret",
+  "secret_keyring",
+  "thread-context",
+  "throttle-group",
+  "tls-cipher-suites",
+  "tls-creds-anon",
+  "tls-creds-psk",
+  "tls-creds-x509",
+];
+
+const SECRET_HELP = "secret options:\n  data=<string>\n  file=<string>\n  format=<QCryptoSecretFormat>\n" +
+  "  iv=<string>\n  keyid=<string>\n";
+
+const SECRET_KEYS = ["qom-type", "id", "data", "file", "format", "keyid", "iv", "loaded"];
+
+/** qemu's id_wellformed: a letter, then letters, digits, '-', '.', '_'. */
+function idWellformed(id: string): boolean {
+  return /^[A-Za-z][A-Za-z0-9._-]*$/.test(id);
+}
+
+/** Reads a secret file (the caller resolves the path against the request's directory). */
+export type SecretFileReader = (path: string) => Uint8Array;
+
+/** glib's g_file_get_contents message for a failed read. */
+function fileErrorText(path: string, e: unknown): string {
+  const isDir = e instanceof Error && /Is a directory|EISDIR/.test(e.message);
+  if (isDir) return `Error reading file “${path}”: Is a directory`;
+  let why = "No such file or directory";
+  if (e instanceof Deno.errors.PermissionDenied) why = "Permission denied";
+  else if (e instanceof Error && !(e instanceof Deno.errors.NotFound)) {
+    why = e.message.replace(/ \(os error \d+\).*$/, "").replace(/:.*$/, "");
+  }
+  return `Failed to open file “${path}”: ${why}`;
+}
+
+/** RFC 4648 base64 as glib's g_base64_decode accepts it after qemu's character check. */
+function base64Decode(text: string): Uint8Array {
+  // qbase64_decode: only the base64 alphabet, '=' and nothing else.
+  if (!/^[A-Za-z0-9+/=]*$/.test(text)) throw new ObjectError(["Base64 data contains invalid characters"]);
+  const clean = text.replace(/=+$/, "");
+  try {
+    const bin = atob(clean + "=".repeat((4 - clean.length % 4) % 4));
+    return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+  } catch {
+    throw new ObjectError(["Base64 data contains invalid characters"]);
+  }
+}
+
+/** The secrets the command line defined, by id (qemu's /objects container). */
+export class SecretStore {
+  #secrets = new Map<string, Uint8Array>();
+  #ids = new Set<string>();
+
+  /** Processes one --object argument as qemu-img does when it meets it. */
+  add(arg: string, readFile: SecretFileReader): void {
+    let kv: Keyval;
+    if (arg.startsWith("{")) {
+      kv = jsonObject(arg);
+    } else {
+      try {
+        kv = parseKeyval(arg, "qom-type");
+      } catch (e) {
+        if (e instanceof OptsError) throw new ObjectError([e.message]);
+        throw e;
+      }
+    }
+    const type = kv.entries.get("qom-type");
+    if (kv.help) {
+      if (type === "secret") throw new ObjectHelp(SECRET_HELP);
+      throw new ObjectHelp(
+        `List of user creatable objects:\n${USER_CREATABLE.map((t) => `  ${t}\n`).join("")}`,
+      );
+    }
+    if (type === undefined) throw new ObjectError(["Parameter 'qom-type' is missing"]);
+    if (!OBJECT_TYPES.includes(type)) {
+      throw new ObjectError([`Parameter 'qom-type' does not accept value '${type}'`]);
+    }
+    const id = kv.entries.get("id");
+    if (id === undefined) throw new ObjectError(["Parameter 'id' is missing"]);
+    if (!idWellformed(id)) {
+      // One error_report with a hint line (no prefix on the second line).
+      throw new ObjectError([
+        "Parameter 'id' expects an identifier\n" +
+        "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.",
+      ]);
+    }
+    if (type !== "secret") {
+      if (NOT_IN_QEMU_IMG.includes(type)) throw new ObjectError([`invalid object type: ${type}`]);
+      throw new ObjectError([`Object type '${type}' is not supported by instar (only 'secret' is)`]);
+    }
+    for (const key of kv.entries.keys()) {
+      const top = key.split(".")[0];
+      if (!SECRET_KEYS.includes(top) || key.includes(".")) {
+        throw new ObjectError([`Parameter '${top}' is unexpected`]);
+      }
+    }
+    const format = kv.entries.get("format") ?? "raw";
+    if (format !== "raw" && format !== "base64") {
+      throw new ObjectError([`Parameter 'format' does not accept value '${format}'`]);
+    }
+    const data = kv.entries.get("data");
+    const file = kv.entries.get("file");
+    // qcrypto_secret_complete -> load_data: the object is created, then completed.
+    if (data !== undefined && file !== undefined) {
+      throw new ObjectError(["'file' and 'data' are mutually exclusive"]);
+    }
+    if (data === undefined && file === undefined) {
+      throw new ObjectError(["Either 'file' or 'data' must be provided"]);
+    }
+    let bytes: Uint8Array;
+    if (file !== undefined) {
+      try {
+        bytes = readFile(file);
+      } catch (e) {
+        throw new ObjectError([`Unable to read ${file}: ${fileErrorText(file, e)}`]);
+      }
+    } else {
+      bytes = new TextEncoder().encode(data);
+    }
+    const keyid = kv.entries.get("keyid");
+    if (keyid !== undefined) {
+      // qcrypto_secret_decrypt: the key secret must exist and be 32 bytes, an IV is required.
+      const key = this.#secrets.get(keyid);
+      if (!key) throw new ObjectError([`No secret with id '${keyid}'`]);
+      if (key.length !== 32) throw new ObjectError(["Key should be 32 bytes in length"]);
+      throw new ObjectError(["AES-wrapped secrets (keyid=) are not supported by instar"]);
+    }
+    if (format === "base64") {
+      bytes = base64Decode(new TextDecoder().decode(bytes));
+    }
+    if (this.#ids.has(id)) {
+      throw new ObjectError([`attempt to add duplicate property '${id}' to object (type 'container')`]);
+    }
+    this.#ids.add(id);
+    this.#secrets.set(id, bytes);
+  }
+
+  /** qcrypto_secret_lookup_as_utf8: the passphrase bytes (up to a NUL), or qemu's refusal. */
+  passphrase(id: string): Uint8Array {
+    const b = this.#secrets.get(id);
+    if (!b) throw new ObjectError([`No secret with id '${id}'`]);
+    try {
+      new TextDecoder("utf-8", { fatal: true }).decode(b);
+    } catch {
+      throw new ObjectError([`Data from secret ${id} is not valid UTF-8`]);
+    }
+    const nul = b.indexOf(0);
+    return nul < 0 ? b : b.subarray(0, nul);
+  }
+
+  has(id: string): boolean {
+    return this.#secrets.has(id);
+  }
+
+  /** Zeroes every secret's bytes (the end of a command). */
+  wipe(): void {
+    for (const b of this.#secrets.values()) b.fill(0);
+    this.#secrets.clear();
+    this.#ids.clear();
+  }
+}
+
+/** The JSON form of --object ({"qom-type": ...}): string members only. */
+function jsonObject(arg: string): Keyval {
+  let v: unknown;
+  try {
+    v = JSON.parse(arg);
+  } catch {
+    throw new ObjectError(["JSON parse error in --object"]);
+  }
+  if (!v || typeof v !== "object" || Array.isArray(v)) {
+    throw new ObjectError(["JSON --object must be an object"]);
+  }
+  const entries = new Map<string, string>();
+  for (const [k, x] of Object.entries(v as Record<string, unknown>)) {
+    if (typeof x !== "string") throw new ObjectError([`Invalid parameter type for '${k}', expected: string`]);
+    entries.set(k, x);
+  }
+  return { entries, help: false };
+}
