@@ -29,6 +29,7 @@ const struct layer_ops *chain_format_ops(uint32_t fmt)
     ROW(FMT_VPC, vpc_layer_ops)
     ROW(FMT_VHDX, vhdx_layer_ops)
     ROW(FMT_VMDK, vmdk_layer_ops)
+    ROW(FMT_LUKS, luks_layer_ops)
     default: return NULL;
     }
 }

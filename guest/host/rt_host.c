@@ -254,6 +254,24 @@ int main(int argc, char **argv)
             uint64_t v;
             if (parse_u64(argv[++i], &v) || v > UINT32_MAX) goto usage;
             snapshot = (uint32_t)v; /* params.input_snapshot of the next input */
+        } else if (!strcmp(argv[i], "--kdf-max-iters") && i + 1 < argc) {
+            if (parse_u64(argv[++i], &g_params.kdf_max_iters)) goto usage;
+        } else if (!strcmp(argv[i], "--secrets-stdin")) {
+            /* params.input_secret_len then params.secret, as the VMM would
+             * write them: passphrases never travel in argv. */
+            uint8_t *dst = (uint8_t *)g_params.input_secret_len;
+            size_t want = sizeof g_params.input_secret_len, got = 0;
+            while (got < want) {
+                ssize_t n = read(0, dst + got, want - got);
+                if (n <= 0) goto usage;
+                got += (size_t)n;
+            }
+            dst = g_params.secret, want = sizeof g_params.secret, got = 0;
+            while (got < want) {
+                ssize_t n = read(0, dst + got, want - got);
+                if (n <= 0) goto usage;
+                got += (size_t)n;
+            }
         } else if (!strcmp(argv[i], "--ram") && i + 1 < argc) {
             if (parse_u64(argv[++i], &ram) || ram < LIMIT_RAM_MIN || ram > LIMIT_RAM_MAX) goto usage;
         } else {

@@ -61,6 +61,7 @@
 #define FMT_VPC 3
 #define FMT_VHDX 4
 #define FMT_VMDK 5
+#define FMT_LUKS 6
 
 #define RUN_DONE 0
 #define RUN_GUEST_FAULT 1
@@ -97,6 +98,7 @@
 #define REC_RESIZE_SUMMARY 25
 #define REC_RESIZE_META 26
 #define REC_RESIZE_BYTES 27
+#define REC_LUKS_INFO 70
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -240,6 +242,34 @@
 #define RESIZE_BLOB_VMDK_HEADER 5
 #define RESIZE_BLOB_VMDK_DESCRIPTOR 6
 
+#define LUKS_CIPHER_AES_128 1
+#define LUKS_CIPHER_AES_192 2
+#define LUKS_CIPHER_AES_256 3
+#define LUKS_CIPHER_CAST5_128 4
+#define LUKS_CIPHER_SERPENT_128 5
+#define LUKS_CIPHER_SERPENT_192 6
+#define LUKS_CIPHER_SERPENT_256 7
+#define LUKS_CIPHER_TWOFISH_128 8
+#define LUKS_CIPHER_TWOFISH_192 9
+#define LUKS_CIPHER_TWOFISH_256 10
+
+#define LUKS_MODE_ECB 1
+#define LUKS_MODE_CBC 2
+#define LUKS_MODE_XTS 3
+#define LUKS_MODE_CTR 4
+
+#define LUKS_IVGEN_PLAIN 1
+#define LUKS_IVGEN_PLAIN64 2
+#define LUKS_IVGEN_ESSIV 3
+
+#define LUKS_HASH_MD5 1
+#define LUKS_HASH_SHA1 2
+#define LUKS_HASH_SHA224 3
+#define LUKS_HASH_SHA256 4
+#define LUKS_HASH_SHA384 5
+#define LUKS_HASH_SHA512 6
+#define LUKS_HASH_RIPEMD160 7
+
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
 #define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
 #define CMSG_REFCOUNT_OVERFLOW 3 /* ERROR: overflow cluster offset=0x%x\n */
@@ -309,9 +339,12 @@ struct params {
     uint64_t arg[8]; /* op-specific arguments */
     uint64_t input_alloc[16]; /* allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown */
     uint32_t input_snapshot[16]; /* 0: read the active layer; k + 1: read qcow2 internal snapshot k instead (convert/measure -l) */
-    uint8_t reserved[24];
+    uint64_t kdf_max_iters; /* LUKS: the most PBKDF2 iterations one key slot (or the master-key digest) may ask for */
+    uint8_t reserved[16];
+    uint32_t input_secret_len[16]; /* bytes of `secret` that are input i's passphrase (0: none), in input order */
+    uint8_t secret[1024]; /* the passphrases, back to back; written only for the run that unlocks (docs/abi.md) */
 };
-_Static_assert(sizeof(struct params) == 512, "params size");
+_Static_assert(sizeof(struct params) == 1600, "params size");
 _Static_assert(offsetof(struct params, magic) == 0, "params.magic");
 _Static_assert(offsetof(struct params, abi_version) == 4, "params.abi_version");
 _Static_assert(offsetof(struct params, op) == 8, "params.op");
@@ -325,7 +358,10 @@ _Static_assert(offsetof(struct params, output_cap) == 224, "params.output_cap");
 _Static_assert(offsetof(struct params, arg) == 232, "params.arg");
 _Static_assert(offsetof(struct params, input_alloc) == 296, "params.input_alloc");
 _Static_assert(offsetof(struct params, input_snapshot) == 424, "params.input_snapshot");
-_Static_assert(offsetof(struct params, reserved) == 488, "params.reserved");
+_Static_assert(offsetof(struct params, kdf_max_iters) == 488, "params.kdf_max_iters");
+_Static_assert(offsetof(struct params, reserved) == 496, "params.reserved");
+_Static_assert(offsetof(struct params, input_secret_len) == 512, "params.input_secret_len");
+_Static_assert(offsetof(struct params, secret) == 576, "params.secret");
 
 /* Hypercall argument block at layout.HCALL */
 struct hcall {
@@ -779,6 +815,41 @@ _Static_assert(offsetof(struct rec_resize_summary, n_reftable) == 24, "rec_resiz
 _Static_assert(offsetof(struct rec_resize_summary, n_runs) == 32, "rec_resize_summary.n_runs");
 _Static_assert(offsetof(struct rec_resize_summary, n_free) == 40, "rec_resize_summary.n_free");
 _Static_assert(offsetof(struct rec_resize_summary, n_zero) == 48, "rec_resize_summary.n_zero");
+
+/* records.LUKS_INFO: a LUKS1 header after qemu's checks (algorithms as luks* enums) */
+struct rec_luks_info {
+    uint8_t hdr[8];
+    uint32_t input;
+    uint32_t cipher_alg; /* luksCipherAlgs.* */
+    uint32_t cipher_mode; /* luksCipherModes.* */
+    uint32_t ivgen_alg; /* luksIvgens.* */
+    uint32_t ivgen_hash; /* luksHashes.* (0: none) */
+    uint32_t hash_alg; /* luksHashes.* */
+    uint64_t payload_offset; /* bytes */
+    uint32_t master_key_iters;
+    uint32_t key_bytes;
+    uint32_t slot_active[8]; /* 1: enabled */
+    uint32_t slot_iters[8];
+    uint32_t slot_stripes[8];
+    uint64_t slot_key_offset[8]; /* bytes */
+    uint8_t uuid[40]; /* as stored (qemu prints it up to a NUL) */
+};
+_Static_assert(sizeof(struct rec_luks_info) == 248, "rec_luks_info size");
+_Static_assert(offsetof(struct rec_luks_info, hdr) == 0, "rec_luks_info.hdr");
+_Static_assert(offsetof(struct rec_luks_info, input) == 8, "rec_luks_info.input");
+_Static_assert(offsetof(struct rec_luks_info, cipher_alg) == 12, "rec_luks_info.cipher_alg");
+_Static_assert(offsetof(struct rec_luks_info, cipher_mode) == 16, "rec_luks_info.cipher_mode");
+_Static_assert(offsetof(struct rec_luks_info, ivgen_alg) == 20, "rec_luks_info.ivgen_alg");
+_Static_assert(offsetof(struct rec_luks_info, ivgen_hash) == 24, "rec_luks_info.ivgen_hash");
+_Static_assert(offsetof(struct rec_luks_info, hash_alg) == 28, "rec_luks_info.hash_alg");
+_Static_assert(offsetof(struct rec_luks_info, payload_offset) == 32, "rec_luks_info.payload_offset");
+_Static_assert(offsetof(struct rec_luks_info, master_key_iters) == 40, "rec_luks_info.master_key_iters");
+_Static_assert(offsetof(struct rec_luks_info, key_bytes) == 44, "rec_luks_info.key_bytes");
+_Static_assert(offsetof(struct rec_luks_info, slot_active) == 48, "rec_luks_info.slot_active");
+_Static_assert(offsetof(struct rec_luks_info, slot_iters) == 80, "rec_luks_info.slot_iters");
+_Static_assert(offsetof(struct rec_luks_info, slot_stripes) == 112, "rec_luks_info.slot_stripes");
+_Static_assert(offsetof(struct rec_luks_info, slot_key_offset) == 144, "rec_luks_info.slot_key_offset");
+_Static_assert(offsetof(struct rec_luks_info, uuid) == 208, "rec_luks_info.uuid");
 
 /* TS -> vmm_create() */
 struct vmm_config {

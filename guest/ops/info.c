@@ -11,11 +11,12 @@
 #include "../vpc/vpc.h"
 #include "../vhdx/vhdx.h"
 #include "../vmdk/vmdk.h"
+#include "../luks/luks.h"
 
 int op_main(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs < 1 || p->input_format[0] > FMT_VMDK) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    if (p->n_inputs < 1 || p->input_format[0] > FMT_LUKS) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
     static struct reader r;
     reader_from_input(&r, 0);
     int fmt = probe_input(&r, p->input_format[0]);
@@ -36,6 +37,15 @@ int op_main(void)
         static struct vmdk v;
         uint32_t mode = p->n_inputs == 1 ? VMDK_OPEN_SCAN : 0;
         return vmdk_open(&v, &r, mode) || vmdk_emit_info(&v) ? -1 : 0;
+    }
+    if (fmt == FMT_LUKS) {
+        /* qemu's info opens with QCRYPTO_BLOCK_OPEN_NO_IO: the header only, no key. */
+        static struct luks k;
+        if (luks_open_header(&k, &r)) return -1;
+        /* block_crypto_co_getlength: -EIO when the payload starts past the end of the file */
+        if ((uint64_t)k.payload_offset_sector * LUKS_SECTOR > r.size)
+            return rt_error(0, GERR_FORMAT, LUKS_E_PAYLOAD_PAST_EOF, 0, 0);
+        return luks_emit_info(&k);
     }
     if (fmt != FMT_QCOW2) return rt_error(0, GERR_FORMAT, 0, 0, 0); /* linked without that parser */
     static struct qcow2 q;

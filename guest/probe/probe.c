@@ -59,7 +59,7 @@ static uint32_t head_signature(const uint8_t *b, uint32_t format)
         return SIG_VMDK;
     if (starts(b, "conectix", 8)) return SIG_VPC;
     if (starts(b, "vhdxfile", 8)) return SIG_VHDX;
-    if (starts(b, "LUKS\xba\xbe", 6)) return SIG_LUKS;
+    if (format != FMT_LUKS && starts(b, "LUKS\xba\xbe", 6)) return SIG_LUKS;
     if (le32(b + 0x40) == 0xbeda107fu || starts(b, "<<< Oracle VM VirtualBox Disk Image >>>", 39)) return SIG_VDI;
     if (starts(b, "QED\0", 4)) return SIG_QED;
     if (starts(b, "WithoutFreeSpace", 16) || starts(b, "WithouFreSpacExt", 16)) return SIG_PARALLELS;
@@ -94,6 +94,9 @@ int probe_input(const struct reader *r, uint32_t requested)
         else if (r->size && starts(b, "vhdxfile", 8)) format = FMT_VHDX;
         else if (r->size && (starts(b, "KDMV", 4) || starts(b, "COWD", 4) || vmdk_probe_text(b, sizeof b)))
             format = FMT_VMDK;
+        /* qemu's luks probe: the magic and version 1 (a LUKS2 header probes as raw). */
+        else if (r->size && starts(b, "LUKS\xba\xbe", 6) && be16(b + 6) == 1)
+            format = FMT_LUKS;
     }
     uint32_t sig = r->size ? head_signature(b, format) : SIG_NONE;
     if (sig == SIG_NONE && tail_signature(r, &sig)) return rt_error(r->input, GERR_IO, r->size - 512, 0, 0);

@@ -142,7 +142,7 @@ export const mapOpFlags = { PRECISE: 1 } as const;
 export const checkOpFlags = { REPAIR_LEAKS: 1, REPAIR_ALL: 2 } as const;
 
 /** Formats the host asks for or the guest detects. */
-export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4, VMDK: 5 } as const;
+export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4, VMDK: 5, LUKS: 6 } as const;
 
 /** Run outcomes reported by the VMM (vmm_report.status). */
 export const runStatus = {
@@ -190,7 +190,28 @@ export const records = {
   RESIZE_META: 26,
   /** vpc/vhdx resize scan: metadata bytes the planner rewrites (rec_resize_bytes). */
   RESIZE_BYTES: 27,
+  // 70..79: LUKS (guest/luks/).
+  /** A LUKS1 header as qemu's qcrypto_block_luks_open parses it (rec_luks_info). */
+  LUKS_INFO: 70,
 } as const;
+
+/** LUKS algorithms as qemu's QAPI enums name them (rec_luks_info; lib/formats/luks/names.ts). */
+export const luksCipherAlgs = {
+  AES_128: 1,
+  AES_192: 2,
+  AES_256: 3,
+  CAST5_128: 4,
+  SERPENT_128: 5,
+  SERPENT_192: 6,
+  SERPENT_256: 7,
+  TWOFISH_128: 8,
+  TWOFISH_192: 9,
+  TWOFISH_256: 10,
+} as const;
+export const luksCipherModes = { ECB: 1, CBC: 2, XTS: 3, CTR: 4 } as const;
+export const luksIvgens = { PLAIN: 1, PLAIN64: 2, ESSIV: 3 } as const;
+/** 0 in ivgen_hash: none named. */
+export const luksHashes = { MD5: 1, SHA1: 2, SHA224: 3, SHA256: 4, SHA384: 5, SHA512: 6, RIPEMD160: 7 } as const;
 
 /** RESIZE_SUMMARY.flags: TOO_BIG means a bound was hit and the scan stopped
  * (the host refuses to resize); SHRINK means the L2 walk for a shrink ran;
@@ -380,7 +401,7 @@ export const recordHeader: StructSpec = {
 export const structs: StructSpec[] = [
   {
     name: "params",
-    size: 512,
+    size: 1600,
     doc: "Host -> guest parameter block at layout.PARAMS",
     fields: [
       { name: "magic", type: "u32", offset: 0 },
@@ -408,7 +429,27 @@ export const structs: StructSpec[] = [
         count: 16,
         doc: "0: read the active layer; k + 1: read qcow2 internal snapshot k instead (convert/measure -l)",
       },
-      { name: "reserved", type: "bytes", offset: 488, count: 24 },
+      {
+        name: "kdf_max_iters",
+        type: "u64",
+        offset: 488,
+        doc: "LUKS: the most PBKDF2 iterations one key slot (or the master-key digest) may ask for",
+      },
+      { name: "reserved", type: "bytes", offset: 496, count: 16 },
+      {
+        name: "input_secret_len",
+        type: "u32",
+        offset: 512,
+        count: 16,
+        doc: "bytes of `secret` that are input i's passphrase (0: none), in input order",
+      },
+      {
+        name: "secret",
+        type: "bytes",
+        offset: 576,
+        count: 1024,
+        doc: "the passphrases, back to back; written only for the run that unlocks (docs/abi.md)",
+      },
     ],
   },
   {
@@ -783,6 +824,28 @@ export const structs: StructSpec[] = [
       { name: "n_zero", type: "u64", offset: 48 },
     ],
   },
+  {
+    name: "rec_luks_info",
+    size: 248,
+    doc: "records.LUKS_INFO: a LUKS1 header after qemu's checks (algorithms as luks* enums)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "cipher_alg", type: "u32", offset: 12, doc: "luksCipherAlgs.*" },
+      { name: "cipher_mode", type: "u32", offset: 16, doc: "luksCipherModes.*" },
+      { name: "ivgen_alg", type: "u32", offset: 20, doc: "luksIvgens.*" },
+      { name: "ivgen_hash", type: "u32", offset: 24, doc: "luksHashes.* (0: none)" },
+      { name: "hash_alg", type: "u32", offset: 28, doc: "luksHashes.*" },
+      { name: "payload_offset", type: "u64", offset: 32, doc: "bytes" },
+      { name: "master_key_iters", type: "u32", offset: 40 },
+      { name: "key_bytes", type: "u32", offset: 44 },
+      { name: "slot_active", type: "u32", offset: 48, count: 8, doc: "1: enabled" },
+      { name: "slot_iters", type: "u32", offset: 80, count: 8 },
+      { name: "slot_stripes", type: "u32", offset: 112, count: 8 },
+      { name: "slot_key_offset", type: "u64", offset: 144, count: 8, doc: "bytes" },
+      { name: "uuid", type: "bytes", offset: 208, count: 40, doc: "as stored (qemu prints it up to a NUL)" },
+    ],
+  },
   // --- Host-only structs: TypeScript <-> VMM over FFI (never seen by a guest) ---
   {
     name: "vmm_config",
@@ -951,6 +1014,7 @@ export const recordStructs: Record<number, string> = {
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
+  [records.LUKS_INFO]: "rec_luks_info",
 };
 
 /** VMM attach flags. */
@@ -1024,4 +1088,8 @@ export const enums: Record<string, Record<string, number>> = {
   LIMIT_: limits,
   RESIZE_M_: resizeMetaFlags,
   RESIZE_BLOB_: resizeBlobs,
+  LUKS_CIPHER_: luksCipherAlgs,
+  LUKS_MODE_: luksCipherModes,
+  LUKS_IVGEN_: luksIvgens,
+  LUKS_HASH_: luksHashes,
 };

@@ -39,6 +39,8 @@ export function imageFacts(img: OpenedImage): ImageFacts {
     backingFormat: img.backingFormat,
     qcow2: img.qcow2,
     vmdk: vmdkFacts(img),
+    luks: img.luks,
+    encrypted: img.encrypted,
   };
 }
 

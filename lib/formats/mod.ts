@@ -7,12 +7,13 @@ import { rawDriver } from "./raw/driver.ts";
 import { vpcDriver } from "./vpc/driver.ts";
 import { vhdxDriver } from "./vhdx/driver.ts";
 import { vmdkDriver } from "./vmdk/driver.ts";
+import { luksDriver } from "./luks/driver.ts";
 import type { FormatDriver } from "./types.ts";
 
 export type { FormatDriver } from "./types.ts";
 
 /** qemu image formats instar knows the names of but does not handle (yet). */
-const NAMED_ONLY = ["bochs", "cloop", "dmg", "luks", "parallels", "qcow", "qed", "vdi", "vvfat"];
+const NAMED_ONLY = ["bochs", "cloop", "dmg", "parallels", "qcow", "qed", "vdi", "vvfat"];
 
 /** qemu protocol and filter drivers: valid -f names to qemu, never image formats to instar. */
 const PROTOCOLS = [
@@ -50,6 +51,7 @@ export const FORMATS: readonly FormatDriver[] = [
   vpcDriver,
   vhdxDriver,
   vmdkDriver,
+  luksDriver,
   ...NAMED_ONLY.map((name) => ({ name })),
 ];
 

@@ -9,6 +9,7 @@ import type { Qcow2Model } from "./qcow2/model.ts";
 import type { RawModel } from "./raw/model.ts";
 import type { ImageInfoModel } from "./image_info_model.ts";
 import type { VmdkModel } from "./vmdk/model.ts";
+import type { LuksModel } from "./luks/model.ts";
 import type { Qcow2OutputOptions } from "./qcow2/output_plan.ts";
 
 /** qemu's preallocation modes (PreallocMode), in its order. */
@@ -89,6 +90,10 @@ export interface DecodedImage {
   image?: ImageInfoModel;
   /** vmdk: create type, CIDs and the extents (whose files the host attaches). */
   vmdk?: VmdkModel;
+  /** luks: the header (algorithms, key slots, payload offset). */
+  luks?: LuksModel;
+  /** The image's data is encrypted (info's "encrypted: yes"). */
+  encrypted?: boolean;
 }
 
 /** Host file operations a create step needs; the command supplies them. */

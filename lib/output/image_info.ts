@@ -4,6 +4,7 @@
 import { ChunkWriter, dumpHuman, QDict, QLazyList, type QValue, writeJsonPretty } from "./qdict.ts";
 import { sizeToStr } from "./size.ts";
 import type { Qcow2Model } from "../formats/qcow2/model.ts";
+import type { LuksModel } from "../formats/luks/model.ts";
 import { hasChildren, hasDirtyFlagAndPresent, type Profile } from "./profile.ts";
 import { bitmapInfoDict, snapshotInfoDict, snapshotInfoJson, writeSnapshotTable } from "./snapshots.ts";
 
@@ -21,6 +22,35 @@ export interface ImageFacts {
   backingFormat?: string;
   qcow2?: Qcow2Model;
   vmdk?: VmdkFacts;
+  luks?: LuksModel;
+  encrypted?: boolean;
+}
+
+/** QCryptoBlockInfoLUKS as a QDict (fields in schema order). */
+export function luksSpecificData(l: LuksModel): QDict {
+  const d = new QDict();
+  d.put("cipher-alg", l.cipherAlg);
+  d.put("cipher-mode", l.cipherMode);
+  d.put("ivgen-alg", l.ivgenAlg);
+  if (l.ivgenHashAlg !== undefined) d.put("ivgen-hash-alg", l.ivgenHashAlg);
+  d.put("hash-alg", l.hashAlg);
+  d.put("payload-offset", l.payloadOffset);
+  d.put("master-key-iters", l.masterKeyIters);
+  d.put("uuid", l.uuid);
+  d.put(
+    "slots",
+    l.slots.map((s) => {
+      const e = new QDict();
+      e.put("active", s.active);
+      if (s.active) {
+        e.put("iters", s.iters);
+        e.put("stripes", s.stripes);
+      }
+      e.put("key-offset", s.keyOffset);
+      return e;
+    }),
+  );
+  return d;
 }
 
 /** ImageInfoSpecificVmdk as info prints it (filenames already resolved). */
@@ -102,6 +132,7 @@ export function imageInfoDict(f: ImageFacts, profile: Profile): QDict {
   if (f.actualSize !== null) d.put("actual-size", f.actualSize);
   d.put("virtual-size", f.virtualSize);
   if (f.clusterSize !== undefined) d.put("cluster-size", f.clusterSize);
+  if (f.encrypted) d.put("encrypted", true);
   if (f.backingFilename !== undefined) {
     d.put("backing-filename", f.backingFilename);
     if (f.fullBackingFilename) d.put("full-backing-filename", f.fullBackingFilename);
@@ -123,6 +154,9 @@ export function imageInfoDict(f: ImageFacts, profile: Profile): QDict {
   }
   if (f.vmdk) {
     d.put("format-specific", new QDict().put("type", "vmdk").put("data", vmdkSpecificData(f.vmdk)));
+  }
+  if (f.luks) {
+    d.put("format-specific", new QDict().put("type", "luks").put("data", luksSpecificData(f.luks)));
   }
   if (hasChildren(profile)) {
     const child = new QDict().put("name", "file").put("info", fileChildInfo(f, profile));
@@ -152,6 +186,7 @@ function infoHumanOne(f: ImageFacts, profile: Profile, w: ChunkWriter): void {
     `virtual size: ${sizeToStr(f.virtualSize)} (${f.virtualSize} bytes)\n` +
     `disk size: ${f.actualSize === null ? "unavailable" : sizeToStr(f.actualSize)}\n`;
   if (f.clusterSize !== undefined) out += `cluster_size: ${f.clusterSize}\n`;
+  if (f.encrypted) out += "encrypted: yes\n";
   if (f.dirty) out += "cleanly shut down: no\n";
   if (f.backingFilename !== undefined) {
     out += `backing file: ${f.backingFilename}`;
@@ -172,6 +207,10 @@ function infoHumanOne(f: ImageFacts, profile: Profile, w: ChunkWriter): void {
   if (f.vmdk) {
     out += "Format specific information:\n";
     out += dumpHuman(vmdkSpecificData(f.vmdk), 1);
+  }
+  if (f.luks) {
+    out += "Format specific information:\n";
+    out += dumpHuman(luksSpecificData(f.luks), 1);
   }
   if (hasChildren(profile)) {
     out += "Child node '/file':\n";

@@ -10,13 +10,18 @@ export interface GuestInput {
   nofollow?: boolean;
   /** params.input_snapshot: 0 (or absent) the active layer, k + 1 qcow2 internal snapshot k. */
   snapshot?: number;
+  /** An encrypted input's passphrase: goes into params.secret for this run only (docs/abi.md). */
+  secret?: Uint8Array;
 }
+
 export interface RunRequest {
   op: string;
   opCode: number;
   inputs: GuestInput[];
   args?: bigint[];
   flags?: number;
+  /** params.kdf_max_iters: the most PBKDF2 iterations a LUKS key slot may ask for. */
+  kdfMaxIters?: bigint;
   ramBytes?: number;
   timeoutMs?: number;
   resultCap?: number;

@@ -18,12 +18,14 @@ import {
 import { loadGuest } from "../embedded/lazy.ts";
 import { cString, strerror, vmmLib } from "./ffi.ts";
 import { Cancelled, cancelSignal, guestCaps, hostPath } from "../host/context.ts";
+import { packSecrets } from "./secrets.ts";
 
 export interface GuestInput {
   path: string;
   format: number; // formats.*
   nofollow?: boolean;
   snapshot?: number; // params.input_snapshot: k + 1 reads qcow2 internal snapshot k
+  secret?: Uint8Array; // an encrypted input's passphrase (params.secret, this run only)
 }
 
 export interface RunRequest {
@@ -33,6 +35,7 @@ export interface RunRequest {
   inputs: GuestInput[];
   args?: bigint[]; // params.arg[0..7]
   flags?: number; // params.flags
+  kdfMaxIters?: bigint; // params.kdf_max_iters (LUKS PBKDF2 bound)
   ramBytes?: number; // default limits.RAM_DEFAULT
   timeoutMs?: number; // default 30000
   resultCap?: number; // default 64 MiB
@@ -221,6 +224,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
     }
 
     const sizes = inputs.map((i) => i.size);
+    const secrets = packSecrets(req.inputs);
     const formats = req.inputs.map((i) => i.format);
     const params = writeStruct(structSpec("params"), {
       magic: PARAMS_MAGIC,
@@ -236,8 +240,14 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       input_snapshot: req.inputs.map((i) => i.snapshot ?? 0),
       output_cap: req.output?.cap ?? 0n,
       arg: req.args ?? [],
+      kdf_max_iters: req.kdfMaxIters ?? 0n,
+      input_secret_len: secrets?.lengths ?? [],
+      secret: secrets?.bytes ?? new Uint8Array(0),
     });
+    secrets?.bytes.fill(0);
     rc = lib.vmm_set_params(vm, params, BigInt(params.length));
+    // The passphrases now live in the guest's memory only (unmapped with the VM).
+    params.fill(0);
     if (rc !== 0) {
       throw new SandboxError(`guest could not be set up: ${strerror(lib, -rc)}`, runStatus.SETUP_ERROR, -rc);
     }

@@ -9,6 +9,7 @@ import { runStatus } from "../../lib/abi/spec.ts";
 import type { RunRequest, RunResult } from "../../lib/vmm/guest.ts";
 import { Cancelled, cancelSignal, hostPath } from "../../lib/host/context.ts";
 import { requestLimits } from "../../lib/vmm/sandbox.ts";
+import { packSecrets } from "../../lib/vmm/secrets.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const HOST = `${ROOT}build/host`;
@@ -48,7 +49,28 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
     args.push(`${i.format}:${path}`);
   }
   const env = req.onProgress ? { INSTAR_HOST_PROGRESS: "1" } : undefined;
-  const child = new Deno.Command(program(req.op), { args, env, stdout: "piped", stderr: "piped" }).spawn();
+  if (req.kdfMaxIters !== undefined) args.unshift("--kdf-max-iters", req.kdfMaxIters.toString());
+  // Passphrases go over stdin in params' layout, never in argv.
+  const secrets = packSecrets(req.inputs);
+  if (secrets) args.unshift("--secrets-stdin");
+  const child = new Deno.Command(program(req.op), {
+    args,
+    env,
+    stdin: secrets ? "piped" : "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (secrets) {
+    const block = new Uint8Array(64 + secrets.bytes.length);
+    new DataView(block.buffer).setUint32(0, 0, true);
+    secrets.lengths.forEach((n, i) => new DataView(block.buffer).setUint32(4 * i, n, true));
+    block.set(secrets.bytes, 64);
+    const w = child.stdin.getWriter();
+    await w.write(block);
+    await w.close();
+    block.fill(0);
+    secrets.bytes.fill(0);
+  }
   let timedOut = false;
   const timer = setTimeout(() => {
     timedOut = true;

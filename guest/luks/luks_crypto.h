@@ -1,0 +1,24 @@
+/* LUKS1 unlock and payload decryption (guest/luks/crypto.c, nettle). */
+#ifndef INSTAR_LUKS_CRYPTO_H
+#define INSTAR_LUKS_CRYPTO_H
+#include "luks.h"
+
+struct nettle_cipher;
+
+/* A volume (or key slot) cipher: mode, IV generator and keyed contexts. */
+struct luks_cipher {
+    const struct nettle_cipher *n;     /* the block cipher */
+    const struct nettle_cipher *essiv; /* ESSIV's cipher, or NULL */
+    void *dec, *twk, *essiv_ctx;       /* rt_alloc'd contexts */
+    uint32_t mode, ivgen, niv;
+};
+
+/* Tries every active key slot with the passphrase; on success `out` decrypts
+ * the payload. Emits an ERROR (LUKS_E_BAD_PASSWORD, LUKS_E_KDF_LIMIT, ...) on
+ * failure. */
+int luks_unlock(const struct luks *k, const uint8_t *pw, uint32_t pwlen, uint64_t max_iters, struct luks_cipher *out);
+
+/* Decrypts len bytes in place: 512-byte sectors from `sector` (the last may be short). */
+void luks_decrypt(const struct luks_cipher *c, uint64_t sector, uint8_t *buf, uint64_t len);
+
+#endif

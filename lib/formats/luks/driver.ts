@@ -1,0 +1,27 @@
+// The luks row of the format table: LUKS1 images read (info from the
+// header alone, as qemu's info opens with QCRYPTO_BLOCK_OPEN_NO_IO; convert
+// and compare through the convert_luks / compare_luks guests, which unlock
+// a key slot with the passphrase of the image's key-secret). No check (qemu
+// has none for luks), no create/resize/amend yet (docs/encryption.md).
+import { formats, guestErrors } from "../../abi/spec.ts";
+import type { DecodedImage, FormatDriver } from "../types.ts";
+import { qcow2ErrorMessage } from "../qcow2/errors.ts";
+import { luksErrorText } from "./errors.ts";
+import { luksModel } from "./model.ts";
+
+export const luksDriver: FormatDriver = {
+  name: "luks",
+  code: formats.LUKS,
+  decode(recs, input, fileSize): DecodedImage {
+    const luks = luksModel(recs, input);
+    // block_crypto_co_getlength, rounded to whole sectors by refresh_total_sectors
+    // (the guest refused a payload past the end of the file).
+    const bytes = fileSize > luks.payloadOffset ? fileSize - luks.payloadOffset : 0n;
+    const length = (bytes + 511n) / 512n * 512n;
+    return { virtualSize: length, length, dirty: false, namesDataFile: false, luks, encrypted: true };
+  },
+  openError(e, quoted) {
+    const text = e.code === guestErrors.FORMAT ? luksErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1]) : undefined;
+    return text ?? qcow2ErrorMessage(e, []);
+  },
+};
