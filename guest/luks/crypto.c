@@ -181,7 +181,7 @@ void luks_decrypt(const struct luks_cipher *c, uint64_t sector, uint8_t *buf, ui
         case LUKS_MODE_ECB: c->n->decrypt(c->dec, n, buf, buf); break;
         case LUKS_MODE_CBC: cbc_decrypt(c->dec, c->n->decrypt, c->niv, iv, n, buf, buf); break;
         case LUKS_MODE_CTR: ctr_crypt(c->dec, c->n->encrypt, c->niv, iv, n, buf, buf); break;
-        case LUKS_MODE_XTS: xts_decrypt_message(c->dec, c->twk, c->n->encrypt, c->n->decrypt, iv, n, buf, buf); break;
+        case LUKS_MODE_XTS: xts_decrypt_message(c->dec, c->twk, c->n->decrypt, c->n->encrypt, iv, n, buf, buf); break;
         }
         sector++;
         buf += n;

@@ -20,7 +20,16 @@ import {
   objectOption,
   readLock,
 } from "./common.ts";
-import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import {
+  chainInputs,
+  kdfMaxIters,
+  openChain,
+  type OpenedImage,
+  OpenError,
+  openFailure,
+  openImage,
+  unlockForRead,
+} from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
@@ -41,7 +50,9 @@ async function openForCompare(
       lock,
       noLists: true,
     });
-    return await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    const chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
+    return chain;
   } catch (e) {
     // img_open failures: exit 2.
     if (e instanceof OpenError) throw openFailure(ref.display, e, 2);
@@ -133,11 +144,18 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const mid = split ? (base / 2n) & ~((1n << 20n) - 1n) : base;
     const ranges = split && mid > 0n ? [[0n, mid], [mid, base]] : [[0n, base]];
     const done = ranges.map(() => 0n), totals = ranges.map(() => 0n);
+    const encrypted = inputs.some((i) => i.secret);
+    const other = [...chain1, ...chain2].find((i) => !["raw", "qcow2", "luks"].includes(i.format));
+    if (encrypted && other) {
+      throw new CliError([`Comparing an encrypted image with a ${other.format} image is not supported by instar yet`], false, 2);
+    }
     let results;
     try {
       results = await Promise.all(ranges.map(([from, to], i) =>
         runGuest({
-          op: "compare",
+          // An encrypted input: compare_luks (the LUKS layer and nettle), which reads raw and qcow2 besides.
+          op: encrypted ? "compare_luks" : "compare",
+          kdfMaxIters: encrypted ? kdfMaxIters() : undefined,
           opCode: ops.COMPARE,
           inputs,
           args: [BigInt(inputs1.length), strict ? 1n : 0n, from, to],

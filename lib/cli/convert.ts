@@ -27,7 +27,16 @@ import {
   readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { chainInputs, errnoText, openChain, OpenError, openFailure, openImage } from "./image.ts";
+import {
+  chainInputs,
+  errnoText,
+  kdfMaxIters,
+  openChain,
+  OpenError,
+  openFailure,
+  openImage,
+  unlockForRead,
+} from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
@@ -361,6 +370,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         noLists,
       });
       chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
+      await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;
@@ -500,7 +510,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         formatCode: x.format,
         nofollow: x.nofollow,
         snapshot: i === 0 ? snapshot : 0,
+        secret: x.secret,
       })),
+      kdfMaxIters: kdfMaxIters(),
       size,
       minSparse: a.minSparse,
       inPlace: inPlaceMode,

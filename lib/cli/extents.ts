@@ -75,9 +75,11 @@ export async function resolveExtents(img: OpenedImage, backingDirs: string[]): P
 }
 
 /** The guest inputs for a chain: each image, then its extent files. */
-export function chainInputs(chain: OpenedImage[]): { path: string; format: number; nofollow: boolean }[] {
+export function chainInputs(
+  chain: OpenedImage[],
+): { path: string; format: number; nofollow: boolean; secret?: Uint8Array }[] {
   return chain.flatMap((img, i) => [
-    { path: img.openPath, format: img.formatCode, nofollow: i !== 0 },
+    { path: img.openPath, format: img.formatCode, nofollow: i !== 0, secret: img.secret },
     ...(img.extentFiles ?? []).map((x) => ({ path: x.path, format: formats.RAW, nofollow: true })),
   ]);
 }

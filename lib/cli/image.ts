@@ -17,7 +17,9 @@ import {
 import { runGuest } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
-import { hostPath } from "../host/context.ts";
+import { hostEnv, hostPath } from "../host/context.ts";
+import { ObjectError, type SecretStore } from "../secrets/objects.ts";
+import { KDF_MAX_ITERS_DEFAULT } from "../formats/luks/errors.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
 import { LockError, type LockMode, LOCKS, takeLock } from "../vmm/image_lock.ts";
@@ -57,6 +59,8 @@ export interface OpenedImage extends DecodedImage {
   ino: bigint;
   /** vmdk: the extent files the allowlist let through, attached after the image (descriptor order). */
   extentFiles?: ExtentFile[];
+  /** An encrypted image's passphrase, once unlockForRead checked it (never printed or logged). */
+  secret?: Uint8Array;
 }
 
 export interface OpenOptions {
@@ -371,4 +375,69 @@ export async function openForWrite(filename: string, fmt: string | undefined, un
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
+}
+
+/** The PBKDF2 bound handed to guests that unlock (INSTAR_MAX_KDF_ITERS overrides the default). */
+export function kdfMaxIters(): bigint {
+  const v = hostEnv("INSTAR_MAX_KDF_ITERS");
+  if (v !== undefined && /^[0-9]{1,10}$/.test(v)) return BigInt(v);
+  return KDF_MAX_ITERS_DEFAULT;
+}
+
+/**
+ * What qemu's open does for an encrypted image when the command reads its
+ * data (convert, compare; info opens with QCRYPTO_BLOCK_OPEN_NO_IO and skips
+ * this): the key-secret option is required, its secret must exist and be
+ * UTF-8, and it must unlock a key slot. The unlock runs in a guest
+ * (convert_luks over an empty range): the master key stays there. On
+ * success img.secret holds the passphrase for the guests that read.
+ */
+export async function unlockForRead(
+  img: OpenedImage,
+  keySecret: string | undefined,
+  keySecretOption: string | undefined,
+  secrets: SecretStore,
+): Promise<void> {
+  if (img.formatCode !== formats.LUKS) return;
+  if (keySecret === undefined) {
+    throw new OpenError(img.filename, `Parameter '${keySecretOption?.replace(/key-secret$/, "") ?? ""}key-secret' is required for cipher`);
+  }
+  let pass: Uint8Array;
+  try {
+    pass = secrets.passphrase(keySecret);
+  } catch (e) {
+    if (e instanceof ObjectError) throw new OpenError(img.filename, e.lines.join(" "));
+    throw e;
+  }
+  let result;
+  try {
+    result = await runGuest({
+      op: "convert_luks",
+      opCode: ops.CONVERT,
+      inputs: [{ path: img.openPath, format: formats.LUKS, nofollow: false, secret: pass }],
+      // raw mode over the empty range [length, length) (origin there too): nothing is written.
+      args: [0n, 0n, 0n, 0n, img.length, img.length, img.length],
+      kdfMaxIters: kdfMaxIters(),
+      timeoutMs: 24 * 3600 * 1000,
+    });
+  } catch (e) {
+    throw new OpenError(img.filename, `Sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const input = result.inputs[0];
+  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
+    throw new OpenError(img.filename, "File changed while it was being opened");
+  }
+  const err = guestError(result.records);
+  if (err) {
+    const quoted = result.records
+      .filter((r) => r.type === records.NAME && r.fields.kind === nameKinds.ERROR_TEXT)
+      .map((r) => new TextDecoder().decode(nameBytes(r)));
+    const f = err.fields;
+    const fields = { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint };
+    throw new OpenError(img.filename, img.driver.openError!(fields, quoted, img.filename));
+  }
+  if (result.guestStatus !== 0n) {
+    throw new OpenError(img.filename, "Sandbox failure: guest reported an error without a reason");
+  }
+  img.secret = pass;
 }

@@ -6,7 +6,7 @@
 // joining two guests' halves is a copy inside the VMM library.
 import { convertFlags, limits, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { collapseRange, runGuest } from "../vmm/guest.ts";
+import { collapseRange, type RunRequest, runGuest } from "../vmm/guest.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import {
   type CompressedCluster,
@@ -25,6 +25,8 @@ export interface SourceLayer {
   nofollow: boolean;
   /** k + 1: read qcow2 internal snapshot k (convert -l); 0 or absent: the active layer. */
   snapshot?: number;
+  /** An encrypted layer's passphrase (LUKS): the guests that read it get it in params.secret. */
+  secret?: Uint8Array;
 }
 
 export interface ConvertJob {
@@ -38,6 +40,8 @@ export interface ConvertJob {
    * first (the guests write nothing where the image reads as zeroes), "keep"
    * leaves it (the caller punched it, or --target-is-zero). */
   inPlace?: "zero" | "keep";
+  /** params.kdf_max_iters for an encrypted source. */
+  kdfMaxIters?: bigint;
 }
 
 /** A failure the guest reported (an ERROR record); the CLI words it. */
@@ -58,7 +62,21 @@ function inputs(job: ConvertJob) {
     format: l.formatCode,
     nofollow: l.nofollow,
     snapshot: l.snapshot,
+    secret: l.secret,
   }));
+}
+
+/**
+ * Runs a convert guest for `job`: an encrypted source is read by
+ * convert_luks (the LUKS layer and nettle; guest/ops.mk), which has no
+ * compressing writer.
+ */
+function runFor(job: ConvertJob, req: RunRequest) {
+  if (!job.layers.some((l) => l.secret)) return runGuest(req);
+  if (req.op !== "convert") {
+    throw new PlanRefused("Compressed output from an encrypted source is not supported by instar yet");
+  }
+  return runGuest({ ...req, op: "convert_luks", kdfMaxIters: job.kdfMaxIters });
 }
 
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;
@@ -146,7 +164,7 @@ export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bi
   const report = progressOf(job, n);
   const ranges = n === 2 ? [[0n, mid], [mid, job.size]] : [[0n, job.size]];
   const results = await Promise.all(ranges.map(([from, to], i) =>
-    runGuest({
+    runFor(job, {
       op: "convert",
       opCode: ops.CONVERT,
       inputs: inputs(job),
@@ -253,7 +271,7 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
     cap: bigint,
     i: number,
   ) =>
-    runGuest({
+    runFor(job, {
       op: k.op,
       opCode: ops.CONVERT,
       inputs: inputs(job),
@@ -372,7 +390,7 @@ export async function convertToBlocks(
     const report = progressOf(job, n);
     const ranges = n === 2 ? [[lo, mid], [mid, hi]] : [[lo, hi]];
     const results = await Promise.all(ranges.map(([from, to], i) =>
-      runGuest({
+      runFor(job, {
         op: "convert",
         opCode: ops.CONVERT,
         inputs: inputs(job),
@@ -402,7 +420,7 @@ export async function convertToBlocks(
     const mid = n === 2 ? lo + middle(hi - lo, b.blockSize) : hi;
     const report = progressOf(job, n);
     const guest = (from: bigint, to: bigint, start: bigint, cap: bigint, i: number) =>
-      runGuest({
+      runFor(job, {
         op: "convert",
         opCode: ops.CONVERT,
         inputs: inputs(job),
