@@ -257,10 +257,16 @@ int main(int argc, char **argv)
         } else if (!strcmp(argv[i], "--kdf-max-iters") && i + 1 < argc) {
             if (parse_u64(argv[++i], &g_params.kdf_max_iters)) goto usage;
         } else if (!strcmp(argv[i], "--secrets-stdin")) {
-            /* params.input_secret_len then params.secret, as the VMM would
-             * write them: passphrases never travel in argv. */
-            uint8_t *dst = (uint8_t *)g_params.input_secret_len;
-            size_t want = sizeof g_params.input_secret_len, got = 0;
+            /* params.secret_inputs, input_secret_len then secret, as the VMM
+             * would write them: passphrases never travel in argv. */
+            uint8_t *dst = (uint8_t *)&g_params.secret_inputs;
+            size_t want = sizeof g_params.secret_inputs, got = 0;
+            while (got < want) {
+                ssize_t n = read(0, dst + got, want - got);
+                if (n <= 0) goto usage;
+                got += (size_t)n;
+            }
+            dst = (uint8_t *)g_params.input_secret_len, want = sizeof g_params.input_secret_len, got = 0;
             while (got < want) {
                 ssize_t n = read(0, dst + got, want - got);
                 if (n <= 0) goto usage;

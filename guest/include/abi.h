@@ -340,7 +340,8 @@ struct params {
     uint64_t input_alloc[16]; /* allocated bytes per input (st_blocks * 512; qemu's allocated file size), 0 = unknown */
     uint32_t input_snapshot[16]; /* 0: read the active layer; k + 1: read qcow2 internal snapshot k instead (convert/measure -l) */
     uint64_t kdf_max_iters; /* LUKS: the most PBKDF2 iterations one key slot (or the master-key digest) may ask for */
-    uint8_t reserved[16];
+    uint32_t secret_inputs; /* bit i: input i has a passphrase in `secret` (it may be empty) */
+    uint8_t reserved[12];
     uint32_t input_secret_len[16]; /* bytes of `secret` that are input i's passphrase (0: none), in input order */
     uint8_t secret[1024]; /* the passphrases, back to back; written only for the run that unlocks (docs/abi.md) */
 };
@@ -359,7 +360,8 @@ _Static_assert(offsetof(struct params, arg) == 232, "params.arg");
 _Static_assert(offsetof(struct params, input_alloc) == 296, "params.input_alloc");
 _Static_assert(offsetof(struct params, input_snapshot) == 424, "params.input_snapshot");
 _Static_assert(offsetof(struct params, kdf_max_iters) == 488, "params.kdf_max_iters");
-_Static_assert(offsetof(struct params, reserved) == 496, "params.reserved");
+_Static_assert(offsetof(struct params, secret_inputs) == 496, "params.secret_inputs");
+_Static_assert(offsetof(struct params, reserved) == 500, "params.reserved");
 _Static_assert(offsetof(struct params, input_secret_len) == 512, "params.input_secret_len");
 _Static_assert(offsetof(struct params, secret) == 576, "params.secret");
 

@@ -435,7 +435,13 @@ export const structs: StructSpec[] = [
         offset: 488,
         doc: "LUKS: the most PBKDF2 iterations one key slot (or the master-key digest) may ask for",
       },
-      { name: "reserved", type: "bytes", offset: 496, count: 16 },
+      {
+        name: "secret_inputs",
+        type: "u32",
+        offset: 496,
+        doc: "bit i: input i has a passphrase in `secret` (it may be empty)",
+      },
+      { name: "reserved", type: "bytes", offset: 500, count: 12 },
       {
         name: "input_secret_len",
         type: "u32",

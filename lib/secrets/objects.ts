@@ -124,17 +124,20 @@ function fileErrorText(path: string, e: unknown): string {
   return `Failed to open file “${path}”: ${why}`;
 }
 
-/** RFC 4648 base64 as glib's g_base64_decode accepts it after qemu's character check. */
+/** glib's g_base64_decode after qemu's character check: whole groups of four only
+ * (a trailing partial group is dropped), '=' padding shortening the last one. */
 function base64Decode(text: string): Uint8Array {
-  // qbase64_decode: only the base64 alphabet, '=' and nothing else.
   if (!/^[A-Za-z0-9+/=]*$/.test(text)) throw new ObjectError(["Base64 data contains invalid characters"]);
-  const clean = text.replace(/=+$/, "");
-  try {
-    const bin = atob(clean + "=".repeat((4 - clean.length % 4) % 4));
-    return Uint8Array.from(bin, (c) => c.charCodeAt(0));
-  } catch {
-    throw new ObjectError(["Base64 data contains invalid characters"]);
+  const rank = (c: string) => "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".indexOf(c);
+  const out: number[] = [];
+  for (let i = 0; i + 4 <= text.length; i += 4) {
+    const g = text.slice(i, i + 4);
+    const pad = g.endsWith("==") ? 2 : g.endsWith("=") ? 1 : 0;
+    const v = [...g].reduce((acc, c) => acc * 64 + Math.max(rank(c), 0), 0);
+    const bytes = [(v >> 16) & 255, (v >> 8) & 255, v & 255];
+    out.push(...bytes.slice(0, 3 - pad));
   }
+  return new Uint8Array(out);
 }
 
 /** The secrets the command line defined, by id (qemu's /objects container). */

@@ -241,6 +241,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       output_cap: req.output?.cap ?? 0n,
       arg: req.args ?? [],
       kdf_max_iters: req.kdfMaxIters ?? 0n,
+      secret_inputs: secrets?.mask ?? 0,
       input_secret_len: secrets?.lengths ?? [],
       secret: secrets?.bytes ?? new Uint8Array(0),
     });

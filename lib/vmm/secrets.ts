@@ -10,7 +10,7 @@ export const SECRET_AREA = 1024;
 /** A request's passphrases as params lays them out, or undefined when it has none. */
 export function packSecrets(
   inputs: { secret?: Uint8Array }[],
-): { lengths: number[]; bytes: Uint8Array } | undefined {
+): { lengths: number[]; mask: number; bytes: Uint8Array } | undefined {
   if (!inputs.some((i) => i.secret)) return undefined;
   const lengths = inputs.map((i) => i.secret?.length ?? 0);
   const total = lengths.reduce((a, b) => a + b, 0);
@@ -22,5 +22,6 @@ export function packSecrets(
     bytes.set(i.secret, at);
     at += i.secret.length;
   }
-  return { lengths, bytes };
+  const mask = inputs.reduce((m, x, i) => (x.secret ? m | (1 << i) : m), 0);
+  return { lengths, mask, bytes };
 }

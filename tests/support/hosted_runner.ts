@@ -61,10 +61,12 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
     stderr: "piped",
   }).spawn();
   if (secrets) {
-    const block = new Uint8Array(64 + secrets.bytes.length);
-    new DataView(block.buffer).setUint32(0, 0, true);
-    secrets.lengths.forEach((n, i) => new DataView(block.buffer).setUint32(4 * i, n, true));
-    block.set(secrets.bytes, 64);
+    // params.secret_inputs, input_secret_len[16], secret
+    const block = new Uint8Array(4 + 64 + secrets.bytes.length);
+    const view = new DataView(block.buffer);
+    view.setUint32(0, secrets.mask, true);
+    secrets.lengths.forEach((n, i) => view.setUint32(4 + 4 * i, n, true));
+    block.set(secrets.bytes, 68);
     const w = child.stdin.getWriter();
     await w.write(block);
     await w.close();
