@@ -752,3 +752,78 @@ Deno.test({
     }
   },
 });
+
+// LUKS1 headers made hostile by patching a cryptsetup image (guest/luks/header.c
+// checks them as qemu 7.2 does; crypto.c bounds the PBKDF2 work).
+const haveCryptsetup = (() => {
+  try {
+    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "hostile LUKS1 headers: slot offsets past EOF, stripes near 2^32, huge key sizes and iteration counts",
+  ignore: !ready || !haveCryptsetup,
+  async fn(t) {
+    const d = await tmp();
+    try {
+      await Deno.writeFile(`${d}/base.img`, new Uint8Array(0));
+      await Deno.truncate(`${d}/base.img`, 3 << 20);
+      const c = new Deno.Command("cryptsetup", {
+        args: ["luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "-", "base.img"],
+        cwd: d,
+        stdin: "piped",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      const w = c.stdin.getWriter();
+      await w.write(new TextEncoder().encode("pw"));
+      await w.close();
+      assert.ok((await c.output()).success);
+      const obj = ["--object", "secret,id=s,data=pw"];
+      const opts = (f: string) => ["--image-opts", `driver=luks,key-secret=s,file.filename=${f}`];
+      const variant = async (name: string, patches: [number, number[]][]) => {
+        await Deno.copyFile(`${d}/base.img`, `${d}/${name}`);
+        for (const [at, bytes] of patches) await patch(`${d}/${name}`, at, bytes);
+      };
+      const SLOT0 = 208;
+      // Same words and exit code as qemu-img, in bounded time, nothing written.
+      const same = async (name: string, patches: [number, number[]][]) => {
+        await t.step(name, async () => {
+          await variant(name, patches);
+          for (const args of [["info", name], ["convert", ...obj, ...opts(name), "-O", "raw", "o.raw"]]) {
+            const q = await qemuImg(args, d);
+            const i = await timed(20000, () => instar(args, d));
+            const e = asInstar(q);
+            assert.deepEqual({ code: i.code, stderr: i.stderr }, { code: e.code, stderr: e.stderr });
+          }
+          assert.ok(!(await Deno.stat(`${d}/o.raw`).catch(() => null)), "convert left an output file");
+        });
+      };
+      // Key material past the end of the file (the payload moved out of the way too): zeroes, no key.
+      await same("slot-past-eof.img", [[104, be32(0x7fffff00)], [SLOT0 + 40, be32(0x7ffff000)]]);
+      await same("stripes.img", [[SLOT0 + 44, be32(0xfffffff0)]]);
+      await same("stripes-slot7.img", [[SLOT0 + 7 * 48 + 44, be32(0x80000000)]]);
+      await same("key-bytes.img", [[108, be32(0x7fffffff)]]);
+      await same("cipher-name.img", [[8, [...new TextEncoder().encode("a".repeat(32))]]]);
+      await same("mode-string.img", [[40, [...new TextEncoder().encode("xts"), 0]]]);
+      await same("hash.img", [[72, [...new TextEncoder().encode("whirlpool"), 0]]]);
+      await same("mk-iters-zero.img", [[164, be32(0)]]);
+      await same("overlap.img", [[SLOT0 + 48 + 40, be32(8)]]);
+      // Iteration counts that would keep qemu-img busy for hours: instar stops at its bound.
+      for (const [name, at] of [["slot-iters.img", SLOT0 + 4], ["mk-iters.img", 164]] as const) {
+        await t.step(name, async () => {
+          await variant(name, [[at, be32(0xffffffff)]]);
+          const i = await timed(20000, () => instar(["convert", ...obj, ...opts(name), "-O", "raw", "o.raw"], d));
+          assert.equal(i.code, 1, i.stderr);
+          assert.match(i.stderr, /asks for 4294967295 PBKDF2 iterations, more than instar allows/);
+          assert.ok(!(await Deno.stat(`${d}/o.raw`).catch(() => null)), "convert left an output file");
+        });
+      }
+    } finally {
+      await Deno.remove(d, { recursive: true });
+    }
+  },
+});

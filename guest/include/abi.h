@@ -49,6 +49,7 @@
 
 #define INFO_F_CHECK_MODE 1
 #define INFO_F_NO_LISTS 2
+#define INFO_F_READS_DATA 4
 
 #define MAPOP_F_PRECISE 1
 

@@ -43,7 +43,7 @@ int op_main(void)
         static struct luks k;
         if (luks_open_header(&k, &r)) return -1;
         /* block_crypto_co_getlength: -EIO when the payload starts past the end of the file */
-        if ((uint64_t)k.payload_offset_sector * LUKS_SECTOR > r.size)
+        if (!(p->flags & INFO_F_READS_DATA) && (uint64_t)k.payload_offset_sector * LUKS_SECTOR > r.size)
             return rt_error(0, GERR_FORMAT, LUKS_E_PAYLOAD_PAST_EOF, 0, 0);
         return luks_emit_info(&k);
     }

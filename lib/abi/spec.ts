@@ -128,6 +128,9 @@ export const infoFlags = {
   CHECK_MODE: 1,
   /** Leave out the SNAPSHOT and BITMAP lists (commands that print neither: map, compare, resize). */
   NO_LISTS: 2,
+  /** The command reads data (convert, compare): an encrypted image is unlocked before qemu
+   * computes its length, so a LUKS payload past the end of the file is left to the unlocking guest. */
+  READS_DATA: 4,
 } as const;
 
 /** params.flags for ops.MAP. PRECISE: report the layers' precise runs even

@@ -49,6 +49,7 @@ async function openForCompare(
       backingDirs: o.backingDirs,
       lock,
       noLists: true,
+      readsData: true,
     });
     const chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);

@@ -368,6 +368,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         backingDirs: o.backingDirs,
         lock,
         noLists,
+        readsData: true,
       });
       chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
       await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);

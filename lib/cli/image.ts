@@ -78,6 +78,8 @@ export interface OpenOptions {
   lock?: LockMode;
   /** Leave out the snapshot and bitmap lists (infoFlags.NO_LISTS): 65,536 snapshots cost memory. */
   noLists?: boolean;
+  /** The command reads the image's data (infoFlags.READS_DATA; see unlockForRead). */
+  readsData?: boolean;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -194,7 +196,8 @@ async function openImageOnce(
         { path, format: requested, nofollow: opts.nofollow },
         ...extents.map((x) => ({ path: x.path, format: formats.RAW, nofollow: true })),
       ],
-      flags: (opts.checkMode ? infoFlags.CHECK_MODE : 0) | (opts.noLists ? infoFlags.NO_LISTS : 0),
+      flags: (opts.checkMode ? infoFlags.CHECK_MODE : 0) | (opts.noLists ? infoFlags.NO_LISTS : 0) |
+        (opts.readsData ? infoFlags.READS_DATA : 0),
     });
   } catch (e) {
     throw new OpenError(filename, `Sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
