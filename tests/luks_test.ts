@@ -6,14 +6,24 @@
 // from instar and from qemu-img must be the same. The passphrase must show
 // up in no output, no child's argv and no file the run leaves behind.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, assertSameHere, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import {
+  asInstar,
+  assertSameHere,
+  exec,
+  haveQemuImg,
+  instarHere,
+  qemuImg,
+  sh,
+  withTempDir,
+} from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { sweep } from "./support/full.ts";
 
 const PW = "instar-luks-pw-7d3e91";
 const haveCryptsetup = (() => {
   try {
-    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
   } catch {
     return false;
   }
@@ -25,8 +35,18 @@ async function cryptsetupImage(dir: string, name: string, size: number, extra: s
   await Deno.writeFile(`${dir}/${name}`, new Uint8Array(0));
   await Deno.truncate(`${dir}/${name}`, size);
   const p = new Deno.Command("cryptsetup", {
-    args: ["luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "-", ...extra,
-      name],
+    args: [
+      "luksFormat",
+      "--batch-mode",
+      "--type",
+      "luks1",
+      "--pbkdf-force-iterations",
+      "1000",
+      "--key-file",
+      "-",
+      ...extra,
+      name,
+    ],
     cwd: dir,
     stdin: "piped",
     stdout: "null",
@@ -44,7 +64,18 @@ async function qemuLuksImage(dir: string, name: string, size: string, opts: stri
   let last = "";
   for (let i = 0; i < 8; i++) {
     const r = await qemuImg(
-      ["create", "-q", "-f", "luks", "--object", `secret,id=s,data=${PW}`, "-o", `key-secret=s,iter-time=10${opts}`, name, size],
+      [
+        "create",
+        "-q",
+        "-f",
+        "luks",
+        "--object",
+        `secret,id=s,data=${PW}`,
+        "-o",
+        `key-secret=s,iter-time=10${opts}`,
+        name,
+        size,
+      ],
       dir,
     );
     if (r.code === 0) return;
@@ -59,8 +90,19 @@ async function fill(dir: string, name: string, bytes: number): Promise<void> {
   for (let i = 0; i < bytes; i++) data[i] = (i * 7 + (i >> 9)) & 0xff;
   data.fill(0, 64 * 1024, 512 * 1024); // a zero run the convert leaves sparse
   await Deno.writeFile(`${dir}/data.raw`, data);
-  await sh(dir, "qemu-img", "convert", "-n", "-f", "raw", "--object", `secret,id=s,data=${PW}`, "--target-image-opts",
-    "data.raw", `driver=luks,key-secret=s,file.filename=${name}`);
+  await sh(
+    dir,
+    "qemu-img",
+    "convert",
+    "-n",
+    "-f",
+    "raw",
+    "--object",
+    `secret,id=s,data=${PW}`,
+    "--target-image-opts",
+    "data.raw",
+    `driver=luks,key-secret=s,file.filename=${name}`,
+  );
 }
 
 const obj = ["--object", `secret,id=sec0,data=${PW}`];
@@ -72,6 +114,10 @@ async function sameAsQemu(dir: string, name: string): Promise<void> {
   await assertSameHere(["info", "--output=json", name], dir);
   await assertSameHere(["info", "-f", "luks", name], dir);
   await assertSameHere(["info", ...obj, ...opts(name)], dir);
+  await assertSameHere(["map", "--output=json", ...obj, ...opts(name)], dir);
+  await assertSameHere(["map", ...obj, ...opts(name)], dir);
+  await assertSameHere(["check", ...obj, ...opts(name)], dir);
+  await assertSameHere(["check", name], dir);
   const q = await qemuImg(["convert", ...obj, ...opts(name), "-O", "raw", "q.raw"], dir);
   assertEquals(q.code, 0, q.stderr);
   const i = await instarHere(["convert", ...obj, ...opts(name), "-O", "raw", "i.raw"], dir);
@@ -132,19 +178,40 @@ if (ready) {
     await withTempDir("instar-luks-", async (dir) => {
       await cryptsetupImage(dir, "c.img", 3 << 20, []);
       const bad = ["--object", "secret,id=sec0,data=wrong"];
-      for (const args of [
-        ["convert", ...bad, ...opts("c.img"), "-O", "raw", "o.raw"],
-        ["compare", ...bad, ...opts("c.img"), "driver=raw,file.filename=c.img"],
-        ["convert", "-O", "raw", "c.img", "o.raw"],
-        ["convert", "-f", "luks", "-O", "raw", "c.img", "o.raw"],
-        ["compare", "c.img", "c.img"],
-        ["convert", ...obj, "--image-opts", "driver=luks,key-secret=nope,file.filename=c.img", "-O", "raw", "o.raw"],
-        ["convert", "--object", "secret,id=sec0,data=pw,format=base64", ...opts("c.img"), "-O", "raw", "o.raw"],
-      ]) {
+      for (
+        const args of [
+          ["convert", ...bad, ...opts("c.img"), "-O", "raw", "o.raw"],
+          ["compare", ...bad, ...opts("c.img"), "driver=raw,file.filename=c.img"],
+          ["convert", "-O", "raw", "c.img", "o.raw"],
+          ["convert", "-f", "luks", "-O", "raw", "c.img", "o.raw"],
+          ["compare", "c.img", "c.img"],
+          [
+            "convert",
+            ...obj,
+            "--image-opts",
+            "driver=luks,key-secret=nope,file.filename=c.img",
+            "-O",
+            "raw",
+            "o.raw",
+          ],
+          [
+            "convert",
+            "--object",
+            "secret,id=sec0,data=pw,format=base64",
+            ...opts("c.img"),
+            "-O",
+            "raw",
+            "o.raw",
+          ],
+        ]
+      ) {
         await assertSameHere(args, dir);
       }
       // Nothing is left behind by the failed converts.
-      assert(![...Deno.readDirSync(dir)].some((e) => e.name.includes("o.raw")), "a failed convert left a file");
+      assert(
+        ![...Deno.readDirSync(dir)].some((e) => e.name.includes("o.raw")),
+        "a failed convert left a file",
+      );
       // cryptsetup's ecb: qemu refuses the mode string.
       await cryptsetupImage(dir, "e.img", 3 << 20, ["--cipher", "aes-ecb", "--key-size", "256"]);
       await assertSameHere(["info", "e.img"], dir);
@@ -152,11 +219,23 @@ if (ready) {
       // The passphrase from a file, and base64.
       await Deno.writeTextFile(`${dir}/key`, PW);
       await assertSameHere(
-        ["compare", "--object", "secret,id=sec0,file=key", ...opts("c.img"), "driver=luks,key-secret=sec0,file.filename=c.img"],
+        [
+          "compare",
+          "--object",
+          "secret,id=sec0,file=key",
+          ...opts("c.img"),
+          "driver=luks,key-secret=sec0,file.filename=c.img",
+        ],
         dir,
       );
       await assertSameHere(
-        ["compare", "--object", `secret,id=sec0,data=${btoa(PW)},format=base64`, ...opts("c.img"), "driver=raw,file.filename=c.img"],
+        [
+          "compare",
+          "--object",
+          `secret,id=sec0,data=${btoa(PW)},format=base64`,
+          ...opts("c.img"),
+          "driver=raw,file.filename=c.img",
+        ],
         dir,
       );
     });
@@ -179,8 +258,20 @@ if (ready) {
       try {
         outs.push(await instarHere(["convert", ...obj, ...opts("c.img"), "-O", "raw", "o.raw"], dir));
         outs.push(await instarHere(["convert", ...obj, ...opts("c.img"), "-O", "qcow2", "o.qcow2"], dir));
-        outs.push(await instarHere(["compare", ...obj, ...opts("c.img"), "driver=raw,file.filename=o.raw"], dir));
-        outs.push(await instarHere(["convert", "--object", "secret,id=sec0,data=wrong" + PW, ...opts("c.img"), "-O", "raw", "x.raw"], dir));
+        outs.push(
+          await instarHere(["compare", ...obj, ...opts("c.img"), "driver=raw,file.filename=o.raw"], dir),
+        );
+        outs.push(
+          await instarHere([
+            "convert",
+            "--object",
+            "secret,id=sec0,data=wrong" + PW,
+            ...opts("c.img"),
+            "-O",
+            "raw",
+            "x.raw",
+          ], dir),
+        );
         outs.push(await instarHere(["info", ...obj, ...opts("c.img")], dir));
       } finally {
         (Deno as unknown as { Command: unknown }).Command = Orig;
@@ -221,10 +312,17 @@ if (ready) {
   });
 }
 
-Deno.test("LUKS: qemu-img's own exit for the unreadable secret file", { ignore: !haveQemuImg() }, async () => {
-  await withTempDir("instar-luks-", async (dir) => {
-    await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "r.img", "1M");
-    const q = await exec("qemu-img", ["info", "--object", "secret,id=s,file=missing", "r.img"], dir);
-    assertEquals(await instarHere(["info", "--object", "secret,id=s,file=missing", "r.img"], dir), asInstar(q));
-  });
-});
+Deno.test(
+  "LUKS: qemu-img's own exit for the unreadable secret file",
+  { ignore: !haveQemuImg() },
+  async () => {
+    await withTempDir("instar-luks-", async (dir) => {
+      await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "r.img", "1M");
+      const q = await exec("qemu-img", ["info", "--object", "secret,id=s,file=missing", "r.img"], dir);
+      assertEquals(
+        await instarHere(["info", "--object", "secret,id=s,file=missing", "r.img"], dir),
+        asInstar(q),
+      );
+    });
+  },
+);

@@ -757,14 +757,16 @@ Deno.test({
 // checks them as qemu 7.2 does; crypto.c bounds the PBKDF2 work).
 const haveCryptsetup = (() => {
   try {
-    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync().success;
+    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
   } catch {
     return false;
   }
 })();
 
 Deno.test({
-  name: "hostile LUKS1 headers: slot offsets past EOF, stripes near 2^32, huge key sizes and iteration counts",
+  name:
+    "hostile LUKS1 headers: slot offsets past EOF, stripes near 2^32, huge key sizes and iteration counts",
   ignore: !ready || !haveCryptsetup,
   async fn(t) {
     const d = await tmp();
@@ -772,7 +774,17 @@ Deno.test({
       await Deno.writeFile(`${d}/base.img`, new Uint8Array(0));
       await Deno.truncate(`${d}/base.img`, 3 << 20);
       const c = new Deno.Command("cryptsetup", {
-        args: ["luksFormat", "--batch-mode", "--type", "luks1", "--pbkdf-force-iterations", "1000", "--key-file", "-", "base.img"],
+        args: [
+          "luksFormat",
+          "--batch-mode",
+          "--type",
+          "luks1",
+          "--pbkdf-force-iterations",
+          "1000",
+          "--key-file",
+          "-",
+          "base.img",
+        ],
         cwd: d,
         stdin: "piped",
         stdout: "null",
@@ -816,7 +828,10 @@ Deno.test({
       for (const [name, at] of [["slot-iters.img", SLOT0 + 4], ["mk-iters.img", 164]] as const) {
         await t.step(name, async () => {
           await variant(name, [[at, be32(0xffffffff)]]);
-          const i = await timed(20000, () => instar(["convert", ...obj, ...opts(name), "-O", "raw", "o.raw"], d));
+          const i = await timed(
+            20000,
+            () => instar(["convert", ...obj, ...opts(name), "-O", "raw", "o.raw"], d),
+          );
           assert.equal(i.code, 1, i.stderr);
           assert.match(i.stderr, /asks for 4294967295 PBKDF2 iterations, more than instar allows/);
           assert.ok(!(await Deno.stat(`${d}/o.raw`).catch(() => null)), "convert left an output file");

@@ -214,7 +214,15 @@ export const luksCipherAlgs = {
 export const luksCipherModes = { ECB: 1, CBC: 2, XTS: 3, CTR: 4 } as const;
 export const luksIvgens = { PLAIN: 1, PLAIN64: 2, ESSIV: 3 } as const;
 /** 0 in ivgen_hash: none named. */
-export const luksHashes = { MD5: 1, SHA1: 2, SHA224: 3, SHA256: 4, SHA384: 5, SHA512: 6, RIPEMD160: 7 } as const;
+export const luksHashes = {
+  MD5: 1,
+  SHA1: 2,
+  SHA224: 3,
+  SHA256: 4,
+  SHA384: 5,
+  SHA512: 6,
+  RIPEMD160: 7,
+} as const;
 
 /** RESIZE_SUMMARY.flags: TOO_BIG means a bound was hit and the scan stopped
  * (the host refuses to resize); SHRINK means the L2 walk for a shrink ran;

@@ -24,7 +24,7 @@ import {
   outputFormat,
   readLock,
 } from "./common.ts";
-import { chainInputs, openChain, OpenError, openFailure, openImage } from "./image.ts";
+import { chainInputs, openChain, OpenError, openFailure, openImage, unlockForRead } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
@@ -82,6 +82,8 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     });
     // qemu-img opens the whole chain (a missing backing file fails the check).
     await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    // check opens with I/O: an encrypted image must unlock before "does not support checks".
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(ref.display, e);
     throw e;

@@ -148,7 +148,11 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const encrypted = inputs.some((i) => i.secret);
     const other = [...chain1, ...chain2].find((i) => !["raw", "qcow2", "luks"].includes(i.format));
     if (encrypted && other) {
-      throw new CliError([`Comparing an encrypted image with a ${other.format} image is not supported by instar yet`], false, 2);
+      throw new CliError(
+        [`Comparing an encrypted image with a ${other.format} image is not supported by instar yet`],
+        false,
+        2,
+      );
     }
     let results;
     try {

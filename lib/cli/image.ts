@@ -403,7 +403,10 @@ export async function unlockForRead(
 ): Promise<void> {
   if (img.formatCode !== formats.LUKS) return;
   if (keySecret === undefined) {
-    throw new OpenError(img.filename, `Parameter '${keySecretOption?.replace(/key-secret$/, "") ?? ""}key-secret' is required for cipher`);
+    throw new OpenError(
+      img.filename,
+      `Parameter '${keySecretOption?.replace(/key-secret$/, "") ?? ""}key-secret' is required for cipher`,
+    );
   }
   let pass: Uint8Array;
   try {

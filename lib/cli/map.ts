@@ -1,6 +1,6 @@
 // instar map [-f fmt] [--output human|json] [--start-offset N] [--max-length N] [-U] FILE
 import { imageRef } from "./image_ref.ts";
-import { mapFlags, ops, records } from "../abi/spec.ts";
+import { formats, mapFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { refuseDataFile } from "./data_file.ts";
 import { CliError } from "./messages.ts";
@@ -20,7 +20,15 @@ import {
   readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { chainInputs, inputFilenames, openChain, OpenError, openFailure, openImage } from "./image.ts";
+import {
+  chainInputs,
+  inputFilenames,
+  openChain,
+  OpenError,
+  openFailure,
+  openImage,
+  unlockForRead,
+} from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
@@ -68,6 +76,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
       noLists: true,
     });
     chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(ref.display, e);
     throw e;
@@ -79,7 +88,17 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
   const end = maxLength === -1n ? length : (start + maxLength < length ? start + maxLength : length);
 
   let extents: MapExtent[] = [];
-  if (start < end) {
+  if (start < end && chain[0].formatCode === formats.LUKS) {
+    // qemu's crypto driver has no block status: all data, present, no offset (docs/encryption.md).
+    extents = [{
+      start,
+      length: end - start,
+      offset: 0n,
+      flags: mapFlags.DATA | mapFlags.PRESENT,
+      depth: 0,
+      input: 0,
+    }];
+  } else if (start < end) {
     let result;
     try {
       result = await runGuest({

@@ -6,7 +6,7 @@
 // joining two guests' halves is a copy inside the VMM library.
 import { convertFlags, limits, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { collapseRange, type RunRequest, runGuest } from "../vmm/guest.ts";
+import { collapseRange, runGuest, type RunRequest } from "../vmm/guest.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import {
   type CompressedCluster,

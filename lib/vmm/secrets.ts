@@ -14,7 +14,9 @@ export function packSecrets(
   if (!inputs.some((i) => i.secret)) return undefined;
   const lengths = inputs.map((i) => i.secret?.length ?? 0);
   const total = lengths.reduce((a, b) => a + b, 0);
-  if (total > SECRET_AREA) throw new Error(`passphrases longer than ${SECRET_AREA} bytes in all are not supported`);
+  if (total > SECRET_AREA) {
+    throw new Error(`passphrases longer than ${SECRET_AREA} bytes in all are not supported`);
+  }
   const bytes = new Uint8Array(SECRET_AREA);
   let at = 0;
   for (const i of inputs) {

@@ -21,7 +21,9 @@ export const luksDriver: FormatDriver = {
     return { virtualSize: length, length, dirty: false, namesDataFile: false, luks, encrypted: true };
   },
   openError(e, quoted) {
-    const text = e.code === guestErrors.FORMAT ? luksErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1]) : undefined;
+    const text = e.code === guestErrors.FORMAT
+      ? luksErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1])
+      : undefined;
     return text ?? qcow2ErrorMessage(e, []);
   },
 };

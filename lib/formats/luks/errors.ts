@@ -8,7 +8,12 @@ export const KDF_MAX_ITERS_DEFAULT = 1n << 26n;
 
 const int32 = (v: bigint) => BigInt.asIntN(32, v);
 
-export function luksErrorText(a0: bigint, a1: bigint, a2: bigint, quoted: string | undefined): string | undefined {
+export function luksErrorText(
+  a0: bigint,
+  a1: bigint,
+  a2: bigint,
+  quoted: string | undefined,
+): string | undefined {
   const q = quoted ?? "";
   switch (Number(a0)) {
     case 1:
@@ -50,13 +55,17 @@ export function luksErrorText(a0: bigint, a1: bigint, a2: bigint, quoted: string
     case 19:
       return "Missing IV generator hash specification";
     case 20:
-      return `No ${["AES", "Serpent", "Twofish"][Number(a2) - 1] ?? "AES"} cipher with key size ${a1} available`;
+      return `No ${
+        ["AES", "Serpent", "Twofish"][Number(a2) - 1] ?? "AES"
+      } cipher with key size ${a1} available`;
     case 21:
       return `Cipher ${CIPHER_ALG_NAMES.get(Number(a1)) ?? a1} not supported with essiv`;
     case 22:
       return "Invalid password, cannot unlock any keyslot";
     case 23:
-      return `${a1 === 8n ? "The LUKS master key digest" : `LUKS key slot ${a1}`} asks for ${a2} PBKDF2 iterations, ` +
+      return `${
+        a1 === 8n ? "The LUKS master key digest" : `LUKS key slot ${a1}`
+      } asks for ${a2} PBKDF2 iterations, ` +
         "more than instar allows (INSTAR_MAX_KDF_ITERS raises the limit)";
     case 24:
       return "Parameter 'key-secret' is required for cipher";
