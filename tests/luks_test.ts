@@ -185,6 +185,14 @@ if (ready) {
           ["convert", "-O", "raw", "c.img", "o.raw"],
           ["convert", "-f", "luks", "-O", "raw", "c.img", "o.raw"],
           ["compare", "c.img", "c.img"],
+          // Commands that open with I/O and have no way to name a key-secret.
+          ["measure", "-O", "qcow2", "c.img"],
+          ["resize", "c.img", "+1M"],
+          ["snapshot", "-l", "c.img"],
+          ["amend", "-o", "size=1M", "c.img"],
+          ["rebase", "-u", "-b", "", "c.img"],
+          ["map", "c.img"],
+          ["check", "c.img"],
           [
             "convert",
             ...obj,

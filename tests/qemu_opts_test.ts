@@ -153,6 +153,21 @@ if (haveQemuImg()) {
         ["convert", "--image-opts", "driver=qcow2,file.filename=q.qcow2", "-O", "raw", "out.raw"],
         dir,
       );
+      await assertSameHere(["info", "--image-opts", "driver=raw,file.filename=nonexist,foo=1"], dir);
+      // --target-image-opts (with -n): the target's options, opened after the source.
+      for (
+        const t of ["driver=raw,file.filename=missing.img", "driver=raw,file.filename=missing.img,foo=1"]
+      ) {
+        await assertSameHere(["convert", "-n", "--target-image-opts", "-f", "raw", "r.img", t], dir);
+      }
+      await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "t1.img", "1M");
+      await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "t2.img", "1M");
+      await sh(dir, "qemu-img", "convert", "-n", "-f", "qcow2", "q.qcow2", "t1.img");
+      await assertSameHere(
+        ["convert", "-n", "--target-image-opts", "-f", "qcow2", "q.qcow2", "driver=raw,file.filename=t2.img"],
+        dir,
+      );
+      assertEquals(await Deno.readFile(`${dir}/t1.img`), await Deno.readFile(`${dir}/t2.img`));
     });
   });
 }

@@ -343,6 +343,24 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const { a, operands } = parseArgs(argv, o);
   for (const w of a.warnings) io.err(`${PROGRAM}: ${w}\n`);
   const srcNum = operands.length - 1;
+  // --target-image-opts: the target is block options naming one file (lib/cli/image_ref.ts);
+  // an error in them is qemu's when it opens the target, after the sources.
+  let targetDisplay: string | undefined, targetError: CliError | undefined;
+  if (a.tgtImageOpts && srcNum >= 1) {
+    targetDisplay = operands[srcNum];
+    try {
+      const t = imageRef(targetDisplay, undefined, true, io.err);
+      if (t.format === "luks") {
+        targetError = new CliError(["Writing into a LUKS image is not supported by instar yet"]);
+      }
+      a.outFmt = t.format ?? "";
+      operands[srcNum] = t.filename;
+    } catch (e) {
+      if (!(e instanceof CliError)) throw e;
+      targetError = e;
+      a.outFmt = "raw";
+    }
+  }
   const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
   checkCombinations(a);
   // print_block_option_help, as create prints it (before anything is opened).
@@ -428,9 +446,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       if (existing?.isBlockDevice) device = true;
       // -n: qemu opens the target it did not create (after the sources).
+      if (targetError) throw targetError;
       if (a.skipCreate && !existing) {
         const why = await Deno.stat(hostPath(name)).then(() => "", (e) => errnoText(e));
-        throw new CliError([`Could not open '${name}': Could not open '${name}': ${why}`]);
+        throw new CliError([`Could not open '${targetDisplay ?? name}': Could not open '${name}': ${why}`]);
       }
       // qemu writes through a symlink to the file it names; so does the
       // rename, by replacing the link's target rather than the link.

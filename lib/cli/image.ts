@@ -373,10 +373,20 @@ export function chainOpenMessage(top: string, e: OpenError): string {
  */
 export async function openForWrite(filename: string, fmt: string | undefined, unsafeQuirks: boolean) {
   try {
-    return await openImage(filename, { format: fmt, unsafeQuirks, lock: LOCKS.write, noLists: true });
+    const img = await openImage(filename, { format: fmt, unsafeQuirks, lock: LOCKS.write, noLists: true });
+    needsNoKey(img);
+    return img;
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
+  }
+}
+
+/** Commands that open with I/O but take no --image-opts (resize, measure, snapshot, amend, rebase) have
+ * no way to name a key-secret: an encrypted image fails as qemu's open does. */
+export function needsNoKey(img: OpenedImage): void {
+  if (img.formatCode === formats.LUKS) {
+    throw new OpenError(img.filename, "Parameter 'key-secret' is required for cipher");
   }
 }
 

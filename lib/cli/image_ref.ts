@@ -8,6 +8,8 @@
 // does not (protocols, node references), with instar's own.
 import { parseQemuOpts } from "./qemu_opts.ts";
 import { CliError } from "./messages.ts";
+import { errnoText } from "./image.ts";
+import { hostPath } from "../host/context.ts";
 import { driverFor, isQemuDriver } from "../formats/mod.ts";
 import { QDict, quoteJson, type QValue } from "../output/qdict.ts";
 
@@ -96,6 +98,12 @@ export function imageRef(
   const allowed = [...GENERIC, ...(driver ? FORMAT_OPTIONS[driver] ?? [] : [])];
   for (const k of m.keys()) {
     if (allowed.includes(k)) continue;
+    // qemu opens the file before the format looks at its options.
+    try {
+      Deno.statSync(hostPath(filename));
+    } catch (e) {
+      throw fail(`Could not open '${filename}': ${errnoText(e)}`);
+    }
     if (k.startsWith("file.")) throw fail(`Block protocol 'file' doesn't support the option '${k.slice(5)}'`);
     throw fail(`Block format '${driver ?? "raw"}' does not support the option '${k}'`);
   }

@@ -17,7 +17,15 @@ import {
   readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import {
+  chainInputs,
+  needsNoKey,
+  openChain,
+  type OpenedImage,
+  OpenError,
+  openFailure,
+  openImage,
+} from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
 import { runGuest } from "../vmm/guest.ts";
@@ -230,6 +238,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
         lock,
       });
       chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+      needsNoKey(top);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(filename, e);
       throw e;

@@ -21,7 +21,7 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { needsNoKey, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";
@@ -99,6 +99,7 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
     });
     // qemu-img opens the backing chain too: a missing backing file fails the resize.
     await openChain(img, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, LOCKS.read);
+    needsNoKey(img);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e, 1, true);
     throw e;

@@ -16,7 +16,7 @@ import {
   newInstarOptions,
   readLock,
 } from "./common.ts";
-import { openChain, OpenError, openFailure, openImage } from "./image.ts";
+import { needsNoKey, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { snapshotTable } from "../output/snapshots.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
@@ -70,6 +70,7 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
     const lock = action === "l" ? readLock(forceShare) : LOCKS.write;
     top = await openImage(filename, { unsafeQuirks: o.unsafeQuirks, lock });
     await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, readLock(forceShare));
+    needsNoKey(top);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
