@@ -194,7 +194,21 @@ for f in vhd/*; do { printf '\x02\x07'; cat "$f"; } > "scan/vpc_$(basename "$f")
 for f in vhdxc/*; do { printf '\x03\x07'; cat "$f"; } > "scan/vhdx_$(basename "$f")"; done
 for f in vmdk/*; do { printf '\x04\x07'; cat "$f"; } > "scan/vmdk_$(basename "$f")"; done
 put measure_scan scan/*
+# luks: small LUKS1 images by cryptsetup (1000 PBKDF2 iterations, passphrase "pw",
+# the payload right after the key slots), when cryptsetup is there.
+mkdir -p luks
+if command -v cryptsetup >/dev/null; then
+  lk() { # lk NAME SIZE ALIGN CRYPTSETUP-OPTIONS...
+    local name=$1 size=$2 align=$3; shift 3
+    truncate -s "$size" "luks/$name"
+    printf pw | cryptsetup luksFormat --batch-mode --type luks1 --pbkdf-force-iterations 1000 --key-file - \
+      --align-payload "$align" "$@" "luks/$name" >/dev/null 2>&1
+  }
+  lk cbc128 560K 1048 --cipher aes-cbc-essiv:sha256 --key-size 128 --hash sha1
+  lk xts256 1100K 2056 --cipher aes-xts-plain64 --key-size 256
+  put luks luks/*
+fi
 for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx \
-  vmdk_desc vmdk_sparse vmdk_stream; do
+  vmdk_desc vmdk_sparse vmdk_stream luks; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done

@@ -7,6 +7,8 @@ want=(gcc make binutils libc6-dev zlib1g-dev libzstd-dev qemu-utils
   libvhdi-utils # vhdiinfo: an independent VHD/VHDX reader for tests/convert_vhd_test.ts
   libvmdk-utils # vmdkinfo: an independent VMDK reader (tests of convert -O vmdk)
   python3-vmdkstream # an independent streamOptimized VMDK writer (tests of VMDK reading)
+  nettle-dev # libnettle.a: AES/XTS/SHA/PBKDF2 linked into the LUKS guests (guest/luks/)
+  cryptsetup-bin # cryptsetup luksFormat: LUKS1 images made by an independent tool (tests/luks_test.ts)
   clang libclang-rt-dev) # clang + its ASan/libFuzzer runtimes: fuzz/ (the fuzz targets)
 missing=()
 for p in "${want[@]}"; do
