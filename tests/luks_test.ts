@@ -215,6 +215,17 @@ if (ready) {
       ) {
         await assertSameHere(args, dir);
       }
+      // A qcow2 overlay on the LUKS image: the backing file has no key-secret to name.
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "c.img", "-F", "luks", "ov.qcow2");
+      for (
+        const cmd of [["convert", "-O", "raw", "ov.qcow2", "o.raw"], ["map", "ov.qcow2"], [
+          "info",
+          "--backing-chain",
+          "ov.qcow2",
+        ]]
+      ) {
+        await assertSameHere(cmd, dir);
+      }
       // Nothing is left behind by the failed converts.
       assert(
         ![...Deno.readDirSync(dir)].some((e) => e.name.includes("o.raw")),

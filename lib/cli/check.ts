@@ -81,9 +81,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
       lock,
     });
     // qemu-img opens the whole chain (a missing backing file fails the check).
-    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    const chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     // check opens with I/O: an encrypted image must unlock before "does not support checks".
-    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(ref.display, e);
     throw e;

@@ -52,7 +52,7 @@ async function openForCompare(
       readsData: true,
     });
     const chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
-    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
     return chain;
   } catch (e) {
     // img_open failures: exit 2.

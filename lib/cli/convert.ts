@@ -389,7 +389,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         readsData: true,
       });
       chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
-      await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
+      await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;

@@ -410,7 +410,14 @@ export async function unlockForRead(
   keySecret: string | undefined,
   keySecretOption: string | undefined,
   secrets: SecretStore,
+  /** The image's backing chain (top first): an encrypted backing file has no key-secret to name. */
+  chain: OpenedImage[] = [img],
 ): Promise<void> {
+  chain.forEach((b, depth) => {
+    if (depth > 0 && b.formatCode === formats.LUKS) {
+      throw new OpenError(b.filename, "Parameter 'key-secret' is required for cipher", depth);
+    }
+  });
   if (img.formatCode !== formats.LUKS) return;
   if (keySecret === undefined) {
     throw new OpenError(

@@ -76,7 +76,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
       noLists: true,
     });
     chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
-    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets);
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(ref.display, e);
     throw e;
