@@ -45,6 +45,16 @@ import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Cancelled, hostPath, trapSignals } from "../host/context.ts";
+import {
+  DEFAULT_MAX_SPOOL,
+  spoolDir,
+  spoolStdin,
+  StdoutSink,
+  StreamClosed,
+  StreamError,
+} from "../host/stdio_stream.ts";
+import { convertRawToStream } from "../convert/stream_output.ts";
+import { openStdinImage } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
 interface ConvertArgs {
@@ -72,6 +82,8 @@ interface ConvertArgs {
   cache: string;
   srcCache: string;
   tgtImageOpts: boolean;
+  /** --max-spool: the most bytes a source read from stdin (`-`) may hold. */
+  maxSpool: bigint;
 }
 
 function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands: string[] } {
@@ -93,6 +105,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     cache: "unsafe",
     srcCache: "writeback",
     tgtImageOpts: false,
+    maxSpool: DEFAULT_MAX_SPOOL,
   };
   let outFmtSet = false;
   const operands = getopt(argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
@@ -104,6 +117,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     { name: "bitmaps", hasArg: false, id: "bitmaps" },
     { name: "skip-broken-bitmaps", hasArg: false, id: "skip-broken" },
     { name: "progress", hasArg: true, id: "progress" },
+    { name: "max-spool", hasArg: true, id: "max-spool" },
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value)) return;
@@ -203,6 +217,9 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
         break;
       case "skip-broken":
         a.skipBroken = true;
+        break;
+      case "max-spool":
+        a.maxSpool = cvtnum("spool size", value!);
         break;
     }
   });
@@ -346,22 +363,38 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const progress = new Progress(a.progress, 1.0, io);
   progress.set(0);
   const temps = new TempFiles();
+  let spool: UnnamedFile | undefined;
   try {
     checkSupported(a, srcNum);
     const source = operands[0];
+    // `-`: the image comes from stdin or goes to stdout (docs/pipelines.md).
+    const fromStdin = source === "-";
+    const toStdout = outFilename === "-";
+    let sink: StdoutSink | undefined;
+    if (toStdout) {
+      if (a.skipCreate) {
+        throw new CliError(["Writing into an existing image (-n) needs a target file, not '-'"]);
+      }
+      sink = await streamStep(() => StdoutSink.open());
+    }
     let chain;
     try {
       const lock = readLock(a.forceShare);
       // The snapshot list is needed only to pick the one -l names.
       const noLists = a.snapshot === undefined;
-      const top = await openImage(source, {
-        format: a.fmt,
-        unsafeQuirks: o.unsafeQuirks,
-        backingDirs: o.backingDirs,
-        lock,
-        noLists,
-      });
-      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
+      if (fromStdin) {
+        spool = await streamStep(() => spoolStdin(a.maxSpool), source);
+        chain = [await openStdinImage(source, spool.path, a.fmt, o.unsafeQuirks, noLists)];
+      } else {
+        const top = await openImage(source, {
+          format: a.fmt,
+          unsafeQuirks: o.unsafeQuirks,
+          backingDirs: o.backingDirs,
+          lock,
+          noLists,
+        });
+        chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
+      }
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(source, e);
       throw e;
@@ -394,10 +427,16 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+    if (toStdout && spec.writer === "extents") {
+      throw new CliError([
+        `${outFilename}: error while converting ${a.outFmt}: ${STREAMABLE}`,
+      ]);
+    }
 
     // Every file the target consists of: the extents of a multi-file VMDK,
     // then the target name itself (its descriptor, or the whole image).
-    const names = [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
+    // None for stdout: the output is built in unnamed files, then copied out.
+    const names = toStdout ? [] : [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
     // bdrv_create's failure, as qemu words it for the target.
     const cannotCreateAt = (name: string, why: string) =>
       new CliError([
@@ -494,6 +533,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw cannotCreateAt(names[i], errnoText(e));
       }
     }
+    // stdout: raw streams window by window; the other formats are built whole
+    // in an unnamed file in TMPDIR first.
+    const scratch = () => temps.createOutput(`${spoolDir()}/stdout`);
+    if (toStdout && spec.writer !== "raw") outs.push(await streamStep(scratch));
     const out = outs[outs.length - 1];
     const job = {
       layers: chainInputs(chain).map((x, i) => ({
@@ -512,7 +555,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     };
     let written: bigint;
     try {
-      if (spec.writer === "raw") {
+      if (sink && spec.writer === "raw") {
+        written = await convertRawToStream(job, sink, scratch);
+      } else if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
       } else if (spec.writer === "blocks") {
         written = await convertToBlocks(job, spec.blocks!, out);
@@ -523,7 +568,13 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       } else {
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
       }
+      if (sink && spec.writer !== "raw") {
+        temps.checkCancelled();
+        await sink.copyFile(out, BigInt((await Deno.stat(out)).size));
+      }
     } catch (e) {
+      if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);
+      if (e instanceof Cancelled) throw e;
       if (e instanceof PlanRefused) {
         throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
       }
@@ -563,8 +614,25 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     progress.set(100);
     return 0;
   } finally {
+    spool?.close();
     temps.removeAll();
     temps.dispose();
     progress.end();
+  }
+}
+
+/** The targets `-` (stdout) can take: one file written in order. */
+const STREAMABLE = "writing to stdout ('-') is supported for raw, qcow2, vpc, vhdx and vmdk " +
+  "(monolithicSparse, streamOptimized) targets only; multi-file vmdk subformats need a file name";
+
+/** Runs a `-` stream step, its refusals as one-line errors (`Could not open '-': ...` for a source). */
+async function streamStep<T>(fn: () => T | Promise<T>, source?: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof StreamError) {
+      throw new CliError([source ? `Could not open '${source}': ${e.message}` : e.message]);
+    }
+    throw e;
   }
 }
