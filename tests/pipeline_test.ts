@@ -39,7 +39,7 @@ async function same(a: string, b: string): Promise<boolean> {
 }
 
 /** Nothing left in the spool directory, and no file but `keep` in `dir`. */
-async function nothingLeft(dir: string, keep: string[]) {
+function nothingLeft(dir: string, keep: string[]) {
   assertEquals([...Deno.readDirSync(`${dir}/spool`)].map((e) => e.name), []);
   const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n !== "spool").sort();
   assertEquals(names, [...keep].sort());
@@ -98,7 +98,7 @@ Deno.test({
         const cmp = await qemuImg(["compare", "src.qcow2", "piped.qcow2"], dir);
         assertEquals(cmp.stdout, "Images are identical.\n");
       }
-      await nothingLeft(dir, ["src.qcow2", "src.raw", "piped.raw", "file.qcow2", "piped.qcow2"]);
+      nothingLeft(dir, ["src.qcow2", "src.raw", "piped.raw", "file.qcow2", "piped.qcow2"]);
     });
   },
 });
@@ -141,7 +141,7 @@ Deno.test({
       assertEquals(n.code, 1);
       oneLine(n.stderr, /^instar: .*\(-n\) needs a target file/);
       await Deno.remove(`${dir}/x`);
-      await nothingLeft(dir, ["src.qcow2", "src.raw"]);
+      nothingLeft(dir, ["src.qcow2", "src.raw"]);
     });
   },
 });
@@ -190,7 +190,7 @@ Deno.test({
         (await qemuImg(["compare", "src.qcow2", "both.qcow2"], dir)).stdout,
         "Images are identical.\n",
       );
-      await nothingLeft(dir, [
+      nothingLeft(dir, [
         "src.qcow2",
         "src.raw",
         "src.vhdx",
@@ -224,7 +224,7 @@ Deno.test({
         );
         await Deno.remove(`${dir}/rc`);
         await Deno.remove(`${dir}/err`);
-        await nothingLeft(dir, ["src.qcow2", "src.raw"]);
+        nothingLeft(dir, ["src.qcow2", "src.raw"]);
       }
     });
   },
@@ -269,7 +269,7 @@ Deno.test({
         assertEquals(r.code, 1, `${src}: ${r.stderr}`);
         assert(re.test(r.stderr.split("\n")[0]), r.stderr);
         assert(!/\bat (file|async|ext):/.test(r.stderr), r.stderr);
-        await nothingLeft(dir, keep);
+        nothingLeft(dir, keep);
       }
       const big = await pipeline(dir, `cat src.raw | $I convert --max-spool 1M -f raw -O qcow2 - out.qcow2`);
       assertEquals(big.code, 1);
@@ -277,7 +277,7 @@ Deno.test({
         big.stderr,
         /^instar: Could not open '-': stdin holds more than the spool limit of 1048576 bytes/,
       );
-      await nothingLeft(dir, keep);
+      nothingLeft(dir, keep);
       // An image from stdin may not name another file (a backing file here).
       await sh(
         dir,
@@ -298,7 +298,7 @@ Deno.test({
         over.stderr,
         /^instar: Could not open '-': an image read from stdin may not name a backing file$/,
       );
-      await nothingLeft(dir, [...keep, "over.qcow2"]);
+      nothingLeft(dir, [...keep, "over.qcow2"]);
     });
   },
 });
