@@ -302,3 +302,47 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "info, check, map, compare and measure read '-' as they read the file",
+  ignore: !ready,
+  async fn() {
+    await withTempDir("instar-pipe-", async (dir) => {
+      await source(dir);
+      for (
+        const args of [
+          ["check"],
+          ["check", "--output=json"],
+          ["map", "--output=json"],
+          ["measure", "-O", "qcow2"],
+          ["compare", "src.qcow2"],
+          ["compare", "-f", "raw", "-F", "qcow2", "src.raw"],
+        ]
+      ) {
+        const q = await qemuImg([...args, "src.qcow2"], dir);
+        const r = await pipeline(dir, `$I ${args.join(" ")} - < src.qcow2`);
+        assertEquals(
+          { code: r.code, out: new TextDecoder().decode(r.stdout), err: r.stderr },
+          { code: q.code, out: q.stdout.replaceAll("src.qcow2", "-"), err: q.stderr },
+          args.join(" "),
+        );
+      }
+      // info: the same facts but the name (and the spool's disk size).
+      const info = await pipeline(dir, `cat src.qcow2 | $I info --output=json -`);
+      assertEquals(info.code, 0, info.stderr);
+      const j = JSON.parse(new TextDecoder().decode(info.stdout));
+      const q = JSON.parse((await qemuImg(["info", "--output=json", "src.qcow2"], dir)).stdout);
+      assertEquals({ ...j, "actual-size": 0 }, { ...q, filename: "-", "actual-size": 0 });
+      const big = await pipeline(dir, `cat src.raw | $I map --max-spool 64k -f raw -`);
+      assertEquals(big.code, 1);
+      oneLine(
+        big.stderr,
+        /^instar: Could not open '-': stdin holds more than the spool limit of 65536 bytes/,
+      );
+      const cut = await pipeline(dir, `head -c 300000 src.qcow2 | $I info -`);
+      assertEquals(cut.code, 1);
+      oneLine(cut.stderr, /^instar: Could not open '-': the image read from stdin is incomplete or damaged/);
+      nothingLeft(dir, ["src.qcow2", "src.raw"]);
+    });
+  },
+});

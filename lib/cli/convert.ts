@@ -54,7 +54,7 @@ import {
   StreamError,
 } from "../host/stdio_stream.ts";
 import { convertRawToStream } from "../convert/stream_output.ts";
-import { openStdinImage } from "./stdin_image.ts";
+import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
 interface ConvertArgs {
@@ -117,7 +117,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     { name: "bitmaps", hasArg: false, id: "bitmaps" },
     { name: "skip-broken-bitmaps", hasArg: false, id: "skip-broken" },
     { name: "progress", hasArg: true, id: "progress" },
-    { name: "max-spool", hasArg: true, id: "max-spool" },
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value)) return;
@@ -219,7 +219,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
         a.skipBroken = true;
         break;
       case "max-spool":
-        a.maxSpool = cvtnum("spool size", value!);
+        a.maxSpool = parseMaxSpool(value!);
         break;
     }
   });
@@ -384,7 +384,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       const noLists = a.snapshot === undefined;
       if (fromStdin) {
         spool = await streamStep(() => spoolStdin(a.maxSpool), source);
-        chain = [await openStdinImage(source, spool.path, a.fmt, o.unsafeQuirks, noLists)];
+        chain = [
+          await openStdinImage(source, spool.path, { format: a.fmt, unsafeQuirks: o.unsafeQuirks, noLists }),
+        ];
       } else {
         const top = await openImage(source, {
           format: a.fmt,

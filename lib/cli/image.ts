@@ -164,12 +164,7 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
   const img = await openImageOnce(filename, path, st, requested, opts, []);
   if (!img.vmdk || img.vmdk.filesNeeded === 0) return img;
   if (opts.noExternalFiles) {
-    throw new OpenError(
-      filename,
-      "an image read from stdin may not name other files (vmdk extents)",
-      0,
-      true,
-    );
+    throw new OpenError(filename, "an image read from stdin may not name other files (vmdk extents)");
   }
   // The guest named the extent files: the allowlist decides, then a second
   // run reads each extent's header from the attached files.

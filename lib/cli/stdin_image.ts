@@ -10,33 +10,72 @@
 import { ops, records } from "../abi/spec.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { backingName, chainInputs, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { cvtnum } from "./options.ts";
+import type { LongOption } from "./getopt.ts";
+import { hostContext } from "../host/context.ts";
+import { spoolStdin, StreamError } from "../host/stdio_stream.ts";
 
 /** The formats whose check finds data referenced past the end of the file. */
 const CHECKED = new Set(["qcow2", "vhdx", "vmdk"]);
 
-export async function openStdinImage(
-  name: string,
-  path: string,
-  fmt: string | undefined,
-  unsafeQuirks: boolean,
-  noLists: boolean,
-): Promise<OpenedImage> {
+/** `--max-spool SIZE`, accepted by every command that reads `-`. */
+export const MAX_SPOOL_LONG: LongOption = { name: "max-spool", hasArg: true, id: "max-spool" };
+
+export function parseMaxSpool(value: string): bigint {
+  return cvtnum("spool size", value);
+}
+
+export interface StdinOpenOptions {
+  format?: string;
+  unsafeQuirks: boolean;
+  noLists?: boolean;
+  checkMode?: boolean;
+  /** info and check report a backing file's name without opening it. */
+  allowBackingName?: boolean;
+  /** check reports the errors itself. */
+  skipCompleteness?: boolean;
+}
+
+/** Opens the spooled stdin at `path` as the image `name` (see the module comment). */
+export async function openStdinImage(name: string, path: string, o: StdinOpenOptions): Promise<OpenedImage> {
   const top = await openImage(name, {
-    format: fmt,
-    unsafeQuirks,
+    format: o.format,
+    unsafeQuirks: o.unsafeQuirks,
     openPath: path,
-    noLists,
+    noLists: o.noLists,
+    checkMode: o.checkMode,
     noExternalFiles: true,
   });
-  let backing: string | undefined = "?";
-  try {
-    backing = backingName(top);
-  } catch { /* a name that is not UTF-8: refused as well */ }
-  if (backing !== undefined) {
-    throw new OpenError(name, "an image read from stdin may not name a backing file", 0, true);
+  if (!o.allowBackingName) {
+    let backing: string | undefined = "?";
+    try {
+      backing = backingName(top);
+    } catch { /* a name that is not UTF-8: refused as well */ }
+    if (backing !== undefined) {
+      throw new OpenError(name, "an image read from stdin may not name a backing file");
+    }
   }
-  if (CHECKED.has(top.format)) await refuseIncomplete(name, top);
+  if (CHECKED.has(top.format) && !o.skipCompleteness) await refuseIncomplete(name, top);
   return top;
+}
+
+/**
+ * For the read commands (info, check, map, compare, measure): spools stdin
+ * (bounded by `maxSpool`) and opens it; the spool is dropped when the
+ * command ends (run() releases what the context holds). Open failures are
+ * OpenErrors, as openImage's.
+ */
+export async function openStdin(name: string, maxSpool: bigint, o: StdinOpenOptions): Promise<OpenedImage> {
+  let u;
+  try {
+    u = await spoolStdin(maxSpool);
+  } catch (e) {
+    if (e instanceof StreamError) throw new OpenError(name, e.message);
+    throw e;
+  }
+  const ctx = hostContext();
+  (ctx.locks ??= []).push({ release: () => u.close() });
+  return await openStdinImage(name, u.path, o);
 }
 
 async function refuseIncomplete(name: string, top: OpenedImage): Promise<void> {
@@ -44,8 +83,6 @@ async function refuseIncomplete(name: string, top: OpenedImage): Promise<void> {
     new OpenError(
       name,
       `the image read from stdin is incomplete or damaged (${why}); did the stream end early?`,
-      0,
-      true,
     );
   let recs;
   try {
