@@ -2,7 +2,8 @@
 // runs as a child process of `sh -c` (the hosted stand-in where /dev/kvm is
 // not usable, tests/support/kvm.ts). Streamed bytes equal those of the
 // file-to-file convert (raw, qcow2) or compare identical and pass
-// `qemu-img check` once saved (vpc, vhdx, vmdk: random ids); a reader that
+// `qemu-img check` once saved (vpc, vhdx, vmdk: random ids; and every format
+// cut into several windows, INSTAR_STREAM_WINDOW_MIB); a reader that
 // closes early, a truncated stdin and a spool over its bound end with one
 // line on stderr, exit 1 and nothing left behind.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
@@ -129,6 +130,25 @@ Deno.test({
         assertEquals((await Deno.stat(`${dir}/${out}`)).size, (await Deno.stat(`${dir}/file.${fmt}`)).size);
         await Deno.remove(`${dir}/${out}`);
         await Deno.remove(`${dir}/file.${fmt}`);
+      }
+      // Two windows (4 MiB each, data in both): still valid images with the source's content.
+      for (
+        const [fmt, opts] of [
+          ["qcow2", "-c"],
+          ["vpc", "-o subformat=fixed,force_size=on"],
+          ["vhdx", ""],
+          ["vmdk", "-o subformat=streamOptimized"],
+          ["vmdk", ""],
+        ]
+      ) {
+        const p = await pipeline(dir, `$I convert -O ${fmt} ${opts} src.qcow2 - | cat > w.img`, {
+          INSTAR_STREAM_WINDOW_MIB: "4",
+        });
+        assertEquals(p.code, 0, p.stderr);
+        assertEquals((await qemuImg(["check", "-f", fmt, "w.img"], dir)).code, fmt === "vpc" ? 63 : 0, fmt);
+        const cmp = await qemuImg(["compare", "-F", fmt, "src.qcow2", "w.img"], dir);
+        assertEquals(cmp.stdout, "Images are identical.\n", `${fmt} ${opts} in windows`);
+        await Deno.remove(`${dir}/w.img`);
       }
       // What cannot be one file written in order is refused, naming what can.
       const flat = await pipeline(dir, `$I convert -O vmdk -o subformat=monolithicFlat src.qcow2 - > x`);

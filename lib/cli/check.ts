@@ -72,7 +72,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const { fmt, output } = s;
   const filename = expectOneFile(operands);
   // `-`: stdin, spooled; nothing to repair in place.
-  if (filename === "-" && repair) throw new CliError(["Could not repair '-': an image read from stdin cannot be repaired in place"]);
+  if (filename === "-" && repair) {
+    throw new CliError(["Could not repair '-': an image read from stdin cannot be repaired in place"]);
+  }
   const format = outputFormat(output);
   if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`]);
 

@@ -31,6 +31,7 @@ import { makePolicy } from "../chain/policy.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
+  type ConvertJob,
   convertToBlocks,
   convertToExtents,
   convertToQcow2,
@@ -38,6 +39,8 @@ import {
   convertToStream,
   GuestFailure,
   PlanRefused,
+  qcow2Target,
+  streamTarget,
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { driverFor } from "../formats/mod.ts";
@@ -53,7 +56,11 @@ import {
   StreamClosed,
   StreamError,
 } from "../host/stdio_stream.ts";
-import { convertRawToStream } from "../convert/stream_output.ts";
+import {
+  convertBlocksToStream,
+  convertPackedToStream,
+  convertRawToStream,
+} from "../convert/stream_output.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
@@ -535,10 +542,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw cannotCreateAt(names[i], errnoText(e));
       }
     }
-    // stdout: raw streams window by window; the other formats are built whole
-    // in an unnamed file in TMPDIR first.
-    const scratch = () => temps.createOutput(`${spoolDir()}/stdout`);
-    if (toStdout && spec.writer !== "raw") outs.push(await streamStep(scratch));
+    // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
+    const scratch = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdout`));
     const out = outs[outs.length - 1];
     const job = {
       layers: chainInputs(chain).map((x, i) => ({
@@ -557,8 +562,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     };
     let written: bigint;
     try {
-      if (sink && spec.writer === "raw") {
-        written = await convertRawToStream(job, sink, scratch);
+      if (sink) {
+        written = await streamToStdout(job, spec, a.compress, sink, scratch);
       } else if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
       } else if (spec.writer === "blocks") {
@@ -569,10 +574,6 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
       } else {
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
-      }
-      if (sink && spec.writer !== "raw") {
-        temps.checkCancelled();
-        await sink.copyFile(out, BigInt((await Deno.stat(out)).size));
       }
     } catch (e) {
       if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);
@@ -620,6 +621,28 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     temps.removeAll();
     temps.dispose();
     progress.end();
+  }
+}
+
+/** Streams the target to stdout, in file order (lib/convert/stream_output.ts). */
+function streamToStdout(
+  job: ConvertJob,
+  spec: OutputSpec,
+  compress: boolean,
+  sink: StdoutSink,
+  scratch: () => Promise<string>,
+): Promise<bigint> {
+  switch (spec.writer) {
+    case "raw":
+      return convertRawToStream(job, sink, scratch);
+    case "blocks":
+      return convertBlocksToStream(job, spec.blocks!, sink, scratch);
+    case "stream":
+      return convertPackedToStream(job, streamTarget(spec.stream!), sink, scratch);
+    case "qcow2":
+      return convertPackedToStream(job, qcow2Target(job, { options: spec.qcow2!, compress }), sink, scratch);
+    default:
+      throw new CliError([STREAMABLE]);
   }
 }
 

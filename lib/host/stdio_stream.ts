@@ -119,9 +119,10 @@ export class StdoutSink {
     }
   }
 
-  /** Copies [0, len) of the file at `path` (holes read as zeroes), in order. */
-  async copyFile(path: string, len: bigint): Promise<void> {
+  /** Copies [from, from + len) of the file at `path` (holes read as zeroes), in order. */
+  async copyFile(path: string, len: bigint, from = 0n): Promise<void> {
     using f = await Deno.open(path, { read: true });
+    if (from > 0n) await f.seek(from, Deno.SeekMode.Start);
     const buf = new Uint8Array(4 << 20);
     for (let left = len; left > 0n;) {
       const want = left < BigInt(buf.length) ? Number(left) : buf.length;
