@@ -8,6 +8,7 @@
 // line on stderr, exit 1 and nothing left behind.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { built, CLI_ENTRY, DENO, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { run } from "../lib/cli/run.ts";
 
 const ready = built() && haveQemuImg();
 const INSTAR = `${DENO} run -A ${CLI_ENTRY}`; // split by sh: the paths hold no spaces
@@ -364,5 +365,66 @@ Deno.test({
       oneLine(cut.stderr, /^instar: Could not open '-': the image read from stdin is incomplete or damaged/);
       nothingLeft(dir, ["src.qcow2", "src.raw"]);
     });
+  },
+});
+
+const haveScript = (() => {
+  try {
+    return new Deno.Command("script", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+      .success;
+  } catch {
+    return false;
+  }
+})();
+
+Deno.test({
+  name: "a terminal on stdout or stdin is refused in one line",
+  ignore: !ready || !haveScript,
+  async fn() {
+    await withTempDir("instar-pipe-", async (dir) => {
+      await source(dir);
+      // script(1) gives the command a pseudo-terminal on stdin and stdout.
+      for (
+        const [cmd, re] of [
+          [
+            "convert -O raw src.qcow2 -",
+            /^instar: stdout is a terminal; redirect the image to a file or a pipe\r?$/,
+          ],
+          [
+            "info -",
+            /^instar: Could not open '-': stdin is a terminal; pipe or redirect an image into it\r?$/,
+          ],
+        ] as const
+      ) {
+        const r = await pipeline(dir, `script -qec "$I ${cmd}" /dev/null`);
+        assertEquals(r.code, 1, cmd);
+        const text = new TextDecoder().decode(r.stdout).trim();
+        assertEquals(text.split("\n").length, 1, text);
+        assert(re.test(text), text);
+      }
+      nothingLeft(dir, ["src.qcow2", "src.raw"]);
+    });
+  },
+});
+
+Deno.test({
+  name: "'-' is refused through the service (its client's stdin and stdout are not instar's)",
+  ignore: !built(),
+  async fn() {
+    for (const args of [["convert", "-O", "raw", "x.qcow2", "-"], ["info", "-"]]) {
+      let stderr = "";
+      const code = await run(args, {
+        out: () => {},
+        err: (t) => (stderr += t),
+        context: { cwd: "/nonexistent", service: true, signal: new AbortController().signal },
+      });
+      assertEquals(code, 1);
+      assert(
+        /'-' \((stdin|stdout)\) is not supported through the instar service; run instar directly$/.test(
+          stderr.trim(),
+        ),
+        stderr,
+      );
+    }
   },
 });
