@@ -19,7 +19,7 @@ import { spoolStdin, StreamError } from "../host/stdio_stream.ts";
 const CHECKED = new Set(["qcow2", "vhdx", "vmdk"]);
 
 /** `--max-spool SIZE`, accepted by every command that reads `-`. */
-export const MAX_SPOOL_LONG: LongOption = { name: "max-spool", hasArg: true, id: "max-spool" };
+export const MAX_SPOOL_LONG: LongOption = { name: "max-spool", hasArg: true, id: "max-spool", instar: true };
 
 export function parseMaxSpool(value: string): bigint {
   return cvtnum("spool size", value);
