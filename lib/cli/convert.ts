@@ -432,7 +432,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
     }
-    if (spec.preallocation !== "off") {
+    // Raw targets take falloc/full as qemu's raw create does (the file
+    // allocated as zeroes before the data lands); qcow2's modes need the
+    // in-place cluster writer.
+    if (spec.preallocation !== "off" && (spec.writer !== "raw" || a.skipCreate || toStdout)) {
       throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
@@ -540,6 +543,25 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         outs.push(await temps.createOutput(t));
       } catch (e) {
         throw cannotCreateAt(names[i], errnoText(e));
+      }
+    }
+    if (spec.preallocation !== "off" && !inPlace && size > 0n) {
+      // raw_co_create with falloc or full: the whole (512-rounded) file
+      // allocated as zeroes; the data written after only fills it in.
+      const out = outs[outs.length - 1];
+      const st = await Deno.stat(hostPath(out));
+      const why = await fileRange(
+        "allocate",
+        out,
+        0n,
+        (size + 511n) & ~511n,
+        BigInt(st.dev),
+        BigInt(st.ino ?? 0),
+      );
+      if (why !== undefined) {
+        throw new CliError([
+          `${outFilename}: error while converting ${a.outFmt}: Could not preallocate data for the new file: ${why}`,
+        ]);
       }
     }
     // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
