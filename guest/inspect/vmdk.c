@@ -44,6 +44,33 @@ static int footer(struct inspect *in)
     return which ? inspect_finding(in, INSP_VMDK_FOOTER, which, 0, 0, NULL, 0) : 0;
 }
 
+/* instar: every extent line of a text descriptor names a file other than
+ * this one (qemu opens it): its quoted name, as written. */
+static int extent_files(struct inspect *in, const char *text, uint64_t n)
+{
+    uint32_t k = 0;
+    for (uint64_t at = 0; at < n;) {
+        uint64_t end = at;
+        while (end < n && text[end] != '\n') end++;
+        uint64_t s = at;
+        at = end + 1;
+        while (s < end && is_space((uint8_t)text[s])) s++;
+        const char *l = text + s;
+        uint64_t len = end - s, w = 0;
+        while (w < len && l[w] != ' ') w++;
+        if (!((w == 2 && (l[0] | 0x20) == 'r' && (l[1] | 0x20) == 'w') ||
+              (w == 6 && memcmp(l, "RDONLY", 6) == 0) || (w == 8 && memcmp(l, "NOACCESS", 8) == 0)))
+            continue;
+        uint64_t q1 = w;
+        while (q1 < len && l[q1] != '"') q1++;
+        uint64_t q2 = q1 + 1;
+        while (q2 < len && l[q2] != '"') q2++;
+        if (q2 >= len) continue;
+        if (inspect_finding(in, INSP_VMDK_EXTENT_FILE, k++, 0, 0, l + q1 + 1, q2 - q1 - 1)) return -1;
+    }
+    return 0;
+}
+
 /* format_inspector's descriptor check over text[0, n) (lower-cased here). */
 static int descriptor(struct inspect *in, char *text, uint64_t n)
 {
@@ -141,6 +168,7 @@ int inspect_vmdk(struct inspect *in)
         while (n < desc_len && text[n]) n++;
         if (n > INSPECT_DESC_MAX && inspect_finding(in, INSP_VMDK_DESC_TOO_LONG, n, INSPECT_DESC_MAX, 0, NULL, 0))
             return -1;
+        if (!sparse && extent_files(in, text, n)) return -1;
         if (descriptor(in, text, n)) return -1;
         rt_free(text);
     }
@@ -148,12 +176,6 @@ int inspect_vmdk(struct inspect *in)
     if (vmdk_open(&v, in->r, VMDK_OPEN_SCAN)) return inspect_open_failed(in);
     in->virtual_size = v.total_sectors << 9;
     in->flags |= INSPF_SIZE_KNOWN;
-    if (v.descriptor) {
-        for (uint32_t i = 0; i < v.n; i++) {
-            const struct vmdk_extent *e = &v.ext[i];
-            if (e->name_len && inspect_finding(in, INSP_VMDK_EXTENT_FILE, i, 0, 0, e->name, e->name_len)) return -1;
-        }
-    }
     if (v.has_parent && inspect_finding(in, INSP_VMDK_PARENT, 0, 0, 0, v.parent, v.parent_len)) return -1;
     return 0;
 }

@@ -5,7 +5,7 @@ import type { InspectResult } from "./verdict.ts";
 export function inspectHuman(r: InspectResult): string {
   const lines = [
     `image: ${r.filename}`,
-    `file format: ${r.format}` + (r.driver !== r.format ? ` (qemu-img reads it as ${r.driver})` : ""),
+    `file format: ${r.format}`,
   ];
   if (r.formats.length > 1) lines.push(`headers found: ${r.formats.join(", ")}`);
   lines.push(`virtual size: ${r.virtualSize === undefined ? "unknown" : `${r.virtualSize} bytes`}`);
