@@ -40,7 +40,9 @@ for (const [fmt, name] of [["qcow2", "half.qcow2"], ["vhdx", "half.vhdx"], ["vmd
 }
 
 console.log(`runs per row: ${runs} (median)`);
-console.log("| image | instar inspect FILE | bytes read | cat FILE \\| instar inspect - | qemu-img info FILE |");
+console.log(
+  "| image | instar inspect FILE | bytes read | cat FILE \\| instar inspect - | qemu-img info FILE |",
+);
 console.log("|---|---|---|---|---|");
 for (const name of ["half.qcow2", "half.vhdx", "half.vmdk", "half.raw"]) {
   const file: number[] = [], pipe: number[] = [], info: number[] = [];

@@ -12,7 +12,8 @@ static int window_read(void *ctx, uint64_t off, void *buf, uint64_t len)
 {
     struct inspect_window *w = ctx;
     uint64_t end = off + len; /* reader_read checked the overflow and the size */
-    if (w->prefix != UINT64_MAX && !(end <= w->prefix || off >= w->tail_start)) {
+    /* a hole only when the tail does not follow the prefix right away */
+    if (w->tail_start > w->prefix && !(end <= w->prefix || off >= w->tail_start)) {
         uint64_t at = off < w->prefix ? w->prefix : off;
         if (at < w->missing) w->missing = at;
         return -1;

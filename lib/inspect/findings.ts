@@ -69,7 +69,12 @@ const VHDX_RT = [
   "has a region not aligned to 1 MiB (or inside the first MiB)",
   "has a region past the end of the file",
 ];
-const GPT_H = ["", "no 'EFI PART' signature at LBA 1", "a wrong header checksum", "a header that is not at LBA 1"];
+const GPT_H = [
+  "",
+  "no 'EFI PART' signature at LBA 1",
+  "a wrong header checksum",
+  "a header that is not at LBA 1",
+];
 
 function quoted(text: string): string {
   return text ? ` '${text}'` : "";
@@ -84,7 +89,10 @@ export function describeFinding(f: FindingFields, openError: string | undefined)
     case F.MULTIPLE_FORMATS:
       return fi("format", `Multiple formats detected: ${formatList(a0).join(",")}`);
     case F.INCOMPLETE:
-      return fi("format", `Incomplete file cannot be safety checked (byte ${a0} was not in the inspected window)`);
+      return fi(
+        "format",
+        `Incomplete file cannot be safety checked (byte ${a0} was not in the inspected window)`,
+      );
     case F.OPEN_FAILED:
       return own("open", `qemu-img would refuse to open it: ${openError ?? "the image is invalid"}`);
     case F.UNSUPPORTED_FORMAT:
@@ -115,7 +123,10 @@ export function describeFinding(f: FindingFields, openError: string | undefined)
           : `Unknown compression type ${a0}`,
       );
     case F.QCOW2_L1_PAST_END:
-      return own("l1_table", `L1 table (offset ${a0}, ${a1} bytes) reaches past the end of the file (${a2} bytes)`);
+      return own(
+        "l1_table",
+        `L1 table (offset ${a0}, ${a1} bytes) reaches past the end of the file (${a2} bytes)`,
+      );
     case F.QCOW2_REFTABLE_PAST_END:
       return own(
         "refcount_table",
@@ -157,7 +168,10 @@ export function describeFinding(f: FindingFields, openError: string | undefined)
     case F.VHDX_REGION_TABLE:
       if (Number(a0) === 4) return own("region_table", "The two region table copies differ");
       if (!VHDX_RT[Number(a0)]) return undefined;
-      return own("region_table", `Region table ${Number(a0) >= 5 ? `entry ${a1}` : `copy ${a1 + 1n}`} ${VHDX_RT[Number(a0)]}`);
+      return own(
+        "region_table",
+        `Region table ${Number(a0) >= 5 ? `entry ${a1}` : `copy ${a1 + 1n}`} ${VHDX_RT[Number(a0)]}`,
+      );
     case F.MBR_BOOT_FLAG:
       return fi("mbr", `MBR PTE ${a0} has invalid boot flag`);
     case F.GPT_START_CHS:

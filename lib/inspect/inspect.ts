@@ -37,7 +37,9 @@ async function runInspect(
       args: stream ? [stream.prefix, stream.tailStart] : [],
     });
   } catch (e) {
-    throw new InspectError(`Could not inspect '${filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`);
+    throw new InspectError(
+      `Could not inspect '${filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`,
+    );
   }
   if (result.guestStatus !== 0n) {
     throw new InspectError(`Could not inspect '${filename}': Sandbox failure: the guest failed`);
@@ -45,7 +47,9 @@ async function runInspect(
   try {
     return decodeInspect(result.records, filename, result.inputs[0]?.size ?? fileSize);
   } catch (e) {
-    throw new InspectError(`Could not inspect '${filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`);
+    throw new InspectError(
+      `Could not inspect '${filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`,
+    );
   }
 }
 
@@ -64,7 +68,9 @@ export async function inspectFile(filename: string): Promise<InspectResult> {
 }
 
 /** Inspects standard input (or `source`), read once without storing it whole. */
-export async function inspectStream(source?: { read(p: Uint8Array): Promise<number | null> }): Promise<InspectResult> {
+export async function inspectStream(
+  source?: { read(p: Uint8Array): Promise<number | null> },
+): Promise<InspectResult> {
   let w;
   try {
     w = await readStreamWindow(source);

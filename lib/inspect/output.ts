@@ -13,7 +13,9 @@ export function inspectHuman(r: InspectResult): string {
   lines.push(`bytes read: ${r.bytesRead}`);
   if (r.encrypted) lines.push("encrypted: yes");
   lines.push(`verdict: ${r.verdict}`);
-  for (const x of r.reasons) lines.push(`  ${x.check}: ${x.message}${x.rule === "instar" ? " [instar]" : ""}`);
+  for (const x of r.reasons) {
+    lines.push(`  ${x.check}: ${x.message}${x.rule === "instar" ? " [instar]" : ""}`);
+  }
   return lines.join("\n") + "\n";
 }
 

@@ -80,7 +80,13 @@ export async function readStreamWindow(source: Reader = Deno.stdin): Promise<Str
         await writeAll(file, ordered, tailStart);
       }
       await file.truncate(size);
-      return { path, size: BigInt(size), prefix: BigInt(prefix), tailStart: BigInt(tailStart), close: cleanup };
+      return {
+        path,
+        size: BigInt(size),
+        prefix: BigInt(prefix),
+        tailStart: BigInt(tailStart),
+        close: cleanup,
+      };
     } finally {
       file.close();
     }

@@ -41,7 +41,9 @@ const FINDINGS_MAX = 4096;
 export function printable(bytes: Uint8Array): string {
   let s = "";
   for (const b of bytes) {
-    s += b >= 0x20 && b < 0x7f && b !== 0x5c ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, "0")}`;
+    s += b >= 0x20 && b < 0x7f && b !== 0x5c
+      ? String.fromCharCode(b)
+      : `\\x${b.toString(16).padStart(2, "0")}`;
   }
   return s;
 }
@@ -67,7 +69,9 @@ export function decodeInspect(recs: Rec[], filename: string, fileSize: bigint): 
   const matches = BigInt(s.matches as number);
   if (matches & ~KNOWN_BITS) throw new InspectRecordError("unknown format bits");
   const flags = s.flags as number;
-  if (flags & ~(inspectFlags.SIZE_KNOWN | inspectFlags.ENCRYPTED)) throw new InspectRecordError("unknown flags");
+  if (flags & ~(inspectFlags.SIZE_KNOWN | inspectFlags.ENCRYPTED)) {
+    throw new InspectRecordError("unknown flags");
+  }
   const findings = recs.filter((r) => r.type === records.INSPECT_FINDING);
   if (findings.length !== s.findings || findings.length > FINDINGS_MAX) {
     throw new InspectRecordError("finding count does not match the summary");
@@ -101,7 +105,10 @@ export function decodeInspect(recs: Rec[], filename: string, fileSize: bigint): 
       lastError = undefined;
       features = [];
     }
-    const reason = describeFinding({ code: r.fields.code as number, a: r.fields.a as bigint[], text }, openError);
+    const reason = describeFinding(
+      { code: r.fields.code as number, a: r.fields.a as bigint[], text },
+      openError,
+    );
     if (!reason) throw new InspectRecordError(`unknown finding ${r.fields.code}`);
     reasons.push(reason);
   }
