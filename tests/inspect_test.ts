@@ -656,3 +656,38 @@ Deno.test({
     });
   },
 });
+
+Deno.test({
+  name: "inspect -: the stream window keeps the first 16 MiB and the last 64 KiB, a hole between",
+  ignore: !ready,
+  async fn() {
+    const { readStreamWindow, STREAM_PREFIX, STREAM_TAIL } = await import("../lib/inspect/stream.ts");
+    const byte = (i: number) => (i * 7 + (i >> 16)) & 255;
+    for (const size of [0, 1000, STREAM_PREFIX, STREAM_PREFIX + 1000, STREAM_PREFIX + 3 * STREAM_TAIL + 17]) {
+      let at = 0;
+      const source = {
+        read(p: Uint8Array): Promise<number | null> {
+          if (at >= size) return Promise.resolve(null);
+          const n = Math.min(p.length, size - at, 300_000); // short reads, as a pipe gives
+          for (let i = 0; i < n; i++) p[i] = byte(at + i);
+          at += n;
+          return Promise.resolve(n);
+        },
+      };
+      const w = await readStreamWindow(source);
+      try {
+        assert.equal(w.size, BigInt(size));
+        assert.equal(w.prefix, BigInt(Math.min(size, STREAM_PREFIX)));
+        assert.equal(w.tailStart, BigInt(Math.max(Number(w.prefix), size - STREAM_TAIL)));
+        const got = await Deno.readFile(w.path);
+        assert.equal(got.length, size);
+        for (let i = 0; i < size; i++) {
+          const real = i < Number(w.prefix) || i >= Number(w.tailStart);
+          if (got[i] !== (real ? byte(i) : 0)) assert.fail(`size ${size}: byte ${i} is ${got[i]}`);
+        }
+      } finally {
+        await w.close();
+      }
+    }
+  },
+});
