@@ -139,19 +139,14 @@ static uint32_t primary(uint32_t driver, uint32_t m)
     return INSPFMT_RAW;
 }
 
-/* format_inspector's formats: more than one match is refused, except an
- * ISO with a GPT/MBR in front (a bootable ISO), which counts as the ISO. */
-#define FI_KNOWN ((1u << INSPFMT_QCOW2) | (1u << INSPFMT_QCOW1) | (1u << INSPFMT_VPC) | (1u << INSPFMT_VHDX) | \
-                  (1u << INSPFMT_VMDK) | (1u << INSPFMT_VDI) | (1u << INSPFMT_QED) | (1u << INSPFMT_ISO) |      \
-                  (1u << INSPFMT_GPT) | (1u << INSPFMT_MBR) | (1u << INSPFMT_LUKS))
-
+/* format_inspector's polyglot rule: more than one format's header is
+ * refused, except an ISO with an MBR/GPT in front (a bootable ISO, taken as
+ * the ISO). instar counts the headers of the formats its probe knows beyond
+ * format_inspector's too (parallels, bochs, cloop, dmg). */
 static int multiple(struct inspect *in)
 {
-    uint32_t m = in->matches & FI_KNOWN;
-    uint32_t disk = (1u << INSPFMT_GPT) | (1u << INSPFMT_MBR);
-    if ((m & (1u << INSPFMT_ISO)) && (m & ~disk) == (1u << INSPFMT_ISO)) return 0;
-    /* instar's probe signatures count too (parallels, bochs, ...): any two headers */
     uint32_t all = in->matches;
+    uint32_t disk = (1u << INSPFMT_GPT) | (1u << INSPFMT_MBR);
     if ((all & (all - 1)) == 0) return 0;
     if ((all & ~disk) == (1u << INSPFMT_ISO)) return 0;
     return inspect_finding(in, INSP_MULTIPLE_FORMATS, all, 0, 0, NULL, 0);
