@@ -562,6 +562,13 @@ Deno.test({
         assert.equal((await inspect(dir, name)).v["virtual-size"], info["virtual-size"], name);
       }
       assert.equal((await inspect(dir, "v1.luks")).v.encrypted, true);
+      // An "open" reason quotes qemu-img's own refusal.
+      for (const name of ["unknown-bit.qcow2", "compression-type.qcow2"]) {
+        const qerr = (await exec("qemu-img", ["info", name], dir)).stderr.trim();
+        const why = qerr.replace(/^qemu-img: Could not open '[^']*': /, "");
+        const open = (await inspect(dir, name)).v.reasons.find((r) => r.check === "open");
+        assert.equal(open?.message, `qemu-img would refuse to open it: ${why}`, name);
+      }
       // One pass over the bytes it needs, not the whole image.
       await q(dir, "create", "-f", "qcow2", "big.qcow2", "1G");
       await sh(dir, "qemu-io", "-c", "write -P 1 0 8M", "big.qcow2");

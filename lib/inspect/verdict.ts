@@ -3,7 +3,7 @@
 // records are untrusted: one INSPECT summary, last; its counts and codes
 // checked against the findings actually sent and the enums in
 // lib/abi/spec.ts; texts cut to their declared length and made printable.
-import { formats, inspectFlags, inspectFormats, nameKinds, records } from "../abi/spec.ts";
+import { formats, inspectFindings, inspectFlags, inspectFormats, nameKinds, records } from "../abi/spec.ts";
 import { nameBytes, type Rec } from "../abi/records.ts";
 import { driverForCode } from "../formats/mod.ts";
 import { describeFinding, FORMAT_NAMES, formatList, type Reason } from "./findings.ts";
@@ -89,18 +89,22 @@ export function decodeInspect(recs: Rec[], filename: string, fileSize: bigint): 
     const len = r.fields.text_len as number;
     if (len > TEXT_MAX) throw new InspectRecordError(`finding text length ${len} > ${TEXT_MAX}`);
     const text = printable((r.fields.text as Uint8Array).subarray(0, len));
+    // The ERROR record a parser sent before this finding says why qemu-img would refuse the open.
+    const code = r.fields.code as number;
     let openError: string | undefined;
-    if (lastError) {
-      const f = lastError.fields;
-      const driver = driverForCode(driverCode) ?? driverForCode(formats.QCOW2)!;
-      try {
-        openError = driver.openError?.(
-          { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint },
-          features,
-          filename,
-        );
-      } catch {
-        openError = undefined;
+    if (code === inspectFindings.OPEN_FAILED || code === inspectFindings.INCOMPLETE) {
+      if (lastError) {
+        const f = lastError.fields;
+        const driver = driverForCode(driverCode) ?? driverForCode(formats.QCOW2)!;
+        try {
+          openError = driver.openError?.(
+            { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint },
+            features,
+            filename,
+          );
+        } catch {
+          openError = undefined;
+        }
       }
       lastError = undefined;
       features = [];
