@@ -37,6 +37,9 @@ export async function inspectCommand(argv: string[], io: Io, base?: InstarOption
   }
   if (operands.length !== 1) throw new CliError(["Expecting one image file name (or - for stdin)"], true, 2);
   const name = operands[0];
+  if (name === "-" && Deno.stdin.isTerminal()) {
+    throw new CliError(["Refusing to read an image from a terminal (pipe it into 'inspect -')"], false, 2);
+  }
   let result;
   try {
     result = name === "-" ? await inspectStream() : await inspectFile(name);
