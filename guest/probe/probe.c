@@ -88,6 +88,8 @@ static int tail_signature(const struct reader *r, uint32_t *sig)
     return 0;
 }
 
+uint32_t probe_last_signature;
+
 int probe_input(const struct reader *r, uint32_t requested)
 {
     static uint8_t b[PROBE_BYTES];
@@ -110,6 +112,7 @@ int probe_input(const struct reader *r, uint32_t requested)
     p.input = r->input;
     p.format = format;
     p.signature = sig;
+    probe_last_signature = sig;
     if (rt_emit(&p, sizeof p)) return -1;
     return (int)format;
 }
