@@ -119,7 +119,17 @@ export const guestStatus = { OK: 0, ERROR: 1 } as const;
 // 5 and 6 belong to convert/compare, 7 to resize's metadata scan. 4 was
 // flatten (the read path's first test op, replaced by convert to raw); it
 // stays unused so an old binary can never be mistaken for another op.
-export const ops = { INFO: 1, CHECK: 2, MAP: 3, CONVERT: 5, COMPARE: 6, RESIZE_SCAN: 7, TEST: 99 } as const;
+export const ops = {
+  INFO: 1,
+  CHECK: 2,
+  MAP: 3,
+  CONVERT: 5,
+  COMPARE: 6,
+  RESIZE_SCAN: 7,
+  /** 60..64: in-place qcow2 writes (rebase, commit). 60: the clusters a safe rebase copies. */
+  REBASE_DIFF: 60,
+  TEST: 99,
+} as const;
 
 /** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
  * (BDRV_O_CHECK): problems check reports as diagnostics (snapshot table,
@@ -190,6 +200,9 @@ export const records = {
   RESIZE_META: 26,
   /** vpc/vhdx resize scan: metadata bytes the planner rewrites (rec_resize_bytes). */
   RESIZE_BYTES: 27,
+  // 50..59: in-place qcow2 writes (rebase, commit).
+  /** rebase_diff: overlay clusters a safe rebase must copy (rec_diff_run). */
+  DIFF_RUN: 50,
 } as const;
 
 /** RESIZE_SUMMARY.flags: TOO_BIG means a bound was hit and the scan stopped
@@ -197,6 +210,10 @@ export const records = {
  * BUSY_TAIL (grow with params.arg[1] bit 0) means the guest range being added
  * already has non-zero L2 entries or a shared L2 table (no preallocation then). */
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
+
+/** DIFF_RUN.flags. OLD_ZERO: the run lies wholly past the old backing file's
+ * end (qemu-img rebase writes zeroes there, not the old backing's data). */
+export const diffFlags = { OLD_ZERO: 1 } as const;
 
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {
@@ -666,6 +683,19 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_diff_run",
+    size: 32,
+    doc:
+      "records.DIFF_RUN: overlay clusters [cluster, +count) unallocated in the overlay whose old and new backing contents differ",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "cluster", type: "u64", offset: 8 },
+      { name: "count", type: "u64", offset: 16 },
+      { name: "flags", type: "u32", offset: 24, doc: "diffFlags.*" },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+  {
     name: "rec_data_run",
     size: 32,
     doc:
@@ -951,6 +981,7 @@ export const recordStructs: Record<number, string> = {
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
+  [records.DIFF_RUN]: "rec_diff_run",
 };
 
 /** VMM attach flags. */
@@ -1017,6 +1048,7 @@ export const enums: Record<string, Record<string, number>> = {
   SIG_: signatures,
   Q2F_: qcow2InfoFlags,
   RESIZE_F_: resizeFlags,
+  DIFF_F_: diffFlags,
   GERR_: guestErrors,
   ATTACH_: attachFlags,
   VMM_F_: vmmFlags,
