@@ -62,6 +62,18 @@ const CASES: Case[] = [
     files: ["base.qcow2", "ov.qcow2"],
   },
   {
+    name: "compat=0.10 overlay: emptied by discarding its clusters",
+    make: [
+      "qemu-img create -q -f qcow2 base.qcow2 1G",
+      io("base.qcow2", "write -P 1 0 1M"),
+      "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 ov.qcow2 1G",
+      io("ov.qcow2", "write -P 3 512k 1M", "write -z 4M 64k", "write -P 4 600M 64k"),
+    ],
+    args: ["commit", "ov.qcow2"],
+    files: ["base.qcow2", "ov.qcow2"],
+    exact: ["ov.qcow2"],
+  },
+  {
     name: "raw base",
     make: [
       "qemu-img create -q -f raw base.raw 2M",
@@ -145,7 +157,9 @@ Deno.test({ name: "commit: -b names a file outside the chain", ignore: !ready },
       "qemu-img create -q -f qcow2 base.qcow2 1M",
       "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 ov.qcow2 1M",
     ]);
-    for (const args of [["commit", "-b", "nothere.qcow2", "ov.qcow2"], ["commit", "-b", "ov.qcow2", "ov.qcow2"]]) {
+    for (
+      const args of [["commit", "-b", "nothere.qcow2", "ov.qcow2"], ["commit", "-b", "ov.qcow2", "ov.qcow2"]]
+    ) {
       assertEquals(await instarHere(args, dir), asInstar(await qemuImg(args, dir)));
     }
   });

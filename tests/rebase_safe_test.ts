@@ -111,7 +111,10 @@ for (const c of CASES) {
       assertEquals(got, asInstar(want));
       const a = await Deno.readFile(`${q}/ov.qcow2`), b = await Deno.readFile(`${i}/ov.qcow2`);
       const at = a.findIndex((v, k) => v !== b[k]);
-      assert(a.length === b.length && at < 0, `ov.qcow2 differs from qemu-img's (${a.length} vs ${b.length}, first at ${at})`);
+      assert(
+        a.length === b.length && at < 0,
+        `ov.qcow2 differs from qemu-img's (${a.length} vs ${b.length}, first at ${at})`,
+      );
       const chk = await qemuImg(["check", "ov.qcow2"], i);
       assertEquals(chk.code, 0, chk.stdout + chk.stderr);
       // The overlay reads as before.

@@ -105,7 +105,12 @@ Deno.test(
     const root = await Deno.makeTempDir({ prefix: "instar-rebase-" });
     try {
       const cases: [string, string[], string[], RegExp][] = [
-        ["safe mode, persistent bitmaps", ["bitmap"], ["-b", "", "-F", "raw"], /^instar: Could not rebase 'img': .*bitmaps/],
+        [
+          "safe mode, persistent bitmaps",
+          ["bitmap"],
+          ["-b", "", "-F", "raw"],
+          /^instar: Could not rebase 'img': .*bitmaps/,
+        ],
         [
           "persistent bitmaps",
           ["bitmap"],

@@ -30,11 +30,11 @@ import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { applySteps } from "./apply_steps.ts";
 import { applyWritePlan, type Move, moveData } from "./write_rounds.ts";
 import { decodeScan } from "../formats/qcow2/resize.ts";
-import { planQcow2Writes } from "../formats/qcow2/write_plan.ts";
+import { planQcow2Writes, type WritePlan } from "../formats/qcow2/write_plan.ts";
 import {
   commitOps,
   existingRuns,
-  makeEmptyRefusal,
+  makeEmptyMethod,
   type MapRun,
   planMakeEmpty,
 } from "../formats/qcow2/commit_plan.ts";
@@ -103,7 +103,9 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   if (baseName !== undefined) {
     const want = await realPathOr(baseName);
     const real = await Promise.all(chain.map((l) => realPathOr(l.openPath)));
-    depth = chain.findIndex((l, i) => i > 0 && (l.filename === baseName || (want !== "" && real[i] === want)));
+    depth = chain.findIndex((l, i) =>
+      i > 0 && (l.filename === baseName || (want !== "" && real[i] === want))
+    );
     if (depth < 1) throw new CliError([`Did not find '${baseName}' in the backing chain of '${filename}'`]);
   }
   const baseImg = chain[depth];
@@ -116,34 +118,62 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
       throw e;
     }
   }
-  const refuse = (why: string) => new CliError([`Could not commit '${filename}': ${why}; nothing was written`]);
+  const refuse = (why: string) =>
+    new CliError([`Could not commit '${filename}': ${why}; nothing was written`]);
   if (top.format !== "qcow2" || !top.qcow2) throw refuse("instar commits only qcow2 overlays");
-  if (baseImg.format !== "qcow2" && baseImg.format !== "raw") throw refuse("instar commits only into qcow2 or raw");
+  if (baseImg.format !== "qcow2" && baseImg.format !== "raw") {
+    throw refuse("instar commits only into qcow2 or raw");
+  }
   for (let i = 0; i < depth; i++) {
-    if (chain[i].format !== "qcow2" && chain[i].format !== "raw") throw refuse("instar commits only qcow2 layers");
+    if (chain[i].format !== "qcow2" && chain[i].format !== "raw") {
+      throw refuse("instar commits only qcow2 layers");
+    }
   }
   const bq = baseImg.qcow2;
   if (bq) {
     if (bq.corrupt) {
-      throw new CliError([`Could not open '${baseImg.filename}': qcow2: Image is corrupt; cannot be opened read/write`]);
+      throw new CliError([
+        `Could not open '${baseImg.filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+      ]);
     }
     if (bq.dirty) throw refuse("the base has the dirty bit set (run qemu-img check -r all first)");
     if (bq.nbSnapshots > 0) throw refuse("instar does not commit into an image with internal snapshots");
-    if (bq.nbBitmaps > 0 || bq.hasBitmapsExt) throw refuse("instar does not commit into an image with bitmaps");
+    if (bq.nbBitmaps > 0 || bq.hasBitmapsExt) {
+      throw refuse("instar does not commit into an image with bitmaps");
+    }
     if (bq.hasDataFileBit || bq.extendedL2 || bq.layout.cryptMethod !== 0) {
       throw refuse("instar does not commit into images with a data file, extended L2 entries or encryption");
     }
   }
-  if (!drop) {
-    const why = makeEmptyRefusal(top.qcow2);
-    if (why) throw refuse(why);
-  }
+  const empty = drop ? undefined : makeEmptyMethod(top.qcow2);
+  if (typeof empty === "object") throw refuse(empty.refused);
 
   const p = new Progress(progress ? "line" : "off", 1, io);
   p.set(0);
   const what = `Could not commit '${filename}'`;
   const size = top.virtualSize;
 
+  // qcow2_make_empty's fallback (every mapped cluster of the overlay
+  // discarded) is planned before anything is written: the commit does not
+  // change the overlay, and a refusal must come first.
+  let emptyPlan: WritePlan | undefined;
+  if (empty === "discard") {
+    const tq = top.qcow2;
+    const topMap = await mapRuns([{ path: top.openPath, format: formats.QCOW2, nofollow: false }], what);
+    const existing = existingRuns(topMap, tq.clusterBits);
+    if (existing.some((e) => e.kind === "compressed")) {
+      throw refuse("instar does not discard compressed clusters (use -d)");
+    }
+    const plan = planQcow2Writes({
+      scan: await scanQcow2(top, what),
+      version: tq.version,
+      existing,
+      ops: existing.map((e) => ({ cluster: e.cluster, count: e.count, kind: "discard" as const })),
+      sourceSize: 0n,
+    });
+    if (!plan.ok) throw refuse(plan.error.message);
+    emptyPlan = plan.value;
+  }
   // Which clusters move: the map of the whole chain (depth = the layer).
   const runs = await mapRuns(chainInputs(chain), what);
   // bdrv_co_truncate of the base when it is shorter.
@@ -179,9 +209,11 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     if (!plan.ok) throw new CliError([`${what}: ${plan.error.message}`]);
     await applyWritePlan(plan.value, source, baseImg, size, what, moved);
   }
-  if (!drop) {
+  if (empty === "complete") {
     const st = await Deno.stat(hostPath(top.openPath));
     await applySteps(top, planMakeEmpty(top.qcow2, BigInt(st.size)), what, "off", "write");
+  } else if (emptyPlan) {
+    await applyWritePlan(emptyPlan, [], top, 0n, what);
   }
   p.set(100);
   p.end();
@@ -201,7 +233,14 @@ async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRun[]> {
   if (err) {
     const f = err.fields;
     throw new CliError([
-      `${what}: ${qcow2ErrorMessage({ code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint })}`,
+      `${what}: ${
+        qcow2ErrorMessage({
+          code: f.code as number,
+          a0: f.a0 as bigint,
+          a1: f.a1 as bigint,
+          a2: f.a2 as bigint,
+        })
+      }`,
     ]);
   }
   const ALL = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
@@ -277,7 +316,13 @@ async function growBase(img: OpenedImage, size: bigint, what: string) {
     fail: (lines) => new CliError(lines),
     refuse: (why) => new CliError([`${what}: ${why}`]),
   };
-  await support.run({ filename: img.filename, image: img, newSize: size, shrink: false, preallocation: "off" }, host);
+  await support.run({
+    filename: img.filename,
+    image: img,
+    newSize: size,
+    shrink: false,
+    preallocation: "off",
+  }, host);
   // The image's facts after the resize: its size and length changed.
   const st = await Deno.stat(hostPath(img.openPath));
   img.fileSize = BigInt(st.size);

@@ -101,9 +101,12 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
     const sq = img.qcow2;
     if (img.format !== "qcow2" || !sq) throw changeFailed("Operation not supported");
     if (sq.corrupt) {
-      throw new CliError([`Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`]);
+      throw new CliError([
+        `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+      ]);
     }
-    const why = rebaseRefusal(sq) ?? (sq.nbSnapshots > 0 ? "instar does not rebase images with internal snapshots in safe mode" : undefined);
+    const why = rebaseRefusal(sq) ??
+      (sq.nbSnapshots > 0 ? "instar does not rebase images with internal snapshots in safe mode" : undefined);
     if (why) throw new CliError([`Could not rebase '${filename}': ${why}; nothing was written`]);
     write("0.00");
     await copyDifferences(old, neu, `Could not rebase '${filename}'`);

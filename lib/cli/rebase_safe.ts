@@ -30,7 +30,9 @@ export interface SafeRebaseJob {
 }
 
 /** Opens the overlay (read-write) with its old chain and the new backing chain. */
-export async function openForSafeRebase(job: SafeRebaseJob): Promise<{ old: OpenedImage[]; neu: OpenedImage[] }> {
+export async function openForSafeRebase(
+  job: SafeRebaseJob,
+): Promise<{ old: OpenedImage[]; neu: OpenedImage[] }> {
   let old: OpenedImage[];
   const policy = await makePolicy(job.filename, job.backingDirs);
   try {
@@ -61,7 +63,9 @@ export async function openForSafeRebase(job: SafeRebaseJob): Promise<{ old: Open
     const neu = await openChain(img, policy, job.unsafeQuirks, LOCKS.read);
     return { old, neu };
   } catch (e) {
-    if (e instanceof OpenError) throw newFailed(chainOpenMessage(e.filename, e).replace(/^Could not open '[^']*': /, ""));
+    if (e instanceof OpenError) {
+      throw newFailed(chainOpenMessage(e.filename, e).replace(/^Could not open '[^']*': /, ""));
+    }
     if (e instanceof PolicyError) throw newFailed(e.message);
     if (e instanceof Deno.errors.NotFound) {
       throw newFailed(`Could not open '${job.backing}': No such file or directory`);

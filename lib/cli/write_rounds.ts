@@ -107,6 +107,7 @@ export async function applyWritePlan(
     await moveData(source, target, moves, cap, what, onMoved);
     // The guest may have extended the file: the steps start from its length now.
     const size = await currentSize(target);
-    await applySteps({ ...target, fileSize: size }, round.steps, what, "off", "write");
+    // Zero patches are freed clusters qemu discards (punched, best effort).
+    await applySteps({ ...target, fileSize: size }, round.steps, what, "off", "discard");
   }
 }

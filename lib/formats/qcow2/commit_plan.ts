@@ -79,7 +79,9 @@ export function existingRuns(runs: MapRun[], clusterBits: number): ExistingRun[]
     else if (r.flags & mapFlags.DATA) kind = "normal";
     else if (r.flags & mapFlags.OFFSET_VALID) kind = "zero_alloc";
     else kind = "zero_plain";
-    const host = kind === "normal" || kind === "zero_alloc" ? r.offset - (r.start - (cluster << cb)) : undefined;
+    const host = kind === "normal" || kind === "zero_alloc"
+      ? r.offset - (r.start - (cluster << cb))
+      : undefined;
     const last = out[out.length - 1];
     if (
       last && last.kind === kind && last.cluster + last.count === cluster &&
@@ -97,18 +99,26 @@ export function existingRuns(runs: MapRun[], clusterBits: number): ExistingRun[]
   return out;
 }
 
-/** Why make_completely_empty does not apply (qemu then discards cluster by cluster), or undefined. */
-export function makeEmptyRefusal(m: Qcow2Model): string | undefined {
+/**
+ * How qcow2_make_empty empties `m`: "complete" (make_completely_empty: v3,
+ * no snapshots, bitmaps, encryption or data file, and the L1 table with three
+ * clusters inside one refcount block), "discard" (its fallback: every
+ * cluster discarded), or why instar does not (qemu would discard).
+ */
+export function makeEmptyMethod(m: Qcow2Model): "complete" | "discard" | { refused: string } {
   const cs = m.clusterSize;
   const l1Clusters = (BigInt(m.layout.l1Size) * 8n + cs - 1n) / cs;
   const perBlock = (cs * 8n) / BigInt(m.refcountBits);
-  if (m.version < 3 || m.nbSnapshots > 0 || m.nbBitmaps > 0 || m.hasBitmapsExt || 3n + l1Clusters > perBlock) {
-    return "instar empties only qcow2 v3 overlays without snapshots or bitmaps (use -d)";
+  if (m.nbSnapshots > 0 || m.nbBitmaps > 0 || m.hasBitmapsExt) {
+    return { refused: "instar does not empty an overlay with internal snapshots or bitmaps (use -d)" };
   }
-  if (m.layout.cryptMethod !== 0 || m.hasDataFileBit) {
-    return "instar does not empty encrypted images or images with a data file (use -d)";
+  if (m.layout.cryptMethod !== 0 || m.hasDataFileBit || m.extendedL2) {
+    return {
+      refused: "instar does not empty encrypted overlays, a data file or extended L2 entries (use -d)",
+    };
   }
-  return undefined;
+  if (m.version < 3 || 3n + l1Clusters > perBlock) return "discard";
+  return "complete";
 }
 
 function u64(v: bigint): Uint8Array {

@@ -19,8 +19,9 @@
 // into the refcount table (a table that had to grow is written and switched
 // by its own steps first); (C) the entries of existing L2 tables and the L1
 // entries of new tables, pointing at data and tables that are on disk and
-// counted; (D) counts lowered for the clusters the zero writes freed, after
-// nothing points at them. Each step is synced before the next. A round ends
+// counted; (D) counts lowered for the clusters the zero writes and discards
+// freed, after nothing points at them; (E) the bytes of discarded clusters
+// dropped (a hole punched, best effort). Each step is synced before the next. A round ends
 // after a write that frees clusters, so a later allocation never reuses a
 // cluster whose reference is not yet withdrawn on disk. A crash between any
 // two steps leaves at most leaked clusters; the header, when a command
@@ -53,11 +54,16 @@ export interface ExistingRun {
   host?: bigint;
 }
 
-/** One write in qemu's order: whole guest clusters of the target. */
+/**
+ * One write in qemu's order: whole guest clusters of the target. "discard"
+ * is qcow2_cluster_discard with full_discard (qcow2_make_empty's fallback):
+ * entries cleared, clusters freed and their bytes discarded (a hole), L2
+ * tables that do not exist left so.
+ */
 export interface WriteOp {
   cluster: bigint;
   count: bigint;
-  kind: "data" | "zero";
+  kind: "data" | "zero" | "discard";
 }
 
 export interface WriteInput {
@@ -108,7 +114,9 @@ interface L2Table {
 export function planQcow2Writes(x: WriteInput): PlanResult<WritePlan> {
   const bad = scanViolation(x.scan);
   if (bad) return fail("unsupported", `Inconsistent image metadata: ${bad}`);
-  if (x.scan.extendedL2) return fail("unsupported", "instar does not write into images with extended L2 entries");
+  if (x.scan.extendedL2) {
+    return fail("unsupported", "instar does not write into images with extended L2 entries");
+  }
   if (x.ops.length > MAX_WRITE_RUNS || x.existing.length > MAX_WRITE_RUNS) {
     return fail("unsupported", "too many separate runs to write");
   }
@@ -144,6 +152,8 @@ class Planner {
   private copies: DataCopy[] = [];
   private tails: Patch[] = [];
   private frees: [bigint, bigint][] = [];
+  /** Freed clusters whose bytes are discarded after their counts are lowered. */
+  private punches: Patch[] = [];
   private readonly rounds: WriteRound[] = [];
   private readonly existing: ExistingRun[];
   /** Steps before this index belong to earlier rounds (a moved refcount table adds its own). */
@@ -157,11 +167,16 @@ class Planner {
     this.perL2 = this.cs / 8n;
     this.l1 = new Map([...x.scan.l1].map(([i, v]) => [BigInt(i), v]));
     this.virtualClusters = (x.scan.virtualSize + this.cs - 1n) >> this.cb;
-    this.existing = [...x.existing].sort((a, b) => (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0));
+    this.existing = [...x.existing].sort((
+      a,
+      b,
+    ) => (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0));
     let end = 0n;
     for (const e of this.existing) {
       if (e.count <= 0n || e.cluster < end) throw new Refusal("inconsistent cluster map of the target");
-      if ((e.kind === "normal" || e.kind === "zero_alloc") && (e.host === undefined || e.host % this.cs !== 0n)) {
+      if (
+        (e.kind === "normal" || e.kind === "zero_alloc") && (e.host === undefined || e.host % this.cs !== 0n)
+      ) {
         throw new Refusal("inconsistent cluster map of the target");
       }
       end = e.cluster + e.count;
@@ -194,7 +209,8 @@ class Planner {
       }
       prevEnd = op.cluster + op.count;
       // Without zero clusters (compat=0.10) qemu writes zeroes as data.
-      if (op.kind === "zero" && this.x.version === 3) this.zero(op);
+      if (op.kind === "discard") this.zero(op, true);
+      else if (op.kind === "zero" && this.x.version === 3) this.zero(op, false);
       else this.data(op);
     }
     this.endRound();
@@ -209,7 +225,9 @@ class Planner {
     const e = this.l1.get(idx) ?? 0n;
     const off = e & L1E_OFFSET_MASK;
     if (off) {
-      if (!(e & COPIED)) throw new Refusal("instar does not write into a shared L2 table (internal snapshots)");
+      if (!(e & COPIED)) {
+        throw new Refusal("instar does not write into a shared L2 table (internal snapshots)");
+      }
       t = { offset: off, fresh: false, changed: new Map() };
     } else {
       const at = this.rc.alloc(1n) << this.cb;
@@ -278,14 +296,22 @@ class Planner {
     }
   }
 
-  private zero(op: WriteOp) {
+  private zero(op: WriteOp, discard: boolean) {
     let freed = false;
     for (let c = op.cluster; c < op.cluster + op.count; c++) {
-      this.table(c / this.perL2);
       const s = this.state(c);
-      if (s.kind === "zero_plain") continue;
+      if (discard) {
+        // Nothing to discard where nothing is mapped (no table is made for it).
+        if (s.kind === "unallocated") continue;
+        if (!this.tables.has(c / this.perL2) && !(this.l1.get(c / this.perL2)! & L1E_OFFSET_MASK)) continue;
+      }
+      this.table(c / this.perL2);
+      if (s.kind === "zero_plain" && !discard) continue;
       if (s.kind === "compressed") throw new Refusal("instar does not zero compressed clusters in place");
-      this.setEntry(c, ZERO_FLAG);
+      this.setEntry(c, discard ? 0n : ZERO_FLAG);
+      if (discard && (s.kind === "normal" || s.kind === "zero_alloc")) {
+        this.punches.push({ kind: "zero", offset: s.host, length: this.cs });
+      }
       if (s.kind === "normal" || s.kind === "zero_alloc") {
         const hc = s.host >> this.cb;
         const last = this.frees[this.frees.length - 1];
@@ -341,6 +367,8 @@ class Planner {
     // (D) the frees, after nothing points at the clusters.
     for (const [s, e] of this.frees) rc.update(s, e - s, -1n);
     log.push(blockPatches(rc));
+    // (E) the freed clusters discarded (the applier punches zero patches inside the file).
+    log.push(this.punches);
     const steps = log.steps.splice(this.roundStart);
     this.roundStart = log.steps.length;
     if (steps.length > 0 || this.copies.length > 0) this.rounds.push({ copies: this.copies, steps });
@@ -352,6 +380,7 @@ class Planner {
     this.copies = [];
     this.tails = [];
     this.frees = [];
+    this.punches = [];
     this.l1Changed = new Set();
   }
 }
