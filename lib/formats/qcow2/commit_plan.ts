@@ -15,7 +15,6 @@
 // counted, the dirty bit cleared, and the file cut, each step synced.
 import { mapFlags } from "../../abi/spec.ts";
 import { type FilePlan, MAX_PATCHES, type Patch } from "../plan.ts";
-import { refcountMax } from "./encode.ts";
 import type { Qcow2Model } from "./model.ts";
 import type { ExistingRun, WriteOp } from "./write_plan.ts";
 
@@ -179,7 +178,6 @@ export function planMakeEmpty(m: Qcow2Model, fileSize: bigint): FilePlan[] {
   const bits = m.refcountBits;
   const block = new Uint8Array(Number(cs));
   const bdv = new DataView(block.buffer);
-  void refcountMax;
   for (let i = 0; i < Number(n); i++) {
     if (bits < 8) {
       const per = 8 / bits;
