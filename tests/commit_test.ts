@@ -99,6 +99,20 @@ const CASES: Case[] = [
     files: ["base.qcow2", "mid.qcow2", "top.qcow2"],
   },
   {
+    name: "into the middle of a chain; compressed clusters in the overlay",
+    make: [
+      "qemu-img create -q -f qcow2 base.qcow2 2M",
+      io("base.qcow2", "write -P 1 0 2M"),
+      "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 mid.qcow2 2M",
+      io("mid.qcow2", "write -P 2 64k 128k"),
+      "qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 top.qcow2 2M",
+      io("top.qcow2", "write -c -P 3 0 64k", "write -c -P 4 1M 128k", "write -z 128k 64k"),
+    ],
+    args: ["commit", "top.qcow2"],
+    files: ["base.qcow2", "mid.qcow2", "top.qcow2"],
+    exact: ["base.qcow2", "top.qcow2"],
+  },
+  {
     name: "refusals: no backing file, a base not in the chain",
     make: ["qemu-img create -q -f qcow2 lone.qcow2 1M"],
     args: ["commit", "lone.qcow2"],

@@ -80,6 +80,27 @@ const CASES: Case[] = [
     args: ["rebase", "-b", "", "ov.qcow2"],
   },
   {
+    name: "an overlay without a backing file gets a backing file (zero clusters where it holds data)",
+    make: [
+      "qemu-img create -q -f qcow2 new.qcow2 4M",
+      io("new.qcow2", "write -P 7 1M 192k"),
+      "qemu-img create -q -f qcow2 ov.qcow2 4M",
+      io("ov.qcow2", "write -P 3 1088k 64k"),
+    ],
+    args: ["rebase", "-b", "new.qcow2", "-F", "qcow2", "ov.qcow2"],
+  },
+  {
+    name: "onto a backing file further down the old chain",
+    make: [
+      "qemu-img create -q -f qcow2 base.qcow2 4M",
+      io("base.qcow2", "write -P 1 0 2M"),
+      "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 old.qcow2 4M",
+      io("old.qcow2", "write -P 2 512k 256k", "write -z 1536k 64k"),
+      ...OV(),
+    ],
+    args: ["rebase", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2"],
+  },
+  {
     name: "qemu copies, then refuses a new backing file without -F",
     make: [...OLD, "qemu-img create -q -f qcow2 new.qcow2 4M", ...OV()],
     args: ["rebase", "-b", "new.qcow2", "ov.qcow2"],
