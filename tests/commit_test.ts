@@ -113,6 +113,18 @@ const CASES: Case[] = [
     exact: ["base.qcow2", "top.qcow2"],
   },
   {
+    name: "4 KiB overlay clusters over a 64 KiB base cluster (the rest of it is the base's)",
+    make: [
+      "qemu-img create -q -f qcow2 base.qcow2 1M",
+      io("base.qcow2", "write -P 1 0 1M"),
+      "qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F qcow2 ov.qcow2 1M",
+      io("ov.qcow2", "write -P 3 4k 4k", "write -z 200k 4k", "write -P 5 512k 8k"),
+    ],
+    args: ["commit", "ov.qcow2"],
+    files: ["base.qcow2", "ov.qcow2"],
+    exact: ["ov.qcow2"],
+  },
+  {
     name: "refusals: no backing file, a base not in the chain",
     make: ["qemu-img create -q -f qcow2 lone.qcow2 1M"],
     args: ["commit", "lone.qcow2"],

@@ -186,8 +186,10 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     done += n;
     if (total > 0n) p.bytes(done, total);
   };
-  // The source: the layers above the base (their own chain stops there).
-  const source: GuestInput[] = chainInputs(chain.slice(0, depth));
+  // The source: the whole chain. A base cluster is written whole; the parts
+  // of it no layer above allocates read the base's own data (the guest
+  // reads each chunk before it writes it, and nothing it reads moves).
+  const source: GuestInput[] = chainInputs(chain);
   if (!bq) {
     const moves: Move[] = writes.map((w) => {
       const from = w.cluster << BigInt(cb);
