@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan rebase_diff
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan rebase_diff copy_runs
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -37,3 +37,5 @@ compare_SRCS := ops/compare.c $(READ_SRCS)
 compare_LIBS := z zstd
 rebase_diff_SRCS := ops/rebase_diff.c $(READ_SRCS)
 rebase_diff_LIBS := z zstd
+copy_runs_SRCS := ops/copy_runs.c $(READ_SRCS)
+copy_runs_LIBS := z zstd

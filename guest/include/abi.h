@@ -32,6 +32,7 @@
 #define OP_COMPARE 6
 #define OP_RESIZE_SCAN 7
 #define OP_REBASE_DIFF 60
+#define OP_COPY_RUNS 61
 #define OP_TEST 99
 
 #define CONV_QCOW2 1

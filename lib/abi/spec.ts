@@ -128,6 +128,8 @@ export const ops = {
   RESIZE_SCAN: 7,
   /** 60..64: in-place qcow2 writes (rebase, commit). 60: the clusters a safe rebase copies. */
   REBASE_DIFF: 60,
+  /** 61: moves chain bytes to planned output offsets (a host-written move list is the last input). */
+  COPY_RUNS: 61,
   TEST: 99,
 } as const;
 

@@ -6,7 +6,7 @@
 // (bdrv_make_empty). The base is the overlay's backing file, or the layer
 // -b names. Which clusters move is read by the map guest; a qcow2 base's
 // metadata by the resize_scan guest; the pure planners
-// (lib/formats/qcow2/write_plan.ts, commit_plan.ts) place them; the convert
+// (lib/formats/qcow2/write_plan.ts, commit_plan.ts) place them; the copy_runs
 // guest moves the bytes into the base (lib/cli/write_rounds.ts). Every
 // backing file passes the allowlist; writes go to the base and the overlay.
 import { formats, mapFlags, ops, records } from "../abi/spec.ts";
@@ -181,10 +181,15 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   const cb = bq ? bq.clusterBits : 16;
   const writes = commitOps(runs, depth, cb, size);
   const total = writes.reduce((t, w) => t + (w.count << BigInt(cb)), 0n);
-  let done = 0n;
-  const moved = (n: bigint) => {
-    done += n;
-    if (total > 0n) p.bytes(done, total);
+  // The copy guest's progress within its run, after the runs before it.
+  let before = 0n;
+  let last = 0n;
+  const moved = (d: bigint, finished: boolean) => {
+    if (finished) {
+      before += d;
+      last = 0n;
+    } else last = d;
+    if (total > 0n) p.bytes(before + last > total ? total : before + last, total);
   };
   // The source: the whole chain. A base cluster is written whole; the parts
   // of it no layer above allocates read the base's own data (the guest

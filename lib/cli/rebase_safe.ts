@@ -4,7 +4,7 @@
 // overlay reads the same afterwards; then the header names the new backing
 // file (the -u header rewrite, lib/formats/qcow2/rebase_plan.ts), last.
 // The rebase_diff guest finds the clusters, the write planner
-// (lib/formats/qcow2/write_plan.ts) places them, the convert guest moves
+// (lib/formats/qcow2/write_plan.ts) places them, the copy_runs guest moves
 // the old backing file's bytes into the overlay. The old chain and the new
 // backing file pass the backing allowlist; only the overlay is written.
 import { ops, records } from "../abi/spec.ts";

@@ -1,10 +1,10 @@
 // Applies an in-place write plan (lib/formats/qcow2/write_plan.ts) to the
-// target: per round, the data first, moved by the convert guest from the
-// source chain straight into the planned host offsets of the target (raw
-// output at fixed offsets, nothing decoded on the host), synced, then the
+// target: per round, the data first, moved by the copy_runs guest from the
+// source chain straight into the planned host offsets of the target (one
+// guest run per round, nothing decoded on the host), synced, then the
 // round's metadata steps through applySteps (each synced). Also the raw
 // target's writer (the same guest writing guest byte x at offset x).
-import { ops, records } from "../abi/spec.ts";
+import { formats, limits, ops, records } from "../abi/spec.ts";
 import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
@@ -25,8 +25,9 @@ export interface Move {
 
 /**
  * Copies each move's bytes of the source chain (`source`, top first) to the
- * target file, through the convert guest (raw output, -S 0: every byte
- * written). `cap` bounds every write offset. Then syncs the target.
+ * target file through the copy_runs guest, in one run: the moves go to it
+ * as a list in a private temporary file (its last input). `cap` bounds
+ * every write offset. Then syncs the target.
  */
 export async function moveData(
   source: GuestInput[],
@@ -34,28 +35,47 @@ export async function moveData(
   moves: Move[],
   cap: bigint,
   what: string,
-  onMoved?: (bytes: bigint) => void,
+  /** Bytes moved so far in this call; `finished` once, at its end. */
+  onMoved?: (done: bigint, finished: boolean) => void,
 ): Promise<void> {
-  for (const m of moves) {
-    if (m.to <= m.from) continue;
-    let result;
+  const list = moves.filter((m) => m.to > m.from);
+  if (list.length > 0) {
+    if (source.length + 1 > limits.MAX_INPUTS) throw new CliError([`${what}: the backing chain is too long`]);
+    const bytes = new Uint8Array(list.length * 24);
+    const dv = new DataView(bytes.buffer);
+    let total = 0n;
+    list.forEach((m, i) => {
+      dv.setBigUint64(i * 24, m.from, true);
+      dv.setBigUint64(i * 24 + 8, m.to, true);
+      dv.setBigUint64(i * 24 + 16, m.at, true);
+      total += m.to - m.from;
+    });
+    const dir = await Deno.makeTempDir({ prefix: "instar-moves-" });
     try {
-      result = await runGuest({
-        op: "convert",
-        opCode: ops.CONVERT,
-        inputs: source,
-        args: [0n, 0n, 0n, m.at, m.from, m.from, m.to],
-        ramBytes: RAM,
-        timeoutMs: TIMEOUT_MS,
-        output: { path: target.openPath, cap },
-      });
-    } catch (e) {
-      throw new CliError([`${what}: ${e instanceof Error ? e.message : String(e)}`]);
+      const path = `${dir}/moves`;
+      await Deno.writeFile(path, bytes, { mode: 0o600 });
+      let result;
+      try {
+        result = await runGuest({
+          op: "copy_runs",
+          opCode: ops.COPY_RUNS,
+          inputs: [...source, { path, format: formats.RAW, nofollow: true }],
+          args: [BigInt(list.length), total],
+          ramBytes: RAM,
+          timeoutMs: TIMEOUT_MS,
+          output: { path: target.openPath, cap },
+          onProgress: (d) => onMoved?.(d, false),
+        });
+      } catch (e) {
+        throw new CliError([`${what}: ${e instanceof Error ? e.message : String(e)}`]);
+      }
+      if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
+        throw new CliError([`${what}: Input/output error`]);
+      }
+      onMoved?.(total, true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
-    if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
-      throw new CliError([`${what}: Input/output error`]);
-    }
-    onMoved?.(m.to - m.from);
   }
   await syncFile(target, what);
 }
@@ -92,7 +112,7 @@ export async function applyWritePlan(
   target: OpenedImage,
   sourceSize: bigint,
   what: string,
-  onMoved?: (bytes: bigint) => void,
+  onMoved?: (done: bigint, finished: boolean) => void,
 ): Promise<void> {
   const cap = plan.fileSize;
   for (const round of plan.rounds) {
