@@ -6,7 +6,7 @@
 // Input:
 //   0      cluster_bits = 9 + (b % 8)
 //   1      refcount_order = b % 7
-//   2      bit 0: v3 (else v2)
+//   2      bit 0: v3 (else v2); bit 1: the image has a backing file; bit 2: discard freed clusters
 //   3-4    virtual size in clusters (u16 LE, 1..4096)
 //   5-6    source size in clusters (u16 LE; clipped copies get zero tails)
 //   7      number of existing runs (<= 32), then 3 bytes each: gap, count, kind
@@ -39,6 +39,10 @@ function run(d: Uint8Array, cov: Cov): void {
   const clusterBits = 9 + (b.u8(0) % 8);
   const refcountOrder = b.u8(1) % 7;
   const version = (b.u8(2) & 1) ? 3 : 2;
+  const hasBacking = (b.u8(2) & 2) !== 0;
+  const discardFreed = (b.u8(2) & 4) !== 0;
+  // v2 zero writes: zeroes as data over a backing file, discards without one.
+  const isData = (k: string) => k === "data" || (k === "zero" && version === 2 && hasBacking);
   const cs = 1n << BigInt(clusterBits);
   const perL2 = cs / 8n;
   const vClusters = BigInt(1 + ((b.u8(3) | (b.u8(4) << 8)) % 4096));
@@ -101,9 +105,10 @@ function run(d: Uint8Array, cov: Cov): void {
     runs,
     frees: [],
     zeros: [],
+    hasBacking,
   };
   cov.hit(`write:cb:${clusterBits}:rc:${refcountOrder}:v${version}:ops:${sizeClass(BigInt(ops.length))}`);
-  const r = mod.planQcow2Writes({ scan, version, existing, ops, sourceSize });
+  const r = mod.planQcow2Writes({ scan, version, existing, ops, sourceSize, discardFreed });
   if (!checkResult(r, "write", cov)) return;
   const plan = r.value;
   // 2. bounded.
@@ -118,7 +123,7 @@ function run(d: Uint8Array, cov: Cov): void {
   // Clusters a zero (v3) or discard write frees may be reused by later writes.
   const freed = new Set<bigint>();
   for (const o of ops) {
-    if (o.kind === "data" || (o.kind === "zero" && version === 2)) continue;
+    if (isData(o.kind)) continue;
     for (let k = o.cluster; k < o.cluster + o.count; k++) {
       const h = inPlace.get(k);
       if (h !== undefined) freed.add(h / cs);
@@ -179,7 +184,7 @@ function run(d: Uint8Array, cov: Cov): void {
   // 3. data clusters copied once; zero and discard writes never.
   for (const o of ops) {
     for (let k = o.cluster; k < o.cluster + o.count; k++) {
-      const dataOp = o.kind === "data" || (o.kind === "zero" && version === 2);
+      const dataOp = isData(o.kind);
       invariant(copied.has(k) === dataOp, `write: guest cluster ${k} (${o.kind}) copied: ${copied.has(k)}`);
     }
   }

@@ -162,6 +162,7 @@
 #define RESIZE_F_BUSY_TAIL 4
 
 #define DIFF_F_OLD_ZERO 1
+#define DIFF_F_ZERO 2
 
 #define GERR_IO 1
 #define GERR_NOT_FORMAT 2

@@ -15,7 +15,13 @@
  * Output: DIFF_RUN records of differing clusters, ascending and disjoint;
  * DIFF_F_OLD_ZERO marks runs wholly past the old backing file's end, where
  * qemu writes zeroes (a zero cluster) rather than copying. The data itself
- * is never reported: the host plans where it goes and convert copies it.
+ * is never reported: the host plans where it goes and copy_runs copies it.
+ *
+ * arg[2] == 1: classify instead (convert -n into an existing qcow2). Inputs
+ * [0, n) are the source chain; every cluster (2^arg[1] bytes) of its disk
+ * is reported, DIFF_F_ZERO where it reads as zeroes: by block status alone
+ * with -S 0 (arg[3] == 0), else also where its stored bytes are all zero
+ * (qemu-img convert's is_allocated_sectors_min over a whole cluster).
  */
 #include "../chain/chain.h"
 #include "records.h"
@@ -69,10 +75,63 @@ static int read_side(int s, bool present, uint64_t off, uint64_t len, uint8_t *b
     return chain_flush(c);
 }
 
+static bool all_zero(const uint8_t *b, uint64_t n)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (b[i]) return false;
+    return true;
+}
+
+static int classify(uint64_t cbits, bool by_content)
+{
+    struct chain *c = &chains[0];
+    c->batch = c->defer = true;
+    if (chain_open(c, 0)) return -1;
+    uint64_t cs = 1ull << cbits, size = c->size;
+    uint8_t *buf = rt_alloc(CHUNK);
+    if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
+    for (uint64_t off = 0; off < size;) {
+        uint64_t n = size - off < CHUNK ? size - off : CHUNK;
+        /* Per cluster of this chunk: does any part need its bytes read? */
+        bool any_data = false;
+        static uint8_t has_data[CHUNK >> 9];
+        uint64_t nc = (n + cs - 1) >> cbits;
+        memset(has_data, 0, nc);
+        for (uint64_t at = off; at < off + n;) {
+            uint64_t k = 0;
+            int st = chain_status(c, at, off + n - at, &k);
+            if (st < 0) return -1;
+            if ((st & CS_DATA) && !(st & CS_ZERO)) {
+                for (uint64_t x = (at - off) >> cbits; x <= (at + k - 1 - off) >> cbits; x++) has_data[x] = 1;
+                if (by_content) {
+                    if (chain_read(c, at, k, buf + (at - off))) return -1;
+                    any_data = true;
+                }
+            } else if (by_content) {
+                memset(buf + (at - off), 0, k);
+            }
+            at += k;
+        }
+        if (any_data && chain_flush(c)) return -1;
+        for (uint64_t x = 0; x < nc; x++) {
+            uint64_t len = n - (x << cbits) < cs ? n - (x << cbits) : cs;
+            bool zero = !has_data[x] || (by_content && all_zero(buf + (x << cbits), len));
+            if (note((off >> cbits) + x, zero ? DIFF_F_ZERO : 0)) return -1;
+        }
+        off += n;
+        hc_progress(off, size);
+    }
+    return flush_pending();
+}
+
 int op_main(void)
 {
     const struct params *p = rt_params();
     uint64_t na = p->arg[0], cbits = p->arg[1];
+    if (p->arg[2] == 1) {
+        if (cbits < 9 || cbits > 21) return rt_error(0, GERR_BAD_PARAMS, 9, na, cbits);
+        return classify(cbits, p->arg[3] != 0);
+    }
     if (na < 1 || na > p->n_inputs || cbits < 9 || cbits > 21) return rt_error(0, GERR_BAD_PARAMS, 9, na, cbits);
     uint64_t cs = 1ull << cbits;
     bool has_old = na > 1, has_new = na < p->n_inputs;

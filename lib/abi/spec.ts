@@ -214,8 +214,9 @@ export const records = {
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
 
 /** DIFF_RUN.flags. OLD_ZERO: the run lies wholly past the old backing file's
- * end (qemu-img rebase writes zeroes there, not the old backing's data). */
-export const diffFlags = { OLD_ZERO: 1 } as const;
+ * end (qemu-img rebase writes zeroes there, not the old backing's data).
+ * ZERO (classify mode, convert -n): the source cluster reads as zeroes. */
+export const diffFlags = { OLD_ZERO: 1, ZERO: 2 } as const;
 
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {

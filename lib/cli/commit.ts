@@ -229,7 +229,7 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
 }
 
 /** The map guest's extents over `inputs` (a chain, top first), checked to tile the disk. */
-async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRun[]> {
+export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRun[]> {
   let result;
   try {
     result = await runGuest({ op: "map", opCode: ops.MAP, inputs, args: [0n, (1n << 64n) - 1n] });

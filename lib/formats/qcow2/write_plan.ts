@@ -76,6 +76,12 @@ export interface WriteInput {
    * copied but written as zeroes (qemu's copy-on-write reads zeroes there).
    */
   sourceSize: bigint;
+  /**
+   * Whether clusters a zero write frees are discarded too (their bytes
+   * punched out): qemu passes the discard when the target was opened with
+   * BDRV_O_UNMAP (convert), not otherwise (commit).
+   */
+  discardFreed?: boolean;
 }
 
 /** Guest clusters [cluster, +count) go to host bytes [host, +count clusters). */
@@ -208,10 +214,13 @@ class Planner {
         throw new Refusal("write runs out of order or past the disk's end");
       }
       prevEnd = op.cluster + op.count;
-      // Without zero clusters (compat=0.10) qemu writes zeroes as data.
-      if (op.kind === "discard") this.zero(op, true);
-      else if (op.kind === "zero" && this.x.version === 3) this.zero(op, false);
-      else this.data(op);
+      if (op.kind === "discard") this.zero(op, true, true);
+      else if (op.kind === "zero" && this.x.version === 3) this.zero(op, false, this.x.discardFreed ?? false);
+      // Without zero clusters (compat=0.10) qemu discards where no backing
+      // file shows through, and writes zeroes as data where one would.
+      else if (op.kind === "zero" && !this.x.scan.hasBacking) {
+        this.zero(op, true, this.x.discardFreed ?? false);
+      } else this.data(op);
     }
     this.endRound();
     return { rounds: this.rounds, fileSize: this.log.size };
@@ -296,7 +305,8 @@ class Planner {
     }
   }
 
-  private zero(op: WriteOp, discard: boolean) {
+  /** Zero writes (discard: entries cleared instead of zero-flagged); `punch`: freed bytes dropped. */
+  private zero(op: WriteOp, discard: boolean, punch: boolean) {
     let freed = false;
     for (let c = op.cluster; c < op.cluster + op.count; c++) {
       const s = this.state(c);
@@ -309,7 +319,7 @@ class Planner {
       if (s.kind === "zero_plain" && !discard) continue;
       if (s.kind === "compressed") throw new Refusal("instar does not zero compressed clusters in place");
       this.setEntry(c, discard ? 0n : ZERO_FLAG);
-      if (discard && (s.kind === "normal" || s.kind === "zero_alloc")) {
+      if (punch && (s.kind === "normal" || s.kind === "zero_alloc")) {
         this.punches.push({ kind: "zero", offset: s.host, length: this.cs });
       }
       if (s.kind === "normal" || s.kind === "zero_alloc") {
