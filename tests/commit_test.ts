@@ -177,7 +177,7 @@ for (const c of CASES) {
   });
 }
 
-Deno.test({ name: "commit: -b names a file outside the chain", ignore: !ready }, async () => {
+Deno.test({ name: "commit: qemu's refusals word for word", ignore: !ready }, async () => {
   await withTempDir("instar-commit-", async (dir) => {
     await make(dir, [
       "qemu-img create -q -f qcow2 base.qcow2 1M",
