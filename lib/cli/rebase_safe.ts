@@ -16,7 +16,7 @@ import { chainInputs, chainOpenMessage, openChain, type OpenedImage, OpenError, 
 import { scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
-import { diffFlags } from "../abi/spec.ts";
+import { diffFlags, limits } from "../abi/spec.ts";
 import { hostPath } from "../host/context.ts";
 
 export interface SafeRebaseJob {
@@ -80,6 +80,11 @@ export async function copyDifferences(old: OpenedImage[], neu: OpenedImage[], wh
   const overlayInput = { path: top.openPath, format: top.formatCode, nofollow: false };
   const oldInputs = chainInputs(old.slice(1)).map((x) => ({ ...x, nofollow: true }));
   const newInputs = chainInputs(neu).map((x) => ({ ...x, nofollow: true }));
+  if (1 + oldInputs.length + newInputs.length > limits.MAX_INPUTS) {
+    throw new CliError([
+      `${what}: the old and new backing chains together are too long (at most ${limits.MAX_INPUTS} images)`,
+    ]);
+  }
   let result;
   try {
     result = await runGuest({
