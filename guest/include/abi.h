@@ -31,6 +31,8 @@
 #define OP_CONVERT 5
 #define OP_COMPARE 6
 #define OP_RESIZE_SCAN 7
+#define OP_REBASE_DIFF 60
+#define OP_COPY_RUNS 61
 #define OP_INSPECT 50
 #define OP_TEST 99
 
@@ -98,6 +100,7 @@
 #define REC_RESIZE_SUMMARY 25
 #define REC_RESIZE_META 26
 #define REC_RESIZE_BYTES 27
+#define REC_DIFF_RUN 50
 #define REC_INSPECT 80
 #define REC_INSPECT_FINDING 81
 
@@ -160,6 +163,9 @@
 #define RESIZE_F_TOO_BIG 1
 #define RESIZE_F_SHRINK 2
 #define RESIZE_F_BUSY_TAIL 4
+
+#define DIFF_F_OLD_ZERO 1
+#define DIFF_F_ZERO 2
 
 #define GERR_IO 1
 #define GERR_NOT_FORMAT 2
@@ -705,6 +711,21 @@ _Static_assert(offsetof(struct rec_map_extent, flags) == 32, "rec_map_extent.fla
 _Static_assert(offsetof(struct rec_map_extent, depth) == 36, "rec_map_extent.depth");
 _Static_assert(offsetof(struct rec_map_extent, input) == 40, "rec_map_extent.input");
 _Static_assert(offsetof(struct rec_map_extent, reserved) == 44, "rec_map_extent.reserved");
+
+/* records.DIFF_RUN: overlay clusters [cluster, +count) unallocated in the overlay whose old and new backing contents differ */
+struct rec_diff_run {
+    uint8_t hdr[8];
+    uint64_t cluster;
+    uint64_t count;
+    uint32_t flags; /* diffFlags.* */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_diff_run) == 32, "rec_diff_run size");
+_Static_assert(offsetof(struct rec_diff_run, hdr) == 0, "rec_diff_run.hdr");
+_Static_assert(offsetof(struct rec_diff_run, cluster) == 8, "rec_diff_run.cluster");
+_Static_assert(offsetof(struct rec_diff_run, count) == 16, "rec_diff_run.count");
+_Static_assert(offsetof(struct rec_diff_run, flags) == 24, "rec_diff_run.flags");
+_Static_assert(offsetof(struct rec_diff_run, reserved) == 28, "rec_diff_run.reserved");
 
 /* records.DATA_RUN: guest clusters [guest_cluster, +count) written uncompressed at host_offset, +cluster, ... */
 struct rec_data_run {

@@ -126,6 +126,10 @@ export const ops = {
   CONVERT: 5,
   COMPARE: 6,
   RESIZE_SCAN: 7,
+  /** 60..64: in-place qcow2 writes (rebase, commit). 60: the clusters a safe rebase copies. */
+  REBASE_DIFF: 60,
+  /** 61: moves chain bytes to planned output offsets (a host-written move list is the last input). */
+  COPY_RUNS: 61,
   /** `instar inspect`: an upload gate's verdict (guest/ops/inspect.c). */
   INSPECT: 50,
   TEST: 99,
@@ -277,6 +281,9 @@ export const records = {
   RESIZE_META: 26,
   /** vpc/vhdx resize scan: metadata bytes the planner rewrites (rec_resize_bytes). */
   RESIZE_BYTES: 27,
+  // 50..59: in-place qcow2 writes (rebase, commit).
+  /** rebase_diff: overlay clusters a safe rebase must copy (rec_diff_run). */
+  DIFF_RUN: 50,
   // 80..89: inspect (ops.INSPECT, guest/ops/inspect.c).
   /** The verdict's facts: detected format, virtual size, bytes examined; last record. */
   INSPECT: 80,
@@ -289,6 +296,11 @@ export const records = {
  * BUSY_TAIL (grow with params.arg[1] bit 0) means the guest range being added
  * already has non-zero L2 entries or a shared L2 table (no preallocation then). */
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
+
+/** DIFF_RUN.flags. OLD_ZERO: the run lies wholly past the old backing file's
+ * end (qemu-img rebase writes zeroes there, not the old backing's data).
+ * ZERO (classify mode, convert -n): the source cluster reads as zeroes. */
+export const diffFlags = { OLD_ZERO: 1, ZERO: 2 } as const;
 
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {
@@ -758,6 +770,19 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_diff_run",
+    size: 32,
+    doc:
+      "records.DIFF_RUN: overlay clusters [cluster, +count) unallocated in the overlay whose old and new backing contents differ",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "cluster", type: "u64", offset: 8 },
+      { name: "count", type: "u64", offset: 16 },
+      { name: "flags", type: "u32", offset: 24, doc: "diffFlags.*" },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+  {
     name: "rec_data_run",
     size: 32,
     doc:
@@ -1073,6 +1098,7 @@ export const recordStructs: Record<number, string> = {
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
+  [records.DIFF_RUN]: "rec_diff_run",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
 };
@@ -1141,6 +1167,7 @@ export const enums: Record<string, Record<string, number>> = {
   SIG_: signatures,
   Q2F_: qcow2InfoFlags,
   RESIZE_F_: resizeFlags,
+  DIFF_F_: diffFlags,
   GERR_: guestErrors,
   ATTACH_: attachFlags,
   VMM_F_: vmmFlags,

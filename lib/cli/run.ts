@@ -12,6 +12,7 @@ import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
 import { rebaseCommand } from "./rebase.ts";
+import { commitCommand } from "./commit.ts";
 import { amendCommand } from "./amend.ts";
 import { snapshotCommand } from "./snapshot.ts";
 import { helpText, versionText } from "./help.ts";
@@ -28,6 +29,7 @@ const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
 const COMMANDS: Record<string, typeof infoCommand> = {
   amend: amendCommand,
   check: checkCommand,
+  commit: commitCommand,
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,
@@ -43,7 +45,6 @@ const COMMANDS: Record<string, typeof infoCommand> = {
 const LATER = [
   "bench",
   "bitmap",
-  "commit",
   "dd",
 ];
 
