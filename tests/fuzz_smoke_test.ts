@@ -52,6 +52,8 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "create_emitters",
       "resize_planners",
       "repair_planner",
+      "write_planner",
+      "inspect",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);

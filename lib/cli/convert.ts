@@ -38,9 +38,11 @@ import {
   unlockForRead,
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
+import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
+  type ConvertJob,
   convertToBlocks,
   convertToExtents,
   convertToQcow2,
@@ -48,6 +50,8 @@ import {
   convertToStream,
   GuestFailure,
   PlanRefused,
+  qcow2Target,
+  streamTarget,
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { driverFor } from "../formats/mod.ts";
@@ -55,6 +59,20 @@ import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Cancelled, hostPath, trapSignals } from "../host/context.ts";
+import {
+  DEFAULT_MAX_SPOOL,
+  spoolDir,
+  spoolStdin,
+  StdoutSink,
+  StreamClosed,
+  StreamError,
+} from "../host/stdio_stream.ts";
+import {
+  convertBlocksToStream,
+  convertPackedToStream,
+  convertRawToStream,
+} from "../convert/stream_output.ts";
+import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
 interface ConvertArgs {
@@ -82,6 +100,8 @@ interface ConvertArgs {
   cache: string;
   srcCache: string;
   tgtImageOpts: boolean;
+  /** --max-spool: the most bytes a source read from stdin (`-`) may hold. */
+  maxSpool: bigint;
 }
 
 function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands: string[] } {
@@ -103,6 +123,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     cache: "unsafe",
     srcCache: "writeback",
     tgtImageOpts: false,
+    maxSpool: DEFAULT_MAX_SPOOL,
   };
   let outFmtSet = false;
   const operands = getopt(argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
@@ -114,6 +135,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     { name: "bitmaps", hasArg: false, id: "bitmaps" },
     { name: "skip-broken-bitmaps", hasArg: false, id: "skip-broken" },
     { name: "progress", hasArg: true, id: "progress" },
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value)) return;
@@ -211,6 +233,9 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
       case "skip-broken":
         a.skipBroken = true;
         break;
+      case "max-spool":
+        a.maxSpool = parseMaxSpool(value!);
+        break;
     }
   });
   if (!outFmtSet && !a.tgtImageOpts) a.outFmt = "raw";
@@ -234,7 +259,12 @@ function checkCombinations(a: ConvertArgs) {
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
-  if (a.skipCreate && a.outFmt !== "raw") throw no("Writing into an existing image other than raw (-n)");
+  if (a.skipCreate && a.outFmt !== "raw" && a.outFmt !== "qcow2") {
+    throw no("Writing into an existing image other than raw or qcow2 (-n)");
+  }
+  if (a.skipCreate && a.outFmt === "qcow2" && a.compress) {
+    throw no("Compressed writes into an existing qcow2 (-n -c)");
+  }
   if (a.salvage) throw no("--salvage");
   if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
   if (a.outBase !== undefined) throw no("A backing file for the target (-B)");
@@ -371,25 +401,47 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const progress = new Progress(a.progress, 1.0, io);
   progress.set(0);
   const temps = new TempFiles();
+  let spool: UnnamedFile | undefined;
   try {
     checkSupported(a, srcNum);
     const ref = imageRef(operands[0], a.fmt, o.imageOpts, io.err);
     const source = ref.filename;
+    // `-`: the image comes from stdin or goes to stdout (docs/pipelines.md).
+    const fromStdin = source === "-";
+    const toStdout = outFilename === "-";
+    let sink: StdoutSink | undefined;
+    if (toStdout) {
+      if (a.skipCreate) {
+        throw new CliError(["Writing into an existing image (-n) needs a target file, not '-'"]);
+      }
+      sink = await streamStep(() => StdoutSink.open());
+    }
     let chain;
     try {
       const lock = readLock(a.forceShare);
       // The snapshot list is needed only to pick the one -l names.
       const noLists = a.snapshot === undefined;
-      const top = await openImage(source, {
-        format: ref.format,
-        unsafeQuirks: o.unsafeQuirks,
-        backingDirs: o.backingDirs,
-        lock,
-        noLists,
-        readsData: true,
-      });
-      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
-      await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
+      if (fromStdin) {
+        spool = await streamStep(() => spoolStdin(a.maxSpool), source);
+        chain = [
+          await openStdinImage(source, spool.path, {
+            format: ref.format,
+            unsafeQuirks: o.unsafeQuirks,
+            noLists,
+          }),
+        ];
+      } else {
+        const top = await openImage(source, {
+          format: ref.format,
+          unsafeQuirks: o.unsafeQuirks,
+          backingDirs: o.backingDirs,
+          lock,
+          noLists,
+          readsData: true,
+        });
+        chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
+      }
+      await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;
@@ -399,6 +451,27 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
     const size = chain[0].length;
+    if (a.skipCreate && a.outFmt === "qcow2") {
+      // -n -O qcow2: written in place by the in-place qcow2 writer.
+      const img = await openQcow2Target(outFilename!, o.unsafeQuirks);
+      if (chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
+        throw new CliError([`${outFilename}: Refusing to overwrite an image this command reads`]);
+      }
+      if (img.virtualSize < size) throw new CliError(["output file is smaller than input file"]);
+      if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+      const written = await convertIntoQcow2({
+        target: outFilename!,
+        unsafeQuirks: o.unsafeQuirks,
+        source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
+        size,
+        minSparse: a.minSparse,
+        targetIsZero: a.targetIsZero,
+        onProgress: (done, total) => progress.bytes(done, total),
+      }, img);
+      if (written > 0n) progress.set(100);
+      progress.set(100);
+      return 0;
+    }
 
     const outDriver = driverFor(a.outFmt);
     if (!outDriver) throw new CliError([`Unknown file format '${a.outFmt}'`]);
@@ -418,14 +491,23 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
     }
-    if (spec.preallocation !== "off") {
+    // Raw targets take falloc/full as qemu's raw create does (the file
+    // allocated as zeroes before the data lands); qcow2's modes need the
+    // in-place cluster writer.
+    if (spec.preallocation !== "off" && (spec.writer !== "raw" || a.skipCreate || toStdout)) {
       throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+    if (toStdout && spec.writer === "extents") {
+      throw new CliError([
+        `${outFilename}: error while converting ${a.outFmt}: ${STREAMABLE}`,
+      ]);
+    }
 
     // Every file the target consists of: the extents of a multi-file VMDK,
     // then the target name itself (its descriptor, or the whole image).
-    const names = [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
+    // None for stdout: the output is built in unnamed files, then copied out.
+    const names = toStdout ? [] : [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
     // bdrv_create's failure, as qemu words it for the target.
     const cannotCreateAt = (name: string, why: string) =>
       new CliError([
@@ -523,6 +605,27 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw cannotCreateAt(names[i], errnoText(e));
       }
     }
+    if (spec.preallocation !== "off" && !inPlace && size > 0n) {
+      // raw_co_create with falloc or full: the whole (512-rounded) file
+      // allocated as zeroes; the data written after only fills it in.
+      const out = outs[outs.length - 1];
+      const st = await Deno.stat(hostPath(out));
+      const why = await fileRange(
+        "allocate",
+        out,
+        0n,
+        (size + 511n) & ~511n,
+        BigInt(st.dev),
+        BigInt(st.ino ?? 0),
+      );
+      if (why !== undefined) {
+        throw new CliError([
+          `${outFilename}: error while converting ${a.outFmt}: Could not preallocate data for the new file: ${why}`,
+        ]);
+      }
+    }
+    // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
+    const scratch = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdout`));
     const out = outs[outs.length - 1];
     const job = {
       layers: chainInputs(chain).map((x, i) => ({
@@ -543,7 +646,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     };
     let written: bigint;
     try {
-      if (spec.writer === "raw") {
+      if (sink) {
+        written = await streamToStdout(job, spec, a.compress, sink, scratch);
+      } else if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
       } else if (spec.writer === "blocks") {
         written = await convertToBlocks(job, spec.blocks!, out);
@@ -555,6 +660,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
       }
     } catch (e) {
+      if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);
+      if (e instanceof Cancelled) throw e;
       if (e instanceof PlanRefused) {
         throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
       }
@@ -594,8 +701,47 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     progress.set(100);
     return 0;
   } finally {
+    spool?.close();
     temps.removeAll();
     temps.dispose();
     progress.end();
+  }
+}
+
+/** Streams the target to stdout, in file order (lib/convert/stream_output.ts). */
+function streamToStdout(
+  job: ConvertJob,
+  spec: OutputSpec,
+  compress: boolean,
+  sink: StdoutSink,
+  scratch: () => Promise<string>,
+): Promise<bigint> {
+  switch (spec.writer) {
+    case "raw":
+      return convertRawToStream(job, sink, scratch);
+    case "blocks":
+      return convertBlocksToStream(job, spec.blocks!, sink, scratch);
+    case "stream":
+      return convertPackedToStream(job, streamTarget(spec.stream!), sink, scratch);
+    case "qcow2":
+      return convertPackedToStream(job, qcow2Target(job, { options: spec.qcow2!, compress }), sink, scratch);
+    default:
+      throw new CliError([STREAMABLE]);
+  }
+}
+
+/** The targets `-` (stdout) can take: one file written in order. */
+const STREAMABLE = "writing to stdout ('-') is supported for raw, qcow2, vpc, vhdx and vmdk " +
+  "(monolithicSparse, streamOptimized) targets only; multi-file vmdk subformats need a file name";
+
+/** Runs a `-` stream step, its refusals as one-line errors (`Could not open '-': ...` for a source). */
+async function streamStep<T>(fn: () => T | Promise<T>, source?: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof StreamError) {
+      throw new CliError([source ? `Could not open '${source}': ${e.message}` : e.message]);
+    }
+    throw e;
   }
 }

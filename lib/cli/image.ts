@@ -80,6 +80,8 @@ export interface OpenOptions {
   noLists?: boolean;
   /** The command reads the image's data (infoFlags.READS_DATA; see unlockForRead). */
   readsData?: boolean;
+  /** Refuse an image that names other files to open (vmdk extents): an image read from stdin. */
+  noExternalFiles?: boolean;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -167,6 +169,9 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
   if (opts.lock) await lockImage(filename, path, st, opts.lock, opts.nofollow);
   const img = await openImageOnce(filename, path, st, requested, opts, []);
   if (!img.vmdk || img.vmdk.filesNeeded === 0) return img;
+  if (opts.noExternalFiles) {
+    throw new OpenError(filename, "an image read from stdin may not name other files (vmdk extents)");
+  }
   // The guest named the extent files: the allowlist decides, then a second
   // run reads each extent's header from the attached files.
   const files = await resolveExtents(img, opts.backingDirs ?? []);

@@ -33,6 +33,8 @@ import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
+import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
 
 const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID |
   mapFlags.COMPRESSED;
@@ -40,6 +42,7 @@ const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OF
 export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let start = 0n;
   let maxLength = -1n;
+  let maxSpool = DEFAULT_MAX_SPOOL;
   const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":f:s:l:hU", [
@@ -47,6 +50,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
     ...IMAGE_LONGS_TAIL,
     { name: "start-offset", hasArg: true, id: "s" },
     { name: "max-length", hasArg: true, id: "l" },
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value) || imageCommandOption(s, id, value)) return;
@@ -56,6 +60,9 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
         break;
       case "l":
         maxLength = cvtnum("max length", value!);
+        break;
+      case "max-spool":
+        maxSpool = parseMaxSpool(value!);
         break;
     }
   });
@@ -68,15 +75,26 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
   let chain;
   try {
     const lock = readLock(s.forceShare);
-    const top = await openImage(filename, {
-      format: ref.format,
-      unsafeQuirks: o.unsafeQuirks,
-      backingDirs: o.backingDirs,
-      lock,
-      noLists: true,
-    });
-    chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
-    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
+    if (filename === "-") {
+      // stdin, spooled (docs/pipelines.md).
+      chain = [
+        await openStdin(filename, maxSpool, {
+          format: ref.format,
+          unsafeQuirks: o.unsafeQuirks,
+          noLists: true,
+        }),
+      ];
+    } else {
+      const top = await openImage(filename, {
+        format: ref.format,
+        unsafeQuirks: o.unsafeQuirks,
+        backingDirs: o.backingDirs,
+        lock,
+        noLists: true,
+      });
+      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    }
+    await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(ref.display, e);
     throw e;

@@ -13,6 +13,7 @@ import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
 import { rebaseCommand } from "./rebase.ts";
+import { commitCommand } from "./commit.ts";
 import { amendCommand } from "./amend.ts";
 import { snapshotCommand } from "./snapshot.ts";
 import { helpText, versionText } from "./help.ts";
@@ -23,11 +24,13 @@ const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
   serve: async () => (await import("../service/serve.ts")).serveCommand,
   "install-client": async () => (await import("../service/install.ts")).installClientCommand,
   config: async () => (await import("../config/command.ts")).configCommand,
+  inspect: async () => (await import("./inspect.ts")).inspectCommand,
 };
 
 const COMMANDS: Record<string, typeof infoCommand> = {
   amend: amendCommand,
   check: checkCommand,
+  commit: commitCommand,
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,
@@ -43,7 +46,6 @@ const COMMANDS: Record<string, typeof infoCommand> = {
 const LATER = [
   "bench",
   "bitmap",
-  "commit",
   "dd",
 ];
 
