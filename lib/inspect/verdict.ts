@@ -55,6 +55,8 @@ const DRIVER_NAMES: Record<number, string> = {
   [formats.VPC]: "vpc",
   [formats.VHDX]: "vhdx",
   [formats.VMDK]: "vmdk",
+  // qemu probes LUKS1 as luks (guest/probe/probe.c)
+  [formats.LUKS]: "luks",
 };
 
 export function decodeInspect(recs: Rec[], filename: string, fileSize: bigint): InspectResult {
