@@ -81,28 +81,30 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
-  if (action !== "l" && top.raw) {
-    // qemu's raw driver warns on a probed read-write open.
-    io.err(
-      `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-        "         Automatically detecting the format is dangerous for raw images, " +
-        "write operations on block 0 will be restricted.\n" +
-        "         Specify the 'raw' format explicitly to remove the restrictions.\n",
-    );
-  }
+  // qemu's raw driver warns on a probed read-write open; -a opens it a
+  // second time (bdrv_snapshot_goto closes the driver, tries its file, reopens).
+  const rawWarning = `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    "         Automatically detecting the format is dangerous for raw images, " +
+    "write operations on block 0 will be restricted.\n" +
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n";
+  if (action !== "l" && top.raw) io.err(action === "a" ? rawWarning + rawWarning : rawWarning);
   if (action === undefined) return 0;
   if (action !== "l") {
     const q = top.qcow2;
     if (!q) {
       // bdrv_snapshot_*: no snapshot support in the driver or its file.
-      if (action === "c") throw new CliError([`Could not create snapshot '${name}': -95 (Operation not supported)`]);
+      if (action === "c") {
+        throw new CliError([`Could not create snapshot '${name}': -95 (Operation not supported)`]);
+      }
       if (action === "a") {
         throw new CliError([`Could not apply snapshot '${name}': Block driver does not support snapshots`]);
       }
       throw new CliError([`Could not delete snapshot '${name}': snapshot not found`]);
     }
     if (q.corrupt) {
-      throw new CliError([`Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`]);
+      throw new CliError([
+        `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+      ]);
     }
     await qcow2Snapshot(q, action, name, snapshotHost(top));
     return 0;
@@ -131,7 +133,9 @@ function snapshotHost(img: OpenedImage): SnapshotHost {
           resultCap: 256 * 1024 * 1024,
         });
       } catch (e) {
-        throw new CliError([`Could not open '${img.filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`]);
+        throw new CliError([
+          `Could not open '${img.filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`,
+        ]);
       }
       const input = result.inputs[0];
       if (!input || input.dev !== img.dev || input.ino !== img.ino) {

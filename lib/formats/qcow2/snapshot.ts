@@ -10,7 +10,12 @@ import type { FilePlan } from "../plan.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
 import { GuestResultError, type Qcow2Model } from "./model.ts";
 import { decodeSnapshotScan, type Qcow2SnapshotScan, type SnapEntry } from "./snapshot_scan.ts";
-import { planSnapshotCreate, planSnapshotDelete, planSnapshotGoto, type SnapshotPlan } from "./snapshot_plan.ts";
+import {
+  planSnapshotCreate,
+  planSnapshotDelete,
+  planSnapshotGoto,
+  type SnapshotPlan,
+} from "./snapshot_plan.ts";
 
 export type SnapshotAction = "c" | "a" | "d";
 
@@ -62,7 +67,11 @@ function errnoText(action: SnapshotAction, errno: string): string {
  * (by name, over the names qemu's list cuts at 255 bytes) then
  * find_snapshot_by_id_and_name with that entry's cut id and name. -1: none.
  */
-export function findSnapshot(entries: { id: Uint8Array; name: Uint8Array }[], action: "a" | "d", arg: string) {
+export function findSnapshot(
+  entries: { id: Uint8Array; name: Uint8Array }[],
+  action: "a" | "d",
+  arg: string,
+) {
   const want = argBytes(arg);
   if (action === "a") {
     const byId = entries.findIndex((e) => eq(e.id, want));
@@ -89,7 +98,9 @@ export async function qcow2Snapshot(
   }
   if (action === "a" && q.nbBitmaps > 0) throw failWith("Device has active dirty bitmaps");
   if (q.dirty) {
-    throw failWith("the image has the dirty bit set (run qemu-img check -r all first); instar does not repair it");
+    throw failWith(
+      "the image has the dirty bit set (run qemu-img check -r all first); instar does not repair it",
+    );
   }
   if (q.nbBitmaps > 0 || q.hasBitmapsExt) {
     throw failWith("instar does not change snapshots of images with persistent bitmaps");
@@ -148,7 +159,10 @@ async function runScan(
   host: SnapshotHost,
   pre: string,
 ): Promise<Qcow2SnapshotScan> {
-  const result = await host.scan([pick === undefined ? 0n : BigInt(pick) + 1n, BigInt(snapScanFlags.ACTIVE_L1)]);
+  const result = await host.scan([
+    pick === undefined ? 0n : BigInt(pick) + 1n,
+    BigInt(snapScanFlags.ACTIVE_L1),
+  ]);
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err) {
     const f = err.fields;
@@ -159,7 +173,9 @@ async function runScan(
     const msg = qcow2ErrorMessage({ code, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
     throw host.fail([pre + msg]);
   }
-  if (result.guestStatus !== 0n) throw host.fail([pre + "sandbox failure: guest reported an error without a reason"]);
+  if (result.guestStatus !== 0n) {
+    throw host.fail([pre + "sandbox failure: guest reported an error without a reason"]);
+  }
   try {
     const scan = decodeSnapshotScan(result.records, result.fileSize, pick);
     if (scan.snapshots.length !== q.nbSnapshots || scan.l1Size !== q.layout.l1Size) {

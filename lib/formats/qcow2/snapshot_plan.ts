@@ -288,7 +288,8 @@ class Replay {
     for (const p of sorted) {
       const last = merged[merged.length - 1];
       if (
-        last && last.kind === "write" && p.kind === "write" && last.offset + BigInt(last.bytes.length) === p.offset
+        last && last.kind === "write" && p.kind === "write" &&
+        last.offset + BigInt(last.bytes.length) === p.offset
       ) {
         const b = new Uint8Array(last.bytes.length + p.bytes.length);
         b.set(last.bytes);
@@ -299,7 +300,8 @@ class Replay {
       }
     }
     for (const p of merged) {
-      const end = p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.kind === "zero" ? p.length : p.length);
+      const end = p.offset +
+        (p.kind === "write" ? BigInt(p.bytes.length) : p.kind === "zero" ? p.length : p.length);
       if (end > this.size) this.size = end;
     }
     for (let i = 0; i < merged.length; i += MAX_PATCHES) {
@@ -348,8 +350,12 @@ function run(scan: Qcow2SnapshotScan, body: (r: Replay) => void): SnapshotPlan {
   } catch (e) {
     if (e instanceof Refusal) return { ok: false, failure: e.failure };
     if (e instanceof RefcountError) {
-      if (e.kind === "too_big") return { ok: false, failure: { kind: "qemu", errno: "EFBIG", message: e.message } };
-      if (e.kind === "range") return { ok: false, failure: { kind: "qemu", errno: "EINVAL", message: e.message } };
+      if (e.kind === "too_big") {
+        return { ok: false, failure: { kind: "qemu", errno: "EFBIG", message: e.message } };
+      }
+      if (e.kind === "range") {
+        return { ok: false, failure: { kind: "qemu", errno: "EINVAL", message: e.message } };
+      }
       return { ok: false, failure: { kind: "refuse", message: `Inconsistent image metadata: ${e.message}` } };
     }
     throw e;
@@ -400,7 +406,9 @@ export function planSnapshotCreate(scan: Qcow2SnapshotScan, req: CreateRequest):
     r.push(first);
     r.push(r.takeHookups());
     const flags = r.takeEntries();
-    if (l1Changed) flags.push({ kind: "write", offset: scan.l1Offset, bytes: r.l1Bytes(active, scan.l1Size) });
+    if (l1Changed) {
+      flags.push({ kind: "write", offset: scan.l1Offset, bytes: r.l1Bytes(active, scan.l1Size) });
+    }
     r.push(flags);
     r.push([headerPatch(entries.length, tableAt)]);
     r.free(scan.snapshotsOffset, scan.tableSize);
@@ -428,11 +436,13 @@ export function planSnapshotDelete(scan: Qcow2SnapshotScan, index: number): Snap
     r.free(sn.l1Offset, BigInt(sn.l1Size) * 8n);
     r.push(r.takeBlocks());
     const active = new Map(scan.activeL1);
-    const flags = r.updateSnapshotRefcount(active, 0n) ? [{
-      kind: "write" as const,
-      offset: scan.l1Offset,
-      bytes: r.l1Bytes(active, scan.l1Size),
-    }] : [];
+    const flags = r.updateSnapshotRefcount(active, 0n)
+      ? [{
+        kind: "write" as const,
+        offset: scan.l1Offset,
+        bytes: r.l1Bytes(active, scan.l1Size),
+      }]
+      : [];
     r.push([...r.takeEntries(), ...flags]);
     r.push(r.takeDiscards());
   });
@@ -464,11 +474,13 @@ export function planSnapshotGoto(scan: Qcow2SnapshotScan, index: number): Snapsh
     r.updateSnapshotRefcount(new Map(scan.activeL1), -1n);
     r.push(r.takeBlocks());
     const active = new Map(original);
-    const flags = r.updateSnapshotRefcount(active, 0n) ? [{
-      kind: "write" as const,
-      offset: scan.l1Offset,
-      bytes: r.l1Bytes(active, scan.l1Size),
-    }] : [];
+    const flags = r.updateSnapshotRefcount(active, 0n)
+      ? [{
+        kind: "write" as const,
+        offset: scan.l1Offset,
+        bytes: r.l1Bytes(active, scan.l1Size),
+      }]
+      : [];
     r.push([...r.takeEntries(), ...flags]);
     r.push(r.takeDiscards());
   });

@@ -101,13 +101,17 @@ export function decodeSnapshotScan(recs: Rec[], fileSize: bigint, picked?: numbe
     switch (r.type) {
       case records.RESIZE_REFTABLE: {
         const idx = f.index as bigint;
-        if (idx >= 1n << 32n || reftable.has(Number(idx))) throw new GuestResultError("refcount table index bad");
+        if (idx >= 1n << 32n || reftable.has(Number(idx))) {
+          throw new GuestResultError("refcount table index bad");
+        }
         reftable.set(Number(idx), f.value as bigint);
         break;
       }
       case records.RESIZE_REFRUN: {
         const run = { start: f.start as bigint, count: f.count as bigint, refcount: f.refcount as bigint };
-        if (run.count <= 0n || run.refcount <= 0n || run.start < prevRunEnd || run.start + run.count > 1n << 56n) {
+        if (
+          run.count <= 0n || run.refcount <= 0n || run.start < prevRunEnd || run.start + run.count > 1n << 56n
+        ) {
           throw new GuestResultError("refcount run out of order");
         }
         prevRunEnd = run.start + run.count;
@@ -116,7 +120,9 @@ export function decodeSnapshotScan(recs: Rec[], fileSize: bigint, picked?: numbe
       }
       case records.SNAP_ENTRY: {
         const i = f.index as number;
-        if (i !== entries.length || i >= MAX_SNAPSHOTS) throw new GuestResultError("snapshot entry out of order");
+        if (i !== entries.length || i >= MAX_SNAPSHOTS) {
+          throw new GuestResultError("snapshot entry out of order");
+        }
         const idLen = f.id_len as number, nameLen = f.name_len as number, unk = f.unknown_len as number;
         const extra = f.extra_size as number;
         if (idLen > 65535 || nameLen > 65535 || extra > 1024 || unk !== (extra > 24 ? extra - 24 : 0)) {
@@ -139,15 +145,28 @@ export function decodeSnapshotScan(recs: Rec[], fileSize: bigint, picked?: numbe
         break;
       }
       case records.SNAP_BYTES: {
-        const i = f.index as number, what = f.what as number, len = f.length as number, off = f.offset as number;
+        const i = f.index as number,
+          what = f.what as number,
+          len = f.length as number,
+          off = f.offset as number;
         const e = entries[i];
         if (!e || i !== entries.length - 1) throw new GuestResultError("snapshot bytes out of order");
-        const k = what === snapBytesKinds.ID ? 0 : what === snapBytesKinds.NAME ? 1 : what === snapBytesKinds.EXTRA ? 2 : -1;
+        const k = what === snapBytesKinds.ID
+          ? 0
+          : what === snapBytesKinds.NAME
+          ? 1
+          : what === snapBytesKinds.EXTRA
+          ? 2
+          : -1;
         if (k < 0 || len === 0 || len > 2048) throw new GuestResultError("snapshot bytes kind bad");
         const p = pending[i];
         // In order: all of the id, then the name, then the extra data.
-        for (let j = 0; j < k; j++) if (p.got[j] !== p.want[j]) throw new GuestResultError("snapshot bytes out of order");
-        if (off !== p.got[k] || off + len > p.want[k]) throw new GuestResultError("snapshot bytes out of range");
+        for (let j = 0; j < k; j++) {
+          if (p.got[j] !== p.want[j]) throw new GuestResultError("snapshot bytes out of order");
+        }
+        if (off !== p.got[k] || off + len > p.want[k]) {
+          throw new GuestResultError("snapshot bytes out of range");
+        }
         const dst = k === 0 ? e.id : k === 1 ? e.name : e.unknownExtra;
         const src = (f.bytes as Uint8Array).subarray(0, len);
         if (k < 2 && src.includes(0)) throw new GuestResultError("snapshot id or name contains a NUL byte");
@@ -159,7 +178,9 @@ export function decodeSnapshotScan(recs: Rec[], fileSize: bigint, picked?: numbe
       case records.SNAP_L1: {
         const t = f.table as number, idx = f.index as bigint, v = f.value as bigint;
         const m = t === 0 ? activeL1 : t === 1 ? pickedL1 : undefined;
-        if (!m || idx >= 1n << 32n || m.has(Number(idx)) || v === 0n) throw new GuestResultError("L1 entry bad");
+        if (!m || idx >= 1n << 32n || m.has(Number(idx)) || v === 0n) {
+          throw new GuestResultError("L1 entry bad");
+        }
         const off = v & L1E_OFFSET_MASK;
         if (off === 0n || off % cs !== 0n) throw new GuestResultError("L1 entry names no aligned L2 table");
         m.set(Number(idx), v);
@@ -187,7 +208,9 @@ export function decodeSnapshotScan(recs: Rec[], fileSize: bigint, picked?: numbe
           if (run.refClusters !== 1 || run.refFirst <= 0n || run.refFirst + BigInt(run.count) > 1n << 47n) {
             throw new GuestResultError("L2 data run out of range");
           }
-          if ((run.value & L1E_OFFSET_MASK) >> cb !== run.refFirst) throw new GuestResultError("L2 run offset bad");
+          if ((run.value & L1E_OFFSET_MASK) >> cb !== run.refFirst) {
+            throw new GuestResultError("L2 run offset bad");
+          }
         } else if (run.kind === snapRunKinds.COMPRESSED) {
           if (run.count !== 1 || run.refClusters < 1 || run.refClusters > 3 || run.refFirst >= 1n << 56n) {
             throw new GuestResultError("L2 compressed run out of range");
