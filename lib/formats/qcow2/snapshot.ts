@@ -123,7 +123,7 @@ export async function qcow2Snapshot(
       pick = found.index;
     }
   }
-  let scan = await runScan(q, action, pick, host, pre);
+  let scan = await runScan(q, pick, host, pre);
   if (action !== "c") {
     const full = findSnapshot(scan.snapshots, action, arg);
     const index = typeof full === "number" ? full : full.found ? full.index : -1;
@@ -131,7 +131,7 @@ export async function qcow2Snapshot(
       if (action === "a") throw failWith(errnoText("a", "ENOENT"));
       throw failWith("Can't find the snapshot");
     }
-    if (index !== pick) scan = await runScan(q, action, index, host, pre);
+    if (index !== pick) scan = await runScan(q, index, host, pre);
     pick = index;
   }
 
@@ -154,7 +154,6 @@ export async function qcow2Snapshot(
 
 async function runScan(
   q: Qcow2Model,
-  action: SnapshotAction,
   pick: number | undefined,
   host: SnapshotHost,
   pre: string,

@@ -315,7 +315,33 @@ class Replay {
 
   /** Clusters [offset, offset + bytes) as qcow2_alloc_clusters allocates them; the byte offset. */
   alloc(bytes: bigint): bigint {
-    return this.rc.alloc((bytes + this.cs - 1n) >> this.cb) << this.cb;
+    const n = (bytes + this.cs - 1n) >> this.cb;
+    const at = this.rc.alloc(n);
+    // qcow2_pre_write_overlap_check: a refcount of 0 on a cluster the image
+    // uses (a corrupt image) must not make a new structure overwrite it.
+    const c = this.inUse(at, at + n);
+    if (c !== undefined) throw refuse(`Preventing invalid write on metadata (cluster ${c} is in use)`);
+    return at << this.cb;
+  }
+
+  /** A cluster of [from, to) the image uses (header, refcount structures, tables, data), if any. */
+  private inUse(from: bigint, to: bigint): bigint | undefined {
+    const hit = (a: bigint, b: bigint) => (a < to && from < b ? (a > from ? a : from) : undefined);
+    const span = (off: bigint, bytes: bigint) =>
+      bytes <= 0n ? undefined : hit(off >> this.cb, ((off + bytes - 1n) >> this.cb) + 1n);
+    const s = this.scan;
+    let c = hit(0n, 1n) ?? span(s.reftableOffset, BigInt(s.reftableClusters) << this.cb) ??
+      span(s.l1Offset, BigInt(s.l1Size) * 8n) ?? span(s.snapshotsOffset, s.tableSize);
+    for (const v of s.reftable.values()) c ??= span(v & REFT_OFFSET_MASK, 1n);
+    for (const e of s.snapshots) c ??= span(e.l1Offset, BigInt(e.l1Size) * 8n);
+    for (const m of [s.activeL1, s.picked?.l1 ?? new Map<number, bigint>()]) {
+      for (const v of m.values()) c ??= span(v & L1E_OFFSET_MASK, 1n);
+    }
+    for (const r of s.l2) {
+      if (r.kind === KIND_DATA) c ??= hit(r.refFirst, r.refFirst + BigInt(r.count));
+      else if (r.kind === KIND_COMPRESSED) c ??= hit(r.refFirst, r.refFirst + BigInt(r.refClusters));
+    }
+    return c;
   }
 
   /** qcow2_free_clusters(offset, bytes): one reference less for each cluster the range touches. */
