@@ -53,6 +53,7 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "resize_planners",
       "repair_planner",
       "inspect",
+      "snapshot_planner",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);
