@@ -221,6 +221,11 @@ Deno.test({
       await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "b.qcow2", "1M");
       await sh(dir, "qemu-img", "bitmap", "--add", "b.qcow2", "bm");
       await sh(dir, "qemu-img", "snapshot", "-c", "one", "b.qcow2");
+      // The corrupt bit (incompatible feature bit 1): qemu refuses a read-write open.
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "c.qcow2", "1M");
+      const c = await Deno.readFile(`${dir}/c.qcow2`);
+      c[79] |= 2;
+      await Deno.writeFile(`${dir}/c.qcow2`, c);
       const cases = [
         ["snapshot", "-a", "nope", "s.qcow2"],
         ["snapshot", "-d", "nope", "s.qcow2"],
@@ -231,6 +236,8 @@ Deno.test({
         ["snapshot", "-a", "one", "b.qcow2"],
         ["snapshot", "-U", "-c", "x", "s.qcow2"],
         ["snapshot", "-c", "x", "missing.qcow2"],
+        ["snapshot", "c.qcow2"],
+        ["snapshot", "-c", "x", "c.qcow2"],
       ];
       for (const args of cases) {
         const before = await Promise.all(["s.qcow2", "r.img", "b.qcow2"].map((f) => sha(`${dir}/${f}`)));

@@ -88,6 +88,12 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
     "write operations on block 0 will be restricted.\n" +
     "         Specify the 'raw' format explicitly to remove the restrictions.\n";
   if (action !== "l" && top.raw) io.err(action === "a" ? rawWarning + rawWarning : rawWarning);
+  if (action !== "l" && top.qcow2?.corrupt) {
+    // qcow2_do_open refuses a read-write open (no action opens read-write too).
+    throw new CliError([
+      `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+    ]);
+  }
   if (action === undefined) return 0;
   if (action !== "l") {
     const q = top.qcow2;
@@ -100,11 +106,6 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
         throw new CliError([`Could not apply snapshot '${name}': Block driver does not support snapshots`]);
       }
       throw new CliError([`Could not delete snapshot '${name}': snapshot not found`]);
-    }
-    if (q.corrupt) {
-      throw new CliError([
-        `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
-      ]);
     }
     await qcow2Snapshot(q, action, name, snapshotHost(top));
     return 0;
