@@ -75,6 +75,22 @@ const CASES: Case[] = [
   },
   { name: "extended_l2", create: ["-o", "extended_l2=on,cluster_size=128k"], size: "16M", steps: SEQUENCE },
   { name: "4k clusters, many L2 tables", create: ["-o", "cluster_size=4k"], size: "16M", steps: SEQUENCE },
+  { name: "512 B clusters", create: ["-o", "cluster_size=512"], size: "16M", steps: SEQUENCE },
+  {
+    // A refcount block covers 128 KiB here; the data leaves the file 6 clusters
+    // short of the ninth block's end, so the 8-cluster L1 copy needs a tenth
+    // block (alloc_refcount_block's -EAGAIN restart), hooked into the table.
+    name: "512 B clusters, a new refcount block",
+    create: ["-o", "cluster_size=512"],
+    size: "16M",
+    steps: [
+      { io: [...DATA, "write -P 7 12M 24k"] },
+      { snap: ["-c", "a"] },
+      { snap: ["-c", "b"] },
+      { snap: ["-a", "a"] },
+      { snap: ["-d", "a"] },
+    ],
+  },
   {
     name: "refcount_bits=1: qemu's EINVAL",
     create: ["-o", "refcount_bits=1"],
