@@ -67,6 +67,16 @@ const CASES: Case[] = [
     ],
   },
   {
+    // Applying a snapshot raises its clusters to 4: qemu's EINVAL.
+    name: "refcount_bits=2, -a past the width",
+    create: ["-o", "refcount_bits=2"],
+    size: "1M",
+    steps: [{ io: ["write -P 1 0 64k"] }, { snap: ["-c", "a"] }, { snap: ["-c", "b"] }, {
+      snap: ["-a", "a"],
+      fails: true,
+    }],
+  },
+  {
     // Four compressed clusters share one host cluster at refcount 3.
     name: "refcount_bits=2, compressed",
     create: ["-o", "refcount_bits=2"],
