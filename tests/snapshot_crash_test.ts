@@ -91,7 +91,7 @@ for (const [action, name] of ACTIONS) {
     fn: () =>
       withTempDir("instar-snapcrash-", async (dir) => {
         const base = `${dir}/base.qcow2`;
-        await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", base, "8M");
+        await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", base, "8M");
         await sh(dir, "qemu-io", "-c", "write -P 1 0 1M", "-c", "write -c -P 2 2M 64k", base);
         await sh(dir, "qemu-img", "snapshot", "-c", "s1", base);
         await sh(dir, "qemu-io", "-c", "write -P 3 512k 1M", "-c", "write -P 4 4M 8k", base);
