@@ -54,6 +54,7 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "repair_planner",
       "write_planner",
       "inspect",
+      "snapshot_planner",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);

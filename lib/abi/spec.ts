@@ -132,6 +132,8 @@ export const ops = {
   COPY_RUNS: 61,
   /** `instar inspect`: an upload gate's verdict (guest/ops/inspect.c). */
   INSPECT: 50,
+  /** snapshot -c/-a/-d: the metadata scan behind lib/formats/qcow2/snapshot_plan.ts. */
+  SNAPSHOT_SCAN: 55,
   TEST: 99,
 } as const;
 
@@ -292,9 +294,37 @@ export const records = {
   INSPECT: 80,
   /** One reason the image is unsafe (rec_inspect_finding). */
   INSPECT_FINDING: 81,
+  // 40..49: snapshot -c/-a/-d's metadata scan (ops.SNAPSHOT_SCAN), see guest/qcow2/snapshot_scan.c.
+  // It also sends RESIZE_REFTABLE and RESIZE_REFRUN for the refcounts.
+  /** One snapshot table entry, as qemu's qcow2_read_snapshots derives it (rec_snap_entry). */
+  SNAP_ENTRY: 40,
+  /** Bytes of an entry's id, name or unknown extra data (rec_snap_bytes). */
+  SNAP_BYTES: 41,
+  /** One non-zero entry of the active L1 or the chosen snapshot's L1 (rec_snap_l1). */
+  SNAP_L1: 42,
+  /** A run of non-zero L2 entries of one L2 table those L1 tables name (rec_snap_l2run). */
+  SNAP_L2RUN: 43,
+  /** Last record of a snapshot scan: the count of each kind (rec_snap_summary). */
+  SNAP_SUMMARY: 44,
   // 70..79: LUKS (guest/luks/).
   /** A LUKS1 header as qemu's qcrypto_block_luks_open parses it (rec_luks_info). */
   LUKS_INFO: 70,
+} as const;
+
+/** params.arg[1] bits for ops.SNAPSHOT_SCAN (arg[0] = 1 + the snapshot whose L1 to walk, 0 none). */
+export const snapScanFlags = { ACTIVE_L1: 1 } as const;
+/** SNAP_SUMMARY.flags: TOO_BIG, a bound was hit and the scan stopped (the host refuses). */
+export const snapSummaryFlags = { TOO_BIG: 1 } as const;
+/** SNAP_BYTES.what */
+export const snapBytesKinds = { ID: 1, NAME: 2, EXTRA: 3 } as const;
+/** SNAP_L2RUN.kind: what the entries reference (qcow2_update_snapshot_refcount's cases). */
+export const snapRunKinds = {
+  /** Unallocated or plain zero: no reference (refcount 0 for OFLAG_COPIED). */
+  NONE: 0,
+  /** Normal or allocated zero: entry k references cluster ref_first + k. */
+  DATA: 1,
+  /** Compressed (count 1): clusters [ref_first, ref_first + ref_clusters). */
+  COMPRESSED: 2,
 } as const;
 
 /** LUKS algorithms as qemu's QAPI enums name them (rec_luks_info; lib/formats/luks/names.ts). */
@@ -1149,6 +1179,102 @@ export const structs: StructSpec[] = [
       { name: "text", type: "bytes", offset: 40, count: 256, doc: "a name or line from the image, as read" },
     ],
   },
+  // --- snapshot scan records (guest -> host), ops.SNAPSHOT_SCAN ---
+  {
+    name: "rec_snap_entry",
+    size: 80,
+    doc: "records.SNAP_ENTRY: snapshot `index` as qemu's qcow2_read_snapshots derives it; its id, name " +
+      "and unknown extra data follow in SNAP_BYTES records",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "index", type: "u32", offset: 8 },
+      { name: "extra_size", type: "u32", offset: 12, doc: "extra_data_size as stored (<= 1024)" },
+      { name: "l1_offset", type: "u64", offset: 16 },
+      { name: "l1_size", type: "u32", offset: 24 },
+      { name: "id_len", type: "u32", offset: 28, doc: "strlen of the id (cut at its first NUL)" },
+      { name: "name_len", type: "u32", offset: 32, doc: "strlen of the name" },
+      { name: "unknown_len", type: "u32", offset: 36, doc: "extra bytes past the 24 qemu knows" },
+      { name: "date_sec", type: "u32", offset: 40 },
+      { name: "date_nsec", type: "u32", offset: 44 },
+      { name: "vm_clock_nsec", type: "u64", offset: 48 },
+      {
+        name: "vm_state_size",
+        type: "u64",
+        offset: 56,
+        doc: "the large field when stored, else the 32-bit one",
+      },
+      { name: "disk_size", type: "u64", offset: 64, doc: "stored, else the image's size in whole sectors" },
+      { name: "icount", type: "u64", offset: 72, doc: "stored, else UINT64_MAX" },
+    ],
+  },
+  {
+    name: "rec_snap_bytes",
+    size: 2072,
+    doc:
+      "records.SNAP_BYTES: bytes [offset, offset+length) of snapshot `index`'s id, name or unknown extra data",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "index", type: "u32", offset: 8 },
+      { name: "what", type: "u16", offset: 12, doc: "snapBytesKinds.*" },
+      { name: "length", type: "u16", offset: 14, doc: "<= 2048" },
+      { name: "offset", type: "u32", offset: 16 },
+      { name: "reserved", type: "u32", offset: 20 },
+      { name: "bytes", type: "bytes", offset: 24, count: 2048 },
+    ],
+  },
+  {
+    name: "rec_snap_l1",
+    size: 32,
+    doc:
+      "records.SNAP_L1: one non-zero L1 entry (raw value) of the active table (table 0) or the snapshot's (1)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "table", type: "u32", offset: 8 },
+      { name: "reserved", type: "u32", offset: 12 },
+      { name: "index", type: "u64", offset: 16 },
+      { name: "value", type: "u64", offset: 24 },
+    ],
+  },
+  {
+    name: "rec_snap_l2run",
+    size: 56,
+    doc:
+      "records.SNAP_L2RUN: `count` non-zero L2 entries from file offset `entry` on, inside one L2 table; " +
+      "entry k holds value + k * cluster size (kind DATA) or value (others), and `bitmap` (extended L2)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "entry", type: "u64", offset: 8, doc: "file offset of the first entry" },
+      { name: "value", type: "u64", offset: 16, doc: "raw first word of the first entry" },
+      { name: "bitmap", type: "u64", offset: 24 },
+      { name: "ref_first", type: "u64", offset: 32, doc: "first host cluster referenced (DATA, COMPRESSED)" },
+      { name: "count", type: "u32", offset: 40 },
+      { name: "kind", type: "u32", offset: 44, doc: "snapRunKinds.*" },
+      { name: "ref_clusters", type: "u32", offset: 48, doc: "COMPRESSED: clusters the data spans; else 1" },
+      { name: "reserved", type: "u32", offset: 52 },
+    ],
+  },
+  {
+    name: "rec_snap_summary",
+    size: 72,
+    doc: "records.SNAP_SUMMARY: last record of a snapshot scan, with the count of each record kind",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "flags", type: "u32", offset: 8, doc: "snapSummaryFlags.*" },
+      { name: "reserved", type: "u32", offset: 12 },
+      { name: "n_entries", type: "u64", offset: 16 },
+      { name: "n_bytes", type: "u64", offset: 24 },
+      { name: "n_l1", type: "u64", offset: 32 },
+      { name: "n_runs", type: "u64", offset: 40 },
+      { name: "n_reftable", type: "u64", offset: 48 },
+      { name: "n_refruns", type: "u64", offset: 56 },
+      {
+        name: "table_size",
+        type: "u64",
+        offset: 64,
+        doc: "bytes the snapshot table fills (qemu's snapshots_size)",
+      },
+    ],
+  },
 ];
 
 /** Record struct for each record type (the generic decoder checks sizes). */
@@ -1182,6 +1308,11 @@ export const recordStructs: Record<number, string> = {
   [records.DIFF_RUN]: "rec_diff_run",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
+  [records.SNAP_ENTRY]: "rec_snap_entry",
+  [records.SNAP_BYTES]: "rec_snap_bytes",
+  [records.SNAP_L1]: "rec_snap_l1",
+  [records.SNAP_L2RUN]: "rec_snap_l2run",
+  [records.SNAP_SUMMARY]: "rec_snap_summary",
 };
 
 /** VMM attach flags. */
@@ -1264,4 +1395,8 @@ export const enums: Record<string, Record<string, number>> = {
   INSPFMT_: inspectFormats,
   INSPF_: inspectFlags,
   INSP_: inspectFindings,
+  SNAPSCAN_F_: snapScanFlags,
+  SNAPSUM_F_: snapSummaryFlags,
+  SNAPBYTES_: snapBytesKinds,
+  SNAPRUN_: snapRunKinds,
 };
