@@ -14,6 +14,7 @@ import { resizeCommand } from "./resize.ts";
 import { rebaseCommand } from "./rebase.ts";
 import { amendCommand } from "./amend.ts";
 import { snapshotCommand } from "./snapshot.ts";
+import { ddCommand } from "./dd.ts";
 import { helpText, versionText } from "./help.ts";
 import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
@@ -30,6 +31,7 @@ const COMMANDS: Record<string, typeof infoCommand> = {
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,
+  dd: ddCommand,
   info: infoCommand,
   map: mapCommand,
   measure: measureCommand,
@@ -43,7 +45,6 @@ const LATER = [
   "bench",
   "bitmap",
   "commit",
-  "dd",
 ];
 
 function writeAll(file: { writeSync(p: Uint8Array): number }, text: string) {
