@@ -15,6 +15,7 @@ import { rebaseCommand } from "./rebase.ts";
 import { amendCommand } from "./amend.ts";
 import { snapshotCommand } from "./snapshot.ts";
 import { ddCommand } from "./dd.ts";
+import { bitmapCommand } from "./bitmap.ts";
 import { helpText, versionText } from "./help.ts";
 import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
@@ -27,6 +28,7 @@ const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
 
 const COMMANDS: Record<string, typeof infoCommand> = {
   amend: amendCommand,
+  bitmap: bitmapCommand,
   check: checkCommand,
   compare: compareCommand,
   convert: convertCommand,
@@ -43,7 +45,6 @@ const COMMANDS: Record<string, typeof infoCommand> = {
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
   "bench",
-  "bitmap",
   "commit",
 ];
 

@@ -1,0 +1,10 @@
+/* qcow2's bitmap metadata scan, for the host's bitmap planner. */
+#ifndef INSTAR_QCOW2_BITMAP_SCAN_H
+#define INSTAR_QCOW2_BITMAP_SCAN_H
+#include "qcow2.h"
+
+/* Opens qcow2 image r (probed by the caller) and emits BITMAP_DIR and
+ * BITMAP_ENTRY records, then the resize scan's records for its own size.
+ * 0, or -1 after an ERROR record. */
+int qcow2_bitmap_scan(const struct reader *r);
+#endif
