@@ -28,7 +28,15 @@ import { LOCKS } from "../vmm/image_lock.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
-import { type BitmapAction, type BitmapScanDir, planQcow2Bitmap } from "../formats/qcow2/bitmap_plan.ts";
+import {
+  type BitmapAction,
+  type BitmapRequest,
+  type BitmapScanDir,
+  type MergeJob,
+  planQcow2Bitmap,
+  tableSizeFor,
+} from "../formats/qcow2/bitmap_plan.ts";
+import { hostPath } from "../host/context.ts";
 
 /** qemu names the image by its node name, "#block" and a counter that depends on the run. */
 const NODE_NAME = "#block000";
@@ -196,15 +204,31 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
   }
   const recs = await scan(img);
   const s = decodeOrRefuse(recs, img);
-  const plan = planQcow2Bitmap(s, {
+  const req: BitmapRequest = {
     name,
     granularity: a.granularity,
     actions: a.actions,
     nodeName: NODE_NAME,
     source,
-  });
-  if (!plan.ok) throw new CliError([`Could not change bitmaps of '${filename}': ${plan.error.message}`]);
-  await applySteps(img, plan.value.steps, `Could not change bitmaps of '${filename}'`, "off", "discard");
+  };
+  const what = `Could not change bitmaps of '${filename}'`;
+  let plan = planQcow2Bitmap(s, req);
+  let target = img;
+  try {
+    if (plan.ok && plan.value.mergeJob) {
+      // Bits to combine: the guest writes the result past the file's end, the planner moves it.
+      req.merged = await merge(img, src, plan.value.mergeJob, s.model.clusterSize, s.model.virtualSize);
+      target = { ...img, fileSize: req.merged.fileEnd };
+      plan = planQcow2Bitmap(s, req);
+      if (plan.ok && plan.value.mergeJob) throw new CliError([`${what}: the merge was asked for twice`]);
+    }
+    if (!plan.ok) throw new CliError([`${what}: ${plan.error.message}`]);
+  } catch (e) {
+    // Nothing is left of a staged merge: the file gets its length back.
+    if (target !== img) await truncateBack(img);
+    throw e;
+  }
+  await applySteps(target, plan.value.steps, what, "off", "discard");
   if (plan.value.error) {
     io.err(`instar: ${plan.value.error}\n`);
     return 1;
@@ -220,5 +244,81 @@ function decodeOrRefuse(recs: Rec[], img: OpenedImage) {
       throw new CliError([`Could not open '${img.filename}': sandbox failure: ${e.message}`]);
     }
     throw e;
+  }
+}
+
+/** The guest's merge (bitmap_scan, merge mode): the result's data clusters, staged past the end. */
+async function merge(
+  img: OpenedImage,
+  src: OpenedImage | undefined,
+  job: MergeJob,
+  cs: bigint,
+  size: bigint,
+) {
+  const refuse = (why: string) => new CliError([`Could not change bitmaps of '${img.filename}': ${why}`]);
+  const entries = tableSizeFor(size & ~511n, job.granularityBits, cs);
+  const cap = job.staging + entries * cs;
+  let result;
+  try {
+    result = await runGuest({
+      op: "bitmap_scan",
+      opCode: ops.BITMAP_SCAN,
+      inputs: [
+        { path: img.openPath, format: img.formatCode },
+        ...(job.external && src ? [{ path: src.openPath, format: src.formatCode }] : []),
+      ],
+      args: [
+        1n,
+        job.dest === undefined ? (1n << 64n) - 1n : BigInt(job.dest),
+        BigInt(job.src),
+        job.external ? 1n : 0n,
+        job.staging,
+        BigInt(job.granularityBits),
+      ],
+      output: { path: img.openPath, cap },
+      resultCap: 64 * 1024 * 1024,
+    });
+  } catch (e) {
+    throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
+  }
+  const err = result.records.find((r) => r.type === records.ERROR);
+  if (err || result.guestStatus !== 0n) {
+    await truncateBack(img);
+    const f = err?.fields;
+    throw refuse(
+      f
+        ? qcow2ErrorMessage({
+          code: f.code as number,
+          a0: f.a0 as bigint,
+          a1: f.a1 as bigint,
+          a2: f.a2 as bigint,
+        })
+        : "sandbox failure",
+    );
+  }
+  const data = new Map<bigint, bigint>();
+  let fileEnd = img.fileSize;
+  for (const r of result.records) {
+    if (r.type !== records.BITMAP_ENTRY) continue;
+    const k = r.fields.index as bigint, at = r.fields.value as bigint;
+    if (
+      k >= entries || at !== job.staging + k * cs || data.has(k) || (r.fields.bitmap as number) !== 0xffffffff
+    ) {
+      await truncateBack(img);
+      throw refuse("sandbox failure: malformed merge result");
+    }
+    data.set(k, at);
+    if (at + cs > fileEnd) fileEnd = at + cs;
+  }
+  return { data, fileEnd };
+}
+
+/** Cuts a staged merge off again. */
+async function truncateBack(img: OpenedImage) {
+  const f = await Deno.open(hostPath(img.openPath), { write: true });
+  try {
+    await f.truncate(Number(img.fileSize));
+  } finally {
+    f.close();
   }
 }

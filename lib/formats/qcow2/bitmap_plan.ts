@@ -92,9 +92,26 @@ export interface BitmapRequest {
   nodeName: string;
   /** -b: the source image's bitmaps (merge sources are looked up there); its virtual size. */
   source?: { bitmaps: BitmapScanDir[]; virtualSize: bigint };
+  /** The merge the guest computed for the first --merge that combines data (see MergeJob):
+   * the result's data clusters (table index -> staging offset) and the file's length with them. */
+  merged?: { data: Map<bigint, bigint>; fileEnd: bigint };
+}
+
+/** What the guest must compute for a --merge that combines bits (bitmap_scan's merge mode). */
+export interface MergeJob {
+  /** Directory index of the destination in the image, or undefined for an empty one. */
+  dest?: number;
+  /** Directory index of the source (in the -b source when external). */
+  src: number;
+  external: boolean;
+  granularityBits: number;
+  /** Where the guest writes the result's clusters: past anything the plan allocates. */
+  staging: bigint;
 }
 
 export interface BitmapPlan {
+  /** Set instead of steps when a merge needs the guest first: run it, then plan again with `merged`. */
+  mergeJob?: MergeJob;
   steps: FilePlan[];
   /** qemu's failure of an action ("Operation add on bitmap b failed: ..."), after which the steps still apply. */
   error?: string;
@@ -106,6 +123,8 @@ const text = (b: Uint8Array) => dec.decode(b.indexOf(0) >= 0 ? b.subarray(0, b.i
 
 /** A BdrvDirtyBitmap: data are the file's data clusters holding its bits (table index -> offset). */
 interface Mem {
+  /** Directory index while the data are still the file's own bitmap's. */
+  origin?: number;
   name: Uint8Array;
   gbits: number;
   enabled: boolean;
@@ -131,6 +150,11 @@ type Event =
   | { kind: "discard"; offset: bigint; length: bigint };
 
 class Refusal extends Error {}
+class NeedMerge extends Error {
+  constructor(readonly job: MergeJob) {
+    super("merge needed");
+  }
+}
 
 function entrySize(nameLen: number): bigint {
   return BigInt((24 + nameLen + 7) & ~7);
@@ -238,6 +262,7 @@ export function planQcow2Bitmap(s: Qcow2BitmapScan, req: BitmapRequest): PlanRes
     return ok(new Replay(s, req).run());
   } catch (e) {
     if (e instanceof Refusal) return fail("unsupported", e.message);
+    if (e instanceof NeedMerge) return ok({ mergeJob: e.job, steps: [] });
     if (e instanceof RefcountError) return fail(e.kind === "too_big" ? "overflow" : "unsupported", e.message);
     throw e;
   }
@@ -262,6 +287,10 @@ class Replay {
   /** In-memory bitmaps in creation order. */
   mems: Mem[] = [];
   moved = 0n;
+  /** The file length qemu leaves (the staging area of a merge is cut off at the end). */
+  qemuSize: bigint;
+  staging: bigint;
+  mergeUsed = false;
 
   constructor(readonly s: Qcow2BitmapScan, readonly req: BitmapRequest) {
     this.cb = BigInt(s.model.clusterBits);
@@ -296,16 +325,20 @@ class Replay {
       tableSize: b.tableSize,
       tableData: b.entries.map((e) => e.value),
     }));
-    for (const b of s.bitmaps) {
+    for (const [i, b] of s.bitmaps.entries()) {
       const data = new Map<bigint, bigint>();
       for (const e of b.entries) if (e.nonzero) data.set(e.index, e.value);
       this.mems.push({
+        origin: i,
         name: b.name,
         gbits: b.granularityBits,
         enabled: (b.flags & BME_FLAG_AUTO) !== 0,
         data,
       });
     }
+    this.qemuSize = s.fileSize;
+    if (req.merged) this.fileSize = req.merged.fileEnd;
+    this.staging = stagingOffset(s);
   }
 
   run(): BitmapPlan {
@@ -321,6 +354,8 @@ class Replay {
       }
     }
     this.store();
+    // A merge's staging area goes: the file ends where qemu's does.
+    if (this.fileSize !== this.qemuSize) this.steps.push({ patches: [], fileSize: this.qemuSize });
     return { steps: this.steps, error };
   }
 
@@ -364,6 +399,7 @@ class Replay {
         return undefined;
       case "clear":
         m.data = new Map();
+        m.origin = undefined;
         return undefined;
       case "enable":
         m.enabled = true;
@@ -378,26 +414,54 @@ class Replay {
           return "Bitmaps are incompatible and can't be merged";
         }
         if (src === m || src.data.size === 0) return undefined;
-        if (this.req.source) {
-          throw new Refusal("merging a non-empty bitmap from another image is not supported by instar yet");
+        if (!this.req.source && m.data.size === 0 && src.gbits === m.gbits) {
+          // The destination becomes a copy of the source's clusters.
+          m.data = new Map(src.data);
+          m.origin = undefined;
+          return undefined;
         }
-        if (m.data.size > 0 || src.gbits !== m.gbits) {
+        // Bits to combine: the guest computes the result (once per command).
+        if (this.mergeUsed) {
+          throw new Refusal("more than one --merge that combines bits is not supported by instar yet");
+        }
+        if (m.data.size > 0 && m.origin === undefined) {
           throw new Refusal(
-            "merging into a non-empty bitmap (or across granularities) is not supported by instar yet",
+            "merging into a bitmap changed earlier in the same command is not supported by instar yet",
           );
         }
-        m.data = new Map(src.data);
+        if (src.origin === undefined) {
+          throw new Refusal(
+            "merging from a bitmap changed earlier in the same command is not supported by instar yet",
+          );
+        }
+        if (!this.req.merged) {
+          throw new NeedMerge({
+            dest: m.data.size > 0 ? m.origin : undefined,
+            src: src.origin,
+            external: this.req.source !== undefined,
+            granularityBits: m.gbits,
+            staging: this.staging,
+          });
+        }
+        this.mergeUsed = true;
+        m.data = new Map(this.req.merged.data);
+        m.origin = undefined;
         return undefined;
       }
     }
   }
 
   sourceBitmap(name: Uint8Array): Mem | undefined {
-    const b = this.req.source!.bitmaps.find((x) => key(x.name) === key(name));
-    if (!b) return undefined;
+    const list = this.req.source!.bitmaps;
+    const i = list.findIndex((x) => key(x.name) === key(name));
+    if (i < 0) return undefined;
+    const b = list[i];
+    if (b.flags & BME_FLAG_IN_USE) {
+      throw new Refusal(`source bitmap '${text(b.name)}' is in use (inconsistent)`);
+    }
     const data = new Map<bigint, bigint>();
     for (const e of b.entries) if (e.nonzero) data.set(e.index, e.value);
-    return { name: b.name, gbits: b.granularityBits, enabled: true, data };
+    return { origin: i, name: b.name, gbits: b.granularityBits, enabled: true, data };
   }
 
   /** check_constraints_on_bitmap. */
@@ -422,7 +486,12 @@ class Replay {
   // --- qemu's writes ---------------------------------------------------------
 
   alloc(bytes: bigint): bigint {
-    return this.rc.alloc((bytes + this.cs - 1n) / this.cs) << this.cb;
+    const n = (bytes + this.cs - 1n) / this.cs;
+    const at = this.rc.alloc(n) << this.cb;
+    if (at + (n << this.cb) > this.staging) {
+      throw new Refusal("the bitmaps' clusters would reach the merge staging area");
+    }
+    return at;
   }
 
   /** qcow2_free_clusters over [offset, offset + bytes); discard when `punch`. */
@@ -462,13 +531,12 @@ class Replay {
 
   push(patches: Patch[]) {
     if (patches.length === 0) return;
-    let size = this.fileSize;
     for (const p of patches) {
       const end = p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.length);
-      if (p.kind !== "zero" && end > size) size = end;
+      if (p.kind !== "zero" && end > this.qemuSize) this.qemuSize = end;
     }
-    this.fileSize = size;
-    this.steps.push({ patches, fileSize: size });
+    if (this.qemuSize > this.fileSize) this.fileSize = this.qemuSize;
+    this.steps.push({ patches, fileSize: this.fileSize });
   }
 
   /** Ends an epoch at a header write: the crash-safe steps (see the top of the file). */
@@ -608,4 +676,20 @@ class Replay {
 /** The name as qemu prints it (up to the first NUL). */
 export function bitmapNameText(b: Uint8Array): string {
   return text(b);
+}
+
+/**
+ * Where a merge's result is staged: past every cluster the plan can
+ * allocate (new tables, data clusters and directories of every bitmap).
+ */
+export function stagingOffset(s: Qcow2BitmapScan): bigint {
+  const cs = s.model.clusterSize, len = s.model.virtualSize & ~511n;
+  const clustersFor = (bytes: bigint) => (bytes + cs - 1n) / cs;
+  let n = 4n;
+  for (const b of s.bitmaps) n += clustersFor(b.tableSize * 8n) + BigInt(b.entries.length);
+  // A new bitmap and the merge's result: the finest table at most, and its data.
+  const finest = tableSizeFor(len, BME_MIN_GRANULARITY_BITS, cs);
+  n += 2n * (clustersFor(finest * 8n) + finest);
+  n += 2n * clustersFor(BigInt(s.bitmaps.length + 1) * 1048n);
+  return ((s.fileSize + cs - 1n) / cs + n) * cs;
 }
