@@ -90,6 +90,13 @@ const CASES: [string, string, string[]][] = [
   ["one.qcow2", "b0", ["--merge", "b0", "-b", "nonexistent"]],
 ];
 
+/** The first offset where the files differ (or the shorter length), -1 when equal: cheap to report. */
+function firstDifference(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  for (let k = 0; k < n; k++) if (a[k] !== b[k]) return k;
+  return a.length === b.length ? -1 : n;
+}
+
 const normalize = (s: string) => s.replaceAll("qemu-img", "instar").replace(/#block\d+/g, "#block");
 
 Deno.test({ name: "bitmap changes the image as qemu-img does, byte for byte", ignore: !ready }, async (t) => {
@@ -106,7 +113,10 @@ Deno.test({ name: "bitmap changes the image as qemu-img does, byte for byte", ig
           { code: ir.code, stdout: ir.stdout, stderr: normalize(ir.stderr) },
           { code: qr.code, stdout: qr.stdout, stderr: normalize(qr.stderr) },
         );
-        assertEquals(await Deno.readFile(`${dir}/${i}`), await Deno.readFile(`${dir}/${q}`), "file bytes");
+        assertEquals(
+          firstDifference(await Deno.readFile(`${dir}/${i}`), await Deno.readFile(`${dir}/${q}`)),
+          -1,
+        );
         if (image.endsWith(".qcow2") && !image.startsWith("v2")) {
           const check = await qemuImg(["check", i], dir);
           assertEquals(check.code, 0, check.stdout + check.stderr);
@@ -149,6 +159,6 @@ Deno.test({ name: "bitmap usage errors are qemu-img's, word for word", ignore: !
         assert(q.code !== 0);
       });
     }
-    assertEquals(await Deno.readFile(`${dir}/one.qcow2`), before);
+    assertEquals(firstDifference(await Deno.readFile(`${dir}/one.qcow2`), before), -1);
   });
 });

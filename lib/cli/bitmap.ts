@@ -167,6 +167,8 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
+  // qemu stores the image's bitmaps when it closes it, even when the source fails to open.
+  let srcFailure: CliError | undefined;
   if (a.srcFile !== undefined) {
     try {
       src = await openImage(a.srcFile, {
@@ -176,11 +178,13 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
         noLists: true,
       });
     } catch (e) {
-      if (e instanceof OpenError) throw openFailure(a.srcFile, e);
-      throw e;
+      if (!(e instanceof OpenError)) throw e;
+      srcFailure = openFailure(a.srcFile, e);
+      a.actions = [];
     }
   }
 
+  if (img.format !== "qcow2" && srcFailure) throw srcFailure;
   if (img.format !== "qcow2") {
     // No bitmaps to find; --add: the driver cannot store them.
     const first = a.actions[0];
@@ -229,6 +233,7 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
     throw e;
   }
   await applySteps(target, plan.value.steps, what, "off", "discard");
+  if (srcFailure) throw srcFailure;
   if (plan.value.error) {
     io.err(`instar: ${plan.value.error}\n`);
     return 1;

@@ -239,6 +239,7 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
   }
   if (total > MAX_BITMAP_CLUSTERS) return "too many bitmap data clusters";
   if (s.bitmaps.length > QCOW2_MAX_BITMAPS) return "too many bitmaps";
+  if (s.bitmaps.length > 0 && s.model.version !== 3) return "bitmaps in a version 2 image";
   if (s.bitmaps.length > 0 && (s.dirOffset % cs !== 0n || s.dirSize <= 0n)) return "bitmap directory invalid";
   return undefined;
 }
@@ -505,7 +506,7 @@ class Replay {
   header(): Uint8Array {
     const m = this.s.model, l = m.layout;
     const h: Qcow2Header = {
-      version: 3,
+      version: m.version,
       clusterBits: m.clusterBits,
       virtualSize: m.virtualSize,
       l1Size: l.l1Size,
@@ -654,6 +655,7 @@ class Replay {
   storeBitmap(bm: DirEntry) {
     const m = bm.mem!;
     const size = tableSizeFor(this.len, m.gbits, this.cs);
+    if (size === 0n) throw new Refusal("instar does not store a bitmap of an image smaller than one sector");
     const table = new Uint8Array(Number(size * 8n));
     const dv = new DataView(table.buffer);
     const data: bigint[] = [];
