@@ -52,6 +52,7 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "create_emitters",
       "resize_planners",
       "repair_planner",
+      "bitmap_planner",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);

@@ -234,6 +234,8 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
       prev = e.index;
       const off = e.value & 0x00fffffffffffe00n;
       if (e.value !== off || off === 0n || off % cs !== 0n) return "bitmap data cluster offset invalid";
+      // qemu writes whole data clusters: one past the file's end is not its own.
+      if (off + cs > s.fileSize) return "bitmap data cluster past the end of the file";
     }
     total += BigInt(b.entries.length);
   }
