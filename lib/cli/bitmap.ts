@@ -107,8 +107,8 @@ function parseArgs(argv: string[], o: InstarOptions): { a: BitmapArgs; operands:
   return { a, operands };
 }
 
-/** Runs the bitmap scan on a qcow2 image; its records. */
-async function scan(img: OpenedImage): Promise<Rec[]> {
+/** Runs the bitmap scan on a qcow2 image; its records (exported for the crash-safety test). */
+export async function scan(img: OpenedImage): Promise<Rec[]> {
   const refuse = (why: string) => new CliError([`Could not open '${img.filename}': ${why}`]);
   let result;
   try {
