@@ -194,7 +194,9 @@ for f in vhd/*; do { printf '\x02\x07'; cat "$f"; } > "scan/vpc_$(basename "$f")
 for f in vhdxc/*; do { printf '\x03\x07'; cat "$f"; } > "scan/vhdx_$(basename "$f")"; done
 for f in vmdk/*; do { printf '\x04\x07'; cat "$f"; } > "scan/vmdk_$(basename "$f")"; done
 put measure_scan scan/*
+# inspect: every image above that is small (the gate's checks over any format)
+put inspect imgs/*.qcow2 imgs/*.raw vhd/* vmdk/* vmdkd/monolithicFlat.vmdk vmdkd/twoGbMaxExtentSparse.vmdk
 for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx \
-  vmdk_desc vmdk_sparse vmdk_stream; do
+  vmdk_desc vmdk_sparse vmdk_stream inspect; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done

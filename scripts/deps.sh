@@ -7,6 +7,7 @@ want=(gcc make binutils libc6-dev zlib1g-dev libzstd-dev qemu-utils
   libvhdi-utils # vhdiinfo: an independent VHD/VHDX reader for tests/convert_vhd_test.ts
   libvmdk-utils # vmdkinfo: an independent VMDK reader (tests of convert -O vmdk)
   python3-vmdkstream # an independent streamOptimized VMDK writer (tests of VMDK reading)
+  genisoimage # real ISO 9660 images for tests/inspect_test.ts (inspect's iso and polyglot rows)
   clang libclang-rt-dev) # clang + its ASan/libFuzzer runtimes: fuzz/ (the fuzz targets)
 missing=()
 for p in "${want[@]}"; do

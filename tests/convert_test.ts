@@ -308,6 +308,7 @@ Deno.test(
           ["convert", "-O", "qcow2", "-o", "help", "e.qcow2", "x"],
           ["convert", "-O", "raw", "-o", "help"],
           ["convert", "-O", "raw", "-o", "preallocation=xyz", "e.qcow2", "x"],
+          ["convert", "-O", "raw", "-o", "preallocation=metadata", "e.qcow2", "x"],
           ["convert", "-T", "bogus", "e.qcow2", "x"],
           ["convert", "e.qcow2", "."],
         ];
@@ -577,6 +578,30 @@ Deno.test(
           assertEquals(Deno.statSync(`${dir}/i/t.raw`).blocks, Deno.statSync(`${dir}/q/t.raw`).blocks);
           await Deno.remove(`${dir}/q`, { recursive: true });
           await Deno.remove(`${dir}/i`, { recursive: true });
+        });
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+Deno.test(
+  { name: "convert -O raw -o preallocation=falloc|full: qemu-img's bytes and allocation", ignore: !ready },
+  async (t) => {
+    const dir = await Deno.makeTempDir({ prefix: "instar-prealloc-" });
+    try {
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "src.qcow2", "8M");
+      await sh(dir, "qemu-io", "-c", "write -P 5 1M 1M", "-c", "write -z 3M 64k", "src.qcow2");
+      for (const mode of ["falloc", "full"]) {
+        await t.step(mode, async () => {
+          const args = (o: string) => ["convert", "-O", "raw", "-o", `preallocation=${mode}`, "src.qcow2", o];
+          assertEquals(await instar(args("i.raw"), dir), asInstar(await qemuImg(args("q.raw"), dir)));
+          assertEquals(await Deno.readFile(`${dir}/i.raw`), await Deno.readFile(`${dir}/q.raw`));
+          // Every block allocated, as qemu's are (not a sparse file with holes for zeroes).
+          const [qs, is] = [await Deno.stat(`${dir}/q.raw`), await Deno.stat(`${dir}/i.raw`)];
+          assertEquals(is.blocks, qs.blocks);
+          assert(is.blocks! * 512 >= is.size, "the output is not fully allocated");
         });
       }
     } finally {

@@ -31,6 +31,7 @@
 #define OP_CONVERT 5
 #define OP_COMPARE 6
 #define OP_RESIZE_SCAN 7
+#define OP_INSPECT 50
 #define OP_BITMAP_SCAN 65
 #define OP_TEST 99
 
@@ -100,6 +101,8 @@
 #define REC_RESIZE_BYTES 27
 #define REC_BITMAP_DIR 60
 #define REC_BITMAP_ENTRY 61
+#define REC_INSPECT 80
+#define REC_INSPECT_FINDING 81
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -246,6 +249,64 @@
 #define RESIZE_BLOB_VHDX_REGION_TABLE 4
 #define RESIZE_BLOB_VMDK_HEADER 5
 #define RESIZE_BLOB_VMDK_DESCRIPTOR 6
+
+#define INSPOP_F_STREAM 1
+
+#define INSPFMT_RAW 1
+#define INSPFMT_QCOW2 2
+#define INSPFMT_VPC 3
+#define INSPFMT_VHDX 4
+#define INSPFMT_VMDK 5
+#define INSPFMT_ISO 6
+#define INSPFMT_GPT 7
+#define INSPFMT_MBR 8
+#define INSPFMT_LUKS 9
+#define INSPFMT_QED 10
+#define INSPFMT_VDI 11
+#define INSPFMT_QCOW1 12
+#define INSPFMT_PARALLELS 13
+#define INSPFMT_BOCHS 14
+#define INSPFMT_CLOOP 15
+#define INSPFMT_DMG 16
+
+#define INSPF_SIZE_KNOWN 1
+#define INSPF_ENCRYPTED 2
+
+#define INSP_MULTIPLE_FORMATS 1
+#define INSP_INCOMPLETE 2
+#define INSP_OPEN_FAILED 3
+#define INSP_UNSUPPORTED_FORMAT 4
+#define INSP_RAW_SIGNATURE 5
+#define INSP_QCOW2_BACKING_FILE 10
+#define INSP_QCOW2_DATA_FILE 11
+#define INSP_QCOW2_UNKNOWN_FEATURES 12
+#define INSP_QCOW2_VERSION 13
+#define INSP_QCOW2_COMPRESSION_TYPE 14
+#define INSP_QCOW2_L1_PAST_END 15
+#define INSP_QCOW2_REFTABLE_PAST_END 16
+#define INSP_QCOW2_ENCRYPTED 17
+#define INSP_QCOW2_CORRUPT 18
+#define INSP_VMDK_NO_DESCRIPTOR 20
+#define INSP_VMDK_SUBFORMAT 21
+#define INSP_VMDK_BAD_LINE 22
+#define INSP_VMDK_EXTENT_PATH 23
+#define INSP_VMDK_NO_EXTENTS 24
+#define INSP_VMDK_EXTENT_FILE 25
+#define INSP_VMDK_DESC_TOO_LONG 26
+#define INSP_VMDK_DESC_LOCATION 27
+#define INSP_VMDK_VERSION 28
+#define INSP_VMDK_FOOTER 29
+#define INSP_VMDK_PARENT 30
+#define INSP_VPC_PARENT 40
+#define INSP_VHDX_PARENT 41
+#define INSP_VHDX_REGION_TABLE 42
+#define INSP_MBR_BOOT_FLAG 50
+#define INSP_GPT_START_CHS 51
+#define INSP_GPT_START_LBA 52
+#define INSP_GPT_EXTRA_PARTITIONS 53
+#define INSP_MBR_NO_PARTITIONS 54
+#define INSP_GPT_HEADER 55
+#define INSP_LUKS_VERSION 60
 
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
 #define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
@@ -952,5 +1013,45 @@ _Static_assert(offsetof(struct rec_resize_bytes, what) == 8, "rec_resize_bytes.w
 _Static_assert(offsetof(struct rec_resize_bytes, length) == 12, "rec_resize_bytes.length");
 _Static_assert(offsetof(struct rec_resize_bytes, offset) == 16, "rec_resize_bytes.offset");
 _Static_assert(offsetof(struct rec_resize_bytes, bytes) == 24, "rec_resize_bytes.bytes");
+
+/* records.INSPECT: what inspect found, last record */
+struct rec_inspect {
+    uint8_t hdr[8];
+    uint32_t format; /* inspectFormats.*: the content's format */
+    uint32_t driver; /* formats.*: what qemu-img probes it as */
+    uint32_t matches; /* 1 << inspectFormats.* for every header found */
+    uint32_t flags; /* inspectFlags.* */
+    uint64_t virtual_size;
+    uint64_t bytes_read; /* bytes of the input the guest read */
+    uint32_t findings; /* INSPECT_FINDING records sent before this one */
+    uint32_t reserved;
+    uint64_t reserved2[2];
+};
+_Static_assert(sizeof(struct rec_inspect) == 64, "rec_inspect size");
+_Static_assert(offsetof(struct rec_inspect, hdr) == 0, "rec_inspect.hdr");
+_Static_assert(offsetof(struct rec_inspect, format) == 8, "rec_inspect.format");
+_Static_assert(offsetof(struct rec_inspect, driver) == 12, "rec_inspect.driver");
+_Static_assert(offsetof(struct rec_inspect, matches) == 16, "rec_inspect.matches");
+_Static_assert(offsetof(struct rec_inspect, flags) == 20, "rec_inspect.flags");
+_Static_assert(offsetof(struct rec_inspect, virtual_size) == 24, "rec_inspect.virtual_size");
+_Static_assert(offsetof(struct rec_inspect, bytes_read) == 32, "rec_inspect.bytes_read");
+_Static_assert(offsetof(struct rec_inspect, findings) == 40, "rec_inspect.findings");
+_Static_assert(offsetof(struct rec_inspect, reserved) == 44, "rec_inspect.reserved");
+_Static_assert(offsetof(struct rec_inspect, reserved2) == 48, "rec_inspect.reserved2");
+
+/* records.INSPECT_FINDING: one reason the image is unsafe */
+struct rec_inspect_finding {
+    uint8_t hdr[8];
+    uint32_t code; /* inspectFindings.* */
+    uint32_t text_len; /* <= 256 */
+    uint64_t a[3];
+    uint8_t text[256]; /* a name or line from the image, as read */
+};
+_Static_assert(sizeof(struct rec_inspect_finding) == 296, "rec_inspect_finding size");
+_Static_assert(offsetof(struct rec_inspect_finding, hdr) == 0, "rec_inspect_finding.hdr");
+_Static_assert(offsetof(struct rec_inspect_finding, code) == 8, "rec_inspect_finding.code");
+_Static_assert(offsetof(struct rec_inspect_finding, text_len) == 12, "rec_inspect_finding.text_len");
+_Static_assert(offsetof(struct rec_inspect_finding, a) == 16, "rec_inspect_finding.a");
+_Static_assert(offsetof(struct rec_inspect_finding, text) == 40, "rec_inspect_finding.text");
 
 #endif

@@ -74,12 +74,21 @@ static int tail_signature(const struct reader *r, uint32_t *sig)
     uint8_t t[512];
     *sig = SIG_NONE;
     if (r->size < 1024) return 0; /* a footer needs something in front of it */
+    /* A tail in a hole reads as zeroes: don't read it. Reading it would pull
+     * the page into the host's page cache, and ext4 then reports an
+     * unwritten (fallocated) tail as data to SEEK_DATA, so a later `map`
+     * (ours in this very run, or qemu-img's) would print a data extent there
+     * that qemu-img, which never reads the tail, does not. */
+    int64_t d = hc_seek(r->input, r->size - 512, SEEK_KIND_DATA);
+    if (d >= 0 && (uint64_t)d >= r->size) return 0;
     if (reader_read(r, r->size - 512, t, 512)) return -1;
     /* A fixed VHD keeps its footer in the last 512 bytes (or 511: old images). */
     if (starts(t, "conectix", 8) || starts(t + 1, "conectix", 8)) *sig = SIG_VPC;
     else if (starts(t, "koly", 4)) *sig = SIG_DMG;
     return 0;
 }
+
+uint32_t probe_last_signature;
 
 int probe_input(const struct reader *r, uint32_t requested)
 {
@@ -96,12 +105,14 @@ int probe_input(const struct reader *r, uint32_t requested)
             format = FMT_VMDK;
     }
     uint32_t sig = r->size ? head_signature(b, format) : SIG_NONE;
-    if (sig == SIG_NONE && tail_signature(r, &sig)) return rt_error(r->input, GERR_IO, r->size - 512, 0, 0);
+    /* Only the raw gate uses the signature (lib/cli/image.ts). */
+    if (sig == SIG_NONE && format == FMT_RAW && tail_signature(r, &sig)) return rt_error(r->input, GERR_IO, r->size - 512, 0, 0);
     struct rec_probe p;
     rec_init(&p, REC_PROBE, sizeof p);
     p.input = r->input;
     p.format = format;
     p.signature = sig;
+    probe_last_signature = sig;
     if (rt_emit(&p, sizeof p)) return -1;
     return (int)format;
 }

@@ -9,6 +9,9 @@
  * record and returns the format (FMT_RAW or FMT_QCOW2), or -1 on I/O error. */
 int probe_input(const struct reader *r, uint32_t requested);
 
+/* The signature the last probe_input found (SIG_*), for inspect. */
+extern uint32_t probe_last_signature;
+
 /* Partition table kind of a raw image (PART_*), or -1 on I/O error. */
 int raw_partition_kind(const struct reader *r);
 

@@ -126,6 +126,8 @@ export const ops = {
   CONVERT: 5,
   COMPARE: 6,
   RESIZE_SCAN: 7,
+  /** `instar inspect`: an upload gate's verdict (guest/ops/inspect.c). */
+  INSPECT: 50,
   /** qcow2 persistent bitmaps: the metadata `bitmap` plans from (guest/qcow2/bitmap_scan.c). */
   BITMAP_SCAN: 65,
   TEST: 99,
@@ -150,6 +152,83 @@ export const mapOpFlags = { PRECISE: 1 } as const;
  * counts those as fixed, and checks OFLAG_COPIED against the refcounts the
  * image will have after the repair (as qemu's check does after its fixes). */
 export const checkOpFlags = { REPAIR_LEAKS: 1, REPAIR_ALL: 2 } as const;
+
+/** params.flags for ops.INSPECT. STREAM: input 0 holds only the first arg[0]
+ * bytes of a stream and its last bytes from arg[1] on (the rest is a hole
+ * the guest must not read; it reports INSP_F_INCOMPLETE instead). */
+export const inspectOpFlags = { STREAM: 1 } as const;
+
+/** INSPECT.format and the bits of INSPECT.matches (1 << code): what the content is. */
+export const inspectFormats = {
+  RAW: 1,
+  QCOW2: 2,
+  VPC: 3,
+  VHDX: 4,
+  VMDK: 5,
+  ISO: 6,
+  GPT: 7,
+  MBR: 8,
+  LUKS: 9,
+  QED: 10,
+  VDI: 11,
+  QCOW1: 12,
+  PARALLELS: 13,
+  BOCHS: 14,
+  CLOOP: 15,
+  DMG: 16,
+} as const;
+
+/** INSPECT.flags */
+export const inspectFlags = {
+  /** virtual_size is known. */
+  SIZE_KNOWN: 1,
+  /** The image declares its contents encrypted (LUKS, qcow2 crypt_method). */
+  ENCRYPTED: 2,
+} as const;
+
+/** INSPECT_FINDING.code: why an image is unsafe (lib/inspect/findings.ts holds the texts). */
+export const inspectFindings = {
+  /** Two formats' headers (a0 = INSPECT.matches bits). */
+  MULTIPLE_FORMATS: 1,
+  /** The stream ended, or the window held too little, before byte a0 was examined. */
+  INCOMPLETE: 2,
+  /** qemu-img would refuse to open it: the ERROR record before this one says why. */
+  OPEN_FAILED: 3,
+  /** A format instar does not read, or format_inspector bans (a0 = inspectFormats). */
+  UNSUPPORTED_FORMAT: 4,
+  /** raw content carrying another format's signature (a0 = signatures.*). */
+  RAW_SIGNATURE: 5,
+  QCOW2_BACKING_FILE: 10, // a0 = backing file offset; text = the name
+  QCOW2_DATA_FILE: 11, // text = the data file name, when the extension names one
+  QCOW2_UNKNOWN_FEATURES: 12, // a0 = incompatible feature bits
+  QCOW2_VERSION: 13, // a0 = version
+  QCOW2_COMPRESSION_TYPE: 14, // a0 = compression type, a1 = 1 when set without its feature bit
+  QCOW2_L1_PAST_END: 15, // a0 = offset, a1 = bytes, a2 = file size
+  QCOW2_REFTABLE_PAST_END: 16, // a0 = offset, a1 = bytes, a2 = file size
+  QCOW2_ENCRYPTED: 17, // a0 = crypt_method
+  QCOW2_CORRUPT: 18,
+  VMDK_NO_DESCRIPTOR: 20,
+  VMDK_SUBFORMAT: 21, // text = createType
+  VMDK_BAD_LINE: 22, // text = the line
+  VMDK_EXTENT_PATH: 23, // text = the extent line
+  VMDK_NO_EXTENTS: 24,
+  VMDK_EXTENT_FILE: 25, // text = the file an extent names
+  VMDK_DESC_TOO_LONG: 26, // a0 = descriptor bytes, a1 = the bound
+  VMDK_DESC_LOCATION: 27, // a0 = descriptor offset
+  VMDK_VERSION: 28, // a0 = version
+  VMDK_FOOTER: 29, // a0 = which footer test (guest/inspect/inspect.h VMDK_FOOT_*)
+  VMDK_PARENT: 30, // text = parentFileNameHint
+  VPC_PARENT: 40, // a0 = disk type, a1 = parent locators in use
+  VHDX_PARENT: 41,
+  VHDX_REGION_TABLE: 42, // a0 = which test (guest/inspect/inspect.h VHDX_RT_*), a1/a2 values
+  MBR_BOOT_FLAG: 50, // a0 = entry
+  GPT_START_CHS: 51,
+  GPT_START_LBA: 52,
+  GPT_EXTRA_PARTITIONS: 53,
+  MBR_NO_PARTITIONS: 54,
+  GPT_HEADER: 55, // a0 = which test (guest/inspect/inspect.h GPT_H_*)
+  LUKS_VERSION: 60, // a0 = version
+} as const;
 
 /** Formats the host asks for or the guest detects. */
 export const formats = { AUTO: 0, RAW: 1, QCOW2: 2, VPC: 3, VHDX: 4, VMDK: 5 } as const;
@@ -205,6 +284,11 @@ export const records = {
   BITMAP_DIR: 60,
   /** One non-zero bitmap table entry (rec_bitmap_entry). */
   BITMAP_ENTRY: 61,
+  // 80..89: inspect (ops.INSPECT, guest/ops/inspect.c).
+  /** The verdict's facts: detected format, virtual size, bytes examined; last record. */
+  INSPECT: 80,
+  /** One reason the image is unsafe (rec_inspect_finding). */
+  INSPECT_FINDING: 81,
 } as const;
 
 /** BITMAP_DIR.state bits: what the guest found reading the bitmap's data. */
@@ -980,6 +1064,36 @@ export const structs: StructSpec[] = [
       { name: "bytes", type: "bytes", offset: 24, count: 1024 },
     ],
   },
+  // --- inspect (ops.INSPECT) ---
+  {
+    name: "rec_inspect",
+    size: 64,
+    doc: "records.INSPECT: what inspect found, last record",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "format", type: "u32", offset: 8, doc: "inspectFormats.*: the content's format" },
+      { name: "driver", type: "u32", offset: 12, doc: "formats.*: what qemu-img probes it as" },
+      { name: "matches", type: "u32", offset: 16, doc: "1 << inspectFormats.* for every header found" },
+      { name: "flags", type: "u32", offset: 20, doc: "inspectFlags.*" },
+      { name: "virtual_size", type: "u64", offset: 24 },
+      { name: "bytes_read", type: "u64", offset: 32, doc: "bytes of the input the guest read" },
+      { name: "findings", type: "u32", offset: 40, doc: "INSPECT_FINDING records sent before this one" },
+      { name: "reserved", type: "u32", offset: 44 },
+      { name: "reserved2", type: "u64", offset: 48, count: 2 },
+    ],
+  },
+  {
+    name: "rec_inspect_finding",
+    size: 296,
+    doc: "records.INSPECT_FINDING: one reason the image is unsafe",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "code", type: "u32", offset: 8, doc: "inspectFindings.*" },
+      { name: "text_len", type: "u32", offset: 12, doc: "<= 256" },
+      { name: "a", type: "u64", offset: 16, count: 3 },
+      { name: "text", type: "bytes", offset: 40, count: 256, doc: "a name or line from the image, as read" },
+    ],
+  },
 ];
 
 /** Record struct for each record type (the generic decoder checks sizes). */
@@ -1011,6 +1125,8 @@ export const recordStructs: Record<number, string> = {
   [records.RESIZE_BYTES]: "rec_resize_bytes",
   [records.BITMAP_DIR]: "rec_bitmap_dir",
   [records.BITMAP_ENTRY]: "rec_bitmap_entry",
+  [records.INSPECT]: "rec_inspect",
+  [records.INSPECT_FINDING]: "rec_inspect_finding",
 };
 
 /** VMM attach flags. */
@@ -1085,4 +1201,8 @@ export const enums: Record<string, Record<string, number>> = {
   LIMIT_: limits,
   RESIZE_M_: resizeMetaFlags,
   RESIZE_BLOB_: resizeBlobs,
+  INSPOP_F_: inspectOpFlags,
+  INSPFMT_: inspectFormats,
+  INSPF_: inspectFlags,
+  INSP_: inspectFindings,
 };

@@ -33,17 +33,21 @@ import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
 import { applySteps } from "./apply_steps.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
+import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
+import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
 
 export async function checkCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let quiet = false;
   let cache = "writeback";
   let repair: RepairMode | undefined;
+  let maxSpool = DEFAULT_MAX_SPOOL;
   const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":hf:r:T:qU", [
     ...IMAGE_LONGS_HEAD,
     { name: "repair", hasArg: true, id: "r" },
     ...IMAGE_LONGS_TAIL,
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value) || imageCommandOption(s, id, value)) return;
@@ -60,10 +64,17 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
       case "q":
         quiet = true;
         break;
+      case "max-spool":
+        maxSpool = parseMaxSpool(value!);
+        break;
     }
   });
   const { fmt, output } = s;
   const filename = expectOneFile(operands);
+  // `-`: stdin, spooled; nothing to repair in place.
+  if (filename === "-" && repair) {
+    throw new CliError(["Could not repair '-': an image read from stdin cannot be repaired in place"]);
+  }
   const format = outputFormat(output);
   if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`]);
 
@@ -71,15 +82,25 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   try {
     // check -r opens the image read-write: qemu's write locks.
     const lock = repair ? LOCKS.write : readLock(s.forceShare);
-    top = await openImage(filename, {
-      format: fmt,
-      unsafeQuirks: o.unsafeQuirks,
-      checkMode: true,
-      backingDirs: o.backingDirs,
-      lock,
-    });
+    if (filename === "-") {
+      // The check itself reports what lies past the end of a truncated stream.
+      top = await openStdin(filename, maxSpool, {
+        format: fmt,
+        unsafeQuirks: o.unsafeQuirks,
+        checkMode: true,
+        skipCompleteness: true,
+      });
+    } else {top = await openImage(filename, {
+        format: fmt,
+        unsafeQuirks: o.unsafeQuirks,
+        checkMode: true,
+        backingDirs: o.backingDirs,
+        lock,
+      });}
     // qemu-img opens the whole chain (a missing backing file fails the check).
-    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    if (filename !== "-") {
+      await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    }
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;

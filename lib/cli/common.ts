@@ -23,9 +23,9 @@ export interface InstarOptions {
 }
 
 export const INSTAR_LONGS: LongOption[] = [
-  { name: "qemu-version", hasArg: true, id: "qemu-version" },
-  { name: "unsafe-quirks", hasArg: false, id: "unsafe-quirks" },
-  { name: "backing-dir", hasArg: true, id: "backing-dir" },
+  { name: "qemu-version", hasArg: true, id: "qemu-version", instar: true },
+  { name: "unsafe-quirks", hasArg: false, id: "unsafe-quirks", instar: true },
+  { name: "backing-dir", hasArg: true, id: "backing-dir", instar: true },
 ];
 
 export function newInstarOptions(base?: InstarOptions): InstarOptions {

@@ -23,14 +23,23 @@ import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import { hostEnv } from "../host/context.ts";
+import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
+import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
 
 async function openForCompare(
   filename: string,
   fmt: string | undefined,
   o: InstarOptions,
   forceShareAll: boolean,
+  maxSpool: bigint,
 ): Promise<OpenedImage[]> {
   try {
+    // `-`: stdin, spooled (docs/pipelines.md).
+    if (filename === "-") {
+      return [
+        await openStdin(filename, maxSpool, { format: fmt, unsafeQuirks: o.unsafeQuirks, noLists: true }),
+      ];
+    }
     const lock = readLock(forceShareAll);
     const top = await openImage(filename, {
       format: fmt,
@@ -52,15 +61,20 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   let cache = "writeback";
   let progressMode: ProgressMode = "off";
   let quiet = false, strict = false, forceShareAll = false;
+  let maxSpool = DEFAULT_MAX_SPOOL;
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":hf:F:T:pqsU", [
     ...DATA_LONGS_HEAD,
     { name: "force-share", hasArg: false, id: "U" },
     { name: "progress", hasArg: true, id: "progress" },
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value)) return;
     switch (id) {
+      case "max-spool":
+        maxSpool = parseMaxSpool(value!);
+        break;
       case "h":
         throw new HelpRequested();
       case "f":
@@ -103,8 +117,11 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
   const progress = new Progress(progressMode, 2.0, io);
   try {
     if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid source cache option: ${cache}`], false, 2);
-    const chain1 = await openForCompare(filename1, fmt1, o, forceShareAll);
-    const chain2 = await openForCompare(filename2, fmt2, o, forceShareAll);
+    if (filename1 === "-" && filename2 === "-") {
+      throw new CliError(["Could not open '-': stdin can be only one of the images"], false, 2);
+    }
+    const chain1 = await openForCompare(filename1, fmt1, o, forceShareAll, maxSpool);
+    const chain2 = await openForCompare(filename2, fmt2, o, forceShareAll, maxSpool);
     refuseDataFile(chain1, filename1, "compare", 2);
     refuseDataFile(chain2, filename2, "compare", 2);
     progress.set(0);

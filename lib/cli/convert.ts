@@ -31,6 +31,7 @@ import { makePolicy } from "../chain/policy.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
+  type ConvertJob,
   convertToBlocks,
   convertToExtents,
   convertToQcow2,
@@ -38,6 +39,8 @@ import {
   convertToStream,
   GuestFailure,
   PlanRefused,
+  qcow2Target,
+  streamTarget,
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { driverFor } from "../formats/mod.ts";
@@ -45,6 +48,20 @@ import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Cancelled, hostPath, trapSignals } from "../host/context.ts";
+import {
+  DEFAULT_MAX_SPOOL,
+  spoolDir,
+  spoolStdin,
+  StdoutSink,
+  StreamClosed,
+  StreamError,
+} from "../host/stdio_stream.ts";
+import {
+  convertBlocksToStream,
+  convertPackedToStream,
+  convertRawToStream,
+} from "../convert/stream_output.ts";
+import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
 interface ConvertArgs {
@@ -72,6 +89,8 @@ interface ConvertArgs {
   cache: string;
   srcCache: string;
   tgtImageOpts: boolean;
+  /** --max-spool: the most bytes a source read from stdin (`-`) may hold. */
+  maxSpool: bigint;
 }
 
 function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands: string[] } {
@@ -93,6 +112,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     cache: "unsafe",
     srcCache: "writeback",
     tgtImageOpts: false,
+    maxSpool: DEFAULT_MAX_SPOOL,
   };
   let outFmtSet = false;
   const operands = getopt(argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
@@ -104,6 +124,7 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
     { name: "bitmaps", hasArg: false, id: "bitmaps" },
     { name: "skip-broken-bitmaps", hasArg: false, id: "skip-broken" },
     { name: "progress", hasArg: true, id: "progress" },
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value)) return;
@@ -203,6 +224,9 @@ function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; operands
         break;
       case "skip-broken":
         a.skipBroken = true;
+        break;
+      case "max-spool":
+        a.maxSpool = parseMaxSpool(value!);
         break;
     }
   });
@@ -346,22 +370,40 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const progress = new Progress(a.progress, 1.0, io);
   progress.set(0);
   const temps = new TempFiles();
+  let spool: UnnamedFile | undefined;
   try {
     checkSupported(a, srcNum);
     const source = operands[0];
+    // `-`: the image comes from stdin or goes to stdout (docs/pipelines.md).
+    const fromStdin = source === "-";
+    const toStdout = outFilename === "-";
+    let sink: StdoutSink | undefined;
+    if (toStdout) {
+      if (a.skipCreate) {
+        throw new CliError(["Writing into an existing image (-n) needs a target file, not '-'"]);
+      }
+      sink = await streamStep(() => StdoutSink.open());
+    }
     let chain;
     try {
       const lock = readLock(a.forceShare);
       // The snapshot list is needed only to pick the one -l names.
       const noLists = a.snapshot === undefined;
-      const top = await openImage(source, {
-        format: a.fmt,
-        unsafeQuirks: o.unsafeQuirks,
-        backingDirs: o.backingDirs,
-        lock,
-        noLists,
-      });
-      chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
+      if (fromStdin) {
+        spool = await streamStep(() => spoolStdin(a.maxSpool), source);
+        chain = [
+          await openStdinImage(source, spool.path, { format: a.fmt, unsafeQuirks: o.unsafeQuirks, noLists }),
+        ];
+      } else {
+        const top = await openImage(source, {
+          format: a.fmt,
+          unsafeQuirks: o.unsafeQuirks,
+          backingDirs: o.backingDirs,
+          lock,
+          noLists,
+        });
+        chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
+      }
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(source, e);
       throw e;
@@ -390,14 +432,23 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
     }
-    if (spec.preallocation !== "off") {
+    // Raw targets take falloc/full as qemu's raw create does (the file
+    // allocated as zeroes before the data lands); qcow2's modes need the
+    // in-place cluster writer.
+    if (spec.preallocation !== "off" && (spec.writer !== "raw" || a.skipCreate || toStdout)) {
       throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+    if (toStdout && spec.writer === "extents") {
+      throw new CliError([
+        `${outFilename}: error while converting ${a.outFmt}: ${STREAMABLE}`,
+      ]);
+    }
 
     // Every file the target consists of: the extents of a multi-file VMDK,
     // then the target name itself (its descriptor, or the whole image).
-    const names = [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
+    // None for stdout: the output is built in unnamed files, then copied out.
+    const names = toStdout ? [] : [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
     // bdrv_create's failure, as qemu words it for the target.
     const cannotCreateAt = (name: string, why: string) =>
       new CliError([
@@ -494,6 +545,27 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         throw cannotCreateAt(names[i], errnoText(e));
       }
     }
+    if (spec.preallocation !== "off" && !inPlace && size > 0n) {
+      // raw_co_create with falloc or full: the whole (512-rounded) file
+      // allocated as zeroes; the data written after only fills it in.
+      const out = outs[outs.length - 1];
+      const st = await Deno.stat(hostPath(out));
+      const why = await fileRange(
+        "allocate",
+        out,
+        0n,
+        (size + 511n) & ~511n,
+        BigInt(st.dev),
+        BigInt(st.ino ?? 0),
+      );
+      if (why !== undefined) {
+        throw new CliError([
+          `${outFilename}: error while converting ${a.outFmt}: Could not preallocate data for the new file: ${why}`,
+        ]);
+      }
+    }
+    // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
+    const scratch = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdout`));
     const out = outs[outs.length - 1];
     const job = {
       layers: chainInputs(chain).map((x, i) => ({
@@ -512,7 +584,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     };
     let written: bigint;
     try {
-      if (spec.writer === "raw") {
+      if (sink) {
+        written = await streamToStdout(job, spec, a.compress, sink, scratch);
+      } else if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
       } else if (spec.writer === "blocks") {
         written = await convertToBlocks(job, spec.blocks!, out);
@@ -524,6 +598,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
       }
     } catch (e) {
+      if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);
+      if (e instanceof Cancelled) throw e;
       if (e instanceof PlanRefused) {
         throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
       }
@@ -563,8 +639,47 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     progress.set(100);
     return 0;
   } finally {
+    spool?.close();
     temps.removeAll();
     temps.dispose();
     progress.end();
+  }
+}
+
+/** Streams the target to stdout, in file order (lib/convert/stream_output.ts). */
+function streamToStdout(
+  job: ConvertJob,
+  spec: OutputSpec,
+  compress: boolean,
+  sink: StdoutSink,
+  scratch: () => Promise<string>,
+): Promise<bigint> {
+  switch (spec.writer) {
+    case "raw":
+      return convertRawToStream(job, sink, scratch);
+    case "blocks":
+      return convertBlocksToStream(job, spec.blocks!, sink, scratch);
+    case "stream":
+      return convertPackedToStream(job, streamTarget(spec.stream!), sink, scratch);
+    case "qcow2":
+      return convertPackedToStream(job, qcow2Target(job, { options: spec.qcow2!, compress }), sink, scratch);
+    default:
+      throw new CliError([STREAMABLE]);
+  }
+}
+
+/** The targets `-` (stdout) can take: one file written in order. */
+const STREAMABLE = "writing to stdout ('-') is supported for raw, qcow2, vpc, vhdx and vmdk " +
+  "(monolithicSparse, streamOptimized) targets only; multi-file vmdk subformats need a file name";
+
+/** Runs a `-` stream step, its refusals as one-line errors (`Could not open '-': ...` for a source). */
+async function streamStep<T>(fn: () => T | Promise<T>, source?: string): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof StreamError) {
+      throw new CliError([source ? `Could not open '${source}': ${e.message}` : e.message]);
+    }
+    throw e;
   }
 }

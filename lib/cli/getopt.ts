@@ -10,6 +10,8 @@ export interface LongOption {
   hasArg: boolean;
   /** Short letter or a name for the handler. */
   id: string;
+  /** instar's own option, not qemu-img's: see the prefix rule in getopt. */
+  instar?: boolean;
 }
 
 export interface Parsed {
@@ -44,7 +46,12 @@ export function getopt(
       const exact = longs.find((l) => l.name === name);
       let opt = exact;
       if (!opt) {
-        const cands = longs.filter((l) => l.name.startsWith(name));
+        // An abbreviation qemu-img accepts keeps its meaning: instar's own
+        // options only match a prefix no qemu-img option of the command has
+        // (so `map --max` stays --max-length next to --max-spool).
+        const all = longs.filter((l) => l.name.startsWith(name));
+        const qemu = all.filter((l) => !l.instar);
+        const cands = qemu.length ? qemu : all;
         const distinct = cands.filter((c, k) =>
           cands.findIndex((d) => d.id === c.id && d.hasArg === c.hasArg) === k
         );

@@ -24,6 +24,7 @@ instar's own commands:
   serve [--socket PATH] [--jobs N]           the service the thin client talks to
   install-client DIR [--name NAME]           write the thin client (e.g. as qemu-img)
   config                                     print the effective backing-file policy
+  inspect [--output=ofmt] FILE|-             an upload gate's verdict: format, size, safe/unsafe
 
 instar options (accepted by every command):
   --qemu-version X.Y   print output the way qemu-img X.Y does (default: the

@@ -74,6 +74,8 @@ export interface OpenOptions {
   lock?: LockMode;
   /** Leave out the snapshot and bitmap lists (infoFlags.NO_LISTS): 65,536 snapshots cost memory. */
   noLists?: boolean;
+  /** Refuse an image that names other files to open (vmdk extents): an image read from stdin. */
+  noExternalFiles?: boolean;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -161,6 +163,9 @@ export async function openImage(filename: string, opts: OpenOptions = {}): Promi
   if (opts.lock) await lockImage(filename, path, st, opts.lock, opts.nofollow);
   const img = await openImageOnce(filename, path, st, requested, opts, []);
   if (!img.vmdk || img.vmdk.filesNeeded === 0) return img;
+  if (opts.noExternalFiles) {
+    throw new OpenError(filename, "an image read from stdin may not name other files (vmdk extents)");
+  }
   // The guest named the extent files: the allowlist decides, then a second
   // run reads each extent's header from the attached files.
   const files = await resolveExtents(img, opts.backingDirs ?? []);

@@ -22,6 +22,8 @@ import { backingName, openChain, type OpenedImage, OpenError, openImage } from "
 import { fullBackingFilename, makePolicy } from "../chain/policy.ts";
 import { type ImageFacts, infoHuman, infoJson, type VmdkFacts } from "../output/image_info.ts";
 import { helpText } from "./help.ts";
+import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
+import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
 
 export function imageFacts(img: OpenedImage): ImageFacts {
   const backing = img.backingFile ? new TextDecoder().decode(img.backingFile) : undefined;
@@ -62,6 +64,7 @@ function vmdkFacts(img: OpenedImage): VmdkFacts | undefined {
 
 export async function infoCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let chain = false;
+  let maxSpool = DEFAULT_MAX_SPOOL;
   const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":f:hU", [
@@ -70,10 +73,12 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
     IMAGE_LONGS_TAIL[0],
     { name: "backing-chain", hasArg: false, id: "backing-chain" },
     ...IMAGE_LONGS_TAIL.slice(1),
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value) || imageCommandOption(s, id, value)) return;
     if (id === "backing-chain") chain = true;
+    if (id === "max-spool") maxSpool = parseMaxSpool(value!);
   });
   const { fmt, output } = s;
   const filename = expectOneFile(operands);
@@ -83,13 +88,23 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
   let list: OpenedImage[];
   try {
     const lock = readLock(s.forceShare, LOCKS.info);
-    const top = await openImage(filename, {
-      format: fmt,
-      unsafeQuirks: o.unsafeQuirks,
-      backingDirs: o.backingDirs,
-      lock,
-    });
+    // `-`: stdin, spooled (docs/pipelines.md); a backing file is named, never opened.
+    const top = filename === "-"
+      ? await openStdin(filename, maxSpool, {
+        format: fmt,
+        unsafeQuirks: o.unsafeQuirks,
+        allowBackingName: true,
+      })
+      : await openImage(filename, {
+        format: fmt,
+        unsafeQuirks: o.unsafeQuirks,
+        backingDirs: o.backingDirs,
+        lock,
+      });
     list = [top];
+    if (chain && filename === "-" && backingName(top) !== undefined) {
+      throw new CliError([`Could not open '-': an image read from stdin may not name a backing file`]);
+    }
     if (chain && backingName(top) !== undefined) {
       // qemu-img opens each image of the chain on its own and names it in errors.
       if (backingName(top)!.length > 0 && fullBackingFilename(filename, backingName(top)!) === null) {

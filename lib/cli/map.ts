@@ -24,6 +24,8 @@ import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { type MapExtent, mapHuman, mapJson } from "../output/map.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
+import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
 
 const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID |
   mapFlags.COMPRESSED;
@@ -31,6 +33,7 @@ const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OF
 export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   let start = 0n;
   let maxLength = -1n;
+  let maxSpool = DEFAULT_MAX_SPOOL;
   const s: ImageCommandOptions = {};
   const o = newInstarOptions(base);
   const operands = getopt(argv, ":f:s:l:hU", [
@@ -38,6 +41,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
     ...IMAGE_LONGS_TAIL,
     { name: "start-offset", hasArg: true, id: "s" },
     { name: "max-length", hasArg: true, id: "l" },
+    MAX_SPOOL_LONG,
     ...INSTAR_LONGS,
   ], ({ id, value }) => {
     if (instarOption(o, id, value) || imageCommandOption(s, id, value)) return;
@@ -47,6 +51,9 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
         break;
       case "l":
         maxLength = cvtnum("max length", value!);
+        break;
+      case "max-spool":
+        maxSpool = parseMaxSpool(value!);
         break;
     }
   });
@@ -58,14 +65,21 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
   let chain;
   try {
     const lock = readLock(s.forceShare);
-    const top = await openImage(filename, {
-      format: fmt,
-      unsafeQuirks: o.unsafeQuirks,
-      backingDirs: o.backingDirs,
-      lock,
-      noLists: true,
-    });
-    chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    if (filename === "-") {
+      // stdin, spooled (docs/pipelines.md).
+      chain = [
+        await openStdin(filename, maxSpool, { format: fmt, unsafeQuirks: o.unsafeQuirks, noLists: true }),
+      ];
+    } else {
+      const top = await openImage(filename, {
+        format: fmt,
+        unsafeQuirks: o.unsafeQuirks,
+        backingDirs: o.backingDirs,
+        lock,
+        noLists: true,
+      });
+      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+    }
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;

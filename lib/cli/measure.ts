@@ -26,6 +26,8 @@ import { optSetNumber, parseOptions } from "../formats/options.ts";
 import { driverFor } from "../formats/mod.ts";
 import type { AllocationExtent, MeasureInput, MeasureResult } from "../formats/types.ts";
 import { QDict, toJsonPretty } from "../output/qdict.ts";
+import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
+import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
 
 const ALL_FLAGS = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID |
   mapFlags.COMPRESSED;
@@ -156,6 +158,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let imgSize: bigint | undefined;
   let snapshot: SnapshotParam | undefined;
   let forceShareAll = false;
+  let maxSpool = DEFAULT_MAX_SPOOL;
   const warnings: string[] = [];
   const o = newInstarOptions(base);
   // img_measure's getopt string has no leading ':', so glibc reports a bad
@@ -168,10 +171,14 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
       { name: "output", hasArg: true, id: "output" },
       { name: "size", hasArg: true, id: "size" },
       { name: "force-share", hasArg: false, id: "U" },
+      MAX_SPOOL_LONG,
       ...INSTAR_LONGS,
     ], ({ id, value }) => {
       if (instarOption(o, id, value)) return;
       switch (id) {
+        case "max-spool":
+          maxSpool = parseMaxSpool(value!);
+          break;
         case "h":
           throw new HelpRequested();
         case "f":
@@ -224,13 +231,18 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   if (filename !== undefined) {
     try {
       const lock = readLock(forceShareAll);
-      const top = await openImage(filename, {
-        format: fmt,
-        unsafeQuirks: o.unsafeQuirks,
-        backingDirs: o.backingDirs,
-        lock,
-      });
-      chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+      if (filename === "-") {
+        // stdin, spooled (docs/pipelines.md).
+        chain = [await openStdin(filename, maxSpool, { format: fmt, unsafeQuirks: o.unsafeQuirks })];
+      } else {
+        const top = await openImage(filename, {
+          format: fmt,
+          unsafeQuirks: o.unsafeQuirks,
+          backingDirs: o.backingDirs,
+          lock,
+        });
+        chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+      }
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(filename, e);
       throw e;

@@ -24,6 +24,7 @@ const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
   serve: async () => (await import("../service/serve.ts")).serveCommand,
   "install-client": async () => (await import("../service/install.ts")).installClientCommand,
   config: async () => (await import("../config/command.ts")).configCommand,
+  inspect: async () => (await import("./inspect.ts")).inspectCommand,
 };
 
 const COMMANDS: Record<string, typeof infoCommand> = {

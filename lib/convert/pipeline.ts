@@ -15,7 +15,7 @@ import {
   type Qcow2OutputOptions,
   qcow2OutputPrologue,
 } from "../formats/qcow2/output_plan.ts";
-import { alignUp } from "../formats/plan.ts";
+import { alignUp, type FilePlan } from "../formats/plan.ts";
 import type { BlockOutput, BlockRun, ExtentsOutput, StreamOutput } from "../formats/types.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
 
@@ -79,7 +79,7 @@ function debugRun(what: string, r: { exits: bigint; elapsedNs: bigint; setupNs: 
   }
 }
 
-function failOnError(recs: Rec[]) {
+export function failOnError(recs: Rec[]) {
   const err = recs.find((r) => r.type === records.ERROR);
   if (err && DEBUG) {
     console.error(
@@ -89,7 +89,7 @@ function failOnError(recs: Rec[]) {
   if (err) throw new GuestFailure(err);
 }
 
-function doneRecord(recs: Rec[]) {
+export function doneRecord(recs: Rec[]) {
   const done = recs.filter((r) => r.type === records.CONVERT_DONE);
   if (done.length !== 1) throw new Error("the guest did not report the end of its range");
   return done[0].fields;
@@ -170,7 +170,7 @@ export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bi
   return results.reduce((t, r) => t + (doneRecord(r.records).bytes_written as bigint), 0n);
 }
 
-interface Part {
+export interface Part {
   runs: DataRun[];
   compressed: CompressedCluster[];
   dataEnd: bigint;
@@ -178,7 +178,7 @@ interface Part {
 }
 
 /** Reads DATA_RUN / COMPRESSED_RUN records into planner inputs (the planner validates them). */
-function collect(recs: Rec[], shift: bigint): Part {
+export function collect(recs: Rec[], shift: bigint): Part {
   const runs: DataRun[] = [];
   const compressed: CompressedCluster[] = [];
   for (const r of recs) {
@@ -221,7 +221,7 @@ export interface Qcow2Target {
 /** Thrown with qemu's words when the planner refuses (options, size). */
 export class PlanRefused extends Error {}
 
-interface Packing {
+export interface Packing {
   op: string;
   flags: bigint;
   /** Output cluster (grain) size. */
@@ -300,8 +300,15 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
   return parts;
 }
 
-/** qcow2 output: guests write the data, the planner the metadata. Returns the data bytes written. */
-export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPath: string): Promise<bigint> {
+/** A packed target: how its guests pack clusters, and the metadata plan for what they reported. */
+export interface PackedTarget {
+  packing: Packing;
+  /** The plan for the parts' data (throws PlanRefused). */
+  finish(parts: Part[]): FilePlan;
+}
+
+/** qcow2 output's packing and planner (file or stdout). */
+export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget {
   const o = target.options;
   const pro = qcow2OutputPrologue(o, job.size);
   if (!pro.ok) throw new PlanRefused(pro.error.message);
@@ -323,7 +330,7 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
   const maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
   // A compressed stream stays under a cluster, plus at most a cluster of
   // padding before the next plain cluster or a fresh shared cluster.
-  const parts = await packedParts(job, {
+  const packing: Packing = {
     op,
     flags,
     clusterSize: cs,
@@ -333,19 +340,32 @@ export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPa
     capPerCluster: cs,
     // Plain clusters sit on cluster boundaries.
     align: cs > 4096n ? cs : 4096n,
-  }, outPath);
-  const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
+  };
+  return {
+    packing,
+    finish(parts) {
+      const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
+      const plan = qcow2OutputFinish(
+        o,
+        job.size,
+        dataEnd,
+        parts.flatMap((p) => p.runs),
+        parts.flatMap((p) => p.compressed),
+      );
+      if (!plan.ok) throw new PlanRefused(plan.error.message);
+      return plan.value;
+    },
+  };
+}
+
+/** qcow2 output: guests write the data, the planner the metadata. Returns the data bytes written. */
+export async function convertToQcow2(job: ConvertJob, target: Qcow2Target, outPath: string): Promise<bigint> {
+  const t = qcow2Target(job, target);
+  const parts = await packedParts(job, t.packing, outPath);
   const t0 = performance.now();
-  const plan = qcow2OutputFinish(
-    o,
-    job.size,
-    dataEnd,
-    parts.flatMap((p) => p.runs),
-    parts.flatMap((p) => p.compressed),
-  );
-  if (!plan.ok) throw new PlanRefused(plan.error.message);
+  const plan = t.finish(parts);
   const t1 = performance.now();
-  await applyPlan(outPath, plan.value);
+  await applyPlan(outPath, plan);
   if (DEBUG) {
     console.error(
       `instar: qcow2 metadata planned in ${(t1 - t0).toFixed(1)} ms, written in ${
@@ -487,28 +507,39 @@ export async function convertToBlocks(
  * tables at them. Returns the data bytes written.
  */
 export async function convertToStream(job: ConvertJob, s: StreamOutput, outPath: string): Promise<bigint> {
-  const parts = await packedParts(job, {
-    op: "convert_zlib",
-    flags: BigInt(convertFlags.QCOW2 | convertFlags.COMPRESS | convertFlags.VMDK),
-    clusterSize: s.grainSize,
-    dataStart: s.dataStart,
-    maxRefs: 0n,
-    perCluster: s.grainMax,
-    capPerCluster: s.grainMax,
-    // Markers sit on sectors: at most 4 KiB of zeroes between the halves.
-    align: 4096n,
-  }, outPath);
-  const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), s.dataStart);
-  const grains = parts.flatMap((p) => p.compressed).map((c) => ({
-    grain: c.guestCluster,
-    offset: c.hostOffset,
-    length: c.length,
-  }));
-  if (parts.some((p) => p.runs.length > 0)) throw new Error("the guest stored a grain uncompressed");
-  const plan = s.finish(dataEnd, grains);
-  if (!plan.ok) throw new PlanRefused(plan.error.message);
-  await applyPlan(outPath, plan.value);
+  const t = streamTarget(s);
+  const parts = await packedParts(job, t.packing, outPath);
+  await applyPlan(outPath, t.finish(parts));
   return parts.reduce((t, p) => t + p.written, 0n);
+}
+
+/** streamOptimized VMDK's packing and planner (file or stdout). */
+export function streamTarget(s: StreamOutput): PackedTarget {
+  return {
+    packing: {
+      op: "convert_zlib",
+      flags: BigInt(convertFlags.QCOW2 | convertFlags.COMPRESS | convertFlags.VMDK),
+      clusterSize: s.grainSize,
+      dataStart: s.dataStart,
+      maxRefs: 0n,
+      perCluster: s.grainMax,
+      capPerCluster: s.grainMax,
+      // Markers sit on sectors: at most 4 KiB of zeroes between the halves.
+      align: 4096n,
+    },
+    finish(parts) {
+      const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), s.dataStart);
+      const grains = parts.flatMap((p) => p.compressed).map((c) => ({
+        grain: c.guestCluster,
+        offset: c.hostOffset,
+        length: c.length,
+      }));
+      if (parts.some((p) => p.runs.length > 0)) throw new Error("the guest stored a grain uncompressed");
+      const plan = s.finish(dataEnd, grains);
+      if (!plan.ok) throw new PlanRefused(plan.error.message);
+      return plan.value;
+    },
+  };
 }
 
 /**

@@ -685,6 +685,9 @@ function preallocData({ rc, log, l2, scan, oldLen, newLen }: Grow) {
  * table, drop refcount blocks that became unused, cut the file after the last
  * used cluster, then write the size.
  */
+/** The most transient L2 tables a shrink models (see shrink). */
+const TRANSIENT_MAX = 4096;
+
 function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   const log = new StepLog(scan.fileSize);
   const rc = modelOf(scan, log);
@@ -695,6 +698,52 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   const kept = new Set<bigint>();
   for (const [i, v] of scan.l1) {
     if (BigInt(i) < newL1 && (v & L1E_OFFSET_MASK) !== 0n) kept.add(v & L1E_OFFSET_MASK);
+  }
+  // qcow2_cluster_discard goes through get_cluster_table, which allocates
+  // an L2 table (l2_allocate: first fit, zero-filled, the L1 entry's sector
+  // written) for every L1 entry of the cut-off range that has none. Only
+  // the entry holding the new end survives the L1 shrink, so only its table
+  // stays: the file keeps an empty L2 cluster there, as qemu's does. It is
+  // allocated before any discard frees a cluster, as in qemu's walk.
+  // Order: zero table and refcounts synced, then the L1 entry.
+  const cut = (newSize + cs - 1n) & ~(cs - 1n);
+  const oldLen = roundUp512(scan.virtualSize);
+  const perTable = (cs / entryBytes) * cs;
+  const firstIdx = cut / perTable;
+  const firstEntry = scan.l1.get(Number(firstIdx)) ?? 0n;
+  if (cut < oldLen && firstIdx < newL1 && (firstEntry & L1E_OFFSET_MASK) === 0n) {
+    const table = rc.alloc(1n) << rc.cb;
+    log.push([...blockPatches(rc), { kind: "write", offset: table, bytes: new Uint8Array(Number(cs)) }]);
+    log.push(hookupPatches(rc));
+    // qcow2_write_l1_entry: the 512-byte sector holding the entry.
+    const first = firstIdx & ~63n;
+    const count = BigInt(scan.l1Size) - first < 64n ? BigInt(scan.l1Size) - first : 64n;
+    const sector = new Uint8Array(Number(count * 8n));
+    const dv = new DataView(sector.buffer);
+    for (let i = 0n; i < count; i++) {
+      const v = first + i === firstIdx ? table | COPIED : scan.l1.get(Number(first + i)) ?? 0n;
+      dv.setBigUint64(Number(i) * 8, v, false);
+    }
+    log.push([{ kind: "write", offset: scan.l1Offset + first * 8n, bytes: sector }]);
+  }
+  // The tables qemu allocates for the entries past the new L1 size are freed
+  // again by qcow2_shrink_l1_table: they leave no bytes, but they may grow
+  // the file, which the final cut then brings back to the last used cluster
+  // (a file not cluster aligned before ends aligned after). Their clusters
+  // are modelled as allocated and freed with the other dropped L2 tables;
+  // past TRANSIENT_MAX of them only the file length could still change, and
+  // it already has. (qemu frees each range's data as it walks, so it may
+  // reuse a freed cluster for a later table; either way they end up free.)
+  const transient: bigint[] = [];
+  let grownTo = log.size;
+  if (cut < oldLen) {
+    const lastIdx = (oldLen - 1n) / perTable;
+    for (let i = firstIdx > newL1 ? firstIdx : newL1; i <= lastIdx && transient.length < TRANSIENT_MAX; i++) {
+      if (((scan.l1.get(Number(i)) ?? 0n) & L1E_OFFSET_MASK) !== 0n) continue;
+      const c = rc.alloc(1n);
+      transient.push(c);
+      if ((c + 1n) << rc.cb > grownTo) grownTo = (c + 1n) << rc.cb;
+    }
   }
   const step1: Patch[] = [];
   for (const z of scan.zeros) {
@@ -728,6 +777,7 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
     const off = (scan.l1.get(i) ?? 0n) & L1E_OFFSET_MASK;
     if (off) rc.update(off >> rc.cb, 1n, -1n);
   }
+  for (const c of transient) rc.update(c, 1n, -1n);
   // qcow2_shrink_reftable: drop blocks with no reference but their own.
   const dropped = [...rc.table.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).filter((t) =>
     rc.unused(t)
@@ -755,10 +805,11 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
     offset: scan.reftableOffset,
     bytes: reftable,
   }];
-  // qcow2_get_last_cluster over the old file length.
-  const last = rc.lastUsed((scan.fileSize + cs - 1n) >> rc.cb);
+  // qcow2_get_last_cluster over the file length after the discard (which
+  // may have added an L2 table).
+  const last = rc.lastUsed((grownTo + cs - 1n) >> rc.cb);
   if (last < 0n) throw new ResizeRefusal("unsupported", "There are no references in the refcount table");
-  let size = scan.fileSize;
+  let size = grownTo;
   if ((last + 1n) * cs < size) size = (last + 1n) * cs;
   // The discards, once nothing references those clusters: zero patches
   // inside the file, which the applier punches as holes. Only the part the

@@ -41,6 +41,8 @@ export const rawDriver: FormatDriver = {
   convertTarget: {
     spec(opts) {
       const prealloc = optGet(opts, "preallocation")?.str ?? "off";
+      // file-posix knows metadata but refuses it for a raw file.
+      if (prealloc === "metadata") return fail("invalid_option", "Unsupported preallocation mode: metadata");
       if (!["off", "falloc", "full"].includes(prealloc)) {
         return fail("invalid_option", `invalid parameter value: ${prealloc}`);
       }
