@@ -4,6 +4,8 @@
 // Every resize result is compared byte for byte with qemu-img's; a mismatch
 // aborts the run.
 //
+// snapshot -c results are compared with the snapshot dates masked.
+//
 //   scripts/deno.sh task bench:planners [--runs N]
 import { parseArgs } from "node:util";
 
@@ -41,6 +43,38 @@ interface Case {
   args: string[];
   /** The file each tool writes, compared afterwards (resize only). */
   compare?: boolean;
+  /** Compared with each snapshot's date fields masked (snapshot -c). */
+  compareSnapshot?: boolean;
+  /** Makes the input once, before the runs (it is then copied for each). */
+  template?: (path: string, dir: string) => Promise<void>;
+}
+
+/** The file with every snapshot table entry's date_sec/date_nsec zeroed. */
+async function maskedSnapshots(path: string): Promise<Uint8Array> {
+  const b = await Deno.readFile(path);
+  const dv = new DataView(b.buffer);
+  let at = Number(dv.getBigUint64(64));
+  for (let i = 0, nb = dv.getUint32(60); i < nb; i++) {
+    at = (at + 7) & ~7;
+    b.fill(0, at + 16, at + 24);
+    at += 40 + dv.getUint32(at + 36) + dv.getUint16(at + 12) + dv.getUint16(at + 14);
+  }
+  return b;
+}
+
+/** A qcow2 image with 4 KiB clusters and one written cluster in each of `tables` L2 tables. */
+async function manyL2Tables(path: string, dir: string, tables: number): Promise<void> {
+  // An L2 table of 4 KiB clusters maps 2 MiB: a sparse raw file with 4 KiB
+  // of data every 2 MiB, converted (qemu-io writes one by one take minutes).
+  const raw = `${dir}/template.raw`;
+  using f = await Deno.open(raw, { write: true, create: true, truncate: true });
+  await f.truncate(tables * 2 * 1024 * 1024);
+  for (let t = 0; t < tables; t++) {
+    await f.seek(t * 2 * 1024 * 1024, Deno.SeekMode.Start);
+    await f.write(new Uint8Array(4096).fill(1 + (t % 250)));
+  }
+  await run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=4k", raw, path], dir);
+  await Deno.remove(raw);
 }
 
 const cases: Case[] = [
@@ -74,6 +108,13 @@ const cases: Case[] = [
     args: ["resize", "-q", "FILE", "10G"],
     compare: true,
   },
+  {
+    // Issue 14's number: qcow2_snapshot_create walks every L2 table.
+    label: "`snapshot -c s FILE` (10,000 L2 tables, 4 KiB clusters)",
+    template: (path, dir) => manyL2Tables(path, dir, 10000),
+    args: ["snapshot", "-c", "s", "FILE"],
+    compareSnapshot: true,
+  },
 ];
 
 const dir = await Deno.makeTempDir({ prefix: "instar-bench-planners-" });
@@ -84,6 +125,11 @@ try {
     for (let i = 0; i <= runs; i++) {
       const files = [`${dir}/i.img`, `${dir}/q.img`];
       for (const f of files) await Deno.remove(f).catch(() => {});
+      if (c.template) {
+        const t = `${dir}/template.img`;
+        if (i === 0) await c.template(t, dir);
+        for (const f of files) await Deno.copyFile(t, f);
+      }
       for (const s of c.setup ?? []) {
         await run(["qemu-img", ...s.map((a) => (a === "FILE" ? files[1] : a))], dir);
         await Deno.copyFile(files[1], files[0]);
@@ -97,9 +143,16 @@ try {
         if (i > 0) (k === 0 ? ours : theirs).push(t); // run 0 warms up
       }
       if (c.compare && !(await same(files[0], files[1]))) throw new Error(`${c.label}: files differ`);
+      if (c.compareSnapshot) {
+        const [a, b] = await Promise.all(files.map(maskedSnapshots));
+        if (a.length !== b.length || a.some((v, k) => v !== b[k])) {
+          throw new Error(`${c.label}: files differ`);
+        }
+      }
     }
     const [a, b] = [median(ours), median(theirs)];
     console.log(`| ${c.label} | ${a.toFixed(1)} ms | ${b.toFixed(1)} ms | ${(a / b).toFixed(2)} |`);
+    await Deno.remove(`${dir}/template.img`).catch(() => {});
   }
 } finally {
   await Deno.remove(dir, { recursive: true });

@@ -52,8 +52,10 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "create_emitters",
       "resize_planners",
       "repair_planner",
+      "write_planner",
       "bitmap_planner",
       "inspect",
+      "snapshot_planner",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);

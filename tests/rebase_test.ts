@@ -4,7 +4,7 @@
 // must be the same, for qcow2 v2 and v3 layouts and every backing-name case
 // (a new name and format, none, a relative path, qemu's refusals). Headers
 // instar does not rewrite (bitmaps, an external data file) are refused with
-// the file unchanged; safe mode is refused for now.
+// the file unchanged (safe mode too; tests/rebase_safe_test.ts tests its copying).
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -105,7 +105,12 @@ Deno.test(
     const root = await Deno.makeTempDir({ prefix: "instar-rebase-" });
     try {
       const cases: [string, string[], string[], RegExp][] = [
-        ["safe mode", [], ["-b", "b", "-F", "raw"], /^instar: instar rebases only in unsafe mode/],
+        [
+          "safe mode, persistent bitmaps",
+          ["bitmap"],
+          ["-b", "", "-F", "raw"],
+          /^instar: Could not rebase 'img': .*bitmaps/,
+        ],
         [
           "persistent bitmaps",
           ["bitmap"],

@@ -28,6 +28,12 @@
 //            only, qemu-img must read the result and the data below the
 //            old size must be unchanged (skipped while instar refuses with
 //            "does not support resize")
+//   snapshot qcow2 (any refcount width, v2/v3, extended L2): 1-4 of
+//            snapshot -c/-a/-d with names from a small pool, on two copies:
+//            stdout/stderr/exit code after each, then the files byte for
+//            byte with the snapshot dates masked and `qemu-img check` of
+//            instar's copy (stops at the first failure: qemu may leave
+//            leaked clusters where instar writes nothing, docs/snapshot.md)
 // Pickers stay away from the divergences docs/quirks.md documents (raw
 // inputs always get -f raw, no backing or data files, no snapshots/bitmaps
 // for info, no target preallocation).
@@ -626,7 +632,63 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
       }
     }
   },
+  async snapshot(c) {
+    const img = await makeImage(c, "in", ["qcow2"]);
+    await must("cp", ["--sparse=always", img.file, "q.qcow2"], c.dir);
+    await must("cp", ["--sparse=always", img.file, "i.qcow2"], c.dir);
+    const steps: string[][] = [];
+    for (let k = pick(c, "snapshot_steps", [1, 2, 3, 4]); k > 0; k--) {
+      steps.push([c.rng.pick(["-c", "-c", "-a", "-d"]), c.rng.pick(["a", "b", "1", "2"])]);
+    }
+    c.picks.snapshot_commands = steps;
+    for (const a of steps) {
+      const qa = ["snapshot", ...a, "q.qcow2"], ia = ["snapshot", ...a, "i.qcow2"];
+      const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
+      const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+      if (i.code !== 0 && /instar does not/.test(i.stderr)) {
+        c.picks.skipped = i.stderr.trim();
+        return;
+      }
+      if (!same(asInstar({ ...q, stderr: q.stderr.replaceAll("q.qcow2", "i.qcow2") }), i)) {
+        c.divergences.push({ kind: "snapshot_outcome", commands, qemu: q, instar: i });
+        return;
+      }
+      if (q.code !== 0) return;
+      const [qb, ib] = await Promise.all(["q", "i"].map((f) => snapshotsMasked(`${c.dir}/${f}.qcow2`)));
+      const at = qb.length !== ib.length
+        ? Math.min(qb.length, ib.length)
+        : qb.findIndex((v, k) => v !== ib[k]);
+      if (at >= 0) {
+        c.divergences.push({
+          kind: "snapshot_bytes",
+          commands,
+          qemu: qb.length,
+          instar: { length: ib.length, at },
+        });
+        return;
+      }
+      const ic = await qemu(["check", "-f", "qcow2", "i.qcow2"], c.dir);
+      if (ic.code !== 0) {
+        c.divergences.push({ kind: "snapshot_check", commands, qemu: {}, instar: ic });
+        return;
+      }
+    }
+  },
 };
+
+/** A qcow2 file with each snapshot table entry's date_sec/date_nsec zeroed. */
+async function snapshotsMasked(path: string): Promise<Uint8Array> {
+  const b = await Deno.readFile(path);
+  const dv = new DataView(b.buffer);
+  let at = Number(dv.getBigUint64(64));
+  for (let i = 0, nb = dv.getUint32(60); i < nb; i++) {
+    at = (at + 7) & ~7;
+    if (at + 40 > b.length) break;
+    b.fill(0, at + 16, at + 24);
+    at += 40 + dv.getUint32(at + 36) + dv.getUint16(at + 12) + dv.getUint16(at + 14);
+  }
+  return b;
+}
 
 const RESIZE_DELTAS = ["+512", "+64K", "+1M", "+15M", "+1G", "-512", "-64K", "-1M", "4M", "100M"];
 

@@ -31,7 +31,10 @@
 #define OP_CONVERT 5
 #define OP_COMPARE 6
 #define OP_RESIZE_SCAN 7
+#define OP_REBASE_DIFF 60
+#define OP_COPY_RUNS 61
 #define OP_INSPECT 50
+#define OP_SNAPSHOT_SCAN 55
 #define OP_BITMAP_SCAN 65
 #define OP_TEST 99
 
@@ -99,10 +102,16 @@
 #define REC_RESIZE_SUMMARY 25
 #define REC_RESIZE_META 26
 #define REC_RESIZE_BYTES 27
+#define REC_DIFF_RUN 50
 #define REC_BITMAP_DIR 60
 #define REC_BITMAP_ENTRY 61
 #define REC_INSPECT 80
 #define REC_INSPECT_FINDING 81
+#define REC_SNAP_ENTRY 40
+#define REC_SNAP_BYTES 41
+#define REC_SNAP_L1 42
+#define REC_SNAP_L2RUN 43
+#define REC_SNAP_SUMMARY 44
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -163,6 +172,9 @@
 #define RESIZE_F_TOO_BIG 1
 #define RESIZE_F_SHRINK 2
 #define RESIZE_F_BUSY_TAIL 4
+
+#define DIFF_F_OLD_ZERO 1
+#define DIFF_F_ZERO 2
 
 #define BMS_ALL_ONES 1
 #define BMS_TAIL_BITS 2
@@ -307,6 +319,18 @@
 #define INSP_MBR_NO_PARTITIONS 54
 #define INSP_GPT_HEADER 55
 #define INSP_LUKS_VERSION 60
+
+#define SNAPSCAN_F_ACTIVE_L1 1
+
+#define SNAPSUM_F_TOO_BIG 1
+
+#define SNAPBYTES_ID 1
+#define SNAPBYTES_NAME 2
+#define SNAPBYTES_EXTRA 3
+
+#define SNAPRUN_NONE 0
+#define SNAPRUN_DATA 1
+#define SNAPRUN_COMPRESSED 2
 
 #define CMSG_REFCOUNT_MISMATCH 1 /* %S cluster %d refcount=%u reference=%u\n */
 #define CMSG_REGION_PAST_EOF 2 /* ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x%x size 0x%x\n */
@@ -713,6 +737,21 @@ _Static_assert(offsetof(struct rec_map_extent, depth) == 36, "rec_map_extent.dep
 _Static_assert(offsetof(struct rec_map_extent, input) == 40, "rec_map_extent.input");
 _Static_assert(offsetof(struct rec_map_extent, reserved) == 44, "rec_map_extent.reserved");
 
+/* records.DIFF_RUN: overlay clusters [cluster, +count) unallocated in the overlay whose old and new backing contents differ */
+struct rec_diff_run {
+    uint8_t hdr[8];
+    uint64_t cluster;
+    uint64_t count;
+    uint32_t flags; /* diffFlags.* */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_diff_run) == 32, "rec_diff_run size");
+_Static_assert(offsetof(struct rec_diff_run, hdr) == 0, "rec_diff_run.hdr");
+_Static_assert(offsetof(struct rec_diff_run, cluster) == 8, "rec_diff_run.cluster");
+_Static_assert(offsetof(struct rec_diff_run, count) == 16, "rec_diff_run.count");
+_Static_assert(offsetof(struct rec_diff_run, flags) == 24, "rec_diff_run.flags");
+_Static_assert(offsetof(struct rec_diff_run, reserved) == 28, "rec_diff_run.reserved");
+
 /* records.DATA_RUN: guest clusters [guest_cluster, +count) written uncompressed at host_offset, +cluster, ... */
 struct rec_data_run {
     uint8_t hdr[8];
@@ -1053,5 +1092,120 @@ _Static_assert(offsetof(struct rec_inspect_finding, code) == 8, "rec_inspect_fin
 _Static_assert(offsetof(struct rec_inspect_finding, text_len) == 12, "rec_inspect_finding.text_len");
 _Static_assert(offsetof(struct rec_inspect_finding, a) == 16, "rec_inspect_finding.a");
 _Static_assert(offsetof(struct rec_inspect_finding, text) == 40, "rec_inspect_finding.text");
+
+/* records.SNAP_ENTRY: snapshot `index` as qemu's qcow2_read_snapshots derives it; its id, name and unknown extra data follow in SNAP_BYTES records */
+struct rec_snap_entry {
+    uint8_t hdr[8];
+    uint32_t index;
+    uint32_t extra_size; /* extra_data_size as stored (<= 1024) */
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    uint32_t id_len; /* strlen of the id (cut at its first NUL) */
+    uint32_t name_len; /* strlen of the name */
+    uint32_t unknown_len; /* extra bytes past the 24 qemu knows */
+    uint32_t date_sec;
+    uint32_t date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t vm_state_size; /* the large field when stored, else the 32-bit one */
+    uint64_t disk_size; /* stored, else the image's size in whole sectors */
+    uint64_t icount; /* stored, else UINT64_MAX */
+};
+_Static_assert(sizeof(struct rec_snap_entry) == 80, "rec_snap_entry size");
+_Static_assert(offsetof(struct rec_snap_entry, hdr) == 0, "rec_snap_entry.hdr");
+_Static_assert(offsetof(struct rec_snap_entry, index) == 8, "rec_snap_entry.index");
+_Static_assert(offsetof(struct rec_snap_entry, extra_size) == 12, "rec_snap_entry.extra_size");
+_Static_assert(offsetof(struct rec_snap_entry, l1_offset) == 16, "rec_snap_entry.l1_offset");
+_Static_assert(offsetof(struct rec_snap_entry, l1_size) == 24, "rec_snap_entry.l1_size");
+_Static_assert(offsetof(struct rec_snap_entry, id_len) == 28, "rec_snap_entry.id_len");
+_Static_assert(offsetof(struct rec_snap_entry, name_len) == 32, "rec_snap_entry.name_len");
+_Static_assert(offsetof(struct rec_snap_entry, unknown_len) == 36, "rec_snap_entry.unknown_len");
+_Static_assert(offsetof(struct rec_snap_entry, date_sec) == 40, "rec_snap_entry.date_sec");
+_Static_assert(offsetof(struct rec_snap_entry, date_nsec) == 44, "rec_snap_entry.date_nsec");
+_Static_assert(offsetof(struct rec_snap_entry, vm_clock_nsec) == 48, "rec_snap_entry.vm_clock_nsec");
+_Static_assert(offsetof(struct rec_snap_entry, vm_state_size) == 56, "rec_snap_entry.vm_state_size");
+_Static_assert(offsetof(struct rec_snap_entry, disk_size) == 64, "rec_snap_entry.disk_size");
+_Static_assert(offsetof(struct rec_snap_entry, icount) == 72, "rec_snap_entry.icount");
+
+/* records.SNAP_BYTES: bytes [offset, offset+length) of snapshot `index`'s id, name or unknown extra data */
+struct rec_snap_bytes {
+    uint8_t hdr[8];
+    uint32_t index;
+    uint16_t what; /* snapBytesKinds.* */
+    uint16_t length; /* <= 2048 */
+    uint32_t offset;
+    uint32_t reserved;
+    uint8_t bytes[2048];
+};
+_Static_assert(sizeof(struct rec_snap_bytes) == 2072, "rec_snap_bytes size");
+_Static_assert(offsetof(struct rec_snap_bytes, hdr) == 0, "rec_snap_bytes.hdr");
+_Static_assert(offsetof(struct rec_snap_bytes, index) == 8, "rec_snap_bytes.index");
+_Static_assert(offsetof(struct rec_snap_bytes, what) == 12, "rec_snap_bytes.what");
+_Static_assert(offsetof(struct rec_snap_bytes, length) == 14, "rec_snap_bytes.length");
+_Static_assert(offsetof(struct rec_snap_bytes, offset) == 16, "rec_snap_bytes.offset");
+_Static_assert(offsetof(struct rec_snap_bytes, reserved) == 20, "rec_snap_bytes.reserved");
+_Static_assert(offsetof(struct rec_snap_bytes, bytes) == 24, "rec_snap_bytes.bytes");
+
+/* records.SNAP_L1: one non-zero L1 entry (raw value) of the active table (table 0) or the snapshot's (1) */
+struct rec_snap_l1 {
+    uint8_t hdr[8];
+    uint32_t table;
+    uint32_t reserved;
+    uint64_t index;
+    uint64_t value;
+};
+_Static_assert(sizeof(struct rec_snap_l1) == 32, "rec_snap_l1 size");
+_Static_assert(offsetof(struct rec_snap_l1, hdr) == 0, "rec_snap_l1.hdr");
+_Static_assert(offsetof(struct rec_snap_l1, table) == 8, "rec_snap_l1.table");
+_Static_assert(offsetof(struct rec_snap_l1, reserved) == 12, "rec_snap_l1.reserved");
+_Static_assert(offsetof(struct rec_snap_l1, index) == 16, "rec_snap_l1.index");
+_Static_assert(offsetof(struct rec_snap_l1, value) == 24, "rec_snap_l1.value");
+
+/* records.SNAP_L2RUN: `count` non-zero L2 entries from file offset `entry` on, inside one L2 table; entry k holds value + k * cluster size (kind DATA) or value (others), and `bitmap` (extended L2) */
+struct rec_snap_l2run {
+    uint8_t hdr[8];
+    uint64_t entry; /* file offset of the first entry */
+    uint64_t value; /* raw first word of the first entry */
+    uint64_t bitmap;
+    uint64_t ref_first; /* first host cluster referenced (DATA, COMPRESSED) */
+    uint32_t count;
+    uint32_t kind; /* snapRunKinds.* */
+    uint32_t ref_clusters; /* COMPRESSED: clusters the data spans; else 1 */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_snap_l2run) == 56, "rec_snap_l2run size");
+_Static_assert(offsetof(struct rec_snap_l2run, hdr) == 0, "rec_snap_l2run.hdr");
+_Static_assert(offsetof(struct rec_snap_l2run, entry) == 8, "rec_snap_l2run.entry");
+_Static_assert(offsetof(struct rec_snap_l2run, value) == 16, "rec_snap_l2run.value");
+_Static_assert(offsetof(struct rec_snap_l2run, bitmap) == 24, "rec_snap_l2run.bitmap");
+_Static_assert(offsetof(struct rec_snap_l2run, ref_first) == 32, "rec_snap_l2run.ref_first");
+_Static_assert(offsetof(struct rec_snap_l2run, count) == 40, "rec_snap_l2run.count");
+_Static_assert(offsetof(struct rec_snap_l2run, kind) == 44, "rec_snap_l2run.kind");
+_Static_assert(offsetof(struct rec_snap_l2run, ref_clusters) == 48, "rec_snap_l2run.ref_clusters");
+_Static_assert(offsetof(struct rec_snap_l2run, reserved) == 52, "rec_snap_l2run.reserved");
+
+/* records.SNAP_SUMMARY: last record of a snapshot scan, with the count of each record kind */
+struct rec_snap_summary {
+    uint8_t hdr[8];
+    uint32_t flags; /* snapSummaryFlags.* */
+    uint32_t reserved;
+    uint64_t n_entries;
+    uint64_t n_bytes;
+    uint64_t n_l1;
+    uint64_t n_runs;
+    uint64_t n_reftable;
+    uint64_t n_refruns;
+    uint64_t table_size; /* bytes the snapshot table fills (qemu's snapshots_size) */
+};
+_Static_assert(sizeof(struct rec_snap_summary) == 72, "rec_snap_summary size");
+_Static_assert(offsetof(struct rec_snap_summary, hdr) == 0, "rec_snap_summary.hdr");
+_Static_assert(offsetof(struct rec_snap_summary, flags) == 8, "rec_snap_summary.flags");
+_Static_assert(offsetof(struct rec_snap_summary, reserved) == 12, "rec_snap_summary.reserved");
+_Static_assert(offsetof(struct rec_snap_summary, n_entries) == 16, "rec_snap_summary.n_entries");
+_Static_assert(offsetof(struct rec_snap_summary, n_bytes) == 24, "rec_snap_summary.n_bytes");
+_Static_assert(offsetof(struct rec_snap_summary, n_l1) == 32, "rec_snap_summary.n_l1");
+_Static_assert(offsetof(struct rec_snap_summary, n_runs) == 40, "rec_snap_summary.n_runs");
+_Static_assert(offsetof(struct rec_snap_summary, n_reftable) == 48, "rec_snap_summary.n_reftable");
+_Static_assert(offsetof(struct rec_snap_summary, n_refruns) == 56, "rec_snap_summary.n_refruns");
+_Static_assert(offsetof(struct rec_snap_summary, table_size) == 64, "rec_snap_summary.table_size");
 
 #endif

@@ -485,6 +485,13 @@ int qcow2_use_snapshot(struct qcow2 *q, uint64_t index)
     return 0;
 }
 
+int qcow2_validate_snapshot_l1(const struct qcow2 *q, uint64_t offset, uint64_t entries)
+{
+    if (validate_table(q, GERR_BAD_L1_SIZE, 4, offset, entries, 8, QCOW2_MAX_L1_SIZE)) return -1;
+    if (entries && offset + entries * 8 > READER_MAX_END) return fail(q, GERR_BAD_L1_OFFSET, 2, 0, 0);
+    return 0;
+}
+
 /* Packs snapshots into SNAPSHOT records, flushing each when the next entry does not fit. */
 struct snapshot_batch {
     struct rec_snapshot rec;

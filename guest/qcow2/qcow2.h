@@ -186,6 +186,9 @@ int qcow2_emit_snapshots(const struct qcow2 *q);
  * virtual size stays the image's. */
 int qcow2_use_snapshot(struct qcow2 *q, uint64_t index);
 int qcow2_emit_bitmaps(const struct qcow2 *q);
+/* qcow2_validate_table(..., "Snapshot L1 table") as goto/delete do it: 0, or
+ * -1 after the ERROR record qcow2_use_snapshot sends for the same fault. */
+int qcow2_validate_snapshot_l1(const struct qcow2 *q, uint64_t offset, uint64_t entries);
 
 /* Reads the whole refcount table (<= 8 MiB) into q->reftable. */
 int qcow2_load_reftable(struct qcow2 *q);

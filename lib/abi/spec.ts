@@ -126,8 +126,14 @@ export const ops = {
   CONVERT: 5,
   COMPARE: 6,
   RESIZE_SCAN: 7,
+  /** 60..64: in-place qcow2 writes (rebase, commit). 60: the clusters a safe rebase copies. */
+  REBASE_DIFF: 60,
+  /** 61: moves chain bytes to planned output offsets (a host-written move list is the last input). */
+  COPY_RUNS: 61,
   /** `instar inspect`: an upload gate's verdict (guest/ops/inspect.c). */
   INSPECT: 50,
+  /** snapshot -c/-a/-d: the metadata scan behind lib/formats/qcow2/snapshot_plan.ts. */
+  SNAPSHOT_SCAN: 55,
   /** qcow2 persistent bitmaps: the metadata `bitmap` plans from (guest/qcow2/bitmap_scan.c). */
   BITMAP_SCAN: 65,
   TEST: 99,
@@ -279,6 +285,9 @@ export const records = {
   RESIZE_META: 26,
   /** vpc/vhdx resize scan: metadata bytes the planner rewrites (rec_resize_bytes). */
   RESIZE_BYTES: 27,
+  // 50..59: in-place qcow2 writes (rebase, commit).
+  /** rebase_diff: overlay clusters a safe rebase must copy (rec_diff_run). */
+  DIFF_RUN: 50,
   // 60..69: the bitmap scan (ops.BITMAP_SCAN), see guest/qcow2/bitmap_scan.c.
   /** One bitmap directory entry (rec_bitmap_dir), directory order, before its BITMAP_ENTRY records. */
   BITMAP_DIR: 60,
@@ -289,6 +298,34 @@ export const records = {
   INSPECT: 80,
   /** One reason the image is unsafe (rec_inspect_finding). */
   INSPECT_FINDING: 81,
+  // 40..49: snapshot -c/-a/-d's metadata scan (ops.SNAPSHOT_SCAN), see guest/qcow2/snapshot_scan.c.
+  // It also sends RESIZE_REFTABLE and RESIZE_REFRUN for the refcounts.
+  /** One snapshot table entry, as qemu's qcow2_read_snapshots derives it (rec_snap_entry). */
+  SNAP_ENTRY: 40,
+  /** Bytes of an entry's id, name or unknown extra data (rec_snap_bytes). */
+  SNAP_BYTES: 41,
+  /** One non-zero entry of the active L1 or the chosen snapshot's L1 (rec_snap_l1). */
+  SNAP_L1: 42,
+  /** A run of non-zero L2 entries of one L2 table those L1 tables name (rec_snap_l2run). */
+  SNAP_L2RUN: 43,
+  /** Last record of a snapshot scan: the count of each kind (rec_snap_summary). */
+  SNAP_SUMMARY: 44,
+} as const;
+
+/** params.arg[1] bits for ops.SNAPSHOT_SCAN (arg[0] = 1 + the snapshot whose L1 to walk, 0 none). */
+export const snapScanFlags = { ACTIVE_L1: 1 } as const;
+/** SNAP_SUMMARY.flags: TOO_BIG, a bound was hit and the scan stopped (the host refuses). */
+export const snapSummaryFlags = { TOO_BIG: 1 } as const;
+/** SNAP_BYTES.what */
+export const snapBytesKinds = { ID: 1, NAME: 2, EXTRA: 3 } as const;
+/** SNAP_L2RUN.kind: what the entries reference (qcow2_update_snapshot_refcount's cases). */
+export const snapRunKinds = {
+  /** Unallocated or plain zero: no reference (refcount 0 for OFLAG_COPIED). */
+  NONE: 0,
+  /** Normal or allocated zero: entry k references cluster ref_first + k. */
+  DATA: 1,
+  /** Compressed (count 1): clusters [ref_first, ref_first + ref_clusters). */
+  COMPRESSED: 2,
 } as const;
 
 /** BITMAP_DIR.state bits: what the guest found reading the bitmap's data. */
@@ -306,6 +343,11 @@ export const bitmapState = {
  * BUSY_TAIL (grow with params.arg[1] bit 0) means the guest range being added
  * already has non-zero L2 entries or a shared L2 table (no preallocation then). */
 export const resizeFlags = { TOO_BIG: 1, SHRINK: 2, BUSY_TAIL: 4 } as const;
+
+/** DIFF_RUN.flags. OLD_ZERO: the run lies wholly past the old backing file's
+ * end (qemu-img rebase writes zeroes there, not the old backing's data).
+ * ZERO (classify mode, convert -n): the source cluster reads as zeroes. */
+export const diffFlags = { OLD_ZERO: 1, ZERO: 2 } as const;
 
 /** params.arg[1] bits for ops.CONVERT. */
 export const convertFlags = {
@@ -775,6 +817,19 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_diff_run",
+    size: 32,
+    doc:
+      "records.DIFF_RUN: overlay clusters [cluster, +count) unallocated in the overlay whose old and new backing contents differ",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "cluster", type: "u64", offset: 8 },
+      { name: "count", type: "u64", offset: 16 },
+      { name: "flags", type: "u32", offset: 24, doc: "diffFlags.*" },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+  {
     name: "rec_data_run",
     size: 32,
     doc:
@@ -1094,6 +1149,102 @@ export const structs: StructSpec[] = [
       { name: "text", type: "bytes", offset: 40, count: 256, doc: "a name or line from the image, as read" },
     ],
   },
+  // --- snapshot scan records (guest -> host), ops.SNAPSHOT_SCAN ---
+  {
+    name: "rec_snap_entry",
+    size: 80,
+    doc: "records.SNAP_ENTRY: snapshot `index` as qemu's qcow2_read_snapshots derives it; its id, name " +
+      "and unknown extra data follow in SNAP_BYTES records",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "index", type: "u32", offset: 8 },
+      { name: "extra_size", type: "u32", offset: 12, doc: "extra_data_size as stored (<= 1024)" },
+      { name: "l1_offset", type: "u64", offset: 16 },
+      { name: "l1_size", type: "u32", offset: 24 },
+      { name: "id_len", type: "u32", offset: 28, doc: "strlen of the id (cut at its first NUL)" },
+      { name: "name_len", type: "u32", offset: 32, doc: "strlen of the name" },
+      { name: "unknown_len", type: "u32", offset: 36, doc: "extra bytes past the 24 qemu knows" },
+      { name: "date_sec", type: "u32", offset: 40 },
+      { name: "date_nsec", type: "u32", offset: 44 },
+      { name: "vm_clock_nsec", type: "u64", offset: 48 },
+      {
+        name: "vm_state_size",
+        type: "u64",
+        offset: 56,
+        doc: "the large field when stored, else the 32-bit one",
+      },
+      { name: "disk_size", type: "u64", offset: 64, doc: "stored, else the image's size in whole sectors" },
+      { name: "icount", type: "u64", offset: 72, doc: "stored, else UINT64_MAX" },
+    ],
+  },
+  {
+    name: "rec_snap_bytes",
+    size: 2072,
+    doc:
+      "records.SNAP_BYTES: bytes [offset, offset+length) of snapshot `index`'s id, name or unknown extra data",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "index", type: "u32", offset: 8 },
+      { name: "what", type: "u16", offset: 12, doc: "snapBytesKinds.*" },
+      { name: "length", type: "u16", offset: 14, doc: "<= 2048" },
+      { name: "offset", type: "u32", offset: 16 },
+      { name: "reserved", type: "u32", offset: 20 },
+      { name: "bytes", type: "bytes", offset: 24, count: 2048 },
+    ],
+  },
+  {
+    name: "rec_snap_l1",
+    size: 32,
+    doc:
+      "records.SNAP_L1: one non-zero L1 entry (raw value) of the active table (table 0) or the snapshot's (1)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "table", type: "u32", offset: 8 },
+      { name: "reserved", type: "u32", offset: 12 },
+      { name: "index", type: "u64", offset: 16 },
+      { name: "value", type: "u64", offset: 24 },
+    ],
+  },
+  {
+    name: "rec_snap_l2run",
+    size: 56,
+    doc:
+      "records.SNAP_L2RUN: `count` non-zero L2 entries from file offset `entry` on, inside one L2 table; " +
+      "entry k holds value + k * cluster size (kind DATA) or value (others), and `bitmap` (extended L2)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "entry", type: "u64", offset: 8, doc: "file offset of the first entry" },
+      { name: "value", type: "u64", offset: 16, doc: "raw first word of the first entry" },
+      { name: "bitmap", type: "u64", offset: 24 },
+      { name: "ref_first", type: "u64", offset: 32, doc: "first host cluster referenced (DATA, COMPRESSED)" },
+      { name: "count", type: "u32", offset: 40 },
+      { name: "kind", type: "u32", offset: 44, doc: "snapRunKinds.*" },
+      { name: "ref_clusters", type: "u32", offset: 48, doc: "COMPRESSED: clusters the data spans; else 1" },
+      { name: "reserved", type: "u32", offset: 52 },
+    ],
+  },
+  {
+    name: "rec_snap_summary",
+    size: 72,
+    doc: "records.SNAP_SUMMARY: last record of a snapshot scan, with the count of each record kind",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "flags", type: "u32", offset: 8, doc: "snapSummaryFlags.*" },
+      { name: "reserved", type: "u32", offset: 12 },
+      { name: "n_entries", type: "u64", offset: 16 },
+      { name: "n_bytes", type: "u64", offset: 24 },
+      { name: "n_l1", type: "u64", offset: 32 },
+      { name: "n_runs", type: "u64", offset: 40 },
+      { name: "n_reftable", type: "u64", offset: 48 },
+      { name: "n_refruns", type: "u64", offset: 56 },
+      {
+        name: "table_size",
+        type: "u64",
+        offset: 64,
+        doc: "bytes the snapshot table fills (qemu's snapshots_size)",
+      },
+    ],
+  },
 ];
 
 /** Record struct for each record type (the generic decoder checks sizes). */
@@ -1123,10 +1274,16 @@ export const recordStructs: Record<number, string> = {
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
+  [records.DIFF_RUN]: "rec_diff_run",
   [records.BITMAP_DIR]: "rec_bitmap_dir",
   [records.BITMAP_ENTRY]: "rec_bitmap_entry",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
+  [records.SNAP_ENTRY]: "rec_snap_entry",
+  [records.SNAP_BYTES]: "rec_snap_bytes",
+  [records.SNAP_L1]: "rec_snap_l1",
+  [records.SNAP_L2RUN]: "rec_snap_l2run",
+  [records.SNAP_SUMMARY]: "rec_snap_summary",
 };
 
 /** VMM attach flags. */
@@ -1193,6 +1350,7 @@ export const enums: Record<string, Record<string, number>> = {
   SIG_: signatures,
   Q2F_: qcow2InfoFlags,
   RESIZE_F_: resizeFlags,
+  DIFF_F_: diffFlags,
   BMS_: bitmapState,
   GERR_: guestErrors,
   ATTACH_: attachFlags,
@@ -1205,4 +1363,8 @@ export const enums: Record<string, Record<string, number>> = {
   INSPFMT_: inspectFormats,
   INSPF_: inspectFlags,
   INSP_: inspectFindings,
+  SNAPSCAN_F_: snapScanFlags,
+  SNAPSUM_F_: snapSummaryFlags,
+  SNAPBYTES_: snapBytesKinds,
+  SNAPRUN_: snapRunKinds,
 };

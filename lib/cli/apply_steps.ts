@@ -84,6 +84,7 @@ export async function applySteps(
         await file.truncate(Number(step.fileSize));
       }
       await file.syncData();
+      crashPoint(steps.indexOf(step) + 1);
     }
   } catch (e) {
     if (e instanceof CliError) throw e;
@@ -91,6 +92,17 @@ export async function applySteps(
   } finally {
     file.close();
   }
+}
+
+/**
+ * The crash-safety test's kill switch (tests/crash_safety_test.ts): with
+ * INSTAR_TEST_KILL_AFTER_STEP=N in instar's own environment, the process
+ * SIGKILLs itself once step N is on disk, as a crash between two steps
+ * would leave the file. Read from the process environment only, never from
+ * a service caller's.
+ */
+function crashPoint(done: number) {
+  if (Deno.env.get("INSTAR_TEST_KILL_AFTER_STEP") === String(done)) Deno.kill(Deno.pid, "SIGKILL");
 }
 
 async function writeZeroes(file: Deno.FsFile, from: bigint, length: bigint): Promise<void> {

@@ -28,6 +28,7 @@ import {
 import { cvtnum } from "./options.ts";
 import { chainInputs, errnoText, openChain, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
+import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
@@ -251,7 +252,12 @@ function checkCombinations(a: ConvertArgs) {
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
-  if (a.skipCreate && a.outFmt !== "raw") throw no("Writing into an existing image other than raw (-n)");
+  if (a.skipCreate && a.outFmt !== "raw" && a.outFmt !== "qcow2") {
+    throw no("Writing into an existing image other than raw or qcow2 (-n)");
+  }
+  if (a.skipCreate && a.outFmt === "qcow2" && a.compress) {
+    throw no("Compressed writes into an existing qcow2 (-n -c)");
+  }
   if (a.salvage) throw no("--salvage");
   if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
   if (a.outBase !== undefined) throw no("A backing file for the target (-B)");
@@ -413,6 +419,27 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
     const size = chain[0].length;
+    if (a.skipCreate && a.outFmt === "qcow2") {
+      // -n -O qcow2: written in place by the in-place qcow2 writer.
+      const img = await openQcow2Target(outFilename!, o.unsafeQuirks);
+      if (chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
+        throw new CliError([`${outFilename}: Refusing to overwrite an image this command reads`]);
+      }
+      if (img.virtualSize < size) throw new CliError(["output file is smaller than input file"]);
+      if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+      const written = await convertIntoQcow2({
+        target: outFilename!,
+        unsafeQuirks: o.unsafeQuirks,
+        source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
+        size,
+        minSparse: a.minSparse,
+        targetIsZero: a.targetIsZero,
+        onProgress: (done, total) => progress.bytes(done, total),
+      }, img);
+      if (written > 0n) progress.set(100);
+      progress.set(100);
+      return 0;
+    }
 
     const outDriver = driverFor(a.outFmt);
     if (!outDriver) throw new CliError([`Unknown file format '${a.outFmt}'`]);

@@ -20,7 +20,8 @@ import {
 import { openForWrite } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import { FORMATS } from "../formats/mod.ts";
-import { planQcow2Rebase } from "../formats/qcow2/rebase_plan.ts";
+import { planQcow2Rebase, rebaseRefusal } from "../formats/qcow2/rebase_plan.ts";
+import { copyDifferences, openForSafeRebase } from "./rebase_safe.ts";
 
 export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
@@ -76,18 +77,42 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
   }
   if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid cache option: ${cache}`]);
   if (!CACHE_MODES.includes(srcCache)) throw new CliError([`Invalid source cache option: ${srcCache}`]);
-  if (!unsafe) {
-    throw new CliError([
-      "instar rebases only in unsafe mode (-u) for now: a safe rebase copies data between backing files",
-    ]);
-  }
-
-  // -u / amend: qemu opens the image read-write, without its backing chain.
-  const img = await openForWrite(filename, fmt, o.unsafeQuirks);
   const name = backing ?? "";
   const changeFailed = (why: string) =>
     new CliError([`Could not change the backing file to '${name}': ${why}`]);
-  if (name !== "" && backingFmt === undefined) throw changeFailed("backing format must be specified");
+  const write = (pct: string) => progress && io.out(`    (${pct}/100%)\r`);
+  let img;
+  if (unsafe) {
+    // -u / amend: qemu opens the image read-write, without its backing chain.
+    img = await openForWrite(filename, fmt, o.unsafeQuirks);
+    if (name !== "" && backingFmt === undefined) throw changeFailed("backing format must be specified");
+  } else {
+    // Safe mode: the old chain and the new backing file are opened too,
+    // and the clusters that differ copied before the header changes.
+    const { old, neu } = await openForSafeRebase({
+      filename,
+      fmt,
+      backing: name,
+      backingFmt,
+      unsafeQuirks: o.unsafeQuirks,
+      backingDirs: o.backingDirs,
+    });
+    img = old[0];
+    const sq = img.qcow2;
+    if (img.format !== "qcow2" || !sq) throw changeFailed("Operation not supported");
+    if (sq.corrupt) {
+      throw new CliError([
+        `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+      ]);
+    }
+    const why = rebaseRefusal(sq) ??
+      (sq.nbSnapshots > 0 ? "instar does not rebase images with internal snapshots in safe mode" : undefined);
+    if (why) throw new CliError([`Could not rebase '${filename}': ${why}; nothing was written`]);
+    write("0.00");
+    await copyDifferences(old, neu, `Could not rebase '${filename}'`);
+    // qemu copies first and only then finds the format missing.
+    if (name !== "" && backingFmt === undefined) throw changeFailed("backing format must be specified");
+  }
   const q = img.qcow2;
   // Drivers without bdrv_change_backing_file (raw, vpc, vhdx, ...).
   if (img.format !== "qcow2" || !q) throw changeFailed("Operation not supported");
@@ -96,8 +121,7 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
       `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
     ]);
   }
-  const write = (pct: string) => progress && io.out(`    (${pct}/100%)\r`);
-  write("0.00");
+  if (unsafe) write("0.00");
   const plan = planQcow2Rebase(q, {
     backingFile: name === "" ? undefined : new TextEncoder().encode(name),
     backingFormat: name === "" ? undefined : backingFmt,

@@ -12,6 +12,7 @@ import { measureCommand } from "./measure.ts";
 import { convertCommand } from "./convert.ts";
 import { resizeCommand } from "./resize.ts";
 import { rebaseCommand } from "./rebase.ts";
+import { commitCommand } from "./commit.ts";
 import { amendCommand } from "./amend.ts";
 import { snapshotCommand } from "./snapshot.ts";
 import { ddCommand } from "./dd.ts";
@@ -31,6 +32,7 @@ const COMMANDS: Record<string, typeof infoCommand> = {
   amend: amendCommand,
   bitmap: bitmapCommand,
   check: checkCommand,
+  commit: commitCommand,
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,
@@ -46,7 +48,6 @@ const COMMANDS: Record<string, typeof infoCommand> = {
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
   "bench",
-  "commit",
 ];
 
 function writeAll(file: { writeSync(p: Uint8Array): number }, text: string) {

@@ -3,8 +3,9 @@
 // qemu-img's img_snapshot: options (no -f: the format is always probed), one
 // file name, the image opened with its backing chain, then the action. `-l`
 // lists the snapshots the info guest decoded (lib/output/snapshots.ts); no
-// action opens the image and does nothing, as qemu-img does. -c/-a/-d are
-// refused until their planner exists.
+// action opens the image and does nothing, as qemu-img does. -c/-a/-d on a
+// qcow2 image run lib/formats/qcow2/snapshot.ts (scan, plan, apply); other
+// formats fail as qemu's block layer does for drivers without snapshots.
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -16,16 +17,21 @@ import {
   newInstarOptions,
   readLock,
 } from "./common.ts";
-import { openChain, OpenError, openFailure, openImage } from "./image.ts";
+import { openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { snapshotTable } from "../output/snapshots.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
+import { ops } from "../abi/spec.ts";
+import { runGuest } from "../vmm/guest.ts";
+import { applySteps } from "./apply_steps.ts";
+import { qcow2Snapshot, type SnapshotHost } from "../formats/qcow2/snapshot.ts";
 
 type Action = "l" | "a" | "c" | "d";
 
 export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
   let action: Action | undefined;
+  let name = "";
   let forceShare = false;
   const operands = getopt(argv, ":la:c:d:hqU", [
     { name: "help", hasArg: false, id: "h" },
@@ -44,7 +50,7 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
       case "d":
         if (action) throw usageError("Cannot mix '-l', '-a', '-c', '-d'");
         action = id;
-        void value;
+        if (id !== "l") name = value!;
         break;
       case "q":
         break;
@@ -75,8 +81,35 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
   }
+  // qemu's raw driver warns on a probed read-write open; -a opens it a
+  // second time (bdrv_snapshot_goto closes the driver, tries its file, reopens).
+  const rawWarning = `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    "         Automatically detecting the format is dangerous for raw images, " +
+    "write operations on block 0 will be restricted.\n" +
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n";
+  if (action !== "l" && top.raw) io.err(action === "a" ? rawWarning + rawWarning : rawWarning);
+  if (action !== "l" && top.qcow2?.corrupt) {
+    // qcow2_do_open refuses a read-write open (no action opens read-write too).
+    throw new CliError([
+      `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+    ]);
+  }
   if (action === undefined) return 0;
-  if (action !== "l") throw new CliError([`snapshot -${action} is not implemented by instar yet`]);
+  if (action !== "l") {
+    const q = top.qcow2;
+    if (!q) {
+      // bdrv_snapshot_*: no snapshot support in the driver or its file.
+      if (action === "c") {
+        throw new CliError([`Could not create snapshot '${name}': -95 (Operation not supported)`]);
+      }
+      if (action === "a") {
+        throw new CliError([`Could not apply snapshot '${name}': Block driver does not support snapshots`]);
+      }
+      throw new CliError([`Could not delete snapshot '${name}': snapshot not found`]);
+    }
+    await qcow2Snapshot(q, action, name, snapshotHost(top));
+    return 0;
+  }
   // bdrv_snapshot_list: formats without internal snapshots list nothing.
   const q = top.qcow2;
   if (!q || q.nbSnapshots === 0) return 0;
@@ -85,4 +118,38 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
   }
   snapshotTable(q.snapshots, io.out);
   return 0;
+}
+
+/** What the qcow2 snapshot driver gets from the command: the sandbox, the file, qemu's error shape. */
+function snapshotHost(img: OpenedImage): SnapshotHost {
+  return {
+    async scan(args) {
+      let result;
+      try {
+        result = await runGuest({
+          op: "snapshot_scan",
+          opCode: ops.SNAPSHOT_SCAN,
+          inputs: [{ path: img.openPath, format: img.formatCode }],
+          args,
+          resultCap: 256 * 1024 * 1024,
+        });
+      } catch (e) {
+        throw new CliError([
+          `Could not open '${img.filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`,
+        ]);
+      }
+      const input = result.inputs[0];
+      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
+        throw new CliError([`Could not open '${img.filename}': the file changed while it was being read`]);
+      }
+      return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
+    },
+    applySteps: (steps) => applySteps(img, steps, "Could not write the snapshot", "off", "discard"),
+    fail: (lines) => new CliError(lines),
+    now() {
+      // g_get_real_time(): microseconds.
+      const us = BigInt(Math.floor((performance.timeOrigin + performance.now()) * 1000));
+      return { sec: Number(us / 1000000n), nsec: Number(us % 1000000n) * 1000 };
+    },
+  };
 }

@@ -118,7 +118,7 @@ export class ResizeRefusal extends Error {
   }
 }
 
-function be64(v: bigint): Uint8Array {
+export function be64(v: bigint): Uint8Array {
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, v, false);
   return b;
@@ -164,7 +164,7 @@ function patchEnd(p: Patch): bigint {
 }
 
 /** The steps so far and the file length they leave. */
-class StepLog {
+export class StepLog {
   readonly steps: FilePlan[] = [];
   constructor(public size: bigint) {}
 
@@ -185,7 +185,7 @@ class StepLog {
 }
 
 /** The model started from the scan; a moved refcount table becomes two steps of `log`. */
-function modelOf(scan: Qcow2ResizeScan, log: StepLog): RefcountModel {
+export function modelOf(scan: Qcow2ResizeScan, log: StepLog): RefcountModel {
   const table = new Map<bigint, bigint>();
   for (const [i, v] of scan.reftable) table.set(BigInt(i), v & REFT_OFFSET_MASK);
   const rc = new RefcountModel({
@@ -218,7 +218,7 @@ function modelOf(scan: Qcow2ResizeScan, log: StepLog): RefcountModel {
 }
 
 /** The dirty refcount blocks, as writes (they stop being dirty). */
-function blockPatches(rc: RefcountModel): Patch[] {
+export function blockPatches(rc: RefcountModel): Patch[] {
   return rc.takeDirty().map((t) => ({
     kind: "write" as const,
     offset: rc.table.get(t)!,
@@ -227,7 +227,7 @@ function blockPatches(rc: RefcountModel): Patch[] {
 }
 
 /** Entries of new blocks written into the current refcount table. */
-function hookupPatches(rc: RefcountModel): Patch[] {
+export function hookupPatches(rc: RefcountModel): Patch[] {
   return rc.takeHookups().map((t) => ({
     kind: "write" as const,
     offset: rc.tableOffset + t * 8n,

@@ -1,0 +1,136 @@
+// convert -n -O qcow2: writing a source into an existing qcow2 image in place,
+// as qemu-img convert does without creating the target. qemu opens the
+// target read-write and, in guest order, writes every cluster of the source
+// that holds data and write-zeroes (BDRV_REQ_MAY_UNMAP) every cluster that
+// reads as zeroes (by block status, and with -S also by content), skipping
+// the zero writes with --target-is-zero. The rebase_diff guest classifies
+// the source's clusters at the target's cluster size, the write planner
+// (lib/formats/qcow2/write_plan.ts) replays qemu's qcow2 writes on the
+// target's metadata, the copy_runs guest moves the bytes. The target is
+// only written where the planner says; nothing of it is decoded on the host.
+import { diffFlags, formats, ops, records } from "../abi/spec.ts";
+import { runGuest } from "../vmm/guest.ts";
+import type { GuestInput } from "../vmm/guest.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
+import { CliError } from "./messages.ts";
+import { type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { mapRuns, scanQcow2 } from "./commit.ts";
+import { applyWritePlan } from "./write_rounds.ts";
+import { existingRuns } from "../formats/qcow2/commit_plan.ts";
+import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
+
+export interface IntoQcow2Job {
+  /** The target's name as given. */
+  target: string;
+  unsafeQuirks: boolean;
+  /** The source chain's guest inputs and its disk size. */
+  source: GuestInput[];
+  size: bigint;
+  /** -S in bytes (0: every data cluster written, zeroes only by block status). */
+  minSparse: bigint;
+  targetIsZero: boolean;
+  onProgress?: (done: bigint, total: bigint) => void;
+}
+
+/** Opens the target (qemu's write lock) and checks what instar writes into. */
+export async function openQcow2Target(name: string, unsafeQuirks: boolean): Promise<OpenedImage> {
+  let img: OpenedImage;
+  try {
+    img = await openImage(name, { format: "qcow2", unsafeQuirks, lock: LOCKS.write, noLists: true });
+  } catch (e) {
+    if (e instanceof OpenError) throw openFailure(name, e);
+    throw e;
+  }
+  const q = img.qcow2!;
+  const refuse = (why: string) =>
+    new CliError([`Writing into '${name}' is not supported by instar convert: ${why}; nothing was written`]);
+  if (q.corrupt) {
+    throw new CliError([`Could not open '${name}': qcow2: Image is corrupt; cannot be opened read/write`]);
+  }
+  if (q.dirty) throw refuse("the image has the dirty bit set");
+  if (q.nbSnapshots > 0 || q.nbBitmaps > 0 || q.hasBitmapsExt) throw refuse("internal snapshots or bitmaps");
+  if (q.hasDataFileBit || q.extendedL2 || q.layout.cryptMethod !== 0) {
+    throw refuse("a data file, extended L2 entries or encryption");
+  }
+  if (q.backingFile !== undefined) throw refuse("a target with a backing file");
+  return img;
+}
+
+/** Writes the source into the opened target `img`. Returns the data bytes written. */
+export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Promise<bigint> {
+  const q = img.qcow2!;
+  const what = `error while writing into '${job.target}'`;
+  const cb = BigInt(q.clusterBits);
+  // Whole target clusters only: a partial last cluster would need the
+  // target's bytes past the source's end kept (qemu writes only up to it).
+  if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
+    throw new CliError([
+      `Writing into '${job.target}' is not supported by instar convert: the source ends inside a cluster of the target; nothing was written`,
+    ]);
+  }
+  const clusters = (job.size + q.clusterSize - 1n) >> cb;
+  // -S 0: qemu writes every cluster as data, zeroes included (and even with
+  // --target-is-zero); otherwise the guest classifies the clusters.
+  const writes: WriteOp[] = job.minSparse === 0n
+    ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
+    : await classify(job, cb, clusters);
+  const scan = await scanQcow2(img, what);
+  const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
+  const plan = planQcow2Writes({
+    scan,
+    version: q.version,
+    existing: existingRuns(targetMap, q.clusterBits),
+    ops: writes,
+    sourceSize: job.size,
+    // convert opens its target with BDRV_O_UNMAP: freed clusters are discarded.
+    discardFreed: true,
+  });
+  if (!plan.ok) {
+    throw new CliError([
+      `Writing into '${job.target}' is not supported by instar convert: ${plan.error.message}; nothing was written`,
+    ]);
+  }
+  const total = writes.reduce((t, w) => t + (w.kind === "data" ? w.count << cb : 0n), 0n);
+  let before = 0n;
+  await applyWritePlan(plan.value, job.source, img, job.size, what, (d, finished) => {
+    if (finished) before += d;
+    else job.onProgress?.(before + d, total);
+  });
+  return total;
+}
+
+/** The rebase_diff guest's classification of the source at the target's cluster size (-S > 0). */
+async function classify(job: IntoQcow2Job, cb: bigint, clusters: bigint): Promise<WriteOp[]> {
+  let result;
+  try {
+    result = await runGuest({
+      op: "rebase_diff",
+      opCode: ops.REBASE_DIFF,
+      inputs: job.source,
+      args: [0n, cb, 1n, 1n],
+      ramBytes: 64 * 1024 * 1024,
+      timeoutMs: 7 * 24 * 3600 * 1000,
+    });
+  } catch (e) {
+    throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
+    throw new CliError(["error while reading the source image: Input/output error"]);
+  }
+  const writes: WriteOp[] = [];
+  let next = 0n;
+  for (const r of result.records) {
+    if (r.type !== records.DIFF_RUN) continue;
+    const cluster = r.fields.cluster as bigint, count = r.fields.count as bigint;
+    const flags = r.fields.flags as number;
+    if (cluster !== next || count < 1n || cluster + count > clusters || (flags & ~diffFlags.ZERO) !== 0) {
+      throw new CliError(["Sandbox failure: inconsistent cluster runs"]);
+    }
+    next = cluster + count;
+    const zero = (flags & diffFlags.ZERO) !== 0;
+    if (zero && job.targetIsZero) continue;
+    writes.push({ cluster, count, kind: zero ? "zero" : "data" });
+  }
+  if (next !== clusters) throw new CliError(["Sandbox failure: the cluster runs do not cover the source"]);
+  return writes;
+}

@@ -1,0 +1,126 @@
+// qemu-img rebase in safe mode (img_rebase without -u): every cluster the
+// overlay does not allocate and where the old and the new backing file
+// differ gets the old backing file's contents (zeroes past its end), so the
+// overlay reads the same afterwards; then the header names the new backing
+// file (the -u header rewrite, lib/formats/qcow2/rebase_plan.ts), last.
+// The rebase_diff guest finds the clusters, the write planner
+// (lib/formats/qcow2/write_plan.ts) places them, the copy_runs guest moves
+// the old backing file's bytes into the overlay. The old chain and the new
+// backing file pass the backing allowlist; only the overlay is written.
+import { ops, records } from "../abi/spec.ts";
+import { checkBacking, fileKey, makePolicy, PolicyError } from "../chain/policy.ts";
+import { runGuest } from "../vmm/guest.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
+import { CliError } from "./messages.ts";
+import { chainInputs, chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import { scanQcow2 } from "./commit.ts";
+import { applyWritePlan } from "./write_rounds.ts";
+import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
+import { diffFlags, limits } from "../abi/spec.ts";
+import { hostPath } from "../host/context.ts";
+
+export interface SafeRebaseJob {
+  filename: string;
+  fmt?: string;
+  /** The new backing file name as given ("" = none). */
+  backing: string;
+  backingFmt?: string;
+  unsafeQuirks: boolean;
+  backingDirs: string[];
+}
+
+/** Opens the overlay (read-write) with its old chain and the new backing chain. */
+export async function openForSafeRebase(
+  job: SafeRebaseJob,
+): Promise<{ old: OpenedImage[]; neu: OpenedImage[] }> {
+  let old: OpenedImage[];
+  const policy = await makePolicy(job.filename, job.backingDirs);
+  try {
+    const top = await openImage(job.filename, {
+      format: job.fmt,
+      unsafeQuirks: job.unsafeQuirks,
+      lock: LOCKS.write,
+      noLists: true,
+    });
+    old = await openChain(top, policy, job.unsafeQuirks, LOCKS.read);
+  } catch (e) {
+    if (e instanceof OpenError) throw new CliError([chainOpenMessage(job.filename, e)]);
+    throw e;
+  }
+  if (job.backing === "") return { old, neu: [] };
+  const newFailed = (inner: string) =>
+    new CliError([`Could not open new backing file '${job.backing}': ${inner}`]);
+  try {
+    const seen = new Set([fileKey(old[0].dev, old[0].ino)]);
+    const link = await checkBacking(policy, old[0].filename, job.backing, 0, seen);
+    const img = await openImage(link.filename, {
+      format: job.backingFmt,
+      unsafeQuirks: job.unsafeQuirks,
+      openPath: link.realPath,
+      nofollow: true,
+      lock: LOCKS.read,
+    });
+    const neu = await openChain(img, policy, job.unsafeQuirks, LOCKS.read);
+    return { old, neu };
+  } catch (e) {
+    if (e instanceof OpenError) {
+      throw newFailed(chainOpenMessage(e.filename, e).replace(/^Could not open '[^']*': /, ""));
+    }
+    if (e instanceof PolicyError) throw newFailed(e.message);
+    if (e instanceof Deno.errors.NotFound) {
+      throw newFailed(`Could not open '${job.backing}': No such file or directory`);
+    }
+    throw e;
+  }
+}
+
+/** Copies the clusters that differ into the overlay `old[0]`. */
+export async function copyDifferences(old: OpenedImage[], neu: OpenedImage[], what: string): Promise<void> {
+  const top = old[0], q = top.qcow2!;
+  const overlayInput = { path: top.openPath, format: top.formatCode, nofollow: false };
+  const oldInputs = chainInputs(old.slice(1)).map((x) => ({ ...x, nofollow: true }));
+  const newInputs = chainInputs(neu).map((x) => ({ ...x, nofollow: true }));
+  if (1 + oldInputs.length + newInputs.length > limits.MAX_INPUTS) {
+    throw new CliError([
+      `${what}: the old and new backing chains together are too long (at most ${limits.MAX_INPUTS} images)`,
+    ]);
+  }
+  let result;
+  try {
+    result = await runGuest({
+      op: "rebase_diff",
+      opCode: ops.REBASE_DIFF,
+      inputs: [overlayInput, ...oldInputs, ...newInputs],
+      args: [BigInt(1 + oldInputs.length), BigInt(q.clusterBits)],
+      ramBytes: 64 * 1024 * 1024,
+      timeoutMs: 7 * 24 * 3600 * 1000,
+    });
+  } catch (e) {
+    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
+    throw new CliError([`${what}: Input/output error`]);
+  }
+  const writes: WriteOp[] = [];
+  const clusters = (q.virtualSize + q.clusterSize - 1n) / q.clusterSize;
+  let prev = 0n;
+  for (const r of result.records) {
+    if (r.type !== records.DIFF_RUN) continue;
+    const cluster = r.fields.cluster as bigint, count = r.fields.count as bigint;
+    const flags = r.fields.flags as number;
+    if (count < 1n || cluster < prev || cluster + count > clusters || (flags & ~diffFlags.OLD_ZERO) !== 0) {
+      throw new CliError([`${what}: sandbox failure: inconsistent cluster runs`]);
+    }
+    prev = cluster + count;
+    writes.push({ cluster, count, kind: flags & diffFlags.OLD_ZERO ? "zero" : "data" });
+  }
+  if (writes.length === 0) return;
+  const scan = await scanQcow2(top, what);
+  const sourceSize = old.length > 1 ? old[1].virtualSize : 0n;
+  const plan = planQcow2Writes({ scan, version: q.version, existing: [], ops: writes, sourceSize });
+  if (!plan.ok) throw new CliError([`${what}: ${plan.error.message}`]);
+  await applyWritePlan(plan.value, oldInputs, top, sourceSize, what);
+  // The header rewrite that follows starts from the file as it now is.
+  const st = await Deno.stat(hostPath(top.openPath));
+  top.fileSize = BigInt(st.size);
+}

@@ -1,0 +1,133 @@
+// Applies an in-place write plan (lib/formats/qcow2/write_plan.ts) to the
+// target: per round, the data first, moved by the copy_runs guest from the
+// source chain straight into the planned host offsets of the target (one
+// guest run per round, nothing decoded on the host), synced, then the
+// round's metadata steps through applySteps (each synced). Also the raw
+// target's writer (the same guest writing guest byte x at offset x).
+import { formats, limits, ops, records } from "../abi/spec.ts";
+import { runGuest } from "../vmm/guest.ts";
+import type { GuestInput } from "../vmm/guest.ts";
+import { CliError } from "./messages.ts";
+import { errnoText, type OpenedImage } from "./image.ts";
+import { applySteps } from "./apply_steps.ts";
+import type { WritePlan } from "../formats/qcow2/write_plan.ts";
+import { hostPath } from "../host/context.ts";
+
+const RAM = 128 * 1024 * 1024;
+const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
+
+/** One data move: source bytes [from, to) to target offset `at`. */
+export interface Move {
+  from: bigint;
+  to: bigint;
+  at: bigint;
+}
+
+/**
+ * Copies each move's bytes of the source chain (`source`, top first) to the
+ * target file through the copy_runs guest, in one run: the moves go to it
+ * as a list in a private temporary file (its last input). `cap` bounds
+ * every write offset. Then syncs the target.
+ */
+export async function moveData(
+  source: GuestInput[],
+  target: OpenedImage,
+  moves: Move[],
+  cap: bigint,
+  what: string,
+  /** Bytes moved so far in this call; `finished` once, at its end. */
+  onMoved?: (done: bigint, finished: boolean) => void,
+): Promise<void> {
+  const list = moves.filter((m) => m.to > m.from);
+  if (list.length > 0) {
+    if (source.length + 1 > limits.MAX_INPUTS) throw new CliError([`${what}: the backing chain is too long`]);
+    const bytes = new Uint8Array(list.length * 24);
+    const dv = new DataView(bytes.buffer);
+    let total = 0n;
+    list.forEach((m, i) => {
+      dv.setBigUint64(i * 24, m.from, true);
+      dv.setBigUint64(i * 24 + 8, m.to, true);
+      dv.setBigUint64(i * 24 + 16, m.at, true);
+      total += m.to - m.from;
+    });
+    const dir = await Deno.makeTempDir({ prefix: "instar-moves-" });
+    try {
+      const path = `${dir}/moves`;
+      await Deno.writeFile(path, bytes, { mode: 0o600 });
+      let result;
+      try {
+        result = await runGuest({
+          op: "copy_runs",
+          opCode: ops.COPY_RUNS,
+          inputs: [...source, { path, format: formats.RAW, nofollow: true }],
+          args: [BigInt(list.length), total],
+          ramBytes: RAM,
+          timeoutMs: TIMEOUT_MS,
+          output: { path: target.openPath, cap },
+          onProgress: (d) => onMoved?.(d, false),
+        });
+      } catch (e) {
+        throw new CliError([`${what}: ${e instanceof Error ? e.message : String(e)}`]);
+      }
+      if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
+        throw new CliError([`${what}: Input/output error`]);
+      }
+      onMoved?.(total, true);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  }
+  await syncFile(target, what);
+}
+
+async function syncFile(img: OpenedImage, what: string) {
+  let f: Deno.FsFile | undefined;
+  try {
+    f = await Deno.open(hostPath(img.openPath), { read: true, write: true });
+    const st = await f.stat();
+    if (BigInt(st.dev) !== img.dev || BigInt(st.ino ?? 0) !== img.ino) {
+      throw new CliError([`${what}: the file changed while it was being written`]);
+    }
+    await f.syncData();
+  } catch (e) {
+    if (e instanceof CliError) throw e;
+    throw new CliError([`${what}: ${errnoText(e)}`]);
+  } finally {
+    f?.close();
+  }
+}
+
+async function currentSize(img: OpenedImage): Promise<bigint> {
+  const st = await Deno.stat(hostPath(img.openPath));
+  return BigInt(st.size);
+}
+
+/**
+ * Applies the plan's rounds in order. `sourceSize` is the source's virtual
+ * size: copies stop there (the planner wrote zero tails past it).
+ */
+export async function applyWritePlan(
+  plan: WritePlan,
+  source: GuestInput[],
+  target: OpenedImage,
+  sourceSize: bigint,
+  what: string,
+  onMoved?: (done: bigint, finished: boolean) => void,
+): Promise<void> {
+  const cap = plan.fileSize;
+  for (const round of plan.rounds) {
+    const moves: Move[] = [];
+    for (const c of round.copies) {
+      const cb = BigInt(target.qcow2!.clusterBits);
+      const from = c.cluster << cb;
+      let to = (c.cluster + c.count) << cb;
+      if (to > sourceSize) to = sourceSize;
+      moves.push({ from, to, at: c.host });
+    }
+    await moveData(source, target, moves, cap, what, onMoved);
+    // The guest may have extended the file: the steps start from its length now.
+    const size = await currentSize(target);
+    // Zero patches are freed clusters qemu discards (punched, best effort).
+    await applySteps({ ...target, fileSize: size }, round.steps, what, "off", "discard");
+  }
+}

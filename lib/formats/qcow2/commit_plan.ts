@@ -1,0 +1,197 @@
+// qemu-img commit's plans, pure. commitOps: which guest clusters of the base
+// the active commit (qemu's mirror job, block/mirror.c) writes and how: a
+// base cluster any layer above the base allocates is written; where the
+// whole chain reads it as zeroes without data it is a zero write
+// (MIRROR_METHOD_ZERO, BDRV_REQ_MAY_UNMAP), otherwise a copy of the chain's
+// data. existingRuns: the base's own clusters from a map of the base alone.
+// planMakeEmpty: qcow2_make_empty's make_completely_empty for the emptied
+// overlay (v3).
+//
+// Crash-safe order of make_completely_empty, as qemu does it: the dirty bit
+// is set first (an interrupted emptying leaves an image qemu repairs on
+// open and `qemu-img check -r all` repairs), then the L1 table and the
+// clusters after the header are zeroed, the header switched to the new
+// refcount table and L1 table, the first refcount block hooked up and
+// counted, the dirty bit cleared, and the file cut, each step synced.
+import { mapFlags } from "../../abi/spec.ts";
+import { type FilePlan, MAX_PATCHES, type Patch } from "../plan.ts";
+import type { Qcow2Model } from "./model.ts";
+import type { ExistingRun, WriteOp } from "./write_plan.ts";
+
+/** One map extent as the map guest reports it (validated by the caller). */
+export interface MapRun {
+  start: bigint;
+  length: bigint;
+  offset: bigint;
+  flags: number;
+  depth: number;
+}
+
+/**
+ * The writes of the commit into the layer at `baseDepth`, in qemu's order
+ * (ascending), in units of the base's clusters (`clusterBits`), for a disk
+ * of `size` bytes. Runs past `size` are clipped.
+ */
+export function commitOps(runs: MapRun[], baseDepth: number, clusterBits: number, size: bigint): WriteOp[] {
+  const cb = BigInt(clusterBits);
+  const out: WriteOp[] = [];
+  const emit = (cluster: bigint, count: bigint, kind: "data" | "zero") => {
+    const last = out[out.length - 1];
+    if (last && last.kind === kind && last.cluster + last.count === cluster) last.count += count;
+    else out.push({ cluster, count, kind });
+  };
+  // The cluster shared by consecutive runs, decided once every run over it is seen.
+  let pend: { c: bigint; dirty: boolean; zero: boolean } | undefined;
+  const finish = () => {
+    if (pend?.dirty) emit(pend.c, 1n, pend.zero ? "zero" : "data");
+    pend = undefined;
+  };
+  const merge = (c: bigint, dirty: boolean, zero: boolean) => {
+    if (pend && pend.c !== c) finish();
+    pend = pend ? { c, dirty: pend.dirty || dirty, zero: pend.zero && zero } : { c, dirty, zero };
+  };
+  for (const r of runs) {
+    if (r.start >= size || r.length <= 0n) continue;
+    const end = r.start + r.length < size ? r.start + r.length : size;
+    const first = r.start >> cb, last = (end - 1n) >> cb;
+    const dirty = r.depth < baseDepth && (r.flags & mapFlags.PRESENT) !== 0;
+    const zero = (r.flags & mapFlags.ZERO) !== 0 && (r.flags & mapFlags.DATA) === 0;
+    merge(first, dirty, zero);
+    if (first === last) continue;
+    finish();
+    if (dirty && last - first > 1n) emit(first + 1n, last - first - 1n, zero ? "zero" : "data");
+    merge(last, dirty, zero);
+  }
+  finish();
+  return out;
+}
+
+/** The base's allocated clusters from a map of the base alone (depth 0 runs). */
+export function existingRuns(runs: MapRun[], clusterBits: number): ExistingRun[] {
+  const out: ExistingRun[] = [];
+  const cb = BigInt(clusterBits);
+  for (const r of runs) {
+    if (r.depth !== 0 || (r.flags & mapFlags.PRESENT) === 0) continue;
+    const cluster = r.start >> cb, count = ((r.start + r.length + (1n << cb) - 1n) >> cb) - cluster;
+    let kind: ExistingRun["kind"];
+    if (r.flags & mapFlags.COMPRESSED) kind = "compressed";
+    else if (r.flags & mapFlags.DATA) kind = "normal";
+    else if (r.flags & mapFlags.OFFSET_VALID) kind = "zero_alloc";
+    else kind = "zero_plain";
+    const host = kind === "normal" || kind === "zero_alloc"
+      ? r.offset - (r.start - (cluster << cb))
+      : undefined;
+    const last = out[out.length - 1];
+    if (
+      last && last.kind === kind && last.cluster + last.count === cluster &&
+      (host === undefined || last.host! + (last.count << cb) === host)
+    ) {
+      last.count += count;
+    } else if (last && last.cluster + last.count > cluster) {
+      // A cluster split between two runs (a partial last cluster): keep the first.
+      const extra = cluster + count - (last.cluster + last.count);
+      if (extra > 0n) out.push({ cluster: last.cluster + last.count, count: extra, kind, host });
+    } else {
+      out.push({ cluster, count, kind, host });
+    }
+  }
+  return out;
+}
+
+/**
+ * How qcow2_make_empty empties `m`: "complete" (make_completely_empty: v3,
+ * no snapshots, bitmaps, encryption or data file, and the L1 table with three
+ * clusters inside one refcount block), "discard" (its fallback: every
+ * cluster discarded), or why instar does not (qemu would discard).
+ */
+export function makeEmptyMethod(m: Qcow2Model): "complete" | "discard" | { refused: string } {
+  const cs = m.clusterSize;
+  const l1Clusters = (BigInt(m.layout.l1Size) * 8n + cs - 1n) / cs;
+  const perBlock = (cs * 8n) / BigInt(m.refcountBits);
+  if (m.nbSnapshots > 0 || m.nbBitmaps > 0 || m.hasBitmapsExt) {
+    return { refused: "instar does not empty an overlay with internal snapshots or bitmaps (use -d)" };
+  }
+  if (m.layout.cryptMethod !== 0 || m.hasDataFileBit || m.extendedL2) {
+    return {
+      refused: "instar does not empty encrypted overlays, a data file or extended L2 entries (use -d)",
+    };
+  }
+  if (m.version < 3 || 3n + l1Clusters > perBlock) return "discard";
+  return "complete";
+}
+
+function u64(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v);
+  return b;
+}
+
+/** Zero writes over [from, from+len), split so no write is over 1 MiB. */
+function zeroes(from: bigint, len: bigint): Patch[] {
+  const out: Patch[] = [];
+  const step = 1n << 20n;
+  for (let at = from; at < from + len; at += step) {
+    const n = from + len - at < step ? from + len - at : step;
+    out.push({ kind: "write", offset: at, bytes: new Uint8Array(Number(n)) });
+  }
+  return out;
+}
+
+/** make_completely_empty's steps for `m` in a file of `fileSize` bytes. */
+export function planMakeEmpty(m: Qcow2Model, fileSize: bigint): FilePlan[] {
+  const cs = m.clusterSize;
+  const l1Size = BigInt(m.layout.l1Size);
+  const l1Clusters = (l1Size * 8n + cs - 1n) / cs;
+  const incompat = m.incompatibleFeatures;
+  const newEnd = (3n + l1Clusters) * cs;
+  const big = fileSize > newEnd ? fileSize : newEnd;
+  const steps: FilePlan[] = [];
+  const push = (patches: Patch[], size = big) => {
+    for (let i = 0; i === 0 || i < patches.length; i += MAX_PATCHES) {
+      steps.push({ patches: patches.slice(i, i + MAX_PATCHES), fileSize: size });
+    }
+  };
+  // qcow2_mark_dirty.
+  push([{ kind: "write", offset: 72n, bytes: u64(incompat | 1n) }]);
+  // The L1 table, then the clusters for the new reftable, refblock and L1.
+  // Where the two ranges overlap one write covers both.
+  const l1From = m.layout.l1TableOffset, l1To = l1From + l1Clusters * cs;
+  const areaFrom = cs, areaTo = cs + (2n + l1Clusters) * cs;
+  if (l1To <= areaFrom || l1From >= areaTo) {
+    push(zeroes(l1From, l1To - l1From));
+    push(zeroes(areaFrom, areaTo - areaFrom));
+  } else {
+    const from = l1From < areaFrom ? l1From : areaFrom, to = l1To > areaTo ? l1To : areaTo;
+    push(zeroes(from, to - from));
+  }
+  // Header: l1_table_offset, refcount_table_offset, refcount_table_clusters.
+  const f = new Uint8Array(20);
+  const dv = new DataView(f.buffer);
+  dv.setBigUint64(0, 3n * cs);
+  dv.setBigUint64(8, cs);
+  dv.setUint32(16, 1);
+  push([{ kind: "write", offset: 40n, bytes: f }]);
+  // The first refcount block in the table.
+  push([{ kind: "write", offset: cs, bytes: u64(2n * cs) }]);
+  // qcow2_alloc_clusters(3 clusters + the L1 table): clusters 0.. counted 1.
+  const n = 3n + l1Clusters;
+  const bits = m.refcountBits;
+  const block = new Uint8Array(Number(cs));
+  const bdv = new DataView(block.buffer);
+  for (let i = 0; i < Number(n); i++) {
+    if (bits < 8) {
+      const per = 8 / bits;
+      block[Math.floor(i / per)] |= 1 << ((i % per) * bits);
+    } else if (bits === 8) block[i] = 1;
+    else if (bits === 16) bdv.setUint16(i * 2, 1);
+    else if (bits === 32) bdv.setUint32(i * 4, 1);
+    else bdv.setBigUint64(i * 8, 1n);
+  }
+  // Only the counted entries: the rest of the block is already zero.
+  const used = Math.ceil((Number(n) * bits) / 8);
+  push([{ kind: "write", offset: 2n * cs, bytes: block.slice(0, used) }]);
+  // qcow2_mark_clean, then the file cut.
+  push([{ kind: "write", offset: 72n, bytes: u64(incompat & ~1n) }]);
+  push([], newEnd);
+  return steps;
+}

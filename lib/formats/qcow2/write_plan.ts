@@ -1,0 +1,396 @@
+// The in-place qcow2 cluster writer's planner: given the target's metadata
+// (the resize_scan guest's L1 entries, refcount table and refcounts), the
+// state of the guest clusters about to be written (from the map guest) and
+// the writes in the order qemu issues them (commit's mirror job, rebase's
+// copy loop), it replays qemu's qcow2 write path on the shared refcount
+// model (refcounts.ts): get_cluster_table (a missing L2 table is allocated,
+// first fit, before the data), handle_copied (a COPIED cluster, or a zero
+// cluster with a preallocated offset, is written in place), handle_alloc
+// (first fit for the rest), and for zero writes qcow2_subcluster_zeroize
+// with BDRV_REQ_MAY_UNMAP (entries become QCOW_OFLAG_ZERO, allocated
+// clusters are freed). Pure: no I/O; the data never passes here. The
+// planner says which guest clusters go to which host offsets (`copies`);
+// the guest (convert, raw output at fixed offsets) moves the bytes.
+//
+// Crash-safe order, per round: (0) the guest writes the data into clusters
+// nothing references yet (or in place into the cluster already mapped
+// there, as qemu does); (A) new refcount blocks and increased counts, new
+// L2 tables, zero tails of partial clusters; (B) new refcount blocks hooked
+// into the refcount table (a table that had to grow is written and switched
+// by its own steps first); (C) the entries of existing L2 tables and the L1
+// entries of new tables, pointing at data and tables that are on disk and
+// counted; (D) counts lowered for the clusters the zero writes and discards
+// freed, after nothing points at them; (E) the bytes of discarded clusters
+// dropped (a hole punched, best effort). Each step is synced before the next. A round ends
+// after a write that frees clusters, so a later allocation never reuses a
+// cluster whose reference is not yet withdrawn on disk. A crash between any
+// two steps leaves at most leaked clusters; the header, when a command
+// changes it (rebase's backing file), is written last by the command.
+import { fail, type FilePlan, ok, type Patch, type PlanResult, planViolation } from "../plan.ts";
+import { RefcountError, type RefcountModel } from "./refcounts.ts";
+import {
+  be64,
+  blockPatches,
+  hookupPatches,
+  modelOf,
+  type Qcow2ResizeScan,
+  scanViolation,
+  StepLog,
+} from "./resize_plan.ts";
+
+const COPIED = 1n << 63n;
+const ZERO_FLAG = 1n;
+const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
+
+/** What a guest cluster of the target holds before the writes. */
+export type ClusterKind = "normal" | "zero_alloc" | "zero_plain" | "compressed";
+
+/** A run of guest clusters of the target that is not unallocated (map of the target alone). */
+export interface ExistingRun {
+  cluster: bigint;
+  count: bigint;
+  kind: ClusterKind;
+  /** normal / zero_alloc: the host byte offset of the first cluster (the rest follow). */
+  host?: bigint;
+}
+
+/**
+ * One write in qemu's order: whole guest clusters of the target. "discard"
+ * is qcow2_cluster_discard with full_discard (qcow2_make_empty's fallback):
+ * entries cleared, clusters freed and their bytes discarded (a hole), L2
+ * tables that do not exist left so.
+ */
+export interface WriteOp {
+  cluster: bigint;
+  count: bigint;
+  kind: "data" | "zero" | "discard";
+}
+
+export interface WriteInput {
+  scan: Qcow2ResizeScan;
+  version: 2 | 3;
+  existing: ExistingRun[];
+  ops: WriteOp[];
+  /**
+   * The source's virtual size: bytes of a written cluster past it are not
+   * copied but written as zeroes (qemu's copy-on-write reads zeroes there).
+   */
+  sourceSize: bigint;
+  /**
+   * Whether clusters a zero write frees are discarded too (their bytes
+   * punched out): qemu passes the discard when the target was opened with
+   * BDRV_O_UNMAP (convert), not otherwise (commit).
+   */
+  discardFreed?: boolean;
+}
+
+/** Guest clusters [cluster, +count) go to host bytes [host, +count clusters). */
+export interface DataCopy {
+  cluster: bigint;
+  count: bigint;
+  host: bigint;
+}
+
+export interface WriteRound {
+  /** Data the guest writes before the steps (ascending guest clusters). */
+  copies: DataCopy[];
+  steps: FilePlan[];
+}
+
+export interface WritePlan {
+  rounds: WriteRound[];
+  /** The file's length after the last round. */
+  fileSize: bigint;
+}
+
+/** The most write ops and existing runs one plan takes (bounded memory and steps). */
+export const MAX_WRITE_RUNS = 1 << 20;
+
+class Refusal extends Error {}
+
+interface L2Table {
+  offset: bigint;
+  fresh: boolean;
+  bytes?: Uint8Array;
+  /** Entries changed in an existing table: index -> value. */
+  changed: Map<number, bigint>;
+}
+
+/** Plans the writes; a typed refusal when the image or the request is beyond it. */
+export function planQcow2Writes(x: WriteInput): PlanResult<WritePlan> {
+  const bad = scanViolation(x.scan);
+  if (bad) return fail("unsupported", `Inconsistent image metadata: ${bad}`);
+  if (x.scan.extendedL2) {
+    return fail("unsupported", "instar does not write into images with extended L2 entries");
+  }
+  if (x.ops.length > MAX_WRITE_RUNS || x.existing.length > MAX_WRITE_RUNS) {
+    return fail("unsupported", "too many separate runs to write");
+  }
+  try {
+    const plan = new Planner(x).run();
+    for (const r of plan.rounds) {
+      for (const s of r.steps) {
+        const v = planViolation(s);
+        if (v) return fail("unsupported", `Write plan broke an invariant: ${v}`);
+      }
+    }
+    return ok(plan);
+  } catch (e) {
+    if (e instanceof Refusal) return fail("unsupported", e.message);
+    if (e instanceof RefcountError) {
+      return fail(e.kind === "too_big" ? "overflow" : "unsupported", e.message);
+    }
+    if (e instanceof RangeError) return fail("overflow", e.message);
+    throw e;
+  }
+}
+
+class Planner {
+  private readonly log: StepLog;
+  private readonly rc: RefcountModel;
+  private readonly cb: bigint;
+  private readonly cs: bigint;
+  private readonly perL2: bigint;
+  private readonly l1: Map<bigint, bigint>;
+  private readonly virtualClusters: bigint;
+  private tables = new Map<bigint, L2Table>();
+  private l1Changed = new Set<bigint>();
+  private copies: DataCopy[] = [];
+  private tails: Patch[] = [];
+  private frees: [bigint, bigint][] = [];
+  /** Freed clusters whose bytes are discarded after their counts are lowered. */
+  private punches: Patch[] = [];
+  private readonly rounds: WriteRound[] = [];
+  private readonly existing: ExistingRun[];
+  /** Steps before this index belong to earlier rounds (a moved refcount table adds its own). */
+  private roundStart = 0;
+
+  constructor(private readonly x: WriteInput) {
+    this.log = new StepLog(x.scan.fileSize);
+    this.rc = modelOf(x.scan, this.log);
+    this.cb = BigInt(x.scan.clusterBits);
+    this.cs = 1n << this.cb;
+    this.perL2 = this.cs / 8n;
+    this.l1 = new Map([...x.scan.l1].map(([i, v]) => [BigInt(i), v]));
+    this.virtualClusters = (x.scan.virtualSize + this.cs - 1n) >> this.cb;
+    this.existing = [...x.existing].sort((
+      a,
+      b,
+    ) => (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0));
+    let end = 0n;
+    for (const e of this.existing) {
+      if (e.count <= 0n || e.cluster < end) throw new Refusal("inconsistent cluster map of the target");
+      if (
+        (e.kind === "normal" || e.kind === "zero_alloc") && (e.host === undefined || e.host % this.cs !== 0n)
+      ) {
+        throw new Refusal("inconsistent cluster map of the target");
+      }
+      end = e.cluster + e.count;
+    }
+    if (end > this.virtualClusters) throw new Refusal("the cluster map passes the disk's end");
+  }
+
+  /** The state of guest cluster c before the plan (or as this plan left it). */
+  private state(c: bigint): { kind: ClusterKind | "unallocated"; host: bigint } {
+    const ex = this.existing;
+    let lo = 0, hi = ex.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = ex[mid];
+      if (c < r.cluster) hi = mid - 1;
+      else if (c >= r.cluster + r.count) lo = mid + 1;
+      else {
+        const host = r.host === undefined ? 0n : r.host + ((c - r.cluster) << this.cb);
+        return { kind: r.kind, host };
+      }
+    }
+    return { kind: "unallocated", host: 0n };
+  }
+
+  run(): WritePlan {
+    let prevEnd = 0n;
+    for (const op of this.x.ops) {
+      if (op.count <= 0n || op.cluster < prevEnd || op.cluster + op.count > this.virtualClusters) {
+        throw new Refusal("write runs out of order or past the disk's end");
+      }
+      prevEnd = op.cluster + op.count;
+      if (op.kind === "discard") this.zero(op, true, true);
+      else if (op.kind === "zero" && this.x.version === 3) this.zero(op, false, this.x.discardFreed ?? false);
+      // Without zero clusters (compat=0.10) qemu discards where no backing
+      // file shows through, and writes zeroes as data where one would.
+      else if (op.kind === "zero" && !this.x.scan.hasBacking) {
+        this.zero(op, true, this.x.discardFreed ?? false);
+      } else this.data(op);
+    }
+    this.endRound();
+    return { rounds: this.rounds, fileSize: this.log.size };
+  }
+
+  /** get_cluster_table: the L2 table for L1 index idx, allocated (zeroed) when missing. */
+  private table(idx: bigint): L2Table {
+    let t = this.tables.get(idx);
+    if (t) return t;
+    if (idx >= BigInt(this.x.scan.l1Size)) throw new Refusal("a write past the L1 table");
+    const e = this.l1.get(idx) ?? 0n;
+    const off = e & L1E_OFFSET_MASK;
+    if (off) {
+      if (!(e & COPIED)) {
+        throw new Refusal("instar does not write into a shared L2 table (internal snapshots)");
+      }
+      t = { offset: off, fresh: false, changed: new Map() };
+    } else {
+      const at = this.rc.alloc(1n) << this.cb;
+      this.l1.set(idx, at | COPIED);
+      this.l1Changed.add(idx);
+      t = { offset: at, fresh: true, bytes: new Uint8Array(Number(this.cs)), changed: new Map() };
+    }
+    this.tables.set(idx, t);
+    return t;
+  }
+
+  private setEntry(c: bigint, v: bigint) {
+    const t = this.table(c / this.perL2);
+    const i = Number(c % this.perL2);
+    if (t.fresh) new DataView(t.bytes!.buffer).setBigUint64(i * 8, v);
+    else t.changed.set(i, v);
+  }
+
+  /** Records that guest cluster c's data goes to host byte offset h. */
+  private place(c: bigint, h: bigint) {
+    const last = this.copies[this.copies.length - 1];
+    if (last && last.cluster + last.count === c && last.host + (last.count << this.cb) === h) last.count++;
+    else this.copies.push({ cluster: c, count: 1n, host: h });
+    // Bytes of the cluster past the source's end read as zeroes.
+    const from = c << this.cb, src = this.x.sourceSize;
+    if (from + this.cs > src) {
+      const keep = src > from ? src - from : 0n;
+      this.tails.push({ kind: "write", offset: h + keep, bytes: new Uint8Array(Number(this.cs - keep)) });
+    }
+  }
+
+  private data(op: WriteOp) {
+    const rc = this.rc;
+    let c = op.cluster;
+    const end = op.cluster + op.count;
+    while (c < end) {
+      this.table(c / this.perL2);
+      const s = this.state(c);
+      if (s.kind === "normal" || s.kind === "zero_alloc") {
+        // handle_copied: written in place (a zero_alloc entry loses its flag).
+        if (rc.get(s.host >> this.cb) !== 1n) {
+          throw new Refusal("instar does not write into a cluster shared with an internal snapshot");
+        }
+        if (s.kind === "zero_alloc") this.setEntry(c, s.host | COPIED);
+        this.place(c, s.host);
+        c++;
+        continue;
+      }
+      if (s.kind === "compressed") {
+        throw new Refusal("instar does not overwrite compressed clusters in place");
+      }
+      // handle_alloc: the run of clusters needing allocation, within this L2 table.
+      const tableEnd = (c / this.perL2 + 1n) * this.perL2;
+      let n = 1n;
+      while (c + n < end && c + n < tableEnd) {
+        const k = this.state(c + n).kind;
+        if (k !== "unallocated" && k !== "zero_plain") break;
+        n++;
+      }
+      const host = rc.alloc(n) << this.cb;
+      for (let i = 0n; i < n; i++) {
+        this.setEntry(c + i, (host + (i << this.cb)) | COPIED);
+        this.place(c + i, host + (i << this.cb));
+      }
+      c += n;
+    }
+  }
+
+  /** Zero writes (discard: entries cleared instead of zero-flagged); `punch`: freed bytes dropped. */
+  private zero(op: WriteOp, discard: boolean, punch: boolean) {
+    let freed = false;
+    for (let c = op.cluster; c < op.cluster + op.count; c++) {
+      const s = this.state(c);
+      if (discard) {
+        // Nothing to discard where nothing is mapped (no table is made for it).
+        if (s.kind === "unallocated") continue;
+        if (!this.tables.has(c / this.perL2) && !(this.l1.get(c / this.perL2)! & L1E_OFFSET_MASK)) continue;
+      }
+      this.table(c / this.perL2);
+      if (s.kind === "zero_plain" && !discard) continue;
+      if (s.kind === "compressed") throw new Refusal("instar does not zero compressed clusters in place");
+      this.setEntry(c, discard ? 0n : ZERO_FLAG);
+      if (punch && (s.kind === "normal" || s.kind === "zero_alloc")) {
+        this.punches.push({ kind: "zero", offset: s.host, length: this.cs });
+      }
+      if (s.kind === "normal" || s.kind === "zero_alloc") {
+        const hc = s.host >> this.cb;
+        const last = this.frees[this.frees.length - 1];
+        if (last && last[1] === hc) last[1]++;
+        else this.frees.push([hc, hc + 1n]);
+        freed = true;
+      }
+      // qemu zeroes one L2 table at a time and frees as it goes: the freed
+      // clusters may be reused by the next allocation, so their references
+      // are withdrawn and the counts lowered (this round) before it.
+      if (freed && (c + 1n) % this.perL2 === 0n) {
+        this.endRound();
+        freed = false;
+      }
+    }
+    if (freed) this.endRound();
+  }
+
+  /** Turns what the round changed into its copies and steps A..D. */
+  private endRound() {
+    const rc = this.rc, log = this.log;
+    // (A) counts raised, new tables, zero tails: nothing points at them yet.
+    const a: Patch[] = [...blockPatches(rc), ...this.tails];
+    const c: Patch[] = [];
+    for (const t of this.tables.values()) {
+      if (t.fresh) {
+        a.push({ kind: "write", offset: t.offset, bytes: t.bytes! });
+        continue;
+      }
+      for (const [i, v] of [...t.changed].sort((p, q) => p[0] - q[0])) {
+        c.push({ kind: "write", offset: t.offset + BigInt(i * 8), bytes: be64(v) });
+      }
+    }
+    for (const i of [...this.l1Changed].sort((p, q) => (p < q ? -1 : p > q ? 1 : 0))) {
+      c.push({ kind: "write", offset: this.x.scan.l1Offset + i * 8n, bytes: be64(this.l1.get(i)!) });
+    }
+    // The data the guest writes may reach past every patch.
+    let dataEnd = log.size;
+    for (const d of this.copies) {
+      const e = d.host + (d.count << this.cb);
+      if (e > dataEnd) dataEnd = e;
+    }
+    let aEnd = dataEnd;
+    for (const p of a) {
+      const e = p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.length);
+      if (e > aEnd) aEnd = e;
+    }
+    log.push(a, aEnd);
+    // (B) new refcount blocks hooked up.
+    log.push(hookupPatches(rc));
+    // (C) the pointers.
+    log.push(c);
+    // (D) the frees, after nothing points at the clusters.
+    for (const [s, e] of this.frees) rc.update(s, e - s, -1n);
+    log.push(blockPatches(rc));
+    // (E) the freed clusters discarded (the applier punches zero patches inside the file).
+    log.push(this.punches);
+    const steps = log.steps.splice(this.roundStart);
+    this.roundStart = log.steps.length;
+    if (steps.length > 0 || this.copies.length > 0) this.rounds.push({ copies: this.copies, steps });
+    // The tables this round made are existing ones for the next; the ops
+    // are ascending and disjoint, so no later op reads an entry set here.
+    this.tables = new Map(
+      [...this.tables].map(([i, t]) => [i, { offset: t.offset, fresh: false, changed: new Map() }]),
+    );
+    this.copies = [];
+    this.tails = [];
+    this.frees = [];
+    this.punches = [];
+    this.l1Changed = new Set();
+  }
+}
