@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan convert_luks compare_luks
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -46,6 +46,9 @@ inspect_SRCS := ops/inspect.c $(INSPECT_SRCS) qcow2/header.c qcow2/tables.c prob
 inspect_LIBS :=
 snapshot_scan_SRCS := ops/snapshot_scan.c qcow2/snapshot_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 snapshot_scan_LIBS :=
+bitmap_scan_SRCS := ops/bitmap_scan.c qcow2/bitmap_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c \
+                    raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
+bitmap_scan_LIBS :=
 # Reading LUKS1 (guest/luks/): convert and compare with the LUKS layer and
 # Debian's libnettle.a (its libc wants in luks/nettle_shim.c); the host runs
 # these only for a chain with an encrypted input, the only runs that get a

@@ -53,6 +53,7 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "resize_planners",
       "repair_planner",
       "write_planner",
+      "bitmap_planner",
       "inspect",
       "snapshot_planner",
     ]

@@ -35,6 +35,7 @@
 #define OP_COPY_RUNS 61
 #define OP_INSPECT 50
 #define OP_SNAPSHOT_SCAN 55
+#define OP_BITMAP_SCAN 65
 #define OP_TEST 99
 
 #define CONV_QCOW2 1
@@ -104,6 +105,8 @@
 #define REC_RESIZE_META 26
 #define REC_RESIZE_BYTES 27
 #define REC_DIFF_RUN 50
+#define REC_BITMAP_DIR 60
+#define REC_BITMAP_ENTRY 61
 #define REC_INSPECT 80
 #define REC_INSPECT_FINDING 81
 #define REC_SNAP_ENTRY 40
@@ -175,6 +178,10 @@
 
 #define DIFF_F_OLD_ZERO 1
 #define DIFF_F_ZERO 2
+
+#define BMS_ALL_ONES 1
+#define BMS_TAIL_BITS 2
+#define BMS_TOO_BIG 4
 
 #define GERR_IO 1
 #define GERR_NOT_FORMAT 2
@@ -897,6 +904,52 @@ _Static_assert(sizeof(struct rec_resize_range) == 24, "rec_resize_range size");
 _Static_assert(offsetof(struct rec_resize_range, hdr) == 0, "rec_resize_range.hdr");
 _Static_assert(offsetof(struct rec_resize_range, start) == 8, "rec_resize_range.start");
 _Static_assert(offsetof(struct rec_resize_range, count) == 16, "rec_resize_range.count");
+
+/* records.BITMAP_DIR: one bitmap directory entry as stored (the directory passed qemu's checks) */
+struct rec_bitmap_dir {
+    uint8_t hdr[8];
+    uint32_t index; /* position in the directory */
+    uint32_t flags; /* BME flags: bit 0 in-use, bit 1 auto */
+    uint64_t table_offset;
+    uint32_t table_size; /* entries */
+    uint8_t type;
+    uint8_t granularity_bits;
+    uint16_t name_len; /* <= 1023 */
+    uint32_t extra_size;
+    uint32_t state; /* bitmapState.* */
+    uint64_t dir_offset; /* the directory's offset (header extension) */
+    uint64_t dir_size; /* the directory's size in bytes */
+    uint8_t name[1024];
+};
+_Static_assert(sizeof(struct rec_bitmap_dir) == 1080, "rec_bitmap_dir size");
+_Static_assert(offsetof(struct rec_bitmap_dir, hdr) == 0, "rec_bitmap_dir.hdr");
+_Static_assert(offsetof(struct rec_bitmap_dir, index) == 8, "rec_bitmap_dir.index");
+_Static_assert(offsetof(struct rec_bitmap_dir, flags) == 12, "rec_bitmap_dir.flags");
+_Static_assert(offsetof(struct rec_bitmap_dir, table_offset) == 16, "rec_bitmap_dir.table_offset");
+_Static_assert(offsetof(struct rec_bitmap_dir, table_size) == 24, "rec_bitmap_dir.table_size");
+_Static_assert(offsetof(struct rec_bitmap_dir, type) == 28, "rec_bitmap_dir.type");
+_Static_assert(offsetof(struct rec_bitmap_dir, granularity_bits) == 29, "rec_bitmap_dir.granularity_bits");
+_Static_assert(offsetof(struct rec_bitmap_dir, name_len) == 30, "rec_bitmap_dir.name_len");
+_Static_assert(offsetof(struct rec_bitmap_dir, extra_size) == 32, "rec_bitmap_dir.extra_size");
+_Static_assert(offsetof(struct rec_bitmap_dir, state) == 36, "rec_bitmap_dir.state");
+_Static_assert(offsetof(struct rec_bitmap_dir, dir_offset) == 40, "rec_bitmap_dir.dir_offset");
+_Static_assert(offsetof(struct rec_bitmap_dir, dir_size) == 48, "rec_bitmap_dir.dir_size");
+_Static_assert(offsetof(struct rec_bitmap_dir, name) == 56, "rec_bitmap_dir.name");
+
+/* records.BITMAP_ENTRY: table entry `index` of bitmap `bitmap` points at a data cluster (value); nonzero = it has a set bit inside the bitmap */
+struct rec_bitmap_entry {
+    uint8_t hdr[8];
+    uint32_t bitmap;
+    uint32_t nonzero;
+    uint64_t index;
+    uint64_t value;
+};
+_Static_assert(sizeof(struct rec_bitmap_entry) == 32, "rec_bitmap_entry size");
+_Static_assert(offsetof(struct rec_bitmap_entry, hdr) == 0, "rec_bitmap_entry.hdr");
+_Static_assert(offsetof(struct rec_bitmap_entry, bitmap) == 8, "rec_bitmap_entry.bitmap");
+_Static_assert(offsetof(struct rec_bitmap_entry, nonzero) == 12, "rec_bitmap_entry.nonzero");
+_Static_assert(offsetof(struct rec_bitmap_entry, index) == 16, "rec_bitmap_entry.index");
+_Static_assert(offsetof(struct rec_bitmap_entry, value) == 24, "rec_bitmap_entry.value");
 
 /* records.RESIZE_SUMMARY: last record of a resize scan, with the count of each record kind */
 struct rec_resize_summary {

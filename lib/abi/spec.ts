@@ -134,6 +134,8 @@ export const ops = {
   INSPECT: 50,
   /** snapshot -c/-a/-d: the metadata scan behind lib/formats/qcow2/snapshot_plan.ts. */
   SNAPSHOT_SCAN: 55,
+  /** qcow2 persistent bitmaps: the metadata `bitmap` plans from (guest/qcow2/bitmap_scan.c). */
+  BITMAP_SCAN: 65,
   TEST: 99,
 } as const;
 
@@ -289,6 +291,11 @@ export const records = {
   // 50..59: in-place qcow2 writes (rebase, commit).
   /** rebase_diff: overlay clusters a safe rebase must copy (rec_diff_run). */
   DIFF_RUN: 50,
+  // 60..69: the bitmap scan (ops.BITMAP_SCAN), see guest/qcow2/bitmap_scan.c.
+  /** One bitmap directory entry (rec_bitmap_dir), directory order, before its BITMAP_ENTRY records. */
+  BITMAP_DIR: 60,
+  /** One non-zero bitmap table entry (rec_bitmap_entry). */
+  BITMAP_ENTRY: 61,
   // 80..89: inspect (ops.INSPECT, guest/ops/inspect.c).
   /** The verdict's facts: detected format, virtual size, bytes examined; last record. */
   INSPECT: 80,
@@ -351,6 +358,16 @@ export const luksHashes = {
   SHA384: 5,
   SHA512: 6,
   RIPEMD160: 7,
+} as const;
+
+/** BITMAP_DIR.state bits: what the guest found reading the bitmap's data. */
+export const bitmapState = {
+  /** A table entry is 1 (all ones), which qemu expands on loading. */
+  ALL_ONES: 1,
+  /** A data cluster has bits set past the bitmap's end. */
+  TAIL_BITS: 2,
+  /** The entry limit was hit: the scan stopped. */
+  TOO_BIG: 4,
 } as const;
 
 /** RESIZE_SUMMARY.flags: TOO_BIG means a bound was hit and the scan stopped
@@ -974,6 +991,39 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_bitmap_dir",
+    size: 1080,
+    doc: "records.BITMAP_DIR: one bitmap directory entry as stored (the directory passed qemu's checks)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "index", type: "u32", offset: 8, doc: "position in the directory" },
+      { name: "flags", type: "u32", offset: 12, doc: "BME flags: bit 0 in-use, bit 1 auto" },
+      { name: "table_offset", type: "u64", offset: 16 },
+      { name: "table_size", type: "u32", offset: 24, doc: "entries" },
+      { name: "type", type: "u8", offset: 28 },
+      { name: "granularity_bits", type: "u8", offset: 29 },
+      { name: "name_len", type: "u16", offset: 30, doc: "<= 1023" },
+      { name: "extra_size", type: "u32", offset: 32 },
+      { name: "state", type: "u32", offset: 36, doc: "bitmapState.*" },
+      { name: "dir_offset", type: "u64", offset: 40, doc: "the directory's offset (header extension)" },
+      { name: "dir_size", type: "u64", offset: 48, doc: "the directory's size in bytes" },
+      { name: "name", type: "bytes", offset: 56, count: 1024 },
+    ],
+  },
+  {
+    name: "rec_bitmap_entry",
+    size: 32,
+    doc: "records.BITMAP_ENTRY: table entry `index` of bitmap `bitmap` points at a data cluster (value); " +
+      "nonzero = it has a set bit inside the bitmap",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "bitmap", type: "u32", offset: 8 },
+      { name: "nonzero", type: "u32", offset: 12 },
+      { name: "index", type: "u64", offset: 16 },
+      { name: "value", type: "u64", offset: 24 },
+    ],
+  },
+  {
     name: "rec_resize_summary",
     size: 56,
     doc: "records.RESIZE_SUMMARY: last record of a resize scan, with the count of each record kind",
@@ -1306,6 +1356,8 @@ export const recordStructs: Record<number, string> = {
   [records.RESIZE_BYTES]: "rec_resize_bytes",
   [records.LUKS_INFO]: "rec_luks_info",
   [records.DIFF_RUN]: "rec_diff_run",
+  [records.BITMAP_DIR]: "rec_bitmap_dir",
+  [records.BITMAP_ENTRY]: "rec_bitmap_entry",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
   [records.SNAP_ENTRY]: "rec_snap_entry",
@@ -1380,6 +1432,7 @@ export const enums: Record<string, Record<string, number>> = {
   Q2F_: qcow2InfoFlags,
   RESIZE_F_: resizeFlags,
   DIFF_F_: diffFlags,
+  BMS_: bitmapState,
   GERR_: guestErrors,
   ATTACH_: attachFlags,
   VMM_F_: vmmFlags,

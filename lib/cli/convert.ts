@@ -282,7 +282,7 @@ function tempBeside(target: string, tag: string): string {
 /** Removes the temporary files on failure, exit or cancel (SIGINT/SIGTERM to the
  * direct CLI, a cancel from the service's client): the guest is stopped and the
  * command returns 130/143 through run(), with nothing left under the target name. */
-class TempFiles {
+export class TempFiles {
   paths: string[] = [];
   /** Unnamed outputs (O_TMPFILE) by the path they are written through. */
   #unnamed = new Map<string, UnnamedFile>();

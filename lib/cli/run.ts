@@ -16,6 +16,8 @@ import { rebaseCommand } from "./rebase.ts";
 import { commitCommand } from "./commit.ts";
 import { amendCommand } from "./amend.ts";
 import { snapshotCommand } from "./snapshot.ts";
+import { ddCommand } from "./dd.ts";
+import { bitmapCommand } from "./bitmap.ts";
 import { helpText, versionText } from "./help.ts";
 import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
@@ -29,11 +31,13 @@ const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
 
 const COMMANDS: Record<string, typeof infoCommand> = {
   amend: amendCommand,
+  bitmap: bitmapCommand,
   check: checkCommand,
   commit: commitCommand,
   compare: compareCommand,
   convert: convertCommand,
   create: createCommand,
+  dd: ddCommand,
   info: infoCommand,
   map: mapCommand,
   measure: measureCommand,
@@ -45,8 +49,6 @@ const COMMANDS: Record<string, typeof infoCommand> = {
 /** qemu-img commands instar does not implement yet. */
 const LATER = [
   "bench",
-  "bitmap",
-  "dd",
 ];
 
 function writeAll(file: { writeSync(p: Uint8Array): number }, text: string) {

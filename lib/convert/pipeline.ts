@@ -40,6 +40,12 @@ export interface ConvertJob {
    * first (the guests write nothing where the image reads as zeroes), "keep"
    * leaves it (the caller punched it, or --target-is-zero). */
   inPlace?: "zero" | "keep";
+  /** Raw output only: the source byte written at output offset 0 (dd's
+   * skip=); the guests copy source bytes [origin, origin + size). */
+  origin?: bigint;
+  /** Raw output only: the file's size when larger than `size` (dd's output
+   * is created a whole number of sectors long; the bytes past `size` stay a hole). */
+  fileSize?: bigint;
   /** params.kdf_max_iters for an encrypted source. */
   kdfMaxIters?: bigint;
 }
@@ -155,7 +161,7 @@ export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bi
   const f = await Deno.open(hostPath(outPath), { write: true });
   try {
     if (job.inPlace === "zero") await zeroFill(f, job.size);
-    else if (!job.inPlace) await f.truncate(Number(job.size));
+    else if (!job.inPlace) await f.truncate(Number(job.fileSize ?? job.size));
   } finally {
     f.close();
   }
@@ -163,15 +169,17 @@ export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bi
   const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
   const report = progressOf(job, n);
   const ranges = n === 2 ? [[0n, mid], [mid, job.size]] : [[0n, job.size]];
+  const origin = job.origin ?? 0n;
   const results = await Promise.all(ranges.map(([from, to], i) =>
     runFor(job, {
       op: "convert",
       opCode: ops.CONVERT,
       inputs: inputs(job),
-      args: [0n, 0n, job.minSparse, 0n, 0n, from, to],
+      // Source byte x goes to output offset x - origin.
+      args: [0n, 0n, job.minSparse, 0n, origin, origin + from, origin + to],
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,
-      output: { path: outPath, cap: job.size },
+      output: { path: outPath, cap: job.fileSize ?? job.size },
       onProgress: report(i),
     })
   ));

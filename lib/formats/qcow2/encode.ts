@@ -77,7 +77,14 @@ export interface Qcow2Header {
   backingFile?: Uint8Array;
   /** Backing format name (stored as the backing-format extension). */
   backingFormat?: string;
+  /** The bitmaps extension (written when nb > 0, after the feature table). */
+  bitmaps?: { nb: number; dirSize: bigint; dirOffset: bigint };
+  /** The autoclear feature bits (v3; 0 when absent). */
+  autoclear?: bigint;
 }
+
+/** The bitmaps header extension's magic. */
+export const EXT_BITMAPS = 0x23852875;
 
 function put32(b: Uint8Array, off: number, v: number) {
   new DataView(b.buffer, b.byteOffset, b.byteLength).setUint32(off, v >>> 0, false);
@@ -125,7 +132,7 @@ export function encodeHeader(h: Qcow2Header): PlanResult<Uint8Array> {
   if (h.version === 3) {
     put64(b, 72, incompatibleBits(h));
     put64(b, 80, h.lazyRefcounts ? COMPAT_LAZY_REFCOUNTS : 0n);
-    put64(b, 88, 0n); // autoclear
+    put64(b, 88, h.autoclear ?? 0n);
     put32(b, 96, h.refcountOrder);
     put32(b, 100, V3_HEADER_LENGTH);
     b[104] = h.compressionType === "zstd" ? 1 : 0;
@@ -154,6 +161,13 @@ export function encodeHeader(h: Qcow2Header): PlanResult<Uint8Array> {
       table.set(enc.encode(name), i * FEATURE_ENTRY_SIZE + 2);
     });
     if (!ext(EXT_FEATURE_TABLE, table)) return noSpace();
+  }
+  if (h.bitmaps && h.bitmaps.nb > 0) {
+    const e = new Uint8Array(24);
+    put32(e, 0, h.bitmaps.nb);
+    put64(e, 8, h.bitmaps.dirSize);
+    put64(e, 16, h.bitmaps.dirOffset);
+    if (!ext(EXT_BITMAPS, e)) return noSpace();
   }
   if (!ext(EXT_END, new Uint8Array(0))) return noSpace();
   if (h.backingFile !== undefined) {

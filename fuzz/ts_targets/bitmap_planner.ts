@@ -1,0 +1,205 @@
+// Fuzz target bitmap_planner: `bitmap`'s planner
+// (lib/formats/qcow2/bitmap_plan.ts) on what a hostile guest could report
+// (bitmap directory entries, table entries, refcounts) and any action list.
+//
+// Input:
+//   0      cluster_bits = 9 + (b % 13)        1  refcount order = b % 7
+//   2      bit 0 v3, bits 1-2 bitmaps (0..3), bit 3 -b source, bit 4 a merge result
+//   3-10   virtual size (u64 LE, masked to 2^44)
+//   11-12  used clusters (u16 LE, <= one refcount block)
+//   13     granularity choice (0 = default)   14  name choice
+//   15-22  actions: each byte b: act b % 6 (add remove clear enable disable merge), merge source b >> 3
+//   23..   per bitmap 16 bytes: name (1 byte choice), flags, granularity bits, table cluster (u16),
+//          table size (u16), entry count, then entries from the following bytes (u16 index, u16 cluster, nonzero)
+//
+// Invariants on every plan:
+//   1. every step passes checkPlan (inside the file, no overlap, bounded), and there are few steps;
+//   2. header writes are the whole header cluster at offset 0;
+//   3. copies move whole clusters, from a data cluster the scan listed or the merge's staging area,
+//      to a cluster-aligned place below the staging area;
+//   4. discards cover only data clusters the scan listed (old bitmap data), whole clusters;
+//   5. nothing is written into the refcount table, and refcount blocks only as whole blocks.
+import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
+import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
+import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
+import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
+
+const mod = await optional<typeof BitmapPlan>("../../lib/formats/qcow2/bitmap_plan.ts");
+
+const NAMES = ["b0", "b1", "", "x".repeat(1024), "b2"];
+const GRANS = [0n, 512n, 1000n, 4096n, 65536n, 1n << 31n, 1n << 32n, 256n];
+const ACTS = ["add", "remove", "clear", "enable", "disable", "merge"] as const;
+const enc = new TextEncoder();
+
+function model(
+  version: 2 | 3,
+  clusterBits: number,
+  refcountOrder: number,
+  size: bigint,
+  nb: number,
+): Qcow2Model {
+  return {
+    version,
+    virtualSize: size,
+    clusterBits,
+    clusterSize: 1n << BigInt(clusterBits),
+    refcountBits: 1 << refcountOrder,
+    compressionType: "zlib",
+    dirty: false,
+    corrupt: false,
+    incompatibleFeatures: 0n,
+    extendedL2: false,
+    lazyRefcounts: false,
+    hasDataFileBit: false,
+    dataFileRaw: false,
+    nbSnapshots: 0,
+    nbBitmaps: nb,
+    hasBitmapsExt: nb > 0,
+    layout: {
+      l1TableOffset: 3n << BigInt(clusterBits),
+      l1Size: 1,
+      refcountTableOffset: 1n << BigInt(clusterBits),
+      refcountTableClusters: 1,
+      snapshotsOffset: 0n,
+      compatibleFeatures: 0n,
+      autoclearFeatures: nb > 0 ? 1n : 0n,
+      cryptMethod: 0,
+      unknownExtension: false,
+    },
+  };
+}
+
+/** Bytes with a 16-bit reader (the engine's has 8, 32 and 64). */
+class Bytes16 extends Bytes {
+  u16(at: number): number {
+    return this.u8(at) | (this.u8(at + 1) << 8);
+  }
+}
+
+function run(d: Uint8Array, cov: Cov): void {
+  if (!mod) return;
+  const b = new Bytes16(d);
+  const clusterBits = 9 + (b.u8(0) % 13);
+  const order = b.u8(1) % 7;
+  const flags = b.u8(2);
+  const cs = 1n << BigInt(clusterBits);
+  const size = b.u64(3) & ((1n << 44n) - 1n);
+  const perBlock = (cs * 8n) >> BigInt(order);
+  const used = 8n + BigInt(b.u16(11)) % (perBlock > 64n ? perBlock - 16n : 48n);
+  const nb = (flags >> 1) & 3;
+  const bitmaps: BitmapPlan.BitmapScanDir[] = [];
+  const dataClusters = new Set<bigint>();
+  let at = 23;
+  for (let i = 0; i < nb && at + 16 <= d.length; i++, at += 16) {
+    const entries: BitmapPlan.BitmapScanEntry[] = [];
+    const n = b.u8(at + 9) % 8;
+    let idx = 0n;
+    for (let k = 0; k < n && at + 16 + k * 5 + 5 <= d.length; k++) {
+      idx += 1n + BigInt(b.u16(at + 16 + k * 5) % 4);
+      const c = 4n + BigInt(b.u16(at + 18 + k * 5)) % (used - 4n);
+      entries.push({ index: idx - 1n, value: c * cs, nonzero: (b.u8(at + 20 + k * 5) & 1) !== 0 });
+      dataClusters.add(c);
+    }
+    bitmaps.push({
+      name: enc.encode(`${NAMES[b.u8(at) % NAMES.length].slice(0, 8)}${i}`),
+      flags: b.u8(at + 1) & 3,
+      granularityBits: 9 + (b.u8(at + 2) % 23),
+      tableOffset: (4n + BigInt(b.u16(at + 3)) % (used - 4n)) * cs,
+      tableSize: 1n + BigInt(b.u16(at + 5)) % 64n,
+      state: 0,
+      entries,
+    });
+  }
+  const scan: BitmapPlan.Qcow2BitmapScan = {
+    model: model((flags & 1) !== 0 ? 3 : 2, clusterBits, order, size, bitmaps.length),
+    fileSize: used * cs - BigInt(b.u8(13)) % cs,
+    reftableOffset: cs,
+    reftableClusters: 1n,
+    reftable: new Map([[0, 2n * cs]]),
+    runs: [{ start: 0n, count: used, refcount: 1n }],
+    dirOffset: bitmaps.length ? 3n * cs : 0n,
+    dirSize: bitmaps.length ? BigInt(bitmaps.length) * 32n : 0n,
+    bitmaps,
+  };
+  const actions: BitmapPlan.BitmapAction[] = [];
+  for (let k = 15; k < 23; k++) {
+    const v = b.u8(k);
+    if (v === 0 && k > 15) break;
+    const act = ACTS[v % 6];
+    actions.push(
+      act === "merge"
+        ? { act, src: enc.encode(`${NAMES[(v >> 3) % NAMES.length].slice(0, 8)}${(v >> 5) % 3}`) }
+        : { act },
+    );
+  }
+  const req: BitmapPlan.BitmapRequest = {
+    name: enc.encode(`${NAMES[b.u8(14) % NAMES.length]}${b.u8(14) >> 6}`),
+    granularity: GRANS[b.u8(13) % GRANS.length],
+    actions,
+    nodeName: "#block000",
+    source: (flags & 8) !== 0 ? { bitmaps: bitmaps.slice(0, 1), virtualSize: size } : undefined,
+  };
+  cov.hit(`bitmap:v${scan.model.version}:nb:${bitmaps.length}:acts:${sizeClass(BigInt(actions.length))}`);
+  let r = mod.planQcow2Bitmap(scan, req);
+  if (!checkResult(r, "bitmap", cov)) return;
+  let staging: bigint | undefined;
+  if (r.value.mergeJob) {
+    const job = r.value.mergeJob;
+    cov.hit(`bitmap:merge:${job.external}`);
+    invariant(job.staging % cs === 0n && job.staging >= scan.fileSize, "bitmap: staging inside the file");
+    staging = job.staging;
+    if ((flags & 16) === 0) return;
+    const entries = mod.tableSizeFor(size & ~511n, job.granularityBits, cs);
+    const data = new Map<bigint, bigint>();
+    for (let k = 0n; k < entries && k < 16n; k += 2n) data.set(k, job.staging + k * cs);
+    const fileEnd = data.size ? job.staging + (entries < 16n ? entries : 16n) * cs : scan.fileSize;
+    r = mod.planQcow2Bitmap(scan, { ...req, merged: { data, fileEnd } });
+    if (!checkResult(r, "bitmap-merged", cov)) return;
+    invariant(r.value.mergeJob === undefined, "bitmap: merge asked for twice");
+  }
+  const steps = r.value.steps;
+  invariant(steps.length <= 32, `bitmap: ${steps.length} steps`);
+  for (const s of steps) {
+    checkPlan(s, "bitmap", cov);
+    for (const p of s.patches) {
+      const len = p.kind === "write" ? BigInt(p.bytes.length) : p.length;
+      if (p.offset === 0n) {
+        invariant(
+          p.kind === "write" && len === cs,
+          () => `bitmap: partial header write ${p.kind} ${len} ${cs}`,
+        );
+        cov.hit("bitmap:header");
+        continue;
+      }
+      invariant(p.offset >= 2n * cs || p.offset < cs, "bitmap: write into the refcount table");
+      if (p.offset >= 2n * cs && p.offset < 3n * cs) {
+        invariant(p.kind === "write" && p.offset === 2n * cs && len === cs, "bitmap: partial refcount block");
+        cov.hit("bitmap:refblock");
+      } else if (p.kind === "copy") {
+        invariant(p.length === cs && p.offset % cs === 0n, "bitmap: copy of a partial cluster");
+        const fromData = dataClusters.has(p.from / cs) && p.from % cs === 0n;
+        const fromStaging = staging !== undefined && p.from >= staging;
+        invariant(fromData || fromStaging, `bitmap: copy from ${p.from}`);
+        invariant(staging === undefined || p.offset + cs <= staging, "bitmap: copy into the staging area");
+        cov.hit(`bitmap:copy:${fromStaging}`);
+      } else if (p.kind === "zero") {
+        invariant(p.offset % cs === 0n && len % cs === 0n, "bitmap: partial discard");
+        for (let c = p.offset / cs; c < (p.offset + len) / cs; c++) {
+          invariant(dataClusters.has(c), `bitmap: discard of cluster ${c}, not old bitmap data`);
+        }
+        cov.hit("bitmap:discard");
+      } else {
+        cov.hit("bitmap:write");
+      }
+    }
+  }
+  if (r.value.error) cov.hit(`bitmap:error:${r.value.error.slice(0, 24)}`);
+}
+
+export const target: TsTarget = {
+  description: mod ? "bitmap planner (qemu-img bitmap)" : "none present yet",
+  run(data, cov) {
+    if (data.length < 23) return;
+    run(data, cov);
+  },
+};

@@ -1,0 +1,257 @@
+/*
+ * qcow2's bitmap scan: the metadata the host's bitmap planner
+ * (lib/formats/qcow2/bitmap_plan.ts) needs, after qcow2_open checked the
+ * bitmap directory and every table as qemu's qcow2_load_dirty_bitmaps does:
+ *
+ *   BITMAP_DIR    each directory entry, directory order (name, flags,
+ *                 granularity, table offset and size, state bits)
+ *   BITMAP_ENTRY  each table entry pointing at a data cluster, with whether
+ *                 that cluster has a set bit inside the bitmap (qemu stores
+ *                 only such clusters when it writes the bitmap back)
+ *   then the resize scan's records for the image's own size: QCOW2_INFO,
+ *   RESIZE_L1, RESIZE_REFTABLE, RESIZE_REFRUN and RESIZE_SUMMARY (last).
+ *
+ * A bitmap in use (flag bit 0) is not read (qemu does not load it). The
+ * planner refuses bitmaps with state bits set (BMS_*): entries of all ones,
+ * bits set past the bitmap's end. At most BITMAP_MAX_ENTRIES entries in all.
+ */
+#include "bitmap_scan.h"
+#include "resize_scan.h"
+#include "bytes.h"
+#include "../ops/records.h"
+
+#define BITMAP_MAX_ENTRIES (256u * 1024u)
+
+/* Whether the data cluster at `off` has a set bit among its first `bits`
+ * bits (LSB first in each byte, as qemu serializes), and past them. */
+static int scan_cluster(struct qcow2 *q, uint8_t *buf, uint64_t off, uint64_t bits, bool *nonzero, bool *tail)
+{
+    if (reader_read(q->r, off, buf, q->cluster_size)) return rt_error(0, GERR_IO, off, 0, 0);
+    uint64_t full = bits / 8, rest = bits % 8;
+    *nonzero = false;
+    *tail = false;
+    for (uint64_t i = 0; i < q->cluster_size; i++) {
+        uint8_t b = buf[i];
+        if (!b) continue;
+        if (i < full) {
+            *nonzero = true;
+        } else if (i == full && rest) {
+            uint8_t in = (uint8_t)((1u << rest) - 1);
+            if (b & in) *nonzero = true;
+            if (b & ~in) *tail = true;
+        } else {
+            *tail = true;
+        }
+    }
+    return 0;
+}
+
+static int scan_bitmaps(struct qcow2 *q)
+{
+    if (!q->nb_bitmaps) return 0;
+    uint8_t *buf = rt_alloc(q->cluster_size);
+    if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, q->cluster_size, 0, 0);
+    struct table_window w;
+    if (table_window_init(&w, q->r, 0, 0)) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    static struct rec_bitmap_dir d;
+    uint64_t start = q->bitmap_dir_offset, end = start + q->bitmap_dir_size; /* checked at open */
+    uint64_t len = q->size & ~511ull, total = 0;
+    uint64_t per_cluster = q->cluster_size * 8;
+    uint32_t index = 0;
+    for (uint64_t at = start; at < end; index++) {
+        uint8_t e[24];
+        if (reader_read(q->r, at, e, 24)) return rt_error(0, GERR_IO, at, 0, 0);
+        rec_init(&d, REC_BITMAP_DIR, sizeof d);
+        d.index = index;
+        d.table_offset = be64(e);
+        d.table_size = be32(e + 8);
+        d.flags = be32(e + 12);
+        d.type = e[16];
+        d.granularity_bits = e[17];
+        d.name_len = be16(e + 18); /* <= 1023, checked at open */
+        d.extra_size = be32(e + 20); /* 0, checked at open */
+        d.state = 0;
+        d.dir_offset = q->bitmap_dir_offset;
+        d.dir_size = q->bitmap_dir_size;
+        memset(d.name, 0, sizeof d.name);
+        if (reader_read(q->r, at + 24, d.name, d.name_len)) return rt_error(0, GERR_IO, at, 0, 0);
+        at += (24ull + d.name_len + 7) & ~7ull;
+        uint64_t bits = len ? ((len - 1) >> d.granularity_bits) + 1 : 0;
+        uint64_t n_entries = 0;
+        /* Entries first (they are sent after the DIR record, which carries the state). */
+        uint64_t mark = rt_heap_mark();
+        struct rec_bitmap_entry *list = 0;
+        if (!(d.flags & 1)) {
+            list = rt_alloc((uint64_t)d.table_size * sizeof *list);
+            if (!list) return rt_error(0, GERR_OUT_OF_MEMORY, d.table_size, 0, 0);
+            w.offset = d.table_offset;
+            w.entries = d.table_size;
+            w.count = 0;
+            for (uint64_t i = 0; i < d.table_size; i++) {
+                uint64_t v;
+                if (table_window_get(&w, i, &v)) return rt_error(0, GERR_IO, d.table_offset, 0, 0);
+                if (!v) continue;
+                if (v == 1) {
+                    d.state |= BMS_ALL_ONES;
+                    continue;
+                }
+                if (total >= BITMAP_MAX_ENTRIES) {
+                    d.state |= BMS_TOO_BIG;
+                    break;
+                }
+                uint64_t first = i * per_cluster; /* table_size <= 2^27: no overflow */
+                uint64_t here = bits > first ? bits - first : 0;
+                if (here > per_cluster) here = per_cluster;
+                bool nonzero = false, tail = false;
+                if (scan_cluster(q, buf, v & 0x00fffffffffffe00ull, here, &nonzero, &tail)) return -1;
+                if (tail) d.state |= BMS_TAIL_BITS;
+                struct rec_bitmap_entry *r = &list[n_entries++];
+                rec_init(r, REC_BITMAP_ENTRY, sizeof *r);
+                r->bitmap = index;
+                r->nonzero = nonzero;
+                r->index = i;
+                r->value = v;
+                total++;
+            }
+        }
+        if (rt_emit(&d, sizeof d)) return -1;
+        for (uint64_t i = 0; i < n_entries; i++)
+            if (rt_emit(&list[i], sizeof list[i])) return -1;
+        rt_heap_release(mark);
+        if (d.state & BMS_TOO_BIG) return 0;
+    }
+    return 0;
+}
+
+int qcow2_bitmap_scan(const struct reader *r)
+{
+    static struct qcow2 q;
+    if (qcow2_open(&q, r, 0)) return -1;
+    if (scan_bitmaps(&q)) return -1;
+    return qcow2_resize_scan(r, q.size);
+}
+
+/* The directory entry `index` of q: its table offset/size and granularity. */
+static int find_entry(struct qcow2 *q, uint64_t index, uint64_t *toff, uint64_t *tsize, uint32_t *gbits, uint32_t *flags)
+{
+    uint64_t at = q->bitmap_dir_offset, end = at + q->bitmap_dir_size; /* checked at open */
+    for (uint64_t i = 0; at < end; i++) {
+        uint8_t e[24];
+        if (reader_read(q->r, at, e, 24)) return rt_error(0, GERR_IO, at, 0, 0);
+        if (i == index) {
+            *toff = be64(e);
+            *tsize = be32(e + 8);
+            *flags = be32(e + 12);
+            *gbits = e[17];
+            return 0;
+        }
+        at += (24ull + be16(e + 18) + 7) & ~7ull;
+    }
+    return rt_error(0, GERR_BAD_PARAMS, 2, index, 0);
+}
+
+static void set_bits(uint8_t *b, uint64_t first, uint64_t last)
+{
+    for (uint64_t i = first; i <= last; i++) b[i >> 3] |= (uint8_t)(1u << (i & 7));
+}
+
+/* ORs bitmap `index` of q (granularity 2^gs over len bytes) into dst
+ * (granularity 2^gd, nd bits). */
+static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd, uint64_t nd, uint64_t len)
+{
+    uint64_t toff, tsize;
+    uint32_t gs, flags;
+    if (find_entry(q, index, &toff, &tsize, &gs, &flags)) return -1;
+    if (flags & 1) return rt_error(0, GERR_BAD_PARAMS, 6, index, 0); /* in use: never loaded */
+    uint64_t ns = len ? ((len - 1) >> gs) + 1 : 0;
+    uint64_t per = q->cluster_size * 8;
+    uint8_t *buf = rt_alloc(q->cluster_size);
+    if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, q->cluster_size, 0, 0);
+    struct table_window w;
+    if (table_window_init(&w, q->r, toff, tsize)) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    for (uint64_t k = 0; k < tsize && k * per < ns; k++) {
+        uint64_t v;
+        if (table_window_get(&w, k, &v)) return rt_error(0, GERR_IO, toff, 0, 0);
+        if (!v) continue;
+        if (v == 1) memset(buf, 0xff, q->cluster_size);
+        else if (reader_read(q->r, v & 0x00fffffffffffe00ull, buf, q->cluster_size))
+            return rt_error(0, GERR_IO, v, 0, 0);
+        uint64_t n = ns - k * per < per ? ns - k * per : per;
+        for (uint64_t i = 0; i < n; i++) {
+            if (!(buf[i >> 3] & (1u << (i & 7)))) {
+                if ((i & 63) == 0 && i + 64 <= n) {
+                    /* skip a zero 64-bit word at once */
+                    uint64_t z;
+                    memcpy(&z, buf + (i >> 3), 8);
+                    if (!z) i += 63;
+                }
+                continue;
+            }
+            uint64_t j = k * per + i;
+            uint64_t from = j << gs, to = (j + 1) << gs;
+            if (to > len) to = len;
+            uint64_t a = from >> gd, b = (to - 1) >> gd;
+            if (b >= nd) b = nd - 1;
+            set_bits(dst, a, b);
+        }
+    }
+    return 0;
+}
+
+/*
+ * --merge: bitmap arg[2] of input arg[3] (0 = this image, 1 = the -b
+ * source) ORed into bitmap arg[1] of input 0 (UINT64_MAX: an empty one),
+ * granularity 2^arg[5]; each data cluster k of the result holding a set bit
+ * is written at arg[4] + k * cluster_size of the output (a staging area past
+ * everything the planner allocates) and reported as a BITMAP_ENTRY
+ * (bitmap = UINT32_MAX, value = where it went).
+ */
+int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
+{
+    const struct params *p = rt_params();
+    static struct qcow2 q, qs;
+    if (qcow2_open(&q, r, 0)) return -1;
+    struct qcow2 *s = &q;
+    if (p->arg[3] == 1) {
+        if (!src_r || qcow2_open(&qs, src_r, 0)) return src_r ? -1 : rt_error(0, GERR_BAD_PARAMS, 3, 0, 0);
+        s = &qs;
+    }
+    uint64_t len = q.size & ~511ull;
+    if ((s->size & ~511ull) != len) return rt_error(0, GERR_BAD_PARAMS, 4, 0, 0);
+    uint32_t gd = (uint32_t)p->arg[5];
+    if (gd < 9 || gd > 31) return rt_error(0, GERR_BAD_PARAMS, 5, gd, 0);
+    uint64_t nd = len ? ((len - 1) >> gd) + 1 : 0;
+    uint64_t bytes = ((nd + 63) / 64) * 8;
+    uint64_t clusters = (bytes + q.cluster_size - 1) >> q.cluster_bits;
+    if (clusters * q.cluster_size > (64ull << 20)) return rt_error(0, GERR_OUT_OF_MEMORY, bytes, 0, 0);
+    uint8_t *dst = rt_calloc(clusters ? clusters : 1, q.cluster_size);
+    if (!dst) return rt_error(0, GERR_OUT_OF_MEMORY, bytes, 0, 0);
+    if (p->arg[1] != UINT64_MAX) {
+        uint64_t toff, tsize;
+        uint32_t g, flags;
+        if (find_entry(&q, p->arg[1], &toff, &tsize, &g, &flags)) return -1;
+        if (g != gd) return rt_error(0, GERR_BAD_PARAMS, 5, g, gd);
+        if (or_bitmap(&q, p->arg[1], dst, gd, nd, len)) return -1;
+    }
+    if (or_bitmap(s, p->arg[2], dst, gd, nd, len)) return -1;
+    /* Bits past the end stay clear, as qemu's serialization leaves them. */
+    for (uint64_t i = nd; i < clusters * q.cluster_size * 8; i++) dst[i >> 3] &= (uint8_t)~(1u << (i & 7));
+    uint64_t base = p->arg[4];
+    for (uint64_t k = 0; k < clusters; k++) {
+        const uint8_t *c = dst + k * q.cluster_size;
+        bool any = false;
+        for (uint64_t i = 0; i < q.cluster_size && !any; i++) any = c[i] != 0;
+        if (!any) continue;
+        uint64_t at = base + k * q.cluster_size;
+        if (at + q.cluster_size > p->output_cap || at < base) return rt_error(0, GERR_BAD_PARAMS, 7, at, 0);
+        if (hc_write(at, q.cluster_size, c) != (int64_t)q.cluster_size) return rt_error(0, GERR_IO, at, 0, 0);
+        struct rec_bitmap_entry e;
+        rec_init(&e, REC_BITMAP_ENTRY, sizeof e);
+        e.bitmap = UINT32_MAX;
+        e.nonzero = 1;
+        e.index = k;
+        e.value = at;
+        if (rt_emit(&e, sizeof e)) return -1;
+    }
+    return 0;
+}
