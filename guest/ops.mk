@@ -24,10 +24,10 @@ convert_SRCS := ops/convert.c $(READ_SRCS)
 convert_LIBS := z zstd
 convert_zlib_SRCS := ops/convert_zlib.c $(filter-out ops/convert.c,$(convert_SRCS))
 convert_zlib_LIBS := z zstd
-# convert_zstd reads no vmdk source: with it the program passes 384 KiB
-# (docs/quirks.md); the host refuses that combination before running it.
-convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c \
-                     $(filter-out ops/convert.c $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c,$(convert_SRCS))
+# convert_zstd: every reader, libzstd and zlib trimmed to fit 384 KiB
+# (guest/compress/zstd_trim.c, zlib_trim.c).
+convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c compress/zlib_trim.c \
+                     $(filter-out ops/convert.c,$(convert_SRCS))
 # zstd_min: libzstd.a trimmed to fit 384 KiB (guest/compress/zstd_trim.c).
 convert_zstd_LIBS := z zstd_min
 resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c \

@@ -218,15 +218,22 @@ VMM_EXPORT int vmm_load(void *handle, const uint8_t *bin, uint64_t len)
 VMM_EXPORT int vmm_set_params(void *handle, const uint8_t *p, uint64_t len)
 {
     struct vm *vm = handle;
-    if (!vm || !p || vm->ran || len > sizeof(struct params)) {
+    /* The parameter block, then (optionally) the input table: one
+     * input_entry per attached input, copied to layout.INPUTS. */
+    const uint64_t table_max = (uint64_t)LIMIT_MAX_INPUTS * sizeof(struct input_entry);
+    if (!vm || !p || vm->ran || len > sizeof(struct params) + table_max) {
         return fail_errno(EINVAL);
     }
+    uint64_t plen = len < sizeof(struct params) ? len : sizeof(struct params);
     uint8_t *dst = mem_at(vm, LAYOUT_PARAMS, sizeof(struct params), MEM_SETUP);
-    if (!dst) {
+    uint8_t *table = mem_at(vm, LAYOUT_INPUTS, table_max, MEM_SETUP);
+    if (!dst || !table) {
         return fail_errno(EINVAL);
     }
     memset(dst, 0, sizeof(struct params));
-    memcpy(dst, p, len);
+    memcpy(dst, p, plen);
+    memset(table, 0, table_max);
+    memcpy(table, p + plen, len - plen);
     return 0;
 }
 

@@ -36,6 +36,9 @@ _Noreturn void fuzz_rt_fail(const char *what, uint64_t a, uint64_t b)
 }
 
 const struct params *rt_params(void) { return &g_params; }
+/* The input table (layout.INPUTS in the VM): entry 0 mirrors params. */
+static struct input_entry g_inputs[LIMIT_MAX_INPUTS];
+const struct input_entry *rt_input(uint32_t i) { return &g_inputs[i]; }
 
 void fuzz_rt_begin(const uint8_t *data, size_t size, uint32_t format)
 {
@@ -48,6 +51,7 @@ void fuzz_rt_begin(const uint8_t *data, size_t size, uint32_t format)
     g_params.input_format[0] = format;
     /* A memory buffer has no holes: every byte counts as allocated. */
     g_params.input_alloc[0] = (size + 511) & ~511ull;
+    g_inputs[0] = (struct input_entry){.size = size, .alloc = g_params.input_alloc[0], .format = format};
     g_data = data;
     g_reader = NULL;
     g_records = 0;

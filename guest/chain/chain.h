@@ -18,7 +18,7 @@ struct chain_layer {
 };
 
 struct chain {
-    struct chain_layer layers[LIMIT_MAX_INPUTS];
+    struct chain_layer layers[LIMIT_CHAIN_MAX];
     uint32_t n;
     uint64_t size;   /* the top layer's virtual size */
     bool read_data;  /* set when the last read copied stored bytes (not only zeroes) */

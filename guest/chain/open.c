@@ -45,18 +45,19 @@ __attribute__((cold)) int chain_open_range(struct chain *c, uint32_t first, uint
     c->n = 0;
     for (uint32_t i = first; i < end; i++) {
         if (data_input && i == data_input) break;
+        if (i - first >= LIMIT_CHAIN_MAX) return rt_error(i, GERR_BAD_PARAMS, 0, 0, 0);
         struct chain_layer *cl = &c->layers[i - first];
         memset(cl, 0, sizeof *cl);
         /* qemu's block status recurses into the file (BDRV_BLOCK_RECURSE)
          * whenever want_zero is set: map, and convert's and compare's
          * bdrv_block_status_above. A fixed VHD's holes depend on it. */
         cl->l.want_recurse = true;
-        if (layer_open(&cl->l, i, p->input_format[i])) return -1;
+        if (layer_open(&cl->l, i, rt_input(i)->format)) return -1;
         c->n = i - first + 1;
         if (cl->l.data_file && !(flags & CHAIN_F_MAP)) {
             /* Only the top layer's data file can be attached. */
             if (i != first || !data_input) return rt_error(i, GERR_DATA_FILE_REQUIRED, 0, 0, 0);
-            if (p->input_format[data_input] != FMT_RAW) return rt_error(data_input, GERR_BAD_PARAMS, 2, 0, 0);
+            if (rt_input(data_input)->format != FMT_RAW) return rt_error(data_input, GERR_BAD_PARAMS, 2, 0, 0);
             reader_from_input(&cl->data_r, data_input);
             cl->l.data = &cl->data_r;
         }

@@ -29,6 +29,7 @@
 
 static struct params g_params;
 static int g_fds[LIMIT_MAX_INPUTS];
+static struct input_entry g_inputs[LIMIT_MAX_INPUTS];
 static int g_out_fd = -1;
 static uint8_t *g_heap;
 static uint64_t g_heap_size, g_heap_used, g_last_alloc, g_heap_peak;
@@ -39,12 +40,13 @@ static uint64_t g_reads, g_read_bytes, g_seeks, g_flushes;
 static size_t g_out_len;
 
 const struct params *rt_params(void) { return &g_params; }
+const struct input_entry *rt_input(uint32_t i) { return &g_inputs[i]; }
 
 int64_t hc_read(uint32_t input, uint64_t off, uint64_t len, void *buf)
 {
     uint64_t end;
     if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) ||
-        end > g_params.input_size[input]) {
+        end > g_inputs[input].size) {
         fprintf(stderr, "hosted rt: READ outside input %u: off=%llu len=%llu\n", input,
                 (unsigned long long)off, (unsigned long long)len);
         exit(70); /* the VMM would end the run: make it loud */
@@ -88,7 +90,7 @@ int64_t hc_write(uint64_t off, uint64_t len, const void *buf)
 int64_t hc_seek(uint32_t input, uint64_t off, uint32_t kind)
 {
     if (input >= g_params.n_inputs) exit(70);
-    uint64_t size = g_params.input_size[input];
+    uint64_t size = g_inputs[input].size;
     g_seeks++;
     if (off >= size) return (int64_t)size;
     off_t r = lseek(g_fds[input], (off_t)off, kind == SEEK_KIND_DATA ? SEEK_DATA : SEEK_HOLE);
@@ -127,7 +129,7 @@ int64_t hc_writev(const struct io_seg *segs, uint32_t n)
 int64_t hc_extents(uint32_t input, uint64_t off, uint64_t len, struct extent *out)
 {
     uint64_t end;
-    if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) || end > g_params.input_size[input])
+    if (input >= g_params.n_inputs || __builtin_add_overflow(off, len, &end) || end > g_inputs[input].size)
         exit(70);
     g_seeks++;
     int64_t n = 0;
@@ -300,10 +302,16 @@ int main(int argc, char **argv)
             }
             uint32_t k = g_params.n_inputs++;
             g_fds[k] = fd;
-            g_params.input_size[k] = (uint64_t)st.st_size;
-            g_params.input_alloc[k] = (uint64_t)st.st_blocks * 512;
-            g_params.input_format[k] = fmt;
-            g_params.input_snapshot[k] = snapshot;
+            g_inputs[k].size = (uint64_t)st.st_size;
+            g_inputs[k].alloc = (uint64_t)st.st_blocks * 512;
+            g_inputs[k].format = fmt;
+            g_inputs[k].snapshot = snapshot;
+            if (k < LIMIT_PARAM_INPUTS) {
+                g_params.input_size[k] = g_inputs[k].size;
+                g_params.input_alloc[k] = g_inputs[k].alloc;
+                g_params.input_format[k] = fmt;
+                g_params.input_snapshot[k] = snapshot;
+            }
             snapshot = 0;
         }
     }

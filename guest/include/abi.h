@@ -226,6 +226,7 @@
 #define LAYOUT_PARAMS 0x100000ull
 #define LAYOUT_HCALL 0x101000ull
 #define LAYOUT_TLS 0x102000ull
+#define LAYOUT_INPUTS 0x103000ull
 #define LAYOUT_STACK_BOTTOM 0x110000ull
 #define LAYOUT_STACK_TOP 0x200000ull
 #define LAYOUT_CODE 0x200000ull
@@ -238,7 +239,9 @@
 #define LIMIT_RAM_MIN 0x1000000ull
 #define LIMIT_RAM_DEFAULT 0x4000000ull
 #define LIMIT_RAM_MAX 0x40000000ull
-#define LIMIT_MAX_INPUTS 16
+#define LIMIT_MAX_INPUTS 2080
+#define LIMIT_PARAM_INPUTS 16
+#define LIMIT_VMDK_MAX_FILES 1024
 #define LIMIT_IO_MAX 0x1000000ull
 #define LIMIT_IO_SEGS_MAX 1024
 #define LIMIT_EXTENTS_MAX 256
@@ -457,6 +460,19 @@ _Static_assert(offsetof(struct params, secret_inputs) == 496, "params.secret_inp
 _Static_assert(offsetof(struct params, reserved) == 500, "params.reserved");
 _Static_assert(offsetof(struct params, input_secret_len) == 512, "params.input_secret_len");
 _Static_assert(offsetof(struct params, secret) == 576, "params.secret");
+
+/* Host -> guest: one per attached input, at layout.INPUTS + 24 * index */
+struct input_entry {
+    uint64_t size; /* bytes */
+    uint64_t alloc; /* allocated bytes (st_blocks * 512), 0 = unknown */
+    uint32_t format; /* formats.* */
+    uint32_t snapshot; /* 0: the active layer; k + 1: qcow2 snapshot k */
+};
+_Static_assert(sizeof(struct input_entry) == 24, "input_entry size");
+_Static_assert(offsetof(struct input_entry, size) == 0, "input_entry.size");
+_Static_assert(offsetof(struct input_entry, alloc) == 8, "input_entry.alloc");
+_Static_assert(offsetof(struct input_entry, format) == 16, "input_entry.format");
+_Static_assert(offsetof(struct input_entry, snapshot) == 20, "input_entry.snapshot");
 
 /* Hypercall argument block at layout.HCALL */
 struct hcall {

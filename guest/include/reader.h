@@ -52,7 +52,7 @@ static inline int reader_input_read(void *ctx, uint64_t off, void *buf, uint64_t
 static inline void reader_from_input(struct reader *r, uint32_t input)
 {
     r->ctx = (void *)(uintptr_t)input;
-    r->size = rt_params()->input_size[input];
+    r->size = rt_input(input)->size;
     r->input = input;
     r->from_input = true;
     r->read = reader_input_read;

@@ -18,6 +18,8 @@
 
 /* The parameter block the host wrote (read-only by convention). */
 const struct params *rt_params(void);
+/* Attached input i's entry (size, alloc, format, snapshot); i < n_inputs. */
+const struct input_entry *rt_input(uint32_t i);
 
 /* Reads [off, off+len) of input `input` into buf. The VMM ends the run if the
  * range leaves the input, so callers check against rt_params()->input_size

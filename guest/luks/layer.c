@@ -24,10 +24,13 @@ static int luks_layer_open(struct layer *l)
     if (!s) return rt_error(in, GERR_OUT_OF_MEMORY, 0, 0, 0);
     memset(s, 0, sizeof *s);
     /* This input's passphrase: input_secret_len[i] bytes after those of the inputs before it. */
-    uint64_t off = 0;
-    for (uint32_t i = 0; i < in; i++) off += p->input_secret_len[i];
-    uint64_t len = p->input_secret_len[in];
-    if (!(p->secret_inputs >> in & 1)) return rt_error(in, GERR_FORMAT, LUKS_E_NO_SECRET, 0, 0);
+    uint64_t off = 0, len = 0;
+    if (in < 16) {
+        for (uint32_t i = 0; i < in; i++) off += p->input_secret_len[i];
+        len = p->input_secret_len[in];
+    }
+    /* params carries passphrases for the first 16 inputs only */
+    if (in >= 16 || !(p->secret_inputs >> in & 1)) return rt_error(in, GERR_FORMAT, LUKS_E_NO_SECRET, 0, 0);
     if (off > sizeof p->secret || len > sizeof p->secret - off) return rt_error(in, GERR_BAD_PARAMS, off, len, 0);
     if (luks_open_header(&s->k, &l->r)) return -1;
     if (luks_unlock(&s->k, p->secret + off, (uint32_t)len, p->kdf_max_iters, &s->c)) return -1;

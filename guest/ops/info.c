@@ -16,10 +16,10 @@
 int op_main(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs < 1 || p->input_format[0] > FMT_LUKS) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
+    if (p->n_inputs < 1 || rt_input(0)->format > FMT_LUKS) return rt_error(0, GERR_BAD_PARAMS, 0, 0, 0);
     static struct reader r;
     reader_from_input(&r, 0);
-    int fmt = probe_input(&r, p->input_format[0]);
+    int fmt = probe_input(&r, rt_input(0)->format);
     if (fmt < 0) return -1;
     if (fmt == FMT_RAW) return raw_emit_info(&r);
     if (fmt == FMT_VPC) {

@@ -15,20 +15,18 @@
 int qcow2_layer_read(struct layer *l, uint64_t pos, uint64_t len, uint8_t *buf) __attribute__((weak));
 int qcow2_detect_prealloc(struct qcow2_layer *s, const struct reader *r) __attribute__((weak));
 
-/* One state per input: chains never share an input (compare's two chains
- * take disjoint ranges). */
-static struct qcow2_layer states[LIMIT_MAX_INPUTS];
 
 static __attribute__((cold)) int qcow2_layer_open(struct layer *l)
 {
     uint32_t i = l->r.input;
     if (i >= LIMIT_MAX_INPUTS) return rt_error(i, GERR_BAD_PARAMS, 0, 0, 0);
-    struct qcow2_layer *s = &states[i];
-    memset(s, 0, sizeof *s);
+    /* One state per layer (layers are opened once per run). */
+    struct qcow2_layer *s = rt_calloc(1, sizeof *s);
+    if (!s) return rt_error(i, GERR_OUT_OF_MEMORY, 0, 0, 0);
     l->state = s;
     if (qcow2_open(&s->q, &l->r, 0)) return -1;
     /* convert/measure -l: the host picked a snapshot by id or name. */
-    uint32_t sn = rt_params()->input_snapshot[i];
+    uint32_t sn = rt_input(i)->snapshot;
     if (sn && qcow2_use_snapshot(&s->q, sn - 1ull)) return -1;
     /* bdrv_getlength: whole sectors (total_sectors = size / 512). */
     l->length = s->q.size & ~511ull;

@@ -30,7 +30,7 @@ int qcow2_detect_prealloc(struct qcow2_layer *s, const struct reader *r)
         counted += rc != 0;
         i++;
     }
-    uint64_t real = rt_params()->input_alloc[r->input];
+    uint64_t real = rt_input(r->input)->alloc;
     /* 0 means the host did not say (or a fully sparse file): estimate it
      * from the data extents, which undercounts unwritten (fallocated) ones. */
     bool estimate = real == 0;

@@ -11,6 +11,14 @@ const struct params *rt_params(void)
     return (const struct params *)(uintptr_t)LAYOUT_PARAMS;
 }
 
+const struct input_entry *rt_input(uint32_t i)
+{
+    return (const struct input_entry *)(uintptr_t)LAYOUT_INPUTS + i;
+}
+
+/* The input table must end below the stack. */
+_Static_assert(LAYOUT_INPUTS + LIMIT_MAX_INPUTS * sizeof(struct input_entry) <= LAYOUT_STACK_BOTTOM, "input table");
+
 void rt_heap_init(uint64_t end);
 
 void rt_start(void)

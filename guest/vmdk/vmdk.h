@@ -22,9 +22,10 @@
 #include <stdbool.h>
 #include "reader.h"
 
-/* Extent files one image may name: every one is an input of the run, next
- * to the image itself (LIMIT_MAX_INPUTS). */
-#define VMDK_MAX_FILES (LIMIT_MAX_INPUTS - 1)
+/* Extent files one image may name: every one is an input of the run, right
+ * after the image itself (limits.VMDK_MAX_FILES; the run's inputs are
+ * bounded by LIMIT_MAX_INPUTS). */
+#define VMDK_MAX_FILES LIMIT_VMDK_MAX_FILES
 /* qemu reads at most 1 MiB - 1 of a descriptor (vmdk_read_desc). */
 #define VMDK_DESC_MAX ((1u << 20) - 1)
 /* qemu's DESC_SIZE: the bytes vmdk_read_cid / vmdk_parent_open search. */

@@ -32,6 +32,9 @@ export const layout = {
   HCALL: 0x101000,
   /** FS.base points here; compiler stack-protector canary lives at +0x28. */
   TLS: 0x102000,
+  /** Host writes one input_entry per attached input here (limits.MAX_INPUTS
+   * entries at most); params' per-input arrays only hold the first 16. */
+  INPUTS: 0x103000,
   STACK_BOTTOM: 0x110000,
   STACK_TOP: 0x200000,
   /** Flat guest binary is loaded here; entry point is its first byte. */
@@ -51,7 +54,16 @@ export const limits = {
   RAM_DEFAULT: 64 * 1024 * 1024,
   /** Hard ceiling; raising it needs an explicit flag. */
   RAM_MAX: 1024 * 1024 * 1024,
-  MAX_INPUTS: 16,
+  /** Files attached to one run: chain layers plus every vmdk image's extent
+   * files: compare's two chains of CHAIN_MAX images, each with one vmdk of
+   * VMDK_MAX_FILES extent files, 2 * (16 + 1024). Per input the
+   * guest reads an input_entry at layout.INPUTS. */
+  MAX_INPUTS: 2080,
+  /** params' per-input arrays (input_size, ...): the first 16 inputs only. */
+  PARAM_INPUTS: 16,
+  /** Extent files one vmdk descriptor may name (qemu-img's twoGbMaxExtent*
+   * image of 2 TiB has 1024). */
+  VMDK_MAX_FILES: 1024,
   /** One READ/WRITE hypercall moves at most this much. */
   IO_MAX: 16 * 1024 * 1024,
   /** Segments in one READV/WRITEV. */
@@ -618,6 +630,17 @@ export const structs: StructSpec[] = [
         count: 1024,
         doc: "the passphrases, back to back; written only for the run that unlocks (docs/abi.md)",
       },
+    ],
+  },
+  {
+    name: "input_entry",
+    size: 24,
+    doc: "Host -> guest: one per attached input, at layout.INPUTS + 24 * index",
+    fields: [
+      { name: "size", type: "u64", offset: 0, doc: "bytes" },
+      { name: "alloc", type: "u64", offset: 8, doc: "allocated bytes (st_blocks * 512), 0 = unknown" },
+      { name: "format", type: "u32", offset: 16, doc: "formats.*" },
+      { name: "snapshot", type: "u32", offset: 20, doc: "0: the active layer; k + 1: qcow2 snapshot k" },
     ],
   },
   {

@@ -6,7 +6,7 @@
 // regular file, and no file twice (device + inode, the descriptor
 // included). The allowed files become the inputs right after their image's
 // in every guest run (chainInputs).
-import { formats } from "../abi/spec.ts";
+import { formats, limits } from "../abi/spec.ts";
 import { fileKey, fullBackingFilename, hasProtocol, insideDirs, makePolicy } from "../chain/policy.ts";
 import { PolicyError } from "../chain/policy.ts";
 import { hostPath } from "../host/context.ts";
@@ -35,6 +35,14 @@ export async function resolveExtents(img: OpenedImage, backingDirs: string[]): P
   }
   const seen = new Set([fileKey(img.dev, img.ino)]);
   const out: ExtentFile[] = [];
+  // The guest refuses more already (VMDK_E_TOO_MANY); the host holds the same cap.
+  const named = (img.vmdk?.extents ?? []).filter((x) => !x.hosted).length;
+  if (named > limits.VMDK_MAX_FILES) {
+    throw new OpenError(
+      img.filename,
+      `The VMDK descriptor names ${named} extents; instar opens at most ${limits.VMDK_MAX_FILES} extent files`,
+    );
+  }
   for (const x of img.vmdk?.extents ?? []) {
     if (x.hosted) continue;
     let name: string;

@@ -226,6 +226,10 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
     const sizes = inputs.map((i) => i.size);
     const secrets = packSecrets(req.inputs);
     const formats = req.inputs.map((i) => i.format);
+    // Allocated bytes (st_blocks * 512): qcow2 map's metadata-preallocation test uses it like qemu.
+    const allocs = req.inputs.map((i) => BigInt((Deno.statSync(hostPath(i.path)).blocks ?? 0) * 512));
+    const snapshots = req.inputs.map((i) => i.snapshot ?? 0);
+    const first = <T>(a: T[]): T[] => a.slice(0, limits.PARAM_INPUTS);
     const params = writeStruct(structSpec("params"), {
       magic: PARAMS_MAGIC,
       abi_version: ABI_VERSION,
@@ -233,11 +237,10 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       flags: req.flags ?? 0,
       n_inputs: req.inputs.length,
       ram_size: BigInt(ram),
-      input_size: sizes,
-      // Allocated bytes (st_blocks * 512): qcow2 map's metadata-preallocation test uses it like qemu.
-      input_alloc: req.inputs.map((i) => BigInt((Deno.statSync(hostPath(i.path)).blocks ?? 0) * 512)),
-      input_format: formats,
-      input_snapshot: req.inputs.map((i) => i.snapshot ?? 0),
+      input_size: first(sizes),
+      input_alloc: first(allocs),
+      input_format: first(formats),
+      input_snapshot: first(snapshots),
       output_cap: req.output?.cap ?? 0n,
       arg: req.args ?? [],
       kdf_max_iters: req.kdfMaxIters ?? 0n,
@@ -246,9 +249,23 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
       secret: secrets?.bytes ?? new Uint8Array(0),
     });
     secrets?.bytes.fill(0);
-    rc = lib.vmm_set_params(vm, params, BigInt(params.length));
+    // Every input's entry (layout.INPUTS) follows the parameter block.
+    const entrySpec = structSpec("input_entry");
+    const block = new Uint8Array(params.length + entrySpec.size * sizes.length);
+    block.set(params, 0);
+    sizes.forEach((size, k) => {
+      const entry = writeStruct(entrySpec, {
+        size,
+        alloc: allocs[k],
+        format: formats[k],
+        snapshot: snapshots[k],
+      });
+      block.set(entry, params.length + entrySpec.size * k);
+    });
+    rc = lib.vmm_set_params(vm, block, BigInt(block.length));
     // The passphrases now live in the guest's memory only (unmapped with the VM).
     params.fill(0);
+    block.fill(0);
     if (rc !== 0) {
       throw new SandboxError(`guest could not be set up: ${strerror(lib, -rc)}`, runStatus.SETUP_ERROR, -rc);
     }

@@ -12,6 +12,11 @@ export function packSecrets(
   inputs: { secret?: Uint8Array }[],
 ): { lengths: number[]; mask: number; bytes: Uint8Array } | undefined {
   if (!inputs.some((i) => i.secret)) return undefined;
+  // params.input_secret_len has an entry for the first 16 inputs only (limits.PARAM_INPUTS).
+  if (inputs.slice(16).some((i) => i.secret)) {
+    throw new Error("an encrypted image must be among the first 16 inputs");
+  }
+  inputs = inputs.slice(0, 16);
   const lengths = inputs.map((i) => i.secret?.length ?? 0);
   const total = lengths.reduce((a, b) => a + b, 0);
   if (total > SECRET_AREA) {

@@ -2,6 +2,8 @@
 // (ERROR code FORMAT, a0 = guest/vmdk/vmdk.h enum vmdk_error). `quoted` is
 // the text qemu quotes (a create type, an extent line), sent by the guest
 // in a NAME record of kind ERROR_TEXT right before the error.
+import { limits } from "../../abi/spec.ts";
+
 export function vmdkErrorText(
   a0: bigint,
   a1: bigint,
@@ -47,7 +49,7 @@ export function vmdkErrorText(
     case 17:
       return "Input/output error";
     case 18:
-      return `The VMDK descriptor names ${a1} extents; instar opens at most 15 extent files`;
+      return `The VMDK descriptor names ${a1} extents; instar opens at most ${limits.VMDK_MAX_FILES} extent files`;
     case 19:
       return "A VMDK extent that is itself a descriptor is not supported by instar";
     case 20:

@@ -3,12 +3,12 @@
 // create type and parent hint (NAME records) and one VMDK_EXTENT record per
 // extent, every field re-checked against fixed bounds: the records are
 // untrusted like every guest result.
-import { formats, imageInfoFlags, nameKinds, records, vmdkExtentFlags } from "../../abi/spec.ts";
+import { formats, imageInfoFlags, limits, nameKinds, records, vmdkExtentFlags } from "../../abi/spec.ts";
 import { nameBytes, type Rec } from "../../abi/records.ts";
 import { GuestResultError } from "../qcow2/model.ts";
 
 /** Extent files one image may name (each is an input of the run, next to the image). */
-export const VMDK_MAX_FILES = 15;
+export const VMDK_MAX_FILES: number = limits.VMDK_MAX_FILES;
 
 export interface VmdkExtentModel {
   /** virtual size in bytes (sectors * 512) */
