@@ -277,6 +277,16 @@ export const records = {
   RESIZE_META: 26,
   /** vpc/vhdx resize scan: metadata bytes the planner rewrites (rec_resize_bytes). */
   RESIZE_BYTES: 27,
+  // 105..109: amend's downgrade scan (ops.RESIZE_SCAN with resize arg[1] bit 1,
+  // guest/qcow2/resize_scan.c), sent before RESIZE_SUMMARY.
+  /** One zero-flagged L2 entry (rec_resize_pair: index = the entry's file offset,
+   * value = the raw entry), in qcow2_expand_zero_clusters' visiting order. */
+  AMEND_ZERO: 105,
+  /** One internal snapshot (rec_resize_run: start = its index, count = disk_size or
+   * 2^64-1 when its extra data does not record one, refcount = vm_state_size). */
+  AMEND_SNAP: 106,
+  /** The counts of AMEND_ZERO (index) and AMEND_SNAP (value) records (rec_resize_pair). */
+  AMEND_COUNT: 107,
   // 80..89: inspect (ops.INSPECT, guest/ops/inspect.c).
   /** The verdict's facts: detected format, virtual size, bytes examined; last record. */
   INSPECT: 80,
@@ -1073,6 +1083,9 @@ export const recordStructs: Record<number, string> = {
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
+  [records.AMEND_ZERO]: "rec_resize_pair",
+  [records.AMEND_SNAP]: "rec_resize_run",
+  [records.AMEND_COUNT]: "rec_resize_pair",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
 };

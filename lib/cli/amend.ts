@@ -2,7 +2,11 @@
 // qemu-img amend for qcow2 (other formats: qemu's refusal). The image is
 // opened through the guest (without its backing chain, as qemu's amend does
 // not need it), lib/formats/qcow2/amend.ts decides as qcow2_amend_options
-// does and plans the header rewrite, lib/cli/apply_steps.ts writes it.
+// does and plans the header rewrite, lib/cli/apply_steps.ts writes it; a new
+// size goes through qcow2's resize (qcow2_co_truncate, shrinking allowed as
+// amend allows it) and a downgrade through lib/formats/qcow2/downgrade.ts,
+// each on the image as the previous phase left it (read again, without a
+// second lock: the command holds the write lock throughout).
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -15,8 +19,11 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { openForWrite } from "./image.ts";
+import { openForWrite, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
+import { resizeHost } from "./resize.ts";
+import { qcow2Resize } from "../formats/qcow2/resize.ts";
+import { qcow2Downgrade } from "../formats/qcow2/downgrade.ts";
 import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
 import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
 import { FORMATS } from "../formats/mod.ts";
@@ -106,6 +113,27 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
       throw new CliError([`Could not amend '${filename}': ${r.why}; nothing was written`]);
     }
     if (r.plan) await applySteps(img, [r.plan], "Error while amending options", "off", "write");
+    let cur = img;
+    const reread = async (): Promise<OpenedImage> => {
+      try {
+        return await openImage(filename, { format: img.format, unsafeQuirks: o.unsafeQuirks, noLists: true });
+      } catch (e) {
+        if (e instanceof OpenError) throw openFailure(filename, e);
+        throw e;
+      }
+    };
+    const refuse = (why: string) => new CliError([`Could not amend '${filename}': ${why}; nothing was written`]);
+    if (r.newSize !== undefined) {
+      if (r.plan) cur = await reread();
+      await qcow2Resize.run(
+        { filename, image: cur, newSize: r.newSize, shrink: true, preallocation: "off" },
+        resizeHost(cur, "off", refuse),
+      );
+    }
+    if (r.downgrade) {
+      if (r.plan || r.newSize !== undefined) cur = await reread();
+      await qcow2Downgrade(filename, cur, resizeHost(cur, "off", refuse));
+    }
   } finally {
     show("100.00");
     if (progress) io.out("\n");
