@@ -32,6 +32,7 @@ const ARGS: string[][] = [
   ["-o", "lazy_refcounts=off"],
   ["-o", "compat=1.1"],
   ["-o", "compat=1.1,lazy_refcounts=on"],
+  ["-p", "-o", "compat=1.1"],
   ["-o", "size=64M"],
   ["-o", "backing_file=base.qcow2,backing_fmt=qcow2"],
   ["-p", "-o", "lazy_refcounts=on"],
@@ -61,7 +62,7 @@ Deno.test({ name: "amend does what qemu-img amend does, byte for byte", ignore: 
   try {
     for (const [li, layout] of LAYOUTS.entries()) {
       // every case on the first layout, the header-changing ones and a refusal on the others
-      for (const args of li === 0 ? ARGS : [...ARGS.slice(0, 5), ARGS[7]]) {
+      for (const args of li === 0 ? ARGS : [...ARGS.slice(0, 6), ARGS[8]]) {
         await t.step(`${layout.join(" ") || "default"}: amend ${args.join(" ")}`, async () => {
           const [qd, id] = [`${root}/q`, `${root}/i`];
           for (const d of [qd, id]) {
@@ -129,13 +130,15 @@ const DATA_ARGS: string[][] = [
   ["-o", "size=1000"],
   ["-o", "size=128M,compat=0.10"],
   ["-o", "compat=0.10,lazy_refcounts=on"],
+  ["-p", "-o", "compat=0.10"],
 ];
 
 Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore: !ready }, async (t) => {
   const root = await Deno.makeTempDir({ prefix: "instar-amend-" });
   try {
     for (const [create, writes, snap] of DATA_IMAGES) {
-      for (const args of DATA_ARGS) {
+      // every case on the first image, a downgrade and a shrink on the others
+      for (const args of create === DATA_IMAGES[0][0] ? DATA_ARGS : [DATA_ARGS[0], DATA_ARGS[3], DATA_ARGS[7]]) {
         await t.step(`${create.join(" ") || "default"} ${writes.join("; ")}: amend ${args.join(" ")}`, async () => {
           const [qd, id] = [`${root}/q`, `${root}/i`];
           for (const d of [qd, id]) {
@@ -157,8 +160,11 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
             return;
           }
           assertEquals(r, prefixAsInstar(q), `instar ${cmd.join(" ")}`);
-          const check = await qemuImg(["check", "o.qcow2"], id);
-          assertEquals(check.code, 0, check.stdout + check.stderr);
+          // qemu-img check finds what it finds in qemu's own result (qemu
+          // sets OFLAG_COPIED after the L2 table's refcount, not the data
+          // cluster's: a preallocated zero cluster shared with a snapshot
+          // comes out with an OFLAG_COPIED error either way)
+          assertEquals(await qemuImg(["check", "o.qcow2"], id), await qemuImg(["check", "o.qcow2"], qd));
           // disk size is the file system's allocation (the copy is not sparse as qemu's file is)
           const info = async (d: string) =>
             (await qemuImg(["info", "o.qcow2"], d)).stdout.replace(/^disk size: .*\n/m, "");

@@ -15,7 +15,8 @@
  *   AMEND_ZERO         arg[1] bit 1 (amend's downgrade): every zero-flagged L2
  *                      entry (its file offset, raw value), active L1 first, then
  *                      each snapshot's, as qcow2_expand_zero_clusters visits them
- *   AMEND_SNAP         arg[1] bit 1: each snapshot's index, disk_size, vm_state_size
+ *   AMEND_SNAP         arg[1] bit 1: each snapshot's index, disk_size, vm_state_size,
+ *   AMEND_SNAP_L1      followed by its L1 size
  *   AMEND_COUNT        arg[1] bit 1: the count of AMEND_ZERO and AMEND_SNAP records
  *   RESIZE_SUMMARY     last: the count of each kind, so the host can tell a
  *                      complete stream from a cut one
@@ -328,6 +329,14 @@ static int scan_zero(struct qcow2 *q, struct table_window *w, struct cluster_cac
         r.refcount = list[i].vm_state_size;
         rc = emit_bounded(&n.asnap, &r, sizeof r);
         if (rc) break;
+        struct rec_resize_pair l1r;
+        rec_init(&l1r, REC_AMEND_SNAP_L1, sizeof l1r);
+        l1r.index = i;
+        l1r.value = list[i].l1_size;
+        if (rt_emit(&l1r, sizeof l1r)) {
+            rc = -1;
+            break;
+        }
         /* One window, re-pointed at each snapshot's L1 (qcow2_open validated
          * every offset and size). */
         sw.offset = list[i].l1_offset;

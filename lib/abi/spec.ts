@@ -287,6 +287,9 @@ export const records = {
   AMEND_SNAP: 106,
   /** The counts of AMEND_ZERO (index) and AMEND_SNAP (value) records (rec_resize_pair). */
   AMEND_COUNT: 107,
+  /** One snapshot's L1 size, right after its AMEND_SNAP (rec_resize_pair: index = its index,
+   * value = l1_size), for qemu's progress over the L1 entries. */
+  AMEND_SNAP_L1: 108,
   // 80..89: inspect (ops.INSPECT, guest/ops/inspect.c).
   /** The verdict's facts: detected format, virtual size, bytes examined; last record. */
   INSPECT: 80,
@@ -1086,6 +1089,7 @@ export const recordStructs: Record<number, string> = {
   [records.AMEND_ZERO]: "rec_resize_pair",
   [records.AMEND_SNAP]: "rec_resize_run",
   [records.AMEND_COUNT]: "rec_resize_pair",
+  [records.AMEND_SNAP_L1]: "rec_resize_pair",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
 };

@@ -113,6 +113,8 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
       throw new CliError([`Could not amend '${filename}': ${r.why}; nothing was written`]);
     }
     if (r.plan) await applySteps(img, [r.plan], "Error while amending options", "off", "write");
+    // qcow2_upgrade reports 0/2, 1/2 and 2/2.
+    if (r.upgrade) ["0.00", "50.00", "100.00"].forEach(show);
     let cur = img;
     const reread = async (): Promise<OpenedImage> => {
       try {
@@ -132,7 +134,8 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
     }
     if (r.downgrade) {
       if (r.plan || r.newSize !== undefined) cur = await reread();
-      await qcow2Downgrade(filename, cur, resizeHost(cur, "off", refuse));
+      const marks = await qcow2Downgrade(filename, cur, resizeHost(cur, "off", refuse));
+      for (const v of marks) show(v.toFixed(2));
     }
   } finally {
     show("100.00");

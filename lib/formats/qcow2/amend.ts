@@ -55,7 +55,7 @@ export type AmendResult =
   /** instar does not carry this change out; nothing is written. */
   | { kind: "refuse"; why: string }
   /** The header rewrite (none: nothing changes), then a truncate to newSize, then the downgrade. */
-  | { kind: "write"; plan?: FilePlan; newSize?: bigint; downgrade?: boolean };
+  | { kind: "write"; plan?: FilePlan; upgrade?: boolean; newSize?: bigint; downgrade?: boolean };
 
 /** Parses `-o` as img_amend does (the amend list, then the create list for the hint). */
 export function parseAmendOptions(options: string) {
@@ -163,5 +163,5 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
       ? { kind: "refuse", why: plan.error.message }
       : err(`Failed to update the image header: ${plan.error.message}`);
   }
-  return { kind: "write", plan: plan.value, newSize, downgrade };
+  return { kind: "write", plan: plan.value, upgrade: version > m.version || undefined, newSize, downgrade };
 }

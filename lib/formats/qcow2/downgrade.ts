@@ -13,11 +13,12 @@ import { type DowngradeScan, planQcow2Downgrade, type SnapSizes, type ZeroEntry 
 const MAX_EACH = 256 * 1024;
 const UINT64_MAX = (1n << 64n) - 1n;
 
+/** Downgrades; returns the progress percentages `-p` prints. */
 export async function qcow2Downgrade(
   filename: string,
   image: DecodedImage & { fileSize: bigint },
   host: ResizeHost,
-): Promise<void> {
+): Promise<number[]> {
   const q = image.qcow2!;
   const result = await host.scan(formats.QCOW2, [q.virtualSize, 2n]);
   const err = result.records.find((r) => r.type === records.ERROR);
@@ -42,6 +43,12 @@ export async function qcow2Downgrade(
         if (f.start !== BigInt(snapshots.length)) throw new GuestResultError("snapshot index out of order");
         const disk = f.count as bigint;
         snapshots.push({ diskSize: disk === UINT64_MAX ? undefined : disk, vmStateSize: f.refcount as bigint });
+      } else if (r.type === records.AMEND_SNAP_L1) {
+        const last = snapshots[snapshots.length - 1];
+        if (!last || f.index !== BigInt(snapshots.length - 1) || last.l1Size !== undefined) {
+          throw new GuestResultError("snapshot L1 size out of order");
+        }
+        last.l1Size = f.value as bigint;
       } else if (r.type === records.AMEND_COUNT) {
         if (count) throw new GuestResultError("downgrade scan count repeated");
         count = { index: f.index as bigint, value: f.value as bigint };
@@ -70,4 +77,5 @@ export async function qcow2Downgrade(
   if (plan.kind === "error") throw host.fail([plan.message]);
   if (plan.kind === "refuse") throw host.refuse(plan.why);
   await host.applySteps(plan.steps, "Error while amending options", "write");
+  return plan.progress;
 }

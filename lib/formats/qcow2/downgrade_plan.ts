@@ -44,6 +44,8 @@ export interface ZeroEntry {
 export interface SnapSizes {
   diskSize?: bigint;
   vmStateSize: bigint;
+  /** Entries of its L1 table (qemu's progress counts them). */
+  l1Size?: bigint;
 }
 
 export interface DowngradeScan {
@@ -59,7 +61,8 @@ export interface DowngradeScan {
 export type DowngradeResult =
   | { kind: "error"; message: string }
   | { kind: "refuse"; why: string }
-  | { kind: "write"; steps: FilePlan[] };
+  /** progress: the percentages `-p` prints (downgradeProgress). */
+  | { kind: "write"; steps: FilePlan[]; progress: number[] };
 
 /** The refusals qcow2_downgrade makes before it reads any L2 table (its order, its words). */
 export function downgradeError(m: Qcow2Model, snaps: SnapSizes[]): DowngradeResult | undefined {
@@ -202,5 +205,43 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   }
   flush();
   // 3. the version 2 header
-  return { kind: "write", steps: [...chunk(zp, end), ...chunk(ep, end), header.value] };
+  let l1Entries = BigInt(m.layout.l1Size);
+  for (const s of scan.snapshots) l1Entries += s.l1Size ?? 0n;
+  return {
+    kind: "write",
+    steps: [...chunk(zp, end), ...chunk(ep, end), header.value],
+    progress: downgradeProgress(l1Entries),
+  };
+}
+
+/**
+ * What `amend -p` prints while qcow2_expand_zero_clusters walks `total` L1
+ * entries (the active table's and every snapshot's): qemu-img's
+ * amend_status_cb prints 100.f * visited / total through
+ * qemu_progress_print, which prints a value more than 1 point past the last
+ * printed one, and 100 (clamped) every time. Float arithmetic as C does it;
+ * found by bisection, so the work stays bounded for any table size.
+ */
+export function downgradeProgress(total: bigint): number[] {
+  const f = Math.fround;
+  const out: number[] = [];
+  if (total <= 0n) return out;
+  const n = f(Number(total));
+  const at = (i: bigint) => Math.min(f(f(100 * f(Number(i))) / n), 100);
+  let last = 0, cur = 0n;
+  while (cur < total && out.length < 100_000) {
+    const thr = f(last + 1);
+    const hit = (i: bigint) => at(i) > thr || at(i) === 100;
+    if (!hit(total)) break;
+    let lo = cur + 1n, hi = total;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1n;
+      if (hit(mid)) hi = mid;
+      else lo = mid + 1n;
+    }
+    last = at(lo);
+    out.push(last);
+    cur = lo;
+  }
+  return out;
 }
