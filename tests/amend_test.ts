@@ -120,6 +120,8 @@ const DATA_IMAGES: [string[], string[], boolean][] = [
   // zero clusters written after a snapshot (the L2 table was copied) and before
   [["-o", "cluster_size=512"], ["write -P 3 0 16k", "write -z 4k 2k"], true],
   [["-o", "lazy_refcounts=on"], ["write -P 1 0 128k", "write -z 0 64k"], false],
+  // an overlay: plain zero clusters are allocated as clusters of zeroes
+  [["-b", "base.qcow2", "-F", "qcow2"], ["write -P 1 0 64k", "write -z 1M 192k", "write -z 64k 64k"], false],
 ];
 
 const DATA_ARGS: string[][] = [
@@ -145,6 +147,9 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
             await Deno.remove(d, { recursive: true }).catch(() => {});
             await Deno.mkdir(d);
           }
+          await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "64M");
+          await sh(qd, "qemu-io", "-c", "write -P 7 0 4M", "base.qcow2");
+          await Deno.copyFile(`${qd}/base.qcow2`, `${id}/base.qcow2`);
           await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", ...create, "o.qcow2", "64M");
           for (const w of writes.slice(0, 1)) await sh(qd, "qemu-io", "-c", w, "o.qcow2");
           if (snap) await sh(qd, "qemu-img", "snapshot", "-c", "s1", "o.qcow2");

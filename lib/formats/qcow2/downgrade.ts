@@ -62,6 +62,10 @@ export async function qcow2Downgrade(
     }
     scan = {
       clusterBits: base.clusterBits,
+      refcountOrder: base.refcountOrder,
+      reftableOffset: base.reftableOffset,
+      reftableClusters: base.reftableClusters,
+      reftable: base.reftable,
       fileSize: base.fileSize,
       runs: base.runs,
       zeros,

@@ -23,7 +23,7 @@
 import { fail, type FilePlan, MAX_PATCHES, ok, type Patch, type PlanResult } from "../plan.ts";
 import type { Qcow2Model } from "./model.ts";
 import { planHeaderRewrite } from "./rebase_plan.ts";
-import type { RefRun } from "./refcounts.ts";
+import { RefcountError, RefcountModel, type RefRun } from "./refcounts.ts";
 
 const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
 const COPIED = 1n << 63n;
@@ -50,6 +50,11 @@ export interface SnapSizes {
 
 export interface DowngradeScan {
   clusterBits: number;
+  refcountOrder: number;
+  reftableOffset: bigint;
+  reftableClusters: number;
+  /** Refcount-table entries with an offset (raw values). */
+  reftable: Map<number, bigint>;
   fileSize: bigint;
   /** Non-zero refcounts, ascending. */
   runs: RefRun[];
@@ -121,8 +126,35 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   const end = scan.fileSize;
   // The active pass rewrites shared L2 tables in place, so a snapshot's
   // later visit of the same entry finds it expanded already: first visit wins.
+  // qcow2_alloc_clusters for the plain zero clusters of a backed image: the
+  // shared model replays qemu's first fit; a new refcount block or a moved
+  // refcount table is refused (not replayed here yet).
+  let model: RefcountModel | undefined, grew = false;
+  const allocate = (): bigint | undefined => {
+    if (!model) {
+      const table = new Map<bigint, bigint>();
+      for (const [i, v] of scan.reftable) table.set(BigInt(i), v & 0xfffffffffffffe00n);
+      model = new RefcountModel({
+        clusterBits: scan.clusterBits,
+        refcountOrder: scan.refcountOrder,
+        tableOffset: scan.reftableOffset,
+        tableClusters: BigInt(scan.reftableClusters),
+        table,
+        runs: scan.runs,
+      });
+      model.listener = { blockCreated: () => (grew = true), tableMoved: () => (grew = true) };
+    }
+    try {
+      const c = model.alloc(1n);
+      return grew ? undefined : c << BigInt(scan.clusterBits);
+    } catch (e) {
+      if (e instanceof RefcountError) return undefined;
+      throw e;
+    }
+  };
   const seen = new Set<bigint>();
   const zeroClusters = new Set<bigint>();
+  let newEnd = end;
   const entries: { at: bigint; value: bigint }[] = [];
   for (const z of scan.zeros) {
     if (seen.has(z.at)) continue;
@@ -133,22 +165,27 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
     if (z.at < 0n || z.at + 8n > end || z.at % 8n !== 0n) {
       return { kind: "refuse", why: "an L2 entry lies outside the file (the image is corrupt)" };
     }
-    const host = z.value & L2E_OFFSET_MASK;
+    let host = z.value & L2E_OFFSET_MASK;
+    const l2Ref = refcountOf(scan.runs, z.at >> BigInt(scan.clusterBits));
     if (host === 0n) {
-      if (scan.hasBacking) {
+      if (!scan.hasBacking) {
+        entries.push({ at: z.at, value: 0n });
+        continue;
+      }
+      const got = l2Ref === 1n ? allocate() : undefined;
+      if (got === undefined) {
         return {
           kind: "refuse",
-          why: "instar does not yet allocate clusters for the zero clusters of an image with a backing file",
+          why: "instar does not yet expand these zero clusters of an image with a backing file " +
+            "(a shared L2 table, or new refcount structures)",
         };
       }
-      entries.push({ at: z.at, value: 0n });
-      continue;
-    }
-    if (host % cs !== 0n || host + cs > end) {
+      host = got;
+      newEnd = host + cs > newEnd ? host + cs : newEnd;
+    } else if (host % cs !== 0n || host + cs > end) {
       return { kind: "refuse", why: "a zero cluster lies outside the file (the image is corrupt)" };
     }
     zeroClusters.add(host);
-    const l2Ref = refcountOf(scan.runs, z.at >> BigInt(scan.clusterBits));
     entries.push({ at: z.at, value: l2Ref === 1n ? host | COPIED : host });
   }
   // An entry must not lie inside a cluster this plan zeroes (that would be
@@ -177,8 +214,19 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
     if (c < hdrEnd) return { kind: "refuse", why: "a zero cluster lies inside the header (the image is corrupt)" };
   }
 
-  // 1. zero the preallocated clusters (adjacent ones merged)
+  // 1. zero the preallocated and the newly allocated clusters (adjacent ones
+  // merged) and raise the refcounts of the new ones
   const zp: Patch[] = [];
+  const refWrites: Patch[] = [];
+  if (model) {
+    for (const t of model.takeDirty()) {
+      const at = model.table.get(t)!;
+      if (at < hdrEnd || at + cs > end || zeroClusters.has(at)) {
+        return { kind: "refuse", why: "a refcount block lies outside the file (the image is corrupt)" };
+      }
+      refWrites.push({ kind: "write", offset: at, bytes: model.blockBytes(t) });
+    }
+  }
   for (const c of [...zeroClusters].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
     const last = zp[zp.length - 1];
     if (last && last.kind === "zero" && last.offset + last.length === c) last.length += cs;
@@ -209,7 +257,7 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   for (const s of scan.snapshots) l1Entries += s.l1Size ?? 0n;
   return {
     kind: "write",
-    steps: [...chunk(zp, end), ...chunk(ep, end), header.value],
+    steps: [...chunk([...zp, ...refWrites], newEnd), ...chunk(ep, newEnd), { ...header.value, fileSize: newEnd }],
     progress: downgradeProgress(l1Entries),
   };
 }
