@@ -140,43 +140,54 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
   try {
     for (const [create, writes, snap] of DATA_IMAGES) {
       // every case on the first image, a downgrade and a shrink on the others
-      for (const args of create === DATA_IMAGES[0][0] ? DATA_ARGS : [DATA_ARGS[0], DATA_ARGS[3], DATA_ARGS[7]]) {
-        await t.step(`${create.join(" ") || "default"} ${writes.join("; ")}: amend ${args.join(" ")}`, async () => {
-          const [qd, id] = [`${root}/q`, `${root}/i`];
-          for (const d of [qd, id]) {
-            await Deno.remove(d, { recursive: true }).catch(() => {});
-            await Deno.mkdir(d);
-          }
-          await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "64M");
-          await sh(qd, "qemu-io", "-c", "write -P 7 0 4M", "base.qcow2");
-          await Deno.copyFile(`${qd}/base.qcow2`, `${id}/base.qcow2`);
-          await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", ...create, "o.qcow2", "64M");
-          for (const w of writes.slice(0, 1)) await sh(qd, "qemu-io", "-c", w, "o.qcow2");
-          if (snap) await sh(qd, "qemu-img", "snapshot", "-c", "s1", "o.qcow2");
-          for (const w of writes.slice(1)) await sh(qd, "qemu-io", "-c", w, "o.qcow2");
-          await Deno.copyFile(`${qd}/o.qcow2`, `${id}/o.qcow2`);
-          const cmd = ["amend", ...args, "o.qcow2"];
-          const before = await Deno.readFile(`${id}/o.qcow2`);
-          const q = await qemuImg(cmd, qd);
-          const r = await instarHere(cmd, id);
-          if (/^instar: Could not amend 'o.qcow2': instar does not shrink images with internal/.test(r.stderr)) {
-            // documented refusal (docs/resize.md): nothing written
-            assertEquals(await Deno.readFile(`${id}/o.qcow2`), before, "the image changed");
-            return;
-          }
-          assertEquals(r, prefixAsInstar(q), `instar ${cmd.join(" ")}`);
-          // qemu-img check finds what it finds in qemu's own result (qemu
-          // sets OFLAG_COPIED after the L2 table's refcount, not the data
-          // cluster's: a preallocated zero cluster shared with a snapshot
-          // comes out with an OFLAG_COPIED error either way)
-          assertEquals(await qemuImg(["check", "o.qcow2"], id), await qemuImg(["check", "o.qcow2"], qd));
-          // disk size is the file system's allocation (the copy is not sparse as qemu's file is)
-          const info = async (d: string) =>
-            (await qemuImg(["info", "o.qcow2"], d)).stdout.replace(/^disk size: .*\n/m, "");
-          assertEquals(await info(id), await info(qd));
-          assertEquals((await qemuImg(["compare", `${qd}/o.qcow2`, `${id}/o.qcow2`], root)).code, 0);
-          assertEquals(await Deno.readFile(`${id}/o.qcow2`), await Deno.readFile(`${qd}/o.qcow2`), "files differ");
-        });
+      for (
+        const args of create === DATA_IMAGES[0][0] ? DATA_ARGS : [DATA_ARGS[0], DATA_ARGS[3], DATA_ARGS[7]]
+      ) {
+        await t.step(
+          `${create.join(" ") || "default"} ${writes.join("; ")}: amend ${args.join(" ")}`,
+          async () => {
+            const [qd, id] = [`${root}/q`, `${root}/i`];
+            for (const d of [qd, id]) {
+              await Deno.remove(d, { recursive: true }).catch(() => {});
+              await Deno.mkdir(d);
+            }
+            await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "64M");
+            await sh(qd, "qemu-io", "-c", "write -P 7 0 4M", "base.qcow2");
+            await Deno.copyFile(`${qd}/base.qcow2`, `${id}/base.qcow2`);
+            await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", ...create, "o.qcow2", "64M");
+            for (const w of writes.slice(0, 1)) await sh(qd, "qemu-io", "-c", w, "o.qcow2");
+            if (snap) await sh(qd, "qemu-img", "snapshot", "-c", "s1", "o.qcow2");
+            for (const w of writes.slice(1)) await sh(qd, "qemu-io", "-c", w, "o.qcow2");
+            await Deno.copyFile(`${qd}/o.qcow2`, `${id}/o.qcow2`);
+            const cmd = ["amend", ...args, "o.qcow2"];
+            const before = await Deno.readFile(`${id}/o.qcow2`);
+            const q = await qemuImg(cmd, qd);
+            const r = await instarHere(cmd, id);
+            if (
+              /^instar: Could not amend 'o.qcow2': instar does not shrink images with internal/.test(r.stderr)
+            ) {
+              // documented refusal (docs/resize.md): nothing written
+              assertEquals(await Deno.readFile(`${id}/o.qcow2`), before, "the image changed");
+              return;
+            }
+            assertEquals(r, prefixAsInstar(q), `instar ${cmd.join(" ")}`);
+            // qemu-img check finds what it finds in qemu's own result (qemu
+            // sets OFLAG_COPIED after the L2 table's refcount, not the data
+            // cluster's: a preallocated zero cluster shared with a snapshot
+            // comes out with an OFLAG_COPIED error either way)
+            assertEquals(await qemuImg(["check", "o.qcow2"], id), await qemuImg(["check", "o.qcow2"], qd));
+            // disk size is the file system's allocation (the copy is not sparse as qemu's file is)
+            const info = async (d: string) =>
+              (await qemuImg(["info", "o.qcow2"], d)).stdout.replace(/^disk size: .*\n/m, "");
+            assertEquals(await info(id), await info(qd));
+            assertEquals((await qemuImg(["compare", `${qd}/o.qcow2`, `${id}/o.qcow2`], root)).code, 0);
+            assertEquals(
+              await Deno.readFile(`${id}/o.qcow2`),
+              await Deno.readFile(`${qd}/o.qcow2`),
+              "files differ",
+            );
+          },
+        );
       }
     }
   } finally {
@@ -184,38 +195,41 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
   }
 });
 
-Deno.test({ name: "amend compat=0.10 refuses what qemu refuses, in its words", ignore: !ready }, async (t) => {
-  const root = await Deno.makeTempDir({ prefix: "instar-amend-" });
-  try {
-    const cases: [string[], string][] = [
-      [["-o", "refcount_bits=8"], "compat=0.10"],
-      [["-o", "extended_l2=on"], "compat=0.10"],
-      [["-o", "refcount_bits=64"], "compat=0.10,refcount_bits=16"],
-    ];
-    for (const [create, o] of cases) {
-      await t.step(`${create.join(" ")}: ${o}`, async () => {
-        const [qd, id] = [`${root}/q`, `${root}/i`];
-        for (const d of [qd, id]) {
-          await Deno.remove(d, { recursive: true }).catch(() => {});
-          await Deno.mkdir(d);
-        }
-        await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", ...create, "o.qcow2", "64M");
-        await sh(qd, "qemu-io", "-c", "write -z 0 64k", "o.qcow2");
-        await Deno.copyFile(`${qd}/o.qcow2`, `${id}/o.qcow2`);
-        const before = await Deno.readFile(`${id}/o.qcow2`);
-        const cmd = ["amend", "-o", o, "o.qcow2"];
-        const q = await qemuImg(cmd, qd);
-        const r = await instarHere(cmd, id);
-        if (q.code !== 0 && !/instar does not/.test(r.stderr)) {
-          assertEquals(r, prefixAsInstar(q));
-        } else {
-          assertEquals(r.code, 1, r.stderr);
-          assert(/nothing was written/.test(r.stderr), r.stderr);
-        }
-        assertEquals(await Deno.readFile(`${id}/o.qcow2`), before, "the image changed");
-      });
+Deno.test(
+  { name: "amend compat=0.10 refuses what qemu refuses, in its words", ignore: !ready },
+  async (t) => {
+    const root = await Deno.makeTempDir({ prefix: "instar-amend-" });
+    try {
+      const cases: [string[], string][] = [
+        [["-o", "refcount_bits=8"], "compat=0.10"],
+        [["-o", "extended_l2=on"], "compat=0.10"],
+        [["-o", "refcount_bits=64"], "compat=0.10,refcount_bits=16"],
+      ];
+      for (const [create, o] of cases) {
+        await t.step(`${create.join(" ")}: ${o}`, async () => {
+          const [qd, id] = [`${root}/q`, `${root}/i`];
+          for (const d of [qd, id]) {
+            await Deno.remove(d, { recursive: true }).catch(() => {});
+            await Deno.mkdir(d);
+          }
+          await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", ...create, "o.qcow2", "64M");
+          await sh(qd, "qemu-io", "-c", "write -z 0 64k", "o.qcow2");
+          await Deno.copyFile(`${qd}/o.qcow2`, `${id}/o.qcow2`);
+          const before = await Deno.readFile(`${id}/o.qcow2`);
+          const cmd = ["amend", "-o", o, "o.qcow2"];
+          const q = await qemuImg(cmd, qd);
+          const r = await instarHere(cmd, id);
+          if (q.code !== 0 && !/instar does not/.test(r.stderr)) {
+            assertEquals(r, prefixAsInstar(q));
+          } else {
+            assertEquals(r.code, 1, r.stderr);
+            assert(/nothing was written/.test(r.stderr), r.stderr);
+          }
+          assertEquals(await Deno.readFile(`${id}/o.qcow2`), before, "the image changed");
+        });
+      }
+    } finally {
+      await Deno.remove(root, { recursive: true });
     }
-  } finally {
-    await Deno.remove(root, { recursive: true });
-  }
-});
+  },
+);

@@ -19,7 +19,7 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { openForWrite, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { type OpenedImage, OpenError, openFailure, openForWrite, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import { resizeHost } from "./resize.ts";
 import { qcow2Resize } from "../formats/qcow2/resize.ts";
@@ -124,7 +124,8 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
         throw e;
       }
     };
-    const refuse = (why: string) => new CliError([`Could not amend '${filename}': ${why}; nothing was written`]);
+    const refuse = (why: string) =>
+      new CliError([`Could not amend '${filename}': ${why}; nothing was written`]);
     if (r.newSize !== undefined) {
       if (r.plan) cur = await reread();
       await qcow2Resize.run(

@@ -29,7 +29,9 @@ export async function qcow2Downgrade(
     const msg = qcow2ErrorMessage({ code, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
     throw host.fail([`Could not open '${filename}': ${msg}`]);
   }
-  if (result.guestStatus !== 0n) throw host.refuse("sandbox failure: guest reported an error without a reason");
+  if (result.guestStatus !== 0n) {
+    throw host.refuse("sandbox failure: guest reported an error without a reason");
+  }
   let scan: DowngradeScan;
   try {
     const base = decodeScan(result.records, result.fileSize);
@@ -42,7 +44,10 @@ export async function qcow2Downgrade(
       else if (r.type === records.AMEND_SNAP) {
         if (f.start !== BigInt(snapshots.length)) throw new GuestResultError("snapshot index out of order");
         const disk = f.count as bigint;
-        snapshots.push({ diskSize: disk === UINT64_MAX ? undefined : disk, vmStateSize: f.refcount as bigint });
+        snapshots.push({
+          diskSize: disk === UINT64_MAX ? undefined : disk,
+          vmStateSize: f.refcount as bigint,
+        });
       } else if (r.type === records.AMEND_SNAP_L1) {
         const last = snapshots[snapshots.length - 1];
         if (!last || f.index !== BigInt(snapshots.length - 1) || last.l1Size !== undefined) {

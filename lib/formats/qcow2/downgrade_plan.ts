@@ -208,10 +208,14 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   }
   const hdrEnd = BigInt((header.value.patches[0] as { bytes: Uint8Array }).bytes.length);
   for (const e of entries) {
-    if (e.at < hdrEnd) return { kind: "refuse", why: "an L2 entry lies inside the header (the image is corrupt)" };
+    if (e.at < hdrEnd) {
+      return { kind: "refuse", why: "an L2 entry lies inside the header (the image is corrupt)" };
+    }
   }
   for (const c of zeroClusters) {
-    if (c < hdrEnd) return { kind: "refuse", why: "a zero cluster lies inside the header (the image is corrupt)" };
+    if (c < hdrEnd) {
+      return { kind: "refuse", why: "a zero cluster lies inside the header (the image is corrupt)" };
+    }
   }
 
   // 1. zero the preallocated and the newly allocated clusters (adjacent ones
@@ -257,7 +261,10 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   for (const s of scan.snapshots) l1Entries += s.l1Size ?? 0n;
   return {
     kind: "write",
-    steps: [...chunk([...zp, ...refWrites], newEnd), ...chunk(ep, newEnd), { ...header.value, fileSize: newEnd }],
+    steps: [...chunk([...zp, ...refWrites], newEnd), ...chunk(ep, newEnd), {
+      ...header.value,
+      fileSize: newEnd,
+    }],
     progress: downgradeProgress(l1Entries),
   };
 }
