@@ -20,7 +20,7 @@
 // plain zero cluster in an image with a backing file (qemu allocates a
 // cluster for it), a zstd compression type, and what planHeaderRewrite
 // refuses (bitmaps, autoclear or unknown compatible bits, a dirty image).
-import { fail, type FilePlan, MAX_PATCHES, ok, type Patch, type PlanResult } from "../plan.ts";
+import { type FilePlan, MAX_PATCHES, type Patch } from "../plan.ts";
 import type { Qcow2Model } from "./model.ts";
 import { planHeaderRewrite } from "./rebase_plan.ts";
 import { RefcountError, RefcountModel, type RefRun } from "./refcounts.ts";
