@@ -120,6 +120,9 @@ const DATA_IMAGES: [string[], string[], boolean][] = [
   // zero clusters written after a snapshot (the L2 table was copied) and before
   [["-o", "cluster_size=512"], ["write -P 3 0 16k", "write -z 4k 2k"], true],
   [["-o", "lazy_refcounts=on"], ["write -P 1 0 128k", "write -z 0 64k"], false],
+  // other refcount widths, to change and to downgrade from
+  [["-o", "refcount_bits=1,cluster_size=512"], ["write -P 5 0 300k", "write -z 8k 4k"], false],
+  [["-o", "refcount_bits=64"], ["write -P 5 0 1M", "write -c -P 6 2M 64k"], false],
   // an overlay: plain zero clusters are allocated as clusters of zeroes
   [["-b", "base.qcow2", "-F", "qcow2"], ["write -P 1 0 64k", "write -z 1M 192k", "write -z 64k 64k"], false],
 ];
@@ -133,6 +136,10 @@ const DATA_ARGS: string[][] = [
   ["-o", "size=128M,compat=0.10"],
   ["-o", "compat=0.10,lazy_refcounts=on"],
   ["-p", "-o", "compat=0.10"],
+  ["-o", "refcount_bits=64"],
+  ["-o", "refcount_bits=1"],
+  ["-o", "refcount_bits=4"],
+  ["-o", "refcount_bits=32,size=96M"],
 ];
 
 Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore: !ready }, async (t) => {
@@ -141,7 +148,7 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
     for (const [create, writes, snap] of DATA_IMAGES) {
       // every case on the first image, a downgrade and a shrink on the others
       for (
-        const args of create === DATA_IMAGES[0][0] ? DATA_ARGS : [DATA_ARGS[0], DATA_ARGS[3], DATA_ARGS[7]]
+        const args of create === DATA_IMAGES[0][0] ? DATA_ARGS : [DATA_ARGS[0], DATA_ARGS[3], DATA_ARGS[7], DATA_ARGS[8], DATA_ARGS[10]]
       ) {
         await t.step(
           `${create.join(" ") || "default"} ${writes.join("; ")}: amend ${args.join(" ")}`,

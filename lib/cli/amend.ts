@@ -24,6 +24,7 @@ import { applySteps } from "./apply_steps.ts";
 import { resizeHost } from "./resize.ts";
 import { qcow2Resize } from "../formats/qcow2/resize.ts";
 import { qcow2Downgrade } from "../formats/qcow2/downgrade.ts";
+import { qcow2ChangeRefcountOrder } from "../formats/qcow2/refcount_order.ts";
 import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
 import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
 import { FORMATS } from "../formats/mod.ts";
@@ -126,15 +127,19 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
     };
     const refuse = (why: string) =>
       new CliError([`Could not amend '${filename}': ${why}; nothing was written`]);
-    if (r.newSize !== undefined) {
+    if (r.refcountOrder !== undefined) {
       if (r.plan) cur = await reread();
+      await qcow2ChangeRefcountOrder(filename, cur, resizeHost(cur, "off", refuse), r.refcountOrder);
+    }
+    if (r.newSize !== undefined) {
+      if (r.plan || r.refcountOrder !== undefined) cur = await reread();
       await qcow2Resize.run(
         { filename, image: cur, newSize: r.newSize, shrink: true, preallocation: "off" },
         resizeHost(cur, "off", refuse),
       );
     }
     if (r.downgrade) {
-      if (r.plan || r.newSize !== undefined) cur = await reread();
+      if (r.plan || r.refcountOrder !== undefined || r.newSize !== undefined) cur = await reread();
       const marks = await qcow2Downgrade(filename, cur, resizeHost(cur, "off", refuse));
       for (const v of marks) show(v.toFixed(2));
     }

@@ -6,8 +6,9 @@
 // upgrade to compat=1.1, lazy_refcounts on or off: rebase_plan.ts's
 // planHeaderRewrite), then a new size (qcow2_co_truncate: the resize
 // planner, resize_plan.ts), then a downgrade (downgrade_plan.ts, which needs
-// the guest's scan). A refcount width change and encryption keys are refused
-// before anything is written. Pure.
+// the guest's scan); a refcount width change (refcount_order_plan.ts) comes
+// right after the header rewrite. Encryption keys are refused before
+// anything is written. Pure.
 import { type OptDesc, optGet, type ParsedOpts, parseOptions } from "../options.ts";
 import { fail, type FilePlan } from "../plan.ts";
 import { QCOW2_CREATE_OPTS } from "./options.ts";
@@ -55,7 +56,15 @@ export type AmendResult =
   /** instar does not carry this change out; nothing is written. */
   | { kind: "refuse"; why: string }
   /** The header rewrite (none: nothing changes), then a truncate to newSize, then the downgrade. */
-  | { kind: "write"; plan?: FilePlan; upgrade?: boolean; newSize?: bigint; downgrade?: boolean };
+  | {
+    kind: "write";
+    plan?: FilePlan;
+    upgrade?: boolean;
+    /** qcow2_change_refcount_order to this order, after the header rewrite. */
+    refcountOrder?: number;
+    newSize?: bigint;
+    downgrade?: boolean;
+  };
 
 /** Parses `-o` as img_amend does (the amend list, then the create list for the hint). */
 export function parseAmendOptions(options: string) {
@@ -123,8 +132,8 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
         "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
       );
     }
-    return { kind: "refuse", why: "instar does not change the refcount width yet" };
   }
+  const refcountOrder = bits !== m.refcountBits ? Math.log2(bits) : undefined;
   const dec = new TextDecoder();
   const curBacking = m.backingFile ? dec.decode(m.backingFile) : undefined;
   if (
@@ -151,7 +160,7 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
   // The upgrade and lazy refcounts rewrite the header before the truncate;
   // the downgrade rewrites it after.
   const headerVersion = version > m.version ? version : m.version;
-  if (headerVersion === m.version && lazy === m.lazyRefcounts) return { kind: "write", newSize, downgrade };
+  if (headerVersion === m.version && lazy === m.lazyRefcounts) return { kind: "write", refcountOrder, newSize, downgrade };
   const plan = planHeaderRewrite(m, {
     version: headerVersion,
     lazyRefcounts: lazy,
@@ -163,5 +172,5 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
       ? { kind: "refuse", why: plan.error.message }
       : err(`Failed to update the image header: ${plan.error.message}`);
   }
-  return { kind: "write", plan: plan.value, upgrade: version > m.version || undefined, newSize, downgrade };
+  return { kind: "write", plan: plan.value, upgrade: version > m.version || undefined, refcountOrder, newSize, downgrade };
 }
