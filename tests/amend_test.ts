@@ -92,19 +92,20 @@ Deno.test({ name: "amend does what qemu-img amend does, byte for byte", ignore: 
 
 Deno.test(
   { name: "amend refuses what instar does not carry out yet, writing nothing", ignore: !ready },
-  async (t) => {
+  async () => {
     const root = await Deno.makeTempDir({ prefix: "instar-amend-" });
     try {
-      for (const o of ["refcount_bits=8"]) {
-        await t.step(o, async () => {
-          await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "img", "64M");
-          const before = await Deno.readFile(`${root}/img`);
-          const r = await instarHere(["amend", "-o", o, "img"], root);
-          assertEquals(r.code, 1, r.stderr);
-          assert(/^instar: Could not amend 'img': .*; nothing was written\n$/.test(r.stderr), r.stderr);
-          assertEquals(await Deno.readFile(`${root}/img`), before, "the image changed");
-        });
-      }
+      // plain zero clusters of an overlay in an L2 table a snapshot shares:
+      // qemu allocates them with the shared table's refcount (not replayed)
+      await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "base", "64M");
+      await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "base", "-F", "qcow2", "img", "64M");
+      await sh(root, "qemu-io", "-c", "write -z 0 64k", "img");
+      await sh(root, "qemu-img", "snapshot", "-c", "s", "img");
+      const before = await Deno.readFile(`${root}/img`);
+      const r = await instarHere(["amend", "-o", "compat=0.10", "img"], root);
+      assertEquals(r.code, 1, r.stderr);
+      assert(/^instar: Could not amend 'img': .*; nothing was written\n$/.test(r.stderr), r.stderr);
+      assertEquals(await Deno.readFile(`${root}/img`), before, "the image changed");
     } finally {
       await Deno.remove(root, { recursive: true });
     }
@@ -140,6 +141,7 @@ const DATA_ARGS: string[][] = [
   ["-o", "refcount_bits=1"],
   ["-o", "refcount_bits=4"],
   ["-o", "refcount_bits=32,size=96M"],
+  ["-p", "-o", "refcount_bits=8"],
 ];
 
 Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore: !ready }, async (t) => {
@@ -148,7 +150,9 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
     for (const [create, writes, snap] of DATA_IMAGES) {
       // every case on the first image, a downgrade and a shrink on the others
       for (
-        const args of create === DATA_IMAGES[0][0] ? DATA_ARGS : [DATA_ARGS[0], DATA_ARGS[3], DATA_ARGS[7], DATA_ARGS[8], DATA_ARGS[10]]
+        const args of create === DATA_IMAGES[0][0]
+          ? DATA_ARGS
+          : [DATA_ARGS[0], DATA_ARGS[7], DATA_ARGS[10], DATA_ARGS[12]]
       ) {
         await t.step(
           `${create.join(" ") || "default"} ${writes.join("; ")}: amend ${args.join(" ")}`,
@@ -211,6 +215,8 @@ Deno.test(
         [["-o", "refcount_bits=8"], "compat=0.10"],
         [["-o", "extended_l2=on"], "compat=0.10"],
         [["-o", "refcount_bits=64"], "compat=0.10,refcount_bits=16"],
+        [["-o", "refcount_bits=16"], "refcount_bits=1,lazy_refcounts=on"],
+        [["-o", "compat=0.10"], "refcount_bits=8"],
       ];
       for (const [create, o] of cases) {
         await t.step(`${create.join(" ")}: ${o}`, async () => {
@@ -226,13 +232,16 @@ Deno.test(
           const cmd = ["amend", "-o", o, "o.qcow2"];
           const q = await qemuImg(cmd, qd);
           const r = await instarHere(cmd, id);
-          if (q.code !== 0 && !/instar does not/.test(r.stderr)) {
-            assertEquals(r, prefixAsInstar(q));
+          assertEquals(r, prefixAsInstar(q));
+          if (q.code === 0) {
+            assertEquals(
+              await Deno.readFile(`${id}/o.qcow2`),
+              await Deno.readFile(`${qd}/o.qcow2`),
+              "files differ",
+            );
           } else {
-            assertEquals(r.code, 1, r.stderr);
-            assert(/nothing was written/.test(r.stderr), r.stderr);
+            assertEquals(await Deno.readFile(`${id}/o.qcow2`), before, "the image changed");
           }
-          assertEquals(await Deno.readFile(`${id}/o.qcow2`), before, "the image changed");
         });
       }
     } finally {

@@ -25,6 +25,7 @@ import { resizeHost } from "./resize.ts";
 import { qcow2Resize } from "../formats/qcow2/resize.ts";
 import { qcow2Downgrade } from "../formats/qcow2/downgrade.ts";
 import { qcow2ChangeRefcountOrder } from "../formats/qcow2/refcount_order.ts";
+import { AmendProgress } from "../formats/qcow2/amend_progress.ts";
 import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
 import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
 import { FORMATS } from "../formats/mod.ts";
@@ -105,17 +106,23 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
   const parsed = parseAmendOptions(options);
   if (!parsed.ok) throw new CliError([parsed.error.message]);
   // qemu-img prints the progress around bdrv_amend_options, whatever it returns.
-  const show = (pct: string) => progress && io.out(`    (${pct}/100%)\r`);
-  show("0.00");
   const r = planQcow2Amend(q, parsed.value, img.fileSize);
+  const prog = new AmendProgress(
+    r.kind === "write" ? (r.upgrade || r.downgrade ? 1 : 0) + (r.refcountOrder !== undefined ? 1 : 0) : 0,
+  );
+  const flush = () => {
+    for (const pct of prog.out.splice(0)) if (progress) io.out(`    (${pct}/100%)\r`);
+  };
+  prog.print(0);
+  flush();
   try {
     if (r.kind === "error") throw new CliError([r.lines.join("\n")]);
     if (r.kind === "refuse") {
       throw new CliError([`Could not amend '${filename}': ${r.why}; nothing was written`]);
     }
     if (r.plan) await applySteps(img, [r.plan], "Error while amending options", "off", "write");
-    // qcow2_upgrade reports 0/2, 1/2 and 2/2.
-    if (r.upgrade) ["0.00", "50.00", "100.00"].forEach(show);
+    if (r.upgrade) prog.upgrade();
+    flush();
     let cur = img;
     const reread = async (): Promise<OpenedImage> => {
       try {
@@ -129,7 +136,14 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
       new CliError([`Could not amend '${filename}': ${why}; nothing was written`]);
     if (r.refcountOrder !== undefined) {
       if (r.plan) cur = await reread();
-      await qcow2ChangeRefcountOrder(filename, cur, resizeHost(cur, "off", refuse), r.refcountOrder);
+      const w = await qcow2ChangeRefcountOrder(
+        filename,
+        cur,
+        resizeHost(cur, "off", refuse),
+        r.refcountOrder,
+      );
+      prog.refcountOrder(w.allocWalks, w.oldTableEntries);
+      flush();
     }
     if (r.newSize !== undefined) {
       if (r.plan || r.refcountOrder !== undefined) cur = await reread();
@@ -140,11 +154,13 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
     }
     if (r.downgrade) {
       if (r.plan || r.refcountOrder !== undefined || r.newSize !== undefined) cur = await reread();
-      const marks = await qcow2Downgrade(filename, cur, resizeHost(cur, "off", refuse));
-      for (const v of marks) show(v.toFixed(2));
+      const entries = await qcow2Downgrade(filename, cur, resizeHost(cur, "off", refuse));
+      prog.downgrade(entries);
+      flush();
     }
   } finally {
-    show("100.00");
+    prog.print(100);
+    flush();
     if (progress) io.out("\n");
   }
   return 0;

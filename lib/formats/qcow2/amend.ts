@@ -160,7 +160,9 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
   // The upgrade and lazy refcounts rewrite the header before the truncate;
   // the downgrade rewrites it after.
   const headerVersion = version > m.version ? version : m.version;
-  if (headerVersion === m.version && lazy === m.lazyRefcounts) return { kind: "write", refcountOrder, newSize, downgrade };
+  if (headerVersion === m.version && lazy === m.lazyRefcounts) {
+    return { kind: "write", refcountOrder, newSize, downgrade };
+  }
   const plan = planHeaderRewrite(m, {
     version: headerVersion,
     lazyRefcounts: lazy,
@@ -172,5 +174,12 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
       ? { kind: "refuse", why: plan.error.message }
       : err(`Failed to update the image header: ${plan.error.message}`);
   }
-  return { kind: "write", plan: plan.value, upgrade: version > m.version || undefined, refcountOrder, newSize, downgrade };
+  return {
+    kind: "write",
+    plan: plan.value,
+    upgrade: version > m.version || undefined,
+    refcountOrder,
+    newSize,
+    downgrade,
+  };
 }

@@ -13,12 +13,12 @@ import { type DowngradeScan, planQcow2Downgrade, type SnapSizes, type ZeroEntry 
 const MAX_EACH = 256 * 1024;
 const UINT64_MAX = (1n << 64n) - 1n;
 
-/** Downgrades; returns the progress percentages `-p` prints. */
+/** Downgrades; returns the L1 entries qemu's walk visits (for `-p`). */
 export async function qcow2Downgrade(
   filename: string,
   image: DecodedImage & { fileSize: bigint },
   host: ResizeHost,
-): Promise<number[]> {
+): Promise<bigint> {
   const q = image.qcow2!;
   const result = await host.scan(formats.QCOW2, [q.virtualSize, 2n]);
   const err = result.records.find((r) => r.type === records.ERROR);
@@ -86,5 +86,5 @@ export async function qcow2Downgrade(
   if (plan.kind === "error") throw host.fail([plan.message]);
   if (plan.kind === "refuse") throw host.refuse(plan.why);
   await host.applySteps(plan.steps, "Error while amending options", "write");
-  return plan.progress;
+  return plan.l1Entries;
 }

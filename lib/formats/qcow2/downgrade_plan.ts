@@ -66,8 +66,8 @@ export interface DowngradeScan {
 export type DowngradeResult =
   | { kind: "error"; message: string }
   | { kind: "refuse"; why: string }
-  /** progress: the percentages `-p` prints (downgradeProgress). */
-  | { kind: "write"; steps: FilePlan[]; progress: number[] };
+  /** l1Entries: the L1 entries qemu's walk visits (its progress counts them). */
+  | { kind: "write"; steps: FilePlan[]; l1Entries: bigint };
 
 /** The refusals qcow2_downgrade makes before it reads any L2 table (its order, its words). */
 export function downgradeError(m: Qcow2Model, snaps: SnapSizes[]): DowngradeResult | undefined {
@@ -265,38 +265,6 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
       ...header.value,
       fileSize: newEnd,
     }],
-    progress: downgradeProgress(l1Entries),
+    l1Entries,
   };
-}
-
-/**
- * What `amend -p` prints while qcow2_expand_zero_clusters walks `total` L1
- * entries (the active table's and every snapshot's): qemu-img's
- * amend_status_cb prints 100.f * visited / total through
- * qemu_progress_print, which prints a value more than 1 point past the last
- * printed one, and 100 (clamped) every time. Float arithmetic as C does it;
- * found by bisection, so the work stays bounded for any table size.
- */
-export function downgradeProgress(total: bigint): number[] {
-  const f = Math.fround;
-  const out: number[] = [];
-  if (total <= 0n) return out;
-  const n = f(Number(total));
-  const at = (i: bigint) => Math.min(f(f(100 * f(Number(i))) / n), 100);
-  let last = 0, cur = 0n;
-  while (cur < total && out.length < 100_000) {
-    const thr = f(last + 1);
-    const hit = (i: bigint) => at(i) > thr || at(i) === 100;
-    if (!hit(total)) break;
-    let lo = cur + 1n, hi = total;
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1n;
-      if (hit(mid)) hi = mid;
-      else lo = mid + 1n;
-    }
-    last = at(lo);
-    out.push(last);
-    cur = lo;
-  }
-  return out;
 }

@@ -32,7 +32,9 @@ export async function qcow2ChangeRefcountOrder(
     const msg = qcow2ErrorMessage({ code, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint });
     throw host.fail([`Could not open '${filename}': ${msg}`]);
   }
-  if (result.guestStatus !== 0n) throw host.refuse("sandbox failure: guest reported an error without a reason");
+  if (result.guestStatus !== 0n) {
+    throw host.refuse("sandbox failure: guest reported an error without a reason");
+  }
   let scan: Qcow2ResizeScan;
   try {
     scan = decodeScan(result.records, result.fileSize);

@@ -117,7 +117,9 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
       };
     }
   }
-  if (blocks > MAX_REFTABLE_ENTRIES * 64n) return refuse("the refcount table is too large for instar to walk");
+  if (blocks > MAX_REFTABLE_ENTRIES * 64n) {
+    return refuse("the refcount table is too large for instar to walk");
+  }
 
   const newTable = new Map<bigint, bigint>();
   let newSize = 0n, reftableAt = 0n, allocatedSize = 0n, walks = 0;
@@ -156,7 +158,9 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
     throw e;
   }
   if (newTable.size === 0) return refuse("the image has no refcounts");
-  if (BigInt(newTable.size) * newPer > MAX_REENCODED) return refuse("too many refcounts for instar to re-encode");
+  if (BigInt(newTable.size) * newPer > MAX_REENCODED) {
+    return refuse("too many refcounts for instar to re-encode");
+  }
 
   // The file grows to the last cluster allocated.
   let end = scan.fileSize;
