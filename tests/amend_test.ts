@@ -148,6 +148,16 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
   const root = await Deno.makeTempDir({ prefix: "instar-amend-" });
   try {
     for (const [create, writes, snap] of DATA_IMAGES) {
+      // the image, made once by qemu-img and qemu-io, then copied for each case
+      const src = `${root}/src`;
+      await Deno.remove(src, { recursive: true }).catch(() => {});
+      await Deno.mkdir(src);
+      await sh(src, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "64M");
+      await sh(src, "qemu-io", "-c", "write -P 7 0 4M", "base.qcow2");
+      await sh(src, "qemu-img", "create", "-q", "-f", "qcow2", ...create, "o.qcow2", "64M");
+      for (const w of writes.slice(0, 1)) await sh(src, "qemu-io", "-c", w, "o.qcow2");
+      if (snap) await sh(src, "qemu-img", "snapshot", "-c", "s1", "o.qcow2");
+      for (const w of writes.slice(1)) await sh(src, "qemu-io", "-c", w, "o.qcow2");
       // every case on the first image, a downgrade and a shrink on the others
       for (
         const args of create === DATA_IMAGES[0][0]
@@ -161,15 +171,8 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
             for (const d of [qd, id]) {
               await Deno.remove(d, { recursive: true }).catch(() => {});
               await Deno.mkdir(d);
+              for (const f of ["base.qcow2", "o.qcow2"]) await Deno.copyFile(`${src}/${f}`, `${d}/${f}`);
             }
-            await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "64M");
-            await sh(qd, "qemu-io", "-c", "write -P 7 0 4M", "base.qcow2");
-            await Deno.copyFile(`${qd}/base.qcow2`, `${id}/base.qcow2`);
-            await sh(qd, "qemu-img", "create", "-q", "-f", "qcow2", ...create, "o.qcow2", "64M");
-            for (const w of writes.slice(0, 1)) await sh(qd, "qemu-io", "-c", w, "o.qcow2");
-            if (snap) await sh(qd, "qemu-img", "snapshot", "-c", "s1", "o.qcow2");
-            for (const w of writes.slice(1)) await sh(qd, "qemu-io", "-c", w, "o.qcow2");
-            await Deno.copyFile(`${qd}/o.qcow2`, `${id}/o.qcow2`);
             const cmd = ["amend", ...args, "o.qcow2"];
             const before = await Deno.readFile(`${id}/o.qcow2`);
             const q = await qemuImg(cmd, qd);
@@ -182,16 +185,14 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
               return;
             }
             assertEquals(r, prefixAsInstar(q), `instar ${cmd.join(" ")}`);
-            // qemu-img check finds what it finds in qemu's own result (qemu
-            // sets OFLAG_COPIED after the L2 table's refcount, not the data
-            // cluster's: a preallocated zero cluster shared with a snapshot
-            // comes out with an OFLAG_COPIED error either way)
-            assertEquals(await qemuImg(["check", "o.qcow2"], id), await qemuImg(["check", "o.qcow2"], qd));
-            // disk size is the file system's allocation (the copy is not sparse as qemu's file is)
-            const info = async (d: string) =>
-              (await qemuImg(["info", "o.qcow2"], d)).stdout.replace(/^disk size: .*\n/m, "");
-            assertEquals(await info(id), await info(qd));
-            assertEquals((await qemuImg(["compare", `${qd}/o.qcow2`, `${id}/o.qcow2`], root)).code, 0);
+            // Byte identity (below) implies equal info, compare and check;
+            // check runs once per image to show qemu's result is what it is
+            // (qemu sets OFLAG_COPIED after the L2 table's refcount, not the
+            // data cluster's: a preallocated zero cluster shared with a
+            // snapshot comes out with an OFLAG_COPIED error either way).
+            if (args === DATA_ARGS[0]) {
+              assertEquals(await qemuImg(["check", "o.qcow2"], id), await qemuImg(["check", "o.qcow2"], qd));
+            }
             assertEquals(
               await Deno.readFile(`${id}/o.qcow2`),
               await Deno.readFile(`${qd}/o.qcow2`),
@@ -207,7 +208,7 @@ Deno.test({ name: "amend downgrades and resizes as qemu-img amend does", ignore:
 });
 
 Deno.test(
-  { name: "amend compat=0.10 refuses what qemu refuses, in its words", ignore: !ready },
+  { name: "amend compat=0.10 and refcount_bits refuse what qemu refuses, in its words", ignore: !ready },
   async (t) => {
     const root = await Deno.makeTempDir({ prefix: "instar-amend-" });
     try {
