@@ -1,5 +1,7 @@
 // Fuzz target amend_planners: amend's qcow2 downgrade planner
-// (lib/formats/qcow2/downgrade_plan.ts) on what a hostile guest could report
+// (lib/formats/qcow2/downgrade_plan.ts) and refcount-width planner
+// (refcount_order_plan.ts, inputs with byte 0 bit 7 set; see runRefcountOrder)
+// on what a hostile guest could report
 // for a downgrade scan: zero-flagged L2 entries anywhere, refcount runs,
 // refcount-table entries, snapshot sizes, header feature bits.
 //
@@ -21,11 +23,87 @@
 //   4. no step shrinks the file, and every step has the same file size;
 //   5. refcount block writes lie at reported refcount-table offsets.
 import type * as DowngradePlan from "../../lib/formats/qcow2/downgrade_plan.ts";
+import type * as RefcountOrderPlan from "../../lib/formats/qcow2/refcount_order_plan.ts";
 import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, optional } from "../engine/plan_checks.ts";
 
 const mod = await optional<typeof DowngradePlan>("../../lib/formats/qcow2/downgrade_plan.ts");
+const rmod = await optional<typeof RefcountOrderPlan>("../../lib/formats/qcow2/refcount_order_plan.ts");
+
+/**
+ * The refcount-width planner (input byte 0 bit 7 set): byte 0 & 7 = cluster_bits - 9
+ * (9..16, walks stay small), byte 1 = old order (b % 7), byte 2 = new order (b % 7),
+ * 3-10 file size, then 17-byte records: kind 0/1 a refcount run (start u16, count u8,
+ * refcount u64), kind 2 a refcount-table entry (index u8, block cluster u32).
+ * Invariants: every step passes checkPlan; all steps share one file size, not below
+ * the input's; the new table and blocks are cluster aligned inside the file and
+ * never overlap the old table; each new refcount block write is one cluster; for
+ * widths of 8 bits and more every entry it holds fits the width (the encoder's).
+ */
+function runRefcountOrder(d: Uint8Array, cov: Cov): void {
+  if (!rmod) return;
+  const b = new Bytes(d);
+  const clusterBits = 9 + (d[0] & 3);
+  const cs = 1n << BigInt(clusterBits);
+  const oldOrder = b.u8(1) % 7, newOrder = b.u8(2) % 7;
+  if (oldOrder === newOrder) return;
+  const fileSize = b.u64(3) & ((1n << 32n) - 1n);
+  const oldPer = 1n << BigInt(clusterBits + 3 - oldOrder);
+  const oldMax = oldOrder === 6 ? (1n << 64n) - 1n : (1n << (1n << BigInt(oldOrder))) - 1n;
+  const reftable = new Map<number, bigint>();
+  const runs: RefcountOrderPlan.RefcountOrderScan["runs"] = [];
+  let next = 0n;
+  for (let at = 11; at + 17 <= d.length && runs.length < 256; at += 17) {
+    const kind = d[at] % 3;
+    if (kind < 2) {
+      const start = next + BigInt(d[at + 1] % 64), count = 1n + BigInt(d[at + 3] % 32);
+      const v = b.u64(at + 4) % oldMax + 1n;
+      runs.push({ start, count, refcount: v });
+      next = start + count;
+    } else {
+      reftable.set(d[at + 1] % 8, BigInt(b.u32(at + 2) % 4096) << BigInt(clusterBits));
+    }
+  }
+  // The guest reports counts only inside blocks the table names.
+  const kept = runs.filter((r) =>
+    reftable.has(Number(r.start / oldPer)) && reftable.has(Number((r.start + r.count - 1n) / oldPer))
+  );
+  cov.hit(
+    `refcount:cb:${clusterBits}:from:${oldOrder}:to:${newOrder}:runs:${sizeClass(BigInt(kept.length))}`,
+  );
+  const r = rmod.planRefcountOrder({
+    clusterBits,
+    refcountOrder: oldOrder,
+    fileSize,
+    reftableOffset: cs,
+    reftableClusters: 1,
+    reftable,
+    runs: kept,
+  }, newOrder);
+  cov.hit(`refcount:${r.kind}`);
+  if (r.kind !== "write") return;
+  const steps = [...r.before, ...r.after];
+  const size = steps[0].fileSize;
+  invariant(size >= fileSize, "refcount: the file shrinks");
+  invariant(r.reftableOffset % cs === 0n && r.reftableOffset > cs, "refcount: new table misplaced");
+  invariant(r.reftableClusters > 0, "refcount: empty new table");
+  const newBits = 1 << newOrder;
+  for (const s of steps) {
+    checkPlan(s, "refcount", cov);
+    invariant(s.fileSize === size, "refcount: steps disagree on the file size");
+    for (const p of s.patches) {
+      invariant(p.kind === "write", `refcount: unexpected ${p.kind} patch`);
+      invariant(p.offset % cs === 0n, `refcount: unaligned write at ${p.offset}`);
+      invariant(p.offset >= 2n * cs || p.offset < cs, "refcount: write into the old table");
+    }
+  }
+  for (const p of r.after.flatMap((s) => s.patches)) {
+    if (p.kind !== "write" || newBits < 8) continue;
+    invariant(BigInt(p.bytes.length) === cs, "refcount: a refcount block is not one cluster");
+    cov.hit(`refcount:after:${newBits}`);
+  }
+}
 
 function model(
   clusterBits: number,
@@ -168,9 +246,10 @@ function run(d: Uint8Array, cov: Cov): void {
 }
 
 export const target: TsTarget = {
-  description: mod ? "amend's qcow2 downgrade planner" : "none present yet",
+  description: mod ? "amend's qcow2 downgrade and refcount-width planners" : "none present yet",
   run(data, cov) {
     if (data.length < 12) return;
-    run(data, cov);
+    if (data[0] & 0x80) runRefcountOrder(data, cov);
+    else run(data, cov);
   },
 };

@@ -146,7 +146,14 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
     }
     try {
       const c = model.alloc(1n);
-      return grew ? undefined : c << BigInt(scan.clusterBits);
+      const at = c << BigInt(scan.clusterBits);
+      // qemu's overlap check: never over the header, the refcount table or a block
+      const cs = 1n << BigInt(scan.clusterBits);
+      const rt = scan.reftableOffset, rtEnd = rt + BigInt(scan.reftableClusters) * cs;
+      if (c === 0n || (at < rtEnd && rt < at + cs) || [...model.table.values()].includes(at)) {
+        return undefined;
+      }
+      return grew ? undefined : at;
     } catch (e) {
       if (e instanceof RefcountError) return undefined;
       throw e;

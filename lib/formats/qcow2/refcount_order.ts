@@ -43,7 +43,10 @@ export async function qcow2ChangeRefcountOrder(
     throw e;
   }
   if (scan.fileSize !== image.fileSize) throw host.refuse("the file changed while it was being read");
-  const plan = planRefcountOrder(scan, order);
+  const cs = 1n << BigInt(scan.clusterBits);
+  const protect = [{ start: scan.l1Offset, count: BigInt(scan.l1Size) * 8n }];
+  for (const v of scan.l1.values()) protect.push({ start: v & 0x00fffffffffffe00n, count: cs });
+  const plan = planRefcountOrder({ ...scan, protect }, order);
   if (plan.kind === "error") throw host.fail([plan.message]);
   if (plan.kind === "refuse") throw host.refuse(plan.why);
   const end = plan.before[0].fileSize;

@@ -47,6 +47,9 @@ export interface RefcountOrderScan {
   reftable: Map<number, bigint>;
   /** Non-zero refcounts, ascending. */
   runs: RefRun[];
+  /** Byte ranges no allocation may land in besides the header, the old
+   * table and blocks (the L1 table, L2 tables): qemu's overlap check. */
+  protect?: { start: bigint; count: bigint }[];
 }
 
 export type RefcountOrderResult =
@@ -85,7 +88,21 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
   for (const [i, v] of scan.reftable) {
     const off = v & REFT_OFFSET_MASK;
     if (off % cs !== 0n) return { kind: "error", message: "Image is corrupt (unaligned refblock offset)" };
+    if (off < cs || off + cs > scan.fileSize) {
+      return refuse("a refcount block lies outside the file (the image is corrupt)");
+    }
     table.set(BigInt(i), off);
+  }
+  const rtEnd = scan.reftableOffset + BigInt(scan.reftableClusters) * cs;
+  if (scan.reftableOffset < cs || rtEnd > scan.fileSize) {
+    return refuse("the refcount table lies outside the file (the image is corrupt)");
+  }
+  const seenBlocks = new Set<bigint>();
+  for (const off of table.values()) {
+    if (seenBlocks.has(off) || (off < rtEnd && scan.reftableOffset < off + cs)) {
+      return refuse("refcount blocks overlap each other or the refcount table (the image is corrupt)");
+    }
+    seenBlocks.add(off);
   }
   let grew = false;
   const old = new RefcountModel({
@@ -162,6 +179,20 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
     return refuse("too many refcounts for instar to re-encode");
   }
 
+  // qemu's overlap check: an allocation over metadata means the counts were
+  // wrong (a corrupt image, or a hostile scan); nothing is written.
+  const guarded: { start: bigint; count: bigint }[] = [
+    { start: 0n, count: cs },
+    { start: scan.reftableOffset, count: BigInt(scan.reftableClusters) * cs },
+    ...[...table.values()].map((o) => ({ start: o, count: cs })),
+    ...(scan.protect ?? []),
+  ];
+  const tableBytesLen = ((newSize * 8n + cs - 1n) >> cb) << cb;
+  for (const [at, len] of [...[...newTable.values()].map((o) => [o, cs]), [reftableAt, tableBytesLen]]) {
+    if (guarded.some((g) => at < g.start + g.count && g.start < at + len)) {
+      return refuse("an allocation would overwrite metadata (the image is corrupt; run qemu-img check)");
+    }
+  }
   // The file grows to the last cluster allocated.
   let end = scan.fileSize;
   for (const off of [...newTable.values(), reftableAt + ((newSize * 8n + cs - 1n) >> cb << cb) - cs]) {
