@@ -120,7 +120,11 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
     if (r.kind === "refuse") {
       throw new CliError([`Could not amend '${filename}': ${r.why}; nothing was written`]);
     }
-    if (r.plan) await applySteps(img, [r.plan], "Error while amending options", "off", "write");
+    let wrote = false;
+    if (r.plan) {
+      await applySteps(img, [r.plan], "Error while amending options", "off", "write");
+      wrote = true;
+    }
     if (r.upgrade) prog.upgrade();
     flush();
     let cur = img;
@@ -132,8 +136,13 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
         throw e;
       }
     };
+    // A later phase's refusal leaves what earlier phases wrote (as qemu does when a later step fails).
     const refuse = (why: string) =>
-      new CliError([`Could not amend '${filename}': ${why}; nothing was written`]);
+      new CliError([
+        `Could not amend '${filename}': ${why}; ${
+          wrote ? "only the changes before it were written" : "nothing was written"
+        }`,
+      ]);
     if (r.refcountOrder !== undefined) {
       if (r.plan) cur = await reread();
       const w = await qcow2ChangeRefcountOrder(
@@ -142,6 +151,7 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
         resizeHost(cur, "off", refuse),
         r.refcountOrder,
       );
+      wrote = true;
       prog.refcountOrder(w.allocWalks, w.oldTableEntries);
       flush();
     }
@@ -151,6 +161,7 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
         { filename, image: cur, newSize: r.newSize, shrink: true, preallocation: "off" },
         resizeHost(cur, "off", refuse),
       );
+      wrote = true;
     }
     if (r.downgrade) {
       if (r.plan || r.refcountOrder !== undefined || r.newSize !== undefined) cur = await reread();
