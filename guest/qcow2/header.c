@@ -427,6 +427,7 @@ static int walk_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, sn
         if (byte_window_read(&w, id_at - extra, x, xn)) { ret = -1; break; }
         if (extra >= 8) s.vm_state_size = be64(x);
         s.icount = extra >= 24 ? be64(x + 16) : UINT64_MAX;
+        s.disk_size = extra >= 16 ? be64(x + 8) : UINT64_MAX;
         if (list) list[i] = s;
         if (visit) {
             /* qemu copies id and name into 128- and 256-byte buffers (pstrcpy). */

@@ -160,6 +160,7 @@ struct qcow2_snapshot {
     uint16_t id_len, name_len;
     uint32_t date_sec, date_nsec;
     uint64_t vm_clock_nsec, vm_state_size, icount;
+    uint64_t disk_size; /* UINT64_MAX: the extra data does not record it */
 };
 
 /* BAD_SNAPSHOT_TABLE a0 values beyond qcow2_validate_table's 1 (too large)

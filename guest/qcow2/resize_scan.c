@@ -12,6 +12,12 @@
  *                      guest range frees (each loses one reference per record)
  *   RESIZE_ZERO        shrink only: the byte ranges of L2 entries that discard
  *                      clears, in L2 tables that survive the shrink
+ *   AMEND_ZERO         arg[1] bit 1 (amend's downgrade): every zero-flagged L2
+ *                      entry (its file offset, raw value), active L1 first, then
+ *                      each snapshot's, as qcow2_expand_zero_clusters visits them
+ *   AMEND_SNAP         arg[1] bit 1: each snapshot's index, disk_size, vm_state_size,
+ *   AMEND_SNAP_L1      followed by its L1 size
+ *   AMEND_COUNT        arg[1] bit 1: the count of AMEND_ZERO and AMEND_SNAP records
  *   RESIZE_SUMMARY     last: the count of each kind, so the host can tell a
  *                      complete stream from a cut one
  *
@@ -37,7 +43,7 @@
 #define BAD_DATA_CLUSTER 3
 
 static struct {
-    uint64_t l1, reftable, runs, free, zero;
+    uint64_t l1, reftable, runs, free, zero, azero, asnap;
     uint32_t flags;
 } n;
 
@@ -270,6 +276,79 @@ static int scan_grow_range(struct qcow2 *q, struct table_window *w, struct clust
     return 0;
 }
 
+/* Zero-flagged entries of the L2 tables one L1 table points to, in order. */
+static int scan_zero_l1(struct qcow2 *q, struct table_window *w, uint64_t l1_offset, uint64_t l1_size,
+                        struct cluster_cache *cache)
+{
+    uint64_t cs = q->cluster_size, per_l2 = 1ull << q->l2_bits;
+    for (uint64_t i = 0; i < l1_size; i++) {
+        uint64_t l1e;
+        if (table_window_get(w, i, &l1e)) return rt_error(0, GERR_IO, l1_offset, 0, 0);
+        uint64_t l2 = l1e & QCOW2_L1E_OFFSET_MASK;
+        if (!l2) continue;
+        if (l2 & (cs - 1)) return rt_error(0, GERR_INTERNAL, BAD_L2_TABLE, l2, 0);
+        const uint8_t *t = cluster_cache_get(cache, l2);
+        if (!t) return rt_error(0, GERR_IO, l2, 0, 0);
+        for (uint64_t j = 0; j < per_l2; j++) {
+            uint64_t e = be64(t + j * q->l2_entry_bytes);
+            enum qcow2_cluster_type ty = qcow2_cluster_type(q, e);
+            if (ty != QCT_ZERO_PLAIN && ty != QCT_ZERO_ALLOC) continue;
+            uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+            if (ty == QCT_ZERO_ALLOC && (host & (cs - 1))) {
+                return rt_error(0, GERR_INTERNAL, BAD_DATA_CLUSTER, host, 0);
+            }
+            /* l2 is cluster aligned and j * entry bytes < cluster size: no overflow. */
+            int rc = emit_pair(REC_AMEND_ZERO, &n.azero, l2 + j * q->l2_entry_bytes, e);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
+/* qcow2_expand_zero_clusters' walk: the active L1, then each snapshot's. */
+static int scan_zero(struct qcow2 *q, struct table_window *w, struct cluster_cache *cache)
+{
+    int rc = scan_zero_l1(q, w, q->l1_offset, q->l1_size, cache);
+    if (rc || !q->nb_snapshots) return rc;
+    uint64_t mark = rt_heap_mark();
+    struct qcow2_snapshot *list = rt_alloc((uint64_t)q->nb_snapshots * sizeof *list);
+    if (!list) return rt_error(0, GERR_OUT_OF_MEMORY, q->nb_snapshots, 0, 0);
+    static struct table_window sw;
+    if (table_window_init(&sw, q->r, 0, 0)) {
+        rt_heap_release(mark);
+        return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    }
+    uint64_t size = 0, a1 = 0, a2 = 0;
+    int k = qcow2_read_snapshots(q, list, &size, &a1, &a2);
+    if (k) rc = rt_error(0, GERR_IO, q->snapshots_offset, 0, 0);
+    for (uint64_t i = 0; !rc && i < q->nb_snapshots; i++) {
+        struct rec_resize_run r;
+        rec_init(&r, REC_AMEND_SNAP, sizeof r);
+        r.start = i;
+        r.count = list[i].disk_size;
+        r.refcount = list[i].vm_state_size;
+        rc = emit_bounded(&n.asnap, &r, sizeof r);
+        if (rc) break;
+        struct rec_resize_pair l1r;
+        rec_init(&l1r, REC_AMEND_SNAP_L1, sizeof l1r);
+        l1r.index = i;
+        l1r.value = list[i].l1_size;
+        if (rt_emit(&l1r, sizeof l1r)) {
+            rc = -1;
+            break;
+        }
+        /* One window, re-pointed at each snapshot's L1 (qcow2_open validated
+         * every offset and size). */
+        sw.offset = list[i].l1_offset;
+        sw.entries = list[i].l1_size;
+        sw.first = 0;
+        sw.count = 0;
+        rc = scan_zero_l1(q, &sw, list[i].l1_offset, list[i].l1_size, cache);
+    }
+    rt_heap_release(mark);
+    return rc;
+}
+
 static int scan(struct qcow2 *q, uint64_t new_size)
 {
     static struct cluster_cache cache;
@@ -280,6 +359,16 @@ static int scan(struct qcow2 *q, uint64_t new_size)
     if (!rc) rc = scan_l1(q, &w);
     if (!rc && new_size < q->size) rc = scan_shrink(q, &w, &cache, new_size);
     if (!rc && new_size > q->size && (rt_params()->arg[1] & 1)) rc = scan_grow_range(q, &w, &cache, new_size);
+    if (!rc && (rt_params()->arg[1] & 2)) {
+        rc = scan_zero(q, &w, &cache);
+        if (!rc) {
+            struct rec_resize_pair c;
+            rec_init(&c, REC_AMEND_COUNT, sizeof c);
+            c.index = n.azero;
+            c.value = n.asnap;
+            rc = rt_emit(&c, sizeof c) ? -1 : 0;
+        }
+    }
     return rc;
 }
 

@@ -308,6 +308,19 @@ export const records = {
   BITMAP_DIR: 60,
   /** One non-zero bitmap table entry (rec_bitmap_entry). */
   BITMAP_ENTRY: 61,
+  // 105..109: amend's downgrade scan (ops.RESIZE_SCAN with resize arg[1] bit 1,
+  // guest/qcow2/resize_scan.c), sent before RESIZE_SUMMARY.
+  /** One zero-flagged L2 entry (rec_resize_pair: index = the entry's file offset,
+   * value = the raw entry), in qcow2_expand_zero_clusters' visiting order. */
+  AMEND_ZERO: 105,
+  /** One internal snapshot (rec_resize_run: start = its index, count = disk_size or
+   * 2^64-1 when its extra data does not record one, refcount = vm_state_size). */
+  AMEND_SNAP: 106,
+  /** The counts of AMEND_ZERO (index) and AMEND_SNAP (value) records (rec_resize_pair). */
+  AMEND_COUNT: 107,
+  /** One snapshot's L1 size, right after its AMEND_SNAP (rec_resize_pair: index = its index,
+   * value = l1_size), for qemu's progress over the L1 entries. */
+  AMEND_SNAP_L1: 108,
   // 80..89: inspect (ops.INSPECT, guest/ops/inspect.c).
   /** The verdict's facts: detected format, virtual size, bytes examined; last record. */
   INSPECT: 80,
@@ -1381,6 +1394,10 @@ export const recordStructs: Record<number, string> = {
   [records.DIFF_RUN]: "rec_diff_run",
   [records.BITMAP_DIR]: "rec_bitmap_dir",
   [records.BITMAP_ENTRY]: "rec_bitmap_entry",
+  [records.AMEND_ZERO]: "rec_resize_pair",
+  [records.AMEND_SNAP]: "rec_resize_run",
+  [records.AMEND_COUNT]: "rec_resize_pair",
+  [records.AMEND_SNAP_L1]: "rec_resize_pair",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
   [records.SNAP_ENTRY]: "rec_snap_entry",

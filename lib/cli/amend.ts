@@ -2,7 +2,11 @@
 // qemu-img amend for qcow2 (other formats: qemu's refusal). The image is
 // opened through the guest (without its backing chain, as qemu's amend does
 // not need it), lib/formats/qcow2/amend.ts decides as qcow2_amend_options
-// does and plans the header rewrite, lib/cli/apply_steps.ts writes it.
+// does and plans the header rewrite, lib/cli/apply_steps.ts writes it; a new
+// size goes through qcow2's resize (qcow2_co_truncate, shrinking allowed as
+// amend allows it) and a downgrade through lib/formats/qcow2/downgrade.ts,
+// each on the image as the previous phase left it (read again, without a
+// second lock: the command holds the write lock throughout).
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -15,8 +19,13 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { openForWrite } from "./image.ts";
+import { type OpenedImage, OpenError, openFailure, openForWrite, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
+import { resizeHost } from "./resize.ts";
+import { qcow2Resize } from "../formats/qcow2/resize.ts";
+import { qcow2Downgrade } from "../formats/qcow2/downgrade.ts";
+import { qcow2ChangeRefcountOrder } from "../formats/qcow2/refcount_order.ts";
+import { AmendProgress } from "../formats/qcow2/amend_progress.ts";
 import { accumulateOptions, hasHelpOption, optionHelp } from "../formats/options.ts";
 import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/qcow2/amend.ts";
 import { FORMATS } from "../formats/mod.ts";
@@ -96,17 +105,72 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
   const parsed = parseAmendOptions(options);
   if (!parsed.ok) throw new CliError([parsed.error.message]);
   // qemu-img prints the progress around bdrv_amend_options, whatever it returns.
-  const show = (pct: string) => progress && io.out(`    (${pct}/100%)\r`);
-  show("0.00");
   const r = planQcow2Amend(q, parsed.value, img.fileSize);
+  const prog = new AmendProgress(
+    r.kind === "write" ? (r.upgrade || r.downgrade ? 1 : 0) + (r.refcountOrder !== undefined ? 1 : 0) : 0,
+  );
+  const flush = () => {
+    for (const pct of prog.out.splice(0)) if (progress) io.out(`    (${pct}/100%)\r`);
+  };
+  prog.print(0);
+  flush();
   try {
     if (r.kind === "error") throw new CliError([r.lines.join("\n")]);
     if (r.kind === "refuse") {
       throw new CliError([`Could not amend '${filename}': ${r.why}; nothing was written`]);
     }
-    if (r.plan) await applySteps(img, [r.plan], "Error while amending options", "off", "write");
+    let wrote = false;
+    if (r.plan) {
+      await applySteps(img, [r.plan], "Error while amending options", "off", "write");
+      wrote = true;
+    }
+    if (r.upgrade) prog.upgrade();
+    flush();
+    let cur = img;
+    const reread = async (): Promise<OpenedImage> => {
+      try {
+        return await openImage(filename, { format: img.format, unsafeQuirks: o.unsafeQuirks, noLists: true });
+      } catch (e) {
+        if (e instanceof OpenError) throw openFailure(filename, e);
+        throw e;
+      }
+    };
+    // A later phase's refusal leaves what earlier phases wrote (as qemu does when a later step fails).
+    const refuse = (why: string) =>
+      new CliError([
+        `Could not amend '${filename}': ${why}; ${
+          wrote ? "only the changes before it were written" : "nothing was written"
+        }`,
+      ]);
+    if (r.refcountOrder !== undefined) {
+      if (r.plan) cur = await reread();
+      const w = await qcow2ChangeRefcountOrder(
+        filename,
+        cur,
+        resizeHost(cur, "off", refuse),
+        r.refcountOrder,
+      );
+      wrote = true;
+      prog.refcountOrder(w.allocWalks, w.oldTableEntries);
+      flush();
+    }
+    if (r.newSize !== undefined) {
+      if (r.plan || r.refcountOrder !== undefined) cur = await reread();
+      await qcow2Resize.run(
+        { filename, image: cur, newSize: r.newSize, shrink: true, preallocation: "off" },
+        resizeHost(cur, "off", refuse),
+      );
+      wrote = true;
+    }
+    if (r.downgrade) {
+      if (r.plan || r.refcountOrder !== undefined || r.newSize !== undefined) cur = await reread();
+      const entries = await qcow2Downgrade(filename, cur, resizeHost(cur, "off", refuse));
+      prog.downgrade(entries);
+      flush();
+    }
   } finally {
-    show("100.00");
+    prog.print(100);
+    flush();
     if (progress) io.out("\n");
   }
   return 0;

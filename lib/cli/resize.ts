@@ -140,9 +140,16 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
   return 0;
 }
 
-/** What a format driver's resize gets from the command: the sandbox, the file, qemu's error shapes. */
-function resizeHost(img: OpenedImage, prealloc: Prealloc): ResizeHost {
-  const refuse = (why: string) => new CliError([`Could not resize '${img.filename}': ${why}`]);
+/**
+ * What a format driver's resize gets from the command: the sandbox, the
+ * file, qemu's error shapes. `refuse` words instar's own refusals (amend's
+ * size= path passes its own).
+ */
+export function resizeHost(
+  img: OpenedImage,
+  prealloc: Prealloc,
+  refuse = (why: string) => new CliError([`Could not resize '${img.filename}': ${why}`]),
+): ResizeHost {
   return {
     async scan(code, args) {
       let result;

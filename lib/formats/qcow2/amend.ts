@@ -1,17 +1,22 @@
 // qemu-img amend for qcow2: the option list it parses `-o` against
 // (qcow2_amend_opts), and qcow2_amend_options' decisions in its order:
 // each option's checks as the list names them, then the upgrade, the
-// backing-file check, lazy refcounts, the size, the downgrade. What instar
-// carries out is a rewrite of the header cluster (an upgrade to compat=1.1,
-// lazy_refcounts on or off: lib/formats/qcow2/rebase_plan.ts's
-// planHeaderRewrite); what changes more than the header (a refcount width,
-// the size, a downgrade, encryption keys) is refused before anything is
-// written. Pure.
+// backing-file check, lazy refcounts, the size, the downgrade. The result
+// is what to carry out, in qemu's order: a rewrite of the header cluster (an
+// upgrade to compat=1.1, lazy_refcounts on or off: rebase_plan.ts's
+// planHeaderRewrite), then a new size (qcow2_co_truncate: the resize
+// planner, resize_plan.ts), then a downgrade (downgrade_plan.ts, which needs
+// the guest's scan); a refcount width change (refcount_order_plan.ts) comes
+// right after the header rewrite. Encryption keys are refused before
+// anything is written. Pure.
 import { type OptDesc, optGet, type ParsedOpts, parseOptions } from "../options.ts";
 import { fail, type FilePlan } from "../plan.ts";
 import { QCOW2_CREATE_OPTS } from "./options.ts";
 import type { Qcow2Model } from "./model.ts";
 import { planHeaderRewrite } from "./rebase_plan.ts";
+import { BDRV_MAX_LENGTH } from "../raw/resize_plan.ts";
+
+const INT64_MAX = (1n << 63n) - 1n;
 
 /** qcow2_amend_opts: the common options, then LUKS key-slot amendment. */
 export const QCOW2_AMEND_OPTS: OptDesc[] = [
@@ -50,8 +55,16 @@ export type AmendResult =
   | { kind: "error"; lines: string[] }
   /** instar does not carry this change out; nothing is written. */
   | { kind: "refuse"; why: string }
-  /** The header rewrite (none: nothing changes). */
-  | { kind: "write"; plan?: FilePlan };
+  /** The header rewrite (none: nothing changes), then a truncate to newSize, then the downgrade. */
+  | {
+    kind: "write";
+    plan?: FilePlan;
+    upgrade?: boolean;
+    /** qcow2_change_refcount_order to this order, after the header rewrite. */
+    refcountOrder?: number;
+    newSize?: bigint;
+    downgrade?: boolean;
+  };
 
 /** Parses `-o` as img_amend does (the amend list, then the create list for the hint). */
 export function parseAmendOptions(options: string) {
@@ -119,8 +132,8 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
         "Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)",
       );
     }
-    return { kind: "refuse", why: "instar does not change the refcount width yet" };
   }
+  const refcountOrder = bits !== m.refcountBits ? Math.log2(bits) : undefined;
   const dec = new TextDecoder();
   const curBacking = m.backingFile ? dec.decode(m.backingFile) : undefined;
   if (
@@ -134,19 +147,24 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
       "Lazy refcounts only supported with compatibility level 1.1 and above (use compat=1.1 or greater)",
     );
   }
-  // qcow2_co_truncate's first check runs whatever the new size is.
-  if (size !== undefined && size !== 0n && m.version < 3 && m.nbSnapshots > 0) {
-    return err("Can't resize a v2 image which has snapshots");
+  // blk_truncate's checks, then qcow2_co_truncate's first ones, whatever the new size is.
+  let newSize: bigint | undefined;
+  if (size !== undefined && size !== 0n) {
+    if (size > INT64_MAX) return err("Image size cannot be negative");
+    if (size > BDRV_MAX_LENGTH) return err(`offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`);
+    if (size % 512n !== 0n) return err("The new size must be a multiple of 512");
+    if (m.version < 3 && m.nbSnapshots > 0) return err("Can't resize a v2 image which has snapshots");
+    if (size !== m.virtualSize) newSize = size;
   }
-  if (size !== undefined && size !== 0n && size !== m.virtualSize) {
-    return { kind: "refuse", why: "instar does not amend the size yet (resize does)" };
+  const downgrade = version < m.version ? true : undefined;
+  // The upgrade and lazy refcounts rewrite the header before the truncate;
+  // the downgrade rewrites it after.
+  const headerVersion = version > m.version ? version : m.version;
+  if (headerVersion === m.version && lazy === m.lazyRefcounts) {
+    return { kind: "write", refcountOrder, newSize, downgrade };
   }
-  if (version < m.version) {
-    return { kind: "refuse", why: "instar does not downgrade images to compat=0.10 yet" };
-  }
-  if (version === m.version && lazy === m.lazyRefcounts) return { kind: "write" };
   const plan = planHeaderRewrite(m, {
-    version,
+    version: headerVersion,
     lazyRefcounts: lazy,
     backingFile: m.backingFile,
     backingFormat: m.backingFormat,
@@ -156,5 +174,12 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
       ? { kind: "refuse", why: plan.error.message }
       : err(`Failed to update the image header: ${plan.error.message}`);
   }
-  return { kind: "write", plan: plan.value };
+  return {
+    kind: "write",
+    plan: plan.value,
+    upgrade: version > m.version || undefined,
+    refcountOrder,
+    newSize,
+    downgrade,
+  };
 }

@@ -229,6 +229,11 @@ export class RefcountModel {
     this.dirty.add(t);
   }
 
+  /** Whether clusters [c, c+n) all have refcount 0 (qcow2_change_refcount_order's empty refblock). */
+  allZero(c: bigint, n: bigint): boolean {
+    return this.freeRun(c, n) === n;
+  }
+
   /** How many clusters from c on (at most n) have refcount 0. */
   private freeRun(c: bigint, n: bigint): bigint {
     let got = 0n;
