@@ -30,7 +30,7 @@ convert_zstd_SRCS := ops/convert_zstd.c compress/zstd_trim.c compress/zlib_trim.
                      $(filter-out ops/convert.c,$(convert_SRCS))
 # zstd_min: libzstd.a trimmed to fit 384 KiB (guest/compress/zstd_trim.c).
 convert_zstd_LIBS := z zstd_min
-resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c \
+resize_scan_SRCS := ops/resize_scan.c qcow2/resize_scan.c qcow2/refscan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c \
                     vpc/resize_scan.c $(VPC_SRCS) vhdx/resize_scan.c $(VHDX_SRCS) vmdk/resize_scan.c $(VMDK_SRCS)
 resize_scan_LIBS :=
 compare_SRCS := ops/compare.c $(READ_SRCS)
@@ -44,9 +44,9 @@ INSPECT_SRCS := inspect/core.c inspect/qcow2.c inspect/vmdk.c inspect/vhd.c insp
 inspect_SRCS := ops/inspect.c $(INSPECT_SRCS) qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c \
                 $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
 inspect_LIBS :=
-snapshot_scan_SRCS := ops/snapshot_scan.c qcow2/snapshot_scan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
+snapshot_scan_SRCS := ops/snapshot_scan.c qcow2/snapshot_scan.c qcow2/refscan.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c
 snapshot_scan_LIBS :=
-bitmap_scan_SRCS := ops/bitmap_scan.c qcow2/bitmap_scan.c qcow2/resize_scan.c qcow2/header.c qcow2/tables.c probe/probe.c \
+bitmap_scan_SRCS := ops/bitmap_scan.c qcow2/bitmap_scan.c qcow2/resize_scan.c qcow2/refscan.c qcow2/header.c qcow2/tables.c probe/probe.c \
                     raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
 bitmap_scan_LIBS :=
 # Reading LUKS1 (guest/luks/): convert and compare with the LUKS layer and

@@ -33,12 +33,12 @@
  *   3 data cluster offset not cluster aligned (a1 = offset)
  */
 #include "resize_scan.h"
+#include "refscan.h"
 #include "bytes.h"
 #include "../ops/records.h"
 
 #define RESIZE_MAX_EACH (256u * 1024u)
 
-#define BAD_REFBLOCK 1
 #define BAD_L2_TABLE 2
 #define BAD_DATA_CLUSTER 3
 
@@ -82,33 +82,6 @@ struct run {
     uint64_t start, count, value;
 };
 
-static int flush_refrun(struct run *p)
-{
-    if (!p->count) return 0;
-    struct rec_resize_run r;
-    rec_init(&r, REC_RESIZE_REFRUN, sizeof r);
-    r.start = p->start;
-    r.count = p->count;
-    r.refcount = p->value;
-    p->count = 0;
-    return emit_bounded(&n.runs, &r, sizeof r);
-}
-
-static int add_refcount(struct run *p, uint64_t cluster, uint64_t value)
-{
-    if (p->count && p->value == value && p->start + p->count == cluster) {
-        p->count++;
-        return 0;
-    }
-    int rc = flush_refrun(p);
-    if (rc) return rc;
-    if (value == 0) return 0;
-    p->start = cluster;
-    p->count = 1;
-    p->value = value;
-    return 0;
-}
-
 static int flush_free(struct run *p)
 {
     if (!p->count) return 0;
@@ -130,30 +103,6 @@ static int add_free(struct run *p, uint64_t first, uint64_t count)
     p->start = first;
     p->count = count;
     return 0;
-}
-
-static int scan_refcounts(struct qcow2 *q, struct cluster_cache *cache)
-{
-    if (qcow2_load_reftable(q)) return -1;
-    struct run run = {0};
-    uint64_t per_block = 1ull << q->refblock_bits;
-    for (uint64_t i = 0; i < q->reftable_entries; i++) {
-        uint64_t block = q->reftable[i] & QCOW2_REFT_OFFSET_MASK;
-        if (!block) continue;
-        /* qemu treats an unaligned refcount block as corruption (-EIO). */
-        if (block & (q->cluster_size - 1)) return rt_error(0, GERR_INTERNAL, BAD_REFBLOCK, block, 0);
-        int rc = emit_pair(REC_RESIZE_REFTABLE, &n.reftable, i, q->reftable[i]);
-        if (rc) return rc;
-        const uint8_t *b = cluster_cache_get(cache, block);
-        if (!b) return rt_error(0, GERR_IO, block, 0, 0);
-        /* i < 2^20 and refblock_bits <= 24: the cluster index cannot overflow. */
-        uint64_t base = i << q->refblock_bits;
-        for (uint64_t j = 0; j < per_block; j++) {
-            rc = add_refcount(&run, base + j, qcow2_refblock_entry(b, q->refcount_order, j));
-            if (rc) return rc;
-        }
-    }
-    return flush_refrun(&run);
 }
 
 static int scan_l1(struct qcow2 *q, struct table_window *w)
@@ -355,7 +304,7 @@ static int scan(struct qcow2 *q, uint64_t new_size)
     static struct table_window w;
     if (cluster_cache_init(&cache, q->r, q->cluster_size, 4)) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
     if (table_window_init(&w, q->r, q->l1_offset, q->l1_size)) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
-    int rc = scan_refcounts(q, &cache);
+    int rc = qcow2_scan_refcounts(q, &cache, emit_bounded, &n.reftable, &n.runs);
     if (!rc) rc = scan_l1(q, &w);
     if (!rc && new_size < q->size) rc = scan_shrink(q, &w, &cache, new_size);
     if (!rc && new_size > q->size && (rt_params()->arg[1] & 1)) rc = scan_grow_range(q, &w, &cache, new_size);

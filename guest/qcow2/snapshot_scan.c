@@ -30,13 +30,13 @@
  *   4 compressed data past the end of the addressable file (a1 = L2 entry)
  */
 #include "snapshot_scan.h"
+#include "refscan.h"
 #include "bytes.h"
 #include "../ops/records.h"
 
 #define SNAP_MAX_EACH (1u << 20)
 #define SNAP_MAX_L2_TABLES (1u << 20)
 
-#define BAD_REFBLOCK 1
 #define BAD_L2_TABLE 2
 #define BAD_DATA_CLUSTER 3
 #define BAD_COMPRESSED 4
@@ -56,66 +56,6 @@ static int emit_bounded(uint64_t *count, void *rec, uint32_t size)
     }
     (*count)++;
     return rt_emit(rec, size) ? -1 : 0;
-}
-
-/* --- refcounts (the same records resize_scan sends) --- */
-
-struct refrun {
-    uint64_t start, count, value;
-};
-
-static int flush_refrun(struct refrun *p)
-{
-    if (!p->count) return 0;
-    struct rec_resize_run r;
-    rec_init(&r, REC_RESIZE_REFRUN, sizeof r);
-    r.start = p->start;
-    r.count = p->count;
-    r.refcount = p->value;
-    p->count = 0;
-    return emit_bounded(&n.refruns, &r, sizeof r);
-}
-
-static int add_refcount(struct refrun *p, uint64_t cluster, uint64_t value)
-{
-    if (p->count && p->value == value && p->start + p->count == cluster) {
-        p->count++;
-        return 0;
-    }
-    int rc = flush_refrun(p);
-    if (rc) return rc;
-    if (value == 0) return 0;
-    p->start = cluster;
-    p->count = 1;
-    p->value = value;
-    return 0;
-}
-
-static int scan_refcounts(struct qcow2 *q, struct cluster_cache *cache)
-{
-    if (qcow2_load_reftable(q)) return -1;
-    struct refrun run = {0};
-    uint64_t per_block = 1ull << q->refblock_bits;
-    for (uint64_t i = 0; i < q->reftable_entries; i++) {
-        uint64_t block = q->reftable[i] & QCOW2_REFT_OFFSET_MASK;
-        if (!block) continue;
-        if (block & (q->cluster_size - 1)) return rt_error(0, GERR_INTERNAL, BAD_REFBLOCK, block, 0);
-        struct rec_resize_pair pr;
-        rec_init(&pr, REC_RESIZE_REFTABLE, sizeof pr);
-        pr.index = i;
-        pr.value = q->reftable[i];
-        int rc = emit_bounded(&n.reftable, &pr, sizeof pr);
-        if (rc) return rc;
-        const uint8_t *b = cluster_cache_get(cache, block);
-        if (!b) return rt_error(0, GERR_IO, block, 0, 0);
-        /* i < 2^20 and refblock_bits <= 24: the cluster index cannot overflow. */
-        uint64_t base = i << q->refblock_bits;
-        for (uint64_t j = 0; j < per_block; j++) {
-            rc = add_refcount(&run, base + j, qcow2_refblock_entry(b, q->refcount_order, j));
-            if (rc) return rc;
-        }
-    }
-    return flush_refrun(&run);
 }
 
 /* --- the snapshot table --- */
@@ -344,7 +284,7 @@ static int scan(struct qcow2 *q, uint64_t *table_size)
     const struct params *p = rt_params();
     uint64_t pick = p->arg[0];
     if (pick > q->nb_snapshots) return rt_error(0, GERR_BAD_PARAMS, 3, pick, 0);
-    int rc = scan_refcounts(q, &cache);
+    int rc = qcow2_scan_refcounts(q, &cache, emit_bounded, &n.reftable, &n.refruns);
     if (!rc) rc = scan_snapshots(q, pick, table_size);
     if (rc) return rc;
     bool active = (p->arg[1] & SNAPSCAN_F_ACTIVE_L1) != 0;
