@@ -18,6 +18,7 @@ import {
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { sweep } from "./support/full.ts";
+import { qemuLuksImage as qemuLuksImageWith } from "./support/luks_images.ts";
 
 const PW = "instar-luks-pw-7d3e91";
 const haveCryptsetup = (() => {
@@ -59,29 +60,8 @@ async function cryptsetupImage(dir: string, name: string, size: number, extra: s
   if (!r.success) throw new Error(`cryptsetup ${extra.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
 }
 
-/** qemu-img create -f luks (its PBKDF2 calibration fails at random here: retried). */
-async function qemuLuksImage(dir: string, name: string, size: string, opts: string): Promise<void> {
-  let last = "";
-  for (let i = 0; i < 8; i++) {
-    const r = await qemuImg(
-      [
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        `secret,id=s,data=${PW}`,
-        "-o",
-        `key-secret=s,iter-time=10${opts}`,
-        name,
-        size,
-      ],
-      dir,
-    );
-    if (r.code === 0) return;
-    last = r.stderr;
-  }
-  throw new Error(`qemu-img create -f luks ${opts}: ${last}`);
+function qemuLuksImage(dir: string, name: string, size: string, opts: string): Promise<void> {
+  return qemuLuksImageWith(dir, name, size, opts, PW);
 }
 
 /** Guest data with data, zero runs and a partial last chunk, written into the LUKS payload by qemu-img. */
