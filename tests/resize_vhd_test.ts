@@ -20,6 +20,7 @@ import { built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { vpcRoundedSize } from "../lib/formats/vpc/create_plan.ts";
 import { storeCrc32c } from "../lib/formats/vhdx/crc32c.ts";
+import { digest, isZero } from "./support/bytes.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -29,19 +30,6 @@ const MiB = 1024 * 1024;
 async function sha256(path: string): Promise<string> {
   const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
   return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-async function digest(b: Uint8Array): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", b.slice());
-  return Array.from(new Uint8Array(d), (x) => x.toString(16).padStart(2, "0")).join("");
-}
-
-function isZero(b: Uint8Array): boolean {
-  const words = Math.floor(b.length / 8);
-  const w = new BigUint64Array(b.buffer.slice(b.byteOffset, b.byteOffset + words * 8));
-  for (let i = 0; i < w.length; i++) if (w[i] !== 0n) return false;
-  for (let i = words * 8; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
 }
 
 async function info(path: string, fmt: string, dir: string): Promise<Record<string, unknown>> {

@@ -19,6 +19,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { digest, isZero } from "./support/bytes.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -32,19 +33,6 @@ const haveVmdkinfo = (() => {
 })();
 const ready = built() && haveQemuImg();
 const MiB = 1024 * 1024;
-
-async function digest(b: Uint8Array): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", b.slice());
-  return Array.from(new Uint8Array(d), (x) => x.toString(16).padStart(2, "0")).join("");
-}
-
-function isZero(b: Uint8Array): boolean {
-  const words = Math.floor(b.length / 8);
-  const w = new BigUint64Array(b.buffer.slice(b.byteOffset, b.byteOffset + words * 8));
-  for (let i = 0; i < w.length; i++) if (w[i] !== 0n) return false;
-  for (let i = words * 8; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
-}
 
 async function virtualSize(path: string, dir: string): Promise<bigint> {
   const o = await qemuImg(["info", "-f", "vmdk", "--output=json", path], dir);
