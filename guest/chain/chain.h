@@ -83,4 +83,14 @@ int chain_flush(struct chain *c);
  * a layer's end). -1 after an ERROR record.
  */
 int chain_status(struct chain *c, uint64_t off, uint64_t len, uint64_t *n);
+
+/*
+ * The top layer's own block status (qemu's bdrv_block_status, which
+ * qemu-img convert -B asks): as chain_status, but a run the top layer does
+ * not allocate returns 0 (left to the backing file), or CS_ZERO where qemu
+ * calls it zero (a qcow2/vmdk layer without a backing file, or a run
+ * starting past the backing file's end). A layer whose qemu driver has no
+ * block_status answers DATA or ZERO|ALLOCATED from its precise runs.
+ */
+int chain_top_status(struct chain *c, uint64_t off, uint64_t len, uint64_t *n);
 #endif

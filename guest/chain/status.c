@@ -8,7 +8,7 @@
  */
 #include "chain.h"
 
-static int layer_status(struct chain *c, uint32_t i, uint64_t off, uint64_t len, uint64_t *n)
+static int layer_status(struct chain *c, uint32_t i, uint64_t off, uint64_t len, uint64_t *n, bool top_only)
 {
     struct chain_layer *cl = &c->layers[i];
     struct layer *l = &cl->l;
@@ -19,7 +19,7 @@ static int layer_status(struct chain *c, uint32_t i, uint64_t off, uint64_t len,
         return CS_ZERO | CS_ALLOCATED;
     }
     if (len > l->length - off) len = l->length - off;
-    if (l->qemu_all_data && !c->precise) {
+    if (l->qemu_all_data && !c->precise && !top_only) {
         /* io.c without bdrv_co_block_status: the whole request is data. */
         *n = len;
         return CS_DATA | CS_ALLOCATED | (off + len == l->length ? CS_EOF : 0);
@@ -58,24 +58,45 @@ static int layer_status(struct chain *c, uint32_t i, uint64_t off, uint64_t len,
     /* A recursed hole stays DATA as well (qemu only adds ZERO): -s sees both. */
     if (st & LS_ZERO) return CS_ZERO | CS_ALLOCATED | ov | eof | ((st & LS_RECURSE) && (st & LS_DATA) ? CS_DATA : 0);
     if (st & (LS_DATA | LS_COMPRESSED)) return CS_DATA | CS_ALLOCATED | ov | eof;
+    if (top_only) {
+        /* qemu reads a driver without block_status as all data: what the
+         * layer does not hold reads as zeroes there. */
+        if (l->qemu_all_data) return CS_ZERO | CS_ALLOCATED | eof;
+        /* io.c's bdrv_co_block_status for an unallocated run: zero without
+         * a backing file (formats that take one), or where the run starts
+         * past the backing file's end; else left to the backing file. */
+        bool cow = l->fmt == FMT_QCOW2 || l->fmt == FMT_VMDK;
+        if (cow && (i + 1 >= c->n || off >= c->layers[i + 1].l.length)) return CS_ZERO | eof;
+        return (int)eof;
+    }
     /* Unallocated here: the layer below decides; without one, qemu calls
      * it zero (not allocated). An allocated answer from below loses its
      * EOF (qemu re-derives it for the top); an unallocated one keeps it. */
     if (i + 1 < c->n) {
-        r = layer_status(c, i + 1, off, k, n);
+        r = layer_status(c, i + 1, off, k, n, false);
         if (r > 0 && (r & CS_ALLOCATED)) r &= ~CS_EOF;
         return r;
     }
     return CS_ZERO | eof;
 }
 
-int chain_status(struct chain *c, uint64_t off, uint64_t len, uint64_t *n)
+static int status_of(struct chain *c, uint64_t off, uint64_t len, uint64_t *n, bool top_only)
 {
     uint64_t end;
     if (len == 0 || __builtin_add_overflow(off, len, &end) || end > c->size)
         return rt_error(0, GERR_BAD_PARAMS, off, len, 1);
-    int r = layer_status(c, 0, off, len, n);
+    int r = layer_status(c, 0, off, len, n, top_only);
     if (r >= 0 && (*n == 0 || *n > len)) return rt_error(0, GERR_INTERNAL, off, *n, 1);
     if (r >= 0 && off + *n == c->size) r |= CS_EOF;
     return r;
+}
+
+int chain_status(struct chain *c, uint64_t off, uint64_t len, uint64_t *n)
+{
+    return status_of(c, off, len, n, false);
+}
+
+int chain_top_status(struct chain *c, uint64_t off, uint64_t len, uint64_t *n)
+{
+    return status_of(c, off, len, n, true);
 }

@@ -44,6 +44,8 @@
 #define CONV_COUNT 8
 #define CONV_BLOCK 16
 #define CONV_VMDK 32
+#define CONV_BACKING 64
+#define CONV_ZERO_DATA 128
 
 #define CMP_IDENTICAL 0
 #define CMP_MISMATCH 1
@@ -104,6 +106,7 @@
 #define REC_RESIZE_SUMMARY 25
 #define REC_RESIZE_META 26
 #define REC_RESIZE_BYTES 27
+#define REC_ZERO_RUN 120
 #define REC_DIFF_RUN 50
 #define REC_BITMAP_DIR 60
 #define REC_BITMAP_ENTRY 61

@@ -40,6 +40,19 @@
  * the host's planners (lib/formats/{vpc,vhdx}/output_plan.ts) write all
  * metadata.
  *
+ * With CONV_BACKING (qcow2 output, convert -B; one guest): block status is
+ * the top layer's own (chain_top_status, qemu's bdrv_block_status): what
+ * the top leaves unallocated stays unallocated (the target's backing file
+ * shows through), what it reads as zeroes becomes a zero cluster (qemu's
+ * write-zeroes) reported as ZERO_RUN with host_offset 0, except from arg[7]
+ * (the target backing file's size) on, where zeroes stay unallocated too.
+ * A target cluster mixing such left-alone bytes with written ones, or an
+ * all-zero cluster written by more than one request, would need the backing
+ * file's bytes (qemu copies them in, or asks them whether they read as
+ * zeroes): ZERO_RUN with host_offset 1, which the host refuses. With
+ * CONV_ZERO_DATA (a compat=0.10 target, where qemu's write-zeroes falls back
+ * to writing zeroes) such clusters are stored as data clusters of zeroes.
+ *
  * With CONV_COUNT nothing is written: the guest counts the output clusters
  * of its range that may hold data, so the host can start a second guest's
  * qcow2 data right behind the first one's worst case.
@@ -514,6 +527,109 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     return 0;
 }
 
+/* ---- qcow2 output over a backing file (convert -B) ---- */
+
+#define CB_SKIP 1u  /* part of the cluster is left to the backing file */
+#define CB_WRITE 2u /* part of the cluster is written (data or zeroes) */
+#define CB_SPLIT 4u /* a written piece starts or ends inside the cluster */
+static uint8_t cstate[CHUNK >> 9];
+static struct rec_data_run zrun; /* the ZERO_RUN being built (count 0 = none) */
+
+static int emit_zrun(void)
+{
+    if (!zrun.count) return 0;
+    if (emit_rec(&zrun, REC_ZERO_RUN, sizeof zrun)) return -1;
+    zrun.count = 0;
+    return 0;
+}
+
+/* Guest cluster gc is write-zeroed (partial 0) or needs the backing file (partial 1). */
+static int zero_cluster(uint64_t gc, uint64_t partial)
+{
+    if (zrun.count && zrun.guest_cluster + zrun.count == gc && zrun.host_offset == partial) {
+        zrun.count++;
+        return 0;
+    }
+    if (emit_zrun()) return -1;
+    zrun.guest_cluster = gc;
+    zrun.count = 1;
+    zrun.host_offset = partial;
+    return 0;
+}
+
+/* What qemu-img convert -B does with the run at `at`: 0 leave it to the
+ * backing file, 1 write zeroes, 2 copy data. -1 on error. */
+static int backing_kind(uint64_t at, uint64_t len, uint64_t bsize, uint64_t *k)
+{
+    if (at < bsize && len > bsize - at) len = bsize - at; /* qemu splits there */
+    int st = chain_top_status(&chain, at, len, k);
+    if (st < 0) return -1;
+    if (st & CS_ZERO) return at >= bsize ? 0 : 1;
+    return (st & CS_DATA) ? 2 : 0;
+}
+
+static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
+                                 bool zero_data, uint8_t *buf)
+{
+    uint64_t csize = 1ull << cbits;
+    for (uint64_t off = start; off < end;) {
+        /* Long runs left alone or write-zeroed: whole clusters at once. */
+        uint64_t k = 0;
+        int kind = backing_kind(off, end - off, bsize, &k);
+        if (kind < 0) return -1;
+        if (kind != 2 && (kind == 0 || (min_sparse && !zero_data)) && k >= CHUNK) {
+            uint64_t whole = k & ~(csize - 1);
+            if (kind == 1) {
+                uint64_t gc = off >> cbits, count = whole >> cbits;
+                if (zero_cluster(gc, 0)) return -1;
+                zrun.count += count - 1;
+            }
+            off += whole;
+            hc_progress(off - start, end - start);
+            continue;
+        }
+        uint64_t n = end - off < CHUNK ? end - off : CHUNK;
+        uint64_t padded = (n + csize - 1) & ~(csize - 1);
+        memset(cstate, 0, padded >> cbits);
+        for (uint64_t at = off; at < off + n;) {
+            kind = backing_kind(at, off + n - at, bsize, &k);
+            if (kind < 0) return -1;
+            if (kind == 2) {
+                if (chain_read(&chain, at, k, buf + (at - off))) return -1;
+            } else {
+                memset(buf + (at - off), 0, k);
+            }
+            uint64_t first = (at - off) >> cbits, last = (at + k - 1 - off) >> cbits;
+            for (uint64_t c = first; c <= last; c++) cstate[c] |= kind ? CB_WRITE : CB_SKIP;
+            if (kind) {
+                if (at & (csize - 1)) cstate[first] |= CB_SPLIT;
+                if (((at + k) & (csize - 1)) && at + k != chain.size) cstate[last] |= CB_SPLIT;
+            }
+            at += k;
+        }
+        if (chain_flush(&chain)) return -1;
+        if (padded > n) memset(buf + n, 0, padded - n);
+        for (uint64_t c = 0; c < padded >> cbits; c++) {
+            uint8_t s = cstate[c];
+            uint64_t gc = (off >> cbits) + c;
+            const uint8_t *cl = buf + (c << cbits);
+            if (!(s & CB_WRITE)) continue;
+            if (s & CB_SKIP) {
+                if (zero_cluster(gc, 1)) return -1;
+            } else if (min_sparse && !zero_data && buf_is_zero(cl, csize)) {
+                if (zero_cluster(gc, (s & CB_SPLIT) ? 1 : 0)) return -1;
+            } else if (store_cluster(gc, cl, csize)) {
+                return -1;
+            }
+        }
+        if (flush_writes()) return -1;
+        off += n;
+        hc_progress(off - start, end - start);
+    }
+    if (emit_run() || emit_zrun()) return -1;
+    return 0;
+}
+
 /* Clusters of [start, end) that status says may hold data (all of them
  * with -S 0): an upper bound on what convert_qcow2 writes for the range. */
 static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t min_sparse, uint64_t *count)
@@ -547,8 +663,11 @@ int op_main(void)
     uint32_t flags = (uint32_t)p->arg[1];
     uint64_t min_sparse = p->arg[2];
     if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
-    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK))
+    if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK | CONV_BACKING | CONV_ZERO_DATA))
         return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
+    if ((flags & CONV_ZERO_DATA) && !(flags & CONV_BACKING)) return rt_error(0, GERR_BAD_PARAMS, 5, 12, 0);
+    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA)) != CONV_QCOW2)
+        return rt_error(0, GERR_BAD_PARAMS, 5, 11, 0);
     if (flags & CONV_VMDK) {
 #ifdef CONVERT_ZLIB
         /* 64 KiB grains, zlib, never with ZSTD or BLOCK. */
@@ -604,7 +723,9 @@ int op_main(void)
         if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
         max_refs = p->arg[7];
-        if (flags & CONV_COUNT) {
+        if (flags & CONV_BACKING) {
+            if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA, buf)) return -1;
+        } else if (flags & CONV_COUNT) {
             if (count_clusters(start, end, (uint32_t)cbits, min_sparse, &n_clusters)) return -1;
         } else if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) {
             return -1;

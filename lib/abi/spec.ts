@@ -300,6 +300,11 @@ export const records = {
   RESIZE_META: 26,
   /** vpc/vhdx resize scan: metadata bytes the planner rewrites (rec_resize_bytes). */
   RESIZE_BYTES: 27,
+  // 120..124: convert -B (convertFlags.BACKING).
+  /** Guest clusters [guest_cluster, +count) of a qcow2 target with a backing file that qemu
+   * write-zeroes (rec_data_run): host_offset 0 = a zero cluster; 1 = the clusters are only partly
+   * written over the backing file (qemu would copy the backing file's bytes in: refused). */
+  ZERO_RUN: 120,
   // 50..59: in-place qcow2 writes (rebase, commit).
   /** rebase_diff: overlay clusters a safe rebase must copy (rec_diff_run). */
   DIFF_RUN: 50,
@@ -425,6 +430,15 @@ export const convertFlags = {
    * the padded length (a multiple of 512). The last grain of a disk that ends inside it is
    * compressed up to the disk's end (in whole sectors), as qemu does. */
   VMDK: 32,
+  /** With QCOW2 (not COMPRESS): the target has a backing file (convert -B). Block status is the
+   * top layer's alone (qemu's bdrv_block_status): runs the top does not allocate are left to
+   * the target's backing file; runs it reads as zeroes become ZERO_RUN records (qemu's
+   * write-zeroes), except from arg[7] (the target backing file's size in bytes) on, where
+   * zeroes are left unallocated too. Whole target clusters only: see ZERO_RUN. */
+  BACKING: 64,
+  /** With BACKING: a compat=0.10 target. qemu's write-zeroes falls back to writing zeroes there,
+   * so clusters that read as zeroes are stored as data clusters of zeroes (DATA_RUN). */
+  ZERO_DATA: 128,
 } as const;
 /** COMPARE record outcomes (qemu-img compare's cases). */
 export const compareResults = {
@@ -1382,6 +1396,7 @@ export const recordStructs: Record<number, string> = {
   [records.RESIZE_ZERO]: "rec_resize_range",
   [records.RESIZE_SUMMARY]: "rec_resize_summary",
   [records.DATA_RUN]: "rec_data_run",
+  [records.ZERO_RUN]: "rec_data_run",
   [records.COMPRESSED_RUN]: "rec_compressed_run",
   [records.CONVERT_DONE]: "rec_convert_done",
   [records.COMPARE]: "rec_compare",

@@ -39,6 +39,7 @@ import {
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
+import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
@@ -267,7 +268,6 @@ function checkSupported(a: ConvertArgs, srcNum: number) {
   }
   if (a.salvage) throw no("--salvage");
   if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
-  if (a.outBase !== undefined) throw no("A backing file for the target (-B)");
 }
 
 /** A fresh temporary name beside the target (same filesystem, so rename is atomic). */
@@ -451,6 +451,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
     const size = chain[0].length;
+    if (a.skipCreate && a.outBase !== undefined) {
+      // qemu-img reports this, then ends with status 0 having written nothing.
+      if (a.targetIsZero) {
+        io.err(`${PROGRAM}: Cannot use --target-is-zero when the destination image has a backing file\n`);
+        return 0;
+      }
+      throw new CliError(["Writing into an existing image with a backing file (-n -B) is not supported by instar convert"]);
+    }
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
       const img = await openQcow2Target(outFilename!, o.unsafeQuirks);
@@ -477,7 +485,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     if (!outDriver) throw new CliError([`Unknown file format '${a.outFmt}'`]);
     let spec: OutputSpec;
     try {
-      spec = outputOptions(outDriver, a.options ?? "", outFilename!, size);
+      spec = outputOptions(outDriver, a.options ?? "", outFilename!, size, {
+        backingFile: a.outBase,
+        backingFmt: a.backingFmt,
+      });
     } catch (e) {
       if (e instanceof OutputOptionError) throw new CliError([e.message]);
       throw e;
@@ -492,10 +503,29 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
     }
     // Raw targets take falloc/full as qemu's raw create does (the file
-    // allocated as zeroes before the data lands); qcow2's modes need the
-    // in-place cluster writer.
-    if (spec.preallocation !== "off" && (spec.writer !== "raw" || a.skipCreate || toStdout)) {
+    // allocated as zeroes before the data lands); qcow2 targets are created
+    // preallocated as `create` makes them, then written in place.
+    if (
+      spec.preallocation !== "off" &&
+      ((spec.writer !== "raw" && spec.writer !== "qcow2") || a.skipCreate || toStdout)
+    ) {
       throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
+    }
+    // -B (or -o backing_file): qemu opens the new target with its backing
+    // chain; so does instar, read-only, to learn the backing file's size.
+    let backingSize: bigint | undefined;
+    const backingName = spec.qcow2?.backingFile;
+    if (backingName !== undefined) {
+      if (toStdout) throw new CliError(["Writing an image with a backing file to stdout is not supported by instar"]);
+      if (a.compress) {
+        throw new CliError(["Compressed output with a backing file (-c -B) is not supported by instar convert"]);
+      }
+      backingSize = await openTargetBacking(
+        outFilename!,
+        new TextDecoder().decode(backingName),
+        spec.qcow2!.backingFormat,
+        o,
+      );
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
     if (toStdout && spec.writer === "extents") {
@@ -594,12 +624,15 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     for (const [i, t] of (inPlace ? [] : targets).entries()) {
       try {
-        outs.push(await temps.createOutput(t));
+        // A preallocated qcow2 is written in place by guests that open it
+        // by name (O_NOFOLLOW): a named temporary, not an unnamed file's /proc link.
+        const named = spec.writer === "qcow2" && spec.preallocation !== "off";
+        outs.push(named ? await temps.create(t, "out") : await temps.createOutput(t));
       } catch (e) {
         throw cannotCreateAt(names[i], errnoText(e));
       }
     }
-    if (spec.preallocation !== "off" && !inPlace && size > 0n) {
+    if (spec.writer === "raw" && spec.preallocation !== "off" && !inPlace && size > 0n) {
       // raw_co_create with falloc or full: the whole (512-rounded) file
       // allocated as zeroes; the data written after only fills it in.
       const out = outs[outs.length - 1];
@@ -650,8 +683,16 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToStream(job, spec.stream!, out);
       } else if (spec.writer === "extents") {
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
+      } else if (spec.preallocation !== "off") {
+        written = await convertPreallocatedQcow2(outFilename!, out, spec.qcow2Create!, {
+          unsafeQuirks: o.unsafeQuirks,
+          source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
+          size,
+          minSparse: a.minSparse,
+          onProgress: job.onProgress,
+        });
       } else {
-        written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress }, out);
+        written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress, backingSize }, out);
       }
     } catch (e) {
       if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);

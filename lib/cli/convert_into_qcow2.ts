@@ -92,10 +92,12 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   }
   const total = writes.reduce((t, w) => t + (w.kind === "data" ? w.count << cb : 0n), 0n);
   let before = 0n;
+  // --target-is-zero: qemu skips its zero writes, also the -S zero blocks
+  // inside a data cluster (they stay as the target had them).
   await applyWritePlan(plan.value, job.source, img, job.size, what, (d, finished) => {
     if (finished) before += d;
     else job.onProgress?.(before + d, total);
-  });
+  }, job.targetIsZero ? job.minSparse : 0n);
   return total;
 }
 

@@ -37,6 +37,8 @@ export async function moveData(
   what: string,
   /** Bytes moved so far in this call; `finished` once, at its end. */
   onMoved?: (done: bigint, finished: boolean) => void,
+  /** Blocks of this many bytes that read as zeroes are not written (0: everything is). */
+  sparse = 0n,
 ): Promise<void> {
   const list = moves.filter((m) => m.to > m.from);
   if (list.length > 0) {
@@ -60,7 +62,7 @@ export async function moveData(
           op: "copy_runs",
           opCode: ops.COPY_RUNS,
           inputs: [...source, { path, format: formats.RAW, nofollow: true }],
-          args: [BigInt(list.length), total],
+          args: [BigInt(list.length), total, sparse],
           ramBytes: RAM,
           timeoutMs: TIMEOUT_MS,
           output: { path: target.openPath, cap },
@@ -113,6 +115,8 @@ export async function applyWritePlan(
   sourceSize: bigint,
   what: string,
   onMoved?: (done: bigint, finished: boolean) => void,
+  /** moveData's `sparse`: zero blocks not written (a target known to read as zeroes). */
+  sparse = 0n,
 ): Promise<void> {
   const cap = plan.fileSize;
   for (const round of plan.rounds) {
@@ -124,7 +128,7 @@ export async function applyWritePlan(
       if (to > sourceSize) to = sourceSize;
       moves.push({ from, to, at: c.host });
     }
-    await moveData(source, target, moves, cap, what, onMoved);
+    await moveData(source, target, moves, cap, what, onMoved, sparse);
     // The guest may have extended the file: the steps start from its length now.
     const size = await currentSize(target);
     // Zero patches are freed clusters qemu discards (punched, best effort).

@@ -5,7 +5,7 @@
 // they are (qemu_opts_do_parse runs before bdrv_create); errors about an
 // option's meaning get bdrv_create's "<file>: error while converting <fmt>: "
 // prefix.
-import { optSetNumber, parseOptions } from "../formats/options.ts";
+import { optGet, optSet, optSetNumber, parseOptions } from "../formats/options.ts";
 import type { FormatDriver, OutputSpec } from "../formats/types.ts";
 
 export type { OutputSpec };
@@ -18,8 +18,20 @@ export class OutputOptionError extends Error {
   }
 }
 
+/** convert's -B and -F (qemu-img's add_old_style_options). */
+export interface OldStyleOptions {
+  backingFile?: string;
+  backingFmt?: string;
+}
+
 /** Parses `-o` for a target of `size` bytes in `driver`'s format. */
-export function outputOptions(driver: FormatDriver, text: string, outFile: string, size: bigint): OutputSpec {
+export function outputOptions(
+  driver: FormatDriver,
+  text: string,
+  outFile: string,
+  size: bigint,
+  old: OldStyleOptions = {},
+): OutputSpec {
   const target = driver.convertTarget;
   if (!target || !driver.create) {
     throw new OutputOptionError(`Writing the ${driver.name} format is not supported by instar convert yet`);
@@ -29,6 +41,24 @@ export function outputOptions(driver: FormatDriver, text: string, outFile: strin
   const opts = parsed.value;
   // img_convert sets the size from the source after parsing -o.
   optSetNumber(opts, "size", size);
+  // add_old_style_options: -B and -F become backing_file and backing_fmt.
+  const has = (name: string) => driver.create!.options.some((d) => d.name === name);
+  if (old.backingFile !== undefined) {
+    if (!has("backing_file")) {
+      throw new OutputOptionError(`Backing file not supported for file format '${driver.name}'`);
+    }
+    optSet(opts, "backing_file", old.backingFile);
+  }
+  if (old.backingFmt !== undefined) {
+    if (!has("backing_fmt")) {
+      throw new OutputOptionError(`Backing file format not supported for file format '${driver.name}'`);
+    }
+    optSet(opts, "backing_fmt", old.backingFmt);
+  }
+  // img_convert: a backing file (-B or -o backing_file) needs its format named.
+  if (optGet(opts, "backing_file") !== undefined && optGet(opts, "backing_fmt") === undefined) {
+    throw new OutputOptionError("Use of backing file requires explicit backing format");
+  }
   const spec = target.spec(opts, outFile);
   if (!spec.ok) {
     if (spec.error.kind === "unsupported") throw new OutputOptionError(spec.error.message);

@@ -14,6 +14,7 @@ import {
   qcow2OutputFinish,
   type Qcow2OutputOptions,
   qcow2OutputPrologue,
+  type ZeroRun,
 } from "../formats/qcow2/output_plan.ts";
 import { alignUp, type FilePlan } from "../formats/plan.ts";
 import type { BlockOutput, BlockRun, ExtentsOutput, StreamOutput } from "../formats/types.ts";
@@ -191,6 +192,10 @@ export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bi
 export interface Part {
   runs: DataRun[];
   compressed: CompressedCluster[];
+  /** Zero clusters over the target's backing file (convert -B). */
+  zeros: ZeroRun[];
+  /** Clusters only partly written over the backing file (refused). */
+  partial: bigint;
   dataEnd: bigint;
   written: bigint;
 }
@@ -199,9 +204,16 @@ export interface Part {
 export function collect(recs: Rec[], shift: bigint): Part {
   const runs: DataRun[] = [];
   const compressed: CompressedCluster[] = [];
+  const zeros: ZeroRun[] = [];
+  let partial = 0n;
   for (const r of recs) {
     const f = r.fields;
-    if (r.type === records.DATA_RUN) {
+    if (r.type === records.ZERO_RUN) {
+      const run = { guestCluster: f.guest_cluster as bigint, count: f.count as bigint };
+      if (f.host_offset === 0n) zeros.push(run);
+      else if (f.host_offset === 1n) partial += run.count;
+      else throw new Error("malformed zero run");
+    } else if (r.type === records.DATA_RUN) {
       runs.push({
         guestCluster: f.guest_cluster as bigint,
         count: f.count as bigint,
@@ -226,6 +238,8 @@ export function collect(recs: Rec[], shift: bigint): Part {
   return {
     runs,
     compressed,
+    zeros,
+    partial,
     dataEnd: (done.data_end as bigint) + shift,
     written: done.bytes_written as bigint,
   };
@@ -234,6 +248,9 @@ export function collect(recs: Rec[], shift: bigint): Part {
 export interface Qcow2Target {
   options: Qcow2OutputOptions;
   compress: boolean;
+  /** convert -B: the target's backing file size in bytes (whole sectors); the
+   * guest then asks the source's top layer alone (one guest). */
+  backingSize?: bigint;
 }
 
 /** Thrown with qemu's words when the planner refuses (options, size). */
@@ -253,6 +270,8 @@ export interface Packing {
   capPerCluster: bigint;
   /** Where the second guest's data may start (a multiple of 4 KiB: collapse needs filesystem blocks). */
   align: bigint;
+  /** One guest only (convert -B). */
+  single?: boolean;
 }
 
 /**
@@ -268,7 +287,7 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
   const cs = k.clusterSize;
   const cbits = BigInt(cs.toString(2).length - 1);
   const clusters = (job.size + cs - 1n) / cs;
-  const n = guestCount(job.size, clusters);
+  const n = k.single ? 1 : guestCount(job.size, clusters);
   const mid = n === 2 ? middle(job.size, cs) : job.size;
   const report = progressOf(job, n);
   const guest = (
@@ -345,7 +364,17 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
   }
   // Compressed streams sharing a host cluster each hold a reference; narrow
   // refcounts cap how many may share one (64-bit: no practical cap).
-  const maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
+  let maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
+  if (target.backingSize !== undefined) {
+    if (target.compress) throw new PlanRefused("Compressed output with a backing file is not supported by instar convert");
+    if (o.extendedL2) {
+      throw new PlanRefused("Extended L2 entries with a backing file are not supported by instar convert");
+    }
+    flags |= BigInt(convertFlags.BACKING);
+    if (o.compat === "0.10") flags |= BigInt(convertFlags.ZERO_DATA);
+    // arg[7] carries the backing file's size in this mode.
+    maxRefs = target.backingSize;
+  }
   // A compressed stream stays under a cluster, plus at most a cluster of
   // padding before the next plain cluster or a fresh shared cluster.
   const packing: Packing = {
@@ -358,17 +387,26 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
     capPerCluster: cs,
     // Plain clusters sit on cluster boundaries.
     align: cs > 4096n ? cs : 4096n,
+    single: target.backingSize !== undefined,
   };
   return {
     packing,
     finish(parts) {
       const dataEnd = parts.reduce((m, p) => (p.dataEnd > m ? p.dataEnd : m), dataStart);
+      const partial = parts.reduce((t, p) => t + p.partial, 0n);
+      if (partial > 0n) {
+        throw new PlanRefused(
+          `${partial} target cluster(s) would be only partly written over the backing file (qemu copies ` +
+            "the backing file's data into them); this is not supported by instar convert",
+        );
+      }
       const plan = qcow2OutputFinish(
         o,
         job.size,
         dataEnd,
         parts.flatMap((p) => p.runs),
         parts.flatMap((p) => p.compressed),
+        parts.flatMap((p) => p.zeros),
       );
       if (!plan.ok) throw new PlanRefused(plan.error.message);
       return plan.value;

@@ -11,6 +11,7 @@ import type { ImageInfoModel } from "./image_info_model.ts";
 import type { VmdkModel } from "./vmdk/model.ts";
 import type { LuksModel } from "./luks/model.ts";
 import type { Qcow2OutputOptions } from "./qcow2/output_plan.ts";
+import type { Qcow2CreateOptions } from "./qcow2/create_plan.ts";
 
 /** qemu's preallocation modes (PreallocMode), in its order. */
 export const PREALLOC_MODES = ["off", "metadata", "falloc", "full"] as const;
@@ -225,6 +226,8 @@ export interface OutputSpec {
   writer: "raw" | "qcow2" | "blocks" | "stream" | "extents";
   preallocation: Prealloc;
   qcow2?: Qcow2OutputOptions;
+  /** qcow2: the create options themselves (a preallocated target is created as `create` makes it). */
+  qcow2Create?: Qcow2CreateOptions;
   blocks?: BlockOutput;
   stream?: StreamOutput;
   extents?: ExtentsOutput;

@@ -10,7 +10,7 @@ import { qcow2ErrorMessage } from "./errors.ts";
 import { qcow2Model } from "./model.ts";
 import { qcow2Bitmaps, qcow2Snapshots } from "./snapshots.ts";
 import { QCOW2_CREATE_OPTS, QCOW2_OWN, qcow2CreateOptions } from "./options.ts";
-import { qcow2CreatePlan } from "./create_plan.ts";
+import { qcow2CreatePlan, validateCreate } from "./create_plan.ts";
 import { qcow2Measure } from "./measure.ts";
 import { qcow2Resize } from "./resize.ts";
 
@@ -70,19 +70,17 @@ export const qcow2Driver: FormatDriver = {
   measure: qcow2Measure,
   convertTarget: {
     spec(opts) {
-      if (optGet(opts, "backing_file") !== undefined || optGet(opts, "backing_fmt") !== undefined) {
-        return fail(
-          "unsupported",
-          "A backing file for the target (-o backing_file) is not supported by instar convert",
-        );
-      }
       const typed = qcow2CreateOptions(opts);
       // Every refusal of the options themselves gets bdrv_create's prefix.
       if (!typed.ok) return fail("invalid_option", typed.error.message);
       const t = typed.value;
+      // qcow2_co_create's checks, in its order (the backing ones included).
+      const bad = validateCreate(t);
+      if (bad !== undefined) return fail("invalid_option", bad);
       return ok({
         writer: "qcow2",
         preallocation: t.preallocation,
+        qcow2Create: t,
         qcow2: {
           clusterSize: t.clusterSize,
           // Out-of-range widths reach the planner, which words qemu's refusal.
@@ -91,6 +89,9 @@ export const qcow2Driver: FormatDriver = {
           extendedL2: t.extendedL2,
           lazyRefcounts: t.lazyRefcounts,
           compressionType: t.compressionType,
+          // convert -B / -o backing_file: the name stored as given, never opened by the planner.
+          backingFile: t.backingFile === undefined ? undefined : new TextEncoder().encode(t.backingFile),
+          backingFormat: t.backingFormat,
         },
       });
     },

@@ -35,6 +35,7 @@ import {
   MAX_L1_BYTES,
   MAX_REFTABLE_BYTES,
   MIN_CLUSTER_BITS,
+  OFLAG_ZERO,
   putL2,
   refcountMax,
   refcountMetadata,
@@ -58,6 +59,13 @@ export interface DataRun {
   guestCluster: bigint;
   count: bigint;
   hostOffset: bigint;
+}
+
+/** Guest clusters [guestCluster, guestCluster+count) that read as zeroes over
+ * a backing file (convert -B): zero clusters, no host cluster. */
+export interface ZeroRun {
+  guestCluster: bigint;
+  count: bigint;
 }
 
 /** A compressed cluster: `length` bytes of compressed stream at byte offset hostOffset. */
@@ -158,6 +166,7 @@ export function qcow2OutputFinish(
   dataEnd: bigint,
   runs: DataRun[],
   compressed: CompressedCluster[],
+  zeros: ZeroRun[] = [],
 ): PlanResult<FilePlan> {
   const gr = geometry(o, virtualSize);
   if (!gr.ok) return gr;
@@ -202,6 +211,21 @@ export function qcow2OutputFinish(
     compressedEntries.push(entry);
     guest.push([c.guestCluster, c.guestCluster + 1n]);
     host.push([c.hostOffset, c.hostOffset + c.length]);
+  }
+  if (zeros.length > 0 && o.backingFile === undefined) return bad("Zero clusters without a backing file");
+  // qemu's write-zeroes on a compat=0.10 image with a backing file falls
+  // back to writing zeroes as data: instar does not replay that.
+  if (zeros.length > 0 && o.compat === "0.10") {
+    return fail(
+      "unsupported",
+      "Zero clusters over a backing file in a compat=0.10 target are not supported by instar convert",
+    );
+  }
+  for (const z of zeros) {
+    if (z.count <= 0n || z.guestCluster < 0n || z.guestCluster + z.count > g.guestClusters) {
+      return bad(`Zero run at guest cluster ${z.guestCluster} passes the image end`);
+    }
+    guest.push([z.guestCluster, z.guestCluster + z.count]);
   }
   for (const [list, what] of [[guest, "Guest cluster"], [host, "Host offset"]] as const) {
     list.sort((a, b) => cmp(a[0], b[0]));
@@ -270,6 +294,13 @@ export function qcow2OutputFinish(
     const { table, slot } = l2Table(c.guestCluster);
     putL2(table, slot, compressedEntries[i], o.extendedL2, 0n);
   });
+  // Zero clusters: QCOW_OFLAG_ZERO, or every subcluster's zero bit.
+  for (const z of zeros) {
+    for (let i = 0n; i < z.count; i++) {
+      const { table, slot } = l2Table(z.guestCluster + i);
+      putL2(table, slot, o.extendedL2 ? 0n : OFLAG_ZERO, o.extendedL2, o.extendedL2 ? L2_BITMAP_ALL_ALLOC << 32n : 0n);
+    }
+  }
 
   // Refcounts: one for the header, L1, data, L2, refcount blocks and
   // table clusters; compressed clusters count their streams.
