@@ -457,7 +457,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         io.err(`${PROGRAM}: Cannot use --target-is-zero when the destination image has a backing file\n`);
         return 0;
       }
-      throw new CliError(["Writing into an existing image with a backing file (-n -B) is not supported by instar convert"]);
+      throw new CliError([
+        "Writing into an existing image with a backing file (-n -B) is not supported by instar convert",
+      ]);
     }
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
@@ -511,14 +513,25 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     ) {
       throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
     }
+    // The in-place writer does not write subclusters (nor over a backing
+    // file, which qemu allows with preallocation only with extended_l2).
+    if (spec.writer === "qcow2" && spec.preallocation !== "off" && spec.qcow2!.extendedL2) {
+      throw new CliError([
+        `Preallocation (${spec.preallocation}) with extended L2 entries is not supported by instar convert yet`,
+      ]);
+    }
     // -B (or -o backing_file): qemu opens the new target with its backing
     // chain; so does instar, read-only, to learn the backing file's size.
     let backingSize: bigint | undefined;
     const backingName = spec.qcow2?.backingFile;
     if (backingName !== undefined) {
-      if (toStdout) throw new CliError(["Writing an image with a backing file to stdout is not supported by instar"]);
+      if (toStdout) {
+        throw new CliError(["Writing an image with a backing file to stdout is not supported by instar"]);
+      }
       if (a.compress) {
-        throw new CliError(["Compressed output with a backing file (-c -B) is not supported by instar convert"]);
+        throw new CliError([
+          "Compressed output with a backing file (-c -B) is not supported by instar convert",
+        ]);
       }
       backingSize = await openTargetBacking(
         outFilename!,

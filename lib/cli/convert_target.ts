@@ -6,7 +6,7 @@
 // it in place (qemu-img's bdrv_create with `-o preallocation`, then its copy
 // with has_zero_init: nothing is written where the source reads as zeroes).
 import { CliError } from "./messages.ts";
-import { errnoText, type OpenedImage, OpenError, openChain, openFailure, openImage } from "./image.ts";
+import { errnoText, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { hostPath } from "../host/context.ts";
@@ -31,7 +31,9 @@ export async function openTargetBacking(
   o: InstarOptions,
 ): Promise<bigint> {
   if (name === "") {
-    throw new CliError([`${target}: error while converting qcow2: Expected backing file name, got empty string`]);
+    throw new CliError([
+      `${target}: error while converting qcow2: Expected backing file name, got empty string`,
+    ]);
   }
   const full = fullBackingFilename(target, name);
   if (full === null) throw new CliError([`Cannot use relative backing file names for '${target}'`]);
@@ -92,7 +94,9 @@ export async function convertPreallocatedQcow2(
     const range = plan.value.allocate;
     if (range) await allocate(out, range.offset, range.length, create.preallocation);
   } catch (e) {
-    throw new CliError([`${prefix}Could not write qcow2 image: ${e instanceof Error ? e.message : errnoText(e)}`]);
+    throw new CliError([
+      `${prefix}Could not write qcow2 image: ${e instanceof Error ? e.message : errnoText(e)}`,
+    ]);
   }
   const img = await openQcow2Target(out, job.unsafeQuirks);
   return await convertIntoQcow2({ ...job, target: display, targetIsZero: true }, img);

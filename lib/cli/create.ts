@@ -91,7 +91,12 @@ async function resizeFile(filename: string, size: bigint, fmt: string, hint: str
  * preallocation=falloc (as qemu's file-posix does, through the VMM library),
  * real zeroes written for full.
  */
-export async function allocate(filename: string, offset: bigint, length: bigint, mode: string): Promise<void> {
+export async function allocate(
+  filename: string,
+  offset: bigint,
+  length: bigint,
+  mode: string,
+): Promise<void> {
   if (length <= 0n) return;
   if (mode === "falloc") {
     const st = await Deno.stat(hostPath(filename));

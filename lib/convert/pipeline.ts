@@ -366,7 +366,9 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
   // refcounts cap how many may share one (64-bit: no practical cap).
   let maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
   if (target.backingSize !== undefined) {
-    if (target.compress) throw new PlanRefused("Compressed output with a backing file is not supported by instar convert");
+    if (target.compress) {
+      throw new PlanRefused("Compressed output with a backing file is not supported by instar convert");
+    }
     if (o.extendedL2) {
       throw new PlanRefused("Extended L2 entries with a backing file are not supported by instar convert");
     }

@@ -243,6 +243,9 @@ export function optionHelp(descs: OptDesc[]): string {
 /** The file layer's `preallocation` as qemu checks it when a format creates its file (off, falloc, full). */
 export function fileLayerPreallocation(o: ParsedOpts): PlanResult<string> {
   const v = optGet(o, "preallocation")?.str ?? "off";
+  // file-posix's raw_co_create: an unknown mode is a parse error, metadata
+  // a mode it does not do (kubevirt matches these words).
+  if (v === "metadata") return fail("invalid_option", "Unsupported preallocation mode: metadata");
   if (!["off", "falloc", "full"].includes(v)) return fail("invalid_option", `invalid parameter value: ${v}`);
   return ok(v);
 }

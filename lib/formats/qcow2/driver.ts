@@ -4,7 +4,7 @@
 import { formats, records } from "../../abi/spec.ts";
 import type { CreateHost, DecodedImage, FormatDriver } from "../types.ts";
 import { CreateError } from "../types.ts";
-import { optGet, type ParsedOpts } from "../options.ts";
+import type { ParsedOpts } from "../options.ts";
 import { fail, ok } from "../plan.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
 import { qcow2Model } from "./model.ts";

@@ -298,7 +298,13 @@ export function qcow2OutputFinish(
   for (const z of zeros) {
     for (let i = 0n; i < z.count; i++) {
       const { table, slot } = l2Table(z.guestCluster + i);
-      putL2(table, slot, o.extendedL2 ? 0n : OFLAG_ZERO, o.extendedL2, o.extendedL2 ? L2_BITMAP_ALL_ALLOC << 32n : 0n);
+      putL2(
+        table,
+        slot,
+        o.extendedL2 ? 0n : OFLAG_ZERO,
+        o.extendedL2,
+        o.extendedL2 ? L2_BITMAP_ALL_ALLOC << 32n : 0n,
+      );
     }
   }
 

@@ -42,7 +42,13 @@ export const vhdxDriver: FormatDriver = {
     own: VHDX_OWN,
     async run(_filename, opts, host) {
       // vhdx creates (empties) the file before its own checks.
+      // The file layer parses its preallocation before it creates the file
+      // and refuses metadata after (the empty file stays, as qemu leaves it).
+      const prealloc = fileLayerPreallocation(opts);
+      const unsupported = !prealloc.ok && prealloc.error.message.startsWith("Unsupported");
+      if (!prealloc.ok && !unsupported) throw new CreateError(prealloc.error.message);
       await host.createFile();
+      if (!prealloc.ok) throw new CreateError(prealloc.error.message);
       const plan = planVhdxCreate(vhdxCreateOptions(opts), vhdxEntropy());
       if (!plan.ok) throw new CreateError(plan.error.message);
       await host.applyPlan(plan.value);

@@ -40,7 +40,13 @@ export const vpcDriver: FormatDriver = {
     own: VPC_OWN,
     async run(_filename, opts, host) {
       // vpc creates (empties) the file before its own checks.
+      // The file layer parses its preallocation before it creates the file
+      // and refuses metadata after (the empty file stays, as qemu leaves it).
+      const prealloc = fileLayerPreallocation(opts);
+      const unsupported = !prealloc.ok && prealloc.error.message.startsWith("Unsupported");
+      if (!prealloc.ok && !unsupported) throw new CreateError(prealloc.error.message);
       await host.createFile();
+      if (!prealloc.ok) throw new CreateError(prealloc.error.message);
       const plan = planVpcCreate(vpcCreateOptions(opts), vpcEntropy());
       if (!plan.ok) throw new CreateError(plan.error.message);
       await host.applyPlan(plan.value);

@@ -1,0 +1,125 @@
+// convert -B BACKING -F FMT -O qcow2 (the target as an overlay) against
+// qemu-img 7.2: the source's top layer decides (what it leaves unallocated
+// stays so, what reads as zeroes becomes zero clusters, not past the backing
+// file's end), the header names the backing file as given. Every case runs
+// the same command line through qemu-img and instar (tests/support/convert_compare.ts):
+// stdout, stderr, exit code, qemu-img compare, info and map (without the
+// target's own offsets: instar lays out its qcow2 differently) and check.
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { compareIn, io, refused, setUp } from "./support/convert_compare.ts";
+
+await useHostedGuestsWithoutKvm();
+
+const ready = built() && haveQemuImg();
+
+const BASE = ["qemu-img create -q -f qcow2 base.qcow2 4M", io("base.qcow2", "write -P 1 0 1M")];
+// Data, a zero-flagged cluster, a cluster of written zeroes, a 4 KiB write, all over the base.
+const TOP = [
+  ...BASE,
+  "qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M",
+  io("top.qcow2", "write -P 2 64k 64k", "write -z 256k 64k", "write -P 0 512k 64k", "write -P 3 1M 4k"),
+];
+// A backing file shorter than the image: zeroes past its end stay unallocated.
+const SMALL = ["qemu-img create -q -f qcow2 small.qcow2 1M", io("small.qcow2", "write -P 7 0 64k")];
+const RAW = [
+  "qemu-img create -q -f raw src.raw 4M",
+  io("-f raw src.raw", "write -P 5 0 100k", "write -P 6 1M 64k"),
+];
+
+const OK: { name: string; args: string[] }[] = [
+  { name: "a chain's top layer over its own base", args: ["-B", "base.qcow2", "-F", "qcow2", "top.qcow2"] },
+  { name: "-S 0", args: ["-S", "0", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2"] },
+  {
+    name: "-o backing_file and backing_fmt",
+    args: ["-o", "backing_file=base.qcow2,backing_fmt=qcow2", "top.qcow2"],
+  },
+  {
+    name: "compat=0.10 (zeroes written as data)",
+    args: ["-o", "compat=0.10", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2"],
+  },
+  { name: "a backing file named as raw", args: ["-B", "base.qcow2", "-F", "raw", "top.qcow2"] },
+  {
+    name: "a raw source over a shorter backing file",
+    args: ["-f", "raw", "-B", "small.qcow2", "-F", "qcow2", "src.raw"],
+  },
+  {
+    name: "a standalone qcow2 source (unallocated reads as zeroes)",
+    args: ["-B", "small.qcow2", "-F", "qcow2", "small.qcow2"],
+  },
+];
+
+Deno.test({ name: "convert -B: targets equal to qemu-img's", ignore: !ready }, async (t) => {
+  await withTempDir("instar-convert-b-", async (root) => {
+    await setUp(root, [...TOP, ...SMALL, ...RAW]);
+    for (const c of OK) {
+      await t.step(c.name, async () => {
+        await compareIn(root, { make: [], args: ["convert", "-O", "qcow2", ...c.args, "out.qcow2"] });
+      });
+    }
+  });
+});
+
+const ERRORS: { name: string; args: string[] }[] = [
+  { name: "-B without -F", args: ["-O", "qcow2", "-B", "base.qcow2"] },
+  { name: "-o backing_file without backing_fmt", args: ["-O", "qcow2", "-o", "backing_file=base.qcow2"] },
+  { name: "-F without -B", args: ["-O", "qcow2", "-F", "qcow2"] },
+  { name: "-F for raw", args: ["-O", "raw", "-F", "qcow2"] },
+  { name: "-B for raw", args: ["-O", "raw", "-B", "base.qcow2", "-F", "qcow2"] },
+  { name: "-B for vpc", args: ["-O", "vpc", "-B", "base.qcow2", "-F", "qcow2"] },
+  { name: "-B for vmdk", args: ["-O", "vmdk", "-B", "base.qcow2", "-F", "qcow2"] },
+  { name: "a bad -F", args: ["-O", "qcow2", "-B", "base.qcow2", "-F", "foo"] },
+  { name: "a missing backing file", args: ["-O", "qcow2", "-B", "nonexist", "-F", "qcow2"] },
+  { name: "a backing file of another format", args: ["-O", "qcow2", "-B", "base.qcow2", "-F", "vpc"] },
+  {
+    name: "with preallocation",
+    args: ["-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2", "-o", "preallocation=metadata"],
+  },
+];
+
+Deno.test({ name: "convert -B: qemu-img's refusals, word for word", ignore: !ready }, async () => {
+  await withTempDir("instar-convert-b-", async (root) => {
+    await setUp(root, TOP);
+    for (const c of ERRORS) {
+      const { want } = await compareIn(root, {
+        make: [],
+        args: ["convert", ...c.args, "top.qcow2", "out.qcow2"],
+      });
+      assertEquals(want.code, 1, c.name);
+    }
+  });
+});
+
+Deno.test({ name: "convert -n -B --target-is-zero: qemu's message, exit 0", ignore: !ready }, async () => {
+  await withTempDir("instar-convert-b-", async (dir) => {
+    for (const l of [...TOP, "qemu-img create -q -f qcow2 out.qcow2 4M"]) await sh(dir, "sh", "-c", l);
+    const args = [
+      "convert",
+      "-n",
+      "--target-is-zero",
+      "-O",
+      "qcow2",
+      "-B",
+      "base.qcow2",
+      "top.qcow2",
+      "out.qcow2",
+    ];
+    const want = await qemuImg(args, dir);
+    const got = await instarHere(args, dir);
+    assertEquals(got, { ...want, stderr: want.stderr.replaceAll("qemu-img", "instar") });
+  });
+});
+
+Deno.test({ name: "convert -B: instar's own refusals leave nothing", ignore: !ready }, async () => {
+  // A 4 KiB write in a 4 KiB-cluster top: qemu fills the rest of the 64 KiB target cluster from the backing file.
+  const small = [
+    ...BASE,
+    "qemu-img create -q -f qcow2 -o cluster_size=4k -b base.qcow2 -F qcow2 top.qcow2 4M",
+    io("top.qcow2", "write -P 2 64k 4k"),
+  ];
+  const b = ["convert", "-O", "qcow2", "-B", "base.qcow2", "-F", "qcow2"];
+  await refused(small, [...b, "top.qcow2", "out.qcow2"], /only partly written over the backing file/);
+  await refused(TOP, [...b, "-c", "top.qcow2", "out.qcow2"], /not supported by instar/);
+  await refused(TOP, [...b, "-o", "extended_l2=on", "top.qcow2", "out.qcow2"], /not supported by instar/);
+});
