@@ -34,9 +34,23 @@
 //            byte with the snapshot dates masked and `qemu-img check` of
 //            instar's copy (stops at the first failure: qemu may leave
 //            leaked clusters where instar writes nothing, docs/snapshot.md)
+//   commit   a qcow2 over a qcow2 or raw base (-d, -b): two copies, one
+//            committed by each tool: stdout/stderr/exit code, then info,
+//            check and the flattened data of base and top
+//   rebase   the same chain onto another base (safe or -u, -F, or none):
+//            outcome, then info, check and the flattened data of the top
+//   amend    a qcow2's compat, lazy_refcounts, refcount_bits, size: outcome,
+//            then info, check and the flattened data
+//   bitmap   1-3 of --add (-g, --disable), --remove, --clear, --enable,
+//            --disable on a qcow2: outcome after each, then info and check
+//   dd       bs/count/skip of any input to raw or qcow2: outcome (output
+//            names normalised), then the flattened outputs
+//   convert_backing  convert -B base -F fmt -O qcow2 of a chain's top or a
+//            lone image: outcome, then the flattened data and map (offsets
+//            of the target's own clusters left out: instar's layout)
 // Pickers stay away from the divergences docs/quirks.md documents (raw
-// inputs always get -f raw, no backing or data files, no snapshots/bitmaps
-// for info, no target preallocation).
+// inputs always get -f raw, no backing or data files but the chains of
+// commit/rebase/convert_backing, no snapshots/bitmaps for info).
 // Every divergence is written as JSON (seed, iteration, picks, command
 // lines, both outcomes) to the report directory.
 //
@@ -430,7 +444,214 @@ async function sha256File(path: string): Promise<string> {
   return [...d].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+/** A qcow2 `top.qcow2` over a qcow2 or raw base (made by makeImage), written by qemu-io. */
+async function makeChain(c: Ctx) {
+  const base = await makeImage(c, "base", ["qcow2", "qcow2", "raw"], "base_");
+  const size = pick(c, "top_size", ["same", "same", "smaller", "larger"]);
+  const bytes = size === "same"
+    ? base.bytes
+    : size === "smaller"
+    ? Math.max(512, base.bytes >> 1)
+    : base.bytes * 2;
+  await must("qemu-img", [
+    "create",
+    "-q",
+    "-f",
+    "qcow2",
+    "-o",
+    qcow2Opts(c, "top_"),
+    "-b",
+    base.file,
+    "-F",
+    base.fmt,
+    "top.qcow2",
+    String(Math.ceil(bytes / 512) * 512),
+  ], c.dir);
+  const tb = await virtualSize(c, "qcow2", "top.qcow2");
+  const cmds = ioWrites(c, "qcow2", tb, "top_cluster_size");
+  c.picks.top_qemu_io = cmds;
+  if (cmds.length) {
+    await must("qemu-io", ["-f", "qcow2", ...cmds.flatMap((x) => ["-c", x]), "top.qcow2"], c.dir);
+  }
+  return { base, top: { file: "top.qcow2", fmt: "qcow2", bytes: tb } };
+}
+
+/** Copies c.dir's files into c.dir/q and c.dir/i (sparse), for the commands that write in place. */
+async function twoCopies(c: Ctx): Promise<void> {
+  const files = [...Deno.readDirSync(c.dir)].filter((e) => e.isFile).map((e) => e.name);
+  for (const d of ["q", "i"]) {
+    await Deno.mkdir(`${c.dir}/${d}`);
+    for (const f of files) await must("cp", ["--sparse=always", f, `${d}/${f}`], c.dir);
+  }
+}
+
+/**
+ * Runs args with qemu-img in c.dir/q and instar in c.dir/i: the outcome must
+ * be the same; instar's "not supported" refusals of what qemu-img does are
+ * skipped (logged). True when both succeeded.
+ */
+async function inPlace(c: Ctx, kind: string, args: string[]): Promise<boolean> {
+  const q = await qemu(args, `${c.dir}/q`), i = await instar(args, `${c.dir}/i`);
+  if (
+    q.code === 0 && i.code === 1 && /not supported by instar|instar does not|instar cannot/.test(i.stderr)
+  ) {
+    c.picks.skipped = i.stderr.trim();
+    return false;
+  }
+  if (!same(asInstar(q), i)) {
+    c.divergences.push({
+      kind: `${kind}_outcome`,
+      commands: [`qemu-img ${args.join(" ")}`],
+      qemu: q,
+      instar: i,
+    });
+    return false;
+  }
+  return q.code === 0;
+}
+
+/** info (JSON, without the file's name and allocation), check and flattened data of a file in q and i. */
+async function sameFiles(c: Ctx, kind: string, file: string, fmt: string, withCheck = fmt === "qcow2") {
+  const state = async (d: string) => {
+    const cwd = `${c.dir}/${d}`;
+    const info = await qemu(["info", "--output=json", "-f", fmt, file], cwd);
+    const j = info.code === 0 ? JSON.parse(info.stdout) : info.stderr;
+    if (typeof j === "object") {
+      delete j["actual-size"];
+      delete j.filename;
+    }
+    const chk = withCheck ? await qemu(["check", "--output=json", "-f", fmt, file], cwd) : undefined;
+    const check = chk ? { code: chk.code, out: chk.stdout.replace(/"filename": "[^"]*",?/, "") } : undefined;
+    const flat = info.code === 0 ? await flatHash({ ...c, dir: cwd }, file, fmt) : "";
+    return JSON.stringify({ info: j, check, flat });
+  };
+  const [q, i] = [await state("q"), await state("i")];
+  if (q !== i) {
+    c.divergences.push({ kind: `${kind}_${file}`, commands: [], qemu: JSON.parse(q), instar: JSON.parse(i) });
+  }
+}
+
 const OPS: Record<string, (c: Ctx) => Promise<void>> = {
+  async commit(c) {
+    const { base } = await makeChain(c);
+    await twoCopies(c);
+    const args = ["commit", "-f", "qcow2"];
+    if (pick(c, "drop", [false, false, true])) args.push("-d");
+    if (pick(c, "base_flag", [false, true])) args.push("-b", base.file);
+    if (!(await inPlace(c, "commit", [...args, "top.qcow2"]))) return;
+    await sameFiles(c, "commit", base.file, base.fmt);
+    await sameFiles(c, "commit", "top.qcow2", "qcow2");
+  },
+  async rebase(c) {
+    await makeChain(c);
+    const onto = pick(c, "onto", ["image", "image", "image", "none"]);
+    const args = ["rebase", "-f", "qcow2"];
+    if (onto === "none") {
+      args.push("-b", "");
+    } else {
+      const nb = await makeImage(c, "nb", ["qcow2", "qcow2", "raw"], "nb_");
+      args.push("-b", nb.file, "-F", nb.fmt);
+    }
+    if (pick(c, "unsafe", [false, false, true])) args.push("-u");
+    await twoCopies(c);
+    if (!(await inPlace(c, "rebase", [...args, "top.qcow2"]))) return;
+    await sameFiles(c, "rebase", "top.qcow2", "qcow2");
+  },
+  async amend(c) {
+    const img = await makeImage(c, "in", ["qcow2"]);
+    const opts: string[] = [];
+    for (let n = 1 + c.rng.below(2); n > 0; n--) {
+      opts.push(c.rng.pick([
+        "compat=0.10",
+        "compat=1.1",
+        "lazy_refcounts=on",
+        "lazy_refcounts=off",
+        `refcount_bits=${c.rng.pick(RC_BITS)}`,
+        `size=${c.rng.pick(["1M", "3M", "16M", "32M"])}`,
+      ]));
+    }
+    c.picks.amend = opts;
+    await twoCopies(c);
+    if (!(await inPlace(c, "amend", ["amend", "-f", "qcow2", "-o", opts.join(","), img.file]))) return;
+    await sameFiles(c, "amend", img.file, "qcow2");
+  },
+  async bitmap(c) {
+    const img = await makeImage(c, "in", ["qcow2"]);
+    await twoCopies(c);
+    const steps: string[][] = [];
+    for (let n = 1 + c.rng.below(3); n > 0; n--) {
+      const name = c.rng.pick(["a", "b"]);
+      const action = c.rng.pick(["--add", "--add", "--remove", "--clear", "--enable", "--disable"]);
+      const extra = action !== "--add" ? [] : [
+        ...(c.rng.below(2) ? ["-g", c.rng.pick(["512", "64k", "1M", "3000"])] : []),
+        ...(c.rng.below(3) === 0 ? ["--disable"] : []),
+      ];
+      steps.push([action, ...extra, img.file, name]);
+    }
+    c.picks.bitmap_commands = steps;
+    for (const s of steps) {
+      if (!(await inPlace(c, "bitmap", ["bitmap", "-f", "qcow2", ...s]))) return;
+    }
+    await sameFiles(c, "bitmap", img.file, "qcow2");
+  },
+  async dd(c) {
+    const img = await makeImage(c, "in", ALL_FMTS);
+    const fmt = pick(c, "target", ["raw", "raw", "qcow2"]);
+    const ops = [`bs=${pick(c, "bs", ["512", "4k", "64k", "1M", "1000"])}`];
+    if (pick(c, "count", [false, true])) ops.push(`count=${c.rng.pick(["0", "1", "7", "100"])}`);
+    if (pick(c, "skip", [false, true])) ops.push(`skip=${c.rng.pick(["1", "3", "1000"])}`);
+    const args = ["dd", "-f", img.fmt, "-O", fmt, ...ops, `if=${img.file}`];
+    const qa = [...args, `of=q.${fmt}`], ia = [...args, `of=i.${fmt}`];
+    const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
+    const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+    const norm = (o: Outcome, f: string) => ({ ...o, stderr: o.stderr.replaceAll(f, "OUT") });
+    if (!same(norm(asInstar(q), `q.${fmt}`), norm(i, `i.${fmt}`))) {
+      c.divergences.push({ kind: "dd_outcome", commands, qemu: q, instar: i });
+      return;
+    }
+    if (q.code !== 0) return;
+    const hashes = [await flatHash(c, `q.${fmt}`, fmt), await flatHash(c, `i.${fmt}`, fmt)];
+    if (hashes[0] !== hashes[1]) {
+      c.divergences.push({ kind: "dd_data", commands, qemu: hashes[0], instar: hashes[1] });
+    }
+  },
+  async convert_backing(c) {
+    const { base, top } = await makeChain(c);
+    const src = pick(c, "source", ["top", "top", "base"]) === "top" ? top : base;
+    const args = ["convert", "-f", src.fmt, "-O", "qcow2", "-o", qcow2Opts(c, "target_")];
+    if (pick(c, "sparse", ["", "", "0", "64k"])) args.push("-S", String(c.picks.sparse));
+    args.push("-B", base.file, "-F", base.fmt, src.file);
+    const qa = [...args, "q.qcow2"], ia = [...args, "i.qcow2"];
+    const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
+    const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+    if (q.code === 0 && i.code === 1 && /not supported by instar/.test(i.stderr)) {
+      c.picks.skipped = i.stderr.trim();
+      return;
+    }
+    const norm = (o: Outcome, f: string) => ({ ...o, stderr: o.stderr.replaceAll(f, "OUT") });
+    if (!same(norm(asInstar(q), "q.qcow2"), norm(i, "i.qcow2"))) {
+      c.divergences.push({ kind: "convert_backing_outcome", commands, qemu: q, instar: i });
+      return;
+    }
+    if (q.code !== 0) return;
+    const view = async (f: string) => {
+      const m = await qemu(["map", "--output=json", "-f", "qcow2", f], c.dir);
+      const map = JSON.parse(m.stdout).map((e: Record<string, unknown>) => {
+        if (e.depth === 0) delete e.offset;
+        return e;
+      });
+      return JSON.stringify({ map, flat: await flatHash(c, f, "qcow2"), info: await infoOf(c, f, "qcow2") });
+    };
+    const [qv, iv] = [await view("q.qcow2"), await view("i.qcow2")];
+    if (qv !== iv) {
+      c.divergences.push({
+        kind: "convert_backing_data",
+        commands,
+        qemu: JSON.parse(qv),
+        instar: JSON.parse(iv),
+      });
+    }
+  },
   async repair(c) {
     const img = await makeImage(c, "in", ["qcow2"]);
     const path = `${c.dir}/${img.file}`;
@@ -532,6 +753,8 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
     if (target === "qcow2") {
       base.push("-o", qcow2Opts(c, "target_"));
       if (pick(c, "compress", [false, true])) base.push("-c");
+      const pre = pick(c, "preallocation", ["off", "off", "off", "metadata", "falloc", "full"]);
+      if (pre !== "off") base.push("-o", `preallocation=${pre}`);
     }
     if (target === "vpc" || target === "vhdx") base.push("-o", vhdOpts(c, target, "target_"));
     if (target === "vmdk") {
@@ -549,7 +772,9 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
     const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
     // docs/quirks.md: a vmdk source is not read by the zstd guest (384 KiB)
     if (
-      (target === "vpc" || target === "vhdx" || target === "vmdk" || img.fmt === "vmdk") && q.code === 0 &&
+      (target === "vpc" || target === "vhdx" || target === "vmdk" || img.fmt === "vmdk" ||
+        (c.picks.preallocation ?? "off") !== "off") &&
+      q.code === 0 &&
       notSupported(i)
     ) {
       c.picks.skipped = "instar convert cannot write this target (or read this source for it) yet";
