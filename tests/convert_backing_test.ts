@@ -23,6 +23,11 @@ const TOP = [
 ];
 // A backing file shorter than the image: zeroes past its end stay unallocated.
 const SMALL = ["qemu-img create -q -f qcow2 small.qcow2 1M", io("small.qcow2", "write -P 7 0 64k")];
+// 512-byte clusters written off qemu's 4 KiB -S alignment: qemu widens the data writes to it.
+const FINE = [
+  "qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 fine.qcow2 4M",
+  io("fine.qcow2", "write -P 9 485376 48640", "write -z 2M 3k", "write -P 0 3M 2k", "write -P 8 3147264 512"),
+];
 const RAW = [
   "qemu-img create -q -f raw src.raw 4M",
   io("-f raw src.raw", "write -P 5 0 100k", "write -P 6 1M 64k"),
@@ -41,6 +46,10 @@ const OK: { name: string; args: string[] }[] = [
   },
   { name: "a backing file named as raw", args: ["-B", "base.qcow2", "-F", "raw", "top.qcow2"] },
   {
+    name: "512-byte clusters, data widened to -S's alignment",
+    args: ["-o", "cluster_size=512", "-B", "base.qcow2", "-F", "qcow2", "fine.qcow2"],
+  },
+  {
     name: "a raw source over a shorter backing file",
     args: ["-f", "raw", "-B", "small.qcow2", "-F", "qcow2", "src.raw"],
   },
@@ -52,7 +61,7 @@ const OK: { name: string; args: string[] }[] = [
 
 Deno.test({ name: "convert -B: targets equal to qemu-img's", ignore: !ready }, async (t) => {
   await withTempDir("instar-convert-b-", async (root) => {
-    await setUp(root, [...TOP, ...SMALL, ...RAW]);
+    await setUp(root, [...TOP, ...SMALL, ...RAW, ...FINE]);
     for (const c of OK) {
       await t.step(c.name, async () => {
         await compareIn(root, { make: [], args: ["convert", "-O", "qcow2", ...c.args, "out.qcow2"] });

@@ -530,10 +530,13 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
 /* ---- qcow2 output over a backing file (convert -B) ---- */
 
 #define CB_SKIP 1u  /* part of the cluster is left to the backing file */
-#define CB_WRITE 2u /* part of the cluster is written (data or zeroes) */
-#define CB_SPLIT 4u /* a written piece starts or ends inside the cluster */
+#define CB_ZERO 2u  /* part of the cluster is write-zeroed */
+#define CB_DATA 4u  /* part of the cluster is written with data */
+#define CB_SPLIT 8u /* a write-zeroes request starts or ends inside the cluster */
 static uint8_t cstate[CHUNK >> 9];
 static struct rec_data_run zrun; /* the ZERO_RUN being built (count 0 = none) */
+#define MAX_DRUNS 512u
+static uint64_t druns[2 * MAX_DRUNS]; /* data runs of the chunk read so far {offset, length} */
 
 static int emit_zrun(void)
 {
@@ -568,6 +571,94 @@ static int backing_kind(uint64_t at, uint64_t len, uint64_t bsize, uint64_t *k)
     return (st & CS_DATA) ? 2 : 0;
 }
 
+/* Marks the chunk's clusters a request [at, at+len) of kind `bit` touches
+ * (chunk offset `off`); a write-zeroes request ending inside a cluster
+ * splits it (the disk's end does not). */
+static void mark(uint64_t off, uint64_t at, uint64_t len, uint8_t bit, uint32_t cbits)
+{
+    uint64_t csize = 1ull << cbits;
+    uint64_t first = (at - off) >> cbits, last = (at + len - 1 - off) >> cbits;
+    for (uint64_t c = first; c <= last; c++) cstate[c] |= bit;
+    if (bit == CB_ZERO) {
+        if (at & (csize - 1)) cstate[first] |= CB_SPLIT;
+        if (((at + len) & (csize - 1)) && at + len != chain.size) cstate[last] |= CB_SPLIT;
+    }
+}
+
+/* qemu-img's is_allocated_sectors: the leading run of sectors that are all
+ * zero or all not, its end moved to an `align`-sector boundary (data up,
+ * zeroes down; short zeroes before data count as data). 1 data, 0 zeroes. */
+static int alloc_sectors(const uint8_t *buf, uint64_t n, uint64_t *pnum, uint64_t sector, uint64_t align)
+{
+    bool zero = buf_is_zero(buf, 512);
+    uint64_t i = 1;
+    while (i < n && buf_is_zero(buf + i * 512, 512) == zero) i++;
+    if (i == n) {
+        *pnum = n;
+        return !zero;
+    }
+    uint64_t tail = (sector + i) & (align - 1);
+    if (tail) {
+        if (zero && i <= tail) zero = false;
+        if (!zero) {
+            i += align - tail;
+            if (i > n) i = n;
+        } else {
+            i -= tail;
+        }
+    }
+    *pnum = i;
+    return !zero;
+}
+
+/* qemu-img's is_allocated_sectors_min: a data piece takes in the zero runs
+ * shorter than `min` sectors that follow it; a leading zero run stays zero. */
+static int alloc_sectors_min(const uint8_t *buf, uint64_t n, uint64_t *pnum, uint64_t min, uint64_t sector,
+                             uint64_t align)
+{
+    if (n < min) min = n;
+    if (!alloc_sectors(buf, n, pnum, sector, align)) return 0;
+    uint64_t used = *pnum, checked = used;
+    buf += 512 * *pnum, n -= *pnum, sector += *pnum;
+    while (n > 0) {
+        int ret = alloc_sectors(buf, n, pnum, sector, align);
+        buf += 512 * *pnum, n -= *pnum, sector += *pnum, checked += *pnum;
+        if (ret) {
+            used = checked;
+        } else if (*pnum >= min) {
+            break;
+        }
+    }
+    *pnum = used;
+    return 1;
+}
+
+/* Cuts the data runs read so far into qemu's write requests (2 MiB buffers
+ * from each run's start, then is_allocated_sectors_min pieces with -S) and
+ * marks the clusters they touch. */
+static void mark_data_runs(uint32_t nr, uint64_t off, uint64_t min_sparse, uint32_t cbits, const uint8_t *buf)
+{
+    uint64_t min = min_sparse >> 9, align = 1;
+    while (align * 2 <= min) align *= 2; /* pow2floor(min_sparse in sectors) */
+    for (uint32_t r = 0; r < nr; r++) {
+        uint64_t x = druns[2 * r], end = x + druns[2 * r + 1];
+        for (uint64_t b = x; b < end;) {
+            uint64_t blen = end - b < (2ull << 20) ? end - b : (2ull << 20);
+            /* Whole sectors: a run ends on a sector or at the disk's end. */
+            uint64_t sectors = (blen + 511) >> 9;
+            for (uint64_t s = 0; s < sectors;) {
+                uint64_t n = sectors - s;
+                int data = !min_sparse ? 1 : alloc_sectors_min(buf + (b - off) + s * 512, n, &n, min, (b >> 9) + s, align);
+                uint64_t at = b + s * 512, len = n * 512;
+                if (at + len > b + blen) len = b + blen - at;
+                mark(off, at, len, data ? CB_DATA : CB_ZERO, cbits);
+                s += n;
+            }
+            b += blen;
+        }
+    }
+}
+
 static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
                                  bool zero_data, uint8_t *buf)
 {
@@ -591,34 +682,42 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);
         memset(cstate, 0, padded >> cbits);
+        uint32_t nr = 0;
         for (uint64_t at = off; at < off + n;) {
             kind = backing_kind(at, off + n - at, bsize, &k);
             if (kind < 0) return -1;
             if (kind == 2) {
+                if (nr == MAX_DRUNS) {
+                    if (chain_flush(&chain)) return -1;
+                    mark_data_runs(nr, off, min_sparse, cbits, buf);
+                    nr = 0;
+                }
                 if (chain_read(&chain, at, k, buf + (at - off))) return -1;
+                druns[2 * nr] = at;
+                druns[2 * nr + 1] = k;
+                nr++;
             } else {
                 memset(buf + (at - off), 0, k);
-            }
-            uint64_t first = (at - off) >> cbits, last = (at + k - 1 - off) >> cbits;
-            for (uint64_t c = first; c <= last; c++) cstate[c] |= kind ? CB_WRITE : CB_SKIP;
-            if (kind) {
-                if (at & (csize - 1)) cstate[first] |= CB_SPLIT;
-                if (((at + k) & (csize - 1)) && at + k != chain.size) cstate[last] |= CB_SPLIT;
+                /* -S 0: qemu writes zeroes as data. */
+                mark(off, at, k, kind == 0 ? CB_SKIP : min_sparse ? CB_ZERO : CB_DATA, cbits);
             }
             at += k;
         }
         if (chain_flush(&chain)) return -1;
+        mark_data_runs(nr, off, min_sparse, cbits, buf);
         if (padded > n) memset(buf + n, 0, padded - n);
         for (uint64_t c = 0; c < padded >> cbits; c++) {
             uint8_t s = cstate[c];
             uint64_t gc = (off >> cbits) + c;
             const uint8_t *cl = buf + (c << cbits);
-            if (!(s & CB_WRITE)) continue;
+            if (!(s & (CB_ZERO | CB_DATA))) continue;
             if (s & CB_SKIP) {
                 if (zero_cluster(gc, 1)) return -1;
-            } else if (min_sparse && !zero_data && buf_is_zero(cl, csize)) {
-                if (zero_cluster(gc, (s & CB_SPLIT) ? 1 : 0)) return -1;
-            } else if (store_cluster(gc, cl, csize)) {
+            } else if ((s & CB_DATA) || zero_data) {
+                /* Written with data (the zeroes of the requests around it
+                 * land in it too), or zeroes written as data (compat=0.10). */
+                if (store_cluster(gc, cl, csize)) return -1;
+            } else if (zero_cluster(gc, (s & CB_SPLIT) ? 1 : 0)) {
                 return -1;
             }
         }

@@ -31,11 +31,20 @@ async function info(cwd: string, name: string) {
   return i;
 }
 
-/** qemu-img map; offsets dropped unless the bytes must be the same anyway. */
+/** qemu-img map; offsets dropped (and entries merged) unless the bytes must be the same anyway. */
 async function map(cwd: string, name: string, offsets: boolean) {
   const m = await json(["map", "--output=json", name], cwd) as Record<string, unknown>[];
-  if (!offsets) { for (const e of m) delete e.offset; }
-  return m;
+  if (offsets) return m;
+  // Without offsets, entries qemu splits only where the host clusters are not contiguous merge.
+  const out: Record<string, unknown>[] = [];
+  const key = (x: Record<string, unknown>) => JSON.stringify({ ...x, start: 0, length: 0 });
+  for (const e of m) {
+    delete e.offset;
+    const last = out[out.length - 1];
+    if (last && key(last) === key(e)) last.length = (last.length as number) + (e.length as number);
+    else out.push(e);
+  }
+  return out;
 }
 
 async function exists(path: string) {
