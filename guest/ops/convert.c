@@ -682,6 +682,8 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);
         memset(cstate, 0, padded >> cbits);
+        /* Past the disk's end the last cluster (and sector) reads as zeroes. */
+        if (padded > n) memset(buf + n, 0, padded - n);
         uint32_t nr = 0;
         for (uint64_t at = off; at < off + n;) {
             kind = backing_kind(at, off + n - at, bsize, &k);
@@ -705,7 +707,6 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
         }
         if (chain_flush(&chain)) return -1;
         mark_data_runs(nr, off, min_sparse, cbits, buf);
-        if (padded > n) memset(buf + n, 0, padded - n);
         for (uint64_t c = 0; c < padded >> cbits; c++) {
             uint8_t s = cstate[c];
             uint64_t gc = (off >> cbits) + c;

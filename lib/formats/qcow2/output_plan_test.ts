@@ -428,3 +428,32 @@ Deno.test("qcow2 output prologue refuses options and sizes qemu refuses", () => 
   assert(qcow2OutputPrologue(DEFAULTS, 1n << 51n).ok);
   assert(qcow2OutputPrologue({ ...DEFAULTS, clusterSize: 512n }, 1n << 37n).ok);
 });
+
+Deno.test("qcow2 output planner: zero clusters over a backing file (convert -B), checked", () => {
+  const o = { ...DEFAULTS, backingFile: new TextEncoder().encode("base.qcow2"), backingFormat: "qcow2" };
+  const vs = 10n * 65536n;
+  const pro = qcow2OutputPrologue(o, vs);
+  assert(pro.ok);
+  const ds = pro.value.dataStart, cs = o.clusterSize;
+  const data: DataRun[] = [{ guestCluster: 0n, count: 1n, hostOffset: ds }];
+  const good = qcow2OutputFinish(o, vs, ds + cs, data, [], [{ guestCluster: 1n, count: 9n }]);
+  assert(good.ok);
+  // The zero entries land in the one L2 table, after the data cluster's entry.
+  const meta = good.value.patches.find((p) => p.kind === "write" && p.offset === ds + cs);
+  assert(meta && meta.kind === "write");
+  const l2 = new DataView(meta.bytes.buffer, meta.bytes.byteOffset);
+  assertEquals(l2.getBigUint64(8), 1n);
+  assertEquals(l2.getBigUint64(72), 1n);
+  assertEquals(l2.getBigUint64(80), 0n);
+  const bad: [string, Qcow2OutputOptions, { guestCluster: bigint; count: bigint }[]][] = [
+    ["no backing file", DEFAULTS, [{ guestCluster: 1n, count: 1n }]],
+    ["compat=0.10", { ...o, compat: "0.10" }, [{ guestCluster: 1n, count: 1n }]],
+    ["past the image end", o, [{ guestCluster: 9n, count: 2n }]],
+    ["no clusters", o, [{ guestCluster: 1n, count: 0n }]],
+    ["over a data cluster", o, [{ guestCluster: 0n, count: 1n }]],
+    ["twice", o, [{ guestCluster: 1n, count: 2n }, { guestCluster: 2n, count: 1n }]],
+  ];
+  for (const [what, opts, zeros] of bad) {
+    assert(!qcow2OutputFinish(opts, vs, ds + cs, data, [], zeros).ok, what);
+  }
+});
