@@ -8,7 +8,6 @@
 // line on stderr, exit 1 and nothing left behind.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { built, CLI_ENTRY, DENO, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
-import { run } from "../lib/cli/run.ts";
 
 const ready = built() && haveQemuImg();
 const INSTAR = `${DENO} run -A ${CLI_ENTRY}`; // split by sh: the paths hold no spaces
@@ -404,27 +403,5 @@ Deno.test({
       }
       nothingLeft(dir, ["src.qcow2", "src.raw"]);
     });
-  },
-});
-
-Deno.test({
-  name: "'-' is refused through the service (its client's stdin and stdout are not instar's)",
-  ignore: !built(),
-  async fn() {
-    for (const args of [["convert", "-O", "raw", "x.qcow2", "-"], ["info", "-"]]) {
-      let stderr = "";
-      const code = await run(args, {
-        out: () => {},
-        err: (t) => (stderr += t),
-        context: { cwd: "/nonexistent", service: true, signal: new AbortController().signal },
-      });
-      assertEquals(code, 1);
-      assert(
-        /'-' \((stdin|stdout)\) is not supported through the instar service; run instar directly$/.test(
-          stderr.trim(),
-        ),
-        stderr,
-      );
-    }
   },
 });
