@@ -32,6 +32,7 @@ import {
   errnoText,
   kdfMaxIters,
   openChain,
+  type OpenedImage,
   OpenError,
   openFailure,
   openImage,
@@ -71,7 +72,15 @@ import {
   convertBlocksToStream,
   convertPackedToStream,
   convertRawToStream,
+  windowSize as streamWindowBytes,
 } from "../convert/stream_output.ts";
+import {
+  convertRawStdin,
+  onePassBound,
+  type OnePassTarget,
+  RAW_ONE_PASS_BOUND,
+} from "../convert/stdin_raw.ts";
+import { hostStdio } from "../host/stdio.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
@@ -409,6 +418,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // `-`: the image comes from stdin or goes to stdout (docs/pipelines.md).
     const fromStdin = source === "-";
     const toStdout = outFilename === "-";
+    // `-f raw -` into a raw or qcow2 file: one pass over stdin, nothing spooled
+    // (lib/convert/stdin_raw.ts). Everything else from stdin is spooled first.
+    const onePass = fromStdin && ref.format === "raw" && !toStdout && !a.skipCreate &&
+      a.snapshot === undefined && (a.outFmt === "raw" || a.outFmt === "qcow2");
     let sink: StdoutSink | undefined;
     if (toStdout) {
       if (a.skipCreate) {
@@ -416,12 +429,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       sink = await streamStep(() => StdoutSink.open());
     }
-    let chain;
+    let chain: OpenedImage[];
     try {
       const lock = readLock(a.forceShare);
       // The snapshot list is needed only to pick the one -l names.
       const noLists = a.snapshot === undefined;
-      if (fromStdin) {
+      if (onePass) {
+        chain = [];
+      } else if (fromStdin) {
         spool = await streamStep(() => spoolStdin(a.maxSpool), source);
         chain = [
           await openStdinImage(source, spool.path, {
@@ -441,7 +456,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         });
         chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
       }
-      await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
+      if (!onePass) await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;
@@ -450,7 +465,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // -l: the guest reads the snapshot's L1 table; the size stays the image's.
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
-    const size = chain[0].length;
+    // One pass: the size is known at the stream's end; qcow2 plans for a bound (below).
+    let size = onePass ? 0n : chain[0].length;
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
       const img = await openQcow2Target(outFilename!, o.unsafeQuirks);
@@ -478,6 +494,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     let spec: OutputSpec;
     try {
       spec = outputOptions(outDriver, a.options ?? "", outFilename!, size);
+      if (onePass && spec.writer === "qcow2") {
+        size = onePassBound(spec.qcow2!.clusterSize, spec.qcow2!.extendedL2);
+        spec = outputOptions(outDriver, a.options ?? "", outFilename!, size);
+      } else if (onePass) {
+        size = RAW_ONE_PASS_BOUND;
+      }
     } catch (e) {
       if (e instanceof OutputOptionError) throw new CliError([e.message]);
       throw e;
@@ -496,6 +518,11 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // in-place cluster writer.
     if (spec.preallocation !== "off" && (spec.writer !== "raw" || a.skipCreate || toStdout)) {
       throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
+    }
+    if (onePass && spec.preallocation !== "off") {
+      throw new CliError([
+        `Preallocation (${spec.preallocation}) needs the disk's size up front; a raw stream on stdin has none`,
+      ]);
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
     if (toStdout && spec.writer === "extents") {
@@ -640,7 +667,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     };
     let written: bigint;
     try {
-      if (sink) {
+      if (onePass) {
+        if (inPlace) throw new CliError(["Writing a raw stream from stdin onto a device is not supported"]);
+        const target: OnePassTarget = spec.writer === "raw"
+          ? { kind: "raw" }
+          : { kind: "qcow2", packed: qcow2Target(job, { options: spec.qcow2!, compress: a.compress }) };
+        const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
+        written = await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
+      } else if (sink) {
         written = await streamToStdout(job, spec, a.compress, sink, scratch);
       } else if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
