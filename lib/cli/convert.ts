@@ -75,6 +75,13 @@ import {
   windowSize as streamWindowBytes,
 } from "../convert/stream_output.ts";
 import {
+  HOST_DEVICE,
+  hostDeviceHelp,
+  hostDeviceOpenError,
+  hostDeviceOptions,
+  hostDevicePreallocationError,
+} from "../convert/host_device.ts";
+import {
   convertRawStdin,
   onePassBound,
   type OnePassTarget,
@@ -264,11 +271,33 @@ function checkCombinations(a: ConvertArgs) {
   if (a.targetIsZero && !a.skipCreate) throw new CliError(["--target-is-zero requires use of -n flag"]);
 }
 
+/** -O host_device: qemu's option, compression, preallocation and open checks, in its order. */
+async function checkHostDevice(a: ConvertArgs, target: string): Promise<void> {
+  let mode: string;
+  try {
+    mode = hostDeviceOptions(a.options ?? "", target);
+  } catch (e) {
+    if (e instanceof OutputOptionError) throw new CliError([e.message]);
+    throw e;
+  }
+  if (a.compress) throw new CliError(["Compression not supported for this file format"]);
+  const prefix = `${target}: error while converting ${HOST_DEVICE}: `;
+  const prealloc = a.skipCreate ? undefined : hostDevicePreallocationError(mode);
+  if (prealloc) throw new CliError([prefix + prealloc]);
+  const why = await hostDeviceOpenError(target, errnoText);
+  if (why === undefined) return;
+  throw new CliError([
+    a.skipCreate
+      ? `Could not open '${target}': ${why}`
+      : `${prefix}Protocol driver '${HOST_DEVICE}' does not support image creation, and opening the image failed: ${why}`,
+  ]);
+}
+
 /** Features qemu-img has that instar refuses, with a clear reason. */
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
-  if (a.skipCreate && a.outFmt !== "raw" && a.outFmt !== "qcow2") {
+  if (a.skipCreate && a.outFmt !== "raw" && a.outFmt !== "qcow2" && a.outFmt !== HOST_DEVICE) {
     throw no("Writing into an existing image other than raw or qcow2 (-n)");
   }
   if (a.skipCreate && a.outFmt === "qcow2" && a.compress) {
@@ -403,7 +432,13 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
   checkCombinations(a);
   // print_block_option_help, as create prints it (before anything is opened).
-  if (a.options !== undefined && hasHelpOption(a.options)) return blockOptionHelp(io, outFilename, a.outFmt);
+  if (a.options !== undefined && hasHelpOption(a.options)) {
+    if (a.outFmt === HOST_DEVICE) {
+      io.out(hostDeviceHelp(outFilename));
+      return 0;
+    }
+    return blockOptionHelp(io, outFilename, a.outFmt);
+  }
   if (srcNum < 1) throw new CliError(["Must specify image file name"]);
   if (!CACHE_MODES.includes(a.srcCache)) throw new CliError([`Invalid source cache option: ${a.srcCache}`]);
   if (a.quiet) a.progress = "off";
@@ -489,11 +524,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       return 0;
     }
 
-    const outDriver = driverFor(a.outFmt);
+    // -O host_device: an existing block device, written as -O raw writes one (lib/convert/host_device.ts).
+    if (a.outFmt === HOST_DEVICE) await checkHostDevice(a, outFilename!);
+    const hostDevice = a.outFmt === HOST_DEVICE;
+    const outDriver = driverFor(hostDevice ? "raw" : a.outFmt);
     if (!outDriver) throw new CliError([`Unknown file format '${a.outFmt}'`]);
     let spec: OutputSpec;
     try {
-      spec = outputOptions(outDriver, a.options ?? "", outFilename!, size);
+      spec = outputOptions(outDriver, hostDevice ? "" : a.options ?? "", outFilename!, size);
       if (onePass && spec.writer === "qcow2") {
         size = onePassBound(spec.qcow2!.clusterSize, spec.qcow2!.extendedL2);
         spec = outputOptions(outDriver, a.options ?? "", outFilename!, size);
