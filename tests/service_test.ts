@@ -153,6 +153,33 @@ Deno.test({
         if (a && b && f !== "out.qcow2") assertEquals(a.length, b.length, f);
       }
     });
+    // `-` through the client: the service reads and writes the descriptors the
+    // client passed, so a pipeline under the caller's limits works as directly.
+    await t.step("pipelines: '-' for stdin and stdout, inspect -", async () => {
+      const env = { INSTAR_SOCKET: svc.socket, C: `prlimit ${LIMITS.join(" ")} ${bin}` };
+      const piped = await execEnv(
+        "sh",
+        [
+          "-c",
+          "cat a.qcow2 | $C convert -O raw - - > piped.raw && $C convert -O qcow2 a.qcow2 - | cat > piped.qcow2",
+        ],
+        viaClient,
+        env,
+      );
+      assertEquals(piped, { stdout: "", stderr: "", code: 0 });
+      assertEquals(await Deno.readFile(`${viaClient}/piped.raw`), await Deno.readFile(`${direct}/out.raw`));
+      const back = await exec(
+        "qemu-img",
+        ["compare", "-f", "qcow2", "-F", "raw", "piped.qcow2", "piped.raw"],
+        viaClient,
+      );
+      assertEquals(back.code, 0, back.stdout + back.stderr);
+      const script = `${DENO} run -A ${CLI_ENTRY} inspect --output=json - < a.qcow2`;
+      const want = await execEnv("sh", ["-c", script], direct, {});
+      const got = await execEnv("sh", ["-c", "$C inspect --output=json - < a.qcow2"], viaClient, env);
+      assertEquals(got, want);
+      assertEquals(want.code, 0, want.stderr);
+    });
     await t.step("--version names the qemu-img version the output follows", async () => {
       const q = await exec("qemu-img", ["--version"], root);
       const qv = /qemu-img version ([0-9.]*)/.exec(q.stdout)![1];

@@ -298,6 +298,28 @@ VMM_EXPORT int vmm_fd_write(int fd, const uint8_t *p, uint64_t len)
     return 0;
 }
 
+/* Reads up to len bytes from fd (a descriptor the client passed: its stdin).
+ * Returns the count (0 at end of stream) or -errno. Call it nonblocking: a
+ * pipe may wait. */
+VMM_EXPORT int64_t vmm_fd_read(int fd, uint8_t *p, uint64_t len)
+{
+    if (len > (uint64_t)INT32_MAX)
+        len = (uint64_t)INT32_MAX;
+    for (;;) {
+        ssize_t r = read(fd, p, (size_t)len);
+        if (r >= 0)
+            return (int64_t)r;
+        if (errno != EINTR)
+            return -(int64_t)errno;
+    }
+}
+
+/* Whether fd (a descriptor the client passed) is a terminal: 1, else 0. */
+VMM_EXPORT int vmm_fd_isatty(int fd)
+{
+    return isatty(fd) ? 1 : 0;
+}
+
 VMM_EXPORT int vmm_fd_close(int fd)
 {
     return close(fd) < 0 ? -errno : 0;

@@ -7,6 +7,7 @@
 // amend allows it) and a downgrade through lib/formats/qcow2/downgrade.ts,
 // each on the image as the previous phase left it (read again, without a
 // second lock: the command holds the write lock throughout).
+import { carriedBitmaps } from "./bitmap.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -105,7 +106,10 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
   const parsed = parseAmendOptions(options);
   if (!parsed.ok) throw new CliError([parsed.error.message]);
   // qemu-img prints the progress around bdrv_amend_options, whatever it returns.
-  const r = planQcow2Amend(q, parsed.value, img.fileSize);
+  // Persistent bitmaps ride along in a rewritten header (rebase_plan.ts); a
+  // new size (qemu resizes the bitmaps) and a downgrade still refuse them.
+  const bitmaps = await carriedBitmaps(img, false);
+  const r = planQcow2Amend(q, parsed.value, img.fileSize, bitmaps);
   const prog = new AmendProgress(
     r.kind === "write" ? (r.upgrade || r.downgrade ? 1 : 0) + (r.refcountOrder !== undefined ? 1 : 0) : 0,
   );
@@ -149,6 +153,7 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
         cur,
         resizeHost(cur, "off", refuse),
         r.refcountOrder,
+        bitmaps,
       );
       wrote = true;
       prog.refcountOrder(w.allocWalks, w.oldTableEntries);

@@ -28,10 +28,13 @@ import { LOCKS } from "../vmm/image_lock.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
+import { type BitmapsExt, bitmapsCarriable } from "../formats/qcow2/rebase_plan.ts";
 import {
   type BitmapAction,
   type BitmapRequest,
   type BitmapScanDir,
+  BME_FLAG_AUTO,
+  BME_FLAG_IN_USE,
   type MergeJob,
   planQcow2Bitmap,
   tableSizeFor,
@@ -326,4 +329,20 @@ async function truncateBack(img: OpenedImage) {
   } finally {
     f.close();
   }
+}
+
+/**
+ * The bitmaps extension of `img` for a header rewrite that carries it
+ * (rebase, amend: lib/formats/qcow2/rebase_plan.ts), read by the bitmap
+ * scan; undefined when the image has no bitmaps or they cannot be carried
+ * (a stale extension, a bitmap in use, or with `disabledOnly` an enabled
+ * one): the planner then refuses.
+ */
+export async function carriedBitmaps(img: OpenedImage, disabledOnly: boolean): Promise<BitmapsExt | undefined> {
+  const q = img.qcow2;
+  if (!q || !bitmapsCarriable(q)) return undefined;
+  const s = decodeOrRefuse(await scan(img), img);
+  const bad = BME_FLAG_IN_USE | (disabledOnly ? BME_FLAG_AUTO : 0);
+  if (s.bitmaps.length !== q.nbBitmaps || s.bitmaps.some((b) => (b.flags & bad) !== 0)) return undefined;
+  return { nb: s.bitmaps.length, dirSize: s.dirSize, dirOffset: s.dirOffset };
 }

@@ -32,6 +32,7 @@ import {
   errnoText,
   kdfMaxIters,
   openChain,
+  type OpenedImage,
   OpenError,
   openFailure,
   openImage,
@@ -72,7 +73,22 @@ import {
   convertBlocksToStream,
   convertPackedToStream,
   convertRawToStream,
+  windowSize as streamWindowBytes,
 } from "../convert/stream_output.ts";
+import {
+  HOST_DEVICE,
+  hostDeviceHelp,
+  hostDeviceOpenError,
+  hostDeviceOptions,
+  hostDevicePreallocationError,
+} from "../convert/host_device.ts";
+import {
+  convertRawStdin,
+  onePassBound,
+  type OnePassTarget,
+  RAW_ONE_PASS_BOUND,
+} from "../convert/stdin_raw.ts";
+import { hostStdio } from "../host/stdio.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
@@ -256,11 +272,33 @@ function checkCombinations(a: ConvertArgs) {
   if (a.targetIsZero && !a.skipCreate) throw new CliError(["--target-is-zero requires use of -n flag"]);
 }
 
+/** -O host_device: qemu's option, compression, preallocation and open checks, in its order. */
+async function checkHostDevice(a: ConvertArgs, target: string): Promise<void> {
+  let mode: string;
+  try {
+    mode = hostDeviceOptions(a.options ?? "", target);
+  } catch (e) {
+    if (e instanceof OutputOptionError) throw new CliError([e.message]);
+    throw e;
+  }
+  if (a.compress) throw new CliError(["Compression not supported for this file format"]);
+  const prefix = `${target}: error while converting ${HOST_DEVICE}: `;
+  const prealloc = a.skipCreate ? undefined : hostDevicePreallocationError(mode);
+  if (prealloc) throw new CliError([prefix + prealloc]);
+  const why = await hostDeviceOpenError(target, errnoText);
+  if (why === undefined) return;
+  throw new CliError([
+    a.skipCreate
+      ? `Could not open '${target}': ${why}`
+      : `${prefix}Protocol driver '${HOST_DEVICE}' does not support image creation, and opening the image failed: ${why}`,
+  ]);
+}
+
 /** Features qemu-img has that instar refuses, with a clear reason. */
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
-  if (a.skipCreate && a.outFmt !== "raw" && a.outFmt !== "qcow2") {
+  if (a.skipCreate && a.outFmt !== "raw" && a.outFmt !== "qcow2" && a.outFmt !== HOST_DEVICE) {
     throw no("Writing into an existing image other than raw or qcow2 (-n)");
   }
   if (a.skipCreate && a.outFmt === "qcow2" && a.compress) {
@@ -394,7 +432,13 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const outFilename = srcNum >= 1 ? operands[operands.length - 1] : undefined;
   checkCombinations(a);
   // print_block_option_help, as create prints it (before anything is opened).
-  if (a.options !== undefined && hasHelpOption(a.options)) return blockOptionHelp(io, outFilename, a.outFmt);
+  if (a.options !== undefined && hasHelpOption(a.options)) {
+    if (a.outFmt === HOST_DEVICE) {
+      io.out(hostDeviceHelp(outFilename));
+      return 0;
+    }
+    return blockOptionHelp(io, outFilename, a.outFmt);
+  }
   if (srcNum < 1) throw new CliError(["Must specify image file name"]);
   if (!CACHE_MODES.includes(a.srcCache)) throw new CliError([`Invalid source cache option: ${a.srcCache}`]);
   if (a.quiet) a.progress = "off";
@@ -409,6 +453,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // `-`: the image comes from stdin or goes to stdout (docs/pipelines.md).
     const fromStdin = source === "-";
     const toStdout = outFilename === "-";
+    // `-f raw -` into a raw or qcow2 file: one pass over stdin, nothing spooled
+    // (lib/convert/stdin_raw.ts). Everything else from stdin is spooled first.
+    const onePass = fromStdin && ref.format === "raw" && !toStdout && !a.skipCreate &&
+      a.snapshot === undefined && (a.outFmt === "raw" || a.outFmt === "qcow2");
     let sink: StdoutSink | undefined;
     if (toStdout) {
       if (a.skipCreate) {
@@ -416,12 +464,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       sink = await streamStep(() => StdoutSink.open());
     }
-    let chain;
+    let chain: OpenedImage[];
     try {
       const lock = readLock(a.forceShare);
       // The snapshot list is needed only to pick the one -l names.
       const noLists = a.snapshot === undefined;
-      if (fromStdin) {
+      if (onePass) {
+        chain = [];
+      } else if (fromStdin) {
         spool = await streamStep(() => spoolStdin(a.maxSpool), source);
         chain = [
           await openStdinImage(source, spool.path, {
@@ -441,7 +491,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         });
         chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
       }
-      await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
+      if (!onePass) await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;
@@ -450,7 +500,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // -l: the guest reads the snapshot's L1 table; the size stays the image's.
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
-    const size = chain[0].length;
+    // One pass: the size is known at the stream's end; qcow2 plans for a bound (below).
+    let size = onePass ? 0n : chain[0].length;
     if (a.skipCreate && a.outBase !== undefined) {
       // qemu-img reports this, then ends with status 0 having written nothing.
       if (a.targetIsZero) {
@@ -483,14 +534,22 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       return 0;
     }
 
-    const outDriver = driverFor(a.outFmt);
+    // -O host_device: an existing block device, written as -O raw writes one (lib/convert/host_device.ts).
+    if (a.outFmt === HOST_DEVICE) await checkHostDevice(a, outFilename!);
+    const hostDevice = a.outFmt === HOST_DEVICE;
+    const outDriver = driverFor(hostDevice ? "raw" : a.outFmt);
     if (!outDriver) throw new CliError([`Unknown file format '${a.outFmt}'`]);
     let spec: OutputSpec;
     try {
-      spec = outputOptions(outDriver, a.options ?? "", outFilename!, size, {
-        backingFile: a.outBase,
-        backingFmt: a.backingFmt,
-      });
+      // -B and -F: qemu-img's add_old_style_options.
+      const old = { backingFile: a.outBase, backingFmt: a.backingFmt };
+      spec = outputOptions(outDriver, hostDevice ? "" : a.options ?? "", outFilename!, size, old);
+      if (onePass && spec.writer === "qcow2") {
+        size = onePassBound(spec.qcow2!.clusterSize, spec.qcow2!.extendedL2);
+        spec = outputOptions(outDriver, a.options ?? "", outFilename!, size, old);
+      } else if (onePass) {
+        size = RAW_ONE_PASS_BOUND;
+      }
     } catch (e) {
       if (e instanceof OutputOptionError) throw new CliError([e.message]);
       throw e;
@@ -525,8 +584,10 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     let backingSize: bigint | undefined;
     const backingName = spec.qcow2?.backingFile;
     if (backingName !== undefined) {
-      if (toStdout) {
-        throw new CliError(["Writing an image with a backing file to stdout is not supported by instar"]);
+      if (toStdout || onePass) {
+        throw new CliError([
+          "Writing an image with a backing file to or from a stream is not supported by instar",
+        ]);
       }
       if (a.compress) {
         throw new CliError([
@@ -539,6 +600,11 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         spec.qcow2!.backingFormat,
         o,
       );
+    }
+    if (onePass && spec.preallocation !== "off") {
+      throw new CliError([
+        `Preallocation (${spec.preallocation}) needs the disk's size up front; a raw stream on stdin has none`,
+      ]);
     }
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
     if (toStdout && spec.writer === "extents") {
@@ -686,7 +752,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     };
     let written: bigint;
     try {
-      if (sink) {
+      if (onePass) {
+        if (inPlace) throw new CliError(["Writing a raw stream from stdin onto a device is not supported"]);
+        const target: OnePassTarget = spec.writer === "raw"
+          ? { kind: "raw" }
+          : { kind: "qcow2", packed: qcow2Target(job, { options: spec.qcow2!, compress: a.compress }) };
+        const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
+        written = await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
+      } else if (sink) {
         written = await streamToStdout(job, spec, a.compress, sink, scratch);
       } else if (spec.writer === "raw") {
         written = await convertToRaw(job, out);

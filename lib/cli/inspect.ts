@@ -5,6 +5,7 @@ import { CliError } from "./messages.ts";
 import { INSTAR_LONGS, instarOption, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
 import { InspectError, inspectFile, inspectStream } from "../inspect/inspect.ts";
 import { inspectHuman, inspectJson } from "../inspect/output.ts";
+import { hostStdio } from "../host/stdio.ts";
 
 const USAGE = "usage: instar inspect [--output human|json] FILE|-\n" +
   "Says whether an image is safe to accept (exit 0), unsafe (exit 1, with every reason) or cannot be read (exit 2).\n";
@@ -37,7 +38,7 @@ export async function inspectCommand(argv: string[], io: Io, base?: InstarOption
   }
   if (operands.length !== 1) throw new CliError(["Expecting one image file name (or - for stdin)"], true, 2);
   const name = operands[0];
-  if (name === "-" && Deno.stdin.isTerminal()) {
+  if (name === "-" && hostStdio().isTerminal(0)) {
     throw new CliError(["Refusing to read an image from a terminal (pipe it into 'inspect -')"], false, 2);
   }
   let result;

@@ -20,7 +20,8 @@ import {
 import { openForWrite } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import { FORMATS } from "../formats/mod.ts";
-import { planQcow2Rebase, rebaseRefusal } from "../formats/qcow2/rebase_plan.ts";
+import { type BitmapsExt, planQcow2Rebase, rebaseRefusal } from "../formats/qcow2/rebase_plan.ts";
+import { carriedBitmaps } from "./bitmap.ts";
 import { copyDifferences, openForSafeRebase } from "./rebase_safe.ts";
 
 export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
@@ -81,6 +82,8 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
     new CliError([`Could not change the backing file to '${name}': ${why}`]);
   const write = (pct: string) => progress && io.out(`    (${pct}/100%)\r`);
   let img;
+  // Persistent bitmaps ride along in the rewritten header (rebase_plan.ts).
+  let bitmaps: BitmapsExt | undefined;
   if (unsafe) {
     // -u / amend: qemu opens the image read-write, without its backing chain.
     img = await openForWrite(filename, fmt, o.unsafeQuirks);
@@ -104,7 +107,10 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
         `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
       ]);
     }
-    const why = rebaseRefusal(sq) ??
+    // The copy writes into the image: an enabled bitmap would have to record
+    // those writes, as qemu's do, so only disabled bitmaps are carried here.
+    bitmaps = await carriedBitmaps(img, true);
+    const why = rebaseRefusal(sq, bitmaps !== undefined) ??
       (sq.nbSnapshots > 0 ? "instar does not rebase images with internal snapshots in safe mode" : undefined);
     if (why) throw new CliError([`Could not rebase '${filename}': ${why}; nothing was written`]);
     write("0.00");
@@ -121,10 +127,11 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
     ]);
   }
   if (unsafe) write("0.00");
+  if (unsafe) bitmaps = await carriedBitmaps(img, false);
   const plan = planQcow2Rebase(q, {
     backingFile: name === "" ? undefined : new TextEncoder().encode(name),
     backingFormat: name === "" ? undefined : backingFmt,
-  }, img.fileSize);
+  }, img.fileSize, bitmaps);
   if (!plan.ok) {
     if (plan.error.kind === "unsupported") {
       throw new CliError([`Could not rebase '${filename}': ${plan.error.message}; nothing was written`]);

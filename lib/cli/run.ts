@@ -29,6 +29,9 @@ const INSTAR_COMMANDS: Record<string, () => Promise<typeof infoCommand>> = {
   inspect: async () => (await import("./inspect.ts")).inspectCommand,
 };
 
+/** instar's own commands a service request may run (serve and install-client manage the service itself). */
+const SERVICE_OK = new Set(["config", "inspect"]);
+
 const COMMANDS: Record<string, typeof infoCommand> = {
   amend: amendCommand,
   bitmap: bitmapCommand,
@@ -105,7 +108,7 @@ async function runCommand(args: string[], io: Io): Promise<number> {
     const handler = Object.hasOwn(COMMANDS, cmd)
       ? COMMANDS[cmd]
       : Object.hasOwn(INSTAR_COMMANDS, cmd)
-      ? (hostContext().service && cmd !== "config"
+      ? (hostContext().service && !SERVICE_OK.has(cmd)
         ? () => Promise.reject(new CliError([`'${cmd}' cannot run through the instar service`]))
         : await INSTAR_COMMANDS[cmd]())
       : undefined;

@@ -35,7 +35,8 @@ const RAM = 128 * 1024 * 1024;
 /** The window one guest writes and the host then copies (two exist at once). */
 const WINDOW = 128n << 20n;
 
-function windowSize(): bigint {
+/** The window size (INSTAR_STREAM_WINDOW_MIB, for tests; else 128 MiB). */
+export function windowSize(): bigint {
   const mib = Number(hostEnv("INSTAR_STREAM_WINDOW_MIB") ?? "");
   return Number.isSafeInteger(mib) && mib >= 1 ? BigInt(mib) << 20n : WINDOW;
 }

@@ -11,6 +11,7 @@
 // CLI runs one command per process and skips node:async_hooks (~9 ms of
 // start-up): its context is a plain module variable.
 import type { AsyncLocalStorage } from "node:async_hooks";
+import type { HostStdio } from "./stdio.ts";
 
 /** The caller's limits applied to guests (from the client's RLIMIT_AS/RLIMIT_CPU). */
 export interface GuestCaps {
@@ -37,6 +38,8 @@ export interface HostContext {
   signal?: AbortSignal;
   /** Set for requests `instar serve` runs (commands like serve refuse to run there). */
   service?: boolean;
+  /** The caller's stdin and stdout (lib/host/stdio.ts); unset: the process's own. */
+  stdio?: HostStdio;
   /** Image locks the command holds (lib/vmm/image_lock.ts); run() releases them at its end. */
   locks?: { release(): void }[];
 }

@@ -6,7 +6,8 @@
 // TMPDIR: they have no name, so nothing is left behind by an error, a
 // cancel or a SIGKILL.
 import { UnnamedFile } from "../vmm/unnamed_file.ts";
-import { hostContext, hostEnv } from "./context.ts";
+import { hostEnv } from "./context.ts";
+import { type HostStdio, hostStdio } from "./stdio.ts";
 
 /** Default bound of a spooled stdin (`--max-spool`). */
 export const DEFAULT_MAX_SPOOL = 4n << 30n;
@@ -32,12 +33,6 @@ export function spoolDir(): string {
   return hostEnv("TMPDIR") || "/tmp";
 }
 
-function refuseService(what: string) {
-  if (hostContext().service) {
-    throw new StreamError(`'-' (${what}) is not supported through the instar service; run instar directly`);
-  }
-}
-
 /** Creates an unnamed file in the spool directory. */
 export async function unnamedSpool(): Promise<UnnamedFile> {
   const dir = spoolDir();
@@ -55,8 +50,8 @@ export async function unnamedSpool(): Promise<UnnamedFile> {
  * discarded first).
  */
 export async function spoolStdin(max: bigint): Promise<UnnamedFile> {
-  refuseService("stdin");
-  if (Deno.stdin.isTerminal()) {
+  const stdio = hostStdio();
+  if (stdio.isTerminal(0)) {
     throw new StreamError("stdin is a terminal; pipe or redirect an image into it");
   }
   const u = await unnamedSpool();
@@ -65,7 +60,7 @@ export async function spoolStdin(max: bigint): Promise<UnnamedFile> {
     const buf = new Uint8Array(1 << 20);
     let total = 0n;
     for (;;) {
-      const n = await Deno.stdin.read(buf);
+      const n = await stdio.read(buf);
       if (n === null) break;
       total += BigInt(n);
       if (total > max) {
@@ -85,31 +80,31 @@ export async function spoolStdin(max: bigint): Promise<UnnamedFile> {
 /** Sequential writes to stdout; a closed reader becomes StreamClosed. */
 export class StdoutSink {
   written = 0n;
-  private constructor() {}
+  private constructor(private stdio: HostStdio) {}
 
   /** Checks that stdout can take an image (a pipe, a FIFO, a socket or a regular file; never a terminal). */
   static open(): StdoutSink {
-    refuseService("stdout");
-    if (Deno.stdout.isTerminal()) {
+    const stdio = hostStdio();
+    if (stdio.isTerminal(1)) {
       throw new StreamError("stdout is a terminal; redirect the image to a file or a pipe");
     }
     let st: Deno.FileInfo;
     try {
-      st = Deno.statSync("/proc/self/fd/1");
+      st = Deno.statSync(stdio.statPath(1));
     } catch {
       throw new StreamError("stdout is closed");
     }
     if (!st.isFile && !st.isFifo && !st.isSocket) {
       throw new StreamError("stdout must be a pipe, a FIFO or a regular file");
     }
-    return new StdoutSink();
+    return new StdoutSink(stdio);
   }
 
   async write(bytes: Uint8Array): Promise<void> {
     let at = 0;
     try {
       while (at < bytes.length) {
-        const n = await Deno.stdout.write(bytes.subarray(at));
+        const n = await this.stdio.write(bytes.subarray(at));
         at += n;
         this.written += BigInt(n);
       }

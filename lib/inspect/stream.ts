@@ -7,6 +7,7 @@
 // bytes it moves.
 import { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { hostEnv } from "../host/context.ts";
+import { hostStdio } from "../host/stdio.ts";
 
 /** Bytes of a stream's start the guest may read (vhdx metadata sits at 1-3 MiB). */
 export const STREAM_PREFIX = 16 * 1024 * 1024;
@@ -30,7 +31,7 @@ interface Reader {
 }
 
 /** Reads `source` to its end into a window file (see the module comment). */
-export async function readStreamWindow(source: Reader = Deno.stdin): Promise<StreamWindow> {
+export async function readStreamWindow(source: Reader = hostStdio()): Promise<StreamWindow> {
   const dir = hostEnv("TMPDIR") || "/tmp";
   const unnamed = await UnnamedFile.create(dir);
   let path: string;

@@ -7,6 +7,7 @@
 // log line, a file or a child's argv; lib/vmm hands them to the one guest
 // run that needs them (params.secret, docs/abi.md).
 import { type Keyval, OptsError, parseKeyval } from "../cli/qemu_opts.ts";
+import { createDecipheriv } from "node:crypto";
 
 /** An --object refusal in qemu's words (one line each). */
 export class ObjectError extends Error {
@@ -140,6 +141,37 @@ function base64Decode(text: string): Uint8Array {
   return new Uint8Array(out);
 }
 
+/**
+ * qcrypto_secret_decrypt: AES-256-CBC with the key secret and the IV, then
+ * the padding length in the last byte removed as qemu checks it (at most
+ * 16 and at most the length; 0 removes nothing). The caller's own key
+ * material, not image bytes: decrypted on the host like the passphrase it
+ * wraps. An empty ciphertext decrypts to an empty secret (qemu reads the
+ * byte before its buffer there; it accepts in practice).
+ */
+function unwrapSecret(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+  if (ciphertext.length % 16 !== 0) {
+    throw new ObjectError([`Length ${ciphertext.length} must be a multiple of block size 16`]);
+  }
+  if (ciphertext.length === 0) return new Uint8Array(0);
+  const d = createDecipheriv("aes-256-cbc", key, iv);
+  d.setAutoPadding(false);
+  const head = d.update(ciphertext);
+  const tail = d.final();
+  const plain = new Uint8Array(head.length + tail.length);
+  plain.set(head, 0);
+  plain.set(tail, head.length);
+  head.fill(0);
+  const pad = plain[plain.length - 1];
+  if (pad > 16 || pad > plain.length) {
+    plain.fill(0);
+    throw new ObjectError([`Incorrect number of padding bytes (${pad}) found on decrypted data`]);
+  }
+  const out = plain.slice(0, plain.length - pad);
+  plain.fill(0);
+  return out;
+}
+
 /** The secrets the command line defined, by id (qemu's /objects container). */
 export class SecretStore {
   #secrets = new Map<string, Uint8Array>();
@@ -217,9 +249,14 @@ export class SecretStore {
       const key = this.#secrets.get(keyid);
       if (!key) throw new ObjectError([`No secret with id '${keyid}'`]);
       if (key.length !== 32) throw new ObjectError(["Key should be 32 bytes in length"]);
-      throw new ObjectError(["AES-wrapped secrets (keyid=) are not supported by instar"]);
-    }
-    if (format === "base64") {
+      const ivText = kv.entries.get("iv");
+      if (ivText === undefined) throw new ObjectError(["IV is required to decrypt secret"]);
+      const iv = base64Decode(ivText);
+      if (iv.length !== 16) throw new ObjectError([`IV should be 16 bytes in length not ${iv.length}`]);
+      const wrapped = format === "base64" ? base64Decode(new TextDecoder().decode(bytes)) : bytes;
+      bytes.fill(0);
+      bytes = unwrapSecret(key, iv, wrapped);
+    } else if (format === "base64") {
       bytes = base64Decode(new TextDecoder().decode(bytes));
     }
     if (this.#ids.has(id)) {

@@ -12,6 +12,7 @@ import { CliError, usageError } from "../cli/messages.ts";
 import { type InstarOptions, type Io } from "../cli/common.ts";
 import { run } from "../cli/run.ts";
 import { enableConcurrentContexts, type HostContext } from "../host/context.ts";
+import type { HostStdio } from "../host/stdio.ts";
 import { cString, strerror, type VmmLib, vmmLib } from "../vmm/ffi.ts";
 import { decodeRequest, ProtocolError, type Request, socketPath } from "./protocol.ts";
 
@@ -90,6 +91,26 @@ class Slots {
   }
 }
 
+/** The client's stdin and stdout as the request's `-` streams (lib/host/stdio.ts). */
+function clientStdio(lib: VmmLib, inFd: number, outFd: number, w: FdWriter): HostStdio {
+  return {
+    read: async (p) => {
+      const n = await lib.vmm_fd_read(inFd, p, BigInt(p.length));
+      if (n < 0n) throw new Error(`error while reading stdin: ${strerror(lib, Number(-n))}`);
+      return n === 0n ? null : Number(n);
+    },
+    write: async (bytes) => {
+      await w.done(); // text the command queued for stdout goes first
+      const rc = await lib.vmm_fd_write(outFd, bytes, BigInt(bytes.length));
+      if (rc === -32) throw new Deno.errors.BrokenPipe("Broken pipe");
+      if (rc < 0) throw new Error(strerror(lib, -rc));
+      return bytes.length;
+    },
+    isTerminal: (which) => lib.vmm_fd_isatty(which === 0 ? inFd : outFd) === 1,
+    statPath: (which) => `/proc/self/fd/${which === 0 ? inFd : outFd}`,
+  };
+}
+
 const MiB = 1024n * 1024n;
 
 /** The host context of one request: its cwd, env, limits and cancel. */
@@ -110,14 +131,14 @@ export function requestContext(req: Request, signal: AbortSignal): HostContext {
 }
 
 async function serveOne(lib: VmmLib, conn: number, fds: number[], req: Request, slots: Slots, log: Io) {
-  const [, outFd, errFd] = fds;
+  const [inFd, outFd, errFd] = fds;
   const ac = new AbortController();
   let finished = false;
   const w = new FdWriter(lib);
   const io: Io = {
     out: (t) => w.write(outFd, t),
     err: (t) => w.write(errFd, t),
-    context: requestContext(req, ac.signal),
+    context: { ...requestContext(req, ac.signal), stdio: clientStdio(lib, inFd, outFd, w) },
   };
   let code = 1;
   // The cancel watch starts with the request's turn: a waiting request holds no

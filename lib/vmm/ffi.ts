@@ -33,6 +33,8 @@ const symbols = {
   vmm_conn_reply: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   vmm_conn_end: { parameters: ["i32"], result: "i32" },
   vmm_fd_write: { parameters: ["i32", "buffer", "u64"], result: "i32", nonblocking: true },
+  vmm_fd_read: { parameters: ["i32", "buffer", "u64"], result: "i64", nonblocking: true },
+  vmm_fd_isatty: { parameters: ["i32"], result: "i32" },
   vmm_fd_close: { parameters: ["i32"], result: "i32" },
   vmm_fd_is_listener: { parameters: ["i32"], result: "i32" },
   // QEMU's image locks (vmm/lock.c, lib/vmm/image_lock.ts).

@@ -13,7 +13,7 @@ import { type OptDesc, optGet, type ParsedOpts, parseOptions } from "../options.
 import { fail, type FilePlan } from "../plan.ts";
 import { QCOW2_CREATE_OPTS } from "./options.ts";
 import type { Qcow2Model } from "./model.ts";
-import { planHeaderRewrite } from "./rebase_plan.ts";
+import { type BitmapsExt, planHeaderRewrite } from "./rebase_plan.ts";
 import { BDRV_MAX_LENGTH } from "../raw/resize_plan.ts";
 
 const INT64_MAX = (1n << 63n) - 1n;
@@ -78,7 +78,13 @@ export function parseAmendOptions(options: string) {
 }
 
 /** qcow2_amend_options over options parseAmendOptions accepted. */
-export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): AmendResult {
+export function planQcow2Amend(
+  m: Qcow2Model,
+  o: ParsedOpts,
+  fileSize: bigint,
+  /** The bitmaps extension a header rewrite carries (lib/formats/qcow2/rebase_plan.ts). */
+  bitmaps?: BitmapsExt,
+): AmendResult {
   const err = (...lines: string[]): AmendResult => ({ kind: "error", lines });
   let version = m.version, lazy = m.lazyRefcounts, bits = m.refcountBits;
   let size: bigint | undefined, backing: string | undefined, backingFmt: string | undefined;
@@ -168,6 +174,7 @@ export function planQcow2Amend(m: Qcow2Model, o: ParsedOpts, fileSize: bigint): 
     lazyRefcounts: lazy,
     backingFile: m.backingFile,
     backingFormat: m.backingFormat,
+    bitmaps,
   }, fileSize);
   if (!plan.ok) {
     return plan.error.kind === "unsupported"

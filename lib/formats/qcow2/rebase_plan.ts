@@ -5,8 +5,13 @@
 // then the backing file name). The header is rebuilt from the guest's
 // QCOW2_INFO (lib/formats/qcow2/model.ts) with encodeHeader, the encoder
 // create uses; images whose header holds what that encoder does not write
-// (unknown extensions, an external data file, bitmaps, encryption, autoclear
-// bits) are refused here rather than rewritten without them. Pure.
+// (unknown extensions, an external data file, encryption, autoclear bits)
+// are refused here rather than rewritten without them. Persistent bitmaps
+// are carried: the caller reads the bitmaps extension (nb, directory offset
+// and size: the bitmap scan) and it is written back as it was, after the
+// feature table as qcow2_update_header orders it; the bitmaps themselves are
+// not touched (qemu-img stores them anew on its read-write close, a layout
+// difference only). Pure.
 //
 // Crash safety: one write of the header cluster, as qemu does; a torn write
 // would tear qemu's too.
@@ -23,18 +28,36 @@ export interface RebaseRequest {
   backingFormat?: string;
 }
 
-/** Why instar does not rewrite this header (undefined: it does). */
-export function rebaseRefusal(m: Qcow2Model): string | undefined {
+/** The bitmaps header extension as the image holds it (lib/formats/qcow2/bitmap_scan.ts). */
+export interface BitmapsExt {
+  nb: number;
+  dirSize: bigint;
+  dirOffset: bigint;
+}
+
+/** Whether the image's bitmaps can be carried through a header rewrite (a valid extension). */
+export function bitmapsCarriable(m: Qcow2Model): boolean {
+  return m.hasBitmapsExt && m.nbBitmaps > 0 && (m.layout.autoclearFeatures & 1n) !== 0n &&
+    !(m.bitmaps ?? []).some((b) => b.inUse);
+}
+
+/**
+ * Why instar does not rewrite this header (undefined: it does). `bitmaps`:
+ * the caller carries the image's bitmaps extension (bitmapsCarriable).
+ */
+export function rebaseRefusal(m: Qcow2Model, bitmaps = false): string | undefined {
   const l = m.layout;
   if (l.unknownExtension) return "the header has an extension instar does not know";
   if (l.cryptMethod !== 0) return "instar does not rewrite the header of an encrypted image";
   if (m.dataFile !== undefined || m.hasDataFileBit) {
     return "instar does not rewrite the header of an image with a data file";
   }
-  if (m.hasBitmapsExt || m.nbBitmaps > 0) {
+  if ((m.hasBitmapsExt || m.nbBitmaps > 0) && !(bitmaps && bitmapsCarriable(m))) {
     return "instar does not rewrite the header of an image with bitmaps";
   }
-  if (l.autoclearFeatures !== 0n) return "instar does not rewrite a header with autoclear feature bits set";
+  if ((l.autoclearFeatures & (bitmaps ? ~1n : ~0n)) !== 0n) {
+    return "instar does not rewrite a header with autoclear feature bits set";
+  }
   if ((l.compatibleFeatures & ~1n) !== 0n) {
     return "instar does not rewrite a header with unknown compatible feature bits";
   }
@@ -43,7 +66,12 @@ export function rebaseRefusal(m: Qcow2Model): string | undefined {
 }
 
 /** The new header cluster, or qemu's error for the change (its errno text). */
-export function planQcow2Rebase(m: Qcow2Model, req: RebaseRequest, fileSize: bigint): PlanResult<FilePlan> {
+export function planQcow2Rebase(
+  m: Qcow2Model,
+  req: RebaseRequest,
+  fileSize: bigint,
+  bitmaps?: BitmapsExt,
+): PlanResult<FilePlan> {
   const name = req.backingFile !== undefined && req.backingFile.length > 0 ? req.backingFile : undefined;
   if (name && name.length > BACKING_NAME_MAX) return fail("invalid_option", "Invalid argument");
   if (!name && req.backingFormat !== undefined) return fail("invalid_option", "Invalid argument");
@@ -52,6 +80,7 @@ export function planQcow2Rebase(m: Qcow2Model, req: RebaseRequest, fileSize: big
     lazyRefcounts: m.lazyRefcounts,
     backingFile: name,
     backingFormat: name ? req.backingFormat : undefined,
+    bitmaps,
   }, fileSize);
 }
 
@@ -61,12 +90,17 @@ export interface HeaderChange {
   lazyRefcounts: boolean;
   backingFile?: Uint8Array;
   backingFormat?: string;
+  /** The bitmaps extension to keep (see the module comment). */
+  bitmaps?: BitmapsExt;
 }
 
 /** The whole header cluster qcow2_update_header writes for `m` with `c` applied. */
 export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigint): PlanResult<FilePlan> {
-  const why = rebaseRefusal(m);
+  const why = rebaseRefusal(m, c.bitmaps !== undefined);
   if (why) return fail("unsupported", why);
+  if (c.bitmaps && (c.bitmaps.nb !== m.nbBitmaps || c.version !== 3)) {
+    return fail("unsupported", "the bitmaps extension does not match the image's header");
+  }
   const l = m.layout;
   const header = encodeHeader({
     version: c.version,
@@ -85,6 +119,8 @@ export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigi
     snapshotsOffset: l.snapshotsOffset,
     backingFile: c.backingFile,
     backingFormat: c.backingFile ? c.backingFormat : undefined,
+    bitmaps: c.bitmaps,
+    autoclear: c.bitmaps ? 1n : 0n,
   });
   if (!header.ok) return header;
   if (fileSize < BigInt(header.value.length)) {

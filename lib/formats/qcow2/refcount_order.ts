@@ -9,7 +9,7 @@ import { qcow2ErrorMessage } from "./errors.ts";
 import { GuestResultError } from "./model.ts";
 import { decodeScan } from "./resize.ts";
 import { planRefcountOrder } from "./refcount_order_plan.ts";
-import { planHeaderRewrite } from "./rebase_plan.ts";
+import { type BitmapsExt, planHeaderRewrite } from "./rebase_plan.ts";
 import type { Qcow2ResizeScan } from "./resize_plan.ts";
 
 /** Changes the refcount width; returns (alloc walks, old table entries) for qemu's progress. */
@@ -18,6 +18,8 @@ export async function qcow2ChangeRefcountOrder(
   image: DecodedImage & { fileSize: bigint },
   host: ResizeHost,
   order: number,
+  /** The bitmaps extension the rewritten header carries (lib/formats/qcow2/rebase_plan.ts). */
+  bitmaps?: BitmapsExt,
 ): Promise<{ allocWalks: number; oldTableEntries: bigint }> {
   const q = image.qcow2!;
   const result = await host.scan(formats.QCOW2, [q.virtualSize, 0n]);
@@ -63,6 +65,7 @@ export async function qcow2ChangeRefcountOrder(
     lazyRefcounts: q.lazyRefcounts,
     backingFile: q.backingFile,
     backingFormat: q.backingFormat,
+    bitmaps,
   }, end);
   if (!header.ok) {
     if (header.error.kind === "unsupported") throw host.refuse(header.error.message);

@@ -102,8 +102,11 @@ export async function qcow2Snapshot(
       "the image has the dirty bit set (run qemu-img check -r all first); instar does not repair it",
     );
   }
-  if (q.nbBitmaps > 0 || q.hasBitmapsExt) {
-    throw failWith("instar does not change snapshots of images with persistent bitmaps");
+  // Persistent bitmaps stay where they are: a snapshot neither reads nor
+  // changes them (qemu-img rewrites them on its read-write close, which
+  // moves them, nothing more). An inconsistent (in-use) bitmap is refused.
+  if ((q.bitmaps ?? []).some((b) => b.inUse)) {
+    throw failWith("the image has a bitmap in use (inconsistent); instar does not change its snapshots");
   }
   if ((q.layout.autoclearFeatures & ~3n) !== 0n) {
     throw failWith("the image has autoclear features qemu would clear; instar does not rewrite the header");
