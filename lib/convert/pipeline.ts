@@ -166,6 +166,8 @@ export async function convertToRaw(job: ConvertJob, outPath: string): Promise<bi
   } finally {
     f.close();
   }
+  // Nothing to copy (dd count=0): a guest's range end 0 would mean its whole disk.
+  if (job.size === 0n) return 0n;
   const n = guestCount(job.size, job.size / (1n << 20n));
   const mid = n === 2 ? middle(job.size, 1n << 20n) : job.size;
   const report = progressOf(job, n);
@@ -309,6 +311,10 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
       onProgress: i >= 0 ? report(i) : undefined,
     });
   const clustersIn = (from: bigint, to: bigint) => (to - from + cs - 1n) / cs;
+  // Nothing to copy (dd count=0): a guest's range end 0 would mean its whole disk.
+  if (job.size === 0n) {
+    return [{ runs: [], compressed: [], zeros: [], partial: 0n, dataEnd: k.dataStart, written: 0n }];
+  }
   if (n === 1) {
     const r = await guest(0n, 0n, job.size, k.dataStart, k.dataStart + clusters * k.capPerCluster + cs, 0);
     debugRun(`${k.op} packed`, r);
