@@ -88,9 +88,17 @@ export function existingRuns(runs: MapRun[], clusterBits: number): ExistingRun[]
     ) {
       last.count += count;
     } else if (last && last.cluster + last.count > cluster) {
-      // A cluster split between two runs (a partial last cluster): keep the first.
-      const extra = cluster + count - (last.cluster + last.count);
-      if (extra > 0n) out.push({ cluster: last.cluster + last.count, count: extra, kind, host });
+      // A cluster split between two runs (a partial last cluster, or a data
+      // cluster whose head is a hole in the file): keep the first; the rest
+      // of this run starts that many clusters further on, in the file too.
+      const skip = last.cluster + last.count - cluster;
+      const extra = count - skip;
+      const h = host === undefined ? undefined : host + (skip << cb);
+      if (extra > 0n && last.kind === kind && (h === undefined || last.host! + (last.count << cb) === h)) {
+        last.count += extra;
+      } else if (extra > 0n) {
+        out.push({ cluster: last.cluster + last.count, count: extra, kind, host: h });
+      }
     } else {
       out.push({ cluster, count, kind, host });
     }
