@@ -527,6 +527,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     return 0;
 }
 
+#ifdef CONVERT_BLOCKS /* -B never compresses: plain convert only */
 /* ---- qcow2 output over a backing file (convert -B) ---- */
 
 #define CB_SKIP 1u  /* part of the cluster is left to the backing file */
@@ -729,6 +730,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
     if (emit_run() || emit_zrun()) return -1;
     return 0;
 }
+#endif
 
 /* Clusters of [start, end) that status says may hold data (all of them
  * with -S 0): an upper bound on what convert_qcow2 writes for the range. */
@@ -824,7 +826,11 @@ int op_main(void)
         data_end = p->arg[3];
         max_refs = p->arg[7];
         if (flags & CONV_BACKING) {
+#ifdef CONVERT_BLOCKS
             if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA, buf)) return -1;
+#else
+            return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
+#endif
         } else if (flags & CONV_COUNT) {
             if (count_clusters(start, end, (uint32_t)cbits, min_sparse, &n_clusters)) return -1;
         } else if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) {
