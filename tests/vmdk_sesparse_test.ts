@@ -18,6 +18,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { assertSameHere, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { digest } from "./support/bytes.ts";
+import { FULL_TESTS } from "./support/full.ts";
 import {
   seAllocatedGte,
   type SeGrain,
@@ -43,8 +44,8 @@ function sampleGrains(): Map<number, SeGrain> {
     [100, { kind: "data", fill: 0x33 }],
     [GT + 3, { kind: "data", fill: 0x44 }],
     [GT + 4, { kind: "zero" }],
-    [3 * GT + 7, { kind: "unmapped" }],
-    [3 * GT + 8, { kind: "data", fill: 0x55 }],
+    [2 * GT, { kind: "data", fill: 0x55 }], // the partial last grain of a 65541-sector disk
+    [2 * GT + 1, { kind: "unmapped" }], // past that disk's end
   ]);
 }
 
@@ -76,71 +77,105 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-Deno.test({ name: "vmdk seSparse: every read command prints what qemu-img prints", ignore: !ready }, async (t) => {
-  await withTempDir("instar-sesparse-", async (dir) => {
-    // 64 MiB + 5 sectors: the last grain is partial, the descriptor's size is ignored (the header's counts)
-    writeSeSparse(dir, "se.vmdk", { sectors: 131077n, grains: sampleGrains(), descSectors: 8n });
-    for (const args of [["info"], ["info", "--output=json"], ["map"], ["map", "--output=json"], ["check"]]) {
-      await t.step(`${args.join(" ")}`, async () => {
-        const q = await assertSameHere([...args, "se.vmdk"], dir);
-        assertEquals(q.code, 0, q.stderr);
+Deno.test(
+  { name: "vmdk seSparse: every read command prints what qemu-img prints", ignore: !ready },
+  async (t) => {
+    await withTempDir("instar-sesparse-", async (dir) => {
+      // 32 MiB + 5 sectors: the last grain is partial, the descriptor's size is ignored (the header's counts)
+      writeSeSparse(dir, "se.vmdk", { sectors: 65541n, grains: sampleGrains(), descSectors: 8n });
+      for (
+        const args of [["info"], ["info", "--output=json"], ["map"], ["map", "--output=json"], ["check"]]
+      ) {
+        await t.step(`${args.join(" ")}`, async () => {
+          const q = await assertSameHere([...args, "se.vmdk"], dir);
+          assertEquals(q.code, 0, q.stderr);
+        });
+      }
+      await t.step("check --output=json, map with a range, info -f vmdk", async () => {
+        await assertSameHere(["check", "--output=json", "se.vmdk"], dir);
+        await assertSameHere([
+          "map",
+          "--output=json",
+          "--start-offset",
+          "6144",
+          "--max-length",
+          "17M",
+          "se.vmdk",
+        ], dir);
+        await assertSameHere(["info", "-f", "vmdk", "--output=json", "se.vmdk"], dir);
       });
-    }
-    await t.step("check --output=json, map with a range, info -f vmdk", async () => {
-      await assertSameHere(["check", "--output=json", "se.vmdk"], dir);
-      await assertSameHere(["map", "--output=json", "--start-offset", "6144", "--max-length", "17M", "se.vmdk"], dir);
-      await assertSameHere(["info", "-f", "vmdk", "--output=json", "se.vmdk"], dir);
+      await t.step("measure", async () => {
+        await assertSameHere(["measure", "-O", "qcow2", "se.vmdk"], dir);
+        await assertSameHere(["measure", "-O", "raw", "se.vmdk"], dir);
+      });
+      await t.step("convert -O raw: qemu-img's bytes", async () => {
+        await sameConvert(dir, "se.vmdk");
+      });
+      await t.step("compare with qemu-img's raw copy, and with a changed one", async () => {
+        await assertSameHere(["compare", "-F", "raw", "se.vmdk", "se.vmdk.q.raw"], dir);
+        const b = await Deno.readFile(`${dir}/se.vmdk.q.raw`);
+        b[GT * 4096 + 3 * 4096 + 17] ^= 1; // inside grain GT + 3
+        await Deno.writeFile(`${dir}/changed.raw`, b);
+        const q = await assertSameHere(["compare", "-F", "raw", "se.vmdk", "changed.raw"], dir);
+        assertEquals(q.code, 1);
+        await assertSameHere(["compare", "-s", "-F", "raw", "se.vmdk", "se.vmdk.q.raw"], dir);
+      });
+      await t.step("convert -O qcow2: qemu-img finds the same disk", async () => {
+        const i = await instarHere(["convert", "-O", "qcow2", "se.vmdk", "se.qcow2"], dir);
+        assertEquals(i.code, 0, i.stderr);
+        const c = await qemuImg(["compare", "se.vmdk", "se.qcow2"], dir);
+        assertEquals(c.stdout, "Images are identical.\n", c.stderr);
+      });
     });
-    await t.step("measure", async () => {
-      await assertSameHere(["measure", "-O", "qcow2", "se.vmdk"], dir);
-      await assertSameHere(["measure", "-O", "raw", "se.vmdk"], dir);
-    });
-    await t.step("convert -O raw: qemu-img's bytes", async () => {
-      await sameConvert(dir, "se.vmdk");
-    });
-    await t.step("compare with qemu-img's raw copy, and with a changed one", async () => {
-      await assertSameHere(["compare", "-F", "raw", "se.vmdk", "se.vmdk.q.raw"], dir);
-      const b = await Deno.readFile(`${dir}/se.vmdk.q.raw`);
-      b[GT * 4096 + 3 * 4096 + 17] ^= 1; // inside grain GT + 3
-      await Deno.writeFile(`${dir}/changed.raw`, b);
-      const q = await assertSameHere(["compare", "-F", "raw", "se.vmdk", "changed.raw"], dir);
-      assertEquals(q.code, 1);
-      await assertSameHere(["compare", "-s", "-F", "raw", "se.vmdk", "se.vmdk.q.raw"], dir);
-    });
-    await t.step("convert -O qcow2: qemu-img finds the same disk", async () => {
-      const i = await instarHere(["convert", "-O", "qcow2", "se.vmdk", "se.qcow2"], dir);
-      assertEquals(i.code, 0, i.stderr);
-      const c = await qemuImg(["compare", "se.vmdk", "se.qcow2"], dir);
-      assertEquals(c.stdout, "Images are identical.\n", c.stderr);
-    });
-  });
-});
+  },
+);
 
-Deno.test({ name: "vmdk seSparse: a VMFSSPARSE extent reads as a sparse extent", ignore: !ready }, async (t) => {
-  await withTempDir("instar-vmfssparse-", async (dir) => {
-    await sh(dir, "qemu-img", "create", "-q", "-f", "vmdk", "x-sparse.vmdk", "8M");
-    await sh(dir, "qemu-io", "-f", "vmdk", "-c", "write -P 7 1M 64k", "-c", "write -P 8 7M 4k", "x-sparse.vmdk");
-    await Deno.writeTextFile(
-      `${dir}/vmfs.vmdk`,
-      seSparseDescriptor({ sectors: 16384n, createType: "vmfsSparse", extentType: "VMFSSPARSE", extentName: "x-sparse.vmdk" }),
-    );
-    for (const args of [["info"], ["info", "--output=json"], ["map", "--output=json"], ["check"]]) {
-      await t.step(args.join(" "), async () => {
-        const q = await assertSameHere([...args, "vmfs.vmdk"], dir);
-        assertEquals(q.code, 0, q.stderr);
+Deno.test(
+  { name: "vmdk seSparse: a VMFSSPARSE extent reads as a sparse extent", ignore: !ready },
+  async (t) => {
+    await withTempDir("instar-vmfssparse-", async (dir) => {
+      await sh(dir, "qemu-img", "create", "-q", "-f", "vmdk", "x-sparse.vmdk", "8M");
+      await sh(
+        dir,
+        "qemu-io",
+        "-f",
+        "vmdk",
+        "-c",
+        "write -P 7 1M 64k",
+        "-c",
+        "write -P 8 7M 4k",
+        "x-sparse.vmdk",
+      );
+      await Deno.writeTextFile(
+        `${dir}/vmfs.vmdk`,
+        seSparseDescriptor({
+          sectors: 16384n,
+          createType: "vmfsSparse",
+          extentType: "VMFSSPARSE",
+          extentName: "x-sparse.vmdk",
+        }),
+      );
+      for (const args of [["info"], ["info", "--output=json"], ["map", "--output=json"], ["check"]]) {
+        await t.step(args.join(" "), async () => {
+          const q = await assertSameHere([...args, "vmfs.vmdk"], dir);
+          assertEquals(q.code, 0, q.stderr);
+        });
+      }
+      await t.step("convert -O raw", async () => {
+        await sameConvert(dir, "vmfs.vmdk");
       });
-    }
-    await t.step("convert -O raw", async () => {
-      await sameConvert(dir, "vmfs.vmdk");
     });
-  });
-});
+  },
+);
 
 Deno.test({ name: "vmdk seSparse: read-write opens fail as qemu's do", ignore: !ready }, async (t) => {
   await withTempDir("instar-sesparse-rw-", async (dir) => {
     writeSeSparse(dir, "se.vmdk", { sectors: 32768n, grains: sampleGrains() });
     await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "other.qcow2", "16M");
-    const before = [await digest(await Deno.readFile(`${dir}/se.vmdk`)), await digest(await Deno.readFile(`${dir}/x-sesparse.vmdk`))];
+    const before = [
+      await digest(await Deno.readFile(`${dir}/se.vmdk`)),
+      await digest(await Deno.readFile(`${dir}/x-sesparse.vmdk`)),
+    ];
     for (
       const args of [
         ["resize", "se.vmdk", "32M"],
@@ -160,7 +195,10 @@ Deno.test({ name: "vmdk seSparse: read-write opens fail as qemu's do", ignore: !
     }
     await t.step("the files are unchanged; snapshot -l (read-only) opens", async () => {
       assertEquals(
-        [await digest(await Deno.readFile(`${dir}/se.vmdk`)), await digest(await Deno.readFile(`${dir}/x-sesparse.vmdk`))],
+        [
+          await digest(await Deno.readFile(`${dir}/se.vmdk`)),
+          await digest(await Deno.readFile(`${dir}/x-sesparse.vmdk`)),
+        ],
         before,
       );
       await assertSameHere(["snapshot", "-l", "se.vmdk"], dir);
@@ -201,75 +239,99 @@ Deno.test({ name: "vmdk seSparse: malformed headers fail with qemu's words", ign
     }
     await t.step("an extent named in a subdirectory is named so in the error", async () => {
       await Deno.mkdir(`${dir}/sub`);
-      writeSeSparse(dir, "subdir.vmdk", { sectors: 65536n, extentName: "sub/s-se.vmdk", constOverride: { volatile_header_offset: 1n << 54n } });
+      writeSeSparse(dir, "subdir.vmdk", {
+        sectors: 65536n,
+        extentName: "sub/s-se.vmdk",
+        constOverride: { volatile_header_offset: 1n << 54n },
+      });
       const q = await assertSameHere(["info", "subdir.vmdk"], dir);
       assert(q.stderr.includes("'sub/s-se.vmdk'"), q.stderr);
     });
   });
 });
 
-Deno.test({ name: "vmdk seSparse: hostile table entries as qemu-img reads them", ignore: !ready }, async (t) => {
-  await withTempDir("instar-sesparse-rows-", async (dir) => {
-    const g = sampleGrains;
-    const raw = (entries: [number, bigint][]) =>
-      new Map<number, SeGrain>(entries.map(([i, gte]) => [i, { kind: "raw", gte }]));
-    const cases: Record<string, Partial<SeSparseSpec>> = {
-      gd_wrong_type: { grains: g(), gdOverride: new Map([[0, 0x2000000000000000n]]) },
-      gd_index_2_32: { grains: g(), gdOverride: new Map([[1, 0x10000000ffffffffn]]) },
-      gd_past_eof: { grains: g(), constOverride: { grain_dir_offset: 1000000n } },
-      gd_wraps_to_0: { grains: g(), constOverride: { grain_dir_offset: 1n << 55n } },
-      gd_size_wraps: { grains: g(), constOverride: { grain_dir_size: (1n << 55n) + 1n } },
-      gd_size_0: { grains: g(), constOverride: { grain_dir_size: 0n } },
-      tables_near_2_32: { grains: g(), constOverride: { grain_tables_offset: 0xfffffff0n } },
-      tables_at_0: { grains: g(), constOverride: { grain_tables_offset: 0n } },
-      tables_wrap: { grains: g(), constOverride: { grain_tables_offset: -64n } },
-      tables_past_eof: { grains: g(), constOverride: { grain_tables_offset: 0xffff0000n } },
-      grains_2_63: { grains: g(), constOverride: { grains_offset: 1n << 54n } },
-      grains_wrap: { grains: g(), constOverride: { grains_offset: -8n } },
-      gte_low_bits: { grains: raw([[0, 5n], [1, seAllocatedGte(0n)]]) },
-      gte_types: {
-        grains: raw([[2, 0x1000000000000123n], [9, 0x2fffffffffffffffn], [12, 0x4000000000000000n]]),
-      },
-      gte_type_f: { grains: raw([[3, 0xf000000000000000n]]) },
-      gte_index_2_32: { grains: raw([[2, seAllocatedGte(0xffffffffn)], [3, seAllocatedGte(0x100000000n)]]) },
-      gte_index_2_60: { grains: raw([[2, 0x3fffffffffffffffn], [3, 0x3000000100000000n]]) },
-      gte_past_eof: { grains: raw([[2, seAllocatedGte(16n)]]) },
-      capacity_past_gd: { grains: g(), sectors: 1n << 50n, gdEntries: 4 },
-    };
-    const ref = new Uint8Array(32 << 20);
-    await Deno.writeFile(`${dir}/zero.raw`, ref);
-    for (const [name, c] of Object.entries(cases)) {
-      writeSeSparse(dir, `${name}.vmdk`, { sectors: 65536n, extentName: `${name}-se.vmdk`, ...c });
-      await t.step(name, async () => {
-        const t0 = Date.now();
-        await assertSameHere(["info", `${name}.vmdk`], dir);
-        for (const args of [["map"], ["map", "--output=json"], ["check"]]) {
-          await assertSameHere([...args, `${name}.vmdk`], dir);
-        }
-        if (name !== "capacity_past_gd") {
-          await assertSameHere(["compare", "-F", "raw", `${name}.vmdk`, "zero.raw"], dir);
-          await sameConvert(dir, `${name}.vmdk`);
-        }
-        assert(Date.now() - t0 < 60_000, `${name} took ${Date.now() - t0} ms`);
-      });
-    }
-  });
-});
+Deno.test(
+  { name: "vmdk seSparse: hostile table entries as qemu-img reads them", ignore: !ready },
+  async (t) => {
+    await withTempDir("instar-sesparse-rows-", async (dir) => {
+      const g = sampleGrains;
+      const raw = (entries: [number, bigint][]) =>
+        new Map<number, SeGrain>(entries.map(([i, gte]) => [i, { kind: "raw", gte }]));
+      const cases: Record<string, Partial<SeSparseSpec>> = {
+        gd_wrong_type: { grains: g(), gdOverride: new Map([[0, 0x2000000000000000n]]) },
+        gd_index_2_32: { grains: g(), gdOverride: new Map([[1, 0x10000000ffffffffn]]) },
+        gd_past_eof: { grains: g(), constOverride: { grain_dir_offset: 1000000n } },
+        gd_wraps_to_0: { grains: g(), constOverride: { grain_dir_offset: 1n << 55n } },
+        gd_size_wraps: { grains: g(), constOverride: { grain_dir_size: (1n << 55n) + 1n } },
+        gd_size_0: { grains: g(), constOverride: { grain_dir_size: 0n } },
+        tables_near_2_32: { grains: g(), constOverride: { grain_tables_offset: 0xfffffff0n } },
+        tables_at_0: { grains: g(), constOverride: { grain_tables_offset: 0n } },
+        tables_wrap: { grains: g(), constOverride: { grain_tables_offset: -64n } },
+        tables_past_eof: { grains: g(), constOverride: { grain_tables_offset: 0xffff0000n } },
+        grains_2_63: { grains: g(), constOverride: { grains_offset: 1n << 54n } },
+        grains_wrap: { grains: g(), constOverride: { grains_offset: -8n } },
+        gte_low_bits: { grains: raw([[0, 5n], [1, seAllocatedGte(0n)]]) },
+        gte_types: {
+          grains: raw([[2, 0x1000000000000123n], [9, 0x2fffffffffffffffn], [12, 0x4000000000000000n]]),
+        },
+        gte_type_f: { grains: raw([[3, 0xf000000000000000n]]) },
+        gte_index_2_32: {
+          grains: raw([[2, seAllocatedGte(0xffffffffn)], [3, seAllocatedGte(0x100000000n)]]),
+        },
+        gte_index_2_60: { grains: raw([[2, 0x3fffffffffffffffn], [3, 0x3000000100000000n]]) },
+        gte_past_eof: { grains: raw([[2, seAllocatedGte(16n)]]) },
+        capacity_past_gd: { grains: g(), sectors: 1n << 50n, gdEntries: 4 },
+      };
+      // 16 MiB + 20 KiB: two grain directory entries, the second one with data and zero grains
+      const sectors = 32808n;
+      await Deno.writeFile(`${dir}/zero.raw`, new Uint8Array(Number(sectors) * 512));
+      for (const [name, c] of Object.entries(cases)) {
+        writeSeSparse(dir, `${name}.vmdk`, { sectors, extentName: `${name}-se.vmdk`, ...c });
+        await t.step(name, async () => {
+          const t0 = Date.now();
+          // the default run: block status (map), the check walk, the read path (convert); the rest whole
+          // with INSTAR_FULL_TESTS=1
+          const img = `${name}.vmdk`;
+          for (
+            const args of FULL_TESTS
+              ? [["info"], ["map"], ["map", "--output=json"], ["check"]]
+              : [["map", "--output=json"], ["check"]]
+          ) {
+            await assertSameHere([...args, img], dir);
+          }
+          if (name !== "capacity_past_gd") {
+            if (FULL_TESTS) await assertSameHere(["compare", "-F", "raw", img, "zero.raw"], dir);
+            await sameConvert(dir, img);
+          }
+          assert(Date.now() - t0 < 60_000, `${name} took ${Date.now() - t0} ms`);
+        });
+      }
+    });
+  },
+);
 
-Deno.test({ name: "vmdk seSparse: a 512 TiB disk of empty tables in bounded time", ignore: !ready }, async () => {
-  // qemu-img walks it grain by grain (2^37 grains, hours); instar skips each
-  // directory entry without a table. The answers are qemu's for such a disk.
-  await withTempDir("instar-sesparse-big-", async (dir) => {
-    const sectors = 1n << 40n;
-    writeSeSparse(dir, "big.vmdk", { sectors, gdEntries: 8, constOverride: { grain_dir_size: 1n << 19n } });
-    const t0 = Date.now();
-    const info = await qemuImg(["info", "--output=json", "big.vmdk"], dir);
-    assertEquals(JSON.parse(info.stdout)["virtual-size"], Number(sectors * 512n));
-    await assertSameHere(["info", "big.vmdk"], dir);
-    const c = await instarHere(["check", "big.vmdk"], dir);
-    assertEquals(c, { code: 0, stdout: "No errors were found on the image.\n", stderr: "" });
-    const m = await instarHere(["map", "--output=json", "big.vmdk"], dir);
-    assertEquals(m.stdout, `[{ "start": 0, "length": ${sectors * 512n}, "depth": 0, "present": false, "zero": true, "data": false}]\n`);
-    assert(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
-  });
-});
+Deno.test(
+  { name: "vmdk seSparse: a 64 TiB disk of empty tables in bounded time", ignore: !ready },
+  async () => {
+    // qemu-img walks it grain by grain (2^34 grains, hours); instar skips each
+    // directory entry without a table. The answers are qemu's for such a disk.
+    await withTempDir("instar-sesparse-big-", async (dir) => {
+      const sectors = 1n << 37n;
+      writeSeSparse(dir, "big.vmdk", { sectors, gdEntries: 8, constOverride: { grain_dir_size: 1n << 16n } });
+      const t0 = Date.now();
+      const info = await qemuImg(["info", "--output=json", "big.vmdk"], dir);
+      assertEquals(JSON.parse(info.stdout)["virtual-size"], Number(sectors * 512n));
+      await assertSameHere(["info", "big.vmdk"], dir);
+      const c = await instarHere(["check", "big.vmdk"], dir);
+      assertEquals(c, { code: 0, stdout: "No errors were found on the image.\n", stderr: "" });
+      const m = await instarHere(["map", "--output=json", "big.vmdk"], dir);
+      assertEquals(
+        m.stdout,
+        `[{ "start": 0, "length": ${
+          sectors * 512n
+        }, "depth": 0, "present": false, "zero": true, "data": false}]\n`,
+      );
+      assert(Date.now() - t0 < 60_000, `took ${Date.now() - t0} ms`);
+    });
+  },
+);

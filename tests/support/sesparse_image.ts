@@ -64,7 +64,9 @@ export interface SeSparseSpec {
   /** const header fields replaced after layout */
   constOverride?: Partial<Record<SeConstField, bigint>>;
   /** volatile header: magic, free_gt_number, next_txn_seq_number, replay_journal */
-  volatileOverride?: Partial<Record<"magic" | "free_gt_number" | "next_txn_seq_number" | "replay_journal", bigint>>;
+  volatileOverride?: Partial<
+    Record<"magic" | "free_gt_number" | "next_txn_seq_number" | "replay_journal", bigint>
+  >;
   /** bytes patched into the const header's padding (offset 208..511) or the volatile's (32..511) */
   constPad?: number;
   volatilePad?: number;
@@ -88,7 +90,8 @@ export function seAllocatedGte(index: bigint): bigint {
 /** The extent file's bytes for `spec`. */
 export function seSparseExtent(spec: SeSparseSpec): Uint8Array {
   const grains = spec.grains ?? new Map<number, SeGrain>();
-  const gdEntries = spec.gdEntries ?? Math.max(1, Number((spec.sectors * 512n + BigInt(SE_GD_SPAN) - 1n) / BigInt(SE_GD_SPAN)));
+  const gdEntries = spec.gdEntries ??
+    Math.max(1, Number((spec.sectors * 512n + BigInt(SE_GD_SPAN) - 1n) / BigInt(SE_GD_SPAN)));
   const gdSectors = Math.ceil((gdEntries * 8) / SECTOR);
   // tables: one per directory entry that has any non-zero grain entry
   const tableOf = new Map<number, number>();
@@ -139,7 +142,12 @@ export function seSparseExtent(spec: SeSparseSpec): Uint8Array {
   };
   SE_CONST_FIELDS.forEach((f, i) => dv.setBigUint64(i * 8, BigInt.asUintN(64, fields[f]), true));
   if (spec.constPad !== undefined) b[SE_CONST_FIELDS.length * 8 + 17] = spec.constPad;
-  const vol = { magic: 0xcafecafen, free_gt_number: BigInt(tableOf.size), next_txn_seq_number: 1n, replay_journal: 0n };
+  const vol = {
+    magic: 0xcafecafen,
+    free_gt_number: BigInt(tableOf.size),
+    next_txn_seq_number: 1n,
+    replay_journal: 0n,
+  };
   Object.assign(vol, spec.volatileOverride);
   [vol.magic, vol.free_gt_number, vol.next_txn_seq_number, vol.replay_journal].forEach((v, i) =>
     dv.setBigUint64(SECTOR + i * 8, BigInt.asUintN(64, v), true)
@@ -148,7 +156,9 @@ export function seSparseExtent(spec: SeSparseSpec): Uint8Array {
   for (const [t, k] of tableOf) {
     if (t < gdEntries) dv.setBigUint64(gdAt * SECTOR + t * 8, 0x1000000000000000n | BigInt(k), true);
   }
-  for (const [i, v] of spec.gdOverride ?? []) dv.setBigUint64(gdAt * SECTOR + i * 8, BigInt.asUintN(64, v), true);
+  for (const [i, v] of spec.gdOverride ?? []) {
+    dv.setBigUint64(gdAt * SECTOR + i * 8, BigInt.asUintN(64, v), true);
+  }
   let next = 0;
   for (const [g, v] of [...grains].sort((a, b) => a[0] - b[0])) {
     const t = tableOf.get(Math.floor(g / SE_GT_ENTRIES))!;

@@ -52,9 +52,9 @@ export function vmdkErrorText(
     case 14:
       return "L1 size too big";
     case 15:
-      return `Could not read l1 ${
-        a2 === 1n ? "backup " : ""
-      }table from extent '${fileName(a1)}': Input/output error`;
+      return `Could not read l1 ${a2 === 1n ? "backup " : ""}table from extent '${
+        fileName(a1)
+      }': Input/output error`;
     case 16:
       return `Could not open '${filename}': Invalid argument`;
     case 17:
