@@ -164,6 +164,33 @@ Deno.test(
       await t.step("convert -O raw", async () => {
         await sameConvert(dir, "vmfs.vmdk");
       });
+      await t.step("a VMDK3 (COWD) file under a VMFSSPARSE line", async () => {
+        // header, descriptor at 0x200, grain directory, one 4096-entry grain table, two 4 KiB grains
+        const b = new Uint8Array(35 * 512 + 8192);
+        const dv = new DataView(b.buffer);
+        b.set(new TextEncoder().encode("COWD"), 0);
+        [1, 3, 1024, 8, 2, 1].forEach((v, i) => dv.setUint32(4 + 4 * i, v, true));
+        dv.setUint32(1024, 3, true);
+        dv.setUint32(1536, 35, true);
+        dv.setUint32(1536 + 12, 43, true);
+        b.fill(0x5a, 35 * 512, 43 * 512);
+        b.fill(0xa5, 43 * 512);
+        await Deno.writeFile(`${dir}/cowd-ext.vmdk`, b);
+        await Deno.writeTextFile(
+          `${dir}/cowd.vmdk`,
+          seSparseDescriptor({
+            sectors: 1024n,
+            createType: "vmfsSparse",
+            extentType: "VMFSSPARSE",
+            extentName: "cowd-ext.vmdk",
+          }),
+        );
+        for (const args of [["info", "--output=json"], ["map", "--output=json"], ["check"]]) {
+          const q = await assertSameHere([...args, "cowd.vmdk"], dir);
+          assertEquals(q.code, 0, q.stderr);
+        }
+        await sameConvert(dir, "cowd.vmdk");
+      });
     });
   },
 );
