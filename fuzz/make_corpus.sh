@@ -184,6 +184,10 @@ done
 put vmdk_desc vmdkd/monolithicFlat.vmdk vmdkd/twoGbMaxExtentSparse.vmdk vmdkd/twoGbMaxExtentFlat.vmdk
 put vmdk_sparse vmdk/*
 put vmdk_stream vmdk/stream.vmdk vmdk/stream_small.vmdk vmdk/sparse_small.vmdk
+# seSparse extent files (qemu-img cannot create them: the tests' builder writes them)
+mkdir -p sesparse
+"$ROOT/scripts/deno.sh" run -A "$ROOT/fuzz/sesparse_seed.ts" sesparse
+put vmdk_sesparse sesparse/*
 
 # measure_scan: a format byte (0 qcow2, 1 raw, 2 vpc, 3 vhdx, 4 vmdk) and a target
 # cluster_bits byte (7: 64 KiB) first.
@@ -211,6 +215,6 @@ if command -v cryptsetup >/dev/null; then
   put luks luks/*
 fi
 for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx \
-  vmdk_desc vmdk_sparse vmdk_stream inspect luks; do
+  vmdk_desc vmdk_sparse vmdk_stream vmdk_sesparse inspect luks; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done

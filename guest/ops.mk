@@ -7,7 +7,7 @@ GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_sca
 CHAIN_SRCS := chain/open.c chain/formats.c
 VPC_SRCS := vpc/vpc.c
 VHDX_SRCS := vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c
-VMDK_SRCS := vmdk/vmdk.c vmdk/desc.c
+VMDK_SRCS := vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c
 FORMAT_SRCS := qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c raw/layer.c probe/probe.c raw/partition.c \
                $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c $(VMDK_SRCS) vmdk/layer.c
 # Reading a chain (convert, compare): also qcow2's compressed clusters.

@@ -55,6 +55,7 @@
 #define INFO_F_CHECK_MODE 1
 #define INFO_F_NO_LISTS 2
 #define INFO_F_READS_DATA 4
+#define INFO_F_READ_WRITE 256
 
 #define MAPOP_F_PRECISE 1
 

@@ -35,7 +35,7 @@ int op_main(void)
         /* extent files, when the image names any, are the inputs after 0; a
          * first run with input 0 alone reports their names (VMDK_OPEN_SCAN) */
         static struct vmdk v;
-        uint32_t mode = p->n_inputs == 1 ? VMDK_OPEN_SCAN : 0;
+        uint32_t mode = (p->n_inputs == 1 ? VMDK_OPEN_SCAN : 0) | ((p->flags & INFO_F_READ_WRITE) ? VMDK_OPEN_RW : 0);
         return vmdk_open(&v, &r, mode) || vmdk_emit_info(&v) ? -1 : 0;
     }
     if (fmt == FMT_LUKS) {

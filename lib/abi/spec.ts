@@ -161,6 +161,9 @@ export const infoFlags = {
   /** The command reads data (convert, compare): an encrypted image is unlocked before qemu
    * computes its length, so a LUKS payload past the end of the file is left to the unlocking guest. */
   READS_DATA: 4,
+  /** qemu opens the image read-write (resize, commit, rebase, snapshot -c/-a/-d, check -r, amend, bitmap):
+   * a vmdk seSparse extent refuses that open ("No write support for seSparse images available"). */
+  READ_WRITE: 0x100,
 } as const;
 
 /** params.flags for ops.MAP. PRECISE: report the layers' precise runs even

@@ -14,6 +14,7 @@ import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { WriteError } from "../formats/apply_plan.ts";
 import { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { refuseDataFile } from "./data_file.ts";
+import { guestErrors } from "../abi/spec.ts";
 import {
   addOptionList,
   CACHE_MODES,
@@ -397,7 +398,8 @@ export class TempFiles {
 
 function guestFailureMessage(e: GuestFailure): string {
   const f = e.record.fields;
-  const msg = qcow2ErrorMessage({
+  // a failed read or block status (e.g. a vmdk grain lookup qemu fails with EIO)
+  const msg = f.code === guestErrors.IO ? "Input/output error" : qcow2ErrorMessage({
     code: f.code as number,
     a0: f.a0 as bigint,
     a1: f.a1 as bigint,

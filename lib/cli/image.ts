@@ -22,7 +22,7 @@ import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 import { KDF_MAX_ITERS_DEFAULT } from "../formats/luks/errors.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
-import { LockError, type LockMode, LOCKS, takeLock } from "../vmm/image_lock.ts";
+import { LockError, type LockMode, LOCKS, PERM, takeLock } from "../vmm/image_lock.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -202,7 +202,9 @@ async function openImageOnce(
         ...extents.map((x) => ({ path: x.path, format: formats.RAW, nofollow: true })),
       ],
       flags: (opts.checkMode ? infoFlags.CHECK_MODE : 0) | (opts.noLists ? infoFlags.NO_LISTS : 0) |
-        (opts.readsData ? infoFlags.READS_DATA : 0),
+        (opts.readsData ? infoFlags.READS_DATA : 0) |
+        // qemu's read-write open (the commands that take the write lock)
+        (opts.lock && (opts.lock.perm & PERM.WRITE) !== 0 ? infoFlags.READ_WRITE : 0),
     });
   } catch (e) {
     throw new OpenError(filename, `Sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
@@ -252,7 +254,8 @@ async function openImageOnce(
         names = [];
       }
     }
-    throw new OpenError(filename, text(fields, features, filename), 0, false, preface);
+    const inputNames = [filename, ...extents.map((x) => x.filename)];
+    throw new OpenError(filename, text(fields, features, filename, inputNames), 0, false, preface);
   }
   if (result.guestStatus !== 0n) {
     throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");

@@ -137,7 +137,13 @@ export interface FormatDriver {
   /** Decodes the info guest's records for `input` (throws GuestResultError on nonsense). */
   readonly decode?: (recs: Rec[], input: number, fileSize: bigint) => DecodedImage;
   /** qemu's text for an open failure the guest reported (after "Could not open 'FILE': "). */
-  readonly openError?: (e: GuestErrorFields, features: string[], filename: string) => string;
+  readonly openError?: (
+    e: GuestErrorFields,
+    features: string[],
+    filename: string,
+    /** The names qemu prints for the run's inputs: the image, then its vmdk extent files. */
+    inputNames?: string[],
+  ) => string;
   /** `qemu-img check` has a check for this format (else "does not support checks", exit 63). */
   readonly check?: boolean;
   readonly create?: CreateSupport;
