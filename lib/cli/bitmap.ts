@@ -28,7 +28,7 @@ import { LOCKS } from "../vmm/image_lock.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
-import { type BitmapsExt, bitmapsCarriable } from "../formats/qcow2/rebase_plan.ts";
+import { bitmapsCarriable, type BitmapsExt } from "../formats/qcow2/rebase_plan.ts";
 import {
   type BitmapAction,
   type BitmapRequest,
@@ -338,7 +338,10 @@ async function truncateBack(img: OpenedImage) {
  * (a stale extension, a bitmap in use, or with `disabledOnly` an enabled
  * one): the planner then refuses.
  */
-export async function carriedBitmaps(img: OpenedImage, disabledOnly: boolean): Promise<BitmapsExt | undefined> {
+export async function carriedBitmaps(
+  img: OpenedImage,
+  disabledOnly: boolean,
+): Promise<BitmapsExt | undefined> {
   const q = img.qcow2;
   if (!q || !bitmapsCarriable(q)) return undefined;
   const s = decodeOrRefuse(await scan(img), img);
