@@ -488,6 +488,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           lock,
           noLists,
           readsData: true,
+          encryptFormat: ref.encryptFormat,
         });
         chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
       }

@@ -4,7 +4,7 @@
 // (lib/formats/qcow2/output_plan.ts) writes all metadata. No image byte
 // passes through here: the guest reads and writes through the VMM, and
 // joining two guests' halves is a copy inside the VMM library.
-import { convertFlags, limits, ops, records } from "../abi/spec.ts";
+import { convertFlags, formats, limits, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
 import { collapseRange, runGuest, type RunRequest } from "../vmm/guest.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
@@ -82,7 +82,12 @@ function runFor(job: ConvertJob, req: RunRequest) {
   if (req.op !== "convert") {
     throw new PlanRefused("Compressed output from an encrypted source is not supported by instar yet");
   }
-  return runGuest({ ...req, op: "convert_luks", kdfMaxIters: job.kdfMaxIters });
+  // An encrypted qcow2 layer: convert_qcrypt (qcow2, raw and LUKS layers only).
+  const qcrypt = job.layers.some((l) => l.secret && l.formatCode === formats.QCOW2);
+  if (qcrypt && job.layers.some((l) => !([formats.RAW, formats.QCOW2, formats.LUKS] as number[]).includes(l.formatCode))) {
+    throw new PlanRefused("Reading an encrypted qcow2 image over a vpc, vhdx or vmdk backing file is not supported by instar yet");
+  }
+  return runGuest({ ...req, op: qcrypt ? "convert_qcrypt" : "convert_luks", kdfMaxIters: job.kdfMaxIters });
 }
 
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;
