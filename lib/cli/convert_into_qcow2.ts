@@ -13,7 +13,7 @@ import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { CliError } from "./messages.ts";
-import { type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { mapRuns, scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
@@ -37,6 +37,7 @@ export async function openQcow2Target(name: string, unsafeQuirks: boolean): Prom
   let img: OpenedImage;
   try {
     img = await openImage(name, { format: "qcow2", unsafeQuirks, lock: LOCKS.write, noLists: true });
+    needsNoKey(img);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(name, e);
     throw e;

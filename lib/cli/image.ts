@@ -404,6 +404,18 @@ export function needsNoKey(img: OpenedImage): void {
   if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) throw new OpenError(img.filename, keySecretRequired(false));
 }
 
+/** needsNoKey over a chain: a backing file's failure carries its depth, as qemu nests it. */
+export function chainNeedsNoKey(chain: OpenedImage[]): void {
+  chain.forEach((img, depth) => {
+    try {
+      needsNoKey(img);
+    } catch (e) {
+      if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth);
+      throw e;
+    }
+  });
+}
+
 /** The PBKDF2 bound handed to guests that unlock (INSTAR_MAX_KDF_ITERS overrides the default). */
 export function kdfMaxIters(): bigint {
   const v = hostEnv("INSTAR_MAX_KDF_ITERS");
