@@ -9,21 +9,46 @@
 // material, past the end of the file, a negative offset, and a data cluster
 // overlapping the header clusters.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, assertSameHere, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import {
+  asInstar,
+  assertSameHere,
+  haveQemuImg,
+  instarHere,
+  qemuImg,
+  sh,
+  withTempDir,
+} from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { FULL_TESTS } from "./support/full.ts";
 
 const PW = "qcow2-crypt-pw";
 // Longer than AES's 16 key bytes: qemu keys AES with the first 16.
 const AES_PW = "qcow2-aes-passphrase-0123456789";
 const obj = (pw: string) => ["--object", `secret,id=sec0,data=${pw}`];
-const opts = (f: string, extra = "") => ["--image-opts", `driver=qcow2,encrypt.key-secret=sec0${extra},file.filename=${f}`];
+const opts = (
+  f: string,
+  extra = "",
+) => ["--image-opts", `driver=qcow2,encrypt.key-secret=sec0${extra},file.filename=${f}`];
 
 /** qemu-img create of an encrypted qcow2; LUKS's PBKDF2 calibration fails at random here, so it is retried. */
 async function qemuEncrypted(dir: string, name: string, format: "luks" | "aes", pw: string, extra = "") {
   let last = "";
   for (let i = 0; i < 8; i++) {
-    const o = `encrypt.format=${format},encrypt.key-secret=s${format === "luks" ? ",encrypt.iter-time=10" : ""}${extra}`;
-    const r = await qemuImg(["create", "-q", "-f", "qcow2", "--object", `secret,id=s,data=${pw}`, "-o", o, name, "4M"], dir);
+    const o = `encrypt.format=${format},encrypt.key-secret=s${
+      format === "luks" ? ",encrypt.iter-time=10" : ""
+    }${extra}`;
+    const r = await qemuImg([
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "--object",
+      `secret,id=s,data=${pw}`,
+      "-o",
+      o,
+      name,
+      "4M",
+    ], dir);
     if (r.code === 0) return;
     last = r.stderr;
   }
@@ -115,7 +140,11 @@ if (haveQemuImg()) {
     });
   });
 
-  Deno.test("encrypt.format=luks qcow2 with serpent-cbc-essiv and 4 KiB clusters", async () => {
+  // Another cipher and IV generator, small clusters: with INSTAR_FULL_TESTS=1 (tests/support/full.ts).
+  Deno.test({
+    name: "encrypt.format=luks qcow2 with serpent-cbc-essiv and 4 KiB clusters",
+    ignore: !FULL_TESTS,
+  }, async () => {
     await withTempDir("instar-qcrypt-", async (dir) => {
       await qemuEncrypted(
         dir,
@@ -195,7 +224,15 @@ if (haveQemuImg()) {
             ["convert", "-O", "raw", f, "o.raw"],
             ["convert", "-f", "qcow2", "-O", "raw", f, "o.raw"],
             ["convert", "--image-opts", `driver=qcow2,file.filename=${f}`, "-O", "raw", "o.raw"],
-            ["convert", ...obj(PW), ...opts(f).slice(0, 1), `driver=qcow2,encrypt.key-secret=nope,file.filename=${f}`, "-O", "raw", "o.raw"],
+            [
+              "convert",
+              ...obj(PW),
+              ...opts(f).slice(0, 1),
+              `driver=qcow2,encrypt.key-secret=nope,file.filename=${f}`,
+              "-O",
+              "raw",
+              "o.raw",
+            ],
             ["convert", ...obj(PW), ...opts(f, ",encrypt.format=luks"), "-O", "raw", "o.raw"],
             ["convert", ...obj(PW), ...opts(f, ",encrypt.format=aes"), "-O", "raw", "o.raw"],
             ["info", "--image-opts", `driver=qcow2,file.filename=${f},encrypt.format=luks`],
@@ -219,7 +256,10 @@ if (haveQemuImg()) {
           await assertSameHere(args, dir);
         }
       }
-      await assertSameHere(["info", "--image-opts", "driver=qcow2,file.filename=p.qcow2,encrypt.format=luks"], dir);
+      await assertSameHere(
+        ["info", "--image-opts", "driver=qcow2,file.filename=p.qcow2,encrypt.format=luks"],
+        dir,
+      );
     });
   });
 

@@ -23,7 +23,16 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { chainInputs, chainNeedsNoKey, needsNoKey, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import {
+  chainInputs,
+  chainNeedsNoKey,
+  needsNoKey,
+  openChain,
+  type OpenedImage,
+  OpenError,
+  openFailure,
+  openImage,
+} from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";

@@ -401,7 +401,9 @@ export function needsNoKey(img: OpenedImage): void {
   if (img.formatCode === formats.LUKS) {
     throw new OpenError(img.filename, "Parameter 'key-secret' is required for cipher");
   }
-  if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) throw new OpenError(img.filename, keySecretRequired(false));
+  if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) {
+    throw new OpenError(img.filename, keySecretRequired(false));
+  }
 }
 
 /** needsNoKey over a chain: a backing file's failure carries its depth, as qemu nests it. */

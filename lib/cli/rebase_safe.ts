@@ -12,7 +12,16 @@ import { checkBacking, fileKey, makePolicy, PolicyError } from "../chain/policy.
 import { runGuest } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { CliError } from "./messages.ts";
-import { chainInputs, chainNeedsNoKey, chainOpenMessage, needsNoKey, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import {
+  chainInputs,
+  chainNeedsNoKey,
+  chainOpenMessage,
+  needsNoKey,
+  openChain,
+  type OpenedImage,
+  OpenError,
+  openImage,
+} from "./image.ts";
 import { scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";

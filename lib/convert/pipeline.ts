@@ -84,8 +84,13 @@ function runFor(job: ConvertJob, req: RunRequest) {
   }
   // An encrypted qcow2 layer: convert_qcrypt (qcow2, raw and LUKS layers only).
   const qcrypt = job.layers.some((l) => l.secret && l.formatCode === formats.QCOW2);
-  if (qcrypt && job.layers.some((l) => !([formats.RAW, formats.QCOW2, formats.LUKS] as number[]).includes(l.formatCode))) {
-    throw new PlanRefused("Reading an encrypted qcow2 image over a vpc, vhdx or vmdk backing file is not supported by instar yet");
+  if (
+    qcrypt &&
+    job.layers.some((l) => !([formats.RAW, formats.QCOW2, formats.LUKS] as number[]).includes(l.formatCode))
+  ) {
+    throw new PlanRefused(
+      "Reading an encrypted qcow2 image over a vpc, vhdx or vmdk backing file is not supported by instar yet",
+    );
   }
   return runGuest({ ...req, op: qcrypt ? "convert_qcrypt" : "convert_luks", kdfMaxIters: job.kdfMaxIters });
 }

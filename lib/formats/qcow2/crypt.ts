@@ -18,7 +18,11 @@ export const CRYPT_AES = 1;
 export const CRYPT_LUKS = 2;
 
 /** The encrypt block of info: AES always (qemu opens it without I/O), LUKS when its header was read. */
-export function qcow2Encryption(recs: Rec[], input: number, cryptMethod: number): Qcow2Encryption | undefined {
+export function qcow2Encryption(
+  recs: Rec[],
+  input: number,
+  cryptMethod: number,
+): Qcow2Encryption | undefined {
   if (cryptMethod === CRYPT_AES) return { format: "aes" };
   if (cryptMethod !== CRYPT_LUKS) return undefined;
   // A LUKS image without its header extension opens without I/O and prints no encrypt block.
@@ -52,9 +56,14 @@ export function qcow2CryptErrorText(e: GuestErrorFields, quoted: string[]): stri
 }
 
 /** qcow2_update_options_prepare: `encrypt.format` must name the header's method. */
-export function encryptFormatError(cryptMethod: number, encryptFormat: string | undefined): string | undefined {
+export function encryptFormatError(
+  cryptMethod: number,
+  encryptFormat: string | undefined,
+): string | undefined {
   if (encryptFormat === undefined) return undefined;
-  if (cryptMethod === 0) return `No encryption in image header, but options specified format '${encryptFormat}'`;
+  if (cryptMethod === 0) {
+    return `No encryption in image header, but options specified format '${encryptFormat}'`;
+  }
   const header = cryptMethod === CRYPT_AES ? "aes" : cryptMethod === CRYPT_LUKS ? "luks" : undefined;
   if (header !== undefined && encryptFormat !== header) {
     return `Header reported '${header}' encryption format but options specify '${encryptFormat}'`;
