@@ -12,6 +12,8 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import {
   asInstar,
   assertSameHere,
+  CLI_ENTRY,
+  DENO,
   haveQemuImg,
   instarHere,
   qemuImg,
@@ -164,6 +166,19 @@ if (haveQemuImg()) {
       await qemuEncrypted(dir, "a.qcow2", "aes", AES_PW);
       await fill(dir, "a.qcow2", AES_PW);
       await sameAsQemu(dir, "a.qcow2", AES_PW);
+      // To stdout (the stream writer's guests get the passphrase too).
+      const piped = await new Deno.Command(DENO, {
+        args: ["run", "-A", CLI_ENTRY, "convert", ...obj(AES_PW), ...opts("a.qcow2"), "-O", "raw", "-"],
+        cwd: dir,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      assertEquals(new TextDecoder().decode(piped.stderr), "");
+      const want = await Deno.readFile(`${dir}/q_o.raw`);
+      assert(
+        piped.stdout.length === want.length && piped.stdout.every((v, k) => v === want[k]),
+        "stdout differs",
+      );
       // Any passphrase is an AES key: a wrong one reads as qemu reads it (garbage, the same garbage).
       await sameConvert(dir, ["convert", ...obj("wrong"), ...opts("a.qcow2"), "-O", "raw"], "w.raw");
     });

@@ -62,7 +62,7 @@ const SPLIT_MIN = 64n << 20n;
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 const RAM = 128 * 1024 * 1024;
 
-function inputs(job: ConvertJob) {
+export function inputs(job: ConvertJob) {
   return job.layers.map((l) => ({
     path: l.path,
     format: l.formatCode,
@@ -77,7 +77,7 @@ function inputs(job: ConvertJob) {
  * convert_luks (the LUKS layer and nettle; guest/ops.mk), which has no
  * compressing writer.
  */
-function runFor(job: ConvertJob, req: RunRequest) {
+export function runFor(job: ConvertJob, req: RunRequest) {
   if (!job.layers.some((l) => l.secret)) return runGuest(req);
   if (req.op !== "convert") {
     throw new PlanRefused("Compressed output from an encrypted source is not supported by instar yet");
