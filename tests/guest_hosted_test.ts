@@ -797,14 +797,17 @@ Deno.test("mutated images: errors, check and map agree with qemu-img", () => {
     if (ir.some((r) => r.type === records.ERROR)) {
       const qi = sh("qemu-img", ["info", "-f", "qcow2", p]);
       const text = openErrorText(ir);
-      if (text !== undefined) {
+      // qemu-img 7.2 crashes (SIGSEGV) on a LUKS-method image without its
+      // header extension; instar refuses it with qemu's I/O-open message.
+      if (text !== undefined && qi.code !== 139) {
         assert.equal(qi.code, 1, `${ctx}: ${text}`);
         assert.equal(qi.stderr, `${checkText(ir)}qemu-img: Could not open '${p}': ${text}\n`, ctx);
       }
     } else {
       compareInfo(p, "qcow2");
     }
-    if (hasBacking) continue;
+    // An encrypted image: map asks for the key-secret first (host side), as qemu-img does.
+    if (hasBacking || encrypted) continue;
     // map, incl. the partial output and the corruption event when qemu fails half-way
     const q = sh("qemu-img", ["map", "-f", "qcow2", "--output=json", p]);
     const m = hosted("map", [`qcow2:${p}`], [0n, U64_MAX]);

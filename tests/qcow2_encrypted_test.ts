@@ -184,6 +184,19 @@ if (haveQemuImg()) {
     });
   });
 
+  Deno.test("compat=0.10 encrypted qcow2 (AES and LUKS): info and convert", async () => {
+    await withTempDir("instar-qcrypt-", async (dir) => {
+      await qemuEncrypted(dir, "a2.qcow2", "aes", AES_PW, ",compat=0.10");
+      await qemuEncrypted(dir, "l2.qcow2", "luks", PW, ",compat=0.10");
+      for (const [f, pw] of [["a2.qcow2", AES_PW], ["l2.qcow2", PW]]) {
+        await fill(dir, f, pw);
+        await assertSameHere(["info", f], dir);
+        await assertSameHere(["info", "--output=json", f], dir);
+        await sameConvert(dir, ["convert", ...obj(pw), ...opts(f), "-O", "raw"], `${f}.raw`);
+      }
+    });
+  });
+
   Deno.test("encrypted qcow2 over a plain backing file, and a plain overlay over an encrypted one", async () => {
     await withTempDir("instar-qcrypt-", async (dir) => {
       await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "base.qcow2", "4M");
@@ -308,6 +321,31 @@ if (haveQemuImg()) {
         await assertSameHere(["map", "--output=json", ...obj(PW), ...opts(name)], dir);
         await sameConvert(dir, ["convert", ...obj(PW), ...opts(name), "-O", "raw"], `${name}.raw`);
         assert(label.length > 0);
+      }
+      // crypt_method 1 (AES) with the LUKS header extension.
+      const aes = orig.slice();
+      new DataView(aes.buffer).setUint32(32, 1);
+      await Deno.writeFile(`${dir}/aes-ext.qcow2`, aes);
+      await assertSameHere(["info", "aes-ext.qcow2"], dir);
+      // crypt_method 2 without the extension: qemu-img 7.2's info crashes
+      // (SIGSEGV in qcow2_refresh_limits); instar gives qemu's I/O-open message.
+      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "p.qcow2", "4M");
+      const p = await Deno.readFile(`${dir}/p.qcow2`);
+      new DataView(p.buffer).setUint32(32, 2);
+      await Deno.writeFile(`${dir}/noext.qcow2`, p);
+      for (
+        const args of [["info", "noext.qcow2"], [
+          "convert",
+          ...obj(PW),
+          ...opts("noext.qcow2"),
+          "-O",
+          "raw",
+          "o.raw",
+        ]]
+      ) {
+        const r = await instarHere(args, dir);
+        assertEquals(r.code, 1);
+        assert(r.stderr.endsWith(": Missing CRYPTO header for crypt method 2\n"), r.stderr);
       }
     });
   });

@@ -348,8 +348,11 @@ int qcow2_open(struct qcow2 *q, const struct reader *r, uint32_t mode)
             return fail(q, GERR_DATA_FILE_REQUIRED, 2, 0, 0);
     }
     if (q->has_data_file && (q->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)) q->flags |= Q2F_DATA_FILE_RAW;
-    /* LUKS needs its header extension unless the open does no I/O (info). */
-    if (q->crypt_method == QCOW2_CRYPT_LUKS && !(q->flags & Q2F_HAS_CRYPTO_HEADER) && !(mode & QCOW2_OPEN_NO_IO))
+    /* LUKS needs its header extension. qemu checks it only when the open
+     * does I/O; info (BDRV_O_NO_IO) then crashes in qcow2_refresh_limits on
+     * the missing crypto block (qemu-img 7.2 exits with SIGSEGV): instar
+     * gives qemu's message there too. */
+    if (q->crypt_method == QCOW2_CRYPT_LUKS && !(q->flags & Q2F_HAS_CRYPTO_HEADER))
         return fail(q, GERR_ENCRYPTED, q->crypt_method, 2, 0);
 
     if (q->backing_offset) {

@@ -25,7 +25,7 @@ export function qcow2Encryption(
 ): Qcow2Encryption | undefined {
   if (cryptMethod === CRYPT_AES) return { format: "aes" };
   if (cryptMethod !== CRYPT_LUKS) return undefined;
-  // A LUKS image without its header extension opens without I/O and prints no encrypt block.
+  // A LUKS-method image without its header extension does not open (guest/qcow2/header.c).
   if (!recs.some((r) => r.type === records.LUKS_INFO && r.fields.input === input)) return undefined;
   return { format: "luks", luks: luksModel(recs, input) };
 }
