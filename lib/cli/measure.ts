@@ -254,7 +254,10 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
         chain = await openChain(top, await makePolicy(ref.filename, o.backingDirs), o.unsafeQuirks, lock);
       }
       // A LUKS source is not measured yet; an encrypted qcow2 unlocks as qemu's open does.
-      if (chain[0].formatCode === formats.LUKS) needsNoKey(chain[0]);
+      if (chain[0].formatCode === formats.LUKS) {
+        if (ref.keySecret === undefined) needsNoKey(chain[0]);
+        throw new OpenError(chain[0].filename, "Measuring a LUKS source is not supported by instar yet");
+      }
       await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(ref.display, e);
