@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -13,7 +13,7 @@ FORMAT_SRCS := qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c raw/layer
 # Reading a chain (convert, compare): also qcow2's compressed clusters.
 READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c qcow2/compressed.c qcow2/compress.c vmdk/grain.c \
              $(FORMAT_SRCS)
-info_SRCS := ops/info.c luks/header.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
+info_SRCS := ops/info.c luks/header.c qcow2/crypt_header.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
 info_LIBS :=
 check_SRCS := ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS) \
               $(VMDK_SRCS) vmdk/check.c
@@ -64,3 +64,14 @@ convert_luks_LIBS := z nettle
 compare_luks_SRCS := ops/compare.c $(LUKS_READ_SRCS) qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c \
                      qcow2/compressed.c qcow2/compress.c
 compare_luks_LIBS := z zstd nettle
+# Reading encrypted qcow2 (guest/qcow2/crypt*.c): the LUKS header in the
+# image's header clusters or the legacy AES key, with the qcow2 reader,
+# nettle, and the LUKS layer too, for the runs that get a passphrase.
+QCRYPT_SRCS := qcow2/crypt_header.c qcow2/crypt_layer.c $(LUKS_SRCS)
+QCRYPT_READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c raw/layer.c raw/partition.c \
+                    probe/probe.c qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c qcow2/compressed.c \
+                    qcow2/compress.c $(QCRYPT_SRCS)
+convert_qcrypt_SRCS := ops/convert.c $(QCRYPT_READ_SRCS)
+convert_qcrypt_LIBS := z zstd nettle
+compare_qcrypt_SRCS := ops/compare.c $(QCRYPT_READ_SRCS)
+compare_qcrypt_LIBS := z zstd nettle

@@ -12,6 +12,7 @@
 #include "../vhdx/vhdx.h"
 #include "../vmdk/vmdk.h"
 #include "../luks/luks.h"
+#include "../qcow2/crypt.h"
 
 int op_main(void)
 {
@@ -53,7 +54,7 @@ int op_main(void)
      * leaves snapshot-table and refcount-table problems to the check itself. */
     uint32_t mode = QCOW2_OPEN_NO_IO | ((p->flags & INFO_F_CHECK_MODE) ? QCOW2_OPEN_CHECK : 0);
     if (qcow2_open(&q, &r, mode)) return -1;
-    if (qcow2_emit_info(&q)) return -1;
+    if (qcow2_emit_info(&q) || qcow2_crypto_emit_info(&q)) return -1;
     /* In check mode the snapshot table was not read (it may be the very thing
      * check reports), and check does not print snapshots or bitmaps. */
     if ((mode & QCOW2_OPEN_CHECK) || (p->flags & INFO_F_NO_LISTS)) return 0;

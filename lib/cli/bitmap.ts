@@ -21,7 +21,7 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
@@ -166,6 +166,7 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
       lock: LOCKS.write,
       noLists: true,
     });
+    needsNoKey(img);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
@@ -180,6 +181,7 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
         lock: LOCKS.read,
         noLists: true,
       });
+      needsNoKey(src);
     } catch (e) {
       if (!(e instanceof OpenError)) throw e;
       srcFailure = openFailure(a.srcFile, e);

@@ -415,7 +415,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const srcNum = operands.length - 1;
   // --target-image-opts: the target is block options naming one file (lib/cli/image_ref.ts);
   // an error in them is qemu's when it opens the target, after the sources.
-  let targetDisplay: string | undefined, targetError: CliError | undefined;
+  let targetDisplay: string | undefined, targetError: CliError | undefined, targetKey = false;
   if (a.tgtImageOpts && srcNum >= 1) {
     targetDisplay = operands[srcNum];
     try {
@@ -425,6 +425,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       a.outFmt = t.format ?? "";
       operands[srcNum] = t.filename;
+      targetKey = t.keySecret !== undefined;
     } catch (e) {
       if (!(e instanceof CliError)) throw e;
       targetError = e;
@@ -490,6 +491,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           lock,
           noLists,
           readsData: true,
+          encryptFormat: ref.encryptFormat,
         });
         chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
       }
@@ -506,7 +508,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     let size = onePass ? 0n : chain[0].length;
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
-      const img = await openQcow2Target(outFilename!, o.unsafeQuirks);
+      const img = await openQcow2Target(outFilename!, o.unsafeQuirks, targetKey);
       if (chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
         throw new CliError([`${outFilename}: Refusing to overwrite an image this command reads`]);
       }

@@ -21,6 +21,8 @@ import { hostEnv, hostPath } from "../host/context.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 import { KDF_MAX_ITERS_DEFAULT } from "../formats/luks/errors.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
+import { encryptFormatError, keySecretRequired } from "../formats/qcow2/crypt.ts";
+import { unlockQcow2 } from "./qcow2_unlock.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
 import { LockError, type LockMode, LOCKS, PERM, takeLock } from "../vmm/image_lock.ts";
 
@@ -82,6 +84,8 @@ export interface OpenOptions {
   readsData?: boolean;
   /** Refuse an image that names other files to open (vmdk extents): an image read from stdin. */
   noExternalFiles?: boolean;
+  /** --image-opts encrypt.format= (qcow2): checked against the header's method as qemu does. */
+  encryptFormat?: string;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -263,6 +267,10 @@ async function openImageOnce(
   try {
     if (!driver?.decode) throw new GuestResultError(`probed format ${probed} out of range`);
     const d = driver.decode(recs, 0, input.size);
+    if (driver.code === formats.QCOW2 && d.qcow2) {
+      const why = encryptFormatError(d.qcow2.layout.cryptMethod, opts.encryptFormat);
+      if (why) throw new OpenError(filename, why);
+    }
     if (driver.code === formats.RAW) {
       const signature = probe ? probe.fields.signature as number : signatures.NONE;
       if (!opts.unsafeQuirks && requested !== formats.RAW) {
@@ -396,6 +404,21 @@ export function needsNoKey(img: OpenedImage): void {
   if (img.formatCode === formats.LUKS) {
     throw new OpenError(img.filename, "Parameter 'key-secret' is required for cipher");
   }
+  if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) {
+    throw new OpenError(img.filename, keySecretRequired(false));
+  }
+}
+
+/** needsNoKey over a chain: a backing file's failure carries its depth, as qemu nests it. */
+export function chainNeedsNoKey(chain: OpenedImage[]): void {
+  chain.forEach((img, depth) => {
+    try {
+      needsNoKey(img);
+    } catch (e) {
+      if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth);
+      throw e;
+    }
+  });
 }
 
 /** The PBKDF2 bound handed to guests that unlock (INSTAR_MAX_KDF_ITERS overrides the default). */
@@ -425,7 +448,14 @@ export async function unlockForRead(
     if (depth > 0 && b.formatCode === formats.LUKS) {
       throw new OpenError(b.filename, "Parameter 'key-secret' is required for cipher", depth);
     }
+    if (depth > 0 && b.qcow2 && b.qcow2.layout.cryptMethod !== 0) {
+      throw new OpenError(b.filename, keySecretRequired(false), depth);
+    }
   });
+  if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) {
+    await unlockQcow2(img, keySecret, secrets);
+    return;
+  }
   if (img.formatCode !== formats.LUKS) return;
   if (keySecret === undefined) {
     throw new OpenError(

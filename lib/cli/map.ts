@@ -91,6 +91,7 @@ export async function mapCommand(argv: string[], io: Io, base?: InstarOptions): 
         backingDirs: o.backingDirs,
         lock,
         noLists: true,
+        encryptFormat: ref.encryptFormat,
       });
       chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     }
