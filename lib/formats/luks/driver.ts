@@ -8,11 +8,26 @@ import type { DecodedImage, FormatDriver } from "../types.ts";
 import { qcow2ErrorMessage } from "../qcow2/errors.ts";
 import { luksErrorText } from "./errors.ts";
 import { luksModel } from "./model.ts";
+import { luks2ErrorText } from "./luks2_errors.ts";
+import { luks2Length, luks2Model } from "./luks2_model.ts";
 
 export const luksDriver: FormatDriver = {
   name: "luks",
   code: formats.LUKS,
   decode(recs, input, fileSize): DecodedImage {
+    // LUKS2 (guest/luks2/): the data segment, in whole sectors of its sector size.
+    const luks2 = luks2Model(recs, input);
+    if (luks2) {
+      const length = luks2Length(luks2, fileSize);
+      return {
+        virtualSize: length,
+        length,
+        dirty: false,
+        namesDataFile: false,
+        luks: luks2,
+        encrypted: true,
+      };
+    }
     const luks = luksModel(recs, input);
     // block_crypto_co_getlength, rounded to whole sectors by refresh_total_sectors
     // (the guest refused a payload past the end of the file).
@@ -22,7 +37,8 @@ export const luksDriver: FormatDriver = {
   },
   openError(e, quoted) {
     const text = e.code === guestErrors.FORMAT
-      ? luksErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1])
+      ? luksErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1]) ??
+        luks2ErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1])
       : undefined;
     return text ?? qcow2ErrorMessage(e, []);
   },
