@@ -1,8 +1,10 @@
 // The luks row of the format table: LUKS1 images read (info from the
 // header alone, as qemu's info opens with QCRYPTO_BLOCK_OPEN_NO_IO; convert
 // and compare through the convert_luks / compare_luks guests, which unlock
-// a key slot with the passphrase of the image's key-secret). No check (qemu
-// has none for luks), no create/resize/amend yet (docs/encryption.md).
+// a key slot with the passphrase of the image's key-secret), and LUKS2
+// (qemu 7.2 has none: guest/luks2, luks2_model.ts, the convert_luks2 /
+// compare_luks2 guests). No check (qemu has none for luks), no
+// create/resize/amend yet (docs/encryption.md).
 import { formats, guestErrors } from "../../abi/spec.ts";
 import type { DecodedImage, FormatDriver } from "../types.ts";
 import { qcow2ErrorMessage } from "../qcow2/errors.ts";
