@@ -75,7 +75,18 @@ static int meta_of(struct luks2 *k, const struct copy *c)
     return luks2_parse_meta(k, json, len);
 }
 
+/* The copies' buffers are dropped before returning: k keeps no pointer into them. */
+static int open_header(struct luks2 *k, const struct reader *r);
+
 int luks2_open_header(struct luks2 *k, const struct reader *r)
+{
+    uint64_t mark = rt_heap_mark();
+    int rc = open_header(k, r);
+    rt_heap_release(mark);
+    return rc;
+}
+
+static int open_header(struct luks2 *k, const struct reader *r)
 {
     memset(k, 0, sizeof *k);
     k->r = r;
