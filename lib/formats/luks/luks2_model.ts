@@ -3,7 +3,7 @@
 // and put in the LuksModel shape qemu's LUKS info prints (docs/encryption.md:
 // the data segment's cipher, the volume key digest's hash and iterations,
 // key slots by number with PBKDF2 iterations or Argon2 passes as `iters`).
-import { luks2Kdfs, records } from "../../abi/spec.ts";
+import { limits, luks2Kdfs, records } from "../../abi/spec.ts";
 import type { Rec } from "../../abi/records.ts";
 import { GuestResultError } from "../qcow2/model.ts";
 import type { LuksModel, LuksSlot } from "./model.ts";
@@ -78,6 +78,13 @@ export function luks2Model(recs: Rec[], input: number): LuksModel | undefined {
   const uuidRaw = f.uuid as Uint8Array;
   const nul = uuidRaw.indexOf(0);
   const payloadSize = f.payload_size as bigint;
+  const hdrSize = f.hdr_size as bigint;
+  if (hdrSize < 16384n || hdrSize > 4n << 20n) {
+    throw new GuestResultError(`LUKS2 header size ${hdrSize} out of range`);
+  }
+  if ((f.payload_offset as bigint) < 2n * hdrSize) {
+    throw new GuestResultError("LUKS2 payload offset out of range");
+  }
   return {
     cipherAlg: named(CIPHER_ALG_NAMES, f.cipher_alg, "cipher"),
     cipherMode: named(CIPHER_MODE_NAMES, f.cipher_mode, "cipher mode"),
@@ -92,7 +99,7 @@ export function luks2Model(recs: Rec[], input: number): LuksModel | undefined {
     luks2: {
       payloadSize: payloadSize === 0n ? undefined : payloadSize,
       sectorSize: BigInt(sectorSize),
-      hdrSize: f.hdr_size as bigint,
+      hdrSize,
       maxArgon2Kib: BigInt(f.max_argon2_kib as number),
       keyslots,
     },
@@ -102,8 +109,12 @@ export function luks2Model(recs: Rec[], input: number): LuksModel | undefined {
 /** The bytes a reader of a LUKS2 image sees: the segment's size, or the file after its offset in whole sectors. */
 export function luks2Length(l: LuksModel, fileSize: bigint): bigint {
   const f = l.luks2!;
-  if (f.payloadSize !== undefined) return f.payloadSize;
   const bytes = fileSize > l.payloadOffset ? fileSize - l.payloadOffset : 0n;
+  if (f.payloadSize !== undefined) {
+    // the guest checked the segment lies in the file
+    if (f.payloadSize > bytes) throw new GuestResultError("LUKS2 segment past the end of the file");
+    return f.payloadSize;
+  }
   return bytes / f.sectorSize * f.sectorSize;
 }
 
@@ -116,7 +127,10 @@ const MiB = 1024 * 1024;
  * guest's heap cannot hold it: it reports LUKS2_E_KDF_MEMORY); if every
  * such slot is over it, the first of them is returned for the message.
  */
-export function luks2GuestRam(l: LuksModel, maxKib: bigint): number | { slot: number; kib: bigint } {
+export function luks2GuestRam(l: LuksModel, limitKib: bigint): number | { slot: number; kib: bigint } {
+  // No guest is larger than limits.RAM_MAX, whatever the limit says.
+  const ceiling = BigInt((limits.RAM_MAX - 32 * MiB) / 1024);
+  const maxKib = limitKib < ceiling ? limitKib : ceiling;
   const slots = l.luks2!.keyslots;
   const argon = slots.filter((s) => s.kdf !== "pbkdf2");
   const within = argon.filter((s) => s.memoryKib <= maxKib);
