@@ -365,6 +365,25 @@ if (ready) {
         );
         assert(!(await exists(`${dir}/o.raw`)), what);
       }
+      // a fixed segment size: the disk is that long (and must lie in the file)
+      await Deno.copyFile(`${dir}/p.img`, `${dir}/h.img`);
+      await rewriteJson(`${dir}/h.img`, (j) => j.replace('"size":"dynamic"', '"size":"1048576"'));
+      await instarOk(["convert", ...obj, ...opts("h.img"), "-O", "raw", "fixed.raw"], dir);
+      await instarOk(["convert", ...obj, ...opts("p.img"), "-O", "raw", "dyn.raw"], dir);
+      const [fixed, dyn] = await Promise.all([
+        Deno.readFile(`${dir}/fixed.raw`),
+        Deno.readFile(`${dir}/dyn.raw`),
+      ]);
+      assert(
+        fixed.length === MiB && dyn.length === 2 * MiB && same(fixed, dyn.subarray(0, MiB)),
+        "fixed size",
+      );
+      await rewriteJson(`${dir}/h.img`, (j) => j.replace('"size":"1048576"', '"size":"4194304"'));
+      await instarFails(
+        ["info", "-f", "luks", "h.img"],
+        dir,
+        "Could not open 'h.img': LUKS2 data segment lies past the end of the file",
+      );
       // the primary copy alone spoiled: the secondary opens
       await Deno.copyFile(`${dir}/p.img`, `${dir}/h.img`);
       const f = await Deno.readFile(`${dir}/h.img`);
