@@ -220,8 +220,19 @@ if command -v cryptsetup >/dev/null; then
   lk cbc128 560K 1048 --cipher aes-cbc-essiv:sha256 --key-size 128 --hash sha1
   lk xts256 1100K 2056 --cipher aes-xts-plain64 --key-size 256
   put luks luks/*
+  # luks2: LUKS2 images (PBKDF2 and a small Argon2id key slot), their data 1 MiB in.
+  mkdir -p luks2
+  lk2() { # lk2 NAME CRYPTSETUP-OPTIONS...
+    local name=$1; shift
+    truncate -s 1100K "luks2/$name"
+    printf pw | cryptsetup luksFormat --batch-mode --type luks2 --offset 2048 --key-file - "$@" "luks2/$name" \
+      >/dev/null 2>&1
+  }
+  lk2 pbkdf2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+  lk2 argon2id --pbkdf argon2id --pbkdf-memory 64 --pbkdf-force-iterations 4 --pbkdf-parallel 1
+  put luks2 luks2/*
 fi
 for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx \
-  vmdk_desc vmdk_sparse vmdk_stream vmdk_sesparse inspect luks qcow2_crypt; do
+  vmdk_desc vmdk_sparse vmdk_stream vmdk_sesparse inspect luks luks2 qcow2_crypt; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done

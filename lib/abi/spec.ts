@@ -52,8 +52,9 @@ export const limits = {
   GUEST_BINARY_MAX: 384 * 1024,
   RAM_MIN: 16 * 1024 * 1024,
   RAM_DEFAULT: 64 * 1024 * 1024,
-  /** Hard ceiling; raising it needs an explicit flag. */
-  RAM_MAX: 1024 * 1024 * 1024,
+  /** Hard ceiling; raising it needs an explicit flag. 1 GiB + 64 MiB: a LUKS2 key slot's
+   * Argon2 memory (cryptsetup's default is up to 1 GiB) plus the reading guest's own. */
+  RAM_MAX: 1088 * 1024 * 1024,
   /** Files attached to one run: chain layers plus every vmdk image's extent
    * files: compare's two chains of CHAIN_MAX images, each with one vmdk of
    * VMDK_MAX_FILES extent files, 2 * (16 + 1024). Per input the
@@ -344,6 +345,11 @@ export const records = {
   // 70..79: LUKS (guest/luks/).
   /** A LUKS1 header as qemu's qcrypto_block_luks_open parses it (rec_luks_info). */
   LUKS_INFO: 70,
+  // 130..134: LUKS2 (guest/luks2/).
+  /** A LUKS2 header and its JSON metadata, checked (rec_luks2_info); one LUKS2_SLOT per key slot follows. */
+  LUKS2_INFO: 130,
+  /** One LUKS2 key slot (rec_luks2_slot). */
+  LUKS2_SLOT: 131,
 } as const;
 
 /** params.arg[1] bits for ops.SNAPSHOT_SCAN (arg[0] = 1 + the snapshot whose L1 to walk, 0 none). */
@@ -387,6 +393,9 @@ export const luksHashes = {
   SHA512: 6,
   RIPEMD160: 7,
 } as const;
+
+/** LUKS2 key slot key derivation functions (rec_luks2_slot.kdf). */
+export const luks2Kdfs = { PBKDF2: 1, ARGON2I: 2, ARGON2ID: 3 } as const;
 
 /** BITMAP_DIR.state bits: what the guest found reading the bitmap's data. */
 export const bitmapState = {
@@ -1099,6 +1108,60 @@ export const structs: StructSpec[] = [
       { name: "uuid", type: "bytes", offset: 208, count: 40, doc: "as stored (qemu prints it up to a NUL)" },
     ],
   },
+  {
+    name: "rec_luks2_info",
+    size: 128,
+    doc:
+      "records.LUKS2_INFO: a LUKS2 header and metadata after guest/luks2's checks (algorithms as luks* enums)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "cipher_alg", type: "u32", offset: 12, doc: "luksCipherAlgs.* (data segment)" },
+      { name: "cipher_mode", type: "u32", offset: 16, doc: "luksCipherModes.*" },
+      { name: "ivgen_alg", type: "u32", offset: 20, doc: "luksIvgens.*" },
+      { name: "ivgen_hash", type: "u32", offset: 24, doc: "luksHashes.* (0: none)" },
+      { name: "hash_alg", type: "u32", offset: 28, doc: "luksHashes.*: the volume key digest's PBKDF2 hash" },
+      { name: "payload_offset", type: "u64", offset: 32, doc: "bytes: the data segment's offset" },
+      { name: "payload_size", type: "u64", offset: 40, doc: "bytes; 0: dynamic (to the end of the file)" },
+      { name: "digest_iters", type: "u32", offset: 48 },
+      { name: "key_bytes", type: "u32", offset: 52 },
+      { name: "sector_size", type: "u32", offset: 56 },
+      { name: "n_slots", type: "u32", offset: 60, doc: "LUKS2_SLOT records that follow" },
+      {
+        name: "hdr_size",
+        type: "u64",
+        offset: 64,
+        doc: "bytes of one header copy (binary header + JSON area)",
+      },
+      { name: "seqid", type: "u64", offset: 72 },
+      {
+        name: "max_argon2_kib",
+        type: "u32",
+        offset: 80,
+        doc: "the most Argon2 memory a usable key slot asks for",
+      },
+      { name: "reserved", type: "u32", offset: 84 },
+      { name: "uuid", type: "bytes", offset: 88, count: 40, doc: "as stored (printed up to a NUL)" },
+    ],
+  },
+  {
+    name: "rec_luks2_slot",
+    size: 56,
+    doc: "records.LUKS2_SLOT: one key slot of a LUKS2 header",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "id", type: "u32", offset: 12, doc: "0..31" },
+      { name: "kdf", type: "u32", offset: 16, doc: "luks2Kdfs.*" },
+      { name: "iters", type: "u32", offset: 20, doc: "PBKDF2 iterations, or Argon2 passes (time cost)" },
+      { name: "memory_kib", type: "u32", offset: 24, doc: "Argon2 memory (0 for PBKDF2)" },
+      { name: "parallel", type: "u32", offset: 28, doc: "Argon2 lanes (0 for PBKDF2)" },
+      { name: "stripes", type: "u32", offset: 32 },
+      { name: "key_bytes", type: "u32", offset: 36 },
+      { name: "area_offset", type: "u64", offset: 40, doc: "bytes" },
+      { name: "area_size", type: "u64", offset: 48, doc: "bytes" },
+    ],
+  },
   // --- Host-only structs: TypeScript <-> VMM over FFI (never seen by a guest) ---
   {
     name: "vmm_config",
@@ -1394,6 +1457,8 @@ export const recordStructs: Record<number, string> = {
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
   [records.LUKS_INFO]: "rec_luks_info",
+  [records.LUKS2_INFO]: "rec_luks2_info",
+  [records.LUKS2_SLOT]: "rec_luks2_slot",
   [records.DIFF_RUN]: "rec_diff_run",
   [records.BITMAP_DIR]: "rec_bitmap_dir",
   [records.BITMAP_ENTRY]: "rec_bitmap_entry",
@@ -1487,6 +1552,7 @@ export const enums: Record<string, Record<string, number>> = {
   LUKS_MODE_: luksCipherModes,
   LUKS_IVGEN_: luksIvgens,
   LUKS_HASH_: luksHashes,
+  LUKS2_KDF_: luks2Kdfs,
   INSPOP_F_: inspectOpFlags,
   INSPFMT_: inspectFormats,
   INSPF_: inspectFlags,

@@ -187,19 +187,21 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
         2,
       );
     }
+    // A LUKS2 input: compare_luks2 (LUKS1 and LUKS2, Argon2), with the RAM its key slots need.
+    const luks2Ram = Math.max(0, ...[chain1[0], chain2[0]].map((i) => i.luks2Ram ?? 0));
     let results;
     try {
       results = await Promise.all(ranges.map(([from, to], i) =>
         runGuest({
           // An encrypted input: compare_luks (the LUKS layer and nettle), which reads raw and qcow2 besides.
-          // An encrypted qcow2: compare_qcrypt (qcow2 decryption, and LUKS too).
-          op: !encrypted ? "compare" : qcrypt ? "compare_qcrypt" : "compare_luks",
+          // An encrypted qcow2: compare_qcrypt (qcow2 decryption, and LUKS too); LUKS2: compare_luks2.
+          op: luks2Ram ? "compare_luks2" : !encrypted ? "compare" : qcrypt ? "compare_qcrypt" : "compare_luks",
           kdfMaxIters: encrypted ? kdfMaxIters() : undefined,
           opCode: ops.COMPARE,
           inputs,
           args: [BigInt(inputs1.length), strict ? 1n : 0n, from, to],
           timeoutMs: 24 * 3600 * 1000,
-          ramBytes: 64 * 1024 * 1024,
+          ramBytes: Math.max(64 * 1024 * 1024, luks2Ram),
           onProgress: (d, t) => {
             done[i] = d;
             totals[i] = t;

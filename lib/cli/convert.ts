@@ -699,6 +699,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         secret: x.secret,
       })),
       kdfMaxIters: kdfMaxIters(),
+      luks2Ram: chain[0].luks2Ram,
       size,
       minSparse: a.minSparse,
       inPlace: inPlaceMode,

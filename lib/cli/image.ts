@@ -20,6 +20,8 @@ import { formatCheckMessage } from "../abi/check_messages.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 import { KDF_MAX_ITERS_DEFAULT } from "../formats/luks/errors.ts";
+import { KDF_MAX_MEMORY_KIB_DEFAULT, luks2ErrorText } from "../formats/luks/luks2_errors.ts";
+import { luks2GuestRam } from "../formats/luks/luks2_model.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
 import { encryptFormatError, keySecretRequired } from "../formats/qcow2/crypt.ts";
 import { unlockQcow2 } from "./qcow2_unlock.ts";
@@ -63,6 +65,8 @@ export interface OpenedImage extends DecodedImage {
   extentFiles?: ExtentFile[];
   /** An encrypted image's passphrase, once unlockForRead checked it (never printed or logged). */
   secret?: Uint8Array;
+  /** A LUKS2 image, once unlockForRead checked it: the guest RAM its reader needs (Argon2). */
+  luks2Ram?: number;
 }
 
 export interface OpenOptions {
@@ -428,6 +432,13 @@ export function kdfMaxIters(): bigint {
   return KDF_MAX_ITERS_DEFAULT;
 }
 
+/** The Argon2 memory bound, KiB (INSTAR_MAX_KDF_MEMORY overrides cryptsetup's 1 GiB maximum). */
+export function kdfMaxMemoryKib(): bigint {
+  const v = hostEnv("INSTAR_MAX_KDF_MEMORY");
+  if (v !== undefined && /^[0-9]{1,10}$/.test(v)) return BigInt(v);
+  return KDF_MAX_MEMORY_KIB_DEFAULT;
+}
+
 /**
  * What qemu's open does for an encrypted image when the command reads its
  * data (convert, compare; info opens with QCRYPTO_BLOCK_OPEN_NO_IO and skips
@@ -470,10 +481,20 @@ export async function unlockForRead(
     if (e instanceof ObjectError) throw new OpenError(img.filename, e.lines.join(" "));
     throw e;
   }
+  // LUKS2 (convert_luks2): the guest's RAM holds the largest Argon2 memory under the limit.
+  let luks2Ram: number | undefined;
+  if (img.luks?.luks2) {
+    const ram = luks2GuestRam(img.luks, kdfMaxMemoryKib());
+    if (typeof ram !== "number") {
+      throw new OpenError(img.filename, luks2ErrorText(106n, BigInt(ram.slot), ram.kib, undefined)!);
+    }
+    luks2Ram = ram;
+  }
   let result;
   try {
     result = await runGuest({
-      op: "convert_luks",
+      op: luks2Ram ? "convert_luks2" : "convert_luks",
+      ramBytes: luks2Ram,
       opCode: ops.CONVERT,
       inputs: [{ path: img.openPath, format: formats.LUKS, nofollow: false, secret: pass }],
       // raw mode over the empty range [length, length) (origin there too): nothing is written.
@@ -501,4 +522,5 @@ export async function unlockForRead(
     throw new OpenError(img.filename, "Sandbox failure: guest reported an error without a reason");
   }
   img.secret = pass;
+  img.luks2Ram = luks2Ram;
 }

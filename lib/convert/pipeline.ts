@@ -48,6 +48,8 @@ export interface ConvertJob {
   fileSize?: bigint;
   /** params.kdf_max_iters for an encrypted source. */
   kdfMaxIters?: bigint;
+  /** A LUKS2 source: read by convert_luks2 with this much guest RAM (Argon2; lib/cli/image.ts unlockForRead). */
+  luks2Ram?: number;
 }
 
 /** A failure the guest reported (an ERROR record); the CLI words it. */
@@ -81,6 +83,10 @@ export function runFor(job: ConvertJob, req: RunRequest) {
   if (!job.layers.some((l) => l.secret)) return runGuest(req);
   if (req.op !== "convert") {
     throw new PlanRefused("Compressed output from an encrypted source is not supported by instar yet");
+  }
+  if (job.luks2Ram) {
+    const ramBytes = Math.max(req.ramBytes ?? 0, job.luks2Ram);
+    return runGuest({ ...req, op: "convert_luks2", kdfMaxIters: job.kdfMaxIters, ramBytes });
   }
   // An encrypted qcow2 layer: convert_qcrypt (qcow2, raw and LUKS layers only).
   const qcrypt = job.layers.some((l) => l.secret && l.formatCode === formats.QCOW2);

@@ -33,6 +33,8 @@ export function luksSpecificData(l: LuksModel, d = new QDict()): QDict {
   d.put("ivgen-alg", l.ivgenAlg);
   if (l.ivgenHashAlg !== undefined) d.put("ivgen-hash-alg", l.ivgenHashAlg);
   d.put("hash-alg", l.hashAlg);
+  // LUKS2 (no qemu 7.2 output to match): the shape of later qemu's LUKS info, which has this member.
+  if (l.luks2) d.put("detached-header", false);
   d.put("payload-offset", l.payloadOffset);
   d.put("master-key-iters", l.masterKeyIters);
   d.put("uuid", l.uuid);
