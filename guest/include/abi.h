@@ -36,6 +36,7 @@
 #define OP_INSPECT 50
 #define OP_SNAPSHOT_SCAN 55
 #define OP_BITMAP_SCAN 65
+#define OP_LUKS_WRITE 70
 #define OP_TEST 99
 
 #define CONV_QCOW2 1
@@ -119,6 +120,7 @@
 #define REC_SNAP_L2RUN 43
 #define REC_SNAP_SUMMARY 44
 #define REC_LUKS_INFO 70
+#define REC_LUKS_WRITTEN 110
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -299,6 +301,13 @@
 #define LUKS_HASH_SHA384 5
 #define LUKS_HASH_SHA512 6
 #define LUKS_HASH_RIPEMD160 7
+
+#define LUKS_WRITE_F_BENCH 1
+#define LUKS_WRITE_F_FORMAT 2
+#define LUKS_WRITE_F_COPY 4
+
+#define LUKS_ENTROPY_RDSEED 1
+#define LUKS_ENTROPY_RDRAND 2
 
 #define INSPOP_F_STREAM 1
 
@@ -1026,6 +1035,23 @@ _Static_assert(offsetof(struct rec_luks_info, slot_iters) == 80, "rec_luks_info.
 _Static_assert(offsetof(struct rec_luks_info, slot_stripes) == 112, "rec_luks_info.slot_stripes");
 _Static_assert(offsetof(struct rec_luks_info, slot_key_offset) == 144, "rec_luks_info.slot_key_offset");
 _Static_assert(offsetof(struct rec_luks_info, uuid) == 208, "rec_luks_info.uuid");
+
+/* records.LUKS_WRITTEN: what luks_write wrote (no key bytes) */
+struct rec_luks_written {
+    uint8_t hdr[8];
+    uint32_t master_key_iters;
+    uint32_t slot_iters;
+    uint64_t payload_offset; /* bytes */
+    uint32_t entropy; /* luksEntropy.* bits */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_luks_written) == 32, "rec_luks_written size");
+_Static_assert(offsetof(struct rec_luks_written, hdr) == 0, "rec_luks_written.hdr");
+_Static_assert(offsetof(struct rec_luks_written, master_key_iters) == 8, "rec_luks_written.master_key_iters");
+_Static_assert(offsetof(struct rec_luks_written, slot_iters) == 12, "rec_luks_written.slot_iters");
+_Static_assert(offsetof(struct rec_luks_written, payload_offset) == 16, "rec_luks_written.payload_offset");
+_Static_assert(offsetof(struct rec_luks_written, entropy) == 24, "rec_luks_written.entropy");
+_Static_assert(offsetof(struct rec_luks_written, reserved) == 28, "rec_luks_written.reserved");
 
 /* TS -> vmm_create() */
 struct vmm_config {

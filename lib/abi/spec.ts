@@ -148,6 +148,8 @@ export const ops = {
   SNAPSHOT_SCAN: 55,
   /** qcow2 persistent bitmaps: the metadata `bitmap` plans from (guest/qcow2/bitmap_scan.c). */
   BITMAP_SCAN: 65,
+  /** 70..74: LUKS1 output (guest/ops/luks_write.c): format a header, encrypt a chain into it. */
+  LUKS_WRITE: 70,
   TEST: 99,
 } as const;
 
@@ -341,7 +343,28 @@ export const records = {
   // 70..79: LUKS (guest/luks/).
   /** A LUKS1 header as qemu's qcrypto_block_luks_open parses it (rec_luks_info). */
   LUKS_INFO: 70,
+  // 110..114: LUKS1 output (ops.LUKS_WRITE).
+  /** What luks_write made: iteration counts, payload offset, entropy sources (rec_luks_written). */
+  LUKS_WRITTEN: 110,
 } as const;
+
+/**
+ * params.flags for ops.LUKS_WRITE (guest/ops/luks_write.c). Arguments:
+ * arg[0] luksCipherAlgs, arg[1] luksCipherModes, arg[2] luksIvgens,
+ * arg[3] luksHashes of ESSIV (0: none), arg[4] luksHashes of the PBKDF2,
+ * arg[5] master-key digest iterations, arg[6] key slot 0 iterations,
+ * arg[7] payload bytes to encrypt from the chain (COPY).
+ * The output's passphrase is the secret slot right after the inputs'
+ * (params.input_secret_len[n_inputs]), then 64 bytes of host entropy
+ * (slot n_inputs + 1), both in params.secret (docs/abi.md).
+ * BENCH: run arg[6] PBKDF2 iterations of hash arg[4] (one output block) on
+ * dummy bytes and write nothing (the host times the run: qemu's calibration).
+ * FORMAT: write the header and key slot 0 (new master key, salts, uuid).
+ * COPY: then encrypt the chain over the inputs into the payload.
+ */
+export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4 } as const;
+/** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
+export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;
 
 /** params.arg[1] bits for ops.SNAPSHOT_SCAN (arg[0] = 1 + the snapshot whose L1 to walk, 0 none). */
 export const snapScanFlags = { ACTIVE_L1: 1 } as const;
@@ -1096,6 +1119,19 @@ export const structs: StructSpec[] = [
       { name: "uuid", type: "bytes", offset: 208, count: 40, doc: "as stored (qemu prints it up to a NUL)" },
     ],
   },
+  {
+    name: "rec_luks_written",
+    size: 32,
+    doc: "records.LUKS_WRITTEN: what luks_write wrote (no key bytes)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "master_key_iters", type: "u32", offset: 8 },
+      { name: "slot_iters", type: "u32", offset: 12 },
+      { name: "payload_offset", type: "u64", offset: 16, doc: "bytes" },
+      { name: "entropy", type: "u32", offset: 24, doc: "luksEntropy.* bits" },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
   // --- Host-only structs: TypeScript <-> VMM over FFI (never seen by a guest) ---
   {
     name: "vmm_config",
@@ -1366,6 +1402,7 @@ export const structs: StructSpec[] = [
 /** Record struct for each record type (the generic decoder checks sizes). */
 export const recordStructs: Record<number, string> = {
   [records.ERROR]: "rec_error",
+  [records.LUKS_WRITTEN]: "rec_luks_written",
   [records.PROBE]: "rec_probe",
   [records.QCOW2_INFO]: "rec_qcow2_info",
   [records.NAME]: "rec_name",
@@ -1484,6 +1521,8 @@ export const enums: Record<string, Record<string, number>> = {
   LUKS_MODE_: luksCipherModes,
   LUKS_IVGEN_: luksIvgens,
   LUKS_HASH_: luksHashes,
+  LUKS_WRITE_F_: luksWriteFlags,
+  LUKS_ENTROPY_: luksEntropy,
   INSPOP_F_: inspectOpFlags,
   INSPFMT_: inspectFormats,
   INSPF_: inspectFlags,

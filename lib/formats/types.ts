@@ -109,6 +109,10 @@ export interface CreateHost {
   remove(): Promise<void>;
   /** strerror()-style text of an error one of these threw. */
   describe(e: unknown): string;
+  /** The passphrase of secret `id` (--object secret), or qemu's refusal thrown (luks). */
+  passphrase?(id: string): Uint8Array;
+  /** params.kdf_max_iters (INSTAR_MAX_KDF_ITERS), the bound on written iteration counts (luks). */
+  kdfMaxIters?(): bigint;
 }
 
 /** A create step's refusal, in qemu's words (the command prefixes the file name). */

@@ -2,12 +2,15 @@
 // header alone, as qemu's info opens with QCRYPTO_BLOCK_OPEN_NO_IO; convert
 // and compare through the convert_luks / compare_luks guests, which unlock
 // a key slot with the passphrase of the image's key-secret). No check (qemu
-// has none for luks), no create/resize/amend yet (docs/encryption.md).
+// has none for luks). create -f luks makes a LUKS1 image in the luks_write
+// guest (create.ts, write.ts); resize/amend not yet (docs/encryption.md).
 import { formats, guestErrors } from "../../abi/spec.ts";
 import type { DecodedImage, FormatDriver } from "../types.ts";
 import { qcow2ErrorMessage } from "../qcow2/errors.ts";
 import { luksErrorText } from "./errors.ts";
 import { luksModel } from "./model.ts";
+import { LUKS_CREATE_OPTS, LUKS_OWN_OPTS } from "./create_options.ts";
+import { createLuks } from "./create.ts";
 
 export const luksDriver: FormatDriver = {
   name: "luks",
@@ -26,4 +29,5 @@ export const luksDriver: FormatDriver = {
       : undefined;
     return text ?? qcow2ErrorMessage(e, []);
   },
+  create: { options: LUKS_CREATE_OPTS, own: LUKS_OWN_OPTS, run: createLuks },
 };
