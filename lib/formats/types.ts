@@ -10,6 +10,7 @@ import type { RawModel } from "./raw/model.ts";
 import type { ImageInfoModel } from "./image_info_model.ts";
 import type { VmdkModel } from "./vmdk/model.ts";
 import type { LuksModel } from "./luks/model.ts";
+import type { LuksNew } from "./luks/create_options.ts";
 import type { Qcow2OutputOptions } from "./qcow2/output_plan.ts";
 
 /** qemu's preallocation modes (PreallocMode), in its order. */
@@ -226,12 +227,14 @@ export interface ExtentsOutput {
 /** What convert's guest pipeline needs to know about its target. */
 export interface OutputSpec {
   /** Which writer the pipeline runs (lib/convert/pipeline.ts). */
-  writer: "raw" | "qcow2" | "blocks" | "stream" | "extents";
+  writer: "raw" | "qcow2" | "blocks" | "stream" | "extents" | "luks";
   preallocation: Prealloc;
   qcow2?: Qcow2OutputOptions;
   blocks?: BlockOutput;
   stream?: StreamOutput;
   extents?: ExtentsOutput;
+  /** LUKS1 output: the algorithms and key-secret name (lib/convert/luks_target.ts). */
+  luks?: LuksNew & { cipherName: string };
   /** `-c` for a writer other than qcow2: accepted (the output is the same, or
    * compressed anyway) or refused with qemu's words; unset: qemu's
    * "Compression not supported for this file format". */

@@ -131,6 +131,14 @@ export function luksCheck(n: LuksNew & { cipherName: string }): string | undefin
   if (n.cipherMode === luksCipherModes.XTS && n.cipherAlg === luksCipherAlgs.CAST5_128) {
     return "Unsupported cipher mode xts";
   }
+  const kb = luksKeyBytes(n);
+  if ((kb * 4000) % 512 !== 0) {
+    // qemu-img 7.2 asserts (QEMU_IS_ALIGNED in do_qcrypto_block_cipher_encdec) and aborts here.
+    return `${n.cipherName} in mode ${CIPHER_MODE_NAMES.get(n.cipherMode)} has key material of ${
+      kb * 4000
+    } bytes, ` +
+      "not whole sectors: qemu-img 7.2 aborts making or opening such an image, so instar does not make one";
+  }
   return undefined;
 }
 

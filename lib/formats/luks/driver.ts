@@ -9,7 +9,9 @@ import type { DecodedImage, FormatDriver } from "../types.ts";
 import { qcow2ErrorMessage } from "../qcow2/errors.ts";
 import { luksErrorText } from "./errors.ts";
 import { luksModel } from "./model.ts";
-import { LUKS_CREATE_OPTS, LUKS_OWN_OPTS } from "./create_options.ts";
+import { LUKS_CREATE_OPTS, LUKS_OWN_OPTS, luksParse } from "./create_options.ts";
+import { fail, ok } from "../plan.ts";
+import { optGet } from "../options.ts";
 import { createLuks } from "./create.ts";
 
 export const luksDriver: FormatDriver = {
@@ -30,4 +32,17 @@ export const luksDriver: FormatDriver = {
     return text ?? qcow2ErrorMessage(e, []);
   },
   create: { options: LUKS_CREATE_OPTS, own: LUKS_OWN_OPTS, run: createLuks },
+  convertTarget: {
+    spec(opts) {
+      const prealloc = optGet(opts, "preallocation")?.str ?? "off";
+      if (!["off", "metadata", "falloc", "full"].includes(prealloc)) {
+        return fail("invalid_option", `invalid parameter value: ${prealloc}`);
+      }
+      const n = luksParse(opts);
+      if (!n.ok) return n;
+      // Every payload sector is written (encrypted zeroes too): preallocation changes nothing
+      // a reader sees, so the file is written the one way.
+      return ok({ writer: "luks", preallocation: "off", luks: n.value });
+    },
+  },
 };
