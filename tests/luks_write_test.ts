@@ -298,6 +298,49 @@ if (ready) {
     });
   });
 
+  Deno.test("measure -O luks: qemu-img's numbers and refusals, human and JSON, with and without a source", async () => {
+    await withTempDir("instar-luksw-", async (dir) => {
+      await Deno.writeFile(`${dir}/src.raw`, sourceBytes());
+      await sh(dir, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "src.raw", "src.qcow2");
+      const S = ["--object", SECRET];
+      const refusals = [
+        ["--size", "1M"],
+        [...S, "-o", "key-secret=nope", "--size", "1M"],
+        [...S, "-o", "key-secret=sec0,cipher-alg=des", "--size", "1G"],
+        [...S, "-o", "key-secret=sec0,hash-alg=foo", "--size", "1G"],
+      ];
+      // Each of these costs qemu-img two PBKDF2 calibrations (CPU seconds): half of them by default.
+      const measured = sweep([
+        [
+          ...S,
+          "-o",
+          "key-secret=sec0,cipher-alg=aes-128,iter-time=10",
+          "--output=json",
+          "-f",
+          "raw",
+          "src.raw",
+        ],
+        [...S, "-o", "key-secret=sec0,iter-time=10", "--size", "1M"],
+        [...S, "-o", "key-secret=sec0,cipher-alg=serpent-192,preallocation=full,iter-time=10", "src.qcow2"],
+        [...S, "-o", "key-secret=sec0,iter-time=10", "--size", "1000"],
+      ], 2);
+      const cases = [...refusals, ...measured];
+      // qemu's dry-run create calibrates PBKDF2 (seconds each, and it flakes here): all at once, retried.
+      const qemu = async (args: string[]) => {
+        let q = await qemuImg(args, dir);
+        for (let i = 0; i < 8 && q.stderr.includes("Unable to get accurate CPU usage"); i++) {
+          q = await qemuImg(args, dir);
+        }
+        return q;
+      };
+      const all = cases.map((c) => ["measure", "-O", "luks", ...c]);
+      const theirs = await Promise.all(all.map(qemu));
+      for (const [i, args] of all.entries()) {
+        assertEquals(await instarLuks(args, dir), asInstar(theirs[i]), args.join(" "));
+      }
+    });
+  });
+
   Deno.test("create -f luks calibrates PBKDF2 (iter-time) and keeps the passphrase out of outputs and files", async () => {
     await withTempDir("instar-luksw-", async (dir) => {
       const before = await filesWith(Deno.env.get("TMPDIR") ?? "/tmp");

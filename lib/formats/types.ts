@@ -53,6 +53,12 @@ export interface MeasureInput {
   bitmaps?: { granularity: bigint; nameLength: number }[];
 }
 
+/** What measure supplies a driver besides the options (luks: the secret its options name). */
+export interface MeasureHost {
+  /** The passphrase of secret `id`, or qemu's refusal thrown as an Error with its words. */
+  passphrase(id: string): Uint8Array;
+}
+
 /** What a scan of a source reports to the vpc/vhdx/vmdk size calculators. */
 export interface AllocationSummary {
   /** Bytes of guest data the source holds (never above virtualSize; clamped if it is). */
@@ -147,7 +153,13 @@ export interface FormatDriver {
   readonly check?: boolean;
   readonly create?: CreateSupport;
   /** measure -O this format: qemu's numbers (raw, qcow2) or instar's estimate (the others). */
-  readonly measure?: (opts: ParsedOpts, input?: MeasureInput) => PlanResult<MeasureResult>;
+  readonly measure?: (
+    opts: ParsedOpts,
+    input?: MeasureInput,
+    host?: MeasureHost,
+  ) => PlanResult<MeasureResult>;
+  /** measure needs only the input's size (luks: every sector is written), no allocation scan. */
+  readonly measureSizeOnly?: boolean;
   /** measure is instar's estimate of its own convert: it takes the input's allocation as that
    * convert sees it (precise runs), not qemu's view (a VHDX is all data to qemu). */
   readonly measureEstimate?: boolean;

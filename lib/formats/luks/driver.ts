@@ -13,6 +13,7 @@ import { LUKS_CREATE_OPTS, LUKS_OWN_OPTS, luksParse } from "./create_options.ts"
 import { fail, ok } from "../plan.ts";
 import { optGet } from "../options.ts";
 import { createLuks } from "./create.ts";
+import { luksMeasure } from "./measure.ts";
 
 export const luksDriver: FormatDriver = {
   name: "luks",
@@ -32,6 +33,8 @@ export const luksDriver: FormatDriver = {
     return text ?? qcow2ErrorMessage(e, []);
   },
   create: { options: LUKS_CREATE_OPTS, own: LUKS_OWN_OPTS, run: createLuks },
+  measureSizeOnly: true,
+  measure: luksMeasure,
   convertTarget: {
     spec(opts) {
       const prealloc = optGet(opts, "preallocation")?.str ?? "off";
