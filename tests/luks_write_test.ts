@@ -341,6 +341,54 @@ if (ready) {
     });
   });
 
+  Deno.test("resize of a LUKS image: qemu-img's results, file sizes and bytes, its refusals", async () => {
+    await withTempDir("instar-luksw-", async (dir) => {
+      await Deno.writeFile(`${dir}/src.raw`, sourceBytes());
+      const made = await instarLuks(
+        [
+          "convert",
+          "--object",
+          SECRET,
+          "-f",
+          "raw",
+          "-O",
+          "luks",
+          "-o",
+          "key-secret=sec0",
+          "src.raw",
+          "ours.luks",
+        ],
+        dir,
+      );
+      assertEquals(made.code, 0, made.stderr);
+      await Deno.copyFile(`${dir}/ours.luks`, `${dir}/theirs.luks`);
+      const opts = (name: string) => `driver=luks,key-secret=sec0,file.filename=${name}`;
+      const steps: ((n: string) => string[])[] = [
+        (n) => [n, "8M"],
+        (n) => ["-f", "luks", n, "8M"],
+        (n) => ["--object", SECRET, "--image-opts", opts(n), "8M"],
+        (n) => ["--object", SECRET, "--image-opts", opts(n), "1M"],
+        (n) => ["--object", SECRET, "--image-opts", opts(n), "--shrink", "2M"],
+        (n) => ["--object", SECRET, "--image-opts", opts(n), "+1000"],
+        (n) => ["--object", SECRET, "--image-opts", opts(n), "--preallocation=full", "+1M"],
+        (n) => ["--object", "secret,id=sec0,data=wrong", "--image-opts", opts(n), "9M"],
+        (n) => ["--object", SECRET, "--image-opts", opts(n), "--preallocation=metadata", "+1M"],
+        (n) => ["--object", SECRET, "--image-opts", `driver=luks,file.filename=${n}`, "9M"],
+        (n) => ["--object", SECRET, "--image-opts", opts(n), "--preallocation=falloc", "+1M"],
+      ];
+      for (const step of steps) {
+        const q = await qemuImg(["resize", ...step("theirs.luks")], dir);
+        const i = await instarLuks(["resize", ...step("ours.luks")], dir);
+        const norm = (o: Outcome) => ({ ...o, stderr: o.stderr.replaceAll("theirs.luks", "ours.luks") });
+        assertEquals(i, norm(asInstar(q)), step("ours.luks").join(" "));
+        assertEquals(await Deno.readFile(`${dir}/ours.luks`), await Deno.readFile(`${dir}/theirs.luks`));
+      }
+      // The data before the shrink point is still there for qemu-img.
+      const back = await readBack(dir, "ours.luks");
+      assertEquals(back.subarray(0, 1024 * 1024), sourceBytes().subarray(0, 1024 * 1024));
+    });
+  });
+
   Deno.test("create -f luks calibrates PBKDF2 (iter-time) and keeps the passphrase out of outputs and files", async () => {
     await withTempDir("instar-luksw-", async (dir) => {
       const before = await filesWith(Deno.env.get("TMPDIR") ?? "/tmp");

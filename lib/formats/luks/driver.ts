@@ -3,7 +3,8 @@
 // and compare through the convert_luks / compare_luks guests, which unlock
 // a key slot with the passphrase of the image's key-secret). No check (qemu
 // has none for luks). create -f luks makes a LUKS1 image in the luks_write
-// guest (create.ts, write.ts); resize/amend not yet (docs/encryption.md).
+// guest (create.ts, write.ts); resize changes the file's length past the
+// payload (resize.ts); amend not yet (docs/encryption.md).
 import { formats, guestErrors } from "../../abi/spec.ts";
 import type { DecodedImage, FormatDriver } from "../types.ts";
 import { qcow2ErrorMessage } from "../qcow2/errors.ts";
@@ -14,6 +15,7 @@ import { fail, ok } from "../plan.ts";
 import { optGet } from "../options.ts";
 import { createLuks } from "./create.ts";
 import { luksMeasure } from "./measure.ts";
+import { luksResize } from "./resize.ts";
 
 export const luksDriver: FormatDriver = {
   name: "luks",
@@ -33,6 +35,7 @@ export const luksDriver: FormatDriver = {
     return text ?? qcow2ErrorMessage(e, []);
   },
   create: { options: LUKS_CREATE_OPTS, own: LUKS_OWN_OPTS, run: createLuks },
+  resize: luksResize,
   measureSizeOnly: true,
   measure: luksMeasure,
   convertTarget: {
