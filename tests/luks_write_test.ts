@@ -389,6 +389,84 @@ if (ready) {
     });
   });
 
+  Deno.test("amend of LUKS key slots: qemu-img's results and refusals, the data under the new passphrase", async () => {
+    await withTempDir("instar-luksw-", async (dir) => {
+      const data = sourceBytes().subarray(0, 1024 * 1024);
+      await Deno.writeFile(`${dir}/src.raw`, data);
+      const made = await instarLuks(
+        [
+          "convert",
+          "--object",
+          SECRET,
+          "-f",
+          "raw",
+          "-O",
+          "luks",
+          "-o",
+          "key-secret=sec0",
+          "src.raw",
+          "ours.luks",
+        ],
+        dir,
+      );
+      assertEquals(made.code, 0, made.stderr);
+      await sh(dir, "cp", "--sparse=always", "ours.luks", "theirs.luks");
+      const S = [
+        "--object",
+        SECRET,
+        "--object",
+        "secret,id=sec1,data=pw-one",
+        "--object",
+        "secret,id=sec2,data=pw-two",
+      ];
+      const io = (
+        n: string,
+        key = "sec0",
+      ) => ["--image-opts", `driver=luks,key-secret=${key},file.filename=${n}`];
+      const steps: ((n: string) => string[])[] = [
+        (n) => ["-f", "luks", n, "-o", "state=active,new-secret=sec1"],
+        (n) => [...io(n), "-o", "foo=bar"],
+        (n) => [...io(n), "-o", "keyslot=1"],
+        (n) => [...io(n), "-o", "state=foo"],
+        (n) => [...io(n), "-o", "state=active,new-secret=sec1,iter-time=10"],
+        (n) => [...io(n), "-o", "state=active,new-secret=sec2,keyslot=1,iter-time=10"],
+        (n) => [...io(n), "-o", "state=active,new-secret=sec2,keyslot=-1"],
+        (n) => [...io(n), "-o", "state=active,iter-time=10"],
+        (n) => [...io(n), "-o", "state=active,new-secret=nope,iter-time=10"],
+        (n) => [...io(n), "-o", "state=active,new-secret=sec1,old-secret=sec0"],
+        (n) => [...io(n), "-o", "state=inactive"],
+        (n) => [...io(n), "-o", "state=inactive,iter-time=5"],
+        (n) => [...io(n), "-o", "state=inactive,new-secret=sec1"],
+        (n) => [...io(n), "-o", "state=inactive,old-secret=sec2"],
+        (n) => [...io(n), "-o", "state=inactive,keyslot=5"],
+        (n) => [...io(n), "-o", "state=inactive,keyslot=9"],
+        (n) => [...io(n), "-o", "state=inactive,keyslot=1,old-secret=sec0"],
+        (n) => [...io(n), "-o", "state=inactive,old-secret=sec0"],
+        (n) => [...io(n, "sec1"), "-o", "state=inactive,keyslot=1"],
+      ];
+      for (const step of steps) {
+        const q = await qemuImg(["amend", ...S, ...step("theirs.luks")], dir);
+        const i = await instarLuks(["amend", ...S, ...step("ours.luks")], dir);
+        const norm = (o: Outcome) => ({ ...o, stderr: o.stderr.replaceAll("theirs.luks", "ours.luks") });
+        assertEquals(i, norm(asInstar(q)), step("ours.luks").join(" "));
+        assertEquals(await infoMasked(dir, "ours.luks"), await infoMasked(dir, "theirs.luks"));
+      }
+      // slot 0 (sec0) erased, slot 1 holds sec1: the data is there under the new passphrase only.
+      const back = await exec("qemu-img", [
+        "convert",
+        ...S,
+        ...io("ours.luks", "sec1"),
+        "-O",
+        "raw",
+        "back.raw",
+      ], dir);
+      assertEquals(back.code, 0, back.stderr);
+      assertEquals(await Deno.readFile(`${dir}/back.raw`), data);
+      const old = await qemuImg(["info", ...S, ...io("ours.luks")], dir);
+      assert(old.code === 0); // info needs no key
+    });
+  });
+
   Deno.test("create -f luks calibrates PBKDF2 (iter-time) and keeps the passphrase out of outputs and files", async () => {
     await withTempDir("instar-luksw-", async (dir) => {
       const before = await filesWith(Deno.env.get("TMPDIR") ?? "/tmp");

@@ -121,6 +121,7 @@
 #define REC_SNAP_SUMMARY 44
 #define REC_LUKS_INFO 70
 #define REC_LUKS_WRITTEN 110
+#define REC_LUKS_SLOTS 111
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -305,6 +306,11 @@
 #define LUKS_WRITE_F_BENCH 1
 #define LUKS_WRITE_F_FORMAT 2
 #define LUKS_WRITE_F_COPY 4
+#define LUKS_WRITE_F_AMEND 8
+
+#define LUKS_AMEND_MATCH 1
+#define LUKS_AMEND_ADD 2
+#define LUKS_AMEND_ERASE 3
 
 #define LUKS_ENTROPY_RDSEED 1
 #define LUKS_ENTROPY_RDRAND 2
@@ -1052,6 +1058,17 @@ _Static_assert(offsetof(struct rec_luks_written, slot_iters) == 12, "rec_luks_wr
 _Static_assert(offsetof(struct rec_luks_written, payload_offset) == 16, "rec_luks_written.payload_offset");
 _Static_assert(offsetof(struct rec_luks_written, entropy) == 24, "rec_luks_written.entropy");
 _Static_assert(offsetof(struct rec_luks_written, reserved) == 28, "rec_luks_written.reserved");
+
+/* records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i */
+struct rec_luks_slots {
+    uint8_t hdr[8];
+    uint32_t opens;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_luks_slots) == 16, "rec_luks_slots size");
+_Static_assert(offsetof(struct rec_luks_slots, hdr) == 0, "rec_luks_slots.hdr");
+_Static_assert(offsetof(struct rec_luks_slots, opens) == 8, "rec_luks_slots.opens");
+_Static_assert(offsetof(struct rec_luks_slots, reserved) == 12, "rec_luks_slots.reserved");
 
 /* TS -> vmm_create() */
 struct vmm_config {

@@ -37,6 +37,14 @@ int luks_format(const struct luks_new *n, const uint8_t *pw, uint32_t pwlen, str
 /* Encrypts len bytes (whole 512-byte sectors) in place from `sector`. */
 void luks_encrypt(const struct luks_enc *e, uint64_t sector, uint8_t *buf, uint64_t len);
 
+/* amend: 1 if pw opens active slot i (mk then holds the master key), 0 if not, -1 after an ERROR. */
+int luks_load_key(const struct luks *k, uint32_t i, const uint8_t *pw, uint32_t pwlen, uint64_t max, uint8_t *mk);
+/* Seals mk into slot idx of the raw header h (as read) and writes material and header. */
+int luks_add_slot(const struct luks *k, uint8_t *h, uint32_t idx, uint32_t iters, const uint8_t *pw, uint32_t pwlen,
+                  const uint8_t *mk);
+/* Disables slot idx in h, writes h, then overwrites its key material 16 times with random bytes. */
+int luks_erase_slot(const struct luks *k, uint8_t *h, uint32_t idx);
+
 /* Zeroes an encrypting cipher's keyed contexts. */
 void luks_enc_wipe(struct luks_enc *e);
 

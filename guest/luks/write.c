@@ -149,7 +149,8 @@ uint64_t luks_new_payload_offset(const struct luks_new *n)
 
 /* ---- ciphers ---- */
 
-static int enc_setup(struct luks_cipher *c, const struct luks_new *n, const uint8_t *key, uint32_t klen)
+/* Keys a cipher to encrypt (or, for the key material of an existing slot, to decrypt with luks_decrypt). */
+static int cipher_keyed(struct luks_cipher *c, const struct luks_new *n, const uint8_t *key, uint32_t klen, bool dec)
 {
     const struct nettle_cipher *ci = luks_nettle_cipher(n->cipher_alg);
     if (!ci || (n->mode == LUKS_MODE_XTS && ci->block_size != 16)) return -1;
@@ -160,7 +161,8 @@ static int enc_setup(struct luks_cipher *c, const struct luks_new *n, const uint
     if (!c->dec) c->dec = rt_alloc(ci->context_size);
     if (!c->twk) c->twk = rt_alloc(ci->context_size);
     if (!c->dec || !c->twk) return -2;
-    ci->set_encrypt_key(c->dec, key);
+    if (dec && n->mode != LUKS_MODE_CTR) ci->set_decrypt_key(c->dec, key);
+    else ci->set_encrypt_key(c->dec, key);
     if (n->mode == LUKS_MODE_XTS) ci->set_encrypt_key(c->twk, key + klen / 2);
     c->essiv = NULL;
     if (n->ivgen == LUKS_IVGEN_ESSIV) {
@@ -180,6 +182,11 @@ static int enc_setup(struct luks_cipher *c, const struct luks_new *n, const uint
         memset(ctx, 0, sizeof ctx);
     }
     return 0;
+}
+
+static int enc_setup(struct luks_cipher *c, const struct luks_new *n, const uint8_t *key, uint32_t klen)
+{
+    return cipher_keyed(c, n, key, klen, false);
 }
 
 static void enc_wipe(struct luks_cipher *c)
@@ -277,6 +284,40 @@ static void make_uuid(uint8_t *out)
     }
 }
 
+/* qcrypto_block_luks_store_key: seals mk into slot idx of header h with the passphrase, writes the
+ * key material and then the header. 0, or -1 (cipher), -2 (memory), -3 (write). */
+static int store_slot(uint8_t *h, const struct luks_new *n, uint32_t idx, const uint8_t *pw, uint32_t pwlen,
+                      const uint8_t *mk, uint32_t kb)
+{
+    uint64_t splitlen = (uint64_t)kb * LUKS_STRIPES;
+    uint64_t mark = rt_heap_mark();
+    uint8_t *split = rt_alloc(splitlen);
+    if (!split) return -2;
+    uint8_t slotkey[LUKS_KEY_MAX];
+    struct luks_cipher sc = { 0 };
+    uint8_t *s = h + 208 + 48 * idx;
+    uint32_t key_offset = (uint32_t)s[40] << 24 | (uint32_t)s[41] << 16 | (uint32_t)s[42] << 8 | s[43];
+    luks_rng(s + 8, LUKS_SALT_LEN);
+    luks_pbkdf2(n->hash, pw, pwlen, s + 8, LUKS_SALT_LEN, n->slot_iters, slotkey, kb);
+    af_split(n->hash, kb, mk, split);
+    int rc = enc_setup(&sc, n, slotkey, kb);
+    if (rc == 0) {
+        struct luks_enc se = { sc };
+        luks_encrypt(&se, 0, split, splitlen);
+        if (hc_write((uint64_t)key_offset * LUKS_SECTOR, splitlen, split) != (int64_t)splitlen) rc = -3;
+        enc_wipe(&sc);
+    }
+    memset(split, 0, splitlen);
+    memset(slotkey, 0, sizeof slotkey);
+    rt_heap_release(mark);
+    if (rc == 0) {
+        put32(s, LUKS_SLOT_ENABLED);
+        put32(s + 4, n->slot_iters);
+        if (hc_write(0, LUKS_HEADER_SIZE, h) != (int64_t)LUKS_HEADER_SIZE) rc = -3;
+    }
+    return rc;
+}
+
 int luks_format(const struct luks_new *n, const uint8_t *pw, uint32_t pwlen, struct luks_enc *enc)
 {
     const char *family = cipher_family(n->cipher_alg);
@@ -285,12 +326,8 @@ int luks_format(const struct luks_new *n, const uint8_t *pw, uint32_t pwlen, str
         n->hash < 1 || n->hash > 7 || n->ivgen_hash > 7 || (n->ivgen == LUKS_IVGEN_ESSIV && !n->ivgen_hash) ||
         !n->mk_iters || !n->slot_iters)
         return rt_error(0, GERR_BAD_PARAMS, 70, n->cipher_alg, n->mode);
-    uint64_t splitlen = (uint64_t)kb * LUKS_STRIPES;
-    uint8_t h[LUKS_HEADER_SIZE], mk[LUKS_KEY_MAX], slotkey[LUKS_KEY_MAX];
+    uint8_t h[LUKS_HEADER_SIZE], mk[LUKS_KEY_MAX];
     memset(h, 0, sizeof h);
-    uint8_t *split = rt_alloc(splitlen);
-    if (!split) return rt_error(0, GERR_OUT_OF_MEMORY, splitlen, 0, 0);
-    struct luks_cipher sc = { 0 };
     int rc = 0;
 
     static const uint8_t magic[6] = { 'L', 'U', 'K', 'S', 0xba, 0xbe };
@@ -325,25 +362,7 @@ int luks_format(const struct luks_new *n, const uint8_t *pw, uint32_t pwlen, str
         put32(s + 44, LUKS_STRIPES);
     }
 
-    /* key slot 0 */
-    uint8_t *s0 = h + 208;
-    luks_rng(s0 + 8, LUKS_SALT_LEN);
-    luks_pbkdf2(n->hash, pw, pwlen, s0 + 8, LUKS_SALT_LEN, n->slot_iters, slotkey, kb);
-    af_split(n->hash, kb, mk, split);
-    rc = enc_setup(&sc, n, slotkey, kb);
-    if (rc == 0) {
-        struct luks_enc se = { sc };
-        luks_encrypt(&se, 0, split, splitlen);
-        if (hc_write(8ull * LUKS_SECTOR, splitlen, split) != (int64_t)splitlen) rc = -3;
-        enc_wipe(&sc);
-    }
-    memset(split, 0, splitlen);
-    memset(slotkey, 0, sizeof slotkey);
-    if (rc == 0) {
-        put32(s0, LUKS_SLOT_ENABLED);
-        put32(s0 + 4, n->slot_iters);
-        if (hc_write(0, sizeof h, h) != (int64_t)sizeof h) rc = -3;
-    }
+    rc = store_slot(h, n, 0, pw, pwlen, mk, kb);
     if (rc == 0) {
         memset(enc, 0, sizeof *enc);
         rc = enc_setup(&enc->c, n, mk, kb);
@@ -352,5 +371,103 @@ int luks_format(const struct luks_new *n, const uint8_t *pw, uint32_t pwlen, str
     if (rc == -1) return rt_error(0, GERR_FORMAT, LUKS_E_CIPHER_UNSUPPORTED, n->cipher_alg, n->mode);
     if (rc == -2) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
     if (rc == -3) return rt_error(0, GERR_IO, 0, 0, 0);
+    return 0;
+}
+
+/* ---- amend (qcrypto_block_luks_amend_add_keyslot, _erase_keyslots) ---- */
+
+static void new_of(const struct luks *k, struct luks_new *n)
+{
+    memset(n, 0, sizeof *n);
+    n->cipher_alg = k->cipher_alg;
+    n->mode = k->mode;
+    n->ivgen = k->ivgen;
+    n->ivgen_hash = k->ivgen_hash;
+    n->hash = k->hash;
+}
+
+/* qcrypto_afsplit_decode */
+static void af_merge(uint32_t hash, uint32_t blocklen, const uint8_t *in, uint8_t *out)
+{
+    const struct nettle_hash *h = luks_nettle_hash(hash);
+    uint8_t block[LUKS_KEY_MAX];
+    memset(block, 0, blocklen);
+    uint32_t s;
+    for (s = 0; s + 1 < LUKS_STRIPES; s++) {
+        for (uint32_t j = 0; j < blocklen; j++) block[j] ^= in[(uint64_t)s * blocklen + j];
+        diffuse(h, block, blocklen);
+    }
+    for (uint32_t j = 0; j < blocklen; j++) out[j] = block[j] ^ in[(uint64_t)s * blocklen + j];
+    memset(block, 0, sizeof block);
+}
+
+int luks_load_key(const struct luks *k, uint32_t i, const uint8_t *pw, uint32_t pwlen, uint64_t max, uint8_t *mk)
+{
+    const struct luks_slot *s = &k->slots[i];
+    uint32_t in = k->r->input, kb = k->key_bytes;
+    if (s->active != LUKS_SLOT_ENABLED) return 0;
+    if (kb > LUKS_KEY_MAX) return rt_error(in, GERR_INTERNAL, kb, 0, 0);
+    if (s->iters > max) return rt_error(in, GERR_FORMAT, LUKS_E_KDF_LIMIT, i, s->iters);
+    if (k->mk_iters > max) return rt_error(in, GERR_FORMAT, LUKS_E_KDF_LIMIT, LUKS_SLOTS, k->mk_iters);
+    uint64_t splitlen = (uint64_t)kb * LUKS_STRIPES, mark = rt_heap_mark();
+    uint8_t *split = rt_alloc(splitlen);
+    if (!split) return rt_error(in, GERR_OUT_OF_MEMORY, splitlen, 0, 0);
+    uint8_t slotkey[LUKS_KEY_MAX], digest[LUKS_DIGEST_LEN];
+    luks_pbkdf2(k->hash, pw, pwlen, s->salt, LUKS_SALT_LEN, s->iters, slotkey, kb);
+    int rc = 0;
+    if (reader_read(k->r, (uint64_t)s->key_offset_sector * LUKS_SECTOR, split, splitlen)) {
+        rc = rt_error(in, GERR_IO, (uint64_t)s->key_offset_sector * LUKS_SECTOR, 0, 0);
+    } else {
+        struct luks_new n;
+        struct luks_cipher c = { 0 };
+        new_of(k, &n);
+        int e = cipher_keyed(&c, &n, slotkey, kb, true);
+        if (e) {
+            rc = e == -2 ? rt_error(in, GERR_OUT_OF_MEMORY, 0, 0, 0)
+                         : rt_error(in, GERR_FORMAT, LUKS_E_CIPHER_UNSUPPORTED, k->cipher_alg, k->mode);
+        } else {
+            luks_decrypt(&c, 0, split, splitlen);
+            enc_wipe(&c);
+            af_merge(k->hash, kb, split, mk);
+            luks_pbkdf2(k->hash, mk, kb, k->mk_salt, LUKS_SALT_LEN, k->mk_iters, digest, LUKS_DIGEST_LEN);
+            rc = memcmp(digest, k->mk_digest, LUKS_DIGEST_LEN) == 0;
+        }
+    }
+    memset(split, 0, splitlen);
+    memset(slotkey, 0, sizeof slotkey);
+    rt_heap_release(mark);
+    if (rc != 1) memset(mk, 0, kb);
+    return rc;
+}
+
+int luks_add_slot(const struct luks *k, uint8_t *h, uint32_t idx, uint32_t iters, const uint8_t *pw, uint32_t pwlen,
+                  const uint8_t *mk)
+{
+    struct luks_new n;
+    new_of(k, &n);
+    n.slot_iters = iters;
+    int rc = store_slot(h, &n, idx, pw, pwlen, mk, k->key_bytes);
+    if (rc == -1) return rt_error(0, GERR_FORMAT, LUKS_E_CIPHER_UNSUPPORTED, k->cipher_alg, k->mode);
+    if (rc == -2) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    if (rc == -3) return rt_error(0, GERR_IO, 0, 0, 0);
+    return 0;
+}
+
+int luks_erase_slot(const struct luks *k, uint8_t *h, uint32_t idx)
+{
+    uint8_t *s = h + 208 + 48 * idx;
+    uint64_t splitlen = (uint64_t)k->key_bytes * LUKS_STRIPES, mark = rt_heap_mark();
+    memset(s + 8, 0, LUKS_SALT_LEN);
+    put32(s + 4, 0);
+    put32(s, LUKS_SLOT_DISABLED);
+    if (hc_write(0, LUKS_HEADER_SIZE, h) != (int64_t)LUKS_HEADER_SIZE) return rt_error(0, GERR_IO, 0, 0, 0);
+    uint8_t *garbage = rt_alloc(splitlen);
+    if (!garbage) return rt_error(0, GERR_OUT_OF_MEMORY, splitlen, 0, 0);
+    uint64_t at = (uint64_t)k->slots[idx].key_offset_sector * LUKS_SECTOR;
+    for (int i = 0; i < 16; i++) { /* QCRYPTO_BLOCK_LUKS_ERASE_ITERATIONS */
+        luks_rng(garbage, splitlen);
+        if (hc_write(at, splitlen, garbage) != (int64_t)splitlen) return rt_error(0, GERR_IO, at, 0, 0);
+    }
+    rt_heap_release(mark);
     return 0;
 }

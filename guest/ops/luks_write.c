@@ -47,10 +47,66 @@ static int bench(const struct params *p)
     return 0;
 }
 
+/* amend of the key slots of input 0 (also output 0); secret slot 0 is its passphrase. */
+static int amend(const struct params *p)
+{
+    static struct reader r;
+    static struct luks k;
+    if (p->n_inputs != 1 || rt_input(0)->format != FMT_LUKS) return rt_error(0, GERR_BAD_PARAMS, 77, p->n_inputs, 0);
+    reader_from_input(&r, 0);
+    if (luks_open_header(&k, &r)) return -1;
+    uint8_t h[LUKS_HEADER_SIZE], mk[LUKS_KEY_MAX];
+    if (reader_read(&r, 0, h, sizeof h)) return rt_error(0, GERR_IO, 0, 0, 0);
+    const uint8_t *pw0, *pw1, *host;
+    uint32_t len0, len1, hostlen;
+    if (secret_slot(0, &pw0, &len0) || secret_slot(1, &pw1, &len1)) return rt_error(0, GERR_BAD_PARAMS, 78, 0, 0);
+    int rc = 0;
+    switch (p->arg[0]) {
+    case LUKS_AMEND_MATCH: {
+        struct rec_luks_slots rec;
+        rec_init(&rec, REC_LUKS_SLOTS, sizeof rec);
+        for (uint32_t i = 0; i < LUKS_SLOTS && rc >= 0; i++) {
+            rc = luks_load_key(&k, i, pw1, len1, p->kdf_max_iters, mk);
+            if (rc == 1) rec.opens |= 1u << i;
+        }
+        memset(mk, 0, sizeof mk);
+        return rc < 0 ? -1 : rt_emit(&rec, sizeof rec);
+    }
+    case LUKS_AMEND_ADD: {
+        if (p->arg[1] >= LUKS_SLOTS || p->arg[2] == 0 || p->arg[2] > 0xffffffffull ||
+            secret_slot(2, &host, &hostlen) || hostlen < 32)
+            return rt_error(0, GERR_BAD_PARAMS, 79, p->arg[1], p->arg[2]);
+        /* qcrypto_block_luks_find_key with the image's own passphrase */
+        int found = 0;
+        for (uint32_t i = 0; i < LUKS_SLOTS && !found; i++) {
+            found = luks_load_key(&k, i, pw0, len0, p->kdf_max_iters, mk);
+            if (found < 0) return -1;
+        }
+        if (!found) return rt_error(0, GERR_FORMAT, LUKS_E_BAD_PASSWORD, 0, 0);
+        luks_rng_init(host, hostlen);
+        rc = luks_add_slot(&k, h, (uint32_t)p->arg[1], (uint32_t)p->arg[2], pw1, len1, mk);
+        memset(mk, 0, sizeof mk);
+        luks_rng_wipe();
+        return rc;
+    }
+    case LUKS_AMEND_ERASE: {
+        /* secret slot 1 holds the entropy here */
+        if (p->arg[1] == 0 || p->arg[1] > 0xff || len1 < 32) return rt_error(0, GERR_BAD_PARAMS, 80, p->arg[1], 0);
+        luks_rng_init(pw1, len1);
+        for (uint32_t i = 0; i < LUKS_SLOTS && rc == 0; i++)
+            if (p->arg[1] >> i & 1) rc = luks_erase_slot(&k, h, i);
+        luks_rng_wipe();
+        return rc;
+    }
+    }
+    return rt_error(0, GERR_BAD_PARAMS, 81, p->arg[0], 0);
+}
+
 int op_main(void)
 {
     const struct params *p = rt_params();
     if (p->flags & LUKS_WRITE_F_BENCH) return bench(p);
+    if (p->flags & LUKS_WRITE_F_AMEND) return amend(p);
     if (!(p->flags & LUKS_WRITE_F_FORMAT)) return rt_error(0, GERR_BAD_PARAMS, 72, p->flags, 0);
     struct luks_new n = {
         .cipher_alg = (uint32_t)p->arg[0],

@@ -346,6 +346,8 @@ export const records = {
   // 110..114: LUKS1 output (ops.LUKS_WRITE).
   /** What luks_write made: iteration counts, payload offset, entropy sources (rec_luks_written). */
   LUKS_WRITTEN: 110,
+  /** amend: the key slots a passphrase opens (rec_luks_slots). */
+  LUKS_SLOTS: 111,
 } as const;
 
 /**
@@ -361,8 +363,16 @@ export const records = {
  * dummy bytes and write nothing (the host times the run: qemu's calibration).
  * FORMAT: write the header and key slot 0 (new master key, salts, uuid).
  * COPY: then encrypt the chain over the inputs into the payload.
+ * AMEND (key slots of the LUKS image that is input 0 and output 0): arg[0]
+ * luksAmendActions; MATCH reports in LUKS_SLOTS which slots the passphrase
+ * in secret slot 1 opens; ADD unlocks the master key with input 0's
+ * passphrase and seals it into key slot arg[1] with the passphrase in secret
+ * slot 1, arg[2] iterations (entropy: secret slot 2); ERASE disables the
+ * slots of bitmap arg[1] and overwrites their key material 16 times with
+ * random bytes (qcrypto_block_luks_erase_key).
  */
-export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4 } as const;
+export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8 } as const;
+export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;
 
@@ -1132,6 +1142,16 @@ export const structs: StructSpec[] = [
       { name: "reserved", type: "u32", offset: 28 },
     ],
   },
+  {
+    name: "rec_luks_slots",
+    size: 16,
+    doc: "records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "opens", type: "u32", offset: 8 },
+      { name: "reserved", type: "u32", offset: 12 },
+    ],
+  },
   // --- Host-only structs: TypeScript <-> VMM over FFI (never seen by a guest) ---
   {
     name: "vmm_config",
@@ -1403,6 +1423,7 @@ export const structs: StructSpec[] = [
 export const recordStructs: Record<number, string> = {
   [records.ERROR]: "rec_error",
   [records.LUKS_WRITTEN]: "rec_luks_written",
+  [records.LUKS_SLOTS]: "rec_luks_slots",
   [records.PROBE]: "rec_probe",
   [records.QCOW2_INFO]: "rec_qcow2_info",
   [records.NAME]: "rec_name",
@@ -1522,6 +1543,7 @@ export const enums: Record<string, Record<string, number>> = {
   LUKS_IVGEN_: luksIvgens,
   LUKS_HASH_: luksHashes,
   LUKS_WRITE_F_: luksWriteFlags,
+  LUKS_AMEND_: luksAmendActions,
   LUKS_ENTROPY_: luksEntropy,
   INSPOP_F_: inspectOpFlags,
   INSPFMT_: inspectFormats,

@@ -97,12 +97,17 @@ function scale(rate: bigint, iterTime: bigint, div: bigint, min: bigint): bigint
 }
 
 /** The master-key digest's and key slot 0's iteration counts (qcrypto_block_luks_create, _store_key). */
-export async function luksIterations(n: LuksNew, kdfMaxIters: bigint): Promise<{ mk: bigint; slot: bigint }> {
+export async function luksIterations(
+  n: LuksNew,
+  kdfMaxIters: bigint,
+  /** The image's key size (amend: an existing header's), else the one `n`'s cipher implies. */
+  keyBytes = luksKeyBytes(n),
+): Promise<{ mk: bigint; slot: bigint }> {
   const rate = await pbkdf2Rate(n.hashAlg, kdfMaxIters);
   const dl = luksDigestLen(n.hashAlg);
   const blocks = (bytes: number) => BigInt(Math.ceil(bytes / dl));
   const mk = scale(rate / blocks(20), n.iterTime, 8n, 1000n);
-  const slot = scale(rate / blocks(luksKeyBytes(n)), n.iterTime, 1n, 1000n);
+  const slot = scale(rate / blocks(keyBytes), n.iterTime, 1n, 1000n);
   // instar's own reader refuses more than kdf_max_iters: never write what it could not open.
   const cap = (x: bigint) => (x > kdfMaxIters ? kdfMaxIters : x);
   return { mk: cap(mk), slot: cap(slot) };
