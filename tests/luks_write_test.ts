@@ -262,6 +262,15 @@ if (ready) {
         );
         await assertGone(dir, "y.luks");
       }
+      for (
+        const h of [
+          ["create", "-f", "luks", "-o", "help"],
+          ["create", "-f", "luks", "-o", "help", "x.luks"],
+          ["amend", "-f", "luks", "-o", "help"],
+        ]
+      ) {
+        assertEquals(await instarLuks(h, dir), asInstar(await qemuImg(h, dir)), h.join(" "));
+      }
       const c = [
         "convert",
         "-c",
