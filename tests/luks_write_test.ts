@@ -10,7 +10,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { qemuLuksImage } from "./support/luks_images.ts";
 import { run } from "../lib/cli/run.ts";
 import { sweep } from "./support/full.ts";
 
@@ -63,6 +62,34 @@ async function readBack(dir: string, name: string): Promise<Uint8Array> {
   const b = await Deno.readFile(`${dir}/${name}.back`);
   await Deno.remove(`${dir}/${name}.back`);
   return b;
+}
+
+/** A LUKS1 file made by cryptsetup luksFormat (aes-xts-plain64, sha256, 1000 iterations). */
+async function cryptsetupImage(dir: string, name: string, size: number): Promise<void> {
+  await Deno.writeFile(`${dir}/${name}`, new Uint8Array(0));
+  await Deno.truncate(`${dir}/${name}`, size);
+  const p = new Deno.Command("cryptsetup", {
+    args: [
+      "luksFormat",
+      "--batch-mode",
+      "--type",
+      "luks1",
+      "--pbkdf-force-iterations",
+      "1000",
+      "--key-file",
+      "-",
+      name,
+    ],
+    cwd: dir,
+    stdin: "piped",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const w = p.stdin.getWriter();
+  await w.write(new TextEncoder().encode(PW));
+  await w.close();
+  const r = await p.output();
+  if (!r.success) throw new Error(`cryptsetup luksFormat: ${new TextDecoder().decode(r.stderr)}`);
 }
 
 /** cryptsetup opens it: the header dump and the passphrase test. */
@@ -154,7 +181,12 @@ if (ready) {
         "src.raw",
         "src.vhd",
       );
-      await qemuLuksImage(dir, "src.luks", String(data.length), "", PW);
+      // A LUKS source made by cryptsetup (1000 iterations: no calibration), sized to the data.
+      await cryptsetupImage(dir, "src.luks", 4 << 20);
+      const payload =
+        JSON.parse((await qemuImg(["info", "--output=json", "src.luks"], dir)).stdout)["format-specific"]
+          .data["payload-offset"];
+      await Deno.truncate(`${dir}/src.luks`, payload + data.length);
       await sh(
         dir,
         "qemu-img",
