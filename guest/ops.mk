@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -92,3 +92,9 @@ convert_luks2_LIBS := z nettle argon2
 compare_luks2_SRCS := ops/compare.c $(LUKS2_READ_SRCS) qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c \
                       qcow2/compressed.c qcow2/compress.c compress/zstd_trim.c
 compare_luks2_LIBS := z zstd_min nettle argon2
+# Writing LUKS1 (create -f luks, convert -O luks): guest/luks/write.c makes
+# the header and key slot 0 and encrypts the payload; the source may be any
+# format instar reads (a LUKS one included). libzstd trimmed as convert_zstd's
+# (compress/zstd_trim.c: no legacy zstd frames) to stay under 384 KiB.
+luks_write_SRCS := ops/luks_write.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(LUKS_SRCS)
+luks_write_LIBS := z zstd_min nettle

@@ -36,6 +36,7 @@
 #define OP_INSPECT 50
 #define OP_SNAPSHOT_SCAN 55
 #define OP_BITMAP_SCAN 65
+#define OP_LUKS_WRITE 70
 #define OP_TEST 99
 
 #define CONV_QCOW2 1
@@ -120,6 +121,8 @@
 #define REC_SNAP_L2RUN 43
 #define REC_SNAP_SUMMARY 44
 #define REC_LUKS_INFO 70
+#define REC_LUKS_WRITTEN 110
+#define REC_LUKS_SLOTS 111
 #define REC_LUKS2_INFO 130
 #define REC_LUKS2_SLOT 131
 
@@ -302,6 +305,18 @@
 #define LUKS_HASH_SHA384 5
 #define LUKS_HASH_SHA512 6
 #define LUKS_HASH_RIPEMD160 7
+
+#define LUKS_WRITE_F_BENCH 1
+#define LUKS_WRITE_F_FORMAT 2
+#define LUKS_WRITE_F_COPY 4
+#define LUKS_WRITE_F_AMEND 8
+
+#define LUKS_AMEND_MATCH 1
+#define LUKS_AMEND_ADD 2
+#define LUKS_AMEND_ERASE 3
+
+#define LUKS_ENTROPY_RDSEED 1
+#define LUKS_ENTROPY_RDRAND 2
 
 #define LUKS2_KDF_PBKDF2 1
 #define LUKS2_KDF_ARGON2I 2
@@ -1033,6 +1048,34 @@ _Static_assert(offsetof(struct rec_luks_info, slot_iters) == 80, "rec_luks_info.
 _Static_assert(offsetof(struct rec_luks_info, slot_stripes) == 112, "rec_luks_info.slot_stripes");
 _Static_assert(offsetof(struct rec_luks_info, slot_key_offset) == 144, "rec_luks_info.slot_key_offset");
 _Static_assert(offsetof(struct rec_luks_info, uuid) == 208, "rec_luks_info.uuid");
+
+/* records.LUKS_WRITTEN: what luks_write wrote (no key bytes) */
+struct rec_luks_written {
+    uint8_t hdr[8];
+    uint32_t master_key_iters;
+    uint32_t slot_iters;
+    uint64_t payload_offset; /* bytes */
+    uint32_t entropy; /* luksEntropy.* bits */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_luks_written) == 32, "rec_luks_written size");
+_Static_assert(offsetof(struct rec_luks_written, hdr) == 0, "rec_luks_written.hdr");
+_Static_assert(offsetof(struct rec_luks_written, master_key_iters) == 8, "rec_luks_written.master_key_iters");
+_Static_assert(offsetof(struct rec_luks_written, slot_iters) == 12, "rec_luks_written.slot_iters");
+_Static_assert(offsetof(struct rec_luks_written, payload_offset) == 16, "rec_luks_written.payload_offset");
+_Static_assert(offsetof(struct rec_luks_written, entropy) == 24, "rec_luks_written.entropy");
+_Static_assert(offsetof(struct rec_luks_written, reserved) == 28, "rec_luks_written.reserved");
+
+/* records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i */
+struct rec_luks_slots {
+    uint8_t hdr[8];
+    uint32_t opens;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_luks_slots) == 16, "rec_luks_slots size");
+_Static_assert(offsetof(struct rec_luks_slots, hdr) == 0, "rec_luks_slots.hdr");
+_Static_assert(offsetof(struct rec_luks_slots, opens) == 8, "rec_luks_slots.opens");
+_Static_assert(offsetof(struct rec_luks_slots, reserved) == 12, "rec_luks_slots.reserved");
 
 /* records.LUKS2_INFO: a LUKS2 header and metadata after guest/luks2's checks (algorithms as luks* enums) */
 struct rec_luks2_info {

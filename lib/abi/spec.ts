@@ -149,6 +149,8 @@ export const ops = {
   SNAPSHOT_SCAN: 55,
   /** qcow2 persistent bitmaps: the metadata `bitmap` plans from (guest/qcow2/bitmap_scan.c). */
   BITMAP_SCAN: 65,
+  /** 70..74: LUKS1 output (guest/ops/luks_write.c): format a header, encrypt a chain into it. */
+  LUKS_WRITE: 70,
   TEST: 99,
 } as const;
 
@@ -345,12 +347,43 @@ export const records = {
   // 70..79: LUKS (guest/luks/).
   /** A LUKS1 header as qemu's qcrypto_block_luks_open parses it (rec_luks_info). */
   LUKS_INFO: 70,
+  // 110..114: LUKS1 output (ops.LUKS_WRITE).
+  /** What luks_write made: iteration counts, payload offset, entropy sources (rec_luks_written). */
+  LUKS_WRITTEN: 110,
+  /** amend: the key slots a passphrase opens (rec_luks_slots). */
+  LUKS_SLOTS: 111,
   // 130..134: LUKS2 (guest/luks2/).
   /** A LUKS2 header and its JSON metadata, checked (rec_luks2_info); one LUKS2_SLOT per key slot follows. */
   LUKS2_INFO: 130,
   /** One LUKS2 key slot (rec_luks2_slot). */
   LUKS2_SLOT: 131,
 } as const;
+
+/**
+ * params.flags for ops.LUKS_WRITE (guest/ops/luks_write.c). Arguments:
+ * arg[0] luksCipherAlgs, arg[1] luksCipherModes, arg[2] luksIvgens,
+ * arg[3] luksHashes of ESSIV (0: none), arg[4] luksHashes of the PBKDF2,
+ * arg[5] master-key digest iterations, arg[6] key slot 0 iterations,
+ * arg[7] payload bytes to encrypt from the chain (COPY).
+ * The output's passphrase is the secret slot right after the inputs'
+ * (params.input_secret_len[n_inputs]), then 64 bytes of host entropy
+ * (slot n_inputs + 1), both in params.secret (docs/abi.md).
+ * BENCH: run arg[6] PBKDF2 iterations of hash arg[4] (one output block) on
+ * dummy bytes and write nothing (the host times the run: qemu's calibration).
+ * FORMAT: write the header and key slot 0 (new master key, salts, uuid).
+ * COPY: then encrypt the chain over the inputs into the payload.
+ * AMEND (key slots of the LUKS image that is input 0 and output 0): arg[0]
+ * luksAmendActions; MATCH reports in LUKS_SLOTS which slots the passphrase
+ * in secret slot 1 opens; ADD unlocks the master key with input 0's
+ * passphrase and seals it into key slot arg[1] with the passphrase in secret
+ * slot 1, arg[2] iterations (entropy: secret slot 2); ERASE disables the
+ * slots of bitmap arg[1] and overwrites their key material 16 times with
+ * random bytes (qcrypto_block_luks_erase_key).
+ */
+export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8 } as const;
+export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
+/** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
+export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;
 
 /** params.arg[1] bits for ops.SNAPSHOT_SCAN (arg[0] = 1 + the snapshot whose L1 to walk, 0 none). */
 export const snapScanFlags = { ACTIVE_L1: 1 } as const;
@@ -1109,6 +1142,29 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_luks_written",
+    size: 32,
+    doc: "records.LUKS_WRITTEN: what luks_write wrote (no key bytes)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "master_key_iters", type: "u32", offset: 8 },
+      { name: "slot_iters", type: "u32", offset: 12 },
+      { name: "payload_offset", type: "u64", offset: 16, doc: "bytes" },
+      { name: "entropy", type: "u32", offset: 24, doc: "luksEntropy.* bits" },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+  {
+    name: "rec_luks_slots",
+    size: 16,
+    doc: "records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "opens", type: "u32", offset: 8 },
+      { name: "reserved", type: "u32", offset: 12 },
+    ],
+  },
+  {
     name: "rec_luks2_info",
     size: 128,
     doc:
@@ -1432,6 +1488,8 @@ export const structs: StructSpec[] = [
 /** Record struct for each record type (the generic decoder checks sizes). */
 export const recordStructs: Record<number, string> = {
   [records.ERROR]: "rec_error",
+  [records.LUKS_WRITTEN]: "rec_luks_written",
+  [records.LUKS_SLOTS]: "rec_luks_slots",
   [records.PROBE]: "rec_probe",
   [records.QCOW2_INFO]: "rec_qcow2_info",
   [records.NAME]: "rec_name",
@@ -1552,6 +1610,9 @@ export const enums: Record<string, Record<string, number>> = {
   LUKS_MODE_: luksCipherModes,
   LUKS_IVGEN_: luksIvgens,
   LUKS_HASH_: luksHashes,
+  LUKS_WRITE_F_: luksWriteFlags,
+  LUKS_AMEND_: luksAmendActions,
+  LUKS_ENTROPY_: luksEntropy,
   LUKS2_KDF_: luks2Kdfs,
   INSPOP_F_: inspectOpFlags,
   INSPFMT_: inspectFormats,

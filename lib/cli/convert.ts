@@ -56,6 +56,7 @@ import {
   streamTarget,
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
+import { convertToLuks } from "../convert/luks_target.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -631,6 +632,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const outs: string[] = [];
     // A device, or -n: written in place, no temporary name.
     const inPlace = device || a.skipCreate;
+    if (inPlace && spec.writer === "luks") {
+      throw new CliError(["Writing into an existing LUKS image or device is not supported by instar yet"]);
+    }
     let inPlaceMode: "zero" | "keep" | undefined;
     if (inPlace) {
       const t = targets[0];
@@ -725,6 +729,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToBlocks(job, spec.blocks!, out);
       } else if (spec.writer === "stream") {
         written = await convertToStream(job, spec.stream!, out);
+      } else if (spec.writer === "luks") {
+        written = await convertToLuks(job, spec.luks!, out, o.secrets, kdfMaxIters());
       } else if (spec.writer === "extents") {
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
       } else {

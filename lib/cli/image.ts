@@ -391,13 +391,21 @@ export function chainOpenMessage(top: string, e: OpenError): string {
  * without its backing chain and without the snapshot lists; qemu's open
  * errors as CliErrors.
  */
-export async function openForWrite(filename: string, fmt: string | undefined, unsafeQuirks: boolean) {
+export async function openForWrite(
+  filename: string,
+  fmt: string | undefined,
+  unsafeQuirks: boolean,
+  /** amend: an encrypted image is unlocked with its key-secret (else refused as qemu refuses it). */
+  unlock?: (img: OpenedImage) => Promise<void>,
+  display = filename,
+) {
   try {
     const img = await openImage(filename, { format: fmt, unsafeQuirks, lock: LOCKS.write, noLists: true });
-    needsNoKey(img);
+    if (unlock) await unlock(img);
+    else needsNoKey(img);
     return img;
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
+    if (e instanceof OpenError) throw openFailure(display, e);
     throw e;
   }
 }

@@ -295,7 +295,9 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
     // The allocation scan is needed for every target but raw.
     input = {
       virtualSize: top.virtualSize,
-      extents: outFmt !== "raw" ? await allocationOf(chain, driver.measureEstimate === true, snapshotNo) : [],
+      extents: outFmt !== "raw" && !driver.measureSizeOnly
+        ? await allocationOf(chain, driver.measureEstimate === true, snapshotNo)
+        : [],
       // qcow2_supports_persistent_dirty_bitmap: only v3 images keep bitmaps.
       supportsBitmaps: top.qcow2?.version === 3,
       // qemu counts every persistent bitmap (bdrv_dirty_bitmap_size: the image's length).
@@ -305,7 +307,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   // vpc, vhdx and vmdk: qemu-img has no measure for these ("Block driver
   // ... does not support size measurement"); their drivers give the numbers
   // instar's create planners imply, printed as for raw.
-  const m = driver.measure(opts, input);
+  const m = driver.measure(opts, input, { passphrase: (id) => o.secrets.passphrase(id) });
   if (!m.ok) throw new CliError(m.error.message.split("\n"));
   io.out(output === "json" ? measureJson(m.value) : measureHuman(m.value));
   return 0;

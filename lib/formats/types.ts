@@ -10,6 +10,7 @@ import type { RawModel } from "./raw/model.ts";
 import type { ImageInfoModel } from "./image_info_model.ts";
 import type { VmdkModel } from "./vmdk/model.ts";
 import type { LuksModel } from "./luks/model.ts";
+import type { LuksNew } from "./luks/create_options.ts";
 import type { Qcow2OutputOptions } from "./qcow2/output_plan.ts";
 
 /** qemu's preallocation modes (PreallocMode), in its order. */
@@ -50,6 +51,12 @@ export interface MeasureInput {
   supportsBitmaps: boolean;
   /** Its persistent dirty bitmaps (qcow2): granularity and name length in bytes. */
   bitmaps?: { granularity: bigint; nameLength: number }[];
+}
+
+/** What measure supplies a driver besides the options (luks: the secret its options name). */
+export interface MeasureHost {
+  /** The passphrase of secret `id`, or qemu's refusal thrown as an Error with its words. */
+  passphrase(id: string): Uint8Array;
 }
 
 /** What a scan of a source reports to the vpc/vhdx/vmdk size calculators. */
@@ -109,6 +116,10 @@ export interface CreateHost {
   remove(): Promise<void>;
   /** strerror()-style text of an error one of these threw. */
   describe(e: unknown): string;
+  /** The passphrase of secret `id` (--object secret), or qemu's refusal thrown (luks). */
+  passphrase?(id: string): Uint8Array;
+  /** params.kdf_max_iters (INSTAR_MAX_KDF_ITERS), the bound on written iteration counts (luks). */
+  kdfMaxIters?(): bigint;
 }
 
 /** A create step's refusal, in qemu's words (the command prefixes the file name). */
@@ -148,7 +159,13 @@ export interface FormatDriver {
   readonly check?: boolean;
   readonly create?: CreateSupport;
   /** measure -O this format: qemu's numbers (raw, qcow2) or instar's estimate (the others). */
-  readonly measure?: (opts: ParsedOpts, input?: MeasureInput) => PlanResult<MeasureResult>;
+  readonly measure?: (
+    opts: ParsedOpts,
+    input?: MeasureInput,
+    host?: MeasureHost,
+  ) => PlanResult<MeasureResult>;
+  /** measure needs only the input's size (luks: every sector is written), no allocation scan. */
+  readonly measureSizeOnly?: boolean;
   /** measure is instar's estimate of its own convert: it takes the input's allocation as that
    * convert sees it (precise runs), not qemu's view (a VHDX is all data to qemu). */
   readonly measureEstimate?: boolean;
@@ -228,12 +245,14 @@ export interface ExtentsOutput {
 /** What convert's guest pipeline needs to know about its target. */
 export interface OutputSpec {
   /** Which writer the pipeline runs (lib/convert/pipeline.ts). */
-  writer: "raw" | "qcow2" | "blocks" | "stream" | "extents";
+  writer: "raw" | "qcow2" | "blocks" | "stream" | "extents" | "luks";
   preallocation: Prealloc;
   qcow2?: Qcow2OutputOptions;
   blocks?: BlockOutput;
   stream?: StreamOutput;
   extents?: ExtentsOutput;
+  /** LUKS1 output: the algorithms and key-secret name (lib/convert/luks_target.ts). */
+  luks?: LuksNew & { cipherName: string };
   /** `-c` for a writer other than qcow2: accepted (the output is the same, or
    * compressed anyway) or refused with qemu's words; unset: qemu's
    * "Compression not supported for this file format". */
