@@ -59,6 +59,11 @@ for try in 1 2 3; do
   qemu-img create -q -f qcow2 -o cluster_size=512,encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
     --object secret,id=s0,data=pw imgs/luks.qcow2 64K && break
 done || true
+# The legacy AES method (passphrase "pw"), with data written through the key.
+q create -f qcow2 -o cluster_size=512,encrypt.format=aes,encrypt.key-secret=s0 --object secret,id=s0,data=pw \
+  imgs/aes.qcow2 64K
+qemu-io --object secret,id=s0,data=pw --image-opts driver=qcow2,encrypt.key-secret=s0,file.filename=imgs/aes.qcow2 \
+  -c "write -P 1 0 1k" -c "write -P 2 2048 700" >/dev/null
 q create -f qcow2 -o cluster_size=512,preallocation=metadata imgs/prealloc.qcow2 16K
 q create -f qcow2 imgs/default64k.qcow2 1M
 
@@ -184,6 +189,10 @@ done
 put vmdk_desc vmdkd/monolithicFlat.vmdk vmdkd/twoGbMaxExtentSparse.vmdk vmdkd/twoGbMaxExtentFlat.vmdk
 put vmdk_sparse vmdk/*
 put vmdk_stream vmdk/stream.vmdk vmdk/stream_small.vmdk vmdk/sparse_small.vmdk
+# seSparse extent files (qemu-img cannot create them: the tests' builder writes them)
+mkdir -p sesparse
+"$ROOT/scripts/deno.sh" run -A "$ROOT/fuzz/sesparse_seed.ts" sesparse
+put vmdk_sesparse sesparse/*
 
 # measure_scan: a format byte (0 qcow2, 1 raw, 2 vpc, 3 vhdx, 4 vmdk) and a target
 # cluster_bits byte (7: 64 KiB) first.
@@ -196,6 +205,8 @@ for f in vmdk/*; do { printf '\x04\x07'; cat "$f"; } > "scan/vmdk_$(basename "$f
 put measure_scan scan/*
 # inspect: every image above that is small (the gate's checks over any format)
 put inspect imgs/*.qcow2 imgs/*.raw vhd/* vmdk/* vmdkd/monolithicFlat.vmdk vmdkd/twoGbMaxExtentSparse.vmdk
+# qcow2_crypt: the encrypted qcow2 images and a plain one.
+put qcow2_crypt imgs/aes.qcow2 imgs/data512.qcow2 imgs/comp512.qcow2 $([ -f imgs/luks.qcow2 ] && echo imgs/luks.qcow2)
 # luks: small LUKS1 images by cryptsetup (1000 PBKDF2 iterations, passphrase "pw",
 # the payload right after the key slots), when cryptsetup is there.
 mkdir -p luks
@@ -209,8 +220,19 @@ if command -v cryptsetup >/dev/null; then
   lk cbc128 560K 1048 --cipher aes-cbc-essiv:sha256 --key-size 128 --hash sha1
   lk xts256 1100K 2056 --cipher aes-xts-plain64 --key-size 256
   put luks luks/*
+  # luks2: LUKS2 images (PBKDF2 and a small Argon2id key slot), their data 1 MiB in.
+  mkdir -p luks2
+  lk2() { # lk2 NAME CRYPTSETUP-OPTIONS...
+    local name=$1; shift
+    truncate -s 1100K "luks2/$name"
+    printf pw | cryptsetup luksFormat --batch-mode --type luks2 --offset 2048 --key-file - "$@" "luks2/$name" \
+      >/dev/null 2>&1
+  }
+  lk2 pbkdf2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+  lk2 argon2id --pbkdf argon2id --pbkdf-memory 64 --pbkdf-force-iterations 4 --pbkdf-parallel 1
+  put luks2 luks2/*
 fi
 for t in qcow2_header qcow2_l1l2 qcow2_read qcow2_refcount raw_partition qcow2_decompress measure_scan vpc vhdx \
-  vmdk_desc vmdk_sparse vmdk_stream inspect luks; do
+  vmdk_desc vmdk_sparse vmdk_stream vmdk_sesparse inspect luks luks2 qcow2_crypt; do
   echo "$t: $(ls "$OUT/$t" | wc -l) inputs in $OUT/$t"
 done

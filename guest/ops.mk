@@ -1,20 +1,23 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
 VPC_SRCS := vpc/vpc.c
 VHDX_SRCS := vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c
-VMDK_SRCS := vmdk/vmdk.c vmdk/desc.c
+VMDK_SRCS := vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c
 FORMAT_SRCS := qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c raw/layer.c probe/probe.c raw/partition.c \
                $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c $(VMDK_SRCS) vmdk/layer.c
 # Reading a chain (convert, compare): also qcow2's compressed clusters.
+# LUKS2's header and JSON metadata (guest/luks2/), for info and the LUKS2 readers.
+LUKS2_HDR_SRCS := luks2/header.c luks2/meta.c luks2/json.c
 READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c qcow2/compressed.c qcow2/compress.c vmdk/grain.c \
              $(FORMAT_SRCS)
-info_SRCS := ops/info.c luks/header.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
-info_LIBS :=
+info_SRCS := ops/info.c luks/header.c $(LUKS2_HDR_SRCS) luks/nettle_shim.c qcow2/crypt_header.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VPC_SRCS) $(VHDX_SRCS) $(VMDK_SRCS)
+# nettle: SHA-256 for the LUKS2 header checksum.
+info_LIBS := nettle
 check_SRCS := ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c $(VHDX_SRCS) \
               $(VMDK_SRCS) vmdk/check.c
 check_LIBS :=
@@ -64,3 +67,34 @@ convert_luks_LIBS := z nettle
 compare_luks_SRCS := ops/compare.c $(LUKS_READ_SRCS) qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c \
                      qcow2/compressed.c qcow2/compress.c
 compare_luks_LIBS := z zstd nettle
+# Reading encrypted qcow2 (guest/qcow2/crypt*.c): the LUKS header in the
+# image's header clusters or the legacy AES key, with the qcow2 reader,
+# nettle, and the LUKS layer too, for the runs that get a passphrase.
+QCRYPT_SRCS := qcow2/crypt_header.c qcow2/crypt_layer.c $(LUKS_SRCS)
+QCRYPT_READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c raw/layer.c raw/partition.c \
+                    probe/probe.c qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c qcow2/compressed.c \
+                    qcow2/compress.c $(QCRYPT_SRCS)
+convert_qcrypt_SRCS := ops/convert.c $(QCRYPT_READ_SRCS)
+convert_qcrypt_LIBS := z zstd nettle
+compare_qcrypt_SRCS := ops/compare.c $(QCRYPT_READ_SRCS)
+compare_qcrypt_LIBS := z zstd nettle
+# Reading LUKS2 (guest/luks2/): luks2/layer.c fills the luks row of the
+# format table with LUKS1 and LUKS2 (in place of luks/layer.c); Argon2 key
+# slots need Debian's libargon2.a (its libc wants in luks2/argon2_shim.c).
+# The host runs these only for a LUKS2 input.
+LUKS2_SRCS := luks/header.c luks/crypto.c luks/nettle_shim.c $(LUKS2_HDR_SRCS) luks2/crypto.c luks2/layer.c \
+              luks2/argon2_shim.c
+LUKS2_READ_SRCS := $(CHAIN_SRCS) chain/read.c chain/status.c chain/extents.c raw/layer.c raw/partition.c \
+                   probe/probe.c $(LUKS2_SRCS)
+convert_luks2_SRCS := ops/convert.c $(LUKS2_READ_SRCS)
+convert_luks2_LIBS := z nettle argon2
+# compare_luks2: against raw, qcow2 or LUKS1/LUKS2 (libzstd trimmed as for convert_zstd, to fit 384 KiB).
+compare_luks2_SRCS := ops/compare.c $(LUKS2_READ_SRCS) qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c \
+                      qcow2/compressed.c qcow2/compress.c compress/zstd_trim.c
+compare_luks2_LIBS := z zstd_min nettle argon2
+# Writing LUKS1 (create -f luks, convert -O luks): guest/luks/write.c makes
+# the header and key slot 0 and encrypts the payload; the source may be any
+# format instar reads (a LUKS one included). libzstd trimmed as convert_zstd's
+# (compress/zstd_trim.c: no legacy zstd frames) to stay under 384 KiB.
+luks_write_SRCS := ops/luks_write.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(LUKS_SRCS)
+luks_write_LIBS := z zstd_min nettle

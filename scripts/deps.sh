@@ -9,6 +9,8 @@ want=(gcc make binutils libc6-dev zlib1g-dev libzstd-dev qemu-utils
   python3-vmdkstream # an independent streamOptimized VMDK writer (tests of VMDK reading)
   nettle-dev # libnettle.a: AES/XTS/SHA/PBKDF2 linked into the LUKS guests (guest/luks/)
   cryptsetup-bin # cryptsetup luksFormat: LUKS1 images made by an independent tool (tests/luks_test.ts)
+  libargon2-dev # libargon2.a: LUKS2 Argon2 key slots, linked into convert_luks2/compare_luks2 (guest/luks2/)
+  python3-cryptography # AES-XTS/CBC by an independent implementation: LUKS2 payloads in tests/luks2_test.ts
   genisoimage # real ISO 9660 images for tests/inspect_test.ts (inspect's iso and polyglot rows)
   clang libclang-rt-dev) # clang + its ASan/libFuzzer runtimes: fuzz/ (the fuzz targets)
 missing=()

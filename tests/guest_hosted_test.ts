@@ -768,12 +768,18 @@ Deno.test("mutated images: errors, check and map agree with qemu-img", () => {
     if (Deno.env.get("INSTAR_MUTATION_KEEP") === String(it)) Deno.copyFileSync(p, "/tmp/mutation.qcow2");
     // A mutation that gave the image a backing file makes qemu open it: the
     // host decides about backing files, so only info is compared then.
-    const hasBacking = hosted("info", [`qcow2:${p}`]).some((r) =>
+    const infoRecs = hosted("info", [`qcow2:${p}`]);
+    const hasBacking = infoRecs.some((r) =>
       r.type === records.QCOW2_INFO && ((r.fields.flags as number) & qcow2InfoFlags.HAS_BACKING)
+    );
+    // An encrypted image: the host asks for its key-secret before check runs
+    // (lib/cli/qcow2_unlock.ts), as qemu's open does; qemu-img check has none here.
+    const encrypted = infoRecs.some((r) =>
+      r.type === records.QCOW2_INFO && (r.fields.crypt_method as number) !== 0
     );
     // check (and open errors)
     const recs = hosted("check", [`qcow2:${p}`]);
-    if (hasBacking) {
+    if (hasBacking || encrypted) {
       // nothing: see above
     } else if (recs.some((r) => r.type === records.ERROR)) {
       const q = sh("qemu-img", ["check", "-f", "qcow2", p]);
@@ -791,14 +797,17 @@ Deno.test("mutated images: errors, check and map agree with qemu-img", () => {
     if (ir.some((r) => r.type === records.ERROR)) {
       const qi = sh("qemu-img", ["info", "-f", "qcow2", p]);
       const text = openErrorText(ir);
-      if (text !== undefined) {
+      // qemu-img 7.2 crashes (SIGSEGV) on a LUKS-method image without its
+      // header extension; instar refuses it with qemu's I/O-open message.
+      if (text !== undefined && qi.code !== 139) {
         assert.equal(qi.code, 1, `${ctx}: ${text}`);
         assert.equal(qi.stderr, `${checkText(ir)}qemu-img: Could not open '${p}': ${text}\n`, ctx);
       }
     } else {
       compareInfo(p, "qcow2");
     }
-    if (hasBacking) continue;
+    // An encrypted image: map asks for the key-secret first (host side), as qemu-img does.
+    if (hasBacking || encrypted) continue;
     // map, incl. the partial output and the corruption event when qemu fails half-way
     const q = sh("qemu-img", ["map", "-f", "qcow2", "--output=json", p]);
     const m = hosted("map", [`qcow2:${p}`], [0n, U64_MAX]);

@@ -12,7 +12,7 @@
  *   - in stream mode no byte outside the window is read from the input
  *     (the window reader refuses such reads instead of passing them on).
  *
- * FUZZ_SOURCES: inspect/core.c inspect/qcow2.c inspect/vmdk.c inspect/vhd.c inspect/disk.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c vpc/vpc.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vmdk/vmdk.c vmdk/desc.c
+ * FUZZ_SOURCES: inspect/core.c inspect/qcow2.c inspect/vmdk.c inspect/vhd.c inspect/disk.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c vpc/vpc.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c
  */
 #include <stdlib.h>
 #include <string.h>

@@ -28,7 +28,7 @@
  *     DATA|PRESENT run without an offset.
  * The walk stops after 4096 runs (the rest takes the same paths).
  *
- * FUZZ_SOURCES: qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c chain/open.c chain/formats.c chain/map_status.c vpc/vpc.c vpc/layer.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vhdx/layer.c vmdk/vmdk.c vmdk/desc.c vmdk/layer.c
+ * FUZZ_SOURCES: qcow2/map.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c chain/open.c chain/formats.c chain/map_status.c vpc/vpc.c vpc/layer.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vhdx/layer.c vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c vmdk/layer.c
  */
 #include <stdlib.h>
 #include <string.h>

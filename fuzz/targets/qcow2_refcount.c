@@ -12,7 +12,7 @@
  * record or, for raw input, RAW_INFO). ASan/UBSan and the fuzz runtime's
  * checks (no read outside the input, well-formed records) apply throughout.
  *
- * FUZZ_SOURCES: ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vmdk/vmdk.c vmdk/desc.c vmdk/check.c
+ * FUZZ_SOURCES: ops/check.c qcow2/check.c qcow2/header.c qcow2/tables.c probe/probe.c raw/partition.c vhdx/vhdx.c vhdx/log.c vhdx/crc32c.c vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c vmdk/check.c
  */
 #include "fuzz_rt.h"
 #include "rt.h"

@@ -13,7 +13,7 @@
  *     1..511 bytes without '"', '\n', '\r', and end sectors that add up;
  *   - total_sectors * 512 <= INT64_MAX; create type shorter than 128 bytes.
  *
- * FUZZ_SOURCES: vmdk/vmdk.c vmdk/desc.c probe/probe.c raw/partition.c
+ * FUZZ_SOURCES: vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c probe/probe.c raw/partition.c
  */
 #include <stdlib.h>
 #include <string.h>

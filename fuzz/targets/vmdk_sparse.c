@@ -12,7 +12,7 @@
  *     LS_DATA|LS_COMPRESSED or LS_DATA|LS_OFFSET_VALID, host + len without
  *     overflow, l->data the image; positions strictly increase.
  *
- * FUZZ_SOURCES: vmdk/vmdk.c vmdk/desc.c vmdk/layer.c vmdk/check.c
+ * FUZZ_SOURCES: vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c vmdk/layer.c vmdk/check.c
  */
 #include <stdlib.h>
 #include <string.h>

@@ -11,7 +11,7 @@
  *     exactly the run (the bytes past it in the buffer stay untouched);
  *   - runs advance and stay inside the disk.
  *
- * FUZZ_SOURCES: vmdk/vmdk.c vmdk/desc.c vmdk/layer.c vmdk/grain.c
+ * FUZZ_SOURCES: vmdk/vmdk.c vmdk/desc.c vmdk/sesparse.c vmdk/layer.c vmdk/grain.c
  * FUZZ_LIBS: z
  */
 #include <stdlib.h>

@@ -315,7 +315,8 @@ int main(int argc, char **argv)
             snapshot = 0;
         }
     }
-    if (g_params.n_inputs == 0) goto usage;
+    /* no input: only luks_write (a new image, or its PBKDF2 benchmark) */
+    if (g_params.n_inputs == 0 && HOST_OP != OP_LUKS_WRITE) goto usage;
     g_params.ram_size = ram;
     g_heap_size = ram - LAYOUT_HEAP;
     g_heap = malloc(g_heap_size);

@@ -36,6 +36,7 @@
 #define OP_INSPECT 50
 #define OP_SNAPSHOT_SCAN 55
 #define OP_BITMAP_SCAN 65
+#define OP_LUKS_WRITE 70
 #define OP_TEST 99
 
 #define CONV_QCOW2 1
@@ -57,6 +58,7 @@
 #define INFO_F_CHECK_MODE 1
 #define INFO_F_NO_LISTS 2
 #define INFO_F_READS_DATA 4
+#define INFO_F_READ_WRITE 256
 
 #define MAPOP_F_PRECISE 1
 
@@ -122,6 +124,10 @@
 #define REC_SNAP_L2RUN 43
 #define REC_SNAP_SUMMARY 44
 #define REC_LUKS_INFO 70
+#define REC_LUKS_WRITTEN 110
+#define REC_LUKS_SLOTS 111
+#define REC_LUKS2_INFO 130
+#define REC_LUKS2_SLOT 131
 
 #define NAME_BACKING_FILE 1
 #define NAME_BACKING_FORMAT 2
@@ -245,7 +251,7 @@
 #define LIMIT_GUEST_BINARY_MAX 0x60000ull
 #define LIMIT_RAM_MIN 0x1000000ull
 #define LIMIT_RAM_DEFAULT 0x4000000ull
-#define LIMIT_RAM_MAX 0x40000000ull
+#define LIMIT_RAM_MAX 0x44000000ull
 #define LIMIT_MAX_INPUTS 2080
 #define LIMIT_PARAM_INPUTS 16
 #define LIMIT_VMDK_MAX_FILES 1024
@@ -302,6 +308,22 @@
 #define LUKS_HASH_SHA384 5
 #define LUKS_HASH_SHA512 6
 #define LUKS_HASH_RIPEMD160 7
+
+#define LUKS_WRITE_F_BENCH 1
+#define LUKS_WRITE_F_FORMAT 2
+#define LUKS_WRITE_F_COPY 4
+#define LUKS_WRITE_F_AMEND 8
+
+#define LUKS_AMEND_MATCH 1
+#define LUKS_AMEND_ADD 2
+#define LUKS_AMEND_ERASE 3
+
+#define LUKS_ENTROPY_RDSEED 1
+#define LUKS_ENTROPY_RDRAND 2
+
+#define LUKS2_KDF_PBKDF2 1
+#define LUKS2_KDF_ARGON2I 2
+#define LUKS2_KDF_ARGON2ID 3
 
 #define INSPOP_F_STREAM 1
 
@@ -1029,6 +1051,102 @@ _Static_assert(offsetof(struct rec_luks_info, slot_iters) == 80, "rec_luks_info.
 _Static_assert(offsetof(struct rec_luks_info, slot_stripes) == 112, "rec_luks_info.slot_stripes");
 _Static_assert(offsetof(struct rec_luks_info, slot_key_offset) == 144, "rec_luks_info.slot_key_offset");
 _Static_assert(offsetof(struct rec_luks_info, uuid) == 208, "rec_luks_info.uuid");
+
+/* records.LUKS_WRITTEN: what luks_write wrote (no key bytes) */
+struct rec_luks_written {
+    uint8_t hdr[8];
+    uint32_t master_key_iters;
+    uint32_t slot_iters;
+    uint64_t payload_offset; /* bytes */
+    uint32_t entropy; /* luksEntropy.* bits */
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_luks_written) == 32, "rec_luks_written size");
+_Static_assert(offsetof(struct rec_luks_written, hdr) == 0, "rec_luks_written.hdr");
+_Static_assert(offsetof(struct rec_luks_written, master_key_iters) == 8, "rec_luks_written.master_key_iters");
+_Static_assert(offsetof(struct rec_luks_written, slot_iters) == 12, "rec_luks_written.slot_iters");
+_Static_assert(offsetof(struct rec_luks_written, payload_offset) == 16, "rec_luks_written.payload_offset");
+_Static_assert(offsetof(struct rec_luks_written, entropy) == 24, "rec_luks_written.entropy");
+_Static_assert(offsetof(struct rec_luks_written, reserved) == 28, "rec_luks_written.reserved");
+
+/* records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i */
+struct rec_luks_slots {
+    uint8_t hdr[8];
+    uint32_t opens;
+    uint32_t reserved;
+};
+_Static_assert(sizeof(struct rec_luks_slots) == 16, "rec_luks_slots size");
+_Static_assert(offsetof(struct rec_luks_slots, hdr) == 0, "rec_luks_slots.hdr");
+_Static_assert(offsetof(struct rec_luks_slots, opens) == 8, "rec_luks_slots.opens");
+_Static_assert(offsetof(struct rec_luks_slots, reserved) == 12, "rec_luks_slots.reserved");
+
+/* records.LUKS2_INFO: a LUKS2 header and metadata after guest/luks2's checks (algorithms as luks* enums) */
+struct rec_luks2_info {
+    uint8_t hdr[8];
+    uint32_t input;
+    uint32_t cipher_alg; /* luksCipherAlgs.* (data segment) */
+    uint32_t cipher_mode; /* luksCipherModes.* */
+    uint32_t ivgen_alg; /* luksIvgens.* */
+    uint32_t ivgen_hash; /* luksHashes.* (0: none) */
+    uint32_t hash_alg; /* luksHashes.*: the volume key digest's PBKDF2 hash */
+    uint64_t payload_offset; /* bytes: the data segment's offset */
+    uint64_t payload_size; /* bytes; 0: dynamic (to the end of the file) */
+    uint32_t digest_iters;
+    uint32_t key_bytes;
+    uint32_t sector_size;
+    uint32_t n_slots; /* LUKS2_SLOT records that follow */
+    uint64_t hdr_size; /* bytes of one header copy (binary header + JSON area) */
+    uint64_t seqid;
+    uint32_t max_argon2_kib; /* the most Argon2 memory a usable key slot asks for */
+    uint32_t reserved;
+    uint8_t uuid[40]; /* as stored (printed up to a NUL) */
+};
+_Static_assert(sizeof(struct rec_luks2_info) == 128, "rec_luks2_info size");
+_Static_assert(offsetof(struct rec_luks2_info, hdr) == 0, "rec_luks2_info.hdr");
+_Static_assert(offsetof(struct rec_luks2_info, input) == 8, "rec_luks2_info.input");
+_Static_assert(offsetof(struct rec_luks2_info, cipher_alg) == 12, "rec_luks2_info.cipher_alg");
+_Static_assert(offsetof(struct rec_luks2_info, cipher_mode) == 16, "rec_luks2_info.cipher_mode");
+_Static_assert(offsetof(struct rec_luks2_info, ivgen_alg) == 20, "rec_luks2_info.ivgen_alg");
+_Static_assert(offsetof(struct rec_luks2_info, ivgen_hash) == 24, "rec_luks2_info.ivgen_hash");
+_Static_assert(offsetof(struct rec_luks2_info, hash_alg) == 28, "rec_luks2_info.hash_alg");
+_Static_assert(offsetof(struct rec_luks2_info, payload_offset) == 32, "rec_luks2_info.payload_offset");
+_Static_assert(offsetof(struct rec_luks2_info, payload_size) == 40, "rec_luks2_info.payload_size");
+_Static_assert(offsetof(struct rec_luks2_info, digest_iters) == 48, "rec_luks2_info.digest_iters");
+_Static_assert(offsetof(struct rec_luks2_info, key_bytes) == 52, "rec_luks2_info.key_bytes");
+_Static_assert(offsetof(struct rec_luks2_info, sector_size) == 56, "rec_luks2_info.sector_size");
+_Static_assert(offsetof(struct rec_luks2_info, n_slots) == 60, "rec_luks2_info.n_slots");
+_Static_assert(offsetof(struct rec_luks2_info, hdr_size) == 64, "rec_luks2_info.hdr_size");
+_Static_assert(offsetof(struct rec_luks2_info, seqid) == 72, "rec_luks2_info.seqid");
+_Static_assert(offsetof(struct rec_luks2_info, max_argon2_kib) == 80, "rec_luks2_info.max_argon2_kib");
+_Static_assert(offsetof(struct rec_luks2_info, reserved) == 84, "rec_luks2_info.reserved");
+_Static_assert(offsetof(struct rec_luks2_info, uuid) == 88, "rec_luks2_info.uuid");
+
+/* records.LUKS2_SLOT: one key slot of a LUKS2 header */
+struct rec_luks2_slot {
+    uint8_t hdr[8];
+    uint32_t input;
+    uint32_t id; /* 0..31 */
+    uint32_t kdf; /* luks2Kdfs.* */
+    uint32_t iters; /* PBKDF2 iterations, or Argon2 passes (time cost) */
+    uint32_t memory_kib; /* Argon2 memory (0 for PBKDF2) */
+    uint32_t parallel; /* Argon2 lanes (0 for PBKDF2) */
+    uint32_t stripes;
+    uint32_t key_bytes;
+    uint64_t area_offset; /* bytes */
+    uint64_t area_size; /* bytes */
+};
+_Static_assert(sizeof(struct rec_luks2_slot) == 56, "rec_luks2_slot size");
+_Static_assert(offsetof(struct rec_luks2_slot, hdr) == 0, "rec_luks2_slot.hdr");
+_Static_assert(offsetof(struct rec_luks2_slot, input) == 8, "rec_luks2_slot.input");
+_Static_assert(offsetof(struct rec_luks2_slot, id) == 12, "rec_luks2_slot.id");
+_Static_assert(offsetof(struct rec_luks2_slot, kdf) == 16, "rec_luks2_slot.kdf");
+_Static_assert(offsetof(struct rec_luks2_slot, iters) == 20, "rec_luks2_slot.iters");
+_Static_assert(offsetof(struct rec_luks2_slot, memory_kib) == 24, "rec_luks2_slot.memory_kib");
+_Static_assert(offsetof(struct rec_luks2_slot, parallel) == 28, "rec_luks2_slot.parallel");
+_Static_assert(offsetof(struct rec_luks2_slot, stripes) == 32, "rec_luks2_slot.stripes");
+_Static_assert(offsetof(struct rec_luks2_slot, key_bytes) == 36, "rec_luks2_slot.key_bytes");
+_Static_assert(offsetof(struct rec_luks2_slot, area_offset) == 40, "rec_luks2_slot.area_offset");
+_Static_assert(offsetof(struct rec_luks2_slot, area_size) == 48, "rec_luks2_slot.area_size");
 
 /* TS -> vmm_create() */
 struct vmm_config {

@@ -242,3 +242,25 @@ int luks_unlock(const struct luks *k, const uint8_t *pw, uint32_t pwlen, uint64_
     if (rc) return rt_error(in, GERR_FORMAT, LUKS_E_CIPHER_UNSUPPORTED, k->cipher_alg, k->mode);
     return 0;
 }
+
+/* For the LUKS writer (guest/luks/write.c): the same nettle tables and PBKDF2. */
+const struct nettle_hash *luks_nettle_hash(uint32_t h)
+{
+    return hash_of(h);
+}
+
+const struct nettle_cipher *luks_nettle_cipher(uint32_t a)
+{
+    return cipher_of(a);
+}
+
+void luks_pbkdf2(uint32_t hash, const uint8_t *key, uint32_t klen, const uint8_t *salt, uint32_t slen,
+                 uint32_t iters, uint8_t *out, uint32_t olen)
+{
+    pbkdf2_any(hash, key, klen, salt, slen, iters, out, olen);
+}
+
+void luks_iv(const struct luks_cipher *c, uint64_t sector, uint8_t *iv)
+{
+    make_iv(c, sector, iv);
+}

@@ -21,4 +21,14 @@ int luks_unlock(const struct luks *k, const uint8_t *pw, uint32_t pwlen, uint64_
 /* Decrypts len bytes in place: 512-byte sectors from `sector` (the last may be short). */
 void luks_decrypt(const struct luks_cipher *c, uint64_t sector, uint8_t *buf, uint64_t len);
 
+/* What guest/luks/write.c shares with the reader: nettle's hash and cipher
+ * of a LUKS_HASH_* / LUKS_CIPHER_* (NULL if none), PBKDF2 with any of them,
+ * and the IV of a sector under c's IV generator. */
+struct nettle_hash;
+const struct nettle_hash *luks_nettle_hash(uint32_t h);
+const struct nettle_cipher *luks_nettle_cipher(uint32_t a);
+void luks_pbkdf2(uint32_t hash, const uint8_t *key, uint32_t klen, const uint8_t *salt, uint32_t slen,
+                 uint32_t iters, uint8_t *out, uint32_t olen);
+void luks_iv(const struct luks_cipher *c, uint64_t sector, uint8_t *iv);
+
 #endif

@@ -570,6 +570,8 @@ static int calculate_refcounts(struct checker *c)
     TRY(check_snapshots(c));
     TRY(inc_refs(c, q->snapshots_offset, c->snapshots_size));
     TRY(inc_refs(c, q->reftable_offset, q->reftable_entries * 8));
+    /* encryption: the LUKS header clusters the crypto header extension names */
+    if (q->crypto_length) TRY(inc_refs(c, q->crypto_offset, q->crypto_length));
     TRY(check_bitmaps(c));
     return check_refblocks(c);
 }

@@ -8,6 +8,8 @@
 #include "bytes.h"
 #include "../ops/records.h"
 
+int qcow2_crypto_open_header(struct qcow2 *q) __attribute__((weak));
+
 static int fail(const struct qcow2 *q, uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2)
 {
     return rt_error(q->r->input, code, a0, a1, a2);
@@ -83,11 +85,22 @@ static int read_extensions(struct qcow2 *q, uint64_t start, uint64_t end, bool f
         case QCOW2_EXT_CRYPTO_HEADER:
             if (q->crypt_method != QCOW2_CRYPT_LUKS) EXT_FAIL(GERR_BAD_EXTENSION, magic, QEXT_CRYPTO_NOT_LUKS, 0);
             if (len != 16) EXT_FAIL(GERR_BAD_EXTENSION, magic, QEXT_CRYPTO_SIZE, len);
-            /* qemu would open the LUKS header here; instar refuses encrypted
-             * images after the header checks (GERR_ENCRYPTED). The quiet pass
-             * cannot open it without a key and stops. */
-            q->flags |= Q2F_HAS_CRYPTO_HEADER;
+            /* The quiet pass has no encryption options: qemu's open fails
+             * there and the walk stops. */
             if (features_for) goto stop;
+            {
+                uint8_t b[16];
+                if (reader_read(q->r, off, b, 16)) return fail(q, GERR_BAD_EXTENSION, magic, QEXT_CRYPTO_READ, 0);
+                q->crypto_offset = be64(b);
+                q->crypto_length = be64(b + 8);
+            }
+            if (q->crypto_offset & (q->cluster_size - 1))
+                return fail(q, GERR_BAD_EXTENSION, q->cluster_size, QEXT_CRYPTO_OFFSET, q->crypto_offset);
+            q->flags |= Q2F_HAS_CRYPTO_HEADER;
+            /* qcrypto_block_open on the header clusters, in the walk as qemu
+             * does it; linked only where the LUKS header is needed
+             * (guest/qcow2/crypt_header.c: info and the decrypting readers). */
+            if (qcow2_crypto_open_header && qcow2_crypto_open_header(q)) return -1;
             break;
         case QCOW2_EXT_BITMAPS: {
             if (len != 24) EXT_FAIL(GERR_BAD_EXTENSION, magic, QEXT_BITMAPS_LENGTH, len);
@@ -335,8 +348,11 @@ int qcow2_open(struct qcow2 *q, const struct reader *r, uint32_t mode)
             return fail(q, GERR_DATA_FILE_REQUIRED, 2, 0, 0);
     }
     if (q->has_data_file && (q->autoclear & QCOW2_AUTOCLEAR_DATA_FILE_RAW)) q->flags |= Q2F_DATA_FILE_RAW;
-    /* LUKS needs its header extension unless the open does no I/O (info). */
-    if (q->crypt_method == QCOW2_CRYPT_LUKS && !(q->flags & Q2F_HAS_CRYPTO_HEADER) && !(mode & QCOW2_OPEN_NO_IO))
+    /* LUKS needs its header extension. qemu checks it only when the open
+     * does I/O; info (BDRV_O_NO_IO) then crashes in qcow2_refresh_limits on
+     * the missing crypto block (qemu-img 7.2 exits with SIGSEGV): instar
+     * gives qemu's message there too. */
+    if (q->crypt_method == QCOW2_CRYPT_LUKS && !(q->flags & Q2F_HAS_CRYPTO_HEADER))
         return fail(q, GERR_ENCRYPTED, q->crypt_method, 2, 0);
 
     if (q->backing_offset) {
@@ -361,8 +377,8 @@ int qcow2_open(struct qcow2 *q, const struct reader *r, uint32_t mode)
     /* After the driver's open, qemu refreshes the sector count and refuses
      * lengths past BDRV_MAX_LENGTH ("Could not refresh total sector count"). */
     if ((q->size & ~511ull) > READER_MAX_END) return fail(q, GERR_VIRTUAL_SIZE_TOO_LARGE, q->size, 1, 0);
-    /* instar's own refusals, after everything qemu checks. */
-    if (q->crypt_method) return fail(q, GERR_ENCRYPTED, q->crypt_method, 0, 0);
+    /* Encrypted images open: a program that reads data refuses them unless
+     * it links the decryption (guest/qcow2/layer.c, crypt_layer.c). */
     return 0;
 }
 

@@ -14,6 +14,7 @@
 
 int qcow2_layer_read(struct layer *l, uint64_t pos, uint64_t len, uint8_t *buf) __attribute__((weak));
 int qcow2_detect_prealloc(struct qcow2_layer *s, const struct reader *r) __attribute__((weak));
+int qcow2_crypt_attach(struct layer *l, struct qcow2_layer *s) __attribute__((weak));
 
 
 static __attribute__((cold)) int qcow2_layer_open(struct layer *l)
@@ -38,10 +39,16 @@ static __attribute__((cold)) int qcow2_layer_open(struct layer *l)
      * which map does not attach: leave it out. Programs that do not link
      * the detection (convert, compare) do not recurse into qcow2 files:
      * their reads and zero skipping do not depend on it. */
-    if (l->want_recurse && !s->q.has_data_file && qcow2_detect_prealloc) {
+    if (l->want_recurse && !s->q.has_data_file && !s->q.crypt_method && qcow2_detect_prealloc) {
         int pr = qcow2_detect_prealloc(s, &l->r);
         if (pr < 0) return -1;
         s->prealloc = pr == 1;
+    }
+    /* Encrypted: programs that decrypt link crypt_layer.c; others that read
+     * data refuse; map (no read op) reports the runs without offsets. */
+    if (s->q.crypt_method) {
+        if (qcow2_crypt_attach) return qcow2_crypt_attach(l, s);
+        if (qcow2_layer_read) return rt_error(i, GERR_ENCRYPTED, s->q.crypt_method, 0, 0);
     }
     return 0;
 }
@@ -50,6 +57,8 @@ static int qcow2_layer_status(struct layer *l, uint64_t pos, uint64_t bytes, uin
 {
     struct qcow2_layer *s = l->state;
     int st = qcow2_block_status(&s->m, pos, bytes, len, host);
+    /* qcow2_co_block_status gives no offset when the image is encrypted. */
+    if (st > 0 && s->q.crypt_method) st &= ~LS_OFFSET_VALID;
     if (st > 0 && s->prealloc && (st & QST_DATA) && !(st & QST_ZERO)) st |= LS_RECURSE;
     return st;
 }

@@ -19,6 +19,7 @@ struct qcow2_layer {
     uint8_t *cbuf;        /* compressed bytes of one cluster (<= 2 clusters) */
     uint8_t *cluster;     /* the last decompressed cluster ... */
     uint64_t cluster_l2e; /* ... and the descriptor it came from; 0 = none */
+    void *crypt;          /* crypt_layer.c: an encrypted image's key */
 };
 
 extern const struct layer_ops qcow2_layer_ops;

@@ -66,6 +66,9 @@ enum qcow2_ext_error {
     QEXT_BITMAPS_ZERO = 8,
     QEXT_BITMAPS_DIR_OFFSET = 9,
     QEXT_BITMAPS_DIR_SIZE = 10,
+    QEXT_CRYPTO_OFFSET = 11,  /* a0 = cluster size (not the magic), a2 = the misaligned offset */
+    QEXT_CRYPTO_OUTSIDE = 12, /* "Request for data outside of extension header" */
+    QEXT_CRYPTO_READ = 13,    /* a read of the extension or the header clusters failed */
 };
 
 /* BAD_BITMAP a0: qemu's bitmap loading at open (qcow2_load_dirty_bitmaps). */
@@ -132,7 +135,17 @@ struct qcow2 {
     uint8_t data_file[LIMIT_NAME_MAX];
 
     uint64_t *reftable; /* loaded by qcow2_load_reftable */
+
+    /* The full-disk-encryption header extension (LUKS): where the header
+     * clusters are, and the opened header (guest/qcow2/crypt_header.c). */
+    uint64_t crypto_offset, crypto_length;
+    void *crypto;
 };
+
+/* Opens the LUKS header in the clusters the crypto header extension names
+ * (qcrypto_block_open with QCRYPTO_BLOCK_OPEN_NO_IO): sets q->crypto. A weak
+ * symbol in header.c: programs that do not link crypt_header.c skip it. */
+int qcow2_crypto_open_header(struct qcow2 *q);
 
 /* Opening modes: check mode skips what qemu skips with BDRV_O_CHECK. */
 #define QCOW2_OPEN_CHECK 1u

@@ -34,7 +34,10 @@ static int vmdk_layer_open(struct layer *l)
 }
 
 /* The status of the grain holding pos in extent e: LS_* bits, *glen the
- * bytes to the grain's end, *host when LS_OFFSET_VALID. */
+ * bytes to the grain's end, *host when LS_OFFSET_VALID; -1 when the lookup
+ * fails (qemu's -EIO), with nothing emitted: a failure in a grain after the
+ * first ends the merged run there, and the next call reports it, as qemu's
+ * per-grain answers do. */
 static int grain_status(struct layer *l, struct vmdk_extent *e, uint64_t pos, uint64_t *glen, uint64_t *host)
 {
     struct vmdk *v = l->state;
@@ -55,10 +58,10 @@ static int grain_status(struct layer *l, struct vmdk_extent *e, uint64_t pos, ui
     case VMDK_OK:
         if (e->compressed) return (int)(LS_DATA | LS_COMPRESSED);
         *host = co + in;
-        if (*host < co) return rt_error(l->r.input, GERR_IO, pos, 0, 0);
+        if (*host < co) return -1;
         return (int)(LS_DATA | LS_OFFSET_VALID | (e->kind == VMDK_FLAT && l->want_recurse ? LS_RECURSE : 0));
     default:
-        return rt_error(l->r.input, GERR_IO, pos, 0, 1);
+        return -1;
     }
 }
 
@@ -70,7 +73,7 @@ static int vmdk_layer_block_status(struct layer *l, uint64_t pos, uint64_t bytes
     l->data = e->r;
     uint64_t g = 0, h = 0;
     int st = grain_status(l, e, pos, &g, &h);
-    if (st < 0) return -1;
+    if (st < 0) return rt_error(l->r.input, GERR_IO, pos, 0, 1);
     uint64_t run = g;
     /* merge following grains of this extent with the same status */
     uint64_t ext_end = e->end_sector * 512;
@@ -78,8 +81,7 @@ static int vmdk_layer_block_status(struct layer *l, uint64_t pos, uint64_t bytes
         if (st & LS_COMPRESSED) break;
         uint64_t g2 = 0, h2 = 0;
         int st2 = grain_status(l, e, pos + run, &g2, &h2);
-        if (st2 < 0) return -1;
-        if (st2 != st) break;
+        if (st2 != st) break; /* incl. a failed lookup: reported by the call that starts there */
         if ((st & LS_OFFSET_VALID) && h2 != h + run) break;
         run += g2;
     }

@@ -33,9 +33,8 @@ static uint64_t nb_sectors(const struct reader *r)
     return r->size / 512 + ((r->size & 511) != 0);
 }
 
-/* vmdk_add_extent + vmdk_init_tables' bounds (the tables are read lazily). */
-static int add_extent(struct vmdk *v, struct vmdk_extent *e, bool flat, uint64_t sectors, uint64_t l1_offset,
-                      uint64_t l1_backup, uint32_t l1_size, uint32_t l2_size, uint64_t cluster_sectors)
+int vmdk_add_extent(struct vmdk *v, struct vmdk_extent *e, bool flat, uint64_t sectors, uint64_t l1_offset,
+                    uint64_t l1_backup, uint32_t l1_size, uint32_t l2_size, uint64_t cluster_sectors)
 {
     if (cluster_sectors > 0x200000) return vmdk_fail(v, VMDK_E_GRANULARITY, cluster_sectors, 0);
     if (l1_size > 32u * 1024 * 1024) return vmdk_fail(v, VMDK_E_L1_SIZE, l1_size, 0);
@@ -55,13 +54,16 @@ static int add_extent(struct vmdk *v, struct vmdk_extent *e, bool flat, uint64_t
     if (!flat && e->l1_entry_sectors == 0) return vmdk_fail(v, VMDK_E_L1_ENTRY, 1, 0);
     if (!flat) {
         /* bdrv_pread of the L1 (and backup) table: qemu's request checks */
-        uint64_t bytes = (uint64_t)l1_size * 4, t;
+        bool se = e->kind == VMDK_SESPARSE;
+        uint64_t bytes = (uint64_t)l1_size * (se ? 8 : 4), t;
+        uint64_t rel = e->r ? e->r->input - v->r->input : 0;
         if (l1_offset > I64_MAX || __builtin_add_overflow(l1_offset, bytes, &t) || t > READER_MAX_END)
-            return vmdk_fail(v, VMDK_E_L1_READ, v->n, 0);
+            return vmdk_fail(v, VMDK_E_L1_READ, rel, 0);
         if (l1_backup && (l1_backup > I64_MAX || __builtin_add_overflow(l1_backup, bytes, &t) || t > READER_MAX_END))
-            return vmdk_fail(v, VMDK_E_L1_READ, v->n, 1);
-        uint64_t tbl = (uint64_t)l2_size * 4;
-        e->l2 = rt_alloc(tbl + GD_WINDOW * 4);
+            return vmdk_fail(v, VMDK_E_L1_READ, rel, 1);
+        /* the cached table (seSparse: a window of it), then the directory window */
+        uint64_t tbl = se ? 2ull * VMDK_SE_WINDOW * 8 : (uint64_t)l2_size * 4 + GD_WINDOW * 4;
+        e->l2 = rt_alloc(tbl);
         if (!e->l2) return rt_error(v->r->input, GERR_OUT_OF_MEMORY, tbl, 0, 0);
     }
     v->n++;
@@ -115,7 +117,7 @@ static int open_vmdk4(struct vmdk *v, struct vmdk_extent *e, uint32_t flags)
     uint64_t backup = (hflags & FLAG_RGD) ? rgd << 9 : 0;
     if (nb_sectors(r) < grain_offset) return vmdk_fail(v, VMDK_E_TRUNCATED, grain_offset * 512, 0);
     e->kind = VMDK_SPARSE4;
-    if (add_extent(v, e, false, capacity, gd << 9, backup, l1_size, gtes, granularity)) return -1;
+    if (vmdk_add_extent(v, e, false, capacity, gd << 9, backup, l1_size, gtes, granularity)) return -1;
     e->compressed = compressed;
     if (compressed) set_create_type(v, "streamOptimized");
     e->has_marker = (hflags & FLAG_MARKER) != 0;
@@ -130,7 +132,7 @@ static int open_vmdk3(struct vmdk *v, struct vmdk_extent *e)
     uint8_t h[40];
     if (reader_read(e->r, 4, h, sizeof h)) return vmdk_fail(v, VMDK_E_IO, 4, 0);
     e->kind = VMDK_SPARSE3;
-    if (add_extent(v, e, false, le32(h + 8), (uint64_t)le32(h + 16) << 9, 0, le32(h + 20), 4096, le32(h + 12)))
+    if (vmdk_add_extent(v, e, false, le32(h + 8), (uint64_t)le32(h + 16) << 9, 0, le32(h + 20), 4096, le32(h + 12)))
         return -1;
     e->opened = true;
     return 0;
@@ -189,12 +191,16 @@ static int add_desc_extent(struct vmdk *v, const struct vmdk_desc_extent *d, voi
     reader_from_input(&e->own, input);
     e->r = &e->own;
     if (flat) {
-        if (add_extent(v, e, true, (uint64_t)d->sectors, 0, 0, 0, 0, 0)) return -1;
+        if (vmdk_add_extent(v, e, true, (uint64_t)d->sectors, 0, 0, 0, 0, 0)) return -1;
         e->flat_offset = (uint64_t)d->flat_offset << 9;
         e->opened = true;
         return 0;
     }
-    if (type_is(d->type, "SESPARSE")) return vmdk_fail(v, VMDK_E_SESPARSE, v->n, 0);
+    if (type_is(d->type, "SESPARSE")) {
+        /* bdrv_apply_auto_read_only: qemu-img's read-write opens carry no auto-read-only */
+        if (c->flags & VMDK_OPEN_RW) return vmdk_fail(v, VMDK_E_SE_READ_ONLY, v->n, 0);
+        return vmdk_open_sesparse(v, e);
+    }
     /* SPARSE, VMFSSPARSE: vmdk_read_desc then vmdk_open_sparse */
     return open_sparse(v, e, c->flags);
 }
@@ -281,6 +287,7 @@ int vmdk_cluster(struct vmdk *v, struct vmdk_extent *e, uint64_t offset, uint64_
     offset -= (e->end_sector - e->sectors) * 512;
     uint32_t l1_index = (uint32_t)((offset >> 9) / e->l1_entry_sectors);
     if (l1_index >= e->l1_size) return VMDK_ERROR;
+    if (e->kind == VMDK_SESPARSE) return vmdk_se_cluster(e, offset, l1_index, cluster_offset);
     uint32_t l2_offset;
     e->gd_empty = false;
     if (gd_entry(e, l1_index, &l2_offset)) return VMDK_ERROR;

@@ -49,18 +49,37 @@ enum vmdk_error {
     VMDK_E_TRUNCATED = 12,      /* "File truncated, expecting at least %ld bytes" (a1) */
     VMDK_E_GRANULARITY = 13,    /* "Invalid granularity, image may be corrupt" */
     VMDK_E_L1_SIZE = 14,        /* "L1 size too big" */
-    VMDK_E_L1_READ = 15,        /* "Could not read l1 [backup ]table from extent (a1 = extent, a2 = 1: backup)" */
+    VMDK_E_L1_READ = 15,        /* "Could not read l1 [backup ]table from extent '%s'" (a1 = the extent file's
+                                   input - the image's, a2 = 1: backup) */
     VMDK_E_INVAL = 16,          /* "Invalid argument" (-EINVAL without a message: CID, parent hint) */
     VMDK_E_READ = 17,           /* a read of the disk failed as qemu's does: a1 = errno (EIO, EINVAL) */
     VMDK_E_TOO_MANY = 18,       /* instar: more than VMDK_MAX_FILES extent files (a1 = count) */
     VMDK_E_NESTED = 19,         /* instar: an extent that is itself a descriptor */
-    VMDK_E_SESPARSE = 20,       /* instar: SESPARSE extents are not read */
+    /* 20: unused (was instar's refusal of SESPARSE extents) */
     VMDK_E_GRAIN_CAP = 21,      /* instar: compressed grain above VMDK_COMPRESSED_GRAIN_MAX (a1 bytes) */
     VMDK_E_TOO_LARGE = 22,      /* "Could not refresh total sector count: File too large" */
     VMDK_E_NO_FILE = 23,        /* the host attached fewer extent files than the descriptor names */
+    /* seSparse (sesparse.c): qemu's check_se_sparse_const_header / _volatile_header */
+    VMDK_E_SE_MAGIC = 24,       /* "Bad const header magic: 0x%016llx" (a1) */
+    VMDK_E_SE_VERSION = 25,     /* "Unsupported version: 0x%016llx" (a1) */
+    VMDK_E_SE_GRAIN = 26,       /* "Unsupported grain size: %llu" (a1) */
+    VMDK_E_SE_GT_SIZE = 27,     /* "Unsupported grain table size: %llu" (a1) */
+    VMDK_E_SE_FLAGS = 28,       /* "Unsupported flags: 0x%016llx" (a1) */
+    VMDK_E_SE_RESERVED = 29,    /* "Unsupported reserved bits: %s" (text: four 0x%016llx) */
+    VMDK_E_SE_PAD = 30,         /* "Unsupported non-zero const header padding" */
+    VMDK_E_SE_VOL_READ = 31,    /* "Could not read volatile header from file '%s': Input/output error"
+                                   (a1 offset, a2 = the extent file's input - the image's) */
+    VMDK_E_SE_VOL_MAGIC = 32,   /* "Bad volatile header magic: 0x%016llx" (a1) */
+    VMDK_E_SE_DIRTY = 33,       /* "Image is dirty, Replaying journal not supported" */
+    VMDK_E_SE_VOL_PAD = 34,     /* "Unsupported non-zero volatile header padding" */
+    VMDK_E_SE_READ_ONLY = 35,   /* "No write support for seSparse images available" (a read-write open) */
 };
 
-enum vmdk_kind { VMDK_SPARSE4 = 1, VMDK_SPARSE3 = 2, VMDK_FLAT = 3 };
+enum vmdk_kind { VMDK_SPARSE4 = 1, VMDK_SPARSE3 = 2, VMDK_FLAT = 3, VMDK_SESPARSE = 4 };
+
+/* seSparse tables are read through windows of this many 64-bit entries
+ * (one grain directory window, one grain table window per extent). */
+#define VMDK_SE_WINDOW 512u
 
 struct vmdk_extent {
     const struct reader *r;   /* the file: the image or an attached input */
@@ -76,9 +95,10 @@ struct vmdk_extent {
     uint64_t cluster_sectors;
     uint64_t l1_offset;       /* bytes */
     uint32_t l1_size, l1_entry_sectors, l2_size;
-    /* one grain table cached (qemu keeps 16) */
+    uint64_t se_tables, se_grains; /* seSparse: the grain tables' and grains' sector offsets */
+    /* one grain table cached (qemu keeps 16); seSparse: one window of one */
     uint32_t *l2;
-    uint64_t l2_cached;       /* sector offset of the cached table + 1; 0 none */
+    uint64_t l2_cached;       /* sector offset of the cached table + 1 (seSparse: << 4 | window); 0 none */
     uint64_t gd_base;         /* first grain directory index in the window + 1; 0 none */
     bool gd_empty;            /* the last lookup found no grain table (GD entry 0) */
 };
@@ -106,6 +126,7 @@ struct vmdk {
 
 /* vmdk_open flags */
 #define VMDK_OPEN_SCAN 1u /* descriptor only: report extents, attach nothing (info's first pass) */
+#define VMDK_OPEN_RW 2u   /* qemu's read-write open (BDRV_O_RDWR): seSparse extents refuse it */
 
 /* Opens the image on r (input r->input); extents naming files are read from
  * inputs r->input + 1 ... in descriptor order unless VMDK_OPEN_SCAN. */
@@ -125,6 +146,16 @@ struct vmdk_extent *vmdk_find_extent(struct vmdk *v, uint64_t pos);
 int vmdk_fail(const struct vmdk *v, uint32_t code, uint64_t a1, uint64_t a2);
 /* Emits a NAME(ERROR_TEXT) then the error; returns -1. */
 int vmdk_fail_text(const struct vmdk *v, uint32_t code, const char *s, uint64_t len);
+
+/* vmdk_add_extent + vmdk_init_tables' bounds (the tables are read lazily):
+ * appends e (its kind and reader set) to v. 0, or -1 after an ERROR record. */
+int vmdk_add_extent(struct vmdk *v, struct vmdk_extent *e, bool flat, uint64_t sectors, uint64_t l1_offset,
+                    uint64_t l1_backup, uint32_t l1_size, uint32_t l2_size, uint64_t cluster_sectors);
+/* seSparse (sesparse.c): vmdk_open_se_sparse on e (its reader set), and
+ * get_cluster_offset's seSparse branch for the extent-relative byte offset
+ * (l1_index already checked against l1_size). */
+int vmdk_open_sesparse(struct vmdk *v, struct vmdk_extent *e);
+int vmdk_se_cluster(struct vmdk_extent *e, uint64_t offset, uint32_t l1_index, uint64_t *cluster_offset);
 
 /* qemu's vmdk_co_check over the image on r (extent files from the next inputs):
  * CHECK_MSG + CHECK records. */

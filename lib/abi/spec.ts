@@ -52,8 +52,9 @@ export const limits = {
   GUEST_BINARY_MAX: 384 * 1024,
   RAM_MIN: 16 * 1024 * 1024,
   RAM_DEFAULT: 64 * 1024 * 1024,
-  /** Hard ceiling; raising it needs an explicit flag. */
-  RAM_MAX: 1024 * 1024 * 1024,
+  /** Hard ceiling; raising it needs an explicit flag. 1 GiB + 64 MiB: a LUKS2 key slot's
+   * Argon2 memory (cryptsetup's default is up to 1 GiB) plus the reading guest's own. */
+  RAM_MAX: 1088 * 1024 * 1024,
   /** Files attached to one run: chain layers plus every vmdk image's extent
    * files: compare's two chains of CHAIN_MAX images, each with one vmdk of
    * VMDK_MAX_FILES extent files, 2 * (16 + 1024). Per input the
@@ -148,6 +149,8 @@ export const ops = {
   SNAPSHOT_SCAN: 55,
   /** qcow2 persistent bitmaps: the metadata `bitmap` plans from (guest/qcow2/bitmap_scan.c). */
   BITMAP_SCAN: 65,
+  /** 70..74: LUKS1 output (guest/ops/luks_write.c): format a header, encrypt a chain into it. */
+  LUKS_WRITE: 70,
   TEST: 99,
 } as const;
 
@@ -161,6 +164,9 @@ export const infoFlags = {
   /** The command reads data (convert, compare): an encrypted image is unlocked before qemu
    * computes its length, so a LUKS payload past the end of the file is left to the unlocking guest. */
   READS_DATA: 4,
+  /** qemu opens the image read-write (resize, commit, rebase, snapshot -c/-a/-d, check -r, amend, bitmap):
+   * a vmdk seSparse extent refuses that open ("No write support for seSparse images available"). */
+  READ_WRITE: 0x100,
 } as const;
 
 /** params.flags for ops.MAP. PRECISE: report the layers' precise runs even
@@ -346,7 +352,43 @@ export const records = {
   // 70..79: LUKS (guest/luks/).
   /** A LUKS1 header as qemu's qcrypto_block_luks_open parses it (rec_luks_info). */
   LUKS_INFO: 70,
+  // 110..114: LUKS1 output (ops.LUKS_WRITE).
+  /** What luks_write made: iteration counts, payload offset, entropy sources (rec_luks_written). */
+  LUKS_WRITTEN: 110,
+  /** amend: the key slots a passphrase opens (rec_luks_slots). */
+  LUKS_SLOTS: 111,
+  // 130..134: LUKS2 (guest/luks2/).
+  /** A LUKS2 header and its JSON metadata, checked (rec_luks2_info); one LUKS2_SLOT per key slot follows. */
+  LUKS2_INFO: 130,
+  /** One LUKS2 key slot (rec_luks2_slot). */
+  LUKS2_SLOT: 131,
 } as const;
+
+/**
+ * params.flags for ops.LUKS_WRITE (guest/ops/luks_write.c). Arguments:
+ * arg[0] luksCipherAlgs, arg[1] luksCipherModes, arg[2] luksIvgens,
+ * arg[3] luksHashes of ESSIV (0: none), arg[4] luksHashes of the PBKDF2,
+ * arg[5] master-key digest iterations, arg[6] key slot 0 iterations,
+ * arg[7] payload bytes to encrypt from the chain (COPY).
+ * The output's passphrase is the secret slot right after the inputs'
+ * (params.input_secret_len[n_inputs]), then 64 bytes of host entropy
+ * (slot n_inputs + 1), both in params.secret (docs/abi.md).
+ * BENCH: run arg[6] PBKDF2 iterations of hash arg[4] (one output block) on
+ * dummy bytes and write nothing (the host times the run: qemu's calibration).
+ * FORMAT: write the header and key slot 0 (new master key, salts, uuid).
+ * COPY: then encrypt the chain over the inputs into the payload.
+ * AMEND (key slots of the LUKS image that is input 0 and output 0): arg[0]
+ * luksAmendActions; MATCH reports in LUKS_SLOTS which slots the passphrase
+ * in secret slot 1 opens; ADD unlocks the master key with input 0's
+ * passphrase and seals it into key slot arg[1] with the passphrase in secret
+ * slot 1, arg[2] iterations (entropy: secret slot 2); ERASE disables the
+ * slots of bitmap arg[1] and overwrites their key material 16 times with
+ * random bytes (qcrypto_block_luks_erase_key).
+ */
+export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8 } as const;
+export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
+/** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
+export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;
 
 /** params.arg[1] bits for ops.SNAPSHOT_SCAN (arg[0] = 1 + the snapshot whose L1 to walk, 0 none). */
 export const snapScanFlags = { ACTIVE_L1: 1 } as const;
@@ -389,6 +431,9 @@ export const luksHashes = {
   SHA512: 6,
   RIPEMD160: 7,
 } as const;
+
+/** LUKS2 key slot key derivation functions (rec_luks2_slot.kdf). */
+export const luks2Kdfs = { PBKDF2: 1, ARGON2I: 2, ARGON2ID: 3 } as const;
 
 /** BITMAP_DIR.state bits: what the guest found reading the bitmap's data. */
 export const bitmapState = {
@@ -1110,6 +1155,83 @@ export const structs: StructSpec[] = [
       { name: "uuid", type: "bytes", offset: 208, count: 40, doc: "as stored (qemu prints it up to a NUL)" },
     ],
   },
+  {
+    name: "rec_luks_written",
+    size: 32,
+    doc: "records.LUKS_WRITTEN: what luks_write wrote (no key bytes)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "master_key_iters", type: "u32", offset: 8 },
+      { name: "slot_iters", type: "u32", offset: 12 },
+      { name: "payload_offset", type: "u64", offset: 16, doc: "bytes" },
+      { name: "entropy", type: "u32", offset: 24, doc: "luksEntropy.* bits" },
+      { name: "reserved", type: "u32", offset: 28 },
+    ],
+  },
+  {
+    name: "rec_luks_slots",
+    size: 16,
+    doc: "records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "opens", type: "u32", offset: 8 },
+      { name: "reserved", type: "u32", offset: 12 },
+    ],
+  },
+  {
+    name: "rec_luks2_info",
+    size: 128,
+    doc:
+      "records.LUKS2_INFO: a LUKS2 header and metadata after guest/luks2's checks (algorithms as luks* enums)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "cipher_alg", type: "u32", offset: 12, doc: "luksCipherAlgs.* (data segment)" },
+      { name: "cipher_mode", type: "u32", offset: 16, doc: "luksCipherModes.*" },
+      { name: "ivgen_alg", type: "u32", offset: 20, doc: "luksIvgens.*" },
+      { name: "ivgen_hash", type: "u32", offset: 24, doc: "luksHashes.* (0: none)" },
+      { name: "hash_alg", type: "u32", offset: 28, doc: "luksHashes.*: the volume key digest's PBKDF2 hash" },
+      { name: "payload_offset", type: "u64", offset: 32, doc: "bytes: the data segment's offset" },
+      { name: "payload_size", type: "u64", offset: 40, doc: "bytes; 0: dynamic (to the end of the file)" },
+      { name: "digest_iters", type: "u32", offset: 48 },
+      { name: "key_bytes", type: "u32", offset: 52 },
+      { name: "sector_size", type: "u32", offset: 56 },
+      { name: "n_slots", type: "u32", offset: 60, doc: "LUKS2_SLOT records that follow" },
+      {
+        name: "hdr_size",
+        type: "u64",
+        offset: 64,
+        doc: "bytes of one header copy (binary header + JSON area)",
+      },
+      { name: "seqid", type: "u64", offset: 72 },
+      {
+        name: "max_argon2_kib",
+        type: "u32",
+        offset: 80,
+        doc: "the most Argon2 memory a usable key slot asks for",
+      },
+      { name: "reserved", type: "u32", offset: 84 },
+      { name: "uuid", type: "bytes", offset: 88, count: 40, doc: "as stored (printed up to a NUL)" },
+    ],
+  },
+  {
+    name: "rec_luks2_slot",
+    size: 56,
+    doc: "records.LUKS2_SLOT: one key slot of a LUKS2 header",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "id", type: "u32", offset: 12, doc: "0..31" },
+      { name: "kdf", type: "u32", offset: 16, doc: "luks2Kdfs.*" },
+      { name: "iters", type: "u32", offset: 20, doc: "PBKDF2 iterations, or Argon2 passes (time cost)" },
+      { name: "memory_kib", type: "u32", offset: 24, doc: "Argon2 memory (0 for PBKDF2)" },
+      { name: "parallel", type: "u32", offset: 28, doc: "Argon2 lanes (0 for PBKDF2)" },
+      { name: "stripes", type: "u32", offset: 32 },
+      { name: "key_bytes", type: "u32", offset: 36 },
+      { name: "area_offset", type: "u64", offset: 40, doc: "bytes" },
+      { name: "area_size", type: "u64", offset: 48, doc: "bytes" },
+    ],
+  },
   // --- Host-only structs: TypeScript <-> VMM over FFI (never seen by a guest) ---
   {
     name: "vmm_config",
@@ -1380,6 +1502,8 @@ export const structs: StructSpec[] = [
 /** Record struct for each record type (the generic decoder checks sizes). */
 export const recordStructs: Record<number, string> = {
   [records.ERROR]: "rec_error",
+  [records.LUKS_WRITTEN]: "rec_luks_written",
+  [records.LUKS_SLOTS]: "rec_luks_slots",
   [records.PROBE]: "rec_probe",
   [records.QCOW2_INFO]: "rec_qcow2_info",
   [records.NAME]: "rec_name",
@@ -1406,6 +1530,8 @@ export const recordStructs: Record<number, string> = {
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
   [records.LUKS_INFO]: "rec_luks_info",
+  [records.LUKS2_INFO]: "rec_luks2_info",
+  [records.LUKS2_SLOT]: "rec_luks2_slot",
   [records.DIFF_RUN]: "rec_diff_run",
   [records.BITMAP_DIR]: "rec_bitmap_dir",
   [records.BITMAP_ENTRY]: "rec_bitmap_entry",
@@ -1499,6 +1625,10 @@ export const enums: Record<string, Record<string, number>> = {
   LUKS_MODE_: luksCipherModes,
   LUKS_IVGEN_: luksIvgens,
   LUKS_HASH_: luksHashes,
+  LUKS_WRITE_F_: luksWriteFlags,
+  LUKS_AMEND_: luksAmendActions,
+  LUKS_ENTROPY_: luksEntropy,
+  LUKS2_KDF_: luks2Kdfs,
   INSPOP_F_: inspectOpFlags,
   INSPFMT_: inspectFormats,
   INSPF_: inspectFlags,

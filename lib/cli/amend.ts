@@ -20,7 +20,19 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { type OpenedImage, OpenError, openFailure, openForWrite, openImage } from "./image.ts";
+import {
+  kdfMaxIters,
+  type OpenedImage,
+  OpenError,
+  openFailure,
+  openForWrite,
+  openImage,
+  unlockForRead,
+} from "./image.ts";
+import { imageRef } from "./image_ref.ts";
+import { amendLuks, LUKS_AMEND_OPTS, LuksAmendError, parseLuksAmend } from "../formats/luks/amend.ts";
+import { luksGuestErrorText } from "../formats/luks/create.ts";
+import type { SecretStore } from "../secrets/objects.ts";
 import { applySteps } from "./apply_steps.ts";
 import { resizeHost } from "./resize.ts";
 import { qcow2Resize } from "../formats/qcow2/resize.ts";
@@ -32,6 +44,7 @@ import { parseAmendOptions, planQcow2Amend, QCOW2_AMEND_OPTS } from "../formats/
 import { FORMATS } from "../formats/mod.ts";
 
 function amendHelp(fmt: string): CliError | string {
+  if (fmt === "luks") return `Amend options for 'luks':\n${optionHelp(LUKS_AMEND_OPTS)}`;
   if (fmt !== "qcow2") {
     if (!FORMATS.some((d) => d.name === fmt)) return new CliError([`Unknown file format '${fmt}'`]);
     return new CliError([`Format driver '${fmt}' does not support option amendment`]);
@@ -42,7 +55,7 @@ function amendHelp(fmt: string): CliError | string {
 export async function amendCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
   let fmt: string | undefined, options: string | undefined;
-  let progress = false, quiet = false, cache = "writeback";
+  let progress = false, quiet = false, cache = "writeback", force = false;
   const operands = getopt(argv, ":ho:f:t:pqU", [
     ...DATA_LONGS_HEAD,
     { name: "force", hasArg: false, id: "force" },
@@ -52,6 +65,9 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
     switch (id) {
       case "h":
         throw new HelpRequested();
+      case "force":
+        force = true;
+        break;
       case "o": {
         const next = accumulateOptions(options, value!);
         if (next === undefined) throw new CliError([`Invalid option list: ${value}`]);
@@ -72,8 +88,6 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
         break;
     }
   });
-  // --image-opts: only the reading commands take it so far (docs/encryption.md).
-  if (o.imageOpts) throw new CliError(["--image-opts is not supported by instar amend yet"]);
   if (options === undefined) throw usageError("Must specify options (-o)");
   if (quiet) progress = false;
   if (fmt && hasHelpOption(options)) {
@@ -83,16 +97,28 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
     return 0;
   }
   if (operands.length !== 1) throw new CliError(["Expecting one image file name"]);
-  const filename = operands[0];
+  // --image-opts: one local file, and a LUKS image's key-secret (lib/cli/image_ref.ts).
+  const ref = imageRef(operands[0], fmt, o.imageOpts, io.err);
+  const filename = ref.filename;
+  fmt = ref.format;
   if (!CACHE_MODES.includes(cache)) throw new CliError([`Invalid cache option: ${cache}`]);
 
-  // -u / amend: qemu opens the image read-write, without its backing chain.
-  const img = await openForWrite(filename, fmt, o.unsafeQuirks);
+  // -u / amend: qemu opens the image read-write, without its backing chain (a LUKS image unlocked).
+  const img = await openForWrite(
+    filename,
+    fmt,
+    o.unsafeQuirks,
+    (i) => unlockForRead(i, ref.keySecret, ref.keySecretOption, o.secrets, [i]),
+    ref.display,
+  );
   if (hasHelpOption(options)) {
     const h = amendHelp(img.format);
     if (h instanceof CliError) throw h;
     io.out(h);
     return 0;
+  }
+  if (img.format === "luks" && img.luks && img.secret) {
+    return await amendLuksImage(io, img, options, force, progress, o.secrets);
   }
   const q = img.qcow2;
   if (img.format !== "qcow2" || !q) {
@@ -173,6 +199,45 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
       prog.downgrade(entries);
       flush();
     }
+  } finally {
+    prog.print(100);
+    flush();
+    if (progress) io.out("\n");
+  }
+  return 0;
+}
+
+/** amend of a LUKS image's key slots (lib/formats/luks/amend.ts); qemu-img's progress around it. */
+async function amendLuksImage(
+  io: Io,
+  img: OpenedImage,
+  options: string,
+  force: boolean,
+  progress: boolean,
+  secrets: SecretStore,
+): Promise<number> {
+  const parsed = parseLuksAmend(options);
+  if (!parsed.ok) throw new CliError([parsed.error.message]);
+  const prog = new AmendProgress(0);
+  const flush = () => {
+    for (const pct of prog.out.splice(0)) if (progress) io.out(`    (${pct}/100%)\r`);
+  };
+  prog.print(0);
+  flush();
+  try {
+    await amendLuks(parsed.value, {
+      path: img.openPath,
+      luks: img.luks!,
+      passphrase: img.secret!,
+      secret: (id) => secrets.passphrase(id),
+      force,
+      kdfMaxIters: kdfMaxIters(),
+    });
+  } catch (e) {
+    if (e instanceof LuksAmendError) throw new CliError([e.message]);
+    const text = luksGuestErrorText(e);
+    if (text !== undefined) throw new CliError([text]);
+    throw e;
   } finally {
     prog.print(100);
     flush();

@@ -21,14 +21,14 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
-import { type BitmapsExt, bitmapsCarriable } from "../formats/qcow2/rebase_plan.ts";
+import { bitmapsCarriable, type BitmapsExt } from "../formats/qcow2/rebase_plan.ts";
 import {
   type BitmapAction,
   type BitmapRequest,
@@ -166,6 +166,7 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
       lock: LOCKS.write,
       noLists: true,
     });
+    needsNoKey(img);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;
@@ -180,6 +181,7 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
         lock: LOCKS.read,
         noLists: true,
       });
+      needsNoKey(src);
     } catch (e) {
       if (!(e instanceof OpenError)) throw e;
       srcFailure = openFailure(a.srcFile, e);
@@ -338,7 +340,10 @@ async function truncateBack(img: OpenedImage) {
  * (a stale extension, a bitmap in use, or with `disabledOnly` an enabled
  * one): the planner then refuses.
  */
-export async function carriedBitmaps(img: OpenedImage, disabledOnly: boolean): Promise<BitmapsExt | undefined> {
+export async function carriedBitmaps(
+  img: OpenedImage,
+  disabledOnly: boolean,
+): Promise<BitmapsExt | undefined> {
   const q = img.qcow2;
   if (!q || !bitmapsCarriable(q)) return undefined;
   const s = decodeOrRefuse(await scan(img), img);

@@ -102,6 +102,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
         checkMode: true,
         backingDirs: o.backingDirs,
         lock,
+        encryptFormat: ref.encryptFormat,
       });
       // qemu-img opens the whole chain (a missing backing file fails the check).
       chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
@@ -128,7 +129,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const f = ended(first, io);
   if (!repair) {
     for (const t of first.texts) io.err(t);
-    return report(f, top.format, filename, format, quiet, io);
+    return report(f, top.format, ref.display, format, quiet, io);
   }
 
   let d;
@@ -159,7 +160,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   await applySteps(top, plan.value, "Check failed", "off", "discard");
   if (failed) throw new CliError(["Check failed: Input/output error"]);
   if (f.leaksFixed === 0n && f.corruptionsFixed === 0n) {
-    return report(f, top.format, filename, format, quiet, io);
+    return report(f, top.format, ref.display, format, quiet, io);
   }
   if (format === "human" && !quiet) {
     io.out(
@@ -174,7 +175,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   return report(
     { ...g, leaksFixed: f.leaksFixed, corruptionsFixed: f.corruptionsFixed },
     top.format,
-    filename,
+    ref.display,
     format,
     quiet,
     io,

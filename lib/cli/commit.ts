@@ -23,7 +23,16 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { chainInputs, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import {
+  chainInputs,
+  chainNeedsNoKey,
+  needsNoKey,
+  openChain,
+  type OpenedImage,
+  OpenError,
+  openFailure,
+  openImage,
+} from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
@@ -94,7 +103,9 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   let chain: OpenedImage[];
   try {
     const top = await openImage(filename, { format: fmt, unsafeQuirks: o.unsafeQuirks, lock: LOCKS.write });
+    needsNoKey(top);
     chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks);
+    chainNeedsNoKey(chain);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(filename, e);
     throw e;

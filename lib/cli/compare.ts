@@ -4,7 +4,7 @@
 // one guest over both chains (guest/ops/compare.c); this file only opens the
 // images, hands them over and words the outcome the way img_compare does.
 import { type ImageRef, imageRef } from "./image_ref.ts";
-import { compareResults, limits, ops, records } from "../abi/spec.ts";
+import { compareResults, formats, limits, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { refuseDataFile } from "./data_file.ts";
 import { CliError, usageError } from "./messages.ts";
@@ -63,6 +63,7 @@ async function openForCompare(
       lock,
       noLists: true,
       readsData: true,
+      encryptFormat: ref.encryptFormat,
     });
     const chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
     await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
@@ -177,6 +178,7 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const ranges = split && mid > 0n ? [[0n, mid], [mid, base]] : [[0n, base]];
     const done = ranges.map(() => 0n), totals = ranges.map(() => 0n);
     const encrypted = inputs.some((i) => i.secret);
+    const qcrypt = [...chain1, ...chain2].some((i) => i.secret && i.formatCode === formats.QCOW2);
     const other = [...chain1, ...chain2].find((i) => !["raw", "qcow2", "luks"].includes(i.format));
     if (encrypted && other) {
       throw new CliError(
@@ -185,18 +187,21 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
         2,
       );
     }
+    // A LUKS2 input: compare_luks2 (LUKS1 and LUKS2, Argon2), with the RAM its key slots need.
+    const luks2Ram = Math.max(0, ...[chain1[0], chain2[0]].map((i) => i.luks2Ram ?? 0));
     let results;
     try {
       results = await Promise.all(ranges.map(([from, to], i) =>
         runGuest({
           // An encrypted input: compare_luks (the LUKS layer and nettle), which reads raw and qcow2 besides.
-          op: encrypted ? "compare_luks" : "compare",
+          // An encrypted qcow2: compare_qcrypt (qcow2 decryption, and LUKS too); LUKS2: compare_luks2.
+          op: luks2Ram ? "compare_luks2" : !encrypted ? "compare" : qcrypt ? "compare_qcrypt" : "compare_luks",
           kdfMaxIters: encrypted ? kdfMaxIters() : undefined,
           opCode: ops.COMPARE,
           inputs,
           args: [BigInt(inputs1.length), strict ? 1n : 0n, from, to],
           timeoutMs: 24 * 3600 * 1000,
-          ramBytes: 64 * 1024 * 1024,
+          ramBytes: Math.max(64 * 1024 * 1024, luks2Ram),
           onProgress: (d, t) => {
             done[i] = d;
             totals[i] = t;

@@ -14,6 +14,7 @@ import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { WriteError } from "../formats/apply_plan.ts";
 import { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { refuseDataFile } from "./data_file.ts";
+import { guestErrors } from "../abi/spec.ts";
 import {
   addOptionList,
   CACHE_MODES,
@@ -56,6 +57,7 @@ import {
   streamTarget,
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
+import { convertToLuks } from "../convert/luks_target.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -397,7 +399,8 @@ export class TempFiles {
 
 function guestFailureMessage(e: GuestFailure): string {
   const f = e.record.fields;
-  const msg = qcow2ErrorMessage({
+  // a failed read or block status (e.g. a vmdk grain lookup qemu fails with EIO)
+  const msg = f.code === guestErrors.IO ? "Input/output error" : qcow2ErrorMessage({
     code: f.code as number,
     a0: f.a0 as bigint,
     a1: f.a1 as bigint,
@@ -413,7 +416,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   const srcNum = operands.length - 1;
   // --target-image-opts: the target is block options naming one file (lib/cli/image_ref.ts);
   // an error in them is qemu's when it opens the target, after the sources.
-  let targetDisplay: string | undefined, targetError: CliError | undefined;
+  let targetDisplay: string | undefined, targetError: CliError | undefined, targetKey = false;
   if (a.tgtImageOpts && srcNum >= 1) {
     targetDisplay = operands[srcNum];
     try {
@@ -423,6 +426,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       a.outFmt = t.format ?? "";
       operands[srcNum] = t.filename;
+      targetKey = t.keySecret !== undefined;
     } catch (e) {
       if (!(e instanceof CliError)) throw e;
       targetError = e;
@@ -488,6 +492,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           lock,
           noLists,
           readsData: true,
+          encryptFormat: ref.encryptFormat,
         });
         chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
       }
@@ -514,7 +519,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
-      const img = await openQcow2Target(outFilename!, o.unsafeQuirks);
+      const img = await openQcow2Target(outFilename!, o.unsafeQuirks, targetKey);
       if (chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
         throw new CliError([`${outFilename}: Refusing to overwrite an image this command reads`]);
       }
@@ -671,6 +676,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const outs: string[] = [];
     // A device, or -n: written in place, no temporary name.
     const inPlace = device || a.skipCreate;
+    if (inPlace && spec.writer === "luks") {
+      throw new CliError(["Writing into an existing LUKS image or device is not supported by instar yet"]);
+    }
     let inPlaceMode: "zero" | "keep" | undefined;
     if (inPlace) {
       const t = targets[0];
@@ -742,6 +750,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         secret: x.secret,
       })),
       kdfMaxIters: kdfMaxIters(),
+      luks2Ram: chain[0].luks2Ram,
       size,
       minSparse: a.minSparse,
       inPlace: inPlaceMode,
@@ -767,6 +776,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToBlocks(job, spec.blocks!, out);
       } else if (spec.writer === "stream") {
         written = await convertToStream(job, spec.stream!, out);
+      } else if (spec.writer === "luks") {
+        written = await convertToLuks(job, spec.luks!, out, o.secrets, kdfMaxIters());
       } else if (spec.writer === "extents") {
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
       } else if (spec.preallocation !== "off") {

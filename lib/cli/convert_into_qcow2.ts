@@ -13,7 +13,7 @@ import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { CliError } from "./messages.ts";
-import { type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { mapRuns, scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
@@ -33,10 +33,16 @@ export interface IntoQcow2Job {
 }
 
 /** Opens the target (qemu's write lock) and checks what instar writes into. */
-export async function openQcow2Target(name: string, unsafeQuirks: boolean): Promise<OpenedImage> {
+export async function openQcow2Target(
+  name: string,
+  unsafeQuirks: boolean,
+  keyGiven = false,
+): Promise<OpenedImage> {
   let img: OpenedImage;
   try {
     img = await openImage(name, { format: "qcow2", unsafeQuirks, lock: LOCKS.write, noLists: true });
+    // An encrypted target without encrypt.key-secret fails as qemu's open does; with one, below.
+    if (!keyGiven) needsNoKey(img);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(name, e);
     throw e;

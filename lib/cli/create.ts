@@ -15,7 +15,7 @@ import {
   newInstarOptions,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import { errnoText, openChain, OpenError, openImage } from "./image.ts";
+import { errnoText, kdfMaxIters, openChain, OpenError, openImage } from "./image.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import {
@@ -34,6 +34,7 @@ import { driverFor } from "../formats/mod.ts";
 import { CreateError, type CreateHost } from "../formats/types.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { hostPath } from "../host/context.ts";
+import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -184,6 +185,7 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
       quiet,
       backingDirs: o.backingDirs,
       unsafeQuirks: o.unsafeQuirks,
+      secrets: o.secrets,
     });
   } catch (e) {
     const hint = (e as { hint?: string }).hint;
@@ -226,6 +228,7 @@ interface CreateRequest {
   quiet: boolean;
   backingDirs: string[];
   unsafeQuirks: boolean;
+  secrets: SecretStore;
 }
 
 /** bdrv_img_create. */
@@ -305,7 +308,7 @@ async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
 
   if (!r.quiet) io.out(`Formatting '${filename}', fmt=${fmt} ${printOptions(opts)}\n`);
   try {
-    await create.run(filename, opts, createHost(filename, fmt));
+    await create.run(filename, opts, createHost(filename, fmt, r.secrets));
   } catch (e) {
     if (e instanceof CreateError) throw fileError(filename, e.message, e.hint);
     throw e;
@@ -314,8 +317,17 @@ async function imgCreate(io: Io, r: CreateRequest): Promise<number> {
 }
 
 /** The file operations a format's create step runs, with qemu's wording for failures. */
-function createHost(filename: string, fmt: string): CreateHost {
+function createHost(filename: string, fmt: string, secrets: SecretStore): CreateHost {
   return {
+    passphrase: (id) => {
+      try {
+        return secrets.passphrase(id);
+      } catch (e) {
+        if (e instanceof ObjectError) throw new CreateError(e.lines[0]);
+        throw e;
+      }
+    },
+    kdfMaxIters,
     createFile: () => createFile(filename),
     resizeFile: (size, hint) => resizeFile(filename, size, fmt, hint),
     allocate: (offset, length, mode) => allocate(filename, offset, length, mode),

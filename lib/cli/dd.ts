@@ -23,7 +23,15 @@ import {
 } from "./common.ts";
 import { readLock } from "./common.ts";
 import { cvtnum, INT64_MAX, SizeError, strtosz } from "./options.ts";
-import { chainInputs, errnoText, openChain, OpenError, openFailure, openImage } from "./image.ts";
+import {
+  chainInputs,
+  chainNeedsNoKey,
+  errnoText,
+  openChain,
+  OpenError,
+  openFailure,
+  openImage,
+} from "./image.ts";
 import { refuseDataFile } from "./data_file.ts";
 import { TempFiles } from "./convert.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -177,6 +185,7 @@ export async function ddCommand(argv: string[], io: Io, base?: InstarOptions): P
       noLists: true,
     });
     chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
+    chainNeedsNoKey(chain);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(source, e);
     throw e;

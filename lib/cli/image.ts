@@ -20,9 +20,13 @@ import { formatCheckMessage } from "../abi/check_messages.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 import { KDF_MAX_ITERS_DEFAULT } from "../formats/luks/errors.ts";
+import { KDF_MAX_MEMORY_KIB_DEFAULT, luks2ErrorText } from "../formats/luks/luks2_errors.ts";
+import { luks2GuestRam } from "../formats/luks/luks2_model.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
+import { encryptFormatError, keySecretRequired } from "../formats/qcow2/crypt.ts";
+import { unlockQcow2 } from "./qcow2_unlock.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
-import { LockError, type LockMode, LOCKS, takeLock } from "../vmm/image_lock.ts";
+import { LockError, type LockMode, LOCKS, PERM, takeLock } from "../vmm/image_lock.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
 export class OpenError extends Error {
@@ -61,6 +65,8 @@ export interface OpenedImage extends DecodedImage {
   extentFiles?: ExtentFile[];
   /** An encrypted image's passphrase, once unlockForRead checked it (never printed or logged). */
   secret?: Uint8Array;
+  /** A LUKS2 image, once unlockForRead checked it: the guest RAM its reader needs (Argon2). */
+  luks2Ram?: number;
 }
 
 export interface OpenOptions {
@@ -82,6 +88,8 @@ export interface OpenOptions {
   readsData?: boolean;
   /** Refuse an image that names other files to open (vmdk extents): an image read from stdin. */
   noExternalFiles?: boolean;
+  /** --image-opts encrypt.format= (qcow2): checked against the header's method as qemu does. */
+  encryptFormat?: string;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -202,7 +210,9 @@ async function openImageOnce(
         ...extents.map((x) => ({ path: x.path, format: formats.RAW, nofollow: true })),
       ],
       flags: (opts.checkMode ? infoFlags.CHECK_MODE : 0) | (opts.noLists ? infoFlags.NO_LISTS : 0) |
-        (opts.readsData ? infoFlags.READS_DATA : 0),
+        (opts.readsData ? infoFlags.READS_DATA : 0) |
+        // qemu's read-write open (the commands that take the write lock)
+        (opts.lock && (opts.lock.perm & PERM.WRITE) !== 0 ? infoFlags.READ_WRITE : 0),
     });
   } catch (e) {
     throw new OpenError(filename, `Sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
@@ -252,7 +262,8 @@ async function openImageOnce(
         names = [];
       }
     }
-    throw new OpenError(filename, text(fields, features, filename), 0, false, preface);
+    const inputNames = [filename, ...extents.map((x) => x.filename)];
+    throw new OpenError(filename, text(fields, features, filename, inputNames), 0, false, preface);
   }
   if (result.guestStatus !== 0n) {
     throw new OpenError(filename, "Sandbox failure: guest reported an error without a reason");
@@ -260,6 +271,10 @@ async function openImageOnce(
   try {
     if (!driver?.decode) throw new GuestResultError(`probed format ${probed} out of range`);
     const d = driver.decode(recs, 0, input.size);
+    if (driver.code === formats.QCOW2 && d.qcow2) {
+      const why = encryptFormatError(d.qcow2.layout.cryptMethod, opts.encryptFormat);
+      if (why) throw new OpenError(filename, why);
+    }
     if (driver.code === formats.RAW) {
       const signature = probe ? probe.fields.signature as number : signatures.NONE;
       if (!opts.unsafeQuirks && requested !== formats.RAW) {
@@ -376,13 +391,21 @@ export function chainOpenMessage(top: string, e: OpenError): string {
  * without its backing chain and without the snapshot lists; qemu's open
  * errors as CliErrors.
  */
-export async function openForWrite(filename: string, fmt: string | undefined, unsafeQuirks: boolean) {
+export async function openForWrite(
+  filename: string,
+  fmt: string | undefined,
+  unsafeQuirks: boolean,
+  /** amend: an encrypted image is unlocked with its key-secret (else refused as qemu refuses it). */
+  unlock?: (img: OpenedImage) => Promise<void>,
+  display = filename,
+) {
   try {
     const img = await openImage(filename, { format: fmt, unsafeQuirks, lock: LOCKS.write, noLists: true });
-    needsNoKey(img);
+    if (unlock) await unlock(img);
+    else needsNoKey(img);
     return img;
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
+    if (e instanceof OpenError) throw openFailure(display, e);
     throw e;
   }
 }
@@ -393,6 +416,21 @@ export function needsNoKey(img: OpenedImage): void {
   if (img.formatCode === formats.LUKS) {
     throw new OpenError(img.filename, "Parameter 'key-secret' is required for cipher");
   }
+  if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) {
+    throw new OpenError(img.filename, keySecretRequired(false));
+  }
+}
+
+/** needsNoKey over a chain: a backing file's failure carries its depth, as qemu nests it. */
+export function chainNeedsNoKey(chain: OpenedImage[]): void {
+  chain.forEach((img, depth) => {
+    try {
+      needsNoKey(img);
+    } catch (e) {
+      if (e instanceof OpenError) throw new OpenError(e.filename, e.inner, depth);
+      throw e;
+    }
+  });
 }
 
 /** The PBKDF2 bound handed to guests that unlock (INSTAR_MAX_KDF_ITERS overrides the default). */
@@ -400,6 +438,13 @@ export function kdfMaxIters(): bigint {
   const v = hostEnv("INSTAR_MAX_KDF_ITERS");
   if (v !== undefined && /^[0-9]{1,10}$/.test(v)) return BigInt(v);
   return KDF_MAX_ITERS_DEFAULT;
+}
+
+/** The Argon2 memory bound, KiB (INSTAR_MAX_KDF_MEMORY overrides cryptsetup's 1 GiB maximum). */
+export function kdfMaxMemoryKib(): bigint {
+  const v = hostEnv("INSTAR_MAX_KDF_MEMORY");
+  if (v !== undefined && /^[0-9]{1,10}$/.test(v)) return BigInt(v);
+  return KDF_MAX_MEMORY_KIB_DEFAULT;
 }
 
 /**
@@ -422,7 +467,14 @@ export async function unlockForRead(
     if (depth > 0 && b.formatCode === formats.LUKS) {
       throw new OpenError(b.filename, "Parameter 'key-secret' is required for cipher", depth);
     }
+    if (depth > 0 && b.qcow2 && b.qcow2.layout.cryptMethod !== 0) {
+      throw new OpenError(b.filename, keySecretRequired(false), depth);
+    }
   });
+  if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) {
+    await unlockQcow2(img, keySecret, secrets);
+    return;
+  }
   if (img.formatCode !== formats.LUKS) return;
   if (keySecret === undefined) {
     throw new OpenError(
@@ -437,10 +489,20 @@ export async function unlockForRead(
     if (e instanceof ObjectError) throw new OpenError(img.filename, e.lines.join(" "));
     throw e;
   }
+  // LUKS2 (convert_luks2): the guest's RAM holds the largest Argon2 memory under the limit.
+  let luks2Ram: number | undefined;
+  if (img.luks?.luks2) {
+    const ram = luks2GuestRam(img.luks, kdfMaxMemoryKib());
+    if (typeof ram !== "number") {
+      throw new OpenError(img.filename, luks2ErrorText(106n, BigInt(ram.slot), ram.kib, undefined)!);
+    }
+    luks2Ram = ram;
+  }
   let result;
   try {
     result = await runGuest({
-      op: "convert_luks",
+      op: luks2Ram ? "convert_luks2" : "convert_luks",
+      ramBytes: luks2Ram,
       opCode: ops.CONVERT,
       inputs: [{ path: img.openPath, format: formats.LUKS, nofollow: false, secret: pass }],
       // raw mode over the empty range [length, length) (origin there too): nothing is written.
@@ -468,4 +530,5 @@ export async function unlockForRead(
     throw new OpenError(img.filename, "Sandbox failure: guest reported an error without a reason");
   }
   img.secret = pass;
+  img.luks2Ram = luks2Ram;
 }

@@ -14,7 +14,7 @@ import { driverFor, isQemuDriver } from "../formats/mod.ts";
 import { QDict, quoteJson, type QValue } from "../output/qdict.ts";
 
 /** Options bdrv_refresh_filename cannot leave out of a node's name (its json: form then). */
-const NAMED_OPTIONS = ["key-secret", "encrypt.key-secret", "encrypt.format"];
+const NAMED_OPTIONS = ["key-secret", "encrypt.key-secret"];
 
 /** qobject_to_json (compact) of a QDict of strings and dicts, in qemu's order. */
 function compactJson(v: QValue): string {

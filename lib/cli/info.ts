@@ -105,6 +105,7 @@ export async function infoCommand(argv: string[], io: Io, base?: InstarOptions):
         unsafeQuirks: o.unsafeQuirks,
         backingDirs: o.backingDirs,
         lock,
+        encryptFormat: ref.encryptFormat,
       });
     list = [top];
     if (chain && filename === "-" && backingName(top) !== undefined) {

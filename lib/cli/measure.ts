@@ -3,7 +3,7 @@
 // (lib/formats/*/measure.ts). With INPUT the image is opened through the
 // sandbox and the map guest reports its allocation (bdrv_block_status_above
 // semantics); those extents are folded into qcow2_measure's summary here.
-import { mapFlags, mapOpFlags, ops, records } from "../abi/spec.ts";
+import { formats, mapFlags, mapOpFlags, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
 import {
@@ -25,7 +25,9 @@ import {
   OpenError,
   openFailure,
   openImage,
+  unlockForRead,
 } from "./image.ts";
+import { imageRef } from "./image_ref.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
 import { runGuest } from "../vmm/guest.ts";
@@ -217,8 +219,6 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
           break;
       }
     }));
-  // --image-opts: only the reading commands take it so far (docs/encryption.md).
-  if (o.imageOpts) throw new CliError(["--image-opts is not supported by instar measure yet"]);
   for (const w of warnings) io.err(`instar: ${w}\n`);
   const files = operands;
   if (files.length > 1) throw new CliError(["At most one filename argument is allowed."]);
@@ -236,23 +236,31 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   let chain: OpenedImage[] | undefined;
   let snapshotNo = 0;
   if (filename !== undefined) {
+    // --image-opts: an encrypted qcow2 source names its key-secret (docs/encryption.md).
+    const ref = imageRef(filename, fmt, o.imageOpts, io.err);
     try {
       const lock = readLock(forceShareAll);
       if (filename === "-") {
         // stdin, spooled (docs/pipelines.md).
         chain = [await openStdin(filename, maxSpool, { format: fmt, unsafeQuirks: o.unsafeQuirks })];
       } else {
-        const top = await openImage(filename, {
-          format: fmt,
+        const top = await openImage(ref.filename, {
+          format: ref.format,
           unsafeQuirks: o.unsafeQuirks,
           backingDirs: o.backingDirs,
           lock,
+          encryptFormat: ref.encryptFormat,
         });
-        chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
+        chain = await openChain(top, await makePolicy(ref.filename, o.backingDirs), o.unsafeQuirks, lock);
       }
-      needsNoKey(chain[0]);
+      // A LUKS source is not measured yet; an encrypted qcow2 unlocks as qemu's open does.
+      if (chain[0].formatCode === formats.LUKS) {
+        if (ref.keySecret === undefined) needsNoKey(chain[0]);
+        throw new OpenError(chain[0].filename, "Measuring a LUKS source is not supported by instar yet");
+      }
+      await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
     } catch (e) {
-      if (e instanceof OpenError) throw openFailure(filename, e);
+      if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;
     }
     // bdrv_snapshot_load_tmp: the map guest then reads the snapshot's L1 table.
@@ -287,7 +295,9 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
     // The allocation scan is needed for every target but raw.
     input = {
       virtualSize: top.virtualSize,
-      extents: outFmt !== "raw" ? await allocationOf(chain, driver.measureEstimate === true, snapshotNo) : [],
+      extents: outFmt !== "raw" && !driver.measureSizeOnly
+        ? await allocationOf(chain, driver.measureEstimate === true, snapshotNo)
+        : [],
       // qcow2_supports_persistent_dirty_bitmap: only v3 images keep bitmaps.
       supportsBitmaps: top.qcow2?.version === 3,
       // qemu counts every persistent bitmap (bdrv_dirty_bitmap_size: the image's length).
@@ -297,7 +307,7 @@ export async function measureCommand(argv: string[], io: Io, base?: InstarOption
   // vpc, vhdx and vmdk: qemu-img has no measure for these ("Block driver
   // ... does not support size measurement"); their drivers give the numbers
   // instar's create planners imply, printed as for raw.
-  const m = driver.measure(opts, input);
+  const m = driver.measure(opts, input, { passphrase: (id) => o.secrets.passphrase(id) });
   if (!m.ok) throw new CliError(m.error.message.split("\n"));
   io.out(output === "json" ? measureJson(m.value) : measureHuman(m.value));
   return 0;

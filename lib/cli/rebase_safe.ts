@@ -12,7 +12,16 @@ import { checkBacking, fileKey, makePolicy, PolicyError } from "../chain/policy.
 import { runGuest } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { CliError } from "./messages.ts";
-import { chainInputs, chainOpenMessage, openChain, type OpenedImage, OpenError, openImage } from "./image.ts";
+import {
+  chainInputs,
+  chainNeedsNoKey,
+  chainOpenMessage,
+  needsNoKey,
+  openChain,
+  type OpenedImage,
+  OpenError,
+  openImage,
+} from "./image.ts";
 import { scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
@@ -42,7 +51,9 @@ export async function openForSafeRebase(
       lock: LOCKS.write,
       noLists: true,
     });
+    needsNoKey(top);
     old = await openChain(top, policy, job.unsafeQuirks, LOCKS.read);
+    chainNeedsNoKey(old);
   } catch (e) {
     if (e instanceof OpenError) throw new CliError([chainOpenMessage(job.filename, e)]);
     throw e;
@@ -60,7 +71,9 @@ export async function openForSafeRebase(
       nofollow: true,
       lock: LOCKS.read,
     });
+    needsNoKey(img);
     const neu = await openChain(img, policy, job.unsafeQuirks, LOCKS.read);
+    chainNeedsNoKey(neu);
     return { old, neu };
   } catch (e) {
     if (e instanceof OpenError) {

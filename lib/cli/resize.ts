@@ -21,7 +21,8 @@ import {
   type Io,
   newInstarOptions,
 } from "./common.ts";
-import { needsNoKey, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { openChain, type OpenedImage, OpenError, openFailure, openImage, unlockForRead } from "./image.ts";
+import { imageRef } from "./image_ref.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";
@@ -65,10 +66,11 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
         break;
     }
   });
-  // --image-opts: only the reading commands take it so far (docs/encryption.md).
-  if (o.imageOpts) throw new CliError(["--image-opts is not supported by instar resize yet"]);
   if (operands.length !== 1) throw usageError("Expecting image file name and size");
-  const filename = operands[0];
+  // --image-opts: one local file, and a LUKS image's key-secret (lib/cli/image_ref.ts).
+  const ref = imageRef(operands[0], fmt, o.imageOpts, io.err);
+  const filename = ref.filename;
+  fmt = ref.format;
 
   let relative = 0n;
   let text = size;
@@ -99,9 +101,10 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
     });
     // qemu-img opens the backing chain too: a missing backing file fails the resize.
     await openChain(img, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, LOCKS.read);
-    needsNoKey(img);
+    // An encrypted image is unlocked as qemu's read-write open unlocks it (the key must fit).
+    await unlockForRead(img, ref.keySecret, ref.keySecretOption, o.secrets, [img]);
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e, 1, true);
+    if (e instanceof OpenError) throw openFailure(ref.display, e, 1, true);
     throw e;
   }
   if (img.raw && fmt === undefined) {

@@ -4,7 +4,7 @@
 // (lib/formats/qcow2/output_plan.ts) writes all metadata. No image byte
 // passes through here: the guest reads and writes through the VMM, and
 // joining two guests' halves is a copy inside the VMM library.
-import { convertFlags, limits, ops, records } from "../abi/spec.ts";
+import { convertFlags, formats, limits, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
 import { collapseRange, runGuest, type RunRequest } from "../vmm/guest.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
@@ -49,6 +49,8 @@ export interface ConvertJob {
   fileSize?: bigint;
   /** params.kdf_max_iters for an encrypted source. */
   kdfMaxIters?: bigint;
+  /** A LUKS2 source: read by convert_luks2 with this much guest RAM (Argon2; lib/cli/image.ts unlockForRead). */
+  luks2Ram?: number;
 }
 
 /** A failure the guest reported (an ERROR record); the CLI words it. */
@@ -63,7 +65,7 @@ const SPLIT_MIN = 64n << 20n;
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 const RAM = 128 * 1024 * 1024;
 
-function inputs(job: ConvertJob) {
+export function inputs(job: ConvertJob) {
   return job.layers.map((l) => ({
     path: l.path,
     format: l.formatCode,
@@ -78,12 +80,26 @@ function inputs(job: ConvertJob) {
  * convert_luks (the LUKS layer and nettle; guest/ops.mk), which has no
  * compressing writer.
  */
-function runFor(job: ConvertJob, req: RunRequest) {
+export function runFor(job: ConvertJob, req: RunRequest) {
   if (!job.layers.some((l) => l.secret)) return runGuest(req);
   if (req.op !== "convert") {
     throw new PlanRefused("Compressed output from an encrypted source is not supported by instar yet");
   }
-  return runGuest({ ...req, op: "convert_luks", kdfMaxIters: job.kdfMaxIters });
+  if (job.luks2Ram) {
+    const ramBytes = Math.max(req.ramBytes ?? 0, job.luks2Ram);
+    return runGuest({ ...req, op: "convert_luks2", kdfMaxIters: job.kdfMaxIters, ramBytes });
+  }
+  // An encrypted qcow2 layer: convert_qcrypt (qcow2, raw and LUKS layers only).
+  const qcrypt = job.layers.some((l) => l.secret && l.formatCode === formats.QCOW2);
+  if (
+    qcrypt &&
+    job.layers.some((l) => !([formats.RAW, formats.QCOW2, formats.LUKS] as number[]).includes(l.formatCode))
+  ) {
+    throw new PlanRefused(
+      "Reading an encrypted qcow2 image over a vpc, vhdx or vmdk backing file is not supported by instar yet",
+    );
+  }
+  return runGuest({ ...req, op: qcrypt ? "convert_qcrypt" : "convert_luks", kdfMaxIters: job.kdfMaxIters });
 }
 
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;

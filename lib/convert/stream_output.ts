@@ -14,7 +14,6 @@
 // The host never interprets what it copies.
 import { convertFlags, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { runGuest } from "../vmm/guest.ts";
 import { hostEnv } from "../host/context.ts";
 import type { StdoutSink } from "../host/stdio_stream.ts";
 import {
@@ -23,8 +22,10 @@ import {
   doneRecord,
   failOnError,
   GuestFailure,
+  inputs,
   type PackedTarget,
   PlanRefused,
+  runFor,
 } from "./pipeline.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import { alignUp, type FilePlan } from "../formats/plan.ts";
@@ -63,15 +64,10 @@ export async function convertRawToStream(
       await f.truncate(0);
       await f.truncate(Number(to - from));
     }
-    const guest = runGuest({
+    const guest = runFor(job, {
       op: "convert",
       opCode: ops.CONVERT,
-      inputs: job.layers.map((l) => ({
-        path: l.path,
-        format: l.formatCode,
-        nofollow: l.nofollow,
-        snapshot: l.snapshot,
-      })),
+      inputs: inputs(job),
       args: [0n, 0n, job.minSparse, 0n, from, from, to],
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,
@@ -144,15 +140,10 @@ async function twoPass(
     const [from, to] = windows[i];
     const r = t.run(from, to, start);
     await emptied(file);
-    const res = await runGuest({
+    const res = await runFor(job, {
       op: r.op,
       opCode: ops.CONVERT,
-      inputs: job.layers.map((l) => ({
-        path: l.path,
-        format: l.formatCode,
-        nofollow: l.nofollow,
-        snapshot: l.snapshot,
-      })),
+      inputs: inputs(job),
       args: r.args,
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,

@@ -10,6 +10,7 @@ import type { RawModel } from "./raw/model.ts";
 import type { ImageInfoModel } from "./image_info_model.ts";
 import type { VmdkModel } from "./vmdk/model.ts";
 import type { LuksModel } from "./luks/model.ts";
+import type { LuksNew } from "./luks/create_options.ts";
 import type { Qcow2OutputOptions } from "./qcow2/output_plan.ts";
 import type { Qcow2CreateOptions } from "./qcow2/create_plan.ts";
 
@@ -51,6 +52,12 @@ export interface MeasureInput {
   supportsBitmaps: boolean;
   /** Its persistent dirty bitmaps (qcow2): granularity and name length in bytes. */
   bitmaps?: { granularity: bigint; nameLength: number }[];
+}
+
+/** What measure supplies a driver besides the options (luks: the secret its options name). */
+export interface MeasureHost {
+  /** The passphrase of secret `id`, or qemu's refusal thrown as an Error with its words. */
+  passphrase(id: string): Uint8Array;
 }
 
 /** What a scan of a source reports to the vpc/vhdx/vmdk size calculators. */
@@ -110,6 +117,10 @@ export interface CreateHost {
   remove(): Promise<void>;
   /** strerror()-style text of an error one of these threw. */
   describe(e: unknown): string;
+  /** The passphrase of secret `id` (--object secret), or qemu's refusal thrown (luks). */
+  passphrase?(id: string): Uint8Array;
+  /** params.kdf_max_iters (INSTAR_MAX_KDF_ITERS), the bound on written iteration counts (luks). */
+  kdfMaxIters?(): bigint;
 }
 
 /** A create step's refusal, in qemu's words (the command prefixes the file name). */
@@ -138,12 +149,24 @@ export interface FormatDriver {
   /** Decodes the info guest's records for `input` (throws GuestResultError on nonsense). */
   readonly decode?: (recs: Rec[], input: number, fileSize: bigint) => DecodedImage;
   /** qemu's text for an open failure the guest reported (after "Could not open 'FILE': "). */
-  readonly openError?: (e: GuestErrorFields, features: string[], filename: string) => string;
+  readonly openError?: (
+    e: GuestErrorFields,
+    features: string[],
+    filename: string,
+    /** The names qemu prints for the run's inputs: the image, then its vmdk extent files. */
+    inputNames?: string[],
+  ) => string;
   /** `qemu-img check` has a check for this format (else "does not support checks", exit 63). */
   readonly check?: boolean;
   readonly create?: CreateSupport;
   /** measure -O this format: qemu's numbers (raw, qcow2) or instar's estimate (the others). */
-  readonly measure?: (opts: ParsedOpts, input?: MeasureInput) => PlanResult<MeasureResult>;
+  readonly measure?: (
+    opts: ParsedOpts,
+    input?: MeasureInput,
+    host?: MeasureHost,
+  ) => PlanResult<MeasureResult>;
+  /** measure needs only the input's size (luks: every sector is written), no allocation scan. */
+  readonly measureSizeOnly?: boolean;
   /** measure is instar's estimate of its own convert: it takes the input's allocation as that
    * convert sees it (precise runs), not qemu's view (a VHDX is all data to qemu). */
   readonly measureEstimate?: boolean;
@@ -223,7 +246,7 @@ export interface ExtentsOutput {
 /** What convert's guest pipeline needs to know about its target. */
 export interface OutputSpec {
   /** Which writer the pipeline runs (lib/convert/pipeline.ts). */
-  writer: "raw" | "qcow2" | "blocks" | "stream" | "extents";
+  writer: "raw" | "qcow2" | "blocks" | "stream" | "extents" | "luks";
   preallocation: Prealloc;
   qcow2?: Qcow2OutputOptions;
   /** qcow2: the create options themselves (a preallocated target is created as `create` makes it). */
@@ -231,6 +254,8 @@ export interface OutputSpec {
   blocks?: BlockOutput;
   stream?: StreamOutput;
   extents?: ExtentsOutput;
+  /** LUKS1 output: the algorithms and key-secret name (lib/convert/luks_target.ts). */
+  luks?: LuksNew & { cipherName: string };
   /** `-c` for a writer other than qcow2: accepted (the output is the same, or
    * compressed anyway) or refused with qemu's words; unset: qemu's
    * "Compression not supported for this file format". */

@@ -27,13 +27,14 @@ export interface ImageFacts {
 }
 
 /** QCryptoBlockInfoLUKS as a QDict (fields in schema order). */
-export function luksSpecificData(l: LuksModel): QDict {
-  const d = new QDict();
+export function luksSpecificData(l: LuksModel, d = new QDict()): QDict {
   d.put("cipher-alg", l.cipherAlg);
   d.put("cipher-mode", l.cipherMode);
   d.put("ivgen-alg", l.ivgenAlg);
   if (l.ivgenHashAlg !== undefined) d.put("ivgen-hash-alg", l.ivgenHashAlg);
   d.put("hash-alg", l.hashAlg);
+  // LUKS2 (no qemu 7.2 output to match): the shape of later qemu's LUKS info, which has this member.
+  if (l.luks2) d.put("detached-header", false);
   d.put("payload-offset", l.payloadOffset);
   d.put("master-key-iters", l.masterKeyIters);
   d.put("uuid", l.uuid);
@@ -90,12 +91,19 @@ export function vmdkSpecificData(v: VmdkFacts): QDict {
 
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 
+/** ImageInfoSpecificQCow2Encryption: the flat union's base member, then the LUKS variant's. */
+function qcow2EncryptData(e: NonNullable<Qcow2Model["encrypt"]>): QDict {
+  if (e.format === "aes") return new QDict().put("format", "aes");
+  return luksSpecificData(e.luks, new QDict().put("format", "luks"));
+}
+
 /** ImageInfoSpecificQCow2 as a QDict (fields in schema order). */
 export function qcow2SpecificData(q: Qcow2Model): QDict {
   const d = new QDict();
   if (q.version === 2) {
     d.put("compat", "0.10");
     d.put("refcount-bits", BigInt(q.refcountBits));
+    if (q.encrypt) d.put("encrypt", qcow2EncryptData(q.encrypt));
     d.put("compression-type", q.compressionType);
     return d;
   }
@@ -106,6 +114,7 @@ export function qcow2SpecificData(q: Qcow2Model): QDict {
   d.put("lazy-refcounts", q.lazyRefcounts);
   d.put("corrupt", q.corrupt);
   d.put("refcount-bits", BigInt(q.refcountBits));
+  if (q.encrypt) d.put("encrypt", qcow2EncryptData(q.encrypt));
   // qcow2_get_specific_info lists bitmaps only when there are any.
   if (q.bitmaps?.length) d.put("bitmaps", q.bitmaps.map(bitmapInfoDict));
   d.put("compression-type", q.compressionType);
@@ -185,8 +194,8 @@ function infoHumanOne(f: ImageFacts, profile: Profile, w: ChunkWriter): void {
     `file format: ${f.format}\n` +
     `virtual size: ${sizeToStr(f.virtualSize)} (${f.virtualSize} bytes)\n` +
     `disk size: ${f.actualSize === null ? "unavailable" : sizeToStr(f.actualSize)}\n`;
-  if (f.clusterSize !== undefined) out += `cluster_size: ${f.clusterSize}\n`;
   if (f.encrypted) out += "encrypted: yes\n";
+  if (f.clusterSize !== undefined) out += `cluster_size: ${f.clusterSize}\n`;
   if (f.dirty) out += "cleanly shut down: no\n";
   if (f.backingFilename !== undefined) {
     out += `backing file: ${f.backingFilename}`;

@@ -21,7 +21,8 @@ export function mapJsonLine(e: MapExtent, profile: Profile): string {
   if (hasDirtyFlagAndPresent(profile)) s += ` "present": ${has(e, mapFlags.PRESENT)},`;
   s += ` "zero": ${has(e, mapFlags.ZERO)}, "data": ${has(e, mapFlags.DATA)}`;
   if (hasMapCompressed(profile)) s += `, "compressed": ${has(e, mapFlags.COMPRESSED)}`;
-  if (has(e, mapFlags.OFFSET_VALID)) s += `, "offset": ${e.offset}`;
+  // PRId64: an offset at or past 2^63 (vmdk seSparse) prints negative, as qemu-img's
+  if (has(e, mapFlags.OFFSET_VALID)) s += `, "offset": ${BigInt.asIntN(64, e.offset)}`;
   return s + "}";
 }
 

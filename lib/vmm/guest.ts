@@ -22,6 +22,8 @@ export interface RunRequest {
   flags?: number;
   /** params.kdf_max_iters: the most PBKDF2 iterations a LUKS key slot may ask for. */
   kdfMaxIters?: bigint;
+  /** More params.secret slots after the inputs' (luks_write: the output's passphrase, host entropy). */
+  extraSecrets?: Uint8Array[];
   ramBytes?: number;
   timeoutMs?: number;
   resultCap?: number;

@@ -18,7 +18,7 @@ import {
 import { loadGuest } from "../embedded/lazy.ts";
 import { cString, strerror, vmmLib } from "./ffi.ts";
 import { Cancelled, cancelSignal, guestCaps, hostPath } from "../host/context.ts";
-import { packSecrets } from "./secrets.ts";
+import { packSecrets, secretSlots } from "./secrets.ts";
 
 export interface GuestInput {
   path: string;
@@ -224,7 +224,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
     }
 
     const sizes = inputs.map((i) => i.size);
-    const secrets = packSecrets(req.inputs);
+    const secrets = packSecrets(secretSlots(req));
     const formats = req.inputs.map((i) => i.format);
     // Allocated bytes (st_blocks * 512): qcow2 map's metadata-preallocation test uses it like qemu.
     const allocs = req.inputs.map((i) => BigInt((Deno.statSync(hostPath(i.path)).blocks ?? 0) * 512));

@@ -32,3 +32,10 @@ export function packSecrets(
   const mask = inputs.reduce((m, x, i) => (x.secret ? m | (1 << i) : m), 0);
   return { lengths, mask, bytes };
 }
+
+/** A run's secret slots: one per input, then its extra ones (params.secret_inputs bit n_inputs + k). */
+export function secretSlots(
+  req: { inputs: { secret?: Uint8Array }[]; extraSecrets?: Uint8Array[] },
+): { secret?: Uint8Array }[] {
+  return [...req.inputs, ...(req.extraSecrets ?? []).map((secret) => ({ secret }))];
+}

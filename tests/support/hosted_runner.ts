@@ -9,7 +9,7 @@ import { runStatus } from "../../lib/abi/spec.ts";
 import type { RunRequest, RunResult } from "../../lib/vmm/guest.ts";
 import { Cancelled, cancelSignal, hostPath } from "../../lib/host/context.ts";
 import { requestLimits } from "../../lib/vmm/sandbox.ts";
-import { packSecrets } from "../../lib/vmm/secrets.ts";
+import { packSecrets, secretSlots } from "../../lib/vmm/secrets.ts";
 
 const ROOT = new URL("../..", import.meta.url).pathname;
 const HOST = `${ROOT}build/host`;
@@ -51,7 +51,7 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
   const env = req.onProgress ? { INSTAR_HOST_PROGRESS: "1" } : undefined;
   if (req.kdfMaxIters !== undefined) args.unshift("--kdf-max-iters", req.kdfMaxIters.toString());
   // Passphrases go over stdin in params' layout, never in argv.
-  const secrets = packSecrets(req.inputs);
+  const secrets = packSecrets(secretSlots(req));
   if (secrets) args.unshift("--secrets-stdin");
   const child = new Deno.Command(program(req.op), {
     args,

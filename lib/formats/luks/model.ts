@@ -3,6 +3,7 @@
 import { records } from "../../abi/spec.ts";
 import type { Rec } from "../../abi/records.ts";
 import { GuestResultError } from "../qcow2/model.ts";
+import type { Luks2Facts } from "./luks2_model.ts";
 import { CIPHER_ALG_NAMES, CIPHER_MODE_NAMES, HASH_NAMES, IVGEN_NAMES } from "./names.ts";
 
 export interface LuksSlot {
@@ -26,6 +27,8 @@ export interface LuksModel {
   /** As stored, up to its first NUL (qemu's g_strndup). */
   uuid: Uint8Array;
   slots: LuksSlot[];
+  /** LUKS2 only (lib/formats/luks/luks2_model.ts): what LUKS1 has no field for. */
+  luks2?: Luks2Facts;
 }
 
 function named(map: Map<number, string>, v: unknown, what: string): string {

@@ -13,6 +13,7 @@ import { QCOW2_CREATE_OPTS, QCOW2_OWN, qcow2CreateOptions } from "./options.ts";
 import { qcow2CreatePlan, validateCreate } from "./create_plan.ts";
 import { qcow2Measure } from "./measure.ts";
 import { qcow2Resize } from "./resize.ts";
+import { qcow2CryptErrorText, qcow2Encryption } from "./crypt.ts";
 
 async function createQcow2(_filename: string, opts: ParsedOpts, host: CreateHost): Promise<void> {
   await host.createFile();
@@ -52,6 +53,7 @@ export const qcow2Driver: FormatDriver = {
       q.snapshots = qcow2Snapshots(recs, input, q.nbSnapshots);
     }
     if (q.nbBitmaps > 0 && listed(records.BITMAP)) q.bitmaps = qcow2Bitmaps(recs, input, q.nbBitmaps);
+    q.encrypt = qcow2Encryption(recs, input, q.layout.cryptMethod);
     return {
       virtualSize: q.virtualSize,
       // bdrv_getlength: qcow2 keeps whole sectors (total_sectors = size / 512).
@@ -62,9 +64,10 @@ export const qcow2Driver: FormatDriver = {
       backingFormat: q.backingFormat,
       namesDataFile: q.dataFile !== undefined || q.hasDataFileBit,
       qcow2: q,
+      encrypted: q.layout.cryptMethod !== 0,
     };
   },
-  openError: (e, features) => qcow2ErrorMessage(e, features),
+  openError: (e, features) => qcow2CryptErrorText(e, features) ?? qcow2ErrorMessage(e, features),
   check: true,
   create: { options: QCOW2_CREATE_OPTS, own: QCOW2_OWN, run: createQcow2 },
   measure: qcow2Measure,

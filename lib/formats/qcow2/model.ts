@@ -4,6 +4,7 @@
 import { limits, nameKinds, qcow2InfoFlags, records } from "../../abi/spec.ts";
 import { nameBytes, type Rec } from "../../abi/records.ts";
 import type { Qcow2Bitmap, SnapshotList } from "./snapshots.ts";
+import type { Qcow2Encryption } from "./crypt.ts";
 
 export interface Qcow2Model {
   version: 2 | 3;
@@ -42,6 +43,8 @@ export interface Qcow2Model {
   /** Present when the guest listed them (info; not in check mode): lib/formats/qcow2/snapshots.ts. */
   snapshots?: SnapshotList;
   bitmaps?: Qcow2Bitmap[];
+  /** Encrypted images: info's `encrypt` block (lib/formats/qcow2/crypt.ts). */
+  encrypt?: Qcow2Encryption;
 }
 
 export class GuestResultError extends Error {

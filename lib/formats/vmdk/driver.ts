@@ -39,9 +39,9 @@ export const vmdkDriver: FormatDriver = {
     };
   },
   check: true,
-  openError(e, quoted, filename) {
+  openError(e, quoted, filename, inputNames) {
     if (e.code !== guestErrors.FORMAT) return qcow2ErrorMessage(e, []);
-    return vmdkErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1], filename);
+    return vmdkErrorText(e.a0, e.a1, e.a2, quoted[quoted.length - 1], filename, inputNames);
   },
   create: {
     options: VMDK_CREATE_OPTS,
