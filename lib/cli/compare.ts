@@ -28,6 +28,7 @@ import {
   OpenError,
   openFailure,
   openImage,
+  unlockFailure,
   unlockForRead,
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -52,7 +53,8 @@ async function openForCompare(
         unsafeQuirks: o.unsafeQuirks,
         noLists: true,
       });
-      await unlockForRead(img, ref.keySecret, ref.keySecretOption, o.secrets);
+      // The compare guests unlock (unlockForRead's defer); their failure is the open error below.
+      await unlockForRead(img, ref.keySecret, ref.keySecretOption, o.secrets, [img], true);
       return [img];
     }
     const lock = readLock(forceShareAll);
@@ -66,7 +68,7 @@ async function openForCompare(
       encryptFormat: ref.encryptFormat,
     });
     const chain = await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, lock);
-    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain, true);
     return chain;
   } catch (e) {
     // img_open failures: exit 2.
@@ -139,18 +141,10 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
       throw new CliError(["Could not open '-': stdin can be only one of the images"], false, 2);
     }
     // qemu opens the first image (options parsed, file opened) before it looks at the second.
-    const chain1 = await openForCompare(
-      imageRef(filename1, fmt1, o.imageOpts, io.err, 2),
-      o,
-      forceShareAll,
-      maxSpool,
-    );
-    const chain2 = await openForCompare(
-      imageRef(filename2, fmt2, o.imageOpts, io.err, 2),
-      o,
-      forceShareAll,
-      maxSpool,
-    );
+    const ref1 = imageRef(filename1, fmt1, o.imageOpts, io.err, 2);
+    const chain1 = await openForCompare(ref1, o, forceShareAll, maxSpool);
+    const ref2 = imageRef(filename2, fmt2, o.imageOpts, io.err, 2);
+    const chain2 = await openForCompare(ref2, o, forceShareAll, maxSpool);
     refuseDataFile(chain1, filename1, "compare", 2);
     refuseDataFile(chain2, filename2, "compare", 2);
     progress.set(0);
@@ -195,7 +189,13 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
         runGuest({
           // An encrypted input: compare_luks (the LUKS layer and nettle), which reads raw and qcow2 besides.
           // An encrypted qcow2: compare_qcrypt (qcow2 decryption, and LUKS too); LUKS2: compare_luks2.
-          op: luks2Ram ? "compare_luks2" : !encrypted ? "compare" : qcrypt ? "compare_qcrypt" : "compare_luks",
+          op: luks2Ram
+            ? "compare_luks2"
+            : !encrypted
+            ? "compare"
+            : qcrypt
+            ? "compare_qcrypt"
+            : "compare_luks",
           kdfMaxIters: encrypted ? kdfMaxIters() : undefined,
           opCode: ops.COMPARE,
           inputs,
@@ -211,6 +211,13 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
       ));
     } catch (e) {
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`], false, 4);
+    }
+    // A deferred unlock that failed in a compare guest: that image's open error (qemu's img_open, exit 2).
+    for (const r of results) {
+      const u1 = unlockFailure(chain1[0], 0, r.records);
+      if (u1) throw openFailure(ref1.display, u1, 2);
+      const u2 = unlockFailure(chain2[0], inputs1.length, r.records);
+      if (u2) throw openFailure(ref2.display, u2, 2);
     }
     const outcomes = results.map((r) => r.records.filter((x) => x.type === records.COMPARE));
     if (outcomes.some((o) => o.length !== 1)) {

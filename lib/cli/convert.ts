@@ -37,6 +37,7 @@ import {
   OpenError,
   openFailure,
   openImage,
+  unlockFailure,
   unlockForRead,
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
@@ -296,6 +297,19 @@ async function checkHostDevice(a: ConvertArgs, target: string): Promise<void> {
   ]);
 }
 
+/**
+ * Whether an encrypted source's unlock can be left to the reading guests
+ * (unlockForRead's `defer`): a new target file whose writer reports the
+ * guests' failures (not a LUKS target), never -n or a device, which are
+ * written in place (zeroed or punched) before a guest runs.
+ */
+async function deferUnlock(a: ConvertArgs, target: string): Promise<boolean> {
+  if (a.skipCreate || !["raw", "qcow2", "vpc", "vhdx", "vmdk"].includes(a.outFmt)) return false;
+  if (target === "-") return true;
+  const st = await Deno.stat(hostPath(target)).catch(() => undefined);
+  return !st?.isBlockDevice && !st?.isCharDevice;
+}
+
 /** Features qemu-img has that instar refuses, with a clear reason. */
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
@@ -496,7 +510,16 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         });
         chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
       }
-      if (!onePass) await unlockForRead(chain[0], ref.keySecret, ref.keySecretOption, o.secrets, chain);
+      if (!onePass) {
+        await unlockForRead(
+          chain[0],
+          ref.keySecret,
+          ref.keySecretOption,
+          o.secrets,
+          chain,
+          await deferUnlock(a, outFilename!),
+        );
+      }
     } catch (e) {
       if (e instanceof OpenError) throw openFailure(ref.display, e);
       throw e;
@@ -797,7 +820,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (e instanceof PlanRefused) {
         throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
       }
-      if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
+      if (e instanceof GuestFailure) {
+        // A deferred unlock that failed in the reading guest: qemu's open error.
+        const unlock = unlockFailure(chain[0], 0, e.records);
+        if (unlock) throw openFailure(ref.display, unlock);
+        throw new CliError([guestFailureMessage(e)]);
+      }
       if (e instanceof CliError) throw e;
       // An output write the host refused (a full disk): qemu-img's words.
       const w = (e as { write?: { offset: bigint; text: string } }).write;

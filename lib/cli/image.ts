@@ -2,7 +2,7 @@
 // checks that need no image bytes (exists, regular file, readable, size,
 // st_blocks), then one guest "info" run that probes and decodes the header.
 // Also walks backing chains under lib/chain/policy.ts.
-import { formats, infoFlags, nameKinds, ops, records, signatures } from "../abi/spec.ts";
+import { formats, guestErrors, infoFlags, nameKinds, ops, records, signatures } from "../abi/spec.ts";
 import { nameBytes, type Rec } from "../abi/records.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import type { DecodedImage } from "../formats/types.ts";
@@ -23,7 +23,7 @@ import { KDF_MAX_ITERS_DEFAULT } from "../formats/luks/errors.ts";
 import { KDF_MAX_MEMORY_KIB_DEFAULT, luks2ErrorText } from "../formats/luks/luks2_errors.ts";
 import { luks2GuestRam } from "../formats/luks/luks2_model.ts";
 import { type ExtentFile, resolveExtents } from "./extents.ts";
-import { encryptFormatError, keySecretRequired } from "../formats/qcow2/crypt.ts";
+import { encryptFormatError, isQcow2CryptOpenError, keySecretRequired } from "../formats/qcow2/crypt.ts";
 import { unlockQcow2 } from "./qcow2_unlock.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
 import { LockError, type LockMode, LOCKS, PERM, takeLock } from "../vmm/image_lock.ts";
@@ -67,6 +67,9 @@ export interface OpenedImage extends DecodedImage {
   secret?: Uint8Array;
   /** A LUKS2 image, once unlockForRead checked it: the guest RAM its reader needs (Argon2). */
   luks2Ram?: number;
+  /** The passphrase was not tried yet (unlockForRead's `defer`): the first reading guest unlocks, and its
+   * unlock failure is this image's open error (unlockFailure). */
+  unlockPending?: boolean;
 }
 
 export interface OpenOptions {
@@ -462,6 +465,14 @@ export async function unlockForRead(
   secrets: SecretStore,
   /** The image's backing chain (top first): an encrypted backing file has no key-secret to name. */
   chain: OpenedImage[] = [img],
+  /**
+   * The command's own guests read the image right away and fail before
+   * writing anything when the passphrase unlocks nothing (convert into a new
+   * file, compare): leave the key-slot search to them, so the PBKDF2 runs
+   * once per guest instead of once more at open (seconds with cryptsetup's
+   * and qemu's default iteration counts). Everything else is checked here.
+   */
+  defer = false,
 ): Promise<void> {
   chain.forEach((b, depth) => {
     if (depth > 0 && b.formatCode === formats.LUKS) {
@@ -472,7 +483,7 @@ export async function unlockForRead(
     }
   });
   if (img.qcow2 && img.qcow2.layout.cryptMethod !== 0) {
-    await unlockQcow2(img, keySecret, secrets);
+    await unlockQcow2(img, keySecret, secrets, defer);
     return;
   }
   if (img.formatCode !== formats.LUKS) return;
@@ -497,6 +508,13 @@ export async function unlockForRead(
       throw new OpenError(img.filename, luks2ErrorText(106n, BigInt(ram.slot), ram.kib, undefined)!);
     }
     luks2Ram = ram;
+  }
+  // Not LUKS2: its Argon2 limit is enforced by the unlock run's RAM, which the reading guests exceed.
+  if (defer && !luks2Ram) {
+    img.secret = pass;
+    img.luks2Ram = luks2Ram;
+    img.unlockPending = true;
+    return;
   }
   let result;
   try {
@@ -531,4 +549,24 @@ export async function unlockForRead(
   }
   img.secret = pass;
   img.luks2Ram = luks2Ram;
+}
+
+/**
+ * A reading guest's failure that is really the open error of an image whose
+ * unlock was deferred (unlockForRead's `defer`): an unlock or header error
+ * the guest reports as FORMAT about the run's input `input` (the image's
+ * first), worded as at open.
+ */
+export function unlockFailure(image: OpenedImage, input: number, recs: Rec[]): OpenError | undefined {
+  const err = guestError(recs);
+  if (!image.unlockPending || !err) return undefined;
+  const f = err.fields;
+  const fields = { code: f.code as number, a0: f.a0 as bigint, a1: f.a1 as bigint, a2: f.a2 as bigint };
+  const opening = fields.code === guestErrors.FORMAT ||
+    (image.qcow2 !== undefined && isQcow2CryptOpenError(fields));
+  if (!opening || (f.input as number) !== input) return undefined;
+  const quoted = recs
+    .filter((r) => r.type === records.NAME && r.fields.kind === nameKinds.ERROR_TEXT)
+    .map((r) => new TextDecoder().decode(nameBytes(r)));
+  return new OpenError(image.filename, image.driver.openError!(fields, quoted, image.filename));
 }

@@ -16,6 +16,8 @@ export async function unlockQcow2(
   img: OpenedImage,
   keySecret: string | undefined,
   secrets: SecretStore,
+  /** unlockForRead's `defer`: the reading guests unlock (and report a failure as the open error). */
+  defer = false,
 ): Promise<void> {
   if (keySecret === undefined) throw new OpenError(img.filename, keySecretRequired(false));
   let pass: Uint8Array;
@@ -25,7 +27,8 @@ export async function unlockQcow2(
     if (e instanceof ObjectError) throw new OpenError(img.filename, e.lines.join(" "));
     throw e;
   }
-  if (img.qcow2?.layout.cryptMethod === CRYPT_LUKS) {
+  if (defer && img.qcow2?.layout.cryptMethod === CRYPT_LUKS) img.unlockPending = true;
+  else if (img.qcow2?.layout.cryptMethod === CRYPT_LUKS) {
     let result;
     try {
       result = await runGuest({

@@ -55,7 +55,8 @@ export interface ConvertJob {
 
 /** A failure the guest reported (an ERROR record); the CLI words it. */
 export class GuestFailure extends Error {
-  constructor(readonly record: Rec) {
+  /** `records`: the whole run's (the NAME records an open error quotes come before the ERROR). */
+  constructor(readonly record: Rec, readonly records: Rec[] = [record]) {
     super("guest reported an error");
   }
 }
@@ -121,7 +122,7 @@ export function failOnError(recs: Rec[]) {
       `instar: guest error ${JSON.stringify(err.fields, (_k, v) => typeof v === "bigint" ? String(v) : v)}`,
     );
   }
-  if (err) throw new GuestFailure(err);
+  if (err) throw new GuestFailure(err, recs);
 }
 
 export function doneRecord(recs: Rec[]) {

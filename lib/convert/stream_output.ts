@@ -81,7 +81,7 @@ export async function convertRawToStream(
     if (g.status === "rejected") throw g.reason;
     const recs = g.value.records;
     const err = recs.find((r) => r.type === records.ERROR);
-    if (err) throw new GuestFailure(err);
+    if (err) throw new GuestFailure(err, recs);
     const done = recs.filter((r) => r.type === records.CONVERT_DONE);
     if (done.length !== 1) throw new Error("the guest did not report the end of its range");
     written += done[0].fields.bytes_written as bigint;

@@ -38,6 +38,12 @@ const QEXT_CRYPTO_OFFSET = 11n;
 const QEXT_CRYPTO_OUTSIDE = 12n;
 const QEXT_CRYPTO_READ = 13n;
 
+/** Whether a guest error is one of an encrypted qcow2's open failures (the unlock, the crypto header). */
+export function isQcow2CryptOpenError(e: GuestErrorFields): boolean {
+  return e.code === G.FORMAT ||
+    (e.code === G.BAD_EXTENSION && e.a1 >= QEXT_CRYPTO_OFFSET && e.a1 <= QEXT_CRYPTO_READ);
+}
+
 /** qemu's words for an encrypted qcow2's open failure, or undefined when it is not one of those. */
 export function qcow2CryptErrorText(e: GuestErrorFields, quoted: string[]): string | undefined {
   if (e.code === G.FORMAT) {
