@@ -90,8 +90,8 @@ static void hash2(const struct nettle_hash *h, void *ctx, const uint8_t *a, uint
     h->digest(ctx, h->digest_size, out);
 }
 
-/* qcrypto_afsplit_decode (the anti-forensic merge). */
-static void af_merge(uint32_t hash, uint32_t blocklen, uint32_t stripes, const uint8_t *in, uint8_t *out)
+/* qcrypto_afsplit_decode (the anti-forensic merge); cryptsetup's AF_merge for LUKS2 too. */
+void luks_af_merge(uint32_t hash, uint32_t blocklen, uint32_t stripes, const uint8_t *in, uint8_t *out)
 {
     const struct nettle_hash *h = hash_of(hash);
     _Alignas(16) uint8_t ctx[512]; /* larger than any nettle hash context (sha512: 216) */
@@ -224,7 +224,7 @@ int luks_unlock(const struct luks *k, const uint8_t *pw, uint32_t pwlen, uint64_
             return rt_error(in, GERR_FORMAT, LUKS_E_CIPHER_UNSUPPORTED, k->cipher_alg, k->mode);
         }
         luks_decrypt(&sc, 0, split, splitlen);
-        af_merge(k->hash, kb, LUKS_STRIPES, split, mk);
+        luks_af_merge(k->hash, kb, LUKS_STRIPES, split, mk);
         pbkdf2_any(k->hash, mk, kb, k->mk_salt, LUKS_SALT_LEN, k->mk_iters, digest, LUKS_DIGEST_LEN);
         found = memcmp(digest, k->mk_digest, LUKS_DIGEST_LEN) == 0;
     }

@@ -30,5 +30,7 @@ const struct nettle_cipher *luks_nettle_cipher(uint32_t a);
 void luks_pbkdf2(uint32_t hash, const uint8_t *key, uint32_t klen, const uint8_t *salt, uint32_t slen,
                  uint32_t iters, uint8_t *out, uint32_t olen);
 void luks_iv(const struct luks_cipher *c, uint64_t sector, uint8_t *iv);
+/* The anti-forensic merge of `stripes` blocks of `blocklen` bytes with the af hash (LUKS1 and LUKS2). */
+void luks_af_merge(uint32_t hash, uint32_t blocklen, uint32_t stripes, const uint8_t *in, uint8_t *out);
 
 #endif

@@ -386,21 +386,6 @@ static void new_of(const struct luks *k, struct luks_new *n)
     n->hash = k->hash;
 }
 
-/* qcrypto_afsplit_decode */
-static void af_merge(uint32_t hash, uint32_t blocklen, const uint8_t *in, uint8_t *out)
-{
-    const struct nettle_hash *h = luks_nettle_hash(hash);
-    uint8_t block[LUKS_KEY_MAX];
-    memset(block, 0, blocklen);
-    uint32_t s;
-    for (s = 0; s + 1 < LUKS_STRIPES; s++) {
-        for (uint32_t j = 0; j < blocklen; j++) block[j] ^= in[(uint64_t)s * blocklen + j];
-        diffuse(h, block, blocklen);
-    }
-    for (uint32_t j = 0; j < blocklen; j++) out[j] = block[j] ^ in[(uint64_t)s * blocklen + j];
-    memset(block, 0, sizeof block);
-}
-
 int luks_load_key(const struct luks *k, uint32_t i, const uint8_t *pw, uint32_t pwlen, uint64_t max, uint8_t *mk)
 {
     const struct luks_slot *s = &k->slots[i];
@@ -428,7 +413,7 @@ int luks_load_key(const struct luks *k, uint32_t i, const uint8_t *pw, uint32_t 
         } else {
             luks_decrypt(&c, 0, split, splitlen);
             enc_wipe(&c);
-            af_merge(k->hash, kb, split, mk);
+            luks_af_merge(k->hash, kb, LUKS_STRIPES, split, mk);
             luks_pbkdf2(k->hash, mk, kb, k->mk_salt, LUKS_SALT_LEN, k->mk_iters, digest, LUKS_DIGEST_LEN);
             rc = memcmp(digest, k->mk_digest, LUKS_DIGEST_LEN) == 0;
         }

@@ -19,6 +19,7 @@
  * LUKS2_ARGON2_WORK_MAX. Keys never leave the guest.
  */
 #include "luks2.h"
+#include "../luks/luks_crypto.h"
 #include "../ops/records.h"
 #include <argon2.h>
 #include <nettle/nettle-meta.h>
@@ -32,89 +33,10 @@
 #include <nettle/sha2.h>
 #include <nettle/ripemd160.h>
 
-static const struct nettle_hash *hash_of(uint32_t h)
-{
-    switch (h) {
-    case LUKS_HASH_MD5: return &nettle_md5;
-    case LUKS_HASH_SHA1: return &nettle_sha1;
-    case LUKS_HASH_SHA224: return &nettle_sha224;
-    case LUKS_HASH_SHA256: return &nettle_sha256;
-    case LUKS_HASH_SHA384: return &nettle_sha384;
-    case LUKS_HASH_SHA512: return &nettle_sha512;
-    case LUKS_HASH_RIPEMD160: return &nettle_ripemd160;
-    }
-    return NULL;
-}
-
-static const struct nettle_cipher *cipher_of(uint32_t a)
-{
-    switch (a) {
-    case LUKS_CIPHER_AES_128: return &nettle_aes128;
-    case LUKS_CIPHER_AES_192: return &nettle_aes192;
-    case LUKS_CIPHER_AES_256: return &nettle_aes256;
-    case LUKS_CIPHER_CAST5_128: return &nettle_cast128;
-    case LUKS_CIPHER_SERPENT_128: return &nettle_serpent128;
-    case LUKS_CIPHER_SERPENT_192: return &nettle_serpent192;
-    case LUKS_CIPHER_SERPENT_256: return &nettle_serpent256;
-    case LUKS_CIPHER_TWOFISH_128: return &nettle_twofish128;
-    case LUKS_CIPHER_TWOFISH_192: return &nettle_twofish192;
-    case LUKS_CIPHER_TWOFISH_256: return &nettle_twofish256;
-    }
-    return NULL;
-}
-
-#define PBKDF2_WITH(type, prefix, size)                                                           \
-    do {                                                                                          \
-        struct type c;                                                                            \
-        prefix##_set_key(&c, klen, key);                                                          \
-        PBKDF2(&c, prefix##_update, prefix##_digest, size, iters, slen, salt, olen, out);         \
-        memset(&c, 0, sizeof c);                                                                  \
-    } while (0)
-
-static void pbkdf2_any(uint32_t hash, const uint8_t *key, uint32_t klen, const uint8_t *salt, uint32_t slen,
-                       uint32_t iters, uint8_t *out, uint32_t olen)
-{
-    switch (hash) {
-    case LUKS_HASH_MD5: PBKDF2_WITH(hmac_md5_ctx, hmac_md5, MD5_DIGEST_SIZE); break;
-    case LUKS_HASH_SHA1: PBKDF2_WITH(hmac_sha1_ctx, hmac_sha1, SHA1_DIGEST_SIZE); break;
-    case LUKS_HASH_SHA224: PBKDF2_WITH(hmac_sha224_ctx, hmac_sha224, SHA224_DIGEST_SIZE); break;
-    case LUKS_HASH_SHA256: PBKDF2_WITH(hmac_sha256_ctx, hmac_sha256, SHA256_DIGEST_SIZE); break;
-    case LUKS_HASH_SHA384: PBKDF2_WITH(hmac_sha384_ctx, hmac_sha384, SHA384_DIGEST_SIZE); break;
-    case LUKS_HASH_SHA512: PBKDF2_WITH(hmac_sha512_ctx, hmac_sha512, SHA512_DIGEST_SIZE); break;
-    case LUKS_HASH_RIPEMD160: PBKDF2_WITH(hmac_ripemd160_ctx, hmac_ripemd160, RIPEMD160_DIGEST_SIZE); break;
-    }
-}
-
-/* cryptsetup's AF_merge (lib/luks1/af.c): diffuse with the af hash. */
-static void af_merge(uint32_t hash, uint32_t blocklen, uint32_t stripes, const uint8_t *in, uint8_t *out)
-{
-    const struct nettle_hash *h = hash_of(hash);
-    _Alignas(16) uint8_t ctx[512];
-    uint8_t block[LUKS_KEY_MAX], digest[64];
-    uint32_t dl = h->digest_size;
-    memset(block, 0, blocklen);
-    for (uint32_t s = 0; s + 1 < stripes; s++) {
-        for (uint32_t j = 0; j < blocklen; j++) block[j] ^= in[(uint64_t)s * blocklen + j];
-        for (uint32_t i = 0; i * dl < blocklen; i++) {
-            uint8_t be[4] = { (uint8_t)(i >> 24), (uint8_t)(i >> 16), (uint8_t)(i >> 8), (uint8_t)i };
-            uint32_t n = blocklen - i * dl < dl ? blocklen - i * dl : dl;
-            h->init(ctx);
-            h->update(ctx, 4, be);
-            h->update(ctx, n, block + i * dl);
-            h->digest(ctx, h->digest_size, digest);
-            memcpy(block + i * dl, digest, n);
-        }
-    }
-    for (uint32_t j = 0; j < blocklen; j++) out[j] = block[j] ^ in[(uint64_t)(stripes - 1) * blocklen + j];
-    memset(block, 0, sizeof block);
-    memset(digest, 0, sizeof digest);
-    memset(ctx, 0, sizeof ctx);
-}
-
 /* 0, -1 (unsupported), -2 (out of memory) */
 static int cipher_setup(struct luks2_cipher *c, const struct luks2_spec *sp, const uint8_t *key)
 {
-    const struct nettle_cipher *n = cipher_of(sp->alg);
+    const struct nettle_cipher *n = luks_nettle_cipher(sp->alg);
     uint32_t klen = sp->key_bytes;
     if (!n) return -1;
     if (sp->mode == LUKS_MODE_XTS && n->block_size != 16) return -1;
@@ -135,8 +57,8 @@ static int cipher_setup(struct luks2_cipher *c, const struct luks2_spec *sp, con
     }
     c->essiv = NULL;
     if (sp->ivgen == LUKS_IVGEN_ESSIV) {
-        const struct nettle_hash *h = hash_of(sp->ivgen_hash);
-        const struct nettle_cipher *e = cipher_of(sp->ivgen_alg);
+        const struct nettle_hash *h = luks_nettle_hash(sp->ivgen_hash);
+        const struct nettle_cipher *e = luks_nettle_cipher(sp->ivgen_alg);
         if (!h || !e) return -1;
         _Alignas(16) uint8_t ctx[512];
         uint8_t salt[64];
@@ -207,7 +129,7 @@ static int slot_kdf(const struct luks2 *k, uint32_t id, const uint8_t *pw, uint3
     uint32_t in = k->r->input;
     if (s->kdf == LUKS2_KDF_PBKDF2) {
         if (s->iters > max_iters) return rt_error(in, GERR_FORMAT, LUKS2_E_KDF_ITERS, id, s->iters);
-        pbkdf2_any(s->kdf_hash, pw, pwlen, s->salt, s->salt_len, s->iters, key, s->area.key_bytes);
+        luks_pbkdf2(s->kdf_hash, pw, pwlen, s->salt, s->salt_len, s->iters, key, s->area.key_bytes);
         return 0;
     }
     if ((uint64_t)s->iters * s->memory_kib > LUKS2_ARGON2_WORK_MAX)
@@ -271,10 +193,10 @@ int luks2_unlock(const struct luks2 *k, const uint8_t *pw, uint32_t pwlen, uint6
                 return rt_error(in, GERR_FORMAT, LUKS_E_CIPHER_UNSUPPORTED, s->area.alg, s->area.mode);
             }
             luks2_decrypt(&sc, 0, split, splitlen);
-            af_merge(s->af_hash, s->key_bytes, s->stripes, split, vk);
+            luks_af_merge(s->af_hash, s->key_bytes, s->stripes, split, vk);
             memset(split, 0, splitlen);
             rt_heap_release(mark);
-            pbkdf2_any(k->dg_hash, vk, s->key_bytes, k->dg_salt, k->dg_salt_len, k->dg_iters, digest, k->dg_len);
+            luks_pbkdf2(k->dg_hash, vk, s->key_bytes, k->dg_salt, k->dg_salt_len, k->dg_iters, digest, k->dg_len);
             found = memcmp(digest, k->dg, k->dg_len) == 0;
         }
     }
