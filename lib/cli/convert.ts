@@ -773,7 +773,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         secret: x.secret,
       })),
       kdfMaxIters: kdfMaxIters(),
-      luks2Ram: chain[0].luks2Ram,
+      luks2Ram: chain[0]?.luks2Ram, // none for a one-pass stdin (no chain)
       size,
       minSparse: a.minSparse,
       inPlace: inPlaceMode,
@@ -822,7 +822,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       }
       if (e instanceof GuestFailure) {
         // A deferred unlock that failed in the reading guest: qemu's open error.
-        const unlock = unlockFailure(chain[0], 0, e.records);
+        const unlock = chain.length > 0 ? unlockFailure(chain[0], 0, e.records) : undefined;
         if (unlock) throw openFailure(ref.display, unlock);
         throw new CliError([guestFailureMessage(e)]);
       }
