@@ -14,7 +14,15 @@ export type Qcow2Encrypt =
   | { format: "aes"; keySecret?: string }
   | { format: "luks"; keySecret?: string; luks: LuksNew & { cipherName: string } };
 
-const MEMBERS = ["key-secret", "cipher-alg", "cipher-mode", "ivgen-alg", "ivgen-hash-alg", "hash-alg", "iter-time"];
+const MEMBERS = [
+  "key-secret",
+  "cipher-alg",
+  "cipher-mode",
+  "ivgen-alg",
+  "ivgen-hash-alg",
+  "hash-alg",
+  "iter-time",
+];
 
 /** The alias clash qdict_rename_keys reports before the QAPI visit (undefined: none). */
 export function encryptAliasError(o: ParsedOpts): string | undefined {

@@ -23,7 +23,9 @@ export interface Qcow2EncryptReady {
 
 /** qcrypto_block_{qcow,luks}_create's checks, in their order and words. */
 export async function qcow2EncryptPrepare(e: Qcow2Encrypt, host: CreateHost): Promise<Qcow2EncryptReady> {
-  if (e.keySecret === undefined) throw new CreateError("Parameter 'encrypt.key-secret' is required for cipher");
+  if (e.keySecret === undefined) {
+    throw new CreateError("Parameter 'encrypt.key-secret' is required for cipher");
+  }
   if (!host.passphrase) throw new CreateError("No secret with id '" + e.keySecret + "'");
   const passphrase = host.passphrase(e.keySecret).slice();
   const kdfMax = host.kdfMaxIters?.() ?? KDF_MAX_ITERS_DEFAULT;
