@@ -30,6 +30,9 @@ void luks_rng_wipe(void);
 uint32_t luks_new_key_bytes(const struct luks_new *n);
 uint64_t luks_new_payload_offset(const struct luks_new *n);
 
+/* The offset in output 0 at which luks_format writes the header (default 0). */
+extern uint64_t luks_out_base;
+
 /* Writes header and key slot 0 to output 0; on success `enc` encrypts payload
  * sectors with the new master key. Emits an ERROR on failure. */
 int luks_format(const struct luks_new *n, const uint8_t *pw, uint32_t pwlen, struct luks_enc *enc);

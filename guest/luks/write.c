@@ -258,6 +258,9 @@ static void af_split(uint32_t hash, uint32_t blocklen, const uint8_t *in, uint8_
 
 /* ---- the header ---- */
 
+/* Where the header starts in output 0 (0; a qcow2 file: its crypto header clusters). */
+uint64_t luks_out_base;
+
 static void put32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 24), p[1] = (uint8_t)(v >> 16), p[2] = (uint8_t)(v >> 8), p[3] = (uint8_t)v;
@@ -304,7 +307,7 @@ static int store_slot(uint8_t *h, const struct luks_new *n, uint32_t idx, const 
     if (rc == 0) {
         struct luks_enc se = { sc };
         luks_encrypt(&se, 0, split, splitlen);
-        if (hc_write((uint64_t)key_offset * LUKS_SECTOR, splitlen, split) != (int64_t)splitlen) rc = -3;
+        if (hc_write(luks_out_base + (uint64_t)key_offset * LUKS_SECTOR, splitlen, split) != (int64_t)splitlen) rc = -3;
         enc_wipe(&sc);
     }
     memset(split, 0, splitlen);
@@ -313,7 +316,7 @@ static int store_slot(uint8_t *h, const struct luks_new *n, uint32_t idx, const 
     if (rc == 0) {
         put32(s, LUKS_SLOT_ENABLED);
         put32(s + 4, n->slot_iters);
-        if (hc_write(0, LUKS_HEADER_SIZE, h) != (int64_t)LUKS_HEADER_SIZE) rc = -3;
+        if (hc_write(luks_out_base, LUKS_HEADER_SIZE, h) != (int64_t)LUKS_HEADER_SIZE) rc = -3;
     }
     return rc;
 }

@@ -8,6 +8,8 @@
  *   FORMAT: a new header and key slot 0 on output 0 (guest/luks/write.c),
  *     sealed with the passphrase in secret slot n_inputs, randomness from
  *     the CPU mixed with the host's 64 bytes in slot n_inputs + 1.
+ *   AT: (with FORMAT, without COPY) the header is written at byte arg[7]
+ *     of output 0 instead of 0: qcow2's LUKS header clusters.
  *   COPY: then the chain over all inputs (any format instar reads, LUKS
  *     sources unlocked with their own passphrases) is read in 4 MiB chunks,
  *     encrypted with the new master key and written behind the header;
@@ -127,6 +129,14 @@ int op_main(void)
         return rt_error(0, GERR_BAD_PARAMS, 74, ni, 0);
     uint64_t payload = luks_new_payload_offset(&n), size = p->arg[7];
     uint64_t end;
+    /* AT: a header only, written at offset arg[7] (qcow2's crypto header clusters). */
+    if (p->flags & LUKS_WRITE_F_AT) {
+        if (p->flags & LUKS_WRITE_F_COPY || p->arg[7] % LUKS_SECTOR || __builtin_add_overflow(p->arg[7], payload, &end) ||
+            end > p->output_cap)
+            return rt_error(0, GERR_BAD_PARAMS, 82, p->arg[7], p->output_cap);
+        luks_out_base = p->arg[7];
+        size = 0;
+    }
     if (__builtin_add_overflow(payload, (size + LUKS_SECTOR - 1) / LUKS_SECTOR * LUKS_SECTOR, &end) ||
         end > p->output_cap || size > (1ull << 62))
         return rt_error(0, GERR_BAD_PARAMS, 75, size, p->output_cap);

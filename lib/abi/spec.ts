@@ -376,6 +376,8 @@ export const records = {
  * BENCH: run arg[6] PBKDF2 iterations of hash arg[4] (one output block) on
  * dummy bytes and write nothing (the host times the run: qemu's calibration).
  * FORMAT: write the header and key slot 0 (new master key, salts, uuid).
+ * AT (with FORMAT, not COPY): the header goes to byte arg[7] of the output
+ * (qcow2: the crypto header clusters) instead of byte 0.
  * COPY: then encrypt the chain over the inputs into the payload.
  * AMEND (key slots of the LUKS image that is input 0 and output 0): arg[0]
  * luksAmendActions; MATCH reports in LUKS_SLOTS which slots the passphrase
@@ -385,7 +387,7 @@ export const records = {
  * slots of bitmap arg[1] and overwrites their key material 16 times with
  * random bytes (qcrypto_block_luks_erase_key).
  */
-export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8 } as const;
+export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8, AT: 16 } as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;

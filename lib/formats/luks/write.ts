@@ -123,6 +123,8 @@ export interface LuksWriteJob {
   size: bigint;
   layers: LuksSourceLayer[];
   kdfMaxIters: bigint;
+  /** Header only, at this byte of the output (qcow2's crypto header clusters; no layers). */
+  at?: bigint;
   onProgress?: (done: bigint, total: bigint) => void;
 }
 
@@ -132,6 +134,7 @@ export async function luksWrite(job: LuksWriteJob): Promise<{ payloadOffset: big
   const payload = luksPayloadOffset(luksKeyBytes(n));
   const entropy = crypto.getRandomValues(new Uint8Array(64));
   const copy = job.layers.length > 0;
+  if (job.at !== undefined && copy) throw new Error("a LUKS header at an offset takes no source");
   try {
     const r = await runGuest({
       op: "luks_write",
@@ -144,7 +147,8 @@ export async function luksWrite(job: LuksWriteJob): Promise<{ payloadOffset: big
         secret: l.secret,
       })),
       extraSecrets: [job.passphrase, entropy],
-      flags: luksWriteFlags.FORMAT | (copy ? luksWriteFlags.COPY : 0),
+      flags: luksWriteFlags.FORMAT | (copy ? luksWriteFlags.COPY : 0) |
+        (job.at !== undefined ? luksWriteFlags.AT : 0),
       args: [
         BigInt(n.cipherAlg),
         BigInt(n.cipherMode),
@@ -153,10 +157,13 @@ export async function luksWrite(job: LuksWriteJob): Promise<{ payloadOffset: big
         BigInt(n.hashAlg),
         job.iters.mk,
         job.iters.slot,
-        copy ? job.size : 0n,
+        job.at ?? (copy ? job.size : 0n),
       ],
       kdfMaxIters: job.kdfMaxIters,
-      output: { path: job.output, cap: payload + (job.size + 511n) / 512n * 512n },
+      output: {
+        path: job.output,
+        cap: (job.at ?? 0n) + payload + (job.at !== undefined ? 0n : (job.size + 511n) / 512n * 512n),
+      },
       timeoutMs: TIMEOUT_MS,
       onProgress: job.onProgress,
     });

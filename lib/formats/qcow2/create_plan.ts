@@ -10,6 +10,8 @@
 import { alignUp, fail, type FilePlan, MAX_PATCHES, ok, type Patch, type PlanResult } from "../plan.ts";
 import { encodeHeader, l1EntriesFor, l1Entry, l2Entry, MAX_L1_BYTES, putL2 } from "./encode.ts";
 import { RefcountError, RefcountModel } from "./refcounts.ts";
+import type { Qcow2Encrypt } from "./create_encrypt.ts";
+import { luksKeyBytes, luksPayloadOffset } from "../luks/create_options.ts";
 
 export type Prealloc = "off" | "metadata" | "falloc" | "full";
 
@@ -25,6 +27,7 @@ export interface Qcow2CreateOptions {
   preallocation: Prealloc;
   backingFile?: string;
   backingFormat?: string;
+  encrypt?: Qcow2Encrypt;
 }
 
 /** A layout this planner does not replay. */
@@ -161,6 +164,8 @@ export interface Qcow2CreatePlan {
   steps: FilePlan[];
   fileSize: bigint;
   allocate?: { offset: bigint; length: bigint };
+  /** LUKS: where the crypto header goes (its clusters are written as zeroes here). */
+  cryptHeader?: { offset: bigint; length: bigint };
 }
 
 export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePlan> {
@@ -194,11 +199,23 @@ export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePl
   const img = new Tables(a, cs, o.extendedL2, l1Size);
   let allocate: { offset: bigint; length: bigint } | undefined;
   let minEnd = 0n;
+  let cryptHeader: { offset: bigint; length: bigint } | undefined;
   try {
     if (a.alloc(3n * cs) !== 0n) return fail("unsupported", "Unexpected allocation of the first clusters");
     if (l1Size > 0n) img.growL1();
     if (size > 0n && o.preallocation === "metadata") minEnd = preallocateMetadata(img, size);
     if (o.preallocation === "falloc" || o.preallocation === "full") allocate = preallocateData(img, size);
+    if (o.encrypt?.format === "luks") {
+      // qcow2_set_up_encryption -> qcow2_crypto_hdr_init_func: clusters for
+      // the LUKS header (first fit), zeroed whole; the extension keeps the
+      // header's own length.
+      const length = luksPayloadOffset(luksKeyBytes(o.encrypt.luks));
+      const first = a.alloc(length);
+      const clusters = (length + cs - 1n) / cs;
+      const bytes = Number(clusters * cs);
+      a.writes.push({ cluster: first, length: bytes, bytes: () => new Uint8Array(bytes) });
+      cryptHeader = { offset: first * cs, length };
+    }
   } catch (e) {
     if (e instanceof RefcountError && e.kind === "too_big") {
       return fail(
@@ -228,6 +245,8 @@ export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePl
     lazyRefcounts: o.lazyRefcounts,
     backingFile: o.backingFile === undefined ? undefined : enc.encode(o.backingFile),
     backingFormat: o.backingFormat,
+    cryptMethod: o.encrypt === undefined ? 0 : o.encrypt.format === "aes" ? 1 : 2,
+    cryptHeader,
   });
   if (!header.ok) {
     return fail(
@@ -244,7 +263,7 @@ export function qcow2CreatePlan(o: Qcow2CreateOptions): PlanResult<Qcow2CreatePl
   for (let i = 0; i === 0 || i < plan.patches.length; i += MAX_PATCHES) {
     steps.push({ patches: plan.patches.slice(i, i + MAX_PATCHES), fileSize });
   }
-  return ok({ steps, fileSize, allocate });
+  return ok({ steps, fileSize, allocate, cryptHeader });
 }
 
 /** BDRV_REQUEST_MAX_BYTES: the most one request (and one allocation) covers. */

@@ -14,14 +14,18 @@ import { qcow2CreatePlan, validateCreate } from "./create_plan.ts";
 import { qcow2Measure } from "./measure.ts";
 import { qcow2Resize } from "./resize.ts";
 import { qcow2CryptErrorText, qcow2Encryption } from "./crypt.ts";
+import { qcow2EncryptPrepare, type Qcow2EncryptReady, qcow2EncryptWrite } from "./create_encrypt_run.ts";
 
-async function createQcow2(_filename: string, opts: ParsedOpts, host: CreateHost): Promise<void> {
+async function createQcow2(filename: string, opts: ParsedOpts, host: CreateHost): Promise<void> {
   await host.createFile();
+  let ready: Qcow2EncryptReady | undefined;
   try {
     const typed = qcow2CreateOptions(opts);
     if (!typed.ok) throw new CreateError(typed.error.message);
     const plan = qcow2CreatePlan(typed.value);
     if (!plan.ok) throw new CreateError(plan.error.message);
+    const encrypt = typed.value.encrypt;
+    if (encrypt) ready = await qcow2EncryptPrepare(encrypt, host);
     try {
       for (const step of plan.value.steps) await host.applyPlan(step);
       const range = plan.value.allocate;
@@ -36,9 +40,13 @@ async function createQcow2(_filename: string, opts: ParsedOpts, host: CreateHost
       }
       throw new CreateError(`Could not write qcow2 image: ${text}`);
     }
+    const at = plan.value.cryptHeader;
+    if (encrypt && ready && at) await qcow2EncryptWrite(filename, encrypt, ready, at.offset);
   } catch (e) {
     await host.remove();
     throw e;
+  } finally {
+    ready?.passphrase.fill(0);
   }
 }
 
@@ -77,6 +85,14 @@ export const qcow2Driver: FormatDriver = {
       // Every refusal of the options themselves gets bdrv_create's prefix.
       if (!typed.ok) return fail("invalid_option", typed.error.message);
       const t = typed.value;
+      if (t.encrypt) {
+        // The packing guest does not encrypt clusters yet: refuse rather than write plain data.
+        const alias = opts.items.some((i) => i.name === "encryption" && i.str !== "off");
+        return fail(
+          "invalid_option",
+          `The qcow2 option '${alias ? "encryption" : "encrypt.format"}' is not supported by instar`,
+        );
+      }
       // qcow2_co_create's checks, in its order (the backing ones included).
       const bad = validateCreate(t);
       if (bad !== undefined) return fail("invalid_option", bad);

@@ -81,7 +81,14 @@ export interface Qcow2Header {
   bitmaps?: { nb: number; dirSize: bigint; dirOffset: bigint };
   /** The autoclear feature bits (v3; 0 when absent). */
   autoclear?: bigint;
+  /** crypt_method: 0 none (default), 1 aes, 2 luks. */
+  cryptMethod?: number;
+  /** The full disk encryption header pointer extension (LUKS). */
+  cryptHeader?: { offset: bigint; length: bigint };
 }
+
+/** The full disk encryption header pointer extension's magic. */
+export const EXT_CRYPTO_HEADER = 0x0537be77;
 
 /** The bitmaps header extension's magic. */
 export const EXT_BITMAPS = 0x23852875;
@@ -106,7 +113,7 @@ export function incompatibleBits(
 /**
  * The whole header cluster (clusterSize bytes), as qemu's
  * qcow2_update_header writes it: fixed fields, then the backing-format
- * extension, the feature name table (v3 and clusters > 4 KiB), the end
+ * extension, the encryption header pointer, the feature name table (v3 and clusters > 4 KiB), the end
  * marker, then the backing file name. Fails when the name does not fit in
  * the cluster (qemu: ENOSPC).
  */
@@ -121,7 +128,7 @@ export function encodeHeader(h: Qcow2Header): PlanResult<Uint8Array> {
   // backing_file_offset/size (8, 16) are filled in below.
   put32(b, 20, h.clusterBits);
   put64(b, 24, h.virtualSize);
-  put32(b, 32, 0); // crypt_method: none
+  put32(b, 32, h.cryptMethod ?? 0);
   put32(b, 36, h.l1Size);
   put64(b, 40, h.l1TableOffset);
   put64(b, 48, h.refcountTableOffset);
@@ -152,6 +159,12 @@ export function encodeHeader(h: Qcow2Header): PlanResult<Uint8Array> {
     fail<Uint8Array>("unsupported", "Could not update qcow2 header: No space left on device");
   if (h.backingFormat !== undefined && !ext(EXT_BACKING_FORMAT, enc.encode(h.backingFormat))) {
     return noSpace();
+  }
+  if (h.cryptHeader !== undefined) {
+    const e = new Uint8Array(16);
+    put64(e, 0, h.cryptHeader.offset);
+    put64(e, 8, h.cryptHeader.length);
+    if (!ext(EXT_CRYPTO_HEADER, e)) return noSpace();
   }
   if (h.version === 3 && clusterSize > 4096) {
     const table = new Uint8Array(FEATURE_TABLE.length * FEATURE_ENTRY_SIZE);

@@ -5,6 +5,7 @@
 import { appendDescs, FILE_CREATE_OPTS, type OptDesc, optGet, type ParsedOpts } from "../options.ts";
 import { fail, ok, type PlanResult } from "../plan.ts";
 import type { Prealloc, Qcow2CreateOptions } from "./create_plan.ts";
+import { encryptAliasError, qcow2EncryptOptions } from "./create_encrypt.ts";
 
 /** qcow2's own create options, in qemu's list order. */
 export const QCOW2_OWN: OptDesc[] = [
@@ -105,16 +106,19 @@ const notAccepted = (param: string, value: string) =>
 /**
  * The typed options qcow2_co_create receives, or the first error qemu's
  * QAPI step reports (after "Formatting" has been printed and the file
- * created). Encryption and external data files are refused: instar does
- * not write them.
+ * created). External data files are refused: instar does not write them.
+ * Encryption (create_encrypt.ts) is visited after backing-fmt, as the
+ * member order of BlockdevCreateOptionsQcow2 has it.
  */
 export function qcow2CreateOptions(o: ParsedOpts): PlanResult<Qcow2CreateOptions> {
-  for (const name of ["encryption", "encrypt.format", "data_file", "data_file_raw"]) {
+  for (const name of ["data_file", "data_file_raw"]) {
     const v = optGet(o, name);
     if (v && v.bool !== false) {
       return fail("unsupported", `The qcow2 option '${name}' is not supported by instar`);
     }
   }
+  const clash = encryptAliasError(o);
+  if (clash !== undefined) return fail("invalid_option", clash);
   const compat = optGet(o, "compat")?.str;
   let version: 2 | 3 = 3;
   if (compat !== undefined) {
@@ -127,6 +131,8 @@ export function qcow2CreateOptions(o: ParsedOpts): PlanResult<Qcow2CreateOptions
   if (backingFormat !== undefined && !DRIVERS.includes(backingFormat)) {
     return notAccepted("backing-fmt", backingFormat);
   }
+  const encrypt = qcow2EncryptOptions(o);
+  if (!encrypt.ok) return fail(encrypt.error.kind, encrypt.error.message);
   const prealloc = optGet(o, "preallocation")?.str ?? "off";
   if (!PREALLOC.includes(prealloc as Prealloc)) return notAccepted("preallocation", prealloc);
   const compression = optGet(o, "compression_type")?.str ?? "zlib";
@@ -145,5 +151,6 @@ export function qcow2CreateOptions(o: ParsedOpts): PlanResult<Qcow2CreateOptions
     preallocation: prealloc as Prealloc,
     backingFile,
     backingFormat,
+    encrypt: encrypt.value,
   });
 }
