@@ -9,6 +9,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { asInstar, built, haveQemuImg, instar, type Outcome, qemuImg, sh } from "./cli_helpers.ts";
 import { run } from "../lib/cli/run.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { sweep } from "./support/full.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -86,7 +87,7 @@ Deno.test({
   async fn(t) {
     for (const o of QCOW2_OPTS) {
       // Every size with the defaults; the edge sizes with the rest.
-      for (const size of o === "" ? SIZES : ["0", "1000", "6320647", "2T"]) {
+      for (const size of o === "" ? SIZES : sweep(["0", "1000", "6320647", "2T"], 2)) {
         const args = ["create", "-f", "qcow2", ...(o ? ["-o", o] : []), "img.qcow2", size];
         await t.step(args.join(" "), async () => {
           await sameCreate(args);
@@ -105,7 +106,7 @@ Deno.test({
         "preallocation=full,compat=0.10",
       ]
     ) {
-      for (const size of ["0", "1000", "1M", "6320647", "33M"]) {
+      for (const size of sweep(["0", "1000", "1M", "6320647", "33M"], 2)) {
         const args = ["create", "-f", "qcow2", "-o", o, "img.qcow2", size];
         await t.step(args.join(" "), async () => {
           await sameCreate(args);

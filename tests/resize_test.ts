@@ -156,7 +156,7 @@ Deno.test({
         }
       }
       // 22 cases; the default run takes 8, each width and both cluster sizes among them.
-      for (const [rb, cs, resize] of sweep(cases, 3)) {
+      for (const [rb, cs, resize] of sweep(cases, 4)) {
         const create = ["-f", "qcow2", "-o", `refcount_bits=${rb},cluster_size=${cs}`];
         const name = `rb${rb}-cs${cs}-${resize.join("")}`;
         // 64-bit refcounts in 512-byte clusters: qemu-io's writes moved
@@ -309,7 +309,7 @@ Deno.test({
         ["lazy_refcounts=on", [], "100M", ["--preallocation=falloc", "+100M"]],
         ["cluster_size=64k", ["-b", "base.qcow2", "-F", "qcow2"], "64M", ["--preallocation=falloc", "+100M"]],
       ];
-      for (const [o, extra, size, resize] of sweep(cases, 2)) {
+      for (const [o, extra, size, resize] of sweep(cases, 3)) {
         const name = `data-${o}-${extra.length ? "backing-" : ""}${size}-${resize.join("")}`;
         await t.step(
           name,
@@ -357,7 +357,7 @@ Deno.test({
         ["cluster_size=512,refcount_bits=64", ["--preallocation=falloc", "256M"]],
         ["cluster_size=1k,refcount_bits=8", ["--preallocation=full", "+200M"]],
       ];
-      for (const [o, resize] of sweep(cases, 2)) {
+      for (const [o, resize] of sweep(cases, 3)) {
         const name = `reftable-${o}-${resize.join("")}`;
         await t.step(
           name,
