@@ -128,10 +128,15 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
   }
   if (unsafe) write("0.00");
   if (unsafe) bitmaps = await carriedBitmaps(img, false);
-  const plan = planQcow2Rebase(q, {
-    backingFile: name === "" ? undefined : new TextEncoder().encode(name),
-    backingFormat: name === "" ? undefined : backingFmt,
-  }, img.fileSize, bitmaps);
+  const plan = planQcow2Rebase(
+    q,
+    {
+      backingFile: name === "" ? undefined : new TextEncoder().encode(name),
+      backingFormat: name === "" ? undefined : backingFmt,
+    },
+    img.fileSize,
+    bitmaps,
+  );
   if (!plan.ok) {
     if (plan.error.kind === "unsupported") {
       throw new CliError([`Could not rebase '${filename}': ${plan.error.message}; nothing was written`]);
