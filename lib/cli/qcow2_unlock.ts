@@ -27,7 +27,8 @@ export async function unlockQcow2(
     if (e instanceof ObjectError) throw new OpenError(img.filename, e.lines.join(" "));
     throw e;
   }
-  if (defer && img.qcow2?.layout.cryptMethod === CRYPT_LUKS) img.unlockPending = true;
+  // (An empty image has no reading guest to try the passphrase: unlocked here.)
+  if (defer && img.length > 0n && img.qcow2?.layout.cryptMethod === CRYPT_LUKS) img.unlockPending = true;
   else if (img.qcow2?.layout.cryptMethod === CRYPT_LUKS) {
     let result;
     try {
