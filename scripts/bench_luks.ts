@@ -11,6 +11,7 @@
 //
 //   scripts/deno.sh task bench:luks [--runs N] [--size-mib M] [--cli PATH]
 import { parseArgs } from "node:util";
+import { type Case, runCases } from "./bench_cases.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -24,25 +25,6 @@ const runs = Number(values.runs);
 const mib = Number(values["size-mib"]);
 const root = new URL("..", import.meta.url).pathname;
 const cli = values.cli.startsWith("/") ? values.cli : `${root}${values.cli}`;
-const deno = Deno.execPath();
-
-async function sh(line: string, cwd: string): Promise<string> {
-  const r = await new Deno.Command("sh", { args: ["-c", line], cwd, stdout: "piped", stderr: "piped" })
-    .output();
-  if (!r.success) throw new Error(`${line}: ${new TextDecoder().decode(r.stderr)}`);
-  return new TextDecoder().decode(r.stdout);
-}
-
-async function timed(line: string, cwd: string): Promise<number> {
-  const t0 = performance.now();
-  await sh(line, cwd);
-  return performance.now() - t0;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 const SECRET = "--object secret,id=sec0,data=bench-passphrase";
 const opts = (f: string) => `--image-opts driver=luks,key-secret=sec0,file.filename=${f}`;
@@ -55,13 +37,6 @@ const RAW = [
 // ("Unable to get accurate CPU usage"): retried.
 const luks = (src: string, out: string) =>
   `for i in 1 2 3 4 5 6 7 8; do qemu-img convert ${SECRET} -O luks -o key-secret=sec0 ${src} ${out} && break; done`;
-
-interface Case {
-  label: string;
-  setup: string[];
-  args: string;
-  check: string;
-}
 
 const cases: Case[] = [
   {
@@ -86,26 +61,4 @@ const cases: Case[] = [
   },
 ];
 
-const dir = await Deno.makeTempDir({ prefix: "instar-bench-luks-" });
-try {
-  console.log(`| command | instar | qemu-img | ratio |\n|---|---|---|---|`);
-  for (const c of cases) {
-    const ours: number[] = [], theirs: number[] = [];
-    for (let i = 0; i <= runs; i++) {
-      await sh("rm -rf i q && mkdir q", dir);
-      for (const line of c.setup) await sh(`${line} >/dev/null`, `${dir}/q`);
-      await sh("cp -a q i && sync", dir);
-      // Alternate which tool goes first: the page cache favours the second.
-      for (const k of i % 2 ? [1, 0] : [0, 1]) {
-        const cmd = k === 0 ? `${deno} run -A ${cli} ${c.args}` : `qemu-img ${c.args}`;
-        const t = await timed(cmd, `${dir}/${k === 0 ? "i" : "q"}`);
-        if (i > 0) (k === 0 ? ours : theirs).push(t); // run 0 warms up
-      }
-      await sh(c.check, dir);
-    }
-    const [a, b] = [median(ours), median(theirs)];
-    console.log(`| ${c.label} | ${a.toFixed(0)} ms | ${b.toFixed(0)} ms | ${(a / b).toFixed(2)} |`);
-  }
-} finally {
-  await Deno.remove(dir, { recursive: true });
-}
+await runCases(cases, runs, cli, "instar-bench-luks-");
