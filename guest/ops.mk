@@ -96,5 +96,6 @@ compare_luks2_LIBS := z zstd_min nettle argon2
 # the header and key slot 0 and encrypts the payload; the source may be any
 # format instar reads (a LUKS one included). libzstd trimmed as convert_zstd's
 # (compress/zstd_trim.c: no legacy zstd frames) to stay under 384 KiB.
-luks_write_SRCS := ops/luks_write.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(LUKS_SRCS)
+# ops/luks_into.c: convert -n into an existing LUKS1 image (LUKS_WRITE_F_INTO).
+luks_write_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(LUKS_SRCS)
 luks_write_LIBS := z zstd_min nettle

@@ -48,6 +48,12 @@ int luks_add_slot(const struct luks *k, uint8_t *h, uint32_t idx, uint32_t iters
 /* Disables slot idx in h, writes h, then overwrites its key material 16 times with random bytes. */
 int luks_erase_slot(const struct luks *k, uint8_t *h, uint32_t idx);
 
+/* An encrypting cipher for k's payload keyed with its master key mk: 0, -1 unsupported, -2 no memory. */
+int luks_enc_from_key(const struct luks *k, const uint8_t *mk, struct luks_enc *enc);
+/* convert -n into an existing LUKS image (guest/ops/luks_into.c, LUKS_WRITE_F_INTO). */
+struct params;
+int luks_into(const struct params *p);
+
 /* Zeroes an encrypting cipher's keyed contexts. */
 void luks_enc_wipe(struct luks_enc *e);
 

@@ -459,3 +459,11 @@ int luks_erase_slot(const struct luks *k, uint8_t *h, uint32_t idx)
     rt_heap_release(mark);
     return 0;
 }
+
+/* convert -n into a LUKS image (guest/ops/luks_into.c): an encrypting cipher keyed with an unlocked master key. */
+int luks_enc_from_key(const struct luks *k, const uint8_t *mk, struct luks_enc *enc)
+{
+    struct luks_new n;
+    new_of(k, &n);
+    return enc_setup(&enc->c, &n, mk, k->key_bytes);
+}

@@ -14,6 +14,7 @@
  *     sources unlocked with their own passphrases) is read in 4 MiB chunks,
  *     encrypted with the new master key and written behind the header;
  *     zero runs are encrypted too (qemu's crypto driver has no zero-init).
+ *   INTO: convert -n into an existing LUKS image (guest/ops/luks_into.c).
  * The master key exists only in this guest's memory.
  */
 #include "../chain/chain.h"
@@ -109,6 +110,7 @@ int op_main(void)
     const struct params *p = rt_params();
     if (p->flags & LUKS_WRITE_F_BENCH) return bench(p);
     if (p->flags & LUKS_WRITE_F_AMEND) return amend(p);
+    if (p->flags & LUKS_WRITE_F_INTO) return luks_into(p);
     if (!(p->flags & LUKS_WRITE_F_FORMAT)) return rt_error(0, GERR_BAD_PARAMS, 72, p->flags, 0);
     struct luks_new n = {
         .cipher_alg = (uint32_t)p->arg[0],

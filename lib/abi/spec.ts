@@ -386,8 +386,22 @@ export const records = {
  * slot 1, arg[2] iterations (entropy: secret slot 2); ERASE disables the
  * slots of bitmap arg[1] and overwrites their key material 16 times with
  * random bytes (qcrypto_block_luks_erase_key).
+ * INTO (convert -n into an existing LUKS1 image; guest/ops/luks_into.c):
+ * input 0 is the target (also output 0, its passphrase its input secret),
+ * inputs 1.. the source chain; a key slot is unlocked, then arg[0] bytes of
+ * the source are encrypted into the payload with the image's master key.
+ * INTO_SKIP_ZERO (--target-is-zero): blocks of arg[1] (-S) bytes that read
+ * as zeroes are not written. (256 and 512: clear of other flags' growth.)
  */
-export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8, AT: 16 } as const;
+export const luksWriteFlags = {
+  BENCH: 1,
+  FORMAT: 2,
+  COPY: 4,
+  AMEND: 8,
+  AT: 16,
+  INTO: 256,
+  INTO_SKIP_ZERO: 512,
+} as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;

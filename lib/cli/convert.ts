@@ -6,7 +6,7 @@
 // into place only when complete (removed on failure or SIGINT/SIGTERM), so
 // the target name never holds a half-written image; sources are read only
 // inside the sandbox (lib/convert/pipeline.ts).
-import { imageRef } from "./image_ref.ts";
+import { imageRef, type ImageRef } from "./image_ref.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
@@ -59,6 +59,7 @@ import {
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { convertToLuks } from "../convert/luks_target.ts";
+import { convertIntoLuks } from "./convert_into_luks.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -314,8 +315,8 @@ async function deferUnlock(a: ConvertArgs, target: string): Promise<boolean> {
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
   if (srcNum > 1) throw no("Concatenating several source images");
-  if (a.skipCreate && a.outFmt !== "raw" && a.outFmt !== "qcow2" && a.outFmt !== HOST_DEVICE) {
-    throw no("Writing into an existing image other than raw or qcow2 (-n)");
+  if (a.skipCreate && !["raw", "qcow2", "luks", HOST_DEVICE].includes(a.outFmt)) {
+    throw no("Writing into an existing image other than raw, qcow2 or LUKS (-n)");
   }
   if (a.skipCreate && a.outFmt === "qcow2" && a.compress) {
     throw no("Compressed writes into an existing qcow2 (-n -c)");
@@ -431,13 +432,11 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
   // --target-image-opts: the target is block options naming one file (lib/cli/image_ref.ts);
   // an error in them is qemu's when it opens the target, after the sources.
   let targetDisplay: string | undefined, targetError: CliError | undefined, targetKey = false;
+  let targetRef: ImageRef | undefined;
   if (a.tgtImageOpts && srcNum >= 1) {
     targetDisplay = operands[srcNum];
     try {
-      const t = imageRef(targetDisplay, undefined, true, io.err);
-      if (t.format === "luks") {
-        targetError = new CliError(["Writing into a LUKS image is not supported by instar yet"]);
-      }
+      const t = targetRef = imageRef(targetDisplay, undefined, true, io.err);
       a.outFmt = t.format ?? "";
       operands[srcNum] = t.filename;
       targetKey = t.keySecret !== undefined;
@@ -558,6 +557,37 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         onProgress: (done, total) => progress.bytes(done, total),
       }, img);
       if (written > 0n) progress.set(100);
+      progress.set(100);
+      return 0;
+    }
+
+    if (a.skipCreate && a.outFmt === "luks") {
+      // -n into LUKS1: unlocked and encrypted in the guest (lib/cli/convert_into_luks.ts).
+      if (a.compress) throw new CliError(["Compression not supported for this file format"]);
+      if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+      try {
+        const written = await convertIntoLuks({
+          target: outFilename!,
+          display: targetDisplay ?? outFilename!,
+          keySecret: targetRef?.keySecret,
+          keySecretOption: targetRef?.keySecretOption,
+          secrets: o.secrets,
+          unsafeQuirks: o.unsafeQuirks,
+          kdfMaxIters: kdfMaxIters(),
+          chain,
+          source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
+          size,
+          minSparse: a.minSparse,
+          targetIsZero: a.targetIsZero,
+          onProgress: (done, total) => {
+            if (done < total || a.progress === "json") progress.bytes(done, total);
+          },
+        });
+        if (written > 0n) progress.set(100);
+      } catch (e) {
+        if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
+        throw e;
+      }
       progress.set(100);
       return 0;
     }
@@ -700,7 +730,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // A device, or -n: written in place, no temporary name.
     const inPlace = device || a.skipCreate;
     if (inPlace && spec.writer === "luks") {
-      throw new CliError(["Writing into an existing LUKS image or device is not supported by instar yet"]);
+      throw new CliError(["Writing a new LUKS image onto a device is not supported by instar yet"]);
     }
     let inPlaceMode: "zero" | "keep" | undefined;
     if (inPlace) {

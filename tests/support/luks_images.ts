@@ -35,3 +35,31 @@ export async function qemuLuksImage(
   }
   throw new Error(`qemu-img create -f luks ${opts}: ${last}`);
 }
+
+/**
+ * A LUKS file of `size` bytes made by cryptsetup luksFormat (`--type luks1`
+ * or luks2 in `extra`; 1000 PBKDF2 iterations unless `extra` says other),
+ * the passphrase `pw` given on stdin.
+ */
+export async function cryptsetupLuksImage(
+  dir: string,
+  name: string,
+  size: number,
+  pw: string,
+  extra: string[] = ["--type", "luks1", "--pbkdf-force-iterations", "1000"],
+): Promise<void> {
+  await Deno.writeFile(`${dir}/${name}`, new Uint8Array(0));
+  await Deno.truncate(`${dir}/${name}`, size);
+  const p = new Deno.Command("cryptsetup", {
+    args: ["luksFormat", "--batch-mode", "--key-file", "-", ...extra, name],
+    cwd: dir,
+    stdin: "piped",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const w = p.stdin.getWriter();
+  await w.write(new TextEncoder().encode(pw));
+  await w.close();
+  const r = await p.output();
+  if (!r.success) throw new Error(`cryptsetup ${extra.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+}
