@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -99,3 +99,21 @@ compare_luks2_LIBS := z zstd_min nettle argon2
 # ops/luks_into.c: convert -n into an existing LUKS1 image (LUKS_WRITE_F_INTO).
 luks_write_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(LUKS_SRCS)
 luks_write_LIBS := z zstd_min nettle
+# Compressed output (convert -c, streamOptimized vmdk) from an encrypted
+# source (lib/convert/pipeline.ts runFor picks the program): the compressor
+# of convert_zlib / convert_zstd with only the readers an encrypted chain
+# needs. convert_crypt_zlib reads all of them (qcow2 LUKS/AES over qcow2 or
+# raw backing files, LUKS1, LUKS2: luks2/layer.c in place of luks/layer.c);
+# with the zstd compressor they do not fit 384 KiB together, so
+# convert_qcrypt_zstd reads encrypted qcow2 (without libzstd's decoder,
+# compress/zstd_nodec.c: the host refuses a zstd-compressed layer there) and
+# convert_luks2_zstd LUKS1 and LUKS2. libzstd trimmed as in convert_zstd.
+CRYPT_READ_SRCS := $(filter-out luks/layer.c,$(QCRYPT_READ_SRCS)) $(LUKS2_HDR_SRCS) luks2/crypto.c luks2/layer.c \
+                   luks2/argon2_shim.c
+convert_crypt_zlib_SRCS := ops/convert_crypt_zlib.c compress/zstd_trim.c compress/zlib_trim.c $(CRYPT_READ_SRCS)
+convert_crypt_zlib_LIBS := z zstd_min nettle argon2
+convert_qcrypt_zstd_SRCS := ops/convert_qcrypt_zstd.c compress/zstd_trim.c compress/zstd_nodec.c compress/zlib_trim.c \
+                            $(QCRYPT_READ_SRCS)
+convert_qcrypt_zstd_LIBS := z zstd_min nettle
+convert_luks2_zstd_SRCS := ops/convert_luks2_zstd.c compress/zstd_trim.c $(LUKS2_READ_SRCS)
+convert_luks2_zstd_LIBS := z zstd_min nettle argon2

@@ -8,14 +8,24 @@
 // qemu-img's message with its exit code and leaves the target as it was;
 // the passphrase reaches no child's argv, no output and no file.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, exec, haveQemuImg, instarHere, type Outcome, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import {
+  asInstar,
+  exec,
+  haveQemuImg,
+  instarHere,
+  type Outcome,
+  qemuImg,
+  sh,
+  withTempDir,
+} from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { cryptsetupLuksImage } from "./support/luks_images.ts";
 
 const PW = "instar-luks-into-pw-7d3a19";
 const haveCryptsetup = (() => {
   try {
-    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
+    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync()
       .success;
   } catch {
     return false;
@@ -105,7 +115,18 @@ if (ready) {
         await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "fill.raw", "4M");
         await sh(dir, "qemu-io", "-f", "raw", "-c", "write -P 0xcd 0 4M", "fill.raw");
         await Deno.copyFile(`${dir}/t.luks`, `${dir}/full.luks`);
-        await sh(dir, "qemu-img", "convert", "-n", "-f", "raw", ...OBJ, "--target-image-opts", "fill.raw", opts("full.luks"));
+        await sh(
+          dir,
+          "qemu-img",
+          "convert",
+          "-n",
+          "-f",
+          "raw",
+          ...OBJ,
+          "--target-image-opts",
+          "fill.raw",
+          opts("full.luks"),
+        );
 
         const into = (...more: string[]) => ["convert", "-n", ...more, ...OBJ, "--target-image-opts"];
         await sameInto(dir, "t.luks", [...into("-f", "qcow2"), "s.qcow2", opts("TARGET")]);
@@ -121,19 +142,30 @@ if (ready) {
         ], dir);
         assertEquals(c.code, 0, c.stderr);
         await Deno.truncate(`${dir}/back.raw`, 3 << 20);
-        assertEquals((await qemuImg(["compare", "-F", "raw", "-f", "qcow2", "s.qcow2", "back.raw"], dir)).code, 0);
+        assertEquals(
+          (await qemuImg(["compare", "-F", "raw", "-f", "qcow2", "s.qcow2", "back.raw"], dir)).code,
+          0,
+        );
         assert(await cmp(dir, "t.luks", "i.luks", payload), "the LUKS header or key material changed");
 
         // Into a target holding data: zeroes written encrypted, or left alone with --target-is-zero.
         await sameInto(dir, "full.luks", [...into("-f", "qcow2"), "s.qcow2", opts("TARGET")]);
-        await sameInto(dir, "full.luks", [...into("-f", "qcow2", "--target-is-zero"), "s.qcow2", opts("TARGET")]);
+        await sameInto(dir, "full.luks", [
+          ...into("-f", "qcow2", "--target-is-zero"),
+          "s.qcow2",
+          opts("TARGET"),
+        ]);
         assert(!(await cmp(dir, "full.luks", "i.luks")) && !(await cmp(dir, "t.luks", "i.luks")));
         await sameInto(dir, "full.luks", [
           ...into("-f", "qcow2", "--target-is-zero", "-S", "64k"),
           "s.qcow2",
           opts("TARGET"),
         ]);
-        await sameInto(dir, "full.luks", [...into("-f", "qcow2", "--target-is-zero", "-S", "0"), "s.qcow2", opts("TARGET")]);
+        await sameInto(dir, "full.luks", [
+          ...into("-f", "qcow2", "--target-is-zero", "-S", "0"),
+          "s.qcow2",
+          opts("TARGET"),
+        ]);
         // A smaller source: the payload past its end is left as it was.
         await sameInto(dir, "full.luks", [...into("-f", "raw"), "small.raw", opts("TARGET")]);
         // A LUKS source (unlocked with its own secret) into a LUKS target.
@@ -168,7 +200,16 @@ if (ready) {
         ["convert", "-n", "-f", "raw", ...OBJ, "--target-image-opts", "big.raw", opts("TARGET")],
         ["convert", "-n", "-f", "raw", ...BAD, "--target-image-opts", "big.raw", opts("TARGET")],
         ["convert", "-n", "-f", "raw", "--target-image-opts", "s.raw", "driver=luks,file.filename=TARGET"],
-        ["convert", "-n", "-f", "raw", ...OBJ, "--target-image-opts", "s.raw", opts("TARGET").replace("sec0", "nope")],
+        [
+          "convert",
+          "-n",
+          "-f",
+          "raw",
+          ...OBJ,
+          "--target-image-opts",
+          "s.raw",
+          opts("TARGET").replace("sec0", "nope"),
+        ],
         ["convert", "-n", "-f", "raw", "-O", "luks", "s.raw", "TARGET"],
         ["convert", "-n", "-f", "raw", ...OBJ, "-O", "luks", "-o", "key-secret=sec0", "s.raw", "TARGET"],
         ["convert", "-n", "-c", "-f", "raw", ...OBJ, "--target-image-opts", "s.raw", opts("TARGET")],
@@ -181,7 +222,16 @@ if (ready) {
         assert(await cmp(dir, "t.luks", "i.luks"), `target written: ${args.join(" ")}`);
       }
       // LUKS2: qemu 7.2's luks driver reads version 1 only.
-      const l2 = await sameInto(dir, "l2.luks", ["convert", "-n", "-f", "raw", ...OBJ, "--target-image-opts", "s.raw", opts("TARGET")]);
+      const l2 = await sameInto(dir, "l2.luks", [
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        ...OBJ,
+        "--target-image-opts",
+        "s.raw",
+        opts("TARGET"),
+      ]);
       assert(l2.stderr.includes("LUKS version 2 is not supported"), l2.stderr);
       assert(await cmp(dir, "l2.luks", "i.luks"));
     });

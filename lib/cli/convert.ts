@@ -6,7 +6,7 @@
 // into place only when complete (removed on failure or SIGINT/SIGTERM), so
 // the target name never holds a half-written image; sources are read only
 // inside the sandbox (lib/convert/pipeline.ts).
-import { imageRef, type ImageRef } from "./image_ref.ts";
+import { type ImageRef, imageRef } from "./image_ref.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
@@ -60,6 +60,7 @@ import {
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { convertToLuks } from "../convert/luks_target.ts";
 import { convertIntoLuks } from "./convert_into_luks.ts";
+import { cryptCompressRefusal } from "../convert/crypt_compress.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -620,6 +621,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (spec.preallocation !== "off") {
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
+      const crypt = cryptCompressRefusal(chain, spec.qcow2?.compressionType === "zstd");
+      if (crypt) throw new CliError([crypt]);
     }
     // Raw targets take falloc/full as qemu's raw create does (the file
     // allocated as zeroes before the data lands); qcow2 targets are created

@@ -14,7 +14,14 @@ import { LOCKS } from "../vmm/image_lock.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
 import { CliError } from "./messages.ts";
-import { type OpenedImage, OpenError, openFailure, openImage, unlockFailure, unlockForRead } from "./image.ts";
+import {
+  type OpenedImage,
+  OpenError,
+  openFailure,
+  openImage,
+  unlockFailure,
+  unlockForRead,
+} from "./image.ts";
 
 export interface IntoLuksJob {
   /** The target's file, and what qemu names in "Could not open '...'" (the operand as given). */

@@ -19,6 +19,7 @@ import {
 import { alignUp, type FilePlan } from "../formats/plan.ts";
 import type { BlockOutput, BlockRun, ExtentsOutput, StreamOutput } from "../formats/types.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
+import { cryptCompressOp } from "./crypt_compress.ts";
 
 export interface SourceLayer {
   path: string;
@@ -78,16 +79,15 @@ export function inputs(job: ConvertJob) {
 
 /**
  * Runs a convert guest for `job`: an encrypted source is read by
- * convert_luks (the LUKS layer and nettle; guest/ops.mk), which has no
- * compressing writer.
+ * convert_luks (the LUKS layer and nettle; guest/ops.mk), convert_luks2 or
+ * convert_qcrypt, compressed output by their compressing variants
+ * (lib/convert/crypt_compress.ts).
  */
 export function runFor(job: ConvertJob, req: RunRequest) {
   if (!job.layers.some((l) => l.secret)) return runGuest(req);
-  if (req.op !== "convert") {
-    throw new PlanRefused("Compressed output from an encrypted source is not supported by instar yet");
-  }
-  if (job.luks2Ram) {
-    const ramBytes = Math.max(req.ramBytes ?? 0, job.luks2Ram);
+  const compressing = req.op !== "convert";
+  const ramBytes = job.luks2Ram ? Math.max(req.ramBytes ?? 0, job.luks2Ram) : req.ramBytes;
+  if (job.luks2Ram && !compressing) {
     return runGuest({ ...req, op: "convert_luks2", kdfMaxIters: job.kdfMaxIters, ramBytes });
   }
   // An encrypted qcow2 layer: convert_qcrypt (qcow2, raw and LUKS layers only).
@@ -99,6 +99,14 @@ export function runFor(job: ConvertJob, req: RunRequest) {
     throw new PlanRefused(
       "Reading an encrypted qcow2 image over a vpc, vhdx or vmdk backing file is not supported by instar yet",
     );
+  }
+  if (compressing) {
+    return runGuest({
+      ...req,
+      op: cryptCompressOp(job.layers, req.op),
+      kdfMaxIters: job.kdfMaxIters,
+      ramBytes,
+    });
   }
   return runGuest({ ...req, op: qcrypt ? "convert_qcrypt" : "convert_luks", kdfMaxIters: job.kdfMaxIters });
 }
