@@ -20,6 +20,7 @@ import {
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { cryptsetupLuksImage } from "./support/luks_images.ts";
+import { loopDevice } from "./support/loop_device.ts";
 
 const PW = "instar-luks-into-pw-7d3a19";
 const haveCryptsetup = (() => {
@@ -234,6 +235,36 @@ if (ready) {
       ]);
       assert(l2.stderr.includes("LUKS version 2 is not supported"), l2.stderr);
       assert(await cmp(dir, "l2.luks", "i.luks"));
+    });
+  });
+
+  Deno.test("convert -n into a LUKS1 volume on a block device (cinder's attached volume)", async () => {
+    await withTempDir("instar-luks-into-", async (dir) => {
+      await Deno.writeTextFile(`${dir}/key`, PW);
+      await cryptsetupLuksImage(dir, "t.luks", 5 << 20, PW);
+      const dev = await loopDevice(dir, "vol", 5 << 20);
+      if (!dev) return; // not root, or no loop devices
+      try {
+        await Deno.writeFile(dev.node, await Deno.readFile(`${dir}/t.luks`));
+        await makeSource(dir, "s.qcow2", "3M");
+        const args = (
+          t: string,
+        ) => ["convert", "-n", "-f", "qcow2", ...OBJ, "--target-image-opts", "s.qcow2", opts(t)];
+        await Deno.copyFile(`${dir}/t.luks`, `${dir}/q.luks`);
+        assertEquals((await qemuImg(args("q.luks"), dir)).code, 0);
+        assertEquals(await instarHere(args("vol"), dir), { stdout: "", stderr: "", code: 0 });
+        assert(Deno.statSync(dev.node).isBlockDevice, "the device node was replaced");
+        assertEquals(await Deno.readFile(dev.node), await Deno.readFile(`${dir}/q.luks`));
+        // Too small a volume: qemu-img's refusal (its host_device driver opens the node too).
+        await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "big.raw", "4M");
+        const big = (
+          t: string,
+        ) => ["convert", "-n", "-f", "raw", ...OBJ, "--target-image-opts", "big.raw", opts(t)];
+        const q = await qemuImg(big("vol"), dir);
+        assertEquals(await instarHere(big("vol"), dir), asInstar(q));
+      } finally {
+        await dev.detach();
+      }
     });
   });
 

@@ -303,6 +303,11 @@ int main(int argc, char **argv)
             uint32_t k = g_params.n_inputs++;
             g_fds[k] = fd;
             g_inputs[k].size = (uint64_t)st.st_size;
+            /* a block device (convert -n into a LUKS volume): its size as the VMM's BLKGETSIZE64 gives it */
+            if (S_ISBLK(st.st_mode)) {
+                off_t end = lseek(fd, 0, SEEK_END);
+                g_inputs[k].size = end > 0 ? (uint64_t)end : 0;
+            }
             g_inputs[k].alloc = (uint64_t)st.st_blocks * 512;
             g_inputs[k].format = fmt;
             g_inputs[k].snapshot = snapshot;

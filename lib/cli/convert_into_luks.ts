@@ -52,6 +52,8 @@ async function openTarget(job: IntoLuksJob): Promise<{ img: OpenedImage; pass: U
     unsafeQuirks: job.unsafeQuirks,
     lock: LOCKS.write,
     noLists: true,
+    // cinder writes into the volume attached as a block device (qemu's host_device driver).
+    blockDevice: true,
   });
   if (job.keySecret === undefined) {
     const prefix = job.keySecretOption?.replace(/key-secret$/, "") ?? "";

@@ -93,6 +93,8 @@ export interface OpenOptions {
   noExternalFiles?: boolean;
   /** --image-opts encrypt.format= (qcow2): checked against the header's method as qemu does. */
   encryptFormat?: string;
+  /** A block device is opened too (qemu's host_device): convert -n into a LUKS volume on one. */
+  blockDevice?: boolean;
 }
 
 const ERRNO_TEXT: Record<string, string> = {
@@ -135,14 +137,16 @@ function guestError(recs: Rec[]): Rec | undefined {
 }
 
 /** Host-side checks, as qemu's file driver reports them. */
-async function hostCheck(filename: string, path: string): Promise<Deno.FileInfo> {
+async function hostCheck(filename: string, path: string, blockDevice = false): Promise<Deno.FileInfo> {
   let st: Deno.FileInfo;
   try {
     st = await Deno.stat(path);
   } catch (e) {
     throw new OpenError(filename, `Could not open '${filename}': ${errnoText(e)}`);
   }
-  if (!st.isFile) throw new OpenError(filename, `'file' driver requires '${filename}' to be a regular file`);
+  if (!st.isFile && !(blockDevice && st.isBlockDevice)) {
+    throw new OpenError(filename, `'file' driver requires '${filename}' to be a regular file`);
+  }
   try {
     (await Deno.open(path, { read: true })).close();
   } catch (e) {
@@ -176,7 +180,7 @@ async function lockImage(
 export async function openImage(filename: string, opts: OpenOptions = {}): Promise<OpenedImage> {
   const requested = formatCode(filename, opts.format);
   const path = hostPath(opts.openPath ?? filename);
-  const st = await hostCheck(filename, path);
+  const st = await hostCheck(filename, path, opts.blockDevice);
   if (opts.lock) await lockImage(filename, path, st, opts.lock, opts.nofollow);
   const img = await openImageOnce(filename, path, st, requested, opts, []);
   if (!img.vmdk || img.vmdk.filesNeeded === 0) return img;

@@ -44,7 +44,13 @@ export async function hostedRunGuest(req: RunRequest): Promise<RunResult> {
     if (st.isSymlink) {
       throw Object.assign(new Error("Too many levels of symbolic links"), { errno: 40, path: i.path });
     }
-    inputs.push({ size: BigInt(st.size), dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) });
+    // A block device's size as the VMM's BLKGETSIZE64 gives it (stat says 0).
+    let size = BigInt(st.size);
+    if (st.isBlockDevice) {
+      using f = Deno.openSync(path, { read: true });
+      size = BigInt(f.seekSync(0, Deno.SeekMode.End));
+    }
+    inputs.push({ size, dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) });
     if (i.snapshot) args.push("--snapshot", String(i.snapshot));
     args.push(`${i.format}:${path}`);
   }
