@@ -9,7 +9,7 @@
 // compressing variants with decryption (guest/ops.mk convert_crypt_zlib,
 // convert_qcrypt_zstd, convert_luks2_zstd).
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { cryptsetupLuksImage } from "./support/luks_images.ts";
 
@@ -181,6 +181,28 @@ if (ready) {
           assertEquals(await info(dir, "i.qcow2"), await info(dir, "q.qcow2"), what);
           // Compressed indeed: the pattern shrinks.
           assert((await Deno.stat(`${dir}/i.qcow2`)).size < 2 * MiB, `${what}: not compressed`);
+        }
+      }
+      // A wrong passphrase: qemu-img's open error and exit status, no output left (the guest unlocks).
+      await Deno.writeTextFile(`${dir}/bad`, "not-" + PW);
+      for (const [, src] of sources.slice(0, 2)) {
+        for (const o of [[], ["-o", "compression_type=zstd"]]) {
+          const args = (out: string) => [
+            "convert",
+            "-c",
+            "--object",
+            "secret,id=sec0,file=bad",
+            "--image-opts",
+            src,
+            "-O",
+            "qcow2",
+            ...o,
+            out,
+          ];
+          const q = await qemuImg(args("bq.qcow2"), dir);
+          assertEquals(q.code, 1);
+          assertEquals(await instarHere(args("bq.qcow2"), dir), asInstar(q));
+          await assertGone(`${dir}/bq.qcow2`);
         }
       }
       // zstd output over a zstd-compressed layer: convert_qcrypt_zstd has no zstd decoder.
