@@ -94,10 +94,11 @@ compare_luks2_SRCS := ops/compare.c $(LUKS2_READ_SRCS) qcow2/layer.c qcow2/map.c
 compare_luks2_LIBS := z zstd_min nettle argon2
 # Writing LUKS1 (create -f luks, convert -O luks): guest/luks/write.c makes
 # the header and key slot 0 and encrypts the payload; the source may be any
-# format instar reads (a LUKS one included). libzstd trimmed as convert_zstd's
+# format instar reads (LUKS1 and encrypted qcow2 included: QCRYPT_SRCS; not LUKS2).
+# libzstd trimmed as convert_zstd's
 # (compress/zstd_trim.c: no legacy zstd frames) to stay under 384 KiB.
 # ops/luks_into.c: convert -n into an existing LUKS1 image (LUKS_WRITE_F_INTO).
-luks_write_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(LUKS_SRCS)
+luks_write_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(QCRYPT_SRCS)
 luks_write_LIBS := z zstd_min nettle
 # Compressed output (convert -c, streamOptimized vmdk) from an encrypted
 # source (lib/convert/pipeline.ts runFor picks the program): the compressor

@@ -21,6 +21,7 @@ import {
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { cryptsetupLuksImage } from "./support/luks_images.ts";
 import { loopDevice } from "./support/loop_device.ts";
+import { run } from "../lib/cli/run.ts";
 
 const PW = "instar-luks-into-pw-7d3a19";
 const haveCryptsetup = (() => {
@@ -64,6 +65,18 @@ async function makeSource(dir: string, name: string, size: string): Promise<void
     "write -P 0x11 2600k 1k",
     name,
   );
+}
+
+/** instar in this process with the PBKDF2 calibration's answer given (convert -O luks runs no benchmark). */
+async function instarRated(args: string[], cwd: string): Promise<Outcome> {
+  let stdout = "", stderr = "";
+  const env = { ...Deno.env.toObject(), INSTAR_LUKS_PBKDF2_RATE: "200000" };
+  const code = await run(args, {
+    out: (t) => (stdout += t),
+    err: (t) => (stderr += t),
+    context: { cwd, env },
+  });
+  return { stdout, stderr, code };
 }
 
 /** The LUKS payload offset cryptsetup chose (bytes). */
@@ -235,6 +248,95 @@ if (ready) {
       ]);
       assert(l2.stderr.includes("LUKS version 2 is not supported"), l2.stderr);
       assert(await cmp(dir, "l2.luks", "i.luks"));
+    });
+  });
+
+  Deno.test("encrypted sources into LUKS: qcow2 AES with -n and -O luks, LUKS2 refused", async () => {
+    await withTempDir("instar-luks-into-", async (dir) => {
+      await Deno.writeTextFile(`${dir}/key`, PW);
+      await cryptsetupLuksImage(dir, "t.luks", 6 << 20, PW);
+      await cryptsetupLuksImage(dir, "l2.luks", 8 << 20, PW, [
+        "--type",
+        "luks2",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+      ]);
+      // Legacy AES qcow2 (no PBKDF2 calibration in its create), filled through qemu-io with the key.
+      await sh(
+        dir,
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        ...OBJ,
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=sec0",
+        "a.qcow2",
+        "3M",
+      );
+      const aes = "driver=qcow2,encrypt.key-secret=sec0,file.filename=a.qcow2";
+      await sh(
+        dir,
+        "qemu-io",
+        ...OBJ,
+        "--image-opts",
+        aes,
+        "-c",
+        "write -P 0x3c 0 300k",
+        "-c",
+        "write -z 1M 64k",
+        "-c",
+        "write -P 0x7a 2M 4k",
+      );
+      await sameInto(dir, "t.luks", [
+        "convert",
+        "-n",
+        ...OBJ,
+        "--image-opts",
+        aes,
+        "--target-image-opts",
+        opts("TARGET"),
+      ]);
+      const made = await instarRated([
+        "convert",
+        ...OBJ,
+        "--image-opts",
+        aes,
+        "-O",
+        "luks",
+        "-o",
+        "key-secret=sec0,iter-time=10",
+        "o.luks",
+      ], dir);
+      assertEquals(made.code, 0, made.stderr);
+      const c = await qemuImg(["compare", ...OBJ, "--image-opts", aes, opts("o.luks")], dir);
+      assertEquals(c.code, 0, c.stdout + c.stderr);
+      // LUKS2 (read by instar beyond qemu 7.2): luks_write has no LUKS2 reader.
+      const l2 = ["--image-opts", opts("l2.luks")];
+      await Deno.copyFile(`${dir}/t.luks`, `${dir}/i.luks`);
+      const n = await instarHere(
+        ["convert", "-n", ...OBJ, ...l2, "--target-image-opts", opts("i.luks")],
+        dir,
+      );
+      assertEquals(n, {
+        stdout: "",
+        stderr: "instar: Writing a LUKS2 source into a LUKS image is not supported by instar convert\n",
+        code: 1,
+      });
+      assert(await cmp(dir, "t.luks", "i.luks"));
+      const o = await instarHere(
+        ["convert", ...OBJ, ...l2, "-O", "luks", "-o", "key-secret=sec0", "o2.luks"],
+        dir,
+      );
+      assertEquals(o.code, 1);
+      assert(
+        o.stderr.endsWith("Writing a LUKS2 source into a LUKS image is not supported by instar convert\n"),
+        o.stderr,
+      );
+      assert((await Deno.stat(`${dir}/o2.luks`).catch(() => undefined)) === undefined, "o2.luks left behind");
     });
   });
 

@@ -45,6 +45,9 @@ export interface IntoLuksJob {
 
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 
+/** luks_write has no LUKS2 reader (Argon2 and the JSON metadata would not fit beside the writer). */
+export const LUKS2_SOURCE = "Writing a LUKS2 source into a LUKS image is not supported by instar convert";
+
 /** Opens the target as qemu's luks driver does for writing, in qemu's order of errors. */
 async function openTarget(job: IntoLuksJob): Promise<{ img: OpenedImage; pass: Uint8Array }> {
   const img = await openImage(job.target, {
@@ -83,12 +86,8 @@ export async function convertIntoLuks(job: IntoLuksJob): Promise<bigint> {
   if (job.chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
     throw new CliError([`${job.display}: Refusing to overwrite an image this command reads`]);
   }
-  // The reading half of the guest is LUKS1 and the formats convert -O luks reads.
-  if (job.chain.some((x) => x.luks?.luks2 || (x.qcow2 && x.qcow2.layout.cryptMethod !== 0))) {
-    throw new CliError([
-      "Writing an encrypted qcow2 or LUKS2 source into an existing LUKS image (-n) is not supported by instar convert",
-    ]);
-  }
+  // The reading half of the guest is what convert -O luks reads (encrypted qcow2 and LUKS1, not LUKS2).
+  if (job.chain.some((x) => x.luks?.luks2)) throw new CliError([LUKS2_SOURCE]);
   if (img.length < job.size) {
     // qemu's open (the unlock) comes before its size check: a wrong passphrase is reported first.
     try {
