@@ -15,6 +15,7 @@ import { ops } from "../lib/abi/spec.ts";
 import { runGuest } from "../lib/vmm/guest.ts";
 import type { FilePlan } from "../lib/formats/plan.ts";
 import { qcow2Snapshot, type SnapshotAction } from "../lib/formats/qcow2/snapshot.ts";
+import { fileSha256 as sha } from "./support/bytes.ts";
 
 await useHostedGuestsWithoutKvm();
 const ready = built() && haveQemuImg();
@@ -54,11 +55,6 @@ async function apply(file: string, steps: FilePlan[]) {
     }
     await f.truncate(Number(s.fileSize));
   }
-}
-
-async function sha(path: string): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-  return Array.from(new Uint8Array(d), (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
 /** id -> SHA-256 of its raw contents ("" for the active layer). */
