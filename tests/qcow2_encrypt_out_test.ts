@@ -253,6 +253,14 @@ if (haveQemuImg()) {
         [["-c"], "encrypt.format=luks,encrypt.key-secret=sec0"],
         [["-c"], "encrypt.format=aes,encrypt.key-secret=sec0"],
         [["-c"], "encryption=on,encrypt.key-secret=sec0"],
+        // img_convert's -c check comes before bdrv_create's option checks, after the -o parse.
+        [["-c"], "encrypt.format=luks,encrypt.cipher-alg=foo"],
+        [["-c"], "encrypt.format=xx"],
+        [["-c"], "encryption=on,encrypt.format=luks"],
+        [["-c"], "encrypt.format=luks,cluster_size=1000"],
+        [["-c"], "encrypt.cipher-alg=aes-128"],
+        [["-c"], "encrypt.format=luks,foo=bar"],
+        [["-c"], "encryption=off,encrypt.format=luks"],
       ];
       for (const [extra, o] of cases) {
         const args = ["convert", ...OBJ, ...extra, "-f", "raw", "src.raw", "-O", "qcow2", "-o", o, "x.qcow2"];

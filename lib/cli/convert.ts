@@ -61,6 +61,7 @@ import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/ou
 import { convertToLuks } from "../convert/luks_target.ts";
 import {
   COMPRESS_ENCRYPT,
+  compressEncryptFirst,
   convertToEncryptedQcow2,
   encryptedQcow2Refusal,
 } from "../convert/qcow2_encrypt_target.ts";
@@ -584,6 +585,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         size = RAW_ONE_PASS_BOUND;
       }
     } catch (e) {
+      // -c with encryption: img_convert refuses it before bdrv_create checks the options.
+      if (e instanceof OutputOptionError && a.compress && compressEncryptFirst(outDriver, a.options ?? "")) {
+        if (e.message.startsWith(`${outFilename}: error while converting `)) {
+          throw new CliError([COMPRESS_ENCRYPT]);
+        }
+      }
       if (e instanceof OutputOptionError) throw new CliError([e.message]);
       throw e;
     }

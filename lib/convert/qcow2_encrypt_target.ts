@@ -23,6 +23,8 @@ import type { Qcow2Encrypt } from "../formats/qcow2/create_encrypt.ts";
 import { luksCheck, luksKeyBytes, luksPayloadOffset } from "../formats/luks/create_options.ts";
 import { luksIterations, LuksWriteError } from "../formats/luks/write.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
+import { optGet, parseOptions } from "../formats/options.ts";
+import type { FormatDriver } from "../formats/types.ts";
 import { collect, type ConvertJob, failOnError, inputs, PlanRefused } from "./pipeline.ts";
 
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
@@ -46,6 +48,17 @@ export function encryptedQcow2Refusal(
 
 /** img_convert's check with -c: qemu's qcow2 cannot compress and encrypt at once. */
 export const COMPRESS_ENCRYPT = "Compression and encryption not supported at the same time";
+
+/**
+ * Whether img_convert's -c check refuses encryption before bdrv_create would check the options:
+ * `-o` parses and names `encrypt.format`, or `encryption` is on (qemu looks at nothing else).
+ */
+export function compressEncryptFirst(driver: FormatDriver, text: string): boolean {
+  if (driver.name !== "qcow2" || !driver.create) return false;
+  const o = parseOptions(text, driver.create.options);
+  if (!o.ok) return false;
+  return optGet(o.value, "encrypt.format") !== undefined || optGet(o.value, "encryption")?.bool === true;
+}
 
 /** Writes `out` (an empty new file) as an encrypted qcow2 image of `job`'s source. Returns the data bytes written. */
 export async function convertToEncryptedQcow2(
