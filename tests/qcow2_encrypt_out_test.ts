@@ -107,6 +107,8 @@ async function sameAsQemu(dir: string, src: string[], o: string, key = "sec0"): 
   const check = await qemuImg(["check", ...OBJ, "--image-opts", opened("ours.qcow2", key)], dir);
   assertEquals(check.code, 0, check.stdout + check.stderr);
   assert(/No errors were found/.test(check.stdout), check.stdout);
+  const ourCheck = ["check", "--output=json", ...OBJ, "--image-opts", opened("ours.qcow2", key)];
+  assertEquals(await instarHere(ourCheck, dir), asInstar(await qemuImg(ourCheck, dir)));
   const cmp = await qemuImg(
     ["compare", ...OBJ, "--image-opts", opened("theirs.qcow2", key), opened("ours.qcow2", key)],
     dir,
