@@ -38,6 +38,7 @@
 #define OP_BITMAP_SCAN 65
 #define OP_LUKS_WRITE 70
 #define OP_TEST 99
+#define OP_QCOW2_ENCRYPT 100
 
 #define CONV_QCOW2 1
 #define CONV_COMPRESS 2
@@ -314,6 +315,9 @@
 #define LUKS_WRITE_F_COPY 4
 #define LUKS_WRITE_F_AMEND 8
 #define LUKS_WRITE_F_AT 16
+
+#define QCOW2_ENC_F_LUKS 1
+#define QCOW2_ENC_F_AES 2
 
 #define LUKS_AMEND_MATCH 1
 #define LUKS_AMEND_ADD 2

@@ -152,6 +152,8 @@ export const ops = {
   /** 70..74: LUKS1 output (guest/ops/luks_write.c): format a header, encrypt a chain into it. */
   LUKS_WRITE: 70,
   TEST: 99,
+  /** 100..104: encrypted qcow2 output (guest/ops/qcow2_encrypt.c): LUKS header, encrypted data clusters. */
+  QCOW2_ENCRYPT: 100,
 } as const;
 
 /** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
@@ -388,6 +390,22 @@ export const records = {
  * random bytes (qcrypto_block_luks_erase_key).
  */
 export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8, AT: 16 } as const;
+/**
+ * params.flags for ops.QCOW2_ENCRYPT (guest/ops/qcow2_encrypt.c): convert
+ * -O qcow2 -o encrypt.format=luks|aes. LUKS: a new LUKS header at byte
+ * arg[3] of output 0 (qcow2's crypto header clusters; secret slots as for
+ * luks_write FORMAT: the passphrase after the inputs', then 64 bytes of
+ * host entropy), data clusters encrypted with its master key, IV sector =
+ * host offset / 512. AES: the legacy method (AES-128-CBC, plain64, key =
+ * the passphrase's first 16 bytes, IV sector = guest offset / 512; the
+ * passphrase in the secret slot after the inputs'). Arguments: arg[0] the
+ * LUKS algorithms packed a byte each (cipher, mode, ivgen, ivgen hash,
+ * PBKDF2 hash from bit 0 up), arg[1] master-key iterations, arg[2] key
+ * slot 0 iterations, arg[3] the header's offset, arg[4] where the data
+ * clusters start (packed in guest order as convert's qcow2 output, DATA_RUN
+ * and CONVERT_DONE reported), arg[5] cluster bits, arg[6] min_sparse.
+ */
+export const qcow2EncryptFlags = { LUKS: 1, AES: 2 } as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;
@@ -1628,6 +1646,7 @@ export const enums: Record<string, Record<string, number>> = {
   LUKS_IVGEN_: luksIvgens,
   LUKS_HASH_: luksHashes,
   LUKS_WRITE_F_: luksWriteFlags,
+  QCOW2_ENC_F_: qcow2EncryptFlags,
   LUKS_AMEND_: luksAmendActions,
   LUKS_ENTROPY_: luksEntropy,
   LUKS2_KDF_: luks2Kdfs,

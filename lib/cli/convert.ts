@@ -59,6 +59,12 @@ import {
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { convertToLuks } from "../convert/luks_target.ts";
+import {
+  COMPRESS_ENCRYPT,
+  compressEncryptFirst,
+  convertToEncryptedQcow2,
+  encryptedQcow2Refusal,
+} from "../convert/qcow2_encrypt_target.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -579,6 +585,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         size = RAW_ONE_PASS_BOUND;
       }
     } catch (e) {
+      // -c with encryption: img_convert refuses it before bdrv_create checks the options.
+      if (e instanceof OutputOptionError && a.compress && compressEncryptFirst(outDriver, a.options ?? "")) {
+        if (e.message.startsWith(`${outFilename}: error while converting `)) {
+          throw new CliError([COMPRESS_ENCRYPT]);
+        }
+      }
       if (e instanceof OutputOptionError) throw new CliError([e.message]);
       throw e;
     }
@@ -587,6 +599,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         const c = spec.compress;
         throw new CliError([c && !c.accepted ? c.message : "Compression not supported for this file format"]);
       }
+      if (spec.qcow2Create?.encrypt) throw new CliError([COMPRESS_ENCRYPT]);
       if (spec.preallocation !== "off") {
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
@@ -634,6 +647,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         `Preallocation (${spec.preallocation}) needs the disk's size up front; a raw stream on stdin has none`,
       ]);
     }
+    const encrypted = encryptedQcow2Refusal(spec.qcow2Create?.encrypt, {
+      stream: toStdout || onePass,
+      preallocation: spec.preallocation,
+      backing: backingName !== undefined,
+    });
+    if (encrypted !== undefined) throw new CliError([encrypted]);
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
     if (toStdout && spec.writer === "extents") {
       throw new CliError([
@@ -803,6 +822,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToLuks(job, spec.luks!, out, o.secrets, kdfMaxIters());
       } else if (spec.writer === "extents") {
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
+      } else if (spec.qcow2Create?.encrypt) {
+        const e = spec.qcow2Create.encrypt;
+        written = await convertToEncryptedQcow2(job, spec.qcow2!, e, out, o.secrets, kdfMaxIters());
       } else if (spec.preallocation !== "off") {
         written = await convertPreallocatedQcow2(outFilename!, out, spec.qcow2Create!, {
           unsafeQuirks: o.unsafeQuirks,
