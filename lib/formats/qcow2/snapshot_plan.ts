@@ -219,7 +219,7 @@ class Replay {
       const raw = l1.get(i)!;
       const l2 = raw & L1E_OFFSET_MASK;
       for (const run of this.tables.get(l2) ?? []) {
-        if (addend !== 0n && run.kind === KIND_DATA) rc.update(run.refFirst, BigInt(run.count), addend);
+        if (addend !== 0n && run.kind === KIND_DATA) this.bump(run.refFirst, BigInt(run.count), addend);
         for (let k = 0; k < run.count; k++) {
           const at = run.entry + BigInt(k) * eb;
           const orig = run.kind === KIND_DATA ? run.value + BigInt(k) * cs : run.value;
@@ -228,7 +228,7 @@ class Replay {
           if (run.kind === KIND_DATA) {
             refcount = rc.get(run.refFirst + BigInt(k));
           } else if (run.kind === KIND_COMPRESSED) {
-            if (addend !== 0n) rc.update(run.refFirst, BigInt(run.refClusters), addend);
+            if (addend !== 0n) this.bump(run.refFirst, BigInt(run.refClusters), addend);
             refcount = 2n; // compressed clusters are never written in place
           }
           const entry = (old & ~COPIED) | (refcount === 1n ? COPIED : 0n);
@@ -238,7 +238,7 @@ class Replay {
           }
         }
       }
-      if (addend !== 0n) rc.update(l2 >> this.cb, 1n, addend);
+      if (addend !== 0n) this.bump(l2 >> this.cb, 1n, addend);
       const next = l2 | (rc.get(l2 >> this.cb) === 1n ? COPIED : 0n);
       if (next !== raw) {
         l1.set(i, next);
@@ -246,6 +246,20 @@ class Replay {
       }
     }
     return modified;
+  }
+
+  /**
+   * update_refcount for clusters the image references: each must have a
+   * refcount block (a referenced cluster without one is a corrupt image,
+   * where qemu would place a block and count from 0).
+   */
+  bump(first: bigint, n: bigint, addend: -1n | 1n) {
+    for (let t = first >> this.rc.rbBits; n > 0n && t <= (first + n - 1n) >> this.rc.rbBits; t++) {
+      if (!this.rc.table.has(t)) {
+        throw refuse("Inconsistent image metadata: a referenced cluster has no refcount block");
+      }
+    }
+    this.rc.update(first, n, addend);
   }
 
   /** Changed L2 entries since the last call, as 8-byte writes; none into freed clusters. */
