@@ -23,7 +23,7 @@
 // target is planned for the real size. A stream whose header is not a
 // streamOptimized one with markers (monolithicSparse, a descriptor, ...) is
 // spooled instead: `openVmdkStdin` returns the first window for the spool.
-import { formats, ops, records, vmdkStreamFlags as F } from "../abi/spec.ts";
+import { formats, guestErrors, ops, records, vmdkStreamFlags as F } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
 import { runGuest } from "../vmm/guest.ts";
 import type { HostStdio } from "../host/stdio.ts";
@@ -31,7 +31,15 @@ import { StreamError } from "../host/stdio_stream.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import { alignUp } from "../formats/plan.ts";
 import { vmdkErrorText } from "../formats/vmdk/errors.ts";
-import { collect, type ConvertJob, doneRecord, failOnError, GuestFailure, type Packing, type Part } from "./pipeline.ts";
+import {
+  collect,
+  type ConvertJob,
+  doneRecord,
+  failOnError,
+  GuestFailure,
+  type Packing,
+  type Part,
+} from "./pipeline.ts";
 import type { OnePassTarget } from "./stdin_raw.ts";
 
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
@@ -86,7 +94,7 @@ interface StreamState {
 function failureText(e: GuestFailure): string {
   const f = e.record.fields;
   const a0 = f.a0 as bigint, a1 = f.a1 as bigint, a2 = f.a2 as bigint;
-  if ((f.code as bigint) === 3n /* GERR_FORMAT */) {
+  if (Number(f.code) === guestErrors.FORMAT) {
     switch (Number(a0)) {
       case 40:
         return `the vmdk stream ended inside a grain or marker at byte ${a1}; did the stream end early?`;
@@ -112,7 +120,7 @@ function failureText(e: GuestFailure): string {
     }
     return vmdkErrorText(a0, a1, a2, undefined, "-");
   }
-  if ((f.code as bigint) === 1n) return "Input/output error";
+  if (Number(f.code) === guestErrors.IO) return "Input/output error";
   return `the vmdk stream could not be read (guest error ${f.code})`;
 }
 
@@ -126,7 +134,12 @@ async function stream<T>(fn: () => Promise<T>): Promise<T> {
 }
 
 /** Appends stdin to `path` from stream byte `at` until `to` or the end: the new end. */
-async function fill(stdio: HostStdio, path: string, at: bigint, to: bigint): Promise<{ end: bigint; eof: boolean }> {
+async function fill(
+  stdio: HostStdio,
+  path: string,
+  at: bigint,
+  to: bigint,
+): Promise<{ end: bigint; eof: boolean }> {
   using f = await Deno.open(path, { write: true });
   await f.seek(at, Deno.SeekMode.Start);
   const buf = new Uint8Array(CHUNK);
@@ -137,7 +150,9 @@ async function fill(stdio: HostStdio, path: string, at: bigint, to: bigint): Pro
     try {
       n = await stdio.read(buf.subarray(0, want));
     } catch (e) {
-      throw new StreamError(`Could not open '-': error while reading stdin: ${e instanceof Error ? e.message : String(e)}`);
+      throw new StreamError(
+        `Could not open '-': error while reading stdin: ${e instanceof Error ? e.message : String(e)}`,
+      );
     }
     if (n === null) return { end, eof: true };
     for (let k = 0; k < n;) k += await f.write(buf.subarray(k, n));
@@ -246,7 +261,9 @@ export async function openVmdkStdin(
   scratch: () => Promise<string>,
   windowBytes = WINDOW,
 ): Promise<VmdkStream | NotAStream> {
-  if (stdio.isTerminal(0)) throw new StreamError("Could not open '-': stdin is a terminal; pipe or redirect an image into it");
+  if (stdio.isTerminal(0)) {
+    throw new StreamError("Could not open '-': stdin is a terminal; pipe or redirect an image into it");
+  }
   const w = alignUp(windowBytes < 1n << 20n ? 1n << 20n : windowBytes, 512n);
   const files = [await scratch(), await scratch()];
   const disk = await scratch();
@@ -306,7 +323,9 @@ export async function convertVmdkStdin(
     const progressed = d.restart > (s.prevRestart ?? -1n);
     let want = d.restart + s.w;
     if (!progressed) want = s.send + s.w; // one item larger than a window: grow it
-    if (want - d.restart > s.w + ITEM_MAX) throw new StreamError("Could not open '-': a vmdk stream item is too large");
+    if (want - d.restart > s.w + ITEM_MAX) {
+      throw new StreamError("Could not open '-': a vmdk stream item is too large");
+    }
     let send = s.send, eof = s.eof;
     if (!eof && want > send) ({ end: send, eof } = await fill(s.stdio, next, send, want));
     s.prevRestart = d.restart;
@@ -334,14 +353,18 @@ async function finishStream(s: StreamState, d: Decoded): Promise<void> {
     try {
       n = await s.stdio.read(buf);
     } catch (e) {
-      throw new StreamError(`Could not open '-': error while reading stdin: ${e instanceof Error ? e.message : String(e)}`);
+      throw new StreamError(
+        `Could not open '-': error while reading stdin: ${e instanceof Error ? e.message : String(e)}`,
+      );
     }
     if (n === null) break;
     if (n > 0) extra = true;
     if (strict && extra) break;
   }
   if (strict && extra) {
-    throw new StreamError("Could not open '-': Invalid footer (the vmdk stream goes on after its end-of-stream marker)");
+    throw new StreamError(
+      "Could not open '-': Invalid footer (the vmdk stream goes on after its end-of-stream marker)",
+    );
   }
 }
 
