@@ -50,7 +50,7 @@ async function ok(dir: string, script: string, env: Record<string, string> = {})
 }
 
 /** One line on stderr matching `re`, exit 1, no stack trace, no output file, nothing in the spool directory. */
-async function refused(dir: string, script: string, re: RegExp, out = "bad.raw") {
+async function refused(dir: string, script: string, re: RegExp, out = "bad.raw", alone = true) {
   const r = await pipeline(dir, script);
   assertEquals(r.code, 1, `${script}: ${r.stderr}`);
   const lines = r.stderr.split("\n").filter((l) => l !== "");
@@ -58,6 +58,11 @@ async function refused(dir: string, script: string, re: RegExp, out = "bad.raw")
   assert(re.test(lines[0]), `${script}: ${r.stderr}`);
   assert(!/\bat (file|async|ext):/.test(r.stderr), r.stderr);
   assert(!exists(`${dir}/${out}`), `${script} left ${out}`);
+  if (alone) spoolEmpty(dir);
+}
+
+/** Nothing left in the spool directory (TMPDIR). */
+function spoolEmpty(dir: string) {
   assertEquals([...Deno.readDirSync(`${dir}/spool`)].map((e) => e.name), []);
 }
 
@@ -175,58 +180,65 @@ Deno.test({
       const grains = ms.filter((m) => m.type === -1);
       const gt = ms.find((m) => m.type === 1)!, footer = ms.find((m) => m.type === 3)!;
       assert(grains.length > 4 && gt && footer);
-      const cut = async (name: string, n: number) => await Deno.writeFile(`${dir}/${name}`, v.subarray(0, n));
-      // Mid-header (the spool path's words), mid-grain, before the tables, before the footer's sector.
+      const write = (name: string, b: Uint8Array) => Deno.writeFile(`${dir}/${name}`, b);
+      const patched = async (name: string, src: Uint8Array, edit: (d: DataView) => void) => {
+        const b = src.slice();
+        edit(new DataView(b.buffer));
+        await write(name, b);
+      };
+      /** [stream file (or a shell command), target format, the error it must give] */
+      const cases: [string, string, RegExp][] = [];
+      // Mid-header (the spool path's words), mid-grain, before the tables, before the footer's sector;
+      // 1 MiB windows for some (the truncation found in a later window).
       const ends = [400, grains[1].at + 100, gt.at, footer.at + 512];
       for (const [i, n] of ends.entries()) {
-        await cut(`t${i}.vmdk`, n);
-        await refused(
-          dir,
-          `cat t${i}.vmdk | INSTAR_STREAM_WINDOW_MIB=${i % 2 ? 1 : 128} $I convert -f vmdk -O raw - bad.raw`,
-          n < 512 ? /Could not open '-': / : /Could not open '-': .*(ended|Invalid footer)/,
-        );
+        await write(`t${i}.vmdk`, v.subarray(0, n));
+        cases.push([
+          `cat t${i}.vmdk | INSTAR_STREAM_WINDOW_MIB=${i % 2 ? 1 : 128}`,
+          i === 1 ? "qcow2" : "raw",
+          n < 512 ? /Could not open '-': / : /Could not open '-': .*(ended|Invalid footer).*/,
+        ]);
       }
-      await refused(
-        dir,
-        "cat t1.vmdk | $I convert -f vmdk -O qcow2 - bad.qcow2",
-        /did the stream end early/,
-        "bad.qcow2",
-      );
-      const patched = async (name: string, edit: (d: DataView) => void) => {
-        const b = v.slice();
-        edit(new DataView(b.buffer));
-        await Deno.writeFile(`${dir}/${name}`, b);
-      };
       const cap = BigInt((5 << 20) + 1536) / 512n;
-      // A grain past the disk's end, one not on a grain boundary, one out of order, a huge compressed size.
-      await patched("lba.vmdk", (d) => d.setBigUint64(grains[2].at, cap + 128n, true));
-      await refused(dir, "cat lba.vmdk | $I convert -f vmdk -O raw - bad.raw", /not a grain of the/);
-      await patched("order.vmdk", (d) => d.setBigUint64(grains[2].at, 0n, true));
-      await refused(dir, "cat order.vmdk | $I convert -f vmdk -O raw - bad.raw", /disk order/);
-      await patched("huge.vmdk", (d) => d.setUint32(grains[2].at + 8, 0x7fffffff, true));
-      await refused(
-        dir,
-        "cat huge.vmdk | $I convert -f vmdk -O qcow2 - bad.qcow2",
-        /larger than a grain/,
-        "bad.qcow2",
-      );
-      // A deflate stream that does not hold a whole grain, a bad marker type, a footer that disagrees.
-      await patched("short.vmdk", (d) => d.setUint32(grains[0].at + 8, 20, true));
-      await refused(
-        dir,
-        "cat short.vmdk | $I convert -f vmdk -O raw - bad.raw",
-        /inflate|ended inside|marker/,
-      );
-      await patched("type.vmdk", (d) => d.setUint32(gt.at + 12, 9, true));
-      await refused(
-        dir,
-        "cat type.vmdk | $I convert -f vmdk -O raw - bad.raw",
-        /unknown or malformed marker/,
-      );
-      await patched("foot.vmdk", (d) => d.setBigUint64(footer.at + 512 + 12, cap * 2n, true));
-      await refused(dir, "cat foot.vmdk | $I convert -f vmdk -O raw - bad.raw", /Invalid footer/);
+      // A grain past the disk's end, one out of order, a huge compressed size, a deflate stream that does
+      // not hold a whole grain, a bad marker type, a footer that disagrees with the header.
+      await patched("lba.vmdk", v, (d) => d.setBigUint64(grains[2].at, cap + 128n, true));
+      cases.push(["cat lba.vmdk |", "raw", /not a grain of the/]);
+      await patched("order.vmdk", v, (d) => d.setBigUint64(grains[2].at, 0n, true));
+      cases.push(["cat order.vmdk |", "raw", /disk order/]);
+      await patched("huge.vmdk", v, (d) => d.setUint32(grains[2].at + 8, 0x7fffffff, true));
+      cases.push(["cat huge.vmdk |", "qcow2", /larger than a grain/]);
+      await patched("short.vmdk", v, (d) => d.setUint32(grains[0].at + 8, 20, true));
+      cases.push(["cat short.vmdk |", "raw", /does not inflate to a whole grain/]);
+      await patched("type.vmdk", v, (d) => d.setUint32(gt.at + 12, 9, true));
+      cases.push(["cat type.vmdk |", "raw", /unknown or malformed marker/]);
+      await patched("foot.vmdk", v, (d) => d.setBigUint64(footer.at + 512 + 12, cap * 2n, true));
+      cases.push(["cat foot.vmdk |", "raw", /Invalid footer/]);
       // Bytes after the end-of-stream marker of a footer-at-end stream: qemu would not find the footer.
-      await refused(dir, "(cat v.vmdk; echo more) | $I convert -f vmdk -O raw - bad.raw", /Invalid footer/);
+      cases.push(["(cat v.vmdk; echo more) |", "raw", /Invalid footer/]);
+      // qemu-img's streams keep their grain tables in the header region, and qemu reads the disk through
+      // them: a grain that is not where its table says, or a table naming a grain the stream lacks, is refused.
+      const q = await Deno.readFile(`${dir}/q.vmdk`);
+      const qv = new DataView(q.buffer);
+      const gtAt = qv.getUint32(Number(qv.getBigUint64(56, true)) * 512, true) * 512;
+      await patched("swap.vmdk", q, (d) => {
+        const a = d.getUint32(gtAt, true);
+        d.setUint32(gtAt, d.getUint32(gtAt + 4, true), true);
+        d.setUint32(gtAt + 4, a, true);
+      });
+      cases.push(["cat swap.vmdk |", "raw", /not where the grain tables say/]);
+      await patched("extra.vmdk", q, (d) => d.setUint32(gtAt + 40 * 4, d.getUint32(gtAt, true), true));
+      cases.push(["cat extra.vmdk |", "raw", /grain tables name \d+ grains, the stream holds/]);
+      // Three at a time (each is a process of its own), each with its own output name.
+      for (let i = 0; i < cases.length; i += 3) {
+        await Promise.all(
+          cases.slice(i, i + 3).map(([input, fmt, re], k) => {
+            const out = `bad${i + k}.${fmt}`;
+            return refused(dir, `${input} $I convert -f vmdk -O ${fmt} - ${out}`, re, out, false);
+          }),
+        );
+        spoolEmpty(dir);
+      }
     });
   },
 });

@@ -334,6 +334,8 @@
 #define VMDKS_FOOTER 8
 #define VMDKS_EOS 16
 #define VMDKS_NOT_STREAM 32
+#define VMDKS_TABLES 64
+#define VMDKS_ZERO_GRAIN 128
 
 #define LUKS2_KDF_PBKDF2 1
 #define LUKS2_KDF_ARGON2I 2
@@ -1094,9 +1096,10 @@ struct rec_vmdk_stream {
     uint64_t prev_end; /* disk byte where the last grain decoded ends */
     uint64_t grains; /* grains decoded in this run */
     uint64_t bytes_written; /* bytes written to the disk window file */
-    uint64_t reserved;
+    uint64_t table_grains; /* FIRST with TABLES: the grains the header's grain tables reference */
+    uint64_t head; /* FIRST: bytes before the first marker (the header region) */
 };
-_Static_assert(sizeof(struct rec_vmdk_stream) == 80, "rec_vmdk_stream size");
+_Static_assert(sizeof(struct rec_vmdk_stream) == 88, "rec_vmdk_stream size");
 _Static_assert(offsetof(struct rec_vmdk_stream, hdr) == 0, "rec_vmdk_stream.hdr");
 _Static_assert(offsetof(struct rec_vmdk_stream, flags) == 8, "rec_vmdk_stream.flags");
 _Static_assert(offsetof(struct rec_vmdk_stream, capacity) == 16, "rec_vmdk_stream.capacity");
@@ -1106,7 +1109,8 @@ _Static_assert(offsetof(struct rec_vmdk_stream, frontier) == 40, "rec_vmdk_strea
 _Static_assert(offsetof(struct rec_vmdk_stream, prev_end) == 48, "rec_vmdk_stream.prev_end");
 _Static_assert(offsetof(struct rec_vmdk_stream, grains) == 56, "rec_vmdk_stream.grains");
 _Static_assert(offsetof(struct rec_vmdk_stream, bytes_written) == 64, "rec_vmdk_stream.bytes_written");
-_Static_assert(offsetof(struct rec_vmdk_stream, reserved) == 72, "rec_vmdk_stream.reserved");
+_Static_assert(offsetof(struct rec_vmdk_stream, table_grains) == 72, "rec_vmdk_stream.table_grains");
+_Static_assert(offsetof(struct rec_vmdk_stream, head) == 80, "rec_vmdk_stream.head");
 
 /* records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i */
 struct rec_luks_slots {

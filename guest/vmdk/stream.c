@@ -31,6 +31,7 @@
 #define MAGIC_KDMV 0x4b444d56u
 #define GD_AT_END UINT64_MAX
 #define FLAG_MARKER (1u << 17)
+#define FLAG_ZERO_GRAIN (1u << 2)
 #define I64_MAX ((1ull << 63) - 1)
 /* The header, descriptor and any tables before the first marker must fit one window. */
 #define HEADER_MAX (64ull << 20)
@@ -42,7 +43,10 @@
 
 struct st {
     struct vmdk v;
-    struct reader r;
+    struct reader r, head; /* the window; the header region (input 0 in the first window, else input 1) */
+    uint64_t head_bytes, gd, table_grains;
+    uint64_t gt_cached; /* grain directory index + 1 of the table in gt */
+    uint32_t gt[512];
     uint64_t cap_sectors, grain, gtes, l1_size, gbytes;
     uint64_t send, from, dwin, prev_end, flags;
     uint8_t *cbuf, *gbuf, *obuf;
@@ -108,20 +112,71 @@ static int geometry(uint32_t version, uint64_t capacity, uint64_t granularity, u
     return 0;
 }
 
-/* The first window: header and descriptor. Returns 1 when the stream is not streamOptimized with markers. */
-static int header(uint64_t *pos)
+/* The header's grain directory and tables (qemu reads the disk through them): they must lie in the header
+ * region, which stays readable (input 1) for the whole stream. Counts the grains they reference. */
+static int count_tables(void)
+{
+    uint64_t end;
+    if (__builtin_mul_overflow(S.gd, 512ull, &end) || __builtin_add_overflow(end, S.l1_size * 4, &end) ||
+        end > S.head_bytes)
+        return fail(VMDK_E_ST_TABLES, S.gd, 0);
+    for (uint64_t i = 0; i < S.l1_size; i++) {
+        uint8_t g[4];
+        if (reader_read(&S.head, S.gd * 512 + i * 4, g, 4)) return fail(VMDK_E_IO, S.gd * 512, 0);
+        uint64_t t = le32(g);
+        if (!t) continue;
+        if (t * 512 + S.gtes * 4 > S.head_bytes) return fail(VMDK_E_ST_TABLES, t, 1);
+        if (reader_read(&S.head, t * 512, S.gt, S.gtes * 4)) return fail(VMDK_E_IO, t * 512, 0);
+        for (uint64_t j = 0; j < S.gtes; j++) {
+            uint32_t e = le32((const uint8_t *)(S.gt + j));
+            if (e && !((S.flags & VMDKS_ZERO_GRAIN) && e == 1)) S.table_grains++;
+        }
+    }
+    return 0;
+}
+
+/* The grain for disk sector lba lies at stream byte pos: is that where the header's tables say? */
+static int check_table(uint64_t lba, uint64_t pos)
+{
+    uint64_t idx = lba / S.grain, l1 = idx / S.gtes, l2 = idx % S.gtes;
+    if (S.gt_cached != l1 + 1) {
+        uint8_t g[4];
+        if (reader_read(&S.head, S.gd * 512 + l1 * 4, g, 4)) return fail(VMDK_E_IO, S.gd * 512, 0);
+        uint64_t t = le32(g);
+        if (!t) return fail(VMDK_E_ST_MISMATCH, lba, pos / 512);
+        if (t * 512 + S.gtes * 4 > S.head_bytes) return fail(VMDK_E_ST_TABLES, t, 1);
+        if (reader_read(&S.head, t * 512, S.gt, S.gtes * 4)) return fail(VMDK_E_IO, t * 512, 0);
+        S.gt_cached = l1 + 1;
+    }
+    if (le32((const uint8_t *)(S.gt + l2)) != pos / 512) return fail(VMDK_E_ST_MISMATCH, lba, pos / 512);
+    return 0;
+}
+
+/* The header (sector 0 of the header region): geometry, flags, the header region's size and the grain
+ * directory. The first window also checks the descriptor and the tables. Returns 1 when the stream is not
+ * streamOptimized with markers. */
+static int header(bool first)
 {
     uint8_t h[512];
-    if (S.send < 512 || reader_read(&S.r, 0, h, sizeof h)) return 1;
+    if ((first && S.send < 512) || reader_read(&S.head, 0, h, sizeof h)) return first ? 1 : fail(VMDK_E_IO, 0, 0);
     uint32_t hflags = le32(h + 8);
     uint64_t capacity = le64(h + 12), desc_offset = le64(h + 28);
     if (be32(h) != MAGIC_KDMV || (capacity == 0 && desc_offset) || le16(h + 77) != 1 || !(hflags & FLAG_MARKER))
-        return 1;
+        return first ? 1 : fail(VMDK_E_IO, 0, 1);
     if (geometry(le32(h + 4), capacity, le64(h + 20), le32(h + 44))) return -1;
-    if (le64(h + 56) == GD_AT_END) S.flags |= VMDKS_GD_AT_END;
+    S.gd = le64(h + 56);
+    if (S.gd == GD_AT_END) S.flags |= VMDKS_GD_AT_END;
+    else S.flags |= VMDKS_TABLES;
+    if (hflags & FLAG_ZERO_GRAIN) S.flags |= VMDKS_ZERO_GRAIN;
     uint64_t overhead = le64(h + 64);
     if (overhead > HEADER_MAX / 512) return fail(VMDK_E_ST_HEADER, overhead * 512, 0);
-    if (overhead * 512 > S.send || overhead == 0) return fail(VMDK_E_TRUNCATED, overhead * 512, 0);
+    if (overhead == 0) return fail(VMDK_E_TRUNCATED, 0, 0);
+    S.head_bytes = overhead * 512;
+    if (!first) return S.head_bytes > S.head.size ? fail(VMDK_E_IO, S.head_bytes, 2) : 0;
+    if (S.head_bytes > S.send) {
+        if (!(rt_params()->arg[0] & VMDKS_FINAL)) return fail(VMDK_E_ST_HEADER, S.head_bytes, 0);
+        return fail(VMDK_E_TRUNCATED, S.head_bytes, 0);
+    }
     /* vmdk_parent_open and vmdk_read_cid over DESC_SIZE bytes at 0x200 */
     static char d[VMDK_DESC_SIZE];
     if (reader_read(&S.r, 0x200, d, sizeof d)) return fail(VMDK_E_IO, 0x200, 1);
@@ -130,7 +185,7 @@ static int header(uint64_t *pos)
     while (n < sizeof d && d[n]) n++;
     if (vmdk_read_cids(&S.v, d, n)) return -1;
     if (S.v.has_parent) return fail(VMDK_E_ST_PARENT, 0, 0);
-    *pos = overhead * 512;
+    if ((S.flags & VMDKS_TABLES) && count_tables()) return -1;
     return 0;
 }
 
@@ -150,12 +205,13 @@ static uint64_t sectors_for(uint64_t bytes)
 int vmdk_stream_run(void)
 {
     const struct params *p = rt_params();
-    if (p->n_inputs != 1) return rt_error(0, GERR_BAD_PARAMS, 1, p->n_inputs, 0);
-    reader_from_input(&S.r, 0);
-    S.v.r = &S.r;
     uint64_t flags = p->arg[0];
     bool first = flags & VMDKS_FIRST, final = flags & VMDKS_FINAL;
-    S.flags = flags & (VMDKS_GD_AT_END | VMDKS_FOOTER);
+    if (p->n_inputs != (first ? 1u : 2u)) return rt_error(0, GERR_BAD_PARAMS, 1, p->n_inputs, 0);
+    reader_from_input(&S.r, 0);
+    reader_from_input(&S.head, first ? 0 : 1);
+    S.v.r = &S.r;
+    S.flags = flags & VMDKS_FOOTER;
     uint64_t pos = p->arg[1];
     S.send = p->arg[2];
     S.from = p->arg[3];
@@ -164,15 +220,16 @@ int vmdk_stream_run(void)
     if (S.send > S.r.size || pos > S.send || S.dwin < 512) return rt_error(0, GERR_BAD_PARAMS, 2, pos, S.send);
     struct rec_vmdk_stream out;
     rec_init(&out, REC_VMDK_STREAM, sizeof out);
+    int h = header(first);
+    if (h < 0) return -1;
+    if (h > 0) {
+        out.flags = VMDKS_NOT_STREAM;
+        return rt_emit(&out, sizeof out);
+    }
     if (first) {
-        int h = header(&pos);
-        if (h < 0) return -1;
-        if (h > 0) {
-            out.flags = VMDKS_NOT_STREAM;
-            return rt_emit(&out, sizeof out);
-        }
-    } else if (geometry(0, p->arg[5], p->arg[6] & 0xffffffffu, p->arg[6] >> 32)) {
-        return -1;
+        pos = S.head_bytes;
+    } else if (p->arg[5] != S.cap_sectors || p->arg[6] != (S.grain | S.gtes << 32) || pos < S.head_bytes) {
+        return rt_error(0, GERR_BAD_PARAMS, 4, p->arg[5], p->arg[6]);
     }
     uint64_t cap_bytes = S.cap_sectors * 512;
     if (S.from > cap_bytes || S.prev_end > cap_bytes + S.gbytes) return rt_error(0, GERR_BAD_PARAMS, 3, S.from, 0);
@@ -210,6 +267,7 @@ int vmdk_stream_run(void)
                 stopped_at_grain = true;
                 break;
             }
+            if ((S.flags & VMDKS_TABLES) && check_table(lba, pos)) return -1;
             if (reader_read(&S.r, pos, S.cbuf, 12 + (uint64_t)size)) return fail(VMDK_E_IO, pos, 0);
             uint64_t need = cap_bytes - at < S.gbytes ? cap_bytes - at : S.gbytes, got = 0;
             if (vmdk_inflate(&S.v, S.cbuf + 12, size, S.gbuf, S.gbytes, &got) || got < need)
@@ -266,5 +324,7 @@ int vmdk_stream_run(void)
     out.prev_end = S.prev_end;
     out.grains = S.grains;
     out.bytes_written = S.written;
+    out.table_grains = S.table_grains;
+    out.head = S.head_bytes;
     return rt_emit(&out, sizeof out);
 }

@@ -84,6 +84,9 @@ enum vmdk_error {
     VMDK_E_ST_FOOTER = 47,      /* the footer at byte a1 does not match the header */
     VMDK_E_ST_HEADER = 48,      /* the header region before the first marker (a1 bytes) is too large */
     VMDK_E_ST_PARENT = 49,      /* the stream names a parent (parentFileNameHint) */
+    VMDK_E_ST_TABLES = 50,      /* the header's grain directory or a grain table (at sector a1) lies outside the
+                                   header region */
+    VMDK_E_ST_MISMATCH = 51,    /* the grain for sector a1 lies at stream sector a2, not where its table says */
 };
 
 enum vmdk_kind { VMDK_SPARSE4 = 1, VMDK_SPARSE3 = 2, VMDK_FLAT = 3, VMDK_SESPARSE = 4 };

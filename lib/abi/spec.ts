@@ -376,8 +376,9 @@ export const records = {
  * starts, arg[2] the end of the stream bytes in input 0 (they lie at their stream offsets), arg[3] the disk
  * byte this window starts at, arg[4] the most disk bytes one window decodes, arg[5] capacity (sectors),
  * arg[6] grain sectors | grain table entries << 32, arg[7] the disk byte where the last grain decoded ends.
+ * Input 1 (not with FIRST) holds the stream's header region (the record's `head` bytes) at the same offsets.
  * Output 0 is the disk window file (inflated grains at their disk offsets). The record's flags carry
- * GD_AT_END and FOOTER into the next run; EOS says the stream ended; NOT_STREAM (FIRST only): not a
+ * GD_AT_END, FOOTER and TABLES into the next run; EOS says the stream ended; NOT_STREAM (FIRST only): not a
  * streamOptimized header with markers (the host spools the stream instead).
  */
 export const vmdkStreamFlags = {
@@ -387,6 +388,10 @@ export const vmdkStreamFlags = {
   FOOTER: 8,
   EOS: 16,
   NOT_STREAM: 32,
+  /** The header's grain directory is in the header region: every grain must be the one its table names. */
+  TABLES: 64,
+  /** The header's zeroed-grain flag: a grain table entry 1 reads as zeroes. */
+  ZERO_GRAIN: 128,
 } as const;
 
 /**
@@ -1213,7 +1218,7 @@ export const structs: StructSpec[] = [
   },
   {
     name: "rec_vmdk_stream",
-    size: 80,
+    size: 88,
     doc: "records.VMDK_STREAM: one window of a streamOptimized VMDK stream decoded (guest/vmdk/stream.c)",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
@@ -1225,7 +1230,18 @@ export const structs: StructSpec[] = [
       { name: "prev_end", type: "u64", offset: 48, doc: "disk byte where the last grain decoded ends" },
       { name: "grains", type: "u64", offset: 56, doc: "grains decoded in this run" },
       { name: "bytes_written", type: "u64", offset: 64, doc: "bytes written to the disk window file" },
-      { name: "reserved", type: "u64", offset: 72 },
+      {
+        name: "table_grains",
+        type: "u64",
+        offset: 72,
+        doc: "FIRST with TABLES: the grains the header's grain tables reference",
+      },
+      {
+        name: "head",
+        type: "u64",
+        offset: 80,
+        doc: "FIRST: bytes before the first marker (the header region)",
+      },
     ],
   },
   {

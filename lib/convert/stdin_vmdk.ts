@@ -53,6 +53,9 @@ const CHUNK = 1 << 20;
 /** What the stream guest reported for one window (re-validated against the header's bounds). */
 interface Decoded {
   flags: bigint;
+  grains: bigint;
+  tableGrains: bigint;
+  head: bigint;
   capacity: bigint;
   grain: bigint;
   restart: bigint;
@@ -86,6 +89,10 @@ interface StreamState {
   d: Decoded;
   /** Disk byte where the next convert starts. */
   from: bigint;
+  head: string;
+  /** Grains decoded so far, and (TABLES) how many the header's grain tables name. */
+  grains: bigint;
+  tableGrains: bigint;
   /** The previous window's restart (a window that consumed nothing grows). */
   prevRestart?: bigint;
 }
@@ -117,6 +124,10 @@ function failureText(e: GuestFailure): string {
         return `the header region (${a1} bytes) is larger than a stream window`;
       case 49:
         return "an image read from stdin may not name a backing file";
+      case 50:
+        return `the vmdk stream's grain directory or a grain table (sector ${a1}) lies outside its header region`;
+      case 51:
+        return `the grain for sector ${a1} lies at stream sector ${a2}, not where the grain tables say`;
     }
     return vmdkErrorText(a0, a1, a2, undefined, "-");
   }
@@ -196,6 +207,9 @@ function decoded(recs: Rec[], first: boolean, prev?: Decoded): Decoded {
   const f = rs[0].fields;
   const d: Decoded = {
     flags: f.flags as bigint,
+    grains: f.grains as bigint,
+    tableGrains: f.table_grains as bigint,
+    head: f.head as bigint,
     capacity: f.capacity as bigint,
     grain: f.grain as bigint,
     restart: f.restart as bigint,
@@ -212,7 +226,7 @@ function decoded(recs: Rec[], first: boolean, prev?: Decoded): Decoded {
 }
 
 async function decode(
-  s: { stdio: HostStdio; files: string[]; disk: string },
+  s: { stdio: HostStdio; files: string[]; disk: string; head?: string },
   file: string,
   first: boolean,
   start: bigint,
@@ -223,11 +237,16 @@ async function decode(
   prev?: Decoded,
 ): Promise<Decoded> {
   let flags = (first ? F.FIRST : 0) | (eof ? F.FINAL : 0);
-  if (prev) flags |= Number(prev.flags & BigInt(F.GD_AT_END | F.FOOTER));
+  if (prev) flags |= Number(prev.flags & BigInt(F.FOOTER));
   const r = await runGuest({
     op: "vmdk_stream",
     opCode: ops.VMDK_STREAM,
-    inputs: [{ path: file, format: formats.RAW, nofollow: false, snapshot: 0 }],
+    inputs: [file, ...(first ? [] : [s.head!])].map((path) => ({
+      path,
+      format: formats.RAW,
+      nofollow: false,
+      snapshot: 0,
+    })),
     args: [
       BigInt(flags),
       start,
@@ -271,7 +290,24 @@ export async function openVmdkStdin(
   const base = { stdio, files, disk };
   const d = await stream(() => decode(base, files[0], true, 0n, end, eof, 0n, w));
   if (d.flags & BigInt(F.NOT_STREAM)) return { kind: "spool", prefix: { path: files[0], len: end } };
-  const state: StreamState = { ...base, cur: 0, send: end, eof, dwin: w, w, d, from: 0n };
+  // The header region stays readable for every later window (the guest checks each grain against the
+  // header's grain tables there): its bytes, copied as they are.
+  if (d.head > end) throw new Error("the vmdk stream guest reported a header region past its window");
+  const head = await scratch();
+  await copyRange(files[0], head, 0n, d.head);
+  const state: StreamState = {
+    ...base,
+    head,
+    cur: 0,
+    send: end,
+    eof,
+    dwin: w,
+    w,
+    d,
+    from: 0n,
+    grains: d.grains,
+    tableGrains: d.tableGrains,
+  };
   return { kind: "stream", size: d.capacity * 512n, state };
 }
 
@@ -308,6 +344,12 @@ export async function convertVmdkStdin(
       job.onProgress?.(cut, size);
     }
     if (eos) {
+      // Every grain decoded was where its table says; the tables must name no other.
+      if ((d.flags & BigInt(F.TABLES)) && s.grains !== s.tableGrains) {
+        throw new StreamError(
+          `Could not open '-': the vmdk stream's grain tables name ${s.tableGrains} grains, the stream holds ${s.grains}`,
+        );
+      }
       await finishStream(s, d);
       break;
     }
@@ -334,6 +376,7 @@ export async function convertVmdkStdin(
     s.eof = eof;
     const prev = d;
     d = await stream(() => decode(s, next, false, prev.restart, send, eof, s.from, s.dwin, prev));
+    s.grains += d.grains;
   }
   if (target.kind === "raw") {
     await truncate(out, size);
