@@ -120,10 +120,14 @@ static int count_tables(void)
     if (__builtin_mul_overflow(S.gd, 512ull, &end) || __builtin_add_overflow(end, S.l1_size * 4, &end) ||
         end > S.head_bytes)
         return fail(VMDK_E_ST_TABLES, S.gd, 0);
+    static uint8_t win[4096]; /* directory entries read 1024 at a time */
     for (uint64_t i = 0; i < S.l1_size; i++) {
-        uint8_t g[4];
-        if (reader_read(&S.head, S.gd * 512 + i * 4, g, 4)) return fail(VMDK_E_IO, S.gd * 512, 0);
-        uint64_t t = le32(g);
+        uint64_t k = i % 1024;
+        if (k == 0) {
+            uint64_t n = S.l1_size - i < 1024 ? S.l1_size - i : 1024;
+            if (reader_read(&S.head, S.gd * 512 + i * 4, win, n * 4)) return fail(VMDK_E_IO, S.gd * 512, 0);
+        }
+        uint64_t t = le32(win + 4 * k);
         if (!t) continue;
         if (t * 512 + S.gtes * 4 > S.head_bytes) return fail(VMDK_E_ST_TABLES, t, 1);
         if (reader_read(&S.head, t * 512, S.gt, S.gtes * 4)) return fail(VMDK_E_IO, t * 512, 0);
