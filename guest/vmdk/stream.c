@@ -19,7 +19,9 @@
  * inflate (zlib's uncompress into one grain must end the stream and cover
  * the grain's part of the disk, as qemu's read needs); every metadata
  * marker's type and size; a footer that matches the header; an
- * end-of-stream marker before the stream ends. A window that ends inside an
+ * end-of-stream marker before the stream ends (qemu-img's own streams, with
+ * their tables in the header region, may simply end after the last grain;
+ * the host then checks the grain count against those tables). A window that ends inside an
  * item stops before it (the host carries the rest to the next window); in
  * the last window that is a truncated stream.
  */
@@ -246,8 +248,12 @@ int vmdk_stream_run(void)
     for (;;) {
         if (pos + 512 > S.send) {
             if (!final) break;
-            if (pos >= S.send) return fail(VMDK_E_ST_NO_EOS, pos, 0);
-            return fail(VMDK_E_ST_TRUNCATED, pos, 0);
+            if (pos < S.send) return fail(VMDK_E_ST_TRUNCATED, pos, 0);
+            /* qemu-img's streams end after their last grain, without an end-of-stream marker: the host
+             * checks that the header's tables name no grain the stream did not hold */
+            if (!(S.flags & VMDKS_TABLES)) return fail(VMDK_E_ST_NO_EOS, pos, 0);
+            S.flags |= VMDKS_EOS;
+            break;
         }
         uint8_t m[512];
         if (reader_read(&S.r, pos, m, sizeof m)) return fail(VMDK_E_IO, pos, 0);

@@ -347,7 +347,7 @@ export async function convertVmdkStdin(
       // Every grain decoded was where its table says; the tables must name no other.
       if ((d.flags & BigInt(F.TABLES)) && s.grains !== s.tableGrains) {
         throw new StreamError(
-          `Could not open '-': the vmdk stream's grain tables name ${s.tableGrains} grains, the stream holds ${s.grains}`,
+          `Could not open '-': the vmdk stream's grain tables name ${s.tableGrains} grains, the stream holds ${s.grains}; did the stream end early?`,
         );
       }
       await finishStream(s, d);
