@@ -15,7 +15,8 @@
 //   3. the convert guest converts [from, cut) of the disk window file into
 //      the target exactly as for a raw stream (lib/convert/stdin_raw.ts),
 //      `cut` being the frontier rounded down to the target's cluster; the
-//      decoded bytes in [cut, frontier) are carried into the next disk window.
+//      decoded bytes in [cut, frontier) are carried into the next disk window
+//      (two disk windows in turn: window k converts while k + 1 decodes).
 //
 // The host only moves opaque bytes (stdin into a file, a file's tail into
 // the next file) and reads the guests' records; it never looks at the
@@ -80,7 +81,8 @@ export interface VmdkStream {
 interface StreamState {
   stdio: HostStdio;
   files: string[];
-  disk: string;
+  /** The two disk windows (inflated grains at their disk offsets), used in turn. */
+  disks: string[];
   cur: number;
   send: bigint;
   eof: boolean;
@@ -226,7 +228,8 @@ function decoded(recs: Rec[], first: boolean, prev?: Decoded): Decoded {
 }
 
 async function decode(
-  s: { stdio: HostStdio; files: string[]; disk: string; head?: string },
+  s: { head?: string },
+  disk: string,
   file: string,
   first: boolean,
   start: bigint,
@@ -260,7 +263,7 @@ async function decode(
     ramBytes: RAM,
     timeoutMs: TIMEOUT_MS,
     // The decoded disk: every grain lies inside the header's capacity.
-    output: { path: s.disk, cap: prev ? prev.capacity * 512n : 1n << 62n },
+    output: { path: disk, cap: prev ? prev.capacity * 512n : 1n << 62n },
   });
   failOnError(r.records);
   const d = decoded(r.records, first, prev);
@@ -285,10 +288,10 @@ export async function openVmdkStdin(
   }
   const w = alignUp(windowBytes < 1n << 20n ? 1n << 20n : windowBytes, 512n);
   const files = [await scratch(), await scratch()];
-  const disk = await scratch();
+  const disks = [await scratch(), await scratch()];
   const { end, eof } = await fill(stdio, files[0], 0n, w);
-  const base = { stdio, files, disk };
-  const d = await stream(() => decode(base, files[0], true, 0n, end, eof, 0n, w));
+  const base = { stdio, files, disks };
+  const d = await stream(() => decode({}, disks[0], files[0], true, 0n, end, eof, 0n, w));
   if (d.flags & BigInt(F.NOT_STREAM)) return { kind: "spool", prefix: { path: files[0], len: end } };
   // The header region stays readable for every later window (the guest checks each grain against the
   // header's grain tables there): its bytes, copied as they are.
@@ -330,53 +333,74 @@ export async function convertVmdkStdin(
   let written = 0n;
   let prevData = packing?.dataStart ?? 0n;
   let d = s.d;
-  for (;;) {
-    const eos = (d.flags & BigInt(F.EOS)) !== 0n;
-    const cut = eos ? size : (d.frontier / unit) * unit;
-    if (cut > s.from) {
-      if ((await sizeOf(s.disk)) < cut) await truncate(s.disk, cut);
-      const r = await convertRange(job, s.disk, s.from, cut, packing, prevData, out);
-      written += r.written;
-      if (r.part) {
-        parts.push(r.part);
-        if (r.part.dataEnd > prevData) prevData = r.part.dataEnd;
+  // Two disk windows: window k's convert (one guest) runs while window k + 1 is read from stdin and
+  // decoded (another guest) into the other disk window file. Converts run in order (a qcow2 window's
+  // data starts where the previous one's ended).
+  let k = 0;
+  let converting: Promise<void> = Promise.resolve();
+  const convertWindow = async (disk: string, from: bigint, cut: bigint) => {
+    const r = await convertRange(job, disk, from, cut, packing, prevData, out);
+    written += r.written;
+    if (r.part) {
+      parts.push(r.part);
+      if (r.part.dataEnd > prevData) prevData = r.part.dataEnd;
+    }
+    job.onProgress?.(cut, size);
+  };
+  try {
+    for (;;) {
+      const disk = s.disks[k % 2];
+      const eos = (d.flags & BigInt(F.EOS)) !== 0n;
+      const cut = eos ? size : (d.frontier / unit) * unit;
+      const from = s.from;
+      const before = converting;
+      if (cut > from) {
+        if ((await sizeOf(disk)) < cut) await truncate(disk, cut);
+        converting = before.then(() => convertWindow(disk, from, cut));
       }
-      job.onProgress?.(cut, size);
-    }
-    if (eos) {
-      // Every grain decoded was where its table says; the tables must name no other.
-      if ((d.flags & BigInt(F.TABLES)) && s.grains !== s.tableGrains) {
-        throw new StreamError(
-          `Could not open '-': the vmdk stream's grain tables name ${s.tableGrains} grains, the stream holds ${s.grains}; did the stream end early?`,
-        );
+      converting.catch(() => {}); // awaited below
+      if (eos) {
+        await converting;
+        // Every grain decoded was where its table says; the tables must name no other.
+        if ((d.flags & BigInt(F.TABLES)) && s.grains !== s.tableGrains) {
+          throw new StreamError(
+            `Could not open '-': the vmdk stream's grain tables name ${s.tableGrains} grains, the stream holds ${s.grains}; did the stream end early?`,
+          );
+        }
+        await finishStream(s, d);
+        break;
       }
-      await finishStream(s, d);
-      break;
+      // The other disk window is free once the previous window's convert is done; it starts with the
+      // decoded bytes past this window's cut.
+      await before;
+      const nextDisk = s.disks[(k + 1) % 2];
+      await truncate(nextDisk, 0n);
+      if (cut < d.frontier) await writeAt(nextDisk, cut, await readRange(disk, cut, d.frontier));
+      s.from = cut > from ? cut : from;
+      // The next stream window: the part not consumed, then more of stdin.
+      const next = s.files[(s.cur + 1) % 2];
+      await truncate(next, 0n);
+      await copyRange(s.files[s.cur], next, d.restart, s.send);
+      const progressed = d.restart > (s.prevRestart ?? -1n);
+      let want = d.restart + s.w;
+      if (!progressed) want = s.send + s.w; // one item larger than a window: grow it
+      if (want - d.restart > s.w + ITEM_MAX) {
+        throw new StreamError("Could not open '-': a vmdk stream item is too large");
+      }
+      let send = s.send, eof = s.eof;
+      if (!eof && want > send) ({ end: send, eof } = await fill(s.stdio, next, send, want));
+      s.prevRestart = d.restart;
+      s.cur = (s.cur + 1) % 2;
+      s.send = send;
+      s.eof = eof;
+      const prev = d;
+      d = await stream(() => decode(s, nextDisk, next, false, prev.restart, send, eof, s.from, s.dwin, prev));
+      s.grains += d.grains;
+      k++;
     }
-    // Carry the decoded bytes past the cut into a fresh disk window.
-    const carry = cut < d.frontier ? await readRange(s.disk, cut, d.frontier) : undefined;
-    await truncate(s.disk, 0n);
-    if (carry) await writeAt(s.disk, cut, carry);
-    s.from = cut > s.from ? cut : s.from;
-    // The next stream window: the part not consumed, then more of stdin.
-    const next = s.files[(s.cur + 1) % 2];
-    await truncate(next, 0n);
-    await copyRange(s.files[s.cur], next, d.restart, s.send);
-    const progressed = d.restart > (s.prevRestart ?? -1n);
-    let want = d.restart + s.w;
-    if (!progressed) want = s.send + s.w; // one item larger than a window: grow it
-    if (want - d.restart > s.w + ITEM_MAX) {
-      throw new StreamError("Could not open '-': a vmdk stream item is too large");
-    }
-    let send = s.send, eof = s.eof;
-    if (!eof && want > send) ({ end: send, eof } = await fill(s.stdio, next, send, want));
-    s.prevRestart = d.restart;
-    s.cur = (s.cur + 1) % 2;
-    s.send = send;
-    s.eof = eof;
-    const prev = d;
-    d = await stream(() => decode(s, next, false, prev.restart, send, eof, s.from, s.dwin, prev));
-    s.grains += d.grains;
+  } catch (e) {
+    await converting.catch(() => {}); // no guest left writing the output
+    throw e;
   }
   if (target.kind === "raw") {
     await truncate(out, size);
