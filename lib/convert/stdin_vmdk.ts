@@ -50,6 +50,8 @@ const WINDOW = 128n << 20n;
 /** A window may grow this far past its start to hold one item (a grain directory) before the stream is refused. */
 const ITEM_MAX = 256n << 20n;
 const CHUNK = 1 << 20;
+/** The largest grain the stream guest inflates (guest/vmdk/vmdk.h VMDK_COMPRESSED_GRAIN_MAX). */
+const GRAIN_MAX = 4n << 20n;
 
 /** What the stream guest reported for one window (re-validated against the header's bounds). */
 interface Decoded {
@@ -227,6 +229,12 @@ function decoded(recs: Rec[], first: boolean, prev?: Decoded): Decoded {
   return d;
 }
 
+/** The most a stream guest may write into its disk window file. */
+function outputCap(from: bigint, dwin: bigint, prev?: Decoded): bigint {
+  const cap = from + dwin + GRAIN_MAX;
+  return prev && prev.capacity * 512n < cap ? prev.capacity * 512n : cap;
+}
+
 async function decode(
   s: { head?: string },
   disk: string,
@@ -262,8 +270,9 @@ async function decode(
     ],
     ramBytes: RAM,
     timeoutMs: TIMEOUT_MS,
-    // The decoded disk: every grain lies inside the header's capacity.
-    output: { path: disk, cap: prev ? prev.capacity * 512n : 1n << 62n },
+    // The decoded disk: a window decodes grains that start below from + dwin (each at most 4 MiB,
+    // guest/vmdk/vmdk.h VMDK_COMPRESSED_GRAIN_MAX), inside the header's capacity.
+    output: { path: disk, cap: outputCap(from, dwin, prev) },
   });
   failOnError(r.records);
   const d = decoded(r.records, first, prev);
