@@ -211,6 +211,7 @@ static uint64_t sectors_for(uint64_t bytes)
 int vmdk_stream_run(void)
 {
     const struct params *p = rt_params();
+    memset(&S, 0, sizeof S); /* one run per VM; a fuzz target runs many */
     uint64_t flags = p->arg[0];
     bool first = flags & VMDKS_FIRST, final = flags & VMDKS_FINAL;
     if (p->n_inputs != (first ? 1u : 2u)) return rt_error(0, GERR_BAD_PARAMS, 1, p->n_inputs, 0);
@@ -338,3 +339,13 @@ int vmdk_stream_run(void)
     out.head = S.head_bytes;
     return rt_emit(&out, sizeof out);
 }
+
+#ifdef INSTAR_HOSTED
+#include <zlib.h>
+/* Hosted runs (the fuzz target) end zlib's inflate state, which zlib mallocs outside the guest heap. */
+void vmdk_stream_release(void)
+{
+    if (S.v.z) inflateEnd(S.v.z);
+    S.v.z = NULL;
+}
+#endif

@@ -176,6 +176,9 @@ int vmdk_se_cluster(struct vmdk_extent *e, uint64_t offset, uint32_t l1_index, u
 int vmdk_inflate(struct vmdk *v, const uint8_t *src, uint64_t n, uint8_t *dst, uint64_t cap, uint64_t *out);
 /* The one-pass reader of a streamOptimized stream (stream.c, ops.VMDK_STREAM). */
 int vmdk_stream_run(void);
+#ifdef INSTAR_HOSTED
+void vmdk_stream_release(void);
+#endif
 
 /* qemu's vmdk_co_check over the image on r (extent files from the next inputs):
  * CHECK_MSG + CHECK records. */
