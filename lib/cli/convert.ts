@@ -97,6 +97,7 @@ import {
   type OnePassTarget,
   RAW_ONE_PASS_BOUND,
 } from "../convert/stdin_raw.ts";
+import { convertVmdkStdin, openVmdkStdin, type VmdkStream } from "../convert/stdin_vmdk.ts";
 import { hostStdio } from "../host/stdio.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
@@ -479,8 +480,19 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const toStdout = outFilename === "-";
     // `-f raw -` into a raw or qcow2 file: one pass over stdin, nothing spooled
     // (lib/convert/stdin_raw.ts). Everything else from stdin is spooled first.
-    const onePass = fromStdin && ref.format === "raw" && !toStdout && !a.skipCreate &&
-      a.snapshot === undefined && (a.outFmt === "raw" || a.outFmt === "qcow2");
+    const onePassTarget = fromStdin && !toStdout && !a.skipCreate && a.snapshot === undefined &&
+      (a.outFmt === "raw" || a.outFmt === "qcow2");
+    // `-f vmdk -` likewise when the stream is streamOptimized (lib/convert/stdin_vmdk.ts): the first
+    // window is read and decoded here; any other vmdk stream is spooled, those bytes first.
+    let vmdkStream: VmdkStream | undefined;
+    let spoolPrefix: { path: string; len: bigint } | undefined;
+    if (onePassTarget && ref.format === "vmdk") {
+      const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
+      const opened = await streamStep(() => openVmdkStdin(hostStdio(), windows, streamWindowBytes()));
+      if (opened.kind === "stream") vmdkStream = opened;
+      else spoolPrefix = opened.prefix;
+    }
+    const onePass = onePassTarget && (ref.format === "raw" || vmdkStream !== undefined);
     let sink: StdoutSink | undefined;
     if (toStdout) {
       if (a.skipCreate) {
@@ -496,7 +508,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (onePass) {
         chain = [];
       } else if (fromStdin) {
-        spool = await streamStep(() => spoolStdin(a.maxSpool), source);
+        spool = await streamStep(() => spoolStdin(a.maxSpool, spoolPrefix), source);
         chain = [
           await openStdinImage(source, spool.path, {
             format: ref.format,
@@ -535,7 +547,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
     // One pass: the size is known at the stream's end; qcow2 plans for a bound (below).
-    let size = onePass ? 0n : chain[0].length;
+    let size = vmdkStream ? vmdkStream.size : onePass ? 0n : chain[0].length;
     if (a.skipCreate && a.outBase !== undefined) {
       // qemu-img reports this, then ends with status 0 having written nothing.
       if (a.targetIsZero) {
@@ -578,7 +590,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       // -B and -F: qemu-img's add_old_style_options.
       const old = { backingFile: a.outBase, backingFmt: a.backingFmt };
       spec = outputOptions(outDriver, hostDevice ? "" : a.options ?? "", outFilename!, size, old);
-      if (onePass && spec.writer === "qcow2") {
+      if (vmdkStream) {
+        // The stream's header gave the disk's size: planned as for a file.
+      } else if (onePass && spec.writer === "qcow2") {
         size = onePassBound(spec.qcow2!.clusterSize, spec.qcow2!.extendedL2);
         spec = outputOptions(outDriver, a.options ?? "", outFilename!, size, old);
       } else if (onePass) {
@@ -809,7 +823,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           ? { kind: "raw" }
           : { kind: "qcow2", packed: qcow2Target(job, { options: spec.qcow2!, compress: a.compress }) };
         const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
-        written = await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
+        written = vmdkStream
+          ? await convertVmdkStdin(job, target, out, vmdkStream)
+          : await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
       } else if (sink) {
         written = await streamToStdout(job, spec, a.compress, sink, scratch);
       } else if (spec.writer === "raw") {
