@@ -48,6 +48,8 @@ int luks_add_slot(const struct luks *k, uint8_t *h, uint32_t idx, uint32_t iters
 /* Disables slot idx in h, writes h, then overwrites its key material 16 times with random bytes. */
 int luks_erase_slot(const struct luks *k, uint8_t *h, uint32_t idx);
 
+/* Keys `e` to encrypt with n's cipher, mode and IV generator (qcow2's legacy AES): 0, -1 cipher, -2 memory. */
+int luks_enc_init(struct luks_enc *e, const struct luks_new *n, const uint8_t *key, uint32_t klen);
 /* An encrypting cipher for k's payload keyed with its master key mk: 0, -1 unsupported, -2 no memory. */
 int luks_enc_from_key(const struct luks *k, const uint8_t *mk, struct luks_enc *enc);
 /* convert -n into an existing LUKS image (guest/ops/luks_into.c, LUKS_WRITE_F_INTO). */
