@@ -51,40 +51,20 @@ export const haveCryptsetup = (() => {
  * PBKDF2 iterations and the passphrase `pw` (aes-xts-plain64 and sha256
  * unless `extra` says otherwise).
  */
-export async function cryptsetupLuks1Image(
+export function cryptsetupLuks1Image(
   dir: string,
   name: string,
   size: number,
   pw: string,
   extra: string[] = [],
 ): Promise<void> {
-  await Deno.writeFile(`${dir}/${name}`, new Uint8Array(0));
-  await Deno.truncate(`${dir}/${name}`, size);
-  const p = new Deno.Command("cryptsetup", {
-    args: [
-      "luksFormat",
-      "--batch-mode",
-      "--type",
-      "luks1",
-      "--pbkdf-force-iterations",
-      "1000",
-      "--key-file",
-      "-",
-      ...extra,
-      name,
-    ],
-    cwd: dir,
-    stdin: "piped",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(pw));
-  await w.close();
-  const r = await p.output();
-  if (!r.success) {
-    throw new Error(`cryptsetup luksFormat ${extra.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
-  }
+  return cryptsetupLuksImage(dir, name, size, pw, [
+    "--type",
+    "luks1",
+    "--pbkdf-force-iterations",
+    "1000",
+    ...extra,
+  ]);
 }
 
 /**
