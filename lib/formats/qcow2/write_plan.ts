@@ -323,18 +323,21 @@ class Planner {
       this.table(idx);
       // Only the mapped clusters of this table change (entries already 0 stay).
       while (k < ex.length && ex[k].cluster + ex[k].count <= c) k++;
+      // One round per table that freed clusters (not one per run).
+      let freed = false;
       for (let j = k; j < ex.length && ex[j].cluster < tableEnd; j++) {
         const r = ex[j];
         const from = r.cluster > c ? r.cluster : c;
         const to = r.cluster + r.count < tableEnd ? r.cluster + r.count : tableEnd;
-        this.zero({ cluster: from, count: to - from, kind: "discard" }, true, true);
+        freed = this.zero({ cluster: from, count: to - from, kind: "discard" }, true, true, false) || freed;
       }
+      if (freed) this.endRound();
       c = tableEnd;
     }
   }
 
   /** Zero writes (discard: entries cleared instead of zero-flagged); `punch`: freed bytes dropped. */
-  private zero(op: WriteOp, discard: boolean, punch: boolean) {
+  private zero(op: WriteOp, discard: boolean, punch: boolean, endAtEnd = true): boolean {
     let freed = false;
     for (let c = op.cluster; c < op.cluster + op.count; c++) {
       const s = this.state(c);
@@ -365,7 +368,8 @@ class Planner {
         freed = false;
       }
     }
-    if (freed) this.endRound();
+    if (freed && endAtEnd) this.endRound();
+    return freed;
   }
 
   /** Turns what the round changed into its copies and steps A..D. */
