@@ -40,6 +40,12 @@
  * the host's planners (lib/formats/{vpc,vhdx}/output_plan.ts) write all
  * metadata.
  *
+ * With CONV_BACKING | CONV_COMPRESS (convert -B -c; the zlib program only,
+ * the zstd one has no room): the same, with the clusters written with data
+ * compressed as qemu compresses them (zeroes written as data for
+ * compat=0.10 stay plain); arg[4] then carries the refcount limit of shared
+ * compressed clusters above its low 8 bits (the cluster bits).
+ *
  * With CONV_BACKING (qcow2 output, convert -B; one guest): block status is
  * the top layer's own (chain_top_status, qemu's bdrv_block_status): what
  * the top leaves unallocated stays unallocated (the target's backing file
@@ -527,7 +533,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     return 0;
 }
 
-#ifdef CONVERT_BLOCKS /* -B never compresses: plain convert only */
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B, and -B -c with zlib (zstd: no room) */
 /* ---- qcow2 output over a backing file (convert -B) ---- */
 
 #define CB_SKIP 1u  /* part of the cluster is left to the backing file */
@@ -661,9 +667,10 @@ static void mark_data_runs(uint32_t nr, uint64_t off, uint64_t min_sparse, uint3
 }
 
 static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
-                                 bool zero_data, uint8_t *buf)
+                                 bool zero_data, bool compress, uint8_t *buf, uint8_t *zbuf)
 {
     uint64_t csize = 1ull << cbits;
+    uint64_t zused = 0;
     for (uint64_t off = start; off < end;) {
         /* Long runs left alone or write-zeroed: whole clusters at once. */
         uint64_t k = 0;
@@ -717,17 +724,30 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
                 if (zero_cluster(gc, 1)) return -1;
             } else if ((s & CB_DATA) || zero_data) {
                 /* Written with data (the zeroes of the requests around it
-                 * land in it too), or zeroes written as data (compat=0.10). */
+                 * land in it too), or zeroes written as data (compat=0.10).
+                 * -c: qemu compresses the data writes (its write-zeroes
+                 * fallback of compat=0.10 stays plain), storing a cluster
+                 * plain when it does not shrink. */
+                if (compress && (s & CB_DATA)) {
+                    int64_t len = compress_cluster(false, zbuf + zused, csize - 1, cl, csize);
+                    if (len < 0) return -1;
+                    if (len > 0) {
+                        if (store_compressed(gc, zbuf + zused, (uint64_t)len, cbits)) return -1;
+                        zused += (uint64_t)len;
+                        continue;
+                    }
+                }
                 if (store_cluster(gc, cl, csize)) return -1;
             } else if (zero_cluster(gc, (s & CB_SPLIT) ? 1 : 0)) {
                 return -1;
             }
         }
         if (flush_writes()) return -1;
+        zused = 0; /* a chunk's streams (each under a cluster) fit in zbuf; written now */
         off += n;
         hc_progress(off - start, end - start);
     }
-    if (emit_run() || emit_zrun()) return -1;
+    if (emit_run() || emit_crun() || emit_zrun()) return -1;
     return 0;
 }
 #endif
@@ -768,7 +788,7 @@ int op_main(void)
     if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK | CONV_BACKING | CONV_ZERO_DATA))
         return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
     if ((flags & CONV_ZERO_DATA) && !(flags & CONV_BACKING)) return rt_error(0, GERR_BAD_PARAMS, 5, 12, 0);
-    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA)) != CONV_QCOW2)
+    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA | CONV_COMPRESS)) != CONV_QCOW2)
         return rt_error(0, GERR_BAD_PARAMS, 5, 11, 0);
     if (flags & CONV_VMDK) {
 #ifdef CONVERT_ZLIB
@@ -820,15 +840,25 @@ int op_main(void)
         data_end = out_base + span;
     } else {
         uint64_t cbits = p->arg[4];
+        max_refs = p->arg[7];
+        /* -B -c: arg[7] is the backing file's size, so the compressed
+         * streams' refcount limit rides in arg[4] above the cluster bits. */
+        bool backing_compress = (flags & CONV_BACKING) && (flags & CONV_COMPRESS);
+        if (backing_compress) {
+            max_refs = cbits >> 8;
+            cbits &= 0xff;
+        }
         if (cbits < 9 || cbits > 21) return rt_error(0, GERR_BAD_PARAMS, 5, 4, 0);
         uint64_t csize = 1ull << cbits;
         if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
-        max_refs = p->arg[7];
         if (flags & CONV_BACKING) {
-#ifdef CONVERT_BLOCKS
-            if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA, buf)) return -1;
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
+            if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA,
+                                      backing_compress, buf, zbuf))
+                return -1;
 #else
+            (void)backing_compress;
             return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
 #endif
         } else if (flags & CONV_COUNT) {

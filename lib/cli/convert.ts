@@ -644,11 +644,6 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           "Writing an image with a backing file to or from a stream is not supported by instar",
         ]);
       }
-      if (a.compress) {
-        throw new CliError([
-          "Compressed output with a backing file (-c -B) is not supported by instar convert",
-        ]);
-      }
       backingSize = await openTargetBacking(
         outFilename!,
         new TextDecoder().decode(backingName),
