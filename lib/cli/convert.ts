@@ -849,7 +849,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           onProgress: job.onProgress,
         });
       } else {
-        written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress, backingSize }, out);
+        // -B -c: the guest cuts the top's status runs where qemu's qcow2 does (one L2 table).
+        const tq = chain[0]?.qcow2;
+        const topL2Bits = tq ? 2n * BigInt(tq.clusterBits) - (tq.extendedL2 ? 4n : 3n) : 0n;
+        written = await convertToQcow2(
+          job,
+          { options: spec.qcow2!, compress: a.compress, backingSize, topL2Bits },
+          out,
+        );
       }
     } catch (e) {
       if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);

@@ -270,6 +270,8 @@ export interface Qcow2Target {
   /** convert -B: the target's backing file size in bytes (whole sectors); the
    * guest then asks the source's top layer alone (one guest). */
   backingSize?: bigint;
+  /** convert -B -c: log2 of the source top's L2 table reach (0: not qcow2). */
+  topL2Bits?: bigint;
 }
 
 /** Thrown with qemu's words when the planner refuses (options, size). */
@@ -410,7 +412,7 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
     }
     // arg[7] carries the backing file's size, so the refcount limit of
     // shared compressed clusters goes above the cluster bits in arg[4].
-    if (target.compress) arg4High = maxRefs;
+    if (target.compress) arg4High = (maxRefs << 8n) | (target.topL2Bits ?? 0n);
     if (o.extendedL2) {
       throw new PlanRefused("Extended L2 entries with a backing file are not supported by instar convert");
     }
