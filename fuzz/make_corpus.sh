@@ -189,6 +189,8 @@ done
 put vmdk_desc vmdkd/monolithicFlat.vmdk vmdkd/twoGbMaxExtentSparse.vmdk vmdkd/twoGbMaxExtentFlat.vmdk
 put vmdk_sparse vmdk/*
 put vmdk_stream vmdk/stream.vmdk vmdk/stream_small.vmdk vmdk/sparse_small.vmdk
+# the one-pass stdin reader (guest/vmdk/stream.c)
+put vmdk_onepass vmdk/stream.vmdk vmdk/stream_small.vmdk
 # seSparse extent files (qemu-img cannot create them: the tests' builder writes them)
 mkdir -p sesparse
 "$ROOT/scripts/deno.sh" run -A "$ROOT/fuzz/sesparse_seed.ts" sesparse

@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -98,3 +98,14 @@ compare_luks2_LIBS := z zstd_min nettle argon2
 # (compress/zstd_trim.c: no legacy zstd frames) to stay under 384 KiB.
 luks_write_SRCS := ops/luks_write.c luks/write.c compress/zstd_trim.c $(READ_SRCS) $(LUKS_SRCS)
 luks_write_LIBS := z zstd_min nettle
+# Encrypted qcow2 output (convert -O qcow2 -o encrypt.format=luks|aes): the
+# LUKS header of luks/write.c and the data clusters encrypted as they are
+# packed; every reader, encrypted qcow2 and LUKS sources included (zstd
+# trimmed as for luks_write, to stay under 384 KiB).
+qcow2_encrypt_SRCS := ops/qcow2_encrypt.c luks/write.c compress/zstd_trim.c $(READ_SRCS) qcow2/crypt_header.c \
+                      qcow2/crypt_layer.c $(LUKS_SRCS)
+qcow2_encrypt_LIBS := z zstd_min nettle
+# A streamOptimized VMDK read from stdin in one pass (lib/convert/stdin_vmdk.ts):
+# the marker walk, the header checks and zlib's inflate (vmdk/grain.c).
+vmdk_stream_SRCS := ops/vmdk_stream.c vmdk/stream.c vmdk/grain.c $(VMDK_SRCS)
+vmdk_stream_LIBS := z

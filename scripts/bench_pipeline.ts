@@ -7,6 +7,8 @@
 //                        vs instar file-to-file, vs qemu-img convert to a file then cat
 //   stdin raw → qcow2:   cat in.raw | instar convert -f raw -O qcow2 - out
 //                        vs instar file-to-file, vs cat > staged; qemu-img convert staged
+//   stdin vmdk → raw:    cat in.vmdk | instar convert -f vmdk -O raw - out (streamOptimized, one pass)
+//                        vs instar file-to-file, vs cat > staged; qemu-img convert staged
 // Needs /dev/kvm (not run by the test suite). --cli runs another entry point
 // (tests/support/hosted_main.ts: a smoke run, not product numbers).
 // Usage: deno task bench:pipeline [--size-mib N] [--runs N] [--dir DIR] [--cli PATH]
@@ -50,6 +52,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 console.error(`making the ${values["size-mib"]} MiB half-random image in ${dir}`);
 await time(`${deno} run -A ${repo}scripts/gen_bench_image.ts half.raw ${values["size-mib"]}`);
 await time("qemu-img convert -f raw -O qcow2 half.raw half.qcow2");
+await time("qemu-img convert -f raw -O vmdk -o subformat=streamOptimized half.raw half.vmdk");
 
 const rows: [string, string[]][] = [
   ["qcow2 → raw on stdout", [
@@ -61,6 +64,11 @@ const rows: [string, string[]][] = [
     "cat half.raw | $I convert -f raw -O qcow2 - out",
     "$I convert -f raw -O qcow2 half.raw out",
     "cat half.raw > staged && qemu-img convert -f raw -O qcow2 staged out",
+  ]],
+  ["streamOptimized vmdk on stdin → raw", [
+    "cat half.vmdk | $I convert -f vmdk -O raw - out",
+    "$I convert -f vmdk -O raw half.vmdk out",
+    "cat half.vmdk > staged && qemu-img convert -f vmdk -O raw staged out",
   ]],
   ["qcow2 → qcow2 on stdout", [
     "$I convert -O qcow2 half.qcow2 - | cat > out",

@@ -10,6 +10,7 @@
 // (seed 004's bound). Refusals print qemu's words.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, CLI_ENTRY, DENO, exec, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
+import { fileSha256 as sha256 } from "./support/bytes.ts";
 
 const haveVhdiinfo = (() => {
   try {
@@ -20,11 +21,6 @@ const haveVhdiinfo = (() => {
   }
 })();
 const ready = built() && haveQemuImg();
-
-async function sha256(path: string): Promise<string> {
-  const data = await Deno.readFile(path);
-  return new Uint8Array(await crypto.subtle.digest("SHA-256", data)).toHex();
-}
 
 async function qemuIo(dir: string, file: string, fmt: string, ...cmds: string[]) {
   await sh(dir, "qemu-io", "-f", fmt, ...cmds.flatMap((c) => ["-c", c]), file);

@@ -253,3 +253,52 @@ Deno.test(
     );
   },
 );
+
+Deno.test(
+  {
+    name: "crash safety: SIGKILL after every step of an amend that lays out new refcount structures",
+    ignore: !ready,
+  },
+  async (t) => {
+    // 64-bit refcounts at 512-byte clusters, the file at the 2 MiB the
+    // one-cluster table covers: the 16-bit blocks' allocations move the old
+    // table (its own steps), then the width switches.
+    await sweep(
+      t,
+      "qcow2 amend refcount_bits=16 moving the old table",
+      "qcow2",
+      (d, f) => qcow2(d, f, "cluster_size=512,refcount_bits=64", "16M", "write -P 1 0 1980k"),
+      ["amend", "-o", "refcount_bits=16", "IMG"],
+    );
+    // An overlay's plain zero clusters in L2 tables a snapshot shares, past
+    // a block's edge (7 s more: the whole run only).
+    if (FULL_TESTS) {
+      await sweep(
+        t,
+        "qcow2 amend compat=0.10 of an overlay (zero clusters allocated, shared L2 tables)",
+        "qcow2",
+        async (d, f) => {
+          await qcow2(d, "base", "cluster_size=512", "4M", "write -P 7 0 4M");
+          await sh(
+            d,
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=512",
+            "-b",
+            "base",
+            "-F",
+            "qcow2",
+            f,
+          );
+          await sh(d, "qemu-io", "-c", "write -P 1 0 100k", "-c", "write -z 1M 64k", f);
+          await sh(d, "qemu-img", "snapshot", "-c", "s1", f);
+        },
+        ["amend", "-o", "compat=0.10", "IMG"],
+      );
+    }
+  },
+);

@@ -19,47 +19,14 @@ import {
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { sweep } from "./support/full.ts";
-import { qemuLuksImage as qemuLuksImageWith } from "./support/luks_images.ts";
+import {
+  cryptsetupLuks1Image,
+  haveCryptsetup,
+  qemuLuksImage as qemuLuksImageWith,
+} from "./support/luks_images.ts";
 
 const PW = "instar-luks-pw-7d3e91";
-const haveCryptsetup = (() => {
-  try {
-    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
 const ready = haveQemuImg() && haveCryptsetup;
-
-/** A LUKS1 file of `size` bytes made by cryptsetup with 1000 PBKDF2 iterations. */
-async function cryptsetupImage(dir: string, name: string, size: number, extra: string[]): Promise<void> {
-  await Deno.writeFile(`${dir}/${name}`, new Uint8Array(0));
-  await Deno.truncate(`${dir}/${name}`, size);
-  const p = new Deno.Command("cryptsetup", {
-    args: [
-      "luksFormat",
-      "--batch-mode",
-      "--type",
-      "luks1",
-      "--pbkdf-force-iterations",
-      "1000",
-      "--key-file",
-      "-",
-      ...extra,
-      name,
-    ],
-    cwd: dir,
-    stdin: "piped",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(PW));
-  await w.close();
-  const r = await p.output();
-  if (!r.success) throw new Error(`cryptsetup ${extra.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
-}
 
 function qemuLuksImage(dir: string, name: string, size: string, opts: string): Promise<void> {
   return qemuLuksImageWith(dir, name, size, opts, PW);
@@ -126,7 +93,7 @@ if (ready) {
   for (const extra of CRYPTSETUP) {
     Deno.test(`cryptsetup luks1 ${extra.join(" ") || "(defaults)"}: info, convert, compare as qemu-img`, async () => {
       await withTempDir("instar-luks-", async (dir) => {
-        await cryptsetupImage(dir, "c.img", 3 << 20, extra);
+        await cryptsetupLuks1Image(dir, "c.img", 3 << 20, PW, extra);
         await fill(dir, "c.img", 1 << 20);
         await sameAsQemu(dir, "c.img");
       });
@@ -201,7 +168,7 @@ if (ready) {
 
   Deno.test("LUKS open errors: wrong passphrase, no key-secret, unknown secret, ecb header", async () => {
     await withTempDir("instar-luks-", async (dir) => {
-      await cryptsetupImage(dir, "c.img", 3 << 20, []);
+      await cryptsetupLuks1Image(dir, "c.img", 3 << 20, PW, []);
       const bad = ["--object", "secret,id=sec0,data=wrong"];
       for (
         const args of [
@@ -257,7 +224,7 @@ if (ready) {
         "a failed convert left a file",
       );
       // cryptsetup's ecb: qemu refuses the mode string.
-      await cryptsetupImage(dir, "e.img", 3 << 20, ["--cipher", "aes-ecb", "--key-size", "256"]);
+      await cryptsetupLuks1Image(dir, "e.img", 3 << 20, PW, ["--cipher", "aes-ecb", "--key-size", "256"]);
       await assertSameHere(["info", "e.img"], dir);
       await assertSameHere(["convert", ...obj, ...opts("e.img"), "-O", "raw", "o.raw"], dir);
       // The passphrase from a file, and base64.
@@ -287,7 +254,7 @@ if (ready) {
 
   Deno.test("the passphrase reaches no output, no child's argv and no file left behind", async () => {
     await withTempDir("instar-luks-", async (dir) => {
-      await cryptsetupImage(dir, "c.img", 3 << 20, []);
+      await cryptsetupLuks1Image(dir, "c.img", 3 << 20, PW, []);
       const start = Date.now();
       const argvs: string[][] = [];
       const Orig = Deno.Command;

@@ -12,17 +12,10 @@ import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, sh, withTempDir } f
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { run } from "../lib/cli/run.ts";
 import { sweep } from "./support/full.ts";
+import { cryptsetupLuks1Image, haveCryptsetup } from "./support/luks_images.ts";
 
 const PW = "instar-luks-write-pw-51c9e0";
 const SECRET = `secret,id=sec0,data=${PW}`;
-const haveCryptsetup = (() => {
-  try {
-    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
 const ready = haveQemuImg() && haveCryptsetup;
 
 /** instar in this process, with the calibration answer given (or not: `calibrate`). */
@@ -62,34 +55,6 @@ async function readBack(dir: string, name: string): Promise<Uint8Array> {
   const b = await Deno.readFile(`${dir}/${name}.back`);
   await Deno.remove(`${dir}/${name}.back`);
   return b;
-}
-
-/** A LUKS1 file made by cryptsetup luksFormat (aes-xts-plain64, sha256, 1000 iterations). */
-async function cryptsetupImage(dir: string, name: string, size: number): Promise<void> {
-  await Deno.writeFile(`${dir}/${name}`, new Uint8Array(0));
-  await Deno.truncate(`${dir}/${name}`, size);
-  const p = new Deno.Command("cryptsetup", {
-    args: [
-      "luksFormat",
-      "--batch-mode",
-      "--type",
-      "luks1",
-      "--pbkdf-force-iterations",
-      "1000",
-      "--key-file",
-      "-",
-      name,
-    ],
-    cwd: dir,
-    stdin: "piped",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const w = p.stdin.getWriter();
-  await w.write(new TextEncoder().encode(PW));
-  await w.close();
-  const r = await p.output();
-  if (!r.success) throw new Error(`cryptsetup luksFormat: ${new TextDecoder().decode(r.stderr)}`);
 }
 
 /** cryptsetup opens it: the header dump and the passphrase test. */
@@ -182,7 +147,7 @@ if (ready) {
         "src.vhd",
       );
       // A LUKS source made by cryptsetup (1000 iterations: no calibration), sized to the data.
-      await cryptsetupImage(dir, "src.luks", 4 << 20);
+      await cryptsetupLuks1Image(dir, "src.luks", 4 << 20, PW);
       const payload =
         JSON.parse((await qemuImg(["info", "--output=json", "src.luks"], dir)).stdout)["format-specific"]
           .data["payload-offset"];

@@ -20,17 +20,12 @@ import { built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { vpcRoundedSize } from "../lib/formats/vpc/create_plan.ts";
 import { storeCrc32c } from "../lib/formats/vhdx/crc32c.ts";
-import { digest, isZero } from "./support/bytes.ts";
+import { digest, fileSha256 as sha256, isZero } from "./support/bytes.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
 const MiB = 1024 * 1024;
-
-async function sha256(path: string): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-  return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
-}
 
 async function info(path: string, fmt: string, dir: string): Promise<Record<string, unknown>> {
   const o = await qemuImg(["info", "-f", fmt, "--output=json", path], dir);

@@ -5,6 +5,7 @@
 // outside the attached inputs in the output, and bounded time.
 import assert from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
+import { cryptsetupLuks1Image, haveCryptsetup } from "./support/luks_images.ts";
 
 const ready = built() && haveQemuImg();
 const SECRET = "instar-secret-4f1c2a9e-do-not-leak";
@@ -756,15 +757,6 @@ Deno.test({
 
 // LUKS1 headers made hostile by patching a cryptsetup image (guest/luks/header.c
 // checks them as qemu 7.2 does; crypto.c bounds the PBKDF2 work).
-const haveCryptsetup = (() => {
-  try {
-    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-})();
-
 Deno.test({
   name:
     "hostile LUKS1 headers: slot offsets past EOF, stripes near 2^32, huge key sizes and iteration counts",
@@ -772,29 +764,7 @@ Deno.test({
   async fn(t) {
     const d = await tmp();
     try {
-      await Deno.writeFile(`${d}/base.img`, new Uint8Array(0));
-      await Deno.truncate(`${d}/base.img`, 3 << 20);
-      const c = new Deno.Command("cryptsetup", {
-        args: [
-          "luksFormat",
-          "--batch-mode",
-          "--type",
-          "luks1",
-          "--pbkdf-force-iterations",
-          "1000",
-          "--key-file",
-          "-",
-          "base.img",
-        ],
-        cwd: d,
-        stdin: "piped",
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      const w = c.stdin.getWriter();
-      await w.write(new TextEncoder().encode("pw"));
-      await w.close();
-      assert.ok((await c.output()).success);
+      await cryptsetupLuks1Image(d, "base.img", 3 << 20, "pw");
       const obj = ["--object", "secret,id=s,data=pw"];
       const opts = (f: string) => ["--image-opts", `driver=luks,key-secret=s,file.filename=${f}`];
       const variant = async (name: string, patches: [number, number[]][]) => {

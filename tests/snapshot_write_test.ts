@@ -13,6 +13,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { sweep } from "./support/full.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { fileSha256 as sha } from "./support/bytes.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -133,11 +134,6 @@ async function masked(path: string): Promise<Uint8Array> {
 }
 
 const maskDates = (s: string) => s.replace(/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g, "DATE");
-
-async function sha(path: string): Promise<string> {
-  const d = await crypto.subtle.digest("SHA-256", await Deno.readFile(path));
-  return Array.from(new Uint8Array(d), (x) => x.toString(16).padStart(2, "0")).join("");
-}
 
 async function ids(dir: string, file: string): Promise<string[]> {
   const o = await qemuImg(["snapshot", "-l", file], dir);

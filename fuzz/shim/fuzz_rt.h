@@ -19,6 +19,9 @@ void fuzz_rt_begin(const uint8_t *data, size_t size, uint32_t format);
  * until the next fuzz_rt_begin*. */
 struct reader;
 void fuzz_rt_begin_reader(const struct reader *r, uint32_t format);
+/* Attaches an output of `cap` bytes until the next fuzz_rt_begin*: writes
+ * inside it succeed (the bytes are dropped), any past it abort. */
+void fuzz_rt_allow_writes(uint64_t cap);
 /* Frees every allocation made since fuzz_rt_begin. */
 void fuzz_rt_end(void);
 /* Records emitted since fuzz_rt_begin (checked for shape, then dropped). */

@@ -20,6 +20,7 @@ static struct params g_params;
 static const uint8_t *g_data;
 static const struct reader *g_reader; /* input 0 through a reader (fuzz_rt_begin_reader) */
 static uint64_t g_records;
+static uint64_t g_out_cap; /* 0: no output attached (fuzz_rt_allow_writes) */
 
 struct alloc {
     void *p;
@@ -55,6 +56,7 @@ void fuzz_rt_begin(const uint8_t *data, size_t size, uint32_t format)
     g_data = data;
     g_reader = NULL;
     g_records = 0;
+    g_out_cap = 0;
     fuzz_rt_end();
 }
 
@@ -128,17 +130,35 @@ int64_t hc_readv(uint32_t input, const struct io_seg *segs, uint32_t n)
     return (int64_t)total;
 }
 
-/* No output is attached in a fuzz run: the VMM would refuse any write. */
+/* No output is attached unless the target set a cap (fuzz_rt_allow_writes): the
+ * VMM would refuse any write, or one past the cap. The bytes are dropped. */
+
+void fuzz_rt_allow_writes(uint64_t cap) { g_out_cap = cap; }
+
+static void check_write(uint64_t off, uint64_t len)
+{
+    uint64_t end;
+    if (!g_out_cap) fuzz_rt_fail("WRITE with no output attached", off, len);
+    if (__builtin_add_overflow(off, len, &end) || end > g_out_cap) fuzz_rt_fail("WRITE past the output cap", off, len);
+}
+
 int64_t hc_write(uint64_t off, uint64_t len, const void *buf)
 {
     (void)buf;
-    fuzz_rt_fail("WRITE with no output attached", off, len);
+    check_write(off, len);
+    return (int64_t)len;
 }
 
 int64_t hc_writev(const struct io_seg *segs, uint32_t n)
 {
-    (void)segs;
-    fuzz_rt_fail("WRITEV with no output attached", n, 0);
+    if (n > LIMIT_IO_SEGS_MAX) fuzz_rt_fail("WRITEV with too many segments", n, 0);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        check_write(segs[i].off, segs[i].len);
+        total += segs[i].len;
+    }
+    if (total > LIMIT_IO_MAX) fuzz_rt_fail("WRITEV over the hypercall's limit", total, 0);
+    return (int64_t)total;
 }
 
 /* A memory buffer is all data: the next hole is its end. */

@@ -21,7 +21,10 @@
 //   3. 8-byte entry writes lie only at reported zero-entry offsets and never
 //      keep the zero flag; zero patches cover only cluster-aligned ranges;
 //   4. no step shrinks the file, and every step has the same file size;
-//   5. refcount block writes lie at reported refcount-table offsets.
+//   5. refcount block writes lie at reported refcount-table offsets or at
+//      blocks a table write names; table writes (a moved table, a new
+//      block's entry) lie inside the reported table or one a 12-byte write
+//      of the header's table fields moved it to, and name aligned blocks.
 import type * as DowngradePlan from "../../lib/formats/qcow2/downgrade_plan.ts";
 import type * as RefcountOrderPlan from "../../lib/formats/qcow2/refcount_order_plan.ts";
 import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
@@ -34,11 +37,14 @@ const rmod = await optional<typeof RefcountOrderPlan>("../../lib/formats/qcow2/r
 /**
  * The refcount-width planner (input byte 0 bit 7 set): byte 0 & 7 = cluster_bits - 9
  * (9..16, walks stay small), byte 1 = old order (b % 7), byte 2 = new order (b % 7),
- * 3-10 file size, then 17-byte records: kind 0/1 a refcount run (start u16, count u8,
- * refcount u64), kind 2 a refcount-table entry (index u8, block cluster u32).
+ * 3-10 file size, then 17-byte records: kind 0/1 a refcount run (start: the last run's
+ * end + u8 % 64, or with its bit 7 from the table's last 8 blocks; count u8, refcount
+ * u64), kind 2 a refcount-table entry (index u8: % 8, bit 6 one of the last 8, bit 7
+ * % 64; block cluster u32).
  * Invariants: every step passes checkPlan; all steps share one file size, not below
  * the input's; the new table and blocks are cluster aligned inside the file and
- * never overlap the old table; each new refcount block write is one cluster; for
+ * never overlap the old table (except entries of blocks placed in the old structures,
+ * and a moved old table's header fields before the switch); each new refcount block write is one cluster; for
  * widths of 8 bits and more every entry it holds fits the width (the encoder's).
  */
 function runRefcountOrder(d: Uint8Array, cov: Cov): void {
@@ -51,18 +57,26 @@ function runRefcountOrder(d: Uint8Array, cov: Cov): void {
   const fileSize = b.u64(3) & ((1n << 32n) - 1n);
   const oldPer = 1n << BigInt(clusterBits + 3 - oldOrder);
   const oldMax = oldOrder === 6 ? (1n << 64n) - 1n : (1n << (1n << BigInt(oldOrder))) - 1n;
+  const tableEntries = cs / 8n;
   const reftable = new Map<number, bigint>();
   const runs: RefcountOrderPlan.RefcountOrderScan["runs"] = [];
   let next = 0n;
   for (let at = 11; at + 17 <= d.length && runs.length < 256; at += 17) {
     const kind = d[at] % 3;
     if (kind < 2) {
+      // bit 7: jump to the last 8 blocks the one-cluster table can name, so
+      // allocations reach past it (a new block, a moved table)
+      if (d[at + 1] & 0x80 && next < (tableEntries - 8n) * oldPer) next = (tableEntries - 8n) * oldPer;
       const start = next + BigInt(d[at + 1] % 64), count = 1n + BigInt(d[at + 3] % 32);
       const v = b.u64(at + 4) % oldMax + 1n;
       runs.push({ start, count, refcount: v });
       next = start + count;
     } else {
-      reftable.set(d[at + 1] % 8, BigInt(b.u32(at + 2) % 4096) << BigInt(clusterBits));
+      // bit 7: any of the first 64 entries; bit 6: one of the last 8
+      const index = d[at + 1] & 0x80
+        ? d[at + 1] % 64
+        : (d[at + 1] & 0x40 ? Number(tableEntries) - 8 : 0) + d[at + 1] % 8;
+      reftable.set(index, BigInt(b.u32(at + 2) % 4096) << BigInt(clusterBits));
     }
   }
   // The guest reports counts only inside blocks the table names.
@@ -89,11 +103,39 @@ function runRefcountOrder(d: Uint8Array, cov: Cov): void {
   invariant(r.reftableOffset % cs === 0n && r.reftableOffset > cs, "refcount: new table misplaced");
   invariant(r.reftableClusters > 0, "refcount: empty new table");
   const newBits = 1 << newOrder;
+  const before = new Set(r.before);
+  let moved = false;
   for (const s of steps) {
     checkPlan(s, "refcount", cov);
     invariant(s.fileSize === size, "refcount: steps disagree on the file size");
     for (const p of s.patches) {
       invariant(p.kind === "write", `refcount: unexpected ${p.kind} patch`);
+      if (p.offset === 48n && p.bytes.length === 12) {
+        // an old table moved by qcow2_refcount_area (before the header switch)
+        invariant(before.has(s), "refcount: a moved table after the switch");
+        const to = new DataView(p.bytes.buffer, p.bytes.byteOffset).getBigUint64(0);
+        invariant(to % cs === 0n && to >= 2n * cs, `refcount: old table moved to ${to}`);
+        cov.hit("refcount:moved");
+        moved = true;
+        continue;
+      }
+      if (moved && p.offset % cs === 0n && BigInt(p.bytes.length) % cs === 0n) {
+        // once the old table moved, its clusters are free for new structures
+        cov.hit("refcount:after-move");
+        continue;
+      }
+      if (p.offset >= cs && p.offset < 2n * cs) {
+        // only entries of blocks placed in the old structures, hooked up
+        invariant(before.has(s) && p.bytes.length % 8 === 0, "refcount: write into the old table");
+        const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset, p.bytes.length);
+        for (let k = 0; k < p.bytes.length; k += 8) {
+          const i = Number((p.offset - cs) / 8n) + k / 8;
+          invariant(!reftable.has(i), `refcount: old table entry ${i} rewritten`);
+          invariant(dv.getBigUint64(k) % cs === 0n, "refcount: unaligned block hooked up");
+        }
+        cov.hit("refcount:hookup");
+        continue;
+      }
       invariant(p.offset % cs === 0n, `refcount: unaligned write at ${p.offset}`);
       invariant(p.offset >= 2n * cs || p.offset < cs, "refcount: write into the old table");
     }
@@ -207,6 +249,26 @@ function run(d: Uint8Array, cov: Cov): void {
   const blocks = new Set(
     [...reftable.values()].map((v) => v & 0xfffffffffffffe00n),
   );
+  // Refcount tables: the reported one and any a step moves to (a 12-byte
+  // write of the header's table fields); blocks: the reported ones and any
+  // a table write names.
+  const tables: [bigint, bigint][] = [[cs, 2n * cs]];
+  for (const p of r.steps.slice(0, -1).flatMap((s) => s.patches)) {
+    if (p.kind === "write" && p.offset === 48n && p.bytes.length === 12) {
+      const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset, 12);
+      const to = dv.getBigUint64(0), n = BigInt(dv.getUint32(8));
+      invariant(to % cs === 0n && to >= cs && n > 0n, `downgrade: refcount table moved to ${to}`);
+      tables.push([to, to + n * cs]);
+    }
+  }
+  const inTable = (off: bigint, len: bigint) => tables.some(([a, e]) => off >= a && off + len <= e);
+  for (const p of r.steps.slice(0, -1).flatMap((s) => s.patches)) {
+    if (p.kind !== "write" || !inTable(p.offset, BigInt(p.bytes.length)) || p.bytes.length % 8 !== 0) {
+      continue;
+    }
+    const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset, p.bytes.length);
+    for (let k = 0; k < p.bytes.length; k += 8) if (dv.getBigUint64(k)) blocks.add(dv.getBigUint64(k));
+  }
   const size = r.steps[0]?.fileSize;
   invariant(size === undefined || size >= fileSize, "downgrade: the file shrinks");
   for (const [i, s] of r.steps.entries()) {
@@ -226,6 +288,17 @@ function run(d: Uint8Array, cov: Cov): void {
         cov.hit("downgrade:zero");
       } else if (p.kind === "write" && blocks.has(p.offset) && BigInt(p.bytes.length) === cs) {
         cov.hit("downgrade:refblock");
+      } else if (p.kind === "write" && p.offset === 48n && p.bytes.length === 12) {
+        cov.hit("downgrade:moved");
+      } else if (
+        p.kind === "write" && inTable(p.offset, BigInt(p.bytes.length)) && p.bytes.length % 8 === 0 &&
+        !entryAt.has(p.offset)
+      ) {
+        const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset, p.bytes.length);
+        for (let k = 0; k < p.bytes.length; k += 8) {
+          invariant(dv.getBigUint64(k) % cs === 0n, "downgrade: unaligned refcount block in a table");
+        }
+        cov.hit(p.bytes.length === 8 ? "downgrade:hookup" : "downgrade:table");
       } else if (p.kind === "write") {
         const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset, p.bytes.length);
         invariant(p.bytes.length % 8 === 0, "downgrade: entry write not whole entries");

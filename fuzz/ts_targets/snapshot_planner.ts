@@ -7,15 +7,19 @@
 //   0      cluster_bits = 9 + (b % 3)
 //   1      refcount order = b % 7
 //   2      bits 0-1 action (-c, -a, -d); bit 2 extended L2; bit 3 chaos
-//   3      existing snapshots = b % 3 (at least 1 for -a/-d); 4 L2 tables = 1 + b % 3
-//   5      extra zero L1 entries = b % 3; 6 snapshot to apply/delete; 7 chaos seed
+//   3      existing snapshots = b % 3 (at least 1 for -a/-d); bit 7: full mode (filler
+//          clusters fill the image to b7 % 8 clusters short of what its one-cluster
+//          refcount table covers, so allocations move the table)
+//   4      L2 tables = 1 + b % 3
+//   5      extra zero L1 entries = b % 3; 6 snapshot to apply/delete; 7 chaos seed, slack
 //   8..    one byte per L2 entry: % 4 = empty, data, compressed, zero
 //
 // Invariants on every plan:
 //   1. a failure is typed (qemu's errno or instar's refusal with a message);
 //   2. at most MAX_STEPS steps, each passing checkPlan (inside the file, no
 //      overlap, at most MAX_PATCHES patches);
-//   3. the header write, if any, is nb_snapshots/snapshots_offset only;
+//   3. the header writes, if any, are nb_snapshots/snapshots_offset and (a
+//      moved refcount table) refcount_table_offset/clusters only;
 //   4. consistent inputs: after applying every step to the image, each
 //      cluster's refcount (decoded from the refcount blocks, so never
 //      negative nor over the width) equals its references (qemu-img check's
@@ -119,11 +123,27 @@ function run(d: Uint8Array, cov: Cov): void {
   const share = 1n + BigInt(nsnap);
   if (share * BigInt(Math.min(nComp, slots) || 1) > max) return; // not a consistent image at this width
   const perBlock = Number((cs * 8n) / BigInt(bits));
-  const fixed = 2 + 1 + nsnap + nL2 + nData + nCompClusters + (nsnap > 0 ? 1 : 0);
+  // Full mode (byte 3 bit 7): filler clusters (refcount 1, referenced by
+  // nothing the check walks; counted as expected) fill what the one-cluster
+  // refcount table covers up to the tables, data and snapshot table, which
+  // end `slack` clusters short of its edge, so the plan's allocations need a
+  // block past the table: a moved table.
+  const coverage = Number(cs / 8n) * perBlock;
+  const low = 2 + 1 + nsnap, high = nL2 + nData + nCompClusters + (nsnap > 0 ? 1 : 0);
+  const slack = b.u8(7) % 8;
+  const gap = (b.u8(3) & 0x80) !== 0 && coverage <= 1 << 14 && coverage - slack - high > 2 * low + 8;
+  const gapStart = gap ? coverage - slack - high : 0;
+  // Table indices of the blocks: every block up to the image's last cluster.
+  const blockIndices = (n: number): number[] => {
+    const end = gap ? gapStart + high : low + n + high;
+    const out: number[] = [];
+    for (let i = 0; i * perBlock < end; i++) out.push(i);
+    return out;
+  };
   let nBlocks = 1;
-  while (nBlocks * perBlock < fixed + nBlocks) nBlocks++;
-  if (nBlocks > Number(cs / 8n)) return;
-  cov.hit(`snap:${action}:bits:${bits}:cb:${cb}:ext:${extl2}:snaps:${nsnap}:chaos:${chaos}`);
+  while (blockIndices(nBlocks).length > nBlocks) nBlocks++;
+  if (nBlocks > Number(cs / 8n) || (gap && gapStart < low + nBlocks)) return;
+  cov.hit(`snap:${action}:bits:${bits}:cb:${cb}:ext:${extl2}:snaps:${nsnap}:chaos:${chaos}:gap:${gap}`);
 
   const img = new Img(cs);
   const refs = new Map<bigint, bigint>();
@@ -133,10 +153,10 @@ function run(d: Uint8Array, cov: Cov): void {
   ref(take()); // header
   const reftable = take();
   ref(reftable);
-  const blocks: bigint[] = [];
-  for (let i = 0; i < nBlocks; i++) {
-    blocks.push(take());
-    ref(blocks[i]);
+  const blocks = new Map<number, bigint>();
+  for (const i of blockIndices(nBlocks)) {
+    blocks.set(i, take());
+    ref(blocks.get(i)!);
   }
   const l1 = take();
   ref(l1);
@@ -144,6 +164,11 @@ function run(d: Uint8Array, cov: Cov): void {
   for (let i = 0; i < nsnap; i++) {
     snapL1s.push(take());
     ref(snapL1s[i]);
+  }
+  const filler: bigint[] = [];
+  while (gap && next < BigInt(gapStart)) {
+    filler.push(next);
+    ref(take());
   }
   const tables: bigint[] = [];
   for (let t = 0; t < nL2; t++) {
@@ -229,7 +254,9 @@ function run(d: Uint8Array, cov: Cov): void {
     const last = runs[runs.length - 1];
     if (last && last.refcount === v && last.start + last.count === c) last.count++;
     else runs.push({ start: c, count: 1n, refcount: v });
-    setRef(img.cl(blocks[Number(c) / perBlock | 0]), bits, Number(c) % perBlock, v);
+    const blk = blocks.get(Number(c) / perBlock | 0);
+    if (blk === undefined) throw new Error(`snap: the fuzz layout left cluster ${c} without a block`);
+    setRef(img.cl(blk), bits, Number(c) % perBlock, v);
   }
   const reftableMap = new Map<number, bigint>();
   blocks.forEach((blk, i) => {
@@ -293,8 +320,9 @@ function run(d: Uint8Array, cov: Cov): void {
     checkPlan(s, "snap", cov);
     for (const p of s.patches) {
       if (p.offset < cs) {
+        // nb_snapshots/snapshots_offset, or (a moved refcount table) its offset and size
         invariant(
-          p.kind === "write" && p.offset === 60n && p.bytes.length === 12,
+          p.kind === "write" && (p.offset === 60n || p.offset === 48n) && p.bytes.length === 12,
           () =>
             `snap: header write ${p.kind} at ${p.offset} ${p.kind === "write" ? p.bytes.length : p.length}`,
         );
@@ -313,10 +341,12 @@ function run(d: Uint8Array, cov: Cov): void {
     for (let c = off >> cbn; bytes > 0n && c <= (off + bytes - 1n) >> cbn; c++) add(c);
   };
   add(0n);
-  const rt = img.u64(48n);
-  span(rt, cs);
+  for (const c of filler) add(c);
+  const rt = img.u64(48n), rtClusters = BigInt(img.u32(56n));
+  if (rt !== reftable * cs) cov.hit(`snap:moved-table:${action}`);
+  span(rt, rtClusters * cs);
   const finalBlocks = new Map<number, bigint>();
-  for (let i = 0; i < Number(cs / 8n); i++) {
+  for (let i = 0; i < Number(rtClusters * cs / 8n); i++) {
     const v = img.u64(rt + BigInt(i) * 8n);
     if (v) {
       finalBlocks.set(i, v);

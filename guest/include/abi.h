@@ -37,7 +37,9 @@
 #define OP_SNAPSHOT_SCAN 55
 #define OP_BITMAP_SCAN 65
 #define OP_LUKS_WRITE 70
+#define OP_VMDK_STREAM 110
 #define OP_TEST 99
+#define OP_QCOW2_ENCRYPT 100
 
 #define CONV_QCOW2 1
 #define CONV_COMPRESS 2
@@ -126,6 +128,7 @@
 #define REC_LUKS_INFO 70
 #define REC_LUKS_WRITTEN 110
 #define REC_LUKS_SLOTS 111
+#define REC_VMDK_STREAM 150
 #define REC_LUKS2_INFO 130
 #define REC_LUKS2_SLOT 131
 
@@ -315,12 +318,24 @@
 #define LUKS_WRITE_F_AMEND 8
 #define LUKS_WRITE_F_AT 16
 
+#define QCOW2_ENC_F_LUKS 1
+#define QCOW2_ENC_F_AES 2
+
 #define LUKS_AMEND_MATCH 1
 #define LUKS_AMEND_ADD 2
 #define LUKS_AMEND_ERASE 3
 
 #define LUKS_ENTROPY_RDSEED 1
 #define LUKS_ENTROPY_RDRAND 2
+
+#define VMDKS_FIRST 1
+#define VMDKS_FINAL 2
+#define VMDKS_GD_AT_END 4
+#define VMDKS_FOOTER 8
+#define VMDKS_EOS 16
+#define VMDKS_NOT_STREAM 32
+#define VMDKS_TABLES 64
+#define VMDKS_ZERO_GRAIN 128
 
 #define LUKS2_KDF_PBKDF2 1
 #define LUKS2_KDF_ARGON2I 2
@@ -1069,6 +1084,33 @@ _Static_assert(offsetof(struct rec_luks_written, slot_iters) == 12, "rec_luks_wr
 _Static_assert(offsetof(struct rec_luks_written, payload_offset) == 16, "rec_luks_written.payload_offset");
 _Static_assert(offsetof(struct rec_luks_written, entropy) == 24, "rec_luks_written.entropy");
 _Static_assert(offsetof(struct rec_luks_written, reserved) == 28, "rec_luks_written.reserved");
+
+/* records.VMDK_STREAM: one window of a streamOptimized VMDK stream decoded (guest/vmdk/stream.c) */
+struct rec_vmdk_stream {
+    uint8_t hdr[8];
+    uint64_t flags; /* vmdkStreamFlags.* (state carried to the next window) */
+    uint64_t capacity; /* disk sectors (the header's) */
+    uint64_t grain; /* grain sectors | grain table entries << 32 */
+    uint64_t restart; /* stream byte where the next window's parse starts */
+    uint64_t frontier; /* disk byte below which the disk is final */
+    uint64_t prev_end; /* disk byte where the last grain decoded ends */
+    uint64_t grains; /* grains decoded in this run */
+    uint64_t bytes_written; /* bytes written to the disk window file */
+    uint64_t table_grains; /* FIRST with TABLES: the grains the header's grain tables reference */
+    uint64_t head; /* FIRST: bytes before the first marker (the header region) */
+};
+_Static_assert(sizeof(struct rec_vmdk_stream) == 88, "rec_vmdk_stream size");
+_Static_assert(offsetof(struct rec_vmdk_stream, hdr) == 0, "rec_vmdk_stream.hdr");
+_Static_assert(offsetof(struct rec_vmdk_stream, flags) == 8, "rec_vmdk_stream.flags");
+_Static_assert(offsetof(struct rec_vmdk_stream, capacity) == 16, "rec_vmdk_stream.capacity");
+_Static_assert(offsetof(struct rec_vmdk_stream, grain) == 24, "rec_vmdk_stream.grain");
+_Static_assert(offsetof(struct rec_vmdk_stream, restart) == 32, "rec_vmdk_stream.restart");
+_Static_assert(offsetof(struct rec_vmdk_stream, frontier) == 40, "rec_vmdk_stream.frontier");
+_Static_assert(offsetof(struct rec_vmdk_stream, prev_end) == 48, "rec_vmdk_stream.prev_end");
+_Static_assert(offsetof(struct rec_vmdk_stream, grains) == 56, "rec_vmdk_stream.grains");
+_Static_assert(offsetof(struct rec_vmdk_stream, bytes_written) == 64, "rec_vmdk_stream.bytes_written");
+_Static_assert(offsetof(struct rec_vmdk_stream, table_grains) == 72, "rec_vmdk_stream.table_grains");
+_Static_assert(offsetof(struct rec_vmdk_stream, head) == 80, "rec_vmdk_stream.head");
 
 /* records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i */
 struct rec_luks_slots {

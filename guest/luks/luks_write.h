@@ -48,6 +48,9 @@ int luks_add_slot(const struct luks *k, uint8_t *h, uint32_t idx, uint32_t iters
 /* Disables slot idx in h, writes h, then overwrites its key material 16 times with random bytes. */
 int luks_erase_slot(const struct luks *k, uint8_t *h, uint32_t idx);
 
+/* Keys `e` to encrypt with n's cipher, mode and IV generator (qcow2's legacy AES): 0, -1 cipher, -2 memory. */
+int luks_enc_init(struct luks_enc *e, const struct luks_new *n, const uint8_t *key, uint32_t klen);
+
 /* Zeroes an encrypting cipher's keyed contexts. */
 void luks_enc_wipe(struct luks_enc *e);
 

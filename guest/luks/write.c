@@ -196,6 +196,12 @@ static void enc_wipe(struct luks_cipher *c)
     if (c->essiv_ctx) memset(c->essiv_ctx, 0, c->essiv->context_size);
 }
 
+int luks_enc_init(struct luks_enc *e, const struct luks_new *n, const uint8_t *key, uint32_t klen)
+{
+    memset(e, 0, sizeof *e);
+    return enc_setup(&e->c, n, key, klen);
+}
+
 void luks_enc_wipe(struct luks_enc *e)
 {
     enc_wipe(&e->c);

@@ -13,8 +13,9 @@
 #include "bytes.h"
 #include <zlib.h>
 
-/* zlib's uncompress(): the whole stream into at most cap bytes. */
-static int inflate_grain(struct vmdk *v, const uint8_t *src, uint64_t n, uint8_t *dst, uint64_t cap, uint64_t *out)
+/* zlib's uncompress(): the whole stream into at most cap bytes (also the
+ * one-pass stream reader's, guest/vmdk/stream.c). */
+int vmdk_inflate(struct vmdk *v, const uint8_t *src, uint64_t n, uint8_t *dst, uint64_t cap, uint64_t *out)
 {
     z_stream *s = v->z;
     if (!s) {
@@ -65,7 +66,7 @@ static int load_grain(struct layer *l, struct vmdk_extent *e, uint64_t co)
     }
     if (!n) return rt_error(e->r->input, GERR_IO, co, 0, 2);
     uint64_t got = 0;
-    if (inflate_grain(v, data, n, v->grain, cbytes, &got)) return rt_error(e->r->input, GERR_IO, co, n, 3);
+    if (vmdk_inflate(v, data, n, v->grain, cbytes, &got)) return rt_error(e->r->input, GERR_IO, co, n, 3);
     v->grain_len = got;
     v->grain_at = key;
     return 0;

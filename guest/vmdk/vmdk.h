@@ -73,6 +73,20 @@ enum vmdk_error {
     VMDK_E_SE_DIRTY = 33,       /* "Image is dirty, Replaying journal not supported" */
     VMDK_E_SE_VOL_PAD = 34,     /* "Unsupported non-zero volatile header padding" */
     VMDK_E_SE_READ_ONLY = 35,   /* "No write support for seSparse images available" (a read-write open) */
+    /* A streamOptimized stream read in one pass (stream.c); a1, a2 as noted */
+    VMDK_E_ST_TRUNCATED = 40,   /* the stream ends inside the item at byte a1 */
+    VMDK_E_ST_NO_EOS = 41,      /* the stream ends at byte a1 without an end-of-stream marker */
+    VMDK_E_ST_LBA = 42,         /* a grain at sector a1 lies past the disk's end (a2 sectors) */
+    VMDK_E_ST_ORDER = 43,       /* a grain at sector a1 starts before the previous grain's end (a2) */
+    VMDK_E_ST_GRAIN_SIZE = 44,  /* a compressed grain of a1 bytes at byte a2 is larger than a grain allows */
+    VMDK_E_ST_INFLATE = 45,     /* the grain at byte a1 does not inflate to a whole grain */
+    VMDK_E_ST_MARKER = 46,      /* a marker of type a1 at byte a2 is unknown or has a wrong size */
+    VMDK_E_ST_FOOTER = 47,      /* the footer at byte a1 does not match the header */
+    VMDK_E_ST_HEADER = 48,      /* the header region before the first marker (a1 bytes) is too large */
+    VMDK_E_ST_PARENT = 49,      /* the stream names a parent (parentFileNameHint) */
+    VMDK_E_ST_TABLES = 50,      /* the header's grain directory or a grain table (at sector a1) lies outside the
+                                   header region */
+    VMDK_E_ST_MISMATCH = 51,    /* the grain for sector a1 lies at stream sector a2, not where its table says */
 };
 
 enum vmdk_kind { VMDK_SPARSE4 = 1, VMDK_SPARSE3 = 2, VMDK_FLAT = 3, VMDK_SESPARSE = 4 };
@@ -156,6 +170,15 @@ int vmdk_add_extent(struct vmdk *v, struct vmdk_extent *e, bool flat, uint64_t s
  * (l1_index already checked against l1_size). */
 int vmdk_open_sesparse(struct vmdk *v, struct vmdk_extent *e);
 int vmdk_se_cluster(struct vmdk_extent *e, uint64_t offset, uint32_t l1_index, uint64_t *cluster_offset);
+
+/* zlib's uncompress() of n bytes at src into at most cap bytes at dst (grain.c):
+ * 0 and *out = the bytes produced when the stream ends inside cap, else -1. */
+int vmdk_inflate(struct vmdk *v, const uint8_t *src, uint64_t n, uint8_t *dst, uint64_t cap, uint64_t *out);
+/* The one-pass reader of a streamOptimized stream (stream.c, ops.VMDK_STREAM). */
+int vmdk_stream_run(void);
+#ifdef INSTAR_HOSTED
+void vmdk_stream_release(void);
+#endif
 
 /* qemu's vmdk_co_check over the image on r (extent files from the next inputs):
  * CHECK_MSG + CHECK records. */

@@ -151,7 +151,11 @@ export const ops = {
   BITMAP_SCAN: 65,
   /** 70..74: LUKS1 output (guest/ops/luks_write.c): format a header, encrypt a chain into it. */
   LUKS_WRITE: 70,
+  /** 110..114: a streamOptimized VMDK read from stdin in one pass (guest/vmdk/stream.c, lib/convert/stdin_vmdk.ts). */
+  VMDK_STREAM: 110,
   TEST: 99,
+  /** 100..104: encrypted qcow2 output (guest/ops/qcow2_encrypt.c): LUKS header, encrypted data clusters. */
+  QCOW2_ENCRYPT: 100,
 } as const;
 
 /** params.flags for ops.INFO. CHECK_MODE: open the way qemu-img check does
@@ -357,11 +361,37 @@ export const records = {
   LUKS_WRITTEN: 110,
   /** amend: the key slots a passphrase opens (rec_luks_slots). */
   LUKS_SLOTS: 111,
+  // 150..154: a streamOptimized VMDK from stdin (ops.VMDK_STREAM).
+  /** One window of the stream decoded: where the next starts, how far the disk is final (rec_vmdk_stream). */
+  VMDK_STREAM: 150,
   // 130..134: LUKS2 (guest/luks2/).
   /** A LUKS2 header and its JSON metadata, checked (rec_luks2_info); one LUKS2_SLOT per key slot follows. */
   LUKS2_INFO: 130,
   /** One LUKS2 key slot (rec_luks2_slot). */
   LUKS2_SLOT: 131,
+} as const;
+
+/**
+ * ops.VMDK_STREAM (guest/vmdk/stream.c): arg[0] these flags, arg[1] the stream byte where this window's parse
+ * starts, arg[2] the end of the stream bytes in input 0 (they lie at their stream offsets), arg[3] the disk
+ * byte this window starts at, arg[4] the most disk bytes one window decodes, arg[5] capacity (sectors),
+ * arg[6] grain sectors | grain table entries << 32, arg[7] the disk byte where the last grain decoded ends.
+ * Input 1 (not with FIRST) holds the stream's header region (the record's `head` bytes) at the same offsets.
+ * Output 0 is the disk window file (inflated grains at their disk offsets). The record's flags carry
+ * GD_AT_END, FOOTER and TABLES into the next run; EOS says the stream ended; NOT_STREAM (FIRST only): not a
+ * streamOptimized header with markers (the host spools the stream instead).
+ */
+export const vmdkStreamFlags = {
+  FIRST: 1,
+  FINAL: 2,
+  GD_AT_END: 4,
+  FOOTER: 8,
+  EOS: 16,
+  NOT_STREAM: 32,
+  /** The header's grain directory is in the header region: every grain must be the one its table names. */
+  TABLES: 64,
+  /** The header's zeroed-grain flag: a grain table entry 1 reads as zeroes. */
+  ZERO_GRAIN: 128,
 } as const;
 
 /**
@@ -388,6 +418,22 @@ export const records = {
  * random bytes (qcrypto_block_luks_erase_key).
  */
 export const luksWriteFlags = { BENCH: 1, FORMAT: 2, COPY: 4, AMEND: 8, AT: 16 } as const;
+/**
+ * params.flags for ops.QCOW2_ENCRYPT (guest/ops/qcow2_encrypt.c): convert
+ * -O qcow2 -o encrypt.format=luks|aes. LUKS: a new LUKS header at byte
+ * arg[3] of output 0 (qcow2's crypto header clusters; secret slots as for
+ * luks_write FORMAT: the passphrase after the inputs', then 64 bytes of
+ * host entropy), data clusters encrypted with its master key, IV sector =
+ * host offset / 512. AES: the legacy method (AES-128-CBC, plain64, key =
+ * the passphrase's first 16 bytes, IV sector = guest offset / 512; the
+ * passphrase in the secret slot after the inputs'). Arguments: arg[0] the
+ * LUKS algorithms packed a byte each (cipher, mode, ivgen, ivgen hash,
+ * PBKDF2 hash from bit 0 up), arg[1] master-key iterations, arg[2] key
+ * slot 0 iterations, arg[3] the header's offset, arg[4] where the data
+ * clusters start (packed in guest order as convert's qcow2 output, DATA_RUN
+ * and CONVERT_DONE reported), arg[5] cluster bits, arg[6] min_sparse.
+ */
+export const qcow2EncryptFlags = { LUKS: 1, AES: 2 } as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;
@@ -1171,6 +1217,34 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_vmdk_stream",
+    size: 88,
+    doc: "records.VMDK_STREAM: one window of a streamOptimized VMDK stream decoded (guest/vmdk/stream.c)",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "flags", type: "u64", offset: 8, doc: "vmdkStreamFlags.* (state carried to the next window)" },
+      { name: "capacity", type: "u64", offset: 16, doc: "disk sectors (the header's)" },
+      { name: "grain", type: "u64", offset: 24, doc: "grain sectors | grain table entries << 32" },
+      { name: "restart", type: "u64", offset: 32, doc: "stream byte where the next window's parse starts" },
+      { name: "frontier", type: "u64", offset: 40, doc: "disk byte below which the disk is final" },
+      { name: "prev_end", type: "u64", offset: 48, doc: "disk byte where the last grain decoded ends" },
+      { name: "grains", type: "u64", offset: 56, doc: "grains decoded in this run" },
+      { name: "bytes_written", type: "u64", offset: 64, doc: "bytes written to the disk window file" },
+      {
+        name: "table_grains",
+        type: "u64",
+        offset: 72,
+        doc: "FIRST with TABLES: the grains the header's grain tables reference",
+      },
+      {
+        name: "head",
+        type: "u64",
+        offset: 80,
+        doc: "FIRST: bytes before the first marker (the header region)",
+      },
+    ],
+  },
+  {
     name: "rec_luks_slots",
     size: 16,
     doc: "records.LUKS_SLOTS: bit i set: the passphrase opens active key slot i",
@@ -1506,6 +1580,7 @@ export const recordStructs: Record<number, string> = {
   [records.ERROR]: "rec_error",
   [records.LUKS_WRITTEN]: "rec_luks_written",
   [records.LUKS_SLOTS]: "rec_luks_slots",
+  [records.VMDK_STREAM]: "rec_vmdk_stream",
   [records.PROBE]: "rec_probe",
   [records.QCOW2_INFO]: "rec_qcow2_info",
   [records.NAME]: "rec_name",
@@ -1628,8 +1703,10 @@ export const enums: Record<string, Record<string, number>> = {
   LUKS_IVGEN_: luksIvgens,
   LUKS_HASH_: luksHashes,
   LUKS_WRITE_F_: luksWriteFlags,
+  QCOW2_ENC_F_: qcow2EncryptFlags,
   LUKS_AMEND_: luksAmendActions,
   LUKS_ENTROPY_: luksEntropy,
+  VMDKS_: vmdkStreamFlags,
   LUKS2_KDF_: luks2Kdfs,
   INSPOP_F_: inspectOpFlags,
   INSPFMT_: inspectFormats,

@@ -182,7 +182,7 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
         bitmaps,
       );
       wrote = true;
-      prog.refcountOrder(w.allocWalks, w.oldTableEntries);
+      prog.refcountOrder(w.allocWalks, w.oldTableEntries, w.walks, w.writeEntries);
       flush();
     }
     if (r.newSize !== undefined) {

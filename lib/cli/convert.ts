@@ -62,6 +62,12 @@ import {
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { convertToLuks } from "../convert/luks_target.ts";
+import {
+  COMPRESS_ENCRYPT,
+  compressEncryptFirst,
+  convertToEncryptedQcow2,
+  encryptedQcow2Refusal,
+} from "../convert/qcow2_encrypt_target.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -94,6 +100,7 @@ import {
   type OnePassTarget,
   RAW_ONE_PASS_BOUND,
 } from "../convert/stdin_raw.ts";
+import { convertVmdkStdin, openVmdkStdin, type VmdkStream } from "../convert/stdin_vmdk.ts";
 import { hostStdio } from "../host/stdio.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
@@ -476,8 +483,19 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const toStdout = outFilename === "-";
     // `-f raw -` into a raw or qcow2 file: one pass over stdin, nothing spooled
     // (lib/convert/stdin_raw.ts). Everything else from stdin is spooled first.
-    const onePass = fromStdin && ref.format === "raw" && !toStdout && !a.skipCreate &&
-      a.snapshot === undefined && (a.outFmt === "raw" || a.outFmt === "qcow2");
+    const onePassTarget = fromStdin && !toStdout && !a.skipCreate && a.snapshot === undefined &&
+      (a.outFmt === "raw" || a.outFmt === "qcow2");
+    // `-f vmdk -` likewise when the stream is streamOptimized (lib/convert/stdin_vmdk.ts): the first
+    // window is read and decoded here; any other vmdk stream is spooled, those bytes first.
+    let vmdkStream: VmdkStream | undefined;
+    let spoolPrefix: { path: string; len: bigint } | undefined;
+    if (onePassTarget && ref.format === "vmdk") {
+      const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
+      const opened = await streamStep(() => openVmdkStdin(hostStdio(), windows, streamWindowBytes()));
+      if (opened.kind === "stream") vmdkStream = opened;
+      else spoolPrefix = opened.prefix;
+    }
+    const onePass = onePassTarget && (ref.format === "raw" || vmdkStream !== undefined);
     let sink: StdoutSink | undefined;
     if (toStdout) {
       if (a.skipCreate) {
@@ -493,7 +511,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (onePass) {
         chain = [];
       } else if (fromStdin) {
-        spool = await streamStep(() => spoolStdin(a.maxSpool), source);
+        spool = await streamStep(() => spoolStdin(a.maxSpool, spoolPrefix), source);
         chain = [
           await openStdinImage(source, spool.path, {
             format: ref.format,
@@ -532,7 +550,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
     // bdrv_getlength of the source (the driver's rounding of its size).
     // One pass: the size is known at the stream's end; qcow2 plans for a bound (below).
-    let size = onePass ? 0n : chain[0].length;
+    let size = vmdkStream ? vmdkStream.size : onePass ? 0n : chain[0].length;
     // -n -B: the target is not created, so the name is never used; only what
     // the source's top layer decides is written (lib/convert/top_ranges.ts).
     let top: [bigint, bigint][] | undefined;
@@ -599,13 +617,21 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       // With -n nothing is created: qemu never looks at them for the target.
       const old = a.skipCreate ? {} : { backingFile: a.outBase, backingFmt: a.backingFmt };
       spec = outputOptions(outDriver, hostDevice ? "" : a.options ?? "", outFilename!, size, old);
-      if (onePass && spec.writer === "qcow2") {
+      if (vmdkStream) {
+        // The stream's header gave the disk's size: planned as for a file.
+      } else if (onePass && spec.writer === "qcow2") {
         size = onePassBound(spec.qcow2!.clusterSize, spec.qcow2!.extendedL2);
         spec = outputOptions(outDriver, a.options ?? "", outFilename!, size, old);
       } else if (onePass) {
         size = RAW_ONE_PASS_BOUND;
       }
     } catch (e) {
+      // -c with encryption: img_convert refuses it before bdrv_create checks the options.
+      if (e instanceof OutputOptionError && a.compress && compressEncryptFirst(outDriver, a.options ?? "")) {
+        if (e.message.startsWith(`${outFilename}: error while converting `)) {
+          throw new CliError([COMPRESS_ENCRYPT]);
+        }
+      }
       if (e instanceof OutputOptionError) throw new CliError([e.message]);
       throw e;
     }
@@ -614,6 +640,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         const c = spec.compress;
         throw new CliError([c && !c.accepted ? c.message : "Compression not supported for this file format"]);
       }
+      if (spec.qcow2Create?.encrypt) throw new CliError([COMPRESS_ENCRYPT]);
       if (spec.preallocation !== "off") {
         throw new CliError(["Compression and preallocation not supported at the same time"]);
       }
@@ -656,6 +683,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         `Preallocation (${spec.preallocation}) needs the disk's size up front; a raw stream on stdin has none`,
       ]);
     }
+    const encrypted = encryptedQcow2Refusal(spec.qcow2Create?.encrypt, {
+      stream: toStdout || onePass,
+      preallocation: spec.preallocation,
+      backing: backingName !== undefined,
+    });
+    if (encrypted !== undefined) throw new CliError([encrypted]);
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
     if (toStdout && spec.writer === "extents") {
       throw new CliError([
@@ -814,7 +847,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           ? { kind: "raw" }
           : { kind: "qcow2", packed: qcow2Target(job, { options: spec.qcow2!, compress: a.compress }) };
         const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
-        written = await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
+        written = vmdkStream
+          ? await convertVmdkStdin(job, target, out, vmdkStream)
+          : await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
       } else if (sink) {
         written = await streamToStdout(job, spec, a.compress, sink, scratch);
       } else if (top && spec.writer === "raw") {
@@ -840,6 +875,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToLuks(job, spec.luks!, out, o.secrets, kdfMaxIters());
       } else if (spec.writer === "extents") {
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
+      } else if (spec.qcow2Create?.encrypt) {
+        const e = spec.qcow2Create.encrypt;
+        written = await convertToEncryptedQcow2(job, spec.qcow2!, e, out, o.secrets, kdfMaxIters());
       } else if (spec.preallocation !== "off") {
         written = await convertPreallocatedQcow2(outFilename!, out, spec.qcow2Create!, {
           unsafeQuirks: o.unsafeQuirks,

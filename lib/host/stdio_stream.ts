@@ -49,9 +49,9 @@ export async function unnamedSpool(): Promise<UnnamedFile> {
  * than `max`, a terminal, or a read error is a StreamError (the file is
  * discarded first).
  */
-export async function spoolStdin(max: bigint): Promise<UnnamedFile> {
+export async function spoolStdin(max: bigint, prefix?: { path: string; len: bigint }): Promise<UnnamedFile> {
   const stdio = hostStdio();
-  if (stdio.isTerminal(0)) {
+  if (!prefix && stdio.isTerminal(0)) {
     throw new StreamError("stdin is a terminal; pipe or redirect an image into it");
   }
   const u = await unnamedSpool();
@@ -59,6 +59,21 @@ export async function spoolStdin(max: bigint): Promise<UnnamedFile> {
     using f = await Deno.open(u.path, { write: true });
     const buf = new Uint8Array(1 << 20);
     let total = 0n;
+    // The stream's first bytes, already read into `prefix` (a vmdk stream that is not streamOptimized).
+    if (prefix) {
+      if (prefix.len > max) {
+        throw new StreamError(`stdin holds more than the spool limit of ${max} bytes (--max-spool)`);
+      }
+      using src = await Deno.open(prefix.path, { read: true });
+      for (let left = prefix.len; left > 0n;) {
+        const n = await src.read(buf.subarray(0, left < BigInt(buf.length) ? Number(left) : buf.length));
+        if (n === null) throw new StreamError("error while reading stdin: the spooled start ended early");
+        let at = 0;
+        while (at < n) at += await f.write(buf.subarray(at, n));
+        left -= BigInt(n);
+      }
+      total = prefix.len;
+    }
     for (;;) {
       const n = await stdio.read(buf);
       if (n === null) break;

@@ -235,16 +235,19 @@ export async function serveCommand(argv: string[], io: Io, _base?: InstarOptions
   const slots = new Slots(jobs);
   io.err(`instar serve: listening on ${where} (uid ${Deno.uid()}, ${jobs} requests at a time)\n`);
   // SIGTERM/SIGINT to the service: requests in flight finish (up to 30 s), then
-  // it exits; our own socket file goes with it, so clients fall back at once.
+  // serveCommand returns 0 and main exits; our own socket file goes with it, so
+  // clients fall back at once. A second signal returns 1 at once.
   let inFlight = 0;
   let stopping = false;
+  let finish: (code: number) => void = () => {};
+  const stopped = new Promise<number>((r) => finish = r);
   const stop = async () => {
-    if (stopping) Deno.exit(1); // a second signal: now
+    if (stopping) return finish(1);
     stopping = true;
     const until = Date.now() + 30_000;
     while (inFlight > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
     if (ownPath) await Deno.remove(ownPath).catch(() => {});
-    Deno.exit(0);
+    finish(0);
   };
   const ownPath = where.startsWith("/") ? where : undefined;
   Deno.addSignalListener("SIGTERM", stop);
@@ -264,7 +267,13 @@ export async function serveCommand(argv: string[], io: Io, _base?: InstarOptions
   // own: a client slow to send its request delays only itself.
   const meta = new BigInt64Array(7);
   for (;;) {
-    const conn = await lib.vmm_serve_accept(lfd, new Uint8Array(meta.buffer));
+    // The accept blocks in a worker thread; a stop does not wait for it (main
+    // exits with the process, and that thread with it).
+    const conn = await Promise.race([
+      lib.vmm_serve_accept(lfd, new Uint8Array(meta.buffer)),
+      stopped.then((code) => ({ code })),
+    ]);
+    if (typeof conn !== "number") return conn.code;
     if (conn < 0) {
       if (conn === -13) io.err(`instar serve: refused a peer with uid ${meta[2]} (pid ${meta[3]})\n`);
       else {

@@ -35,3 +35,54 @@ export async function qemuLuksImage(
   }
   throw new Error(`qemu-img create -f luks ${opts}: ${last}`);
 }
+
+/** Whether cryptsetup runs here (scripts/deps.sh installs cryptsetup-bin). */
+export const haveCryptsetup = (() => {
+  try {
+    return new Deno.Command("cryptsetup", { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+})();
+
+/**
+ * A LUKS1 file of `size` bytes made by cryptsetup luksFormat with 1000
+ * PBKDF2 iterations and the passphrase `pw` (aes-xts-plain64 and sha256
+ * unless `extra` says otherwise).
+ */
+export async function cryptsetupLuks1Image(
+  dir: string,
+  name: string,
+  size: number,
+  pw: string,
+  extra: string[] = [],
+): Promise<void> {
+  await Deno.writeFile(`${dir}/${name}`, new Uint8Array(0));
+  await Deno.truncate(`${dir}/${name}`, size);
+  const p = new Deno.Command("cryptsetup", {
+    args: [
+      "luksFormat",
+      "--batch-mode",
+      "--type",
+      "luks1",
+      "--pbkdf-force-iterations",
+      "1000",
+      "--key-file",
+      "-",
+      ...extra,
+      name,
+    ],
+    cwd: dir,
+    stdin: "piped",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const w = p.stdin.getWriter();
+  await w.write(new TextEncoder().encode(pw));
+  await w.close();
+  const r = await p.output();
+  if (!r.success) {
+    throw new Error(`cryptsetup luksFormat ${extra.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+  }
+}

@@ -62,15 +62,34 @@ export class AmendProgress {
     for (const i of [0n, 1n, 2n]) this.report(AMEND_OP.UPGRADING, i, 2n);
   }
 
-  /** walk_over_reftable's reports: `allocWalks` allocating walks and the writing one, each over `entries`. */
-  refcountOrder(allocWalks: number, entries: bigint) {
-    const walk = (index: number, total: number) => {
-      const w = BigInt(index), t = BigInt(total) * entries;
-      for (let i = 0n; i < entries; i++) this.report(AMEND_OP.CHANGING_REFCOUNT_ORDER, w * entries + i, t);
-      this.report(AMEND_OP.CHANGING_REFCOUNT_ORDER, (w + 1n) * entries, t);
+  /**
+   * walk_over_reftable's reports: `allocWalks` allocating walks and the
+   * writing one, each over `entries`; or, when the old table grew during a
+   * walk, over the sizes `walks` says each saw (qemu reads the size live)
+   * and `writeEntries` for the writing one.
+   */
+  refcountOrder(
+    allocWalks: number,
+    entries: bigint,
+    walks?: { sizes: { from: bigint; size: bigint }[]; end: bigint }[],
+    writeEntries?: bigint,
+  ) {
+    const walk = (index: number, total: number, sizes: { from: bigint; size: bigint }[], end: bigint) => {
+      const w = BigInt(index), t = BigInt(total);
+      let s = 0, size = sizes[0].size;
+      for (let i = 0n; i < size; i++) {
+        while (s + 1 < sizes.length && sizes[s + 1].from <= i) size = sizes[++s].size;
+        if (i >= size) break;
+        this.report(AMEND_OP.CHANGING_REFCOUNT_ORDER, w * size + i, t * size);
+      }
+      this.report(AMEND_OP.CHANGING_REFCOUNT_ORDER, (w + 1n) * end, t * end);
     };
-    for (let i = 0; i < allocWalks; i++) walk(i, Math.max(i + 2, 3));
-    walk(allocWalks, allocWalks + 1);
+    for (let i = 0; i < allocWalks; i++) {
+      const ws = walks?.[i] ?? { sizes: [{ from: 0n, size: entries }], end: entries };
+      walk(i, Math.max(i + 2, 3), ws.sizes, ws.end);
+    }
+    const we = writeEntries ?? entries;
+    walk(allocWalks, allocWalks + 1, [{ from: 0n, size: we }], we);
   }
 
   /** expand_zero_clusters_in_l1's report after each of `entries` L1 entries. */

@@ -9,17 +9,27 @@
 // L2 table's refcount is 1), the feature bits cleared and the header
 // rewritten as a version 2 header (planHeaderRewrite).
 //
-// Crash order (each step synced before the next): 1. the data clusters of
-// preallocated zero clusters are zeroed (nothing points at them as data
-// yet: their entries still read as zero); 2. the L2 entries are rewritten
-// (a v3 image reads the same whichever entries were reached); 3. the header,
-// last, switches the image to version 2. No cluster is allocated or freed,
-// so refcounts never change and a crash leaves a valid v3 image.
+// A plain zero cluster of an image with a backing file gets a new cluster
+// of zeroes (qcow2_alloc_clusters, first fit, on the shared refcount model:
+// new refcount blocks hooked into the table, a full table moved by
+// qcow2_refcount_area); in an L2 table a snapshot shares, qemu gives the new
+// cluster the table's refcount.
+//
+// Crash order (each step synced before the next): 0. a moved refcount
+// table: its blocks (every count raised so far) and the table, the entries
+// hooked into the table it replaces, the header's refcount-table fields
+// (the image stays a valid v3 image); 1. the data clusters of zero
+// clusters are zeroed (nothing points at them as data yet: their entries
+// still read as zero) and the refcount blocks with the raised counts
+// written; then new blocks' entries in the table; 2. the L2 entries are
+// rewritten (a v3 image reads the same whichever entries were reached);
+// 3. the header, last, switches the image to version 2. Refcounts only
+// rise, before anything points at the new clusters: a crash leaves a valid
+// v3 image with at most leaked clusters.
 //
 // What instar does not do yet is refused before anything is written: a
-// plain zero cluster in an image with a backing file (qemu allocates a
-// cluster for it), a zstd compression type, and what planHeaderRewrite
-// refuses (bitmaps, autoclear or unknown compatible bits, a dirty image).
+// zstd compression type, and what planHeaderRewrite refuses (bitmaps,
+// autoclear or unknown compatible bits, a dirty image).
 import { type FilePlan, MAX_PATCHES, type Patch } from "../plan.ts";
 import type { Qcow2Model } from "./model.ts";
 import { planHeaderRewrite } from "./rebase_plan.ts";
@@ -33,6 +43,14 @@ const UINT32_MAX = 0xffffffffn;
 const UINT64_MAX = (1n << 64n) - 1n;
 const INCOMPAT_DIRTY = 1n;
 const INCOMPAT_COMPRESSION = 8n;
+/** Header fields: refcount_table_offset (u64) then refcount_table_clusters (u32). */
+const HDR_REFTABLE = 48n;
+
+function be64(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v & UINT64_MAX);
+  return b;
+}
 
 /** One zero-flagged L2 entry: the file offset of the entry and its raw value. */
 export interface ZeroEntry {
@@ -127,14 +145,20 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   // The active pass rewrites shared L2 tables in place, so a snapshot's
   // later visit of the same entry finds it expanded already: first visit wins.
   // qcow2_alloc_clusters for the plain zero clusters of a backed image: the
-  // shared model replays qemu's first fit; a new refcount block or a moved
-  // refcount table is refused (not replayed here yet).
-  let model: RefcountModel | undefined, grew = false;
-  const allocate = (): bigint | undefined => {
+  // shared model replays qemu's first fit, new refcount blocks (hooked into
+  // the table) and a moved refcount table (qcow2_refcount_area: its blocks
+  // and table, the entries hooked into the table it replaces and the
+  // header's refcount-table fields, each a step written before anything
+  // else; the old table freed, not discarded).
+  let model: RefcountModel | undefined;
+  const moves: Patch[][] = [];
+  const blockWrites = (m: RefcountModel): Patch[] =>
+    m.takeDirty().map((t) => ({ kind: "write" as const, offset: m.table.get(t)!, bytes: m.blockBytes(t) }));
+  const allocate = (l2Ref: bigint): bigint | undefined => {
     if (!model) {
       const table = new Map<bigint, bigint>();
       for (const [i, v] of scan.reftable) table.set(BigInt(i), v & 0xfffffffffffffe00n);
-      model = new RefcountModel({
+      const m = model = new RefcountModel({
         clusterBits: scan.clusterBits,
         refcountOrder: scan.refcountOrder,
         tableOffset: scan.reftableOffset,
@@ -142,18 +166,33 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
         table,
         runs: scan.runs,
       });
-      model.listener = { blockCreated: () => (grew = true), tableMoved: () => (grew = true) };
+      m.listener = {
+        tableMoved: (move) => {
+          moves.push([...blockWrites(m), { kind: "write", offset: m.tableOffset, bytes: m.tableBytes() }]);
+          moves.push(move.oldHookups.map((t) => ({
+            kind: "write" as const,
+            offset: move.oldOffset + t * 8n,
+            bytes: be64(move.oldEntries.get(t)!),
+          })));
+          const f = new Uint8Array(12);
+          new DataView(f.buffer).setBigUint64(0, m.tableOffset);
+          new DataView(f.buffer).setUint32(8, Number(m.tableClusters));
+          moves.push([{ kind: "write", offset: HDR_REFTABLE, bytes: f }]);
+        },
+      };
     }
     try {
       const c = model.alloc(1n);
       const at = c << BigInt(scan.clusterBits);
       // qemu's overlap check: never over the header, the refcount table or a block
       const cs = 1n << BigInt(scan.clusterBits);
-      const rt = scan.reftableOffset, rtEnd = rt + BigInt(scan.reftableClusters) * cs;
+      const rt = model.tableOffset, rtEnd = rt + model.tableClusters * cs;
       if (c === 0n || (at < rtEnd && rt < at + cs) || [...model.table.values()].includes(at)) {
         return undefined;
       }
-      return grew ? undefined : at;
+      // A shared L2 table: qemu gives the new cluster the table's refcount.
+      if (l2Ref > 1n) model.set(c, l2Ref);
+      return at;
     } catch (e) {
       if (e instanceof RefcountError) return undefined;
       throw e;
@@ -179,12 +218,15 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
         entries.push({ at: z.at, value: 0n });
         continue;
       }
-      const got = l2Ref === 1n ? allocate() : undefined;
+      if (l2Ref === 0n) {
+        return { kind: "refuse", why: "an L2 table has no refcount (the image is corrupt)" };
+      }
+      const got = allocate(l2Ref);
       if (got === undefined) {
         return {
           kind: "refuse",
-          why: "instar does not yet expand these zero clusters of an image with a backing file " +
-            "(a shared L2 table, or new refcount structures)",
+          why: "an allocation for a zero cluster would overwrite metadata or fail " +
+            "(the image is corrupt; run qemu-img check)",
         };
       }
       host = got;
@@ -202,7 +244,18 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
       return { kind: "refuse", why: "an L2 table is also used as a data cluster (the image is corrupt)" };
     }
   }
-  const header = planHeaderRewrite(m, {
+  // The header names the refcount table where it stands after any move.
+  const hm: Qcow2Model = model && model.tableOffset !== scan.reftableOffset
+    ? {
+      ...m,
+      layout: {
+        ...m.layout,
+        refcountTableOffset: model.tableOffset,
+        refcountTableClusters: Number(model.tableClusters),
+      },
+    }
+    : m;
+  const header = planHeaderRewrite(hm, {
     version: 2,
     lazyRefcounts: false,
     backingFile: m.backingFile,
@@ -226,16 +279,27 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   }
 
   // 1. zero the preallocated and the newly allocated clusters (adjacent ones
-  // merged) and raise the refcounts of the new ones
+  // merged) and raise the refcounts of the new ones; then hook new refcount
+  // blocks into the table
   const zp: Patch[] = [];
   const refWrites: Patch[] = [];
+  const hookups: Patch[] = [];
+  const moved = moves.flat();
   if (model) {
-    for (const t of model.takeDirty()) {
-      const at = model.table.get(t)!;
-      if (at < hdrEnd || at + cs > end || zeroClusters.has(at)) {
+    refWrites.push(...blockWrites(model));
+    for (const t of model.takeHookups()) {
+      hookups.push({ kind: "write", offset: model.tableOffset + t * 8n, bytes: be64(model.table.get(t)!) });
+    }
+    // (A table qemu moved away from may be reused for a zero cluster: its
+    // hookups are written before the cluster is zeroed, as qemu orders them.)
+    for (const p of [...moved, ...refWrites]) {
+      if (p.offset === HDR_REFTABLE) continue; // a moved table's header fields
+      const current = refWrites.includes(p) || [...model.table.values()].includes(p.offset);
+      if (p.offset < hdrEnd || (current && zeroClusters.has(p.offset - (p.offset % cs)))) {
         return { kind: "refuse", why: "a refcount block lies outside the file (the image is corrupt)" };
       }
-      refWrites.push({ kind: "write", offset: at, bytes: model.blockBytes(t) });
+      const e = p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : 0n);
+      if (e > newEnd) newEnd = e;
     }
   }
   for (const c of [...zeroClusters].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
@@ -268,10 +332,16 @@ export function planQcow2Downgrade(m: Qcow2Model, scan: DowngradeScan): Downgrad
   for (const s of scan.snapshots) l1Entries += s.l1Size ?? 0n;
   return {
     kind: "write",
-    steps: [...chunk([...zp, ...refWrites], newEnd), ...chunk(ep, newEnd), {
-      ...header.value,
-      fileSize: newEnd,
-    }],
+    steps: [
+      ...moves.filter((p) => p.length > 0).flatMap((p) => chunk(p, newEnd)),
+      ...chunk([...zp, ...refWrites], newEnd),
+      ...chunk(hookups, newEnd),
+      ...chunk(ep, newEnd),
+      {
+        ...header.value,
+        fileSize: newEnd,
+      },
+    ],
     l1Entries,
   };
 }

@@ -85,14 +85,6 @@ export const qcow2Driver: FormatDriver = {
       // Every refusal of the options themselves gets bdrv_create's prefix.
       if (!typed.ok) return fail("invalid_option", typed.error.message);
       const t = typed.value;
-      if (t.encrypt) {
-        // The packing guest does not encrypt clusters yet: refuse rather than write plain data.
-        const alias = opts.items.some((i) => i.name === "encryption" && i.str !== "off");
-        return fail(
-          "invalid_option",
-          `The qcow2 option '${alias ? "encryption" : "encrypt.format"}' is not supported by instar`,
-        );
-      }
       // qcow2_co_create's checks, in its order (the backing ones included).
       const bad = validateCreate(t);
       if (bad !== undefined) return fail("invalid_option", bad);

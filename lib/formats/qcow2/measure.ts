@@ -7,7 +7,9 @@ import { alignUp, fail, ok, type PlanResult } from "../plan.ts";
 import { MAX_L1_BYTES, refcountMetadataSize } from "./encode.ts";
 
 export type { AllocationExtent, MeasureInput, MeasureResult } from "../types.ts";
-import type { MeasureInput, MeasureResult } from "../types.ts";
+import type { MeasureHost, MeasureInput, MeasureResult } from "../types.ts";
+import { qcow2EncryptOptions } from "./create_encrypt.ts";
+import { luksCheck, luksKeyBytes, luksPayloadOffset } from "../luks/create_options.ts";
 
 /** qcow2_calc_prealloc_size: every byte of a fully allocated image with its metadata. */
 export function qcow2PreallocSize(
@@ -77,7 +79,37 @@ export function bitmapsSize(
   return size + alignUp(dir, clusterSize);
 }
 
-export function qcow2Measure(o: ParsedOpts, input?: MeasureInput): PlanResult<MeasureResult> {
+/**
+ * The LUKS header's length as qcrypto_block_calculate_payload_offset finds it: a dry-run
+ * create, so the LUKS members are parsed, the key-secret must be named and exist, and the
+ * algorithms must be usable (qemu's dry run also calibrates PBKDF2; the length does not
+ * depend on it).
+ */
+function luksHeaderLength(o: ParsedOpts, host?: MeasureHost): PlanResult<bigint> {
+  const e = qcow2EncryptOptions(o);
+  if (!e.ok) return fail(e.error.kind, e.error.message);
+  if (e.value?.format !== "luks") return fail("invalid_option", "Parameter 'encrypt.format' is missing");
+  const { keySecret, luks } = e.value;
+  if (keySecret === undefined) {
+    return fail("invalid_option", "Parameter 'encrypt.key-secret' is required for cipher");
+  }
+  try {
+    host?.passphrase(keySecret);
+  } catch (err) {
+    const lines = (err as { lines?: string[] }).lines;
+    if (lines) return fail("invalid_option", lines[0]);
+    throw err;
+  }
+  const why = luksCheck(luks);
+  if (why) return fail("invalid_option", why);
+  return ok(luksPayloadOffset(luksKeyBytes(luks)));
+}
+
+export function qcow2Measure(
+  o: ParsedOpts,
+  input?: MeasureInput,
+  host?: MeasureHost,
+): PlanResult<MeasureResult> {
   const extendedL2 = optGet(o, "extended_l2")?.bool ?? false;
   const cs = optGet(o, "cluster_size")?.num ?? 65536n;
   if (cs < 512n || cs > 2097152n || (cs & (cs - 1n)) !== 0n) {
@@ -110,9 +142,13 @@ export function qcow2Measure(o: ParsedOpts, input?: MeasureInput): PlanResult<Me
     return fail("invalid_option", `invalid parameter value: ${prealloc}`);
   }
   const hasBacking = optGet(o, "backing_file") !== undefined;
-  const encFormat = optGet(o, "encrypt.format")?.str;
-  if (encFormat === "luks") {
-    return fail("unsupported", "Measuring LUKS-encrypted qcow2 targets is not supported by instar");
+  // qemu takes only encrypt.format=luks into account (the LUKS header's clusters); any other
+  // value, and the `encryption` alias alone, measure as an unencrypted image.
+  let luksPayload = 0n;
+  if (optGet(o, "encrypt.format")?.str === "luks") {
+    const header = luksHeaderLength(o, host);
+    if (!header.ok) return header;
+    luksPayload = alignUp(header.value, cs);
   }
 
   let virtualSize = alignUp(optGet(o, "size")?.num ?? 0n, cs);
@@ -128,7 +164,10 @@ export function qcow2Measure(o: ParsedOpts, input?: MeasureInput): PlanResult<Me
   }
   if (prealloc === "full" || prealloc === "falloc") required = virtualSize;
   const fullyAllocated = qcow2PreallocSize(virtualSize, cs, Number(bits), extendedL2);
-  const result: MeasureResult = { required: fullyAllocated - virtualSize + required, fullyAllocated };
+  const result: MeasureResult = {
+    required: fullyAllocated - virtualSize + required + luksPayload,
+    fullyAllocated: fullyAllocated + luksPayload,
+  };
   if (version >= 3 && input?.supportsBitmaps) {
     result.bitmaps = bitmapsSize(input.bitmaps ?? [], input.virtualSize, cs);
   }

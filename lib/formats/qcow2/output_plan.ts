@@ -3,7 +3,9 @@
 // where it put them; this planner then lays out every piece of metadata:
 //
 //   cluster 0            header
-//   clusters 1..         L1 table (qcow2OutputPrologue reserves it)
+//   clusters 1..         the LUKS header of an encrypted output (written by
+//                        the qcow2_encrypt guest), if any
+//   then                 L1 table (qcow2OutputPrologue reserves it)
 //   [dataStart, dataEnd) data, written by the guest
 //   alignUp(dataEnd) ..  L2 tables, then refcount blocks, then the refcount
 //                        table, written as one contiguous patch
@@ -52,6 +54,9 @@ export interface Qcow2OutputOptions {
   /** Optional backing file name (convert -B) and its format, stored in the header. */
   backingFile?: Uint8Array;
   backingFormat?: string;
+  /** Encrypted output (convert -o encrypt.format=...): crypt_method 1 (aes) or 2 (luks, whose LUKS
+   * header of `headerLength` bytes gets the clusters right after the header cluster). */
+  crypt?: { method: 1 | 2; headerLength: bigint };
 }
 
 /** Normal data: guest clusters [guestCluster, guestCluster+count) at hostOffset, hostOffset+clusterSize, ... */
@@ -79,6 +84,8 @@ interface Geometry {
   clusterBits: number;
   l1Size: bigint;
   l1Clusters: bigint;
+  /** The LUKS header's clusters (from cluster 1 on; 0: none). */
+  cryptClusters: bigint;
   dataStart: bigint;
   guestClusters: bigint;
 }
@@ -126,11 +133,13 @@ function geometry(o: Qcow2OutputOptions, virtualSize: bigint): PlanResult<Geomet
     return fail("invalid_size", "Could not resize image: Failed to grow the L1 table: File too large");
   }
   const l1Clusters = divRoundUp(l1Size * 8n, cs);
+  const cryptClusters = o.crypt?.method === 2 ? divRoundUp(o.crypt.headerLength, cs) : 0n;
   return ok({
     clusterBits: cs.toString(2).length - 1,
     l1Size,
     l1Clusters,
-    dataStart: (1n + l1Clusters) * cs,
+    cryptClusters,
+    dataStart: (1n + cryptClusters + l1Clusters) * cs,
     guestClusters: divRoundUp(virtualSize, cs),
   });
 }
@@ -316,7 +325,7 @@ export function qcow2OutputFinish(
     const end = Number(first + count);
     for (let k = Number(first); k < end; k++) setRefcount(refblocks, k, 1n, o.refcountBits);
   };
-  one(0n, 1n + g.l1Clusters);
+  one(0n, 1n + g.cryptClusters + g.l1Clusters);
   for (const r of runs) one(r.hostOffset / cs, r.count);
   for (const [k, n] of shared) setRefcount(refblocks, Number(k), n, o.refcountBits);
   one(metaCluster, nL2 + blocks + tableClusters);
@@ -330,7 +339,7 @@ export function qcow2OutputFinish(
     clusterBits: g.clusterBits,
     virtualSize,
     l1Size: Number(g.l1Size),
-    l1TableOffset: g.l1Size > 0n ? cs : 0n,
+    l1TableOffset: g.l1Size > 0n ? (1n + g.cryptClusters) * cs : 0n,
     refcountTableOffset: reftableStart,
     refcountTableClusters: Number(tableClusters),
     refcountOrder: Math.log2(o.refcountBits),
@@ -339,11 +348,13 @@ export function qcow2OutputFinish(
     lazyRefcounts: o.lazyRefcounts,
     backingFile: o.backingFile,
     backingFormat: o.backingFormat,
+    cryptMethod: o.crypt?.method ?? 0,
+    cryptHeader: g.cryptClusters > 0n ? { offset: cs, length: o.crypt!.headerLength } : undefined,
   });
   if (!header.ok) return header;
 
   const patches: Patch[] = [{ kind: "write", offset: 0n, bytes: header.value }];
-  if (l1.length > 0) patches.push({ kind: "write", offset: cs, bytes: l1 });
+  if (l1.length > 0) patches.push({ kind: "write", offset: (1n + g.cryptClusters) * cs, bytes: l1 });
   if (metaStart > dataEnd) patches.push({ kind: "zero", offset: dataEnd, length: metaStart - dataEnd });
   patches.push({ kind: "write", offset: metaStart, bytes: meta });
   return ok({ patches, fileSize });

@@ -8,7 +8,7 @@ import type { DecodedImage, ResizeHost } from "../types.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
 import { GuestResultError } from "./model.ts";
 import { decodeScan } from "./resize.ts";
-import { planRefcountOrder } from "./refcount_order_plan.ts";
+import { planRefcountOrder, type WalkSizes } from "./refcount_order_plan.ts";
 import { type BitmapsExt, planHeaderRewrite } from "./rebase_plan.ts";
 import type { Qcow2ResizeScan } from "./resize_plan.ts";
 
@@ -20,7 +20,7 @@ export async function qcow2ChangeRefcountOrder(
   order: number,
   /** The bitmaps extension the rewritten header carries (lib/formats/qcow2/rebase_plan.ts). */
   bitmaps?: BitmapsExt,
-): Promise<{ allocWalks: number; oldTableEntries: bigint }> {
+): Promise<{ allocWalks: number; oldTableEntries: bigint; walks: WalkSizes[]; writeEntries: bigint }> {
   const q = image.qcow2!;
   const result = await host.scan(formats.QCOW2, [q.virtualSize, 0n]);
   const err = result.records.find((r) => r.type === records.ERROR);
@@ -76,5 +76,10 @@ export async function qcow2ChangeRefcountOrder(
     "Error while amending options",
     "write",
   );
-  return { allocWalks: plan.allocWalks, oldTableEntries: plan.oldTableEntries };
+  return {
+    allocWalks: plan.allocWalks,
+    oldTableEntries: plan.oldTableEntries,
+    walks: plan.walks,
+    writeEntries: plan.writeEntries,
+  };
 }

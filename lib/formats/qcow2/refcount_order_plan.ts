@@ -18,16 +18,26 @@
 //   4. the old refblocks and the old table are freed in the NEW structures
 //      (QCOW2_DISCARD_OTHER: nothing is discarded), the new blocks rewritten.
 //
-// Crash order, one step each, synced: the new blocks and the new table are
-// written where nothing points yet, and the old blocks that count them are
-// updated, before the header (the one pointer) switches; the old structures
-// are freed only after it did. A crash before the header leaves the old
-// image with leaked clusters, after it the new image with leaked clusters.
+// When an allocation in step 1 needs a refcount block the old table has
+// no entry for, qemu's alloc_refcount_block places one (hooked into the old
+// table), or, with the old table full, qcow2_refcount_area lays out new
+// blocks and a larger old-width table past the file and switches the header
+// to it; the walk reads the old table as it then stands (its size, and the
+// blocks in it, as of the moment it reaches each entry). The model replays
+// both (refcounts.ts).
 //
-// Refused (never written): a walk that would need new blocks or a new table
-// in the old structures (qemu hooks them up; not replayed here yet), and a
-// count too large for the new width past the first new block (qemu would
-// have allocated blocks before failing).
+// Crash order, one step each, synced: a moved old-width table first (its
+// blocks and the table, the entries hooked into the table it replaces, the
+// header's refcount-table fields: the image stays a valid old-width image);
+// then the new blocks and the new table are written where nothing points
+// yet, and the old blocks that count them (new ones among them) are
+// updated, and new old blocks hooked into the old table, before the header
+// (the one pointer) switches; the old structures are freed only after it
+// did. A crash before the header leaves the old image with leaked
+// clusters, after it the new image with leaked clusters.
+//
+// Refused (never written): a count too large for the new width past the
+// first new block (qemu would have allocated blocks before failing).
 import { type FilePlan, MAX_PATCHES, type Patch } from "../plan.ts";
 import { RefcountError, RefcountModel, type RefRun } from "./refcounts.ts";
 
@@ -66,7 +76,35 @@ export type RefcountOrderResult =
     allocWalks: number;
     /** Entries of the old refcount table (each walk visits them). */
     oldTableEntries: bigint;
+    /** The old table's size as each alloc walk saw it (it grows when the old table moves). */
+    walks: WalkSizes[];
+    /** Entries of the old table the writing walk visits. */
+    writeEntries: bigint;
   };
+
+/** One walk_over_reftable: the table size from entry `from` on, and the size at its end. */
+export interface WalkSizes {
+  sizes: { from: bigint; size: bigint }[];
+  end: bigint;
+}
+
+/** Header fields: refcount_table_offset (u64) then refcount_table_clusters (u32). */
+const HDR_REFTABLE = 48n;
+
+function be64(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v);
+  return b;
+}
+
+/** The old model's dirty blocks, as writes (they stop being dirty). */
+function oldBlockPatches(m: RefcountModel): Patch[] {
+  return m.takeDirty().map((t) => ({
+    kind: "write" as const,
+    offset: m.table.get(t)!,
+    bytes: m.blockBytes(t),
+  }));
+}
 
 const hex = (v: bigint) => (v === 0n ? "0" : `0x${v.toString(16)}`);
 
@@ -104,7 +142,6 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
     }
     seenBlocks.add(off);
   }
-  let grew = false;
   const old = new RefcountModel({
     clusterBits: scan.clusterBits,
     refcountOrder: scan.refcountOrder,
@@ -113,7 +150,26 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
     table,
     runs: scan.runs,
   });
-  old.listener = { blockCreated: () => (grew = true), tableMoved: () => (grew = true) };
+  // Steps written while the walks allocate: each move of the old table.
+  const moves: Patch[][] = [];
+  old.listener = {
+    tableMoved: (move) => {
+      moves.push([...oldBlockPatches(old), {
+        kind: "write",
+        offset: old.tableOffset,
+        bytes: old.tableBytes(),
+      }]);
+      moves.push(move.oldHookups.map((t) => ({
+        kind: "write" as const,
+        offset: move.oldOffset + t * 8n,
+        bytes: be64(move.oldEntries.get(t)!),
+      })));
+      const f = new Uint8Array(12);
+      new DataView(f.buffer).setBigUint64(0, old.tableOffset);
+      new DataView(f.buffer).setUint32(8, Number(old.tableClusters));
+      moves.push([{ kind: "write", offset: HDR_REFTABLE, bytes: f }]);
+    },
+  };
   const oldEntries = BigInt(scan.reftableClusters) << (cb - 3n);
   const total = oldEntries << old.rbBits; // clusters the old table can describe
   const blocks = (total + newPer - 1n) / newPer;
@@ -139,36 +195,72 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
   }
 
   const newTable = new Map<bigint, bigint>();
-  let newSize = 0n, reftableAt = 0n, allocatedSize = 0n, walks = 0;
+  let newSize = 0n, reftableAt = 0n, allocatedSize = 0n;
   const perTableCluster = cs / 8n;
+  const walks: WalkSizes[] = [];
+  let tooBig = false;
+  /** alloc_refblock for new block k. */
+  const allocRefblock = (k: bigint, empty: boolean): boolean => {
+    if (empty) return false;
+    if (k >= newSize) {
+      newSize = ((k + 1n + perTableCluster - 1n) / perTableCluster) * perTableCluster;
+      if (newSize > MAX_REFTABLE_ENTRIES) {
+        tooBig = true;
+        return false;
+      }
+    }
+    if (newTable.has(k)) return false;
+    newTable.set(k, old.alloc(1n) << cb);
+    return true;
+  };
+  /**
+   * walk_over_reftable with alloc_refblock: over the old table as it stands
+   * when the walk reaches each entry (a block placed after the walk read
+   * its entry counts as absent until the next walk), a new block's worth
+   * of entries at a time; each new block's operation runs when the walk
+   * reads the first entry after it (after that entry's table slot was
+   * read), or after the loop for the last one.
+   */
+  const walk = (): boolean => {
+    let allocated = false;
+    const sizes = [{ from: 0n, size: old.tableEntries }];
+    let k = 0n, fill = 0n, empty = true;
+    const op = () => {
+      if (allocRefblock(k, empty)) allocated = true;
+      k++;
+      fill = 0n;
+      empty = true;
+    };
+    for (let j = 0n; j < old.tableEntries && !tooBig; j++) {
+      if (sizes[sizes.length - 1].size !== old.tableEntries) sizes.push({ from: j, size: old.tableEntries });
+      const present = old.table.has(j);
+      const lo = j << old.rbBits;
+      for (let i = 0n; i < old.perBlock && !tooBig;) {
+        if (fill === newPer) op();
+        const take = newPer - fill < old.perBlock - i ? newPer - fill : old.perBlock - i;
+        if (present && empty && !old.allZero(lo + i, take)) empty = false;
+        fill += take;
+        i += take;
+      }
+    }
+    if (fill > 0n && !tooBig) op();
+    walks.push({ sizes, end: old.tableEntries });
+    return allocated;
+  };
+  const tooLarge: RefcountOrderResult = {
+    kind: "error",
+    message:
+      "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting",
+  };
   try {
     for (;;) {
-      let allocated = false;
-      walks++;
-      for (let k = 0n; k < blocks; k++) {
-        const lo = k * newPer, n = lo + newPer <= total ? newPer : total - lo;
-        if (old.allZero(lo, n)) continue;
-        if (k >= newSize) {
-          newSize = ((k + 1n + perTableCluster - 1n) / perTableCluster) * perTableCluster;
-          if (newSize > MAX_REFTABLE_ENTRIES) {
-            return {
-              kind: "error",
-              message:
-                "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting",
-            };
-          }
-        }
-        if (!newTable.has(k)) {
-          newTable.set(k, old.alloc(1n) << cb);
-          allocated = true;
-        }
-        if (grew) return refuse("the new refcount blocks need new refcount structures in the old ones");
-      }
+      const allocated = walk();
+      if (tooBig) return tooLarge;
       if (!allocated) break;
       if (reftableAt) old.update(reftableAt >> cb, (allocatedSize * 8n + cs - 1n) >> cb, -1n);
       reftableAt = old.alloc((newSize * 8n + cs - 1n) >> cb) << cb;
       allocatedSize = newSize;
-      if (grew) return refuse("the new refcount table needs new refcount structures in the old ones");
+      if (walks.length > 64) return refuse("the refcount structures did not settle");
     }
   } catch (e) {
     if (e instanceof RefcountError) return refuse(`refcount replay failed: ${e.message}`);
@@ -180,11 +272,13 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
   }
 
   // qemu's overlap check: an allocation over metadata means the counts were
-  // wrong (a corrupt image, or a hostile scan); nothing is written.
+  // wrong (a corrupt image, or a hostile scan); nothing is written. The old
+  // table and blocks are guarded where they stand at the end (a table qemu
+  // moved away from is free, and may hold new blocks).
   const guarded: { start: bigint; count: bigint }[] = [
     { start: 0n, count: cs },
-    { start: scan.reftableOffset, count: BigInt(scan.reftableClusters) * cs },
-    ...[...table.values()].map((o) => ({ start: o, count: cs })),
+    { start: old.tableOffset, count: old.tableClusters * cs },
+    ...[...old.table.values()].map((o) => ({ start: o, count: cs })),
     ...(scan.protect ?? []),
   ];
   const tableBytesLen = ((newSize * 8n + cs - 1n) >> cb) << cb;
@@ -193,13 +287,8 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
       return refuse("an allocation would overwrite metadata (the image is corrupt; run qemu-img check)");
     }
   }
-  // The file grows to the last cluster allocated.
-  let end = scan.fileSize;
-  for (const off of [...newTable.values(), reftableAt + ((newSize * 8n + cs - 1n) >> cb << cb) - cs]) {
-    if (off + cs > end) end = off + cs;
-  }
-  // Every cluster the plan writes must lie inside the new end and past the header.
   const tableClusters = Number((newSize * 8n + cs - 1n) >> cb);
+  const finalTotal = old.tableEntries << old.rbBits;
 
   // The new counts: the old ones (as the allocations left them) at the new width.
   const fresh = new RefcountModel({
@@ -213,7 +302,7 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
   });
   for (const k of newTable.keys()) {
     const lo = k * newPer;
-    const hi = lo + newPer <= total ? lo + newPer : total;
+    const hi = lo + newPer <= finalTotal ? lo + newPer : finalTotal;
     for (let c = lo; c < hi; c++) {
       const v = old.get(c);
       if (v !== 0n) fresh.set(c, v);
@@ -222,37 +311,51 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
   const newBlocks = (): Patch[] =>
     fresh.takeDirty().map((k) => ({ kind: "write", offset: newTable.get(k)!, bytes: fresh.blockBytes(k) }));
 
-  // Steps 1-2: old blocks that now count the new structures, the new blocks, the new table.
-  const oldBlocks: Patch[] = old.takeDirty().map((t) => ({
-    kind: "write",
-    offset: old.table.get(t)!,
-    bytes: old.blockBytes(t),
-  }));
+  // Steps 1-2: old blocks that now count the new structures (and new old
+  // blocks), the new blocks, the new table; then new old blocks' entries.
   const tableBytes = fresh.tableBytes(newTable, BigInt(tableClusters));
-  const before = chunk([
-    ...oldBlocks,
-    ...newBlocks(),
-    { kind: "write", offset: reftableAt, bytes: tableBytes.subarray(0, Number(newSize * 8n)) },
-  ], end);
+  const stepPatches: Patch[][] = [
+    ...moves,
+    [
+      ...oldBlockPatches(old),
+      ...newBlocks(),
+      { kind: "write", offset: reftableAt, bytes: tableBytes.subarray(0, Number(newSize * 8n)) },
+    ],
+    old.takeHookups().map((t) => ({
+      kind: "write" as const,
+      offset: old.tableOffset + t * 8n,
+      bytes: be64(old.table.get(t)!),
+    })),
+  ];
 
-  // Step 4: the old blocks and table freed in the new structures.
+  // Step 4: the old blocks and table (as they stand) freed in the new structures.
   try {
-    for (const off of [...table.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map((e) => e[1])) {
+    for (const off of [...old.table.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map((e) => e[1])) {
       fresh.update(off >> cb, 1n, -1n);
     }
-    fresh.update(scan.reftableOffset >> cb, BigInt(scan.reftableClusters), -1n);
+    fresh.update(old.tableOffset >> cb, old.tableClusters, -1n);
   } catch (e) {
     if (e instanceof RefcountError) return refuse(`refcount replay failed: ${e.message}`);
     throw e;
   }
-  const after = chunk(newBlocks(), end);
+  const afterPatches = newBlocks();
+  // The file grows to the last cluster written.
+  let end = scan.fileSize;
+  for (const p of [...stepPatches.flat(), ...afterPatches]) {
+    const e = p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.length);
+    if (e > end) end = e;
+  }
+  const reftableEnd = reftableAt + tableBytesLen;
+  if (reftableEnd > end) end = reftableEnd;
   return {
     kind: "write",
-    before,
-    after,
+    before: stepPatches.filter((p) => p.length > 0).flatMap((p) => chunk(p, end)),
+    after: chunk(afterPatches, end),
     reftableOffset: reftableAt,
     reftableClusters: tableClusters,
-    allocWalks: walks,
+    allocWalks: walks.length,
     oldTableEntries: oldEntries,
+    walks,
+    writeEntries: old.tableEntries,
   };
 }

@@ -19,6 +19,11 @@
 // Crash order (one synced step each; a crash between any two leaves at
 // most leaked clusters and OFLAG_COPIED flags `qemu-img check -r leaks`
 // puts right, never a reference to a cluster that is free):
+//   0. only when an allocation finds the refcount table full
+//      (qcow2_refcount_area): the refcount blocks with every count raised
+//      so far and the new table; the entries qemu had hooked into the old
+//      table; the header's refcount table fields. The old table is freed
+//      afterwards (in blocks step 1 writes) and not discarded;
 //   1. new structures nothing points at yet: the snapshot's L1 copy, the new
 //      snapshot table, refcount blocks with every raised refcount (the
 //      allocations and the snapshot's new references);
@@ -44,6 +49,8 @@ export const MAX_SNAPSHOTS = 65536;
 const MAX_SNAPSHOTS_SIZE = 1024n * 65536n;
 /** Header fields: nb_snapshots (u32) then snapshots_offset (u64). */
 const HDR_NB_SNAPSHOTS = 60n;
+/** Header fields: refcount_table_offset (u64) then refcount_table_clusters (u32). */
+const HDR_REFTABLE = 48n;
 /** Kinds of SNAP_L2RUN (snapRunKinds). */
 const KIND_DATA = 1, KIND_COMPRESSED = 2;
 /** More steps than this and the plan is refused (bounded work for the applier). */
@@ -170,8 +177,26 @@ class Replay {
     });
     this.rc.freed = [];
     this.rc.listener = {
-      tableMoved: () => {
-        throw refuse("instar does not grow the refcount table while taking a snapshot");
+      // qcow2_refcount_area (an allocation found the refcount table full):
+      // the refcount blocks with every count raised so far and the new table
+      // are synced before the header names the table; the entries qemu had
+      // hooked into the old table go there too (its bytes stay in the file);
+      // the old table's clusters are freed after the switch, in blocks the
+      // next step writes.
+      tableMoved: (move) => {
+        this.push([
+          ...this.takeBlocks(),
+          { kind: "write", offset: this.rc.tableOffset, bytes: this.rc.tableBytes() },
+        ]);
+        this.push(move.oldHookups.map((t) => ({
+          kind: "write" as const,
+          offset: move.oldOffset + t * 8n,
+          bytes: be64(move.oldEntries.get(t)!),
+        })));
+        const f = new Uint8Array(12);
+        new DataView(f.buffer).setBigUint64(0, this.rc.tableOffset);
+        new DataView(f.buffer).setUint32(8, Number(this.rc.tableClusters));
+        this.push([{ kind: "write", offset: HDR_REFTABLE, bytes: f }]);
       },
     };
     for (const r of scan.l2) {
@@ -194,7 +219,7 @@ class Replay {
       const raw = l1.get(i)!;
       const l2 = raw & L1E_OFFSET_MASK;
       for (const run of this.tables.get(l2) ?? []) {
-        if (addend !== 0n && run.kind === KIND_DATA) rc.update(run.refFirst, BigInt(run.count), addend);
+        if (addend !== 0n && run.kind === KIND_DATA) this.bump(run.refFirst, BigInt(run.count), addend);
         for (let k = 0; k < run.count; k++) {
           const at = run.entry + BigInt(k) * eb;
           const orig = run.kind === KIND_DATA ? run.value + BigInt(k) * cs : run.value;
@@ -203,7 +228,7 @@ class Replay {
           if (run.kind === KIND_DATA) {
             refcount = rc.get(run.refFirst + BigInt(k));
           } else if (run.kind === KIND_COMPRESSED) {
-            if (addend !== 0n) rc.update(run.refFirst, BigInt(run.refClusters), addend);
+            if (addend !== 0n) this.bump(run.refFirst, BigInt(run.refClusters), addend);
             refcount = 2n; // compressed clusters are never written in place
           }
           const entry = (old & ~COPIED) | (refcount === 1n ? COPIED : 0n);
@@ -213,7 +238,7 @@ class Replay {
           }
         }
       }
-      if (addend !== 0n) rc.update(l2 >> this.cb, 1n, addend);
+      if (addend !== 0n) this.bump(l2 >> this.cb, 1n, addend);
       const next = l2 | (rc.get(l2 >> this.cb) === 1n ? COPIED : 0n);
       if (next !== raw) {
         l1.set(i, next);
@@ -221,6 +246,20 @@ class Replay {
       }
     }
     return modified;
+  }
+
+  /**
+   * update_refcount for clusters the image references: each must have a
+   * refcount block (a referenced cluster without one is a corrupt image,
+   * where qemu would place a block and count from 0).
+   */
+  bump(first: bigint, n: bigint, addend: -1n | 1n) {
+    for (let t = first >> this.rc.rbBits; n > 0n && t <= (first + n - 1n) >> this.rc.rbBits; t++) {
+      if (!this.rc.table.has(t)) {
+        throw refuse("Inconsistent image metadata: a referenced cluster has no refcount block");
+      }
+    }
+    this.rc.update(first, n, addend);
   }
 
   /** Changed L2 entries since the last call, as 8-byte writes; none into freed clusters. */
@@ -316,7 +355,17 @@ class Replay {
   /** Clusters [offset, offset + bytes) as qcow2_alloc_clusters allocates them; the byte offset. */
   alloc(bytes: bigint): bigint {
     const n = (bytes + this.cs - 1n) >> this.cb;
-    const at = this.rc.alloc(n);
+    // What an allocation frees (its undo before the -EAGAIN restart:
+    // QCOW2_DISCARD_NEVER; a replaced refcount table: QCOW2_DISCARD_OTHER)
+    // is not discarded, as qemu's default passes neither through.
+    const freed = this.rc.freed;
+    this.rc.freed = undefined;
+    let at: bigint;
+    try {
+      at = this.rc.alloc(n);
+    } finally {
+      this.rc.freed = freed;
+    }
     // qcow2_pre_write_overlap_check: a refcount of 0 on a cluster the image
     // uses (a corrupt image) must not make a new structure overwrite it.
     const c = this.inUse(at, at + n);
@@ -330,7 +379,8 @@ class Replay {
     const span = (off: bigint, bytes: bigint) =>
       bytes <= 0n ? undefined : hit(off >> this.cb, ((off + bytes - 1n) >> this.cb) + 1n);
     const s = this.scan;
-    let c = hit(0n, 1n) ?? span(s.reftableOffset, BigInt(s.reftableClusters) << this.cb) ??
+    // The refcount table as it now stands (a replaced one is free).
+    let c = hit(0n, 1n) ?? span(this.rc.tableOffset, this.rc.tableClusters << this.cb) ??
       span(s.l1Offset, BigInt(s.l1Size) * 8n) ?? span(s.snapshotsOffset, s.tableSize);
     for (const v of s.reftable.values()) c ??= span(v & REFT_OFFSET_MASK, 1n);
     for (const e of s.snapshots) c ??= span(e.l1Offset, BigInt(e.l1Size) * 8n);

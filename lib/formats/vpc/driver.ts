@@ -7,13 +7,12 @@ import { imageInfoModel } from "../image_info_model.ts";
 import { qcow2ErrorMessage } from "../qcow2/errors.ts";
 import { vpcErrorText } from "./errors.ts";
 import { guestErrors } from "../../abi/spec.ts";
-import { CreateError } from "../types.ts";
 import { estimateMeasure } from "../estimate.ts";
 import { VPC_CREATE_OPTS, VPC_OWN, vpcCreateOptions, vpcEntropy } from "./options.ts";
 import { planVpcCreate } from "./create_plan.ts";
 import { vpcMeasure } from "./measure.ts";
 import { vpcOutput } from "./output_plan.ts";
-import { fileLayerPreallocation } from "../options.ts";
+import { blocksTarget, createEmptiedFirst } from "../emptied_first.ts";
 import { vpcResize } from "./resize.ts";
 
 export const vpcDriver: FormatDriver = {
@@ -35,35 +34,14 @@ export const vpcDriver: FormatDriver = {
     const text = e.code === guestErrors.FORMAT ? vpcErrorText(e.a0, e.a1, e.a2, filename) : undefined;
     return text ?? qcow2ErrorMessage(e, features);
   },
-  create: {
-    options: VPC_CREATE_OPTS,
-    own: VPC_OWN,
-    async run(_filename, opts, host) {
-      // vpc creates (empties) the file before its own checks.
-      // The file layer parses its preallocation before it creates the file
-      // and refuses metadata after (the empty file stays, as qemu leaves it).
-      const prealloc = fileLayerPreallocation(opts);
-      const unsupported = !prealloc.ok && prealloc.error.message.startsWith("Unsupported");
-      if (!prealloc.ok && !unsupported) throw new CreateError(prealloc.error.message);
-      await host.createFile();
-      if (!prealloc.ok) throw new CreateError(prealloc.error.message);
-      const plan = planVpcCreate(vpcCreateOptions(opts), vpcEntropy());
-      if (!plan.ok) throw new CreateError(plan.error.message);
-      await host.applyPlan(plan.value);
-    },
-  },
+  // vpc creates (empties) the file before its own checks.
+  create: createEmptiedFirst(
+    VPC_CREATE_OPTS,
+    VPC_OWN,
+    (opts) => planVpcCreate(vpcCreateOptions(opts), vpcEntropy()),
+  ),
   measureEstimate: true,
   measure: estimateMeasure((opts, alloc) => vpcMeasure(vpcCreateOptions(opts), alloc)),
-  convertTarget: {
-    spec(opts) {
-      // qemu creates the file (protocol layer, size 0) before the format's
-      // checks: its preallocation is checked first and then has no effect.
-      const prealloc = fileLayerPreallocation(opts);
-      if (!prealloc.ok) return prealloc;
-      const blocks = vpcOutput(vpcCreateOptions(opts), vpcEntropy());
-      if (!blocks.ok) return blocks;
-      return { ok: true, value: { writer: "blocks", preallocation: "off", blocks: blocks.value } };
-    },
-  },
+  convertTarget: blocksTarget((opts) => vpcOutput(vpcCreateOptions(opts), vpcEntropy())),
   resize: vpcResize,
 };
