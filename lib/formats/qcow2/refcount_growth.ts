@@ -25,7 +25,11 @@ function be64(v: bigint): Uint8Array {
 
 /** The refcount blocks changed since the last call, whole, at their table offsets. */
 export function dirtyBlockPatches(rc: RefcountModel): Patch[] {
-  return rc.takeDirty().map((t) => ({ kind: "write" as const, offset: rc.table.get(t)!, bytes: rc.blockBytes(t) }));
+  return rc.takeDirty().map((t) => ({
+    kind: "write" as const,
+    offset: rc.table.get(t)!,
+    bytes: rc.blockBytes(t),
+  }));
 }
 
 /** Table entries of refcount blocks placed since the last call, written into the current table. */
