@@ -1,4 +1,4 @@
-// bitmap --add/--merge/--disable where qemu 7.2 has to grow the refcount
+// bitmap --add/--merge/--disable/--enable where qemu 7.2 has to grow the refcount
 // structures (alloc_refcount_block, qcow2_refcount_area) for the clusters
 // its read-write close stores, against qemu-img on copies of the same
 // image: 512-byte clusters and 64-bit refcounts, so one refcount block
@@ -78,6 +78,13 @@ interface Case {
   pre?: string[];
   /** KiB of data written from offset 0 (places the file's end at the edge). */
   fill: number;
+  /**
+   * Made as a compact copy: b0 (512-byte granularity) and the data in a
+   * default qcow2, one sector more dirtied in each of b0's eight data
+   * clusters, then `convert --bitmaps` into the small-cluster image (no
+   * holes for the rewrite to reuse).
+   */
+  converted?: boolean;
   args: string[];
   bitmap: string;
   grows: "block" | "table";
@@ -112,6 +119,24 @@ const CASES: Case[] = [
     bitmap: "b1",
     grows: "table",
   },
+  {
+    // b0 rewritten at close: its eight data clusters, table and directory
+    // go past the table's edge.
+    name: "--disable moves the refcount table",
+    converted: true,
+    fill: 1940,
+    args: ["--disable"],
+    bitmap: "b0",
+    grows: "table",
+  },
+  {
+    name: "--enable moves the refcount table",
+    converted: true,
+    fill: 1940,
+    args: ["--enable"],
+    bitmap: "b0",
+    grows: "table",
+  },
 ];
 
 for (const c of CASES) {
@@ -120,9 +145,17 @@ for (const c of CASES) {
     ignore: !ready,
     fn: () =>
       withTempDir("instar-bmgrow-", async (dir) => {
-        await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", ...OPTS, "q.qcow2", "16M");
-        if (c.pre) await sh(dir, "qemu-img", "bitmap", ...c.pre, "q.qcow2", "b0");
-        await sh(dir, "qemu-io", "-c", `write -P 1 0 ${c.fill}k`, "q.qcow2");
+        if (c.converted) {
+          await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "s.qcow2", "16M");
+          await sh(dir, "qemu-img", "bitmap", "--add", "-g", "512", "s.qcow2", "b0");
+          const more = [2, 4, 6, 8, 10, 12, 14].flatMap((m) => ["-c", `write -P 2 ${m}M 512`]);
+          await sh(dir, "qemu-io", "-c", `write -P 1 0 ${c.fill}k`, ...more, "s.qcow2");
+          await sh(dir, "qemu-img", "convert", "--bitmaps", "-O", "qcow2", ...OPTS, "s.qcow2", "q.qcow2");
+        } else {
+          await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", ...OPTS, "q.qcow2", "16M");
+          if (c.pre) await sh(dir, "qemu-img", "bitmap", ...c.pre, "q.qcow2", "b0");
+          await sh(dir, "qemu-io", "-c", `write -P 1 0 ${c.fill}k`, "q.qcow2");
+        }
         await Deno.copyFile(`${dir}/q.qcow2`, `${dir}/i.qcow2`);
         const before = await reftable(`${dir}/q.qcow2`);
         const label = `${c.name}: bitmap ${c.args.join(" ")}`;
@@ -147,7 +180,7 @@ for (const c of CASES) {
         assertEquals(check.code, 0, `${label}: check: ${check.stdout}${check.stderr}`);
         assertEquals(await info(dir, "i.qcow2"), await info(dir, "q.qcow2"), `${label}: info`);
         if (haveNbd) {
-          for (const bm of c.pre ? ["b0", c.bitmap] : [c.bitmap]) {
+          for (const bm of new Set(c.pre ? ["b0", c.bitmap] : [c.bitmap])) {
             assertEquals(
               await dirtyMap(dir, "i.qcow2", bm),
               await dirtyMap(dir, "q.qcow2", bm),
