@@ -8,7 +8,8 @@
 //          bit 5 full mode (when the one-cluster refcount table covers at most 2^14 clusters:
 //          every table entry names a block, the used clusters end byte 11 % 8 clusters short
 //          of its edge, so the plan's allocations move the table)
-//   3-10   virtual size (u64 LE, masked to 2^44)
+//   3-10   virtual size (u64 LE, masked to 2^44, then scaled down by 16 until the finest
+//          bitmap's table fits 1024 clusters)
 //   11-12  used clusters (u16 LE, <= one refcount block)
 //   13     granularity choice (0 = default)   14  name choice
 //   15-22  actions: each byte b: act b % 6 (add remove clear enable disable merge), merge source b >> 3
@@ -89,7 +90,13 @@ function run(d: Uint8Array, cov: Cov): void {
   const order = b.u8(1) % 7;
   const flags = b.u8(2);
   const cs = 1n << BigInt(clusterBits);
-  const size = b.u64(3) & ((1n << 44n) - 1n);
+  let size = b.u64(3) & ((1n << 44n) - 1n);
+  // A bitmap table of the finest granularity over more than 1024 clusters
+  // makes qemu's allocator hook up a block per -EAGAIN restart of a large
+  // allocation (seconds per input with small clusters): the size is scaled
+  // down until it fits, so small clusters still meet big (not huge) tables.
+  const finestClusters = (n: bigint) => ((n / 512n + 63n) / 64n * 8n + cs - 1n) / cs;
+  while (finestClusters(size) > 1024n) size >>= 4n;
   const perBlock = (cs * 8n) >> BigInt(order);
   const entries0 = cs / 8n;
   const full = (flags & 32) !== 0 && entries0 * perBlock <= 1n << 14n;
