@@ -248,6 +248,22 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
     total += BigInt(b.entries.length);
   }
   if (total > MAX_BITMAP_CLUSTERS) return "too many bitmap data clusters";
+  // A data cluster is copied from after earlier epochs freed what they
+  // release: it must belong to no other bitmap structure (qemu never
+  // shares one), or a freed table reused in the meantime would be copied.
+  const spans: [bigint, bigint][] = [];
+  const span = (off: bigint, bytes: bigint) => {
+    if (bytes > 0n) spans.push([off >> cb, ((off + bytes - 1n) >> cb) + 1n]);
+  };
+  if (s.bitmaps.length > 0) span(s.dirOffset, s.dirSize);
+  for (const b of s.bitmaps) {
+    span(b.tableOffset, b.tableSize * 8n);
+    for (const e of b.entries) span(e.value, cs);
+  }
+  spans.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  for (let i = 1; i < spans.length; i++) {
+    if (spans[i][0] < spans[i - 1][1]) return "bitmap structures overlap";
+  }
   if (s.bitmaps.length > QCOW2_MAX_BITMAPS) return "too many bitmaps";
   if (s.bitmaps.length > 0 && s.model.version !== 3) return "bitmaps in a version 2 image";
   if (s.bitmaps.length > 0 && (s.dirOffset % cs !== 0n || s.dirSize <= 0n)) return "bitmap directory invalid";
