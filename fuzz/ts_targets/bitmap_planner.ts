@@ -4,8 +4,12 @@
 //
 // Input:
 //   0      cluster_bits = 9 + (b % 13)        1  refcount order = b % 7
-//   2      bit 0 v3, bits 1-2 bitmaps (0..3), bit 3 -b source, bit 4 a merge result
-//   3-10   virtual size (u64 LE, masked to 2^44)
+//   2      bit 0 v3, bits 1-2 bitmaps (0..3), bit 3 -b source, bit 4 a merge result,
+//          bit 5 full mode (when the one-cluster refcount table covers at most 2^14 clusters:
+//          every table entry names a block, the used clusters end byte 11 % 8 clusters short
+//          of its edge, so the plan's allocations move the table)
+//   3-10   virtual size (u64 LE, masked to 2^44, then scaled down by 16 until the finest
+//          bitmap's table fits 1024 clusters)
 //   11-12  used clusters (u16 LE, <= one refcount block)
 //   13     granularity choice (0 = default)   14  name choice
 //   15-22  actions: each byte b: act b % 6 (add remove clear enable disable merge), merge source b >> 3
@@ -14,11 +18,14 @@
 //
 // Invariants on every plan:
 //   1. every step passes checkPlan (inside the file, no overlap, bounded), and there are few steps;
-//   2. header writes are the whole header cluster at offset 0;
+//   2. header writes are the whole header cluster at offset 0 naming the refcount table
+//      in force, or (a moved table) its 12-byte offset/clusters fields, naming a table
+//      written whole in an earlier step;
 //   3. copies move whole clusters, from a data cluster the scan listed or the merge's staging area,
 //      to a cluster-aligned place below the staging area;
 //   4. discards cover only data clusters the scan listed (old bitmap data), whole clusters;
-//   5. nothing is written into the refcount table, and refcount blocks only as whole blocks.
+//   5. refcount blocks are written whole; the refcount table in force only by 8-byte
+//      entries (hook-ups) naming a block an earlier step wrote whole.
 import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
 import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
@@ -83,9 +90,24 @@ function run(d: Uint8Array, cov: Cov): void {
   const order = b.u8(1) % 7;
   const flags = b.u8(2);
   const cs = 1n << BigInt(clusterBits);
-  const size = b.u64(3) & ((1n << 44n) - 1n);
+  let size = b.u64(3) & ((1n << 44n) - 1n);
+  // A bitmap table of the finest granularity over more than 1024 clusters
+  // makes qemu's allocator hook up a block per -EAGAIN restart of a large
+  // allocation (seconds per input with small clusters): the size is scaled
+  // down until it fits, so small clusters still meet big (not huge) tables.
+  const finestClusters = (n: bigint) => ((n / 512n + 63n) / 64n * 8n + cs - 1n) / cs;
+  while (finestClusters(size) > 1024n) size >>= 4n;
   const perBlock = (cs * 8n) >> BigInt(order);
-  const used = 8n + BigInt(b.u16(11)) % (perBlock > 64n ? perBlock - 16n : 48n);
+  const entries0 = cs / 8n;
+  const full = (flags & 32) !== 0 && entries0 * perBlock <= 1n << 14n;
+  const used = full
+    ? entries0 * perBlock - BigInt(b.u16(11) % 8)
+    : 8n + BigInt(b.u16(11)) % (perBlock > 64n ? perBlock - 16n : 48n);
+  // Refcount blocks: block 0 at cluster 2; in full mode blocks 1.. at the
+  // last used clusters (out of the bitmaps' reach).
+  const blockAt = new Map<bigint, bigint>([[0n, 2n]]);
+  if (full) { for (let t = 1n; t < entries0; t++) blockAt.set(t, used - entries0 + t); }
+  const reach = full ? used - entries0 : used;
   const nb = (flags >> 1) & 3;
   const bitmaps: BitmapPlan.BitmapScanDir[] = [];
   const dataClusters = new Set<bigint>();
@@ -96,7 +118,7 @@ function run(d: Uint8Array, cov: Cov): void {
     let idx = 0n;
     for (let k = 0; k < n && at + 16 + k * 5 + 5 <= d.length; k++) {
       idx += 1n + BigInt(b.u16(at + 16 + k * 5) % 4);
-      const c = 4n + BigInt(b.u16(at + 18 + k * 5)) % (used - 4n);
+      const c = 4n + BigInt(b.u16(at + 18 + k * 5)) % (reach - 4n);
       entries.push({ index: idx - 1n, value: c * cs, nonzero: (b.u8(at + 20 + k * 5) & 1) !== 0 });
       dataClusters.add(c);
     }
@@ -104,7 +126,7 @@ function run(d: Uint8Array, cov: Cov): void {
       name: enc.encode(`${NAMES[b.u8(at) % NAMES.length].slice(0, 8)}${i}`),
       flags: b.u8(at + 1) & 3,
       granularityBits: 9 + (b.u8(at + 2) % 23),
-      tableOffset: (4n + BigInt(b.u16(at + 3)) % (used - 4n)) * cs,
+      tableOffset: (4n + BigInt(b.u16(at + 3)) % (reach - 4n)) * cs,
       tableSize: 1n + BigInt(b.u16(at + 5)) % 64n,
       state: 0,
       entries,
@@ -115,7 +137,7 @@ function run(d: Uint8Array, cov: Cov): void {
     fileSize: used * cs - BigInt(b.u8(13)) % cs,
     reftableOffset: cs,
     reftableClusters: 1n,
-    reftable: new Map([[0, 2n * cs]]),
+    reftable: new Map([...blockAt].map(([t, c]) => [Number(t), c * cs])),
     runs: [{ start: 0n, count: used, refcount: 1n }],
     dirOffset: bitmaps.length ? 3n * cs : 0n,
     dirSize: bitmaps.length ? BigInt(bitmaps.length) * 32n : 0n,
@@ -139,7 +161,11 @@ function run(d: Uint8Array, cov: Cov): void {
     nodeName: "#block000",
     source: (flags & 8) !== 0 ? { bitmaps: bitmaps.slice(0, 1), virtualSize: size } : undefined,
   };
-  cov.hit(`bitmap:v${scan.model.version}:nb:${bitmaps.length}:acts:${sizeClass(BigInt(actions.length))}`);
+  cov.hit(
+    `bitmap:v${scan.model.version}:nb:${bitmaps.length}:acts:${
+      sizeClass(BigInt(actions.length))
+    }:full:${full}`,
+  );
   let r = mod.planQcow2Bitmap(scan, req);
   if (!checkResult(r, "bitmap", cov)) return;
   let staging: bigint | undefined;
@@ -158,23 +184,63 @@ function run(d: Uint8Array, cov: Cov): void {
     invariant(r.value.mergeJob === undefined, "bitmap: merge asked for twice");
   }
   const steps = r.value.steps;
-  invariant(steps.length <= 32, `bitmap: ${steps.length} steps`);
+  invariant(steps.length <= 40, `bitmap: ${steps.length} steps`);
+  const blockOffsets = new Set([...blockAt.values()].map((c) => c * cs));
+  // Whole clusters (and whole tables) written by completed steps: offset -> length.
+  const written = new Map<bigint, bigint>();
+  let table = { offset: cs, clusters: 1n };
   for (const s of steps) {
     checkPlan(s, "bitmap", cov);
+    const now = new Map<bigint, bigint>();
     for (const p of s.patches) {
       const len = p.kind === "write" ? BigInt(p.bytes.length) : p.length;
+      if (p.kind !== "zero" && p.offset % cs === 0n && len % cs === 0n) now.set(p.offset, len);
       if (p.offset === 0n) {
         invariant(
           p.kind === "write" && len === cs,
           () => `bitmap: partial header write ${p.kind} ${len} ${cs}`,
         );
+        const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset);
+        invariant(
+          dv.getBigUint64(48) === table.offset && BigInt(dv.getUint32(56)) === table.clusters,
+          "bitmap: the header names another refcount table",
+        );
         cov.hit("bitmap:header");
         continue;
       }
-      invariant(p.offset >= 2n * cs || p.offset < cs, "bitmap: write into the refcount table");
-      if (p.offset >= 2n * cs && p.offset < 3n * cs) {
-        invariant(p.kind === "write" && p.offset === 2n * cs && len === cs, "bitmap: partial refcount block");
-        cov.hit("bitmap:refblock");
+      if (p.offset === 48n) {
+        invariant(p.kind === "write" && len === 12n, "bitmap: partial refcount table fields");
+        const dv = new DataView(p.bytes.buffer, p.bytes.byteOffset);
+        const moved = { offset: dv.getBigUint64(0), clusters: BigInt(dv.getUint32(8)) };
+        invariant(
+          written.get(moved.offset) === moved.clusters * cs && moved.clusters > table.clusters,
+          "bitmap: header names a refcount table no earlier step wrote whole",
+        );
+        table = moved;
+        cov.hit("bitmap:table-moved");
+        continue;
+      }
+      invariant(p.offset >= cs, `bitmap: write into the header at ${p.offset}`);
+      const end = p.offset + len;
+      if (p.offset < table.offset + table.clusters * cs && end > table.offset) {
+        invariant(
+          p.kind === "write" && len === 8n && (p.offset - table.offset) % 8n === 0n,
+          "bitmap: write into the refcount table other than an entry",
+        );
+        const v = new DataView(p.bytes.buffer, p.bytes.byteOffset).getBigUint64(0);
+        invariant(written.get(v) === cs, `bitmap: hook-up of ${v}, not a block written before`);
+        cov.hit("bitmap:hookup");
+        continue;
+      }
+      for (const o of blockOffsets) {
+        if (p.offset < o + cs && end > o) {
+          invariant(p.kind === "write" && p.offset === o && len === cs, "bitmap: partial refcount block");
+          cov.hit("bitmap:refblock");
+        }
+      }
+      if (blockOffsets.has(p.offset)) continue;
+      if (p.offset >= scan.fileSize && p.kind === "write" && len >= cs) {
+        cov.hit("bitmap:past-end");
       } else if (p.kind === "copy") {
         invariant(p.length === cs && p.offset % cs === 0n, "bitmap: copy of a partial cluster");
         const fromData = dataClusters.has(p.from / cs) && p.from % cs === 0n;
@@ -192,6 +258,7 @@ function run(d: Uint8Array, cov: Cov): void {
         cov.hit("bitmap:write");
       }
     }
+    for (const [o, l] of now) written.set(o, l);
   }
   if (r.value.error) cov.hit(`bitmap:error:${r.value.error.slice(0, 24)}`);
 }

@@ -23,14 +23,22 @@
 // epoch's start, (b) the refcount blocks with the new clusters counted and
 // nothing yet released, (c) the header naming the new directory, (d) the
 // refcount blocks with the old structures released, (e) the data clusters
-// released are discarded (qemu's QCOW2_DISCARD_ALWAYS punches them). A crash
-// between two steps leaves at most leaked clusters (qemu-img check -r leaks).
+// released are discarded (qemu's QCOW2_DISCARD_ALWAYS punches them). When
+// an allocation needs a new refcount block (alloc_refcount_block), the
+// block is written in (b) and its table entry in a step of its own between
+// (b) and (c); when it finds the refcount table full (qcow2_refcount_area),
+// the move is three synced steps at that point of the epoch, before any of
+// its writes (refcount_growth.ts: the blocks with every count raised so far
+// and the new table, the old table's hook-ups, the header's refcount table
+// fields). A crash between two steps leaves at most leaked clusters
+// (qemu-img check -r leaks).
 // Data clusters are moved verbatim (copy patches: the host never reads
 // them); a bitmap whose data must be combined (--merge of two non-empty
 // bitmaps, from another file) is refused.
 import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
 import { encodeHeader, type Qcow2Header, setRefcount } from "./encode.ts";
 import type { Qcow2Model } from "./model.ts";
+import { dirtyBlockPatches, hookupPatches, tableMoveSteps } from "./refcount_growth.ts";
 import { RefcountError, RefcountModel, type RefRun } from "./refcounts.ts";
 
 export const BME_FLAG_IN_USE = 1;
@@ -240,6 +248,22 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
     total += BigInt(b.entries.length);
   }
   if (total > MAX_BITMAP_CLUSTERS) return "too many bitmap data clusters";
+  // A data cluster is copied from after earlier epochs freed what they
+  // release: it must belong to no other bitmap structure (qemu never
+  // shares one), or a freed table reused in the meantime would be copied.
+  const spans: [bigint, bigint][] = [];
+  const span = (off: bigint, bytes: bigint) => {
+    if (bytes > 0n) spans.push([off >> cb, ((off + bytes - 1n) >> cb) + 1n]);
+  };
+  if (s.bitmaps.length > 0) span(s.dirOffset, s.dirSize);
+  for (const b of s.bitmaps) {
+    span(b.tableOffset, b.tableSize * 8n);
+    for (const e of b.entries) span(e.value, cs);
+  }
+  spans.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
+  for (let i = 1; i < spans.length; i++) {
+    if (spans[i][0] < spans[i - 1][1]) return "bitmap structures overlap";
+  }
   if (s.bitmaps.length > QCOW2_MAX_BITMAPS) return "too many bitmaps";
   if (s.bitmaps.length > 0 && s.model.version !== 3) return "bitmaps in a version 2 image";
   if (s.bitmaps.length > 0 && (s.dirOffset % cs !== 0n || s.dirSize <= 0n)) return "bitmap directory invalid";
@@ -311,11 +335,16 @@ class Replay {
       runs: s.runs,
     });
     this.rc.listener = {
-      blockCreated: () => {
-        throw new Refusal("the bitmaps need a new refcount block; instar does not lay one out here yet");
-      },
-      tableMoved: () => {
-        throw new Refusal("the bitmaps need a larger refcount table; instar does not move it here yet");
+      // A new block is written with the epoch's raised blocks, its table
+      // entry after them (publish).
+      blockCreated: (t) => this.belowStaging(this.rc.table.get(t)!, this.cs),
+      // qcow2_refcount_area: allocations come before releases in every
+      // epoch, so the dirty blocks hold raised counts only and are written
+      // as they stand; the old table is freed right after (not discarded).
+      tableMoved: (move) => {
+        this.belowStaging(this.rc.tableOffset, this.rc.tableClusters << this.cb);
+        if (this.released.length > 0) throw new Refusal("refcount table moved after a release");
+        for (const step of tableMoveSteps(this.rc, move, dirtyBlockPatches(this.rc))) this.push(step);
       },
     };
     this.dir = { nb: s.bitmaps.length, dirSize: s.dirSize, dirOffset: s.dirOffset };
@@ -491,10 +520,15 @@ class Replay {
   alloc(bytes: bigint): bigint {
     const n = (bytes + this.cs - 1n) / this.cs;
     const at = this.rc.alloc(n) << this.cb;
-    if (at + (n << this.cb) > this.staging) {
+    this.belowStaging(at, n << this.cb);
+    return at;
+  }
+
+  /** A merge's result is staged past the file: nothing the plan places may reach it. */
+  belowStaging(at: bigint, bytes: bigint) {
+    if (this.req.merged && at + bytes > this.staging) {
       throw new Refusal("the bitmaps' clusters would reach the merge staging area");
     }
-    return at;
   }
 
   /** qcow2_free_clusters over [offset, offset + bytes); discard when `punch`. */
@@ -513,8 +547,8 @@ class Replay {
       virtualSize: m.virtualSize,
       l1Size: l.l1Size,
       l1TableOffset: l.l1TableOffset,
-      refcountTableOffset: l.refcountTableOffset,
-      refcountTableClusters: l.refcountTableClusters,
+      refcountTableOffset: this.rc.tableOffset,
+      refcountTableClusters: Number(this.rc.tableClusters),
       refcountOrder: Math.log2(m.refcountBits),
       compressionType: m.compressionType,
       extendedL2: m.extendedL2,
@@ -564,6 +598,7 @@ class Replay {
     const blocks = (list: { t: bigint; bytes: Uint8Array }[]) =>
       list.map(({ t, bytes }) => ({ kind: "write" as const, offset: this.rc.table.get(t)!, bytes }));
     this.push(blocks(raised));
+    this.push(hookupPatches(this.rc));
     this.push([{ kind: "write", offset: 0n, bytes: this.header() }]);
     if (this.released.length > 0) this.push(blocks(final));
     this.push(discards);
@@ -695,5 +730,16 @@ export function stagingOffset(s: Qcow2BitmapScan): bigint {
   const finest = tableSizeFor(len, BME_MIN_GRANULARITY_BITS, cs);
   n += 2n * (clustersFor(finest * 8n) + finest);
   n += 2n * clustersFor(BigInt(s.bitmaps.length + 1) * 1048n);
-  return ((s.fileSize + cs - 1n) / cs + n) * cs;
+  const fileClusters = (s.fileSize + cs - 1n) / cs;
+  // Refcount growth (new blocks, a table qcow2_refcount_area moves past
+  // the next block boundary, 1.5 times the entries) when the clusters may
+  // pass what the table covers; capped at 1 GiB, beyond which a plan that
+  // would reach the staging area is refused instead.
+  const perBlock = (cs * 8n) / BigInt(s.model.refcountBits);
+  const blocks = (fileClusters + n + perBlock - 1n) / perBlock + 2n;
+  if (blocks + 2n > s.reftableClusters * (cs / 8n) || s.reftable.size < Number(blocks)) {
+    const grow = perBlock + 2n * blocks + 2n * (clustersFor(((blocks * 3n) / 2n + 2n) * 8n) + 1n);
+    if (grow * cs <= 1n << 30n) n += grow;
+  }
+  return (fileClusters + n) * cs;
 }

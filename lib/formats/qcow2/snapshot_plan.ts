@@ -38,6 +38,7 @@
 // Steps with nothing to do are left out. docs/snapshot.md has the details.
 import { fail, type FilePlan, MAX_PATCHES, ok, type Patch, type PlanResult, planViolation } from "../plan.ts";
 import { RefcountError, RefcountModel } from "./refcounts.ts";
+import { dirtyBlockPatches, hookupPatches, tableMoveSteps } from "./refcount_growth.ts";
 import type { Qcow2SnapshotScan, SnapEntry, SnapL2Run } from "./snapshot_scan.ts";
 
 const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
@@ -49,8 +50,6 @@ export const MAX_SNAPSHOTS = 65536;
 const MAX_SNAPSHOTS_SIZE = 1024n * 65536n;
 /** Header fields: nb_snapshots (u32) then snapshots_offset (u64). */
 const HDR_NB_SNAPSHOTS = 60n;
-/** Header fields: refcount_table_offset (u64) then refcount_table_clusters (u32). */
-const HDR_REFTABLE = 48n;
 /** Kinds of SNAP_L2RUN (snapRunKinds). */
 const KIND_DATA = 1, KIND_COMPRESSED = 2;
 /** More steps than this and the plan is refused (bounded work for the applier). */
@@ -184,19 +183,7 @@ class Replay {
       // the old table's clusters are freed after the switch, in blocks the
       // next step writes.
       tableMoved: (move) => {
-        this.push([
-          ...this.takeBlocks(),
-          { kind: "write", offset: this.rc.tableOffset, bytes: this.rc.tableBytes() },
-        ]);
-        this.push(move.oldHookups.map((t) => ({
-          kind: "write" as const,
-          offset: move.oldOffset + t * 8n,
-          bytes: be64(move.oldEntries.get(t)!),
-        })));
-        const f = new Uint8Array(12);
-        new DataView(f.buffer).setBigUint64(0, this.rc.tableOffset);
-        new DataView(f.buffer).setUint32(8, Number(this.rc.tableClusters));
-        this.push([{ kind: "write", offset: HDR_REFTABLE, bytes: f }]);
+        for (const step of tableMoveSteps(this.rc, move, this.takeBlocks())) this.push(step);
       },
     };
     for (const r of scan.l2) {
@@ -275,20 +262,12 @@ class Replay {
 
   /** The refcount blocks changed since the last call, whole. */
   takeBlocks(): Patch[] {
-    return this.rc.takeDirty().map((t) => ({
-      kind: "write" as const,
-      offset: this.rc.table.get(t)!,
-      bytes: this.rc.blockBytes(t),
-    }));
+    return dirtyBlockPatches(this.rc);
   }
 
   /** Table entries of refcount blocks placed since the last call. */
   takeHookups(): Patch[] {
-    return this.rc.takeHookups().map((t) => ({
-      kind: "write" as const,
-      offset: this.rc.tableOffset + t * 8n,
-      bytes: be64(this.rc.table.get(t)!),
-    }));
+    return hookupPatches(this.rc);
   }
 
   /** Holes for every cluster freed and still free (refcount 0), inside the file. */
