@@ -439,7 +439,8 @@ class Planner {
     // (D) the frees, after nothing points at the clusters.
     for (const [s, e] of this.frees) rc.update(s, e - s, -1n);
     log.push(blockPatches(rc));
-    for (const h of this.punchIfFree) {
+    // Sorted and once each: compressed data often shares its host clusters.
+    for (const h of [...new Set(this.punchIfFree)].sort((p, q) => (p < q ? -1 : p > q ? 1 : 0))) {
       if (rc.get(h) === 0n) this.punches.push({ kind: "zero", offset: h << this.cb, length: this.cs });
     }
     // (E) the freed clusters discarded (the applier punches zero patches inside the file).
