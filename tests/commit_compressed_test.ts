@@ -23,7 +23,13 @@ const io = (file: string, ...cmds: string[]) =>
 /** A 2 MiB raw source of patterns (they compress to a few hundred bytes each) and zeroes. */
 const SOURCE = [
   "qemu-img create -q -f raw src.raw 2M",
-  io("-f raw src.raw", "write -P 1 0 512k", "write -P 2 512k 256k", "write -P 3 1M 512k", "write -P 4 1664k 64k"),
+  io(
+    "-f raw src.raw",
+    "write -P 1 0 512k",
+    "write -P 2 512k 256k",
+    "write -P 3 1M 512k",
+    "write -P 4 1664k 64k",
+  ),
 ];
 
 interface Case {
@@ -77,7 +83,13 @@ const CASES: Case[] = [
       "qemu-img create -q -f qcow2 base.qcow2 2M",
       io("base.qcow2", "write -P 1 0 1M"),
       "qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 ov.qcow2 2M",
-      io("ov.qcow2", "write -c -P 5 0 64k", "write -c -P 6 64k 64k", "write -c -P 7 512k 128k", "write -P 8 1M 64k"),
+      io(
+        "ov.qcow2",
+        "write -c -P 5 0 64k",
+        "write -c -P 6 64k 64k",
+        "write -c -P 7 512k 128k",
+        "write -P 8 1M 64k",
+      ),
     ],
     args: ["commit", "ov.qcow2"],
     files: ["base.qcow2", "ov.qcow2"],

@@ -18,7 +18,7 @@
  *   AMEND_SNAP         arg[1] bit 1: each snapshot's index, disk_size, vm_state_size,
  *   AMEND_SNAP_L1      followed by its L1 size
  *   AMEND_COUNT        arg[1] bit 1: the count of AMEND_ZERO and AMEND_SNAP records
- *   RESIZE_COMPRESSED  arg[1] bit 2 (commit's in-place writes): every compressed
+ *   COMPRESSED_L2      arg[1] bit 2 (commit's in-place writes): every compressed
  *                      entry of the active L2 tables (guest cluster, the host
  *                      clusters its data spans), ascending guest clusters
  *   RESIZE_SUMMARY     last: the count of each kind, so the host can tell a
@@ -322,7 +322,7 @@ static int scan_compressed(struct qcow2 *q, struct table_window *w, struct clust
             if (!len || __builtin_add_overflow(off, len - 1, &last)) continue;
             uint64_t c0 = off >> q->cluster_bits, c1 = last >> q->cluster_bits;
             struct rec_resize_run r;
-            rec_init(&r, REC_RESIZE_COMPRESSED, sizeof r);
+            rec_init(&r, REC_COMPRESSED_L2, sizeof r);
             /* i < l1_size <= 2^22 and l2_bits <= 18 (qcow2_open): no overflow. */
             r.start = (i << q->l2_bits) + j;
             r.count = c1 - c0 + 1;

@@ -289,7 +289,7 @@ export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRu
   return out;
 }
 
-/** resize_scan arg[1] bit 2: list the compressed L2 entries (records.RESIZE_COMPRESSED). */
+/** resize_scan arg[1] bit 2: list the compressed L2 entries (records.COMPRESSED_L2). */
 const COMPRESSED_ENTRIES = 4n;
 
 /** The resize_scan guest's metadata of a qcow2 image (its size unchanged); `flags` is its arg[1]. */

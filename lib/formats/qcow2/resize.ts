@@ -127,7 +127,7 @@ export function decodeScan(recs: Rec[], fileSize: bigint): Qcow2ResizeScan {
       case records.RESIZE_ZERO:
         zeros.push({ start: f.start as bigint, count: f.count as bigint });
         break;
-      case records.RESIZE_COMPRESSED: {
+      case records.COMPRESSED_L2: {
         const g = f.start as bigint, first = f.refcount as bigint, count = f.count as bigint;
         // A compressed cluster spans at most 2^13 sectors, so a few host clusters.
         if (compressed.has(g) || count < 1n || count > 1n << 20n || first >= 1n << 56n) {

@@ -6,9 +6,11 @@
 // model (refcounts.ts): get_cluster_table (a missing L2 table is allocated,
 // first fit, before the data), handle_copied (a COPIED cluster, or a zero
 // cluster with a preallocated offset, is written in place), handle_alloc
-// (first fit for the rest), and for zero writes qcow2_subcluster_zeroize
-// with BDRV_REQ_MAY_UNMAP (entries become QCOW_OFLAG_ZERO, allocated
-// clusters are freed). Pure: no I/O; the data never passes here. The
+// (first fit for the rest; a compressed cluster is always reallocated and
+// its old data freed after the new entry is linked, qcow2_free_any_cluster:
+// one reference less on each host cluster it spans), and for zero writes
+// qcow2_subcluster_zeroize with BDRV_REQ_MAY_UNMAP (entries become
+// QCOW_OFLAG_ZERO, allocated and compressed clusters are freed). Pure: no I/O; the data never passes here. The
 // planner says which guest clusters go to which host offsets (`copies`);
 // the guest (convert, raw output at fixed offsets) moves the bytes.
 //
@@ -322,11 +324,15 @@ class Planner {
   /** qcow2_free_any_cluster of compressed guest cluster c: one reference less on each host cluster it spans. */
   private freeCompressed(c: bigint, punch: boolean) {
     const r = this.x.scan.compressed?.get(c);
-    if (!r) throw new Refusal("inconsistent cluster map of the target (a compressed cluster the scan did not list)");
+    if (!r) {
+      throw new Refusal(
+        "inconsistent cluster map of the target (a compressed cluster the scan did not list)",
+      );
+    }
     const last = this.frees[this.frees.length - 1];
     if (last && last[1] === r.first) last[1] += r.count;
     else this.frees.push([r.first, r.first + r.count]);
-    if (punch) for (let h = r.first; h < r.first + r.count; h++) this.punchIfFree.push(h);
+    if (punch) { for (let h = r.first; h < r.first + r.count; h++) this.punchIfFree.push(h); }
   }
 
   /**
