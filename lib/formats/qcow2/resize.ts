@@ -165,6 +165,7 @@ export function decodeScan(recs: Rec[], fileSize: bigint): Qcow2ResizeScan {
     frees,
     zeros,
     hasBacking: model.backingFile !== undefined,
-    compressed,
+    // Only scans asked for them list compressed entries (resize_scan arg[1] bit 2).
+    compressed: compressed.size > 0 ? compressed : undefined,
   };
 }

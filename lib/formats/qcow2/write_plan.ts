@@ -323,7 +323,10 @@ class Planner {
 
   /** qcow2_free_any_cluster of compressed guest cluster c: one reference less on each host cluster it spans. */
   private freeCompressed(c: bigint, punch: boolean) {
-    const r = this.x.scan.compressed?.get(c);
+    // Scans without the compressed entries (rebase, convert -n): refused as before.
+    const map = this.x.scan.compressed;
+    if (!map) throw new Refusal("instar does not overwrite or zero compressed clusters in place");
+    const r = map.get(c);
     if (!r) {
       throw new Refusal(
         "inconsistent cluster map of the target (a compressed cluster the scan did not list)",
