@@ -38,6 +38,13 @@ interface Case {
   args: string[];
   files: string[];
   exact?: string[];
+  /**
+   * Files whose image end is not compared: qemu's mirror job runs requests
+   * concurrently, so whether a cluster a compressed cluster's free released
+   * is reused before the next allocations varies (five qemu-img runs on this
+   * chain gave two image ends); the clusters allocated and the contents agree.
+   */
+  endVaries?: string[];
 }
 
 const CASES: Case[] = [
@@ -78,6 +85,24 @@ const CASES: Case[] = [
     exact: ["ov.qcow2"],
   },
   {
+    name: "-b into a 4 KiB-cluster compressed middle layer with 2-bit refcounts (spanning host clusters)",
+    make: [
+      "qemu-img create -q -f raw src.raw 2M",
+      // Text compresses to about a quarter: compressed data often crosses a host cluster boundary.
+      "seq 1 300000 | head -c 1048576 > txt && dd if=txt of=src.raw conv=notrunc status=none",
+      io("-f raw src.raw", "write -P 3 1M 512k"),
+      "qemu-img create -q -f qcow2 low.qcow2 2M",
+      io("low.qcow2", "write -P 1 0 2M"),
+      "qemu-img convert -c -O qcow2 -o cluster_size=4096,refcount_bits=2 -B low.qcow2 -F qcow2 src.raw mid.qcow2",
+      "qemu-img create -q -f qcow2 -o cluster_size=65536 -b mid.qcow2 -F qcow2 top.qcow2 2M",
+      io("top.qcow2", "write -P 7 4k 8k", "write -P 8 100k 70k", "write -z 1028k 16k", "write -P 9 1500k 3k"),
+    ],
+    args: ["commit", "-b", "mid.qcow2", "top.qcow2"],
+    files: ["mid.qcow2", "top.qcow2"],
+    exact: ["top.qcow2"],
+    endVaries: ["mid.qcow2"],
+  },
+  {
     name: "v2 overlay whose compressed clusters share a host cluster, emptied (both files exact)",
     make: [
       "qemu-img create -q -f qcow2 base.qcow2 2M",
@@ -101,11 +126,12 @@ async function make(dir: string, lines: string[]) {
   for (const l of lines) await sh(dir, "sh", "-c", l);
 }
 
-const checkJson = async (f: string, d: string) => {
+const checkJson = async (f: string, d: string, endVaries = false) => {
   const o = await qemuImg(["check", "--output=json", f], d);
   const j = JSON.parse(o.stdout);
   delete j.filename;
   delete j["fragmented-clusters"];
+  if (endVaries) delete j["image-end-offset"];
   return { code: o.code, j };
 };
 
@@ -125,7 +151,7 @@ for (const c of CASES) {
       await make(q, c.make);
       // The base really has compressed clusters sharing host clusters (or the overlay has).
       const pre = await checkJson(c.files[c.files.length - 1], q);
-      const preBase = await checkJson("base.qcow2", q);
+      const preBase = await checkJson(c.files[0], q);
       assert((pre.j["compressed-clusters"] ?? 0) + (preBase.j["compressed-clusters"] ?? 0) >= 2);
       await sh(root, "cp", "-a", "q", "i");
       const want = await qemuImg(c.args, q);
@@ -134,7 +160,12 @@ for (const c of CASES) {
       for (const f of c.files) {
         const cmp = await qemuImg(["compare", "-f", "qcow2", "-F", "qcow2", `q/${f}`, `i/${f}`], root);
         assertEquals(cmp.stdout, "Images are identical.\n", `${f}: ${cmp.stdout}${cmp.stderr}`);
-        assertEquals(await checkJson(f, i), await checkJson(f, q), `${f}: qemu-img check --output=json`);
+        const ends = c.endVaries?.includes(f);
+        assertEquals(
+          await checkJson(f, i, ends),
+          await checkJson(f, q, ends),
+          `${f}: qemu-img check --output=json`,
+        );
         assertEquals((await checkJson(f, i)).code, 0);
         assertEquals(await infoJson(f, i), await infoJson(f, q), `${f}: qemu-img info --output=json`);
         if (c.exact?.includes(f)) {
