@@ -10,8 +10,11 @@
 //   3-4    virtual size in clusters (u16 LE, 1..4096)
 //   5-6    source size in clusters (u16 LE; clipped copies get zero tails)
 //   7      number of existing runs (<= 32), then 3 bytes each: gap, count, kind
-//          (normal, zero_alloc, zero_plain); the L2 tables and data clusters
-//          they need are laid out after the header, reftable, refblock and L1
+//          (normal, zero_alloc, zero_plain, compressed); the L2 tables and
+//          data clusters they need are laid out after the header, reftable,
+//          refblock and L1; compressed data packs as qemu-img convert -c does
+//          (a cluster's data may share its host clusters with the previous
+//          one's and span two: the gap byte's bits 4-5 say which)
 //   ..     writes, 3 bytes each: gap, count (u8 + 1), kind (data, zero, discard)
 //
 // Invariants on every plan:
@@ -55,12 +58,16 @@ function run(d: Uint8Array, cov: Cov): void {
   const used: bigint[] = [0n, 1n, 2n, 3n];
   const l1 = new Map<number, bigint>();
   const existing: WritePlan.ExistingRun[] = [];
+  // Compressed guest cluster -> host clusters it spans; references of each host cluster.
+  const compressed = new Map<bigint, { first: bigint; count: bigint }>();
+  const refs = new Map<bigint, bigint>();
+  let packed: bigint | undefined; // the host cluster the last compressed data ended in
   const nExisting = b.u8(7) % 33;
   let at = 8, c = 0n;
   for (let i = 0; i < nExisting && at + 3 <= d.length; i++, at += 3) {
     c += BigInt(b.u8(at) % 16);
     const count = BigInt(1 + (b.u8(at + 1) % 8));
-    const kind = (["normal", "zero_alloc", "zero_plain"] as const)[b.u8(at + 2) % 3];
+    const kind = (["normal", "zero_alloc", "zero_plain", "compressed"] as const)[b.u8(at + 2) % 4];
     if (c + count > vClusters) break;
     for (let k = c; k < c + count; k++) {
       const idx = Number(k / perL2);
@@ -70,7 +77,24 @@ function run(d: Uint8Array, cov: Cov): void {
       }
     }
     let host: bigint | undefined;
-    if (kind !== "zero_plain") {
+    if (kind === "compressed") {
+      for (let k = c; k < c + count; k++) {
+        // Shared with the previous data's last host cluster (while its count fits) and/or spilling into the next.
+        const max = (1n << (1n << BigInt(refcountOrder))) - 1n;
+        // (A spill is the next cluster in the file: share only the last one allocated.)
+        const share = packed === next - 1n && (refs.get(packed) ?? 0n) < max && (b.u8(at) & 16) !== 0;
+        const first = share ? packed! : next;
+        if (!share) used.push(next++);
+        let n = 1n;
+        if ((b.u8(at) & 32) !== 0) {
+          used.push(next++);
+          n = 2n;
+        }
+        compressed.set(k, { first, count: n });
+        for (let h = first; h < first + n; h++) refs.set(h, (refs.get(h) ?? 0n) + 1n);
+        packed = first + n - 1n;
+      }
+    } else if (kind !== "zero_plain") {
       // Host clusters after every L2 table the run needs.
       host = next << BigInt(clusterBits);
       for (let k = 0n; k < count; k++) used.push(next++);
@@ -89,7 +113,13 @@ function run(d: Uint8Array, cov: Cov): void {
     ops.push({ cluster: c, count, kind });
     c += count;
   }
-  const runs: RefRun[] = [{ start: 0n, count: next, refcount: 1n }];
+  const runs: RefRun[] = [];
+  for (let h = 0n; h < next; h++) {
+    const r = refs.get(h) ?? 1n;
+    const last = runs[runs.length - 1];
+    if (last && last.refcount === r && last.start + last.count === h) last.count++;
+    else runs.push({ start: h, count: 1n, refcount: r });
+  }
   const scan: Qcow2ResizeScan = {
     clusterBits,
     refcountOrder,
@@ -106,6 +136,7 @@ function run(d: Uint8Array, cov: Cov): void {
     frees: [],
     zeros: [],
     hasBacking,
+    compressed,
   };
   cov.hit(`write:cb:${clusterBits}:rc:${refcountOrder}:v${version}:ops:${sizeClass(BigInt(ops.length))}`);
   const r = mod.planQcow2Writes({ scan, version, existing, ops, sourceSize, discardFreed });
@@ -129,6 +160,18 @@ function run(d: Uint8Array, cov: Cov): void {
       if (h !== undefined) freed.add(h / cs);
     }
   }
+  // Compressed data's host clusters are free once every guest cluster
+  // pointing there is written (a data write reallocates, zero and discard unmap).
+  const left = new Map(refs);
+  for (const o of ops) {
+    for (let k = o.cluster; k < o.cluster + o.count; k++) {
+      const r = compressed.get(k);
+      if (!r) continue;
+      cov.hit(`write:compressed:${o.kind}`);
+      for (let h = r.first; h < r.first + r.count; h++) left.set(h, left.get(h)! - 1n);
+    }
+  }
+  for (const [h, n] of left) if (n === 0n) freed.add(h);
   const copied = new Map<bigint, bigint>();
   const metaWritten = new Map<bigint, number>(); // cluster -> round of a whole-cluster table write
   const copyRound = new Map<bigint, number>(); // host cluster -> round of the copy

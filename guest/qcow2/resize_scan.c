@@ -18,6 +18,9 @@
  *   AMEND_SNAP         arg[1] bit 1: each snapshot's index, disk_size, vm_state_size,
  *   AMEND_SNAP_L1      followed by its L1 size
  *   AMEND_COUNT        arg[1] bit 1: the count of AMEND_ZERO and AMEND_SNAP records
+ *   COMPRESSED_L2      arg[1] bit 2 (commit's in-place writes): every compressed
+ *                      entry of the active L2 tables (guest cluster, the host
+ *                      clusters its data spans), ascending guest clusters
  *   RESIZE_SUMMARY     last: the count of each kind, so the host can tell a
  *                      complete stream from a cut one
  *
@@ -43,7 +46,7 @@
 #define BAD_DATA_CLUSTER 3
 
 static struct {
-    uint64_t l1, reftable, runs, free, zero, azero, asnap;
+    uint64_t l1, reftable, runs, free, zero, azero, asnap, comp;
     uint32_t flags;
 } n;
 
@@ -298,6 +301,39 @@ static int scan_zero(struct qcow2 *q, struct table_window *w, struct cluster_cac
     return rc;
 }
 
+/* Every compressed entry of the active L1's tables: qcow2_free_any_cluster
+ * drops one reference from each host cluster its data spans. */
+static int scan_compressed(struct qcow2 *q, struct table_window *w, struct cluster_cache *cache)
+{
+    uint64_t cs = q->cluster_size, per_l2 = 1ull << q->l2_bits;
+    for (uint64_t i = 0; i < q->l1_size; i++) {
+        uint64_t l1e;
+        if (table_window_get(w, i, &l1e)) return rt_error(0, GERR_IO, q->l1_offset, 0, 0);
+        uint64_t l2 = l1e & QCOW2_L1E_OFFSET_MASK;
+        if (!l2) continue;
+        if (l2 & (cs - 1)) return rt_error(0, GERR_INTERNAL, BAD_L2_TABLE, l2, 0);
+        const uint8_t *t = cluster_cache_get(cache, l2);
+        if (!t) return rt_error(0, GERR_IO, l2, 0, 0);
+        for (uint64_t j = 0; j < per_l2; j++) {
+            uint64_t e = be64(t + j * q->l2_entry_bytes);
+            if (qcow2_cluster_type(q, e) != QCT_COMPRESSED) continue;
+            uint64_t off, len, last;
+            qcow2_compressed_range(q, e, &off, &len);
+            if (!len || __builtin_add_overflow(off, len - 1, &last)) continue;
+            uint64_t c0 = off >> q->cluster_bits, c1 = last >> q->cluster_bits;
+            struct rec_resize_run r;
+            rec_init(&r, REC_COMPRESSED_L2, sizeof r);
+            /* i < l1_size <= 2^22 and l2_bits <= 18 (qcow2_open): no overflow. */
+            r.start = (i << q->l2_bits) + j;
+            r.count = c1 - c0 + 1;
+            r.refcount = c0;
+            int rc = emit_bounded(&n.comp, &r, sizeof r);
+            if (rc) return rc;
+        }
+    }
+    return 0;
+}
+
 static int scan(struct qcow2 *q, uint64_t new_size)
 {
     static struct cluster_cache cache;
@@ -318,6 +354,7 @@ static int scan(struct qcow2 *q, uint64_t new_size)
             rc = rt_emit(&c, sizeof c) ? -1 : 0;
         }
     }
+    if (!rc && (rt_params()->arg[1] & 4)) rc = scan_compressed(q, &w, &cache);
     return rc;
 }
 

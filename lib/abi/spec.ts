@@ -336,6 +336,10 @@ export const records = {
   /** One snapshot's L1 size, right after its AMEND_SNAP (rec_resize_pair: index = its index,
    * value = l1_size), for qemu's progress over the L1 entries. */
   AMEND_SNAP_L1: 108,
+  /** commit's scan of a qcow2 base (ops.RESIZE_SCAN with arg[1] bit 2): one compressed L2 entry
+   * of the active L1 (rec_resize_run: start = the guest cluster, count = how many host clusters
+   * its data spans, refcount = the first of them), ascending guest clusters, before RESIZE_SUMMARY. */
+  COMPRESSED_L2: 175,
   // 80..89: inspect (ops.INSPECT, guest/ops/inspect.c).
   /** The verdict's facts: detected format, virtual size, bytes examined; last record. */
   INSPECT: 80,
@@ -1630,6 +1634,7 @@ export const recordStructs: Record<number, string> = {
   [records.AMEND_SNAP]: "rec_resize_run",
   [records.AMEND_COUNT]: "rec_resize_pair",
   [records.AMEND_SNAP_L1]: "rec_resize_pair",
+  [records.COMPRESSED_L2]: "rec_resize_run",
   [records.INSPECT]: "rec_inspect",
   [records.INSPECT_FINDING]: "rec_inspect_finding",
   [records.SNAP_ENTRY]: "rec_snap_entry",

@@ -175,11 +175,9 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     const tq = top.qcow2;
     const topMap = await mapRuns([{ path: top.openPath, format: formats.QCOW2, nofollow: false }], what);
     const existing = existingRuns(topMap, tq.clusterBits);
-    if (existing.some((e) => e.kind === "compressed")) {
-      throw refuse("instar does not discard compressed clusters (use -d)");
-    }
     const plan = planQcow2Writes({
-      scan: await scanQcow2(top, what),
+      // With its compressed clusters: discarding one frees what it spans.
+      scan: await scanQcow2(top, what, COMPRESSED_ENTRIES),
       version: tq.version,
       existing,
       // The whole disk, as qemu does: tables it lacks are made (write_plan.ts).
@@ -224,7 +222,7 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     const baseSize = size > baseImg.virtualSize ? size : baseImg.virtualSize;
     await moveData(source, baseImg, moves, baseSize, what, moved);
   } else {
-    const scan = await scanQcow2(baseImg, what);
+    const scan = await scanQcow2(baseImg, what, COMPRESSED_ENTRIES);
     const baseMap = await mapRuns([{ path: baseImg.openPath, format: formats.QCOW2, nofollow: true }], what);
     const plan = planQcow2Writes({
       scan,
@@ -291,15 +289,18 @@ export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRu
   return out;
 }
 
-/** The resize_scan guest's metadata of a qcow2 image (its size unchanged). */
-export async function scanQcow2(img: OpenedImage, what: string) {
+/** resize_scan arg[1] bit 2: list the compressed L2 entries (records.COMPRESSED_L2). */
+const COMPRESSED_ENTRIES = 4n;
+
+/** The resize_scan guest's metadata of a qcow2 image (its size unchanged); `flags` is its arg[1]. */
+export async function scanQcow2(img: OpenedImage, what: string, flags = 0n) {
   let result;
   try {
     result = await runGuest({
       op: "resize_scan",
       opCode: ops.RESIZE_SCAN,
       inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: true }],
-      args: [img.virtualSize, 0n],
+      args: [img.virtualSize, flags],
       resultCap: 64 * 1024 * 1024,
     });
   } catch (e) {

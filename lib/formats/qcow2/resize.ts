@@ -105,6 +105,7 @@ export function decodeScan(recs: Rec[], fileSize: bigint): Qcow2ResizeScan {
   const l1 = new Map<number, bigint>();
   const reftable = new Map<number, bigint>();
   const runs = [], frees = [], zeros = [];
+  const compressed = new Map<bigint, { first: bigint; count: bigint }>();
   for (const r of recs) {
     const f = r.fields;
     switch (r.type) {
@@ -126,6 +127,16 @@ export function decodeScan(recs: Rec[], fileSize: bigint): Qcow2ResizeScan {
       case records.RESIZE_ZERO:
         zeros.push({ start: f.start as bigint, count: f.count as bigint });
         break;
+      case records.COMPRESSED_L2: {
+        const g = f.start as bigint, first = f.refcount as bigint, count = f.count as bigint;
+        // A compressed cluster spans at most 2^13 sectors, so a few host clusters.
+        if (compressed.has(g) || count < 1n || count > 1n << 20n || first >= 1n << 56n) {
+          throw new GuestResultError("compressed cluster record out of range");
+        }
+        if (compressed.size >= RESIZE_MAX_EACH) throw new GuestResultError("too many compressed clusters");
+        compressed.set(g, { first, count });
+        break;
+      }
     }
   }
   const counts: [string, number][] = [
@@ -154,5 +165,7 @@ export function decodeScan(recs: Rec[], fileSize: bigint): Qcow2ResizeScan {
     frees,
     zeros,
     hasBacking: model.backingFile !== undefined,
+    // Only scans asked for them list compressed entries (resize_scan arg[1] bit 2).
+    compressed: compressed.size > 0 ? compressed : undefined,
   };
 }

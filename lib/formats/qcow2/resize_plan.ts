@@ -70,6 +70,11 @@ export interface Qcow2ResizeScan {
   zeros: ByteRange[];
   /** The image names a backing file (preallocation's copy-on-write would read it). */
   hasBacking?: boolean;
+  /**
+   * Scans with arg[1] bit 2 only: each compressed guest cluster of the active
+   * L1 -> the host clusters [first, first + count) its data spans.
+   */
+  compressed?: Map<bigint, { first: bigint; count: bigint }>;
 }
 
 export type Qcow2Prealloc = "off" | "metadata" | "falloc" | "full";

@@ -6,9 +6,11 @@
 // model (refcounts.ts): get_cluster_table (a missing L2 table is allocated,
 // first fit, before the data), handle_copied (a COPIED cluster, or a zero
 // cluster with a preallocated offset, is written in place), handle_alloc
-// (first fit for the rest), and for zero writes qcow2_subcluster_zeroize
-// with BDRV_REQ_MAY_UNMAP (entries become QCOW_OFLAG_ZERO, allocated
-// clusters are freed). Pure: no I/O; the data never passes here. The
+// (first fit for the rest; a compressed cluster is always reallocated and
+// its old data freed after the new entry is linked, qcow2_free_any_cluster:
+// one reference less on each host cluster it spans), and for zero writes
+// qcow2_subcluster_zeroize with BDRV_REQ_MAY_UNMAP (entries become
+// QCOW_OFLAG_ZERO, allocated and compressed clusters are freed). Pure: no I/O; the data never passes here. The
 // planner says which guest clusters go to which host offsets (`copies`);
 // the guest (convert, raw output at fixed offsets) moves the bytes.
 //
@@ -160,6 +162,8 @@ class Planner {
   private frees: [bigint, bigint][] = [];
   /** Freed clusters whose bytes are discarded after their counts are lowered. */
   private punches: Patch[] = [];
+  /** Host clusters of freed compressed data, discarded when their count reaches 0. */
+  private punchIfFree: bigint[] = [];
   private readonly rounds: WriteRound[] = [];
   private readonly existing: ExistingRun[];
   /** Steps before this index belong to earlier rounds (a moved refcount table adds its own). */
@@ -285,24 +289,53 @@ class Planner {
         c++;
         continue;
       }
-      if (s.kind === "compressed") {
-        throw new Refusal("instar does not overwrite compressed clusters in place");
-      }
-      // handle_alloc: the run of clusters needing allocation, within this L2 table.
+      // handle_alloc: the run of clusters needing allocation, within this
+      // L2 table (count_single_write_clusters: unallocated, zero without an
+      // offset and compressed clusters alike; a compressed one is never
+      // written in place).
       const tableEnd = (c / this.perL2 + 1n) * this.perL2;
       let n = 1n;
       while (c + n < end && c + n < tableEnd) {
         const k = this.state(c + n).kind;
-        if (k !== "unallocated" && k !== "zero_plain") break;
+        if (k !== "unallocated" && k !== "zero_plain" && k !== "compressed") break;
         n++;
       }
       const host = rc.alloc(n) << this.cb;
+      let freed = false;
       for (let i = 0n; i < n; i++) {
         this.setEntry(c + i, (host + (i << this.cb)) | COPIED);
         this.place(c + i, host + (i << this.cb));
+        // qcow2_alloc_cluster_link_l2: the old compressed cluster is freed
+        // after the new entry is linked (QCOW2_DISCARD_NEVER). Its data is
+        // whole in the new cluster: the guest reads the rest of the cluster
+        // through the chain, the base's own (decompressed) bytes included,
+        // as qemu's copy-on-write does.
+        if (this.state(c + i).kind === "compressed") {
+          this.freeCompressed(c + i, false);
+          freed = true;
+        }
       }
       c += n;
+      // The freed clusters may be reused by the next allocation.
+      if (freed) this.endRound();
     }
+  }
+
+  /** qcow2_free_any_cluster of compressed guest cluster c: one reference less on each host cluster it spans. */
+  private freeCompressed(c: bigint, punch: boolean) {
+    // Scans without the compressed entries (rebase, convert -n): refused as before.
+    const map = this.x.scan.compressed;
+    if (!map) throw new Refusal("instar does not overwrite or zero compressed clusters in place");
+    const r = map.get(c);
+    if (!r) {
+      throw new Refusal(
+        "inconsistent cluster map of the target (a compressed cluster the scan did not list)",
+      );
+    }
+    const last = this.frees[this.frees.length - 1];
+    if (last && last[1] === r.first) last[1] += r.count;
+    else this.frees.push([r.first, r.first + r.count]);
+    if (punch) { for (let h = r.first; h < r.first + r.count; h++) this.punchIfFree.push(h); }
   }
 
   /**
@@ -348,8 +381,14 @@ class Planner {
       }
       this.table(c / this.perL2);
       if (s.kind === "zero_plain" && !discard) continue;
-      if (s.kind === "compressed") throw new Refusal("instar does not zero compressed clusters in place");
       this.setEntry(c, discard ? 0n : ZERO_FLAG);
+      // zero_in_l2_slice / discard_in_l2_slice: a compressed cluster is
+      // always unmapped; host clusters whose count reaches 0 are discarded
+      // where the request passes discards on.
+      if (s.kind === "compressed") {
+        this.freeCompressed(c, punch);
+        freed = true;
+      }
       if (punch && (s.kind === "normal" || s.kind === "zero_alloc")) {
         this.punches.push({ kind: "zero", offset: s.host, length: this.cs });
       }
@@ -409,6 +448,10 @@ class Planner {
     // (D) the frees, after nothing points at the clusters.
     for (const [s, e] of this.frees) rc.update(s, e - s, -1n);
     log.push(blockPatches(rc));
+    // Sorted and once each: compressed data often shares its host clusters.
+    for (const h of [...new Set(this.punchIfFree)].sort((p, q) => (p < q ? -1 : p > q ? 1 : 0))) {
+      if (rc.get(h) === 0n) this.punches.push({ kind: "zero", offset: h << this.cb, length: this.cs });
+    }
     // (E) the freed clusters discarded (the applier punches zero patches inside the file).
     log.push(this.punches);
     const steps = log.steps.splice(this.roundStart);
@@ -423,6 +466,7 @@ class Planner {
     this.tails = [];
     this.frees = [];
     this.punches = [];
+    this.punchIfFree = [];
     this.l1Changed = new Set();
   }
 }
