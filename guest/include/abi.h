@@ -322,6 +322,7 @@
 
 #define QCOW2_ENC_F_LUKS 1
 #define QCOW2_ENC_F_AES 2
+#define QCOW2_ENC_F_INTO 4
 
 #define LUKS_AMEND_MATCH 1
 #define LUKS_AMEND_ADD 2

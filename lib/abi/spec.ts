@@ -446,8 +446,12 @@ export const luksWriteFlags = {
  * slot 0 iterations, arg[3] the header's offset, arg[4] where the data
  * clusters start (packed in guest order as convert's qcow2 output, DATA_RUN
  * and CONVERT_DONE reported), arg[5] cluster bits, arg[6] min_sparse.
+ * INTO (alone): convert -n into an existing encrypted qcow2 (guest/ops/
+ * qcow2_crypt_into.c): inputs the source chain, the target (its passphrase
+ * its input secret) and copy_runs' move list; arg[0] entries, arg[1] their
+ * bytes, arg[2] the target's cluster bits.
  */
-export const qcow2EncryptFlags = { LUKS: 1, AES: 2 } as const;
+export const qcow2EncryptFlags = { LUKS: 1, AES: 2, INTO: 4 } as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;

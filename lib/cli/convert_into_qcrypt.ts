@@ -1,0 +1,190 @@
+// convert -n into an existing encrypted qcow2 (LUKS, method 2, or the legacy
+// AES, method 1), as nova and cinder run it (`qemu-img convert -n --object
+// secret,... --target-image-opts driver=qcow2,encrypt.key-secret=ID,
+// file.filename=DST SRC`). qemu opens the target (the passphrase must unlock
+// a key slot of the LUKS header in its crypto header clusters), checks its
+// size, and writes the source as into a plain qcow2 (zero clusters as zero
+// writes, data clusters allocated in guest order), each data cluster
+// encrypted for its host offset (LUKS) or guest offset (AES). The in-place
+// writes are planned exactly as for a plain target (lib/formats/qcow2/
+// write_plan.ts); the data moves go to the qcow2_encrypt guest's INTO mode
+// (guest/ops/qcow2_crypt_into.c), which parses the target's LUKS header,
+// unlocks it and encrypts: the host hands it the passphrase only and never
+// sees a key or decodes a byte of the header.
+import { formats, mapFlags, ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
+import { type GuestInput, runGuest } from "../vmm/guest.ts";
+import type { SecretStore } from "../secrets/objects.ts";
+import { GuestFailure } from "../convert/pipeline.ts";
+import { CliError } from "./messages.ts";
+import { type OpenedImage, OpenError, openFailure, unlockForRead } from "./image.ts";
+import { mapRuns, scanQcow2 } from "./commit.ts";
+import { applySteps } from "./apply_steps.ts";
+import { syncFile } from "./write_rounds.ts";
+import { classify, type IntoQcow2Job } from "./convert_into_qcow2.ts";
+import { existingRuns } from "../formats/qcow2/commit_plan.ts";
+import { planQcow2Writes, type WritePlan, type WriteOp } from "../formats/qcow2/write_plan.ts";
+import { hostPath } from "../host/context.ts";
+
+export interface IntoQcryptJob extends IntoQcow2Job {
+  /** What qemu names in "Could not open '...'" (the operand as given). */
+  display: string;
+  /** --target-image-opts encrypt.key-secret= (and the option's name, for qemu's message). */
+  keySecret?: string;
+  keySecretOption?: string;
+  secrets: SecretStore;
+  kdfMaxIters: bigint;
+  /** The source chain, opened (and unlocked) by the caller. */
+  chain: OpenedImage[];
+}
+
+const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
+
+function refuse(job: IntoQcryptJob, why: string): CliError {
+  return new CliError([
+    `Writing into '${job.display}' is not supported by instar convert: ${why}; nothing was written`,
+  ]);
+}
+
+/**
+ * Unlocks the target as qemu's open does (its errors first, in qemu's
+ * words), then checks its size: call before convertIntoQcrypt.
+ */
+export async function unlockQcryptTarget(job: IntoQcryptJob, img: OpenedImage): Promise<void> {
+  try {
+    await unlockForRead(img, job.keySecret, job.keySecretOption, job.secrets, [img]);
+  } catch (e) {
+    if (e instanceof OpenError) throw openFailure(job.display, e);
+    throw e;
+  }
+  if (img.virtualSize < job.size) throw new CliError(["output file is smaller than input file"]);
+}
+
+/** Writes the source into the unlocked encrypted qcow2 target `img`. Returns the data bytes written. */
+export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): Promise<bigint> {
+  const q = img.qcow2!;
+  const what = `error while writing into '${job.target}'`;
+  const cb = BigInt(q.clusterBits);
+  if (img.secret === undefined) throw new CliError(["Sandbox failure: the target was not unlocked"]);
+  if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
+    throw refuse(job, "the source ends inside a cluster of the target");
+  }
+  // The map guest reports no host offsets for an encrypted image (qemu's
+  // block status gives none): the planner cannot place writes over existing
+  // clusters, so the target must hold none (as qemu-img create leaves it).
+  const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
+  if (targetMap.some((r) => r.depth === 0 && (r.flags & mapFlags.PRESENT) !== 0)) {
+    throw refuse(job, "the encrypted target already has allocated or zero clusters");
+  }
+  const clusters = (job.size + q.clusterSize - 1n) >> cb;
+  const writes: WriteOp[] = job.minSparse === 0n
+    ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
+    : await classify(job, cb, clusters);
+  const scan = await scanQcow2(img, what);
+  const plan = planQcow2Writes({
+    scan,
+    version: q.version,
+    existing: existingRuns(targetMap, q.clusterBits),
+    ops: writes,
+    sourceSize: job.size,
+    discardFreed: true,
+  });
+  if (!plan.ok) throw refuse(job, plan.error.message);
+  const total = writes.reduce((t, w) => t + (w.kind === "data" ? w.count << cb : 0n), 0n);
+  let before = 0n;
+  await applyCrypt(job, img, plan.value, (d, finished) => {
+    if (finished) before += d;
+    else job.onProgress?.(before + d, total);
+  });
+  return total;
+}
+
+/** The plan's rounds: the encrypted data through the guest, then the round's metadata steps. */
+async function applyCrypt(
+  job: IntoQcryptJob,
+  img: OpenedImage,
+  plan: WritePlan,
+  onMoved: (done: bigint, finished: boolean) => void,
+): Promise<void> {
+  const what = `error while writing into '${job.target}'`;
+  const cb = BigInt(img.qcow2!.clusterBits);
+  for (const round of plan.rounds) {
+    const moves = round.copies.map((c) => {
+      const from = c.cluster << cb;
+      let to = (c.cluster + c.count) << cb;
+      if (to > job.size) to = job.size;
+      return { from, to, at: c.host };
+    }).filter((m) => m.to > m.from);
+    if (moves.length > 0) await encryptMoves(job, img, moves, plan.fileSize, onMoved);
+    await syncFile(img, what);
+    const st = await Deno.stat(hostPath(img.openPath));
+    // The guest wrote whole clusters (the tails past the source encrypted zeroes):
+    // the planner's plain zero tails are left out (they would overwrite them).
+    const steps = dropTails(round.steps, round.copies, cb);
+    await applySteps({ ...img, fileSize: BigInt(st.size) }, steps, what, "off", "discard");
+  }
+}
+
+/** The steps without the plain zero tails the planner adds inside the round's data clusters. */
+function dropTails(
+  steps: WritePlan["rounds"][number]["steps"],
+  copies: WritePlan["rounds"][number]["copies"],
+  cb: bigint,
+) {
+  const inData = (off: bigint, len: bigint) =>
+    copies.some((c) => off >= c.host && off + len <= c.host + (c.count << cb));
+  return steps.map((s) => ({
+    ...s,
+    patches: s.patches.filter((p) => !(p.kind === "write" && inData(p.offset, BigInt(p.bytes.length)))),
+  }));
+}
+
+/** One qcow2_encrypt INTO run: the moves' source bytes encrypted into the target. */
+async function encryptMoves(
+  job: IntoQcryptJob,
+  img: OpenedImage,
+  moves: { from: bigint; to: bigint; at: bigint }[],
+  cap: bigint,
+  onMoved: (done: bigint, finished: boolean) => void,
+): Promise<void> {
+  const bytes = new Uint8Array(moves.length * 24);
+  const dv = new DataView(bytes.buffer);
+  let total = 0n;
+  moves.forEach((m, i) => {
+    dv.setBigUint64(i * 24, m.from, true);
+    dv.setBigUint64(i * 24 + 8, m.to, true);
+    dv.setBigUint64(i * 24 + 16, m.at, true);
+    total += m.to - m.from;
+  });
+  const dir = await Deno.makeTempDir({ prefix: "instar-moves-" });
+  try {
+    const path = `${dir}/moves`;
+    await Deno.writeFile(path, bytes, { mode: 0o600 });
+    const inputs: GuestInput[] = [
+      ...job.source,
+      { path: img.openPath, format: formats.QCOW2, nofollow: false, secret: img.secret },
+      { path, format: formats.RAW, nofollow: true },
+    ];
+    const r = await runGuest({
+      op: "qcow2_encrypt",
+      opCode: ops.QCOW2_ENCRYPT,
+      inputs,
+      flags: qcow2EncryptFlags.INTO,
+      args: [BigInt(moves.length), total, BigInt(img.qcow2!.clusterBits)],
+      kdfMaxIters: job.kdfMaxIters,
+      ramBytes: 128 * 1024 * 1024,
+      output: { path: img.openPath, cap },
+      timeoutMs: TIMEOUT_MS,
+      onProgress: (d) => onMoved(d, false),
+    });
+    const t = r.inputs[job.source.length];
+    if (!t || t.dev !== img.dev || t.ino !== img.ino) {
+      throw new CliError([`Could not open '${job.display}': File changed while it was being opened`]);
+    }
+    const err = r.records.find((x) => x.type === records.ERROR);
+    if (err) throw new GuestFailure(err);
+    if (r.guestStatus !== 0n) throw new CliError(["Sandbox failure: guest reported an error without a reason"]);
+    onMoved(total, true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
