@@ -561,7 +561,13 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
-      const img = await openQcow2Target(outFilename!, o.unsafeQuirks, targetKey);
+      const img = await openQcow2Target(
+        outFilename!,
+        o.unsafeQuirks,
+        targetKey,
+        targetDisplay ?? outFilename!,
+        targetRef?.encryptFormat,
+      );
       if (chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
         throw new CliError([`${outFilename}: Refusing to overwrite an image this command reads`]);
       }

@@ -37,14 +37,23 @@ export async function openQcow2Target(
   name: string,
   unsafeQuirks: boolean,
   keyGiven = false,
+  /** --target-image-opts: the operand as given (qemu's "Could not open '...'") and encrypt.format=. */
+  display = name,
+  encryptFormat?: string,
 ): Promise<OpenedImage> {
   let img: OpenedImage;
   try {
-    img = await openImage(name, { format: "qcow2", unsafeQuirks, lock: LOCKS.write, noLists: true });
+    img = await openImage(name, {
+      format: "qcow2",
+      unsafeQuirks,
+      lock: LOCKS.write,
+      noLists: true,
+      encryptFormat,
+    });
     // An encrypted target without encrypt.key-secret fails as qemu's open does; with one, below.
     if (!keyGiven) needsNoKey(img);
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(name, e);
+    if (e instanceof OpenError) throw openFailure(display, e);
     throw e;
   }
   const q = img.qcow2!;

@@ -22,7 +22,7 @@ import { applySteps } from "./apply_steps.ts";
 import { syncFile } from "./write_rounds.ts";
 import { classify, type IntoQcow2Job } from "./convert_into_qcow2.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
-import { planQcow2Writes, type WritePlan, type WriteOp } from "../formats/qcow2/write_plan.ts";
+import { planQcow2Writes, type WriteOp, type WritePlan } from "../formats/qcow2/write_plan.ts";
 import { hostPath } from "../host/context.ts";
 
 export interface IntoQcryptJob extends IntoQcow2Job {
@@ -182,7 +182,9 @@ async function encryptMoves(
     }
     const err = r.records.find((x) => x.type === records.ERROR);
     if (err) throw new GuestFailure(err);
-    if (r.guestStatus !== 0n) throw new CliError(["Sandbox failure: guest reported an error without a reason"]);
+    if (r.guestStatus !== 0n) {
+      throw new CliError(["Sandbox failure: guest reported an error without a reason"]);
+    }
     onMoved(total, true);
   } finally {
     await Deno.remove(dir, { recursive: true });
