@@ -188,6 +188,52 @@ if (haveQemuImg()) {
         (Deno as unknown as { Command: unknown }).Command = Orig;
       }
       assertEquals(outs[outs.length - 1].code, 0, outs[outs.length - 1].stderr);
+      // instar's own refusals (qemu-img writes these): a target already holding clusters, an encrypted source.
+      const a = await qemuImg([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        ...OBJ,
+        "-o",
+        "encrypt.format=aes,encrypt.key-secret=sec0",
+        "a.qcow2",
+        "4M",
+      ], dir);
+      assertEquals(a.code, 0, a.stderr);
+      await Deno.copyFile(`${dir}/x.qcow2`, `${dir}/filled.qcow2`);
+      const refused = (why: string) => ({
+        stdout: "",
+        stderr: `instar: Writing into '${
+          opts("x.qcow2")
+        }' is not supported by instar convert: ${why}; nothing was written\n`,
+        code: 1,
+      });
+      const again = await instarHere([
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        ...OBJ,
+        "src.raw",
+        "--target-image-opts",
+        opts("x.qcow2"),
+      ], dir);
+      assertEquals(again, refused("the encrypted target already has allocated or zero clusters"));
+      assert(await cmp(dir, "filled.qcow2", "x.qcow2"), "instar wrote into the filled target");
+      await Deno.copyFile(`${dir}/t.qcow2`, `${dir}/x.qcow2`);
+      const enc = await instarHere([
+        "convert",
+        "-n",
+        ...OBJ,
+        "--image-opts",
+        opts("a.qcow2"),
+        "--target-image-opts",
+        opts("x.qcow2"),
+      ], dir);
+      assertEquals(enc, refused("an encrypted source"));
+      assert(await cmp(dir, "t.qcow2", "x.qcow2"), "instar wrote from an encrypted source");
+      outs.push(again, enc);
       assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
       for (const a of argvs) {
         assert(!a.some((s) => s.includes(PW) || s.includes(BAD)), `passphrase in a child's argv: ${a[0]}`);

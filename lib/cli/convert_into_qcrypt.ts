@@ -65,6 +65,10 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(q.clusterBits);
   if (img.secret === undefined) throw new CliError(["Sandbox failure: the target was not unlocked"]);
+  // The zero-cluster classifier (the rebase_diff guest) reads no encrypted image.
+  if (job.chain.some((x) => x.formatCode === formats.LUKS || (x.qcow2?.layout.cryptMethod ?? 0) !== 0)) {
+    throw refuse(job, "an encrypted source");
+  }
   if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
     throw refuse(job, "the source ends inside a cluster of the target");
   }
