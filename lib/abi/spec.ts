@@ -176,7 +176,8 @@ export const infoFlags = {
 /** params.flags for ops.MAP. PRECISE: report the layers' precise runs even
  * where qemu's driver reports all data (vhdx): the allocation instar's own
  * convert sees, for measure's vpc/vhdx/vmdk estimates of that convert. */
-export const mapOpFlags = { PRECISE: 1 } as const;
+/** CRYPT_OFFSETS: an encrypted qcow2's runs keep their host offsets (qemu reports none; convert -n into one plans with them). */
+export const mapOpFlags = { PRECISE: 1, CRYPT_OFFSETS: 2 } as const;
 
 /** params.flags for ops.CHECK: qemu-img check -r leaks / -r all. The guest
  * sends a REPAIR_REFCOUNT record for each refcount the repair rewrites,

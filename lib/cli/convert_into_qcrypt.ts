@@ -11,13 +11,14 @@
 // (guest/ops/qcow2_crypt_into.c), which parses the target's LUKS header,
 // unlocks it and encrypts: the host hands it the passphrase only and never
 // sees a key or decodes a byte of the header.
-import { formats, mapFlags, ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
+import { formats, mapFlags, mapOpFlags, ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
 import { type GuestInput, runGuest } from "../vmm/guest.ts";
 import type { SecretStore } from "../secrets/objects.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
 import { CliError } from "./messages.ts";
 import { type OpenedImage, OpenError, openFailure, unlockForRead } from "./image.ts";
-import { mapRuns, scanQcow2 } from "./commit.ts";
+import { scanQcow2 } from "./commit.ts";
+import type { MapRun } from "../formats/qcow2/commit_plan.ts";
 import { applySteps } from "./apply_steps.ts";
 import { syncFile } from "./write_rounds.ts";
 import { classify, type IntoQcow2Job } from "./convert_into_qcow2.ts";
@@ -72,13 +73,9 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
     throw refuse(job, "the source ends inside a cluster of the target");
   }
-  // The map guest reports no host offsets for an encrypted image (qemu's
-  // block status gives none): the planner cannot place writes over existing
-  // clusters, so the target must hold none (as qemu-img create leaves it).
-  const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
-  if (targetMap.some((r) => r.depth === 0 && (r.flags & mapFlags.PRESENT) !== 0)) {
-    throw refuse(job, "the encrypted target already has allocated or zero clusters");
-  }
+  // The target's runs with their host offsets (map's CRYPT_OFFSETS: qemu's
+  // block status gives none for an encrypted image): data is rewritten in place.
+  const targetMap = await cryptMap(img, what);
   const clusters = (job.size + q.clusterSize - 1n) >> cb;
   const writes: WriteOp[] = job.minSparse === 0n
     ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
@@ -193,4 +190,46 @@ async function encryptMoves(
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+}
+
+/** The map guest's runs of the encrypted target, host offsets included (as commit.ts mapRuns reads them). */
+async function cryptMap(img: OpenedImage, what: string): Promise<MapRun[]> {
+  let result;
+  try {
+    result = await runGuest({
+      op: "map",
+      opCode: ops.MAP,
+      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: false }],
+      flags: mapOpFlags.CRYPT_OFFSETS,
+      args: [0n, (1n << 64n) - 1n],
+    });
+  } catch (e) {
+    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
+    throw new CliError([`${what}: Input/output error`]);
+  }
+  const ALL = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
+  const out: MapRun[] = [];
+  let at = 0n;
+  for (const r of result.records) {
+    if (r.type !== records.MAP_EXTENT) continue;
+    const x: MapRun = {
+      start: r.fields.start as bigint,
+      length: r.fields.length as bigint,
+      offset: r.fields.offset as bigint,
+      flags: r.fields.flags as number,
+      depth: r.fields.depth as number,
+    };
+    if (x.start !== at || (x.flags & ~ALL) !== 0 || x.depth !== 0 || x.offset >= 1n << 63n) {
+      throw new CliError([`${what}: sandbox failure: inconsistent map extents`]);
+    }
+    // A data run without its offset could not be placed: refused rather than guessed.
+    if ((x.flags & mapFlags.DATA) !== 0 && (x.flags & (mapFlags.OFFSET_VALID | mapFlags.COMPRESSED)) === 0) {
+      throw new CliError([`${what}: sandbox failure: a data run without its offset`]);
+    }
+    at += x.length;
+    out.push(x);
+  }
+  return out;
 }
