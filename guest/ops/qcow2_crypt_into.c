@@ -9,7 +9,11 @@
  * input n-1 the move list: arg[0] entries of three u64 LE {from, to, at}
  * (the chain's guest bytes [from, to) go to output offset `at`; whole
  * clusters of the target, ascending and disjoint), arg[1] their total
- * length (progress), arg[2] the target's cluster bits.
+ * length (progress), arg[2] the target's cluster bits, arg[3] min_sparse
+ * (0: off). An entry whose `at` has bit 63 set rewrites clusters the target
+ * already maps, with --target-is-zero: its blocks of min_sparse bytes
+ * (aligned in guest offsets) that read as zeroes are not written, as qemu
+ * skips them there (in new clusters its copy-on-write encrypts them).
  *
  * The target's header is opened here (its LUKS header through the crypto
  * header clusters, guest/qcow2/crypt_header.c) and a key slot unlocked with
@@ -23,6 +27,7 @@
 #include "../luks/luks_write.h"
 #include "../qcow2/crypt.h"
 #include "records.h"
+#include "zero.h"
 
 #define CHUNK (4ull << 20)
 #define BATCH 2048u
@@ -90,7 +95,8 @@ int qcow2_crypt_into(const struct params *p)
     static struct qcow2 q;
     if (p->n_inputs < 3) return rt_error(0, GERR_BAD_PARAMS, 130, p->n_inputs, 0);
     uint32_t ti = p->n_inputs - 2, li = p->n_inputs - 1;
-    uint64_t count = p->arg[0], total = p->arg[1], cbits = p->arg[2], bytes;
+    uint64_t count = p->arg[0], total = p->arg[1], cbits = p->arg[2], sparse = p->arg[3], bytes;
+    if (sparse % 512 || sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 137, sparse, 0);
     if (cbits < 9 || cbits > 21 || rt_input(ti)->format != FMT_QCOW2) return rt_error(ti, GERR_BAD_PARAMS, 133, cbits, 0);
     if (__builtin_mul_overflow(count, 24ull, &bytes) || bytes > p->input_size[li])
         return rt_error(li, GERR_BAD_PARAMS, 134, count, p->input_size[li]);
@@ -113,6 +119,8 @@ int qcow2_crypt_into(const struct params *p)
         if (hc_read(li, i * 24, n * 24, list) != (int64_t)(n * 24)) return rt_error(li, GERR_IO, 0, i, 0);
         for (uint64_t e = 0; e < n && !rc; e++) {
             uint64_t from = list[3 * e], to = list[3 * e + 1], at = list[3 * e + 2], end_at;
+            bool in_place = (at >> 63) != 0 && sparse;
+            at &= ~(1ull << 63);
             /* The clusters written, the last one whole (to <= the disk's size, far below 2^63). */
             uint64_t span = to > from ? ((to - from) + csize - 1) & ~(csize - 1) : 0;
             if (from >= to || to > src.size || from < prev_end || from % csize || at % csize ||
@@ -129,11 +137,20 @@ int qcow2_crypt_into(const struct params *p)
                 }
                 if (padded > len) memset(buf + len, 0, padded - len);
                 uint64_t host = at + (off - from);
-                luks_encrypt(&enc, (luks ? host : off) / 512, buf, padded);
-                if (hc_write(host, padded, buf) != (int64_t)padded) {
-                    rc = rt_error(0, GERR_IO, 1, off, 0);
-                    break;
+                for (uint64_t b = 0; b < padded;) {
+                    /* Whole, or (in place) each min_sparse block that holds data. */
+                    uint64_t k = in_place ? sparse - ((off + b) % sparse) : padded - b;
+                    if (k > padded - b) k = padded - b;
+                    if (!in_place || !buf_is_zero(buf + b, k)) {
+                        luks_encrypt(&enc, (luks ? host + b : off + b) / 512, buf + b, k);
+                        if (hc_write(host + b, k, buf + b) != (int64_t)k) {
+                            rc = rt_error(0, GERR_IO, 1, off + b, 0);
+                            break;
+                        }
+                    }
+                    b += k;
                 }
+                if (rc) break;
                 off += len;
                 done += len;
                 hc_progress(done, total);

@@ -91,8 +91,14 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   });
   if (!plan.ok) throw refuse(job, plan.error.message);
   const total = writes.reduce((t, w) => t + (w.kind === "data" ? w.count << cb : 0n), 0n);
+  // --target-is-zero with -S: in clusters the target maps, qemu skips the zero blocks.
+  const sparse = job.targetIsZero ? job.minSparse : 0n;
+  const mapped = existingRuns(targetMap, q.clusterBits).filter((r) =>
+    r.kind === "normal" && r.host !== undefined
+  )
+    .map((r) => ({ from: r.host!, to: r.host! + (r.count << cb) }));
   let before = 0n;
-  await applyCrypt(job, img, plan.value, (d, finished) => {
+  await applyCrypt(job, img, plan.value, sparse, mapped, (d, finished) => {
     if (finished) before += d;
     else job.onProgress?.(before + d, total);
   });
@@ -104,18 +110,30 @@ async function applyCrypt(
   job: IntoQcryptJob,
   img: OpenedImage,
   plan: WritePlan,
+  sparse: bigint,
+  mapped: { from: bigint; to: bigint }[],
   onMoved: (done: bigint, finished: boolean) => void,
 ): Promise<void> {
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(img.qcow2!.clusterBits);
+  const IN_PLACE = 1n << 63n;
+  const inPlace = (h: bigint) => sparse > 0n && mapped.some((r) => h >= r.from && h < r.to);
   for (const round of plan.rounds) {
-    const moves = round.copies.map((c) => {
-      const from = c.cluster << cb;
-      let to = (c.cluster + c.count) << cb;
-      if (to > job.size) to = job.size;
-      return { from, to, at: c.host };
-    }).filter((m) => m.to > m.from);
-    if (moves.length > 0) await encryptMoves(job, img, moves, plan.fileSize, onMoved);
+    // One move per cluster run, marked where it rewrites clusters the target maps.
+    const moves: { from: bigint; to: bigint; at: bigint }[] = [];
+    for (const c of round.copies) {
+      for (let i = 0n; i < c.count; i++) {
+        const from = (c.cluster + i) << cb, host = c.host + (i << cb);
+        let to = from + (1n << cb);
+        if (to > job.size) to = job.size;
+        if (to <= from) continue;
+        const at = inPlace(host) ? host | IN_PLACE : host;
+        const last = moves[moves.length - 1];
+        if (last && last.to === from && last.at + (last.to - last.from) === at) last.to = to;
+        else moves.push({ from, to, at });
+      }
+    }
+    if (moves.length > 0) await encryptMoves(job, img, moves, plan.fileSize, sparse, onMoved);
     await syncFile(img, what);
     const st = await Deno.stat(hostPath(img.openPath));
     // The guest wrote whole clusters (the tails past the source encrypted zeroes):
@@ -145,6 +163,7 @@ async function encryptMoves(
   img: OpenedImage,
   moves: { from: bigint; to: bigint; at: bigint }[],
   cap: bigint,
+  sparse: bigint,
   onMoved: (done: bigint, finished: boolean) => void,
 ): Promise<void> {
   const bytes = new Uint8Array(moves.length * 24);
@@ -170,7 +189,7 @@ async function encryptMoves(
       opCode: ops.QCOW2_ENCRYPT,
       inputs,
       flags: qcow2EncryptFlags.INTO,
-      args: [BigInt(moves.length), total, BigInt(img.qcow2!.clusterBits)],
+      args: [BigInt(moves.length), total, BigInt(img.qcow2!.clusterBits), sparse],
       kdfMaxIters: job.kdfMaxIters,
       ramBytes: 128 * 1024 * 1024,
       output: { path: img.openPath, cap },
