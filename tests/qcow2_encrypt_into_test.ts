@@ -8,7 +8,7 @@
 // false --target-is-zero: the zero blocks of mapped clusters skipped); refusals (wrong passphrase, a target too small, no
 // encrypt.key-secret, -O qcow2 without options, encrypt.format mismatch) in
 // qemu's words and exit codes, the target untouched; an encrypted source
-// refused; the passphrase in no
+// refused but with -S 0 (then as qemu-img); the passphrase in no
 // output, child argv or TMPDIR file.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
@@ -76,7 +76,7 @@ async function sameInto(
   assertEquals(c.code, 0, c.stdout + c.stderr);
   // --target-is-zero over data (a false declaration): not the source, but qemu-img's bytes.
   if (!same) return;
-  const srcOpts = src[0] === "-f" ? `driver=${src[1]},file.filename=${src[2]}` : src[0];
+  const srcOpts = src[0] === "-f" ? `driver=${src[1]},file.filename=${src[2]}` : src[1];
   const cmpOut = await qemuImg(["compare", ...OBJ, "--image-opts", srcOpts, opts("i.qcow2")], dir);
   // A 4 MiB source in the larger target: qemu-img warns, the rest reads as zeroes.
   assert(
@@ -247,8 +247,21 @@ if (haveQemuImg()) {
         "--target-image-opts",
         opts("x.qcow2"),
       ], dir);
-      assertEquals(enc, refused("an encrypted source"));
+      assertEquals(enc, refused("an encrypted source (but with -S 0, LUKS2 always)"));
       assert(await cmp(dir, "t.qcow2", "x.qcow2"), "instar wrote from an encrypted source");
+      // With -S 0 (no zero classifier) an encrypted source is read and re-encrypted as qemu-img does.
+      const fill = await qemuImg([
+        "convert",
+        "-n",
+        ...OBJ,
+        "-f",
+        "raw",
+        "src.raw",
+        "--target-image-opts",
+        opts("a.qcow2"),
+      ], dir);
+      assertEquals(fill.code, 0, fill.stderr);
+      await sameInto(dir, "t.qcow2", ["--image-opts", opts("a.qcow2")], ["-S", "0"]);
       outs.push(enc);
       assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
       for (const a of argvs) {

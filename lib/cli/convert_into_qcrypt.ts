@@ -66,9 +66,12 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(q.clusterBits);
   if (img.secret === undefined) throw new CliError(["Sandbox failure: the target was not unlocked"]);
-  // The zero-cluster classifier (the rebase_diff guest) reads no encrypted image.
-  if (job.chain.some((x) => x.formatCode === formats.LUKS || (x.qcow2?.layout.cryptMethod ?? 0) !== 0)) {
-    throw refuse(job, "an encrypted source");
+  // The zero-cluster classifier (the rebase_diff guest) reads no encrypted
+  // image: -S 0 needs none (the qcow2_encrypt guest reads LUKS1 and encrypted qcow2, not LUKS2).
+  const encrypted = (x: OpenedImage) =>
+    x.formatCode === formats.LUKS || (x.qcow2?.layout.cryptMethod ?? 0) !== 0;
+  if (job.chain.some((x) => x.luks?.luks2 || (encrypted(x) && job.minSparse !== 0n))) {
+    throw refuse(job, "an encrypted source (but with -S 0, LUKS2 always)");
   }
   if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
     throw refuse(job, "the source ends inside a cluster of the target");
