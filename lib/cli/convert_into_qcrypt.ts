@@ -120,7 +120,22 @@ async function applyCrypt(
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(img.qcow2!.clusterBits);
   const IN_PLACE = 1n << 63n;
-  const inPlace = (h: bigint) => sparse > 0n && mapped.some((r) => h >= r.from && h < r.to);
+  const sorted = [...mapped].sort((x, y) => (x.from < y.from ? -1 : x.from > y.from ? 1 : 0));
+  const inPlace = (h: bigint) => {
+    if (sparse === 0n) return false;
+    // The last mapped range starting at or before h (binary search).
+    let lo = 0, hi = sorted.length - 1, best = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (sorted[mid].from <= h) {
+        best = mid;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return best >= 0 && h < sorted[best].to;
+  };
   for (const round of plan.rounds) {
     // One move per cluster run, marked where it rewrites clusters the target maps.
     const moves: { from: bigint; to: bigint; at: bigint }[] = [];
