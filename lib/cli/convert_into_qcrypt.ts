@@ -140,6 +140,14 @@ async function applyCrypt(
     // One move per cluster run, marked where it rewrites clusters the target maps.
     const moves: { from: bigint; to: bigint; at: bigint }[] = [];
     for (const c of round.copies) {
+      if (sparse === 0n) {
+        // Nothing marked: the copy as one move.
+        const from = c.cluster << cb;
+        let to = (c.cluster + c.count) << cb;
+        if (to > job.size) to = job.size;
+        if (to > from) moves.push({ from, to, at: c.host });
+        continue;
+      }
       for (let i = 0n; i < c.count; i++) {
         const from = (c.cluster + i) << cb, host = c.host + (i << cb);
         let to = from + (1n << cb);
