@@ -40,6 +40,14 @@
  * the host's planners (lib/formats/{vpc,vhdx}/output_plan.ts) write all
  * metadata.
  *
+ * With CONV_BACKING | CONV_COMPRESS (convert -B -c; the zlib program only,
+ * the zstd one has no room): the top's status taken in whole clusters as
+ * qemu does for compressed targets (convert_qcow2_backing_compressed); a
+ * cluster a short run touches is read whole from the source chain, so no
+ * cluster is refused. arg[4] then carries the cluster bits in bits 0-7, the
+ * log2 of the top layer's L2 table reach (0: not qcow2) in bits 8-15 and the
+ * refcount limit of shared compressed clusters from bit 16 on.
+ *
  * With CONV_BACKING (qcow2 output, convert -B; one guest): block status is
  * the top layer's own (chain_top_status, qemu's bdrv_block_status): what
  * the top leaves unallocated stays unallocated (the target's backing file
@@ -527,7 +535,7 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     return 0;
 }
 
-#ifdef CONVERT_BLOCKS /* -B never compresses: plain convert only */
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B, and -B -c with zlib (zstd: no room) */
 /* ---- qcow2 output over a backing file (convert -B) ---- */
 
 #define CB_SKIP 1u  /* part of the cluster is left to the backing file */
@@ -732,6 +740,108 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
 }
 #endif
 
+#ifdef CONVERT_ZLIB
+/* convert -B -c, as qemu-img's convert_iteration_sectors and convert_co_write
+ * do it for compressed targets: status runs of the top layer (backing_kind)
+ * are taken in whole clusters: a run shorter than a cluster makes the whole
+ * cluster data (read from the source chain: no byte of the target's backing
+ * file is needed), longer ones are cut down to whole clusters, data one
+ * cluster at a time (qemu's buffer is one cluster when compressing). A data
+ * cluster that reads as zeroes (with -S) is written as zeroes, any other
+ * compressed. Zeroes become zero
+ * clusters (ZERO_RUN), or plain clusters of zeroes in compat=0.10
+ * (zero_data: qemu's write-zeroes fallback writes them uncompressed). */
+static int convert_qcow2_backing_compressed(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits,
+                                            uint64_t bsize, bool zero_data, uint32_t span_bits, uint8_t *buf,
+                                            uint8_t *zbuf)
+{
+    uint64_t csize = 1ull << cbits;
+    uint64_t size = chain.size;
+    uint64_t status_end = start;
+    int kind = 0;
+    for (uint64_t off = start; off < end;) {
+        if (off >= status_end) {
+            uint64_t k = 0;
+            kind = backing_kind(off, end - off, bsize, &k);
+            if (kind < 0) return -1;
+            if (k == 0) return rt_error(0, GERR_INTERNAL, 12, off, 0);
+            /* qcow2_get_host_offset answers one L2 table of the top at a time
+             * (span_bits: its reach; 0 for a top that is not qcow2). */
+            if (span_bits) {
+                uint64_t limit = ((off >> span_bits) + 1) << span_bits;
+                if (limit > off && off + k > limit) k = limit - off;
+            }
+            status_end = off + k;
+        }
+        uint64_t n = status_end - off;
+        int k2 = kind;
+        if (k2 == 1 && !min_sparse) k2 = 2; /* -S 0: zeroes are read and written as data */
+        if (k2 == 2 && n > csize) n = csize; /* img_convert: buf_sectors = cluster_sectors when compressing */
+        if (n < csize) {
+            n = size - off < csize ? size - off : csize;
+            k2 = 2;
+        } else {
+            n &= ~(csize - 1);
+        }
+        if (off + n > end) n = end - off;
+        if (k2 == 2) {
+            /* The piece as the source chain reads it (top and its backing files). */
+            for (uint64_t at = off; at < off + n;) {
+                uint64_t k = 0;
+                int st = chain_status(&chain, at, off + n - at, &k);
+                if (st < 0) return -1;
+                if ((st & CS_DATA) && !(st & CS_ZERO)) {
+                    if (chain_read(&chain, at, k, buf + (at - off))) return -1;
+                } else {
+                    memset(buf + (at - off), 0, k);
+                }
+                at += k;
+            }
+            if (chain_flush(&chain)) return -1;
+            uint64_t padded = (n + csize - 1) & ~(csize - 1);
+            if (padded > n) memset(buf + n, 0, padded - n);
+            if (!min_sparse || !buf_is_zero(buf, n)) {
+                uint64_t zused = 0;
+                for (uint64_t c = 0; c < padded; c += csize) {
+                    uint64_t gc = (off + c) >> cbits;
+                    int64_t len = compress_cluster(false, zbuf + zused, csize - 1, buf + c, csize);
+                    if (len < 0) return -1;
+                    if (len > 0) {
+                        if (store_compressed(gc, zbuf + zused, (uint64_t)len, cbits)) return -1;
+                        zused += (uint64_t)len;
+                    } else if (store_cluster(gc, buf + c, csize)) {
+                        return -1;
+                    }
+                }
+                if (flush_writes()) return -1;
+                off += n;
+                hc_progress(off - start, end - start);
+                continue;
+            }
+            k2 = 1; /* all zeroes: written as zeroes */
+        }
+        if (k2 == 1) {
+            uint64_t first = off >> cbits, last = (off + n + csize - 1) >> cbits;
+            if (zero_data) {
+                memset(buf, 0, csize);
+                for (uint64_t gc = first; gc < last; gc++) {
+                    if (store_cluster(gc, buf, csize)) return -1;
+                }
+                if (flush_writes()) return -1;
+            } else {
+                for (uint64_t gc = first; gc < last; gc++) {
+                    if (zero_cluster(gc, 0)) return -1;
+                }
+            }
+        }
+        off += n;
+        hc_progress(off - start, end - start);
+    }
+    if (emit_run() || emit_crun() || emit_zrun()) return -1;
+    return 0;
+}
+#endif
+
 /* Clusters of [start, end) that status says may hold data (all of them
  * with -S 0): an upper bound on what convert_qcow2 writes for the range. */
 static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t min_sparse, uint64_t *count)
@@ -768,7 +878,7 @@ int op_main(void)
     if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK | CONV_BACKING | CONV_ZERO_DATA))
         return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
     if ((flags & CONV_ZERO_DATA) && !(flags & CONV_BACKING)) return rt_error(0, GERR_BAD_PARAMS, 5, 12, 0);
-    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA)) != CONV_QCOW2)
+    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA | CONV_COMPRESS)) != CONV_QCOW2)
         return rt_error(0, GERR_BAD_PARAMS, 5, 11, 0);
     if (flags & CONV_VMDK) {
 #ifdef CONVERT_ZLIB
@@ -820,15 +930,34 @@ int op_main(void)
         data_end = out_base + span;
     } else {
         uint64_t cbits = p->arg[4];
+        max_refs = p->arg[7];
+        /* -B -c: arg[7] is the backing file's size, so the compressed
+         * streams' refcount limit rides in arg[4] above the cluster bits. */
+        bool backing_compress = (flags & CONV_BACKING) && (flags & CONV_COMPRESS);
+        uint32_t span_bits = 0;
+        if (backing_compress) {
+            max_refs = cbits >> 16;
+            span_bits = (uint32_t)((cbits >> 8) & 0xff);
+            cbits &= 0xff;
+            if (span_bits && (span_bits < 15 || span_bits > 39)) return rt_error(0, GERR_BAD_PARAMS, 5, 13, span_bits);
+        }
         if (cbits < 9 || cbits > 21) return rt_error(0, GERR_BAD_PARAMS, 5, 4, 0);
         uint64_t csize = 1ull << cbits;
         if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
-        max_refs = p->arg[7];
         if (flags & CONV_BACKING) {
-#ifdef CONVERT_BLOCKS
-            if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA, buf)) return -1;
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
+#ifdef CONVERT_ZLIB
+            if (backing_compress) {
+                if (convert_qcow2_backing_compressed(start, end, min_sparse, (uint32_t)cbits, p->arg[7],
+                                                     flags & CONV_ZERO_DATA, span_bits, buf, zbuf))
+                    return -1;
+            } else
+#endif
+            if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA, buf))
+                return -1;
 #else
+            (void)backing_compress;
             return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
 #endif
         } else if (flags & CONV_COUNT) {

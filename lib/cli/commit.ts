@@ -46,6 +46,7 @@ import {
   existingRuns,
   makeEmptyMethod,
   type MapRun,
+  mirrorOps,
   planMakeEmpty,
 } from "../formats/qcow2/commit_plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
@@ -181,7 +182,8 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
       scan: await scanQcow2(top, what),
       version: tq.version,
       existing,
-      ops: existing.map((e) => ({ cluster: e.cluster, count: e.count, kind: "discard" as const })),
+      // The whole disk, as qemu does: tables it lacks are made (write_plan.ts).
+      ops: [{ cluster: 0n, count: (size + tq.clusterSize - 1n) >> BigInt(tq.clusterBits), kind: "discard" }],
       sourceSize: 0n,
     });
     if (!plan.ok) throw refuse(plan.error.message);
@@ -192,7 +194,12 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   // bdrv_co_truncate of the base when it is shorter.
   if (baseImg.virtualSize < size) await growBase(baseImg, size, what);
   const cb = bq ? bq.clusterBits : 16;
-  const writes = commitOps(runs, depth, cb, size);
+  // A qcow2 base as qemu's mirror job writes it (chunks, block status runs);
+  // a raw base takes the same bytes at the same offsets either way.
+  const spans = chain.map((l) =>
+    l.qcow2 ? l.qcow2.clusterSize * (l.qcow2.clusterSize / (l.qcow2.extendedL2 ? 16n : 8n)) : undefined
+  );
+  const writes = bq ? mirrorOps(runs, depth, cb, size, spans) : commitOps(runs, depth, cb, size);
   const total = writes.reduce((t, w) => t + (w.count << BigInt(cb)), 0n);
   // The copy guest's progress within its run, after the runs before it.
   let before = 0n;

@@ -42,6 +42,9 @@ import {
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
+import { topRanges } from "../convert/top_ranges.ts";
+import { mapRuns } from "./commit.ts";
+import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
@@ -549,15 +552,37 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     // bdrv_getlength of the source (the driver's rounding of its size).
     // One pass: the size is known at the stream's end; qcow2 plans for a bound (below).
     let size = vmdkStream ? vmdkStream.size : onePass ? 0n : chain[0].length;
+    // -n -B: the target is not created, so the name is never used; only what
+    // the source's top layer decides is written (lib/convert/top_ranges.ts).
+    let top: [bigint, bigint][] | undefined;
     if (a.skipCreate && a.outBase !== undefined) {
       // qemu-img reports this, then ends with status 0 having written nothing.
       if (a.targetIsZero) {
         io.err(`${PROGRAM}: Cannot use --target-is-zero when the destination image has a backing file\n`);
         return 0;
       }
-      throw new CliError([
-        "Writing into an existing image with a backing file (-n -B) is not supported by instar convert",
-      ]);
+      if (a.outFmt !== "raw" && a.outFmt !== "qcow2") {
+        throw new CliError([
+          "Writing into an existing image with a backing file (-n -B) is not supported by instar convert",
+        ]);
+      }
+      if (a.snapshot !== undefined) {
+        throw new CliError([
+          "Writing a snapshot into an existing image (-n -B -l) is not supported by instar convert",
+        ]);
+      }
+      // A source without a backing file: bdrv_block_status_above(src, NULL), the whole disk.
+      if (chain.length > 1) {
+        const q = chain[0].qcow2;
+        if (!q) {
+          throw new CliError([
+            "Writing into an existing image with a backing file (-n -B) is not supported by instar convert for this source",
+          ]);
+        }
+        const span = q.clusterSize * (q.clusterSize / (q.extendedL2 ? 16n : 8n));
+        const runs = await mapRuns(chainInputs(chain), "error while reading");
+        top = topRanges(runs, size, chain[1].length, span);
+      }
     }
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
@@ -609,6 +634,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         size,
         minSparse: a.minSparse,
         targetIsZero: a.targetIsZero,
+        top,
         onProgress: (done, total) => progress.bytes(done, total),
       }, img);
       if (written > 0n) progress.set(100);
@@ -655,7 +681,8 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     let spec: OutputSpec;
     try {
       // -B and -F: qemu-img's add_old_style_options.
-      const old = { backingFile: a.outBase, backingFmt: a.backingFmt };
+      // With -n nothing is created: qemu never looks at them for the target.
+      const old = a.skipCreate ? {} : { backingFile: a.outBase, backingFmt: a.backingFmt };
       spec = outputOptions(outDriver, hostDevice ? "" : a.options ?? "", outFilename!, size, old);
       if (vmdkStream) {
         // The stream's header gave the disk's size: planned as for a file.
@@ -711,11 +738,6 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       if (toStdout || onePass) {
         throw new CliError([
           "Writing an image with a backing file to or from a stream is not supported by instar",
-        ]);
-      }
-      if (a.compress) {
-        throw new CliError([
-          "Compressed output with a backing file (-c -B) is not supported by instar convert",
         ]);
       }
       backingSize = await openTargetBacking(
@@ -826,7 +848,9 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
       // a file gets holes (qemu's write-zeroes with unmap punches them), a
       // device zeroes written; --target-is-zero says it already does.
       inPlaceMode = "keep";
-      if (!a.targetIsZero && !device && size > 0n) {
+      if (top) {
+        // -n -B: what the top leaves alone keeps the target's bytes (below).
+      } else if (!a.targetIsZero && !device && size > 0n) {
         const why = await fileRange("punch", t, 0n, size, BigInt(st.dev), BigInt(st.ino ?? 0));
         if (why !== undefined) inPlaceMode = "zero";
       } else if (!a.targetIsZero) {
@@ -897,6 +921,19 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           : await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
       } else if (sink) {
         written = await streamToStdout(job, spec, a.compress, sink, scratch);
+      } else if (top && spec.writer === "raw") {
+        // -n -B: the top's ranges, its zeroes included, copied at their offsets.
+        const st = await Deno.stat(hostPath(out));
+        const moves = top.map(([from, to]) => ({ from, to, at: from }));
+        written = moves.reduce((t, m) => t + (m.to - m.from), 0n);
+        await moveData(
+          chainInputs(chain),
+          { openPath: out, dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) },
+          moves,
+          size,
+          `error while writing into '${outFilename}'`,
+          (d) => job.onProgress(d, written),
+        );
       } else if (spec.writer === "raw") {
         written = await convertToRaw(job, out);
       } else if (spec.writer === "blocks") {
@@ -919,7 +956,14 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           onProgress: job.onProgress,
         });
       } else {
-        written = await convertToQcow2(job, { options: spec.qcow2!, compress: a.compress, backingSize }, out);
+        // -B -c: the guest cuts the top's status runs where qemu's qcow2 does (one L2 table).
+        const tq = chain[0]?.qcow2;
+        const topL2Bits = tq ? 2n * BigInt(tq.clusterBits) - (tq.extendedL2 ? 4n : 3n) : 0n;
+        written = await convertToQcow2(
+          job,
+          { options: spec.qcow2!, compress: a.compress, backingSize, topL2Bits },
+          out,
+        );
       }
     } catch (e) {
       if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);

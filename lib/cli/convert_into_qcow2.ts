@@ -18,6 +18,7 @@ import { mapRuns, scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
 import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
+import { restrictOps } from "../convert/top_ranges.ts";
 
 export interface IntoQcow2Job {
   /** The target's name as given. */
@@ -29,6 +30,8 @@ export interface IntoQcow2Job {
   /** -S in bytes (0: every data cluster written, zeroes only by block status). */
   minSparse: bigint;
   targetIsZero: boolean;
+  /** -n -B: only these byte ranges of the source are written (lib/convert/top_ranges.ts). */
+  top?: [bigint, bigint][];
   onProgress?: (done: bigint, total: bigint) => void;
 }
 
@@ -86,9 +89,18 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   const clusters = (job.size + q.clusterSize - 1n) >> cb;
   // -S 0: qemu writes every cluster as data, zeroes included (and even with
   // --target-is-zero); otherwise the guest classifies the clusters.
-  const writes: WriteOp[] = job.minSparse === 0n
+  let writes: WriteOp[] = job.minSparse === 0n
     ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
     : await classify(job, cb, clusters);
+  if (job.top) {
+    const r = restrictOps(writes, job.top, q.clusterBits, job.size);
+    if (r.partial !== undefined) {
+      throw new CliError([
+        `Writing into '${job.target}' is not supported by instar convert: the source's top layer writes only part of cluster ${r.partial} of the target (-n -B); nothing was written`,
+      ]);
+    }
+    writes = r.ops;
+  }
   const scan = await scanQcow2(img, what);
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
   const plan = planQcow2Writes({

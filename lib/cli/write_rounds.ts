@@ -31,7 +31,7 @@ export interface Move {
  */
 export async function moveData(
   source: GuestInput[],
-  target: OpenedImage,
+  target: Pick<OpenedImage, "openPath" | "dev" | "ino">,
   moves: Move[],
   cap: bigint,
   what: string,
@@ -82,7 +82,7 @@ export async function moveData(
   await syncFile(target, what);
 }
 
-export async function syncFile(img: OpenedImage, what: string) {
+export async function syncFile(img: Pick<OpenedImage, "openPath" | "dev" | "ino">, what: string) {
   let f: Deno.FsFile | undefined;
   try {
     f = await Deno.open(hostPath(img.openPath), { read: true, write: true });

@@ -278,6 +278,8 @@ export interface Qcow2Target {
   /** convert -B: the target's backing file size in bytes (whole sectors); the
    * guest then asks the source's top layer alone (one guest). */
   backingSize?: bigint;
+  /** convert -B -c: log2 of the source top's L2 table reach (0: not qcow2). */
+  topL2Bits?: bigint;
 }
 
 /** Thrown with qemu's words when the planner refuses (options, size). */
@@ -299,6 +301,8 @@ export interface Packing {
   align: bigint;
   /** One guest only (convert -B). */
   single?: boolean;
+  /** Put above the cluster bits in arg[4] (convert -B -c: the compressed streams' refcount limit). */
+  arg4High?: bigint;
 }
 
 /**
@@ -329,7 +333,16 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
       op: k.op,
       opCode: ops.CONVERT,
       inputs: inputs(job),
-      args: [0n, k.flags | extra, job.minSparse, start, cbits, from, to, k.maxRefs],
+      args: [
+        0n,
+        k.flags | extra,
+        job.minSparse,
+        start,
+        cbits | ((k.arg4High ?? 0n) << 8n),
+        from,
+        to,
+        k.maxRefs,
+      ],
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,
       output: { path: outPath, cap },
@@ -396,10 +409,18 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
   // Compressed streams sharing a host cluster each hold a reference; narrow
   // refcounts cap how many may share one (64-bit: no practical cap).
   let maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
+  let arg4High = 0n;
   if (target.backingSize !== undefined) {
-    if (target.compress) {
-      throw new PlanRefused("Compressed output with a backing file is not supported by instar convert");
+    // -B -c: the zlib program compresses the top's data clusters; the zstd
+    // one has no room for the -B code (guest/ops/convert.c).
+    if (target.compress && o.compressionType === "zstd") {
+      throw new PlanRefused(
+        "Compressed output with a backing file and compression_type=zstd is not supported by instar convert",
+      );
     }
+    // arg[7] carries the backing file's size, so the refcount limit of
+    // shared compressed clusters goes above the cluster bits in arg[4].
+    if (target.compress) arg4High = (maxRefs << 8n) | (target.topL2Bits ?? 0n);
     if (o.extendedL2) {
       throw new PlanRefused("Extended L2 entries with a backing file are not supported by instar convert");
     }
@@ -421,6 +442,7 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
     // Plain clusters sit on cluster boundaries.
     align: cs > 4096n ? cs : 4096n,
     single: target.backingSize !== undefined,
+    arg4High,
   };
   return {
     packing,

@@ -16,6 +16,8 @@ export interface CompareCase {
   sameBytes?: boolean;
   /** The targets' allocated sizes (st_blocks) must match (preallocation's file layout). */
   sameAllocation?: boolean;
+  /** qemu-img check must count the same allocated and compressed clusters (map hides compression). */
+  sameCounts?: boolean;
 }
 
 async function json(args: string[], cwd: string): Promise<unknown> {
@@ -94,6 +96,13 @@ export async function compareIn(root: string, c: CompareCase): Promise<{ want: O
     if (c.args.includes("qcow2")) {
       const chk = await qemuImg(["check", target], i);
       assertEquals(chk.code, 0, chk.stdout + chk.stderr);
+    }
+    if (c.sameCounts) {
+      const counts = async (d: string) => {
+        const j = await json(["check", "--output=json", target], d) as Record<string, unknown>;
+        return [j["allocated-clusters"], j["compressed-clusters"]];
+      };
+      assertEquals(await counts(i), await counts(q), "allocated and compressed clusters");
     }
     if (c.sameBytes) {
       const a = await Deno.readFile(`${q}/${target}`), b = await Deno.readFile(`${i}/${target}`);

@@ -66,6 +66,109 @@ export function commitOps(runs: MapRun[], baseDepth: number, clusterBits: number
   return out;
 }
 
+/** qemu's mirror job: at most 1 MiB per copy, 16 MiB of dirty chunks per iteration. */
+const MAX_IO_BYTES = 1n << 20n;
+const BUF_SIZE = 16n * MAX_IO_BYTES;
+
+/**
+ * The writes of qemu's active commit into a qcow2 base, as block/mirror.c's
+ * mirror_iteration decides them, in units of the base's clusters. The job
+ * works in chunks of bdrv_get_default_bitmap_granularity (the base's cluster
+ * size, clamped to 4..64 KiB); a chunk is dirty when a layer above the base
+ * allocates any of it. From each dirty chunk it asks bdrv_block_status_above
+ * over the whole chain (base and below included) and takes the first run:
+ * a DATA run is copied (whole chunks, at most 1 MiB); a run without data at
+ * least one chunk long whose chunks are whole base clusters is written as
+ * zeroes; anything shorter than a chunk, or not cluster aligned, is copied
+ * as one chunk (or its chunks), zeroes and all. So where runs are shorter
+ * than a chunk, base clusters no layer above allocates, or that the chain
+ * reads as zeroes, are written as data, and qemu-img check counts them
+ * (seed 7 #1, #9, #19: allocated-clusters). Runs end where qemu's block
+ * status ends them: at a change of layer or kind (the map guest's runs) and
+ * at every L2 table boundary of each qcow2 layer consulted (qcow2_get_host_offset
+ * answers one L2 slice at a time); `spans[d]` is layer d's L2 table span in
+ * bytes (undefined for raw).
+ */
+export function mirrorOps(
+  runs: MapRun[],
+  baseDepth: number,
+  clusterBits: number,
+  size: bigint,
+  spans: (bigint | undefined)[],
+): WriteOp[] {
+  const cb = BigInt(clusterBits);
+  const cs = 1n << cb;
+  const g = cs < 4096n ? 4096n : cs > 65536n ? 65536n : cs;
+  const sorted = runs.filter((r) => r.length > 0n && r.start < size).sort((a, b) =>
+    a.start < b.start ? -1 : a.start > b.start ? 1 : 0
+  );
+  // Dirty chunk ranges [from, to) in chunk units, ascending and merged.
+  const dirty: [bigint, bigint][] = [];
+  for (const r of sorted) {
+    if (r.depth >= baseDepth || (r.flags & mapFlags.PRESENT) === 0) continue;
+    const end = r.start + r.length < size ? r.start + r.length : size;
+    const a = r.start / g, b = (end + g - 1n) / g;
+    const last = dirty[dirty.length - 1];
+    if (last && last[1] >= a) {
+      if (b > last[1]) last[1] = b;
+    } else dirty.push([a, b]);
+  }
+  let k = 0;
+  /** bdrv_block_status_above(top, NULL) at `at`, asked up to `end`. */
+  const status = (at: bigint, end: bigint): { data: boolean; zero: boolean; len: bigint } => {
+    while (k < sorted.length && sorted[k].start + sorted[k].length <= at) k++;
+    const r = sorted[k];
+    if (!r || r.start > at) return { data: false, zero: true, len: end - at };
+    let stop = r.start + r.length < end ? r.start + r.length : end;
+    for (let d = 0; d <= r.depth && d < spans.length; d++) {
+      const sp = spans[d];
+      if (sp === undefined) continue;
+      const b = (at / sp + 1n) * sp;
+      if (b < stop) stop = b;
+    }
+    return {
+      data: (r.flags & mapFlags.DATA) !== 0,
+      zero: (r.flags & mapFlags.ZERO) !== 0,
+      len: stop - at,
+    };
+  };
+  const out: WriteOp[] = [];
+  const emit = (from: bigint, to: bigint, kind: "data" | "zero") => {
+    const c0 = from >> cb, c1 = (to + cs - 1n) >> cb;
+    let c = c0;
+    const last = out[out.length - 1];
+    if (last && last.cluster + last.count > c) {
+      // The cluster a previous copy already wrote (a chunk smaller than a cluster).
+      c = last.cluster + last.count;
+      if (c >= c1) return;
+    }
+    if (last && last.kind === kind && last.cluster + last.count === c) last.count += c1 - c;
+    else out.push({ cluster: c, count: c1 - c, kind });
+  };
+  for (const [a, b] of dirty) {
+    for (let it = a; it < b;) {
+      const nb0 = b - it < BUF_SIZE / g ? b - it : BUF_SIZE / g;
+      let offset = it * g, nb = nb0;
+      const end = offset + nb * g;
+      while (nb > 0n && offset < size) {
+        const st = status(offset, end < size ? end : size);
+        let io = st.len;
+        if (st.data && io > MAX_IO_BYTES) io = MAX_IO_BYTES;
+        io -= io % g;
+        let kind: "data" | "zero" = "data";
+        if (io < g) io = g;
+        else if (!st.data && offset % cs === 0n && io % cs === 0n && st.zero) kind = "zero";
+        if (offset + io > size) io = size - offset;
+        emit(offset, offset + io, kind);
+        offset += io;
+        nb -= (io + g - 1n) / g;
+      }
+      it += nb0;
+    }
+  }
+  return out;
+}
+
 /** The base's allocated clusters from a map of the base alone (depth 0 runs). */
 export function existingRuns(runs: MapRun[], clusterBits: number): ExistingRun[] {
   const out: ExistingRun[] = [];

@@ -214,7 +214,7 @@ class Planner {
         throw new Refusal("write runs out of order or past the disk's end");
       }
       prevEnd = op.cluster + op.count;
-      if (op.kind === "discard") this.zero(op, true, true);
+      if (op.kind === "discard") this.discard(op);
       else if (op.kind === "zero" && this.x.version === 3) this.zero(op, false, this.x.discardFreed ?? false);
       // Without zero clusters (compat=0.10) qemu discards where no backing
       // file shows through, and writes zeroes as data where one would.
@@ -305,8 +305,39 @@ class Planner {
     }
   }
 
+  /**
+   * qcow2_cluster_discard with full_discard, one L2 table at a time:
+   * discard_in_l2_slice gets the table through get_cluster_table, which
+   * allocates a missing one (empty) even where nothing is mapped, so a v2
+   * overlay qemu-img commit empties gains an L2 table for every L1 entry it
+   * lacked, first fit after the clusters the earlier tables freed (seed 7
+   * #25: image-end-offset one cluster further than without).
+   */
+  private discard(op: WriteOp) {
+    const end = op.cluster + op.count;
+    const ex = this.existing;
+    let k = 0;
+    for (let c = op.cluster; c < end;) {
+      const idx = c / this.perL2;
+      const tableEnd = (idx + 1n) * this.perL2 < end ? (idx + 1n) * this.perL2 : end;
+      this.table(idx);
+      // Only the mapped clusters of this table change (entries already 0 stay).
+      while (k < ex.length && ex[k].cluster + ex[k].count <= c) k++;
+      // One round per table that freed clusters (not one per run).
+      let freed = false;
+      for (let j = k; j < ex.length && ex[j].cluster < tableEnd; j++) {
+        const r = ex[j];
+        const from = r.cluster > c ? r.cluster : c;
+        const to = r.cluster + r.count < tableEnd ? r.cluster + r.count : tableEnd;
+        freed = this.zero({ cluster: from, count: to - from, kind: "discard" }, true, true, false) || freed;
+      }
+      if (freed) this.endRound();
+      c = tableEnd;
+    }
+  }
+
   /** Zero writes (discard: entries cleared instead of zero-flagged); `punch`: freed bytes dropped. */
-  private zero(op: WriteOp, discard: boolean, punch: boolean) {
+  private zero(op: WriteOp, discard: boolean, punch: boolean, endAtEnd = true): boolean {
     let freed = false;
     for (let c = op.cluster; c < op.cluster + op.count; c++) {
       const s = this.state(c);
@@ -337,7 +368,8 @@ class Planner {
         freed = false;
       }
     }
-    if (freed) this.endRound();
+    if (freed && endAtEnd) this.endRound();
+    return freed;
   }
 
   /** Turns what the round changed into its copies and steps A..D. */
