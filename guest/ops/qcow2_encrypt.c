@@ -68,10 +68,14 @@ static int add_cluster(uint64_t gc, uint64_t host, uint64_t csize)
     return 0;
 }
 
+/* convert -n into an existing encrypted qcow2 (guest/ops/qcow2_crypt_into.c). */
+int qcow2_crypt_into(const struct params *p);
+
 int op_main(void)
 {
     const struct params *p = rt_params();
     uint32_t flags = p->flags;
+    if (flags == QCOW2_ENC_F_INTO) return qcow2_crypt_into(p);
     bool luks = flags == QCOW2_ENC_F_LUKS;
     if (flags != QCOW2_ENC_F_LUKS && flags != QCOW2_ENC_F_AES) return rt_error(0, GERR_BAD_PARAMS, 90, flags, 0);
     uint64_t cbits = p->arg[5], data_start = p->arg[4], min_sparse = p->arg[6];

@@ -57,8 +57,11 @@ static int qcow2_layer_status(struct layer *l, uint64_t pos, uint64_t bytes, uin
 {
     struct qcow2_layer *s = l->state;
     int st = qcow2_block_status(&s->m, pos, bytes, len, host);
-    /* qcow2_co_block_status gives no offset when the image is encrypted. */
-    if (st > 0 && s->q.crypt_method) st &= ~LS_OFFSET_VALID;
+    /* qcow2_co_block_status gives no offset when the image is encrypted
+     * (but map's CRYPT_OFFSETS: convert -n into it plans with them). */
+    if (st > 0 && s->q.crypt_method &&
+        !(rt_params()->op == OP_MAP && (rt_params()->flags & MAPOP_F_CRYPT_OFFSETS)))
+        st &= ~LS_OFFSET_VALID;
     if (st > 0 && s->prealloc && (st & QST_DATA) && !(st & QST_ZERO)) st |= LS_RECURSE;
     return st;
 }

@@ -176,7 +176,8 @@ export const infoFlags = {
 /** params.flags for ops.MAP. PRECISE: report the layers' precise runs even
  * where qemu's driver reports all data (vhdx): the allocation instar's own
  * convert sees, for measure's vpc/vhdx/vmdk estimates of that convert. */
-export const mapOpFlags = { PRECISE: 1 } as const;
+/** CRYPT_OFFSETS: an encrypted qcow2's runs keep their host offsets (qemu reports none; convert -n into one plans with them). */
+export const mapOpFlags = { PRECISE: 1, CRYPT_OFFSETS: 2 } as const;
 
 /** params.flags for ops.CHECK: qemu-img check -r leaks / -r all. The guest
  * sends a REPAIR_REFCOUNT record for each refcount the repair rewrites,
@@ -450,8 +451,12 @@ export const luksWriteFlags = {
  * slot 0 iterations, arg[3] the header's offset, arg[4] where the data
  * clusters start (packed in guest order as convert's qcow2 output, DATA_RUN
  * and CONVERT_DONE reported), arg[5] cluster bits, arg[6] min_sparse.
+ * INTO (alone): convert -n into an existing encrypted qcow2 (guest/ops/
+ * qcow2_crypt_into.c): inputs the source chain, the target (its passphrase
+ * its input secret) and copy_runs' move list; arg[0] entries, arg[1] their
+ * bytes, arg[2] the target's cluster bits.
  */
-export const qcow2EncryptFlags = { LUKS: 1, AES: 2 } as const;
+export const qcow2EncryptFlags = { LUKS: 1, AES: 2, INTO: 4 } as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;

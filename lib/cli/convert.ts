@@ -70,6 +70,7 @@ import {
   convertToEncryptedQcow2,
   encryptedQcow2Refusal,
 } from "../convert/qcow2_encrypt_target.ts";
+import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -585,9 +586,44 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
-      const img = await openQcow2Target(outFilename!, o.unsafeQuirks, targetKey);
+      const img = await openQcow2Target(
+        outFilename!,
+        o.unsafeQuirks,
+        targetKey,
+        targetDisplay ?? outFilename!,
+        targetRef?.encryptFormat,
+      );
       if (chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
         throw new CliError([`${outFilename}: Refusing to overwrite an image this command reads`]);
+      }
+      if (img.qcow2!.layout.cryptMethod !== 0) {
+        // Encrypted: unlocked and encrypted in the guest (lib/cli/convert_into_qcrypt.ts).
+        const job = {
+          target: outFilename!,
+          display: targetDisplay ?? outFilename!,
+          keySecret: targetRef?.keySecret,
+          keySecretOption: targetRef?.keySecretOption,
+          secrets: o.secrets,
+          kdfMaxIters: kdfMaxIters(),
+          chain,
+          unsafeQuirks: o.unsafeQuirks,
+          source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
+          size,
+          minSparse: a.minSparse,
+          targetIsZero: a.targetIsZero,
+          onProgress: (done: bigint, total: bigint) => progress.bytes(done, total),
+        };
+        await unlockQcryptTarget(job, img);
+        if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
+        try {
+          const written = await convertIntoQcrypt(job, img);
+          if (written > 0n) progress.set(100);
+        } catch (e) {
+          if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
+          throw e;
+        }
+        progress.set(100);
+        return 0;
       }
       if (img.virtualSize < size) throw new CliError(["output file is smaller than input file"]);
       if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);

@@ -40,14 +40,23 @@ export async function openQcow2Target(
   name: string,
   unsafeQuirks: boolean,
   keyGiven = false,
+  /** --target-image-opts: the operand as given (qemu's "Could not open '...'") and encrypt.format=. */
+  display = name,
+  encryptFormat?: string,
 ): Promise<OpenedImage> {
   let img: OpenedImage;
   try {
-    img = await openImage(name, { format: "qcow2", unsafeQuirks, lock: LOCKS.write, noLists: true });
+    img = await openImage(name, {
+      format: "qcow2",
+      unsafeQuirks,
+      lock: LOCKS.write,
+      noLists: true,
+      encryptFormat,
+    });
     // An encrypted target without encrypt.key-secret fails as qemu's open does; with one, below.
     if (!keyGiven) needsNoKey(img);
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(name, e);
+    if (e instanceof OpenError) throw openFailure(display, e);
     throw e;
   }
   const q = img.qcow2!;
@@ -58,9 +67,9 @@ export async function openQcow2Target(
   }
   if (q.dirty) throw refuse("the image has the dirty bit set");
   if (q.nbSnapshots > 0 || q.nbBitmaps > 0 || q.hasBitmapsExt) throw refuse("internal snapshots or bitmaps");
-  if (q.hasDataFileBit || q.extendedL2 || q.layout.cryptMethod !== 0) {
-    throw refuse("a data file, extended L2 entries or encryption");
-  }
+  if (q.hasDataFileBit || q.extendedL2) throw refuse("a data file or extended L2 entries");
+  // Encrypted (with encrypt.key-secret): lib/cli/convert_into_qcrypt.ts.
+  if (q.layout.cryptMethod !== 0 && (q.layout.cryptMethod > 2 || !keyGiven)) throw refuse("encryption");
   if (q.backingFile !== undefined) throw refuse("a target with a backing file");
   return img;
 }
@@ -120,7 +129,7 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
 }
 
 /** The rebase_diff guest's classification of the source at the target's cluster size (-S > 0). */
-async function classify(job: IntoQcow2Job, cb: bigint, clusters: bigint): Promise<WriteOp[]> {
+export async function classify(job: IntoQcow2Job, cb: bigint, clusters: bigint): Promise<WriteOp[]> {
   let result;
   try {
     result = await runGuest({

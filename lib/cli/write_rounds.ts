@@ -82,7 +82,7 @@ export async function moveData(
   await syncFile(target, what);
 }
 
-async function syncFile(img: Pick<OpenedImage, "openPath" | "dev" | "ino">, what: string) {
+export async function syncFile(img: Pick<OpenedImage, "openPath" | "dev" | "ino">, what: string) {
   let f: Deno.FsFile | undefined;
   try {
     f = await Deno.open(hostPath(img.openPath), { read: true, write: true });

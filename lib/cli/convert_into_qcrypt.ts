@@ -1,0 +1,280 @@
+// convert -n into an existing encrypted qcow2 (LUKS, method 2, or the legacy
+// AES, method 1), as nova and cinder run it (`qemu-img convert -n --object
+// secret,... --target-image-opts driver=qcow2,encrypt.key-secret=ID,
+// file.filename=DST SRC`). qemu opens the target (the passphrase must unlock
+// a key slot of the LUKS header in its crypto header clusters), checks its
+// size, and writes the source as into a plain qcow2 (zero clusters as zero
+// writes, data clusters allocated in guest order), each data cluster
+// encrypted for its host offset (LUKS) or guest offset (AES). The in-place
+// writes are planned exactly as for a plain target (lib/formats/qcow2/
+// write_plan.ts); the data moves go to the qcow2_encrypt guest's INTO mode
+// (guest/ops/qcow2_crypt_into.c), which parses the target's LUKS header,
+// unlocks it and encrypts: the host hands it the passphrase only and never
+// sees a key or decodes a byte of the header.
+import { formats, mapFlags, mapOpFlags, ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
+import { type GuestInput, runGuest } from "../vmm/guest.ts";
+import type { SecretStore } from "../secrets/objects.ts";
+import { GuestFailure } from "../convert/pipeline.ts";
+import { CliError } from "./messages.ts";
+import { type OpenedImage, OpenError, openFailure, unlockForRead } from "./image.ts";
+import { scanQcow2 } from "./commit.ts";
+import type { MapRun } from "../formats/qcow2/commit_plan.ts";
+import { applySteps } from "./apply_steps.ts";
+import { syncFile } from "./write_rounds.ts";
+import { classify, type IntoQcow2Job } from "./convert_into_qcow2.ts";
+import { existingRuns } from "../formats/qcow2/commit_plan.ts";
+import { planQcow2Writes, type WriteOp, type WritePlan } from "../formats/qcow2/write_plan.ts";
+import { hostPath } from "../host/context.ts";
+
+export interface IntoQcryptJob extends IntoQcow2Job {
+  /** What qemu names in "Could not open '...'" (the operand as given). */
+  display: string;
+  /** --target-image-opts encrypt.key-secret= (and the option's name, for qemu's message). */
+  keySecret?: string;
+  keySecretOption?: string;
+  secrets: SecretStore;
+  kdfMaxIters: bigint;
+  /** The source chain, opened (and unlocked) by the caller. */
+  chain: OpenedImage[];
+}
+
+const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
+
+function refuse(job: IntoQcryptJob, why: string): CliError {
+  return new CliError([
+    `Writing into '${job.display}' is not supported by instar convert: ${why}; nothing was written`,
+  ]);
+}
+
+/**
+ * Unlocks the target as qemu's open does (its errors first, in qemu's
+ * words), then checks its size: call before convertIntoQcrypt.
+ */
+export async function unlockQcryptTarget(job: IntoQcryptJob, img: OpenedImage): Promise<void> {
+  try {
+    await unlockForRead(img, job.keySecret, job.keySecretOption, job.secrets, [img]);
+  } catch (e) {
+    if (e instanceof OpenError) throw openFailure(job.display, e);
+    throw e;
+  }
+  if (img.virtualSize < job.size) throw new CliError(["output file is smaller than input file"]);
+}
+
+/** Writes the source into the unlocked encrypted qcow2 target `img`. Returns the data bytes written. */
+export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): Promise<bigint> {
+  const q = img.qcow2!;
+  const what = `error while writing into '${job.target}'`;
+  const cb = BigInt(q.clusterBits);
+  if (img.secret === undefined) throw new CliError(["Sandbox failure: the target was not unlocked"]);
+  // The zero-cluster classifier (the rebase_diff guest) reads no encrypted
+  // image: -S 0 needs none (the qcow2_encrypt guest reads LUKS1 and encrypted qcow2, not LUKS2).
+  const encrypted = (x: OpenedImage) =>
+    x.formatCode === formats.LUKS || (x.qcow2?.layout.cryptMethod ?? 0) !== 0;
+  if (job.chain.some((x) => x.luks?.luks2 || (encrypted(x) && job.minSparse !== 0n))) {
+    throw refuse(job, "an encrypted source (but with -S 0, LUKS2 always)");
+  }
+  if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
+    throw refuse(job, "the source ends inside a cluster of the target");
+  }
+  // The target's runs with their host offsets (map's CRYPT_OFFSETS: qemu's
+  // block status gives none for an encrypted image): data is rewritten in place.
+  const targetMap = await cryptMap(img, what);
+  const clusters = (job.size + q.clusterSize - 1n) >> cb;
+  const writes: WriteOp[] = job.minSparse === 0n
+    ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
+    : await classify(job, cb, clusters);
+  const scan = await scanQcow2(img, what);
+  const plan = planQcow2Writes({
+    scan,
+    version: q.version,
+    existing: existingRuns(targetMap, q.clusterBits),
+    ops: writes,
+    sourceSize: job.size,
+    discardFreed: true,
+  });
+  if (!plan.ok) throw refuse(job, plan.error.message);
+  const total = writes.reduce((t, w) => t + (w.kind === "data" ? w.count << cb : 0n), 0n);
+  // --target-is-zero with -S: in clusters the target maps, qemu skips the zero blocks.
+  const sparse = job.targetIsZero ? job.minSparse : 0n;
+  const mapped = existingRuns(targetMap, q.clusterBits).filter((r) =>
+    r.kind === "normal" && r.host !== undefined
+  )
+    .map((r) => ({ from: r.host!, to: r.host! + (r.count << cb) }));
+  let before = 0n;
+  await applyCrypt(job, img, plan.value, sparse, mapped, (d, finished) => {
+    if (finished) before += d;
+    else job.onProgress?.(before + d, total);
+  });
+  return total;
+}
+
+/** The plan's rounds: the encrypted data through the guest, then the round's metadata steps. */
+async function applyCrypt(
+  job: IntoQcryptJob,
+  img: OpenedImage,
+  plan: WritePlan,
+  sparse: bigint,
+  mapped: { from: bigint; to: bigint }[],
+  onMoved: (done: bigint, finished: boolean) => void,
+): Promise<void> {
+  const what = `error while writing into '${job.target}'`;
+  const cb = BigInt(img.qcow2!.clusterBits);
+  const IN_PLACE = 1n << 63n;
+  const sorted = [...mapped].sort((x, y) => (x.from < y.from ? -1 : x.from > y.from ? 1 : 0));
+  const inPlace = (h: bigint) => {
+    if (sparse === 0n) return false;
+    // The last mapped range starting at or before h (binary search).
+    let lo = 0, hi = sorted.length - 1, best = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (sorted[mid].from <= h) {
+        best = mid;
+        lo = mid + 1;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    return best >= 0 && h < sorted[best].to;
+  };
+  for (const round of plan.rounds) {
+    // One move per cluster run, marked where it rewrites clusters the target maps.
+    const moves: { from: bigint; to: bigint; at: bigint }[] = [];
+    for (const c of round.copies) {
+      if (sparse === 0n) {
+        // Nothing marked: the copy as one move.
+        const from = c.cluster << cb;
+        let to = (c.cluster + c.count) << cb;
+        if (to > job.size) to = job.size;
+        if (to > from) moves.push({ from, to, at: c.host });
+        continue;
+      }
+      for (let i = 0n; i < c.count; i++) {
+        const from = (c.cluster + i) << cb, host = c.host + (i << cb);
+        let to = from + (1n << cb);
+        if (to > job.size) to = job.size;
+        if (to <= from) continue;
+        const at = inPlace(host) ? host | IN_PLACE : host;
+        const last = moves[moves.length - 1];
+        if (last && last.to === from && last.at + (last.to - last.from) === at) last.to = to;
+        else moves.push({ from, to, at });
+      }
+    }
+    if (moves.length > 0) await encryptMoves(job, img, moves, plan.fileSize, sparse, onMoved);
+    await syncFile(img, what);
+    const st = await Deno.stat(hostPath(img.openPath));
+    // The guest wrote whole clusters (the tails past the source encrypted zeroes):
+    // the planner's plain zero tails are left out (they would overwrite them).
+    const steps = dropTails(round.steps, round.copies, cb);
+    await applySteps({ ...img, fileSize: BigInt(st.size) }, steps, what, "off", "discard");
+  }
+}
+
+/** The steps without the plain zero tails the planner adds inside the round's data clusters. */
+function dropTails(
+  steps: WritePlan["rounds"][number]["steps"],
+  copies: WritePlan["rounds"][number]["copies"],
+  cb: bigint,
+) {
+  const inData = (off: bigint, len: bigint) =>
+    copies.some((c) => off >= c.host && off + len <= c.host + (c.count << cb));
+  return steps.map((s) => ({
+    ...s,
+    patches: s.patches.filter((p) => !(p.kind === "write" && inData(p.offset, BigInt(p.bytes.length)))),
+  }));
+}
+
+/** One qcow2_encrypt INTO run: the moves' source bytes encrypted into the target. */
+async function encryptMoves(
+  job: IntoQcryptJob,
+  img: OpenedImage,
+  moves: { from: bigint; to: bigint; at: bigint }[],
+  cap: bigint,
+  sparse: bigint,
+  onMoved: (done: bigint, finished: boolean) => void,
+): Promise<void> {
+  const bytes = new Uint8Array(moves.length * 24);
+  const dv = new DataView(bytes.buffer);
+  let total = 0n;
+  moves.forEach((m, i) => {
+    dv.setBigUint64(i * 24, m.from, true);
+    dv.setBigUint64(i * 24 + 8, m.to, true);
+    dv.setBigUint64(i * 24 + 16, m.at, true);
+    total += m.to - m.from;
+  });
+  const dir = await Deno.makeTempDir({ prefix: "instar-moves-" });
+  try {
+    const path = `${dir}/moves`;
+    await Deno.writeFile(path, bytes, { mode: 0o600 });
+    const inputs: GuestInput[] = [
+      ...job.source,
+      { path: img.openPath, format: formats.QCOW2, nofollow: false, secret: img.secret },
+      { path, format: formats.RAW, nofollow: true },
+    ];
+    const r = await runGuest({
+      op: "qcow2_encrypt",
+      opCode: ops.QCOW2_ENCRYPT,
+      inputs,
+      flags: qcow2EncryptFlags.INTO,
+      args: [BigInt(moves.length), total, BigInt(img.qcow2!.clusterBits), sparse],
+      kdfMaxIters: job.kdfMaxIters,
+      ramBytes: 128 * 1024 * 1024,
+      output: { path: img.openPath, cap },
+      timeoutMs: TIMEOUT_MS,
+      onProgress: (d) => onMoved(d, false),
+    });
+    const t = r.inputs[job.source.length];
+    if (!t || t.dev !== img.dev || t.ino !== img.ino) {
+      throw new CliError([`Could not open '${job.display}': File changed while it was being opened`]);
+    }
+    const err = r.records.find((x) => x.type === records.ERROR);
+    if (err) throw new GuestFailure(err);
+    if (r.guestStatus !== 0n) {
+      throw new CliError(["Sandbox failure: guest reported an error without a reason"]);
+    }
+    onMoved(total, true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** The map guest's runs of the encrypted target, host offsets included (as commit.ts mapRuns reads them). */
+async function cryptMap(img: OpenedImage, what: string): Promise<MapRun[]> {
+  let result;
+  try {
+    result = await runGuest({
+      op: "map",
+      opCode: ops.MAP,
+      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: false }],
+      flags: mapOpFlags.CRYPT_OFFSETS,
+      args: [0n, (1n << 64n) - 1n],
+    });
+  } catch (e) {
+    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
+    throw new CliError([`${what}: Input/output error`]);
+  }
+  const ALL = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
+  const out: MapRun[] = [];
+  let at = 0n;
+  for (const r of result.records) {
+    if (r.type !== records.MAP_EXTENT) continue;
+    const x: MapRun = {
+      start: r.fields.start as bigint,
+      length: r.fields.length as bigint,
+      offset: r.fields.offset as bigint,
+      flags: r.fields.flags as number,
+      depth: r.fields.depth as number,
+    };
+    if (x.start !== at || (x.flags & ~ALL) !== 0 || x.depth !== 0 || x.offset >= 1n << 63n) {
+      throw new CliError([`${what}: sandbox failure: inconsistent map extents`]);
+    }
+    // A data run without its offset could not be placed: refused rather than guessed.
+    if ((x.flags & mapFlags.DATA) !== 0 && (x.flags & (mapFlags.OFFSET_VALID | mapFlags.COMPRESSED)) === 0) {
+      throw new CliError([`${what}: sandbox failure: a data run without its offset`]);
+    }
+    at += x.length;
+    out.push(x);
+  }
+  return out;
+}
