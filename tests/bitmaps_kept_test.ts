@@ -8,7 +8,7 @@
 // and each bitmap's dirty map, read through qemu-nbd (x-dirty-bitmap, as
 // qemu's iotests read bitmaps). An inconsistent (in-use) bitmap is refused
 // with nothing written.
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 

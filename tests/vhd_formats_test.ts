@@ -4,7 +4,7 @@
 // convert/compare/measure read them as qemu-img does.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { assertSame, built, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
-import { fileSha256 as sha256, sameBytes } from "./support/bytes.ts";
+import { sameBytes } from "./support/bytes.ts";
 
 const ready = built() && haveQemuImg();
 

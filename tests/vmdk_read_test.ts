@@ -7,7 +7,7 @@
 // fail as qemu-img fails.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { assertSame, built, exec, haveQemuImg, instar, qemuImg, sh } from "./cli_helpers.ts";
-import { fileSha256 as sha256, sameBytes } from "./support/bytes.ts";
+import { sameBytes } from "./support/bytes.ts";
 
 const ready = built() && haveQemuImg();
 /** Debian's python3 (with the VMDKstream module); `python3` on PATH may be another. */
