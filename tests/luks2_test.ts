@@ -344,7 +344,7 @@ if (ready) {
           "a.img",
           "argon2 memory",
           (p) => rewriteJson(p, (j) => j.replace('"memory":32768', '"memory":4194304')),
-          "LUKS2 key slot 0 asks for 4194304 KiB of Argon2 memory, more than instar allows (INSTAR_MAX_KDF_MEMORY, in KiB, raises the limit)",
+          "LUKS2 key slot 0 asks for 4194304 KiB of Argon2 memory, more than instar allows (--max-guest-memory raises the limit)",
         ],
         [
           "a.img",
@@ -390,16 +390,17 @@ if (ready) {
       f[4096 + 10] ^= 1;
       await Deno.writeFile(`${dir}/h.img`, f);
       await instarOk(["convert", ...obj, ...opts("h.img"), "-O", "raw", "o.raw"], dir);
-      // the Argon2 limit is a knob: 16 MiB refuses a 32 MiB key slot
+      // the Argon2 limit is a knob (the environment's, here): 16 MiB refuses a 32 MiB key slot
       await instarFails(
         ["convert", ...obj, ...opts("a.img"), "-O", "raw", "o2.raw"],
         dir,
         "Could not open 'driver=luks,key-secret=sec0,file.filename=a.img': LUKS2 key slot 0 asks for 32768 KiB " +
-          "of Argon2 memory, more than instar allows (INSTAR_MAX_KDF_MEMORY, in KiB, raises the limit)",
+          "of Argon2 memory, more than instar allows (--max-guest-memory raises the limit)",
         { INSTAR_MAX_KDF_MEMORY: "16384" },
       );
-      // Two key slots, 32 and 64 MiB: under a 40000 KiB limit the guest gets RAM for the first and
-      // refuses the second when it comes to it (its heap cannot hold it); the first still unlocks.
+      // Two key slots, 32 and 64 MiB: with --max-guest-memory 72M (40 MiB of Argon2 memory) the guest
+      // gets RAM for the first and refuses the second when it comes to it (its heap cannot hold it);
+      // the first still unlocks.
       await Deno.copyFile(`${dir}/a.img`, `${dir}/two.img`);
       await Deno.writeTextFile(`${dir}/key2`, "other-passphrase");
       await cryptsetup(dir, [
@@ -412,21 +413,53 @@ if (ready) {
         "two.img",
         "key2",
       ]);
-      const limit = { INSTAR_MAX_KDF_MEMORY: "40000" };
+      const limit = ["--max-guest-memory", "72M"];
       await instarFails(
-        ["convert", "--object", "secret,id=sec0,file=key2", ...opts("two.img"), "-O", "raw", "o3.raw"],
+        [
+          "convert",
+          ...limit,
+          "--object",
+          "secret,id=sec0,file=key2",
+          ...opts("two.img"),
+          "-O",
+          "raw",
+          "o3.raw",
+        ],
         dir,
         "Could not open 'driver=luks,key-secret=sec0,file.filename=two.img': LUKS2 key slot 1 asks for 65536 KiB " +
-          "of Argon2 memory, more than instar allows (INSTAR_MAX_KDF_MEMORY, in KiB, raises the limit)",
-        limit,
+          "of Argon2 memory, more than instar allows (--max-guest-memory raises the limit)",
       );
       let err = "";
-      const code = await run(["convert", ...obj, ...opts("two.img"), "-O", "raw", "o3.raw"], {
+      const code = await run(["convert", ...limit, ...obj, ...opts("two.img"), "-O", "raw", "o3.raw"], {
         out: () => {},
         err: (t) => (err += t),
-        context: { cwd: dir, env: limit },
+        context: { cwd: dir, env: {} },
       });
       assertEquals({ code, err }, { code: 0, err: "" });
+      // Out of range: a usage error before anything is opened.
+      for (const v of ["63M", "2G", "x"]) {
+        let e = "";
+        const c = await run([
+          "convert",
+          "--max-guest-memory",
+          v,
+          ...obj,
+          ...opts("two.img"),
+          "-O",
+          "raw",
+          "o4.raw",
+        ], {
+          out: () => {},
+          err: (t) => (e += t),
+          context: { cwd: dir, env: {} },
+        });
+        assertEquals(c, 1);
+        assertEquals(
+          e.split("\n")[0],
+          `instar: Invalid --max-guest-memory '${v}' (expected a size from 64M to 1088M)`,
+        );
+        assert(!(await exists(`${dir}/o4.raw`)));
+      }
     });
   });
 }

@@ -8,6 +8,8 @@ import type { HostContext } from "../host/context.ts";
 import { forceShare, type LockMode, LOCKS } from "../vmm/image_lock.ts";
 import { ObjectError, SecretStore } from "../secrets/objects.ts";
 import { hostPath } from "../host/context.ts";
+import { limits } from "../abi/spec.ts";
+import { strtosz } from "../formats/size.ts";
 
 export interface Io {
   out(text: string): void;
@@ -32,6 +34,7 @@ export const INSTAR_LONGS: LongOption[] = [
   { name: "qemu-version", hasArg: true, id: "qemu-version", instar: true },
   { name: "unsafe-quirks", hasArg: false, id: "unsafe-quirks", instar: true },
   { name: "backing-dir", hasArg: true, id: "backing-dir", instar: true },
+  { name: "max-guest-memory", hasArg: true, id: "max-guest-memory", instar: true },
 ];
 
 export function newInstarOptions(base?: InstarOptions): InstarOptions {
@@ -74,8 +77,28 @@ export function instarOption(o: InstarOptions, id: string, value?: string): bool
     case "backing-dir":
       o.backingDirs.push(value!);
       return true;
+    case "max-guest-memory":
+      o.secrets.kdfMemoryKib = maxGuestMemoryKdfKib(value!);
+      return true;
   }
   return false;
+}
+
+/**
+ * --max-guest-memory SIZE: the most RAM a guest that unlocks a LUKS2 key
+ * slot may get, which bounds the Argon2 memory it can derive with (SIZE less
+ * the guest's own 32 MiB). 64 MiB up to the VMM's largest guest.
+ */
+function maxGuestMemoryKdfKib(value: string): bigint {
+  const max = BigInt(limits.RAM_MAX);
+  let v: bigint | undefined;
+  try {
+    v = strtosz(value);
+  } catch { /* reported below */ }
+  if (v === undefined || v < 64n << 20n || v > max) {
+    throw usageError(`Invalid --max-guest-memory '${value}' (expected a size from 64M to ${max >> 20n}M)`);
+  }
+  return (v - (32n << 20n)) / 1024n;
 }
 
 export async function profileOf(o: InstarOptions): Promise<Profile> {

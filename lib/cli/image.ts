@@ -447,8 +447,12 @@ export function kdfMaxIters(): bigint {
   return KDF_MAX_ITERS_DEFAULT;
 }
 
-/** The Argon2 memory bound, KiB (INSTAR_MAX_KDF_MEMORY overrides cryptsetup's 1 GiB maximum). */
-export function kdfMaxMemoryKib(): bigint {
+/**
+ * The Argon2 memory bound, KiB: --max-guest-memory (on the secrets), else
+ * INSTAR_MAX_KDF_MEMORY, else cryptsetup's 1 GiB maximum.
+ */
+export function kdfMaxMemoryKib(secrets?: SecretStore): bigint {
+  if (secrets?.kdfMemoryKib !== undefined) return secrets.kdfMemoryKib;
   const v = hostEnv("INSTAR_MAX_KDF_MEMORY");
   if (v !== undefined && /^[0-9]{1,10}$/.test(v)) return BigInt(v);
   return KDF_MAX_MEMORY_KIB_DEFAULT;
@@ -507,7 +511,7 @@ export async function unlockForRead(
   // LUKS2 (convert_luks2): the guest's RAM holds the largest Argon2 memory under the limit.
   let luks2Ram: number | undefined;
   if (img.luks?.luks2) {
-    const ram = luks2GuestRam(img.luks, kdfMaxMemoryKib());
+    const ram = luks2GuestRam(img.luks, kdfMaxMemoryKib(secrets));
     if (typeof ram !== "number") {
       throw new OpenError(img.filename, luks2ErrorText(106n, BigInt(ram.slot), ram.kib, undefined)!);
     }

@@ -176,6 +176,11 @@ function unwrapSecret(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): 
 export class SecretStore {
   #secrets = new Map<string, Uint8Array>();
   #ids = new Set<string>();
+  /**
+   * The Argon2 memory, KiB, that unlocking one of these secrets may cost
+   * (--max-guest-memory less the guest's own 32 MiB); unset: the default.
+   */
+  kdfMemoryKib?: bigint;
 
   /** Processes one --object argument as qemu-img does when it meets it. */
   add(arg: string, readFile: SecretFileReader): void {

@@ -48,7 +48,7 @@ export function luks2ErrorText(
       return `LUKS2 ${q} is not supported by instar`;
     case 106:
       return `LUKS2 key slot ${a1} asks for ${a2} KiB of Argon2 memory, more than instar allows ` +
-        "(INSTAR_MAX_KDF_MEMORY, in KiB, raises the limit)";
+        "(--max-guest-memory raises the limit)";
     case 107:
       return `LUKS2 key slot ${a1} asks for ${a2} Argon2 passes over its memory, more than instar allows`;
     case 108:
