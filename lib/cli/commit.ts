@@ -290,7 +290,7 @@ export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRu
 }
 
 /** resize_scan arg[1] bit 2: list the compressed L2 entries (records.COMPRESSED_L2). */
-const COMPRESSED_ENTRIES = 4n;
+export const COMPRESSED_ENTRIES = 4n;
 
 /** The resize_scan guest's metadata of a qcow2 image (its size unchanged); `flags` is its arg[1]. */
 export async function scanQcow2(img: OpenedImage, what: string, flags = 0n) {

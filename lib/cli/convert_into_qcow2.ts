@@ -14,10 +14,10 @@ import type { GuestInput } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { CliError } from "./messages.ts";
 import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
-import { mapRuns, scanQcow2 } from "./commit.ts";
+import { COMPRESSED_ENTRIES, mapRuns, scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
-import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
+import { MAX_WRITE_RUNS, planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
 import { restrictOps } from "../convert/top_ranges.ts";
 
 export interface IntoQcow2Job {
@@ -88,10 +88,11 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   }
   const clusters = (job.size + q.clusterSize - 1n) >> cb;
   // -S 0: qemu writes every cluster as data, zeroes included (and even with
-  // --target-is-zero); otherwise the guest classifies the clusters.
-  let writes: WriteOp[] = job.minSparse === 0n
-    ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
-    : await classify(job, cb, clusters);
+  // --target-is-zero), one request per block-status run of the source;
+  // otherwise the guest classifies the clusters. Data requests are at most
+  // IO_BUF_SIZE (2 MiB) from the run's start. The requests matter where a
+  // write frees clusters (a compressed one) that the next one reuses.
+  let writes = chunkData(await classify(job, cb, clusters, job.minSparse !== 0n), cb);
   if (job.top) {
     const r = restrictOps(writes, job.top, q.clusterBits, job.size);
     if (r.partial !== undefined) {
@@ -101,7 +102,9 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
     }
     writes = r.ops;
   }
-  const scan = await scanQcow2(img, what);
+  // With the target's compressed clusters: an overwritten or zeroed one is
+  // freed as qemu does (write_plan.ts), its host clusters discarded at 0.
+  const scan = await scanQcow2(img, what, COMPRESSED_ENTRIES);
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
   const plan = planQcow2Writes({
     scan,
@@ -129,14 +132,20 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
 }
 
 /** The rebase_diff guest's classification of the source at the target's cluster size (-S > 0). */
-export async function classify(job: IntoQcow2Job, cb: bigint, clusters: bigint): Promise<WriteOp[]> {
+export async function classify(
+  job: IntoQcow2Job,
+  cb: bigint,
+  clusters: bigint,
+  /** false (-S 0): by block status alone, and the zero runs are written as data. */
+  byContent = true,
+): Promise<WriteOp[]> {
   let result;
   try {
     result = await runGuest({
       op: "rebase_diff",
       opCode: ops.REBASE_DIFF,
       inputs: job.source,
-      args: [0n, cb, 1n, 1n],
+      args: [0n, cb, 1n, byContent ? 1n : 0n],
       ramBytes: 64 * 1024 * 1024,
       timeoutMs: 7 * 24 * 3600 * 1000,
     });
@@ -156,10 +165,32 @@ export async function classify(job: IntoQcow2Job, cb: bigint, clusters: bigint):
       throw new CliError(["Sandbox failure: inconsistent cluster runs"]);
     }
     next = cluster + count;
-    const zero = (flags & diffFlags.ZERO) !== 0;
+    const zero = byContent && (flags & diffFlags.ZERO) !== 0;
     if (zero && job.targetIsZero) continue;
     writes.push({ cluster, count, kind: zero ? "zero" : "data" });
   }
   if (next !== clusters) throw new CliError(["Sandbox failure: the cluster runs do not cover the source"]);
   return writes;
+}
+
+/** img_convert's buf_sectors: a data run is written in requests of at most 2 MiB from its start. */
+const IO_BUF_SIZE = 2n * 1024n * 1024n;
+
+/** Splits the data ops into qemu-img convert's write requests (whole clusters, at least one). */
+export function chunkData(writes: WriteOp[], cb: bigint): WriteOp[] {
+  const most = IO_BUF_SIZE >> cb > 0n ? IO_BUF_SIZE >> cb : 1n;
+  const out: WriteOp[] = [];
+  for (const w of writes) {
+    if (w.kind !== "data") {
+      out.push(w);
+      continue;
+    }
+    for (let c = w.cluster; c < w.cluster + w.count; c += most) {
+      const n = w.cluster + w.count - c < most ? w.cluster + w.count - c : most;
+      out.push({ cluster: c, count: n, kind: "data" });
+    }
+  }
+  // Past the planner's bound (terabytes of data), whole runs: the same
+  // placement unless a write frees clusters the next one would reuse.
+  return out.length > MAX_WRITE_RUNS / 2 ? writes : out;
 }
