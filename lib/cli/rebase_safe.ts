@@ -22,7 +22,7 @@ import {
   OpenError,
   openImage,
 } from "./image.ts";
-import { COMPRESSED_ENTRIES, scanQcow2 } from "./commit.ts";
+import { scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
 import { diffFlags, limits } from "../abi/spec.ts";
@@ -128,10 +128,11 @@ export async function copyDifferences(old: OpenedImage[], neu: OpenedImage[], wh
     writes.push({ cluster, count, kind: flags & diffFlags.OLD_ZERO ? "zero" : "data" });
   }
   if (writes.length === 0) return;
-  // With the overlay's compressed clusters: the writes go only where the
-  // overlay allocates nothing, so they are never replaced, but the planner
-  // must know them (their host clusters may be shared and half full).
-  const scan = await scanQcow2(top, what, COMPRESSED_ENTRIES);
+  // Without the compressed entries: as img_rebase, the writes go only where
+  // the overlay allocates nothing (existing: [] below), so its compressed
+  // clusters are never overwritten; the refcounts place the new clusters
+  // around them (tests/compressed_targets_test.ts).
+  const scan = await scanQcow2(top, what);
   const sourceSize = old.length > 1 ? old[1].virtualSize : 0n;
   const plan = planQcow2Writes({ scan, version: q.version, existing: [], ops: writes, sourceSize });
   if (!plan.ok) throw new CliError([`${what}: ${plan.error.message}`]);
