@@ -24,7 +24,13 @@ const io = (file: string, ...cmds: string[]) =>
 /** A 2 MiB raw file of patterns (a few hundred bytes each compressed) and holes. */
 const SOURCE = [
   "qemu-img create -q -f raw src.raw 2M",
-  io("-f raw src.raw", "write -P 1 0 512k", "write -P 2 512k 192k", "write -P 3 1M 384k", "write -P 4 1664k 64k"),
+  io(
+    "-f raw src.raw",
+    "write -P 1 0 512k",
+    "write -P 2 512k 192k",
+    "write -P 3 1M 384k",
+    "write -P 4 1664k 64k",
+  ),
 ];
 
 /** Text compresses to about a quarter: with 4 KiB clusters compressed data crosses host clusters. */
@@ -73,7 +79,13 @@ const CASES: Case[] = [
       "qemu-img create -q -f qcow2 old.qcow2 2M",
       io("old.qcow2", "write -P 1 0 2M"),
       "qemu-img create -q -f qcow2 -b old.qcow2 -F qcow2 ov.qcow2 2M",
-      io("ov.qcow2", "write -c -P 5 0 64k", "write -c -P 6 64k 64k", "write -c -P 7 512k 128k", "write -P 8 1M 64k"),
+      io(
+        "ov.qcow2",
+        "write -c -P 5 0 64k",
+        "write -c -P 6 64k 64k",
+        "write -c -P 7 512k 128k",
+        "write -P 8 1M 64k",
+      ),
       "qemu-img create -q -f raw new.raw 2M",
     ],
     args: ["rebase", "-b", "new.raw", "-F", "raw", "ov.qcow2"],
@@ -113,6 +125,17 @@ const CASES: Case[] = [
       io("-f raw in.raw", "write -P 9 8k 12k", "write -P 6 1040k 100k"),
     ],
     args: ["convert", "-n", "-S", "0", "-f", "raw", "-O", "qcow2", "in.raw", "t.qcow2"],
+    file: "t.qcow2",
+  },
+  {
+    name: "convert -n -S 0 from a qcow2 source whose clusters lie out of order",
+    make: [
+      ...SOURCE,
+      "qemu-img convert -c -O qcow2 src.raw t.qcow2",
+      "qemu-img create -q -f qcow2 in.qcow2 2M",
+      io("in.qcow2", "write -P 7 256k 64k", "write -P 8 128k 64k", "write -P 9 0 64k", "write -z 1M 128k"),
+    ],
+    args: ["convert", "-n", "-S", "0", "-O", "qcow2", "in.qcow2", "t.qcow2"],
     file: "t.qcow2",
   },
   {
