@@ -145,7 +145,13 @@ const CASES: Case[] = [
       "qemu-img convert -c -O qcow2 -o cluster_size=131072 src.raw t.qcow2",
       // The source's block-status runs end on the target's clusters (instar's unit).
       "qemu-img create -q -f qcow2 -o cluster_size=131072 in.qcow2 2M",
-      io("in.qcow2", "write -P 7 64k 64k", "write -P 8 384k 4k", "write -z 640k 128k", "write -P 9 1088k 200k"),
+      io(
+        "in.qcow2",
+        "write -P 7 64k 64k",
+        "write -P 8 384k 4k",
+        "write -z 640k 128k",
+        "write -P 9 1088k 200k",
+      ),
     ],
     args: ["convert", "-n", "-O", "qcow2", "in.qcow2", "t.qcow2"],
     file: "t.qcow2",
