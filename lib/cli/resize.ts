@@ -9,7 +9,7 @@
 // does anything touch the file, through the host this command supplies.
 // Nothing is written unless every check passed. docs/resize.md says what a
 // crash mid-way leaves behind.
-import { ops } from "../abi/spec.ts";
+import { ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -172,6 +172,27 @@ export function resizeHost(
         throw refuse("the file changed while it was being read");
       }
       return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
+    },
+    async bitmapScan() {
+      let result;
+      try {
+        result = await runGuest({
+          op: "bitmap_scan",
+          opCode: ops.BITMAP_SCAN,
+          inputs: [{ path: img.openPath, format: img.formatCode }],
+          resultCap: 128 * 1024 * 1024,
+        });
+      } catch (e) {
+        throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      const input = result.inputs[0];
+      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
+        throw refuse("the file changed while it was being read");
+      }
+      if (result.guestStatus !== 0n && !result.records.some((r) => r.type === records.ERROR)) {
+        throw refuse("sandbox failure: the scan reported no outcome");
+      }
+      return { records: result.records, fileSize: input.size };
     },
     applySteps: (steps, what, zeroInside) => applySteps(img, steps, what, prealloc, zeroInside),
     fail: (lines) => new CliError(lines),
