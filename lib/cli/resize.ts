@@ -173,13 +173,14 @@ export function resizeHost(
       }
       return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
     },
-    async bitmapScan() {
+    async bitmapScan(len?: bigint) {
       let result;
       try {
         result = await runGuest({
           op: "bitmap_scan",
           opCode: ops.BITMAP_SCAN,
           inputs: [{ path: img.openPath, format: img.formatCode }],
+          ...(len === undefined ? {} : { args: [2n, len] }),
           resultCap: 128 * 1024 * 1024,
         });
       } catch (e) {

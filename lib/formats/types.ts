@@ -311,8 +311,11 @@ export interface ResizeHost {
   fail(lines: string[]): Error;
   /** "Could not resize 'FILE': why" (instar's refusals). */
   refuse(why: string): Error;
-  /** Runs the bitmap_scan guest on the image as it is now (qcow2 persistent bitmaps). */
-  bitmapScan?(): Promise<{ records: Rec[]; fileSize: bigint }>;
+  /**
+   * Runs the bitmap_scan guest on the image as it is now (qcow2 persistent
+   * bitmaps); with `len`, set bits are judged against that many bytes.
+   */
+  bitmapScan?(len?: bigint): Promise<{ records: Rec[]; fileSize: bigint }>;
 }
 
 /** A format's resize: its truncate, from the checks to the last write. */

@@ -16,10 +16,12 @@
 // (inconsistent), as a crash of qemu's own resize does; never a bitmap
 // pointing at freed clusters.
 //
-// Shrinking keeps the dirty bits only when every data cluster holding a set
-// bit lies wholly before the new end (no bit to clear inside a kept
-// cluster); otherwise instar refuses before writing anything.
-import { records } from "../../abi/spec.ts";
+// Shrinking: qemu drops the bits past the new end (hbitmap_truncate). The
+// guest scans the bits again against the new end (bitmap_scan arg[0] = 2);
+// a bitmap with a set bit past it would need its data rewritten, which
+// instar refuses before writing anything; otherwise the data clusters
+// before the end are kept verbatim and the ones past it dropped.
+import { bitmapState, records } from "../../abi/spec.ts";
 import type { ResizeHost } from "../types.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
 import { GuestResultError } from "./model.ts";
@@ -44,9 +46,9 @@ export interface BitmapResize {
   openSteps: FilePlan[];
 }
 
-async function scanNow(host: ResizeHost, filename: string): Promise<Qcow2BitmapScan> {
+async function scanNow(host: ResizeHost, filename: string, len?: bigint): Promise<Qcow2BitmapScan> {
   if (!host.bitmapScan) throw host.refuse("instar does not resize images with persistent bitmaps here");
-  const { records: recs, fileSize } = await host.bitmapScan();
+  const { records: recs, fileSize } = await host.bitmapScan(len);
   const err = recs.find((r) => r.type === records.ERROR);
   if (err) {
     const f = err.fields;
@@ -80,23 +82,21 @@ export async function prepareBitmapResize(
   filename: string,
   newSize: bigint,
 ): Promise<BitmapResize> {
-  const before = await scanNow(host, filename);
-  const why = bitmapRefusal(before);
+  let before = await scanNow(host, filename);
+  let why = bitmapRefusal(before);
   if (why) throw host.refuse(why);
-  const cs = before.model.clusterSize;
   if (newSize < before.model.virtualSize) {
+    // The bits again, judged against the new end: a set bit past it is a tail bit.
+    before = await scanNow(host, filename, newSize);
     for (const b of before.bitmaps) {
-      // Bits one data cluster covers; the first cluster the new end cuts or passes.
-      const per = cs * 8n << BigInt(b.granularityBits);
-      const bits = newSize > 0n ? ((newSize - 1n) >> BigInt(b.granularityBits)) + 1n : 0n;
-      const cut = bits / (cs * 8n);
-      if (per > 0n && b.entries.some((e) => e.nonzero && e.index >= cut)) {
+      if ((b.state & bitmapState.TAIL_BITS) !== 0) {
         throw host.refuse(
-          `bitmap '${bitmapNameText(b.name)}' has dirty bits near or past the new end; ` +
-            "instar does not shrink it",
+          `bitmap '${bitmapNameText(b.name)}' has dirty bits past the new end; instar does not shrink it`,
         );
       }
     }
+    why = bitmapRefusal(before);
+    if (why) throw host.refuse(why);
   }
   const plan = planQcow2Bitmap(before, request("open"));
   if (!plan.ok) throw host.refuse(plan.error.message);
