@@ -153,6 +153,7 @@ export function resizeHost(
   prealloc: Prealloc,
   refuse = (why: string) => new CliError([`Could not resize '${img.filename}': ${why}`]),
 ): ResizeHost {
+  let cur = img;
   return {
     async scan(code, args) {
       let result;
@@ -195,7 +196,11 @@ export function resizeHost(
       }
       return { records: result.records, fileSize: input.size };
     },
-    applySteps: (steps, what, zeroInside) => applySteps(img, steps, what, prealloc, zeroInside),
+    async applySteps(steps, what, zeroInside, plain) {
+      await applySteps(cur, steps, what, plain ? "off" : prealloc, zeroInside);
+      // A later batch (the bitmaps stored after a resize) starts from this length.
+      if (steps.length > 0) cur = { ...cur, fileSize: steps[steps.length - 1].fileSize };
+    },
     fail: (lines) => new CliError(lines),
     refuse,
   };

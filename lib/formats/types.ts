@@ -304,9 +304,16 @@ export interface ResizeHost {
   /**
    * Applies the steps in order, each followed by fdatasync. Zero patches
    * inside the file: "discard" punches a hole (best effort, as qemu's
-   * discard), "write" writes zeroes (the bytes must read as zero).
+   * discard), "write" writes zeroes (the bytes must read as zero). `plain`:
+   * no preallocation past the end (steps after the resize's own). Each
+   * call starts from the length the previous one left.
    */
-  applySteps(steps: FilePlan[], what: string, zeroInside: "discard" | "write"): Promise<void>;
+  applySteps(
+    steps: FilePlan[],
+    what: string,
+    zeroInside: "discard" | "write",
+    plain?: boolean,
+  ): Promise<void>;
   /** An error printed as these lines (qemu's own words). */
   fail(lines: string[]): Error;
   /** "Could not resize 'FILE': why" (instar's refusals). */

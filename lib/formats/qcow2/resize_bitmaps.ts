@@ -27,10 +27,10 @@ import { qcow2ErrorMessage } from "./errors.ts";
 import { GuestResultError } from "./model.ts";
 import { decodeBitmapScan } from "./bitmap_scan.ts";
 import {
-  BME_FLAG_IN_USE,
   bitmapNameText,
   bitmapRefusal,
   type BitmapRequest,
+  BME_FLAG_IN_USE,
   planQcow2Bitmap,
   type Qcow2BitmapScan,
 } from "./bitmap_plan.ts";
@@ -124,9 +124,14 @@ export async function storeBitmapsAfterResize(
   // The bitmaps as qemu holds them in memory: loaded before the marking.
   const loaded: Qcow2BitmapScan = {
     ...now,
-    bitmaps: now.bitmaps.map((b, i) => ({ ...b, flags: was[i].flags, state: was[i].state, entries: was[i].entries })),
+    bitmaps: now.bitmaps.map((b, i) => ({
+      ...b,
+      flags: was[i].flags,
+      state: was[i].state,
+      entries: was[i].entries,
+    })),
   };
   const plan = planQcow2Bitmap(loaded, request("store"));
   if (!plan.ok) throw host.refuse(plan.error.message);
-  await host.applySteps(plan.value.steps, "Could not resize image", "discard");
+  await host.applySteps(plan.value.steps, "Could not resize image", "discard", true);
 }
