@@ -8,7 +8,7 @@
 // does). What instar still refuses (an in-use bitmap, a shrink cutting a
 // data cluster with dirty bits) writes nothing.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -138,7 +138,9 @@ Deno.test({ name: "resize refusals with persistent bitmaps write nothing", ignor
     await Deno.copyFile(`${dir}/u.qcow2`, `${dir}/uq.qcow2`);
     const q = await qemuImg(["resize", "uq.qcow2", "8M"], dir);
     r = await instarHere(["resize", "u.qcow2", "8M"], dir);
-    assertEquals(r.code, 1, q.stderr);
+    assertEquals(q.code, 1, q.stderr);
+    assertEquals(r, asInstar(q));
     assertEquals(await Deno.readFile(`${dir}/u.qcow2`), before);
+    assertEquals(await Deno.readFile(`${dir}/uq.qcow2`), before);
   });
 });

@@ -83,6 +83,14 @@ export async function prepareBitmapResize(
   newSize: bigint,
 ): Promise<BitmapResize> {
   let before = await scanNow(host, filename);
+  // qcow2_truncate_bitmaps_check: an in-use bitmap was not loaded (bdrv_dirty_bitmap_check).
+  const inUse = before.bitmaps.find((b) => (b.flags & BME_FLAG_IN_USE) !== 0);
+  if (inUse) {
+    throw host.fail([
+      `Bitmap '${bitmapNameText(inUse.name)}' is inconsistent and cannot be used\n` +
+      "Try block-dirty-bitmap-remove to delete this bitmap from disk",
+    ]);
+  }
   let why = bitmapRefusal(before);
   if (why) throw host.refuse(why);
   if (newSize < before.model.virtualSize) {
