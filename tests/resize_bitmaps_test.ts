@@ -72,10 +72,10 @@ async function images(dir: string, size: string): Promise<void> {
 }
 
 /** resize `args` with qemu-img on q.qcow2 and instar on i.qcow2; everything qemu sees must match. */
-async function sameAfter(dir: string, args: string[], identical = true): Promise<void> {
+async function sameAfter(dir: string, args: string[], identical = true, cmd = "resize"): Promise<void> {
   const what = args.join(" ");
-  const q = await qemuImg(["resize", "q.qcow2", ...args], dir);
-  const i = await instarHere(["resize", "i.qcow2", ...args], dir);
+  const q = await qemuImg([cmd, "q.qcow2", ...args], dir);
+  const i = await instarHere([cmd, "i.qcow2", ...args], dir);
   assertEquals(q.code, 0, q.stderr);
   assertEquals(i, q, what);
   const check = await qemuImg(["check", "i.qcow2"], dir);
@@ -105,6 +105,8 @@ Deno.test({
     await sh(dir, "qemu-img", "snapshot", "-c", "s1", "q.qcow2");
     await Deno.copyFile(`${dir}/q.qcow2`, `${dir}/i.qcow2`);
     await sameAfter(dir, ["+1G"]);
+    // amend -o size= goes through the same truncate.
+    await sameAfter(dir, ["-o", "size=3G"], true, "amend");
   });
 });
 
