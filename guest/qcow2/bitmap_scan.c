@@ -46,7 +46,7 @@ static int scan_cluster(struct qcow2 *q, uint8_t *buf, uint64_t off, uint64_t bi
     return 0;
 }
 
-static int scan_bitmaps(struct qcow2 *q)
+static int scan_bitmaps(struct qcow2 *q, uint64_t len)
 {
     if (!q->nb_bitmaps) return 0;
     uint8_t *buf = rt_alloc(q->cluster_size);
@@ -55,7 +55,7 @@ static int scan_bitmaps(struct qcow2 *q)
     if (table_window_init(&w, q->r, 0, 0)) return rt_error(0, GERR_OUT_OF_MEMORY, 0, 0, 0);
     static struct rec_bitmap_dir d;
     uint64_t start = q->bitmap_dir_offset, end = start + q->bitmap_dir_size; /* checked at open */
-    uint64_t len = q->size & ~511ull, total = 0;
+    uint64_t total = 0;
     uint64_t per_cluster = q->cluster_size * 8;
     uint32_t index = 0;
     for (uint64_t at = start; at < end; index++) {
@@ -123,11 +123,13 @@ static int scan_bitmaps(struct qcow2 *q)
     return 0;
 }
 
-int qcow2_bitmap_scan(const struct reader *r)
+int qcow2_bitmap_scan(const struct reader *r, uint64_t len)
 {
     static struct qcow2 q;
     if (qcow2_open(&q, r, 0)) return -1;
-    if (scan_bitmaps(&q)) return -1;
+    if (len == UINT64_MAX) len = q.size;
+    if (len > q.size) return rt_error(0, GERR_BAD_PARAMS, 1, len, 0);
+    if (scan_bitmaps(&q, len & ~511ull)) return -1;
     return qcow2_resize_scan(r, q.size);
 }
 

@@ -133,7 +133,8 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
   if (!parsed.ok) throw new CliError([parsed.error.message]);
   // qemu-img prints the progress around bdrv_amend_options, whatever it returns.
   // Persistent bitmaps ride along in a rewritten header (rebase_plan.ts); a
-  // new size (qemu resizes the bitmaps) and a downgrade still refuse them.
+  // new size stores them anew as qemu's close does (qcow2/resize_bitmaps.ts);
+  // a downgrade still refuses them.
   const bitmaps = await carriedBitmaps(img, false);
   const r = planQcow2Amend(q, parsed.value, img.fileSize, bitmaps);
   const prog = new AmendProgress(

@@ -9,7 +9,7 @@
 // does anything touch the file, through the host this command supplies.
 // Nothing is written unless every check passed. docs/resize.md says what a
 // crash mid-way leaves behind.
-import { ops } from "../abi/spec.ts";
+import { ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -153,6 +153,7 @@ export function resizeHost(
   prealloc: Prealloc,
   refuse = (why: string) => new CliError([`Could not resize '${img.filename}': ${why}`]),
 ): ResizeHost {
+  let cur = img;
   return {
     async scan(code, args) {
       let result;
@@ -173,7 +174,33 @@ export function resizeHost(
       }
       return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
     },
-    applySteps: (steps, what, zeroInside) => applySteps(img, steps, what, prealloc, zeroInside),
+    async bitmapScan(len?: bigint) {
+      let result;
+      try {
+        result = await runGuest({
+          op: "bitmap_scan",
+          opCode: ops.BITMAP_SCAN,
+          inputs: [{ path: img.openPath, format: img.formatCode }],
+          ...(len === undefined ? {} : { args: [2n, len] }),
+          resultCap: 128 * 1024 * 1024,
+        });
+      } catch (e) {
+        throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
+      }
+      const input = result.inputs[0];
+      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
+        throw refuse("the file changed while it was being read");
+      }
+      if (result.guestStatus !== 0n && !result.records.some((r) => r.type === records.ERROR)) {
+        throw refuse("sandbox failure: the scan reported no outcome");
+      }
+      return { records: result.records, fileSize: input.size };
+    },
+    async applySteps(steps, what, zeroInside, plain) {
+      await applySteps(cur, steps, what, plain ? "off" : prealloc, zeroInside);
+      // A later batch (the bitmaps stored after a resize) starts from this length.
+      if (steps.length > 0) cur = { ...cur, fileSize: steps[steps.length - 1].fileSize };
+    },
     fail: (lines) => new CliError(lines),
     refuse,
   };

@@ -304,13 +304,25 @@ export interface ResizeHost {
   /**
    * Applies the steps in order, each followed by fdatasync. Zero patches
    * inside the file: "discard" punches a hole (best effort, as qemu's
-   * discard), "write" writes zeroes (the bytes must read as zero).
+   * discard), "write" writes zeroes (the bytes must read as zero). `plain`:
+   * no preallocation past the end (steps after the resize's own). Each
+   * call starts from the length the previous one left.
    */
-  applySteps(steps: FilePlan[], what: string, zeroInside: "discard" | "write"): Promise<void>;
+  applySteps(
+    steps: FilePlan[],
+    what: string,
+    zeroInside: "discard" | "write",
+    plain?: boolean,
+  ): Promise<void>;
   /** An error printed as these lines (qemu's own words). */
   fail(lines: string[]): Error;
   /** "Could not resize 'FILE': why" (instar's refusals). */
   refuse(why: string): Error;
+  /**
+   * Runs the bitmap_scan guest on the image as it is now (qcow2 persistent
+   * bitmaps); with `len`, set bits are judged against that many bytes.
+   */
+  bitmapScan?(len?: bigint): Promise<{ records: Rec[]; fileSize: bigint }>;
 }
 
 /** A format's resize: its truncate, from the checks to the last write. */

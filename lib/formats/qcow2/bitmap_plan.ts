@@ -103,6 +103,12 @@ export interface BitmapRequest {
   /** The merge the guest computed for the first --merge that combines data (see MergeJob):
    * the result's data clusters (table index -> staging offset) and the file's length with them. */
   merged?: { data: Map<bigint, bigint>; fileEnd: bigint };
+  /**
+   * Only part of qemu's sequence (resize, lib/formats/qcow2/resize_bitmaps.ts):
+   * "open" plans the in-use marking alone; "store" skips it (the caller
+   * marked them and passes the bitmaps as loaded) and stores at close.
+   */
+  phase?: "open" | "store";
 }
 
 /** What the guest must compute for a --merge that combines bits (bitmap_scan's merge mode). */
@@ -376,7 +382,8 @@ class Replay {
   run(): BitmapPlan {
     const why = this.s.model.version === 3 ? bitmapRefusal(this.s) : undefined;
     if (why) throw new Refusal(why);
-    this.open();
+    if (this.req.phase !== "store") this.open();
+    if (this.req.phase === "open") return { steps: this.steps };
     let error: string | undefined;
     for (const a of this.req.actions) {
       const msg = this.action(a);

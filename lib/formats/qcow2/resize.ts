@@ -7,6 +7,7 @@ import type { Rec } from "../../abi/records.ts";
 import type { ResizeSupport } from "../types.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
 import { GuestResultError, qcow2Model } from "./model.ts";
+import { prepareBitmapResize, storeBitmapsAfterResize } from "./resize_bitmaps.ts";
 import { planQcow2Resize, type Qcow2ResizeScan } from "./resize_plan.ts";
 
 /** Records of one kind the guest may send (guest/qcow2/resize_scan.c RESIZE_MAX_EACH). */
@@ -30,9 +31,10 @@ export const qcow2Resize: ResizeSupport = {
       );
     }
     if (q.hasDataFileBit) throw host.refuse("instar does not resize images with an external data file");
-    if (q.nbBitmaps > 0 || q.hasBitmapsExt) {
-      throw host.refuse("instar does not resize images with persistent bitmaps");
-    }
+    // Persistent bitmaps: marked in use, then stored anew at close (resize_bitmaps.ts).
+    const bitmaps = q.nbBitmaps > 0 || q.hasBitmapsExt
+      ? await prepareBitmapResize(host, job.filename, total)
+      : undefined;
     if (q.nbSnapshots > 0 && total < q.virtualSize) {
       throw host.refuse("instar does not shrink images with internal snapshots");
     }
@@ -77,7 +79,9 @@ export const qcow2Resize: ResizeSupport = {
       }
       throw host.refuse(plan.error.message);
     }
+    if (bitmaps) await host.applySteps(bitmaps.openSteps, "Could not resize image", "discard", true);
     await host.applySteps(plan.value.steps, "Could not resize image", "discard");
+    if (bitmaps) await storeBitmapsAfterResize(host, job.filename, bitmaps);
   },
 };
 
