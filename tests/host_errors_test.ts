@@ -37,6 +37,18 @@ Deno.test({
   },
 });
 
+/**
+ * Unmounts the test's tmpfs. On a loaded machine a process that just exited
+ * can hold it busy for a moment (EBUSY), so retry, then detach it lazily.
+ */
+async function unmount(mnt: string): Promise<void> {
+  for (let i = 0; i < 20; i++) {
+    if ((await new Deno.Command("umount", { args: [mnt], stderr: "null" }).output()).success) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Deno.Command("umount", { args: ["-l", mnt], stderr: "null" }).output();
+}
+
 /** A 2 MiB tmpfs, where this machine lets the test mount one (root); else undefined. */
 async function smallFs(dir: string): Promise<string | undefined> {
   const mnt = `${dir}/full`;
@@ -68,7 +80,7 @@ Deno.test({
       // Nothing is left on the full disk.
       assertEquals([...Deno.readDirSync(mnt)], []);
     } finally {
-      if (mnt) await new Deno.Command("umount", { args: [mnt] }).output();
+      if (mnt) await unmount(mnt);
       await Deno.remove(dir, { recursive: true });
     }
   },
