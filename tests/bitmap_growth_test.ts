@@ -20,17 +20,10 @@ import { applySteps } from "../lib/cli/apply_steps.ts";
 import { scan } from "../lib/cli/bitmap.ts";
 import { decodeBitmapScan } from "../lib/formats/qcow2/bitmap_scan.ts";
 import { type BitmapAction, planQcow2Bitmap } from "../lib/formats/qcow2/bitmap_plan.ts";
+import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 
 await useHostedGuestsWithoutKvm();
 
-const haveNbd = (() => {
-  try {
-    return new Deno.Command("qemu-nbd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-})();
 const ready = built() && haveQemuImg();
 
 const OPTS = ["-o", "cluster_size=512,refcount_bits=64"];
@@ -43,35 +36,6 @@ async function reftable(path: string): Promise<{ offset: bigint; entries: number
   let entries = 0;
   for (let i = 0; i < clusters * 64; i++) if (dv.getBigUint64(Number(offset) + i * 8) !== 0n) entries++;
   return { offset, entries };
-}
-
-/** The dirty map of bitmap `bm` of `file` (qemu-img map over qemu-nbd's dirty-bitmap context). */
-async function dirtyMap(dir: string, file: string, bm: string): Promise<string> {
-  const sock = `${dir}/nbd.sock`;
-  await Deno.remove(sock).catch(() => {});
-  const nbd = new Deno.Command("qemu-nbd", {
-    args: ["-r", "-t", "-k", sock, "-f", "qcow2", "-B", bm, file],
-    cwd: dir,
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  try {
-    for (let i = 0; !(await Deno.stat(sock).then(() => true, () => false)); i++) {
-      if (i > 400) throw new Error("qemu-nbd did not start");
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    const r = await qemuImg([
-      "map",
-      "--output=json",
-      "--image-opts",
-      `driver=nbd,server.type=unix,server.path=${sock},x-dirty-bitmap=qemu:dirty-bitmap:${bm}`,
-    ], dir);
-    assertEquals(r.code, 0, r.stderr);
-    return r.stdout;
-  } finally {
-    nbd.kill("SIGTERM");
-    await nbd.status;
-  }
 }
 
 async function info(dir: string, file: string): Promise<Record<string, unknown>> {

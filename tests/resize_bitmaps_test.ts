@@ -10,47 +10,11 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 
 await useHostedGuestsWithoutKvm();
 
-const haveNbd = (() => {
-  try {
-    return new Deno.Command("qemu-nbd", { args: ["--version"], stdout: "null", stderr: "null" }).outputSync()
-      .success;
-  } catch {
-    return false;
-  }
-})();
 const ready = built() && haveQemuImg() && haveNbd;
-
-/** The dirty map of bitmap `bm` of `file` (qemu-img map over qemu-nbd's dirty-bitmap context). */
-async function dirtyMap(dir: string, file: string, bm: string): Promise<string> {
-  const sock = `${dir}/nbd.sock`;
-  await Deno.remove(sock).catch(() => {});
-  const nbd = new Deno.Command("qemu-nbd", {
-    args: ["-r", "-t", "-k", sock, "-f", "qcow2", "-B", bm, file],
-    cwd: dir,
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  try {
-    for (let i = 0; !(await Deno.stat(sock).then(() => true, () => false)); i++) {
-      if (i > 400) throw new Error("qemu-nbd did not start");
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    const r = await qemuImg([
-      "map",
-      "--output=json",
-      "--image-opts",
-      `driver=nbd,server.type=unix,server.path=${sock},x-dirty-bitmap=qemu:dirty-bitmap:${bm}`,
-    ], dir);
-    assertEquals(r.code, 0, r.stderr);
-    return r.stdout;
-  } finally {
-    nbd.kill("SIGTERM");
-    await nbd.status;
-  }
-}
 
 async function info(dir: string, file: string): Promise<unknown> {
   const j = JSON.parse((await qemuImg(["info", "--output=json", file], dir)).stdout);
