@@ -26,6 +26,7 @@ import {
   doneRecord,
   failOnError,
   type PackedTarget,
+  type Packing,
   type Part,
 } from "./pipeline.ts";
 
@@ -114,35 +115,12 @@ export async function convertRawStdin(
     reading = n === w ? readWindow(stdio, files[(k + 1) % 2], to, w) : Promise.resolve(0n);
     reading.catch(() => {}); // awaited next round
     if (to > from) {
-      const inputs = [{ path: file, format: formats.RAW, nofollow: false, snapshot: 0 }];
-      let args: bigint[], cap: bigint, start = 0n;
-      if (packing) {
-        const cs = packing.clusterSize;
-        const cbits = BigInt(cs.toString(2).length - 1);
-        start = alignUp(prevEnd, packing.align);
-        args = [0n, packing.flags, job.minSparse, start, cbits, from, to, packing.maxRefs];
-        cap = start + ((to - from + cs - 1n) / cs) * packing.capPerCluster + cs;
-      } else {
-        args = [0n, 0n, job.minSparse, 0n, 0n, from, to];
-        cap = to;
-      }
-      const r = await runGuest({
-        op: packing?.op ?? "convert",
-        opCode: ops.CONVERT,
-        inputs,
-        args,
-        ramBytes: RAM,
-        timeoutMs: TIMEOUT_MS,
-        output: { path: out, cap },
-      });
-      failOnError(r.records);
-      const done = doneRecord(r.records);
-      written += done.bytes_written as bigint;
-      if (packing) {
-        const end = done.data_end as bigint;
-        if (end < start) throw new Error("the guest reported its data ending before it started");
-        parts.push(collect(r.records, 0n));
-        if (end > start) prevEnd = end;
+      const r = await convertRange(job, file, from, to, packing, prevEnd, out);
+      written += r.written;
+      if (r.part) {
+        parts.push(r.part);
+        // dataEnd == the aligned start (nothing packed) leaves the next start where it was.
+        if (r.part.dataEnd > prevEnd) prevEnd = r.part.dataEnd;
       }
     }
     from = to;
@@ -156,4 +134,48 @@ export async function convertRawStdin(
     await applyPlan(out, target.packed.finish(parts));
   }
   return written;
+}
+
+/**
+ * The convert guest over [from, to) of a raw window file (a raw stdin
+ * window here, a decoded VMDK stream window in stdin_vmdk.ts), packed after
+ * `prevData` when the target is qcow2.
+ */
+export async function convertRange(
+  job: ConvertJob,
+  disk: string,
+  from: bigint,
+  to: bigint,
+  packing: Packing | undefined,
+  prevData: bigint,
+  out: string,
+): Promise<{ written: bigint; part?: Part }> {
+  const inputs = [{ path: disk, format: formats.RAW, nofollow: false, snapshot: 0 }];
+  let args: bigint[], cap: bigint, start = 0n;
+  if (packing) {
+    const cs = packing.clusterSize;
+    const cbits = BigInt(cs.toString(2).length - 1);
+    start = alignUp(prevData, packing.align);
+    args = [0n, packing.flags, job.minSparse, start, cbits, from, to, packing.maxRefs];
+    cap = start + ((to - from + cs - 1n) / cs) * packing.capPerCluster + cs;
+  } else {
+    args = [0n, 0n, job.minSparse, 0n, 0n, from, to];
+    cap = to;
+  }
+  const r = await runGuest({
+    op: packing?.op ?? "convert",
+    opCode: ops.CONVERT,
+    inputs,
+    args,
+    ramBytes: RAM,
+    timeoutMs: TIMEOUT_MS,
+    output: { path: out, cap },
+  });
+  failOnError(r.records);
+  const done = doneRecord(r.records);
+  const written = done.bytes_written as bigint;
+  if (!packing) return { written };
+  const end = done.data_end as bigint;
+  if (end < start) throw new Error("the guest reported its data ending before it started");
+  return { written, part: collect(r.records, 0n) };
 }

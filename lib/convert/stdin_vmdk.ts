@@ -32,16 +32,8 @@ import { StreamError } from "../host/stdio_stream.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import { alignUp } from "../formats/plan.ts";
 import { vmdkErrorText } from "../formats/vmdk/errors.ts";
-import {
-  collect,
-  type ConvertJob,
-  doneRecord,
-  failOnError,
-  GuestFailure,
-  type Packing,
-  type Part,
-} from "./pipeline.ts";
-import type { OnePassTarget } from "./stdin_raw.ts";
+import { type ConvertJob, failOnError, GuestFailure, type Part } from "./pipeline.ts";
+import { convertRange, type OnePassTarget } from "./stdin_raw.ts";
 
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 const RAM = 128 * 1024 * 1024;
@@ -461,44 +453,4 @@ async function writeAt(path: string, at: bigint, bytes: Uint8Array): Promise<voi
   using f = await Deno.open(path, { write: true });
   await f.seek(at, Deno.SeekMode.Start);
   for (let k = 0; k < bytes.length;) k += await f.write(bytes.subarray(k));
-}
-
-/** The convert guest over [from, to) of the decoded disk window (as lib/convert/stdin_raw.ts runs it). */
-async function convertRange(
-  job: ConvertJob,
-  disk: string,
-  from: bigint,
-  to: bigint,
-  packing: Packing | undefined,
-  prevData: bigint,
-  out: string,
-): Promise<{ written: bigint; part?: Part }> {
-  const inputs = [{ path: disk, format: formats.RAW, nofollow: false, snapshot: 0 }];
-  let args: bigint[], cap: bigint, start = 0n;
-  if (packing) {
-    const cs = packing.clusterSize;
-    const cbits = BigInt(cs.toString(2).length - 1);
-    start = alignUp(prevData, packing.align);
-    args = [0n, packing.flags, job.minSparse, start, cbits, from, to, packing.maxRefs];
-    cap = start + ((to - from + cs - 1n) / cs) * packing.capPerCluster + cs;
-  } else {
-    args = [0n, 0n, job.minSparse, 0n, 0n, from, to];
-    cap = to;
-  }
-  const r = await runGuest({
-    op: packing?.op ?? "convert",
-    opCode: ops.CONVERT,
-    inputs,
-    args,
-    ramBytes: RAM,
-    timeoutMs: TIMEOUT_MS,
-    output: { path: out, cap },
-  });
-  failOnError(r.records);
-  const done = doneRecord(r.records);
-  const written = done.bytes_written as bigint;
-  if (!packing) return { written };
-  const end = done.data_end as bigint;
-  if (end < start) throw new Error("the guest reported its data ending before it started");
-  return { written, part: collect(r.records, 0n) };
 }
