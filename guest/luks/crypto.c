@@ -57,6 +57,27 @@ static const struct nettle_cipher *cipher_of(uint32_t a)
     return NULL;
 }
 
+/* qcrypto_ivgen_essiv_init: the ESSIV cipher e is keyed with hash h of the
+ * whole volume key. The context is allocated once and kept (re-keying reuses
+ * it). 0, -1 (no such hash or cipher), -2 (out of memory). */
+int luks_essiv_key(const struct nettle_hash *h, const struct nettle_cipher *e, const uint8_t *key, uint32_t klen,
+                   const struct nettle_cipher **essiv, void **essiv_ctx)
+{
+    if (!h || !e) return -1;
+    _Alignas(16) uint8_t ctx[512];
+    uint8_t salt[64];
+    h->init(ctx);
+    h->update(ctx, klen, key);
+    h->digest(ctx, h->digest_size, salt);
+    if (!*essiv_ctx) *essiv_ctx = rt_alloc(e->context_size);
+    if (!*essiv_ctx) return -2;
+    e->set_encrypt_key(*essiv_ctx, salt);
+    *essiv = e;
+    memset(salt, 0, sizeof salt);
+    memset(ctx, 0, sizeof ctx);
+    return 0;
+}
+
 /* PBKDF2-HMAC with any of qemu's hashes (RFC 2898; nettle's PBKDF2 macro). */
 #define PBKDF2_WITH(type, prefix, size)                                                           \
     do {                                                                                          \
@@ -135,23 +156,8 @@ static int cipher_setup(struct luks_cipher *c, uint32_t alg, uint32_t mode, uint
         n->set_decrypt_key(c->dec, key);
     }
     c->essiv = NULL;
-    if (ivgen == LUKS_IVGEN_ESSIV) {
-        /* qcrypto_ivgen_essiv_init: the ESSIV cipher's key is the hash of the whole key */
-        const struct nettle_hash *h = hash_of(ivgen_hash);
-        const struct nettle_cipher *e = cipher_of(ivgen_alg);
-        if (!h || !e) return -1;
-        _Alignas(16) uint8_t ctx[512];
-        uint8_t salt[64];
-        h->init(ctx);
-        h->update(ctx, klen, key);
-        h->digest(ctx, h->digest_size, salt);
-        if (!c->essiv_ctx) c->essiv_ctx = rt_alloc(e->context_size);
-        if (!c->essiv_ctx) return -2;
-        e->set_encrypt_key(c->essiv_ctx, salt);
-        c->essiv = e;
-        memset(salt, 0, sizeof salt);
-        memset(ctx, 0, sizeof ctx);
-    }
+    if (ivgen == LUKS_IVGEN_ESSIV)
+        return luks_essiv_key(hash_of(ivgen_hash), cipher_of(ivgen_alg), key, klen, &c->essiv, &c->essiv_ctx);
     return 0;
 }
 

@@ -30,6 +30,10 @@ const struct nettle_cipher *luks_nettle_cipher(uint32_t a);
 void luks_pbkdf2(uint32_t hash, const uint8_t *key, uint32_t klen, const uint8_t *salt, uint32_t slen,
                  uint32_t iters, uint8_t *out, uint32_t olen);
 void luks_iv(const struct luks_cipher *c, uint64_t sector, uint8_t *iv);
+/* Keys ESSIV's cipher e with hash h of the volume key (LUKS1, LUKS2 and the
+ * writer): 0, -1 no such hash or cipher, -2 out of memory. */
+int luks_essiv_key(const struct nettle_hash *h, const struct nettle_cipher *e, const uint8_t *key, uint32_t klen,
+                   const struct nettle_cipher **essiv, void **essiv_ctx);
 /* The anti-forensic merge of `stripes` blocks of `blocklen` bytes with the af hash (LUKS1 and LUKS2). */
 void luks_af_merge(uint32_t hash, uint32_t blocklen, uint32_t stripes, const uint8_t *in, uint8_t *out);
 

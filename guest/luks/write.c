@@ -165,22 +165,10 @@ static int cipher_keyed(struct luks_cipher *c, const struct luks_new *n, const u
     else ci->set_encrypt_key(c->dec, key);
     if (n->mode == LUKS_MODE_XTS) ci->set_encrypt_key(c->twk, key + klen / 2);
     c->essiv = NULL;
-    if (n->ivgen == LUKS_IVGEN_ESSIV) {
-        const struct nettle_hash *h = luks_nettle_hash(n->ivgen_hash);
-        const struct nettle_cipher *e = luks_nettle_cipher(essiv_cipher(n->cipher_alg, n->ivgen_hash));
-        if (!h || !e) return -1;
-        _Alignas(16) uint8_t ctx[512];
-        uint8_t salt[64];
-        h->init(ctx);
-        h->update(ctx, klen, key);
-        h->digest(ctx, h->digest_size, salt);
-        if (!c->essiv_ctx) c->essiv_ctx = rt_alloc(e->context_size);
-        if (!c->essiv_ctx) return -2;
-        e->set_encrypt_key(c->essiv_ctx, salt);
-        c->essiv = e;
-        memset(salt, 0, sizeof salt);
-        memset(ctx, 0, sizeof ctx);
-    }
+    if (n->ivgen == LUKS_IVGEN_ESSIV)
+        return luks_essiv_key(luks_nettle_hash(n->ivgen_hash),
+                              luks_nettle_cipher(essiv_cipher(n->cipher_alg, n->ivgen_hash)), key, klen, &c->essiv,
+                              &c->essiv_ctx);
     return 0;
 }
 

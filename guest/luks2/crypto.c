@@ -56,22 +56,9 @@ static int cipher_setup(struct luks2_cipher *c, const struct luks2_spec *sp, con
         n->set_decrypt_key(c->dec, key);
     }
     c->essiv = NULL;
-    if (sp->ivgen == LUKS_IVGEN_ESSIV) {
-        const struct nettle_hash *h = luks_nettle_hash(sp->ivgen_hash);
-        const struct nettle_cipher *e = luks_nettle_cipher(sp->ivgen_alg);
-        if (!h || !e) return -1;
-        _Alignas(16) uint8_t ctx[512];
-        uint8_t salt[64];
-        h->init(ctx);
-        h->update(ctx, klen, key);
-        h->digest(ctx, h->digest_size, salt);
-        if (!c->essiv_ctx) c->essiv_ctx = rt_alloc(e->context_size);
-        if (!c->essiv_ctx) return -2;
-        e->set_encrypt_key(c->essiv_ctx, salt);
-        c->essiv = e;
-        memset(salt, 0, sizeof salt);
-        memset(ctx, 0, sizeof ctx);
-    }
+    if (sp->ivgen == LUKS_IVGEN_ESSIV)
+        return luks_essiv_key(luks_nettle_hash(sp->ivgen_hash), luks_nettle_cipher(sp->ivgen_alg), key, klen,
+                              &c->essiv, &c->essiv_ctx);
     return 0;
 }
 
