@@ -76,7 +76,7 @@ Deno.test({
       // Errors.
       await both(dir, (w) => ["snapshot", "--image-opts", "-l", `driver=qcow2,file.filename=${w}.none`]);
       await both(dir, (w) => ["snapshot", "--image-opts", "-l", opts(w, ",foo=1")]);
-      await both(dir, (w) => ["snapshot", "--image-opts", "-l", `driver=qcow2`]);
+      await both(dir, () => ["snapshot", "--image-opts", "-l", `driver=qcow2`]);
       await both(dir, (w) => ["snapshot", "--image-opts", "-U", "-c", "x", opts(w)]);
       await both(dir, (w) => ["snapshot", "--image-opts", "-l", `driver=nope,file.filename=${w}.qcow2`]);
       // raw named by driver=: no probing warning (instar refuses to probe an unpartitioned raw).
