@@ -49,6 +49,8 @@ import {
   mirrorOps,
   planMakeEmpty,
 } from "../formats/qcow2/commit_plan.ts";
+import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
+import type { FilePlan } from "../formats/plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Progress } from "./progress.ts";
@@ -171,7 +173,17 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   // discarded) is planned before anything is written: the commit does not
   // change the overlay, and a refusal must come first.
   let emptyPlan: WritePlan | undefined;
-  if (empty === "discard") {
+  let emptySteps: FilePlan[] | undefined;
+  if (empty === "discard" && top.qcow2.nbSnapshots > 0) {
+    // Tables shared with a snapshot are replaced, shared clusters keep their snapshot's reference.
+    const topMap = await mapRuns([{ path: top.openPath, format: formats.QCOW2, nofollow: false }], what);
+    const plan = planDiscardEmpty({
+      scan: await scanQcow2(top, what, COMPRESSED_ENTRIES),
+      existing: existingRuns(topMap, top.qcow2.clusterBits),
+    });
+    if (!plan.ok) throw refuse(plan.error.message);
+    emptySteps = plan.value;
+  } else if (empty === "discard") {
     const tq = top.qcow2;
     const topMap = await mapRuns([{ path: top.openPath, format: formats.QCOW2, nofollow: false }], what);
     const existing = existingRuns(topMap, tq.clusterBits);
@@ -239,6 +251,8 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     await applySteps(top, planMakeEmpty(top.qcow2, BigInt(st.size)), what, "off", "write");
   } else if (emptyPlan) {
     await applyWritePlan(emptyPlan, [], top, 0n, what);
+  } else if (emptySteps) {
+    await applySteps(top, emptySteps, what, "off", "discard");
   }
   p.set(100);
   p.end();
