@@ -49,6 +49,7 @@ import {
   mirrorOps,
   planMakeEmpty,
 } from "../formats/qcow2/commit_plan.ts";
+import { prepareBitmapReopen, type ReopenHost, storeBitmapsAtClose } from "../formats/qcow2/bitmaps_reopen.ts";
 import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
@@ -199,6 +200,21 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     if (!plan.ok) throw refuse(plan.error.message);
     emptyPlan = plan.value;
   }
+  // The overlay's persistent bitmaps: marked in use when qemu opens it,
+  // stored anew when it closes it (lib/formats/qcow2/bitmaps_reopen.ts); the
+  // emptying does not dirty them (a driver-level discard).
+  const topSteps = async (steps: FilePlan[]) => {
+    await applySteps(top, steps, what, "off", "discard");
+    if (steps.length > 0) top.fileSize = steps[steps.length - 1].fileSize;
+  };
+  const reopenHost: ReopenHost = {
+    bitmapScan: () => bitmapScanOf(top, what),
+    applySteps: topSteps,
+    fail: (lines) => new CliError(lines),
+    refuse,
+  };
+  const topBitmaps = top.qcow2.nbBitmaps > 0 ? await prepareBitmapReopen(reopenHost, filename) : undefined;
+  if (topBitmaps) await topSteps(topBitmaps.openSteps);
   // Which clusters move: the map of the whole chain (depth = the layer).
   const runs = await mapRuns(chainInputs(chain), what);
   // bdrv_co_truncate of the base when it is shorter.
@@ -251,9 +267,11 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     await applySteps(top, planMakeEmpty(top.qcow2, BigInt(st.size)), what, "off", "write");
   } else if (emptyPlan) {
     await applyWritePlan(emptyPlan, [], top, 0n, what);
+    top.fileSize = BigInt((await Deno.stat(hostPath(top.openPath))).size);
   } else if (emptySteps) {
-    await applySteps(top, emptySteps, what, "off", "discard");
+    await topSteps(emptySteps);
   }
+  if (topBitmaps) await storeBitmapsAtClose(reopenHost, filename, topBitmaps);
   p.set(100);
   p.end();
   if (!quiet) io.out("Image committed.\n");
@@ -333,6 +351,29 @@ export async function scanQcow2(img: OpenedImage, what: string, flags = 0n) {
     if (e instanceof GuestResultError) throw new CliError([`${what}: sandbox failure: ${e.message}`]);
     throw e;
   }
+}
+
+/** The bitmap_scan guest's records of a qcow2 image as it is now. */
+async function bitmapScanOf(img: OpenedImage, what: string) {
+  let result;
+  try {
+    result = await runGuest({
+      op: "bitmap_scan",
+      opCode: ops.BITMAP_SCAN,
+      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: true }],
+      resultCap: 128 * 1024 * 1024,
+    });
+  } catch (e) {
+    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  const input = result.inputs[0];
+  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
+    throw new CliError([`${what}: the file changed while it was being read`]);
+  }
+  if (result.guestStatus !== 0n && !result.records.some((r) => r.type === records.ERROR)) {
+    throw new CliError([`${what}: sandbox failure: the scan reported no outcome`]);
+  }
+  return { records: result.records, fileSize: input.size };
 }
 
 /** Grows the base to `size` as bdrv_co_truncate does (its format's resize). */
