@@ -49,7 +49,12 @@ import {
   mirrorOps,
   planMakeEmpty,
 } from "../formats/qcow2/commit_plan.ts";
-import { prepareBitmapReopen, type ReopenHost, storeBitmapsAtClose } from "../formats/qcow2/bitmaps_reopen.ts";
+import {
+  prepareBitmapReopen,
+  type ReopenHost,
+  storeBitmapsAtClose,
+} from "../formats/qcow2/bitmaps_reopen.ts";
+import { BME_FLAG_AUTO } from "../formats/qcow2/bitmap_plan.ts";
 import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
@@ -155,7 +160,8 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     }
     if (bq.dirty) throw refuse("the base has the dirty bit set (run qemu-img check -r all first)");
     if (bq.nbSnapshots > 0) throw refuse("instar does not commit into an image with internal snapshots");
-    if (bq.nbBitmaps > 0 || bq.hasBitmapsExt) {
+    // Bitmaps: disabled ones are carried (marked in use, stored anew, lib/formats/qcow2/bitmaps_reopen.ts).
+    if (bq.hasBitmapsExt && bq.nbBitmaps === 0) {
       throw refuse("instar does not commit into an image with bitmaps");
     }
     if (bq.hasDataFileBit || bq.extendedL2 || bq.layout.cryptMethod !== 0) {
@@ -214,7 +220,30 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     refuse,
   };
   const topBitmaps = top.qcow2.nbBitmaps > 0 ? await prepareBitmapReopen(reopenHost, filename) : undefined;
+  // The base's: marked in use when the commit job reopens it read-write,
+  // stored when it is reopened read-only at the job's end. An enabled bitmap
+  // would record every write (qemu's block layer sets its bits): refused.
+  const baseSteps = async (steps: FilePlan[]) => {
+    await applySteps(baseImg, steps, what, "off", "discard");
+    if (steps.length > 0) baseImg.fileSize = steps[steps.length - 1].fileSize;
+  };
+  const baseHost: ReopenHost = {
+    bitmapScan: () => bitmapScanOf(baseImg, what),
+    applySteps: baseSteps,
+    fail: (lines) => new CliError(lines),
+    refuse,
+  };
+  const baseBitmaps = bq && bq.nbBitmaps > 0
+    ? await prepareBitmapReopen(baseHost, baseImg.filename)
+    : undefined;
+  if (baseBitmaps) {
+    if (baseBitmaps.before.bitmaps.some((b) => (b.flags & BME_FLAG_AUTO) !== 0)) {
+      throw refuse("instar does not commit into an image with enabled bitmaps");
+    }
+    if (baseImg.virtualSize < size) throw refuse("instar does not grow a base with bitmaps");
+  }
   if (topBitmaps) await topSteps(topBitmaps.openSteps);
+  if (baseBitmaps) await baseSteps(baseBitmaps.openSteps);
   // Which clusters move: the map of the whole chain (depth = the layer).
   const runs = await mapRuns(chainInputs(chain), what);
   // bdrv_co_truncate of the base when it is shorter.
@@ -261,6 +290,10 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     });
     if (!plan.ok) throw new CliError([`${what}: ${plan.error.message}`]);
     await applyWritePlan(plan.value, source, baseImg, size, what, moved);
+    if (baseBitmaps) {
+      baseImg.fileSize = BigInt((await Deno.stat(hostPath(baseImg.openPath))).size);
+      await storeBitmapsAtClose(baseHost, baseImg.filename, baseBitmaps);
+    }
   }
   if (empty === "complete") {
     const st = await Deno.stat(hostPath(top.openPath));

@@ -84,7 +84,9 @@ export async function prepareBitmapReopen(host: ReopenHost, filename: string): P
   const before = await scanNow(host, filename);
   const inUse = before.bitmaps.find((b) => (b.flags & BME_FLAG_IN_USE) !== 0);
   if (inUse) {
-    throw host.refuse(`bitmap '${bitmapNameText(inUse.name)}' is in use (inconsistent); instar does not carry it`);
+    throw host.refuse(
+      `bitmap '${bitmapNameText(inUse.name)}' is in use (inconsistent); instar does not carry it`,
+    );
   }
   const why = bitmapRefusal(before);
   if (why) throw host.refuse(why);
@@ -94,7 +96,11 @@ export async function prepareBitmapReopen(host: ReopenHost, filename: string): P
 }
 
 /** After the command's writes: the bitmaps stored anew, as qemu's close does. */
-export async function storeBitmapsAtClose(host: ReopenHost, filename: string, job: BitmapReopen): Promise<void> {
+export async function storeBitmapsAtClose(
+  host: ReopenHost,
+  filename: string,
+  job: BitmapReopen,
+): Promise<void> {
   const now = await scanNow(host, filename);
   const was = job.before.bitmaps;
   if (
@@ -110,7 +116,12 @@ export async function storeBitmapsAtClose(host: ReopenHost, filename: string, jo
   // The bitmaps as qemu holds them in memory: loaded before the marking.
   const loaded: Qcow2BitmapScan = {
     ...now,
-    bitmaps: now.bitmaps.map((b, i) => ({ ...b, flags: was[i].flags, state: was[i].state, entries: was[i].entries })),
+    bitmaps: now.bitmaps.map((b, i) => ({
+      ...b,
+      flags: was[i].flags,
+      state: was[i].state,
+      entries: was[i].entries,
+    })),
   };
   const plan = planQcow2Bitmap(loaded, request("store"));
   if (!plan.ok) throw host.refuse(plan.error.message);
