@@ -92,13 +92,21 @@ function run(x: DiscardEmptyInput): FilePlan[] {
   // The round being built.
   let a: Patch[] = [];
   let c: Patch[] = [];
-  let frees: bigint[] = [];
+  let frees: [bigint, bigint][] = [];
+  let freeCount = 0;
+  /** One reference less on host cluster h (contiguous clusters as one run). */
+  const free = (h: bigint) => {
+    const last = frees[frees.length - 1];
+    if (last && last[1] === h) last[1]++;
+    else frees.push([h, h + 1n]);
+    freeCount++;
+  };
   let punchIfFree: bigint[] = [];
   const endRound = () => {
     log.push([...blockPatches(rc), ...a]);
     log.push(hookupPatches(rc));
     log.push(c);
-    for (const h of frees) rc.update(h, 1n, -1n);
+    for (const [s, e] of frees) rc.update(s, e - s, -1n);
     log.push(blockPatches(rc));
     const punches: Patch[] = [];
     for (const h of [...new Set(punchIfFree)].sort((p, q) => (p < q ? -1 : p > q ? 1 : 0))) {
@@ -110,6 +118,7 @@ function run(x: DiscardEmptyInput): FilePlan[] {
     a = [];
     c = [];
     frees = [];
+    freeCount = 0;
     punchIfFree = [];
   };
 
@@ -126,7 +135,7 @@ function run(x: DiscardEmptyInput): FilePlan[] {
       a.push({ kind: "write", offset: at, bytes: new Uint8Array(Number(cs)) });
       c.push({ kind: "write", offset: scan.l1Offset + idx * 8n, bytes: be64(at | COPIED) });
       if (off) {
-        frees.push(off >> cb);
+        free(off >> cb);
         freed = true;
       }
     } else {
@@ -144,7 +153,7 @@ function run(x: DiscardEmptyInput): FilePlan[] {
       for (let g = s; g < t; g++) {
         if (r.kind === "normal" || r.kind === "zero_alloc") {
           const h = (r.host! >> cb) + (g - r.cluster);
-          frees.push(h);
+          free(h);
           punchIfFree.push(h);
           freed = true;
         } else if (r.kind === "compressed") {
@@ -155,13 +164,13 @@ function run(x: DiscardEmptyInput): FilePlan[] {
             );
           }
           for (let h = m.first; h < m.first + m.count; h++) {
-            frees.push(h);
+            free(h);
             punchIfFree.push(h);
           }
           freed = true;
         }
       }
-      if (frees.length > 1 << 20) throw new Refusal("too many clusters to free");
+      if (freeCount > 1 << 22) throw new Refusal("too many clusters to free");
     }
     // The clusters this table freed may be the next table's.
     if (freed || a.length + c.length >= 1024) endRound();
