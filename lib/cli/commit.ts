@@ -55,6 +55,7 @@ import {
   storeBitmapsAtClose,
 } from "../formats/qcow2/bitmaps_reopen.ts";
 import { BME_FLAG_AUTO } from "../formats/qcow2/bitmap_plan.ts";
+import { stageDirty } from "./commit_dirty.ts";
 import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
@@ -237,8 +238,11 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     ? await prepareBitmapReopen(baseHost, baseImg.filename)
     : undefined;
   if (baseBitmaps) {
-    if (baseBitmaps.before.bitmaps.some((b) => (b.flags & BME_FLAG_AUTO) !== 0)) {
-      throw refuse("instar does not commit into an image with enabled bitmaps");
+    // Enabled bitmaps record the job's writes (commit_dirty.ts): exactly
+    // the planned clusters while a mirror chunk is one base cluster or more.
+    const cs = bq!.clusterSize;
+    if (cs > 65536n && baseBitmaps.before.bitmaps.some((b) => (b.flags & BME_FLAG_AUTO) !== 0)) {
+      throw refuse("instar does not commit into an image with enabled bitmaps and clusters over 64 KiB");
     }
     if (baseImg.virtualSize < size) throw refuse("instar does not grow a base with bitmaps");
   }
@@ -292,7 +296,12 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     await applyWritePlan(plan.value, source, baseImg, size, what, moved);
     if (baseBitmaps) {
       baseImg.fileSize = BigInt((await Deno.stat(hostPath(baseImg.openPath))).size);
-      await storeBitmapsAtClose(baseHost, baseImg.filename, baseBitmaps);
+      const cbb = BigInt(cb);
+      const ranges: [bigint, bigint][] = writes.map((w) => {
+        const to = (w.cluster + w.count) << cbb;
+        return [w.cluster << cbb, to < size ? to : size];
+      });
+      await storeBitmapsAtClose(baseHost, baseImg.filename, baseBitmaps, stageDirty(baseImg, ranges, what));
     }
   }
   if (empty === "complete") {

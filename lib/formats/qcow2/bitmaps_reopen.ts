@@ -28,6 +28,7 @@ import {
   BME_FLAG_IN_USE,
   planQcow2Bitmap,
   type Qcow2BitmapScan,
+  stagingOffset,
 } from "./bitmap_plan.ts";
 
 /** What the caller gives: the bitmap_scan guest, the applier, and its error shapes. */
@@ -95,11 +96,24 @@ export async function prepareBitmapReopen(host: ReopenHost, filename: string): P
   return { before, openSteps: plan.value.steps };
 }
 
+/**
+ * Bits the command's writes set in enabled bitmaps (commit into a base): the
+ * guest ORs them into each bitmap's data and stages the result past
+ * `staging` (stagingOffset of the scan the store is planned on); the
+ * directory index -> table index -> staged offset, and the file's length
+ * with the staging.
+ */
+export type StageDirty = (
+  loaded: Qcow2BitmapScan,
+  staging: bigint,
+) => Promise<{ data: Map<number, Map<bigint, bigint>>; fileEnd: bigint } | undefined>;
+
 /** After the command's writes: the bitmaps stored anew, as qemu's close does. */
 export async function storeBitmapsAtClose(
   host: ReopenHost,
   filename: string,
   job: BitmapReopen,
+  stage?: StageDirty,
 ): Promise<void> {
   const now = await scanNow(host, filename);
   const was = job.before.bitmaps;
@@ -123,7 +137,13 @@ export async function storeBitmapsAtClose(
       entries: was[i].entries,
     })),
   };
-  const plan = planQcow2Bitmap(loaded, request("store"));
+  const req = request("store");
+  const staged = stage ? await stage(loaded, stagingOffset(loaded)) : undefined;
+  if (staged) {
+    req.merged = { data: new Map(), fileEnd: staged.fileEnd };
+    req.stagedData = staged.data;
+  }
+  const plan = planQcow2Bitmap(loaded, req);
   if (!plan.ok) throw host.refuse(plan.error.message);
   await host.applySteps(plan.value.steps);
 }
