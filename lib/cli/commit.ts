@@ -55,7 +55,7 @@ import {
   storeBitmapsAtClose,
 } from "../formats/qcow2/bitmaps_reopen.ts";
 import { BME_FLAG_AUTO } from "../formats/qcow2/bitmap_plan.ts";
-import { stageDirty } from "./commit_dirty.ts";
+import { bitmapScanOf, stageDirty } from "./commit_dirty.ts";
 import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
@@ -393,29 +393,6 @@ export async function scanQcow2(img: OpenedImage, what: string, flags = 0n) {
     if (e instanceof GuestResultError) throw new CliError([`${what}: sandbox failure: ${e.message}`]);
     throw e;
   }
-}
-
-/** The bitmap_scan guest's records of a qcow2 image as it is now. */
-async function bitmapScanOf(img: OpenedImage, what: string) {
-  let result;
-  try {
-    result = await runGuest({
-      op: "bitmap_scan",
-      opCode: ops.BITMAP_SCAN,
-      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: true }],
-      resultCap: 128 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  const input = result.inputs[0];
-  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-    throw new CliError([`${what}: the file changed while it was being read`]);
-  }
-  if (result.guestStatus !== 0n && !result.records.some((r) => r.type === records.ERROR)) {
-    throw new CliError([`${what}: sandbox failure: the scan reported no outcome`]);
-  }
-  return { records: result.records, fileSize: input.size };
 }
 
 /** Grows the base to `size` as bdrv_co_truncate does (its format's resize). */
