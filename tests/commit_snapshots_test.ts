@@ -74,6 +74,17 @@ const CASES: Case[] = [
     ],
     snaps: ["empty"],
   },
+  {
+    name: "512 B clusters: 64 L2 tables, most shared, some rewritten after the snapshot",
+    make: [
+      "qemu-img create -q -f qcow2 -o cluster_size=512 base.qcow2 2M",
+      "qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 ov.qcow2 2M",
+      io("ov.qcow2", "write -P 3 0 768k", "write -P 4 1536k 128k"),
+      "qemu-img snapshot -c s ov.qcow2",
+      io("ov.qcow2", "write -P 5 128k 128k", "write -P 6 1900k 8k"),
+    ],
+    snaps: ["s"],
+  },
 ];
 
 /** qemu-img check --output=json without the file name and fragmented-clusters. */
