@@ -5,7 +5,8 @@
 // and exit codes must match, the files be byte-identical (snapshot -c: the
 // same `qemu-img info` but for the snapshot dates), and the errors
 // (missing file, unknown option, -f with --image-opts, -U on a write, raw
-// named by driver= without the probing warning) read as qemu's.
+// named by driver= without the probing warning) read as qemu's. An encrypted
+// qcow2 is unlocked by encrypt.key-secret (--object secret) for snapshot.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -132,6 +133,58 @@ Deno.test({
       );
       await both(dir, (w) => ["rebase", "--image-opts", "-u", "-b", "", `${opts(w)},bar=2`]);
       await both(dir, (w) => ["rebase", "--image-opts", "-b", "", `driver=qcow2,file.filename=${w}.none`]);
+      await same(dir, "q.qcow2", "i.qcow2");
+    });
+  },
+});
+
+Deno.test({
+  name: "snapshot --image-opts of an encrypted qcow2: encrypt.key-secret unlocks it as qemu's open does",
+  ignore: !ready,
+  async fn() {
+    await withTempDir("instar-io-snap-enc-", async (dir) => {
+      const obj = ["--object", "secret,id=s0,data=pw"];
+      await sh(
+        dir,
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        ...obj,
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+        "q.qcow2",
+        "4M",
+      );
+      await sh(
+        dir,
+        "qemu-io",
+        ...obj,
+        "--image-opts",
+        "-c",
+        "write -P 1 0 64k",
+        "driver=qcow2,encrypt.key-secret=s0,file.filename=q.qcow2",
+      );
+      await sh(dir, "cp", "q.qcow2", "i.qcow2");
+      const opts = (w: string, id = "s0") => `driver=qcow2,encrypt.key-secret=${id},file.filename=${w}.qcow2`;
+      await both(dir, (w) => ["snapshot", ...obj, "--image-opts", "-c", "s1", opts(w)]);
+      assertEquals(await infoNoDates(dir, "i.qcow2"), await infoNoDates(dir, "q.qcow2"));
+      await sh(dir, "cp", "q.qcow2", "i.qcow2");
+      await both(dir, (w) => ["snapshot", ...obj, "--image-opts", "-d", "s1", opts(w)]);
+      await same(dir, "q.qcow2", "i.qcow2");
+      // Errors: no key, an unknown secret, a wrong passphrase.
+      await both(dir, (w) => ["snapshot", "-c", "s2", `${w}.qcow2`]);
+      await both(dir, (w) => ["snapshot", ...obj, "--image-opts", "-c", "s2", opts(w, "nope")]);
+      await both(dir, (w) => [
+        "snapshot",
+        "--object",
+        "secret,id=s0,data=wrong",
+        "--image-opts",
+        "-c",
+        "s2",
+        opts(w),
+      ]);
       await same(dir, "q.qcow2", "i.qcow2");
     });
   },

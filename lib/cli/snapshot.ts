@@ -17,7 +17,7 @@ import {
   newInstarOptions,
   readLock,
 } from "./common.ts";
-import { needsNoKey, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { openChain, type OpenedImage, OpenError, openFailure, openImage, unlockForRead } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { imageRef } from "./image_ref.ts";
 import { snapshotTable } from "../output/snapshots.ts";
@@ -65,11 +65,6 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
   const ref = imageRef(operands[0], undefined, o.imageOpts, io.err);
   const display = ref.display;
   const filename = ref.filename;
-  if (ref.keySecret !== undefined) {
-    throw new CliError([
-      `Could not open '${ref.display}': instar ${"snapshot"} does not unlock encrypted images`,
-    ]);
-  }
 
   // bdrv_open refuses BDRV_O_FORCE_SHARE on a read-write open before it looks at the file.
   if (forceShare && action !== "l") {
@@ -82,8 +77,14 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
     // -l opens read-only; no action (and -c/-a/-d) read-write, as img_snapshot does.
     const lock = action === "l" ? readLock(forceShare) : LOCKS.write;
     top = await openImage(filename, { format: ref.format, unsafeQuirks: o.unsafeQuirks, lock });
-    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, readLock(forceShare));
-    needsNoKey(top);
+    const chain = await openChain(
+      top,
+      await makePolicy(filename, o.backingDirs),
+      o.unsafeQuirks,
+      readLock(forceShare),
+    );
+    // --image-opts key-secret / encrypt.key-secret unlock an encrypted image (qemu's open checks the key).
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(display, e);
     throw e;
