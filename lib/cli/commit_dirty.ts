@@ -20,6 +20,16 @@ import type { StageDirty } from "../formats/qcow2/bitmaps_reopen.ts";
 /** The most bytes of raw bits one bitmap may take (the guest's own bound). */
 const MAX_RAW_BYTES = 64n << 20n;
 
+/** Sets bits a..b (inclusive) of `bits`, LSB first in each byte (qemu's serialized bitmap). */
+function setBits(bits: Uint8Array, a: number, b: number) {
+  while (a <= b && (a & 7) !== 0) bits[a >> 3] |= 1 << (a++ & 7);
+  if (b - a >= 7) {
+    bits.fill(0xff, a >> 3, (b + 1) >> 3);
+    a = ((b + 1) >> 3) << 3;
+  }
+  while (a <= b) bits[a >> 3] |= 1 << (a++ & 7);
+}
+
 /** Byte ranges [from, to) the command wrote, ascending. */
 export type Ranges = [bigint, bigint][];
 
@@ -52,7 +62,7 @@ export function stageDirty(img: OpenedImage, ranges: Ranges, what: string): Stag
       for (const [from, to] of ranges) {
         const end = to < len ? to : len;
         if (end <= from) continue;
-        for (let k = from / g; k <= (end - 1n) / g; k++) bits[Number(k >> 3n)] |= 1 << Number(k & 7n);
+        setBits(bits, Number(from / g), Number((end - 1n) / g));
       }
       j.raw = at;
       j.bits = bits;
