@@ -43,7 +43,7 @@ import {
 import { makePolicy } from "../chain/policy.ts";
 import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import { topRanges } from "../convert/top_ranges.ts";
-import { mapRuns } from "./commit.ts";
+import { mapRuns } from "./map_runs.ts";
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
 import { fileRange } from "../vmm/guest.ts";
