@@ -14,8 +14,9 @@ import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { WriteError } from "../formats/apply_plan.ts";
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
+import { ConvertError, guestFailureMessage } from "../convert/errors.ts";
+import { STREAMABLE, streamStep, streamToStdout } from "../convert/stdio_target.ts";
 import { refuseDataFile } from "./data_file.ts";
-import { guestErrors } from "../abi/spec.ts";
 import {
   addOptionList,
   CACHE_MODES,
@@ -50,7 +51,6 @@ import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
-  type ConvertJob,
   convertToBlocks,
   convertToExtents,
   convertToQcow2,
@@ -59,7 +59,6 @@ import {
   GuestFailure,
   PlanRefused,
   qcow2Target,
-  streamTarget,
 } from "../convert/pipeline.ts";
 import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { convertToLuks } from "../convert/luks_target.ts";
@@ -75,7 +74,6 @@ import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts"
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
-import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Cancelled, hostPath } from "../host/context.ts";
 import {
   DEFAULT_MAX_SPOOL,
@@ -85,12 +83,7 @@ import {
   StreamClosed,
   StreamError,
 } from "../host/stdio_stream.ts";
-import {
-  convertBlocksToStream,
-  convertPackedToStream,
-  convertRawToStream,
-  windowSize as streamWindowBytes,
-} from "../convert/stream_output.ts";
+import { windowSize as streamWindowBytes } from "../convert/stream_output.ts";
 import {
   HOST_DEVICE,
   hostDeviceHelp,
@@ -338,19 +331,17 @@ function checkSupported(a: ConvertArgs, srcNum: number) {
   if (a.bitmaps) throw no("Copying bitmaps (--bitmaps)");
 }
 
-function guestFailureMessage(e: GuestFailure): string {
-  const f = e.record.fields;
-  // a failed read or block status (e.g. a vmdk grain lookup qemu fails with EIO)
-  const msg = f.code === guestErrors.IO ? "Input/output error" : qcow2ErrorMessage({
-    code: f.code as number,
-    a0: f.a0 as bigint,
-    a1: f.a1 as bigint,
-    a2: f.a2 as bigint,
-  });
-  return `error while reading the source image: ${msg}`;
+export async function convertCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+  try {
+    return await convert(argv, io, base);
+  } catch (e) {
+    // lib/convert's one-line errors, as qemu-img prints them.
+    if (e instanceof ConvertError) throw new CliError([e.message]);
+    throw e;
+  }
 }
 
-export async function convertCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
+async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
   const { a, operands } = parseArgs(argv, o);
   for (const w of a.warnings) io.err(`${PROGRAM}: ${w}\n`);
@@ -891,7 +882,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         if (unlock) throw openFailure(ref.display, unlock);
         throw new CliError([guestFailureMessage(e)]);
       }
-      if (e instanceof CliError) throw e;
+      if (e instanceof CliError || e instanceof ConvertError) throw e;
       // An output write the host refused (a full disk): qemu-img's words.
       const w = (e as { write?: { offset: bigint; text: string } }).write;
       if (w) throw new CliError([`error while writing at byte ${w.offset}: ${w.text}`]);
@@ -930,43 +921,5 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     temps.removeAll();
     temps.dispose();
     progress.end();
-  }
-}
-
-/** Streams the target to stdout, in file order (lib/convert/stream_output.ts). */
-function streamToStdout(
-  job: ConvertJob,
-  spec: OutputSpec,
-  compress: boolean,
-  sink: StdoutSink,
-  scratch: () => Promise<string>,
-): Promise<bigint> {
-  switch (spec.writer) {
-    case "raw":
-      return convertRawToStream(job, sink, scratch);
-    case "blocks":
-      return convertBlocksToStream(job, spec.blocks!, sink, scratch);
-    case "stream":
-      return convertPackedToStream(job, streamTarget(spec.stream!), sink, scratch);
-    case "qcow2":
-      return convertPackedToStream(job, qcow2Target(job, { options: spec.qcow2!, compress }), sink, scratch);
-    default:
-      throw new CliError([STREAMABLE]);
-  }
-}
-
-/** The targets `-` (stdout) can take: one file written in order. */
-const STREAMABLE = "writing to stdout ('-') is supported for raw, qcow2, vpc, vhdx and vmdk " +
-  "(monolithicSparse, streamOptimized) targets only; multi-file vmdk subformats need a file name";
-
-/** Runs a `-` stream step, its refusals as one-line errors (`Could not open '-': ...` for a source). */
-async function streamStep<T>(fn: () => T | Promise<T>, source?: string): Promise<T> {
-  try {
-    return await fn();
-  } catch (e) {
-    if (e instanceof StreamError) {
-      throw new CliError([source ? `Could not open '${source}': ${e.message}` : e.message]);
-    }
-    throw e;
   }
 }
