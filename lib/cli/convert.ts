@@ -14,6 +14,7 @@ import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { WriteError } from "../formats/apply_plan.ts";
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
+import { checkHostDevice } from "../convert/host_device_check.ts";
 import { ConvertError, guestFailureMessage } from "../convert/errors.ts";
 import { STREAMABLE, streamStep, streamToStdout } from "../convert/stdio_target.ts";
 import { refuseDataFile } from "./data_file.ts";
@@ -84,13 +85,7 @@ import {
   StreamError,
 } from "../host/stdio_stream.ts";
 import { windowSize as streamWindowBytes } from "../convert/stream_output.ts";
-import {
-  HOST_DEVICE,
-  hostDeviceHelp,
-  hostDeviceOpenError,
-  hostDeviceOptions,
-  hostDevicePreallocationError,
-} from "../convert/host_device.ts";
+import { HOST_DEVICE, hostDeviceHelp } from "../convert/host_device.ts";
 import {
   convertRawStdin,
   onePassBound,
@@ -280,28 +275,6 @@ function checkCombinations(a: ConvertArgs) {
     throw new CliError(["-o has no effect when skipping image creation"]);
   }
   if (a.targetIsZero && !a.skipCreate) throw new CliError(["--target-is-zero requires use of -n flag"]);
-}
-
-/** -O host_device: qemu's option, compression, preallocation and open checks, in its order. */
-async function checkHostDevice(a: ConvertArgs, target: string): Promise<void> {
-  let mode: string;
-  try {
-    mode = hostDeviceOptions(a.options ?? "", target);
-  } catch (e) {
-    if (e instanceof OutputOptionError) throw new CliError([e.message]);
-    throw e;
-  }
-  if (a.compress) throw new CliError(["Compression not supported for this file format"]);
-  const prefix = `${target}: error while converting ${HOST_DEVICE}: `;
-  const prealloc = a.skipCreate ? undefined : hostDevicePreallocationError(mode);
-  if (prealloc) throw new CliError([prefix + prealloc]);
-  const why = await hostDeviceOpenError(target, errnoText);
-  if (why === undefined) return;
-  throw new CliError([
-    a.skipCreate
-      ? `Could not open '${target}': ${why}`
-      : `${prefix}Protocol driver '${HOST_DEVICE}' does not support image creation, and opening the image failed: ${why}`,
-  ]);
 }
 
 /**
