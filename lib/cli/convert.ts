@@ -45,8 +45,7 @@ import {
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
-import { topRanges } from "../convert/top_ranges.ts";
-import { mapRuns } from "./map_runs.ts";
+import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.ts";
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
 import { fileRange } from "../vmm/guest.ts";
@@ -436,31 +435,10 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
     if (a.skipCreate && a.outBase !== undefined) {
       // qemu-img reports this, then ends with status 0 having written nothing.
       if (a.targetIsZero) {
-        io.err(`${PROGRAM}: Cannot use --target-is-zero when the destination image has a backing file\n`);
+        io.err(`${PROGRAM}: ${TARGET_IS_ZERO_WITH_BACKING}\n`);
         return 0;
       }
-      if (a.outFmt !== "raw" && a.outFmt !== "qcow2") {
-        throw new CliError([
-          "Writing into an existing image with a backing file (-n -B) is not supported by instar convert",
-        ]);
-      }
-      if (a.snapshot !== undefined) {
-        throw new CliError([
-          "Writing a snapshot into an existing image (-n -B -l) is not supported by instar convert",
-        ]);
-      }
-      // A source without a backing file: bdrv_block_status_above(src, NULL), the whole disk.
-      if (chain.length > 1) {
-        const q = chain[0].qcow2;
-        if (!q) {
-          throw new CliError([
-            "Writing into an existing image with a backing file (-n -B) is not supported by instar convert for this source",
-          ]);
-        }
-        const span = q.clusterSize * (q.clusterSize / (q.extendedL2 ? 16n : 8n));
-        const runs = await mapRuns(chainInputs(chain), "error while reading");
-        top = topRanges(runs, size, chain[1].length, span);
-      }
+      top = await topOfSource(a.outFmt, a.snapshot !== undefined, chain, chainInputs(chain), size);
     }
     if (a.skipCreate && a.outFmt === "qcow2") {
       // -n -O qcow2: written in place by the in-place qcow2 writer.
