@@ -14,7 +14,7 @@ import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { WriteError } from "../formats/apply_plan.ts";
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
-import { checkHostDevice } from "../convert/host_device_check.ts";
+import { checkAfterBacking, type OutputRequest, resolveOutput } from "../convert/output_spec.ts";
 import { ConvertError, guestFailureMessage } from "../convert/errors.ts";
 import { STREAMABLE, streamStep, streamToStdout } from "../convert/stdio_target.ts";
 import { refuseDataFile } from "./data_file.ts";
@@ -60,18 +60,10 @@ import {
   PlanRefused,
   qcow2Target,
 } from "../convert/pipeline.ts";
-import { OutputOptionError, outputOptions, type OutputSpec } from "../convert/output_options.ts";
 import { convertToLuks } from "../convert/luks_target.ts";
 import { convertIntoLuks } from "./convert_into_luks.ts";
-import { cryptCompressRefusal } from "../convert/crypt_compress.ts";
-import {
-  COMPRESS_ENCRYPT,
-  compressEncryptFirst,
-  convertToEncryptedQcow2,
-  encryptedQcow2Refusal,
-} from "../convert/qcow2_encrypt_target.ts";
+import { convertToEncryptedQcow2 } from "../convert/qcow2_encrypt_target.ts";
 import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts";
-import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { Cancelled, hostPath } from "../host/context.ts";
@@ -85,12 +77,7 @@ import {
 } from "../host/stdio_stream.ts";
 import { windowSize as streamWindowBytes } from "../convert/stream_output.ts";
 import { HOST_DEVICE, hostDeviceHelp } from "../convert/host_device.ts";
-import {
-  convertRawStdin,
-  onePassBound,
-  type OnePassTarget,
-  RAW_ONE_PASS_BOUND,
-} from "../convert/stdin_raw.ts";
+import { convertRawStdin, type OnePassTarget } from "../convert/stdin_raw.ts";
 import { convertVmdkStdin, openVmdkStdin, type VmdkStream } from "../convert/stdin_vmdk.ts";
 import { hostStdio } from "../host/stdio.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
@@ -529,73 +516,21 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       return 0;
     }
 
-    // -O host_device: an existing block device, written as -O raw writes one (lib/convert/host_device.ts).
-    if (a.outFmt === HOST_DEVICE) await checkHostDevice(a, outFilename!);
-    const hostDevice = a.outFmt === HOST_DEVICE;
-    const outDriver = driverFor(hostDevice ? "raw" : a.outFmt);
-    if (!outDriver) throw new CliError([`Unknown file format '${a.outFmt}'`]);
-    let spec: OutputSpec;
-    try {
-      // -B and -F: qemu-img's add_old_style_options.
-      // With -n nothing is created: qemu never looks at them for the target.
-      const old = a.skipCreate ? {} : { backingFile: a.outBase, backingFmt: a.backingFmt };
-      spec = outputOptions(outDriver, hostDevice ? "" : a.options ?? "", outFilename!, size, old);
-      if (vmdkStream) {
-        // The stream's header gave the disk's size: planned as for a file.
-      } else if (onePass && spec.writer === "qcow2") {
-        size = onePassBound(spec.qcow2!.clusterSize, spec.qcow2!.extendedL2);
-        spec = outputOptions(outDriver, a.options ?? "", outFilename!, size, old);
-      } else if (onePass) {
-        size = RAW_ONE_PASS_BOUND;
-      }
-    } catch (e) {
-      // -c with encryption: img_convert refuses it before bdrv_create checks the options.
-      if (e instanceof OutputOptionError && a.compress && compressEncryptFirst(outDriver, a.options ?? "")) {
-        if (e.message.startsWith(`${outFilename}: error while converting `)) {
-          throw new CliError([COMPRESS_ENCRYPT]);
-        }
-      }
-      if (e instanceof OutputOptionError) throw new CliError([e.message]);
-      throw e;
-    }
-    if (a.compress) {
-      if (spec.writer !== "qcow2" && !spec.compress?.accepted) {
-        const c = spec.compress;
-        throw new CliError([c && !c.accepted ? c.message : "Compression not supported for this file format"]);
-      }
-      if (spec.qcow2Create?.encrypt) throw new CliError([COMPRESS_ENCRYPT]);
-      if (spec.preallocation !== "off") {
-        throw new CliError(["Compression and preallocation not supported at the same time"]);
-      }
-      const crypt = cryptCompressRefusal(chain, spec.qcow2?.compressionType === "zstd");
-      if (crypt) throw new CliError([crypt]);
-    }
-    // Raw targets take falloc/full as qemu's raw create does (the file
-    // allocated as zeroes before the data lands); qcow2 targets are created
-    // preallocated as `create` makes them, then written in place.
-    if (
-      spec.preallocation !== "off" &&
-      ((spec.writer !== "raw" && spec.writer !== "qcow2") || a.skipCreate || toStdout)
-    ) {
-      throw new CliError([`Preallocation (${spec.preallocation}) is not supported by instar convert yet`]);
-    }
-    // The in-place writer does not write subclusters (nor over a backing
-    // file, which qemu allows with preallocation only with extended_l2).
-    if (spec.writer === "qcow2" && spec.preallocation !== "off" && spec.qcow2!.extendedL2) {
-      throw new CliError([
-        `Preallocation (${spec.preallocation}) with extended L2 entries is not supported by instar convert yet`,
-      ]);
-    }
+    const request: OutputRequest = {
+      ...a,
+      target: outFilename!,
+      toStdout,
+      onePass,
+      vmdkStream: vmdkStream !== undefined,
+    };
+    const resolved = await resolveOutput(request, size, chain);
+    const spec = resolved.spec;
+    size = resolved.size;
     // -B (or -o backing_file): qemu opens the new target with its backing
     // chain; so does instar, read-only, to learn the backing file's size.
     let backingSize: bigint | undefined;
     const backingName = spec.qcow2?.backingFile;
     if (backingName !== undefined) {
-      if (toStdout || onePass) {
-        throw new CliError([
-          "Writing an image with a backing file to or from a stream is not supported by instar",
-        ]);
-      }
       backingSize = await openTargetBacking(
         outFilename!,
         new TextDecoder().decode(backingName),
@@ -603,17 +538,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
         o,
       );
     }
-    if (onePass && spec.preallocation !== "off") {
-      throw new CliError([
-        `Preallocation (${spec.preallocation}) needs the disk's size up front; a raw stream on stdin has none`,
-      ]);
-    }
-    const encrypted = encryptedQcow2Refusal(spec.qcow2Create?.encrypt, {
-      stream: toStdout || onePass,
-      preallocation: spec.preallocation,
-      backing: backingName !== undefined,
-    });
-    if (encrypted !== undefined) throw new CliError([encrypted]);
+    checkAfterBacking(spec, request);
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
     if (toStdout && spec.writer === "extents") {
       throw new CliError([
