@@ -10,13 +10,13 @@ import { type ImageRef, imageRef } from "./image_ref.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
-import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { WriteError } from "../formats/apply_plan.ts";
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
+import { commitTargets, deferUnlock, prepareTargets, type TargetRequest } from "../convert/target_files.ts";
 import { checkAfterBacking, type OutputRequest, resolveOutput } from "../convert/output_spec.ts";
 import { ConvertError, guestFailureMessage } from "../convert/errors.ts";
-import { STREAMABLE, streamStep, streamToStdout } from "../convert/stdio_target.ts";
+import { streamStep, streamToStdout } from "../convert/stdio_target.ts";
 import { refuseDataFile } from "./data_file.ts";
 import {
   addOptionList,
@@ -48,7 +48,6 @@ import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.ts";
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
-import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
   convertToBlocks,
@@ -263,19 +262,6 @@ function checkCombinations(a: ConvertArgs) {
   if (a.targetIsZero && !a.skipCreate) throw new CliError(["--target-is-zero requires use of -n flag"]);
 }
 
-/**
- * Whether an encrypted source's unlock can be left to the reading guests
- * (unlockForRead's `defer`): a new target file whose writer reports the
- * guests' failures (not a LUKS target), never -n or a device, which are
- * written in place (zeroed or punched) before a guest runs.
- */
-async function deferUnlock(a: ConvertArgs, target: string): Promise<boolean> {
-  if (a.skipCreate || !["raw", "qcow2", "vpc", "vhdx", "vmdk"].includes(a.outFmt)) return false;
-  if (target === "-") return true;
-  const st = await Deno.stat(hostPath(target)).catch(() => undefined);
-  return !st?.isBlockDevice && !st?.isCharDevice;
-}
-
 /** Features qemu-img has that instar refuses, with a clear reason. */
 function checkSupported(a: ConvertArgs, srcNum: number) {
   const no = (what: string) => new CliError([`${what} is not supported by instar convert`]);
@@ -403,7 +389,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
           ref.keySecretOption,
           o.secrets,
           chain,
-          await deferUnlock(a, outFilename!),
+          await deferUnlock(a.skipCreate, a.outFmt, outFilename!),
         );
       }
     } catch (e) {
@@ -540,134 +526,20 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
     }
     checkAfterBacking(spec, request);
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
-    if (toStdout && spec.writer === "extents") {
-      throw new CliError([
-        `${outFilename}: error while converting ${a.outFmt}: ${STREAMABLE}`,
-      ]);
-    }
-
-    // Every file the target consists of: the extents of a multi-file VMDK,
-    // then the target name itself (its descriptor, or the whole image).
-    // None for stdout: the output is built in unnamed files, then copied out.
-    const names = toStdout ? [] : [...(spec.extents?.extents.map((e) => e.path) ?? []), outFilename!];
-    // bdrv_create's failure, as qemu words it for the target.
-    const cannotCreateAt = (name: string, why: string) =>
-      new CliError([
-        `${outFilename}: error while converting ${a.outFmt}: Could not create '${name}': ${why}`,
-      ]);
-    const targets: string[] = [];
-    let device = false;
-    for (const name of names) {
-      const existing = await Deno.stat(hostPath(name)).catch(() => undefined);
-      if (existing?.isDirectory) throw cannotCreateAt(name, "Is a directory");
-      // qemu writes into an existing block device (host_device: cinder and
-      // os-brick copy volumes so); a temporary-name output would replace the
-      // device node with a regular file instead. Raw output only, for now.
-      if (
-        existing?.isCharDevice || (existing?.isBlockDevice && (spec.writer !== "raw" || names.length !== 1))
-      ) {
-        throw new CliError([`Converting onto a device is not supported by instar yet: '${name}'`]);
-      }
-      if (existing?.isBlockDevice) device = true;
-      // -n: qemu opens the target it did not create (after the sources).
-      if (targetError) throw targetError;
-      if (a.skipCreate && !existing) {
-        const why = await Deno.stat(hostPath(name)).then(() => "", (e) => errnoText(e));
-        throw new CliError([`Could not open '${targetDisplay ?? name}': Could not open '${name}': ${why}`]);
-      }
-      // qemu writes through a symlink to the file it names; so does the
-      // rename, by replacing the link's target rather than the link.
-      const target = (await Deno.lstat(hostPath(name)).catch(() => undefined))?.isSymlink
-        ? await Deno.realPath(hostPath(name))
-        : name;
-      // raw_co_create's lock on the file qemu would truncate: a running VM's
-      // image, or one of this command's own inputs (their locks conflict).
-      if (existing) {
-        let held;
-        try {
-          held = await takeLock(target, LOCKS.create, name);
-        } catch (e) {
-          if (e instanceof LockError) {
-            throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
-          }
-          throw cannotCreateAt(name, errnoText(e));
-        }
-        // With -U the inputs share everything and qemu would go ahead: refuse anyway.
-        if (chain.some((img) => img.dev === held.dev && img.ino === held.ino)) {
-          throw new CliError([
-            `${outFilename}: error while converting ${a.outFmt}: Refusing to overwrite an image this command reads`,
-          ]);
-        }
-      }
-      targets.push(target);
-    }
-    const outs: string[] = [];
-    // A device, or -n: written in place, no temporary name.
-    const inPlace = device || a.skipCreate;
-    if (inPlace && spec.writer === "luks") {
-      throw new CliError(["Writing a new LUKS image onto a device is not supported by instar yet"]);
-    }
-    let inPlaceMode: "zero" | "keep" | undefined;
-    if (inPlace) {
-      const t = targets[0];
-      let st: Deno.FileInfo, outSize: bigint;
-      try {
-        using f = await Deno.open(hostPath(t), { read: true });
-        st = await f.stat();
-        outSize = BigInt(await f.seek(0, Deno.SeekMode.End));
-      } catch (e) {
-        throw cannotCreateAt(names[0], errnoText(e));
-      }
-      if (outSize < size) {
-        throw new CliError([
-          a.skipCreate
-            ? "output file is smaller than input file"
-            : `${outFilename}: error while converting ${a.outFmt}: Cannot grow device files`,
-        ]);
-      }
-      // What the image reads as zeroes must read as zeroes in the target:
-      // a file gets holes (qemu's write-zeroes with unmap punches them), a
-      // device zeroes written; --target-is-zero says it already does.
-      inPlaceMode = "keep";
-      if (top) {
-        // -n -B: what the top leaves alone keeps the target's bytes (below).
-      } else if (!a.targetIsZero && !device && size > 0n) {
-        const why = await fileRange("punch", t, 0n, size, BigInt(st.dev), BigInt(st.ino ?? 0));
-        if (why !== undefined) inPlaceMode = "zero";
-      } else if (!a.targetIsZero) {
-        inPlaceMode = "zero";
-      }
-      outs.push(t);
-    }
-    for (const [i, t] of (inPlace ? [] : targets).entries()) {
-      try {
-        // A preallocated qcow2 is written in place by guests that open it
-        // by name (O_NOFOLLOW): a named temporary, not an unnamed file's /proc link.
-        const named = spec.writer === "qcow2" && spec.preallocation !== "off";
-        outs.push(named ? await temps.create(t, "out") : await temps.createOutput(t));
-      } catch (e) {
-        throw cannotCreateAt(names[i], errnoText(e));
-      }
-    }
-    if (spec.writer === "raw" && spec.preallocation !== "off" && !inPlace && size > 0n) {
-      // raw_co_create with falloc or full: the whole (512-rounded) file
-      // allocated as zeroes; the data written after only fills it in.
-      const out = outs[outs.length - 1];
-      const st = await Deno.stat(hostPath(out));
-      const why = await fileRange(
-        "allocate",
-        out,
-        0n,
-        (size + 511n) & ~511n,
-        BigInt(st.dev),
-        BigInt(st.ino ?? 0),
-      );
-      if (why !== undefined) {
-        throw new CliError([
-          `${outFilename}: error while converting ${a.outFmt}: Could not preallocate data for the new file: ${why}`,
-        ]);
-      }
-    }
+    const targetRequest: TargetRequest = {
+      target: outFilename!,
+      display: targetDisplay,
+      targetError,
+      outFmt: a.outFmt,
+      skipCreate: a.skipCreate,
+      targetIsZero: a.targetIsZero,
+      toStdout,
+      keepRest: top !== undefined,
+      size,
+      reads: chain,
+    };
+    const files = await prepareTargets(spec, targetRequest, temps);
+    const { outs, inPlace, inPlaceMode } = files;
     // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
     const scratch = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdout`));
     const out = outs[outs.length - 1];
@@ -767,26 +639,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       }
       throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
     }
-    // Keep an existing target's permissions, as qemu's O_TRUNC open would.
-    for (const [i, t] of (inPlace ? [] : targets).entries()) {
-      try {
-        const st = await Deno.stat(hostPath(t));
-        if (st.mode !== null && st.isFile) await Deno.chmod(hostPath(outs[i]), st.mode & 0o7777);
-      } catch { /* no target yet */ }
-    }
-    temps.checkCancelled();
-    // Extents first, the target name last: the name appears only once every
-    // file it needs is complete. A failed commit takes back the ones done.
-    const committed: string[] = [];
-    for (const [i, t] of (inPlace ? [] : targets).entries()) {
-      try {
-        await temps.commit(outs[i], t);
-      } catch (e) {
-        for (const r of committed) await Deno.remove(hostPath(r)).catch(() => {});
-        throw cannotCreateAt(names[i], errnoText(e));
-      }
-      committed.push(t);
-    }
+    await commitTargets(files, targetRequest, temps);
     // qemu prints 100% when the last data is copied (only if there was
     // any) and once more when it finishes.
     if (written > 0n) progress.set(100);
