@@ -13,10 +13,11 @@ import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot
 import { WriteError } from "../formats/apply_plan.ts";
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
+import { writeOutput } from "../convert/write_output.ts";
 import { commitTargets, deferUnlock, prepareTargets, type TargetRequest } from "../convert/target_files.ts";
 import { checkAfterBacking, type OutputRequest, resolveOutput } from "../convert/output_spec.ts";
 import { ConvertError, guestFailureMessage } from "../convert/errors.ts";
-import { streamStep, streamToStdout } from "../convert/stdio_target.ts";
+import { streamStep } from "../convert/stdio_target.ts";
 import { refuseDataFile } from "./data_file.ts";
 import {
   addOptionList,
@@ -49,19 +50,8 @@ import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
-import {
-  convertToBlocks,
-  convertToExtents,
-  convertToQcow2,
-  convertToRaw,
-  convertToStream,
-  GuestFailure,
-  PlanRefused,
-  qcow2Target,
-} from "../convert/pipeline.ts";
-import { convertToLuks } from "../convert/luks_target.ts";
+import { GuestFailure, PlanRefused } from "../convert/pipeline.ts";
 import { convertIntoLuks } from "./convert_into_luks.ts";
-import { convertToEncryptedQcow2 } from "../convert/qcow2_encrypt_target.ts";
 import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -76,8 +66,7 @@ import {
 } from "../host/stdio_stream.ts";
 import { windowSize as streamWindowBytes } from "../convert/stream_output.ts";
 import { HOST_DEVICE, hostDeviceHelp } from "../convert/host_device.ts";
-import { convertRawStdin, type OnePassTarget } from "../convert/stdin_raw.ts";
-import { convertVmdkStdin, openVmdkStdin, type VmdkStream } from "../convert/stdin_vmdk.ts";
+import { openVmdkStdin, type VmdkStream } from "../convert/stdin_vmdk.ts";
 import { hostStdio } from "../host/stdio.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
@@ -539,9 +528,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       reads: chain,
     };
     const files = await prepareTargets(spec, targetRequest, temps);
-    const { outs, inPlace, inPlaceMode } = files;
-    // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
-    const scratch = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdout`));
+    const { outs, inPlaceMode } = files;
     const out = outs[outs.length - 1];
     const job = {
       layers: chainInputs(chain).map((x, i) => ({
@@ -563,18 +550,9 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
     };
     let written: bigint;
     try {
-      if (onePass) {
-        if (inPlace) throw new CliError(["Writing a raw stream from stdin onto a device is not supported"]);
-        const target: OnePassTarget = spec.writer === "raw"
-          ? { kind: "raw" }
-          : { kind: "qcow2", packed: qcow2Target(job, { options: spec.qcow2!, compress: a.compress }) };
-        const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
-        written = vmdkStream
-          ? await convertVmdkStdin(job, target, out, vmdkStream)
-          : await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
-      } else if (sink) {
-        written = await streamToStdout(job, spec, a.compress, sink, scratch);
-      } else if (top && spec.writer === "raw") {
+      // -n -B and a preallocated qcow2 are written by lib/cli helpers (never
+      // from or to a stream: refused above); every other writer is lib/convert's.
+      if (top && spec.writer === "raw") {
         // -n -B: the top's ranges, its zeroes included, copied at their offsets.
         const st = await Deno.stat(hostPath(out));
         const moves = top.map(([from, to]) => ({ from, to, at: from }));
@@ -587,20 +565,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
           `error while writing into '${outFilename}'`,
           (d) => job.onProgress(d, written),
         );
-      } else if (spec.writer === "raw") {
-        written = await convertToRaw(job, out);
-      } else if (spec.writer === "blocks") {
-        written = await convertToBlocks(job, spec.blocks!, out);
-      } else if (spec.writer === "stream") {
-        written = await convertToStream(job, spec.stream!, out);
-      } else if (spec.writer === "luks") {
-        written = await convertToLuks(job, spec.luks!, out, o.secrets, kdfMaxIters());
-      } else if (spec.writer === "extents") {
-        written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
-      } else if (spec.qcow2Create?.encrypt) {
-        const e = spec.qcow2Create.encrypt;
-        written = await convertToEncryptedQcow2(job, spec.qcow2!, e, out, o.secrets, kdfMaxIters());
-      } else if (spec.preallocation !== "off") {
+      } else if (spec.writer === "qcow2" && !spec.qcow2Create?.encrypt && spec.preallocation !== "off") {
         written = await convertPreallocatedQcow2(outFilename!, out, spec.qcow2Create!, {
           unsafeQuirks: o.unsafeQuirks,
           source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
@@ -609,14 +574,16 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
           onProgress: job.onProgress,
         });
       } else {
-        // -B -c: the guest cuts the top's status runs where qemu's qcow2 does (one L2 table).
-        const tq = chain[0]?.qcow2;
-        const topL2Bits = tq ? 2n * BigInt(tq.clusterBits) - (tq.extendedL2 ? 4n : 3n) : 0n;
-        written = await convertToQcow2(
-          job,
-          { options: spec.qcow2!, compress: a.compress, backingSize, topL2Bits },
-          out,
-        );
+        written = await writeOutput(job, spec, files, {
+          compress: a.compress,
+          secrets: o.secrets,
+          kdfMaxIters: job.kdfMaxIters,
+          onePass: onePass ? { vmdkStream } : undefined,
+          sink,
+          backingSize,
+          topQcow2: chain[0]?.qcow2,
+          temps,
+        });
       }
     } catch (e) {
       if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);
