@@ -14,6 +14,11 @@ import { WriteError } from "../formats/apply_plan.ts";
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
 import { writeOutput } from "../convert/write_output.ts";
+import {
+  convertIntoExistingLuks,
+  convertIntoExistingQcow2,
+  type ExistingTarget,
+} from "./convert_existing.ts";
 import { commitTargets, deferUnlock, prepareTargets, type TargetRequest } from "../convert/target_files.ts";
 import { checkAfterBacking, type OutputRequest, resolveOutput } from "../convert/output_spec.ts";
 import { ConvertError, guestFailureMessage } from "../convert/errors.ts";
@@ -45,14 +50,11 @@ import {
   unlockForRead,
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.ts";
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import { GuestFailure, PlanRefused } from "../convert/pipeline.ts";
-import { convertIntoLuks } from "./convert_into_luks.ts";
-import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { Cancelled, hostPath } from "../host/context.ts";
@@ -282,7 +284,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
   const srcNum = operands.length - 1;
   // --target-image-opts: the target is block options naming one file (lib/cli/image_ref.ts);
   // an error in them is qemu's when it opens the target, after the sources.
-  let targetDisplay: string | undefined, targetError: CliError | undefined, targetKey = false;
+  let targetDisplay: string | undefined, targetError: CliError | undefined;
   let targetRef: ImageRef | undefined;
   if (a.tgtImageOpts && srcNum >= 1) {
     targetDisplay = operands[srcNum];
@@ -290,7 +292,6 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       const t = targetRef = imageRef(targetDisplay, undefined, true, io.err);
       a.outFmt = t.format ?? "";
       operands[srcNum] = t.filename;
-      targetKey = t.keySecret !== undefined;
     } catch (e) {
       if (!(e instanceof CliError)) throw e;
       targetError = e;
@@ -402,92 +403,26 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       }
       top = await topOfSource(a.outFmt, a.snapshot !== undefined, chain, chainInputs(chain), size);
     }
-    if (a.skipCreate && a.outFmt === "qcow2") {
-      // -n -O qcow2: written in place by the in-place qcow2 writer.
-      const img = await openQcow2Target(
-        outFilename!,
-        o.unsafeQuirks,
-        targetKey,
-        targetDisplay ?? outFilename!,
-        targetRef?.encryptFormat,
-      );
-      if (chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
-        throw new CliError([`${outFilename}: Refusing to overwrite an image this command reads`]);
-      }
-      if (img.qcow2!.layout.cryptMethod !== 0) {
-        // Encrypted: unlocked and encrypted in the guest (lib/cli/convert_into_qcrypt.ts).
-        const job = {
-          target: outFilename!,
-          display: targetDisplay ?? outFilename!,
-          keySecret: targetRef?.keySecret,
-          keySecretOption: targetRef?.keySecretOption,
-          secrets: o.secrets,
-          kdfMaxIters: kdfMaxIters(),
-          chain,
-          unsafeQuirks: o.unsafeQuirks,
-          source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
-          size,
-          minSparse: a.minSparse,
-          targetIsZero: a.targetIsZero,
-          onProgress: (done: bigint, total: bigint) => progress.bytes(done, total),
-        };
-        await unlockQcryptTarget(job, img);
-        if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
-        try {
-          const written = await convertIntoQcrypt(job, img);
-          if (written > 0n) progress.set(100);
-        } catch (e) {
-          if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
-          throw e;
-        }
-        progress.set(100);
-        return 0;
-      }
-      if (img.virtualSize < size) throw new CliError(["output file is smaller than input file"]);
-      if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
-      const written = await convertIntoQcow2({
+    // -n into an existing qcow2 or LUKS image: written in place (lib/cli/convert_existing.ts).
+    if (a.skipCreate && (a.outFmt === "qcow2" || a.outFmt === "luks")) {
+      const existing: ExistingTarget = {
         target: outFilename!,
-        unsafeQuirks: o.unsafeQuirks,
-        source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
+        display: targetDisplay ?? outFilename!,
+        ref: targetRef,
+        chain,
+        snapshot,
         size,
         minSparse: a.minSparse,
         targetIsZero: a.targetIsZero,
+        compress: a.compress,
+        cache: a.cache,
         top,
-        onProgress: (done, total) => progress.bytes(done, total),
-      }, img);
-      if (written > 0n) progress.set(100);
-      progress.set(100);
-      return 0;
-    }
-
-    if (a.skipCreate && a.outFmt === "luks") {
-      // -n into LUKS1: unlocked and encrypted in the guest (lib/cli/convert_into_luks.ts).
-      if (a.compress) throw new CliError(["Compression not supported for this file format"]);
-      if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
-      try {
-        const written = await convertIntoLuks({
-          target: outFilename!,
-          display: targetDisplay ?? outFilename!,
-          keySecret: targetRef?.keySecret,
-          keySecretOption: targetRef?.keySecretOption,
-          secrets: o.secrets,
-          unsafeQuirks: o.unsafeQuirks,
-          kdfMaxIters: kdfMaxIters(),
-          chain,
-          source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
-          size,
-          minSparse: a.minSparse,
-          targetIsZero: a.targetIsZero,
-          onProgress: (done, total) => {
-            if (done < total || a.progress === "json") progress.bytes(done, total);
-          },
-        });
-        if (written > 0n) progress.set(100);
-      } catch (e) {
-        if (e instanceof GuestFailure) throw new CliError([guestFailureMessage(e)]);
-        throw e;
-      }
-      progress.set(100);
+        progress,
+        progressMode: a.progress,
+        o,
+      };
+      if (a.outFmt === "qcow2") await convertIntoExistingQcow2(existing);
+      else await convertIntoExistingLuks(existing);
       return 0;
     }
 
