@@ -10,10 +10,10 @@ import { type ImageRef, imageRef } from "./image_ref.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM, usageError } from "./messages.ts";
 import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
-import { WriteError } from "../formats/apply_plan.ts";
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
 import { writeOutput } from "../convert/write_output.ts";
+import { writeFailure } from "../convert/write_failure.ts";
 import {
   convertIntoExistingLuks,
   convertIntoExistingQcow2,
@@ -39,7 +39,6 @@ import {
 import { cvtnum } from "./options.ts";
 import {
   chainInputs,
-  errnoText,
   kdfMaxIters,
   openChain,
   type OpenedImage,
@@ -54,18 +53,11 @@ import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
-import { GuestFailure, PlanRefused } from "../convert/pipeline.ts";
+import { GuestFailure } from "../convert/pipeline.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
-import { Cancelled, hostPath } from "../host/context.ts";
-import {
-  DEFAULT_MAX_SPOOL,
-  spoolDir,
-  spoolStdin,
-  StdoutSink,
-  StreamClosed,
-  StreamError,
-} from "../host/stdio_stream.ts";
+import { hostPath } from "../host/context.ts";
+import { DEFAULT_MAX_SPOOL, spoolDir, spoolStdin, StdoutSink } from "../host/stdio_stream.ts";
 import { windowSize as streamWindowBytes } from "../convert/stream_output.ts";
 import { HOST_DEVICE, hostDeviceHelp } from "../convert/host_device.ts";
 import { openVmdkStdin, type VmdkStream } from "../convert/stdin_vmdk.ts";
@@ -521,25 +513,14 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
         });
       }
     } catch (e) {
-      if (e instanceof StreamClosed || e instanceof StreamError) throw new CliError([e.message]);
-      if (e instanceof Cancelled) throw e;
-      if (e instanceof PlanRefused) {
-        throw new CliError([`${outFilename}: error while converting ${a.outFmt}: ${e.message}`]);
-      }
       if (e instanceof GuestFailure) {
         // A deferred unlock that failed in the reading guest: qemu's open error.
         const unlock = chain.length > 0 ? unlockFailure(chain[0], 0, e.records) : undefined;
         if (unlock) throw openFailure(ref.display, unlock);
         throw new CliError([guestFailureMessage(e)]);
       }
-      if (e instanceof CliError || e instanceof ConvertError) throw e;
-      // An output write the host refused (a full disk): qemu-img's words.
-      const w = (e as { write?: { offset: bigint; text: string } }).write;
-      if (w) throw new CliError([`error while writing at byte ${w.offset}: ${w.text}`]);
-      if (e instanceof WriteError) {
-        throw new CliError([`error while writing at byte ${e.offset}: ${errnoText(e.reason)}`]);
-      }
-      throw new CliError([`Sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+      if (e instanceof CliError) throw e;
+      throw writeFailure(e, outFilename!, a.outFmt);
     }
     await commitTargets(files, targetRequest, temps);
     // qemu prints 100% when the last data is copied (only if there was
