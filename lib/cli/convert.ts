@@ -13,6 +13,7 @@ import { loadSnapshot, parseSnapshotParam, type SnapshotParam } from "./snapshot
 import type { UnnamedFile } from "../vmm/unnamed_file.ts";
 import { TempFiles } from "../convert/temp_files.ts";
 import { writeOutput } from "../convert/write_output.ts";
+import { stdinPass } from "../convert/stdin_pass.ts";
 import { writeFailure } from "../convert/write_failure.ts";
 import {
   convertIntoExistingLuks,
@@ -57,11 +58,8 @@ import { GuestFailure } from "../convert/pipeline.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { hostPath } from "../host/context.ts";
-import { DEFAULT_MAX_SPOOL, spoolDir, spoolStdin, StdoutSink } from "../host/stdio_stream.ts";
-import { windowSize as streamWindowBytes } from "../convert/stream_output.ts";
+import { DEFAULT_MAX_SPOOL, spoolStdin, StdoutSink } from "../host/stdio_stream.ts";
 import { HOST_DEVICE, hostDeviceHelp } from "../convert/host_device.ts";
-import { openVmdkStdin, type VmdkStream } from "../convert/stdin_vmdk.ts";
-import { hostStdio } from "../host/stdio.ts";
 import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
@@ -314,21 +312,15 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
     // `-`: the image comes from stdin or goes to stdout (docs/pipelines.md).
     const fromStdin = source === "-";
     const toStdout = outFilename === "-";
-    // `-f raw -` into a raw or qcow2 file: one pass over stdin, nothing spooled
-    // (lib/convert/stdin_raw.ts). Everything else from stdin is spooled first.
-    const onePassTarget = fromStdin && !toStdout && !a.skipCreate && a.snapshot === undefined &&
-      (a.outFmt === "raw" || a.outFmt === "qcow2");
-    // `-f vmdk -` likewise when the stream is streamOptimized (lib/convert/stdin_vmdk.ts): the first
-    // window is read and decoded here; any other vmdk stream is spooled, those bytes first.
-    let vmdkStream: VmdkStream | undefined;
-    let spoolPrefix: { path: string; len: bigint } | undefined;
-    if (onePassTarget && ref.format === "vmdk") {
-      const windows = () => streamStep(() => temps.createOutput(`${spoolDir()}/stdin`));
-      const opened = await streamStep(() => openVmdkStdin(hostStdio(), windows, streamWindowBytes()));
-      if (opened.kind === "stream") vmdkStream = opened;
-      else spoolPrefix = opened.prefix;
-    }
-    const onePass = onePassTarget && (ref.format === "raw" || vmdkStream !== undefined);
+    // `-f raw|vmdk -` into a raw or qcow2 file: one pass over stdin (lib/convert/stdin_pass.ts).
+    const { onePass, vmdkStream, spoolPrefix } = await stdinPass({
+      fromStdin,
+      toStdout,
+      skipCreate: a.skipCreate,
+      snapshot: a.snapshot !== undefined,
+      outFmt: a.outFmt,
+      format: ref.format,
+    }, temps);
     let sink: StdoutSink | undefined;
     if (toStdout) {
       if (a.skipCreate) {
