@@ -20,6 +20,7 @@ import {
   convertIntoExistingQcow2,
   type ExistingTarget,
 } from "./convert_existing.ts";
+import { openConvertSource } from "./convert_source.ts";
 import { commitTargets, deferUnlock, prepareTargets, type TargetRequest } from "../convert/target_files.ts";
 import { checkAfterBacking, type OutputRequest, resolveOutput } from "../convert/output_spec.ts";
 import { ConvertError, guestFailureMessage } from "../convert/errors.ts";
@@ -35,21 +36,9 @@ import {
   type InstarOptions,
   type Io,
   newInstarOptions,
-  readLock,
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
-import {
-  chainInputs,
-  kdfMaxIters,
-  openChain,
-  type OpenedImage,
-  OpenError,
-  openFailure,
-  openImage,
-  unlockFailure,
-  unlockForRead,
-} from "./image.ts";
-import { makePolicy } from "../chain/policy.ts";
+import { chainInputs, kdfMaxIters, openFailure, unlockFailure } from "./image.ts";
 import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.ts";
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
@@ -58,9 +47,9 @@ import { GuestFailure } from "../convert/pipeline.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { hostPath } from "../host/context.ts";
-import { DEFAULT_MAX_SPOOL, spoolStdin, StdoutSink } from "../host/stdio_stream.ts";
+import { DEFAULT_MAX_SPOOL, StdoutSink } from "../host/stdio_stream.ts";
 import { HOST_DEVICE, hostDeviceHelp } from "../convert/host_device.ts";
-import { MAX_SPOOL_LONG, openStdinImage, parseMaxSpool } from "./stdin_image.ts";
+import { MAX_SPOOL_LONG, parseMaxSpool } from "./stdin_image.ts";
 
 const MAX_BUF_SECTORS = 32768n;
 interface ConvertArgs {
@@ -328,48 +317,15 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       }
       sink = await streamStep(() => StdoutSink.open());
     }
-    let chain: OpenedImage[];
-    try {
-      const lock = readLock(a.forceShare);
-      // The snapshot list is needed only to pick the one -l names.
-      const noLists = a.snapshot === undefined;
-      if (onePass) {
-        chain = [];
-      } else if (fromStdin) {
-        spool = await streamStep(() => spoolStdin(a.maxSpool, spoolPrefix), source);
-        chain = [
-          await openStdinImage(source, spool.path, {
-            format: ref.format,
-            unsafeQuirks: o.unsafeQuirks,
-            noLists,
-          }),
-        ];
-      } else {
-        const top = await openImage(source, {
-          format: ref.format,
-          unsafeQuirks: o.unsafeQuirks,
-          backingDirs: o.backingDirs,
-          lock,
-          noLists,
-          readsData: true,
-          encryptFormat: ref.encryptFormat,
-        });
-        chain = await openChain(top, await makePolicy(source, o.backingDirs), o.unsafeQuirks, lock);
-      }
-      if (!onePass) {
-        await unlockForRead(
-          chain[0],
-          ref.keySecret,
-          ref.keySecretOption,
-          o.secrets,
-          chain,
-          await deferUnlock(a.skipCreate, a.outFmt, outFilename!),
-        );
-      }
-    } catch (e) {
-      if (e instanceof OpenError) throw openFailure(ref.display, e);
-      throw e;
-    }
+    const chain = await openConvertSource(ref, {
+      forceShare: a.forceShare,
+      snapshot: a.snapshot !== undefined,
+      maxSpool: a.maxSpool,
+      onePass,
+      spoolPrefix,
+      deferUnlock: () => deferUnlock(a.skipCreate, a.outFmt, outFilename!),
+      onSpool: (f) => spool = f,
+    }, o);
     refuseDataFile(chain, source, "convert");
     // -l: the guest reads the snapshot's L1 table; the size stays the image's.
     const snapshot = a.snapshot === undefined ? 0 : loadSnapshot(chain[0], a.snapshot);
