@@ -9,7 +9,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { built, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { fileSha256 as sha } from "./support/bytes.ts";
-import { nothingLeft, oneLine, pipeline } from "./support/pipeline.ts";
+import { nothingLeft, oneLine, pipeline, streamOptimized } from "./support/pipeline.ts";
 
 const ready = built() && haveQemuImg();
 
@@ -136,17 +136,7 @@ Deno.test({
     await withTempDir("instar-pipe-", async (dir) => {
       await source(dir);
       await sh(dir, "qemu-img", "convert", "-O", "vhdx", "src.qcow2", "src.vhdx");
-      await sh(
-        dir,
-        "qemu-img",
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        "src.qcow2",
-        "so.vmdk",
-      );
+      await streamOptimized(dir, "src.qcow2", "so.vmdk");
       // Raw targets equal qemu-img's file-to-file raw image (src.raw).
       const cases: [string, string, string][] = [
         ["-f raw", "src.raw", "qcow2 -c"],
@@ -227,19 +217,7 @@ Deno.test({
       await source(dir);
       // Random data: streamOptimized grains of nearly 64 KiB, so a cut lands mid-grain.
       await sh(dir, "sh", "-c", "head -c 1048576 /dev/urandom > rnd.raw && truncate -s 4M rnd.raw");
-      await sh(
-        dir,
-        "qemu-img",
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        "rnd.raw",
-        "rso.vmdk",
-      );
+      await streamOptimized(dir, "rnd.raw", "rso.vmdk", "raw");
       await sh(dir, "qemu-img", "convert", "-O", "vhdx", "src.qcow2", "src.vhdx");
       const keep = ["src.qcow2", "src.raw", "rnd.raw", "rso.vmdk", "src.vhdx"];
       for (

@@ -11,7 +11,7 @@
 // with one line on stderr, exit 1 and no output file.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { built, haveQemuImg, sh, withTempDir } from "./cli_helpers.ts";
-import { oneLine, pipeline, spoolEmpty } from "./support/pipeline.ts";
+import { oneLine, pipeline, spoolEmpty, streamOptimized } from "./support/pipeline.ts";
 
 const PYTHON = "/usr/bin/python3"; // Debian's, with the VMDKstream module (scripts/deps.sh)
 
@@ -60,19 +60,7 @@ async function source(dir: string) {
   b.fill(1, 3 << 20, (3 << 20) + 300_000);
   crypto.getRandomValues(b.subarray(size - 5000));
   await Deno.writeFile(`${dir}/src.raw`, b);
-  await sh(
-    dir,
-    "qemu-img",
-    "convert",
-    "-f",
-    "raw",
-    "-O",
-    "vmdk",
-    "-o",
-    "subformat=streamOptimized",
-    "src.raw",
-    "q.vmdk",
-  );
+  await streamOptimized(dir, "src.raw", "q.vmdk", "raw");
   await sh(dir, PYTHON, "-c", "import VMDKstream; VMDKstream.convert_to_stream('src.raw', 'v.vmdk')");
   await sh(dir, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", "q.vmdk", "qemu_q.raw");
   await sh(dir, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", "v.vmdk", "qemu_v.raw");

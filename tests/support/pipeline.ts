@@ -3,7 +3,7 @@
 // process, as a user's pipe runs it) and TMPDIR a private spool directory,
 // and the checks that a refusal is one line and leaves nothing behind.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { CLI_ENTRY, DENO } from "../cli_helpers.ts";
+import { CLI_ENTRY, DENO, sh } from "../cli_helpers.ts";
 
 /** instar as `sh` runs it (split by sh: the paths hold no spaces). */
 export const INSTAR = `${DENO} run -A ${CLI_ENTRY}`;
@@ -54,4 +54,10 @@ export function nothingLeft(dir: string, keep: string[]) {
   spoolEmpty(dir);
   const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n !== "spool").sort();
   assertEquals(names, [...keep].sort());
+}
+
+/** qemu-img's streamOptimized vmdk of `from` (`-f`: its format, else probed) as `to`, in `dir`. */
+export async function streamOptimized(dir: string, from: string, to: string, format?: string) {
+  const f = format ? ["-f", format] : [];
+  await sh(dir, "qemu-img", "convert", ...f, "-O", "vmdk", "-o", "subformat=streamOptimized", from, to);
 }
