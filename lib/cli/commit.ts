@@ -9,7 +9,7 @@
 // (lib/formats/qcow2/write_plan.ts, commit_plan.ts) place them; the copy_runs
 // guest moves the bytes into the base (lib/cli/write_rounds.ts). Every
 // backing file passes the allowlist; writes go to the base and the overlay.
-import { formats, mapFlags, ops, records } from "../abi/spec.ts";
+import { formats, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { cvtnum } from "./options.ts";
 import { CliError, usageError } from "./messages.ts";
@@ -38,6 +38,7 @@ import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { applySteps } from "./apply_steps.ts";
+import { mapRuns } from "./map_runs.ts";
 import { applyWritePlan, type Move, moveData } from "./write_rounds.ts";
 import { decodeScan } from "../formats/qcow2/resize.ts";
 import { planQcow2Writes, type WritePlan } from "../formats/qcow2/write_plan.ts";
@@ -45,7 +46,6 @@ import {
   commitOps,
   existingRuns,
   makeEmptyMethod,
-  type MapRun,
   mirrorOps,
   planMakeEmpty,
 } from "../formats/qcow2/commit_plan.ts";
@@ -59,7 +59,6 @@ import { bitmapScanOf, stageDirty } from "./commit_dirty.ts";
 import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
-import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Progress } from "./progress.ts";
 import type { ResizeHost } from "../formats/types.ts";
 import { hostPath } from "../host/context.ts";
@@ -318,49 +317,6 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   p.end();
   if (!quiet) io.out("Image committed.\n");
   return 0;
-}
-
-/** The map guest's extents over `inputs` (a chain, top first), checked to tile the disk. */
-export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRun[]> {
-  let result;
-  try {
-    result = await runGuest({ op: "map", opCode: ops.MAP, inputs, args: [0n, (1n << 64n) - 1n] });
-  } catch (e) {
-    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  const err = result.records.find((r) => r.type === records.ERROR);
-  if (err) {
-    const f = err.fields;
-    throw new CliError([
-      `${what}: ${
-        qcow2ErrorMessage({
-          code: f.code as number,
-          a0: f.a0 as bigint,
-          a1: f.a1 as bigint,
-          a2: f.a2 as bigint,
-        })
-      }`,
-    ]);
-  }
-  const ALL = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
-  const out: MapRun[] = [];
-  let at = 0n;
-  for (const r of result.records) {
-    if (r.type !== records.MAP_EXTENT) continue;
-    const x: MapRun = {
-      start: r.fields.start as bigint,
-      length: r.fields.length as bigint,
-      offset: r.fields.offset as bigint,
-      flags: r.fields.flags as number,
-      depth: r.fields.depth as number,
-    };
-    if (x.start !== at || (x.flags & ~ALL) !== 0 || x.depth >= inputs.length || x.offset >= 1n << 63n) {
-      throw new CliError([`${what}: sandbox failure: inconsistent map extents`]);
-    }
-    at += x.length;
-    out.push(x);
-  }
-  return out;
 }
 
 /** resize_scan arg[1] bit 2: list the compressed L2 entries (records.COMPRESSED_L2). */
