@@ -302,7 +302,11 @@ class Planner {
       const keep = src > from ? src - from : 0n;
       if (old !== undefined) {
         this.fileCopies.push({ kind: "copy", offset: h + keep, from: old + keep, length: this.cs - keep });
-      } else this.tails.push({ kind: "write", offset: h + keep, bytes: new Uint8Array(Number(this.cs - keep)) });
+      } else {this.tails.push({
+          kind: "write",
+          offset: h + keep,
+          bytes: new Uint8Array(Number(this.cs - keep)),
+        });}
     }
   }
 
