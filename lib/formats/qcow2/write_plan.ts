@@ -4,8 +4,12 @@
 // the writes in the order qemu issues them (commit's mirror job, rebase's
 // copy loop), it replays qemu's qcow2 write path on the shared refcount
 // model (refcounts.ts): get_cluster_table (a missing L2 table is allocated,
-// first fit, before the data), handle_copied (a COPIED cluster, or a zero
-// cluster with a preallocated offset, is written in place), handle_alloc
+// first fit, before the data; one an internal snapshot shares, without
+// OFLAG_COPIED in its L1 entry, is copied to a new cluster by l2_allocate
+// and loses one reference), handle_copied (a COPIED cluster, or a zero
+// cluster with a preallocated offset, is written in place; a cluster a
+// snapshot shares gets a new one by handle_alloc and loses one reference
+// once the new entry is linked), handle_alloc
 // (first fit for the rest; a compressed cluster is always reallocated and
 // its old data freed after the new entry is linked, qcow2_free_any_cluster:
 // one reference less on each host cluster it spans), and for zero writes
@@ -16,13 +20,15 @@
 //
 // Crash-safe order, per round: (0) the guest writes the data into clusters
 // nothing references yet (or in place into the cluster already mapped
-// there, as qemu does); (A) new refcount blocks and increased counts, new
-// L2 tables, zero tails of partial clusters; (B) new refcount blocks hooked
+// there, as qemu does); (A0) copies of shared L2 tables (and of a shared
+// cluster's tail past the source's end) into new clusters, verbatim; (A) new refcount blocks and increased counts, new
+// L2 tables and the entries of copied ones, zero tails of partial clusters; (B) new refcount blocks hooked
 // into the refcount table (a table that had to grow is written and switched
 // by its own steps first); (C) the entries of existing L2 tables and the L1
 // entries of new tables, pointing at data and tables that are on disk and
 // counted; (D) counts lowered for the clusters the zero writes and discards
-// freed, after nothing points at them; (E) the bytes of discarded clusters
+// freed and for the shared tables and clusters replaced by copies, after
+// nothing active points at them; (E) the bytes of discarded clusters
 // dropped (a hole punched, best effort). Each step is synced before the next. A round ends
 // after a write that frees clusters, so a later allocation never reuses a
 // cluster whose reference is not yet withdrawn on disk. A crash between any
