@@ -76,7 +76,8 @@ const CASES: Case[] = [
     ],
     args: ["commit", "ov.qcow2"],
     target: "base.qcow2",
-    exact: true,
+    // Two mirror requests race for the first new cluster (qemu varies).
+    exact: false,
     snaps: ["s"],
   },
   {
