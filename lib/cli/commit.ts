@@ -159,7 +159,6 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
       ]);
     }
     if (bq.dirty) throw refuse("the base has the dirty bit set (run qemu-img check -r all first)");
-    if (bq.nbSnapshots > 0) throw refuse("instar does not commit into an image with internal snapshots");
     // Bitmaps: disabled ones are carried (marked in use, stored anew, lib/formats/qcow2/bitmaps_reopen.ts).
     if (bq.hasBitmapsExt && bq.nbBitmaps === 0) {
       throw refuse("instar does not commit into an image with bitmaps");

@@ -118,8 +118,8 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
     // The copy writes into the image: an enabled bitmap would have to record
     // those writes, as qemu's do, so only disabled bitmaps are carried here.
     bitmaps = await carriedBitmaps(img, true);
-    const why = rebaseRefusal(sq, bitmaps !== undefined) ??
-      (sq.nbSnapshots > 0 ? "instar does not rebase images with internal snapshots in safe mode" : undefined);
+    // Internal snapshots: the clusters they share are copied on write (write_plan.ts).
+    const why = rebaseRefusal(sq, bitmaps !== undefined);
     if (why) throw new CliError([`Could not rebase '${filename}': ${why}; nothing was written`]);
     write("0.00");
     await copyDifferences(old, neu, `Could not rebase '${filename}'`);

@@ -26,6 +26,8 @@ import { ops } from "../abi/spec.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { applySteps } from "./apply_steps.ts";
 import { qcow2Snapshot, type SnapshotHost } from "../formats/qcow2/snapshot.ts";
+import { resizeHost } from "./resize.ts";
+import { hostPath } from "../host/context.ts";
 
 type Action = "l" | "a" | "c" | "d";
 
@@ -155,6 +157,17 @@ function snapshotHost(img: OpenedImage): SnapshotHost {
       return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
     },
     applySteps: (steps) => applySteps(img, steps, "Could not write the snapshot", "off", "discard"),
+    async resize(size, pre) {
+      // qcow2_snapshot_goto's blk_truncate: qcow2's own resize, a shrink included.
+      const support = img.driver.resize;
+      if (!support) throw new CliError([`${pre}Image format driver does not support resize`]);
+      await support.run(
+        { filename: img.filename, image: img, newSize: size, shrink: true, preallocation: "off" },
+        resizeHost(img, "off", (why) => new CliError([`${pre}${why}`])),
+      );
+      const st = await Deno.stat(hostPath(img.openPath));
+      img.fileSize = BigInt(st.size);
+    },
     fail: (lines) => new CliError(lines),
     now() {
       // g_get_real_time(): microseconds.
