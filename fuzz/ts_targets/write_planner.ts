@@ -164,7 +164,17 @@ function run(d: Uint8Array, cov: Cov): void {
   if (!checkResult(r, "write", cov)) return;
   const plan = r.value;
   // 2. bounded.
-  const tablesTouched = ops.reduce((n, o) => n + o.count / perL2 + 2n, 0n);
+  // A round also ends inside one data write wherever it overwrites a
+  // compressed run (the freed clusters must be withdrawn on disk before a
+  // later allocation may reuse them), so each such run may add one.
+  const compressedRunsHit = (o: WritePlan.WriteOp) =>
+    BigInt(
+      existing.filter((e) =>
+        e.kind === "compressed" && e.cluster < o.cluster + o.count &&
+        o.cluster < e.cluster + e.count
+      ).length,
+    );
+  const tablesTouched = ops.reduce((n, o) => n + o.count / perL2 + 2n + compressedRunsHit(o), 0n);
   invariant(BigInt(plan.rounds.length) <= tablesTouched + 1n, `write: ${plan.rounds.length} rounds`);
   const inPlace = new Map<bigint, bigint>(); // guest cluster -> host
   for (const e of existing) {
