@@ -8,7 +8,8 @@
  * sends a REPAIR_REFCOUNT record for each refcount compare_refcounts would
  * fix (leaks with -r leaks, any mismatch over a non-zero refcount with
  * -r all), counts them as fixed, and checks OFLAG_COPIED against the
- * refcounts after those fixes; the host plans and applies the writes
+ * refcounts after those fixes, sending a REPAIR_OFLAG record for each flag
+ * check_oflag_copied repairs; the host plans and applies the writes
  * (lib/formats/qcow2/repair_plan.ts) and runs the check again.
  *
  * qemu keeps one in-memory refcount per cluster of the image file. We keep
@@ -526,12 +527,57 @@ static uint64_t compare_refcounts(struct checker *c)
     return highest;
 }
 
+/* REPAIR_OFLAG: the entry at file offset `at` becomes `v`. */
+static int emit_oflag(uint64_t at, uint64_t v)
+{
+    struct rec_resize_pair rec;
+    rec_init(&rec, REC_REPAIR_OFLAG, sizeof rec);
+    rec.index = at;
+    rec.value = v;
+    return rt_emit(&rec, sizeof rec) ? -1 : 0;
+}
+
+/* L2 tables whose entries this pass repaired: qemu writes each back before
+ * the next L1 entry, so a later visit of the same table finds its flags
+ * already right. An open-addressed set; a full set stops recording (a table
+ * visited again after that is reported twice, and the host refuses). */
+#define FIXED_SLOTS 8192u
+static bool fixed_l2_has(const uint64_t *set, uint64_t off)
+{
+    if (!set) return false;
+    for (uint32_t k = (uint32_t)(off >> 9) & (FIXED_SLOTS - 1), n = 0; n < FIXED_SLOTS;
+         k = (k + 1) & (FIXED_SLOTS - 1), n++) {
+        if (set[k] == off) return true;
+        if (!set[k]) return false;
+    }
+    return false;
+}
+static void fixed_l2_add(uint64_t *set, uint64_t off)
+{
+    if (!set) return;
+    for (uint32_t k = (uint32_t)(off >> 9) & (FIXED_SLOTS - 1), n = 0; n < FIXED_SLOTS;
+         k = (k + 1) & (FIXED_SLOTS - 1), n++) {
+        if (!set[k]) {
+            set[k] = off;
+            return;
+        }
+    }
+}
+
+/* check_oflag_copied. With -r all it repairs every flag; with -r leaks only
+ * "if that seems safe": nothing is left unfixed by then. A repair is a
+ * "Repairing" line, a REPAIR_OFLAG record and a fixed corruption. */
 static int check_oflag_copied(struct checker *c)
 {
     const struct qcow2 *q = c->q;
     struct table_window w;
     uint64_t mark = rt_heap_mark();
+    bool repair = (c->repair & CHECKOP_F_REPAIR_ALL) ||
+                  ((c->repair & CHECKOP_F_REPAIR_LEAKS) && !c->res.check_errors && !c->res.corruptions &&
+                   !c->res.leaks);
     if (table_window_init(&w, q->r, q->l1_offset, q->l1_size)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    uint64_t *fixed = repair ? rt_calloc(FIXED_SLOTS, sizeof(uint64_t)) : 0;
+    if (repair && !fixed) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
     for (uint64_t i = 0; i < q->l1_size; i++) {
         uint64_t l1e, rc;
         if (table_window_get(&w, i, &l1e)) return rt_error(g_input, GERR_IO, q->l1_offset, 0, 0);
@@ -539,11 +585,19 @@ static int check_oflag_copied(struct checker *c)
         if (!l2) continue;
         if (oflag_refcount(c, l2 >> q->cluster_bits, &rc) < 0) continue;
         if ((rc == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
-            c->res.corruptions++;
-            msg(CMSG_OFLAG_COPIED_L2, i, l1e, rc, 0);
+            if (repair) {
+                msg(CMSG_OFLAG_COPIED_L2_REPAIR, i, l1e, rc, 0);
+                if (emit_oflag(q->l1_offset + i * 8, l1e ^ QCOW2_OFLAG_COPIED) < 0) return -1;
+                c->res.corruptions_fixed++;
+            } else {
+                c->res.corruptions++;
+                msg(CMSG_OFLAG_COPIED_L2, i, l1e, rc, 0);
+            }
         }
+        if (fixed_l2_has(fixed, l2)) continue;
         const uint8_t *t = cluster_cache_get(&c->l2c, l2);
         if (!t) return rt_error(g_input, GERR_IO, l2, 0, 0);
+        bool dirty = false;
         for (uint64_t j = 0; j < q->l2_entries; j++) {
             uint64_t e = be64(t + j * q->l2_entry_bytes);
             enum qcow2_cluster_type ty = qcow2_cluster_type(q, e);
@@ -552,10 +606,19 @@ static int check_oflag_copied(struct checker *c)
             else if (oflag_refcount(c, (e & QCOW2_L2E_OFFSET_MASK) >> q->cluster_bits, &rc) < 0)
                 continue;
             if ((rc == 1) != ((e & QCOW2_OFLAG_COPIED) != 0)) {
-                c->res.corruptions++;
-                msg(CMSG_OFLAG_COPIED_DATA, e, rc, 0, 0);
+                if (repair) {
+                    msg(CMSG_OFLAG_COPIED_DATA_REPAIR, e, rc, 0, 0);
+                    if (emit_oflag(l2 + j * q->l2_entry_bytes, e ^ QCOW2_OFLAG_COPIED) < 0) return -1;
+                    c->res.corruptions_fixed++;
+                    dirty = true;
+                } else {
+                    c->res.corruptions++;
+                    msg(CMSG_OFLAG_COPIED_DATA, e, rc, 0, 0);
+                }
             }
+            /* oflag_refcount may have read refblocks: l2c is not touched, t stays valid */
         }
+        if (dirty) fixed_l2_add(fixed, l2);
     }
     rt_heap_release(mark);
     return 0;

@@ -300,6 +300,9 @@ export const records = {
   VMDK_EXTENT: 16,
   /** check -r: a refcount entry the repair rewrites (rec_repair_refcount). */
   REPAIR_REFCOUNT: 19,
+  /** check -r: an L1 or L2 entry whose OFLAG_COPIED bit check_oflag_copied flips
+   * (rec_resize_pair: index = the entry's file offset, value = the new entry). */
+  REPAIR_OFLAG: 205,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
@@ -1627,6 +1630,7 @@ export const recordStructs: Record<number, string> = {
   [records.IMAGE_INFO]: "rec_image_info",
   [records.VMDK_EXTENT]: "rec_vmdk_extent",
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
+  [records.REPAIR_OFLAG]: "rec_resize_pair",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
   [records.LUKS_INFO]: "rec_luks_info",

@@ -154,6 +154,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     refcountBits: q!.refcountBits,
     fileSize: top.fileSize,
     fixes: d.kind === "repair" ? d.fixes : [],
+    oflags: d.kind === "repair" ? d.oflags : [],
     header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
   });
   if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
