@@ -53,6 +53,8 @@ interface Case {
   flips: [number, number?][];
   /** [cluster, refcount] edits */
   refcounts?: [number, bigint][];
+  /** an external data file (img.data), compared too */
+  dataFile?: boolean;
   args: string[];
 }
 
@@ -111,10 +113,19 @@ const CASES: Case[] = [
     flips: [[0, 1], [0, 6]],
     args: ["-r", "leaks"],
   },
+  // an external data file: data clusters count as refcount 1 (only the qcow2 file is written)
+  ...["leaks", "all"].map((m): Case => ({
+    name: `data file, leaks and wrong flags, -r ${m}`,
+    dataFile: true,
+    flips: [[0], [0, 1]],
+    refcounts: [[6, 1n], [7, 1n]],
+    args: ["-r", m],
+  })),
 ];
 
 async function makeImage(dir: string, c: Case): Promise<void> {
-  await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", ...(c.create ?? []), "img.qcow2", "64M");
+  const data = c.dataFile ? ["-o", "data_file=img.data"] : [];
+  await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", ...(c.create ?? []), ...data, "img.qcow2", "64M");
   await sh(dir, "qemu-io", "-c", "write -P 1 0 1M", "img.qcow2");
   if (c.snapshot) await sh(dir, "qemu-img", "snapshot", "-c", "s1", "img.qcow2");
   for (const [l1, l2] of c.flips) flipCopied(`${dir}/img.qcow2`, l1, l2);
@@ -132,15 +143,18 @@ Deno.test(
           await Deno.mkdir(qd);
           await makeImage(qd, c);
           await Deno.mkdir(id);
-          await Deno.copyFile(`${qd}/img.qcow2`, `${id}/img.qcow2`);
+          const files = c.dataFile ? ["img.qcow2", "img.data"] : ["img.qcow2"];
+          for (const f of files) await Deno.copyFile(`${qd}/${f}`, `${id}/${f}`);
           const before = await qemuImg(["check", "img.qcow2"], qd);
           assert(before.code !== 0, `the edit made no error: ${before.stdout}`);
           const args = ["check", ...c.args, "img.qcow2"];
           const q = await qemuImg(args, qd);
           const i = await instarHere(args, id);
           assertEquals(i, asInstar(q), `instar ${args.join(" ")}`);
-          const [qb, ib] = [await Deno.readFile(`${qd}/img.qcow2`), await Deno.readFile(`${id}/img.qcow2`)];
-          assert(qb.length === ib.length && qb.every((b, k) => b === ib[k]), "the repaired files differ");
+          for (const f of files) {
+            const [qb, ib] = [await Deno.readFile(`${qd}/${f}`), await Deno.readFile(`${id}/${f}`)];
+            assert(qb.length === ib.length && qb.every((b, k) => b === ib[k]), `the repaired ${f} differ`);
+          }
           assertEquals(
             (await qemuImg(["check", "img.qcow2"], id)).code,
             (await qemuImg(["check", "img.qcow2"], qd)).code,
@@ -149,6 +163,29 @@ Deno.test(
           await Deno.remove(root, { recursive: true });
         }
       });
+    }
+  },
+);
+
+// qemu's read-write open and close of an image with persistent bitmaps
+// stores every bitmap anew: instar refuses, writing nothing.
+Deno.test(
+  { name: "check -r refuses images with persistent bitmaps, writing nothing", ignore: !ready },
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "instar-oflag-" });
+    try {
+      await makeImage(dir, { name: "", flips: [[0, 2]], args: [] });
+      await sh(dir, "qemu-img", "bitmap", "--add", "img.qcow2", "b0");
+      const before = await Deno.readFile(`${dir}/img.qcow2`);
+      const r = await instarHere(["check", "-r", "all", "img.qcow2"], dir);
+      assertEquals(r.code, 1, r.stderr);
+      assertEquals(
+        r.stderr,
+        "instar: Could not repair 'img.qcow2': instar does not repair images with persistent bitmaps\n",
+      );
+      assertEquals(await Deno.readFile(`${dir}/img.qcow2`), before, "the image changed");
+    } finally {
+      await Deno.remove(dir, { recursive: true });
     }
   },
 );

@@ -4,10 +4,13 @@
 // Input:
 //   0      cluster_bits = 9 + (b % 13)
 //   1      refcount width = 2^(b % 8) (2^7 = 128: invalid)
-//   2      flags: bit 0 header present, bit 1 clear the dirty bit, bit 2 the corrupt bit
+//   2      flags: bit 0 header present, bit 1 clear the dirty bit, bit 2 the corrupt bit,
+//          bit 3 every second 25-byte record is an OFLAG_COPIED fix (below)
 //   3-10   file size (u64 LE)          11-18 incompatible features (u64 LE)
 //   19..   fixes, 25 bytes each: cluster (u64 LE), refcount block offset (u64 LE),
 //          old byte (u8), refcount now (u32 LE), refcount after (u32 LE)
+//          or, as an OFLAG_COPIED fix: entry offset (u64 LE), entry now (u64 LE),
+//          mode (u8: bit 0 flips bit 63 only, else the next u32 LE is XORed in too)
 //
 // Invariants on every plan (seed 003's list, and the repair's own):
 //   1. every step passes checkPlan (inside the file, no overlap, bounded);
@@ -16,12 +19,17 @@
 //   3. discards cover only clusters whose new refcount is zero, never a
 //      refcount block written;
 //   4. the header write, if any, is the last step and only the
-//      incompatible_features field, with only dirty/corrupt bits cleared.
+//      incompatible_features field, with only dirty/corrupt bits cleared;
+//   5. flag writes come after every refcount write and discard, cover only
+//      named entries (8-aligned, past the header cluster), each holding its
+//      entry with only bit 63 flipped, never in a refcount block written or
+//      a cluster freed; every flag fix is written exactly once.
 import { type FilePlan } from "../../lib/formats/plan.ts";
 import type * as RepairPlan from "../../lib/formats/qcow2/repair_plan.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
 
+const COPIED = 1n << 63n;
 const mod = await optional<typeof RepairPlan>("../../lib/formats/qcow2/repair_plan.ts");
 
 function run(d: Uint8Array, cov: Cov): void {
@@ -33,7 +41,14 @@ function run(d: Uint8Array, cov: Cov): void {
   const fileSize = b.u64(3) & ((1n << 63n) - 1n);
   const incompatible = b.u64(11);
   const fixes: RepairPlan.RefcountFix[] = [];
-  for (let at = 19; at + 25 <= d.length && fixes.length < 512; at += 25) {
+  const oflags: RepairPlan.OflagFix[] = [];
+  for (let at = 19, k = 0; at + 25 <= d.length && fixes.length + oflags.length < 512; at += 25, k++) {
+    if ((flags & 8) !== 0 && k % 2 === 1) {
+      const from = b.u64(at + 8);
+      const to = from ^ COPIED ^ ((b.u8(at + 16) & 1) !== 0 ? 0n : BigInt(b.u32(at + 17)));
+      oflags.push({ offset: b.u64(at), from, to });
+      continue;
+    }
     fixes.push({
       cluster: b.u64(at),
       refblock: b.u64(at + 8),
@@ -45,12 +60,16 @@ function run(d: Uint8Array, cov: Cov): void {
   const clear = ((flags & 2) !== 0 ? 1n : 0n) | ((flags & 4) !== 0 ? 2n : 0n);
   const header = (flags & 1) !== 0 ? { incompatible, clear } : undefined;
   cov.hit(`repair:bits:${refcountBits}:cb:${clusterBits}:fixes:${sizeClass(BigInt(fixes.length))}`);
-  const r = mod.planQcow2Repair({ clusterBits, refcountBits, fileSize, fixes, header });
+  if (oflags.length) cov.hit(`repair:oflags:${sizeClass(BigInt(oflags.length))}`);
+  const r = mod.planQcow2Repair({ clusterBits, refcountBits, fileSize, fixes, oflags, header });
   if (!checkResult(r, "repair", cov)) return;
   const steps: FilePlan[] = r.value;
   const cs = 1n << BigInt(clusterBits);
   const blocks = new Set(fixes.map((f) => f.refblock));
   const freed = new Set(fixes.filter((f) => f.to === 0n).map((f) => f.cluster));
+  const flagAt = new Map(oflags.map((o) => [o.offset, o]));
+  const flagsWritten = new Set<bigint>();
+  let lastRefcountStep = -1, firstFlagStep = Infinity;
   for (const [i, s] of steps.entries()) {
     checkPlan(s, "repair", cov);
     for (const p of s.patches) {
@@ -62,6 +81,22 @@ function run(d: Uint8Array, cov: Cov): void {
         cov.hit("repair:header");
         continue;
       }
+      if (p.kind === "write" && flagAt.has(p.offset) && !blocks.has(p.offset / cs * cs)) {
+        invariant(len % 8n === 0n && p.offset >= cs, `repair: flag write at ${p.offset} of ${len}`);
+        for (let o = 0n; o < len; o += 8n) {
+          const f = flagAt.get(p.offset + o);
+          invariant(f !== undefined, `repair: flag write at ${p.offset + o} not named`);
+          invariant(!flagsWritten.has(f.offset), `repair: flag at ${f.offset} written twice`);
+          flagsWritten.add(f.offset);
+          const v = new DataView(p.bytes.buffer, p.bytes.byteOffset + Number(o)).getBigUint64(0);
+          invariant(v === f.to && (f.from ^ f.to) === COPIED, `repair: flag entry ${f.offset} gets ${v}`);
+          invariant(!freed.has(f.offset / cs), `repair: flag in freed cluster ${f.offset / cs}`);
+        }
+        firstFlagStep = Math.min(firstFlagStep, i);
+        cov.hit("repair:flags");
+        continue;
+      }
+      lastRefcountStep = i;
       if (p.kind === "write") {
         const block = p.offset / cs * cs;
         invariant(
@@ -80,6 +115,8 @@ function run(d: Uint8Array, cov: Cov): void {
       }
     }
   }
+  invariant(flagsWritten.size === oflags.length, "repair: a flag fix was not written");
+  invariant(lastRefcountStep < firstFlagStep, "repair: a refcount write after the flags");
   if (refcountBits >= 8) {
     // Each fix's entry, read back from the planned writes, holds its new refcount.
     for (const f of fixes) {

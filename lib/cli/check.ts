@@ -119,9 +119,11 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     throw new CliError([`Could not repair '${filename}': instar repairs only qcow2 images`]);
   }
   const q = top.qcow2;
-  if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt || q.dataFile !== undefined || q.hasDataFileBit)) {
+  // qemu's read-write open and close of an image with persistent bitmaps
+  // stores every bitmap anew (new clusters, the old ones freed): not done here.
+  if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt)) {
     throw new CliError([
-      `Could not repair '${filename}': instar does not repair images with persistent bitmaps or a data file`,
+      `Could not repair '${filename}': instar does not repair images with persistent bitmaps`,
     ]);
   }
 
