@@ -37,6 +37,8 @@ struct checker {
     struct cluster_cache rbc;
     uint64_t snapshots_size;
     uint32_t repair;        /* CHECKOP_F_REPAIR_* */
+    bool rebuild;           /* qemu's *rebuild: the refcount structures need rebuilding */
+    bool rebuilt;           /* -r all rebuilt them: counts hold the references after it */
 };
 
 static struct checker C;
@@ -403,11 +405,13 @@ static int check_refblocks(struct checker *c)
         if (e & QCOW2_REFT_RESERVED_MASK) {
             msg(CMSG_REFTABLE_RESERVED_BITS, i, 0, 0, 0);
             c->res.corruptions++;
+            c->rebuild = true;
             continue;
         }
         if (off & (q->cluster_size - 1)) {
             msg(CMSG_REFBLOCK_UNALIGNED, i, 0, 0, 0);
             c->res.corruptions++;
+            c->rebuild = true;
             continue;
         }
         if (cl >= c->nb_clusters) {
@@ -421,6 +425,7 @@ static int check_refblocks(struct checker *c)
             if (rc != 1) {
                 msg(CMSG_REFBLOCK_REFCOUNT, i, rc, 0, 0);
                 c->res.corruptions++;
+                c->rebuild = true;
             }
         }
     }
@@ -477,6 +482,10 @@ static int emit_repair(struct checker *c, uint64_t cluster)
  * leaves (qemu checks the flags after compare_refcounts fixed them). */
 static int oflag_refcount(struct checker *c, uint64_t cluster, uint64_t *rc)
 {
+    if (c->rebuilt) {
+        *rc = count_get(c, cluster);
+        return 0;
+    }
     int r = get_refcount(c, cluster, rc);
     if (r < 0 || !c->repair) return r;
     uint64_t r2 = count_get(c, cluster);
@@ -511,6 +520,7 @@ static uint64_t compare_refcounts(struct checker *c)
         uint64_t r2 = count_get(c, i);
         if (r1 || r2) highest = i;
         if (r1 != r2) {
+            if (r1 == 0) c->rebuild = true;
             msg(CMSG_REFCOUNT_MISMATCH, r1 < r2 ? 0 : 1, i, r1, r2);
             if (repairs(c, r1, r2)) {
                 if (emit_repair(c, i) < 0) c->res.check_errors++;
@@ -624,6 +634,85 @@ static int check_oflag_copied(struct checker *c)
     return 0;
 }
 
+/* One REPAIR_REFRUN / REPAIR_OLDMETA record (rec_resize_run). */
+static int emit_run(uint32_t type, uint64_t start, uint64_t count, uint64_t v)
+{
+    struct rec_resize_run rec;
+    rec_init(&rec, type, sizeof rec);
+    rec.start = start;
+    rec.count = count;
+    rec.refcount = v;
+    return rt_emit(&rec, sizeof rec) ? -1 : 0;
+}
+
+/* Subtracts one reference from each cluster of [offset, offset + size),
+ * as inc_refs added it (only the ranges inc_refs counted reach here). */
+static int dec_refs(struct checker *c, uint64_t offset, uint64_t size)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t first = offset >> q->cluster_bits, last = (offset + size - 1) >> q->cluster_bits;
+    for (uint64_t k = first; k <= last; k++) {
+        uint64_t v = count_get(c, k);
+        if (v && count_set(c, k, v - 1)) return -1;
+    }
+    return 0;
+}
+
+/* -r all when qemu rebuilds the refcount structures (rebuild_refcount_structure):
+ * the host plans the new structures from the references. Sends every non-zero
+ * run of reference counts (REPAIR_REFRUN, ascending), the clusters the old
+ * refcount table and blocks add to them (REPAIR_OLDMETA, one reference per
+ * cluster each), and REPAIR_REBUILD (nb_clusters); then the counts become the
+ * references after the rebuild (the old structures dropped), which is what
+ * check_oflag_copied then reads from the new refcount blocks. */
+static int send_rebuild(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t start = 0, v = 0;
+    for (uint64_t i = 0; i < c->nb_clusters;) {
+        uint64_t ci = i >> CHUNK_BITS;
+        uint64_t r = 0;
+        if (ci < c->dir_len && c->dir[ci]) r = count_get(c, i);
+        else if (!v) {
+            i = (ci + 1) << CHUNK_BITS;
+            continue;
+        }
+        if (r != v) {
+            if (v && emit_run(REC_REPAIR_REFRUN, start, i - start, v) < 0) return -1;
+            start = i;
+            v = r;
+        }
+        i++;
+    }
+    if (v && emit_run(REC_REPAIR_REFRUN, start, c->nb_clusters - start, v) < 0) return -1;
+    /* the refcount table, when inc_refs counted it (not past the end of the file) */
+    uint64_t rt_size = q->reftable_entries * 8;
+    if (rt_size && (int64_t)(q->reftable_offset + rt_size - c->file_len) < (int64_t)q->cluster_size) {
+        uint64_t a = q->reftable_offset >> q->cluster_bits, b = (q->reftable_offset + rt_size - 1) >> q->cluster_bits;
+        if (emit_run(REC_REPAIR_OLDMETA, a, b - a + 1, 1) < 0 || dec_refs(c, q->reftable_offset, rt_size) < 0)
+            return -1;
+    }
+    for (uint64_t i = 0; i < q->reftable_entries; i++) {
+        uint64_t e = q->reftable[i];
+        uint64_t off = e & QCOW2_REFT_OFFSET_MASK, cl = off >> q->cluster_bits;
+        if ((e & QCOW2_REFT_RESERVED_MASK) || (off & (q->cluster_size - 1)) || !off) continue;
+        if (cl >= c->nb_clusters) continue;
+        if (emit_run(REC_REPAIR_OLDMETA, cl, 1, 1) < 0 || dec_refs(c, off, q->cluster_size) < 0) return -1;
+    }
+    struct rec_resize_pair rec;
+    rec_init(&rec, REC_REPAIR_REBUILD, sizeof rec);
+    rec.index = c->nb_clusters;
+    rec.value = 0;
+    if (rt_emit(&rec, sizeof rec)) return -1;
+    /* qemu: the corruptions and leaks before the rebuild count as fixed */
+    c->res.corruptions_fixed += c->res.corruptions;
+    c->res.leaks_fixed += c->res.leaks;
+    c->res.corruptions = 0;
+    c->res.leaks = 0;
+    c->rebuilt = true;
+    return 0;
+}
+
 /* calculate_refcounts: every reference the metadata makes, then the refblocks. */
 static int calculate_refcounts(struct checker *c)
 {
@@ -679,6 +768,7 @@ int qcow2_check(const struct reader *r)
     int st = calculate_refcounts(c);
     if (st) return st > 0 ? emit_result(c) : -1;
     uint64_t highest = compare_refcounts(c);
+    if (c->rebuild && (c->repair & CHECKOP_F_REPAIR_ALL) && !c->res.check_errors && send_rebuild(c)) return -1;
     if (check_oflag_copied(c)) return -1;
     c->res.image_end_offset = (highest + 1) << q.cluster_bits;
     return emit_result(c);

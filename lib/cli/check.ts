@@ -32,6 +32,8 @@ import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
+import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
+import type { FilePlan } from "../formats/plan.ts";
 import { applySteps } from "./apply_steps.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
@@ -143,7 +145,32 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   if (d.kind === "refuse") {
     throw new CliError([`Could not repair '${filename}': ${d.why}; nothing was written`]);
   }
-  for (const t of d.lines) io.err(t);
+  // -r all rebuilding the refcount structures: the new blocks and table,
+  // then the flags and the header bits below, on the grown file.
+  let rebuilt: FilePlan[] = [];
+  let fileSize = top.fileSize;
+  if (d.kind === "rebuild") {
+    const r = planQcow2Rebuild({
+      clusterBits: q!.clusterBits,
+      refcountBits: q!.refcountBits,
+      fileSize: top.fileSize,
+      ...d.rebuild,
+    });
+    if (!r.ok) {
+      if (r.error.kind === "unsupported") {
+        throw new CliError([`Could not repair '${filename}': ${r.error.message}; nothing was written`]);
+      }
+      throw new CliError([`Check failed: sandbox failure: ${r.error.message}`]);
+    }
+    rebuilt = r.value.steps;
+    fileSize = r.value.fileSize;
+    for (const t of d.before) io.err(t);
+    io.err("Rebuilding refcount structure\n");
+    for (const l of r.value.leaks) io.err(formatCheckMessage(1, [2n, l.cluster, l.from, l.to]));
+    for (const t of d.after) io.err(t);
+  } else {
+    for (const t of d.lines) io.err(t);
+  }
   // The header's incompatible bits: qemu's read-write open and close of
   // the image clears the dirty bit however the check ends (qcow2_inactivate
   // calls qcow2_mark_clean), and a check that leaves no corruption clears
@@ -154,13 +181,13 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const plan = planQcow2Repair({
     clusterBits: q!.clusterBits,
     refcountBits: q!.refcountBits,
-    fileSize: top.fileSize,
+    fileSize,
     fixes: d.kind === "repair" ? d.fixes : [],
-    oflags: d.kind === "repair" ? d.oflags : [],
+    oflags: d.kind === "rebuild_error" ? [] : d.oflags,
     header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
   });
   if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
-  await applySteps(top, plan.value, "Check failed", "off", "discard");
+  await applySteps(top, [...rebuilt, ...plan.value], "Check failed", "off", "discard");
   if (failed) throw new CliError(["Check failed: Input/output error"]);
   if (f.leaksFixed === 0n && f.corruptionsFixed === 0n) {
     return report(f, top.format, ref.display, format, quiet, io);

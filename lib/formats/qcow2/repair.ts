@@ -20,6 +20,7 @@ import { records } from "../../abi/spec.ts";
 import type { Rec } from "../../abi/records.ts";
 import { checkMessages, formatCheckMessage } from "../../abi/check_messages.ts";
 import type { OflagFix, RefcountFix } from "./repair_plan.ts";
+import type { RebuildInput } from "./rebuild_plan.ts";
 
 export type RepairMode = "leaks" | "all";
 
@@ -28,16 +29,27 @@ const MISMATCH = code("REFCOUNT_MISMATCH");
 const OFLAG_L2_FIX = code("OFLAG_COPIED_L2_REPAIR");
 const OFLAG_FIX = new Set([OFLAG_L2_FIX, code("OFLAG_COPIED_DATA_REPAIR")]);
 const OFLAG = new Set([code("OFLAG_COPIED_L2"), code("OFLAG_COPIED_DATA"), ...OFLAG_FIX]);
-/** Refcount-structure errors that may make qemu rebuild the structures. */
-const STRUCTURE = new Set(
-  ["REFTABLE_RESERVED_BITS", "REFBLOCK_UNALIGNED", "REFBLOCK_OUTSIDE", "REFBLOCK_REFCOUNT"].map(code),
-);
+/** Refcount-structure errors after which qemu rebuilds the structures (-r all). */
+const REBUILDS = new Set(["REFTABLE_RESERVED_BITS", "REFBLOCK_REFCOUNT"].map(code));
+/** Refcount-structure errors instar does not repair: an unaligned block
+ * (qemu's reads of it fail and mark the image corrupt), a block past the
+ * end of the file (qemu grows the file to it). */
+const STRUCTURE = new Set(["REFBLOCK_UNALIGNED", "REFBLOCK_OUTSIDE"].map(code));
 
 export type RepairDecision =
   /** Print `lines` (the first check's stderr), then fail as qemu does: EIO. */
   | { kind: "rebuild_error"; lines: string[] }
   /** Nothing written; `why` is instar's refusal. */
   | { kind: "refuse"; why: string }
+  /** -r all rebuilds the refcount structures: print `before`, "Rebuilding
+   * refcount structure", the planner's leak lines, then `after`. */
+  | {
+    kind: "rebuild";
+    before: string[];
+    after: string[];
+    rebuild: Pick<RebuildInput, "nbClusters" | "runs" | "oldMeta">;
+    oflags: OflagFix[];
+  }
   /** Print `lines`; apply `fixes` and `oflags` (maybe none). */
   | { kind: "repair"; lines: string[]; fixes: RefcountFix[]; oflags: OflagFix[] };
 
@@ -80,6 +92,7 @@ export function decideRepair(
   if (oflags.length > 0 && mode === "leaks" && (counts.corruptions !== 0n || counts.leaks !== 0n)) {
     throw new Error("check repaired flags with -r leaks over errors left");
   }
+  let rebuild = false;
   for (const [i, m] of msgs.entries()) {
     const c = m.fields.code as number, a = m.fields.a as bigint[];
     if (c === MISMATCH) {
@@ -88,6 +101,8 @@ export function decideRepair(
       lastMismatch = i;
     } else if (OFLAG.has(c)) {
       if (i < lastMismatch) throw new Error("check sent OFLAG_COPIED before the refcounts");
+    } else if (REBUILDS.has(c)) {
+      rebuild = true; // qemu's check_refblocks sets *rebuild
     } else if (STRUCTURE.has(c)) {
       return { kind: "refuse", why: "instar does not repair refcount tables or blocks" };
     } else if (mode === "all") {
@@ -96,13 +111,34 @@ export function decideRepair(
   }
   if (counts.checkErrors !== 0n) return { kind: "refuse", why: "the check itself failed" };
   const compareEnd = lastMismatch + 1;
-  if ([...mismatches.values()].some((m) => m.r1 === 0n)) {
-    if (mode === "all") return { kind: "refuse", why: "instar does not rebuild refcount structures" };
-    return {
-      kind: "rebuild_error",
-      lines: [...texts.slice(0, compareEnd).filter((_, i) => !OFLAG.has(msgs[i].fields.code as number))]
-        .concat("ERROR need to rebuild refcount structures\n"),
-    };
+  if ([...mismatches.values()].some((m) => m.r1 === 0n)) rebuild = true;
+  // Everything before check_oflag_copied, and its lines.
+  const isFlag = (i: number) => OFLAG.has(msgs[i].fields.code as number);
+  const before = texts.filter((_, i) => !isFlag(i)), after = texts.filter((_, i) => isFlag(i));
+  if (rebuild && mode === "leaks") {
+    return { kind: "rebuild_error", lines: before.concat("ERROR need to rebuild refcount structures\n") };
+  }
+  if (rebuild) {
+    const runs: RebuildInput["runs"] = [], oldMeta: RebuildInput["oldMeta"] = [];
+    let nbClusters: bigint | undefined;
+    for (const r of recs) {
+      if (
+        nbClusters !== undefined && (r.type === records.REPAIR_REFRUN || r.type === records.REPAIR_OLDMETA)
+      ) {
+        throw new Error("check sent rebuild records after their end");
+      }
+      const f = r.fields;
+      if (r.type === records.REPAIR_REFRUN) {
+        runs.push({ start: f.start as bigint, count: f.count as bigint, refcount: f.refcount as bigint });
+      } else if (r.type === records.REPAIR_OLDMETA) {
+        oldMeta.push({ start: f.start as bigint, count: f.count as bigint });
+      } else if (r.type === records.REPAIR_REBUILD) {
+        if (nbClusters !== undefined) throw new Error("check sent two rebuilds");
+        nbClusters = f.index as bigint;
+      }
+    }
+    if (nbClusters === undefined) throw new Error("check sent no rebuild");
+    return { kind: "rebuild", before, after, rebuild: { nbClusters, runs, oldMeta }, oflags };
   }
   const fixable = (m: Mismatch) => m.r1 > m.r2 || mode === "all";
   // The fixing pass prints every mismatch again, in the same order.
