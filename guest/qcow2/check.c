@@ -54,6 +54,10 @@ static void msg(uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a
     emit_check_msg(g_input, code, a0, a1, a2, a3);
 }
 
+/* Chunks allocated so far: a scope that allocated one must not release its
+ * heap mark (the chunk lives on the same heap, above the mark). */
+static uint64_t g_chunks;
+
 static uint64_t count_get(const struct checker *c, uint64_t k)
 {
     uint64_t ci = k >> CHUNK_BITS;
@@ -69,6 +73,7 @@ static int count_set(struct checker *c, uint64_t k, uint64_t v)
     if (!c->dir[ci]) {
         c->dir[ci] = rt_calloc(CHUNK, c->wide ? 4 : 2);
         if (!c->dir[ci]) return rt_error(g_input, GERR_OUT_OF_MEMORY, k, 0, 0);
+        g_chunks++;
     }
     if (c->wide) ((uint32_t *)c->dir[ci])[k & (CHUNK - 1)] = (uint32_t)v;
     else ((uint16_t *)c->dir[ci])[k & (CHUNK - 1)] = (uint16_t)v;
@@ -201,7 +206,7 @@ static int check_l1(struct checker *c, uint64_t l1_offset, uint64_t l1_size, boo
         c->res.flags = 5; /* EIO */
         return 1;
     }
-    uint64_t mark = rt_heap_mark();
+    uint64_t mark = rt_heap_mark(), chunks = g_chunks;
     struct table_window w;
     if (table_window_init(&w, q->r, l1_offset, l1_size)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
     for (uint64_t i = 0; i < l1_size; i++) {
@@ -220,7 +225,7 @@ static int check_l1(struct checker *c, uint64_t l1_offset, uint64_t l1_size, boo
         }
         TRY(check_l2(c, l2, frag));
     }
-    rt_heap_release(mark);
+    if (g_chunks == chunks) rt_heap_release(mark);
     return 0;
 }
 
@@ -371,7 +376,7 @@ static int check_bitmaps(struct checker *c)
             c->res.flags = 5;
             return 1;
         }
-        uint64_t mark = rt_heap_mark();
+        uint64_t mark = rt_heap_mark(), chunks = g_chunks;
         struct table_window w;
         if (table_window_init(&w, q->r, toff, tsize)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
         /* bitmap_table_load refuses the whole table on one bad entry. */
@@ -387,7 +392,7 @@ static int check_bitmaps(struct checker *c)
             uint64_t o = v & 0x00fffffffffffe00ull;
             if (o) TRY(inc_refs(c, o, q->cluster_size));
         }
-        rt_heap_release(mark);
+        if (g_chunks == chunks) rt_heap_release(mark);
     }
     return 0;
 broken:
@@ -695,8 +700,12 @@ static int send_rebuild(struct checker *c)
     for (uint64_t i = 0; i < q->reftable_entries; i++) {
         uint64_t e = q->reftable[i];
         uint64_t off = e & QCOW2_REFT_OFFSET_MASK, cl = off >> q->cluster_bits;
-        if ((e & QCOW2_REFT_RESERVED_MASK) || (off & (q->cluster_size - 1)) || !off) continue;
-        if (cl >= c->nb_clusters) continue;
+        if ((off & (q->cluster_size - 1)) || !off || cl >= c->nb_clusters) continue;
+        if (e & QCOW2_REFT_RESERVED_MASK) {
+            /* not counted, but qemu's overlap check still guards it: refcount 0 */
+            if (emit_run(REC_REPAIR_OLDMETA, cl, 1, 0) < 0) return -1;
+            continue;
+        }
         if (emit_run(REC_REPAIR_OLDMETA, cl, 1, 1) < 0 || dec_refs(c, off, q->cluster_size) < 0) return -1;
     }
     struct rec_resize_pair rec;

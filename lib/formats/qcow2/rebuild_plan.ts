@@ -36,7 +36,7 @@ export interface RebuildInput {
   /** Non-zero reference counts, ascending, not overlapping. */
   runs: { start: bigint; count: bigint; refcount: bigint }[];
   /** Clusters the old refcount structures add one reference to, each. */
-  oldMeta: { start: bigint; count: bigint }[];
+  oldMeta: { start: bigint; count: bigint; refcount?: bigint }[];
 }
 
 export interface RebuildPlan {
@@ -86,12 +86,17 @@ export function planQcow2Rebuild(x: RebuildInput): PlanResult<RebuildPlan> {
     prevEnd = r.start + r.count;
   }
   // the references after the rebuild, less the old structures
-  const old = new Map<number, number>();
+  // refcount 0: a block the old table still names but the references left
+  // out (reserved bits); qemu's overlap check refuses to write over it
+  const old = new Map<number, number>(), guarded = new Set<number>();
   for (const m of x.oldMeta) {
     if (m.count < 1n || m.start < 0n || m.start + m.count > x.nbClusters) {
       return fail("invalid_option", "old refcount structure out of range");
     }
-    for (let c = Number(m.start); c < Number(m.start + m.count); c++) old.set(c, (old.get(c) ?? 0) + 1);
+    for (let c = Number(m.start); c < Number(m.start + m.count); c++) {
+      if (m.refcount === 0n) guarded.add(c);
+      else old.set(c, (old.get(c) ?? 0) + 1);
+    }
   }
   for (const [c, n] of old) {
     if (R[c] < n) return fail("invalid_option", `cluster ${c} counted below its structures`);
@@ -165,6 +170,14 @@ export function planQcow2Rebuild(x: RebuildInput): PlanResult<RebuildPlan> {
     throw e;
   }
 
+  const hits = (s: number, n: number) =>
+    Array.from({ length: n }, (_, k) => s + k).some((c) => guarded.has(c));
+  if (table.some((at) => at && hits(at, 1)) || hits(rtStart, rtClusters)) {
+    return fail(
+      "unsupported",
+      "qemu's rebuild would write over a refcount block the old table names, and fail",
+    );
+  }
   // qemu's recount and FIX_LEAKS pass: the old structures and abandoned tables drop out
   const drop = new Map(old);
   for (const [s, n] of abandoned) for (let c = s; c < s + n; c++) drop.set(c, (drop.get(c) ?? 0) + 1);

@@ -131,7 +131,7 @@ export function decideRepair(
       if (r.type === records.REPAIR_REFRUN) {
         runs.push({ start: f.start as bigint, count: f.count as bigint, refcount: f.refcount as bigint });
       } else if (r.type === records.REPAIR_OLDMETA) {
-        oldMeta.push({ start: f.start as bigint, count: f.count as bigint });
+        oldMeta.push({ start: f.start as bigint, count: f.count as bigint, refcount: f.refcount as bigint });
       } else if (r.type === records.REPAIR_REBUILD) {
         if (nbClusters !== undefined) throw new Error("check sent two rebuilds");
         nbClusters = f.index as bigint;
