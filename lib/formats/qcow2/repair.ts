@@ -2,10 +2,11 @@
 // with checkOpFlags.REPAIR_*): which of qemu 7.2's paths the repair takes
 // (qcow2_check_refcounts with fix), the stderr lines its first check prints,
 // and the refcount fixes to plan. qemu's paths:
-//   - a mismatch over a zero refcount needs a rebuild of the refcount
-//     structures: with -r leaks qemu prints "ERROR need to rebuild refcount
-//     structures" and fails with EIO (nothing written), with -r all it
-//     rebuilds them (instar refuses that, nothing written);
+//   - a mismatch over a zero refcount, a refcount table entry with reserved
+//     bits or a refcount block not counted once needs a rebuild of the
+//     refcount structures: with -r leaks qemu prints "ERROR need to rebuild
+//     refcount structures" and fails with EIO (nothing written), with -r all
+//     it rebuilds them (rebuild_plan.ts);
 //   - otherwise each mismatch is printed a second time by the fixing pass
 //     ("Repairing cluster ..." for those it fixes: leaks, and with -r all
 //     refcounts below their references), then OFLAG_COPIED is checked
