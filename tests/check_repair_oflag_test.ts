@@ -62,11 +62,7 @@ const CASES: Case[] = [
   // an L1 entry without the flag its L2 table's refcount 1 asks for
   ...["leaks", "all"].map((m): Case => ({ name: `L1 flag cleared, -r ${m}`, flips: [[0]], args: ["-r", m] })),
   // data cluster entries without their flag, one table
-  ...["leaks", "all"].map((m): Case => ({
-    name: `L2 flags cleared, -r ${m}`,
-    flips: [[0, 0], [0, 3], [0, 15]],
-    args: ["-r", m],
-  })),
+  { name: "L2 flags cleared, -r leaks", flips: [[0, 0], [0, 3], [0, 15]], args: ["-r", "leaks"] },
   // after a snapshot every cluster is shared: a flag set on a refcount of 2
   {
     name: "snapshot, flags set on shared clusters, -r all",
@@ -103,9 +99,6 @@ const CASES: Case[] = [
     refcounts: [[6, 1n]],
     args: ["-r", "all"],
   },
-  // a data cluster's refcount raised to 2: -r leaks lowers it, then its flag is right
-  { name: "a refcount too high, -r leaks", refcounts: [[6, 2n]], flips: [], args: ["-r", "leaks"] },
-  { name: "-q", flips: [[0, 7]], args: ["-r", "all", "-q"] },
   { name: "compat=0.10", create: ["-o", "compat=0.10"], flips: [[0], [0, 2]], args: ["-r", "all"] },
   {
     name: "extended L2, refcount_bits=1",
@@ -114,13 +107,13 @@ const CASES: Case[] = [
     args: ["-r", "leaks"],
   },
   // an external data file: data clusters count as refcount 1 (only the qcow2 file is written)
-  ...["leaks", "all"].map((m): Case => ({
-    name: `data file, leaks and wrong flags, -r ${m}`,
+  {
+    name: "data file, leaks and wrong flags, -r leaks -q",
     dataFile: true,
     flips: [[0], [0, 1]],
     refcounts: [[6, 1n], [7, 1n]],
-    args: ["-r", m],
-  })),
+    args: ["-r", "leaks", "-q"],
+  },
 ];
 
 async function makeImage(dir: string, c: Case): Promise<void> {
