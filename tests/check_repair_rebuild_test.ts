@@ -58,6 +58,8 @@ interface Case {
   create?: string[];
   write?: string;
   snapshot?: boolean;
+  /** a persistent bitmap with dirty bits (qemu's close stores it anew) */
+  bitmap?: boolean;
   poke: (path: string) => void;
   args: string[];
 }
@@ -111,6 +113,13 @@ const CASES: Case[] = [
     },
     args: ["-r", "all"],
   },
+  // a bitmap: stored anew on the rebuilt structures; -r leaks stores it too, then fails
+  ...["all", "leaks"].map((m): Case => ({
+    name: `bitmap, a referenced cluster's refcount zeroed, -r ${m}`,
+    bitmap: true,
+    poke: zero(5, 40),
+    args: ["-r", m],
+  })),
   // several refcount blocks, the table placed among them
   {
     name: "4 KiB clusters, several refcount blocks",
@@ -133,6 +142,10 @@ async function makeImage(dir: string, c: Case): Promise<void> {
   await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", ...(c.create ?? []), "img.qcow2", "64M");
   await sh(dir, "qemu-io", "-c", c.write ?? "write -P 1 0 1M", "img.qcow2");
   if (c.snapshot) await sh(dir, "qemu-img", "snapshot", "-c", "s1", "img.qcow2");
+  if (c.bitmap) {
+    await sh(dir, "qemu-img", "bitmap", "--add", "img.qcow2", "b0");
+    await sh(dir, "qemu-io", "-c", "write -P 2 0 192k", "img.qcow2");
+  }
   c.poke(`${dir}/img.qcow2`);
 }
 

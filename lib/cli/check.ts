@@ -34,7 +34,12 @@ import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
 import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
 import type { FilePlan } from "../formats/plan.ts";
-import { applySteps } from "./apply_steps.ts";
+import { resizeHost } from "./resize.ts";
+import {
+  type BitmapResize,
+  prepareBitmapResize,
+  storeBitmapsAfterResize,
+} from "../formats/qcow2/resize_bitmaps.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
 import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
@@ -121,13 +126,26 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     throw new CliError([`Could not repair '${filename}': instar repairs only qcow2 images`]);
   }
   const q = top.qcow2;
-  // qemu's read-write open and close of an image with persistent bitmaps
-  // stores every bitmap anew (new clusters, the old ones freed): not done here.
+  // Writes go through one host that follows the file's length from step to step.
+  const refuse = (why: string) =>
+    new CliError([`Could not repair '${filename}': ${why}; nothing was written`]);
+  const host = resizeHost(top, "off", refuse);
+  // qemu's read-write open of an image with persistent bitmaps marks them in
+  // use, and its close stores every bitmap anew (new clusters, the old ones
+  // freed), whatever the check found: the bitmap planner replays both
+  // (resize_bitmaps.ts), the store on a scan of the repaired file.
+  let bitmaps: BitmapResize | undefined;
   if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt)) {
-    throw new CliError([
-      `Could not repair '${filename}': instar does not repair images with persistent bitmaps`,
-    ]);
+    bitmaps = await prepareBitmapResize(
+      { ...host, fail: () => refuse("instar does not repair images with bitmaps in use") },
+      filename,
+      top.virtualSize,
+    );
   }
+  const storeBitmaps = async () => {
+    const after = (why: string) => new CliError([`Could not repair '${filename}': ${why}`]);
+    if (bitmaps) await storeBitmapsAfterResize({ ...host, refuse: after }, filename, bitmaps);
+  };
 
   const first = await runCheck(chainInputs([top]), filename, repair);
   const f = ended(first, io);
@@ -187,10 +205,16 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
   });
   if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
-  await applySteps(top, [...rebuilt, ...plan.value], "Check failed", "off", "discard");
-  if (failed) throw new CliError(["Check failed: Input/output error"]);
+  if (bitmaps) await host.applySteps(bitmaps.openSteps, "Check failed", "discard", true);
+  await host.applySteps([...rebuilt, ...plan.value], "Check failed", "discard", true);
+  if (failed) {
+    await storeBitmaps();
+    throw new CliError(["Check failed: Input/output error"]);
+  }
   if (f.leaksFixed === 0n && f.corruptionsFixed === 0n) {
-    return report(f, top.format, ref.display, format, quiet, io);
+    const code = report(f, top.format, ref.display, format, quiet, io);
+    await storeBitmaps();
+    return code;
   }
   if (format === "human" && !quiet) {
     io.out(
@@ -202,7 +226,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const again = await runCheck(chainInputs([top]), filename, undefined);
   const g = ended(again, io);
   for (const t of again.texts) io.err(t);
-  return report(
+  const code = report(
     { ...g, leaksFixed: f.leaksFixed, corruptionsFixed: f.corruptionsFixed },
     top.format,
     ref.display,
@@ -210,6 +234,8 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     quiet,
     io,
   );
+  await storeBitmaps();
+  return code;
 }
 
 type CheckRun = {

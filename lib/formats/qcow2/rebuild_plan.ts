@@ -85,6 +85,8 @@ export function planQcow2Rebuild(x: RebuildInput): PlanResult<RebuildPlan> {
     R.fill(Number(r.refcount), Number(r.start), Number(r.start + r.count));
     prevEnd = r.start + r.count;
   }
+  // the header is always counted: nothing is ever allocated over it
+  if (!R[0]) return fail("invalid_option", "the header cluster is not counted");
   // the references after the rebuild, less the old structures
   // refcount 0: a block the old table still names but the references left
   // out (reserved bits); qemu's overlap check refuses to write over it
