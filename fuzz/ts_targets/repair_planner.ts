@@ -245,11 +245,10 @@ function run(d: Uint8Array, cov: Cov): void {
       }
       lastRefcountStep = i;
       if (p.kind === "write") {
-        const block = p.offset / cs * cs;
-        invariant(
-          blocks.has(block) && p.offset + len <= block + cs,
-          `repair: write at ${p.offset} off a block`,
-        );
+        // entry writes in adjacent blocks are joined: every cluster touched is a named block
+        for (let block = p.offset / cs * cs; block < p.offset + len; block += cs) {
+          invariant(blocks.has(block), `repair: write at ${p.offset} off a block`);
+        }
         cov.hit("repair:entries");
       } else if (p.kind === "zero") {
         for (let c = p.offset / cs; c * cs < p.offset + len; c++) {
