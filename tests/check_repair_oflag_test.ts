@@ -45,6 +45,36 @@ function flipCopied(path: string, l1: number, l2?: number): void {
   }
 }
 
+/** Sets the in-use flag of every bitmap directory entry (a writer that never closed the image). */
+function setBitmapsInUse(path: string): void {
+  const f = Deno.openSync(path, { read: true, write: true });
+  try {
+    const h = new Uint8Array(4096);
+    f.readSync(h);
+    const dv = new DataView(h.buffer);
+    for (let o = dv.getUint32(100); o + 8 <= h.length;) {
+      const type = dv.getUint32(o), len = dv.getUint32(o + 4);
+      if (type === 0) break;
+      if (type === 0x23852875) {
+        const n = dv.getUint32(o + 8), dir = Number(dv.getBigUint64(o + 24));
+        const e = new Uint8Array(24);
+        for (let k = 0, at = dir; k < n; k++) {
+          f.seekSync(at, Deno.SeekMode.Start);
+          f.readSync(e);
+          const ev = new DataView(e.buffer);
+          ev.setUint32(12, ev.getUint32(12) | 1);
+          f.seekSync(at, Deno.SeekMode.Start);
+          f.writeSync(e);
+          at += (24 + ev.getUint32(16) + ev.getUint16(20) + ev.getUint16(22) + 7) & ~7;
+        }
+      }
+      o += 8 + ((len + 7) & ~7);
+    }
+  } finally {
+    f.close();
+  }
+}
+
 interface Case {
   name: string;
   create?: string[];
@@ -57,6 +87,8 @@ interface Case {
   dataFile?: boolean;
   /** a persistent bitmap with dirty bits (qemu's close stores it anew) */
   bitmap?: boolean;
+  /** ... flagged in use (inconsistent: neither marked nor stored) */
+  bitmapInUse?: boolean;
   args: string[];
 }
 
@@ -119,6 +151,13 @@ const CASES: Case[] = [
   // persistent bitmaps: marked in use at open, stored anew at close
   { name: "bitmap, leaks, -r leaks", bitmap: true, flips: [], refcounts: [[40, 1n]], args: ["-r", "leaks"] },
   { name: "bitmap, a wrong flag, -r all", bitmap: true, flips: [[0, 2]], args: ["-r", "all"] },
+  {
+    name: "bitmap in use, a wrong flag, -r all",
+    bitmap: true,
+    bitmapInUse: true,
+    flips: [[0, 2]],
+    args: ["-r", "all"],
+  },
 ];
 
 async function makeImage(dir: string, c: Case): Promise<void> {
@@ -129,6 +168,7 @@ async function makeImage(dir: string, c: Case): Promise<void> {
   if (c.bitmap) {
     await sh(dir, "qemu-img", "bitmap", "--add", "img.qcow2", "b0");
     await sh(dir, "qemu-io", "-c", "write -P 2 0 192k", "img.qcow2");
+    if (c.bitmapInUse) setBitmapsInUse(`${dir}/img.qcow2`);
   }
   for (const [l1, l2] of c.flips) flipCopied(`${dir}/img.qcow2`, l1, l2);
   for (const [cluster, v] of c.refcounts ?? []) setRefcount(`${dir}/img.qcow2`, cluster, v);

@@ -40,6 +40,8 @@ import {
   prepareBitmapResize,
   storeBitmapsAfterResize,
 } from "../formats/qcow2/resize_bitmaps.ts";
+import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
+import { BME_FLAG_IN_USE } from "../formats/qcow2/bitmap_plan.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
 import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
@@ -134,13 +136,26 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // use, and its close stores every bitmap anew (new clusters, the old ones
   // freed), whatever the check found: the bitmap planner replays both
   // (resize_bitmaps.ts), the store on a scan of the repaired file.
+  // Bitmaps already in use (inconsistent) are neither marked nor stored:
+  // when every bitmap is, qemu leaves them as they are.
   let bitmaps: BitmapResize | undefined;
   if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt)) {
-    bitmaps = await prepareBitmapResize(
-      { ...host, fail: () => refuse("instar does not repair images with bitmaps in use") },
-      filename,
-      top.virtualSize,
-    );
+    const inUse = new Error("in use");
+    try {
+      bitmaps = await prepareBitmapResize({ ...host, fail: () => inUse }, filename, top.virtualSize);
+    } catch (e) {
+      if (e !== inUse) throw e;
+      const scan = await host.bitmapScan!();
+      let all = false;
+      try {
+        all = decodeBitmapScan(scan.records, scan.fileSize).bitmaps.every((b) =>
+          (b.flags & BME_FLAG_IN_USE) !== 0
+        );
+      } catch {
+        all = false;
+      }
+      if (!all) throw refuse("instar does not repair images with some bitmaps in use and others not");
+    }
   }
   const storeBitmaps = async () => {
     const after = (why: string) => new CliError([`Could not repair '${filename}': ${why}`]);
