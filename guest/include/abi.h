@@ -103,6 +103,10 @@
 #define REC_IMAGE_INFO 15
 #define REC_VMDK_EXTENT 16
 #define REC_REPAIR_REFCOUNT 19
+#define REC_REPAIR_OFLAG 205
+#define REC_REPAIR_REFRUN 206
+#define REC_REPAIR_OLDMETA 207
+#define REC_REPAIR_REBUILD 208
 #define REC_RESIZE_L1 20
 #define REC_RESIZE_REFTABLE 21
 #define REC_RESIZE_REFRUN 22
@@ -438,6 +442,8 @@
 #define CMSG_REFCOUNT_EIO 20 /* Can't get refcount for cluster %d: Input/output error\n */
 #define CMSG_OFLAG_COPIED_L2 21 /* ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%u\n */
 #define CMSG_OFLAG_COPIED_DATA 22 /* ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%u\n */
+#define CMSG_OFLAG_COPIED_L2_REPAIR 205 /* Repairing OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%u\n */
+#define CMSG_OFLAG_COPIED_DATA_REPAIR 206 /* Repairing OFLAG_COPIED data cluster: l2_entry=%x refcount=%u\n */
 #define CMSG_SNAPSHOT_L1_UNALIGNED 23 /* ERROR snapshot %N (%N) l1_offset=%#x: L1 table is not cluster aligned; snapshot table entry corrupted\n */
 #define CMSG_SNAPSHOT_L1_TOO_LARGE 24 /* ERROR snapshot %N (%N) l1_size=%#x: L1 table is too large; snapshot table entry corrupted\n */
 #define CMSG_SNAPSHOT_TABLE_TOO_LARGE 25 /* ERROR snapshot table too large\n */

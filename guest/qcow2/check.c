@@ -8,7 +8,8 @@
  * sends a REPAIR_REFCOUNT record for each refcount compare_refcounts would
  * fix (leaks with -r leaks, any mismatch over a non-zero refcount with
  * -r all), counts them as fixed, and checks OFLAG_COPIED against the
- * refcounts after those fixes; the host plans and applies the writes
+ * refcounts after those fixes, sending a REPAIR_OFLAG record for each flag
+ * check_oflag_copied repairs; the host plans and applies the writes
  * (lib/formats/qcow2/repair_plan.ts) and runs the check again.
  *
  * qemu keeps one in-memory refcount per cluster of the image file. We keep
@@ -36,6 +37,8 @@ struct checker {
     struct cluster_cache rbc;
     uint64_t snapshots_size;
     uint32_t repair;        /* CHECKOP_F_REPAIR_* */
+    bool rebuild;           /* qemu's *rebuild: the refcount structures need rebuilding */
+    bool rebuilt;           /* -r all rebuilt them: counts hold the references after it */
 };
 
 static struct checker C;
@@ -50,6 +53,10 @@ static void msg(uint32_t code, uint64_t a0, uint64_t a1, uint64_t a2, uint64_t a
 {
     emit_check_msg(g_input, code, a0, a1, a2, a3);
 }
+
+/* Chunks allocated so far: a scope that allocated one must not release its
+ * heap mark (the chunk lives on the same heap, above the mark). */
+static uint64_t g_chunks;
 
 static uint64_t count_get(const struct checker *c, uint64_t k)
 {
@@ -66,6 +73,7 @@ static int count_set(struct checker *c, uint64_t k, uint64_t v)
     if (!c->dir[ci]) {
         c->dir[ci] = rt_calloc(CHUNK, c->wide ? 4 : 2);
         if (!c->dir[ci]) return rt_error(g_input, GERR_OUT_OF_MEMORY, k, 0, 0);
+        g_chunks++;
     }
     if (c->wide) ((uint32_t *)c->dir[ci])[k & (CHUNK - 1)] = (uint32_t)v;
     else ((uint16_t *)c->dir[ci])[k & (CHUNK - 1)] = (uint16_t)v;
@@ -198,7 +206,7 @@ static int check_l1(struct checker *c, uint64_t l1_offset, uint64_t l1_size, boo
         c->res.flags = 5; /* EIO */
         return 1;
     }
-    uint64_t mark = rt_heap_mark();
+    uint64_t mark = rt_heap_mark(), chunks = g_chunks;
     struct table_window w;
     if (table_window_init(&w, q->r, l1_offset, l1_size)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
     for (uint64_t i = 0; i < l1_size; i++) {
@@ -217,7 +225,7 @@ static int check_l1(struct checker *c, uint64_t l1_offset, uint64_t l1_size, boo
         }
         TRY(check_l2(c, l2, frag));
     }
-    rt_heap_release(mark);
+    if (g_chunks == chunks) rt_heap_release(mark);
     return 0;
 }
 
@@ -368,7 +376,7 @@ static int check_bitmaps(struct checker *c)
             c->res.flags = 5;
             return 1;
         }
-        uint64_t mark = rt_heap_mark();
+        uint64_t mark = rt_heap_mark(), chunks = g_chunks;
         struct table_window w;
         if (table_window_init(&w, q->r, toff, tsize)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
         /* bitmap_table_load refuses the whole table on one bad entry. */
@@ -384,7 +392,7 @@ static int check_bitmaps(struct checker *c)
             uint64_t o = v & 0x00fffffffffffe00ull;
             if (o) TRY(inc_refs(c, o, q->cluster_size));
         }
-        rt_heap_release(mark);
+        if (g_chunks == chunks) rt_heap_release(mark);
     }
     return 0;
 broken:
@@ -402,11 +410,13 @@ static int check_refblocks(struct checker *c)
         if (e & QCOW2_REFT_RESERVED_MASK) {
             msg(CMSG_REFTABLE_RESERVED_BITS, i, 0, 0, 0);
             c->res.corruptions++;
+            c->rebuild = true;
             continue;
         }
         if (off & (q->cluster_size - 1)) {
             msg(CMSG_REFBLOCK_UNALIGNED, i, 0, 0, 0);
             c->res.corruptions++;
+            c->rebuild = true;
             continue;
         }
         if (cl >= c->nb_clusters) {
@@ -420,6 +430,7 @@ static int check_refblocks(struct checker *c)
             if (rc != 1) {
                 msg(CMSG_REFBLOCK_REFCOUNT, i, rc, 0, 0);
                 c->res.corruptions++;
+                c->rebuild = true;
             }
         }
     }
@@ -476,6 +487,10 @@ static int emit_repair(struct checker *c, uint64_t cluster)
  * leaves (qemu checks the flags after compare_refcounts fixed them). */
 static int oflag_refcount(struct checker *c, uint64_t cluster, uint64_t *rc)
 {
+    if (c->rebuilt) {
+        *rc = count_get(c, cluster);
+        return 0;
+    }
     int r = get_refcount(c, cluster, rc);
     if (r < 0 || !c->repair) return r;
     uint64_t r2 = count_get(c, cluster);
@@ -510,6 +525,7 @@ static uint64_t compare_refcounts(struct checker *c)
         uint64_t r2 = count_get(c, i);
         if (r1 || r2) highest = i;
         if (r1 != r2) {
+            if (r1 == 0) c->rebuild = true;
             msg(CMSG_REFCOUNT_MISMATCH, r1 < r2 ? 0 : 1, i, r1, r2);
             if (repairs(c, r1, r2)) {
                 if (emit_repair(c, i) < 0) c->res.check_errors++;
@@ -526,12 +542,57 @@ static uint64_t compare_refcounts(struct checker *c)
     return highest;
 }
 
+/* REPAIR_OFLAG: the entry at file offset `at` becomes `v`. */
+static int emit_oflag(uint64_t at, uint64_t v)
+{
+    struct rec_resize_pair rec;
+    rec_init(&rec, REC_REPAIR_OFLAG, sizeof rec);
+    rec.index = at;
+    rec.value = v;
+    return rt_emit(&rec, sizeof rec) ? -1 : 0;
+}
+
+/* L2 tables whose entries this pass repaired: qemu writes each back before
+ * the next L1 entry, so a later visit of the same table finds its flags
+ * already right. An open-addressed set; a full set stops recording (a table
+ * visited again after that is reported twice, and the host refuses). */
+#define FIXED_SLOTS 8192u
+static bool fixed_l2_has(const uint64_t *set, uint64_t off)
+{
+    if (!set) return false;
+    for (uint32_t k = (uint32_t)(off >> 9) & (FIXED_SLOTS - 1), n = 0; n < FIXED_SLOTS;
+         k = (k + 1) & (FIXED_SLOTS - 1), n++) {
+        if (set[k] == off) return true;
+        if (!set[k]) return false;
+    }
+    return false;
+}
+static void fixed_l2_add(uint64_t *set, uint64_t off)
+{
+    if (!set) return;
+    for (uint32_t k = (uint32_t)(off >> 9) & (FIXED_SLOTS - 1), n = 0; n < FIXED_SLOTS;
+         k = (k + 1) & (FIXED_SLOTS - 1), n++) {
+        if (!set[k]) {
+            set[k] = off;
+            return;
+        }
+    }
+}
+
+/* check_oflag_copied. With -r all it repairs every flag; with -r leaks only
+ * "if that seems safe": nothing is left unfixed by then. A repair is a
+ * "Repairing" line, a REPAIR_OFLAG record and a fixed corruption. */
 static int check_oflag_copied(struct checker *c)
 {
     const struct qcow2 *q = c->q;
     struct table_window w;
     uint64_t mark = rt_heap_mark();
+    bool repair = (c->repair & CHECKOP_F_REPAIR_ALL) ||
+                  ((c->repair & CHECKOP_F_REPAIR_LEAKS) && !c->res.check_errors && !c->res.corruptions &&
+                   !c->res.leaks);
     if (table_window_init(&w, q->r, q->l1_offset, q->l1_size)) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
+    uint64_t *fixed = repair ? rt_calloc(FIXED_SLOTS, sizeof(uint64_t)) : 0;
+    if (repair && !fixed) return rt_error(g_input, GERR_OUT_OF_MEMORY, 0, 0, 0);
     for (uint64_t i = 0; i < q->l1_size; i++) {
         uint64_t l1e, rc;
         if (table_window_get(&w, i, &l1e)) return rt_error(g_input, GERR_IO, q->l1_offset, 0, 0);
@@ -539,11 +600,19 @@ static int check_oflag_copied(struct checker *c)
         if (!l2) continue;
         if (oflag_refcount(c, l2 >> q->cluster_bits, &rc) < 0) continue;
         if ((rc == 1) != ((l1e & QCOW2_OFLAG_COPIED) != 0)) {
-            c->res.corruptions++;
-            msg(CMSG_OFLAG_COPIED_L2, i, l1e, rc, 0);
+            if (repair) {
+                msg(CMSG_OFLAG_COPIED_L2_REPAIR, i, l1e, rc, 0);
+                if (emit_oflag(q->l1_offset + i * 8, l1e ^ QCOW2_OFLAG_COPIED) < 0) return -1;
+                c->res.corruptions_fixed++;
+            } else {
+                c->res.corruptions++;
+                msg(CMSG_OFLAG_COPIED_L2, i, l1e, rc, 0);
+            }
         }
+        if (fixed_l2_has(fixed, l2)) continue;
         const uint8_t *t = cluster_cache_get(&c->l2c, l2);
         if (!t) return rt_error(g_input, GERR_IO, l2, 0, 0);
+        bool dirty = false;
         for (uint64_t j = 0; j < q->l2_entries; j++) {
             uint64_t e = be64(t + j * q->l2_entry_bytes);
             enum qcow2_cluster_type ty = qcow2_cluster_type(q, e);
@@ -552,12 +621,104 @@ static int check_oflag_copied(struct checker *c)
             else if (oflag_refcount(c, (e & QCOW2_L2E_OFFSET_MASK) >> q->cluster_bits, &rc) < 0)
                 continue;
             if ((rc == 1) != ((e & QCOW2_OFLAG_COPIED) != 0)) {
-                c->res.corruptions++;
-                msg(CMSG_OFLAG_COPIED_DATA, e, rc, 0, 0);
+                if (repair) {
+                    msg(CMSG_OFLAG_COPIED_DATA_REPAIR, e, rc, 0, 0);
+                    if (emit_oflag(l2 + j * q->l2_entry_bytes, e ^ QCOW2_OFLAG_COPIED) < 0) return -1;
+                    c->res.corruptions_fixed++;
+                    dirty = true;
+                } else {
+                    c->res.corruptions++;
+                    msg(CMSG_OFLAG_COPIED_DATA, e, rc, 0, 0);
+                }
             }
+            /* oflag_refcount may have read refblocks: l2c is not touched, t stays valid */
         }
+        if (dirty) fixed_l2_add(fixed, l2);
     }
     rt_heap_release(mark);
+    return 0;
+}
+
+/* One REPAIR_REFRUN / REPAIR_OLDMETA record (rec_resize_run). */
+static int emit_run(uint32_t type, uint64_t start, uint64_t count, uint64_t v)
+{
+    struct rec_resize_run rec;
+    rec_init(&rec, type, sizeof rec);
+    rec.start = start;
+    rec.count = count;
+    rec.refcount = v;
+    return rt_emit(&rec, sizeof rec) ? -1 : 0;
+}
+
+/* Subtracts one reference from each cluster of [offset, offset + size),
+ * as inc_refs added it (only the ranges inc_refs counted reach here). */
+static int dec_refs(struct checker *c, uint64_t offset, uint64_t size)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t first = offset >> q->cluster_bits, last = (offset + size - 1) >> q->cluster_bits;
+    for (uint64_t k = first; k <= last; k++) {
+        uint64_t v = count_get(c, k);
+        if (v && count_set(c, k, v - 1)) return -1;
+    }
+    return 0;
+}
+
+/* -r all when qemu rebuilds the refcount structures (rebuild_refcount_structure):
+ * the host plans the new structures from the references. Sends every non-zero
+ * run of reference counts (REPAIR_REFRUN, ascending), the clusters the old
+ * refcount table and blocks add to them (REPAIR_OLDMETA, one reference per
+ * cluster each), and REPAIR_REBUILD (nb_clusters); then the counts become the
+ * references after the rebuild (the old structures dropped), which is what
+ * check_oflag_copied then reads from the new refcount blocks. */
+static int send_rebuild(struct checker *c)
+{
+    const struct qcow2 *q = c->q;
+    uint64_t start = 0, v = 0;
+    for (uint64_t i = 0; i < c->nb_clusters;) {
+        uint64_t ci = i >> CHUNK_BITS;
+        uint64_t r = 0;
+        if (ci < c->dir_len && c->dir[ci]) r = count_get(c, i);
+        else if (!v) {
+            i = (ci + 1) << CHUNK_BITS;
+            continue;
+        }
+        if (r != v) {
+            if (v && emit_run(REC_REPAIR_REFRUN, start, i - start, v) < 0) return -1;
+            start = i;
+            v = r;
+        }
+        i++;
+    }
+    if (v && emit_run(REC_REPAIR_REFRUN, start, c->nb_clusters - start, v) < 0) return -1;
+    /* the refcount table, when inc_refs counted it (not past the end of the file) */
+    uint64_t rt_size = q->reftable_entries * 8;
+    if (rt_size && (int64_t)(q->reftable_offset + rt_size - c->file_len) < (int64_t)q->cluster_size) {
+        uint64_t a = q->reftable_offset >> q->cluster_bits, b = (q->reftable_offset + rt_size - 1) >> q->cluster_bits;
+        if (emit_run(REC_REPAIR_OLDMETA, a, b - a + 1, 1) < 0 || dec_refs(c, q->reftable_offset, rt_size) < 0)
+            return -1;
+    }
+    for (uint64_t i = 0; i < q->reftable_entries; i++) {
+        uint64_t e = q->reftable[i];
+        uint64_t off = e & QCOW2_REFT_OFFSET_MASK, cl = off >> q->cluster_bits;
+        if ((off & (q->cluster_size - 1)) || !off || cl >= c->nb_clusters) continue;
+        if (e & QCOW2_REFT_RESERVED_MASK) {
+            /* not counted, but qemu's overlap check still guards it: refcount 0 */
+            if (emit_run(REC_REPAIR_OLDMETA, cl, 1, 0) < 0) return -1;
+            continue;
+        }
+        if (emit_run(REC_REPAIR_OLDMETA, cl, 1, 1) < 0 || dec_refs(c, off, q->cluster_size) < 0) return -1;
+    }
+    struct rec_resize_pair rec;
+    rec_init(&rec, REC_REPAIR_REBUILD, sizeof rec);
+    rec.index = c->nb_clusters;
+    rec.value = 0;
+    if (rt_emit(&rec, sizeof rec)) return -1;
+    /* qemu: the corruptions and leaks before the rebuild count as fixed */
+    c->res.corruptions_fixed += c->res.corruptions;
+    c->res.leaks_fixed += c->res.leaks;
+    c->res.corruptions = 0;
+    c->res.leaks = 0;
+    c->rebuilt = true;
     return 0;
 }
 
@@ -616,6 +777,7 @@ int qcow2_check(const struct reader *r)
     int st = calculate_refcounts(c);
     if (st) return st > 0 ? emit_result(c) : -1;
     uint64_t highest = compare_refcounts(c);
+    if (c->rebuild && (c->repair & CHECKOP_F_REPAIR_ALL) && !c->res.check_errors && send_rebuild(c)) return -1;
     if (check_oflag_copied(c)) return -1;
     c->res.image_end_offset = (highest + 1) << q.cluster_bits;
     return emit_result(c);

@@ -96,6 +96,17 @@ export const checkMessages: CheckMessage[] = [
     text: "ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%u\n",
   },
   { name: "OFLAG_COPIED_DATA", code: 22, text: "ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%u\n" },
+  // check -r's check_oflag_copied when it repairs the flag (a REPAIR_OFLAG record follows)
+  {
+    name: "OFLAG_COPIED_L2_REPAIR",
+    code: 205,
+    text: "Repairing OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%u\n",
+  },
+  {
+    name: "OFLAG_COPIED_DATA_REPAIR",
+    code: 206,
+    text: "Repairing OFLAG_COPIED data cluster: l2_entry=%x refcount=%u\n",
+  },
   {
     name: "SNAPSHOT_L1_UNALIGNED",
     code: 23,

@@ -300,6 +300,17 @@ export const records = {
   VMDK_EXTENT: 16,
   /** check -r: a refcount entry the repair rewrites (rec_repair_refcount). */
   REPAIR_REFCOUNT: 19,
+  /** check -r: an L1 or L2 entry whose OFLAG_COPIED bit check_oflag_copied flips
+   * (rec_resize_pair: index = the entry's file offset, value = the new entry). */
+  REPAIR_OFLAG: 205,
+  /** check -r all rebuilding the refcount structures: a run of equal non-zero reference counts
+   * (rec_resize_run: start cluster, count, refcount = the references), ascending. */
+  REPAIR_REFRUN: 206,
+  /** ... clusters the old refcount table and blocks add one reference to each (rec_resize_run,
+   * refcount = 1), after the REPAIR_REFRUN records. */
+  REPAIR_OLDMETA: 207,
+  /** ... last of them: rec_resize_pair, index = qemu's nb_clusters (the reference array's length). */
+  REPAIR_REBUILD: 208,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
@@ -1627,6 +1638,10 @@ export const recordStructs: Record<number, string> = {
   [records.IMAGE_INFO]: "rec_image_info",
   [records.VMDK_EXTENT]: "rec_vmdk_extent",
   [records.REPAIR_REFCOUNT]: "rec_repair_refcount",
+  [records.REPAIR_OFLAG]: "rec_resize_pair",
+  [records.REPAIR_REFRUN]: "rec_resize_run",
+  [records.REPAIR_OLDMETA]: "rec_resize_run",
+  [records.REPAIR_REBUILD]: "rec_resize_pair",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
   [records.LUKS_INFO]: "rec_luks_info",

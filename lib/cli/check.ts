@@ -32,7 +32,16 @@ import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
-import { applySteps } from "./apply_steps.ts";
+import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
+import type { FilePlan } from "../formats/plan.ts";
+import { resizeHost } from "./resize.ts";
+import {
+  type BitmapResize,
+  prepareBitmapResize,
+  storeBitmapsAfterResize,
+} from "../formats/qcow2/resize_bitmaps.ts";
+import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
+import { BME_FLAG_IN_USE } from "../formats/qcow2/bitmap_plan.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { MAX_SPOOL_LONG, openStdin, parseMaxSpool } from "./stdin_image.ts";
 import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
@@ -119,11 +128,39 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     throw new CliError([`Could not repair '${filename}': instar repairs only qcow2 images`]);
   }
   const q = top.qcow2;
-  if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt || q.dataFile !== undefined || q.hasDataFileBit)) {
-    throw new CliError([
-      `Could not repair '${filename}': instar does not repair images with persistent bitmaps or a data file`,
-    ]);
+  // Writes go through one host that follows the file's length from step to step.
+  const refuse = (why: string) =>
+    new CliError([`Could not repair '${filename}': ${why}; nothing was written`]);
+  const host = resizeHost(top, "off", refuse);
+  // qemu's read-write open of an image with persistent bitmaps marks them in
+  // use, and its close stores every bitmap anew (new clusters, the old ones
+  // freed), whatever the check found: the bitmap planner replays both
+  // (resize_bitmaps.ts), the store on a scan of the repaired file.
+  // Bitmaps already in use (inconsistent) are neither marked nor stored:
+  // when every bitmap is, qemu leaves them as they are.
+  let bitmaps: BitmapResize | undefined;
+  if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt)) {
+    const inUse = new Error("in use");
+    try {
+      bitmaps = await prepareBitmapResize({ ...host, fail: () => inUse }, filename, top.virtualSize);
+    } catch (e) {
+      if (e !== inUse) throw e;
+      const scan = await host.bitmapScan!();
+      let all = false;
+      try {
+        all = decodeBitmapScan(scan.records, scan.fileSize).bitmaps.every((b) =>
+          (b.flags & BME_FLAG_IN_USE) !== 0
+        );
+      } catch {
+        all = false;
+      }
+      if (!all) throw refuse("instar does not repair images with some bitmaps in use and others not");
+    }
   }
+  const storeBitmaps = async () => {
+    const after = (why: string) => new CliError([`Could not repair '${filename}': ${why}`]);
+    if (bitmaps) await storeBitmapsAfterResize({ ...host, refuse: after }, filename, bitmaps);
+  };
 
   const first = await runCheck(chainInputs([top]), filename, repair);
   const f = ended(first, io);
@@ -141,7 +178,32 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   if (d.kind === "refuse") {
     throw new CliError([`Could not repair '${filename}': ${d.why}; nothing was written`]);
   }
-  for (const t of d.lines) io.err(t);
+  // -r all rebuilding the refcount structures: the new blocks and table,
+  // then the flags and the header bits below, on the grown file.
+  let rebuilt: FilePlan[] = [];
+  let fileSize = top.fileSize;
+  if (d.kind === "rebuild") {
+    const r = planQcow2Rebuild({
+      clusterBits: q!.clusterBits,
+      refcountBits: q!.refcountBits,
+      fileSize: top.fileSize,
+      ...d.rebuild,
+    });
+    if (!r.ok) {
+      if (r.error.kind === "unsupported") {
+        throw new CliError([`Could not repair '${filename}': ${r.error.message}; nothing was written`]);
+      }
+      throw new CliError([`Check failed: sandbox failure: ${r.error.message}`]);
+    }
+    rebuilt = r.value.steps;
+    fileSize = r.value.fileSize;
+    for (const t of d.before) io.err(t);
+    io.err("Rebuilding refcount structure\n");
+    for (const l of r.value.leaks) io.err(formatCheckMessage(1, [2n, l.cluster, l.from, l.to]));
+    for (const t of d.after) io.err(t);
+  } else {
+    for (const t of d.lines) io.err(t);
+  }
   // The header's incompatible bits: qemu's read-write open and close of
   // the image clears the dirty bit however the check ends (qcow2_inactivate
   // calls qcow2_mark_clean), and a check that leaves no corruption clears
@@ -152,15 +214,22 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const plan = planQcow2Repair({
     clusterBits: q!.clusterBits,
     refcountBits: q!.refcountBits,
-    fileSize: top.fileSize,
+    fileSize,
     fixes: d.kind === "repair" ? d.fixes : [],
+    oflags: d.kind === "rebuild_error" ? [] : d.oflags,
     header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
   });
   if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
-  await applySteps(top, plan.value, "Check failed", "off", "discard");
-  if (failed) throw new CliError(["Check failed: Input/output error"]);
+  if (bitmaps) await host.applySteps(bitmaps.openSteps, "Check failed", "discard", true);
+  await host.applySteps([...rebuilt, ...plan.value], "Check failed", "discard", true);
+  if (failed) {
+    await storeBitmaps();
+    throw new CliError(["Check failed: Input/output error"]);
+  }
   if (f.leaksFixed === 0n && f.corruptionsFixed === 0n) {
-    return report(f, top.format, ref.display, format, quiet, io);
+    const code = report(f, top.format, ref.display, format, quiet, io);
+    await storeBitmaps();
+    return code;
   }
   if (format === "human" && !quiet) {
     io.out(
@@ -172,7 +241,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   const again = await runCheck(chainInputs([top]), filename, undefined);
   const g = ended(again, io);
   for (const t of again.texts) io.err(t);
-  return report(
+  const code = report(
     { ...g, leaksFixed: f.leaksFixed, corruptionsFixed: f.corruptionsFixed },
     top.format,
     ref.display,
@@ -180,6 +249,8 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     quiet,
     io,
   );
+  await storeBitmaps();
+  return code;
 }
 
 type CheckRun = {

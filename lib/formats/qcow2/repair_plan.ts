@@ -4,14 +4,20 @@
 // cluster (update_refcount with QCOW2_DISCARD_ALWAYS), the dirty bit is
 // cleared (qcow2_mark_clean when the read-write image is closed), and a
 // repair that leaves no corruption clears the corrupt bit too
-// (qcow2_mark_consistent). Pure: the guest reported where each entry lives
-// (REPAIR_REFCOUNT), the host bounds it here.
+// (qcow2_mark_consistent). check_oflag_copied then flips the OFLAG_COPIED
+// bit of L1 and L2 entries whose refcount says otherwise (qcow2_write_l1_entry
+// and the L2 table written back: only those bits change). Pure: the guest
+// reported where each entry lives (REPAIR_REFCOUNT, REPAIR_OFLAG), the host
+// bounds it here.
 //
 // Crash order, one synced step each: (1) the refcount entries; (2) the
 // discards of clusters whose refcount is now zero, after nothing counts
-// them; (3) the header's incompatible-feature bits, last, so an interrupted
-// repair leaves the image marked as it was, and a second check finds only
-// what is left to repair.
+// them; (3) the OFLAG_COPIED flags, after the refcounts they follow, as
+// qemu writes them (a flag alone never loses data: a set flag only allows
+// in-place writes to a cluster whose refcount is now 1); (4) the header's
+// incompatible-feature bits, last, so an interrupted repair leaves the
+// image marked as it was, and a second check finds only what is left to
+// repair.
 import { fail, type FilePlan, MAX_PATCHES, ok, type Patch, type PlanResult } from "../plan.ts";
 
 /** One refcount the repair rewrites. */
@@ -26,11 +32,24 @@ export interface RefcountFix {
   to: bigint;
 }
 
+/** One L1 or L2 entry whose OFLAG_COPIED bit (bit 63) the repair flips. */
+export interface OflagFix {
+  /** File offset of the entry. */
+  offset: bigint;
+  /** The entry as read, and as written. */
+  from: bigint;
+  to: bigint;
+}
+
+const COPIED = 1n << 63n;
+
 export interface RepairInput {
   clusterBits: number;
   refcountBits: number;
   fileSize: bigint;
   fixes: RefcountFix[];
+  /** Flags to flip after the refcounts (maybe none). */
+  oflags?: OflagFix[];
   /** The header's incompatible features, written back with `clear` cleared. */
   header?: { incompatible: bigint; clear: bigint };
 }
@@ -135,7 +154,27 @@ export function planQcow2Repair(x: RepairInput): PlanResult<FilePlan[]> {
     if (start < end) discards.push({ kind: "zero", offset: start, length: end - start });
     i = j;
   }
-  const plan = [...steps(joinWrites(writes), fileSize), ...steps(discards, fileSize)];
+  // Entries: 8-aligned, past the header cluster, inside the file, only bit 63
+  // changing, each once, never in a refcount block written or a cluster freed.
+  const flagWrites: { offset: bigint; bytes: Uint8Array }[] = [];
+  const flagAt = new Set<bigint>(), freedSet = new Set(freed);
+  for (const o of x.oflags ?? []) {
+    if (
+      o.offset < cs || o.offset % 8n !== 0n || o.offset + 8n > fileSize || flagAt.has(o.offset) ||
+      o.from < 0n || o.from >= 1n << 64n || (o.from ^ o.to) !== COPIED ||
+      indexOf.has(o.offset / cs * cs) || freedSet.has(o.offset / cs)
+    ) {
+      return fail("invalid_option", `OFLAG_COPIED repair at ${o.offset} out of range`);
+    }
+    flagAt.add(o.offset);
+    flagWrites.push({ offset: o.offset, bytes: bigEndian(o.to, 8) });
+  }
+  flagWrites.sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0));
+  const plan = [
+    ...steps(joinWrites(writes), fileSize),
+    ...steps(discards, fileSize),
+    ...steps(joinWrites(flagWrites), fileSize),
+  ];
   if (x.header && (x.header.incompatible & x.header.clear) !== 0n) {
     const v = x.header.incompatible & ~x.header.clear;
     if (v < 0n || v >= 1n << 64n || fileSize < INCOMPAT_OFFSET + 8n) {
