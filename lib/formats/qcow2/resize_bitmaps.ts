@@ -17,10 +17,12 @@
 // pointing at freed clusters.
 //
 // Shrinking: qemu drops the bits past the new end (hbitmap_truncate). The
-// guest scans the bits again against the new end (bitmap_scan arg[0] = 2);
-// a bitmap with a set bit past it would need its data rewritten, which
-// instar refuses before writing anything; otherwise the data clusters
-// before the end are kept verbatim and the ones past it dropped.
+// guest scans the bits again against the new end (bitmap_scan arg[0] = 2):
+// the data clusters before the end are kept verbatim, the ones past it
+// dropped, and the one holding the end is stored cut (its first bytes
+// copied, the boundary byte as the guest reports it with the bits past the
+// end cleared, zeroes after: BITMAP_CUT), as qemu serializes the truncated
+// bitmap.
 import { bitmapState, records } from "../../abi/spec.ts";
 import type { ResizeHost } from "../types.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
@@ -96,13 +98,12 @@ export async function prepareBitmapResize(
   if (newSize < before.model.virtualSize) {
     // The bits again, judged against the new end: a set bit past it is a tail bit.
     before = await scanNow(host, filename, newSize);
-    for (const b of before.bitmaps) {
-      if ((b.state & bitmapState.TAIL_BITS) !== 0) {
-        throw host.refuse(
-          `bitmap '${bitmapNameText(b.name)}' has dirty bits past the new end; instar does not shrink it`,
-        );
-      }
-    }
+    // Bits past it are what hbitmap_truncate clears: the cluster holding
+    // the new end is stored cut (BITMAP_CUT), the ones past it dropped.
+    before = {
+      ...before,
+      bitmaps: before.bitmaps.map((b) => ({ ...b, state: b.state & ~bitmapState.TAIL_BITS })),
+    };
     why = bitmapRefusal(before);
     if (why) throw host.refuse(why);
   }
