@@ -120,6 +120,9 @@ export interface BitmapRequest {
    * marked them and passes the bitmaps as loaded) and stores at close.
    */
   phase?: "open" | "store";
+  /** "store" after a resize: qemu's free_cluster_index as the resize left it (the store's
+   * allocations continue from there, not from the first free cluster). */
+  freeIndex?: bigint;
 }
 
 /** What the guest must compute for a --merge that combines bits (bitmap_scan's merge mode). */
@@ -353,6 +356,12 @@ class Replay {
       table,
       runs: s.runs,
     });
+    if (req.freeIndex !== undefined) {
+      if (req.freeIndex < 0n || req.freeIndex > (1n << 56n) >> this.cb) {
+        throw new Refusal("free cluster index out of range");
+      }
+      this.rc.freeIndex = req.freeIndex;
+    }
     this.rc.listener = {
       // A new block is written with the epoch's raised blocks, its table
       // entry after them (publish).

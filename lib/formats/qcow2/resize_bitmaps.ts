@@ -70,12 +70,13 @@ async function scanNow(host: ResizeHost, filename: string, len?: bigint): Promis
   }
 }
 
-const request = (phase: "open" | "store"): BitmapRequest => ({
+const request = (phase: "open" | "store", freeIndex?: bigint): BitmapRequest => ({
   name: new Uint8Array(0),
   granularity: 0n,
   actions: [],
   nodeName: NODE_NAME,
   phase,
+  freeIndex,
 });
 
 /** Scans the bitmaps, checks instar can carry them to `newSize`, plans the in-use marking. */
@@ -112,11 +113,17 @@ export async function prepareBitmapResize(
   return { before, openSteps: plan.value.steps };
 }
 
-/** After the resize: the bitmaps stored anew for the new size, as qemu's close does. */
+/**
+ * After the resize: the bitmaps stored anew for the new size, as qemu's
+ * close does; its allocations continue from `freeIndex`, qemu's
+ * free_cluster_index as the resize left it (it passed holes it found too
+ * small, which the store does not go back to).
+ */
 export async function storeBitmapsAfterResize(
   host: ResizeHost,
   filename: string,
   job: BitmapResize,
+  freeIndex?: bigint,
 ): Promise<void> {
   const now = await scanNow(host, filename);
   const was = job.before.bitmaps;
@@ -140,7 +147,7 @@ export async function storeBitmapsAfterResize(
       entries: was[i].entries,
     })),
   };
-  const plan = planQcow2Bitmap(loaded, request("store"));
+  const plan = planQcow2Bitmap(loaded, request("store", freeIndex));
   if (!plan.ok) throw host.refuse(plan.error.message);
   await host.applySteps(plan.value.steps, "Could not resize image", "discard", true);
 }

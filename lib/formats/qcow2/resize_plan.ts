@@ -91,6 +91,9 @@ export interface ResizeSteps {
    * area falloc/full allocate: the applier allocates it (posix_fallocate)
    * or writes zeroes, as the mode says. */
   steps: FilePlan[];
+  /** qemu's free_cluster_index after the resize: where the bitmaps' store
+   * at close (resize_bitmaps.ts) continues allocating from. */
+  freeIndex?: bigint;
 }
 
 const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
@@ -306,14 +309,14 @@ export function planQcow2Resize(scan: Qcow2ResizeScan, opts: Qcow2ResizeOptions)
     if (prealloc !== "off" && opts.newSize <= roundUp512(scan.virtualSize)) {
       return fail("invalid_option", "Preallocation can only be used for growing images");
     }
-    const steps = opts.newSize < roundUp512(scan.virtualSize)
+    const { steps, freeIndex } = opts.newSize < roundUp512(scan.virtualSize)
       ? shrink(scan, opts.newSize)
       : grow(scan, opts.newSize, prealloc);
     for (const s of steps) {
       const v = planViolation(s);
       if (v) return fail("unsupported", `Resize plan broke an invariant: ${v}`);
     }
-    return ok({ steps });
+    return ok({ steps, freeIndex });
   } catch (e) {
     if (e instanceof ResizeRefusal) return fail(e.kind, e.message);
     if (e instanceof RefcountError) {
@@ -357,7 +360,7 @@ function stage<T>(what: string, f: () => T): T {
 }
 
 /** qcow2_co_truncate, growing (or keeping the size): qcow2_grow_l1_table, preallocation, the size. */
-function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): FilePlan[] {
+function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): ResizeSteps {
   const log = new StepLog(scan.fileSize);
   const rc = modelOf(scan, log);
   const newL1 = sizeToL1(newSize, scan.clusterBits, scan.extendedL2);
@@ -411,7 +414,7 @@ function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): 
     else preallocData(g);
   }
   log.push([sizePatch(newSize)]);
-  return log.steps;
+  return { steps: log.steps, freeIndex: rc.freeIndex };
 }
 
 /**
@@ -693,7 +696,7 @@ function preallocData({ rc, log, l2, scan, oldLen, newLen }: Grow) {
 /** The most transient L2 tables a shrink models (see shrink). */
 const TRANSIENT_MAX = 4096;
 
-function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
+function shrink(scan: Qcow2ResizeScan, newSize: bigint): ResizeSteps {
   const log = new StepLog(scan.fileSize);
   const rc = modelOf(scan, log);
   const cs = rc.cs;
@@ -828,7 +831,7 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   log.push(step2);
   log.push(punches);
   log.push([sizePatch(newSize)], size);
-  return log.steps;
+  return { steps: log.steps, freeIndex: rc.freeIndex };
 }
 
 /** [start, end) runs sorted and merged where they touch or overlap. */
