@@ -932,30 +932,6 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
         return;
       }
       if (q.code !== 0) return;
-      if (a[0] === "amend" && bitmaps) {
-        // docs/amend.md: instar carries the bitmaps in place where qemu's close
-        // stores them anew; only what qemu reads is compared, and the layouts
-        // part here.
-        c.picks.layout = "amend with persistent bitmaps (docs/amend.md)";
-        const state = async (f: string) => {
-          const j = JSON.parse((await must("qemu-img", ["info", "--output=json", f], c.dir)).stdout);
-          delete j.filename;
-          delete j["actual-size"];
-          const chk = await qemu(["check", "-f", "qcow2", f], c.dir);
-          return JSON.stringify({ j, check: chk.code, flat: await flatHash(c, f, "qcow2") });
-        };
-        const [qs, is] = [await state("q.qcow2"), await state("i.qcow2")];
-        if (qs !== is.replaceAll("i.qcow2", "q.qcow2")) {
-          c.divergences.push({
-            kind: "refgrow_amend_state",
-            commands,
-            qemu: JSON.parse(qs),
-            instar: JSON.parse(is),
-          });
-        }
-        return;
-      }
-      if (a[0] === "bitmap") bitmaps = true;
       const [qb, ib] = await Promise.all(["q", "i"].map((f) => snapshotsMasked(`${c.dir}/${f}.qcow2`)));
       const at = qb.length !== ib.length
         ? Math.min(qb.length, ib.length)
@@ -1026,6 +1002,14 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
       }
     }
     c.picks.refgrow_commands = steps;
+    /** The refcount table's offset and clusters in qemu's copy (logged when a step moved it). */
+    const reftable = async () => {
+      using f = await Deno.open(`${c.dir}/q.qcow2`);
+      const h = new Uint8Array(60);
+      for (let n = 0; n < 60;) n += (await f.read(h.subarray(n))) ?? 60;
+      return Array.from(h.subarray(48), (x) => x.toString(16).padStart(2, "0")).join("");
+    };
+    const table0 = await reftable();
     for (const a of steps) {
       // The file goes last (snapshot, amend) or before the size (resize) or the bitmap's name.
       const at = a[0] === "snapshot" || a[0] === "amend" ? a.length : a.length - 1;
@@ -1049,6 +1033,7 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
         return;
       }
       if (q.code !== 0) return;
+      if ((await reftable()) !== table0) c.picks.reftable_moved = true;
       if (a[0] === "amend" && bitmaps) {
         // docs/amend.md: instar carries the bitmaps in place where qemu's close
         // stores them anew; only what qemu reads is compared, and the layouts
