@@ -986,6 +986,19 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
       io.push(`write -P 8 ${Math.floor(fill / 1024) * 512} 64k`);
     }
     await must("qemu-io", ["-f", "qcow2", ...io.flatMap((x) => ["-c", x]), "in.qcow2"], c.dir);
+    // Then data up to `slack` bytes short of the coverage (when it is at
+    // most 16 MiB), so that the few clusters the steps allocate cross it.
+    const slack = pick(c, "slack", [0, 512, 2048, 4096, 8192, 16384, 65536]);
+    const end = (await Deno.stat(`${c.dir}/in.qcow2`)).size;
+    if (slack > 0 && cover <= 16 << 20 && end < cover - slack) {
+      // Each data cluster brings an L2 entry and a refcount entry.
+      let more = Math.floor((cover - slack - end) / (1 + (8 + bits / 8) / cs) / cs) * cs;
+      if (fill + more > size) more = Math.floor((size - fill) / cs) * cs;
+      if (more > 0) {
+        await must("qemu-io", ["-f", "qcow2", "-c", `write -P 9 ${fill} ${more}`, "in.qcow2"], c.dir);
+      }
+      c.picks.topped_up = more;
+    }
     await must("cp", ["--sparse=always", "in.qcow2", "q.qcow2"], c.dir);
     await must("cp", ["--sparse=always", "in.qcow2", "i.qcow2"], c.dir);
     const steps: string[][] = [];
