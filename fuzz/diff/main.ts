@@ -980,8 +980,7 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
       String(size),
     ], c.dir);
     const io = [`write -P 7 0 ${fill}`];
-    let bitmaps = pick(c, "bitmap_first", [false, true]);
-    if (bitmaps) {
+    if (pick(c, "bitmap_first", [false, true])) {
       await must("qemu-img", ["bitmap", "--add", "-g", "4k", "in.qcow2", "pre"], c.dir);
       io.push(`write -P 8 ${Math.floor(fill / 1024) * 512} 64k`);
     }
@@ -1047,30 +1046,6 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
       }
       if (q.code !== 0) return;
       if ((await reftable()) !== table0) c.picks.reftable_moved = true;
-      if (a[0] === "amend" && bitmaps) {
-        // docs/amend.md: instar carries the bitmaps in place where qemu's close
-        // stores them anew; only what qemu reads is compared, and the layouts
-        // part here.
-        c.picks.layout = "amend with persistent bitmaps (docs/amend.md)";
-        const state = async (f: string) => {
-          const j = JSON.parse((await must("qemu-img", ["info", "--output=json", f], c.dir)).stdout);
-          delete j.filename;
-          delete j["actual-size"];
-          const chk = await qemu(["check", "-f", "qcow2", f], c.dir);
-          return JSON.stringify({ j, check: chk.code, flat: await flatHash(c, f, "qcow2") });
-        };
-        const [qs, is] = [await state("q.qcow2"), await state("i.qcow2")];
-        if (qs !== is.replaceAll("i.qcow2", "q.qcow2")) {
-          c.divergences.push({
-            kind: "refgrow_amend_state",
-            commands,
-            qemu: JSON.parse(qs),
-            instar: JSON.parse(is),
-          });
-        }
-        return;
-      }
-      if (a[0] === "bitmap") bitmaps = true;
       const [qb, ib] = await Promise.all(["q", "i"].map((f) => snapshotsMasked(`${c.dir}/${f}.qcow2`)));
       const diff = qb.length !== ib.length
         ? Math.min(qb.length, ib.length)

@@ -753,6 +753,14 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): ResizeSteps {
       if ((c + 1n) << rc.cb > grownTo) grownTo = (c + 1n) << rc.cb;
     }
   }
+  // Refcount blocks those allocations placed (alloc_refcount_block): written
+  // and hooked into the table in force before anything else (a moved table
+  // already holds them: its own steps came from the listener).
+  const hooked = hookupPatches(rc);
+  if (hooked.length > 0) {
+    log.push(blockPatches(rc));
+    log.push(hooked);
+  }
   const step1: Patch[] = [];
   for (const z of scan.zeros) {
     const table = z.start & ~(cs - 1n);
@@ -790,10 +798,17 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): ResizeSteps {
   const dropped = [...rc.table.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).filter((t) =>
     rc.unused(t)
   );
+  // The table in force (qcow2_refcount_area may have moved it while the
+  // transient tables were allocated), every block it names but the dropped
+  // ones: the scan's entries as read, the blocks placed since as offsets.
   const reftable = new Uint8Array(Number(rc.tableEntries * 8n));
   const tv = new DataView(reftable.buffer);
   const droppedSet = new Set(dropped);
-  for (const [i, v] of scan.reftable) if (!droppedSet.has(BigInt(i))) tv.setBigUint64(i * 8, v, false);
+  for (const [t, off] of rc.table) {
+    if (droppedSet.has(t)) continue;
+    const raw = scan.reftable.get(Number(t));
+    tv.setBigUint64(Number(t) * 8, raw !== undefined && (raw & REFT_OFFSET_MASK) === off ? raw : off, false);
+  }
   for (const t of dropped) {
     // qcow2_discard_refcount_block: the block's own entry must be exactly 1.
     const off = rc.table.get(t)!;
@@ -810,11 +825,12 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): ResizeSteps {
   }
   const step2 = [...blockPatches(rc), {
     kind: "write" as const,
-    offset: scan.reftableOffset,
+    offset: rc.tableOffset,
     bytes: reftable,
   }];
   // qcow2_get_last_cluster over the file length after the discard (which
-  // may have added an L2 table).
+  // may have added an L2 table, refcount blocks, a moved refcount table).
+  if (log.size > grownTo) grownTo = log.size;
   const last = rc.lastUsed((grownTo + cs - 1n) >> rc.cb);
   if (last < 0n) throw new ResizeRefusal("unsupported", "There are no references in the refcount table");
   let size = grownTo;
