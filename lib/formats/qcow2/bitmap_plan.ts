@@ -123,6 +123,12 @@ export interface BitmapRequest {
   /** "store" after a resize: qemu's free_cluster_index as the resize left it (the store's
    * allocations continue from there, not from the first free cluster). */
   freeIndex?: bigint;
+  /**
+   * "store" with `merged` (its fileEnd): data the guest staged for loaded
+   * bitmaps (directory index -> table index -> offset), stored in place of
+   * their own (commit's dirty bits in a base's enabled bitmaps).
+   */
+  stagedData?: Map<number, Map<bigint, bigint>>;
 }
 
 /** What the guest must compute for a --merge that combines bits (bitmap_scan's merge mode). */
@@ -391,13 +397,14 @@ class Replay {
         if (e.nonzero) data.set(e.index, e.value);
         if (e.nonzero && e.cut) cuts.set(e.index, e.cut);
       }
+      const staged = req.stagedData?.get(i);
       this.mems.push({
-        origin: i,
+        origin: staged ? undefined : i,
         name: b.name,
         gbits: b.granularityBits,
         enabled: (b.flags & BME_FLAG_AUTO) !== 0,
-        data,
-        cuts,
+        data: staged ?? data,
+        cuts: staged ? undefined : cuts,
       });
     }
     this.qemuSize = s.fileSize;
