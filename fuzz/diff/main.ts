@@ -45,6 +45,11 @@
 //            --disable on a qcow2: outcome after each, then info and check
 //   dd       bs/count/skip of any input to raw or qcow2: outcome (output
 //            names normalised), then the flattened outputs
+//   refgrow  a qcow2 with small clusters (512..4K, refcount widths 1..64)
+//            filled to near what its refcount table covers, then 1-4 of
+//            snapshot -c/-d, amend refcount_bits, bitmap --add and resize
+//            on two copies: outcome after each, the files byte for byte
+//            (snapshot dates masked) and check of instar's copy
 //   convert_backing  convert -B base -F fmt -O qcow2 of a chain's top or a
 //            lone image: outcome, then the flattened data and map (offsets
 //            of the target's own clusters left out: instar's layout)
@@ -943,6 +948,120 @@ const OPS: Record<string, (c: Ctx) => Promise<void>> = {
       const ic = await qemu(["check", "-f", "qcow2", "i.qcow2"], c.dir);
       if (ic.code !== 0) {
         c.divergences.push({ kind: "snapshot_check", commands, qemu: {}, instar: ic });
+        return;
+      }
+    }
+  },
+  /**
+   * The refcount-growth paths: a qcow2 with small clusters filled up to
+   * near what its refcount table covers (cluster_size^3 / refcount_bits
+   * bytes), then 1-4 of snapshot -c/-d, amend refcount_bits, bitmap --add
+   * and resize (grow, or shrink with bitmaps) on two copies: outcome after
+   * each, then the files byte for byte (snapshot dates masked) and a clean
+   * `qemu-img check` of instar's.
+   */
+  async refgrow(c) {
+    const cs = pick(c, "cluster_size", [512, 512, 1024, 4096]);
+    const bits = pick(c, "refcount_bits", RC_BITS);
+    const cover = (cs * cs * cs) / bits;
+    // Data up to a fraction of the coverage (what L2 tables and refcount
+    // blocks add is left for the fraction to straddle), at most 16 MiB.
+    const frac = pick(c, "fill", [0.5, 0.9, 0.94, 0.96, 0.97, 0.98, 0.99, 1.0]);
+    const fill = Math.floor(Math.min(cover * frac * (cs / (cs + 16)), 16 << 20) / 512) * 512;
+    const size = Math.ceil((fill + (4 << 20)) / (1 << 20)) << 20;
+    await must("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-o",
+      `cluster_size=${cs},refcount_bits=${bits}`,
+      "in.qcow2",
+      String(size),
+    ], c.dir);
+    const io = [`write -P 7 0 ${fill}`];
+    if (pick(c, "bitmap_first", [false, true])) {
+      await must("qemu-img", ["bitmap", "--add", "-g", "4k", "in.qcow2", "pre"], c.dir);
+      io.push(`write -P 8 ${Math.floor(fill / 1024) * 512} 64k`);
+    }
+    await must("qemu-io", ["-f", "qcow2", ...io.flatMap((x) => ["-c", x]), "in.qcow2"], c.dir);
+    // Then data up to `slack` bytes short of the coverage (when it is at
+    // most 16 MiB), so that the few clusters the steps allocate cross it.
+    const slack = pick(c, "slack", [0, 512, 2048, 4096, 8192, 16384, 65536]);
+    const end = (await Deno.stat(`${c.dir}/in.qcow2`)).size;
+    if (slack > 0 && cover <= 16 << 20 && end < cover - slack) {
+      // Each data cluster brings an L2 entry and a refcount entry.
+      let more = Math.floor((cover - slack - end) / (1 + (8 + bits / 8) / cs) / cs) * cs;
+      if (fill + more > size) more = Math.floor((size - fill) / cs) * cs;
+      if (more > 0) {
+        await must("qemu-io", ["-f", "qcow2", "-c", `write -P 9 ${fill} ${more}`, "in.qcow2"], c.dir);
+      }
+      c.picks.topped_up = more;
+    }
+    await must("cp", ["--sparse=always", "in.qcow2", "q.qcow2"], c.dir);
+    await must("cp", ["--sparse=always", "in.qcow2", "i.qcow2"], c.dir);
+    const steps: string[][] = [];
+    for (let k = pick(c, "steps", [1, 2, 3, 4]); k > 0; k--) {
+      const name = c.rng.pick(["a", "b"]);
+      const what = c.rng.pick(["snap-c", "snap-c", "snap-d", "amend", "bitmap", "bitmap", "resize"]);
+      if (what === "snap-c") steps.push(["snapshot", "-c", name]);
+      else if (what === "snap-d") steps.push(["snapshot", "-d", name]);
+      else if (what === "amend") steps.push(["amend", "-o", `refcount_bits=${c.rng.pick(RC_BITS)}`]);
+      else if (what === "bitmap") {
+        steps.push(["bitmap", "--add", "-g", c.rng.pick(["512", "4k", "64k"]), name]);
+      } else {
+        steps.push(["resize", ...c.rng.pick([["+1M"], ["+64M"], ["--shrink", "-512"], ["--shrink", "-1M"]])]);
+      }
+    }
+    c.picks.refgrow_commands = steps;
+    /** The refcount table's offset and clusters in qemu's copy (logged when a step moved it). */
+    const reftable = async () => {
+      using f = await Deno.open(`${c.dir}/q.qcow2`);
+      const h = new Uint8Array(60);
+      for (let n = 0; n < 60;) n += (await f.read(h.subarray(n))) ?? 60;
+      return Array.from(h.subarray(48), (x) => x.toString(16).padStart(2, "0")).join("");
+    };
+    const table0 = await reftable();
+    for (const a of steps) {
+      // The file goes last (snapshot, amend) or before the size (resize) or the bitmap's name.
+      const at = a[0] === "snapshot" || a[0] === "amend" ? a.length : a.length - 1;
+      const args = (f: string) => ["-f", "qcow2", ...a.slice(1, at), f, ...a.slice(at)];
+      const qa = [a[0], ...args("q.qcow2")], ia = [a[0], ...args("i.qcow2")];
+      const q = await qemu(qa, c.dir), i = await instar(ia, c.dir);
+      const commands = [`qemu-img ${qa.join(" ")}`, `instar ${ia.join(" ")}`];
+      if (
+        q.code === 0 && i.code === 1 && /not supported by instar|instar does not|instar cannot/.test(i.stderr)
+      ) {
+        c.picks.skipped = i.stderr.trim();
+        return;
+      }
+      const named = (o: Outcome) => ({
+        ...o,
+        stderr: o.stderr.replaceAll("q.qcow2", "i.qcow2").replace(/#block\d+/g, "#block"),
+        stdout: o.stdout.replaceAll("q.qcow2", "i.qcow2"),
+      });
+      if (!same(named(asInstar(q)), named(i))) {
+        c.divergences.push({ kind: `refgrow_${a[0]}_outcome`, commands, qemu: q, instar: i });
+        return;
+      }
+      if (q.code !== 0) return;
+      if ((await reftable()) !== table0) c.picks.reftable_moved = true;
+      const [qb, ib] = await Promise.all(["q", "i"].map((f) => snapshotsMasked(`${c.dir}/${f}.qcow2`)));
+      const diff = qb.length !== ib.length
+        ? Math.min(qb.length, ib.length)
+        : qb.findIndex((v, k) => v !== ib[k]);
+      if (diff >= 0) {
+        c.divergences.push({
+          kind: `refgrow_${a[0]}_bytes`,
+          commands,
+          qemu: qb.length,
+          instar: { length: ib.length, at: diff },
+        });
+        return;
+      }
+      const ic = await qemu(["check", "-f", "qcow2", "i.qcow2"], c.dir);
+      if (ic.code !== 0) {
+        c.divergences.push({ kind: `refgrow_${a[0]}_check`, commands, qemu: {}, instar: ic });
         return;
       }
     }

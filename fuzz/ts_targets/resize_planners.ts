@@ -2,7 +2,8 @@
 // (seed 003's layout, mapped onto lib/formats/*/resize_plan.ts).
 //
 // Input: a 32-byte header, then a pool of records.
-//   0      planner selector (mod the planners present: qcow2 grow, qcow2 shrink)
+//   0      planner selector (mod the planners present: qcow2 grow, qcow2 shrink, vmdk, vhd,
+//          vhdx, the bitmaps of a qcow2 resize: resize_bitmaps_planner.ts has its layout)
 //   1      flags: bit 1 extended_l2, bit 7 "raw" (skip the repairs below)
 //   2      refcount_bits selector 0..7 -> refcount_order 0..6, 7 = invalid (7)
 //   3      cluster_bits selector: 9 + b % 13 (b >= 0xf0: b & 0x1f, maybe invalid)
@@ -32,6 +33,7 @@ import type * as VhdxResize from "../../lib/formats/vhdx/resize_plan.ts";
 import type * as VmdkResize from "../../lib/formats/vmdk/resize_plan.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
+import { present as bitmapsPresent, runResizeBitmaps } from "./resize_bitmaps_planner.ts";
 
 const qcow = await optional<typeof QcowResize>("../../lib/formats/qcow2/resize_plan.ts");
 const input = await optional<typeof ResizeInput>("../../lib/formats/vpc/resize_input.ts");
@@ -51,6 +53,8 @@ if (input && vpc && vhdx && vmdk) {
   // qemu-img's refusal so the planners' arithmetic is reached.
   for (const sel of [3, 4, 5]) planners.push((d, cov) => runOther(d, cov, sel));
 }
+// The bitmaps of a qcow2 resize: marked in use, stored anew (resize_bitmaps_planner.ts).
+if (bitmapsPresent) planners.push(runResizeBitmaps);
 
 const U64 = 1n << 64n;
 
@@ -193,7 +197,7 @@ function runQcow2(d: Uint8Array, cov: Cov, shrink: boolean) {
 
 export const target: TsTarget = {
   description: `resize planners (${
-    planners.length ? "qcow2 grow/shrink, vmdk, vhd, vhdx" : "none present yet"
+    planners.length ? "qcow2 grow/shrink, vmdk, vhd, vhdx, qcow2 bitmaps" : "none present yet"
   })`,
   run(data, cov) {
     if (!planners.length || data.length < 32) return;

@@ -119,6 +119,7 @@
 #define REC_DIFF_RUN 50
 #define REC_BITMAP_DIR 60
 #define REC_BITMAP_ENTRY 61
+#define REC_BITMAP_CUT 190
 #define REC_AMEND_ZERO 105
 #define REC_AMEND_SNAP 106
 #define REC_AMEND_COUNT 107
@@ -1022,6 +1023,25 @@ _Static_assert(offsetof(struct rec_bitmap_entry, bitmap) == 8, "rec_bitmap_entry
 _Static_assert(offsetof(struct rec_bitmap_entry, nonzero) == 12, "rec_bitmap_entry.nonzero");
 _Static_assert(offsetof(struct rec_bitmap_entry, index) == 16, "rec_bitmap_entry.index");
 _Static_assert(offsetof(struct rec_bitmap_entry, value) == 24, "rec_bitmap_entry.value");
+
+/* records.BITMAP_CUT: the data cluster of table entry `index` of bitmap `bitmap` as qemu stores it after hbitmap_truncate: its first `keep` bytes verbatim, then `byte` (when `partial`), then zeroes */
+struct rec_bitmap_cut {
+    uint8_t hdr[8];
+    uint32_t bitmap;
+    uint8_t byte; /* the boundary byte with the bits past the end cleared */
+    uint8_t partial; /* 1: the end falls inside byte `keep` */
+    uint8_t pad[2];
+    uint64_t index;
+    uint64_t keep;
+};
+_Static_assert(sizeof(struct rec_bitmap_cut) == 32, "rec_bitmap_cut size");
+_Static_assert(offsetof(struct rec_bitmap_cut, hdr) == 0, "rec_bitmap_cut.hdr");
+_Static_assert(offsetof(struct rec_bitmap_cut, bitmap) == 8, "rec_bitmap_cut.bitmap");
+_Static_assert(offsetof(struct rec_bitmap_cut, byte) == 12, "rec_bitmap_cut.byte");
+_Static_assert(offsetof(struct rec_bitmap_cut, partial) == 13, "rec_bitmap_cut.partial");
+_Static_assert(offsetof(struct rec_bitmap_cut, pad) == 14, "rec_bitmap_cut.pad");
+_Static_assert(offsetof(struct rec_bitmap_cut, index) == 16, "rec_bitmap_cut.index");
+_Static_assert(offsetof(struct rec_bitmap_cut, keep) == 24, "rec_bitmap_cut.keep");
 
 /* records.RESIZE_SUMMARY: last record of a resize scan, with the count of each record kind */
 struct rec_resize_summary {

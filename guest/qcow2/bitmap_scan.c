@@ -8,6 +8,9 @@
  *   BITMAP_ENTRY  each table entry pointing at a data cluster, with whether
  *                 that cluster has a set bit inside the bitmap (qemu stores
  *                 only such clusters when it writes the bitmap back)
+ *   BITMAP_CUT    after an entry whose cluster also has set bits past the
+ *                 bitmap's end (judged against a shrink's new end): what
+ *                 qemu's truncated bitmap keeps of that cluster
  *   then the resize scan's records for the image's own size: QCOW2_INFO,
  *   RESIZE_L1, RESIZE_REFTABLE, RESIZE_REFRUN and RESIZE_SUMMARY (last).
  *
@@ -23,13 +26,16 @@
 #define BITMAP_MAX_ENTRIES (256u * 1024u)
 
 /* Whether the data cluster at `off` has a set bit among its first `bits`
- * bits (LSB first in each byte, as qemu serializes), and past them. */
-static int scan_cluster(struct qcow2 *q, uint8_t *buf, uint64_t off, uint64_t bits, bool *nonzero, bool *tail)
+ * bits (LSB first in each byte, as qemu serializes), and past them; *edge
+ * is byte bits / 8 with the bits past them cleared (0 when none is left). */
+static int scan_cluster(struct qcow2 *q, uint8_t *buf, uint64_t off, uint64_t bits, bool *nonzero, bool *tail,
+                        uint8_t *edge)
 {
     if (reader_read(q->r, off, buf, q->cluster_size)) return rt_error(0, GERR_IO, off, 0, 0);
     uint64_t full = bits / 8, rest = bits % 8;
     *nonzero = false;
     *tail = false;
+    *edge = 0;
     for (uint64_t i = 0; i < q->cluster_size; i++) {
         uint8_t b = buf[i];
         if (!b) continue;
@@ -38,6 +44,7 @@ static int scan_cluster(struct qcow2 *q, uint8_t *buf, uint64_t off, uint64_t bi
         } else if (i == full && rest) {
             uint8_t in = (uint8_t)((1u << rest) - 1);
             if (b & in) *nonzero = true;
+            *edge = (uint8_t)(b & in);
             if (b & ~in) *tail = true;
         } else {
             *tail = true;
@@ -81,6 +88,8 @@ static int scan_bitmaps(struct qcow2 *q, uint64_t len)
         /* Entries first (they are sent after the DIR record, which carries the state). */
         uint64_t mark = rt_heap_mark();
         struct rec_bitmap_entry *list = 0;
+        static struct rec_bitmap_cut cut;
+        uint64_t cut_after = UINT64_MAX; /* the entry the cut follows (at most one: the boundary cluster) */
         if (!(d.flags & 1)) {
             list = rt_alloc((uint64_t)d.table_size * sizeof *list);
             if (!list) return rt_error(0, GERR_OUT_OF_MEMORY, d.table_size, 0, 0);
@@ -103,8 +112,18 @@ static int scan_bitmaps(struct qcow2 *q, uint64_t len)
                 uint64_t here = bits > first ? bits - first : 0;
                 if (here > per_cluster) here = per_cluster;
                 bool nonzero = false, tail = false;
-                if (scan_cluster(q, buf, v & 0x00fffffffffffe00ull, here, &nonzero, &tail)) return -1;
+                uint8_t edge = 0;
+                if (scan_cluster(q, buf, v & 0x00fffffffffffe00ull, here, &nonzero, &tail, &edge)) return -1;
                 if (tail) d.state |= BMS_TAIL_BITS;
+                if (tail && nonzero) {
+                    rec_init(&cut, REC_BITMAP_CUT, sizeof cut);
+                    cut.bitmap = index;
+                    cut.index = i;
+                    cut.keep = here / 8;
+                    cut.partial = (here % 8) != 0;
+                    cut.byte = edge;
+                    cut_after = n_entries;
+                }
                 struct rec_bitmap_entry *r = &list[n_entries++];
                 rec_init(r, REC_BITMAP_ENTRY, sizeof *r);
                 r->bitmap = index;
@@ -115,8 +134,10 @@ static int scan_bitmaps(struct qcow2 *q, uint64_t len)
             }
         }
         if (rt_emit(&d, sizeof d)) return -1;
-        for (uint64_t i = 0; i < n_entries; i++)
+        for (uint64_t i = 0; i < n_entries; i++) {
             if (rt_emit(&list[i], sizeof list[i])) return -1;
+            if (i == cut_after && rt_emit(&cut, sizeof cut)) return -1;
+        }
         rt_heap_release(mark);
         if (d.state & BMS_TOO_BIG) return 0;
     }

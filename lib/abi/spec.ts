@@ -335,6 +335,9 @@ export const records = {
   BITMAP_DIR: 60,
   /** One non-zero bitmap table entry (rec_bitmap_entry). */
   BITMAP_ENTRY: 61,
+  /** Right after a BITMAP_ENTRY whose cluster has set bits both inside the bitmap and past its
+   * end (a resize --shrink scan): what qemu's truncated bitmap keeps of it (rec_bitmap_cut). */
+  BITMAP_CUT: 190,
   // 105..109: amend's downgrade scan (ops.RESIZE_SCAN with resize arg[1] bit 1,
   // guest/qcow2/resize_scan.c), sent before RESIZE_SUMMARY.
   /** One zero-flagged L2 entry (rec_resize_pair: index = the entry's file offset,
@@ -1201,6 +1204,21 @@ export const structs: StructSpec[] = [
     ],
   },
   {
+    name: "rec_bitmap_cut",
+    size: 32,
+    doc: "records.BITMAP_CUT: the data cluster of table entry `index` of bitmap `bitmap` as qemu stores it " +
+      "after hbitmap_truncate: its first `keep` bytes verbatim, then `byte` (when `partial`), then zeroes",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "bitmap", type: "u32", offset: 8 },
+      { name: "byte", type: "u8", offset: 12, doc: "the boundary byte with the bits past the end cleared" },
+      { name: "partial", type: "u8", offset: 13, doc: "1: the end falls inside byte `keep`" },
+      { name: "pad", type: "bytes", offset: 14, count: 2 },
+      { name: "index", type: "u64", offset: 16 },
+      { name: "keep", type: "u64", offset: 24 },
+    ],
+  },
+  {
     name: "rec_resize_summary",
     size: 56,
     doc: "records.RESIZE_SUMMARY: last record of a resize scan, with the count of each record kind",
@@ -1650,6 +1668,7 @@ export const recordStructs: Record<number, string> = {
   [records.DIFF_RUN]: "rec_diff_run",
   [records.BITMAP_DIR]: "rec_bitmap_dir",
   [records.BITMAP_ENTRY]: "rec_bitmap_entry",
+  [records.BITMAP_CUT]: "rec_bitmap_cut",
   [records.AMEND_ZERO]: "rec_resize_pair",
   [records.AMEND_SNAP]: "rec_resize_run",
   [records.AMEND_COUNT]: "rec_resize_pair",

@@ -36,6 +36,7 @@ import type { SecretStore } from "../secrets/objects.ts";
 import { applySteps } from "./apply_steps.ts";
 import { resizeHost } from "./resize.ts";
 import { qcow2Resize } from "../formats/qcow2/resize.ts";
+import { prepareBitmapResize, storeBitmapsAfterResize } from "../formats/qcow2/resize_bitmaps.ts";
 import { qcow2Downgrade } from "../formats/qcow2/downgrade.ts";
 import { qcow2ChangeRefcountOrder } from "../formats/qcow2/refcount_order.ts";
 import { AmendProgress } from "../formats/qcow2/amend_progress.ts";
@@ -151,6 +152,24 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
       throw new CliError([`Could not amend '${filename}': ${r.why}; nothing was written`]);
     }
     let wrote = false;
+    // qemu's read-write open marks the bitmaps in use and its close stores
+    // them anew (qcow2/resize_bitmaps.ts, as for a resize); a new size does
+    // both itself, a downgrade refuses bitmaps.
+    const around = bitmaps !== undefined && q.nbBitmaps > 0 && r.newSize === undefined && !r.downgrade
+      ? await prepareBitmapResize(
+        resizeHost(
+          img,
+          "off",
+          (why) => new CliError([`Could not amend '${filename}': ${why}; nothing was written`]),
+        ),
+        filename,
+        q.virtualSize,
+      )
+      : undefined;
+    if (around) {
+      await applySteps(img, around.openSteps, "Error while amending options", "off", "write");
+      wrote = true;
+    }
     if (r.plan) {
       await applySteps(img, [r.plan], "Error while amending options", "off", "write");
       wrote = true;
@@ -185,6 +204,10 @@ export async function amendCommand(argv: string[], io: Io, base?: InstarOptions)
       wrote = true;
       prog.refcountOrder(w.allocWalks, w.oldTableEntries, w.walks, w.writeEntries);
       flush();
+    }
+    if (around) {
+      cur = await reread();
+      await storeBitmapsAfterResize(resizeHost(cur, "off", refuse), filename, around);
     }
     if (r.newSize !== undefined) {
       if (r.plan || r.refcountOrder !== undefined) cur = await reread();

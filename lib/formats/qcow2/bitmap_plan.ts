@@ -61,6 +61,17 @@ export interface BitmapScanEntry {
   value: bigint;
   /** The cluster has a set bit inside the bitmap. */
   nonzero: boolean;
+  /**
+   * The cluster also has set bits past the bitmap's end (a shrink's scan,
+   * BITMAP_CUT): qemu's truncated bitmap keeps its first `keep` bytes, then
+   * `byte` (the boundary byte with the bits past the end cleared), then zeroes.
+   */
+  cut?: BitmapCut;
+}
+
+export interface BitmapCut {
+  keep: bigint;
+  byte?: number;
 }
 
 export interface BitmapScanDir {
@@ -109,6 +120,9 @@ export interface BitmapRequest {
    * marked them and passes the bitmaps as loaded) and stores at close.
    */
   phase?: "open" | "store";
+  /** "store" after a resize: qemu's free_cluster_index as the resize left it (the store's
+   * allocations continue from there, not from the first free cluster). */
+  freeIndex?: bigint;
   /**
    * "store" with `merged` (its fileEnd): data the guest staged for loaded
    * bitmaps (directory index -> table index -> offset), stored in place of
@@ -149,6 +163,8 @@ interface Mem {
   gbits: number;
   enabled: boolean;
   data: Map<bigint, bigint>;
+  /** Clusters of data stored cut (a shrink drops the bits past the new end). */
+  cuts?: Map<bigint, BitmapCut>;
 }
 
 /** A Qcow2Bitmap of a directory (bm_list). */
@@ -346,6 +362,12 @@ class Replay {
       table,
       runs: s.runs,
     });
+    if (req.freeIndex !== undefined) {
+      if (req.freeIndex < 0n || req.freeIndex > (1n << 56n) >> this.cb) {
+        throw new Refusal("free cluster index out of range");
+      }
+      this.rc.freeIndex = req.freeIndex;
+    }
     this.rc.listener = {
       // A new block is written with the epoch's raised blocks, its table
       // entry after them (publish).
@@ -370,8 +392,11 @@ class Replay {
       tableData: b.entries.map((e) => e.value),
     }));
     for (const [i, b] of s.bitmaps.entries()) {
-      const data = new Map<bigint, bigint>();
-      for (const e of b.entries) if (e.nonzero) data.set(e.index, e.value);
+      const data = new Map<bigint, bigint>(), cuts = new Map<bigint, BitmapCut>();
+      for (const e of b.entries) {
+        if (e.nonzero) data.set(e.index, e.value);
+        if (e.nonzero && e.cut) cuts.set(e.index, e.cut);
+      }
       const staged = req.stagedData?.get(i);
       this.mems.push({
         origin: staged ? undefined : i,
@@ -379,6 +404,7 @@ class Replay {
         gbits: b.granularityBits,
         enabled: (b.flags & BME_FLAG_AUTO) !== 0,
         data: staged ?? data,
+        cuts: staged ? undefined : cuts,
       });
     }
     this.qemuSize = s.fileSize;
@@ -445,6 +471,7 @@ class Replay {
         return undefined;
       case "clear":
         m.data = new Map();
+        m.cuts = undefined;
         m.origin = undefined;
         return undefined;
       case "enable":
@@ -463,6 +490,7 @@ class Replay {
         if (!this.req.source && m.data.size === 0 && src.gbits === m.gbits) {
           // The destination becomes a copy of the source's clusters.
           m.data = new Map(src.data);
+          m.cuts = src.cuts;
           m.origin = undefined;
           return undefined;
         }
@@ -491,6 +519,7 @@ class Replay {
         }
         this.mergeUsed = true;
         m.data = new Map(this.req.merged.data);
+        m.cuts = undefined;
         m.origin = undefined;
         return undefined;
       }
@@ -713,8 +742,16 @@ class Replay {
     for (const idx of [...m.data.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) {
       if (idx >= size) throw new Refusal("bitmap data past its table");
       if (++this.moved > MAX_BITMAP_CLUSTERS) throw new Refusal("too many bitmap data clusters");
-      const at = this.alloc(this.cs);
-      this.events.push({ kind: "copy", offset: at, from: m.data.get(idx)!, length: this.cs });
+      const at = this.alloc(this.cs), from = m.data.get(idx)!, cut = m.cuts?.get(idx);
+      if (cut) {
+        // hbitmap_truncate cleared the bits past the new end; the rest of the cluster is zero.
+        if (cut.keep > 0n) this.events.push({ kind: "copy", offset: at, from, length: cut.keep });
+        const rest = new Uint8Array(Number(this.cs - cut.keep));
+        if (cut.byte !== undefined) rest[0] = cut.byte;
+        this.events.push({ kind: "write", offset: at + cut.keep, bytes: rest });
+      } else {
+        this.events.push({ kind: "copy", offset: at, from, length: this.cs });
+      }
       dv.setBigUint64(Number(idx) * 8, at);
       data.push(at);
     }

@@ -44,6 +44,18 @@ export function decodeBitmapScan(recs: Rec[], fileSize: bigint): Qcow2BitmapScan
         value: f.value as bigint,
         nonzero: (f.nonzero as number) !== 0,
       });
+    } else if (r.type === records.BITMAP_CUT) {
+      // Only right after the entry it is about, and only one per entry.
+      const b = bitmaps[bitmaps.length - 1];
+      const e = b?.entries[b.entries.length - 1];
+      const keep = f.keep as bigint, partial = f.partial as number;
+      if (
+        !e || e.cut || (f.bitmap as number) !== bitmaps.length - 1 || f.index !== e.index || !e.nonzero ||
+        partial > 1 || keep >= model.clusterSize || (partial === 0 && keep === 0n)
+      ) {
+        throw new GuestResultError("bitmap cut out of place");
+      }
+      e.cut = { keep, byte: partial ? (f.byte as number) : undefined };
     }
   }
   if (bitmaps.length !== model.nbBitmaps) {

@@ -36,8 +36,11 @@
 // did. A crash before the header leaves the old image with leaked
 // clusters, after it the new image with leaked clusters.
 //
-// Refused (never written): a count too large for the new width past the
-// first new block (qemu would have allocated blocks before failing).
+// A count too large for the new width fails as qemu's walk does when it
+// reads it: the new blocks completed before it were allocated and are
+// freed again, so the file is left as it was (refused, never written, when
+// those allocations needed new old-width refcount structures, which qemu
+// keeps).
 import { type FilePlan, MAX_PATCHES, type Patch } from "../plan.ts";
 import { RefcountError, RefcountModel, type RefRun } from "./refcounts.ts";
 
@@ -175,21 +178,18 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
   const blocks = (total + newPer - 1n) / newPer;
 
   // The first count too wide for the new width (the walk reads in order).
+  let wide: RefRun | undefined;
   if (newBits < 64) {
     const max = (1n << BigInt(newBits)) - 1n;
-    for (const r of scan.runs) {
-      if (r.refcount <= max || r.start >= total) continue;
-      if (r.start >= newPer) {
-        return refuse("a refcount is too large for the new width past the first refcount block");
-      }
-      return {
-        kind: "error",
-        message: `Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset ${
-          hex(r.start << cb)
-        } has a refcount of ${r.refcount}`,
-      };
-    }
+    wide = scan.runs.find((r) => r.refcount > max && r.start < total);
   }
+  const wideError: RefcountOrderResult | undefined = wide && {
+    kind: "error",
+    message: `Cannot decrease refcount entry width to ${newBits} bits: Cluster at offset ${
+      hex(wide.start << cb)
+    } has a refcount of ${wide.refcount}`,
+  };
+  if (wide && wide.start < newPer) return wideError!;
   if (blocks > MAX_REFTABLE_ENTRIES * 64n) {
     return refuse("the refcount table is too large for instar to walk");
   }
@@ -247,11 +247,57 @@ export function planRefcountOrder(scan: RefcountOrderScan, order: number): Refco
     walks.push({ sizes, end: old.tableEntries });
     return allocated;
   };
+  /**
+   * The first walk as far as qemu's goes when it meets the too-wide count
+   * at cluster `stop`: the new blocks completed before it are allocated
+   * (in the old structures), the one holding it never is. qemu's error
+   * path frees them again: the file is left as it was, unless an
+   * allocation needed a new old-width refcount block or moved the old
+   * table (kept by qemu; instar refuses those).
+   */
+  const walkUntil = (stop: bigint): boolean => {
+    let k = 0n, fill = 0n, empty = true;
+    for (let j = 0n; j < old.tableEntries && !tooBig; j++) {
+      const present = old.table.has(j);
+      const lo = j << old.rbBits;
+      for (let i = 0n; i < old.perBlock && !tooBig;) {
+        if (fill === newPer) {
+          allocRefblock(k, empty);
+          k++;
+          fill = 0n;
+          empty = true;
+        }
+        const take = newPer - fill < old.perBlock - i ? newPer - fill : old.perBlock - i;
+        if (lo + i + take > stop) return true;
+        if (present && empty && !old.allZero(lo + i, take)) empty = false;
+        fill += take;
+        i += take;
+      }
+    }
+    return false;
+  };
   const tooLarge: RefcountOrderResult = {
     kind: "error",
     message:
       "This operation would make the refcount table grow beyond the maximum size supported by QEMU, aborting",
   };
+  if (wide) {
+    try {
+      const reached = walkUntil(wide.start);
+      if (tooBig) return tooLarge;
+      if (!reached) return refuse("the too-wide refcount lies past the refcount table");
+    } catch (e) {
+      if (e instanceof RefcountError) return refuse(`refcount replay failed: ${e.message}`);
+      throw e;
+    }
+    if (moves.length > 0 || old.takeHookups().length > 0) {
+      return refuse(
+        "a refcount is too large for the new width, and the blocks qemu allocates before failing " +
+          "need new refcount structures",
+      );
+    }
+    return wideError!;
+  }
   try {
     for (;;) {
       const allocated = walk();

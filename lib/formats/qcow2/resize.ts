@@ -79,7 +79,7 @@ export const qcow2Resize: ResizeSupport = {
     }
     if (bitmaps) await host.applySteps(bitmaps.openSteps, "Could not resize image", "discard", true);
     await host.applySteps(plan.value.steps, "Could not resize image", "discard");
-    if (bitmaps) await storeBitmapsAfterResize(host, job.filename, bitmaps);
+    if (bitmaps) await storeBitmapsAfterResize(host, job.filename, bitmaps, plan.value.freeIndex);
   },
 };
 

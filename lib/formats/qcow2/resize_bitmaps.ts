@@ -17,10 +17,12 @@
 // pointing at freed clusters.
 //
 // Shrinking: qemu drops the bits past the new end (hbitmap_truncate). The
-// guest scans the bits again against the new end (bitmap_scan arg[0] = 2);
-// a bitmap with a set bit past it would need its data rewritten, which
-// instar refuses before writing anything; otherwise the data clusters
-// before the end are kept verbatim and the ones past it dropped.
+// guest scans the bits again against the new end (bitmap_scan arg[0] = 2):
+// the data clusters before the end are kept verbatim, the ones past it
+// dropped, and the one holding the end is stored cut (its first bytes
+// copied, the boundary byte as the guest reports it with the bits past the
+// end cleared, zeroes after: BITMAP_CUT), as qemu serializes the truncated
+// bitmap.
 import { bitmapState, records } from "../../abi/spec.ts";
 import type { ResizeHost } from "../types.ts";
 import { qcow2ErrorMessage } from "./errors.ts";
@@ -68,12 +70,13 @@ async function scanNow(host: ResizeHost, filename: string, len?: bigint): Promis
   }
 }
 
-const request = (phase: "open" | "store"): BitmapRequest => ({
+const request = (phase: "open" | "store", freeIndex?: bigint): BitmapRequest => ({
   name: new Uint8Array(0),
   granularity: 0n,
   actions: [],
   nodeName: NODE_NAME,
   phase,
+  freeIndex,
 });
 
 /** Scans the bitmaps, checks instar can carry them to `newSize`, plans the in-use marking. */
@@ -96,13 +99,12 @@ export async function prepareBitmapResize(
   if (newSize < before.model.virtualSize) {
     // The bits again, judged against the new end: a set bit past it is a tail bit.
     before = await scanNow(host, filename, newSize);
-    for (const b of before.bitmaps) {
-      if ((b.state & bitmapState.TAIL_BITS) !== 0) {
-        throw host.refuse(
-          `bitmap '${bitmapNameText(b.name)}' has dirty bits past the new end; instar does not shrink it`,
-        );
-      }
-    }
+    // Bits past it are what hbitmap_truncate clears: the cluster holding
+    // the new end is stored cut (BITMAP_CUT), the ones past it dropped.
+    before = {
+      ...before,
+      bitmaps: before.bitmaps.map((b) => ({ ...b, state: b.state & ~bitmapState.TAIL_BITS })),
+    };
     why = bitmapRefusal(before);
     if (why) throw host.refuse(why);
   }
@@ -111,11 +113,17 @@ export async function prepareBitmapResize(
   return { before, openSteps: plan.value.steps };
 }
 
-/** After the resize: the bitmaps stored anew for the new size, as qemu's close does. */
+/**
+ * After the resize: the bitmaps stored anew for the new size, as qemu's
+ * close does; its allocations continue from `freeIndex`, qemu's
+ * free_cluster_index as the resize left it (it passed holes it found too
+ * small, which the store does not go back to).
+ */
 export async function storeBitmapsAfterResize(
   host: ResizeHost,
   filename: string,
   job: BitmapResize,
+  freeIndex?: bigint,
 ): Promise<void> {
   const now = await scanNow(host, filename);
   const was = job.before.bitmaps;
@@ -139,7 +147,7 @@ export async function storeBitmapsAfterResize(
       entries: was[i].entries,
     })),
   };
-  const plan = planQcow2Bitmap(loaded, request("store"));
+  const plan = planQcow2Bitmap(loaded, request("store", freeIndex));
   if (!plan.ok) throw host.refuse(plan.error.message);
   await host.applySteps(plan.value.steps, "Could not resize image", "discard", true);
 }

@@ -91,6 +91,9 @@ export interface ResizeSteps {
    * area falloc/full allocate: the applier allocates it (posix_fallocate)
    * or writes zeroes, as the mode says. */
   steps: FilePlan[];
+  /** qemu's free_cluster_index after the resize: where the bitmaps' store
+   * at close (resize_bitmaps.ts) continues allocating from. */
+  freeIndex?: bigint;
 }
 
 const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
@@ -306,14 +309,14 @@ export function planQcow2Resize(scan: Qcow2ResizeScan, opts: Qcow2ResizeOptions)
     if (prealloc !== "off" && opts.newSize <= roundUp512(scan.virtualSize)) {
       return fail("invalid_option", "Preallocation can only be used for growing images");
     }
-    const steps = opts.newSize < roundUp512(scan.virtualSize)
+    const { steps, freeIndex } = opts.newSize < roundUp512(scan.virtualSize)
       ? shrink(scan, opts.newSize)
       : grow(scan, opts.newSize, prealloc);
     for (const s of steps) {
       const v = planViolation(s);
       if (v) return fail("unsupported", `Resize plan broke an invariant: ${v}`);
     }
-    return ok({ steps });
+    return ok({ steps, freeIndex });
   } catch (e) {
     if (e instanceof ResizeRefusal) return fail(e.kind, e.message);
     if (e instanceof RefcountError) {
@@ -357,7 +360,7 @@ function stage<T>(what: string, f: () => T): T {
 }
 
 /** qcow2_co_truncate, growing (or keeping the size): qcow2_grow_l1_table, preallocation, the size. */
-function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): FilePlan[] {
+function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): ResizeSteps {
   const log = new StepLog(scan.fileSize);
   const rc = modelOf(scan, log);
   const newL1 = sizeToL1(newSize, scan.clusterBits, scan.extendedL2);
@@ -411,7 +414,7 @@ function grow(scan: Qcow2ResizeScan, newSize: bigint, prealloc: Qcow2Prealloc): 
     else preallocData(g);
   }
   log.push([sizePatch(newSize)]);
-  return log.steps;
+  return { steps: log.steps, freeIndex: rc.freeIndex };
 }
 
 /**
@@ -693,7 +696,7 @@ function preallocData({ rc, log, l2, scan, oldLen, newLen }: Grow) {
 /** The most transient L2 tables a shrink models (see shrink). */
 const TRANSIENT_MAX = 4096;
 
-function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
+function shrink(scan: Qcow2ResizeScan, newSize: bigint): ResizeSteps {
   const log = new StepLog(scan.fileSize);
   const rc = modelOf(scan, log);
   const cs = rc.cs;
@@ -775,6 +778,14 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
       if ((c + 1n) << rc.cb > grownTo) grownTo = (c + 1n) << rc.cb;
     }
   }
+  // Refcount blocks those allocations placed (alloc_refcount_block): written
+  // and hooked into the table in force before anything else (a moved table
+  // already holds them: its own steps came from the listener).
+  const hooked = hookupPatches(rc);
+  if (hooked.length > 0) {
+    log.push(blockPatches(rc));
+    log.push(hooked);
+  }
   const step1: Patch[] = [];
   for (const z0 of scan.zeros) {
     const z = moved && (z0.start & ~(cs - 1n)) === moved[0]
@@ -817,10 +828,17 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   const dropped = [...rc.table.keys()].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)).filter((t) =>
     rc.unused(t)
   );
+  // The table in force (qcow2_refcount_area may have moved it while the
+  // transient tables were allocated), every block it names but the dropped
+  // ones: the scan's entries as read, the blocks placed since as offsets.
   const reftable = new Uint8Array(Number(rc.tableEntries * 8n));
   const tv = new DataView(reftable.buffer);
   const droppedSet = new Set(dropped);
-  for (const [i, v] of scan.reftable) if (!droppedSet.has(BigInt(i))) tv.setBigUint64(i * 8, v, false);
+  for (const [t, off] of rc.table) {
+    if (droppedSet.has(t)) continue;
+    const raw = scan.reftable.get(Number(t));
+    tv.setBigUint64(Number(t) * 8, raw !== undefined && (raw & REFT_OFFSET_MASK) === off ? raw : off, false);
+  }
   for (const t of dropped) {
     // qcow2_discard_refcount_block: the block's own entry must be exactly 1.
     const off = rc.table.get(t)!;
@@ -837,11 +855,12 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   }
   const step2 = [...blockPatches(rc), {
     kind: "write" as const,
-    offset: scan.reftableOffset,
+    offset: rc.tableOffset,
     bytes: reftable,
   }];
   // qcow2_get_last_cluster over the file length after the discard (which
-  // may have added an L2 table).
+  // may have added an L2 table, refcount blocks, a moved refcount table).
+  if (log.size > grownTo) grownTo = log.size;
   const last = rc.lastUsed((grownTo + cs - 1n) >> rc.cb);
   if (last < 0n) throw new ResizeRefusal("unsupported", "There are no references in the refcount table");
   let size = grownTo;
@@ -858,7 +877,7 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   log.push(step2);
   log.push(punches);
   log.push([sizePatch(newSize)], size);
-  return log.steps;
+  return { steps: log.steps, freeIndex: rc.freeIndex };
 }
 
 /** [start, end) runs sorted and merged where they touch or overlap. */
