@@ -40,8 +40,8 @@
  * the host's planners (lib/formats/{vpc,vhdx}/output_plan.ts) write all
  * metadata.
  *
- * With CONV_BACKING | CONV_COMPRESS (convert -B -c; the zlib program only,
- * the zstd one has no room): the top's status taken in whole clusters as
+ * With CONV_BACKING | CONV_COMPRESS (convert -B -c; the zlib and zstd
+ * programs, CONV_ZSTD picking the codec): the top's status taken in whole clusters as
  * qemu does for compressed targets (convert_qcow2_backing_compressed); a
  * cluster a short run touches is read whole from the source chain, so no
  * cluster is refused. arg[4] then carries the cluster bits in bits 0-7, the
@@ -535,17 +535,13 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     return 0;
 }
 
-#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B, and -B -c with zlib (zstd: no room) */
 /* ---- qcow2 output over a backing file (convert -B) ---- */
 
 #define CB_SKIP 1u  /* part of the cluster is left to the backing file */
 #define CB_ZERO 2u  /* part of the cluster is write-zeroed */
 #define CB_DATA 4u  /* part of the cluster is written with data */
 #define CB_SPLIT 8u /* a write-zeroes request starts or ends inside the cluster */
-static uint8_t cstate[CHUNK >> 9];
 static struct rec_data_run zrun; /* the ZERO_RUN being built (count 0 = none) */
-#define MAX_DRUNS 512u
-static uint64_t druns[2 * MAX_DRUNS]; /* data runs of the chunk read so far {offset, length} */
 
 static int emit_zrun(void)
 {
@@ -579,6 +575,11 @@ static int backing_kind(uint64_t at, uint64_t len, uint64_t bsize, uint64_t *k)
     if (st & CS_ZERO) return at >= bsize ? 0 : 1;
     return (st & CS_DATA) ? 2 : 0;
 }
+
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B uncompressed (the zstd programs: -B -c only) */
+static uint8_t cstate[CHUNK >> 9];
+#define MAX_DRUNS 512u
+static uint64_t druns[2 * MAX_DRUNS]; /* data runs of the chunk read so far {offset, length} */
 
 /* Marks the chunk's clusters a request [at, at+len) of kind `bit` touches
  * (chunk offset `off`); a write-zeroes request ending inside a cluster
@@ -740,7 +741,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
 }
 #endif
 
-#ifdef CONVERT_ZLIB
+#if defined(CONVERT_ZLIB) || defined(CONVERT_ZSTD) /* -B -c: the compressing programs only */
 /* convert -B -c, as qemu-img's convert_iteration_sectors and convert_co_write
  * do it for compressed targets: status runs of the top layer (backing_kind)
  * are taken in whole clusters: a run shorter than a cluster makes the whole
@@ -752,8 +753,8 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
  * clusters (ZERO_RUN), or plain clusters of zeroes in compat=0.10
  * (zero_data: qemu's write-zeroes fallback writes them uncompressed). */
 static int convert_qcow2_backing_compressed(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits,
-                                            uint64_t bsize, bool zero_data, uint32_t span_bits, uint8_t *buf,
-                                            uint8_t *zbuf)
+                                            uint64_t bsize, bool zero_data, bool zstd, uint32_t span_bits,
+                                            uint8_t *buf, uint8_t *zbuf)
 {
     uint64_t csize = 1ull << cbits;
     uint64_t size = chain.size;
@@ -804,7 +805,7 @@ static int convert_qcow2_backing_compressed(uint64_t start, uint64_t end, uint64
                 uint64_t zused = 0;
                 for (uint64_t c = 0; c < padded; c += csize) {
                     uint64_t gc = (off + c) >> cbits;
-                    int64_t len = compress_cluster(false, zbuf + zused, csize - 1, buf + c, csize);
+                    int64_t len = compress_cluster(zstd, zbuf + zused, csize - 1, buf + c, csize);
                     if (len < 0) return -1;
                     if (len > 0) {
                         if (store_compressed(gc, zbuf + zused, (uint64_t)len, cbits)) return -1;
@@ -878,8 +879,10 @@ int op_main(void)
     if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK | CONV_BACKING | CONV_ZERO_DATA))
         return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
     if ((flags & CONV_ZERO_DATA) && !(flags & CONV_BACKING)) return rt_error(0, GERR_BAD_PARAMS, 5, 12, 0);
-    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA | CONV_COMPRESS)) != CONV_QCOW2)
+    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA | CONV_COMPRESS | CONV_ZSTD)) != CONV_QCOW2)
         return rt_error(0, GERR_BAD_PARAMS, 5, 11, 0);
+    if ((flags & CONV_BACKING) && (flags & CONV_ZSTD) && !(flags & CONV_COMPRESS))
+        return rt_error(0, GERR_BAD_PARAMS, 5, 11, 2);
     if (flags & CONV_VMDK) {
 #ifdef CONVERT_ZLIB
         /* 64 KiB grains, zlib, never with ZSTD or BLOCK. */
@@ -946,20 +949,24 @@ int op_main(void)
         if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
         if (flags & CONV_BACKING) {
-#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
-#ifdef CONVERT_ZLIB
             if (backing_compress) {
+#if defined(CONVERT_ZLIB) || defined(CONVERT_ZSTD)
                 if (convert_qcow2_backing_compressed(start, end, min_sparse, (uint32_t)cbits, p->arg[7],
-                                                     flags & CONV_ZERO_DATA, span_bits, buf, zbuf))
+                                                     flags & CONV_ZERO_DATA, flags & CONV_ZSTD, span_bits, buf,
+                                                     zbuf))
                     return -1;
-            } else
-#endif
-            if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA, buf))
-                return -1;
 #else
-            (void)backing_compress;
-            return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
+                return rt_error(0, GERR_BAD_PARAMS, 5, 11, 3);
 #endif
+            } else {
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
+                if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA,
+                                          buf))
+                    return -1;
+#else
+                return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
+#endif
+            }
         } else if (flags & CONV_COUNT) {
             if (count_clusters(start, end, (uint32_t)cbits, min_sparse, &n_clusters)) return -1;
         } else if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) {

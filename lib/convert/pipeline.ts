@@ -411,13 +411,8 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
   let maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
   let arg4High = 0n;
   if (target.backingSize !== undefined) {
-    // -B -c: the zlib program compresses the top's data clusters; the zstd
-    // one has no room for the -B code (guest/ops/convert.c).
-    if (target.compress && o.compressionType === "zstd") {
-      throw new PlanRefused(
-        "Compressed output with a backing file and compression_type=zstd is not supported by instar convert",
-      );
-    }
+    // -B -c: the zlib or zstd program compresses the top's data clusters
+    // (guest/ops/convert.c convert_qcow2_backing_compressed).
     // arg[7] carries the backing file's size, so the refcount limit of
     // shared compressed clusters goes above the cluster bits in arg[4].
     if (target.compress) arg4High = (maxRefs << 8n) | (target.topL2Bits ?? 0n);
