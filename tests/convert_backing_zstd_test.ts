@@ -36,15 +36,30 @@ const ZTOP = [
 
 const Z = ["-c", "-o", "compression_type=zstd"];
 const CASES: { name: string; args: string[] }[] = [
-  { name: "a chain's top layer over its own base", args: [...Z, "-B", "base.qcow2", "-F", "qcow2", "top.qcow2"] },
-  { name: "-S 0 (zeroes compressed too)", args: [...Z, "-S", "0", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2"] },
+  {
+    name: "a chain's top layer over its own base",
+    args: [...Z, "-B", "base.qcow2", "-F", "qcow2", "top.qcow2"],
+  },
+  {
+    name: "-S 0 (zeroes compressed too)",
+    args: [...Z, "-S", "0", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2"],
+  },
   {
     name: "64 KiB clusters partly written by a 512-byte-cluster top",
     args: [...Z, "-B", "base.qcow2", "-F", "qcow2", "fine.qcow2"],
   },
   {
     name: "1-bit refcounts (a host cluster per stream)",
-    args: ["-c", "-o", "compression_type=zstd,refcount_bits=1", "-B", "base.qcow2", "-F", "qcow2", "top.qcow2"],
+    args: [
+      "-c",
+      "-o",
+      "compression_type=zstd,refcount_bits=1",
+      "-B",
+      "base.qcow2",
+      "-F",
+      "qcow2",
+      "top.qcow2",
+    ],
   },
   {
     name: "a zstd-compressed top over a shorter backing file",
@@ -57,7 +72,11 @@ Deno.test({ name: "convert -B -c zstd: targets equal to qemu-img's", ignore: !re
     await setUp(root, [...TOP, ...FINE, ...ZTOP]);
     for (const c of CASES) {
       await t.step(c.name, async () => {
-        await compareIn(root, { make: [], args: ["convert", "-O", "qcow2", ...c.args, "out.qcow2"], sameCounts: true });
+        await compareIn(root, {
+          make: [],
+          args: ["convert", "-O", "qcow2", ...c.args, "out.qcow2"],
+          sameCounts: true,
+        });
       });
     }
   });

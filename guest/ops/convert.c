@@ -578,6 +578,12 @@ static int backing_kind(uint64_t at, uint64_t len, uint64_t bsize, uint64_t *k)
 
 #if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B uncompressed (the zstd programs: -B -c only) */
 static uint8_t cstate[CHUNK >> 9];
+/* -B with the target's backing file (tchain): the chunk's sectors left to
+ * it, and per cluster the first write-zeroes piece [zf_lo, zf_hi) (chunk
+ * offsets; zf_hi 0 = none). */
+static struct chain tchain;
+static uint8_t skipsec[CHUNK >> 9];
+static uint32_t zf_lo[CHUNK >> 9], zf_hi[CHUNK >> 9];
 #define MAX_DRUNS 512u
 static uint64_t druns[2 * MAX_DRUNS]; /* data runs of the chunk read so far {offset, length} */
 
@@ -589,6 +595,18 @@ static void mark(uint64_t off, uint64_t at, uint64_t len, uint8_t bit, uint32_t 
     uint64_t csize = 1ull << cbits;
     uint64_t first = (at - off) >> cbits, last = (at + len - 1 - off) >> cbits;
     for (uint64_t c = first; c <= last; c++) cstate[c] |= bit;
+    if (bit == CB_ZERO) {
+        /* qemu's block layer cuts the request at cluster boundaries; the
+         * first piece (lowest offset) in a cluster decides (convert_qcow2_backing). */
+        for (uint64_t c = first; c <= last; c++) {
+            uint64_t lo = c << cbits, hi = lo + csize;
+            if (at - off > lo) lo = at - off;
+            if (at + len - off < hi) hi = at + len - off;
+            if (!zf_hi[c] || lo < zf_lo[c]) zf_lo[c] = (uint32_t)lo, zf_hi[c] = (uint32_t)hi;
+        }
+    } else if (bit == CB_SKIP) {
+        memset(skipsec + ((at - off) >> 9), 1, ((at - off + len + 511) >> 9) - ((at - off) >> 9));
+    }
     if (bit == CB_ZERO) {
         if (at & (csize - 1)) cstate[first] |= CB_SPLIT;
         if (((at + len) & (csize - 1)) && at + len != chain.size) cstate[last] |= CB_SPLIT;
@@ -669,8 +687,62 @@ static void mark_data_runs(uint32_t nr, uint64_t off, uint64_t min_sparse, uint3
     }
 }
 
+/* qcow2's is_zero over the target's backing file: [from, to) reads as
+ * zeroes by block status (past its end too). 1 yes, 0 no, -1 on error. */
+static int backing_is_zero(uint64_t from, uint64_t to)
+{
+    if (to > tchain.size) to = tchain.size;
+    for (uint64_t at = from; at < to;) {
+        uint64_t k = 0;
+        int st = chain_status(&tchain, at, to - at, &k);
+        if (st < 0) return -1;
+        if (!(st & CS_ZERO)) return 0;
+        at += k;
+    }
+    return 1;
+}
+
+/*
+ * A target cluster only partly written (c: its index in the chunk at off,
+ * cl its bytes as the requests left them), as qemu's qcow2 driver does it
+ * in a new overlay: a data write allocates the cluster and copies the
+ * backing file's bytes into the rest (COW); a write-zeroes piece makes the
+ * whole cluster a zero cluster when the rest of it reads as zeroes (is_zero
+ * through the backing file; the first piece decides, later ones then find
+ * a zero cluster), else it falls back to writing zeroes, which allocates
+ * and copies as a data write. compat=0.10 (zero_data) always writes.
+ * Either way the bytes the requests leave alone are the backing file's.
+ */
+static int partial_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool zero_data, uint8_t *cl)
+{
+    uint64_t csize = 1ull << cbits, gc = (off >> cbits) + c, base = off + (c << cbits);
+    if (!(cstate[c] & CB_DATA) && !zero_data) {
+        uint64_t end = base + csize > chain.size ? chain.size : base + csize;
+        uint64_t zlo = off + zf_lo[c], zhi = off + zf_hi[c];
+        if (!zf_hi[c]) return rt_error(0, GERR_INTERNAL, 14, gc, 0);
+        int z = backing_is_zero(base, zlo);
+        if (z > 0) z = backing_is_zero(zhi, end);
+        if (z < 0) return -1;
+        if (z) return zero_cluster(gc, 0);
+    }
+    uint64_t first = c << (cbits - 9), n = csize >> 9;
+    for (uint64_t i = 0; i < n;) {
+        if (!skipsec[first + i]) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < n && skipsec[first + j]) j++;
+        uint64_t from = base + (i << 9), to = base + (j << 9);
+        if (to > tchain.size) to = tchain.size;
+        if (from < to && chain_read(&tchain, from, to - from, cl + (i << 9))) return -1;
+        i = j;
+    }
+    return store_cluster(gc, cl, csize);
+}
+
 static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
-                                 bool zero_data, uint8_t *buf)
+                                 bool zero_data, bool have_tchain, uint8_t *buf)
 {
     uint64_t csize = 1ull << cbits;
     for (uint64_t off = start; off < end;) {
@@ -692,6 +764,8 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);
         memset(cstate, 0, padded >> cbits);
+        memset(skipsec, 0, padded >> 9);
+        memset(zf_hi, 0, (padded >> cbits) * sizeof zf_hi[0]);
         /* Past the disk's end the last cluster (and sector) reads as zeroes. */
         if (padded > n) memset(buf + n, 0, padded - n);
         uint32_t nr = 0;
@@ -722,7 +796,10 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
             uint64_t gc = (off >> cbits) + c;
             const uint8_t *cl = buf + (c << cbits);
             if (!(s & (CB_ZERO | CB_DATA))) continue;
-            if (s & CB_SKIP) {
+            bool partial = (s & CB_SKIP) || (!(s & CB_DATA) && !zero_data && (s & CB_SPLIT));
+            if (partial && have_tchain) {
+                if (partial_cluster(off, c, cbits, zero_data, buf + (c << cbits))) return -1;
+            } else if (s & CB_SKIP) {
                 if (zero_cluster(gc, 1)) return -1;
             } else if ((s & CB_DATA) || zero_data) {
                 /* Written with data (the zeroes of the requests around it
@@ -872,7 +949,9 @@ static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t
 int op_main(void)
 {
     const struct params *p = rt_params();
-    uint64_t data_input = p->arg[0];
+    uint64_t data_input = p->arg[0] & 0xffffffffu;
+    /* -B (uncompressed): the target's backing chain from input arg[0] >> 32 on (0 = not given). */
+    uint64_t tfirst = p->arg[0] >> 32;
     uint32_t flags = (uint32_t)p->arg[1];
     uint64_t min_sparse = p->arg[2];
     if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
@@ -894,9 +973,14 @@ int op_main(void)
 #endif
     }
     if (min_sparse % 512 || min_sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 1, 0);
+    if (tfirst && ((flags & (CONV_BACKING | CONV_COMPRESS)) != CONV_BACKING || tfirst >= p->n_inputs ||
+                   (data_input && data_input >= tfirst)))
+        return rt_error(0, GERR_BAD_PARAMS, 3, tfirst, 1);
     chain.batch = true;
     chain.defer = true;
-    if (chain_open(&chain, (uint32_t)data_input)) return -1;
+    if (tfirst ? chain_open_range(&chain, 0, (uint32_t)tfirst, (uint32_t)data_input, 0)
+               : chain_open(&chain, (uint32_t)data_input))
+        return -1;
     chain.precise = true; /* skip what reads as zeroes without reading it (chain.h) */
     uint64_t size = chain.size;
     uint64_t start = p->arg[5], end = p->arg[6] ? p->arg[6] : size;
@@ -960,8 +1044,10 @@ int op_main(void)
 #endif
             } else {
 #if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
+                if (tfirst && chain_open_range(&tchain, (uint32_t)tfirst, p->n_inputs - (uint32_t)tfirst, 0, 0))
+                    return -1;
                 if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA,
-                                          buf))
+                                          tfirst != 0, buf))
                     return -1;
 #else
                 return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);

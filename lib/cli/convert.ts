@@ -45,7 +45,7 @@ import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import { topRanges } from "../convert/top_ranges.ts";
 import { mapRuns } from "./commit.ts";
 import { moveData } from "./write_rounds.ts";
-import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
+import { convertPreallocatedQcow2, openTargetBackingChain, type TargetBacking } from "./convert_target.ts";
 import { fileRange } from "../vmm/guest.ts";
 import { Progress, type ProgressMode } from "./progress.ts";
 import {
@@ -732,7 +732,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
     }
     // -B (or -o backing_file): qemu opens the new target with its backing
     // chain; so does instar, read-only, to learn the backing file's size.
-    let backingSize: bigint | undefined;
+    let backingSize: bigint | undefined, backingInputs: TargetBacking["inputs"];
     const backingName = spec.qcow2?.backingFile;
     if (backingName !== undefined) {
       if (toStdout || onePass) {
@@ -740,12 +740,12 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
           "Writing an image with a backing file to or from a stream is not supported by instar",
         ]);
       }
-      backingSize = await openTargetBacking(
+      ({ size: backingSize, inputs: backingInputs } = await openTargetBackingChain(
         outFilename!,
         new TextDecoder().decode(backingName),
         spec.qcow2!.backingFormat,
         o,
-      );
+      ));
     }
     if (onePass && spec.preallocation !== "off") {
       throw new CliError([
@@ -961,7 +961,7 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         const topL2Bits = tq ? 2n * BigInt(tq.clusterBits) - (tq.extendedL2 ? 4n : 3n) : 0n;
         written = await convertToQcow2(
           job,
-          { options: spec.qcow2!, compress: a.compress, backingSize, topL2Bits },
+          { options: spec.qcow2!, compress: a.compress, backingSize, topL2Bits, backingInputs },
           out,
         );
       }

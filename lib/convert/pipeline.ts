@@ -6,7 +6,7 @@
 // joining two guests' halves is a copy inside the VMM library.
 import { convertFlags, formats, limits, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { collapseRange, runGuest, type RunRequest } from "../vmm/guest.ts";
+import { collapseRange, type GuestInput, runGuest, type RunRequest } from "../vmm/guest.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import {
   type CompressedCluster,
@@ -280,6 +280,10 @@ export interface Qcow2Target {
   backingSize?: bigint;
   /** convert -B -c: log2 of the source top's L2 table reach (0: not qcow2). */
   topL2Bits?: bigint;
+  /** convert -B: the target's backing chain, opened through the allowlist
+   * (lib/cli/convert_target.ts); the guest copies its bytes into target
+   * clusters the source's top writes only partly, as qemu's COW does. */
+  backingInputs?: GuestInput[];
 }
 
 /** Thrown with qemu's words when the planner refuses (options, size). */
@@ -303,6 +307,8 @@ export interface Packing {
   single?: boolean;
   /** Put above the cluster bits in arg[4] (convert -B -c: the compressed streams' refcount limit). */
   arg4High?: bigint;
+  /** convert -B: the target's backing chain, after the source's inputs (arg[0] >> 32 says where). */
+  targetBacking?: GuestInput[];
 }
 
 /**
@@ -332,9 +338,9 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
     runFor(job, {
       op: k.op,
       opCode: ops.CONVERT,
-      inputs: inputs(job),
+      inputs: [...inputs(job), ...(k.targetBacking ?? [])],
       args: [
-        0n,
+        k.targetBacking ? BigInt(job.layers.length) << 32n : 0n,
         k.flags | extra,
         job.minSparse,
         start,
@@ -439,6 +445,16 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
     single: target.backingSize !== undefined,
     arg4High,
   };
+  // -B uncompressed: partly written clusters need the backing file's bytes
+  // (the guest's per-input parameters hold limits.PARAM_INPUTS inputs;
+  // beyond that such clusters stay refused below).
+  const tb = target.backingInputs;
+  if (
+    target.backingSize !== undefined && !target.compress && tb && tb.length > 0 &&
+    job.layers.length + tb.length <= limits.PARAM_INPUTS
+  ) {
+    packing.targetBacking = tb;
+  }
   return {
     packing,
     finish(parts) {
