@@ -18,7 +18,7 @@ import { COMPRESSED_ENTRIES, mapRuns, scanQcow2 } from "./commit.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
 import { MAX_WRITE_RUNS, planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
-import { restrictOps } from "../convert/top_ranges.ts";
+import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
 
 export interface IntoQcow2Job {
   /** The target's name as given. */
@@ -93,23 +93,33 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   // IO_BUF_SIZE (2 MiB) from the run's start. The requests matter where a
   // write frees clusters (a compressed one) that the next one reuses.
   let writes = chunkData(await classify(job, cb, clusters, job.minSparse !== 0n), cb);
+  let pieces: Map<bigint, [bigint, bigint][]> | undefined;
   if (job.top) {
-    const r = restrictOps(writes, job.top, q.clusterBits, job.size);
-    if (r.partial !== undefined) {
-      throw new CliError([
-        `Writing into '${job.target}' is not supported by instar convert: the source's top layer writes only part of cluster ${r.partial} of the target (-n -B); nothing was written`,
-      ]);
-    }
+    const r = restrictOpsWithPieces(writes, job.top, q.clusterBits, job.size);
     writes = r.ops;
+    if (r.pieces.size > 0) pieces = r.pieces;
   }
   // With the target's compressed clusters: an overwritten or zeroed one is
   // freed as qemu does (write_plan.ts), its host clusters discarded at 0.
   const scan = await scanQcow2(img, what, COMPRESSED_ENTRIES);
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
+  const existing = existingRuns(targetMap, q.clusterBits);
+  // -n -B: a target cluster the top writes only part of is written in place
+  // when it holds data (qemu's data and zero writes both land there; the
+  // rest keeps its bytes). Elsewhere qemu would allocate it (COW of zeroes,
+  // or a zero cluster, by what the pieces hold): refused.
+  for (const c of pieces?.keys() ?? []) {
+    const e = existing.find((x) => x.cluster <= c && c < x.cluster + x.count);
+    if (e?.kind !== "normal") {
+      throw new CliError([
+        `Writing into '${job.target}' is not supported by instar convert: the source's top layer writes only part of cluster ${c} of the target (-n -B), which holds no data; nothing was written`,
+      ]);
+    }
+  }
   const plan = planQcow2Writes({
     scan,
     version: q.version,
-    existing: existingRuns(targetMap, q.clusterBits),
+    existing,
     ops: writes,
     sourceSize: job.size,
     // convert opens its target with BDRV_O_UNMAP: freed clusters are discarded.
@@ -124,10 +134,19 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   let before = 0n;
   // --target-is-zero: qemu skips its zero writes, also the -S zero blocks
   // inside a data cluster (they stay as the target had them).
-  await applyWritePlan(plan.value, job.source, img, job.size, what, (d, finished) => {
-    if (finished) before += d;
-    else job.onProgress?.(before + d, total);
-  }, job.targetIsZero ? job.minSparse : 0n);
+  await applyWritePlan(
+    plan.value,
+    job.source,
+    img,
+    job.size,
+    what,
+    (d, finished) => {
+      if (finished) before += d;
+      else job.onProgress?.(before + d, total);
+    },
+    job.targetIsZero ? job.minSparse : 0n,
+    pieces,
+  );
   return total;
 }
 
