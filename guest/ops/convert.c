@@ -3,7 +3,8 @@
  * external data file at arg[0] if any) and writes it to output 0, as
  * `qemu-img convert` does, over the guest range [arg[5], arg[6]).
  *
- *   arg[0] input index of the top layer's data file, 0 = none
+ *   arg[0] input index of the top layer's data file, 0 = none; bits 32-63:
+ *          -B, the first input of the target's backing chain (0 = none)
  *   arg[1] CONV_* flags: QCOW2 output, COMPRESS (-c), ZSTD (else zlib)
  *   arg[2] min_sparse in bytes (-S; 0 = write everything, fully allocated)
  *   arg[3] qcow2: the output offset where this guest's data starts
@@ -55,9 +56,12 @@
  * write-zeroes) reported as ZERO_RUN with host_offset 0, except from arg[7]
  * (the target backing file's size) on, where zeroes stay unallocated too.
  * A target cluster mixing such left-alone bytes with written ones, or an
- * all-zero cluster written by more than one request, would need the backing
+ * all-zero cluster written by more than one request, needs the backing
  * file's bytes (qemu copies them in, or asks them whether they read as
- * zeroes): ZERO_RUN with host_offset 1, which the host refuses. With
+ * zeroes): the host attaches the target's backing chain after the source's
+ * inputs, from input arg[0] >> 32 on (partial_cluster); without it (arg[0]
+ * >> 32 == 0) such a cluster is ZERO_RUN with host_offset 1, which the host
+ * refuses. With
  * CONV_ZERO_DATA (a compat=0.10 target, where qemu's write-zeroes falls back
  * to writing zeroes) such clusters are stored as data clusters of zeroes.
  *
