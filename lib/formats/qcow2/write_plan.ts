@@ -66,6 +66,13 @@ export interface WriteOp {
   cluster: bigint;
   count: bigint;
   kind: "data" | "zero" | "discard";
+  /**
+   * A data write of one cluster that covers only these guest byte ranges
+   * (convert -n -B): the caller copies just them; where the cluster is newly
+   * allocated the rest is written as zeroes (qemu's copy-on-write from a
+   * cluster that reads as zeroes).
+   */
+  only?: [bigint, bigint][];
 }
 
 export interface WriteInput {
@@ -302,9 +309,13 @@ class Planner {
       }
       const host = rc.alloc(n) << this.cb;
       let freed = false;
+      if (op.only && (op.count !== 1n || this.state(c).kind === "compressed")) {
+        throw new Refusal("instar does not write part of a compressed cluster");
+      }
       for (let i = 0n; i < n; i++) {
         this.setEntry(c + i, (host + (i << this.cb)) | COPIED);
         this.place(c + i, host + (i << this.cb));
+        if (op.only) this.zeroOutside(c + i, host + (i << this.cb), op.only);
         // qcow2_alloc_cluster_link_l2: the old compressed cluster is freed
         // after the new entry is linked (QCOW2_DISCARD_NEVER). Its data is
         // whole in the new cluster: the guest reads the rest of the cluster
@@ -319,6 +330,24 @@ class Planner {
       // The freed clusters may be reused by the next allocation.
       if (freed) this.endRound();
     }
+  }
+
+  /** Zeroes of newly allocated cluster c (at host h) outside the written ranges, up to the source's end. */
+  private zeroOutside(c: bigint, h: bigint, only: [bigint, bigint][]) {
+    const base = c << this.cb;
+    const end = base + this.cs < this.x.sourceSize ? base + this.cs : this.x.sourceSize;
+    let at = base;
+    const gap = (to: bigint) => {
+      if (to > at) {
+        this.tails.push({ kind: "write", offset: h + (at - base), bytes: new Uint8Array(Number(to - at)) });
+      }
+    };
+    for (const [from, to] of [...only].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+      if (from < at || to > end || to <= from) throw new Refusal("partial write ranges out of order");
+      gap(from);
+      at = to;
+    }
+    gap(end);
   }
 
   /** qcow2_free_any_cluster of compressed guest cluster c: one reference less on each host cluster it spans. */
