@@ -39,6 +39,17 @@ const MAKE = [
     "write -P 0 3M 4k",
     "write -P 5 3080k 4k",
   ),
+  // 512-byte clusters written off qemu's 4 KiB -S alignment (data widened to it), short zero runs.
+  "qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 fine.qcow2 4M",
+  io(
+    "fine.qcow2",
+    "write -P 9 485376 48640",
+    "write -z 2M 3k",
+    "write -P 0 3M 2k",
+    "write -P 8 3147264 512",
+    "write -P 0 1000k 1k",
+    "write -z 2090k 1k",
+  ),
   // A raw backing file with holes: is_zero asks the file (SEEK_HOLE).
   "qemu-img create -q -f raw holes.raw 4M",
   io("-f raw holes.raw", "write -P 8 0 64k", "write -P 8 1088k 4k", "write -P 9 2052k 4k"),
@@ -56,6 +67,11 @@ const CASES: { name: string; args: string[] }[] = [
   },
   { name: "1 MiB target clusters", args: ["-o", "cluster_size=1M", ...B("other.qcow2", "qcow2")] },
   { name: "-S 8k", args: ["-S", "8k", ...B("holes.raw", "raw")] },
+  { name: "a 512-byte-cluster top", args: ["-B", "base.qcow2", "-F", "qcow2", "fine.qcow2"] },
+  {
+    name: "a 512-byte-cluster top, -S 16k",
+    args: ["-S", "16k", "-B", "base.qcow2", "-F", "qcow2", "fine.qcow2"],
+  },
 ];
 
 Deno.test(
