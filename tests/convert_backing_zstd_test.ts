@@ -1,6 +1,7 @@
 // convert -B BACKING -F FMT -c -o compression_type=zstd (a zstd-compressed
 // overlay) against qemu-img 7.2: the zstd convert programs carry the -B -c
-// code (guest/ops/convert.c convert_qcow2_backing_compressed). Each case runs
+// code (guest/ops/convert.c convert_qcow2_backing_compressed); and -B -c with
+// extended L2 entries (zlib and zstd). Each case runs
 // the same command line through qemu-img and instar (tests/support/convert_compare.ts):
 // stdout, stderr, exit code, qemu-img compare, info and map (without the
 // target's own offsets: instar lays out its qcow2 differently), check, and the
@@ -25,6 +26,11 @@ const TOP = [
 const FINE = [
   "qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 fine.qcow2 4M",
   io("fine.qcow2", "write -P 9 485376 48640", "write -z 2M 3k", "write -P 0 3M 2k", "write -P 8 3147264 512"),
+];
+// 512-byte clusters: short runs make their whole target cluster data.
+const FINE512 = [
+  "qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 fine512.qcow2 4M",
+  io("fine512.qcow2", "write -P 9 485376 48640", "write -z 2M 3k", "write -P 0 3M 2k", "write -P 0 1000k 1k"),
 ];
 // A zstd-compressed top over a shorter backing file.
 const ZTOP = [
@@ -61,6 +67,24 @@ const CASES: { name: string; args: string[] }[] = [
       "top.qcow2",
     ],
   },
+  // Extended L2 entries: compressed clusters have no subcluster bitmap, zero clusters read all-zero.
+  {
+    name: "extended L2 entries (zlib)",
+    args: ["-c", "-o", "extended_l2=on", "-B", "base.qcow2", "-F", "qcow2", "fine512.qcow2"],
+  },
+  {
+    name: "extended L2 entries, 16 KiB clusters, zstd",
+    args: [
+      "-c",
+      "-o",
+      "extended_l2=on,cluster_size=16k,compression_type=zstd",
+      "-B",
+      "base.qcow2",
+      "-F",
+      "qcow2",
+      "fine512.qcow2",
+    ],
+  },
   {
     name: "a zstd-compressed top over a shorter backing file",
     args: [...Z, "-B", "small.qcow2", "-F", "qcow2", "ztop.qcow2"],
@@ -69,7 +93,7 @@ const CASES: { name: string; args: string[] }[] = [
 
 Deno.test({ name: "convert -B -c zstd: targets equal to qemu-img's", ignore: !ready }, async (t) => {
   await withTempDir("instar-convert-bz-", async (root) => {
-    await setUp(root, [...TOP, ...FINE, ...ZTOP]);
+    await setUp(root, [...TOP, ...FINE, ...FINE512, ...ZTOP]);
     for (const c of CASES) {
       await t.step(c.name, async () => {
         await compareIn(root, {

@@ -422,7 +422,7 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
     // arg[7] carries the backing file's size, so the refcount limit of
     // shared compressed clusters goes above the cluster bits in arg[4].
     if (target.compress) arg4High = (maxRefs << 8n) | (target.topL2Bits ?? 0n);
-    if (o.extendedL2) {
+    if (o.extendedL2 && !target.compress) {
       throw new PlanRefused("Extended L2 entries with a backing file are not supported by instar convert");
     }
     flags |= BigInt(convertFlags.BACKING);
