@@ -706,6 +706,39 @@ static int backing_is_zero(uint64_t from, uint64_t to)
     return 1;
 }
 
+/* qcow2's is_zero for a write-zeroes piece: whether the rest of unit u
+ * (a cluster, or a subcluster with extended L2 entries; 2^ubits bytes, its
+ * index in the chunk at off) reads as zeroes through the backing file
+ * besides the first piece [zf_lo, zf_hi). 1 yes, 0 no, -1 on error. */
+static int unit_rest_is_zero(uint64_t off, uint64_t u, uint32_t ubits)
+{
+    uint64_t base = off + (u << ubits), end = base + (1ull << ubits);
+    if (end > chain.size) end = chain.size;
+    if (!zf_hi[u]) return rt_error(0, GERR_INTERNAL, 14, base, 0);
+    int z = backing_is_zero(base, off + zf_lo[u]);
+    if (z > 0) z = backing_is_zero(off + zf_hi[u], end);
+    return z;
+}
+
+/* The backing file's bytes into the sectors of unit u the requests left alone (dst: the unit's bytes). */
+static int fill_skipped(uint64_t off, uint64_t u, uint32_t ubits, uint8_t *dst)
+{
+    uint64_t base = off + (u << ubits), first = (u << ubits) >> 9, n = (1ull << ubits) >> 9;
+    for (uint64_t i = 0; i < n;) {
+        if (!skipsec[first + i]) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < n && skipsec[first + j]) j++;
+        uint64_t from = base + (i << 9), to = base + (j << 9);
+        if (to > tchain.size) to = tchain.size;
+        if (from < to && chain_read(&tchain, from, to - from, dst + (i << 9))) return -1;
+        i = j;
+    }
+    return 0;
+}
+
 /*
  * A target cluster only partly written (c: its index in the chunk at off,
  * cl its bytes as the requests left them), as qemu's qcow2 driver does it
@@ -719,36 +752,68 @@ static int backing_is_zero(uint64_t from, uint64_t to)
  */
 static int partial_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool zero_data, uint8_t *cl)
 {
-    uint64_t csize = 1ull << cbits, gc = (off >> cbits) + c, base = off + (c << cbits);
+    uint64_t gc = (off >> cbits) + c;
     if (!(cstate[c] & CB_DATA) && !zero_data) {
-        uint64_t end = base + csize > chain.size ? chain.size : base + csize;
-        uint64_t zlo = off + zf_lo[c], zhi = off + zf_hi[c];
-        if (!zf_hi[c]) return rt_error(0, GERR_INTERNAL, 14, gc, 0);
-        int z = backing_is_zero(base, zlo);
-        if (z > 0) z = backing_is_zero(zhi, end);
+        int z = unit_rest_is_zero(off, c, cbits);
         if (z < 0) return -1;
         if (z) return zero_cluster(gc, 0);
     }
-    uint64_t first = c << (cbits - 9), n = csize >> 9;
-    for (uint64_t i = 0; i < n;) {
-        if (!skipsec[first + i]) {
-            i++;
-            continue;
+    if (fill_skipped(off, c, cbits, cl)) return -1;
+    return store_cluster(gc, cl, 1ull << cbits);
+}
+
+/*
+ * A target cluster with extended L2 entries: qemu writes, zeroes and
+ * copies-on-write subclusters (2^(cbits-5) bytes; cstate, skipsec and zf_*
+ * then hold subclusters), each of the 32 ending as partial_cluster decides
+ * for a cluster: left alone (its bits clear), zero (its zero bit) or
+ * allocated (its allocation bit; the cluster is written whole, the bytes
+ * of the subclusters not allocated are never read). A bitmap other than
+ * all allocated (a data cluster) or all zero (a zero cluster) is reported
+ * in a SUBCLUSTERS record.
+ */
+static int ext_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool have_tchain, uint8_t *cl)
+{
+    uint32_t sbits = cbits - 5, alloc = 0, zero = 0;
+    uint64_t gc = (off >> cbits) + c;
+    for (uint32_t i = 0; i < 32; i++) {
+        uint64_t u = (c << 5) + i;
+        uint8_t s = cstate[u];
+        if (!(s & (CB_ZERO | CB_DATA))) continue;
+        bool partial = (s & CB_SKIP) || (!(s & CB_DATA) && (s & CB_SPLIT));
+        if (partial && !have_tchain) return zero_cluster(gc, 1);
+        if (!(s & CB_DATA)) {
+            int z = partial ? unit_rest_is_zero(off, u, sbits) : 1;
+            if (z < 0) return -1;
+            if (z) {
+                zero |= 1u << i;
+                continue;
+            }
         }
-        uint64_t j = i;
-        while (j < n && skipsec[first + j]) j++;
-        uint64_t from = base + (i << 9), to = base + (j << 9);
-        if (to > tchain.size) to = tchain.size;
-        if (from < to && chain_read(&tchain, from, to - from, cl + (i << 9))) return -1;
-        i = j;
+        alloc |= 1u << i;
+        if (partial && fill_skipped(off, u, sbits, cl + ((uint64_t)i << sbits))) return -1;
     }
-    return store_cluster(gc, cl, csize);
+    if (alloc) {
+        if (store_cluster(gc, cl, 1ull << cbits)) return -1;
+    } else if (zero) {
+        if (zero_cluster(gc, 0)) return -1;
+    }
+    if ((alloc && alloc != 0xffffffffu) || (!alloc && zero && zero != 0xffffffffu)) {
+        struct rec_data_run r;
+        rec_init(&r, REC_SUBCLUSTERS, sizeof r);
+        r.guest_cluster = gc;
+        r.count = 1;
+        r.host_offset = ((uint64_t)zero << 32) | alloc;
+        if (emit_rec(&r, REC_SUBCLUSTERS, sizeof r)) return -1;
+    }
+    return 0;
 }
 
 static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
-                                 bool zero_data, bool have_tchain, uint8_t *buf)
+                                 bool zero_data, bool have_tchain, bool ext, uint8_t *buf)
 {
     uint64_t csize = 1ull << cbits;
+    uint32_t ubits = ext ? cbits - 5 : cbits; /* the unit qemu writes: a subcluster with extended L2 */
     for (uint64_t off = start; off < end;) {
         /* Long runs left alone or write-zeroed: whole clusters at once. */
         uint64_t k = 0;
@@ -767,9 +832,9 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
         }
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);
-        memset(cstate, 0, padded >> cbits);
+        memset(cstate, 0, padded >> ubits);
         memset(skipsec, 0, padded >> 9);
-        memset(zf_hi, 0, (padded >> cbits) * sizeof zf_hi[0]);
+        memset(zf_hi, 0, (padded >> ubits) * sizeof zf_hi[0]);
         /* Past the disk's end the last cluster (and sector) reads as zeroes. */
         if (padded > n) memset(buf + n, 0, padded - n);
         uint32_t nr = 0;
@@ -779,7 +844,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
             if (kind == 2) {
                 if (nr == MAX_DRUNS) {
                     if (chain_flush(&chain)) return -1;
-                    mark_data_runs(nr, off, min_sparse, cbits, buf);
+                    mark_data_runs(nr, off, min_sparse, ubits, buf);
                     nr = 0;
                 }
                 if (chain_read(&chain, at, k, buf + (at - off))) return -1;
@@ -789,13 +854,17 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
             } else {
                 memset(buf + (at - off), 0, k);
                 /* -S 0: qemu writes zeroes as data. */
-                mark(off, at, k, kind == 0 ? CB_SKIP : min_sparse ? CB_ZERO : CB_DATA, cbits);
+                mark(off, at, k, kind == 0 ? CB_SKIP : min_sparse ? CB_ZERO : CB_DATA, ubits);
             }
             at += k;
         }
         if (chain_flush(&chain)) return -1;
-        mark_data_runs(nr, off, min_sparse, cbits, buf);
+        mark_data_runs(nr, off, min_sparse, ubits, buf);
         for (uint64_t c = 0; c < padded >> cbits; c++) {
+            if (ext) {
+                if (ext_cluster(off, c, cbits, have_tchain, buf + (c << cbits))) return -1;
+                continue;
+            }
             uint8_t s = cstate[c];
             uint64_t gc = (off >> cbits) + c;
             const uint8_t *cl = buf + (c << cbits);
@@ -954,9 +1023,14 @@ int op_main(void)
 {
     const struct params *p = rt_params();
     uint64_t data_input = p->arg[0] & 0xffffffffu;
-    /* -B (uncompressed): the target's backing chain from input arg[0] >> 32 on (0 = not given). */
-    uint64_t tfirst = p->arg[0] >> 32;
+    /* -B (uncompressed): the target's backing chain from input (arg[0] >> 32) & 0xffff on (0 =
+     * not given); bit 63: the target has extended L2 entries. */
+    uint64_t tfirst = (p->arg[0] >> 32) & 0xffff;
+    bool ext = p->arg[0] >> 63;
     uint32_t flags = (uint32_t)p->arg[1];
+    if ((p->arg[0] >> 48) & 0x7fff) return rt_error(0, GERR_BAD_PARAMS, 3, p->arg[0] >> 32, 2);
+    if (ext && (flags & (CONV_BACKING | CONV_COMPRESS | CONV_ZERO_DATA)) != CONV_BACKING)
+        return rt_error(0, GERR_BAD_PARAMS, 3, 0, 3);
     uint64_t min_sparse = p->arg[2];
     if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
     if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK | CONV_BACKING | CONV_ZERO_DATA))
@@ -1050,8 +1124,9 @@ int op_main(void)
 #if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
                 if (tfirst && chain_open_range(&tchain, (uint32_t)tfirst, p->n_inputs - (uint32_t)tfirst, 0, 0))
                     return -1;
+                if (ext && cbits < 14) return rt_error(0, GERR_BAD_PARAMS, 5, 4, 1);
                 if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA,
-                                          tfirst != 0, buf))
+                                          tfirst != 0, ext, buf))
                     return -1;
 #else
                 return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
