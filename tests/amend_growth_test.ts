@@ -14,8 +14,9 @@
 // entry in the refcount table it started with, or a moved table), so no
 // case passes without the growth.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { sameContents, sameFiles } from "./support/growth.ts";
 
 await useHostedGuestsWithoutKvm();
 const ready = built() && haveQemuImg();
@@ -44,25 +45,8 @@ async function copiedElsewhere(path: string, cluster: Uint8Array, not: bigint): 
 }
 
 async function same(dir: string, label: string) {
-  const cmp = await exec("cmp", ["q.qcow2", "i.qcow2"], dir);
-  assertEquals(cmp.code, 0, `${label}: files differ: ${cmp.stdout}${cmp.stderr}`);
-  const check = await qemuImg(["check", "i.qcow2"], dir);
-  assertEquals(check.code, 0, `${label}: check: ${check.stdout}${check.stderr}`);
-  const info = async (f: string) => {
-    const o = JSON.parse((await qemuImg(["info", "--output=json", f], dir)).stdout);
-    delete o.filename, delete o["actual-size"];
-    return o;
-  };
-  assertEquals(await info("i.qcow2"), await info("q.qcow2"), `${label}: info`);
-  const list = (await qemuImg(["snapshot", "-l", "i.qcow2"], dir)).stdout;
-  const ids = list.split("\n").slice(2).filter((l) => l.trim()).map((l) => l.split(/\s+/)[0]);
-  for (const id of ["", ...ids]) {
-    const l = id ? ["-l", `snapshot.id=${id}`] : [];
-    await sh(dir, "qemu-img", "convert", ...l, "-O", "raw", "q.qcow2", "q.raw");
-    await sh(dir, "qemu-img", "convert", ...l, "-O", "raw", "i.qcow2", "i.raw");
-    const c = await exec("cmp", ["q.raw", "i.raw"], dir);
-    assertEquals(c.code, 0, `${label}: contents of ${id || "the active layer"}`);
-  }
+  await sameFiles(dir, label);
+  await sameContents(dir, label);
 }
 
 interface Case {

@@ -10,15 +10,13 @@
 // that varies from run to run), `qemu-img info --output=json` (but for the
 // disk size), and `cmp` where qemu's layout is deterministic (`exact`).
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, built, exec, haveQemuImg, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { commitBoth, type CommitCase, io } from "./support/commit_pair.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 /** A 2 MiB raw source of patterns (they compress to a few hundred bytes each) and zeroes. */
 const SOURCE = [
@@ -32,12 +30,7 @@ const SOURCE = [
   ),
 ];
 
-interface Case {
-  name: string;
-  make: string[];
-  args: string[];
-  files: string[];
-  exact?: string[];
+interface Case extends CommitCase {
   /**
    * Files whose image end is not compared: qemu's mirror job runs requests
    * concurrently, so whether a cluster a compressed cluster's free released
@@ -122,10 +115,6 @@ const CASES: Case[] = [
   },
 ];
 
-async function make(dir: string, lines: string[]) {
-  for (const l of lines) await sh(dir, "sh", "-c", l);
-}
-
 const checkJson = async (f: string, d: string, endVaries = false) => {
   const o = await qemuImg(["check", "--output=json", f], d);
   const j = JSON.parse(o.stdout);
@@ -146,16 +135,12 @@ const infoJson = async (f: string, d: string) => {
 for (const c of CASES) {
   Deno.test({ name: `commit (compressed): ${c.name}`, ignore: !ready }, async () => {
     await withTempDir("instar-commit-c-", async (root) => {
-      const q = `${root}/q`, i = `${root}/i`;
-      await Deno.mkdir(q);
-      await make(q, c.make);
-      // The base really has compressed clusters sharing host clusters (or the overlay has).
-      const pre = await checkJson(c.files[c.files.length - 1], q);
-      const preBase = await checkJson(c.files[0], q);
-      assert((pre.j["compressed-clusters"] ?? 0) + (preBase.j["compressed-clusters"] ?? 0) >= 2);
-      await sh(root, "cp", "-a", "q", "i");
-      const want = await qemuImg(c.args, q);
-      const got = await instarHere(c.args, i);
+      const { q, i, want, got } = await commitBoth(root, c, async (q) => {
+        // The base really has compressed clusters sharing host clusters (or the overlay has).
+        const pre = await checkJson(c.files[c.files.length - 1], q);
+        const preBase = await checkJson(c.files[0], q);
+        assert((pre.j["compressed-clusters"] ?? 0) + (preBase.j["compressed-clusters"] ?? 0) >= 2);
+      });
       assertEquals(got, asInstar(want));
       for (const f of c.files) {
         const cmp = await qemuImg(["compare", "-f", "qcow2", "-F", "qcow2", `q/${f}`, `i/${f}`], root);

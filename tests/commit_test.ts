@@ -5,22 +5,15 @@
 // bytes (qcow2 and raw bases, v2 and v3, -d, -b through a longer chain),
 // and `qemu-img check` clean on both.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, built, haveQemuImg, instarHere, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { commitBoth, type CommitCase, io, make } from "./support/commit_pair.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
 
-interface Case {
-  name: string;
-  /** Shell lines run in the case directory to make the chain. */
-  make: string[];
-  args: string[];
-  /** Files compared after the commit (contents, check, info). */
-  files: string[];
-  /** Files that must be byte-identical (layouts qemu makes deterministically). */
-  exact?: string[];
+interface Case extends CommitCase {
   /**
    * Files whose `qemu-img check --output=json` must equal qemu's but for
    * fragmented-clusters (where qemu's mirror job places the clusters varies
@@ -28,9 +21,6 @@ interface Case {
    */
   checkJson?: string[];
 }
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 const CASES: Case[] = [
   {
@@ -191,20 +181,10 @@ const CASES: Case[] = [
   },
 ];
 
-async function make(dir: string, lines: string[]) {
-  for (const l of lines) await sh(dir, "sh", "-c", l);
-}
-
 for (const c of CASES) {
   Deno.test({ name: `commit: ${c.name}`, ignore: !ready }, async () => {
     await withTempDir("instar-commit-", async (root) => {
-      const q = `${root}/q`, i = `${root}/i`;
-      await Deno.mkdir(q);
-      await Deno.mkdir(i);
-      await make(q, c.make);
-      await sh(root, "sh", "-c", "cp -a q/. i/");
-      const want = await qemuImg(c.args, q);
-      const got = await instarHere(c.args, i);
+      const { q, i, want, got } = await commitBoth(root, c);
       if (c.args.includes("-p")) {
         // The intermediate percentages follow qemu's job chunking (docs/quirks.md).
         assertEquals(got.stdout.startsWith("    (0.00/100%)\r"), want.stdout.startsWith("    (0.00/100%)\r"));

@@ -58,6 +58,7 @@ Deno.test("fuzz targets build, fuzz briefly and replay their regression corpus",
       "bitmap_planner",
       "inspect",
       "snapshot_planner",
+      "empty_planner",
     ]
   ) {
     assert(names.includes(want), `target ${want} is missing`);

@@ -7,47 +7,14 @@
 // closes early, a truncated stdin and a spool over its bound end with one
 // line on stderr, exit 1 and nothing left behind.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { built, CLI_ENTRY, DENO, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { built, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { fileSha256 as sha } from "./support/bytes.ts";
+import { nothingLeft, oneLine, pipeline, streamOptimized } from "./support/pipeline.ts";
 
 const ready = built() && haveQemuImg();
-const INSTAR = `${DENO} run -A ${CLI_ENTRY}`; // split by sh: the paths hold no spaces
-
-interface ShOutcome {
-  code: number;
-  stdout: Uint8Array;
-  stderr: string;
-}
-
-/** Runs a shell pipeline in `dir`; `$I` is instar, TMPDIR a private spool directory. */
-async function pipeline(dir: string, script: string, env: Record<string, string> = {}): Promise<ShOutcome> {
-  const out = await new Deno.Command("sh", {
-    args: ["-c", script],
-    cwd: dir,
-    env: { I: INSTAR, TMPDIR: `${dir}/spool`, ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stdout: out.stdout, stderr: new TextDecoder().decode(out.stderr) };
-}
 
 async function same(a: string, b: string): Promise<boolean> {
   return await sha(a) === await sha(b);
-}
-
-/** Nothing left in the spool directory, and no file but `keep` in `dir`. */
-function nothingLeft(dir: string, keep: string[]) {
-  assertEquals([...Deno.readDirSync(`${dir}/spool`)].map((e) => e.name), []);
-  const names = [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n !== "spool").sort();
-  assertEquals(names, [...keep].sort());
-}
-
-/** One line on stderr, in instar's words, and no trace of a stack. */
-function oneLine(stderr: string, re: RegExp) {
-  const lines = stderr.split("\n").filter((l) => l !== "");
-  assertEquals(lines.length, 1, stderr);
-  assert(re.test(lines[0]), stderr);
-  assert(!/\bat (file|async|ext):/.test(stderr), stderr);
 }
 
 /** An 8 MiB qcow2 with data scattered over several 1 MiB windows, and its raw image. */
@@ -169,17 +136,7 @@ Deno.test({
     await withTempDir("instar-pipe-", async (dir) => {
       await source(dir);
       await sh(dir, "qemu-img", "convert", "-O", "vhdx", "src.qcow2", "src.vhdx");
-      await sh(
-        dir,
-        "qemu-img",
-        "convert",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        "src.qcow2",
-        "so.vmdk",
-      );
+      await streamOptimized(dir, "src.qcow2", "so.vmdk");
       // Raw targets equal qemu-img's file-to-file raw image (src.raw).
       const cases: [string, string, string][] = [
         ["-f raw", "src.raw", "qcow2 -c"],
@@ -260,19 +217,7 @@ Deno.test({
       await source(dir);
       // Random data: streamOptimized grains of nearly 64 KiB, so a cut lands mid-grain.
       await sh(dir, "sh", "-c", "head -c 1048576 /dev/urandom > rnd.raw && truncate -s 4M rnd.raw");
-      await sh(
-        dir,
-        "qemu-img",
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "vmdk",
-        "-o",
-        "subformat=streamOptimized",
-        "rnd.raw",
-        "rso.vmdk",
-      );
+      await streamOptimized(dir, "rnd.raw", "rso.vmdk", "raw");
       await sh(dir, "qemu-img", "convert", "-O", "vhdx", "src.qcow2", "src.vhdx");
       const keep = ["src.qcow2", "src.raw", "rnd.raw", "rso.vmdk", "src.vhdx"];
       for (

@@ -10,10 +10,10 @@
 // as the monolithicSparse case shows). Truncated and hostile streams end
 // with one line on stderr, exit 1 and no output file.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { built, CLI_ENTRY, DENO, haveQemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { built, haveQemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { oneLine, pipeline, spoolEmpty, streamOptimized } from "./support/pipeline.ts";
 
 const PYTHON = "/usr/bin/python3"; // Debian's, with the VMDKstream module (scripts/deps.sh)
-const INSTAR = `${DENO} run -A ${CLI_ENTRY}`;
 
 function haveVmdkStream(): boolean {
   try {
@@ -26,44 +26,19 @@ function haveVmdkStream(): boolean {
 
 const ready = built() && haveQemuImg() && haveVmdkStream();
 
-interface ShOutcome {
-  code: number;
-  stderr: string;
-}
-
-/** Runs a shell pipeline in `dir`; `$I` is instar, TMPDIR a private spool directory. */
-async function pipeline(dir: string, script: string, env: Record<string, string> = {}): Promise<ShOutcome> {
-  const out = await new Deno.Command("sh", {
-    args: ["-c", script],
-    cwd: dir,
-    env: { I: INSTAR, TMPDIR: `${dir}/spool`, ...env },
-    stdout: "null",
-    stderr: "piped",
-  }).output();
-  return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
-}
-
 async function ok(dir: string, script: string, env: Record<string, string> = {}) {
-  const r = await pipeline(dir, script, env);
+  const r = await pipeline(dir, script, env, "null");
   assertEquals(r.code, 0, `${script}: ${r.stderr}`);
   assertEquals(r.stderr, "", script);
 }
 
 /** One line on stderr matching `re`, exit 1, no stack trace, no output file, nothing in the spool directory. */
 async function refused(dir: string, script: string, re: RegExp, out = "bad.raw", alone = true) {
-  const r = await pipeline(dir, script);
+  const r = await pipeline(dir, script, {}, "null");
   assertEquals(r.code, 1, `${script}: ${r.stderr}`);
-  const lines = r.stderr.split("\n").filter((l) => l !== "");
-  assertEquals(lines.length, 1, r.stderr);
-  assert(re.test(lines[0]), `${script}: ${r.stderr}`);
-  assert(!/\bat (file|async|ext):/.test(r.stderr), r.stderr);
+  oneLine(r.stderr, re);
   assert(!exists(`${dir}/${out}`), `${script} left ${out}`);
   if (alone) spoolEmpty(dir);
-}
-
-/** Nothing left in the spool directory (TMPDIR). */
-function spoolEmpty(dir: string) {
-  assertEquals([...Deno.readDirSync(`${dir}/spool`)].map((e) => e.name), []);
 }
 
 function exists(path: string): boolean {
@@ -85,19 +60,7 @@ async function source(dir: string) {
   b.fill(1, 3 << 20, (3 << 20) + 300_000);
   crypto.getRandomValues(b.subarray(size - 5000));
   await Deno.writeFile(`${dir}/src.raw`, b);
-  await sh(
-    dir,
-    "qemu-img",
-    "convert",
-    "-f",
-    "raw",
-    "-O",
-    "vmdk",
-    "-o",
-    "subformat=streamOptimized",
-    "src.raw",
-    "q.vmdk",
-  );
+  await streamOptimized(dir, "src.raw", "q.vmdk", "raw");
   await sh(dir, PYTHON, "-c", "import VMDKstream; VMDKstream.convert_to_stream('src.raw', 'v.vmdk')");
   await sh(dir, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", "q.vmdk", "qemu_q.raw");
   await sh(dir, "qemu-img", "convert", "-f", "vmdk", "-O", "raw", "v.vmdk", "qemu_v.raw");

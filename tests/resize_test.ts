@@ -510,10 +510,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "instar-resize-" });
     try {
       const cases: [string, () => Promise<void>, string[]][] = [
-        ["snapshot shrink", () => sh(dir, "qemu-img", "snapshot", "-c", "s1", `${dir}/x.qcow2`), [
-          "--shrink",
-          "1M",
-        ]],
+        // (A shrink of an image with internal snapshots is done: tests/snapshot_resize_goto_test.ts.)
         // Data already mapped past the end (seed 000's shape): no preallocation over it.
         ["busy tail", () => exec("true", [], dir).then(() => {}), ["--preallocation=metadata", "+1G"]],
         ["busy tail", () => exec("true", [], dir).then(() => {}), ["--preallocation=falloc", "+1G"]],

@@ -6,7 +6,9 @@
 // Input:
 //   0      cluster_bits = 9 + (b % 8)
 //   1      refcount_order = b % 7
-//   2      bit 0: v3 (else v2); bit 1: the image has a backing file; bit 2: discard freed clusters
+//   2      bit 0: v3 (else v2); bit 1: the image has a backing file; bit 2: discard freed clusters;
+//          bit 3: an internal snapshot shares every L2 table and data cluster (counts one higher,
+//          L1 entries without OFLAG_COPIED)
 //   3-4    virtual size in clusters (u16 LE, 1..4096)
 //   5-6    source size in clusters (u16 LE; clipped copies get zero tails)
 //   7      number of existing runs (<= 32), then 3 bytes each: gap, count, kind
@@ -26,7 +28,10 @@
 //      table or block, an L1 or L2 table, or another cluster in use, except
 //      in place onto the cluster already mapped there or onto one a zero or
 //      discard write freed; zero and discard writes copy nothing;
-//   4. no patch of a round overlaps the bytes its copies write.
+//   4. no patch of a round overlaps the bytes its copies write;
+//   5. with a snapshot, nothing it shares is written (copy-on-write: tables
+//      and data get new clusters; copy patches only read them), and no
+//      cluster is freed.
 import { type FilePlan } from "../../lib/formats/plan.ts";
 import type * as WritePlan from "../../lib/formats/qcow2/write_plan.ts";
 import type { Qcow2ResizeScan, RefRun } from "../../lib/formats/qcow2/resize_plan.ts";
@@ -44,6 +49,10 @@ function run(d: Uint8Array, cov: Cov): void {
   const version = (b.u8(2) & 1) ? 3 : 2;
   const hasBacking = (b.u8(2) & 2) !== 0;
   const discardFreed = (b.u8(2) & 4) !== 0;
+  const refcountMaxOf = (1n << (1n << BigInt(b.u8(1) % 7))) - 1n;
+  const shared = (b.u8(2) & 8) !== 0 && refcountMaxOf >= 2n;
+  /** Clusters the snapshot shares (its L2 tables and data). */
+  const snap = new Set<bigint>();
   // v2 zero writes: zeroes as data over a backing file, discards without one.
   const isData = (k: string) => k === "data" || (k === "zero" && version === 2 && hasBacking);
   const cs = 1n << BigInt(clusterBits);
@@ -72,7 +81,8 @@ function run(d: Uint8Array, cov: Cov): void {
     for (let k = c; k < c + count; k++) {
       const idx = Number(k / perL2);
       if (!l1.has(idx)) {
-        l1.set(idx, (next << BigInt(clusterBits)) | COPIED);
+        l1.set(idx, (next << BigInt(clusterBits)) | (shared ? 0n : COPIED));
+        if (shared) snap.add(next);
         used.push(next++);
       }
     }
@@ -80,7 +90,7 @@ function run(d: Uint8Array, cov: Cov): void {
     if (kind === "compressed") {
       for (let k = c; k < c + count; k++) {
         // Shared with the previous data's last host cluster (while its count fits) and/or spilling into the next.
-        const max = (1n << (1n << BigInt(refcountOrder))) - 1n;
+        const max = shared ? refcountMaxOf / 2n : refcountMaxOf;
         // (A spill is the next cluster in the file: share only the last one allocated.)
         const share = packed === next - 1n && (refs.get(packed) ?? 0n) < max && (b.u8(at) & 16) !== 0;
         const first = share ? packed! : next;
@@ -97,7 +107,16 @@ function run(d: Uint8Array, cov: Cov): void {
     } else if (kind !== "zero_plain") {
       // Host clusters after every L2 table the run needs.
       host = next << BigInt(clusterBits);
-      for (let k = 0n; k < count; k++) used.push(next++);
+      for (let k = 0n; k < count; k++) {
+        if (shared) snap.add(next);
+        used.push(next++);
+      }
+    }
+    if (shared && kind === "compressed") {
+      for (let k = c; k < c + count; k++) {
+        const r = compressed.get(k)!;
+        for (let h = r.first; h < r.first + r.count; h++) snap.add(h);
+      }
     }
     existing.push({ cluster: c, count, kind, host });
     c += count;
@@ -115,7 +134,9 @@ function run(d: Uint8Array, cov: Cov): void {
   }
   const runs: RefRun[] = [];
   for (let h = 0n; h < next; h++) {
-    const r = refs.get(h) ?? 1n;
+    // The snapshot holds one more reference to everything it shares (a
+    // compressed host cluster: one per guest cluster, as its own L1 maps it).
+    const r = (refs.get(h) ?? 1n) + (shared && snap.has(h) ? refs.get(h) ?? 1n : 0n);
     const last = runs[runs.length - 1];
     if (last && last.refcount === r && last.start + last.count === h) last.count++;
     else runs.push({ start: h, count: 1n, refcount: r });
@@ -172,6 +193,8 @@ function run(d: Uint8Array, cov: Cov): void {
     }
   }
   for (const [h, n] of left) if (n === 0n) freed.add(h);
+  // 5. the snapshot keeps everything it shares: nothing is freed.
+  if (shared) freed.clear();
   const copied = new Map<bigint, bigint>();
   const metaWritten = new Map<bigint, number>(); // cluster -> round of a whole-cluster table write
   const copyRound = new Map<bigint, number>(); // host cluster -> round of the copy
@@ -190,7 +213,7 @@ function run(d: Uint8Array, cov: Cov): void {
         guestOf.set(h / cs, g);
         if (usedSet.has(h / cs)) {
           invariant(
-            inPlace.get(g) === h || freed.has(h / cs),
+            (!shared && inPlace.get(g) === h) || freed.has(h / cs),
             `write: guest cluster ${g} copied onto used cluster ${h / cs}`,
           );
           cov.hit("write:in-place");
@@ -205,6 +228,15 @@ function run(d: Uint8Array, cov: Cov): void {
       checkPlan(s, "write", cov);
       for (const p of s.patches) {
         const len = p.kind === "write" ? BigInt(p.bytes.length) : p.length;
+        if (shared && p.kind !== "copy") {
+          for (let x = p.offset / cs; x * cs < p.offset + len; x++) {
+            invariant(
+              !snap.has(x),
+              `write: ${p.kind} patch at ${p.offset} into cluster ${x} a snapshot shares`,
+            );
+          }
+          cov.hit("write:snapshot");
+        }
         for (const [a, e] of spans) {
           invariant(
             p.offset >= e || p.offset + len <= a,

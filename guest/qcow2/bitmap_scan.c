@@ -159,12 +159,14 @@ static void set_bits(uint8_t *b, uint64_t first, uint64_t last)
 
 /* ORs bitmap `index` of q (granularity 2^gs over len bytes) into dst
  * (granularity 2^gd, nd bits). */
-static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd, uint64_t nd, uint64_t len)
+static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd, uint64_t nd, uint64_t len,
+                     bool in_use_ok)
 {
     uint64_t toff, tsize;
     uint32_t gs, flags;
     if (find_entry(q, index, &toff, &tsize, &gs, &flags)) return -1;
-    if (flags & 1) return rt_error(0, GERR_BAD_PARAMS, 6, index, 0); /* in use: never loaded */
+    /* in use: never loaded (unless the host marked it itself, arg[7] bit 0) */
+    if ((flags & 1) && !in_use_ok) return rt_error(0, GERR_BAD_PARAMS, 6, index, 0);
     uint64_t ns = len ? ((len - 1) >> gs) + 1 : 0;
     uint64_t per = q->cluster_size * 8;
     uint8_t *buf = rt_alloc(q->cluster_size);
@@ -207,6 +209,12 @@ static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd,
  * is written at arg[4] + k * cluster_size of the output (a staging area past
  * everything the planner allocates) and reported as a BITMAP_ENTRY
  * (bitmap = UINT32_MAX, value = where it went).
+ * arg[3] = 2 (commit into a base with enabled bitmaps): the source is not a
+ * bitmap but the written ranges as raw bits of granularity 2^arg[5], bit i
+ * of byte i / 8 (LSB first), nd bits at file offset arg[6] of input 0 (the
+ * host wrote them past everything; they are read as any image byte);
+ * arg[7] bit 0: the destination may carry the in-use flag (the host marked
+ * it when it reopened the image, as qemu does).
  */
 int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
 {
@@ -228,14 +236,28 @@ int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
     if (clusters * q.cluster_size > (64ull << 20)) return rt_error(0, GERR_OUT_OF_MEMORY, bytes, 0, 0);
     uint8_t *dst = rt_calloc(clusters ? clusters : 1, q.cluster_size);
     if (!dst) return rt_error(0, GERR_OUT_OF_MEMORY, bytes, 0, 0);
+    bool in_use_ok = (p->arg[7] & 1) != 0;
     if (p->arg[1] != UINT64_MAX) {
         uint64_t toff, tsize;
         uint32_t g, flags;
         if (find_entry(&q, p->arg[1], &toff, &tsize, &g, &flags)) return -1;
         if (g != gd) return rt_error(0, GERR_BAD_PARAMS, 5, g, gd);
-        if (or_bitmap(&q, p->arg[1], dst, gd, nd, len)) return -1;
+        if (or_bitmap(&q, p->arg[1], dst, gd, nd, len, in_use_ok)) return -1;
     }
-    if (or_bitmap(s, p->arg[2], dst, gd, nd, len)) return -1;
+    if (p->arg[3] == 2) {
+        uint64_t rb = (nd + 7) / 8, off = p->arg[6];
+        uint8_t *buf = rt_alloc(q.cluster_size);
+        if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, q.cluster_size, 0, 0);
+        if (off > UINT64_MAX - rb) return rt_error(0, GERR_BAD_PARAMS, 6, off, rb);
+        for (uint64_t done = 0; done < rb;) {
+            uint64_t n = rb - done < q.cluster_size ? rb - done : q.cluster_size;
+            if (reader_read(q.r, off + done, buf, n)) return rt_error(0, GERR_IO, off + done, 0, 0);
+            for (uint64_t i = 0; i < n; i++) dst[done + i] |= buf[i];
+            done += n;
+        }
+    } else if (or_bitmap(s, p->arg[2], dst, gd, nd, len, false)) {
+        return -1;
+    }
     /* Bits past the end stay clear, as qemu's serialization leaves them. */
     for (uint64_t i = nd; i < clusters * q.cluster_size * 8; i++) dst[i >> 3] &= (uint8_t)~(1u << (i & 7));
     uint64_t base = p->arg[4];

@@ -9,7 +9,7 @@
 // (lib/formats/qcow2/write_plan.ts, commit_plan.ts) place them; the copy_runs
 // guest moves the bytes into the base (lib/cli/write_rounds.ts). Every
 // backing file passes the allowlist; writes go to the base and the overlay.
-import { formats, mapFlags, ops, records } from "../abi/spec.ts";
+import { formats, ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { cvtnum } from "./options.ts";
 import { CliError, usageError } from "./messages.ts";
@@ -38,6 +38,7 @@ import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { applySteps } from "./apply_steps.ts";
+import { mapRuns } from "./map_runs.ts";
 import { applyWritePlan, type Move, moveData } from "./write_rounds.ts";
 import { decodeScan } from "../formats/qcow2/resize.ts";
 import { planQcow2Writes, type WritePlan } from "../formats/qcow2/write_plan.ts";
@@ -45,12 +46,19 @@ import {
   commitOps,
   existingRuns,
   makeEmptyMethod,
-  type MapRun,
   mirrorOps,
   planMakeEmpty,
 } from "../formats/qcow2/commit_plan.ts";
+import {
+  prepareBitmapReopen,
+  type ReopenHost,
+  storeBitmapsAtClose,
+} from "../formats/qcow2/bitmaps_reopen.ts";
+import { BME_FLAG_AUTO } from "../formats/qcow2/bitmap_plan.ts";
+import { bitmapScanOf, stageDirty } from "./commit_dirty.ts";
+import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
+import type { FilePlan } from "../formats/plan.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
-import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 import { Progress } from "./progress.ts";
 import type { ResizeHost } from "../formats/types.ts";
 import { hostPath } from "../host/context.ts";
@@ -151,8 +159,8 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
       ]);
     }
     if (bq.dirty) throw refuse("the base has the dirty bit set (run qemu-img check -r all first)");
-    if (bq.nbSnapshots > 0) throw refuse("instar does not commit into an image with internal snapshots");
-    if (bq.nbBitmaps > 0 || bq.hasBitmapsExt) {
+    // Bitmaps: disabled ones are carried (marked in use, stored anew, lib/formats/qcow2/bitmaps_reopen.ts).
+    if (bq.hasBitmapsExt && bq.nbBitmaps === 0) {
       throw refuse("instar does not commit into an image with bitmaps");
     }
     if (bq.hasDataFileBit || bq.extendedL2 || bq.layout.cryptMethod !== 0) {
@@ -171,7 +179,17 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   // discarded) is planned before anything is written: the commit does not
   // change the overlay, and a refusal must come first.
   let emptyPlan: WritePlan | undefined;
-  if (empty === "discard") {
+  let emptySteps: FilePlan[] | undefined;
+  if (empty === "discard" && top.qcow2.nbSnapshots > 0) {
+    // Tables shared with a snapshot are replaced, shared clusters keep their snapshot's reference.
+    const topMap = await mapRuns([{ path: top.openPath, format: formats.QCOW2, nofollow: false }], what);
+    const plan = planDiscardEmpty({
+      scan: await scanQcow2(top, what, COMPRESSED_ENTRIES),
+      existing: existingRuns(topMap, top.qcow2.clusterBits),
+    });
+    if (!plan.ok) throw refuse(plan.error.message);
+    emptySteps = plan.value;
+  } else if (empty === "discard") {
     const tq = top.qcow2;
     const topMap = await mapRuns([{ path: top.openPath, format: formats.QCOW2, nofollow: false }], what);
     const existing = existingRuns(topMap, tq.clusterBits);
@@ -187,6 +205,47 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     if (!plan.ok) throw refuse(plan.error.message);
     emptyPlan = plan.value;
   }
+  // The overlay's persistent bitmaps: marked in use when qemu opens it,
+  // stored anew when it closes it (lib/formats/qcow2/bitmaps_reopen.ts); the
+  // emptying does not dirty them (a driver-level discard).
+  const topSteps = async (steps: FilePlan[]) => {
+    await applySteps(top, steps, what, "off", "discard");
+    if (steps.length > 0) top.fileSize = steps[steps.length - 1].fileSize;
+  };
+  const reopenHost: ReopenHost = {
+    bitmapScan: () => bitmapScanOf(top, what),
+    applySteps: topSteps,
+    fail: (lines) => new CliError(lines),
+    refuse,
+  };
+  const topBitmaps = top.qcow2.nbBitmaps > 0 ? await prepareBitmapReopen(reopenHost, filename) : undefined;
+  // The base's: marked in use when the commit job reopens it read-write,
+  // stored when it is reopened read-only at the job's end. An enabled bitmap
+  // would record every write (qemu's block layer sets its bits): refused.
+  const baseSteps = async (steps: FilePlan[]) => {
+    await applySteps(baseImg, steps, what, "off", "discard");
+    if (steps.length > 0) baseImg.fileSize = steps[steps.length - 1].fileSize;
+  };
+  const baseHost: ReopenHost = {
+    bitmapScan: () => bitmapScanOf(baseImg, what),
+    applySteps: baseSteps,
+    fail: (lines) => new CliError(lines),
+    refuse,
+  };
+  const baseBitmaps = bq && bq.nbBitmaps > 0
+    ? await prepareBitmapReopen(baseHost, baseImg.filename)
+    : undefined;
+  if (baseBitmaps) {
+    // Enabled bitmaps record the job's writes (commit_dirty.ts): exactly
+    // the planned clusters while a mirror chunk is one base cluster or more.
+    const cs = bq!.clusterSize;
+    if (cs > 65536n && baseBitmaps.before.bitmaps.some((b) => (b.flags & BME_FLAG_AUTO) !== 0)) {
+      throw refuse("instar does not commit into an image with enabled bitmaps and clusters over 64 KiB");
+    }
+    if (baseImg.virtualSize < size) throw refuse("instar does not grow a base with bitmaps");
+  }
+  if (topBitmaps) await topSteps(topBitmaps.openSteps);
+  if (baseBitmaps) await baseSteps(baseBitmaps.openSteps);
   // Which clusters move: the map of the whole chain (depth = the layer).
   const runs = await mapRuns(chainInputs(chain), what);
   // bdrv_co_truncate of the base when it is shorter.
@@ -233,60 +292,30 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     });
     if (!plan.ok) throw new CliError([`${what}: ${plan.error.message}`]);
     await applyWritePlan(plan.value, source, baseImg, size, what, moved);
+    if (baseBitmaps) {
+      baseImg.fileSize = BigInt((await Deno.stat(hostPath(baseImg.openPath))).size);
+      const cbb = BigInt(cb);
+      const ranges: [bigint, bigint][] = writes.map((w) => {
+        const to = (w.cluster + w.count) << cbb;
+        return [w.cluster << cbb, to < size ? to : size];
+      });
+      await storeBitmapsAtClose(baseHost, baseImg.filename, baseBitmaps, stageDirty(baseImg, ranges, what));
+    }
   }
   if (empty === "complete") {
     const st = await Deno.stat(hostPath(top.openPath));
     await applySteps(top, planMakeEmpty(top.qcow2, BigInt(st.size)), what, "off", "write");
   } else if (emptyPlan) {
     await applyWritePlan(emptyPlan, [], top, 0n, what);
+    top.fileSize = BigInt((await Deno.stat(hostPath(top.openPath))).size);
+  } else if (emptySteps) {
+    await topSteps(emptySteps);
   }
+  if (topBitmaps) await storeBitmapsAtClose(reopenHost, filename, topBitmaps);
   p.set(100);
   p.end();
   if (!quiet) io.out("Image committed.\n");
   return 0;
-}
-
-/** The map guest's extents over `inputs` (a chain, top first), checked to tile the disk. */
-export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRun[]> {
-  let result;
-  try {
-    result = await runGuest({ op: "map", opCode: ops.MAP, inputs, args: [0n, (1n << 64n) - 1n] });
-  } catch (e) {
-    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  const err = result.records.find((r) => r.type === records.ERROR);
-  if (err) {
-    const f = err.fields;
-    throw new CliError([
-      `${what}: ${
-        qcow2ErrorMessage({
-          code: f.code as number,
-          a0: f.a0 as bigint,
-          a1: f.a1 as bigint,
-          a2: f.a2 as bigint,
-        })
-      }`,
-    ]);
-  }
-  const ALL = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
-  const out: MapRun[] = [];
-  let at = 0n;
-  for (const r of result.records) {
-    if (r.type !== records.MAP_EXTENT) continue;
-    const x: MapRun = {
-      start: r.fields.start as bigint,
-      length: r.fields.length as bigint,
-      offset: r.fields.offset as bigint,
-      flags: r.fields.flags as number,
-      depth: r.fields.depth as number,
-    };
-    if (x.start !== at || (x.flags & ~ALL) !== 0 || x.depth >= inputs.length || x.offset >= 1n << 63n) {
-      throw new CliError([`${what}: sandbox failure: inconsistent map extents`]);
-    }
-    at += x.length;
-    out.push(x);
-  }
-  return out;
 }
 
 /** resize_scan arg[1] bit 2: list the compressed L2 entries (records.COMPRESSED_L2). */

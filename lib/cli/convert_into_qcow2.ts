@@ -14,7 +14,8 @@ import type { GuestInput } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { CliError } from "./messages.ts";
 import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
-import { COMPRESSED_ENTRIES, mapRuns, scanQcow2 } from "./commit.ts";
+import { COMPRESSED_ENTRIES, scanQcow2 } from "./commit.ts";
+import { mapRuns } from "./map_runs.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
 import {
@@ -71,7 +72,12 @@ export async function openQcow2Target(
     throw new CliError([`Could not open '${name}': qcow2: Image is corrupt; cannot be opened read/write`]);
   }
   if (q.dirty) throw refuse("the image has the dirty bit set");
-  if (q.nbSnapshots > 0 || q.nbBitmaps > 0 || q.hasBitmapsExt) throw refuse("internal snapshots or bitmaps");
+  if (q.nbBitmaps > 0 || q.hasBitmapsExt) throw refuse("bitmaps");
+  // Internal snapshots: their clusters are copied on write (write_plan.ts);
+  // an encrypted one's bytes would be copied under another host offset's IV.
+  if (q.nbSnapshots > 0 && q.layout.cryptMethod !== 0) {
+    throw refuse("internal snapshots in an encrypted image");
+  }
   if (q.hasDataFileBit || q.extendedL2) throw refuse("a data file or extended L2 entries");
   // Encrypted (with encrypt.key-secret): lib/cli/convert_into_qcrypt.ts.
   if (q.layout.cryptMethod !== 0 && (q.layout.cryptMethod > 2 || !keyGiven)) throw refuse("encryption");

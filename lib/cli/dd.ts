@@ -33,7 +33,7 @@ import {
   openImage,
 } from "./image.ts";
 import { refuseDataFile } from "./data_file.ts";
-import { TempFiles } from "./convert.ts";
+import { TempFiles } from "../convert/temp_files.ts";
 import { makePolicy } from "../chain/policy.ts";
 import { planDd } from "../convert/dd_plan.ts";
 import {

@@ -18,6 +18,7 @@ import { runGuest } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
+import { errnoText } from "../host/errno.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 import { KDF_MAX_ITERS_DEFAULT } from "../formats/luks/errors.ts";
 import { KDF_MAX_MEMORY_KIB_DEFAULT, luks2ErrorText } from "../formats/luks/luks2_errors.ts";
@@ -26,6 +27,7 @@ import { type ExtentFile, resolveExtents } from "./extents.ts";
 import { encryptFormatError, isQcow2CryptOpenError, keySecretRequired } from "../formats/qcow2/crypt.ts";
 import { unlockQcow2 } from "./qcow2_unlock.ts";
 export { chainInputs, inputFilenames } from "./extents.ts";
+export { errnoText };
 import { LockError, type LockMode, LOCKS, PERM, takeLock } from "../vmm/image_lock.ts";
 
 /** Why an image could not be opened, in the pieces qemu assembles its message from. */
@@ -95,28 +97,6 @@ export interface OpenOptions {
   encryptFormat?: string;
   /** A block device is opened too (qemu's host_device): convert -n into a LUKS volume on one. */
   blockDevice?: boolean;
-}
-
-const ERRNO_TEXT: Record<string, string> = {
-  NotFound: "No such file or directory",
-  PermissionDenied: "Permission denied",
-  NotADirectory: "Not a directory",
-  FilesystemLoop: "Too many levels of symbolic links",
-  InvalidData: "Invalid argument",
-};
-
-/** strerror()-style text for a Deno file-system error. */
-export function errnoText(e: unknown): string {
-  if (e instanceof Error) {
-    for (const [name, text] of Object.entries(ERRNO_TEXT)) {
-      const cls = (Deno.errors as Record<string, unknown>)[name];
-      if (typeof cls === "function" && e instanceof (cls as new () => Error)) return text;
-    }
-    const m = /^(.*?) \(os error \d+\)/.exec(e.message);
-    if (m) return m[1].replace(/:.*$/, "");
-    return e.message;
-  }
-  return String(e);
 }
 
 /** Maps -f to a guest format code; throws OpenError as qemu words it. */

@@ -19,6 +19,7 @@ import {
 } from "./common.ts";
 import { openForWrite } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
+import { imageRef } from "./image_ref.ts";
 import { FORMATS } from "../formats/mod.ts";
 import { type BitmapsExt, planQcow2Rebase, rebaseRefusal } from "../formats/qcow2/rebase_plan.ts";
 import { carriedBitmaps } from "./bitmap.ts";
@@ -64,14 +65,20 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
         break;
     }
   });
-  // --image-opts: only the reading commands take it so far (docs/encryption.md).
-  if (o.imageOpts) throw new CliError(["--image-opts is not supported by instar rebase yet"]);
   if (quiet) progress = false;
   if (operands.length !== 1) throw usageError("Expecting one image file name");
   if (!unsafe && backing === undefined) {
     throw usageError("Must specify backing file (-b) or use unsafe mode (-u)");
   }
-  const filename = operands[0];
+  // --image-opts: one local file (lib/cli/image_ref.ts); qemu names the operand as given.
+  const ref = imageRef(operands[0], fmt, o.imageOpts, io.err);
+  const filename = ref.filename;
+  fmt = ref.format;
+  if (ref.keySecret !== undefined) {
+    throw new CliError([
+      `Could not open '${ref.display}': instar ${"rebase"} does not unlock encrypted images`,
+    ]);
+  }
   if (backingFmt !== undefined && !FORMATS.some((d) => d.name === backingFmt)) {
     throw new CliError([`Invalid format name: '${backingFmt}'`]);
   }
@@ -86,13 +93,14 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
   let bitmaps: BitmapsExt | undefined;
   if (unsafe) {
     // -u / amend: qemu opens the image read-write, without its backing chain.
-    img = await openForWrite(filename, fmt, o.unsafeQuirks);
+    img = await openForWrite(filename, fmt, o.unsafeQuirks, undefined, ref.display);
     if (name !== "" && backingFmt === undefined) throw changeFailed("backing format must be specified");
   } else {
     // Safe mode: the old chain and the new backing file are opened too,
     // and the clusters that differ copied before the header changes.
     const { old, neu } = await openForSafeRebase({
       filename,
+      display: ref.display,
       fmt,
       backing: name,
       backingFmt,
@@ -104,14 +112,14 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
     if (img.format !== "qcow2" || !sq) throw changeFailed("Operation not supported");
     if (sq.corrupt) {
       throw new CliError([
-        `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+        `Could not open '${ref.display}': qcow2: Image is corrupt; cannot be opened read/write`,
       ]);
     }
     // The copy writes into the image: an enabled bitmap would have to record
     // those writes, as qemu's do, so only disabled bitmaps are carried here.
     bitmaps = await carriedBitmaps(img, true);
-    const why = rebaseRefusal(sq, bitmaps !== undefined) ??
-      (sq.nbSnapshots > 0 ? "instar does not rebase images with internal snapshots in safe mode" : undefined);
+    // Internal snapshots: the clusters they share are copied on write (write_plan.ts).
+    const why = rebaseRefusal(sq, bitmaps !== undefined);
     if (why) throw new CliError([`Could not rebase '${filename}': ${why}; nothing was written`]);
     write("0.00");
     await copyDifferences(old, neu, `Could not rebase '${filename}'`);
@@ -123,7 +131,7 @@ export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions
   if (img.format !== "qcow2" || !q) throw changeFailed("Operation not supported");
   if (q.corrupt) {
     throw new CliError([
-      `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+      `Could not open '${ref.display}': qcow2: Image is corrupt; cannot be opened read/write`,
     ]);
   }
   if (unsafe) write("0.00");

@@ -30,6 +30,8 @@ import { hostPath } from "../host/context.ts";
 
 export interface SafeRebaseJob {
   filename: string;
+  /** What "Could not open '...'" names (--image-opts: the operand as given). */
+  display?: string;
   fmt?: string;
   /** The new backing file name as given ("" = none). */
   backing: string;
@@ -43,7 +45,7 @@ export async function openForSafeRebase(
   job: SafeRebaseJob,
 ): Promise<{ old: OpenedImage[]; neu: OpenedImage[] }> {
   let old: OpenedImage[];
-  const policy = await makePolicy(job.filename, job.backingDirs);
+  let policy;
   try {
     const top = await openImage(job.filename, {
       format: job.fmt,
@@ -51,11 +53,13 @@ export async function openForSafeRebase(
       lock: LOCKS.write,
       noLists: true,
     });
+    // After the open: a missing file fails as qemu's open does, not in realpath.
+    policy = await makePolicy(job.filename, job.backingDirs);
     needsNoKey(top);
     old = await openChain(top, policy, job.unsafeQuirks, LOCKS.read);
     chainNeedsNoKey(old);
   } catch (e) {
-    if (e instanceof OpenError) throw new CliError([chainOpenMessage(job.filename, e)]);
+    if (e instanceof OpenError) throw new CliError([chainOpenMessage(job.display ?? job.filename, e)]);
     throw e;
   }
   if (job.backing === "") return { old, neu: [] };

@@ -1,7 +1,7 @@
 // instar snapshot [--object obj] [--image-opts] [-U] [-q] [-l | -a S | -c S | -d S] FILE
 //
-// qemu-img's img_snapshot: options (no -f: the format is always probed), one
-// file name, the image opened with its backing chain, then the action. `-l`
+// qemu-img's img_snapshot: options (no -f: the format is probed, or
+// --image-opts driver= names it), one file name, the image opened with its backing chain, then the action. `-l`
 // lists the snapshots the info guest decoded (lib/output/snapshots.ts); no
 // action opens the image and does nothing, as qemu-img does. -c/-a/-d on a
 // qcow2 image run lib/formats/qcow2/snapshot.ts (scan, plan, apply); other
@@ -17,14 +17,17 @@ import {
   newInstarOptions,
   readLock,
 } from "./common.ts";
-import { needsNoKey, openChain, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
+import { openChain, type OpenedImage, OpenError, openFailure, openImage, unlockForRead } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
+import { imageRef } from "./image_ref.ts";
 import { snapshotTable } from "../output/snapshots.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { ops } from "../abi/spec.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { applySteps } from "./apply_steps.ts";
 import { qcow2Snapshot, type SnapshotHost } from "../formats/qcow2/snapshot.ts";
+import { resizeHost } from "./resize.ts";
+import { hostPath } from "../host/context.ts";
 
 type Action = "l" | "a" | "c" | "d";
 
@@ -59,39 +62,48 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
         break;
     }
   });
-  // --image-opts: only the reading commands take it so far (docs/encryption.md).
-  if (o.imageOpts) throw new CliError(["--image-opts is not supported by instar snapshot yet"]);
   if (operands.length !== 1) throw usageError("Expecting one image file name");
-  const filename = operands[0];
+  // --image-opts: one local file (lib/cli/image_ref.ts); qemu names the operand as given.
+  const ref = imageRef(operands[0], undefined, o.imageOpts, io.err);
+  const display = ref.display;
+  const filename = ref.filename;
 
   // bdrv_open refuses BDRV_O_FORCE_SHARE on a read-write open before it looks at the file.
   if (forceShare && action !== "l") {
     throw new CliError([
-      `Could not open '${filename}': force-share=on can only be used with read-only images`,
+      `Could not open '${display}': force-share=on can only be used with read-only images`,
     ]);
   }
   let top;
   try {
     // -l opens read-only; no action (and -c/-a/-d) read-write, as img_snapshot does.
     const lock = action === "l" ? readLock(forceShare) : LOCKS.write;
-    top = await openImage(filename, { unsafeQuirks: o.unsafeQuirks, lock });
-    await openChain(top, await makePolicy(filename, o.backingDirs), o.unsafeQuirks, readLock(forceShare));
-    needsNoKey(top);
+    top = await openImage(filename, { format: ref.format, unsafeQuirks: o.unsafeQuirks, lock });
+    const chain = await openChain(
+      top,
+      await makePolicy(filename, o.backingDirs),
+      o.unsafeQuirks,
+      readLock(forceShare),
+    );
+    // --image-opts key-secret / encrypt.key-secret unlock an encrypted image (qemu's open checks the key).
+    await unlockForRead(top, ref.keySecret, ref.keySecretOption, o.secrets, chain);
   } catch (e) {
-    if (e instanceof OpenError) throw openFailure(filename, e);
+    if (e instanceof OpenError) throw openFailure(display, e);
     throw e;
   }
-  // qemu's raw driver warns on a probed read-write open; -a opens it a
+  // qemu's raw driver warns on a probed read-write open (not with driver=raw); -a opens it a
   // second time (bdrv_snapshot_goto closes the driver, tries its file, reopens).
   const rawWarning = `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
     "         Automatically detecting the format is dangerous for raw images, " +
     "write operations on block 0 will be restricted.\n" +
     "         Specify the 'raw' format explicitly to remove the restrictions.\n";
-  if (action !== "l" && top.raw) io.err(action === "a" ? rawWarning + rawWarning : rawWarning);
+  if (action !== "l" && top.raw && ref.format === undefined) {
+    io.err(action === "a" ? rawWarning + rawWarning : rawWarning);
+  }
   if (action !== "l" && top.qcow2?.corrupt) {
     // qcow2_do_open refuses a read-write open (no action opens read-write too).
     throw new CliError([
-      `Could not open '${filename}': qcow2: Image is corrupt; cannot be opened read/write`,
+      `Could not open '${display}': qcow2: Image is corrupt; cannot be opened read/write`,
     ]);
   }
   if (action === undefined) return 0;
@@ -114,7 +126,7 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
   const q = top.qcow2;
   if (!q || q.nbSnapshots === 0) return 0;
   if (!q.snapshots) {
-    throw new CliError([`Could not open '${filename}': Sandbox failure: snapshots not listed`]);
+    throw new CliError([`Could not open '${display}': Sandbox failure: snapshots not listed`]);
   }
   snapshotTable(q.snapshots, io.out);
   return 0;
@@ -145,6 +157,17 @@ function snapshotHost(img: OpenedImage): SnapshotHost {
       return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
     },
     applySteps: (steps) => applySteps(img, steps, "Could not write the snapshot", "off", "discard"),
+    async resize(size, pre) {
+      // qcow2_snapshot_goto's blk_truncate: qcow2's own resize, a shrink included.
+      const support = img.driver.resize;
+      if (!support) throw new CliError([`${pre}Image format driver does not support resize`]);
+      await support.run(
+        { filename: img.filename, image: img, newSize: size, shrink: true, preallocation: "off" },
+        resizeHost(img, "off", (why) => new CliError([`${pre}${why}`])),
+      );
+      const st = await Deno.stat(hostPath(img.openPath));
+      img.fileSize = BigInt(st.size);
+    },
     fail: (lines) => new CliError(lines),
     now() {
       // g_get_real_time(): microseconds.

@@ -109,6 +109,12 @@ export interface BitmapRequest {
    * marked them and passes the bitmaps as loaded) and stores at close.
    */
   phase?: "open" | "store";
+  /**
+   * "store" with `merged` (its fileEnd): data the guest staged for loaded
+   * bitmaps (directory index -> table index -> offset), stored in place of
+   * their own (commit's dirty bits in a base's enabled bitmaps).
+   */
+  stagedData?: Map<number, Map<bigint, bigint>>;
 }
 
 /** What the guest must compute for a --merge that combines bits (bitmap_scan's merge mode). */
@@ -366,12 +372,13 @@ class Replay {
     for (const [i, b] of s.bitmaps.entries()) {
       const data = new Map<bigint, bigint>();
       for (const e of b.entries) if (e.nonzero) data.set(e.index, e.value);
+      const staged = req.stagedData?.get(i);
       this.mems.push({
-        origin: i,
+        origin: staged ? undefined : i,
         name: b.name,
         gbits: b.granularityBits,
         enabled: (b.flags & BME_FLAG_AUTO) !== 0,
-        data,
+        data: staged ?? data,
       });
     }
     this.qemuSize = s.fileSize;

@@ -213,21 +213,20 @@ export function existingRuns(runs: MapRun[], clusterBits: number): ExistingRun[]
  * How qcow2_make_empty empties `m`: "complete" (make_completely_empty: v3,
  * no snapshots, bitmaps, encryption or data file, and the L1 table with three
  * clusters inside one refcount block), "discard" (its fallback: every
- * cluster discarded), or why instar does not (qemu would discard).
+ * cluster discarded; with snapshots make_empty_discard.ts plans it), or why
+ * instar does not (qemu would discard).
  */
 export function makeEmptyMethod(m: Qcow2Model): "complete" | "discard" | { refused: string } {
   const cs = m.clusterSize;
   const l1Clusters = (BigInt(m.layout.l1Size) * 8n + cs - 1n) / cs;
   const perBlock = (cs * 8n) / BigInt(m.refcountBits);
-  if (m.nbSnapshots > 0 || m.nbBitmaps > 0 || m.hasBitmapsExt) {
-    return { refused: "instar does not empty an overlay with internal snapshots or bitmaps (use -d)" };
-  }
   if (m.layout.cryptMethod !== 0 || m.hasDataFileBit || m.extendedL2) {
     return {
       refused: "instar does not empty encrypted overlays, a data file or extended L2 entries (use -d)",
     };
   }
-  if (m.version < 3 || 3n + l1Clusters > perBlock) return "discard";
+  // Snapshots and bitmaps hold clusters make_completely_empty would drop.
+  if (m.version < 3 || 3n + l1Clusters > perBlock || m.nbSnapshots > 0 || m.nbBitmaps > 0) return "discard";
   return "complete";
 }
 

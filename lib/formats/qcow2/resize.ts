@@ -35,9 +35,7 @@ export const qcow2Resize: ResizeSupport = {
     const bitmaps = q.nbBitmaps > 0 || q.hasBitmapsExt
       ? await prepareBitmapResize(host, job.filename, total)
       : undefined;
-    if (q.nbSnapshots > 0 && total < q.virtualSize) {
-      throw host.refuse("instar does not shrink images with internal snapshots");
-    }
+    // A shrink copies the L2 tables internal snapshots share (resize_plan.ts).
 
     // Preallocation links the new range: the guest checks nothing maps it yet.
     const result = await host.scan(formats.QCOW2, [total, prealloc !== "off" ? 1n : 0n]);

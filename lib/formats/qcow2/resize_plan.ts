@@ -716,9 +716,31 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   const perTable = (cs / entryBytes) * cs;
   const firstIdx = cut / perTable;
   const firstEntry = scan.l1.get(Number(firstIdx)) ?? 0n;
-  if (cut < oldLen && firstIdx < newL1 && (firstEntry & L1E_OFFSET_MASK) === 0n) {
+  // An L2 table an internal snapshot shares (no OFLAG_COPIED) is copied
+  // there instead (l2_allocate), the old one losing one reference with the
+  // frees; the guest's zero ranges in it go to the copy.
+  const sharedFirst = (firstEntry & L1E_OFFSET_MASK) !== 0n && (firstEntry & COPIED) === 0n;
+  let moved: [bigint, bigint] | undefined;
+  if (cut < oldLen && firstIdx < newL1 && ((firstEntry & L1E_OFFSET_MASK) === 0n || sharedFirst)) {
     const table = rc.alloc(1n) << rc.cb;
-    log.push([...blockPatches(rc), { kind: "write", offset: table, bytes: new Uint8Array(Number(cs)) }]);
+    const old = firstEntry & L1E_OFFSET_MASK;
+    if (sharedFirst) {
+      if (rc.get(old >> rc.cb) < 2n) {
+        throw new ResizeRefusal(
+          "unsupported",
+          "Inconsistent image metadata: an L2 table without OFLAG_COPIED is not shared (run qemu-img check -r all)",
+        );
+      }
+      moved = [old, table];
+      kept.delete(old);
+      kept.add(table);
+    }
+    log.push([
+      ...blockPatches(rc),
+      sharedFirst
+        ? { kind: "copy", offset: table, from: old, length: cs }
+        : { kind: "write", offset: table, bytes: new Uint8Array(Number(cs)) },
+    ]);
     log.push(hookupPatches(rc));
     // qcow2_write_l1_entry: the 512-byte sector holding the entry.
     const first = firstIdx & ~63n;
@@ -744,14 +766,20 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   if (cut < oldLen) {
     const lastIdx = (oldLen - 1n) / perTable;
     for (let i = firstIdx > newL1 ? firstIdx : newL1; i <= lastIdx && transient.length < TRANSIENT_MAX; i++) {
-      if (((scan.l1.get(Number(i)) ?? 0n) & L1E_OFFSET_MASK) !== 0n) continue;
+      // A shared table (no OFLAG_COPIED) is copied first, then dropped: a
+      // transient cluster too (its old table loses the reference below).
+      const e = scan.l1.get(Number(i)) ?? 0n;
+      if ((e & L1E_OFFSET_MASK) !== 0n && (e & COPIED) !== 0n) continue;
       const c = rc.alloc(1n);
       transient.push(c);
       if ((c + 1n) << rc.cb > grownTo) grownTo = (c + 1n) << rc.cb;
     }
   }
   const step1: Patch[] = [];
-  for (const z of scan.zeros) {
+  for (const z0 of scan.zeros) {
+    const z = moved && (z0.start & ~(cs - 1n)) === moved[0]
+      ? { ...z0, start: z0.start - moved[0] + moved[1] }
+      : z0;
     const table = z.start & ~(cs - 1n);
     if (
       z.count <= 0n || z.count % entryBytes !== 0n || z.start % entryBytes !== 0n || !kept.has(table) ||
@@ -778,6 +806,8 @@ function shrink(scan: Qcow2ResizeScan, newSize: bigint): FilePlan[] {
   // refcount block (qcow2_discard_refcount_block).
   rc.freed = [];
   for (const f of scan.frees) rc.update(f.start, f.count, -1n);
+  // The copied table's original: one reference less (2 -> 1 at least).
+  if (moved) rc.update(moved[0] >> rc.cb, 1n, -1n);
   for (let i = scan.l1Size - 1; BigInt(i) >= newL1; i--) {
     const off = (scan.l1.get(i) ?? 0n) & L1E_OFFSET_MASK;
     if (off) rc.update(off >> rc.cb, 1n, -1n);

@@ -16,6 +16,7 @@ import {
   planSnapshotGoto,
   type SnapshotPlan,
 } from "./snapshot_plan.ts";
+import { sizeToL1 } from "./resize_plan.ts";
 
 export type SnapshotAction = "c" | "a" | "d";
 
@@ -26,6 +27,11 @@ export interface SnapshotHost {
   applySteps(steps: FilePlan[]): Promise<void>;
   /** An error with these stderr lines (exit 1). */
   fail(lines: string[]): Error;
+  /**
+   * Resizes the image to `size` as qcow2's truncate does (-a of a snapshot
+   * of another size); instar's refusals start with `pre`.
+   */
+  resize?(size: bigint, pre: string): Promise<void>;
   /** The time qemu-img stamps a new snapshot with (g_get_real_time). */
   now(): { sec: number; nsec: number };
 }
@@ -143,6 +149,21 @@ export async function qcow2Snapshot(
     const t = host.now();
     plan = planSnapshotCreate(scan, { name: cut(argBytes(arg), 256), dateSec: t.sec, dateNsec: t.nsec });
   } else if (action === "a") {
+    // qcow2_snapshot_goto: an image of another size than the snapshot's is
+    // first truncated to it (blk_truncate: a grow, or a shrink that drops
+    // the clusters past the end, copying the L2 tables snapshots share).
+    const sn = scan.snapshots[pick!];
+    if (sn && sn.diskSize !== (scan.virtualSize & ~511n) && host.resize) {
+      // instar's own refusals of the goto come before anything is written
+      // (but the L1 table's size, which a grow changes).
+      const first = planSnapshotGoto({ ...scan, virtualSize: sn.diskSize }, pick!);
+      if (!first.ok && first.failure.kind === "refuse" && !/grow the L1 table/.test(first.failure.message)) {
+        throw failWith(first.failure.message);
+      }
+      await host.resize(sn.diskSize, pre);
+      const l1 = sizeToL1(sn.diskSize, scan.clusterBits, q.extendedL2);
+      scan = await runScan(q, pick, host, pre, l1 > BigInt(q.layout.l1Size) ? Number(l1) : q.layout.l1Size);
+    }
     plan = planSnapshotGoto(scan, pick!);
   } else {
     plan = planSnapshotDelete(scan, pick!);
@@ -160,6 +181,8 @@ async function runScan(
   pick: number | undefined,
   host: SnapshotHost,
   pre: string,
+  /** The active L1 table's size the header gives (another after a resize). */
+  l1Size = q.layout.l1Size,
 ): Promise<Qcow2SnapshotScan> {
   const result = await host.scan([
     pick === undefined ? 0n : BigInt(pick) + 1n,
@@ -180,7 +203,7 @@ async function runScan(
   }
   try {
     const scan = decodeSnapshotScan(result.records, result.fileSize, pick);
-    if (scan.snapshots.length !== q.nbSnapshots || scan.l1Size !== q.layout.l1Size) {
+    if (scan.snapshots.length !== q.nbSnapshots || scan.l1Size !== l1Size) {
       throw new GuestResultError("the scan disagrees with the image's header");
     }
     return scan;

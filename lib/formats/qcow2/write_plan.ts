@@ -4,8 +4,12 @@
 // the writes in the order qemu issues them (commit's mirror job, rebase's
 // copy loop), it replays qemu's qcow2 write path on the shared refcount
 // model (refcounts.ts): get_cluster_table (a missing L2 table is allocated,
-// first fit, before the data), handle_copied (a COPIED cluster, or a zero
-// cluster with a preallocated offset, is written in place), handle_alloc
+// first fit, before the data; one an internal snapshot shares, without
+// OFLAG_COPIED in its L1 entry, is copied to a new cluster by l2_allocate
+// and loses one reference), handle_copied (a COPIED cluster, or a zero
+// cluster with a preallocated offset, is written in place; a cluster a
+// snapshot shares gets a new one by handle_alloc and loses one reference
+// once the new entry is linked), handle_alloc
 // (first fit for the rest; a compressed cluster is always reallocated and
 // its old data freed after the new entry is linked, qcow2_free_any_cluster:
 // one reference less on each host cluster it spans), and for zero writes
@@ -16,13 +20,15 @@
 //
 // Crash-safe order, per round: (0) the guest writes the data into clusters
 // nothing references yet (or in place into the cluster already mapped
-// there, as qemu does); (A) new refcount blocks and increased counts, new
-// L2 tables, zero tails of partial clusters; (B) new refcount blocks hooked
+// there, as qemu does); (A0) copies of shared L2 tables (and of a shared
+// cluster's tail past the source's end) into new clusters, verbatim; (A) new refcount blocks and increased counts, new
+// L2 tables and the entries of copied ones, zero tails of partial clusters; (B) new refcount blocks hooked
 // into the refcount table (a table that had to grow is written and switched
 // by its own steps first); (C) the entries of existing L2 tables and the L1
 // entries of new tables, pointing at data and tables that are on disk and
 // counted; (D) counts lowered for the clusters the zero writes and discards
-// freed, after nothing points at them; (E) the bytes of discarded clusters
+// freed and for the shared tables and clusters replaced by copies, after
+// nothing active points at them; (E) the bytes of discarded clusters
 // dropped (a hole punched, best effort). Each step is synced before the next. A round ends
 // after a write that frees clusters, so a later allocation never reuses a
 // cluster whose reference is not yet withdrawn on disk. A crash between any
@@ -121,6 +127,12 @@ interface L2Table {
   offset: bigint;
   fresh: boolean;
   bytes?: Uint8Array;
+  /**
+   * l2_allocate's copy of a shared table, made this round: the file offset
+   * of the old table, copied verbatim (never decoded here) before the
+   * entries this round changes are written into the copy.
+   */
+  copyFrom?: bigint;
   /** Entries changed in an existing table: index -> value. */
   changed: Map<number, bigint>;
 }
@@ -171,6 +183,8 @@ class Planner {
   private punches: Patch[] = [];
   /** Host clusters of freed compressed data, discarded when their count reaches 0. */
   private punchIfFree: bigint[] = [];
+  /** File bytes copied verbatim before the round's step A: COW'd L2 tables, old tails of COW'd clusters. */
+  private fileCopies: Patch[] = [];
   private readonly rounds: WriteRound[] = [];
   private readonly existing: ExistingRun[];
   /** Steps before this index belong to earlier rounds (a moved refcount table adds its own). */
@@ -244,10 +258,30 @@ class Planner {
     if (idx >= BigInt(this.x.scan.l1Size)) throw new Refusal("a write past the L1 table");
     const e = this.l1.get(idx) ?? 0n;
     const off = e & L1E_OFFSET_MASK;
-    if (off) {
-      if (!(e & COPIED)) {
-        throw new Refusal("instar does not write into a shared L2 table (internal snapshots)");
+    if (off && !(e & COPIED)) {
+      // l2_allocate: a table an internal snapshot shares (no OFLAG_COPIED)
+      // is copied to a new cluster (first fit), the L1 entry points at the
+      // copy with OFLAG_COPIED, and the old table loses one reference
+      // (get_cluster_table's qcow2_free_clusters). The data clusters it
+      // maps keep their counts: each L1 table holds one reference to them.
+      const oc = off >> this.cb;
+      // A count of 1 without the flag is an inconsistency qemu-img check
+      // reports (and repairs); freeing the table would reuse a cluster the
+      // disk still points at before the new L1 entry is down.
+      if (this.rc.get(oc) < 2n) {
+        throw new Refusal(
+          "inconsistent image: an L2 table without OFLAG_COPIED is not shared (run qemu-img check -r all)",
+        );
       }
+      const at = this.rc.alloc(1n) << this.cb;
+      this.l1.set(idx, at | COPIED);
+      this.l1Changed.add(idx);
+      this.fileCopies.push({ kind: "copy", offset: at, from: off, length: this.cs });
+      // Lowered in step D, after the L1 entry no longer names it (2 -> 1 at
+      // least: the first fit cannot see the difference).
+      this.frees.push([oc, oc + 1n]);
+      t = { offset: at, fresh: false, changed: new Map(), copyFrom: off };
+    } else if (off) {
       t = { offset: off, fresh: false, changed: new Map() };
     } else {
       const at = this.rc.alloc(1n) << this.cb;
@@ -266,8 +300,12 @@ class Planner {
     else t.changed.set(i, v);
   }
 
-  /** Records that guest cluster c's data goes to host byte offset h. */
-  private place(c: bigint, h: bigint) {
+  /**
+   * Records that guest cluster c's data goes to host byte offset h; `old`:
+   * the shared cluster it replaces (copy-on-write), whose bytes past the
+   * source's end are the cluster's tail (qemu's COW region reads them).
+   */
+  private place(c: bigint, h: bigint, old?: bigint) {
     const last = this.copies[this.copies.length - 1];
     if (last && last.cluster + last.count === c && last.host + (last.count << this.cb) === h) last.count++;
     else this.copies.push({ cluster: c, count: 1n, host: h });
@@ -275,7 +313,13 @@ class Planner {
     const from = c << this.cb, src = this.x.sourceSize;
     if (from + this.cs > src) {
       const keep = src > from ? src - from : 0n;
-      this.tails.push({ kind: "write", offset: h + keep, bytes: new Uint8Array(Number(this.cs - keep)) });
+      if (old !== undefined) {
+        this.fileCopies.push({ kind: "copy", offset: h + keep, from: old + keep, length: this.cs - keep });
+      } else {this.tails.push({
+          kind: "write",
+          offset: h + keep,
+          bytes: new Uint8Array(Number(this.cs - keep)),
+        });}
     }
   }
 
@@ -286,36 +330,41 @@ class Planner {
     while (c < end) {
       this.table(c / this.perL2);
       const s = this.state(c);
-      if (s.kind === "normal" || s.kind === "zero_alloc") {
+      if (this.inPlace(s)) {
         // handle_copied: written in place (a zero_alloc entry loses its flag).
-        if (rc.get(s.host >> this.cb) !== 1n) {
-          throw new Refusal("instar does not write into a cluster shared with an internal snapshot");
-        }
         if (s.kind === "zero_alloc") this.setEntry(c, s.host | COPIED);
         this.place(c, s.host);
         c++;
         continue;
       }
       // handle_alloc: the run of clusters needing allocation, within this
-      // L2 table (count_single_write_clusters: unallocated, zero without an
-      // offset and compressed clusters alike; a compressed one is never
-      // written in place).
+      // L2 table (count_single_write_clusters, cluster_needs_new_alloc:
+      // unallocated, zero without an offset, compressed and shared clusters
+      // alike; a compressed one is never written in place).
       const tableEnd = (c / this.perL2 + 1n) * this.perL2;
       let n = 1n;
-      while (c + n < end && c + n < tableEnd) {
-        const k = this.state(c + n).kind;
-        if (k !== "unallocated" && k !== "zero_plain" && k !== "compressed") break;
-        n++;
-      }
+      while (c + n < end && c + n < tableEnd && !this.inPlace(this.state(c + n))) n++;
       const host = rc.alloc(n) << this.cb;
       let freed = false;
       if (op.only && (op.count !== 1n || this.state(c).kind === "compressed")) {
         throw new Refusal("instar does not write part of a compressed cluster");
       }
       for (let i = 0n; i < n; i++) {
+        const s = this.state(c + i);
         this.setEntry(c + i, (host + (i << this.cb)) | COPIED);
-        this.place(c + i, host + (i << this.cb));
-        if (op.only) this.zeroOutside(c + i, host + (i << this.cb), op.only);
+        this.place(c + i, host + (i << this.cb), s.kind === "normal" ? s.host : undefined);
+        // A partial write (convert -n -B): the rest of a new cluster reads as zeroes.
+        if (op.only) {
+          if (s.kind === "normal" || s.kind === "zero_alloc") {
+            throw new Refusal("instar does not write part of a cluster shared with an internal snapshot");
+          }
+          this.zeroOutside(c + i, host + (i << this.cb), op.only);
+        }
+        // Copy-on-write of a cluster an internal snapshot shares
+        // (qcow2_alloc_cluster_link_l2 then qcow2_free_any_cluster): one
+        // reference less, after the new entry is linked (step D); it stays
+        // in use by the snapshot, so the round need not end here.
+        if (s.kind === "normal" || s.kind === "zero_alloc") this.free(s.host >> this.cb);
         // qcow2_alloc_cluster_link_l2: the old compressed cluster is freed
         // after the new entry is linked (QCOW2_DISCARD_NEVER). Its data is
         // whole in the new cluster: the guest reads the rest of the cluster
@@ -348,6 +397,22 @@ class Planner {
       at = to;
     }
     gap(end);
+  }
+
+  /**
+   * handle_copied's test (cluster_needs_new_alloc): a normal or zero_alloc
+   * cluster with OFLAG_COPIED is written in place. The map does not carry
+   * the flag; on a consistent image it is set exactly when the count is 1.
+   */
+  private inPlace(s: { kind: ClusterKind | "unallocated"; host: bigint }): boolean {
+    return (s.kind === "normal" || s.kind === "zero_alloc") && this.rc.get(s.host >> this.cb) === 1n;
+  }
+
+  /** One reference less on host cluster hc, in step D. */
+  private free(hc: bigint) {
+    const last = this.frees[this.frees.length - 1];
+    if (last && last[1] === hc) last[1]++;
+    else this.frees.push([hc, hc + 1n]);
   }
 
   /** qcow2_free_any_cluster of compressed guest cluster c: one reference less on each host cluster it spans. */
@@ -418,15 +483,15 @@ class Planner {
         this.freeCompressed(c, punch);
         freed = true;
       }
-      if (punch && (s.kind === "normal" || s.kind === "zero_alloc")) {
+      // A cluster an internal snapshot shares only loses a reference
+      // (update_refcount discards at 0 only).
+      const shared = (s.kind === "normal" || s.kind === "zero_alloc") && this.rc.get(s.host >> this.cb) > 1n;
+      if (punch && !shared && (s.kind === "normal" || s.kind === "zero_alloc")) {
         this.punches.push({ kind: "zero", offset: s.host, length: this.cs });
       }
       if (s.kind === "normal" || s.kind === "zero_alloc") {
-        const hc = s.host >> this.cb;
-        const last = this.frees[this.frees.length - 1];
-        if (last && last[1] === hc) last[1]++;
-        else this.frees.push([hc, hc + 1n]);
-        freed = true;
+        this.free(s.host >> this.cb);
+        if (!shared) freed = true;
       }
       // qemu zeroes one L2 table at a time and frees as it goes: the freed
       // clusters may be reused by the next allocation, so their references
@@ -451,8 +516,10 @@ class Planner {
         a.push({ kind: "write", offset: t.offset, bytes: t.bytes! });
         continue;
       }
+      // A table copied this round is not published yet: its entries go with step A.
+      const into = t.copyFrom === undefined ? c : a;
       for (const [i, v] of [...t.changed].sort((p, q) => p[0] - q[0])) {
-        c.push({ kind: "write", offset: t.offset + BigInt(i * 8), bytes: be64(v) });
+        into.push({ kind: "write", offset: t.offset + BigInt(i * 8), bytes: be64(v) });
       }
     }
     for (const i of [...this.l1Changed].sort((p, q) => (p < q ? -1 : p > q ? 1 : 0))) {
@@ -465,10 +532,13 @@ class Planner {
       if (e > dataEnd) dataEnd = e;
     }
     let aEnd = dataEnd;
-    for (const p of a) {
+    for (const p of [...a, ...this.fileCopies]) {
       const e = p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.length);
       if (e > aEnd) aEnd = e;
     }
+    // (A0) copies of shared tables and old tails into clusters nothing
+    // points at yet, before step A patches entries into them.
+    if (this.fileCopies.length > 0) log.push(this.fileCopies, aEnd);
     log.push(a, aEnd);
     // (B) new refcount blocks hooked up.
     log.push(hookupPatches(rc));
@@ -496,6 +566,7 @@ class Planner {
     this.frees = [];
     this.punches = [];
     this.punchIfFree = [];
+    this.fileCopies = [];
     this.l1Changed = new Set();
   }
 }

@@ -1,0 +1,149 @@
+// A qcow2 image with persistent bitmaps opened read-write by a command that
+// changes the image but none of its bitmaps' bits (commit emptying its
+// overlay: qcow2_make_empty discards at the driver level, which no dirty
+// bitmap sees): qemu's open marks every bitmap in use
+// (qcow2_load_dirty_bitmaps), and its close stores every bitmap anew
+// (qcow2_store_persistent_dirty_bitmaps: new data clusters and tables, the
+// new directory, the header, the old structures freed). The bitmap planner
+// (bitmap_plan.ts) plans the marking ("open") and, on a fresh scan taken
+// after the command's own writes, the store ("store"), with the data
+// clusters as the first scan found them (the command never moves them).
+//
+// Crash-safe order: (1) the in-use marking (header autoclear bit off, the
+// directory in place, the bit on again); (2) the command's own steps; (3)
+// the store's epochs (new structures synced before the header names them,
+// old ones released after). A crash after (1) leaves bitmaps flagged in use
+// (inconsistent), as a crash of qemu's own command does; never a bitmap
+// pointing at freed clusters.
+import { records } from "../../abi/spec.ts";
+import type { Rec } from "../../abi/records.ts";
+import type { FilePlan } from "../plan.ts";
+import { qcow2ErrorMessage } from "./errors.ts";
+import { GuestResultError } from "./model.ts";
+import { decodeBitmapScan } from "./bitmap_scan.ts";
+import {
+  bitmapNameText,
+  bitmapRefusal,
+  type BitmapRequest,
+  BME_FLAG_IN_USE,
+  planQcow2Bitmap,
+  type Qcow2BitmapScan,
+  stagingOffset,
+} from "./bitmap_plan.ts";
+
+/** What the caller gives: the bitmap_scan guest, the applier, and its error shapes. */
+export interface ReopenHost {
+  bitmapScan(): Promise<{ records: Rec[]; fileSize: bigint }>;
+  applySteps(steps: FilePlan[]): Promise<void>;
+  /** An error printed as these lines (qemu's own words). */
+  fail(lines: string[]): Error;
+  /** instar's refusal, nothing written yet (or the store refused). */
+  refuse(why: string): Error;
+}
+
+export interface BitmapReopen {
+  /** The bitmaps as loaded before the marking. */
+  before: Qcow2BitmapScan;
+  /** The in-use marking, applied before the command's own steps. */
+  openSteps: FilePlan[];
+}
+
+/** qemu names the image by its node name in messages (not shown here: no action fails). */
+const NODE_NAME = "#block000";
+
+const request = (phase: "open" | "store"): BitmapRequest => ({
+  name: new Uint8Array(0),
+  granularity: 0n,
+  actions: [],
+  nodeName: NODE_NAME,
+  phase,
+});
+
+async function scanNow(host: ReopenHost, filename: string): Promise<Qcow2BitmapScan> {
+  const { records: recs, fileSize } = await host.bitmapScan();
+  const err = recs.find((r) => r.type === records.ERROR);
+  if (err) {
+    const f = err.fields;
+    const msg = qcow2ErrorMessage({
+      code: f.code as number,
+      a0: f.a0 as bigint,
+      a1: f.a1 as bigint,
+      a2: f.a2 as bigint,
+    });
+    throw host.fail([`Could not open '${filename}': ${msg}`]);
+  }
+  try {
+    return decodeBitmapScan(recs, fileSize);
+  } catch (e) {
+    if (e instanceof GuestResultError) throw host.refuse(`sandbox failure: ${e.message}`);
+    throw e;
+  }
+}
+
+/** Scans the bitmaps, checks instar can carry them, plans the in-use marking (nothing written). */
+export async function prepareBitmapReopen(host: ReopenHost, filename: string): Promise<BitmapReopen> {
+  const before = await scanNow(host, filename);
+  const inUse = before.bitmaps.find((b) => (b.flags & BME_FLAG_IN_USE) !== 0);
+  if (inUse) {
+    throw host.refuse(
+      `bitmap '${bitmapNameText(inUse.name)}' is in use (inconsistent); instar does not carry it`,
+    );
+  }
+  const why = bitmapRefusal(before);
+  if (why) throw host.refuse(why);
+  const plan = planQcow2Bitmap(before, request("open"));
+  if (!plan.ok) throw host.refuse(plan.error.message);
+  return { before, openSteps: plan.value.steps };
+}
+
+/**
+ * Bits the command's writes set in enabled bitmaps (commit into a base): the
+ * guest ORs them into each bitmap's data and stages the result past
+ * `staging` (stagingOffset of the scan the store is planned on); the
+ * directory index -> table index -> staged offset, and the file's length
+ * with the staging.
+ */
+export type StageDirty = (
+  loaded: Qcow2BitmapScan,
+  staging: bigint,
+) => Promise<{ data: Map<number, Map<bigint, bigint>>; fileEnd: bigint } | undefined>;
+
+/** After the command's writes: the bitmaps stored anew, as qemu's close does. */
+export async function storeBitmapsAtClose(
+  host: ReopenHost,
+  filename: string,
+  job: BitmapReopen,
+  stage?: StageDirty,
+): Promise<void> {
+  const now = await scanNow(host, filename);
+  const was = job.before.bitmaps;
+  if (
+    now.bitmaps.length !== was.length ||
+    now.bitmaps.some((b, i) =>
+      (b.flags & BME_FLAG_IN_USE) === 0 || b.flags !== (was[i].flags | BME_FLAG_IN_USE) ||
+      b.tableOffset !== was[i].tableOffset || b.tableSize !== was[i].tableSize ||
+      b.granularityBits !== was[i].granularityBits || bitmapNameText(b.name) !== bitmapNameText(was[i].name)
+    )
+  ) {
+    throw host.refuse("the bitmaps changed while the image was written");
+  }
+  // The bitmaps as qemu holds them in memory: loaded before the marking.
+  const loaded: Qcow2BitmapScan = {
+    ...now,
+    bitmaps: now.bitmaps.map((b, i) => ({
+      ...b,
+      flags: was[i].flags,
+      state: was[i].state,
+      entries: was[i].entries,
+    })),
+  };
+  const req = request("store");
+  const staged = stage ? await stage(loaded, stagingOffset(loaded)) : undefined;
+  if (staged) {
+    req.merged = { data: new Map(), fileEnd: staged.fileEnd };
+    req.stagedData = staged.data;
+  }
+  const plan = planQcow2Bitmap(loaded, req);
+  if (!plan.ok) throw host.refuse(plan.error.message);
+  await host.applySteps(plan.value.steps);
+}
