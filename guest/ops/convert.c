@@ -3,7 +3,8 @@
  * external data file at arg[0] if any) and writes it to output 0, as
  * `qemu-img convert` does, over the guest range [arg[5], arg[6]).
  *
- *   arg[0] input index of the top layer's data file, 0 = none
+ *   arg[0] input index of the top layer's data file, 0 = none; bits 32-63:
+ *          -B, the first input of the target's backing chain (0 = none)
  *   arg[1] CONV_* flags: QCOW2 output, COMPRESS (-c), ZSTD (else zlib)
  *   arg[2] min_sparse in bytes (-S; 0 = write everything, fully allocated)
  *   arg[3] qcow2: the output offset where this guest's data starts
@@ -40,8 +41,8 @@
  * the host's planners (lib/formats/{vpc,vhdx}/output_plan.ts) write all
  * metadata.
  *
- * With CONV_BACKING | CONV_COMPRESS (convert -B -c; the zlib program only,
- * the zstd one has no room): the top's status taken in whole clusters as
+ * With CONV_BACKING | CONV_COMPRESS (convert -B -c; the zlib and zstd
+ * programs, CONV_ZSTD picking the codec): the top's status taken in whole clusters as
  * qemu does for compressed targets (convert_qcow2_backing_compressed); a
  * cluster a short run touches is read whole from the source chain, so no
  * cluster is refused. arg[4] then carries the cluster bits in bits 0-7, the
@@ -55,9 +56,12 @@
  * write-zeroes) reported as ZERO_RUN with host_offset 0, except from arg[7]
  * (the target backing file's size) on, where zeroes stay unallocated too.
  * A target cluster mixing such left-alone bytes with written ones, or an
- * all-zero cluster written by more than one request, would need the backing
+ * all-zero cluster written by more than one request, needs the backing
  * file's bytes (qemu copies them in, or asks them whether they read as
- * zeroes): ZERO_RUN with host_offset 1, which the host refuses. With
+ * zeroes): the host attaches the target's backing chain after the source's
+ * inputs, from input arg[0] >> 32 on (partial_cluster); without it (arg[0]
+ * >> 32 == 0) such a cluster is ZERO_RUN with host_offset 1, which the host
+ * refuses. With
  * CONV_ZERO_DATA (a compat=0.10 target, where qemu's write-zeroes falls back
  * to writing zeroes) such clusters are stored as data clusters of zeroes.
  *
@@ -535,17 +539,13 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
     return 0;
 }
 
-#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B, and -B -c with zlib (zstd: no room) */
 /* ---- qcow2 output over a backing file (convert -B) ---- */
 
 #define CB_SKIP 1u  /* part of the cluster is left to the backing file */
 #define CB_ZERO 2u  /* part of the cluster is write-zeroed */
 #define CB_DATA 4u  /* part of the cluster is written with data */
 #define CB_SPLIT 8u /* a write-zeroes request starts or ends inside the cluster */
-static uint8_t cstate[CHUNK >> 9];
 static struct rec_data_run zrun; /* the ZERO_RUN being built (count 0 = none) */
-#define MAX_DRUNS 512u
-static uint64_t druns[2 * MAX_DRUNS]; /* data runs of the chunk read so far {offset, length} */
 
 static int emit_zrun(void)
 {
@@ -580,6 +580,17 @@ static int backing_kind(uint64_t at, uint64_t len, uint64_t bsize, uint64_t *k)
     return (st & CS_DATA) ? 2 : 0;
 }
 
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B uncompressed (the zstd programs: -B -c only) */
+static uint8_t cstate[CHUNK >> 9];
+/* -B with the target's backing file (tchain): the chunk's sectors left to
+ * it, and per cluster the first write-zeroes piece [zf_lo, zf_hi) (chunk
+ * offsets; zf_hi 0 = none). */
+static struct chain tchain;
+static uint8_t skipsec[CHUNK >> 9];
+static uint32_t zf_lo[CHUNK >> 9], zf_hi[CHUNK >> 9];
+#define MAX_DRUNS 512u
+static uint64_t druns[2 * MAX_DRUNS]; /* data runs of the chunk read so far {offset, length} */
+
 /* Marks the chunk's clusters a request [at, at+len) of kind `bit` touches
  * (chunk offset `off`); a write-zeroes request ending inside a cluster
  * splits it (the disk's end does not). */
@@ -588,6 +599,18 @@ static void mark(uint64_t off, uint64_t at, uint64_t len, uint8_t bit, uint32_t 
     uint64_t csize = 1ull << cbits;
     uint64_t first = (at - off) >> cbits, last = (at + len - 1 - off) >> cbits;
     for (uint64_t c = first; c <= last; c++) cstate[c] |= bit;
+    if (bit == CB_ZERO) {
+        /* qemu's block layer cuts the request at cluster boundaries; the
+         * first piece (lowest offset) in a cluster decides (convert_qcow2_backing). */
+        for (uint64_t c = first; c <= last; c++) {
+            uint64_t lo = c << cbits, hi = lo + csize;
+            if (at - off > lo) lo = at - off;
+            if (at + len - off < hi) hi = at + len - off;
+            if (!zf_hi[c] || lo < zf_lo[c]) zf_lo[c] = (uint32_t)lo, zf_hi[c] = (uint32_t)hi;
+        }
+    } else if (bit == CB_SKIP) {
+        memset(skipsec + ((at - off) >> 9), 1, ((at - off + len + 511) >> 9) - ((at - off) >> 9));
+    }
     if (bit == CB_ZERO) {
         if (at & (csize - 1)) cstate[first] |= CB_SPLIT;
         if (((at + len) & (csize - 1)) && at + len != chain.size) cstate[last] |= CB_SPLIT;
@@ -668,10 +691,129 @@ static void mark_data_runs(uint32_t nr, uint64_t off, uint64_t min_sparse, uint3
     }
 }
 
+/* qcow2's is_zero over the target's backing file: [from, to) reads as
+ * zeroes by block status (past its end too). 1 yes, 0 no, -1 on error. */
+static int backing_is_zero(uint64_t from, uint64_t to)
+{
+    if (to > tchain.size) to = tchain.size;
+    for (uint64_t at = from; at < to;) {
+        uint64_t k = 0;
+        int st = chain_status(&tchain, at, to - at, &k);
+        if (st < 0) return -1;
+        if (!(st & CS_ZERO)) return 0;
+        at += k;
+    }
+    return 1;
+}
+
+/* qcow2's is_zero for a write-zeroes piece: whether the rest of unit u
+ * (a cluster, or a subcluster with extended L2 entries; 2^ubits bytes, its
+ * index in the chunk at off) reads as zeroes through the backing file
+ * besides the first piece [zf_lo, zf_hi). 1 yes, 0 no, -1 on error. */
+static int unit_rest_is_zero(uint64_t off, uint64_t u, uint32_t ubits)
+{
+    uint64_t base = off + (u << ubits), end = base + (1ull << ubits);
+    if (end > chain.size) end = chain.size;
+    if (!zf_hi[u]) return rt_error(0, GERR_INTERNAL, 14, base, 0);
+    int z = backing_is_zero(base, off + zf_lo[u]);
+    if (z > 0) z = backing_is_zero(off + zf_hi[u], end);
+    return z;
+}
+
+/* The backing file's bytes into the sectors of unit u the requests left alone (dst: the unit's bytes). */
+static int fill_skipped(uint64_t off, uint64_t u, uint32_t ubits, uint8_t *dst)
+{
+    uint64_t base = off + (u << ubits), first = (u << ubits) >> 9, n = (1ull << ubits) >> 9;
+    for (uint64_t i = 0; i < n;) {
+        if (!skipsec[first + i]) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < n && skipsec[first + j]) j++;
+        uint64_t from = base + (i << 9), to = base + (j << 9);
+        if (to > tchain.size) to = tchain.size;
+        if (from < to && chain_read(&tchain, from, to - from, dst + (i << 9))) return -1;
+        i = j;
+    }
+    return 0;
+}
+
+/*
+ * A target cluster only partly written (c: its index in the chunk at off,
+ * cl its bytes as the requests left them), as qemu's qcow2 driver does it
+ * in a new overlay: a data write allocates the cluster and copies the
+ * backing file's bytes into the rest (COW); a write-zeroes piece makes the
+ * whole cluster a zero cluster when the rest of it reads as zeroes (is_zero
+ * through the backing file; the first piece decides, later ones then find
+ * a zero cluster), else it falls back to writing zeroes, which allocates
+ * and copies as a data write. compat=0.10 (zero_data) always writes.
+ * Either way the bytes the requests leave alone are the backing file's.
+ */
+static int partial_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool zero_data, uint8_t *cl)
+{
+    uint64_t gc = (off >> cbits) + c;
+    if (!(cstate[c] & CB_DATA) && !zero_data) {
+        int z = unit_rest_is_zero(off, c, cbits);
+        if (z < 0) return -1;
+        if (z) return zero_cluster(gc, 0);
+    }
+    if (fill_skipped(off, c, cbits, cl)) return -1;
+    return store_cluster(gc, cl, 1ull << cbits);
+}
+
+/*
+ * A target cluster with extended L2 entries: qemu writes, zeroes and
+ * copies-on-write subclusters (2^(cbits-5) bytes; cstate, skipsec and zf_*
+ * then hold subclusters), each of the 32 ending as partial_cluster decides
+ * for a cluster: left alone (its bits clear), zero (its zero bit) or
+ * allocated (its allocation bit; the cluster is written whole, the bytes
+ * of the subclusters not allocated are never read). A bitmap other than
+ * all allocated (a data cluster) or all zero (a zero cluster) is reported
+ * in a SUBCLUSTERS record.
+ */
+static int ext_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool have_tchain, uint8_t *cl)
+{
+    uint32_t sbits = cbits - 5, alloc = 0, zero = 0;
+    uint64_t gc = (off >> cbits) + c;
+    for (uint32_t i = 0; i < 32; i++) {
+        uint64_t u = (c << 5) + i;
+        uint8_t s = cstate[u];
+        if (!(s & (CB_ZERO | CB_DATA))) continue;
+        bool partial = (s & CB_SKIP) || (!(s & CB_DATA) && (s & CB_SPLIT));
+        if (partial && !have_tchain) return zero_cluster(gc, 1);
+        if (!(s & CB_DATA)) {
+            int z = partial ? unit_rest_is_zero(off, u, sbits) : 1;
+            if (z < 0) return -1;
+            if (z) {
+                zero |= 1u << i;
+                continue;
+            }
+        }
+        alloc |= 1u << i;
+        if (partial && fill_skipped(off, u, sbits, cl + ((uint64_t)i << sbits))) return -1;
+    }
+    if (alloc) {
+        if (store_cluster(gc, cl, 1ull << cbits)) return -1;
+    } else if (zero) {
+        if (zero_cluster(gc, 0)) return -1;
+    }
+    if ((alloc && alloc != 0xffffffffu) || (!alloc && zero && zero != 0xffffffffu)) {
+        struct rec_data_run r;
+        rec_init(&r, REC_SUBCLUSTERS, sizeof r);
+        r.guest_cluster = gc;
+        r.count = 1;
+        r.host_offset = ((uint64_t)zero << 32) | alloc;
+        if (emit_rec(&r, REC_SUBCLUSTERS, sizeof r)) return -1;
+    }
+    return 0;
+}
+
 static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
-                                 bool zero_data, uint8_t *buf)
+                                 bool zero_data, bool have_tchain, bool ext, uint8_t *buf)
 {
     uint64_t csize = 1ull << cbits;
+    uint32_t ubits = ext ? cbits - 5 : cbits; /* the unit qemu writes: a subcluster with extended L2 */
     for (uint64_t off = start; off < end;) {
         /* Long runs left alone or write-zeroed: whole clusters at once. */
         uint64_t k = 0;
@@ -690,7 +832,9 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
         }
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);
-        memset(cstate, 0, padded >> cbits);
+        memset(cstate, 0, padded >> ubits);
+        memset(skipsec, 0, padded >> 9);
+        memset(zf_hi, 0, (padded >> ubits) * sizeof zf_hi[0]);
         /* Past the disk's end the last cluster (and sector) reads as zeroes. */
         if (padded > n) memset(buf + n, 0, padded - n);
         uint32_t nr = 0;
@@ -700,7 +844,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
             if (kind == 2) {
                 if (nr == MAX_DRUNS) {
                     if (chain_flush(&chain)) return -1;
-                    mark_data_runs(nr, off, min_sparse, cbits, buf);
+                    mark_data_runs(nr, off, min_sparse, ubits, buf);
                     nr = 0;
                 }
                 if (chain_read(&chain, at, k, buf + (at - off))) return -1;
@@ -710,18 +854,25 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
             } else {
                 memset(buf + (at - off), 0, k);
                 /* -S 0: qemu writes zeroes as data. */
-                mark(off, at, k, kind == 0 ? CB_SKIP : min_sparse ? CB_ZERO : CB_DATA, cbits);
+                mark(off, at, k, kind == 0 ? CB_SKIP : min_sparse ? CB_ZERO : CB_DATA, ubits);
             }
             at += k;
         }
         if (chain_flush(&chain)) return -1;
-        mark_data_runs(nr, off, min_sparse, cbits, buf);
+        mark_data_runs(nr, off, min_sparse, ubits, buf);
         for (uint64_t c = 0; c < padded >> cbits; c++) {
+            if (ext) {
+                if (ext_cluster(off, c, cbits, have_tchain, buf + (c << cbits))) return -1;
+                continue;
+            }
             uint8_t s = cstate[c];
             uint64_t gc = (off >> cbits) + c;
             const uint8_t *cl = buf + (c << cbits);
             if (!(s & (CB_ZERO | CB_DATA))) continue;
-            if (s & CB_SKIP) {
+            bool partial = (s & CB_SKIP) || (!(s & CB_DATA) && !zero_data && (s & CB_SPLIT));
+            if (partial && have_tchain) {
+                if (partial_cluster(off, c, cbits, zero_data, buf + (c << cbits))) return -1;
+            } else if (s & CB_SKIP) {
                 if (zero_cluster(gc, 1)) return -1;
             } else if ((s & CB_DATA) || zero_data) {
                 /* Written with data (the zeroes of the requests around it
@@ -740,7 +891,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
 }
 #endif
 
-#ifdef CONVERT_ZLIB
+#if defined(CONVERT_ZLIB) || defined(CONVERT_ZSTD) /* -B -c: the compressing programs only */
 /* convert -B -c, as qemu-img's convert_iteration_sectors and convert_co_write
  * do it for compressed targets: status runs of the top layer (backing_kind)
  * are taken in whole clusters: a run shorter than a cluster makes the whole
@@ -752,8 +903,8 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
  * clusters (ZERO_RUN), or plain clusters of zeroes in compat=0.10
  * (zero_data: qemu's write-zeroes fallback writes them uncompressed). */
 static int convert_qcow2_backing_compressed(uint64_t start, uint64_t end, uint64_t min_sparse, uint32_t cbits,
-                                            uint64_t bsize, bool zero_data, uint32_t span_bits, uint8_t *buf,
-                                            uint8_t *zbuf)
+                                            uint64_t bsize, bool zero_data, bool zstd, uint32_t span_bits,
+                                            uint8_t *buf, uint8_t *zbuf)
 {
     uint64_t csize = 1ull << cbits;
     uint64_t size = chain.size;
@@ -804,7 +955,7 @@ static int convert_qcow2_backing_compressed(uint64_t start, uint64_t end, uint64
                 uint64_t zused = 0;
                 for (uint64_t c = 0; c < padded; c += csize) {
                     uint64_t gc = (off + c) >> cbits;
-                    int64_t len = compress_cluster(false, zbuf + zused, csize - 1, buf + c, csize);
+                    int64_t len = compress_cluster(zstd, zbuf + zused, csize - 1, buf + c, csize);
                     if (len < 0) return -1;
                     if (len > 0) {
                         if (store_compressed(gc, zbuf + zused, (uint64_t)len, cbits)) return -1;
@@ -871,15 +1022,24 @@ static int count_clusters(uint64_t start, uint64_t end, uint32_t cbits, uint64_t
 int op_main(void)
 {
     const struct params *p = rt_params();
-    uint64_t data_input = p->arg[0];
+    uint64_t data_input = p->arg[0] & 0xffffffffu;
+    /* -B (uncompressed): the target's backing chain from input (arg[0] >> 32) & 0xffff on (0 =
+     * not given); bit 63: the target has extended L2 entries. */
+    uint64_t tfirst = (p->arg[0] >> 32) & 0xffff;
+    bool ext = p->arg[0] >> 63;
     uint32_t flags = (uint32_t)p->arg[1];
+    if ((p->arg[0] >> 48) & 0x7fff) return rt_error(0, GERR_BAD_PARAMS, 3, p->arg[0] >> 32, 2);
+    if (ext && (flags & (CONV_BACKING | CONV_COMPRESS | CONV_ZERO_DATA)) != CONV_BACKING)
+        return rt_error(0, GERR_BAD_PARAMS, 3, 0, 3);
     uint64_t min_sparse = p->arg[2];
     if (data_input >= LIMIT_MAX_INPUTS) return rt_error(0, GERR_BAD_PARAMS, 3, data_input, 0);
     if (p->arg[1] & ~(uint64_t)(CONV_QCOW2 | CONV_COMPRESS | CONV_ZSTD | CONV_COUNT | CONV_BLOCK | CONV_VMDK | CONV_BACKING | CONV_ZERO_DATA))
         return rt_error(0, GERR_BAD_PARAMS, 5, 0, 0);
     if ((flags & CONV_ZERO_DATA) && !(flags & CONV_BACKING)) return rt_error(0, GERR_BAD_PARAMS, 5, 12, 0);
-    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA | CONV_COMPRESS)) != CONV_QCOW2)
+    if ((flags & CONV_BACKING) && (flags & ~(uint32_t)(CONV_BACKING | CONV_ZERO_DATA | CONV_COMPRESS | CONV_ZSTD)) != CONV_QCOW2)
         return rt_error(0, GERR_BAD_PARAMS, 5, 11, 0);
+    if ((flags & CONV_BACKING) && (flags & CONV_ZSTD) && !(flags & CONV_COMPRESS))
+        return rt_error(0, GERR_BAD_PARAMS, 5, 11, 2);
     if (flags & CONV_VMDK) {
 #ifdef CONVERT_ZLIB
         /* 64 KiB grains, zlib, never with ZSTD or BLOCK. */
@@ -891,9 +1051,14 @@ int op_main(void)
 #endif
     }
     if (min_sparse % 512 || min_sparse > (16ull << 20)) return rt_error(0, GERR_BAD_PARAMS, 5, 1, 0);
+    if (tfirst && ((flags & (CONV_BACKING | CONV_COMPRESS)) != CONV_BACKING || tfirst >= p->n_inputs ||
+                   (data_input && data_input >= tfirst)))
+        return rt_error(0, GERR_BAD_PARAMS, 3, tfirst, 1);
     chain.batch = true;
     chain.defer = true;
-    if (chain_open(&chain, (uint32_t)data_input)) return -1;
+    if (tfirst ? chain_open_range(&chain, 0, (uint32_t)tfirst, (uint32_t)data_input, 0)
+               : chain_open(&chain, (uint32_t)data_input))
+        return -1;
     chain.precise = true; /* skip what reads as zeroes without reading it (chain.h) */
     uint64_t size = chain.size;
     uint64_t start = p->arg[5], end = p->arg[6] ? p->arg[6] : size;
@@ -946,20 +1111,27 @@ int op_main(void)
         if (start & (csize - 1)) return rt_error(0, GERR_BAD_PARAMS, 5, 5, 0);
         data_end = p->arg[3];
         if (flags & CONV_BACKING) {
-#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
-#ifdef CONVERT_ZLIB
             if (backing_compress) {
+#if defined(CONVERT_ZLIB) || defined(CONVERT_ZSTD)
                 if (convert_qcow2_backing_compressed(start, end, min_sparse, (uint32_t)cbits, p->arg[7],
-                                                     flags & CONV_ZERO_DATA, span_bits, buf, zbuf))
+                                                     flags & CONV_ZERO_DATA, flags & CONV_ZSTD, span_bits, buf,
+                                                     zbuf))
                     return -1;
-            } else
-#endif
-            if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA, buf))
-                return -1;
 #else
-            (void)backing_compress;
-            return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
+                return rt_error(0, GERR_BAD_PARAMS, 5, 11, 3);
 #endif
+            } else {
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
+                if (tfirst && chain_open_range(&tchain, (uint32_t)tfirst, p->n_inputs - (uint32_t)tfirst, 0, 0))
+                    return -1;
+                if (ext && cbits < 14) return rt_error(0, GERR_BAD_PARAMS, 5, 4, 1);
+                if (convert_qcow2_backing(start, end, min_sparse, (uint32_t)cbits, p->arg[7], flags & CONV_ZERO_DATA,
+                                          tfirst != 0, ext, buf))
+                    return -1;
+#else
+                return rt_error(0, GERR_BAD_PARAMS, 5, 11, 1);
+#endif
+            }
         } else if (flags & CONV_COUNT) {
             if (count_clusters(start, end, (uint32_t)cbits, min_sparse, &n_clusters)) return -1;
         } else if (convert_qcow2(start, end, flags, min_sparse, (uint32_t)cbits, buf, zbuf)) {

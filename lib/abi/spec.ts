@@ -327,6 +327,10 @@ export const records = {
    * write-zeroes (rec_data_run): host_offset 0 = a zero cluster; 1 = the clusters are only partly
    * written over the backing file (qemu would copy the backing file's bytes in: refused). */
   ZERO_RUN: 120,
+  /** convert -B into a target with extended L2 entries (rec_data_run, count 1): guest cluster
+   * guest_cluster's subcluster bitmap is host_offset (zero bits 32-63, allocation bits 0-31)
+   * instead of all allocated (a DATA_RUN cluster) or all zero (a ZERO_RUN cluster). */
+  SUBCLUSTERS: 195,
   // 50..59: in-place qcow2 writes (rebase, commit).
   /** rebase_diff: overlay clusters a safe rebase must copy (rec_diff_run). */
   DIFF_RUN: 50,
@@ -1650,6 +1654,7 @@ export const recordStructs: Record<number, string> = {
   [records.RESIZE_SUMMARY]: "rec_resize_summary",
   [records.DATA_RUN]: "rec_data_run",
   [records.ZERO_RUN]: "rec_data_run",
+  [records.SUBCLUSTERS]: "rec_data_run",
   [records.COMPRESSED_RUN]: "rec_compressed_run",
   [records.CONVERT_DONE]: "rec_convert_done",
   [records.COMPARE]: "rec_compare",

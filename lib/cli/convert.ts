@@ -36,7 +36,7 @@ import { CACHE_MODES, type InstarOptions, type Io, newInstarOptions } from "./co
 import { chainInputs, kdfMaxIters, openFailure, unlockFailure } from "./image.ts";
 import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.ts";
 import { moveData } from "./write_rounds.ts";
-import { convertPreallocatedQcow2, openTargetBacking } from "./convert_target.ts";
+import { convertPreallocatedQcow2, openTargetBackingChain, type TargetBacking } from "./convert_target.ts";
 import { Progress } from "./progress.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
 import { blockOptionHelp } from "./create.ts";
@@ -177,15 +177,15 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
     size = resolved.size;
     // -B (or -o backing_file): qemu opens the new target with its backing
     // chain; so does instar, read-only, to learn the backing file's size.
-    let backingSize: bigint | undefined;
+    let backingSize: bigint | undefined, backingInputs: TargetBacking["inputs"];
     const backingName = spec.qcow2?.backingFile;
     if (backingName !== undefined) {
-      backingSize = await openTargetBacking(
+      ({ size: backingSize, inputs: backingInputs } = await openTargetBackingChain(
         outFilename!,
         new TextDecoder().decode(backingName),
         spec.qcow2!.backingFormat,
         o,
-      );
+      ));
     }
     checkAfterBacking(spec, request);
     if (!CACHE_MODES.includes(a.cache)) throw new CliError([`Invalid cache option: ${a.cache}`]);
@@ -255,6 +255,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
           onePass: onePass ? { vmdkStream } : undefined,
           sink,
           backingSize,
+          backingInputs,
           topQcow2: chain[0]?.qcow2,
           temps,
         });

@@ -8,7 +8,7 @@
 // (lib/formats/qcow2/write_plan.ts) replays qemu's qcow2 writes on the
 // target's metadata, the copy_runs guest moves the bytes. The target is
 // only written where the planner says; nothing of it is decoded on the host.
-import { diffFlags, formats, ops, records } from "../abi/spec.ts";
+import { diffFlags, formats, mapFlags, ops, records } from "../abi/spec.ts";
 import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
@@ -18,8 +18,13 @@ import { COMPRESSED_ENTRIES, scanQcow2 } from "./commit.ts";
 import { mapRuns } from "./map_runs.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
-import { MAX_WRITE_RUNS, planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
-import { restrictOps } from "../convert/top_ranges.ts";
+import {
+  type ExistingRun,
+  MAX_WRITE_RUNS,
+  planQcow2Writes,
+  type WriteOp,
+} from "../formats/qcow2/write_plan.ts";
+import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
 
 export interface IntoQcow2Job {
   /** The target's name as given. */
@@ -99,23 +104,22 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   // IO_BUF_SIZE (2 MiB) from the run's start. The requests matter where a
   // write frees clusters (a compressed one) that the next one reuses.
   let writes = chunkData(await classify(job, cb, clusters, job.minSparse !== 0n), cb);
+  let pieces: Map<bigint, [bigint, bigint][]> | undefined;
   if (job.top) {
-    const r = restrictOps(writes, job.top, q.clusterBits, job.size);
-    if (r.partial !== undefined) {
-      throw new CliError([
-        `Writing into '${job.target}' is not supported by instar convert: the source's top layer writes only part of cluster ${r.partial} of the target (-n -B); nothing was written`,
-      ]);
-    }
+    const r = restrictOpsWithPieces(writes, job.top, q.clusterBits, job.size);
     writes = r.ops;
+    if (r.pieces.size > 0) pieces = r.pieces;
   }
   // With the target's compressed clusters: an overwritten or zeroed one is
   // freed as qemu does (write_plan.ts), its host clusters discarded at 0.
   const scan = await scanQcow2(img, what, COMPRESSED_ENTRIES);
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
+  const existing = existingRuns(targetMap, q.clusterBits);
+  if (pieces) writes = await partialWrites(job, writes, pieces, existing, cb, what);
   const plan = planQcow2Writes({
     scan,
     version: q.version,
-    existing: existingRuns(targetMap, q.clusterBits),
+    existing,
     ops: writes,
     sourceSize: job.size,
     // convert opens its target with BDRV_O_UNMAP: freed clusters are discarded.
@@ -130,11 +134,115 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   let before = 0n;
   // --target-is-zero: qemu skips its zero writes, also the -S zero blocks
   // inside a data cluster (they stay as the target had them).
-  await applyWritePlan(plan.value, job.source, img, job.size, what, (d, finished) => {
-    if (finished) before += d;
-    else job.onProgress?.(before + d, total);
-  }, job.targetIsZero ? job.minSparse : 0n);
+  await applyWritePlan(
+    plan.value,
+    job.source,
+    img,
+    job.size,
+    what,
+    (d, finished) => {
+      if (finished) before += d;
+      else job.onProgress?.(before + d, total);
+    },
+    job.targetIsZero ? job.minSparse : 0n,
+    pieces,
+  );
   return total;
+}
+
+/**
+ * convert -n -B: the write of each target cluster the top writes only part
+ * of, as qemu's qcow2 driver does it (the target has no backing file). Into
+ * a cluster holding data every piece is written in place (qemu's
+ * write-zeroes falls back to writing there), the rest keeps its bytes. An
+ * unallocated or zero cluster is allocated by the first data write (its
+ * copy-on-write reads zeroes), or made a zero cluster when only
+ * write-zeroes pieces reach it (is_zero finds the rest zero; compat=0.10,
+ * without a backing file, discards instead: the write planner's zero op). Which pieces qemu writes as data: all with -S 0,
+ * else those the top allocates as data and that hold a non-zero sector; a
+ * top data run that reads as zeroes inside the cluster is a write-zeroes,
+ * one reaching past it could go either way (qemu's -S rounding) and is
+ * refused, as are zero_alloc and compressed clusters.
+ */
+async function partialWrites(
+  job: IntoQcow2Job,
+  writes: WriteOp[],
+  pieces: Map<bigint, [bigint, bigint][]>,
+  existing: ExistingRun[],
+  cb: bigint,
+  what: string,
+): Promise<WriteOp[]> {
+  const refuse = (c: bigint, why: string) =>
+    new CliError([
+      `Writing into '${job.target}' is not supported by instar convert: the source's top layer writes only part of cluster ${c} of the target (-n -B), ${why}; nothing was written`,
+    ]);
+  let topData: [bigint, bigint][] | undefined;
+  let nonZero: [bigint, bigint][] | undefined;
+  const out: WriteOp[] = [];
+  for (const w of writes) {
+    const only = pieces.get(w.cluster);
+    if (!only) {
+      out.push(w);
+      continue;
+    }
+    const c = w.cluster;
+    const kind = existing.find((x) => x.cluster <= c && c < x.cluster + x.count)?.kind ?? "unallocated";
+    if (
+      kind === "normal" ||
+      (kind !== "zero_alloc" && kind !== "compressed" && job.minSparse === 0n)
+    ) {
+      out.push({ cluster: c, count: 1n, kind: "data", only });
+      continue;
+    }
+    if (kind === "zero_alloc" || kind === "compressed") {
+      throw refuse(c, `which is a ${kind.replace("_", " ")} cluster`);
+    }
+    // The top's own data runs (map depth 0, data and not zero).
+    if (!topData) {
+      const runs = await mapRuns(job.source, what);
+      topData = runs.filter((r) => r.depth === 0 && (r.flags & mapFlags.DATA) && !(r.flags & mapFlags.ZERO))
+        .map((r) => [r.start, r.start + r.length] as [bigint, bigint]);
+    }
+    // Each piece of a top data run: a non-zero sector makes it a data write
+    // (the cluster is allocated); all zeroes make it a write-zeroes when the
+    // run lies inside this cluster (qemu's buffer starts at the run: nothing
+    // rounds into it), else it is refused.
+    const cstart = c << cb, cend = (c + 1n) << cb;
+    let data = false;
+    for (const [lo, hi] of only) {
+      for (let k = firstEndingAfter(topData, lo); k < topData.length && topData[k][0] < hi; k++) {
+        const [a, b] = topData[k];
+        const x = a > lo ? a : lo, y = b < hi ? b : hi;
+        // Which sectors hold non-zero bytes (the rebase_diff guest at 512 bytes).
+        if (!nonZero) {
+          nonZero = (await classify({ ...job, targetIsZero: false }, 9n, (job.size + 511n) >> 9n))
+            .filter((o) => o.kind === "data").map((o) => [o.cluster << 9n, (o.cluster + o.count) << 9n]);
+        }
+        const n = firstEndingAfter(nonZero, x);
+        if (n < nonZero.length && nonZero[n][0] < y) data = true;
+        else if (a < cstart || b > cend) {
+          throw refuse(c, "with data that reads as zeroes (qemu's -S rounding decides)");
+        }
+      }
+    }
+    if (!data) {
+      out.push({ cluster: c, count: 1n, kind: "zero" });
+      continue;
+    }
+    out.push({ cluster: c, count: 1n, kind: "data", only });
+  }
+  return out;
+}
+
+/** Index of the first of the ascending, disjoint ranges that ends after x. */
+function firstEndingAfter(ranges: [bigint, bigint][], x: bigint): number {
+  let lo = 0, hi = ranges.length;
+  while (lo < hi) {
+    const m = (lo + hi) >> 1;
+    if (ranges[m][1] <= x) lo = m + 1;
+    else hi = m;
+  }
+  return lo;
 }
 
 /** The rebase_diff guest's classification of the source at the target's cluster size (-S > 0). */

@@ -16,6 +16,8 @@ import { applyPlan } from "../formats/apply_plan.ts";
 import { allocate } from "./create.ts";
 import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import type { GuestInput } from "../vmm/guest.ts";
+import { formats } from "../abi/spec.ts";
+import { chainInputs } from "./extents.ts";
 
 /**
  * Opens the backing file `name` of the new target `target` (relative names
@@ -30,6 +32,25 @@ export async function openTargetBacking(
   format: string | undefined,
   o: InstarOptions,
 ): Promise<bigint> {
+  return (await openTargetBackingChain(target, name, format, o)).size;
+}
+
+/** The target's backing file as openTargetBacking opens it. */
+export interface TargetBacking {
+  /** Its length in whole sectors. */
+  size: bigint;
+  /** Its chain as guest inputs (each file opened through the allowlist);
+   * undefined when a layer is encrypted (no key is asked for it). */
+  inputs?: GuestInput[];
+}
+
+/** openTargetBacking, also handing back the opened chain for the convert guest. */
+export async function openTargetBackingChain(
+  target: string,
+  name: string,
+  format: string | undefined,
+  o: InstarOptions,
+): Promise<TargetBacking> {
   if (name === "") {
     throw new CliError([
       `${target}: error while converting qcow2: Expected backing file name, got empty string`,
@@ -49,9 +70,10 @@ export async function openTargetBacking(
     ]);
   }
   let img: OpenedImage;
+  let chain: OpenedImage[];
   try {
     img = await openImage(full, { format, unsafeQuirks: true, lock: LOCKS.read, noLists: true });
-    await openChain(img, await makePolicy(full, o.backingDirs), o.unsafeQuirks, LOCKS.read);
+    chain = await openChain(img, await makePolicy(full, o.backingDirs), o.unsafeQuirks, LOCKS.read);
   } catch (e) {
     if (e instanceof OpenError) throw openFailure(target, nested(e));
     if (e instanceof PolicyError) throw openFailure(target, new OpenError(full, e.message, 1, true));
@@ -60,7 +82,11 @@ export async function openTargetBacking(
     }
     throw e;
   }
-  return (img.length + 511n) / 512n * 512n;
+  const size = (img.length + 511n) / 512n * 512n;
+  const encrypted = chain.some((l) =>
+    l.formatCode === formats.LUKS || (l.qcow2 !== undefined && l.qcow2.layout.cryptMethod !== 0)
+  );
+  return { size, inputs: encrypted ? undefined : chainInputs(chain) };
 }
 
 export interface PreallocatedJob {

@@ -117,16 +117,42 @@ export async function applyWritePlan(
   onMoved?: (done: bigint, finished: boolean) => void,
   /** moveData's `sparse`: zero blocks not written (a target known to read as zeroes). */
   sparse = 0n,
+  /** Clusters written only in part (convert -n -B): just these source byte ranges of each are copied. */
+  pieces?: Map<bigint, [bigint, bigint][]>,
 ): Promise<void> {
   const cap = plan.fileSize;
+  const cb = BigInt(target.qcow2!.clusterBits);
   for (const round of plan.rounds) {
     const moves: Move[] = [];
-    for (const c of round.copies) {
-      const cb = BigInt(target.qcow2!.clusterBits);
-      const from = c.cluster << cb;
-      let to = (c.cluster + c.count) << cb;
+    const whole = (cluster: bigint, count: bigint, host: bigint) => {
+      const from = cluster << cb;
+      let to = (cluster + count) << cb;
       if (to > sourceSize) to = sourceSize;
-      moves.push({ from, to, at: c.host });
+      moves.push({ from, to, at: host });
+    };
+    for (const c of round.copies) {
+      if (!pieces) {
+        whole(c.cluster, c.count, c.host);
+        continue;
+      }
+      // Runs of whole clusters between the partly written ones.
+      let start = c.cluster;
+      for (let k = c.cluster; k < c.cluster + c.count; k++) {
+        const list = pieces.get(k);
+        if (!list) continue;
+        if (k > start) whole(start, k - start, c.host + ((start - c.cluster) << cb));
+        for (const [from, to] of list) {
+          moves.push({
+            from,
+            to: to > sourceSize ? sourceSize : to,
+            at: c.host + ((k - c.cluster) << cb) + (from - (k << cb)),
+          });
+        }
+        start = k + 1n;
+      }
+      if (c.cluster + c.count > start) {
+        whole(start, c.cluster + c.count - start, c.host + ((start - c.cluster) << cb));
+      }
     }
     await moveData(source, target, moves, cap, what, onMoved, sparse);
     // The guest may have extended the file: the steps start from its length now.

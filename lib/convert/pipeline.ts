@@ -6,7 +6,7 @@
 // joining two guests' halves is a copy inside the VMM library.
 import { convertFlags, formats, limits, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { collapseRange, runGuest, type RunRequest } from "../vmm/guest.ts";
+import { collapseRange, type GuestInput, runGuest, type RunRequest } from "../vmm/guest.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import {
   type CompressedCluster,
@@ -14,6 +14,7 @@ import {
   qcow2OutputFinish,
   type Qcow2OutputOptions,
   qcow2OutputPrologue,
+  type SubclusterBitmap,
   type ZeroRun,
 } from "../formats/qcow2/output_plan.ts";
 import { alignUp, type FilePlan } from "../formats/plan.ts";
@@ -223,6 +224,8 @@ export interface Part {
   zeros: ZeroRun[];
   /** Clusters only partly written over the backing file (refused). */
   partial: bigint;
+  /** Subcluster bitmaps of a target with extended L2 entries (convert -B). */
+  subclusters: SubclusterBitmap[];
   dataEnd: bigint;
   written: bigint;
 }
@@ -232,10 +235,14 @@ export function collect(recs: Rec[], shift: bigint): Part {
   const runs: DataRun[] = [];
   const compressed: CompressedCluster[] = [];
   const zeros: ZeroRun[] = [];
+  const subclusters: SubclusterBitmap[] = [];
   let partial = 0n;
   for (const r of recs) {
     const f = r.fields;
-    if (r.type === records.ZERO_RUN) {
+    if (r.type === records.SUBCLUSTERS) {
+      if (f.count !== 1n) throw new Error("malformed subcluster record");
+      subclusters.push({ guestCluster: f.guest_cluster as bigint, bitmap: f.host_offset as bigint });
+    } else if (r.type === records.ZERO_RUN) {
       const run = { guestCluster: f.guest_cluster as bigint, count: f.count as bigint };
       if (f.host_offset === 0n) zeros.push(run);
       else if (f.host_offset === 1n) partial += run.count;
@@ -267,6 +274,7 @@ export function collect(recs: Rec[], shift: bigint): Part {
     compressed,
     zeros,
     partial,
+    subclusters,
     dataEnd: (done.data_end as bigint) + shift,
     written: done.bytes_written as bigint,
   };
@@ -280,6 +288,10 @@ export interface Qcow2Target {
   backingSize?: bigint;
   /** convert -B -c: log2 of the source top's L2 table reach (0: not qcow2). */
   topL2Bits?: bigint;
+  /** convert -B: the target's backing chain, opened through the allowlist
+   * (lib/cli/convert_target.ts); the guest copies its bytes into target
+   * clusters the source's top writes only partly, as qemu's COW does. */
+  backingInputs?: GuestInput[];
 }
 
 /** Thrown with qemu's words when the planner refuses (options, size). */
@@ -303,6 +315,10 @@ export interface Packing {
   single?: boolean;
   /** Put above the cluster bits in arg[4] (convert -B -c: the compressed streams' refcount limit). */
   arg4High?: bigint;
+  /** convert -B: the target's backing chain, after the source's inputs (arg[0] >> 32 says where). */
+  targetBacking?: GuestInput[];
+  /** convert -B without -c: the target has extended L2 entries (arg[0] bit 63: the guest works in subclusters). */
+  extendedL2?: boolean;
 }
 
 /**
@@ -332,9 +348,9 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
     runFor(job, {
       op: k.op,
       opCode: ops.CONVERT,
-      inputs: inputs(job),
+      inputs: [...inputs(job), ...(k.targetBacking ?? [])],
       args: [
-        0n,
+        (k.targetBacking ? BigInt(job.layers.length) << 32n : 0n) | (k.extendedL2 ? 1n << 63n : 0n),
         k.flags | extra,
         job.minSparse,
         start,
@@ -351,7 +367,15 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
   const clustersIn = (from: bigint, to: bigint) => (to - from + cs - 1n) / cs;
   // Nothing to copy (dd count=0): a guest's range end 0 would mean its whole disk.
   if (job.size === 0n) {
-    return [{ runs: [], compressed: [], zeros: [], partial: 0n, dataEnd: k.dataStart, written: 0n }];
+    return [{
+      runs: [],
+      compressed: [],
+      zeros: [],
+      partial: 0n,
+      subclusters: [],
+      dataEnd: k.dataStart,
+      written: 0n,
+    }];
   }
   if (n === 1) {
     const r = await guest(0n, 0n, job.size, k.dataStart, k.dataStart + clusters * k.capPerCluster + cs, 0);
@@ -411,19 +435,12 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
   let maxRefs = o.refcountBits >= 64 ? 0n : (1n << BigInt(o.refcountBits)) - 1n;
   let arg4High = 0n;
   if (target.backingSize !== undefined) {
-    // -B -c: the zlib program compresses the top's data clusters; the zstd
-    // one has no room for the -B code (guest/ops/convert.c).
-    if (target.compress && o.compressionType === "zstd") {
-      throw new PlanRefused(
-        "Compressed output with a backing file and compression_type=zstd is not supported by instar convert",
-      );
-    }
+    // -B -c: the zlib or zstd program compresses the top's data clusters
+    // (guest/ops/convert.c convert_qcow2_backing_compressed).
     // arg[7] carries the backing file's size, so the refcount limit of
     // shared compressed clusters goes above the cluster bits in arg[4].
     if (target.compress) arg4High = (maxRefs << 8n) | (target.topL2Bits ?? 0n);
-    if (o.extendedL2) {
-      throw new PlanRefused("Extended L2 entries with a backing file are not supported by instar convert");
-    }
+    // Extended L2 entries without -c: the guest keeps qemu's subcluster states.
     flags |= BigInt(convertFlags.BACKING);
     if (o.compat === "0.10") flags |= BigInt(convertFlags.ZERO_DATA);
     // arg[7] carries the backing file's size in this mode.
@@ -443,7 +460,18 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
     align: cs > 4096n ? cs : 4096n,
     single: target.backingSize !== undefined,
     arg4High,
+    extendedL2: target.backingSize !== undefined && !target.compress && o.extendedL2,
   };
+  // -B uncompressed: partly written clusters need the backing file's bytes
+  // (the guest's per-input parameters hold limits.PARAM_INPUTS inputs;
+  // beyond that such clusters stay refused below).
+  const tb = target.backingInputs;
+  if (
+    target.backingSize !== undefined && !target.compress && tb && tb.length > 0 &&
+    job.layers.length + tb.length <= limits.PARAM_INPUTS
+  ) {
+    packing.targetBacking = tb;
+  }
   return {
     packing,
     finish(parts) {
@@ -462,6 +490,7 @@ export function qcow2Target(job: ConvertJob, target: Qcow2Target): PackedTarget 
         parts.flatMap((p) => p.runs),
         parts.flatMap((p) => p.compressed),
         parts.flatMap((p) => p.zeros),
+        parts.flatMap((p) => p.subclusters),
       );
       if (!plan.ok) throw new PlanRefused(plan.error.message);
       return plan.value;

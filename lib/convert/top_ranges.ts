@@ -97,3 +97,55 @@ export function restrictOps(
   }
   return { ops: out };
 }
+
+/**
+ * restrictOps where partly covered clusters are written too: each becomes a
+ * "data" op of its own, and `pieces` maps it to the byte ranges of it the
+ * top decides (qemu writes only those, data or zeroes). The caller writes
+ * them in place into a target cluster that already holds data (qemu's
+ * writes there, zeroes included, go in place) and refuses any other kind.
+ */
+export function restrictOpsWithPieces(
+  ops: WriteOp[],
+  ranges: [bigint, bigint][],
+  clusterBits: number,
+  size: bigint,
+): { ops: WriteOp[]; pieces: Map<bigint, [bigint, bigint][]> } {
+  const cb = BigInt(clusterBits);
+  const cs = 1n << cb;
+  const pieces = new Map<bigint, [bigint, bigint][]>();
+  const whole: [bigint, bigint][] = [];
+  const addWhole = (lo: bigint, hi: bigint) => {
+    const last = whole[whole.length - 1];
+    if (last && last[1] === lo) last[1] = hi;
+    else whole.push([lo, hi]);
+  };
+  for (const [from, to] of ranges) {
+    if (to <= from) continue;
+    const end = to === size ? ((to + cs - 1n) >> cb) << cb : to;
+    const first = from >> cb, last = (end - 1n) >> cb;
+    const partOf = (c: bigint): [bigint, bigint] | undefined => {
+      const lo = from > c << cb ? from : c << cb, hi = end < (c + 1n) << cb ? end : (c + 1n) << cb;
+      return hi - lo === cs ? undefined : [lo, hi > size ? size : hi];
+    };
+    const head = partOf(first), tail = first === last ? head : partOf(last);
+    for (const [c, p] of [[first, head], [last, tail]] as const) {
+      if (!p || (c === last && first === last && pieces.get(c)?.includes(p))) continue;
+      const list = pieces.get(c) ?? [];
+      list.push(p);
+      pieces.set(c, list);
+    }
+    const wFirst = head ? first + 1n : first, wLast = tail ? last - 1n : last;
+    if (wLast >= wFirst) addWhole(wFirst << cb, (wLast + 1n) << cb);
+  }
+  // A cluster with a piece is written by its pieces alone.
+  const kept = restrictOps(ops, whole, clusterBits, size).ops;
+  const out: WriteOp[] = [...kept];
+  for (const c of pieces.keys()) out.push({ cluster: c, count: 1n, kind: "data" });
+  out.sort((x, y) => (x.cluster < y.cluster ? -1 : x.cluster > y.cluster ? 1 : 0));
+  // Whole ranges and pieces can meet in one cluster only through pieces.
+  for (let i = 1; i < out.length; i++) {
+    if (out[i].cluster < out[i - 1].cluster + out[i - 1].count) throw new Error("overlapping cluster writes");
+  }
+  return { ops: out, pieces };
+}

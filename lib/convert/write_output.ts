@@ -6,6 +6,7 @@
 // data written (for the final progress).
 import type { SecretStore } from "../secrets/objects.ts";
 import type { Qcow2Model } from "../formats/qcow2/model.ts";
+import type { GuestInput } from "../vmm/guest.ts";
 import { hostStdio } from "../host/stdio.ts";
 import { spoolDir, type StdoutSink } from "../host/stdio_stream.ts";
 import { ConvertError } from "./errors.ts";
@@ -39,6 +40,8 @@ export interface WriteOptions {
   sink?: StdoutSink;
   /** -B: the new qcow2's backing file's size. */
   backingSize?: bigint;
+  /** -B: its chain, for the guest to read target clusters written only in part (lib/convert/pipeline.ts). */
+  backingInputs?: GuestInput[];
   /** The source's top layer when it is a qcow2 (where -B -c cuts its status runs). */
   topQcow2?: Qcow2Model;
   temps: TempFiles;
@@ -89,7 +92,13 @@ export async function writeOutput(
   const topL2Bits = tq ? 2n * BigInt(tq.clusterBits) - (tq.extendedL2 ? 4n : 3n) : 0n;
   return await convertToQcow2(
     job,
-    { options: spec.qcow2!, compress: w.compress, backingSize: w.backingSize, topL2Bits },
+    {
+      options: spec.qcow2!,
+      compress: w.compress,
+      backingSize: w.backingSize,
+      topL2Bits,
+      backingInputs: w.backingInputs,
+    },
     out,
   );
 }

@@ -73,6 +73,23 @@ export interface ZeroRun {
   count: bigint;
 }
 
+/** A cluster's subcluster bitmap (extended L2 entries): zero bits 32-63, allocation bits 0-31. */
+export interface SubclusterBitmap {
+  guestCluster: bigint;
+  bitmap: bigint;
+}
+
+/** Whether one of the runs (sorted by guestCluster, disjoint) holds guest cluster c. */
+function inRuns(sorted: { guestCluster: bigint; count: bigint }[], c: bigint): boolean {
+  let lo = 0, hi = sorted.length;
+  while (lo < hi) {
+    const m = (lo + hi) >> 1;
+    if (sorted[m].guestCluster + sorted[m].count <= c) lo = m + 1;
+    else hi = m;
+  }
+  return lo < sorted.length && sorted[lo].guestCluster <= c;
+}
+
 /** A compressed cluster: `length` bytes of compressed stream at byte offset hostOffset. */
 export interface CompressedCluster {
   guestCluster: bigint;
@@ -176,6 +193,9 @@ export function qcow2OutputFinish(
   runs: DataRun[],
   compressed: CompressedCluster[],
   zeros: ZeroRun[] = [],
+  /** Extended L2 entries (convert -B): clusters of `runs` or `zeros` whose subcluster bitmap
+   * (zero bits 32-63, allocation bits 0-31) is not all allocated / all zero. */
+  subclusters: SubclusterBitmap[] = [],
 ): PlanResult<FilePlan> {
   const gr = geometry(o, virtualSize);
   if (!gr.ok) return gr;
@@ -235,6 +255,23 @@ export function qcow2OutputFinish(
       return bad(`Zero run at guest cluster ${z.guestCluster} passes the image end`);
     }
     guest.push([z.guestCluster, z.guestCluster + z.count]);
+  }
+  const bitmaps = new Map<bigint, bigint>();
+  const byCluster = (a: { guestCluster: bigint }, b: { guestCluster: bigint }) =>
+    cmp(a.guestCluster, b.guestCluster);
+  const sortedRuns = subclusters.length ? [...runs].sort(byCluster) : [];
+  const sortedZeros = subclusters.length ? [...zeros].sort(byCluster) : [];
+  for (const b of subclusters) {
+    if (!o.extendedL2) return bad("Subcluster bitmaps without extended L2 entries");
+    const alloc = b.bitmap & L2_BITMAP_ALL_ALLOC, zero = b.bitmap >> 32n;
+    if (b.bitmap < 0n || zero > L2_BITMAP_ALL_ALLOC || (alloc & zero) !== 0n || b.bitmap === 0n) {
+      return bad(`Subcluster bitmap of guest cluster ${b.guestCluster} is malformed`);
+    }
+    const inData = inRuns(sortedRuns, b.guestCluster), inZero = inRuns(sortedZeros, b.guestCluster);
+    if (bitmaps.has(b.guestCluster) || (inData ? alloc === 0n : !inZero || alloc !== 0n)) {
+      return bad(`Subcluster bitmap of guest cluster ${b.guestCluster} does not match its cluster`);
+    }
+    bitmaps.set(b.guestCluster, b.bitmap);
   }
   for (const [list, what] of [[guest, "Guest cluster"], [host, "Host offset"]] as const) {
     list.sort((a, b) => cmp(a[0], b[0]));
@@ -296,7 +333,8 @@ export function qcow2OutputFinish(
   for (const r of runs) {
     for (let i = 0n; i < r.count; i++) {
       const { table, slot } = l2Table(r.guestCluster + i);
-      putL2(table, slot, l2Entry(r.hostOffset + i * cs), o.extendedL2, L2_BITMAP_ALL_ALLOC);
+      const bm = bitmaps.get(r.guestCluster + i) ?? L2_BITMAP_ALL_ALLOC;
+      putL2(table, slot, l2Entry(r.hostOffset + i * cs), o.extendedL2, bm);
     }
   }
   compressed.forEach((c, i) => {
@@ -312,7 +350,7 @@ export function qcow2OutputFinish(
         slot,
         o.extendedL2 ? 0n : OFLAG_ZERO,
         o.extendedL2,
-        o.extendedL2 ? L2_BITMAP_ALL_ALLOC << 32n : 0n,
+        o.extendedL2 ? bitmaps.get(z.guestCluster + i) ?? L2_BITMAP_ALL_ALLOC << 32n : 0n,
       );
     }
   }

@@ -72,6 +72,13 @@ export interface WriteOp {
   cluster: bigint;
   count: bigint;
   kind: "data" | "zero" | "discard";
+  /**
+   * A data write of one cluster that covers only these guest byte ranges
+   * (convert -n -B): the caller copies just them; where the cluster is newly
+   * allocated the rest is written as zeroes (qemu's copy-on-write from a
+   * cluster that reads as zeroes).
+   */
+  only?: [bigint, bigint][];
 }
 
 export interface WriteInput {
@@ -339,10 +346,20 @@ class Planner {
       while (c + n < end && c + n < tableEnd && !this.inPlace(this.state(c + n))) n++;
       const host = rc.alloc(n) << this.cb;
       let freed = false;
+      if (op.only && (op.count !== 1n || this.state(c).kind === "compressed")) {
+        throw new Refusal("instar does not write part of a compressed cluster");
+      }
       for (let i = 0n; i < n; i++) {
         const s = this.state(c + i);
         this.setEntry(c + i, (host + (i << this.cb)) | COPIED);
         this.place(c + i, host + (i << this.cb), s.kind === "normal" ? s.host : undefined);
+        // A partial write (convert -n -B): the rest of a new cluster reads as zeroes.
+        if (op.only) {
+          if (s.kind === "normal" || s.kind === "zero_alloc") {
+            throw new Refusal("instar does not write part of a cluster shared with an internal snapshot");
+          }
+          this.zeroOutside(c + i, host + (i << this.cb), op.only);
+        }
         // Copy-on-write of a cluster an internal snapshot shares
         // (qcow2_alloc_cluster_link_l2 then qcow2_free_any_cluster): one
         // reference less, after the new entry is linked (step D); it stays
@@ -362,6 +379,24 @@ class Planner {
       // The freed clusters may be reused by the next allocation.
       if (freed) this.endRound();
     }
+  }
+
+  /** Zeroes of newly allocated cluster c (at host h) outside the written ranges, up to the source's end. */
+  private zeroOutside(c: bigint, h: bigint, only: [bigint, bigint][]) {
+    const base = c << this.cb;
+    const end = base + this.cs < this.x.sourceSize ? base + this.cs : this.x.sourceSize;
+    let at = base;
+    const gap = (to: bigint) => {
+      if (to > at) {
+        this.tails.push({ kind: "write", offset: h + (at - base), bytes: new Uint8Array(Number(to - at)) });
+      }
+    };
+    for (const [from, to] of [...only].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+      if (from < at || to > end || to <= from) throw new Refusal("partial write ranges out of order");
+      gap(from);
+      at = to;
+    }
+    gap(end);
   }
 
   /**
