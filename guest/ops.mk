@@ -105,7 +105,7 @@ luks_write_LIBS := z zstd_min nettle
 # packed; every reader, encrypted qcow2 and LUKS sources included (zstd
 # trimmed as for luks_write, to stay under 384 KiB). ops/qcow2_crypt_into.c: convert
 # -n into an existing encrypted qcow2 (QCOW2_ENC_F_INTO).
-qcow2_encrypt_SRCS := ops/qcow2_encrypt.c ops/qcow2_crypt_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) qcow2/crypt_header.c \
+qcow2_encrypt_SRCS := ops/qcow2_encrypt.c ops/qcow2_encrypt_backing.c ops/qcow2_crypt_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) qcow2/crypt_header.c \
                       qcow2/crypt_layer.c $(LUKS_SRCS)
 qcow2_encrypt_LIBS := z zstd_min nettle
 # A streamOptimized VMDK read from stdin in one pass (lib/convert/stdin_vmdk.ts):

@@ -71,6 +71,7 @@ import {
   encryptedQcow2Refusal,
 } from "../convert/qcow2_encrypt_target.ts";
 import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts";
+import { convertToPreallocatedQcrypt } from "./convert_prealloc_qcrypt.ts";
 import { driverFor } from "../formats/mod.ts";
 import { blockOptionHelp } from "./create.ts";
 import { hasHelpOption } from "../formats/options.ts";
@@ -944,9 +945,13 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToLuks(job, spec.luks!, out, o.secrets, kdfMaxIters());
       } else if (spec.writer === "extents") {
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
+      } else if (spec.qcow2Create?.encrypt && spec.preallocation !== "off") {
+        const source = chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 }));
+        const pj = { chain, source, size, minSparse: a.minSparse, kdfMaxIters: kdfMaxIters(), onProgress: job.onProgress };
+        written = await convertToPreallocatedQcrypt(outFilename!, out, spec.qcow2Create, o, pj);
       } else if (spec.qcow2Create?.encrypt) {
         const e = spec.qcow2Create.encrypt;
-        written = await convertToEncryptedQcow2(job, spec.qcow2!, e, out, o.secrets, kdfMaxIters());
+        written = await convertToEncryptedQcow2(job, spec.qcow2!, e, out, o.secrets, kdfMaxIters(), backingSize);
       } else if (spec.preallocation !== "off") {
         written = await convertPreallocatedQcow2(outFilename!, out, spec.qcow2Create!, {
           unsafeQuirks: o.unsafeQuirks,
