@@ -93,11 +93,30 @@ int qe_store_flush(struct qe_store *st, const uint8_t *buf, uint64_t len)
 /* convert -n into an existing encrypted qcow2 (guest/ops/qcow2_crypt_into.c). */
 int qcow2_crypt_into(const struct params *p);
 
+/* QCOW2_ENC_F_CLASSIFY: arg[5] the target's cluster bits, arg[6] min_sparse (qcow2_encrypt_backing.c). */
+static int classify(const struct params *p)
+{
+    uint64_t cbits = p->arg[5], min_sparse = p->arg[6];
+    if (cbits < 9 || cbits > 21 || min_sparse % 512 || min_sparse > (16ull << 20))
+        return rt_error(0, GERR_BAD_PARAMS, 91, cbits, min_sparse);
+    chain.batch = chain.defer = true;
+    if (chain_open(&chain, 0)) return -1;
+    chain.precise = true;
+    uint8_t *buf = rt_alloc(CHUNK);
+    if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
+    if (qe_backing(&chain, min_sparse, (uint32_t)cbits, UINT64_MAX, false, buf, NULL)) return -1;
+    memset(buf, 0, CHUNK);
+    struct rec_convert_done d;
+    rec_init(&d, REC_CONVERT_DONE, sizeof d);
+    return rt_emit(&d, sizeof d);
+}
+
 int op_main(void)
 {
     const struct params *p = rt_params();
     uint32_t flags = p->flags;
     if (flags == QCOW2_ENC_F_INTO) return qcow2_crypt_into(p);
+    if (flags == QCOW2_ENC_F_CLASSIFY) return classify(p);
     bool backing = flags & QCOW2_ENC_F_BACKING, zero_data = flags & QCOW2_ENC_F_ZERO_DATA;
     flags &= ~(uint32_t)(QCOW2_ENC_F_BACKING | QCOW2_ENC_F_ZERO_DATA);
     bool luks = flags == QCOW2_ENC_F_LUKS;

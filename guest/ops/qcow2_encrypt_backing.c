@@ -14,6 +14,15 @@
  * split between requests, would need the backing file's bytes: ZERO_RUN with
  * host_offset 1, which the host refuses. zero_data (compat=0.10): zeroes are
  * written as (encrypted) data clusters, as qemu's write-zeroes fallback does.
+ *
+ * With st NULL (QCOW2_ENC_F_CLASSIFY, convert -n into an encrypted qcow2 or
+ * a preallocated encrypted target): the same requests over the whole
+ * chain's status (no target backing file), nothing read past what -S needs
+ * and nothing written: DATA_RUN (host_offset 0) for clusters a data request
+ * touches, ZERO_RUN 0 for clusters one write-zeroes request covers whole,
+ * ZERO_RUN 1 for all-zero clusters split between requests (qemu's
+ * write-zeroes then asks whether the target cluster reads as zeroes; the
+ * host knows).
  */
 #include "../chain/chain.h"
 #include "records.h"
@@ -30,6 +39,7 @@ static uint8_t cstate[QE_CHUNK >> 9];
 static struct rec_data_run zrun;
 static uint64_t druns[2 * MAX_DRUNS];
 static uint64_t disk_size;
+static bool classify_only; /* QCOW2_ENC_F_CLASSIFY: the whole chain's status, nothing written */
 
 static int emit_zrun(void)
 {
@@ -57,8 +67,9 @@ static int zero_cluster(uint64_t gc, uint64_t partial)
 static int backing_kind(struct chain *chain, uint64_t at, uint64_t len, uint64_t bsize, uint64_t *k)
 {
     if (at < bsize && len > bsize - at) len = bsize - at; /* qemu splits there */
-    int st = chain_top_status(chain, at, len, k);
+    int st = classify_only ? chain_status(chain, at, len, k) : chain_top_status(chain, at, len, k);
     if (st < 0) return -1;
+    if (classify_only) return (st & CS_ZERO) || !(st & CS_DATA) ? 1 : 2; /* no target backing file */
     if (st & CS_ZERO) return at >= bsize ? 0 : 1;
     return (st & CS_DATA) ? 2 : 0;
 }
@@ -143,11 +154,30 @@ static void mark_data_runs(uint32_t nr, uint64_t off, uint64_t min_sparse, uint3
     }
 }
 
+static struct rec_data_run drun; /* CLASSIFY: the data clusters' run being built */
+
+static int data_cluster(uint64_t gc)
+{
+    if (drun.count && drun.guest_cluster + drun.count == gc) {
+        drun.count++;
+        return 0;
+    }
+    if (drun.count) {
+        rec_set_header(&drun, REC_DATA_RUN, sizeof drun);
+        if (rt_emit(&drun, sizeof drun)) return -1;
+    }
+    drun.guest_cluster = gc;
+    drun.count = 1;
+    drun.host_offset = 0;
+    return 0;
+}
+
 int qe_backing(struct chain *chain, uint64_t min_sparse, uint32_t cbits, uint64_t bsize, bool zero_data, uint8_t *buf,
                struct qe_store *st)
 {
     uint64_t csize = 1ull << cbits, end = chain->size;
     disk_size = end;
+    classify_only = st == NULL;
     for (uint64_t off = 0; off < end;) {
         uint64_t k = 0;
         int kind = backing_kind(chain, off, end - off, bsize, &k);
@@ -196,6 +226,8 @@ int qe_backing(struct chain *chain, uint64_t min_sparse, uint32_t cbits, uint64_
             if (!(s & (CB_ZERO | CB_DATA))) continue;
             if (s & CB_SKIP) {
                 if (zero_cluster(gc, 1)) return -1;
+            } else if (classify_only && (s & CB_DATA)) {
+                if (data_cluster(gc)) return -1;
             } else if ((s & CB_DATA) || zero_data) {
                 if (dst != c << cbits) memmove(buf + dst, buf + (c << cbits), csize);
                 if (qe_store_cluster(st, gc, buf + dst)) return -1;
@@ -204,9 +236,10 @@ int qe_backing(struct chain *chain, uint64_t min_sparse, uint32_t cbits, uint64_
                 return -1;
             }
         }
-        if (qe_store_flush(st, buf, dst)) return -1;
+        if (!classify_only && qe_store_flush(st, buf, dst)) return -1;
         off += n;
         hc_progress(off, end);
     }
+    if (classify_only && data_cluster(UINT64_MAX)) return -1; /* emits the last run */
     return emit_zrun();
 }
