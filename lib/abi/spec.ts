@@ -464,7 +464,14 @@ export const luksWriteFlags = {
  * DATA_RUN (host_offset 0), ZERO_RUN 0 (one write-zeroes covers the
  * cluster), ZERO_RUN 1 (all zeroes, split between requests), CONVERT_DONE.
  */
-export const qcow2EncryptFlags = { LUKS: 1, AES: 2, INTO: 4, BACKING: 8, ZERO_DATA: 16, CLASSIFY: 32 } as const;
+export const qcow2EncryptFlags = {
+  LUKS: 1,
+  AES: 2,
+  INTO: 4,
+  BACKING: 8,
+  ZERO_DATA: 16,
+  CLASSIFY: 32,
+} as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;

@@ -947,11 +947,26 @@ export async function convertCommand(argv: string[], io: Io, base?: InstarOption
         written = await convertToExtents(job, spec.extents!, (i) => Promise.resolve(outs[i]));
       } else if (spec.qcow2Create?.encrypt && spec.preallocation !== "off") {
         const source = chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 }));
-        const pj = { chain, source, size, minSparse: a.minSparse, kdfMaxIters: kdfMaxIters(), onProgress: job.onProgress };
+        const pj = {
+          chain,
+          source,
+          size,
+          minSparse: a.minSparse,
+          kdfMaxIters: kdfMaxIters(),
+          onProgress: job.onProgress,
+        };
         written = await convertToPreallocatedQcrypt(outFilename!, out, spec.qcow2Create, o, pj);
       } else if (spec.qcow2Create?.encrypt) {
         const e = spec.qcow2Create.encrypt;
-        written = await convertToEncryptedQcow2(job, spec.qcow2!, e, out, o.secrets, kdfMaxIters(), backingSize);
+        written = await convertToEncryptedQcow2(
+          job,
+          spec.qcow2!,
+          e,
+          out,
+          o.secrets,
+          kdfMaxIters(),
+          backingSize,
+        );
       } else if (spec.preallocation !== "off") {
         written = await convertPreallocatedQcow2(outFilename!, out, spec.qcow2Create!, {
           unsafeQuirks: o.unsafeQuirks,

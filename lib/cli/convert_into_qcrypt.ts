@@ -23,7 +23,12 @@ import { applySteps } from "./apply_steps.ts";
 import { syncFile } from "./write_rounds.ts";
 import type { IntoQcow2Job } from "./convert_into_qcow2.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
-import { type ExistingRun, planQcow2Writes, type WriteOp, type WritePlan } from "../formats/qcow2/write_plan.ts";
+import {
+  type ExistingRun,
+  planQcow2Writes,
+  type WriteOp,
+  type WritePlan,
+} from "../formats/qcow2/write_plan.ts";
 import { hostPath } from "../host/context.ts";
 
 export interface IntoQcryptJob extends IntoQcow2Job {
@@ -141,7 +146,9 @@ async function classifyRequests(
     const f = x.fields;
     if (x.type !== records.DATA_RUN && x.type !== records.ZERO_RUN) continue;
     const first = f.guest_cluster as bigint, count = f.count as bigint;
-    if (count < 1n || first + count > clusters) throw new CliError(["Sandbox failure: inconsistent cluster runs"]);
+    if (count < 1n || first + count > clusters) {
+      throw new CliError(["Sandbox failure: inconsistent cluster runs"]);
+    }
     if (x.type === records.DATA_RUN || f.host_offset === 0n) {
       runs.push({ cluster: first, count, kind: x.type === records.DATA_RUN ? "data" : "zero" });
     } else if (f.host_offset === 1n) {

@@ -17,7 +17,11 @@ import { allocate } from "./create.ts";
 import { openQcow2Target } from "./convert_into_qcow2.ts";
 import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts";
 import { type Qcow2CreateOptions, qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";
-import { qcow2EncryptPrepare, type Qcow2EncryptReady, qcow2EncryptWrite } from "../formats/qcow2/create_encrypt_run.ts";
+import {
+  qcow2EncryptPrepare,
+  type Qcow2EncryptReady,
+  qcow2EncryptWrite,
+} from "../formats/qcow2/create_encrypt_run.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import { CreateError } from "../formats/types.ts";
 import { ObjectError } from "../secrets/objects.ts";
@@ -53,10 +57,13 @@ export async function convertToPreallocatedQcrypt(
   let ready: Qcow2EncryptReady | undefined;
   try {
     try {
-      ready = await qcow2EncryptPrepare(encrypt, {
-        passphrase: (id) => o.secrets.passphrase(id),
-        kdfMaxIters: () => job.kdfMaxIters,
-      } as Parameters<typeof qcow2EncryptPrepare>[1]);
+      ready = await qcow2EncryptPrepare(
+        encrypt,
+        {
+          passphrase: (id) => o.secrets.passphrase(id),
+          kdfMaxIters: () => job.kdfMaxIters,
+        } as Parameters<typeof qcow2EncryptPrepare>[1],
+      );
     } catch (e) {
       if (e instanceof CreateError) throw new CliError([prefix + e.message]);
       if (e instanceof ObjectError) throw new CliError([prefix + e.lines[0]]);
