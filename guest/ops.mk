@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd luks_write_luks2 qcow2_encrypt_luks2
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -108,6 +108,15 @@ luks_write_LIBS := z zstd_min nettle
 qcow2_encrypt_SRCS := ops/qcow2_encrypt.c ops/qcow2_encrypt_backing.c ops/qcow2_crypt_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) qcow2/crypt_header.c \
                       qcow2/crypt_layer.c $(LUKS_SRCS)
 qcow2_encrypt_LIBS := z zstd_min nettle
+# The two writers above with a LUKS2 source (cryptsetup's; Argon2 and the
+# JSON metadata do not fit beside every other reader): convert -O luks and
+# -O qcow2 -o encrypt.* from a LUKS2 image (lib/convert/luks_target.ts,
+# qcow2_encrypt_target.ts pick them). The LUKS2 reader's chain only (raw
+# under it); qcow2_encrypt_luks2 without the INTO mode.
+luks_write_luks2_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c $(LUKS2_READ_SRCS)
+luks_write_luks2_LIBS := z nettle argon2
+qcow2_encrypt_luks2_SRCS := ops/qcow2_encrypt_luks2.c ops/qcow2_encrypt_backing.c luks/write.c $(LUKS2_READ_SRCS)
+qcow2_encrypt_luks2_LIBS := z nettle argon2
 # A streamOptimized VMDK read from stdin in one pass (lib/convert/stdin_vmdk.ts):
 # the marker walk, the header checks and zlib's inflate (vmdk/grain.c).
 vmdk_stream_SRCS := ops/vmdk_stream.c vmdk/stream.c vmdk/grain.c $(VMDK_SRCS)

@@ -90,8 +90,10 @@ int qe_store_flush(struct qe_store *st, const uint8_t *buf, uint64_t len)
     return 0;
 }
 
+#ifndef QE_NO_INTO
 /* convert -n into an existing encrypted qcow2 (guest/ops/qcow2_crypt_into.c). */
 int qcow2_crypt_into(const struct params *p);
+#endif
 
 /* QCOW2_ENC_F_CLASSIFY: arg[5] the target's cluster bits, arg[6] min_sparse (qcow2_encrypt_backing.c). */
 static int classify(const struct params *p)
@@ -115,7 +117,9 @@ int op_main(void)
 {
     const struct params *p = rt_params();
     uint32_t flags = p->flags;
+#ifndef QE_NO_INTO
     if (flags == QCOW2_ENC_F_INTO) return qcow2_crypt_into(p);
+#endif
     if (flags == QCOW2_ENC_F_CLASSIFY) return classify(p);
     bool backing = flags & QCOW2_ENC_F_BACKING, zero_data = flags & QCOW2_ENC_F_ZERO_DATA;
     flags &= ~(uint32_t)(QCOW2_ENC_F_BACKING | QCOW2_ENC_F_ZERO_DATA);

@@ -82,11 +82,6 @@ export async function convertToEncryptedQcow2(
   }
   const entropy = crypto.getRandomValues(new Uint8Array(64));
   try {
-    if (job.luks2Ram) {
-      throw new PlanRefused(
-        "Converting a LUKS2 image to an encrypted qcow2 image is not supported by instar yet",
-      );
-    }
     let args: bigint[];
     let options: Qcow2OutputOptions;
     let payload = 0n;
@@ -132,14 +127,15 @@ export async function convertToEncryptedQcow2(
       await fileRange("allocate", out, cs, hdrBytes, BigInt(st.dev), BigInt(st.ino ?? 0));
     }
     const r = await runGuest({
-      op: "qcow2_encrypt",
+      // A LUKS2 source: qcow2_encrypt_luks2 (the LUKS2 reader and Argon2 in place of the other readers).
+      op: job.luks2Ram ? "qcow2_encrypt_luks2" : "qcow2_encrypt",
       opCode: ops.QCOW2_ENCRYPT,
       inputs: inputs(job),
       extraSecrets: encrypt.format === "luks" ? [pw, entropy] : [pw],
       flags,
       args: [...args, dataStart, cbits, job.minSparse, backingSize ?? 0n],
       kdfMaxIters,
-      ramBytes: RAM,
+      ramBytes: job.luks2Ram && job.luks2Ram > RAM ? job.luks2Ram : RAM,
       timeoutMs: TIMEOUT_MS,
       output: { path: out, cap: dataStart + clusters * cs },
       onProgress: job.onProgress,
