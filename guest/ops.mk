@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd luks_write_luks2 qcow2_encrypt_luks2
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd luks_write_luks2 qcow2_encrypt_luks2 compare_luks_other
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -67,6 +67,11 @@ convert_luks_LIBS := z nettle
 compare_luks_SRCS := ops/compare.c $(LUKS_READ_SRCS) qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c \
                      qcow2/compressed.c qcow2/compress.c
 compare_luks_LIBS := z zstd nettle
+# compare_luks_other: a LUKS1 image against a vpc, vhdx or vmdk image (their
+# readers in place of qcow2's, to stay small).
+compare_luks_other_SRCS := ops/compare.c $(LUKS_READ_SRCS) $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c \
+                           $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c
+compare_luks_other_LIBS := z nettle
 # Reading encrypted qcow2 (guest/qcow2/crypt*.c): the LUKS header in the
 # image's header clusters or the legacy AES key, with the qcow2 reader,
 # nettle, and the LUKS layer too, for the runs that get a passphrase.
