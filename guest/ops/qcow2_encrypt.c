@@ -21,6 +21,11 @@
  * CONVERT_DONE tell the host where the clusters went; its planner
  * (lib/formats/qcow2/output_plan.ts) writes every table. No plaintext byte
  * and no key reaches the output or the host.
+ * With QCOW2_ENC_F_BACKING (convert -B) the clusters are chosen as convert's
+ * CONV_BACKING mode chooses them (guest/ops/qcow2_encrypt_backing.c, zero
+ * clusters as ZERO_RUN); QCOW2_ENC_F_CLASSIFY alone writes nothing and
+ * reports qemu's requests per cluster (convert -n into an encrypted qcow2).
+ * Built also as qcow2_encrypt_luks2 (QE_NO_INTO: LUKS2 sources, no INTO).
  */
 #include "../chain/chain.h"
 #include "../luks/luks_write.h"
