@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd luks_write_luks2 qcow2_encrypt_luks2 compare_luks_other
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -67,6 +67,11 @@ convert_luks_LIBS := z nettle
 compare_luks_SRCS := ops/compare.c $(LUKS_READ_SRCS) qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c \
                      qcow2/compressed.c qcow2/compress.c
 compare_luks_LIBS := z zstd nettle
+# compare_luks_other: a LUKS1 image against a vpc, vhdx or vmdk image (their
+# readers in place of qcow2's, to stay small).
+compare_luks_other_SRCS := ops/compare.c $(LUKS_READ_SRCS) $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c \
+                           $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c
+compare_luks_other_LIBS := z nettle
 # Reading encrypted qcow2 (guest/qcow2/crypt*.c): the LUKS header in the
 # image's header clusters or the legacy AES key, with the qcow2 reader,
 # nettle, and the LUKS layer too, for the runs that get a passphrase.
@@ -105,9 +110,18 @@ luks_write_LIBS := z zstd_min nettle
 # packed; every reader, encrypted qcow2 and LUKS sources included (zstd
 # trimmed as for luks_write, to stay under 384 KiB). ops/qcow2_crypt_into.c: convert
 # -n into an existing encrypted qcow2 (QCOW2_ENC_F_INTO).
-qcow2_encrypt_SRCS := ops/qcow2_encrypt.c ops/qcow2_crypt_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) qcow2/crypt_header.c \
+qcow2_encrypt_SRCS := ops/qcow2_encrypt.c ops/qcow2_encrypt_backing.c ops/qcow2_crypt_into.c luks/write.c compress/zstd_trim.c $(READ_SRCS) qcow2/crypt_header.c \
                       qcow2/crypt_layer.c $(LUKS_SRCS)
 qcow2_encrypt_LIBS := z zstd_min nettle
+# The two writers above with a LUKS2 source (cryptsetup's; Argon2 and the
+# JSON metadata do not fit beside every other reader): convert -O luks and
+# -O qcow2 -o encrypt.* from a LUKS2 image (lib/convert/luks_target.ts,
+# qcow2_encrypt_target.ts pick them). The LUKS2 reader's chain only (raw
+# under it); qcow2_encrypt_luks2 without the INTO mode.
+luks_write_luks2_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c $(LUKS2_READ_SRCS)
+luks_write_luks2_LIBS := z nettle argon2
+qcow2_encrypt_luks2_SRCS := ops/qcow2_encrypt_luks2.c ops/qcow2_encrypt_backing.c luks/write.c $(LUKS2_READ_SRCS)
+qcow2_encrypt_luks2_LIBS := z nettle argon2
 # A streamOptimized VMDK read from stdin in one pass (lib/convert/stdin_vmdk.ts):
 # the marker walk, the header checks and zlib's inflate (vmdk/grain.c).
 vmdk_stream_SRCS := ops/vmdk_stream.c vmdk/stream.c vmdk/grain.c $(VMDK_SRCS)

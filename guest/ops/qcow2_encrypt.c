@@ -21,13 +21,19 @@
  * CONVERT_DONE tell the host where the clusters went; its planner
  * (lib/formats/qcow2/output_plan.ts) writes every table. No plaintext byte
  * and no key reaches the output or the host.
+ * With QCOW2_ENC_F_BACKING (convert -B) the clusters are chosen as convert's
+ * CONV_BACKING mode chooses them (guest/ops/qcow2_encrypt_backing.c, zero
+ * clusters as ZERO_RUN); QCOW2_ENC_F_CLASSIFY alone writes nothing and
+ * reports qemu's requests per cluster (convert -n into an encrypted qcow2).
+ * Built also as qcow2_encrypt_luks2 (QE_NO_INTO: LUKS2 sources, no INTO).
  */
 #include "../chain/chain.h"
 #include "../luks/luks_write.h"
 #include "records.h"
 #include "zero.h"
+#include "qcow2_encrypt.h"
 
-#define CHUNK (4ull << 20)
+#define CHUNK QE_CHUNK
 
 static struct chain chain;
 static struct rec_data_run run;
@@ -68,16 +74,63 @@ static int add_cluster(uint64_t gc, uint64_t host, uint64_t csize)
     return 0;
 }
 
+int qe_store_cluster(struct qe_store *st, uint64_t gc, uint8_t *cl)
+{
+    uint64_t csize = 1ull << st->cbits, host = st->data_end + st->pending;
+    if (host + csize > st->cap) return rt_error(0, GERR_BAD_PARAMS, 97, host, st->cap);
+    luks_encrypt(st->enc, (st->luks ? host : gc << st->cbits) / 512, cl, csize);
+    if (add_cluster(gc, host, csize)) return -1;
+    st->pending += csize;
+    st->clusters++;
+    return 0;
+}
+
+int qe_store_flush(struct qe_store *st, const uint8_t *buf, uint64_t len)
+{
+    if (len != st->pending) return rt_error(0, GERR_BAD_PARAMS, 98, len, st->pending);
+    if (len && hc_write(st->data_end, len, buf) != (int64_t)len) return rt_error(0, GERR_IO, st->data_end, len, 2);
+    st->data_end += len;
+    st->written += len;
+    st->pending = 0;
+    return 0;
+}
+
+#ifndef QE_NO_INTO
 /* convert -n into an existing encrypted qcow2 (guest/ops/qcow2_crypt_into.c). */
 int qcow2_crypt_into(const struct params *p);
+#endif
+
+/* QCOW2_ENC_F_CLASSIFY: arg[5] the target's cluster bits, arg[6] min_sparse (qcow2_encrypt_backing.c). */
+static int classify(const struct params *p)
+{
+    uint64_t cbits = p->arg[5], min_sparse = p->arg[6];
+    if (cbits < 9 || cbits > 21 || min_sparse % 512 || min_sparse > (16ull << 20))
+        return rt_error(0, GERR_BAD_PARAMS, 91, cbits, min_sparse);
+    chain.batch = chain.defer = true;
+    if (chain_open(&chain, 0)) return -1;
+    chain.precise = true;
+    uint8_t *buf = rt_alloc(CHUNK);
+    if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
+    if (qe_backing(&chain, min_sparse, (uint32_t)cbits, UINT64_MAX, false, buf, NULL)) return -1;
+    memset(buf, 0, CHUNK);
+    struct rec_convert_done d;
+    rec_init(&d, REC_CONVERT_DONE, sizeof d);
+    return rt_emit(&d, sizeof d);
+}
 
 int op_main(void)
 {
     const struct params *p = rt_params();
     uint32_t flags = p->flags;
+#ifndef QE_NO_INTO
     if (flags == QCOW2_ENC_F_INTO) return qcow2_crypt_into(p);
+#endif
+    if (flags == QCOW2_ENC_F_CLASSIFY) return classify(p);
+    bool backing = flags & QCOW2_ENC_F_BACKING, zero_data = flags & QCOW2_ENC_F_ZERO_DATA;
+    flags &= ~(uint32_t)(QCOW2_ENC_F_BACKING | QCOW2_ENC_F_ZERO_DATA);
     bool luks = flags == QCOW2_ENC_F_LUKS;
-    if (flags != QCOW2_ENC_F_LUKS && flags != QCOW2_ENC_F_AES) return rt_error(0, GERR_BAD_PARAMS, 90, flags, 0);
+    if ((flags != QCOW2_ENC_F_LUKS && flags != QCOW2_ENC_F_AES) || (zero_data && !backing))
+        return rt_error(0, GERR_BAD_PARAMS, 90, p->flags, 0);
     uint64_t cbits = p->arg[5], data_start = p->arg[4], min_sparse = p->arg[6];
     if (cbits < 9 || cbits > 21 || min_sparse % 512 || min_sparse > (16ull << 20))
         return rt_error(0, GERR_BAD_PARAMS, 91, cbits, min_sparse);
@@ -135,7 +188,12 @@ int op_main(void)
 
     uint8_t *buf = rt_alloc(CHUNK);
     if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
-    uint64_t data_end = data_start, n_clusters = 0, written = 0;
+    struct qe_store st = { .enc = &enc, .luks = luks, .cbits = (uint32_t)cbits, .cap = p->output_cap,
+                           .data_end = data_start };
+    if (backing) {
+        if (qe_backing(&chain, min_sparse, (uint32_t)cbits, p->arg[7], zero_data, buf, &st)) return -1;
+        size = 0; /* done */
+    }
     for (uint64_t off = 0; off < size;) {
         /* A long stretch that reads as zeroes: skip its whole clusters without reading them. */
         if (min_sparse) {
@@ -167,20 +225,14 @@ int op_main(void)
         if (chain_flush(&chain)) return -1;
         if (padded > n) memset(buf + n, 0, padded - n);
         /* Keep the clusters to store, packed to the front, each encrypted for its host offset. */
-        uint64_t first = data_end, dst = 0;
+        uint64_t dst = 0;
         for (uint64_t c = 0; c < padded; c += csize) {
             if (min_sparse && (!any || buf_is_zero(buf + c, csize))) continue;
             if (dst != c) memmove(buf + dst, buf + c, csize);
-            uint64_t hostoff = first + dst;
-            if (hostoff + csize > p->output_cap) return rt_error(0, GERR_BAD_PARAMS, 97, hostoff, p->output_cap);
-            luks_encrypt(&enc, (luks ? hostoff : off + c) / 512, buf + dst, csize);
-            if (add_cluster((off + c) >> cbits, hostoff, csize)) return -1;
+            if (qe_store_cluster(&st, (off + c) >> cbits, buf + dst)) return -1;
             dst += csize;
-            n_clusters++;
         }
-        if (dst && hc_write(first, dst, buf) != (int64_t)dst) return rt_error(0, GERR_IO, first, dst, 2);
-        data_end = first + dst;
-        written += dst;
+        if (qe_store_flush(&st, buf, dst)) return -1;
         off += n;
         hc_progress(off, size);
     }
@@ -190,8 +242,8 @@ int op_main(void)
     if (luks && rt_emit(&rec, sizeof rec)) return -1;
     struct rec_convert_done d;
     rec_init(&d, REC_CONVERT_DONE, sizeof d);
-    d.data_end = data_end;
-    d.clusters = n_clusters;
-    d.bytes_written = written;
+    d.data_end = st.data_end;
+    d.clusters = st.clusters;
+    d.bytes_written = st.written;
     return rt_emit(&d, sizeof d);
 }

@@ -473,8 +473,23 @@ export const luksWriteFlags = {
  * qcow2_crypt_into.c): inputs the source chain, the target (its passphrase
  * its input secret) and copy_runs' move list; arg[0] entries, arg[1] their
  * bytes, arg[2] the target's cluster bits.
+ * BACKING (with LUKS or AES): convert -B, the top layer's status as
+ * convert's CONV_BACKING mode takes it (guest/ops/qcow2_encrypt_backing.c),
+ * zero clusters as ZERO_RUN; arg[7] the target backing file's size.
+ * ZERO_DATA (with BACKING): a compat=0.10 target, zeroes stored as data.
+ * CLASSIFY (alone): nothing written; the source chain's clusters at the
+ * target's cluster bits arg[5] with -S arg[6] as qemu's requests touch them:
+ * DATA_RUN (host_offset 0), ZERO_RUN 0 (one write-zeroes covers the
+ * cluster), ZERO_RUN 1 (all zeroes, split between requests), CONVERT_DONE.
  */
-export const qcow2EncryptFlags = { LUKS: 1, AES: 2, INTO: 4 } as const;
+export const qcow2EncryptFlags = {
+  LUKS: 1,
+  AES: 2,
+  INTO: 4,
+  BACKING: 8,
+  ZERO_DATA: 16,
+  CLASSIFY: 32,
+} as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;

@@ -173,8 +173,12 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const done = ranges.map(() => 0n), totals = ranges.map(() => 0n);
     const encrypted = inputs.some((i) => i.secret);
     const qcrypt = [...chain1, ...chain2].some((i) => i.secret && i.formatCode === formats.QCOW2);
-    const other = [...chain1, ...chain2].find((i) => !["raw", "qcow2", "luks"].includes(i.format));
-    if (encrypted && other) {
+    const all = [...chain1, ...chain2];
+    const other = all.find((i) => !["raw", "qcow2", "luks"].includes(i.format));
+    // LUKS1 against vpc, vhdx or vmdk (no qcow2 in either chain): compare_luks_other.
+    const luksOther = encrypted && other !== undefined && !qcrypt &&
+      all.every((i) => i.format !== "qcow2" && !i.luks?.luks2);
+    if (encrypted && other && !luksOther) {
       throw new CliError(
         [`Comparing an encrypted image with a ${other.format} image is not supported by instar yet`],
         false,
@@ -193,6 +197,8 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
             ? "compare_luks2"
             : !encrypted
             ? "compare"
+            : luksOther
+            ? "compare_luks_other"
             : qcrypt
             ? "compare_qcrypt"
             : "compare_luks",

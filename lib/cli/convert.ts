@@ -37,6 +37,7 @@ import { chainInputs, kdfMaxIters, openFailure, unlockFailure } from "./image.ts
 import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.ts";
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBackingChain, type TargetBacking } from "./convert_target.ts";
+import { convertToPreallocatedQcrypt } from "./convert_prealloc_qcrypt.ts";
 import { Progress } from "./progress.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
 import { blockOptionHelp } from "./create.ts";
@@ -239,7 +240,17 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
           `error while writing into '${outFilename}'`,
           (d) => job.onProgress(d, written),
         );
-      } else if (spec.writer === "qcow2" && !spec.qcow2Create?.encrypt && spec.preallocation !== "off") {
+      } else if (spec.writer === "qcow2" && spec.qcow2Create?.encrypt && spec.preallocation !== "off") {
+        // Made as `create` makes it, then written in place by the -n writer (as qemu does).
+        written = await convertToPreallocatedQcrypt(outFilename!, out, spec.qcow2Create, o, {
+          chain,
+          source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
+          size,
+          minSparse: a.minSparse,
+          kdfMaxIters: job.kdfMaxIters,
+          onProgress: job.onProgress,
+        });
+      } else if (spec.writer === "qcow2" && spec.preallocation !== "off") {
         written = await convertPreallocatedQcow2(outFilename!, out, spec.qcow2Create!, {
           unsafeQuirks: o.unsafeQuirks,
           source: chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),

@@ -45,9 +45,6 @@ export interface IntoLuksJob {
 
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 
-/** luks_write has no LUKS2 reader (Argon2 and the JSON metadata would not fit beside the writer). */
-export const LUKS2_SOURCE = "Writing a LUKS2 source into a LUKS image is not supported by instar convert";
-
 /** Opens the target as qemu's luks driver does for writing, in qemu's order of errors. */
 async function openTarget(job: IntoLuksJob): Promise<{ img: OpenedImage; pass: Uint8Array }> {
   const img = await openImage(job.target, {
@@ -86,8 +83,8 @@ export async function convertIntoLuks(job: IntoLuksJob): Promise<bigint> {
   if (job.chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
     throw new CliError([`${job.display}: Refusing to overwrite an image this command reads`]);
   }
-  // The reading half of the guest is what convert -O luks reads (encrypted qcow2 and LUKS1, not LUKS2).
-  if (job.chain.some((x) => x.luks?.luks2)) throw new CliError([LUKS2_SOURCE]);
+  // A LUKS2 source: luks_write_luks2 (its reader and Argon2 in place of the other readers).
+  const luks2Ram = job.chain.some((x) => x.luks?.luks2) ? job.chain[0]?.luks2Ram : undefined;
   if (img.length < job.size) {
     // qemu's open (the unlock) comes before its size check: a wrong passphrase is reported first.
     try {
@@ -105,7 +102,8 @@ export async function convertIntoLuks(job: IntoLuksJob): Promise<bigint> {
   }
   const skip = job.targetIsZero && job.minSparse > 0n;
   const r = await runGuest({
-    op: "luks_write",
+    op: luks2Ram ? "luks_write_luks2" : "luks_write",
+    ramBytes: luks2Ram,
     opCode: ops.LUKS_WRITE,
     inputs: [{ path: img.openPath, format: formats.LUKS, nofollow: false, secret: pass }, ...job.source],
     flags: luksWriteFlags.INTO | (skip ? luksWriteFlags.INTO_SKIP_ZERO : 0),

@@ -21,9 +21,14 @@ import { scanQcow2 } from "./commit.ts";
 import type { MapRun } from "../formats/qcow2/commit_plan.ts";
 import { applySteps } from "./apply_steps.ts";
 import { syncFile } from "./write_rounds.ts";
-import { classify, type IntoQcow2Job } from "./convert_into_qcow2.ts";
+import type { IntoQcow2Job } from "./convert_into_qcow2.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
-import { planQcow2Writes, type WriteOp, type WritePlan } from "../formats/qcow2/write_plan.ts";
+import {
+  type ExistingRun,
+  planQcow2Writes,
+  type WriteOp,
+  type WritePlan,
+} from "../formats/qcow2/write_plan.ts";
 import { hostPath } from "../host/context.ts";
 
 export interface IntoQcryptJob extends IntoQcow2Job {
@@ -66,13 +71,8 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(q.clusterBits);
   if (img.secret === undefined) throw new CliError(["Sandbox failure: the target was not unlocked"]);
-  // The zero-cluster classifier (the rebase_diff guest) reads no encrypted
-  // image: -S 0 needs none (the qcow2_encrypt guest reads LUKS1 and encrypted qcow2, not LUKS2).
-  const encrypted = (x: OpenedImage) =>
-    x.formatCode === formats.LUKS || (x.qcow2?.layout.cryptMethod ?? 0) !== 0;
-  if (job.chain.some((x) => x.luks?.luks2 || (encrypted(x) && job.minSparse !== 0n))) {
-    throw refuse(job, "an encrypted source (but with -S 0, LUKS2 always)");
-  }
+  // The qcow2_encrypt guest reads LUKS1 and encrypted qcow2 sources, not LUKS2.
+  if (job.chain.some((x) => x.luks?.luks2)) throw refuse(job, "a LUKS2 source");
   if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
     throw refuse(job, "the source ends inside a cluster of the target");
   }
@@ -80,14 +80,15 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   // block status gives none for an encrypted image): data is rewritten in place.
   const targetMap = await cryptMap(img, what);
   const clusters = (job.size + q.clusterSize - 1n) >> cb;
+  const existing = existingRuns(targetMap, q.clusterBits);
   const writes: WriteOp[] = job.minSparse === 0n
     ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
-    : await classify(job, cb, clusters);
+    : await classifyRequests(job, cb, clusters, existing);
   const scan = await scanQcow2(img, what);
   const plan = planQcow2Writes({
     scan,
     version: q.version,
-    existing: existingRuns(targetMap, q.clusterBits),
+    existing,
     ops: writes,
     sourceSize: job.size,
     discardFreed: true,
@@ -106,6 +107,72 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
     else job.onProgress?.(before + d, total);
   });
   return total;
+}
+
+/**
+ * The source's clusters as qemu-img convert's requests touch them (-S > 0),
+ * from the qcow2_encrypt guest's CLASSIFY mode (it reads encrypted sources
+ * too): data, zeroes one write-zeroes request covers whole (a zero cluster),
+ * and all-zero clusters split between requests, for which qemu's
+ * qcow2_co_pwrite_zeroes asks whether the target cluster reads as zeroes:
+ * an encrypted data cluster never does (its zeroes are then written,
+ * encrypted), an unallocated or zero cluster does (a zero cluster).
+ */
+async function classifyRequests(
+  job: IntoQcryptJob,
+  cb: bigint,
+  clusters: bigint,
+  existing: ExistingRun[],
+): Promise<WriteOp[]> {
+  const r = await runGuest({
+    op: "qcow2_encrypt",
+    opCode: ops.QCOW2_ENCRYPT,
+    inputs: job.source,
+    flags: qcow2EncryptFlags.CLASSIFY,
+    args: [0n, 0n, 0n, 0n, 0n, cb, job.minSparse, 0n],
+    kdfMaxIters: job.kdfMaxIters,
+    ramBytes: 128 * 1024 * 1024,
+    timeoutMs: TIMEOUT_MS,
+  });
+  const err = r.records.find((x) => x.type === records.ERROR);
+  if (err) throw new GuestFailure(err, r.records);
+  if (r.guestStatus !== 0n) throw new CliError(["Sandbox failure: guest reported an error without a reason"]);
+  const mapped = (c: bigint) =>
+    existing.some((e) =>
+      (e.kind === "normal" || e.kind === "compressed") && c >= e.cluster && c < e.cluster + e.count
+    );
+  const runs: WriteOp[] = [];
+  for (const x of r.records) {
+    const f = x.fields;
+    if (x.type !== records.DATA_RUN && x.type !== records.ZERO_RUN) continue;
+    const first = f.guest_cluster as bigint, count = f.count as bigint;
+    if (count < 1n || first + count > clusters) {
+      throw new CliError(["Sandbox failure: inconsistent cluster runs"]);
+    }
+    if (x.type === records.DATA_RUN || f.host_offset === 0n) {
+      runs.push({ cluster: first, count, kind: x.type === records.DATA_RUN ? "data" : "zero" });
+    } else if (f.host_offset === 1n) {
+      // Split zero clusters (few: where requests meet inside a cluster), one by one.
+      for (let c = first; c < first + count; c++) {
+        runs.push({ cluster: c, count: 1n, kind: mapped(c) && !job.targetIsZero ? "data" : "zero" });
+      }
+    } else {
+      throw new CliError(["Sandbox failure: inconsistent cluster runs"]);
+    }
+  }
+  runs.sort((a, b) => (a.cluster < b.cluster ? -1 : a.cluster > b.cluster ? 1 : 0));
+  const writes: WriteOp[] = [];
+  let next = 0n;
+  for (const w of runs) {
+    if (w.cluster !== next) throw new CliError(["Sandbox failure: the cluster runs do not cover the source"]);
+    next = w.cluster + w.count;
+    if (w.kind === "zero" && job.targetIsZero) continue;
+    const last = writes[writes.length - 1];
+    if (last && last.kind === w.kind && last.cluster + last.count === w.cluster) last.count += w.count;
+    else writes.push({ ...w });
+  }
+  if (next !== clusters) throw new CliError(["Sandbox failure: the cluster runs do not cover the source"]);
+  return writes;
 }
 
 /** The plan's rounds: the encrypted data through the guest, then the round's metadata steps. */

@@ -19,10 +19,6 @@ export async function convertToLuks(
   kdfMaxIters: bigint,
 ): Promise<bigint> {
   if (spec.keySecret === undefined) throw new PlanRefused("Parameter 'key-secret' is required for cipher");
-  // luks_write reads what convert reads but LUKS2 (no room for Argon2 beside the writer).
-  if (job.luks2Ram !== undefined) {
-    throw new PlanRefused("Writing a LUKS2 source into a LUKS image is not supported by instar convert");
-  }
   let pw: Uint8Array;
   try {
     pw = secrets.passphrase(spec.keySecret).slice();
@@ -57,6 +53,8 @@ export async function convertToLuks(
         size: job.size,
         layers: job.layers,
         kdfMaxIters,
+        // A LUKS2 source: luks_write_luks2 (Argon2 and the LUKS2 reader; no room beside every other reader).
+        luks2Ram: job.luks2Ram,
         onProgress: job.onProgress,
       });
     } catch (e) {

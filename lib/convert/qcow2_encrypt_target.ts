@@ -12,7 +12,8 @@
 // (lib/formats/qcow2/output_plan.ts) then writes every table. One guest
 // only: a second would need the same master key.
 import { ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
-import { runGuest } from "../vmm/guest.ts";
+import { fileRange, runGuest } from "../vmm/guest.ts";
+import { hostPath } from "../host/context.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import {
   qcow2OutputFinish,
@@ -33,16 +34,10 @@ const RAM = 128 * 1024 * 1024;
 /** What instar's encrypted writer cannot combine with encryption yet (undefined: fine). */
 export function encryptedQcow2Refusal(
   encrypt: Qcow2Encrypt | undefined,
-  t: { stream: boolean; preallocation: string; backing: boolean },
+  t: { stream: boolean; preallocation?: string; backing?: boolean },
 ): string | undefined {
   if (encrypt === undefined) return undefined;
   if (t.stream) return "Writing an encrypted qcow2 image to or from a stream is not supported by instar";
-  if (t.preallocation !== "off") {
-    return `Preallocation (${t.preallocation}) of an encrypted qcow2 image is not supported by instar convert yet`;
-  }
-  if (t.backing) {
-    return "An encrypted qcow2 target with a backing file is not supported by instar convert yet";
-  }
   return undefined;
 }
 
@@ -60,7 +55,11 @@ export function compressEncryptFirst(driver: FormatDriver, text: string): boolea
   return optGet(o.value, "encrypt.format") !== undefined || optGet(o.value, "encryption")?.bool === true;
 }
 
-/** Writes `out` (an empty new file) as an encrypted qcow2 image of `job`'s source. Returns the data bytes written. */
+/**
+ * Writes `out` (an empty new file) as an encrypted qcow2 image of `job`'s source. Returns the data bytes
+ * written. `backingSize`: convert -B, the target backing file's size (base.backingFile names it); the
+ * guest then copies only what the source's top layer holds, as qemu-img does.
+ */
 export async function convertToEncryptedQcow2(
   job: ConvertJob,
   base: Qcow2OutputOptions,
@@ -68,6 +67,7 @@ export async function convertToEncryptedQcow2(
   out: string,
   secrets: SecretStore,
   kdfMaxIters: bigint,
+  backingSize?: bigint,
 ): Promise<bigint> {
   // qcrypto_block_create: the secret first, then the LUKS checks and the PBKDF2 calibration.
   if (encrypt.keySecret === undefined) {
@@ -82,11 +82,6 @@ export async function convertToEncryptedQcow2(
   }
   const entropy = crypto.getRandomValues(new Uint8Array(64));
   try {
-    if (job.luks2Ram) {
-      throw new PlanRefused(
-        "Converting a LUKS2 image to an encrypted qcow2 image is not supported by instar yet",
-      );
-    }
     let args: bigint[];
     let options: Qcow2OutputOptions;
     let payload = 0n;
@@ -110,21 +105,37 @@ export async function convertToEncryptedQcow2(
       options = { ...base, crypt: { method: 1, headerLength: 0n } };
       args = [0n, 0n, 0n, 0n];
     }
+    let flags: number = encrypt.format === "luks" ? qcow2EncryptFlags.LUKS : qcow2EncryptFlags.AES;
+    if (backingSize !== undefined) {
+      if (base.extendedL2) {
+        throw new PlanRefused("Extended L2 entries with a backing file are not supported by instar convert");
+      }
+      flags |= qcow2EncryptFlags.BACKING;
+      if (base.compat === "0.10") flags |= qcow2EncryptFlags.ZERO_DATA;
+    }
     const pro = qcow2OutputPrologue(options, job.size);
     if (!pro.ok) throw new PlanRefused(pro.error.message);
     const dataStart = pro.value.dataStart;
     const cs = options.clusterSize;
     const cbits = BigInt(cs.toString(2).length - 1);
     const clusters = (job.size + cs - 1n) / cs;
+    if (encrypt.format === "luks") {
+      // qcow2_crypto_hdr_init_func zeroes the header's clusters whole
+      // (file-posix allocates them); the guest writes the header over them.
+      const hdrBytes = ((payload + cs - 1n) / cs) * cs;
+      const st = await Deno.stat(hostPath(out));
+      await fileRange("allocate", out, cs, hdrBytes, BigInt(st.dev), BigInt(st.ino ?? 0));
+    }
     const r = await runGuest({
-      op: "qcow2_encrypt",
+      // A LUKS2 source: qcow2_encrypt_luks2 (the LUKS2 reader and Argon2 in place of the other readers).
+      op: job.luks2Ram ? "qcow2_encrypt_luks2" : "qcow2_encrypt",
       opCode: ops.QCOW2_ENCRYPT,
       inputs: inputs(job),
       extraSecrets: encrypt.format === "luks" ? [pw, entropy] : [pw],
-      flags: encrypt.format === "luks" ? qcow2EncryptFlags.LUKS : qcow2EncryptFlags.AES,
-      args: [...args, dataStart, cbits, job.minSparse, 0n],
+      flags,
+      args: [...args, dataStart, cbits, job.minSparse, backingSize ?? 0n],
       kdfMaxIters,
-      ramBytes: RAM,
+      ramBytes: job.luks2Ram && job.luks2Ram > RAM ? job.luks2Ram : RAM,
       timeoutMs: TIMEOUT_MS,
       output: { path: out, cap: dataStart + clusters * cs },
       onProgress: job.onProgress,
@@ -137,7 +148,13 @@ export async function convertToEncryptedQcow2(
       }
     }
     const part = collect(r.records, 0n);
-    const plan = qcow2OutputFinish(options, job.size, part.dataEnd, part.runs, [], []);
+    if (part.partial > 0n) {
+      throw new PlanRefused(
+        `${part.partial} target cluster(s) would be only partly written over the backing file (qemu copies ` +
+          "the backing file's data into them); this is not supported by instar convert",
+      );
+    }
+    const plan = qcow2OutputFinish(options, job.size, part.dataEnd, part.runs, [], part.zeros);
     if (!plan.ok) throw new PlanRefused(plan.error.message);
     await applyPlan(out, plan.value);
     return part.written;

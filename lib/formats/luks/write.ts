@@ -125,6 +125,8 @@ export interface LuksWriteJob {
   kdfMaxIters: bigint;
   /** Header only, at this byte of the output (qcow2's crypto header clusters; no layers). */
   at?: bigint;
+  /** A LUKS2 source: read by luks_write_luks2 with this much guest RAM (Argon2). */
+  luks2Ram?: number;
   onProgress?: (done: bigint, total: bigint) => void;
 }
 
@@ -137,7 +139,8 @@ export async function luksWrite(job: LuksWriteJob): Promise<{ payloadOffset: big
   if (job.at !== undefined && copy) throw new Error("a LUKS header at an offset takes no source");
   try {
     const r = await runGuest({
-      op: "luks_write",
+      op: job.luks2Ram ? "luks_write_luks2" : "luks_write",
+      ramBytes: job.luks2Ram,
       opCode: ops.LUKS_WRITE,
       inputs: job.layers.map((l) => ({
         path: l.path,

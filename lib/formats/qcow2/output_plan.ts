@@ -392,7 +392,11 @@ export function qcow2OutputFinish(
   if (!header.ok) return header;
 
   const patches: Patch[] = [{ kind: "write", offset: 0n, bytes: header.value }];
-  if (l1.length > 0) patches.push({ kind: "write", offset: (1n + g.cryptClusters) * cs, bytes: l1 });
+  // qcow2_grow_l1_table writes the table's own sectors: the cluster's tail stays a hole, as in qemu's file.
+  const l1Bytes = Number(((g.l1Size * 8n + 511n) / 512n) * 512n);
+  if (l1.length > 0) {
+    patches.push({ kind: "write", offset: (1n + g.cryptClusters) * cs, bytes: l1.subarray(0, l1Bytes) });
+  }
   if (metaStart > dataEnd) patches.push({ kind: "zero", offset: dataEnd, length: metaStart - dataEnd });
   patches.push({ kind: "write", offset: metaStart, bytes: meta });
   return ok({ patches, fileSize });
