@@ -11,7 +11,8 @@ import { built, exec, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helper
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { chainInputs, openChain, openImage } from "../lib/cli/image.ts";
 import { makePolicy } from "../lib/chain/policy.ts";
-import { mapRuns, scanQcow2 } from "../lib/cli/commit.ts";
+import { scanQcow2 } from "../lib/cli/commit.ts";
+import { mapRuns } from "../lib/chain/map_runs.ts";
 import { moveData } from "../lib/cli/write_rounds.ts";
 import { applySteps } from "../lib/cli/apply_steps.ts";
 import { commitOps, existingRuns } from "../lib/formats/qcow2/commit_plan.ts";
