@@ -541,155 +541,18 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
 
 /* ---- qcow2 output over a backing file (convert -B) ---- */
 
-#define CB_SKIP 1u  /* part of the cluster is left to the backing file */
-#define CB_ZERO 2u  /* part of the cluster is write-zeroed */
-#define CB_DATA 4u  /* part of the cluster is written with data */
-#define CB_SPLIT 8u /* a write-zeroes request starts or ends inside the cluster */
-static struct rec_data_run zrun; /* the ZERO_RUN being built (count 0 = none) */
-
-static int emit_zrun(void)
-{
-    if (!zrun.count) return 0;
-    if (emit_rec(&zrun, REC_ZERO_RUN, sizeof zrun)) return -1;
-    zrun.count = 0;
-    return 0;
-}
-
-/* Guest cluster gc is write-zeroed (partial 0) or needs the backing file (partial 1). */
-static int zero_cluster(uint64_t gc, uint64_t partial)
-{
-    if (zrun.count && zrun.guest_cluster + zrun.count == gc && zrun.host_offset == partial) {
-        zrun.count++;
-        return 0;
-    }
-    if (emit_zrun()) return -1;
-    zrun.guest_cluster = gc;
-    zrun.count = 1;
-    zrun.host_offset = partial;
-    return 0;
-}
-
-/* What qemu-img convert -B does with the run at `at`: 0 leave it to the
- * backing file, 1 write zeroes, 2 copy data. -1 on error. */
-static int backing_kind(uint64_t at, uint64_t len, uint64_t bsize, uint64_t *k)
-{
-    if (at < bsize && len > bsize - at) len = bsize - at; /* qemu splits there */
-    int st = chain_top_status(&chain, at, len, k);
-    if (st < 0) return -1;
-    if (st & CS_ZERO) return at >= bsize ? 0 : 1;
-    return (st & CS_DATA) ? 2 : 0;
-}
-
+/* The requests (guest/ops/backing_requests.c); the zstd programs need only
+ * the ZERO_RUN builder and breq_kind for -B -c. */
 #if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB) /* -B uncompressed (the zstd programs: -B -c only) */
-static uint8_t cstate[CHUNK >> 9];
-/* -B with the target's backing file (tchain): the chunk's sectors left to
- * it, and per cluster the first write-zeroes piece [zf_lo, zf_hi) (chunk
- * offsets; zf_hi 0 = none). */
-static struct chain tchain;
-static uint8_t skipsec[CHUNK >> 9];
-static uint32_t zf_lo[CHUNK >> 9], zf_hi[CHUNK >> 9];
-#define MAX_DRUNS 512u
-static uint64_t druns[2 * MAX_DRUNS]; /* data runs of the chunk read so far {offset, length} */
+#define BREQ_CHUNK CHUNK
+#define BREQ_FILL 1
+#else
+#define BREQ_ZRUN_ONLY 1
+#endif
+#include "backing_requests.c"
 
-/* Marks the chunk's clusters a request [at, at+len) of kind `bit` touches
- * (chunk offset `off`); a write-zeroes request ending inside a cluster
- * splits it (the disk's end does not). */
-static void mark(uint64_t off, uint64_t at, uint64_t len, uint8_t bit, uint32_t cbits)
-{
-    uint64_t csize = 1ull << cbits;
-    uint64_t first = (at - off) >> cbits, last = (at + len - 1 - off) >> cbits;
-    for (uint64_t c = first; c <= last; c++) cstate[c] |= bit;
-    if (bit == CB_ZERO) {
-        /* qemu's block layer cuts the request at cluster boundaries; the
-         * first piece (lowest offset) in a cluster decides (convert_qcow2_backing). */
-        for (uint64_t c = first; c <= last; c++) {
-            uint64_t lo = c << cbits, hi = lo + csize;
-            if (at - off > lo) lo = at - off;
-            if (at + len - off < hi) hi = at + len - off;
-            if (!zf_hi[c] || lo < zf_lo[c]) zf_lo[c] = (uint32_t)lo, zf_hi[c] = (uint32_t)hi;
-        }
-    } else if (bit == CB_SKIP) {
-        memset(skipsec + ((at - off) >> 9), 1, ((at - off + len + 511) >> 9) - ((at - off) >> 9));
-    }
-    if (bit == CB_ZERO) {
-        if (at & (csize - 1)) cstate[first] |= CB_SPLIT;
-        if (((at + len) & (csize - 1)) && at + len != chain.size) cstate[last] |= CB_SPLIT;
-    }
-}
-
-/* qemu-img's is_allocated_sectors: the leading run of sectors that are all
- * zero or all not, its end moved to an `align`-sector boundary (data up,
- * zeroes down; short zeroes before data count as data). 1 data, 0 zeroes. */
-static int alloc_sectors(const uint8_t *buf, uint64_t n, uint64_t *pnum, uint64_t sector, uint64_t align)
-{
-    bool zero = buf_is_zero(buf, 512);
-    uint64_t i = 1;
-    while (i < n && buf_is_zero(buf + i * 512, 512) == zero) i++;
-    if (i == n) {
-        *pnum = n;
-        return !zero;
-    }
-    uint64_t tail = (sector + i) & (align - 1);
-    if (tail) {
-        if (zero && i <= tail) zero = false;
-        if (!zero) {
-            i += align - tail;
-            if (i > n) i = n;
-        } else {
-            i -= tail;
-        }
-    }
-    *pnum = i;
-    return !zero;
-}
-
-/* qemu-img's is_allocated_sectors_min: a data piece takes in the zero runs
- * shorter than `min` sectors that follow it; a leading zero run stays zero. */
-static int alloc_sectors_min(const uint8_t *buf, uint64_t n, uint64_t *pnum, uint64_t min, uint64_t sector,
-                             uint64_t align)
-{
-    if (n < min) min = n;
-    if (!alloc_sectors(buf, n, pnum, sector, align)) return 0;
-    uint64_t used = *pnum, checked = used;
-    buf += 512 * *pnum, n -= *pnum, sector += *pnum;
-    while (n > 0) {
-        int ret = alloc_sectors(buf, n, pnum, sector, align);
-        buf += 512 * *pnum, n -= *pnum, sector += *pnum, checked += *pnum;
-        if (ret) {
-            used = checked;
-        } else if (*pnum >= min) {
-            break;
-        }
-    }
-    *pnum = used;
-    return 1;
-}
-
-/* Cuts the data runs read so far into qemu's write requests (2 MiB buffers
- * from each run's start, then is_allocated_sectors_min pieces with -S) and
- * marks the clusters they touch. */
-static void mark_data_runs(uint32_t nr, uint64_t off, uint64_t min_sparse, uint32_t cbits, const uint8_t *buf)
-{
-    uint64_t min = min_sparse >> 9, align = 1;
-    while (align * 2 <= min) align *= 2; /* pow2floor(min_sparse in sectors) */
-    for (uint32_t r = 0; r < nr; r++) {
-        uint64_t x = druns[2 * r], end = x + druns[2 * r + 1];
-        for (uint64_t b = x; b < end;) {
-            uint64_t blen = end - b < (2ull << 20) ? end - b : (2ull << 20);
-            /* Whole sectors: a run ends on a sector or at the disk's end. */
-            uint64_t sectors = (blen + 511) >> 9;
-            for (uint64_t s = 0; s < sectors;) {
-                uint64_t n = sectors - s;
-                int data = !min_sparse ? 1 : alloc_sectors_min(buf + (b - off) + s * 512, n, &n, min, (b >> 9) + s, align);
-                uint64_t at = b + s * 512, len = n * 512;
-                if (at + len > b + blen) len = b + blen - at;
-                mark(off, at, len, data ? CB_DATA : CB_ZERO, cbits);
-                s += n;
-            }
-            b += blen;
-        }
-    }
-}
+#if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
+static struct chain tchain; /* -B with the target's backing file: its chain */
 
 /* qcow2's is_zero over the target's backing file: [from, to) reads as
  * zeroes by block status (past its end too). 1 yes, 0 no, -1 on error. */
@@ -813,53 +676,19 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
                                  bool zero_data, bool have_tchain, bool ext, uint8_t *buf)
 {
     uint64_t csize = 1ull << cbits;
-    uint32_t ubits = ext ? cbits - 5 : cbits; /* the unit qemu writes: a subcluster with extended L2 */
+    /* The unit qemu writes: a subcluster with extended L2. */
+    struct breq r = {&chain, bsize, min_sparse, ext ? cbits - 5 : cbits, false};
     for (uint64_t off = start; off < end;) {
-        /* Long runs left alone or write-zeroed: whole clusters at once. */
-        uint64_t k = 0;
-        int kind = backing_kind(off, end - off, bsize, &k);
-        if (kind < 0) return -1;
-        if (kind != 2 && (kind == 0 || (min_sparse && !zero_data)) && k >= CHUNK) {
-            uint64_t whole = k & ~(csize - 1);
-            if (kind == 1) {
-                uint64_t gc = off >> cbits, count = whole >> cbits;
-                if (zero_cluster(gc, 0)) return -1;
-                zrun.count += count - 1;
-            }
-            off += whole;
+        int64_t whole = breq_long_run(&r, off, end, cbits, zero_data);
+        if (whole < 0) return -1;
+        if (whole) {
+            off += (uint64_t)whole;
             hc_progress(off - start, end - start);
             continue;
         }
         uint64_t n = end - off < CHUNK ? end - off : CHUNK;
         uint64_t padded = (n + csize - 1) & ~(csize - 1);
-        memset(cstate, 0, padded >> ubits);
-        memset(skipsec, 0, padded >> 9);
-        memset(zf_hi, 0, (padded >> ubits) * sizeof zf_hi[0]);
-        /* Past the disk's end the last cluster (and sector) reads as zeroes. */
-        if (padded > n) memset(buf + n, 0, padded - n);
-        uint32_t nr = 0;
-        for (uint64_t at = off; at < off + n;) {
-            kind = backing_kind(at, off + n - at, bsize, &k);
-            if (kind < 0) return -1;
-            if (kind == 2) {
-                if (nr == MAX_DRUNS) {
-                    if (chain_flush(&chain)) return -1;
-                    mark_data_runs(nr, off, min_sparse, ubits, buf);
-                    nr = 0;
-                }
-                if (chain_read(&chain, at, k, buf + (at - off))) return -1;
-                druns[2 * nr] = at;
-                druns[2 * nr + 1] = k;
-                nr++;
-            } else {
-                memset(buf + (at - off), 0, k);
-                /* -S 0: qemu writes zeroes as data. */
-                mark(off, at, k, kind == 0 ? CB_SKIP : min_sparse ? CB_ZERO : CB_DATA, ubits);
-            }
-            at += k;
-        }
-        if (chain_flush(&chain)) return -1;
-        mark_data_runs(nr, off, min_sparse, ubits, buf);
+        if (breq_chunk(&r, off, n, padded, buf)) return -1;
         for (uint64_t c = 0; c < padded >> cbits; c++) {
             if (ext) {
                 if (ext_cluster(off, c, cbits, have_tchain, buf + (c << cbits))) return -1;
@@ -893,7 +722,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
 
 #if defined(CONVERT_ZLIB) || defined(CONVERT_ZSTD) /* -B -c: the compressing programs only */
 /* convert -B -c, as qemu-img's convert_iteration_sectors and convert_co_write
- * do it for compressed targets: status runs of the top layer (backing_kind)
+ * do it for compressed targets: status runs of the top layer (breq_kind)
  * are taken in whole clusters: a run shorter than a cluster makes the whole
  * cluster data (read from the source chain: no byte of the target's backing
  * file is needed), longer ones are cut down to whole clusters, data one
@@ -910,10 +739,11 @@ static int convert_qcow2_backing_compressed(uint64_t start, uint64_t end, uint64
     uint64_t size = chain.size;
     uint64_t status_end = start;
     int kind = 0;
+    struct breq r = {&chain, bsize, min_sparse, cbits, false};
     for (uint64_t off = start; off < end;) {
         if (off >= status_end) {
             uint64_t k = 0;
-            kind = backing_kind(off, end - off, bsize, &k);
+            kind = breq_kind(&r, off, end - off, &k);
             if (kind < 0) return -1;
             if (k == 0) return rt_error(0, GERR_INTERNAL, 12, off, 0);
             /* qcow2_get_host_offset answers one L2 table of the top at a time
