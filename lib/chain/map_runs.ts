@@ -11,19 +11,21 @@ import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
 
 export type { MapRun };
 
-/** A failed map run: the message is the whole error line (`<what>: ...`). */
+/** A failed map run: the message is the whole error line (`<what>: ...`);
+ * `imageError` when the guest reported the failure (reading the image), not the sandbox. */
 export class MapRunsError extends Error {
-  constructor(message: string) {
+  constructor(message: string, readonly imageError = false) {
     super(message);
     this.name = "MapRunsError";
   }
 }
 
-/** The map guest's extents over `inputs` (a chain, top first), checked to tile the disk. */
-export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRun[]> {
+/** The map guest's extents over `inputs` (a chain, top first), checked to tile the disk.
+ * `flags`: the map op's flags (mapOpFlags; CRYPT_OFFSETS for an encrypted qcow2's host offsets). */
+export async function mapRuns(inputs: GuestInput[], what: string, flags = 0): Promise<MapRun[]> {
   let result;
   try {
-    result = await runGuest({ op: "map", opCode: ops.MAP, inputs, args: [0n, (1n << 64n) - 1n] });
+    result = await runGuest({ op: "map", opCode: ops.MAP, inputs, flags, args: [0n, (1n << 64n) - 1n] });
   } catch (e) {
     throw new MapRunsError(`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
   }
@@ -39,8 +41,11 @@ export async function mapRuns(inputs: GuestInput[], what: string): Promise<MapRu
           a2: f.a2 as bigint,
         })
       }`,
+      true,
     );
   }
+  // A failed run the guest gave no reason for.
+  if (result.guestStatus !== 0n) throw new MapRunsError(`${what}: Input/output error`, true);
   const ALL = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
   const out: MapRun[] = [];
   let at = 0n;

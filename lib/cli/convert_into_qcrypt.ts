@@ -18,7 +18,7 @@ import { GuestFailure } from "../convert/pipeline.ts";
 import { CliError } from "./messages.ts";
 import { type OpenedImage, OpenError, openFailure, unlockForRead } from "./image.ts";
 import { scanQcow2 } from "./commit.ts";
-import type { MapRun } from "../formats/qcow2/commit_plan.ts";
+import { type MapRun, mapRuns, MapRunsError } from "../chain/map_runs.ts";
 import { applySteps } from "./apply_steps.ts";
 import { syncFile } from "./write_rounds.ts";
 import type { IntoQcow2Job } from "./convert_into_qcow2.ts";
@@ -304,44 +304,27 @@ async function encryptMoves(
   }
 }
 
-/** The map guest's runs of the encrypted target, host offsets included (as commit.ts mapRuns reads them). */
+/** The map guest's runs of the encrypted target, host offsets included (lib/chain/map_runs.ts
+ * with CRYPT_OFFSETS); any failure the guest reports is an I/O error, as qemu words it. */
 async function cryptMap(img: OpenedImage, what: string): Promise<MapRun[]> {
-  let result;
+  let runs: MapRun[];
   try {
-    result = await runGuest({
-      op: "map",
-      opCode: ops.MAP,
-      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: false }],
-      flags: mapOpFlags.CRYPT_OFFSETS,
-      args: [0n, (1n << 64n) - 1n],
-    });
+    runs = await mapRuns(
+      [{ path: img.openPath, format: formats.QCOW2, nofollow: false }],
+      what,
+      mapOpFlags.CRYPT_OFFSETS,
+    );
   } catch (e) {
-    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
-    throw new CliError([`${what}: Input/output error`]);
-  }
-  const ALL = mapFlags.DATA | mapFlags.ZERO | mapFlags.PRESENT | mapFlags.OFFSET_VALID | mapFlags.COMPRESSED;
-  const out: MapRun[] = [];
-  let at = 0n;
-  for (const r of result.records) {
-    if (r.type !== records.MAP_EXTENT) continue;
-    const x: MapRun = {
-      start: r.fields.start as bigint,
-      length: r.fields.length as bigint,
-      offset: r.fields.offset as bigint,
-      flags: r.fields.flags as number,
-      depth: r.fields.depth as number,
-    };
-    if (x.start !== at || (x.flags & ~ALL) !== 0 || x.depth !== 0 || x.offset >= 1n << 63n) {
-      throw new CliError([`${what}: sandbox failure: inconsistent map extents`]);
+    if (e instanceof MapRunsError) {
+      throw new CliError([e.imageError ? `${what}: Input/output error` : e.message]);
     }
-    // A data run without its offset could not be placed: refused rather than guessed.
+    throw e;
+  }
+  // A data run without its offset could not be placed: refused rather than guessed.
+  for (const x of runs) {
     if ((x.flags & mapFlags.DATA) !== 0 && (x.flags & (mapFlags.OFFSET_VALID | mapFlags.COMPRESSED)) === 0) {
       throw new CliError([`${what}: sandbox failure: a data run without its offset`]);
     }
-    at += x.length;
-    out.push(x);
   }
-  return out;
+  return runs;
 }
