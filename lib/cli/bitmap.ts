@@ -10,16 +10,8 @@
 // that fails stops the list, and what ran before it is still stored.
 import { ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
-import {
-  HelpRequested,
-  INSTAR_LONGS,
-  instarOption,
-  type InstarOptions,
-  type Io,
-  newInstarOptions,
-} from "./common.ts";
+import { getoptCommand, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
@@ -57,7 +49,7 @@ interface BitmapArgs {
 function parseArgs(argv: string[], o: InstarOptions): { a: BitmapArgs; operands: string[] } {
   const a: BitmapArgs = { granularity: 0n, actions: [], add: false, merge: false };
   const enc = new TextEncoder();
-  const operands = getopt(argv, ":b:f:F:g:h", [
+  const operands = getoptCommand(o, argv, ":b:f:F:g:h", [
     { name: "help", hasArg: false, id: "h" },
     { name: "object", hasArg: true, id: "object" },
     { name: "image-opts", hasArg: false, id: "image-opts" },
@@ -70,12 +62,8 @@ function parseArgs(argv: string[], o: InstarOptions): { a: BitmapArgs; operands:
     { name: "granularity", hasArg: true, id: "g" },
     { name: "source-file", hasArg: true, id: "b" },
     { name: "source-format", hasArg: true, id: "F" },
-    ...INSTAR_LONGS,
   ], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
     switch (id) {
-      case "h":
-        throw new HelpRequested();
       case "b":
         a.srcFile = value;
         break;
