@@ -16,8 +16,7 @@ import { planQcow2Writes, type WritePlan } from "../../lib/formats/qcow2/write_p
 import { formats } from "../../lib/abi/spec.ts";
 
 /** A shell line running qemu-io's commands on `file`, its output dropped. */
-export const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
+export { io } from "./convert_compare.ts";
 
 export interface CommitJob {
   chain: OpenedImage[];
