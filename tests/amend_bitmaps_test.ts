@@ -6,16 +6,8 @@
 // seed 1 iterations 0, 13, 14, 18). qemu-img amends one copy, instar the
 // other: same output, same file, a clean check, the same dirty maps.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import {
-  built,
-  exec,
-  haveQemuImg,
-  instarHere,
-  qemuImg,
-  qemuImgCreate,
-  sh,
-  withTempDir,
-} from "./cli_helpers.ts";
+import { built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 

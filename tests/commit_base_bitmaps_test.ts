@@ -11,17 +11,8 @@
 // contents, `info`, a clean check, each bitmap's dirty map through qemu-nbd;
 // the overlay byte for byte.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import {
-  asInstar,
-  built,
-  exec,
-  haveQemuImg,
-  instarHere,
-  qemuImg,
-  qemuImgCreate,
-  sh,
-  withTempDir,
-} from "./cli_helpers.ts";
+import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 

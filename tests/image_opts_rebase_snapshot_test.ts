@@ -8,17 +8,8 @@
 // named by driver= without the probing warning) read as qemu's. An encrypted
 // qcow2 is unlocked by encrypt.key-secret (--object secret) for snapshot.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import {
-  asInstar,
-  built,
-  exec,
-  haveQemuImg,
-  instarHere,
-  qemuImg,
-  qemuImgCreate,
-  sh,
-  withTempDir,
-} from "./cli_helpers.ts";
+import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();

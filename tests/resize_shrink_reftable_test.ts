@@ -7,16 +7,8 @@
 // invariant) and cut the file before the moved table; now the files are
 // byte-identical (fuzz:diff refgrow, seed 7 iterations 44 and 45).
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import {
-  built,
-  exec,
-  haveQemuImg,
-  instarHere,
-  qemuImg,
-  qemuImgCreate,
-  sh,
-  withTempDir,
-} from "./cli_helpers.ts";
+import { built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
