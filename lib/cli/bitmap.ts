@@ -17,7 +17,7 @@ import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from 
 import { applySteps } from "./apply_steps.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
-import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
 import { bitmapsCarriable, type BitmapsExt } from "../formats/qcow2/rebase_plan.ts";
@@ -118,13 +118,7 @@ export async function scan(img: OpenedImage): Promise<Rec[]> {
   }
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err) {
-    const f = err.fields;
-    const msg = qcow2ErrorMessage({
-      code: f.code as number,
-      a0: f.a0 as bigint,
-      a1: f.a1 as bigint,
-      a2: f.a2 as bigint,
-    });
+    const msg = errorRecordMessage(err);
     throw refuse(msg);
   }
   if (result.guestStatus !== 0n) throw refuse("sandbox failure: the scan reported no outcome");
@@ -282,17 +276,7 @@ async function merge(
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err || result.guestStatus !== 0n) {
     await truncateBack(img);
-    const f = err?.fields;
-    throw refuse(
-      f
-        ? qcow2ErrorMessage({
-          code: f.code as number,
-          a0: f.a0 as bigint,
-          a1: f.a1 as bigint,
-          a2: f.a2 as bigint,
-        })
-        : "sandbox failure",
-    );
+    throw refuse(err ? errorRecordMessage(err) : "sandbox failure");
   }
   const data = new Map<bigint, bigint>();
   let fileEnd = img.fileSize;

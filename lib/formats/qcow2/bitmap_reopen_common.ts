@@ -6,7 +6,7 @@
 // the ones marked, restored to how qemu holds them in memory.
 import { records } from "../../abi/spec.ts";
 import type { Rec } from "../../abi/records.ts";
-import { qcow2ErrorMessage } from "./errors.ts";
+import { errorRecordMessage } from "./errors.ts";
 import { GuestResultError } from "./model.ts";
 import { decodeBitmapScan } from "./bitmap_scan.ts";
 import { bitmapNameText, type BitmapRequest, BME_FLAG_IN_USE, type Qcow2BitmapScan } from "./bitmap_plan.ts";
@@ -41,13 +41,7 @@ export async function decodeReopenScan(
   const { records: recs, fileSize } = await scan;
   const err = recs.find((r) => r.type === records.ERROR);
   if (err) {
-    const f = err.fields;
-    const msg = qcow2ErrorMessage({
-      code: f.code as number,
-      a0: f.a0 as bigint,
-      a1: f.a1 as bigint,
-      a2: f.a2 as bigint,
-    });
+    const msg = errorRecordMessage(err);
     throw host.fail([`Could not open '${filename}': ${msg}`]);
   }
   try {
