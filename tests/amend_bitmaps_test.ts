@@ -7,6 +7,7 @@
 // other: same output, same file, a clean check, the same dirty maps.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 
@@ -19,18 +20,7 @@ Deno.test(
   async () => {
     await withTempDir("instar-amendbm-", async (dir) => {
       // 4 KiB clusters, 1-bit refcounts: the first bitmap's data sits low in the file.
-      await sh(
-        dir,
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-o",
-        "cluster_size=4096,refcount_bits=1",
-        "a.qcow2",
-        "8M",
-      );
+      await qemuImgCreate(dir, "qcow2", "-o", "cluster_size=4096,refcount_bits=1", "a.qcow2", "8M");
       await sh(dir, "qemu-img", "bitmap", "--add", "-g", "4k", "a.qcow2", "pre");
       await sh(dir, "qemu-io", "-c", "write -P 7 0 3M", "-c", "write -P 8 1M 64k", "a.qcow2");
       await sh(dir, "qemu-img", "bitmap", "--add", "-g", "512", "a.qcow2", "b");

@@ -7,8 +7,9 @@
 // instar refuses a repair qemu-img makes (a VHDX), it must say so and leave
 // the file unchanged (rebuilds: tests/check_repair_rebuild_test.ts).
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
+import { built, haveQemuImg, instarHere, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { repairBoth } from "./support/check_repair.ts";
 import { setIncompat, setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -101,22 +102,7 @@ async function makeImage(dir: string, c: Case): Promise<void> {
 Deno.test({ name: "check -r repairs as qemu-img repairs, byte for byte", ignore: !ready }, async (t) => {
   for (const c of CASES) {
     await t.step(c.name, async () => {
-      const root = await Deno.makeTempDir({ prefix: "instar-repair-" });
-      try {
-        const [qd, id] = [`${root}/q`, `${root}/i`];
-        await Deno.mkdir(qd);
-        await makeImage(qd, c);
-        await Deno.mkdir(id);
-        await Deno.copyFile(`${qd}/img.qcow2`, `${id}/img.qcow2`);
-        const args = ["check", ...c.args, "img.qcow2"];
-        const q = await qemuImg(args, qd);
-        const i = await instarHere(args, id);
-        assertEquals(i, asInstar(q), `instar ${args.join(" ")}`);
-        const [qb, ib] = [await Deno.readFile(`${qd}/img.qcow2`), await Deno.readFile(`${id}/img.qcow2`)];
-        assert(qb.length === ib.length && qb.every((b, k) => b === ib[k]), "the repaired files differ");
-      } finally {
-        await Deno.remove(root, { recursive: true });
-      }
+      await repairBoth("instar-repair-", c.args, (dir) => makeImage(dir, c));
     });
   }
 });

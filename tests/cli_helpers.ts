@@ -26,6 +26,11 @@ export async function sh(cwd: string, cmd: string, ...args: string[]): Promise<v
   if (r.code !== 0) throw new Error(`${cmd} ${args.join(" ")} failed: ${r.stderr}`);
 }
 
+/** `qemu-img create -q -f <fmt> <args>` in `cwd`, failing the test if it fails (a setup step). */
+export function qemuImgCreate(cwd: string, fmt: string, ...args: string[]): Promise<void> {
+  return sh(cwd, "qemu-img", "create", "-q", "-f", fmt, ...args);
+}
+
 export function qemuImg(args: string[], cwd: string): Promise<Outcome> {
   return exec("qemu-img", args, cwd);
 }

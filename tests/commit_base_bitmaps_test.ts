@@ -12,6 +12,7 @@
 // the overlay byte for byte.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 
@@ -112,22 +113,9 @@ Deno.test({
   ignore: !ready,
   async fn() {
     await withTempDir("instar-commit-bmon-", async (dir) => {
-      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=128k", "base.qcow2", "4M");
+      await qemuImgCreate(dir, "qcow2", "-o", "cluster_size=128k", "base.qcow2", "4M");
       await sh(dir, "qemu-img", "bitmap", "--add", "base.qcow2", "on");
-      await sh(
-        dir,
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "ov.qcow2",
-        "4M",
-      );
+      await qemuImgCreate(dir, "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2", "4M");
       await sh(dir, "qemu-io", "-c", "write -P 3 0 64k", "ov.qcow2");
       await sh(dir, "cp", "base.qcow2", "b0");
       await sh(dir, "cp", "ov.qcow2", "o0");

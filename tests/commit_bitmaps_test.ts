@@ -8,16 +8,14 @@
 // overlay be byte-identical (the base: same contents and check), `qemu-img
 // check` clean, and each bitmap's dirty map (read through qemu-nbd) the same.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { built, haveQemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { commitEmptiedBoth, io } from "./support/commit_pair.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg() && haveNbd;
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 interface Case {
   name: string;
@@ -55,32 +53,13 @@ const CASES: Case[] = [
   },
 ];
 
-/** qemu-img check --output=json without the file name and fragmented-clusters. */
-async function checkJson(dir: string, f: string): Promise<unknown> {
-  const j = JSON.parse((await qemuImg(["check", "--output=json", f], dir)).stdout);
-  delete j.filename;
-  delete j["fragmented-clusters"];
-  return j;
-}
-
 for (const c of CASES) {
   Deno.test({
     name: `commit of an overlay with persistent bitmaps: ${c.name}`,
     ignore: !ready,
     async fn() {
       await withTempDir("instar-commit-bm-", async (dir) => {
-        await Deno.mkdir(`${dir}/q`);
-        for (const line of c.make) await sh(`${dir}/q`, "sh", "-c", line);
-        await sh(dir, "cp", "-r", "q", "i");
-        const q = await qemuImg(["commit", "ov.qcow2"], `${dir}/q`);
-        const i = await instarHere(["commit", "ov.qcow2"], `${dir}/i`);
-        assertEquals(i, asInstar(q));
-        assertEquals(q.code, 0);
-        const cmp = await exec("cmp", ["q/ov.qcow2", "i/ov.qcow2"], dir);
-        assertEquals(cmp.code, 0, `the overlays differ: ${cmp.stdout}`);
-        assertEquals((await qemuImg(["compare", "q/base.qcow2", "i/base.qcow2"], dir)).code, 0);
-        assertEquals(await checkJson(dir, "i/base.qcow2"), await checkJson(dir, "q/base.qcow2"));
-        assertEquals((await qemuImg(["check", "ov.qcow2"], `${dir}/i`)).code, 0);
+        await commitEmptiedBoth(dir, c.make);
         for (const b of c.bitmaps) {
           assertEquals(await dirtyMap(`${dir}/i`, "ov.qcow2", b), await dirtyMap(`${dir}/q`, "ov.qcow2", b));
         }

@@ -9,7 +9,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { built, haveQemuImg, instarHere, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { compareIn, io, setUp } from "./support/convert_compare.ts";
+import { convertQcow2Steps, io } from "./support/convert_compare.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -83,23 +83,17 @@ const CASES: { name: string; args: string[] }[] = [
 Deno.test(
   { name: "convert -B with extended L2 entries: subclusters as qemu-img's", ignore: !ready },
   async (t) => {
-    await withTempDir("instar-convert-bx-", async (root) => {
-      await setUp(root, MAKE);
-      for (const c of CASES) {
-        await t.step(c.name, async () => {
-          await compareIn(root, {
-            make: [],
-            args: ["convert", "-O", "qcow2", ...c.args, "out.qcow2"],
-            sameCounts: true,
-          });
+    await withTempDir(
+      "instar-convert-bx-",
+      (root) =>
+        convertQcow2Steps(t, root, MAKE, CASES, async (caseArgs) => {
           // compareIn removes its targets: the L2 entries from a second pair.
-          const args = ["convert", "-O", "qcow2", ...c.args, "l2.qcow2"];
+          const args = ["convert", "-O", "qcow2", ...caseArgs, "l2.qcow2"];
           assertEquals((await qemuImg(args, `${root}/q`)).code, 0);
           assertEquals((await instarHere(args, `${root}/i`)).code, 0);
           assertEquals(await l2Entries(`${root}/i/l2.qcow2`), await l2Entries(`${root}/q/l2.qcow2`));
           for (const d of ["q", "i"]) await Deno.remove(`${root}/${d}/l2.qcow2`);
-        });
-      }
-    });
+        }),
+    );
   },
 );

@@ -9,6 +9,7 @@
 // qcow2 is unlocked by encrypt.key-secret (--object secret) for snapshot.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -48,12 +49,12 @@ Deno.test({
   ignore: !ready,
   async fn() {
     await withTempDir("instar-io-snap-", async (dir) => {
-      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "q.qcow2", "8M");
+      await qemuImgCreate(dir, "qcow2", "q.qcow2", "8M");
       await sh(dir, "qemu-io", "-c", "write -P 1 0 1M", "q.qcow2");
       await sh(dir, "qemu-img", "snapshot", "-c", "s0", "q.qcow2");
       await sh(dir, "qemu-io", "-c", "write -P 2 512k 1M", "q.qcow2");
       await sh(dir, "cp", "q.qcow2", "i.qcow2");
-      await sh(dir, "qemu-img", "create", "-q", "-f", "raw", "q.raw", "1M");
+      await qemuImgCreate(dir, "raw", "q.raw", "1M");
       await sh(dir, "cp", "q.raw", "i.raw");
       const opts = (who: string, extra = "") => `driver=qcow2,file.filename=${who}.qcow2${extra}`;
       // -c: the same table but for the dates.
@@ -93,24 +94,11 @@ Deno.test({
   ignore: !ready,
   async fn() {
     await withTempDir("instar-io-rebase-", async (dir) => {
-      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "old.qcow2", "4M");
+      await qemuImgCreate(dir, "qcow2", "old.qcow2", "4M");
       await sh(dir, "qemu-io", "-c", "write -P 1 0 2M", "old.qcow2");
-      await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "new.qcow2", "4M");
+      await qemuImgCreate(dir, "qcow2", "new.qcow2", "4M");
       await sh(dir, "qemu-io", "-c", "write -P 2 1M 2M", "new.qcow2");
-      await sh(
-        dir,
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "old.qcow2",
-        "-F",
-        "qcow2",
-        "q.qcow2",
-        "4M",
-      );
+      await qemuImgCreate(dir, "qcow2", "-b", "old.qcow2", "-F", "qcow2", "q.qcow2", "4M");
       await sh(dir, "qemu-io", "-c", "write -P 3 1536k 64k", "q.qcow2");
       await sh(dir, "cp", "q.qcow2", "i.qcow2");
       const opts = (who: string) => `driver=qcow2,file.filename=${who}.qcow2`;
@@ -144,12 +132,8 @@ Deno.test({
   async fn() {
     await withTempDir("instar-io-snap-enc-", async (dir) => {
       const obj = ["--object", "secret,id=s0,data=pw"];
-      await sh(
+      await qemuImgCreate(
         dir,
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
         "qcow2",
         ...obj,
         "-o",

@@ -10,7 +10,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { haveCryptsetup } from "./support/luks_images.ts";
-import { run } from "../lib/cli/run.ts";
+import { instarLuks } from "./support/instar_luks.ts";
 
 const PW = "instar-l2t-pw-70d3a9";
 const NEW = "instar-l2t-new-1b88e4";
@@ -18,17 +18,7 @@ const MiB = 1 << 20;
 const OBJ = ["--object", "secret,id=k,file=key", "--object", `secret,id=s,data=${NEW}`];
 const SRC = ["--image-opts", "driver=luks,key-secret=k,file.filename=e.img"];
 
-async function instar(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const env = Deno.env.toObject();
-  env.INSTAR_LUKS_PBKDF2_RATE = "200000";
-  const code = await run(args, {
-    out: (t) => (stdout += t),
-    err: (t) => (stderr += t),
-    context: { cwd, env },
-  });
-  return { stdout, stderr, code };
-}
+const instar = instarLuks;
 
 if (haveQemuImg() && haveCryptsetup) {
   await useHostedGuestsWithoutKvm();

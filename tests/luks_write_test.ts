@@ -10,26 +10,13 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { run } from "../lib/cli/run.ts";
+import { instarLuks } from "./support/instar_luks.ts";
 import { sweep } from "./support/full.ts";
 import { cryptsetupLuks1Image, haveCryptsetup } from "./support/luks_images.ts";
 
 const PW = "instar-luks-write-pw-51c9e0";
 const SECRET = `secret,id=sec0,data=${PW}`;
 const ready = haveQemuImg() && haveCryptsetup;
-
-/** instar in this process, with the calibration answer given (or not: `calibrate`). */
-async function instarLuks(args: string[], cwd: string, calibrate = false): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const env = Deno.env.toObject();
-  if (!calibrate) env.INSTAR_LUKS_PBKDF2_RATE = "200000";
-  const code = await run(args, {
-    out: (t) => (stdout += t),
-    err: (t) => (stderr += t),
-    context: { cwd, env },
-  });
-  return { stdout, stderr, code };
-}
 
 /** qemu-img info with the uuid and the iteration counts (random, calibrated) masked. */
 async function infoMasked(dir: string, name: string): Promise<string> {

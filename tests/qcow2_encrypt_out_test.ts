@@ -10,7 +10,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { run } from "../lib/cli/run.ts";
+import { instarLuks } from "./support/instar_luks.ts";
 import { FULL_TESTS } from "./support/full.ts";
 
 const PW = "instar-q2out-pw-5e0a9c";
@@ -19,17 +19,7 @@ const SECRET = `secret,id=sec0,data=${PW}`;
 const SECRET2 = `secret,id=sec1,data=${PW2}`;
 const OBJ = ["--object", SECRET, "--object", SECRET2];
 
-async function instarHere(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const env = Deno.env.toObject();
-  env.INSTAR_LUKS_PBKDF2_RATE = "200000";
-  const code = await run(args, {
-    out: (t) => (stdout += t),
-    err: (t) => (stderr += t),
-    context: { cwd, env },
-  });
-  return { stdout, stderr, code };
-}
+const instarHere = instarLuks;
 
 /** qemu-img, retried: its PBKDF2 calibration flakes here ("Unable to get accurate CPU usage"). */
 async function qemuRetry(args: string[], dir: string): Promise<Outcome> {

@@ -9,23 +9,13 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { run } from "../lib/cli/run.ts";
+import { instarLuks } from "./support/instar_luks.ts";
 import { sweep } from "./support/full.ts";
 
 const PW = "instar-qcow2-encrypt-pw-7d21";
 const SECRET = `secret,id=sec0,data=${PW}`;
 
-async function instarHere(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const env = Deno.env.toObject();
-  env.INSTAR_LUKS_PBKDF2_RATE = "200000";
-  const code = await run(args, {
-    out: (t) => (stdout += t),
-    err: (t) => (stderr += t),
-    context: { cwd, env },
-  });
-  return { stdout, stderr, code };
-}
+const instarHere = instarLuks;
 
 /** qemu-img create, retried: its PBKDF2 calibration flakes here ("Unable to get accurate CPU usage"). */
 async function qemuCreate(dir: string, o: string, name: string): Promise<Outcome> {

@@ -11,7 +11,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { run } from "../lib/cli/run.ts";
+import { instarLuks } from "./support/instar_luks.ts";
 import { FULL_TESTS } from "./support/full.ts";
 
 const PW = "instar-qct-pw-8c21f0";
@@ -23,15 +23,7 @@ const opened = (name: string, id = "s") => `driver=qcow2,encrypt.key-secret=${id
 const outs: Outcome[] = [];
 
 async function instar(args: string[], cwd: string): Promise<Outcome> {
-  let stdout = "", stderr = "";
-  const env = Deno.env.toObject();
-  env.INSTAR_LUKS_PBKDF2_RATE = "200000";
-  const code = await run(args, {
-    out: (t) => (stdout += t),
-    err: (t) => (stderr += t),
-    context: { cwd, env },
-  });
-  const r = { stdout, stderr, code };
+  const r = await instarLuks(args, cwd);
   outs.push(r);
   return r;
 }

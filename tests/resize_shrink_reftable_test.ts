@@ -8,6 +8,7 @@
 // byte-identical (fuzz:diff refgrow, seed 7 iterations 44 and 45).
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -20,18 +21,7 @@ Deno.test({
 }, async () => {
   await withTempDir("instar-shrinkrt-", async (dir) => {
     // 512-byte clusters, 64-bit refcounts: the one-cluster table covers 2 MiB.
-    await sh(
-      dir,
-      "qemu-img",
-      "create",
-      "-q",
-      "-f",
-      "qcow2",
-      "-o",
-      "cluster_size=512,refcount_bits=64",
-      "a.qcow2",
-      "4M",
-    );
+    await qemuImgCreate(dir, "qcow2", "-o", "cluster_size=512,refcount_bits=64", "a.qcow2", "4M");
     await sh(dir, "qemu-io", "-c", "write -P 1 0 1800k", "a.qcow2");
     // Data up to 8 KiB short of the coverage (each data cluster brings 16 bytes of metadata).
     const size = (await Deno.stat(`${dir}/a.qcow2`)).size;

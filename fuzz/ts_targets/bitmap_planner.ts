@@ -27,7 +27,7 @@
 //   5. refcount blocks are written whole; the refcount table in force only by 8-byte
 //      entries (hook-ups) naming a block an earlier step wrote whole.
 import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
-import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
+import { bitmapModel } from "../engine/qcow2_layout.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
 
@@ -37,44 +37,6 @@ const NAMES = ["b0", "b1", "", "x".repeat(1024), "b2"];
 const GRANS = [0n, 512n, 1000n, 4096n, 65536n, 1n << 31n, 1n << 32n, 256n];
 const ACTS = ["add", "remove", "clear", "enable", "disable", "merge"] as const;
 const enc = new TextEncoder();
-
-function model(
-  version: 2 | 3,
-  clusterBits: number,
-  refcountOrder: number,
-  size: bigint,
-  nb: number,
-): Qcow2Model {
-  return {
-    version,
-    virtualSize: size,
-    clusterBits,
-    clusterSize: 1n << BigInt(clusterBits),
-    refcountBits: 1 << refcountOrder,
-    compressionType: "zlib",
-    dirty: false,
-    corrupt: false,
-    incompatibleFeatures: 0n,
-    extendedL2: false,
-    lazyRefcounts: false,
-    hasDataFileBit: false,
-    dataFileRaw: false,
-    nbSnapshots: 0,
-    nbBitmaps: nb,
-    hasBitmapsExt: nb > 0,
-    layout: {
-      l1TableOffset: 3n << BigInt(clusterBits),
-      l1Size: 1,
-      refcountTableOffset: 1n << BigInt(clusterBits),
-      refcountTableClusters: 1,
-      snapshotsOffset: 0n,
-      compatibleFeatures: 0n,
-      autoclearFeatures: nb > 0 ? 1n : 0n,
-      cryptMethod: 0,
-      unknownExtension: false,
-    },
-  };
-}
 
 /** Bytes with a 16-bit reader (the engine's has 8, 32 and 64). */
 class Bytes16 extends Bytes {
@@ -133,7 +95,7 @@ function run(d: Uint8Array, cov: Cov): void {
     });
   }
   const scan: BitmapPlan.Qcow2BitmapScan = {
-    model: model((flags & 1) !== 0 ? 3 : 2, clusterBits, order, size, bitmaps.length),
+    model: bitmapModel((flags & 1) !== 0 ? 3 : 2, clusterBits, order, size, bitmaps.length),
     fileSize: used * cs - BigInt(b.u8(13)) % cs,
     reftableOffset: cs,
     reftableClusters: 1n,

@@ -24,7 +24,7 @@
 //      the references (nothing leaked, the snapshot's structures intact).
 import type * as Mod from "../../lib/formats/qcow2/make_empty_discard.ts";
 import type { ExistingRun } from "../../lib/formats/qcow2/write_plan.ts";
-import type { Qcow2ResizeScan, RefRun } from "../../lib/formats/qcow2/resize_plan.ts";
+import { layoutScan, refRuns } from "../engine/qcow2_layout.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
 
@@ -137,31 +137,18 @@ function run(d: Uint8Array, cov: Cov): void {
   // Header fields the checks read: refcount table offset and clusters.
   setU64(48n, cs);
   setU64(56n, 1n << 32n);
-  const runs: RefRun[] = [];
-  for (let h = 0n; h < next; h++) {
-    const r = refs.get(h)!;
-    const last = runs[runs.length - 1];
-    if (last && last.refcount === r && last.start + last.count === h) last.count++;
-    else runs.push({ start: h, count: 1n, refcount: r });
-  }
-  const scan: Qcow2ResizeScan = {
+  const scan = layoutScan({
     clusterBits,
     refcountOrder,
-    extendedL2: false,
     virtualSize: vc * cs,
-    fileSize: next * cs,
-    l1Offset: 3n * cs,
+    clusters: next,
     l1Size: Number(tables),
     l1,
-    reftableOffset: cs,
-    reftableClusters: 1,
-    reftable: new Map([[0, 2n * cs]]),
-    runs,
-    frees: [],
-    zeros: [],
+    runs: refRuns(next, (h) => refs.get(h)!),
     hasBacking: true,
     compressed,
-  };
+  });
+
   cov.hit(`empty:cb:${clusterBits}:rc:${refcountOrder}:tables:${sizeClass(tables)}`);
   const r = mod.planDiscardEmpty({ scan, existing });
   if (!checkResult(r, "empty", cov)) return;

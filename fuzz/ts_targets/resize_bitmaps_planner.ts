@@ -31,41 +31,20 @@ import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
 import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
 import { Bytes, type Cov, invariant, sizeClass } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
+import { bitmapModel } from "../engine/qcow2_layout.ts";
 
 const mod = await optional<typeof BitmapPlan>("../../lib/formats/qcow2/bitmap_plan.ts");
 export const present = mod !== undefined;
 
 const enc = new TextEncoder();
 
+/** bitmap_planner's model, without an L1 table, the bitmaps extension and autoclear bit always set. */
 function model(clusterBits: number, order: number, size: bigint, nb: number): Qcow2Model {
+  const m = bitmapModel(3, clusterBits, order, size, nb);
   return {
-    version: 3,
-    virtualSize: size,
-    clusterBits,
-    clusterSize: 1n << BigInt(clusterBits),
-    refcountBits: 1 << order,
-    compressionType: "zlib",
-    dirty: false,
-    corrupt: false,
-    incompatibleFeatures: 0n,
-    extendedL2: false,
-    lazyRefcounts: false,
-    hasDataFileBit: false,
-    dataFileRaw: false,
-    nbSnapshots: 0,
-    nbBitmaps: nb,
+    ...m,
     hasBitmapsExt: true,
-    layout: {
-      l1TableOffset: 0n,
-      l1Size: 0,
-      refcountTableOffset: 1n << BigInt(clusterBits),
-      refcountTableClusters: 1,
-      snapshotsOffset: 0n,
-      compatibleFeatures: 0n,
-      autoclearFeatures: 1n,
-      cryptMethod: 0,
-      unknownExtension: false,
-    },
+    layout: { ...m.layout, l1TableOffset: 0n, l1Size: 0, autoclearFeatures: 1n },
   };
 }
 

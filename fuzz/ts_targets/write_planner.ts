@@ -34,7 +34,7 @@
 //      cluster is freed.
 import { type FilePlan } from "../../lib/formats/plan.ts";
 import type * as WritePlan from "../../lib/formats/qcow2/write_plan.ts";
-import type { Qcow2ResizeScan, RefRun } from "../../lib/formats/qcow2/resize_plan.ts";
+import { layoutScan, refRuns } from "../engine/qcow2_layout.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
 
@@ -132,33 +132,21 @@ function run(d: Uint8Array, cov: Cov): void {
     ops.push({ cluster: c, count, kind });
     c += count;
   }
-  const runs: RefRun[] = [];
-  for (let h = 0n; h < next; h++) {
-    // The snapshot holds one more reference to everything it shares (a
-    // compressed host cluster: one per guest cluster, as its own L1 maps it).
-    const r = (refs.get(h) ?? 1n) + (shared && snap.has(h) ? refs.get(h) ?? 1n : 0n);
-    const last = runs[runs.length - 1];
-    if (last && last.refcount === r && last.start + last.count === h) last.count++;
-    else runs.push({ start: h, count: 1n, refcount: r });
-  }
-  const scan: Qcow2ResizeScan = {
+  // The snapshot holds one more reference to everything it shares (a
+  // compressed host cluster: one per guest cluster, as its own L1 maps it).
+  const runs = refRuns(next, (h) => (refs.get(h) ?? 1n) + (shared && snap.has(h) ? refs.get(h) ?? 1n : 0n));
+  const scan = layoutScan({
     clusterBits,
     refcountOrder,
-    extendedL2: false,
     virtualSize: vClusters * cs,
-    fileSize: next * cs,
-    l1Offset: 3n * cs,
+    clusters: next,
     l1Size: Number(l1Size),
     l1,
-    reftableOffset: cs,
-    reftableClusters: 1,
-    reftable: new Map([[0, 2n * cs]]),
     runs,
-    frees: [],
-    zeros: [],
     hasBacking,
     compressed,
-  };
+  });
+
   cov.hit(`write:cb:${clusterBits}:rc:${refcountOrder}:v${version}:ops:${sizeClass(BigInt(ops.length))}`);
   const r = mod.planQcow2Writes({ scan, version, existing, ops, sourceSize, discardFreed });
   if (!checkResult(r, "write", cov)) return;

@@ -10,22 +10,14 @@
 // that fails stops the list, and what ran before it is still stored.
 import { ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
-import { getopt } from "./getopt.ts";
 import { CliError } from "./messages.ts";
-import {
-  HelpRequested,
-  INSTAR_LONGS,
-  instarOption,
-  type InstarOptions,
-  type Io,
-  newInstarOptions,
-} from "./common.ts";
+import { getoptCommand, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
-import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
 import { bitmapsCarriable, type BitmapsExt } from "../formats/qcow2/rebase_plan.ts";
@@ -57,7 +49,7 @@ interface BitmapArgs {
 function parseArgs(argv: string[], o: InstarOptions): { a: BitmapArgs; operands: string[] } {
   const a: BitmapArgs = { granularity: 0n, actions: [], add: false, merge: false };
   const enc = new TextEncoder();
-  const operands = getopt(argv, ":b:f:F:g:h", [
+  const operands = getoptCommand(o, argv, ":b:f:F:g:h", [
     { name: "help", hasArg: false, id: "h" },
     { name: "object", hasArg: true, id: "object" },
     { name: "image-opts", hasArg: false, id: "image-opts" },
@@ -70,12 +62,8 @@ function parseArgs(argv: string[], o: InstarOptions): { a: BitmapArgs; operands:
     { name: "granularity", hasArg: true, id: "g" },
     { name: "source-file", hasArg: true, id: "b" },
     { name: "source-format", hasArg: true, id: "F" },
-    ...INSTAR_LONGS,
   ], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
     switch (id) {
-      case "h":
-        throw new HelpRequested();
       case "b":
         a.srcFile = value;
         break;
@@ -130,13 +118,7 @@ export async function scan(img: OpenedImage): Promise<Rec[]> {
   }
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err) {
-    const f = err.fields;
-    const msg = qcow2ErrorMessage({
-      code: f.code as number,
-      a0: f.a0 as bigint,
-      a1: f.a1 as bigint,
-      a2: f.a2 as bigint,
-    });
+    const msg = errorRecordMessage(err);
     throw refuse(msg);
   }
   if (result.guestStatus !== 0n) throw refuse("sandbox failure: the scan reported no outcome");
@@ -294,17 +276,7 @@ async function merge(
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err || result.guestStatus !== 0n) {
     await truncateBack(img);
-    const f = err?.fields;
-    throw refuse(
-      f
-        ? qcow2ErrorMessage({
-          code: f.code as number,
-          a0: f.a0 as bigint,
-          a1: f.a1 as bigint,
-          a2: f.a2 as bigint,
-        })
-        : "sandbox failure",
-    );
+    throw refuse(err ? errorRecordMessage(err) : "sandbox failure");
   }
   const data = new Map<bigint, bigint>();
   let fileEnd = img.fileSize;

@@ -29,7 +29,7 @@ import { makePolicy } from "../chain/policy.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { formatCheckMessage } from "../abi/check_messages.ts";
 import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
-import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
+import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
 import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
@@ -307,13 +307,7 @@ async function runCheck(
   }
   const err = recs.find((r) => r.type === records.ERROR);
   if (err) {
-    const f = err.fields;
-    const msg = qcow2ErrorMessage({
-      code: f.code as number,
-      a0: f.a0 as bigint,
-      a1: f.a1 as bigint,
-      a2: f.a2 as bigint,
-    });
+    const msg = errorRecordMessage(err);
     return { recs, texts, facts: undefined, fail: new CliError([`Could not open '${filename}': ${msg}`]) };
   }
   const checks = recs.filter((r) => r.type === records.CHECK);

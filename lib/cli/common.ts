@@ -1,7 +1,7 @@
 // Pieces every subcommand shares: output streams, instar's own options,
 // --output parsing and the output profile.
 import { CliError, usageError } from "./messages.ts";
-import type { LongOption } from "./getopt.ts";
+import { getopt, type LongOption, type Parsed } from "./getopt.ts";
 import { detectProfile, parseProfile, type Profile } from "./version.ts";
 import { accumulateOptions } from "../formats/options.ts";
 import type { HostContext } from "../host/context.ts";
@@ -125,6 +125,25 @@ export function expectOneFile(operands: string[]): string {
 
 /** -h/--help anywhere on a subcommand's line: run.ts prints the help text. */
 export class HelpRequested extends Error {}
+
+/**
+ * getopt over a command's own options and instar's (INSTAR_LONGS, handled
+ * by instarOption into `o`); -h / --help (id "h") throws HelpRequested;
+ * every other option goes to `on`. Returns the operands.
+ */
+export function getoptCommand(
+  o: InstarOptions,
+  argv: string[],
+  shortSpec: string,
+  longs: LongOption[],
+  on: (p: Parsed) => void,
+): string[] {
+  return getopt(argv, shortSpec, [...longs, ...INSTAR_LONGS], (p) => {
+    if (instarOption(o, p.id, p.value)) return;
+    if (p.id === "h") throw new HelpRequested();
+    on(p);
+  });
+}
 
 /** What every image subcommand (info, check, map) parses the same way. */
 export interface ImageCommandOptions {

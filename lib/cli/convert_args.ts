@@ -2,17 +2,9 @@
 // string and long options), their values checked as it checks them, and
 // the checks it makes before opening anything, in its order; plus the
 // features instar refuses. lib/cli/convert.ts runs the command.
-import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import { parseSnapshotParam, type SnapshotParam } from "./snapshot_param.ts";
-import {
-  addOptionList,
-  DATA_LONGS_HEAD,
-  HelpRequested,
-  INSTAR_LONGS,
-  instarOption,
-  type InstarOptions,
-} from "./common.ts";
+import { addOptionList, DATA_LONGS_HEAD, getoptCommand, type InstarOptions } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import type { ProgressMode } from "./progress.ts";
 import { DEFAULT_MAX_SPOOL } from "../host/stdio_stream.ts";
@@ -71,7 +63,7 @@ export function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; o
     maxSpool: DEFAULT_MAX_SPOOL,
   };
   let outFmtSet = false;
-  const operands = getopt(argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
+  const operands = getoptCommand(o, argv, ":hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:", [
     ...DATA_LONGS_HEAD,
     { name: "force-share", hasArg: false, id: "U" },
     { name: "target-image-opts", hasArg: false, id: "target-image-opts" },
@@ -81,12 +73,8 @@ export function parseArgs(argv: string[], o: InstarOptions): { a: ConvertArgs; o
     { name: "skip-broken-bitmaps", hasArg: false, id: "skip-broken" },
     { name: "progress", hasArg: true, id: "progress" },
     MAX_SPOOL_LONG,
-    ...INSTAR_LONGS,
   ], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
     switch (id) {
-      case "h":
-        throw new HelpRequested();
       case "f":
         a.fmt = value;
         break;

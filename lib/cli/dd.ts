@@ -11,16 +11,8 @@
 // directly when it starts at 0, otherwise through a sparse raw temporary
 // beside the target that the format's writer then converts. As convert,
 // the output is written under a temporary name and put in place complete.
-import { getopt } from "./getopt.ts";
 import { CliError, PROGRAM } from "./messages.ts";
-import {
-  HelpRequested,
-  INSTAR_LONGS,
-  instarOption,
-  type InstarOptions,
-  type Io,
-  newInstarOptions,
-} from "./common.ts";
+import { getoptCommand, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
 import { readLock } from "./common.ts";
 import { cvtnum, INT64_MAX, SizeError, strtosz } from "./options.ts";
 import {
@@ -84,17 +76,13 @@ function cvtnumRange(name: string, text: string, min: bigint, max: bigint): bigi
 
 function parseArgs(argv: string[], o: InstarOptions): DdArgs {
   const a: DdArgs = { outFmt: "raw", forceShare: false, bs: 512n };
-  const operands = getopt(argv, ":hf:O:U", [
+  const operands = getoptCommand(o, argv, ":hf:O:U", [
     { name: "help", hasArg: false, id: "h" },
     { name: "object", hasArg: true, id: "object" },
     { name: "image-opts", hasArg: false, id: "image-opts" },
     { name: "force-share", hasArg: false, id: "U" },
-    ...INSTAR_LONGS,
   ], ({ id, value }) => {
-    if (instarOption(o, id, value)) return;
     switch (id) {
-      case "h":
-        throw new HelpRequested();
       case "f":
         a.fmt = value;
         break;

@@ -68,6 +68,31 @@ export async function compareConvert(c: CompareCase): Promise<{ want: Outcome; g
   return result!;
 }
 
+/**
+ * One test step a case: `convert -O qcow2 <args> out.qcow2` compared with
+ * compareIn (cluster counts too) on images `make` set up once; `after`, when
+ * given, runs in the step after the comparison.
+ */
+export async function convertQcow2Steps(
+  t: Deno.TestContext,
+  root: string,
+  make: string[],
+  cases: { name: string; args: string[] }[],
+  after?: (args: string[]) => Promise<void>,
+): Promise<void> {
+  await setUp(root, make);
+  for (const c of cases) {
+    await t.step(c.name, async () => {
+      await compareIn(root, {
+        make: [],
+        args: ["convert", "-O", "qcow2", ...c.args, "out.qcow2"],
+        sameCounts: true,
+      });
+      if (after) await after(c.args);
+    });
+  }
+}
+
 /** Runs the setup in root/q and root/i (each its own: a copy may move a raw file's holes). */
 export async function setUp(root: string, make: string[]): Promise<void> {
   for (const d of ["q", "i"]) {

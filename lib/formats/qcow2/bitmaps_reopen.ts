@@ -15,21 +15,17 @@
 // old ones released after). A crash after (1) leaves bitmaps flagged in use
 // (inconsistent), as a crash of qemu's own command does; never a bitmap
 // pointing at freed clusters.
-import { records } from "../../abi/spec.ts";
 import type { Rec } from "../../abi/records.ts";
 import type { FilePlan } from "../plan.ts";
-import { qcow2ErrorMessage } from "./errors.ts";
-import { GuestResultError } from "./model.ts";
-import { decodeBitmapScan } from "./bitmap_scan.ts";
 import {
   bitmapNameText,
   bitmapRefusal,
-  type BitmapRequest,
   BME_FLAG_IN_USE,
   planQcow2Bitmap,
   type Qcow2BitmapScan,
   stagingOffset,
 } from "./bitmap_plan.ts";
+import { bitmapsAsLoaded, decodeReopenScan, reopenRequest } from "./bitmap_reopen_common.ts";
 
 /** What the caller gives: the bitmap_scan guest, the applier, and its error shapes. */
 export interface ReopenHost {
@@ -48,36 +44,8 @@ export interface BitmapReopen {
   openSteps: FilePlan[];
 }
 
-/** qemu names the image by its node name in messages (not shown here: no action fails). */
-const NODE_NAME = "#block000";
-
-const request = (phase: "open" | "store"): BitmapRequest => ({
-  name: new Uint8Array(0),
-  granularity: 0n,
-  actions: [],
-  nodeName: NODE_NAME,
-  phase,
-});
-
-async function scanNow(host: ReopenHost, filename: string): Promise<Qcow2BitmapScan> {
-  const { records: recs, fileSize } = await host.bitmapScan();
-  const err = recs.find((r) => r.type === records.ERROR);
-  if (err) {
-    const f = err.fields;
-    const msg = qcow2ErrorMessage({
-      code: f.code as number,
-      a0: f.a0 as bigint,
-      a1: f.a1 as bigint,
-      a2: f.a2 as bigint,
-    });
-    throw host.fail([`Could not open '${filename}': ${msg}`]);
-  }
-  try {
-    return decodeBitmapScan(recs, fileSize);
-  } catch (e) {
-    if (e instanceof GuestResultError) throw host.refuse(`sandbox failure: ${e.message}`);
-    throw e;
-  }
+function scanNow(host: ReopenHost, filename: string): Promise<Qcow2BitmapScan> {
+  return decodeReopenScan(host, filename, host.bitmapScan());
 }
 
 /** Scans the bitmaps, checks instar can carry them, plans the in-use marking (nothing written). */
@@ -91,7 +59,7 @@ export async function prepareBitmapReopen(host: ReopenHost, filename: string): P
   }
   const why = bitmapRefusal(before);
   if (why) throw host.refuse(why);
-  const plan = planQcow2Bitmap(before, request("open"));
+  const plan = planQcow2Bitmap(before, reopenRequest("open"));
   if (!plan.ok) throw host.refuse(plan.error.message);
   return { before, openSteps: plan.value.steps };
 }
@@ -116,28 +84,8 @@ export async function storeBitmapsAtClose(
   stage?: StageDirty,
 ): Promise<void> {
   const now = await scanNow(host, filename);
-  const was = job.before.bitmaps;
-  if (
-    now.bitmaps.length !== was.length ||
-    now.bitmaps.some((b, i) =>
-      (b.flags & BME_FLAG_IN_USE) === 0 || b.flags !== (was[i].flags | BME_FLAG_IN_USE) ||
-      b.tableOffset !== was[i].tableOffset || b.tableSize !== was[i].tableSize ||
-      b.granularityBits !== was[i].granularityBits || bitmapNameText(b.name) !== bitmapNameText(was[i].name)
-    )
-  ) {
-    throw host.refuse("the bitmaps changed while the image was written");
-  }
-  // The bitmaps as qemu holds them in memory: loaded before the marking.
-  const loaded: Qcow2BitmapScan = {
-    ...now,
-    bitmaps: now.bitmaps.map((b, i) => ({
-      ...b,
-      flags: was[i].flags,
-      state: was[i].state,
-      entries: was[i].entries,
-    })),
-  };
-  const req = request("store");
+  const loaded = bitmapsAsLoaded(host, now, job.before, "written");
+  const req = reopenRequest("store");
   const staged = stage ? await stage(loaded, stagingOffset(loaded)) : undefined;
   if (staged) {
     req.merged = { data: new Map(), fileEnd: staged.fileEnd };

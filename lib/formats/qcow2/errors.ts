@@ -19,6 +19,7 @@ function tableMessage(a0: bigint, a1: bigint): string {
 
 export type { GuestErrorFields } from "../types.ts";
 import type { GuestErrorFields } from "../types.ts";
+import type { Rec } from "../../abi/records.ts";
 
 /**
  * qemu's message for a qcow2 open failure. `features` are the feature-table
@@ -115,4 +116,15 @@ export function qcow2ErrorMessage(e: GuestErrorFields, features: string[] = []):
       return "Invalid image size";
   }
   return `Guest reported error code ${e.code}`;
+}
+
+/** qcow2ErrorMessage of a guest's ERROR record (its code and three arguments). */
+export function errorRecordMessage(err: Rec): string {
+  const f = err.fields;
+  return qcow2ErrorMessage({
+    code: f.code as number,
+    a0: f.a0 as bigint,
+    a1: f.a1 as bigint,
+    a2: f.a2 as bigint,
+  });
 }

@@ -26,16 +26,15 @@ import { RefcountError } from "./refcounts.ts";
 import {
   be64,
   blockPatches,
+  COPIED,
   hookupPatches,
+  L1E_OFFSET_MASK,
   modelOf,
   type Qcow2ResizeScan,
   scanViolation,
   StepLog,
 } from "./resize_plan.ts";
 import type { ExistingRun } from "./write_plan.ts";
-
-const COPIED = 1n << 63n;
-const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
 
 /** Most L2 tables one plan handles (a table's round is a few steps). */
 export const MAX_DISCARD_TABLES = 1n << 16n;

@@ -23,23 +23,17 @@
 // copied, the boundary byte as the guest reports it with the bits past the
 // end cleared, zeroes after: BITMAP_CUT), as qemu serializes the truncated
 // bitmap.
-import { bitmapState, records } from "../../abi/spec.ts";
+import { bitmapState } from "../../abi/spec.ts";
 import type { ResizeHost } from "../types.ts";
-import { qcow2ErrorMessage } from "./errors.ts";
-import { GuestResultError } from "./model.ts";
-import { decodeBitmapScan } from "./bitmap_scan.ts";
 import {
   bitmapNameText,
   bitmapRefusal,
-  type BitmapRequest,
   BME_FLAG_IN_USE,
   planQcow2Bitmap,
   type Qcow2BitmapScan,
 } from "./bitmap_plan.ts";
+import { bitmapsAsLoaded, decodeReopenScan, reopenRequest } from "./bitmap_reopen_common.ts";
 import type { FilePlan } from "../plan.ts";
-
-/** qemu names the image by its node name in messages (not shown here: no action fails). */
-const NODE_NAME = "#block000";
 
 export interface BitmapResize {
   /** The bitmaps as loaded before the resize. */
@@ -48,36 +42,10 @@ export interface BitmapResize {
   openSteps: FilePlan[];
 }
 
-async function scanNow(host: ResizeHost, filename: string, len?: bigint): Promise<Qcow2BitmapScan> {
+function scanNow(host: ResizeHost, filename: string, len?: bigint): Promise<Qcow2BitmapScan> {
   if (!host.bitmapScan) throw host.refuse("instar does not resize images with persistent bitmaps here");
-  const { records: recs, fileSize } = await host.bitmapScan(len);
-  const err = recs.find((r) => r.type === records.ERROR);
-  if (err) {
-    const f = err.fields;
-    const msg = qcow2ErrorMessage({
-      code: f.code as number,
-      a0: f.a0 as bigint,
-      a1: f.a1 as bigint,
-      a2: f.a2 as bigint,
-    });
-    throw host.fail([`Could not open '${filename}': ${msg}`]);
-  }
-  try {
-    return decodeBitmapScan(recs, fileSize);
-  } catch (e) {
-    if (e instanceof GuestResultError) throw host.refuse(`sandbox failure: ${e.message}`);
-    throw e;
-  }
+  return decodeReopenScan(host, filename, host.bitmapScan(len));
 }
-
-const request = (phase: "open" | "store", freeIndex?: bigint): BitmapRequest => ({
-  name: new Uint8Array(0),
-  granularity: 0n,
-  actions: [],
-  nodeName: NODE_NAME,
-  phase,
-  freeIndex,
-});
 
 /** Scans the bitmaps, checks instar can carry them to `newSize`, plans the in-use marking. */
 export async function prepareBitmapResize(
@@ -108,7 +76,7 @@ export async function prepareBitmapResize(
     why = bitmapRefusal(before);
     if (why) throw host.refuse(why);
   }
-  const plan = planQcow2Bitmap(before, request("open"));
+  const plan = planQcow2Bitmap(before, reopenRequest("open"));
   if (!plan.ok) throw host.refuse(plan.error.message);
   return { before, openSteps: plan.value.steps };
 }
@@ -126,28 +94,8 @@ export async function storeBitmapsAfterResize(
   freeIndex?: bigint,
 ): Promise<void> {
   const now = await scanNow(host, filename);
-  const was = job.before.bitmaps;
-  if (
-    now.bitmaps.length !== was.length ||
-    now.bitmaps.some((b, i) =>
-      (b.flags & BME_FLAG_IN_USE) === 0 || b.flags !== (was[i].flags | BME_FLAG_IN_USE) ||
-      b.tableOffset !== was[i].tableOffset || b.tableSize !== was[i].tableSize ||
-      b.granularityBits !== was[i].granularityBits || bitmapNameText(b.name) !== bitmapNameText(was[i].name)
-    )
-  ) {
-    throw host.refuse("the bitmaps changed while the image was resized");
-  }
-  // The bitmaps as qemu holds them in memory: loaded before the marking.
-  const loaded: Qcow2BitmapScan = {
-    ...now,
-    bitmaps: now.bitmaps.map((b, i) => ({
-      ...b,
-      flags: was[i].flags,
-      state: was[i].state,
-      entries: was[i].entries,
-    })),
-  };
-  const plan = planQcow2Bitmap(loaded, request("store", freeIndex));
+  const loaded = bitmapsAsLoaded(host, now, job.before, "resized");
+  const plan = planQcow2Bitmap(loaded, reopenRequest("store", freeIndex));
   if (!plan.ok) throw host.refuse(plan.error.message);
   await host.applySteps(plan.value.steps, "Could not resize image", "discard", true);
 }

@@ -96,8 +96,10 @@ export interface ResizeSteps {
   freeIndex?: bigint;
 }
 
-const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
-const COPIED = 1n << 63n;
+/** The host offset bits of an L1 (or L2) entry. */
+export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
+/** QCOW_OFLAG_COPIED: the cluster's refcount is exactly 1. */
+export const COPIED = 1n << 63n;
 const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
 const INT64_MAX = (1n << 63n) - 1n;
 const INT_MAX = 2147483647n;

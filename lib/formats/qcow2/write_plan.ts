@@ -39,16 +39,16 @@ import { RefcountError, type RefcountModel } from "./refcounts.ts";
 import {
   be64,
   blockPatches,
+  COPIED,
   hookupPatches,
+  L1E_OFFSET_MASK,
   modelOf,
   type Qcow2ResizeScan,
   scanViolation,
   StepLog,
 } from "./resize_plan.ts";
 
-const COPIED = 1n << 63n;
 const ZERO_FLAG = 1n;
-const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
 
 /** What a guest cluster of the target holds before the writes. */
 export type ClusterKind = "normal" | "zero_alloc" | "zero_plain" | "compressed";
