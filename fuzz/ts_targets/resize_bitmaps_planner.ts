@@ -29,7 +29,7 @@
 //      or past the free index given.
 import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
 import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
-import { Bytes, type Cov, invariant, sizeClass } from "../engine/ts_target.ts";
+import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
 import { bitmapModel } from "../engine/qcow2_layout.ts";
 
@@ -181,3 +181,14 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
   }
   cov.hit(`resize-bitmaps:steps:${steps.length}`);
 }
+
+// Every file in fuzz/ts_targets is a target the engine lists (fuzz/engine/targets.ts):
+// this one also runs alone, on the same input layout (byte 0 unused), besides
+// being one of resize_planners' selections.
+export const target: TsTarget = {
+  description: present ? "the bitmap path of a qcow2 resize (open and store phases)" : "none present yet",
+  run(data, cov) {
+    if (!present || data.length < 32) return;
+    runResizeBitmaps(data, cov);
+  },
+};
