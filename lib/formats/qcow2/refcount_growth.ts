@@ -13,33 +13,14 @@
 // A crash between any two of these leaves at most leaked clusters.
 import type { Patch } from "../plan.ts";
 import type { RefcountModel, TableMove } from "./refcounts.ts";
+import { be64 } from "./resize_plan.ts";
 
 /** Header fields: refcount_table_offset (u64) then refcount_table_clusters (u32). */
 export const HDR_REFTABLE = 48n;
 
-function be64(v: bigint): Uint8Array {
-  const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, v, false);
-  return b;
-}
-
-/** The refcount blocks changed since the last call, whole, at their table offsets. */
-export function dirtyBlockPatches(rc: RefcountModel): Patch[] {
-  return rc.takeDirty().map((t) => ({
-    kind: "write" as const,
-    offset: rc.table.get(t)!,
-    bytes: rc.blockBytes(t),
-  }));
-}
-
-/** Table entries of refcount blocks placed since the last call, written into the current table. */
-export function hookupPatches(rc: RefcountModel): Patch[] {
-  return rc.takeHookups().map((t) => ({
-    kind: "write" as const,
-    offset: rc.tableOffset + t * 8n,
-    bytes: be64(rc.table.get(t)!),
-  }));
-}
+// The refcount block and table-entry writes are resize_plan.ts's (one
+// definition for every planner); re-exported under the names callers use.
+export { blockPatches as dirtyBlockPatches, hookupPatches } from "./resize_plan.ts";
 
 /**
  * The steps of a table move (called from the model's tableMoved listener,
