@@ -108,6 +108,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       skipCreate: a.skipCreate,
       snapshot: a.snapshot !== undefined,
       outFmt: a.outFmt,
+      options: a.options,
       format: ref.format,
     }, temps);
     let sink: StdoutSink | undefined;

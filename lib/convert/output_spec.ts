@@ -9,7 +9,7 @@ import { OutputOptionError, outputOptions, type OutputSpec } from "./output_opti
 import { HOST_DEVICE } from "./host_device.ts";
 import { checkHostDevice } from "./host_device_check.ts";
 import { onePassBound, RAW_ONE_PASS_BOUND } from "./stdin_raw.ts";
-import { COMPRESS_ENCRYPT, compressEncryptFirst, encryptedQcow2Refusal } from "./qcow2_encrypt_target.ts";
+import { COMPRESS_ENCRYPT, compressEncryptFirst } from "./qcow2_encrypt_target.ts";
 import { type CryptChainImage, cryptCompressRefusal } from "./crypt_compress.ts";
 
 /** What the command line asks of the target. */
@@ -118,10 +118,4 @@ export function checkAfterBacking(spec: OutputSpec, r: OutputRequest): void {
       `Preallocation (${spec.preallocation}) needs the disk's size up front; a raw stream on stdin has none`,
     );
   }
-  const encrypted = encryptedQcow2Refusal(spec.qcow2Create?.encrypt, {
-    stream: r.toStdout || r.onePass,
-    preallocation: spec.preallocation,
-    backing: spec.qcow2?.backingFile !== undefined,
-  });
-  if (encrypted !== undefined) throw new ConvertError(encrypted);
 }

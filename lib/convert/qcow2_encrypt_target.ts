@@ -31,22 +31,13 @@ import { collect, type ConvertJob, failOnError, inputs, PlanRefused } from "./pi
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 const RAM = 128 * 1024 * 1024;
 
-/** What instar's encrypted writer cannot combine with encryption yet (undefined: fine). */
-export function encryptedQcow2Refusal(
-  encrypt: Qcow2Encrypt | undefined,
-  t: { stream: boolean; preallocation?: string; backing?: boolean },
-): string | undefined {
-  if (encrypt === undefined) return undefined;
-  if (t.stream) return "Writing an encrypted qcow2 image to or from a stream is not supported by instar";
-  return undefined;
-}
-
 /** img_convert's check with -c: qemu's qcow2 cannot compress and encrypt at once. */
 export const COMPRESS_ENCRYPT = "Compression and encryption not supported at the same time";
 
 /**
  * Whether img_convert's -c check refuses encryption before bdrv_create would check the options:
  * `-o` parses and names `encrypt.format`, or `encryption` is on (qemu looks at nothing else).
+ * Also whether a `-` source is spooled rather than read in one pass (lib/convert/stdin_pass.ts).
  */
 export function compressEncryptFirst(driver: FormatDriver, text: string): boolean {
   if (driver.name !== "qcow2" || !driver.create) return false;

@@ -1,9 +1,11 @@
 // `convert -f raw|vmdk - OUT`: whether stdin is converted in one pass, never
 // stored whole (lib/convert/stdin_raw.ts, stdin_vmdk.ts), or spooled first.
-// One pass takes a raw or qcow2 target file that convert creates, without -l;
+// One pass takes a raw or unencrypted qcow2 target file that convert creates, without -l;
 // a vmdk stream only when it is streamOptimized: its first window is read
 // and decoded here, and any other vmdk stream is spooled, those bytes first.
 import { hostStdio } from "../host/stdio.ts";
+import { driverFor } from "../formats/mod.ts";
+import { compressEncryptFirst } from "./qcow2_encrypt_target.ts";
 import { spoolDir } from "../host/stdio_stream.ts";
 import { openVmdkStdin, type VmdkStream } from "./stdin_vmdk.ts";
 import { windowSize as streamWindowBytes } from "./stream_output.ts";
@@ -19,6 +21,8 @@ export interface StdinRequest {
   snapshot: boolean;
   /** -O */
   outFmt: string;
+  /** -o as given. */
+  options?: string;
   /** -f (undefined: probed, never one pass). */
   format?: string;
 }
@@ -35,8 +39,11 @@ export interface StdinPass {
 export async function stdinPass(r: StdinRequest, temps: TempFiles): Promise<StdinPass> {
   // `-f raw -` into a raw or qcow2 file: one pass over stdin, nothing spooled
   // (lib/convert/stdin_raw.ts). Everything else from stdin is spooled first.
+  // An encrypted qcow2 is written by one guest that makes its master key
+  // (lib/convert/qcow2_encrypt_target.ts), never window by window: spooled.
+  const qcow2 = driverFor("qcow2")!;
   const onePassTarget = r.fromStdin && !r.toStdout && !r.skipCreate && !r.snapshot &&
-    (r.outFmt === "raw" || r.outFmt === "qcow2");
+    (r.outFmt === "raw" || (r.outFmt === "qcow2" && !compressEncryptFirst(qcow2, r.options ?? "")));
   let vmdkStream: VmdkStream | undefined;
   let spoolPrefix: { path: string; len: bigint } | undefined;
   if (onePassTarget && r.format === "vmdk") {

@@ -8,7 +8,7 @@ import { convertBlocksToStream, convertPackedToStream, convertRawToStream } from
 import { ConvertError } from "./errors.ts";
 
 /** The targets `-` (stdout) can take: one file written in order. */
-export const STREAMABLE = "writing to stdout ('-') is supported for raw, qcow2, vpc, vhdx and vmdk " +
+export const STREAMABLE = "writing to stdout ('-') is supported for raw, qcow2, luks, vpc, vhdx and vmdk " +
   "(monolithicSparse, streamOptimized) targets only; multi-file vmdk subformats need a file name";
 
 /** Runs a `-` stream step, its refusals as one-line errors (`Could not open '-': ...` for a source). */

@@ -1,5 +1,6 @@
 // convert's writers, chosen by the target: a one-pass stdin source
-// (lib/convert/stdin_raw.ts, stdin_vmdk.ts), stdout (stdio_target.ts), or a
+// (lib/convert/stdin_raw.ts, stdin_vmdk.ts), stdout (stdio_target.ts;
+// encrypted targets encrypted_stdout.ts), or a
 // new file of each writer the target driver names (raw, blocks, stream,
 // luks, extents, encrypted or plain qcow2). The command's own cases (-n -B
 // into raw, a preallocated qcow2) are its caller's. Returns the bytes of
@@ -22,6 +23,7 @@ import {
 } from "./pipeline.ts";
 import { convertToLuks } from "./luks_target.ts";
 import { convertToEncryptedQcow2 } from "./qcow2_encrypt_target.ts";
+import { encryptedTarget, encryptedToStdout } from "./encrypted_stdout.ts";
 import { convertRawStdin, type OnePassTarget } from "./stdin_raw.ts";
 import { convertVmdkStdin, type VmdkStream } from "./stdin_vmdk.ts";
 import { windowSize as streamWindowBytes } from "./stream_output.ts";
@@ -69,6 +71,10 @@ export async function writeOutput(
   if (w.sink) {
     // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
     const scratch = () => streamStep(() => w.temps.createOutput(`${spoolDir()}/stdout`));
+    // An encrypted target: written whole into one such file first (lib/convert/encrypted_stdout.ts).
+    if (encryptedTarget(spec)) {
+      return await encryptedToStdout(job, spec, w.secrets, w.kdfMaxIters, w.sink, scratch);
+    }
     return await streamToStdout(job, spec, w.compress, w.sink, scratch);
   }
   switch (spec.writer) {
