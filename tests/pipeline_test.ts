@@ -118,7 +118,7 @@ Deno.test({
       assertEquals(flat.code, 1);
       oneLine(
         flat.stderr,
-        /^instar: -: error while converting vmdk: writing to stdout .* raw, qcow2, vpc, vhdx/,
+        /^instar: -: error while converting vmdk: writing to stdout .* raw, qcow2, luks, vpc, vhdx/,
       );
       const n = await pipeline(dir, `$I convert -n -O raw src.qcow2 - > x`);
       assertEquals(n.code, 1);

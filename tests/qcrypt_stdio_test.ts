@@ -34,7 +34,7 @@ const argvs: string[][] = [];
 async function instarIo(
   args: string[],
   dir: string,
-  io: { stdin?: string; stdout?: string },
+  io: { stdin?: string; stdout?: string; env?: Record<string, string> },
 ): Promise<Outcome> {
   const inF = io.stdin ? await Deno.open(`${dir}/${io.stdin}`) : undefined;
   const outF = io.stdout
@@ -51,7 +51,11 @@ async function instarIo(
     const code = await run(args, {
       out: (t) => (stdout += t),
       err: (t) => (stderr += t),
-      context: { cwd: dir, env: { ...Deno.env.toObject(), ...RATE, TMPDIR: `${dir}/spool` }, stdio },
+      context: {
+        cwd: dir,
+        env: { ...Deno.env.toObject(), ...RATE, TMPDIR: `${dir}/spool`, ...io.env },
+        stdio,
+      },
     });
     const r = { stdout, stderr, code };
     outs.push(r);
@@ -305,6 +309,24 @@ if (haveQemuImg() && built()) {
       );
       assertEquals(r, { stdout: "", stderr: "", code: 0 });
       await decryptsToSource(dir, "re.qcow2");
+      // ... and into a plain qcow2 on stdout, in 1 MiB windows: the file-to-file convert's bytes.
+      const plain = ["convert", ...OBJ, "--image-opts", opened("-"), "-O", "qcow2"];
+      const w = { stdin: "enc.qcow2", env: { INSTAR_STREAM_WINDOW_MIB: "1" } };
+      assertEquals(await instarIo([...plain, "pf.qcow2"], dir, w), { stdout: "", stderr: "", code: 0 });
+      assertEquals(await instarIo([...plain, "-"], dir, { ...w, stdout: "ps.qcow2" }), {
+        stdout: "",
+        stderr: "",
+        code: 0,
+      });
+      assertEquals(
+        (await exec("cmp", ["pf.qcow2", "ps.qcow2"], dir)).code,
+        0,
+        "plain qcow2 on stdout: not the file's",
+      );
+      assertEquals(
+        (await qemuImg(["compare", "pf.qcow2", "src.raw"], dir)).stdout,
+        "Images are identical.\n",
+      );
       // A stream cut short: refused, nothing written.
       const whole = await Deno.readFile(`${dir}/enc.qcow2`);
       await Deno.writeFile(`${dir}/cut.qcow2`, whole.subarray(0, whole.length - 65536));
@@ -348,6 +370,8 @@ if (haveQemuImg() && built()) {
         "q.raw",
         "i.raw",
         "re.qcow2",
+        "pf.qcow2",
+        "ps.qcow2",
         "cut.qcow2",
       ]);
     });
