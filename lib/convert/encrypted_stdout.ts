@@ -1,8 +1,10 @@
 // `convert -O qcow2 -o encrypt.* SRC -` and `convert -O luks SRC -`: an
 // encrypted target on stdout. The plain formats stream window by window,
 // each window's guest run twice (lib/convert/stream_output.ts); an encrypted
-// target cannot, as its master key is made in one guest and never leaves it
-// (a second guest could not encrypt with it). So the file target's own
+// target cannot, as its master key is made in one guest (from the host's
+// entropy mixed with the guest CPU's RDSEED/RDRAND, guest/luks/write.c) and
+// never leaves it: a second guest could not encrypt with the same key unless
+// the host alone chose it. So the file target's own
 // writer (qcow2_encrypt_target.ts, luks_target.ts) writes the whole image
 // into one unnamed file in TMPDIR, and only when it is complete is the file
 // copied to stdout, in order: the bytes are those of the file target (but
