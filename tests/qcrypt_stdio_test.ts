@@ -16,7 +16,7 @@ import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_hel
 import { built } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { instarLuks } from "./support/instar_luks.ts";
-import { cryptsetupLuks1Image } from "./support/luks_images.ts";
+import { cryptsetupLuks1Image, cryptsetupLuksImage } from "./support/luks_images.ts";
 import { nothingLeft, oneLine, pipeline, spoolEmpty } from "./support/pipeline.ts";
 import { run } from "../lib/cli/run.ts";
 import type { HostStdio } from "../lib/host/stdio.ts";
@@ -327,6 +327,29 @@ if (haveQemuImg() && built()) {
         (await qemuImg(["compare", "pf.qcow2", "src.raw"], dir)).stdout,
         "Images are identical.\n",
       );
+      // LUKS2 (cryptsetup's; qemu-img cannot read it): from stdin as instar reads the file.
+      await cryptsetupLuksImage(dir, "l2.img", 20 << 20, PW, [
+        "--type",
+        "luks2",
+        "--pbkdf",
+        "pbkdf2",
+        "--pbkdf-force-iterations",
+        "1000",
+      ]);
+      const l2 = (
+        n: string,
+      ) => ["convert", ...OBJ, "--image-opts", `driver=luks,key-secret=s,file.filename=${n}`];
+      assertEquals(await instarIo([...l2("l2.img"), "-O", "raw", "l2f.raw"], dir, {}), {
+        stdout: "",
+        stderr: "",
+        code: 0,
+      });
+      assertEquals(await instarIo([...l2("-"), "-O", "raw", "l2s.raw"], dir, { stdin: "l2.img" }), {
+        stdout: "",
+        stderr: "",
+        code: 0,
+      });
+      assertEquals((await exec("cmp", ["l2f.raw", "l2s.raw"], dir)).code, 0, "LUKS2 from stdin");
       // A stream cut short: refused, nothing written.
       const whole = await Deno.readFile(`${dir}/enc.qcow2`);
       await Deno.writeFile(`${dir}/cut.qcow2`, whole.subarray(0, whole.length - 65536));
@@ -372,6 +395,9 @@ if (haveQemuImg() && built()) {
         "re.qcow2",
         "pf.qcow2",
         "ps.qcow2",
+        "l2.img",
+        "l2f.raw",
+        "l2s.raw",
         "cut.qcow2",
       ]);
     });

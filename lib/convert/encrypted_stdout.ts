@@ -4,9 +4,9 @@
 // target cannot, as its master key is made in one guest (from the host's
 // entropy mixed with the guest CPU's RDSEED/RDRAND, guest/luks/write.c) and
 // never leaves it: a second guest could not encrypt with the same key unless
-// the host alone chose it. So the file target's own
-// writer (qcow2_encrypt_target.ts, luks_target.ts) writes the whole image
-// into one unnamed file in TMPDIR, and only when it is complete is the file
+// the host alone chose it. So the file target's own writer
+// (qcow2_encrypt_target.ts, luks_target.ts) writes the whole image into one
+// unnamed file in TMPDIR, and only when it is complete is the file
 // copied to stdout, in order: the bytes are those of the file target (but
 // for its random LUKS salts, uuid and master key), a failure sends nothing,
 // and the temporary space is the image's size. The file holds what the
