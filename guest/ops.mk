@@ -67,11 +67,14 @@ convert_luks_LIBS := z nettle
 compare_luks_SRCS := ops/compare.c $(LUKS_READ_SRCS) qcow2/layer.c qcow2/map.c qcow2/header.c qcow2/tables.c \
                      qcow2/compressed.c qcow2/compress.c
 compare_luks_LIBS := z zstd nettle
-# compare_luks_other: a LUKS1 image against a vpc, vhdx or vmdk image (their
-# readers in place of qcow2's, to stay small).
-compare_luks_other_SRCS := ops/compare.c $(LUKS_READ_SRCS) $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c \
-                           $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c
-compare_luks_other_LIBS := z nettle
+# compare_luks_other: an encrypted image (LUKS1, LUKS2, qcow2 with LUKS or
+# AES, over any backing chain) against a vpc, vhdx or vmdk image, or LUKS2
+# against an encrypted qcow2: the readers of convert_crypt_zlib
+# (CRYPT_READ_SRCS, below) with vpc's, vhdx's and vmdk's; libzstd trimmed
+# as for convert_zstd, to stay under 384 KiB (~370 KiB).
+compare_luks_other_SRCS = ops/compare.c $(CRYPT_READ_SRCS) compress/zstd_trim.c $(VPC_SRCS) vpc/layer.c \
+                          $(VHDX_SRCS) vhdx/layer.c $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c
+compare_luks_other_LIBS := z zstd_min nettle argon2
 # Reading encrypted qcow2 (guest/qcow2/crypt*.c): the LUKS header in the
 # image's header clusters or the legacy AES key, with the qcow2 reader,
 # nettle, and the LUKS layer too, for the runs that get a passphrase.

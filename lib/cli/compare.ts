@@ -173,32 +173,26 @@ export async function compareCommand(argv: string[], io: Io, base?: InstarOption
     const done = ranges.map(() => 0n), totals = ranges.map(() => 0n);
     const encrypted = inputs.some((i) => i.secret);
     const qcrypt = [...chain1, ...chain2].some((i) => i.secret && i.formatCode === formats.QCOW2);
-    const all = [...chain1, ...chain2];
-    const other = all.find((i) => !["raw", "qcow2", "luks"].includes(i.format));
-    // LUKS1 against vpc, vhdx or vmdk (no qcow2 in either chain): compare_luks_other.
-    const luksOther = encrypted && other !== undefined && !qcrypt &&
-      all.every((i) => i.format !== "qcow2" && !i.luks?.luks2);
-    if (encrypted && other && !luksOther) {
-      throw new CliError(
-        [`Comparing an encrypted image with a ${other.format} image is not supported by instar yet`],
-        false,
-        2,
-      );
-    }
     // A LUKS2 input: compare_luks2 (LUKS1 and LUKS2, Argon2), with the RAM its key slots need.
     const luks2Ram = Math.max(0, ...[chain1[0], chain2[0]].map((i) => i.luks2Ram ?? 0));
+    // An encrypted image against (or over) vpc, vhdx or vmdk, or LUKS2 with an encrypted qcow2:
+    // compare_luks_other, which reads every format with LUKS1, LUKS2 and encrypted qcow2.
+    const cryptOther = encrypted &&
+      ([...chain1, ...chain2].some((i) => !["raw", "qcow2", "luks"].includes(i.format)) ||
+        (luks2Ram > 0 && qcrypt));
     let results;
     try {
       results = await Promise.all(ranges.map(([from, to], i) =>
         runGuest({
           // An encrypted input: compare_luks (the LUKS layer and nettle), which reads raw and qcow2 besides.
           // An encrypted qcow2: compare_qcrypt (qcow2 decryption, and LUKS too); LUKS2: compare_luks2.
-          op: luks2Ram
+          // Any of them with vpc, vhdx or vmdk: compare_luks_other.
+          op: cryptOther
+            ? "compare_luks_other"
+            : luks2Ram
             ? "compare_luks2"
             : !encrypted
             ? "compare"
-            : luksOther
-            ? "compare_luks_other"
             : qcrypt
             ? "compare_qcrypt"
             : "compare_luks",
