@@ -57,6 +57,12 @@ const SOURCES: Record<string, string[]> = {
       "write -P 6 3M 1M",
     ),
   ],
+  // 4 KiB clusters: a zero cluster and data ending inside the target's clusters.
+  "qcow2, 4 KiB clusters": [
+    "qemu-img create -q -f qcow2 -o cluster_size=4096 src 4M",
+    io("src", "write -P 1 0 68k", "write -z 68k 8k", "write -P 2 76k 100k", "write -P 3 1300k 4k"),
+    io("src", "write -P 4 1280k 8k", "write -P 5 2M 1M"),
+  ],
 };
 
 // Free gaps of one, two and three clusters (and more at the end) in a full target.
@@ -105,6 +111,10 @@ const QUICK: Record<string, Record<string, string[]>> = {
     "gaps, compat=0.10": ["default"],
     empty: ["-S 0"],
   },
+  "qcow2, 4 KiB clusters": {
+    "freed gaps before unallocated": ["default", "-S 64k"],
+    gaps: ["default"],
+  },
 };
 
 for (const [src, makeSrc] of Object.entries(SOURCES)) {
@@ -117,7 +127,8 @@ for (const [src, makeSrc] of Object.entries(SOURCES)) {
         for (const l of [...makeSrc, ...makeDst]) await sh(`${root}/base`, "sh", "-c", l);
         for (const name of opts) {
           for (const d of ["q", "i"]) await sh(root, "sh", "-c", `rm -rf ${d} && cp -a base ${d}`);
-          const args = ["convert", "-n", ...OPTIONS[name], "-f", src, "-O", "qcow2", "src", "dst"];
+          const fmt = src.startsWith("qcow2") ? "qcow2" : "raw";
+          const args = ["convert", "-n", ...OPTIONS[name], "-f", fmt, "-O", "qcow2", "src", "dst"];
           const [want, got] = await Promise.all([qemuImg(args, `${root}/q`), instarHere(args, `${root}/i`)]);
           assertEquals(got, asInstar(want), name);
           assertEquals(want.code, 0, want.stderr);
