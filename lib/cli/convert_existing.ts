@@ -41,6 +41,21 @@ function sourceInputs(t: ExistingTarget) {
   return chainInputs(t.chain).map((x, i) => ({ ...x, snapshot: i === 0 ? t.snapshot : 0 }));
 }
 
+/** The layers whose block status convert_requests.ts models (raw, plain qcow2); undefined for others. */
+function sourceLayers(chain: OpenedImage[]): { clusterBits?: number }[] | undefined {
+  const out: { clusterBits?: number }[] = [];
+  for (const x of chain) {
+    if (x.format === "raw") out.push({});
+    else if (
+      x.format === "qcow2" && x.qcow2 && x.qcow2.layout.cryptMethod === 0 && !x.qcow2.hasDataFileBit &&
+      !x.qcow2.extendedL2
+    ) {
+      out.push({ clusterBits: x.qcow2.clusterBits });
+    } else return undefined;
+  }
+  return out;
+}
+
 function checkCache(t: ExistingTarget) {
   if (!CACHE_MODES.includes(t.cache)) throw new CliError([`Invalid cache option: ${t.cache}`]);
 }
@@ -97,6 +112,7 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
     minSparse: t.minSparse,
     targetIsZero: t.targetIsZero,
     top: t.top,
+    layers: sourceLayers(t.chain),
     onProgress: (done, total) => progress.bytes(done, total),
   }, img);
   if (written > 0n) progress.set(100);

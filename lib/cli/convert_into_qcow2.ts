@@ -25,6 +25,9 @@ import {
   type WriteOp,
 } from "../formats/qcow2/write_plan.ts";
 import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
+import { convertRequests, type Request } from "../convert/convert_requests.ts";
+import { requestOps } from "../formats/qcow2/request_ops.ts";
+import { MapRunsError } from "../chain/map_runs.ts";
 
 export interface IntoQcow2Job {
   /** The target's name as given. */
@@ -38,6 +41,8 @@ export interface IntoQcow2Job {
   targetIsZero: boolean;
   /** -n -B: only these byte ranges of the source are written (lib/convert/top_ranges.ts). */
   top?: [bigint, bigint][];
+  /** The source chain's layers (top first): a qcow2 layer's cluster_bits; undefined for raw. */
+  layers?: { clusterBits?: number }[];
   onProgress?: (done: bigint, total: bigint) => void;
 }
 
@@ -103,7 +108,12 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   // otherwise the guest classifies the clusters. Data requests are at most
   // IO_BUF_SIZE (2 MiB) from the run's start. The requests matter where a
   // write frees clusters (a compressed one) that the next one reuses.
-  let writes = chunkData(await classify(job, cb, clusters, job.minSparse !== 0n), cb);
+  // Without -B: qemu-img's own requests (lib/convert/convert_requests.ts),
+  // each allocating its clusters (request_ops.ts); whole-cluster runs where
+  // that model does not reach.
+  const requests = job.top ? undefined : await sourceRequests(job, q.clusterSize);
+  const byCluster = async () => chunkData(await classify(job, cb, clusters, job.minSparse !== 0n), cb);
+  let writes = requests ? [] : await byCluster();
   let pieces: Map<bigint, [bigint, bigint][]> | undefined;
   if (job.top) {
     const r = restrictOpsWithPieces(writes, job.top, q.clusterBits, job.size);
@@ -116,6 +126,11 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
   const existing = existingRuns(targetMap, q.clusterBits);
   if (pieces) writes = await partialWrites(job, writes, pieces, existing, cb, what);
+  if (requests) {
+    writes = requestOps({ requests, existing, clusterBits: q.clusterBits, virtualSize: q.virtualSize }) ??
+      await byCluster();
+    if (writes.length > MAX_WRITE_RUNS / 2) writes = await byCluster();
+  }
   const plan = planQcow2Writes({
     scan,
     version: q.version,
@@ -243,6 +258,52 @@ function firstEndingAfter(ranges: [bigint, bigint][], x: bigint): number {
     else hi = m;
   }
   return lo;
+}
+
+/**
+ * qemu-img convert's write requests over the source (raw and qcow2 layers
+ * only; undefined otherwise, or past the planner's bound): the map guest's
+ * block status, and with -S the non-zero sectors (the rebase_diff guest at
+ * 512 bytes).
+ */
+async function sourceRequests(job: IntoQcow2Job, clusterSize: bigint): Promise<Request[] | undefined> {
+  const layers = job.layers;
+  if (!layers || layers.length !== job.source.length || layers.length === 0) return undefined;
+  let runs;
+  try {
+    runs = await mapRuns(job.source, "error while reading the source image");
+  } catch (e) {
+    // The classification below reports the failure in qemu's words.
+    if (e instanceof MapRunsError) return undefined;
+    throw e;
+  }
+  const nonZero: [bigint, bigint][] = [];
+  if (job.minSparse > 0n) {
+    const sectors = (job.size + 511n) >> 9n;
+    for (const o of await classify({ ...job, targetIsZero: false }, 9n, sectors)) {
+      if (o.kind === "data") nonZero.push([o.cluster << 9n, (o.cluster + o.count) << 9n]);
+    }
+  }
+  // buf_sectors: at least IO_BUF_SIZE and the target's discard alignment (its cluster), at most 16 MiB.
+  let buf = clusterSize > IO_BUF_SIZE ? clusterSize : IO_BUF_SIZE;
+  if (buf > 16n << 20n) buf = 16n << 20n;
+  const top = layers[0].clusterBits;
+  return convertRequests({
+    size: job.size,
+    runs: runs.map((r) => ({
+      start: r.start,
+      length: r.length,
+      zero: (r.flags & mapFlags.ZERO) !== 0,
+      depth: r.depth,
+    })),
+    l2Span: layers.map((l) => (l.clusterBits === undefined ? 0n : 1n << BigInt(2 * l.clusterBits - 3))),
+    srcAlign: top === undefined ? 512n : 1n << BigInt(top),
+    minSparse: job.minSparse,
+    bufBytes: buf,
+    nonZero,
+    targetIsZero: job.targetIsZero,
+    max: MAX_WRITE_RUNS / 2,
+  });
 }
 
 /** The rebase_diff guest's classification of the source at the target's cluster size (-S > 0). */

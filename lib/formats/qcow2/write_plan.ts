@@ -327,13 +327,21 @@ class Planner {
     const rc = this.rc;
     let c = op.cluster;
     const end = op.cluster + op.count;
+    // qcow2_alloc_host_offset gathers one contiguous host range per call:
+    // after in-place or new clusters, the next new ones are allocated right
+    // behind them (qcow2_alloc_clusters_at, as many as are free there); when
+    // none are, the call ends and the next one allocates first fit. `next`:
+    // the host byte offset the current call continues at.
+    let next: bigint | undefined;
     while (c < end) {
       this.table(c / this.perL2);
       const s = this.state(c);
       if (this.inPlace(s)) {
         // handle_copied: written in place (a zero_alloc entry loses its flag).
+        // One not right behind the last ends the call; the next call takes it.
         if (s.kind === "zero_alloc") this.setEntry(c, s.host | COPIED);
         this.place(c, s.host);
+        next = s.host + this.cs;
         c++;
         continue;
       }
@@ -344,7 +352,18 @@ class Planner {
       const tableEnd = (c / this.perL2 + 1n) * this.perL2;
       let n = 1n;
       while (c + n < end && c + n < tableEnd && !this.inPlace(this.state(c + n))) n++;
-      const host = rc.alloc(n) << this.cb;
+      let host: bigint;
+      if (next === undefined) host = rc.alloc(n) << this.cb;
+      else {
+        const got = rc.allocAt(next >> this.cb, n);
+        if (got === 0n) {
+          next = undefined; // the call ends here; the next one allocates first fit
+          continue;
+        }
+        n = got;
+        host = next;
+      }
+      next = host + (n << this.cb);
       let freed = false;
       if (op.only && (op.count !== 1n || this.state(c).kind === "compressed")) {
         throw new Refusal("instar does not write part of a compressed cluster");
