@@ -109,6 +109,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       snapshot: a.snapshot !== undefined,
       outFmt: a.outFmt,
       format: ref.format,
+      backing: a.outBase !== undefined || /(^|,)backing_file=/.test(a.options ?? ""),
     }, temps);
     let sink: StdoutSink | undefined;
     if (toStdout) {

@@ -21,6 +21,8 @@ export interface StdinRequest {
   outFmt: string;
   /** -f (undefined: probed, never one pass). */
   format?: string;
+  /** -B or -o backing_file=: the new image is an overlay (spooled: the guest asks the source's top layer). */
+  backing?: boolean;
 }
 
 export interface StdinPass {
@@ -35,7 +37,7 @@ export interface StdinPass {
 export async function stdinPass(r: StdinRequest, temps: TempFiles): Promise<StdinPass> {
   // `-f raw -` into a raw or qcow2 file: one pass over stdin, nothing spooled
   // (lib/convert/stdin_raw.ts). Everything else from stdin is spooled first.
-  const onePassTarget = r.fromStdin && !r.toStdout && !r.skipCreate && !r.snapshot &&
+  const onePassTarget = r.fromStdin && !r.toStdout && !r.skipCreate && !r.snapshot && !r.backing &&
     (r.outFmt === "raw" || r.outFmt === "qcow2");
   let vmdkStream: VmdkStream | undefined;
   let spoolPrefix: { path: string; len: bigint } | undefined;
