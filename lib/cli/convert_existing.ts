@@ -32,6 +32,8 @@ export interface ExistingTarget {
   cache: string;
   /** -n -B: only these byte ranges of the source are written (lib/convert/top_source.ts). */
   top?: [bigint, bigint][];
+  /** -n -B: the top's L2 table reach (lib/convert/top_source.ts topSpan). */
+  topSpan?: bigint;
   progress: Progress;
   progressMode: ProgressMode;
   o: InstarOptions;
@@ -97,6 +99,7 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
     minSparse: t.minSparse,
     targetIsZero: t.targetIsZero,
     top: t.top,
+    topSpan: t.topSpan,
     onProgress: (done, total) => progress.bytes(done, total),
   }, img);
   if (written > 0n) progress.set(100);

@@ -25,6 +25,7 @@ import {
   type WriteOp,
 } from "../formats/qcow2/write_plan.ts";
 import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
+import { cutAtSpan, mergeRanges, TopRequests } from "../convert/nb_requests.ts";
 
 export interface IntoQcow2Job {
   /** The target's name as given. */
@@ -38,6 +39,8 @@ export interface IntoQcow2Job {
   targetIsZero: boolean;
   /** -n -B: only these byte ranges of the source are written (lib/convert/top_ranges.ts). */
   top?: [bigint, bigint][];
+  /** -n -B: where the source top's block status answers (its L2 table's reach; 0: whole runs). */
+  topSpan?: bigint;
   onProgress?: (done: bigint, total: bigint) => void;
 }
 
@@ -115,7 +118,7 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   const scan = await scanQcow2(img, what, COMPRESSED_ENTRIES);
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
   const existing = existingRuns(targetMap, q.clusterBits);
-  if (pieces) writes = await partialWrites(job, writes, pieces, existing, cb, what);
+  if (pieces) writes = await partialWrites(job, writes, pieces, existing, what);
   const plan = planQcow2Writes({
     scan,
     version: q.version,
@@ -152,32 +155,26 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
 
 /**
  * convert -n -B: the write of each target cluster the top writes only part
- * of, as qemu's qcow2 driver does it (the target has no backing file). Into
- * a cluster holding data every piece is written in place (qemu's
- * write-zeroes falls back to writing there), the rest keeps its bytes. An
- * unallocated or zero cluster is allocated by the first data write (its
- * copy-on-write reads zeroes), or made a zero cluster when only
- * write-zeroes pieces reach it (is_zero finds the rest zero; compat=0.10,
- * without a backing file, discards instead: the write planner's zero op). Which pieces qemu writes as data: all with -S 0,
- * else those the top allocates as data and that hold a non-zero sector; a
- * top data run that reads as zeroes inside the cluster is a write-zeroes,
- * one reaching past it could go either way (qemu's -S rounding) and is
- * refused, as are zero_alloc and compressed clusters.
+ * of, as qemu's qcow2 driver does it (the target has no backing file), from
+ * qemu-img's requests inside it in order (lib/convert/nb_requests.ts; with
+ * -S 0 every one is a data write). A write-zeroes request into a cluster
+ * that reads as zeroes (unallocated or a zero cluster) makes it a zero
+ * cluster (qcow2_subcluster_zeroize; one with an allocation is freed; in
+ * compat=0.10 the write planner's zero op); anywhere else it falls back to
+ * writing zeroes, a data write. A data write goes in place into a cluster
+ * holding data or a zero cluster with an allocation (the rest then reads
+ * as zeroes), and allocates a new cluster elsewhere (handle_alloc: the rest
+ * is copied from what the cluster read before, zeroes, a shared cluster's
+ * old bytes, a compressed one's decompressed bytes; write_plan.ts).
  */
 async function partialWrites(
   job: IntoQcow2Job,
   writes: WriteOp[],
   pieces: Map<bigint, [bigint, bigint][]>,
   existing: ExistingRun[],
-  cb: bigint,
   what: string,
 ): Promise<WriteOp[]> {
-  const refuse = (c: bigint, why: string) =>
-    new CliError([
-      `Writing into '${job.target}' is not supported by instar convert: the source's top layer writes only part of cluster ${c} of the target (-n -B), ${why}; nothing was written`,
-    ]);
-  let topData: [bigint, bigint][] | undefined;
-  let nonZero: [bigint, bigint][] | undefined;
+  let requests: TopRequests | undefined;
   const out: WriteOp[] = [];
   for (const w of writes) {
     const only = pieces.get(w.cluster);
@@ -187,62 +184,40 @@ async function partialWrites(
     }
     const c = w.cluster;
     const kind = existing.find((x) => x.cluster <= c && c < x.cluster + x.count)?.kind ?? "unallocated";
-    if (
-      kind === "normal" ||
-      (kind !== "zero_alloc" && kind !== "compressed" && job.minSparse === 0n)
-    ) {
+    if (kind === "normal" || kind === "compressed" || job.minSparse === 0n) {
       out.push({ cluster: c, count: 1n, kind: "data", only });
       continue;
     }
-    if (kind === "zero_alloc" || kind === "compressed") {
-      throw refuse(c, `which is a ${kind.replace("_", " ")} cluster`);
-    }
-    // The top's own data runs (map depth 0, data and not zero).
-    if (!topData) {
+    if (!requests) {
+      // The top's own data runs (map depth 0, data and not zero), and the
+      // sectors holding non-zero bytes (the rebase_diff guest at 512 bytes).
       const runs = await mapRuns(job.source, what);
-      topData = runs.filter((r) => r.depth === 0 && (r.flags & mapFlags.DATA) && !(r.flags & mapFlags.ZERO))
+      const topData = runs.filter((r) =>
+        r.depth === 0 && (r.flags & mapFlags.DATA) && !(r.flags & mapFlags.ZERO)
+      )
         .map((r) => [r.start, r.start + r.length] as [bigint, bigint]);
+      const nonZero = (await classify({ ...job, targetIsZero: false }, 9n, (job.size + 511n) >> 9n))
+        .filter((o) => o.kind === "data").map((o) =>
+          [o.cluster << 9n, (o.cluster + o.count) << 9n] as [bigint, bigint]
+        );
+      requests = new TopRequests(
+        cutAtSpan(mergeRanges(topData), job.topSpan ?? 0n),
+        mergeRanges(nonZero),
+        job.minSparse,
+      );
     }
-    // Each piece of a top data run: a non-zero sector makes it a data write
-    // (the cluster is allocated); all zeroes make it a write-zeroes when the
-    // run lies inside this cluster (qemu's buffer starts at the run: nothing
-    // rounds into it), else it is refused.
-    const cstart = c << cb, cend = (c + 1n) << cb;
-    let data = false;
-    for (const [lo, hi] of only) {
-      for (let k = firstEndingAfter(topData, lo); k < topData.length && topData[k][0] < hi; k++) {
-        const [a, b] = topData[k];
-        const x = a > lo ? a : lo, y = b < hi ? b : hi;
-        // Which sectors hold non-zero bytes (the rebase_diff guest at 512 bytes).
-        if (!nonZero) {
-          nonZero = (await classify({ ...job, targetIsZero: false }, 9n, (job.size + 511n) >> 9n))
-            .filter((o) => o.kind === "data").map((o) => [o.cluster << 9n, (o.cluster + o.count) << 9n]);
-        }
-        const n = firstEndingAfter(nonZero, x);
-        if (n < nonZero.length && nonZero[n][0] < y) data = true;
-        else if (a < cstart || b > cend) {
-          throw refuse(c, "with data that reads as zeroes (qemu's -S rounding decides)");
-        }
-      }
-    }
-    if (!data) {
-      out.push({ cluster: c, count: 1n, kind: "zero" });
-      continue;
-    }
-    out.push({ cluster: c, count: 1n, kind: "data", only });
+    const reqs = only.flatMap(([lo, hi]) => requests!.requests(lo, hi)).sort((
+      a,
+      b,
+    ) => (a.lo < b.lo ? -1 : 1));
+    const anyData = reqs.some((r) => r.data);
+    if (!anyData) out.push({ cluster: c, count: 1n, kind: "zero" });
+    // A zero cluster with an allocation: a first write-zeroes frees it.
+    else if (kind === "zero_alloc" && !reqs[0].data) {
+      out.push({ cluster: c, count: 1n, kind: "data", only, zeroFirst: true });
+    } else out.push({ cluster: c, count: 1n, kind: "data", only });
   }
   return out;
-}
-
-/** Index of the first of the ascending, disjoint ranges that ends after x. */
-function firstEndingAfter(ranges: [bigint, bigint][], x: bigint): number {
-  let lo = 0, hi = ranges.length;
-  while (lo < hi) {
-    const m = (lo + hi) >> 1;
-    if (ranges[m][1] <= x) lo = m + 1;
-    else hi = m;
-  }
-  return lo;
 }
 
 /** The rebase_diff guest's classification of the source at the target's cluster size (-S > 0). */

@@ -155,6 +155,12 @@ export async function applyWritePlan(
       }
     }
     await moveData(source, target, moves, cap, what, onMoved, sparse);
+    // The rest of compressed clusters written in part: the target's own
+    // bytes as it reads now (nothing points at the new clusters yet).
+    if (round.selfCopies) {
+      const self = [{ path: target.openPath, format: formats.QCOW2, nofollow: false }];
+      await moveData(self, target, round.selfCopies, cap, what);
+    }
     // The guest may have extended the file: the steps start from its length now.
     const size = await currentSize(target);
     // Zero patches are freed clusters qemu discards (punched, best effort).
