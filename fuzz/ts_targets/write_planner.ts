@@ -36,7 +36,8 @@
 //      cluster is freed;
 //   6. a partial write's copy covers just its ranges (patches fill the rest
 //      of a new cluster), and a round's copies of the target's own bytes
-//      (selfCopies: a compressed cluster's rest) land in that cluster's new
+//      (selfCopies: a compressed or, over a backing file, unallocated
+//      cluster's rest) land in that cluster's new
 //      host cluster outside those ranges, inside the file.
 import { type FilePlan } from "../../lib/formats/plan.ts";
 import type * as WritePlan from "../../lib/formats/qcow2/write_plan.ts";
@@ -266,7 +267,11 @@ function run(d: Uint8Array, cov: Cov): void {
     for (const sc of round.selfCopies ?? []) {
       const g = sc.from / cs;
       const only = onlyOf.get(g);
-      invariant(only !== undefined && compressed.has(g), `write: self copy from guest cluster ${g}`);
+      // A compressed cluster's rest, or (over a backing file) an unallocated one's.
+      invariant(
+        only !== undefined && (compressed.has(g) || (hasBacking && !inPlace.has(g))),
+        `write: self copy from guest cluster ${g}`,
+      );
       invariant(
         sc.to > sc.from && sc.to <= (g + 1n) * cs && sc.to <= sourceSize,
         `write: self copy [${sc.from}, ${sc.to})`,

@@ -25,7 +25,7 @@ import {
   type WriteOp,
 } from "../formats/qcow2/write_plan.ts";
 import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
-import { cutAtSpan, mergeRanges, TopRequests } from "../convert/nb_requests.ts";
+import { cutAtSpan, firstEndingAfter, mergeRanges, TopRequests } from "../convert/nb_requests.ts";
 
 export interface IntoQcow2Job {
   /** The target's name as given. */
@@ -41,6 +41,8 @@ export interface IntoQcow2Job {
   top?: [bigint, bigint][];
   /** -n -B: where the source top's block status answers (its L2 table's reach; 0: whole runs). */
   topSpan?: bigint;
+  /** The target's chain as guest inputs (top first) when it has a backing file. */
+  targetChain?: GuestInput[];
   onProgress?: (done: bigint, total: bigint) => void;
 }
 
@@ -52,6 +54,8 @@ export async function openQcow2Target(
   /** --target-image-opts: the operand as given (qemu's "Could not open '...'") and encrypt.format=. */
   display = name,
   encryptFormat?: string,
+  /** A plain target may have a backing file (the caller opens its chain). */
+  allowBacking = false,
 ): Promise<OpenedImage> {
   let img: OpenedImage;
   try {
@@ -84,7 +88,10 @@ export async function openQcow2Target(
   if (q.hasDataFileBit || q.extendedL2) throw refuse("a data file or extended L2 entries");
   // Encrypted (with encrypt.key-secret): lib/cli/convert_into_qcrypt.ts.
   if (q.layout.cryptMethod !== 0 && (q.layout.cryptMethod > 2 || !keyGiven)) throw refuse("encryption");
-  if (q.backingFile !== undefined) throw refuse("a target with a backing file");
+  // A plain target's backing chain is opened by the caller (openTargetChain).
+  if (q.backingFile !== undefined && (q.layout.cryptMethod !== 0 || !allowBacking)) {
+    throw refuse("a target with a backing file");
+  }
   return img;
 }
 
@@ -118,7 +125,7 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   const scan = await scanQcow2(img, what, COMPRESSED_ENTRIES);
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
   const existing = existingRuns(targetMap, q.clusterBits);
-  if (pieces) writes = await partialWrites(job, writes, pieces, existing, what);
+  if (pieces) writes = await partialWrites(job, writes, pieces, existing, what, q.version, q.virtualSize, cb);
   const plan = planQcow2Writes({
     scan,
     version: q.version,
@@ -149,6 +156,7 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
     },
     job.targetIsZero ? job.minSparse : 0n,
     pieces,
+    job.targetChain,
   );
   return total;
 }
@@ -173,8 +181,30 @@ async function partialWrites(
   pieces: Map<bigint, [bigint, bigint][]>,
   existing: ExistingRun[],
   what: string,
+  version: 2 | 3,
+  virtualSize: bigint,
+  cb: bigint,
 ): Promise<WriteOp[]> {
   let requests: TopRequests | undefined;
+  // A target with a backing file: where its chain reads as zeroes (qcow2's is_zero).
+  let zeroes: [bigint, bigint][] | undefined;
+  const restIsZero = async (c: bigint, lo: bigint, hi: bigint) => {
+    if (!zeroes) {
+      zeroes = mergeRanges(
+        (await mapRuns(job.targetChain!, what)).filter((r) => r.flags & mapFlags.ZERO)
+          .map((r) => [r.start, r.start + r.length] as [bigint, bigint]),
+      );
+    }
+    const cs = 1n << cb;
+    let end = (c + 1n) * cs;
+    if (hi === virtualSize) end = hi; // qemu: no tail at the disk's end
+    const covered = (a: bigint, b: bigint) => {
+      if (b <= a) return true;
+      const k = firstEndingAfter(zeroes!, a);
+      return k < zeroes!.length && zeroes![k][0] <= a && zeroes![k][1] >= b;
+    };
+    return covered(c * cs, lo) && covered(hi, end);
+  };
   const out: WriteOp[] = [];
   for (const w of writes) {
     const only = pieces.get(w.cluster);
@@ -184,7 +214,9 @@ async function partialWrites(
     }
     const c = w.cluster;
     const kind = existing.find((x) => x.cluster <= c && c < x.cluster + x.count)?.kind ?? "unallocated";
-    if (kind === "normal" || kind === "compressed" || job.minSparse === 0n) {
+    // compat=0.10 over a backing file: qemu's write-zeroes falls back to writes.
+    const backed = job.targetChain !== undefined && kind === "unallocated";
+    if (kind === "normal" || kind === "compressed" || job.minSparse === 0n || (backed && version === 2)) {
       out.push({ cluster: c, count: 1n, kind: "data", only });
       continue;
     }
@@ -211,7 +243,13 @@ async function partialWrites(
       b,
     ) => (a.lo < b.lo ? -1 : 1));
     const anyData = reqs.some((r) => r.data);
-    if (!anyData) out.push({ cluster: c, count: 1n, kind: "zero" });
+    // Over a backing file a first write-zeroes makes a zero cluster only where
+    // the rest of the cluster reads as zeroes; else it is written (COW).
+    if (backed && !reqs[0].data && !(await restIsZero(c, reqs[0].lo, reqs[0].hi))) {
+      out.push({ cluster: c, count: 1n, kind: "data", only });
+    } else if (backed && !reqs[0].data && anyData) {
+      out.push({ cluster: c, count: 1n, kind: "data", only, zeroFirst: true });
+    } else if (!anyData) out.push({ cluster: c, count: 1n, kind: "zero" });
     // A zero cluster with an allocation: a first write-zeroes frees it.
     else if (kind === "zero_alloc" && !reqs[0].data) {
       out.push({ cluster: c, count: 1n, kind: "data", only, zeroFirst: true });

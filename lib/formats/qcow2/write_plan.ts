@@ -124,9 +124,10 @@ export interface WriteRound {
   /** Data the guest writes before the steps (ascending guest clusters). */
   copies: DataCopy[];
   /**
-   * Then (still before the steps) the target's own bytes: the rest of a
-   * compressed cluster written only in part, decompressed into its new
-   * cluster as qemu's copy-on-write reads it (convert -n -B).
+   * Then (still before the steps) the target's own bytes (through its
+   * backing chain): the rest of a compressed or unallocated cluster written
+   * only in part, into its new cluster as qemu's copy-on-write reads it
+   * (convert -n -B).
    */
   selfCopies?: SelfCopy[];
   steps: FilePlan[];
@@ -389,7 +390,8 @@ class Planner {
         this.place(c + i, host + (i << this.cb), s.kind === "normal" ? s.host : undefined);
         // A partial write (convert -n -B): the rest of a new cluster reads as zeroes.
         // A shared cluster's rest is its old bytes (perform_cow: a raw copy),
-        // a compressed one's its decompressed bytes (read through the target).
+        // a compressed one's its decompressed bytes (read through the target),
+        // an unallocated one's what the target's backing file holds there.
         if (op.only) {
           const h = host + (i << this.cb);
           if (s.kind === "normal") {
@@ -399,7 +401,9 @@ class Planner {
               (f, t) =>
                 this.fileCopies.push({ kind: "copy", offset: h + f, from: s.host + f, length: t - f }),
             );
-          } else if (s.kind === "compressed") {
+          } else if (s.kind === "compressed" || (s.kind === "unallocated" && this.x.scan.hasBacking)) {
+            // (An unallocated cluster of a target with a backing file: the
+            // backing file's bytes, read through the target's chain.)
             this.outside(c + i, op.only, (f, t) =>
               this.selfCopies.push({
                 from: ((c + i) << this.cb) + f,
