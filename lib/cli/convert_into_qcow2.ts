@@ -232,8 +232,11 @@ async function partialWrites(
         .filter((o) => o.kind === "data").map((o) =>
           [o.cluster << 9n, (o.cluster + o.count) << 9n] as [bigint, bigint]
         );
+      // Each map run is one of qemu's block-status runs (its host clusters
+      // contiguous) until the top's L2 table ends: not merged.
+      topData.sort((a, b) => (a[0] < b[0] ? -1 : 1));
       requests = new TopRequests(
-        cutAtSpan(mergeRanges(topData), job.topSpan ?? 0n),
+        cutAtSpan(topData, job.topSpan ?? 0n),
         mergeRanges(nonZero),
         job.minSparse,
       );
