@@ -17,7 +17,9 @@
 //          refblock and L1; compressed data packs as qemu-img convert -c does
 //          (a cluster's data may share its host clusters with the previous
 //          one's and span two: the gap byte's bits 4-5 say which)
-//   ..     writes, 3 bytes each: gap, count (u8 + 1), kind (data, zero, discard)
+//   ..     writes, 3 bytes each: gap, count (u8 + 1), kind (data, zero, discard, and
+//          convert -n -B's partial data write of one cluster: bytes [a, b) of it from the
+//          count byte's nibbles, after a write-zeroes (zeroFirst, v3) when kind's bit 7 is set)
 //
 // Invariants on every plan:
 //   1. every step passes checkPlan (bounded, inside the file, no overlap);
@@ -31,7 +33,12 @@
 //   4. no patch of a round overlaps the bytes its copies write;
 //   5. with a snapshot, nothing it shares is written (copy-on-write: tables
 //      and data get new clusters; copy patches only read them), and no
-//      cluster is freed.
+//      cluster is freed;
+//   6. a partial write's copy covers just its ranges (patches fill the rest
+//      of a new cluster), and a round's copies of the target's own bytes
+//      (selfCopies: a compressed or, over a backing file, unallocated
+//      cluster's rest) land in that cluster's new
+//      host cluster outside those ranges, inside the file.
 import { type FilePlan } from "../../lib/formats/plan.ts";
 import type * as WritePlan from "../../lib/formats/qcow2/write_plan.ts";
 import { layoutScan, refRuns } from "../engine/qcow2_layout.ts";
@@ -126,8 +133,31 @@ function run(d: Uint8Array, cov: Cov): void {
   c = 0n;
   for (; at + 3 <= d.length && ops.length < 64; at += 3) {
     c += BigInt(b.u8(at) % 32);
-    const count = BigInt(1 + b.u8(at + 1));
-    const kind = (["data", "zero", "discard"] as const)[b.u8(at + 2) % 3];
+    let count = BigInt(1 + b.u8(at + 1));
+    const k = b.u8(at + 2) % 4;
+    if (k === 3) {
+      // A partial write: bytes [a, b) of the cluster in sixteenths, up to the source's end.
+      const lo = BigInt(b.u8(at + 1) & 15), hi = lo + 1n + BigInt(b.u8(at + 1) >> 4) % (16n - lo);
+      count = 1n;
+      if (c + 1n > vClusters) break;
+      let from = c * cs + (lo * cs) / 16n, to = c * cs + (hi * cs) / 16n;
+      if (to > sourceSize) to = sourceSize;
+      from -= from % 512n;
+      if (to > from && (from > c * cs || to < (c + 1n) * cs)) {
+        const zeroFirst = version === 3 && (b.u8(at + 2) & 128) !== 0;
+        ops.push({
+          cluster: c,
+          count,
+          kind: "data",
+          only: [[from, to]],
+          ...(zeroFirst ? { zeroFirst } : {}),
+        });
+        cov.hit(`write:partial${zeroFirst ? ":zerofirst" : ""}`);
+      } else ops.push({ cluster: c, count, kind: "data" });
+      c += 1n;
+      continue;
+    }
+    const kind = (["data", "zero", "discard"] as const)[k];
     if (c + count > vClusters) break;
     ops.push({ cluster: c, count, kind });
     c += count;
@@ -173,7 +203,7 @@ function run(d: Uint8Array, cov: Cov): void {
   // Clusters a zero (v3) or discard write frees may be reused by later writes.
   const freed = new Set<bigint>();
   for (const o of ops) {
-    if (isData(o.kind)) continue;
+    if (isData(o.kind) && !o.zeroFirst) continue;
     for (let k = o.cluster; k < o.cluster + o.count; k++) {
       const h = inPlace.get(k);
       if (h !== undefined) freed.add(h / cs);
@@ -193,6 +223,8 @@ function run(d: Uint8Array, cov: Cov): void {
   for (const [h, n] of left) if (n === 0n) freed.add(h);
   // 5. the snapshot keeps everything it shares: nothing is freed.
   if (shared) freed.clear();
+  const onlyOf = new Map<bigint, [bigint, bigint][]>();
+  for (const o of ops) if (o.only) onlyOf.set(o.cluster, o.only);
   const copied = new Map<bigint, bigint>();
   const metaWritten = new Map<bigint, number>(); // cluster -> round of a whole-cluster table write
   const copyRound = new Map<bigint, number>(); // host cluster -> round of the copy
@@ -217,10 +249,38 @@ function run(d: Uint8Array, cov: Cov): void {
           cov.hit("write:in-place");
         }
       }
+      // 6. a partial write's copy: its ranges only.
+      let whole = cp.host;
+      for (let k = 0n; k < cp.count; k++) {
+        const only = onlyOf.get(cp.cluster + k);
+        if (!only) continue;
+        const h = cp.host + k * cs;
+        if (h > whole) spans.push([whole, h]);
+        for (const [f, t] of only) spans.push([h + f - (cp.cluster + k) * cs, h + t - (cp.cluster + k) * cs]);
+        whole = h + cs;
+      }
       const stop = cp.cluster * cs < sourceSize
         ? cp.host + ((cp.cluster + cp.count) * cs < sourceSize ? cp.count * cs : sourceSize - cp.cluster * cs)
         : cp.host;
-      if (stop > cp.host) spans.push([cp.host, stop]);
+      if (stop > whole) spans.push([whole, stop]);
+    }
+    for (const sc of round.selfCopies ?? []) {
+      const g = sc.from / cs;
+      const only = onlyOf.get(g);
+      // A compressed cluster's rest, or (over a backing file) an unallocated one's.
+      invariant(
+        only !== undefined && (compressed.has(g) || (hasBacking && !inPlace.has(g))),
+        `write: self copy from guest cluster ${g}`,
+      );
+      invariant(
+        sc.to > sc.from && sc.to <= (g + 1n) * cs && sc.to <= sourceSize,
+        `write: self copy [${sc.from}, ${sc.to})`,
+      );
+      invariant(copied.get(g) === sc.at - (sc.from - g * cs), `write: self copy of ${g} to ${sc.at}`);
+      for (const [f, t] of only!) {
+        invariant(sc.to <= f || sc.from >= t, `write: self copy over the written range`);
+      }
+      cov.hit("write:selfcopy");
     }
     for (const s of round.steps as FilePlan[]) {
       checkPlan(s, "write", cov);
@@ -246,7 +306,9 @@ function run(d: Uint8Array, cov: Cov): void {
         if (p.kind === "write" && len >= cs) {
           for (let x = p.offset / cs; x < (p.offset + len) / cs; x++) {
             const g = guestOf.get(x);
-            const fill = g !== undefined && copyRound.get(x) === ri && g * cs >= sourceSize;
+            // (A partial write's rest, zeroed, may coalesce with a table after it.)
+            const fill = g !== undefined && copyRound.get(x) === ri &&
+              (g * cs >= sourceSize || onlyOf.has(g));
             if (!fill) metaWritten.set(x, ri);
           }
         }

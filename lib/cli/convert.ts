@@ -34,7 +34,7 @@ import { refuseDataFile } from "./data_file.ts";
 import { checkCombinations, checkSupported, parseArgs } from "./convert_args.ts";
 import { CACHE_MODES, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
 import { chainInputs, kdfMaxIters, openFailure, unlockFailure } from "./image.ts";
-import { TARGET_IS_ZERO_WITH_BACKING, topOfSource } from "../convert/top_source.ts";
+import { TARGET_IS_ZERO_WITH_BACKING, topOfSource, topSpan } from "../convert/top_source.ts";
 import { moveData } from "./write_rounds.ts";
 import { convertPreallocatedQcow2, openTargetBackingChain, type TargetBacking } from "./convert_target.ts";
 import { convertToPreallocatedQcrypt } from "./convert_prealloc_qcrypt.ts";
@@ -110,6 +110,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
       outFmt: a.outFmt,
       options: a.options,
       format: ref.format,
+      backing: a.outBase !== undefined || /(^|,)backing_file=/.test(a.options ?? ""),
     }, temps);
     let sink: StdoutSink | undefined;
     if (toStdout) {
@@ -158,6 +159,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
         compress: a.compress,
         cache: a.cache,
         top,
+        topSpan: top && chain[0] ? topSpan(chain[0]) : undefined,
         progress,
         progressMode: a.progress,
         o,

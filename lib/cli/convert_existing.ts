@@ -5,7 +5,9 @@
 // source chain; nothing here creates a file.
 import { CliError } from "./messages.ts";
 import { CACHE_MODES, type InstarOptions } from "./common.ts";
-import { chainInputs, kdfMaxIters, type OpenedImage } from "./image.ts";
+import { chainInputs, kdfMaxIters, openChain, type OpenedImage, OpenError, openFailure } from "./image.ts";
+import { makePolicy } from "../chain/policy.ts";
+import { LOCKS } from "../vmm/image_lock.ts";
 import type { ImageRef } from "./image_ref.ts";
 import type { Progress, ProgressMode } from "./progress.ts";
 import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
@@ -32,6 +34,8 @@ export interface ExistingTarget {
   cache: string;
   /** -n -B: only these byte ranges of the source are written (lib/convert/top_source.ts). */
   top?: [bigint, bigint][];
+  /** -n -B: the top's L2 table reach (lib/convert/top_source.ts topSpan). */
+  topSpan?: bigint;
   progress: Progress;
   progressMode: ProgressMode;
   o: InstarOptions;
@@ -69,6 +73,7 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
     t.ref?.keySecret !== undefined,
     t.display,
     t.ref?.encryptFormat,
+    true,
   );
   if (t.chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
     throw new CliError([`${t.target}: Refusing to overwrite an image this command reads`]);
@@ -102,6 +107,21 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
     progress.set(100);
     return;
   }
+  // qemu opens the target with its backing chain (through the allowlist here).
+  let targetChain: OpenedImage[] | undefined;
+  if (img.qcow2!.backingFile !== undefined) {
+    try {
+      targetChain = await openChain(
+        img,
+        await makePolicy(t.target, o.backingDirs),
+        o.unsafeQuirks,
+        LOCKS.read,
+      );
+    } catch (e) {
+      if (e instanceof OpenError) throw openFailure(t.display, e);
+      throw e;
+    }
+  }
   if (img.virtualSize < t.size) throw new CliError(["output file is smaller than input file"]);
   checkCache(t);
   const written = await convertIntoQcow2({
@@ -113,6 +133,8 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
     targetIsZero: t.targetIsZero,
     top: t.top,
     layers: sourceLayers(t.chain),
+    topSpan: t.topSpan,
+    targetChain: targetChain && chainInputs(targetChain),
     onProgress: (done, total) => progress.bytes(done, total),
   }, img);
   if (written > 0n) progress.set(100);

@@ -28,6 +28,7 @@ import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
 import { convertRequests, type Request } from "../convert/convert_requests.ts";
 import { requestOps } from "../formats/qcow2/request_ops.ts";
 import { MapRunsError } from "../chain/map_runs.ts";
+import { cutAtSpan, firstEndingAfter, mergeRanges, TopRequests } from "../convert/nb_requests.ts";
 
 export interface IntoQcow2Job {
   /** The target's name as given. */
@@ -43,6 +44,10 @@ export interface IntoQcow2Job {
   top?: [bigint, bigint][];
   /** The source chain's layers (top first): a qcow2 layer's cluster_bits; undefined for raw. */
   layers?: { clusterBits?: number }[];
+  /** -n -B: where the source top's block status answers (its L2 table's reach; 0: whole runs). */
+  topSpan?: bigint;
+  /** The target's chain as guest inputs (top first) when it has a backing file. */
+  targetChain?: GuestInput[];
   onProgress?: (done: bigint, total: bigint) => void;
 }
 
@@ -54,6 +59,8 @@ export async function openQcow2Target(
   /** --target-image-opts: the operand as given (qemu's "Could not open '...'") and encrypt.format=. */
   display = name,
   encryptFormat?: string,
+  /** A plain target may have a backing file (the caller opens its chain). */
+  allowBacking = false,
 ): Promise<OpenedImage> {
   let img: OpenedImage;
   try {
@@ -86,7 +93,10 @@ export async function openQcow2Target(
   if (q.hasDataFileBit || q.extendedL2) throw refuse("a data file or extended L2 entries");
   // Encrypted (with encrypt.key-secret): lib/cli/convert_into_qcrypt.ts.
   if (q.layout.cryptMethod !== 0 && (q.layout.cryptMethod > 2 || !keyGiven)) throw refuse("encryption");
-  if (q.backingFile !== undefined) throw refuse("a target with a backing file");
+  // A plain target's backing chain is opened by the caller (openTargetChain).
+  if (q.backingFile !== undefined && (q.layout.cryptMethod !== 0 || !allowBacking)) {
+    throw refuse("a target with a backing file");
+  }
   return img;
 }
 
@@ -111,7 +121,9 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   // Without -B: qemu-img's own requests (lib/convert/convert_requests.ts),
   // each allocating its clusters (request_ops.ts); whole-cluster runs where
   // that model does not reach.
-  const requests = job.top ? undefined : await sourceRequests(job, q.clusterSize);
+  // A target with a backing file of its own keeps whole-cluster runs (what
+  // its partly written clusters read is the backing's: partialWrites).
+  const requests = job.top || job.targetChain ? undefined : await sourceRequests(job, q.clusterSize);
   const byCluster = async () => chunkData(await classify(job, cb, clusters, job.minSparse !== 0n), cb);
   let writes = requests ? [] : await byCluster();
   let pieces: Map<bigint, [bigint, bigint][]> | undefined;
@@ -125,7 +137,7 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   const scan = await scanQcow2(img, what, COMPRESSED_ENTRIES);
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
   const existing = existingRuns(targetMap, q.clusterBits);
-  if (pieces) writes = await partialWrites(job, writes, pieces, existing, cb, what);
+  if (pieces) writes = await partialWrites(job, writes, pieces, existing, what, q.version, q.virtualSize, cb);
   if (requests) {
     writes = requestOps({ requests, existing, clusterBits: q.clusterBits, virtualSize: q.virtualSize }) ??
       await byCluster();
@@ -161,38 +173,55 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
     },
     job.targetIsZero ? job.minSparse : 0n,
     pieces,
+    job.targetChain,
   );
   return total;
 }
 
 /**
  * convert -n -B: the write of each target cluster the top writes only part
- * of, as qemu's qcow2 driver does it (the target has no backing file). Into
- * a cluster holding data every piece is written in place (qemu's
- * write-zeroes falls back to writing there), the rest keeps its bytes. An
- * unallocated or zero cluster is allocated by the first data write (its
- * copy-on-write reads zeroes), or made a zero cluster when only
- * write-zeroes pieces reach it (is_zero finds the rest zero; compat=0.10,
- * without a backing file, discards instead: the write planner's zero op). Which pieces qemu writes as data: all with -S 0,
- * else those the top allocates as data and that hold a non-zero sector; a
- * top data run that reads as zeroes inside the cluster is a write-zeroes,
- * one reaching past it could go either way (qemu's -S rounding) and is
- * refused, as are zero_alloc and compressed clusters.
+ * of, as qemu's qcow2 driver does it (the target has no backing file), from
+ * qemu-img's requests inside it in order (lib/convert/nb_requests.ts; with
+ * -S 0 every one is a data write). A write-zeroes request into a cluster
+ * that reads as zeroes (unallocated or a zero cluster) makes it a zero
+ * cluster (qcow2_subcluster_zeroize; one with an allocation is freed; in
+ * compat=0.10 the write planner's zero op); anywhere else it falls back to
+ * writing zeroes, a data write. A data write goes in place into a cluster
+ * holding data or a zero cluster with an allocation (the rest then reads
+ * as zeroes), and allocates a new cluster elsewhere (handle_alloc: the rest
+ * is copied from what the cluster read before, zeroes, a shared cluster's
+ * old bytes, a compressed one's decompressed bytes; write_plan.ts).
  */
 async function partialWrites(
   job: IntoQcow2Job,
   writes: WriteOp[],
   pieces: Map<bigint, [bigint, bigint][]>,
   existing: ExistingRun[],
-  cb: bigint,
   what: string,
+  version: 2 | 3,
+  virtualSize: bigint,
+  cb: bigint,
 ): Promise<WriteOp[]> {
-  const refuse = (c: bigint, why: string) =>
-    new CliError([
-      `Writing into '${job.target}' is not supported by instar convert: the source's top layer writes only part of cluster ${c} of the target (-n -B), ${why}; nothing was written`,
-    ]);
-  let topData: [bigint, bigint][] | undefined;
-  let nonZero: [bigint, bigint][] | undefined;
+  let requests: TopRequests | undefined;
+  // A target with a backing file: where its chain reads as zeroes (qcow2's is_zero).
+  let zeroes: [bigint, bigint][] | undefined;
+  const restIsZero = async (c: bigint, lo: bigint, hi: bigint) => {
+    if (!zeroes) {
+      zeroes = mergeRanges(
+        (await mapRuns(job.targetChain!, what)).filter((r) => r.flags & mapFlags.ZERO)
+          .map((r) => [r.start, r.start + r.length] as [bigint, bigint]),
+      );
+    }
+    const cs = 1n << cb;
+    let end = (c + 1n) * cs;
+    if (hi === virtualSize) end = hi; // qemu: no tail at the disk's end
+    const covered = (a: bigint, b: bigint) => {
+      if (b <= a) return true;
+      const k = firstEndingAfter(zeroes!, a);
+      return k < zeroes!.length && zeroes![k][0] <= a && zeroes![k][1] >= b;
+    };
+    return covered(c * cs, lo) && covered(hi, end);
+  };
   const out: WriteOp[] = [];
   for (const w of writes) {
     const only = pieces.get(w.cluster);
@@ -202,62 +231,51 @@ async function partialWrites(
     }
     const c = w.cluster;
     const kind = existing.find((x) => x.cluster <= c && c < x.cluster + x.count)?.kind ?? "unallocated";
-    if (
-      kind === "normal" ||
-      (kind !== "zero_alloc" && kind !== "compressed" && job.minSparse === 0n)
-    ) {
+    // compat=0.10 over a backing file: qemu's write-zeroes falls back to writes.
+    const backed = job.targetChain !== undefined && kind === "unallocated";
+    if (kind === "normal" || kind === "compressed" || job.minSparse === 0n || (backed && version === 2)) {
       out.push({ cluster: c, count: 1n, kind: "data", only });
       continue;
     }
-    if (kind === "zero_alloc" || kind === "compressed") {
-      throw refuse(c, `which is a ${kind.replace("_", " ")} cluster`);
-    }
-    // The top's own data runs (map depth 0, data and not zero).
-    if (!topData) {
+    if (!requests) {
+      // The top's own data runs (map depth 0, data and not zero), and the
+      // sectors holding non-zero bytes (the rebase_diff guest at 512 bytes).
       const runs = await mapRuns(job.source, what);
-      topData = runs.filter((r) => r.depth === 0 && (r.flags & mapFlags.DATA) && !(r.flags & mapFlags.ZERO))
+      const topData = runs.filter((r) =>
+        r.depth === 0 && (r.flags & mapFlags.DATA) && !(r.flags & mapFlags.ZERO)
+      )
         .map((r) => [r.start, r.start + r.length] as [bigint, bigint]);
+      const nonZero = (await classify({ ...job, targetIsZero: false }, 9n, (job.size + 511n) >> 9n))
+        .filter((o) => o.kind === "data").map((o) =>
+          [o.cluster << 9n, (o.cluster + o.count) << 9n] as [bigint, bigint]
+        );
+      // Each map run is one of qemu's block-status runs (its host clusters
+      // contiguous) until the top's L2 table ends: not merged.
+      topData.sort((a, b) => (a[0] < b[0] ? -1 : 1));
+      requests = new TopRequests(
+        cutAtSpan(topData, job.topSpan ?? 0n),
+        mergeRanges(nonZero),
+        job.minSparse,
+      );
     }
-    // Each piece of a top data run: a non-zero sector makes it a data write
-    // (the cluster is allocated); all zeroes make it a write-zeroes when the
-    // run lies inside this cluster (qemu's buffer starts at the run: nothing
-    // rounds into it), else it is refused.
-    const cstart = c << cb, cend = (c + 1n) << cb;
-    let data = false;
-    for (const [lo, hi] of only) {
-      for (let k = firstEndingAfter(topData, lo); k < topData.length && topData[k][0] < hi; k++) {
-        const [a, b] = topData[k];
-        const x = a > lo ? a : lo, y = b < hi ? b : hi;
-        // Which sectors hold non-zero bytes (the rebase_diff guest at 512 bytes).
-        if (!nonZero) {
-          nonZero = (await classify({ ...job, targetIsZero: false }, 9n, (job.size + 511n) >> 9n))
-            .filter((o) => o.kind === "data").map((o) => [o.cluster << 9n, (o.cluster + o.count) << 9n]);
-        }
-        const n = firstEndingAfter(nonZero, x);
-        if (n < nonZero.length && nonZero[n][0] < y) data = true;
-        else if (a < cstart || b > cend) {
-          throw refuse(c, "with data that reads as zeroes (qemu's -S rounding decides)");
-        }
-      }
-    }
-    if (!data) {
-      out.push({ cluster: c, count: 1n, kind: "zero" });
-      continue;
-    }
-    out.push({ cluster: c, count: 1n, kind: "data", only });
+    const reqs = only.flatMap(([lo, hi]) => requests!.requests(lo, hi)).sort((
+      a,
+      b,
+    ) => (a.lo < b.lo ? -1 : 1));
+    const anyData = reqs.some((r) => r.data);
+    // Over a backing file a first write-zeroes makes a zero cluster only where
+    // the rest of the cluster reads as zeroes; else it is written (COW).
+    if (backed && !reqs[0].data && !(await restIsZero(c, reqs[0].lo, reqs[0].hi))) {
+      out.push({ cluster: c, count: 1n, kind: "data", only });
+    } else if (backed && !reqs[0].data && anyData) {
+      out.push({ cluster: c, count: 1n, kind: "data", only, zeroFirst: true });
+    } else if (!anyData) out.push({ cluster: c, count: 1n, kind: "zero" });
+    // A zero cluster with an allocation: a first write-zeroes frees it.
+    else if (kind === "zero_alloc" && !reqs[0].data) {
+      out.push({ cluster: c, count: 1n, kind: "data", only, zeroFirst: true });
+    } else out.push({ cluster: c, count: 1n, kind: "data", only });
   }
   return out;
-}
-
-/** Index of the first of the ascending, disjoint ranges that ends after x. */
-function firstEndingAfter(ranges: [bigint, bigint][], x: bigint): number {
-  let lo = 0, hi = ranges.length;
-  while (lo < hi) {
-    const m = (lo + hi) >> 1;
-    if (ranges[m][1] <= x) lo = m + 1;
-    else hi = m;
-  }
-  return lo;
 }
 
 /**

@@ -204,6 +204,8 @@ async function applyCrypt(
     return best >= 0 && h < sorted[best].to;
   };
   for (const round of plan.rounds) {
+    // (Partial writes, which alone copy the target's own bytes, never come here.)
+    if (round.selfCopies) throw new Error("the encrypted writer copies no target bytes");
     // One move per cluster run, marked where it rewrites clusters the target maps.
     const moves: { from: bigint; to: bigint; at: bigint }[] = [];
     for (const c of round.copies) {

@@ -119,6 +119,8 @@ export async function applyWritePlan(
   sparse = 0n,
   /** Clusters written only in part (convert -n -B): just these source byte ranges of each are copied. */
   pieces?: Map<bigint, [bigint, bigint][]>,
+  /** The target's chain as guest inputs (top first), for the plan's selfCopies; default the target alone. */
+  self: GuestInput[] = [{ path: target.openPath, format: formats.QCOW2, nofollow: false }],
 ): Promise<void> {
   const cap = plan.fileSize;
   const cb = BigInt(target.qcow2!.clusterBits);
@@ -155,6 +157,9 @@ export async function applyWritePlan(
       }
     }
     await moveData(source, target, moves, cap, what, onMoved, sparse);
+    // The rest of compressed or unallocated clusters written in part: the
+    // target's own bytes as it reads now (nothing points at the new clusters yet).
+    if (round.selfCopies) await moveData(self, target, round.selfCopies, cap, what);
     // The guest may have extended the file: the steps start from its length now.
     const size = await currentSize(target);
     // Zero patches are freed clusters qemu discards (punched, best effort).

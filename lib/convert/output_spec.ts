@@ -103,9 +103,11 @@ export async function resolveOutput(
   }
   // -B (or -o backing_file): qemu opens the new target with its backing
   // chain (the caller does, read-only, to learn the backing file's size).
-  if (spec.qcow2?.backingFile !== undefined && (r.toStdout || r.onePass)) {
+  // To stdout one guest writes the data as for a file (stream_output.ts);
+  // a one-pass stdin source has no top layer of its own to ask.
+  if (spec.qcow2?.backingFile !== undefined && r.onePass) {
     throw new ConvertError(
-      "Writing an image with a backing file to or from a stream is not supported by instar",
+      "Writing an image with a backing file from a stream on stdin is not supported by instar",
     );
   }
   return { spec, size };

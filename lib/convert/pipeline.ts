@@ -321,6 +321,31 @@ export interface Packing {
   extendedL2?: boolean;
 }
 
+/** A packing guest's inputs and arguments for guest bytes [from, to), its data from `start` on. */
+export function packedGuest(
+  job: ConvertJob,
+  k: Packing,
+  extra: bigint,
+  from: bigint,
+  to: bigint,
+  start: bigint,
+): { inputs: GuestInput[]; args: bigint[] } {
+  const cbits = BigInt(k.clusterSize.toString(2).length - 1);
+  return {
+    inputs: [...inputs(job), ...(k.targetBacking ?? [])],
+    args: [
+      (k.targetBacking ? BigInt(job.layers.length) << 32n : 0n) | (k.extendedL2 ? 1n << 63n : 0n),
+      k.flags | extra,
+      job.minSparse,
+      start,
+      cbits | ((k.arg4High ?? 0n) << 8n),
+      from,
+      to,
+      k.maxRefs,
+    ],
+  };
+}
+
 /**
  * Guests that pack output clusters (qcow2, streamOptimized VMDK) from
  * dataStart on in guest order and report where each went. One guest, or
@@ -332,7 +357,6 @@ export interface Packing {
  */
 async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promise<Part[]> {
   const cs = k.clusterSize;
-  const cbits = BigInt(cs.toString(2).length - 1);
   const clusters = (job.size + cs - 1n) / cs;
   const n = k.single ? 1 : guestCount(job.size, clusters);
   const mid = n === 2 ? middle(job.size, cs) : job.size;
@@ -348,17 +372,7 @@ async function packedParts(job: ConvertJob, k: Packing, outPath: string): Promis
     runFor(job, {
       op: k.op,
       opCode: ops.CONVERT,
-      inputs: [...inputs(job), ...(k.targetBacking ?? [])],
-      args: [
-        (k.targetBacking ? BigInt(job.layers.length) << 32n : 0n) | (k.extendedL2 ? 1n << 63n : 0n),
-        k.flags | extra,
-        job.minSparse,
-        start,
-        cbits | ((k.arg4High ?? 0n) << 8n),
-        from,
-        to,
-        k.maxRefs,
-      ],
+      ...packedGuest(job, k, extra, from, to, start),
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,
       output: { path: outPath, cap },

@@ -25,6 +25,8 @@ export interface StdinRequest {
   options?: string;
   /** -f (undefined: probed, never one pass). */
   format?: string;
+  /** -B or -o backing_file=: the new image is an overlay (spooled: the guest asks the source's top layer). */
+  backing?: boolean;
 }
 
 export interface StdinPass {
@@ -42,7 +44,7 @@ export async function stdinPass(r: StdinRequest, temps: TempFiles): Promise<Stdi
   // An encrypted qcow2 is written by one guest that makes its master key
   // (lib/convert/qcow2_encrypt_target.ts), never window by window: spooled.
   const qcow2 = driverFor("qcow2")!;
-  const onePassTarget = r.fromStdin && !r.toStdout && !r.skipCreate && !r.snapshot &&
+  const onePassTarget = r.fromStdin && !r.toStdout && !r.skipCreate && !r.snapshot && !r.backing &&
     (r.outFmt === "raw" || (r.outFmt === "qcow2" && !compressEncryptFirst(qcow2, r.options ?? "")));
   let vmdkStream: VmdkStream | undefined;
   let spoolPrefix: { path: string; len: bigint } | undefined;

@@ -3,7 +3,7 @@
 // format to stdout in file order (lib/convert/stream_output.ts).
 import { StdoutSink, StreamError } from "../host/stdio_stream.ts";
 import type { OutputSpec } from "./output_options.ts";
-import { type ConvertJob, qcow2Target, streamTarget } from "./pipeline.ts";
+import { type ConvertJob, type Qcow2Target, qcow2Target, streamTarget } from "./pipeline.ts";
 import { convertBlocksToStream, convertPackedToStream, convertRawToStream } from "./stream_output.ts";
 import { ConvertError } from "./errors.ts";
 
@@ -27,7 +27,8 @@ export async function streamStep<T>(fn: () => T | Promise<T>, source?: string): 
 export function streamToStdout(
   job: ConvertJob,
   spec: OutputSpec,
-  compress: boolean,
+  /** A qcow2 target's options, -c and -B (undefined for the other writers). */
+  qcow2: Qcow2Target | undefined,
   sink: StdoutSink,
   scratch: () => Promise<string>,
 ): Promise<bigint> {
@@ -39,7 +40,7 @@ export function streamToStdout(
     case "stream":
       return convertPackedToStream(job, streamTarget(spec.stream!), sink, scratch);
     case "qcow2":
-      return convertPackedToStream(job, qcow2Target(job, { options: spec.qcow2!, compress }), sink, scratch);
+      return convertPackedToStream(job, qcow2Target(job, qcow2!), sink, scratch);
     default:
       throw new ConvertError(STREAMABLE);
   }

@@ -23,6 +23,7 @@ import {
   failOnError,
   GuestFailure,
   inputs,
+  packedGuest,
   type PackedTarget,
   PlanRefused,
   runFor,
@@ -30,6 +31,7 @@ import {
 import { applyPlan } from "../formats/apply_plan.ts";
 import { alignUp, type FilePlan } from "../formats/plan.ts";
 import type { BlockOutput, BlockRun } from "../formats/types.ts";
+import type { GuestInput } from "../vmm/guest.ts";
 
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 const RAM = 128 * 1024 * 1024;
@@ -97,11 +99,15 @@ interface WindowRun {
   op: string;
   args: bigint[];
   cap: bigint;
+  /** The guest's inputs when not the job's (convert -B: the target's backing chain after them). */
+  inputs?: GuestInput[];
 }
 
 interface TwoPass {
   /** Windows are whole multiples of this (a cluster, grain or block). */
   unit: bigint;
+  /** One window over the whole disk (convert -B: one guest, as for a file). */
+  single?: boolean;
   dataStart: bigint;
   /** Where a window's data starts, the previous data ending at `prevEnd`. */
   startAfter(prevEnd: bigint, from: bigint): bigint;
@@ -130,7 +136,7 @@ async function twoPass(
   sink: StdoutSink,
   scratch: () => Promise<string>,
 ): Promise<bigint> {
-  const w = alignUp(windowSize(), t.unit);
+  const w = t.single ? alignUp(job.size > 0n ? job.size : 1n, t.unit) : alignUp(windowSize(), t.unit);
   const windows: [bigint, bigint][] = [];
   for (let from = 0n; from < job.size; from += w) {
     windows.push([from, from + w < job.size ? from + w : job.size]);
@@ -143,7 +149,7 @@ async function twoPass(
     const res = await runFor(job, {
       op: r.op,
       opCode: ops.CONVERT,
-      inputs: inputs(job),
+      inputs: r.inputs ?? inputs(job),
       args: r.args,
       ramBytes: RAM,
       timeoutMs: TIMEOUT_MS,
@@ -214,17 +220,20 @@ export function convertPackedToStream(
 ): Promise<bigint> {
   const k = target.packing;
   const cs = k.clusterSize;
-  const cbits = BigInt(cs.toString(2).length - 1);
   return twoPass(
     job,
     {
       unit: cs,
+      // convert -B: its guest decides each cluster from requests that may
+      // cross any window boundary, so one guest takes the disk, as for a
+      // file (its data then passes through one scratch file).
+      single: k.single,
       dataStart: k.dataStart,
       // As the second of two guests starts in a file: on the packing's alignment.
       startAfter: (prevEnd) => alignUp(prevEnd, k.align),
       run: (from, to, start) => ({
         op: k.op,
-        args: [0n, k.flags, job.minSparse, start, cbits, from, to, k.maxRefs],
+        ...packedGuest(job, k, 0n, from, to, start),
         cap: start + ((to - from + cs - 1n) / cs) * k.capPerCluster + cs,
       }),
       finish: (windows) => target.finish(windows.map((recs) => collect(recs, 0n))),

@@ -43,7 +43,7 @@ export async function topOfSource(
       "Writing into an existing image with a backing file (-n -B) is not supported by instar convert for this source",
     );
   }
-  const span = q.clusterSize * (q.clusterSize / (q.extendedL2 ? 16n : 8n));
+  const span = topSpan(chain[0]);
   let runs;
   try {
     runs = await mapRuns(inputs, "error while reading");
@@ -52,4 +52,10 @@ export async function topOfSource(
     throw e;
   }
   return topRanges(runs, size, chain[1].length, span);
+}
+
+/** Where a qcow2 top's block status answers: one L2 table's reach (0 for another format). */
+export function topSpan(top: Pick<DecodedImage, "qcow2">): bigint {
+  const q = top.qcow2;
+  return q ? q.clusterSize * (q.clusterSize / (q.extendedL2 ? 16n : 8n)) : 0n;
 }

@@ -19,6 +19,7 @@ import {
   convertToQcow2,
   convertToRaw,
   convertToStream,
+  type Qcow2Target,
   qcow2Target,
 } from "./pipeline.ts";
 import { convertToLuks } from "./luks_target.ts";
@@ -68,6 +69,16 @@ export async function writeOutput(
       ? await convertVmdkStdin(job, target, out, w.onePass.vmdkStream)
       : await convertRawStdin(job, target, out, hostStdio(), windows, streamWindowBytes());
   }
+  // -B -c: the guest cuts the top's status runs where qemu's qcow2 does (one L2 table).
+  const tq = w.topQcow2;
+  const topL2Bits = tq ? 2n * BigInt(tq.clusterBits) - (tq.extendedL2 ? 4n : 3n) : 0n;
+  const qcow2 = (): Qcow2Target => ({
+    options: spec.qcow2!,
+    compress: w.compress,
+    backingSize: w.backingSize,
+    topL2Bits,
+    backingInputs: w.backingInputs,
+  });
   if (w.sink) {
     // stdout: window by window through unnamed files in TMPDIR (lib/convert/stream_output.ts).
     const scratch = () => streamStep(() => w.temps.createOutput(`${spoolDir()}/stdout`));
@@ -75,7 +86,7 @@ export async function writeOutput(
     if (encryptedTarget(spec)) {
       return await encryptedToStdout(job, spec, w.secrets, w.kdfMaxIters, w.sink, scratch);
     }
-    return await streamToStdout(job, spec, w.compress, w.sink, scratch);
+    return await streamToStdout(job, spec, spec.writer === "qcow2" ? qcow2() : undefined, w.sink, scratch);
   }
   switch (spec.writer) {
     case "raw":
@@ -93,18 +104,5 @@ export async function writeOutput(
     const e = spec.qcow2Create.encrypt;
     return await convertToEncryptedQcow2(job, spec.qcow2!, e, out, w.secrets, w.kdfMaxIters, w.backingSize);
   }
-  // -B -c: the guest cuts the top's status runs where qemu's qcow2 does (one L2 table).
-  const tq = w.topQcow2;
-  const topL2Bits = tq ? 2n * BigInt(tq.clusterBits) - (tq.extendedL2 ? 4n : 3n) : 0n;
-  return await convertToQcow2(
-    job,
-    {
-      options: spec.qcow2!,
-      compress: w.compress,
-      backingSize: w.backingSize,
-      topL2Bits,
-      backingInputs: w.backingInputs,
-    },
-    out,
-  );
+  return await convertToQcow2(job, qcow2(), out);
 }

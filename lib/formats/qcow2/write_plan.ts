@@ -79,6 +79,13 @@ export interface WriteOp {
    * cluster that reads as zeroes).
    */
   only?: [bigint, bigint][];
+  /**
+   * With `only`: a write-zeroes request reached the cluster first and made
+   * it a zero cluster (qcow2_subcluster_zeroize, its host cluster freed)
+   * before this data write allocates it anew (convert -n -B into a zero
+   * cluster with an allocation).
+   */
+  zeroFirst?: boolean;
 }
 
 export interface WriteInput {
@@ -106,9 +113,23 @@ export interface DataCopy {
   host: bigint;
 }
 
+/** Guest bytes [from, to) of the target itself, as it reads before the round's steps, to host offset `at`. */
+export interface SelfCopy {
+  from: bigint;
+  to: bigint;
+  at: bigint;
+}
+
 export interface WriteRound {
   /** Data the guest writes before the steps (ascending guest clusters). */
   copies: DataCopy[];
+  /**
+   * Then (still before the steps) the target's own bytes (through its
+   * backing chain): the rest of a compressed or unallocated cluster written
+   * only in part, into its new cluster as qemu's copy-on-write reads it
+   * (convert -n -B).
+   */
+  selfCopies?: SelfCopy[];
   steps: FilePlan[];
 }
 
@@ -185,6 +206,9 @@ class Planner {
   private punchIfFree: bigint[] = [];
   /** File bytes copied verbatim before the round's step A: COW'd L2 tables, old tails of COW'd clusters. */
   private fileCopies: Patch[] = [];
+  private selfCopies: SelfCopy[] = [];
+  /** Guest clusters whose state this plan changed before a later write to them (zeroFirst). */
+  private readonly left = new Map<bigint, { kind: ClusterKind | "unallocated"; host: bigint }>();
   private readonly rounds: WriteRound[] = [];
   private readonly existing: ExistingRun[];
   /** Steps before this index belong to earlier rounds (a moved refcount table adds its own). */
@@ -217,6 +241,8 @@ class Planner {
 
   /** The state of guest cluster c before the plan (or as this plan left it). */
   private state(c: bigint): { kind: ClusterKind | "unallocated"; host: bigint } {
+    const now = this.left.size > 0 ? this.left.get(c) : undefined;
+    if (now) return now;
     const ex = this.existing;
     let lo = 0, hi = ex.length - 1;
     while (lo <= hi) {
@@ -333,6 +359,15 @@ class Planner {
     // none are, the call ends and the next one allocates first fit. `next`:
     // the host byte offset the current call continues at.
     let next: bigint | undefined;
+    if (op.zeroFirst) {
+      if (!op.only || op.count !== 1n || this.x.version !== 3) {
+        throw new Refusal("a zero write first, not in part");
+      }
+      // qcow2_subcluster_zeroize with BDRV_REQ_MAY_UNMAP: the round ends
+      // where it freed a cluster, so the allocation below may reuse it.
+      this.zero({ cluster: c, count: 1n, kind: "zero" }, false, this.x.discardFreed ?? false);
+      this.left.set(c, { kind: "zero_plain", host: 0n });
+    }
     while (c < end) {
       this.table(c / this.perL2);
       const s = this.state(c);
@@ -342,6 +377,8 @@ class Planner {
         if (s.kind === "zero_alloc") this.setEntry(c, s.host | COPIED);
         this.place(c, s.host);
         next = s.host + this.cs;
+        // A partial write into a zero cluster: the rest is its zeroes (COW).
+        if (op.only && s.kind === "zero_alloc") this.zeroOutside(c, s.host, op.only);
         c++;
         continue;
       }
@@ -365,19 +402,34 @@ class Planner {
       }
       next = host + (n << this.cb);
       let freed = false;
-      if (op.only && (op.count !== 1n || this.state(c).kind === "compressed")) {
-        throw new Refusal("instar does not write part of a compressed cluster");
-      }
+      if (op.only && op.count !== 1n) throw new Refusal("a partial write of more than one cluster");
       for (let i = 0n; i < n; i++) {
         const s = this.state(c + i);
         this.setEntry(c + i, (host + (i << this.cb)) | COPIED);
         this.place(c + i, host + (i << this.cb), s.kind === "normal" ? s.host : undefined);
         // A partial write (convert -n -B): the rest of a new cluster reads as zeroes.
+        // A shared cluster's rest is its old bytes (perform_cow: a raw copy),
+        // a compressed one's its decompressed bytes (read through the target),
+        // an unallocated one's what the target's backing file holds there.
         if (op.only) {
-          if (s.kind === "normal" || s.kind === "zero_alloc") {
-            throw new Refusal("instar does not write part of a cluster shared with an internal snapshot");
-          }
-          this.zeroOutside(c + i, host + (i << this.cb), op.only);
+          const h = host + (i << this.cb);
+          if (s.kind === "normal") {
+            this.outside(
+              c + i,
+              op.only,
+              (f, t) =>
+                this.fileCopies.push({ kind: "copy", offset: h + f, from: s.host + f, length: t - f }),
+            );
+          } else if (s.kind === "compressed" || (s.kind === "unallocated" && this.x.scan.hasBacking)) {
+            // (An unallocated cluster of a target with a backing file: the
+            // backing file's bytes, read through the target's chain.)
+            this.outside(c + i, op.only, (f, t) =>
+              this.selfCopies.push({
+                from: ((c + i) << this.cb) + f,
+                to: ((c + i) << this.cb) + t,
+                at: h + f,
+              }));
+          } else this.zeroOutside(c + i, h, op.only);
         }
         // Copy-on-write of a cluster an internal snapshot shares
         // (qcow2_alloc_cluster_link_l2 then qcow2_free_any_cluster): one
@@ -400,22 +452,26 @@ class Planner {
     }
   }
 
-  /** Zeroes of newly allocated cluster c (at host h) outside the written ranges, up to the source's end. */
+  /** Zeroes of cluster c (at host h) outside the written ranges, up to the source's end. */
   private zeroOutside(c: bigint, h: bigint, only: [bigint, bigint][]) {
+    this.outside(
+      c,
+      only,
+      (f, t) => this.tails.push({ kind: "write", offset: h + f, bytes: new Uint8Array(Number(t - f)) }),
+    );
+  }
+
+  /** Calls gap(from, to) (offsets in cluster c) for each part of it outside the written ranges, up to the source's end. */
+  private outside(c: bigint, only: [bigint, bigint][], gap: (from: bigint, to: bigint) => void) {
     const base = c << this.cb;
     const end = base + this.cs < this.x.sourceSize ? base + this.cs : this.x.sourceSize;
     let at = base;
-    const gap = (to: bigint) => {
-      if (to > at) {
-        this.tails.push({ kind: "write", offset: h + (at - base), bytes: new Uint8Array(Number(to - at)) });
-      }
-    };
     for (const [from, to] of [...only].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
       if (from < at || to > end || to <= from) throw new Refusal("partial write ranges out of order");
-      gap(from);
+      if (from > at) gap(at - base, from - base);
       at = to;
     }
-    gap(end);
+    if (end > at) gap(at - base, end - base);
   }
 
   /**
@@ -574,7 +630,13 @@ class Planner {
     log.push(this.punches);
     const steps = log.steps.splice(this.roundStart);
     this.roundStart = log.steps.length;
-    if (steps.length > 0 || this.copies.length > 0) this.rounds.push({ copies: this.copies, steps });
+    if (steps.length > 0 || this.copies.length > 0 || this.selfCopies.length > 0) {
+      this.rounds.push({
+        copies: this.copies,
+        ...(this.selfCopies.length > 0 ? { selfCopies: this.selfCopies } : {}),
+        steps,
+      });
+    }
     // The tables this round made are existing ones for the next; the ops
     // are ascending and disjoint, so no later op reads an entry set here.
     this.tables = new Map(
@@ -586,6 +648,7 @@ class Planner {
     this.punches = [];
     this.punchIfFree = [];
     this.fileCopies = [];
+    this.selfCopies = [];
     this.l1Changed = new Set();
   }
 }
