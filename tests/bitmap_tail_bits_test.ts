@@ -143,3 +143,47 @@ Deno.test({
     assertEquals((await exec("cmp", ["t.qcow2", "t0"], root)).code, 0);
   });
 });
+
+/** Sets the first bitmap's directory entry table size (a size other than the image's needs). */
+async function setTableSize(path: string, n: number) {
+  const f = await Deno.open(path, { read: true, write: true });
+  try {
+    const h = new Uint8Array(4096);
+    for (let o = 0; o < h.length;) o += (await f.read(h.subarray(o)))!;
+    const dv = new DataView(h.buffer);
+    let dir = -1n;
+    for (let at = dv.getUint32(100); at + 8 <= 4096;) {
+      const type = dv.getUint32(at), len = dv.getUint32(at + 4);
+      if (type === 0) break;
+      if (type === 0x23852875) dir = dv.getBigUint64(at + 24);
+      at += 8 + ((len + 7) & ~7);
+    }
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setUint32(0, n);
+    await f.seek(Number(dir) + 8, Deno.SeekMode.Start);
+    await f.write(b);
+  } finally {
+    f.close();
+  }
+}
+
+Deno.test({
+  name: "a bitmap table sized for another image size: qemu's open failure, naming the bitmap",
+  ignore: !ready,
+}, async (t) => {
+  await withTempDir("instar-bmtable-", async (root) => {
+    await sh(root, "qemu-img", "create", "-q", "-f", "qcow2", "t.qcow2", "1M");
+    await sh(root, "qemu-img", "bitmap", "--add", "t.qcow2", "bm1");
+    await sh(root, "sh", "-c", io("t.qcow2", "write -P 1 0 64k"));
+    for (const n of [2, 0]) {
+      await setTableSize(`${root}/t.qcow2`, n);
+      for (const args of [["info", "t.qcow2"], ["bitmap", "--add", "t.qcow2", "c"], ["check", "t.qcow2"]]) {
+        await t.step(`table size ${n}: ${args.join(" ")}`, async () => {
+          const want = await qemuImg(args, root);
+          assertEquals(await instarHere(args, root), asInstar(want));
+          assertEquals(want.code !== 0, true);
+        });
+      }
+    }
+  });
+});
