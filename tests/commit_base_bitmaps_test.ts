@@ -12,7 +12,6 @@
 // the overlay byte for byte.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
-import { qemuImgCreate } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 
@@ -107,26 +106,3 @@ for (const c of CASES) {
     },
   });
 }
-
-Deno.test({
-  name: "commit into a base with an enabled bitmap and 128 KiB clusters is refused, nothing written",
-  ignore: !ready,
-  async fn() {
-    await withTempDir("instar-commit-bmon-", async (dir) => {
-      await qemuImgCreate(dir, "qcow2", "-o", "cluster_size=128k", "base.qcow2", "4M");
-      await sh(dir, "qemu-img", "bitmap", "--add", "base.qcow2", "on");
-      await qemuImgCreate(dir, "qcow2", "-b", "base.qcow2", "-F", "qcow2", "ov.qcow2", "4M");
-      await sh(dir, "qemu-io", "-c", "write -P 3 0 64k", "ov.qcow2");
-      await sh(dir, "cp", "base.qcow2", "b0");
-      await sh(dir, "cp", "ov.qcow2", "o0");
-      const r = await instarHere(["commit", "ov.qcow2"], dir);
-      assertEquals(r.code, 1);
-      assertEquals(
-        r.stderr,
-        "instar: Could not commit 'ov.qcow2': instar does not commit into an image with enabled bitmaps and clusters over 64 KiB; nothing was written\n",
-      );
-      assertEquals((await exec("cmp", ["base.qcow2", "b0"], dir)).code, 0);
-      assertEquals((await exec("cmp", ["ov.qcow2", "o0"], dir)).code, 0);
-    });
-  },
-});

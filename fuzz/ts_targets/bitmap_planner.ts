@@ -7,7 +7,10 @@
 //   2      bit 0 v3, bits 1-2 bitmaps (0..3), bit 3 -b source, bit 4 a merge result,
 //          bit 5 full mode (when the one-cluster refcount table covers at most 2^14 clusters:
 //          every table entry names a block, the used clusters end byte 11 % 8 clusters short
-//          of its edge, so the plan's allocations move the table)
+//          of its edge, so the plan's allocations move the table),
+//          bit 6 tail bits: the first bitmap has bits past its end (TAIL_BITS) and its last nonzero
+//          entry a BITMAP_CUT (keep from the entry's cluster byte, boundary byte maybe), taken as
+//          qemu loads them (bitmap_tail.ts) unless an action is a merge, as lib/cli/bitmap.ts does
 //   3-10   virtual size (u64 LE, masked to 2^44, then scaled down by 16 until the finest
 //          bitmap's table fits 1024 clusters)
 //   11-12  used clusters (u16 LE, <= one refcount block)
@@ -22,16 +25,19 @@
 //      in force, or (a moved table) its 12-byte offset/clusters fields, naming a table
 //      written whole in an earlier step;
 //   3. copies move whole clusters, from a data cluster the scan listed or the merge's staging area,
-//      to a cluster-aligned place below the staging area;
+//      to a cluster-aligned place below the staging area; but a tail-bits cut cluster, copied
+//      up to the end of the 64-bit word holding the bitmap's end and zero after (one write);
 //   4. discards cover only data clusters the scan listed (old bitmap data), whole clusters;
 //   5. refcount blocks are written whole; the refcount table in force only by 8-byte
 //      entries (hook-ups) naming a block an earlier step wrote whole.
 import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
+import type * as BitmapTail from "../../lib/formats/qcow2/bitmap_tail.ts";
 import { bitmapModel } from "../engine/qcow2_layout.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
 import { checkPlan, checkResult, optional } from "../engine/plan_checks.ts";
 
 const mod = await optional<typeof BitmapPlan>("../../lib/formats/qcow2/bitmap_plan.ts");
+const tail = await optional<typeof BitmapTail>("../../lib/formats/qcow2/bitmap_tail.ts");
 
 const NAMES = ["b0", "b1", "", "x".repeat(1024), "b2"];
 const GRANS = [0n, 512n, 1000n, 4096n, 65536n, 1n << 31n, 1n << 32n, 256n];
@@ -94,7 +100,19 @@ function run(d: Uint8Array, cov: Cov): void {
       entries,
     });
   }
-  const scan: BitmapPlan.Qcow2BitmapScan = {
+  // Tail bits (flags bit 6): the first bitmap's last nonzero entry is cut at the bitmap's end.
+  const cutClusters = new Map<bigint, bigint>();
+  const tailMode = (flags & 64) !== 0 && tail !== undefined && bitmaps.length > 0;
+  if (tailMode) {
+    const b0 = bitmaps[0];
+    const last = [...b0.entries].reverse().find((e) => e.nonzero);
+    if (last) {
+      const keep = BigInt(b.u8(13) * 37) % cs, partial = (b.u8(14) & 1) !== 0 || keep === 0n;
+      last.cut = { keep, byte: partial ? b.u8(14) >> 1 : undefined };
+    }
+    bitmaps[0] = { ...b0, state: 2 };
+  }
+  let scan: BitmapPlan.Qcow2BitmapScan = {
     model: bitmapModel((flags & 1) !== 0 ? 3 : 2, clusterBits, order, size, bitmaps.length),
     fileSize: used * cs - BigInt(b.u8(13)) % cs,
     reftableOffset: cs,
@@ -115,6 +133,18 @@ function run(d: Uint8Array, cov: Cov): void {
         ? { act, src: enc.encode(`${NAMES[(v >> 3) % NAMES.length].slice(0, 8)}${(v >> 5) % 3}`) }
         : { act },
     );
+  }
+  if (tailMode && !actions.some((a) => a.act === "merge")) {
+    scan = tail!.tailBitsAsLoaded(scan);
+    for (const e of scan.bitmaps[0].entries) {
+      if (!e.cut) continue;
+      invariant(
+        e.cut.byte === undefined && e.cut.keep % 8n === 0n && e.cut.keep > 0n && e.cut.keep < cs,
+        "bitmap: a tail cut not of whole words",
+      );
+      cutClusters.set(e.value / cs, e.cut.keep);
+    }
+    cov.hit(`bitmap:tail:${cutClusters.size}`);
   }
   const req: BitmapPlan.BitmapRequest = {
     name: enc.encode(`${NAMES[b.u8(14) % NAMES.length]}${b.u8(14) >> 6}`),
@@ -203,6 +233,15 @@ function run(d: Uint8Array, cov: Cov): void {
       if (blockOffsets.has(p.offset)) continue;
       if (p.offset >= scan.fileSize && p.kind === "write" && len >= cs) {
         cov.hit("bitmap:past-end");
+      } else if (p.kind === "copy" && p.length !== cs && cutClusters.get(p.from / cs) === p.length) {
+        invariant(p.offset % cs === 0n && p.from % cs === 0n, "bitmap: a tail cut copy out of place");
+        const rest = s.patches.find((q) => q.kind === "write" && q.offset === p.offset + p.length);
+        invariant(
+          rest !== undefined && rest.kind === "write" && BigInt(rest.bytes.length) === cs - p.length &&
+            rest.bytes.every((x) => x === 0),
+          "bitmap: a tail cut copy without its zero rest",
+        );
+        cov.hit("bitmap:tail-copy");
       } else if (p.kind === "copy") {
         invariant(p.length === cs && p.offset % cs === 0n, "bitmap: copy of a partial cluster");
         const fromData = dataClusters.has(p.from / cs) && p.from % cs === 0n;

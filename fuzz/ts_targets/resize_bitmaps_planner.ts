@@ -7,7 +7,8 @@
 // Input (after resize_planners' selector byte 0):
 //   1      cluster_bits = 9 + b % 8        2  refcount order = b % 7
 //   3      bit 0-1 bitmaps (1..3), bit 2 a free index is given, bit 3 the first entry of each bitmap is cut,
-//          bit 4 entries past the new end may claim set bits (a hostile guest; the planner refuses)
+//          bit 4 entries past the new end may claim set bits (a hostile guest; the planner refuses),
+//          bit 5 bitmaps whose flags byte has bit 0 are in use, kept as commit's reopen keeps them (inUseKept)
 //   4-11   new virtual size (u64 LE, masked to 2^40, scaled down by 16 until the finest table fits 256 clusters)
 //   12-13  used clusters (u16 LE, inside the first refcount block)
 //   14-15  free index (u16 LE, mod used + 4)
@@ -26,7 +27,9 @@
 //   3. no copy of an entry at or past the new table's end;
 //   4. every cluster the store allocates (anything written but the header,
 //      refcount table entries and the refcount blocks the scan named) lies at
-//      or past the free index given.
+//      or past the free index given;
+//   5. with bitmaps in use (inUseKept): no patch touches an in-use bitmap's
+//      table, and when every bitmap is in use the store plans nothing.
 import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
 import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
@@ -76,7 +79,9 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
     next += (size * 8n + cs - 1n) / cs;
     const entries: BitmapPlan.BitmapScanEntry[] = [];
     let idx = 0n;
-    for (let k = 0; k < (b.u8(at + 2) & 7) && idx < size; k++) {
+    // An in-use bitmap is not read by the guest: no entries.
+    const inUse = (flags & 32) !== 0 && (b.u8(at + 1) & 1) !== 0;
+    for (let k = 0; k < (b.u8(at + 2) & 7) && idx < size && !inUse; k++) {
       const e: BitmapPlan.BitmapScanEntry = {
         index: idx,
         value: next * cs,
@@ -95,7 +100,7 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
     }
     bitmaps.push({
       name: enc.encode(`b${i}`),
-      flags: b.u8(at + 1) & 2,
+      flags: (b.u8(at + 1) & 2) | (inUse ? 1 : 0),
       granularityBits: gbits,
       tableOffset,
       tableSize: size,
@@ -126,7 +131,10 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
     nodeName: "#block000",
     phase,
     freeIndex: phase === "store" ? freeIndex : undefined,
+    inUseKept: (flags & 32) !== 0 || undefined,
   });
+  const kept = bitmaps.filter((x) => (x.flags & 1) !== 0);
+  if (kept.length > 0) cov.hit(`resize-bitmaps:in-use:${kept.length === nb ? "all" : "some"}`);
   const open = mod.planQcow2Bitmap(scan, req("open"));
   if (!checkResult(open, "resize-bitmaps-open", cov)) return;
   invariant(open.value.steps.length === 3, `resize-bitmaps: ${open.value.steps.length} open steps`);
@@ -138,6 +146,7 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
   if (!checkResult(r, "resize-bitmaps-store", cov)) return;
   const steps = r.value.steps;
   invariant(steps.length <= 40, `resize-bitmaps: ${steps.length} steps`);
+  if (kept.length === nb) invariant(steps.length === 0, "resize-bitmaps: a store with every bitmap in use");
   const floor = (freeIndex ?? 0n) * cs;
   // Refcount blocks the plan hooks up are new clusters too: only block 0 is the scan's.
   for (const s of steps) {
@@ -147,6 +156,13 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
     for (const p of s.patches) {
       if (p.kind === "zero") continue;
       const end = p.offset + (p.kind === "write" ? BigInt(p.bytes.length) : p.length);
+      for (const x of kept) {
+        const tEnd = x.tableOffset + ((x.tableSize * 8n + cs - 1n) / cs) * cs;
+        invariant(
+          end <= x.tableOffset || p.offset >= tEnd,
+          "resize-bitmaps: an in-use bitmap's table touched",
+        );
+      }
       const fixed = p.offset === 0n || p.offset === 48n || (p.offset >= cs && end <= 3n * cs);
       if (!fixed) {
         invariant(

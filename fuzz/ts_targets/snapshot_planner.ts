@@ -11,15 +11,18 @@
 //          clusters fill the image to b7 % 8 clusters short of what its one-cluster
 //          refcount table covers, so allocations move the table)
 //   4      L2 tables = 1 + b % 3
-//   5      extra zero L1 entries = b % 3; 6 snapshot to apply/delete; 7 chaos seed, slack
+//   5      extra zero L1 entries = b % 3; bit 7 (-a): the snapshots' L1 tables are 1 + (b >> 4) % 4
+//          entries longer than the active one (the goto grows it: qcow2_grow_l1_table)
+//   6      snapshot to apply/delete; 7 chaos seed, slack
 //   8..    one byte per L2 entry: % 4 = empty, data, compressed, zero
 //
 // Invariants on every plan:
 //   1. a failure is typed (qemu's errno or instar's refusal with a message);
 //   2. at most MAX_STEPS steps, each passing checkPlan (inside the file, no
 //      overlap, at most MAX_PATCHES patches);
-//   3. the header writes, if any, are nb_snapshots/snapshots_offset and (a
-//      moved refcount table) refcount_table_offset/clusters only;
+//   3. the header writes, if any, are nb_snapshots/snapshots_offset, (a
+//      moved refcount table) refcount_table_offset/clusters and (-a growing
+//      the active L1 table) l1_size/l1_table_offset only;
 //   4. consistent inputs: after applying every step to the image, each
 //      cluster's refcount (decoded from the refcount blocks, so never
 //      negative nor over the width) equals its references (qemu-img check's
@@ -107,6 +110,8 @@ function run(d: Uint8Array, cov: Cov): void {
   if (action !== "c" && nsnap === 0) nsnap = 1;
   const nL2 = 1 + (b.u8(4) % 3);
   const l1Size = nL2 + (b.u8(5) % 3);
+  const growL1 = action === "a" && (b.u8(5) & 0x80) !== 0;
+  const snapL1Size = l1Size + (growL1 ? 1 + ((b.u8(5) >> 4) % 4) : 0);
   const eb = extl2 ? 16n : 8n, perL2 = Number(cs / eb);
   const per = Math.min(perL2, 24);
   const kinds: number[][] = [];
@@ -221,7 +226,7 @@ function run(d: Uint8Array, cov: Cov): void {
       name: enc.encode(`s${i}`),
       unknownExtra: new Uint8Array(i === 1 ? 8 : 0),
       l1Offset: snapL1s[i] * cs,
-      l1Size,
+      l1Size: snapL1Size,
       dateSec: 1,
       dateNsec: 2,
       vmClockNsec: 0n,
@@ -322,7 +327,8 @@ function run(d: Uint8Array, cov: Cov): void {
       if (p.offset < cs) {
         // nb_snapshots/snapshots_offset, or (a moved refcount table) its offset and size
         invariant(
-          p.kind === "write" && (p.offset === 60n || p.offset === 48n) && p.bytes.length === 12,
+          p.kind === "write" && p.bytes.length === 12 &&
+            (p.offset === 60n || p.offset === 48n || (growL1 && p.offset === 36n)),
           () =>
             `snap: header write ${p.kind} at ${p.offset} ${p.kind === "write" ? p.bytes.length : p.length}`,
         );
@@ -344,6 +350,10 @@ function run(d: Uint8Array, cov: Cov): void {
   for (const c of filler) add(c);
   const rt = img.u64(48n), rtClusters = BigInt(img.u32(56n));
   if (rt !== reftable * cs) cov.hit(`snap:moved-table:${action}`);
+  if (growL1) {
+    invariant(img.u32(36n) === snapL1Size, `snap: -a left an L1 table of ${img.u32(36n)} entries`);
+    cov.hit("snap:grown-l1");
+  }
   span(rt, rtClusters * cs);
   const finalBlocks = new Map<number, bigint>();
   for (let i = 0; i < Number(rtClusters * cs / 8n); i++) {

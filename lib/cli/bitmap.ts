@@ -20,6 +20,7 @@ import { LOCKS } from "../vmm/image_lock.ts";
 import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
+import { tailBitsAsLoaded } from "../formats/qcow2/bitmap_tail.ts";
 import { bitmapsCarriable, type BitmapsExt } from "../formats/qcow2/rebase_plan.ts";
 import {
   type BitmapAction,
@@ -194,7 +195,9 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
     }
   }
   const recs = await scan(img);
-  const s = decodeOrRefuse(recs, img);
+  // Bits past a bitmap's end: kept as qemu keeps them (bitmap_tail.ts), but through --merge.
+  const loaded = decodeOrRefuse(recs, img);
+  const s = a.merge ? loaded : tailBitsAsLoaded(loaded);
   const req: BitmapRequest = {
     name,
     granularity: a.granularity,

@@ -53,8 +53,8 @@ import {
   prepareBitmapReopen,
   type ReopenHost,
   storeBitmapsAtClose,
+  truncateRefused,
 } from "../formats/qcow2/bitmaps_reopen.ts";
-import { BME_FLAG_AUTO } from "../formats/qcow2/bitmap_plan.ts";
 import { bitmapScanOf, stageDirty } from "./commit_dirty.ts";
 import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
 import type { FilePlan } from "../formats/plan.ts";
@@ -235,28 +235,28 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   const baseBitmaps = bq && bq.nbBitmaps > 0
     ? await prepareBitmapReopen(baseHost, baseImg.filename)
     : undefined;
-  if (baseBitmaps) {
-    // Enabled bitmaps record the job's writes (commit_dirty.ts): exactly
-    // the planned clusters while a mirror chunk is one base cluster or more.
-    const cs = bq!.clusterSize;
-    if (cs > 65536n && baseBitmaps.before.bitmaps.some((b) => (b.flags & BME_FLAG_AUTO) !== 0)) {
-      throw refuse("instar does not commit into an image with enabled bitmaps and clusters over 64 KiB");
-    }
-    if (baseImg.virtualSize < size) throw refuse("instar does not grow a base with bitmaps");
-  }
   if (topBitmaps) await topSteps(topBitmaps.openSteps);
   if (baseBitmaps) await baseSteps(baseBitmaps.openSteps);
+  if (baseBitmaps && baseImg.virtualSize < size && truncateRefused(baseBitmaps)) {
+    // The job's bdrv_co_truncate fails before it copies anything; the base
+    // is reopened read-only and the overlay closed, each storing its bitmaps.
+    await storeBitmapsAtClose(baseHost, baseImg.filename, baseBitmaps);
+    if (topBitmaps) await storeBitmapsAtClose(reopenHost, filename, topBitmaps);
+    throw new CliError(["Block job failed: Operation not supported"]);
+  }
   // Which clusters move: the map of the whole chain (depth = the layer).
   const runs = await mapRuns(chainInputs(chain), what);
   // bdrv_co_truncate of the base when it is shorter.
-  if (baseImg.virtualSize < size) await growBase(baseImg, size, what);
+  if (baseImg.virtualSize < size) await growBase(baseImg, size, what, baseBitmaps !== undefined);
   const cb = bq ? bq.clusterBits : 16;
   // A qcow2 base as qemu's mirror job writes it (chunks, block status runs);
   // a raw base takes the same bytes at the same offsets either way.
   const spans = chain.map((l) =>
     l.qcow2 ? l.qcow2.clusterSize * (l.qcow2.clusterSize / (l.qcow2.extendedL2 ? 16n : 8n)) : undefined
   );
-  const writes = bq ? mirrorOps(runs, depth, cb, size, spans) : commitOps(runs, depth, cb, size);
+  // The byte ranges the job's requests cover: the dirty bits of the base's enabled bitmaps.
+  const written: [bigint, bigint][] = [];
+  const writes = bq ? mirrorOps(runs, depth, cb, size, spans, written) : commitOps(runs, depth, cb, size);
   const total = writes.reduce((t, w) => t + (w.count << BigInt(cb)), 0n);
   // The copy guest's progress within its run, after the runs before it.
   let before = 0n;
@@ -294,12 +294,7 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     await applyWritePlan(plan.value, source, baseImg, size, what, moved);
     if (baseBitmaps) {
       baseImg.fileSize = BigInt((await Deno.stat(hostPath(baseImg.openPath))).size);
-      const cbb = BigInt(cb);
-      const ranges: [bigint, bigint][] = writes.map((w) => {
-        const to = (w.cluster + w.count) << cbb;
-        return [w.cluster << cbb, to < size ? to : size];
-      });
-      await storeBitmapsAtClose(baseHost, baseImg.filename, baseBitmaps, stageDirty(baseImg, ranges, what));
+      await storeBitmapsAtClose(baseHost, baseImg.filename, baseBitmaps, stageDirty(baseImg, written, what));
     }
   }
   if (empty === "complete") {
@@ -351,7 +346,7 @@ export async function scanQcow2(img: OpenedImage, what: string, flags = 0n) {
 }
 
 /** Grows the base to `size` as bdrv_co_truncate does (its format's resize). */
-async function growBase(img: OpenedImage, size: bigint, what: string) {
+async function growBase(img: OpenedImage, size: bigint, what: string, bitmapsHeld: boolean) {
   const support = img.driver.resize;
   if (!support) throw new CliError([`${what}: Image format driver does not support resize`]);
   const host: ResizeHost = {
@@ -379,6 +374,7 @@ async function growBase(img: OpenedImage, size: bigint, what: string) {
     newSize: size,
     shrink: false,
     preallocation: "off",
+    bitmapsHeld,
   }, host);
   // The image's facts after the resize: its size and length changed.
   const st = await Deno.stat(hostPath(img.openPath));

@@ -14,7 +14,12 @@ import { CliError } from "./messages.ts";
 import type { OpenedImage } from "./image.ts";
 import { hostPath } from "../host/context.ts";
 import { qcow2ErrorMessage } from "../formats/qcow2/errors.ts";
-import { BME_FLAG_AUTO, type Qcow2BitmapScan, tableSizeFor } from "../formats/qcow2/bitmap_plan.ts";
+import {
+  BME_FLAG_AUTO,
+  BME_FLAG_IN_USE,
+  type Qcow2BitmapScan,
+  tableSizeFor,
+} from "../formats/qcow2/bitmap_plan.ts";
 import type { StageDirty } from "../formats/qcow2/bitmaps_reopen.ts";
 
 /** The most bytes of raw bits one bitmap may take (the guest's own bound). */
@@ -39,8 +44,9 @@ export function stageDirty(img: OpenedImage, ranges: Ranges, what: string): Stag
     const cs = loaded.model.clusterSize;
     const len = loaded.model.virtualSize & ~511n;
     const up = (v: bigint) => ((v + cs - 1n) / cs) * cs;
+    // Inconsistent (in use before the reopen) bitmaps are never stored: not staged.
     const enabled = loaded.bitmaps.map((b, i) => ({ b, i })).filter(({ b }) =>
-      (b.flags & BME_FLAG_AUTO) !== 0
+      (b.flags & BME_FLAG_AUTO) !== 0 && (b.flags & BME_FLAG_IN_USE) === 0
     );
     if (enabled.length === 0 || ranges.length === 0) return undefined;
     // Result regions first, then the raw bits of each bitmap.

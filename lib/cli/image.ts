@@ -223,7 +223,8 @@ async function openImageOnce(
     const features = recs
       .filter((r) =>
         r.type === records.NAME &&
-        (r.fields.kind === nameKinds.INCOMPAT_FEATURE || r.fields.kind === nameKinds.ERROR_TEXT)
+        (r.fields.kind === nameKinds.INCOMPAT_FEATURE || r.fields.kind === nameKinds.ERROR_TEXT ||
+          r.fields.kind === nameKinds.BITMAP_NAME)
       )
       .map((r) => new TextDecoder().decode(nameBytes(r)));
     const f = err.fields;

@@ -282,6 +282,13 @@ export interface ResizeJob {
   newSize: bigint;
   shrink: boolean;
   preallocation: Prealloc;
+  /**
+   * The caller holds the image's persistent bitmaps (marked in use before,
+   * stored anew after, for the new size): the resize leaves them alone, as
+   * qcow2_co_truncate does under a commit job (bdrv_dirty_bitmap_truncate
+   * only resizes them in memory).
+   */
+  bitmapsHeld?: boolean;
 }
 
 /** A guest resize_scan run's outcome, the input's identity already checked. */

@@ -129,6 +129,14 @@ export interface BitmapRequest {
    * their own (commit's dirty bits in a base's enabled bitmaps).
    */
   stagedData?: Map<number, Map<bigint, bigint>>;
+  /**
+   * Bitmaps already in use (inconsistent) are carried as qemu carries them
+   * through a read-write reopen that changes no bitmap by name (commit):
+   * loaded as inconsistent, never stored, their directory entry and
+   * clusters left as they are (qcow2_store_persistent_dirty_bitmaps skips
+   * them). Only with "open"/"store" phases and no actions.
+   */
+  inUseKept?: boolean;
 }
 
 /** What the guest must compute for a --merge that combines bits (bitmap_scan's merge mode). */
@@ -163,6 +171,8 @@ interface Mem {
   gbits: number;
   enabled: boolean;
   data: Map<bigint, bigint>;
+  /** Loaded from an entry in use: inconsistent, skipped by the store (inUseKept). */
+  inconsistent?: boolean;
   /** Clusters of data stored cut (a shrink drops the bits past the new end). */
   cuts?: Map<bigint, BitmapCut>;
 }
@@ -216,7 +226,7 @@ function dirBytes(list: DirEntry[]): Uint8Array {
 }
 
 /** Why the planner does not take this image (undefined: it does). */
-export function bitmapRefusal(s: Qcow2BitmapScan): string | undefined {
+export function bitmapRefusal(s: Qcow2BitmapScan, inUseKept = false): string | undefined {
   const m = s.model, l = m.layout;
   if (m.version !== 3) return undefined; // qemu's own refusals come first
   if (l.unknownExtension) return "the header has an extension instar does not know";
@@ -235,7 +245,7 @@ export function bitmapRefusal(s: Qcow2BitmapScan): string | undefined {
   }
   for (const b of s.bitmaps) {
     const n = text(b.name);
-    if (b.flags & BME_FLAG_IN_USE) {
+    if ((b.flags & BME_FLAG_IN_USE) && !inUseKept) {
       return `bitmap '${n}' is in use (inconsistent); instar does not change such images`;
     }
     if (b.state !== 0) {
@@ -403,6 +413,7 @@ class Replay {
         name: b.name,
         gbits: b.granularityBits,
         enabled: (b.flags & BME_FLAG_AUTO) !== 0,
+        inconsistent: (b.flags & BME_FLAG_IN_USE) !== 0 || undefined,
         data: staged ?? data,
         cuts: staged ? undefined : cuts,
       });
@@ -413,7 +424,11 @@ class Replay {
   }
 
   run(): BitmapPlan {
-    const why = this.s.model.version === 3 ? bitmapRefusal(this.s) : undefined;
+    const keep = this.req.inUseKept === true;
+    if (keep && (this.req.phase === undefined || this.req.actions.length > 0)) {
+      throw new Refusal("in-use bitmaps are kept only by a reopen");
+    }
+    const why = this.s.model.version === 3 ? bitmapRefusal(this.s, keep) : undefined;
     if (why) throw new Refusal(why);
     if (this.req.phase !== "store") this.open();
     if (this.req.phase === "open") return { steps: this.steps };
@@ -707,6 +722,8 @@ class Replay {
     const drop: DirEntry[] = [];
     let needWrite = false;
     for (const m of [...this.mems].reverse()) {
+      // Inconsistent bitmaps are skipped: their entry stays as it is.
+      if (m.inconsistent) continue;
       needWrite = true;
       const k = key(m.name);
       let bm = list.find((e) => key(e.name) === k);

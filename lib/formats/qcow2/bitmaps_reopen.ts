@@ -18,8 +18,8 @@
 import type { Rec } from "../../abi/records.ts";
 import type { FilePlan } from "../plan.ts";
 import {
-  bitmapNameText,
   bitmapRefusal,
+  type BitmapRequest,
   BME_FLAG_IN_USE,
   planQcow2Bitmap,
   type Qcow2BitmapScan,
@@ -44,6 +44,8 @@ export interface BitmapReopen {
   openSteps: FilePlan[];
 }
 
+const keptInUse = (r: BitmapRequest): BitmapRequest => ({ ...r, inUseKept: true });
+
 function scanNow(host: ReopenHost, filename: string): Promise<Qcow2BitmapScan> {
   return decodeReopenScan(host, filename, host.bitmapScan());
 }
@@ -51,15 +53,10 @@ function scanNow(host: ReopenHost, filename: string): Promise<Qcow2BitmapScan> {
 /** Scans the bitmaps, checks instar can carry them, plans the in-use marking (nothing written). */
 export async function prepareBitmapReopen(host: ReopenHost, filename: string): Promise<BitmapReopen> {
   const before = await scanNow(host, filename);
-  const inUse = before.bitmaps.find((b) => (b.flags & BME_FLAG_IN_USE) !== 0);
-  if (inUse) {
-    throw host.refuse(
-      `bitmap '${bitmapNameText(inUse.name)}' is in use (inconsistent); instar does not carry it`,
-    );
-  }
-  const why = bitmapRefusal(before);
+  // Bitmaps already in use are loaded as inconsistent and never stored (kept as they are).
+  const why = bitmapRefusal(before, true);
   if (why) throw host.refuse(why);
-  const plan = planQcow2Bitmap(before, reopenRequest("open"));
+  const plan = planQcow2Bitmap(before, keptInUse(reopenRequest("open")));
   if (!plan.ok) throw host.refuse(plan.error.message);
   return { before, openSteps: plan.value.steps };
 }
@@ -85,7 +82,7 @@ export async function storeBitmapsAtClose(
 ): Promise<void> {
   const now = await scanNow(host, filename);
   const loaded = bitmapsAsLoaded(host, now, job.before, "written");
-  const req = reopenRequest("store");
+  const req = keptInUse(reopenRequest("store"));
   const staged = stage ? await stage(loaded, stagingOffset(loaded)) : undefined;
   if (staged) {
     req.merged = { data: new Map(), fileEnd: staged.fileEnd };
@@ -94,4 +91,12 @@ export async function storeBitmapsAtClose(
   const plan = planQcow2Bitmap(loaded, req);
   if (!plan.ok) throw host.refuse(plan.error.message);
   await host.applySteps(plan.value.steps);
+}
+
+/**
+ * qcow2_truncate_bitmaps_check: qcow2_co_truncate refuses (ENOTSUP) while
+ * any bitmap is inconsistent (it was in use before the reopen).
+ */
+export function truncateRefused(job: BitmapReopen): boolean {
+  return job.before.bitmaps.some((b) => (b.flags & BME_FLAG_IN_USE) !== 0);
 }

@@ -88,6 +88,12 @@ const BUF_SIZE = 16n * MAX_IO_BYTES;
  * at every L2 table boundary of each qcow2 layer consulted (qcow2_get_host_offset
  * answers one L2 slice at a time); `spans[d]` is layer d's L2 table span in
  * bytes (undefined for raw).
+ *
+ * `written`, when given, receives the byte ranges the job's requests cover
+ * ([from, to), ascending, adjacent ones merged): what bdrv_set_dirty marks
+ * in the base's enabled bitmaps. They are the ops' clusters but where a
+ * chunk is smaller than a base cluster (clusters over 64 KiB), where they
+ * are the chunks alone.
  */
 export function mirrorOps(
   runs: MapRun[],
@@ -95,6 +101,7 @@ export function mirrorOps(
   clusterBits: number,
   size: bigint,
   spans: (bigint | undefined)[],
+  written?: [bigint, bigint][],
 ): WriteOp[] {
   const cb = BigInt(clusterBits);
   const cs = 1n << cb;
@@ -134,6 +141,12 @@ export function mirrorOps(
   };
   const out: WriteOp[] = [];
   const emit = (from: bigint, to: bigint, kind: "data" | "zero") => {
+    if (written) {
+      const w = written[written.length - 1];
+      if (w && w[1] >= from) {
+        if (to > w[1]) w[1] = to;
+      } else written.push([from, to]);
+    }
     const c0 = from >> cb, c1 = (to + cs - 1n) >> cb;
     let c = c0;
     const last = out[out.length - 1];

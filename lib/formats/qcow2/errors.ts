@@ -23,13 +23,16 @@ import type { Rec } from "../../abi/records.ts";
 
 /**
  * qemu's message for a qcow2 open failure. `features` are the feature-table
- * names the guest sent (NAME records of kind INCOMPAT_FEATURE).
+ * names the guest sent (NAME records of kind INCOMPAT_FEATURE), or, with a
+ * bitmap error, the bitmap's name (the NAME record of kind BITMAP_NAME, the
+ * only name such an error carries).
  */
 export function qcow2ErrorMessage(e: GuestErrorFields, features: string[] = []): string {
   // The texts verified against qemu-img live beside the guest's argument
   // conventions (lib/abi/check_messages.ts); this table only adds instar's
   // own refusals, which qemu has no words for.
-  const verified = qcow2OpenErrorText(e, features);
+  const bitmap = e.code === G.BAD_BITMAP ? features[features.length - 1] ?? "" : "";
+  const verified = qcow2OpenErrorText(e, e.code === G.BAD_BITMAP ? [] : features, bitmap);
   if (verified !== undefined) return verified;
   const { a0, a1, a2 } = e;
   switch (e.code) {

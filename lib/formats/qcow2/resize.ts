@@ -32,7 +32,7 @@ export const qcow2Resize: ResizeSupport = {
     }
     if (q.hasDataFileBit) throw host.refuse("instar does not resize images with an external data file");
     // Persistent bitmaps: marked in use, then stored anew at close (resize_bitmaps.ts).
-    const bitmaps = q.nbBitmaps > 0 || q.hasBitmapsExt
+    const bitmaps = (q.nbBitmaps > 0 || q.hasBitmapsExt) && !job.bitmapsHeld
       ? await prepareBitmapResize(host, job.filename, total)
       : undefined;
     // A shrink copies the L2 tables internal snapshots share (resize_plan.ts).

@@ -154,10 +154,9 @@ export async function qcow2Snapshot(
     // the clusters past the end, copying the L2 tables snapshots share).
     const sn = scan.snapshots[pick!];
     if (sn && sn.diskSize !== (scan.virtualSize & ~511n) && host.resize) {
-      // instar's own refusals of the goto come before anything is written
-      // (but the L1 table's size, which a grow changes).
+      // instar's own refusals of the goto come before anything is written.
       const first = planSnapshotGoto({ ...scan, virtualSize: sn.diskSize }, pick!);
-      if (!first.ok && first.failure.kind === "refuse" && !/grow the L1 table/.test(first.failure.message)) {
+      if (!first.ok && first.failure.kind === "refuse") {
         throw failWith(first.failure.message);
       }
       await host.resize(sn.diskSize, pre);

@@ -31,6 +31,11 @@
 //   3. OFLAG_COPIED cleared where a refcount rose (L2 entries, L1 tables);
 //   4. the pointer: the header's nb_snapshots/snapshots_offset (-c, -d) or
 //      the active L1 table (-a);
+// -a of a snapshot whose L1 table is larger than the active one first grows
+// the active one as qcow2_grow_l1_table does (exact size): the new table
+// with the active entries (and the refcount blocks counting it) synced, then
+// the header's l1_size/l1_table_offset, the old table freed (not discarded:
+// QCOW2_DISCARD_OTHER), its lowered count written with the next blocks.
 //   5. refcount blocks with the lowered refcounts (the old table, the
 //      deleted snapshot's or the replaced active layer's clusters);
 //   6. OFLAG_COPIED set where a refcount fell to 1 (entries and L1);
@@ -50,6 +55,8 @@ export const MAX_SNAPSHOTS = 65536;
 const MAX_SNAPSHOTS_SIZE = 1024n * 65536n;
 /** Header fields: nb_snapshots (u32) then snapshots_offset (u64). */
 const HDR_NB_SNAPSHOTS = 60n;
+/** Header fields: l1_size (u32) then l1_table_offset (u64). */
+const HDR_L1_SIZE = 36n;
 /** Kinds of SNAP_L2RUN (snapRunKinds). */
 const KIND_DATA = 1, KIND_COMPRESSED = 2;
 /** More steps than this and the plan is refused (bounded work for the applier). */
@@ -158,12 +165,17 @@ class Replay {
   readonly tables = new Map<bigint, SnapL2Run[]>();
   readonly steps: FilePlan[] = [];
   size: bigint;
+  /** The active L1 table as it now stands (qcow2_grow_l1_table moves it). */
+  l1Offset: bigint;
+  l1Size: number;
 
   constructor(readonly scan: Qcow2SnapshotScan) {
     this.cb = BigInt(scan.clusterBits);
     this.cs = 1n << this.cb;
     this.entryBytes = scan.extendedL2 ? 16n : 8n;
     this.size = scan.fileSize;
+    this.l1Offset = scan.l1Offset;
+    this.l1Size = scan.l1Size;
     const table = new Map<bigint, bigint>();
     for (const [i, v] of scan.reftable) table.set(BigInt(i), v & REFT_OFFSET_MASK);
     this.rc = new RefcountModel({
@@ -360,7 +372,7 @@ class Replay {
     const s = this.scan;
     // The refcount table as it now stands (a replaced one is free).
     let c = hit(0n, 1n) ?? span(this.rc.tableOffset, this.rc.tableClusters << this.cb) ??
-      span(s.l1Offset, BigInt(s.l1Size) * 8n) ?? span(s.snapshotsOffset, s.tableSize);
+      span(this.l1Offset, BigInt(this.l1Size) * 8n) ?? span(s.snapshotsOffset, s.tableSize);
     for (const v of s.reftable.values()) c ??= span(v & REFT_OFFSET_MASK, 1n);
     for (const e of s.snapshots) c ??= span(e.l1Offset, BigInt(e.l1Size) * 8n);
     for (const m of [s.activeL1, s.picked?.l1 ?? new Map<number, bigint>()]) {
@@ -371,6 +383,34 @@ class Replay {
       else if (r.kind === KIND_COMPRESSED) c ??= hit(r.refFirst, r.refFirst + BigInt(r.refClusters));
     }
     return c;
+  }
+
+  /**
+   * qcow2_grow_l1_table(size, exact): a new table with the active entries,
+   * counted and synced, then the header's l1_size and l1_table_offset, then
+   * the old table freed (QCOW2_DISCARD_OTHER: never punched).
+   */
+  growL1(size: number, active: Map<number, bigint>) {
+    if (size <= this.l1Size) return;
+    if (size > (32 << 20) / 8) throw new Refusal({ kind: "qemu", errno: "EFBIG", message: "File too large" });
+    const bytes = BigInt(size) * 8n;
+    const at = this.alloc(bytes);
+    this.push([...this.takeBlocks(), { kind: "write", offset: at, bytes: this.l1Bytes(active, size) }]);
+    this.push(this.takeHookups());
+    const h = new Uint8Array(12);
+    const dv = new DataView(h.buffer);
+    dv.setUint32(0, size);
+    dv.setBigUint64(4, at);
+    this.push([{ kind: "write", offset: HDR_L1_SIZE, bytes: h }]);
+    const freed = this.rc.freed;
+    this.rc.freed = undefined;
+    try {
+      this.free(this.l1Offset, BigInt(this.l1Size) * 8n);
+    } finally {
+      this.rc.freed = freed;
+    }
+    this.l1Offset = at;
+    this.l1Size = size;
   }
 
   /** qcow2_free_clusters(offset, bytes): one reference less for each cluster the range touches. */
@@ -512,8 +552,9 @@ export function planSnapshotGoto(scan: Qcow2SnapshotScan, index: number): Snapsh
     if (sn.diskSize !== (scan.virtualSize & ~511n)) {
       throw refuse("instar does not apply a snapshot whose virtual size differs from the image's");
     }
-    if (sn.l1Size > scan.l1Size) throw refuse("instar does not grow the L1 table to apply a snapshot");
     if (sn.l1Offset === scan.l1Offset) throw refuse("the snapshot shares the active L1 table");
+    // The active table made large enough for the snapshot's (qcow2_grow_l1_table).
+    r.growL1(sn.l1Size, scan.activeL1);
     const original = new Map(scan.picked.l1);
     // Raise: the snapshot's references, and its L1 table with the flags they leave.
     const snapL1 = new Map(original);
@@ -524,7 +565,7 @@ export function planSnapshotGoto(scan: Qcow2SnapshotScan, index: number): Snapsh
     if (snapChanged) raised.push({ kind: "write", offset: sn.l1Offset, bytes: r.l1Bytes(snapL1, sn.l1Size) });
     r.push(raised);
     // Publish: the active L1 table becomes the snapshot's as read, padded with zeroes.
-    r.push([{ kind: "write", offset: scan.l1Offset, bytes: r.l1Bytes(original, scan.l1Size) }]);
+    r.push([{ kind: "write", offset: r.l1Offset, bytes: r.l1Bytes(original, r.l1Size) }]);
     // Lower: the old active layer's references.
     r.updateSnapshotRefcount(new Map(scan.activeL1), -1n);
     r.push(r.takeBlocks());
@@ -532,8 +573,8 @@ export function planSnapshotGoto(scan: Qcow2SnapshotScan, index: number): Snapsh
     const flags = r.updateSnapshotRefcount(active, 0n)
       ? [{
         kind: "write" as const,
-        offset: scan.l1Offset,
-        bytes: r.l1Bytes(active, scan.l1Size),
+        offset: r.l1Offset,
+        bytes: r.l1Bytes(active, r.l1Size),
       }]
       : [];
     r.push([...r.takeEntries(), ...flags]);

@@ -1,0 +1,39 @@
+// Bits set past a persistent bitmap's end, as qemu 7.2 loads and stores
+// them (a bitmap another writer left so; qemu itself never sets them). Its
+// load_bitmap_data deserializes whole 64-bit words (hbitmap_deserialize_part),
+// so the bits past the end inside the word holding the end come into memory
+// with the rest; store_bitmap_data serializes whole words again
+// (hbitmap_serialization_size) and zeroes the rest of the cluster. So the
+// cluster holding the end keeps its first bytes up to the end of that word,
+// and is zero after; a cluster whose only set bits lie past the end is not
+// stored (hbitmap_next_dirty stops at the end). This turns the scan's cut
+// records (BITMAP_CUT: the bytes up to the end, and the boundary byte) into
+// that word cut, for commands that store the bitmap as loaded and change no
+// bits of it (`bitmap` without --merge: qemu's hbitmap_merge works on whole
+// words of both bitmaps, which instar's merge does not model).
+import { bitmapState } from "../../abi/spec.ts";
+import type { Qcow2BitmapScan } from "./bitmap_plan.ts";
+
+/** The scan with every bitmap whose only state is TAIL_BITS as qemu holds it in memory. */
+export function tailBitsAsLoaded(s: Qcow2BitmapScan): Qcow2BitmapScan {
+  const cs = s.model.clusterSize;
+  return {
+    ...s,
+    bitmaps: s.bitmaps.map((b) => {
+      if (b.state !== bitmapState.TAIL_BITS) return b;
+      return {
+        ...b,
+        state: 0,
+        entries: b.entries.map((e) => {
+          if (!e.cut) return e;
+          // The bytes up to the end, rounded up to whole 64-bit words.
+          const bytes = e.cut.keep + (e.cut.byte !== undefined ? 1n : 0n);
+          const words = ((bytes + 7n) / 8n) * 8n;
+          const keep = words < cs ? words : cs;
+          const { cut: _, ...rest } = e;
+          return keep === cs ? rest : { ...rest, cut: { keep } };
+        }),
+      };
+    }),
+  };
+}
