@@ -31,7 +31,7 @@ import { formatCheckMessage } from "../abi/check_messages.ts";
 import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
-import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
+import { planEntryZeroes, planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
 import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { resizeHost } from "./resize.ts";
@@ -182,11 +182,28 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // then the flags and the header bits below, on the grown file.
   let rebuilt: FilePlan[] = [];
   let fileSize = top.fileSize;
+  // -r all first grows the file to end with each refcount block past its
+  // end (qemu's bdrv_truncate in check_refblocks), then makes L2 entries of
+  // unaligned preallocated clusters zero clusters; both before the rest.
+  const early: FilePlan[] = [];
+  if (d.kind === "rebuild" || d.kind === "repair") {
+    const cs = 1n << BigInt(q!.clusterBits);
+    for (const off of d.grow) {
+      if (off < 0n || off % cs !== 0n || off + cs > 1n << 62n) {
+        throw new CliError(["Check failed: sandbox failure: refcount block to grow to out of range"]);
+      }
+      if (off + cs > fileSize) fileSize = off + cs;
+    }
+    if (fileSize !== top.fileSize) early.push({ patches: [], fileSize });
+    const z = planEntryZeroes(q!.clusterBits, fileSize, d.zeroes);
+    if (!z.ok) throw new CliError([`Check failed: sandbox failure: ${z.error.message}`]);
+    early.push(...z.value);
+  }
   if (d.kind === "rebuild") {
     const r = planQcow2Rebuild({
       clusterBits: q!.clusterBits,
       refcountBits: q!.refcountBits,
-      fileSize: top.fileSize,
+      fileSize,
       ...d.rebuild,
     });
     if (!r.ok) {
@@ -199,6 +216,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     fileSize = r.value.fileSize;
     for (const t of d.before) io.err(t);
     io.err("Rebuilding refcount structure\n");
+    for (const t of d.again) io.err(t);
     for (const l of r.value.leaks) io.err(formatCheckMessage(1, [2n, l.cluster, l.from, l.to]));
     for (const t of d.after) io.err(t);
   } else {
@@ -217,11 +235,12 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     fileSize,
     fixes: d.kind === "repair" ? d.fixes : [],
     oflags: d.kind === "rebuild_error" ? [] : d.oflags,
+    zeroed: d.kind === "rebuild_error" ? [] : d.zeroes.map((z) => z.offset),
     header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
   });
   if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
   if (bitmaps) await host.applySteps(bitmaps.openSteps, "Check failed", "discard", true);
-  await host.applySteps([...rebuilt, ...plan.value], "Check failed", "discard", true);
+  await host.applySteps([...early, ...rebuilt, ...plan.value], "Check failed", "discard", true);
   if (failed) {
     await storeBitmaps();
     throw new CliError(["Check failed: Input/output error"]);
