@@ -345,8 +345,15 @@ static int read_snapshot_table(struct checker *c)
     /* v3 snapshot entries need at least 16 bytes of extra data. */
     for (uint64_t i = 0; q->version >= 3 && i < n; i++) {
         if (g_snaps[i].extra_size < 16) {
-            c->res.corruptions++;
-            msg(CMSG_SNAPSHOT_INCOMPLETE, i, 0, 0, 0);
+            /* -r all: qcow2_check_fix_snapshot_table writes the table anew
+             * (the host does, after the refcount repairs) */
+            if (c->repair & CHECKOP_F_REPAIR_ALL) {
+                c->res.corruptions_fixed++;
+                msg(CMSG_SNAPSHOT_INCOMPLETE_REPAIR, i, 0, 0, 0);
+            } else {
+                c->res.corruptions++;
+                msg(CMSG_SNAPSHOT_INCOMPLETE, i, 0, 0, 0);
+            }
         }
     }
     return 0;

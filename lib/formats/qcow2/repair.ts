@@ -23,7 +23,11 @@
 //     clusters, reserved bits, references past the end of the file, ...)
 //     pass through; a rebuild's second calculate_refcounts prints the L1/L2
 //     ones again after "Rebuilding refcount structure";
-//   - instar refuses (nothing written) the rest: the snapshot table fixes,
+//   - with -r all, an incomplete snapshot table entry ("Repairing snapshot
+//     table entry N is incomplete") has qcow2_check_fix_snapshot_table write
+//     the table anew after the refcount repairs (`snapshots`), but beside a
+//     rebuild, a grown file or bitmaps (the caller checks those);
+//   - instar refuses (nothing written) the rest: the other snapshot table fixes,
 //     an unaligned refcount block qemu reads (it marks the image corrupt),
 //     a block too far past the end to grow the file to.
 import { records } from "../../abi/spec.ts";
@@ -52,6 +56,8 @@ const OUTSIDE = code("REFBLOCK_OUTSIDE"), OUTSIDE_FIX = code("REFBLOCK_OUTSIDE_R
 const STRUCTURE = new Set(["CORRUPT_REFBLOCK_UNALIGNED", "REFCOUNT_EIO"].map(code));
 /** L2 entries check_refcounts_l2 rewrites as zero clusters (-r all). */
 const ZERO_FIX = code("PREALLOC_UNALIGNED_REPAIR");
+/** An incomplete snapshot table entry: -r all writes the table anew. */
+const SNAP_FIX = code("SNAPSHOT_INCOMPLETE_REPAIR");
 /** Errors qemu's -r all prints and counts but does not repair; a rebuild's
  * second calculate_refcounts prints them again (REPRINT). */
 const REPRINT = new Set(
@@ -93,6 +99,8 @@ export type RepairDecision =
     oflags: OflagFix[];
     grow: bigint[];
     zeroes: ZeroFix[];
+    /** Write the snapshot table anew after the repairs. */
+    snapshots: boolean;
   };
 
 interface Mismatch {
@@ -163,7 +171,7 @@ export function decideRepair(
       return { kind: "refuse", why: "instar does not repair a refcount block qemu cannot read" };
     } else if (c === OUTSIDE && mode === "all") {
       return { kind: "refuse", why: "instar does not grow the file this far for a refcount block" };
-    } else if (mode === "all" && !PRINT_ONLY.has(c) && c !== ZERO_FIX && c !== OUTSIDE_FIX) {
+    } else if (mode === "all" && !PRINT_ONLY.has(c) && c !== ZERO_FIX && c !== OUTSIDE_FIX && c !== SNAP_FIX) {
       return { kind: "refuse", why: "instar does not repair the snapshot table or these L1/L2 entries" };
     }
   }
@@ -175,6 +183,11 @@ export function decideRepair(
   const before = texts.filter((_, i) => !isFlag(i)), after = texts.filter((_, i) => isFlag(i));
   if (rebuild && mode === "leaks") {
     return { kind: "rebuild_error", lines: before.concat("ERROR need to rebuild refcount structures\n") };
+  }
+  const snapshots = msgs.some((m) => m.fields.code === SNAP_FIX);
+  if (snapshots && mode === "leaks") throw new Error("check sent -r all repairs with -r leaks");
+  if (snapshots && (rebuild || grow.length)) {
+    return { kind: "refuse", why: "instar does not rewrite the snapshot table beside a rebuild" };
   }
   if (rebuild) {
     if (msgs.some((m) => PRINT_ONLY.has(m.fields.code as number) && !REPRINT.has(m.fields.code as number))) {
@@ -228,5 +241,5 @@ export function decideRepair(
   if (fixes.length !== [...mismatches.values()].filter(fixable).length) {
     throw new Error("check sent fewer repairs than mismatches it fixes");
   }
-  return { kind: "repair", lines, fixes, oflags, grow, zeroes };
+  return { kind: "repair", lines, fixes, oflags, grow, zeroes, snapshots };
 }
