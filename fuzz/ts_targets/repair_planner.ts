@@ -205,7 +205,8 @@ function runZeroes(d: Uint8Array, cov: Cov): void {
     for (const p of s.patches) {
       invariant(p.kind === "write" && p.bytes.length % 8 === 0, "zeroes: not an entry write");
       for (let o = 0; o < p.bytes.length; o += 8) {
-        const at = p.offset + BigInt(o), v = new DataView(p.bytes.buffer, p.bytes.byteOffset + o).getBigUint64(0);
+        const at = p.offset + BigInt(o),
+          v = new DataView(p.bytes.buffer, p.bytes.byteOffset + o).getBigUint64(0);
         invariant(want.get(at) === v && (v === 0n || v === 1n), `zeroes: entry ${at} gets ${v}`);
         invariant(!seen.has(at), `zeroes: entry ${at} written twice`);
         seen.add(at);

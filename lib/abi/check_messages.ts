@@ -158,7 +158,11 @@ export const checkMessages: CheckMessage[] = [
   },
   { name: "SNAPSHOT_INCOMPLETE", code: 31, text: "ERROR snapshot table entry %d is incomplete\n" },
   // check -r all: qcow2_check_fix_snapshot_table then writes the table anew
-  { name: "SNAPSHOT_INCOMPLETE_REPAIR", code: 222, text: "Repairing snapshot table entry %d is incomplete\n" },
+  {
+    name: "SNAPSHOT_INCOMPLETE_REPAIR",
+    code: 222,
+    text: "Repairing snapshot table entry %d is incomplete\n",
+  },
   {
     // qcow2_signal_corruption on a read-only image: printed once per open.
     name: "CORRUPT_REFBLOCK_UNALIGNED",

@@ -238,7 +238,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // then; only the incompatible_features field differs.
   const failed = d.kind === "rebuild_error";
   const clean = !failed && f.checkErrors === 0n && f.corruptions === 0n;
-  const header = q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined;
+  const header = q!.version === 3
+    ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n }
+    : undefined;
   const plan = planQcow2Repair({
     clusterBits: q!.clusterBits,
     refcountBits: q!.refcountBits,

@@ -171,7 +171,9 @@ export function decideRepair(
       return { kind: "refuse", why: "instar does not repair a refcount block qemu cannot read" };
     } else if (c === OUTSIDE && mode === "all") {
       return { kind: "refuse", why: "instar does not grow the file this far for a refcount block" };
-    } else if (mode === "all" && !PRINT_ONLY.has(c) && c !== ZERO_FIX && c !== OUTSIDE_FIX && c !== SNAP_FIX) {
+    } else if (
+      mode === "all" && !PRINT_ONLY.has(c) && c !== ZERO_FIX && c !== OUTSIDE_FIX && c !== SNAP_FIX
+    ) {
       return { kind: "refuse", why: "instar does not repair the snapshot table or these L1/L2 entries" };
     }
   }
@@ -216,7 +218,16 @@ export function decideRepair(
       }
     }
     if (nbClusters === undefined) throw new Error("check sent no rebuild");
-    return { kind: "rebuild", before, again, after, rebuild: { nbClusters, runs, oldMeta }, oflags, grow, zeroes };
+    return {
+      kind: "rebuild",
+      before,
+      again,
+      after,
+      rebuild: { nbClusters, runs, oldMeta },
+      oflags,
+      grow,
+      zeroes,
+    };
   }
   const fixable = (m: Mismatch) => m.r1 > m.r2 || mode === "all";
   // The fixing pass prints every mismatch again, in the same order.

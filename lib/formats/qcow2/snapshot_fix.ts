@@ -27,7 +27,9 @@ export async function fixSnapshotTable(host: SnapshotFixHost, nbSnapshots: numbe
   if (err) {
     const internal = (err.fields.code as number) === guestErrors.INTERNAL;
     throw host.fail(
-      internal ? "the repaired image is still corrupt; the snapshot table was not rewritten" : "snapshot scan failed",
+      internal
+        ? "the repaired image is still corrupt; the snapshot table was not rewritten"
+        : "snapshot scan failed",
     );
   }
   if (result.guestStatus !== 0n) throw host.fail("sandbox failure: guest reported an error without a reason");
@@ -38,7 +40,9 @@ export async function fixSnapshotTable(host: SnapshotFixHost, nbSnapshots: numbe
     if (e instanceof GuestResultError) throw host.fail(`sandbox failure: ${e.message}`);
     throw e;
   }
-  if (scan.snapshots.length !== nbSnapshots) throw host.fail("sandbox failure: the scan disagrees with the header");
+  if (scan.snapshots.length !== nbSnapshots) {
+    throw host.fail("sandbox failure: the scan disagrees with the header");
+  }
   const plan = planSnapshotTableRewrite(scan);
   if (!plan.ok) throw host.fail(plan.failure.message);
   await host.applySteps(plan.steps);
