@@ -4,7 +4,10 @@
  * records (REPAIR_REFCOUNT, REPAIR_OFLAG), the OFLAG_COPIED repair pass
  * and its set of repaired L2 tables, and with -r all the refcount
  * structure rebuild's records (send_rebuild: the reference runs, the old
- * structures subtracted from the counts, REPAIR_REBUILD).
+ * structures subtracted from the counts, REPAIR_REBUILD), refcount blocks
+ * past the end of the file (the count array grown, the grown part read as
+ * zeros), L2 entries made zero clusters (REPAIR_L2ZERO, the overlap check
+ * against the metadata) and incomplete snapshot entries repaired.
  *
  * Input: the image file's bytes; the last byte's low bit picks the mode
  * (1: -r all, 0: -r leaks). Seeds: qcow2_refcount's.

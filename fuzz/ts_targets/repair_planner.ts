@@ -5,6 +5,7 @@
 //   0      cluster_bits = 9 + (b % 13)
 //   1      refcount width = 2^(b % 8) (2^7 = 128: invalid)
 //   2      flags: bit 0 header present, bit 1 clear the dirty bit, bit 2 the corrupt bit,
+//          bit 4 rebuild mode, bit 5 zero-entry mode (below),
 //          bit 3 every second 25-byte record is an OFLAG_COPIED fix (below)
 //   3-10   file size (u64 LE)          11-18 incompatible features (u64 LE)
 //   19..   fixes, 25 bytes each: cluster (u64 LE), refcount block offset (u64 LE),
@@ -178,7 +179,58 @@ function runRebuild(d: Uint8Array, cov: Cov): void {
   cov.hit(`rebuild:blocks:${sizeClass(BigInt(blocks.size))}:table:${rtClusters}`);
 }
 
+// Zero-entry mode (flags bit 5): check -r all's L2 entries made zero clusters
+// (planEntryZeroes), and planQcow2Repair told of them.
+//   0 cluster_bits = 9 + (b % 13)   3-10 file size (u64 LE)
+//   19.. 9-byte records: entry offset (u64 LE), new entry (u8; only 0 and 1 are valid)
+// Invariants: every step passes checkPlan; the writes cover exactly the named
+// entries, 8 bytes each holding its new entry, each once; planQcow2Repair
+// refuses an OFLAG_COPIED fix of an entry made zero.
+function runZeroes(d: Uint8Array, cov: Cov): void {
+  if (!mod) return;
+  const b = new Bytes(d);
+  const clusterBits = 9 + (b.u8(0) % 13);
+  const fileSize = b.u64(3) & ((1n << 63n) - 1n);
+  const zeroes: RepairPlan.ZeroFix[] = [];
+  for (let at = 19; at + 9 <= d.length && zeroes.length < 256; at += 9) {
+    zeroes.push({ offset: b.u64(at), to: BigInt(b.u8(at + 8)) });
+  }
+  cov.hit(`zeroes:cb:${clusterBits}:n:${sizeClass(BigInt(zeroes.length))}`);
+  const r = mod.planEntryZeroes(clusterBits, fileSize, zeroes);
+  if (!checkResult(r, "zeroes", cov)) return;
+  const want = new Map(zeroes.map((z) => [z.offset, z.to]));
+  const seen = new Set<bigint>();
+  for (const s of r.value) {
+    checkPlan(s, "zeroes", cov);
+    for (const p of s.patches) {
+      invariant(p.kind === "write" && p.bytes.length % 8 === 0, "zeroes: not an entry write");
+      for (let o = 0; o < p.bytes.length; o += 8) {
+        const at = p.offset + BigInt(o),
+          v = new DataView(p.bytes.buffer, p.bytes.byteOffset + o).getBigUint64(0);
+        invariant(want.get(at) === v && (v === 0n || v === 1n), `zeroes: entry ${at} gets ${v}`);
+        invariant(!seen.has(at), `zeroes: entry ${at} written twice`);
+        seen.add(at);
+      }
+    }
+  }
+  invariant(seen.size === zeroes.length, "zeroes: an entry was not written");
+  if (zeroes.length) {
+    const z = zeroes[0].offset;
+    const clash = mod.planQcow2Repair({
+      clusterBits,
+      refcountBits: 16,
+      fileSize,
+      fixes: [],
+      oflags: [{ offset: z, from: 0n, to: COPIED }],
+      zeroed: [z],
+    });
+    invariant(!clash.ok, "zeroes: a flag fix over an entry made zero");
+    cov.hit("zeroes:clash");
+  }
+}
+
 function run(d: Uint8Array, cov: Cov): void {
+  if ((d[2] & 32) !== 0) return runZeroes(d, cov);
   if ((d[2] & 16) !== 0) return runRebuild(d, cov);
   if (!mod) return;
   const b = new Bytes(d);

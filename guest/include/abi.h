@@ -107,6 +107,7 @@
 #define REC_REPAIR_REFRUN 206
 #define REC_REPAIR_OLDMETA 207
 #define REC_REPAIR_REBUILD 208
+#define REC_REPAIR_L2ZERO 220
 #define REC_RESIZE_L1 20
 #define REC_RESIZE_REFTABLE 21
 #define REC_RESIZE_REFRUN 22
@@ -435,6 +436,7 @@
 #define CMSG_COMPRESSED_BITMAP 8 /* ERROR compressed cluster %d with non-zero subcluster allocation bitmap, entry=0x%x\n */
 #define CMSG_SUBCLUSTER_BITMAP_CORRUPT 9 /* ERROR offset=%x: Allocated cluster has corrupted subcluster allocation bitmap\n */
 #define CMSG_PREALLOC_UNALIGNED 10 /* ERROR offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.\n */
+#define CMSG_PREALLOC_UNALIGNED_REPAIR 221 /* Repairing offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.\n */
 #define CMSG_DATA_UNALIGNED 11 /* ERROR offset=%x: Data cluster is not properly aligned; L2 entry corrupted.\n */
 #define CMSG_UNALLOCATED_BITMAP 12 /* ERROR: Unallocated cluster has non-zero subcluster allocation map\n */
 #define CMSG_L1_RESERVED_BITS 13 /* ERROR found L1 entry with reserved bits set: %x\n */
@@ -443,6 +445,7 @@
 #define CMSG_REFTABLE_RESERVED_BITS 16 /* ERROR refcount table entry %d has reserved bits set\n */
 #define CMSG_REFBLOCK_UNALIGNED 17 /* ERROR refcount block %d is not cluster aligned; refcount table entry corrupted\n */
 #define CMSG_REFBLOCK_OUTSIDE 18 /* ERROR refcount block %d is outside image\n */
+#define CMSG_REFBLOCK_OUTSIDE_REPAIR 220 /* Repairing refcount block %d is outside image\n */
 #define CMSG_REFBLOCK_REFCOUNT 19 /* ERROR refcount block %d refcount=%u\n */
 #define CMSG_REFCOUNT_EIO 20 /* Can't get refcount for cluster %d: Input/output error\n */
 #define CMSG_OFLAG_COPIED_L2 21 /* ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%u\n */
@@ -458,6 +461,7 @@
 #define CMSG_SNAPSHOT_EXTRA_HINT 29 /* You can force-remove this extra metadata with qemu-img check -r all\n */
 #define CMSG_SNAPSHOT_TABLE_TOO_BIG 30 /* ERROR failed to read the snapshot table: Snapshot table is too big\n */
 #define CMSG_SNAPSHOT_INCOMPLETE 31 /* ERROR snapshot table entry %d is incomplete\n */
+#define CMSG_SNAPSHOT_INCOMPLETE_REPAIR 222 /* Repairing snapshot table entry %d is incomplete\n */
 #define CMSG_CORRUPT_REFBLOCK_UNALIGNED 32 /* qcow2: Image is corrupt: Refblock offset %#x unaligned (reftable index: %#x); further non-fatal corruption events will be suppressed\n */
 #define CMSG_BITMAPS_WARNING 33 /* warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent\n */
 #define CMSG_BITMAPS_V2_WARNING 34 /* warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent\n */

@@ -23,6 +23,11 @@
 
 #define CHUNK_BITS 12
 #define CHUNK (1ull << CHUNK_BITS)
+/* Most L2 entries one repair zeroes; past that the line is sent without its
+ * REPAIR_L2ZERO record and the host refuses. */
+#define ZEROED_MAX 64
+/* Largest file (in clusters) -r all grows to hold a refcount block. */
+#define GROW_MAX_CLUSTERS (1ull << 24)
 
 struct checker {
     struct qcow2 *q;
@@ -39,6 +44,13 @@ struct checker {
     uint32_t repair;        /* CHECKOP_F_REPAIR_* */
     bool rebuild;           /* qemu's *rebuild: the refcount structures need rebuilding */
     bool rebuilt;           /* -r all rebuilt them: counts hold the references after it */
+    uint64_t orig_size;     /* the file's size as opened */
+    uint64_t grown_len;     /* -r all grew the file to hold a refcount block (0: not grown) */
+    uint64_t calc_corr;     /* corruptions calculate_refcounts counted before check_refblocks */
+    /* -r all: L2 entries of unaligned preallocated clusters made zero clusters
+     * (qemu writes them at once; later reads of their tables see the new entry) */
+    uint32_t n_zeroed;
+    uint64_t zeroed[ZEROED_MAX];
 };
 
 static struct checker C;
@@ -116,6 +128,42 @@ static int inc_refs(struct checker *c, uint64_t offset, uint64_t size)
     return 0;
 }
 
+/* The entry at file offset `at`, as read (`e`) or as this repair rewrote it. */
+static uint64_t entry_now(const struct checker *c, uint64_t at, uint64_t e)
+{
+    for (uint32_t k = 0; k < c->n_zeroed; k++)
+        if (c->zeroed[k] == at) return c->q->extl2 ? 0 : QCOW2_OFLAG_ZERO;
+    return e;
+}
+
+static struct qcow2_snapshot *g_snaps;
+
+static bool ranges_meet(uint64_t at, uint64_t len, uint64_t start, uint64_t size)
+{
+    return size && at < start + size && start < at + len;
+}
+
+/* Whether qemu's overlap check (the default "cached" set, active L2 tables
+ * ignored) stops a write of [at, at + len): the header, the active L1, the
+ * refcount table and blocks (as the table names them, aligned or not), the
+ * snapshot table, the snapshots' L1 tables, the bitmap directory. */
+static bool meta_overlaps(const struct checker *c, uint64_t at, uint64_t len)
+{
+    const struct qcow2 *q = c->q;
+    if (ranges_meet(at, len, 0, q->cluster_size) || ranges_meet(at, len, q->l1_offset, (uint64_t)q->l1_size * 8) ||
+        ranges_meet(at, len, q->reftable_offset, q->reftable_entries * 8) ||
+        ranges_meet(at, len, q->snapshots_offset, c->snapshots_size) ||
+        ranges_meet(at, len, q->bitmap_dir_offset, q->nb_bitmaps ? q->bitmap_dir_size : 0))
+        return true;
+    for (uint64_t i = 0; i < q->reftable_entries; i++) {
+        uint64_t b = q->reftable[i] & QCOW2_REFT_OFFSET_MASK;
+        if (b && ranges_meet(at, len, b, q->cluster_size)) return true;
+    }
+    for (uint64_t i = 0; i < q->nb_snapshots; i++)
+        if (ranges_meet(at, len, g_snaps[i].l1_offset, (uint64_t)g_snaps[i].l1_size * 8)) return true;
+    return false;
+}
+
 static int check_l2(struct checker *c, uint64_t l2_offset, bool frag)
 {
     const struct qcow2 *q = c->q;
@@ -124,7 +172,8 @@ static int check_l2(struct checker *c, uint64_t l2_offset, bool frag)
     uint64_t next_contig = 0;
     for (uint64_t i = 0; i < q->l2_entries; i++) {
         /* The cache slot stays valid: nothing else uses l2c inside this loop. */
-        uint64_t e = be64(l2 + i * q->l2_entry_bytes);
+        uint64_t at = l2_offset + i * q->l2_entry_bytes;
+        uint64_t e = entry_now(c, at, be64(l2 + i * q->l2_entry_bytes));
         uint64_t bm = q->extl2 ? be64(l2 + i * q->l2_entry_bytes + 8) : 0;
         enum qcow2_cluster_type t = qcow2_cluster_type(q, e);
         if (t != QCT_COMPRESSED && (e & QCOW2_L2E_STD_RESERVED_MASK)) {
@@ -168,7 +217,27 @@ static int check_l2(struct checker *c, uint64_t l2_offset, bool frag)
             if (off & (q->cluster_size - 1)) {
                 c->res.corruptions++;
                 bool data = q->extl2 ? (bm & QCOW2_BITMAP_ALL_ALLOC) != 0 : !(e & QCOW2_OFLAG_ZERO);
-                msg(data ? CMSG_DATA_UNALIGNED : CMSG_PREALLOC_UNALIGNED, off, 0, 0, 0);
+                /* In an active table only (a snapshot's may be shared), and
+                 * where qemu's overlap check lets the write through: else
+                 * the ERROR line stays and the host refuses. */
+                if (!data && (c->repair & CHECKOP_F_REPAIR_ALL) && frag && !meta_overlaps(c, at, 8)) {
+                    /* qemu writes the entry as a zero cluster and skips counting it */
+                    msg(CMSG_PREALLOC_UNALIGNED_REPAIR, off, 0, 0, 0);
+                    if (c->n_zeroed < ZEROED_MAX) {
+                        uint64_t ne = q->extl2 ? 0 : QCOW2_OFLAG_ZERO;
+                        struct rec_resize_pair rec;
+                        rec_init(&rec, REC_REPAIR_L2ZERO, sizeof rec);
+                        rec.index = at;
+                        rec.value = ne;
+                        if (rt_emit(&rec, sizeof rec)) return -1;
+                        c->zeroed[c->n_zeroed++] = at;
+                        c->res.corruptions--;
+                        c->res.corruptions_fixed++;
+                        continue;
+                    }
+                } else {
+                    msg(data ? CMSG_DATA_UNALIGNED : CMSG_PREALLOC_UNALIGNED, off, 0, 0, 0);
+                }
             }
             if (frag) {
                 c->res.allocated_clusters++;
@@ -231,7 +300,6 @@ static int check_l1(struct checker *c, uint64_t l1_offset, uint64_t l1_size, boo
 
 /* qcow2_check_read_snapshot_table without repair: validates the table
  * pointer and walks it. On failure qemu's check ends with ret < 0. */
-static struct qcow2_snapshot *g_snaps;
 
 static int read_snapshot_table(struct checker *c)
 {
@@ -277,8 +345,15 @@ static int read_snapshot_table(struct checker *c)
     /* v3 snapshot entries need at least 16 bytes of extra data. */
     for (uint64_t i = 0; q->version >= 3 && i < n; i++) {
         if (g_snaps[i].extra_size < 16) {
-            c->res.corruptions++;
-            msg(CMSG_SNAPSHOT_INCOMPLETE, i, 0, 0, 0);
+            /* -r all: qcow2_check_fix_snapshot_table writes the table anew
+             * (the host does, after the refcount repairs) */
+            if (c->repair & CHECKOP_F_REPAIR_ALL) {
+                c->res.corruptions_fixed++;
+                msg(CMSG_SNAPSHOT_INCOMPLETE_REPAIR, i, 0, 0, 0);
+            } else {
+                c->res.corruptions++;
+                msg(CMSG_SNAPSHOT_INCOMPLETE, i, 0, 0, 0);
+            }
         }
     }
     return 0;
@@ -421,6 +496,27 @@ static int check_refblocks(struct checker *c)
         }
         if (cl >= c->nb_clusters) {
             c->res.corruptions++;
+            /* -r all: qemu grows the file to end with the block and counts it.
+             * Past instar's bound the ERROR line stays and the host refuses. */
+            if ((c->repair & CHECKOP_F_REPAIR_ALL) && off <= (uint64_t)INT64_MAX - q->cluster_size &&
+                cl + 1 <= GROW_MAX_CLUSTERS) {
+                uint64_t nb = cl + 1, need = ((nb + 1) >> CHUNK_BITS) + 1;
+                if (need > c->dir_len) {
+                    void **d = rt_calloc(need, sizeof(void *));
+                    if (!d) return rt_error(g_input, GERR_OUT_OF_MEMORY, need, 0, 0);
+                    for (uint64_t k = 0; k < c->dir_len; k++) d[k] = c->dir[k];
+                    c->dir = d;
+                    c->dir_len = need;
+                }
+                msg(CMSG_REFBLOCK_OUTSIDE_REPAIR, i, off, 0, 0);
+                c->file_len = off + q->cluster_size;
+                c->grown_len = c->file_len;
+                if (nb > c->nb_clusters) c->nb_clusters = nb;
+                c->res.corruptions--;
+                c->res.corruptions_fixed++;
+                TRY(inc_refs(c, off, q->cluster_size));
+                continue;
+            }
             msg(CMSG_REFBLOCK_OUTSIDE, i, 0, 0, 0);
             continue;
         }
@@ -442,6 +538,15 @@ static int check_refblocks(struct checker *c)
 static bool g_signaled;
 static int get_refcount(struct checker *c, uint64_t cluster, uint64_t *rc)
 {
+    /* a refcount block in the part of the file -r all grew reads as zeros */
+    uint64_t gi = cluster >> c->q->refblock_bits;
+    if (c->grown_len && gi < c->q->reftable_entries) {
+        uint64_t b = c->q->reftable[gi] & QCOW2_REFT_OFFSET_MASK;
+        if (b && !(b & (c->q->cluster_size - 1)) && b >= c->orig_size && b < c->grown_len) {
+            *rc = 0;
+            return 0;
+        }
+    }
     int r = qcow2_get_refcount(c->q, &c->rbc, cluster, rc);
     if (r == -1 && !g_signaled) {
         uint64_t idx = cluster >> c->q->refblock_bits;
@@ -614,7 +719,7 @@ static int check_oflag_copied(struct checker *c)
         if (!t) return rt_error(g_input, GERR_IO, l2, 0, 0);
         bool dirty = false;
         for (uint64_t j = 0; j < q->l2_entries; j++) {
-            uint64_t e = be64(t + j * q->l2_entry_bytes);
+            uint64_t e = entry_now(c, l2 + j * q->l2_entry_bytes, be64(t + j * q->l2_entry_bytes));
             enum qcow2_cluster_type ty = qcow2_cluster_type(q, e);
             if (ty != QCT_NORMAL && ty != QCT_ZERO_ALLOC) continue;
             if (q->has_data_file) rc = 1;
@@ -713,10 +818,11 @@ static int send_rebuild(struct checker *c)
     rec.index = c->nb_clusters;
     rec.value = 0;
     if (rt_emit(&rec, sizeof rec)) return -1;
-    /* qemu: the corruptions and leaks before the rebuild count as fixed */
-    c->res.corruptions_fixed += c->res.corruptions;
+    /* qemu: the corruptions and leaks before the rebuild count as fixed but
+     * those its second calculate_refcounts counts again (L1/L2 entries) */
+    c->res.corruptions_fixed += c->res.corruptions - c->calc_corr;
     c->res.leaks_fixed += c->res.leaks;
-    c->res.corruptions = 0;
+    c->res.corruptions = c->calc_corr;
     c->res.leaks = 0;
     c->rebuilt = true;
     return 0;
@@ -726,6 +832,7 @@ static int send_rebuild(struct checker *c)
 static int calculate_refcounts(struct checker *c)
 {
     const struct qcow2 *q = c->q;
+    uint64_t start = c->res.corruptions;
     TRY(inc_refs(c, 0, q->cluster_size));
     TRY(check_l1(c, q->l1_offset, q->l1_size, true));
     TRY(check_snapshots(c));
@@ -734,6 +841,7 @@ static int calculate_refcounts(struct checker *c)
     /* encryption: the LUKS header clusters the crypto header extension names */
     if (q->crypto_length) TRY(inc_refs(c, q->crypto_offset, q->crypto_length));
     TRY(check_bitmaps(c));
+    c->calc_corr = c->res.corruptions - start;
     return check_refblocks(c);
 }
 
@@ -756,6 +864,7 @@ int qcow2_check(const struct reader *r)
     if (read_snapshot_table(c)) return c->res.flags ? emit_result(c) : -1;
     /* bdrv_getlength of the file: whole sectors (rounded up). */
     c->file_len = r->size + ((512 - (r->size & 511)) & 511);
+    c->orig_size = r->size;
     c->nb_clusters = (c->file_len + q.cluster_size - 1) >> q.cluster_bits;
     if (c->nb_clusters > 0x7fffffffull) {
         c->res.check_errors++;

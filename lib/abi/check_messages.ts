@@ -64,6 +64,12 @@ export const checkMessages: CheckMessage[] = [
     code: 10,
     text: "ERROR offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.\n",
   },
+  // check -r all: the entry becomes a zero cluster (a REPAIR_L2ZERO record follows)
+  {
+    name: "PREALLOC_UNALIGNED_REPAIR",
+    code: 221,
+    text: "Repairing offset=%x: Preallocated cluster is not properly aligned; L2 entry corrupted.\n",
+  },
   {
     name: "DATA_UNALIGNED",
     code: 11,
@@ -88,6 +94,9 @@ export const checkMessages: CheckMessage[] = [
     text: "ERROR refcount block %d is not cluster aligned; refcount table entry corrupted\n",
   },
   { name: "REFBLOCK_OUTSIDE", code: 18, text: "ERROR refcount block %d is outside image\n" },
+  // check -r all (check_refblocks with BDRV_FIX_ERRORS): the file grows to
+  // hold the block (a0 = index, a1 = the block's offset).
+  { name: "REFBLOCK_OUTSIDE_REPAIR", code: 220, text: "Repairing refcount block %d is outside image\n" },
   { name: "REFBLOCK_REFCOUNT", code: 19, text: "ERROR refcount block %d refcount=%u\n" },
   { name: "REFCOUNT_EIO", code: 20, text: "Can't get refcount for cluster %d: Input/output error\n" },
   {
@@ -148,6 +157,12 @@ export const checkMessages: CheckMessage[] = [
     prefix: true,
   },
   { name: "SNAPSHOT_INCOMPLETE", code: 31, text: "ERROR snapshot table entry %d is incomplete\n" },
+  // check -r all: qcow2_check_fix_snapshot_table then writes the table anew
+  {
+    name: "SNAPSHOT_INCOMPLETE_REPAIR",
+    code: 222,
+    text: "Repairing snapshot table entry %d is incomplete\n",
+  },
   {
     // qcow2_signal_corruption on a read-only image: printed once per open.
     name: "CORRUPT_REFBLOCK_UNALIGNED",

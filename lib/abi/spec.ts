@@ -311,6 +311,9 @@ export const records = {
   REPAIR_OLDMETA: 207,
   /** ... last of them: rec_resize_pair, index = qemu's nb_clusters (the reference array's length). */
   REPAIR_REBUILD: 208,
+  /** check -r all: an L2 entry of an unaligned preallocated cluster made a zero cluster
+   * (rec_resize_pair: index = the entry's file offset, value = the new entry). */
+  REPAIR_L2ZERO: 220,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
@@ -1680,6 +1683,7 @@ export const recordStructs: Record<number, string> = {
   [records.REPAIR_REFRUN]: "rec_resize_run",
   [records.REPAIR_OLDMETA]: "rec_resize_run",
   [records.REPAIR_REBUILD]: "rec_resize_pair",
+  [records.REPAIR_L2ZERO]: "rec_resize_pair",
   [records.RESIZE_META]: "rec_resize_meta",
   [records.RESIZE_BYTES]: "rec_resize_bytes",
   [records.LUKS_INFO]: "rec_luks_info",

@@ -31,7 +31,8 @@ import { formatCheckMessage } from "../abi/check_messages.ts";
 import { type CheckFacts, checkHuman, checkJson } from "../output/check.ts";
 import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
-import { planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
+import { planEntryZeroes, planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
+import { fixSnapshotTable } from "../formats/qcow2/snapshot_fix.ts";
 import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { resizeHost } from "./resize.ts";
@@ -178,15 +179,40 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   if (d.kind === "refuse") {
     throw new CliError([`Could not repair '${filename}': ${d.why}; nothing was written`]);
   }
+  // qemu writes the snapshot table anew after the refcount repairs, with its
+  // allocator; instar replays it on an image whose bitmaps stay put.
+  const snapshots = d.kind === "repair" && d.snapshots;
+  if (snapshots && bitmaps) {
+    throw new CliError([
+      `Could not repair '${filename}': instar does not rewrite the snapshot table of an image with bitmaps; nothing was written`,
+    ]);
+  }
   // -r all rebuilding the refcount structures: the new blocks and table,
   // then the flags and the header bits below, on the grown file.
   let rebuilt: FilePlan[] = [];
   let fileSize = top.fileSize;
+  // -r all first grows the file to end with each refcount block past its
+  // end (qemu's bdrv_truncate in check_refblocks), then makes L2 entries of
+  // unaligned preallocated clusters zero clusters; both before the rest.
+  const early: FilePlan[] = [];
+  if (d.kind === "rebuild" || d.kind === "repair") {
+    const cs = 1n << BigInt(q!.clusterBits);
+    for (const off of d.grow) {
+      if (off < 0n || off % cs !== 0n || off + cs > 1n << 62n) {
+        throw new CliError(["Check failed: sandbox failure: refcount block to grow to out of range"]);
+      }
+      if (off + cs > fileSize) fileSize = off + cs;
+    }
+    if (fileSize !== top.fileSize) early.push({ patches: [], fileSize });
+    const z = planEntryZeroes(q!.clusterBits, fileSize, d.zeroes);
+    if (!z.ok) throw new CliError([`Check failed: sandbox failure: ${z.error.message}`]);
+    early.push(...z.value);
+  }
   if (d.kind === "rebuild") {
     const r = planQcow2Rebuild({
       clusterBits: q!.clusterBits,
       refcountBits: q!.refcountBits,
-      fileSize: top.fileSize,
+      fileSize,
       ...d.rebuild,
     });
     if (!r.ok) {
@@ -199,6 +225,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
     fileSize = r.value.fileSize;
     for (const t of d.before) io.err(t);
     io.err("Rebuilding refcount structure\n");
+    for (const t of d.again) io.err(t);
     for (const l of r.value.leaks) io.err(formatCheckMessage(1, [2n, l.cluster, l.from, l.to]));
     for (const t of d.after) io.err(t);
   } else {
@@ -211,17 +238,38 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // then; only the incompatible_features field differs.
   const failed = d.kind === "rebuild_error";
   const clean = !failed && f.checkErrors === 0n && f.corruptions === 0n;
+  const header = q!.version === 3
+    ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n }
+    : undefined;
   const plan = planQcow2Repair({
     clusterBits: q!.clusterBits,
     refcountBits: q!.refcountBits,
     fileSize,
     fixes: d.kind === "repair" ? d.fixes : [],
     oflags: d.kind === "rebuild_error" ? [] : d.oflags,
-    header: q!.version === 3 ? { incompatible: q!.incompatibleFeatures, clear: clean ? 3n : 1n } : undefined,
+    zeroed: d.kind === "rebuild_error" ? [] : d.zeroes.map((z) => z.offset),
+    // with a snapshot table to write, the header's bits come after it
+    header: snapshots ? undefined : header,
   });
   if (!plan.ok) throw new CliError([`Check failed: sandbox failure: ${plan.error.message}`]);
   if (bitmaps) await host.applySteps(bitmaps.openSteps, "Check failed", "discard", true);
-  await host.applySteps([...rebuilt, ...plan.value], "Check failed", "discard", true);
+  await host.applySteps([...early, ...rebuilt, ...plan.value], "Check failed", "discard", true);
+  if (snapshots) {
+    const size = await fixSnapshotTable({
+      scan: (args) => scanSnapshots(top, filename, args),
+      applySteps: (steps) => host.applySteps(steps, "Check failed", "discard", true),
+      fail: (why) => new CliError([`Could not repair '${filename}': ${why}`]),
+    }, q!.nbSnapshots);
+    const bits = planQcow2Repair({
+      clusterBits: q!.clusterBits,
+      refcountBits: q!.refcountBits,
+      fileSize: size,
+      fixes: [],
+      header,
+    });
+    if (!bits.ok) throw new CliError([`Check failed: sandbox failure: ${bits.error.message}`]);
+    await host.applySteps(bits.value, "Check failed", "discard", true);
+  }
   if (failed) {
     await storeBitmaps();
     throw new CliError(["Check failed: Input/output error"]);
@@ -251,6 +299,31 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   );
   await storeBitmaps();
   return code;
+}
+
+/** The snapshot_scan guest on the image being repaired. */
+async function scanSnapshots(
+  img: { openPath: string; formatCode: number; dev: bigint; ino: bigint },
+  filename: string,
+  args: bigint[],
+) {
+  let result;
+  try {
+    result = await runGuest({
+      op: "snapshot_scan",
+      opCode: ops.SNAPSHOT_SCAN,
+      inputs: [{ path: img.openPath, format: img.formatCode }],
+      args,
+      resultCap: 256 * 1024 * 1024,
+    });
+  } catch (e) {
+    throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
+  }
+  const input = result.inputs[0];
+  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
+    throw new CliError([`Could not repair '${filename}': the file changed while it was being read`]);
+  }
+  return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
 }
 
 type CheckRun = {

@@ -14,13 +14,26 @@
 //   - check_oflag_copied repairs OFLAG_COPIED flags (the guest's
 //     "Repairing" lines, each followed by a REPAIR_OFLAG record) with -r all
 //     always, with -r leaks "if that seems safe": no error left by then;
-//   - instar refuses (nothing written) what qemu would repair beyond
-//     refcounts and flags: L1/L2 entries, refcount blocks and the snapshot
-//     table with -r all, and broken refcount tables or blocks.
+//   - with -r all, check_refblocks grows the file to end with a refcount
+//     block past its end ("Repairing refcount block N is outside image":
+//     the decision's `grow`), and check_refcounts_l2 makes the L2 entry of
+//     an unaligned preallocated cluster a zero cluster ("Repairing
+//     offset=...", a REPAIR_L2ZERO record: the decision's `zeroes`);
+//   - errors qemu prints and counts but never repairs (unaligned data
+//     clusters, reserved bits, references past the end of the file, ...)
+//     pass through; a rebuild's second calculate_refcounts prints the L1/L2
+//     ones again after "Rebuilding refcount structure";
+//   - with -r all, an incomplete snapshot table entry ("Repairing snapshot
+//     table entry N is incomplete") has qcow2_check_fix_snapshot_table write
+//     the table anew after the refcount repairs (`snapshots`), but beside a
+//     rebuild, a grown file or bitmaps (the caller checks those);
+//   - instar refuses (nothing written) the rest: the other snapshot table fixes,
+//     an unaligned refcount block qemu reads (it marks the image corrupt),
+//     a block too far past the end to grow the file to.
 import { records } from "../../abi/spec.ts";
 import type { Rec } from "../../abi/records.ts";
 import { checkMessages, formatCheckMessage } from "../../abi/check_messages.ts";
-import type { OflagFix, RefcountFix } from "./repair_plan.ts";
+import type { OflagFix, RefcountFix, ZeroFix } from "./repair_plan.ts";
 import type { RebuildInput } from "./rebuild_plan.ts";
 
 export type RepairMode = "leaks" | "all";
@@ -35,7 +48,31 @@ const REBUILDS = new Set(["REFTABLE_RESERVED_BITS", "REFBLOCK_REFCOUNT"].map(cod
 /** Refcount-structure errors instar does not repair: an unaligned block
  * (qemu's reads of it fail and mark the image corrupt), a block past the
  * end of the file (qemu grows the file to it). */
-const STRUCTURE = new Set(["REFBLOCK_UNALIGNED", "REFBLOCK_OUTSIDE"].map(code));
+const REBUILDS_TOO = code("REFBLOCK_UNALIGNED");
+/** A refcount block past the end: -r all grows the file unless the guest
+ * left qemu's ERROR line (too far for instar); -r leaks only prints it. */
+const OUTSIDE = code("REFBLOCK_OUTSIDE"), OUTSIDE_FIX = code("REFBLOCK_OUTSIDE_REPAIR");
+/** qemu read an unaligned refcount block: it marks the image corrupt and stops. */
+const STRUCTURE = new Set(["CORRUPT_REFBLOCK_UNALIGNED", "REFCOUNT_EIO"].map(code));
+/** L2 entries check_refcounts_l2 rewrites as zero clusters (-r all). */
+const ZERO_FIX = code("PREALLOC_UNALIGNED_REPAIR");
+/** An incomplete snapshot table entry: -r all writes the table anew. */
+const SNAP_FIX = code("SNAPSHOT_INCOMPLETE_REPAIR");
+/** Errors qemu's -r all prints and counts but does not repair; a rebuild's
+ * second calculate_refcounts prints them again (REPRINT). */
+const REPRINT = new Set(
+  [
+    "L2_RESERVED_BITS",
+    "COMPRESSED_COPIED",
+    "SUBCLUSTER_BITMAP_CORRUPT",
+    "DATA_UNALIGNED",
+    "UNALLOCATED_BITMAP",
+    "L1_RESERVED_BITS",
+  ].map(code),
+);
+/** ...and those only passed through when there is no rebuild (what they
+ * count may change with the file's length). */
+const PRINT_ONLY = new Set([...REPRINT, code("REGION_PAST_EOF")]);
 
 export type RepairDecision =
   /** Print `lines` (the first check's stderr), then fail as qemu does: EIO. */
@@ -43,16 +80,28 @@ export type RepairDecision =
   /** Nothing written; `why` is instar's refusal. */
   | { kind: "refuse"; why: string }
   /** -r all rebuilds the refcount structures: print `before`, "Rebuilding
-   * refcount structure", the planner's leak lines, then `after`. */
+   * refcount structure", `again`, the planner's leak lines, then `after`. */
   | {
     kind: "rebuild";
     before: string[];
+    again: string[];
     after: string[];
+    grow: bigint[];
+    zeroes: ZeroFix[];
     rebuild: Pick<RebuildInput, "nbClusters" | "runs" | "oldMeta">;
     oflags: OflagFix[];
   }
   /** Print `lines`; apply `fixes` and `oflags` (maybe none). */
-  | { kind: "repair"; lines: string[]; fixes: RefcountFix[]; oflags: OflagFix[] };
+  | {
+    kind: "repair";
+    lines: string[];
+    fixes: RefcountFix[];
+    oflags: OflagFix[];
+    grow: bigint[];
+    zeroes: ZeroFix[];
+    /** Write the snapshot table anew after the repairs. */
+    snapshots: boolean;
+  };
 
 interface Mismatch {
   cluster: bigint;
@@ -90,6 +139,20 @@ export function decideRepair(
     }
   }
   if (pendingOld !== undefined) throw new Error("check sent a flag repair without its entry");
+  // -r all's L2 entries made zero clusters, and refcount blocks the file grows to hold.
+  const zeroes: ZeroFix[] = recs.filter((r) => r.type === records.REPAIR_L2ZERO).map((r) => ({
+    offset: r.fields.index as bigint,
+    to: r.fields.value as bigint,
+  }));
+  const zeroLines = msgs.filter((m) => m.fields.code === ZERO_FIX).length;
+  const grow = msgs.filter((m) => m.fields.code === OUTSIDE_FIX).map((m) => (m.fields.a as bigint[])[1]);
+  if (mode === "leaks" && (zeroLines || grow.length || zeroes.length)) {
+    throw new Error("check sent -r all repairs with -r leaks");
+  }
+  if (zeroes.length > zeroLines) throw new Error("check sent an L2 entry without its repair");
+  if (zeroes.length < zeroLines) {
+    return { kind: "refuse", why: "instar makes at most 64 L2 entries zero clusters in one repair" };
+  }
   if (oflags.length > 0 && mode === "leaks" && (counts.corruptions !== 0n || counts.leaks !== 0n)) {
     throw new Error("check repaired flags with -r leaks over errors left");
   }
@@ -102,12 +165,16 @@ export function decideRepair(
       lastMismatch = i;
     } else if (OFLAG.has(c)) {
       if (i < lastMismatch) throw new Error("check sent OFLAG_COPIED before the refcounts");
-    } else if (REBUILDS.has(c)) {
+    } else if (REBUILDS.has(c) || c === REBUILDS_TOO) {
       rebuild = true; // qemu's check_refblocks sets *rebuild
     } else if (STRUCTURE.has(c)) {
-      return { kind: "refuse", why: "instar does not repair refcount tables or blocks" };
-    } else if (mode === "all") {
-      return { kind: "refuse", why: "instar repairs only refcounts and leaked clusters" };
+      return { kind: "refuse", why: "instar does not repair a refcount block qemu cannot read" };
+    } else if (c === OUTSIDE && mode === "all") {
+      return { kind: "refuse", why: "instar does not grow the file this far for a refcount block" };
+    } else if (
+      mode === "all" && !PRINT_ONLY.has(c) && c !== ZERO_FIX && c !== OUTSIDE_FIX && c !== SNAP_FIX
+    ) {
+      return { kind: "refuse", why: "instar does not repair the snapshot table or these L1/L2 entries" };
     }
   }
   if (counts.checkErrors !== 0n) return { kind: "refuse", why: "the check itself failed" };
@@ -119,7 +186,19 @@ export function decideRepair(
   if (rebuild && mode === "leaks") {
     return { kind: "rebuild_error", lines: before.concat("ERROR need to rebuild refcount structures\n") };
   }
+  const snapshots = msgs.some((m) => m.fields.code === SNAP_FIX);
+  if (snapshots && mode === "leaks") throw new Error("check sent -r all repairs with -r leaks");
+  if (snapshots && (rebuild || grow.length)) {
+    return { kind: "refuse", why: "instar does not rewrite the snapshot table beside a rebuild" };
+  }
   if (rebuild) {
+    if (msgs.some((m) => PRINT_ONLY.has(m.fields.code as number) && !REPRINT.has(m.fields.code as number))) {
+      return {
+        kind: "refuse",
+        why: "instar does not rebuild refcount structures with references past the end of the file",
+      };
+    }
+    const again = texts.filter((_, i) => REPRINT.has(msgs[i].fields.code as number));
     const runs: RebuildInput["runs"] = [], oldMeta: RebuildInput["oldMeta"] = [];
     let nbClusters: bigint | undefined;
     for (const r of recs) {
@@ -139,7 +218,16 @@ export function decideRepair(
       }
     }
     if (nbClusters === undefined) throw new Error("check sent no rebuild");
-    return { kind: "rebuild", before, after, rebuild: { nbClusters, runs, oldMeta }, oflags };
+    return {
+      kind: "rebuild",
+      before,
+      again,
+      after,
+      rebuild: { nbClusters, runs, oldMeta },
+      oflags,
+      grow,
+      zeroes,
+    };
   }
   const fixable = (m: Mismatch) => m.r1 > m.r2 || mode === "all";
   // The fixing pass prints every mismatch again, in the same order.
@@ -164,5 +252,5 @@ export function decideRepair(
   if (fixes.length !== [...mismatches.values()].filter(fixable).length) {
     throw new Error("check sent fewer repairs than mismatches it fixes");
   }
-  return { kind: "repair", lines, fixes, oflags };
+  return { kind: "repair", lines, fixes, oflags, grow, zeroes, snapshots };
 }

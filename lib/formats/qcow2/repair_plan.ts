@@ -41,7 +41,48 @@ export interface OflagFix {
   to: bigint;
 }
 
+/** One L2 entry -r all rewrites as a zero cluster (check_refcounts_l2 on an
+ * unaligned preallocated cluster): QCOW_OFLAG_ZERO, or 0 with extended L2
+ * entries (the allocation bitmap, left as it is, already says zero). */
+export interface ZeroFix {
+  /** File offset of the entry. */
+  offset: bigint;
+  /** The entry written: 0 or 1 (QCOW_OFLAG_ZERO). */
+  to: bigint;
+}
+
 const COPIED = 1n << 63n;
+
+/**
+ * The zero-cluster entries of check -r all, one synced step, applied first:
+ * qemu writes them while counting references, before any refcount repair,
+ * and the entry then references nothing (a crash leaves at most a leak).
+ * Entries are 8-aligned, past the header cluster, inside the file, each once.
+ */
+export function planEntryZeroes(
+  clusterBits: number,
+  fileSize: bigint,
+  zeroes: ZeroFix[],
+): PlanResult<FilePlan[]> {
+  if (clusterBits < 9 || clusterBits > 21) return fail("invalid_option", "cluster size out of range");
+  if (fileSize < 0n || fileSize > (1n << 63n) - 1n) return fail("invalid_size", "file size out of range");
+  if (zeroes.length > MAX_PATCHES) return fail("invalid_option", "too many L2 entry repairs");
+  const cs = 1n << BigInt(clusterBits);
+  const seen = new Set<bigint>();
+  const writes: { offset: bigint; bytes: Uint8Array }[] = [];
+  for (const z of zeroes) {
+    if (
+      z.offset < cs || z.offset % 8n !== 0n || z.offset + 8n > fileSize || seen.has(z.offset) ||
+      (z.to !== 0n && z.to !== 1n)
+    ) {
+      return fail("invalid_option", `L2 entry repair at ${z.offset} out of range`);
+    }
+    seen.add(z.offset);
+    writes.push({ offset: z.offset, bytes: bigEndian(z.to, 8) });
+  }
+  writes.sort((a, b) => (a.offset < b.offset ? -1 : a.offset > b.offset ? 1 : 0));
+  return ok(steps(joinWrites(writes), fileSize));
+}
 
 export interface RepairInput {
   clusterBits: number;
@@ -50,6 +91,8 @@ export interface RepairInput {
   fixes: RefcountFix[];
   /** Flags to flip after the refcounts (maybe none). */
   oflags?: OflagFix[];
+  /** Entries planEntryZeroes rewrites: no flag repair may touch them. */
+  zeroed?: bigint[];
   /** The header's incompatible features, written back with `clear` cleared. */
   header?: { incompatible: bigint; clear: bigint };
 }
@@ -157,7 +200,7 @@ export function planQcow2Repair(x: RepairInput): PlanResult<FilePlan[]> {
   // Entries: 8-aligned, past the header cluster, inside the file, only bit 63
   // changing, each once, never in a refcount block written or a cluster freed.
   const flagWrites: { offset: bigint; bytes: Uint8Array }[] = [];
-  const flagAt = new Set<bigint>(), freedSet = new Set(freed);
+  const flagAt = new Set<bigint>(x.zeroed ?? []), freedSet = new Set(freed);
   for (const o of x.oflags ?? []) {
     if (
       o.offset < cs || o.offset % 8n !== 0n || o.offset + 8n > fileSize || flagAt.has(o.offset) ||

@@ -543,6 +543,27 @@ export function planSnapshotDelete(scan: Qcow2SnapshotScan, index: number): Snap
   });
 }
 
+/**
+ * qcow2_write_snapshots with the entries as they are (check -r all's
+ * qcow2_check_fix_snapshot_table after an incomplete entry: each entry is
+ * written with its 24 bytes of extra data): the new table allocated
+ * first-fit, then the header's pointer, then the old table freed.
+ */
+export function planSnapshotTableRewrite(scan: Qcow2SnapshotScan): SnapshotPlan {
+  return run(scan, (r) => {
+    checkScan(scan);
+    const entries = scan.snapshots;
+    const tableAt = r.alloc(encodeSnapshotTable(entries, 0n).size);
+    const table = encodeSnapshotTable(entries, tableAt);
+    r.push([...r.takeBlocks(), ...table.patches]);
+    r.push(r.takeHookups());
+    r.push([headerPatch(entries.length, tableAt)]);
+    r.free(scan.snapshotsOffset, scan.tableSize);
+    r.push(r.takeBlocks());
+    r.push(r.takeDiscards());
+  });
+}
+
 /** qcow2_snapshot_goto of entry `index` (found by the caller), same virtual size. */
 export function planSnapshotGoto(scan: Qcow2SnapshotScan, index: number): SnapshotPlan {
   return run(scan, (r) => {
