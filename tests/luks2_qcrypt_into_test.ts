@@ -15,6 +15,7 @@ import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_hel
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { haveCryptsetup } from "./support/luks_images.ts";
 import { instarLuks } from "./support/instar_luks.ts";
+import { qemuOk, sameEncrypted } from "./support/qcrypt_compare.ts";
 
 const PW = "instar-l2q-pw-5e71c2";
 const NEW = "instar-l2q-new-94ad0b";
@@ -31,16 +32,6 @@ async function instar(args: string[], cwd: string): Promise<Outcome> {
   const r = await instarLuks(args, cwd);
   outs.push(r);
   return r;
-}
-
-/** qemu-img, retried when its PBKDF2 calibration fails ("Unable to get accurate CPU usage"). */
-async function qemuOk(args: string[], dir: string): Promise<void> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8 && last?.code !== 0; i++) {
-    last = await qemuImg(args, dir);
-    if (last.code !== 0 && !/accurate CPU usage/.test(last.stderr)) break;
-  }
-  assertEquals(last!.code, 0, `${args.join(" ")}: ${last!.stderr}`);
 }
 
 /**
@@ -94,15 +85,6 @@ async function decryptsToPlain(dir: string, name: string): Promise<void> {
   assertEquals((await exec("cmp", ["plain.raw", `${name}.raw`], dir)).code, 0, `${name}: not the plaintext`);
   const check = await qemuImg(["check", ...OBJ, "--image-opts", opened(name)], dir);
   assertEquals(check.code, 0, `${name}: ${check.stdout}${check.stderr}`);
-}
-
-function masked(info: string, name: string): string {
-  return info.replace(/uuid: .*/, "uuid: X").replace(/iters: \d+/g, "iters: N")
-    .replace(/disk size: .*/, "disk size: X").replaceAll(name, "IMG");
-}
-
-async function actualSize(dir: string, name: string): Promise<number> {
-  return JSON.parse((await qemuImg(["info", "--output=json", name], dir)).stdout)["actual-size"];
 }
 
 if (haveQemuImg() && haveCryptsetup) {
@@ -162,16 +144,7 @@ if (haveQemuImg() && haveCryptsetup) {
         assertEquals(await instar(conv(SRC, "i.qcow2"), dir), { stdout: "", stderr: "", code: 0 }, o);
         await qemuOk(conv(RAW, "q.qcow2"), dir);
         await decryptsToPlain(dir, "i.qcow2");
-        await exec("sync", [], dir);
-        const info = async (n: string) => masked((await qemuImg(["info", n], dir)).stdout, n);
-        assertEquals(await info("i.qcow2"), await info("q.qcow2"), o);
-        const ia = await actualSize(dir, "i.qcow2"), qa = await actualSize(dir, "q.qcow2");
-        assert(Math.abs(ia - qa) <= 8192, `${o}: disk size ${ia} vs qemu-img's ${qa}`);
-        const map = async (n: string) => {
-          const x = await qemuImg(["map", "--output=json", ...OBJ, "--image-opts", opened(n)], dir);
-          return { ...x, stdout: x.stdout.replaceAll(n, "IMG") };
-        };
-        assertEquals(await map("i.qcow2"), await map("q.qcow2"), `${o}: map`);
+        await sameEncrypted(dir, OBJ, opened, "i.qcow2", "q.qcow2", o);
       }
       for (const o of outs) assert(![PW, NEW].some((p) => o.stdout.includes(p) || o.stderr.includes(p)));
       for (const f of ["i.qcow2", "i-luks.qcow2"]) {

@@ -85,7 +85,16 @@ export async function writeOutput(
   }
   if (spec.qcow2Create?.encrypt) {
     const e = spec.qcow2Create.encrypt;
-    return await convertToEncryptedQcow2(job, spec.qcow2!, e, out, w.secrets, w.kdfMaxIters, w.backingSize);
+    return await convertToEncryptedQcow2(
+      job,
+      spec.qcow2!,
+      e,
+      out,
+      w.secrets,
+      w.kdfMaxIters,
+      w.backingSize,
+      w.backingInputs,
+    );
   }
   // -B -c: the guest cuts the top's status runs where qemu's qcow2 does (one L2 table).
   const tq = w.topQcow2;
