@@ -13,11 +13,17 @@
 // refcount tables out in another order than instar's packed output (so with
 // or without -B; the data clusters sit where qemu's do). No passphrase in
 // any output.
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { exec, haveQemuImg, type Outcome, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { instarLuks } from "./support/instar_luks.ts";
-import { qemuOk, sameEncrypted } from "./support/qcrypt_compare.ts";
+import {
+  noSecrets,
+  qemuOk,
+  recordingChildren,
+  sameEncrypted,
+  smallFilesIn,
+} from "./support/qcrypt_compare.ts";
 
 const PW = "instar-qbc-pw-2f6e81";
 const PW2 = "instar-qbc-src-c04d5a";
@@ -26,6 +32,7 @@ const AES = "encrypt.format=aes,encrypt.key-secret=s";
 const LUKS = "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10";
 const opened = (name: string) => `driver=qcow2,encrypt.key-secret=s,file.filename=${name}`;
 const outs: Outcome[] = [];
+const argvs: string[][] = [];
 
 async function io(dir: string, file: string[], ...cmds: string[]): Promise<void> {
   const r = await exec("qemu-io", [...cmds.flatMap((c) => ["-c", c]), ...file], dir);
@@ -73,7 +80,7 @@ async function same(dir: string, src: string[], o: string, extra: string[]): Pro
   const conv = (out: string) => ["convert", ...OBJ, ...extra, ...src, "-O", "qcow2", "-o", o, out];
   for (const f of ["i.qcow2", "q.qcow2"]) await Deno.remove(`${dir}/${f}`).catch(() => {});
   const what = `${extra.join(" ")} ${src.join(" ")} -o ${o}`;
-  const r = await instarLuks(conv("i.qcow2"), dir);
+  const r = await recordingChildren(argvs, () => instarLuks(conv("i.qcow2"), dir));
   outs.push(r);
   assertEquals(r, { stdout: "", stderr: "", code: 0 }, what);
   await qemuOk(conv("q.qcow2"), dir);
@@ -87,6 +94,8 @@ if (haveQemuImg()) {
   await useHostedGuestsWithoutKvm();
 
   Deno.test("convert -B into an encrypted qcow2: target clusters partly written over the backing file", async () => {
+    const tmp = Deno.env.get("TMPDIR") ?? "/tmp";
+    const before = new Set(await smallFilesIn(tmp));
     await withTempDir("instar-qbc-", async (dir) => {
       await sources(dir);
       await same(dir, ["top.qcow2"], AES, B("base.qcow2", "qcow2"));
@@ -95,7 +104,8 @@ if (haveQemuImg()) {
       await same(dir, ["top.qcow2"], AES, ["-S", "8k", ...B("base.qcow2", "qcow2")]);
       await same(dir, ETOP, AES, B("base.qcow2", "qcow2"));
       await same(dir, ["top.qcow2"], LUKS, B("other.qcow2", "qcow2"));
-      for (const o of outs) assert(![PW, PW2].some((p) => o.stdout.includes(p) || o.stderr.includes(p)));
+      const made = (await smallFilesIn(tmp)).filter((f) => !before.has(f));
+      await noSecrets([PW, PW2], argvs, outs, [...(await smallFilesIn(dir)), ...made]);
     });
   });
 }

@@ -59,3 +59,53 @@ export async function sameEncrypted(
   const c = await qemuImg(["compare", ...obj, "--image-opts", opened(mine), opened(theirs)], dir);
   assertEquals(c, { stdout: "Images are identical.\n", stderr: "", code: 0 }, what);
 }
+
+/** Runs `fn` with every Deno.Command it (or anything it calls) makes recorded: program, argv, env values. */
+export async function recordingChildren<T>(argvs: string[][], fn: () => Promise<T>): Promise<T> {
+  const Orig = Deno.Command;
+  (Deno as unknown as { Command: unknown }).Command = class extends Orig {
+    constructor(cmd: string | URL, o?: Deno.CommandOptions) {
+      argvs.push([String(cmd), ...(o?.args ?? []).map(String), ...Object.values(o?.env ?? {})]);
+      super(cmd, o);
+    }
+  };
+  try {
+    return await fn();
+  } finally {
+    (Deno as unknown as { Command: unknown }).Command = Orig;
+  }
+}
+
+/** The files (under 64 MiB) directly in `dir` and one level down. */
+export async function smallFilesIn(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (d: string, depth: number) => {
+    for await (const e of Deno.readDir(d)) {
+      const p = `${d}/${e.name}`;
+      if (e.isFile && ((await Deno.stat(p).catch(() => undefined))?.size ?? 0) < (64 << 20)) out.push(p);
+      else if (e.isDirectory && depth < 1) await walk(p, depth + 1).catch(() => {});
+    }
+  };
+  await walk(dir, 0).catch(() => {});
+  return out;
+}
+
+/** No secret in any child's argv or env, any output, or any file of `files`. */
+export async function noSecrets(
+  secrets: string[],
+  argvs: string[][],
+  outs: Outcome[],
+  files: string[],
+): Promise<void> {
+  assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
+  for (const a of argvs) {
+    assert(!a.some((s) => secrets.some((p) => s.includes(p))), `a secret in ${a[0]}'s argv`);
+  }
+  for (const o of outs) {
+    assert(!secrets.some((p) => o.stdout.includes(p) || o.stderr.includes(p)), "a secret printed");
+  }
+  for (const f of files) {
+    const b = new TextDecoder("latin1").decode(await Deno.readFile(f).catch(() => new Uint8Array(0)));
+    assert(!secrets.some((p) => b.includes(p)), `${f} holds a secret`);
+  }
+}
