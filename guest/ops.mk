@@ -123,7 +123,8 @@ qcow2_encrypt_LIBS := z zstd_min nettle
 # under it); qcow2_encrypt_luks2 without the INTO mode.
 luks_write_luks2_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c $(LUKS2_READ_SRCS)
 luks_write_luks2_LIBS := z nettle argon2
-qcow2_encrypt_luks2_SRCS := ops/qcow2_encrypt_luks2.c ops/qcow2_encrypt_backing.c luks/write.c $(LUKS2_READ_SRCS)
+qcow2_encrypt_luks2_SRCS := ops/qcow2_encrypt_luks2.c ops/qcow2_encrypt_backing.c ops/qcow2_crypt_into.c luks/write.c \
+                            $(LUKS2_READ_SRCS) qcow2/header.c qcow2/tables.c qcow2/crypt_header.c
 qcow2_encrypt_luks2_LIBS := z nettle argon2
 # A streamOptimized VMDK read from stdin in one pass (lib/convert/stdin_vmdk.ts):
 # the marker walk, the header checks and zlib's inflate (vmdk/grain.c).

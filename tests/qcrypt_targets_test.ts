@@ -13,6 +13,7 @@ import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_hel
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { instarLuks } from "./support/instar_luks.ts";
 import { FULL_TESTS } from "./support/full.ts";
+import { qemuOk, sameEncrypted } from "./support/qcrypt_compare.ts";
 
 const PW = "instar-qct-pw-8c21f0";
 const PW2 = "instar-qct-src-3e9d47";
@@ -28,19 +29,7 @@ async function instar(args: string[], cwd: string): Promise<Outcome> {
   return r;
 }
 
-async function qemuRetry(args: string[], dir: string): Promise<Outcome> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(args, dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) return last;
-  }
-  return last!;
-}
-
-async function ok(args: string[], dir: string): Promise<void> {
-  const r = await qemuRetry(args, dir);
-  assertEquals(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
-}
+const ok = qemuOk;
 
 /** The sources: base (4 MiB of 0x11), top over it (data, zeroes, a partial cluster), raw (first block data). */
 async function sources(dir: string): Promise<void> {
@@ -65,16 +54,6 @@ async function sources(dir: string): Promise<void> {
   await exec("truncate", ["-s", "4M", "src.raw"], dir);
 }
 
-function masked(info: string, name: string): string {
-  return info.replace(/uuid: .*/, "uuid: X").replace(/iters: \d+/g, "iters: N")
-    .replace(/disk size: .*/, "disk size: X").replace(name, "IMG");
-}
-
-async function actualSize(dir: string, name: string): Promise<number> {
-  const r = await qemuImg(["info", "--output=json", name], dir);
-  return JSON.parse(r.stdout)["actual-size"];
-}
-
 /** instar's and qemu-img's output of the same convert: alike in every way qemu-img shows. */
 async function sameConvert(dir: string, src: string[], o: string, extra: string[] = []): Promise<void> {
   const conv = (out: string) => ["convert", ...OBJ, ...src, "-O", "qcow2", "-o", o, ...extra, out];
@@ -83,20 +62,7 @@ async function sameConvert(dir: string, src: string[], o: string, extra: string[
   const what = `${src.join(" ")} -o ${o} ${extra.join(" ")}`;
   assertEquals(await instar(conv("i.qcow2"), dir), { stdout: "", stderr: "", code: 0 }, what);
   await ok(conv("q.qcow2"), dir);
-  await exec("sync", [], dir);
-  const info = async (n: string) => masked((await qemuImg(["info", n], dir)).stdout, n);
-  assertEquals(await info("i.qcow2"), await info("q.qcow2"), what);
-  const ia = await actualSize(dir, "i.qcow2"), qa = await actualSize(dir, "q.qcow2");
-  assert(Math.abs(ia - qa) <= 8192, `${what}: disk size ${ia} vs qemu-img's ${qa}`);
-  for (const cmd of [["map", "--output=json"], ["check"]]) {
-    const r = async (n: string) => {
-      const x = await qemuImg([...cmd, ...OBJ, "--image-opts", opened(n)], dir);
-      return { ...x, stdout: x.stdout.replaceAll(n, "IMG") };
-    };
-    assertEquals(await r("i.qcow2"), await r("q.qcow2"), `${what}: ${cmd[0]}`);
-  }
-  const c = await qemuImg(["compare", ...OBJ, "--image-opts", opened("i.qcow2"), opened("q.qcow2")], dir);
-  assertEquals(c, { stdout: "Images are identical.\n", stderr: "", code: 0 }, what);
+  await sameEncrypted(dir, OBJ, opened, "i.qcow2", "q.qcow2", what);
 }
 
 /** convert -n into copies of `target`: instar's file byte-identical to qemu-img's. */

@@ -12,8 +12,9 @@
  * uses; the guests are built without --gc-sections), not compiled alone.
  * Before including: BREQ_CHUNK (the chunk the caller classifies at once,
  * bytes) unless BREQ_ZRUN_ONLY (only the ZERO_RUN builder, for convert's
- * -B -c programs); BREQ_FILL to record, for the caller's copy-on-write step,
- * the sectors left alone (skipsec) and each unit's first write-zeroes piece
+ * -B -c programs); BREQ_FILL to record, for the copy-on-write step
+ * (breq_partial: the backing file's bytes into partly written clusters), the
+ * sectors left alone (skipsec) and each unit's first write-zeroes piece
  * (zf_lo, zf_hi).
  */
 #include "../chain/chain.h"
@@ -52,6 +53,7 @@ struct breq {
     uint64_t min_sparse; /* -S in bytes; 0: zeroes are written as data */
     uint32_t ubits;      /* the unit marked in cstate: a cluster, or a subcluster with extended L2 */
     bool whole_chain;    /* no target backing file (qcow2_encrypt's CLASSIFY): the whole chain's status */
+    struct chain *tchain; /* BREQ_FILL: the target's backing chain, opened (NULL: none given) */
 };
 
 /* What qemu-img convert -B does with the run at `at`: 0 leave it to the
@@ -205,6 +207,77 @@ static void mark_data_runs(const struct breq *r, uint32_t nr, uint64_t off, cons
         }
     }
 }
+
+#ifdef BREQ_FILL
+/* qcow2's is_zero over the target's backing file: [from, to) reads as
+ * zeroes by block status (past its end too). 1 yes, 0 no, -1 on error. */
+static int backing_is_zero(const struct breq *r, uint64_t from, uint64_t to)
+{
+    if (to > r->tchain->size) to = r->tchain->size;
+    for (uint64_t at = from; at < to;) {
+        uint64_t k = 0;
+        int st = chain_status(r->tchain, at, to - at, &k);
+        if (st < 0) return -1;
+        if (!(st & CS_ZERO)) return 0;
+        at += k;
+    }
+    return 1;
+}
+
+/* qcow2's is_zero for a write-zeroes piece: whether the rest of unit u
+ * (a cluster, or a subcluster with extended L2 entries; 2^ubits bytes, its
+ * index in the chunk at off) reads as zeroes through the backing file
+ * besides the first piece [zf_lo, zf_hi). 1 yes, 0 no, -1 on error. */
+static int unit_rest_is_zero(const struct breq *r, uint64_t off, uint64_t u, uint32_t ubits)
+{
+    uint64_t base = off + (u << ubits), end = base + (1ull << ubits);
+    if (end > r->chain->size) end = r->chain->size;
+    if (!zf_hi[u]) return rt_error(0, GERR_INTERNAL, 14, base, 0);
+    int z = backing_is_zero(r, base, off + zf_lo[u]);
+    if (z > 0) z = backing_is_zero(r, off + zf_hi[u], end);
+    return z;
+}
+
+/* The backing file's bytes into the sectors of unit u the requests left alone (dst: the unit's bytes). */
+static int fill_skipped(const struct breq *r, uint64_t off, uint64_t u, uint32_t ubits, uint8_t *dst)
+{
+    uint64_t base = off + (u << ubits), first = (u << ubits) >> 9, n = (1ull << ubits) >> 9;
+    for (uint64_t i = 0; i < n;) {
+        if (!skipsec[first + i]) {
+            i++;
+            continue;
+        }
+        uint64_t j = i;
+        while (j < n && skipsec[first + j]) j++;
+        uint64_t from = base + (i << 9), to = base + (j << 9);
+        if (to > r->tchain->size) to = r->tchain->size;
+        if (from < to && chain_read(r->tchain, from, to - from, dst + (i << 9))) return -1;
+        i = j;
+    }
+    return 0;
+}
+
+/*
+ * A target cluster only partly written (c: its index in the chunk at off,
+ * cl its bytes as the requests left them), as qemu's qcow2 driver does it
+ * in a new overlay: a data write allocates the cluster and copies the
+ * backing file's bytes into the rest (COW); a write-zeroes piece makes the
+ * whole cluster a zero cluster when the rest of it reads as zeroes (is_zero
+ * through the backing file; the first piece decides, later ones then find
+ * a zero cluster), else it falls back to writing zeroes, which allocates
+ * and copies as a data write. compat=0.10 (zero_data) always writes.
+ * Either way the bytes the requests leave alone are the backing file's.
+ * 1: a zero cluster; 0: store cl (the backing file's bytes filled in); -1 on error.
+ */
+static int breq_partial(const struct breq *r, uint64_t off, uint64_t c, uint32_t cbits, bool zero_data, uint8_t *cl)
+{
+    if (!(cstate[c] & CB_DATA) && !zero_data) {
+        int z = unit_rest_is_zero(r, off, c, cbits);
+        if (z) return z;
+    }
+    return fill_skipped(r, off, c, cbits, cl);
+}
+#endif
 
 /*
  * Classifies the chunk [off, off+n) (n <= BREQ_CHUNK; `padded` its length

@@ -554,75 +554,15 @@ static int convert_qcow2(uint64_t start, uint64_t end, uint32_t flags, uint64_t 
 #if defined(CONVERT_BLOCKS) || defined(CONVERT_ZLIB)
 static struct chain tchain; /* -B with the target's backing file: its chain */
 
-/* qcow2's is_zero over the target's backing file: [from, to) reads as
- * zeroes by block status (past its end too). 1 yes, 0 no, -1 on error. */
-static int backing_is_zero(uint64_t from, uint64_t to)
-{
-    if (to > tchain.size) to = tchain.size;
-    for (uint64_t at = from; at < to;) {
-        uint64_t k = 0;
-        int st = chain_status(&tchain, at, to - at, &k);
-        if (st < 0) return -1;
-        if (!(st & CS_ZERO)) return 0;
-        at += k;
-    }
-    return 1;
-}
-
-/* qcow2's is_zero for a write-zeroes piece: whether the rest of unit u
- * (a cluster, or a subcluster with extended L2 entries; 2^ubits bytes, its
- * index in the chunk at off) reads as zeroes through the backing file
- * besides the first piece [zf_lo, zf_hi). 1 yes, 0 no, -1 on error. */
-static int unit_rest_is_zero(uint64_t off, uint64_t u, uint32_t ubits)
-{
-    uint64_t base = off + (u << ubits), end = base + (1ull << ubits);
-    if (end > chain.size) end = chain.size;
-    if (!zf_hi[u]) return rt_error(0, GERR_INTERNAL, 14, base, 0);
-    int z = backing_is_zero(base, off + zf_lo[u]);
-    if (z > 0) z = backing_is_zero(off + zf_hi[u], end);
-    return z;
-}
-
-/* The backing file's bytes into the sectors of unit u the requests left alone (dst: the unit's bytes). */
-static int fill_skipped(uint64_t off, uint64_t u, uint32_t ubits, uint8_t *dst)
-{
-    uint64_t base = off + (u << ubits), first = (u << ubits) >> 9, n = (1ull << ubits) >> 9;
-    for (uint64_t i = 0; i < n;) {
-        if (!skipsec[first + i]) {
-            i++;
-            continue;
-        }
-        uint64_t j = i;
-        while (j < n && skipsec[first + j]) j++;
-        uint64_t from = base + (i << 9), to = base + (j << 9);
-        if (to > tchain.size) to = tchain.size;
-        if (from < to && chain_read(&tchain, from, to - from, dst + (i << 9))) return -1;
-        i = j;
-    }
-    return 0;
-}
-
-/*
- * A target cluster only partly written (c: its index in the chunk at off,
- * cl its bytes as the requests left them), as qemu's qcow2 driver does it
- * in a new overlay: a data write allocates the cluster and copies the
- * backing file's bytes into the rest (COW); a write-zeroes piece makes the
- * whole cluster a zero cluster when the rest of it reads as zeroes (is_zero
- * through the backing file; the first piece decides, later ones then find
- * a zero cluster), else it falls back to writing zeroes, which allocates
- * and copies as a data write. compat=0.10 (zero_data) always writes.
- * Either way the bytes the requests leave alone are the backing file's.
- */
-static int partial_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool zero_data, uint8_t *cl)
+/* A target cluster only partly written: a zero cluster or the cluster with
+ * the backing file's bytes filled in (breq_partial, backing_requests.c). */
+static int partial_cluster(const struct breq *r, uint64_t off, uint64_t c, uint32_t cbits, bool zero_data,
+                           uint8_t *cl)
 {
     uint64_t gc = (off >> cbits) + c;
-    if (!(cstate[c] & CB_DATA) && !zero_data) {
-        int z = unit_rest_is_zero(off, c, cbits);
-        if (z < 0) return -1;
-        if (z) return zero_cluster(gc, 0);
-    }
-    if (fill_skipped(off, c, cbits, cl)) return -1;
-    return store_cluster(gc, cl, 1ull << cbits);
+    int z = breq_partial(r, off, c, cbits, zero_data, cl);
+    if (z < 0) return -1;
+    return z ? zero_cluster(gc, 0) : store_cluster(gc, cl, 1ull << cbits);
 }
 
 /*
@@ -635,7 +575,7 @@ static int partial_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool zero_d
  * all allocated (a data cluster) or all zero (a zero cluster) is reported
  * in a SUBCLUSTERS record.
  */
-static int ext_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool have_tchain, uint8_t *cl)
+static int ext_cluster(const struct breq *r, uint64_t off, uint64_t c, uint32_t cbits, uint8_t *cl)
 {
     uint32_t sbits = cbits - 5, alloc = 0, zero = 0;
     uint64_t gc = (off >> cbits) + c;
@@ -644,9 +584,9 @@ static int ext_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool have_tchai
         uint8_t s = cstate[u];
         if (!(s & (CB_ZERO | CB_DATA))) continue;
         bool partial = (s & CB_SKIP) || (!(s & CB_DATA) && (s & CB_SPLIT));
-        if (partial && !have_tchain) return zero_cluster(gc, 1);
+        if (partial && !r->tchain) return zero_cluster(gc, 1);
         if (!(s & CB_DATA)) {
-            int z = partial ? unit_rest_is_zero(off, u, sbits) : 1;
+            int z = partial ? unit_rest_is_zero(r, off, u, sbits) : 1;
             if (z < 0) return -1;
             if (z) {
                 zero |= 1u << i;
@@ -654,7 +594,7 @@ static int ext_cluster(uint64_t off, uint64_t c, uint32_t cbits, bool have_tchai
             }
         }
         alloc |= 1u << i;
-        if (partial && fill_skipped(off, u, sbits, cl + ((uint64_t)i << sbits))) return -1;
+        if (partial && fill_skipped(r, off, u, sbits, cl + ((uint64_t)i << sbits))) return -1;
     }
     if (alloc) {
         if (store_cluster(gc, cl, 1ull << cbits)) return -1;
@@ -677,7 +617,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
 {
     uint64_t csize = 1ull << cbits;
     /* The unit qemu writes: a subcluster with extended L2. */
-    struct breq r = {&chain, bsize, min_sparse, ext ? cbits - 5 : cbits, false};
+    struct breq r = {&chain, bsize, min_sparse, ext ? cbits - 5 : cbits, false, have_tchain ? &tchain : NULL};
     for (uint64_t off = start; off < end;) {
         int64_t whole = breq_long_run(&r, off, end, cbits, zero_data);
         if (whole < 0) return -1;
@@ -691,7 +631,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
         if (breq_chunk(&r, off, n, padded, buf)) return -1;
         for (uint64_t c = 0; c < padded >> cbits; c++) {
             if (ext) {
-                if (ext_cluster(off, c, cbits, have_tchain, buf + (c << cbits))) return -1;
+                if (ext_cluster(&r, off, c, cbits, buf + (c << cbits))) return -1;
                 continue;
             }
             uint8_t s = cstate[c];
@@ -700,7 +640,7 @@ static int convert_qcow2_backing(uint64_t start, uint64_t end, uint64_t min_spar
             if (!(s & (CB_ZERO | CB_DATA))) continue;
             bool partial = (s & CB_SKIP) || (!(s & CB_DATA) && !zero_data && (s & CB_SPLIT));
             if (partial && have_tchain) {
-                if (partial_cluster(off, c, cbits, zero_data, buf + (c << cbits))) return -1;
+                if (partial_cluster(&r, off, c, cbits, zero_data, buf + (c << cbits))) return -1;
             } else if (s & CB_SKIP) {
                 if (zero_cluster(gc, 1)) return -1;
             } else if ((s & CB_DATA) || zero_data) {
@@ -739,7 +679,7 @@ static int convert_qcow2_backing_compressed(uint64_t start, uint64_t end, uint64
     uint64_t size = chain.size;
     uint64_t status_end = start;
     int kind = 0;
-    struct breq r = {&chain, bsize, min_sparse, cbits, false};
+    struct breq r = {&chain, bsize, min_sparse, cbits, false, NULL};
     for (uint64_t off = start; off < end;) {
         if (off >= status_end) {
             uint64_t k = 0;

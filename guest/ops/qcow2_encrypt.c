@@ -23,7 +23,8 @@
  * and no key reaches the output or the host.
  * With QCOW2_ENC_F_BACKING (convert -B) the clusters are chosen as convert's
  * CONV_BACKING mode chooses them (guest/ops/qcow2_encrypt_backing.c, zero
- * clusters as ZERO_RUN); QCOW2_ENC_F_CLASSIFY alone writes nothing and
+ * clusters as ZERO_RUN; the target's backing chain, inputs arg[5] >> 32 on,
+ * fills the clusters the source writes only in part); QCOW2_ENC_F_CLASSIFY alone writes nothing and
  * reports qemu's requests per cluster (convert -n into an encrypted qcow2).
  * Built also as qcow2_encrypt_luks2 (QE_NO_INTO: LUKS2 sources, no INTO).
  */
@@ -36,6 +37,7 @@
 #define CHUNK QE_CHUNK
 
 static struct chain chain;
+static struct chain tchain; /* convert -B: the target's backing chain (copy-on-write of partly written clusters) */
 static struct rec_data_run run;
 
 /* Secret slot i of params.secret (the inputs' passphrases come first). */
@@ -111,7 +113,7 @@ static int classify(const struct params *p)
     chain.precise = true;
     uint8_t *buf = rt_alloc(CHUNK);
     if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
-    if (qe_backing(&chain, min_sparse, (uint32_t)cbits, UINT64_MAX, false, buf, NULL)) return -1;
+    if (qe_backing(&chain, NULL, min_sparse, (uint32_t)cbits, UINT64_MAX, false, buf, NULL)) return -1;
     memset(buf, 0, CHUNK);
     struct rec_convert_done d;
     rec_init(&d, REC_CONVERT_DONE, sizeof d);
@@ -131,9 +133,12 @@ int op_main(void)
     bool luks = flags == QCOW2_ENC_F_LUKS;
     if ((flags != QCOW2_ENC_F_LUKS && flags != QCOW2_ENC_F_AES) || (zero_data && !backing))
         return rt_error(0, GERR_BAD_PARAMS, 90, p->flags, 0);
-    uint64_t cbits = p->arg[5], data_start = p->arg[4], min_sparse = p->arg[6];
+    /* arg[5]: the cluster bits; with BACKING, bits 32..47 the first input of the target's backing chain (0: none). */
+    uint64_t cbits = p->arg[5] & 0xffffffffull, tfirst = p->arg[5] >> 32, data_start = p->arg[4],
+             min_sparse = p->arg[6];
     if (cbits < 9 || cbits > 21 || min_sparse % 512 || min_sparse > (16ull << 20))
         return rt_error(0, GERR_BAD_PARAMS, 91, cbits, min_sparse);
+    if (tfirst && (!backing || tfirst >= p->n_inputs)) return rt_error(0, GERR_BAD_PARAMS, 91, tfirst, 1);
     uint64_t csize = 1ull << cbits;
     if (data_start % csize || data_start > p->output_cap) return rt_error(0, GERR_BAD_PARAMS, 92, data_start, 0);
     uint32_t ni = p->n_inputs;
@@ -144,9 +149,10 @@ int op_main(void)
 
     /* Open the source first: a bad source fails before anything is written. */
     chain.batch = chain.defer = true;
-    if (chain_open(&chain, 0)) return -1;
+    if (tfirst ? chain_open_range(&chain, 0, (uint32_t)tfirst, 0, 0) : chain_open(&chain, 0)) return -1;
     chain.precise = true;
     uint64_t size = chain.size;
+    if (tfirst && chain_open_range(&tchain, (uint32_t)tfirst, ni - (uint32_t)tfirst, 0, 0)) return -1;
 
     struct luks_enc enc;
     struct rec_luks_written rec;
@@ -191,7 +197,8 @@ int op_main(void)
     struct qe_store st = { .enc = &enc, .luks = luks, .cbits = (uint32_t)cbits, .cap = p->output_cap,
                            .data_end = data_start };
     if (backing) {
-        if (qe_backing(&chain, min_sparse, (uint32_t)cbits, p->arg[7], zero_data, buf, &st)) return -1;
+        if (qe_backing(&chain, tfirst ? &tchain : NULL, min_sparse, (uint32_t)cbits, p->arg[7], zero_data, buf, &st))
+            return -1;
         size = 0; /* done */
     }
     for (uint64_t off = 0; off < size;) {

@@ -25,7 +25,7 @@ struct qe_store {
 int qe_store_cluster(struct qe_store *st, uint64_t gc, uint8_t *cl);
 /* Writes the `len` bytes stored since the last flush from `buf`. */
 int qe_store_flush(struct qe_store *st, const uint8_t *buf, uint64_t len);
-/* convert -B (QCOW2_ENC_F_BACKING): qcow2_encrypt_backing.c. */
-int qe_backing(struct chain *chain, uint64_t min_sparse, uint32_t cbits, uint64_t bsize, bool zero_data, uint8_t *buf,
-               struct qe_store *st);
+/* convert -B (QCOW2_ENC_F_BACKING): qcow2_encrypt_backing.c; tchain the target's backing chain or NULL. */
+int qe_backing(struct chain *chain, struct chain *tchain, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
+               bool zero_data, uint8_t *buf, struct qe_store *st);
 #endif

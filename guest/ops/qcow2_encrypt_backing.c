@@ -11,9 +11,13 @@
  * zeroes stay unallocated too. Data clusters are encrypted whole for their
  * host offset (LUKS) or guest offset (AES) by the caller's `store`. A target
  * cluster mixing left-alone bytes with written ones, or an all-zero cluster
- * split between requests, would need the backing file's bytes: ZERO_RUN with
- * host_offset 1, which the host refuses. zero_data (compat=0.10): zeroes are
- * written as (encrypted) data clusters, as qemu's write-zeroes fallback does.
+ * split between requests, needs the backing file's bytes: with the target's
+ * backing chain `tchain` open, as convert's plain clusters (breq_partial:
+ * a zero cluster, or the backing file's bytes copied into the cluster, which
+ * is then encrypted whole like any other); without it (a backing chain the
+ * guest cannot be given), ZERO_RUN with host_offset 1, which the host
+ * refuses. zero_data (compat=0.10): zeroes are written as (encrypted) data
+ * clusters, as qemu's write-zeroes fallback does.
  *
  * With st NULL (QCOW2_ENC_F_CLASSIFY, convert -n into an encrypted qcow2 or
  * a preallocated encrypted target): the same requests over the whole
@@ -26,6 +30,7 @@
  */
 #include "qcow2_encrypt.h"
 #define BREQ_CHUNK QE_CHUNK
+#define BREQ_FILL 1
 #include "backing_requests.c"
 
 static struct rec_data_run drun; /* CLASSIFY: the data clusters' run being built */
@@ -46,12 +51,12 @@ static int data_cluster(uint64_t gc)
     return 0;
 }
 
-int qe_backing(struct chain *chain, uint64_t min_sparse, uint32_t cbits, uint64_t bsize, bool zero_data, uint8_t *buf,
-               struct qe_store *st)
+int qe_backing(struct chain *chain, struct chain *tchain, uint64_t min_sparse, uint32_t cbits, uint64_t bsize,
+               bool zero_data, uint8_t *buf, struct qe_store *st)
 {
     uint64_t csize = 1ull << cbits, end = chain->size;
     bool classify_only = st == NULL; /* QCOW2_ENC_F_CLASSIFY: the whole chain's status, nothing written */
-    struct breq r = {chain, bsize, min_sparse, cbits, classify_only};
+    struct breq r = {chain, bsize, min_sparse, cbits, classify_only, classify_only ? NULL : tchain};
     for (uint64_t off = 0; off < end;) {
         int64_t whole = breq_long_run(&r, off, end, cbits, zero_data);
         if (whole < 0) return -1;
@@ -69,11 +74,20 @@ int qe_backing(struct chain *chain, uint64_t min_sparse, uint32_t cbits, uint64_
             uint8_t s = cstate[c];
             uint64_t gc = (off >> cbits) + c;
             if (!(s & (CB_ZERO | CB_DATA))) continue;
-            if (s & CB_SKIP) {
+            /* Copy-on-write of a partly written cluster: 1 a zero cluster, 0 the backing
+             * file's bytes filled in, 2 none (no target backing chain: refused by the host). */
+            int fill = 2;
+            if (r.tchain && ((s & CB_SKIP) || (!(s & CB_DATA) && !zero_data && (s & CB_SPLIT)))) {
+                fill = breq_partial(&r, off, c, cbits, zero_data, buf + (c << cbits));
+                if (fill < 0) return -1;
+            }
+            if (fill == 1) {
+                if (zero_cluster(gc, 0)) return -1;
+            } else if ((s & CB_SKIP) && fill) {
                 if (zero_cluster(gc, 1)) return -1;
             } else if (classify_only && (s & CB_DATA)) {
                 if (data_cluster(gc)) return -1;
-            } else if ((s & CB_DATA) || zero_data) {
+            } else if ((s & CB_DATA) || zero_data || !fill) {
                 if (dst != c << cbits) memmove(buf + dst, buf + (c << cbits), csize);
                 if (qe_store_cluster(st, gc, buf + dst)) return -1;
                 dst += csize;

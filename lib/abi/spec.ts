@@ -478,7 +478,9 @@ export const luksWriteFlags = {
  * bytes, arg[2] the target's cluster bits.
  * BACKING (with LUKS or AES): convert -B, the top layer's status as
  * convert's CONV_BACKING mode takes it (guest/ops/qcow2_encrypt_backing.c),
- * zero clusters as ZERO_RUN; arg[7] the target backing file's size.
+ * zero clusters as ZERO_RUN; arg[7] the target backing file's size; arg[5]
+ * bits 32..47, when not 0, the first input of the target's backing chain
+ * (after the source's; its bytes fill clusters the source writes in part).
  * ZERO_DATA (with BACKING): a compat=0.10 target, zeroes stored as data.
  * CLASSIFY (alone): nothing written; the source chain's clusters at the
  * target's cluster bits arg[5] with -S arg[6] as qemu's requests touch them:

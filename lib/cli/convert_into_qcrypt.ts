@@ -8,7 +8,7 @@
 // encrypted for its host offset (LUKS) or guest offset (AES). The in-place
 // writes are planned exactly as for a plain target (lib/formats/qcow2/
 // write_plan.ts); the data moves go to the qcow2_encrypt guest's INTO mode
-// (guest/ops/qcow2_crypt_into.c), which parses the target's LUKS header,
+// (guest/ops/qcow2_crypt_into.c; qcow2_encrypt_luks2 for a LUKS2 source), which parses the target's LUKS header,
 // unlocks it and encrypts: the host hands it the passphrase only and never
 // sees a key or decodes a byte of the header.
 import { formats, mapFlags, mapOpFlags, ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
@@ -51,6 +51,19 @@ function refuse(job: IntoQcryptJob, why: string): CliError {
   ]);
 }
 
+const RAM = 128 * 1024 * 1024;
+
+/**
+ * The qcow2_encrypt program for the job's source: qcow2_encrypt_luks2 (the
+ * LUKS2 reader and Argon2 in place of the other readers, with the guest RAM
+ * the source's Argon2 key slot needs) for a LUKS2 source.
+ */
+function encryptGuest(job: IntoQcryptJob): { op: string; ramBytes: number } {
+  const luks2Ram = job.chain.some((x) => x.luks?.luks2) ? job.chain[0]?.luks2Ram : undefined;
+  if (luks2Ram === undefined) return { op: "qcow2_encrypt", ramBytes: RAM };
+  return { op: "qcow2_encrypt_luks2", ramBytes: luks2Ram > RAM ? luks2Ram : RAM };
+}
+
 /**
  * Unlocks the target as qemu's open does (its errors first, in qemu's
  * words), then checks its size: call before convertIntoQcrypt.
@@ -71,8 +84,6 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(q.clusterBits);
   if (img.secret === undefined) throw new CliError(["Sandbox failure: the target was not unlocked"]);
-  // The qcow2_encrypt guest reads LUKS1 and encrypted qcow2 sources, not LUKS2.
-  if (job.chain.some((x) => x.luks?.luks2)) throw refuse(job, "a LUKS2 source");
   if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
     throw refuse(job, "the source ends inside a cluster of the target");
   }
@@ -125,13 +136,12 @@ async function classifyRequests(
   existing: ExistingRun[],
 ): Promise<WriteOp[]> {
   const r = await runGuest({
-    op: "qcow2_encrypt",
+    ...encryptGuest(job),
     opCode: ops.QCOW2_ENCRYPT,
     inputs: job.source,
     flags: qcow2EncryptFlags.CLASSIFY,
     args: [0n, 0n, 0n, 0n, 0n, cb, job.minSparse, 0n],
     kdfMaxIters: job.kdfMaxIters,
-    ramBytes: 128 * 1024 * 1024,
     timeoutMs: TIMEOUT_MS,
   });
   const err = r.records.find((x) => x.type === records.ERROR);
@@ -280,13 +290,12 @@ async function encryptMoves(
       { path, format: formats.RAW, nofollow: true },
     ];
     const r = await runGuest({
-      op: "qcow2_encrypt",
+      ...encryptGuest(job),
       opCode: ops.QCOW2_ENCRYPT,
       inputs,
       flags: qcow2EncryptFlags.INTO,
       args: [BigInt(moves.length), total, BigInt(img.qcow2!.clusterBits), sparse],
       kdfMaxIters: job.kdfMaxIters,
-      ramBytes: 128 * 1024 * 1024,
       output: { path: img.openPath, cap },
       timeoutMs: TIMEOUT_MS,
       onProgress: (d) => onMoved(d, false),

@@ -11,8 +11,8 @@
 // master key and the plaintext never leave the guest; the planner
 // (lib/formats/qcow2/output_plan.ts) then writes every table. One guest
 // only: a second would need the same master key.
-import { ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
-import { fileRange, runGuest } from "../vmm/guest.ts";
+import { formats, limits, ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
+import { fileRange, type GuestInput, runGuest } from "../vmm/guest.ts";
 import { hostPath } from "../host/context.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
 import {
@@ -49,7 +49,9 @@ export function compressEncryptFirst(driver: FormatDriver, text: string): boolea
 /**
  * Writes `out` (an empty new file) as an encrypted qcow2 image of `job`'s source. Returns the data bytes
  * written. `backingSize`: convert -B, the target backing file's size (base.backingFile names it); the
- * guest then copies only what the source's top layer holds, as qemu-img does.
+ * guest then copies only what the source's top layer holds, as qemu-img does. `backingInputs`: the
+ * target's backing chain (plain layers, opened through the allowlist), whose bytes the guest copies
+ * into target clusters the top writes only in part, as qemu's COW does (then encrypted with the rest).
  */
 export async function convertToEncryptedQcow2(
   job: ConvertJob,
@@ -59,6 +61,7 @@ export async function convertToEncryptedQcow2(
   secrets: SecretStore,
   kdfMaxIters: bigint,
   backingSize?: bigint,
+  backingInputs?: GuestInput[],
 ): Promise<bigint> {
   // qcrypto_block_create: the secret first, then the LUKS checks and the PBKDF2 calibration.
   if (encrypt.keySecret === undefined) {
@@ -104,6 +107,7 @@ export async function convertToEncryptedQcow2(
       flags |= qcow2EncryptFlags.BACKING;
       if (base.compat === "0.10") flags |= qcow2EncryptFlags.ZERO_DATA;
     }
+    const tb = backingSize !== undefined ? targetBacking(job, backingInputs) : undefined;
     const pro = qcow2OutputPrologue(options, job.size);
     if (!pro.ok) throw new PlanRefused(pro.error.message);
     const dataStart = pro.value.dataStart;
@@ -121,10 +125,17 @@ export async function convertToEncryptedQcow2(
       // A LUKS2 source: qcow2_encrypt_luks2 (the LUKS2 reader and Argon2 in place of the other readers).
       op: job.luks2Ram ? "qcow2_encrypt_luks2" : "qcow2_encrypt",
       opCode: ops.QCOW2_ENCRYPT,
-      inputs: inputs(job),
+      inputs: [...inputs(job), ...(tb ?? [])],
       extraSecrets: encrypt.format === "luks" ? [pw, entropy] : [pw],
       flags,
-      args: [...args, dataStart, cbits, job.minSparse, backingSize ?? 0n],
+      // arg[5]: the cluster bits, and from bit 32 where the target's backing chain starts (0: none).
+      args: [
+        ...args,
+        dataStart,
+        cbits | (tb ? BigInt(job.layers.length) << 32n : 0n),
+        job.minSparse,
+        backingSize ?? 0n,
+      ],
       kdfMaxIters,
       ramBytes: job.luks2Ram && job.luks2Ram > RAM ? job.luks2Ram : RAM,
       timeoutMs: TIMEOUT_MS,
@@ -153,4 +164,17 @@ export async function convertToEncryptedQcow2(
     pw.fill(0);
     entropy.fill(0);
   }
+}
+
+/**
+ * The target's backing chain for the guest's copy-on-write, when it can be
+ * given: every layer plain (an encrypted backing chain has no inputs), the
+ * whole within the guest's input slots, and the layers ones the guest reads
+ * (qcow2_encrypt_luks2, for a LUKS2 source, has raw's reader only). Else
+ * undefined: partly written clusters are then refused.
+ */
+function targetBacking(job: ConvertJob, tb: GuestInput[] | undefined): GuestInput[] | undefined {
+  if (!tb || tb.length === 0 || job.layers.length + tb.length > limits.PARAM_INPUTS) return undefined;
+  if (job.luks2Ram && tb.some((x) => x.format !== formats.RAW)) return undefined;
+  return tb;
 }

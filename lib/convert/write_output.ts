@@ -102,7 +102,16 @@ export async function writeOutput(
   }
   if (spec.qcow2Create?.encrypt) {
     const e = spec.qcow2Create.encrypt;
-    return await convertToEncryptedQcow2(job, spec.qcow2!, e, out, w.secrets, w.kdfMaxIters, w.backingSize);
+    return await convertToEncryptedQcow2(
+      job,
+      spec.qcow2!,
+      e,
+      out,
+      w.secrets,
+      w.kdfMaxIters,
+      w.backingSize,
+      w.backingInputs,
+    );
   }
   return await convertToQcow2(job, qcow2(), out);
 }
