@@ -1,6 +1,7 @@
 // Shared helpers for the CLI tests: run qemu-img / qemu-io / instar in a
 // directory and compare what they print.
-import { CLI_ENTRY, KVM } from "./support/kvm.ts";
+import { CLI_ENTRY, KVM, useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { enableConcurrentContexts } from "../lib/host/context.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { run } from "../lib/cli/run.ts";
 
@@ -37,8 +38,37 @@ export function qemuImg(args: string[], cwd: string): Promise<Outcome> {
 
 export { CLI_ENTRY, KVM };
 
-export function instar(args: string[], cwd: string): Promise<Outcome> {
+/**
+ * Runs instar on `args` in `cwd`. In this process (instarHere) unless the
+ * command line names `-` (stdin or stdout: the test runner's own would be
+ * used): a run in-process costs a few milliseconds where a new Deno process
+ * costs ~0.4 s, and the suite runs thousands of them. The CLI code is the
+ * same; what only a process shows (main.ts's exit, signals, the
+ * environment) is tested through instarProcess. INSTAR_TEST_PROCESS=1 runs
+ * every call as its own process.
+ */
+export async function instar(args: string[], cwd: string): Promise<Outcome> {
+  if (args.includes("-") || PROCESS_ONLY) return await instarProcess(args, cwd);
+  await inProcessReady();
+  return await instarHere(args, cwd);
+}
+
+/** Runs instar as its own process (the CLI entry tests/support/kvm.ts picks). */
+export function instarProcess(args: string[], cwd: string): Promise<Outcome> {
   return exec(DENO, ["run", "-A", CLI_ENTRY, ...args], cwd);
+}
+
+const PROCESS_ONLY = Deno.env.get("INSTAR_TEST_PROCESS") === "1";
+let ready: Promise<void> | undefined;
+
+/** Hosted guests without /dev/kvm, and one host context per run so runs a
+ * test starts together (Promise.all) never see each other's directory. */
+function inProcessReady(): Promise<void> {
+  ready ??= (async () => {
+    await useHostedGuestsWithoutKvm();
+    await enableConcurrentContexts();
+  })();
+  return ready;
 }
 
 /**
