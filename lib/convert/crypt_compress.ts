@@ -6,7 +6,8 @@
 // with only the readers an encrypted chain needs (guest/ops.mk):
 // convert_crypt_zlib (every encrypted source), convert_qcrypt_zstd
 // (encrypted qcow2 over qcow2 or raw layers, without libzstd's decoder) and
-// convert_luks2_zstd (LUKS1, LUKS2: no backing file).
+// convert_luks2_zstd (LUKS1, LUKS2: no backing file). A chain with a vpc,
+// vhdx or vmdk layer: convert_crypt_other_zlib (no LUKS2, no zstd output).
 import { formats } from "../abi/spec.ts";
 
 /** A source layer as the convert job lists it. */
@@ -19,6 +20,8 @@ export interface CryptLayer {
 export interface CryptChainImage {
   secret?: Uint8Array;
   qcow2?: { compressionType: "zlib" | "zstd" };
+  format?: string;
+  luks2Ram?: number;
 }
 
 /** The program for compressing op `op` (convert_zlib or convert_zstd) over an encrypted chain. */
@@ -36,8 +39,24 @@ export function cryptCompressOp(layers: CryptLayer[], op: string): string {
  * qcow2; a plain backing file may have them).
  */
 export function cryptCompressRefusal(chain: CryptChainImage[], outputZstd: boolean): string | undefined {
+  const other = chain.find((img) =>
+    img.format !== undefined && !["raw", "qcow2", "luks"].includes(img.format)
+  );
+  if (other && chain.some((img) => img.secret)) {
+    if (outputZstd) return cryptOtherZstdRefusal;
+    if (chain.some((img) => img.luks2Ram)) return cryptOtherLuks2Refusal;
+  }
   if (!outputZstd || !chain.some((img) => img.secret && img.qcow2)) return undefined;
   if (!chain.some((img) => img.qcow2?.compressionType === "zstd")) return undefined;
   return "Compressed zstd output from an encrypted qcow2 image over a zstd-compressed qcow2 layer " +
     "is not supported by instar convert";
 }
+
+/** Compressed output from an encrypted chain with a vpc, vhdx or vmdk layer: zlib only (convert_crypt_other_zlib). */
+export const cryptOtherZstdRefusal =
+  "Compressed zstd output from an encrypted image over a vpc, vhdx or vmdk " +
+  "backing file is not supported by instar convert";
+/** convert_crypt_other_zlib has no LUKS2 reader. */
+export const cryptOtherLuks2Refusal =
+  "Compressed output from a LUKS2 image beside a vpc, vhdx or vmdk image " +
+  "is not supported by instar convert";
