@@ -20,7 +20,7 @@ import {
 import { alignUp, type FilePlan } from "../formats/plan.ts";
 import type { BlockOutput, BlockRun, ExtentsOutput, StreamOutput } from "../formats/types.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
-import { cryptCompressOp, cryptOtherLuks2Refusal, cryptOtherZstdRefusal } from "./crypt_compress.ts";
+import { cryptCompressOp, cryptOtherLuks2Refusal } from "./crypt_compress.ts";
 
 export interface SourceLayer {
   path: string;
@@ -89,15 +89,15 @@ export function runFor(job: ConvertJob, req: RunRequest) {
   const compressing = req.op !== "convert";
   const ramBytes = job.luks2Ram ? Math.max(req.ramBytes ?? 0, job.luks2Ram) : req.ramBytes;
   // An encrypted chain with a vpc, vhdx or vmdk layer: convert_crypt_other
-  // (every reader), convert_crypt_other_zlib (without LUKS2) for -c.
+  // (every reader), convert_crypt_other_zlib or _zstd (without LUKS2) for -c.
   const other = job.layers.some((l) => !PLAIN_CRYPT_CHAIN.includes(l.formatCode));
   if (other) {
     if (!compressing) {
       return runGuest({ ...req, op: "convert_crypt_other", kdfMaxIters: job.kdfMaxIters, ramBytes });
     }
-    const refusal = cryptOtherCompressRefusal(job, req.op);
-    if (refusal) throw new PlanRefused(refusal);
-    return runGuest({ ...req, op: "convert_crypt_other_zlib", kdfMaxIters: job.kdfMaxIters, ramBytes });
+    if (job.luks2Ram) throw new PlanRefused(cryptOtherLuks2Refusal);
+    const op = req.op === "convert_zlib" ? "convert_crypt_other_zlib" : "convert_crypt_other_zstd";
+    return runGuest({ ...req, op, kdfMaxIters: job.kdfMaxIters, ramBytes });
   }
   if (job.luks2Ram && !compressing) {
     return runGuest({ ...req, op: "convert_luks2", kdfMaxIters: job.kdfMaxIters, ramBytes });
@@ -117,12 +117,6 @@ export function runFor(job: ConvertJob, req: RunRequest) {
 
 /** The formats convert_qcrypt, convert_luks and their compressing variants read. */
 const PLAIN_CRYPT_CHAIN: number[] = [formats.RAW, formats.QCOW2, formats.LUKS];
-
-/** Why compressed output from an encrypted chain with a vpc, vhdx or vmdk layer is refused, if it is. */
-function cryptOtherCompressRefusal(job: ConvertJob, op: string): string | undefined {
-  if (op !== "convert_zlib") return cryptOtherZstdRefusal;
-  return job.luks2Ram ? cryptOtherLuks2Refusal : undefined;
-}
 
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;
 
