@@ -1,7 +1,7 @@
 # Operation programs and the sources each links (paths relative to guest/).
 # guest/Makefile builds the freestanding binaries from this list;
 # guest/host/Makefile builds the hosted test executables from it.
-GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd luks_write_luks2 qcow2_encrypt_luks2 compare_luks_other
+GUEST_OPS := info check map convert convert_zlib convert_zstd compare resize_scan inspect rebase_diff copy_runs snapshot_scan bitmap_scan convert_luks compare_luks convert_qcrypt compare_qcrypt convert_luks2 compare_luks2 luks_write qcow2_encrypt vmdk_stream convert_crypt_zlib convert_qcrypt_zstd convert_luks2_zstd luks_write_luks2 qcow2_encrypt_luks2 compare_luks_other convert_crypt_other convert_crypt_other_zlib convert_crypt_other_zstd
 # The format-independent chain (guest/chain/) and the formats it opens
 # (each format's layer.c fills one row of guest/chain/formats.c).
 CHAIN_SRCS := chain/open.c chain/formats.c
@@ -148,3 +148,24 @@ convert_qcrypt_zstd_SRCS := ops/convert_qcrypt_zstd.c compress/zstd_trim.c compr
 convert_qcrypt_zstd_LIBS := z zstd_min nettle
 convert_luks2_zstd_SRCS := ops/convert_luks2_zstd.c compress/zstd_trim.c $(LUKS2_READ_SRCS)
 convert_luks2_zstd_LIBS := z zstd_min nettle argon2
+# convert_crypt_other: an encrypted chain (qcow2 with LUKS or AES, LUKS1,
+# LUKS2) over or beside vpc, vhdx or vmdk layers (lib/convert/pipeline.ts
+# runFor picks it for exactly those chains): compare_luks_other's readers
+# with convert.c (libzstd trimmed as for convert_zstd, to fit 384 KiB).
+convert_crypt_other_SRCS = ops/convert.c $(CRYPT_READ_SRCS) compress/zstd_trim.c $(VPC_SRCS) vpc/layer.c \
+                           $(VHDX_SRCS) vhdx/layer.c $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c
+convert_crypt_other_LIBS := z zstd_min nettle argon2
+# convert_crypt_other_zlib: the same chains with the zlib compressor
+# (convert -c, streamOptimized vmdk): encrypted qcow2 and LUKS1 with every
+# plain reader, without LUKS2 (Argon2 and the JSON metadata do not fit
+# beside them; the host refuses that pairing). convert_crypt_other_zstd:
+# with the zstd compressor, also without libzstd's decoder (as
+# convert_qcrypt_zstd: the host refuses a zstd-compressed layer there).
+convert_crypt_other_zlib_SRCS = ops/convert_crypt_zlib.c compress/zlib_trim.c compress/zstd_trim.c \
+                                $(QCRYPT_READ_SRCS) $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c \
+                                $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c
+convert_crypt_other_zlib_LIBS := z zstd_min nettle
+convert_crypt_other_zstd_SRCS = ops/convert_qcrypt_zstd.c compress/zstd_trim.c compress/zstd_nodec.c compress/zlib_trim.c \
+                                $(QCRYPT_READ_SRCS) $(VPC_SRCS) vpc/layer.c $(VHDX_SRCS) vhdx/layer.c \
+                                $(VMDK_SRCS) vmdk/layer.c vmdk/grain.c
+convert_crypt_other_zstd_LIBS := z zstd_min nettle

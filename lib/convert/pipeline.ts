@@ -20,7 +20,7 @@ import {
 import { alignUp, type FilePlan } from "../formats/plan.ts";
 import type { BlockOutput, BlockRun, ExtentsOutput, StreamOutput } from "../formats/types.ts";
 import { hostEnv, hostPath } from "../host/context.ts";
-import { cryptCompressOp } from "./crypt_compress.ts";
+import { cryptCompressOp, cryptOtherLuks2Refusal } from "./crypt_compress.ts";
 
 export interface SourceLayer {
   path: string;
@@ -88,19 +88,22 @@ export function runFor(job: ConvertJob, req: RunRequest) {
   if (!job.layers.some((l) => l.secret)) return runGuest(req);
   const compressing = req.op !== "convert";
   const ramBytes = job.luks2Ram ? Math.max(req.ramBytes ?? 0, job.luks2Ram) : req.ramBytes;
+  // An encrypted chain with a vpc, vhdx or vmdk layer: convert_crypt_other
+  // (every reader), convert_crypt_other_zlib or _zstd (without LUKS2) for -c.
+  const other = job.layers.some((l) => !PLAIN_CRYPT_CHAIN.includes(l.formatCode));
+  if (other) {
+    if (!compressing) {
+      return runGuest({ ...req, op: "convert_crypt_other", kdfMaxIters: job.kdfMaxIters, ramBytes });
+    }
+    if (job.luks2Ram) throw new PlanRefused(cryptOtherLuks2Refusal);
+    const op = req.op === "convert_zlib" ? "convert_crypt_other_zlib" : "convert_crypt_other_zstd";
+    return runGuest({ ...req, op, kdfMaxIters: job.kdfMaxIters, ramBytes });
+  }
   if (job.luks2Ram && !compressing) {
     return runGuest({ ...req, op: "convert_luks2", kdfMaxIters: job.kdfMaxIters, ramBytes });
   }
   // An encrypted qcow2 layer: convert_qcrypt (qcow2, raw and LUKS layers only).
   const qcrypt = job.layers.some((l) => l.secret && l.formatCode === formats.QCOW2);
-  if (
-    qcrypt &&
-    job.layers.some((l) => !([formats.RAW, formats.QCOW2, formats.LUKS] as number[]).includes(l.formatCode))
-  ) {
-    throw new PlanRefused(
-      "Reading an encrypted qcow2 image over a vpc, vhdx or vmdk backing file is not supported by instar yet",
-    );
-  }
   if (compressing) {
     return runGuest({
       ...req,
@@ -111,6 +114,9 @@ export function runFor(job: ConvertJob, req: RunRequest) {
   }
   return runGuest({ ...req, op: qcrypt ? "convert_qcrypt" : "convert_luks", kdfMaxIters: job.kdfMaxIters });
 }
+
+/** The formats convert_qcrypt, convert_luks and their compressing variants read. */
+const PLAIN_CRYPT_CHAIN: number[] = [formats.RAW, formats.QCOW2, formats.LUKS];
 
 const DEBUG = Deno.env.get("INSTAR_DEBUG") !== undefined;
 
