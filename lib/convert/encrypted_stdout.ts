@@ -16,6 +16,7 @@ import { hostPath } from "../host/context.ts";
 import type { SecretStore } from "../secrets/objects.ts";
 import type { OutputSpec } from "./output_options.ts";
 import type { ConvertJob } from "./pipeline.ts";
+import type { GuestInput } from "../vmm/guest.ts";
 import { convertToEncryptedQcow2 } from "./qcow2_encrypt_target.ts";
 import { convertToLuks } from "./luks_target.ts";
 
@@ -32,11 +33,22 @@ export async function encryptedToStdout(
   kdfMaxIters: bigint,
   sink: StdoutSink,
   scratch: () => Promise<string>,
+  backing?: { size?: bigint; inputs?: GuestInput[] },
 ): Promise<bigint> {
   const file = await scratch();
   const e = spec.qcow2Create?.encrypt;
   const written = e
-    ? await convertToEncryptedQcow2(job, spec.qcow2!, e, file, secrets, kdfMaxIters)
+    // -B: the file target's overlay (its backing chain's size and inputs), as for a file.
+    ? await convertToEncryptedQcow2(
+      job,
+      spec.qcow2!,
+      e,
+      file,
+      secrets,
+      kdfMaxIters,
+      backing?.size,
+      backing?.inputs,
+    )
     : await convertToLuks(job, spec.luks!, file, secrets, kdfMaxIters);
   let size: bigint;
   {

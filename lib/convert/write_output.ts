@@ -84,7 +84,10 @@ export async function writeOutput(
     const scratch = () => streamStep(() => w.temps.createOutput(`${spoolDir()}/stdout`));
     // An encrypted target: written whole into one such file first (lib/convert/encrypted_stdout.ts).
     if (encryptedTarget(spec)) {
-      return await encryptedToStdout(job, spec, w.secrets, w.kdfMaxIters, w.sink, scratch);
+      return await encryptedToStdout(job, spec, w.secrets, w.kdfMaxIters, w.sink, scratch, {
+        size: w.backingSize,
+        inputs: w.backingInputs,
+      });
     }
     return await streamToStdout(job, spec, spec.writer === "qcow2" ? qcow2() : undefined, w.sink, scratch);
   }
