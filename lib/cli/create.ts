@@ -18,11 +18,8 @@ import { cvtnum } from "./options.ts";
 import { errnoText, kdfMaxIters, openChain, OpenError, openImage } from "./image.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import {
-  appendDescs,
-  FILE_CREATE_OPTS,
   hasHelpOption,
   optGet,
-  optionHelp,
   optSet,
   optSetNumber,
   parseOptions,
@@ -34,6 +31,7 @@ import { CreateError, type CreateHost } from "../formats/types.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { hostPath } from "../host/context.ts";
 import { allocate } from "../host/allocate.ts";
+import { blockOptionHelp } from "./block_option_help.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -162,25 +160,6 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
     }
     throw e;
   }
-}
-
-/** qemu-img's print_block_option_help. */
-export function blockOptionHelp(io: Io, filename: string | undefined, fmt: string): number {
-  const create = driverFor(fmt)?.create;
-  if (!create) {
-    if (driverFor(fmt)) throw new CliError([`Creating '${fmt}' images is not supported by instar yet`]);
-    throw new CliError([`Unknown file format '${fmt}'`]);
-  }
-  const own = create.own;
-  if (filename !== undefined) {
-    io.out("Supported options:\n" + optionHelp(appendDescs(own, FILE_CREATE_OPTS)));
-  } else {
-    io.out(
-      `Supported ${fmt} options:\n` + optionHelp(own) +
-        "\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n",
-    );
-  }
-  return 0;
 }
 
 interface CreateRequest {
