@@ -7,7 +7,7 @@
 // amend allows it) and a downgrade through lib/formats/qcow2/downgrade.ts,
 // each on the image as the previous phase left it (read again, without a
 // second lock: the command holds the write lock throughout).
-import { carriedBitmaps } from "./bitmap.ts";
+import { carriedBitmaps } from "./carried_bitmaps.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
