@@ -18,7 +18,7 @@ import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { sameFiles, SMALL_REFCOUNTS as OPTS } from "./support/growth.ts";
 import { openImage } from "../lib/cli/image.ts";
 import { applySteps } from "../lib/cli/apply_steps.ts";
-import { scan } from "../lib/cli/bitmap.ts";
+import { scanBitmaps } from "../lib/cli/scan_bitmaps.ts";
 import { decodeBitmapScan } from "../lib/formats/qcow2/bitmap_scan.ts";
 import { type BitmapAction, planQcow2Bitmap } from "../lib/formats/qcow2/bitmap_plan.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
@@ -122,7 +122,7 @@ async function makeImage(dir: string, c: Case) {
 /** instar's steps for the case, applied up to each point: at most leaks. */
 async function crashPrefixes(dir: string, c: Case) {
   const img = await openImage(`${dir}/q.qcow2`, { noLists: true });
-  const s = decodeBitmapScan(await scan(img), img.fileSize);
+  const s = decodeBitmapScan(await scanBitmaps(img), img.fileSize);
   const plan = planQcow2Bitmap(s, {
     name: new TextEncoder().encode(c.bitmap),
     granularity: 0n,

@@ -9,7 +9,7 @@ import { built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { openImage } from "../lib/cli/image.ts";
 import { applySteps } from "../lib/cli/apply_steps.ts";
-import { scan } from "../lib/cli/bitmap.ts";
+import { scanBitmaps } from "../lib/cli/scan_bitmaps.ts";
 import { decodeBitmapScan } from "../lib/formats/qcow2/bitmap_scan.ts";
 import { type BitmapAction, planQcow2Bitmap } from "../lib/formats/qcow2/bitmap_plan.ts";
 
@@ -189,7 +189,7 @@ Deno.test(
       for (const [image, name, actions] of CRASH_CASES) {
         await t.step(`${image} ${actions.map((a) => a.act).join(" ")} ${name}`, async () => {
           const img = await openImage(`${dir}/${image}`, { noLists: true });
-          const s = decodeBitmapScan(await scan(img), img.fileSize);
+          const s = decodeBitmapScan(await scanBitmaps(img), img.fileSize);
           const plan = planQcow2Bitmap(s, {
             name: new TextEncoder().encode(name),
             granularity: 0n,

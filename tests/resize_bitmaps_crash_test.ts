@@ -14,7 +14,7 @@ import { built, exec, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helper
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
 import { openImage } from "../lib/cli/image.ts";
-import { resizeHost } from "../lib/cli/resize.ts";
+import { resizeHost } from "../lib/cli/resize_host.ts";
 
 await useHostedGuestsWithoutKvm();
 const ready = built() && haveQemuImg() && haveNbd;

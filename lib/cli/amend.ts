@@ -7,7 +7,7 @@
 // amend allows it) and a downgrade through lib/formats/qcow2/downgrade.ts,
 // each on the image as the previous phase left it (read again, without a
 // second lock: the command holds the write lock throughout).
-import { carriedBitmaps } from "./bitmap.ts";
+import { carriedBitmaps } from "./carried_bitmaps.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -34,7 +34,7 @@ import { amendLuks, LUKS_AMEND_OPTS, LuksAmendError, parseLuksAmend } from "../f
 import { luksGuestErrorText } from "../formats/luks/create.ts";
 import type { SecretStore } from "../secrets/objects.ts";
 import { applySteps } from "./apply_steps.ts";
-import { resizeHost } from "./resize.ts";
+import { resizeHost } from "./resize_host.ts";
 import { qcow2Resize } from "../formats/qcow2/resize.ts";
 import { prepareBitmapResize, storeBitmapsAfterResize } from "../formats/qcow2/resize_bitmaps.ts";
 import { qcow2Downgrade } from "../formats/qcow2/downgrade.ts";

@@ -9,25 +9,20 @@
 // close into crash-safe steps, which applySteps writes. As qemu, an action
 // that fails stops the list, and what ran before it is still stored.
 import { ops, records } from "../abi/spec.ts";
-import type { Rec } from "../abi/records.ts";
 import { CliError } from "./messages.ts";
 import { getoptCommand, type InstarOptions, type Io, newInstarOptions } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
+import { decodeBitmapScanOrRefuse, scanBitmaps } from "./scan_bitmaps.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { errorRecordMessage } from "../formats/qcow2/errors.ts";
-import { GuestResultError } from "../formats/qcow2/model.ts";
-import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
 import { tailBitsAsLoaded } from "../formats/qcow2/bitmap_tail.ts";
-import { bitmapsCarriable, type BitmapsExt } from "../formats/qcow2/rebase_plan.ts";
 import {
   type BitmapAction,
   type BitmapRequest,
   type BitmapScanDir,
-  BME_FLAG_AUTO,
-  BME_FLAG_IN_USE,
   type MergeJob,
   planQcow2Bitmap,
   tableSizeFor,
@@ -99,33 +94,6 @@ function parseArgs(argv: string[], o: InstarOptions): { a: BitmapArgs; operands:
   return { a, operands };
 }
 
-/** Runs the bitmap scan on a qcow2 image; its records (exported for the crash-safety test). */
-export async function scan(img: OpenedImage): Promise<Rec[]> {
-  const refuse = (why: string) => new CliError([`Could not open '${img.filename}': ${why}`]);
-  let result;
-  try {
-    result = await runGuest({
-      op: "bitmap_scan",
-      opCode: ops.BITMAP_SCAN,
-      inputs: [{ path: img.openPath, format: img.formatCode }],
-      resultCap: 128 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
-  }
-  const input = result.inputs[0];
-  if (!input || input.dev !== img.dev || input.ino !== img.ino || input.size !== img.fileSize) {
-    throw refuse("the file changed while it was being read");
-  }
-  const err = result.records.find((r) => r.type === records.ERROR);
-  if (err) {
-    const msg = errorRecordMessage(err);
-    throw refuse(msg);
-  }
-  if (result.guestStatus !== 0n) throw refuse("sandbox failure: the scan reported no outcome");
-  return result.records;
-}
-
 export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   const o = newInstarOptions(base);
   const { a, operands } = parseArgs(argv, o);
@@ -187,16 +155,16 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
   let source: { bitmaps: BitmapScanDir[]; virtualSize: bigint } | undefined;
   if (src) {
     if (src.format === "qcow2") {
-      const recs = await scan(src);
-      const s = decodeOrRefuse(recs, src);
+      const recs = await scanBitmaps(src);
+      const s = decodeBitmapScanOrRefuse(recs, src);
       source = { bitmaps: s.bitmaps, virtualSize: s.model.virtualSize };
     } else {
       source = { bitmaps: [], virtualSize: src.virtualSize };
     }
   }
-  const recs = await scan(img);
+  const recs = await scanBitmaps(img);
   // Bits past a bitmap's end: kept as qemu keeps them (bitmap_tail.ts), but through --merge.
-  const loaded = decodeOrRefuse(recs, img);
+  const loaded = decodeBitmapScanOrRefuse(recs, img);
   const s = a.merge ? loaded : tailBitsAsLoaded(loaded);
   const req: BitmapRequest = {
     name,
@@ -229,17 +197,6 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
     return 1;
   }
   return 0;
-}
-
-function decodeOrRefuse(recs: Rec[], img: OpenedImage) {
-  try {
-    return decodeBitmapScan(recs, img.fileSize);
-  } catch (e) {
-    if (e instanceof GuestResultError) {
-      throw new CliError([`Could not open '${img.filename}': sandbox failure: ${e.message}`]);
-    }
-    throw e;
-  }
 }
 
 /** The guest's merge (bitmap_scan, merge mode): the result's data clusters, staged past the end. */
@@ -306,23 +263,4 @@ async function truncateBack(img: OpenedImage) {
   } finally {
     f.close();
   }
-}
-
-/**
- * The bitmaps extension of `img` for a header rewrite that carries it
- * (rebase, amend: lib/formats/qcow2/rebase_plan.ts), read by the bitmap
- * scan; undefined when the image has no bitmaps or they cannot be carried
- * (a stale extension, a bitmap in use, or with `disabledOnly` an enabled
- * one): the planner then refuses.
- */
-export async function carriedBitmaps(
-  img: OpenedImage,
-  disabledOnly: boolean,
-): Promise<BitmapsExt | undefined> {
-  const q = img.qcow2;
-  if (!q || !bitmapsCarriable(q)) return undefined;
-  const s = decodeOrRefuse(await scan(img), img);
-  const bad = BME_FLAG_IN_USE | (disabledOnly ? BME_FLAG_AUTO : 0);
-  if (s.bitmaps.length !== q.nbBitmaps || s.bitmaps.some((b) => (b.flags & bad) !== 0)) return undefined;
-  return { nb: s.bitmaps.length, dirSize: s.dirSize, dirOffset: s.dirOffset };
 }

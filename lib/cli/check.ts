@@ -35,7 +35,7 @@ import { planEntryZeroes, planQcow2Repair } from "../formats/qcow2/repair_plan.t
 import { fixSnapshotTable } from "../formats/qcow2/snapshot_fix.ts";
 import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
 import type { FilePlan } from "../formats/plan.ts";
-import { resizeHost } from "./resize.ts";
+import { resizeHost } from "./resize_host.ts";
 import {
   type BitmapResize,
   prepareBitmapResize,

@@ -9,7 +9,7 @@
 // (lib/formats/qcow2/write_plan.ts, commit_plan.ts) place them; the copy_runs
 // guest moves the bytes into the base (lib/cli/write_rounds.ts). Every
 // backing file passes the allowlist; writes go to the base and the overlay.
-import { formats, ops, records } from "../abi/spec.ts";
+import { formats, ops } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { cvtnum } from "./options.ts";
 import { CliError, usageError } from "./messages.ts";
@@ -40,7 +40,6 @@ import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { applySteps } from "./apply_steps.ts";
 import { mapRuns } from "./map_runs.ts";
 import { applyWritePlan, type Move, moveData } from "./write_rounds.ts";
-import { decodeScan } from "../formats/qcow2/resize.ts";
 import { planQcow2Writes, type WritePlan } from "../formats/qcow2/write_plan.ts";
 import {
   commitOps,
@@ -56,9 +55,9 @@ import {
   truncateRefused,
 } from "../formats/qcow2/bitmaps_reopen.ts";
 import { bitmapScanOf, stageDirty } from "./commit_dirty.ts";
+import { COMPRESSED_ENTRIES, scanQcow2 } from "./scan_qcow2.ts";
 import { planDiscardEmpty } from "../formats/qcow2/make_empty_discard.ts";
 import type { FilePlan } from "../formats/plan.ts";
-import { GuestResultError } from "../formats/qcow2/model.ts";
 import { Progress } from "./progress.ts";
 import type { ResizeHost } from "../formats/types.ts";
 import { hostPath } from "../host/context.ts";
@@ -311,38 +310,6 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
   p.end();
   if (!quiet) io.out("Image committed.\n");
   return 0;
-}
-
-/** resize_scan arg[1] bit 2: list the compressed L2 entries (records.COMPRESSED_L2). */
-export const COMPRESSED_ENTRIES = 4n;
-
-/** The resize_scan guest's metadata of a qcow2 image (its size unchanged); `flags` is its arg[1]. */
-export async function scanQcow2(img: OpenedImage, what: string, flags = 0n) {
-  let result;
-  try {
-    result = await runGuest({
-      op: "resize_scan",
-      opCode: ops.RESIZE_SCAN,
-      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: true }],
-      args: [img.virtualSize, flags],
-      resultCap: 64 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  const input = result.inputs[0];
-  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-    throw new CliError([`${what}: the file changed while it was being read`]);
-  }
-  if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
-    throw new CliError([`${what}: the metadata scan failed`]);
-  }
-  try {
-    return decodeScan(result.records, input.size);
-  } catch (e) {
-    if (e instanceof GuestResultError) throw new CliError([`${what}: sandbox failure: ${e.message}`]);
-    throw e;
-  }
 }
 
 /** Grows the base to `size` as bdrv_co_truncate does (its format's resize). */

@@ -40,7 +40,7 @@ import { convertPreallocatedQcow2, openTargetBackingChain, type TargetBacking } 
 import { convertToPreallocatedQcrypt } from "./convert_prealloc_qcrypt.ts";
 import { Progress } from "./progress.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
-import { blockOptionHelp } from "./create.ts";
+import { blockOptionHelp } from "./block_option_help.ts";
 import { hasHelpOption } from "../formats/options.ts";
 import { hostPath } from "../host/context.ts";
 import { StdoutSink } from "../host/stdio_stream.ts";

@@ -14,7 +14,7 @@ import type { GuestInput } from "../vmm/guest.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
 import { CliError } from "./messages.ts";
 import { needsNoKey, type OpenedImage, OpenError, openFailure, openImage } from "./image.ts";
-import { COMPRESSED_ENTRIES, scanQcow2 } from "./commit.ts";
+import { COMPRESSED_ENTRIES, scanQcow2 } from "./scan_qcow2.ts";
 import { mapRuns } from "./map_runs.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";

@@ -17,7 +17,7 @@ import type { SecretStore } from "../secrets/objects.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
 import { CliError } from "./messages.ts";
 import { type OpenedImage, OpenError, openFailure, unlockForRead } from "./image.ts";
-import { scanQcow2 } from "./commit.ts";
+import { scanQcow2 } from "./scan_qcow2.ts";
 import { type MapRun, mapRuns, MapRunsError } from "../chain/map_runs.ts";
 import { applySteps } from "./apply_steps.ts";
 import { syncFile } from "./write_rounds.ts";

@@ -13,7 +13,7 @@
 import { CliError } from "./messages.ts";
 import type { OpenedImage } from "./image.ts";
 import type { InstarOptions } from "./common.ts";
-import { allocate } from "./create.ts";
+import { allocate } from "../host/allocate.ts";
 import { openQcow2Target } from "./convert_into_qcow2.ts";
 import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts";
 import { type Qcow2CreateOptions, qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";

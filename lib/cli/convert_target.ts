@@ -13,7 +13,7 @@ import { hostPath } from "../host/context.ts";
 import type { InstarOptions } from "./common.ts";
 import { type Qcow2CreateOptions, qcow2CreatePlan } from "../formats/qcow2/create_plan.ts";
 import { applyPlan } from "../formats/apply_plan.ts";
-import { allocate } from "./create.ts";
+import { allocate } from "../host/allocate.ts";
 import { convertIntoQcow2, openQcow2Target } from "./convert_into_qcow2.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { formats } from "../abi/spec.ts";

@@ -16,14 +16,10 @@ import {
 } from "./common.ts";
 import { cvtnum } from "./options.ts";
 import { errnoText, kdfMaxIters, openChain, OpenError, openImage } from "./image.ts";
-import { fileRange } from "../vmm/guest.ts";
 import { fullBackingFilename, makePolicy, PolicyError } from "../chain/policy.ts";
 import {
-  appendDescs,
-  FILE_CREATE_OPTS,
   hasHelpOption,
   optGet,
-  optionHelp,
   optSet,
   optSetNumber,
   parseOptions,
@@ -34,6 +30,8 @@ import { driverFor } from "../formats/mod.ts";
 import { CreateError, type CreateHost } from "../formats/types.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { hostPath } from "../host/context.ts";
+import { allocate } from "../host/allocate.ts";
+import { blockOptionHelp } from "./block_option_help.ts";
 import { ObjectError, type SecretStore } from "../secrets/objects.ts";
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -84,40 +82,6 @@ async function resizeFile(filename: string, size: bigint, fmt: string, hint: str
       throw fileError(filename, `The image size is too large for file format '${fmt}'${hint}`);
     }
     throw fileError(filename, `Could not resize file: ${text}`);
-  }
-}
-
-/**
- * Allocates [offset, offset+length) as zeroes: posix_fallocate for
- * preallocation=falloc (as qemu's file-posix does, through the VMM library),
- * real zeroes written for full.
- */
-export async function allocate(
-  filename: string,
-  offset: bigint,
-  length: bigint,
-  mode: string,
-): Promise<void> {
-  if (length <= 0n) return;
-  if (mode === "falloc") {
-    const st = await Deno.stat(hostPath(filename));
-    const why = await fileRange("allocate", filename, offset, length, BigInt(st.dev), BigInt(st.ino ?? 0));
-    if (why !== undefined) throw new Error(`Could not preallocate new data: ${why}`);
-    return;
-  }
-  const f = await Deno.open(hostPath(filename), { write: true });
-  try {
-    const chunk = new Uint8Array(1 << 20);
-    const end = offset + length;
-    await f.seek(offset, Deno.SeekMode.Start);
-    for (let at = offset; at < end;) {
-      const n = end - at < BigInt(chunk.length) ? Number(end - at) : chunk.length;
-      let done = 0;
-      while (done < n) done += await f.write(chunk.subarray(done, n));
-      at += BigInt(n);
-    }
-  } finally {
-    f.close();
   }
 }
 
@@ -196,25 +160,6 @@ export async function createCommand(argv: string[], io: Io, base?: InstarOptions
     }
     throw e;
   }
-}
-
-/** qemu-img's print_block_option_help. */
-export function blockOptionHelp(io: Io, filename: string | undefined, fmt: string): number {
-  const create = driverFor(fmt)?.create;
-  if (!create) {
-    if (driverFor(fmt)) throw new CliError([`Creating '${fmt}' images is not supported by instar yet`]);
-    throw new CliError([`Unknown file format '${fmt}'`]);
-  }
-  const own = create.own;
-  if (filename !== undefined) {
-    io.out("Supported options:\n" + optionHelp(appendDescs(own, FILE_CREATE_OPTS)));
-  } else {
-    io.out(
-      `Supported ${fmt} options:\n` + optionHelp(own) +
-        "\nThe protocol level may support further options.\nSpecify the target filename to include those options.\n",
-    );
-  }
-  return 0;
 }
 
 interface CreateRequest {

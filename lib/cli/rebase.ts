@@ -22,7 +22,7 @@ import { applySteps } from "./apply_steps.ts";
 import { imageRef } from "./image_ref.ts";
 import { FORMATS } from "../formats/mod.ts";
 import { type BitmapsExt, planQcow2Rebase, rebaseRefusal } from "../formats/qcow2/rebase_plan.ts";
-import { carriedBitmaps } from "./bitmap.ts";
+import { carriedBitmaps } from "./carried_bitmaps.ts";
 import { copyDifferences, openForSafeRebase } from "./rebase_safe.ts";
 
 export async function rebaseCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {

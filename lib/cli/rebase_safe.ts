@@ -22,7 +22,7 @@ import {
   OpenError,
   openImage,
 } from "./image.ts";
-import { scanQcow2 } from "./commit.ts";
+import { scanQcow2 } from "./scan_qcow2.ts";
 import { applyWritePlan } from "./write_rounds.ts";
 import { planQcow2Writes, type WriteOp } from "../formats/qcow2/write_plan.ts";
 import { diffFlags, limits } from "../abi/spec.ts";

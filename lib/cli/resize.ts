@@ -9,7 +9,6 @@
 // does anything touch the file, through the host this command supplies.
 // Nothing is written unless every check passed. docs/resize.md says what a
 // crash mid-way leaves behind.
-import { ops, records } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -24,12 +23,11 @@ import {
 import { openChain, type OpenedImage, OpenError, openFailure, openImage, unlockForRead } from "./image.ts";
 import { imageRef } from "./image_ref.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { runGuest } from "../vmm/guest.ts";
 import { SizeError, strtosz } from "./options.ts";
 import { BDRV_MAX_LENGTH } from "../formats/raw/resize_plan.ts";
-import { applySteps } from "./apply_steps.ts";
+import { resizeHost } from "./resize_host.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
-import { type Prealloc, PREALLOC_MODES, type ResizeHost } from "../formats/types.ts";
+import { type Prealloc, PREALLOC_MODES } from "../formats/types.ts";
 
 export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions): Promise<number> {
   if (argv.length < 3) throw usageError("Not enough arguments");
@@ -141,67 +139,4 @@ export async function resizeCommand(argv: string[], io: Io, base?: InstarOptions
   );
   if (!quiet) io.out("Image resized.\n");
   return 0;
-}
-
-/**
- * What a format driver's resize gets from the command: the sandbox, the
- * file, qemu's error shapes. `refuse` words instar's own refusals (amend's
- * size= path passes its own).
- */
-export function resizeHost(
-  img: OpenedImage,
-  prealloc: Prealloc,
-  refuse = (why: string) => new CliError([`Could not resize '${img.filename}': ${why}`]),
-): ResizeHost {
-  let cur = img;
-  return {
-    async scan(code, args) {
-      let result;
-      try {
-        result = await runGuest({
-          op: "resize_scan",
-          opCode: ops.RESIZE_SCAN,
-          inputs: [{ path: img.openPath, format: code }],
-          args,
-          resultCap: 64 * 1024 * 1024,
-        });
-      } catch (e) {
-        throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
-      }
-      const input = result.inputs[0];
-      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-        throw refuse("the file changed while it was being read");
-      }
-      return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
-    },
-    async bitmapScan(len?: bigint) {
-      let result;
-      try {
-        result = await runGuest({
-          op: "bitmap_scan",
-          opCode: ops.BITMAP_SCAN,
-          inputs: [{ path: img.openPath, format: img.formatCode }],
-          ...(len === undefined ? {} : { args: [2n, len] }),
-          resultCap: 128 * 1024 * 1024,
-        });
-      } catch (e) {
-        throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
-      }
-      const input = result.inputs[0];
-      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-        throw refuse("the file changed while it was being read");
-      }
-      if (result.guestStatus !== 0n && !result.records.some((r) => r.type === records.ERROR)) {
-        throw refuse("sandbox failure: the scan reported no outcome");
-      }
-      return { records: result.records, fileSize: input.size };
-    },
-    async applySteps(steps, what, zeroInside, plain) {
-      await applySteps(cur, steps, what, plain ? "off" : prealloc, zeroInside);
-      // A later batch (the bitmaps stored after a resize) starts from this length.
-      if (steps.length > 0) cur = { ...cur, fileSize: steps[steps.length - 1].fileSize };
-    },
-    fail: (lines) => new CliError(lines),
-    refuse,
-  };
 }

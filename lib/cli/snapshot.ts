@@ -26,7 +26,7 @@ import { ops } from "../abi/spec.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { applySteps } from "./apply_steps.ts";
 import { qcow2Snapshot, type SnapshotHost } from "../formats/qcow2/snapshot.ts";
-import { resizeHost } from "./resize.ts";
+import { resizeHost } from "./resize_host.ts";
 import { hostPath } from "../host/context.ts";
 
 type Action = "l" | "a" | "c" | "d";

@@ -7,7 +7,7 @@ import { ok as assert } from "node:assert/strict";
 import type { Outcome } from "../cli_helpers.ts";
 import { chainInputs, openChain, type OpenedImage, openImage } from "../../lib/cli/image.ts";
 import { makePolicy } from "../../lib/chain/policy.ts";
-import { scanQcow2 } from "../../lib/cli/commit.ts";
+import { scanQcow2 } from "../../lib/cli/scan_qcow2.ts";
 import { mapRuns } from "../../lib/chain/map_runs.ts";
 import { moveData } from "../../lib/cli/write_rounds.ts";
 import { applySteps } from "../../lib/cli/apply_steps.ts";
