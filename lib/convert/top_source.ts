@@ -16,11 +16,12 @@ export const TARGET_IS_ZERO_WITH_BACKING =
 /**
  * The ranges [from, to) of the source that -n -B writes (undefined: the
  * whole disk). `chain` is the source chain (top first), `inputs` its guest
- * inputs, `size` its disk size.
+ * inputs (with -l, the top's input names the snapshot: qemu-img's
+ * bdrv_snapshot_load_tmp makes the snapshot's L1 table the top's, so its
+ * block status, and so the ranges, are the snapshot's), `size` its disk size.
  */
 export async function topOfSource(
   outFmt: string,
-  snapshot: boolean,
   chain: Pick<DecodedImage, "length" | "qcow2">[],
   inputs: GuestInput[],
   size: bigint,
@@ -28,11 +29,6 @@ export async function topOfSource(
   if (outFmt !== "raw" && outFmt !== "qcow2") {
     throw new ConvertError(
       "Writing into an existing image with a backing file (-n -B) is not supported by instar convert",
-    );
-  }
-  if (snapshot) {
-    throw new ConvertError(
-      "Writing a snapshot into an existing image (-n -B -l) is not supported by instar convert",
     );
   }
   // A source without a backing file: bdrv_block_status_above(src, NULL), the whole disk.
