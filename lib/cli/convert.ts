@@ -237,7 +237,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
         const moves = top.map(([from, to]) => ({ from, to, at: from }));
         written = moves.reduce((t, m) => t + (m.to - m.from), 0n);
         await moveData(
-          chainInputs(chain),
+          chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
           { openPath: out, dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) },
           moves,
           size,
