@@ -33,6 +33,8 @@ export async function topOfSource(
   }
   // A source without a backing file: bdrv_block_status_above(src, NULL), the whole disk.
   if (chain.length <= 1) return undefined;
+  // Only a qcow2 top opens a backing chain today (VMDK parents are refused
+  // at open; vpc and vhdx have none); another one would need its own span.
   const q = chain[0].qcow2;
   if (!q) {
     throw new ConvertError(
