@@ -22,10 +22,18 @@ const SETUP = [
   // base: 4 MiB of ones (a qcow2 target's and the overlay's backing file).
   "qemu-img create -q -f qcow2 base.qcow2 4M",
   io("base.qcow2", "write -P 1 0 4M"),
-  // top (4 KiB clusters) over base: data, zeroes and data, then the snapshot
-  // s1, then the active layer overwritten whole (what -l must not read).
+  // top (4 KiB clusters) over base: data, zeroes and data (the last two only
+  // part of a 64 KiB target cluster), then the snapshot s1, then the active
+  // layer overwritten whole (what -l must not read).
   "qemu-img create -q -f qcow2 -o cluster_size=4k -b base.qcow2 -F qcow2 top.qcow2 4M",
-  io("top.qcow2", "write -P 2 64k 64k", "write -z 1M 64k", "write -P 3 2M 128k", "write -P 0 3M 4k"),
+  io(
+    "top.qcow2",
+    "write -P 2 64k 64k",
+    "write -z 1M 64k",
+    "write -P 3 2M 128k",
+    "write -P 0 3M 4k",
+    "write -P 5 3100k 4k",
+  ),
   "qemu-img snapshot -c s1 top.qcow2",
   io("top.qcow2", "write -P 4 0 4M"),
   // grown: s1 taken at 2 MiB (a shorter L1 table), then grown to 4 MiB.
