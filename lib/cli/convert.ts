@@ -143,7 +143,8 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
         io.err(`${PROGRAM}: ${TARGET_IS_ZERO_WITH_BACKING}\n`);
         return 0;
       }
-      top = await topOfSource(a.outFmt, a.snapshot !== undefined, chain, chainInputs(chain), size);
+      const inputs = chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 }));
+      top = await topOfSource(a.outFmt, chain, inputs, size);
     }
     // -n into an existing qcow2 or LUKS image: written in place (lib/cli/convert_existing.ts).
     if (a.skipCreate && (a.outFmt === "qcow2" || a.outFmt === "luks")) {
@@ -236,7 +237,7 @@ async function convert(argv: string[], io: Io, base?: InstarOptions): Promise<nu
         const moves = top.map(([from, to]) => ({ from, to, at: from }));
         written = moves.reduce((t, m) => t + (m.to - m.from), 0n);
         await moveData(
-          chainInputs(chain),
+          chainInputs(chain).map((x, i) => ({ ...x, snapshot: i === 0 ? snapshot : 0 })),
           { openPath: out, dev: BigInt(st.dev), ino: BigInt(st.ino ?? 0) },
           moves,
           size,

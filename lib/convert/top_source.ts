@@ -16,11 +16,12 @@ export const TARGET_IS_ZERO_WITH_BACKING =
 /**
  * The ranges [from, to) of the source that -n -B writes (undefined: the
  * whole disk). `chain` is the source chain (top first), `inputs` its guest
- * inputs, `size` its disk size.
+ * inputs (with -l, the top's input names the snapshot: qemu-img's
+ * bdrv_snapshot_load_tmp makes the snapshot's L1 table the top's, so its
+ * block status, and so the ranges, are the snapshot's), `size` its disk size.
  */
 export async function topOfSource(
   outFmt: string,
-  snapshot: boolean,
   chain: Pick<DecodedImage, "length" | "qcow2">[],
   inputs: GuestInput[],
   size: bigint,
@@ -30,13 +31,10 @@ export async function topOfSource(
       "Writing into an existing image with a backing file (-n -B) is not supported by instar convert",
     );
   }
-  if (snapshot) {
-    throw new ConvertError(
-      "Writing a snapshot into an existing image (-n -B -l) is not supported by instar convert",
-    );
-  }
   // A source without a backing file: bdrv_block_status_above(src, NULL), the whole disk.
   if (chain.length <= 1) return undefined;
+  // Only a qcow2 top opens a backing chain today (VMDK parents are refused
+  // at open; vpc and vhdx have none); another one would need its own span.
   const q = chain[0].qcow2;
   if (!q) {
     throw new ConvertError(
