@@ -178,8 +178,13 @@ static void set_bits(uint8_t *b, uint64_t first, uint64_t last)
     for (uint64_t i = first; i <= last; i++) b[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
+/* The 64-bit word holding a merge's last bit, bits past the end included:
+ * qemu's hbitmap_merge ORs whole words when the granularities match. */
+static uint8_t tail_word[8];
+
 /* ORs bitmap `index` of q (granularity 2^gs over len bytes) into dst
- * (granularity 2^gd, nd bits). */
+ * (granularity 2^gd, nd bits); with the same granularity, its last word
+ * (bits past the end too) into tail_word. */
 static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd, uint64_t nd, uint64_t len,
                      bool in_use_ok)
 {
@@ -202,6 +207,8 @@ static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd,
         else if (reader_read(q->r, v & 0x00fffffffffffe00ull, buf, q->cluster_size))
             return rt_error(0, GERR_IO, v, 0, 0);
         uint64_t n = ns - k * per < per ? ns - k * per : per;
+        if (gs == gd && ns - k * per <= per && (n & 63))
+            for (uint64_t b = 0; b < 8; b++) tail_word[b] |= buf[((n & ~63ull) >> 3) + b];
         for (uint64_t i = 0; i < n; i++) {
             if (!(buf[i >> 3] & (1u << (i & 7)))) {
                 if ((i & 63) == 0 && i + 64 <= n) {
@@ -258,6 +265,7 @@ int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
     uint8_t *dst = rt_calloc(clusters ? clusters : 1, q.cluster_size);
     if (!dst) return rt_error(0, GERR_OUT_OF_MEMORY, bytes, 0, 0);
     bool in_use_ok = (p->arg[7] & 1) != 0;
+    memset(tail_word, 0, sizeof tail_word);
     if (p->arg[1] != UINT64_MAX) {
         uint64_t toff, tsize;
         uint32_t g, flags;
@@ -279,8 +287,12 @@ int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
     } else if (or_bitmap(s, p->arg[2], dst, gd, nd, len, false)) {
         return -1;
     }
-    /* Bits past the end stay clear, as qemu's serialization leaves them. */
+    /* Bits past the end stay clear, as qemu's serialization leaves them, but
+     * in the word holding the end: those of both bitmaps (whole-word OR). */
     for (uint64_t i = nd; i < clusters * q.cluster_size * 8; i++) dst[i >> 3] &= (uint8_t)~(1u << (i & 7));
+    if (nd & 63)
+        for (uint64_t i = nd; i < ((nd + 63) & ~63ull); i++)
+            if (tail_word[(i & 63) >> 3] & (1u << (i & 7))) dst[i >> 3] |= (uint8_t)(1u << (i & 7));
     uint64_t base = p->arg[4];
     for (uint64_t k = 0; k < clusters; k++) {
         const uint8_t *c = dst + k * q.cluster_size;

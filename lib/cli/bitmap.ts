@@ -195,9 +195,8 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
     }
   }
   const recs = await scan(img);
-  // Bits past a bitmap's end: kept as qemu keeps them (bitmap_tail.ts), but through --merge.
-  const loaded = decodeOrRefuse(recs, img);
-  const s = a.merge ? loaded : tailBitsAsLoaded(loaded);
+  // Bits past a bitmap's end: kept as qemu keeps them (bitmap_tail.ts).
+  const s = tailBitsAsLoaded(decodeOrRefuse(recs, img));
   const req: BitmapRequest = {
     name,
     granularity: a.granularity,

@@ -35,6 +35,7 @@
 // Data clusters are moved verbatim (copy patches: the host never reads
 // them); a bitmap whose data must be combined (--merge of two non-empty
 // bitmaps, from another file) is refused.
+import { bitmapState } from "../../abi/spec.ts";
 import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
 import { encodeHeader, type Qcow2Header, setRefcount } from "./encode.ts";
 import type { Qcow2Model } from "./model.ts";
@@ -82,6 +83,8 @@ export interface BitmapScanDir {
   tableSize: bigint;
   /** bitmapState bits (guest findings the planner refuses). */
   state: number;
+  /** Loaded with bits past its end (bitmap_tail.ts): a merge into it ORs its last word whole. */
+  tail?: boolean;
   entries: BitmapScanEntry[];
 }
 
@@ -175,6 +178,8 @@ interface Mem {
   inconsistent?: boolean;
   /** Clusters of data stored cut (a shrink drops the bits past the new end). */
   cuts?: Map<bigint, BitmapCut>;
+  /** Bits past the end may be set in its last word (loaded so; see bitmap_tail.ts). */
+  tail?: boolean;
 }
 
 /** A Qcow2Bitmap of a directory (bm_list). */
@@ -416,6 +421,7 @@ class Replay {
         inconsistent: (b.flags & BME_FLAG_IN_USE) !== 0 || undefined,
         data: staged ?? data,
         cuts: staged ? undefined : cuts,
+        tail: (!staged && b.tail) || undefined,
       });
     }
     this.qemuSize = s.fileSize;
@@ -488,6 +494,7 @@ class Replay {
         m.data = new Map();
         m.cuts = undefined;
         m.origin = undefined;
+        m.tail = undefined;
         return undefined;
       case "enable":
         m.enabled = true;
@@ -501,19 +508,27 @@ class Replay {
         if (this.req.source && this.req.source.virtualSize !== this.s.model.virtualSize) {
           return "Bitmaps are incompatible and can't be merged";
         }
-        if (src === m || src.data.size === 0) return undefined;
-        if (!this.req.source && m.data.size === 0 && src.gbits === m.gbits) {
-          // The destination becomes a copy of the source's clusters.
+        // A source whose only set bits lie past its end still gives its last word (same granularity).
+        if (src === m || (src.data.size === 0 && !(src.tail && src.gbits === m.gbits))) return undefined;
+        if (!this.req.source && m.data.size === 0 && !m.tail && src.gbits === m.gbits) {
+          // The destination becomes a copy of the source's clusters (its last word whole).
           m.data = new Map(src.data);
           m.cuts = src.cuts;
           m.origin = undefined;
+          m.tail = src.tail;
           return undefined;
+        }
+        if (m.tail && src.gbits !== m.gbits) {
+          // qemu 7.2 drops the destination's bits past its end here; not modelled.
+          throw new Refusal(
+            `bitmap '${n}' has bits past its end; merging another granularity into it is not supported by instar yet`,
+          );
         }
         // Bits to combine: the guest computes the result (once per command).
         if (this.mergeUsed) {
           throw new Refusal("more than one --merge that combines bits is not supported by instar yet");
         }
-        if (m.data.size > 0 && m.origin === undefined) {
+        if ((m.data.size > 0 || m.tail) && m.origin === undefined) {
           throw new Refusal(
             "merging into a bitmap changed earlier in the same command is not supported by instar yet",
           );
@@ -525,7 +540,8 @@ class Replay {
         }
         if (!this.req.merged) {
           throw new NeedMerge({
-            dest: m.data.size > 0 ? m.origin : undefined,
+            // A destination with bits past its end keeps them (hbitmap_merge ORs whole words).
+            dest: m.data.size > 0 || m.tail ? m.origin : undefined,
             src: src.origin,
             external: this.req.source !== undefined,
             granularityBits: m.gbits,
@@ -536,6 +552,7 @@ class Replay {
         m.data = new Map(this.req.merged.data);
         m.cuts = undefined;
         m.origin = undefined;
+        m.tail = undefined;
         return undefined;
       }
     }
@@ -551,7 +568,8 @@ class Replay {
     }
     const data = new Map<bigint, bigint>();
     for (const e of b.entries) if (e.nonzero) data.set(e.index, e.value);
-    return { origin: i, name: b.name, gbits: b.granularityBits, enabled: true, data };
+    const tail = (b.state & bitmapState.TAIL_BITS) !== 0 || undefined;
+    return { origin: i, name: b.name, gbits: b.granularityBits, enabled: true, data, tail };
   }
 
   /** check_constraints_on_bitmap. */

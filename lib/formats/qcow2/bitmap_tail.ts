@@ -24,6 +24,7 @@ export function tailBitsAsLoaded(s: Qcow2BitmapScan): Qcow2BitmapScan {
       return {
         ...b,
         state: 0,
+        tail: true,
         entries: b.entries.map((e) => {
           if (!e.cut) return e;
           // The bytes up to the end, rounded up to whole 64-bit words.
