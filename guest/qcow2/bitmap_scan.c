@@ -7,7 +7,8 @@
  *                 granularity, table offset and size, state bits)
  *   BITMAP_ENTRY  each table entry pointing at a data cluster, with whether
  *                 that cluster has a set bit inside the bitmap (qemu stores
- *                 only such clusters when it writes the bitmap back)
+ *                 only such clusters when it writes the bitmap back); an
+ *                 all-ones entry (1) is reported with value 1
  *   BITMAP_CUT    after an entry whose cluster also has set bits past the
  *                 bitmap's end (judged against a shrink's new end): what
  *                 qemu's truncated bitmap keeps of that cluster
@@ -100,13 +101,21 @@ static int scan_bitmaps(struct qcow2 *q, uint64_t len)
                 uint64_t v;
                 if (table_window_get(&w, i, &v)) return rt_error(0, GERR_IO, d.table_offset, 0, 0);
                 if (!v) continue;
-                if (v == 1) {
-                    d.state |= BMS_ALL_ONES;
-                    continue;
-                }
                 if (total >= BITMAP_MAX_ENTRIES) {
                     d.state |= BMS_TOO_BIG;
                     break;
+                }
+                if (v == 1) {
+                    /* all ones: reported with value 1 (every bit of its range set, no cluster) */
+                    d.state |= BMS_ALL_ONES;
+                    struct rec_bitmap_entry *r = &list[n_entries++];
+                    rec_init(r, REC_BITMAP_ENTRY, sizeof *r);
+                    r->bitmap = index;
+                    r->nonzero = 1;
+                    r->index = i;
+                    r->value = 1;
+                    total++;
+                    continue;
                 }
                 uint64_t first = i * per_cluster; /* table_size <= 2^27: no overflow */
                 uint64_t here = bits > first ? bits - first : 0;

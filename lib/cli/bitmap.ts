@@ -188,7 +188,7 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
   if (src) {
     if (src.format === "qcow2") {
       const recs = await scan(src);
-      const s = decodeOrRefuse(recs, src);
+      const s = tailBitsAsLoaded(decodeOrRefuse(recs, src));
       source = { bitmaps: s.bitmaps, virtualSize: s.model.virtualSize };
     } else {
       source = { bitmaps: [], virtualSize: src.virtualSize };

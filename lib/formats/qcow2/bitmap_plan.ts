@@ -54,11 +54,13 @@ const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024n * 65535n;
 /** Most bitmap data clusters one plan moves. */
 export const MAX_BITMAP_CLUSTERS = 256n * 1024n;
 const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
+/** A bitmap table entry of value 1: the cluster's range all ones (qemu stores it back as a data cluster). */
+export const ALL_ONES = 1n;
 
 export interface BitmapScanEntry {
   /** Table index. */
   index: bigint;
-  /** Raw table entry (a data cluster offset). */
+  /** Raw table entry (a data cluster offset, or ALL_ONES: every bit of its range set, no cluster). */
   value: bigint;
   /** The cluster has a set bit inside the bitmap. */
   nonzero: boolean;
@@ -283,6 +285,10 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
     for (const e of b.entries) {
       if (e.index <= prev || e.index >= b.tableSize) return "bitmap table index out of order";
       prev = e.index;
+      if (e.value === ALL_ONES) {
+        if (!e.nonzero || e.cut) return "all-ones bitmap entry invalid";
+        continue;
+      }
       const off = e.value & 0x00fffffffffffe00n;
       if (e.value !== off || off === 0n || off % cs !== 0n) return "bitmap data cluster offset invalid";
       // qemu writes whole data clusters: one past the file's end is not its own.
@@ -301,7 +307,7 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
   if (s.bitmaps.length > 0) span(s.dirOffset, s.dirSize);
   for (const b of s.bitmaps) {
     span(b.tableOffset, b.tableSize * 8n);
-    for (const e of b.entries) span(e.value, cs);
+    for (const e of b.entries) if (e.value !== ALL_ONES) span(e.value, cs);
   }
   spans.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   for (let i = 1; i < spans.length; i++) {
@@ -404,7 +410,7 @@ class Replay {
       gbits: b.granularityBits,
       tableOffset: b.tableOffset,
       tableSize: b.tableSize,
-      tableData: b.entries.map((e) => e.value),
+      tableData: b.entries.filter((e) => e.value !== ALL_ONES).map((e) => e.value),
     }));
     for (const [i, b] of s.bitmaps.entries()) {
       const data = new Map<bigint, bigint>(), cuts = new Map<bigint, BitmapCut>();
@@ -568,7 +574,7 @@ class Replay {
     }
     const data = new Map<bigint, bigint>();
     for (const e of b.entries) if (e.nonzero) data.set(e.index, e.value);
-    const tail = (b.state & bitmapState.TAIL_BITS) !== 0 || undefined;
+    const tail = b.tail || (b.state & bitmapState.TAIL_BITS) !== 0 || undefined;
     return { origin: i, name: b.name, gbits: b.granularityBits, enabled: true, data, tail };
   }
 
@@ -778,7 +784,14 @@ class Replay {
       if (idx >= size) throw new Refusal("bitmap data past its table");
       if (++this.moved > MAX_BITMAP_CLUSTERS) throw new Refusal("too many bitmap data clusters");
       const at = this.alloc(this.cs), from = m.data.get(idx)!, cut = m.cuts?.get(idx);
-      if (cut) {
+      if (from === ALL_ONES) {
+        // hbitmap_deserialize_ones set whole words: up to the end of the word holding the end.
+        const bits = ((this.len - 1n) >> BigInt(m.gbits)) + 1n, per = this.cs * 8n;
+        const here = bits - idx * per < per ? bits - idx * per : per;
+        const bytes = new Uint8Array(Number(this.cs));
+        bytes.fill(0xff, 0, Number(((here + 63n) / 64n) * 8n));
+        this.events.push({ kind: "write", offset: at, bytes });
+      } else if (cut) {
         // hbitmap_truncate cleared the bits past the new end; the rest of the cluster is zero.
         if (cut.keep > 0n) this.events.push({ kind: "copy", offset: at, from, length: cut.keep });
         const rest = new Uint8Array(Number(this.cs - cut.keep));
