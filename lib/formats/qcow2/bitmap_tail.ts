@@ -26,9 +26,9 @@ export function tailBitsAsLoaded(s: Qcow2BitmapScan): Qcow2BitmapScan {
   return {
     ...s,
     bitmaps: s.bitmaps.map((b) => {
-      if (b.state === 0 || (b.state & ~KNOWN) !== 0 || len === 0n) return b;
+      if (b.state === 0 || (b.state & ~KNOWN) !== 0) return b;
       // An all-ones entry holding the end sets the bits past it in its word.
-      const bits = ((len - 1n) >> BigInt(b.granularityBits)) + 1n;
+      const bits = len > 0n ? ((len - 1n) >> BigInt(b.granularityBits)) + 1n : 0n;
       const onesTail = bits % 64n !== 0n &&
         b.entries.some((e) => e.value === ALL_ONES && e.index === (bits - 1n) / (cs * 8n));
       return {
