@@ -20,7 +20,7 @@ const io = (file: string, ...cmds: string[]) =>
   `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 /** An edit of bitmap `bm` (directory order) of a qcow2 file: bits of table entry k's cluster, or the entry set to 1. */
-type Edit = { bm: number; k: number; set?: number[]; clear?: number[]; allOnes?: boolean };
+type Edit = { bm: number; k: number; set?: number[]; clear?: number[]; allOnes?: boolean; file?: string };
 
 async function edit(path: string, e: Edit) {
   const f = await Deno.open(path, { read: true, write: true });
@@ -145,6 +145,28 @@ const CASES: Case[] = [
       "c",
     ]],
   },
+  {
+    name: "all-ones destination (its last word whole), merged into from the same granularity",
+    make: [...ODD, io("t.qcow2", "write -P 1 0 8k")],
+    edits: [{ bm: 1, k: 0, allOnes: true }, { bm: 0, k: 0, set: [127] }],
+    runs: [["bitmap", "--merge", "a", "t.qcow2", "b"]],
+  },
+  {
+    name: "-b source with tail bits, then one with an all-ones entry",
+    make: [
+      ...ODD,
+      io("t.qcow2", "write -P 1 0 8k"),
+      "qemu-img create -q -f qcow2 s.qcow2 1000k",
+      "qemu-img bitmap --add -g 8k s.qcow2 x",
+      "qemu-img bitmap --add -g 8k s.qcow2 y",
+      io("s.qcow2", "write -P 1 64k 8k"),
+    ],
+    edits: [{ bm: 0, k: 0, set: [126], file: "s.qcow2" }, { bm: 1, k: 0, allOnes: true, file: "s.qcow2" }],
+    runs: [
+      ["bitmap", "--merge", "x", "-b", "s.qcow2", "-F", "qcow2", "t.qcow2", "b"],
+      ["bitmap", "--merge", "y", "-b", "s.qcow2", "-F", "qcow2", "t.qcow2", "a"],
+    ],
+  },
 ];
 
 for (const c of CASES) {
@@ -155,7 +177,7 @@ for (const c of CASES) {
     await withTempDir("instar-bmmt-", async (root) => {
       await Deno.mkdir(`${root}/q`);
       for (const l of c.make) await sh(`${root}/q`, "sh", "-c", l);
-      for (const e of c.edits) await edit(`${root}/q/t.qcow2`, e);
+      for (const e of c.edits) await edit(`${root}/q/${e.file ?? "t.qcow2"}`, e);
       await sh(root, "cp", "-a", "q", "i");
       if (Deno.env.get("BMMT_KEEP")) await sh(root, "cp", "-a", "q", `${Deno.env.get("BMMT_KEEP")}`);
       for (const args of c.runs) {
@@ -168,7 +190,7 @@ for (const c of CASES) {
       }
       // The edit to all ones leaks the entry's old data cluster (qemu's copy too): check's code 3.
       const check = await qemuImg(["check", "t.qcow2"], `${root}/i`);
-      assertEquals(check.code, c.edits.some((e) => e.allOnes) ? 3 : 0, check.stdout);
+      assertEquals(check.code, c.edits.some((e) => e.allOnes && !e.file) ? 3 : 0, check.stdout);
       assertEquals(await instarHere(["check", "t.qcow2"], `${root}/i`), asInstar(check));
       const info = ["info", "--output=json", "t.qcow2"];
       assertEquals(await instarHere(info, `${root}/i`), asInstar(await qemuImg(info, `${root}/i`)));
