@@ -124,6 +124,19 @@ const CASES: Case[] = [
     runs: [["bitmap", "--merge", "a", "t.qcow2", "b"]],
   },
   {
+    name:
+      "another granularity into a destination with tail bits (dropped), source set or set past its end only",
+    make: [
+      "qemu-img create -q -f qcow2 t.qcow2 1000k",
+      "qemu-img bitmap --add -g 8k t.qcow2 a",
+      "qemu-img bitmap --add -g 16k t.qcow2 b",
+      "qemu-img bitmap --add -g 8k t.qcow2 c",
+      io("t.qcow2", "write -P 1 0 8k"),
+    ],
+    edits: [{ bm: 1, k: 0, set: [63] }, { bm: 2, k: 0, set: [126], clear: [0] }],
+    runs: [["bitmap", "--merge", "c", "t.qcow2", "b"], ["bitmap", "--merge", "a", "t.qcow2", "b"]],
+  },
+  {
     name: "all-ones entry: --merge from it, then --enable",
     make: [...ODD, io("t.qcow2", "write -P 1 0 8k"), "qemu-img bitmap --clear t.qcow2 b"],
     edits: [{ bm: 0, k: 0, allOnes: true }],

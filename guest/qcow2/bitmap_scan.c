@@ -15,9 +15,11 @@
  *   then the resize scan's records for the image's own size: QCOW2_INFO,
  *   RESIZE_L1, RESIZE_REFTABLE, RESIZE_REFRUN and RESIZE_SUMMARY (last).
  *
- * A bitmap in use (flag bit 0) is not read (qemu does not load it). The
- * planner refuses bitmaps with state bits set (BMS_*): entries of all ones,
- * bits set past the bitmap's end. At most BITMAP_MAX_ENTRIES entries in all.
+ * A bitmap in use (flag bit 0) is not read (qemu does not load it). State
+ * bits (BMS_*): entries of all ones, bits set past the bitmap's end (the
+ * bitmap command takes both as qemu loads them, lib/formats/qcow2/
+ * bitmap_tail.ts; resize and commit refuse them). At most
+ * BITMAP_MAX_ENTRIES entries in all.
  */
 #include "bitmap_scan.h"
 #include "resize_scan.h"
@@ -190,6 +192,7 @@ static void set_bits(uint8_t *b, uint64_t first, uint64_t last)
 /* The 64-bit word holding a merge's last bit, bits past the end included:
  * qemu's hbitmap_merge ORs whole words when the granularities match. */
 static uint8_t tail_word[8];
+static uint32_t last_gs; /* the granularity bits of the bitmap or_bitmap read last */
 
 /* ORs bitmap `index` of q (granularity 2^gs over len bytes) into dst
  * (granularity 2^gd, nd bits); with the same granularity, its last word
@@ -200,6 +203,7 @@ static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd,
     uint64_t toff, tsize;
     uint32_t gs, flags;
     if (find_entry(q, index, &toff, &tsize, &gs, &flags)) return -1;
+    last_gs = gs;
     /* in use: never loaded (unless the host marked it itself, arg[7] bit 0) */
     if ((flags & 1) && !in_use_ok) return rt_error(0, GERR_BAD_PARAMS, 6, index, 0);
     uint64_t ns = len ? ((len - 1) >> gs) + 1 : 0;
@@ -295,19 +299,24 @@ int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
         }
     } else if (or_bitmap(s, p->arg[2], dst, gd, nd, len, false)) {
         return -1;
+    } else if (last_gs != gd) {
+        /* qemu 7.2 merges another granularity range by range inside the
+         * bitmap (hbitmap_sparse_merge): no bits past the end, the
+         * destination's dropped too */
+        memset(tail_word, 0, sizeof tail_word);
     }
     /* Bits past the end stay clear, as qemu's serialization leaves them, but
      * in the word holding the end: those of both bitmaps (whole-word OR). */
     for (uint64_t i = nd; i < clusters * q.cluster_size * 8; i++) dst[i >> 3] &= (uint8_t)~(1u << (i & 7));
-    if (nd & 63)
-        for (uint64_t i = nd; i < ((nd + 63) & ~63ull); i++)
-            if (tail_word[(i & 63) >> 3] & (1u << (i & 7))) dst[i >> 3] |= (uint8_t)(1u << (i & 7));
     uint64_t base = p->arg[4];
     for (uint64_t k = 0; k < clusters; k++) {
         const uint8_t *c = dst + k * q.cluster_size;
         bool any = false;
         for (uint64_t i = 0; i < q.cluster_size && !any; i++) any = c[i] != 0;
-        if (!any) continue;
+        if (!any) continue; /* a cluster set past the end only is not stored either */
+        if ((nd & 63) && k == (nd - 1) >> (q.cluster_bits + 3))
+            for (uint64_t i = nd; i < ((nd + 63) & ~63ull); i++)
+                if (tail_word[(i & 63) >> 3] & (1u << (i & 7))) dst[i >> 3] |= (uint8_t)(1u << (i & 7));
         uint64_t at = base + k * q.cluster_size;
         if (at + q.cluster_size > p->output_cap || at < base) return rt_error(0, GERR_BAD_PARAMS, 7, at, 0);
         if (hc_write(at, q.cluster_size, c) != (int64_t)q.cluster_size) return rt_error(0, GERR_IO, at, 0, 0);

@@ -514,8 +514,11 @@ class Replay {
         if (this.req.source && this.req.source.virtualSize !== this.s.model.virtualSize) {
           return "Bitmaps are incompatible and can't be merged";
         }
-        // A source whose only set bits lie past its end still gives its last word (same granularity).
-        if (src === m || (src.data.size === 0 && !(src.tail && src.gbits === m.gbits))) return undefined;
+        // qemu 7.2 merges into a new bitmap: with the same granularity the words of both ORed whole
+        // (bits past the end too, even from a source set past its end only); with another, range by
+        // range inside the bitmap (the destination's bits past its end dropped).
+        const same = src.gbits === m.gbits;
+        if (src === m || (src.data.size === 0 && !(same ? src.tail : m.tail))) return undefined;
         if (!this.req.source && m.data.size === 0 && !m.tail && src.gbits === m.gbits) {
           // The destination becomes a copy of the source's clusters (its last word whole).
           m.data = new Map(src.data);
@@ -523,12 +526,6 @@ class Replay {
           m.origin = undefined;
           m.tail = src.tail;
           return undefined;
-        }
-        if (m.tail && src.gbits !== m.gbits) {
-          // qemu 7.2 drops the destination's bits past its end here; not modelled.
-          throw new Refusal(
-            `bitmap '${n}' has bits past its end; merging another granularity into it is not supported by instar yet`,
-          );
         }
         // Bits to combine: the guest computes the result (once per command).
         if (this.mergeUsed) {
