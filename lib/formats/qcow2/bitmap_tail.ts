@@ -8,9 +8,8 @@
 // and is zero after; a cluster whose only set bits lie past the end is not
 // stored (hbitmap_next_dirty stops at the end). This turns the scan's cut
 // records (BITMAP_CUT: the bytes up to the end, and the boundary byte) into
-// that word cut, for commands that store the bitmap as loaded and change no
-// bits of it (`bitmap` without --merge: qemu's hbitmap_merge works on whole
-// words of both bitmaps, which instar's merge does not model).
+// that word cut, for `bitmap` (its --merge ORs whole words with the same
+// granularity; the guest's merge mode does, docs/bitmap.md).
 // All-ones table entries (value 1) load as every bit of the entry's range
 // set, whole words (hbitmap_deserialize_ones), so the word holding the end
 // has its bits past the end set too; the planner stores them as a data
