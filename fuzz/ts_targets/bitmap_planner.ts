@@ -10,14 +10,16 @@
 //          of its edge, so the plan's allocations move the table),
 //          bit 6 tail bits: the first bitmap has bits past its end (TAIL_BITS) and its last nonzero
 //          entry a BITMAP_CUT (keep from the entry's cluster byte, boundary byte maybe), taken as
-//          qemu loads them (bitmap_tail.ts) unless an action is a merge, as lib/cli/bitmap.ts does
+//          qemu loads them (bitmap_tail.ts), as lib/cli/bitmap.ts does (merges included),
+//          bit 7 the scan taken as loaded even without tail bits (all-ones entries, below)
 //   3-10   virtual size (u64 LE, masked to 2^44, then scaled down by 16 until the finest
 //          bitmap's table fits 1024 clusters)
 //   11-12  used clusters (u16 LE, <= one refcount block)
 //   13     granularity choice (0 = default)   14  name choice
 //   15-22  actions: each byte b: act b % 6 (add remove clear enable disable merge), merge source b >> 3
 //   23..   per bitmap 16 bytes: name (1 byte choice), flags, granularity bits, table cluster (u16),
-//          table size (u16), entry count, then entries from the following bytes (u16 index, u16 cluster, nonzero)
+//          table size (u16), entry count, then entries from the following bytes (u16 index, u16 cluster,
+//          nonzero: bit 0; bits 0 and 1 both set: an all-ones entry, value 1, state ALL_ONES)
 //
 // Invariants on every plan:
 //   1. every step passes checkPlan (inside the file, no overlap, bounded), and there are few steps;
@@ -87,16 +89,21 @@ function run(d: Uint8Array, cov: Cov): void {
     for (let k = 0; k < n && at + 16 + k * 5 + 5 <= d.length; k++) {
       idx += 1n + BigInt(b.u16(at + 16 + k * 5) % 4);
       const c = 4n + BigInt(b.u16(at + 18 + k * 5)) % (reach - 4n);
+      if ((b.u8(at + 20 + k * 5) & 3) === 3) {
+        entries.push({ index: idx - 1n, value: 1n, nonzero: true });
+        continue;
+      }
       entries.push({ index: idx - 1n, value: c * cs, nonzero: (b.u8(at + 20 + k * 5) & 1) !== 0 });
       dataClusters.add(c);
     }
+    const ones = entries.some((e) => e.value === 1n);
     bitmaps.push({
       name: enc.encode(`${NAMES[b.u8(at) % NAMES.length].slice(0, 8)}${i}`),
       flags: b.u8(at + 1) & 3,
       granularityBits: 9 + (b.u8(at + 2) % 23),
       tableOffset: (4n + BigInt(b.u16(at + 3)) % (reach - 4n)) * cs,
       tableSize: 1n + BigInt(b.u16(at + 5)) % 64n,
-      state: 0,
+      state: ones ? 1 : 0,
       entries,
     });
   }
@@ -110,7 +117,7 @@ function run(d: Uint8Array, cov: Cov): void {
       const keep = BigInt(b.u8(13) * 37) % cs, partial = (b.u8(14) & 1) !== 0 || keep === 0n;
       last.cut = { keep, byte: partial ? b.u8(14) >> 1 : undefined };
     }
-    bitmaps[0] = { ...b0, state: 2 };
+    bitmaps[0] = { ...b0, state: b0.state | 2 };
   }
   let scan: BitmapPlan.Qcow2BitmapScan = {
     model: bitmapModel((flags & 1) !== 0 ? 3 : 2, clusterBits, order, size, bitmaps.length),
@@ -134,9 +141,10 @@ function run(d: Uint8Array, cov: Cov): void {
         : { act },
     );
   }
-  if (tailMode && !actions.some((a) => a.act === "merge")) {
+  if (tailMode || (tail !== undefined && (flags & 128) !== 0)) {
+    // As lib/cli/bitmap.ts loads them: tail bits and all-ones entries (flags bit 7 without tail bits).
     scan = tail!.tailBitsAsLoaded(scan);
-    for (const e of scan.bitmaps[0].entries) {
+    for (const e of scan.bitmaps[0]?.entries ?? []) {
       if (!e.cut) continue;
       invariant(
         e.cut.byte === undefined && e.cut.keep % 8n === 0n && e.cut.keep > 0n && e.cut.keep < cs,
@@ -255,6 +263,16 @@ function run(d: Uint8Array, cov: Cov): void {
           invariant(dataClusters.has(c), `bitmap: discard of cluster ${c}, not old bitmap data`);
         }
         cov.hit("bitmap:discard");
+      } else if (p.kind === "write" && len === cs && p.bytes[0] === 0xff) {
+        // An all-ones entry stored: ones up to a whole 64-bit word, zeroes after.
+        const n = p.bytes.indexOf(0) < 0 ? p.bytes.length : p.bytes.indexOf(0);
+        invariant(
+          p.offset % cs === 0n && n % 8 === 0 && p.bytes.subarray(0, n).every((x) => x === 0xff) &&
+            p.bytes.subarray(n).every((x) => x === 0),
+          "bitmap: an all-ones cluster not of whole words",
+        );
+        invariant(staging === undefined || p.offset + cs <= staging, "bitmap: ones into the staging area");
+        cov.hit(`bitmap:ones:${n === p.bytes.length}`);
       } else {
         cov.hit("bitmap:write");
       }

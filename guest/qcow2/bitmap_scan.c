@@ -7,16 +7,19 @@
  *                 granularity, table offset and size, state bits)
  *   BITMAP_ENTRY  each table entry pointing at a data cluster, with whether
  *                 that cluster has a set bit inside the bitmap (qemu stores
- *                 only such clusters when it writes the bitmap back)
+ *                 only such clusters when it writes the bitmap back); an
+ *                 all-ones entry (1) is reported with value 1
  *   BITMAP_CUT    after an entry whose cluster also has set bits past the
  *                 bitmap's end (judged against a shrink's new end): what
  *                 qemu's truncated bitmap keeps of that cluster
  *   then the resize scan's records for the image's own size: QCOW2_INFO,
  *   RESIZE_L1, RESIZE_REFTABLE, RESIZE_REFRUN and RESIZE_SUMMARY (last).
  *
- * A bitmap in use (flag bit 0) is not read (qemu does not load it). The
- * planner refuses bitmaps with state bits set (BMS_*): entries of all ones,
- * bits set past the bitmap's end. At most BITMAP_MAX_ENTRIES entries in all.
+ * A bitmap in use (flag bit 0) is not read (qemu does not load it). State
+ * bits (BMS_*): entries of all ones, bits set past the bitmap's end (the
+ * bitmap command takes both as qemu loads them, lib/formats/qcow2/
+ * bitmap_tail.ts; resize and commit refuse them). At most
+ * BITMAP_MAX_ENTRIES entries in all.
  */
 #include "bitmap_scan.h"
 #include "resize_scan.h"
@@ -100,13 +103,21 @@ static int scan_bitmaps(struct qcow2 *q, uint64_t len)
                 uint64_t v;
                 if (table_window_get(&w, i, &v)) return rt_error(0, GERR_IO, d.table_offset, 0, 0);
                 if (!v) continue;
-                if (v == 1) {
-                    d.state |= BMS_ALL_ONES;
-                    continue;
-                }
                 if (total >= BITMAP_MAX_ENTRIES) {
                     d.state |= BMS_TOO_BIG;
                     break;
+                }
+                if (v == 1) {
+                    /* all ones: reported with value 1 (every bit of its range set, no cluster) */
+                    d.state |= BMS_ALL_ONES;
+                    struct rec_bitmap_entry *r = &list[n_entries++];
+                    rec_init(r, REC_BITMAP_ENTRY, sizeof *r);
+                    r->bitmap = index;
+                    r->nonzero = 1;
+                    r->index = i;
+                    r->value = 1;
+                    total++;
+                    continue;
                 }
                 uint64_t first = i * per_cluster; /* table_size <= 2^27: no overflow */
                 uint64_t here = bits > first ? bits - first : 0;
@@ -178,14 +189,21 @@ static void set_bits(uint8_t *b, uint64_t first, uint64_t last)
     for (uint64_t i = first; i <= last; i++) b[i >> 3] |= (uint8_t)(1u << (i & 7));
 }
 
+/* The 64-bit word holding a merge's last bit, bits past the end included:
+ * qemu's hbitmap_merge ORs whole words when the granularities match. */
+static uint8_t tail_word[8];
+static uint32_t last_gs; /* the granularity bits of the bitmap or_bitmap read last */
+
 /* ORs bitmap `index` of q (granularity 2^gs over len bytes) into dst
- * (granularity 2^gd, nd bits). */
+ * (granularity 2^gd, nd bits); with the same granularity, its last word
+ * (bits past the end too) into tail_word. */
 static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd, uint64_t nd, uint64_t len,
                      bool in_use_ok)
 {
     uint64_t toff, tsize;
     uint32_t gs, flags;
     if (find_entry(q, index, &toff, &tsize, &gs, &flags)) return -1;
+    last_gs = gs;
     /* in use: never loaded (unless the host marked it itself, arg[7] bit 0) */
     if ((flags & 1) && !in_use_ok) return rt_error(0, GERR_BAD_PARAMS, 6, index, 0);
     uint64_t ns = len ? ((len - 1) >> gs) + 1 : 0;
@@ -202,6 +220,8 @@ static int or_bitmap(struct qcow2 *q, uint64_t index, uint8_t *dst, uint32_t gd,
         else if (reader_read(q->r, v & 0x00fffffffffffe00ull, buf, q->cluster_size))
             return rt_error(0, GERR_IO, v, 0, 0);
         uint64_t n = ns - k * per < per ? ns - k * per : per;
+        if (gs == gd && ns - k * per <= per && (n & 63))
+            for (uint64_t b = 0; b < 8; b++) tail_word[b] |= buf[((n & ~63ull) >> 3) + b];
         for (uint64_t i = 0; i < n; i++) {
             if (!(buf[i >> 3] & (1u << (i & 7)))) {
                 if ((i & 63) == 0 && i + 64 <= n) {
@@ -258,6 +278,7 @@ int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
     uint8_t *dst = rt_calloc(clusters ? clusters : 1, q.cluster_size);
     if (!dst) return rt_error(0, GERR_OUT_OF_MEMORY, bytes, 0, 0);
     bool in_use_ok = (p->arg[7] & 1) != 0;
+    memset(tail_word, 0, sizeof tail_word);
     if (p->arg[1] != UINT64_MAX) {
         uint64_t toff, tsize;
         uint32_t g, flags;
@@ -278,15 +299,24 @@ int qcow2_bitmap_merge(const struct reader *r, const struct reader *src_r)
         }
     } else if (or_bitmap(s, p->arg[2], dst, gd, nd, len, false)) {
         return -1;
+    } else if (last_gs != gd) {
+        /* qemu 7.2 merges another granularity range by range inside the
+         * bitmap (hbitmap_sparse_merge): no bits past the end, the
+         * destination's dropped too */
+        memset(tail_word, 0, sizeof tail_word);
     }
-    /* Bits past the end stay clear, as qemu's serialization leaves them. */
+    /* Bits past the end stay clear, as qemu's serialization leaves them, but
+     * in the word holding the end: those of both bitmaps (whole-word OR). */
     for (uint64_t i = nd; i < clusters * q.cluster_size * 8; i++) dst[i >> 3] &= (uint8_t)~(1u << (i & 7));
     uint64_t base = p->arg[4];
     for (uint64_t k = 0; k < clusters; k++) {
         const uint8_t *c = dst + k * q.cluster_size;
         bool any = false;
         for (uint64_t i = 0; i < q.cluster_size && !any; i++) any = c[i] != 0;
-        if (!any) continue;
+        if (!any) continue; /* a cluster set past the end only is not stored either */
+        if ((nd & 63) && k == (nd - 1) >> (q.cluster_bits + 3))
+            for (uint64_t i = nd; i < ((nd + 63) & ~63ull); i++)
+                if (tail_word[(i & 63) >> 3] & (1u << (i & 7))) dst[i >> 3] |= (uint8_t)(1u << (i & 7));
         uint64_t at = base + k * q.cluster_size;
         if (at + q.cluster_size > p->output_cap || at < base) return rt_error(0, GERR_BAD_PARAMS, 7, at, 0);
         if (hc_write(at, q.cluster_size, c) != (int64_t)q.cluster_size) return rt_error(0, GERR_IO, at, 0, 0);

@@ -156,16 +156,15 @@ export async function bitmapCommand(argv: string[], io: Io, base?: InstarOptions
   if (src) {
     if (src.format === "qcow2") {
       const recs = await scanBitmaps(src);
-      const s = decodeBitmapScanOrRefuse(recs, src);
+      const s = tailBitsAsLoaded(decodeBitmapScanOrRefuse(recs, src));
       source = { bitmaps: s.bitmaps, virtualSize: s.model.virtualSize };
     } else {
       source = { bitmaps: [], virtualSize: src.virtualSize };
     }
   }
   const recs = await scanBitmaps(img);
-  // Bits past a bitmap's end: kept as qemu keeps them (bitmap_tail.ts), but through --merge.
-  const loaded = decodeBitmapScanOrRefuse(recs, img);
-  const s = a.merge ? loaded : tailBitsAsLoaded(loaded);
+  // Bits past a bitmap's end: kept as qemu keeps them (bitmap_tail.ts).
+  const s = tailBitsAsLoaded(decodeBitmapScanOrRefuse(recs, img));
   const req: BitmapRequest = {
     name,
     granularity: a.granularity,

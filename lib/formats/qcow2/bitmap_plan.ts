@@ -35,6 +35,7 @@
 // Data clusters are moved verbatim (copy patches: the host never reads
 // them); a bitmap whose data must be combined (--merge of two non-empty
 // bitmaps, from another file) is refused.
+import { bitmapState } from "../../abi/spec.ts";
 import { fail, type FilePlan, ok, type Patch, type PlanResult } from "../plan.ts";
 import { encodeHeader, type Qcow2Header, setRefcount } from "./encode.ts";
 import type { Qcow2Model } from "./model.ts";
@@ -53,11 +54,13 @@ const QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 1024n * 65535n;
 /** Most bitmap data clusters one plan moves. */
 export const MAX_BITMAP_CLUSTERS = 256n * 1024n;
 const REFT_OFFSET_MASK = 0xfffffffffffffe00n;
+/** A bitmap table entry of value 1: the cluster's range all ones (qemu stores it back as a data cluster). */
+export const ALL_ONES = 1n;
 
 export interface BitmapScanEntry {
   /** Table index. */
   index: bigint;
-  /** Raw table entry (a data cluster offset). */
+  /** Raw table entry (a data cluster offset, or ALL_ONES: every bit of its range set, no cluster). */
   value: bigint;
   /** The cluster has a set bit inside the bitmap. */
   nonzero: boolean;
@@ -82,6 +85,8 @@ export interface BitmapScanDir {
   tableSize: bigint;
   /** bitmapState bits (guest findings the planner refuses). */
   state: number;
+  /** Loaded with bits past its end (bitmap_tail.ts): a merge into it ORs its last word whole. */
+  tail?: boolean;
   entries: BitmapScanEntry[];
 }
 
@@ -175,6 +180,8 @@ interface Mem {
   inconsistent?: boolean;
   /** Clusters of data stored cut (a shrink drops the bits past the new end). */
   cuts?: Map<bigint, BitmapCut>;
+  /** Bits past the end may be set in its last word (loaded so; see bitmap_tail.ts). */
+  tail?: boolean;
 }
 
 /** A Qcow2Bitmap of a directory (bm_list). */
@@ -278,6 +285,10 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
     for (const e of b.entries) {
       if (e.index <= prev || e.index >= b.tableSize) return "bitmap table index out of order";
       prev = e.index;
+      if (e.value === ALL_ONES) {
+        if (!e.nonzero || e.cut) return "all-ones bitmap entry invalid";
+        continue;
+      }
       const off = e.value & 0x00fffffffffffe00n;
       if (e.value !== off || off === 0n || off % cs !== 0n) return "bitmap data cluster offset invalid";
       // qemu writes whole data clusters: one past the file's end is not its own.
@@ -296,7 +307,7 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
   if (s.bitmaps.length > 0) span(s.dirOffset, s.dirSize);
   for (const b of s.bitmaps) {
     span(b.tableOffset, b.tableSize * 8n);
-    for (const e of b.entries) span(e.value, cs);
+    for (const e of b.entries) if (e.value !== ALL_ONES) span(e.value, cs);
   }
   spans.sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : 0));
   for (let i = 1; i < spans.length; i++) {
@@ -399,7 +410,7 @@ class Replay {
       gbits: b.granularityBits,
       tableOffset: b.tableOffset,
       tableSize: b.tableSize,
-      tableData: b.entries.map((e) => e.value),
+      tableData: b.entries.filter((e) => e.value !== ALL_ONES).map((e) => e.value),
     }));
     for (const [i, b] of s.bitmaps.entries()) {
       const data = new Map<bigint, bigint>(), cuts = new Map<bigint, BitmapCut>();
@@ -416,6 +427,7 @@ class Replay {
         inconsistent: (b.flags & BME_FLAG_IN_USE) !== 0 || undefined,
         data: staged ?? data,
         cuts: staged ? undefined : cuts,
+        tail: (!staged && b.tail) || undefined,
       });
     }
     this.qemuSize = s.fileSize;
@@ -488,6 +500,7 @@ class Replay {
         m.data = new Map();
         m.cuts = undefined;
         m.origin = undefined;
+        m.tail = undefined;
         return undefined;
       case "enable":
         m.enabled = true;
@@ -501,19 +514,24 @@ class Replay {
         if (this.req.source && this.req.source.virtualSize !== this.s.model.virtualSize) {
           return "Bitmaps are incompatible and can't be merged";
         }
-        if (src === m || src.data.size === 0) return undefined;
-        if (!this.req.source && m.data.size === 0 && src.gbits === m.gbits) {
-          // The destination becomes a copy of the source's clusters.
+        // qemu 7.2 merges into a new bitmap: with the same granularity the words of both ORed whole
+        // (bits past the end too, even from a source set past its end only); with another, range by
+        // range inside the bitmap (the destination's bits past its end dropped).
+        const same = src.gbits === m.gbits;
+        if (src === m || (src.data.size === 0 && !(same ? src.tail : m.tail))) return undefined;
+        if (!this.req.source && m.data.size === 0 && !m.tail && src.gbits === m.gbits) {
+          // The destination becomes a copy of the source's clusters (its last word whole).
           m.data = new Map(src.data);
           m.cuts = src.cuts;
           m.origin = undefined;
+          m.tail = src.tail;
           return undefined;
         }
         // Bits to combine: the guest computes the result (once per command).
         if (this.mergeUsed) {
           throw new Refusal("more than one --merge that combines bits is not supported by instar yet");
         }
-        if (m.data.size > 0 && m.origin === undefined) {
+        if ((m.data.size > 0 || m.tail) && m.origin === undefined) {
           throw new Refusal(
             "merging into a bitmap changed earlier in the same command is not supported by instar yet",
           );
@@ -525,7 +543,8 @@ class Replay {
         }
         if (!this.req.merged) {
           throw new NeedMerge({
-            dest: m.data.size > 0 ? m.origin : undefined,
+            // A destination with bits past its end keeps them (hbitmap_merge ORs whole words).
+            dest: m.data.size > 0 || m.tail ? m.origin : undefined,
             src: src.origin,
             external: this.req.source !== undefined,
             granularityBits: m.gbits,
@@ -536,6 +555,7 @@ class Replay {
         m.data = new Map(this.req.merged.data);
         m.cuts = undefined;
         m.origin = undefined;
+        m.tail = undefined;
         return undefined;
       }
     }
@@ -551,7 +571,8 @@ class Replay {
     }
     const data = new Map<bigint, bigint>();
     for (const e of b.entries) if (e.nonzero) data.set(e.index, e.value);
-    return { origin: i, name: b.name, gbits: b.granularityBits, enabled: true, data };
+    const tail = b.tail || (b.state & bitmapState.TAIL_BITS) !== 0 || undefined;
+    return { origin: i, name: b.name, gbits: b.granularityBits, enabled: true, data, tail };
   }
 
   /** check_constraints_on_bitmap. */
@@ -760,7 +781,14 @@ class Replay {
       if (idx >= size) throw new Refusal("bitmap data past its table");
       if (++this.moved > MAX_BITMAP_CLUSTERS) throw new Refusal("too many bitmap data clusters");
       const at = this.alloc(this.cs), from = m.data.get(idx)!, cut = m.cuts?.get(idx);
-      if (cut) {
+      if (from === ALL_ONES) {
+        // hbitmap_deserialize_ones set whole words: up to the end of the word holding the end.
+        const bits = ((this.len - 1n) >> BigInt(m.gbits)) + 1n, per = this.cs * 8n;
+        const here = bits - idx * per < per ? bits - idx * per : per;
+        const bytes = new Uint8Array(Number(this.cs));
+        bytes.fill(0xff, 0, Number(((here + 63n) / 64n) * 8n));
+        this.events.push({ kind: "write", offset: at, bytes });
+      } else if (cut) {
         // hbitmap_truncate cleared the bits past the new end; the rest of the cluster is zero.
         if (cut.keep > 0n) this.events.push({ kind: "copy", offset: at, from, length: cut.keep });
         const rest = new Uint8Array(Number(this.cs - cut.keep));

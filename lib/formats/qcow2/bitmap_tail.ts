@@ -8,22 +8,32 @@
 // and is zero after; a cluster whose only set bits lie past the end is not
 // stored (hbitmap_next_dirty stops at the end). This turns the scan's cut
 // records (BITMAP_CUT: the bytes up to the end, and the boundary byte) into
-// that word cut, for commands that store the bitmap as loaded and change no
-// bits of it (`bitmap` without --merge: qemu's hbitmap_merge works on whole
-// words of both bitmaps, which instar's merge does not model).
+// that word cut, for `bitmap` (its --merge ORs whole words with the same
+// granularity; the guest's merge mode does, docs/bitmap.md).
+// All-ones table entries (value 1) load as every bit of the entry's range
+// set, whole words (hbitmap_deserialize_ones), so the word holding the end
+// has its bits past the end set too; the planner stores them as a data
+// cluster (ALL_ONES in bitmap_plan.ts).
 import { bitmapState } from "../../abi/spec.ts";
-import type { Qcow2BitmapScan } from "./bitmap_plan.ts";
+import { ALL_ONES, type Qcow2BitmapScan } from "./bitmap_plan.ts";
 
-/** The scan with every bitmap whose only state is TAIL_BITS as qemu holds it in memory. */
+const KNOWN = bitmapState.TAIL_BITS | bitmapState.ALL_ONES;
+
+/** The scan with every bitmap whose state is only TAIL_BITS and ALL_ONES as qemu holds it in memory. */
 export function tailBitsAsLoaded(s: Qcow2BitmapScan): Qcow2BitmapScan {
-  const cs = s.model.clusterSize;
+  const cs = s.model.clusterSize, len = s.model.virtualSize & ~511n;
   return {
     ...s,
     bitmaps: s.bitmaps.map((b) => {
-      if (b.state !== bitmapState.TAIL_BITS) return b;
+      if (b.state === 0 || (b.state & ~KNOWN) !== 0) return b;
+      // An all-ones entry holding the end sets the bits past it in its word.
+      const bits = len > 0n ? ((len - 1n) >> BigInt(b.granularityBits)) + 1n : 0n;
+      const onesTail = bits % 64n !== 0n &&
+        b.entries.some((e) => e.value === ALL_ONES && e.index === (bits - 1n) / (cs * 8n));
       return {
         ...b,
         state: 0,
+        tail: (b.state & bitmapState.TAIL_BITS) !== 0 || onesTail,
         entries: b.entries.map((e) => {
           if (!e.cut) return e;
           // The bytes up to the end, rounded up to whole 64-bit words.
