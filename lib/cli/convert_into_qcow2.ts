@@ -28,6 +28,7 @@ import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
 import { convertRequests, type Request } from "../convert/convert_requests.ts";
 import { requestOps } from "../formats/qcow2/request_ops.ts";
 import { MapRunsError } from "../chain/map_runs.ts";
+import { tailOps } from "../convert/tail_cluster.ts";
 import { cutAtSpan, firstEndingAfter, mergeRanges, TopRequests } from "../convert/nb_requests.ts";
 
 export interface IntoQcow2Job {
@@ -105,11 +106,13 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   const q = img.qcow2!;
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(q.clusterBits);
-  // Whole target clusters only: a partial last cluster would need the
-  // target's bytes past the source's end kept (qemu writes only up to it).
-  if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
+  // A source ending inside a cluster of a larger target: qemu writes only
+  // up to the source's end, the rest of that cluster is kept (tail_cluster.ts).
+  const tail = job.size % q.clusterSize !== 0n && job.size < q.virtualSize;
+  if (tail && (job.top || job.targetChain)) {
+    const why = job.top ? "with -B" : "into a target with a backing file";
     throw new CliError([
-      `Writing into '${job.target}' is not supported by instar convert: the source ends inside a cluster of the target; nothing was written`,
+      `Writing into '${job.target}' is not supported by instar convert: the source ends inside a cluster of the target (${why}); nothing was written`,
     ]);
   }
   const clusters = (job.size + q.clusterSize - 1n) >> cb;
@@ -138,17 +141,31 @@ export async function convertIntoQcow2(job: IntoQcow2Job, img: OpenedImage): Pro
   const targetMap = await mapRuns([{ path: img.openPath, format: formats.QCOW2, nofollow: false }], what);
   const existing = existingRuns(targetMap, q.clusterBits);
   if (pieces) writes = await partialWrites(job, writes, pieces, existing, what, q.version, q.virtualSize, cb);
+  let fromRequests = false;
   if (requests) {
-    writes = requestOps({ requests, existing, clusterBits: q.clusterBits, virtualSize: q.virtualSize }) ??
-      await byCluster();
-    if (writes.length > MAX_WRITE_RUNS / 2) writes = await byCluster();
+    const r = requestOps({ requests, existing, clusterBits: q.clusterBits, virtualSize: q.virtualSize });
+    fromRequests = r !== undefined && r.length <= MAX_WRITE_RUNS / 2;
+    writes = fromRequests ? r! : await byCluster();
+  }
+  if (tail) {
+    const t = job.size >> cb;
+    const t2 = tailOps({
+      ops: writes,
+      size: job.size,
+      clusterBits: q.clusterBits,
+      kind: existing.find((x) => x.cluster <= t && t < x.cluster + x.count)?.kind ?? "unallocated",
+      requests: fromRequests ? requests : undefined,
+    });
+    writes = t2.ops;
+    if (t2.piece) pieces = new Map([[t, t2.piece]]);
   }
   const plan = planQcow2Writes({
     scan,
     version: q.version,
     existing,
     ops: writes,
-    sourceSize: job.size,
+    // Past the source's end, the last cluster's rest is the target's (copy-on-write).
+    sourceSize: tail ? q.virtualSize : job.size,
     // convert opens its target with BDRV_O_UNMAP: freed clusters are discarded.
     discardFreed: true,
   });

@@ -73,10 +73,11 @@ export interface WriteOp {
   count: bigint;
   kind: "data" | "zero" | "discard";
   /**
-   * A data write of one cluster that covers only these guest byte ranges
-   * (convert -n -B): the caller copies just them; where the cluster is newly
-   * allocated the rest is written as zeroes (qemu's copy-on-write from a
-   * cluster that reads as zeroes).
+   * A data write that covers only these guest byte ranges (convert -n -B:
+   * one cluster; convert -n with a source ending inside a cluster of a
+   * larger target: the op's clusters, the last in part): the caller copies
+   * just them; where a cluster is newly allocated the rest is qemu's
+   * copy-on-write (zeroes, the old cluster's bytes, or the target's own).
    */
   only?: [bigint, bigint][];
   /**
@@ -402,7 +403,6 @@ class Planner {
       }
       next = host + (n << this.cb);
       let freed = false;
-      if (op.only && op.count !== 1n) throw new Refusal("a partial write of more than one cluster");
       for (let i = 0n; i < n; i++) {
         const s = this.state(c + i);
         this.setEntry(c + i, (host + (i << this.cb)) | COPIED);
@@ -466,7 +466,10 @@ class Planner {
     const base = c << this.cb;
     const end = base + this.cs < this.x.sourceSize ? base + this.cs : this.x.sourceSize;
     let at = base;
-    for (const [from, to] of [...only].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+    // A write of several clusters: just the ranges inside cluster c.
+    const mine = only.filter(([from, to]) => to > base && from < base + this.cs)
+      .map(([from, to]) => [from > base ? from : base, to < base + this.cs ? to : base + this.cs]);
+    for (const [from, to] of mine.sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
       if (from < at || to > end || to <= from) throw new Refusal("partial write ranges out of order");
       if (from > at) gap(at - base, from - base);
       at = to;
