@@ -50,6 +50,26 @@ const CASES: { name: string; make: string[]; args: string[] }[] = [
     args: RAWARGS,
   },
   {
+    name: "a zero cluster with an allocation there, the source's tail zero",
+    make: [
+      "truncate -s 1000000 src.raw",
+      io("-f raw src.raw", "write -P 5 0 64k"),
+      "qemu-img create -q -f qcow2 dst.qcow2 2M",
+      io("dst.qcow2", "write -P 9 896k 192k", "write -z 960k 64k"),
+    ],
+    args: RAWARGS,
+  },
+  {
+    name: "a compressed target, -S 0",
+    make: [
+      ...RAW,
+      "qemu-img create -q -f qcow2 plain.qcow2 2M",
+      io("plain.qcow2", "write -P 9 0 2M"),
+      "qemu-img convert -c -O qcow2 plain.qcow2 dst.qcow2",
+    ],
+    args: [...N("-f", "raw", "-S", "0"), "src.raw", "dst.qcow2"],
+  },
+  {
     name: "an unallocated cluster there, --target-is-zero",
     make: [...RAW, "qemu-img create -q -f qcow2 dst.qcow2 2M"],
     args: [...N("-f", "raw", "--target-is-zero"), "src.raw", "dst.qcow2"],
