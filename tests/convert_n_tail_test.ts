@@ -7,6 +7,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { tailOps } from "../lib/convert/tail_cluster.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -141,3 +142,46 @@ for (const c of CASES) {
     },
   );
 }
+
+Deno.test("tailOps: the op reaching the last cluster becomes a partial write of what the requests cover", () => {
+  const cs = 65536n, size = 15n * cs + 1000n;
+  // A data op over clusters 14-15 from two requests, the second starting inside cluster 15.
+  const r = tailOps({
+    ops: [{ cluster: 14n, count: 2n, kind: "data" }],
+    size,
+    clusterBits: 16,
+    kind: "normal",
+    requests: [{ start: 14n * cs, end: 15n * cs + 512n, kind: "data" }, {
+      start: 15n * cs + 512n,
+      end: size,
+      kind: "data",
+    }],
+  });
+  assertEquals(r.ops, [{
+    cluster: 14n,
+    count: 2n,
+    kind: "data",
+    only: [[14n * cs, 15n * cs], [15n * cs, size]],
+  }]);
+  assertEquals(r.piece, [[15n * cs, size]]);
+  // Zeroes into a cluster holding data: whole clusters zeroed, the last written with zeroes.
+  const z = tailOps({
+    ops: [{ cluster: 13n, count: 3n, kind: "zero" }],
+    size,
+    clusterBits: 16,
+    kind: "compressed",
+  });
+  assertEquals(z.ops, [
+    { cluster: 13n, count: 2n, kind: "zero" },
+    { cluster: 15n, count: 1n, kind: "data", only: [[15n * cs, size]] },
+  ]);
+  // A cluster that reads as zeroes stays a zero write.
+  const u = tailOps({
+    ops: [{ cluster: 15n, count: 1n, kind: "zero" }],
+    size,
+    clusterBits: 16,
+    kind: "unallocated",
+  });
+  assertEquals(u.ops, [{ cluster: 15n, count: 1n, kind: "zero" }]);
+  assertEquals(u.piece, undefined);
+});
