@@ -80,7 +80,10 @@ export function shrunkAsLoaded(s: Qcow2BitmapScan, len: bigint): Qcow2BitmapScan
         const here = bits - e.index * per;
         if (here <= 0n) continue; // cleared by the truncation, never stored
         if (here >= per) entries.push(e);
-        else entries.push({ ...e, cut: { keep: here / 8n, byte: here % 8n ? (1 << Number(here % 8n)) - 1 : undefined } });
+        else {entries.push({
+            ...e,
+            cut: { keep: here / 8n, byte: here % 8n ? (1 << Number(here % 8n)) - 1 : undefined },
+          });}
       }
       return { ...b, state: 0, entries };
     }),
