@@ -133,7 +133,7 @@ Deno.test({
         ]
       ) await edit(`${dir}/base.qcow2`, e);
     },
-    runs: [["commit", "-d", "ov.qcow2"]],
+    runs: [["commit", "-d", "ov.qcow2"], ["commit", "ov.qcow2"]],
     bitmaps: ["on", "off", "ones", "ones_off"],
   });
 });
