@@ -9,6 +9,8 @@
 //   3      bit 0-1 bitmaps (1..3), bit 2 a free index is given, bit 3 the first entry of each bitmap is cut,
 //          bit 4 entries past the new end may claim set bits (a hostile guest; the planner refuses),
 //          bit 5 bitmaps whose flags byte has bit 0 are in use, kept as commit's reopen keeps them (inUseKept)
+//          bit 6 each bitmap's last entry (inside the new table) is all ones (value 1, no cluster;
+//          bitmap_tail.ts), cut like the first with bit 3
 //   4-11   new virtual size (u64 LE, masked to 2^40, scaled down by 16 until the finest table fits 256 clusters)
 //   12-13  used clusters (u16 LE, inside the first refcount block)
 //   14-15  free index (u16 LE, mod used + 4)
@@ -30,6 +32,9 @@
 //      or past the free index given;
 //   5. with bitmaps in use (inUseKept): no patch touches an in-use bitmap's
 //      table, and when every bitmap is in use the store plans nothing.
+//   6. every all-ones entry is stored as a cluster written whole: ones up to
+//      its cut's keep (else to the end of the word holding the bitmap's end),
+//      then the cut byte, then zeroes.
 import type * as BitmapPlan from "../../lib/formats/qcow2/bitmap_plan.ts";
 import type { Qcow2Model } from "../../lib/formats/qcow2/model.ts";
 import { Bytes, type Cov, invariant, sizeClass, type TsTarget } from "../engine/ts_target.ts";
@@ -69,6 +74,7 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
   let next = 4n;
   const bitmaps: BitmapPlan.BitmapScanDir[] = [];
   const dataClusters = new Map<bigint, BitmapPlan.BitmapScanEntry>();
+  const ones: { e: BitmapPlan.BitmapScanEntry; gbits: number }[] = [];
   let at = 16;
   for (let i = 0; i < nb; i++, at += 8) {
     const gbits = 9 + (b.u8(at) % 23);
@@ -81,7 +87,19 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
     let idx = 0n;
     // An in-use bitmap is not read by the guest: no entries.
     const inUse = (flags & 32) !== 0 && (b.u8(at + 1) & 1) !== 0;
-    for (let k = 0; k < (b.u8(at + 2) & 7) && idx < size && !inUse; k++) {
+    const count = b.u8(at + 2) & 7;
+    for (let k = 0; k < count && idx < size && !inUse; k++) {
+      if ((flags & 64) !== 0 && k === count - 1 && idx < fits) {
+        const e: BitmapPlan.BitmapScanEntry = { index: idx, value: mod.ALL_ONES, nonzero: true };
+        if ((flags & 8) !== 0) {
+          const keep = BigInt(u16(at + 5)) % cs, byte = b.u8(at + 7);
+          e.cut = { keep, byte: (byte & 1) !== 0 ? byte >> 1 : undefined };
+        }
+        entries.push(e);
+        ones.push({ e, gbits });
+        cov.hit(`resize-bitmaps:all-ones:${e.cut !== undefined}`);
+        break;
+      }
       const e: BitmapPlan.BitmapScanEntry = {
         index: idx,
         value: next * cs,
@@ -194,6 +212,23 @@ export function runResizeBitmaps(d: Uint8Array, cov: Cov): void {
         cov.hit("resize-bitmaps:copy");
       }
     }
+  }
+  // 6. each all-ones entry: a whole cluster written, ones, the cut byte, zeroes.
+  const whole = steps.flatMap((s) => s.patches).filter((p) =>
+    p.kind === "write" && BigInt(p.bytes.length) === cs
+  );
+  for (const { e, gbits } of ones) {
+    const bits = ((len - 1n) >> BigInt(gbits)) + 1n, per = cs * 8n;
+    const here = bits - e.index * per < per ? bits - e.index * per : per;
+    const want = new Uint8Array(Number(cs));
+    const keep = e.cut ? e.cut.keep : ((here + 63n) / 64n) * 8n;
+    want.fill(0xff, 0, Number(keep));
+    if (e.cut?.byte !== undefined) want[Number(keep)] = e.cut.byte;
+    invariant(
+      whole.some((p) => p.kind === "write" && p.bytes.every((x, j) => x === want[j])),
+      `resize-bitmaps: all-ones entry ${e.index} not stored as ${keep} bytes of ones`,
+    );
+    cov.hit("resize-bitmaps:all-ones-stored");
   }
   cov.hit(`resize-bitmaps:steps:${steps.length}`);
 }

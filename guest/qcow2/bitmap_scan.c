@@ -18,7 +18,7 @@
  * A bitmap in use (flag bit 0) is not read (qemu does not load it). State
  * bits (BMS_*): entries of all ones, bits set past the bitmap's end (the
  * bitmap command takes both as qemu loads them, lib/formats/qcow2/
- * bitmap_tail.ts; resize and commit refuse them). At most
+ * bitmap_tail.ts; resize and commit too). At most
  * BITMAP_MAX_ENTRIES entries in all.
  */
 #include "bitmap_scan.h"

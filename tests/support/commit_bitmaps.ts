@@ -35,6 +35,8 @@ export interface CommitBitmapCase {
   runs: string[][];
   /** The base's bitmaps whose dirty maps are compared. */
   bitmaps: string[];
+  /** Run in the chain's directory after `make` (byte edits, tests/support/bitmap_edit.ts). */
+  prepare?: (dir: string) => Promise<void>;
   /** qemu-img's exit code (0 unless said). */
   code?: number;
 }
@@ -43,6 +45,7 @@ export async function runCommitBitmapCase(c: CommitBitmapCase): Promise<void> {
   await withTempDir("instar-commit-bm-", async (dir) => {
     await Deno.mkdir(`${dir}/q`);
     for (const line of c.make) await sh(`${dir}/q`, "sh", "-c", line);
+    await c.prepare?.(`${dir}/q`);
     for (const [n, args] of c.runs.entries()) {
       const qd = `q${n}`, id = `i${n}`;
       await sh(dir, "cp", "-r", "q", qd);

@@ -286,7 +286,10 @@ export function bitmapScanViolation(s: Qcow2BitmapScan): string | undefined {
       if (e.index <= prev || e.index >= b.tableSize) return "bitmap table index out of order";
       prev = e.index;
       if (e.value === ALL_ONES) {
-        if (!e.nonzero || e.cut) return "all-ones bitmap entry invalid";
+        // A cut on one: the ones loaded or kept up to the end (bitmap_tail.ts).
+        if (!e.nonzero || (e.cut && (e.cut.keep > cs || (e.cut.keep === cs && e.cut.byte !== undefined)))) {
+          return "all-ones bitmap entry invalid";
+        }
         continue;
       }
       const off = e.value & 0x00fffffffffffe00n;
@@ -782,11 +785,13 @@ class Replay {
       if (++this.moved > MAX_BITMAP_CLUSTERS) throw new Refusal("too many bitmap data clusters");
       const at = this.alloc(this.cs), from = m.data.get(idx)!, cut = m.cuts?.get(idx);
       if (from === ALL_ONES) {
-        // hbitmap_deserialize_ones set whole words: up to the end of the word holding the end.
+        // hbitmap_deserialize_ones set whole words: up to the end of the word holding the end
+        // (or as a resize left them: `cut`, ones up to its keep, then its byte).
         const bits = ((this.len - 1n) >> BigInt(m.gbits)) + 1n, per = this.cs * 8n;
         const here = bits - idx * per < per ? bits - idx * per : per;
         const bytes = new Uint8Array(Number(this.cs));
-        bytes.fill(0xff, 0, Number(((here + 63n) / 64n) * 8n));
+        bytes.fill(0xff, 0, Number(cut ? cut.keep : ((here + 63n) / 64n) * 8n));
+        if (cut?.byte !== undefined) bytes[Number(cut.keep)] = cut.byte;
         this.events.push({ kind: "write", offset: at, bytes });
       } else if (cut) {
         // hbitmap_truncate cleared the bits past the new end; the rest of the cluster is zero.

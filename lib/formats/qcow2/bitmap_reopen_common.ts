@@ -80,6 +80,7 @@ export function bitmapsAsLoaded(
     bitmaps: now.bitmaps.map((b, i) => ({
       ...b,
       flags: was[i].flags,
+      tail: was[i].tail,
       state: was[i].state,
       entries: was[i].entries,
     })),

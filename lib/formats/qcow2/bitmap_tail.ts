@@ -15,7 +15,7 @@
 // has its bits past the end set too; the planner stores them as a data
 // cluster (ALL_ONES in bitmap_plan.ts).
 import { bitmapState } from "../../abi/spec.ts";
-import { ALL_ONES, type Qcow2BitmapScan } from "./bitmap_plan.ts";
+import { ALL_ONES, type BitmapScanEntry, type Qcow2BitmapScan } from "./bitmap_plan.ts";
 
 const KNOWN = bitmapState.TAIL_BITS | bitmapState.ALL_ONES;
 
@@ -35,6 +35,13 @@ export function tailBitsAsLoaded(s: Qcow2BitmapScan): Qcow2BitmapScan {
         state: 0,
         tail: (b.state & bitmapState.TAIL_BITS) !== 0 || onesTail,
         entries: b.entries.map((e) => {
+          // The all-ones entry holding the end: ones up to the end of its word (for a
+          // resize growing the image, which keeps them; the same as the store's own fill).
+          if (e.value === ALL_ONES) {
+            const here = bits - e.index * cs * 8n;
+            const keep = ((here + 63n) / 64n) * 8n;
+            return here > 0n && keep < cs ? { ...e, cut: { keep } } : e;
+          }
           if (!e.cut) return e;
           // The bytes up to the end, rounded up to whole 64-bit words.
           const bytes = e.cut.keep + (e.cut.byte !== undefined ? 1n : 0n);
@@ -46,4 +53,44 @@ export function tailBitsAsLoaded(s: Qcow2BitmapScan): Qcow2BitmapScan {
       };
     }),
   };
+}
+
+/**
+ * A shrink's scan (bits judged against the new end `len`; BITMAP_CUT cuts
+ * the data cluster holding it exactly) with every bitmap whose state is only
+ * TAIL_BITS and ALL_ONES as qemu holds it after hbitmap_truncate: the bits
+ * from the new end on cleared (those past the old end too, as long as the
+ * old end's word is not the new end's: the caller refuses that), so an
+ * all-ones entry past the new end is dropped and the one holding it keeps
+ * its ones up to it exactly.
+ */
+export function shrunkAsLoaded(s: Qcow2BitmapScan, len: bigint): Qcow2BitmapScan {
+  const cs = s.model.clusterSize, per = cs * 8n;
+  return {
+    ...s,
+    bitmaps: s.bitmaps.map((b) => {
+      if (b.state === 0 || (b.state & ~KNOWN) !== 0) return b;
+      const bits = len > 0n ? ((len - 1n) >> BigInt(b.granularityBits)) + 1n : 0n;
+      const entries: BitmapScanEntry[] = [];
+      for (const e of b.entries) {
+        if (e.value !== ALL_ONES) {
+          entries.push(e);
+          continue;
+        }
+        const here = bits - e.index * per;
+        if (here <= 0n) continue; // cleared by the truncation, never stored
+        if (here >= per) entries.push(e);
+        else {entries.push({
+            ...e,
+            cut: { keep: here / 8n, byte: here % 8n ? (1 << Number(here % 8n)) - 1 : undefined },
+          });}
+      }
+      return { ...b, state: 0, entries };
+    }),
+  };
+}
+
+/** The 64-bit word of bitmap bits holding the end of `len` bytes (-1 for none). */
+export function lastWord(len: bigint, gbits: number): bigint {
+  return len > 0n ? ((len - 1n) >> BigInt(gbits)) >> 6n : -1n;
 }

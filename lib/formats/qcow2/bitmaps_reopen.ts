@@ -26,6 +26,7 @@ import {
   stagingOffset,
 } from "./bitmap_plan.ts";
 import { bitmapsAsLoaded, decodeReopenScan, reopenRequest } from "./bitmap_reopen_common.ts";
+import { tailBitsAsLoaded } from "./bitmap_tail.ts";
 
 /** What the caller gives: the bitmap_scan guest, the applier, and its error shapes. */
 export interface ReopenHost {
@@ -52,7 +53,8 @@ function scanNow(host: ReopenHost, filename: string): Promise<Qcow2BitmapScan> {
 
 /** Scans the bitmaps, checks instar can carry them, plans the in-use marking (nothing written). */
 export async function prepareBitmapReopen(host: ReopenHost, filename: string): Promise<BitmapReopen> {
-  const before = await scanNow(host, filename);
+  // All-ones entries and bits past the end: as qemu holds them in memory (bitmap_tail.ts).
+  const before = tailBitsAsLoaded(await scanNow(host, filename));
   // Bitmaps already in use are loaded as inconsistent and never stored (kept as they are).
   const why = bitmapRefusal(before, true);
   if (why) throw host.refuse(why);

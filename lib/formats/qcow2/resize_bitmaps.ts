@@ -33,6 +33,7 @@ import {
   type Qcow2BitmapScan,
 } from "./bitmap_plan.ts";
 import { bitmapsAsLoaded, decodeReopenScan, reopenRequest } from "./bitmap_reopen_common.ts";
+import { lastWord, shrunkAsLoaded, tailBitsAsLoaded } from "./bitmap_tail.ts";
 import type { FilePlan } from "../plan.ts";
 
 export interface BitmapResize {
@@ -62,19 +63,43 @@ export async function prepareBitmapResize(
       "Try block-dirty-bitmap-remove to delete this bitmap from disk",
     ]);
   }
-  let why = bitmapRefusal(before);
+  const oldLen = before.model.virtualSize & ~511n, newLen = newSize & ~511n;
+  // All-ones entries and bits past the end: loaded as qemu does (bitmap_tail.ts).
+  const odd = before.bitmaps.filter((b) => b.state !== 0);
+  let why = bitmapRefusal(tailBitsAsLoaded(before));
   if (why) throw host.refuse(why);
+  for (const b of odd) {
+    const n = bitmapNameText(b.name);
+    // A shrink's hbitmap_truncate leaves the bits past the old end set when the end stays in their word.
+    if (newLen < oldLen && lastWord(oldLen, b.granularityBits) === lastWord(newLen, b.granularityBits)) {
+      throw host.refuse(`bitmap '${n}' has bits past its end that stay in the resized bitmap`);
+    }
+    // A cluster set only past the end is not in memory as the scan tells it (no cut).
+    const g = BigInt(b.granularityBits), per = before.model.clusterSize * 8n;
+    const holding = oldLen > 0n ? ((oldLen - 1n) >> g) / per : -1n;
+    if (
+      newSize > before.model.virtualSize && (b.state & bitmapState.TAIL_BITS) !== 0 &&
+      b.entries.some((e) => e.index === holding && !e.nonzero)
+    ) {
+      throw host.refuse(`bitmap '${n}' has bits past its end instar does not carry`);
+    }
+  }
   if (newSize < before.model.virtualSize) {
     // The bits again, judged against the new end: a set bit past it is a tail bit.
     before = await scanNow(host, filename, newSize);
     // Bits past it are what hbitmap_truncate clears: the cluster holding
     // the new end is stored cut (BITMAP_CUT), the ones past it dropped.
-    before = {
-      ...before,
-      bitmaps: before.bitmaps.map((b) => ({ ...b, state: b.state & ~bitmapState.TAIL_BITS })),
-    };
+    before = shrunkAsLoaded(
+      {
+        ...before,
+        bitmaps: before.bitmaps.map((b) => ({ ...b, state: b.state & ~bitmapState.TAIL_BITS })),
+      },
+      newLen,
+    );
     why = bitmapRefusal(before);
     if (why) throw host.refuse(why);
+  } else {
+    before = tailBitsAsLoaded(before);
   }
   const plan = planQcow2Bitmap(before, reopenRequest("open"));
   if (!plan.ok) throw host.refuse(plan.error.message);
