@@ -1,6 +1,7 @@
-// The run both commit_bitmaps_*_test.ts files share: a chain made by
-// qemu-img/qemu-io (an in-use bitmap by killing qemu-io while it holds the
-// image) copied twice, qemu-img commits one copy and instar the other; the
+// The run the commit_bitmaps_*_test.ts files and commit_base_bitmaps_test.ts
+// share: a chain made by qemu-img/qemu-io (an in-use bitmap by killing
+// qemu-io while it holds the image) copied twice, qemu-img commits one copy
+// and instar the other; the
 // outcome compared, the overlay byte for byte, the base by contents, `info`,
 // `qemu-img check` (but the fragmentation figure: qemu's mirror placement
 // varies, docs/commit.md) and each bitmap's dirty map through qemu-nbd; a
