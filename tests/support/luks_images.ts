@@ -99,9 +99,10 @@ export async function cryptsetupLuksImage(
 /**
  * cryptsetup reencrypt --encrypt --type luks2 of `dir`/`name` in place (its
  * data moved up past a 2 MiB reduction, 1 MiB of it the header), the
- * passphrase from `dir`/key; `pbkdf` says the key slot's PBKDF and its cost.
+ * passphrase from `dir`/key; `options`: the key slot's PBKDF and its cost,
+ * and any cipher, key or sector size.
  */
-export async function cryptsetupReencryptLuks2(dir: string, name: string, pbkdf: string[]): Promise<void> {
+export async function cryptsetupReencryptLuks2(dir: string, name: string, options: string[]): Promise<void> {
   const cs = await exec("cryptsetup", [
     "reencrypt",
     "--encrypt",
@@ -109,7 +110,7 @@ export async function cryptsetupReencryptLuks2(dir: string, name: string, pbkdf:
     "luks2",
     "--reduce-device-size",
     "2M",
-    ...pbkdf,
+    ...options,
     name,
     "-q",
     "--batch-mode",
