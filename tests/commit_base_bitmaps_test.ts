@@ -57,6 +57,7 @@ for (const c of CASES) {
   Deno.test({
     name: `commit into a base with bitmaps: ${c.name}`,
     ignore: !ready,
-    fn: () => runCommitBitmapCase(c),
+    // The base is compared by what qemu reads (the header): check must be clean, its figures may differ.
+    fn: () => runCommitBitmapCase({ ...c, placementVaries: true }),
   });
 }

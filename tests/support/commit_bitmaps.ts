@@ -38,6 +38,8 @@ export interface CommitBitmapCase {
   bitmaps: string[];
   /** qemu-img's exit code (0 unless said). */
   code?: number;
+  /** Where qemu's mirror places the data varies for this chain: check's figures are not compared, only a clean check. */
+  placementVaries?: boolean;
 }
 
 export async function runCommitBitmapCase(c: CommitBitmapCase): Promise<void> {
@@ -66,8 +68,8 @@ export async function runCommitBitmapCase(c: CommitBitmapCase): Promise<void> {
         return { ...r, stdout: r.stdout.replace(/[\d.]+% fragmented/, "") };
       };
       const chk = await check(id);
-      assertEquals(chk, await check(qd));
-      assertEquals(chk.code, 0);
+      if (!c.placementVaries) assertEquals(chk, await check(qd));
+      assertEquals(chk.code, 0, chk.stdout + chk.stderr);
       for (const b of c.bitmaps) {
         assertEquals(
           await dirtyMap(`${dir}/${id}`, "base.qcow2", b),
