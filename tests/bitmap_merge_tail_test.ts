@@ -11,7 +11,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { type Edit, edit } from "./support/bitmap_edit.ts";
+import { type BitmapEdit, editBitmap } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -19,6 +19,8 @@ const ready = built() && haveQemuImg();
 
 const io = (file: string, ...cmds: string[]) =>
   `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
+
+type Edit = BitmapEdit & { file?: string };
 
 interface Case {
   name: string;
@@ -142,7 +144,7 @@ for (const c of CASES) {
     await withTempDir("instar-bmmt-", async (root) => {
       await Deno.mkdir(`${root}/q`);
       for (const l of c.make) await sh(`${root}/q`, "sh", "-c", l);
-      for (const e of c.edits) await edit(`${root}/q/${e.file ?? "t.qcow2"}`, e);
+      for (const e of c.edits) await editBitmap(`${root}/q/${e.file ?? "t.qcow2"}`, e);
       await sh(root, "cp", "-a", "q", "i");
       if (Deno.env.get("BMMT_KEEP")) await sh(root, "cp", "-a", "q", `${Deno.env.get("BMMT_KEEP")}`);
       for (const args of c.runs) {

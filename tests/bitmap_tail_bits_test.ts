@@ -11,6 +11,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { editBitmap } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -18,40 +19,6 @@ const ready = built() && haveQemuImg();
 
 const io = (file: string, ...cmds: string[]) =>
   `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
-
-/** Sets (or clears) bits of table entry `k`'s data cluster of the first bitmap of a qcow2 file. */
-async function editBits(path: string, k: number, set: number[], clear: number[] = []) {
-  const f = await Deno.open(path, { read: true, write: true });
-  try {
-    const read = async (at: bigint, n: number) => {
-      const b = new Uint8Array(n);
-      await f.seek(Number(at), Deno.SeekMode.Start);
-      for (let o = 0; o < n;) o += (await f.read(b.subarray(o)))!;
-      return new DataView(b.buffer);
-    };
-    const h = await read(0n, 4096);
-    const hdrLen = h.getUint32(100);
-    let dir = -1n;
-    for (let at = hdrLen; at + 8 <= 4096;) {
-      const type = h.getUint32(at), len = h.getUint32(at + 4);
-      if (type === 0) break;
-      if (type === 0x23852875) dir = h.getBigUint64(at + 24);
-      at += 8 + ((len + 7) & ~7);
-    }
-    if (dir < 0n) throw new Error("no bitmaps extension");
-    const table = (await read(dir, 8)).getBigUint64(0);
-    const entry = (await read(table + BigInt(k) * 8n, 8)).getBigUint64(0) & 0x00fffffffffffe00n;
-    if (entry === 0n) throw new Error("the entry has no data cluster");
-    const top = Math.max(...set, ...clear);
-    const bytes = new Uint8Array((await read(entry, (top >> 3) + 1)).buffer);
-    for (const i of set) bytes[i >> 3] |= 1 << (i & 7);
-    for (const i of clear) bytes[i >> 3] &= ~(1 << (i & 7));
-    await f.seek(Number(entry), Deno.SeekMode.Start);
-    for (let o = 0; o < bytes.length;) o += await f.write(bytes.subarray(o));
-  } finally {
-    f.close();
-  }
-}
 
 interface Case {
   name: string;
@@ -110,7 +77,8 @@ for (const c of CASES) {
     await withTempDir("instar-bmtail-", async (root) => {
       await Deno.mkdir(`${root}/q`);
       for (const l of c.make) await sh(`${root}/q`, "sh", "-c", l);
-      await editBits(`${root}/q/t.qcow2`, ...c.edit);
+      const [k, set, clear] = c.edit;
+      await editBitmap(`${root}/q/t.qcow2`, { bm: 0, k, set, clear });
       await sh(root, "cp", "-a", "q", "i");
       const want = await qemuImg(c.args, `${root}/q`);
       const got = await instarHere(c.args, `${root}/i`);

@@ -5,14 +5,14 @@
 // and stores them anew as data clusters (lib/formats/qcow2/bitmap_tail.ts,
 // resize_bitmaps.ts, bitmaps_reopen.ts). qemu never writes either itself:
 // each image is made by qemu-img/qemu-io, then edited byte-wise
-// (tests/support/bitmap_edit.ts). resize: qemu-img on one copy, instar on
+// (tests/support/qcow2_edit.ts). resize: qemu-img on one copy, instar on
 // the other, the files compared byte for byte; commit: as
 // tests/support/commit_bitmaps.ts compares (contents, info, check, dirty maps).
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { haveNbd } from "./support/dirty_map.ts";
-import { type Edit, edit } from "./support/bitmap_edit.ts";
+import { type BitmapEdit as Edit, editBitmap as edit } from "./support/qcow2_edit.ts";
 import { io, runCommitBitmapCase } from "./support/commit_bitmaps.ts";
 
 await useHostedGuestsWithoutKvm();

@@ -10,36 +10,16 @@
 // tests/commit_test.ts), so the base is compared by what qemu reads:
 // contents, `info`, a clean check, each bitmap's dirty map through qemu-nbd;
 // the overlay byte for byte.
-import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { built, haveQemuImg } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { dirtyMap, haveNbd } from "./support/dirty_map.ts";
+import { haveNbd } from "./support/dirty_map.ts";
+import { type CommitBitmapCase, io, runCommitBitmapCase } from "./support/commit_bitmaps.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg() && haveNbd;
 
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
-
-/** qemu-img info --output=json without the fields that name or size the file. */
-async function info(dir: string, file: string): Promise<unknown> {
-  const j = JSON.parse((await qemuImg(["info", "--output=json", file], dir)).stdout);
-  delete j.filename;
-  delete j["actual-size"];
-  delete j["backing-filename"];
-  delete j["full-backing-filename"];
-  return j;
-}
-
-interface Case {
-  name: string;
-  make: string[];
-  runs: string[][];
-  bitmaps: string[];
-}
-
-const CASES: Case[] = [
+const CASES: CommitBitmapCase[] = [
   {
     name: "64 KiB clusters: enabled (64 KiB, 512 B, 1 MiB granularity) and disabled bitmaps, -d and without",
     make: [
@@ -77,32 +57,7 @@ for (const c of CASES) {
   Deno.test({
     name: `commit into a base with bitmaps: ${c.name}`,
     ignore: !ready,
-    async fn() {
-      await withTempDir("instar-commit-bmbase-", async (dir) => {
-        await Deno.mkdir(`${dir}/q`);
-        for (const line of c.make) await sh(`${dir}/q`, "sh", "-c", line);
-        for (const [n, args] of c.runs.entries()) {
-          const qd = `q${n}`, id = `i${n}`;
-          await sh(dir, "cp", "-r", "q", qd);
-          await sh(dir, "cp", "-r", "q", id);
-          const q = await qemuImg(args, `${dir}/${qd}`);
-          const i = await instarHere(args, `${dir}/${id}`);
-          assertEquals(i, asInstar(q));
-          assertEquals(q.code, 0);
-          const cmp = await exec("cmp", [`${qd}/ov.qcow2`, `${id}/ov.qcow2`], dir);
-          assertEquals(cmp.code, 0, `the overlays differ: ${cmp.stdout}`);
-          assertEquals((await qemuImg(["compare", `${qd}/base.qcow2`, `${id}/base.qcow2`], dir)).code, 0);
-          assertEquals(await info(dir, `${id}/base.qcow2`), await info(dir, `${qd}/base.qcow2`));
-          assertEquals((await qemuImg(["check", "base.qcow2"], `${dir}/${id}`)).code, 0);
-          for (const b of c.bitmaps) {
-            assertEquals(
-              await dirtyMap(`${dir}/${id}`, "base.qcow2", b),
-              await dirtyMap(`${dir}/${qd}`, "base.qcow2", b),
-              b,
-            );
-          }
-        }
-      });
-    },
+    // The base is compared by what qemu reads (the header): check must be clean, its figures may differ.
+    fn: () => runCommitBitmapCase({ ...c, placementVaries: true }),
   });
 }

@@ -8,10 +8,10 @@
 // through qemu-img and instar on copies of the same qemu-img-made files:
 // stdout, stderr and exit code must match, the targets must be
 // byte-identical (cmp) and pass qemu-img check.
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { built, haveQemuImg, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { io } from "./support/convert_compare.ts";
+import { convertIntoCopies, io } from "./support/convert_compare.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -89,44 +89,25 @@ Deno.test({ name: "convert -n -B: more target clusters partly written", ignore: 
     for (const l of [...SOURCE, ...Object.values(TARGETS).flat()]) await sh(root, "sh", "-c", l);
     for (const c of CASES) {
       await t.step(c.name, async () => {
-        const q = `${root}/q`, i = `${root}/i`;
-        for (const d of [q, i]) {
-          await Deno.mkdir(d);
-          for (const f of ["base.qcow2", "top.qcow2"]) await Deno.copyFile(`${root}/${f}`, `${d}/${f}`);
-          await Deno.copyFile(`${root}/${c.target}.qcow2`, `${d}/out.qcow2`);
-        }
-        try {
-          const args = [
-            "convert",
-            "-n",
-            ...c.args,
-            "-B",
-            "base.qcow2",
-            "-O",
-            "qcow2",
-            "top.qcow2",
-            "out.qcow2",
-          ];
-          const want = await qemuImg(args, q);
-          assertEquals(want.code, 0, want.stderr);
-          assertEquals(await instarHere(args, i), asInstar(want));
-          await sh(root, "cmp", "q/out.qcow2", "i/out.qcow2");
+        const args = [
+          "convert",
+          "-n",
+          ...c.args,
+          "-B",
+          "base.qcow2",
+          "-O",
+          "qcow2",
+          "top.qcow2",
+          "out.qcow2",
+        ];
+        await convertIntoCopies(root, ["base.qcow2", "top.qcow2"], c.target, args, async () => {
           // The writes changed the target (the case tests something).
-          const same = await qemuImg([
-            "compare",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            `${c.target}.qcow2`,
-            "i/out.qcow2",
-          ], root);
+          const same = await qemuImg(
+            ["compare", "-f", "qcow2", "-F", "qcow2", `${c.target}.qcow2`, "i/out.qcow2"],
+            root,
+          );
           assertEquals(same.code, 1, same.stdout);
-          const chk = await qemuImg(["check", "out.qcow2"], i);
-          assert(chk.code === 0, chk.stdout + chk.stderr);
-        } finally {
-          for (const d of [q, i]) await Deno.remove(d, { recursive: true });
-        }
+        });
       });
     }
   });

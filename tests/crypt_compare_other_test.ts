@@ -9,17 +9,10 @@
 // (qemu-img's) of the same plaintext under the same name in a sibling
 // directory. The passphrase is given through a file, never in argv.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import {
-  asInstar,
-  exec,
-  haveQemuImg,
-  instarHere,
-  type Outcome,
-  qemuImg,
-  withTempDir,
-} from "./cli_helpers.ts";
+import { asInstar, exec, haveQemuImg, instarHere, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { haveCryptsetup } from "./support/luks_images.ts";
+import { qemuOk } from "./support/qcrypt_compare.ts";
+import { cryptsetupReencryptLuks2, haveCryptsetup } from "./support/luks_images.ts";
 import { FULL_TESTS } from "./support/full.ts";
 
 const PW = "instar-ccmp-pw-5b07e2";
@@ -28,16 +21,6 @@ const OBJ = ["--object", "secret,id=s,file=key"];
 const WRONG = ["--object", "secret,id=s,file=wrong"];
 const QCRYPT = (name: string) => `driver=qcow2,encrypt.key-secret=s,file.filename=${name}`;
 const LUKS = (name: string) => `driver=luks,key-secret=s,file.filename=${name}`;
-
-/** qemu-img, retried while its PBKDF2 calibration fails ("Unable to get accurate CPU usage"). */
-async function qemuRetry(args: string[], dir: string): Promise<void> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(args, dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) break;
-  }
-  assertEquals(last!.code, 0, `qemu-img ${args.join(" ")}: ${last!.stderr}`);
-}
 
 /** The plaintexts: a, b (one byte apart from a), s (a's first 2 MiB). */
 async function plaintexts(dir: string): Promise<Uint8Array> {
@@ -59,7 +42,7 @@ async function others(dir: string): Promise<Record<string, string>> {
   const made: Record<string, string> = {};
   for (const [src, fmt] of [["a", "vpc"], ["a", "vhdx"], ["a", "vmdk"], ["b", "vmdk"], ["s", "vhdx"]]) {
     const name = `${src}.${fmt}`;
-    await qemuRetry(["convert", "-f", "raw", `${src}.raw`, "-O", fmt, name], dir);
+    await qemuOk(["convert", "-f", "raw", `${src}.raw`, "-O", fmt, name], dir);
     made[name] = `driver=${fmt},file.filename=${name}`;
   }
   return made;
@@ -104,26 +87,14 @@ async function luks2Image(dir: string, name: string, plain: Uint8Array): Promise
   const img = new Uint8Array(plain.length + 2 * MiB);
   img.set(plain);
   await Deno.writeFile(`${dir}/${name}`, img);
-  const cs = await exec("cryptsetup", [
-    "reencrypt",
-    "--encrypt",
-    "--type",
-    "luks2",
-    "--reduce-device-size",
-    "2M",
+  await cryptsetupReencryptLuks2(dir, name, [
     "--pbkdf",
     "argon2id",
     "--pbkdf-memory",
     "4096",
     "--pbkdf-force-iterations",
     "4",
-    name,
-    "-q",
-    "--batch-mode",
-    "--key-file",
-    "key",
-  ], dir);
-  assertEquals(cs.code, 0, cs.stderr);
+  ]);
   // The data segment runs to the end of the file: cut it after the plaintext.
   const dump = await exec("cryptsetup", ["luksDump", name], dir);
   const offset = /Data segments:\s*\n\s*0: crypt\s*\n\s*offset: (\d+) \[bytes\]/.exec(dump.stdout);
@@ -140,7 +111,7 @@ if (haveQemuImg()) {
       const other = await others(dir);
       // Two PBKDF2 calibrations (the slow part of qemu-img's LUKS create): l.qcow2 and e.img (LUKS1).
       const enc = "encrypt.key-secret=s,encrypt.iter-time=10";
-      await qemuRetry([
+      await qemuOk([
         "convert",
         ...OBJ,
         "-f",
@@ -152,7 +123,7 @@ if (haveQemuImg()) {
         `encrypt.format=luks,${enc}`,
         "l.qcow2",
       ], dir);
-      await qemuRetry([
+      await qemuOk([
         "convert",
         ...OBJ,
         "-f",
@@ -165,23 +136,13 @@ if (haveQemuImg()) {
         "e.img",
       ], dir);
       const aes = "encrypt.format=aes,encrypt.key-secret=s";
-      await qemuRetry(["convert", ...OBJ, "-f", "raw", "a.raw", "-O", "qcow2", "-o", aes, "x.qcow2"], dir);
-      await qemuRetry(["convert", "-f", "raw", "b.raw", "-O", "qcow2", "b.qcow2"], dir);
+      /** An AES qcow2 `name` over `backing` (format `fmt`). */
+      const aesOver = (backing: string, fmt: string, name: string) =>
+        qemuOk(["create", "-q", ...OBJ, "-f", "qcow2", "-o", aes, "-b", backing, "-F", fmt, name], dir);
+      await qemuOk(["convert", ...OBJ, "-f", "raw", "a.raw", "-O", "qcow2", "-o", aes, "x.qcow2"], dir);
+      await qemuOk(["convert", "-f", "raw", "b.raw", "-O", "qcow2", "b.qcow2"], dir);
       // An AES qcow2 over a vmdk backing file, one byte written over it (the contents of b).
-      await qemuRetry([
-        "create",
-        "-q",
-        ...OBJ,
-        "-f",
-        "qcow2",
-        "-o",
-        aes,
-        "-b",
-        "a.vmdk",
-        "-F",
-        "vmdk",
-        "o.qcow2",
-      ], dir);
+      await aesOver("a.vmdk", "vmdk", "o.qcow2");
       const io = await exec("qemu-io", [
         ...OBJ,
         "--image-opts",
@@ -197,7 +158,7 @@ if (haveQemuImg()) {
       await same([...OBJ, "--image-opts", over, other["b.vmdk"]], dir);
       await same(["-s", ...OBJ, "--image-opts", other["a.vpc"], over], dir);
       // An AES qcow2 over a zstd-compressed qcow2 (the guest's trimmed libzstd decodes it).
-      await qemuRetry([
+      await qemuOk([
         "convert",
         "-c",
         "-f",
@@ -209,20 +170,7 @@ if (haveQemuImg()) {
         "compression_type=zstd",
         "z.qcow2",
       ], dir);
-      await qemuRetry([
-        "create",
-        "-q",
-        ...OBJ,
-        "-f",
-        "qcow2",
-        "-o",
-        aes,
-        "-b",
-        "z.qcow2",
-        "-F",
-        "qcow2",
-        "oz.qcow2",
-      ], dir);
+      await aesOver("z.qcow2", "qcow2", "oz.qcow2");
       await same([...OBJ, "--image-opts", other["a.vhdx"], QCRYPT("oz.qcow2")], dir);
       // A wrong passphrase: LUKS's open error from the compare guest; AES decrypts to other bytes.
       await same([...WRONG, "--image-opts", other["a.vmdk"], QCRYPT("l.qcow2")], dir);

@@ -13,7 +13,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { haveCryptsetup } from "./support/luks_images.ts";
+import { cryptsetupReencryptLuks2, haveCryptsetup } from "./support/luks_images.ts";
 import { instarLuks } from "./support/instar_luks.ts";
 import { qemuOk, sameEncrypted } from "./support/qcrypt_compare.ts";
 
@@ -47,24 +47,7 @@ async function luks2Source(dir: string): Promise<void> {
   plain.fill(0, MiB, 2 * MiB);
   plain.fill(0x5a, MiB + 70000, MiB + 70512);
   await Deno.writeFile(`${dir}/e.img`, plain);
-  const cs = await exec("cryptsetup", [
-    "reencrypt",
-    "--encrypt",
-    "--type",
-    "luks2",
-    "--reduce-device-size",
-    "2M",
-    "--pbkdf",
-    "pbkdf2",
-    "--pbkdf-force-iterations",
-    "1000",
-    "e.img",
-    "-q",
-    "--batch-mode",
-    "--key-file",
-    "key",
-  ], dir);
-  assertEquals(cs.code, 0, cs.stderr);
+  await cryptsetupReencryptLuks2(dir, "e.img", ["--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"]);
   // instar's own reading of the LUKS2 image (3 MiB: the data area behind its 1 MiB header), of
   // which cryptsetup kept the plaintext's first 2 MiB; written anew with every byte allocated.
   assertEquals(await instar(["convert", ...OBJ, ...SRC, "-O", "raw", "read.raw"], dir), {

@@ -11,6 +11,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { exec, haveQemuImg, instarHere, type Outcome, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { cryptsetupReencryptLuks2 } from "./support/luks_images.ts";
 import { sweep } from "./support/full.ts";
 import { run } from "../lib/cli/run.ts";
 
@@ -220,16 +221,7 @@ if (ready) {
         const plain = pattern(6 * MiB);
         await Deno.writeFile(`${dir}/e.img`, plain);
         // Data moves 1 MiB up: the first 4 MiB of the plaintext survive, encrypted by cryptsetup.
-        await cryptsetup(dir, [
-          "reencrypt",
-          "--encrypt",
-          "--type",
-          "luks2",
-          "--reduce-device-size",
-          "2M",
-          ...extra,
-          "e.img",
-        ]);
+        await cryptsetupReencryptLuks2(dir, "e.img", extra);
         await readsAs(dir, "e.img", plain.subarray(0, 4 * MiB), 5 * MiB, !extra.includes("argon2i"));
       });
     });

@@ -21,6 +21,7 @@ import {
   withTempDir,
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { smallFilesIn } from "./support/qcrypt_compare.ts";
 
 const PW = "instar-q2into-pw-8c31f0";
 const BAD = "instar-q2into-bad-77e2a4";
@@ -151,7 +152,7 @@ if (haveQemuImg()) {
       ], dir);
       assertEquals(r.code, 0, r.stderr);
       const tmp = Deno.env.get("TMPDIR") ?? "/tmp";
-      const before = new Set(await filesIn(tmp));
+      const before = new Set(await smallFilesIn(tmp));
       const argvs: string[][] = [];
       const Orig = Deno.Command;
       const outs: Outcome[] = [];
@@ -262,24 +263,15 @@ if (haveQemuImg()) {
         assert(!a.some((s) => s.includes(PW) || s.includes(BAD)), `passphrase in a child's argv: ${a[0]}`);
       }
       for (const o of outs) assert(![PW, BAD].some((p) => o.stdout.includes(p) || o.stderr.includes(p)));
-      for (const f of [...(await filesIn(dir)), ...(await filesIn(tmp)).filter((f) => !before.has(f))]) {
+      for (
+        const f of [
+          ...(await smallFilesIn(dir)),
+          ...(await smallFilesIn(tmp)).filter((f) => !before.has(f)),
+        ]
+      ) {
         const b = new TextDecoder("latin1").decode(await Deno.readFile(f).catch(() => new Uint8Array(0)));
         assert(!b.includes(PW) && !b.includes(BAD), `${f} holds a passphrase`);
       }
     });
   });
-}
-
-async function filesIn(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (d: string, depth: number) => {
-    for await (const e of Deno.readDir(d)) {
-      const p = `${d}/${e.name}`;
-      // Other tests' big images are not this run's: only small files are read.
-      if (e.isFile && ((await Deno.stat(p).catch(() => undefined))?.size ?? 0) < (64 << 20)) out.push(p);
-      else if (e.isDirectory && depth < 1) await walk(p, depth + 1).catch(() => {});
-    }
-  };
-  await walk(root, 0).catch(() => {});
-  return out;
 }

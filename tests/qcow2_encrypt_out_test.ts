@@ -10,6 +10,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { smallFilesIn } from "./support/qcrypt_compare.ts";
 import { instarLuks } from "./support/instar_luks.ts";
 import { FULL_TESTS } from "./support/full.ts";
 
@@ -304,7 +305,7 @@ if (haveQemuImg()) {
     await withTempDir("instar-q2out-", async (dir) => {
       await rawSource(dir, "src.raw");
       const tmp = Deno.env.get("TMPDIR") ?? "/tmp";
-      const before = new Set(await filesIn(tmp));
+      const before = new Set(await smallFilesIn(tmp));
       const argvs: string[][] = [];
       const Orig = Deno.Command;
       (Deno as unknown as { Command: unknown }).Command = class extends Orig {
@@ -350,24 +351,15 @@ if (haveQemuImg()) {
         assert(!a.some((s) => s.includes(PW) || s.includes(PW2)), `passphrase in a child's argv: ${a[0]}`);
       }
       for (const o of outs) assert(![PW, PW2].some((p) => o.stdout.includes(p) || o.stderr.includes(p)));
-      for (const f of [...(await filesIn(dir)), ...(await filesIn(tmp)).filter((f) => !before.has(f))]) {
+      for (
+        const f of [
+          ...(await smallFilesIn(dir)),
+          ...(await smallFilesIn(tmp)).filter((f) => !before.has(f)),
+        ]
+      ) {
         const b = new TextDecoder("latin1").decode(await Deno.readFile(f).catch(() => new Uint8Array(0)));
         assert(!b.includes(PW) && !b.includes(PW2), `${f} holds a passphrase`);
       }
     });
   });
-}
-
-async function filesIn(root: string): Promise<string[]> {
-  const out: string[] = [];
-  const walk = async (d: string, depth: number) => {
-    for await (const e of Deno.readDir(d)) {
-      const p = `${d}/${e.name}`;
-      // Other tests' big images are not this run's: only small files are read.
-      if (e.isFile && ((await Deno.stat(p).catch(() => undefined))?.size ?? 0) < (64 << 20)) out.push(p);
-      else if (e.isDirectory && depth < 1) await walk(p, depth + 1).catch(() => {});
-    }
-  };
-  await walk(root, 0).catch(() => {});
-  return out;
 }

@@ -9,16 +9,9 @@
 // by qemu-img and written through qemu-io; the passphrase is given through
 // a file, never in argv.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import {
-  asInstar,
-  exec,
-  haveQemuImg,
-  instarHere,
-  type Outcome,
-  qemuImg,
-  withTempDir,
-} from "./cli_helpers.ts";
+import { asInstar, exec, haveQemuImg, instarHere, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { qemuOk } from "./support/qcrypt_compare.ts";
 
 const PW = "instar-qbo-pw-91c4d0";
 const MiB = 1 << 20;
@@ -27,16 +20,6 @@ const WRONG = ["--object", "secret,id=s,file=wrong"];
 const QCRYPT = (name: string) => `driver=qcow2,encrypt.key-secret=s,file.filename=${name}`;
 const LUKS_OPTS = "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10";
 const AES_OPTS = "encrypt.format=aes,encrypt.key-secret=s";
-
-/** qemu-img, retried while its PBKDF2 calibration fails ("Unable to get accurate CPU usage"). */
-async function qemuRetry(args: string[], dir: string): Promise<void> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(args, dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) break;
-  }
-  assertEquals(last!.code, 0, `qemu-img ${args.join(" ")}: ${last!.stderr}`);
-}
 
 async function qemuIo(dir: string, image: string, ...commands: string[]): Promise<void> {
   const io = await exec(
@@ -49,7 +32,7 @@ async function qemuIo(dir: string, image: string, ...commands: string[]): Promis
 
 /** top (format `fmt` 's backing file `base`, encrypted with `opts`), written over through qemu-io. */
 async function overlay(dir: string, top: string, base: string, fmt: string, opts: string): Promise<void> {
-  await qemuRetry(["create", "-q", ...OBJ, "-f", "qcow2", "-o", opts, "-b", base, "-F", fmt, top], dir);
+  await qemuOk(["create", "-q", ...OBJ, "-f", "qcow2", "-o", opts, "-b", base, "-F", fmt, top], dir);
   await qemuIo(
     dir,
     QCRYPT(top),
@@ -89,14 +72,14 @@ if (haveQemuImg()) {
       await Deno.writeTextFile(`${dir}/key`, PW);
       await Deno.writeTextFile(`${dir}/wrong`, "x" + PW);
       for (const fmt of ["vpc", "vhdx", "vmdk"]) {
-        await qemuRetry(["convert", "-f", "raw", "a.raw", "-O", fmt, `base.${fmt}`], dir);
+        await qemuOk(["convert", "-f", "raw", "a.raw", "-O", fmt, `base.${fmt}`], dir);
       }
       // LUKS over vpc and vmdk, AES over vhdx; AES over a zstd-compressed qcow2 (written compressed
       // through qemu-io) over a vmdk.
       await overlay(dir, "l-vpc.qcow2", "base.vpc", "vpc", LUKS_OPTS);
       await overlay(dir, "l-vmdk.qcow2", "base.vmdk", "vmdk", LUKS_OPTS);
       await overlay(dir, "x-vhdx.qcow2", "base.vhdx", "vhdx", AES_OPTS);
-      await qemuRetry(
+      await qemuOk(
         [
           "create",
           "-q",

@@ -15,6 +15,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { built } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { qemuOk } from "./support/qcrypt_compare.ts";
 import { instarLuks } from "./support/instar_luks.ts";
 import { cryptsetupLuks1Image, cryptsetupLuksImage } from "./support/luks_images.ts";
 import { nothingLeft, oneLine, pipeline, spoolEmpty } from "./support/pipeline.ts";
@@ -64,15 +65,6 @@ async function instarIo(
     inF?.close();
     outF?.close();
   }
-}
-
-async function qemuOk(args: string[], dir: string): Promise<void> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(args, dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) break;
-  }
-  assertEquals(last!.code, 0, `${args.join(" ")}: ${last!.stderr}`);
 }
 
 /** src.qcow2 (4 MiB: data in three places, a zeroed range) and its raw image. */

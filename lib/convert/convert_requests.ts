@@ -10,6 +10,8 @@
 // status comes from the map guest, the zero sectors from the rebase_diff
 // guest, both as runs; the result is bounded by `max` (undefined past it).
 
+import { firstEndingAfter } from "./nb_requests.ts";
+
 /** One block-status run of the source (the map guest's extents). */
 export interface StatusRun {
   start: bigint;
@@ -105,17 +107,6 @@ export function convertRequests(x: RequestInput): Request[] | undefined {
     s += n;
   }
   return out;
-}
-
-/** Index of the first of the ascending ranges that ends after byte x. */
-function firstEndingAfter(ranges: [bigint, bigint][], x: bigint): number {
-  let lo = 0, hi = ranges.length;
-  while (lo < hi) {
-    const m = (lo + hi) >> 1;
-    if (ranges[m][1] <= x) lo = m + 1;
-    else hi = m;
-  }
-  return lo;
 }
 
 /** Sector s: non-zero, and how many sectors from s (at most n) are alike. */

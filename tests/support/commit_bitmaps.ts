@@ -1,6 +1,7 @@
-// The run both commit_bitmaps_*_test.ts files share: a chain made by
-// qemu-img/qemu-io (an in-use bitmap by killing qemu-io while it holds the
-// image) copied twice, qemu-img commits one copy and instar the other; the
+// The run the commit_bitmaps_*_test.ts files and commit_base_bitmaps_test.ts
+// share: a chain made by qemu-img/qemu-io (an in-use bitmap by killing
+// qemu-io while it holds the image) copied twice, qemu-img commits one copy
+// and instar the other; the
 // outcome compared, the overlay byte for byte, the base by contents, `info`,
 // `qemu-img check` (but the fragmentation figure: qemu's mirror placement
 // varies, docs/commit.md) and each bitmap's dirty map through qemu-nbd; a
@@ -39,6 +40,8 @@ export interface CommitBitmapCase {
   prepare?: (dir: string) => Promise<void>;
   /** qemu-img's exit code (0 unless said). */
   code?: number;
+  /** Where qemu's mirror places the data varies for this chain: check's figures are not compared, only a clean check. */
+  placementVaries?: boolean;
 }
 
 export async function runCommitBitmapCase(c: CommitBitmapCase): Promise<void> {
@@ -68,8 +71,8 @@ export async function runCommitBitmapCase(c: CommitBitmapCase): Promise<void> {
         return { ...r, stdout: r.stdout.replace(/[\d.]+% fragmented/, "") };
       };
       const chk = await check(id);
-      assertEquals(chk, await check(qd));
-      assertEquals(chk.code, 0);
+      if (!c.placementVaries) assertEquals(chk, await check(qd));
+      assertEquals(chk.code, 0, chk.stdout + chk.stderr);
       for (const b of c.bitmaps) {
         assertEquals(
           await dirtyMap(`${dir}/${id}`, "base.qcow2", b),

@@ -157,3 +157,36 @@ export async function refused(make: string[], args: string[], message: RegExp): 
     assert(!(await exists(`${dir}/${args[args.length - 1]}`)), "instar left a target behind");
   });
 }
+
+/**
+ * One convert -n case into an existing target: `files` and `${target}.qcow2`
+ * (as out.qcow2) copied from root into root/q and root/i; `args` (out.qcow2
+ * last) run by qemu-img in q, which must succeed, and by instar in i, which
+ * must say the same; the targets must be the same bytes (cmp) and instar's
+ * pass qemu-img check. `after` runs before the two directories are removed.
+ */
+export async function convertIntoCopies(
+  root: string,
+  files: string[],
+  target: string,
+  args: string[],
+  after?: () => Promise<void>,
+): Promise<void> {
+  const q = `${root}/q`, i = `${root}/i`;
+  for (const d of [q, i]) {
+    await Deno.mkdir(d);
+    for (const f of files) await Deno.copyFile(`${root}/${f}`, `${d}/${f}`);
+    await Deno.copyFile(`${root}/${target}.qcow2`, `${d}/out.qcow2`);
+  }
+  try {
+    const want = await qemuImg(args, q);
+    assertEquals(want.code, 0, want.stderr);
+    assertEquals(await instarHere(args, i), asInstar(want));
+    await sh(root, "cmp", "q/out.qcow2", "i/out.qcow2");
+    if (after) await after();
+    const chk = await qemuImg(["check", "out.qcow2"], i);
+    assert(chk.code === 0, chk.stdout + chk.stderr);
+  } finally {
+    for (const d of [q, i]) await Deno.remove(d, { recursive: true });
+  }
+}

@@ -1,5 +1,6 @@
 // LUKS test images made by qemu-img, shared by the tests that need one.
-import { qemuImg } from "../cli_helpers.ts";
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { exec, qemuImg } from "../cli_helpers.ts";
 
 /**
  * qemu-img create -f luks with the passphrase `pw`. Its PBKDF2 calibration
@@ -93,4 +94,28 @@ export async function cryptsetupLuksImage(
   await w.close();
   const r = await p.output();
   if (!r.success) throw new Error(`cryptsetup ${extra.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+}
+
+/**
+ * cryptsetup reencrypt --encrypt --type luks2 of `dir`/`name` in place (its
+ * data moved up past a 2 MiB reduction, 1 MiB of it the header), the
+ * passphrase from `dir`/key; `options`: the key slot's PBKDF and its cost,
+ * and any cipher, key or sector size.
+ */
+export async function cryptsetupReencryptLuks2(dir: string, name: string, options: string[]): Promise<void> {
+  const cs = await exec("cryptsetup", [
+    "reencrypt",
+    "--encrypt",
+    "--type",
+    "luks2",
+    "--reduce-device-size",
+    "2M",
+    ...options,
+    name,
+    "-q",
+    "--batch-mode",
+    "--key-file",
+    "key",
+  ], dir);
+  assertEquals(cs.code, 0, cs.stderr);
 }
