@@ -36,7 +36,7 @@ export interface CommitBitmapCase {
   runs: string[][];
   /** The base's bitmaps whose dirty maps are compared. */
   bitmaps: string[];
-  /** Run in the chain's directory after `make` (byte edits, tests/support/bitmap_edit.ts). */
+  /** Run in the chain's directory after `make` (byte edits, tests/support/qcow2_edit.ts). */
   prepare?: (dir: string) => Promise<void>;
   /** qemu-img's exit code (0 unless said). */
   code?: number;
