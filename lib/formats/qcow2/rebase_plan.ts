@@ -5,7 +5,7 @@
 // then the backing file name). The header is rebuilt from the guest's
 // QCOW2_INFO (lib/formats/qcow2/model.ts) with encodeHeader, the encoder
 // create uses; images whose header holds what that encoder does not write
-// (unknown extensions, an external data file, encryption, autoclear bits)
+// (unknown extensions, an external data file, AES encryption, autoclear bits)
 // are refused here rather than rewritten without them. Persistent bitmaps
 // are carried: the caller reads the bitmaps extension (nb, directory offset
 // and size: the bitmap scan) and it is written back as it was, after the
@@ -48,7 +48,10 @@ export function bitmapsCarriable(m: Qcow2Model): boolean {
 export function rebaseRefusal(m: Qcow2Model, bitmaps = false): string | undefined {
   const l = m.layout;
   if (l.unknownExtension) return "the header has an extension instar does not know";
-  if (l.cryptMethod !== 0) return "instar does not rewrite the header of an encrypted image";
+  // LUKS: the crypto header extension is written back as it was (AES images are not rewritten).
+  if (l.cryptMethod !== 0 && !(l.cryptMethod === 2 && l.cryptHeader)) {
+    return "instar does not rewrite the header of an encrypted image";
+  }
   if (m.dataFile !== undefined || m.hasDataFileBit) {
     return "instar does not rewrite the header of an image with a data file";
   }
@@ -121,6 +124,8 @@ export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigi
     backingFormat: c.backingFile ? c.backingFormat : undefined,
     bitmaps: c.bitmaps,
     autoclear: c.bitmaps ? 1n : 0n,
+    cryptMethod: l.cryptMethod,
+    cryptHeader: l.cryptHeader,
   });
   if (!header.ok) return header;
   if (fileSize < BigInt(header.value.length)) {
