@@ -43,13 +43,14 @@ export function bitmapsCarriable(m: Qcow2Model): boolean {
 
 /**
  * Why instar does not rewrite this header (undefined: it does). `bitmaps`:
- * the caller carries the image's bitmaps extension (bitmapsCarriable).
+ * the caller carries the image's bitmaps extension (bitmapsCarriable). `crypt`: the caller
+ * (rebase -u) has unlocked a LUKS-encrypted image, whose crypto header extension is written back.
  */
-export function rebaseRefusal(m: Qcow2Model, bitmaps = false): string | undefined {
+export function rebaseRefusal(m: Qcow2Model, bitmaps = false, crypt = false): string | undefined {
   const l = m.layout;
   if (l.unknownExtension) return "the header has an extension instar does not know";
   // LUKS: the crypto header extension is written back as it was (AES images are not rewritten).
-  if (l.cryptMethod !== 0 && !(l.cryptMethod === 2 && l.cryptHeader)) {
+  if (l.cryptMethod !== 0 && !(crypt && l.cryptMethod === 2 && l.cryptHeader)) {
     return "instar does not rewrite the header of an encrypted image";
   }
   if (m.dataFile !== undefined || m.hasDataFileBit) {
@@ -84,6 +85,7 @@ export function planQcow2Rebase(
     backingFile: name,
     backingFormat: name ? req.backingFormat : undefined,
     bitmaps,
+    crypt: true,
   }, fileSize);
 }
 
@@ -95,11 +97,13 @@ export interface HeaderChange {
   backingFormat?: string;
   /** The bitmaps extension to keep (see the module comment). */
   bitmaps?: BitmapsExt;
+  /** Keep a LUKS image's encryption (rebase -u only: it opened the image with its key). */
+  crypt?: boolean;
 }
 
 /** The whole header cluster qcow2_update_header writes for `m` with `c` applied. */
 export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigint): PlanResult<FilePlan> {
-  const why = rebaseRefusal(m, c.bitmaps !== undefined);
+  const why = rebaseRefusal(m, c.bitmaps !== undefined, c.crypt);
   if (why) return fail("unsupported", why);
   if (c.bitmaps && (c.bitmaps.nb !== m.nbBitmaps || c.version !== 3)) {
     return fail("unsupported", "the bitmaps extension does not match the image's header");
