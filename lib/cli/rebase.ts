@@ -4,7 +4,10 @@
 // read-write without its backing chain; so does this, through the guest,
 // and lib/formats/qcow2/rebase_plan.ts rebuilds the header cluster, which
 // lib/cli/apply_steps.ts writes. Safe mode (copying the clusters that
-// differ between the old and the new backing file) is refused for now.
+// differ between the old and the new backing file): lib/cli/rebase_safe.ts.
+// An encrypted image opens with its --image-opts key-secret (unlockForRead);
+// safe mode into an encrypted qcow2 is refused after that check (the copy
+// does not encrypt yet, docs/rebase.md).
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
