@@ -108,6 +108,7 @@
 #define REC_REPAIR_OLDMETA 207
 #define REC_REPAIR_REBUILD 208
 #define REC_REPAIR_L2ZERO 220
+#define REC_QCOW2_CRYPT_HDR 275
 #define REC_RESIZE_L1 20
 #define REC_RESIZE_REFTABLE 21
 #define REC_RESIZE_REFRUN 22
@@ -656,6 +657,21 @@ _Static_assert(offsetof(struct rec_qcow2_info, snapshots_offset) == 96, "rec_qco
 _Static_assert(offsetof(struct rec_qcow2_info, crypt_method) == 104, "rec_qcow2_info.crypt_method");
 _Static_assert(offsetof(struct rec_qcow2_info, nb_bitmaps) == 108, "rec_qcow2_info.nb_bitmaps");
 _Static_assert(offsetof(struct rec_qcow2_info, reserved) == 112, "rec_qcow2_info.reserved");
+
+/* records.QCOW2_CRYPT_HDR: the crypto header extension's offset and length as the image holds them */
+struct rec_qcow2_crypt_hdr {
+    uint8_t hdr[8];
+    uint32_t input;
+    uint32_t reserved;
+    uint64_t offset;
+    uint64_t length;
+};
+_Static_assert(sizeof(struct rec_qcow2_crypt_hdr) == 32, "rec_qcow2_crypt_hdr size");
+_Static_assert(offsetof(struct rec_qcow2_crypt_hdr, hdr) == 0, "rec_qcow2_crypt_hdr.hdr");
+_Static_assert(offsetof(struct rec_qcow2_crypt_hdr, input) == 8, "rec_qcow2_crypt_hdr.input");
+_Static_assert(offsetof(struct rec_qcow2_crypt_hdr, reserved) == 12, "rec_qcow2_crypt_hdr.reserved");
+_Static_assert(offsetof(struct rec_qcow2_crypt_hdr, offset) == 16, "rec_qcow2_crypt_hdr.offset");
+_Static_assert(offsetof(struct rec_qcow2_crypt_hdr, length) == 24, "rec_qcow2_crypt_hdr.length");
 
 /* records.NAME: a name stored in an image (never opened by the guest) */
 struct rec_name {

@@ -622,6 +622,15 @@ int qcow2_emit_info(const struct qcow2 *q)
     i.nb_bitmaps = q->nb_bitmaps;
     if (rt_emit(&i, sizeof i)) return -1;
     uint32_t in = q->r->input;
+    if (q->flags & Q2F_HAS_CRYPTO_HEADER) {
+        /* The values as read (validated at open): a header rewrite writes them back. */
+        struct rec_qcow2_crypt_hdr c;
+        rec_init(&c, REC_QCOW2_CRYPT_HDR, sizeof c);
+        c.input = in;
+        c.offset = q->crypto_offset;
+        c.length = q->crypto_length;
+        if (rt_emit(&c, sizeof c)) return -1;
+    }
     if ((q->flags & Q2F_HAS_BACKING) && emit_name(in, NAME_BACKING_FILE, q->backing, q->backing_len)) return -1;
     if ((q->flags & Q2F_HAS_BACKING_FORMAT) &&
         emit_name(in, NAME_BACKING_FORMAT, q->backing_format, q->backing_format_len))

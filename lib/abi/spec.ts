@@ -314,6 +314,9 @@ export const records = {
   /** check -r all: an L2 entry of an unaligned preallocated cluster made a zero cluster
    * (rec_resize_pair: index = the entry's file offset, value = the new entry). */
   REPAIR_L2ZERO: 220,
+  /** An encrypted qcow2's full disk encryption header pointer extension (rec_qcow2_crypt_hdr),
+   * right after its QCOW2_INFO: a header rewrite (rebase -u) writes it back. */
+  QCOW2_CRYPT_HDR: 275,
   // 20..29: resize's metadata scan (ops.RESIZE_SCAN), see guest/qcow2/resize_scan.c.
   RESIZE_L1: 20,
   RESIZE_REFTABLE: 21,
@@ -908,6 +911,18 @@ export const structs: StructSpec[] = [
       { name: "crypt_method", type: "u32", offset: 104 },
       { name: "nb_bitmaps", type: "u32", offset: 108 },
       { name: "reserved", type: "u64", offset: 112 },
+    ],
+  },
+  {
+    name: "rec_qcow2_crypt_hdr",
+    size: 32,
+    doc: "records.QCOW2_CRYPT_HDR: the crypto header extension's offset and length as the image holds them",
+    fields: [
+      { name: "hdr", type: "bytes", offset: 0, count: 8 },
+      { name: "input", type: "u32", offset: 8 },
+      { name: "reserved", type: "u32", offset: 12 },
+      { name: "offset", type: "u64", offset: 16 },
+      { name: "length", type: "u64", offset: 24 },
     ],
   },
   {
@@ -1707,6 +1722,7 @@ export const recordStructs: Record<number, string> = {
   [records.SNAP_L1]: "rec_snap_l1",
   [records.SNAP_L2RUN]: "rec_snap_l2run",
   [records.SNAP_SUMMARY]: "rec_snap_summary",
+  [records.QCOW2_CRYPT_HDR]: "rec_qcow2_crypt_hdr",
 };
 
 /** VMM attach flags. */

@@ -38,6 +38,8 @@ export interface SafeRebaseJob {
   backingFmt?: string;
   unsafeQuirks: boolean;
   backingDirs: string[];
+  /** Unlocks an encrypted overlay with the --image-opts key-secret (else refused as qemu's open refuses it). */
+  unlock?: (img: OpenedImage) => Promise<void>;
 }
 
 /** Opens the overlay (read-write) with its old chain and the new backing chain. */
@@ -55,9 +57,10 @@ export async function openForSafeRebase(
     });
     // After the open: a missing file fails as qemu's open does, not in realpath.
     policy = await makePolicy(job.filename, job.backingDirs);
-    needsNoKey(top);
+    if (job.unlock) await job.unlock(top);
+    else needsNoKey(top);
     old = await openChain(top, policy, job.unsafeQuirks, LOCKS.read);
-    chainNeedsNoKey(old);
+    chainNeedsNoKey(old, 1);
   } catch (e) {
     if (e instanceof OpenError) throw new CliError([chainOpenMessage(job.display ?? job.filename, e)]);
     throw e;

@@ -37,6 +37,8 @@ export interface Qcow2Model {
     compatibleFeatures: bigint;
     autoclearFeatures: bigint;
     cryptMethod: number;
+    /** LUKS (crypt_method 2): the crypto header extension as the image holds it (rebase -u writes it back). */
+    cryptHeader?: { offset: bigint; length: bigint };
     /** The header has an extension qemu does not know. */
     unknownExtension: boolean;
   };
@@ -93,6 +95,14 @@ export function qcow2Model(recs: Rec[], input: number): Qcow2Model {
     throw new GuestResultError("backing name too long");
   }
 
+  const crypts = recs.filter((r) => r.type === records.QCOW2_CRYPT_HDR && r.fields.input === input);
+  if (crypts.length > 1) throw new GuestResultError("more than one crypto header record");
+  let cryptHeader: { offset: bigint; length: bigint } | undefined;
+  if (crypts.length === 1) {
+    // Any u64 pair (qemu opens some odd ones): a header rewrite only writes the same bytes back.
+    cryptHeader = { offset: crypts[0].fields.offset as bigint, length: crypts[0].fields.length as bigint };
+  }
+
   return {
     version,
     virtualSize,
@@ -124,6 +134,7 @@ export function qcow2Model(recs: Rec[], input: number): Qcow2Model {
       compatibleFeatures: f.compatible_features as bigint,
       autoclearFeatures: f.autoclear_features as bigint,
       cryptMethod: f.crypt_method as number,
+      cryptHeader,
       unknownExtension: (flags & qcow2InfoFlags.UNKNOWN_EXT) !== 0,
     },
   };

@@ -5,7 +5,7 @@
 // then the backing file name). The header is rebuilt from the guest's
 // QCOW2_INFO (lib/formats/qcow2/model.ts) with encodeHeader, the encoder
 // create uses; images whose header holds what that encoder does not write
-// (unknown extensions, an external data file, encryption, autoclear bits)
+// (unknown extensions, an external data file, AES encryption, autoclear bits)
 // are refused here rather than rewritten without them. Persistent bitmaps
 // are carried: the caller reads the bitmaps extension (nb, directory offset
 // and size: the bitmap scan) and it is written back as it was, after the
@@ -43,12 +43,16 @@ export function bitmapsCarriable(m: Qcow2Model): boolean {
 
 /**
  * Why instar does not rewrite this header (undefined: it does). `bitmaps`:
- * the caller carries the image's bitmaps extension (bitmapsCarriable).
+ * the caller carries the image's bitmaps extension (bitmapsCarriable). `crypt`: the caller
+ * (rebase -u) has unlocked a LUKS-encrypted image, whose crypto header extension is written back.
  */
-export function rebaseRefusal(m: Qcow2Model, bitmaps = false): string | undefined {
+export function rebaseRefusal(m: Qcow2Model, bitmaps = false, crypt = false): string | undefined {
   const l = m.layout;
   if (l.unknownExtension) return "the header has an extension instar does not know";
-  if (l.cryptMethod !== 0) return "instar does not rewrite the header of an encrypted image";
+  // LUKS: the crypto header extension is written back as it was (AES images are not rewritten).
+  if (l.cryptMethod !== 0 && !(crypt && l.cryptMethod === 2 && l.cryptHeader)) {
+    return "instar does not rewrite the header of an encrypted image";
+  }
   if (m.dataFile !== undefined || m.hasDataFileBit) {
     return "instar does not rewrite the header of an image with a data file";
   }
@@ -81,6 +85,7 @@ export function planQcow2Rebase(
     backingFile: name,
     backingFormat: name ? req.backingFormat : undefined,
     bitmaps,
+    crypt: true,
   }, fileSize);
 }
 
@@ -92,11 +97,13 @@ export interface HeaderChange {
   backingFormat?: string;
   /** The bitmaps extension to keep (see the module comment). */
   bitmaps?: BitmapsExt;
+  /** Keep a LUKS image's encryption (rebase -u only: it opened the image with its key). */
+  crypt?: boolean;
 }
 
 /** The whole header cluster qcow2_update_header writes for `m` with `c` applied. */
 export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigint): PlanResult<FilePlan> {
-  const why = rebaseRefusal(m, c.bitmaps !== undefined);
+  const why = rebaseRefusal(m, c.bitmaps !== undefined, c.crypt);
   if (why) return fail("unsupported", why);
   if (c.bitmaps && (c.bitmaps.nb !== m.nbBitmaps || c.version !== 3)) {
     return fail("unsupported", "the bitmaps extension does not match the image's header");
@@ -121,6 +128,8 @@ export function planHeaderRewrite(m: Qcow2Model, c: HeaderChange, fileSize: bigi
     backingFormat: c.backingFile ? c.backingFormat : undefined,
     bitmaps: c.bitmaps,
     autoclear: c.bitmaps ? 1n : 0n,
+    cryptMethod: l.cryptMethod,
+    cryptHeader: l.cryptHeader,
   });
   if (!header.ok) return header;
   if (fileSize < BigInt(header.value.length)) {
