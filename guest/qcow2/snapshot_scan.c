@@ -105,11 +105,11 @@ static int scan_snapshots(struct qcow2 *q, uint64_t pick, uint64_t *size)
         if (byte_window_read(&w, at, h, sizeof h)) return rt_error(0, GERR_IO, at, 0, 0);
         uint32_t id_len = be16(h + 12), name_len = be16(h + 14), extra = be32(h + 36);
         /* SNAPSCAN_F_DROP_EXTRA (qcow2_open walked past it): check -r all
-         * keeps the known 24 bytes and drops the rest */
+         * keeps the first 1024 bytes and drops the rest */
         bool drop = extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA;
         if (drop && !qcow2_snapshots_drop_extra)
             return rt_error(0, GERR_BAD_SNAPSHOT_TABLE, QSNAP_EXTRA_TOO_LARGE, i, extra);
-        uint32_t kept = drop ? 24 : extra;
+        uint32_t kept = drop ? QCOW2_MAX_SNAPSHOT_EXTRA_DATA : extra;
         struct rec_snap_entry e;
         rec_init(&e, REC_SNAP_ENTRY, sizeof e);
         e.index = (uint32_t)i;

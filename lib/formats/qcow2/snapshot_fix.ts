@@ -1,7 +1,7 @@
 // check -r all's qcow2_check_fix_snapshot_table (qemu 7.2
 // block/qcow2-snapshot.c): after the refcount repairs, an image with an
 // incomplete snapshot table entry, or one with more than 1024 bytes of
-// extra data (dropped: the scan reports its known 24 bytes only), gets
+// extra data (cut to its first 1024 bytes, as the scan reports it), gets
 // its table written anew
 // (qcow2_write_snapshots: every entry with its 24 bytes of extra data, the
 // new table allocated first-fit, the header's pointer, the old table
