@@ -416,6 +416,7 @@
 #define INSP_LUKS_VERSION 60
 
 #define SNAPSCAN_F_ACTIVE_L1 1
+#define SNAPSCAN_F_DROP_EXTRA 2
 
 #define SNAPSUM_F_TOO_BIG 1
 
@@ -463,6 +464,7 @@
 #define CMSG_SNAPSHOT_TABLE_TOO_BIG 30 /* ERROR failed to read the snapshot table: Snapshot table is too big\n */
 #define CMSG_SNAPSHOT_INCOMPLETE 31 /* ERROR snapshot table entry %d is incomplete\n */
 #define CMSG_SNAPSHOT_INCOMPLETE_REPAIR 222 /* Repairing snapshot table entry %d is incomplete\n */
+#define CMSG_SNAPSHOT_EXTRA_DISCARD 260 /* Discarding too much extra metadata in snapshot table entry %d (%u > 1024)\n */
 #define CMSG_CORRUPT_REFBLOCK_UNALIGNED 32 /* qcow2: Image is corrupt: Refblock offset %#x unaligned (reftable index: %#x); further non-fatal corruption events will be suppressed\n */
 #define CMSG_BITMAPS_WARNING 33 /* warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent\n */
 #define CMSG_BITMAPS_V2_WARNING 34 /* warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent\n */

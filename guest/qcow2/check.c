@@ -322,7 +322,11 @@ static int read_snapshot_table(struct checker *c)
     g_snaps = rt_alloc(n * sizeof *g_snaps);
     if (!g_snaps) return rt_error(g_input, GERR_OUT_OF_MEMORY, n, 0, 0);
     uint64_t a1 = 0, a2 = 0;
+    /* -r all: qcow2_do_read_snapshots with repair walks past entries with
+     * too much extra data (discarded when the host writes the table anew) */
+    qcow2_snapshots_drop_extra = (c->repair & CHECKOP_F_REPAIR_ALL) != 0;
     int k = qcow2_read_snapshots(q, g_snaps, &c->snapshots_size, &a1, &a2);
+    qcow2_snapshots_drop_extra = 0;
     if (k < 0) return rt_error(g_input, GERR_IO, off, 0, 0);
     if (k == QSNAP_READ_FAILED) {
         msg(CMSG_SNAPSHOT_READ_EIO, 0, 0, 0, 0);
@@ -341,6 +345,12 @@ static int read_snapshot_table(struct checker *c)
         c->res.check_errors++;
         c->res.flags = 27; /* EFBIG */
         return -1;
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (g_snaps[i].extra_size > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) {
+            c->res.corruptions_fixed++;
+            msg(CMSG_SNAPSHOT_EXTRA_DISCARD, i, g_snaps[i].extra_size, 0, 0);
+        }
     }
     /* v3 snapshot entries need at least 16 bytes of extra data. */
     for (uint64_t i = 0; q->version >= 3 && i < n; i++) {

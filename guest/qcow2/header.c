@@ -382,6 +382,8 @@ int qcow2_open(struct qcow2 *q, const struct reader *r, uint32_t mode)
     return 0;
 }
 
+int qcow2_snapshots_drop_extra;
+
 /* Receives each snapshot of a walk with its id and name (cut at 127/255 bytes, not NUL-cut). */
 typedef int (*snapshot_visit)(void *ctx, uint64_t i, const struct qcow2_snapshot *s, const uint8_t *id,
                               const uint8_t *name);
@@ -402,14 +404,17 @@ static int walk_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, sn
     int ret = 0;
     /* The caller validated n <= 65536 and start + 40 * n <= INT64_MAX, and
      * each entry adds at most 40 + 1024 + 2 * 65535 + 7 bytes before the size
-     * check below stops the walk, so `at` cannot overflow. */
+     * check below stops the walk, so `at` cannot overflow (with
+     * qcow2_snapshots_drop_extra an entry adds at most 40 + 2^32 - 1 +
+     * 2 * 65535 + 7 bytes past an `at` <= READER_MAX_END, still far below
+     * 2^64). */
     for (uint64_t i = 0; i < n; i++) {
         uint8_t h[QCOW2_SNAPSHOT_HEADER_SIZE];
         at = (at + 7) & ~7ull;
         if (at + sizeof h > READER_MAX_END) { ret = QSNAP_READ_FAILED; break; }
         if (byte_window_read(&w, at, h, sizeof h)) { ret = -1; break; }
         uint32_t id_len = be16(h + 12), name_len = be16(h + 14), extra = be32(h + 36);
-        if (extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) {
+        if (extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA && !qcow2_snapshots_drop_extra) {
             *arg1 = i;
             *arg2 = extra;
             ret = QSNAP_EXTRA_TOO_LARGE;

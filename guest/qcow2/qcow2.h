@@ -188,6 +188,11 @@ struct qcow2_snapshot {
  * QSNAP_* kind with arg1 and arg2 set (QSNAP_READ_FAILED when qemu's read
  * would fail), or -1 on I/O error.
  */
+/* check -r all (qcow2_do_read_snapshots with repair): set, entries with
+ * more than 1024 bytes of extra data are walked past (their extra_size
+ * kept) instead of stopping the walk; qemu keeps their first 1024 bytes
+ * when it writes the table anew. */
+extern int qcow2_snapshots_drop_extra;
 int qcow2_read_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, uint64_t *table_size,
                          uint64_t *arg1, uint64_t *arg2);
 

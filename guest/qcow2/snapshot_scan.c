@@ -104,11 +104,16 @@ static int scan_snapshots(struct qcow2 *q, uint64_t pick, uint64_t *size)
         at = (at + 7) & ~7ull;
         if (byte_window_read(&w, at, h, sizeof h)) return rt_error(0, GERR_IO, at, 0, 0);
         uint32_t id_len = be16(h + 12), name_len = be16(h + 14), extra = be32(h + 36);
-        if (extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) return rt_error(0, GERR_BAD_SNAPSHOT_TABLE, QSNAP_EXTRA_TOO_LARGE, i, extra);
+        /* SNAPSCAN_F_DROP_EXTRA (qcow2_open walked past it): check -r all
+         * keeps the first 1024 bytes and drops the rest */
+        bool drop = extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA;
+        if (drop && !qcow2_snapshots_drop_extra)
+            return rt_error(0, GERR_BAD_SNAPSHOT_TABLE, QSNAP_EXTRA_TOO_LARGE, i, extra);
+        uint32_t kept = drop ? QCOW2_MAX_SNAPSHOT_EXTRA_DATA : extra;
         struct rec_snap_entry e;
         rec_init(&e, REC_SNAP_ENTRY, sizeof e);
         e.index = (uint32_t)i;
-        e.extra_size = extra;
+        e.extra_size = kept;
         e.l1_offset = be64(h);
         e.l1_size = be32(h + 8);
         e.date_sec = be32(h + 16);
@@ -116,11 +121,11 @@ static int scan_snapshots(struct qcow2 *q, uint64_t pick, uint64_t *size)
         e.vm_clock_nsec = be64(h + 24);
         e.vm_state_size = be32(h + 32);
         uint8_t x[QCOW2_MAX_SNAPSHOT_EXTRA_DATA];
-        if (byte_window_read(&w, at + sizeof h, x, extra)) return rt_error(0, GERR_IO, at, 0, 0);
-        if (extra >= 8) e.vm_state_size = be64(x);
-        e.disk_size = extra >= 16 ? be64(x + 8) : (q->size & ~511ull);
-        e.icount = extra >= 24 ? be64(x + 16) : UINT64_MAX;
-        e.unknown_len = extra > 24 ? extra - 24 : 0;
+        if (byte_window_read(&w, at + sizeof h, x, kept)) return rt_error(0, GERR_IO, at, 0, 0);
+        if (kept >= 8) e.vm_state_size = be64(x);
+        e.disk_size = kept >= 16 ? be64(x + 8) : (q->size & ~511ull);
+        e.icount = kept >= 24 ? be64(x + 16) : UINT64_MAX;
+        e.unknown_len = kept > 24 ? kept - 24 : 0;
         uint64_t id_at = at + sizeof h + extra;
         if (byte_window_read(&w, id_at, str, id_len)) return rt_error(0, GERR_IO, id_at, 0, 0);
         e.id_len = cstr_len(str, id_len);
@@ -309,6 +314,7 @@ static int scan(struct qcow2 *q, uint64_t *table_size)
 int qcow2_snapshot_scan(const struct reader *r)
 {
     static struct qcow2 q;
+    qcow2_snapshots_drop_extra = (rt_params()->arg[1] & SNAPSCAN_F_DROP_EXTRA) != 0;
     if (qcow2_open(&q, r, 0)) return -1;
     if (qcow2_emit_info(&q)) return -1;
     uint64_t table_size = 0;

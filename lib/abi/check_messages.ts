@@ -163,6 +163,14 @@ export const checkMessages: CheckMessage[] = [
     code: 222,
     text: "Repairing snapshot table entry %d is incomplete\n",
   },
+  // check -r all: qcow2_do_read_snapshots with repair drops the unknown
+  // extra data of an entry with more than 1024 bytes of it; the table is
+  // then written anew as for an incomplete entry
+  {
+    name: "SNAPSHOT_EXTRA_DISCARD",
+    code: 260,
+    text: "Discarding too much extra metadata in snapshot table entry %d (%u > 1024)\n",
+  },
   {
     // qcow2_signal_corruption on a read-only image: printed once per open.
     name: "CORRUPT_REFBLOCK_UNALIGNED",

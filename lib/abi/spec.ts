@@ -503,7 +503,9 @@ export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 export const luksEntropy = { RDSEED: 1, RDRAND: 2 } as const;
 
 /** params.arg[1] bits for ops.SNAPSHOT_SCAN (arg[0] = 1 + the snapshot whose L1 to walk, 0 none). */
-export const snapScanFlags = { ACTIVE_L1: 1 } as const;
+/** DROP_EXTRA: entries with more than 1024 bytes of extra data are reported
+ * with their first 1024 (check -r all discards the rest). */
+export const snapScanFlags = { ACTIVE_L1: 1, DROP_EXTRA: 2 } as const;
 /** SNAP_SUMMARY.flags: TOO_BIG, a bound was hit and the scan stopped (the host refuses). */
 export const snapSummaryFlags = { TOO_BIG: 1 } as const;
 /** SNAP_BYTES.what */

@@ -58,6 +58,8 @@ const STRUCTURE = new Set(["CORRUPT_REFBLOCK_UNALIGNED", "REFCOUNT_EIO"].map(cod
 const ZERO_FIX = code("PREALLOC_UNALIGNED_REPAIR");
 /** An incomplete snapshot table entry: -r all writes the table anew. */
 const SNAP_FIX = code("SNAPSHOT_INCOMPLETE_REPAIR");
+/** Too much extra data in an entry: -r all drops it and writes the table anew. */
+const SNAP_DROP = code("SNAPSHOT_EXTRA_DISCARD");
 /** Errors qemu's -r all prints and counts but does not repair; a rebuild's
  * second calculate_refcounts prints them again (REPRINT). */
 const REPRINT = new Set(
@@ -172,7 +174,8 @@ export function decideRepair(
     } else if (c === OUTSIDE && mode === "all") {
       return { kind: "refuse", why: "instar does not grow the file this far for a refcount block" };
     } else if (
-      mode === "all" && !PRINT_ONLY.has(c) && c !== ZERO_FIX && c !== OUTSIDE_FIX && c !== SNAP_FIX
+      mode === "all" && !PRINT_ONLY.has(c) && c !== ZERO_FIX && c !== OUTSIDE_FIX && c !== SNAP_FIX &&
+      c !== SNAP_DROP
     ) {
       return { kind: "refuse", why: "instar does not repair the snapshot table or these L1/L2 entries" };
     }
@@ -186,7 +189,7 @@ export function decideRepair(
   if (rebuild && mode === "leaks") {
     return { kind: "rebuild_error", lines: before.concat("ERROR need to rebuild refcount structures\n") };
   }
-  const snapshots = msgs.some((m) => m.fields.code === SNAP_FIX);
+  const snapshots = msgs.some((m) => m.fields.code === SNAP_FIX || m.fields.code === SNAP_DROP);
   if (snapshots && mode === "leaks") throw new Error("check sent -r all repairs with -r leaks");
   if (snapshots && (rebuild || grow.length)) {
     return { kind: "refuse", why: "instar does not rewrite the snapshot table beside a rebuild" };

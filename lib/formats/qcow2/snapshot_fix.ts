@@ -1,6 +1,8 @@
 // check -r all's qcow2_check_fix_snapshot_table (qemu 7.2
 // block/qcow2-snapshot.c): after the refcount repairs, an image with an
-// incomplete snapshot table entry gets its table written anew
+// incomplete snapshot table entry, or one with more than 1024 bytes of
+// extra data (cut to its first 1024 bytes, as the scan reports it), gets
+// its table written anew
 // (qcow2_write_snapshots: every entry with its 24 bytes of extra data, the
 // new table allocated first-fit, the header's pointer, the old table
 // freed). The snapshot_scan guest reads the repaired file; the pure
@@ -22,7 +24,7 @@ export interface SnapshotFixHost {
 
 /** Returns the file's size after the rewrite. */
 export async function fixSnapshotTable(host: SnapshotFixHost, nbSnapshots: number): Promise<bigint> {
-  const result = await host.scan([0n, BigInt(snapScanFlags.ACTIVE_L1)]);
+  const result = await host.scan([0n, BigInt(snapScanFlags.ACTIVE_L1 | snapScanFlags.DROP_EXTRA)]);
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err) {
     const internal = (err.fields.code as number) === guestErrors.INTERNAL;
