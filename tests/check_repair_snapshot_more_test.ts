@@ -7,9 +7,9 @@
 // longer or shorter extra areas; qemu-img checks one copy, instar another:
 // stdout, stderr (program name aside), exit code and the files must match.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
+import { asInstar, built, haveQemuImg, instarHere, qemuImg } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { repairBoth } from "./support/check_repair.ts";
+import { makeSnapshotImage, repairBoth } from "./support/check_repair.ts";
 import { setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -105,15 +105,9 @@ const CASES: Case[] = [
   },
 ];
 
-async function makeImage(dir: string, c: Case): Promise<void> {
+function makeImage(dir: string, c: Case): Promise<void> {
   const compat = c.name.includes("compat=0.10") ? ["-o", "compat=0.10"] : [];
-  await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", ...compat, "img.qcow2", "64M");
-  for (let i = 0; i < c.snapshots; i++) {
-    await sh(dir, "qemu-io", "-c", `write -P ${i + 1} ${i * 128}k 128k`, "img.qcow2");
-    await sh(dir, "qemu-img", "snapshot", "-c", `s${i}`, "img.qcow2");
-  }
-  await sh(dir, "qemu-io", "-c", "write -P 9 0 64k", "img.qcow2");
-  c.poke(`${dir}/img.qcow2`);
+  return makeSnapshotImage(dir, c.snapshots, c.poke, compat);
 }
 
 Deno.test(

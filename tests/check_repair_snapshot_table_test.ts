@@ -6,9 +6,9 @@
 // stderr (program name aside), exit code and the repaired files must be
 // the same.
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { built, haveQemuImg, qemuImg, sh } from "./cli_helpers.ts";
+import { built, haveQemuImg, qemuImg } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { repairBoth } from "./support/check_repair.ts";
+import { makeSnapshotImage, repairBoth } from "./support/check_repair.ts";
 import { setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -91,14 +91,8 @@ const CASES: Case[] = [
   },
 ];
 
-async function makeImage(dir: string, c: Case): Promise<void> {
-  await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "img.qcow2", "64M");
-  for (let i = 0; i < c.snapshots; i++) {
-    await sh(dir, "qemu-io", "-c", `write -P ${i + 1} ${i * 128}k 128k`, "img.qcow2");
-    await sh(dir, "qemu-img", "snapshot", "-c", `s${i}`, "img.qcow2");
-  }
-  await sh(dir, "qemu-io", "-c", "write -P 9 0 64k", "img.qcow2");
-  c.poke(`${dir}/img.qcow2`);
+function makeImage(dir: string, c: Case): Promise<void> {
+  return makeSnapshotImage(dir, c.snapshots, c.poke);
 }
 
 Deno.test(

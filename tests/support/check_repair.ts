@@ -3,7 +3,7 @@
 // case's arguments run by qemu-img in the first and instar in the second,
 // the outcomes and the repaired files compared byte for byte.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, instarHere, type Outcome, qemuImg } from "../cli_helpers.ts";
+import { asInstar, instarHere, type Outcome, qemuImg, sh } from "../cli_helpers.ts";
 
 /**
  * `make` builds img.qcow2 in the qemu-img directory; `after` (given qemu-img's
@@ -32,4 +32,24 @@ export async function repairBoth(
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+}
+
+/**
+ * A 64 MiB qcow2 `img.qcow2` in `dir` with `snapshots` internal snapshots (each
+ * after its own 128 KiB of data), the active layer written over the first
+ * 64 KiB, then `poke` (a byte edit of the snapshot table) applied.
+ */
+export async function makeSnapshotImage(
+  dir: string,
+  snapshots: number,
+  poke: (path: string) => void,
+  createOptions: string[] = [],
+): Promise<void> {
+  await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", ...createOptions, "img.qcow2", "64M");
+  for (let i = 0; i < snapshots; i++) {
+    await sh(dir, "qemu-io", "-c", `write -P ${i + 1} ${i * 128}k 128k`, "img.qcow2");
+    await sh(dir, "qemu-img", "snapshot", "-c", `s${i}`, "img.qcow2");
+  }
+  await sh(dir, "qemu-io", "-c", "write -P 9 0 64k", "img.qcow2");
+  poke(`${dir}/img.qcow2`);
 }
