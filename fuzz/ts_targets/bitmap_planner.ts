@@ -112,7 +112,8 @@ function run(d: Uint8Array, cov: Cov): void {
   const tailMode = (flags & 64) !== 0 && tail !== undefined && bitmaps.length > 0;
   if (tailMode) {
     const b0 = bitmaps[0];
-    const last = [...b0.entries].reverse().find((e) => e.nonzero);
+    // As the scan's decoder allows (bitmap_scan.ts): a data entry, never an all-ones one.
+    const last = [...b0.entries].reverse().find((e) => e.nonzero && e.value !== 1n);
     if (last) {
       const keep = BigInt(b.u8(13) * 37) % cs, partial = (b.u8(14) & 1) !== 0 || keep === 0n;
       last.cut = { keep, byte: partial ? b.u8(14) >> 1 : undefined };

@@ -45,12 +45,15 @@ export function decodeBitmapScan(recs: Rec[], fileSize: bigint): Qcow2BitmapScan
         nonzero: (f.nonzero as number) !== 0,
       });
     } else if (r.type === records.BITMAP_CUT) {
-      // Only right after the entry it is about, and only one per entry.
+      // Only right after the entry it is about, and only one per entry; never
+      // an all-ones entry (value 1: no data cluster to cut; bitmap_tail.ts
+      // gives those their own cut and keeps any other as it came).
       const b = bitmaps[bitmaps.length - 1];
       const e = b?.entries[b.entries.length - 1];
       const keep = f.keep as bigint, partial = f.partial as number;
       if (
         !e || e.cut || (f.bitmap as number) !== bitmaps.length - 1 || f.index !== e.index || !e.nonzero ||
+        e.value === 1n ||
         partial > 1 || keep >= model.clusterSize || (partial === 0 && keep === 0n)
       ) {
         throw new GuestResultError("bitmap cut out of place");
