@@ -469,6 +469,33 @@ Deno.test(
   },
 );
 
+// Regression: a worker's copy of the library installed the kick handler and
+// was then unloaded with the worker; the next watchdog kick jumped into
+// unmapped code and killed the process (vmm/run.c pins the copy now).
+Deno.test(
+  { name: "vmm: a watchdog kick after another worker's copy of the library was unloaded", ignore: !KVM },
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      const img = await makeImage(dir);
+      await checkEcho(img); // this copy installs its handler first
+      const worker = new Worker(new URL("./support/vmm_copy_worker.ts", import.meta.url), { type: "module" });
+      const status = await new Promise((resolve, reject) => {
+        worker.onmessage = (e) => resolve(e.data);
+        worker.onerror = (e) => reject(new Error(e.message));
+        worker.postMessage({ binary: testGuest("echo"), input: img });
+      });
+      assert.equal(status, runStatus.DONE);
+      worker.terminate();
+      await new Promise((r) => setTimeout(r, 200)); // the worker's isolate and its library go
+      await expectStatus(run("loop", img, { timeoutMs: 100 }), runStatus.TIMEOUT);
+      await checkEcho(img);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
 Deno.test({ name: "vmm: create-to-done time of a trivial guest", ignore: !KVM }, async () => {
   const dir = await Deno.makeTempDir();
   try {

@@ -8,6 +8,7 @@
  * deadline; when the deadline passes it sets immediate_exit and kicks the
  * vCPU thread with a real-time signal until the thread returns.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -36,8 +37,24 @@ int kick_signal(void)
     return SIGRTMIN + 4;
 }
 
+/* The kick handler's address is process-wide, but this library may be
+ * loaded more than once (each Deno worker that dlopens it gets its own
+ * copy from its own private path) and unloaded when a worker ends. A
+ * handler left pointing into an unloaded copy turns the next watchdog kick
+ * into a segfault of the whole process (two test files in parallel did it).
+ * So the copy that installs the handler pins itself: RTLD_NODELETE keeps it
+ * mapped for the life of the process. RTLD_NOLOAD only promotes the copy
+ * that is already loaded (its file is gone by now; the name still matches). */
+static void pin_this_library(void)
+{
+    Dl_info info;
+    if (dladdr((void *)kick_handler, &info) != 0 && info.dli_fname != NULL)
+        (void)dlopen(info.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+}
+
 static void install_kick_handler(void)
 {
+    pin_this_library();
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = kick_handler;
