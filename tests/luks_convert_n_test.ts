@@ -20,6 +20,7 @@ import {
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { cryptsetupLuksImage } from "./support/luks_images.ts";
+import { assertChildrenSeen, recordingChildren } from "./support/qcrypt_compare.ts";
 import { loopDevice } from "./support/loop_device.ts";
 import { run } from "../lib/cli/run.ts";
 
@@ -368,15 +369,8 @@ if (ready) {
       await sh(dir, "qemu-io", "-f", "raw", "-c", "write -P 0x42 0 64k", "s.raw");
       const start = Date.now();
       const argvs: string[][] = [];
-      const Orig = Deno.Command;
-      (Deno as unknown as { Command: unknown }).Command = class extends Orig {
-        constructor(cmd: string | URL, o?: Deno.CommandOptions) {
-          argvs.push([String(cmd), ...(o?.args ?? []).map(String), ...Object.values(o?.env ?? {})]);
-          super(cmd, o);
-        }
-      };
       const outs: Outcome[] = [];
-      try {
+      await recordingChildren(argvs, async () => {
         for (const pw of [PW, "wrong-" + PW]) {
           outs.push(
             await instarHere([
@@ -392,11 +386,9 @@ if (ready) {
             ], dir),
           );
         }
-      } finally {
-        (Deno as unknown as { Command: unknown }).Command = Orig;
-      }
+      });
       assertEquals(outs.map((o) => o.code), [0, 1]);
-      assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
+      assertChildrenSeen(argvs);
       for (const a of argvs) assert(!a.some((s) => s.includes(PW)), `passphrase in a child's argv: ${a[0]}`);
       for (const o of outs) assert(!o.stdout.includes(PW) && !o.stderr.includes(PW), "passphrase printed");
       const enc = new TextEncoder().encode(PW);

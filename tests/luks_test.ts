@@ -19,6 +19,7 @@ import {
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { sweep } from "./support/full.ts";
+import { assertChildrenSeen, recordingChildren } from "./support/qcrypt_compare.ts";
 import {
   cryptsetupLuks1Image,
   haveCryptsetup,
@@ -257,16 +258,8 @@ if (ready) {
       await cryptsetupLuks1Image(dir, "c.img", 3 << 20, PW, []);
       const start = Date.now();
       const argvs: string[][] = [];
-      const Orig = Deno.Command;
-      // Record every child instar spawns (the hosted guests) while it runs in this thread.
-      (Deno as unknown as { Command: unknown }).Command = class extends Orig {
-        constructor(cmd: string | URL, o?: Deno.CommandOptions) {
-          argvs.push([String(cmd), ...(o?.args ?? []).map(String), ...Object.values(o?.env ?? {})]);
-          super(cmd, o);
-        }
-      };
-      const outs = [];
-      try {
+      const outs: Awaited<ReturnType<typeof instarHere>>[] = [];
+      await recordingChildren(argvs, async () => {
         outs.push(await instarHere(["convert", ...obj, ...opts("c.img"), "-O", "raw", "o.raw"], dir));
         outs.push(await instarHere(["convert", ...obj, ...opts("c.img"), "-O", "qcow2", "o.qcow2"], dir));
         outs.push(
@@ -284,10 +277,8 @@ if (ready) {
           ], dir),
         );
         outs.push(await instarHere(["info", ...obj, ...opts("c.img")], dir));
-      } finally {
-        (Deno as unknown as { Command: unknown }).Command = Orig;
-      }
-      assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
+      });
+      assertChildrenSeen(argvs);
       for (const a of argvs) assert(!a.some((s) => s.includes(PW)), `passphrase in a child's argv: ${a[0]}`);
       for (const o of outs) assert(!o.stdout.includes(PW) && !o.stderr.includes(PW), "passphrase printed");
       assertEquals(outs.map((o) => o.code), [0, 0, 0, 1, 0]);

@@ -21,7 +21,7 @@ import {
   withTempDir,
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { smallFilesIn } from "./support/qcrypt_compare.ts";
+import { assertChildrenSeen, recordingChildren, smallFilesIn } from "./support/qcrypt_compare.ts";
 
 const PW = "instar-q2into-pw-8c31f0";
 const BAD = "instar-q2into-bad-77e2a4";
@@ -154,7 +154,6 @@ if (haveQemuImg()) {
       const tmp = Deno.env.get("TMPDIR") ?? "/tmp";
       const before = new Set(await smallFilesIn(tmp));
       const argvs: string[][] = [];
-      const Orig = Deno.Command;
       const outs: Outcome[] = [];
       const cases: string[][] = [
         ["convert", "-n", "-f", "raw", ...BAD_OBJ, "src.raw", "--target-image-opts", opts("x.qcow2")],
@@ -177,33 +176,16 @@ if (haveQemuImg()) {
         await Deno.copyFile(`${dir}/t.qcow2`, `${dir}/x.qcow2`);
         const q = await qemuImg(args, dir);
         assert(await cmp(dir, "t.qcow2", "x.qcow2"), "qemu-img wrote");
-        (Deno as unknown as { Command: unknown }).Command = class extends Orig {
-          constructor(cmd: string | URL, o?: Deno.CommandOptions) {
-            argvs.push([String(cmd), ...(o?.args ?? []).map(String), ...Object.values(o?.env ?? {})]);
-            super(cmd, o);
-          }
-        };
-        let i: Outcome;
-        try {
-          i = await instarHere(args, dir);
-        } finally {
-          (Deno as unknown as { Command: unknown }).Command = Orig;
-        }
+        const i: Outcome = await recordingChildren(argvs, () => instarHere(args, dir));
         outs.push(i);
         assertEquals(i, asInstar(q), args.join(" "));
         assertEquals(q.code, 1);
         assert(await cmp(dir, "t.qcow2", "x.qcow2"), `instar wrote: ${args.join(" ")}`);
       }
       // The successful run too, for the argv and file checks.
-      (Deno as unknown as { Command: unknown }).Command = class extends Orig {
-        constructor(cmd: string | URL, o?: Deno.CommandOptions) {
-          argvs.push([String(cmd), ...(o?.args ?? []).map(String), ...Object.values(o?.env ?? {})]);
-          super(cmd, o);
-        }
-      };
-      try {
-        outs.push(
-          await instarHere([
+      outs.push(
+        await recordingChildren(argvs, () =>
+          instarHere([
             "convert",
             "-n",
             "-f",
@@ -212,11 +194,8 @@ if (haveQemuImg()) {
             "src.raw",
             "--target-image-opts",
             opts("x.qcow2"),
-          ], dir),
-        );
-      } finally {
-        (Deno as unknown as { Command: unknown }).Command = Orig;
-      }
+          ], dir)),
+      );
       assertEquals(outs[outs.length - 1].code, 0, outs[outs.length - 1].stderr);
       // An encrypted source.
       const a = await qemuImg([
@@ -258,7 +237,7 @@ if (haveQemuImg()) {
       assertEquals(fill.code, 0, fill.stderr);
       await sameInto(dir, "t.qcow2", ["--image-opts", opts("a.qcow2")], ["-S", "0"]);
       outs.push(enc);
-      assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
+      assertChildrenSeen(argvs);
       for (const a of argvs) {
         assert(!a.some((s) => s.includes(PW) || s.includes(BAD)), `passphrase in a child's argv: ${a[0]}`);
       }

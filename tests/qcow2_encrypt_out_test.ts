@@ -10,7 +10,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { smallFilesIn } from "./support/qcrypt_compare.ts";
+import { assertChildrenSeen, recordingChildren, smallFilesIn } from "./support/qcrypt_compare.ts";
 import { instarLuks } from "./support/instar_luks.ts";
 import { FULL_TESTS } from "./support/full.ts";
 
@@ -307,15 +307,8 @@ if (haveQemuImg()) {
       const tmp = Deno.env.get("TMPDIR") ?? "/tmp";
       const before = new Set(await smallFilesIn(tmp));
       const argvs: string[][] = [];
-      const Orig = Deno.Command;
-      (Deno as unknown as { Command: unknown }).Command = class extends Orig {
-        constructor(cmd: string | URL, o?: Deno.CommandOptions) {
-          argvs.push([String(cmd), ...(o?.args ?? []).map(String), ...Object.values(o?.env ?? {})]);
-          super(cmd, o);
-        }
-      };
       const outs: Outcome[] = [];
-      try {
+      await recordingChildren(argvs, async () => {
         for (
           const o of [
             "encrypt.format=luks,encrypt.key-secret=sec0",
@@ -342,11 +335,9 @@ if (haveQemuImg()) {
             ], dir),
           );
         }
-      } finally {
-        (Deno as unknown as { Command: unknown }).Command = Orig;
-      }
+      });
       assertEquals(outs.map((o) => o.code), [0, 0, 0, 0]);
-      assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
+      assertChildrenSeen(argvs);
       for (const a of argvs) {
         assert(!a.some((s) => s.includes(PW) || s.includes(PW2)), `passphrase in a child's argv: ${a[0]}`);
       }

@@ -15,7 +15,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { built } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { qemuOk } from "./support/qcrypt_compare.ts";
+import { assertChildrenSeen, qemuOk, recordingChildren } from "./support/qcrypt_compare.ts";
 import { instarLuks } from "./support/instar_luks.ts";
 import { cryptsetupLuks1Image, cryptsetupLuksImage } from "./support/luks_images.ts";
 import { nothingLeft, oneLine, pipeline, spoolEmpty } from "./support/pipeline.ts";
@@ -403,16 +403,8 @@ if (haveQemuImg() && built()) {
         dir,
       );
       assertEquals(made.code, 0, made.stderr);
-      const Orig = Deno.Command;
-      // Record every child instar spawns (the hosted guests) while it runs in this thread.
-      (Deno as unknown as { Command: unknown }).Command = class extends Orig {
-        constructor(cmd: string | URL, o?: Deno.CommandOptions) {
-          argvs.push([String(cmd), ...(o?.args ?? []).map(String), ...Object.values(o?.env ?? {})]);
-          super(cmd, o);
-        }
-      };
       const before = outs.length;
-      try {
+      await recordingChildren(argvs, async () => {
         const to = ["convert", ...OBJ, "--image-opts", opened("-"), "-O", "qcow2", "-o", LUKS, "-"];
         assertEquals((await instarIo(to, dir, { stdin: "enc.qcow2", stdout: "o.qcow2" })).code, 0);
         const wrong = ["convert", "--object", "secret,id=s,data=wrong" + PW, "--image-opts", opened("-")];
@@ -420,11 +412,9 @@ if (haveQemuImg() && built()) {
           (await instarIo([...wrong, "-O", "raw", "-"], dir, { stdin: "enc.qcow2", stdout: "w.raw" })).code,
           1,
         );
-      } finally {
-        (Deno as unknown as { Command: unknown }).Command = Orig;
-      }
+      });
       await decryptsToSource(dir, "o.qcow2");
-      assert(argvs.length > 0, "no child was spawned: the check would prove nothing");
+      assertChildrenSeen(argvs);
       for (const a of argvs) assert(!a.some((s) => s.includes(PW)), `passphrase in a child's argv: ${a[0]}`);
       for (const o of outs.slice(before)) {
         assert(!o.stdout.includes(PW) && !o.stderr.includes(PW), "passphrase printed");
