@@ -1,8 +1,8 @@
 // --object and --image-opts against qemu-img 7.2: the keyval / QemuOpts
-// parsers (lib/cli/qemu_opts.ts) as units, then every command line below
+// parsers (lib/config/qemu_opts.ts) as units, then every command line below
 // run by qemu-img and by instar with the same stdout, stderr and exit code.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { parseKeyval, parseQemuOpts } from "../lib/cli/qemu_opts.ts";
+import { parseKeyval, parseQemuOpts } from "../lib/config/qemu_opts.ts";
 import { assertSameHere, haveQemuImg, instarHere, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 

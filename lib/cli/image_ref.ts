@@ -1,12 +1,12 @@
 // An image operand as a command names it: a plain file name (with -f), or
 // with --image-opts / --target-image-opts a QemuOpts string of block options
-// (lib/cli/qemu_opts.ts). instar opens only a local file: driver=,
+// (lib/config/qemu_opts.ts). instar opens only a local file: driver=,
 // file.filename=, file.driver=file, read-only=, and the encryption options
 // (luks: key-secret=; qcow2: encrypt.key-secret=, encrypt.format=). Every
 // other option is refused in qemu's words ("Block format 'raw' does not
 // support the option 'foo'") or, for what qemu-img could open and instar
 // does not (protocols, node references), with instar's own.
-import { parseQemuOpts } from "./qemu_opts.ts";
+import { parseQemuOpts } from "../config/qemu_opts.ts";
 import { CliError } from "./messages.ts";
 import { errnoText } from "./image.ts";
 import { hostPath } from "../host/context.ts";

@@ -1,12 +1,12 @@
 // qemu-img's --object, for the one object type an image tool needs: the
 // `secret` (crypto/secret.c) that carries a LUKS passphrase. Parsed with
-// qemu's keyval rules (lib/cli/qemu_opts.ts), checked in qemu's order with
+// qemu's keyval rules (lib/config/qemu_opts.ts), checked in qemu's order with
 // qemu's words; every other object type is refused as qemu-img 7.2 refuses
 // it, or (types qemu-img would create) with instar's own message. The
 // secret's bytes stay in this store: they are never put into a message, a
 // log line, a file or a child's argv; lib/vmm hands them to the one guest
 // run that needs them (params.secret, docs/abi.md).
-import { type Keyval, OptsError, parseKeyval } from "../cli/qemu_opts.ts";
+import { type Keyval, OptsError, parseKeyval } from "../config/qemu_opts.ts";
 import { createDecipheriv } from "node:crypto";
 
 /** An --object refusal in qemu's words (one line each). */
