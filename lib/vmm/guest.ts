@@ -73,9 +73,26 @@ export function setGuestRunnerForTests(runner: (req: RunRequest) => Promise<RunR
   testRunner = runner;
 }
 
+/** INSTAR_DEBUG=time: one stderr line per guest run (op, wall time, guest time, exits), for profiling. */
+const TRACE = (() => {
+  try {
+    return Deno.env.get("INSTAR_DEBUG") === "time";
+  } catch {
+    return false;
+  }
+})();
+
 export async function runGuest(req: RunRequest): Promise<RunResult> {
   if (testRunner) return testRunner(req);
-  return (await sandbox()).runGuest(req);
+  if (!TRACE) return (await sandbox()).runGuest(req);
+  const t0 = performance.now();
+  const r = await (await sandbox()).runGuest(req);
+  console.error(
+    `instar: guest ${req.op}: ${(performance.now() - t0).toFixed(1)} ms, ${
+      (Number(r.elapsedNs) / 1e6).toFixed(1)
+    } ms in the guest, ${r.exits} exits`,
+  );
+  return r;
 }
 
 export async function collapseRange(path: string, off: bigint, len: bigint): Promise<boolean> {
