@@ -77,9 +77,15 @@ function inProcessReady(): Promise<void> {
  * as the service gives a client's directory: never Deno.chdir, which is
  * process-wide while deno test runs test files in parallel threads.
  */
-export async function instarHere(args: string[], cwd: string): Promise<Outcome> {
+export async function instarHere(
+  args: string[],
+  cwd: string,
+  env?: Record<string, string>,
+): Promise<Outcome> {
   let stdout = "", stderr = "";
-  const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t), context: { cwd } });
+  // `env` is added to this process's environment (the context's env is the whole set a command sees).
+  const context = env ? { cwd, env: { ...Deno.env.toObject(), ...env } } : { cwd };
+  const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t), context });
   return { stdout, stderr, code };
 }
 

@@ -11,6 +11,9 @@
  *   inputs [1, arg[0]) the old backing chain (none when arg[0] == 1)
  *   inputs [arg[0], n) the new backing chain (none when arg[0] == n)
  *   arg[1]             the overlay's cluster_bits (9..21)
+ *   arg[4], arg[5]     the disk bytes [from, to) compared (to == 0: up to
+ *                      the disk's end); from a multiple of the cluster size.
+ *                      The host runs two guests on two halves at once.
  *
  * Output: DIFF_RUN records of differing clusters, ascending and disjoint;
  * DIFF_F_OLD_ZERO marks runs wholly past the old backing file's end, where
@@ -142,8 +145,10 @@ int op_main(void)
     uint64_t old_size = has_old ? chains[0].size : 0;
     uint8_t *buf[2] = {rt_alloc(CHUNK), rt_alloc(CHUNK)};
     if (!buf[0] || !buf[1]) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
-    uint64_t size = ov.size;
-    for (uint64_t off = 0; off < size;) {
+    uint64_t size = ov.size, from = p->arg[4];
+    if (p->arg[5] != 0 && p->arg[5] < size) size = p->arg[5];
+    if (from > size || (from & (cs - 1))) return rt_error(0, GERR_BAD_PARAMS, 14, from, size);
+    for (uint64_t off = from; off < size;) {
         uint64_t k = 0;
         int st = chain_status(&ov, off, size - off, &k);
         if (st < 0) return -1;

@@ -11,7 +11,7 @@ import { CliError } from "./messages.ts";
 import { errnoText, type OpenedImage } from "./image.ts";
 import { applySteps } from "./apply_steps.ts";
 import type { WritePlan } from "../formats/qcow2/write_plan.ts";
-import { hostPath } from "../host/context.ts";
+import { hostEnv, hostPath } from "../host/context.ts";
 
 const RAM = 128 * 1024 * 1024;
 const TIMEOUT_MS = 7 * 24 * 3600 * 1000;
@@ -23,11 +23,46 @@ export interface Move {
   at: bigint;
 }
 
+/** From this many bytes on, two copy_runs guests share the moves (one per core). */
+const SPLIT_MIN = 64n << 20n;
+
+/**
+ * The moves cut in two lists of about equal bytes, for two guests at once
+ * (or one list: fewer than SPLIT_MIN bytes, INSTAR_GUESTS=1). A move may be
+ * cut inside; the cut lies on a multiple of `align` in guest offsets
+ * (copy_runs' sparse blocks are aligned there). The lists are disjoint in
+ * guest and in target bytes, as the moves are, so neither guest reads what
+ * the other writes: a move rewrites in place only the clusters it reads.
+ */
+export function splitMoves(moves: Move[], align: bigint, forced?: string): Move[][] {
+  const total = moves.reduce((t, m) => t + (m.to - m.from), 0n);
+  if (forced === "1" || (forced !== "2" && total < SPLIT_MIN)) return [moves];
+  const half = total / 2n;
+  let seen = 0n;
+  for (let i = 0; i < moves.length; i++) {
+    const m = moves[i], len = m.to - m.from;
+    if (seen + len <= half) {
+      seen += len;
+      continue;
+    }
+    // The cut falls in move i: at an aligned guest offset in (from, to), else at a move's edge.
+    let cut = ((m.from + (half - seen)) / align) * align;
+    if (cut <= m.from) cut = m.from;
+    if (cut >= m.to) cut = m.to;
+    const a = moves.slice(0, i), b = moves.slice(i + 1);
+    if (cut > m.from) a.push({ from: m.from, to: cut, at: m.at });
+    if (cut < m.to) b.unshift({ from: cut, to: m.to, at: m.at + (cut - m.from) });
+    return a.length > 0 && b.length > 0 ? [a, b] : [moves];
+  }
+  return [moves];
+}
+
 /**
  * Copies each move's bytes of the source chain (`source`, top first) to the
- * target file through the copy_runs guest, in one run: the moves go to it
- * as a list in a private temporary file (its last input). `cap` bounds
- * every write offset. Then syncs the target.
+ * target file through the copy_runs guest: the moves go to it as a list in
+ * a private temporary file (its last input); from SPLIT_MIN bytes on two
+ * guests run at once, each with half (splitMoves). `cap` bounds every write
+ * offset. Then syncs the target.
  */
 export async function moveData(
   source: GuestInput[],
@@ -43,36 +78,49 @@ export async function moveData(
   const list = moves.filter((m) => m.to > m.from);
   if (list.length > 0) {
     if (source.length + 1 > limits.MAX_INPUTS) throw new CliError([`${what}: the backing chain is too long`]);
-    const bytes = new Uint8Array(list.length * 24);
-    const dv = new DataView(bytes.buffer);
+    const parts = splitMoves(list, sparse > 0n ? sparse : 1n << 20n, hostEnv("INSTAR_GUESTS"));
+    const done = parts.map(() => 0n);
     let total = 0n;
-    list.forEach((m, i) => {
-      dv.setBigUint64(i * 24, m.from, true);
-      dv.setBigUint64(i * 24 + 8, m.to, true);
-      dv.setBigUint64(i * 24 + 16, m.at, true);
-      total += m.to - m.from;
-    });
     const dir = await Deno.makeTempDir({ prefix: "instar-moves-" });
     try {
-      const path = `${dir}/moves`;
-      await Deno.writeFile(path, bytes, { mode: 0o600 });
-      let result;
-      try {
-        result = await runGuest({
-          op: "copy_runs",
-          opCode: ops.COPY_RUNS,
-          inputs: [...source, { path, format: formats.RAW, nofollow: true }],
-          args: [BigInt(list.length), total, sparse],
-          ramBytes: RAM,
-          timeoutMs: TIMEOUT_MS,
-          output: { path: target.openPath, cap },
-          onProgress: (d) => onMoved?.(d, false),
+      // allSettled: a failing guest must not leave the other writing after we return.
+      const settled = await Promise.allSettled(parts.map(async (part, k) => {
+        const bytes = new Uint8Array(part.length * 24);
+        const dv = new DataView(bytes.buffer);
+        let bytesOf = 0n;
+        part.forEach((m, i) => {
+          dv.setBigUint64(i * 24, m.from, true);
+          dv.setBigUint64(i * 24 + 8, m.to, true);
+          dv.setBigUint64(i * 24 + 16, m.at, true);
+          bytesOf += m.to - m.from;
         });
-      } catch (e) {
-        throw new CliError([`${what}: ${e instanceof Error ? e.message : String(e)}`]);
-      }
-      if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
-        throw new CliError([`${what}: Input/output error`]);
+        total += bytesOf;
+        const path = `${dir}/moves${k}`;
+        await Deno.writeFile(path, bytes, { mode: 0o600 });
+        try {
+          return await runGuest({
+            op: "copy_runs",
+            opCode: ops.COPY_RUNS,
+            inputs: [...source, { path, format: formats.RAW, nofollow: true }],
+            args: [BigInt(part.length), bytesOf, sparse],
+            ramBytes: RAM,
+            timeoutMs: TIMEOUT_MS,
+            output: { path: target.openPath, cap },
+            onProgress: (d) => {
+              done[k] = d;
+              onMoved?.(done.reduce((t, x) => t + x, 0n), false);
+            },
+          });
+        } catch (e) {
+          throw new CliError([`${what}: ${e instanceof Error ? e.message : String(e)}`]);
+        }
+      }));
+      for (const r of settled) if (r.status === "rejected") throw r.reason;
+      for (const r of settled) {
+        const result = (r as PromiseFulfilledResult<Awaited<ReturnType<typeof runGuest>>>).value;
+        if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
+          throw new CliError([`${what}: Input/output error`]);
+        }
       }
       onMoved?.(total, true);
     } finally {
