@@ -49,6 +49,7 @@ const cases: Case[] = [
     label: `convert raw → ${mib} MiB LUKS1 (aes-256-xts)`,
     setup: RAW,
     args: `convert ${SECRET} -f raw -O luks -o key-secret=sec0 src.raw out.luks`,
+    retryOn: "Unable to get accurate CPU usage",
     check: ["i", "q"]
       .map((d) => `qemu-img compare ${SECRET} ${opts(`${d}/out.luks`)} driver=raw,file.filename=${d}/src.raw`)
       .join(" && "),
