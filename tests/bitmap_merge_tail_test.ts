@@ -8,6 +8,7 @@
 // qemu-img/qemu-io, then one bitmap's data cluster or table entry is edited.
 // qemu-img runs on one copy, instar on the other: stdout, stderr, exit code,
 // the file byte for byte, then `qemu-img check` and `info` of instar's file.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -16,9 +17,6 @@ import { type BitmapEdit, editBitmap } from "./support/qcow2_edit.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 type Edit = BitmapEdit & { file?: string };
 

@@ -8,6 +8,7 @@
 // after it). qemu-img runs on one copy, instar on the other: stdout, stderr
 // and exit code, and the file byte for byte. `--merge` with such bitmaps:
 // tests/bitmap_merge_tail_test.ts.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -16,9 +17,6 @@ import { editBitmap } from "./support/qcow2_edit.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 interface Case {
   name: string;

@@ -106,6 +106,10 @@ export async function withTempDir(prefix: string, fn: (dir: string) => Promise<v
   }
 }
 
+/** A shell line running qemu-io with these commands on `file` (its output dropped), for setup lists. */
+export const io = (file: string, ...cmds: string[]) =>
+  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
+
 /** qemu-img's output with its name replaced by ours ("qemu-img:" prefix and the --help hint). */
 export function asInstar(o: Outcome): Outcome {
   return { ...o, stderr: o.stderr.replaceAll("qemu-img", "instar") };

@@ -10,6 +10,7 @@
 // unmap does). One copy by qemu-img, one by instar: stdout, stderr and exit
 // code, the contents (qemu-img compare), `qemu-img check --output=json`, `qemu-img
 // info --output=json` (but for the disk size), and `cmp` of the written file.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -17,9 +18,6 @@ import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 /** A 2 MiB raw file of patterns (a few hundred bytes each compressed) and holes. */
 const SOURCE = [

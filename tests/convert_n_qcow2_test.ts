@@ -2,6 +2,7 @@
 // 7.2: the same source and target in two directories, converted by qemu-img
 // and by instar. stdout, stderr, the exit code and the target's bytes must
 // be the same (qemu writes in guest order here), `qemu-img check` clean.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -9,9 +10,6 @@ import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 const SRC = [
   "qemu-img create -q -f qcow2 src.qcow2 4M",

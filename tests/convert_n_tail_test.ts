@@ -4,6 +4,7 @@
 // old cluster, zeroes, a compressed cluster's bytes). The same source and
 // target in two directories, converted by qemu-img and by instar: stdout,
 // stderr, exit code and the target's bytes must match, `qemu-img check` clean.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -12,9 +13,6 @@ import { tailOps } from "../lib/convert/tail_cluster.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 /** A raw source of 1,000,000 bytes (its last 64 KiB cluster ends at 1 MiB): data up to its end. */
 const RAW = [

@@ -5,6 +5,7 @@
 // stdout, stderr and the exit code must match and the overlay must be the
 // same bytes (qemu's rebase writes in order, so its layout is reproducible);
 // `qemu-img check` clean.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -12,9 +13,6 @@ import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 interface Case {
   name: string;

@@ -8,6 +8,7 @@
 // byte-identical where qemu's layout is deterministic; otherwise equal
 // contents (`qemu-img compare`) and info; and every snapshot's contents
 // (`qemu-img convert -l snapshot.name=...`) equal in both copies.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -27,9 +28,6 @@ interface Case {
   /** Snapshot names of the target. */
   snaps: string[];
 }
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 const CASES: Case[] = [
   {

@@ -10,6 +10,7 @@
 // `check -r leaks` freed the table clusters the cut leaves unused).
 // qemu-img runs on one copy, instar on the other: stdout, stderr and exit
 // code, the file byte for byte, and every snapshot's contents must match.
+import { io } from "./cli_helpers.ts";
 import { built, haveQemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { snapshotCommandSame } from "./support/snapshot_compare.ts";
@@ -17,9 +18,6 @@ import { snapshotCommandSame } from "./support/snapshot_compare.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 /** The header's l1_size (offset 36, big-endian u32) set to `n` (< 2^16). */
 const setL1Size = (file: string, n: number) =>

@@ -7,6 +7,7 @@
 // qemu-img/qemu-io in one directory and copied; qemu-img runs on one copy,
 // instar on the other. stdout, stderr and exit code must match, `qemu-img
 // check` be clean, the files byte-identical, and every snapshot read the same.
+import { io } from "./cli_helpers.ts";
 import { built, haveQemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { snapshotCommandSame } from "./support/snapshot_compare.ts";
@@ -14,9 +15,6 @@ import { snapshotCommandSame } from "./support/snapshot_compare.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 interface Case {
   name: string;

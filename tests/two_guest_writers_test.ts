@@ -4,6 +4,7 @@
 // same bytes as one guest, and what qemu-img writes. INSTAR_GUESTS forces
 // the choice on these small images (the split starts at 64 MiB otherwise).
 // Images made by qemu-img and qemu-io; a move is cut inside by the split.
+import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -11,9 +12,6 @@ import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
-
 interface Case {
   name: string;
   make: string[];

@@ -6,12 +6,10 @@
 // `qemu-img check` (but the fragmentation figure: qemu's mirror placement
 // varies, docs/commit.md) and each bitmap's dirty map through qemu-nbd; a
 // base a failed job left is compared byte for byte.
+export { io } from "../cli_helpers.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, exec, instarHere, qemuImg, sh, withTempDir } from "../cli_helpers.ts";
 import { dirtyMap } from "./dirty_map.ts";
-
-export const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 /** Leaves every bitmap of `file` marked in use: qemu-io opens it read-write and is killed. */
 export const killOpen = (file: string) =>

@@ -1,11 +1,9 @@
 // Shared by the convert -B and -o preallocation tests: the same setup in two
 // directories, one command line run by qemu-img in one and by instar in the
 // other, then everything qemu-img can say about the two targets compared.
+export { io } from "../cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, instarHere, type Outcome, qemuImg, sh, withTempDir } from "../cli_helpers.ts";
-
-export const io = (file: string, ...cmds: string[]) =>
-  `qemu-io ${cmds.map((c) => `-c '${c}'`).join(" ")} ${file} >/dev/null`;
 
 export interface CompareCase {
   /** Setup commands (sh -c), run once; the directory is then copied. */
