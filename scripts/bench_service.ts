@@ -7,6 +7,7 @@
 // 3. the service's RSS before and after the loop, and its peak (VmHWM).
 // Every call is a fresh process spawned the same way, as a caller would.
 import { parseArgs } from "node:util";
+import { startServiceBench } from "./bench_service_setup.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -17,14 +18,8 @@ const LOOP = Number(values.loop);
 const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const DENO = Deno.execPath();
 
-const dir = await Deno.makeTempDir({ prefix: "instar-bench-svc-" });
-const socket = `${dir}/s.sock`;
-const env = { INSTAR_SOCKET: socket };
-
-async function sh(cmd: string, ...args: string[]) {
-  const r = await new Deno.Command(cmd, { args, cwd: dir, env, stdout: "piped", stderr: "piped" }).output();
-  if (!r.success) throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
-}
+const bench = await startServiceBench("instar-bench-svc-");
+const { dir, env, client } = bench;
 
 async function time(cmd: string, args: string[]): Promise<{ ms: number; code: number }> {
   const t0 = performance.now();
@@ -46,26 +41,9 @@ function status(pid: number): Record<string, string> {
   return out;
 }
 
-await sh("qemu-img", "create", "-q", "-f", "qcow2", "ref.qcow2", "1G");
-await sh("qemu-io", "-f", "qcow2", "-c", "write -P 5 0 4M", "-c", "write -P 6 512M 1M", "ref.qcow2");
-await sh(DENO, "run", "-A", `${REPO}/main.ts`, "install-client", `${dir}/bin`);
-const client = `${dir}/bin/instar`;
-
-const svc = new Deno.Command(DENO, {
-  args: ["run", "-A", `${REPO}/main.ts`, "serve", "--socket", socket],
-  stdin: "null",
-  stdout: "null",
-  stderr: "null",
-}).spawn();
 try {
-  for (let i = 0; i < 200; i++) {
-    try {
-      Deno.statSync(socket);
-      break;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
+  await bench.sh("qemu-img", "create", "-q", "-f", "qcow2", "ref.qcow2", "1G");
+  await bench.sh("qemu-io", "-f", "qcow2", "-c", "write -P 5 0 4M", "-c", "write -P 6 512M 1M", "ref.qcow2");
   const kvmOk = (await time(client, ["info", "ref.qcow2"])).code === 0;
   const ops = [["info", "ref.qcow2"], ["check", "ref.qcow2"], ["measure", "-O", "qcow2", "--size", "1G"]];
   const runners: [string, string, string[]][] = [
@@ -100,7 +78,7 @@ try {
     );
   }
 
-  const before = status(svc.pid);
+  const before = status(bench.pid);
   const loop = async (cmd: string) => {
     const t0 = performance.now();
     let failed = 0;
@@ -109,7 +87,7 @@ try {
   };
   const c = await loop(client);
   const q = await loop("qemu-img");
-  const after = status(svc.pid);
+  const after = status(bench.pid);
   console.log(
     `\n${LOOP} x info in a loop: client ${c.s.toFixed(2)} s, qemu-img ${q.s.toFixed(2)} s, ` +
       `ratio ${(c.s / q.s).toFixed(2)}x (non-zero exits: client ${c.failed}, qemu-img ${q.failed})`,
@@ -118,7 +96,5 @@ try {
     `service RSS: ${before.VmRSS} before the loop, ${after.VmRSS} after; peak (VmHWM) ${after.VmHWM}`,
   );
 } finally {
-  svc.kill("SIGTERM");
-  await svc.status;
-  await Deno.remove(dir, { recursive: true });
+  await bench.stop();
 }

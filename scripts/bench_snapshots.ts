@@ -11,22 +11,17 @@
 //   scripts/deno.sh task bench:snapshots [--runs N] [--count N]
 import { parseArgs } from "node:util";
 import { manySnapshots } from "../tests/support/many_snapshots.ts";
+import { startServiceBench } from "./bench_service_setup.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: { runs: { type: "string", default: "5" }, count: { type: "string", default: "65536" } },
 });
 const RUNS = Number(values.runs);
-const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const DENO = Deno.execPath();
-const dir = await Deno.makeTempDir({ prefix: "instar-bench-snap-" });
-const socket = `${dir}/s.sock`;
-const env = { INSTAR_SOCKET: socket };
-
-async function sh(cmd: string, ...args: string[]) {
-  const r = await new Deno.Command(cmd, { args, cwd: dir, env, stdout: "piped", stderr: "piped" }).output();
-  if (!r.success) throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
-}
+const REPO = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+const bench = await startServiceBench("instar-bench-snap-");
+const { dir, env } = bench;
 
 /** Wall time and the peak RSS (KiB) of one run, by GNU time. */
 async function timed(cmd: string, args: string[]): Promise<{ ms: number; kib: number }> {
@@ -51,24 +46,14 @@ function hwmKib(pid: number): number {
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-await sh("qemu-img", "create", "-q", "-f", "qcow2", "one.qcow2", "64M");
-await sh("qemu-img", "snapshot", "-c", "s", "one.qcow2");
-await manySnapshots(`${dir}/one.qcow2`, `${dir}/many.qcow2`, Number(values.count));
-await sh(DENO, "run", "-A", `${REPO}/main.ts`, "install-client", `${dir}/bin`);
-const svc = new Deno.Command(DENO, {
-  args: ["run", "-A", `${REPO}/main.ts`, "serve", "--socket", socket],
-  stdin: "null",
-  stdout: "null",
-  stderr: "null",
-}).spawn();
 try {
-  for (let i = 0; i < 200 && !(await Deno.stat(socket).then(() => true, () => false)); i++) {
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await bench.sh("qemu-img", "create", "-q", "-f", "qcow2", "one.qcow2", "64M");
+  await bench.sh("qemu-img", "snapshot", "-c", "s", "one.qcow2");
+  await manySnapshots(`${dir}/one.qcow2`, `${dir}/many.qcow2`, Number(values.count));
   const runners: [string, string, string[]][] = [
     ["qemu-img", "qemu-img", []],
     ["direct CLI", DENO, ["run", "-A", `${REPO}/main.ts`]],
-    ["client", `${dir}/bin/instar`, []],
+    ["client", bench.client, []],
   ];
   console.log(
     `${values.count} snapshots, ${RUNS} runs per cell (median time; peak RSS of the started process)`,
@@ -102,12 +87,10 @@ try {
         (median(ms["direct CLI"]) / q).toFixed(2)
       } | ` +
         `${cell("client")} | ${(median(ms["client"]) / q).toFixed(2)} | ${
-          (hwmKib(svc.pid) / 1024).toFixed(0)
+          (hwmKib(bench.pid) / 1024).toFixed(0)
         } MB |`,
     );
   }
 } finally {
-  svc.kill("SIGTERM");
-  await svc.status;
-  await Deno.remove(dir, { recursive: true });
+  await bench.stop();
 }
