@@ -3,6 +3,7 @@
 // -r (qcow2 only): the check guest reports what qemu's repair would fix,
 // lib/formats/qcow2/repair.ts decides as qemu does, repair_plan.ts plans the
 // writes, apply_steps.ts applies them, and the check runs again.
+import { runScan } from "./scan_guest.ts";
 import { imageRef } from "./image_ref.ts";
 import { checkOpFlags, nameKinds, ops, records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
@@ -307,23 +308,13 @@ async function scanSnapshots(
   filename: string,
   args: bigint[],
 ) {
-  let result;
-  try {
-    result = await runGuest({
-      op: "snapshot_scan",
-      opCode: ops.SNAPSHOT_SCAN,
-      inputs: [{ path: img.openPath, format: img.formatCode }],
-      args,
-      resultCap: 256 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw new CliError([`Check failed: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  const input = result.inputs[0];
-  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-    throw new CliError([`Could not repair '${filename}': the file changed while it was being read`]);
-  }
-  return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
+  return await runScan(
+    "snapshot_scan",
+    img,
+    { format: img.formatCode, args },
+    (why, kind) =>
+      new CliError([kind === "sandbox" ? `Check failed: ${why}` : `Could not repair '${filename}': ${why}`]),
+  );
 }
 
 type CheckRun = {

@@ -9,7 +9,8 @@
 // (lib/formats/qcow2/write_plan.ts, commit_plan.ts) place them; the copy_runs
 // guest moves the bytes into the base (lib/cli/write_rounds.ts). Every
 // backing file passes the allowlist; writes go to the base and the overlay.
-import { formats, ops } from "../abi/spec.ts";
+import { runScan } from "./scan_guest.ts";
+import { formats } from "../abi/spec.ts";
 import { getopt } from "./getopt.ts";
 import { cvtnum } from "./options.ts";
 import { CliError, usageError } from "./messages.ts";
@@ -34,7 +35,6 @@ import {
   openImage,
 } from "./image.ts";
 import { makePolicy } from "../chain/policy.ts";
-import { runGuest } from "../vmm/guest.ts";
 import type { GuestInput } from "../vmm/guest.ts";
 import { LockError, LOCKS, takeLock } from "../vmm/image_lock.ts";
 import { applySteps } from "./apply_steps.ts";
@@ -317,20 +317,13 @@ async function growBase(img: OpenedImage, size: bigint, what: string, bitmapsHel
   const support = img.driver.resize;
   if (!support) throw new CliError([`${what}: Image format driver does not support resize`]);
   const host: ResizeHost = {
-    async scan(code, args) {
-      const result = await runGuest({
-        op: "resize_scan",
-        opCode: ops.RESIZE_SCAN,
-        inputs: [{ path: img.openPath, format: code, nofollow: true }],
-        args,
-        resultCap: 64 * 1024 * 1024,
-      });
-      const input = result.inputs[0];
-      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-        throw new CliError([`${what}: the file changed while it was being read`]);
-      }
-      return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
-    },
+    scan: (code, args) =>
+      runScan(
+        "resize_scan",
+        img,
+        { format: code, nofollow: true, args },
+        (why) => new CliError([`${what}: ${why}`]),
+      ),
     applySteps: (steps, w, zeroInside) => applySteps(img, steps, w, "off", zeroInside),
     fail: (lines) => new CliError(lines),
     refuse: (why) => new CliError([`${what}: ${why}`]),

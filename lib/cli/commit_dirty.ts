@@ -8,6 +8,7 @@
 // (lib/formats/qcow2/bitmaps_reopen.ts) moves the staged clusters into the
 // new bitmap structures and the file gets its length back. Also the
 // bitmap_scan run both commit's bitmap stores start from.
+import { runScan } from "./scan_guest.ts";
 import { formats, ops, records } from "../abi/spec.ts";
 import { runGuest } from "../vmm/guest.ts";
 import { CliError } from "./messages.ts";
@@ -147,23 +148,14 @@ export function stageDirty(img: OpenedImage, ranges: Ranges, what: string): Stag
 
 /** The bitmap_scan guest's records of a qcow2 image as it is now. */
 export async function bitmapScanOf(img: OpenedImage, what: string) {
-  let result;
-  try {
-    result = await runGuest({
-      op: "bitmap_scan",
-      opCode: ops.BITMAP_SCAN,
-      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: true }],
-      resultCap: 128 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  const input = result.inputs[0];
-  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-    throw new CliError([`${what}: the file changed while it was being read`]);
-  }
+  const result = await runScan(
+    "bitmap_scan",
+    img,
+    { format: formats.QCOW2, nofollow: true },
+    (why) => new CliError([`${what}: ${why}`]),
+  );
   if (result.guestStatus !== 0n && !result.records.some((r) => r.type === records.ERROR)) {
     throw new CliError([`${what}: sandbox failure: the scan reported no outcome`]);
   }
-  return { records: result.records, fileSize: input.size };
+  return { records: result.records, fileSize: result.fileSize };
 }

@@ -3,10 +3,10 @@
 // steps applied by applySteps, failures and refusals in qemu's words. Used
 // by resize and by the commands that resize or rewrite an image as a step
 // (amend, check -r, snapshot).
-import { ops, records } from "../abi/spec.ts";
+import { runScan } from "./scan_guest.ts";
+import { records } from "../abi/spec.ts";
 import { CliError } from "./messages.ts";
 import type { OpenedImage } from "./image.ts";
-import { runGuest } from "../vmm/guest.ts";
 import { applySteps } from "./apply_steps.ts";
 import type { Prealloc, ResizeHost } from "../formats/types.ts";
 
@@ -22,46 +22,18 @@ export function resizeHost(
 ): ResizeHost {
   let cur = img;
   return {
-    async scan(code, args) {
-      let result;
-      try {
-        result = await runGuest({
-          op: "resize_scan",
-          opCode: ops.RESIZE_SCAN,
-          inputs: [{ path: img.openPath, format: code }],
-          args,
-          resultCap: 64 * 1024 * 1024,
-        });
-      } catch (e) {
-        throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
-      }
-      const input = result.inputs[0];
-      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-        throw refuse("the file changed while it was being read");
-      }
-      return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
-    },
+    scan: (code, args) => runScan("resize_scan", img, { format: code, args }, refuse),
     async bitmapScan(len?: bigint) {
-      let result;
-      try {
-        result = await runGuest({
-          op: "bitmap_scan",
-          opCode: ops.BITMAP_SCAN,
-          inputs: [{ path: img.openPath, format: img.formatCode }],
-          ...(len === undefined ? {} : { args: [2n, len] }),
-          resultCap: 128 * 1024 * 1024,
-        });
-      } catch (e) {
-        throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
-      }
-      const input = result.inputs[0];
-      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-        throw refuse("the file changed while it was being read");
-      }
+      const result = await runScan(
+        "bitmap_scan",
+        img,
+        { format: img.formatCode, ...(len === undefined ? {} : { args: [2n, len] }) },
+        refuse,
+      );
       if (result.guestStatus !== 0n && !result.records.some((r) => r.type === records.ERROR)) {
         throw refuse("sandbox failure: the scan reported no outcome");
       }
-      return { records: result.records, fileSize: input.size };
+      return { records: result.records, fileSize: result.fileSize };
     },
     async applySteps(steps, what, zeroInside, plain) {
       await applySteps(cur, steps, what, plain ? "off" : prealloc, zeroInside);

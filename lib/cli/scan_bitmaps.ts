@@ -2,11 +2,11 @@
 // and refcounts, checked) and its records decoded
 // (lib/formats/qcow2/bitmap_scan.ts), failures worded as qemu's open
 // failures. Used by the bitmap command and by carriedBitmaps (rebase, amend).
-import { ops, records } from "../abi/spec.ts";
+import { runScan } from "./scan_guest.ts";
+import { records } from "../abi/spec.ts";
 import type { Rec } from "../abi/records.ts";
 import { CliError } from "./messages.ts";
 import type { OpenedImage } from "./image.ts";
-import { runGuest } from "../vmm/guest.ts";
 import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
@@ -14,21 +14,8 @@ import { decodeBitmapScan } from "../formats/qcow2/bitmap_scan.ts";
 /** Runs the bitmap scan on a qcow2 image; its records (also used by the crash-safety tests). */
 export async function scanBitmaps(img: OpenedImage): Promise<Rec[]> {
   const refuse = (why: string) => new CliError([`Could not open '${img.filename}': ${why}`]);
-  let result;
-  try {
-    result = await runGuest({
-      op: "bitmap_scan",
-      opCode: ops.BITMAP_SCAN,
-      inputs: [{ path: img.openPath, format: img.formatCode }],
-      resultCap: 128 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw refuse(`sandbox failure: ${e instanceof Error ? e.message : String(e)}`);
-  }
-  const input = result.inputs[0];
-  if (!input || input.dev !== img.dev || input.ino !== img.ino || input.size !== img.fileSize) {
-    throw refuse("the file changed while it was being read");
-  }
+  const result = await runScan("bitmap_scan", img, { format: img.formatCode }, refuse);
+  if (result.fileSize !== img.fileSize) throw refuse("the file changed while it was being read");
   const err = result.records.find((r) => r.type === records.ERROR);
   if (err) {
     const msg = errorRecordMessage(err);

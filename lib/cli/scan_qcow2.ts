@@ -3,10 +3,10 @@
 // compressed L2 entries), decoded and checked (lib/formats/qcow2/resize.ts
 // decodeScan). Shared by commit, convert into qcow2 (-n and qcrypt targets)
 // and the safe rebase, which plan writes into an existing qcow2 image.
-import { formats, ops, records } from "../abi/spec.ts";
+import { runScan } from "./scan_guest.ts";
+import { formats, records } from "../abi/spec.ts";
 import { CliError } from "./messages.ts";
 import type { OpenedImage } from "./image.ts";
-import { runGuest } from "../vmm/guest.ts";
 import { decodeScan } from "../formats/qcow2/resize.ts";
 import { GuestResultError } from "../formats/qcow2/model.ts";
 
@@ -15,27 +15,17 @@ export const COMPRESSED_ENTRIES = 4n;
 
 /** The resize_scan guest's metadata of a qcow2 image (its size unchanged); `flags` is its arg[1]. */
 export async function scanQcow2(img: OpenedImage, what: string, flags = 0n) {
-  let result;
-  try {
-    result = await runGuest({
-      op: "resize_scan",
-      opCode: ops.RESIZE_SCAN,
-      inputs: [{ path: img.openPath, format: formats.QCOW2, nofollow: true }],
-      args: [img.virtualSize, flags],
-      resultCap: 64 * 1024 * 1024,
-    });
-  } catch (e) {
-    throw new CliError([`${what}: sandbox failure: ${e instanceof Error ? e.message : String(e)}`]);
-  }
-  const input = result.inputs[0];
-  if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-    throw new CliError([`${what}: the file changed while it was being read`]);
-  }
+  const result = await runScan(
+    "resize_scan",
+    img,
+    { format: formats.QCOW2, nofollow: true, args: [img.virtualSize, flags] },
+    (why) => new CliError([`${what}: ${why}`]),
+  );
   if (result.records.some((r) => r.type === records.ERROR) || result.guestStatus !== 0n) {
     throw new CliError([`${what}: the metadata scan failed`]);
   }
   try {
-    return decodeScan(result.records, input.size);
+    return decodeScan(result.records, result.fileSize);
   } catch (e) {
     if (e instanceof GuestResultError) throw new CliError([`${what}: sandbox failure: ${e.message}`]);
     throw e;

@@ -6,6 +6,7 @@
 // action opens the image and does nothing, as qemu-img does. -c/-a/-d on a
 // qcow2 image run lib/formats/qcow2/snapshot.ts (scan, plan, apply); other
 // formats fail as qemu's block layer does for drivers without snapshots.
+import { runScan } from "./scan_guest.ts";
 import { getopt } from "./getopt.ts";
 import { CliError, usageError } from "./messages.ts";
 import {
@@ -22,8 +23,6 @@ import { makePolicy } from "../chain/policy.ts";
 import { imageRef } from "./image_ref.ts";
 import { snapshotTable } from "../output/snapshots.ts";
 import { LOCKS } from "../vmm/image_lock.ts";
-import { ops } from "../abi/spec.ts";
-import { runGuest } from "../vmm/guest.ts";
 import { applySteps } from "./apply_steps.ts";
 import { qcow2Snapshot, type SnapshotHost } from "../formats/qcow2/snapshot.ts";
 import { resizeHost } from "./resize_host.ts";
@@ -135,27 +134,13 @@ export async function snapshotCommand(argv: string[], io: Io, base?: InstarOptio
 /** What the qcow2 snapshot driver gets from the command: the sandbox, the file, qemu's error shape. */
 function snapshotHost(img: OpenedImage): SnapshotHost {
   return {
-    async scan(args) {
-      let result;
-      try {
-        result = await runGuest({
-          op: "snapshot_scan",
-          opCode: ops.SNAPSHOT_SCAN,
-          inputs: [{ path: img.openPath, format: img.formatCode }],
-          args,
-          resultCap: 256 * 1024 * 1024,
-        });
-      } catch (e) {
-        throw new CliError([
-          `Could not open '${img.filename}': Sandbox failure: ${e instanceof Error ? e.message : e}`,
-        ]);
-      }
-      const input = result.inputs[0];
-      if (!input || input.dev !== img.dev || input.ino !== img.ino) {
-        throw new CliError([`Could not open '${img.filename}': the file changed while it was being read`]);
-      }
-      return { records: result.records, fileSize: input.size, guestStatus: result.guestStatus };
-    },
+    scan: (args) =>
+      runScan(
+        "snapshot_scan",
+        img,
+        { format: img.formatCode, args },
+        (why) => new CliError([`Could not open '${img.filename}': ${why}`]),
+      ),
     applySteps: (steps) => applySteps(img, steps, "Could not write the snapshot", "off", "discard"),
     async resize(size, pre) {
       // qcow2_snapshot_goto's blk_truncate: qcow2's own resize, a shrink included.
