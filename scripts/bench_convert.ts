@@ -39,6 +39,8 @@ const qemu = (args: string[]) => run("qemu-img", args);
 const cli = values.cli ?? `${repo}main.ts`;
 const instar = (args: string[]) => run(deno, ["run", "-A", cli, ...args]);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** The 1-minute load average, or "?" where /proc/loadavg is missing. */
+const loadAverage = () => Deno.readTextFile("/proc/loadavg").then((t) => t.split(" ")[0], () => "?");
 
 console.error(`making the ${values["size-mib"]} MiB half-random image in ${dir}`);
 await run(deno, ["run", "-A", `${repo}scripts/gen_bench_image.ts`, "half.raw", values["size-mib"]!]);
@@ -106,6 +108,14 @@ for (const [name, args, out] of rows) {
     continue;
   }
   const [m, q] = [median(mine), median(theirs)];
+  // Every run and the load average on stderr: on a shared machine a row's
+  // ratio swings with the other jobs (raw → vhdx measured 0.57x-1.76x on
+  // one day), and the spread tells a real change from that noise.
+  console.error(
+    `  runs: instar ${mine.map((x) => x.toFixed(0)).join(" ")}; qemu-img ${
+      theirs.map((x) => x.toFixed(0)).join(" ")
+    }; load ${await loadAverage()}`,
+  );
   lines.push(`| ${name} | ${m.toFixed(0)} | ${q.toFixed(0)} | ${(m / q).toFixed(2)} |`);
   console.error(lines[lines.length - 1]);
 }
