@@ -39,7 +39,16 @@ const qemu = (args: string[]) => run("qemu-img", args);
 const cli = values.cli ?? `${repo}main.ts`;
 const instar = (args: string[]) => run(deno, ["run", "-A", cli, ...args]);
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+/** The 1-minute load average, or "?" where /proc/loadavg is missing. */
+const loadAverage = () => Deno.readTextFile("/proc/loadavg").then((t) => t.split(" ")[0], () => "?");
 
+// Outputs an earlier bench left in --dir go first: deleting a file whose
+// blocks are on disk makes ext4 mounted with -o discard trim them after the
+// sync returns, and the first timed run (always instar's) paid for it
+// (20-40% slower on this machine). Image making hides that work.
+for await (const e of Deno.readDir(dir)) {
+  if (e.isFile && e.name.startsWith("out.")) await Deno.remove(`${dir}/${e.name}`);
+}
 console.error(`making the ${values["size-mib"]} MiB half-random image in ${dir}`);
 await run(deno, ["run", "-A", `${repo}scripts/gen_bench_image.ts`, "half.raw", values["size-mib"]!]);
 await qemu(["convert", "-f", "raw", "-O", "qcow2", "half.raw", "half.qcow2"]);
@@ -100,12 +109,23 @@ for (const [name, args, out] of rows) {
         (who === "instar" ? mine : theirs).push(await (who === "instar" ? instar(args) : qemu(args)));
       }
     }
+    // Deleted while its pages are still dirty (never written back), so no
+    // discard of this row's output lands in the next row's first run.
+    if (out) await Deno.remove(`${dir}/${out}`).catch(() => {});
   } catch (e) {
     lines.push(`| ${name} | failed | | ${(e instanceof Error ? e.message : String(e)).split("\n")[0]} |`);
     console.error(lines[lines.length - 1]);
     continue;
   }
   const [m, q] = [median(mine), median(theirs)];
+  // Every run and the load average on stderr: on a shared machine a row's
+  // ratio swings with the other jobs (raw → vhdx measured 0.57x-1.76x on
+  // one day), and the spread tells a real change from that noise.
+  console.error(
+    `  runs: instar ${mine.map((x) => x.toFixed(0)).join(" ")}; qemu-img ${
+      theirs.map((x) => x.toFixed(0)).join(" ")
+    }; load ${await loadAverage()}`,
+  );
   lines.push(`| ${name} | ${m.toFixed(0)} | ${q.toFixed(0)} | ${(m / q).toFixed(2)} |`);
   console.error(lines[lines.length - 1]);
 }
