@@ -66,6 +66,13 @@ static int read_seg(struct vm *vm, uint64_t nr, uint64_t in, uint64_t off, uint6
     return 1;
 }
 
+/* Each pwrite moves at most this much. Measured under PVM KVM (2026-12-07):
+ * 1 GiB written from guest memory into new clusters of an image took 2.1 s
+ * in 8 MiB pwrites, 1.6 s in 4 MiB, 0.26 s in 2 MiB (qemu-img writes 2 MiB
+ * at a time and took 0.26 s too). The guest still asks for big writes: one
+ * VM exit per 8 MiB; only the syscalls are cut. */
+#define WRITE_PIECE (2ull << 20)
+
 /* One checked write segment to output `out` (only 0 exists). */
 static int write_seg(struct vm *vm, uint64_t nr, uint64_t out, uint64_t off, uint64_t len, uint64_t gpa)
 {
@@ -79,7 +86,8 @@ static int write_seg(struct vm *vm, uint64_t nr, uint64_t out, uint64_t off, uin
         return bad(vm, nr);
     uint64_t done = 0;
     while (done < len) {
-        ssize_t n = pwrite(vm->out_fd, src + done, len - done, (off_t)(off + done));
+        uint64_t piece = len - done < WRITE_PIECE ? len - done : WRITE_PIECE;
+        ssize_t n = pwrite(vm->out_fd, src + done, piece, (off_t)(off + done));
         if (n < 0) {
             if (errno == EINTR && !vm->kicked)
                 continue;
