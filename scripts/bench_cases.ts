@@ -43,8 +43,18 @@ export interface Case {
   retryOn?: string;
 }
 
-/** Runs every case (see the module comment); `cli` is the instar entry point `deno run -A` runs. */
-export async function runCases(cases: Case[], runs: number, cli: string, prefix: string): Promise<void> {
+/**
+ * Runs every case (see the module comment); `cli` is the instar entry point
+ * `deno run -A` runs, or `instar` the command line that starts instar
+ * instead (the installed client of a warm service).
+ */
+export async function runCases(
+  cases: Case[],
+  runs: number,
+  cli: string,
+  prefix: string,
+  instar = `${deno} run -A ${cli}`,
+): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix });
   try {
     console.log(`| command | instar | qemu-img | ratio |\n|---|---|---|---|`);
@@ -56,7 +66,7 @@ export async function runCases(cases: Case[], runs: number, cli: string, prefix:
         await sh("cp -a q i && sync", dir);
         // Alternate which tool goes first: the page cache favours the second.
         for (const k of i % 2 ? [1, 0] : [0, 1]) {
-          const cmd = k === 0 ? `${deno} run -A ${cli} ${c.args}` : `qemu-img ${c.args}`;
+          const cmd = k === 0 ? `${instar} ${c.args}` : `qemu-img ${c.args}`;
           // The other tool's writes are on disk before this one starts: else
           // their writeback lands in this run's time (seen: 0.5x-2.2x swings).
           await sh("sync", dir);

@@ -7,9 +7,12 @@
 // of the two overlays (rebase) must say identical, and the rebased overlays
 // must be the same bytes. Needs /dev/kvm (instar runs its guests in the VM).
 //
+// Both through the direct CLI and through the client and a warm service.
+//
 //   scripts/deno.sh task bench:inplace [--runs N]
 import { parseArgs } from "node:util";
 import { type Case, runCases } from "./bench_cases.ts";
+import { startServiceBench } from "./bench_service_setup.ts";
 
 const { values } = parseArgs({ args: Deno.args, options: { runs: { type: "string", default: "3" } } });
 const runs = Number(values.runs);
@@ -44,4 +47,20 @@ const cases: Case[] = [
   },
 ];
 
+console.log("instar through the direct CLI (`deno run -A main.ts`):\n");
 await runCases(cases, runs, `${root}main.ts`, "instar-bench-inplace-");
+// The same through the thin client and a warm `instar serve` (how callers
+// under resource limits run it, docs/service.md): no Deno start per call.
+const svc = await startServiceBench("instar-bench-inplace-svc-");
+try {
+  console.log("\ninstar through the client and a warm service:\n");
+  await runCases(
+    cases,
+    runs,
+    `${root}main.ts`,
+    "instar-bench-inplace-",
+    `env INSTAR_SOCKET=${svc.env.INSTAR_SOCKET} ${svc.client}`,
+  );
+} finally {
+  await svc.stop();
+}
