@@ -280,8 +280,11 @@ export async function commitCommand(argv: string[], io: Io, base?: InstarOptions
     const baseSize = size > baseImg.virtualSize ? size : baseImg.virtualSize;
     await moveData(source, baseImg, moves, baseSize, what, moved);
   } else {
-    const scan = await scanQcow2(baseImg, what, COMPRESSED_ENTRIES);
-    const baseMap = await mapRuns([{ path: baseImg.openPath, format: formats.QCOW2, nofollow: true }], what);
+    // Two reads of the base as it now is, independent of each other: run at once.
+    const [scan, baseMap] = await Promise.all([
+      scanQcow2(baseImg, what, COMPRESSED_ENTRIES),
+      mapRuns([{ path: baseImg.openPath, format: formats.QCOW2, nofollow: true }], what),
+    ]);
     const plan = planQcow2Writes({
       scan,
       version: bq.version,
