@@ -10,55 +10,11 @@ import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, qemuImg } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { makeSnapshotImage, repairBoth } from "./support/check_repair.ts";
-import { setRefcount } from "./support/qcow2_edit.ts";
+import { resizeSnapshotExtras, setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-/**
- * Rewrites the snapshot table with entry i's extra area resized to
- * sizes[i] bytes (cut, or grown with bytes 0xa0 + i); the table stays in
- * its cluster.
- */
-function resizeExtras(path: string, sizes: Map<number, number>): void {
-  const b = Deno.readFileSync(path);
-  const dv = new DataView(b.buffer);
-  const nb = dv.getUint32(60), table = Number(dv.getBigUint64(64));
-  const entries: Uint8Array[] = [];
-  let at = table;
-  for (let i = 0; i < nb; i++) {
-    at = (at + 7) & ~7;
-    const idLen = dv.getUint16(at + 12), nameLen = dv.getUint16(at + 14), ext = dv.getUint32(at + 36);
-    const len = 40 + ext + idLen + nameLen;
-    let e = b.slice(at, at + len);
-    const extra = sizes.get(i);
-    if (extra !== undefined) {
-      const n = new Uint8Array(40 + extra + idLen + nameLen).fill(0xa0 + i);
-      n.set(e.subarray(0, 40 + Math.min(ext, extra)));
-      n.set(e.subarray(40 + ext), 40 + extra);
-      new DataView(n.buffer).setUint32(36, extra);
-      e = n;
-    }
-    entries.push(e);
-    at += len;
-  }
-  const out = new Uint8Array(entries.reduce((s, e) => s + e.length + 8, 0));
-  let o = 0;
-  for (const e of entries) {
-    o = (o + 7) & ~7;
-    out.set(e, o);
-    o += e.length;
-  }
-  if (o > 60000) throw new Error("the table would leave its cluster");
-  const f = Deno.openSync(path, { read: true, write: true });
-  try {
-    f.seekSync(table, Deno.SeekMode.Start);
-    f.writeSync(out.subarray(0, o));
-  } finally {
-    f.close();
-  }
-}
 
 interface Case {
   name: string;
@@ -67,7 +23,7 @@ interface Case {
   args: string[];
 }
 
-const big = (p: string) => resizeExtras(p, new Map([[0, 2000]]));
+const big = (p: string) => resizeSnapshotExtras(p, new Map([[0, 2000]]));
 
 const CASES: Case[] = [
   ...[["-r", "all"], ["-r", "all", "--output=json"]].map((args): Case => ({
@@ -79,13 +35,13 @@ const CASES: Case[] = [
   {
     name: "just past the limit, the last of three entries",
     snapshots: 3,
-    poke: (p) => resizeExtras(p, new Map([[2, 1025]])),
+    poke: (p) => resizeSnapshotExtras(p, new Map([[2, 1025]])),
     args: ["-r", "all"],
   },
   {
     name: "two entries with too much, one with unknown extra data kept, one incomplete",
     snapshots: 4,
-    poke: (p) => resizeExtras(p, new Map([[0, 5000], [1, 100], [2, 8], [3, 40000]])),
+    poke: (p) => resizeSnapshotExtras(p, new Map([[0, 5000], [1, 100], [2, 8], [3, 40000]])),
     args: ["-r", "all"],
   },
   {

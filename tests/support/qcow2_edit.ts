@@ -1,7 +1,8 @@
 // Edits qcow2 images that qemu-img made, as a crash or another writer would
 // leave them: refcounts set by hand (leaks, refcounts too low or high) and
 // the header's incompatible-feature bits, persistent bitmaps' bits and table
-// entries (the bitmap tail tests). Used by tests/check_repair_test.ts
+// entries (the bitmap tail tests), snapshot entries' extra data (the
+// snapshot-table repair tests). Used by tests/check_repair_test.ts
 // and fuzz:diff's repair operation to make inputs for check -r.
 
 /** Sets the refcount of `cluster` in the qcow2 at `path` (growing the file to hold the cluster). */
@@ -96,6 +97,50 @@ export async function editBitmap(path: string, e: BitmapEdit): Promise<void> {
     for (const i of e.set!) bytes[i >> 3] |= 1 << (i & 7);
     for (const i of e.clear ?? []) bytes[i >> 3] &= ~(1 << (i & 7));
     await write(entry, bytes);
+  } finally {
+    f.close();
+  }
+}
+
+/**
+ * Rewrites the snapshot table with entry i's extra area resized to
+ * sizes[i] bytes (cut, or grown with bytes 0xa0 + i); the table stays in
+ * its cluster. A table that gets shorter has its old tail zeroed.
+ */
+export function resizeSnapshotExtras(path: string, sizes: Map<number, number>): void {
+  const b = Deno.readFileSync(path);
+  const dv = new DataView(b.buffer);
+  const nb = dv.getUint32(60), table = Number(dv.getBigUint64(64));
+  const entries: Uint8Array[] = [];
+  let at = table;
+  for (let i = 0; i < nb; i++) {
+    at = (at + 7) & ~7;
+    const idLen = dv.getUint16(at + 12), nameLen = dv.getUint16(at + 14), ext = dv.getUint32(at + 36);
+    const len = 40 + ext + idLen + nameLen;
+    let e = b.slice(at, at + len);
+    const extra = sizes.get(i);
+    if (extra !== undefined) {
+      const n = new Uint8Array(40 + extra + idLen + nameLen).fill(0xa0 + i);
+      n.set(e.subarray(0, 40 + Math.min(ext, extra)));
+      n.set(e.subarray(40 + ext), 40 + extra);
+      new DataView(n.buffer).setUint32(36, extra);
+      e = n;
+    }
+    entries.push(e);
+    at += len;
+  }
+  const out = new Uint8Array(Math.max(entries.reduce((s, e) => s + e.length + 8, 0), at - table));
+  let o = 0;
+  for (const e of entries) {
+    o = (o + 7) & ~7;
+    out.set(e, o);
+    o += e.length;
+  }
+  if (o > 60000) throw new Error("the table would leave its cluster");
+  const f = Deno.openSync(path, { read: true, write: true });
+  try {
+    f.seekSync(table, Deno.SeekMode.Start);
+    f.writeSync(out.subarray(0, Math.max(o, at - table)));
   } finally {
     f.close();
   }
