@@ -2,8 +2,9 @@
 // same output and exit code for qcow2 (plain, encrypted, other cluster
 // sizes), raw and luks targets, human and JSON, and the open errors (no
 // key-secret, a wrong passphrase) in qemu's words.
+import { qemuRetry } from "./support/qcrypt_compare.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
-import { asInstar, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
+import { asInstar, haveQemuImg, type Outcome, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { qemuLuksImage } from "./support/luks_images.ts";
 import { run } from "../lib/cli/run.ts";
@@ -15,16 +16,6 @@ async function instar(args: string[], cwd: string): Promise<Outcome> {
   let stdout = "", stderr = "";
   const code = await run(args, { out: (t) => (stdout += t), err: (t) => (stderr += t), context: { cwd } });
   return { stdout, stderr, code };
-}
-
-/** qemu-img, retried: its PBKDF2 calibration (measure's dry-run create too) flakes here. */
-async function qemuRetry(args: string[], dir: string): Promise<Outcome> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(args, dir);
-    if (!/accurate CPU usage/.test(last.stderr)) return last;
-  }
-  return last!;
 }
 
 if (haveQemuImg()) {

@@ -21,23 +21,13 @@ import {
   withTempDir,
 } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { assertChildrenSeen, recordingChildren, smallFilesIn } from "./support/qcrypt_compare.ts";
+import { assertChildrenSeen, qemuRetry, recordingChildren, smallFilesIn } from "./support/qcrypt_compare.ts";
 
 const PW = "instar-q2into-pw-8c31f0";
 const BAD = "instar-q2into-bad-77e2a4";
 const OBJ = ["--object", `secret,id=sec0,data=${PW}`];
 const BAD_OBJ = ["--object", `secret,id=sec0,data=${BAD}`];
 const SIZE = (4 << 20) + 1536;
-
-/** qemu-img, retried: its PBKDF2 calibration flakes here ("Unable to get accurate CPU usage"). */
-async function qemuRetry(args: string[], dir: string): Promise<Outcome> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(args, dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) return last;
-  }
-  return last!;
-}
 
 /** A raw source of `size` bytes: data clusters, zero clusters, a partial data cluster, data at the end. */
 async function rawSource(dir: string, name: string, size: number): Promise<void> {

@@ -10,7 +10,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { assertChildrenSeen, recordingChildren, smallFilesIn } from "./support/qcrypt_compare.ts";
+import { assertChildrenSeen, qemuRetry, recordingChildren, smallFilesIn } from "./support/qcrypt_compare.ts";
 import { instarLuks } from "./support/instar_luks.ts";
 import { FULL_TESTS } from "./support/full.ts";
 
@@ -21,16 +21,6 @@ const SECRET2 = `secret,id=sec1,data=${PW2}`;
 const OBJ = ["--object", SECRET, "--object", SECRET2];
 
 const instarHere = instarLuks;
-
-/** qemu-img, retried: its PBKDF2 calibration flakes here ("Unable to get accurate CPU usage"). */
-async function qemuRetry(args: string[], dir: string): Promise<Outcome> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(args, dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) return last;
-  }
-  return last!;
-}
 
 const LUKS0 = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10";
 const LUKS1 = "encrypt.format=luks,encrypt.key-secret=sec1,encrypt.iter-time=10";

@@ -6,6 +6,7 @@
 // with the passphrase; aes files equal qemu-img's byte for byte; option
 // errors in qemu's words with no file left behind. INSTAR_LUKS_PBKDF2_RATE
 // gives the calibration's answer, so a create costs no 500 ms benchmark.
+import { qemuRetry } from "./support/qcrypt_compare.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, exec, haveQemuImg, type Outcome, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -19,12 +20,7 @@ const instarHere = instarLuks;
 
 /** qemu-img create, retried: its PBKDF2 calibration flakes here ("Unable to get accurate CPU usage"). */
 async function qemuCreate(dir: string, o: string, name: string): Promise<Outcome> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    last = await qemuImg(["create", "-f", "qcow2", "--object", SECRET, "-o", o, name, "1M"], dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) return last;
-  }
-  return last!;
+  return await qemuRetry(["create", "-f", "qcow2", "--object", SECRET, "-o", o, name, "1M"], dir);
 }
 
 async function infoMasked(dir: string, name: string): Promise<string> {

@@ -7,6 +7,7 @@
 // an encrypted image is refused by instar after the same key check (qemu
 // would copy encrypted clusters; see docs/rebase.md), nothing written. The
 // passphrase never shows in instar's output nor in a file it leaves.
+import { qemuRetry } from "./support/qcrypt_compare.ts";
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
@@ -16,15 +17,6 @@ await useHostedGuestsWithoutKvm();
 const ready = built() && haveQemuImg();
 const PASS = "rebase-pw-0f3a9c";
 const OBJ = ["--object", `secret,id=sec0,data=${PASS}`];
-
-/** qemu-img, retried while its PBKDF2 calibration fails ("Unable to get accurate CPU usage"). */
-async function qemuImgRetried(args: string[], dir: string) {
-  let q = await qemuImg(args, dir);
-  for (let i = 0; i < 8 && q.stderr.includes("Unable to get accurate CPU usage"); i++) {
-    q = await qemuImg(args, dir);
-  }
-  return q;
-}
 
 async function same(dir: string, a: string, b: string) {
   const r = await exec("cmp", [a, b], dir);
@@ -37,7 +29,7 @@ async function setup(dir: string) {
   await sh(dir, "qemu-io", "-c", "write -P 1 0 128k", "base.qcow2");
   await sh(dir, "qemu-img", "create", "-q", "-f", "qcow2", "new.qcow2", "1M");
   await sh(dir, "qemu-io", "-c", "write -P 2 64k 64k", "new.qcow2");
-  const c = await qemuImgRetried([
+  const c = await qemuRetry([
     "create",
     "-q",
     "-f",
@@ -70,7 +62,7 @@ const opts = (w: string, id = "sec0") => `driver=qcow2,encrypt.key-secret=${id},
 async function both(dir: string, args: (who: string) => string[]) {
   await sh(dir, "cp", "top.qcow2", "q.qcow2");
   await sh(dir, "cp", "top.qcow2", "i.qcow2");
-  const q = await qemuImgRetried(args("q"), dir);
+  const q = await qemuRetry(args("q"), dir);
   const i = await instarHere(args("i"), dir);
   const norm = (s: string, who: string) => s.replaceAll(`${who}.qcow2`, "X.qcow2");
   assertEquals(
