@@ -2,9 +2,10 @@
 // 7.2: the same source and target in two directories, converted by qemu-img
 // and by instar. stdout, stderr, the exit code and the target's bytes must
 // be the same (qemu writes in guest order here), `qemu-img check` clean.
+import { runBoth } from "./support/both_tools.ts";
 import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, built, haveQemuImg, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -67,12 +68,7 @@ const CASES: { name: string; make: string[]; args: string[] }[] = [
 for (const c of CASES) {
   Deno.test({ name: `convert -n -O qcow2: ${c.name}`, ignore: !ready }, async () => {
     await withTempDir("instar-convert-n-", async (root) => {
-      const q = `${root}/q`, i = `${root}/i`;
-      await Deno.mkdir(q);
-      for (const l of c.make) await sh(q, "sh", "-c", l);
-      await sh(root, "sh", "-c", "cp -a q i");
-      const want = await qemuImg(c.args, q);
-      const got = await instarHere(c.args, i);
+      const { q, i, want, got } = await runBoth(root, c.make, c.args);
       if (c.args.includes("-p")) {
         // The intermediate percentages follow qemu's chunking (docs/quirks.md): first and last agree.
         assert(got.stdout.startsWith("    (0.00/100%)\r") && want.stdout.startsWith("    (0.00/100%)\r"));

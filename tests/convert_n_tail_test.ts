@@ -4,9 +4,10 @@
 // old cluster, zeroes, a compressed cluster's bytes). The same source and
 // target in two directories, converted by qemu-img and by instar: stdout,
 // stderr, exit code and the target's bytes must match, `qemu-img check` clean.
+import { runBoth } from "./support/both_tools.ts";
 import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, exec, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, built, exec, haveQemuImg, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { tailOps } from "../lib/convert/tail_cluster.ts";
 
@@ -123,12 +124,7 @@ for (const c of CASES) {
     { name: `convert -n -O qcow2, source ends inside a cluster: ${c.name}`, ignore: !ready },
     async () => {
       await withTempDir("instar-convert-n-tail-", async (root) => {
-        const q = `${root}/q`, i = `${root}/i`;
-        await Deno.mkdir(q);
-        for (const l of c.make) await sh(q, "sh", "-c", l);
-        await sh(root, "sh", "-c", "cp -a q i");
-        const want = await qemuImg(c.args, q);
-        const got = await instarHere(c.args, i);
+        const { q, i, want, got } = await runBoth(root, c.make, c.args);
         assertEquals(got, asInstar(want));
         assertEquals(want.code, 0);
         const same = await exec("cmp", [`${q}/dst.qcow2`, `${i}/dst.qcow2`], root);

@@ -5,9 +5,10 @@
 // stdout, stderr and the exit code must match and the overlay must be the
 // same bytes (qemu's rebase writes in order, so its layout is reproducible);
 // `qemu-img check` clean.
+import { runBoth } from "./support/both_tools.ts";
 import { io } from "./cli_helpers.ts";
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, built, haveQemuImg, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -113,14 +114,11 @@ const CASES: Case[] = [
 for (const c of CASES) {
   Deno.test({ name: `rebase (safe): ${c.name}`, ignore: !ready }, async () => {
     await withTempDir("instar-rebase-", async (root) => {
-      const q = `${root}/q`, i = `${root}/i`;
-      await Deno.mkdir(q);
-      for (const l of c.make) await sh(q, "sh", "-c", l);
-      await sh(root, "sh", "-c", "cp -a q i");
-      const before = await qemuImg(["convert", "-O", "raw", "ov.qcow2", "before.raw"], q);
-      assertEquals(before.code, 0);
-      const want = await qemuImg(c.args, q);
-      const got = await instarHere(c.args, i);
+      let before: Awaited<ReturnType<typeof qemuImg>> | undefined;
+      const { q, i, want, got } = await runBoth(root, c.make, c.args, async (q) => {
+        before = await qemuImg(["convert", "-O", "raw", "ov.qcow2", "before.raw"], q);
+      });
+      assertEquals(before?.code, 0);
       if (c.args.includes("-p")) {
         // The intermediate percentages follow qemu's chunking (docs/quirks.md): first and last agree.
         assert(got.stdout.startsWith("    (0.00/100%)\r") && want.stdout.startsWith("    (0.00/100%)\r"));

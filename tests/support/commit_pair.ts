@@ -5,6 +5,8 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { asInstar, exec, instarHere, type Outcome, qemuImg, sh } from "../cli_helpers.ts";
 export { io } from "./convert_compare.ts";
+import { make, runBoth } from "./both_tools.ts";
+export { make };
 
 /** One commit case: the chain, the command line and the files compared after. */
 export interface CommitCase {
@@ -18,29 +20,16 @@ export interface CommitCase {
   exact?: string[];
 }
 
-/** Runs the shell lines in `dir`, in order. */
-export async function make(dir: string, lines: string[]) {
-  for (const l of lines) await sh(dir, "sh", "-c", l);
-}
-
 /**
  * Makes the case's chain in `root`/q (then `made(q)`, before the copy),
  * copies it to `root`/i, and commits with qemu-img in q and instar in i.
  */
-export async function commitBoth(
+export function commitBoth(
   root: string,
   c: CommitCase,
   made?: (q: string) => Promise<void>,
 ): Promise<{ q: string; i: string; want: Outcome; got: Outcome }> {
-  const q = `${root}/q`, i = `${root}/i`;
-  await Deno.mkdir(q);
-  await Deno.mkdir(i);
-  await make(q, c.make);
-  await made?.(q);
-  await sh(root, "sh", "-c", "cp -a q/. i/");
-  const want = await qemuImg(c.args, q);
-  const got = await instarHere(c.args, i);
-  return { q, i, want, got };
+  return runBoth(root, c.make, c.args, made);
 }
 
 /** qemu-img check --output=json without the file name and fragmented-clusters. */
