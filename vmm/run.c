@@ -174,7 +174,7 @@ static void *vcpu_thread(void *arg)
         set_status(vm, RUN_SETUP_ERROR, 0, errno);
         return NULL;
     }
-    if (!(vm->cfg.flags & VMM_F_NO_SECCOMP) && seccomp_install(vm->vcpu_fd) < 0) {
+    if (!(vm->cfg.flags & VMM_F_NO_SECCOMP) && seccomp_install(vm->vcpu_fd, (vm->cfg.flags & VMM_F_WRITE_BEHIND) && vm->out_fd >= 0 ? vm->out_fd : -1) < 0) {
         set_status(vm, RUN_SETUP_ERROR, 0, errno);
         return NULL;
     }

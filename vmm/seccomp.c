@@ -4,8 +4,9 @@
  *
  * After setup the thread needs only: KVM_RUN on its own vCPU fd, pread64 /
  * pwrite64 / lseek for READ, WRITE and SEEK hypercalls, rt_sigreturn for the
- * watchdog's kick, and exit. Anything else kills the thread; vmm_run then
- * reports a host error.
+ * watchdog's kick, and exit; with VMM_F_WRITE_BEHIND, sync_file_range on the
+ * output fd alone. Anything else kills the thread; vmm_run then reports a
+ * host error.
  */
 #include <errno.h>
 #include <linux/audit.h>
@@ -22,7 +23,7 @@
 #define ALLOW_NR(n) BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (n), 0, 1), BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)
 #define ARG_LO(i) (offsetof(struct seccomp_data, args) + 8 * (i))
 
-int seccomp_install(int vcpu_fd)
+int seccomp_install(int vcpu_fd, int wb_fd)
 {
     struct sock_filter f[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
@@ -37,6 +38,12 @@ int seccomp_install(int vcpu_fd)
         ALLOW_NR(SYS_lseek),
         ALLOW_NR(SYS_rt_sigreturn),
         ALLOW_NR(SYS_exit),
+        /* sync_file_range(wb_fd, ...) only; wb_fd is -1 without write-behind. */
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_sync_file_range, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)wb_fd, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        LD_NR,
         /* ioctl(vcpu_fd, KVM_RUN) only. */
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_ioctl, 0, 5),
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(0)),

@@ -79,7 +79,7 @@ int hcall_serve(struct vm *vm);
 int run_vcpu_loop(struct vm *vm);
 
 /* seccomp.c */
-int seccomp_install(int vcpu_fd);
+int seccomp_install(int vcpu_fd, int wb_fd);
 
 /* Signal used by the watchdog to kick the vCPU thread out of KVM_RUN. */
 int kick_signal(void);

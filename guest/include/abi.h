@@ -242,6 +242,7 @@
 #define ATTACH_CREATE 4
 
 #define VMM_F_NO_SECCOMP 1
+#define VMM_F_WRITE_BEHIND 2
 
 #define LAYOUT_PML4 4096
 #define LAYOUT_PDPT 8192
@@ -1251,7 +1252,7 @@ _Static_assert(offsetof(struct rec_luks2_slot, area_size) == 48, "rec_luks2_slot
 /* TS -> vmm_create() */
 struct vmm_config {
     uint32_t abi_version;
-    uint32_t flags; /* VMM_F_* (bit 0: no seccomp, tests only) */
+    uint32_t flags; /* VMM_F_* (bit 0: no seccomp, tests only; bit 1: write-behind) */
     uint64_t ram_bytes;
     uint64_t timeout_ms;
     uint64_t output_cap;

@@ -1408,7 +1408,12 @@ export const structs: StructSpec[] = [
     doc: "TS -> vmm_create()",
     fields: [
       { name: "abi_version", type: "u32", offset: 0 },
-      { name: "flags", type: "u32", offset: 4, doc: "VMM_F_* (bit 0: no seccomp, tests only)" },
+      {
+        name: "flags",
+        type: "u32",
+        offset: 4,
+        doc: "VMM_F_* (bit 0: no seccomp, tests only; bit 1: write-behind)",
+      },
       { name: "ram_bytes", type: "u64", offset: 8 },
       { name: "timeout_ms", type: "u64", offset: 16 },
       { name: "output_cap", type: "u64", offset: 24 },
@@ -1729,8 +1734,13 @@ export const recordStructs: Record<number, string> = {
 
 /** VMM attach flags. */
 export const attachFlags = { NOFOLLOW: 1, WRITABLE: 2, CREATE: 4 } as const;
-/** vmm_config.flags */
-export const vmmFlags = { NO_SECCOMP: 1 } as const;
+/**
+ * vmm_config.flags. WRITE_BEHIND: after each output write the VMM starts the
+ * kernel's writeback of that range (sync_file_range SYNC_FILE_RANGE_WRITE),
+ * for runs whose output the host fdatasyncs right after, so the flush
+ * overlaps the copy instead of following it.
+ */
+export const vmmFlags = { NO_SECCOMP: 1, WRITE_BEHIND: 2 } as const;
 
 /** RESIZE_META.flags (guest/vpc/resize_scan.c, guest/vhdx/resize_scan.c). */
 export const resizeMetaFlags = {

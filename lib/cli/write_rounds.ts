@@ -106,6 +106,7 @@ export async function moveData(
             ramBytes: RAM,
             timeoutMs: TIMEOUT_MS,
             output: { path: target.openPath, cap },
+            writeBehind: true, // syncFile below flushes the target
             onProgress: (d) => {
               done[k] = d;
               onMoved?.(done.reduce((t, x) => t + x, 0n), false);

@@ -28,6 +28,8 @@ export interface RunRequest {
   timeoutMs?: number;
   resultCap?: number;
   output?: { path: string; cap: bigint };
+  /** The host fdatasyncs the output right after: start writeback as the guest writes. */
+  writeBehind?: boolean;
   onProgress?: (done: bigint, total: bigint) => void;
 }
 export interface RunResult {
@@ -73,7 +75,11 @@ export function setGuestRunnerForTests(runner: (req: RunRequest) => Promise<RunR
   testRunner = runner;
 }
 
-/** INSTAR_DEBUG=time: one stderr line per guest run (op, wall time, guest time, exits), for profiling. */
+/**
+ * INSTAR_DEBUG=time: one stderr line per guest run (op, when it started and
+ * ended in ms since the process began, wall time, guest time, exits), for
+ * profiling.
+ */
 const TRACE = (() => {
   try {
     return Deno.env.get("INSTAR_DEBUG") === "time";
@@ -88,9 +94,9 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
   const t0 = performance.now();
   const r = await (await sandbox()).runGuest(req);
   console.error(
-    `instar: guest ${req.op}: ${(performance.now() - t0).toFixed(1)} ms, ${
-      (Number(r.elapsedNs) / 1e6).toFixed(1)
-    } ms in the guest, ${r.exits} exits`,
+    `instar: guest ${req.op} at ${t0.toFixed(0)}-${performance.now().toFixed(0)} ms: ${
+      (performance.now() - t0).toFixed(1)
+    } ms, ${(Number(r.elapsedNs) / 1e6).toFixed(1)} ms in the guest, ${r.exits} exits`,
   );
   return r;
 }

@@ -40,6 +40,8 @@ export interface RunRequest {
   timeoutMs?: number; // default 30000
   resultCap?: number; // default 64 MiB
   output?: { path: string; cap: bigint };
+  /** The host fdatasyncs the output right after: start writeback as the guest writes (vmmFlags.WRITE_BEHIND). */
+  writeBehind?: boolean;
   onProgress?: (done: bigint, total: bigint) => void;
   noSeccomp?: boolean; // tests only
 }
@@ -181,7 +183,7 @@ export async function runGuest(req: RunRequest): Promise<RunResult> {
 
   const cfg = writeStruct(structSpec("vmm_config"), {
     abi_version: ABI_VERSION,
-    flags: req.noSeccomp ? vmmFlags.NO_SECCOMP : 0,
+    flags: (req.noSeccomp ? vmmFlags.NO_SECCOMP : 0) | (req.writeBehind ? vmmFlags.WRITE_BEHIND : 0),
     ram_bytes: BigInt(ram),
     timeout_ms: BigInt(timeoutMs),
     output_cap: req.output?.cap ?? 0n,
