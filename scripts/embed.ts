@@ -89,12 +89,16 @@ const index = [
 ].join("\n");
 await writeIfChanged(new URL("index.ts", outDir), index);
 
-// Literal import() specifiers, so `deno compile` still bundles every module.
+// import() specifiers that are not string literals: `deno run` builds the
+// module graph of every literal dynamic import before it starts, which for
+// these ~10 MB of base64 cost each command ~13 MB and ~15 ms (measured
+// 2026-12-07). scripts/compile.sh names every lib/embedded module with
+// --include instead, so `deno compile` still bundles them.
 const lazy = [
   header,
   "/** libinstar_vmm.so, base64, imported on first use. */",
   "export async function loadVmmSo(): Promise<string> {",
-  '  return (await import("./vmm_so.ts")).default;',
+  '  return (await import(new URL("./vmm_so.ts", import.meta.url).href)).default;',
   "}",
   "",
   "/** The names of the embedded guests. */",
@@ -103,7 +107,9 @@ const lazy = [
   "/** One guest's flat binary, base64, imported on first use; undefined for an unknown name. */",
   "export async function loadGuest(op: string): Promise<string | undefined> {",
   "  switch (op) {",
-  ...ops.map((op) => `    case "${op}":\n      return (await import("./guest_${op}.ts")).default;`),
+  ...ops.map((op) =>
+    `    case "${op}":\n      return (await import(new URL("./guest_${op}.ts", import.meta.url).href)).default;`
+  ),
   "  }",
   "  return undefined;",
   "}",

@@ -7,7 +7,7 @@
 // log line, a file or a child's argv; lib/vmm hands them to the one guest
 // run that needs them (params.secret, docs/abi.md).
 import { type Keyval, OptsError, parseKeyval } from "../config/qemu_opts.ts";
-import { createDecipheriv } from "node:crypto";
+import type * as NodeCrypto from "node:crypto";
 
 /** An --object refusal in qemu's words (one line each). */
 export class ObjectError extends Error {
@@ -142,6 +142,17 @@ function base64Decode(text: string): Uint8Array {
 }
 
 /**
+ * node:crypto, imported only for a command line with a wrapped secret
+ * (keyid=): importing it costs every start ~50 ms and ~9 MB (measured
+ * 2026-12-07), and add() is synchronous, as qemu creates an object when
+ * getopt meets it. Any argument mentioning "keyid" loads it.
+ */
+let nodeCrypto: typeof NodeCrypto | undefined;
+export async function loadSecretCipher(args: readonly string[]): Promise<void> {
+  if (!nodeCrypto && args.some((a) => a.includes("keyid"))) nodeCrypto = await import("node:crypto");
+}
+
+/**
  * qcrypto_secret_decrypt: AES-256-CBC with the key secret and the IV, then
  * the padding length in the last byte removed as qemu checks it (at most
  * 16 and at most the length; 0 removes nothing). The caller's own key
@@ -154,7 +165,8 @@ function unwrapSecret(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): 
     throw new ObjectError([`Length ${ciphertext.length} must be a multiple of block size 16`]);
   }
   if (ciphertext.length === 0) return new Uint8Array(0);
-  const d = createDecipheriv("aes-256-cbc", key, iv);
+  if (!nodeCrypto) throw new Error("the secret cipher was not loaded (loadSecretCipher)");
+  const d = nodeCrypto.createDecipheriv("aes-256-cbc", key, iv);
   d.setAutoPadding(false);
   const head = d.update(ciphertext);
   const tail = d.final();
