@@ -2,9 +2,11 @@
 // Returns the exit status; everything the user sees goes through `io`.
 import { getopt } from "./getopt.ts";
 import { CliError, formatError, usageError } from "./messages.ts";
-import { INSTAR_LONGS, instarOption, type Io, newInstarOptions, profileOf } from "./common.ts";
-import { HelpRequested } from "./common.ts";
+import { HelpRequested, INSTAR_LONGS, instarOption, type Io, newInstarOptions, profileOf } from "./common.ts";
 import type { infoCommand } from "./info.ts";
+import { loadSecretCipher, ObjectHelp } from "../secrets/objects.ts";
+import { helpText, versionText } from "./help.ts";
+import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
 type Command = typeof infoCommand;
 
@@ -18,12 +20,9 @@ type Command = typeof infoCommand;
 function lazy(module: string, name: string): () => Promise<Command> {
   return async () => (await import(new URL(module, import.meta.url).href))[name] as Command;
 }
-import { loadSecretCipher, ObjectHelp } from "../secrets/objects.ts";
-import { helpText, versionText } from "./help.ts";
-import { cancelStatus, type HostContext, hostContext, withHostContext } from "../host/context.ts";
 
 /** instar's own commands (not qemu-img's), loaded only when used. */
-const INSTAR_COMMANDS: Record<string, () => Promise<Command>> = {
+export const INSTAR_COMMANDS: Record<string, () => Promise<Command>> = {
   serve: lazy("../service/serve.ts", "serveCommand"),
   "install-client": lazy("../service/install.ts", "installClientCommand"),
   config: lazy("../config/command.ts", "configCommand"),
@@ -39,7 +38,7 @@ const SERVICE_OK = new Set(["config", "inspect"]);
  * `--version` 0.12 s with every command imported, `commit` alone 0.06 s), a
  * fixed cost each call of the direct CLI pays. Keep these imports dynamic.
  */
-const COMMANDS: Record<string, () => Promise<Command>> = {
+export const COMMANDS: Record<string, () => Promise<Command>> = {
   amend: lazy("./amend.ts", "amendCommand"),
   bitmap: lazy("./bitmap.ts", "bitmapCommand"),
   check: lazy("./check.ts", "checkCommand"),
