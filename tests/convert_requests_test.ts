@@ -12,7 +12,7 @@ import { requestOps } from "../lib/formats/qcow2/request_ops.ts";
 
 const K = 1024n, M = K * K;
 const base = {
-  l2Span: [0n],
+  layers: [{ extents: [] }],
   srcAlign: 512n,
   bufBytes: 2n * M,
   targetIsZero: false,
@@ -70,7 +70,14 @@ Deno.test("convert requests: is_allocated_sectors_min pieces, qcow2 L2 bounds an
   );
   // A qcow2 layer with 512-byte clusters: an L2 table maps 32 KiB, each a status run of its own.
   assertEquals(
-    convertRequests({ ...base, size: 64n * K, runs, l2Span: [32n * K], minSparse: 0n, nonZero: [] }),
+    convertRequests({
+      ...base,
+      size: 64n * K,
+      runs,
+      layers: [{ extents: [{ start: 0n, span: 32n * K }] }],
+      minSparse: 0n,
+      nonZero: [],
+    }),
     [r(0n, 32n * K, "data"), r(32n * K, 64n * K, "data")],
   );
   // A run ending inside the source's (64 KiB) cluster at the disk's end is cut to the cluster.
@@ -84,6 +91,43 @@ Deno.test("convert requests: is_allocated_sectors_min pieces, qcow2 L2 bounds an
       nonZero: [],
     }),
     [r(0n, 64n * K, "data"), r(64n * K, 96n * K, "data")],
+  );
+});
+
+Deno.test("convert requests: vmdk answers per grain and extent, vpc per allocated block only", () => {
+  // vmdk: two sparse extents of 96 KiB with 32 KiB grains; a merged data run and a merged zero run.
+  const runs: StatusRun[] = [
+    { start: 0n, length: 160n * K, zero: false, depth: 0 },
+    { start: 160n * K, length: 32n * K, zero: true, depth: 0 },
+  ];
+  const vmdk = { extents: [{ start: 0n, span: 32n * K }, { start: 96n * K, span: 32n * K }] };
+  assertEquals(
+    convertRequests({ ...base, size: 192n * K, runs, layers: [vmdk], minSparse: 0n, nonZero: [] }),
+    [0n, 32n, 64n, 96n, 128n, 160n].map((k) => r(k * K, (k + 32n) * K, "data")),
+  );
+  // Extents not on grain multiples: the grains count from each extent's start.
+  const odd = { extents: [{ start: 0n, span: 32n * K }, { start: 40n * K, span: 32n * K }] };
+  assertEquals(
+    convertRequests({ ...base, size: 192n * K, runs, layers: [odd], minSparse: 0n, nonZero: [] })!
+      .map((q) => q.end / K),
+    [32n, 40n, 72n, 104n, 136n, 160n, 168n, 192n],
+  );
+  // vpc (2 MiB blocks): data ends at each block, a zero run goes on across blocks.
+  const vpc = { extents: [{ start: 0n, span: 2n * M }], dataOnly: true };
+  const runs2: StatusRun[] = [
+    { start: 0n, length: 4n * M, zero: false, depth: 0 },
+    { start: 4n * M, length: 4n * M, zero: true, depth: 0 },
+  ];
+  assertEquals(
+    convertRequests({
+      ...base,
+      size: 8n * M,
+      runs: runs2,
+      layers: [vpc],
+      minSparse: 4n * K,
+      nonZero: [[0n, 4n * M]],
+    }),
+    [r(0n, 2n * M, "data"), r(2n * M, 4n * M, "data"), r(4n * M, 8n * M, "zero")],
   );
 });
 
@@ -104,11 +148,13 @@ Deno.test("request ops: one data op per request; clusters shared with the previo
   });
   assertEquals(ops, [
     { cluster: 0n, count: 1n, kind: "data" },
-    { cluster: 1n, count: 2n, kind: "data" },
+    // Begins in cluster 0, which the first request wrote (its zeroes too, as data).
+    { cluster: 1n, count: 2n, kind: "data", continues: true },
     { cluster: 3n, count: 2n, kind: "zero" },
     // Cluster 5 holds data: the partial write-zeroes is written as data (in place), the rest follows.
     { cluster: 5n, count: 1n, kind: "data" },
-    { cluster: 6n, count: 1n, kind: "data" },
+    // The data request begins in cluster 5: its new cluster goes right behind cluster 5's where free.
+    { cluster: 6n, count: 1n, kind: "data", continues: true },
   ]);
   // Unallocated there: zeroed whole first, then allocated by the data request (one op).
   const ops2 = requestOps({ requests: reqs, existing: [], clusterBits: 16, virtualSize: 4n * M });
@@ -144,7 +190,7 @@ Deno.test("convert requests and ops: invariants over seeded random sources", () 
       ...base,
       size,
       runs,
-      l2Span: [rnd(2) ? BigInt(1 + rnd(8)) * 4096n : 0n],
+      layers: [{ extents: [{ start: 0n, span: rnd(2) ? BigInt(1 + rnd(8)) * 4096n : 0n }] }],
       srcAlign: rnd(2) ? 512n : 4096n,
       bufBytes: buf,
       minSparse,
