@@ -1,9 +1,11 @@
-// convert -n -O qcow2 from vpc, vhdx and vmdk sources into an existing
+// convert -n -O qcow2 from vpc, vhdx, vmdk and extended-L2 qcow2 sources
+// (and raw, as a fixed VHD's twin) into an existing
 // qcow2 with free gaps: the target's clusters laid out as qemu-img 7.2 lays
 // them out. qemu's requests follow each source driver's block status (a
 // dynamic VHD answers one allocated block at a time and runs of unallocated
 // blocks at once, a fixed VHD and a flat vmdk extent the file's data and
-// holes, a sparse vmdk one grain at a time, vhdx the whole disk as data) and
+// holes, a sparse vmdk one grain at a time, vhdx the whole disk as data,
+// qcow2 runs of subclusters alike up to an L2 table's end) and
 // its src_alignment (the block or grain size); each request allocates its
 // own clusters, so into a gapped target those boundaries decide where the
 // clusters land. Sources made by qemu-img convert from a qcow2 qemu-io wrote
@@ -15,6 +17,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, io, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
+import { runBoth } from "./support/both_tools.ts";
 import { FULL_TESTS } from "./support/full.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -53,6 +56,14 @@ const SOURCES: Record<string, { fmt: string; make: string[] }> = {
   "vmdk streamOptimized": { fmt: "vmdk", make: from("vmdk", "-o subformat=streamOptimized") },
   "vmdk monolithicFlat": { fmt: "vmdk", make: from("vmdk", "-o subformat=monolithicFlat") },
   "vmdk twoGbMaxExtentSparse": { fmt: "vmdk", make: from("vmdk", "-o subformat=twoGbMaxExtentSparse") },
+  // Subclusters (2 KiB): partly allocated clusters, and runs of subclusters alike.
+  "qcow2 extended L2": {
+    fmt: "qcow2",
+    make: [
+      ...from("qcow2", "-o extended_l2=on"),
+      io("src", "write -P 4 7M 4k", "write -z 7172k 8k", "write -P 5 7042k 2k", "write -P 6 6146k 60k"),
+    ],
+  },
   // Written by qemu-io: zero grains, and grains allocated out of guest order (host offsets not contiguous).
   "vmdk zeroed grains": {
     fmt: "vmdk",
@@ -127,6 +138,7 @@ const QUICK: Record<string, Record<string, string[]>> = {
   "vmdk streamOptimized": { "freed gaps before unallocated, 4 KiB clusters": ["default"] },
   "vmdk monolithicFlat": { gaps: ["default", "-S 0"] },
   "vmdk twoGbMaxExtentSparse": { gaps: ["default"] },
+  "qcow2 extended L2": { gaps: ["default", "-S 0"] },
   "vmdk zeroed grains": { "freed gaps before unallocated": ["default", "-S 0"], gaps: ["--target-is-zero"] },
 };
 
@@ -153,3 +165,27 @@ for (const [src, { fmt, make: makeSrc }] of Object.entries(SOURCES)) {
     });
   }
 }
+
+// Extended L2 entries are 16 bytes: with 16 KiB clusters an L2 table maps
+// 16 MiB, so qemu's answer ends at 16M though the host clusters go on (the
+// table past it was allocated first); a 1 MiB gap takes the run's first half.
+Deno.test(
+  { name: "convert -n layout: extended L2 source, a run across an L2 table's end", ignore: !ready },
+  async () => {
+    await withTempDir("instar-nlayoutf-", async (root) => {
+      const { q, i, want, got } = await runBoth(root, [
+        "qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=16k src 32M",
+        io("src", "write -P 3 20M 1M", "write -P 2 0 64k", "write -P 1 15M 2M"),
+        "qemu-img create -q -f qcow2 dst 32M",
+        io("dst", "write -P 9 0 32M"),
+        io("dst", "discard 64k 64k", "discard 256k 1M", "discard 2M 512k", "discard 15M 2M"),
+      ], ["convert", "-n", "--target-is-zero", "-O", "qcow2", "src", "dst"]);
+      assertEquals(got, asInstar(want));
+      assertEquals(want.code, 0, want.stderr);
+      const same = await new Deno.Command("cmp", { args: [`${q}/dst`, `${i}/dst`] }).output();
+      assert(same.success, new TextDecoder().decode(same.stdout));
+      const chk = await qemuImg(["check", "dst"], i);
+      assert(chk.code === 0, chk.stdout + chk.stderr);
+    });
+  },
+);

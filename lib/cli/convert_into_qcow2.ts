@@ -25,7 +25,8 @@ import {
   type WriteOp,
 } from "../formats/qcow2/write_plan.ts";
 import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
-import { convertRequests, type Request, type StatusLayer } from "../convert/convert_requests.ts";
+import { convertRequests, type Request } from "../convert/convert_requests.ts";
+import type { SourceStatus } from "../convert/status_layers.ts";
 import { requestOps } from "../formats/qcow2/request_ops.ts";
 import { MapRunsError } from "../chain/map_runs.ts";
 import { tailOps } from "../convert/tail_cluster.ts";
@@ -45,7 +46,7 @@ export interface IntoQcow2Job {
   top?: [bigint, bigint][];
   /** Where the source's layers answer block status, and its src_alignment (lib/convert/status_layers.ts);
    * undefined where qemu-img's requests are not modelled. */
-  status?: { layers: StatusLayer[]; srcAlign: bigint };
+  status?: SourceStatus;
   /** -n -B: where the source top's block status answers (its L2 table's reach; 0: whole runs). */
   topSpan?: bigint;
   /** The target's chain as guest inputs (top first) when it has a backing file. */

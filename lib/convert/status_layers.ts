@@ -3,7 +3,12 @@
 // what the open already decoded (the guest's records, re-checked by each
 // format's model), never from image bytes. qemu 7.2's drivers:
 //   raw: file-posix's runs (the file's data and holes), no limit of its own;
-//   qcow2: up to the end of an L2 table (qcow2_co_block_status);
+//   qcow2: up to the end of an L2 table (qcow2_get_host_offset: of its L2
+//     slice, a whole table by default; 16-byte entries with extended L2),
+//     runs of subclusters alike (the map guest's runs, which end where host
+//     offsets stop being contiguous; an encrypted image reports none, so
+//     its runs are not these: left out, as instar reads no encrypted
+//     source into a qcow2 target);
 //   vmdk: one grain per answer (vmdk_co_block_status: the rest of the grain,
 //     a flat extent is one grain; io.c recurses into a flat extent's file),
 //     never past its extent;
@@ -21,8 +26,14 @@ import type { StatusLayer } from "./convert_requests.ts";
 /** One opened layer: its format name and what its open decoded. */
 export type SourceLayer = DecodedImage & { format: string };
 
+export interface SourceStatus {
+  layers: StatusLayer[];
+  /** src_alignment in bytes. */
+  srcAlign: bigint;
+}
+
 /** The chain's status layers (top first) and src_alignment; undefined where the model does not reach. */
-export function statusLayers(chain: SourceLayer[]): { layers: StatusLayer[]; srcAlign: bigint } | undefined {
+export function statusLayers(chain: SourceLayer[]): SourceStatus | undefined {
   if (chain.length === 0) return undefined;
   const layers: StatusLayer[] = [];
   for (const x of chain) {
@@ -40,8 +51,10 @@ function statusLayer(x: SourceLayer): StatusLayer | undefined {
       return { extents: [] };
     case "qcow2": {
       const q = x.qcow2;
-      if (!q || q.layout.cryptMethod !== 0 || q.hasDataFileBit || q.extendedL2) return undefined;
-      return { extents: [{ start: 0n, span: 1n << BigInt(2 * q.clusterBits - 3) }] };
+      // An external data file: map does not attach it (its holes would answer).
+      if (!q || q.hasDataFileBit || q.layout.cryptMethod !== 0) return undefined;
+      const entryBits = q.extendedL2 ? 4 : 3;
+      return { extents: [{ start: 0n, span: 1n << BigInt(2 * q.clusterBits - entryBits) }] };
     }
     case "vhdx":
       // A differencing VHDX is not opened by qemu 7.2.
