@@ -1,19 +1,19 @@
 // convert -n -O qcow2 from vpc, vhdx, vmdk and extended-L2 qcow2 sources
-// (and raw, as a fixed VHD's twin) into an existing
-// qcow2 with free gaps: the target's clusters laid out as qemu-img 7.2 lays
-// them out. qemu's requests follow each source driver's block status (a
-// dynamic VHD answers one allocated block at a time and runs of unallocated
-// blocks at once, a fixed VHD and a flat vmdk extent the file's data and
-// holes, a sparse vmdk one grain at a time, vhdx the whole disk as data,
-// qcow2 runs of subclusters alike up to an L2 table's end) and
-// its src_alignment (the block or grain size); each request allocates its
-// own clusters, so into a gapped target those boundaries decide where the
-// clusters land. Sources made by qemu-img convert from a qcow2 qemu-io wrote
-// (data, zero clusters, zero bytes stored as data, unallocated space across
-// several 2 MiB blocks) and a vmdk qemu-io wrote itself (zero grains, grains
-// out of guest order); default -S, -S 0, --target-is-zero. The same command
-// runs through qemu-img and instar on copies of the same files: the outputs
-// and the targets' bytes must be identical, `qemu-img check` clean.
+// (and raw, a fixed VHD's twin) into an existing qcow2 with free gaps: the
+// target's clusters laid out as qemu-img 7.2 lays them out. qemu's requests
+// follow each source driver's block status (a dynamic VHD answers one
+// allocated block at a time and runs of unallocated blocks at once, a fixed
+// VHD and a flat vmdk extent the file's data and holes, a sparse vmdk one
+// grain at a time, vhdx the whole disk as data, qcow2 runs of subclusters
+// alike up to an L2 table's end) and its src_alignment (the block or grain
+// size); each request allocates its own clusters, so into a gapped target
+// those boundaries decide where the clusters land. Sources made by qemu-img
+// convert from a qcow2 qemu-io wrote (data, zero clusters, zero bytes stored
+// as data, unallocated space across several 2 MiB blocks) and a vmdk qemu-io
+// wrote itself (zero grains, grains out of guest order); default -S, -S 0,
+// -S 64k, --target-is-zero. The same command runs through qemu-img and
+// instar on copies of the same files: the outputs and the targets' bytes
+// must be identical, `qemu-img check` clean.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, io, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";

@@ -67,7 +67,7 @@ function statusLayer(x: SourceLayer): StatusLayer | undefined {
     }
     case "vmdk": {
       const v = x.vmdk;
-      // A parent (parentFileNameHint) is qemu's backing file; instar does not open it.
+      // A parent (parentFileNameHint) is qemu's backing file; instar refuses to read such a vmdk.
       if (!v || x.backingFile !== undefined || v.extents.length === 0) return undefined;
       const extents: { start: bigint; span: bigint }[] = [];
       let at = 0n;
