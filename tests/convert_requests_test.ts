@@ -9,6 +9,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { convertRequests, type Request, type StatusRun } from "../lib/convert/convert_requests.ts";
 import { requestOps } from "../lib/formats/qcow2/request_ops.ts";
+import type { ClusterKind, ExistingRun } from "../lib/formats/qcow2/write_plan.ts";
+
+const KINDS: ClusterKind[] = ["normal", "zero_plain", "zero_alloc"];
 
 const K = 1024n, M = K * K;
 const base = {
@@ -161,6 +164,38 @@ Deno.test("request ops: one data op per request; clusters shared with the previo
   assertEquals(ops2!.slice(3), [{ cluster: 5n, count: 2n, kind: "data" }]);
 });
 
+Deno.test("convert requests: write-zeroes joined only where they meet at a target cluster's start", () => {
+  // Zero status runs cut at 100 KiB and 192 KiB (a vmdk's grains, say); 64 KiB target clusters.
+  const runs: StatusRun[] = [
+    { start: 0n, length: 64n * K, zero: false, depth: 0 },
+    { start: 64n * K, length: 36n * K, zero: true, depth: 0 },
+    { start: 100n * K, length: 92n * K, zero: true, depth: 0 },
+    { start: 192n * K, length: 64n * K, zero: true, depth: 0 },
+  ];
+  const x = {
+    ...base,
+    size: 256n * K,
+    runs,
+    minSparse: 4n * K,
+    nonZero: [[0n, 64n * K]] as [bigint, bigint][],
+  };
+  const joined = convertRequests({ ...x, joinZeroesAt: 64n * K })!;
+  assertEquals(joined, [r(0n, 64n * K, "data"), r(64n * K, 100n * K, "zero"), r(100n * K, 256n * K, "zero")]);
+  // Cluster 1 holds data: each request covers it in part (written as zeroes, as data), the three joined
+  // would cover it whole (a zero cluster). The ops are those of the requests as made.
+  const t = {
+    existing: [{ cluster: 1n, count: 1n, kind: "normal" as const, host: 1n << 20n }],
+    clusterBits: 16,
+  };
+  const ops = requestOps({ ...t, requests: joined, virtualSize: 256n * K });
+  assertEquals(ops, requestOps({ ...t, requests: convertRequests(x)!, virtualSize: 256n * K }));
+  assertEquals(ops, [
+    { cluster: 0n, count: 1n, kind: "data" },
+    { cluster: 1n, count: 1n, kind: "data" },
+    { cluster: 2n, count: 2n, kind: "zero" },
+  ]);
+});
+
 Deno.test("convert requests and ops: invariants over seeded random sources", () => {
   let seed = 12345;
   const rnd = (n: number) => {
@@ -186,7 +221,7 @@ Deno.test("convert requests and ops: invariants over seeded random sources", () 
     const minSparse = BigInt(rnd(3)) * 4096n;
     const targetIsZero = rnd(4) === 0;
     const buf = BigInt(1 + rnd(64)) * 512n;
-    const reqs = convertRequests({
+    const input = {
       ...base,
       size,
       runs,
@@ -196,7 +231,8 @@ Deno.test("convert requests and ops: invariants over seeded random sources", () 
       minSparse,
       nonZero,
       targetIsZero,
-    })!;
+    };
+    const reqs = convertRequests(input)!;
     let at = 0n;
     for (const q of reqs) {
       assert(q.end > q.start && q.start >= at, `request order at ${iter}`);
@@ -210,6 +246,22 @@ Deno.test("convert requests and ops: invariants over seeded random sources", () 
     if (!targetIsZero) assertEquals(at, size);
     const cb = 9 + rnd(8);
     const ops = requestOps({ requests: reqs, existing: [], clusterBits: cb, virtualSize: size });
+    // Zero requests joined where they meet at a target cluster's start: the same ops, over any target.
+    const joined = convertRequests({ ...input, joinZeroesAt: 1n << BigInt(cb) })!;
+    assert(joined.length <= reqs.length);
+    const existing: ExistingRun[] = [];
+    for (let c = 0n; c << BigInt(cb) < size; c++) {
+      const k = rnd(4);
+      if (k > 0) existing.push({ cluster: c, count: 1n, kind: KINDS[k - 1], host: (c + 8n) << BigInt(cb) });
+    }
+    for (const ex of [[], existing]) {
+      const x = { existing: ex, clusterBits: cb, virtualSize: size };
+      assertEquals(
+        requestOps({ ...x, requests: joined }),
+        requestOps({ ...x, requests: reqs }),
+        `joined at ${iter}`,
+      );
+    }
     let end = 0n;
     for (const o of ops ?? []) {
       assert(o.count > 0n && o.cluster >= end, `ops out of order at ${iter}`);

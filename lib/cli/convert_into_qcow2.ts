@@ -340,6 +340,7 @@ async function sourceRequests(job: IntoQcow2Job, clusterSize: bigint): Promise<R
     nonZero,
     targetIsZero: job.targetIsZero,
     max: MAX_WRITE_RUNS / 2,
+    joinZeroesAt: clusterSize,
   });
 }
 

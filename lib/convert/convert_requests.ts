@@ -40,6 +40,13 @@ export interface RequestInput {
   targetIsZero: boolean;
   /** The most requests returned. */
   max: number;
+  /**
+   * The target's cluster size: write-zeroes requests meeting at a multiple
+   * of it are returned as one (they zero the same clusters, each whole or in
+   * part, as the one would: request_ops.ts), so a vmdk's unallocated grains
+   * do not count one request each. Omitted: none are joined.
+   */
+  joinZeroesAt?: bigint;
 }
 
 /**
@@ -97,7 +104,15 @@ export function convertRequests(x: RequestInput): Request[] | undefined {
   const push = (s: bigint, n: bigint, kind: "data" | "zero") => {
     if (kind === "zero" && x.targetIsZero) return true;
     const end = (s + n) << 9n;
-    out.push({ start: s << 9n, end: end > x.size ? x.size : end, kind });
+    const start = s << 9n, prev = out[out.length - 1];
+    if (
+      kind === "zero" && x.joinZeroesAt && prev?.kind === "zero" && prev.end === start &&
+      start % x.joinZeroesAt === 0n
+    ) {
+      prev.end = end > x.size ? x.size : end;
+      return true;
+    }
+    out.push({ start, end: end > x.size ? x.size : end, kind });
     return out.length <= x.max;
   };
   for (let s = 0n; s < total;) {
