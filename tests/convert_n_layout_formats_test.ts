@@ -9,8 +9,9 @@
 // size); each request allocates its own clusters, so into a gapped target
 // those boundaries decide where the clusters land. Sources made by qemu-img
 // convert from a qcow2 qemu-io wrote (data, zero clusters, zero bytes stored
-// as data, unallocated space across several 2 MiB blocks) and a vmdk qemu-io
-// wrote itself (zero grains, grains out of guest order); default -S, -S 0,
+// as data, unallocated space across several 2 MiB blocks), a vmdk qemu-io
+// wrote itself (zero grains, grains out of guest order) and qcow2 overlays
+// over a vmdk and a VHD (each layer's answers cut); default -S, -S 0,
 // -S 64k, --target-is-zero. The same command runs through qemu-img and
 // instar on copies of the same files: the outputs and the targets' bytes
 // must be identical, `qemu-img check` clean.
@@ -45,6 +46,12 @@ const QCOW2 = [
   ),
 ];
 const from = (fmt: string, opts = "") => [...QCOW2, `qemu-img convert -O ${fmt} ${opts} in.qcow2 src`];
+const overlay = (fmt: string, ext: string, opts = "") => [
+  ...QCOW2,
+  `qemu-img convert -O ${fmt} ${opts} in.qcow2 base.${ext}`,
+  `qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.${ext} -F ${fmt} src 12M`,
+  io("src", "write -P 3 512k 68k", "write -z 1088k 8k", "write -P 4 2100k 20k", "write -z 4M 1M"),
+];
 
 const SOURCES: Record<string, { fmt: string; make: string[] }> = {
   // The same as raw: file extents like a fixed VHD's (a 2 MiB buffer ends inside a cluster).
@@ -64,6 +71,9 @@ const SOURCES: Record<string, { fmt: string; make: string[] }> = {
       io("src", "write -P 4 7M 4k", "write -z 7172k 8k", "write -P 5 7042k 2k", "write -P 6 6146k 60k"),
     ],
   },
+  // A qcow2 overlay (4 KiB clusters) over a vmdk and over a dynamic VHD: runs of both layers.
+  "qcow2 overlay over vmdk": { fmt: "qcow2", make: overlay("vmdk", "vmdk") },
+  "qcow2 overlay over vpc": { fmt: "qcow2", make: overlay("vpc", "vpc", "-o force_size=on") },
   // Written by qemu-io: zero grains, and grains allocated out of guest order (host offsets not contiguous).
   "vmdk zeroed grains": {
     fmt: "vmdk",
@@ -139,6 +149,8 @@ const QUICK: Record<string, Record<string, string[]>> = {
   "vmdk monolithicFlat": { gaps: ["default", "-S 0"] },
   "vmdk twoGbMaxExtentSparse": { gaps: ["default"] },
   "qcow2 extended L2": { gaps: ["default", "-S 0"] },
+  "qcow2 overlay over vmdk": { gaps: ["default"] },
+  "qcow2 overlay over vpc": { gaps: ["-S 0"] },
   "vmdk zeroed grains": { "freed gaps before unallocated": ["default", "-S 0"], gaps: ["--target-is-zero"] },
 };
 
