@@ -15,6 +15,7 @@ import { convertIntoQcrypt, unlockQcryptTarget } from "./convert_into_qcrypt.ts"
 import { convertIntoLuks } from "./convert_into_luks.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
 import { guestFailureMessage } from "../convert/errors.ts";
+import { statusLayers } from "../convert/status_layers.ts";
 
 /** The -n target and what the command line says of the write. */
 export interface ExistingTarget {
@@ -43,21 +44,6 @@ export interface ExistingTarget {
 
 function sourceInputs(t: ExistingTarget) {
   return chainInputs(t.chain).map((x, i) => ({ ...x, snapshot: i === 0 ? t.snapshot : 0 }));
-}
-
-/** The layers whose block status convert_requests.ts models (raw, plain qcow2); undefined for others. */
-function sourceLayers(chain: OpenedImage[]): { clusterBits?: number }[] | undefined {
-  const out: { clusterBits?: number }[] = [];
-  for (const x of chain) {
-    if (x.format === "raw") out.push({});
-    else if (
-      x.format === "qcow2" && x.qcow2 && x.qcow2.layout.cryptMethod === 0 && !x.qcow2.hasDataFileBit &&
-      !x.qcow2.extendedL2
-    ) {
-      out.push({ clusterBits: x.qcow2.clusterBits });
-    } else return undefined;
-  }
-  return out;
 }
 
 function checkCache(t: ExistingTarget) {
@@ -132,7 +118,7 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
     minSparse: t.minSparse,
     targetIsZero: t.targetIsZero,
     top: t.top,
-    layers: sourceLayers(t.chain),
+    status: statusLayers(t.chain),
     topSpan: t.topSpan,
     targetChain: targetChain && chainInputs(targetChain),
     onProgress: (done, total) => progress.bytes(done, total),

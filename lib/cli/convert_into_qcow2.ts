@@ -26,6 +26,7 @@ import {
 } from "../formats/qcow2/write_plan.ts";
 import { restrictOpsWithPieces } from "../convert/top_ranges.ts";
 import { convertRequests, type Request } from "../convert/convert_requests.ts";
+import type { SourceStatus } from "../convert/status_layers.ts";
 import { requestOps } from "../formats/qcow2/request_ops.ts";
 import { MapRunsError } from "../chain/map_runs.ts";
 import { tailOps } from "../convert/tail_cluster.ts";
@@ -43,8 +44,9 @@ export interface IntoQcow2Job {
   targetIsZero: boolean;
   /** -n -B: only these byte ranges of the source are written (lib/convert/top_ranges.ts). */
   top?: [bigint, bigint][];
-  /** The source chain's layers (top first): a qcow2 layer's cluster_bits; undefined for raw. */
-  layers?: { clusterBits?: number }[];
+  /** Where the source's layers answer block status, and its src_alignment (lib/convert/status_layers.ts);
+   * undefined where qemu-img's requests are not modelled. */
+  status?: SourceStatus;
   /** -n -B: where the source top's block status answers (its L2 table's reach; 0: whole runs). */
   topSpan?: bigint;
   /** The target's chain as guest inputs (top first) when it has a backing file. */
@@ -296,14 +298,15 @@ async function partialWrites(
 }
 
 /**
- * qemu-img convert's write requests over the source (raw and qcow2 layers
- * only; undefined otherwise, or past the planner's bound): the map guest's
- * block status, and with -S the non-zero sectors (the rebase_diff guest at
- * 512 bytes).
+ * qemu-img convert's write requests over the source (raw, plain qcow2, vpc,
+ * vhdx and vmdk layers: job.status; undefined otherwise, or past the
+ * planner's bound): the map guest's block status, cut where each layer's
+ * driver ends its answers, and with -S the non-zero sectors (the
+ * rebase_diff guest at 512 bytes).
  */
 async function sourceRequests(job: IntoQcow2Job, clusterSize: bigint): Promise<Request[] | undefined> {
-  const layers = job.layers;
-  if (!layers || layers.length !== job.source.length || layers.length === 0) return undefined;
+  const status = job.status;
+  if (!status || status.layers.length === 0) return undefined;
   let runs;
   try {
     runs = await mapRuns(job.source, "error while reading the source image");
@@ -322,7 +325,6 @@ async function sourceRequests(job: IntoQcow2Job, clusterSize: bigint): Promise<R
   // buf_sectors: at least IO_BUF_SIZE and the target's discard alignment (its cluster), at most 16 MiB.
   let buf = clusterSize > IO_BUF_SIZE ? clusterSize : IO_BUF_SIZE;
   if (buf > 16n << 20n) buf = 16n << 20n;
-  const top = layers[0].clusterBits;
   return convertRequests({
     size: job.size,
     runs: runs.map((r) => ({
@@ -331,13 +333,14 @@ async function sourceRequests(job: IntoQcow2Job, clusterSize: bigint): Promise<R
       zero: (r.flags & mapFlags.ZERO) !== 0,
       depth: r.depth,
     })),
-    l2Span: layers.map((l) => (l.clusterBits === undefined ? 0n : 1n << BigInt(2 * l.clusterBits - 3))),
-    srcAlign: top === undefined ? 512n : 1n << BigInt(top),
+    layers: status.layers,
+    srcAlign: status.srcAlign,
     minSparse: job.minSparse,
     bufBytes: buf,
     nonZero,
     targetIsZero: job.targetIsZero,
     max: MAX_WRITE_RUNS / 2,
+    joinZeroesAt: clusterSize,
   });
 }
 

@@ -1,7 +1,8 @@
 // qemu-img convert's write requests, in its order (qemu-img.c 7.2,
 // without -W and -c): convert_iteration_sectors walks the source by block
 // status (a run ends where its status, its layer or its host offsets change,
-// at a qcow2 layer's L2 table boundary, and is shortened to the source's
+// where a layer's driver ends its answer: a qcow2 L2 table, a vmdk grain or
+// extent, a vpc block holding data; and is shortened to the source's
 // alignment), a data run (and with -S 0 a zero run too) is written in
 // buffers of buf_sectors from its start, and convert_co_write cuts each
 // data buffer into is_allocated_sectors_min pieces: data pieces are
@@ -26,9 +27,9 @@ export interface RequestInput {
   size: bigint;
   /** Runs tiling [0, size), ascending. */
   runs: StatusRun[];
-  /** Bytes one L2 table maps, per chain layer (0n: not qcow2). */
-  l2Span: bigint[];
-  /** src_alignment in bytes: the top layer's cluster size (qcow2) or 512. */
+  /** Where each chain layer's answers end (top first; missing: nowhere). */
+  layers: StatusLayer[];
+  /** src_alignment in bytes: the top's bdrv_get_info cluster size, at least 512. */
   srcAlign: bigint;
   /** -S in bytes (a multiple of 512; 0: everything written as data). */
   minSparse: bigint;
@@ -39,6 +40,45 @@ export interface RequestInput {
   targetIsZero: boolean;
   /** The most requests returned. */
   max: number;
+  /**
+   * The target's cluster size: write-zeroes requests meeting at a multiple
+   * of it are returned as one (they zero the same clusters, each whole or in
+   * part, as the one would: request_ops.ts), so a vmdk's unallocated grains
+   * do not count one request each. Omitted: none are joined.
+   */
+  joinZeroesAt?: bigint;
+}
+
+/**
+ * Where one layer's block-status answers end, as its qemu driver answers:
+ * at the next extent's start and at the next multiple of `span` counted from
+ * the extent's start (span 0n: no such limit). qcow2: one extent, an L2
+ * table's reach; vmdk: each extent, a sparse one's grain; vpc (dynamic):
+ * one extent of its block size, `dataOnly`. Raw, vhdx, a fixed VHD: none.
+ */
+export interface StatusLayer {
+  /** Ascending starts, the first at 0. */
+  extents: { start: bigint; span: bigint }[];
+  /** Only the layer's own data answers end there (vpc: an allocated block is one answer, unallocated ones run on). */
+  dataOnly?: boolean;
+}
+
+/** Where an answer of layer `l` starting at `at` ends at the latest (undefined: no limit). */
+function layerLimit(l: StatusLayer, at: bigint): bigint | undefined {
+  let lo = 0, hi = l.extents.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (l.extents[mid].start <= at) lo = mid + 1;
+    else hi = mid;
+  }
+  if (lo === 0) return undefined;
+  const e = l.extents[lo - 1];
+  let lim = lo < l.extents.length ? l.extents[lo].start : undefined;
+  if (e.span > 0n) {
+    const s = e.start + ((at - e.start) / e.span + 1n) * e.span;
+    if (lim === undefined || s < lim) lim = s;
+  }
+  return lim;
 }
 
 /** One write request: bytes [start, end) written with data or write-zeroed. */
@@ -64,7 +104,15 @@ export function convertRequests(x: RequestInput): Request[] | undefined {
   const push = (s: bigint, n: bigint, kind: "data" | "zero") => {
     if (kind === "zero" && x.targetIsZero) return true;
     const end = (s + n) << 9n;
-    out.push({ start: s << 9n, end: end > x.size ? x.size : end, kind });
+    const start = s << 9n, prev = out[out.length - 1];
+    if (
+      kind === "zero" && x.joinZeroesAt && prev?.kind === "zero" && prev.end === start &&
+      start % x.joinZeroesAt === 0n
+    ) {
+      prev.end = end > x.size ? x.size : end;
+      return true;
+    }
+    out.push({ start, end: end > x.size ? x.size : end, kind });
     return out.length <= x.max;
   };
   for (let s = 0n; s < total;) {
@@ -76,13 +124,12 @@ export function convertRequests(x: RequestInput): Request[] | undefined {
       if (!r || r.start > at) return undefined;
       let end = r.start + r.length;
       if (end > at + (n << 9n)) end = at + (n << 9n);
-      // Each qcow2 layer asked answers up to its L2 table's end.
-      for (let d = 0; d <= r.depth && d < x.l2Span.length; d++) {
-        const span = x.l2Span[d];
-        if (span > 0n) {
-          const lim = (at / span + 1n) * span;
-          if (end > lim) end = lim;
-        }
+      // Each layer asked (those above the one that answered, and it) answers up to its limit.
+      for (let d = 0; d <= r.depth && d < x.layers.length; d++) {
+        const l = x.layers[d];
+        if (l.dataOnly && (d !== r.depth || r.zero)) continue;
+        const lim = layerLimit(l, at);
+        if (lim !== undefined && end > lim) end = lim;
       }
       n = (end - at + 511n) >> 9n;
       const tail = (s + n) % align;

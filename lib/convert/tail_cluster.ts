@@ -65,7 +65,7 @@ export function tailOps(x: TailInput): TailResult {
       continue;
     }
     const only: [bigint, bigint][] = op.cluster < t ? [[op.cluster << cb, base], ...ranges] : ranges;
-    out.push({ cluster: op.cluster, count: op.count, kind: "data", only });
+    out.push({ ...op, kind: "data", only });
   }
   return { ops: out, piece };
 }

@@ -3,7 +3,8 @@
 // so each allocates its own clusters as qcow2_co_pwritev_part does. A
 // request reaches into whole target clusters: a data request's clusters
 // are allocated by it unless the previous request already wrote the first
-// one (then it is written in place). A write-zeroes request zeroes the
+// one (then it is written in place, and the request's new clusters go right
+// behind it where free: WriteOp.continues). A write-zeroes request zeroes the
 // clusters it covers whole; a cluster it covers in part (block/io.c cuts
 // the request at cluster boundaries) is zeroed whole by
 // qcow2_co_pwrite_zeroes when the whole cluster reads as zeroes, else the
@@ -48,8 +49,13 @@ export function requestOps(x: RequestOpsInput): WriteOp[] | undefined {
   };
   /** Data into clusters [a, b]; false where the model stops. */
   const dataOp = (a: bigint, b: bigint): boolean => {
-    if (a === last && lastState === "data") a++;
-    else if (a === last) {
+    // In the cluster the previous request wrote: written in place, the new
+    // clusters behind it allocated right after it where free (`continues`).
+    let continues = false;
+    if (a === last && lastState === "data") {
+      a++;
+      continues = true;
+    } else if (a === last) {
       // Zeroed in part by the previous request, now allocated: the zero op on it goes
       // (unallocated or a zero cluster stays so until this write allocates it).
       const k = kindOf(a);
@@ -58,7 +64,13 @@ export function requestOps(x: RequestOpsInput): WriteOp[] | undefined {
       if (!p || p.kind !== "zero" || p.cluster + p.count !== a + 1n) return false;
       if (--p.count === 0n) ops.pop();
     }
-    if (a <= b) ops.push({ cluster: a, count: b - a + 1n, kind: "data" });
+    if (a <= b) {
+      ops.push(
+        continues
+          ? { cluster: a, count: b - a + 1n, kind: "data", continues }
+          : { cluster: a, count: b - a + 1n, kind: "data" },
+      );
+    }
     last = b;
     lastState = "data";
     return true;

@@ -87,6 +87,14 @@ export interface WriteOp {
    * cluster with an allocation).
    */
   zeroFirst?: boolean;
+  /**
+   * qemu's write request began inside the cluster before `cluster`, which
+   * the previous op wrote (convert -n's requests, request_ops.ts): that
+   * cluster is written in place and the same qcow2_alloc_host_offset call
+   * goes on right behind its host cluster (qcow2_alloc_clusters_at, as many
+   * as are free there) before any first-fit allocation.
+   */
+  continues?: boolean;
 }
 
 export interface WriteInput {
@@ -199,6 +207,8 @@ class Planner {
   private tables = new Map<bigint, L2Table>();
   private l1Changed = new Set<bigint>();
   private copies: DataCopy[] = [];
+  /** The guest cluster the last data write placed, and where (WriteOp.continues). */
+  private lastPlaced?: { cluster: bigint; host: bigint };
   private tails: Patch[] = [];
   private frees: [bigint, bigint][] = [];
   /** Freed clusters whose bytes are discarded after their counts are lowered. */
@@ -333,6 +343,7 @@ class Planner {
    * source's end are the cluster's tail (qemu's COW region reads them).
    */
   private place(c: bigint, h: bigint, old?: bigint) {
+    this.lastPlaced = { cluster: c, host: h };
     const last = this.copies[this.copies.length - 1];
     if (last && last.cluster + last.count === c && last.host + (last.count << this.cb) === h) last.count++;
     else this.copies.push({ cluster: c, count: 1n, host: h });
@@ -360,6 +371,12 @@ class Planner {
     // none are, the call ends and the next one allocates first fit. `next`:
     // the host byte offset the current call continues at.
     let next: bigint | undefined;
+    if (op.continues) {
+      // Where the previous op placed cluster c - 1.
+      const p = this.lastPlaced;
+      if (!p || p.cluster + 1n !== c) throw new Refusal("a continued write not after its cluster");
+      next = p.host + this.cs;
+    }
     if (op.zeroFirst) {
       if (!op.only || op.count !== 1n || this.x.version !== 3) {
         throw new Refusal("a zero write first, not in part");
