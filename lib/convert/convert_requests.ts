@@ -12,6 +12,7 @@
 // guest, both as runs; the result is bounded by `max` (undefined past it).
 
 import { firstEndingAfter } from "./nb_requests.ts";
+import type { StatusLayer } from "../formats/types.ts";
 
 /** One block-status run of the source (the map guest's extents). */
 export interface StatusRun {
@@ -47,20 +48,6 @@ export interface RequestInput {
    * do not count one request each. Omitted: none are joined.
    */
   joinZeroesAt?: bigint;
-}
-
-/**
- * Where one layer's block-status answers end, as its qemu driver answers:
- * at the next extent's start and at the next multiple of `span` counted from
- * the extent's start (span 0n: no such limit). qcow2: one extent, an L2
- * table's reach; vmdk: each extent, a sparse one's grain; vpc (dynamic):
- * one extent of its block size, `dataOnly`. Raw, vhdx, a fixed VHD: none.
- */
-export interface StatusLayer {
-  /** Ascending starts, the first at 0. */
-  extents: { start: bigint; span: bigint }[];
-  /** Only the layer's own data answers end there (vpc: an allocated block is one answer, unallocated ones run on). */
-  dataOnly?: boolean;
 }
 
 /** Where an answer of layer `l` starting at `at` ends at the latest (undefined: no limit). */

@@ -81,6 +81,22 @@ export interface ResizeRequest {
   beyondQemu?: boolean;
 }
 
+/**
+ * Where one chain layer's block-status answers end, as qemu 7.2's driver
+ * gives them (convert's request model, lib/convert/convert_requests.ts): at
+ * the next extent's start and at the next multiple of `span` counted from
+ * the extent's start (span 0n: no such limit; the file's holes and data
+ * still cut a raw file's or flat extent's answers). qcow2: one extent, an L2
+ * table's reach; vmdk: each extent, a sparse one's grain; vpc (dynamic): one
+ * extent of its block size, `dataOnly`. Raw, vhdx, a fixed VHD: none.
+ */
+export interface StatusLayer {
+  /** Ascending starts, the first at 0. */
+  extents: { start: bigint; span: bigint }[];
+  /** Only the layer's own data answers end there (vpc: an allocated block is one answer, unallocated ones run on). */
+  dataOnly?: boolean;
+}
+
 /** What a driver decodes from the info guest's records about one input. */
 export interface DecodedImage {
   virtualSize: bigint;
@@ -174,6 +190,12 @@ export interface FormatDriver {
   readonly convertTarget?: ConvertTarget;
   /** resize can change this format's virtual size (else qemu's "does not support resize"). */
   readonly resize?: ResizeSupport;
+  /**
+   * Where this format's block-status answers end for one opened image, from
+   * what its open decoded (never image bytes); undefined where convert's
+   * request model does not reach the image (it then writes per cluster).
+   */
+  readonly statusLayer?: (img: DecodedImage) => StatusLayer | undefined;
 }
 
 /** Guest blocks [block, block+count) were written to slots slot, slot+stride, ... (a DATA_RUN). */

@@ -15,6 +15,7 @@ import { qcow2Measure } from "./measure.ts";
 import { qcow2Resize } from "./resize.ts";
 import { qcow2CryptErrorText, qcow2Encryption } from "./crypt.ts";
 import { qcow2EncryptPrepare, type Qcow2EncryptReady, qcow2EncryptWrite } from "./create_encrypt_run.ts";
+import { qcow2StatusLayer } from "./block_status.ts";
 
 async function createQcow2(filename: string, opts: ParsedOpts, host: CreateHost): Promise<void> {
   await host.createFile();
@@ -53,6 +54,7 @@ async function createQcow2(filename: string, opts: ParsedOpts, host: CreateHost)
 export const qcow2Driver: FormatDriver = {
   name: "qcow2",
   code: formats.QCOW2,
+  statusLayer: qcow2StatusLayer,
   decode(recs, input): DecodedImage {
     const q = qcow2Model(recs, input);
     // The lists come only from an info run outside check mode; none at all means not listed.

@@ -27,6 +27,8 @@ async function createRaw(_filename: string, opts: ParsedOpts, host: CreateHost):
 export const rawDriver: FormatDriver = {
   name: "raw",
   code: formats.RAW,
+  // file-posix answers by the file's data and holes, with no limit of its own.
+  statusLayer: () => ({ extents: [] }),
   decode(recs, input, fileSize): DecodedImage {
     const raw = rawModel(recs, input);
     const size = rawVirtualSize(fileSize);

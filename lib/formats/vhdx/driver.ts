@@ -18,6 +18,9 @@ import { vhdxResize } from "./resize.ts";
 export const vhdxDriver: FormatDriver = {
   name: "vhdx",
   code: formats.VHDX,
+  // qemu 7.2's vhdx has no block_status: io.c answers the whole request as data.
+  // A differencing VHDX is not opened by qemu 7.2.
+  statusLayer: (img) => img.backingFile === undefined ? { extents: [] } : undefined,
   decode(recs, input): DecodedImage {
     const image = imageInfoModel(recs, input, formats.VHDX);
     return {

@@ -17,10 +17,12 @@ import { vmdkOutput } from "./output_plan.ts";
 import { vmdkResize } from "./resize.ts";
 import { fail } from "../plan.ts";
 import { optGet } from "../options.ts";
+import { vmdkStatusLayer } from "./block_status.ts";
 
 export const vmdkDriver: FormatDriver = {
   name: "vmdk",
   code: formats.VMDK,
+  statusLayer: vmdkStatusLayer,
   decode(recs, input): DecodedImage {
     const m = vmdkModel(recs, input);
     const hint = recs.find((r) =>

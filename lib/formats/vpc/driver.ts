@@ -14,10 +14,12 @@ import { vpcMeasure } from "./measure.ts";
 import { vpcOutput } from "./output_plan.ts";
 import { blocksTarget, createEmptiedFirst } from "../emptied_first.ts";
 import { vpcResize } from "./resize.ts";
+import { vpcStatusLayer } from "./block_status.ts";
 
 export const vpcDriver: FormatDriver = {
   name: "vpc",
   code: formats.VPC,
+  statusLayer: vpcStatusLayer,
   decode(recs, input): DecodedImage {
     const image = imageInfoModel(recs, input, formats.VPC);
     return {
