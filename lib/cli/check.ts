@@ -183,10 +183,17 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // qemu writes the snapshot table anew after the refcount repairs, with its
   // allocator; instar replays it on an image whose bitmaps stay put.
   const snapshots = d.kind === "repair" && d.snapshots;
-  if (snapshots && bitmaps) {
+  const overhang = d.kind === "repair" ? d.overhang : 0n;
+  if ((snapshots || overhang) && bitmaps) {
     throw new CliError([
       `Could not repair '${filename}': instar does not rewrite the snapshot table of an image with bitmaps; nothing was written`,
     ]);
+  }
+  // Overhanging snapshots dropped: qemu writes the header's count before
+  // anything else (qcow2_check_read_snapshot_table).
+  const nbSnapshots = BigInt(q?.nbSnapshots ?? 0) - overhang;
+  if (nbSnapshots < 0n) {
+    throw new CliError(["Check failed: sandbox failure: more snapshots dropped than held"]);
   }
   // -r all rebuilding the refcount structures: the new blocks and table,
   // then the flags and the header bits below, on the grown file.
@@ -196,6 +203,11 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // end (qemu's bdrv_truncate in check_refblocks), then makes L2 entries of
   // unaligned preallocated clusters zero clusters; both before the rest.
   const early: FilePlan[] = [];
+  if (overhang) {
+    const count = new Uint8Array(4);
+    new DataView(count.buffer).setUint32(0, Number(nbSnapshots));
+    early.push({ patches: [{ kind: "write", offset: 60n, bytes: count }], fileSize });
+  }
   if (d.kind === "rebuild" || d.kind === "repair") {
     const cs = 1n << BigInt(q!.clusterBits);
     for (const off of d.grow) {
@@ -260,7 +272,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
       scan: (args) => scanSnapshots(top, filename, args),
       applySteps: (steps) => host.applySteps(steps, "Check failed", "discard", true),
       fail: (why) => new CliError([`Could not repair '${filename}': ${why}`]),
-    }, q!.nbSnapshots);
+    }, Number(nbSnapshots));
     const bits = planQcow2Repair({
       clusterBits: q!.clusterBits,
       refcountBits: q!.refcountBits,
