@@ -13,8 +13,12 @@ export interface ManyOptions {
    * old table's freed. Without it every copy shares entry 0's L1 table.
    */
   realAt?: "start" | "end";
-  /** Pads each copy's name to this many bytes (at most 65535): a large table with few entries. */
-  nameLength?: number;
+  /**
+   * Pads each copy's name so the copy takes exactly this many bytes (a
+   * multiple of 8; names up to 65535 bytes): a large table with few entries.
+   * With `realAt`, the copies keep at most 24 bytes of entry 0's extra data.
+   */
+  entryLength?: number;
 }
 
 /**
@@ -36,8 +40,9 @@ export async function manySnapshots(src: string, dst: string, n: number, o: Many
     real.push(f.subarray(end, end + len));
     end += len;
   }
-  const extra = v.getUint32(off + 36);
-  const entry = f.subarray(off, off + 40 + extra);
+  const extra = o.realAt === undefined ? v.getUint32(off + 36) : Math.min(v.getUint32(off + 36), 24);
+  const entry = f.slice(off, off + 40 + extra);
+  new DataView(entry.buffer).setUint32(36, extra);
   const parts: Uint8Array[] = [];
   let size = 0;
   const enc = new TextEncoder();
@@ -45,8 +50,12 @@ export async function manySnapshots(src: string, dst: string, n: number, o: Many
   const first = o.realAt === "start" ? nb : 0;
   for (let i = first; i < first + copies; i++) {
     const id = enc.encode(String(i + 1));
-    const name = enc.encode(`snapshot-${i}`.padEnd(o.nameLength ?? 0, "x"));
+    const pad = o.entryLength === undefined ? 0 : o.entryLength - 40 - extra - id.length;
+    const name = enc.encode(`snapshot-${i}`.padEnd(pad, "x"));
     const len = (40 + extra + id.length + name.length + 7) & ~7;
+    if (o.entryLength !== undefined && (len !== o.entryLength || name.length > 65535)) {
+      throw new Error("no name makes an entry that long");
+    }
     const e = new Uint8Array(len);
     e.set(entry);
     const ev = new DataView(e.buffer);
