@@ -12,7 +12,7 @@ import { asInstar, built, haveQemuImg, instarHere, qemuImg } from "./cli_helpers
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { makeSnapshotImage, repairBoth } from "./support/check_repair.ts";
 import { type ManyOptions, manySnapshots } from "./support/many_snapshots.ts";
-import { resizeSnapshotExtras } from "./support/qcow2_edit.ts";
+import { resizeSnapshotExtras, setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -52,6 +52,14 @@ const IMAGES: Record<string, Image> = {
     n: 1025,
     many: { realAt: "end", entryLength: BIG },
   },
+  // a refcount zeroed under the active layer's data: the count is written,
+  // then the refcount structures are rebuilt without the dropped snapshots
+  sizeRebuild: {
+    snapshots: 1,
+    poke: (p) => setRefcount(p, 6, 0n),
+    n: 1030,
+    many: { realAt: "end", entryLength: BIG },
+  },
   // too much extra data in an entry kept: dropped, the table written anew
   sizeExtra: {
     snapshots: 2,
@@ -73,6 +81,7 @@ const CASES: [string, string[]][] = [
   ["sizeEnd", ["-r", "all", "--output=json"]],
   ["sizeExtra", ["-r", "all"]],
   ["sizeEdgeExtra", ["-r", "all"]],
+  ["sizeRebuild", ["-r", "all"]],
 ];
 
 Deno.test(

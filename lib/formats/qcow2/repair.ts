@@ -24,16 +24,17 @@
 //     pass through; a rebuild's second calculate_refcounts prints the L1/L2
 //     ones again after "Rebuilding refcount structure";
 //   - with -r all, an incomplete snapshot table entry ("Repairing snapshot
-//     table entry N is incomplete") has qcow2_check_fix_snapshot_table write
-//     the table anew after the refcount repairs (`snapshots`), but beside a
-//     rebuild, a grown file or bitmaps (the caller checks those);
+//     table entry N is incomplete") or one with too much extra data
+//     ("Discarding too much extra metadata ...") has
+//     qcow2_check_fix_snapshot_table write the table anew after the refcount
+//     repairs, the rebuild or the grown file (`snapshots`);
 //   - with -r all, overhanging snapshots (past the 65,536th: "Discarding N
 //     overhanging snapshots"; from the entry that takes the table past
 //     64 MiB: "... (snapshot table is too big)") are dropped: the header's
 //     count is written first (`overhang`), their clusters are leaks the
 //     refcount repair frees, and the table is written anew only when an
 //     entry is also incomplete or has too much extra data;
-//   - instar refuses (nothing written) the rest: the other snapshot table fixes,
+//   - instar refuses (nothing written) the rest: other L1/L2 entry fixes,
 //     an unaligned refcount block qemu reads (it marks the image corrupt),
 //     a block too far past the end to grow the file to.
 import { records } from "../../abi/spec.ts";
@@ -101,6 +102,8 @@ export type RepairDecision =
     zeroes: ZeroFix[];
     rebuild: Pick<RebuildInput, "nbClusters" | "runs" | "oldMeta">;
     oflags: OflagFix[];
+    snapshots: boolean;
+    overhang: bigint;
   }
   /** Print `lines`; apply `fixes` and `oflags` (maybe none). */
   | {
@@ -206,9 +209,6 @@ export function decideRepair(
   }
   const snapshots = msgs.some((m) => m.fields.code === SNAP_FIX || m.fields.code === SNAP_DROP);
   if (snapshots && mode === "leaks") throw new Error("check sent -r all repairs with -r leaks");
-  if ((snapshots || overhang) && (rebuild || grow.length)) {
-    return { kind: "refuse", why: "instar does not rewrite the snapshot table beside a rebuild" };
-  }
   if (rebuild) {
     if (msgs.some((m) => PRINT_ONLY.has(m.fields.code as number) && !REPRINT.has(m.fields.code as number))) {
       return {
@@ -245,6 +245,8 @@ export function decideRepair(
       oflags,
       grow,
       zeroes,
+      snapshots,
+      overhang,
     };
   }
   const fixable = (m: Mismatch) => m.r1 > m.r2 || mode === "all";
