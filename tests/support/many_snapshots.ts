@@ -19,6 +19,8 @@ export interface ManyOptions {
    * With `realAt`, the copies keep at most 24 bytes of entry 0's extra data.
    */
   entryLength?: number;
+  /** With `realAt`: the copies' extra data grown to this many bytes (0xa5 past entry 0's first 24). */
+  extraLength?: number;
 }
 
 /**
@@ -40,8 +42,11 @@ export async function manySnapshots(src: string, dst: string, n: number, o: Many
     real.push(f.subarray(end, end + len));
     end += len;
   }
-  const extra = o.realAt === undefined ? v.getUint32(off + 36) : Math.min(v.getUint32(off + 36), 24);
-  const entry = f.slice(off, off + 40 + extra);
+  const extra0 = v.getUint32(off + 36);
+  const kept = o.realAt === undefined ? extra0 : Math.min(extra0, 24);
+  const extra = o.realAt === undefined ? extra0 : o.extraLength ?? kept;
+  const entry = new Uint8Array(40 + extra).fill(0xa5);
+  entry.set(f.subarray(off, off + 40 + Math.min(kept, extra)));
   new DataView(entry.buffer).setUint32(36, extra);
   const parts: Uint8Array[] = [];
   let size = 0;
