@@ -34,6 +34,9 @@ const IMAGES: Record<string, Image> = {
   // the real snapshot is the one dropped: its L1 table and its share of
   // the data are leaks, the active layer's cluster gets OFLAG_COPIED back
   countEnd: { snapshots: 1, n: 65537, many: { realAt: "end" } },
+  // both limits: the last snapshot dropped for the count, then the 65,536
+  // kept entries of 1 KiB of extra data are past 64 MiB from entry 61,688
+  countSize: { snapshots: 1, n: 65537, many: { realAt: "end", extraLength: 1024 } },
   // copies without L1 tables are dropped (only the table's tail leaks), an
   // incomplete entry kept: the table is written anew after the leaks
   countIncomplete: {
@@ -76,7 +79,7 @@ const IMAGES: Record<string, Image> = {
 const CASES: [string, string[]][] = [
   ["countEnd", []],
   ["countEnd", ["-r", "leaks"]],
-  ["countEnd", ["-r", "all"]],
+  ["countSize", ["-r", "all"]],
   ["countIncomplete", ["-r", "all"]],
   ["sizeEnd", []],
   ["sizeEnd", ["-r", "leaks"]],
