@@ -95,9 +95,9 @@ const CASES: Case[] = [
   },
   // bitmaps already in use: qemu neither marks nor stores them, the snapshots stay
   {
-    name: "two incomplete entries, bitmaps in use",
+    name: "an incomplete entry and too much extra data, bitmaps in use",
     snapshots: 2,
-    poke: (p) => resizeSnapshotExtras(p, new Map([[0, 8], [1, 0]])),
+    poke: (p) => resizeSnapshotExtras(p, new Map([[0, 8], [1, 3000]])),
     args: ["-r", "all"],
     bitmapInUse: true,
   },

@@ -141,37 +141,39 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // Bitmaps already in use (inconsistent) are neither marked nor stored:
   // when every bitmap is, qemu leaves them as they are.
   let bitmaps: BitmapResize | undefined;
-  if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt)) {
+  // The check-mode info run lists the bitmaps with their flags.
+  const listed = q?.bitmaps;
+  if (
+    repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt) && !(listed?.length && listed.every((b) => b.inUse))
+  ) {
+    if (listed?.some((b) => b.inUse)) {
+      throw refuse("instar does not repair images with some bitmaps in use and others not");
+    }
+    // qemu's check-mode open skips the snapshot table (s->nb_snapshots
+    // stays 0), and marking the bitmaps in use rewrites the header from
+    // that state: qemu-img 7.2 drops every internal snapshot, then repairs
+    // their clusters as leaks. instar does not replicate that loss.
+    if (q.nbSnapshots > 0 && q.nbBitmaps > 0) {
+      throw refuse(
+        "qemu-img would drop every internal snapshot of an image with persistent bitmaps here; instar does not",
+      );
+    }
     const inUse = new Error("in use");
     try {
       bitmaps = await prepareBitmapResize({ ...host, fail: () => inUse }, filename, top.virtualSize);
     } catch (e) {
       if (e !== inUse) throw e;
-      let all: boolean | undefined;
+      const scan = await host.bitmapScan!();
+      let all = false;
       try {
-        const scan = await host.bitmapScan!();
         all = decodeBitmapScan(scan.records, scan.fileSize).bitmaps.every((b) =>
           (b.flags & BME_FLAG_IN_USE) !== 0
         );
-      } catch (e) {
-        // The scan opens the image as qemu does outside check mode: a
-        // snapshot table the check would repair stops it.
-        if (q.nbSnapshots === 0 && e instanceof CliError) throw e;
-      }
-      if (all === undefined && q.nbSnapshots > 0) {
-        throw refuse("instar does not repair the snapshot table of an image with bitmaps");
+      } catch {
+        all = false;
       }
       if (!all) throw refuse("instar does not repair images with some bitmaps in use and others not");
     }
-  }
-  // qemu's check-mode open skips the snapshot table (s->nb_snapshots stays
-  // 0), and marking the bitmaps in use rewrites the header from that state:
-  // qemu-img 7.2 drops every internal snapshot, then repairs their clusters
-  // as leaks. instar does not replicate that loss.
-  if (bitmaps && q!.nbSnapshots > 0) {
-    throw refuse(
-      "qemu-img would drop every internal snapshot of an image with persistent bitmaps here; instar does not",
-    );
   }
   const storeBitmaps = async () => {
     const after = (why: string) => new CliError([`Could not repair '${filename}': ${why}`]);
