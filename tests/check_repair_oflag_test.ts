@@ -10,7 +10,7 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { setRefcount } from "./support/qcow2_edit.ts";
+import { setBitmapsInUse, setRefcount } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -40,36 +40,6 @@ function flipCopied(path: string, l1: number, l2?: number): void {
     b[0] ^= 0x80;
     f.seekSync(Number(at), Deno.SeekMode.Start);
     f.writeSync(b);
-  } finally {
-    f.close();
-  }
-}
-
-/** Sets the in-use flag of every bitmap directory entry (a writer that never closed the image). */
-function setBitmapsInUse(path: string): void {
-  const f = Deno.openSync(path, { read: true, write: true });
-  try {
-    const h = new Uint8Array(4096);
-    f.readSync(h);
-    const dv = new DataView(h.buffer);
-    for (let o = dv.getUint32(100); o + 8 <= h.length;) {
-      const type = dv.getUint32(o), len = dv.getUint32(o + 4);
-      if (type === 0) break;
-      if (type === 0x23852875) {
-        const n = dv.getUint32(o + 8), dir = Number(dv.getBigUint64(o + 24));
-        const e = new Uint8Array(24);
-        for (let k = 0, at = dir; k < n; k++) {
-          f.seekSync(at, Deno.SeekMode.Start);
-          f.readSync(e);
-          const ev = new DataView(e.buffer);
-          ev.setUint32(12, ev.getUint32(12) | 1);
-          f.seekSync(at, Deno.SeekMode.Start);
-          f.writeSync(e);
-          at += (24 + ev.getUint32(16) + ev.getUint16(20) + ev.getUint16(22) + 7) & ~7;
-        }
-      }
-      o += 8 + ((len + 7) & ~7);
-    }
   } finally {
     f.close();
   }

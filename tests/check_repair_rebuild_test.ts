@@ -12,29 +12,11 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/stric
 import { built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { repairBoth } from "./support/check_repair.ts";
-import { setRefcount } from "./support/qcow2_edit.ts";
+import { setRefcount, setReftableEntry } from "./support/qcow2_edit.ts";
 
 await useHostedGuestsWithoutKvm();
 
 const ready = built() && haveQemuImg();
-
-/** Sets refcount table entry `index` to `value` (big-endian u64). */
-function setReftableEntry(path: string, index: number, value: (old: bigint) => bigint): void {
-  const f = Deno.openSync(path, { read: true, write: true });
-  try {
-    const h = new Uint8Array(64);
-    f.readSync(h);
-    const at = Number(new DataView(h.buffer).getBigUint64(48)) + index * 8;
-    const e = new Uint8Array(8);
-    f.seekSync(at, Deno.SeekMode.Start);
-    f.readSync(e);
-    new DataView(e.buffer).setBigUint64(0, value(new DataView(e.buffer).getBigUint64(0)));
-    f.seekSync(at, Deno.SeekMode.Start);
-    f.writeSync(e);
-  } finally {
-    f.close();
-  }
-}
 
 /** Clears OFLAG_COPIED of active L1 entry 0. */
 function clearL1Copied(path: string): void {

@@ -466,6 +466,8 @@
 #define CMSG_SNAPSHOT_INCOMPLETE 31 /* ERROR snapshot table entry %d is incomplete\n */
 #define CMSG_SNAPSHOT_INCOMPLETE_REPAIR 222 /* Repairing snapshot table entry %d is incomplete\n */
 #define CMSG_SNAPSHOT_EXTRA_DISCARD 260 /* Discarding too much extra metadata in snapshot table entry %d (%u > 1024)\n */
+#define CMSG_SNAPSHOT_OVERHANG_DISCARD 261 /* Discarding %u overhanging snapshots\n */
+#define CMSG_SNAPSHOT_TOO_BIG_DISCARD 262 /* Discarding %u overhanging snapshots (snapshot table is too big)\n */
 #define CMSG_CORRUPT_REFBLOCK_UNALIGNED 32 /* qcow2: Image is corrupt: Refblock offset %#x unaligned (reftable index: %#x); further non-fatal corruption events will be suppressed\n */
 #define CMSG_BITMAPS_WARNING 33 /* warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent\n */
 #define CMSG_BITMAPS_V2_WARNING 34 /* warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent\n */
@@ -1447,12 +1449,12 @@ struct rec_snap_bytes {
     uint8_t hdr[8];
     uint32_t index;
     uint16_t what; /* snapBytesKinds.* */
-    uint16_t length; /* <= 2048 */
+    uint16_t length; /* <= 256 */
     uint32_t offset;
     uint32_t reserved;
-    uint8_t bytes[2048];
+    uint8_t bytes[256];
 };
-_Static_assert(sizeof(struct rec_snap_bytes) == 2072, "rec_snap_bytes size");
+_Static_assert(sizeof(struct rec_snap_bytes) == 280, "rec_snap_bytes size");
 _Static_assert(offsetof(struct rec_snap_bytes, hdr) == 0, "rec_snap_bytes.hdr");
 _Static_assert(offsetof(struct rec_snap_bytes, index) == 8, "rec_snap_bytes.index");
 _Static_assert(offsetof(struct rec_snap_bytes, what) == 12, "rec_snap_bytes.what");

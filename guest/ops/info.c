@@ -63,9 +63,11 @@ int op_main(void)
     uint32_t mode = QCOW2_OPEN_NO_IO | ((p->flags & INFO_F_CHECK_MODE) ? QCOW2_OPEN_CHECK : 0);
     if (qcow2_open(&q, &r, mode)) return -1;
     if (qcow2_emit_info(&q) || qcow2_crypto_emit_info(&q)) return -1;
+    if (p->flags & INFO_F_NO_LISTS) return 0;
     /* In check mode the snapshot table was not read (it may be the very thing
-     * check reports), and check does not print snapshots or bitmaps. */
-    if ((mode & QCOW2_OPEN_CHECK) || (p->flags & INFO_F_NO_LISTS)) return 0;
-    if (qcow2_emit_snapshots(&q) || qcow2_emit_bitmaps(&q)) return -1;
+     * check reports); the bitmaps' in-use flags say whether check -r's
+     * read-write open marks them (and rewrites the header). */
+    if (!(mode & QCOW2_OPEN_CHECK) && qcow2_emit_snapshots(&q)) return -1;
+    if (qcow2_emit_bitmaps(&q)) return -1;
     return 0;
 }

@@ -298,13 +298,22 @@ static int check_l1(struct checker *c, uint64_t l1_offset, uint64_t l1_size, boo
     return 0;
 }
 
-/* qcow2_check_read_snapshot_table without repair: validates the table
- * pointer and walks it. On failure qemu's check ends with ret < 0. */
+/* qcow2_check_read_snapshot_table: validates the table pointer and walks
+ * it. On failure qemu's check ends with ret < 0. With -r all, qemu
+ * discards the snapshots past the 65,536th and those from the entry that
+ * takes the table past 64 MiB ("overhanging"): q->nb_snapshots becomes the
+ * count kept, as qemu's s->nb_snapshots (the host writes it into the
+ * header), and their clusters are left to the refcount check as leaks. */
 
-static int read_snapshot_table(struct checker *c)
+static int read_snapshot_table(struct checker *c, struct qcow2 *q)
 {
-    const struct qcow2 *q = c->q;
     uint64_t n = q->nb_snapshots, off = q->snapshots_offset;
+    bool all = (c->repair & CHECKOP_F_REPAIR_ALL) != 0;
+    if (n > QCOW2_MAX_SNAPSHOTS && all) {
+        msg(CMSG_SNAPSHOT_OVERHANG_DISCARD, n - QCOW2_MAX_SNAPSHOTS, 0, 0, 0);
+        c->res.corruptions_fixed += n - QCOW2_MAX_SNAPSHOTS;
+        n = q->nb_snapshots = QCOW2_MAX_SNAPSHOTS;
+    }
     if (n > QCOW2_MAX_SNAPSHOTS) {
         msg(CMSG_SNAPSHOT_TABLE_TOO_LARGE, 0, 0, 0, 0);
         msg(CMSG_SNAPSHOT_OVERHANG_HINT, n - QCOW2_MAX_SNAPSHOTS, 0, 0, 0);
@@ -324,9 +333,17 @@ static int read_snapshot_table(struct checker *c)
     uint64_t a1 = 0, a2 = 0;
     /* -r all: qcow2_do_read_snapshots with repair walks past entries with
      * too much extra data (discarded when the host writes the table anew) */
-    qcow2_snapshots_drop_extra = (c->repair & CHECKOP_F_REPAIR_ALL) != 0;
+    qcow2_snapshots_drop_extra = all;
     int k = qcow2_read_snapshots(q, g_snaps, &c->snapshots_size, &a1, &a2);
     qcow2_snapshots_drop_extra = 0;
+    /* entry n - a1 takes the table past 64 MiB: -r all keeps those before it */
+    uint64_t overhang = 0, overhang_extra = 0;
+    if (k == QSNAP_TOO_BIG && all) {
+        overhang = a1;
+        overhang_extra = a2;
+        n = q->nb_snapshots = (uint32_t)(n - a1);
+        k = 0;
+    }
     if (k < 0) return rt_error(g_input, GERR_IO, off, 0, 0);
     if (k == QSNAP_READ_FAILED) {
         msg(CMSG_SNAPSHOT_READ_EIO, 0, 0, 0, 0);
@@ -351,6 +368,16 @@ static int read_snapshot_table(struct checker *c)
             c->res.corruptions_fixed++;
             msg(CMSG_SNAPSHOT_EXTRA_DISCARD, i, g_snaps[i].extra_size, 0, 0);
         }
+    }
+    if (overhang) {
+        /* qemu drops the first overhanging entry's extra data (and counts
+         * it) before it finds that entry past the limit */
+        if (overhang_extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA) {
+            c->res.corruptions_fixed++;
+            msg(CMSG_SNAPSHOT_EXTRA_DISCARD, n, overhang_extra, 0, 0);
+        }
+        msg(CMSG_SNAPSHOT_TOO_BIG_DISCARD, overhang, 0, 0, 0);
+        c->res.corruptions_fixed += overhang;
     }
     /* v3 snapshot entries need at least 16 bytes of extra data. */
     for (uint64_t i = 0; q->version >= 3 && i < n; i++) {
@@ -871,7 +898,7 @@ int qcow2_check(const struct reader *r)
     c->q = &q;
     c->repair = rt_params()->flags & (CHECKOP_F_REPAIR_LEAKS | CHECKOP_F_REPAIR_ALL);
     rec_init(&c->res, REC_CHECK, sizeof c->res);
-    if (read_snapshot_table(c)) return c->res.flags ? emit_result(c) : -1;
+    if (read_snapshot_table(c, &q)) return c->res.flags ? emit_result(c) : -1;
     /* bdrv_getlength of the file: whole sectors (rounded up). */
     c->file_len = r->size + ((512 - (r->size & 511)) & 511);
     c->orig_size = r->size;

@@ -396,7 +396,11 @@ typedef int (*snapshot_visit)(void *ctx, uint64_t i, const struct qcow2_snapshot
 static int walk_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, snapshot_visit visit, void *ctx,
                           uint64_t *table_size, uint64_t *arg1, uint64_t *arg2)
 {
-    uint64_t n = q->nb_snapshots, start = q->snapshots_offset, at = start;
+    uint64_t n = q->nb_snapshots, start = q->snapshots_offset, at = start, pre = start;
+    /* qemu's table_length: as `at - start`, but with the extra data of an
+     * entry walked past (qcow2_snapshots_drop_extra) counted as the 1024
+     * bytes qemu keeps of it */
+    uint64_t length = 0;
     *table_size = 0;
     uint64_t mark = rt_heap_mark();
     struct byte_window w;
@@ -410,7 +414,9 @@ static int walk_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, sn
      * 2^64). */
     for (uint64_t i = 0; i < n; i++) {
         uint8_t h[QCOW2_SNAPSHOT_HEADER_SIZE];
+        pre = at;
         at = (at + 7) & ~7ull;
+        length = (length + 7) & ~7ull;
         if (at + sizeof h > READER_MAX_END) { ret = QSNAP_READ_FAILED; break; }
         if (byte_window_read(&w, at, h, sizeof h)) { ret = -1; break; }
         uint32_t id_len = be16(h + 12), name_len = be16(h + 14), extra = be32(h + 36);
@@ -423,9 +429,13 @@ static int walk_snapshots(const struct qcow2 *q, struct qcow2_snapshot *list, sn
         uint64_t id_at = at + QCOW2_SNAPSHOT_HEADER_SIZE + extra;
         at = id_at + id_len + name_len;
         if (at > READER_MAX_END) { ret = QSNAP_READ_FAILED; break; } /* one of qemu's reads fails */
-        if (at - start > 1024ull * QCOW2_MAX_SNAPSHOTS || at - start > 0x7fffffffull) {
+        uint32_t kept = extra > QCOW2_MAX_SNAPSHOT_EXTRA_DATA ? QCOW2_MAX_SNAPSHOT_EXTRA_DATA : extra;
+        length += QCOW2_SNAPSHOT_HEADER_SIZE + kept + id_len + name_len;
+        if (length > 1024ull * QCOW2_MAX_SNAPSHOTS || at - start > 0x7fffffffull) {
             *arg1 = n - i;
-            *arg2 = 0;
+            *arg2 = extra;
+            /* check -r all keeps the entries before this one */
+            *table_size = pre - start;
             ret = QSNAP_TOO_BIG;
             break;
         }

@@ -179,7 +179,8 @@ struct qcow2_snapshot {
 /* BAD_SNAPSHOT_TABLE a0 values beyond qcow2_validate_table's 1 (too large)
  * and 2 (offset invalid). */
 #define QSNAP_EXTRA_TOO_LARGE 3 /* a1 = entry index, a2 = extra_data_size */
-#define QSNAP_TOO_BIG 4     /* a1 = overhanging snapshots (nb - index) */
+#define QSNAP_TOO_BIG 4     /* a1 = overhanging snapshots (nb - index), a2 = the entry's extra_data_size;
+                             * *table_size = the length of the entries before it */
 #define QSNAP_READ_FAILED 5 /* "Failed to read snapshot table: Input/output error" */
 
 /*

@@ -171,6 +171,16 @@ export const checkMessages: CheckMessage[] = [
     code: 260,
     text: "Discarding too much extra metadata in snapshot table entry %d (%u > 1024)\n",
   },
+  // check -r all: qcow2_check_read_snapshot_table keeps the first 65,536
+  // snapshots, qcow2_do_read_snapshots those before the entry that takes the
+  // table past 64 MiB; the header's count is written at once, the dropped
+  // snapshots' clusters are leaks for the refcount check
+  { name: "SNAPSHOT_OVERHANG_DISCARD", code: 261, text: "Discarding %u overhanging snapshots\n" },
+  {
+    name: "SNAPSHOT_TOO_BIG_DISCARD",
+    code: 262,
+    text: "Discarding %u overhanging snapshots (snapshot table is too big)\n",
+  },
   {
     // qcow2_signal_corruption on a read-only image: printed once per open.
     name: "CORRUPT_REFBLOCK_UNALIGNED",

@@ -1605,17 +1605,19 @@ export const structs: StructSpec[] = [
   },
   {
     name: "rec_snap_bytes",
-    size: 2072,
+    size: 280,
     doc:
       "records.SNAP_BYTES: bytes [offset, offset+length) of snapshot `index`'s id, name or unknown extra data",
     fields: [
       { name: "hdr", type: "bytes", offset: 0, count: 8 },
       { name: "index", type: "u32", offset: 8 },
       { name: "what", type: "u16", offset: 12, doc: "snapBytesKinds.*" },
-      { name: "length", type: "u16", offset: 14, doc: "<= 2048" },
+      { name: "length", type: "u16", offset: 14, doc: "<= 256" },
       { name: "offset", type: "u32", offset: 16 },
       { name: "reserved", type: "u32", offset: 20 },
-      { name: "bytes", type: "bytes", offset: 24, count: 2048 },
+      // 256: 65,536 short ids and names stay far below the scan's result
+      // cap (2 KiB chunks took 277 MB), a 64 MiB table at most ~460,000 chunks
+      { name: "bytes", type: "bytes", offset: 24, count: 256 },
     ],
   },
   {

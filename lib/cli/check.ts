@@ -141,7 +141,23 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // Bitmaps already in use (inconsistent) are neither marked nor stored:
   // when every bitmap is, qemu leaves them as they are.
   let bitmaps: BitmapResize | undefined;
-  if (repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt)) {
+  // The check-mode info run lists the bitmaps with their flags.
+  const listed = q?.bitmaps;
+  if (
+    repair && q && (q.nbBitmaps > 0 || q.hasBitmapsExt) && !(listed?.length && listed.every((b) => b.inUse))
+  ) {
+    if (listed?.some((b) => b.inUse)) {
+      throw refuse("instar does not repair images with some bitmaps in use and others not");
+    }
+    // qemu's check-mode open skips the snapshot table (s->nb_snapshots
+    // stays 0), and marking the bitmaps in use rewrites the header from
+    // that state: qemu-img 7.2 drops every internal snapshot, then repairs
+    // their clusters as leaks. instar does not replicate that loss.
+    if (q.nbSnapshots > 0 && q.nbBitmaps > 0) {
+      throw refuse(
+        "qemu-img would drop every internal snapshot of an image with persistent bitmaps here; instar does not",
+      );
+    }
     const inUse = new Error("in use");
     try {
       bitmaps = await prepareBitmapResize({ ...host, fail: () => inUse }, filename, top.virtualSize);
@@ -180,13 +196,17 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   if (d.kind === "refuse") {
     throw new CliError([`Could not repair '${filename}': ${d.why}; nothing was written`]);
   }
-  // qemu writes the snapshot table anew after the refcount repairs, with its
-  // allocator; instar replays it on an image whose bitmaps stay put.
-  const snapshots = d.kind === "repair" && d.snapshots;
-  if (snapshots && bitmaps) {
-    throw new CliError([
-      `Could not repair '${filename}': instar does not rewrite the snapshot table of an image with bitmaps; nothing was written`,
-    ]);
+  // qemu writes the snapshot table anew after the refcount repairs (the
+  // rebuild, the grown file), with its allocator.
+  const fixing = d.kind === "repair" || d.kind === "rebuild";
+  const snapshots = fixing && d.snapshots;
+  const overhang = fixing ? d.overhang : 0n;
+  // (with bitmaps to mark and store there are no snapshots: refused above)
+  // Overhanging snapshots dropped: qemu writes the header's count before
+  // anything else (qcow2_check_read_snapshot_table).
+  const nbSnapshots = BigInt(q?.nbSnapshots ?? 0) - overhang;
+  if (nbSnapshots < 0n) {
+    throw new CliError(["Check failed: sandbox failure: more snapshots dropped than held"]);
   }
   // -r all rebuilding the refcount structures: the new blocks and table,
   // then the flags and the header bits below, on the grown file.
@@ -196,6 +216,11 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // end (qemu's bdrv_truncate in check_refblocks), then makes L2 entries of
   // unaligned preallocated clusters zero clusters; both before the rest.
   const early: FilePlan[] = [];
+  if (overhang) {
+    const count = new Uint8Array(4);
+    new DataView(count.buffer).setUint32(0, Number(nbSnapshots));
+    early.push({ patches: [{ kind: "write", offset: 60n, bytes: count }], fileSize });
+  }
   if (d.kind === "rebuild" || d.kind === "repair") {
     const cs = 1n << BigInt(q!.clusterBits);
     for (const off of d.grow) {
@@ -260,7 +285,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
       scan: (args) => scanSnapshots(top, filename, args),
       applySteps: (steps) => host.applySteps(steps, "Check failed", "discard", true),
       fail: (why) => new CliError([`Could not repair '${filename}': ${why}`]),
-    }, q!.nbSnapshots);
+    }, Number(nbSnapshots));
     const bits = planQcow2Repair({
       clusterBits: q!.clusterBits,
       refcountBits: q!.refcountBits,

@@ -8,13 +8,14 @@ import { asInstar, instarHere, type Outcome, qemuImg, sh } from "../cli_helpers.
 /**
  * `make` builds img.qcow2 in the qemu-img directory; `after` (given qemu-img's
  * outcome and the two directories) checks more before they are removed.
+ * Returns how long each tool took, in milliseconds.
  */
 export async function repairBoth(
   prefix: string,
   args: string[],
   make: (dir: string) => Promise<void>,
   after?: (q: Outcome, qd: string, id: string) => Promise<void>,
-): Promise<void> {
+): Promise<{ qemuMs: number; instarMs: number }> {
   const root = await Deno.makeTempDir({ prefix });
   try {
     const [qd, id] = [`${root}/q`, `${root}/i`];
@@ -23,12 +24,17 @@ export async function repairBoth(
     await Deno.mkdir(id);
     await Deno.copyFile(`${qd}/img.qcow2`, `${id}/img.qcow2`);
     const all = ["check", ...args, "img.qcow2"];
+    let t = performance.now();
     const q = await qemuImg(all, qd);
+    const qemuMs = performance.now() - t;
+    t = performance.now();
     const i = await instarHere(all, id);
+    const instarMs = performance.now() - t;
     assertEquals(i, asInstar(q), `instar ${all.join(" ")}`);
     const [qb, ib] = [await Deno.readFile(`${qd}/img.qcow2`), await Deno.readFile(`${id}/img.qcow2`)];
     assert(qb.length === ib.length && qb.every((b, k) => b === ib[k]), "the repaired files differ");
     await after?.(q, qd, id);
+    return { qemuMs, instarMs };
   } finally {
     await Deno.remove(root, { recursive: true });
   }

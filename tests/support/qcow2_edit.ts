@@ -1,8 +1,8 @@
 // Edits qcow2 images that qemu-img made, as a crash or another writer would
 // leave them: refcounts set by hand (leaks, refcounts too low or high) and
-// the header's incompatible-feature bits, persistent bitmaps' bits and table
-// entries (the bitmap tail tests), snapshot entries' extra data (the
-// snapshot-table repair tests). Used by tests/check_repair_test.ts
+// the header's incompatible-feature bits, refcount table entries, persistent
+// bitmaps' bits, in-use flags and table entries (the bitmap tail tests),
+// snapshot entries' extra data (the snapshot-table repair tests). Used by tests/check_repair_test.ts
 // and fuzz:diff's repair operation to make inputs for check -r.
 
 /** Sets the refcount of `cluster` in the qcow2 at `path` (growing the file to hold the cluster). */
@@ -141,6 +141,54 @@ export function resizeSnapshotExtras(path: string, sizes: Map<number, number>): 
   try {
     f.seekSync(table, Deno.SeekMode.Start);
     f.writeSync(out.subarray(0, Math.max(o, at - table)));
+  } finally {
+    f.close();
+  }
+}
+
+/** Sets refcount table entry `index` to `value` (big-endian u64). */
+export function setReftableEntry(path: string, index: number, value: (old: bigint) => bigint): void {
+  const f = Deno.openSync(path, { read: true, write: true });
+  try {
+    const h = new Uint8Array(64);
+    f.readSync(h);
+    const at = Number(new DataView(h.buffer).getBigUint64(48)) + index * 8;
+    const e = new Uint8Array(8);
+    f.seekSync(at, Deno.SeekMode.Start);
+    f.readSync(e);
+    new DataView(e.buffer).setBigUint64(0, value(new DataView(e.buffer).getBigUint64(0)));
+    f.seekSync(at, Deno.SeekMode.Start);
+    f.writeSync(e);
+  } finally {
+    f.close();
+  }
+}
+
+/** Sets the in-use flag of every bitmap directory entry (a writer that never closed the image). */
+export function setBitmapsInUse(path: string): void {
+  const f = Deno.openSync(path, { read: true, write: true });
+  try {
+    const h = new Uint8Array(4096);
+    f.readSync(h);
+    const dv = new DataView(h.buffer);
+    for (let o = dv.getUint32(100); o + 8 <= h.length;) {
+      const type = dv.getUint32(o), len = dv.getUint32(o + 4);
+      if (type === 0) break;
+      if (type === 0x23852875) {
+        const n = dv.getUint32(o + 8), dir = Number(dv.getBigUint64(o + 24));
+        const e = new Uint8Array(24);
+        for (let k = 0, at = dir; k < n; k++) {
+          f.seekSync(at, Deno.SeekMode.Start);
+          f.readSync(e);
+          const ev = new DataView(e.buffer);
+          ev.setUint32(12, ev.getUint32(12) | 1);
+          f.seekSync(at, Deno.SeekMode.Start);
+          f.writeSync(e);
+          at += (24 + ev.getUint32(16) + ev.getUint16(20) + ev.getUint16(22) + 7) & ~7;
+        }
+      }
+      o += 8 + ((len + 7) & ~7);
+    }
   } finally {
     f.close();
   }

@@ -57,7 +57,7 @@ export const qcow2Driver: FormatDriver = {
   statusLayer: qcow2StatusLayer,
   decode(recs, input): DecodedImage {
     const q = qcow2Model(recs, input);
-    // The lists come only from an info run outside check mode; none at all means not listed.
+    // The lists come only from an info run (snapshots outside check mode); none at all means not listed.
     const listed = (type: number) => recs.some((r) => r.type === type && r.fields.input === input);
     if (q.nbSnapshots > 0 && listed(records.SNAPSHOT)) {
       q.snapshots = qcow2Snapshots(recs, input, q.nbSnapshots);

@@ -24,10 +24,17 @@
 //     pass through; a rebuild's second calculate_refcounts prints the L1/L2
 //     ones again after "Rebuilding refcount structure";
 //   - with -r all, an incomplete snapshot table entry ("Repairing snapshot
-//     table entry N is incomplete") has qcow2_check_fix_snapshot_table write
-//     the table anew after the refcount repairs (`snapshots`), but beside a
-//     rebuild, a grown file or bitmaps (the caller checks those);
-//   - instar refuses (nothing written) the rest: the other snapshot table fixes,
+//     table entry N is incomplete") or one with too much extra data
+//     ("Discarding too much extra metadata ...") has
+//     qcow2_check_fix_snapshot_table write the table anew after the refcount
+//     repairs, the rebuild or the grown file (`snapshots`);
+//   - with -r all, overhanging snapshots (past the 65,536th: "Discarding N
+//     overhanging snapshots"; from the entry that takes the table past
+//     64 MiB: "... (snapshot table is too big)") are dropped: the header's
+//     count is written first (`overhang`), their clusters are leaks the
+//     refcount repair frees, and the table is written anew only when an
+//     entry is also incomplete or has too much extra data;
+//   - instar refuses (nothing written) the rest: other L1/L2 entry fixes,
 //     an unaligned refcount block qemu reads (it marks the image corrupt),
 //     a block too far past the end to grow the file to.
 import { records } from "../../abi/spec.ts";
@@ -60,6 +67,9 @@ const ZERO_FIX = code("PREALLOC_UNALIGNED_REPAIR");
 const SNAP_FIX = code("SNAPSHOT_INCOMPLETE_REPAIR");
 /** Too much extra data in an entry: -r all drops it and writes the table anew. */
 const SNAP_DROP = code("SNAPSHOT_EXTRA_DISCARD");
+/** Overhanging snapshots (past the 65,536th, or past 64 MiB of table): -r all
+ * drops them and writes the header's count at once. */
+const OVERHANG = new Set(["SNAPSHOT_OVERHANG_DISCARD", "SNAPSHOT_TOO_BIG_DISCARD"].map(code));
 /** Errors qemu's -r all prints and counts but does not repair; a rebuild's
  * second calculate_refcounts prints them again (REPRINT). */
 const REPRINT = new Set(
@@ -92,6 +102,8 @@ export type RepairDecision =
     zeroes: ZeroFix[];
     rebuild: Pick<RebuildInput, "nbClusters" | "runs" | "oldMeta">;
     oflags: OflagFix[];
+    snapshots: boolean;
+    overhang: bigint;
   }
   /** Print `lines`; apply `fixes` and `oflags` (maybe none). */
   | {
@@ -103,6 +115,8 @@ export type RepairDecision =
     zeroes: ZeroFix[];
     /** Write the snapshot table anew after the repairs. */
     snapshots: boolean;
+    /** Snapshots dropped from the end of the table (the header's count goes down by this). */
+    overhang: bigint;
   };
 
 interface Mismatch {
@@ -159,9 +173,13 @@ export function decideRepair(
     throw new Error("check repaired flags with -r leaks over errors left");
   }
   let rebuild = false;
+  let overhang = 0n;
   for (const [i, m] of msgs.entries()) {
     const c = m.fields.code as number, a = m.fields.a as bigint[];
-    if (c === MISMATCH) {
+    if (OVERHANG.has(c)) {
+      if (mode === "leaks" || a[0] === 0n || a[0] > 0xffffffffn) throw new Error("check sent a bad overhang");
+      overhang += a[0];
+    } else if (c === MISMATCH) {
       if (mismatches.has(a[1]) || a[2] === a[3]) throw new Error("check sent a repeated or empty mismatch");
       mismatches.set(a[1], { cluster: a[1], r1: a[2], r2: a[3] });
       lastMismatch = i;
@@ -191,9 +209,6 @@ export function decideRepair(
   }
   const snapshots = msgs.some((m) => m.fields.code === SNAP_FIX || m.fields.code === SNAP_DROP);
   if (snapshots && mode === "leaks") throw new Error("check sent -r all repairs with -r leaks");
-  if (snapshots && (rebuild || grow.length)) {
-    return { kind: "refuse", why: "instar does not rewrite the snapshot table beside a rebuild" };
-  }
   if (rebuild) {
     if (msgs.some((m) => PRINT_ONLY.has(m.fields.code as number) && !REPRINT.has(m.fields.code as number))) {
       return {
@@ -230,6 +245,8 @@ export function decideRepair(
       oflags,
       grow,
       zeroes,
+      snapshots,
+      overhang,
     };
   }
   const fixable = (m: Mismatch) => m.r1 > m.r2 || mode === "all";
@@ -255,5 +272,5 @@ export function decideRepair(
   if (fixes.length !== [...mismatches.values()].filter(fixable).length) {
     throw new Error("check sent fewer repairs than mismatches it fixes");
   }
-  return { kind: "repair", lines, fixes, oflags, grow, zeroes, snapshots };
+  return { kind: "repair", lines, fixes, oflags, grow, zeroes, snapshots, overhang };
 }

@@ -158,7 +158,7 @@ export function decodeSnapshotScan(recs: Rec[], fileSize: bigint, picked?: numbe
           : what === snapBytesKinds.EXTRA
           ? 2
           : -1;
-        if (k < 0 || len === 0 || len > 2048) throw new GuestResultError("snapshot bytes kind bad");
+        if (k < 0 || len === 0 || len > 256) throw new GuestResultError("snapshot bytes kind bad");
         const p = pending[i];
         // In order: all of the id, then the name, then the extra data.
         for (let j = 0; j < k; j++) {
