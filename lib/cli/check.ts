@@ -34,6 +34,7 @@ import { errorRecordMessage } from "../formats/qcow2/errors.ts";
 import { decideRepair, type RepairMode } from "../formats/qcow2/repair.ts";
 import { planEntryZeroes, planQcow2Repair } from "../formats/qcow2/repair_plan.ts";
 import { fixSnapshotTable } from "../formats/qcow2/snapshot_fix.ts";
+import { snapshotCountPatch } from "../formats/qcow2/snapshot_plan.ts";
 import { planQcow2Rebuild } from "../formats/qcow2/rebuild_plan.ts";
 import type { FilePlan } from "../formats/plan.ts";
 import { resizeHost } from "./resize_host.ts";
@@ -198,9 +199,9 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   }
   // qemu writes the snapshot table anew after the refcount repairs (the
   // rebuild, the grown file), with its allocator.
-  const fixing = d.kind === "repair" || d.kind === "rebuild";
-  const snapshots = fixing && d.snapshots;
-  const overhang = fixing ? d.overhang : 0n;
+  const fixing = d.kind === "repair" || d.kind === "rebuild" ? d : undefined;
+  const snapshots = fixing?.snapshots ?? false;
+  const overhang = fixing?.overhang ?? 0n;
   // (with bitmaps to mark and store there are no snapshots: refused above)
   // Overhanging snapshots dropped: qemu writes the header's count before
   // anything else (qcow2_check_read_snapshot_table).
@@ -216,11 +217,7 @@ export async function checkCommand(argv: string[], io: Io, base?: InstarOptions)
   // end (qemu's bdrv_truncate in check_refblocks), then makes L2 entries of
   // unaligned preallocated clusters zero clusters; both before the rest.
   const early: FilePlan[] = [];
-  if (overhang) {
-    const count = new Uint8Array(4);
-    new DataView(count.buffer).setUint32(0, Number(nbSnapshots));
-    early.push({ patches: [{ kind: "write", offset: 60n, bytes: count }], fileSize });
-  }
+  if (overhang) early.push({ patches: [snapshotCountPatch(Number(nbSnapshots))], fileSize });
   if (d.kind === "rebuild" || d.kind === "repair") {
     const cs = 1n << BigInt(q!.clusterBits);
     for (const off of d.grow) {

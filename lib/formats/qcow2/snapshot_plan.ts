@@ -442,6 +442,17 @@ class Replay {
   }
 }
 
+/**
+ * The header's nb_snapshots alone: check -r all dropping overhanging
+ * snapshots writes the new count before anything else
+ * (qcow2_check_read_snapshot_table), the table left where it is.
+ */
+export function snapshotCountPatch(nb: number): Patch {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, nb);
+  return { kind: "write", offset: HDR_NB_SNAPSHOTS, bytes: b };
+}
+
 function headerPatch(nb: number, offset: bigint): Patch {
   const b = new Uint8Array(12);
   const dv = new DataView(b.buffer);
