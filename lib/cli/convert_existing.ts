@@ -110,6 +110,17 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
   }
   if (img.virtualSize < t.size) throw new CliError(["output file is smaller than input file"]);
   checkCache(t);
+  // The guests that classify and copy the source into a plain qcow2
+  // (rebase_diff, copy_runs) carry no cipher: an encrypted layer would reach
+  // them as ciphertext (they failed with an I/O error). Refused before
+  // anything is written; -n -O raw and encrypted qcow2 targets decrypt.
+  if (
+    t.chain.some((l) => l.format === "luks" || (l.qcow2 !== undefined && l.qcow2.layout.cryptMethod !== 0))
+  ) {
+    throw new CliError([
+      `Writing an encrypted source into '${t.display}' is not supported by instar convert: the target is an unencrypted qcow2; nothing was written`,
+    ]);
+  }
   const written = await convertIntoQcow2({
     target: t.target,
     unsafeQuirks: o.unsafeQuirks,
