@@ -16,10 +16,10 @@
 // instar on copies of the same files: the outputs and the targets' bytes
 // must be identical, `qemu-img check` clean.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, io, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { asInstar, built, haveQemuImg, io, qemuImg, withTempDir } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
 import { runBoth } from "./support/both_tools.ts";
-import { FULL_TESTS } from "./support/full.ts";
+import { headGaps, layoutTests } from "./support/layout_cases.ts";
 
 await useHostedGuestsWithoutKvm();
 
@@ -109,26 +109,14 @@ const gaps = (cs: number) => [
   // 1 MiB free: a request of up to 1 MiB fits, a 2 MiB buffer does not; and 2 MiB free.
   io("dst", "discard 5M 1M", "discard 10M 2M"),
 ];
-// Data in the first MiB only, with gaps freed in it: the source's runs past it are all allocated anew.
-const head = (cs: number) => [
-  io("dst", "write -P 9 0 1M"),
-  io("dst", `discard ${cs} ${cs}`, `discard ${3 * cs} ${2 * cs}`, `discard ${7 * cs} ${3 * cs}`),
-];
 const TARGETS: Record<string, string[]> = {
-  "freed gaps before unallocated": ["qemu-img create -q -f qcow2 dst 12M", ...head(65536)],
+  "freed gaps before unallocated": ["qemu-img create -q -f qcow2 dst 12M", ...headGaps(65536)],
   "freed gaps before unallocated, 4 KiB clusters": [
     "qemu-img create -q -f qcow2 -o cluster_size=4096 dst 12M",
-    ...head(4096),
+    ...headGaps(4096),
   ],
   gaps: ["qemu-img create -q -f qcow2 dst 12M", ...gaps(65536)],
   "gaps, 4 KiB clusters": ["qemu-img create -q -f qcow2 -o cluster_size=4096 dst 12M", ...gaps(4096)],
-};
-
-const OPTIONS: Record<string, string[]> = {
-  default: [],
-  "-S 0": ["-S", "0"],
-  "--target-is-zero": ["--target-is-zero"],
-  "-S 64k": ["-S", "64k"],
 };
 
 // The default run takes these (each source and path keeps a case); INSTAR_FULL_TESTS=1 every combination.
@@ -154,29 +142,7 @@ const QUICK: Record<string, Record<string, string[]>> = {
   "vmdk zeroed grains": { "freed gaps before unallocated": ["default", "-S 0"], gaps: ["--target-is-zero"] },
 };
 
-for (const [src, { fmt, make: makeSrc }] of Object.entries(SOURCES)) {
-  for (const [dst, makeDst] of Object.entries(TARGETS)) {
-    const opts = FULL_TESTS ? Object.keys(OPTIONS) : QUICK[src][dst] ?? [];
-    if (opts.length === 0) continue;
-    Deno.test({ name: `convert -n layout: ${src} source into ${dst} target`, ignore: !ready }, async () => {
-      await withTempDir("instar-nlayoutf-", async (root) => {
-        await Deno.mkdir(`${root}/base`);
-        for (const l of [...makeSrc, ...makeDst]) await sh(`${root}/base`, "sh", "-c", l);
-        for (const name of opts) {
-          for (const d of ["q", "i"]) await sh(root, "sh", "-c", `rm -rf ${d} && cp -a base ${d}`);
-          const args = ["convert", "-n", ...OPTIONS[name], "-f", fmt, "-O", "qcow2", "src", "dst"];
-          const [want, got] = await Promise.all([qemuImg(args, `${root}/q`), instarHere(args, `${root}/i`)]);
-          assertEquals(got, asInstar(want), name);
-          assertEquals(want.code, 0, want.stderr);
-          const same = await new Deno.Command("cmp", { args: ["q/dst", "i/dst"], cwd: root }).output();
-          assert(same.success, `${name}: ${new TextDecoder().decode(same.stdout)}`);
-          const chk = await qemuImg(["check", "dst"], `${root}/i`);
-          assert(chk.code === 0, chk.stdout + chk.stderr);
-        }
-      });
-    });
-  }
-}
+layoutTests({ sources: SOURCES, targets: TARGETS, quick: QUICK, prefix: "instar-nlayoutf-", ready });
 
 // Extended L2 entries are 16 bytes: with 16 KiB clusters an L2 table maps
 // 16 MiB, so qemu's answer ends at 16M though the host clusters go on (the

@@ -10,10 +10,9 @@
 // command runs through qemu-img and instar on copies of the same files: the
 // outputs and the targets' bytes must be identical, `qemu-img check` clean.
 // (No -W: qemu's out-of-order writes make its own layout vary.)
-import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh, withTempDir } from "./cli_helpers.ts";
+import { built, haveQemuImg } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { FULL_TESTS } from "./support/full.ts";
+import { headGaps, layoutTests } from "./support/layout_cases.ts";
 import { io } from "./support/convert_compare.ts";
 
 await useHostedGuestsWithoutKvm();
@@ -78,28 +77,16 @@ const gaps = (cs: number) => [
   io("dst", `discard ${cs} ${cs}`, `discard ${4 * cs} ${2 * cs}`, `discard ${9 * cs} ${3 * cs}`),
   io("dst", `discard ${20 * cs} ${cs}`, `discard 3M 256k`, `write -z ${30 * cs} ${2 * cs}`),
 ];
-// Data in the first MiB only, with gaps freed in it: the source's runs past it are all allocated anew.
-const head = (cs: number) => [
-  io("dst", "write -P 9 0 1M"),
-  io("dst", `discard ${cs} ${cs}`, `discard ${3 * cs} ${2 * cs}`, `discard ${7 * cs} ${3 * cs}`),
-];
 const TARGETS: Record<string, string[]> = {
-  "freed gaps before unallocated": ["qemu-img create -q -f qcow2 dst 4M", ...head(65536)],
+  "freed gaps before unallocated": ["qemu-img create -q -f qcow2 dst 4M", ...headGaps(65536)],
   "freed gaps before unallocated, 4 KiB clusters": [
     "qemu-img create -q -f qcow2 -o cluster_size=4096 dst 4M",
-    ...head(4096),
+    ...headGaps(4096),
   ],
   empty: ["qemu-img create -q -f qcow2 dst 4M"],
   gaps: ["qemu-img create -q -f qcow2 dst 4M", ...gaps(65536)],
   "gaps, 4 KiB clusters": ["qemu-img create -q -f qcow2 -o cluster_size=4096 dst 4M", ...gaps(4096)],
   "gaps, compat=0.10": ["qemu-img create -q -f qcow2 -o compat=0.10 dst 4M", ...gaps(65536)],
-};
-
-const OPTIONS: Record<string, string[]> = {
-  default: [],
-  "-S 0": ["-S", "0"],
-  "--target-is-zero": ["--target-is-zero"],
-  "-S 64k": ["-S", "64k"],
 };
 
 // The default run takes these (each path keeps a case); INSTAR_FULL_TESTS=1 every combination.
@@ -119,27 +106,13 @@ const QUICK: Record<string, Record<string, string[]>> = {
   "qcow2 overlay": { "freed gaps before unallocated": ["default"] },
 };
 
-for (const [src, makeSrc] of Object.entries(SOURCES)) {
-  for (const [dst, makeDst] of Object.entries(TARGETS)) {
-    const opts = FULL_TESTS ? Object.keys(OPTIONS) : QUICK[src][dst] ?? [];
-    if (opts.length === 0) continue;
-    Deno.test({ name: `convert -n layout: ${src} source into ${dst} target`, ignore: !ready }, async () => {
-      await withTempDir("instar-nlayout-", async (root) => {
-        await Deno.mkdir(`${root}/base`);
-        for (const l of [...makeSrc, ...makeDst]) await sh(`${root}/base`, "sh", "-c", l);
-        for (const name of opts) {
-          for (const d of ["q", "i"]) await sh(root, "sh", "-c", `rm -rf ${d} && cp -a base ${d}`);
-          const fmt = src.startsWith("qcow2") ? "qcow2" : "raw";
-          const args = ["convert", "-n", ...OPTIONS[name], "-f", fmt, "-O", "qcow2", "src", "dst"];
-          const [want, got] = await Promise.all([qemuImg(args, `${root}/q`), instarHere(args, `${root}/i`)]);
-          assertEquals(got, asInstar(want), name);
-          assertEquals(want.code, 0, want.stderr);
-          const same = await new Deno.Command("cmp", { args: ["q/dst", "i/dst"], cwd: root }).output();
-          assert(same.success, `${name}: ${new TextDecoder().decode(same.stdout)}`);
-          const chk = await qemuImg(["check", "dst"], `${root}/i`);
-          assert(chk.code === 0, chk.stdout + chk.stderr);
-        }
-      });
-    });
-  }
-}
+layoutTests({
+  // raw sources as -f raw, the others as qcow2.
+  sources: Object.fromEntries(
+    Object.entries(SOURCES).map(([k, make]) => [k, { fmt: k.startsWith("qcow2") ? "qcow2" : "raw", make }]),
+  ),
+  targets: TARGETS,
+  quick: QUICK,
+  prefix: "instar-nlayout-",
+  ready,
+});
