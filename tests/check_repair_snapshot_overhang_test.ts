@@ -8,9 +8,9 @@
 // qemu-img made, each once; qemu-img checks one copy, instar another:
 // stdout, stderr (program name aside), exit code and the files must match.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
-import { asInstar, built, haveQemuImg, instarHere, qemuImg, sh } from "./cli_helpers.ts";
+import { built, haveQemuImg, qemuImg, sh } from "./cli_helpers.ts";
 import { useHostedGuestsWithoutKvm } from "./support/kvm.ts";
-import { makeSnapshotImage, repairBoth } from "./support/check_repair.ts";
+import { makeSnapshotImage, refusedAsQemu, repairBoth } from "./support/check_repair.ts";
 import { type ManyOptions, manySnapshots } from "./support/many_snapshots.ts";
 import { resizeSnapshotExtras, setBitmapsInUse, setRefcount } from "./support/qcow2_edit.ts";
 
@@ -149,14 +149,7 @@ Deno.test(
           const dir = await Deno.makeTempDir({ prefix: "instar-overhang-" });
           try {
             await Deno.copyFile(src, `${dir}/img.qcow2`);
-            const all = ["check", ...args, "img.qcow2"];
-            const q = await qemuImg(all, dir);
-            assertEquals(q.code, 1);
-            const want = asInstar(q);
-            want.stderr = want.stderr.replace("with instar check -r all", "with qemu-img check -r all");
-            assertEquals(await instarHere(all, dir), want);
-            const [before, after] = [await Deno.readFile(src), await Deno.readFile(`${dir}/img.qcow2`)];
-            assertEquals(after.length === before.length && after.every((b, k) => b === before[k]), true);
+            await refusedAsQemu(dir, args);
           } finally {
             await Deno.remove(dir, { recursive: true });
           }

@@ -59,3 +59,20 @@ export async function makeSnapshotImage(
   await sh(dir, "qemu-io", "-c", "write -P 9 0 64k", "img.qcow2");
   poke(`${dir}/img.qcow2`);
 }
+
+/**
+ * `check ARGS img.qcow2` in `dir` where qemu-img refuses to repair without
+ * `-r all`: qemu-img exits 1 with its hint, instar prints the same (the hint
+ * naming qemu-img, as qemu does), and the file is left as it was.
+ */
+export async function refusedAsQemu(dir: string, args: string[]): Promise<void> {
+  const before = await Deno.readFile(`${dir}/img.qcow2`);
+  const all = ["check", ...args, "img.qcow2"];
+  const q = await qemuImg(all, dir);
+  assertEquals(q.code, 1);
+  const want = asInstar(q);
+  want.stderr = want.stderr.replace("with instar check -r all", "with qemu-img check -r all");
+  assertEquals(await instarHere(all, dir), want);
+  const after = await Deno.readFile(`${dir}/img.qcow2`);
+  assert(after.length === before.length && after.every((b, k) => b === before[k]), "the file changed");
+}
