@@ -7,10 +7,15 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { exec, KVM, type Outcome, qemuImg } from "../cli_helpers.ts";
 
-/** qemu-img, retried when its PBKDF2 calibration fails. */
+/**
+ * qemu-img, retried when its PBKDF2 calibration fails. The failure comes in
+ * bursts while the machine is loaded (eight immediate retries all failed in
+ * one CI run beside a build), so each retry waits longer than the last.
+ */
 export async function qemuRetry(args: string[], dir: string): Promise<Outcome> {
   let last: Outcome | undefined;
   for (let i = 0; i < 8; i++) {
+    if (i > 0) await new Promise((r) => setTimeout(r, 250 * i));
     last = await qemuImg(args, dir);
     if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) return last;
   }
