@@ -15,7 +15,8 @@
 // -S 0 and --target-is-zero once each; a wrong passphrase fails in
 // qemu-img's words and exit code, the target untouched; a target with a
 // backing file is refused, untouched, and so is a source ending inside a
-// cluster of a larger target (qemu-img converts both). The passphrase
+// cluster of a larger target, and -n -B with an encrypted source or target
+// (qemu-img converts all three). The passphrase
 // appears in no output, child argv or TMPDIR file.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import {
@@ -284,6 +285,73 @@ if (haveQemuImg()) {
             code: 1,
           });
           assert(await same(dir, "gapped.qcow2", "i.qcow2"), "target written");
+        },
+      );
+
+      // Regression: -n -B into an encrypted qcow2 wrote the base's data too (the top's ranges were ignored).
+      await t.step(
+        "-n -B with an encrypted source or target: refused, untouched (qemu-img converts)",
+        async () => {
+          await ok(dir, "qemu-img", [
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+          ]);
+          await ok(dir, "qemu-io", ["-f", "qcow2", "-c", "write -P 5 2M 64k", "top.qcow2"]);
+          await ok(dir, "qemu-img", [
+            "create",
+            "-q",
+            ...OBJ,
+            "-f",
+            "qcow2",
+            "-o",
+            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
+            "et.qcow2",
+            "4M",
+          ]);
+          const runs: [string, (f: string) => string[]][] = [
+            ["gapped.qcow2", (f) => ["-B", "base.qcow2", ...OBJ, "--image-opts", ovOpts, "-O", "qcow2", f]],
+            [
+              "et.qcow2",
+              (
+                f,
+              ) => [
+                "-B",
+                "base.qcow2",
+                ...OBJ,
+                "top.qcow2",
+                "--target-image-opts",
+                `driver=qcow2,file.filename=${f},encrypt.key-secret=s0`,
+              ],
+            ],
+          ];
+          for (const [target, rest] of runs) {
+            await Deno.copyFile(`${dir}/${target}`, `${dir}/q.qcow2`);
+            await Deno.copyFile(`${dir}/${target}`, `${dir}/i.qcow2`);
+            const q = await qemuRetry(["convert", "-n", ...rest("q.qcow2")], dir);
+            assertEquals(q.code, 0, q.stderr);
+            const i = await recordingChildren(
+              argvs,
+              () => instarHere(["convert", "-n", ...rest("i.qcow2")], dir),
+            );
+            outs.push(i);
+            const display = target === "et.qcow2"
+              ? "driver=qcow2,file.filename=i.qcow2,encrypt.key-secret=s0"
+              : "i.qcow2";
+            assertEquals(i, {
+              stdout: "",
+              stderr:
+                `instar: Writing into '${display}' is not supported by instar convert: -n -B with an encrypted source or target; nothing was written\n`,
+              code: 1,
+            });
+            assert(await same(dir, target, "i.qcow2"), "target written");
+          }
         },
       );
 

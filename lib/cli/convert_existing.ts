@@ -60,19 +60,14 @@ function encryptedSource(chain: OpenedImage[]): boolean {
 
 /**
  * An encrypted source into a plain qcow2 target: its size as qemu checks
- * it; what the encrypting writer does not model (a target with a backing
- * file, whose partly written clusters read the backing's bytes; -B's top
- * ranges) refused before anything is written.
+ * it; a target with a backing file (whose partly written clusters read the
+ * backing's bytes, which the encrypting writer does not model) refused
+ * before anything is written.
  */
 function plainTargetChecks(t: ExistingTarget, img: OpenedImage): void {
-  const why = img.qcow2!.backingFile !== undefined
-    ? "the target has a backing file"
-    : t.top
-    ? "-B"
-    : undefined;
-  if (why !== undefined) {
+  if (img.qcow2!.backingFile !== undefined) {
     throw new CliError([
-      `Writing an encrypted source into '${t.display}' is not supported by instar convert: ${why}; nothing was written`,
+      `Writing an encrypted source into '${t.display}' is not supported by instar convert: the target has a backing file; nothing was written`,
     ]);
   }
   if (img.virtualSize < t.size) throw new CliError(["output file is smaller than input file"]);
@@ -115,6 +110,12 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
     };
     if (encryptedTarget) await unlockQcryptTarget(job, img);
     else plainTargetChecks(t, img);
+    // -n -B: the encrypting writer writes the whole source, not only the top's ranges (it used to, silently).
+    if (t.top) {
+      throw new CliError([
+        `Writing into '${t.display}' is not supported by instar convert: -n -B with an encrypted source or target; nothing was written`,
+      ]);
+    }
     checkCache(t);
     try {
       const written = await convertIntoQcrypt(job, img);
