@@ -120,7 +120,7 @@ qcow2_encrypt_LIBS := z zstd_min nettle
 # JSON metadata do not fit beside every other reader): convert -O luks and
 # -O qcow2 -o encrypt.* from a LUKS2 image (lib/convert/luks_target.ts,
 # qcow2_encrypt_target.ts pick them). The LUKS2 reader's chain only (raw
-# under it); qcow2_encrypt_luks2 without the INTO mode.
+# under it); qcow2_encrypt_luks2 with the INTO mode too (and its PLAIN target).
 luks_write_luks2_SRCS := ops/luks_write.c ops/luks_into.c luks/write.c $(LUKS2_READ_SRCS)
 luks_write_luks2_LIBS := z nettle argon2
 qcow2_encrypt_luks2_SRCS := ops/qcow2_encrypt_luks2.c ops/qcow2_encrypt_backing.c ops/qcow2_crypt_into.c luks/write.c \

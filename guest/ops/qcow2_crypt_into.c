@@ -22,6 +22,10 @@
  * whole in 512-byte sectors, the IV's sector number its host offset / 512
  * (LUKS) or its guest offset / 512 (AES), the bytes past the source's end
  * encrypted zeroes (qemu's copy-on-write). The key never leaves the guest.
+ * With QCOW2_ENC_F_PLAIN the target is an unencrypted qcow2 (convert -n from
+ * an encrypted source, whose passphrase alone the guest holds): no key slot
+ * is unlocked and the clusters are written as they read (the bytes past the
+ * source's end zeroes); a target with an encryption method is refused.
  */
 #include "../chain/chain.h"
 #include "../luks/luks_write.h"
@@ -108,7 +112,9 @@ int qcow2_crypt_into(const struct params *p)
     src.batch = src.defer = true;
     if (chain_open_range(&src, 0, ti, 0, 0)) return -1;
     struct luks_enc enc = { 0 };
-    if (target_key(p, ti, &q, &enc)) return -1;
+    bool plain = (p->flags & QCOW2_ENC_F_PLAIN) != 0;
+    if (plain ? q.crypt_method != 0 : target_key(p, ti, &q, &enc))
+        return plain ? rt_error(ti, GERR_BAD_PARAMS, 138, q.crypt_method, 0) : -1;
     bool luks = q.crypt_method == QCOW2_CRYPT_LUKS;
     uint8_t *buf = rt_alloc(CHUNK);
     if (!buf) return rt_error(0, GERR_OUT_OF_MEMORY, CHUNK, 0, 0);
@@ -142,7 +148,7 @@ int qcow2_crypt_into(const struct params *p)
                     uint64_t k = in_place ? sparse - ((off + b) % sparse) : padded - b;
                     if (k > padded - b) k = padded - b;
                     if (!in_place || !buf_is_zero(buf + b, k)) {
-                        luks_encrypt(&enc, (luks ? host + b : off + b) / 512, buf + b, k);
+                        if (!plain) luks_encrypt(&enc, (luks ? host + b : off + b) / 512, buf + b, k);
                         if (hc_write(host + b, k, buf + b) != (int64_t)k) {
                             rc = rt_error(0, GERR_IO, 1, off + b, 0);
                             break;
@@ -158,6 +164,6 @@ int qcow2_crypt_into(const struct params *p)
         }
     }
     memset(buf, 0, CHUNK);
-    luks_enc_wipe(&enc);
+    if (!plain) luks_enc_wipe(&enc);
     return rc;
 }

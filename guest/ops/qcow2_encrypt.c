@@ -25,8 +25,9 @@
  * CONV_BACKING mode chooses them (guest/ops/qcow2_encrypt_backing.c, zero
  * clusters as ZERO_RUN; the target's backing chain, inputs arg[5] >> 32 on,
  * fills the clusters the source writes only in part); QCOW2_ENC_F_CLASSIFY alone writes nothing and
- * reports qemu's requests per cluster (convert -n into an encrypted qcow2).
- * Built also as qcow2_encrypt_luks2 (QE_NO_INTO: LUKS2 sources, no INTO).
+ * reports qemu's requests per cluster (convert -n into an existing qcow2, encrypted or,
+ * from an encrypted source, plain). INTO (| PLAIN): guest/ops/qcow2_crypt_into.c.
+ * Built also as qcow2_encrypt_luks2 (LUKS2 sources; guest/ops/qcow2_encrypt_luks2.c).
  */
 #include "../chain/chain.h"
 #include "../luks/luks_write.h"
@@ -125,7 +126,7 @@ int op_main(void)
     const struct params *p = rt_params();
     uint32_t flags = p->flags;
 #ifndef QE_NO_INTO
-    if (flags == QCOW2_ENC_F_INTO) return qcow2_crypt_into(p);
+    if ((flags & ~(uint32_t)QCOW2_ENC_F_PLAIN) == QCOW2_ENC_F_INTO) return qcow2_crypt_into(p);
 #endif
     if (flags == QCOW2_ENC_F_CLASSIFY) return classify(p);
     bool backing = flags & QCOW2_ENC_F_BACKING, zero_data = flags & QCOW2_ENC_F_ZERO_DATA;

@@ -497,6 +497,9 @@ export const qcow2EncryptFlags = {
   BACKING: 8,
   ZERO_DATA: 16,
   CLASSIFY: 32,
+  /** With INTO: the target is an unencrypted qcow2 (convert -n from an encrypted source):
+   * no target key, the clusters written in plaintext. */
+  PLAIN: 64,
 } as const;
 export const luksAmendActions = { MATCH: 1, ADD: 2, ERASE: 3 } as const;
 /** LUKS_WRITTEN.entropy bits: where the random bytes came from (host bytes are always mixed in). */

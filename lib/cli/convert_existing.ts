@@ -1,6 +1,7 @@
 // convert -n into an existing qcow2 (plain or encrypted) or LUKS target:
-// which in-place writer takes it (lib/cli/convert_into_qcow2.ts,
-// convert_into_qcrypt.ts, convert_into_luks.ts), with img_convert's checks
+// which in-place writer takes it (lib/cli/convert_into_qcow2.ts;
+// convert_into_qcrypt.ts for an encrypted target or an encrypted source;
+// convert_into_luks.ts), with img_convert's checks
 // in its order around them. The caller has opened (and unlocked) the
 // source chain; nothing here creates a file.
 import { CliError } from "./messages.ts";
@@ -50,6 +51,28 @@ function checkCache(t: ExistingTarget) {
   if (!CACHE_MODES.includes(t.cache)) throw new CliError([`Invalid cache option: ${t.cache}`]);
 }
 
+/** Whether a layer of the source chain is encrypted (LUKS, or a qcow2 with an encryption method). */
+function encryptedSource(chain: OpenedImage[]): boolean {
+  return chain.some((l) =>
+    l.format === "luks" || (l.qcow2 !== undefined && l.qcow2.layout.cryptMethod !== 0)
+  );
+}
+
+/**
+ * An encrypted source into a plain qcow2 target: its size as qemu checks
+ * it; a target with a backing file (whose partly written clusters read the
+ * backing's bytes, which the encrypting writer does not model) refused
+ * before anything is written.
+ */
+function plainTargetChecks(t: ExistingTarget, img: OpenedImage): void {
+  if (img.qcow2!.backingFile !== undefined) {
+    throw new CliError([
+      `Writing an encrypted source into '${t.display}' is not supported by instar convert: the target has a backing file; nothing was written`,
+    ]);
+  }
+  if (img.virtualSize < t.size) throw new CliError(["output file is smaller than input file"]);
+}
+
 /** -n -O qcow2: written in place by the in-place qcow2 writer (encrypted: unlocked and encrypted in the guest). */
 export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void> {
   const { o, progress } = t;
@@ -64,8 +87,12 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
   if (t.chain.some((x) => x.dev === img.dev && x.ino === img.ino)) {
     throw new CliError([`${t.target}: Refusing to overwrite an image this command reads`]);
   }
-  if (img.qcow2!.layout.cryptMethod !== 0) {
-    // Encrypted: unlocked and encrypted in the guest (lib/cli/convert_into_qcrypt.ts).
+  const encryptedTarget = img.qcow2!.layout.cryptMethod !== 0;
+  if (encryptedTarget || encryptedSource(t.chain)) {
+    // Encrypted target, or an encrypted source into a plain one: the
+    // qcow2_encrypt guest's classify and INTO modes, which read (decrypt) the
+    // source and encrypt for the target, or with a plain target write the
+    // clusters as they read (lib/cli/convert_into_qcrypt.ts).
     const job = {
       target: t.target,
       display: t.display,
@@ -81,7 +108,14 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
       targetIsZero: t.targetIsZero,
       onProgress: (done: bigint, total: bigint) => progress.bytes(done, total),
     };
-    await unlockQcryptTarget(job, img);
+    if (encryptedTarget) await unlockQcryptTarget(job, img);
+    else plainTargetChecks(t, img);
+    // -n -B: the encrypting writer writes the whole source, not only the top's ranges (it used to, silently).
+    if (t.top) {
+      throw new CliError([
+        `Writing into '${t.display}' is not supported by instar convert: -n -B with an encrypted source or target; nothing was written`,
+      ]);
+    }
     checkCache(t);
     try {
       const written = await convertIntoQcrypt(job, img);
@@ -110,17 +144,6 @@ export async function convertIntoExistingQcow2(t: ExistingTarget): Promise<void>
   }
   if (img.virtualSize < t.size) throw new CliError(["output file is smaller than input file"]);
   checkCache(t);
-  // The guests that classify and copy the source into a plain qcow2
-  // (rebase_diff, copy_runs) carry no cipher: an encrypted layer would reach
-  // them as ciphertext (they failed with an I/O error). Refused before
-  // anything is written; -n -O raw and encrypted qcow2 targets decrypt.
-  if (
-    t.chain.some((l) => l.format === "luks" || (l.qcow2 !== undefined && l.qcow2.layout.cryptMethod !== 0))
-  ) {
-    throw new CliError([
-      `Writing an encrypted source into '${t.display}' is not supported by instar convert: the target is an unencrypted qcow2; nothing was written`,
-    ]);
-  }
   const written = await convertIntoQcow2({
     target: t.target,
     unsafeQuirks: o.unsafeQuirks,

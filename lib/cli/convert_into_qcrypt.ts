@@ -11,13 +11,17 @@
 // (guest/ops/qcow2_crypt_into.c; qcow2_encrypt_luks2 for a LUKS2 source), which parses the target's LUKS header,
 // unlocks it and encrypts: the host hands it the passphrase only and never
 // sees a key or decodes a byte of the header.
+// The same machinery writes an encrypted source (a LUKS-encrypted or AES
+// qcow2, LUKS1, LUKS2) into an existing plain qcow2 (the guest's PLAIN flag:
+// no target key, the clusters written as they read), as qemu-img converts
+// it; only the source's passphrase reaches the guest.
 import { formats, mapFlags, mapOpFlags, ops, qcow2EncryptFlags, records } from "../abi/spec.ts";
 import { type GuestInput, runGuest } from "../vmm/guest.ts";
 import type { SecretStore } from "../secrets/objects.ts";
 import { GuestFailure } from "../convert/pipeline.ts";
 import { CliError } from "./messages.ts";
 import { type OpenedImage, OpenError, openFailure, unlockForRead } from "./image.ts";
-import { scanQcow2 } from "./scan_qcow2.ts";
+import { COMPRESSED_ENTRIES, scanQcow2 } from "./scan_qcow2.ts";
 import { type MapRun, mapRuns, MapRunsError } from "../chain/map_runs.ts";
 import { applySteps } from "./apply_steps.ts";
 import { syncFile } from "./write_rounds.ts";
@@ -78,12 +82,18 @@ export async function unlockQcryptTarget(job: IntoQcryptJob, img: OpenedImage): 
   if (img.virtualSize < job.size) throw new CliError(["output file is smaller than input file"]);
 }
 
-/** Writes the source into the unlocked encrypted qcow2 target `img`. Returns the data bytes written. */
+/**
+ * Writes the source into the unlocked encrypted qcow2 target `img`, or (an
+ * encrypted source) into the plain qcow2 `img`. Returns the data bytes written.
+ */
 export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): Promise<bigint> {
   const q = img.qcow2!;
   const what = `error while writing into '${job.target}'`;
   const cb = BigInt(q.clusterBits);
-  if (img.secret === undefined) throw new CliError(["Sandbox failure: the target was not unlocked"]);
+  const plain = q.layout.cryptMethod === 0;
+  if (!plain && img.secret === undefined) {
+    throw new CliError(["Sandbox failure: the target was not unlocked"]);
+  }
   if (job.size % q.clusterSize !== 0n && job.size < q.virtualSize) {
     throw refuse(job, "the source ends inside a cluster of the target");
   }
@@ -95,7 +105,8 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
   const writes: WriteOp[] = job.minSparse === 0n
     ? (clusters > 0n ? [{ cluster: 0n, count: clusters, kind: "data" }] : [])
     : await classifyRequests(job, cb, clusters, existing);
-  const scan = await scanQcow2(img, what);
+  // A plain target may hold compressed clusters: the planner frees those it overwrites.
+  const scan = await scanQcow2(img, what, plain ? COMPRESSED_ENTRIES : 0n);
   const plan = planQcow2Writes({
     scan,
     version: q.version,
@@ -126,7 +137,7 @@ export async function convertIntoQcrypt(job: IntoQcryptJob, img: OpenedImage): P
  * too): data, zeroes one write-zeroes request covers whole (a zero cluster),
  * and all-zero clusters split between requests, for which qemu's
  * qcow2_co_pwrite_zeroes asks whether the target cluster reads as zeroes:
- * an encrypted data cluster never does (its zeroes are then written,
+ * a data cluster never does, encrypted or plain (its zeroes are then written,
  * encrypted), an unallocated or zero cluster does (a zero cluster).
  */
 async function classifyRequests(
@@ -262,7 +273,7 @@ function dropTails(
   }));
 }
 
-/** One qcow2_encrypt INTO run: the moves' source bytes encrypted into the target. */
+/** One qcow2_encrypt INTO run: the moves' source bytes encrypted into the target (a plain one: as they read). */
 async function encryptMoves(
   job: IntoQcryptJob,
   img: OpenedImage,
@@ -284,16 +295,17 @@ async function encryptMoves(
   try {
     const path = `${dir}/moves`;
     await Deno.writeFile(path, bytes, { mode: 0o600 });
+    const plain = img.qcow2!.layout.cryptMethod === 0;
     const inputs: GuestInput[] = [
       ...job.source,
-      { path: img.openPath, format: formats.QCOW2, nofollow: false, secret: img.secret },
+      { path: img.openPath, format: formats.QCOW2, nofollow: false, secret: plain ? undefined : img.secret },
       { path, format: formats.RAW, nofollow: true },
     ];
     const r = await runGuest({
       ...encryptGuest(job),
       opCode: ops.QCOW2_ENCRYPT,
       inputs,
-      flags: qcow2EncryptFlags.INTO,
+      flags: qcow2EncryptFlags.INTO | (plain ? qcow2EncryptFlags.PLAIN : 0),
       args: [BigInt(moves.length), total, BigInt(img.qcow2!.clusterBits), sparse],
       kdfMaxIters: job.kdfMaxIters,
       output: { path: img.openPath, cap },
