@@ -43,6 +43,12 @@ async function ok(dir: string, cmd: string, args: string[]): Promise<void> {
   assertEquals(r.code, 0, `${cmd} ${args.join(" ")}: ${r.stderr}`);
 }
 
+/** A 4 MiB LUKS-encrypted qcow2 `name` made by qemu-img (`extra`: more create arguments, e.g. a backing file). */
+function encryptedQcow2(dir: string, name: string, ...extra: string[]): Promise<void> {
+  const luks = "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10";
+  return ok(dir, "qemu-img", ["create", "-q", ...OBJ, "-f", "qcow2", "-o", luks, ...extra, name, "4M"]);
+}
+
 async function same(dir: string, a: string, b: string): Promise<boolean> {
   return (await exec("cmp", ["-s", a, b], dir)).code === 0;
 }
@@ -61,17 +67,7 @@ if (haveQemuImg()) {
       const sources: { what: string; src: string[]; qemu: boolean }[] = [];
       let l2plain = new Uint8Array(0);
       // A LUKS-encrypted qcow2.
-      await ok(dir, "qemu-img", [
-        "create",
-        "-q",
-        ...OBJ,
-        "-f",
-        "qcow2",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-        "enc.qcow2",
-        "4M",
-      ]);
+      await encryptedQcow2(dir, "enc.qcow2");
       const qcowOpts = "driver=qcow2,file.filename=enc.qcow2,encrypt.key-secret=s0";
       await ok(dir, "qemu-io", [...OBJ, "--image-opts", qcowOpts, ...WRITES]);
       sources.push({ what: "a LUKS-encrypted qcow2", src: ["--image-opts", qcowOpts], qemu: true });
@@ -86,20 +82,7 @@ if (haveQemuImg()) {
         "write -P 4 3200k 64k",
         "base.qcow2",
       ]);
-      await ok(dir, "qemu-img", [
-        "create",
-        "-q",
-        ...OBJ,
-        "-f",
-        "qcow2",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        "ov.qcow2",
-      ]);
+      await encryptedQcow2(dir, "ov.qcow2", "-b", "base.qcow2", "-F", "qcow2");
       const ovOpts = "driver=qcow2,file.filename=ov.qcow2,encrypt.key-secret=s0";
       await ok(dir, "qemu-io", [...OBJ, "--image-opts", ovOpts, ...WRITES]);
       sources.push({
@@ -314,17 +297,7 @@ if (haveQemuImg()) {
             "top.qcow2",
           ]);
           await ok(dir, "qemu-io", ["-f", "qcow2", "-c", "write -P 5 2M 64k", "top.qcow2"]);
-          await ok(dir, "qemu-img", [
-            "create",
-            "-q",
-            ...OBJ,
-            "-f",
-            "qcow2",
-            "-o",
-            "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10",
-            "et.qcow2",
-            "4M",
-          ]);
+          await encryptedQcow2(dir, "et.qcow2");
           const runs: [string, (f: string) => string[]][] = [
             ["gapped.qcow2", (f) => ["-B", "base.qcow2", ...OBJ, "--image-opts", ovOpts, "-O", "qcow2", f]],
             [
