@@ -16,9 +16,21 @@ export interface Outcome {
 
 const dec = new TextDecoder();
 
+/**
+ * Runs `cmd`. qemu-img's PBKDF2 calibration (LUKS create and convert) fails
+ * at random when the machine is busy ("Unable to get accurate CPU usage"),
+ * in whatever test happens to run then; such a run is repeated here, each
+ * time after a longer wait (eight immediate retries once all failed).
+ */
 export async function exec(cmd: string, args: string[], cwd: string): Promise<Outcome> {
-  const out = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" }).output();
-  return { stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr), code: out.code };
+  for (let attempt = 0;; attempt++) {
+    const out = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" }).output();
+    const r = { stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr), code: out.code };
+    if (cmd !== "qemu-img" || r.code === 0 || attempt >= 8 || !r.stderr.includes("accurate CPU usage")) {
+      return r;
+    }
+    await new Promise((done) => setTimeout(done, 250 * (attempt + 1)));
+  }
 }
 
 /** Runs a setup command and fails the test if it fails. */

@@ -18,7 +18,7 @@ const SECRET = `secret,id=sec0,data=${PW}`;
 
 const instarHere = instarLuks;
 
-/** qemu-img create, retried: its PBKDF2 calibration flakes here ("Unable to get accurate CPU usage"). */
+/** qemu-img create of an encrypted qcow2 `name` (1 MiB) with options `o`. */
 async function qemuCreate(dir: string, o: string, name: string): Promise<Outcome> {
   return await qemuRetry(["create", "-f", "qcow2", "--object", SECRET, "-o", o, name, "1M"], dir);
 }

@@ -2,11 +2,7 @@
 import { deepStrictEqual as assertEquals } from "node:assert/strict";
 import { exec, qemuImg } from "../cli_helpers.ts";
 
-/**
- * qemu-img create -f luks with the passphrase `pw`. Its PBKDF2 calibration
- * fails at random on this machine ("Unable to get accurate CPU usage"), so
- * the create is retried; only eight failures in a row are an error.
- */
+/** qemu-img create -f luks with the passphrase `pw` (its flaky PBKDF2 calibration is retried by exec). */
 export async function qemuLuksImage(
   dir: string,
   name: string,
@@ -14,27 +10,9 @@ export async function qemuLuksImage(
   opts: string,
   pw: string,
 ): Promise<void> {
-  let last = "";
-  for (let i = 0; i < 8; i++) {
-    const r = await qemuImg(
-      [
-        "create",
-        "-q",
-        "-f",
-        "luks",
-        "--object",
-        `secret,id=s,data=${pw}`,
-        "-o",
-        `key-secret=s,iter-time=10${opts}`,
-        name,
-        size,
-      ],
-      dir,
-    );
-    if (r.code === 0) return;
-    last = r.stderr;
-  }
-  throw new Error(`qemu-img create -f luks ${opts}: ${last}`);
+  const args = ["create", "-q", "-f", "luks", "--object", `secret,id=s,data=${pw}`];
+  const r = await qemuImg([...args, "-o", `key-secret=s,iter-time=10${opts}`, name, size], dir);
+  if (r.code !== 0) throw new Error(`qemu-img create -f luks ${opts}: ${r.stderr}`);
 }
 
 /** Whether cryptsetup runs here (scripts/deps.sh installs cryptsetup-bin). */

@@ -1,26 +1,12 @@
 // Comparing an encrypted qcow2 image instar wrote with the one qemu-img wrote
 // for the same command: qemu-img info (but for the LUKS uuid, iteration
 // counts and the disk size, within a block or two), map and check through
-// --image-opts, and qemu-img compare of the decrypted contents. qemu-img's
-// PBKDF2 calibration fails at random here ("Unable to get accurate CPU
-// usage"): qemuRetry runs it again.
+// --image-opts, and qemu-img compare of the decrypted contents.
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import { exec, KVM, type Outcome, qemuImg } from "../cli_helpers.ts";
 
-/**
- * qemu-img, retried when its PBKDF2 calibration fails. The failure comes in
- * bursts while the machine is loaded (eight immediate retries all failed in
- * one CI run beside a build), so each retry waits longer than the last.
- */
-export async function qemuRetry(args: string[], dir: string): Promise<Outcome> {
-  let last: Outcome | undefined;
-  for (let i = 0; i < 8; i++) {
-    if (i > 0) await new Promise((r) => setTimeout(r, 250 * i));
-    last = await qemuImg(args, dir);
-    if (last.code === 0 || !/accurate CPU usage/.test(last.stderr)) return last;
-  }
-  return last!;
-}
+/** qemu-img; its flaky PBKDF2 calibration is retried by cli_helpers' exec, for every qemu-img run. */
+export const qemuRetry = qemuImg;
 
 export async function qemuOk(args: string[], dir: string): Promise<void> {
   const r = await qemuRetry(args, dir);
