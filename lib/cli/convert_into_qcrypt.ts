@@ -24,7 +24,7 @@ import { type OpenedImage, OpenError, openFailure, unlockForRead } from "./image
 import { COMPRESSED_ENTRIES, scanQcow2 } from "./scan_qcow2.ts";
 import { type MapRun, mapRuns, MapRunsError } from "../chain/map_runs.ts";
 import { applySteps } from "./apply_steps.ts";
-import { syncFile } from "./write_rounds.ts";
+import { encodeMoves, syncFile } from "./write_rounds.ts";
 import type { IntoQcow2Job } from "./convert_into_qcow2.ts";
 import { existingRuns } from "../formats/qcow2/commit_plan.ts";
 import {
@@ -282,15 +282,7 @@ async function encryptMoves(
   sparse: bigint,
   onMoved: (done: bigint, finished: boolean) => void,
 ): Promise<void> {
-  const bytes = new Uint8Array(moves.length * 24);
-  const dv = new DataView(bytes.buffer);
-  let total = 0n;
-  moves.forEach((m, i) => {
-    dv.setBigUint64(i * 24, m.from, true);
-    dv.setBigUint64(i * 24 + 8, m.to, true);
-    dv.setBigUint64(i * 24 + 16, m.at, true);
-    total += m.to - m.from;
-  });
+  const { bytes, total } = encodeMoves(moves);
   const dir = await Deno.makeTempDir({ prefix: "instar-moves-" });
   try {
     const path = `${dir}/moves`;

@@ -27,6 +27,23 @@ export interface Move {
 const SPLIT_MIN = 64n << 20n;
 
 /**
+ * The move list a copying guest reads (copy_runs, qcow2_encrypt's INTO
+ * mode): per move three u64 LE {from, to, at}; and the bytes it moves.
+ */
+export function encodeMoves(moves: Move[]): { bytes: Uint8Array; total: bigint } {
+  const bytes = new Uint8Array(moves.length * 24);
+  const dv = new DataView(bytes.buffer);
+  let total = 0n;
+  moves.forEach((m, i) => {
+    dv.setBigUint64(i * 24, m.from, true);
+    dv.setBigUint64(i * 24 + 8, m.to, true);
+    dv.setBigUint64(i * 24 + 16, m.at, true);
+    total += m.to - m.from;
+  });
+  return { bytes, total };
+}
+
+/**
  * The moves cut in two lists of about equal bytes, for two guests at once
  * (or one list: fewer than SPLIT_MIN bytes, INSTAR_GUESTS=1). A move may be
  * cut inside; the cut lies on a multiple of `align` in guest offsets
@@ -94,15 +111,7 @@ export async function moveData(
     try {
       // allSettled: a failing guest must not leave the other writing after we return.
       const settled = await Promise.allSettled(parts.map(async (part, k) => {
-        const bytes = new Uint8Array(part.length * 24);
-        const dv = new DataView(bytes.buffer);
-        let bytesOf = 0n;
-        part.forEach((m, i) => {
-          dv.setBigUint64(i * 24, m.from, true);
-          dv.setBigUint64(i * 24 + 8, m.to, true);
-          dv.setBigUint64(i * 24 + 16, m.at, true);
-          bytesOf += m.to - m.from;
-        });
+        const { bytes, total: bytesOf } = encodeMoves(part);
         total += bytesOf;
         const path = `${dir}/moves${k}`;
         await Deno.writeFile(path, bytes, { mode: 0o600 });
